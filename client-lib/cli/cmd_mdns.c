@@ -1,0 +1,18 @@
+/* Placeholder until this subcommand lands. */
+#include <stdio.h>
+
+#include "cli.h"
+
+int cmd_advertise(int argc, char **argv)
+{
+    (void)argc;
+    fprintf(stderr, "pos-p2p %s: not implemented yet\n", argv[0]);
+    return 2;
+}
+
+int cmd_discover(int argc, char **argv)
+{
+    (void)argc;
+    fprintf(stderr, "pos-p2p %s: not implemented yet\n", argv[0]);
+    return 2;
+}

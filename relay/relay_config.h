@@ -1,0 +1,57 @@
+/*
+ * The relay's configuration file (written by `pos-relay init`, read by every
+ * other subcommand). JSON, mode 0600, keys:
+ *   id            relay id, UUID v4                          (required)
+ *   identity      the relay's Ed25519 key, base64 seed       (required, secret)
+ *   p2p_secret    bearer secret for the discovery API        (required, secret)
+ *   api_url       discovery API base URL, e.g. http://127.0.0.1:8080 (optional)
+ *   port          UDP port, default 7373                      (optional)
+ *   redis         Redis URL, default redis://127.0.0.1:6379   (optional)
+ *   redis_prefix  key prefix, default "pos:"                  (optional)
+ *   public_addrs  ["ip:port", ...] announced to the discovery API (optional)
+ *   listen        ["ip:port", ...] addresses to bind, default 0.0.0.0 and :: on port (optional)
+ *   http_listen   "ip:port" for /healthz and /metrics, default 127.0.0.1:(port+1) (optional)
+ *   idle_timeout  seconds without traffic before a client is dropped, default 30 (optional)
+ */
+#ifndef POS_RELAY_CONFIG_H
+#define POS_RELAY_CONFIG_H
+
+#include <stddef.h>
+
+#include "addr.h"
+#include "config.h"
+#include "identity.h"
+#include "redis.h"
+#include "uuid.h"
+
+#define RELAY_MAX_ADDRS 16
+
+typedef struct relay_config {
+    char path[1024];
+    char id[POS_UUID_STRLEN];
+    pos_identity identity;
+    char *p2p_secret; /* heap, wiped on free */
+    char api_url[512];  /* "" when none */
+    unsigned port;
+    char redis_url[600];
+    pos_redis_target redis;
+    char redis_prefix[64];
+    char public_addrs[RELAY_MAX_ADDRS][POS_ADDR_STRLEN];
+    size_t n_public_addrs;
+    char listen[RELAY_MAX_ADDRS][POS_ADDR_STRLEN];
+    size_t n_listen;
+    char http_listen[POS_ADDR_STRLEN];
+    unsigned idle_timeout_s;
+} relay_config;
+
+/*
+ * relay_config_load reads and validates |path|. With POS_DOCKER=true in the
+ * environment the port is forced to 7373. Returns 0, or a negative
+ * POS_CONFIG_ERR_* with the sentence (file, key, expectation) in |err|.
+ */
+int relay_config_load(relay_config *cfg, const char *path, char *err, size_t errlen);
+
+/* relay_config_free wipes the secrets. */
+void relay_config_free(relay_config *cfg);
+
+#endif

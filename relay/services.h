@@ -1,0 +1,125 @@
+/*
+ * What `pos-relay run` needs from Redis and the discovery API, behind one
+ * interface so that the QUIC side (run.c, quic_server.c) never touches
+ * hiredis or libcurl. Everything here runs on the relay's libev loop and
+ * never blocks it: Redis through hiredis's async API, HTTP through a curl
+ * multi handle driven by the loop.
+ *
+ * Lifetimes: relay_services_new borrows |loop| and |cfg| (both outlive it).
+ * Callbacks are never called after relay_services_del, and a pending check
+ * can be cancelled with relay_auth_cancel.
+ */
+#ifndef POS_RELAY_SERVICES_H
+#define POS_RELAY_SERVICES_H
+
+#include <ev.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "relay_config.h"
+
+typedef struct relay_services relay_services;
+
+/* Why a client is refused. Values are also the QUIC application error codes sent to the client. */
+enum relay_refusal {
+    RELAY_OK = 0,
+    RELAY_REFUSED_UNKNOWN_TOKEN = 0x101,
+    RELAY_REFUSED_REVOKED = 0x102,
+    RELAY_REFUSED_EXPIRED = 0x103,
+    RELAY_REFUSED_RATE_LIMITED = 0x104,
+    RELAY_REFUSED_TOO_MANY_CONNS = 0x105,
+    RELAY_REFUSED_UNAVAILABLE = 0x106, /* Redis unreachable: try again later */
+    RELAY_REFUSED_BAD_REQUEST = 0x107,
+    RELAY_GOING_AWAY = 0x108,         /* relay shutting down: move to another */
+};
+
+/* relay_refusal_reason: the sentence a client shows for |r| ("unknown token", ...). */
+const char *relay_refusal_reason(enum relay_refusal r);
+
+/* What an accepted token allows. 0 means unlimited. */
+typedef struct relay_limits {
+    char account[128];
+    uint64_t bytes_per_sec;
+    uint64_t burst_bytes;
+    uint32_t max_conns;
+    int64_t expires_at; /* unix seconds, 0 = never */
+} relay_limits;
+
+/*
+ * relay_auth_cb reports the verdict of relay_auth_check. |token_id| is an
+ * opaque handle (the token's hash) to give to relay_auth_release and to match
+ * revocations; valid only during the call (copy it).
+ */
+typedef void (*relay_auth_cb)(void *arg, enum relay_refusal verdict, const relay_limits *limits,
+                              const char *token_id);
+
+/* relay_revoked_cb: every connection holding |token_id| must be closed (RELAY_REFUSED_REVOKED). */
+typedef void (*relay_revoked_cb)(void *arg, const char *token_id);
+
+typedef struct relay_services_callbacks {
+    relay_revoked_cb revoked;
+    void *arg;
+} relay_services_callbacks;
+
+/*
+ * relay_services_new connects to Redis (asynchronously; it reconnects with
+ * backoff), subscribes to revocations and starts registration with the
+ * discovery API when |cfg->api_url| is set. |announce| holds the addresses to
+ * register when the config has no public_addrs. Returns NULL on allocation
+ * failure only.
+ */
+relay_services *relay_services_new(struct ev_loop *loop, const relay_config *cfg,
+                                   const relay_services_callbacks *cbs,
+                                   const char (*announce)[POS_ADDR_STRLEN], size_t n_announce);
+
+/*
+ * relay_rate_check_addr: a connection attempt from |from|. Runs the per-address
+ * token bucket (Lua, shared by all relays on this Redis). Calls |cb| with
+ * RELAY_OK, RELAY_REFUSED_RATE_LIMITED or RELAY_REFUSED_UNAVAILABLE (limits and
+ * token_id NULL). Returns a handle for relay_auth_cancel.
+ */
+uint64_t relay_rate_check_addr(relay_services *s, const struct sockaddr *from, relay_auth_cb cb,
+                               void *arg);
+
+/*
+ * relay_auth_check: a client presented |token| (len bytes) from |from| with
+ * peer id |peer_id|. Looks the token's hash up (short local cache), checks
+ * revoked/expired, the per-token attempt bucket and the token's connection
+ * cap; on RELAY_OK the connection counts against the cap until
+ * relay_auth_release. Returns a handle for relay_auth_cancel.
+ */
+uint64_t relay_auth_check(relay_services *s, const char *token, size_t len,
+                          const struct sockaddr *from, const char *peer_id, relay_auth_cb cb,
+                          void *arg);
+
+/* relay_auth_cancel: |cb| of a pending check will not be called. */
+void relay_auth_cancel(relay_services *s, uint64_t handle);
+
+/* relay_auth_release: an accepted connection with |token_id| ended. */
+void relay_auth_release(relay_services *s, const char *token_id);
+
+/* Presence: while |peer_id| is connected here, Redis maps it to this relay (short TTL, refreshed). */
+void relay_presence_add(relay_services *s, const char *peer_id);
+void relay_presence_remove(relay_services *s, const char *peer_id);
+
+/* relay_services_redis_ok: whether Redis is reachable now (for /healthz and refusals). */
+int relay_services_redis_ok(const relay_services *s);
+
+/* Counters the services keep, for /metrics. */
+typedef struct relay_services_stats {
+    uint64_t redis_errors;
+    uint64_t registrations_ok;
+    uint64_t registrations_failed;
+} relay_services_stats;
+void relay_services_stats_get(const relay_services *s, relay_services_stats *out);
+
+/*
+ * relay_services_shutdown: DELETE the registration (bounded wait, at most
+ * |timeout_ms|), drop presence. Called once on SIGTERM before the loop ends.
+ */
+void relay_services_shutdown(relay_services *s, int timeout_ms);
+
+void relay_services_del(relay_services *s);
+
+#endif
