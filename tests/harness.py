@@ -37,6 +37,12 @@ def binary(rel):
     return path
 
 
+class Skip(Exception):
+    """Raise Skip("why") when the machine cannot run a test (e.g. no rights for namespaces).
+    A skipped test is reported as skipped, never as passed; a script whose tests were all
+    skipped exits 77, which meson reports as SKIP."""
+
+
 def test(fn):
     _tests.append(fn)
     return fn
@@ -239,25 +245,33 @@ def run(name=None):
     """Run every registered test (or those named in argv); print N passed, N failed."""
     name = name or os.path.basename(sys.argv[0])
     only = set(sys.argv[1:])
-    passed = failed = 0
+    passed = failed = skipped = 0
     for fn in _tests:
         if only and fn.__name__ not in only:
             continue
         t0 = time.monotonic()
         err = None
+        skip = None
         try:
             fn()
+        except Skip as e:
+            skip = str(e)
         except Exception:
             err = traceback.format_exc()
         problems = stop_all()
         if problems and not err:
             err = "\n".join(problems)
         dt = time.monotonic() - t0
-        if err:
+        if skip is not None and not err:
+            skipped += 1
+            print(f"skip {fn.__name__}: {skip}", flush=True)
+        elif err:
             failed += 1
             print(f"FAIL {fn.__name__} ({dt:.1f}s)\n{err}", flush=True)
         else:
             passed += 1
             print(f"ok   {fn.__name__} ({dt:.1f}s)", flush=True)
-    print(f"{name}: {passed} passed, {failed} failed", flush=True)
-    sys.exit(1 if failed or passed == 0 else 0)
+    print(f"{name}: {passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    if failed:
+        sys.exit(1)
+    sys.exit(77 if passed == 0 else 0)
