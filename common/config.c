@@ -14,8 +14,7 @@ int pos_config_load(pos_config *c, const char *path, char *err, size_t errlen)
     snprintf(c->path, sizeof(c->path), "%s", path);
     f = fopen(path, "r");
     if (!f) {
-        snprintf(err, errlen, "%s: cannot read the configuration file: %s", path,
-                 strerror(errno));
+        snprintf(err, errlen, "%s: cannot read the configuration file: %s", path, strerror(errno));
         return POS_CONFIG_ERR_IO;
     }
     c->root = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
@@ -77,8 +76,8 @@ int pos_config_string(const pos_config *c, const char *key, int required, size_t
     return 0;
 }
 
-int pos_config_int(const pos_config *c, const char *key, int required, long long min,
-                   long long max, long long *out, char *err, size_t errlen)
+int pos_config_int(const pos_config *c, const char *key, int required, long long min, long long max,
+                   long long *out, char *err, size_t errlen)
 {
     char expected[96];
     json_t *v;
@@ -126,8 +125,7 @@ int pos_config_string_array(const pos_config *c, const char *key, int required, 
     return 0;
 }
 
-int pos_config_check_keys(const pos_config *c, const char *const *allowed, char *err,
-                          size_t errlen)
+int pos_config_check_keys(const pos_config *c, const char *const *allowed, char *err, size_t errlen)
 {
     const char *key;
     json_t *v;

@@ -19,10 +19,10 @@ typedef struct pos_config {
 } pos_config;
 
 /* Results of the getters besides 0 (found and valid). */
-#define POS_CONFIG_ABSENT 1     /* optional key missing: *out untouched */
-#define POS_CONFIG_ERR_IO -1    /* file unreadable */
+#define POS_CONFIG_ABSENT 1      /* optional key missing: *out untouched */
+#define POS_CONFIG_ERR_IO -1     /* file unreadable */
 #define POS_CONFIG_ERR_SYNTAX -2 /* not JSON, or not an object */
-#define POS_CONFIG_ERR_VALUE -3 /* key missing when required, or of the wrong type or range */
+#define POS_CONFIG_ERR_VALUE -3  /* key missing when required, or of the wrong type or range */
 
 /* pos_config_load reads and parses |path|. On error |c| needs no free. */
 int pos_config_load(pos_config *c, const char *path, char *err, size_t errlen);
@@ -35,8 +35,8 @@ int pos_config_string(const pos_config *c, const char *key, int required, size_t
                       const char **out, char *err, size_t errlen);
 
 /* pos_config_int: an integer in [min, max]. */
-int pos_config_int(const pos_config *c, const char *key, int required, long long min,
-                   long long max, long long *out, char *err, size_t errlen);
+int pos_config_int(const pos_config *c, const char *key, int required, long long min, long long max,
+                   long long *out, char *err, size_t errlen);
 
 /* pos_config_bool: true or false. */
 int pos_config_bool(const pos_config *c, const char *key, int required, int *out, char *err,

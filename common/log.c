@@ -34,8 +34,7 @@ int pos_log_init(const char *progname)
         return 0;
     int level = pos_log_parse_level(env);
     if (level < 0) {
-        pos_log(POS_LOG_WARN, "POS_LOG=%s is not one of error, warn, info, debug; using info",
-                env);
+        pos_log(POS_LOG_WARN, "POS_LOG=%s is not one of error, warn, info, debug; using info", env);
         return -1;
     }
     current_level = (enum pos_log_level)level;

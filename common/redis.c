@@ -152,8 +152,8 @@ static int connect_once(pos_redis *r)
     if (!c || c->err) {
         char target[600];
         pos_redis_target_format(&r->target, target, sizeof(target));
-        snprintf(r->last_error, sizeof(r->last_error), "cannot connect to Redis at %s: %s",
-                 target, c ? c->errstr : "out of memory");
+        snprintf(r->last_error, sizeof(r->last_error), "cannot connect to Redis at %s: %s", target,
+                 c ? c->errstr : "out of memory");
         if (c)
             redisFree(c);
         backoff(r);

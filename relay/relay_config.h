@@ -30,8 +30,8 @@ typedef struct relay_config {
     char path[1024];
     char id[POS_UUID_STRLEN];
     pos_identity identity;
-    char *p2p_secret; /* heap, wiped on free */
-    char api_url[512];  /* "" when none */
+    char *p2p_secret;  /* heap, wiped on free */
+    char api_url[512]; /* "" when none */
     unsigned port;
     char redis_url[600];
     pos_redis_target redis;

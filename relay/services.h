@@ -31,7 +31,7 @@ enum relay_refusal {
     RELAY_REFUSED_TOO_MANY_CONNS = 0x105,
     RELAY_REFUSED_UNAVAILABLE = 0x106, /* Redis unreachable: try again later */
     RELAY_REFUSED_BAD_REQUEST = 0x107,
-    RELAY_GOING_AWAY = 0x108,         /* relay shutting down: move to another */
+    RELAY_GOING_AWAY = 0x108, /* relay shutting down: move to another */
 };
 
 /* relay_refusal_reason: the sentence a client shows for |r| ("unknown token", ...). */
@@ -99,7 +99,8 @@ void relay_auth_cancel(relay_services *s, uint64_t handle);
 /* relay_auth_release: an accepted connection with |token_id| ended. */
 void relay_auth_release(relay_services *s, const char *token_id);
 
-/* Presence: while |peer_id| is connected here, Redis maps it to this relay (short TTL, refreshed). */
+/* Presence: while |peer_id| is connected here, Redis maps it to this relay (short TTL, refreshed).
+ */
 void relay_presence_add(relay_services *s, const char *peer_id);
 void relay_presence_remove(relay_services *s, const char *peer_id);
 

@@ -63,8 +63,11 @@ fi
 
 # One closing line over everything that ran: meson's own logs are the source.
 /usr/bin/python3 - "$root" "$format_failed" <<'PY'
-import json, os, sys
+import json, os, re, sys
 root, format_failed = sys.argv[1], int(sys.argv[2])
+# Each test program prints "NAME: N passed, N failed[, N skipped]"; count those
+# checks, and a program that printed none (a fuzz run) as one.
+line_re = re.compile(r"^\S*:? ?(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$", re.M)
 passed = failed = skipped = 0
 for d in ("build-test", "build-fuzz"):
     log = os.path.join(root, d, "meson-logs", "testlog.json")
@@ -73,14 +76,20 @@ for d in ("build-test", "build-fuzz"):
     for line in open(log):
         r = json.loads(line)
         res = r.get("result")
-        if res in ("OK", "EXPECTEDFAIL"):
+        found = line_re.findall(r.get("stdout") or "")
+        if found and res in ("OK", "FAIL", "SKIP"):
+            p, f, s = (sum(int(x[i] or 0) for x in found) for i in range(3))
+            passed, failed, skipped = passed + p, failed + f, skipped + s
+            if res == "FAIL" and f == 0:
+                failed += 1
+        elif res in ("OK", "EXPECTEDFAIL"):
             passed += 1
         elif res == "SKIP":
             skipped += 1
-            print(f"skipped: {r['name']}")
         else:
             failed += 1
-            print(f"failed: {r['name']} ({res})")
+        if res not in ("OK", "EXPECTEDFAIL"):
+            print(f"{res.lower()}: {r['name']}")
 if format_failed:
     failed += 1
     print("failed: clang-format check")

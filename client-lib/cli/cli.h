@@ -8,10 +8,10 @@ struct cli_command {
     int (*run)(int argc, char **argv);
 };
 
-int cmd_id(int argc, char **argv);       /* cmd_id.c */
-int cmd_relays(int argc, char **argv);   /* cmd_relays.c */
+int cmd_id(int argc, char **argv);        /* cmd_id.c */
+int cmd_relays(int argc, char **argv);    /* cmd_relays.c */
 int cmd_advertise(int argc, char **argv); /* cmd_mdns.c */
-int cmd_discover(int argc, char **argv); /* cmd_mdns.c */
-int cmd_contact(int argc, char **argv);  /* cmd_contact.c */
+int cmd_discover(int argc, char **argv);  /* cmd_mdns.c */
+int cmd_contact(int argc, char **argv);   /* cmd_contact.c */
 
 #endif

@@ -1,4 +1,5 @@
-/* Unit tests of the shared modules: identity, peer ids, addresses, UUIDs, config, secrets, Redis URLs. */
+/* Unit tests of the shared modules: identity, peer ids, addresses, UUIDs, config, secrets, Redis
+ * URLs. */
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,8 +147,7 @@ static void test_config(void)
     snprintf(path, sizeof(path), "%s/c.json", tmpdir);
     write_file(path, "{\"port\": \"abc\", \"name\": \"x\", \"extra\": 1}", 0600);
     CHECK(pos_config_load(&c, path, err, sizeof(err)) == 0);
-    CHECK(pos_config_int(&c, "port", 1, 1, 65535, &port, err, sizeof(err)) ==
-          POS_CONFIG_ERR_VALUE);
+    CHECK(pos_config_int(&c, "port", 1, 1, 65535, &port, err, sizeof(err)) == POS_CONFIG_ERR_VALUE);
     CHECK(strstr(err, path) && strstr(err, "\"port\"") && strstr(err, "1 to 65535"));
     CHECK(pos_config_string(&c, "name", 1, 16, &s, err, sizeof(err)) == 0 && !strcmp(s, "x"));
     CHECK(pos_config_string(&c, "missing", 0, 16, &s, err, sizeof(err)) == POS_CONFIG_ABSENT);
