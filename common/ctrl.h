@@ -1,0 +1,126 @@
+/*
+ * The control protocol spoken on a client's first bidirectional QUIC stream
+ * to its relay (ALPN pos-relay/1; see docs/protocol.md). Sans-I/O: this
+ * module turns bytes into messages and back and never touches a socket.
+ *
+ * Framing: each message is  type (1 byte) | length (2 bytes, big endian) |
+ * body (length bytes, at most POS_CTRL_MAX_BODY). Body fields, in the order
+ * listed per type below: u8/u16/u32/u64 big endian; "str" is a u16 length and
+ * that many bytes (no NUL); "addrs" is a u8 count (at most POS_CTRL_MAX_ADDRS)
+ * of str addresses, each a valid "ip:port". A body must be consumed exactly:
+ * trailing bytes are an error, so every message has one encoding. Unknown
+ * types are an error (a new message means a new ALPN).
+ *
+ * Refusals are not messages: the relay closes the QUIC connection with an
+ * application error code (enum relay_refusal) and a reason phrase.
+ */
+#ifndef POS_CTRL_H
+#define POS_CTRL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "addr.h"
+#include "identity.h"
+
+#define POS_CTRL_ALPN "pos-relay/1"
+#define POS_CTRL_HEADER_LEN 3
+#define POS_CTRL_MAX_BODY 2048
+#define POS_CTRL_MAX_MSG (POS_CTRL_HEADER_LEN + POS_CTRL_MAX_BODY)
+#define POS_CTRL_MAX_ADDRS 8
+#define POS_CTRL_MAX_TOKEN 256
+#define POS_CTRL_MAX_TEXT 256
+#define POS_CTRL_UUID_LEN 36
+
+/* Errors. */
+#define POS_CTRL_ERR_MALFORMED -1 /* bytes are not a valid message */
+#define POS_CTRL_ERR_TOO_BIG -2   /* message or buffer larger than allowed */
+#define POS_CTRL_ERR_INVALID -3   /* encode: a field is out of range */
+#define POS_CTRL_ERR_NOMEM -4
+
+enum pos_ctrl_type {
+    POS_CTRL_HELLO = 1,    /* client: str token, addrs local */
+    POS_CTRL_WELCOME = 2,  /* relay: str observed, u64 bytes_per_sec, u64 burst, u32 max_conns,
+                              u64 expires_at (unix s, 0 never), u32 idle_timeout_s,
+                              str relay_id */
+    POS_CTRL_CONNECT = 3,  /* client: u32 req_id, str peer_id */
+    POS_CTRL_INCOMING = 4, /* relay: u32 req_id, str peer_id, str observed, addrs local */
+    POS_CTRL_ACCEPT = 5,   /* client: u32 req_id */
+    POS_CTRL_DECLINE = 6,  /* client: u32 req_id, u16 code */
+    POS_CTRL_CIRCUIT = 7,  /* relay: u32 req_id, u32 circuit_id, str peer_id, str observed,
+                              addrs local */
+    POS_CTRL_REDIRECT = 8, /* relay: u32 req_id, str relay_id, str relay_peer_id, addrs */
+    POS_CTRL_ERROR = 9,    /* relay: u32 req_id, u16 code, str text */
+    POS_CTRL_GOAWAY = 10,  /* relay: u16 code, str text (relay shutting down) */
+};
+
+typedef struct pos_ctrl_addrs {
+    uint8_t n;
+    char a[POS_CTRL_MAX_ADDRS][POS_ADDR_STRLEN];
+} pos_ctrl_addrs;
+
+/*
+ * One decoded message. Which fields are meaningful depends on |type| (see the
+ * enum). Strings are NUL-terminated copies; ids are validated (peer ids are
+ * canonical, relay ids are UUIDs, addresses parse).
+ */
+typedef struct pos_ctrl_msg {
+    uint8_t type;
+    uint16_t code;
+    uint32_t req_id;
+    uint32_t circuit_id;
+    uint32_t max_conns;
+    uint32_t idle_timeout_s;
+    uint64_t bytes_per_sec;
+    uint64_t burst;
+    uint64_t expires_at;
+    size_t token_len;
+    char token[POS_CTRL_MAX_TOKEN + 1]; /* HELLO: secret, wipe after use */
+    char peer_id[POS_PEER_ID_STRLEN];
+    char relay_id[POS_CTRL_UUID_LEN + 1];
+    char observed[POS_ADDR_STRLEN];
+    char text[POS_CTRL_MAX_TEXT + 1];
+    pos_ctrl_addrs addrs;
+} pos_ctrl_msg;
+
+/*
+ * pos_ctrl_decode reads one message from the start of |buf| (|len| bytes).
+ * Returns 1 and sets |*consumed| when a whole message was decoded into
+ * |out|; 0 when more bytes are needed (|*consumed| = 0); or
+ * POS_CTRL_ERR_MALFORMED / POS_CTRL_ERR_TOO_BIG (the stream must be closed).
+ */
+int pos_ctrl_decode(const uint8_t *buf, size_t len, pos_ctrl_msg *out, size_t *consumed);
+
+/*
+ * pos_ctrl_encode writes |m| into |buf| (|cap| bytes). Returns the number of
+ * bytes written, POS_CTRL_ERR_TOO_BIG when |cap| is too small, or
+ * POS_CTRL_ERR_INVALID when a field would not decode (bad address, string
+ * too long, unknown type).
+ */
+int pos_ctrl_encode(const pos_ctrl_msg *m, uint8_t *buf, size_t cap);
+
+/* pos_ctrl_msg_wipe zeroes |m| (tokens included). */
+void pos_ctrl_msg_wipe(pos_ctrl_msg *m);
+
+/*
+ * A bounded reassembly buffer for one stream: pos_ctrl_reader_feed appends
+ * stream bytes (POS_CTRL_ERR_TOO_BIG if more than POS_CTRL_MAX_MSG bytes
+ * would be pending, POS_CTRL_ERR_NOMEM); pos_ctrl_reader_next
+ * then behaves like pos_ctrl_decode on what is buffered and drops the
+ * consumed bytes. The buffer is allocated only while bytes are pending and
+ * freed when it empties, so an idle connection costs two words. Embed it
+ * zeroed; pos_ctrl_reader_wipe wipes and frees it (it may hold a token).
+ */
+typedef struct pos_ctrl_reader {
+    uint8_t *buf; /* NULL when empty */
+    size_t len;
+} pos_ctrl_reader;
+
+int pos_ctrl_reader_feed(pos_ctrl_reader *r, const uint8_t *data, size_t len);
+int pos_ctrl_reader_next(pos_ctrl_reader *r, pos_ctrl_msg *out);
+void pos_ctrl_reader_wipe(pos_ctrl_reader *r);
+
+/* pos_ctrl_type_name: "HELLO", ... or "unknown". */
+const char *pos_ctrl_type_name(int type);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * TLS 1.3 for the QUIC connections of relays and devices (GnuTLS). Each side
+ * presents a self-signed X.509 certificate made from its Ed25519 identity;
+ * there is no CA. A connection is accepted only when the peer's certificate
+ * carries an Ed25519 key: the client pins the key it expects (the relay's
+ * peer id from the relay list), the server accepts any key and records it (so
+ * it learns the client's peer id from the handshake, never from a claim).
+ *
+ * This module sets up GnuTLS only; the QUIC module of each side then calls
+ * ngtcp2_crypto_gnutls_configure_{server,client}_session on the session.
+ * ngtcp2 owns the session's user pointer (gnutls_session_set_ptr) and expects
+ * an ngtcp2_crypto_conn_ref there: that ref's user_data must point at the
+ * connection's pos_tls_pin, which is where the verify function reads the
+ * expected key and writes the peer's.
+ */
+#ifndef POS_TLS_H
+#define POS_TLS_H
+
+#include <gnutls/gnutls.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "identity.h"
+
+/* TLS 1.3 only, no middlebox compatibility mode (RFC 9001 section 8.4). */
+#define POS_TLS_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE"
+
+#define POS_TLS_ERR_CRYPTO -1 /* GnuTLS refused a key, certificate or setting */
+#define POS_TLS_ERR_NOMEM -2
+
+/* Credentials made from one identity; shared by every session of a process. */
+typedef struct pos_tls_creds pos_tls_creds;
+
+/*
+ * Pinning state of one connection. Set |expect_key| / |has_expected| before
+ * the handshake to pin (client side); after it, |peer_key| holds the peer's
+ * Ed25519 public key when |has_peer| is 1.
+ */
+typedef struct pos_tls_pin {
+    uint8_t expect_key[32];
+    uint8_t peer_key[32];
+    uint8_t has_expected;
+    uint8_t has_peer;
+} pos_tls_pin;
+
+/*
+ * pos_tls_creds_new makes a self-signed Ed25519 certificate (CN = peer id,
+ * no expiry) from |id|'s seed and wraps it as GnuTLS credentials. The seed is
+ * copied into GnuTLS's key object; |id| may be freed afterwards.
+ * Returns 0, POS_TLS_ERR_CRYPTO or POS_TLS_ERR_NOMEM.
+ */
+int pos_tls_creds_new(pos_tls_creds **out, const pos_identity *id);
+
+/* pos_tls_creds_del frees |c| (NULL is fine); no session may still use it. */
+void pos_tls_creds_del(pos_tls_creds *c);
+
+/*
+ * pos_tls_session_new creates a GnuTLS session for QUIC (flag
+ * GNUTLS_NO_END_OF_EARLY_DATA), server side when |server| is 1, with the
+ * priority above, |creds|, mandatory ALPN |alpn| and the pinning verify
+ * function; a server requires the client's certificate. The caller frees it
+ * with gnutls_deinit. Returns 0, POS_TLS_ERR_CRYPTO or POS_TLS_ERR_NOMEM.
+ */
+int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server, const char *alpn);
+
+/*
+ * pos_tls_check_peer_cert verifies a DER certificate the way the handshake
+ * does: one X.509 certificate whose key is Ed25519 (the handshake's
+ * CertificateVerify is what proves the peer holds that key); writes the key
+ * into |key|. Returns 0, or -1.
+ * Exposed for tests.
+ */
+int pos_tls_check_peer_cert(const uint8_t *der, size_t len, uint8_t key[32]);
+
+/* pos_tls_cert_der: the DER of |c|'s certificate (valid while |c| lives). */
+void pos_tls_cert_der(const pos_tls_creds *c, const uint8_t **der, size_t *len);
+
+#endif

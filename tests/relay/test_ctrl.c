@@ -1,0 +1,255 @@
+/*
+ * Unit tests of the control-message codec (common/ctrl.c) and of the TLS
+ * certificate made from an identity (common/tls.c): round trips, every
+ * truncation, trailing bytes, bad fields, the bounded stream reader.
+ */
+#include <sodium.h>
+#include <string.h>
+
+#include "check.h"
+#include "ctrl.h"
+#include "tls.h"
+
+static const char *const RELAY_UUID = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+static void sample_msgs(pos_ctrl_msg *ms, size_t *n, const char *peer_id)
+{
+    size_t i = 0;
+    memset(ms, 0, sizeof(pos_ctrl_msg) * 10);
+
+    ms[i].type = POS_CTRL_HELLO;
+    strcpy(ms[i].token, "pos_secret-token");
+    ms[i].token_len = strlen(ms[i].token);
+    ms[i].addrs.n = 2;
+    strcpy(ms[i].addrs.a[0], "192.168.1.5:4000");
+    strcpy(ms[i].addrs.a[1], "[fe80::1]:4000");
+    i++;
+    ms[i].type = POS_CTRL_WELCOME;
+    strcpy(ms[i].observed, "203.0.113.7:61000");
+    ms[i].bytes_per_sec = 1000000;
+    ms[i].burst = 1 << 20;
+    ms[i].max_conns = 5;
+    ms[i].expires_at = 1900000000;
+    ms[i].idle_timeout_s = 30;
+    strcpy(ms[i].relay_id, RELAY_UUID);
+    i++;
+    ms[i].type = POS_CTRL_CONNECT;
+    ms[i].req_id = 7;
+    strcpy(ms[i].peer_id, peer_id);
+    i++;
+    ms[i].type = POS_CTRL_INCOMING;
+    ms[i].req_id = 7;
+    strcpy(ms[i].peer_id, peer_id);
+    strcpy(ms[i].observed, "[2001:db8::1]:443");
+    i++;
+    ms[i].type = POS_CTRL_ACCEPT;
+    ms[i].req_id = 0xffffffffu;
+    i++;
+    ms[i].type = POS_CTRL_DECLINE;
+    ms[i].req_id = 3;
+    ms[i].code = 9;
+    i++;
+    ms[i].type = POS_CTRL_CIRCUIT;
+    ms[i].req_id = 7;
+    ms[i].circuit_id = 0x01020304;
+    strcpy(ms[i].peer_id, peer_id);
+    strcpy(ms[i].observed, "1.2.3.4:5");
+    ms[i].addrs.n = 1;
+    strcpy(ms[i].addrs.a[0], "10.0.0.2:7000");
+    i++;
+    ms[i].type = POS_CTRL_REDIRECT;
+    ms[i].req_id = 8;
+    strcpy(ms[i].relay_id, RELAY_UUID);
+    strcpy(ms[i].peer_id, peer_id);
+    ms[i].addrs.n = 1;
+    strcpy(ms[i].addrs.a[0], "198.51.100.1:7373");
+    i++;
+    ms[i].type = POS_CTRL_ERROR;
+    ms[i].req_id = 8;
+    ms[i].code = 2;
+    strcpy(ms[i].text, "peer not connected");
+    i++;
+    ms[i].type = POS_CTRL_GOAWAY;
+    ms[i].code = 0x108;
+    strcpy(ms[i].text, "relay shutting down");
+    i++;
+    *n = i;
+}
+
+static void test_round_trips(const char *peer_id)
+{
+    pos_ctrl_msg ms[10], back;
+    size_t n, used;
+    uint8_t buf[POS_CTRL_MAX_MSG];
+
+    sample_msgs(ms, &n, peer_id);
+    for (size_t i = 0; i < n; i++) {
+        int len = pos_ctrl_encode(&ms[i], buf, sizeof(buf));
+        CHECK(len >= POS_CTRL_HEADER_LEN);
+        if (len < POS_CTRL_HEADER_LEN)
+            continue;
+        CHECK(pos_ctrl_decode(buf, (size_t)len, &back, &used) == 1);
+        CHECK(used == (size_t)len);
+        CHECK(memcmp(&back, &ms[i], sizeof(back)) == 0);
+        /* every strict prefix asks for more bytes, never succeeds or crashes */
+        int prefix_ok = 1;
+        for (int cut = 0; cut < len; cut++)
+            if (pos_ctrl_decode(buf, (size_t)cut, &back, &used) != 0 || used != 0)
+                prefix_ok = 0;
+        CHECK(prefix_ok);
+        /* a body with one byte more than its fields is malformed */
+        uint8_t longer[POS_CTRL_MAX_MSG + 1];
+        memcpy(longer, buf, (size_t)len);
+        longer[len] = 0;
+        size_t body = ((size_t)buf[1] << 8 | buf[2]) + 1;
+        longer[1] = (uint8_t)(body >> 8);
+        longer[2] = (uint8_t)body;
+        CHECK(pos_ctrl_decode(longer, (size_t)len + 1, &back, &used) == POS_CTRL_ERR_MALFORMED);
+        /* a body one byte short is malformed too (a field runs past it) */
+        if (body >= 2) {
+            longer[1] = (uint8_t)((body - 2) >> 8);
+            longer[2] = (uint8_t)(body - 2);
+            CHECK(pos_ctrl_decode(longer, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
+        }
+        /* too small an output buffer */
+        CHECK(pos_ctrl_encode(&ms[i], buf, (size_t)len - 1) == POS_CTRL_ERR_TOO_BIG);
+    }
+}
+
+static void test_bad_input(const char *peer_id)
+{
+    pos_ctrl_msg m, back;
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    size_t used;
+    int len;
+
+    /* unknown type, oversized length */
+    const uint8_t unknown[] = {0x00, 0x00, 0x00};
+    CHECK(pos_ctrl_decode(unknown, sizeof(unknown), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    const uint8_t eleven[] = {11, 0x00, 0x00};
+    CHECK(pos_ctrl_decode(eleven, sizeof(eleven), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    const uint8_t huge[] = {POS_CTRL_HELLO, 0xff, 0xff};
+    CHECK(pos_ctrl_decode(huge, sizeof(huge), &back, &used) == POS_CTRL_ERR_TOO_BIG);
+
+    /* invalid fields are refused by the encoder */
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_WELCOME;
+    strcpy(m.observed, "not an address");
+    strcpy(m.relay_id, RELAY_UUID);
+    CHECK(pos_ctrl_encode(&m, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_CONNECT;
+    strcpy(m.peer_id, "short");
+    CHECK(pos_ctrl_encode(&m, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_HELLO;
+    m.token_len = POS_CTRL_MAX_TOKEN + 1;
+    CHECK(pos_ctrl_encode(&m, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+    m.token_len = 0;
+    m.addrs.n = POS_CTRL_MAX_ADDRS + 1;
+    CHECK(pos_ctrl_encode(&m, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+
+    /* ... and by the decoder: a CONNECT whose peer id is not canonical */
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_CONNECT;
+    strcpy(m.peer_id, peer_id);
+    len = pos_ctrl_encode(&m, buf, sizeof(buf));
+    CHECK(len > 0);
+    buf[len - 1] = '!';
+    CHECK(pos_ctrl_decode(buf, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
+
+    /* a HELLO address that does not parse; a token with an embedded NUL */
+    const uint8_t bad_addr[] = {POS_CTRL_HELLO, 0, 8, 0, 0, 1, 0, 3, 'a', ':', '1'};
+    CHECK(pos_ctrl_decode(bad_addr, sizeof(bad_addr), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    const uint8_t nul_token[] = {POS_CTRL_HELLO, 0, 6, 0, 3, 'a', 0, 'b', 0};
+    CHECK(pos_ctrl_decode(nul_token, sizeof(nul_token), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    const uint8_t ok_hello[] = {POS_CTRL_HELLO, 0, 6, 0, 3, 'a', 'b', 'c', 0};
+    CHECK(pos_ctrl_decode(ok_hello, sizeof(ok_hello), &back, &used) == 1);
+    CHECK(back.token_len == 3 && !strcmp(back.token, "abc") && back.addrs.n == 0);
+}
+
+static void test_reader(void)
+{
+    pos_ctrl_reader r = {0};
+    pos_ctrl_msg m, back;
+    uint8_t buf[2 * POS_CTRL_MAX_MSG];
+    int a, b;
+
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_GOAWAY;
+    m.code = 1;
+    strcpy(m.text, "bye");
+    a = pos_ctrl_encode(&m, buf, sizeof(buf));
+    m.code = 2;
+    b = pos_ctrl_encode(&m, buf + a, sizeof(buf) - (size_t)a);
+    CHECK(a > 0 && b > 0);
+    /* byte by byte: two messages come out, in order */
+    int got = 0, codes_ok = 1;
+    for (int i = 0; i < a + b; i++) {
+        CHECK(pos_ctrl_reader_feed(&r, buf + i, 1) == 0);
+        int rv = pos_ctrl_reader_next(&r, &back);
+        if (rv == 1) {
+            got++;
+            if (back.code != got)
+                codes_ok = 0;
+        }
+    }
+    CHECK(got == 2 && codes_ok);
+    CHECK(r.buf == NULL && r.len == 0); /* freed once empty */
+
+    /* more than one message's worth pending is refused */
+    memset(buf, 0, sizeof(buf));
+    CHECK(pos_ctrl_reader_feed(&r, buf, POS_CTRL_MAX_MSG) == 0);
+    CHECK(pos_ctrl_reader_feed(&r, buf, 1) == POS_CTRL_ERR_TOO_BIG);
+    CHECK(pos_ctrl_reader_next(&r, &back) == POS_CTRL_ERR_MALFORMED); /* type 0 */
+    pos_ctrl_reader_wipe(&r);
+    CHECK(r.buf == NULL);
+}
+
+static void test_tls_cert(void)
+{
+    pos_identity id;
+    pos_tls_creds *c = NULL;
+    const uint8_t *der;
+    size_t len;
+    uint8_t key[32];
+
+    pos_identity_generate(&id);
+    CHECK(pos_tls_creds_new(&c, &id) == 0);
+    if (!c)
+        return;
+    pos_tls_cert_der(c, &der, &len);
+    CHECK(len > 100);
+    CHECK(pos_tls_check_peer_cert(der, len, key) == 0);
+    CHECK(memcmp(key, id.public_key, 32) == 0);
+    /* garbage is refused */
+    uint8_t copy[4096];
+    if (len <= sizeof(copy)) {
+        memcpy(copy, der, len);
+        copy[0] ^= 0xff;
+        CHECK(pos_tls_check_peer_cert(copy, len, key) != 0);
+    }
+    CHECK(pos_tls_check_peer_cert(der, 10, key) != 0);
+    gnutls_session_t s;
+    CHECK(pos_tls_session_new(&s, c, 1, POS_CTRL_ALPN) == 0);
+    gnutls_deinit(s);
+    pos_tls_creds_del(c);
+    pos_identity_free(&id);
+}
+
+int main(void)
+{
+    pos_identity id;
+    char peer_id[POS_PEER_ID_STRLEN];
+
+    if (sodium_init() < 0)
+        return 1;
+    pos_identity_generate(&id);
+    pos_identity_peer_id(&id, peer_id);
+    test_round_trips(peer_id);
+    test_bad_input(peer_id);
+    test_reader();
+    test_tls_cert();
+    pos_identity_free(&id);
+    return check_finish("test_ctrl");
+}
