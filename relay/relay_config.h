@@ -12,6 +12,14 @@
  *   listen        ["ip:port", ...] addresses to bind, default 0.0.0.0 and :: on port (optional)
  *   http_listen   "ip:port" for /healthz and /metrics, default 127.0.0.1:(port+1) (optional)
  *   idle_timeout  seconds without traffic before a client is dropped, default 30 (optional)
+ *   register_interval     seconds between registrations with the discovery API,
+ *                         default 10 (a third of the API's 30 s TTL)   (optional)
+ *   conn_rate_per_addr    connection attempts per second allowed per source address
+ *                         (IPv6: per /64), shared by all relays on the Redis; 0 = no
+ *                         limit; default 20                            (optional)
+ *   conn_burst_per_addr   bucket size for the above, default 2 x the rate (optional)
+ *   conn_rate_per_token   connection attempts per second per token, default 20 (optional)
+ *   conn_burst_per_token  bucket size for the above, default 2 x the rate (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -42,6 +50,11 @@ typedef struct relay_config {
     size_t n_listen;
     char http_listen[POS_ADDR_STRLEN];
     unsigned idle_timeout_s;
+    unsigned register_interval_s; /* 0 never: default 10 */
+    unsigned conn_rate_per_addr;  /* attempts/s, 0 = unlimited */
+    unsigned conn_burst_per_addr;
+    unsigned conn_rate_per_token;
+    unsigned conn_burst_per_token;
 } relay_config;
 
 /*
@@ -50,6 +63,12 @@ typedef struct relay_config {
  * POS_CONFIG_ERR_* with the sentence (file, key, expectation) in |err|.
  */
 int relay_config_load(relay_config *cfg, const char *path, char *err, size_t errlen);
+
+/*
+ * relay_config_default_path: the config path when none is given on the
+ * command line: $POS_RELAY_CONFIG, else "./config.json".
+ */
+const char *relay_config_default_path(void);
 
 /* relay_config_free wipes the secrets. */
 void relay_config_free(relay_config *cfg);

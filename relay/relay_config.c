@@ -1,0 +1,246 @@
+/*
+ * Reading and validating the relay's configuration file (see relay_config.h).
+ * Every problem stops the load with one sentence naming the file, the key and
+ * what was expected; unknown keys are refused so that a typo never silently
+ * falls back to a default. Secrets (identity, p2p_secret) are copied out of
+ * the JSON document and the document is freed before returning.
+ */
+#include "relay_config.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "secret.h"
+
+#define DEFAULT_PORT 7373
+#define DEFAULT_IDLE_TIMEOUT_S 30
+#define DEFAULT_REGISTER_INTERVAL_S 10
+#define DEFAULT_CONN_RATE 20
+#define MAX_SECRET_LEN 4096
+
+static const char *const known_keys[] = {
+    "id",
+    "identity",
+    "p2p_secret",
+    "api_url",
+    "port",
+    "redis",
+    "redis_prefix",
+    "public_addrs",
+    "listen",
+    "http_listen",
+    "idle_timeout",
+    "register_interval",
+    "conn_rate_per_addr",
+    "conn_burst_per_addr",
+    "conn_rate_per_token",
+    "conn_burst_per_token",
+    NULL,
+};
+
+const char *relay_config_default_path(void)
+{
+    const char *env = getenv("POS_RELAY_CONFIG");
+    return env && *env ? env : "config.json";
+}
+
+static int load_identity(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    static const char expected[] = "the relay's identity key (43 base64 characters, as written "
+                                   "by pos-relay init)";
+    const char *text;
+    if (!json_object_get(c->root, "identity")) {
+        snprintf(err, errlen, "%s: key \"identity\" is missing: expected %s", c->path, expected);
+        return POS_CONFIG_ERR_VALUE;
+    }
+    int rc = pos_config_string(c, "identity", 1, 64, &text, err, errlen);
+    if (rc != 0)
+        return pos_config_value_error(c, "identity", expected, err, errlen);
+    if (pos_identity_from_text(&cfg->identity, text, strlen(text)) != 0)
+        return pos_config_value_error(c, "identity", expected, err, errlen);
+    return 0;
+}
+
+static int load_url_keys(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    const char *s = NULL;
+    int rc = pos_config_string(c, "api_url", 0, sizeof(cfg->api_url) - 1, &s, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (rc == 0) {
+        if (strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0)
+            return pos_config_value_error(
+                c, "api_url", "an http:// or https:// URL such as http://127.0.0.1:8080", err,
+                errlen);
+        snprintf(cfg->api_url, sizeof(cfg->api_url), "%s", s);
+        /* A trailing slash would make ".../" + "/api/..." */
+        size_t n = strlen(cfg->api_url);
+        while (n > 0 && cfg->api_url[n - 1] == '/')
+            cfg->api_url[--n] = '\0';
+    }
+
+    s = POS_REDIS_DEFAULT_URL;
+    rc = pos_config_string(c, "redis", 0, sizeof(cfg->redis_url) - 1, &s, err, errlen);
+    if (rc < 0)
+        return rc;
+    snprintf(cfg->redis_url, sizeof(cfg->redis_url), "%s", s);
+    char why[POS_ERR_LEN];
+    if (pos_redis_url_parse(cfg->redis_url, &cfg->redis, why, sizeof(why)) != 0)
+        return pos_config_value_error(
+            c, "redis", "redis://IP:PORT[/DB] or unix:///path/to/socket[?db=N] (DB 0-15)", err,
+            errlen);
+
+    s = POS_REDIS_DEFAULT_PREFIX;
+    rc = pos_config_string(c, "redis_prefix", 0, sizeof(cfg->redis_prefix) - 1, &s, err, errlen);
+    if (rc < 0)
+        return rc;
+    snprintf(cfg->redis_prefix, sizeof(cfg->redis_prefix), "%s", s);
+    return 0;
+}
+
+static int load_addr_list(const pos_config *c, const char *key, char (*out)[POS_ADDR_STRLEN],
+                          size_t *n, char *err, size_t errlen)
+{
+    json_t *arr, *item;
+    size_t i;
+    int rc = pos_config_string_array(c, key, 0, RELAY_MAX_ADDRS, &arr, err, errlen);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    json_array_foreach(arr, i, item)
+    {
+        const char *s = json_string_value(item);
+        size_t len = json_string_length(item);
+        struct sockaddr_storage ss;
+        if (len >= POS_ADDR_STRLEN || pos_addr_parse(s, len, 0, &ss) != 0)
+            return pos_config_value_error(
+                c, key, "an array of addresses \"ip:port\" or \"[ipv6]:port\"", err, errlen);
+        pos_addr_format((struct sockaddr *)&ss, out[i], POS_ADDR_STRLEN);
+    }
+    *n = json_array_size(arr);
+    return 0;
+}
+
+static int load_uint(const pos_config *c, const char *key, long long min, long long max,
+                     unsigned def, unsigned *out, char *err, size_t errlen)
+{
+    long long v = def;
+    int rc = pos_config_int(c, key, 0, min, max, &v, err, errlen);
+    if (rc < 0)
+        return rc;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = load_uint(c, "port", 1, 65535, DEFAULT_PORT, &cfg->port, err, errlen)) ||
+        (rc = load_uint(c, "idle_timeout", 1, 3600, DEFAULT_IDLE_TIMEOUT_S, &cfg->idle_timeout_s,
+                        err, errlen)) ||
+        (rc = load_uint(c, "register_interval", 1, 3600, DEFAULT_REGISTER_INTERVAL_S,
+                        &cfg->register_interval_s, err, errlen)) ||
+        (rc = load_uint(c, "conn_rate_per_addr", 0, 1000000, DEFAULT_CONN_RATE,
+                        &cfg->conn_rate_per_addr, err, errlen)) ||
+        (rc = load_uint(c, "conn_rate_per_token", 0, 1000000, DEFAULT_CONN_RATE,
+                        &cfg->conn_rate_per_token, err, errlen)))
+        return rc;
+    if ((rc = load_uint(c, "conn_burst_per_addr", 1, 10000000, cfg->conn_rate_per_addr * 2,
+                        &cfg->conn_burst_per_addr, err, errlen)) ||
+        (rc = load_uint(c, "conn_burst_per_token", 1, 10000000, cfg->conn_rate_per_token * 2,
+                        &cfg->conn_burst_per_token, err, errlen)))
+        return rc;
+    const char *docker = getenv("POS_DOCKER");
+    if (docker && strcmp(docker, "true") == 0)
+        cfg->port = DEFAULT_PORT; /* a container maps a fixed port (Spacedrive's SD_DOCKER) */
+    return 0;
+}
+
+static int load_listen(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    int rc = load_addr_list(c, "listen", cfg->listen, &cfg->n_listen, err, errlen);
+    if (rc != 0)
+        return rc;
+    const char *s = NULL;
+    rc = pos_config_string(c, "http_listen", 0, POS_ADDR_STRLEN - 1, &s, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (rc == 0) {
+        struct sockaddr_storage ss;
+        if (pos_addr_parse(s, strlen(s), 0, &ss) != 0)
+            return pos_config_value_error(
+                c, "http_listen", "an address \"ip:port\" such as 127.0.0.1:7374", err, errlen);
+        pos_addr_format((struct sockaddr *)&ss, cfg->http_listen, sizeof(cfg->http_listen));
+    } else {
+        snprintf(cfg->http_listen, sizeof(cfg->http_listen), "127.0.0.1:%u",
+                 cfg->port < 65535 ? cfg->port + 1 : cfg->port - 1);
+    }
+    return 0;
+}
+
+static int load_required(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    const char *s;
+    int rc = pos_config_string(c, "id", 1, 36, &s, err, errlen);
+    if (rc == 0 && !pos_uuid_valid(s, strlen(s)))
+        rc = pos_config_value_error(c, "id", "a UUID such as 1b4e28ba-2fa1-41d2-883f-0016d3cca427",
+                                    err, errlen);
+    if (rc != 0)
+        return rc;
+    snprintf(cfg->id, sizeof(cfg->id), "%s", s);
+    if ((rc = load_identity(cfg, c, err, errlen)) != 0)
+        return rc;
+    rc = pos_config_string(c, "p2p_secret", 1, MAX_SECRET_LEN, &s, err, errlen);
+    if (rc != 0)
+        return rc;
+    cfg->p2p_secret = strdup(s);
+    if (!cfg->p2p_secret) {
+        snprintf(err, errlen, "%s: out of memory", c->path);
+        return POS_CONFIG_ERR_IO;
+    }
+    return 0;
+}
+
+/* Wipe the secret strings inside the JSON document before jansson frees it. */
+static void free_document(pos_config *c)
+{
+    static const char *const secret_keys[] = {"identity", "p2p_secret"};
+    for (size_t i = 0; c->root && i < sizeof(secret_keys) / sizeof(secret_keys[0]); i++) {
+        json_t *v = json_object_get(c->root, secret_keys[i]);
+        if (json_is_string(v))
+            sodium_memzero((char *)json_string_value(v), json_string_length(v));
+    }
+    pos_config_free(c);
+}
+
+int relay_config_load(relay_config *cfg, const char *path, char *err, size_t errlen)
+{
+    pos_config c;
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->path, sizeof(cfg->path), "%s", path);
+    int rc = pos_config_load(&c, path, err, errlen);
+    if (rc != 0)
+        return rc;
+    if ((rc = pos_config_check_keys(&c, known_keys, err, errlen)) != 0 ||
+        (rc = load_required(cfg, &c, err, errlen)) != 0 ||
+        (rc = load_url_keys(cfg, &c, err, errlen)) != 0 ||
+        (rc = load_numbers(cfg, &c, err, errlen)) != 0 ||
+        (rc = load_addr_list(&c, "public_addrs", cfg->public_addrs, &cfg->n_public_addrs, err,
+                             errlen)) != 0 ||
+        (rc = load_listen(cfg, &c, err, errlen)) != 0) {
+        /* The document holds the secrets too: jansson frees it, we wipe our copies. */
+        free_document(&c);
+        relay_config_free(cfg);
+        return rc;
+    }
+    free_document(&c);
+    return 0;
+}
+
+void relay_config_free(relay_config *cfg)
+{
+    pos_secret_free(cfg->p2p_secret);
+    cfg->p2p_secret = NULL;
+    pos_identity_free(&cfg->identity);
+}
