@@ -27,11 +27,12 @@
 struct request {
     struct request *prev, *next;
     pos_redis_async *r;
-    pos_redis_async_reply_cb cb; /* NULL for internal commands */
+    pos_redis_async_reply_cb cb; /* may be NULL: nobody waits for the answer */
     void *arg;
     ev_tstamp deadline;
     int script; /* handle, or -1 */
     int retried;
+    int internal; /* SELECT or SCRIPT LOAD sent by this module */
     /* For scripts only: a copy of the arguments, to send again after NOSCRIPT. */
     int argc;
     char **argv;
@@ -225,6 +226,7 @@ static void send_internal(pos_redis_async *r, int script, int argc, const char *
     q->r = r;
     q->script = script;
     q->retried = 1;
+    q->internal = 1;
     if (send_request(r, q, argc, argv, NULL) != 0)
         request_free(q);
 }
@@ -526,7 +528,7 @@ static void on_internal_reply(pos_redis_async *r, struct request *q, redisReply 
 {
     if (!reply)
         r->stats.errors++;
-    if (!q->cb) {
+    if (q->internal) {
         /* SCRIPT LOAD remembers the sha; a failed SELECT makes the connection useless. */
         if (reply && q->script >= 0 && reply->type == REDIS_REPLY_STRING && reply->len == 40)
             memcpy(r->scripts[q->script].sha, reply->str, 41);
@@ -548,7 +550,8 @@ static void on_internal_reply(pos_redis_async *r, struct request *q, redisReply 
         reply = NULL;
         r->stats.errors++;
     }
-    q->cb(q->arg, reply);
+    if (q->cb)
+        q->cb(q->arg, reply);
     request_free(q);
 }
 

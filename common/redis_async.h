@@ -63,8 +63,8 @@ void pos_redis_async_del(pos_redis_async *r);
 int pos_redis_async_up(const pos_redis_async *r);
 
 /*
- * pos_redis_async_commandv queues one command. Returns 0 (|cb| will be called
- * exactly once), or -1 when the connection is not up or out of memory (|cb|
+ * pos_redis_async_commandv queues one command. Returns 0 (|cb|, unless NULL,
+ * will be called exactly once), or -1 when the connection is not up or out of memory (|cb|
  * is not called).
  */
 int pos_redis_async_commandv(pos_redis_async *r, pos_redis_async_reply_cb cb, void *arg, int argc,
