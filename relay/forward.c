@@ -1,0 +1,200 @@
+/*
+ * Forwarding of relay data frames (see forward.h). One pass over the batch;
+ * per frame: decode the 5-byte header through frame.c's bounded cursor, one
+ * table lookup, one 18-byte address compare, a budget spend, a 4-byte
+ * rewrite in place and an output entry pointing at the same buffer.
+ */
+#include "forward.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "frame.h"
+
+relay_forwarder *relay_forwarder_new(relay_circuits *circuits, unsigned batch_max,
+                                     relay_lease_cb lease, void *lease_arg)
+{
+    if (circuits == NULL || batch_max == 0 || batch_max > RELAY_FORWARD_MAX_BATCH)
+        return NULL;
+    relay_forwarder *fw = calloc(1, sizeof *fw);
+    if (fw == NULL)
+        return NULL;
+    fw->circuits = circuits;
+    fw->lease = lease;
+    fw->lease_arg = lease_arg;
+    fw->batch_max = batch_max;
+    fw->iov = calloc(batch_max, sizeof *fw->iov);
+    fw->names = calloc(batch_max, sizeof *fw->names);
+    if (fw->iov == NULL || fw->names == NULL) {
+        relay_forwarder_del(fw);
+        return NULL;
+    }
+    return fw;
+}
+
+void relay_forwarder_del(relay_forwarder *fw)
+{
+    if (fw == NULL)
+        return;
+    free(fw->iov);
+    free(fw->names);
+    free(fw);
+}
+
+static int is_v4_mapped(const relay_addr *a)
+{
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return memcmp(a->ip, prefix, sizeof prefix) == 0;
+}
+
+/* Writes |a| as a name for a socket of |family| into |ss|; returns its length or 0. */
+static socklen_t make_name(const relay_addr *a, int family, struct sockaddr_in6 *ss)
+{
+    if (family == AF_INET6) {
+        memset(ss, 0, sizeof *ss);
+        ss->sin6_family = AF_INET6;
+        ss->sin6_port = a->port;
+        memcpy(&ss->sin6_addr, a->ip, 16);
+        return sizeof *ss;
+    }
+    if (!is_v4_mapped(a))
+        return 0;
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    memset(in, 0, sizeof *in);
+    in->sin_family = AF_INET;
+    in->sin_port = a->port;
+    memcpy(&in->sin_addr, a->ip + 12, 4);
+    return sizeof *in;
+}
+
+static int from_owner(const relay_side *s, const struct msghdr *h)
+{
+    relay_addr src;
+    if (h->msg_name == NULL || h->msg_namelen < sizeof(struct sockaddr_in))
+        return 0;
+    if (relay_addr_from_sockaddr(&src, h->msg_name) != 0)
+        return 0;
+    return memcmp(&src, &s->addr, sizeof src) == 0;
+}
+
+/* Pays |len| bytes from |b|; 0 when the budget cannot pay (the packet is dropped). */
+static int budget_spend(relay_forwarder *fw, relay_budget *b, size_t len)
+{
+    if (b == NULL)
+        return 1;
+    if (!b->unlimited) {
+        if (b->available < (int64_t)len) {
+            b->dropped++;
+            if (!b->lease_pending && fw->lease) {
+                b->lease_pending = 1;
+                fw->lease(fw->lease_arg, b);
+            }
+            return 0;
+        }
+        b->available -= (int64_t)len;
+        if (b->available < b->low_water && !b->lease_pending && fw->lease) {
+            b->lease_pending = 1;
+            fw->lease(fw->lease_arg, b);
+        }
+    }
+    b->spent += len;
+    return 1;
+}
+
+/*
+ * Checks one frame and rewrites it in place. Returns the length of the
+ * destination name written to |name| (for a socket of |family|), or 0 when
+ * the frame is dropped (and counted).
+ */
+static socklen_t route_frame(relay_forwarder *fw, const struct msghdr *h, uint8_t *buf, size_t len,
+                             int family, struct sockaddr_in6 *name)
+{
+    relay_forward_stats *st = &fw->stats;
+    pos_frame f;
+    int rc = pos_frame_decode(buf, len, &f);
+    if (rc != 0) {
+        if (rc == POS_FRAME_ERR_UNKNOWN_TYPE)
+            st->drop_unknown_type++;
+        else
+            st->drop_malformed++;
+        return 0;
+    }
+    relay_side *s = relay_circuit_find(fw->circuits, f.circuit_id);
+    if (s == NULL) {
+        st->drop_unknown_circuit++;
+        return 0;
+    }
+    if (!from_owner(s, h)) {
+        st->drop_wrong_source++;
+        return 0;
+    }
+    if (f.type != POS_FRAME_DATA && f.type != POS_FRAME_KEEPALIVE) {
+        st->drop_unexpected_type++;
+        return 0;
+    }
+    relay_side *dst = f.type == POS_FRAME_DATA ? relay_circuit_peer(fw->circuits, s) : s;
+    socklen_t namelen = make_name(&dst->addr, family, name);
+    if (namelen == 0) {
+        st->drop_unroutable++;
+        return 0;
+    }
+    if (f.type == POS_FRAME_KEEPALIVE) {
+        buf[0] = POS_FRAME_KEEPALIVE_ACK; /* same circuit id, same cookie, back to the sender */
+        st->keepalives++;
+        return namelen;
+    }
+    if (!budget_spend(fw, s->budget, len)) {
+        s->stats.dropped_budget++;
+        st->drop_budget++;
+        return 0;
+    }
+    pos_frame_set_circuit(buf, dst->id);
+    s->stats.rx_packets++;
+    s->stats.rx_bytes += len;
+    dst->stats.tx_packets++;
+    dst->stats.tx_bytes += len;
+    st->forwarded++;
+    st->forwarded_bytes += len;
+    return namelen;
+}
+
+int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, int sock_family,
+                        struct mmsghdr *out, unsigned *quic_idx, unsigned *n_quic)
+{
+    unsigned n_out = 0;
+    *n_quic = 0;
+    if (n_in > fw->batch_max || (sock_family != AF_INET && sock_family != AF_INET6))
+        return RELAY_CIRCUIT_ERR_INVALID;
+    for (unsigned i = 0; i < n_in; i++) {
+        struct msghdr *h = &in[i].msg_hdr;
+        if (h->msg_iovlen < 1 || h->msg_iov == NULL) {
+            fw->stats.drop_malformed++;
+            continue;
+        }
+        uint8_t *buf = h->msg_iov[0].iov_base;
+        size_t len = in[i].msg_len;
+        if (len > h->msg_iov[0].iov_len || (h->msg_flags & MSG_TRUNC)) {
+            fw->stats.drop_truncated++;
+            continue;
+        }
+        if (!pos_frame_is_frame(buf, len)) {
+            quic_idx[(*n_quic)++] = i;
+            fw->stats.quic++;
+            continue;
+        }
+        socklen_t namelen = route_frame(fw, h, buf, len, sock_family, &fw->names[n_out]);
+        if (namelen == 0)
+            continue;
+        fw->iov[n_out].iov_base = buf;
+        fw->iov[n_out].iov_len = len;
+        struct msghdr *o = &out[n_out].msg_hdr;
+        memset(o, 0, sizeof *o);
+        o->msg_name = &fw->names[n_out];
+        o->msg_namelen = namelen;
+        o->msg_iov = &fw->iov[n_out];
+        o->msg_iovlen = 1;
+        out[n_out].msg_len = 0;
+        n_out++;
+    }
+    return (int)n_out;
+}

@@ -1,0 +1,94 @@
+/*
+ * The relay's forwarding hot path. The UDP receive path (cmd_run.c) reads a
+ * batch with recvmmsg and hands it to relay_forward_batch, which sorts it:
+ * QUIC datagrams go back to the caller by index for ngtcp2; data frames are
+ * checked against the circuit table (circuit.h), rewritten in place and
+ * queued into an mmsghdr array ready for one sendmmsg; everything else is
+ * dropped and counted. No allocation, no system call and no clock per
+ * packet: what it needs is allocated by relay_forwarder_new for a batch size
+ * fixed then.
+ *
+ * Rules (docs/data-plane.md): a frame is accepted only from the current
+ * address of the side that owns its circuit id. DATA is sent to the other
+ * side's current address with the other side's id, after its length is paid
+ * from the sending side's budget; KEEPALIVE is answered in place with
+ * KEEPALIVE_ACK to the sender; any other frame type is dropped.
+ */
+#ifndef POS_RELAY_FORWARD_H
+#define POS_RELAY_FORWARD_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "circuit.h"
+
+#define RELAY_FORWARD_MAX_BATCH 1024
+
+/*
+ * relay_lease_cb: |b| has fallen below its low water mark or could not pay
+ * for a packet; lease more (asynchronously) and call relay_budget_grant.
+ * Called at most once until that grant. Must not close circuits.
+ */
+typedef void (*relay_lease_cb)(void *arg, relay_budget *b);
+
+/* Counters for /metrics. Every input datagram lands in exactly one of them. */
+typedef struct relay_forward_stats {
+    uint64_t quic;            /* handed back to the QUIC path */
+    uint64_t forwarded;       /* DATA frames queued for sending */
+    uint64_t forwarded_bytes; /* their lengths */
+    uint64_t keepalives;      /* KEEPALIVE answered */
+    uint64_t drop_truncated;  /* larger than the receive buffer (MSG_TRUNC) */
+    uint64_t drop_malformed;  /* frame of a known type with a bad shape, circuit id 0 */
+    uint64_t drop_unknown_type;
+    uint64_t drop_unexpected_type; /* a valid frame the relay never accepts (ACKs, PUNCH) */
+    uint64_t drop_unknown_circuit; /* no open circuit with that id (closed, forged) */
+    uint64_t drop_wrong_source;    /* not from the owning side's current address */
+    uint64_t drop_budget;          /* the sending side's token budget is exhausted */
+    uint64_t drop_unroutable;      /* IPv6 destination but an IPv4 socket */
+} relay_forward_stats;
+
+typedef struct relay_forwarder {
+    relay_circuits *circuits;
+    relay_lease_cb lease;
+    void *lease_arg;
+    unsigned batch_max;
+    struct iovec *iov;          /* batch_max: one per output */
+    struct sockaddr_in6 *names; /* batch_max: destination of each output */
+    relay_forward_stats stats;
+} relay_forwarder;
+
+/*
+ * relay_forwarder_new: a forwarder over |circuits| (borrowed; it must
+ * outlive the forwarder) for batches of at most |batch_max| datagrams (1 ..
+ * RELAY_FORWARD_MAX_BATCH). |lease| may be NULL. Returns NULL on a bad
+ * argument or out of memory. relay_forwarder_del frees it (NULL is fine).
+ */
+relay_forwarder *relay_forwarder_new(relay_circuits *circuits, unsigned batch_max,
+                                     relay_lease_cb lease, void *lease_arg);
+void relay_forwarder_del(relay_forwarder *fw);
+
+/*
+ * relay_forward_batch processes |n_in| datagrams received into |in| (as
+ * recvmmsg leaves them: msg_len, msg_flags, msg_name/msg_namelen of the
+ * source, the data in msg_iov[0]). Frames are rewritten in place.
+ *
+ * |out| (room for |n_in| entries) receives one entry per datagram to send,
+ * fully set for sendmmsg on a socket of family |sock_family| (AF_INET6 for a
+ * dual-stack socket, where IPv4 peers get IPv4-mapped names; or AF_INET). Its
+ * iovecs point into the |in| buffers and its names into the forwarder: both
+ * stay valid until the next call or until the |in| buffers are reused.
+ *
+ * |quic_idx| (room for |n_in|) receives the indexes into |in| of QUIC
+ * datagrams (first byte with 0x40 or 0x80 set), |*n_quic| their number; the
+ * caller gives them to ngtcp2.
+ *
+ * Returns the number of entries written to |out| (0 .. n_in), or
+ * RELAY_CIRCUIT_ERR_INVALID when |n_in| exceeds the batch size or
+ * |sock_family| is neither AF_INET nor AF_INET6 (nothing is processed).
+ */
+int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, int sock_family,
+                        struct mmsghdr *out, unsigned *quic_idx, unsigned *n_quic);
+
+#endif
