@@ -1,0 +1,35 @@
+/*
+ * The HTTP side of pos-discovery (libmicrohttpd): routes, authentication,
+ * bounded request bodies, and the daemon's hygiene options (connection
+ * timeout, per-IP and total connection limits, HTTPS with GnuTLS).
+ *
+ *   GET  /api/p2p/relays        the snapshot (never waits on Redis)
+ *   POST /api/p2p/relays        register or refresh one entry (Bearer secret)
+ *   DELETE /api/p2p/relays/<id> remove an entry (Bearer secret)
+ *   GET  /healthz, GET /metrics
+ */
+#ifndef POS_DISCOVERY_HTTP_H
+#define POS_DISCOVERY_HTTP_H
+
+#include <stddef.h>
+
+struct pos_server;
+
+/* Connections allowed in total and from one IP address. */
+#define POS_HTTP_CONNECTION_LIMIT 1024
+#define POS_HTTP_PER_IP_LIMIT 128
+#define POS_HTTP_TIMEOUT_S 30
+/* A body up to this size is read and dropped so the client gets its 413. */
+#define POS_HTTP_DISCARD_MAX (256 * 1024)
+
+/*
+ * pos_http_start starts the daemon on s->opt->listen (HTTPS when a
+ * certificate is configured) and logs where it listens. Returns 0, or -1
+ * with a sentence in |err| (files unreadable, address in use, ...).
+ */
+int pos_http_start(struct pos_server *s, char *err, size_t errlen);
+
+/* pos_http_stop stops the daemon and waits for its threads. */
+void pos_http_stop(struct pos_server *s);
+
+#endif
