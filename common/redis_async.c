@@ -32,7 +32,8 @@ struct request {
     ev_tstamp deadline;
     int script; /* handle, or -1 */
     int retried;
-    int internal; /* SELECT or SCRIPT LOAD sent by this module */
+    int internal; /* SELECT, SCRIPT LOAD or PING sent by this module */
+    int ping;     /* the PING that makes the connection ready */
     /* For scripts only: a copy of the arguments, to send again after NOSCRIPT. */
     int argc;
     char **argv;
@@ -43,6 +44,7 @@ struct conn {
     pos_redis_async *r;
     redisAsyncContext *ac;
     int connected; /* hiredis reported the connection established */
+    int ready;     /* cmd: the server answered our PING, commands may go */
     int is_sub;
     unsigned backoff_ms;
     ev_timer retry;
@@ -150,15 +152,17 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     struct conn *c = ac->data;
     pos_redis_async *r = c->r;
     (void)status;
+    int was_ready = c->ready;
     c->ac = NULL;
     c->connected = 0;
+    c->ready = 0;
     if (r->closing)
         return;
     if (!c->is_sub) {
         pos_log_warn("lost the connection to Redis: %s", ac->errstr[0] ? ac->errstr : "closed");
         /* The subscriber shares the server's fate: restart it too. */
         drop(&r->sub);
-        if (r->state_cb)
+        if (was_ready && r->state_cb)
             r->state_cb(r->state_arg, 0);
     }
     schedule_retry(c);
@@ -207,7 +211,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static int send_request(pos_redis_async *r, struct request *q, int argc, const char **argv,
                         const size_t *argvlen)
 {
-    if (!r->cmd.ac || !r->cmd.connected)
+    /* Our own setup commands go first; the caller's only once the server answered PING. */
+    if (!r->cmd.ac || !r->cmd.connected || (!q->internal && !r->cmd.ready))
         return -1;
     if (redisAsyncCommandArgv(r->cmd.ac, on_reply, q, argc, argv, argvlen) != REDIS_OK)
         return -1;
@@ -217,7 +222,7 @@ static int send_request(pos_redis_async *r, struct request *q, int argc, const c
     return 0;
 }
 
-/* Internal command whose reply is only checked (SELECT, SCRIPT LOAD). */
+/* Internal command whose reply is only checked (SELECT, SCRIPT LOAD, PING). */
 static void send_internal(pos_redis_async *r, int script, int argc, const char **argv)
 {
     struct request *q = calloc(1, sizeof(*q));
@@ -225,6 +230,7 @@ static void send_internal(pos_redis_async *r, int script, int argc, const char *
         return;
     q->r = r;
     q->script = script;
+    q->ping = argc == 1 && strcmp(argv[0], "PING") == 0;
     q->retried = 1;
     q->internal = 1;
     if (send_request(r, q, argc, argv, NULL) != 0)
@@ -266,9 +272,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
         if (!r->scripts[i].sha[0])
             load_script(r, i);
     }
-    pos_log_info("connected to Redis");
-    if (r->state_cb)
-        r->state_cb(r->state_arg, 1);
+    /* A stopped server still completes TCP handshakes: only an answer proves it is alive. */
+    const char *ping[] = {"PING"};
+    send_internal(r, -1, 1, ping);
 }
 
 static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
@@ -384,7 +390,7 @@ void pos_redis_async_del(pos_redis_async *r)
 
 int pos_redis_async_up(const pos_redis_async *r)
 {
-    return r->cmd.ac != NULL && r->cmd.connected;
+    return r->cmd.ac != NULL && r->cmd.ready;
 }
 
 int pos_redis_async_commandv(pos_redis_async *r, pos_redis_async_reply_cb cb, void *arg, int argc,
@@ -407,7 +413,7 @@ int pos_redis_async_commandv(pos_redis_async *r, pos_redis_async_reply_cb cb, vo
 int pos_redis_async_command(pos_redis_async *r, pos_redis_async_reply_cb cb, void *arg,
                             const char *fmt, ...)
 {
-    if (!r->cmd.ac || !r->cmd.connected)
+    if (!r->cmd.ac || !r->cmd.ready)
         return -1;
     struct request *q = calloc(1, sizeof(*q));
     if (!q)
@@ -528,6 +534,26 @@ static void on_internal_reply(pos_redis_async *r, struct request *q, redisReply 
 {
     if (!reply)
         r->stats.errors++;
+    if (q->internal && q->ping) {
+        int alive = reply && reply->type == REDIS_REPLY_STATUS;
+        request_free(q);
+        if (!alive) {
+            /* e.g. LOADING: try again later rather than queue commands behind it. (A NULL
+             * reply means the connection is already going away.) */
+            if (reply) {
+                pos_log_warn("Redis is not ready: %s", reply->type == REDIS_REPLY_ERROR
+                                                           ? reply->str
+                                                           : "unexpected PING answer");
+                drop(&r->cmd);
+            }
+            return;
+        }
+        r->cmd.ready = 1;
+        pos_log_info("connected to Redis");
+        if (r->state_cb)
+            r->state_cb(r->state_arg, 1);
+        return;
+    }
     if (q->internal) {
         /* SCRIPT LOAD remembers the sha; a failed SELECT makes the connection useless. */
         if (reply && q->script >= 0 && reply->type == REDIS_REPLY_STRING && reply->len == 40)

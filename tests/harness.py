@@ -113,7 +113,8 @@ class Proc:
         return self.p.pid
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
 
@@ -127,8 +128,10 @@ class Proc:
     def wait(self, timeout):
         return self.p.wait(timeout=timeout)
 
-    def stop(self, sig=signal.SIGTERM, timeout=10):
+    def stop(self, sig=None, timeout=10):
         """Stop the process; return its exit status. A process that ignores SIGTERM is killed."""
+        # (the default cannot be signal.SIGTERM: in this class body `signal` is the method above)
+        sig = signal.SIGTERM if sig is None else sig
         if self.alive():
             self.p.send_signal(sig)
             try:
