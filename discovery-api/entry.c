@@ -178,7 +178,7 @@ int pos_entry_parse(const char *body, size_t len, pos_entry *e, char *err, size_
     }
     if (len == 0)
         return fail(err, errlen, "%s", "the body is empty: expected a JSON object");
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root) {
         snprintf(err, errlen, "the body is not valid JSON (line %d, column %d)", jerr.line,
                  jerr.column);

@@ -36,8 +36,9 @@ typedef struct request {
     unsigned verdict; /* 0 while acceptable, else the status to answer with */
     char error[192];  /* the sentence for |verdict| */
     char id[POS_UUID_STRLEN];
-    size_t len; /* body bytes received, kept or not */
-    char *body; /* POST only: POS_ENTRY_MAX_BODY bytes */
+    unsigned long long declared; /* Content-Length, when given */
+    size_t len;                  /* body bytes received, kept or not */
+    char *body;                  /* POST only: POS_ENTRY_MAX_BODY bytes */
 } request;
 
 /* One answer: where it goes and what it counts as in the metrics. */
@@ -206,11 +207,12 @@ static void judge_headers(pos_server *s, struct MHD_Connection *conn, const char
     MHD_lookup_connection_value_n(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
                                   sizeof(MHD_HTTP_HEADER_AUTHORIZATION) - 1, &auth, &auth_len);
     clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    rq->declared = clen ? strtoull(clen, NULL, 10) : 0;
     if (!pos_server_authorized(s, auth, auth_len)) {
         set_verdict(rq, MHD_HTTP_UNAUTHORIZED,
                     auth ? "wrong credentials: expected Authorization: Bearer <p2p secret>"
                          : "missing header Authorization: Bearer <p2p secret>");
-    } else if (clen && strtoull(clen, NULL, 10) > POS_ENTRY_MAX_BODY) {
+    } else if (rq->declared > POS_ENTRY_MAX_BODY) {
         set_verdict(rq, MHD_HTTP_CONTENT_TOO_LARGE, "the body is larger than 16384 bytes");
     } else if (rq->method == POS_METHOD_DELETE) {
         const char *id = url + sizeof(RELAYS_PATH);
@@ -247,6 +249,13 @@ static enum MHD_Result first_call(pos_server *s, struct MHD_Connection *conn, co
     rq->route = a.route;
     rq->method = a.method;
     judge_headers(s, conn, url, rq);
+    if (rq->declared > POS_HTTP_DISCARD_MAX) {
+        /* Not worth reading: answer now (401 or 413); libmicrohttpd then closes. */
+        enum MHD_Result rc = send_error(&a, rq->verdict, rq->error);
+        free(rq->body);
+        free(rq);
+        return rc;
+    }
     *con_cls = rq;
     return MHD_YES;
 }

@@ -79,21 +79,17 @@ static int read_cli(int argc, char **argv, setting *set, const char **config, ch
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int c;
+    int c, li = 0;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", longopts, &li)) != -1) {
         if (c == 'h')
             return POS_OPTIONS_HELP;
         if (c == 'c') {
             *config = optarg;
         } else if (c >= 0 && c < SET_COUNT) {
             set[c].value = optarg;
-            snprintf(set[c].where, sizeof(set[c].where), "option %s", argv[optind - 1]);
-            /* "--ttl=5" form: name only the option. */
-            char *eq = strchr(set[c].where, '=');
-            if (eq)
-                *eq = '\0';
+            snprintf(set[c].where, sizeof(set[c].where), "option --%s", longopts[li].name);
         } else {
             snprintf(err, errlen, "unknown or incomplete option \"%s\" (see --help)",
                      argv[optind - 1]);

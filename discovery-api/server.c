@@ -57,6 +57,10 @@ static void *refresher_main(void *arg)
     int was_ok = 1;
 
     while (!wait_stop(s, POS_SERVER_REFRESH_MS)) {
+        /* This thread is the one that notices Redis is back: no backoff here, the
+         * refresh period already spaces the attempts. */
+        if (!s->reader.redis.ctx)
+            pos_redis_connect_now(&s->reader.redis);
         int ok = refresh(s, &s->reader, err, sizeof(err)) == 0;
         /* Log changes only: an outage is one warning, not four a second. */
         if (was_ok && !ok)
@@ -97,7 +101,12 @@ static int write_remove(pos_store *store, const void *arg, char *err, size_t err
 static int locked_write(pos_server *s, store_write fn, const void *arg, char *err, size_t errlen)
 {
     char rerr[POS_ERR_LEN];
+    pos_snapshot_state st;
+    pos_snapshot_get_state(&s->snapshot, &st);
     pthread_mutex_lock(&s->write_lock);
+    /* The refresher reached Redis: skip what is left of this connection's backoff. */
+    if (!s->writer.redis.ctx && st.redis_ok)
+        pos_redis_connect_now(&s->writer.redis);
     int had_connection = s->writer.redis.ctx != NULL;
     int rc = fn(&s->writer, arg, err, errlen);
     if (rc != 0 && had_connection && !s->writer.redis.ctx &&
