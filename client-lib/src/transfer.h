@@ -1,0 +1,144 @@
+/*
+ * The file-transfer protocol of `pos-p2p send` / `pos-p2p listen`: one file
+ * per bidirectional stream of a peer-to-peer QUIC session (docs/transfer.md).
+ * Sans network I/O: a sender and a receiver state machine that take the
+ * bytes read from the stream and produce the bytes to write to it; the
+ * caller moves them over QUIC. They do their own file I/O (reading the file
+ * to send; writing the receiver's partial file), which is the point of them.
+ *
+ * Sender -> receiver: OFFER (name, size, BLAKE2b-256 of the file, resume
+ * wanted), then START (offset) and DATA chunks. Receiver -> sender: ACCEPT
+ * (offset it already has and the BLAKE2b-256 of that prefix) or REFUSE, and
+ * at the end DONE (verdict and final name). Every message is type (1 byte) |
+ * body length (4 bytes, big endian) | body, parsed through a bounded cursor.
+ *
+ * The receiver writes into DIR/.NAME.part with the transfer's identity (size
+ * and hash) in DIR/.NAME.state, checks the BLAKE2b of the whole file, and only
+ * then renames the part file to NAME, never replacing an existing file (NAME
+ * taken: "NAME (1)", "NAME (2)", ...). A failed transfer never leaves a file
+ * that looks complete; an interrupted one resumes from the received prefix
+ * once the sender has checked the prefix's hash.
+ *
+ * Memory is bounded: each machine holds one small message buffer; DATA is
+ * streamed straight between the caller's buffers and the files.
+ */
+#ifndef POS_P2P_TRANSFER_H
+#define POS_P2P_TRANSFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define POS_XFER_HASH_LEN 32
+#define POS_XFER_MAX_NAME 200      /* bytes of a file name on the wire */
+#define POS_XFER_CHUNK (64 * 1024) /* largest DATA body */
+#define POS_XFER_MAX_TEXT 256      /* reason or final name in REFUSE / DONE */
+#define POS_XFER_HEADER_LEN 5      /* type + u32 length */
+#define POS_XFER_MAX_CTRL_BODY 512 /* largest body of any message but DATA */
+
+/* Errors returned by the functions below (negative), also the verdicts on the wire (positive). */
+#define POS_XFER_ERR_IO -1       /* reading or writing a local file failed */
+#define POS_XFER_ERR_PROTOCOL -2 /* the other side sent something invalid or unexpected */
+#define POS_XFER_ERR_BAD_NAME -3 /* the file name is not acceptable (path, hidden, control chars)  \
+                                  */
+#define POS_XFER_ERR_TOO_BIG -4  /* larger than the receiver accepts */
+#define POS_XFER_ERR_CHECKSUM -5 /* the received file's BLAKE2b differs from the offer */
+#define POS_XFER_ERR_REFUSED -6  /* the receiver refused the offer for another reason */
+#define POS_XFER_ERR_NO_NAME -7  /* no free final name (NAME (1) .. NAME (99) all taken) */
+#define POS_XFER_ERR_NOMEM -8
+#define POS_XFER_ERR_STATE -9 /* call not valid in this state */
+
+/* pos_xfer_strerror: a sentence for each POS_XFER_ERR_* code (negative or positive). */
+const char *pos_xfer_strerror(int code);
+
+/*
+ * pos_xfer_name_ok: whether |len| bytes of |name| are acceptable as a file
+ * name in DIR: 1..POS_XFER_MAX_NAME bytes, no '/', '\\' or NUL, no control
+ * characters, not starting with '.' (so never ".", "..", a hidden file, or
+ * one of the receiver's own .NAME.part / .NAME.state files).
+ */
+int pos_xfer_name_ok(const char *name, size_t len);
+
+enum pos_xfer_status {
+    POS_XFER_RUNNING = 0,
+    POS_XFER_FINISHED = 1, /* sender: receiver confirmed; receiver: file verified and renamed */
+    POS_XFER_FAILED = 2,   /* see pos_xfer_*_error */
+};
+
+/* ---- sender ---- */
+
+typedef struct pos_xfer_sender pos_xfer_sender;
+
+/*
+ * pos_xfer_sender_new opens |path| and hashes it (one full read). The
+ * offered name is the last path component. |resume| asks the receiver to
+ * keep a partial file of the same transfer. Returns NULL with |*err| set:
+ * POS_XFER_ERR_IO (cannot open or read; errno kept), POS_XFER_ERR_BAD_NAME,
+ * POS_XFER_ERR_NOMEM. Free with pos_xfer_sender_del (closes the file).
+ */
+pos_xfer_sender *pos_xfer_sender_new(const char *path, int resume, int *err);
+void pos_xfer_sender_del(pos_xfer_sender *s);
+
+/*
+ * pos_xfer_sender_output writes the next bytes for the stream into |buf|
+ * (|cap| >= 64 bytes; DATA fills up to cap). Returns the number of bytes
+ * (0: nothing to send until more input arrives, or finished), or a negative
+ * error (the transfer failed; the stream should be reset).
+ */
+int pos_xfer_sender_output(pos_xfer_sender *s, uint8_t *buf, size_t cap);
+
+/*
+ * pos_xfer_sender_input consumes |len| bytes read from the stream. Returns 0
+ * or a negative error (protocol error, refusal, failure reported by the
+ * receiver); the status is then POS_XFER_FAILED.
+ */
+int pos_xfer_sender_input(pos_xfer_sender *s, const uint8_t *data, size_t len);
+
+/* pos_xfer_sender_status: RUNNING, FINISHED or FAILED. */
+enum pos_xfer_status pos_xfer_sender_status(const pos_xfer_sender *s);
+
+/* pos_xfer_sender_error: the error that failed the transfer (0 if none), and the peer's reason. */
+int pos_xfer_sender_error(const pos_xfer_sender *s, const char **reason);
+
+/*
+ * pos_xfer_sender_progress: |*size| of the file, |*offset| the receiver
+ * already had (resume), |*sent| file bytes sent so far (offset included).
+ */
+void pos_xfer_sender_progress(const pos_xfer_sender *s, uint64_t *size, uint64_t *offset,
+                              uint64_t *sent);
+
+/* pos_xfer_sender_final_name: the name the receiver stored the file under (when FINISHED). */
+const char *pos_xfer_sender_final_name(const pos_xfer_sender *s);
+
+/* ---- receiver ---- */
+
+typedef struct pos_xfer_receiver pos_xfer_receiver;
+
+/*
+ * pos_xfer_receiver_new: a receiver of one file into directory |dir|
+ * (opened now; kept open). Files larger than |max_size| are refused (0 = no
+ * limit). Returns NULL with |*err|: POS_XFER_ERR_IO (no such directory),
+ * POS_XFER_ERR_NOMEM. pos_xfer_receiver_del closes files; a partial file and
+ * its state are kept for a later resume unless the transfer failed its
+ * checksum.
+ */
+pos_xfer_receiver *pos_xfer_receiver_new(const char *dir, uint64_t max_size, int *err);
+void pos_xfer_receiver_del(pos_xfer_receiver *r);
+
+/* pos_xfer_receiver_input consumes stream bytes; 0 or a negative error (status FAILED). */
+int pos_xfer_receiver_input(pos_xfer_receiver *r, const uint8_t *data, size_t len);
+
+/* pos_xfer_receiver_output: bytes to send back (ACCEPT, REFUSE, DONE); 0 when none. */
+int pos_xfer_receiver_output(pos_xfer_receiver *r, uint8_t *buf, size_t cap);
+
+enum pos_xfer_status pos_xfer_receiver_status(const pos_xfer_receiver *r);
+int pos_xfer_receiver_error(const pos_xfer_receiver *r);
+
+/* pos_xfer_receiver_progress: size offered, offset resumed from, bytes of the file received. */
+void pos_xfer_receiver_progress(const pos_xfer_receiver *r, uint64_t *size, uint64_t *offset,
+                                uint64_t *received);
+
+/* pos_xfer_receiver_name: the offered name (after OFFER) and the final name (when FINISHED). */
+const char *pos_xfer_receiver_offered_name(const pos_xfer_receiver *r);
+const char *pos_xfer_receiver_final_name(const pos_xfer_receiver *r);
+
+#endif

@@ -1,0 +1,457 @@
+/*
+ * Unit tests of the file-transfer protocol (client-lib/src/transfer.c): a
+ * sender and a receiver state machine run against each other in memory, the
+ * stream bytes handed over in uneven pieces, with real files in a temporary
+ * directory. What a user would notice: files arrive identical, a corrupted
+ * or cut transfer never leaves a complete-looking file, a resumed transfer
+ * sends only the rest, names can not escape the directory or overwrite.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "transfer.h"
+
+static char root[256], src_dir[300], out_dir[300];
+
+static void write_random_file(const char *path, size_t size, uint32_t seed)
+{
+    FILE *f = fopen(path, "wb");
+    static uint8_t block[1 << 16];
+    uint8_t seed_bytes[randombytes_SEEDBYTES] = {0};
+    memcpy(seed_bytes, &seed, sizeof seed);
+    size_t done = 0;
+    uint64_t k = 0;
+    while (done < size) {
+        size_t n = size - done < sizeof block ? size - done : sizeof block;
+        seed_bytes[8] = (uint8_t)k, seed_bytes[9] = (uint8_t)(k >> 8), k++;
+        randombytes_buf_deterministic(block, n, seed_bytes);
+        fwrite(block, 1, n, f);
+        done += n;
+    }
+    fclose(f);
+}
+
+/* 1 when the two files have the same bytes. */
+static int same_file(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    static uint8_t ba[1 << 16], bb[1 << 16];
+    while (same) {
+        size_t na = fread(ba, 1, sizeof ba, fa), nb = fread(bb, 1, sizeof bb, fb);
+        same = na == nb && memcmp(ba, bb, na) == 0;
+        if (na == 0)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+static int exists_in(const char *dir, const char *name)
+{
+    char p[700];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return lstat(p, &st) == 0;
+}
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static void clear_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[700];
+    while (d && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    if (d)
+        closedir(d);
+}
+
+/*
+ * Moves bytes both ways until neither side has anything to say. Sender bytes
+ * reach the receiver in uneven pieces. |cut_after| > 0 stops the run once that
+ * many stream bytes went to the receiver (a broken connection); |flip_at| > 0
+ * flips the stream byte at that position (corruption in transit). Returns the
+ * stream bytes the receiver got.
+ */
+static uint64_t pump(pos_xfer_sender *s, pos_xfer_receiver *r, uint64_t cut_after, uint64_t flip_at)
+{
+    static uint8_t buf[POS_XFER_CHUNK + POS_XFER_HEADER_LEN];
+    uint8_t back[600];
+    uint64_t moved = 0;
+    unsigned piece = 1;
+    for (int rounds = 0; rounds < 1000000; rounds++) {
+        size_t cap = rounds % 3 ? sizeof buf : 4096; /* also small DATA chunks */
+        int n = pos_xfer_sender_output(s, buf, cap);
+        int progress = n > 0;
+        size_t off = 0;
+        while (n > 0 && off < (size_t)n) {
+            size_t k = (size_t)n - off < piece ? (size_t)n - off : piece;
+            piece = piece * 7 % 9973 + 1;
+            if (cut_after && moved + k > cut_after)
+                k = (size_t)(cut_after - moved);
+            if (flip_at && flip_at > moved && flip_at <= moved + k)
+                buf[off + (flip_at - moved - 1)] ^= 0x20;
+            pos_xfer_receiver_input(r, buf + off, k);
+            moved += k;
+            off += k;
+            if (cut_after && moved >= cut_after)
+                return moved;
+        }
+        int m = pos_xfer_receiver_output(r, back, sizeof back);
+        if (m > 0) {
+            pos_xfer_sender_input(s, back, (size_t)m);
+            progress = 1;
+        }
+        if (!progress)
+            break;
+    }
+    return moved;
+}
+
+/* Sends |name| from src_dir to out_dir; returns the sender's final status. */
+static enum pos_xfer_status send_file(const char *name, int resume, pos_xfer_sender **keep)
+{
+    char path[700];
+    int err = 0;
+    snprintf(path, sizeof path, "%s/%s", src_dir, name);
+    pos_xfer_sender *s = pos_xfer_sender_new(path, resume, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    if (!s || !r) {
+        pos_xfer_sender_del(s);
+        pos_xfer_receiver_del(r);
+        return POS_XFER_FAILED;
+    }
+    pump(s, r, 0, 0);
+    enum pos_xfer_status st = pos_xfer_sender_status(s);
+    CHECK(pos_xfer_receiver_status(r) == st);
+    pos_xfer_receiver_del(r);
+    if (keep)
+        *keep = s;
+    else
+        pos_xfer_sender_del(s);
+    return st;
+}
+
+static void test_sizes(void)
+{
+    static const size_t sizes[] = {0, 1, 65535, 65536, 65541, 20 * 1000 * 1000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        char name[64], src[700], dst[700];
+        snprintf(name, sizeof name, "file-%zu.bin", sizes[i]);
+        snprintf(src, sizeof src, "%s/%s", src_dir, name);
+        snprintf(dst, sizeof dst, "%s/%s", out_dir, name);
+        write_random_file(src, sizes[i], (uint32_t)i + 1);
+        pos_xfer_sender *s = NULL;
+        CHECK(send_file(name, 1, &s) == POS_XFER_FINISHED);
+        CHECK(same_file(src, dst));
+        CHECK(s && strcmp(pos_xfer_sender_final_name(s), name) == 0);
+        uint64_t size, offset, sent;
+        pos_xfer_sender_progress(s, &size, &offset, &sent);
+        CHECK(size == sizes[i] && offset == 0 && sent == sizes[i]);
+        pos_xfer_sender_del(s);
+    }
+    /* Nothing but the finished files: no part or state files left. */
+    CHECK(count_entries(out_dir) == (int)(sizeof sizes / sizeof sizes[0]));
+    clear_dir(out_dir);
+}
+
+static void test_no_overwrite(void)
+{
+    char src[700], dst[700];
+    snprintf(src, sizeof src, "%s/report.txt", src_dir);
+    snprintf(dst, sizeof dst, "%s/report.txt", out_dir);
+    write_random_file(src, 1000, 9);
+    FILE *f = fopen(dst, "w");
+    fputs("mine, keep me\n", f);
+    fclose(f);
+    pos_xfer_sender *s = NULL;
+    CHECK(send_file("report.txt", 1, &s) == POS_XFER_FINISHED);
+    CHECK(s && strcmp(pos_xfer_sender_final_name(s), "report (1).txt") == 0);
+    pos_xfer_sender_del(s);
+    char got[700];
+    snprintf(got, sizeof got, "%s/report (1).txt", out_dir);
+    CHECK(same_file(src, got));
+    f = fopen(dst, "r");
+    char line[32] = {0};
+    CHECK(f && fgets(line, sizeof line, f) && strcmp(line, "mine, keep me\n") == 0);
+    if (f)
+        fclose(f);
+    CHECK(send_file("report.txt", 1, NULL) == POS_XFER_FINISHED);
+    CHECK(exists_in(out_dir, "report (2).txt"));
+    clear_dir(out_dir);
+}
+
+static void test_corruption(void)
+{
+    char src[700];
+    snprintf(src, sizeof src, "%s/data.bin", src_dir);
+    write_random_file(src, 300000, 5);
+    int err;
+    pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pump(s, r, 0, 200000); /* one byte of one DATA chunk flipped on the way */
+    const char *reason = NULL;
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FAILED);
+    CHECK(pos_xfer_sender_error(s, &reason) == POS_XFER_ERR_CHECKSUM);
+    CHECK(reason && strstr(reason, "checksum") != NULL);
+    CHECK(pos_xfer_receiver_status(r) == POS_XFER_FAILED);
+    CHECK(pos_xfer_receiver_error(r) == POS_XFER_ERR_CHECKSUM);
+    CHECK(pos_xfer_receiver_final_name(r) == NULL);
+    CHECK(count_entries(out_dir) == 0); /* no data.bin, no part file to resume from */
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    /* The next attempt starts over and succeeds. */
+    CHECK(send_file("data.bin", 1, NULL) == POS_XFER_FINISHED);
+    char dst[700];
+    snprintf(dst, sizeof dst, "%s/data.bin", out_dir);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+}
+
+/* Cuts a transfer after |cut| stream bytes; returns what the receiver had kept. */
+static uint64_t interrupted(const char *src, uint64_t cut)
+{
+    int err;
+    pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pump(s, r, cut, 0);
+    uint64_t size, offset, received;
+    pos_xfer_receiver_progress(r, &size, &offset, &received);
+    CHECK(pos_xfer_receiver_status(r) == POS_XFER_RUNNING);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    return received;
+}
+
+static void test_resume(void)
+{
+    char src[700], dst[700];
+    snprintf(src, sizeof src, "%s/big.iso", src_dir);
+    snprintf(dst, sizeof dst, "%s/big.iso", out_dir);
+    write_random_file(src, 3 * 1000 * 1000 + 17, 77);
+
+    uint64_t kept = interrupted(src, 1234567);
+    CHECK(kept > 1000000 && kept < 1234567);
+    CHECK(!exists_in(out_dir, "big.iso"));
+    CHECK(exists_in(out_dir, ".big.iso.part") && exists_in(out_dir, ".big.iso.state"));
+
+    pos_xfer_sender *s = NULL;
+    CHECK(send_file("big.iso", 1, &s) == POS_XFER_FINISHED);
+    uint64_t size, offset, sent;
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(offset == kept); /* only the rest crossed the wire */
+    CHECK(sent == size);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    CHECK(count_entries(out_dir) == 1);
+    clear_dir(out_dir);
+
+    /* A damaged part file: the sender sees the prefix hash differ and starts over. */
+    kept = interrupted(src, 2000000);
+    char part[700];
+    snprintf(part, sizeof part, "%s/.big.iso.part", out_dir);
+    FILE *f = fopen(part, "r+b");
+    fseek(f, 1000, SEEK_SET);
+    fputc(0x55 ^ fgetc(f), f);
+    fclose(f);
+    CHECK(send_file("big.iso", 1, &s) == POS_XFER_FINISHED);
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(kept > 0 && offset == 0);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+
+    /* A different file under the same name: its part is not reused. */
+    interrupted(src, 500000);
+    write_random_file(src, 3 * 1000 * 1000 + 17, 78);
+    CHECK(send_file("big.iso", 1, &s) == POS_XFER_FINISHED);
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(offset == 0);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+
+    /* Resume not asked for: start over. */
+    interrupted(src, 500000);
+    CHECK(send_file("big.iso", 0, &s) == POS_XFER_FINISHED);
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(offset == 0);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+}
+
+/* Feeds a hand-made OFFER for |name| (|len| bytes) and returns the receiver's error. */
+static int offer_name(const char *name, size_t len)
+{
+    uint8_t msg[600] = {0};
+    size_t body = 2 + 8 + 32 + 2 + len;
+    msg[0] = 0x01;
+    msg[3] = (uint8_t)(body >> 8), msg[4] = (uint8_t)body;
+    msg[5] = 1, msg[6] = 1;
+    msg[5 + 2 + 7] = 10; /* size 10 */
+    msg[5 + 42] = (uint8_t)(len >> 8), msg[5 + 43] = (uint8_t)len;
+    memcpy(msg + 5 + 44, name, len);
+    int err;
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    int rc = pos_xfer_receiver_input(r, msg, 5 + body);
+    uint8_t out[600];
+    int n = pos_xfer_receiver_output(r, out, sizeof out);
+    /* The refusal goes back on the stream: REFUSE with the wire code. */
+    if (rc != 0)
+        CHECK(n > 7 && out[0] == 0x12 && out[6] == (uint8_t)-rc);
+    CHECK(pos_xfer_receiver_status(r) == (rc ? POS_XFER_FAILED : POS_XFER_RUNNING));
+    pos_xfer_receiver_del(r);
+    return rc;
+}
+
+static void test_names(void)
+{
+    static const char *bad[] = {"../evil", "..",   ".",    "a/b",  "/etc/passwd",
+                                ".hidden", "a\\b", "x\ty", "nl\n", "del\x7f"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(!pos_xfer_name_ok(bad[i], strlen(bad[i])));
+        CHECK(offer_name(bad[i], strlen(bad[i])) == POS_XFER_ERR_BAD_NAME);
+    }
+    CHECK(offer_name("", 0) == POS_XFER_ERR_BAD_NAME);
+    CHECK(offer_name("a\0b", 3) != 0); /* embedded NUL */
+    char longname[POS_XFER_MAX_NAME + 1];
+    memset(longname, 'n', sizeof longname);
+    CHECK(offer_name(longname, POS_XFER_MAX_NAME + 1) != 0);
+    CHECK(offer_name(longname, POS_XFER_MAX_NAME) == 0); /* the longest allowed */
+    CHECK(pos_xfer_name_ok("résumé 2024.pdf", strlen("résumé 2024.pdf")));
+    /* Nothing was created, here or in the parent. */
+    char n200[POS_XFER_MAX_NAME + 16];
+    snprintf(n200, sizeof n200, ".%.*s.part", POS_XFER_MAX_NAME, longname);
+    CHECK(exists_in(out_dir, n200));
+    clear_dir(out_dir);
+    CHECK(count_entries(out_dir) == 0);
+    CHECK(!exists_in(root, "evil"));
+
+    /* The sender refuses to offer a name the receiver would refuse. */
+    int err = 0;
+    char hidden[700];
+    snprintf(hidden, sizeof hidden, "%s/.secret", src_dir);
+    write_random_file(hidden, 10, 1);
+    CHECK(pos_xfer_sender_new(hidden, 1, &err) == NULL && err == POS_XFER_ERR_BAD_NAME);
+    unlink(hidden);
+    CHECK(pos_xfer_sender_new("/nonexistent/file", 1, &err) == NULL && err == POS_XFER_ERR_IO);
+    CHECK(pos_xfer_sender_new(src_dir, 1, &err) == NULL && err == POS_XFER_ERR_IO);
+}
+
+static void test_refusals(void)
+{
+    char src[700], outside[700], link[700];
+    snprintf(src, sizeof src, "%s/eleven.bin", src_dir);
+    write_random_file(src, 11, 3);
+    int err;
+
+    /* Larger than the receiver accepts. */
+    pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 10, &err);
+    pump(s, r, 0, 0);
+    const char *reason;
+    CHECK(pos_xfer_sender_error(s, &reason) == POS_XFER_ERR_TOO_BIG);
+    CHECK(strstr(reason, "larger") != NULL);
+    CHECK(count_entries(out_dir) == 0);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+
+    /* A symbolic link planted where the part file goes is not followed. */
+    snprintf(outside, sizeof outside, "%s/outside", root);
+    write_random_file(outside, 100, 4);
+    snprintf(link, sizeof link, "%s/.eleven.bin.part", out_dir);
+    CHECK(symlink(outside, link) == 0);
+    s = pos_xfer_sender_new(src, 1, &err);
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pump(s, r, 0, 0);
+    CHECK(pos_xfer_sender_error(s, &reason) == POS_XFER_ERR_IO);
+    struct stat st;
+    CHECK(stat(outside, &st) == 0 && st.st_size == 100);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    clear_dir(out_dir);
+
+    /* Garbage instead of an OFFER, and a message longer than any control message. */
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    const uint8_t data_first[] = {0x03, 0, 0, 0, 1, 'x'};
+    CHECK(pos_xfer_receiver_input(r, data_first, sizeof data_first) == POS_XFER_ERR_PROTOCOL);
+    pos_xfer_receiver_del(r);
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    const uint8_t huge[] = {0x01, 0, 1, 0, 0};
+    CHECK(pos_xfer_receiver_input(r, huge, sizeof huge) == POS_XFER_ERR_PROTOCOL);
+    pos_xfer_receiver_del(r);
+    CHECK(pos_xfer_receiver_new("/nonexistent-dir", 0, &err) == NULL && err == POS_XFER_ERR_IO);
+
+    /* A sender hearing nonsense fails with a protocol error. */
+    s = pos_xfer_sender_new(src, 1, &err);
+    uint8_t buf[256];
+    CHECK(pos_xfer_sender_output(s, buf, sizeof buf) > 0);
+    const uint8_t bogus_accept[] = {0x11, 0,    0,    0,    40,   0xff, 0xff,
+                                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    uint8_t msg[45] = {0};
+    memcpy(msg, bogus_accept, sizeof bogus_accept); /* offset beyond the file */
+    CHECK(pos_xfer_sender_input(s, msg, sizeof msg) == POS_XFER_ERR_PROTOCOL);
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FAILED);
+    pos_xfer_sender_del(s);
+    CHECK(strcmp(pos_xfer_strerror(POS_XFER_ERR_NO_NAME),
+                 "no free name for the file in the receiving directory") == 0);
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+    const char *tmp = getenv("TMPDIR");
+    snprintf(root, sizeof root, "%s/pos-transfer-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(root) == NULL)
+        return 1;
+    snprintf(src_dir, sizeof src_dir, "%s/src", root);
+    snprintf(out_dir, sizeof out_dir, "%s/out", root);
+    mkdir(src_dir, 0700);
+    mkdir(out_dir, 0700);
+
+    test_sizes();
+    test_no_overwrite();
+    test_corruption();
+    test_resume();
+    test_names();
+    test_refusals();
+
+    clear_dir(src_dir);
+    clear_dir(out_dir);
+    rmdir(src_dir);
+    rmdir(out_dir);
+    char outside[700];
+    snprintf(outside, sizeof outside, "%s/outside", root);
+    unlink(outside);
+    rmdir(root);
+    return check_finish("test_transfer");
+}
