@@ -166,8 +166,10 @@ static int verify_peer(gnutls_session_t s)
         return -1;
     if (pos_tls_check_peer_cert(certs[0].data, certs[0].size, key) != 0)
         return -1;
-    if (pin->has_expected && sodium_memcmp(key, pin->expect_key, 32) != 0)
+    if (pin->has_expected && sodium_memcmp(key, pin->expect_key, 32) != 0) {
+        pin->mismatch = 1;
         return -1;
+    }
     memcpy(pin->peer_key, key, 32);
     pin->has_peer = 1;
     return 0;

@@ -41,6 +41,7 @@ typedef struct pos_tls_pin {
     uint8_t peer_key[32];
     uint8_t has_expected;
     uint8_t has_peer;
+    uint8_t mismatch; /* set when a valid Ed25519 key was not the expected one */
 } pos_tls_pin;
 
 /*

@@ -14,6 +14,46 @@ const char *pos_p2p_strerror(int code)
         return "input/output error";
     case POS_P2P_ERR_TIMEOUT:
         return "timed out";
+    case POS_P2P_ERR_REFUSED:
+        return "the relay refused the connection";
+    case POS_P2P_ERR_PEER_MISMATCH:
+        return "the peer's key is not the expected peer id";
+    case POS_P2P_ERR_HANDSHAKE:
+        return "the QUIC/TLS handshake failed";
+    case POS_P2P_ERR_PROTOCOL:
+        return "the relay broke the control protocol";
+    case POS_P2P_ERR_CLOSED:
+        return "the connection was closed";
+    case POS_P2P_ERR_HTTP:
+        return "the discovery API is unreachable or answered with an error";
+    case POS_P2P_ERR_BAD_LIST:
+        return "the relay list is not valid";
+    case POS_P2P_ERR_IDENTITY:
+        return "the identity file cannot be read or written";
+    case POS_P2P_ERR_NO_ROUTE:
+        return "no local socket for the relay's address family";
+    case POS_P2P_ERR_GOING_AWAY:
+        return "the relay is shutting down";
+    /* local discovery (mDNS) */
+    case POS_P2P_ERR_MDNS_TXT:
+        return "a TXT value is too long: each key=value must be at most 255 bytes and all "
+               "together at most 1300 bytes (shorten --name, --os, --model or use fewer "
+               "libraries)";
+    case POS_P2P_ERR_MDNS_SOCKET:
+        return "cannot open the mDNS sockets on UDP port 5353 (need IPv4 or IPv6 multicast)";
+    case POS_P2P_ERR_MDNS_PACKET:
+        return "malformed DNS packet";
+    case POS_P2P_ERR_MDNS_NAME:
+        return "the instance name must be 1 to 63 bytes";
+    case POS_P2P_ERR_MDNS_FULL:
+        return "too many interfaces, contacts or records (a fixed limit was reached)";
+    case POS_P2P_ERR_MDNS_CARD:
+        return "not a contact card: expected pos-contact:1:<peer id>:<presence key> as printed by "
+               "'pos-p2p contact card'";
+    case POS_P2P_ERR_MDNS_CONTACTS:
+        return "the contacts file or the presence key file cannot be read or written";
+    case POS_P2P_ERR_MDNS_NO_KEY:
+        return "contacts-only mode needs a presence key";
     default:
         return "unknown error";
     }

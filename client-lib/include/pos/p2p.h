@@ -29,9 +29,278 @@ extern "C" {
 const char *pos_p2p_strerror(int code);
 
 /* ==== relay connections and sessions (begin) ==== */
+/*
+ * Errors of this part. Refusals by a relay carry the relay's own reason
+ * text in pos_p2p_relay_status.reason.
+ */
+#define POS_P2P_ERR_REFUSED -5       /* the relay refused this client (see the reason) */
+#define POS_P2P_ERR_PEER_MISMATCH -6 /* the relay's key is not the pinned peer id */
+#define POS_P2P_ERR_HANDSHAKE -7     /* QUIC or TLS handshake failed */
+#define POS_P2P_ERR_PROTOCOL -8      /* the relay broke the control protocol */
+#define POS_P2P_ERR_CLOSED -9        /* the relay closed the connection */
+#define POS_P2P_ERR_HTTP -10         /* the discovery API is unreachable or answered an error */
+#define POS_P2P_ERR_BAD_LIST -11     /* the relay list is not the expected JSON */
+#define POS_P2P_ERR_IDENTITY -12     /* the identity file cannot be read or written */
+#define POS_P2P_ERR_NO_ROUTE -13     /* no socket for any of the relay's address families */
+#define POS_P2P_ERR_GOING_AWAY -14   /* the relay is shutting down: use another */
+
+#define POS_P2P_PEER_ID_STRLEN 44 /* 43 characters and a NUL */
+#define POS_P2P_ADDR_STRLEN 64
+#define POS_P2P_UUID_STRLEN 37
+#define POS_P2P_RELAY_MAX_ADDRS 8
+
+/* ---- identity: this device's Ed25519 key ---- */
+
+typedef struct pos_p2p_identity pos_p2p_identity;
+
+/*
+ * pos_p2p_identity_default_path writes the identity file's path: $POS_IDENTITY,
+ * else $XDG_CONFIG_HOME/pos/identity, else $HOME/.config/pos/identity.
+ * Returns 0, or POS_P2P_ERR_INVALID_ARGUMENT when none can be formed.
+ */
+int pos_p2p_identity_default_path(char *out, size_t outlen);
+
+/*
+ * pos_p2p_identity_load reads the key file |path|; with |create| set, a
+ * missing file is created (mode 0600) and |*created| (may be NULL) set to 1.
+ * Returns 0 or POS_P2P_ERR_IDENTITY with a sentence in |err|. Free with
+ * pos_p2p_identity_del (the key is wiped).
+ */
+int pos_p2p_identity_load(const char *path, int create, pos_p2p_identity **out, int *created,
+                          char *err, size_t errlen);
+
+/* pos_p2p_identity_peer_id: the 43-character peer id of |id|. */
+void pos_p2p_identity_peer_id(const pos_p2p_identity *id, char out[POS_P2P_PEER_ID_STRLEN]);
+
+void pos_p2p_identity_del(pos_p2p_identity *id);
+
+/* ---- the relay list of a discovery API ---- */
+
+/* One relay entry as validated from the list (plain data: copy freely). */
+typedef struct pos_p2p_relay_info {
+    char id[POS_P2P_UUID_STRLEN];
+    char peer_id[POS_P2P_PEER_ID_STRLEN];
+    size_t n_addrs;
+    char addrs[POS_P2P_RELAY_MAX_ADDRS][POS_P2P_ADDR_STRLEN];
+} pos_p2p_relay_info;
+
+typedef struct pos_p2p_relay_list pos_p2p_relay_list;
+
+/*
+ * pos_p2p_relay_list_fetch GETs {api_url}/api/p2p/relays (libcurl, at most
+ * |timeout_ms|, body at most 1 MiB) and parses it like
+ * pos_p2p_relay_list_parse. Returns 0, POS_P2P_ERR_HTTP, POS_P2P_ERR_BAD_LIST
+ * or POS_P2P_ERR_NOMEM, with a sentence in |err|. Blocking.
+ */
+int pos_p2p_relay_list_fetch(const char *api_url, int timeout_ms, pos_p2p_relay_list **out,
+                             char *err, size_t errlen);
+
+/*
+ * pos_p2p_relay_list_parse reads a JSON array of {"id", "peer_id", "addrs"}.
+ * Entries that are not valid (id not a UUID, peer id not canonical, an
+ * address that does not parse, no address, more than
+ * POS_P2P_RELAY_MAX_ADDRS) are skipped and counted in |*skipped| (may be
+ * NULL); extra fields are allowed. At most 256 entries are kept. Returns 0,
+ * POS_P2P_ERR_BAD_LIST (not a JSON array) or POS_P2P_ERR_NOMEM.
+ */
+int pos_p2p_relay_list_parse(const char *json, size_t len, pos_p2p_relay_list **out,
+                             size_t *skipped);
+
+size_t pos_p2p_relay_list_count(const pos_p2p_relay_list *l);
+const pos_p2p_relay_info *pos_p2p_relay_list_get(const pos_p2p_relay_list *l, size_t i);
+void pos_p2p_relay_list_del(pos_p2p_relay_list *l);
+
+/* ---- endpoint: this device's UDP sockets and everything on them ---- */
+
+/*
+ * An endpoint owns one UDP socket per address family (IPv4, and IPv6 where
+ * the host has it). Every connection of the device shares them: relay
+ * control connections now, relay data frames and direct sessions later, so
+ * the address a relay observes is the one peers can punch to.
+ */
+typedef struct pos_p2p_endpoint pos_p2p_endpoint;
+
+/*
+ * pos_p2p_endpoint_new binds both sockets on |port| (0: any free port; with
+ * POS_DOCKER=true in the environment and |port| 0, 7373). |id| is copied.
+ * Returns 0, POS_P2P_ERR_IO (bind failed) or POS_P2P_ERR_NOMEM.
+ */
+int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, unsigned port);
+
+/* pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any socket is. */
+int pos_p2p_endpoint_fd(const pos_p2p_endpoint *ep);
+
+/* pos_p2p_endpoint_deadline: when to call process at the latest (monotonic ms), or -1. */
+int64_t pos_p2p_endpoint_deadline(const pos_p2p_endpoint *ep);
+
+/* pos_p2p_endpoint_process reads what is ready and runs due timers. Never blocks. Returns 0. */
+int pos_p2p_endpoint_process(pos_p2p_endpoint *ep);
+
+/*
+ * pos_p2p_endpoint_run is the blocking runner: poll + process until |done|
+ * returns non-zero (checked after each round; may be NULL) or |timeout_ms|
+ * passes (-1: no limit). Returns 0, or POS_P2P_ERR_TIMEOUT.
+ */
+int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, int (*done)(void *arg), void *arg);
+
+/* pos_p2p_endpoint_local_port: the UDP port of the endpoint's sockets. */
+unsigned pos_p2p_endpoint_local_port(const pos_p2p_endpoint *ep);
+
+/* pos_p2p_endpoint_del closes every connection and the sockets. */
+void pos_p2p_endpoint_del(pos_p2p_endpoint *ep);
+
+/* pos_p2p_now_ms: the monotonic clock the deadlines use. */
+int64_t pos_p2p_now_ms(void);
+
+/* ---- a control connection to a relay ---- */
+
+typedef struct pos_p2p_relay pos_p2p_relay;
+
+enum pos_p2p_relay_state {
+    POS_P2P_RELAY_CONNECTING = 0, /* handshake or HELLO under way */
+    POS_P2P_RELAY_ACCEPTED = 1,   /* WELCOME received: status has the results */
+    POS_P2P_RELAY_FAILED = 2,     /* refused, closed, timed out: status.error says why */
+};
+
+typedef struct pos_p2p_relay_status {
+    int state;                   /* enum pos_p2p_relay_state */
+    int error;                   /* 0 or POS_P2P_ERR_* once FAILED */
+    uint64_t close_code;         /* the relay's application error code, when it sent one */
+    char reason[257];            /* the relay's reason phrase, or a sentence of ours */
+    char remote[POS_P2P_ADDR_STRLEN];   /* the relay address used */
+    char observed[POS_P2P_ADDR_STRLEN]; /* our address as the relay saw it */
+    double rtt_ms;               /* smoothed round-trip time when accepted */
+    uint64_t bytes_per_sec;      /* limits of the token: 0 = unlimited */
+    uint64_t burst_bytes;
+    uint32_t max_conns;
+    int64_t expires_at;          /* unix seconds, 0 = never */
+    uint32_t idle_timeout_s;
+    int64_t accepted_at_ms;      /* pos_p2p_now_ms() when accepted, failed_at_ms when failed */
+    int64_t failed_at_ms;
+} pos_p2p_relay_status;
+
+/*
+ * pos_p2p_relay_connect starts a control connection to |relay| (its first
+ * address of a family the endpoint has), pinning relay->peer_id, and sends
+ * HELLO with |token| once the handshake is done. Progress happens in
+ * pos_p2p_endpoint_process; the connection fails with POS_P2P_ERR_TIMEOUT
+ * when not accepted within |timeout_ms|. The connection stays open (with
+ * keep-alives) until pos_p2p_relay_close. Returns 0,
+ * POS_P2P_ERR_INVALID_ARGUMENT (bad entry or token), POS_P2P_ERR_NO_ROUTE,
+ * POS_P2P_ERR_NOMEM or POS_P2P_ERR_HANDSHAKE (TLS set-up failed).
+ */
+int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
+                          const char *token, int timeout_ms, pos_p2p_relay **out);
+
+/* pos_p2p_relay_get_status copies the connection's state and results. */
+void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out);
+
+/* pos_p2p_relay_close closes the connection (telling the relay) and frees |r|. */
+void pos_p2p_relay_close(pos_p2p_relay *r);
+
 /* ==== relay connections and sessions (end) ==== */
 
 /* ==== local discovery, mDNS / DNS-SD (begin) ==== */
+/*
+ * Local discovery: advertise this device as _sd._udp.local. (instance = peer
+ * id, TXT name, operating_system, device_model, version, <library uuid>=<peer
+ * id>) and browse for others, over IPv4 and IPv6 multicast on every
+ * multicast-capable interface. See docs/mdns.md.
+ */
+#define POS_P2P_ERR_MDNS_TXT -50       /* TXT string > 255 bytes, or TXT > 1300 bytes */
+#define POS_P2P_ERR_MDNS_SOCKET -51    /* cannot open or bind the mDNS sockets */
+#define POS_P2P_ERR_MDNS_PACKET -52    /* malformed DNS packet */
+#define POS_P2P_ERR_MDNS_NAME -53      /* instance name empty or longer than 63 bytes */
+#define POS_P2P_ERR_MDNS_FULL -54      /* a fixed-size table is full */
+#define POS_P2P_ERR_MDNS_CARD -55      /* malformed contact card */
+#define POS_P2P_ERR_MDNS_CONTACTS -56  /* contacts or presence key file unusable */
+#define POS_P2P_ERR_MDNS_NO_KEY -57    /* contacts-only mode without a presence key */
+
+enum pos_mdns_mode {
+    POS_MDNS_ENABLED = 0,       /* advertise everything */
+    POS_MDNS_CONTACTS_ONLY = 1, /* random instance + tag only contacts recognise */
+    POS_MDNS_DISABLED = 2,      /* send nothing, answer nothing */
+};
+
+enum pos_mdns_event {
+    POS_MDNS_FOUND = 1,
+    POS_MDNS_UPDATED = 2,
+    POS_MDNS_LOST = 3,
+};
+
+/* What a browse event tells; every pointer is valid during the callback only. */
+typedef struct pos_mdns_peer {
+    const char *instance; /* instance label as advertised */
+    const char *peer_id;  /* NULL when unknown (a stranger in contacts-only mode) */
+    int contact;          /* 1 when recognised through a contact's presence key */
+    const char *name, *os, *model, *version; /* NULL when absent */
+    const char *const *addrs; /* "ip" or "fe80::1%eth0" */
+    size_t n_addrs;
+    uint16_t port;
+    const char *const *txt; /* raw "key=value" strings */
+    size_t n_txt;
+} pos_mdns_peer;
+
+typedef void (*pos_mdns_callback)(void *user, enum pos_mdns_event ev, const pos_mdns_peer *peer);
+
+typedef struct pos_mdns_config {
+    enum pos_mdns_mode mode;
+    int advertise;       /* 1: publish this device */
+    int browse;          /* 1: look for others */
+    const char *peer_id; /* needed to advertise in enabled mode */
+    const char *name, *os, *model, *version; /* optional TXT values */
+    const char *const *libraries; /* library uuids */
+    size_t n_libraries;
+    uint16_t port;                  /* the port peers connect to */
+    const uint8_t *presence_key;    /* 32 bytes; needed to advertise in contacts-only mode */
+} pos_mdns_config;
+
+typedef struct pos_mdns pos_mdns;
+
+/*
+ * pos_mdns_new opens the sockets (UDP 5353, IPv4 and IPv6, shared with any
+ * system responder) and starts. |cb| receives browse events. Errors:
+ * INVALID_ARGUMENT, NOMEM, MDNS_TXT, MDNS_NAME, MDNS_NO_KEY, MDNS_SOCKET.
+ */
+int pos_mdns_new(pos_mdns **out, const pos_mdns_config *cfg, pos_mdns_callback cb, void *user);
+
+/* pos_mdns_fd: one descriptor to poll for reading. */
+int pos_mdns_fd(const pos_mdns *m);
+
+/* pos_mdns_next_deadline: monotonic milliseconds of the next timer (UINT64_MAX: none). */
+uint64_t pos_mdns_next_deadline(const pos_mdns *m);
+
+/* pos_mdns_process reads what is ready, runs due timers and sends. Returns 0 or IO. */
+int pos_mdns_process(pos_mdns *m);
+
+/*
+ * pos_mdns_add_contact: recognise the contacts-only advertisements of
+ * |peer_id| whose presence key is |key|. Errors: INVALID_ARGUMENT, MDNS_FULL.
+ */
+int pos_mdns_add_contact(pos_mdns *m, const char *peer_id, const uint8_t key[32]);
+
+/* pos_mdns_instance: the instance name currently advertised ("" if none). */
+const char *pos_mdns_instance(const pos_mdns *m);
+
+/* pos_mdns_stop sends goodbyes (TTL 0) for everything advertised. */
+void pos_mdns_stop(pos_mdns *m);
+
+/* pos_mdns_del stops (goodbyes) if not yet stopped and frees. NULL is fine. */
+void pos_mdns_del(pos_mdns *m);
+
+/*
+ * pos_mdns_run: a blocking loop until |*stop| becomes non-zero or
+ * |timeout_ms| passes (< 0: no limit). Returns 0 or IO.
+ */
+int pos_mdns_run(pos_mdns *m, int timeout_ms, volatile int *stop);
+
+/*
+ * Contacts (contacts-only mode). A card is "pos-contact:1:<peer id>:<key>",
+ * key = 43 characters of unpadded base64 of a random 32-byte presence key.
+ * pos_mdns_card_parse returns 0 or MDNS_CARD.
+ */
+int pos_mdns_card_parse(const char *card, char peer_id[44], uint8_t key[32]);
+void pos_mdns_card_format(const char *peer_id, const uint8_t key[32], char *out, size_t cap);
 /* ==== local discovery, mDNS / DNS-SD (end) ==== */
 
 #ifdef __cplusplus

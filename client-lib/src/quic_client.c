@@ -1,0 +1,620 @@
+/*
+ * Relay control connections (pos_p2p_relay): the ngtcp2 client side, TLS
+ * pinned to the relay's peer id, and the first exchange of the control
+ * protocol (HELLO -> WELCOME, or a close carrying the refusal). Every ngtcp2
+ * call of the library lives in this file: the 1.x API renames much of 0.12.
+ */
+#include <netinet/in.h>
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "addr.h"
+#include "ctrl.h"
+#include "internal.h"
+
+#define KEEPALIVE_NS (10 * NGTCP2_SECONDS)
+#define APP_NO_ERROR 0
+
+struct pos_p2p_relay {
+    pos_p2p_endpoint *ep;
+    pos_p2p_relay *prev, *next;
+    ngtcp2_conn *qc;
+    gnutls_session_t tls;
+    ngtcp2_crypto_conn_ref ref;
+    pos_tls_pin pin;
+    int sock;
+    struct sockaddr_storage remote;
+    uint8_t dead;     /* closed or failed: no more I/O */
+    uint8_t creating; /* inside ngtcp2_conn_client_new (see cb_rand) */
+    int64_t stream;
+    int64_t connect_deadline_ms;
+    uint8_t *out; /* control stream bytes not yet acknowledged */
+    size_t out_len, out_sent, out_acked;
+    pos_ctrl_reader rd;
+    char *token; /* until HELLO is queued, then wiped */
+    size_t token_len;
+    pos_p2p_relay_status st;
+};
+
+/* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
+static void quic_trace(void *user_data, const char *fmt, ...)
+{
+    va_list ap;
+    (void)user_data;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static ngtcp2_tstamp now_ts(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
+}
+
+pos_p2p_relay *qc_next(const pos_p2p_relay *r)
+{
+    return r->next;
+}
+
+/* ---- ending ---- */
+
+static void drop_cids(pos_p2p_relay *r)
+{
+    ngtcp2_cid scids[16];
+    size_t n;
+    if (!r->qc)
+        return;
+    n = ngtcp2_conn_get_num_scid(r->qc);
+    if (n > sizeof(scids) / sizeof(scids[0]))
+        return;
+    ngtcp2_conn_get_scid(r->qc, scids);
+    for (size_t i = 0; i < n; i++)
+        if (scids[i].datalen == EP_CID_LEN)
+            ep_cid_remove(r->ep, scids[i].data, r);
+}
+
+/* fail ends the connection with |err| and a sentence; sends nothing. */
+static void fail(pos_p2p_relay *r, int err, const char *reason)
+{
+    if (r->dead)
+        return;
+    r->dead = 1;
+    r->st.state = POS_P2P_RELAY_FAILED;
+    r->st.error = err;
+    r->st.failed_at_ms = pos_p2p_now_ms();
+    if (reason && !r->st.reason[0])
+        snprintf(r->st.reason, sizeof(r->st.reason), "%s", reason);
+    drop_cids(r);
+    if (r->token) {
+        sodium_memzero(r->token, r->token_len);
+        free(r->token);
+        r->token = NULL;
+    }
+}
+
+/* send_close sends CONNECTION_CLOSE with |ccerr| once (best effort). */
+static void send_close(pos_p2p_relay *r, const ngtcp2_connection_close_error *ccerr)
+{
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+    ngtcp2_ssize n;
+    if (!r->qc || ngtcp2_conn_is_in_closing_period(r->qc) ||
+        ngtcp2_conn_is_in_draining_period(r->qc))
+        return;
+    ngtcp2_path_storage_zero(&ps);
+    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
+                                           ccerr, now_ts());
+    if (n > 0)
+        ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+                ps.path.remote.addrlen);
+}
+
+static void fail_liberr(pos_p2p_relay *r, int liberr)
+{
+    ngtcp2_connection_close_error ccerr;
+    int err = POS_P2P_ERR_HANDSHAKE;
+    char why[200];
+
+    ngtcp2_connection_close_error_default(&ccerr);
+    if (liberr == NGTCP2_ERR_CRYPTO)
+        ngtcp2_connection_close_error_set_transport_error_tls_alert(
+            &ccerr, ngtcp2_conn_get_tls_alert(r->qc), NULL, 0);
+    else
+        ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, liberr, NULL, 0);
+    send_close(r, &ccerr);
+    if (r->pin.mismatch) {
+        err = POS_P2P_ERR_PEER_MISMATCH;
+        snprintf(why, sizeof(why), "the relay's key is not the peer id in the relay list");
+    } else if (ngtcp2_conn_get_handshake_completed(r->qc)) {
+        err = POS_P2P_ERR_PROTOCOL;
+        snprintf(why, sizeof(why), "QUIC error: %s", ngtcp2_strerror(liberr));
+    } else {
+        snprintf(why, sizeof(why), "handshake failed: %s", ngtcp2_strerror(liberr));
+    }
+    fail(r, err, why);
+}
+
+/* on_peer_close reads why the relay closed (refusal, going away, transport error). */
+static void on_peer_close(pos_p2p_relay *r)
+{
+    ngtcp2_connection_close_error cc;
+    char reason[257];
+    size_t n;
+    int err;
+
+    ngtcp2_conn_get_connection_close_error(r->qc, &cc);
+    n = cc.reasonlen < sizeof(reason) - 1 ? cc.reasonlen : sizeof(reason) - 1;
+    /* The reason phrase comes from the network: keep printable ASCII only. */
+    for (size_t i = 0; i < n; i++)
+        reason[i] = (cc.reason[i] >= 0x20 && cc.reason[i] < 0x7f) ? (char)cc.reason[i] : '?';
+    reason[n] = 0;
+    r->st.close_code = cc.error_code;
+    if (cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION) {
+        if (cc.error_code == 0x108) /* RELAY_GOING_AWAY, see docs/protocol.md */
+            err = POS_P2P_ERR_GOING_AWAY;
+        else if (cc.error_code == APP_NO_ERROR)
+            err = POS_P2P_ERR_CLOSED;
+        else
+            err = POS_P2P_ERR_REFUSED;
+    } else if (cc.error_code == NGTCP2_CONNECTION_REFUSED) {
+        err = POS_P2P_ERR_REFUSED; /* refused before the handshake (rate limit, Redis down) */
+    } else {
+        err = r->st.state == POS_P2P_RELAY_ACCEPTED ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_HANDSHAKE;
+        if (!n)
+            snprintf(reason, sizeof(reason), "closed by the relay (QUIC error 0x%llx)",
+                     (unsigned long long)cc.error_code);
+    }
+    if (!n && err == POS_P2P_ERR_REFUSED)
+        snprintf(reason, sizeof(reason), "refused (code 0x%llx)",
+                 (unsigned long long)cc.error_code);
+    fail(r, err, reason);
+}
+
+/* ---- writing ---- */
+
+static void conn_write(pos_p2p_relay *r)
+{
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+    ngtcp2_tstamp ts = now_ts();
+
+    if (r->dead)
+        return;
+    ngtcp2_path_storage_zero(&ps);
+    for (int i = 0; i < 64; i++) {
+        ngtcp2_ssize wlen = 0, n;
+        ngtcp2_vec v = {NULL, 0};
+        size_t nv = 0;
+        int64_t sid = -1;
+        if (r->out && r->out_sent < r->out_len && r->stream >= 0) {
+            sid = r->stream;
+            v.base = r->out + r->out_sent;
+            v.len = r->out_len - r->out_sent;
+            nv = 1;
+        }
+        n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
+                                      &wlen, NGTCP2_WRITE_STREAM_FLAG_NONE, sid, &v, nv, ts);
+        if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR)
+            n = ngtcp2_conn_write_pkt(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf), ts);
+        if (n < 0) {
+            fail_liberr(r, (int)n);
+            return;
+        }
+        if (wlen > 0)
+            r->out_sent += (size_t)wlen;
+        if (n == 0)
+            return;
+        ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+                ps.path.remote.addrlen);
+    }
+}
+
+static int queue_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
+{
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    int n = pos_ctrl_encode(m, buf, sizeof(buf));
+    uint8_t *grown;
+    if (n < 0)
+        return -1;
+    grown = realloc(r->out, r->out_len + (size_t)n);
+    if (!grown) {
+        sodium_memzero(buf, sizeof(buf));
+        return -1;
+    }
+    r->out = grown;
+    memcpy(r->out + r->out_len, buf, (size_t)n);
+    r->out_len += (size_t)n;
+    sodium_memzero(buf, sizeof(buf));
+    return 0;
+}
+
+/* ---- the control stream ---- */
+
+static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
+{
+    ngtcp2_conn_stat cs;
+    ngtcp2_conn_get_conn_stat(r->qc, &cs);
+    snprintf(r->st.observed, sizeof(r->st.observed), "%s", m->observed);
+    r->st.rtt_ms = (double)cs.smoothed_rtt / 1e6;
+    r->st.bytes_per_sec = m->bytes_per_sec;
+    r->st.burst_bytes = m->burst;
+    r->st.max_conns = m->max_conns;
+    r->st.expires_at = (int64_t)m->expires_at;
+    r->st.idle_timeout_s = m->idle_timeout_s;
+    r->st.state = POS_P2P_RELAY_ACCEPTED;
+    r->st.accepted_at_ms = pos_p2p_now_ms();
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, KEEPALIVE_NS);
+}
+
+static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id, uint64_t offset,
+                               const uint8_t *data, size_t datalen, void *user_data,
+                               void *stream_user_data)
+{
+    pos_p2p_relay *r = user_data;
+    pos_ctrl_msg m;
+    int rv;
+    (void)flags;
+    (void)offset;
+    (void)stream_user_data;
+
+    ngtcp2_conn_extend_max_stream_offset(qc, stream_id, datalen);
+    ngtcp2_conn_extend_max_offset(qc, datalen);
+    if (stream_id != r->stream)
+        return 0;
+    if (pos_ctrl_reader_feed(&r->rd, data, datalen) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    while ((rv = pos_ctrl_reader_next(&r->rd, &m)) == 1) {
+        if (m.type == POS_CTRL_WELCOME && r->st.state == POS_P2P_RELAY_CONNECTING)
+            on_welcome(r, &m);
+        else if (m.type == POS_CTRL_GOAWAY)
+            snprintf(r->st.reason, sizeof(r->st.reason), "%s", m.text);
+        /* INCOMING, CIRCUIT, REDIRECT, ERROR: sessions (the next issue) */
+    }
+    return rv < 0 ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint64_t offset,
+                                       uint64_t datalen, void *user_data, void *stream_user_data)
+{
+    pos_p2p_relay *r = user_data;
+    (void)qc;
+    (void)stream_id;
+    (void)offset;
+    (void)stream_user_data;
+    r->out_acked += (size_t)datalen;
+    if (r->out && r->out_acked >= r->out_len && r->out_sent >= r->out_len) {
+        free(r->out);
+        r->out = NULL;
+        r->out_len = r->out_sent = r->out_acked = 0;
+    }
+    return 0;
+}
+
+static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
+{
+    pos_p2p_relay *r = user_data;
+    pos_ctrl_msg m;
+    int rv;
+
+    if (ngtcp2_conn_open_bidi_stream(qc, &r->stream, NULL) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_HELLO;
+    memcpy(m.token, r->token, r->token_len);
+    m.token_len = r->token_len;
+    rv = queue_ctrl(r, &m);
+    pos_ctrl_msg_wipe(&m);
+    sodium_memzero(r->token, r->token_len);
+    free(r->token);
+    r->token = NULL;
+    return rv == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+/* ---- ngtcp2 plumbing ---- */
+
+/*
+ * ngtcp2 0.12 clears the QUIC fixed bit in what it sends (RFC 9287 greasing)
+ * when the first random byte drawn while creating a connection is odd. A
+ * relay reads a clear fixed bit as a data frame, so that byte is made even.
+ */
+static void cb_rand(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx)
+{
+    const uint8_t *creating = ctx ? ctx->native_handle : NULL;
+    randombytes_buf(dest, destlen);
+    if (creating && *creating && destlen == 1)
+        dest[0] &= 0xfe;
+}
+
+static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
+                          void *user_data)
+{
+    pos_p2p_relay *r = user_data;
+    (void)qc;
+    if (cidlen != EP_CID_LEN)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    randombytes_buf(cid->data, cidlen);
+    cid->datalen = cidlen;
+    randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
+    return ep_cid_add(r->ep, cid->data, r) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static int cb_remove_cid(ngtcp2_conn *qc, const ngtcp2_cid *cid, void *user_data)
+{
+    pos_p2p_relay *r = user_data;
+    (void)qc;
+    if (cid->datalen == EP_CID_LEN)
+        ep_cid_remove(r->ep, cid->data, r);
+    return 0;
+}
+
+static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
+{
+    pos_p2p_relay *r = (pos_p2p_relay *)((char *)ref->user_data - offsetof(pos_p2p_relay, pin));
+    return r->qc;
+}
+
+static void init_callbacks(ngtcp2_callbacks *cb)
+{
+    memset(cb, 0, sizeof(*cb));
+    cb->client_initial = ngtcp2_crypto_client_initial_cb;
+    cb->recv_retry = ngtcp2_crypto_recv_retry_cb;
+    cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    cb->encrypt = ngtcp2_crypto_encrypt_cb;
+    cb->decrypt = ngtcp2_crypto_decrypt_cb;
+    cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
+    cb->update_key = ngtcp2_crypto_update_key_cb;
+    cb->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+    cb->delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+    cb->get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+    cb->version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+    cb->rand = cb_rand;
+    cb->get_new_connection_id = cb_get_new_cid;
+    cb->remove_connection_id = cb_remove_cid;
+    cb->handshake_completed = cb_handshake_completed;
+    cb->recv_stream_data = cb_recv_stream_data;
+    cb->acked_stream_data_offset = cb_acked_stream_data_offset;
+}
+
+/* pick_addr: the relay's first address of a family the endpoint has a socket for. */
+static int pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info,
+                     struct sockaddr_storage *out, int *sock)
+{
+    for (size_t i = 0; i < info->n_addrs && i < POS_P2P_RELAY_MAX_ADDRS; i++) {
+        struct sockaddr_storage ss;
+        if (pos_addr_parse(info->addrs[i], strnlen(info->addrs[i], POS_P2P_ADDR_STRLEN), 0, &ss) !=
+            0)
+            continue;
+        int s = ss.ss_family == AF_INET ? 0 : 1;
+        if (ep->socks[s].fd < 0)
+            continue;
+        *out = ss;
+        *sock = s;
+        return 0;
+    }
+    return -1;
+}
+
+static int make_conn(pos_p2p_relay *r)
+{
+    pos_p2p_endpoint *ep = r->ep;
+    ngtcp2_callbacks cbs;
+    ngtcp2_settings settings;
+    ngtcp2_transport_params params;
+    ngtcp2_cid dcid, scid;
+    ngtcp2_path path;
+
+    init_callbacks(&cbs);
+    ngtcp2_settings_default(&settings);
+    settings.initial_ts = now_ts();
+    settings.rand_ctx.native_handle = &r->creating;
+    settings.handshake_timeout = 10 * NGTCP2_SECONDS;
+    settings.max_window = 64 * 1024;
+    if (getenv("POS_QUIC_TRACE"))
+        settings.log_printf = quic_trace;
+    settings.max_stream_window = 16 * 1024;
+    ngtcp2_transport_params_default(&params);
+    params.initial_max_streams_bidi = 0;
+    params.initial_max_streams_uni = 0;
+    params.initial_max_stream_data_bidi_local = 16 * 1024;
+    params.initial_max_data = 32 * 1024;
+    params.max_idle_timeout = 60 * NGTCP2_SECONDS; /* the relay's own is usually shorter */
+    params.active_connection_id_limit = 2;
+    dcid.datalen = 16;
+    randombytes_buf(dcid.data, dcid.datalen);
+    scid.datalen = EP_CID_LEN;
+    randombytes_buf(scid.data, scid.datalen);
+    path.local.addr = (ngtcp2_sockaddr *)&ep->socks[r->sock].local;
+    path.local.addrlen = ep->socks[r->sock].local_len;
+    path.remote.addr = (ngtcp2_sockaddr *)&r->remote;
+    path.remote.addrlen = pos_addr_len(&r->remote);
+    path.user_data = NULL;
+    r->creating = 1;
+    int rv = ngtcp2_conn_client_new(&r->qc, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cbs,
+                                    &settings, &params, NULL, r);
+    r->creating = 0;
+    if (rv != 0)
+        return POS_P2P_ERR_NOMEM;
+    if (pos_tls_session_new(&r->tls, ep->creds, 0, POS_CTRL_ALPN) != 0 ||
+        ngtcp2_crypto_gnutls_configure_client_session(r->tls) != 0)
+        return POS_P2P_ERR_HANDSHAKE;
+    r->ref.get_conn = get_conn;
+    r->ref.user_data = &r->pin;
+    gnutls_session_set_ptr(r->tls, &r->ref);
+    ngtcp2_conn_set_tls_native_handle(r->qc, r->tls);
+    if (ep_cid_add(ep, scid.data, r) != 0)
+        return POS_P2P_ERR_NOMEM;
+    return 0;
+}
+
+static void relay_free(pos_p2p_relay *r)
+{
+    pos_p2p_endpoint *ep = r->ep;
+    drop_cids(r);
+    if (r->qc)
+        ngtcp2_conn_del(r->qc);
+    if (r->tls)
+        gnutls_deinit(r->tls);
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        ep->relays = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    if (r->token) {
+        sodium_memzero(r->token, r->token_len);
+        free(r->token);
+    }
+    pos_ctrl_reader_wipe(&r->rd);
+    free(r->out);
+    free(r);
+}
+
+int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay, const char *token,
+                          int timeout_ms, pos_p2p_relay **out)
+{
+    pos_p2p_relay *r;
+    size_t tlen;
+    int rv;
+
+    if (!ep || !relay || !token || !out || timeout_ms <= 0)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    tlen = strnlen(token, POS_CTRL_MAX_TOKEN + 1);
+    if (tlen == 0 || tlen > POS_CTRL_MAX_TOKEN)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return POS_P2P_ERR_NOMEM;
+    r->ep = ep;
+    r->stream = -1;
+    if (pos_peer_id_parse(relay->peer_id, strnlen(relay->peer_id, POS_P2P_PEER_ID_STRLEN),
+                          r->pin.expect_key) != 0) {
+        free(r);
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    }
+    r->pin.has_expected = 1;
+    if (pick_addr(ep, relay, &r->remote, &r->sock) != 0) {
+        free(r);
+        return POS_P2P_ERR_NO_ROUTE;
+    }
+    pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
+    r->token = malloc(tlen);
+    if (!r->token) {
+        free(r);
+        return POS_P2P_ERR_NOMEM;
+    }
+    memcpy(r->token, token, tlen);
+    r->token_len = tlen;
+    r->next = ep->relays;
+    if (ep->relays)
+        ep->relays->prev = r;
+    ep->relays = r;
+    rv = make_conn(r);
+    if (rv != 0) {
+        relay_free(r);
+        return rv;
+    }
+    r->connect_deadline_ms = pos_p2p_now_ms() + timeout_ms;
+    conn_write(r);
+    *out = r;
+    return 0;
+}
+
+void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
+              const struct sockaddr *from, socklen_t fromlen)
+{
+    ngtcp2_path path;
+    ngtcp2_pkt_info pi = {0};
+    int rv;
+
+    if (r->dead)
+        return;
+    path.local.addr = (ngtcp2_sockaddr *)&r->ep->socks[sock].local;
+    path.local.addrlen = r->ep->socks[sock].local_len;
+    path.remote.addr = (ngtcp2_sockaddr *)from;
+    path.remote.addrlen = fromlen;
+    path.user_data = NULL;
+    rv = ngtcp2_conn_read_pkt(r->qc, &path, &pi, data, len, now_ts());
+    if (rv == NGTCP2_ERR_DRAINING) {
+        on_peer_close(r);
+        return;
+    }
+    if (rv != 0) {
+        fail_liberr(r, rv);
+        return;
+    }
+    conn_write(r);
+}
+
+int64_t qc_deadline_ms(const pos_p2p_relay *r)
+{
+    ngtcp2_tstamp exp;
+    int64_t d;
+    if (r->dead)
+        return -1;
+    exp = ngtcp2_conn_get_expiry(r->qc);
+    d = exp == UINT64_MAX ? -1 : (int64_t)(exp / 1000000) + 1;
+    /* translate from ngtcp2's clock (ns, monotonic) to ours (ms, monotonic): same origin */
+    if (r->st.state == POS_P2P_RELAY_CONNECTING && (d < 0 || r->connect_deadline_ms < d))
+        d = r->connect_deadline_ms;
+    return d;
+}
+
+void qc_on_deadline(pos_p2p_relay *r)
+{
+    int rv;
+    if (r->dead)
+        return;
+    if (r->st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() >= r->connect_deadline_ms) {
+        ngtcp2_connection_close_error ccerr;
+        ngtcp2_connection_close_error_default(&ccerr);
+        ngtcp2_connection_close_error_set_application_error(&ccerr, APP_NO_ERROR, NULL, 0);
+        send_close(r, &ccerr);
+        fail(r, POS_P2P_ERR_TIMEOUT, "no answer from the relay in time");
+        return;
+    }
+    rv = ngtcp2_conn_handle_expiry(r->qc, now_ts());
+    if (rv == NGTCP2_ERR_IDLE_CLOSE) {
+        fail(r, r->st.state == POS_P2P_RELAY_ACCEPTED ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_TIMEOUT,
+             "the relay stopped answering (idle timeout)");
+        return;
+    }
+    if (rv != 0) {
+        fail_liberr(r, rv);
+        return;
+    }
+    conn_write(r);
+}
+
+void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out)
+{
+    *out = r->st;
+}
+
+void pos_p2p_relay_close(pos_p2p_relay *r)
+{
+    if (!r)
+        return;
+    if (!r->dead) {
+        ngtcp2_connection_close_error ccerr;
+        ngtcp2_connection_close_error_default(&ccerr);
+        ngtcp2_connection_close_error_set_application_error(&ccerr, APP_NO_ERROR, NULL, 0);
+        send_close(r, &ccerr);
+    }
+    relay_free(r);
+}
+
+void qc_free_all(pos_p2p_endpoint *ep)
+{
+    while (ep->relays)
+        relay_free(ep->relays);
+}

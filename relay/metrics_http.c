@@ -1,0 +1,186 @@
+/* /healthz and /metrics for the relay (see metrics_http.h). */
+#include "metrics_http.h"
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "addr.h"
+
+struct relay_http {
+    struct MHD_Daemon *d;
+    pthread_mutex_t mu;
+    int published;
+    int redis_ok;
+    relay_server_stats srv;
+    relay_services_stats svc;
+};
+
+static const char *const refusal_names[] = {
+    [RELAY_REFUSED_UNKNOWN_TOKEN - 0x100] = "unknown_token",
+    [RELAY_REFUSED_REVOKED - 0x100] = "revoked",
+    [RELAY_REFUSED_EXPIRED - 0x100] = "expired",
+    [RELAY_REFUSED_RATE_LIMITED - 0x100] = "rate_limited",
+    [RELAY_REFUSED_TOO_MANY_CONNS - 0x100] = "too_many_connections",
+    [RELAY_REFUSED_UNAVAILABLE - 0x100] = "unavailable",
+    [RELAY_REFUSED_BAD_REQUEST - 0x100] = "bad_request",
+};
+
+static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
+{
+    size_t n = 0;
+#define EMIT(...)                                                                                  \
+    do {                                                                                           \
+        int w_ = snprintf(out + n, cap - n, __VA_ARGS__);                                          \
+        if (w_ > 0)                                                                                \
+            n = n + (size_t)w_ < cap ? n + (size_t)w_ : cap - 1;                                   \
+    } while (0)
+    EMIT("# HELP pos_relay_connections Authenticated clients connected now.\n"
+         "# TYPE pos_relay_connections gauge\npos_relay_connections %llu\n",
+         (unsigned long long)h->srv.conns_active);
+    EMIT("# HELP pos_relay_handshaking Connections not yet authenticated.\n"
+         "# TYPE pos_relay_handshaking gauge\npos_relay_handshaking %llu\n",
+         (unsigned long long)h->srv.conns_handshaking);
+    EMIT("# TYPE pos_relay_handshakes_total counter\n"
+         "pos_relay_handshakes_total{result=\"ok\"} %llu\n"
+         "pos_relay_handshakes_total{result=\"failed\"} %llu\n",
+         (unsigned long long)h->srv.handshakes_ok, (unsigned long long)h->srv.handshakes_failed);
+    EMIT("# TYPE pos_relay_auth_ok_total counter\npos_relay_auth_ok_total %llu\n",
+         (unsigned long long)h->srv.auth_ok);
+    EMIT("# HELP pos_relay_auth_failures_total Clients refused, by reason.\n"
+         "# TYPE pos_relay_auth_failures_total counter\n");
+    for (size_t i = 1; i < sizeof(refusal_names) / sizeof(refusal_names[0]); i++)
+        if (refusal_names[i])
+            EMIT("pos_relay_auth_failures_total{reason=\"%s\"} %llu\n", refusal_names[i],
+                 (unsigned long long)h->srv.refused[i]);
+    EMIT("# TYPE pos_relay_retries_total counter\npos_relay_retries_total %llu\n",
+         (unsigned long long)h->srv.retries_sent);
+    EMIT("# TYPE pos_relay_version_negotiations_total counter\n"
+         "pos_relay_version_negotiations_total %llu\n",
+         (unsigned long long)h->srv.version_negotiations);
+    EMIT("# TYPE pos_relay_packets_total counter\n"
+         "pos_relay_packets_total{dir=\"in\"} %llu\npos_relay_packets_total{dir=\"out\"} %llu\n"
+         "pos_relay_packets_total{dir=\"dropped\"} %llu\n",
+         (unsigned long long)h->srv.packets_in, (unsigned long long)h->srv.packets_out,
+         (unsigned long long)h->srv.packets_dropped);
+    EMIT("# HELP pos_relay_data_frames_dropped_total Data-plane frames dropped.\n"
+         "# TYPE pos_relay_data_frames_dropped_total counter\n"
+         "pos_relay_data_frames_dropped_total %llu\n",
+         (unsigned long long)h->srv.data_frames_dropped);
+    EMIT("# TYPE pos_relay_redis_errors_total counter\npos_relay_redis_errors_total %llu\n",
+         (unsigned long long)h->svc.redis_errors);
+    EMIT("# TYPE pos_relay_redis_up gauge\npos_relay_redis_up %d\n", h->redis_ok ? 1 : 0);
+    EMIT("# TYPE pos_relay_registrations_total counter\n"
+         "pos_relay_registrations_total{result=\"ok\"} %llu\n"
+         "pos_relay_registrations_total{result=\"failed\"} %llu\n",
+         (unsigned long long)h->svc.registrations_ok,
+         (unsigned long long)h->svc.registrations_failed);
+#undef EMIT
+    return n;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
+                             const char *body, size_t len)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ret;
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", type);
+    ret = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_len, void **ctx)
+{
+    struct relay_http *h = cls;
+    char body[8192];
+    size_t n;
+    unsigned status = 200;
+    (void)version;
+    (void)upload;
+    (void)ctx;
+
+    if (*upload_len)
+        return MHD_NO;
+    if (strcmp(method, "GET") != 0)
+        return reply(conn, 405, "text/plain", "method not allowed\n", 19);
+    pthread_mutex_lock(&h->mu);
+    if (!strcmp(url, "/healthz")) {
+        if (!h->published) {
+            status = 503;
+            n = (size_t)snprintf(body, sizeof(body), "starting\n");
+        } else if (!h->redis_ok) {
+            status = 503;
+            n = (size_t)snprintf(body, sizeof(body),
+                                 "redis unreachable: new clients are refused\n");
+        } else {
+            n = (size_t)snprintf(body, sizeof(body), "ok\n");
+        }
+        pthread_mutex_unlock(&h->mu);
+        return reply(conn, status, "text/plain", body, n);
+    }
+    if (!strcmp(url, "/metrics")) {
+        n = render_metrics(h, body, sizeof(body));
+        pthread_mutex_unlock(&h->mu);
+        return reply(conn, 200, "text/plain; version=0.0.4", body, n);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return reply(conn, 404, "text/plain", "not found\n", 10);
+}
+
+relay_http *relay_http_new(const char *listen, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    struct relay_http *h;
+
+    if (pos_addr_parse(listen, strlen(listen), 0, &ss) != 0) {
+        snprintf(err, errlen, "http_listen \"%s\" is not ip:port", listen);
+        return NULL;
+    }
+    h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&h->mu, NULL);
+    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+                                (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+                            0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &ss,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)16, MHD_OPTION_END);
+    if (!h->d) {
+        snprintf(err, errlen, "cannot listen for HTTP on %s (address in use?)", listen);
+        pthread_mutex_destroy(&h->mu);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void relay_http_publish(relay_http *h, const relay_server_stats *srv,
+                        const relay_services_stats *svc, int redis_ok)
+{
+    pthread_mutex_lock(&h->mu);
+    h->srv = *srv;
+    h->svc = *svc;
+    h->redis_ok = redis_ok;
+    h->published = 1;
+    pthread_mutex_unlock(&h->mu);
+}
+
+void relay_http_del(relay_http *h)
+{
+    if (!h)
+        return;
+    MHD_stop_daemon(h->d);
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+}

@@ -1,0 +1,1271 @@
+/*
+ * The relay's QUIC server (see quic_server.h): sockets, routing by
+ * connection id, version negotiation, Retry under load, the ngtcp2 server
+ * connections and the control protocol's first exchange (HELLO / WELCOME).
+ *
+ * A connection (struct rconn) goes through these states:
+ *   RATE_CHECK  first Initial kept aside while Redis rates the address
+ *   HANDSHAKE   ngtcp2 connection exists, TLS running
+ *   HELLO_WAIT  handshake done, peer id known, waiting for HELLO
+ *   AUTH_CHECK  HELLO received, token being checked
+ *   ACTIVE      WELCOME sent, client counted and present
+ *   CLOSING     CONNECTION_CLOSE sent; resent on input, freed after 3 PTO
+ *   DRAINING    peer closed; freed after 3 PTO
+ * Redis answers come back through callbacks that may run inside the call
+ * that asked (when Redis is down): see struct sync_verdict.
+ */
+#include "quic_server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "ctrl.h"
+#include "dataplane.h"
+#include "log.h"
+#include "secret.h"
+#include "tls.h"
+
+#define SCID_LEN 16
+#define MAX_SOCKS RELAY_MAX_ADDRS
+#define MAX_UDP 1500
+#define RX_BATCH 64
+#define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
+#define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
+
+enum rstate { RATE_CHECK, HANDSHAKE, HELLO_WAIT, AUTH_CHECK, ACTIVE, CLOSING, DRAINING };
+
+struct cid_entry {
+    ngtcp2_cid cid;
+    struct rconn *c;
+    struct cid_entry *next;
+};
+
+/* A verdict delivered while the asking call is still on the stack. */
+struct sync_verdict {
+    int done;
+    enum relay_refusal verdict;
+    relay_limits limits;
+    char token_id[POS_SECRET_HASH_HEXLEN];
+};
+
+struct rconn {
+    relay_server *srv;
+    struct rconn *prev, *next; /* all connections */
+    ngtcp2_conn *qc;
+    gnutls_session_t tls;
+    ngtcp2_crypto_conn_ref ref;
+    pos_tls_pin pin;
+    ev_timer timer;
+    struct sockaddr_storage remote; /* address of the first packet (rate check) */
+    int sock;                       /* index into srv->socks */
+    uint8_t state;
+    uint8_t retried;        /* address validated by a Retry token */
+    uint8_t counted_active; /* counted in conns_active (else in pending) */
+    uint8_t in_read;        /* inside ngtcp2_conn_read_pkt: no writes, no closes now */
+    uint16_t close_code;    /* refusal decided inside read_pkt, sent after it returns */
+    uint8_t creating;       /* inside ngtcp2_conn_server_new (see cb_rand) */
+    uint64_t check;         /* pending Redis check handle, 0 none */
+    struct sync_verdict *sync;
+    ngtcp2_cid odcid; /* the client's first DCID, routed until the connection ends */
+    ngtcp2_cid retry_odcid;
+    uint8_t *first_pkt; /* RATE_CHECK: the Initial kept aside */
+    size_t first_len;
+    pos_ctrl_reader rd;
+    uint8_t *out; /* control stream bytes not yet acknowledged */
+    size_t out_len, out_sent, out_acked;
+    uint8_t *close_pkt; /* CLOSING: the packet resent on input */
+    size_t close_len;
+    char token_id[POS_SECRET_HASH_HEXLEN]; /* ACTIVE: the token's hash */
+    char peer_id[POS_PEER_ID_STRLEN];
+};
+
+struct sock {
+    int fd;
+    ev_io io;
+    struct sockaddr_storage local;
+    socklen_t local_len;
+    relay_server *srv;
+};
+
+struct relay_server {
+    struct ev_loop *loop;
+    const relay_config *cfg;
+    relay_services *svc;
+    pos_tls_creds *creds;
+    struct sock socks[MAX_SOCKS];
+    size_t n_socks;
+    struct cid_entry **buckets;
+    size_t n_buckets, n_cids;
+    uint8_t hash_key[crypto_shorthash_KEYBYTES];
+    uint8_t retry_secret[32];
+    uint8_t reset_secret[32];
+    struct rconn *conns;
+    size_t pending; /* connections before ACTIVE */
+    size_t retry_above;
+    int going_away;
+    relay_dataplane dp;
+    relay_server_stats st;
+    ngtcp2_callbacks cbs;
+    uint8_t txbuf[MAX_UDP];
+};
+
+/* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
+static void quic_trace(void *user_data, const char *fmt, ...)
+{
+    va_list ap;
+    (void)user_data;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static ngtcp2_tstamp now_ts(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- connection id table ---- */
+
+static size_t cid_bucket(const relay_server *s, const uint8_t *id, size_t len)
+{
+    uint8_t h[crypto_shorthash_BYTES];
+    uint64_t v;
+    crypto_shorthash(h, id, len, s->hash_key);
+    memcpy(&v, h, sizeof(v));
+    return (size_t)(v & (s->n_buckets - 1));
+}
+
+static struct rconn *cid_find(const relay_server *s, const uint8_t *id, size_t len)
+{
+    for (struct cid_entry *e = s->buckets[cid_bucket(s, id, len)]; e; e = e->next)
+        if (e->cid.datalen == len && memcmp(e->cid.data, id, len) == 0)
+            return e->c;
+    return NULL;
+}
+
+static void cid_grow(relay_server *s)
+{
+    size_t old_n = s->n_buckets, n = old_n * 2;
+    struct cid_entry **nb = calloc(n, sizeof(*nb));
+    struct cid_entry **ob = s->buckets;
+    if (!nb)
+        return; /* keep the longer chains */
+    s->buckets = nb;
+    s->n_buckets = n;
+    for (size_t i = 0; i < old_n; i++) {
+        struct cid_entry *e = ob[i], *next;
+        for (; e; e = next) {
+            next = e->next;
+            size_t b = cid_bucket(s, e->cid.data, e->cid.datalen);
+            e->next = nb[b];
+            nb[b] = e;
+        }
+    }
+    free(ob);
+}
+
+static int cid_add(relay_server *s, const ngtcp2_cid *cid, struct rconn *c)
+{
+    struct cid_entry *e = malloc(sizeof(*e));
+    if (!e)
+        return -1;
+    if (s->n_cids >= s->n_buckets)
+        cid_grow(s);
+    size_t b = cid_bucket(s, cid->data, cid->datalen);
+    e->cid = *cid;
+    e->c = c;
+    e->next = s->buckets[b];
+    s->buckets[b] = e;
+    s->n_cids++;
+    return 0;
+}
+
+static void cid_remove(relay_server *s, const ngtcp2_cid *cid, const struct rconn *c)
+{
+    struct cid_entry **pp = &s->buckets[cid_bucket(s, cid->data, cid->datalen)];
+    for (; *pp; pp = &(*pp)->next) {
+        struct cid_entry *e = *pp;
+        if (e->c == c && e->cid.datalen == cid->datalen &&
+            memcmp(e->cid.data, cid->data, cid->datalen) == 0) {
+            *pp = e->next;
+            free(e);
+            s->n_cids--;
+            return;
+        }
+    }
+}
+
+/* ---- sending ---- */
+
+static void send_to(relay_server *s, int sock, const uint8_t *data, size_t len,
+                    const struct sockaddr *to, socklen_t tolen)
+{
+    ssize_t n;
+    do {
+        n = sendto(s->socks[sock].fd, data, len, MSG_DONTWAIT, to, tolen);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        /* EAGAIN: dropped like any lost packet; QUIC retransmits. */
+        s->st.packets_dropped++;
+        return;
+    }
+    s->st.packets_out++;
+}
+
+static int sock_for_path(const relay_server *s, const ngtcp2_path *p, int fallback)
+{
+    for (size_t i = 0; i < s->n_socks; i++)
+        if (s->socks[i].local_len == p->local.addrlen &&
+            memcmp(&s->socks[i].local, p->local.addr, p->local.addrlen) == 0)
+            return (int)i;
+    return fallback;
+}
+
+/* ---- connection lifetime ---- */
+
+static void conn_free(struct rconn *c)
+{
+    relay_server *s = c->srv;
+    ngtcp2_cid scids[16];
+
+    ev_timer_stop(s->loop, &c->timer);
+    if (c->check && s->svc)
+        relay_auth_cancel(s->svc, c->check);
+    if (c->token_id[0] && s->svc)
+        relay_auth_release(s->svc, c->token_id);
+    if (c->counted_active) {
+        if (s->svc && c->peer_id[0])
+            relay_presence_remove(s->svc, c->peer_id);
+        s->st.conns_active--;
+    } else {
+        s->pending--;
+    }
+    cid_remove(s, &c->odcid, c);
+    if (c->qc) {
+        size_t n = ngtcp2_conn_get_num_scid(c->qc);
+        if (n <= sizeof(scids) / sizeof(scids[0])) {
+            ngtcp2_conn_get_scid(c->qc, scids);
+            for (size_t i = 0; i < n; i++)
+                cid_remove(s, &scids[i], c);
+        }
+        ngtcp2_conn_del(c->qc);
+    }
+    if (c->tls)
+        gnutls_deinit(c->tls);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    pos_ctrl_reader_wipe(&c->rd);
+    free(c->first_pkt);
+    free(c->out);
+    free(c->close_pkt);
+    sodium_memzero(c, sizeof(*c));
+    free(c);
+}
+
+static void conn_arm_timer(struct rconn *c)
+{
+    ngtcp2_tstamp exp, now;
+    double after;
+
+    if (!c->qc)
+        return;
+    exp = ngtcp2_conn_get_expiry(c->qc);
+    now = now_ts();
+    after = exp <= now ? 0 : (double)(exp - now) / NGTCP2_SECONDS;
+    if (c->state == CLOSING || c->state == DRAINING)
+        after = 3.0 * (double)ngtcp2_conn_get_pto(c->qc) / NGTCP2_SECONDS;
+    ev_timer_stop(c->srv->loop, &c->timer);
+    ev_timer_set(&c->timer, after, 0.);
+    ev_timer_start(c->srv->loop, &c->timer);
+}
+
+static void conn_enter_closing(struct rconn *c, const ngtcp2_connection_close_error *ccerr)
+{
+    relay_server *s = c->srv;
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+    ngtcp2_ssize n;
+
+    if (c->state == CLOSING || c->state == DRAINING)
+        return;
+    ngtcp2_path_storage_zero(&ps);
+    n = ngtcp2_conn_write_connection_close(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), ccerr,
+                                           now_ts());
+    if (n <= 0) {
+        c->state = DRAINING; /* nothing to send: just wait out the period */
+        conn_arm_timer(c);
+        return;
+    }
+    c->close_pkt = malloc((size_t)n);
+    if (c->close_pkt) {
+        memcpy(c->close_pkt, s->txbuf, (size_t)n);
+        c->close_len = (size_t)n;
+    }
+    send_to(s, sock_for_path(s, &ps.path, c->sock), s->txbuf, (size_t)n,
+            (struct sockaddr *)ps.path.remote.addr, ps.path.remote.addrlen);
+    c->state = CLOSING;
+    conn_arm_timer(c);
+}
+
+/* conn_close_app closes with an application error code and reason phrase the client shows. */
+static void conn_close_app(struct rconn *c, enum relay_refusal code)
+{
+    ngtcp2_connection_close_error ccerr;
+    const char *why = relay_refusal_reason(code);
+
+    if (!c->qc) {
+        conn_free(c);
+        return;
+    }
+    if (c->in_read) {
+        /* ngtcp2 is not re-entrant: close once read_pkt has returned */
+        if (!c->close_code)
+            c->close_code = (uint16_t)code;
+        return;
+    }
+    ngtcp2_connection_close_error_default(&ccerr);
+    ngtcp2_connection_close_error_set_application_error(&ccerr, (uint64_t)code,
+                                                        (const uint8_t *)why, strlen(why));
+    conn_enter_closing(c, &ccerr);
+}
+
+static void conn_close_liberr(struct rconn *c, int liberr)
+{
+    ngtcp2_connection_close_error ccerr;
+    ngtcp2_connection_close_error_default(&ccerr);
+    if (liberr == NGTCP2_ERR_CRYPTO)
+        ngtcp2_connection_close_error_set_transport_error_tls_alert(
+            &ccerr, ngtcp2_conn_get_tls_alert(c->qc), NULL, 0);
+    else
+        ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, liberr, NULL, 0);
+    conn_enter_closing(c, &ccerr);
+}
+
+/* conn_write sends what ngtcp2 has: handshake, acks, control stream bytes. Returns 0 or -1 (freed).
+ */
+static int conn_write(struct rconn *c)
+{
+    relay_server *s = c->srv;
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+    ngtcp2_tstamp ts = now_ts();
+
+    if (c->state == CLOSING || c->state == DRAINING || c->in_read)
+        return 0;
+    ngtcp2_path_storage_zero(&ps);
+    for (int i = 0; i < 64; i++) {
+        ngtcp2_ssize wlen = 0, n;
+        int64_t sid = -1;
+        ngtcp2_vec v = {NULL, 0};
+        size_t nv = 0;
+        if (c->out && c->out_sent < c->out_len) {
+            sid = 0;
+            v.base = c->out + c->out_sent;
+            v.len = c->out_len - c->out_sent;
+            nv = 1;
+        }
+        n = ngtcp2_conn_writev_stream(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), &wlen,
+                                      NGTCP2_WRITE_STREAM_FLAG_NONE, sid, &v, nv, ts);
+        if (n < 0) {
+            if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR ||
+                n == NGTCP2_ERR_STREAM_NOT_FOUND) {
+                /* cannot write the stream now: flush other frames only */
+                n = ngtcp2_conn_write_pkt(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), ts);
+                if (n < 0) {
+                    conn_close_liberr(c, (int)n);
+                    return 0;
+                }
+            } else {
+                conn_close_liberr(c, (int)n);
+                return 0;
+            }
+        }
+        if (wlen > 0)
+            c->out_sent += (size_t)wlen;
+        if (n == 0)
+            break;
+        send_to(s, sock_for_path(s, &ps.path, c->sock), s->txbuf, (size_t)n,
+                (struct sockaddr *)ps.path.remote.addr, ps.path.remote.addrlen);
+    }
+    conn_arm_timer(c);
+    return 0;
+}
+
+static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rconn *c = w->data;
+    int rv;
+    (void)loop;
+    (void)revents;
+
+    if (c->state == CLOSING || c->state == DRAINING) {
+        conn_free(c);
+        return;
+    }
+    rv = ngtcp2_conn_handle_expiry(c->qc, now_ts());
+    if (rv != 0) {
+        /* idle timeout (NGTCP2_ERR_IDLE_CLOSE) or handshake timeout: drop silently */
+        if (c->state < HELLO_WAIT)
+            c->srv->st.handshakes_failed++;
+        conn_free(c);
+        return;
+    }
+    conn_write(c);
+}
+
+/* ---- the control stream ---- */
+
+static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
+{
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    int n = pos_ctrl_encode(m, buf, sizeof(buf));
+    uint8_t *grown;
+
+    if (n < 0) {
+        pos_log_error("cannot encode %s: error %d", pos_ctrl_type_name(m->type), n);
+        return;
+    }
+    /* Unacknowledged bytes stay where ngtcp2 may retransmit them from. */
+    grown = realloc(c->out, c->out_len + (size_t)n);
+    if (!grown) {
+        conn_close_app(c, RELAY_REFUSED_UNAVAILABLE);
+        return;
+    }
+    c->out = grown;
+    memcpy(c->out + c->out_len, buf, (size_t)n);
+    c->out_len += (size_t)n;
+}
+
+static void accept_client(struct rconn *c, const relay_limits *lim, const char *token_id)
+{
+    relay_server *s = c->srv;
+    pos_ctrl_msg m;
+    const ngtcp2_path *p = ngtcp2_conn_get_path(c->qc);
+
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_WELCOME;
+    if (pos_addr_format((const struct sockaddr *)p->remote.addr, m.observed, sizeof(m.observed)) !=
+        0) {
+        conn_close_app(c, RELAY_REFUSED_BAD_REQUEST);
+        return;
+    }
+    m.bytes_per_sec = lim ? lim->bytes_per_sec : 0;
+    m.burst = lim ? lim->burst_bytes : 0;
+    m.max_conns = lim ? lim->max_conns : 0;
+    m.expires_at = lim && lim->expires_at > 0 ? (uint64_t)lim->expires_at : 0;
+    m.idle_timeout_s = s->cfg->idle_timeout_s;
+    snprintf(m.relay_id, sizeof(m.relay_id), "%s", s->cfg->id);
+    snprintf(c->token_id, sizeof(c->token_id), "%s", token_id ? token_id : "");
+    c->state = ACTIVE;
+    c->counted_active = 1;
+    s->pending--;
+    s->st.conns_active++;
+    s->st.auth_ok++;
+    queue_ctrl(c, &m);
+    relay_presence_add(s->svc, c->peer_id);
+    pos_log_debug("client %s accepted from %s", c->peer_id, m.observed);
+    conn_write(c);
+}
+
+static void refuse(struct rconn *c, enum relay_refusal why)
+{
+    relay_server *s = c->srv;
+    unsigned idx = (unsigned)why - 0x100;
+    if (idx < sizeof(s->st.refused) / sizeof(s->st.refused[0]))
+        s->st.refused[idx]++;
+    pos_log_debug("client %s refused: %s", c->peer_id[0] ? c->peer_id : "(handshaking)",
+                  relay_refusal_reason(why));
+    conn_close_app(c, why);
+}
+
+static void on_auth_verdict(void *arg, enum relay_refusal verdict, const relay_limits *limits,
+                            const char *token_id)
+{
+    struct rconn *c = arg;
+    if (c->sync) {
+        c->sync->done = 1;
+        c->sync->verdict = verdict;
+        if (limits)
+            c->sync->limits = *limits;
+        snprintf(c->sync->token_id, sizeof(c->sync->token_id), "%s", token_id ? token_id : "");
+        return;
+    }
+    c->check = 0;
+    if (c->state != AUTH_CHECK)
+        return;
+    if (verdict == RELAY_OK)
+        accept_client(c, limits, token_id);
+    else
+        refuse(c, verdict);
+}
+
+static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
+{
+    relay_server *s = c->srv;
+    struct sync_verdict sv;
+    const ngtcp2_path *p = ngtcp2_conn_get_path(c->qc);
+    uint64_t h;
+
+    memset(&sv, 0, sizeof(sv));
+    c->state = AUTH_CHECK;
+    c->sync = &sv;
+    h = relay_auth_check(s->svc, m->token, m->token_len, (const struct sockaddr *)p->remote.addr,
+                         c->peer_id, on_auth_verdict, c);
+    pos_ctrl_msg_wipe(m);
+    if (!sv.done) {
+        c->sync = NULL;
+        c->check = h;
+        return;
+    }
+    /* answered inside the call (Redis down, cache hit): the callback only recorded it */
+    c->sync = NULL;
+    if (sv.verdict == RELAY_OK)
+        accept_client(c, &sv.limits, sv.token_id);
+    else
+        refuse(c, sv.verdict);
+}
+
+static void handle_ctrl_msg(struct rconn *c, pos_ctrl_msg *m)
+{
+    if (c->state == HELLO_WAIT && m->type == POS_CTRL_HELLO) {
+        handle_hello(c, m);
+        return;
+    }
+    /*
+     * Circuits (CONNECT, ACCEPT, DECLINE) arrive here once the client is
+     * ACTIVE; the next issue dispatches them. Until then they are a protocol
+     * error, like anything before HELLO.
+     */
+    pos_ctrl_msg_wipe(m);
+    refuse(c, RELAY_REFUSED_BAD_REQUEST);
+}
+
+/* ---- ngtcp2 callbacks ---- */
+
+/*
+ * ngtcp2 0.12 always advertises grease_quic_bit and, when the first random
+ * byte it draws while creating a connection is odd, clears the QUIC fixed bit
+ * in what it sends (RFC 9287). On this port a clear fixed bit means a relay
+ * data frame, so that byte is made even: the relay never greases. Clients of
+ * this project do the same; datagram_input also routes a packet whose fixed
+ * bit is clear by connection id first, for peers that grease anyway.
+ */
+static void cb_rand(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx)
+{
+    const uint8_t *creating = ctx ? ctx->native_handle : NULL;
+    randombytes_buf(dest, destlen);
+    if (creating && *creating && destlen == 1)
+        dest[0] &= 0xfe;
+}
+
+static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
+                          void *user_data)
+{
+    struct rconn *c = user_data;
+    (void)qc;
+    randombytes_buf(cid->data, cidlen);
+    cid->datalen = cidlen;
+    if (ngtcp2_crypto_generate_stateless_reset_token(token, c->srv->reset_secret,
+                                                     sizeof(c->srv->reset_secret), cid) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    if (cid_add(c->srv, cid, c) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int cb_remove_cid(ngtcp2_conn *qc, const ngtcp2_cid *cid, void *user_data)
+{
+    struct rconn *c = user_data;
+    (void)qc;
+    cid_remove(c->srv, cid, c);
+    return 0;
+}
+
+static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
+{
+    struct rconn *c = user_data;
+    (void)qc;
+    if (!c->pin.has_peer)
+        return NGTCP2_ERR_CALLBACK_FAILURE; /* cannot happen: the server requires a cert */
+    pos_peer_id_format(c->pin.peer_key, c->peer_id);
+    c->state = HELLO_WAIT;
+    c->srv->st.handshakes_ok++;
+    return 0;
+}
+
+static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id, uint64_t offset,
+                               const uint8_t *data, size_t datalen, void *user_data,
+                               void *stream_user_data)
+{
+    struct rconn *c = user_data;
+    pos_ctrl_msg m;
+    int rv;
+    (void)flags;
+    (void)offset;
+    (void)stream_user_data;
+
+    ngtcp2_conn_extend_max_stream_offset(qc, stream_id, datalen);
+    ngtcp2_conn_extend_max_offset(qc, datalen);
+    if (stream_id != 0 || c->state == CLOSING || c->state == DRAINING)
+        return 0; /* only the control stream means anything */
+    if (pos_ctrl_reader_feed(&c->rd, data, datalen) != 0) {
+        refuse(c, RELAY_REFUSED_BAD_REQUEST);
+        return 0;
+    }
+    while ((c->state == HELLO_WAIT || c->state == ACTIVE) && !c->close_code) {
+        rv = pos_ctrl_reader_next(&c->rd, &m);
+        if (rv == 0)
+            break;
+        if (rv < 0) {
+            refuse(c, RELAY_REFUSED_BAD_REQUEST);
+            break;
+        }
+        handle_ctrl_msg(c, &m);
+    }
+    return 0;
+}
+
+static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint64_t offset,
+                                       uint64_t datalen, void *user_data, void *stream_user_data)
+{
+    struct rconn *c = user_data;
+    (void)qc;
+    (void)stream_id;
+    (void)offset;
+    (void)stream_user_data;
+    c->out_acked += (size_t)datalen;
+    if (c->out && c->out_acked >= c->out_len && c->out_sent >= c->out_len) {
+        /* everything acknowledged: an idle connection keeps no stream buffer */
+        free(c->out);
+        c->out = NULL;
+        c->out_len = c->out_sent = c->out_acked = 0;
+    }
+    return 0;
+}
+
+static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
+{
+    /* ref->user_data points at the connection's pin (see tls.h) */
+    struct rconn *c = (struct rconn *)((char *)ref->user_data - offsetof(struct rconn, pin));
+    return c->qc;
+}
+
+static void init_callbacks(ngtcp2_callbacks *cb)
+{
+    memset(cb, 0, sizeof(*cb));
+    cb->recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
+    cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    cb->encrypt = ngtcp2_crypto_encrypt_cb;
+    cb->decrypt = ngtcp2_crypto_decrypt_cb;
+    cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
+    cb->update_key = ngtcp2_crypto_update_key_cb;
+    cb->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+    cb->delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+    cb->get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+    cb->version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+    cb->rand = cb_rand;
+    cb->get_new_connection_id = cb_get_new_cid;
+    cb->remove_connection_id = cb_remove_cid;
+    cb->handshake_completed = cb_handshake_completed;
+    cb->recv_stream_data = cb_recv_stream_data;
+    cb->acked_stream_data_offset = cb_acked_stream_data_offset;
+}
+
+/* ---- accepting ---- */
+
+/* make_quic_conn creates the ngtcp2 server connection for |c| from the Initial |hd|. */
+static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
+{
+    relay_server *s = c->srv;
+    ngtcp2_settings settings;
+    ngtcp2_transport_params params;
+    ngtcp2_cid scid;
+    ngtcp2_path path;
+    struct sock *sk = &s->socks[c->sock];
+
+    ngtcp2_settings_default(&settings);
+    settings.initial_ts = now_ts();
+    settings.rand_ctx.native_handle = &c->creating;
+    settings.handshake_timeout = 10 * NGTCP2_SECONDS;
+    settings.max_window = 64 * 1024;
+    if (getenv("POS_QUIC_TRACE"))
+        settings.log_printf = quic_trace;
+    settings.max_stream_window = 16 * 1024;
+    if (c->retried) {
+        settings.token.base = hd->token.base;
+        settings.token.len = hd->token.len;
+    }
+    ngtcp2_transport_params_default(&params);
+    params.initial_max_streams_bidi = 1; /* the control stream */
+    params.initial_max_streams_uni = 0;
+    params.initial_max_stream_data_bidi_remote = 8 * 1024;
+    params.initial_max_data = 16 * 1024;
+    params.max_idle_timeout = (uint64_t)s->cfg->idle_timeout_s * NGTCP2_SECONDS;
+    params.active_connection_id_limit = 2;
+    params.stateless_reset_token_present = 1;
+    if (c->retried) {
+        params.original_dcid = c->retry_odcid;
+        params.retry_scid = hd->dcid;
+        params.retry_scid_present = 1;
+    } else {
+        params.original_dcid = hd->dcid;
+    }
+    scid.datalen = SCID_LEN;
+    randombytes_buf(scid.data, SCID_LEN);
+    if (ngtcp2_crypto_generate_stateless_reset_token(params.stateless_reset_token, s->reset_secret,
+                                                     sizeof(s->reset_secret), &scid) != 0)
+        return -1;
+    path.local.addr = (ngtcp2_sockaddr *)&sk->local;
+    path.local.addrlen = sk->local_len;
+    path.remote.addr = (ngtcp2_sockaddr *)&c->remote;
+    path.remote.addrlen = pos_addr_len(&c->remote);
+    path.user_data = NULL;
+    c->creating = 1;
+    int rv = ngtcp2_conn_server_new(&c->qc, &hd->scid, &scid, &path, hd->version, &s->cbs,
+                                    &settings, &params, NULL, c);
+    c->creating = 0;
+    if (rv != 0)
+        return -1;
+    if (pos_tls_session_new(&c->tls, s->creds, 1, POS_CTRL_ALPN) != 0)
+        return -1;
+    if (ngtcp2_crypto_gnutls_configure_server_session(c->tls) != 0)
+        return -1;
+    c->ref.get_conn = get_conn;
+    c->ref.user_data = &c->pin;
+    gnutls_session_set_ptr(c->tls, &c->ref);
+    ngtcp2_conn_set_tls_native_handle(c->qc, c->tls);
+    if (cid_add(s, &scid, c) != 0)
+        return -1;
+    return 0;
+}
+
+/* conn_input feeds one datagram to an existing connection. */
+static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t len,
+                       const struct sockaddr *from, socklen_t fromlen)
+{
+    relay_server *s = c->srv;
+    ngtcp2_path path;
+    ngtcp2_pkt_info pi = {0};
+    int rv;
+
+    if (c->state == RATE_CHECK) {
+        s->st.packets_dropped++; /* the client retransmits its Initial */
+        return;
+    }
+    if (c->state == DRAINING)
+        return;
+    if (c->state == CLOSING) {
+        if (c->close_pkt)
+            send_to(s, sock, c->close_pkt, c->close_len, from, fromlen);
+        return;
+    }
+    path.local.addr = (ngtcp2_sockaddr *)&s->socks[sock].local;
+    path.local.addrlen = s->socks[sock].local_len;
+    path.remote.addr = (ngtcp2_sockaddr *)from;
+    path.remote.addrlen = fromlen;
+    path.user_data = NULL;
+    c->sock = sock;
+    c->in_read = 1;
+    rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, data, len, now_ts());
+    c->in_read = 0;
+    if (rv != 0) {
+        if (rv == NGTCP2_ERR_DRAINING) {
+            c->state = DRAINING;
+            conn_arm_timer(c);
+            return;
+        }
+        if (rv == NGTCP2_ERR_DROP_CONN || rv == NGTCP2_ERR_RETRY) {
+            conn_free(c);
+            return;
+        }
+        if (c->state < HELLO_WAIT) {
+            s->st.handshakes_failed++;
+            pos_log_debug("handshake failed: %s", ngtcp2_strerror(rv));
+        }
+        conn_close_liberr(c, rv);
+        return;
+    }
+    if (c->close_code) {
+        conn_close_app(c, (enum relay_refusal)c->close_code);
+        return;
+    }
+    conn_write(c);
+}
+
+static void on_rate_verdict(void *arg, enum relay_refusal verdict, const relay_limits *limits,
+                            const char *token_id);
+
+/* rate_checked continues a connection whose address passed (or failed) the rate check. */
+static void rate_checked(struct rconn *c, enum relay_refusal verdict)
+{
+    relay_server *s = c->srv;
+    ngtcp2_pkt_hd hd;
+    uint8_t *pkt = c->first_pkt;
+    size_t len = c->first_len;
+
+    c->first_pkt = NULL;
+    if (verdict != RELAY_OK) {
+        /* No crypto spent: a stateless CONNECTION_CLOSE in an Initial packet. */
+        const char *why = relay_refusal_reason(verdict);
+        if (ngtcp2_accept(&hd, pkt, len) == 0) {
+            ngtcp2_ssize n = ngtcp2_crypto_write_connection_close(
+                s->txbuf, sizeof(s->txbuf), hd.version, &hd.scid, &hd.dcid,
+                NGTCP2_CONNECTION_REFUSED, (const uint8_t *)why, strlen(why));
+            if (n > 0)
+                send_to(s, c->sock, s->txbuf, (size_t)n, (struct sockaddr *)&c->remote,
+                        pos_addr_len(&c->remote));
+        }
+        unsigned idx = (unsigned)verdict - 0x100;
+        if (idx < sizeof(s->st.refused) / sizeof(s->st.refused[0]))
+            s->st.refused[idx]++;
+        free(pkt);
+        conn_free(c);
+        return;
+    }
+    if (ngtcp2_accept(&hd, pkt, len) != 0 || make_quic_conn(c, &hd) != 0) {
+        free(pkt);
+        s->st.handshakes_failed++;
+        conn_free(c);
+        return;
+    }
+    c->state = HANDSHAKE;
+    conn_input(c, c->sock, pkt, len, (struct sockaddr *)&c->remote, pos_addr_len(&c->remote));
+    free(pkt);
+}
+
+static void on_rate_verdict(void *arg, enum relay_refusal verdict, const relay_limits *limits,
+                            const char *token_id)
+{
+    struct rconn *c = arg;
+    (void)limits;
+    (void)token_id;
+    if (c->sync) {
+        c->sync->done = 1;
+        c->sync->verdict = verdict;
+        return;
+    }
+    c->check = 0;
+    rate_checked(c, verdict);
+}
+
+static void send_retry(relay_server *s, int sock, const ngtcp2_pkt_hd *hd,
+                       const struct sockaddr *from, socklen_t fromlen)
+{
+    uint8_t token[NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN];
+    ngtcp2_cid scid;
+    ngtcp2_ssize tlen, n;
+
+    scid.datalen = SCID_LEN;
+    randombytes_buf(scid.data, SCID_LEN);
+    tlen = ngtcp2_crypto_generate_retry_token(token, s->retry_secret, sizeof(s->retry_secret),
+                                              hd->version, (const ngtcp2_sockaddr *)from, fromlen,
+                                              &scid, &hd->dcid, now_ts());
+    if (tlen < 0)
+        return;
+    n = ngtcp2_crypto_write_retry(s->txbuf, sizeof(s->txbuf), hd->version, &hd->scid, &scid,
+                                  &hd->dcid, token, (size_t)tlen);
+    if (n <= 0)
+        return;
+    s->st.retries_sent++;
+    send_to(s, sock, s->txbuf, (size_t)n, from, fromlen);
+}
+
+/* new_conn handles an Initial for no known connection id. */
+static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
+                     const struct sockaddr *from, socklen_t fromlen)
+{
+    ngtcp2_pkt_hd hd;
+    struct rconn *c;
+    struct sync_verdict sv;
+    int retried = 0;
+    ngtcp2_cid odcid;
+
+    if (s->going_away || ngtcp2_accept(&hd, data, len) != 0 || hd.type != NGTCP2_PKT_INITIAL) {
+        s->st.packets_dropped++;
+        return;
+    }
+    if (hd.token.len > 0 && hd.token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
+        if (ngtcp2_crypto_verify_retry_token(&odcid, hd.token.base, hd.token.len, s->retry_secret,
+                                             sizeof(s->retry_secret), hd.version,
+                                             (const ngtcp2_sockaddr *)from, fromlen, &hd.dcid,
+                                             RETRY_TOKEN_TIMEOUT, now_ts()) != 0) {
+            s->st.packets_dropped++;
+            return;
+        }
+        retried = 1;
+    } else if (s->pending >= s->retry_above) {
+        /* Under load, make the client prove its address before any state or crypto. */
+        send_retry(s, sock, &hd, from, fromlen);
+        return;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->first_pkt = malloc(len);
+    if (!c->first_pkt) {
+        free(c);
+        return;
+    }
+    memcpy(c->first_pkt, data, len);
+    c->first_len = len;
+    c->srv = s;
+    c->sock = sock;
+    c->state = RATE_CHECK;
+    c->retried = (uint8_t)retried;
+    if (retried)
+        c->retry_odcid = odcid;
+    memcpy(&c->remote, from, fromlen);
+    c->odcid = hd.dcid;
+    ev_timer_init(&c->timer, on_conn_timer, 0., 0.);
+    c->timer.data = c;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->pending++;
+    if (cid_add(s, &c->odcid, c) != 0) {
+        conn_free(c);
+        return;
+    }
+    memset(&sv, 0, sizeof(sv));
+    c->sync = &sv;
+    uint64_t h = relay_rate_check_addr(s->svc, from, on_rate_verdict, c);
+    c->sync = NULL;
+    if (sv.done)
+        rate_checked(c, sv.verdict);
+    else
+        c->check = h;
+}
+
+static void send_version_negotiation(relay_server *s, int sock, const ngtcp2_version_cid *vc,
+                                     const struct sockaddr *from, socklen_t fromlen)
+{
+    uint32_t versions[] = {NGTCP2_PROTO_VER_V1};
+    uint8_t r;
+    ngtcp2_ssize n;
+
+    randombytes_buf(&r, 1);
+    n = ngtcp2_pkt_write_version_negotiation(s->txbuf, sizeof(s->txbuf), r, vc->scid, vc->scidlen,
+                                             vc->dcid, vc->dcidlen, versions, 1);
+    if (n <= 0)
+        return;
+    s->st.version_negotiations++;
+    send_to(s, sock, s->txbuf, (size_t)n, from, fromlen);
+}
+
+static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_t len,
+                           const struct sockaddr *from, socklen_t fromlen)
+{
+    ngtcp2_version_cid vc;
+    struct rconn *c;
+    int rv;
+
+    s->st.packets_in++;
+    if (len == 0)
+        return;
+    if (relay_dataplane_is_frame(data[0]) && !(data[0] & 0x80) && len > SCID_LEN &&
+        (c = cid_find(s, data + 1, SCID_LEN)) != NULL) {
+        conn_input(c, sock, data, len, from, fromlen); /* a greased short-header packet */
+        return;
+    }
+    if (relay_dataplane_is_frame(data[0])) {
+        relay_dataplane_input(&s->dp, s->socks[sock].fd, data, len, from, fromlen);
+        return;
+    }
+    rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, SCID_LEN);
+    if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
+        send_version_negotiation(s, sock, &vc, from, fromlen);
+        return;
+    }
+    if (rv != 0) {
+        s->st.packets_dropped++;
+        return;
+    }
+    c = cid_find(s, vc.dcid, vc.dcidlen);
+    if (c) {
+        conn_input(c, sock, data, len, from, fromlen);
+        return;
+    }
+    if (!(data[0] & 0x80)) { /* short header for an unknown connection */
+        s->st.packets_dropped++;
+        return;
+    }
+    new_conn(s, sock, data, len, from, fromlen);
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct sock *sk = w->data;
+    relay_server *s = sk->srv;
+    uint8_t buf[MAX_UDP + 1];
+    (void)loop;
+    (void)revents;
+
+    /* Bounded per wake-up so one busy socket cannot starve the others. */
+    for (int i = 0; i < RX_BATCH; i++) {
+        struct sockaddr_storage from;
+        socklen_t fromlen = sizeof(from);
+        ssize_t n =
+            recvfrom(sk->fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fromlen);
+        if (n < 0)
+            break;
+        if ((size_t)n > MAX_UDP) {
+            s->st.packets_dropped++;
+            continue;
+        }
+        datagram_input(s, (int)(sk - s->socks), buf, (size_t)n, (struct sockaddr *)&from, fromlen);
+    }
+}
+
+/* ---- set-up ---- */
+
+static int bind_udp(struct sock *sk, const char *text, unsigned port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int one = 1, fd;
+
+    if (pos_addr_parse(text, strlen(text), port, &ss) != 0) {
+        snprintf(err, errlen, "listen address \"%s\" is not ip:port", text);
+        return -1;
+    }
+    fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create a UDP socket for %s: %s", text, strerror(errno));
+        return -1;
+    }
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    {
+        int pmtu = IP_PMTUDISC_DO;
+        if (ss.ss_family == AF_INET)
+            setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu));
+        else
+            setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &pmtu, sizeof(pmtu));
+    }
+    int rcvbuf = 4 * 1024 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof(rcvbuf));
+    if (bind(fd, (struct sockaddr *)&ss, pos_addr_len(&ss)) != 0) {
+        snprintf(err, errlen, "cannot bind UDP %s: %s", text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    sk->fd = fd;
+    sk->local_len = sizeof(sk->local);
+    getsockname(fd, (struct sockaddr *)&sk->local, &sk->local_len);
+    return 0;
+}
+
+relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, char *err,
+                               size_t errlen)
+{
+    relay_server *s = calloc(1, sizeof(*s));
+    char defaults[2][POS_ADDR_STRLEN];
+    const char *addrs[MAX_SOCKS];
+    size_t n = 0;
+
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->loop = loop;
+    s->cfg = cfg;
+    s->n_buckets = 1024;
+    s->buckets = calloc(s->n_buckets, sizeof(*s->buckets));
+    if (!s->buckets) {
+        snprintf(err, errlen, "out of memory");
+        free(s);
+        return NULL;
+    }
+    crypto_shorthash_keygen(s->hash_key);
+    randombytes_buf(s->retry_secret, sizeof(s->retry_secret));
+    randombytes_buf(s->reset_secret, sizeof(s->reset_secret));
+    s->retry_above = DEFAULT_RETRY_ABOVE;
+    {
+        const char *e = getenv("POS_RELAY_RETRY_ABOVE");
+        if (e && *e)
+            s->retry_above = (size_t)strtoul(e, NULL, 10);
+    }
+    init_callbacks(&s->cbs);
+    if (pos_tls_creds_new(&s->creds, &cfg->identity) != 0) {
+        snprintf(err, errlen, "cannot make the TLS certificate from the relay's identity");
+        goto fail;
+    }
+    if (cfg->n_listen > 0) {
+        for (size_t i = 0; i < cfg->n_listen && i < MAX_SOCKS; i++)
+            addrs[n++] = cfg->listen[i];
+    } else {
+        snprintf(defaults[0], sizeof(defaults[0]), "0.0.0.0:%u", cfg->port);
+        snprintf(defaults[1], sizeof(defaults[1]), "[::]:%u", cfg->port);
+        addrs[n++] = defaults[0];
+        addrs[n++] = defaults[1];
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct sock *sk = &s->socks[s->n_socks];
+        if (bind_udp(sk, addrs[i], cfg->port, err, errlen) != 0) {
+            /* A host without IPv6 still serves IPv4 when the default pair was asked for. */
+            if (cfg->n_listen == 0 && i == 1 && s->n_socks == 1) {
+                pos_log_warn("%s; serving IPv4 only", err);
+                continue;
+            }
+            goto fail;
+        }
+        sk->srv = s;
+        ev_io_init(&sk->io, on_readable, sk->fd, EV_READ);
+        sk->io.data = sk;
+        ev_io_start(loop, &sk->io);
+        s->n_socks++;
+    }
+    return s;
+fail:
+    relay_server_del(s);
+    return NULL;
+}
+
+void relay_server_set_services(relay_server *s, relay_services *svc)
+{
+    s->svc = svc;
+}
+
+static int is_wildcard(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    if (ss->ss_family == AF_INET6)
+        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+    return 0;
+}
+
+static size_t add_if_addrs(const struct sock *sk, char (*out)[POS_ADDR_STRLEN], size_t n,
+                           size_t max)
+{
+    struct ifaddrs *ifa = NULL, *i;
+    unsigned port = ntohs(((const struct sockaddr_in *)&sk->local)->sin_port);
+    if (getifaddrs(&ifa) != 0)
+        return n;
+    for (int want_loopback = 0; want_loopback < 2 && n < max; want_loopback++) {
+        size_t before = n;
+        for (i = ifa; i && n < max; i = i->ifa_next) {
+            struct sockaddr_storage ss;
+            if (!i->ifa_addr || i->ifa_addr->sa_family != sk->local.ss_family)
+                continue;
+            if (!!(i->ifa_flags & IFF_LOOPBACK) != want_loopback || !(i->ifa_flags & IFF_UP))
+                continue;
+            memset(&ss, 0, sizeof(ss));
+            if (sk->local.ss_family == AF_INET) {
+                memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in));
+                ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+            } else {
+                struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+                memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in6));
+                if (IN6_IS_ADDR_LINKLOCAL(&a6->sin6_addr))
+                    continue;
+                a6->sin6_port = htons((uint16_t)port);
+            }
+            if (pos_addr_format((struct sockaddr *)&ss, out[n], POS_ADDR_STRLEN) == 0)
+                n++;
+        }
+        if (n > before)
+            break; /* loopback only when the host has nothing else */
+    }
+    freeifaddrs(ifa);
+    return n;
+}
+
+size_t relay_server_announce_addrs(const relay_server *s, char (*out)[POS_ADDR_STRLEN], size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_socks && n < max; i++) {
+        if (is_wildcard(&s->socks[i].local))
+            n = add_if_addrs(&s->socks[i], out, n, max);
+        else if (pos_addr_format((const struct sockaddr *)&s->socks[i].local, out[n],
+                                 POS_ADDR_STRLEN) == 0)
+            n++;
+    }
+    return n;
+}
+
+void relay_server_revoke(relay_server *s, const char *token_id)
+{
+    struct rconn *c, *next;
+    for (c = s->conns; c; c = next) {
+        next = c->next;
+        /* closing keeps |c| in the list; freeing happens on its timer */
+        if (c->state == ACTIVE && c->token_id[0] && strcmp(c->token_id, token_id) == 0) {
+            pos_log_info("closing client %s: token revoked", c->peer_id);
+            refuse(c, RELAY_REFUSED_REVOKED);
+        }
+    }
+}
+
+void relay_server_goaway(relay_server *s)
+{
+    struct rconn *c, *next;
+    s->going_away = 1;
+    for (c = s->conns; c; c = next) {
+        next = c->next;
+        if (c->state == CLOSING || c->state == DRAINING)
+            continue;
+        if (c->qc && c->state >= HELLO_WAIT)
+            conn_close_app(c, RELAY_GOING_AWAY);
+        else if (c->state == RATE_CHECK || c->state == HANDSHAKE)
+            conn_free(c);
+        else
+            conn_close_app(c, RELAY_GOING_AWAY);
+    }
+}
+
+void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
+{
+    *out = s->st;
+    out->conns_handshaking = s->pending;
+    out->data_frames_dropped = s->dp.frames_dropped;
+}
+
+void relay_server_del(relay_server *s)
+{
+    if (!s)
+        return;
+    while (s->conns)
+        conn_free(s->conns);
+    for (size_t i = 0; i < s->n_socks; i++) {
+        ev_io_stop(s->loop, &s->socks[i].io);
+        close(s->socks[i].fd);
+    }
+    if (s->buckets) {
+        for (size_t i = 0; i < s->n_buckets; i++) {
+            struct cid_entry *e = s->buckets[i], *next;
+            for (; e; e = next) {
+                next = e->next;
+                free(e);
+            }
+        }
+        free(s->buckets);
+    }
+    pos_tls_creds_del(s->creds);
+    sodium_memzero(s->retry_secret, sizeof(s->retry_secret));
+    sodium_memzero(s->reset_secret, sizeof(s->reset_secret));
+    free(s);
+}

@@ -1,0 +1,77 @@
+/*
+ * The relay's QUIC side: UDP sockets on the relay port, the ngtcp2 server
+ * connections, and the control protocol on each client's first stream. Every
+ * ngtcp2 call of the relay is in quic_server.c (the 1.x API renames much of
+ * 0.12: a port touches that one file).
+ *
+ * Flow of a client: its first Initial triggers the per-address rate check
+ * (relay_rate_check_addr) before any crypto is spent; under load (too many
+ * handshakes pending) a stateless Retry proves the address first. After the
+ * mutual TLS handshake the relay knows the client's peer id, reads HELLO,
+ * asks relay_auth_check, then answers WELCOME (observed address, limits) or
+ * closes with the refusal as application error code and reason phrase.
+ *
+ * Lifetimes: the server borrows |loop|, |cfg| and the services (set with
+ * relay_server_set_services before the loop runs); relay_server_del closes
+ * the sockets and frees every connection.
+ */
+#ifndef POS_RELAY_QUIC_SERVER_H
+#define POS_RELAY_QUIC_SERVER_H
+
+#include <ev.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "relay_config.h"
+#include "services.h"
+
+typedef struct relay_server relay_server;
+
+/* Counters for /metrics; all totals since start except the gauges. */
+typedef struct relay_server_stats {
+    uint64_t conns_active;      /* gauge: authenticated clients */
+    uint64_t conns_handshaking; /* gauge: connections not yet authenticated */
+    uint64_t handshakes_ok;
+    uint64_t handshakes_failed;
+    uint64_t auth_ok;
+    uint64_t refused[16]; /* by enum relay_refusal - 0x100 (index 0 unused) */
+    uint64_t retries_sent;
+    uint64_t version_negotiations;
+    uint64_t packets_in;
+    uint64_t packets_out;
+    uint64_t packets_dropped;
+    uint64_t data_frames_dropped;
+} relay_server_stats;
+
+/*
+ * relay_server_new binds the UDP sockets (cfg->listen, or 0.0.0.0 and :: on
+ * cfg->port) and makes the TLS credentials from cfg->identity. Returns NULL
+ * with a sentence in |err| (e.g. the address already in use).
+ */
+relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, char *err,
+                               size_t errlen);
+
+/* relay_server_set_services: where auth, rate limits and presence go; call before the loop runs. */
+void relay_server_set_services(relay_server *s, relay_services *svc);
+
+/*
+ * relay_server_announce_addrs writes the addresses to register with the
+ * discovery API when the config has no public_addrs: the bound addresses,
+ * or for a wildcard bind the host's interface addresses with the port.
+ * Returns how many were written (at most |max|).
+ */
+size_t relay_server_announce_addrs(const relay_server *s, char (*out)[POS_ADDR_STRLEN], size_t max);
+
+/* relay_server_revoke closes every connection authenticated with |token_id|
+ * (RELAY_REFUSED_REVOKED). */
+void relay_server_revoke(relay_server *s, const char *token_id);
+
+/* relay_server_goaway closes every connection with RELAY_GOING_AWAY and stops accepting new ones.
+ */
+void relay_server_goaway(relay_server *s);
+
+void relay_server_stats_get(const relay_server *s, relay_server_stats *out);
+
+void relay_server_del(relay_server *s);
+
+#endif
