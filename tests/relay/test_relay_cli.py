@@ -439,6 +439,27 @@ def services_against_real_redis():
 
 
 @test
+def services_recover_when_redis_comes_up():
+    port = free_port()
+    d = tmpdir()
+    cfg = make_config(extra={"redis": f"redis://127.0.0.1:{port}"})
+    token_file = os.path.join(d, "token")
+    p = Proc([binary("tests/relay/test_relay_services"), "down", cfg],
+             env={"TOKEN_FILE": token_file})
+    wait_until(lambda: "refused while down" in p.output() or not p.alive(), 10,
+               what="a refusal while Redis is down")
+    redis = Redis(port=port)
+    token, _ = add_token(cfg, "--account", "late")
+    with open(token_file + ".tmp", "w") as f:
+        f.write(token + "\n")
+    os.rename(token_file + ".tmp", token_file)
+    rc = p.wait(30)
+    out = p.output()
+    assert rc == 0 and "0 failed" in out, out
+    assert token not in out and token not in redis.dump_all()
+
+
+@test
 def registration_with_discovery_api():
     redis = Redis()
     d = tmpdir()
@@ -448,41 +469,51 @@ def registration_with_discovery_api():
     os.chmod(secret_file, 0o600)
     port = free_port()
     api = f"http://127.0.0.1:{port}"
-    disc = Proc([binary("discovery-api/pos-discovery"), "--listen", f"127.0.0.1:{port}",
-                 "--redis", redis.url, "--secret-file", secret_file, "--ttl", "30"])
-    wait_until(lambda: http("GET", api + "/healthz")[0] == 200, 10, what="pos-discovery")
-    # The relay starts while the API is still down for it: it retries with backoff.
-    cfg = make_config(redis, {"api_url": api, "register_interval": 1})
+    cfg = make_config(redis, {"api_url": api})
     with open(cfg) as f:
         relay_id = json.load(f)["id"]
+
+    def discovery():
+        p = Proc([binary("discovery-api/pos-discovery"), "--listen", f"127.0.0.1:{port}",
+                  "--redis", redis.url, "--secret-file", secret_file, "--ttl", "3"])
+        wait_until(lambda: http("GET", api + "/healthz")[0] == 200, 10, what="pos-discovery")
+        return p
 
     def listed():
         st, _, body = http("GET", api + "/api/p2p/relays")
         return st == 200 and any(e.get("id") == relay_id for e in json.loads(body))
 
+    # The relay starts while the API is down: it keeps retrying with backoff.
     svc = Proc([binary("tests/relay/test_relay_services"), "serve", cfg],
                env={"POS_LOG": "debug"})
-    t0 = time.monotonic()
-    wait_until(listed, 2, what="the relay in the list")
-    assert time.monotonic() - t0 < 2
+    time.sleep(1.0)
+    assert svc.alive()
+    disc = discovery()
+    wait_until(listed, 6, what="the relay in the list once the API is up")
     entry = [e for e in json.loads(http("GET", api + "/api/p2p/relays")[2])
              if e["id"] == relay_id][0]
     assert entry["addrs"] == ["127.0.0.1:7373"] and len(entry["peer_id"]) == 43
 
-    # The API goes away and comes back: the relay registers again by itself.
+    # The API answers {"ttl": 3}: the relay refreshes every second, so it never
+    # drops out of the list while alive (register_interval alone would be 10 s).
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        assert listed(), "the relay flickered out of the list"
+        time.sleep(0.2)
+
+    # The API and its data go away and come back: the relay registers again by itself.
     disc.stop()
     redis.cli("FLUSHALL")
-    disc = Proc([binary("discovery-api/pos-discovery"), "--listen", f"127.0.0.1:{port}",
-                 "--redis", redis.url, "--secret-file", secret_file, "--ttl", "30"])
-    wait_until(listed, 10, what="re-registration after the API came back")
+    disc = discovery()
+    wait_until(listed, 6, what="re-registration after the API came back")
 
     # SIGTERM: deregistered at once.
     svc.signal(signal.SIGTERM)
     assert svc.wait(10) == 0
-    wait_until(lambda: not listed(), 2, what="the entry to disappear")
+    wait_until(lambda: not listed(), 1, what="the entry to disappear")
     out = svc.output()
     assert SECRET not in out and SECRET not in disc.output()
-    assert "registrations ok" in out
+    assert "registrations ok" in out and "deregistered" in out
 
 
 if __name__ == "__main__":

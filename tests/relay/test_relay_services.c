@@ -8,6 +8,8 @@
  *   test_relay_services checks CONFIG
  *     env TOKEN_OK, TOKEN_CAPPED (max 1 conn), TOKEN_EXPIRED, TOKEN_REVOKED,
  *         TOKEN_TO_REVOKE, POS_RELAY (the pos-relay binary), REDIS_PID
+ *   test_relay_services down CONFIG
+ *     Redis is down at start; env TOKEN_FILE gets a token once it is up
  *   test_relay_services serve CONFIG
  *     runs the services (registration with the discovery API) until SIGTERM,
  *     then calls relay_services_shutdown; prints "serving" once started.
@@ -307,6 +309,56 @@ static int run_checks(const char *config)
     return check_finish("relay-services");
 }
 
+/*
+ * Redis is not running at start: checks are refused as unavailable at once;
+ * when the test starts Redis and writes a token into TOKEN_FILE, the services
+ * recover by themselves and accept it.
+ */
+static int run_down(const char *config)
+{
+    relay_config cfg;
+    char err[POS_ERR_LEN], token[256] = "";
+    struct verdict r;
+    if (relay_config_load(&cfg, config, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    relay_services *s = relay_services_new(loop, &cfg, NULL, NULL, 0);
+    CHECK(s != NULL);
+    if (!s)
+        return check_finish("relay-services-down");
+    run_for(0.3);
+    CHECK(!relay_services_redis_ok(s));
+    ev_tstamp t0 = ev_time();
+    CHECK(auth(s, "pos_token-while-redis-is-down", &r) == RELAY_REFUSED_UNAVAILABLE);
+    CHECK(ev_time() - t0 < 0.5);
+    printf("refused while down\n");
+    fflush(stdout);
+    const char *path = env("TOKEN_FILE");
+    for (int i = 0; i < 200 && !token[0]; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (!fgets(token, sizeof(token), f))
+                token[0] = '\0';
+            token[strcspn(token, "\r\n")] = '\0';
+            fclose(f);
+        }
+        if (!token[0])
+            run_for(0.1);
+    }
+    CHECK(token[0] != '\0');
+    for (int i = 0; i < 300 && !relay_services_redis_ok(s); i++)
+        run_for(0.02);
+    CHECK(relay_services_redis_ok(s));
+    CHECK(auth(s, token, &r) == RELAY_OK);
+    relay_auth_release(s, r.token_id);
+    sodium_memzero(token, sizeof(token));
+    relay_services_shutdown(s, 1000);
+    relay_services_del(s);
+    relay_config_free(&cfg);
+    return check_finish("relay-services-down");
+}
+
 static void on_sigterm(struct ev_loop *l, ev_signal *w, int revents)
 {
     (void)revents;
@@ -345,7 +397,7 @@ static int serve(const char *config)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: test_relay_services checks|serve CONFIG\n");
+        fprintf(stderr, "usage: test_relay_services checks|down|serve CONFIG\n");
         return 2;
     }
     pos_log_init("test_relay_services");
@@ -354,5 +406,7 @@ int main(int argc, char **argv)
     loop = EV_DEFAULT;
     if (strcmp(argv[1], "serve") == 0)
         return serve(argv[2]);
+    if (strcmp(argv[1], "down") == 0)
+        return run_down(argv[2]);
     return run_checks(argv[2]);
 }

@@ -1,0 +1,137 @@
+/*
+ * Unit tests of relay_config_load (relay/relay_config.c): defaults, the
+ * POS_DOCKER port rule, canonical addresses, and refusals that name the key.
+ * Writes its files in a fresh directory under $TMPDIR; no network.
+ */
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "relay_config.h"
+
+static char dir[256];
+static char key_text[POS_KEY_TEXT_STRLEN];
+
+/* Writes a config with the required keys plus |extra| (JSON members, may be ""). */
+static const char *write_config(const char *name, const char *extra)
+{
+    static char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return path;
+    fprintf(f,
+            "{\"id\": \"1b4e28ba-2fa1-41d2-883f-0016d3cca427\", \"identity\": \"%s\", "
+            "\"p2p_secret\": \"s3cret\"%s%s}",
+            key_text, extra[0] ? ", " : "", extra);
+    fclose(f);
+    return path;
+}
+
+static void test_defaults(void)
+{
+    relay_config c;
+    char err[POS_ERR_LEN];
+    unsetenv("POS_DOCKER");
+    CHECK(relay_config_load(&c, write_config("min.json", ""), err, sizeof(err)) == 0);
+    CHECK(c.port == 7373);
+    CHECK(strcmp(c.http_listen, "127.0.0.1:7374") == 0);
+    CHECK(strcmp(c.redis_prefix, "pos:") == 0);
+    CHECK(strcmp(c.redis.host, "127.0.0.1") == 0 && c.redis.port == 6379);
+    CHECK(c.api_url[0] == '\0');
+    CHECK(c.idle_timeout_s == 30 && c.register_interval_s == 10);
+    CHECK(c.conn_rate_per_addr == 20 && c.conn_burst_per_addr == 40);
+    CHECK(c.conn_rate_per_token == 20 && c.conn_burst_per_token == 40);
+    CHECK(c.n_public_addrs == 0 && c.n_listen == 0);
+    CHECK(strcmp(c.p2p_secret, "s3cret") == 0);
+    relay_config_free(&c);
+    CHECK(c.p2p_secret == NULL);
+}
+
+static void test_values_and_docker(void)
+{
+    relay_config c;
+    char err[POS_ERR_LEN];
+    const char *path = write_config(
+        "full.json", "\"port\": 9000, \"api_url\": \"http://127.0.0.1:8080/\", "
+                     "\"public_addrs\": [\"[::ffff:1.2.3.4]:9000\", \"[2001:DB8::1]:9000\"], "
+                     "\"conn_rate_per_addr\": 0, \"conn_rate_per_token\": 5, "
+                     "\"conn_burst_per_token\": 7, \"register_interval\": 3");
+    unsetenv("POS_DOCKER");
+    CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
+    CHECK(c.port == 9000);
+    CHECK(strcmp(c.http_listen, "127.0.0.1:9001") == 0);
+    CHECK(strcmp(c.api_url, "http://127.0.0.1:8080") == 0); /* no trailing slash */
+    CHECK(c.n_public_addrs == 2);
+    CHECK(strcmp(c.public_addrs[0], "1.2.3.4:9000") == 0);
+    CHECK(strcmp(c.public_addrs[1], "[2001:db8::1]:9000") == 0);
+    CHECK(c.conn_rate_per_addr == 0 && c.conn_rate_per_token == 5);
+    CHECK(c.conn_burst_per_token == 7 && c.register_interval_s == 3);
+    relay_config_free(&c);
+
+    setenv("POS_DOCKER", "true", 1);
+    CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
+    CHECK(c.port == 7373);
+    relay_config_free(&c);
+    setenv("POS_DOCKER", "false", 1);
+    CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
+    CHECK(c.port == 9000);
+    relay_config_free(&c);
+    unsetenv("POS_DOCKER");
+}
+
+static void test_refusals(void)
+{
+    static const struct {
+        const char *extra, *key;
+    } cases[] = {
+        {"\"port\": 65536", "\"port\""},
+        {"\"redis\": \"redis://[::1\"", "\"redis\""},
+        {"\"redis_prefix\": \"\"", "\"redis_prefix\""},
+        {"\"listen\": [\"0.0.0.0\"]", "\"listen\""},
+        {"\"idle_timeout\": 0", "\"idle_timeout\""},
+        {"\"conn_burst_per_addr\": 0", "\"conn_burst_per_addr\""},
+        {"\"public_addrs\": \"1.2.3.4:1\"", "\"public_addrs\""},
+        {"\"extra\": 1", "\"extra\""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        relay_config c;
+        char err[POS_ERR_LEN] = "";
+        const char *path = write_config("bad.json", cases[i].extra);
+        int rc = relay_config_load(&c, path, err, sizeof(err));
+        CHECK(rc < 0);
+        CHECK(strstr(err, path) != NULL);
+        CHECK(strstr(err, cases[i].key) != NULL);
+        CHECK(strstr(err, "s3cret") == NULL && strstr(err, key_text) == NULL);
+        if (rc < 0 && !strstr(err, cases[i].key))
+            fprintf(stderr, "case %zu: %s\n", i, err);
+    }
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/pos-relay-config-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir))
+        return 1;
+    pos_identity id;
+    pos_identity_generate(&id);
+    pos_identity_to_text(&id, key_text);
+    pos_identity_free(&id);
+    test_defaults();
+    test_values_and_docker();
+    test_refusals();
+    char path[600];
+    static const char *const names[] = {"min.json", "full.json", "bad.json"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+    return check_finish("relay-config");
+}
