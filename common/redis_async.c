@@ -45,6 +45,7 @@ struct conn {
     redisAsyncContext *ac;
     int connected; /* hiredis reported the connection established */
     int ready;     /* cmd: the server answered our PING, commands may go */
+    int warned;    /* this outage was logged */
     int is_sub;
     unsigned backoff_ms;
     ev_timer retry;
@@ -159,7 +160,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     if (r->closing)
         return;
     if (!c->is_sub) {
-        pos_log_warn("lost the connection to Redis: %s", ac->errstr[0] ? ac->errstr : "closed");
+        pos_log(was_ready ? POS_LOG_WARN : POS_LOG_DEBUG, "lost the connection to Redis: %s",
+                ac->errstr[0] ? ac->errstr : "closed");
         /* The subscriber shares the server's fate: restart it too. */
         drop(&r->sub);
         if (was_ready && r->state_cb)
@@ -250,6 +252,12 @@ static void on_connect(const redisAsyncContext *ac, int status)
     ev_timer_stop(r->loop, &c->connect_timeout);
     if (status != REDIS_OK) {
         /* hiredis frees the context after this returns. */
+        if (!c->warned && !c->is_sub) {
+            char target[600];
+            pos_redis_target_format(&r->target, target, sizeof(target));
+            pos_log_warn("cannot connect to Redis at %s: %s; retrying", target, ac->errstr);
+            c->warned = 1;
+        }
         pos_log_debug("Redis connection failed: %s", ac->errstr);
         c->ac = NULL;
         schedule_retry(c);
@@ -331,7 +339,9 @@ static void on_cmd_timer(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_start(loop, w);
         return;
     }
-    pos_log_warn("Redis did not answer within %.0f ms: reconnecting", r->timeout * 1000);
+    /* During an outage every attempt times out: say it once, when a working connection stalls. */
+    pos_log(r->cmd.ready ? POS_LOG_WARN : POS_LOG_DEBUG,
+            "Redis did not answer within %.0f ms: reconnecting", r->timeout * 1000);
     r->stats.timeouts++;
     drop(&r->cmd);
 }
@@ -549,6 +559,7 @@ static void on_internal_reply(pos_redis_async *r, struct request *q, redisReply 
             return;
         }
         r->cmd.ready = 1;
+        r->cmd.warned = 0;
         pos_log_info("connected to Redis");
         if (r->state_cb)
             r->state_cb(r->state_arg, 1);

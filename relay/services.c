@@ -403,6 +403,7 @@ static int addr_bucket_name(const struct sockaddr *sa, char *out, size_t outlen)
 static void on_rate_reply(void *arg, redisReply *rep)
 {
     struct check *c = arg;
+    c->waiting = 0;
     if (!rep || rep->type != REDIS_REPLY_INTEGER) {
         note_redis_error(c->s, rep);
         deliver(c, RELAY_REFUSED_UNAVAILABLE);
@@ -431,6 +432,8 @@ uint64_t relay_rate_check_addr(relay_services *s, const struct sockaddr *from, r
         const char *argv[] = {key, rate, burst};
         if (pos_redis_async_eval(s->redis, s->sc_rate, 1, 3, argv, NULL, on_rate_reply, c) != 0)
             deliver(c, RELAY_REFUSED_UNAVAILABLE);
+        else
+            c->waiting = 1; /* the check lives until Redis answers, even if cancelled */
     }
     return c->handle;
 }

@@ -199,6 +199,70 @@ static void test_cancel(relay_services *s)
     CHECK(r.done == 0);
 }
 
+/* A rate check cancelled while Redis works on it: no callback, no crash (ASan). */
+static void test_cancel_rate(relay_services *s)
+{
+    struct verdict r;
+    struct sockaddr_in a = addr4("203.0.113.50", 4000);
+    memset(&r, 0, sizeof(r));
+    uint64_t h = relay_rate_check_addr(s, (struct sockaddr *)&a, on_verdict, &r);
+    relay_auth_cancel(s, h);
+    run_for(0.3);
+    CHECK(r.done == 0);
+}
+
+/* Redis lost its scripts (restart, SCRIPT FLUSH): EVALSHA gets NOSCRIPT and is retried. */
+static void test_script_flush(relay_services *s, const relay_config *cfg)
+{
+    struct verdict r;
+    pos_redis rc;
+    pos_redis_init(&rc, &cfg->redis, cfg->redis_prefix, 2000);
+    redisReply *rep = pos_redis_command(&rc, "SCRIPT FLUSH");
+    CHECK(rep && rep->type == REDIS_REPLY_STATUS);
+    if (rep)
+        freeReplyObject(rep);
+    pos_redis_free(&rc);
+    CHECK(rate(s, "203.0.113.60", &r) == RELAY_OK);
+    CHECK(auth(s, env("TOKEN_OK"), &r) == RELAY_OK);
+    relay_auth_release(s, r.token_id);
+}
+
+/* Presence and connection-set members come back after Redis lost them. */
+static void test_refresh(relay_services *s, const relay_config *cfg)
+{
+    struct verdict r;
+    pos_redis rc;
+    char pkey[RELAY_KEY_LEN], ckey[RELAY_KEY_LEN];
+    const char *peer = "refresh-test-peer";
+    pos_redis_init(&rc, &cfg->redis, cfg->redis_prefix, 2000);
+    relay_key_presence(cfg->redis_prefix, pkey, sizeof(pkey), peer);
+    CHECK(auth(s, env("TOKEN_CAPPED"), &r) == RELAY_OK);
+    relay_key_conns(cfg->redis_prefix, ckey, sizeof(ckey), r.token_id);
+    relay_presence_add(s, peer);
+    run_for(0.2);
+    redisReply *rep = pos_redis_command(&rc, "DEL %s %s", pkey, ckey);
+    CHECK(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 2);
+    if (rep)
+        freeReplyObject(rep);
+    run_for(5.5); /* one refresh period */
+    rep = pos_redis_command(&rc, "GET %s", pkey);
+    CHECK(rep && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, cfg->id) == 0);
+    if (rep)
+        freeReplyObject(rep);
+    rep = pos_redis_command(&rc, "ZCARD %s", ckey);
+    CHECK(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+    if (rep)
+        freeReplyObject(rep);
+    relay_presence_remove(s, peer);
+    relay_auth_release(s, r.token_id);
+    run_for(0.2);
+    rep = pos_redis_command(&rc, "EXISTS %s %s", pkey, ckey);
+    CHECK(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 0);
+    if (rep)
+        freeReplyObject(rep);
+    pos_redis_free(&rc);
+}
+
 static void test_revocation(relay_services *s, const char *config)
 {
     struct verdict r;
@@ -298,6 +362,9 @@ static int run_checks(const char *config)
         test_conn_cap(s1);
         test_rate_shared(s1, s2);
         test_cancel(s1);
+        test_cancel_rate(s1);
+        test_script_flush(s1, &cfg);
+        test_refresh(s1, &cfg);
         test_revocation(s1, config);
         test_presence(s1, &cfg);
         test_redis_hang(s1);
