@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Benchmark of the relay's forwarding hot path against the bare forwarder.
+#
+# In the same run, alternating ROUNDS times:
+#   bare:  udpfwd + udpgen from the shared bench folder (recvmmsg/sendmmsg, no
+#          parsing, no lookup), compiled now with gcc -O2 into a temporary dir;
+#   relay: pos-fwdbench (relay_forward_batch: frame decode, circuit lookup,
+#          source check, budget, id rewrite) with the same datagram size.
+# Prints packets forwarded per CPU-second of the forwarding process for both,
+# and the ratio relay / bare (goal: >= 0.8).
+#
+# usage: loadtest/bench-forward.sh [--size BYTES] [--circuits N] [--duration SECONDS]
+#                                  [--rounds N] [--bench-src DIR] [--build DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size=1200 circuits=1000 duration=5 rounds=3
+bench_src=${POS_BENCH_SRC:-/work/shared/bench}
+build=${POS_BENCH_BUILD:-build-bench}
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) size=$2; shift 2 ;;
+    --circuits) circuits=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --bench-src) bench_src=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench-forward: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+for v in size circuits duration rounds; do
+  if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then
+    echo "bench-forward: --$v wants a positive number" >&2; exit 2
+  fi
+done
+if [ ! -f "$bench_src/udpfwd.c" ] || [ ! -f "$bench_src/udpgen.c" ]; then
+  echo "bench-forward: udpfwd.c and udpgen.c not found in $bench_src (use --bench-src DIR)" >&2
+  exit 2
+fi
+
+# A release build of pos-fwdbench (sanitizers would measure the sanitizers).
+if [ ! -d "$build" ]; then
+  meson setup "$build" --buildtype=release >/dev/null
+fi
+ninja -C "$build" loadtest/pos-fwdbench >/dev/null
+fwdbench=$build/loadtest/pos-fwdbench
+
+tmp=$(mktemp -d /tmp/pos-bench-forward-XXXXXX)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+gcc -O2 -o "$tmp/udpfwd" "$bench_src/udpfwd.c"
+gcc -O2 -o "$tmp/udpgen" "$bench_src/udpgen.c"
+
+free_ports() {  # two free UDP ports on 127.0.0.1
+  /usr/bin/python3 - <<'PY'
+import socket
+s = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])
+PY
+}
+
+field() {  # field NAME FILE: the value of NAME=... in FILE
+  grep -o "$1=[0-9.]*" "$2" | head -1 | cut -d= -f2
+}
+
+bare_sum=0 relay_sum=0
+echo "datagram size ${size} B, ${circuits} circuits, ${duration} s per run, ${rounds} rounds"
+for r in $(seq 1 "$rounds"); do
+  # Free ports can be taken by someone else between the check and the bind: retry.
+  for attempt in 1 2 3 4 5; do
+    read -r port dest < <(free_ports)
+    "$tmp/udpfwd" "$port" "$dest" $((duration + 1)) >"$tmp/bare-fwd" 2>"$tmp/bare-err" &
+    pids=($!)
+    sleep 0.3
+    if kill -0 "${pids[0]}" 2>/dev/null &&
+      "$tmp/udpgen" "$port" "$dest" "$size" "$duration" >"$tmp/bare-gen" 2>>"$tmp/bare-err"; then
+      wait "${pids[0]}" && break
+    fi
+    kill "${pids[0]}" 2>/dev/null || true
+    wait "${pids[0]}" 2>/dev/null || true
+    if [ "$attempt" = 5 ]; then
+      echo "bench-forward: the bare forwarder did not run: $(cat "$tmp/bare-err")" >&2
+      exit 1
+    fi
+  done
+  pids=()
+  bare=$(field pkts_per_cpu_s "$tmp/bare-fwd")
+  bare_rx=$(field received "$tmp/bare-gen")
+
+  "$fwdbench" --circuits "$circuits" --size "$size" --duration "$duration" >"$tmp/relay"
+  relay=$(field pkts_per_cpu_s "$tmp/relay")
+  relay_rx=$(field received "$tmp/relay")
+  relay_drop=$(field dropped "$tmp/relay")
+
+  printf 'round %d: bare %10.0f pkts/CPU-s (delivered %s)   relay %10.0f pkts/CPU-s (delivered %s, dropped %s)   ratio %.2f\n' \
+    "$r" "$bare" "$bare_rx" "$relay" "$relay_rx" "$relay_drop" \
+    "$(awk -v a="$relay" -v b="$bare" 'BEGIN { print (b > 0 ? a / b : 0) }')"
+  bare_sum=$(awk -v s="$bare_sum" -v x="$bare" 'BEGIN { print s + x }')
+  relay_sum=$(awk -v s="$relay_sum" -v x="$relay" 'BEGIN { print s + x }')
+done
+awk -v b="$bare_sum" -v r="$relay_sum" -v n="$rounds" 'BEGIN {
+  printf "mean: bare %.0f pkts/CPU-s, relay %.0f pkts/CPU-s, ratio relay/bare %.2f (goal >= 0.80)\n",
+    b / n, r / n, (b > 0 ? r / b : 0) }'
