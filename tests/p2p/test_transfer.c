@@ -362,7 +362,9 @@ static void test_names(void)
     write_random_file(hidden, 10, 1);
     CHECK(pos_xfer_sender_new(hidden, 1, &err) == NULL && err == POS_XFER_ERR_BAD_NAME);
     unlink(hidden);
-    CHECK(pos_xfer_sender_new("/nonexistent/file", 1, &err) == NULL && err == POS_XFER_ERR_IO);
+    char missing[700];
+    snprintf(missing, sizeof missing, "%s/missing/file", root);
+    CHECK(pos_xfer_sender_new(missing, 1, &err) == NULL && err == POS_XFER_ERR_IO);
     CHECK(pos_xfer_sender_new(src_dir, 1, &err) == NULL && err == POS_XFER_ERR_IO);
 }
 
@@ -408,7 +410,11 @@ static void test_refusals(void)
     const uint8_t huge[] = {0x01, 0, 1, 0, 0};
     CHECK(pos_xfer_receiver_input(r, huge, sizeof huge) == POS_XFER_ERR_PROTOCOL);
     pos_xfer_receiver_del(r);
-    CHECK(pos_xfer_receiver_new("/nonexistent-dir", 0, &err) == NULL && err == POS_XFER_ERR_IO);
+    char missing[700];
+    snprintf(missing, sizeof missing, "%s/missing", root);
+    r = pos_xfer_receiver_new(missing, 0, &err);
+    CHECK(r == NULL && err == POS_XFER_ERR_IO);
+    pos_xfer_receiver_del(r);
 
     /* A sender hearing nonsense fails with a protocol error. */
     s = pos_xfer_sender_new(src, 1, &err);
