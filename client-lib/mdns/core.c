@@ -924,8 +924,13 @@ static void update_views(struct mdns_core *c, uint64_t now)
         }
         collect(c, &v->name, k, now);
         v->complete = k->has_srv && k->has_txt && k->n_addrs;
-        if (!v->complete)
+        if (!v->complete) {
+            /* SRV, TXT or every address expired: not reachable any more. */
+            if (v->reported)
+                emit(c, v, POS_MDNS_LOST, NULL);
+            v->reported = false;
             continue;
+        }
         uint8_t tfp[16];
         crypto_generichash(tfp, sizeof(tfp), k->txt->rdata, k->txt->rdlen, NULL, 0);
         if (memcmp(v->txt_fp, tfp, 16)) {

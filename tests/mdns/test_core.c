@@ -1,0 +1,447 @@
+/*
+ * Unit tests of the sans-I/O mDNS engine (client-lib/mdns/core.c) with
+ * simulated time and a simulated link: packets one core queues are handed
+ * to the others (and back to itself, as multicast loopback does). No
+ * sockets, no clock.
+ */
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../unit/check.h"
+#include "core.h"
+#include "dns.h"
+#include "identity.h"
+
+#define MAXN 4
+#define MAXEV 64
+
+struct sent {
+    uint64_t at;
+    bool query, probe, multicast, goodbye;
+    unsigned an, family;
+};
+
+struct node {
+    struct mdns_core *core;
+    uint8_t a4[1][4];
+    uint8_t a6[1][16];
+    struct sent log[512];
+    unsigned n_log;
+    enum pos_mdns_event ev[MAXEV];
+    char ev_peer[MAXEV][48];
+    char ev_name[MAXEV][32];
+    int ev_contact[MAXEV];
+    unsigned n_ev;
+    bool mute; /* unplugged: its packets are lost and it hears nothing */
+};
+
+static struct node nodes[MAXN];
+static unsigned n_nodes;
+static uint64_t now;
+
+static void on_event(void *user, enum pos_mdns_event ev, const pos_mdns_peer *p)
+{
+    struct node *n = user;
+    if (n->n_ev == MAXEV)
+        return;
+    n->ev[n->n_ev] = ev;
+    snprintf(n->ev_peer[n->n_ev], 48, "%s", p->peer_id ? p->peer_id : "");
+    snprintf(n->ev_name[n->n_ev], 32, "%s", p->name ? p->name : "");
+    n->ev_contact[n->n_ev] = p->contact;
+    n->n_ev++;
+}
+
+static void classify(const struct mdns_packet *p, struct sent *s)
+{
+    struct dns_reader r;
+    struct dns_rr *rr = malloc(sizeof(*rr));
+    struct dns_question q;
+    memset(s, 0, sizeof(*s));
+    s->at = now;
+    s->multicast = p->dest.multicast;
+    s->family = (unsigned)p->dest.family;
+    if (dns_reader_init(&r, p->data, p->len) == 0) {
+        s->query = !(r.h.flags & DNS_FLAG_QR);
+        s->probe = s->query && r.h.ns > 0;
+        s->an = r.h.an;
+        while (dns_read_question(&r, &q) == 0)
+            ;
+        s->goodbye = !s->query && r.h.an > 0;
+        while (dns_read_rr(&r, rr) == 0)
+            s->goodbye = s->goodbye && rr->ttl == 0;
+    }
+    free(rr);
+}
+
+/* Delivers every queued packet of every node to every node on the link. */
+static void pump(void)
+{
+    for (int round = 0; round < 8; round++) {
+        bool any = false;
+        for (unsigned i = 0; i < n_nodes; i++) {
+            const struct mdns_packet *p;
+            while ((p = mdns_core_pop_packet(nodes[i].core))) {
+                struct mdns_packet copy = *p;
+                any = true;
+                if (nodes[i].mute)
+                    continue;
+                if (nodes[i].n_log < 512)
+                    classify(&copy, &nodes[i].log[nodes[i].n_log++]);
+                for (unsigned j = 0; j < n_nodes; j++) {
+                    if (nodes[j].mute)
+                        continue;
+                    const uint8_t *src = copy.dest.family == 4 ? nodes[i].a4[0] : nodes[i].a6[0];
+                    if (!copy.dest.multicast &&
+                        memcmp(copy.dest.addr,
+                               copy.dest.family == 4 ? nodes[j].a4[0] : nodes[j].a6[0],
+                               copy.dest.family == 4 ? 4 : 16))
+                        continue;
+                    mdns_core_receive(nodes[j].core, copy.data, copy.len, 2, copy.dest.family, src,
+                                      5353, now);
+                }
+            }
+        }
+        if (!any)
+            return;
+    }
+}
+
+/* Runs the link until |until|, jumping from deadline to deadline. */
+static void run_until(uint64_t until)
+{
+    for (int guard = 0; guard < 100000; guard++) {
+        pump();
+        uint64_t next = UINT64_MAX;
+        for (unsigned i = 0; i < n_nodes; i++) {
+            uint64_t d = mdns_core_next_deadline(nodes[i].core);
+            if (d < next)
+                next = d;
+        }
+        if (next > until) {
+            now = until;
+            return;
+        }
+        if (next > now)
+            now = next;
+        for (unsigned i = 0; i < n_nodes; i++) {
+            if (mdns_core_next_deadline(nodes[i].core) <= now)
+                mdns_core_timeout(nodes[i].core, now);
+        }
+    }
+}
+
+static struct node *add_node(enum pos_mdns_mode mode, bool advertise, bool browse,
+                             const char *instance, const char *name, const uint8_t *key)
+{
+    struct node *n = &nodes[n_nodes];
+    struct mdns_core_config cfg;
+    memset(n, 0, sizeof(*n));
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.mode = mode;
+    cfg.advertise = advertise;
+    cfg.browse = browse;
+    cfg.port = 7373;
+    cfg.wall_offset_ms = 1700000000000LL;
+    snprintf(cfg.instance, sizeof(cfg.instance), "%s", instance ? instance : "x");
+    char txt[64];
+    snprintf(txt, sizeof(txt), "name=%s", name ? name : "");
+    const char *strs[1] = {txt};
+    cfg.txt_len = (size_t)mdns_core_txt_build(strs, 1, cfg.txt, sizeof(cfg.txt));
+    if (key)
+        memcpy(cfg.presence_key, key, 32);
+    uint8_t a4[4] = {10, 0, 0, (uint8_t)(n_nodes + 1)};
+    uint8_t a6[16] = {0xfe, 0x80};
+    a6[15] = (uint8_t)(n_nodes + 1);
+    memcpy(n->a4[0], a4, 4);
+    memcpy(n->a6[0], a6, 16);
+    n->core = mdns_core_new(&cfg, on_event, n, now);
+    mdns_core_iface_update(n->core, 2, (const uint8_t(*)[4])n->a4, 1, (const uint8_t(*)[16])n->a6,
+                           1, now);
+    n_nodes++;
+    return n;
+}
+
+static void reset(void)
+{
+    for (unsigned i = 0; i < n_nodes; i++)
+        mdns_core_del(nodes[i].core);
+    n_nodes = 0;
+    now = 100000;
+}
+
+static void make_peer_id(char out[44])
+{
+    pos_identity id;
+    pos_identity_generate(&id);
+    pos_identity_peer_id(&id, out);
+    pos_identity_free(&id);
+}
+
+static void test_probe_announce_timing(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    uint64_t t0 = now;
+    run_until(t0 + 10000);
+    unsigned probes = 0, announces = 0;
+    uint64_t probe_at[8] = {0}, ann_at[8] = {0};
+    for (unsigned i = 0; i < a->n_log; i++) {
+        struct sent *s = &a->log[i];
+        if (s->family != 4)
+            continue;
+        if (s->probe && probes < 8)
+            probe_at[probes++] = s->at;
+        else if (!s->query && announces < 8)
+            ann_at[announces++] = s->at;
+    }
+    CHECK(probes == 3);
+    CHECK(probe_at[0] >= t0 && probe_at[0] <= t0 + 250);
+    CHECK(probe_at[1] - probe_at[0] == 250 && probe_at[2] - probe_at[1] == 250);
+    CHECK(announces == 2);
+    CHECK(ann_at[0] == probe_at[2] + 250);
+    CHECK(ann_at[1] - ann_at[0] == 1000);
+    CHECK(mdns_core_announced(a->core));
+    CHECK(!strcmp(mdns_core_instance(a->core), pid));
+    /* An idle responder is then silent. */
+    unsigned before = a->n_log;
+    run_until(now + 600000);
+    CHECK(a->n_log == before);
+}
+
+static void test_query_backoff(void)
+{
+    reset();
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    uint64_t t0 = now;
+    run_until(t0 + 3600 * 1000);
+    uint64_t at[64];
+    unsigned n = 0;
+    for (unsigned i = 0; i < b->n_log && n < 64; i++) {
+        if (b->log[i].query && b->log[i].family == 4)
+            at[n++] = b->log[i].at;
+    }
+    CHECK(n >= 2 && at[0] >= t0 + 20 && at[0] <= t0 + 120);
+    bool doubling = true;
+    for (unsigned i = 1; i < n; i++) {
+        uint64_t want = 1000ull << (i - 1);
+        if (want > 3600000)
+            want = 3600000;
+        doubling = doubling && at[i] - at[i - 1] == want;
+    }
+    CHECK(doubling);
+    CHECK(n >= 12 && n <= 14); /* about a dozen queries in the first hour */
+    run_until(t0 + 3 * 3600 * 1000);
+    unsigned later = 0;
+    for (unsigned i = 0; i < b->n_log; i++) {
+        if (b->log[i].query && b->log[i].family == 4 && b->log[i].at > t0 + 2 * 3600 * 1000)
+            later++;
+    }
+    CHECK(later == 1); /* then one an hour */
+}
+
+static void test_found_goodbye_lost(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Alice", NULL);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 5000);
+    CHECK(b->n_ev == 1 && b->ev[0] == POS_MDNS_FOUND);
+    CHECK(!strcmp(b->ev_peer[0], pid) && !strcmp(b->ev_name[0], "Alice"));
+    mdns_core_stop(a->core, now);
+    uint64_t stopped = now;
+    pump();
+    CHECK(a->n_log > 0 && a->log[a->n_log - 1].goodbye);
+    CHECK(b->n_ev == 2 && b->ev[1] == POS_MDNS_LOST);
+    CHECK(now - stopped < 1000);
+}
+
+static void test_ttl_expiry_lost(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Alice", NULL);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 5000);
+    CHECK(b->n_ev == 1);
+    /* A disappears silently: B refreshes at 80-95% of the TTL, then drops it. */
+    a->mute = true;
+    unsigned q_before = 0;
+    for (unsigned i = 0; i < b->n_log; i++)
+        q_before += b->log[i].query;
+    run_until(now + (MDNS_TTL_HOST + 5) * 1000);
+    unsigned q_after = 0;
+    for (unsigned i = 0; i < b->n_log; i++)
+        q_after += b->log[i].query;
+    CHECK(q_after > q_before); /* refresh queries for the SRV / address records */
+    CHECK(b->n_ev == 2 && b->ev[1] == POS_MDNS_LOST);
+}
+
+static void test_shared_answer_delay_and_rate_limit(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Alice", NULL);
+    run_until(now + 5000);
+    uint8_t buf[512];
+    struct dns_writer w;
+    struct dns_name svc;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_question(&w, &svc, DNS_TYPE_PTR, false);
+    struct dns_header h = {.qd = 1};
+    dns_write_header(&w, &h);
+    uint8_t src[4] = {10, 0, 0, 9};
+    unsigned before = a->n_log;
+    uint64_t asked = now;
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    CHECK(mdns_core_pop_packet(a->core) == NULL); /* not at once: shared record */
+    uint64_t dl = mdns_core_next_deadline(a->core);
+    CHECK(dl >= asked + 20 && dl <= asked + 120);
+    run_until(asked + 200);
+    CHECK(a->n_log == before + 1 && !a->log[before].query && a->log[before].an >= 4);
+    /* Asked again at once: the answer was multicast less than 1 s ago. */
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    run_until(now + 200);
+    CHECK(a->n_log == before + 1);
+    /* A second later it is answered again. */
+    run_until(asked + 1300);
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    run_until(now + 200);
+    CHECK(a->n_log == before + 2);
+    /* Known-answer suppression: the asker already holds our PTR. */
+    run_until(now + 2000);
+    struct dns_name inst;
+    dns_name_prepend(&inst, pid, strlen(pid), &svc);
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_question(&w, &svc, DNS_TYPE_PTR, false);
+    dns_write_rr(&w, &svc, DNS_TYPE_PTR, false, 4000, inst.b, inst.len);
+    struct dns_header h2 = {.qd = 1, .an = 1};
+    dns_write_header(&w, &h2);
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    run_until(now + 300);
+    CHECK(a->n_log == before + 2);
+    /* QU: answered at once by unicast to the asker. */
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_question(&w, &svc, DNS_TYPE_PTR, true);
+    dns_write_header(&w, &h);
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    const struct mdns_packet *p = mdns_core_pop_packet(a->core);
+    CHECK(p && !p->dest.multicast && !memcmp(p->dest.addr, src, 4) && p->dest.port == 5353);
+    /* Legacy unicast (source port not 5353): reply to that port, with the question. */
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 40000, now);
+    p = mdns_core_pop_packet(a->core);
+    CHECK(p && !p->dest.multicast && p->dest.port == 40000);
+}
+
+static void test_conflict_rename(void)
+{
+    reset();
+    char pid[44], want[64];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    struct node *b = add_node(POS_MDNS_ENABLED, true, false, pid, "B", NULL);
+    run_until(now + 5000);
+    snprintf(want, sizeof(want), "%s (2)", pid);
+    CHECK(!strcmp(mdns_core_instance(a->core), pid));
+    CHECK(!strcmp(mdns_core_instance(b->core), want));
+}
+
+static void test_disabled_silent(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *d = add_node(POS_MDNS_DISABLED, true, true, pid, "D", NULL);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 60000);
+    CHECK(d->n_log == 0);
+    CHECK(b->n_ev == 0);
+    CHECK(mdns_core_next_deadline(d->core) == UINT64_MAX);
+}
+
+static void test_contacts_only(void)
+{
+    reset();
+    char pid[44];
+    uint8_t key[32], other[32];
+    make_peer_id(pid);
+    randombytes_buf(key, 32);
+    randombytes_buf(other, 32);
+    struct node *a = add_node(POS_MDNS_CONTACTS_ONLY, true, false, pid, "Secret", key);
+    struct node *friend = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    struct node *stranger = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    mdns_core_add_contact(friend->core, pid, key);
+    char other_pid[44];
+    make_peer_id(other_pid);
+    mdns_core_add_contact(stranger->core, other_pid, other);
+    run_until(now + 5000);
+    CHECK(strcmp(mdns_core_instance(a->core), pid) != 0);
+    CHECK(friend->n_ev == 1 && !strcmp(friend->ev_peer[0], pid) && friend->ev_contact[0]);
+    CHECK(friend->n_ev == 1 && friend->ev_name[0][0] == 0);
+    CHECK(stranger->n_ev == 1 && stranger->ev_peer[0][0] == 0 && !stranger->ev_contact[0]);
+    /* A new epoch: new instance name (old one lost, new one found). */
+    char first[64];
+    snprintf(first, sizeof(first), "%s", mdns_core_instance(a->core));
+    run_until(now + MDNS_EPOCH_MS + 5000);
+    CHECK(strcmp(first, mdns_core_instance(a->core)) != 0 && mdns_core_announced(a->core));
+    CHECK(friend->n_ev == 3 && friend->ev[1] == POS_MDNS_LOST && friend->ev[2] == POS_MDNS_FOUND);
+    CHECK(!strcmp(friend->ev_peer[2], pid));
+    /* The tag depends on the epoch and the nonce. */
+    uint8_t nonce[16] = {1}, t1[16], t2[16], t3[16];
+    mdns_presence_tag(key, 5, nonce, t1);
+    mdns_presence_tag(key, 6, nonce, t2);
+    nonce[1] = 1;
+    mdns_presence_tag(key, 5, nonce, t3);
+    CHECK(memcmp(t1, t2, 16) && memcmp(t1, t3, 16));
+}
+
+static void test_duplicate_question_suppression(void)
+{
+    reset();
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    struct node *c = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 70000);
+    unsigned qb = 0, qc = 0;
+    for (unsigned i = 0; i < b->n_log; i++)
+        qb += b->log[i].query;
+    for (unsigned i = 0; i < c->n_log; i++)
+        qc += c->log[i].query;
+    /* Alone each would send ~7 per family in 70 s; together they share the work. */
+    CHECK(qb + qc < 2 * 14);
+}
+
+static void test_malformed_changes_nothing(void)
+{
+    reset();
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    uint8_t junk[40] = {0, 0, 0x84, 0, 0, 0, 0, 5};
+    uint8_t src[4] = {10, 0, 0, 9};
+    CHECK(mdns_core_receive(b->core, junk, sizeof(junk), 2, 4, src, 5353, now) != 0);
+    CHECK(b->n_ev == 0);
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+    test_probe_announce_timing();
+    test_query_backoff();
+    test_found_goodbye_lost();
+    test_ttl_expiry_lost();
+    test_shared_answer_delay_and_rate_limit();
+    test_conflict_rename();
+    test_disabled_silent();
+    test_contacts_only();
+    test_duplicate_question_suppression();
+    test_malformed_changes_nothing();
+    reset();
+    return check_finish("mdns-core");
+}
