@@ -44,6 +44,7 @@
 #define REFRESH_CHUNK 30 /* members per connection-set refresh call */
 #define HTTP_TIMEOUT_MS 5000
 #define REGISTER_BACKOFF_MAX 5.0
+#define MAX_PENDING_CHECKS 20000 /* beyond: refused at once as unavailable (overload) */
 
 /* ---- Lua scripts (time from Redis, so relays with skewed clocks agree) ---- */
 
@@ -263,6 +264,7 @@ struct relay_services {
     uint64_t redis_reply_errors;
 
     struct check *checks;
+    size_t n_checks;
     uint64_t next_handle, next_member;
     struct map cache, tokconns, presence;
     ev_timer refresh;
@@ -316,6 +318,7 @@ static void check_unlink_free(struct check *c)
         s->checks = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    s->n_checks--;
     free(c);
 }
 
@@ -359,6 +362,7 @@ static struct check *check_new(relay_services *s, enum check_kind kind, relay_au
     c->cb = cb;
     c->arg = arg;
     c->handle = ++s->next_handle;
+    s->n_checks++;
     ev_timer_init(&c->defer, on_defer, 0., 0.);
     c->defer.data = c;
     c->next = s->checks;
@@ -421,6 +425,8 @@ uint64_t relay_rate_check_addr(relay_services *s, const struct sockaddr *from, r
     char name[INET6_ADDRSTRLEN + 8], key[RELAY_KEY_LEN], rate[16], burst[16];
     if (s->shut_down) {
         deliver(c, RELAY_GOING_AWAY);
+    } else if (s->n_checks > MAX_PENDING_CHECKS) {
+        deliver(c, RELAY_REFUSED_UNAVAILABLE);
     } else if (s->cfg->conn_rate_per_addr == 0) {
         deliver(c, RELAY_OK);
     } else if (addr_bucket_name(from, name, sizeof(name)) != 0) {
@@ -675,6 +681,10 @@ uint64_t relay_auth_check(relay_services *s, const char *token, size_t len,
     }
     if (len == 0 || len > MAX_TOKEN_LEN) {
         deliver(c, RELAY_REFUSED_BAD_REQUEST);
+        return c->handle;
+    }
+    if (s->n_checks > MAX_PENDING_CHECKS) {
+        deliver(c, RELAY_REFUSED_UNAVAILABLE);
         return c->handle;
     }
     pos_secret_hash_hex(token, len, c->hash);

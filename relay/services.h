@@ -8,6 +8,12 @@
  * Lifetimes: relay_services_new borrows |loop| and |cfg| (both outlive it).
  * Callbacks are never called after relay_services_del, and a pending check
  * can be cancelled with relay_auth_cancel.
+ *
+ * A verdict is always delivered from the loop, never from inside the call
+ * that asked for it (even a refusal known at once: Redis down, bad request,
+ * cached verdict). relay_rate_check_addr and relay_auth_check return 0 only
+ * when out of memory (no callback will come). Beyond 20,000 checks pending at
+ * once, new ones are refused as unavailable. Key layout: docs/redis-layout.md.
  */
 #ifndef POS_RELAY_SERVICES_H
 #define POS_RELAY_SERVICES_H

@@ -10,6 +10,8 @@
  *         TOKEN_TO_REVOKE, POS_RELAY (the pos-relay binary), REDIS_PID
  *   test_relay_services down CONFIG
  *     Redis is down at start; env TOKEN_FILE gets a token once it is up
+ *   test_relay_services bench CONFIG
+ *     not a test: checks per second (env TOKEN_OK), printed
  *   test_relay_services serve CONFIG
  *     runs the services (registration with the discovery API) until SIGTERM,
  *     then calls relay_services_shutdown; prints "serving" once started.
@@ -426,6 +428,70 @@ static int run_down(const char *config)
     return check_finish("relay-services-down");
 }
 
+/* ---- bench: not a test; prints checks per second through one services instance ---- */
+
+struct bench {
+    relay_services *s;
+    const char *token;
+    int issued, done, ok, total, use_auth;
+};
+
+static void bench_issue(struct bench *b);
+
+static void on_bench_verdict(void *arg, enum relay_refusal v, const relay_limits *limits,
+                             const char *token_id)
+{
+    struct bench *b = arg;
+    (void)limits;
+    b->done++;
+    if (v == RELAY_OK) {
+        b->ok++;
+        if (token_id)
+            relay_auth_release(b->s, token_id);
+    }
+    if (b->issued < b->total)
+        bench_issue(b);
+}
+
+static void bench_issue(struct bench *b)
+{
+    struct sockaddr_in a = addr4("10.0.0.1", 1000 + b->issued % 50000);
+    a.sin_addr.s_addr = htonl(0x0a000000u + (uint32_t)b->issued); /* many addresses */
+    b->issued++;
+    if (b->use_auth)
+        relay_auth_check(b->s, b->token, strlen(b->token), (struct sockaddr *)&a, "p",
+                         on_bench_verdict, b);
+    else
+        relay_rate_check_addr(b->s, (struct sockaddr *)&a, on_bench_verdict, b);
+}
+
+static int run_bench(const char *config)
+{
+    relay_config cfg;
+    char err[POS_ERR_LEN];
+    if (relay_config_load(&cfg, config, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    relay_services *s = relay_services_new(loop, &cfg, NULL, NULL, 0);
+    wait_redis(s);
+    for (int mode = 0; mode < 2; mode++) {
+        struct bench b = {s, env("TOKEN_OK"), 0, 0, 0, 20000, mode};
+        ev_tstamp t0 = ev_time();
+        for (int i = 0; i < 256; i++)
+            bench_issue(&b);
+        int finished = 0;
+        while (b.done < b.total && ev_time() - t0 < 60)
+            run_until(&finished, 0.05);
+        double dt = ev_time() - t0;
+        printf("%s: %d checks (%d accepted) in %.2f s = %.0f/s\n",
+               mode ? "relay_auth_check" : "relay_rate_check_addr", b.done, b.ok, dt, b.done / dt);
+    }
+    relay_services_del(s);
+    relay_config_free(&cfg);
+    return 0;
+}
+
 static void on_sigterm(struct ev_loop *l, ev_signal *w, int revents)
 {
     (void)revents;
@@ -475,5 +541,7 @@ int main(int argc, char **argv)
         return serve(argv[2]);
     if (strcmp(argv[1], "down") == 0)
         return run_down(argv[2]);
+    if (strcmp(argv[1], "bench") == 0)
+        return run_bench(argv[2]);
     return run_checks(argv[2]);
 }
