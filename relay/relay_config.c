@@ -194,6 +194,12 @@ static int load_required(relay_config *cfg, const pos_config *c, char *err, size
     rc = pos_config_string(c, "p2p_secret", 1, MAX_SECRET_LEN, &s, err, errlen);
     if (rc != 0)
         return rc;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        /* It is sent in an HTTP header: a control character could forge another header. */
+        if (*p < 0x20 || *p == 0x7f)
+            return pos_config_value_error(c, "p2p_secret",
+                                          "printable text without control characters", err, errlen);
+    }
     cfg->p2p_secret = strdup(s);
     if (!cfg->p2p_secret) {
         snprintf(err, errlen, "%s: out of memory", c->path);

@@ -23,10 +23,11 @@ static const char *write_config(const char *name, const char *extra)
     FILE *f = fopen(path, "w");
     if (!f)
         return path;
-    fprintf(f,
-            "{\"id\": \"1b4e28ba-2fa1-41d2-883f-0016d3cca427\", \"identity\": \"%s\", "
-            "\"p2p_secret\": \"s3cret\"%s%s}",
-            key_text, extra[0] ? ", " : "", extra);
+    /* |extra| may bring its own p2p_secret (duplicate keys are refused). */
+    int own_secret = strstr(extra, "\"p2p_secret\"") != NULL;
+    fprintf(f, "{\"id\": \"1b4e28ba-2fa1-41d2-883f-0016d3cca427\", \"identity\": \"%s\"%s%s%s}",
+            key_text, own_secret ? "" : ", \"p2p_secret\": \"s3cret\"", extra[0] ? ", " : "",
+            extra);
     fclose(f);
     return path;
 }
@@ -96,6 +97,7 @@ static void test_refusals(void)
         {"\"conn_burst_per_addr\": 0", "\"conn_burst_per_addr\""},
         {"\"public_addrs\": \"1.2.3.4:1\"", "\"public_addrs\""},
         {"\"extra\": 1", "\"extra\""},
+        {"\"p2p_secret\": \"a\\r\\nX-Evil: 1\"", "\"p2p_secret\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         relay_config c;
