@@ -418,10 +418,12 @@ def services_against_real_redis():
     expired, _ = add_token(cfg, "--account", "alice", "--expires", "1")
     revoked, _ = add_token(cfg, "--account", "alice")
     to_revoke, _ = add_token(cfg, "--account", "mallory")
+    rate_tok, _ = add_token(cfg, "--account", "hasty")
     assert relay("token", "revoke", "--config", cfg, revoked).returncode == 0
     time.sleep(1.2)  # let `expired` expire
     env = {"TOKEN_OK": ok, "TOKEN_CAPPED": capped, "TOKEN_EXPIRED": expired,
-           "TOKEN_REVOKED": revoked, "TOKEN_TO_REVOKE": to_revoke, "POS_RELAY": RELAY,
+           "TOKEN_REVOKED": revoked, "TOKEN_TO_REVOKE": to_revoke, "TOKEN_RATE": rate_tok,
+           "POS_RELAY": RELAY,
            "REDIS_PID": str(redis.proc.pid), "POS_LOG": "debug"}
     p = Proc([binary("tests/relay/test_relay_services"), "checks", cfg], env=env)
     try:
@@ -432,7 +434,7 @@ def services_against_real_redis():
     print(out[-3000:])
     assert rc == 0, out
     assert "0 failed" in out
-    for t in (ok, capped, expired, revoked, to_revoke):
+    for t in (ok, capped, expired, revoked, to_revoke, rate_tok):
         assert t not in out, "a token was logged"
         assert t not in redis.dump_all()
     assert SECRET not in out

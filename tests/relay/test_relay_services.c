@@ -6,7 +6,7 @@
  *
  * Started by test_relay_cli.py, which provides Redis and the tokens:
  *   test_relay_services checks CONFIG
- *     env TOKEN_OK, TOKEN_CAPPED (max 1 conn), TOKEN_EXPIRED, TOKEN_REVOKED,
+ *     env TOKEN_OK, TOKEN_CAPPED (max 1 conn), TOKEN_EXPIRED, TOKEN_REVOKED, TOKEN_RATE,
  *         TOKEN_TO_REVOKE, POS_RELAY (the pos-relay binary), REDIS_PID
  *   test_relay_services down CONFIG
  *     Redis is down at start; env TOKEN_FILE gets a token once it is up
@@ -189,6 +189,32 @@ static void test_rate_shared(relay_services *s1, relay_services *s2)
     CHECK(rate(s1, "198.51.100.7", &r) == RELAY_OK);
 }
 
+/* The per-token attempt bucket, shared by two relays (their own config: 1/s, burst 2). */
+static void test_token_rate_shared(const relay_config *cfg)
+{
+    struct verdict r;
+    relay_config strict = *cfg; /* shallow: borrowed, not freed */
+    strict.conn_rate_per_token = 1;
+    strict.conn_burst_per_token = 2;
+    relay_services *a = relay_services_new(loop, &strict, NULL, NULL, 0);
+    relay_services *b = relay_services_new(loop, &strict, NULL, NULL, 0);
+    CHECK(a && b);
+    if (a && b) {
+        const char *tok = env("TOKEN_RATE");
+        wait_redis(a);
+        wait_redis(b);
+        CHECK(auth(a, tok, &r) == RELAY_OK);
+        relay_auth_release(a, r.token_id);
+        CHECK(auth(b, tok, &r) == RELAY_OK);
+        relay_auth_release(b, r.token_id);
+        CHECK(auth(a, tok, &r) == RELAY_REFUSED_RATE_LIMITED);
+        CHECK(auth(b, tok, &r) == RELAY_REFUSED_RATE_LIMITED);
+        CHECK(r.has_limits); /* the token itself is fine: only too fast */
+    }
+    relay_services_del(a);
+    relay_services_del(b);
+}
+
 static void test_cancel(relay_services *s)
 {
     struct verdict r;
@@ -363,6 +389,7 @@ static int run_checks(const char *config)
         test_tokens(s1);
         test_conn_cap(s1);
         test_rate_shared(s1, s2);
+        test_token_rate_shared(&cfg);
         test_cancel(s1);
         test_cancel_rate(s1);
         test_script_flush(s1, &cfg);
