@@ -76,12 +76,8 @@ static enum pos_method method_of(const char *m)
 static void counted(const answer *a, unsigned status)
 {
     pos_metrics_request(&a->s->metrics, a->route, a->method, status);
-    pos_log_debug("%s route %d -> %u",
-                  a->method == POS_METHOD_GET      ? "GET"
-                  : a->method == POS_METHOD_POST   ? "POST"
-                  : a->method == POS_METHOD_DELETE ? "DELETE"
-                                                   : "other",
-                  (int)a->route, status);
+    pos_log_debug("%s %s -> %u", pos_metrics_method_name(a->method),
+                  pos_metrics_route_name(a->route), status);
 }
 
 /* send_bytes answers with a copy of |body|, a type and one optional header. */

@@ -36,6 +36,16 @@ void pos_metrics_request(pos_metrics *m, enum pos_route route, enum pos_method m
                               memory_order_relaxed);
 }
 
+const char *pos_metrics_route_name(enum pos_route route)
+{
+    return route_names[route];
+}
+
+const char *pos_metrics_method_name(enum pos_method method)
+{
+    return method_names[method];
+}
+
 void pos_metrics_redis_error(pos_metrics *m)
 {
     atomic_fetch_add_explicit(&m->redis_errors, 1, memory_order_relaxed);

@@ -44,6 +44,10 @@ void pos_metrics_init(pos_metrics *m);
 void pos_metrics_request(pos_metrics *m, enum pos_route route, enum pos_method method,
                          unsigned status);
 
+/* pos_metrics_route_name and pos_metrics_method_name: the label values (static strings). */
+const char *pos_metrics_route_name(enum pos_route route);
+const char *pos_metrics_method_name(enum pos_method method);
+
 /* pos_metrics_redis_error counts one failed Redis operation. */
 void pos_metrics_redis_error(pos_metrics *m);
 

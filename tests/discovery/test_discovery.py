@@ -417,9 +417,47 @@ def get_never_waits_on_a_hung_redis():
             time.sleep(0.1)
         # Redis calls time out after 1 s; a GET that waited on one would take that long.
         assert worst < 0.5, worst
+        assert "x-pos-stale" in disc.get()[1]
+        assert disc.get("/healthz")[0] == 503
     finally:
         redis.proc.signal(signal.SIGCONT)
     wait_until(lambda: disc.get("/healthz")[0] == 200, 10, what="recovery after SIGCONT")
+
+
+@test
+def starts_without_redis_and_catches_up():
+    redis = Redis()
+    redis.kill()
+    disc = Discovery(redis)
+    assert "starting without a relay list" in disc.proc.output()
+    assert_error(*disc.get(), 503, "not been loaded")
+    assert disc.get("/healthz")[0] == 503
+    assert_error(*disc.post(entry()), 503, "Redis")
+    redis.start()
+    wait_until(lambda: disc.get()[0] == 200, 5, what="the first list")
+    e = entry()
+    assert disc.post(e)[0] == 200
+    assert disc.relays() == [e]
+    assert disc.get("/healthz")[0] == 200
+
+
+@test
+def head_and_keep_alive():
+    redis = Redis()
+    disc = Discovery(redis)
+    e = entry()
+    assert disc.post(e)[0] == 200
+    conn = httpclient.HTTPConnection("127.0.0.1", disc.port, timeout=5)
+    conn.request("HEAD", RELAYS)
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == b""
+    assert int(r.getheader("content-length")) == len(json.dumps([e], separators=(",", ":")))
+    for _ in range(3):  # the same connection serves GETs one after another
+        conn.request("GET", RELAYS)
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read()) == [e]
+        assert (r.getheader("connection") or "").lower() != "close"
+    conn.close()
 
 
 @test
