@@ -462,6 +462,23 @@ def services_recover_when_redis_comes_up():
 
 
 @test
+def services_survive_a_redis_restart():
+    redis = Redis()
+    cfg = make_config(redis)
+    token, _ = add_token(cfg, "--account", "alice")
+    p = Proc([binary("tests/relay/test_relay_services"), "restart", cfg],
+             env={"TOKEN_OK": token})
+    wait_until(lambda: "ready" in p.output() or not p.alive(), 10, what="services ready")
+    port = redis.port
+    redis.kill()
+    wait_until(lambda: "saw it down" in p.output() or not p.alive(), 15, what="Redis seen down")
+    Redis(port=port)
+    rc = p.wait(30)
+    out = p.output()
+    assert rc == 0 and "0 failed" in out, out
+
+
+@test
 def registration_with_discovery_api():
     redis = Redis()
     d = tmpdir()

@@ -10,6 +10,9 @@
  *         TOKEN_TO_REVOKE, POS_RELAY (the pos-relay binary), REDIS_PID
  *   test_relay_services down CONFIG
  *     Redis is down at start; env TOKEN_FILE gets a token once it is up
+ *   test_relay_services restart CONFIG
+ *     env TOKEN_OK; the test kills Redis after "ready" and restarts it after
+ *     "saw it down"
  *   test_relay_services bench CONFIG
  *     not a test: checks per second (env TOKEN_OK), printed
  *   test_relay_services serve CONFIG
@@ -455,6 +458,55 @@ static int run_down(const char *config)
     return check_finish("relay-services-down");
 }
 
+/*
+ * Redis is killed and started again, empty: the services notice, refuse while
+ * it is down, reconnect by themselves, write presence back, and run their
+ * scripts again although the new server never saw them (NOSCRIPT).
+ */
+static int run_restart(const char *config)
+{
+    relay_config cfg;
+    char err[POS_ERR_LEN], key[RELAY_KEY_LEN];
+    struct verdict r, tmp;
+    const char *peer = "restart-test-peer";
+    if (relay_config_load(&cfg, config, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    relay_services *s = relay_services_new(loop, &cfg, NULL, NULL, 0);
+    wait_redis(s);
+    CHECK(rate(s, "192.0.2.77", &tmp) == RELAY_OK); /* scripts known by sha from now on */
+    CHECK(auth(s, env("TOKEN_OK"), &r) == RELAY_OK);
+    relay_presence_add(s, peer);
+    run_for(0.2);
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < 500 && relay_services_redis_ok(s); i++)
+        run_for(0.02);
+    CHECK(!relay_services_redis_ok(s));
+    CHECK(auth(s, "pos_token-during-restart", &tmp) == RELAY_REFUSED_UNAVAILABLE);
+    printf("saw it down\n");
+    fflush(stdout);
+    for (int i = 0; i < 500 && !relay_services_redis_ok(s); i++)
+        run_for(0.02);
+    CHECK(relay_services_redis_ok(s));
+    run_for(0.3);
+    pos_redis rc;
+    pos_redis_init(&rc, &cfg.redis, cfg.redis_prefix, 2000);
+    relay_key_presence(cfg.redis_prefix, key, sizeof(key), peer);
+    redisReply *rep = pos_redis_command(&rc, "GET %s", key);
+    CHECK(rep && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, cfg.id) == 0);
+    if (rep)
+        freeReplyObject(rep);
+    pos_redis_free(&rc);
+    CHECK(rate(s, "192.0.2.77", &tmp) == RELAY_OK);
+    relay_auth_release(s, r.token_id);
+    relay_presence_remove(s, peer);
+    relay_services_del(s);
+    relay_config_free(&cfg);
+    return check_finish("relay-services-restart");
+}
+
 /* ---- bench: not a test; prints checks per second through one services instance ---- */
 
 struct bench {
@@ -568,6 +620,8 @@ int main(int argc, char **argv)
         return serve(argv[2]);
     if (strcmp(argv[1], "down") == 0)
         return run_down(argv[2]);
+    if (strcmp(argv[1], "restart") == 0)
+        return run_restart(argv[2]);
     if (strcmp(argv[1], "bench") == 0)
         return run_bench(argv[2]);
     return run_checks(argv[2]);
