@@ -6,6 +6,7 @@
  */
 #include "forward.h"
 
+#include <netinet/udp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +26,8 @@ relay_forwarder *relay_forwarder_new(relay_circuits *circuits, unsigned batch_ma
     fw->batch_max = batch_max;
     fw->iov = calloc(batch_max, sizeof *fw->iov);
     fw->names = calloc(batch_max, sizeof *fw->names);
-    if (fw->iov == NULL || fw->names == NULL) {
+    fw->groups = calloc(batch_max, sizeof *fw->groups);
+    if (fw->iov == NULL || fw->names == NULL || fw->groups == NULL) {
         relay_forwarder_del(fw);
         return NULL;
     }
@@ -38,7 +40,14 @@ void relay_forwarder_del(relay_forwarder *fw)
         return;
     free(fw->iov);
     free(fw->names);
+    free(fw->groups);
     free(fw);
+}
+
+void relay_forwarder_set_gso(relay_forwarder *fw, unsigned max_segments)
+{
+    fw->gso_max = max_segments > RELAY_FORWARD_GSO_MAX_SEGMENTS ? RELAY_FORWARD_GSO_MAX_SEGMENTS
+                                                                : max_segments;
 }
 
 static int is_v4_mapped(const relay_addr *a)
@@ -158,10 +167,61 @@ static socklen_t route_frame(relay_forwarder *fw, const struct msghdr *h, uint8_
     return namelen;
 }
 
+/*
+ * Appends a datagram of |len| bytes at |buf|, whose destination name
+ * (|namelen| bytes) is already in fw->names[*n_out], to the last output
+ * message when GSO can carry it there; otherwise starts a new message.
+ */
+static void add_output(relay_forwarder *fw, struct mmsghdr *out, unsigned *n_out, unsigned *n_iov,
+                       uint8_t *buf, size_t len, socklen_t namelen)
+{
+    fw->iov[*n_iov].iov_base = buf;
+    fw->iov[*n_iov].iov_len = len;
+    if (fw->gso_max > 1 && *n_out > 0) {
+        unsigned k = *n_out - 1;
+        struct relay_gso_group *g = &fw->groups[k];
+        struct msghdr *o = &out[k].msg_hdr;
+        if (!g->closed && len <= g->seg_size && g->segs < fw->gso_max &&
+            g->bytes + len <= RELAY_FORWARD_GSO_MAX_BYTES && o->msg_namelen == namelen &&
+            memcmp(o->msg_name, &fw->names[*n_out], namelen) == 0) {
+            if (g->segs == 1) { /* becomes a GSO message: say the segment size */
+                o->msg_control = g->cmsg.buf;
+                o->msg_controllen = sizeof g->cmsg.buf;
+                struct cmsghdr *cm = CMSG_FIRSTHDR(o);
+                cm->cmsg_level = SOL_UDP;
+                cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t seg = (uint16_t)g->seg_size;
+                memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+            }
+            g->segs++;
+            g->bytes += (uint32_t)len;
+            g->closed = len < g->seg_size; /* only the last segment may be shorter */
+            o->msg_iovlen++;
+            (*n_iov)++;
+            return;
+        }
+    }
+    struct msghdr *o = &out[*n_out].msg_hdr;
+    memset(o, 0, sizeof *o);
+    o->msg_name = &fw->names[*n_out];
+    o->msg_namelen = namelen;
+    o->msg_iov = &fw->iov[*n_iov];
+    o->msg_iovlen = 1;
+    out[*n_out].msg_len = 0;
+    struct relay_gso_group *g = &fw->groups[*n_out];
+    g->seg_size = (uint32_t)len;
+    g->segs = 1;
+    g->bytes = (uint32_t)len;
+    g->closed = len > RELAY_FORWARD_GSO_MAX_SEGMENT;
+    (*n_out)++;
+    (*n_iov)++;
+}
+
 int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, int sock_family,
                         struct mmsghdr *out, unsigned *quic_idx, unsigned *n_quic)
 {
-    unsigned n_out = 0;
+    unsigned n_out = 0, n_iov = 0;
     *n_quic = 0;
     if (n_in > fw->batch_max || (sock_family != AF_INET && sock_family != AF_INET6))
         return RELAY_CIRCUIT_ERR_INVALID;
@@ -183,18 +243,8 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
             continue;
         }
         socklen_t namelen = route_frame(fw, h, buf, len, sock_family, &fw->names[n_out]);
-        if (namelen == 0)
-            continue;
-        fw->iov[n_out].iov_base = buf;
-        fw->iov[n_out].iov_len = len;
-        struct msghdr *o = &out[n_out].msg_hdr;
-        memset(o, 0, sizeof *o);
-        o->msg_name = &fw->names[n_out];
-        o->msg_namelen = namelen;
-        o->msg_iov = &fw->iov[n_out];
-        o->msg_iovlen = 1;
-        out[n_out].msg_len = 0;
-        n_out++;
+        if (namelen != 0)
+            add_output(fw, out, &n_out, &n_iov, buf, len, namelen);
     }
     return (int)n_out;
 }

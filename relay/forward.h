@@ -19,12 +19,18 @@
 
 #include <netinet/in.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "circuit.h"
 
 #define RELAY_FORWARD_MAX_BATCH 1024
+/* UDP GSO: at most this many segments per message (the kernel's UDP_MAX_SEGMENTS is 64)... */
+#define RELAY_FORWARD_GSO_MAX_SEGMENTS 64
+/* ...of at most this size (a 1500-byte MTU minus IPv6 and UDP headers), and 65000 bytes in all. */
+#define RELAY_FORWARD_GSO_MAX_SEGMENT 1452
+#define RELAY_FORWARD_GSO_MAX_BYTES 65000
 
 /*
  * relay_lease_cb: |b| has fallen below its low water mark or could not pay
@@ -49,13 +55,24 @@ typedef struct relay_forward_stats {
     uint64_t drop_unroutable;      /* IPv6 destination but an IPv4 socket */
 } relay_forward_stats;
 
+/* Per output message when GSO is on: its segment size, count, bytes, and its control message. */
+struct relay_gso_group {
+    uint32_t seg_size, segs, bytes, closed;
+    union {
+        size_t align; /* struct cmsghdr alignment */
+        uint8_t buf[CMSG_SPACE(sizeof(uint16_t))];
+    } cmsg;
+};
+
 typedef struct relay_forwarder {
     relay_circuits *circuits;
     relay_lease_cb lease;
     void *lease_arg;
     unsigned batch_max;
-    struct iovec *iov;          /* batch_max: one per output */
-    struct sockaddr_in6 *names; /* batch_max: destination of each output */
+    unsigned gso_max;               /* 0 or 1: off */
+    struct iovec *iov;              /* batch_max: one per forwarded datagram */
+    struct sockaddr_in6 *names;     /* batch_max: destination of each output */
+    struct relay_gso_group *groups; /* batch_max */
     relay_forward_stats stats;
 } relay_forwarder;
 
@@ -70,13 +87,27 @@ relay_forwarder *relay_forwarder_new(relay_circuits *circuits, unsigned batch_ma
 void relay_forwarder_del(relay_forwarder *fw);
 
 /*
+ * relay_forwarder_set_gso: with |max_segments| > 1, relay_forward_batch joins
+ * consecutive datagrams to the same destination into one output message
+ * with several iovecs and a UDP_SEGMENT control message (Linux UDP GSO):
+ * segments of one size (the last may be shorter), at most |max_segments|
+ * (capped at RELAY_FORWARD_GSO_MAX_SEGMENTS) and RELAY_FORWARD_GSO_MAX_BYTES,
+ * none larger than RELAY_FORWARD_GSO_MAX_SEGMENT. Nothing is reordered. It
+ * helps a bulk transfer on one circuit (many full-size packets in a row to
+ * one address). 0 or 1 turns it off (the default). If sendmmsg fails with
+ * EIO or EINVAL on a message with msg_controllen > 0, the path cannot do GSO:
+ * turn it off. Each iovec of an output message is one datagram.
+ */
+void relay_forwarder_set_gso(relay_forwarder *fw, unsigned max_segments);
+
+/*
  * relay_forward_batch processes |n_in| datagrams received into |in| (as
  * recvmmsg leaves them: msg_len, msg_flags, msg_name/msg_namelen of the
  * source, the data in msg_iov[0]). Frames are rewritten in place.
  *
- * |out| (room for |n_in| entries) receives one entry per datagram to send,
- * fully set for sendmmsg on a socket of family |sock_family| (AF_INET6 for a
- * dual-stack socket, where IPv4 peers get IPv4-mapped names; or AF_INET). Its
+ * |out| (room for |n_in| entries) receives one entry per datagram to send
+ * (or per group of datagrams, with GSO), fully set for sendmmsg on a socket of family |sock_family|
+ * (AF_INET6 for a dual-stack socket, where IPv4 peers get IPv4-mapped names; or AF_INET). Its
  * iovecs point into the |in| buffers and its names into the forwarder: both
  * stay valid until the next call or until the |in| buffers are reused.
  *

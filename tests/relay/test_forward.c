@@ -5,6 +5,7 @@
  * checked as sendmmsg would read them.
  */
 #include <arpa/inet.h>
+#include <netinet/udp.h>
 #include <string.h>
 
 #include "check.h"
@@ -447,6 +448,82 @@ static void test_many_circuits(void)
     relay_circuits_del(t);
 }
 
+/* The UDP_SEGMENT size of output |k|, 0 when it has no control message. */
+static unsigned gso_size(const struct batch *b, unsigned k)
+{
+    const struct msghdr *h = &b->out[k].msg_hdr;
+    if (h->msg_controllen == 0)
+        return 0;
+    const struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+    uint16_t seg = 0;
+    if (cm && cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_SEGMENT)
+        memcpy(&seg, CMSG_DATA(cm), sizeof seg);
+    return seg;
+}
+
+static void test_gso(void)
+{
+    relay_circuits *t = relay_circuits_new(4, 11);
+    relay_forwarder *fw = relay_forwarder_new(t, BATCH, NULL, NULL);
+    relay_circuit_owner oa = {0}, ob = {0};
+    struct sockaddr_in6 a = addr("10.0.0.1", 1), bb = addr("10.0.0.2", 2);
+    uint32_t id[2];
+    CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), NULL, 0, id) == 0);
+    relay_forwarder_set_gso(fw, 64);
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    for (int i = 0; i < 10; i++)
+        add_data(&b, &a, id[0], 1200, (uint8_t)i);
+    add_data(&b, &a, id[0], 500, 10); /* shorter: ends the group */
+    for (int i = 0; i < 3; i++)
+        add_data(&b, &a, id[0], 1200, 11);
+    add_data(&b, &bb, id[1], 1200, 12); /* other destination */
+    uint8_t ka[POS_FRAME_PROBE_LEN];
+    pos_frame_encode_probe(ka, sizeof ka, POS_FRAME_KEEPALIVE, id[0], 1);
+    add_raw(&b, &a, ka, sizeof ka); /* to A as well: joins as a short last segment */
+    CHECK(run(fw, &b, AF_INET6) == 3);
+    CHECK(b.out[0].msg_hdr.msg_iovlen == 11 && gso_size(&b, 0) == 1205);
+    CHECK(b.out[0].msg_hdr.msg_iov[10].iov_len == 505);
+    CHECK(b.out[0].msg_hdr.msg_iov[3].iov_base == b.buf[3]); /* in order, no copy */
+    CHECK(dest_is(&b, 0, &bb));
+    CHECK(b.out[1].msg_hdr.msg_iovlen == 3 && gso_size(&b, 1) == 1205 && dest_is(&b, 1, &bb));
+    CHECK(b.out[2].msg_hdr.msg_iovlen == 2 && gso_size(&b, 2) == 1205 && dest_is(&b, 2, &a));
+    CHECK(b.out[2].msg_hdr.msg_iov[1].iov_len == POS_FRAME_PROBE_LEN);
+    CHECK(fw->stats.forwarded == 15 && fw->stats.keepalives == 1);
+
+    /* At most the configured number of segments per message. */
+    relay_forwarder_set_gso(fw, 4);
+    memset(&b, 0, sizeof b);
+    for (int i = 0; i < 10; i++)
+        add_data(&b, &a, id[0], 1200, 1);
+    CHECK(run(fw, &b, AF_INET6) == 3);
+    CHECK(b.out[0].msg_hdr.msg_iovlen == 4 && b.out[2].msg_hdr.msg_iovlen == 2);
+
+    /* At most 65000 bytes per message; datagrams over 1452 bytes never joined. */
+    relay_forwarder_set_gso(fw, 1000);
+    CHECK(fw->gso_max == RELAY_FORWARD_GSO_MAX_SEGMENTS);
+    memset(&b, 0, sizeof b);
+    for (int i = 0; i < 64; i++)
+        add_data(&b, &a, id[0], 1200, 1);
+    CHECK(run(fw, &b, AF_INET6) == 2);
+    CHECK(b.out[0].msg_hdr.msg_iovlen == 65000 / 1205 && gso_size(&b, 0) == 1205);
+    memset(&b, 0, sizeof b);
+    for (int i = 0; i < 5; i++)
+        add_data(&b, &a, id[0], 1460, 1);
+    CHECK(run(fw, &b, AF_INET6) == 5);
+    CHECK(gso_size(&b, 0) == 0 && b.out[4].msg_hdr.msg_iovlen == 1);
+
+    /* Off again: one message per datagram. */
+    relay_forwarder_set_gso(fw, 0);
+    memset(&b, 0, sizeof b);
+    for (int i = 0; i < 5; i++)
+        add_data(&b, &a, id[0], 1200, 1);
+    CHECK(run(fw, &b, AF_INET6) == 5);
+    CHECK(gso_size(&b, 0) == 0);
+    relay_forwarder_del(fw);
+    relay_circuits_del(t);
+}
+
 int main(void)
 {
     test_forward_and_rewrite();
@@ -456,5 +533,6 @@ int main(void)
     test_keepalive();
     test_owner_close();
     test_many_circuits();
+    test_gso();
     return check_finish("test_forward");
 }
