@@ -56,8 +56,8 @@ int pos_tls_creds_new(pos_tls_creds **out, const pos_identity *id);
 void pos_tls_creds_del(pos_tls_creds *c);
 
 /*
- * pos_tls_session_new creates a GnuTLS session for QUIC (flag
- * GNUTLS_NO_END_OF_EARLY_DATA), server side when |server| is 1, with the
+ * pos_tls_session_new creates a GnuTLS session for QUIC (flags
+ * GNUTLS_NO_END_OF_EARLY_DATA, GNUTLS_NO_TICKETS), server side when |server| is 1, with the
  * priority above, |creds|, mandatory ALPN |alpn| and the pinning verify
  * function; a server requires the client's certificate. The caller frees it
  * with gnutls_deinit. Returns 0, POS_TLS_ERR_CRYPTO or POS_TLS_ERR_NOMEM.

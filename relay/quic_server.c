@@ -665,6 +665,15 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
     return 0;
 }
 
+static int cb_recv_crypto_data(ngtcp2_conn *qc, ngtcp2_crypto_level level, uint64_t offset,
+                               const uint8_t *data, size_t datalen, void *user_data)
+{
+    struct rconn *c = user_data;
+    if (!c->tls)
+        return 0; /* after the handshake: nothing a relay needs (see drop_tls) */
+    return ngtcp2_crypto_recv_crypto_data_cb(qc, level, offset, data, datalen, user_data);
+}
+
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     /* ref->user_data points at the connection's pin (see tls.h) */
@@ -676,7 +685,7 @@ static void init_callbacks(ngtcp2_callbacks *cb)
 {
     memset(cb, 0, sizeof(*cb));
     cb->recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
-    cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    cb->recv_crypto_data = cb_recv_crypto_data;
     cb->encrypt = ngtcp2_crypto_encrypt_cb;
     cb->decrypt = ngtcp2_crypto_decrypt_cb;
     cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
@@ -761,6 +770,19 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
     return 0;
 }
 
+/*
+ * drop_tls frees the GnuTLS session once the handshake is complete: packet
+ * protection keys live in ngtcp2 (key updates derive from them), no session
+ * tickets are sent, so an idle client keeps no TLS state (a few KiB each).
+ * Post-handshake CRYPTO data is then ignored (cb_recv_crypto_data).
+ */
+static void drop_tls(struct rconn *c)
+{
+    ngtcp2_conn_set_tls_native_handle(c->qc, NULL);
+    gnutls_deinit(c->tls);
+    c->tls = NULL;
+}
+
 /* conn_input feeds one datagram to an existing connection. */
 static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t len,
                        const struct sockaddr *from, socklen_t fromlen)
@@ -811,6 +833,8 @@ static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t le
         conn_close_app(c, (enum relay_refusal)c->close_code);
         return;
     }
+    if (c->tls && c->state >= HELLO_WAIT)
+        drop_tls(c);
     conn_write(c);
 }
 

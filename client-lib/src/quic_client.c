@@ -357,6 +357,15 @@ static int cb_remove_cid(ngtcp2_conn *qc, const ngtcp2_cid *cid, void *user_data
     return 0;
 }
 
+static int cb_recv_crypto_data(ngtcp2_conn *qc, ngtcp2_crypto_level level, uint64_t offset,
+                               const uint8_t *data, size_t datalen, void *user_data)
+{
+    pos_p2p_relay *r = user_data;
+    if (!r->tls)
+        return 0; /* post-handshake TLS messages: none that we need */
+    return ngtcp2_crypto_recv_crypto_data_cb(qc, level, offset, data, datalen, user_data);
+}
+
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     pos_p2p_relay *r = (pos_p2p_relay *)((char *)ref->user_data - offsetof(pos_p2p_relay, pin));
@@ -368,7 +377,7 @@ static void init_callbacks(ngtcp2_callbacks *cb)
     memset(cb, 0, sizeof(*cb));
     cb->client_initial = ngtcp2_crypto_client_initial_cb;
     cb->recv_retry = ngtcp2_crypto_recv_retry_cb;
-    cb->recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    cb->recv_crypto_data = cb_recv_crypto_data;
     cb->encrypt = ngtcp2_crypto_encrypt_cb;
     cb->decrypt = ngtcp2_crypto_decrypt_cb;
     cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
@@ -551,6 +560,12 @@ void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
     if (rv != 0) {
         fail_liberr(r, rv);
         return;
+    }
+    if (r->tls && ngtcp2_conn_get_handshake_completed(r->qc)) {
+        /* Keys live in ngtcp2 now; the TLS session is dead weight (no tickets). */
+        ngtcp2_conn_set_tls_native_handle(r->qc, NULL);
+        gnutls_deinit(r->tls);
+        r->tls = NULL;
     }
     conn_write(r);
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Benchmark of the relay's control plane (a script, not a test):
+#   1. authenticated connections per second (QUIC + mutual TLS + HELLO/WELCOME
+#      with a token checked in Redis), driven by `pos-loadtest control`;
+#   2. relay memory per idle connected client: RSS with N idle clients minus
+#      RSS with none.
+# Builds a release tree in build-bench (no sanitizers) unless BUILD is set.
+# Everything runs on loopback; every process started here is stopped on exit.
+# usage: loadtest/bench-relay-control.sh [CONNS (default 5000)] [HOLD_SECONDS (default 15)]
+set -euo pipefail
+conns=${1:-5000}
+hold=${2:-15}
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD:-$root/build-bench}
+work=$(mktemp -d /tmp/pos-bench-control-XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ ! -d "$build" ]; then
+    meson setup "$build" "$root" -Dbuildtype=release >/dev/null
+fi
+ninja -C "$build" relay/pos-relay loadtest/pos-loadtest >/dev/null
+
+free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+    >"$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+port=$(free_port)
+cfg=$work/relay.json
+echo "bench-secret" | "$build/relay/pos-relay" init --config "$cfg" --port "$port" \
+    --redis "redis://127.0.0.1:$redis_port" >"$work/init.out"
+peer_id=$(tail -1 "$work/init.out")
+/usr/bin/python3 - "$cfg" "$port" <<'PY'
+import json, sys
+path, port = sys.argv[1], int(sys.argv[2])
+c = json.load(open(path))
+c.update({"listen": [f"127.0.0.1:{port}"], "http_listen": f"127.0.0.1:{port + 1}",
+          "conn_rate_per_addr": 0, "conn_rate_per_token": 0, "idle_timeout": 60})
+json.dump(c, open(path, "w"))
+PY
+chmod 600 "$cfg"
+token=$("$build/relay/pos-relay" token add --config "$cfg" --account bench | tail -1)
+
+POS_LOG=warn "$build/relay/pos-relay" run --config "$cfg" >"$work/relay.log" 2>&1 &
+relay_pid=$!
+pids+=($relay_pid)
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/null && break; sleep 0.1; done
+
+lt() { POS_TOKEN=$token "$build/loadtest/pos-loadtest" control --addr "127.0.0.1:$port" \
+    --peer-id "$peer_id" "$@"; }
+
+# Warm-up (allocator arenas, token cache), then the baseline with no client.
+lt --conns 200 >/dev/null
+sleep 1
+rss0=$(rss_kib $relay_pid)
+
+lt --conns "$conns" --concurrency 256 --hold "$hold" >"$work/load.out" 2>"$work/load.err" &
+lt_pid=$!
+pids+=($lt_pid)
+for _ in $(seq 600); do grep -q holding "$work/load.err" && break; sleep 0.2; done
+sleep 2
+rss1=$(rss_kib $relay_pid)
+connected=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_connections" {print $2}')
+wait $lt_pid || true
+relay_cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$relay_pid/stat")
+
+echo "== pos-loadtest control, $conns connections to one relay on loopback =="
+cat "$work/load.out"
+echo "== relay memory =="
+echo "RSS with no client:        $rss0 KiB"
+echo "RSS with $connected idle clients: $rss1 KiB"
+if [ "${connected:-0}" -gt 0 ]; then
+    echo "per idle client:           $(( (rss1 - rss0) * 1024 / connected )) bytes"
+fi
+echo "relay CPU time for the whole run: ${relay_cpu} s (user+system)"
+echo "machine: $(nproc) CPUs; client and relay share them"

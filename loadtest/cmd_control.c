@@ -1,0 +1,362 @@
+/*
+ * `pos-loadtest control`: open N authenticated control connections to one
+ * relay (real QUIC + TLS + HELLO/WELCOME through libpos-p2p), at most C
+ * handshakes in flight, spread over K endpoints (UDP sockets); report
+ * connections per second and handshake times; then optionally hold every
+ * connection idle for S seconds (keep-alives only) so that a script can
+ * measure the relay's memory per idle client.
+ */
+#include <getopt.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "loadtest.h"
+#include "pos/p2p.h"
+
+#define MAX_ENDPOINTS 64
+
+struct opts {
+    const char *api_url, *addr, *peer_id, *token, *relay_id;
+    long conns, concurrency, endpoints;
+    double hold_s, timeout_s;
+    int json;
+};
+
+struct run {
+    struct opts o;
+    pos_p2p_endpoint *ep[MAX_ENDPOINTS];
+    pos_p2p_relay **r;
+    int64_t *started_ms;
+    double *hs_ms;
+    long *inflight;
+    long n_inflight, started, accepted, refused, failed;
+    char first_reason[257];
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: pos-loadtest control (--api-url URL [--relay-id UUID] | --addr IP:PORT\n"
+                 "                            --peer-id ID) --token TOKEN [--conns N]\n"
+                 "                            [--concurrency C] [--endpoints K] [--hold SECONDS]\n"
+                 "                            [--timeout SECONDS] [--json]\n\n"
+                 "Opens N authenticated control connections to one relay (default 1000), at most\n"
+                 "C handshakes at once (default 200), spread over K UDP sockets (default 4), and\n"
+                 "reports connections per second and handshake times. --hold keeps them open and\n"
+                 "idle afterwards (prints \"holding N connections\" on stderr when they are).\n"
+                 "The relay's per-address and per-token rate limits apply: raise them for a\n"
+                 "benchmark (conn_rate_per_addr / conn_rate_per_token = 0 in its config).\n");
+}
+
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    static const struct option lopts[] = {
+        {"api-url", required_argument, NULL, 'a'},
+        {"relay-id", required_argument, NULL, 'R'},
+        {"addr", required_argument, NULL, 'A'},
+        {"peer-id", required_argument, NULL, 'p'},
+        {"token", required_argument, NULL, 't'},
+        {"conns", required_argument, NULL, 'n'},
+        {"concurrency", required_argument, NULL, 'c'},
+        {"endpoints", required_argument, NULL, 'e'},
+        {"hold", required_argument, NULL, 'H'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    long v;
+    memset(o, 0, sizeof(*o));
+    o->conns = 1000;
+    o->concurrency = 200;
+    o->endpoints = 4;
+    o->timeout_s = 10;
+    o->token = getenv("POS_TOKEN");
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+        switch (ch) {
+        case 'a':
+            o->api_url = optarg;
+            break;
+        case 'R':
+            o->relay_id = optarg;
+            break;
+        case 'A':
+            o->addr = optarg;
+            break;
+        case 'p':
+            o->peer_id = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'n':
+        case 'c':
+        case 'e':
+            if (parse_long(optarg, 1, ch == 'e' ? MAX_ENDPOINTS : 1000000, &v) != 0) {
+                fprintf(stderr, "pos-loadtest control: bad number \"%s\"\n", optarg);
+                return 2;
+            }
+            if (ch == 'n')
+                o->conns = v;
+            else if (ch == 'c')
+                o->concurrency = v;
+            else
+                o->endpoints = v;
+            break;
+        case 'H':
+        case 'T':
+            if (parse_long(optarg, ch == 'H' ? 0 : 1, 86400, &v) != 0) {
+                fprintf(stderr, "pos-loadtest control: bad number of seconds \"%s\"\n", optarg);
+                return 2;
+            }
+            if (ch == 'H')
+                o->hold_s = (double)v;
+            else
+                o->timeout_s = (double)v;
+            break;
+        case 'j':
+            o->json = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!o->token || (!o->api_url && !(o->addr && o->peer_id))) {
+        fprintf(stderr, "pos-loadtest control: --token and either --api-url or --addr with "
+                        "--peer-id are required\n");
+        return 2;
+    }
+    return 0;
+}
+
+static int pick_relay(const struct opts *o, pos_p2p_relay_info *out)
+{
+    char err[512];
+    pos_p2p_relay_list *list = NULL;
+    memset(out, 0, sizeof(*out));
+    if (!o->api_url) {
+        snprintf(out->id, sizeof(out->id), "00000000-0000-4000-8000-000000000000");
+        snprintf(out->peer_id, sizeof(out->peer_id), "%s", o->peer_id);
+        snprintf(out->addrs[0], sizeof(out->addrs[0]), "%s", o->addr);
+        out->n_addrs = 1;
+        return 0;
+    }
+    if (pos_p2p_relay_list_fetch(o->api_url, 5000, &list, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pos-loadtest control: %s\n", err);
+        return -1;
+    }
+    for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
+        const pos_p2p_relay_info *r = pos_p2p_relay_list_get(list, i);
+        if (!o->relay_id || !strcmp(r->id, o->relay_id)) {
+            *out = *r;
+            pos_p2p_relay_list_del(list);
+            return 0;
+        }
+    }
+    pos_p2p_relay_list_del(list);
+    fprintf(stderr, "pos-loadtest control: no such relay in the list\n");
+    return -1;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* poll_all waits for any endpoint, at most until the earliest deadline or |max_ms|. */
+static void poll_all(struct run *R, int max_ms)
+{
+    struct pollfd pf[MAX_ENDPOINTS];
+    int64_t now = pos_p2p_now_ms(), wait = max_ms;
+    for (long i = 0; i < R->o.endpoints; i++) {
+        int64_t d = pos_p2p_endpoint_deadline(R->ep[i]);
+        if (d >= 0 && d - now < wait)
+            wait = d - now < 0 ? 0 : d - now;
+        pf[i].fd = pos_p2p_endpoint_fd(R->ep[i]);
+        pf[i].events = POLLIN;
+    }
+    poll(pf, (nfds_t)R->o.endpoints, (int)wait);
+    for (long i = 0; i < R->o.endpoints; i++)
+        pos_p2p_endpoint_process(R->ep[i]);
+}
+
+/* settle moves finished handshakes out of the in-flight set. */
+static void settle(struct run *R)
+{
+    pos_p2p_relay_status st;
+    for (long k = 0; k < R->n_inflight;) {
+        long i = R->inflight[k];
+        pos_p2p_relay_get_status(R->r[i], &st);
+        if (st.state == POS_P2P_RELAY_CONNECTING) {
+            k++;
+            continue;
+        }
+        if (st.state == POS_P2P_RELAY_ACCEPTED) {
+            R->hs_ms[R->accepted++] = (double)(st.accepted_at_ms - R->started_ms[i]);
+        } else {
+            if (st.error == POS_P2P_ERR_REFUSED)
+                R->refused++;
+            else
+                R->failed++;
+            if (!R->first_reason[0])
+                snprintf(R->first_reason, sizeof(R->first_reason), "%s",
+                         st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+            pos_p2p_relay_close(R->r[i]);
+            R->r[i] = NULL;
+        }
+        R->inflight[k] = R->inflight[--R->n_inflight];
+    }
+}
+
+static void report(struct run *R, double elapsed)
+{
+    double p50 = 0, p99 = 0, rate = elapsed > 0 ? (double)R->accepted / elapsed : 0;
+    if (R->accepted) {
+        qsort(R->hs_ms, (size_t)R->accepted, sizeof(double), cmp_double);
+        p50 = R->hs_ms[(R->accepted - 1) / 2];
+        p99 = R->hs_ms[(long)((double)(R->accepted - 1) * 0.99)];
+    }
+    if (R->o.json) {
+        printf("{\"attempted\": %ld, \"accepted\": %ld, \"refused\": %ld, \"failed\": %ld, "
+               "\"duration_s\": %.3f, \"conns_per_s\": %.1f, \"handshake_p50_ms\": %.1f, "
+               "\"handshake_p99_ms\": %.1f}\n",
+               R->started, R->accepted, R->refused, R->failed, elapsed, rate, p50, p99);
+    } else {
+        printf("attempted %ld, accepted %ld, refused %ld, failed %ld in %.2f s\n", R->started,
+               R->accepted, R->refused, R->failed, elapsed);
+        printf("authenticated connections per second: %.0f\n", rate);
+        printf("handshake + HELLO/WELCOME: p50 %.1f ms, p99 %.1f ms\n", p50, p99);
+        if (R->first_reason[0])
+            printf("first refusal/failure: %s\n", R->first_reason);
+    }
+    fflush(stdout);
+}
+
+static int run_load(struct run *R, const pos_p2p_relay_info *relay)
+{
+    int64_t t0 = pos_p2p_now_ms();
+    int tick = isatty(2);
+    int64_t last_tick = t0;
+
+    while (R->started < R->o.conns || R->n_inflight > 0) {
+        while (R->started < R->o.conns && R->n_inflight < R->o.concurrency) {
+            long i = R->started++;
+            R->started_ms[i] = pos_p2p_now_ms();
+            int rv = pos_p2p_relay_connect(R->ep[i % R->o.endpoints], relay, R->o.token,
+                                           (int)(R->o.timeout_s * 1000), &R->r[i]);
+            if (rv != 0) {
+                fprintf(stderr, "pos-loadtest control: %s\n", pos_p2p_strerror(rv));
+                return -1;
+            }
+            R->inflight[R->n_inflight++] = i;
+        }
+        poll_all(R, 50);
+        settle(R);
+        if (tick && pos_p2p_now_ms() - last_tick > 500) {
+            last_tick = pos_p2p_now_ms();
+            fprintf(stderr, "\r%ld/%ld accepted, %ld in flight   ", R->accepted, R->o.conns,
+                    R->n_inflight);
+        }
+    }
+    if (tick)
+        fprintf(stderr, "\n");
+    report(R, (double)(pos_p2p_now_ms() - t0) / 1000.0);
+    return 0;
+}
+
+static void hold(struct run *R)
+{
+    int64_t end = pos_p2p_now_ms() + (int64_t)(R->o.hold_s * 1000);
+    long lost = 0;
+    pos_p2p_relay_status st;
+    fprintf(stderr, "holding %ld connections for %.0f s\n", R->accepted, R->o.hold_s);
+    while (pos_p2p_now_ms() < end)
+        poll_all(R, 200);
+    for (long i = 0; i < R->o.conns; i++) {
+        if (!R->r[i])
+            continue;
+        pos_p2p_relay_get_status(R->r[i], &st);
+        if (st.state != POS_P2P_RELAY_ACCEPTED)
+            lost++;
+    }
+    printf("after holding %.0f s: %ld of %ld connections still open\n", R->o.hold_s,
+           R->accepted - lost, R->accepted);
+}
+
+int cmd_control(int argc, char **argv)
+{
+    struct run R;
+    pos_p2p_relay_info relay;
+    pos_p2p_identity *id = NULL;
+    char dir[] = "/tmp/pos-loadtest-XXXXXX", path[64], err[512];
+    int rv = 1;
+
+    memset(&R, 0, sizeof(R));
+    int p = parse(argc, argv, &R.o);
+    if (p)
+        return p == 1 ? 0 : 2;
+    if (pick_relay(&R.o, &relay) != 0)
+        return 1;
+    /* One throwaway identity for all connections, in a private directory. */
+    if (!mkdtemp(dir)) {
+        perror("pos-loadtest control: mkdtemp");
+        return 1;
+    }
+    snprintf(path, sizeof(path), "%s/identity", dir);
+    if (pos_p2p_identity_load(path, 1, &id, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pos-loadtest control: %s\n", err);
+        rmdir(dir);
+        return 1;
+    }
+    unlink(path);
+    rmdir(dir);
+    R.r = calloc((size_t)R.o.conns, sizeof(*R.r));
+    R.started_ms = calloc((size_t)R.o.conns, sizeof(*R.started_ms));
+    R.hs_ms = calloc((size_t)R.o.conns, sizeof(*R.hs_ms));
+    R.inflight = calloc((size_t)R.o.concurrency, sizeof(*R.inflight));
+    if (!R.r || !R.started_ms || !R.hs_ms || !R.inflight) {
+        fprintf(stderr, "pos-loadtest control: out of memory\n");
+        goto out;
+    }
+    for (long i = 0; i < R.o.endpoints; i++) {
+        if (pos_p2p_endpoint_new(&R.ep[i], id, 0) != 0) {
+            fprintf(stderr, "pos-loadtest control: cannot open UDP sockets\n");
+            goto out;
+        }
+    }
+    if (run_load(&R, &relay) != 0)
+        goto out;
+    if (R.o.hold_s > 0 && R.accepted > 0)
+        hold(&R);
+    rv = R.accepted == R.o.conns ? 0 : 1;
+out:
+    for (long i = 0; R.r && i < R.o.conns; i++)
+        pos_p2p_relay_close(R.r[i]);
+    for (long i = 0; i < R.o.endpoints; i++)
+        pos_p2p_endpoint_del(R.ep[i]);
+    free(R.r);
+    free(R.started_ms);
+    free(R.hs_ms);
+    free(R.inflight);
+    pos_p2p_identity_del(id);
+    return rv;
+}

@@ -1,0 +1,13 @@
+/* The subcommands of pos-loadtest, each in its own file; argv[0] is the subcommand's name. */
+#ifndef POS_LOADTEST_H
+#define POS_LOADTEST_H
+
+struct loadtest_command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+};
+
+int cmd_control(int argc, char **argv); /* cmd_control.c: relay control-plane load */
+
+#endif
