@@ -749,6 +749,7 @@ static void collect(const struct mdns_core *c, const struct dns_name *inst, stru
 {
     memset(k, 0, offsetof(struct collected, addrs));
     k->n_addrs = 0;
+    k->n_txt = 0;
     for (int i = 0; i < MDNS_MAX_CACHE; i++) {
         const struct centry *e = &c->cache[i];
         if (!e->used || e->expires <= now || !dns_name_equal(&e->name, inst))

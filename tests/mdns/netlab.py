@@ -21,7 +21,8 @@ def sh(*argv, check=True):
 
 
 class Lab:
-    def __init__(self, n):
+    def __init__(self, n, ipv4=True):
+        self.ipv4 = ipv4
         self.tag = f"pm{os.getpid() % 100000}"
         self.br = f"{self.tag}br"
         self.hosts = []
@@ -55,7 +56,8 @@ class Lab:
         self._ns(self.br, "ip", "link", "set", f"{self.tag}p{i}", "up")
         self._ns(ns, "ip", "link", "set", f"{self.tag}v{i}", "name", "eth0")
         self._ns(ns, "ip", "link", "set", "lo", "up")
-        self._ns(ns, "ip", "addr", "add", f"10.77.0.{i + 1}/24", "dev", "eth0")
+        if self.ipv4:
+            self._ns(ns, "ip", "addr", "add", f"10.77.0.{i + 1}/24", "dev", "eth0")
         self._ns(ns, "ip", "-6", "addr", "add", f"fd77::{i + 1}/64", "dev", "eth0", "nodad")
         self._ns(ns, "ip", "link", "set", "eth0", "up")
         return ns

@@ -1,7 +1,7 @@
 """python3-zeroconf as the other side of the interop tests (run with /usr/bin/python3).
 
   zc_helper.py browse SECONDS   print one JSON line per service seen (added/updated/removed)
-  zc_helper.py register INSTANCE PORT KEY=VALUE...   publish _sd._udp until SIGTERM
+  zc_helper.py register INSTANCE PORT ADDR,ADDR KEY=VALUE...   publish _sd._udp until SIGTERM
 """
 import json
 import signal
@@ -38,11 +38,11 @@ def browse(seconds):
     zc.close()
 
 
-def register(instance, port, kvs):
+def register(instance, port, addrs, kvs):
     props = dict(kv.split("=", 1) for kv in kvs)
     info = ServiceInfo(TYPE, f"{instance}.{TYPE}", port=int(port), properties=props,
                        server=f"zc-{socket.gethostname()}.local.",
-                       parsed_addresses=None)
+                       parsed_addresses=addrs.split(","))
     zc = Zeroconf(ip_version=IPVersion.All)
     zc.register_service(info)
     print("registered", flush=True)
@@ -58,4 +58,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "browse":
         browse(float(sys.argv[2]))
     else:
-        register(sys.argv[2], sys.argv[3], sys.argv[4:])
+        register(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])

@@ -1,0 +1,384 @@
+"""Integration tests of local discovery: pos-p2p advertise / discover on hosts
+made of network namespaces joined by a bridge (see netlab.py), against each
+other, python3-zeroconf and Avahi. Needs root; skipped (not passed) otherwise.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Proc, Skip, binary, run, test, tmpdir, wait_until  # noqa: E402
+from netlab import Lab  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = "/usr/bin/python3"
+ZC = os.path.join(HERE, "zc_helper.py")
+AVAHI = os.path.join(HERE, "avahi_ns.sh")
+LIB = "0b4d0e5a-7a5b-4c0e-9a63-0e6a1f1b2c3d"
+
+
+def pos():
+    return binary("client-lib/cli/pos-p2p")
+
+
+def identity(d, name):
+    path = os.path.join(d, name, "identity")
+    r = subprocess.run([pos(), "contact", "--identity", path, "card"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    card = r.stdout.strip()
+    return path, card.split(":")[2], card
+
+
+def events(proc):
+    out = []
+    for line in proc.output().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def found(proc, peer_id=None, pred=None):
+    for e in events(proc):
+        if e.get("event") != "found":
+            continue
+        if peer_id is not None and e.get("peer_id") != peer_id:
+            continue
+        if pred and not pred(e):
+            continue
+        return e
+    return None
+
+
+def lab(n, **kw):
+    if os.geteuid() != 0:
+        raise Skip("needs root to create network namespaces")
+    return Lab(n, **kw)
+
+
+class Capture:
+    """tcpdump inside a host: packets the host sends (-Q out) on UDP 5353."""
+
+    def __init__(self, lb, i, direction="out"):
+        if not shutil.which("tcpdump"):
+            raise Skip("tcpdump is not installed")
+        self.path = os.path.join(tmpdir(), "cap.pcap")
+        self.p = subprocess.Popen(lb.argv(i, "tcpdump", "-i", "eth0", "-Q", direction, "-U", "-n",
+                                          "-w", self.path, "udp port 5353"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: os.path.exists(self.path), 5, what="tcpdump to start")
+        time.sleep(0.3)
+
+    def stop(self):
+        if self.p.poll() is None:
+            time.sleep(0.3)
+            self.p.send_signal(signal.SIGINT)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        return self.packets()
+
+    def packets(self):
+        """UDP payloads in the capture (Ethernet, IPv4 or IPv6)."""
+        import struct
+        with open(self.path, "rb") as f:
+            d = f.read()
+        off, out = 24, []
+        while off + 16 <= len(d):
+            incl = struct.unpack("<I", d[off + 8:off + 12])[0]
+            frame = d[off + 16:off + 16 + incl]
+            off += 16 + incl
+            et = struct.unpack(">H", frame[12:14])[0]
+            if et == 0x0800:
+                ihl = (frame[14] & 15) * 4
+                out.append(frame[14 + ihl + 8:])
+            elif et == 0x86DD:
+                out.append(frame[14 + 40 + 8:])
+        return out
+
+
+def advertise(lb, i, ident, *extra):
+    return Proc(lb.argv(i, pos(), "advertise", "--identity", ident, "--json", *extra),
+                name=f"advertise-h{i}")
+
+
+def discover(lb, i, ident, seconds=20):
+    return Proc(lb.argv(i, pos(), "discover", "--identity", ident, "--json", "--timeout",
+                        str(seconds)), name=f"discover-h{i}")
+
+
+@test
+def two_nodes_find_each_other_ipv4_and_ipv6():
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, pb, _ = identity(d, "b")
+        a = advertise(lb, 0, ia, "--name", "Alice", "--os", "Linux", "--model", "Box",
+                      "--library", LIB)
+        b = advertise(lb, 1, ib, "--name", "Bob", "--port", "7400")
+        ea = wait_until(lambda: found(b, pa), 8, what="b to find a")
+        eb = wait_until(lambda: found(a, pb), 8, what="a to find b")
+        assert ea["name"] == "Alice" and ea["os"] == "Linux" and ea["model"] == "Box", ea
+        assert ea["txt"].get(LIB) == pa and ea["port"] == 7373, ea
+        assert eb["name"] == "Bob" and eb["port"] == 7400, eb
+        assert "10.77.0.1" in ea["addrs"] and "fd77::1" in ea["addrs"], ea
+        assert "10.77.0.2" in eb["addrs"] and "fd77::2" in eb["addrs"], eb
+        assert any(x.startswith("fe80::") for x in ea["addrs"]), ea
+    finally:
+        lb.close()
+
+
+@test
+def two_nodes_find_each_other_ipv6_only():
+    lb = lab(2, ipv4=False)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, pb, _ = identity(d, "b")
+        advertise(lb, 0, ia, "--name", "Six")
+        b = discover(lb, 1, ib, 8)
+        e = wait_until(lambda: found(b, pa), 8, what="discovery over IPv6 only")
+        assert e["name"] == "Six" and "fd77::1" in e["addrs"], e
+        assert not any("." in x for x in e["addrs"]), e
+    finally:
+        lb.close()
+
+
+@test
+def goodbye_seen_within_one_second():
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        a = advertise(lb, 0, ia, "--name", "Leaving")
+        b = discover(lb, 1, ib, 20)
+        wait_until(lambda: found(b, pa), 8, what="b to find a")
+        t0 = time.monotonic()
+        a.signal(signal.SIGTERM)
+        wait_until(lambda: any(e["event"] == "lost" and e.get("peer_id") == pa for e in events(b)),
+                   1.0, interval=0.01, what="the goodbye to be seen within 1 s")
+        dt = time.monotonic() - t0
+        assert a.wait(5) == 0
+        print(f"    goodbye seen after {dt * 1000:.0f} ms")
+    finally:
+        lb.close()
+
+
+@test
+def conflict_renames_second_node():
+    lb = lab(3)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib = os.path.join(d, "b", "identity")
+        os.makedirs(os.path.dirname(ib))
+        shutil.copy(ia, ib)
+        os.chmod(ib, 0o600)
+        ic, _, _ = identity(d, "c")
+        a = advertise(lb, 0, ia, "--name", "First")
+        wait_until(lambda: "advertising instance" in a.output(), 5, what="a to advertise")
+        b = advertise(lb, 1, ib, "--name", "Second")
+        wait_until(lambda: f'advertising instance "{pa} (2)"' in b.output(), 6,
+                   what="b to rename after the conflict")
+        assert f'advertising instance "{pa}"' in a.output()
+        c = discover(lb, 2, ic, 8)
+        wait_until(lambda: found(c, pa, lambda e: e["instance"] == pa) and
+                   found(c, pa, lambda e: e["instance"] == pa + " (2)"), 8,
+                   what="both instances to be seen")
+        names = {e["instance"]: e["name"] for e in events(c) if e["event"] == "found"}
+        assert names[pa] == "First" and names[pa + " (2)"] == "Second", names
+    finally:
+        lb.close()
+
+
+@test
+def disabled_sends_nothing():
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, _, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        # The other host keeps asking, so a node that answered would be caught.
+        advertise(lb, 1, ib, "--name", "Asker")
+        cap = Capture(lb, 0)
+        a = advertise(lb, 0, ia, "--mode", "disabled", "--name", "Hidden")
+        time.sleep(4)
+        a.stop()
+        pkts = cap.stop()
+        assert pkts == [], f"disabled node sent {len(pkts)} packets"
+        # Control: the same capture sees an enabled node at once.
+        cap = Capture(lb, 0)
+        a = advertise(lb, 0, ia, "--name", "Shown")
+        time.sleep(2)
+        a.stop()
+        assert len(cap.stop()) > 0, "capture saw nothing from an enabled node"
+    finally:
+        lb.close()
+
+
+@test
+def contacts_only_hides_and_contact_recognises():
+    lb = lab(3)
+    try:
+        d = tmpdir()
+        ia, pa, card_a = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        ic, _, _ = identity(d, "c")
+        r = subprocess.run([pos(), "contact", "--identity", ib, "add", card_a],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([pos(), "contact", "--identity", ib, "list"], capture_output=True,
+                           text=True, timeout=10)
+        assert r.stdout.split() == [pa], r.stdout
+        r = subprocess.run([pos(), "contact", "--identity", ib, "add", "pos-contact:1:junk"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode != 0 and "contact card" in r.stderr, r.stderr
+        cap = Capture(lb, 0)
+        advertise(lb, 0, ia, "--mode", "contacts-only", "--name", "SecretName", "--os",
+                  "SecretOS", "--model", "SecretModel", "--library", LIB)
+        b = discover(lb, 1, ib, 10)
+        c = discover(lb, 2, ic, 10)
+        eb = wait_until(lambda: found(b), 8, what="the contact to see it")
+        ec = wait_until(lambda: found(c), 8, what="the stranger to see it")
+        assert eb["peer_id"] == pa and eb["contact"] is True, eb
+        assert ec["peer_id"] is None and ec["contact"] is False, ec
+        for e in (eb, ec):
+            assert e["instance"] != pa and e["name"] is None and e["os"] is None, e
+            assert sorted(e["txt"]) == ["n", "t"], e
+        time.sleep(1)
+        raw = b"".join(cap.stop())
+        assert raw, "capture is empty"
+        for secret in (b"SecretName", b"SecretOS", b"SecretModel", LIB.encode(), pa.encode()):
+            assert secret not in raw, f"{secret!r} was sent on the wire"
+    finally:
+        lb.close()
+
+
+@test
+def interop_python_zeroconf_both_ways():
+    if subprocess.run([PY, "-c", "import zeroconf"], capture_output=True).returncode != 0:
+        raise Skip("python3-zeroconf is not installed for /usr/bin/python3")
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        advertise(lb, 0, ia, "--name", "Ours", "--library", LIB)
+        zb = Proc(lb.argv(1, PY, ZC, "browse", "10"), name="zc-browse")
+
+        def zc_found():
+            for line in zb.output().splitlines():
+                if line.startswith("{"):
+                    e = json.loads(line)
+                    if e["name"] == f"{pa}._sd._udp.local." and "txt" in e:
+                        return e
+            return None
+        e = wait_until(zc_found, 10, what="python-zeroconf to resolve our node")
+        assert e["txt"]["name"] == "Ours" and e["txt"][LIB] == pa and e["port"] == 7373, e
+        assert "10.77.0.1" in e["addrs"], e
+        zb.stop()
+        # The other way round: zeroconf publishes, we discover.
+        Proc(lb.argv(1, PY, ZC, "register", "zc-peer", "4242", "10.77.0.2,fd77::2", "name=Zed"),
+             name="zc-register")
+        ib, _, _ = identity(d, "b")
+        ours = discover(lb, 0, ib, 10)
+        z = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "zc-peer"), 10,
+                       what="our discover to find the zeroconf service")
+        assert z["name"] == "Zed" and z["port"] == 4242 and "10.77.0.2" in z["addrs"], z
+        assert z["peer_id"] is None, z
+    finally:
+        lb.close()
+
+
+def avahi_available():
+    return all(shutil.which(x) for x in ("avahi-daemon", "dbus-daemon", "avahi-publish",
+                                         "avahi-browse", "unshare"))
+
+
+@test
+def interop_avahi_both_ways():
+    if not avahi_available():
+        raise Skip("avahi-daemon / dbus-daemon / avahi-utils are not installed")
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        advertise(lb, 0, ia, "--name", "Ours")
+        pidfile = os.path.join(d, "avahi-pids")
+        ab = Proc(lb.argv(1, "sh", AVAHI, pidfile, "browse"), name="avahi-browse")
+        lb.pidfile = pidfile
+
+        def avahi_found():
+            for line in ab.output().splitlines():
+                f = line.split(";")
+                if len(f) > 9 and f[0] == "=" and f[3] == pa and f[7] in ("10.77.0.1", "fd77::1"):
+                    return f
+            return None
+        f = wait_until(avahi_found, 15, what="avahi-browse to resolve our node")
+        assert f[8] == "7373" and '"name=Ours"' in f[9], f
+        ab.stop()
+        kill_pids(pidfile)
+        ap = Proc(lb.argv(1, "sh", AVAHI, pidfile, "publish", "avahi-peer", "4343", "name=Av"),
+                  name="avahi-publish")
+        ib, _, _ = identity(d, "b")
+        ours = discover(lb, 0, ib, 15)
+        z = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "avahi-peer"), 15,
+                       what="our discover to find the Avahi service")
+        assert z["name"] == "Av" and z["port"] == 4343 and "10.77.0.2" in z["addrs"], z
+        ap.stop()
+    finally:
+        kill_pids(os.path.join(d, "avahi-pids"))
+        lb.close()
+
+
+def kill_pids(pidfile):
+    try:
+        with open(pidfile) as f:
+            pids = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    os.unlink(pidfile)
+
+
+@test
+def traffic_budget_first_minute():
+    """An idle node that advertises and browses, alone on the link, for its first minute.
+    Budget: 3 probes + 2 announcements + 6 queries (20-120 ms, then 1, 2, 4, 8, 16 s
+    back-off) per address family = 22 packets; we allow 26, about one every 2.3 s,
+    where a flooding implementation sends one or more per second."""
+    seconds = float(os.environ.get("POS_MDNS_BUDGET_SECONDS", "60"))
+    lb = lab(1)
+    try:
+        d = tmpdir()
+        ia, _, _ = identity(d, "a")
+        cap = Capture(lb, 0)
+        a = advertise(lb, 0, ia, "--name", "Idle")
+        time.sleep(seconds)
+        a.stop()
+        pkts = cap.stop()
+        # Goodbyes at stop (one per family) are not idle traffic.
+        n = len(pkts) - 2
+        print(f"    idle node sent {n} packets in {seconds:.0f} s ({sum(map(len, pkts))} bytes)")
+        assert 10 <= n <= 26, f"{n} packets in the first {seconds} s"
+    finally:
+        lb.close()
+
+
+if __name__ == "__main__":
+    run("mdns")
