@@ -175,12 +175,13 @@ static char *read_secret(void)
         quiet.c_lflag |= ECHONL;
         signal(SIGINT, restore_tty_and_die);
         signal(SIGTERM, restore_tty_and_die);
+        /* Echo off before the prompt shows, so nothing typed after it is echoed or lost. */
+        tty_changed = 1;
+        tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
         fputs("p2p secret: ", stderr);
         fflush(stderr);
-        tty_changed = 1;
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
         n = read_line(buf, sizeof(buf));
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_tty);
+        tcsetattr(STDIN_FILENO, TCSANOW, &saved_tty);
         tty_changed = 0;
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);

@@ -162,7 +162,12 @@ def init_prompts_without_echo_on_a_terminal():
             seen += os.read(master, 1024)
     assert b"p2p secret: " in seen, seen
     os.write(master, b"typed-secret-xyz\n")
-    out, _ = p.communicate(timeout=10)
+    try:
+        out, _ = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     rest = b""
     while select.select([master], [], [], 0.2)[0]:
         try:
