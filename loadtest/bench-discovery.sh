@@ -5,24 +5,27 @@
 # pos-discovery (release build) and nginx, registers 50 relays, and stops
 # everything on exit, even on failure or Ctrl-C.
 #
-# usage: loadtest/bench-discovery.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS]
-#                                    [-w SERVER_THREADS] [-b BUILD_DIR]
+# usage: loadtest/bench-discovery.sh [-d SECONDS] [-r ROUNDS] [-c CONNECTIONS]
+#                                    [-t WRK_THREADS] [-w SERVER_THREADS] [-b BUILD_DIR]
 # Goal: pos-discovery >= 0.9 x nginx. Both servers get the same number of
-# threads/workers (-w, default 2).
+# threads/workers (-w, default 2). Each round measures both, in alternating
+# order; the figures are the medians over the rounds (default 3), which
+# keeps a busy machine's noise from deciding the ratio.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-duration=10 conns=64 wrk_threads=2 server_threads=2 relays=50
+duration=10 rounds=3 conns=64 wrk_threads=2 server_threads=2 relays=50
 build=$root/build-release
-while getopts "d:c:t:w:b:h" opt; do
+while getopts "d:r:c:t:w:b:h" opt; do
     case $opt in
     d) duration=$OPTARG ;;
+    r) rounds=$OPTARG ;;
     c) conns=$OPTARG ;;
     t) wrk_threads=$OPTARG ;;
     w) server_threads=$OPTARG ;;
     b) build=$OPTARG ;;
-    h) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-w SERVER_THREADS] [-b BUILD_DIR]" >&2; exit 2 ;;
+    h) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-c CONNECTIONS] [-t WRK_THREADS] [-w SERVER_THREADS] [-b BUILD_DIR]" >&2; exit 2 ;;
     esac
 done
 
@@ -116,26 +119,40 @@ wait_for 10 curl -sf -o "$work/from-nginx" "http://127.0.0.1:$nport/api/p2p/rela
 cmp -s "$work/from-nginx" "$work/www/api/p2p/relays" ||
     { echo "bench-discovery: nginx does not serve the same bytes" >&2; exit 1; }
 
-# 5. wrk against both, a short warm-up each, then the measured runs.
+# 5. wrk against both: a short warm-up each, then rounds in alternating order.
 rate() { # rate URL SECONDS: requests per second
     wrk -t "$wrk_threads" -c "$conns" -d "${2}s" "$1" | tee -a "$work/wrk.log" |
         awk '/^Requests\/sec:/ { print $2 }'
 }
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 disc_url=http://127.0.0.1:$dport/api/p2p/relays
 nginx_url=http://127.0.0.1:$nport/api/p2p/relays
 rate "$disc_url" 2 >/dev/null
 rate "$nginx_url" 2 >/dev/null
-disc_rps=$(rate "$disc_url" "$duration")
-nginx_rps=$(rate "$nginx_url" "$duration")
+: >"$work/disc.rates"
+: >"$work/nginx.rates"
+for round in $(seq 1 "$rounds"); do
+    if [ $((round % 2)) = 1 ]; then
+        d=$(rate "$disc_url" "$duration") n=$(rate "$nginx_url" "$duration")
+    else
+        n=$(rate "$nginx_url" "$duration") d=$(rate "$disc_url" "$duration")
+    fi
+    echo "$d" >>"$work/disc.rates"
+    echo "$n" >>"$work/nginx.rates"
+    printf 'round %d: pos-discovery %.0f req/s, nginx %.0f req/s\n' "$round" "$d" "$n"
+done
 if grep -q "Non-2xx" "$work/wrk.log"; then
     echo "bench-discovery: some answers were not 200:" >&2
     grep -B2 "Non-2xx" "$work/wrk.log" >&2
     exit 1
 fi
-
 [ -z "${POS_BENCH_VERBOSE:-}" ] || cat "$work/wrk.log"
+disc_rps=$(median <"$work/disc.rates")
+nginx_rps=$(median <"$work/nginx.rates")
+
 bytes=$(stat -c %s "$work/www/api/p2p/relays")
-echo "GET /api/p2p/relays, $relays relays ($bytes bytes), wrk -t$wrk_threads -c$conns -d${duration}s, $server_threads server threads"
+echo "GET /api/p2p/relays, $relays relays ($bytes bytes), wrk -t$wrk_threads -c$conns -d${duration}s," \
+    "$server_threads server threads, median of $rounds rounds"
 printf 'pos-discovery: %10.0f req/s\n' "$disc_rps"
 printf 'nginx:         %10.0f req/s\n' "$nginx_rps"
 python3 -c 'import sys; d, n = map(float, sys.argv[1:]); print(f"ratio:         {d / n:10.2f} (goal >= 0.90)")' \
