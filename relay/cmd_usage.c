@@ -36,7 +36,8 @@ static int print_account(pos_redis *r, const char *account)
     char key[RELAY_KEY_LEN];
     relay_key_usage(r->prefix, key, sizeof(key), account);
     redisReply *rep = relay_cli_expect(
-        r, "usage", pos_redis_command(r, "HMGET %s bytes_relayed circuit_seconds", key),
+        r, "usage",
+        pos_redis_command(r, "HMGET %s %s %s", key, RELAY_USAGE_BYTES, RELAY_USAGE_SECONDS),
         REDIS_REPLY_ARRAY);
     if (!rep)
         return -1;

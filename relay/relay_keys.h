@@ -24,7 +24,12 @@
 int relay_key_token(const char *prefix, char *out, size_t outlen, const char *hash);
 /* <prefix>account:<name>:tokens -> set of token hashes */
 int relay_key_account_tokens(const char *prefix, char *out, size_t outlen, const char *account);
-/* <prefix>usage:<name> -> hash {bytes_relayed, circuit_seconds} */
+/*
+ * <prefix>usage:<name> -> hash {bytes_relayed, circuit_seconds}: integers the
+ * data plane adds to with HINCRBY; absent fields count as zero.
+ */
+#define RELAY_USAGE_BYTES "bytes_relayed"
+#define RELAY_USAGE_SECONDS "circuit_seconds"
 int relay_key_usage(const char *prefix, char *out, size_t outlen, const char *account);
 /* <prefix>presence:<peer id> -> relay id, short TTL */
 int relay_key_presence(const char *prefix, char *out, size_t outlen, const char *peer_id);
