@@ -143,6 +143,13 @@ static void test_forward_and_rewrite(void)
     CHECK(s.rx_packets == 1 && s.rx_bytes == 305 && s.tx_packets == 1 && s.tx_bytes == 1205);
     CHECK(fw->stats.forwarded == 2 && fw->stats.forwarded_bytes == 1510);
 
+    /* A dual-stack socket shows A as ::ffff:10.0.0.1: the same side. */
+    struct sockaddr_in6 a_mapped = addr("::ffff:10.0.0.1", 1000);
+    memset(&b, 0, sizeof b);
+    add_data(&b, &a_mapped, id[0], 10, 3);
+    CHECK(run(fw, &b, AF_INET6) == 1);
+    CHECK(dest_is(&b, 0, &bb) && out_circuit(&b, 0) == id[1]);
+
     /* On an IPv4 socket: to A works (plain sockaddr_in), to B (IPv6) cannot be sent. */
     memset(&b, 0, sizeof b);
     add_data(&b, &bb, id[1], 10, 1);
