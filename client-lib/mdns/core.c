@@ -99,7 +99,7 @@ struct mdns_core {
     uint8_t txt[MDNS_TXT_MAX];
     size_t txt_len;
     /* querier */
-    uint64_t qnext;
+    uint64_t qnext, qlast; /* next and last browse query */
     uint64_t qinterval;
     struct iface ifaces[MDNS_MAX_IFACES];
     struct centry cache[MDNS_MAX_CACHE];
@@ -1033,7 +1033,7 @@ static void browse_query(struct mdns_core *c, uint64_t now)
              * as good as sent.
              */
             uint64_t seen = ifc->dup_query_at[fam_i(f)];
-            if (seen && seen + c->qinterval / 2 > now && seen <= now)
+            if (seen && c->qlast && seen > c->qlast && seen >= now - (now - c->qlast) / 2)
                 continue;
             send_query(c, ifc, f, &q, 1, true, now);
         }
@@ -1271,7 +1271,8 @@ static void handle_query(struct mdns_core *c, struct rx *x, struct iface *ifc, i
         known |= 1u << REC_A;
     if (n6 && n6 >= ifc->n6)
         known |= 1u << REC_AAAA;
-    if (browse_q && kn >= known_count(c, ifc->index, family, now))
+    bool from_us = our_addr(c, family == 4 ? DNS_TYPE_A : DNS_TYPE_AAAA, src, family == 4 ? 4 : 16);
+    if (browse_q && !from_us && kn >= known_count(c, ifc->index, family, now))
         ifc->dup_query_at[fam_i(family)] = now;
     if (probing && n_theirs && lost_tiebreak(c, x, n_theirs)) {
         start_probing(c, now, 1000);
@@ -1558,6 +1559,7 @@ void mdns_core_timeout(struct mdns_core *c, uint64_t now)
     }
     if (c->qnext && c->qnext <= now) {
         browse_query(c, now);
+        c->qlast = now;
         c->qnext = now + c->qinterval;
         c->qinterval = c->qinterval * 2 > 3600000 ? 3600000 : c->qinterval * 2;
     }
