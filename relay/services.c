@@ -251,6 +251,8 @@ struct curl_sock {
     curl_socket_t fd;
 };
 
+struct revalidation;
+
 struct relay_services {
     struct ev_loop *loop;
     const relay_config *cfg;
@@ -265,6 +267,7 @@ struct relay_services {
 
     struct check *checks;
     size_t n_checks;
+    struct revalidation *revals; /* token re-reads waiting for Redis */
     uint64_t next_handle, next_member;
     struct map cache, tokconns, presence;
     ev_timer refresh;
@@ -779,20 +782,36 @@ static void on_revocation(void *arg, const char *channel, const char *msg, size_
     revoke_hash(s, hash);
 }
 
+/* A token re-read in flight; owned by the services' list until Redis answers. */
 struct revalidation {
+    struct revalidation *prev, *next;
     relay_services *s;
     char hash[POS_SECRET_HASH_HEXLEN];
 };
 
+static void revalidation_free(relay_services *s, struct revalidation *v)
+{
+    if (v->prev)
+        v->prev->next = v->next;
+    else
+        s->revals = v->next;
+    if (v->next)
+        v->next->prev = v->prev;
+    free(v);
+}
+
 static void on_revalidate_reply(void *arg, redisReply *rep)
 {
     struct revalidation *v = arg;
+    relay_services *s = v->s;
+    char hash[POS_SECRET_HASH_HEXLEN];
+    memcpy(hash, v->hash, sizeof(hash));
+    revalidation_free(s, v);
     if (rep && rep->type == REDIS_REPLY_ARRAY) {
         const char *revoked = hash_field(rep, "revoked");
         if (revoked && strcmp(revoked, "0") != 0)
-            revoke_hash(v->s, v->hash);
+            revoke_hash(s, hash);
     }
-    free(v);
 }
 
 /* Re-reads every token with connections here (missed revocations). */
@@ -801,7 +820,7 @@ static void revalidate(relay_services *s)
     MAP_FOREACH(&s->tokconns, n)
     {
         char key[RELAY_KEY_LEN];
-        struct revalidation *v = malloc(sizeof(*v));
+        struct revalidation *v = calloc(1, sizeof(*v));
         if (!v)
             return;
         v->s = s;
@@ -812,6 +831,10 @@ static void revalidate(relay_services *s)
             free(v);
             return;
         }
+        v->next = s->revals;
+        if (s->revals)
+            s->revals->prev = v;
+        s->revals = v;
     }
 }
 
@@ -1330,6 +1353,8 @@ void relay_services_del(relay_services *s)
     pos_redis_async_del(s->redis);    /* no Redis callback runs after this */
     while (s->checks)
         check_unlink_free(s->checks);
+    while (s->revals)
+        revalidation_free(s, s->revals);
     map_clear(&s->cache);
     MAP_FOREACH(&s->tokconns, n)
     free(((struct tokconn *)n)->members);
