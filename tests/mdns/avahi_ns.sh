@@ -4,6 +4,7 @@
 # then one client command:
 #   avahi_ns.sh PIDFILE browse                  avahi-browse -rpk _sd._udp
 #   avahi_ns.sh PIDFILE publish NAME PORT TXT.. avahi-publish -s NAME _sd._udp PORT TXT..
+#   avahi_ns.sh PIDFILE idle                    only the daemons (enter with nsenter -m -n)
 # The daemons' pids are written to PIDFILE (the test kills them even if this
 # script is killed hard); on SIGTERM the script kills them itself.
 set -eu
@@ -45,6 +46,9 @@ mode=$1
 shift
 if [ "$mode" = browse ]; then
     avahi-browse -rpk _sd._udp &
+elif [ "$mode" = idle ]; then
+    echo ready
+    sleep 100000 &
 else
     name=$1 port=$2
     shift 2

@@ -19,10 +19,12 @@ def browse(seconds):
     t0 = time.monotonic()
 
     def on_change(zeroconf, service_type, name, state_change):
-        rec = {"event": state_change.name, "name": name, "t": time.monotonic() - t0}
+        rec = {"event": state_change.name, "name": name, "t": time.monotonic() - t0,
+               "mono": time.monotonic()}
         if state_change is not ServiceStateChange.Removed:
             info = zeroconf.get_service_info(service_type, name, timeout=3000)
             if info:
+                rec["mono_resolved"] = time.monotonic()
                 rec["port"] = info.port
                 rec["addrs"] = info.parsed_addresses()
                 rec["txt"] = {k.decode(errors="replace"): (v.decode(errors="replace") if v is not None else None)
