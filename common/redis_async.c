@@ -181,7 +181,7 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
         if (m->element[i]->type != REDIS_REPLY_STRING && m->element[i]->type != REDIS_REPLY_INTEGER)
             return;
     }
-    if (m->element[1]->type != REDIS_REPLY_STRING)
+    if (m->element[0]->type != REDIS_REPLY_STRING || m->element[1]->type != REDIS_REPLY_STRING)
         return;
     if (strcmp(m->element[0]->str, "message") == 0 && m->element[2]->type == REDIS_REPLY_STRING)
         r->message_cb(r->message_arg, m->element[1]->str, m->element[2]->str, m->element[2]->len);
