@@ -754,7 +754,8 @@ static void revoke_hash(relay_services *s, const char *hash)
             c->revoked_meanwhile = 1;
     }
     if (tokconn_get(s, hash, 0)) {
-        pos_log_info("token %.12s revoked: closing its connections", hash);
+        pos_log_info("a token in use was revoked: closing its connections");
+        pos_log_debug("revoked token: %.12s", hash); /* hashes only at debug */
         if (s->cbs.revoked)
             s->cbs.revoked(s->cbs.arg, hash);
     }
