@@ -38,8 +38,7 @@
 /* Errors returned by the functions below (negative), also the verdicts on the wire (positive). */
 #define POS_XFER_ERR_IO -1       /* reading or writing a local file failed */
 #define POS_XFER_ERR_PROTOCOL -2 /* the other side sent something invalid or unexpected */
-#define POS_XFER_ERR_BAD_NAME -3 /* the file name is not acceptable (path, hidden, control chars)  \
-                                  */
+#define POS_XFER_ERR_BAD_NAME -3 /* file name not acceptable (path, hidden, control chars) */
 #define POS_XFER_ERR_TOO_BIG -4  /* larger than the receiver accepts */
 #define POS_XFER_ERR_CHECKSUM -5 /* the received file's BLAKE2b differs from the offer */
 #define POS_XFER_ERR_REFUSED -6  /* the receiver refused the offer for another reason */
