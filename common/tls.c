@@ -183,7 +183,7 @@ int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server,
 
     /* No resumption: tickets would cost a message and memory per connection. */
     rv = gnutls_init(&s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_END_OF_EARLY_DATA |
-                             GNUTLS_NO_TICKETS);
+                             GNUTLS_NO_TICKETS | GNUTLS_KEY_SHARE_TOP);
     if (rv < 0)
         return rv == GNUTLS_E_MEMORY_ERROR ? POS_TLS_ERR_NOMEM : POS_TLS_ERR_CRYPTO;
     if (gnutls_priority_set_direct(s, POS_TLS_PRIORITY, NULL) < 0 ||

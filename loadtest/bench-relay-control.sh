@@ -63,6 +63,7 @@ lt() { POS_TOKEN=$token "$build/loadtest/pos-loadtest" control --addr "127.0.0.1
 lt --conns 200 >/dev/null
 sleep 1
 rss0=$(rss_kib $relay_pid)
+heap0=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_heap_bytes" {print $2}')
 
 lt --conns "$conns" --concurrency 256 --hold "$hold" >"$work/load.out" 2>"$work/load.err" &
 lt_pid=$!
@@ -70,7 +71,9 @@ pids+=($lt_pid)
 for _ in $(seq 600); do grep -q holding "$work/load.err" && break; sleep 0.2; done
 sleep 2
 rss1=$(rss_kib $relay_pid)
+sleep 1 # /metrics is a snapshot refreshed twice a second
 connected=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_connections" {print $2}')
+heap1=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_heap_bytes" {print $2}')
 wait $lt_pid || true
 relay_cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$relay_pid/stat")
 
@@ -80,7 +83,8 @@ echo "== relay memory =="
 echo "RSS with no client:        $rss0 KiB"
 echo "RSS with $connected idle clients: $rss1 KiB"
 if [ "${connected:-0}" -gt 0 ]; then
-    echo "per idle client:           $(( (rss1 - rss0) * 1024 / connected )) bytes"
+    echo "per idle client:           $(( (rss1 - rss0) * 1024 / connected )) bytes of RSS," \
+        "$(( (heap1 - heap0) / connected )) bytes of heap in use"
 fi
 echo "relay CPU time for the whole run: ${relay_cpu} s (user+system)"
 echo "machine: $(nproc) CPUs; client and relay share them"

@@ -69,6 +69,9 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
          "# TYPE pos_relay_data_frames_dropped_total counter\n"
          "pos_relay_data_frames_dropped_total %llu\n",
          (unsigned long long)h->srv.data_frames_dropped);
+    EMIT("# HELP pos_relay_heap_bytes Heap bytes in use (malloc).\n"
+         "# TYPE pos_relay_heap_bytes gauge\npos_relay_heap_bytes %llu\n",
+         (unsigned long long)h->srv.heap_in_use);
     EMIT("# TYPE pos_relay_redis_errors_total counter\npos_relay_redis_errors_total %llu\n",
          (unsigned long long)h->svc.redis_errors);
     EMIT("# TYPE pos_relay_redis_up gauge\npos_relay_redis_up %d\n", h->redis_ok ? 1 : 0);

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
+#include <malloc.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <ngtcp2/ngtcp2.h>
@@ -86,7 +87,8 @@ struct rconn {
     uint8_t *first_pkt; /* RATE_CHECK: the Initial kept aside */
     size_t first_len;
     pos_ctrl_reader rd;
-    uint8_t *out; /* control stream bytes not yet acknowledged */
+    uint8_t *out; /* answer bytes not yet acknowledged, on stream out_stream */
+    int64_t out_stream;
     size_t out_len, out_sent, out_acked;
     uint8_t *close_pkt; /* CLOSING: the packet resent on input */
     size_t close_len;
@@ -380,14 +382,16 @@ static int conn_write(struct rconn *c)
         int64_t sid = -1;
         ngtcp2_vec v = {NULL, 0};
         size_t nv = 0;
+        uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
         if (c->out && c->out_sent < c->out_len) {
-            sid = 0;
+            sid = c->out_stream;
+            wflags = NGTCP2_WRITE_STREAM_FLAG_FIN; /* one answer per request stream */
             v.base = c->out + c->out_sent;
             v.len = c->out_len - c->out_sent;
             nv = 1;
         }
         n = ngtcp2_conn_writev_stream(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), &wlen,
-                                      NGTCP2_WRITE_STREAM_FLAG_NONE, sid, &v, nv, ts);
+                                      wflags, sid, &v, nv, ts);
         if (n < 0) {
             if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR ||
                 n == NGTCP2_ERR_STREAM_NOT_FOUND) {
@@ -437,7 +441,7 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- the control stream ---- */
 
-static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
+static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
     int n = pos_ctrl_encode(m, buf, sizeof(buf));
@@ -454,6 +458,7 @@ static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
         return;
     }
     c->out = grown;
+    c->out_stream = stream;
     memcpy(c->out + c->out_len, buf, (size_t)n);
     c->out_len += (size_t)n;
 }
@@ -483,7 +488,7 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     s->pending--;
     s->st.conns_active++;
     s->st.auth_ok++;
-    queue_ctrl(c, &m);
+    queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, then FIN */
     relay_presence_add(s->svc, c->peer_id);
     pos_log_debug("client %s accepted from %s", c->peer_id, m.observed);
     conn_write(c);
@@ -629,7 +634,7 @@ static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
     ngtcp2_conn_extend_max_stream_offset(qc, stream_id, datalen);
     ngtcp2_conn_extend_max_offset(qc, datalen);
     if (stream_id != 0 || c->state == CLOSING || c->state == DRAINING)
-        return 0; /* only the control stream means anything */
+        return 0; /* HELLO comes on stream 0; later request streams: the next issue */
     if (pos_ctrl_reader_feed(&c->rd, data, datalen) != 0) {
         refuse(c, RELAY_REFUSED_BAD_REQUEST);
         return 0;
@@ -727,7 +732,12 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
         settings.token.len = hd->token.len;
     }
     ngtcp2_transport_params_default(&params);
-    params.initial_max_streams_bidi = 1; /* the control stream */
+    /*
+     * Requests are streams: HELLO/WELCOME on stream 0, later requests each on
+     * a new stream (ngtcp2 returns the credit as streams close), so an idle
+     * client holds no stream state.
+     */
+    params.initial_max_streams_bidi = 4;
     params.initial_max_streams_uni = 0;
     params.initial_max_stream_data_bidi_remote = 8 * 1024;
     params.initial_max_data = 16 * 1024;
@@ -1266,6 +1276,7 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
     *out = s->st;
     out->conns_handshaking = s->pending;
     out->data_frames_dropped = s->dp.frames_dropped;
+    out->heap_in_use = (uint64_t)mallinfo2().uordblks;
 }
 
 void relay_server_del(relay_server *s)

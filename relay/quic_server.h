@@ -41,6 +41,7 @@ typedef struct relay_server_stats {
     uint64_t packets_out;
     uint64_t packets_dropped;
     uint64_t data_frames_dropped;
+    uint64_t heap_in_use; /* gauge: malloc'd bytes in use (glibc mallinfo2) */
 } relay_server_stats;
 
 /*

@@ -196,14 +196,16 @@ static void conn_write(pos_p2p_relay *r)
         ngtcp2_vec v = {NULL, 0};
         size_t nv = 0;
         int64_t sid = -1;
+        uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
         if (r->out && r->out_sent < r->out_len && r->stream >= 0) {
+            wflags = NGTCP2_WRITE_STREAM_FLAG_FIN; /* HELLO is the whole request */
             sid = r->stream;
             v.base = r->out + r->out_sent;
             v.len = r->out_len - r->out_sent;
             nv = 1;
         }
         n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
-                                      &wlen, NGTCP2_WRITE_STREAM_FLAG_NONE, sid, &v, nv, ts);
+                                      &wlen, wflags, sid, &v, nv, ts);
         if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR)
             n = ngtcp2_conn_write_pkt(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf), ts);
         if (n < 0) {
