@@ -79,9 +79,11 @@ static socklen_t make_name(const relay_addr *a, int family, struct sockaddr_in6 
 static int from_owner(const relay_side *s, const struct msghdr *h)
 {
     relay_addr src;
-    if (h->msg_name == NULL || h->msg_namelen < sizeof(struct sockaddr_in))
+    const struct sockaddr *sa = h->msg_name;
+    if (sa == NULL || h->msg_namelen < sizeof(struct sockaddr_in) ||
+        (sa->sa_family == AF_INET6 && h->msg_namelen < sizeof(struct sockaddr_in6)))
         return 0;
-    if (relay_addr_from_sockaddr(&src, h->msg_name) != 0)
+    if (relay_addr_from_sockaddr(&src, sa) != 0)
         return 0;
     return memcmp(&src, &s->addr, sizeof src) == 0;
 }

@@ -183,7 +183,7 @@ static int code_from_wire(uint64_t code)
 /* Hashes the first |len| bytes of |fd| into |st| (already initialised). Returns 0 or -1. */
 static int hash_prefix(int fd, uint64_t len, crypto_generichash_state *st)
 {
-    static __thread uint8_t block[IO_BLOCK];
+    static _Thread_local uint8_t block[IO_BLOCK];
     uint64_t off = 0;
     while (off < len) {
         size_t want = len - off < IO_BLOCK ? (size_t)(len - off) : IO_BLOCK;
