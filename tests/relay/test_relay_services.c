@@ -374,6 +374,32 @@ static void test_redis_hang(relay_services *s)
     CHECK(st.redis_errors > 0);
 }
 
+/* Shutdown removes this relay's presence and connection-set members; later checks: going away. */
+static void test_shutdown(relay_services *s, const relay_config *cfg)
+{
+    struct verdict r, late;
+    char pkey[RELAY_KEY_LEN], ckey[RELAY_KEY_LEN];
+    const char *peer = "shutdown-test-peer";
+    CHECK(auth(s, env("TOKEN_CAPPED"), &r) == RELAY_OK);
+    relay_presence_add(s, peer);
+    run_for(0.2);
+    relay_key_presence(cfg->redis_prefix, pkey, sizeof(pkey), peer);
+    relay_key_conns(cfg->redis_prefix, ckey, sizeof(ckey), r.token_id);
+    pos_redis rc;
+    pos_redis_init(&rc, &cfg->redis, cfg->redis_prefix, 2000);
+    redisReply *rep = pos_redis_command(&rc, "EXISTS %s %s", pkey, ckey);
+    CHECK(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 2);
+    if (rep)
+        freeReplyObject(rep);
+    relay_services_shutdown(s, 1000);
+    rep = pos_redis_command(&rc, "EXISTS %s %s", pkey, ckey);
+    CHECK(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 0);
+    if (rep)
+        freeReplyObject(rep);
+    pos_redis_free(&rc);
+    CHECK(auth(s, env("TOKEN_OK"), &late) == RELAY_GOING_AWAY);
+}
+
 static int run_checks(const char *config)
 {
     relay_config cfg;
@@ -400,9 +426,9 @@ static int run_checks(const char *config)
         test_revocation(s1, config);
         test_presence(s1, &cfg);
         test_redis_hang(s1);
+        test_shutdown(s1, &cfg);
     }
     relay_services_del(s2);
-    relay_services_shutdown(s1, 1000);
     relay_services_del(s1);
     relay_config_free(&cfg);
     return check_finish("relay-services");
