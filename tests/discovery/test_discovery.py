@@ -461,6 +461,32 @@ def head_and_keep_alive():
 
 
 @test
+def per_ip_connection_limit():
+    """One address may hold 128 connections (docs/discovery-api.md); the next is refused."""
+    import socket
+    redis = Redis()
+    disc = Discovery(redis)
+    held = []
+    try:
+        for _ in range(128):
+            held.append(socket.create_connection(("127.0.0.1", disc.port), timeout=5))
+        time.sleep(0.3)  # let the server accept them all
+
+        def refused():
+            try:
+                return disc.get("/healthz")[0] != 200
+            except Exception:
+                return True
+        assert refused()
+        for sock in held[:4]:
+            sock.close()
+        wait_until(lambda: disc.get("/healthz")[0] == 200, 5, what="a freed slot to be usable")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@test
 def metrics():
     redis = Redis()
     disc = Discovery(redis)
