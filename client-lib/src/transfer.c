@@ -289,7 +289,7 @@ int pos_xfer_sender_output(pos_xfer_sender *s, uint8_t *buf, size_t cap)
 {
     if (s->status == POS_XFER_FAILED)
         return s->error;
-    if (cap < 64)
+    if (cap < POS_XFER_MIN_OUTPUT)
         return POS_XFER_ERR_STATE;
     if (s->state == S_OFFER) {
         size_t n = strlen(s->name);

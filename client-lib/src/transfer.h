@@ -34,6 +34,7 @@
 #define POS_XFER_MAX_TEXT 256      /* reason or final name in REFUSE / DONE */
 #define POS_XFER_HEADER_LEN 5      /* type + u32 length */
 #define POS_XFER_MAX_CTRL_BODY 512 /* largest body of any message but DATA */
+#define POS_XFER_MIN_OUTPUT 256    /* smallest buffer for pos_xfer_sender_output (an OFFER) */
 
 /* Errors returned by the functions below (negative), also the verdicts on the wire (positive). */
 #define POS_XFER_ERR_IO -1       /* reading or writing a local file failed */
@@ -79,9 +80,9 @@ void pos_xfer_sender_del(pos_xfer_sender *s);
 
 /*
  * pos_xfer_sender_output writes the next bytes for the stream into |buf|
- * (|cap| >= 64 bytes; DATA fills up to cap). Returns the number of bytes
- * (0: nothing to send until more input arrives, or finished), or a negative
- * error (the transfer failed; the stream should be reset).
+ * (|cap| >= POS_XFER_MIN_OUTPUT, else POS_XFER_ERR_STATE; DATA fills up to cap). Returns the number
+ * of bytes (0: nothing to send until more input arrives, or finished), or a negative error (the
+ * transfer failed; the stream should be reset).
  */
 int pos_xfer_sender_output(pos_xfer_sender *s, uint8_t *buf, size_t cap);
 
