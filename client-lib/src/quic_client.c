@@ -255,7 +255,11 @@ static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
     r->st.idle_timeout_s = m->idle_timeout_s;
     r->st.state = POS_P2P_RELAY_ACCEPTED;
     r->st.accepted_at_ms = pos_p2p_now_ms();
-    ngtcp2_conn_set_keep_alive_timeout(r->qc, KEEPALIVE_NS);
+    /* Keep-alives well inside the relay's idle timeout (and NAT bindings). */
+    uint64_t ka = KEEPALIVE_NS;
+    if (m->idle_timeout_s > 0 && (uint64_t)m->idle_timeout_s * NGTCP2_SECONDS / 2 < ka)
+        ka = (uint64_t)m->idle_timeout_s * NGTCP2_SECONDS / 2;
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, ka);
 }
 
 static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id, uint64_t offset,

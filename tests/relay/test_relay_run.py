@@ -90,9 +90,9 @@ class Relay:
         self.http = f"http://127.0.0.1:{self.port + 1}"
         self.proc = None
 
-    def start(self):
+    def start(self, env=None):
         self.proc = Proc([RELAY, "run", "--config", self.config], name=f"relay-{self.port}",
-                         env={"POS_LOG": "debug"})
+                         env=dict({"POS_LOG": "debug"}, **(env or {})))
         wait_until(lambda: http("GET", self.http + "/healthz")[0] in (200, 503), 10,
                    what="the relay's HTTP endpoint")
         return self
@@ -346,6 +346,94 @@ def redis_down_keeps_clients_refuses_new_then_recovers():
     r = p2p_relays(disc.url, token2, identity())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "closed" not in holder.output(), holder.output()
+
+
+@test
+def garbage_dropped_version_negotiation_answered():
+    redis, disc, relay = stack()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    target = ("127.0.0.1", relay.port)
+    # a data frame (fixed bit clear) and short-header garbage for no connection
+    s.sendto(b"\x20" + os.urandom(40), target)
+    s.sendto(b"\x40" + os.urandom(40), target)
+    s.sendto(b"", target)
+    # a long header with an unknown version, padded to 1200 bytes
+    dcid, scid = os.urandom(8), os.urandom(8)
+    pkt = b"\xc0" + bytes.fromhex("1a2a3a4a") + bytes([8]) + dcid + bytes([8]) + scid
+    s.sendto(pkt + bytes(1200 - len(pkt)), target)
+    vn, _ = s.recvfrom(2048)
+    assert vn[0] & 0x80 and vn[1:5] == b"\0\0\0\0", vn[:8].hex()
+    assert vn[6:14] == scid and vn[15:23] == dcid, "VN must swap the connection ids"
+    assert b"\0\0\0\x01" in vn[23:], "VN must list QUIC version 1"
+    s.close()
+    wait_until(lambda: relay.metrics().get("pos_relay_data_frames_dropped_total", 0) >= 1, 3,
+               what="the data frame counted as dropped")
+    token = relay.token()
+    r = p2p_relays(disc.url, token, identity())
+    assert r.returncode == 0, r.stdout  # still serving
+
+
+@test
+def retry_under_load_still_accepts():
+    redis = Redis()
+    disc = Discovery(redis)
+    relay = Relay(redis, disc).start(env={"POS_RELAY_RETRY_ABOVE": "0"})
+    wait_until(lambda: relay.id in disc.ids(), 5, what="registration")
+    r = p2p_relays(disc.url, relay.token(), identity())
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: relay.metrics().get("pos_relay_retries_total", 0) >= 1, 3,
+               what="a Retry sent")
+
+
+@test
+def anti_amplification_before_address_validation():
+    """A client whose address never answers gets at most 3x what it sent."""
+    redis, disc, relay = stack()
+    token = relay.token()
+    # A one-way proxy: forwards only the client's first datagram to the relay
+    # and counts what the relay sends back to the proxy's address.
+    proxy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    proxy.bind(("127.0.0.1", 0))
+    proxy.settimeout(0.2)
+    pport = proxy.getsockname()[1]
+    fake = "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
+    st, _, _ = http("POST", disc.url + "/api/p2p/relays",
+                    {"id": fake, "peer_id": relay.peer_id, "addrs": [f"127.0.0.1:{pport}"]},
+                    headers={"Authorization": "Bearer " + SECRET})
+    assert st == 200
+    client = Proc([P2P, "relays", "--api-url", disc.url, "--token", token, "--identity",
+                   identity(), "--timeout", "8"], name="client")
+    sent = received = 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        try:
+            data, addr = proxy.recvfrom(4096)
+        except socket.timeout:
+            continue
+        if addr == ("127.0.0.1", relay.port):
+            received += len(data)
+        elif sent == 0:
+            sent = len(data)
+            proxy.sendto(data, ("127.0.0.1", relay.port))
+    proxy.close()
+    client.stop()
+    assert sent >= 1200, sent
+    assert 0 < received <= 3 * sent, (sent, received)
+
+
+@test
+def idle_timeout_drops_dead_clients():
+    redis, disc, relay = stack({"idle_timeout": 2})
+    token = relay.token()
+    holder = Proc([P2P, "relays", "--api-url", disc.url, "--token", token, "--identity",
+                   identity(), "--hold", "30"], name="holder")
+    wait_until(lambda: "accepted" in holder.output(), 10, what="client accepted")
+    time.sleep(3)  # keep-alives (every min(10 s, idle timeout / 2)) keep it alive
+    assert relay.metrics().get("pos_relay_connections") == 1
+    holder.stop(signal.SIGKILL)
+    wait_until(lambda: relay.metrics().get("pos_relay_connections") == 0, 6,
+               what="the dead client dropped after the idle timeout")
 
 
 run()
