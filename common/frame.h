@@ -1,10 +1,10 @@
 /*
  * Relay data frames: the datagrams on the relay's UDP port (and on a
  * client's socket) that are not QUIC. A datagram whose first byte has both
- * top bits clear (0x00..0x3f) is a frame; QUIC v1 packets always have the
- * fixed bit 0x40 set (RFC 9000 17.2 and 17.3; we never negotiate
- * grease_quic_bit, RFC 9287), and long-header packets, Version Negotiation
- * included, always have 0x80 set. See docs/data-plane.md.
+ * top bits clear (0x00..0x3f) is a frame; QUIC v1 packets have the fixed
+ * bit 0x40 set (RFC 9000 17.2 and 17.3) unless an endpoint greases it (RFC
+ * 9287: our endpoints never do), and long-header packets, Version
+ * Negotiation included, always have 0x80 set. See docs/data-plane.md.
  *
  * Layout (all integers big endian):
  *   DATA           type | circuit id (4) | payload (1..POS_FRAME_MAX_PAYLOAD)

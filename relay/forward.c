@@ -50,6 +50,11 @@ void relay_forwarder_set_gso(relay_forwarder *fw, unsigned max_segments)
                                                                 : max_segments;
 }
 
+void relay_forwarder_set_quic_fallback(relay_forwarder *fw, int on)
+{
+    fw->quic_fallback = on ? 1 : 0;
+}
+
 static int is_v4_mapped(const relay_addr *a)
 {
     static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -118,25 +123,25 @@ static int budget_spend(relay_forwarder *fw, relay_budget *b, size_t len)
  * the frame is dropped (and counted).
  */
 static socklen_t route_frame(relay_forwarder *fw, const struct msghdr *h, uint8_t *buf, size_t len,
-                             int family, struct sockaddr_in6 *name)
+                             int family, struct sockaddr_in6 *name, int *maybe_quic)
 {
     relay_forward_stats *st = &fw->stats;
     pos_frame f;
     int rc = pos_frame_decode(buf, len, &f);
-    if (rc != 0) {
-        if (rc == POS_FRAME_ERR_UNKNOWN_TYPE)
-            st->drop_unknown_type++;
+    uint64_t *fail = NULL;
+    relay_side *s = NULL;
+    if (rc != 0)
+        fail = rc == POS_FRAME_ERR_UNKNOWN_TYPE ? &st->drop_unknown_type : &st->drop_malformed;
+    else if ((s = relay_circuit_find(fw->circuits, f.circuit_id)) == NULL)
+        fail = &st->drop_unknown_circuit;
+    else if (!from_owner(s, h))
+        fail = &st->drop_wrong_source;
+    if (fail) {
+        /* Not a frame of ours: maybe a greased QUIC packet (see set_quic_fallback). */
+        if (fw->quic_fallback)
+            *maybe_quic = 1;
         else
-            st->drop_malformed++;
-        return 0;
-    }
-    relay_side *s = relay_circuit_find(fw->circuits, f.circuit_id);
-    if (s == NULL) {
-        st->drop_unknown_circuit++;
-        return 0;
-    }
-    if (!from_owner(s, h)) {
-        st->drop_wrong_source++;
+            (*fail)++;
         return 0;
     }
     if (f.type != POS_FRAME_DATA && f.type != POS_FRAME_KEEPALIVE) {
@@ -244,9 +249,15 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
             fw->stats.quic++;
             continue;
         }
-        socklen_t namelen = route_frame(fw, h, buf, len, sock_family, &fw->names[n_out]);
-        if (namelen != 0)
+        int maybe_quic = 0;
+        socklen_t namelen =
+            route_frame(fw, h, buf, len, sock_family, &fw->names[n_out], &maybe_quic);
+        if (namelen != 0) {
             add_output(fw, out, &n_out, &n_iov, buf, len, namelen);
+        } else if (maybe_quic) {
+            quic_idx[(*n_quic)++] = i;
+            fw->stats.quic_fallback++;
+        }
     }
     return (int)n_out;
 }

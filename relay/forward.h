@@ -41,8 +41,10 @@ typedef void (*relay_lease_cb)(void *arg, relay_budget *b);
 
 /* Counters for /metrics. Every input datagram lands in exactly one of them. */
 typedef struct relay_forward_stats {
-    uint64_t quic;            /* handed back to the QUIC path */
-    uint64_t forwarded;       /* DATA frames queued for sending */
+    uint64_t quic; /* handed back to the QUIC path */
+    uint64_t
+        quic_fallback;  /* looked like a frame, failed, handed to QUIC (see set_quic_fallback) */
+    uint64_t forwarded; /* DATA frames queued for sending */
     uint64_t forwarded_bytes; /* their lengths */
     uint64_t keepalives;      /* KEEPALIVE answered */
     uint64_t drop_truncated;  /* larger than the receive buffer (MSG_TRUNC) */
@@ -70,6 +72,7 @@ typedef struct relay_forwarder {
     void *lease_arg;
     unsigned batch_max;
     unsigned gso_max;               /* 0 or 1: off */
+    int quic_fallback;              /* hand failed frames to QUIC instead of dropping them */
     struct iovec *iov;              /* batch_max: one per forwarded datagram */
     struct sockaddr_in6 *names;     /* batch_max: destination of each output */
     struct relay_gso_group *groups; /* batch_max */
@@ -99,6 +102,18 @@ void relay_forwarder_del(relay_forwarder *fw);
  * turn it off. Each iovec of an output message is one datagram.
  */
 void relay_forwarder_set_gso(relay_forwarder *fw, unsigned max_segments);
+
+/*
+ * relay_forwarder_set_quic_fallback: with |on|, a datagram that looks like a
+ * frame (top bits clear) but is not one of a known circuit from its owner
+ * (unknown type, malformed, unknown circuit, wrong source) is handed to the
+ * QUIC path through |quic_idx| and counted in quic_fallback, instead of being
+ * dropped: a short-header packet of a peer that greases the fixed bit (RFC
+ * 9287) still reaches its connection, which the QUIC path finds by
+ * connection id (or drops). Valid frames never pay for that lookup. Off by
+ * default.
+ */
+void relay_forwarder_set_quic_fallback(relay_forwarder *fw, int on);
 
 /*
  * relay_forward_batch processes |n_in| datagrams received into |in| (as

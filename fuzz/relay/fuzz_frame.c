@@ -45,9 +45,9 @@ static void setup(void)
 
 static uint64_t total(const relay_forward_stats *s)
 {
-    return s->quic + s->forwarded + s->keepalives + s->drop_truncated + s->drop_malformed +
-           s->drop_unknown_type + s->drop_unexpected_type + s->drop_unknown_circuit +
-           s->drop_wrong_source + s->drop_budget + s->drop_unroutable;
+    return s->quic + s->quic_fallback + s->forwarded + s->keepalives + s->drop_truncated +
+           s->drop_malformed + s->drop_unknown_type + s->drop_unexpected_type +
+           s->drop_unknown_circuit + s->drop_wrong_source + s->drop_budget + s->drop_unroutable;
 }
 
 static void check_codec(const uint8_t *data, size_t size)
@@ -90,6 +90,7 @@ static void check_forward(const uint8_t *data, size_t size)
         in[n].msg_len = (unsigned)len;
         n++;
     }
+    relay_forwarder_set_quic_fallback(fw, size > 0 && (data[size - 1] & 1));
     uint64_t before = total(&fw->stats);
     int m = relay_forward_batch(fw, in, n, AF_INET6, out, quic, &n_quic);
     if (m < 0 || (unsigned)m > n || total(&fw->stats) - before != n)

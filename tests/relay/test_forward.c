@@ -207,10 +207,10 @@ static void test_drops(void)
     CHECK(st->drop_unexpected_type == 1);
     CHECK(st->drop_truncated == 1);
     CHECK(st->quic == 2 && st->forwarded == 1);
-    uint64_t total = st->quic + st->forwarded + st->keepalives + st->drop_truncated +
-                     st->drop_malformed + st->drop_unknown_type + st->drop_unexpected_type +
-                     st->drop_unknown_circuit + st->drop_wrong_source + st->drop_budget +
-                     st->drop_unroutable;
+    uint64_t total = st->quic + st->quic_fallback + st->forwarded + st->keepalives +
+                     st->drop_truncated + st->drop_malformed + st->drop_unknown_type +
+                     st->drop_unexpected_type + st->drop_unknown_circuit + st->drop_wrong_source +
+                     st->drop_budget + st->drop_unroutable;
     CHECK(total == b.n);
 
     /* A closed circuit's ids stop working, also after its slot is reused. */
@@ -531,6 +531,40 @@ static void test_gso(void)
     relay_circuits_del(t);
 }
 
+/* Peers that grease the QUIC bit: failed frames go to the QUIC path instead of being dropped. */
+static void test_quic_fallback(void)
+{
+    relay_circuits *t = relay_circuits_new(4, 21);
+    relay_forwarder *fw = relay_forwarder_new(t, BATCH, NULL, NULL);
+    relay_circuit_owner oa = {0}, ob = {0};
+    relay_budget empty;
+    relay_budget_init(&empty, 0, 0);
+    struct sockaddr_in6 a = addr("10.0.0.1", 1), bb = addr("10.0.0.2", 2);
+    struct sockaddr_in6 stranger = addr("10.9.9.9", 9);
+    uint32_t id[2];
+    CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), &empty, 0, id) == 0);
+    relay_forwarder_set_quic_fallback(fw, 1);
+    static struct batch b;
+    memset(&b, 0, sizeof b);
+    uint8_t greased[40] = {0x21, 0xde, 0xad, 0xbe, 0xef}; /* short header, fixed bit clear */
+    add_raw(&b, &stranger, greased, sizeof greased);      /* malformed as a KEEPALIVE */
+    add_data(&b, &stranger, id[0], 100, 1);               /* wrong source */
+    add_data(&b, &a, id[0] ^ 0x40000000u, 100, 1);        /* unknown circuit */
+    greased[0] = 0x05;
+    add_raw(&b, &a, greased, sizeof greased); /* unknown type */
+    add_data(&b, &a, id[0], 100, 1);          /* a frame: forwarded */
+    add_data(&b, &bb, id[1], 100, 1);         /* a frame without budget: dropped, not QUIC */
+    CHECK(run(fw, &b, AF_INET6) == 1);
+    CHECK(b.n_quic == 4 && b.quic[0] == 0 && b.quic[3] == 3);
+    CHECK(fw->stats.quic_fallback == 4 && fw->stats.quic == 0);
+    CHECK(fw->stats.drop_malformed == 0 && fw->stats.drop_wrong_source == 0 &&
+          fw->stats.drop_unknown_circuit == 0 && fw->stats.drop_unknown_type == 0);
+    CHECK(fw->stats.forwarded == 1 && fw->stats.drop_budget == 1);
+    CHECK(b.buf[1][1] == (uint8_t)(id[0] >> 24)); /* handed over untouched */
+    relay_forwarder_del(fw);
+    relay_circuits_del(t);
+}
+
 int main(void)
 {
     test_forward_and_rewrite();
@@ -541,5 +575,6 @@ int main(void)
     test_owner_close();
     test_many_circuits();
     test_gso();
+    test_quic_fallback();
     return check_finish("test_forward");
 }
