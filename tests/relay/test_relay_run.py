@@ -436,4 +436,23 @@ def idle_timeout_drops_dead_clients():
                what="the dead client dropped after the idle timeout")
 
 
+@test
+def ipv6_relay_observes_ipv6_address():
+    redis = Redis()
+    disc = Discovery(redis)
+    relay = Relay(redis, disc)
+    with open(relay.config) as f:
+        cfg = json.load(f)
+    cfg["listen"] = [f"[::1]:{relay.port}"]
+    with open(relay.config, "w") as f:
+        json.dump(cfg, f)
+    relay.start()
+    wait_until(lambda: relay.id in disc.ids(), 5, what="registration")
+    entry = [e for e in disc.relays() if e["id"] == relay.id][0]
+    assert entry["addrs"] == [f"[::1]:{relay.port}"], entry
+    r = p2p_relays(disc.url, relay.token(), identity())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"accepted, rtt [\d.]+ ms, observed \[::1\]:\d+", r.stdout), r.stdout
+
+
 run()
