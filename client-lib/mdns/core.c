@@ -525,6 +525,41 @@ static bool addrs_equal(const struct iface *ifc, const uint8_t (*a4)[4], size_t 
            (!n6 || !memcmp(ifc->a6, a6, n6 * 16));
 }
 
+static bool has_addr(const uint8_t *list, size_t n, size_t len, const uint8_t *a)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!memcmp(list + i * len, a, len))
+            return true;
+    }
+    return false;
+}
+
+/* §10.1: goodbye (TTL 0) for the addresses of |old| that the new set lacks. */
+static void goodbye_removed(struct mdns_core *c, const struct iface *old, const uint8_t (*a4)[4],
+                            size_t n4, const uint8_t (*a6)[16], size_t n6)
+{
+    struct iface *t = malloc(sizeof(*t));
+    if (!t)
+        return;
+    *t = *old;
+    t->n4 = t->n6 = 0;
+    for (unsigned i = 0; i < old->n4; i++) {
+        if (!has_addr(n4 ? a4[0] : NULL, n4, 4, old->a4[i]))
+            memcpy(t->a4[t->n4++], old->a4[i], 4);
+    }
+    for (unsigned i = 0; i < old->n6; i++) {
+        if (!has_addr(n6 ? a6[0] : NULL, n6, 16, old->a6[i]))
+            memcpy(t->a6[t->n6++], old->a6[i], 16);
+    }
+    unsigned mask = (t->n4 ? 1u << REC_A : 0) | (t->n6 ? 1u << REC_AAAA : 0);
+    for (int f = 4; mask && f <= 6; f += 2) {
+        struct mdns_dest d = {.ifindex = old->index, .family = f, .multicast = true};
+        if (family_usable(old, f))
+            send_response(c, t, &d, mask, 0, NULL, 0);
+    }
+    free(t);
+}
+
 int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)[4], size_t n4,
                            const uint8_t (*a6)[16], size_t n6, uint64_t now)
 {
@@ -536,11 +571,11 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
     if (ifc && addrs_equal(ifc, a4, n4, a6, n6))
         return 0;
     bool live = advertising(c) && (c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED);
-    if (ifc && live) {
-        /* §10.1: goodbye for the address records that change. */
-        mcast_response(c, ifc, 4, (1u << REC_A) | (1u << REC_AAAA), 0, now);
-        mcast_response(c, ifc, 6, (1u << REC_A) | (1u << REC_AAAA), 0, now);
-    }
+    bool rotate = live && c->cfg.mode == POS_MDNS_CONTACTS_ONLY;
+    if (rotate)
+        goodbye_all(c, now); /* everything goes: a new identity follows */
+    else if (ifc && live)
+        goodbye_removed(c, ifc, a4, n4, a6, n6);
     if (!n4 && !n6) {
         if (ifc)
             memset(ifc, 0, sizeof(*ifc));
@@ -566,9 +601,8 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
     memset(ifc->last_mcast, 0, sizeof(ifc->last_mcast));
     if (!advertising(c))
         return 0;
-    if (c->cfg.mode == POS_MDNS_CONTACTS_ONLY && live) {
-        /* A new address links old and new: rotate everything. */
-        goodbye_all(c, now);
+    if (rotate) {
+        /* A new address would link old and new advertisements: rotate everything. */
         rotate_private(c, now);
         start_probing(c, now, rand_between(0, 250));
     } else if (live) {

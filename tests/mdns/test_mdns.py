@@ -4,6 +4,7 @@ other, python3-zeroconf and Avahi. Needs root; skipped (not passed) otherwise.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -88,8 +89,8 @@ class Capture:
                 self.p.wait()
         return self.packets()
 
-    def packets(self):
-        """UDP payloads in the capture (Ethernet, IPv4 or IPv6)."""
+    def frames(self):
+        """(IP TTL or hop limit, UDP payload) of each captured packet (Ethernet, IPv4/IPv6)."""
         import struct
         with open(self.path, "rb") as f:
             d = f.read()
@@ -101,10 +102,13 @@ class Capture:
             et = struct.unpack(">H", frame[12:14])[0]
             if et == 0x0800:
                 ihl = (frame[14] & 15) * 4
-                out.append(frame[14 + ihl + 8:])
+                out.append((frame[14 + 8], frame[14 + ihl + 8:]))
             elif et == 0x86DD:
-                out.append(frame[14 + 40 + 8:])
+                out.append((frame[14 + 7], frame[14 + 40 + 8:]))
         return out
+
+    def packets(self):
+        return [p for _, p in self.frames()]
 
 
 def advertise(lb, i, ident, *extra):
@@ -322,10 +326,15 @@ def interop_avahi_both_ways():
         def avahi_found():
             for line in ab.output().splitlines():
                 f = line.split(";")
-                if len(f) > 9 and f[0] == "=" and f[3] == pa and f[7] in ("10.77.0.1", "fd77::1"):
+                if len(f) > 9 and f[0] == "=" and avahi_unescape(f[3]) == pa and \
+                        f[7] in ("10.77.0.1", "fd77::1"):
                     return f
             return None
-        f = wait_until(avahi_found, 15, what="avahi-browse to resolve our node")
+        try:
+            f = wait_until(avahi_found, 15, what="avahi-browse to resolve our node")
+        except AssertionError:
+            print(ab.output()[-3000:])
+            raise
         assert f[8] == "7373" and '"name=Ours"' in f[9], f
         ab.stop()
         kill_pids(pidfile)
@@ -342,6 +351,11 @@ def interop_avahi_both_ways():
         lb.close()
 
 
+def avahi_unescape(s):
+    """avahi-browse -p writes '.', '\\' and non-alphanumerics as \\DDD (decimal)."""
+    return re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1))), s)
+
+
 def kill_pids(pidfile):
     try:
         with open(pidfile) as f:
@@ -354,6 +368,95 @@ def kill_pids(pidfile):
         except OSError:
             pass
     os.unlink(pidfile)
+
+
+@test
+def addresses_followed_live():
+    """A new address (netlink) is announced: the browser reports it. In contacts-only
+    mode an address change also rotates the instance name."""
+    lb = lab(3)
+    try:
+        d = tmpdir()
+        ia, pa, card_a = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        ic, pc, card_c = identity(d, "c")
+        subprocess.run([pos(), "contact", "--identity", ib, "add", card_c], check=True,
+                       capture_output=True, timeout=10)
+        advertise(lb, 0, ia, "--name", "Mover")
+        advertise(lb, 2, ic, "--mode", "contacts-only")
+        b = discover(lb, 1, ib, 20)
+        wait_until(lambda: found(b, pa) and found(b, pc), 8, what="b to find a and c")
+        first_c = found(b, pc)["instance"]
+        subprocess.run(lb.argv(0, "ip", "addr", "add", "10.77.0.101/24", "dev", "eth0"), check=True)
+        subprocess.run(lb.argv(2, "ip", "addr", "add", "10.77.0.103/24", "dev", "eth0"), check=True)
+        wait_until(lambda: any(e["event"] == "updated" and e["peer_id"] == pa and
+                               "10.77.0.101" in e["addrs"] for e in events(b)), 5,
+                   what="the new address to be reported")
+        e = wait_until(lambda: found(b, pc, lambda e: e["instance"] != first_c), 5,
+                       what="the contacts-only node to rotate its instance")
+        assert "10.77.0.103" in e["addrs"], e
+        assert any(x["event"] == "lost" and x["instance"] == first_c for x in events(b))
+        subprocess.run(lb.argv(0, "ip", "addr", "del", "10.77.0.101/24", "dev", "eth0"), check=True)
+        wait_until(lambda: [x for x in events(b) if x["peer_id"] == pa and x["event"] == "updated"]
+                   [-1]["addrs"].count("10.77.0.101") == 0, 5,
+                   what="the removed address to be withdrawn")
+    finally:
+        lb.close()
+
+
+@test
+def shares_port_5353_on_one_host():
+    """Two of our processes and Avahi on one host: each binds 5353 (SO_REUSEPORT)."""
+    lb = lab(2)
+    pidfile = None
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        ic, _, _ = identity(d, "c")
+        if avahi_available():
+            pidfile = os.path.join(d, "avahi-pids")
+            Proc(lb.argv(0, "sh", AVAHI, pidfile, "publish", "avahi-here", "4444", "name=Av"),
+                 name="avahi-publish")
+        advertise(lb, 0, ia, "--name", "Here")
+        same = discover(lb, 0, ib, 10)
+        other = discover(lb, 1, ic, 10)
+        wait_until(lambda: found(same, pa), 8, what="a browser on the same host to see it")
+        wait_until(lambda: found(other, pa), 8, what="a browser on another host to see it")
+        if pidfile:
+            wait_until(lambda: found(other, None, lambda e: e["instance"] == "avahi-here"), 10,
+                       what="Avahi on the same host to work alongside")
+    finally:
+        if pidfile:
+            kill_pids(pidfile)
+        lb.close()
+
+
+@test
+def cli_errors_and_help():
+    d = tmpdir()
+    ident = os.path.join(d, "x", "identity")
+    for cmd in (["advertise"], ["discover"], ["contact"]):
+        r = subprocess.run([pos(), *cmd, "--help"], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0 and "usage: pos-p2p " + cmd[0] in r.stdout, r
+    bad = [
+        (["advertise", "--identity", ident, "--name", "x" * 300], "TXT"),
+        (["advertise", "--identity", ident, "--mode", "loud"], "--mode"),
+        (["advertise", "--identity", ident, "--port", "70000"], "--port"),
+        (["advertise", "--identity", ident, "--library", "not-a-uuid"], "--library"),
+        (["discover", "--identity", ident, "--timeout", "soon"], "--timeout"),
+        (["contact", "--identity", ident, "add", "pos-contact:1:" + "A" * 43 + ":" + "B" * 43],
+         "contact card"),
+        (["contact", "--identity", ident, "frobnicate"], "usage"),
+    ]
+    for argv, word in bad:
+        r = subprocess.run([pos(), *argv], capture_output=True, text=True, timeout=10)
+        assert r.returncode != 0 and word in r.stderr, (argv, r.returncode, r.stderr)
+    r = subprocess.run([pos(), "contact", "--identity", ident, "card"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0 and r.stdout.startswith("pos-contact:1:"), r
+    for f in ("identity", "presence.key"):
+        assert os.stat(os.path.join(d, "x", f)).st_mode & 0o077 == 0, f
 
 
 @test
@@ -375,6 +478,8 @@ def traffic_budget_first_minute():
         # Goodbyes at stop (one per family) are not idle traffic.
         n = len(pkts) - 2
         print(f"    idle node sent {n} packets in {seconds:.0f} s ({sum(map(len, pkts))} bytes)")
+        ttls = {ttl for ttl, _ in cap.frames()}
+        assert ttls == {255}, f"IP TTL / hop limit {ttls}, RFC 6762 §11 wants 255"
         assert 10 <= n <= 26, f"{n} packets in the first {seconds} s"
     finally:
         lb.close()
