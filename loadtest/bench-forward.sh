@@ -10,7 +10,9 @@
 #          destination joined; here all circuits end at one sink, the best
 #          case, as for one bulk transfer).
 # Prints packets forwarded per CPU-second of the forwarding process for each,
-# and the ratio relay / bare (goal: >= 0.8).
+# and the ratio relay / bare (goal: >= 0.8); then the forwarding logic alone
+# (pos-fwdbench --no-io: no sockets) in CPU nanoseconds per packet, which is
+# immune to the noise of a shared machine.
 #
 # usage: loadtest/bench-forward.sh [--size BYTES] [--circuits N] [--duration SECONDS]
 #                                  [--rounds N] [--bench-src DIR] [--build DIR]
@@ -21,7 +23,7 @@ size=1200 circuits=1000 duration=5 rounds=3
 bench_src=${POS_BENCH_SRC:-/work/shared/bench}
 build=${POS_BENCH_BUILD:-build-bench}
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -116,3 +118,9 @@ done
 awk -v b="$bare_sum" -v r="$relay_sum" -v g="$gso_sum" -v n="$rounds" 'BEGIN {
   printf "mean: bare %.0f pkts/CPU-s, relay %.0f pkts/CPU-s, ratio relay/bare %.2f (goal >= 0.80); relay+GSO %.0f pkts/CPU-s (%.2f x bare)\n",
     b / n, r / n, (b > 0 ? r / b : 0), g / n, (b > 0 ? g / b : 0) }'
+"$fwdbench" --no-io --circuits "$circuits" --size "$size" --duration 2 >"$tmp/noio"
+ns=$(field ns_per_packet "$tmp/noio")
+awk -v ns="$ns" -v b="$bare_sum" -v n="$rounds" 'BEGIN {
+  per = (b > 0 ? 1e9 * n / b : 0)
+  printf "forwarding logic alone: %.1f ns of CPU per packet, %.1f%% of the bare forwarder'"'"'s %.0f ns per packet\n",
+    ns, (per > 0 ? 100 * ns / per : 0), per }'

@@ -37,6 +37,7 @@ struct opts {
     unsigned seconds;
     unsigned gso;
     int json;
+    int no_io;
 };
 
 static void usage(FILE *f)
@@ -44,7 +45,7 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: pos-fwdbench [--circuits N] [--size BYTES] [--duration SECONDS] [--gso SEGMENTS]\n"
-        "                    [--json]\n"
+        "                    [--no-io] [--json]\n"
         "\n"
         "Runs the relay's forwarding path (relay_forward_batch with recvmmsg/sendmmsg)\n"
         "on loopback: a generator sends DATA frames of BYTES bytes round-robin over N\n"
@@ -69,14 +70,12 @@ static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
-    static const struct option longopts[] = {{"circuits", required_argument, NULL, 'c'},
-                                             {"size", required_argument, NULL, 's'},
-                                             {"duration", required_argument, NULL, 'd'},
-                                             {"json", no_argument, NULL, 'j'},
-                                             {"gso", required_argument, NULL, 'g'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
-    *o = (struct opts){1000, 1200, 5, 0, 0};
+    static const struct option longopts[] = {
+        {"circuits", required_argument, NULL, 'c'}, {"size", required_argument, NULL, 's'},
+        {"duration", required_argument, NULL, 'd'}, {"json", no_argument, NULL, 'j'},
+        {"gso", required_argument, NULL, 'g'},      {"no-io", no_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+    *o = (struct opts){1000, 1200, 5, 0, 0, 0};
     int c;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
@@ -101,6 +100,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             break;
         case 'j':
             o->json = 1;
+            break;
+        case 'n':
+            o->no_io = 1;
             break;
         case 'g':
             if (parse_uint(optarg, 0, RELAY_FORWARD_GSO_MAX_SEGMENTS, &o->gso) != 0) {
@@ -266,6 +268,67 @@ static unsigned long long run_generator(int fd, const struct sockaddr_in *fwd, c
     return sent;
 }
 
+static double process_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/*
+ * The forwarding logic alone: the same batch of frames (round-robin over the
+ * circuits, from the generator's address) through relay_forward_batch again
+ * and again, the circuit ids set back before each pass.
+ */
+static int run_no_io(relay_circuits *t, const uint32_t *ids, const struct sockaddr_in *gen,
+                     const struct opts *o)
+{
+    relay_forwarder *fw = relay_forwarder_new(t, BATCH, NULL, NULL);
+    static uint8_t bufs[BATCH][BUF_LEN];
+    struct sockaddr_in names[BATCH];
+    struct iovec iov[BATCH];
+    struct mmsghdr in[BATCH], out[BATCH];
+    uint32_t batch_ids[BATCH];
+    unsigned quic[BATCH], n_quic, next = 0;
+    unsigned long long packets = 0;
+    if (fw == NULL)
+        return 1;
+    relay_forwarder_set_gso(fw, o->gso);
+    for (int i = 0; i < BATCH; i++) {
+        batch_ids[i] = ids[next];
+        next = (next + 1) % o->circuits;
+        memset(bufs[i] + POS_FRAME_HEADER_LEN, 7, o->size - POS_FRAME_HEADER_LEN);
+        pos_frame_encode_data(bufs[i], BUF_LEN, batch_ids[i], bufs[i] + POS_FRAME_HEADER_LEN,
+                              o->size - POS_FRAME_HEADER_LEN);
+        names[i] = *gen;
+        iov[i].iov_base = bufs[i];
+        iov[i].iov_len = BUF_LEN;
+        memset(&in[i], 0, sizeof in[i]);
+        in[i].msg_hdr.msg_name = &names[i];
+        in[i].msg_hdr.msg_namelen = sizeof names[i];
+        in[i].msg_hdr.msg_iov = &iov[i];
+        in[i].msg_hdr.msg_iovlen = 1;
+        in[i].msg_len = o->size;
+    }
+    double start = process_cpu_ns(), limit = start + 1e9 * o->seconds, now = start;
+    while (now < limit) {
+        for (int round = 0; round < 1000; round++) {
+            for (int i = 0; i < BATCH; i++)
+                pos_frame_set_circuit(bufs[i], batch_ids[i]);
+            if (relay_forward_batch(fw, in, BATCH, AF_INET, out, quic, &n_quic) < 0)
+                return 1;
+        }
+        packets += 1000ull * BATCH;
+        now = process_cpu_ns();
+    }
+    double ns = packets ? (now - start) / (double)packets : 0;
+    printf(o->json ? "{\"packets\": %llu, \"forwarded\": %llu, \"ns_per_packet\": %.1f}\n"
+                   : "packets=%llu forwarded=%llu ns_per_packet=%.1f\n",
+           packets, (unsigned long long)fw->stats.forwarded, ns);
+    relay_forwarder_del(fw);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct opts o;
@@ -301,6 +364,13 @@ int main(int argc, char **argv)
             return 1;
         }
         ids[i] = pair[0];
+    }
+    if (o.no_io) {
+        rc = run_no_io(t, ids, &gen_addr, &o);
+        free(ids);
+        free(owners);
+        relay_circuits_del(t);
+        return rc;
     }
 
     time_t start = time(NULL);

@@ -36,6 +36,12 @@ def forwards_frames_with_gso():
 
 
 @test
+def forwards_every_frame_in_memory():
+    r = fwdbench("--no-io", "--circuits", "1000", "--duration", "1")
+    assert r["packets"] > 0 and r["forwarded"] == r["packets"], r
+
+
+@test
 def rejects_bad_arguments():
     for args in (["--size", "5"], ["--circuits", "0"], ["--gso", "65"], ["extra"]):
         out = subprocess.run([binary("loadtest/pos-fwdbench"), *args], capture_output=True,
