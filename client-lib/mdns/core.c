@@ -1514,15 +1514,25 @@ static void cache_timer(struct mdns_core *c, uint64_t now)
         struct iface *ifc = &c->ifaces[i];
         for (int f = 4; f <= 6 && ifc->index; f += 2) {
             size_t n = 0;
-            for (int k = 0; k < MDNS_MAX_CACHE; k++) {
+            bool due = false;
+            for (int k = 0; k < MDNS_MAX_CACHE && !due; k++) {
                 struct centry *e = &c->cache[k];
-                if (!e->used || e->ifindex != ifc->index || e->family != f)
+                due = e->used && e->ifindex == ifc->index && e->family == f &&
+                      e->refresh_stage < 4 && refresh_at(e) <= now && e->expires > now;
+            }
+            /*
+             * One query per refresh step: records due within the jitter
+             * window (3% of their TTL) ride along with the first one due.
+             */
+            for (int k = 0; due && k < MDNS_MAX_CACHE; k++) {
+                struct centry *e = &c->cache[k];
+                if (!e->used || e->ifindex != ifc->index || e->family != f ||
+                    e->refresh_stage >= 4 || e->expires <= now ||
+                    refresh_at(e) > now + (uint64_t)e->ttl * 30)
                     continue;
-                if (e->refresh_stage < 4 && refresh_at(e) <= now && e->expires > now) {
-                    e->refresh_stage++;
-                    if (wanted(c, e, now))
-                        add_qitem(q, &n, &e->name, e->type);
-                }
+                e->refresh_stage++;
+                if (wanted(c, e, now))
+                    add_qitem(q, &n, &e->name, e->type);
             }
             send_query(c, ifc, f, q, n, false, now);
         }

@@ -279,6 +279,16 @@ static void test_ttl_expiry_lost(void)
     for (unsigned i = 0; i < b->n_log; i++)
         q_after += b->log[i].query;
     CHECK(q_after > q_before); /* refresh queries for the SRV / address records */
+    /* One refresh query in each window 80-82%, 85-87%, 90-92%, 95-97% of the 120 s TTL. */
+    uint64_t heard = a->log[a->n_log - 1].at; /* A's last announcement */
+    for (int k = 0; k < 4; k++) {
+        uint64_t lo = heard + 1200 * (uint64_t)(80 + 5 * k), hi = lo + 1200 * 2;
+        int in = 0;
+        for (unsigned i = 0; i < b->n_log; i++)
+            in += b->log[i].query && b->log[i].family == 4 && b->log[i].at >= lo &&
+                  b->log[i].at <= hi;
+        CHECK(in == 1);
+    }
     CHECK(b->n_ev == 2 && b->ev[1] == POS_MDNS_LOST);
 }
 
@@ -352,6 +362,22 @@ static void test_conflict_rename(void)
     snprintf(want, sizeof(want), "%s (2)", pid);
     CHECK(!strcmp(mdns_core_instance(a->core), pid));
     CHECK(!strcmp(mdns_core_instance(b->core), want));
+}
+
+static void test_simultaneous_probe_tiebreak(void)
+{
+    for (int round = 0; round < 5; round++) {
+        reset();
+        char pid[44], want[64];
+        make_peer_id(pid);
+        struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+        struct node *b = add_node(POS_MDNS_ENABLED, true, false, pid, "B", NULL);
+        run_until(now + 8000);
+        snprintf(want, sizeof(want), "%s (2)", pid);
+        const char *ia = mdns_core_instance(a->core), *ib = mdns_core_instance(b->core);
+        CHECK(mdns_core_announced(a->core) && mdns_core_announced(b->core));
+        CHECK((!strcmp(ia, pid) && !strcmp(ib, want)) || (!strcmp(ib, pid) && !strcmp(ia, want)));
+    }
 }
 
 static void test_disabled_silent(void)
@@ -438,6 +464,7 @@ int main(void)
     test_ttl_expiry_lost();
     test_shared_answer_delay_and_rate_limit();
     test_conflict_rename();
+    test_simultaneous_probe_tiebreak();
     test_disabled_silent();
     test_contacts_only();
     test_duplicate_question_suppression();
