@@ -47,6 +47,7 @@
 #define RX_BATCH 64
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
+#define RATE_CHECK_TIMEOUT_S 5.0
 
 enum rstate { RATE_CHECK, HANDSHAKE, HELLO_WAIT, AUTH_CHECK, ACTIVE, CLOSING, DRAINING };
 
@@ -424,7 +425,7 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
 
-    if (c->state == CLOSING || c->state == DRAINING) {
+    if (c->state == CLOSING || c->state == DRAINING || c->state == RATE_CHECK) {
         conn_free(c);
         return;
     }
@@ -541,6 +542,10 @@ static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
     pos_ctrl_msg_wipe(m);
     if (!sv.done) {
         c->sync = NULL;
+        if (h == 0) {
+            refuse(c, RELAY_REFUSED_UNAVAILABLE); /* could not start the check */
+            return;
+        }
         c->check = h;
         return;
     }
@@ -987,10 +992,16 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
     c->sync = &sv;
     uint64_t h = relay_rate_check_addr(s->svc, from, on_rate_verdict, c);
     c->sync = NULL;
-    if (sv.done)
+    if (sv.done) {
         rate_checked(c, sv.verdict);
-    else
+    } else if (h == 0) {
+        conn_free(c); /* the check could not even start (out of memory) */
+    } else {
         c->check = h;
+        /* a safety net: the services answer within their own timeout */
+        ev_timer_set(&c->timer, RATE_CHECK_TIMEOUT_S, 0.);
+        ev_timer_start(s->loop, &c->timer);
+    }
 }
 
 static void send_version_negotiation(relay_server *s, int sock, const ngtcp2_version_cid *vc,
