@@ -15,7 +15,8 @@
 
 struct pos_tls_creds {
     gnutls_certificate_credentials_t cred;
-    gnutls_datum_t der; /* our certificate, gnutls_free'd */
+    gnutls_priority_t prio; /* parsed once: parsing per session costs as much as a signature */
+    gnutls_datum_t der;     /* our certificate, gnutls_free'd */
 };
 
 static int make_cert(const pos_identity *id, gnutls_privkey_t priv, gnutls_x509_crt_t crt)
@@ -80,6 +81,10 @@ int pos_tls_creds_new(pos_tls_creds **out, const pos_identity *id)
     /* On success the credentials own both the pcert's contents and the key. */
     if (gnutls_certificate_set_key(c->cred, NULL, 0, &pcert, 1, priv) < 0)
         goto fail;
+    have_pcert = 0;
+    priv = NULL;
+    if (gnutls_priority_init(&c->prio, POS_TLS_PRIORITY, NULL) < 0)
+        goto fail;
     gnutls_x509_crt_deinit(crt);
     *out = c;
     return 0;
@@ -88,6 +93,8 @@ fail:
         gnutls_pcert_deinit(&pcert);
     if (c->cred)
         gnutls_certificate_free_credentials(c->cred);
+    if (c->prio)
+        gnutls_priority_deinit(c->prio);
     gnutls_free(c->der.data);
     gnutls_x509_crt_deinit(crt);
     gnutls_privkey_deinit(priv);
@@ -100,6 +107,7 @@ void pos_tls_creds_del(pos_tls_creds *c)
     if (!c)
         return;
     gnutls_certificate_free_credentials(c->cred);
+    gnutls_priority_deinit(c->prio);
     gnutls_free(c->der.data);
     free(c);
 }
@@ -186,7 +194,7 @@ int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server,
                              GNUTLS_NO_TICKETS | GNUTLS_KEY_SHARE_TOP);
     if (rv < 0)
         return rv == GNUTLS_E_MEMORY_ERROR ? POS_TLS_ERR_NOMEM : POS_TLS_ERR_CRYPTO;
-    if (gnutls_priority_set_direct(s, POS_TLS_PRIORITY, NULL) < 0 ||
+    if (gnutls_priority_set(s, creds->prio) < 0 ||
         gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, creds->cred) < 0 ||
         gnutls_alpn_set_protocols(s, &proto, 1, GNUTLS_ALPN_MANDATORY) < 0) {
         gnutls_deinit(s);
