@@ -45,6 +45,11 @@ int relay_key_rate_token(const char *prefix, char *out, size_t outlen, const cha
     return key(out, outlen, prefix, "rl:token:", hash, "");
 }
 
+int relay_key_bandwidth(const char *prefix, char *out, size_t outlen, const char *hash)
+{
+    return key(out, outlen, prefix, "bw:", hash, "");
+}
+
 int relay_key_fixed(const char *prefix, char *out, size_t outlen, const char *name)
 {
     return key(out, outlen, prefix, name, "", "");

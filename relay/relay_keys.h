@@ -38,6 +38,11 @@ int relay_key_conns(const char *prefix, char *out, size_t outlen, const char *ha
 /* <prefix>rl:addr:<address or /64> and <prefix>rl:token:<hash> -> token bucket {tokens, ts} */
 int relay_key_rate_addr(const char *prefix, char *out, size_t outlen, const char *addr);
 int relay_key_rate_token(const char *prefix, char *out, size_t outlen, const char *hash);
+/*
+ * <prefix>bw:<hash> -> a token's bandwidth bucket {t (milli-bytes), ts (ms)}, from which every
+ * relay leases byte budgets (relay/services.c)
+ */
+int relay_key_bandwidth(const char *prefix, char *out, size_t outlen, const char *hash);
 /* <prefix><fixed name> */
 int relay_key_fixed(const char *prefix, char *out, size_t outlen, const char *name);
 

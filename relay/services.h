@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "circuit.h"
 #include "relay_config.h"
 
 typedef struct relay_services relay_services;
@@ -110,6 +111,75 @@ void relay_auth_release(relay_services *s, const char *token_id);
 void relay_presence_add(relay_services *s, const char *peer_id);
 void relay_presence_remove(relay_services *s, const char *peer_id);
 
+/*
+ * ---- Bandwidth budgets (docs/relay.md, "Bandwidth limits and usage") ----
+ *
+ * A token's bytes_per_sec/burst is one token bucket in Redis (P bw:H),
+ * shared by every relay. Each relay keeps one relay_budget per token (shared
+ * by all that token's connections here), which the forwarder (forward.h)
+ * spends per packet; when it runs low the forwarder calls relay_budget_lease,
+ * which leases the next chunk (about 100 ms of the rate) from Redis with a
+ * Lua script, asynchronously. Redis unreachable: the relay goes on spending
+ * what it holds, then drops (fails closed for limited tokens); unlimited
+ * tokens are never throttled and never cause a Redis call.
+ *
+ * The same budgets count the bytes relayed for usage accounting: each
+ * forwarded byte is charged to the sending side's budget, and the budget's
+ * bytes are added to its token's account (see relay_usage_*).
+ */
+
+/*
+ * relay_budget_acquire: the budget of token |token_id| (from relay_auth_cb)
+ * with |limits| (its bytes_per_sec and burst_bytes; the account that its
+ * usage is billed to), shared by every connection of that token on this
+ * relay. Each call takes a reference: call relay_budget_release once per
+ * acquire, after the circuits that point at the budget are closed
+ * (relay_circuit_owner_close). Newer |limits| of the same token replace the
+ * old ones. Pass the result to relay_circuit_open for that connection's
+ * sides. Returns NULL when out of memory or |token_id|/|limits| is NULL.
+ */
+relay_budget *relay_budget_acquire(relay_services *s, const char *token_id,
+                                   const relay_limits *limits);
+
+/* relay_budget_release drops one reference; the last one accounts its bytes and frees it. */
+void relay_budget_release(relay_services *s, relay_budget *b);
+
+/*
+ * relay_budget_lease is the forwarder's relay_lease_cb: give it to
+ * relay_forwarder_new with the services as |lease_arg|. It never blocks and
+ * never calls Redis more than once per lease in flight; the grant arrives
+ * later through relay_budget_grant. Only for budgets from relay_budget_acquire.
+ */
+void relay_budget_lease(void *services, relay_budget *b);
+
+/*
+ * ---- Usage accounting (P usage:ACCOUNT, read by `pos-relay usage`) ----
+ *
+ * Counted locally and added to Redis every RELAY_USAGE_FLUSH_S seconds (one
+ * pipeline of HINCRBY per flush; what fails to reach Redis is kept and sent
+ * with the next flush) and at relay_services_shutdown.
+ */
+#define RELAY_USAGE_FLUSH_S 5
+
+/*
+ * relay_usage_circuit_open / _close: a circuit between sides paying from
+ * |b0| and |b1| (budgets of relay_budget_acquire, or NULL) opened / closed.
+ * Each account among the two sides (once if both are the same account)
+ * accrues circuit seconds while the circuit is open. Call _close with the
+ * same budgets as _open (relay_circuit_info.budget of the closed circuit),
+ * before releasing them. Bytes need no call: they come from the budgets.
+ */
+void relay_usage_circuit_open(relay_services *s, relay_budget *b0, relay_budget *b1);
+void relay_usage_circuit_close(relay_services *s, relay_budget *b0, relay_budget *b1);
+
+/*
+ * relay_usage_add adds |bytes| relayed and |circuit_ms| milliseconds of
+ * circuit time to |account| (usage not seen by a budget). Returns 0, or -1
+ * when |account| is not a valid account name or out of memory (nothing
+ * counted).
+ */
+int relay_usage_add(relay_services *s, const char *account, uint64_t bytes, uint64_t circuit_ms);
+
 /* relay_services_redis_ok: whether Redis is reachable now (for /healthz and refusals). */
 int relay_services_redis_ok(const relay_services *s);
 
@@ -118,12 +188,22 @@ typedef struct relay_services_stats {
     uint64_t redis_errors;
     uint64_t registrations_ok;
     uint64_t registrations_failed;
+    uint64_t leases;         /* lease scripts answered */
+    uint64_t lease_bytes;    /* bytes they granted */
+    uint64_t leases_empty;   /* answered with nothing available (the token is over its limit) */
+    uint64_t leases_failed;  /* no answer: Redis unreachable or timed out */
+    uint64_t usage_flushes;  /* usage pipelines Redis accepted */
+    uint64_t usage_failures; /* usage pipelines that failed (their counts are kept for the next) */
 } relay_services_stats;
 void relay_services_stats_get(const relay_services *s, relay_services_stats *out);
 
 /*
  * relay_services_shutdown: DELETE the registration (bounded wait, at most
- * |timeout_ms|), drop presence. Called once on SIGTERM before the loop ends.
+ * |timeout_ms|), add the usage counted so far to Redis (the bytes budgets
+ * spent and the circuit seconds of circuits still open), drop presence.
+ * Called once on SIGTERM before the loop ends, after the last packet was
+ * forwarded. Afterwards nothing goes to Redis any more: leases are refused
+ * (budgets keep what they hold) and usage is no longer counted.
  */
 void relay_services_shutdown(relay_services *s, int timeout_ms);
 

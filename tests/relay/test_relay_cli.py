@@ -540,5 +540,39 @@ def registration_with_discovery_api():
     assert "registrations ok" in out and "deregistered" in out
 
 
+@test
+def services_share_bandwidth_and_count_usage():
+    """Two relays on one Redis lease one token's bandwidth (through the real
+    forwarder) and stay within 10% of its limit together; an unlimited token
+    is never throttled; usage reaches Redis within 10 s and on shutdown, and
+    `pos-relay usage` shows it; a limited token fails closed while Redis hangs."""
+    redis = Redis()
+    cfg = make_config(redis, {"conn_rate_per_token": 1000})
+    limit = 2000000
+    limited, _ = add_token(cfg, "--account", "metered", "--bytes-per-sec", str(limit),
+                           "--burst", "200000")
+    stall, _ = add_token(cfg, "--account", "stalled", "--bytes-per-sec", str(limit),
+                         "--burst", "200000")
+    free, _ = add_token(cfg, "--account", "free")
+    env = {"LIMIT": str(limit), "TOKEN_LIMITED": limited, "TOKEN_STALL": stall,
+           "TOKEN_FREE": free, "REDIS_PID": str(redis.proc.pid)}
+    p = Proc([binary("tests/relay/test_relay_services"), "bandwidth", cfg], env=env)
+    try:
+        rc = p.wait(60)
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    out = p.output()
+    print(out[-3000:])
+    assert rc == 0 and "0 failed" in out, out
+    # What the relays wrote is what the operator command shows.
+    r = relay("usage", "--config", cfg, "--account", "metered")
+    assert r.returncode == 0, r.stderr
+    row = r.stdout.splitlines()[1].split()
+    assert row[0] == "metered" and int(row[1]) > limit and int(row[2]) > 0, r.stdout
+    assert int(row[1]) == int(redis.cli("HGET", "pos:usage:metered", "bytes_relayed").strip())
+    for t in (limited, stall, free):
+        assert t not in out and t not in redis.dump_all()
+
+
 if __name__ == "__main__":
     run()

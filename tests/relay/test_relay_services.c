@@ -15,6 +15,10 @@
  *     "saw it down"
  *   test_relay_services bench CONFIG
  *     not a test: checks per second (env TOKEN_OK), printed
+ *   test_relay_services bandwidth CONFIG
+ *     env LIMIT (bytes/s), TOKEN_LIMITED (that limit), TOKEN_STALL (likewise, another
+ *     account), TOKEN_FREE (no limit), REDIS_PID: budgets shared by two relays
+ *     through the real forwarder, usage flushes, fail closed while Redis hangs
  *   test_relay_services serve CONFIG
  *     runs the services (registration with the discovery API) until SIGTERM,
  *     then calls relay_services_shutdown; prints "serving" once started.
@@ -31,6 +35,9 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "circuit.h"
+#include "forward.h"
+#include "frame.h"
 #include "log.h"
 #include "redis.h"
 #include "relay_keys.h"
@@ -533,6 +540,311 @@ static int run_restart(const char *config)
     return check_finish("relay-services-restart");
 }
 
+/* ---- bandwidth budgets and usage (mode "bandwidth") ---- */
+
+#define STREAM_PAYLOAD 1200
+#define STREAM_BATCH 64
+
+/*
+ * One simulated relay carrying one circuit: a circuit table and the real
+ * forwarder, whose budget hook leases from Redis through |s|. A 1 ms timer
+ * offers DATA frames from side A at |offer| bytes per second (real time);
+ * what the forwarder lets through is counted.
+ */
+struct sim {
+    relay_services *s;
+    relay_circuits *circuits;
+    relay_forwarder *fw;
+    relay_circuit_owner a, b;
+    struct sockaddr_in addr_a, addr_b;
+    relay_budget *budget;
+    uint32_t ids[2];
+    double offer;    /* bytes per second offered */
+    double offered;  /* bytes offered since the stream started */
+    ev_tstamp start; /* of the stream */
+    ev_timer tick;
+    uint8_t frame[POS_FRAME_MAX_LEN];
+    size_t frame_len;
+    uint8_t buf[STREAM_BATCH][POS_FRAME_MAX_LEN];
+    struct sockaddr_in6 src[STREAM_BATCH];
+    struct iovec iov[STREAM_BATCH];
+    struct mmsghdr in[STREAM_BATCH], out[STREAM_BATCH];
+    unsigned quic[STREAM_BATCH];
+};
+
+/* Sends one batch of |n| frames through the forwarder. */
+static void sim_batch(struct sim *m, unsigned n)
+{
+    unsigned n_quic = 0;
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(m->buf[i], m->frame, m->frame_len);
+        memset(&m->src[i], 0, sizeof(m->src[i]));
+        memcpy(&m->src[i], &m->addr_a, sizeof(m->addr_a));
+        m->iov[i].iov_base = m->buf[i];
+        m->iov[i].iov_len = sizeof(m->buf[i]);
+        memset(&m->in[i], 0, sizeof(m->in[i]));
+        m->in[i].msg_hdr.msg_name = &m->src[i];
+        m->in[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+        m->in[i].msg_hdr.msg_iov = &m->iov[i];
+        m->in[i].msg_hdr.msg_iovlen = 1;
+        m->in[i].msg_len = (unsigned)m->frame_len;
+    }
+    relay_forward_batch(m->fw, m->in, n, AF_INET6, m->out, m->quic, &n_quic);
+}
+
+static void on_sim_tick(struct ev_loop *l, ev_timer *w, int revents)
+{
+    struct sim *m = w->data;
+    (void)revents;
+    double due = (ev_now(l) - m->start) * m->offer;
+    while (m->offered + (double)m->frame_len <= due) {
+        unsigned n = 0;
+        while (n < STREAM_BATCH && m->offered + (double)m->frame_len <= due) {
+            m->offered += (double)m->frame_len;
+            n++;
+        }
+        sim_batch(m, n);
+    }
+}
+
+/* Opens a circuit on a new simulated relay paying from the budget of |tok| (an accepted check). */
+static int sim_init(struct sim *m, relay_services *s, const struct verdict *tok, int port)
+{
+    memset(m, 0, sizeof(*m));
+    m->s = s;
+    m->circuits = relay_circuits_new(4, randombytes_random());
+    m->fw =
+        m->circuits ? relay_forwarder_new(m->circuits, STREAM_BATCH, relay_budget_lease, s) : NULL;
+    m->budget = relay_budget_acquire(s, tok->token_id, &tok->limits);
+    if (!m->fw || !m->budget)
+        return -1;
+    m->addr_a = addr4("192.0.2.10", port);
+    m->addr_b = addr4("192.0.2.11", port + 1);
+    m->a.conn = &m->a;
+    m->b.conn = &m->b;
+    if (relay_circuit_open(m->circuits, &m->a, (struct sockaddr *)&m->addr_a, m->budget, &m->b,
+                           (struct sockaddr *)&m->addr_b, m->budget, (int64_t)pos_now_ms(),
+                           m->ids) != 0)
+        return -1;
+    relay_usage_circuit_open(s, m->budget, m->budget);
+    uint8_t payload[STREAM_PAYLOAD];
+    memset(payload, 0x5a, sizeof(payload));
+    int n = pos_frame_encode_data(m->frame, sizeof(m->frame), m->ids[0], payload, sizeof(payload));
+    if (n <= 0)
+        return -1;
+    m->frame_len = (size_t)n;
+    ev_timer_init(&m->tick, on_sim_tick, 0.001, 0.001);
+    m->tick.data = m;
+    return 0;
+}
+
+static void sim_start(struct sim *m, double offer)
+{
+    m->offer = offer;
+    m->offered = 0;
+    m->start = ev_now(loop);
+    ev_timer_start(loop, &m->tick);
+}
+
+static void sim_stop(struct sim *m)
+{
+    ev_timer_stop(loop, &m->tick);
+}
+
+static void on_sim_closed(void *arg, const relay_circuit_info *info)
+{
+    relay_services *s = arg;
+    relay_usage_circuit_close(s, info->budget[0], info->budget[1]);
+}
+
+/* Closes the circuit (as when a control connection ends) and gives the budget back. */
+static void sim_free(struct sim *m)
+{
+    sim_stop(m);
+    if (m->circuits && m->budget)
+        relay_circuit_owner_close(m->circuits, &m->a, (int64_t)pos_now_ms(), on_sim_closed, m->s);
+    if (m->budget)
+        relay_budget_release(m->s, m->budget);
+    relay_forwarder_del(m->fw);
+    relay_circuits_del(m->circuits);
+    m->budget = NULL;
+    m->fw = NULL;
+    m->circuits = NULL;
+}
+
+static uint64_t fwd_bytes(const struct sim *m)
+{
+    return m->fw ? m->fw->stats.forwarded_bytes : 0;
+}
+
+/* HGET of a usage field of |account| through a synchronous connection; -1 on error. */
+static long long usage_field(const relay_config *cfg, const char *account, const char *field)
+{
+    pos_redis rc;
+    char key[RELAY_KEY_LEN];
+    long long v = -1;
+    pos_redis_init(&rc, &cfg->redis, cfg->redis_prefix, 2000);
+    relay_key_usage(cfg->redis_prefix, key, sizeof(key), account);
+    redisReply *rep = pos_redis_command(&rc, "HGET %s %s", key, field);
+    if (rep && rep->type == REDIS_REPLY_STRING)
+        v = strtoll(rep->str, NULL, 10);
+    else if (rep && rep->type == REDIS_REPLY_NIL)
+        v = 0;
+    if (rep)
+        freeReplyObject(rep);
+    pos_redis_free(&rc);
+    return v;
+}
+
+/*
+ * Two relays carry one limited token's traffic, each offered the token's
+ * whole limit: together they must stay within 10% of it (measured after the
+ * bucket's initial burst is spent). Returns the bytes both forwarded in all.
+ */
+static uint64_t test_bandwidth_shared(struct sim *m1, struct sim *m2, double limit)
+{
+    sim_start(m1, limit);
+    sim_start(m2, limit);
+    run_for(1.0); /* the bucket starts full: spend its burst first */
+    uint64_t b1 = fwd_bytes(m1), b2 = fwd_bytes(m2);
+    ev_tstamp t0 = ev_time();
+    run_for(4.0);
+    double dt = ev_time() - t0;
+    uint64_t d1 = fwd_bytes(m1) - b1, d2 = fwd_bytes(m2) - b2;
+    sim_stop(m1);
+    sim_stop(m2);
+    double rate = (double)(d1 + d2) / dt;
+    printf("bandwidth: limit %.0f B/s, offered %.0f B/s; combined %.0f B/s over %.2f s "
+           "(%.1f%% of the limit; relay 1 %.0f, relay 2 %.0f B/s); dropped for budget %llu + "
+           "%llu packets\n",
+           limit, 2 * limit, rate, dt, 100.0 * rate / limit, (double)d1 / dt, (double)d2 / dt,
+           (unsigned long long)m1->fw->stats.drop_budget,
+           (unsigned long long)m2->fw->stats.drop_budget);
+    CHECK(rate <= limit * 1.10);
+    CHECK(rate >= limit * 0.90);
+    /* Both relays got a real share: the lease is not won by one of them. */
+    CHECK(d1 > (d1 + d2) / 5 && d2 > (d1 + d2) / 5);
+    CHECK(m1->fw->stats.drop_budget > 0 && m2->fw->stats.drop_budget > 0);
+    return fwd_bytes(m1) + fwd_bytes(m2);
+}
+
+/* A token with no limit: never throttled, and it never asks Redis for a lease. */
+static uint64_t test_unlimited(struct sim *m, double offer)
+{
+    relay_services_stats before, after;
+    relay_services_stats_get(m->s, &before);
+    sim_start(m, offer);
+    run_for(1.0);
+    sim_stop(m);
+    relay_services_stats_get(m->s, &after);
+    printf("unlimited: offered %.0f bytes, forwarded %llu, dropped for budget %llu\n", m->offered,
+           (unsigned long long)fwd_bytes(m), (unsigned long long)m->fw->stats.drop_budget);
+    CHECK(m->fw->stats.drop_budget == 0);
+    CHECK(m->fw->stats.forwarded_bytes > 0 && (double)m->fw->stats.forwarded_bytes == m->offered);
+    CHECK(after.leases == before.leases && after.leases_failed == before.leases_failed);
+    return fwd_bytes(m);
+}
+
+/* While Redis hangs a limited token spends what it holds, then drops; it recovers after. */
+static void test_fail_closed(relay_services *s, const struct verdict *tok, double limit)
+{
+    struct sim m;
+    pid_t pid = (pid_t)atoi(env("REDIS_PID"));
+    CHECK(sim_init(&m, s, tok, 9100) == 0);
+    sim_start(&m, limit);
+    run_for(0.5);
+    CHECK(kill(pid, SIGSTOP) == 0);
+    run_for(0.1); /* the lease in flight, if any, is lost with Redis */
+    uint64_t at_stop = fwd_bytes(&m);
+    run_for(1.5);
+    uint64_t during = fwd_bytes(&m) - at_stop;
+    CHECK(kill(pid, SIGCONT) == 0);
+    printf("fail closed: %llu bytes forwarded in 1.5 s while Redis hung (%.0f offered)\n",
+           (unsigned long long)during, 1.5 * limit);
+    /* At most what was leased before: one chunk (0.1 s of the rate) and a bit. */
+    CHECK((double)during <= 0.25 * limit);
+    wait_redis(s);
+    uint64_t back = fwd_bytes(&m);
+    run_for(1.0);
+    printf("fail closed: %llu bytes forwarded in the second after Redis came back\n",
+           (unsigned long long)(fwd_bytes(&m) - back));
+    CHECK((double)(fwd_bytes(&m) - back) >= 0.5 * limit);
+    sim_free(&m);
+}
+
+static int run_bandwidth(const char *config)
+{
+    relay_config cfg;
+    char err[POS_ERR_LEN];
+    struct verdict lim1, lim2, fr, stall;
+    struct sim m1, m2, mf;
+    if (relay_config_load(&cfg, config, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    double limit = atof(env("LIMIT"));
+    relay_services *s1 = relay_services_new(loop, &cfg, NULL, NULL, 0);
+    relay_services *s2 = relay_services_new(loop, &cfg, NULL, NULL, 0);
+    CHECK(s1 && s2);
+    if (!s1 || !s2)
+        goto out;
+    wait_redis(s1);
+    wait_redis(s2);
+    CHECK(auth(s1, env("TOKEN_LIMITED"), &lim1) == RELAY_OK);
+    CHECK(auth(s2, env("TOKEN_LIMITED"), &lim2) == RELAY_OK);
+    CHECK(auth(s1, env("TOKEN_FREE"), &fr) == RELAY_OK);
+    CHECK(auth(s2, env("TOKEN_STALL"), &stall) == RELAY_OK);
+    CHECK(lim1.limits.bytes_per_sec == (uint64_t)limit && fr.limits.bytes_per_sec == 0);
+    CHECK(sim_init(&m1, s1, &lim1, 9000) == 0 && sim_init(&m2, s2, &lim2, 9010) == 0 &&
+          sim_init(&mf, s1, &fr, 9020) == 0);
+    if (!m1.fw || !m2.fw || !mf.fw)
+        goto out;
+    ev_tstamp circuit_start = ev_time();
+
+    uint64_t limited_total = test_bandwidth_shared(&m1, &m2, limit);
+    double circuit_s = 2 * (ev_time() - circuit_start); /* two circuits, one account each */
+    sim_free(&m1);
+    sim_free(&m2);
+    ev_tstamp stream_end = ev_time();
+
+    uint64_t free_total = test_unlimited(&mf, 2 * limit);
+
+    /* Usage reaches Redis within 10 s of the traffic (flushes every 5 s), and matches it. */
+    long long got = -1;
+    while (ev_time() - stream_end < 10.0) {
+        got = usage_field(&cfg, "metered", RELAY_USAGE_BYTES);
+        if (got >= (long long)limited_total)
+            break;
+        run_for(0.2);
+    }
+    long long secs = usage_field(&cfg, "metered", RELAY_USAGE_SECONDS);
+    printf("usage: metered %lld bytes in Redis %.1f s after the traffic, %llu forwarded; "
+           "%lld circuit seconds for %.1f\n",
+           got, ev_time() - stream_end, (unsigned long long)limited_total, secs, circuit_s);
+    CHECK(got >= 0 && (double)got >= 0.95 * (double)limited_total &&
+          (double)got <= 1.05 * (double)limited_total);
+    CHECK(secs >= (long long)circuit_s - 2 && secs <= (long long)circuit_s + 2);
+
+    /* Flush on shutdown: the last packets, not yet flushed, still reach Redis. */
+    sim_batch(&mf, STREAM_BATCH);
+    free_total = fwd_bytes(&mf);
+    long long before = usage_field(&cfg, "free", RELAY_USAGE_BYTES);
+    CHECK(before >= 0 && before < (long long)free_total);
+    relay_services_shutdown(s1, 1000);
+    long long after = usage_field(&cfg, "free", RELAY_USAGE_BYTES);
+    printf("shutdown: free %lld bytes in Redis before, %lld after, %llu forwarded\n", before, after,
+           (unsigned long long)free_total);
+    CHECK(after == (long long)free_total);
+    sim_free(&mf);
+
+    test_fail_closed(s2, &stall, limit);
+out:
+    relay_services_del(s2);
+    relay_services_del(s1);
+    relay_config_free(&cfg);
+    return check_finish("relay-services-bandwidth");
+}
+
 /* ---- bench: not a test; prints checks per second through one services instance ---- */
 
 struct bench {
@@ -650,5 +962,7 @@ int main(int argc, char **argv)
         return run_restart(argv[2]);
     if (strcmp(argv[1], "bench") == 0)
         return run_bench(argv[2]);
+    if (strcmp(argv[1], "bandwidth") == 0)
+        return run_bandwidth(argv[2]);
     return run_checks(argv[2]);
 }
