@@ -48,6 +48,7 @@
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define RATE_CHECK_TIMEOUT_S 5.0
+#define HELLO_TIMEOUT_NS (10 * NGTCP2_SECONDS) /* from the first packet to WELCOME */
 
 enum rstate { RATE_CHECK, HANDSHAKE, HELLO_WAIT, AUTH_CHECK, ACTIVE, CLOSING, DRAINING };
 
@@ -84,6 +85,7 @@ struct rconn {
     uint64_t check;         /* pending Redis check handle, 0 none */
     struct sync_verdict *sync;
     ngtcp2_cid odcid; /* the client's first DCID, routed until the connection ends */
+    ngtcp2_tstamp created;
     ngtcp2_cid retry_odcid;
     uint8_t *first_pkt; /* RATE_CHECK: the Initial kept aside */
     size_t first_len;
@@ -299,6 +301,13 @@ static void conn_arm_timer(struct rconn *c)
     after = exp <= now ? 0 : (double)(exp - now) / NGTCP2_SECONDS;
     if (c->state == CLOSING || c->state == DRAINING)
         after = 3.0 * (double)ngtcp2_conn_get_pto(c->qc) / NGTCP2_SECONDS;
+    else if (c->state < ACTIVE) {
+        /* keep-alives alone must not hold an unauthenticated connection open */
+        ngtcp2_tstamp limit = c->created + HELLO_TIMEOUT_NS;
+        double left = limit <= now ? 0 : (double)(limit - now) / NGTCP2_SECONDS;
+        if (left < after)
+            after = left;
+    }
     ev_timer_stop(c->srv->loop, &c->timer);
     ev_timer_set(&c->timer, after, 0.);
     ev_timer_start(c->srv->loop, &c->timer);
@@ -418,6 +427,8 @@ static int conn_write(struct rconn *c)
     return 0;
 }
 
+static void refuse(struct rconn *c, enum relay_refusal why);
+
 static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct rconn *c = w->data;
@@ -427,6 +438,15 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
     if (c->state == CLOSING || c->state == DRAINING || c->state == RATE_CHECK) {
         conn_free(c);
+        return;
+    }
+    if (c->state < ACTIVE && now_ts() >= c->created + HELLO_TIMEOUT_NS) {
+        if (c->state == HANDSHAKE) {
+            c->srv->st.handshakes_failed++;
+            conn_free(c);
+        } else {
+            refuse(c, RELAY_REFUSED_BAD_REQUEST); /* authenticated too slowly */
+        }
         return;
     }
     rv = ngtcp2_conn_handle_expiry(c->qc, now_ts());
@@ -977,6 +997,7 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         c->retry_odcid = odcid;
     memcpy(&c->remote, from, fromlen);
     c->odcid = hd.dcid;
+    c->created = now_ts();
     ev_timer_init(&c->timer, on_conn_timer, 0., 0.);
     c->timer.data = c;
     c->next = s->conns;
