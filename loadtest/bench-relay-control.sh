@@ -28,6 +28,7 @@ ninja -C "$build" relay/pos-relay loadtest/pos-loadtest >/dev/null
 
 free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
@@ -65,10 +66,12 @@ sleep 1
 rss0=$(rss_kib $relay_pid)
 heap0=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_heap_bytes" {print $2}')
 
+ticks0=$(cpu_ticks $relay_pid)
 lt --conns "$conns" --concurrency 256 --hold "$hold" >"$work/load.out" 2>"$work/load.err" &
 lt_pid=$!
 pids+=($lt_pid)
 for _ in $(seq 600); do grep -q holding "$work/load.err" && break; sleep 0.2; done
+ticks1=$(cpu_ticks $relay_pid)
 sleep 2
 rss1=$(rss_kib $relay_pid)
 sleep 1 # /metrics is a snapshot refreshed twice a second
@@ -86,5 +89,8 @@ if [ "${connected:-0}" -gt 0 ]; then
     echo "per idle client:           $(( (rss1 - rss0) * 1024 / connected )) bytes of RSS," \
         "$(( (heap1 - heap0) / connected )) bytes of heap in use"
 fi
+hz=$(getconf CLK_TCK)
+echo "relay CPU per authenticated connection: $(( (ticks1 - ticks0) * 1000000 / hz / conns )) us" \
+    "(so about $(( conns * hz / ((ticks1 - ticks0) > 0 ? (ticks1 - ticks0) : 1) )) connections/s per core)"
 echo "relay CPU time for the whole run: ${relay_cpu} s (user+system)"
 echo "machine: $(nproc) CPUs; client and relay share them"
