@@ -1180,6 +1180,11 @@ relay_budget *relay_budget_acquire(relay_services *s, const char *token_id,
     }
     budget_set_limits(tb, limits);
     tb->refs++;
+    /* Lease before the first packet: a dropped QUIC Initial costs the peers a retransmission. */
+    if (!tb->b.unlimited && !tb->b.lease_pending && tb->b.available < tb->b.low_water) {
+        tb->b.lease_pending = 1;
+        lease_start(tb);
+    }
     return &tb->b;
 }
 

@@ -136,7 +136,9 @@ void relay_presence_remove(relay_services *s, const char *peer_id);
  * acquire, after the circuits that point at the budget are closed
  * (relay_circuit_owner_close). Newer |limits| of the same token replace the
  * old ones. Pass the result to relay_circuit_open for that connection's
- * sides. Returns NULL when out of memory or |token_id|/|limits| is NULL.
+ * sides. The first lease is asked for at once, so that the first packets
+ * find budget. relay_services_del frees every budget: close the circuits
+ * first. Returns NULL when out of memory or |token_id|/|limits| is NULL.
  */
 relay_budget *relay_budget_acquire(relay_services *s, const char *token_id,
                                    const relay_limits *limits);
