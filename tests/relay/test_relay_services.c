@@ -755,18 +755,20 @@ static void test_fail_closed(relay_services *s, const struct verdict *tok, doubl
     run_for(0.1);
     sim_batch(&m, 1);
     CHECK(m.fw->stats.forwarded == 1 && m.fw->stats.drop_budget == 0);
-    sim_start(&m, limit);
-    run_for(0.5);
+    int64_t held = m.budget->available;
     CHECK(kill(pid, SIGSTOP) == 0);
-    run_for(0.1); /* the lease in flight, if any, is lost with Redis */
     uint64_t at_stop = fwd_bytes(&m);
+    sim_start(&m, limit);
     run_for(1.5);
     uint64_t during = fwd_bytes(&m) - at_stop;
     CHECK(kill(pid, SIGCONT) == 0);
-    printf("fail closed: %llu bytes forwarded in 1.5 s while Redis hung (%.0f offered)\n",
-           (unsigned long long)during, 1.5 * limit);
-    /* At most what was leased before: one chunk (0.1 s of the rate) and a bit. */
-    CHECK((double)during <= 0.25 * limit);
+    printf("fail closed: %lld bytes held when Redis hung; %llu forwarded in the next 1.5 s "
+           "(%.0f offered), %llu packets dropped\n",
+           (long long)held, (unsigned long long)during, 1.5 * limit,
+           (unsigned long long)m.fw->stats.drop_budget);
+    /* It spends what it held (to the last whole packet), and not a byte more. */
+    CHECK(held > 0 && (int64_t)during <= held && (int64_t)during > held - (int64_t)m.frame_len);
+    CHECK(m.fw->stats.drop_budget > 0);
     wait_redis(s);
     uint64_t back = fwd_bytes(&m);
     run_for(1.0);
