@@ -5,9 +5,11 @@
  * time, the address it observed for us and its verdict; then the home relay
  * (lowest RTT). Exit 0 when at least one relay accepted us, 1 otherwise.
  * --hold keeps the accepted connections open for S seconds and reports
- * when a relay closes one (revocation, shutdown).
+ * when a relay closes one (revocation, shutdown); SIGTERM or SIGINT ends the
+ * hold early, closing the connections cleanly (the relay frees their slots).
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,15 @@ struct opts {
     const char *api_url, *token, *identity;
     double timeout_s, hold_s;
 };
+
+/* Set by SIGTERM/SIGINT during --hold: close the connections cleanly, then exit. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
 
 struct conns {
     size_t n;
@@ -126,6 +137,8 @@ static int report_closes(void *arg)
     struct conns *c = arg;
     pos_p2p_relay_status st;
     int open = 0;
+    if (stop_requested)
+        return 1;
     for (size_t i = 0; i < c->n; i++) {
         if (!c->r[i] || c->reported[i])
             continue;
@@ -236,8 +249,14 @@ int cmd_relays(int argc, char **argv)
     pos_p2p_endpoint_run(ep, (int)(o.timeout_s * 1000) + 500, all_settled, c);
     print_results(c, &accepted);
     status = accepted ? 0 : 1;
-    if (accepted && o.hold_s > 0)
+    if (accepted && o.hold_s > 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_stop_signal; /* no SA_RESTART: the poll returns at once */
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
         pos_p2p_endpoint_run(ep, (int)(o.hold_s * 1000), report_closes, c);
+    }
 out:
     if (c)
         for (size_t i = 0; i < c->n; i++)

@@ -455,4 +455,19 @@ def ipv6_relay_observes_ipv6_address():
     assert re.search(r"accepted, rtt [\d.]+ ms, observed \[::1\]:\d+", r.stdout), r.stdout
 
 
+@test
+def connection_cap_counts_live_connections_only():
+    redis, disc, relay = stack()
+    token = relay.token("--max-conns", "1")
+    holder = Proc([P2P, "relays", "--api-url", disc.url, "--token", token, "--identity",
+                   identity(), "--hold", "30"], name="holder")
+    wait_until(lambda: "accepted" in holder.output(), 10, what="first client accepted")
+    r = p2p_relays(disc.url, token, identity())
+    assert r.returncode != 0 and "too many connections for this token" in r.stdout, r.stdout
+    holder.stop()  # SIGTERM: pos-p2p closes its connection, the relay releases the slot
+    def second_accepted():
+        return p2p_relays(disc.url, token, identity()).returncode == 0
+    wait_until(second_accepted, 8, interval=0.5, what="the slot released after the close")
+
+
 run()
