@@ -14,6 +14,17 @@
  * cached verdict). relay_rate_check_addr and relay_auth_check return 0 only
  * when out of memory (no callback will come). Beyond 20,000 checks pending at
  * once, new ones are refused as unavailable. Key layout: docs/redis-layout.md.
+ *
+ * Wiring the data plane (circuit.h, forward.h) to bandwidth limits and usage:
+ *   relay_forwarder_new(circuits, batch, relay_budget_lease, services)
+ *   auth verdict RELAY_OK:  conn->budget = relay_budget_acquire(s, token_id, limits)
+ *   CONNECT accepted:       relay_circuit_open(..., a->budget, ..., b->budget, ...), then
+ *                           relay_usage_circuit_open(s, a->budget, b->budget)
+ *   circuit closed (cb):    relay_usage_circuit_close(s, info->budget[0], info->budget[1])
+ *   connection freed:       relay_circuit_owner_close(...) first, then
+ *                           relay_budget_release(s, conn->budget)
+ *   SIGTERM:                relay_services_shutdown (after the last forwarded batch)
+ * Relayed bytes are counted from the budgets; nothing else is needed for them.
  */
 #ifndef POS_RELAY_SERVICES_H
 #define POS_RELAY_SERVICES_H
