@@ -1,8 +1,9 @@
 /*
  * pos-relay usage: per account, the bytes relayed and circuit seconds that
  * the relays add up in Redis (<prefix>usage:<account>, fields bytes_relayed
- * and circuit_seconds, incremented with HINCRBY by the data plane). Accounts
- * come from the <prefix>accounts set that `token add` fills.
+ * and circuit_seconds, incremented with HINCRBY by every relay's services,
+ * relay/services.c, every RELAY_USAGE_FLUSH_S seconds and at shutdown).
+ * Accounts come from the <prefix>accounts set that `token add` fills.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -16,7 +17,8 @@ static void usage_usage(FILE *out)
 {
     fprintf(out, "usage: pos-relay usage [--config FILE] [--account NAME]\n\n"
                  "Prints, per account, the bytes relayed and the circuit seconds counted by\n"
-                 "all relays sharing the configured Redis.\n\n"
+                 "all relays sharing the configured Redis. Each relay adds what it counted\n"
+                 "every 5 seconds and when it stops, so the figures may lag by that much.\n\n"
                  "  --config FILE   relay configuration (default $POS_RELAY_CONFIG or "
                  "./config.json)\n"
                  "  --account NAME  only this account\n"
