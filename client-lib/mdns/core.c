@@ -1374,6 +1374,12 @@ static void handle_response(struct mdns_core *c, struct rx *x, struct iface *ifc
             if ((b & REC_SHARED) && x->rr.ttl * 2 >= full)
                 ifc->pending_mask[fi] &= ~b;
         }
+        /*
+         * Our own records, looped back, are cached too: they then go out as
+         * known answers in our browse queries, so our own responder (which
+         * cannot tell its querier from another process on this host) stays
+         * quiet. They are never reported (is_self).
+         */
         if (c->cfg.browse)
             cache_add(c, &x->rr, ifc->index, family, now);
     }

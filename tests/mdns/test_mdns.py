@@ -72,8 +72,10 @@ class Capture:
         if not shutil.which("tcpdump"):
             raise Skip("tcpdump is not installed")
         self.path = os.path.join(tmpdir(), "cap.pcap")
+        # --immediate-mode: without it the last packets before a stop can stay in
+        # the kernel ring and never reach the file.
         self.p = subprocess.Popen(lb.argv(i, "tcpdump", "-i", "eth0", "-Q", direction, "-U", "-n",
-                                          "-w", self.path, "udp port 5353"),
+                                          "--immediate-mode", "-w", self.path, "udp port 5353"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_until(lambda: os.path.exists(self.path), 5, what="tcpdump to start")
         time.sleep(0.3)
@@ -477,7 +479,13 @@ def traffic_budget_first_minute():
         pkts = cap.stop()
         # Goodbyes at stop (one per family) are not idle traffic.
         n = len(pkts) - 2
-        print(f"    idle node sent {n} packets in {seconds:.0f} s ({sum(map(len, pkts))} bytes)")
+        kinds = {"probe": 0, "query": 0, "response": 0}
+        for p in pkts:
+            if len(p) >= 12:
+                kind = "response" if p[2] & 0x80 else ("probe" if p[8:10] != b"\0\0" else "query")
+                kinds[kind] += 1
+        print(f"    idle node sent {n} packets in {seconds:.0f} s ({sum(map(len, pkts))} bytes), "
+              f"with the goodbyes: {kinds}")
         ttls = {ttl for ttl, _ in cap.frames()}
         assert ttls == {255}, f"IP TTL / hop limit {ttls}, RFC 6762 §11 wants 255"
         assert 10 <= n <= 26, f"{n} packets in the first {seconds} s"
