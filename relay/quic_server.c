@@ -539,8 +539,12 @@ static void on_auth_verdict(void *arg, enum relay_refusal verdict, const relay_l
         return;
     }
     c->check = 0;
-    if (c->state != AUTH_CHECK)
+    if (c->state != AUTH_CHECK) {
+        /* closed meanwhile (HELLO timeout, shutdown): give back the counted slot */
+        if (verdict == RELAY_OK && token_id)
+            relay_auth_release(c->srv->svc, token_id);
         return;
+    }
     if (verdict == RELAY_OK)
         accept_client(c, limits, token_id);
     else
@@ -1294,10 +1298,8 @@ void relay_server_goaway(relay_server *s)
         next = c->next;
         if (c->state == CLOSING || c->state == DRAINING)
             continue;
-        if (c->qc && c->state >= HELLO_WAIT)
-            conn_close_app(c, RELAY_GOING_AWAY);
-        else if (c->state == RATE_CHECK || c->state == HANDSHAKE)
-            conn_free(c);
+        if (c->state == RATE_CHECK || c->state == HANDSHAKE)
+            conn_free(c); /* nothing to tell a client that has no session yet */
         else
             conn_close_app(c, RELAY_GOING_AWAY);
     }
