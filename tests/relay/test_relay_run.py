@@ -123,6 +123,8 @@ def p2p_relays(api_url, token, identity, *extra, timeout=30):
     r = subprocess.run([P2P, "relays", "--api-url", api_url, "--token", token,
                         "--identity", identity, "--timeout", "3", *extra],
                        capture_output=True, text=True, timeout=timeout)
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in r.stderr, "sanitizer report from pos-p2p:\n" + r.stderr[-4000:]
     return r
 
 
