@@ -163,19 +163,19 @@ enum pos_p2p_relay_state {
 };
 
 typedef struct pos_p2p_relay_status {
-    int state;                   /* enum pos_p2p_relay_state */
-    int error;                   /* 0 or POS_P2P_ERR_* once FAILED */
-    uint64_t close_code;         /* the relay's application error code, when it sent one */
-    char reason[257];            /* the relay's reason phrase, or a sentence of ours */
+    int state;                          /* enum pos_p2p_relay_state */
+    int error;                          /* 0 or POS_P2P_ERR_* once FAILED */
+    uint64_t close_code;                /* the relay's application error code, when it sent one */
+    char reason[257];                   /* the relay's reason phrase, or a sentence of ours */
     char remote[POS_P2P_ADDR_STRLEN];   /* the relay address used */
     char observed[POS_P2P_ADDR_STRLEN]; /* our address as the relay saw it */
-    double rtt_ms;               /* smoothed round-trip time when accepted */
-    uint64_t bytes_per_sec;      /* limits of the token: 0 = unlimited */
+    double rtt_ms;                      /* smoothed round-trip time when accepted */
+    uint64_t bytes_per_sec;             /* limits of the token: 0 = unlimited */
     uint64_t burst_bytes;
     uint32_t max_conns;
-    int64_t expires_at;          /* unix seconds, 0 = never */
+    int64_t expires_at; /* unix seconds, 0 = never */
     uint32_t idle_timeout_s;
-    int64_t accepted_at_ms;      /* pos_p2p_now_ms() when accepted, failed_at_ms when failed */
+    int64_t accepted_at_ms; /* pos_p2p_now_ms() when accepted, failed_at_ms when failed */
     int64_t failed_at_ms;
 } pos_p2p_relay_status;
 
@@ -189,8 +189,8 @@ typedef struct pos_p2p_relay_status {
  * POS_P2P_ERR_INVALID_ARGUMENT (bad entry or token), POS_P2P_ERR_NO_ROUTE,
  * POS_P2P_ERR_NOMEM or POS_P2P_ERR_HANDSHAKE (TLS set-up failed).
  */
-int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
-                          const char *token, int timeout_ms, pos_p2p_relay **out);
+int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay, const char *token,
+                          int timeout_ms, pos_p2p_relay **out);
 
 /* pos_p2p_relay_get_status copies the connection's state and results. */
 void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out);
