@@ -516,6 +516,33 @@ void mdns_core_stop(struct mdns_core *c, uint64_t now)
     c->qnext = 0;
 }
 
+int mdns_core_set_txt(struct mdns_core *c, const uint8_t *txt, size_t len, uint64_t now)
+{
+    if (len > sizeof(c->txt) || len == 0)
+        return POS_P2P_ERR_MDNS_TXT;
+    if (c->cfg.mode != POS_MDNS_ENABLED)
+        return 0; /* contacts-only publishes no metadata; disabled nothing */
+    if (len == c->txt_len && !memcmp(txt, c->txt, len))
+        return 0;
+    /*
+     * §8.4: a changed unique record is announced again with the cache-flush
+     * bit, which replaces the old data in every cache (§10.2). A goodbye
+     * first would make browsers drop the instance and find it again.
+     */
+    bool live = advertising(c) && mdns_core_announced(c);
+    memcpy(c->txt, txt, len);
+    c->txt_len = len;
+    if (live) {
+        /* The name is ours already: no probing, announce at once. */
+        for (int i = 0; i < MDNS_MAX_IFACES; i++)
+            memset(c->ifaces[i].last_mcast, 0, sizeof(c->ifaces[i].last_mcast));
+        c->rstate = R_ANNOUNCING;
+        c->step = 0;
+        c->rnext = now;
+    }
+    return 0;
+}
+
 /* ---- interfaces ---- */
 
 static bool addrs_equal(const struct iface *ifc, const uint8_t (*a4)[4], size_t n4,
@@ -781,6 +808,7 @@ static void add_addr(struct collected *k, const struct centry *e)
 static void collect(const struct mdns_core *c, const struct dns_name *inst, struct collected *k,
                     uint64_t now)
 {
+    const struct centry *srv = NULL;
     memset(k, 0, offsetof(struct collected, addrs));
     k->n_addrs = 0;
     k->n_txt = 0;
@@ -788,10 +816,13 @@ static void collect(const struct mdns_core *c, const struct dns_name *inst, stru
         const struct centry *e = &c->cache[i];
         if (!e->used || e->expires <= now || !dns_name_equal(&e->name, inst))
             continue;
-        if (e->type == DNS_TYPE_SRV && rdata_name(e, 6, &k->host)) {
+        /* After a change both old and new data live for 1 s (§10.2): newest wins. */
+        if (e->type == DNS_TYPE_SRV && (!srv || e->received >= srv->received) &&
+            rdata_name(e, 6, &k->host)) {
+            srv = e;
             k->has_srv = true;
             k->port = (uint16_t)((e->rdata[4] << 8) | e->rdata[5]);
-        } else if (e->type == DNS_TYPE_TXT) {
+        } else if (e->type == DNS_TYPE_TXT && (!k->txt || e->received >= k->txt->received)) {
             k->has_txt = true;
             k->txt = e;
         }

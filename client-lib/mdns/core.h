@@ -87,6 +87,12 @@ int mdns_core_txt_build(const char *const *strings, size_t n, uint8_t *out, size
 int mdns_core_add_contact(struct mdns_core *c, const char *peer_id, const uint8_t key[32]);
 
 /*
+ * mdns_core_set_txt replaces the TXT rdata (enabled mode) and announces it
+ * (cache-flush replaces the old data). Returns 0 or POS_P2P_ERR_MDNS_TXT.
+ */
+int mdns_core_set_txt(struct mdns_core *c, const uint8_t *txt, size_t len, uint64_t now);
+
+/*
  * mdns_core_iface_update sets the addresses of interface |ifindex| (|a4|:
  * |n4| IPv4 addresses, |a6|: |n6| IPv6 addresses); with n4 = n6 = 0 the
  * interface is removed. Address changes re-announce (and in contacts-only

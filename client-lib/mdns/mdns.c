@@ -425,6 +425,19 @@ int pos_mdns_process(pos_mdns *m)
     return 0;
 }
 
+int pos_mdns_set_metadata(pos_mdns *m, const pos_mdns_config *cfg)
+{
+    uint8_t txt[MDNS_TXT_MAX];
+    if (!cfg || !cfg->peer_id)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    int rc = build_txt(cfg, txt, sizeof(txt));
+    if (rc < 0)
+        return rc;
+    rc = mdns_core_set_txt(m->core, txt, (size_t)rc, mono_ms());
+    flush(m);
+    return rc;
+}
+
 int pos_mdns_add_contact(pos_mdns *m, const char *peer_id, const uint8_t key[32])
 {
     return mdns_core_add_contact(m->core, peer_id, key);

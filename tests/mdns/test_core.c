@@ -260,6 +260,25 @@ static void test_found_goodbye_lost(void)
     CHECK(now - stopped < 1000);
 }
 
+static void test_metadata_change(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Old", NULL);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 5000);
+    CHECK(b->n_ev == 1 && !strcmp(b->ev_name[0], "Old"));
+    uint8_t txt[64];
+    const char *strs[1] = {"name=New"};
+    int len = mdns_core_txt_build(strs, 1, txt, sizeof(txt));
+    unsigned before = a->n_log;
+    CHECK(mdns_core_set_txt(a->core, txt, (size_t)len, now) == 0);
+    run_until(now + 3000);
+    CHECK(a->n_log == before + 4 && !a->log[before].query); /* announced twice, both families */
+    CHECK(b->n_ev == 2 && b->ev[1] == POS_MDNS_UPDATED && !strcmp(b->ev_name[1], "New"));
+}
+
 static void test_ttl_expiry_lost(void)
 {
     reset();
@@ -461,6 +480,7 @@ int main(void)
     test_probe_announce_timing();
     test_query_backoff();
     test_found_goodbye_lost();
+    test_metadata_change();
     test_ttl_expiry_lost();
     test_shared_answer_delay_and_rate_limit();
     test_conflict_rename();
