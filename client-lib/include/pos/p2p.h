@@ -274,6 +274,13 @@ uint64_t pos_mdns_next_deadline(const pos_mdns *m);
 int pos_mdns_process(pos_mdns *m);
 
 /*
+ * pos_mdns_set_metadata replaces name, os, model, version and libraries
+ * (taken from |cfg|, which also needs peer_id) and announces them at once;
+ * browsers report "updated". Errors: INVALID_ARGUMENT, MDNS_TXT.
+ */
+int pos_mdns_set_metadata(pos_mdns *m, const pos_mdns_config *cfg);
+
+/*
  * pos_mdns_add_contact: recognise the contacts-only advertisements of
  * |peer_id| whose presence key is |key|. Errors: INVALID_ARGUMENT, MDNS_FULL.
  */
