@@ -207,14 +207,14 @@ void pos_p2p_relay_close(pos_p2p_relay *r);
  * id>) and browse for others, over IPv4 and IPv6 multicast on every
  * multicast-capable interface. See docs/mdns.md.
  */
-#define POS_P2P_ERR_MDNS_TXT -50       /* TXT string > 255 bytes, or TXT > 1300 bytes */
-#define POS_P2P_ERR_MDNS_SOCKET -51    /* cannot open or bind the mDNS sockets */
-#define POS_P2P_ERR_MDNS_PACKET -52    /* malformed DNS packet */
-#define POS_P2P_ERR_MDNS_NAME -53      /* instance name empty or longer than 63 bytes */
-#define POS_P2P_ERR_MDNS_FULL -54      /* a fixed-size table is full */
-#define POS_P2P_ERR_MDNS_CARD -55      /* malformed contact card */
-#define POS_P2P_ERR_MDNS_CONTACTS -56  /* contacts or presence key file unusable */
-#define POS_P2P_ERR_MDNS_NO_KEY -57    /* contacts-only mode without a presence key */
+#define POS_P2P_ERR_MDNS_TXT -50      /* TXT string > 255 bytes, or TXT > 1300 bytes */
+#define POS_P2P_ERR_MDNS_SOCKET -51   /* cannot open or bind the mDNS sockets */
+#define POS_P2P_ERR_MDNS_PACKET -52   /* malformed DNS packet */
+#define POS_P2P_ERR_MDNS_NAME -53     /* instance name empty or longer than 63 bytes */
+#define POS_P2P_ERR_MDNS_FULL -54     /* a fixed-size table is full */
+#define POS_P2P_ERR_MDNS_CARD -55     /* malformed contact card */
+#define POS_P2P_ERR_MDNS_CONTACTS -56 /* contacts or presence key file unusable */
+#define POS_P2P_ERR_MDNS_NO_KEY -57   /* contacts-only mode without a presence key */
 
 enum pos_mdns_mode {
     POS_MDNS_ENABLED = 0,       /* advertise everything */
@@ -234,7 +234,7 @@ typedef struct pos_mdns_peer {
     const char *peer_id;  /* NULL when unknown (a stranger in contacts-only mode) */
     int contact;          /* 1 when recognised through a contact's presence key */
     const char *name, *os, *model, *version; /* NULL when absent */
-    const char *const *addrs; /* "ip" or "fe80::1%eth0" */
+    const char *const *addrs;                /* "ip" or "fe80::1%eth0" */
     size_t n_addrs;
     uint16_t port;
     const char *const *txt; /* raw "key=value" strings */
@@ -245,14 +245,14 @@ typedef void (*pos_mdns_callback)(void *user, enum pos_mdns_event ev, const pos_
 
 typedef struct pos_mdns_config {
     enum pos_mdns_mode mode;
-    int advertise;       /* 1: publish this device */
-    int browse;          /* 1: look for others */
-    const char *peer_id; /* needed to advertise in enabled mode */
+    int advertise;                           /* 1: publish this device */
+    int browse;                              /* 1: look for others */
+    const char *peer_id;                     /* needed to advertise in enabled mode */
     const char *name, *os, *model, *version; /* optional TXT values */
-    const char *const *libraries; /* library uuids */
+    const char *const *libraries;            /* library uuids */
     size_t n_libraries;
-    uint16_t port;                  /* the port peers connect to */
-    const uint8_t *presence_key;    /* 32 bytes; needed to advertise in contacts-only mode */
+    uint16_t port;               /* the port peers connect to */
+    const uint8_t *presence_key; /* 32 bytes; needed to advertise in contacts-only mode */
 } pos_mdns_config;
 
 typedef struct pos_mdns pos_mdns;
