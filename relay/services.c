@@ -50,7 +50,7 @@
 #define REGISTER_BACKOFF_MAX 5.0
 #define MAX_PENDING_CHECKS 20000 /* beyond: refused at once as unavailable (overload) */
 #define LEASE_MIN_CHUNK 8192     /* bytes: at least a few full-size packets per lease */
-#define LEASE_MIN_GRANT 4096     /* a lease smaller than this waits (no tiny leases) */
+#define LEASE_MIN_GRANT 4096     /* a lease smaller than this (or a quarter chunk) waits */
 #define LEASE_CHUNK_DIV 10       /* a lease is 1/10 s of the rate */
 #define LEASE_WAIT_MIN_MS 5      /* after an empty lease, ask again no sooner... */
 #define LEASE_WAIT_MAX_MS 250    /* ...and no later than this (bucket refill time) */
@@ -319,6 +319,7 @@ struct budget {
     uint64_t rate, burst, chunk, min_grant;
     uint64_t reported;     /* b.spent already moved to the account */
     uint64_t dropped_mark; /* b.dropped when the last lease was asked for */
+    uint64_t spent_mark;   /* b.spent likewise */
     ev_timer retry;        /* ask again after an empty or failed lease */
 };
 
@@ -1053,7 +1054,10 @@ static void budget_set_limits(struct budget *tb, const relay_limits *limits)
         tb->chunk = LEASE_MIN_CHUNK;
     if (tb->chunk > tb->burst)
         tb->chunk = tb->burst;
-    tb->min_grant = tb->chunk < LEASE_MIN_GRANT ? tb->chunk : LEASE_MIN_GRANT;
+    /* Under contention leases are small: a floor of a quarter chunk bounds the calls per token. */
+    tb->min_grant = tb->chunk / 4 > LEASE_MIN_GRANT ? tb->chunk / 4 : LEASE_MIN_GRANT;
+    if (tb->min_grant > tb->chunk)
+        tb->min_grant = tb->chunk;
     tb->b.low_water = (int64_t)(tb->chunk / 2);
 }
 
@@ -1071,8 +1075,13 @@ static void on_lease_retry(struct ev_loop *loop, ev_timer *w, int revents)
     struct budget *tb = w->data;
     (void)loop;
     (void)revents;
-    /* Packets were dropped meanwhile: there is demand, ask now. Otherwise the next packet asks. */
-    if (tb->b.dropped != tb->dropped_mark && !tb->s->shut_down)
+    /*
+     * Packets were forwarded or dropped meanwhile: the budget is in use, ask
+     * now (every relay with traffic asks when the bucket has refilled, so a
+     * relay with little traffic is not starved by a busy one). Otherwise the
+     * next packet asks.
+     */
+    if ((tb->b.dropped != tb->dropped_mark || tb->b.spent != tb->spent_mark) && !tb->s->shut_down)
         lease_start(tb);
     else
         relay_budget_grant(&tb->b, 0);
@@ -1125,6 +1134,7 @@ static void lease_start(struct budget *tb)
     if (tb->in_flight || s->shut_down)
         return;
     tb->dropped_mark = tb->b.dropped;
+    tb->spent_mark = tb->b.spent;
     relay_key_bandwidth(s->cfg->redis_prefix, key, sizeof(key), tb->n.key);
     snprintf(rate, sizeof(rate), "%llu", (unsigned long long)tb->rate);
     snprintf(burst, sizeof(burst), "%llu", (unsigned long long)tb->burst);

@@ -699,9 +699,9 @@ static long long usage_field(const relay_config *cfg, const char *account, const
 /*
  * Two relays carry one limited token's traffic, each offered the token's
  * whole limit: together they must stay within 10% of it (measured after the
- * bucket's initial burst is spent). Returns the bytes both forwarded in all.
+ * bucket's initial burst is spent).
  */
-static uint64_t test_bandwidth_shared(struct sim *m1, struct sim *m2, double limit)
+static void test_bandwidth_shared(struct sim *m1, struct sim *m2, double limit)
 {
     sim_start(m1, limit);
     sim_start(m2, limit);
@@ -720,12 +720,45 @@ static uint64_t test_bandwidth_shared(struct sim *m1, struct sim *m2, double lim
            limit, 2 * limit, rate, dt, 100.0 * rate / limit, (double)d1 / dt, (double)d2 / dt,
            (unsigned long long)m1->fw->stats.drop_budget,
            (unsigned long long)m2->fw->stats.drop_budget);
+    relay_services_stats st1, st2;
+    relay_services_stats_get(m1->s, &st1);
+    relay_services_stats_get(m2->s, &st2);
+    printf("bandwidth: leases %llu + %llu (empty %llu + %llu) in %.1f s\n",
+           (unsigned long long)st1.leases, (unsigned long long)st2.leases,
+           (unsigned long long)st1.leases_empty, (unsigned long long)st2.leases_empty,
+           ev_time() - t0 + 1.0);
+    /* Never a Redis call per packet: leases are a small fraction of the packets offered. */
+    CHECK((double)(st1.leases + st2.leases) < (m1->offered + m2->offered) / m1->frame_len / 10);
     CHECK(rate <= limit * 1.10);
     CHECK(rate >= limit * 0.90);
     /* Both relays got a real share: the lease is not won by one of them. */
     CHECK(d1 > (d1 + d2) / 5 && d2 > (d1 + d2) / 5);
     CHECK(m1->fw->stats.drop_budget > 0 && m2->fw->stats.drop_budget > 0);
-    return fwd_bytes(m1) + fwd_bytes(m2);
+}
+
+/*
+ * Uneven demand: relay 1 is offered 1.5 times the limit, relay 2 a quarter
+ * of it. Together they stay within 10% of the limit, and relay 2, asking
+ * less than its share, gets what it asks for (within 20%).
+ */
+static void test_bandwidth_uneven(struct sim *m1, struct sim *m2, double limit)
+{
+    sim_start(m1, 1.5 * limit);
+    sim_start(m2, 0.25 * limit);
+    run_for(0.5);
+    uint64_t b1 = fwd_bytes(m1), b2 = fwd_bytes(m2);
+    ev_tstamp t0 = ev_time();
+    run_for(3.0);
+    double dt = ev_time() - t0;
+    uint64_t d1 = fwd_bytes(m1) - b1, d2 = fwd_bytes(m2) - b2;
+    sim_stop(m1);
+    sim_stop(m2);
+    double rate = (double)(d1 + d2) / dt;
+    printf("uneven: offered %.0f + %.0f B/s; combined %.0f B/s (%.1f%% of the limit; relay 1 "
+           "%.0f, relay 2 %.0f B/s)\n",
+           1.5 * limit, 0.25 * limit, rate, 100.0 * rate / limit, (double)d1 / dt, (double)d2 / dt);
+    CHECK(rate <= limit * 1.10 && rate >= limit * 0.90);
+    CHECK((double)d2 / dt >= 0.8 * 0.25 * limit);
 }
 
 /* A token with no limit: never throttled, and it never asks Redis for a lease. */
@@ -807,7 +840,9 @@ static int run_bandwidth(const char *config)
         goto out;
     ev_tstamp circuit_start = ev_time();
 
-    uint64_t limited_total = test_bandwidth_shared(&m1, &m2, limit);
+    test_bandwidth_shared(&m1, &m2, limit);
+    test_bandwidth_uneven(&m1, &m2, limit);
+    uint64_t limited_total = fwd_bytes(&m1) + fwd_bytes(&m2);
     double circuit_s = 2 * (ev_time() - circuit_start); /* two circuits, one account each */
     sim_free(&m1);
     sim_free(&m2);
