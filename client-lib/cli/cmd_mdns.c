@@ -47,13 +47,39 @@ static const char *event_name(enum pos_mdns_event ev)
     return ev == POS_MDNS_FOUND ? "found" : ev == POS_MDNS_UPDATED ? "updated" : "lost";
 }
 
+/* Copies |s| into |out|, turning it into valid UTF-8 ('?' for bytes jansson refuses). */
+static void utf8_or_mark(const char *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", s);
+    for (size_t i = 0; out[i]; i++) {
+        json_t *t = json_string(out);
+        if (t) {
+            json_decref(t);
+            return;
+        }
+        if ((unsigned char)out[i] >= 0x80)
+            out[i] = '?';
+    }
+}
+
+/* Prints text that came from the network with control bytes replaced, so a
+ * peer cannot send escape sequences to the terminal. */
+static void print_safe(const char *s)
+{
+    for (; *s; s++)
+        putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+}
+
 static void print_event(void *user, enum pos_mdns_event ev, const pos_mdns_peer *p)
 {
     const struct printer *pr = user;
     if (pr->json) {
         json_t *o = json_object(), *addrs = json_array(), *txt = json_object();
         json_object_set_new(o, "event", json_string(event_name(ev)));
-        json_object_set_new(o, "instance", json_string(p->instance));
+        /* Network text that is not UTF-8 is shown with its bad bytes as '?'. */
+        char inst[256];
+        utf8_or_mark(p->instance, inst, sizeof(inst));
+        json_object_set_new(o, "instance", json_string(inst));
         json_object_set_new(o, "peer_id", p->peer_id ? json_string(p->peer_id) : json_null());
         json_object_set_new(o, "contact", json_boolean(p->contact));
         json_object_set_new(o, "name", p->name ? json_string(p->name) : json_null());
@@ -81,12 +107,16 @@ static void print_event(void *user, enum pos_mdns_event ev, const pos_mdns_peer 
         free(s);
         json_decref(o);
     } else {
-        printf("%-7s %s", event_name(ev), p->instance);
+        printf("%-7s ", event_name(ev));
+        print_safe(p->instance);
         if (p->peer_id)
             printf(" peer_id=%s%s", p->peer_id, p->contact ? " (contact)" : "");
         if (ev != POS_MDNS_LOST) {
-            if (p->name)
-                printf(" name=\"%s\"", p->name);
+            if (p->name) {
+                printf(" name=\"");
+                print_safe(p->name);
+                printf("\"");
+            }
             printf(" port=%u addrs=", p->port);
             for (size_t i = 0; i < p->n_addrs; i++)
                 printf("%s%s", i ? "," : "", p->addrs[i]);

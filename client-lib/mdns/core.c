@@ -704,7 +704,7 @@ static void cache_add(struct mdns_core *c, const struct dns_rr *rr, int ifindex,
     }
     if (!e) {
         e = cache_slot(c);
-        e->rdata = malloc(rr->rdlen ? rr->rdlen : 1);
+        e->rdata = calloc(1, rr->rdlen ? rr->rdlen : 1);
         if (!e->rdata)
             return;
         e->used = true;
@@ -1318,7 +1318,7 @@ static void handle_query(struct mdns_core *c, struct rx *x, struct iface *ifc, i
             uint32_t ours_ttl = (b & ((1u << REC_SRV) | (1u << REC_A) | (1u << REC_AAAA)))
                                     ? MDNS_TTL_HOST
                                     : MDNS_TTL_OTHER;
-            if (b && x->rr.ttl * 2 >= ours_ttl) {
+            if (b && (uint64_t)x->rr.ttl * 2 >= ours_ttl) {
                 if (b == (1u << REC_A))
                     n4++;
                 else if (b == (1u << REC_AAAA))
@@ -1402,7 +1402,7 @@ static void handle_response(struct mdns_core *c, struct rx *x, struct iface *ifc
             /* §7.4: another host already gave this shared answer. */
             unsigned b = match_ours(c, ifc, &x->rr);
             uint32_t full = MDNS_TTL_OTHER;
-            if ((b & REC_SHARED) && x->rr.ttl * 2 >= full)
+            if ((b & REC_SHARED) && (uint64_t)x->rr.ttl * 2 >= full)
                 ifc->pending_mask[fi] &= ~b;
         }
         /*
