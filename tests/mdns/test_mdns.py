@@ -435,6 +435,33 @@ def shares_port_5353_on_one_host():
 
 
 @test
+def skips_point_to_point_interfaces():
+    """A tun device (POINTOPOINT, MULTICAST, UP, like a VPN) gets no mDNS group and its
+    address is never advertised; eth0 gets both groups."""
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        for argv in (["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"],
+                     ["ip", "addr", "add", "10.99.0.1/24", "dev", "tun0"],
+                     ["ip", "link", "set", "tun0", "up"]):
+            subprocess.run(lb.argv(0, *argv), check=True, capture_output=True)
+        advertise(lb, 0, ia)
+        b = discover(lb, 1, ib, 8)
+        e = wait_until(lambda: found(b, pa), 8, what="b to find a")
+        assert "10.99.0.1" not in e["addrs"], e
+
+        def groups(dev):
+            return subprocess.run(lb.argv(0, "ip", "maddr", "show", "dev", dev),
+                                  capture_output=True, text=True).stdout
+        assert "224.0.0.251" in groups("eth0") and "ff02::fb" in groups("eth0")
+        assert "224.0.0.251" not in groups("tun0") and "ff02::fb" not in groups("tun0")
+    finally:
+        lb.close()
+
+
+@test
 def cli_errors_and_help():
     d = tmpdir()
     ident = os.path.join(d, "x", "identity")
