@@ -990,12 +990,19 @@ static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
     revalidate(s);
 }
 
-/* Redis came back: put presence and connection sets back at once (it may have restarted empty). */
+static void usage_flush(relay_services *s);
+
+/*
+ * Redis came back: put presence and connection sets back at once (it may
+ * have restarted empty), and add the usage counted while it was away.
+ */
 static void on_redis_state(void *arg, int up)
 {
     relay_services *s = arg;
-    if (up && !s->shut_down)
+    if (up && !s->shut_down) {
         on_refresh(s->loop, &s->refresh, 0);
+        usage_flush(s);
+    }
 }
 
 /* ---- bandwidth budgets ---- */

@@ -149,6 +149,25 @@ static void wait_redis(relay_services *s)
     CHECK(relay_services_redis_ok(s));
 }
 
+/* HGET of a usage field of |account| through a synchronous connection; -1 on error. */
+static long long usage_field(const relay_config *cfg, const char *account, const char *field)
+{
+    pos_redis rc;
+    char key[RELAY_KEY_LEN];
+    long long v = -1;
+    pos_redis_init(&rc, &cfg->redis, cfg->redis_prefix, 2000);
+    relay_key_usage(cfg->redis_prefix, key, sizeof(key), account);
+    redisReply *rep = pos_redis_command(&rc, "HGET %s %s", key, field);
+    if (rep && rep->type == REDIS_REPLY_STRING)
+        v = strtoll(rep->str, NULL, 10);
+    else if (rep && rep->type == REDIS_REPLY_NIL)
+        v = 0;
+    if (rep)
+        freeReplyObject(rep);
+    pos_redis_free(&rc);
+    return v;
+}
+
 static void test_tokens(relay_services *s)
 {
     struct verdict r;
@@ -518,6 +537,9 @@ static int run_restart(const char *config)
         run_for(0.02);
     CHECK(!relay_services_redis_ok(s));
     CHECK(auth(s, "pos_token-during-restart", &tmp) == RELAY_REFUSED_UNAVAILABLE);
+    /* Usage counted while Redis is away is kept and added once it is back. */
+    CHECK(relay_usage_add(s, "alice", 4242, 3000) == 0);
+    CHECK(relay_usage_add(s, "no:colons allowed", 1, 0) == -1);
     printf("saw it down\n");
     fflush(stdout);
     for (int i = 0; i < 500 && !relay_services_redis_ok(s); i++)
@@ -533,6 +555,13 @@ static int run_restart(const char *config)
         freeReplyObject(rep);
     pos_redis_free(&rc);
     CHECK(rate(s, "192.0.2.77", &tmp) == RELAY_OK);
+    long long bytes = -1;
+    for (int i = 0; i < 40 && bytes != 4242; i++) {
+        run_for(0.2);
+        bytes = usage_field(&cfg, "alice", RELAY_USAGE_BYTES);
+    }
+    CHECK(bytes == 4242);
+    CHECK(usage_field(&cfg, "alice", RELAY_USAGE_SECONDS) == 3);
     relay_auth_release(s, r.token_id);
     relay_presence_remove(s, peer);
     relay_services_del(s);
@@ -675,25 +704,6 @@ static void sim_free(struct sim *m)
 static uint64_t fwd_bytes(const struct sim *m)
 {
     return m->fw ? m->fw->stats.forwarded_bytes : 0;
-}
-
-/* HGET of a usage field of |account| through a synchronous connection; -1 on error. */
-static long long usage_field(const relay_config *cfg, const char *account, const char *field)
-{
-    pos_redis rc;
-    char key[RELAY_KEY_LEN];
-    long long v = -1;
-    pos_redis_init(&rc, &cfg->redis, cfg->redis_prefix, 2000);
-    relay_key_usage(cfg->redis_prefix, key, sizeof(key), account);
-    redisReply *rep = pos_redis_command(&rc, "HGET %s %s", key, field);
-    if (rep && rep->type == REDIS_REPLY_STRING)
-        v = strtoll(rep->str, NULL, 10);
-    else if (rep && rep->type == REDIS_REPLY_NIL)
-        v = 0;
-    if (rep)
-        freeReplyObject(rep);
-    pos_redis_free(&rc);
-    return v;
 }
 
 /*
