@@ -969,6 +969,15 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         s->st.packets_dropped++;
         return;
     }
+    if (s->pending >= 4 * s->retry_above + 64) {
+        /*
+         * Overloaded even with Retry: drop the Initial (the client retries
+         * after its PTO) so that the loop keeps serving Redis answers and
+         * the connections already admitted.
+         */
+        s->st.packets_dropped++;
+        return;
+    }
     if (hd.token.len > 0 && hd.token.base[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) {
         if (ngtcp2_crypto_verify_retry_token(&odcid, hd.token.base, hd.token.len, s->retry_secret,
                                              sizeof(s->retry_secret), hd.version,
