@@ -297,6 +297,7 @@ struct curl_sock {
 };
 
 struct revalidation;
+struct usage_batch;
 
 /* Usage of one account not yet added to Redis, and its circuits open here. */
 struct account {
@@ -342,6 +343,7 @@ struct relay_services {
     struct map cache, tokconns, presence, budgets, accounts;
     ev_timer refresh;
     ev_timer usage_timer;
+    struct usage_batch *usage_inflight; /* usage script calls waiting for Redis */
     int shut_down;
 
     /* registration */
@@ -1268,9 +1270,12 @@ int relay_usage_add(relay_services *s, const char *account, uint64_t bytes, uint
     return 0;
 }
 
-/* One usage script call: what it adds, kept to be added back if it fails. */
+/*
+ * One usage script call: what it adds, kept to be added back if it fails.
+ * Owned by the services' list while Redis works on it.
+ */
 struct usage_batch {
-    struct usage_batch *next;
+    struct usage_batch *prev, *next;
     relay_services *s;
     unsigned n;
     struct {
@@ -1307,10 +1312,21 @@ static int account_take(relay_services *s, struct account *a, int final, uint64_
     return 1;
 }
 
+static void usage_batch_unlink(relay_services *s, struct usage_batch *u)
+{
+    if (u->prev)
+        u->prev->next = u->next;
+    else
+        s->usage_inflight = u->next;
+    if (u->next)
+        u->next->prev = u->prev;
+}
+
 static void on_usage_reply(void *arg, redisReply *rep)
 {
     struct usage_batch *u = arg;
     relay_services *s = u->s;
+    usage_batch_unlink(s, u);
     if (rep && rep->type == REDIS_REPLY_INTEGER) {
         s->stats.usage_flushes++;
     } else {
@@ -1339,7 +1355,13 @@ static void usage_send(relay_services *s, struct usage_batch *u)
         s->stats.usage_failures++;
         usage_restore(s, u);
         free(u);
+        return;
     }
+    u->prev = NULL;
+    u->next = s->usage_inflight;
+    if (u->next)
+        u->next->prev = u;
+    s->usage_inflight = u;
 }
 
 /* Moves every budget's spent bytes to its account. */
@@ -1893,6 +1915,11 @@ void relay_services_del(relay_services *s)
     ev_timer_stop(s->loop, &((struct budget *)n)->retry);
     map_clear(&s->budgets); /* a budget still referenced must not be used after this */
     map_clear(&s->accounts);
+    while (s->usage_inflight) {
+        struct usage_batch *u = s->usage_inflight;
+        usage_batch_unlink(s, u);
+        free(u);
+    }
     free(s->budgets.b);
     free(s->accounts.b);
     free(s->cache.b);
