@@ -34,8 +34,12 @@ struct pos_p2p_relay {
     uint8_t dead;     /* closed or failed: no more I/O */
     uint8_t creating; /* inside ngtcp2_conn_client_new (see cb_rand) */
     int64_t stream;
-    int64_t connect_deadline_ms;
-    uint8_t *out; /* control stream bytes not yet acknowledged */
+    int64_t connect_deadline_ms; /* the caller's overall limit */
+    int64_t attempt_deadline_ms; /* this address's share of it */
+    size_t addr_index;           /* relay address in use (info.addrs) */
+    size_t addrs_left;           /* usable addresses after this one */
+    pos_p2p_relay_info info;     /* for trying the next address */
+    uint8_t *out;                /* control stream bytes not yet acknowledged */
     size_t out_len, out_sent, out_acked;
     pos_ctrl_reader rd;
     char *token; /* until HELLO is queued, then wiped */
@@ -255,6 +259,11 @@ static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
     r->st.idle_timeout_s = m->idle_timeout_s;
     r->st.state = POS_P2P_RELAY_ACCEPTED;
     r->st.accepted_at_ms = pos_p2p_now_ms();
+    if (r->token) {
+        sodium_memzero(r->token, r->token_len);
+        free(r->token);
+        r->token = NULL;
+    }
     /* Keep-alives well inside the relay's idle timeout (and NAT bindings). */
     uint64_t ka = KEEPALIVE_NS;
     if (m->idle_timeout_s > 0 && (uint64_t)m->idle_timeout_s * NGTCP2_SECONDS / 2 < ka)
@@ -320,9 +329,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     m.token_len = r->token_len;
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
-    sodium_memzero(r->token, r->token_len);
-    free(r->token);
-    r->token = NULL;
+    /* the token stays (wiped) in memory until WELCOME: another address may need it */
     return rv == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
@@ -400,11 +407,15 @@ static void init_callbacks(ngtcp2_callbacks *cb)
     cb->acked_stream_data_offset = cb_acked_stream_data_offset;
 }
 
-/* pick_addr: the relay's first address of a family the endpoint has a socket for. */
-static int pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info,
-                     struct sockaddr_storage *out, int *sock)
+/*
+ * pick_addr: the relay's first address from index |from| of a family the
+ * endpoint has a socket for; its index goes to |*index|. With |out| NULL it
+ * only counts.
+ */
+static int pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from,
+                     struct sockaddr_storage *out, int *sock, size_t *index)
 {
-    for (size_t i = 0; i < info->n_addrs && i < POS_P2P_RELAY_MAX_ADDRS; i++) {
+    for (size_t i = from; i < info->n_addrs && i < POS_P2P_RELAY_MAX_ADDRS; i++) {
         struct sockaddr_storage ss;
         if (pos_addr_parse(info->addrs[i], strnlen(info->addrs[i], POS_P2P_ADDR_STRLEN), 0, &ss) !=
             0)
@@ -412,11 +423,35 @@ static int pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info,
         int s = ss.ss_family == AF_INET ? 0 : 1;
         if (ep->socks[s].fd < 0)
             continue;
-        *out = ss;
-        *sock = s;
+        if (out) {
+            *out = ss;
+            *sock = s;
+        }
+        *index = i;
         return 0;
     }
     return -1;
+}
+
+static size_t count_addrs(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from)
+{
+    size_t n = 0, i;
+    while (pick_addr(ep, info, from, NULL, NULL, &i) == 0) {
+        n++;
+        from = i + 1;
+    }
+    return n;
+}
+
+/* attempt_share: each remaining address gets an equal share of the time left, at least 1 s. */
+static void set_attempt_deadline(pos_p2p_relay *r)
+{
+    int64_t now = pos_p2p_now_ms(), left = r->connect_deadline_ms - now;
+    int64_t share = left / (int64_t)(r->addrs_left + 1);
+    if (share < 1000)
+        share = 1000;
+    r->attempt_deadline_ms =
+        now + share < r->connect_deadline_ms ? now + share : r->connect_deadline_ms;
 }
 
 static int make_conn(pos_p2p_relay *r)
@@ -517,10 +552,12 @@ int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
         return POS_P2P_ERR_INVALID_ARGUMENT;
     }
     r->pin.has_expected = 1;
-    if (pick_addr(ep, relay, &r->remote, &r->sock) != 0) {
+    r->info = *relay;
+    if (pick_addr(ep, relay, 0, &r->remote, &r->sock, &r->addr_index) != 0) {
         free(r);
         return POS_P2P_ERR_NO_ROUTE;
     }
+    r->addrs_left = count_addrs(ep, relay, r->addr_index + 1);
     pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
     r->token = malloc(tlen);
     if (!r->token) {
@@ -539,8 +576,42 @@ int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
         return rv;
     }
     r->connect_deadline_ms = pos_p2p_now_ms() + timeout_ms;
+    set_attempt_deadline(r);
     conn_write(r);
     *out = r;
+    return 0;
+}
+
+/*
+ * try_next_addr: the current address did not answer in its share of the
+ * time; start over on the relay's next usable address. Returns 0, or -1
+ * when there is none (or it could not be set up).
+ */
+static int try_next_addr(pos_p2p_relay *r)
+{
+    size_t i;
+    if (r->addrs_left == 0 || !r->token ||
+        pick_addr(r->ep, &r->info, r->addr_index + 1, &r->remote, &r->sock, &i) != 0)
+        return -1;
+    drop_cids(r);
+    ngtcp2_conn_del(r->qc);
+    r->qc = NULL;
+    if (r->tls)
+        gnutls_deinit(r->tls);
+    r->tls = NULL;
+    free(r->out);
+    r->out = NULL;
+    r->out_len = r->out_sent = r->out_acked = 0;
+    pos_ctrl_reader_wipe(&r->rd);
+    r->stream = -1;
+    r->pin.has_peer = r->pin.mismatch = 0;
+    r->addr_index = i;
+    r->addrs_left--;
+    pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
+    if (make_conn(r) != 0)
+        return -1;
+    set_attempt_deadline(r);
+    conn_write(r);
     return 0;
 }
 
@@ -585,8 +656,8 @@ int64_t qc_deadline_ms(const pos_p2p_relay *r)
     exp = ngtcp2_conn_get_expiry(r->qc);
     d = exp == UINT64_MAX ? -1 : (int64_t)(exp / 1000000) + 1;
     /* translate from ngtcp2's clock (ns, monotonic) to ours (ms, monotonic): same origin */
-    if (r->st.state == POS_P2P_RELAY_CONNECTING && (d < 0 || r->connect_deadline_ms < d))
-        d = r->connect_deadline_ms;
+    if (r->st.state == POS_P2P_RELAY_CONNECTING && (d < 0 || r->attempt_deadline_ms < d))
+        d = r->attempt_deadline_ms;
     return d;
 }
 
@@ -595,11 +666,13 @@ void qc_on_deadline(pos_p2p_relay *r)
     int rv;
     if (r->dead)
         return;
-    if (r->st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() >= r->connect_deadline_ms) {
+    if (r->st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() >= r->attempt_deadline_ms) {
         ngtcp2_connection_close_error ccerr;
         ngtcp2_connection_close_error_default(&ccerr);
         ngtcp2_connection_close_error_set_application_error(&ccerr, APP_NO_ERROR, NULL, 0);
         send_close(r, &ccerr);
+        if (pos_p2p_now_ms() < r->connect_deadline_ms && try_next_addr(r) == 0)
+            return;
         fail(r, POS_P2P_ERR_TIMEOUT, "no answer from the relay in time");
         return;
     }

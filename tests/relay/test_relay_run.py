@@ -472,4 +472,20 @@ def connection_cap_counts_live_connections_only():
     wait_until(second_accepted, 8, interval=0.5, what="the slot released after the close")
 
 
+@test
+def client_falls_back_to_the_next_relay_address():
+    redis, disc, relay = stack()
+    dead = free_port(socket.SOCK_DGRAM)
+    entry = "9b2d8f1e-6c1a-4d3b-8e5f-2a7c9d0b1e3f"
+    st, _, _ = http("POST", disc.url + "/api/p2p/relays",
+                    {"id": entry, "peer_id": relay.peer_id,
+                     "addrs": [f"127.0.0.1:{dead}", f"127.0.0.1:{relay.port}"]},
+                    headers={"Authorization": "Bearer " + SECRET})
+    assert st == 200
+    wait_until(lambda: entry in disc.ids(), 3, what="the two-address entry")
+    r = p2p_relays(disc.url, relay.token(), identity())
+    assert re.search(entry + r" at 127\.0\.0\.1:" + str(relay.port) + ": accepted", r.stdout), \
+        r.stdout
+
+
 run()

@@ -180,8 +180,10 @@ typedef struct pos_p2p_relay_status {
 } pos_p2p_relay_status;
 
 /*
- * pos_p2p_relay_connect starts a control connection to |relay| (its first
- * address of a family the endpoint has), pinning relay->peer_id, and sends
+ * pos_p2p_relay_connect starts a control connection to |relay| (its
+ * addresses of a family the endpoint has, in order: each gets an equal share
+ * of |timeout_ms|, at least 1 s, before the next is tried), pinning
+ * relay->peer_id, and sends
  * HELLO with |token| once the handshake is done. Progress happens in
  * pos_p2p_endpoint_process; the connection fails with POS_P2P_ERR_TIMEOUT
  * when not accepted within |timeout_ms|. The connection stays open (with
