@@ -1287,32 +1287,37 @@ static unsigned with_additionals(unsigned m)
     return m;
 }
 
-static void handle_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
-                         const uint8_t *src, uint16_t src_port, uint64_t now)
+/* What one query asks and already knows, read in one pass. */
+struct query_summary {
+    unsigned mask;         /* our records its questions ask for */
+    unsigned qu_mask;      /* ... in questions with the QU bit */
+    unsigned known;        /* ... that it lists as known answers (§7.1) */
+    bool browse_q;         /* it asks our browse question (QM) */
+    unsigned browse_known; /* known answers to the browse question */
+    size_t n_theirs;       /* authority records for our instance (a rival probe) */
+    int nq;
+    struct dns_question first_q;
+};
+
+static void read_query(struct mdns_core *c, struct rx *x, const struct iface *ifc, bool probing,
+                       struct query_summary *qs)
 {
-    bool responding = advertising(c) && (c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED);
-    bool probing = advertising(c) && c->rstate == R_PROBING;
-    bool legacy = src_port != MDNS_PORT;
-    unsigned mask = 0, qu_mask = 0, known = 0;
-    bool browse_q = false;
-    struct dns_question legacy_q;
-    int nq = 0;
+    unsigned n4 = 0, n6 = 0;
+    memset(qs, 0, sizeof(*qs));
     while (dns_read_question(&x->r, &x->q) == 0) {
         unsigned m = question_mask(c, &x->q);
         if (x->q.unicast)
-            qu_mask |= m;
-        mask |= m;
-        if (!nq++)
-            legacy_q = x->q;
+            qs->qu_mask |= m;
+        qs->mask |= m;
+        if (!qs->nq++)
+            qs->first_q = x->q;
         if (!x->q.unicast && x->q.type == DNS_TYPE_PTR && dns_name_equal(&x->q.name, &c->svc))
-            browse_q = true;
+            qs->browse_q = true;
     }
-    unsigned kn = 0, n4 = 0, n6 = 0;
-    size_t n_theirs = 0;
     while (dns_read_rr(&x->r, &x->rr) == 0) {
         if (x->rr.section == DNS_SEC_ANSWER) {
-            if (browse_q && x->rr.type == DNS_TYPE_PTR && dns_name_equal(&x->rr.name, &c->svc))
-                kn++;
+            if (qs->browse_q && x->rr.type == DNS_TYPE_PTR && dns_name_equal(&x->rr.name, &c->svc))
+                qs->browse_known++;
             unsigned b = match_ours(c, ifc, &x->rr);
             /* §7.1: skip what the asker knows with at least half our TTL. */
             uint32_t ours_ttl = (b & ((1u << REC_SRV) | (1u << REC_A) | (1u << REC_AAAA)))
@@ -1324,45 +1329,25 @@ static void handle_query(struct mdns_core *c, struct rx *x, struct iface *ifc, i
                 else if (b == (1u << REC_AAAA))
                     n6++;
                 else
-                    known |= b;
+                    qs->known |= b;
             }
-        } else if (x->rr.section == DNS_SEC_AUTHORITY && probing && n_theirs < 4 &&
+        } else if (x->rr.section == DNS_SEC_AUTHORITY && probing && qs->n_theirs < 4 &&
                    dns_name_equal(&x->rr.name, &c->instance) &&
                    (x->rr.type == DNS_TYPE_SRV || x->rr.type == DNS_TYPE_TXT) && !x->rr.oversized) {
-            tierec_set(&x->theirs[n_theirs++], x->rr.type, x->rr.rdata, x->rr.rdlen);
+            tierec_set(&x->theirs[qs->n_theirs++], x->rr.type, x->rr.rdata, x->rr.rdlen);
         }
     }
+    /* Address records count as known only when the asker knows them all. */
     if (n4 && n4 >= ifc->n4)
-        known |= 1u << REC_A;
+        qs->known |= 1u << REC_A;
     if (n6 && n6 >= ifc->n6)
-        known |= 1u << REC_AAAA;
-    bool from_us = our_addr(c, family == 4 ? DNS_TYPE_A : DNS_TYPE_AAAA, src, family == 4 ? 4 : 16);
-    if (browse_q && !from_us && kn >= known_count(c, ifc->index, family, now))
-        ifc->dup_query_at[fam_i(family)] = now;
-    if (probing && n_theirs && lost_tiebreak(c, x, n_theirs)) {
-        start_probing(c, now, 1000);
-        return;
-    }
-    if (!responding || !mask)
-        return;
-    if (!(mask & ~known))
-        return; /* every direct answer is known: nothing to say */
-    struct mdns_dest ud = {.ifindex = ifc->index, .family = family, .port = src_port};
-    memcpy(ud.addr, src, family == 4 ? 4 : 16);
-    if (legacy) {
-        /* §6.7: a plain DNS resolver asking port 5353; reply to it, TTL <= 10. */
-        if (nq == 1)
-            send_response(c, ifc, &ud, with_additionals(mask) & ~known, 10, &legacy_q, x->r.h.id);
-        return;
-    }
-    bool probe = x->r.h.ns > 0;
-    if (qu_mask && !probe) {
-        /* §5.4: the asker wants a unicast reply for these questions. */
-        send_response(c, ifc, &ud, with_additionals(qu_mask) & ~known, -1, NULL, 0);
-        mask &= ~qu_mask;
-        if (!(mask & ~known))
-            return;
-    }
+        qs->known |= 1u << REC_AAAA;
+}
+
+/* Multicast answer: at once for unique records and probes, else after 20-120 ms (§6). */
+static void answer_multicast(struct mdns_core *c, struct iface *ifc, int family, unsigned mask,
+                             unsigned known, bool probe, uint64_t now)
+{
     unsigned answer = with_additionals(mask) & ~known;
     int fi = fam_i(family);
     if (!probe) {
@@ -1375,14 +1360,51 @@ static void handle_query(struct mdns_core *c, struct rx *x, struct iface *ifc, i
     if (!answer)
         return;
     if (!(mask & REC_SHARED) || probe) {
-        mcast_response(c, ifc, family, answer, -1, now); /* unique records: at once */
+        mcast_response(c, ifc, family, answer, -1, now);
         return;
     }
-    /* §6: shared answers wait 20-120 ms so answers from several hosts aggregate. */
+    /* Shared answers wait so that answers from several hosts aggregate. */
     uint64_t at = now + rand_between(20, 120);
     if (!ifc->pending_at[fi] || at < ifc->pending_at[fi])
         ifc->pending_at[fi] = at;
     ifc->pending_mask[fi] |= answer;
+}
+
+static void handle_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
+                         const uint8_t *src, uint16_t src_port, uint64_t now)
+{
+    bool responding = advertising(c) && (c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED);
+    bool probing = advertising(c) && c->rstate == R_PROBING;
+    struct query_summary qs;
+    read_query(c, x, ifc, probing, &qs);
+    bool from_us = our_addr(c, family == 4 ? DNS_TYPE_A : DNS_TYPE_AAAA, src, family == 4 ? 4 : 16);
+    if (qs.browse_q && !from_us && qs.browse_known >= known_count(c, ifc->index, family, now))
+        ifc->dup_query_at[fam_i(family)] = now; /* §7.3 */
+    if (probing && qs.n_theirs && lost_tiebreak(c, x, qs.n_theirs)) {
+        start_probing(c, now, 1000);
+        return;
+    }
+    unsigned mask = qs.mask;
+    if (!responding || !(mask & ~qs.known))
+        return; /* not ours, or every direct answer is known */
+    struct mdns_dest ud = {.ifindex = ifc->index, .family = family, .port = src_port};
+    memcpy(ud.addr, src, family == 4 ? 4 : 16);
+    if (src_port != MDNS_PORT) {
+        /* §6.7: a plain DNS resolver asking port 5353; reply to it, TTL <= 10. */
+        if (qs.nq == 1)
+            send_response(c, ifc, &ud, with_additionals(mask) & ~qs.known, 10, &qs.first_q,
+                          x->r.h.id);
+        return;
+    }
+    bool probe = x->r.h.ns > 0;
+    if (qs.qu_mask && !probe) {
+        /* §5.4: the asker wants a unicast reply for these questions. */
+        send_response(c, ifc, &ud, with_additionals(qs.qu_mask) & ~qs.known, -1, NULL, 0);
+        mask &= ~qs.qu_mask;
+        if (!(mask & ~qs.known))
+            return;
+    }
+    answer_multicast(c, ifc, family, mask, qs.known, probe, now);
 }
 
 static void handle_response(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
