@@ -86,6 +86,7 @@ static int parse(int argc, char **argv, struct opts *o)
     o->timeout_s = 10;
     o->token = getenv("POS_TOKEN");
     optind = 1;
+    opterr = 0; /* our own messages, prefixed with the command */
     while ((ch = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
         switch (ch) {
         case 'a':
@@ -135,6 +136,8 @@ static int parse(int argc, char **argv, struct opts *o)
             usage(stdout);
             return 1;
         default:
+            fprintf(stderr, "%s: unknown option or missing value: %s\n\n", "pos-loadtest control",
+                    argv[optind - 1]);
             usage(stderr);
             return 2;
         }

@@ -91,6 +91,7 @@ static int parse_args(int argc, char **argv, const char **config)
     };
     int ch;
     optind = 1;
+    opterr = 0; /* our own messages, prefixed with the command */
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
@@ -100,6 +101,8 @@ static int parse_args(int argc, char **argv, const char **config)
             usage(stdout);
             return 1;
         default:
+            fprintf(stderr, "%s: unknown option or missing value: %s\n\n", "pos-relay run",
+                    argv[optind - 1]);
             usage(stderr);
             return -1;
         }

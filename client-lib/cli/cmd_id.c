@@ -29,6 +29,7 @@ int cmd_id(int argc, char **argv)
     int ch, created = 0;
 
     optind = 1;
+    opterr = 0; /* our own messages, prefixed with the command */
     while ((ch = getopt_long(argc, argv, "i:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'i':
@@ -38,6 +39,8 @@ int cmd_id(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
+            fprintf(stderr, "%s: unknown option or missing value: %s\n\n", "pos-p2p id",
+                    argv[optind - 1]);
             usage(stderr);
             return 2;
         }

@@ -72,6 +72,7 @@ static int parse(int argc, char **argv, struct opts *o)
     o->timeout_s = 5;
     o->token = getenv("POS_TOKEN");
     optind = 1;
+    opterr = 0; /* our own messages, prefixed with the command */
     while ((ch = getopt_long(argc, argv, "a:t:i:T:H:h", lopts, NULL)) != -1) {
         switch (ch) {
         case 'a':
@@ -101,6 +102,8 @@ static int parse(int argc, char **argv, struct opts *o)
             usage(stdout);
             return 1;
         default:
+            fprintf(stderr, "%s: unknown option or missing value: %s\n\n", "pos-p2p relays",
+                    argv[optind - 1]);
             usage(stderr);
             return 2;
         }
