@@ -1,7 +1,9 @@
 /*
- * The control protocol spoken on a client's first bidirectional QUIC stream
- * to its relay (ALPN pos-relay/1; see docs/protocol.md). Sans-I/O: this
- * module turns bytes into messages and back and never touches a socket.
+ * The control protocol between a client and its relay (ALPN pos-relay/1;
+ * see docs/protocol.md), carried on request streams: HELLO/WELCOME on the
+ * client's first bidirectional stream, later requests each on a new stream,
+ * every stream closed by both sides when its exchange is done. Sans-I/O:
+ * this module turns bytes into messages and back and never touches a socket.
  *
  * Framing: each message is  type (1 byte) | length (2 bytes, big endian) |
  * body (length bytes, at most POS_CTRL_MAX_BODY). Body fields, in the order

@@ -375,8 +375,7 @@ static void conn_close_liberr(struct rconn *c, int liberr)
     conn_enter_closing(c, &ccerr);
 }
 
-/* conn_write sends what ngtcp2 has: handshake, acks, control stream bytes. Returns 0 or -1 (freed).
- */
+/* conn_write sends what ngtcp2 has: handshake, acks, answer bytes. Returns 0. */
 static int conn_write(struct rconn *c)
 {
     relay_server *s = c->srv;
@@ -460,7 +459,7 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
     conn_write(c);
 }
 
-/* ---- the control stream ---- */
+/* ---- control messages (request streams) ---- */
 
 static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
 {

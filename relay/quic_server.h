@@ -1,6 +1,6 @@
 /*
  * The relay's QUIC side: UDP sockets on the relay port, the ngtcp2 server
- * connections, and the control protocol on each client's first stream. Every
+ * connections, and the control protocol on each client's request streams. Every
  * ngtcp2 call of the relay is in quic_server.c (the 1.x API renames much of
  * 0.12: a port touches that one file).
  *

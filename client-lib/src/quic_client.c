@@ -39,7 +39,7 @@ struct pos_p2p_relay {
     size_t addr_index;           /* relay address in use (info.addrs) */
     size_t addrs_left;           /* usable addresses after this one */
     pos_p2p_relay_info info;     /* for trying the next address */
-    uint8_t *out;                /* control stream bytes not yet acknowledged */
+    uint8_t *out;                /* HELLO bytes not yet acknowledged */
     size_t out_len, out_sent, out_acked;
     pos_ctrl_reader rd;
     char *token; /* until HELLO is queued, then wiped */
@@ -244,7 +244,7 @@ static int queue_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
     return 0;
 }
 
-/* ---- the control stream ---- */
+/* ---- control messages (request streams) ---- */
 
 static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
