@@ -125,6 +125,10 @@ static int open_sock(struct ep_sock *s, int family, unsigned port)
         return -1;
     if (family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    /* Room for bursts (handshake flights of many connections, later relayed data). */
+    int bufsize = 1024 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof(bufsize));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof(bufsize));
     if (bind(fd, (struct sockaddr *)&ss,
              family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)) != 0) {
         close(fd);
