@@ -24,7 +24,11 @@ trap cleanup EXIT
 if [ ! -d "$build" ]; then
     meson setup "$build" "$root" -Dbuildtype=release >/dev/null
 fi
-ninja -C "$build" relay/pos-relay loadtest/pos-loadtest >/dev/null
+if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest >"$work/build.log" 2>&1; then
+    tail -20 "$work/build.log"
+    echo "bench-relay-control: the build failed" >&2
+    exit 1
+fi
 
 free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
