@@ -1103,6 +1103,8 @@ static void lease_retry_later(struct budget *tb, int64_t ms)
         ms = LEASE_WAIT_MIN_MS;
     if (ms > LEASE_WAIT_MAX_MS)
         ms = LEASE_WAIT_MAX_MS;
+    /* Relays waiting for the same refill would ask in the same order every time: jitter. */
+    ms += (int64_t)randombytes_uniform((uint32_t)ms / 4 + 2);
     ev_timer_stop(s->loop, &tb->retry);
     ev_timer_set(&tb->retry, (double)ms / 1000.0, 0.);
     ev_timer_start(s->loop, &tb->retry);
