@@ -200,6 +200,76 @@ void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out)
 /* pos_p2p_relay_close closes the connection (telling the relay) and frees |r|. */
 void pos_p2p_relay_close(pos_p2p_relay *r);
 
+/* ---- circuits: reaching a peer through the relay (data plane) ---- */
+
+#define POS_P2P_ERR_PEER_NOT_CONNECTED -15 /* the peer is connected to no relay we know */
+#define POS_P2P_ERR_DECLINED -16           /* the peer declined (or is not allowing us) */
+#define POS_P2P_ERR_REDIRECTED -17         /* the peer is on another relay: see the event */
+#define POS_P2P_ERR_CIRCUIT_CLOSED -18     /* the circuit ended (either side left) */
+#define POS_P2P_ERR_TOO_BIG -19            /* a datagram larger than a frame can carry */
+
+enum pos_p2p_relay_event_type {
+    POS_P2P_RELAY_EV_INCOMING = 1,       /* a peer asks for us: answer with pos_p2p_relay_answer */
+    POS_P2P_RELAY_EV_CIRCUIT = 2,        /* a circuit is ready (for our request or our accept) */
+    POS_P2P_RELAY_EV_REDIRECT = 3,       /* the peer is held by |redirect|: dial that relay */
+    POS_P2P_RELAY_EV_ERROR = 4,          /* our request failed: |error|, |code|, |text| */
+    POS_P2P_RELAY_EV_CIRCUIT_CLOSED = 5, /* |circuit_id| ended */
+    POS_P2P_RELAY_EV_GOAWAY = 6,         /* the relay is shutting down: move elsewhere */
+};
+
+/* One event of a relay control connection; valid only during the callback (copy what you keep). */
+typedef struct pos_p2p_relay_event {
+    int type;            /* enum pos_p2p_relay_event_type */
+    uint32_t req_id;     /* the request it answers (INCOMING: the relay's id to answer) */
+    uint32_t circuit_id; /* CIRCUIT, CIRCUIT_CLOSED: our side's circuit id */
+    int error;           /* ERROR: POS_P2P_ERR_* */
+    uint16_t code;       /* ERROR, GOAWAY, CIRCUIT_CLOSED: the relay's code */
+    char text[257];      /* ERROR, GOAWAY: the relay's sentence */
+    char peer_id[POS_P2P_PEER_ID_STRLEN]; /* INCOMING, CIRCUIT: the other peer */
+    char observed[POS_P2P_ADDR_STRLEN];   /* INCOMING, CIRCUIT: the peer as the relay sees it */
+    size_t n_local;                       /* INCOMING, CIRCUIT: the peer's own local addresses */
+    char local[POS_P2P_RELAY_MAX_ADDRS][POS_P2P_ADDR_STRLEN];
+    pos_p2p_relay_info redirect; /* REDIRECT */
+} pos_p2p_relay_event;
+
+typedef void (*pos_p2p_relay_event_cb)(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev);
+
+/*
+ * pos_p2p_relay_circuit_data_cb: a datagram (the peer's own packet, without
+ * the frame header) arrived on |circuit_id|; |data| is valid during the call.
+ */
+typedef void (*pos_p2p_relay_data_cb)(void *arg, pos_p2p_relay *r, uint32_t circuit_id,
+                                      const uint8_t *data, size_t len);
+
+/* pos_p2p_relay_set_callbacks: where events and circuit data of |r| go (either may be NULL). */
+void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_event,
+                                 pos_p2p_relay_data_cb on_data, void *arg);
+
+/*
+ * pos_p2p_relay_request_peer asks the relay (accepted state) for |peer_id|.
+ * The answer comes as a CIRCUIT, REDIRECT or ERROR event with the same
+ * |*req_id|. Returns 0, POS_P2P_ERR_INVALID_ARGUMENT (bad peer id, relay not
+ * accepted) or POS_P2P_ERR_NOMEM.
+ */
+int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id);
+
+/*
+ * pos_p2p_relay_answer accepts (|accept| non-zero) or declines an INCOMING
+ * request; an accepted one is followed by a CIRCUIT event. Returns 0 or
+ * POS_P2P_ERR_INVALID_ARGUMENT (no such pending request).
+ */
+int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept);
+
+/*
+ * pos_p2p_relay_send_data sends |len| bytes (a packet of the peers' own
+ * encrypted QUIC connection) on |circuit_id| as a relay data frame, from the
+ * endpoint socket of the control connection to the relay's current address.
+ * Returns 0, POS_P2P_ERR_TOO_BIG, POS_P2P_ERR_CIRCUIT_CLOSED (unknown or
+ * ended circuit) or POS_P2P_ERR_IO (the socket refused it: the packet is
+ * lost, as on any UDP path).
+ */
+int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len);
+
 /* ==== relay connections and sessions (end) ==== */
 
 /* ==== local discovery, mDNS / DNS-SD (begin) ==== */
