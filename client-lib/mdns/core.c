@@ -111,8 +111,10 @@ int mdns_core_add_contact(struct mdns_core *c, const char *peer_id, const uint8_
     struct contact *ct = &c->contacts[c->n_contacts++];
     snprintf(ct->peer_id, sizeof(ct->peer_id), "%s", peer_id);
     memcpy(ct->key, key, 32);
-    for (int i = 0; i < MDNS_MAX_VIEWS; i++)
+    for (int i = 0; i < MDNS_MAX_VIEWS; i++) {
         memset(c->views[i].txt_fp, 0, 16); /* re-check every TXT */
+        c->views[i].dirty = true;
+    }
     return 0;
 }
 

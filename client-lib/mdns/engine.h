@@ -41,6 +41,8 @@ struct iface {
 
 struct centry {
     bool used;
+    uint32_t hash;  /* of the lower-cased name: a cheap first comparison */
+    uint32_t thash; /* PTR: the same of the target name in rdata */
     struct dns_name name;
     uint16_t type;
     int ifindex, family;
@@ -53,7 +55,9 @@ struct centry {
 
 struct view {
     bool used, reported, complete;
-    struct dns_name name;
+    bool dirty; /* a record of its name or host changed since the last look */
+    struct dns_name name, host;
+    uint32_t hash, host_hash;
     uint8_t fp[16]; /* fingerprint of what was last reported */
     uint64_t resolve_at;
     unsigned resolve_tries;
@@ -86,6 +90,7 @@ struct mdns_core {
     size_t txt_len;
     /* querier */
     uint64_t qnext, qlast; /* next and last browse query */
+    bool ptr_dirty;        /* a PTR of our browse type changed: views to add or drop */
     uint64_t qinterval;
     struct iface ifaces[MDNS_MAX_IFACES];
     struct centry cache[MDNS_MAX_CACHE];

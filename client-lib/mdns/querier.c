@@ -17,21 +17,69 @@
 
 #include "engine.h"
 
-static struct centry *cache_find(struct mdns_core *c, const struct dns_rr *rr, int ifindex,
-                                 int family)
+/* FNV-1a of a lower-cased name in wire form, so that equal names hash alike. */
+static uint32_t bytes_hash(const uint8_t *p, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32u : p[i])) * 16777619u;
+    return h;
+}
+
+static uint32_t name_hash(const struct dns_name *n)
+{
+    return bytes_hash(n->b, n->len);
+}
+
+/* A PTR rdata is a canonical name: compared in place, no parsing. */
+static bool ptr_targets(const struct centry *e, uint32_t hash, const struct dns_name *n)
+{
+    if (e->thash != hash || e->rdlen != n->len)
+        return false;
+    struct dns_name t;
+    t.len = e->rdlen;
+    memcpy(t.b, e->rdata, e->rdlen);
+    return dns_name_equal(&t, n);
+}
+
+static bool same_name(uint32_t ha, const struct dns_name *a, uint32_t hb, const struct dns_name *b)
+{
+    return ha == hb && dns_name_equal(a, b);
+}
+
+/*
+ * A cached record changed (added, refreshed, withdrawn, dropped): the views
+ * it belongs to need a new look. This keeps the work per packet at the size
+ * of the view table, not views times cache.
+ */
+static void touched(struct mdns_core *c, const struct centry *e)
+{
+    if (e->type == DNS_TYPE_PTR)
+        c->ptr_dirty = true;
+    for (int j = 0; j < MDNS_MAX_VIEWS; j++) {
+        struct view *v = &c->views[j];
+        if (v->used && (same_name(v->hash, &v->name, e->hash, &e->name) ||
+                        (v->host.len && same_name(v->host_hash, &v->host, e->hash, &e->name))))
+            v->dirty = true;
+    }
+}
+
+static struct centry *cache_find(struct mdns_core *c, const struct dns_rr *rr, uint32_t hash,
+                                 int ifindex, int family)
 {
     for (int i = 0; i < MDNS_MAX_CACHE; i++) {
         struct centry *e = &c->cache[i];
-        if (e->used && e->type == rr->type && e->ifindex == ifindex && e->family == family &&
-            e->rdlen == rr->rdlen && dns_name_equal(&e->name, &rr->name) &&
+        if (e->used && e->hash == hash && e->type == rr->type && e->ifindex == ifindex &&
+            e->family == family && e->rdlen == rr->rdlen && dns_name_equal(&e->name, &rr->name) &&
             !memcmp(e->rdata, rr->rdata, rr->rdlen))
             return e;
     }
     return NULL;
 }
 
-static void cache_drop(struct centry *e)
+static void cache_drop(struct mdns_core *c, struct centry *e)
 {
+    touched(c, e);
     free(e->rdata);
     memset(e, 0, sizeof(*e));
 }
@@ -45,7 +93,7 @@ static struct centry *cache_slot(struct mdns_core *c)
         if (!victim || c->cache[i].expires < victim->expires)
             victim = &c->cache[i];
     }
-    cache_drop(victim);
+    cache_drop(c, victim);
     return victim;
 }
 
@@ -60,21 +108,22 @@ void mdns_cache_add(struct mdns_core *c, const struct dns_rr *rr, int ifindex, i
 {
     if (!is_wanted_type(rr->type) || rr->rclass != DNS_CLASS_IN || rr->oversized)
         return;
+    uint32_t hash = name_hash(&rr->name);
     if (rr->cache_flush) {
         /* §10.2: older records of this name and type are stale in 1 s. */
         for (int i = 0; i < MDNS_MAX_CACHE; i++) {
             struct centry *e = &c->cache[i];
-            if (e->used && e->type == rr->type && e->ifindex == ifindex && e->family == family &&
-                e->received + 1000 < now && dns_name_equal(&e->name, &rr->name) &&
-                e->expires > now + 1000)
+            if (e->used && e->hash == hash && e->type == rr->type && e->ifindex == ifindex &&
+                e->family == family && e->received + 1000 < now &&
+                dns_name_equal(&e->name, &rr->name) && e->expires > now + 1000)
                 e->expires = now + 1000;
         }
     }
-    struct centry *e = cache_find(c, rr, ifindex, family);
+    struct centry *e = cache_find(c, rr, hash, ifindex, family);
     if (rr->ttl == 0) {
         /* A goodbye: the record goes now (§10.1 allows 1 s; we act at once). */
         if (e)
-            e->expires = now;
+            cache_drop(c, e);
         return;
     }
     if (!e) {
@@ -83,6 +132,8 @@ void mdns_cache_add(struct mdns_core *c, const struct dns_rr *rr, int ifindex, i
         if (!e->rdata)
             return;
         e->used = true;
+        e->hash = hash;
+        e->thash = rr->type == DNS_TYPE_PTR ? bytes_hash(rr->rdata, rr->rdlen) : 0;
         e->name = rr->name;
         e->type = rr->type;
         e->ifindex = ifindex;
@@ -95,6 +146,7 @@ void mdns_cache_add(struct mdns_core *c, const struct dns_rr *rr, int ifindex, i
     e->received = now;
     e->expires = now + (uint64_t)ttl * 1000;
     e->refresh_stage = 0;
+    touched(c, e);
 }
 
 uint64_t mdns_refresh_at(const struct centry *e)
@@ -120,21 +172,10 @@ static bool view_alive(const struct mdns_core *c, const struct view *v, uint64_t
 {
     for (int i = 0; i < MDNS_MAX_CACHE; i++) {
         const struct centry *e = &c->cache[i];
-        struct dns_name t;
-        if (e->used && e->expires > now && svc_ptr(c, e) && rdata_name(e, 0, &t) &&
-            dns_name_equal(&t, &v->name))
+        if (e->used && e->expires > now && ptr_targets(e, v->hash, &v->name) && svc_ptr(c, e))
             return true;
     }
     return false;
-}
-
-static struct view *view_find(struct mdns_core *c, const struct dns_name *n)
-{
-    for (int i = 0; i < MDNS_MAX_VIEWS; i++) {
-        if (c->views[i].used && dns_name_equal(&c->views[i].name, n))
-            return &c->views[i];
-    }
-    return NULL;
 }
 
 #define VIEW_MAX_ADDRS 16
@@ -326,34 +367,85 @@ static bool is_self(const struct mdns_core *c, const struct dns_name *n)
 }
 
 /* Brings views up to date with the cache and reports what changed. */
-void mdns_update_views(struct mdns_core *c, uint64_t now)
+static bool has_view(const struct mdns_core *c, const struct centry *ptr)
 {
-    if (!c->cfg.browse || c->cfg.mode == POS_MDNS_DISABLED)
-        return;
+    for (int j = 0; j < MDNS_MAX_VIEWS; j++) {
+        const struct view *v = &c->views[j];
+        if (v->used && ptr_targets(ptr, v->hash, &v->name))
+            return true;
+    }
+    return false;
+}
+
+/* Adds a view for each instance a live PTR names (new ones dropped when full). */
+static void add_views(struct mdns_core *c, uint64_t now)
+{
     for (int i = 0; i < MDNS_MAX_CACHE; i++) {
         struct centry *e = &c->cache[i];
         struct dns_name t;
-        if (!e->used || e->expires <= now || !svc_ptr(c, e) || !rdata_name(e, 0, &t) ||
-            is_self(c, &t) || view_find(c, &t))
+        if (!e->used || e->expires <= now || !svc_ptr(c, e) || has_view(c, e) ||
+            !rdata_name(e, 0, &t) || is_self(c, &t))
             continue;
         for (int j = 0; j < MDNS_MAX_VIEWS; j++) {
             struct view *v = &c->views[j];
             if (!v->used) {
                 memset(v, 0, sizeof(*v));
                 v->used = true;
+                v->dirty = true;
                 v->name = t;
+                v->hash = name_hash(&t);
                 v->contact = -1;
                 v->resolve_at = now + 200; /* responders usually send all at once */
                 break;
             }
         }
     }
-    struct collected *k = malloc(sizeof(*k));
-    if (!k)
+}
+
+/* Reports what changed for one view whose records changed. */
+static void refresh_view(struct mdns_core *c, struct view *v, struct collected *k, uint64_t now)
+{
+    collect(c, &v->name, k, now);
+    v->host = k->has_srv ? k->host : (struct dns_name){0};
+    v->host_hash = name_hash(&v->host);
+    v->complete = k->has_srv && k->has_txt && k->n_addrs;
+    if (!v->complete) {
+        /* SRV, TXT or every address expired: not reachable any more. */
+        if (v->reported)
+            emit(c, v, POS_MDNS_LOST, NULL);
+        v->reported = false;
         return;
+    }
+    uint8_t tfp[16];
+    crypto_generichash(tfp, sizeof(tfp), k->txt->rdata, k->txt->rdlen, NULL, 0);
+    if (memcmp(v->txt_fp, tfp, 16)) {
+        v->contact = recognise_contact(c, k, now);
+        memcpy(v->txt_fp, tfp, 16);
+    }
+    uint8_t fp[16];
+    fingerprint(k, v->contact, fp);
+    if (!v->reported) {
+        v->reported = true;
+        memcpy(v->fp, fp, 16);
+        emit(c, v, POS_MDNS_FOUND, k);
+    } else if (memcmp(v->fp, fp, 16)) {
+        memcpy(v->fp, fp, 16);
+        emit(c, v, POS_MDNS_UPDATED, k);
+    }
+}
+
+void mdns_update_views(struct mdns_core *c, uint64_t now)
+{
+    if (!c->cfg.browse || c->cfg.mode == POS_MDNS_DISABLED)
+        return;
+    bool ptrs = c->ptr_dirty;
+    c->ptr_dirty = false;
+    if (ptrs)
+        add_views(c, now);
+    struct collected *k = NULL;
     for (int j = 0; j < MDNS_MAX_VIEWS; j++) {
         struct view *v = &c->views[j];
-        if (!v->used)
+        if (!v->used || (!v->dirty && !ptrs))
             continue;
         if (!view_alive(c, v, now) || is_self(c, &v->name)) {
             if (v->reported)
@@ -361,31 +453,12 @@ void mdns_update_views(struct mdns_core *c, uint64_t now)
             v->used = false;
             continue;
         }
-        collect(c, &v->name, k, now);
-        v->complete = k->has_srv && k->has_txt && k->n_addrs;
-        if (!v->complete) {
-            /* SRV, TXT or every address expired: not reachable any more. */
-            if (v->reported)
-                emit(c, v, POS_MDNS_LOST, NULL);
-            v->reported = false;
+        if (!v->dirty)
             continue;
-        }
-        uint8_t tfp[16];
-        crypto_generichash(tfp, sizeof(tfp), k->txt->rdata, k->txt->rdlen, NULL, 0);
-        if (memcmp(v->txt_fp, tfp, 16)) {
-            v->contact = recognise_contact(c, k, now);
-            memcpy(v->txt_fp, tfp, 16);
-        }
-        uint8_t fp[16];
-        fingerprint(k, v->contact, fp);
-        if (!v->reported) {
-            v->reported = true;
-            memcpy(v->fp, fp, 16);
-            emit(c, v, POS_MDNS_FOUND, k);
-        } else if (memcmp(v->fp, fp, 16)) {
-            memcpy(v->fp, fp, 16);
-            emit(c, v, POS_MDNS_UPDATED, k);
-        }
+        v->dirty = false;
+        if (!k && !(k = malloc(sizeof(*k))))
+            return;
+        refresh_view(c, v, k, now);
     }
     free(k);
 }
@@ -476,7 +549,7 @@ static void browse_query(struct mdns_core *c, uint64_t now)
     }
 }
 
-static bool wanted(const struct mdns_core *c, const struct centry *e, uint64_t now)
+static bool wanted(const struct mdns_core *c, const struct centry *e)
 {
     if (!c->cfg.browse)
         return false;
@@ -484,30 +557,21 @@ static bool wanted(const struct mdns_core *c, const struct centry *e, uint64_t n
         return true;
     for (int j = 0; j < MDNS_MAX_VIEWS; j++) {
         const struct view *v = &c->views[j];
-        if (!v->used)
-            continue;
-        if (dns_name_equal(&e->name, &v->name))
+        if (v->used && (same_name(v->hash, &v->name, e->hash, &e->name) ||
+                        (v->host.len && same_name(v->host_hash, &v->host, e->hash, &e->name))))
             return true;
-        if (e->type != DNS_TYPE_A && e->type != DNS_TYPE_AAAA)
-            continue;
-        for (int i = 0; i < MDNS_MAX_CACHE; i++) {
-            const struct centry *s = &c->cache[i];
-            struct dns_name t;
-            if (s->used && s->type == DNS_TYPE_SRV && dns_name_equal(&s->name, &v->name) &&
-                rdata_name(s, 6, &t) && dns_name_equal(&t, &e->name))
-                return true;
-        }
     }
     return false;
 }
 
-static void add_qitem(struct qitem *q, size_t *n, const struct dns_name *name, uint16_t type)
+static void add_qitem(struct qitem *q, size_t *n, size_t cap, const struct dns_name *name,
+                      uint16_t type)
 {
     for (size_t i = 0; i < *n; i++) {
         if (q[i].type == type && dns_name_equal(&q[i].name, name))
             return;
     }
-    if (*n < MAX_QITEMS) {
+    if (*n < cap) {
         q[*n].name = *name;
         q[*n].type = type;
         (*n)++;
@@ -541,8 +605,8 @@ static void cache_timer(struct mdns_core *c, uint64_t now)
                     mdns_refresh_at(e) > now + (uint64_t)e->ttl * 30)
                     continue;
                 e->refresh_stage++;
-                if (wanted(c, e, now))
-                    add_qitem(q, &n, &e->name, e->type);
+                if (wanted(c, e))
+                    add_qitem(q, &n, MAX_QITEMS, &e->name, e->type);
             }
             send_query(c, ifc, f, q, n, false, now);
         }
@@ -551,39 +615,48 @@ static void cache_timer(struct mdns_core *c, uint64_t now)
     for (int k = 0; k < MDNS_MAX_CACHE; k++) {
         struct centry *e = &c->cache[k];
         if (e->used && (e->expires <= now || !mdns_iface_find(c, e->ifindex)))
-            cache_drop(e);
+            cache_drop(c, e);
     }
 }
 
-/* Ask for what a found instance still lacks (SRV, TXT, addresses). */
+/*
+ * Ask for what found instances still lack (SRV, TXT, addresses), every
+ * instance due at once in one query per interface and family (up to
+ * MAX_RESOLVE questions, MAX_QITEMS per packet).
+ */
+#define MAX_RESOLVE 64
+
 static void resolve_timer(struct mdns_core *c, uint64_t now)
 {
     struct collected *k = malloc(sizeof(*k));
-    struct qitem *q = malloc(sizeof(*q) * MAX_QITEMS);
+    struct qitem *q = malloc(sizeof(*q) * MAX_RESOLVE);
+    size_t n = 0;
     if (!k || !q)
         goto out;
-    for (int j = 0; j < MDNS_MAX_VIEWS; j++) {
+    for (int j = 0; j < MDNS_MAX_VIEWS && n + 4 <= MAX_RESOLVE; j++) {
         struct view *v = &c->views[j];
         if (!v->used || v->complete || v->resolve_tries >= 4 || v->resolve_at > now)
             continue;
-        size_t n = 0;
         collect(c, &v->name, k, now);
         if (!k->has_srv)
-            add_qitem(q, &n, &v->name, DNS_TYPE_SRV);
+            add_qitem(q, &n, MAX_RESOLVE, &v->name, DNS_TYPE_SRV);
         if (!k->has_txt)
-            add_qitem(q, &n, &v->name, DNS_TYPE_TXT);
+            add_qitem(q, &n, MAX_RESOLVE, &v->name, DNS_TYPE_TXT);
         if (k->has_srv && !k->n_addrs) {
-            add_qitem(q, &n, &k->host, DNS_TYPE_A);
-            add_qitem(q, &n, &k->host, DNS_TYPE_AAAA);
-        }
-        for (int i = 0; i < MDNS_MAX_IFACES; i++) {
-            if (!c->ifaces[i].index)
-                continue;
-            send_query(c, &c->ifaces[i], 4, q, n, false, now);
-            send_query(c, &c->ifaces[i], 6, q, n, false, now);
+            add_qitem(q, &n, MAX_RESOLVE, &k->host, DNS_TYPE_A);
+            add_qitem(q, &n, MAX_RESOLVE, &k->host, DNS_TYPE_AAAA);
         }
         v->resolve_at = now + (1000u << v->resolve_tries);
         v->resolve_tries++;
+    }
+    for (int i = 0; i < MDNS_MAX_IFACES; i++) {
+        if (!c->ifaces[i].index)
+            continue;
+        for (size_t off = 0; off < n; off += MAX_QITEMS) {
+            size_t m = n - off < MAX_QITEMS ? n - off : MAX_QITEMS;
+            send_query(c, &c->ifaces[i], 4, q + off, m, false, now);
+            send_query(c, &c->ifaces[i], 6, q + off, m, false, now);
+        }
     }
 out:
     free(k);

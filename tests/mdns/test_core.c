@@ -367,6 +367,19 @@ static void test_shared_answer_delay_and_rate_limit(void)
     mdns_core_receive(a->core, buf, w.len, 2, 4, src, 40000, now);
     p = mdns_core_pop_packet(a->core);
     CHECK(p && !p->dest.multicast && p->dest.port == 40000);
+    if (p) {
+        /* §6.7: the question echoed, TTLs at most 10 s, no cache-flush bits. */
+        struct dns_reader r;
+        struct dns_question q;
+        struct dns_rr *rr = malloc(sizeof(*rr));
+        CHECK(dns_reader_init(&r, p->data, p->len) == 0 && r.h.qd == 1);
+        CHECK(dns_read_question(&r, &q) == 0 && dns_name_equal(&q.name, &svc));
+        bool capped = true;
+        while (dns_read_rr(&r, rr) == 0)
+            capped = capped && rr->ttl <= 10 && !rr->cache_flush;
+        CHECK(capped);
+        free(rr);
+    }
 }
 
 static void test_conflict_rename(void)
@@ -463,6 +476,53 @@ static void test_duplicate_question_suppression(void)
     CHECK(qb + qc < 2 * 14);
 }
 
+/* A response announcing instance |i| with a full record set, from |port|. */
+static size_t flood_packet(uint8_t *buf, size_t cap, unsigned i)
+{
+    struct dns_writer w;
+    struct dns_name svc, inst, host;
+    char label[32];
+    dns_name_from_text(&svc, "_sd._udp.local");
+    snprintf(label, sizeof(label), "flood-%u", i);
+    dns_name_prepend(&inst, label, strlen(label), &svc);
+    snprintf(label, sizeof(label), "h%u.local", i);
+    dns_name_from_text(&host, label);
+    dns_writer_init(&w, buf, cap);
+    dns_write_rr(&w, &svc, DNS_TYPE_PTR, false, 4500, inst.b, inst.len);
+    uint8_t srv[6 + 256] = {0, 0, 0, 0, 0x1c, 0xcd};
+    memcpy(srv + 6, host.b, host.len);
+    dns_write_rr(&w, &inst, DNS_TYPE_SRV, true, 120, srv, (uint16_t)(6 + host.len));
+    dns_write_rr(&w, &inst, DNS_TYPE_TXT, true, 4500, (const uint8_t *)"\x03a=b", 4);
+    uint8_t a[4] = {10, 1, (uint8_t)(i >> 8), (uint8_t)i};
+    dns_write_rr(&w, &host, DNS_TYPE_A, true, 120, a, 4);
+    struct dns_header h = {.flags = DNS_FLAG_QR | DNS_FLAG_AA, .an = 4};
+    dns_write_header(&w, &h);
+    return w.len;
+}
+
+static void test_flood_is_bounded(void)
+{
+    reset();
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    uint8_t buf[600], src[4] = {10, 0, 0, 9};
+    size_t len = flood_packet(buf, sizeof(buf), 1);
+    /* Responses must come from port 5353 (§6). */
+    mdns_core_receive(b->core, buf, len, 2, 4, src, 40000, now);
+    CHECK(b->n_ev == 0);
+    mdns_core_receive(b->core, buf, len, 2, 4, src, 5353, now);
+    CHECK(b->n_ev == 1 && b->ev[0] == POS_MDNS_FOUND);
+    /* A flood of distinct instances: at most MDNS_MAX_VIEWS are tracked. */
+    for (unsigned i = 2; i < 2000; i++) {
+        len = flood_packet(buf, sizeof(buf), i);
+        mdns_core_receive(b->core, buf, len, 2, 4, src, 5353, now);
+    }
+    CHECK(b->n_ev <= MDNS_MAX_VIEWS);
+    run_until(now + 1000);
+    while (mdns_core_pop_packet(b->core))
+        ;
+    CHECK(mdns_core_out_dropped(b->core) == 0);
+}
+
 static void test_malformed_changes_nothing(void)
 {
     reset();
@@ -489,6 +549,7 @@ int main(void)
     test_contacts_only();
     test_duplicate_question_suppression();
     test_malformed_changes_nothing();
+    test_flood_is_bounded();
     reset();
     return check_finish("mdns-core");
 }
