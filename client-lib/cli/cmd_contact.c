@@ -33,6 +33,7 @@ int cmd_contact(int argc, char **argv)
     char path[4096], err[512];
     int c;
     optind = 1;
+    opterr = 0; /* our own messages, prefixed with the command */
     while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
         switch (c) {
         case 'i':
@@ -42,6 +43,8 @@ int cmd_contact(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
+            fprintf(stderr, "pos-p2p contact: unknown option or missing value: %s\n\n",
+                    argv[optind - 1]);
             usage(stderr);
             return 2;
         }

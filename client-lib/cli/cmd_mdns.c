@@ -193,6 +193,7 @@ int cmd_advertise(int argc, char **argv)
     cfg.browse = 1;
     cfg.version = "0.1.0";
     optind = 1;
+    opterr = 0; /* our own messages, prefixed with the command */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'i':
@@ -247,6 +248,8 @@ int cmd_advertise(int argc, char **argv)
             advertise_usage(stdout);
             return 0;
         default:
+            fprintf(stderr, "pos-p2p advertise: unknown option or missing value: %s\n\n",
+                    argv[optind - 1]);
             advertise_usage(stderr);
             return 2;
         }
@@ -325,6 +328,7 @@ int cmd_discover(int argc, char **argv)
     struct printer pr = {0};
     int c;
     optind = 1;
+    opterr = 0; /* our own messages, prefixed with the command */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'i':
@@ -347,6 +351,8 @@ int cmd_discover(int argc, char **argv)
             discover_usage(stdout);
             return 0;
         default:
+            fprintf(stderr, "pos-p2p discover: unknown option or missing value: %s\n\n",
+                    argv[optind - 1]);
             discover_usage(stderr);
             return 2;
         }
