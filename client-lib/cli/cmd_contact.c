@@ -21,7 +21,10 @@ static void usage(FILE *out)
                  "             only to people who may see this device in contacts-only mode\n"
                  "  add CARD   store someone's card: their contacts-only advertisements are then\n"
                  "             recognised by 'pos-p2p discover' and 'advertise'\n"
-                 "  list       print the peer ids of stored contacts\n");
+                 "  list       print the peer ids of stored contacts\n\n"
+                 "Files: contacts.json and presence.key (mode 0600) beside the identity file\n"
+                 "(--identity, default $POS_IDENTITY, else $XDG_CONFIG_HOME/pos/identity, else\n"
+                 "~/.config/pos/identity).\n");
 }
 
 int cmd_contact(int argc, char **argv)
