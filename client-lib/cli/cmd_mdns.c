@@ -172,7 +172,10 @@ static void advertise_usage(FILE *out)
             "  --mode contacts-only  random instance name and a tag only contacts recognise\n"
             "                        (see 'pos-p2p contact'); no name, model, OS or libraries\n"
             "  --mode disabled       send nothing and answer nothing\n"
-            "  --port N              the port peers connect to (default 7373)\n");
+            "  --port N              the port peers connect to (default 7373)\n"
+            "  --identity FILE       the key file (default $POS_IDENTITY, else\n"
+            "                        $XDG_CONFIG_HOME/pos/identity, else ~/.config/pos/identity);\n"
+            "                        contacts.json and presence.key live beside it\n");
 }
 
 int cmd_advertise(int argc, char **argv)
@@ -313,7 +316,9 @@ static void discover_usage(FILE *out)
             "Browses _sd._udp.local. for SECONDS (default 5; 0 runs until SIGINT/SIGTERM) and\n"
             "prints found/updated/lost peers. --json prints one object per line with event,\n"
             "instance, peer_id (null when unknown), contact, name, os, model, addrs, port,\n"
-            "txt. Contacts (see 'pos-p2p contact') in contacts-only mode are recognised.\n");
+            "txt. Contacts (see 'pos-p2p contact') in contacts-only mode are recognised;\n"
+            "they are read from contacts.json beside the identity file (--identity, default\n"
+            "$POS_IDENTITY, else $XDG_CONFIG_HOME/pos/identity, else ~/.config/pos/identity).\n");
 }
 
 int cmd_discover(int argc, char **argv)
