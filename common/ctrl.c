@@ -151,6 +151,10 @@ static void decode_body(struct cur *c, pos_ctrl_msg *m)
         m->code = (uint16_t)get_uint(c, 2);
         get_str(c, m->text, POS_CTRL_MAX_TEXT);
         break;
+    case POS_CTRL_CIRCUIT_CLOSED:
+        m->circuit_id = (uint32_t)get_uint(c, 4);
+        m->code = (uint16_t)get_uint(c, 2);
+        break;
     default:
         c->bad = 1;
     }
@@ -169,7 +173,7 @@ int pos_ctrl_decode(const uint8_t *buf, size_t len, pos_ctrl_msg *out, size_t *c
     body = (size_t)get_uint(&c, 2);
     if (body > POS_CTRL_MAX_BODY)
         return POS_CTRL_ERR_TOO_BIG;
-    if (type < POS_CTRL_HELLO || type > POS_CTRL_GOAWAY)
+    if (type < POS_CTRL_HELLO || type > POS_CTRL_CIRCUIT_CLOSED)
         return POS_CTRL_ERR_MALFORMED;
     if (c.left < body)
         return 0;
@@ -322,6 +326,10 @@ static void encode_body(struct out *o, const pos_ctrl_msg *m)
         put_uint(o, m->code, 2);
         put_str(o, m->text, strnlen(m->text, sizeof(m->text)), POS_CTRL_MAX_TEXT);
         break;
+    case POS_CTRL_CIRCUIT_CLOSED:
+        put_uint(o, m->circuit_id, 4);
+        put_uint(o, m->code, 2);
+        break;
     default:
         o->err = POS_CTRL_ERR_INVALID;
     }
@@ -400,9 +408,10 @@ void pos_ctrl_reader_wipe(pos_ctrl_reader *r)
 
 const char *pos_ctrl_type_name(int type)
 {
-    static const char *const names[] = {"HELLO",   "WELCOME", "CONNECT",  "INCOMING", "ACCEPT",
-                                        "DECLINE", "CIRCUIT", "REDIRECT", "ERROR",    "GOAWAY"};
-    if (type < POS_CTRL_HELLO || type > POS_CTRL_GOAWAY)
+    static const char *const names[] = {"HELLO",  "WELCOME", "CONNECT",       "INCOMING",
+                                        "ACCEPT", "DECLINE", "CIRCUIT",       "REDIRECT",
+                                        "ERROR",  "GOAWAY",  "CIRCUIT_CLOSED"};
+    if (type < POS_CTRL_HELLO || type > POS_CTRL_CIRCUIT_CLOSED)
         return "unknown";
     return names[type - 1];
 }

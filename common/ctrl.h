@@ -54,6 +54,19 @@ enum pos_ctrl_type {
     POS_CTRL_REDIRECT = 8, /* relay: u32 req_id, str relay_id, str relay_peer_id, addrs */
     POS_CTRL_ERROR = 9,    /* relay: u32 req_id, u16 code, str text */
     POS_CTRL_GOAWAY = 10,  /* relay: u16 code, str text (relay shutting down) */
+    POS_CTRL_CIRCUIT_CLOSED = 11, /* relay: u32 circuit_id, u16 code (the other side left) */
+};
+
+/* Codes of ERROR (a request failed), DECLINE and CIRCUIT_CLOSED (docs/protocol.md). */
+enum pos_ctrl_code {
+    POS_CTRL_CODE_PEER_NOT_CONNECTED = 1, /* ERROR: no relay holds the peer */
+    POS_CTRL_CODE_DECLINED = 2,           /* ERROR, DECLINE: the peer said no */
+    POS_CTRL_CODE_TIMEOUT = 3,            /* ERROR: the peer did not answer INCOMING in time */
+    POS_CTRL_CODE_BUSY = 4,               /* ERROR: too many requests, or no circuit left */
+    POS_CTRL_CODE_BAD_PEER = 5,           /* ERROR: asking for oneself */
+    POS_CTRL_CODE_PEER_LEFT = 6,          /* ERROR, CIRCUIT_CLOSED: the other side's
+                                             connection ended */
+    POS_CTRL_CODE_UNAVAILABLE = 7,        /* ERROR: Redis unreachable, try again later */
 };
 
 typedef struct pos_ctrl_addrs {

@@ -15,7 +15,7 @@ static const char *const RELAY_UUID = "0f8fad5b-d9cb-469f-a165-70867728950e";
 static void sample_msgs(pos_ctrl_msg *ms, size_t *n, const char *peer_id)
 {
     size_t i = 0;
-    memset(ms, 0, sizeof(pos_ctrl_msg) * 10);
+    memset(ms, 0, sizeof(pos_ctrl_msg) * 11);
 
     ms[i].type = POS_CTRL_HELLO;
     strcpy(ms[i].token, "pos_secret-token");
@@ -73,12 +73,16 @@ static void sample_msgs(pos_ctrl_msg *ms, size_t *n, const char *peer_id)
     ms[i].code = 0x108;
     strcpy(ms[i].text, "relay shutting down");
     i++;
+    ms[i].type = POS_CTRL_CIRCUIT_CLOSED;
+    ms[i].circuit_id = 0xfedcba98u;
+    ms[i].code = POS_CTRL_CODE_PEER_LEFT;
+    i++;
     *n = i;
 }
 
 static void test_round_trips(const char *peer_id)
 {
-    pos_ctrl_msg ms[10], back;
+    pos_ctrl_msg ms[12], back;
     size_t n, used;
     uint8_t buf[POS_CTRL_MAX_MSG];
 
@@ -126,8 +130,14 @@ static void test_bad_input(const char *peer_id)
     /* unknown type, oversized length */
     const uint8_t unknown[] = {0x00, 0x00, 0x00};
     CHECK(pos_ctrl_decode(unknown, sizeof(unknown), &back, &used) == POS_CTRL_ERR_MALFORMED);
-    const uint8_t eleven[] = {11, 0x00, 0x00};
-    CHECK(pos_ctrl_decode(eleven, sizeof(eleven), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    const uint8_t twelve[] = {12, 0x00, 0x00};
+    CHECK(pos_ctrl_decode(twelve, sizeof(twelve), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    /* CIRCUIT_CLOSED: exactly 6 body bytes */
+    const uint8_t cc_short[] = {POS_CTRL_CIRCUIT_CLOSED, 0x00, 0x05, 0, 0, 0, 1, 0};
+    CHECK(pos_ctrl_decode(cc_short, sizeof(cc_short), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    const uint8_t cc_ok[] = {POS_CTRL_CIRCUIT_CLOSED, 0x00, 0x06, 0, 0, 0, 1, 0, 6};
+    CHECK(pos_ctrl_decode(cc_ok, sizeof(cc_ok), &back, &used) == 1 && back.circuit_id == 1 &&
+          back.code == 6 && used == sizeof(cc_ok));
     const uint8_t huge[] = {POS_CTRL_HELLO, 0xff, 0xff};
     CHECK(pos_ctrl_decode(huge, sizeof(huge), &back, &used) == POS_CTRL_ERR_TOO_BIG);
 
