@@ -65,7 +65,8 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
          "pos_relay_packets_total{dir=\"dropped\"} %llu\n",
          (unsigned long long)h->srv.packets_in, (unsigned long long)h->srv.packets_out,
          (unsigned long long)h->srv.packets_dropped);
-    EMIT("# HELP pos_relay_data_frames_dropped_total Data-plane frames dropped.\n"
+    EMIT("# HELP pos_relay_data_frames_dropped_total Frames of no circuit and no QUIC "
+         "connection, dropped.\n"
          "# TYPE pos_relay_data_frames_dropped_total counter\n"
          "pos_relay_data_frames_dropped_total %llu\n",
          (unsigned long long)h->srv.data_frames_dropped);
@@ -80,6 +81,72 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
          "pos_relay_registrations_total{result=\"failed\"} %llu\n",
          (unsigned long long)h->svc.registrations_ok,
          (unsigned long long)h->svc.registrations_failed);
+    {
+        const relay_forward_stats *f = &h->srv.fw;
+        EMIT("# HELP pos_relay_circuits Circuits open now.\n"
+             "# TYPE pos_relay_circuits gauge\npos_relay_circuits %llu\n"
+             "# TYPE pos_relay_circuit_requests_pending gauge\n"
+             "pos_relay_circuit_requests_pending %llu\n"
+             "# TYPE pos_relay_circuit_requests_total counter\n"
+             "pos_relay_circuit_requests_total %llu\n"
+             "# TYPE pos_relay_circuits_opened_total counter\n"
+             "pos_relay_circuits_opened_total %llu\n"
+             "# TYPE pos_relay_circuits_closed_total counter\n"
+             "pos_relay_circuits_closed_total %llu\n"
+             "# TYPE pos_relay_circuit_redirects_total counter\n"
+             "pos_relay_circuit_redirects_total %llu\n"
+             "# TYPE pos_relay_circuit_errors_total counter\n"
+             "pos_relay_circuit_errors_total %llu\n",
+             (unsigned long long)h->srv.circuits_open,
+             (unsigned long long)h->srv.circuit_requests_pending,
+             (unsigned long long)h->srv.circuit_requests,
+             (unsigned long long)h->srv.circuits_opened, (unsigned long long)h->srv.circuits_closed,
+             (unsigned long long)h->srv.circuit_redirects,
+             (unsigned long long)h->srv.circuit_errors);
+        EMIT("# HELP pos_relay_forwarded_total Data frames forwarded (datagrams, bytes).\n"
+             "# TYPE pos_relay_forwarded_total counter\n"
+             "pos_relay_forwarded_total %llu\n"
+             "# TYPE pos_relay_forwarded_bytes_total counter\n"
+             "pos_relay_forwarded_bytes_total %llu\n"
+             "# TYPE pos_relay_forward_send_failed_total counter\n"
+             "pos_relay_forward_send_failed_total %llu\n"
+             "# TYPE pos_relay_keepalives_total counter\npos_relay_keepalives_total %llu\n"
+             "# TYPE pos_relay_quic_datagrams_total counter\n"
+             "pos_relay_quic_datagrams_total %llu\n",
+             (unsigned long long)f->forwarded, (unsigned long long)f->forwarded_bytes,
+             (unsigned long long)h->srv.forward_send_failed, (unsigned long long)f->keepalives,
+             (unsigned long long)f->quic);
+        EMIT("# HELP pos_relay_frames_dropped_total Data frames dropped by the forwarder, by "
+             "reason (quic_fallback: handed to the QUIC path, which drops what is no QUIC).\n"
+             "# TYPE pos_relay_frames_dropped_total counter\n"
+             "pos_relay_frames_dropped_total{reason=\"truncated\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"malformed\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"unknown_type\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"unexpected_type\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"unknown_circuit\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"wrong_source\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"budget\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"unroutable\"} %llu\n"
+             "pos_relay_frames_dropped_total{reason=\"quic_fallback\"} %llu\n",
+             (unsigned long long)f->drop_truncated, (unsigned long long)f->drop_malformed,
+             (unsigned long long)f->drop_unknown_type, (unsigned long long)f->drop_unexpected_type,
+             (unsigned long long)f->drop_unknown_circuit, (unsigned long long)f->drop_wrong_source,
+             (unsigned long long)f->drop_budget, (unsigned long long)f->drop_unroutable,
+             (unsigned long long)f->quic_fallback);
+        EMIT("# HELP pos_relay_leases_total Bandwidth lease scripts answered, by result.\n"
+             "# TYPE pos_relay_leases_total counter\n"
+             "pos_relay_leases_total{result=\"granted\"} %llu\n"
+             "pos_relay_leases_total{result=\"empty\"} %llu\n"
+             "pos_relay_leases_total{result=\"failed\"} %llu\n"
+             "# TYPE pos_relay_lease_bytes_total counter\npos_relay_lease_bytes_total %llu\n"
+             "# TYPE pos_relay_usage_flushes_total counter\n"
+             "pos_relay_usage_flushes_total{result=\"ok\"} %llu\n"
+             "pos_relay_usage_flushes_total{result=\"failed\"} %llu\n",
+             (unsigned long long)(h->svc.leases - h->svc.leases_empty),
+             (unsigned long long)h->svc.leases_empty, (unsigned long long)h->svc.leases_failed,
+             (unsigned long long)h->svc.lease_bytes, (unsigned long long)h->svc.usage_flushes,
+             (unsigned long long)h->svc.usage_failures);
+    }
 #undef EMIT
     return n;
 }
@@ -103,7 +170,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   size_t *upload_len, void **ctx)
 {
     struct relay_http *h = cls;
-    char body[8192];
+    char body[16384];
     size_t n;
     unsigned status = 200;
     (void)version;

@@ -36,7 +36,8 @@
 
 #include "addr.h"
 #include "ctrl.h"
-#include "dataplane.h"
+#include "circuit.h"
+#include "forward.h"
 #include "log.h"
 #include "secret.h"
 #include "tls.h"
@@ -49,6 +50,11 @@
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define RATE_CHECK_TIMEOUT_S 5.0
 #define HELLO_TIMEOUT_NS (10 * NGTCP2_SECONDS) /* from the first packet to WELCOME */
+#define DEFAULT_MAX_CIRCUITS 16384
+#define INCOMING_TIMEOUT_S 10.0     /* a target that does not answer INCOMING */
+#define MAX_PENDING_PER_CONN 16     /* CONNECTs in flight per client */
+#define MAX_PENDING_TOTAL 4096      /* CONNECTs in flight per relay */
+#define MAX_OUT_PENDING (64 * 1024) /* control bytes queued to a client not reading them */
 
 enum rstate { RATE_CHECK, HANDSHAKE, HELLO_WAIT, AUTH_CHECK, ACTIVE, CLOSING, DRAINING };
 
@@ -97,6 +103,28 @@ struct rconn {
     size_t close_len;
     char token_id[POS_SECRET_HASH_HEXLEN]; /* ACTIVE: the token's hash */
     char peer_id[POS_PEER_ID_STRLEN];
+    /* circuits (ACTIVE) */
+    relay_circuit_owner owner;
+    relay_budget *budget;        /* the token's, from relay_budget_acquire */
+    struct sockaddr_storage cur; /* current address of the control connection */
+    pos_ctrl_addrs local;        /* the client's own addresses (HELLO) */
+    pos_ctrl_reader rd_req;      /* the client's request stream */
+    int64_t req_stream;          /* -1 until the client opens it */
+    uint32_t n_preq;             /* requests this client has in flight */
+    uint8_t ended;               /* conn_end ran: circuits closed, presence dropped */
+};
+
+/*
+ * A CONNECT in flight: looking up presence (|to| NULL, |lookup| set) or
+ * waiting for the target's ACCEPT/DECLINE (|to| set, |timer| running).
+ */
+struct preq {
+    struct preq *prev, *next;
+    relay_server *s;
+    struct rconn *from, *to;
+    uint32_t from_req, to_req;
+    uint64_t lookup;
+    ev_timer timer;
 };
 
 struct sock {
@@ -123,10 +151,22 @@ struct relay_server {
     size_t pending; /* connections before ACTIVE */
     size_t retry_above;
     int going_away;
-    relay_dataplane dp;
     relay_server_stats st;
     ngtcp2_callbacks cbs;
     uint8_t txbuf[MAX_UDP];
+    /* data plane */
+    relay_circuits *circuits;
+    relay_forwarder *fw;
+    struct preq *preqs;
+    size_t n_preqs;
+    uint32_t next_req;
+    int gso;
+    /* receive batch (recvmmsg) and its forwarded output (sendmmsg) */
+    struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];
+    struct iovec rx_iov[RX_BATCH];
+    struct sockaddr_storage rx_names[RX_BATCH];
+    unsigned quic_idx[RX_BATCH];
+    uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
 };
 
 /* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
@@ -246,19 +286,23 @@ static int sock_for_path(const relay_server *s, const ngtcp2_path *p, int fallba
 
 /* ---- connection lifetime ---- */
 
+static void conn_end(struct rconn *c);
+
 static void conn_free(struct rconn *c)
 {
     relay_server *s = c->srv;
     ngtcp2_cid scids[16];
 
     ev_timer_stop(s->loop, &c->timer);
+    conn_end(c);
+    if (c->budget && s->svc)
+        relay_budget_release(s->svc, c->budget); /* its circuits are closed (conn_end) */
+    c->budget = NULL;
     if (c->check && s->svc)
         relay_auth_cancel(s->svc, c->check);
     if (c->token_id[0] && s->svc)
         relay_auth_release(s->svc, c->token_id);
     if (c->counted_active) {
-        if (s->svc && c->peer_id[0])
-            relay_presence_remove(s->svc, c->peer_id);
         s->st.conns_active--;
     } else {
         s->pending--;
@@ -282,6 +326,7 @@ static void conn_free(struct rconn *c)
     if (c->next)
         c->next->prev = c->prev;
     pos_ctrl_reader_wipe(&c->rd);
+    pos_ctrl_reader_wipe(&c->rd_req);
     free(c->first_pkt);
     free(c->out);
     free(c->close_pkt);
@@ -322,6 +367,7 @@ static void conn_enter_closing(struct rconn *c, const ngtcp2_connection_close_er
 
     if (c->state == CLOSING || c->state == DRAINING)
         return;
+    conn_end(c); /* circuits end with the connection, not 3 PTO later */
     ngtcp2_path_storage_zero(&ps);
     n = ngtcp2_conn_write_connection_close(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), ccerr,
                                            now_ts());
@@ -393,8 +439,8 @@ static int conn_write(struct rconn *c)
         size_t nv = 0;
         uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
         if (c->out && c->out_sent < c->out_len) {
+            /* stream 0 stays open: WELCOME, then the relay's circuit messages */
             sid = c->out_stream;
-            wflags = NGTCP2_WRITE_STREAM_FLAG_FIN; /* one answer per request stream */
             v.base = c->out + c->out_sent;
             v.len = c->out_len - c->out_sent;
             nv = 1;
@@ -439,6 +485,12 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
         conn_free(c);
         return;
     }
+    if (c->close_code && !c->in_read) {
+        enum relay_refusal code = (enum relay_refusal)c->close_code;
+        c->close_code = 0;
+        conn_close_app(c, code);
+        return;
+    }
     if (c->state < ACTIVE && now_ts() >= c->created + HELLO_TIMEOUT_NS) {
         if (c->state == HANDSHAKE) {
             c->srv->st.handshakes_failed++;
@@ -471,6 +523,20 @@ static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
         pos_log_error("cannot encode %s: error %d", pos_ctrl_type_name(m->type), n);
         return;
     }
+    if (c->state == CLOSING || c->state == DRAINING)
+        return;
+    if (c->out_len - c->out_acked + (size_t)n > MAX_OUT_PENDING) {
+        /*
+         * The client does not read its stream. Closed from its timer, not
+         * here: this may run while another connection's circuits are closing.
+         */
+        if (!c->close_code)
+            c->close_code = RELAY_REFUSED_BAD_REQUEST;
+        ev_timer_stop(c->srv->loop, &c->timer);
+        ev_timer_set(&c->timer, 0., 0.);
+        ev_timer_start(c->srv->loop, &c->timer);
+        return;
+    }
     /* Unacknowledged bytes stay where ngtcp2 may retransmit them from. */
     grown = realloc(c->out, c->out_len + (size_t)n);
     if (!grown) {
@@ -489,26 +555,32 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     pos_ctrl_msg m;
     const ngtcp2_path *p = ngtcp2_conn_get_path(c->qc);
 
+    /* first, so that every way out below gives the connection-cap slot back (conn_free) */
+    snprintf(c->token_id, sizeof(c->token_id), "%s", token_id ? token_id : "");
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_WELCOME;
     if (pos_addr_format((const struct sockaddr *)p->remote.addr, m.observed, sizeof(m.observed)) !=
-        0) {
+            0 ||
+        p->remote.addrlen > sizeof(c->cur)) {
         conn_close_app(c, RELAY_REFUSED_BAD_REQUEST);
         return;
     }
+    memcpy(&c->cur, p->remote.addr, p->remote.addrlen);
     m.bytes_per_sec = lim ? lim->bytes_per_sec : 0;
     m.burst = lim ? lim->burst_bytes : 0;
     m.max_conns = lim ? lim->max_conns : 0;
     m.expires_at = lim && lim->expires_at > 0 ? (uint64_t)lim->expires_at : 0;
     m.idle_timeout_s = s->cfg->idle_timeout_s;
     snprintf(m.relay_id, sizeof(m.relay_id), "%s", s->cfg->id);
-    snprintf(c->token_id, sizeof(c->token_id), "%s", token_id ? token_id : "");
+    if (lim && token_id && s->svc)
+        c->budget = relay_budget_acquire(s->svc, token_id, lim); /* NULL: uncounted, unlimited */
+    c->owner.conn = c;
     c->state = ACTIVE;
     c->counted_active = 1;
     s->pending--;
     s->st.conns_active++;
     s->st.auth_ok++;
-    queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, then FIN */
+    queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, which stays open */
     relay_presence_add(s->svc, c->peer_id);
     pos_log_debug("client %s accepted from %s", c->peer_id, m.observed);
     conn_write(c);
@@ -559,6 +631,7 @@ static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
 
     memset(&sv, 0, sizeof(sv));
     c->state = AUTH_CHECK;
+    c->local = m->addrs; /* told to peers in INCOMING and CIRCUIT */
     c->sync = &sv;
     h = relay_auth_check(s->svc, m->token, m->token_len, (const struct sockaddr *)p->remote.addr,
                          c->peer_id, on_auth_verdict, c);
@@ -580,17 +653,280 @@ static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
         refuse(c, sv.verdict);
 }
 
+/* ---- circuits: CONNECT -> INCOMING -> ACCEPT/DECLINE -> CIRCUIT (docs/protocol.md) ---- */
+
+static int is_live(const struct rconn *c)
+{
+    return c && c->state == ACTIVE && !c->close_code;
+}
+
+/* send_msg queues |m| on |c|'s message stream and writes it out. */
+static void send_msg(struct rconn *c, const pos_ctrl_msg *m)
+{
+    if (!is_live(c))
+        return;
+    queue_ctrl(c, 0, m);
+    conn_write(c);
+}
+
+static void send_error(struct rconn *c, uint32_t req_id, uint16_t code, const char *text)
+{
+    pos_ctrl_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_ERROR;
+    m.req_id = req_id;
+    m.code = code;
+    snprintf(m.text, sizeof(m.text), "%s", text);
+    c->srv->st.circuit_errors++;
+    send_msg(c, &m);
+}
+
+static void preq_free(struct preq *q)
+{
+    relay_server *s = q->s;
+    ev_timer_stop(s->loop, &q->timer);
+    if (q->lookup && s->svc)
+        relay_presence_cancel(s->svc, q->lookup);
+    if (q->from)
+        q->from->n_preq--;
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        s->preqs = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    s->n_preqs--;
+    free(q);
+}
+
+static void on_preq_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct preq *q = w->data;
+    (void)loop;
+    (void)revents;
+    send_error(q->from, q->from_req, POS_CTRL_CODE_TIMEOUT, "peer did not answer");
+    preq_free(q);
+}
+
+/* fill_peer: the peer fields of INCOMING/CIRCUIT describing |c| to the other side. */
+static void fill_peer(pos_ctrl_msg *m, const struct rconn *c)
+{
+    snprintf(m->peer_id, sizeof(m->peer_id), "%s", c->peer_id);
+    if (pos_addr_format((const struct sockaddr *)&c->cur, m->observed, sizeof(m->observed)) != 0)
+        m->observed[0] = 0;
+    m->addrs = c->local;
+}
+
+static struct rconn *find_active_peer(relay_server *s, const char *peer_id,
+                                      const struct rconn * not )
+{
+    /* newest first: a client that reconnected is reached on its newest connection */
+    for (struct rconn *c = s->conns; c; c = c->next)
+        if (c != not &&is_live(c) && strcmp(c->peer_id, peer_id) == 0)
+            return c;
+    return NULL;
+}
+
+static void on_presence(void *arg, int status, const relay_presence_found *f)
+{
+    struct preq *q = arg;
+    pos_ctrl_msg m;
+    q->lookup = 0;
+    if (status == RELAY_PRESENCE_FOUND) {
+        memset(&m, 0, sizeof(m));
+        m.type = POS_CTRL_REDIRECT;
+        m.req_id = q->from_req;
+        snprintf(m.relay_id, sizeof(m.relay_id), "%s", f->relay_id);
+        snprintf(m.peer_id, sizeof(m.peer_id), "%s", f->peer_id);
+        for (size_t i = 0; i < f->n_addrs && i < POS_CTRL_MAX_ADDRS; i++)
+            snprintf(m.addrs.a[m.addrs.n++], POS_ADDR_STRLEN, "%s", f->addrs[i]);
+        q->s->st.circuit_redirects++;
+        send_msg(q->from, &m);
+    } else if (status == RELAY_PRESENCE_UNAVAILABLE) {
+        send_error(q->from, q->from_req, POS_CTRL_CODE_UNAVAILABLE,
+                   "relay temporarily unavailable, try again later");
+    } else {
+        send_error(q->from, q->from_req, POS_CTRL_CODE_PEER_NOT_CONNECTED, "peer not connected");
+    }
+    preq_free(q);
+}
+
+static void handle_connect(struct rconn *c, const pos_ctrl_msg *m)
+{
+    relay_server *s = c->srv;
+    struct rconn *to;
+    struct preq *q;
+    pos_ctrl_msg in;
+
+    s->st.circuit_requests++;
+    if (strcmp(m->peer_id, c->peer_id) == 0) {
+        send_error(c, m->req_id, POS_CTRL_CODE_BAD_PEER, "cannot connect to yourself");
+        return;
+    }
+    if (c->n_preq >= MAX_PENDING_PER_CONN || s->n_preqs >= MAX_PENDING_TOTAL || !s->svc) {
+        send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "too many requests in flight");
+        return;
+    }
+    q = calloc(1, sizeof(*q));
+    if (!q) {
+        send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "out of memory");
+        return;
+    }
+    q->s = s;
+    q->from = c;
+    q->from_req = m->req_id;
+    ev_timer_init(&q->timer, on_preq_timeout, INCOMING_TIMEOUT_S, 0.);
+    q->timer.data = q;
+    q->next = s->preqs;
+    if (s->preqs)
+        s->preqs->prev = q;
+    s->preqs = q;
+    s->n_preqs++;
+    c->n_preq++;
+    to = find_active_peer(s, m->peer_id, c);
+    if (!to) {
+        q->lookup = relay_presence_lookup(s->svc, m->peer_id, on_presence, q);
+        if (!q->lookup) {
+            send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "out of memory");
+            preq_free(q);
+        }
+        return;
+    }
+    q->to = to;
+    if (++s->next_req == 0)
+        s->next_req = 1;
+    q->to_req = s->next_req;
+    memset(&in, 0, sizeof(in));
+    in.type = POS_CTRL_INCOMING;
+    in.req_id = q->to_req;
+    fill_peer(&in, c);
+    ev_timer_start(s->loop, &q->timer);
+    send_msg(to, &in);
+}
+
+static struct preq *find_incoming(relay_server *s, const struct rconn *to, uint32_t req_id)
+{
+    for (struct preq *q = s->preqs; q; q = q->next)
+        if (q->to == to && q->to_req == req_id)
+            return q;
+    return NULL;
+}
+
+static int64_t now_ms(void)
+{
+    return (int64_t)(now_ts() / 1000000);
+}
+
+static void handle_answer(struct rconn *c, const pos_ctrl_msg *m)
+{
+    relay_server *s = c->srv;
+    struct preq *q = find_incoming(s, c, m->req_id);
+    struct rconn *a;
+    uint32_t ids[2];
+    pos_ctrl_msg out;
+
+    if (!q)
+        return; /* late: the requester left or the request timed out */
+    a = q->from;
+    if (m->type == POS_CTRL_DECLINE) {
+        send_error(a, q->from_req, POS_CTRL_CODE_DECLINED, "peer declined");
+        preq_free(q);
+        return;
+    }
+    if (!s->circuits || relay_circuit_open(s->circuits, &a->owner, (const struct sockaddr *)&a->cur,
+                                           a->budget, &c->owner, (const struct sockaddr *)&c->cur,
+                                           c->budget, now_ms(), ids) != 0) {
+        send_error(a, q->from_req, POS_CTRL_CODE_BUSY, "relay has no circuit left");
+        send_error(c, q->to_req, POS_CTRL_CODE_BUSY, "relay has no circuit left");
+        preq_free(q);
+        return;
+    }
+    relay_usage_circuit_open(s->svc, a->budget, c->budget);
+    s->st.circuits_opened++;
+    memset(&out, 0, sizeof(out));
+    out.type = POS_CTRL_CIRCUIT;
+    out.req_id = q->from_req;
+    out.circuit_id = ids[0];
+    fill_peer(&out, c);
+    send_msg(a, &out);
+    out.req_id = q->to_req;
+    out.circuit_id = ids[1];
+    fill_peer(&out, a);
+    send_msg(c, &out);
+    pos_log_debug("circuit %08x/%08x: %s <-> %s", ids[0], ids[1], a->peer_id, c->peer_id);
+    preq_free(q);
+}
+
+/* on_circuit_closed tells the side that is still there; usage stops counting the circuit. */
+static void on_circuit_closed(void *arg, const relay_circuit_info *info)
+{
+    struct rconn *ending = arg;
+    relay_server *s = ending->srv;
+    pos_ctrl_msg m;
+    for (int k = 0; k < 2; k++) {
+        struct rconn *other = info->owner[k] ? info->owner[k]->conn : NULL;
+        if (!other || other == ending)
+            continue;
+        memset(&m, 0, sizeof(m));
+        m.type = POS_CTRL_CIRCUIT_CLOSED;
+        m.circuit_id = info->id[k];
+        m.code = POS_CTRL_CODE_PEER_LEFT;
+        send_msg(other, &m);
+    }
+    relay_usage_circuit_close(s->svc, info->budget[0], info->budget[1]);
+    s->st.circuits_closed++;
+}
+
+/*
+ * conn_end: the control connection is over (closing, draining or freed):
+ * its circuits close and their other sides are told, its requests end, and
+ * it is no longer present here. Runs once.
+ */
+static void conn_end(struct rconn *c)
+{
+    relay_server *s = c->srv;
+    if (c->ended)
+        return;
+    c->ended = 1;
+    if (s->circuits && c->owner.conn)
+        relay_circuit_owner_close(s->circuits, &c->owner, now_ms(), on_circuit_closed, c);
+    for (struct preq *q = s->preqs, *next; q; q = next) {
+        next = q->next;
+        if (q->from == c) {
+            preq_free(q);
+        } else if (q->to == c) {
+            send_error(q->from, q->from_req, POS_CTRL_CODE_PEER_LEFT, "peer left");
+            preq_free(q);
+        }
+    }
+    if (c->counted_active && s->svc && c->peer_id[0])
+        relay_presence_remove(s->svc, c->peer_id);
+}
+
+/* handle_request: a message on the client's request stream (ACTIVE only). */
+static void handle_request(struct rconn *c, pos_ctrl_msg *m)
+{
+    switch (m->type) {
+    case POS_CTRL_CONNECT:
+        handle_connect(c, m);
+        break;
+    case POS_CTRL_ACCEPT:
+    case POS_CTRL_DECLINE:
+        handle_answer(c, m);
+        break;
+    default:
+        refuse(c, RELAY_REFUSED_BAD_REQUEST);
+    }
+    pos_ctrl_msg_wipe(m);
+}
+
 static void handle_ctrl_msg(struct rconn *c, pos_ctrl_msg *m)
 {
     if (c->state == HELLO_WAIT && m->type == POS_CTRL_HELLO) {
         handle_hello(c, m);
         return;
     }
-    /*
-     * Circuits (CONNECT, ACCEPT, DECLINE) arrive here once the client is
-     * ACTIVE; the next issue dispatches them. Until then they are a protocol
-     * error, like anything before HELLO.
-     */
+    /* stream 0 carries HELLO only; requests come on the client's request stream */
     pos_ctrl_msg_wipe(m);
     refuse(c, RELAY_REFUSED_BAD_REQUEST);
 }
@@ -648,6 +984,34 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     return 0;
 }
 
+/* request_stream_data: bytes of the client's request stream (one, opened after WELCOME). */
+static void request_stream_data(struct rconn *c, int64_t stream_id, const uint8_t *data,
+                                size_t datalen)
+{
+    pos_ctrl_msg m;
+    int rv;
+    if (c->state != ACTIVE || (c->req_stream >= 0 && c->req_stream != stream_id) ||
+        (stream_id & 3) != 0) {
+        refuse(c, RELAY_REFUSED_BAD_REQUEST);
+        return;
+    }
+    c->req_stream = stream_id;
+    if (pos_ctrl_reader_feed(&c->rd_req, data, datalen) != 0) {
+        refuse(c, RELAY_REFUSED_BAD_REQUEST);
+        return;
+    }
+    while (c->state == ACTIVE && !c->close_code) {
+        rv = pos_ctrl_reader_next(&c->rd_req, &m);
+        if (rv == 0)
+            break;
+        if (rv < 0) {
+            refuse(c, RELAY_REFUSED_BAD_REQUEST);
+            break;
+        }
+        handle_request(c, &m);
+    }
+}
+
 static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id, uint64_t offset,
                                const uint8_t *data, size_t datalen, void *user_data,
                                void *stream_user_data)
@@ -661,8 +1025,12 @@ static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
 
     ngtcp2_conn_extend_max_stream_offset(qc, stream_id, datalen);
     ngtcp2_conn_extend_max_offset(qc, datalen);
-    if (stream_id != 0 || c->state == CLOSING || c->state == DRAINING)
-        return 0; /* HELLO comes on stream 0; later request streams: the next issue */
+    if (c->state == CLOSING || c->state == DRAINING || c->close_code)
+        return 0;
+    if (stream_id != 0) {
+        request_stream_data(c, stream_id, data, datalen);
+        return 0;
+    }
     if (pos_ctrl_reader_feed(&c->rd, data, datalen) != 0) {
         refuse(c, RELAY_REFUSED_BAD_REQUEST);
         return 0;
@@ -821,6 +1189,25 @@ static void drop_tls(struct rconn *c)
     c->tls = NULL;
 }
 
+/*
+ * follow_path: ngtcp2 moved the connection to a new remote address (NAT
+ * rebinding or migration, validated by QUIC): the circuits this client owns
+ * follow, and frames from the old address are dropped from now on.
+ */
+static void follow_path(struct rconn *c)
+{
+    const ngtcp2_path *p = ngtcp2_conn_get_path(c->qc);
+    socklen_t len = (socklen_t)p->remote.addrlen;
+    if (len > sizeof(c->cur) ||
+        (len == pos_addr_len(&c->cur) && memcmp(&c->cur, p->remote.addr, len) == 0))
+        return;
+    memset(&c->cur, 0, sizeof(c->cur));
+    memcpy(&c->cur, p->remote.addr, len);
+    if (c->srv->circuits)
+        relay_circuit_owner_set_addr(c->srv->circuits, &c->owner, (const struct sockaddr *)&c->cur);
+    pos_log_debug("client %s moved", c->peer_id);
+}
+
 /* conn_input feeds one datagram to an existing connection. */
 static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t len,
                        const struct sockaddr *from, socklen_t fromlen)
@@ -852,6 +1239,7 @@ static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t le
     c->in_read = 0;
     if (rv != 0) {
         if (rv == NGTCP2_ERR_DRAINING) {
+            conn_end(c);
             c->state = DRAINING;
             conn_arm_timer(c);
             return;
@@ -873,6 +1261,8 @@ static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t le
     }
     if (c->tls && c->state >= HELLO_WAIT)
         drop_tls(c);
+    if (c->state == ACTIVE)
+        follow_path(c);
     conn_write(c);
 }
 
@@ -1010,6 +1400,7 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
     memcpy(&c->remote, from, fromlen);
     c->odcid = hd.dcid;
     c->created = now_ts();
+    c->req_stream = -1;
     ev_timer_init(&c->timer, on_conn_timer, 0., 0.);
     c->timer.data = c;
     c->next = s->conns;
@@ -1063,13 +1454,17 @@ static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_
     s->st.packets_in++;
     if (len == 0)
         return;
-    if (relay_dataplane_is_frame(data[0]) && !(data[0] & 0x80) && len > SCID_LEN &&
-        (c = cid_find(s, data + 1, SCID_LEN)) != NULL) {
-        conn_input(c, sock, data, len, from, fromlen); /* a greased short-header packet */
-        return;
-    }
-    if (relay_dataplane_is_frame(data[0])) {
-        relay_dataplane_input(&s->dp, s->socks[sock].fd, data, len, from, fromlen);
+    if (!(data[0] & 0xc0)) {
+        /*
+         * Not a frame of a known circuit from its owner (the forwarder handed
+         * it back): a short-header packet of a peer that greases the fixed
+         * bit, or garbage, dropped and counted.
+         */
+        if (len > SCID_LEN && (c = cid_find(s, data + 1, SCID_LEN)) != NULL) {
+            conn_input(c, sock, data, len, from, fromlen);
+            return;
+        }
+        s->st.data_frames_dropped++;
         return;
     }
     rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, SCID_LEN);
@@ -1093,27 +1488,82 @@ static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_
     new_conn(s, sock, data, len, from, fromlen);
 }
 
+/* send_batch sends the forwarded datagrams of one batch; what the socket refuses is lost. */
+static void send_batch(relay_server *s, struct sock *sk, unsigned n)
+{
+    unsigned done = 0;
+    while (done < n) {
+        int k = sendmmsg(sk->fd, s->tx + done, n - done, MSG_DONTWAIT);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            if ((errno == EIO || errno == EINVAL) && s->gso && s->tx[done].msg_hdr.msg_controllen) {
+                /* this path cannot do UDP GSO: off from the next batch on */
+                pos_log_warn("UDP GSO refused (%s): turned off", strerror(errno));
+                s->gso = 0;
+                relay_forwarder_set_gso(s->fw, 0);
+            }
+            s->st.forward_send_failed += n - done;
+            return;
+        }
+        done += (unsigned)k;
+    }
+}
+
+/* read_batch receives up to RX_BATCH datagrams; returns how many (0: nothing more). */
+static unsigned read_batch(relay_server *s, struct sock *sk)
+{
+    for (unsigned i = 0; i < RX_BATCH; i++) {
+        s->rx_iov[i].iov_base = s->rx_bufs[i];
+        s->rx_iov[i].iov_len = MAX_UDP + 1;
+        memset(&s->rx[i].msg_hdr, 0, sizeof(s->rx[i].msg_hdr));
+        s->rx[i].msg_hdr.msg_iov = &s->rx_iov[i];
+        s->rx[i].msg_hdr.msg_iovlen = 1;
+        s->rx[i].msg_hdr.msg_name = &s->rx_names[i];
+        s->rx[i].msg_hdr.msg_namelen = sizeof(s->rx_names[i]);
+        s->rx[i].msg_len = 0;
+    }
+    int n;
+    do {
+        n = recvmmsg(sk->fd, s->rx, RX_BATCH, MSG_DONTWAIT, NULL);
+    } while (n < 0 && errno == EINTR);
+    return n > 0 ? (unsigned)n : 0;
+}
+
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct sock *sk = w->data;
     relay_server *s = sk->srv;
-    uint8_t buf[MAX_UDP + 1];
+    int sock = (int)(sk - s->socks);
     (void)loop;
     (void)revents;
 
     /* Bounded per wake-up so one busy socket cannot starve the others. */
-    for (int i = 0; i < RX_BATCH; i++) {
-        struct sockaddr_storage from;
-        socklen_t fromlen = sizeof(from);
-        ssize_t n =
-            recvfrom(sk->fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fromlen);
-        if (n < 0)
+    for (int round = 0; round < 16; round++) {
+        unsigned n = read_batch(s, sk), n_quic = 0;
+        if (n == 0)
             break;
-        if ((size_t)n > MAX_UDP) {
-            s->st.packets_dropped++;
-            continue;
+        if (s->fw) {
+            int out = relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx,
+                                          &n_quic);
+            if (out > 0)
+                send_batch(s, sk, (unsigned)out);
+        } else {
+            for (unsigned i = 0; i < n; i++)
+                s->quic_idx[i] = i;
+            n_quic = n;
         }
-        datagram_input(s, (int)(sk - s->socks), buf, (size_t)n, (struct sockaddr *)&from, fromlen);
+        for (unsigned q = 0; q < n_quic; q++) {
+            struct mmsghdr *m = &s->rx[s->quic_idx[q]];
+            if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
+                s->st.packets_dropped++;
+                continue;
+            }
+            datagram_input(s, sock, s->rx_bufs[s->quic_idx[q]], m->msg_len,
+                           (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
+        }
+        if (n < RX_BATCH)
+            break;
     }
 }
 
@@ -1187,6 +1637,17 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
             s->retry_above = (size_t)strtoul(e, NULL, 10);
     }
     init_callbacks(&s->cbs);
+    {
+        uint32_t cap = DEFAULT_MAX_CIRCUITS;
+        const char *e = getenv("POS_RELAY_MAX_CIRCUITS");
+        if (e && *e)
+            cap = (uint32_t)strtoul(e, NULL, 10);
+        s->circuits = relay_circuits_new(cap, randombytes_random());
+        if (!s->circuits) {
+            snprintf(err, errlen, "cannot allocate the circuit table (%u circuits)", cap);
+            goto fail;
+        }
+    }
     if (pos_tls_creds_new(&s->creds, &cfg->identity) != 0) {
         snprintf(err, errlen, "cannot make the TLS certificate from the relay's identity");
         goto fail;
@@ -1225,6 +1686,19 @@ fail:
 void relay_server_set_services(relay_server *s, relay_services *svc)
 {
     s->svc = svc;
+    if (!s->fw && s->circuits) {
+        s->fw = relay_forwarder_new(s->circuits, RX_BATCH, relay_budget_lease, svc);
+        if (s->fw) {
+            /* failed frames go on to the connection-id lookup (greased short headers) */
+            relay_forwarder_set_quic_fallback(s->fw, 1);
+            const char *g = getenv("POS_RELAY_GSO");
+            s->gso = !(g && !strcmp(g, "0"));
+            if (s->gso)
+                relay_forwarder_set_gso(s->fw, RELAY_FORWARD_GSO_MAX_SEGMENTS);
+        } else {
+            pos_log_error("out of memory for the forwarder: data frames are dropped");
+        }
+    }
 }
 
 static int is_wildcard(const struct sockaddr_storage *ss)
@@ -1317,7 +1791,13 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
 {
     *out = s->st;
     out->conns_handshaking = s->pending;
-    out->data_frames_dropped = s->dp.frames_dropped;
+    out->circuits_open = s->circuits ? s->circuits->open : 0;
+    out->circuit_requests_pending = s->n_preqs;
+    if (s->fw) {
+        out->fw = s->fw->stats;
+        /* every frame the forwarder did not take (fallback) and the QUIC path did not either */
+        out->data_frames_dropped = s->st.data_frames_dropped;
+    }
     out->heap_in_use = (uint64_t)mallinfo2().uordblks;
 }
 
@@ -1327,6 +1807,10 @@ void relay_server_del(relay_server *s)
         return;
     while (s->conns)
         conn_free(s->conns);
+    while (s->preqs)
+        preq_free(s->preqs);
+    relay_forwarder_del(s->fw);
+    relay_circuits_del(s->circuits);
     for (size_t i = 0; i < s->n_socks; i++) {
         ev_io_stop(s->loop, &s->socks[i].io);
         close(s->socks[i].fd);

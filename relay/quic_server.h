@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "forward.h"
 #include "relay_config.h"
 #include "services.h"
 
@@ -40,8 +41,17 @@ typedef struct relay_server_stats {
     uint64_t packets_in;
     uint64_t packets_out;
     uint64_t packets_dropped;
-    uint64_t data_frames_dropped;
-    uint64_t heap_in_use; /* gauge: malloc'd bytes in use (glibc mallinfo2) */
+    uint64_t data_frames_dropped; /* frames neither forwarded nor QUIC (fallback misses) */
+    uint64_t heap_in_use;         /* gauge: malloc'd bytes in use (glibc mallinfo2) */
+    /* circuits */
+    uint64_t circuits_open;            /* gauge */
+    uint64_t circuit_requests_pending; /* gauge: CONNECTs in flight */
+    uint64_t circuit_requests;         /* CONNECTs received */
+    uint64_t circuits_opened, circuits_closed;
+    uint64_t circuit_redirects;   /* REDIRECT sent */
+    uint64_t circuit_errors;      /* ERROR sent (not connected, declined, timeout, busy) */
+    uint64_t forward_send_failed; /* forwarded datagrams the socket refused (lost) */
+    relay_forward_stats fw;       /* the forwarder's counters */
 } relay_server_stats;
 
 /*

@@ -149,6 +149,18 @@ static const char lua_del_if[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\
                                  "end\n"
                                  "return 0\n";
 
+/*
+ * Presence lookup: the relay holding a peer and that relay's entry as the
+ * discovery API stored it (P relay:ID, docs/discovery-api.md), in one round
+ * trip. The entry key is derived from the presence value, so it is not in
+ * KEYS: fine on one Redis node or Sentinel (no Cluster, see redis-layout.md).
+ */
+static const char lua_presence_lookup[] =
+    "local rid = redis.call('GET', KEYS[1])\n"
+    "if not rid then return false end\n"
+    "local e = redis.call('GET', ARGV[1] .. 'relay:' .. rid)\n"
+    "return {rid, e or ''}\n";
+
 /* ---- a small string-keyed hash table of intrusive nodes ---- */
 
 struct node {
@@ -299,6 +311,18 @@ struct curl_sock {
 struct revalidation;
 struct usage_batch;
 
+/* A presence lookup in flight (relay_presence_lookup); delivered from |defer| or the reply. */
+struct lookup {
+    struct lookup *prev, *next;
+    relay_services *s;
+    uint64_t handle;
+    relay_presence_cb cb;
+    void *arg;
+    int waiting;   /* a Redis reply is due: freed then */
+    int cancelled; /* the caller went away */
+    ev_timer defer;
+};
+
 /* Usage of one account not yet added to Redis, and its circuits open here. */
 struct account {
     struct node n;     /* key: account name */
@@ -333,7 +357,9 @@ struct relay_services {
     char peer_id[POS_PEER_ID_STRLEN];
 
     pos_redis_async *redis;
-    int sc_rate, sc_admit, sc_refresh, sc_del_if, sc_lease, sc_usage;
+    int sc_rate, sc_admit, sc_refresh, sc_del_if, sc_lease, sc_usage, sc_lookup;
+    struct lookup *lookups;
+    int deleting;
     uint64_t redis_reply_errors;
 
     struct check *checks;
@@ -785,10 +811,17 @@ void relay_auth_cancel(relay_services *s, uint64_t handle)
     for (struct check *c = s->checks; c; c = c->next) {
         if (c->handle != handle)
             continue;
-        if (c->waiting)
+        if (c->waiting) {
             c->cancelled = 1; /* freed when Redis answers */
-        else
-            check_unlink_free(c);
+            return;
+        }
+        /*
+         * An OK verdict waiting in |defer| already counts against the token's
+         * connection cap: give the slot back, the caller will never see it.
+         */
+        if (c->kind == CHECK_AUTH && c->verdict == RELAY_OK && ev_is_active(&c->defer))
+            relay_auth_release(s, c->hash);
+        check_unlink_free(c);
         return;
     }
 }
@@ -913,6 +946,146 @@ static void revalidate(relay_services *s)
 }
 
 /* ---- presence ---- */
+
+static void lookup_unlink_free(struct lookup *l)
+{
+    relay_services *s = l->s;
+    ev_timer_stop(s->loop, &l->defer);
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        s->lookups = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    free(l);
+}
+
+/* lookup_entry parses a relay entry (JSON) into |f|; -1 when it is not usable. */
+static int lookup_entry(const char *json, size_t len, relay_presence_found *f)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, 0, &jerr), *addrs, *v;
+    size_t i;
+    int rv = -1;
+    if (!root)
+        return -1;
+    const char *id = json_string_value(json_object_get(root, "id"));
+    const char *pid = json_string_value(json_object_get(root, "peer_id"));
+    addrs = json_object_get(root, "addrs");
+    if (!id || !pid || !json_is_array(addrs) || strlen(id) >= sizeof(f->relay_id) ||
+        strlen(pid) >= sizeof(f->peer_id))
+        goto out;
+    snprintf(f->relay_id, sizeof(f->relay_id), "%s", id);
+    snprintf(f->peer_id, sizeof(f->peer_id), "%s", pid);
+    f->n_addrs = 0;
+    json_array_foreach(addrs, i, v)
+    {
+        const char *a = json_string_value(v);
+        struct sockaddr_storage ss;
+        if (!a || f->n_addrs >= RELAY_MAX_ADDRS || pos_addr_parse(a, strlen(a), 0, &ss) != 0)
+            continue;
+        snprintf(f->addrs[f->n_addrs++], POS_ADDR_STRLEN, "%s", a);
+    }
+    rv = f->n_addrs > 0 ? 0 : -1;
+out:
+    json_decref(root);
+    return rv;
+}
+
+static void lookup_deliver(struct lookup *l, int status, const relay_presence_found *f)
+{
+    relay_presence_cb cb = l->cb;
+    void *arg = l->arg;
+    int cancelled = l->cancelled;
+    lookup_unlink_free(l);
+    if (!cancelled)
+        cb(arg, status, f);
+}
+
+static void on_lookup_reply(void *arg, redisReply *rep)
+{
+    struct lookup *l = arg;
+    relay_services *s = l->s;
+    relay_presence_found f;
+    l->waiting = 0;
+    if (s->deleting) {
+        lookup_unlink_free(l);
+        return;
+    }
+    memset(&f, 0, sizeof(f));
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        note_redis_error(s, rep);
+        lookup_deliver(l, RELAY_PRESENCE_UNAVAILABLE, NULL);
+        return;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING) {
+        lookup_deliver(l, RELAY_PRESENCE_NOT_FOUND, NULL); /* nil: nobody holds the peer */
+        return;
+    }
+    if (rep->element[0]->len == strlen(s->cfg->id) &&
+        memcmp(rep->element[0]->str, s->cfg->id, rep->element[0]->len) == 0) {
+        /* names us, but the peer is not connected here (any more): stale */
+        lookup_deliver(l, RELAY_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    if (lookup_entry(rep->element[1]->str, rep->element[1]->len, &f) != 0 ||
+        strlen(f.relay_id) != rep->element[0]->len ||
+        memcmp(f.relay_id, rep->element[0]->str, rep->element[0]->len) != 0) {
+        /* the holding relay is not (or no longer) listed: it cannot be dialed */
+        lookup_deliver(l, RELAY_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    lookup_deliver(l, RELAY_PRESENCE_FOUND, &f);
+}
+
+static void on_lookup_defer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    lookup_deliver(w->data, RELAY_PRESENCE_UNAVAILABLE, NULL);
+}
+
+uint64_t relay_presence_lookup(relay_services *s, const char *peer_id, relay_presence_cb cb,
+                               void *arg)
+{
+    char key[RELAY_KEY_LEN];
+    struct lookup *l = calloc(1, sizeof(*l));
+    if (!l)
+        return 0;
+    l->s = s;
+    l->cb = cb;
+    l->arg = arg;
+    l->handle = ++s->next_handle;
+    ev_timer_init(&l->defer, on_lookup_defer, 0., 0.);
+    l->defer.data = l;
+    l->next = s->lookups;
+    if (s->lookups)
+        s->lookups->prev = l;
+    s->lookups = l;
+    const char *argv[] = {key, s->cfg->redis_prefix};
+    if (s->shut_down || relay_key_presence(s->cfg->redis_prefix, key, sizeof(key), peer_id) != 0 ||
+        pos_redis_async_eval(s->redis, s->sc_lookup, 1, 2, argv, NULL, on_lookup_reply, l) != 0) {
+        ev_timer_start(s->loop, &l->defer); /* never from inside the call */
+        return l->handle;
+    }
+    l->waiting = 1;
+    return l->handle;
+}
+
+void relay_presence_cancel(relay_services *s, uint64_t handle)
+{
+    for (struct lookup *l = s->lookups; l; l = l->next) {
+        if (l->handle != handle)
+            continue;
+        if (l->waiting)
+            l->cancelled = 1;
+        else
+            lookup_unlink_free(l);
+        return;
+    }
+}
 
 static void presence_set(relay_services *s, const char *peer_id)
 {
@@ -1731,6 +1904,7 @@ relay_services *relay_services_new(struct ev_loop *loop, const relay_config *cfg
     s->sc_del_if = pos_redis_async_script_add(s->redis, lua_del_if);
     s->sc_lease = pos_redis_async_script_add(s->redis, lua_lease);
     s->sc_usage = pos_redis_async_script_add(s->redis, lua_usage);
+    s->sc_lookup = pos_redis_async_script_add(s->redis, lua_presence_lookup);
     if (s->sc_lease < 0 || s->sc_usage < 0)
         goto fail;
     char channel[RELAY_KEY_LEN];
@@ -1903,7 +2077,10 @@ void relay_services_del(relay_services *s)
     }
     if (s->multi)
         curl_multi_cleanup(s->multi); /* removes the remaining sockets through curl_socket_cb */
-    pos_redis_async_del(s->redis);    /* no Redis callback runs after this */
+    s->deleting = 1;
+    pos_redis_async_del(s->redis); /* no Redis callback runs after this */
+    while (s->lookups)
+        lookup_unlink_free(s->lookups);
     while (s->checks)
         check_unlink_free(s->checks);
     while (s->revals)

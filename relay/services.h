@@ -123,6 +123,40 @@ void relay_presence_add(relay_services *s, const char *peer_id);
 void relay_presence_remove(relay_services *s, const char *peer_id);
 
 /*
+ * Presence lookup, for a CONNECT to a peer that is not connected here. One
+ * Lua call reads P presence:PEERID (the relay holding the peer) and that
+ * relay's entry P relay:ID as the discovery API stored it (the same JSON as
+ * GET /api/p2p/relays): so the answer names a relay clients can dial, and a
+ * relay that is no longer listed is not offered.
+ */
+enum relay_presence_status {
+    RELAY_PRESENCE_FOUND = 0,       /* |found| names the other relay */
+    RELAY_PRESENCE_NOT_FOUND = 1,   /* no relay holds the peer (or only us, stale, or unlisted) */
+    RELAY_PRESENCE_UNAVAILABLE = 2, /* Redis unreachable */
+};
+
+typedef struct relay_presence_found {
+    char relay_id[POS_UUID_STRLEN];
+    char peer_id[POS_PEER_ID_STRLEN];
+    char addrs[RELAY_MAX_ADDRS][POS_ADDR_STRLEN];
+    size_t n_addrs; /* at least 1 when found */
+} relay_presence_found;
+
+/* |found| is valid during the call only (NULL unless RELAY_PRESENCE_FOUND). */
+typedef void (*relay_presence_cb)(void *arg, int status, const relay_presence_found *found);
+
+/*
+ * relay_presence_lookup: which relay holds |peer_id|. |cb| is called once,
+ * always from the loop (never inside this call). Returns a handle for
+ * relay_presence_cancel, or 0 when out of memory (no callback).
+ */
+uint64_t relay_presence_lookup(relay_services *s, const char *peer_id, relay_presence_cb cb,
+                               void *arg);
+
+/* relay_presence_cancel: the callback of lookup |handle| will not be called. */
+void relay_presence_cancel(relay_services *s, uint64_t handle);
+
+/*
  * ---- Bandwidth budgets (docs/relay.md, "Bandwidth limits and usage") ----
  *
  * A token's bytes_per_sec/burst is one token bucket in Redis (P bw:H),
