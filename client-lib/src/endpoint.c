@@ -224,8 +224,9 @@ static void datagram_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, 
         return;
     }
     if (!(data[0] & 0x40)) {
-        /* a relay data frame: sessions (the next issue) take them from here */
-        ep->frames_dropped++;
+        /* a relay data frame: to the relay connection it came from (quic_client.c) */
+        if (qc_frame_input(ep, sock, data, len, from, fromlen) != 0)
+            ep->frames_dropped++;
         return;
     }
     /* Only the DCID is needed to route; ngtcp2 validates the rest. */

@@ -60,6 +60,9 @@ void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
 int64_t qc_deadline_ms(const pos_p2p_relay *r); /* -1 none */
 void qc_on_deadline(pos_p2p_relay *r);
 pos_p2p_relay *qc_next(const pos_p2p_relay *r);
+/* qc_frame_input: a data frame; 0 when it came from a relay connection's address and was taken. */
+int qc_frame_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+                   const struct sockaddr *from, socklen_t fromlen);
 void qc_free_all(pos_p2p_endpoint *ep);
 
 #endif

@@ -4,6 +4,7 @@
  * protocol (HELLO -> WELCOME, or a close carrying the refusal). Every ngtcp2
  * call of the library lives in this file: the 1.x API renames much of 0.12.
  */
+#include <errno.h>
 #include <netinet/in.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
@@ -17,10 +18,15 @@
 
 #include "addr.h"
 #include "ctrl.h"
+#include "frame.h"
 #include "internal.h"
 
 #define KEEPALIVE_NS (10 * NGTCP2_SECONDS)
 #define APP_NO_ERROR 0
+#define MAX_CIRCUITS 1024     /* open circuits per relay connection */
+#define MAX_INCOMING 64       /* INCOMING requests not yet answered */
+#define MAX_EVENTS 64         /* events decoded during one packet, delivered after it */
+#define MAX_REQ_PENDING 65536 /* request bytes not yet acknowledged by the relay */
 
 struct pos_p2p_relay {
     pos_p2p_endpoint *ep;
@@ -45,6 +51,23 @@ struct pos_p2p_relay {
     char *token; /* until HELLO is queued, then wiped */
     size_t token_len;
     pos_p2p_relay_status st;
+    /* circuits (docs/protocol.md): requests on a stream of their own, kept open */
+    pos_p2p_relay_event_cb on_event;
+    pos_p2p_relay_data_cb on_data;
+    void *cb_arg;
+    int64_t req_stream; /* -1 until the first request */
+    uint8_t *rq;        /* request bytes not yet acknowledged */
+    size_t rq_len, rq_sent, rq_acked;
+    uint32_t next_req;
+    uint32_t incoming[MAX_INCOMING]; /* INCOMING ids we may answer */
+    size_t n_incoming;
+    uint32_t *circuits; /* our side's ids of open circuits */
+    size_t n_circuits;
+    pos_p2p_relay_event *evq; /* events decoded inside ngtcp2, delivered after it returns */
+    size_t n_ev;
+    uint8_t in_read;       /* inside ngtcp2_conn_read_pkt */
+    uint8_t dispatching;   /* inside a user callback */
+    uint8_t close_pending; /* pos_p2p_relay_close was called from a callback */
 };
 
 /* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
@@ -207,6 +230,11 @@ static void conn_write(pos_p2p_relay *r)
             v.base = r->out + r->out_sent;
             v.len = r->out_len - r->out_sent;
             nv = 1;
+        } else if (r->rq && r->rq_sent < r->rq_len && r->req_stream >= 0) {
+            sid = r->req_stream; /* requests: the stream stays open */
+            v.base = r->rq + r->rq_sent;
+            v.len = r->rq_len - r->rq_sent;
+            nv = 1;
         }
         n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
                                       &wlen, wflags, sid, &v, nv, ts);
@@ -216,8 +244,12 @@ static void conn_write(pos_p2p_relay *r)
             fail_liberr(r, (int)n);
             return;
         }
-        if (wlen > 0)
-            r->out_sent += (size_t)wlen;
+        if (wlen > 0) {
+            if (sid == r->stream)
+                r->out_sent += (size_t)wlen;
+            else
+                r->rq_sent += (size_t)wlen;
+        }
         if (n == 0)
             return;
         ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
@@ -271,6 +303,138 @@ static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
     ngtcp2_conn_set_keep_alive_timeout(r->qc, ka);
 }
 
+/* ---- circuits ---- */
+
+static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept);
+
+static int find_u32(const uint32_t *a, size_t n, uint32_t v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] == v)
+            return (int)i;
+    return -1;
+}
+
+static void remove_at(uint32_t *a, size_t *n, int i)
+{
+    a[i] = a[*n - 1];
+    (*n)--;
+}
+
+/* error_of: the library error for the code of an ERROR message. */
+static int error_of(uint16_t code)
+{
+    switch (code) {
+    case POS_CTRL_CODE_PEER_NOT_CONNECTED:
+        return POS_P2P_ERR_PEER_NOT_CONNECTED;
+    case POS_CTRL_CODE_DECLINED:
+        return POS_P2P_ERR_DECLINED;
+    case POS_CTRL_CODE_TIMEOUT:
+        return POS_P2P_ERR_TIMEOUT;
+    case POS_CTRL_CODE_PEER_LEFT:
+        return POS_P2P_ERR_CIRCUIT_CLOSED;
+    case POS_CTRL_CODE_BAD_PEER:
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    default:
+        return POS_P2P_ERR_REFUSED;
+    }
+}
+
+static void copy_peer(pos_p2p_relay_event *ev, const pos_ctrl_msg *m)
+{
+    snprintf(ev->peer_id, sizeof(ev->peer_id), "%s", m->peer_id);
+    snprintf(ev->observed, sizeof(ev->observed), "%s", m->observed);
+    for (size_t i = 0; i < m->addrs.n && i < POS_P2P_RELAY_MAX_ADDRS; i++)
+        snprintf(ev->local[ev->n_local++], POS_P2P_ADDR_STRLEN, "%s", m->addrs.a[i]);
+}
+
+/*
+ * on_circuit_msg: a relay message after WELCOME. Updates what the library
+ * tracks (open circuits, answerable INCOMINGs) and queues the event, which
+ * is delivered once ngtcp2 has returned (callbacks may call back into the
+ * library). Returns 0, or -1 when the relay breaks the protocol.
+ */
+static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
+{
+    pos_p2p_relay_event *ev;
+    int i;
+
+    if (m->type != POS_CTRL_INCOMING && m->type != POS_CTRL_CIRCUIT &&
+        m->type != POS_CTRL_REDIRECT && m->type != POS_CTRL_ERROR &&
+        m->type != POS_CTRL_CIRCUIT_CLOSED && m->type != POS_CTRL_GOAWAY)
+        return -1;
+    if (!r->evq) {
+        r->evq = calloc(MAX_EVENTS, sizeof(*r->evq));
+        if (!r->evq)
+            return 0; /* out of memory: the event is lost, the connection goes on */
+    }
+    if (r->n_ev >= MAX_EVENTS)
+        return -1; /* far more messages in one packet than the relay ever sends */
+    ev = &r->evq[r->n_ev];
+    memset(ev, 0, sizeof(*ev));
+    ev->req_id = m->req_id;
+    switch (m->type) {
+    case POS_CTRL_INCOMING:
+        if (r->n_incoming >= MAX_INCOMING) {
+            /* too many unanswered: decline at once */
+            pos_p2p_relay_answer_queue(r, m->req_id, 0);
+            return 0;
+        }
+        r->incoming[r->n_incoming++] = m->req_id;
+        ev->type = POS_P2P_RELAY_EV_INCOMING;
+        copy_peer(ev, m);
+        break;
+    case POS_CTRL_CIRCUIT:
+        if (!r->circuits) {
+            r->circuits = calloc(MAX_CIRCUITS, sizeof(*r->circuits));
+            if (!r->circuits)
+                return 0;
+        }
+        if (find_u32(r->circuits, r->n_circuits, m->circuit_id) < 0 && r->n_circuits < MAX_CIRCUITS)
+            r->circuits[r->n_circuits++] = m->circuit_id;
+        ev->type = POS_P2P_RELAY_EV_CIRCUIT;
+        ev->circuit_id = m->circuit_id;
+        copy_peer(ev, m);
+        break;
+    case POS_CTRL_REDIRECT:
+        ev->type = POS_P2P_RELAY_EV_REDIRECT;
+        ev->error = POS_P2P_ERR_REDIRECTED;
+        snprintf(ev->redirect.id, sizeof(ev->redirect.id), "%s", m->relay_id);
+        snprintf(ev->redirect.peer_id, sizeof(ev->redirect.peer_id), "%s", m->peer_id);
+        for (size_t k = 0; k < m->addrs.n && k < POS_P2P_RELAY_MAX_ADDRS; k++)
+            snprintf(ev->redirect.addrs[ev->redirect.n_addrs++], POS_P2P_ADDR_STRLEN, "%s",
+                     m->addrs.a[k]);
+        break;
+    case POS_CTRL_ERROR:
+        ev->type = POS_P2P_RELAY_EV_ERROR;
+        ev->code = m->code;
+        ev->error = error_of(m->code);
+        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
+        /* an INCOMING the relay gave up on cannot be answered any more */
+        if ((i = find_u32(r->incoming, r->n_incoming, m->req_id)) >= 0)
+            remove_at(r->incoming, &r->n_incoming, i);
+        break;
+    case POS_CTRL_CIRCUIT_CLOSED:
+        if (r->circuits && (i = find_u32(r->circuits, r->n_circuits, m->circuit_id)) >= 0)
+            remove_at(r->circuits, &r->n_circuits, i);
+        ev->type = POS_P2P_RELAY_EV_CIRCUIT_CLOSED;
+        ev->circuit_id = m->circuit_id;
+        ev->code = m->code;
+        ev->error = POS_P2P_ERR_CIRCUIT_CLOSED;
+        break;
+    case POS_CTRL_GOAWAY:
+        ev->type = POS_P2P_RELAY_EV_GOAWAY;
+        ev->code = m->code;
+        ev->error = POS_P2P_ERR_GOING_AWAY;
+        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
+        break;
+    }
+    r->n_ev++;
+    return 0;
+}
+
+static int dispatch_events(pos_p2p_relay *r);
+
 static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id, uint64_t offset,
                                const uint8_t *data, size_t datalen, void *user_data,
                                void *stream_user_data)
@@ -289,11 +453,15 @@ static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
     if (pos_ctrl_reader_feed(&r->rd, data, datalen) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
     while ((rv = pos_ctrl_reader_next(&r->rd, &m)) == 1) {
-        if (m.type == POS_CTRL_WELCOME && r->st.state == POS_P2P_RELAY_CONNECTING)
+        if (m.type == POS_CTRL_WELCOME && r->st.state == POS_P2P_RELAY_CONNECTING) {
             on_welcome(r, &m);
-        else if (m.type == POS_CTRL_GOAWAY)
+        } else if (m.type == POS_CTRL_GOAWAY) {
             snprintf(r->st.reason, sizeof(r->st.reason), "%s", m.text);
-        /* INCOMING, CIRCUIT, REDIRECT, ERROR: sessions (the next issue) */
+            on_circuit_msg(r, &m);
+        } else if (r->st.state == POS_P2P_RELAY_ACCEPTED) {
+            if (on_circuit_msg(r, &m) != 0)
+                return NGTCP2_ERR_CALLBACK_FAILURE;
+        }
     }
     return rv < 0 ? NGTCP2_ERR_CALLBACK_FAILURE : 0;
 }
@@ -303,9 +471,17 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
 {
     pos_p2p_relay *r = user_data;
     (void)qc;
-    (void)stream_id;
     (void)offset;
     (void)stream_user_data;
+    if (stream_id == r->req_stream && stream_id != r->stream) {
+        r->rq_acked += (size_t)datalen;
+        if (r->rq && r->rq_acked >= r->rq_len && r->rq_sent >= r->rq_len) {
+            free(r->rq);
+            r->rq = NULL;
+            r->rq_len = r->rq_sent = r->rq_acked = 0;
+        }
+        return 0;
+    }
     r->out_acked += (size_t)datalen;
     if (r->out && r->out_acked >= r->out_len && r->out_sent >= r->out_len) {
         free(r->out);
@@ -526,6 +702,9 @@ static void relay_free(pos_p2p_relay *r)
     }
     pos_ctrl_reader_wipe(&r->rd);
     free(r->out);
+    free(r->rq);
+    free(r->circuits);
+    free(r->evq);
     free(r);
 }
 
@@ -546,6 +725,7 @@ int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
         return POS_P2P_ERR_NOMEM;
     r->ep = ep;
     r->stream = -1;
+    r->req_stream = -1;
     if (pos_peer_id_parse(relay->peer_id, strnlen(relay->peer_id, POS_P2P_PEER_ID_STRLEN),
                           r->pin.expect_key) != 0) {
         free(r);
@@ -615,6 +795,27 @@ static int try_next_addr(pos_p2p_relay *r)
     return 0;
 }
 
+/*
+ * dispatch_events delivers the events queued while ngtcp2 ran. Returns 0,
+ * or -1 when a callback closed |r| (it is freed then).
+ */
+static int dispatch_events(pos_p2p_relay *r)
+{
+    if (!r->n_ev)
+        return 0;
+    r->dispatching = 1;
+    for (size_t i = 0; i < r->n_ev && !r->close_pending; i++)
+        if (r->on_event)
+            r->on_event(r->cb_arg, r, &r->evq[i]);
+    r->n_ev = 0;
+    r->dispatching = 0;
+    if (r->close_pending) {
+        pos_p2p_relay_close(r);
+        return -1;
+    }
+    return 0;
+}
+
 void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
               const struct sockaddr *from, socklen_t fromlen)
 {
@@ -629,14 +830,23 @@ void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
     path.remote.addr = (ngtcp2_sockaddr *)from;
     path.remote.addrlen = fromlen;
     path.user_data = NULL;
+    r->in_read = 1;
     rv = ngtcp2_conn_read_pkt(r->qc, &path, &pi, data, len, now_ts());
+    r->in_read = 0;
     if (rv == NGTCP2_ERR_DRAINING) {
         on_peer_close(r);
+        dispatch_events(r);
         return;
     }
     if (rv != 0) {
         fail_liberr(r, rv);
+        dispatch_events(r);
         return;
+    }
+    if (r->n_ev) {
+        conn_write(r); /* acknowledgements first: callbacks may take a while */
+        if (dispatch_events(r) != 0)
+            return; /* closed from a callback */
     }
     if (r->tls && ngtcp2_conn_get_handshake_completed(r->qc)) {
         /* Keys live in ngtcp2 now; the TLS session is dead weight (no tickets). */
@@ -698,6 +908,10 @@ void pos_p2p_relay_close(pos_p2p_relay *r)
 {
     if (!r)
         return;
+    if (r->dispatching) {
+        r->close_pending = 1; /* from a callback: freed once it returns */
+        return;
+    }
     if (!r->dead) {
         ngtcp2_connection_close_error ccerr;
         ngtcp2_connection_close_error_default(&ccerr);
@@ -711,4 +925,167 @@ void qc_free_all(pos_p2p_endpoint *ep)
 {
     while (ep->relays)
         relay_free(ep->relays);
+}
+
+/* ---- circuits: the public API (pos/p2p.h) and the data plane ---- */
+
+void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_event,
+                                 pos_p2p_relay_data_cb on_data, void *arg)
+{
+    r->on_event = on_event;
+    r->on_data = on_data;
+    r->cb_arg = arg;
+}
+
+/* queue_request appends |m| to the request stream (opened on first use). 0 or a POS_P2P_ERR_*. */
+static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
+{
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    int n = pos_ctrl_encode(m, buf, sizeof(buf));
+    uint8_t *grown;
+
+    if (n < 0)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if (r->req_stream < 0 && ngtcp2_conn_open_bidi_stream(r->qc, &r->req_stream, NULL) != 0)
+        return POS_P2P_ERR_NOMEM; /* no stream credit: cannot happen with one request stream */
+    if (r->rq_len - r->rq_acked + (size_t)n > MAX_REQ_PENDING)
+        return POS_P2P_ERR_NOMEM;
+    grown = realloc(r->rq, r->rq_len + (size_t)n);
+    if (!grown)
+        return POS_P2P_ERR_NOMEM;
+    r->rq = grown;
+    memcpy(r->rq + r->rq_len, buf, (size_t)n);
+    r->rq_len += (size_t)n;
+    return 0;
+}
+
+static void flush(pos_p2p_relay *r)
+{
+    if (!r->in_read)
+        conn_write(r); /* inside ngtcp2: qc_input writes once it returns */
+}
+
+int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id)
+{
+    pos_ctrl_msg m;
+    uint8_t key[32];
+    int rv;
+
+    if (!r || !peer_id || !req_id ||
+        pos_peer_id_parse(peer_id, strnlen(peer_id, POS_P2P_PEER_ID_STRLEN), key) != 0)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_CONNECT;
+    if (++r->next_req == 0)
+        r->next_req = 1;
+    m.req_id = r->next_req;
+    snprintf(m.peer_id, sizeof(m.peer_id), "%s", peer_id);
+    rv = queue_request(r, &m);
+    if (rv != 0)
+        return rv;
+    *req_id = m.req_id;
+    flush(r);
+    return 0;
+}
+
+static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept)
+{
+    pos_ctrl_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE;
+    m.req_id = req_id;
+    m.code = accept ? 0 : POS_CTRL_CODE_DECLINED;
+    return queue_request(r, &m);
+}
+
+int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept)
+{
+    int i, rv;
+    if (!r || (i = find_u32(r->incoming, r->n_incoming, req_id)) < 0)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    rv = pos_p2p_relay_answer_queue(r, req_id, accept);
+    if (rv != 0)
+        return rv;
+    remove_at(r->incoming, &r->n_incoming, i);
+    flush(r);
+    return 0;
+}
+
+/* the relay's current address (QUIC follows its migrations, we never migrate the relay) */
+static const ngtcp2_addr *relay_addr(const pos_p2p_relay *r)
+{
+    return &ngtcp2_conn_get_path(r->qc)->remote;
+}
+
+int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)
+{
+    uint8_t buf[POS_FRAME_MAX_LEN];
+    const ngtcp2_addr *to;
+    ssize_t n;
+    int flen;
+
+    if (!r || (!data && len))
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if (len > POS_FRAME_MAX_PAYLOAD)
+        return POS_P2P_ERR_TOO_BIG;
+    if (len == 0)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if (r->dead || !r->circuits || find_u32(r->circuits, r->n_circuits, circuit_id) < 0)
+        return POS_P2P_ERR_CIRCUIT_CLOSED;
+    flen = pos_frame_encode_data(buf, sizeof(buf), circuit_id, data, len);
+    if (flen < 0)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    to = relay_addr(r);
+    do {
+        n = sendto(r->ep->socks[r->sock].fd, buf, (size_t)flen, MSG_DONTWAIT,
+                   (const struct sockaddr *)to->addr, to->addrlen);
+    } while (n < 0 && errno == EINTR);
+    return n == flen ? 0 : POS_P2P_ERR_IO;
+}
+
+static int same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr *b)
+{
+    if (a->sa_family != b->addr->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b->addr;
+        return alen >= sizeof(*x) && x->sin_port == y->sin_port &&
+               x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b->addr;
+        return alen >= sizeof(*x) && x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+int qc_frame_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+                   const struct sockaddr *from, socklen_t fromlen)
+{
+    pos_frame f;
+    (void)sock;
+    if (pos_frame_decode(data, len, &f) != 0)
+        return -1;
+    for (pos_p2p_relay *r = ep->relays; r; r = r->next) {
+        if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED ||
+            !same_addr(from, fromlen, relay_addr(r)))
+            continue;
+        if (f.type == POS_FRAME_KEEPALIVE_ACK)
+            return 0;
+        if (f.type != POS_FRAME_DATA || !r->circuits ||
+            find_u32(r->circuits, r->n_circuits, f.circuit_id) < 0)
+            return -1; /* a circuit we do not have (closed, or forged) */
+        if (r->on_data) {
+            r->dispatching = 1;
+            r->on_data(r->cb_arg, r, f.circuit_id, f.payload, f.payload_len);
+            r->dispatching = 0;
+            if (r->close_pending)
+                pos_p2p_relay_close(r);
+        }
+        return 0;
+    }
+    return -1; /* not from a relay we are connected to */
 }
