@@ -1689,8 +1689,14 @@ void relay_server_set_services(relay_server *s, relay_services *svc)
     if (!s->fw && s->circuits) {
         s->fw = relay_forwarder_new(s->circuits, RX_BATCH, relay_budget_lease, svc);
         if (s->fw) {
-            /* failed frames go on to the connection-id lookup (greased short headers) */
-            relay_forwarder_set_quic_fallback(s->fw, 1);
+            /*
+             * Our clients never grease the QUIC bit (docs/protocol.md), so a
+             * failed frame is dropped with its reason counted. For peers that
+             * grease, POS_RELAY_QUIC_FALLBACK=1 hands failed frames to the
+             * connection-id lookup instead (then counted as quic_fallback).
+             */
+            const char *fb = getenv("POS_RELAY_QUIC_FALLBACK");
+            relay_forwarder_set_quic_fallback(s->fw, fb && !strcmp(fb, "1"));
             const char *g = getenv("POS_RELAY_GSO");
             s->gso = !(g && !strcmp(g, "0"));
             if (s->gso)
@@ -1794,9 +1800,13 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
     out->circuits_open = s->circuits ? s->circuits->open : 0;
     out->circuit_requests_pending = s->n_preqs;
     if (s->fw) {
-        out->fw = s->fw->stats;
-        /* every frame the forwarder did not take (fallback) and the QUIC path did not either */
-        out->data_frames_dropped = s->st.data_frames_dropped;
+        const relay_forward_stats *f = &s->fw->stats;
+        out->fw = *f;
+        /* frames dropped by the forwarder, by any reason, and by the QUIC path (fallback) */
+        out->data_frames_dropped = s->st.data_frames_dropped + f->drop_truncated +
+                                   f->drop_malformed + f->drop_unknown_type +
+                                   f->drop_unexpected_type + f->drop_unknown_circuit +
+                                   f->drop_wrong_source + f->drop_budget + f->drop_unroutable;
     }
     out->heap_in_use = (uint64_t)mallinfo2().uordblks;
 }

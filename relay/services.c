@@ -1065,7 +1065,8 @@ uint64_t relay_presence_lookup(relay_services *s, const char *peer_id, relay_pre
         s->lookups->prev = l;
     s->lookups = l;
     const char *argv[] = {key, s->cfg->redis_prefix};
-    if (s->shut_down || relay_key_presence(s->cfg->redis_prefix, key, sizeof(key), peer_id) != 0 ||
+    int kl = relay_key_presence(s->cfg->redis_prefix, key, sizeof(key), peer_id);
+    if (s->shut_down || kl < 0 || (size_t)kl >= sizeof(key) ||
         pos_redis_async_eval(s->redis, s->sc_lookup, 1, 2, argv, NULL, on_lookup_reply, l) != 0) {
         ev_timer_start(s->loop, &l->defer); /* never from inside the call */
         return l->handle;

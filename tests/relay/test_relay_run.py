@@ -488,4 +488,5 @@ def client_falls_back_to_the_next_relay_address():
         r.stdout
 
 
-run()
+if __name__ == "__main__":
+    run()
