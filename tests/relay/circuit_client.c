@@ -28,7 +28,7 @@ struct opts {
     const char *api_url, *relay_id, *relay, *token, *identity, *connect;
     int listen, decline, echo;
     long count, size, rate;
-    long wait_ms, hold_ms, timeout_ms;
+    long wait_ms, hold_ms, timeout_ms, stats_ms;
 };
 
 struct st {
@@ -56,7 +56,8 @@ static void usage(FILE *f)
                "         --token TOKEN --identity FILE\n"
                "         (--listen [--decline] [--echo] | --connect PEERID [--count N]\n"
                "          [--size BYTES] [--rate PPS] [--wait-ms MS])\n"
-               "         [--hold-ms MS] [--timeout-ms MS]\n");
+               "         [--hold-ms MS] [--timeout-ms MS] [--stats-ms MS]\n"
+               "--stats-ms prints what arrived so far every MS milliseconds (listen).\n");
 }
 
 static void fill(uint8_t *p, long size, uint64_t seq)
@@ -195,6 +196,7 @@ static int parse(int argc, char **argv, struct opts *o)
                                        {"hold-ms", required_argument, NULL, 'H'},
                                        {"timeout-ms", required_argument, NULL, 'T'},
                                        {"help", no_argument, NULL, 'h'},
+                                       {"stats-ms", required_argument, NULL, 'S'},
                                        {NULL, 0, NULL, 0}};
     int ch;
     memset(o, 0, sizeof(*o));
@@ -248,6 +250,9 @@ static int parse(int argc, char **argv, struct opts *o)
             break;
         case 'T':
             o->timeout_ms = atol(optarg);
+            break;
+        case 'S':
+            o->stats_ms = atol(optarg);
             break;
         case 'h':
             usage(stdout);
@@ -392,11 +397,19 @@ int main(int argc, char **argv)
             step(ep, 20);
         print_result(&s);
     } else {
+        int64_t next_stats = pos_p2p_now_ms() + s.o.stats_ms;
         while (!stop_flag) {
             pos_p2p_relay_get_status(s.r, &rs);
             if (rs.state == POS_P2P_RELAY_FAILED)
                 break;
-            step(ep, 100);
+            step(ep, s.o.stats_ms > 0 && s.o.stats_ms < 100 ? (int)s.o.stats_ms : 100);
+            if (s.o.stats_ms > 0 && pos_p2p_now_ms() >= next_stats) {
+                next_stats += s.o.stats_ms;
+                printf("{\"event\":\"stats\",\"t_ms\":%lld,\"received\":%ld,\"bytes\":%llu}\n",
+                       (long long)pos_p2p_now_ms(), s.received,
+                       (unsigned long long)s.bytes_received);
+                fflush(stdout);
+            }
         }
         print_result(&s);
     }

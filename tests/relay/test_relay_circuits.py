@@ -220,5 +220,152 @@ def garbage_and_forged_datagrams_are_dropped_and_forwarding_goes_on():
     b.stop()
 
 
+
+@test
+def peer_on_another_relay_is_redirected_and_dialing_it_works():
+    redis, disc, (r1, r2) = stack(2)
+    t1, t2 = r1.token(), r2.token()  # one Redis: either relay accepts either token
+    b = listener(r2, t2, name="B")
+    ident_a = os.path.join(tmpdir(), "identity")
+    # presence is written when B is accepted; wait until r2's SET reached Redis
+    wait_until(lambda: redis_get(redis, "pos:presence:" + b.peer_id()) == r2.id, 5,
+               what="B's presence")
+    a = Client(r1, t1, "--connect", b.peer_id(), name="A", ident=ident_a)
+    assert a.finish() == 0
+    red = a.events("redirect")
+    assert red, a.lines
+    red = red[0]
+    assert red["relay_id"] == r2.id and red["relay_peer_id"] == r2.peer_id, red
+    assert f"127.0.0.1:{r2.port}" in red["addrs"], red
+    # dialing the relay named in the answer: a circuit, datagrams both ways
+    a2 = Client(r2, t1, "--connect", b.peer_id(), "--count", "200", "--size", "800",
+                name="A2", ident=ident_a)
+    assert a2.finish() == 0
+    res = a2.events("result")[0]
+    assert res["intact"] == 200, res
+    b.stop()
+
+
+def redis_get(redis, key):
+    r = subprocess.run(["redis-cli", "-u", redis.url, "GET", key], capture_output=True,
+                       text=True, timeout=10)
+    return r.stdout.strip()
+
+
+@test
+def revoked_peer_is_unreachable_within_2s():
+    redis, disc, (relay,) = stack()
+    ta, tb = relay.token(), relay.token()
+    b = listener(relay, tb, name="B")
+    a = Client(relay, ta, "--connect", b.peer_id(), "--count", "100000", "--size", "200",
+               "--rate", "500", name="A")
+    a.wait_event("circuit")
+    t0 = time.monotonic()
+    relay.revoke(tb)
+    ev = a.wait_event("circuit_closed", 3)
+    closed_after = time.monotonic() - t0
+    assert closed_after < 2.0, closed_after
+    assert ev["code"] == 6
+    a2 = Client(relay, ta, "--connect", b.peer_id(), name="A2")
+    assert a2.finish() == 0
+    assert a2.events("error")[0]["text"] == "peer not connected", a2.lines
+    assert time.monotonic() - t0 < 2.5
+    a.stop()
+    b.stop()
+
+
+def delivered_rate(listener_client, t_from, t_to):
+    """Payload bytes per second a listener received between two of its stats lines."""
+    st = listener_client.events("stats")
+    t_start = st[0]["t_ms"]
+    win = [x for x in st if t_from * 1000 <= x["t_ms"] - t_start <= t_to * 1000]
+    assert len(win) >= 2, st
+    return (win[-1]["bytes"] - win[0]["bytes"]) * 1000.0 / (win[-1]["t_ms"] - win[0]["t_ms"])
+
+
+LIMIT = 300000  # bytes/s of relayed frames
+SIZE = 1000
+
+
+def limited_pair(relay, limited, free, name):
+    b = Client(relay, free, "--listen", "--stats-ms", "200", name="B" + name)
+    b.peer_id()
+    # twice the limit, for 4 s
+    a = Client(relay, limited, "--connect", b.peer_id(), "--count", "2400", "--size",
+               str(SIZE), "--rate", "600", "--wait-ms", "500", name="A" + name)
+    a.wait_event("circuit")
+    return a, b
+
+
+@test
+def bandwidth_limited_token_gets_its_limit():
+    redis, disc, (relay,) = stack()
+    limited = relay.token("--bytes-per-sec", str(LIMIT), "--burst", str(LIMIT // 10))
+    free = relay.token()
+    a, b = limited_pair(relay, limited, free, "")
+    assert a.finish() == 0
+    time.sleep(0.5)
+    rate = delivered_rate(b, 1.0, 3.8)
+    expect = LIMIT * SIZE / (SIZE + 5)  # the limit counts frame bytes, we count payload
+    print(f"    limited token: {rate:.0f} B/s delivered, limit {expect:.0f}")
+    assert abs(rate - expect) / expect < 0.12, (rate, expect)
+    m = relay.metrics()
+    assert m['pos_relay_frames_dropped_total{reason="budget"}'] > 0
+    assert m['pos_relay_leases_total{result="granted"}'] > 0
+    b.stop()
+
+
+@test
+def one_token_over_two_relays_stays_within_its_limit():
+    redis, disc, (r1, r2) = stack(2)
+    limited = r1.token("--bytes-per-sec", str(LIMIT), "--burst", str(LIMIT // 10))
+    free = r1.token()
+    a1, b1 = limited_pair(r1, limited, free, "1")
+    a2, b2 = limited_pair(r2, limited, free, "2")
+    assert a1.finish() == 0 and a2.finish() == 0
+    time.sleep(0.5)
+    rate1, rate2 = delivered_rate(b1, 1.0, 3.6), delivered_rate(b2, 1.0, 3.6)
+    expect = LIMIT * SIZE / (SIZE + 5)
+    print(f"    two relays: {rate1:.0f} + {rate2:.0f} = {rate1 + rate2:.0f} B/s, limit {expect:.0f}")
+    assert abs(rate1 + rate2 - expect) / expect < 0.10, (rate1, rate2, expect)
+    b1.stop()
+    b2.stop()
+
+
+def usage_of(relay, account):
+    r = subprocess.run([RELAY, "usage", "--config", relay.config, "--account", account],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines():
+        f = line.split()
+        if f and f[0] == account:
+            return int(f[1]), float(f[2])
+    return 0, 0.0
+
+
+@test
+def usage_counts_the_bytes_relayed():
+    redis, disc, (relay,) = stack()
+    ta = relay.token("--account", "alice")
+    tb = relay.token("--account", "bob")
+    b = listener(relay, tb, name="B")
+    a = Client(relay, ta, "--connect", b.peer_id(), "--count", "2000", "--size", "1000",
+               "--rate", "2000", "--hold-ms", "1500", name="A")
+    assert a.finish() == 0
+    res = a.events("result")[0]
+    assert res["intact"] == 2000, res
+    sent = res["sent"] * (1000 + 5)  # frame bytes A sent
+    # each relay adds its counts every 5 s
+    wait_until(lambda: usage_of(relay, "alice")[0] >= sent * 0.95, 12, what="alice's usage")
+    time.sleep(1)
+    alice, secs = usage_of(relay, "alice")
+    bob, _ = usage_of(relay, "bob")
+    print(f"    usage: alice {alice} B (sent {sent}), bob {bob} B, {secs} circuit s")
+    assert abs(alice - sent) / sent < 0.05, (alice, sent)
+    assert abs(bob - sent) / sent < 0.05, (bob, sent)  # B echoed everything
+    assert secs > 0
+    b.stop()
+
+
 if __name__ == "__main__":
     run()
