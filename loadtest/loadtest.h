@@ -9,5 +9,6 @@ struct loadtest_command {
 };
 
 int cmd_control(int argc, char **argv); /* cmd_control.c: relay control-plane load */
+int cmd_relay(int argc, char **argv);   /* cmd_relay.c: data-plane load through circuits */
 
 #endif

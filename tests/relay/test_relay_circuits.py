@@ -367,5 +367,27 @@ def usage_counts_the_bytes_relayed():
     b.stop()
 
 
+
+@test
+def loadtest_relay_reports_delivery_and_latency():
+    redis, disc, (relay,) = stack()
+    token = relay.token()
+    r = subprocess.run([binary("loadtest/pos-loadtest"), "relay", "--api-url", disc.url,
+                        "--relay-id", relay.id, "--token", token, "--circuits", "4", "--size",
+                        "500", "--duration", "2", "--rate", "2000", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in r.stderr, r.stderr[-4000:]
+    rep = json.loads(r.stdout)
+    print(f"    {rep}")
+    assert 3000 <= rep["sent"] <= 4400, rep
+    assert rep["delivered"] + rep["lost"] == rep["sent"] and rep["lost"] <= rep["sent"] * 0.01
+    assert 0 < rep["p50_us"] <= rep["p99_us"] and rep["duration_s"] > 1.9
+    r = subprocess.run([binary("loadtest/pos-loadtest"), "relay", "--circuits", "0"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--circuits" in r.stderr
+
+
 if __name__ == "__main__":
     run()
