@@ -1,8 +1,8 @@
 /*
  * The control protocol between a client and its relay (ALPN pos-relay/1;
- * see docs/protocol.md), carried on request streams: HELLO/WELCOME on the
- * client's first bidirectional stream, later requests each on a new stream,
- * every stream closed by both sides when its exchange is done. Sans-I/O:
+ * see docs/protocol.md): HELLO on the client's first bidirectional stream,
+ * which then carries WELCOME and every later message of the relay; the
+ * client's later requests on one more bidirectional stream of its own. Sans-I/O:
  * this module turns bytes into messages and back and never touches a socket.
  *
  * Framing: each message is  type (1 byte) | length (2 bytes, big endian) |

@@ -124,6 +124,8 @@ t1=$(cpu_ticks "$relay_pid")
 ours_delivered=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["delivered"])' "$tmp/lt.json")
 ours_cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN { print (b - a) / hz }')
 echo "pos-relay: $(cat "$tmp/lt.json")"
+sleep 0.6  # /metrics is refreshed twice a second
+echo "pos-relay /metrics: $(curl -s "http://127.0.0.1:$p_http/metrics" | grep -E '^pos_relay_(forwarded_total|forward_send_failed_total|frames_dropped_total\{reason="(budget|wrong_source|unknown_circuit)"\}) ' | tr '\n' ' ')"
 
 # ---- coturn, client to client ----
 turnserver -n --no-cli --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --lt-cred-mech \
