@@ -203,10 +203,17 @@ def garbage_and_forged_datagrams_are_dropped_and_forwarding_goes_on():
     time.sleep(0.6)  # /metrics is refreshed twice a second
     before = relay.metrics()
     forged_datagrams(relay, [circ_a, circ_b])
+    # frames straight to B's socket, with B's circuit id, not from the relay: B drops them
+    # (had it taken them, it would echo them and A would count them as bad)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b_port = b.wait_event("welcome")["port"]
+    for i in range(200):
+        s.sendto(bytes([0x20]) + struct.pack(">I", circ_b) + os.urandom(300), ("127.0.0.1", b_port))
+    s.close()
     assert a.finish() == 0
     res = a.events("result")[0]
     # no forged datagram reached B (it would not echo an intact one), all real ones did
-    assert res["intact"] == 3000 and res["bad"] == 0, res
+    assert res["intact"] == 3000 and res["bad"] == 0 and res["received"] == 3000, res
     time.sleep(0.6)
     after = relay.metrics()
 
