@@ -2,6 +2,8 @@
 #ifndef POS_P2P_CLI_H
 #define POS_P2P_CLI_H
 
+#include "pos/p2p.h"
+
 struct cli_command {
     const char *name;
     const char *summary;
@@ -13,5 +15,16 @@ int cmd_relays(int argc, char **argv);    /* cmd_relays.c */
 int cmd_advertise(int argc, char **argv); /* cmd_mdns.c */
 int cmd_discover(int argc, char **argv);  /* cmd_mdns.c */
 int cmd_contact(int argc, char **argv);   /* cmd_contact.c */
+int cmd_send(int argc, char **argv);      /* cmd_send.c */
+int cmd_listen(int argc, char **argv);    /* cmd_listen.c */
+
+/*
+ * cli_home_relay (home_relay.c): fetch the list from |api_url|, connect to
+ * every relay (only |relay_id| when not NULL), keep the fastest accepted one
+ * (its entry in |info|) and close the others. NULL with a message on stderr.
+ */
+pos_p2p_relay *cli_home_relay(pos_p2p_endpoint *ep, const char *cmd, const char *api_url,
+                              const char *token, const char *relay_id, int timeout_ms,
+                              pos_p2p_relay_info *info);
 
 #endif

@@ -15,6 +15,8 @@ static const struct cli_command commands[] = {
     {"advertise", "advertise this device on the local network (mDNS)", cmd_advertise},
     {"discover", "find devices on the local network (mDNS)", cmd_discover},
     {"contact", "contact cards for contacts-only discovery", cmd_contact},
+    {"send", "send files to a peer (directly or through a relay)", cmd_send},
+    {"listen", "receive files from peers (directly and through a relay)", cmd_listen},
 };
 
 static void usage(FILE *out)

@@ -52,7 +52,8 @@ static void grow(pos_p2p_endpoint *ep)
     free(ob);
 }
 
-int ep_cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay *r)
+static int cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay *r,
+                   pos_p2p_session *s)
 {
     struct ep_cid *e = malloc(sizeof(*e));
     if (!e)
@@ -62,16 +63,18 @@ int ep_cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay
     size_t b = bucket(ep, id);
     memcpy(e->id, id, EP_CID_LEN);
     e->r = r;
+    e->s = s;
     e->next = ep->buckets[b];
     ep->buckets[b] = e;
     ep->n_cids++;
     return 0;
 }
 
-void ep_cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r)
+static void cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r,
+                       const pos_p2p_session *s)
 {
     for (struct ep_cid **pp = &ep->buckets[bucket(ep, id)]; *pp; pp = &(*pp)->next) {
-        if ((*pp)->r == r && memcmp((*pp)->id, id, EP_CID_LEN) == 0) {
+        if ((*pp)->r == r && (*pp)->s == s && memcmp((*pp)->id, id, EP_CID_LEN) == 0) {
             struct ep_cid *e = *pp;
             *pp = e->next;
             free(e);
@@ -81,14 +84,45 @@ void ep_cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos
     }
 }
 
-static pos_p2p_relay *cid_find(const pos_p2p_endpoint *ep, const uint8_t *id, size_t len)
+int ep_cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay *r)
+{
+    return cid_add(ep, id, r, NULL);
+}
+
+void ep_cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r)
+{
+    cid_remove(ep, id, r, NULL);
+}
+
+int ep_cid_add_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_session *s)
+{
+    return cid_add(ep, id, NULL, s);
+}
+
+void ep_cid_remove_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN],
+                           const pos_p2p_session *s)
+{
+    cid_remove(ep, id, NULL, s);
+}
+
+/* cid_find: the owner (relay connection or peer session) of a connection id we issued. */
+static const struct ep_cid *cid_find(const pos_p2p_endpoint *ep, const uint8_t *id, size_t len)
 {
     if (len != EP_CID_LEN)
         return NULL;
-    for (struct ep_cid *e = ep->buckets[bucket(ep, id)]; e; e = e->next)
+    for (const struct ep_cid *e = ep->buckets[bucket(ep, id)]; e; e = e->next)
         if (memcmp(e->id, id, EP_CID_LEN) == 0)
-            return e->r;
+            return e;
     return NULL;
+}
+
+static void cid_input(pos_p2p_endpoint *ep, const struct ep_cid *e, int sock, const uint8_t *data,
+                      size_t len, const struct sockaddr *from, socklen_t fromlen)
+{
+    if (e->r)
+        qc_input(e->r, sock, data, len, from, fromlen);
+    else
+        sess_input(e->s, sock, data, len, from, fromlen);
 }
 
 /* ---- sockets ---- */
@@ -200,7 +234,7 @@ unsigned pos_p2p_endpoint_local_port(const pos_p2p_endpoint *ep)
 
 int64_t pos_p2p_endpoint_deadline(const pos_p2p_endpoint *ep)
 {
-    int64_t best = -1;
+    int64_t best = sess_deadline_ms(ep);
     for (const pos_p2p_relay *r = ep->relays; r; r = qc_next(r)) {
         int64_t d = qc_deadline_ms(r);
         if (d >= 0 && (best < 0 || d < best))
@@ -214,13 +248,13 @@ static void datagram_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, 
 {
     const uint8_t *dcid;
     size_t dcidlen;
-    pos_p2p_relay *r;
+    const struct ep_cid *e;
 
     if (len == 0)
         return;
     if (!(data[0] & 0x40) && !(data[0] & 0x80) && len > EP_CID_LEN &&
-        (r = cid_find(ep, data + 1, EP_CID_LEN)) != NULL) {
-        qc_input(r, sock, data, len, from, fromlen); /* a peer that greases the QUIC bit */
+        (e = cid_find(ep, data + 1, EP_CID_LEN)) != NULL) {
+        cid_input(ep, e, sock, data, len, from, fromlen); /* a peer that greases the QUIC bit */
         return;
     }
     if (!(data[0] & 0x40)) {
@@ -243,9 +277,11 @@ static void datagram_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, 
         dcidlen = EP_CID_LEN;
         dcid = data + 1;
     }
-    r = cid_find(ep, dcid, dcidlen);
-    if (r)
-        qc_input(r, sock, data, len, from, fromlen);
+    e = cid_find(ep, dcid, dcidlen);
+    if (e)
+        cid_input(ep, e, sock, data, len, from, fromlen);
+    else if (data[0] & 0x80)
+        sess_unclaimed(ep, sock, data, len, from, fromlen); /* a listening node's new session? */
 }
 
 int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
@@ -275,6 +311,7 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
         if (d >= 0 && d <= now)
             qc_on_deadline(r);
     }
+    sess_on_deadlines(ep);
     return 0;
 }
 
@@ -306,6 +343,7 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep)
 {
     if (!ep)
         return;
+    sess_free_all(ep); /* sessions may use relay connections: they go first */
     qc_free_all(ep);
     for (int i = 0; i < 2; i++)
         if (ep->socks[i].fd >= 0)

@@ -3,7 +3,8 @@
  * installed). The endpoint (endpoint.c) owns the sockets and routes each
  * datagram: QUIC packets by destination connection id to their connection,
  * data frames (first byte without the QUIC fixed bit) to the data-plane hook.
- * quic_client.c holds every ngtcp2 call of the library.
+ * quic_client.c holds every ngtcp2 call of relay connections, session.c
+ * every ngtcp2 call of peer sessions.
  */
 #ifndef POS_P2P_INTERNAL_H
 #define POS_P2P_INTERNAL_H
@@ -31,9 +32,12 @@ struct ep_sock {
 
 struct ep_cid {
     uint8_t id[EP_CID_LEN];
-    pos_p2p_relay *r;
+    pos_p2p_relay *r;   /* a relay control connection, or NULL */
+    pos_p2p_session *s; /* or a peer session (session.c) */
     struct ep_cid *next;
 };
+
+struct sess_table; /* session.c: sessions, listening, relays handed over */
 
 struct pos_p2p_endpoint {
     pos_identity id;
@@ -43,7 +47,8 @@ struct pos_p2p_endpoint {
     struct ep_cid **buckets;
     size_t n_buckets, n_cids;
     uint8_t hash_key[16];
-    pos_p2p_relay *relays; /* every relay connection, linked through next */
+    pos_p2p_relay *relays;   /* every relay connection, linked through next */
+    struct sess_table *sess; /* peer sessions (session.c), NULL until the first one */
     uint64_t frames_dropped;
     uint8_t txbuf[EP_MAX_UDP];
 };
@@ -53,6 +58,21 @@ int ep_cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay
 void ep_cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r);
 void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
              const struct sockaddr *to, socklen_t tolen);
+
+/* endpoint.c: connection ids of peer sessions */
+int ep_cid_add_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_session *s);
+void ep_cid_remove_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN],
+                           const pos_p2p_session *s);
+
+/* session.c: peer sessions (every ngtcp2 call of sessions lives there) */
+void sess_input(pos_p2p_session *s, int sock, const uint8_t *data, size_t len,
+                const struct sockaddr *from, socklen_t fromlen);
+/* sess_unclaimed: a QUIC packet for no known connection id (a new peer's Initial?) */
+void sess_unclaimed(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+                    const struct sockaddr *from, socklen_t fromlen);
+int64_t sess_deadline_ms(const pos_p2p_endpoint *ep); /* -1 none */
+void sess_on_deadlines(pos_p2p_endpoint *ep);
+void sess_free_all(pos_p2p_endpoint *ep);
 
 /* quic_client.c */
 void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,

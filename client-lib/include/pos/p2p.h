@@ -270,6 +270,199 @@ int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept);
  */
 int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len);
 
+/* ---- sessions: end-to-end QUIC connections between two peers ---- */
+/*
+ * A session is one QUIC connection (ALPN "pos-p2p/1", mutual TLS 1.3) between
+ * this device and a peer, pinned on both sides: the dialer names the peer id
+ * it expects and fails with POS_P2P_ERR_PEER_MISMATCH when the key differs;
+ * the acceptor learns the dialer's peer id from its certificate and may
+ * refuse it. A session runs directly between the two UDP sockets, or through
+ * a relay circuit; the relayed path is shown to QUIC as a synthetic local
+ * address (100.64.0.0/10, never bound) so that a later move to a direct path
+ * is an ordinary client-side migration. Streams are bidirectional byte
+ * streams with a bounded send buffer each; data arrives through the event
+ * callback. Progress happens in pos_p2p_endpoint_process like everything
+ * else on the endpoint.
+ */
+#define POS_P2P_ERR_NOT_ALLOWED -20  /* the peer does not accept sessions from this device */
+#define POS_P2P_ERR_NO_STREAM -21    /* no such stream, or it is finished or reset */
+#define POS_P2P_ERR_BAD_ADDRESS -22  /* not "ip", "ip:port", "[v6]" or "[v6]:port" */
+#define POS_P2P_ERR_NO_RELAY -23     /* no relay of the list could be used */
+#define POS_P2P_ERR_STREAM_LIMIT -24 /* the peer allows no more streams now: retry later */
+
+#define POS_P2P_SESSION_ALPN "pos-p2p/1"
+#define POS_P2P_DEFAULT_PORT 7373 /* a peer address without a port means this one */
+
+typedef struct pos_p2p_session pos_p2p_session;
+
+enum pos_p2p_session_state {
+    POS_P2P_SESSION_CONNECTING = 0, /* relay request, handshake or pinning under way */
+    POS_P2P_SESSION_OPEN = 1,       /* authenticated: streams may be used */
+    POS_P2P_SESSION_CLOSED = 2,     /* ended: status.error and status.reason say why */
+};
+
+enum pos_p2p_path_kind {
+    POS_P2P_PATH_NONE = 0,
+    POS_P2P_PATH_DIRECT = 1,  /* UDP straight to the peer */
+    POS_P2P_PATH_RELAYED = 2, /* through a relay circuit */
+};
+
+enum pos_p2p_session_event_type {
+    POS_P2P_SESSION_EV_OPEN = 1,         /* dialer: the handshake is done, the peer id verified */
+    POS_P2P_SESSION_EV_STREAM = 2,       /* the peer opened |stream| */
+    POS_P2P_SESSION_EV_DATA = 3,         /* |data|, |len| arrived on |stream|; |fin|: its end */
+    POS_P2P_SESSION_EV_WRITABLE = 4,     /* |stream|'s send buffer has room again */
+    POS_P2P_SESSION_EV_STREAM_RESET = 5, /* the peer reset |stream| with |code| */
+    POS_P2P_SESSION_EV_CLOSED = 6,       /* the session ended: |error|, |code|, |reason| */
+};
+
+/* One session event; pointers are valid during the callback only. */
+typedef struct pos_p2p_session_event {
+    int type; /* enum pos_p2p_session_event_type */
+    int64_t stream;
+    const uint8_t *data;
+    size_t len;
+    int fin;
+    int error;          /* CLOSED: 0 for a clean close by either side, else POS_P2P_ERR_* */
+    uint64_t code;      /* STREAM_RESET, CLOSED: the peer's application code */
+    const char *reason; /* CLOSED: a sentence */
+} pos_p2p_session_event;
+
+/*
+ * The callback may call any session function, pos_p2p_session_close
+ * included (the session is then freed once the callback returns).
+ */
+typedef void (*pos_p2p_session_cb)(void *arg, pos_p2p_session *s, const pos_p2p_session_event *ev);
+
+typedef struct pos_p2p_session_status {
+    int state;                            /* enum pos_p2p_session_state */
+    int error;                            /* 0 or POS_P2P_ERR_* once CLOSED */
+    uint64_t close_code;                  /* the peer's application close code, if any */
+    char reason[257];                     /* why it closed (the peer's text or ours) */
+    int server;                           /* 1 when the peer dialed us */
+    char peer_id[POS_P2P_PEER_ID_STRLEN]; /* dialer: expected; acceptor: learnt */
+    int path;                             /* enum pos_p2p_path_kind */
+    char remote[POS_P2P_ADDR_STRLEN];     /* direct: the peer's address; relayed: the relay's */
+    char relay_id[POS_P2P_UUID_STRLEN];   /* relayed: the relay carrying the circuit */
+    uint32_t circuit_id;                  /* relayed: our side's circuit id */
+    double rtt_ms;                        /* smoothed round-trip time */
+    uint64_t bytes_sent, bytes_received;  /* UDP payload bytes of this session */
+} pos_p2p_session_status;
+
+/*
+ * pos_p2p_session_connect_addr dials |peer_id| at |addr| ("ip", "ip:port",
+ * "[v6]", "[v6]:port"; no port means POS_P2P_DEFAULT_PORT) directly from
+ * the endpoint's socket. The session is CONNECTING until the handshake
+ * succeeds (EV_OPEN) or fails (EV_CLOSED, POS_P2P_ERR_PEER_MISMATCH with a
+ * sentence when the key at |addr| is another peer's, POS_P2P_ERR_NOT_ALLOWED
+ * when the peer refuses us, POS_P2P_ERR_TIMEOUT after |timeout_ms|).
+ * Returns 0, POS_P2P_ERR_INVALID_ARGUMENT (bad peer id), POS_P2P_ERR_BAD_ADDRESS,
+ * POS_P2P_ERR_NO_ROUTE (no socket of that family), POS_P2P_ERR_NOMEM or
+ * POS_P2P_ERR_HANDSHAKE (TLS set-up failed). Free with pos_p2p_session_close.
+ */
+int pos_p2p_session_connect_addr(pos_p2p_endpoint *ep, const char *addr, const char *peer_id,
+                                 int timeout_ms, pos_p2p_session **out);
+
+/*
+ * pos_p2p_session_connect_relay dials |peer_id| through |r| (an accepted
+ * relay control connection of |ep|): it asks the relay for the peer, follows
+ * a REDIRECT by connecting to the named relay with |token| (that connection
+ * belongs to the session), and runs the QUIC handshake over the circuit.
+ * Failures come as EV_CLOSED: POS_P2P_ERR_PEER_NOT_CONNECTED,
+ * POS_P2P_ERR_DECLINED (refused or not allowed), POS_P2P_ERR_PEER_MISMATCH,
+ * POS_P2P_ERR_TIMEOUT, POS_P2P_ERR_CIRCUIT_CLOSED. The relay connection is
+ * handed to the session layer (as with pos_p2p_session_use_relay) and must
+ * outlive the session. Returns 0, POS_P2P_ERR_INVALID_ARGUMENT or
+ * POS_P2P_ERR_NOMEM.
+ */
+int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const char *token,
+                                  const char *peer_id, int timeout_ms, pos_p2p_session **out);
+
+/* Decides whether |peer_id| may open a session with us: non-zero accepts. */
+typedef int (*pos_p2p_allow_cb)(void *arg, const char *peer_id);
+/* A session a peer opened with us is authenticated and allowed; set its callback now. */
+typedef void (*pos_p2p_accept_cb)(void *arg, pos_p2p_session *s);
+
+/*
+ * pos_p2p_endpoint_listen makes |ep| accept sessions: direct ones on its
+ * sockets (QUIC server role), relayed ones through every relay handed over
+ * with pos_p2p_session_use_relay. |allow| (NULL: everyone) is asked with the
+ * peer id proven by the handshake; a refused peer's session is closed with
+ * the application code POS_P2P_CLOSE_NOT_ALLOWED and never reaches
+ * |on_session|; a relayed request from a refused peer is declined before any
+ * circuit is made. Returns 0 or POS_P2P_ERR_INVALID_ARGUMENT.
+ */
+int pos_p2p_endpoint_listen(pos_p2p_endpoint *ep, pos_p2p_allow_cb allow,
+                            pos_p2p_accept_cb on_session, void *arg);
+
+#define POS_P2P_CLOSE_NOT_ALLOWED 0x201 /* application close code: peer not in the allow list */
+
+/*
+ * pos_p2p_session_use_relay hands the relay control connection |r| of |ep|
+ * to the session layer: its events and circuit data are handled there from
+ * now on (pos_p2p_relay_set_callbacks is called), requests from peers are
+ * answered by the listen settings (declined when not listening). Returns 0
+ * or POS_P2P_ERR_INVALID_ARGUMENT.
+ */
+int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
+
+/* pos_p2p_session_set_callback: where the events of |s| go (NULL: dropped, data discarded). */
+void pos_p2p_session_set_callback(pos_p2p_session *s, pos_p2p_session_cb cb, void *arg);
+
+/* pos_p2p_session_get_status copies the session's state, peer and path. */
+void pos_p2p_session_get_status(const pos_p2p_session *s, pos_p2p_session_status *out);
+
+/*
+ * pos_p2p_session_open_stream opens a bidirectional stream. Returns 0 with
+ * its id in |*stream|, POS_P2P_ERR_INVALID_ARGUMENT (session not open),
+ * POS_P2P_ERR_STREAM_LIMIT or POS_P2P_ERR_NOMEM.
+ */
+int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream);
+
+/*
+ * pos_p2p_session_write queues up to |len| bytes on |stream| (copied into its
+ * send buffer, at most POS_P2P_STREAM_BUFFER bytes not yet acknowledged) and
+ * ends the stream after them when |fin| is set and every byte was taken.
+ * |*taken| (may be NULL) gets the number of bytes queued; when it is less
+ * than |len|, EV_WRITABLE follows once there is room. Returns 0,
+ * POS_P2P_ERR_NO_STREAM, POS_P2P_ERR_INVALID_ARGUMENT (session not open) or
+ * POS_P2P_ERR_NOMEM.
+ */
+int pos_p2p_session_write(pos_p2p_session *s, int64_t stream, const uint8_t *data, size_t len,
+                          int fin, size_t *taken);
+
+#define POS_P2P_STREAM_BUFFER (1024 * 1024)
+
+/* pos_p2p_session_write_room: bytes pos_p2p_session_write would take now on |stream| (0 if none).
+ */
+size_t pos_p2p_session_write_room(const pos_p2p_session *s, int64_t stream);
+
+/* pos_p2p_session_reset_stream abandons |stream| in both directions with |code|. */
+int pos_p2p_session_reset_stream(pos_p2p_session *s, int64_t stream, uint64_t code);
+
+/*
+ * pos_p2p_session_wait_open is the blocking helper: runs the endpoint until
+ * |s| is OPEN (returns 0) or CLOSED (returns its error), at most
+ * |timeout_ms| (POS_P2P_ERR_TIMEOUT).
+ */
+int pos_p2p_session_wait_open(pos_p2p_session *s, int timeout_ms);
+
+/*
+ * pos_p2p_session_close ends |s| (CONNECTION_CLOSE with application |code|
+ * and |reason|, which may be NULL, unless it already ended) and frees it.
+ * Inside a callback of |s| the free waits until the callback returns.
+ */
+void pos_p2p_session_close(pos_p2p_session *s, uint64_t code, const char *reason);
+
+/*
+ * pos_p2p_relay_pick_home chooses the home relay among |n| relays whose
+ * round-trip times are |rtt_ms| (negative: unusable), given the current home
+ * |current| (-1: none). The current one is kept unless another is clearly
+ * better: at least 30% and 10 ms faster. Returns the index, or -1 when none
+ * is usable.
+ */
+int pos_p2p_relay_pick_home(const double *rtt_ms, size_t n, int current);
+
 /* ==== relay connections and sessions (end) ==== */
 
 /* ==== local discovery, mDNS / DNS-SD (begin) ==== */

@@ -1,0 +1,391 @@
+/*
+ * `pos-p2p listen [--api-url URL --token TOKEN] [--relay-id UUID] [--port N]
+ * [--identity FILE] --out DIR [--allow PEER_ID]...`: receive files from
+ * peers. The device accepts sessions directly on its UDP port and, with
+ * --api-url, through its home relay; each stream of a session carries one
+ * file (docs/transfer.md), written into DIR under a hidden temporary name
+ * and renamed only once its BLAKE2b checksum matched. With --allow, only the
+ * listed peers may connect. Runs until SIGTERM or SIGINT.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "identity.h"
+#include "pos/p2p.h"
+#include "transfer.h"
+
+#define MAX_ALLOW 64
+#define MAX_XFERS 64 /* files in flight per session */
+
+struct peer;
+
+struct opts {
+    struct peer *peers; /* sessions in progress (freed at exit) */
+    const char *api_url, *token, *identity, *out, *relay_id;
+    unsigned port;
+    size_t n_allow;
+    char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
+};
+
+struct xfer {
+    int64_t stream;
+    pos_xfer_receiver *rx;
+    int64_t started_ms;
+    int reported;
+};
+
+struct peer {
+    struct peer *next;
+    struct opts *o;
+    pos_p2p_session *s;
+    struct xfer x[MAX_XFERS];
+    size_t n;
+};
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
+            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n\n"
+            "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
+            "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
+            "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
+            "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
+            "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT.\n\n"
+            "  --out DIR          where received files go (must exist)\n"
+            "  --port N           UDP port (default: any free port; 7373 with POS_DOCKER=true)\n"
+            "  --api-url URL      discovery API: also be reachable through a relay\n"
+            "  --token TOKEN      relay access token (or $POS_TOKEN)\n"
+            "  --relay-id UUID    use this relay as home relay\n"
+            "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
+            "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
+            "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n");
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    static const struct option lopts[] = {
+        {"api-url", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {"identity", required_argument, NULL, 'i'},
+        {"out", required_argument, NULL, 'o'},
+        {"port", required_argument, NULL, 'p'},
+        {"allow", required_argument, NULL, 'A'},
+        {"relay-id", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    char *end;
+    uint8_t key[32];
+    memset(o, 0, sizeof(*o));
+    o->token = getenv("POS_TOKEN");
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:h", lopts, NULL)) != -1) {
+        switch (ch) {
+        case 'a':
+            o->api_url = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'i':
+            o->identity = optarg;
+            break;
+        case 'o':
+            o->out = optarg;
+            break;
+        case 'r':
+            o->relay_id = optarg;
+            break;
+        case 'p': {
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (*end || end == optarg || v == 0 || v > 65535) {
+                fprintf(stderr, "pos-p2p listen: --port wants a number from 1 to 65535\n");
+                return 2;
+            }
+            o->port = (unsigned)v;
+            break;
+        }
+        case 'A':
+            if (pos_peer_id_parse(optarg, strlen(optarg), key) != 0) {
+                fprintf(stderr,
+                        "pos-p2p listen: --allow \"%s\" is not a peer id (43 characters of "
+                        "base64, as 'pos-p2p id' prints)\n",
+                        optarg);
+                return 2;
+            }
+            if (o->n_allow >= MAX_ALLOW) {
+                fprintf(stderr, "pos-p2p listen: at most %d --allow options\n", MAX_ALLOW);
+                return 2;
+            }
+            snprintf(o->allow[o->n_allow++], POS_P2P_PEER_ID_STRLEN, "%s", optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            fprintf(stderr, "pos-p2p listen: unknown option or missing value: %s\n\n",
+                    argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "pos-p2p listen: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
+    }
+    if (!o->out) {
+        fprintf(stderr, "pos-p2p listen: --out DIR is required\n");
+        return 2;
+    }
+    if (o->api_url && (!o->token || !*o->token)) {
+        fprintf(stderr, "pos-p2p listen: --api-url needs --token (or $POS_TOKEN)\n");
+        return 2;
+    }
+    return 0;
+}
+
+static int allow_peer(void *arg, const char *peer_id)
+{
+    struct opts *o = arg;
+    if (o->n_allow == 0)
+        return 1;
+    for (size_t i = 0; i < o->n_allow; i++)
+        if (!strcmp(o->allow[i], peer_id))
+            return 1;
+    printf("refused a session from %s: not in --allow\n", peer_id);
+    fflush(stdout);
+    return 0;
+}
+
+static struct xfer *find_xfer(struct peer *p, int64_t stream)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->x[i].stream == stream)
+            return &p->x[i];
+    return NULL;
+}
+
+static void drop_xfer(struct peer *p, struct xfer *x)
+{
+    pos_xfer_receiver_del(x->rx);
+    *x = p->x[--p->n];
+}
+
+static void report(struct peer *p, struct xfer *x)
+{
+    pos_p2p_session_status st;
+    uint64_t size, off, got;
+    double secs = (double)(pos_p2p_now_ms() - x->started_ms) / 1000.0;
+    pos_p2p_session_get_status(p->s, &st);
+    pos_xfer_receiver_progress(x->rx, &size, &off, &got);
+    if (pos_xfer_receiver_status(x->rx) == POS_XFER_FINISHED)
+        printf("received %s (%llu bytes, resumed at %llu) from %s in %.2f s via %s\n",
+               pos_xfer_receiver_final_name(x->rx), (unsigned long long)size,
+               (unsigned long long)off, st.peer_id, secs,
+               st.path == POS_P2P_PATH_RELAYED ? "relay" : "direct");
+    else
+        printf("failed to receive %s from %s: %s\n",
+               pos_xfer_receiver_offered_name(x->rx) ? pos_xfer_receiver_offered_name(x->rx)
+                                                     : "a file",
+               st.peer_id, pos_xfer_strerror(pos_xfer_receiver_error(x->rx)));
+    fflush(stdout);
+    x->reported = 1;
+}
+
+/* pump moves the receiver's answers (ACCEPT, REFUSE, DONE) to the stream. */
+static void pump(struct peer *p, struct xfer *x)
+{
+    uint8_t buf[1024];
+    int n;
+    while ((n = pos_xfer_receiver_output(x->rx, buf, sizeof(buf))) > 0) {
+        int end = pos_xfer_receiver_status(x->rx) != POS_XFER_RUNNING;
+        pos_p2p_session_write(p->s, x->stream, buf, (size_t)n, 0, NULL);
+        (void)end;
+    }
+    if (pos_xfer_receiver_status(x->rx) != POS_XFER_RUNNING) {
+        if (!x->reported)
+            report(p, x);
+        pos_p2p_session_write(p->s, x->stream, NULL, 0, 1, NULL);
+    }
+}
+
+static void free_peer(struct peer *p)
+{
+    for (struct peer **pp = &p->o->peers; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    while (p->n)
+        drop_xfer(p, &p->x[0]);
+    free(p);
+}
+
+static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event *ev)
+{
+    struct peer *p = arg;
+    struct xfer *x;
+    int err;
+
+    switch (ev->type) {
+    case POS_P2P_SESSION_EV_STREAM:
+        if (p->n >= MAX_XFERS) {
+            pos_p2p_session_reset_stream(s, ev->stream, 1);
+            break;
+        }
+        x = &p->x[p->n];
+        memset(x, 0, sizeof(*x));
+        x->stream = ev->stream;
+        x->started_ms = pos_p2p_now_ms();
+        x->rx = pos_xfer_receiver_new(p->o->out, 0, &err);
+        if (!x->rx) {
+            fprintf(stderr, "pos-p2p listen: cannot receive into %s: %s\n", p->o->out,
+                    pos_xfer_strerror(err));
+            pos_p2p_session_reset_stream(s, ev->stream, 1);
+            break;
+        }
+        p->n++;
+        break;
+    case POS_P2P_SESSION_EV_DATA:
+        x = find_xfer(p, ev->stream);
+        if (!x)
+            break;
+        if (ev->len && pos_xfer_receiver_status(x->rx) == POS_XFER_RUNNING)
+            pos_xfer_receiver_input(x->rx, ev->data, ev->len);
+        pump(p, x);
+        if (ev->fin)
+            drop_xfer(p, x);
+        break;
+    case POS_P2P_SESSION_EV_STREAM_RESET:
+        x = find_xfer(p, ev->stream);
+        if (x)
+            drop_xfer(p, x); /* the partial file stays for a resume */
+        break;
+    case POS_P2P_SESSION_EV_CLOSED:
+        free_peer(p);
+        pos_p2p_session_close(s, 0, NULL);
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_session(void *arg, pos_p2p_session *s)
+{
+    struct peer *p = calloc(1, sizeof(*p));
+    pos_p2p_session_status st;
+    pos_p2p_session_get_status(s, &st);
+    if (!p) {
+        pos_p2p_session_close(s, 1, "out of memory");
+        return;
+    }
+    p->o = arg;
+    p->s = s;
+    p->next = p->o->peers;
+    p->o->peers = p;
+    pos_p2p_session_set_callback(s, on_event, p);
+    printf("session from %s (%s)\n", st.peer_id,
+           st.path == POS_P2P_PATH_RELAYED ? "relayed" : st.remote);
+    fflush(stdout);
+}
+
+static int relay_gone(void *arg)
+{
+    pos_p2p_relay *home = arg;
+    pos_p2p_relay_status st;
+    if (stop_requested)
+        return 1;
+    if (!home)
+        return 0;
+    pos_p2p_relay_get_status(home, &st);
+    return st.state == POS_P2P_RELAY_FAILED;
+}
+
+int cmd_listen(int argc, char **argv)
+{
+    struct opts o;
+    char path[4096], err[512], peer_id[POS_P2P_PEER_ID_STRLEN];
+    pos_p2p_identity *id = NULL;
+    pos_p2p_endpoint *ep = NULL;
+    pos_p2p_relay *home = NULL;
+    pos_p2p_relay_info info;
+    struct sigaction sa;
+    int rv = parse(argc, argv, &o), status = 1;
+
+    if (rv)
+        return rv == 1 ? 0 : 2;
+    if (!o.identity) {
+        if (pos_p2p_identity_default_path(path, sizeof(path)) != 0) {
+            fprintf(stderr, "pos-p2p listen: no identity path: pass --identity FILE\n");
+            return 2;
+        }
+        o.identity = path;
+    }
+    if (pos_p2p_identity_load(o.identity, 1, &id, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pos-p2p listen: %s\n", err);
+        return 1;
+    }
+    {
+        int e;
+        pos_xfer_receiver *probe = pos_xfer_receiver_new(o.out, 0, &e);
+        if (!probe) {
+            fprintf(stderr, "pos-p2p listen: --out %s: not a directory that can be opened\n",
+                    o.out);
+            goto out;
+        }
+        pos_xfer_receiver_del(probe);
+    }
+    rv = pos_p2p_endpoint_new(&ep, id, o.port);
+    if (rv != 0) {
+        fprintf(stderr, "pos-p2p listen: cannot open UDP port %u: %s\n", o.port,
+                pos_p2p_strerror(rv));
+        goto out;
+    }
+    pos_p2p_endpoint_listen(ep, allow_peer, on_session, &o);
+    pos_p2p_identity_peer_id(id, peer_id);
+    printf("peer id: %s\n", peer_id);
+    printf("direct: UDP port %u\n", pos_p2p_endpoint_local_port(ep));
+    if (o.api_url) {
+        home = cli_home_relay(ep, "pos-p2p listen", o.api_url, o.token, o.relay_id, 5000, &info);
+        if (!home)
+            goto out;
+        pos_p2p_session_use_relay(ep, home);
+        printf("relay: %s at %s\n", info.id, info.addrs[0]);
+    }
+    printf("listening, files go to %s\n", o.out);
+    fflush(stdout);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    pos_p2p_endpoint_run(ep, -1, relay_gone, home);
+    status = 0;
+    if (!stop_requested && home) {
+        pos_p2p_relay_status st;
+        pos_p2p_relay_get_status(home, &st);
+        fprintf(stderr, "pos-p2p listen: the relay closed the connection: %s\n",
+                st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+        status = 1;
+    }
+out:
+    while (o.peers)
+        free_peer(o.peers);
+    pos_p2p_endpoint_del(ep); /* closes sessions and relays */
+    pos_p2p_identity_del(id);
+    return status;
+}

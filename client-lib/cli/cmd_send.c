@@ -1,0 +1,447 @@
+/*
+ * `pos-p2p send [--api-url URL --token TOKEN] [--addr IP:PORT] [--relay-id
+ * UUID] [--relay-only] --to PEER_ID [--identity FILE] FILE...`: send files
+ * to a peer over one session, one stream per file (docs/transfer.md), one
+ * file after the other. With --addr the session goes straight to that
+ * address (a port-less address means 7373); otherwise, or when the direct
+ * attempt gets no answer and --api-url is given, through the home relay.
+ * The peer id is pinned: a device with another key at the address is
+ * refused. Prints a progress bar on a terminal and, at the end, bytes,
+ * time, rate and the path used. Exit 0 only when every file was stored and
+ * verified by the receiver.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "identity.h"
+#include "pos/p2p.h"
+#include "transfer.h"
+
+struct opts {
+    const char *api_url, *token, *identity, *addr, *relay_id, *to;
+    int relay_only;
+    double timeout_s;
+    uint64_t limit_rate; /* bytes/s, 0 = none (testing and slow links) */
+    char **files;
+    int n_files;
+};
+
+struct run {
+    struct opts *o;
+    pos_p2p_session *s;
+    pos_xfer_sender *tx;
+    int64_t stream;
+    int file;   /* index of the file in flight */
+    int failed; /* a file failed: stop */
+    int tty;
+    int64_t start_ms, file_start_ms, last_bar_ms;
+    uint64_t total_sent; /* bytes actually sent (resumed prefixes excluded) */
+    uint64_t file_base;  /* sent count of this file before the current one */
+    uint8_t buf[POS_XFER_CHUNK + POS_XFER_HEADER_LEN];
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: pos-p2p send --to PEER_ID [--addr IP[:PORT]] [--api-url URL --token TOKEN]\n"
+            "                    [--relay-id UUID] [--relay-only] [--identity FILE] FILE...\n\n"
+            "Send files to the peer PEER_ID ('pos-p2p id' on that device prints it). With\n"
+            "--addr, directly to that address (no port means 7373); with --api-url, through\n"
+            "the home relay (also when the direct attempt gets no answer). The receiver\n"
+            "checks each file's BLAKE2b checksum before keeping it; an interrupted transfer\n"
+            "resumes from what the receiver already has. Exit status 0 when every file\n"
+            "arrived intact.\n\n"
+            "  --to PEER_ID       the receiving device (its key is checked)\n"
+            "  --addr IP[:PORT]   the receiver's address for a direct session\n"
+            "  --api-url URL      discovery API (relay list) for a relayed session\n"
+            "  --token TOKEN      relay access token (or $POS_TOKEN)\n"
+            "  --relay-id UUID    use this relay as home relay\n"
+            "  --relay-only       never try a direct session\n"
+            "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
+            "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
+            "  --timeout SECONDS  to set up the session (default 10)\n"
+            "  --limit-rate BYTES_PER_SEC  send no faster than this\n");
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    static const struct option lopts[] = {
+        {"api-url", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {"identity", required_argument, NULL, 'i'},
+        {"addr", required_argument, NULL, 'd'},
+        {"relay-id", required_argument, NULL, 'r'},
+        {"relay-only", no_argument, NULL, 'R'},
+        {"to", required_argument, NULL, 'T'},
+        {"timeout", required_argument, NULL, 'w'},
+        {"limit-rate", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    char *end;
+    uint8_t key[32];
+    memset(o, 0, sizeof(*o));
+    o->token = getenv("POS_TOKEN");
+    o->timeout_s = 10;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:h", lopts, NULL)) != -1) {
+        switch (ch) {
+        case 'a':
+            o->api_url = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'i':
+            o->identity = optarg;
+            break;
+        case 'd':
+            o->addr = optarg;
+            break;
+        case 'r':
+            o->relay_id = optarg;
+            break;
+        case 'R':
+            o->relay_only = 1;
+            break;
+        case 'T':
+            o->to = optarg;
+            break;
+        case 'w': {
+            double v = strtod(optarg, &end);
+            if (*end || end == optarg || v <= 0 || v > 3600) {
+                fprintf(stderr, "pos-p2p send: --timeout wants seconds between 0 and 3600\n");
+                return 2;
+            }
+            o->timeout_s = v;
+            break;
+        }
+        case 'l': {
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*end || end == optarg || v == 0) {
+                fprintf(stderr, "pos-p2p send: --limit-rate wants bytes per second (> 0)\n");
+                return 2;
+            }
+            o->limit_rate = v;
+            break;
+        }
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            fprintf(stderr, "pos-p2p send: unknown option or missing value: %s\n\n",
+                    argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    o->files = argv + optind;
+    o->n_files = argc - optind;
+    if (!o->to) {
+        fprintf(stderr, "pos-p2p send: --to PEER_ID is required\n");
+        return 2;
+    }
+    if (pos_peer_id_parse(o->to, strlen(o->to), key) != 0) {
+        fprintf(stderr,
+                "pos-p2p send: --to \"%s\" is not a peer id (43 characters of base64, as "
+                "'pos-p2p id' prints)\n",
+                o->to);
+        return 2;
+    }
+    if (o->n_files < 1) {
+        fprintf(stderr, "pos-p2p send: name at least one FILE\n");
+        return 2;
+    }
+    if (o->relay_only && !o->api_url) {
+        fprintf(stderr, "pos-p2p send: --relay-only needs --api-url\n");
+        return 2;
+    }
+    if (!o->addr && !o->api_url) {
+        fprintf(stderr, "pos-p2p send: give --addr (direct) or --api-url (relay), or both\n");
+        return 2;
+    }
+    if (o->api_url && (!o->token || !*o->token)) {
+        fprintf(stderr, "pos-p2p send: --api-url needs --token (or $POS_TOKEN)\n");
+        return 2;
+    }
+    return 0;
+}
+
+static void human(double bytes, char *out, size_t cap)
+{
+    if (bytes >= 1e9)
+        snprintf(out, cap, "%.2f GB", bytes / 1e9);
+    else if (bytes >= 1e6)
+        snprintf(out, cap, "%.2f MB", bytes / 1e6);
+    else if (bytes >= 1e3)
+        snprintf(out, cap, "%.1f kB", bytes / 1e3);
+    else
+        snprintf(out, cap, "%.0f B", bytes);
+}
+
+static void progress_bar(struct run *r, int final)
+{
+    uint64_t size, off, sent;
+    char a[32], b[32], c[32];
+    int64_t now = pos_p2p_now_ms();
+    double secs;
+    int pct, w = 30, fill;
+    if (!r->tty || !r->tx || (!final && now - r->last_bar_ms < 100))
+        return;
+    r->last_bar_ms = now;
+    pos_xfer_sender_progress(r->tx, &size, &off, &sent);
+    pct = size ? (int)(sent * 100 / size) : 100;
+    fill = pct * w / 100;
+    secs = (double)(now - r->file_start_ms) / 1000.0;
+    human((double)sent, a, sizeof(a));
+    human((double)size, b, sizeof(b));
+    human(secs > 0 ? (double)(sent - off) / secs : 0, c, sizeof(c));
+    fprintf(stderr, "\r%-20.20s [%.*s%*s] %3d%% %s / %s  %s/s ", r->o->files[r->file], fill,
+            "##############################", w - fill, "", pct, a, b, c);
+    if (final)
+        fputc('\n', stderr);
+}
+
+/* start_file opens the next file's stream; returns 0, or -1 (r->failed set). */
+static int start_file(struct run *r)
+{
+    int err = 0, rv;
+    r->tx = pos_xfer_sender_new(r->o->files[r->file], 1, &err);
+    if (!r->tx) {
+        fprintf(stderr, "pos-p2p send: cannot send %s: %s\n", r->o->files[r->file],
+                pos_xfer_strerror(err));
+        r->failed = 1;
+        return -1;
+    }
+    rv = pos_p2p_session_open_stream(r->s, &r->stream);
+    if (rv != 0) {
+        fprintf(stderr, "pos-p2p send: cannot open a stream: %s\n", pos_p2p_strerror(rv));
+        r->failed = 1;
+        return -1;
+    }
+    r->file_start_ms = pos_p2p_now_ms();
+    return 0;
+}
+
+static void finish_file(struct run *r)
+{
+    uint64_t size, off, sent;
+    const char *reason = NULL;
+    pos_xfer_sender_progress(r->tx, &size, &off, &sent);
+    progress_bar(r, 1);
+    if (pos_xfer_sender_status(r->tx) == POS_XFER_FINISHED) {
+        if (off > 0)
+            printf("resumed %s at byte %llu\n", r->o->files[r->file], (unsigned long long)off);
+        printf("sent %s as \"%s\" (%llu bytes)\n", r->o->files[r->file],
+               pos_xfer_sender_final_name(r->tx), (unsigned long long)size);
+        r->total_sent += sent - off;
+    } else {
+        int e = pos_xfer_sender_error(r->tx, &reason);
+        fprintf(stderr, "pos-p2p send: %s was not delivered: %s%s%s\n", r->o->files[r->file],
+                pos_xfer_strerror(e), reason && *reason ? ": " : "", reason ? reason : "");
+        r->failed = 1;
+    }
+    fflush(stdout);
+    pos_xfer_sender_del(r->tx);
+    r->tx = NULL;
+    r->file++;
+}
+
+/* pump feeds the stream from the sender as far as the send buffer (and --limit-rate) allow. */
+static void pump(struct run *r)
+{
+    for (int k = 0; k < 64 && r->tx; k++) {
+        size_t room = pos_p2p_session_write_room(r->s, r->stream), cap = sizeof(r->buf);
+        int n;
+        if (r->o->limit_rate) {
+            uint64_t size, off, sent;
+            double secs = (double)(pos_p2p_now_ms() - r->file_start_ms) / 1000.0;
+            pos_xfer_sender_progress(r->tx, &size, &off, &sent);
+            double allowed = secs * (double)r->o->limit_rate + 16384 - (double)(sent - off);
+            if (allowed < POS_XFER_MIN_OUTPUT)
+                return;
+            if (allowed < (double)cap)
+                cap = (size_t)allowed;
+        }
+        if (room < cap)
+            cap = room;
+        if (cap < POS_XFER_MIN_OUTPUT)
+            return;
+        n = pos_xfer_sender_output(r->tx, r->buf, cap);
+        if (n <= 0)
+            return;
+        pos_p2p_session_write(r->s, r->stream, r->buf, (size_t)n, 0, NULL);
+    }
+}
+
+static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event *ev)
+{
+    struct run *r = arg;
+    (void)s;
+    if (ev->type == POS_P2P_SESSION_EV_DATA && r->tx && ev->stream == r->stream) {
+        if (ev->len)
+            pos_xfer_sender_input(r->tx, ev->data, ev->len);
+        if (pos_xfer_sender_status(r->tx) == POS_XFER_RUNNING && ev->fin)
+            pos_xfer_sender_input(r->tx, NULL, 0);
+    } else if (ev->type == POS_P2P_SESSION_EV_STREAM_RESET && r->tx && ev->stream == r->stream) {
+        fprintf(stderr, "pos-p2p send: the receiver abandoned %s\n", r->o->files[r->file]);
+        r->failed = 1;
+    }
+}
+
+/* step: the runner's "done" check, also where the transfer advances. */
+static int step(void *arg)
+{
+    struct run *r = arg;
+    pos_p2p_session_status st;
+    pos_p2p_session_get_status(r->s, &st);
+    if (st.state == POS_P2P_SESSION_CLOSED) {
+        if (r->tx)
+            progress_bar(r, 1);
+        fprintf(stderr, "pos-p2p send: the session ended: %s\n",
+                st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+        r->failed = 1;
+        return 1;
+    }
+    if (r->failed)
+        return 1;
+    if (!r->tx) {
+        if (r->file >= r->o->n_files)
+            return 1;
+        if (start_file(r) != 0)
+            return 1;
+    }
+    if (pos_xfer_sender_status(r->tx) != POS_XFER_RUNNING) {
+        finish_file(r);
+        return r->failed || r->file >= r->o->n_files;
+    }
+    pump(r);
+    progress_bar(r, 0);
+    return 0;
+}
+
+/* connect_session: direct when possible, else (or after no answer) through the home relay. */
+static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
+{
+    pos_p2p_session *s = NULL;
+    pos_p2p_relay *home;
+    pos_p2p_relay_info info;
+    int tmo = (int)(o->timeout_s * 1000), rv;
+
+    if (o->addr && !o->relay_only) {
+        rv = pos_p2p_session_connect_addr(ep, o->addr, o->to, tmo, &s);
+        if (rv != 0) {
+            fprintf(stderr, "pos-p2p send: --addr %s: %s\n", o->addr,
+                    rv == POS_P2P_ERR_BAD_ADDRESS
+                        ? "not an address (want IP, IP:PORT, [IPv6] or [IPv6]:PORT)"
+                        : pos_p2p_strerror(rv));
+            return NULL;
+        }
+        rv = pos_p2p_session_wait_open(s, tmo + 1000);
+        if (rv == 0)
+            return s;
+        pos_p2p_session_status st;
+        pos_p2p_session_get_status(s, &st);
+        pos_p2p_session_close(s, 0, NULL);
+        s = NULL;
+        if (rv != POS_P2P_ERR_TIMEOUT || !o->api_url) {
+            fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
+            return NULL;
+        }
+        fprintf(stderr, "pos-p2p send: no direct answer from %s, trying the relay\n", o->addr);
+    }
+    home = cli_home_relay(ep, "pos-p2p send", o->api_url, o->token, o->relay_id, tmo, &info);
+    if (!home)
+        return NULL;
+    rv = pos_p2p_session_connect_relay(ep, home, o->token, o->to, tmo, &s);
+    if (rv != 0) {
+        fprintf(stderr, "pos-p2p send: %s\n", pos_p2p_strerror(rv));
+        return NULL;
+    }
+    rv = pos_p2p_session_wait_open(s, tmo + 1000);
+    if (rv != 0) {
+        pos_p2p_session_status st;
+        pos_p2p_session_get_status(s, &st);
+        fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
+        pos_p2p_session_close(s, 0, NULL);
+        return NULL;
+    }
+    return s;
+}
+
+int cmd_send(int argc, char **argv)
+{
+    struct opts o;
+    char path[4096], err[512], a[32], b[32];
+    pos_p2p_identity *id = NULL;
+    pos_p2p_endpoint *ep = NULL;
+    struct run *r = NULL;
+    pos_p2p_session_status st;
+    int rv = parse(argc, argv, &o), status = 1;
+    double secs;
+
+    if (rv)
+        return rv == 1 ? 0 : 2;
+    if (!o.identity) {
+        if (pos_p2p_identity_default_path(path, sizeof(path)) != 0) {
+            fprintf(stderr, "pos-p2p send: no identity path: pass --identity FILE\n");
+            return 2;
+        }
+        o.identity = path;
+    }
+    for (int i = 0; i < o.n_files; i++) {
+        if (access(o.files[i], R_OK) != 0) {
+            fprintf(stderr, "pos-p2p send: cannot read %s\n", o.files[i]);
+            return 1;
+        }
+    }
+    if (pos_p2p_identity_load(o.identity, 1, &id, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pos-p2p send: %s\n", err);
+        return 1;
+    }
+    rv = pos_p2p_endpoint_new(&ep, id, 0);
+    r = calloc(1, sizeof(*r));
+    if (rv != 0 || !r) {
+        fprintf(stderr, "pos-p2p send: cannot open the UDP sockets: %s\n",
+                pos_p2p_strerror(rv ? rv : POS_P2P_ERR_NOMEM));
+        goto out;
+    }
+    r->o = &o;
+    r->tty = isatty(2);
+    r->s = connect_session(&o, ep);
+    if (!r->s)
+        goto out;
+    pos_p2p_session_get_status(r->s, &st);
+    printf("session with %s %s %s\n", o.to,
+           st.path == POS_P2P_PATH_RELAYED ? "through relay at" : "directly at", st.remote);
+    fflush(stdout);
+    pos_p2p_session_set_callback(r->s, on_event, r);
+    r->start_ms = pos_p2p_now_ms();
+    pos_p2p_endpoint_run(ep, -1, step, r);
+    secs = (double)(pos_p2p_now_ms() - r->start_ms) / 1000.0;
+    if (!r->failed) {
+        pos_p2p_session_get_status(r->s, &st);
+        human((double)r->total_sent, a, sizeof(a));
+        human(secs > 0 ? (double)r->total_sent / secs : 0, b, sizeof(b));
+        printf("done: %d file(s), %llu bytes (%s) in %.2f s, %s/s, path: %s\n", o.n_files,
+               (unsigned long long)r->total_sent, a, secs, b,
+               st.path == POS_P2P_PATH_RELAYED ? "relayed" : "direct");
+        status = 0;
+    }
+    pos_p2p_session_close(r->s, 0, NULL);
+    /* let the close reach the peer before the socket goes */
+    pos_p2p_endpoint_process(ep);
+out:
+    if (r && r->tx)
+        pos_xfer_sender_del(r->tx);
+    free(r);
+    pos_p2p_endpoint_del(ep);
+    pos_p2p_identity_del(id);
+    return status;
+}
