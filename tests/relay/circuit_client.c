@@ -26,7 +26,7 @@
 
 struct opts {
     const char *api_url, *relay_id, *relay, *token, *identity, *connect;
-    int listen, decline, echo;
+    int listen, decline, echo, ignore;
     long count, size, rate;
     long wait_ms, hold_ms, timeout_ms, stats_ms;
 };
@@ -54,7 +54,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: circuit_client (--api-url URL --relay-id UUID | --relay ID,PEERID,ADDR)\n"
                "         --token TOKEN --identity FILE\n"
-               "         (--listen [--decline] [--echo] | --connect PEERID [--count N]\n"
+               "         (--listen [--decline | --ignore] [--echo] | --connect PEERID [--count N]\n"
                "          [--size BYTES] [--rate PPS] [--wait-ms MS])\n"
                "         [--hold-ms MS] [--timeout-ms MS] [--stats-ms MS]\n"
                "--stats-ms prints what arrived so far every MS milliseconds (listen).\n");
@@ -101,7 +101,8 @@ static void on_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
         printf("{\"event\":\"incoming\",\"req\":%u,\"peer_id\":\"%s\",\"observed\":\"%s\","
                "\"n_local\":%zu}\n",
                ev->req_id, ev->peer_id, ev->observed, ev->n_local);
-        pos_p2p_relay_answer(r, ev->req_id, !s->o.decline);
+        if (!s->o.ignore) /* --ignore: never answer (the relay times the request out) */
+            pos_p2p_relay_answer(r, ev->req_id, !s->o.decline);
         break;
     case POS_P2P_RELAY_EV_CIRCUIT:
         printf("{\"event\":\"circuit\",\"req\":%u,\"circuit\":%u,\"peer_id\":\"%s\","
@@ -197,6 +198,7 @@ static int parse(int argc, char **argv, struct opts *o)
                                        {"timeout-ms", required_argument, NULL, 'T'},
                                        {"help", no_argument, NULL, 'h'},
                                        {"stats-ms", required_argument, NULL, 'S'},
+                                       {"ignore", no_argument, NULL, 'I'},
                                        {NULL, 0, NULL, 0}};
     int ch;
     memset(o, 0, sizeof(*o));
@@ -253,6 +255,9 @@ static int parse(int argc, char **argv, struct opts *o)
             break;
         case 'S':
             o->stats_ms = atol(optarg);
+            break;
+        case 'I':
+            o->ignore = 1;
             break;
         case 'h':
             usage(stdout);

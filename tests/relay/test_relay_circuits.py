@@ -398,5 +398,120 @@ def loadtest_relay_reports_delivery_and_latency():
     assert r.returncode == 2 and "--circuits" in r.stderr
 
 
+
+@test
+def unanswered_incoming_times_out():
+    redis, disc, (relay,) = stack()
+    token = relay.token()
+    b = Client(relay, token, "--listen", "--ignore", name="B")
+    t0 = time.monotonic()
+    a = Client(relay, token, "--connect", b.peer_id(), "--timeout-ms", "15000", name="A")
+    assert a.finish() == 0
+    waited = time.monotonic() - t0
+    err = a.events("error")[0]
+    assert err["code"] == 3 and err["text"] == "peer did not answer", err
+    assert 9 < waited < 13, waited
+    b.wait_event("incoming")
+    b.stop()
+
+
+
+class NatProxy:
+    """A NAT in front of one client: the client talks to |front|, the relay sees |back|;
+    rebind() replaces |back| with a new socket (a new public port), like a NAT rebinding."""
+
+    def __init__(self, relay_addr):
+        self.relay = relay_addr
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = self._new_back()
+        self.client = None
+        self.stop = False
+        self.threads = [threading.Thread(target=self._up, daemon=True),
+                        threading.Thread(target=self._down, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _new_back(self):
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b.bind(("127.0.0.1", 0))
+        b.settimeout(0.05)
+        return b
+
+    def _up(self):  # client -> relay
+        self.front.settimeout(0.05)
+        while not self.stop:
+            try:
+                data, self.client = self.front.recvfrom(2048)
+            except socket.timeout:
+                continue
+            self.back.sendto(data, self.relay)
+
+    def _down(self):  # relay -> client, from whichever back socket is current
+        while not self.stop:
+            b = self.back
+            try:
+                data, _ = b.recvfrom(2048)
+            except (socket.timeout, OSError):
+                continue
+            if self.client:
+                self.front.sendto(data, self.client)
+
+    def rebind(self):
+        old, self.back = self.back, self._new_back()
+        old.close()
+
+    def close(self):
+        self.stop = True
+        for t in self.threads:
+            t.join(2)
+        self.front.close()
+        self.back.close()
+
+
+@test
+def circuit_follows_nat_rebinding():
+    redis = Redis()
+    disc = Discovery(redis)
+    # idle_timeout 6 s: clients send a QUIC keep-alive every 3 s
+    relay = Relay(redis, disc, {"idle_timeout": 6}).start()
+    wait_until(lambda: relay.id in disc.ids(), 5, what="the relay to register")
+    token = relay.token()
+    b = Client(relay, token, "--listen", "--echo", "--stats-ms", "200", name="B")
+    b.peer_id()
+    nat = NatProxy(("127.0.0.1", relay.port))
+    try:
+        ident = os.path.join(tmpdir(), "identity")
+        cmd = [CLIENT, "--relay", f"{relay.id},{relay.peer_id},127.0.0.1:{nat.front.getsockname()[1]}",
+               "--token", token, "--identity", ident, "--connect", b.peer_id(), "--count", "900",
+               "--size", "200", "--rate", "100", "--wait-ms", "1000"]
+        a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: b.events("circuit"), 10, what="the circuit")
+        time.sleep(1.5)
+        seen_before = b.events("stats")[-1]["received"]
+        assert seen_before > 50, seen_before
+        nat.rebind()
+        t_rebind = time.monotonic()
+        out, err = a.communicate(timeout=60)
+        assert a.returncode == 0, err[-3000:]
+        res = [json.loads(x) for x in out.splitlines() if '"result"' in x][0]
+    finally:
+        nat.close()
+    # after the next QUIC packet from the new port the relay moved the circuit: datagrams
+    # from the new address are forwarded again, and echoes find their way back
+    st = b.events("stats")
+    late = [x for x in st if x["t_ms"] - st[0]["t_ms"] > 0]
+    last = late[-1]["received"]
+    t_end = time.monotonic() - t_rebind
+    print(f"    A got {res['intact']} of {res['sent']} back; B received {last}; "
+          f"{t_end:.1f} s after the rebinding")
+    assert last > seen_before + 200, (seen_before, last)
+    assert res["intact"] > seen_before + 200, res
+    m = relay.metrics()
+    # frames from the new port before QUIC saw it were refused (the source check at work)
+    assert m['pos_relay_frames_dropped_total{reason="wrong_source"}'] > 0, m
+    b.stop()
+
+
 if __name__ == "__main__":
     run()
