@@ -143,6 +143,11 @@ def unknown_peer_is_not_connected_and_self_is_refused():
     assert a.finish() == 0
     err = a.events("error")[0]
     assert err["text"] == "peer not connected" and err["code"] == 1, err
+    me = a.events("welcome")[0]["peer_id"]
+    a2 = Client(relay, token, "--connect", me, name="A2", ident=a.ident)
+    assert a2.finish() == 0
+    err = a2.events("error")[0]
+    assert err["code"] == 5 and err["text"] == "cannot connect to yourself", err
 
 
 @test
