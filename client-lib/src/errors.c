@@ -34,6 +34,17 @@ const char *pos_p2p_strerror(int code)
         return "no local socket for the relay's address family";
     case POS_P2P_ERR_GOING_AWAY:
         return "the relay is shutting down";
+    /* sessions */
+    case POS_P2P_ERR_NOT_ALLOWED:
+        return "the peer does not accept sessions from this device (not in its allow list)";
+    case POS_P2P_ERR_NO_STREAM:
+        return "no such stream, or it is finished or reset";
+    case POS_P2P_ERR_BAD_ADDRESS:
+        return "not an address: want IP, IP:PORT, [IPv6] or [IPv6]:PORT";
+    case POS_P2P_ERR_NO_RELAY:
+        return "no relay could be used";
+    case POS_P2P_ERR_STREAM_LIMIT:
+        return "the peer allows no more streams for now";
     /* local discovery (mDNS) */
     case POS_P2P_ERR_MDNS_TXT:
         return "a TXT value is too long: each key=value must be at most 255 bytes and all "
