@@ -84,6 +84,7 @@ struct pos_p2p_session {
     struct sstream *streams;
     struct sess_dial dial;
     uint8_t has_dial;
+    int64_t dial_tick_ms; /* next look at the dial relay's state */
 };
 
 /* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
@@ -992,7 +993,7 @@ static int64_t deadline_of(const pos_p2p_session *s)
         exp = ngtcp2_conn_get_expiry(s->qc);
         d = exp == UINT64_MAX ? -1 : (int64_t)(exp / 1000000) + 1;
     } else if (s->has_dial) {
-        d = pos_p2p_now_ms() + 50; /* waiting for a redirect relay to accept us */
+        d = s->dial_tick_ms; /* waiting for a (redirect) relay to accept us */
     }
     if (s->st.state == POS_P2P_SESSION_CONNECTING && (d < 0 || s->deadline_ms < d))
         d = s->deadline_ms;
@@ -1027,6 +1028,7 @@ static void on_deadline(pos_p2p_session *s)
         return;
     }
     if (!s->qc) {
+        s->dial_tick_ms = pos_p2p_now_ms() + 20;
         srelay_dial_tick(s);
         return;
     }
