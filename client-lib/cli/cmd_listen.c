@@ -5,7 +5,10 @@
  * --api-url, through its home relay; each stream of a session carries one
  * file (docs/transfer.md), written into DIR under a hidden temporary name
  * and renamed only once its BLAKE2b checksum matched. With --allow, only the
- * listed peers may connect. Runs until SIGTERM or SIGINT.
+ * listed peers may connect. When the home relay goes away (shutdown, lost
+ * connection), the next best relay of the list takes over; a refusal (token
+ * revoked or expired) ends the command with status 1. Runs until SIGTERM or
+ * SIGINT.
  */
 #include <getopt.h>
 #include <signal.h>
@@ -373,14 +376,34 @@ int cmd_listen(int argc, char **argv)
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    pos_p2p_endpoint_run(ep, -1, relay_gone, home);
     status = 0;
-    if (!stop_requested && home) {
+    for (;;) {
         pos_p2p_relay_status st;
+        pos_p2p_relay *next;
+        pos_p2p_endpoint_run(ep, -1, relay_gone, home);
+        if (stop_requested || !home)
+            break;
         pos_p2p_relay_get_status(home, &st);
         fprintf(stderr, "pos-p2p listen: the relay closed the connection: %s\n",
                 st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
-        status = 1;
+        if (st.error == POS_P2P_ERR_REFUSED || o.relay_id) {
+            /* refused (token revoked, expired...) or a forced relay: nowhere to go */
+            status = 1;
+            break;
+        }
+        /*
+         * Going away, closed or silent: move to another relay. The old one stays
+         * allocated until exit (sessions may still point at it).
+         */
+        next = cli_home_relay(ep, "pos-p2p listen", o.api_url, o.token, NULL, 5000, &info);
+        if (!next) {
+            status = 1;
+            break;
+        }
+        home = next;
+        pos_p2p_session_use_relay(ep, home);
+        printf("relay: %s at %s\n", info.id, info.addrs[0]);
+        fflush(stdout);
     }
 out:
     while (o.peers)

@@ -360,7 +360,8 @@ static void fail_liberr(pos_p2p_session *s, int liberr)
         err = POS_P2P_ERR_PROTOCOL;
         snprintf(why, sizeof(why), "QUIC error: %s", ngtcp2_strerror(liberr));
     } else {
-        snprintf(why, sizeof(why), "handshake failed: %s", ngtcp2_strerror(liberr));
+        snprintf(why, sizeof(why), "handshake with %s failed: %s",
+                 s->relay ? "the peer through the relay" : s->st.remote, ngtcp2_strerror(liberr));
     }
     sess_fail(s, err, why);
 }

@@ -6,7 +6,9 @@ listener sits on the other one: redirect), files of 0 B, 1 B and 20 MB arrive
 identical; a wrong peer id and a peer missing from --allow are refused with a
 clear reason; a transfer killed half-way resumes from what was received; a
 bandwidth-limited token's transfer takes as long as its limit implies;
-revoking a connected listener's token makes it unreachable within 2 s.
+revoking a connected listener's token makes it unreachable within 2 s; a
+listener whose relay shuts down moves to another; POS_DOCKER=true listens on
+7373.
 """
 import filecmp
 import json
@@ -18,7 +20,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import Proc, Redis, binary, free_port, http, run, test, tmpdir, wait_until  # noqa: E402
+from harness import (Proc, Redis, Skip, binary, free_port, http, run, test, tmpdir,  # noqa: E402
+                     wait_until)
 
 RELAY = binary("relay/pos-relay")
 P2P = binary("client-lib/cli/pos-p2p")
@@ -318,6 +321,44 @@ def revoked_listener_unreachable_within_2s():
     r = send("--api-url", disc.url, "--token", stoken, "--relay-only", "--to", lst.peer_id, one)
     assert r.returncode != 0
     assert "not connected" in r.stderr, r.stderr
+
+
+@test
+def listener_moves_to_another_relay_when_its_relay_shuts_down():
+    redis, disc, relays = stack(2)
+    token = relays[0].token()
+    lst = Listener("--api-url", disc.url, "--token", token)
+    first = [r for r in relays if f"relay: {r.id}" in lst.proc.output()]
+    assert len(first) == 1, lst.proc.output()
+    other = [r for r in relays if r is not first[0]][0]
+    first[0].proc.stop()  # SIGTERM: GOAWAY to its clients, deregistration
+    wait_until(lambda: f"relay: {other.id}" in lst.proc.output(), 15,
+               what="the listener to move to the other relay")
+    one = make_files(tmpdir())[1]
+    r = send("--api-url", disc.url, "--token", token, "--relay-only", "--to", lst.peer_id, one)
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_received([one], lst.out)
+
+
+@test
+def docker_listener_uses_port_7373():
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind(("0.0.0.0", 7373))
+    except OSError:
+        raise Skip("UDP port 7373 is taken on this machine")
+    finally:
+        probe.close()
+    ident, peer = new_identity()
+    out = tmpdir()
+    p = Proc([P2P, "listen", "--identity", ident, "--out", out], env={"POS_DOCKER": "true"},
+             name="listen-docker")
+    wait_until(lambda: "listening" in p.output(), 10, what="pos-p2p listen to start")
+    assert "direct: UDP port 7373" in p.output(), p.output()
+    one = make_files(tmpdir())[1]
+    r = send("--to", peer, "--addr", "127.0.0.1", one)  # no port: 7373
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_received([one], out)
 
 
 if __name__ == "__main__":
