@@ -35,8 +35,9 @@ struct run {
     pos_p2p_session *s;
     pos_xfer_sender *tx;
     int64_t stream;
-    int file;   /* index of the file in flight */
-    int failed; /* a file failed: stop */
+    int file;        /* index of the file in flight */
+    int resume_told; /* "resuming" printed for this file */
+    int failed;      /* a file failed: stop */
     int tty;
     int64_t start_ms, file_start_ms, last_bar_ms;
     uint64_t total_sent; /* bytes actually sent (resumed prefixes excluded) */
@@ -226,6 +227,7 @@ static int start_file(struct run *r)
         return -1;
     }
     r->file_start_ms = pos_p2p_now_ms();
+    r->resume_told = 0;
     return 0;
 }
 
@@ -236,8 +238,6 @@ static void finish_file(struct run *r)
     pos_xfer_sender_progress(r->tx, &size, &off, &sent);
     progress_bar(r, 1);
     if (pos_xfer_sender_status(r->tx) == POS_XFER_FINISHED) {
-        if (off > 0)
-            printf("resumed %s at byte %llu\n", r->o->files[r->file], (unsigned long long)off);
         printf("sent %s as \"%s\" (%llu bytes)\n", r->o->files[r->file],
                pos_xfer_sender_final_name(r->tx), (unsigned long long)size);
         r->total_sent += sent - off;
@@ -322,6 +322,19 @@ static int step(void *arg)
         return r->failed || r->file >= r->o->n_files;
     }
     pump(r);
+    if (!r->resume_told) {
+        uint64_t size, off, sent;
+        pos_xfer_sender_progress(r->tx, &size, &off, &sent);
+        if (off > 0) {
+            /* the receiver holds a verified prefix: only the rest travels */
+            if (r->tty)
+                fputc('\r', stderr);
+            printf("resuming %s at byte %llu of %llu\n", r->o->files[r->file],
+                   (unsigned long long)off, (unsigned long long)size);
+            fflush(stdout);
+            r->resume_told = 1;
+        }
+    }
     progress_bar(r, 0);
     return 0;
 }

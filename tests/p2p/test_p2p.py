@@ -227,10 +227,13 @@ def interrupted_transfer_resumes():
     time.sleep(0.5)  # the listener notices the session is gone only by idle timeout: fine
     r = send("--to", lst.peer_id, "--addr", lst.addr, path, identity=ident)
     assert r.returncode == 0, r.stdout + r.stderr
-    line = [x for x in r.stdout.splitlines() if x.startswith("resumed ")]
+    line = [x for x in r.stdout.splitlines() if x.startswith("resuming ")]
     assert line, r.stdout
-    offset = int(line[0].split()[-1])
+    offset = int(line[0].split()[-3])
     assert offset > 0, r.stdout
+    # only the rest travelled
+    done = [x for x in r.stdout.splitlines() if x.startswith("done: ")][0]
+    assert int(done.split()[3]) == 8 * 1000 * 1000 - offset, done
     check_received([path], lst.out)
 
 
