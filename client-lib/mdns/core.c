@@ -217,7 +217,7 @@ static void handle_response(struct mdns_core *c, struct rx *x, struct iface *ifc
             mdns_cache_add(c, &x->rr, ifc->index, family, now);
     }
     if (conflict)
-        mdns_rename_after_conflict(c, now);
+        mdns_conflict(c, now);
 }
 
 int mdns_core_receive(struct mdns_core *c, const uint8_t *data, size_t len, int ifindex,

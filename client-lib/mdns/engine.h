@@ -173,6 +173,13 @@ void mdns_goodbye_all(struct mdns_core *c, uint64_t now);
 void mdns_goodbye_removed(struct mdns_core *c, const struct iface *old, const uint8_t (*a4)[4],
                           size_t n4, const uint8_t (*a6)[16], size_t n6);
 void mdns_rename_after_conflict(struct mdns_core *c, uint64_t now);
+/*
+ * Another host's response conflicts with our unique records (§9): while
+ * probing, rename and probe again; once announced, probe again under the
+ * same name first (the conflict may be stale), renaming only if a probe
+ * then meets a conflict.
+ */
+void mdns_conflict(struct mdns_core *c, uint64_t now);
 /* Answers a query (and settles rival probes) received on |ifc|. */
 void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
                           const uint8_t *src, uint16_t src_port, uint64_t now);

@@ -412,6 +412,16 @@ void mdns_rename_after_conflict(struct mdns_core *c, uint64_t now)
     mdns_start_probing(c, now, c->conflicts > 15 ? 5000 : 0);
 }
 
+void mdns_conflict(struct mdns_core *c, uint64_t now)
+{
+    if (c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED) {
+        /* §9: reset to probing; the name is given up only if a probe fails. */
+        mdns_start_probing(c, now, 0);
+        return;
+    }
+    mdns_rename_after_conflict(c, now);
+}
+
 static int tierec_cmp(const void *pa, const void *pb)
 {
     const struct tierec *a = pa, *b = pb;

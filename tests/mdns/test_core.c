@@ -533,6 +533,72 @@ static void test_malformed_changes_nothing(void)
     CHECK(b->n_ev == 0);
 }
 
+/* A packet about instance |pid|: a response with an SRV of another host, or a probe carrying it. */
+static size_t rival_packet(uint8_t *buf, size_t cap, const char *pid, bool probe)
+{
+    struct dns_writer w;
+    struct dns_name svc, inst, host;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_name_prepend(&inst, pid, strlen(pid), &svc);
+    dns_name_from_text(&host, "rival.local");
+    dns_writer_init(&w, buf, cap);
+    uint8_t srv[6 + 256] = {0, 0, 0, 0, 0x1c, 0xcd};
+    memcpy(srv + 6, host.b, host.len);
+    struct dns_header h = {.flags = DNS_FLAG_QR | DNS_FLAG_AA, .an = 1};
+    if (probe) {
+        dns_write_question(&w, &inst, DNS_TYPE_ANY, false);
+        h = (struct dns_header){.qd = 1, .ns = 1};
+    }
+    dns_write_rr(&w, &inst, DNS_TYPE_SRV, !probe, 120, srv, (uint16_t)(6 + host.len));
+    dns_write_header(&w, &h);
+    return w.len;
+}
+
+static unsigned count_probes(const struct node *n, unsigned from)
+{
+    unsigned k = 0;
+    for (unsigned i = from; i < n->n_log; i++)
+        k += n->log[i].probe;
+    return k;
+}
+
+static void test_conflict_after_announce_probes_first(void)
+{
+    /* A stale conflicting record nobody defends: probe again, keep the name. */
+    reset();
+    char pid[44], want[64];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    uint8_t buf[600], src[4] = {10, 0, 0, 9};
+    size_t len = rival_packet(buf, sizeof(buf), pid, false);
+    unsigned before = a->n_log;
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    run_until(now + 5000);
+    CHECK(count_probes(a, before) == 6); /* 3 per family */
+    CHECK(a->n_log > before && a->log[before].probe);
+    CHECK(mdns_core_announced(a->core) && !strcmp(mdns_core_instance(a->core), pid));
+    /* A real rival (the networks of two announced hosts merge): it defends, we rename. */
+    reset();
+    a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    a->mute = true;
+    struct node *b = add_node(POS_MDNS_ENABLED, true, false, pid, "B", NULL);
+    run_until(now + 5000);
+    CHECK(!strcmp(mdns_core_instance(b->core), pid));
+    a->mute = false;
+    before = a->n_log;
+    uint8_t txt[64];
+    const char *strs[1] = {"name=B2"};
+    int tl = mdns_core_txt_build(strs, 1, txt, sizeof(txt));
+    mdns_core_set_txt(b->core, txt, (size_t)tl, now); /* B announces: A sees the conflict */
+    run_until(now + 5000);
+    snprintf(want, sizeof(want), "%s (2)", pid);
+    CHECK(a->n_log > before && a->log[before].probe); /* probed before renaming */
+    CHECK(!strcmp(mdns_core_instance(a->core), want));
+    CHECK(!strcmp(mdns_core_instance(b->core), pid));
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -544,6 +610,7 @@ int main(void)
     test_ttl_expiry_lost();
     test_shared_answer_delay_and_rate_limit();
     test_conflict_rename();
+    test_conflict_after_announce_probes_first();
     test_simultaneous_probe_tiebreak();
     test_disabled_silent();
     test_contacts_only();
