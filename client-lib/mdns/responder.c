@@ -562,12 +562,14 @@ static void answer_multicast(struct mdns_core *c, struct iface *ifc, int family,
 {
     unsigned answer = with_additionals(mask) & ~known;
     int fi = fam_i(family);
-    if (!probe) {
-        /* §6: no record multicast twice within a second on one link. */
-        for (int r = 0; r < REC_COUNT; r++) {
-            if (ifc->last_mcast[fi][r] && ifc->last_mcast[fi][r] + 1000 > now)
-                answer &= ~(1u << r);
-        }
+    /*
+     * §6: no record multicast twice within a second on one link; to defend
+     * a name against a probe, at most once per 250 ms.
+     */
+    uint64_t gap = probe ? 250 : 1000;
+    for (int r = 0; r < REC_COUNT; r++) {
+        if (ifc->last_mcast[fi][r] && ifc->last_mcast[fi][r] + gap > now)
+            answer &= ~(1u << r);
     }
     if (!answer)
         return;

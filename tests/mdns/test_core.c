@@ -599,6 +599,30 @@ static void test_conflict_after_announce_probes_first(void)
     CHECK(!strcmp(mdns_core_instance(b->core), pid));
 }
 
+static void test_probe_defence_rate(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    uint8_t buf[600], src[4] = {10, 0, 0, 9};
+    size_t len = rival_packet(buf, sizeof(buf), pid, true);
+    unsigned before = a->n_log;
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    pump();
+    CHECK(a->n_log == before + 1 && !a->log[before].query); /* defended at once */
+    run_until(now + 100);
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    pump();
+    CHECK(a->n_log == before + 1); /* not twice within 250 ms */
+    run_until(now + 200);
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    pump();
+    CHECK(a->n_log == before + 2);
+    CHECK(!strcmp(mdns_core_instance(a->core), pid));
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -611,6 +635,7 @@ int main(void)
     test_shared_answer_delay_and_rate_limit();
     test_conflict_rename();
     test_conflict_after_announce_probes_first();
+    test_probe_defence_rate();
     test_simultaneous_probe_tiebreak();
     test_disabled_silent();
     test_contacts_only();
