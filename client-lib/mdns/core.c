@@ -177,8 +177,23 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
         memset(ifc, 0, sizeof(*ifc));
         ifc->index = ifindex;
     }
+    bool up4 = n4 && !ifc->n4, up6 = n6 && !ifc->n6;
     ifc->n4 = (unsigned)n4;
     ifc->n6 = (unsigned)n6;
+    if ((up4 || up6) && c->cfg.browse && c->cfg.mode != POS_MDNS_DISABLED) {
+        /*
+         * A family just came up here: browse it soon, and ask for unicast
+         * replies the first time (§5.4), since responders that announced
+         * recently would not multicast again within a second.
+         */
+        ifc->qu_next[0] |= up4;
+        ifc->qu_next[1] |= up6;
+        uint64_t soon = now + rand_between(20, 120);
+        if (!c->qnext || c->qnext > soon) {
+            c->qnext = soon;
+            c->qinterval = 1000;
+        }
+    }
     if (n4)
         memcpy(ifc->a4, a4, n4 * 4);
     if (n6)

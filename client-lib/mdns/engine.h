@@ -37,6 +37,7 @@ struct iface {
     uint64_t pending_at[2];            /* delayed shared answers, 0: none */
     unsigned pending_mask[2];
     uint64_t dup_query_at[2]; /* when another host last asked our browse question */
+    bool qu_next[2];          /* the next browse query asks for unicast replies (§5.4) */
 };
 
 struct centry {

@@ -492,7 +492,7 @@ static void write_known_answers(struct mdns_core *c, struct dns_writer *w, int i
 }
 
 static void send_query(struct mdns_core *c, struct iface *ifc, int family, const struct qitem *q,
-                       size_t n, bool with_known, uint64_t now)
+                       size_t n, bool with_known, bool qu, uint64_t now)
 {
     if (!n || !family_usable(ifc, family))
         return;
@@ -503,7 +503,7 @@ static void send_query(struct mdns_core *c, struct iface *ifc, int family, const
     dns_writer_init(&w, p->data, sizeof(p->data));
     struct dns_header h = {0};
     for (size_t i = 0; i < n; i++) {
-        dns_write_question(&w, &q[i].name, q[i].type, false);
+        dns_write_question(&w, &q[i].name, q[i].type, qu);
         h.qd++;
     }
     if (with_known)
@@ -544,7 +544,9 @@ static void browse_query(struct mdns_core *c, uint64_t now)
             uint64_t seen = ifc->dup_query_at[fam_i(f)];
             if (seen && c->qlast && seen > c->qlast && seen >= now - (now - c->qlast) / 2)
                 continue;
-            send_query(c, ifc, f, &q, 1, true, now);
+            bool qu = ifc->qu_next[fam_i(f)];
+            ifc->qu_next[fam_i(f)] = false;
+            send_query(c, ifc, f, &q, 1, true, qu, now);
         }
     }
 }
@@ -608,7 +610,7 @@ static void cache_timer(struct mdns_core *c, uint64_t now)
                 if (wanted(c, e))
                     add_qitem(q, &n, MAX_QITEMS, &e->name, e->type);
             }
-            send_query(c, ifc, f, q, n, false, now);
+            send_query(c, ifc, f, q, n, false, false, now);
         }
     }
     free(q);
@@ -654,8 +656,8 @@ static void resolve_timer(struct mdns_core *c, uint64_t now)
             continue;
         for (size_t off = 0; off < n; off += MAX_QITEMS) {
             size_t m = n - off < MAX_QITEMS ? n - off : MAX_QITEMS;
-            send_query(c, &c->ifaces[i], 4, q + off, m, false, now);
-            send_query(c, &c->ifaces[i], 6, q + off, m, false, now);
+            send_query(c, &c->ifaces[i], 4, q + off, m, false, false, now);
+            send_query(c, &c->ifaces[i], 6, q + off, m, false, false, now);
         }
     }
 out:

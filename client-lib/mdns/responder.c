@@ -584,6 +584,26 @@ static void answer_multicast(struct mdns_core *c, struct iface *ifc, int family,
     ifc->pending_mask[fi] |= answer;
 }
 
+/*
+ * Of the records |qu| that QU questions ask for, those that may go by
+ * unicast: §5.4 wants a multicast reply instead for a record not multicast
+ * on this link within a quarter of its TTL, so that every cache is brought
+ * up to date and conflicts can be seen. (Askers on this host get multicast
+ * too: another process bound to port 5353 here could get a unicast reply.)
+ */
+static unsigned unicast_ok(const struct iface *ifc, int family, unsigned qu, uint64_t now)
+{
+    unsigned ok = 0;
+    for (int r = 0; r < REC_COUNT; r++) {
+        uint64_t last = ifc->last_mcast[fam_i(family)][r];
+        uint64_t quarter =
+            (r == REC_SRV || r == REC_A || r == REC_AAAA ? MDNS_TTL_HOST : MDNS_TTL_OTHER) * 250ull;
+        if ((qu & (1u << r)) && last && last + quarter > now)
+            ok |= 1u << r;
+    }
+    return ok;
+}
+
 void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
                           const uint8_t *src, uint16_t src_port, uint64_t now)
 {
@@ -612,10 +632,11 @@ void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, 
         return;
     }
     bool probe = x->r.h.ns > 0;
-    if (qs.qu_mask && !probe) {
+    unsigned uni = probe || from_us ? 0 : unicast_ok(ifc, family, qs.qu_mask, now);
+    if (uni) {
         /* §5.4: the asker wants a unicast reply for these questions. */
-        send_response(c, ifc, &ud, with_additionals(qs.qu_mask) & ~qs.known, -1, NULL, 0);
-        mask &= ~qs.qu_mask;
+        send_response(c, ifc, &ud, with_additionals(uni) & ~qs.known, -1, NULL, 0);
+        mask &= ~uni;
         if (!(mask & ~qs.known))
             return;
     }

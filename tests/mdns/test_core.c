@@ -18,7 +18,7 @@
 
 struct sent {
     uint64_t at;
-    bool query, probe, multicast, goodbye;
+    bool query, probe, multicast, goodbye, qu;
     unsigned an, family;
 };
 
@@ -66,7 +66,7 @@ static void classify(const struct mdns_packet *p, struct sent *s)
         s->probe = s->query && r.h.ns > 0;
         s->an = r.h.an;
         while (dns_read_question(&r, &q) == 0)
-            ;
+            s->qu = s->qu || q.unicast;
         s->goodbye = !s->query && r.h.an > 0;
         while (dns_read_rr(&r, rr) == 0)
             s->goodbye = s->goodbye && rr->ttl == 0;
@@ -623,6 +623,40 @@ static void test_probe_defence_rate(void)
     CHECK(!strcmp(mdns_core_instance(a->core), pid));
 }
 
+static void test_first_query_qu(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    unsigned a_before = a->n_log;
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 500);
+    /* B's first query asks for unicast replies; A announced recently, so it answers B alone. */
+    CHECK(b->n_log >= 1 && b->log[0].query && b->log[0].qu);
+    CHECK(b->n_ev == 1 && b->ev[0] == POS_MDNS_FOUND); /* before B's second query */
+    bool unicast = a->n_log > a_before;
+    for (unsigned i = a_before; i < a->n_log; i++)
+        unicast = unicast && !a->log[i].multicast && !a->log[i].query;
+    CHECK(unicast);
+    run_until(now + 5000);
+    unsigned qu_later = 0, queries = 0;
+    for (unsigned i = 2; i < b->n_log; i++) {
+        qu_later += b->log[i].qu;
+        queries += b->log[i].query;
+    }
+    CHECK(queries >= 2 && qu_later == 0); /* only the first query of each family */
+    /* Announced long ago (more than a quarter of the TTL): the QU answer is multicast (§5.4). */
+    run_until(now + 1200 * 1000);
+    a_before = a->n_log;
+    struct node *c = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 500);
+    CHECK(c->n_log >= 1 && c->log[0].qu);
+    CHECK(a->n_log > a_before && a->log[a_before].multicast);
+    CHECK(c->n_ev == 1 && c->ev[0] == POS_MDNS_FOUND);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -640,6 +674,7 @@ int main(void)
     test_disabled_silent();
     test_contacts_only();
     test_duplicate_question_suppression();
+    test_first_query_qu();
     test_malformed_changes_nothing();
     test_flood_is_bounded();
     reset();
