@@ -297,6 +297,8 @@ uint64_t mdns_core_next_deadline(const struct mdns_core *c)
     for (int i = 0; i < MDNS_MAX_IFACES; i++) {
         mdns_earliest(&best, c->ifaces[i].pending_at[0]);
         mdns_earliest(&best, c->ifaces[i].pending_at[1]);
+        mdns_earliest(&best, c->ifaces[i].tc_at[0]);
+        mdns_earliest(&best, c->ifaces[i].tc_at[1]);
     }
     mdns_querier_deadline(c, &best);
     return best;

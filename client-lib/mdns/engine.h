@@ -37,7 +37,11 @@ struct iface {
     uint64_t pending_at[2];            /* delayed shared answers, 0: none */
     unsigned pending_mask[2];
     uint64_t dup_query_at[2]; /* when another host last asked our browse question */
-    bool qu_next[2];          /* the next browse query asks for unicast replies (§5.4) */
+    /* A truncated query (§7.2) from tc_src, answered at tc_at once all its known answers are in. */
+    uint64_t tc_at[2];
+    unsigned tc_mask[2], tc_known[2];
+    uint8_t tc_src[2][16];
+    bool qu_next[2]; /* the next browse query asks for unicast replies (§5.4) */
 };
 
 struct centry {

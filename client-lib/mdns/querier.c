@@ -470,12 +470,16 @@ struct qitem {
 
 #define MAX_QITEMS 16
 
-/* Known answers for the browse question on one interface and family (§7.1). */
-static void write_known_answers(struct mdns_core *c, struct dns_writer *w, int ifindex, int family,
-                                uint16_t *an, uint64_t now)
+/*
+ * Known answers for the browse question on one interface and family (§7.1),
+ * from cache slot *|pos| on. Returns true when some did not fit (*|pos| is
+ * then the first of them).
+ */
+static bool write_known_answers(struct mdns_core *c, struct dns_writer *w, int ifindex, int family,
+                                uint16_t *an, int *pos, uint64_t now)
 {
-    for (int i = 0; i < MDNS_MAX_CACHE; i++) {
-        struct centry *e = &c->cache[i];
+    for (; *pos < MDNS_MAX_CACHE; (*pos)++) {
+        struct centry *e = &c->cache[*pos];
         if (!e->used || e->ifindex != ifindex || e->family != family || !svc_ptr(c, e))
             continue;
         uint64_t left = e->expires > now ? e->expires - now : 0;
@@ -485,35 +489,53 @@ static void write_known_answers(struct mdns_core *c, struct dns_writer *w, int i
         dns_write_rr(w, &e->name, e->type, false, (uint32_t)(left / 1000), e->rdata, e->rdlen);
         if (w->overflow) {
             dns_writer_rewind(w, mk);
-            return;
+            return true;
         }
         (*an)++;
     }
+    return false;
 }
 
+/* Packets one query and its known answers may take (§7.2). */
+#define MAX_KA_PACKETS 8
+
+/*
+ * send_query queues a query with |n| questions. With |with_known|, known
+ * answers that do not fit follow in further packets (no questions), every
+ * packet but the last with the TC bit (§7.2), so that responders wait for
+ * the whole list.
+ */
 static void send_query(struct mdns_core *c, struct iface *ifc, int family, const struct qitem *q,
                        size_t n, bool with_known, bool qu, uint64_t now)
 {
     if (!n || !family_usable(ifc, family))
         return;
-    struct mdns_packet *p = mdns_out_slot(c);
-    if (!p)
-        return;
-    struct dns_writer w;
-    dns_writer_init(&w, p->data, sizeof(p->data));
-    struct dns_header h = {0};
-    for (size_t i = 0; i < n; i++) {
-        dns_write_question(&w, &q[i].name, q[i].type, qu);
-        h.qd++;
+    int pos = 0;
+    for (int k = 0; k < MAX_KA_PACKETS; k++) {
+        struct mdns_packet *p = mdns_out_slot(c);
+        if (!p)
+            return;
+        struct dns_writer w;
+        dns_writer_init(&w, p->data, sizeof(p->data));
+        struct dns_header h = {0};
+        for (size_t i = 0; k == 0 && i < n; i++) {
+            dns_write_question(&w, &q[i].name, q[i].type, qu);
+            h.qd++;
+        }
+        int start = pos;
+        bool more = with_known && write_known_answers(c, &w, ifc->index, family, &h.an, &pos, now);
+        if (w.overflow || (k > 0 && !h.an) || (more && pos == start && !h.qd))
+            return; /* a record that fits no packet */
+        more = more && k + 1 < MAX_KA_PACKETS;
+        if (more)
+            h.flags |= DNS_FLAG_TC;
+        dns_write_header(&w, &h);
+        p->len = w.len;
+        set_dest_mcast(p, ifc->index, family);
+        mdns_out_commit(c);
+        if (!more)
+            return;
     }
-    if (with_known)
-        write_known_answers(c, &w, ifc->index, family, &h.an, now);
-    if (w.overflow)
-        return;
-    dns_write_header(&w, &h);
-    p->len = w.len;
-    set_dest_mcast(p, ifc->index, family);
-    mdns_out_commit(c);
 }
 
 static unsigned known_count(const struct mdns_core *c, int ifindex, int family, uint64_t now)

@@ -558,7 +558,7 @@ static void read_query(struct mdns_core *c, struct rx *x, const struct iface *if
 
 /* Multicast answer: at once for unique records and probes, else after 20-120 ms (§6). */
 static void answer_multicast(struct mdns_core *c, struct iface *ifc, int family, unsigned mask,
-                             unsigned known, bool probe, uint64_t now)
+                             unsigned known, bool probe, bool at_once, uint64_t now)
 {
     unsigned answer = with_additionals(mask) & ~known;
     int fi = fam_i(family);
@@ -573,7 +573,7 @@ static void answer_multicast(struct mdns_core *c, struct iface *ifc, int family,
     }
     if (!answer)
         return;
-    if (!(mask & REC_SHARED) || probe) {
+    if (!(mask & REC_SHARED) || probe || at_once) {
         mcast_response(c, ifc, family, answer, -1, now);
         return;
     }
@@ -604,6 +604,39 @@ static unsigned unicast_ok(const struct iface *ifc, int family, unsigned qu, uin
     return ok;
 }
 
+/*
+ * §7.2: a query with the TC bit is followed by more known answers from the
+ * same host; its answer waits 400-500 ms, and known answers arriving in the
+ * meantime from that host are taken off it. Returns true when the packet was
+ * taken in that way (nothing more to do with it now).
+ */
+static bool truncated_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
+                            const uint8_t *src, const struct query_summary *qs, uint64_t now)
+{
+    int fi = fam_i(family);
+    size_t alen = family == 4 ? 4 : 16;
+    bool tc = x->r.h.flags & DNS_FLAG_TC;
+    bool same = ifc->tc_at[fi] && !memcmp(ifc->tc_src[fi], src, alen);
+    (void)c;
+    if (same) {
+        /* The rest of the list (or a new truncated query) from the same host. */
+        ifc->tc_known[fi] |= qs->known;
+        ifc->tc_mask[fi] |= qs->mask;
+        if (tc)
+            ifc->tc_at[fi] = now + rand_between(400, 500);
+        return true;
+    }
+    if (!tc || !(qs->mask & ~qs->known))
+        return false;
+    if (ifc->tc_at[fi])
+        return false; /* one pending per link and family: another host's is answered as usual */
+    ifc->tc_at[fi] = now + rand_between(400, 500);
+    ifc->tc_mask[fi] = qs->mask;
+    ifc->tc_known[fi] = qs->known;
+    memcpy(ifc->tc_src[fi], src, alen);
+    return true;
+}
+
 void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
                           const uint8_t *src, uint16_t src_port, uint64_t now)
 {
@@ -620,6 +653,9 @@ void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, 
         return;
     }
     unsigned mask = qs.mask;
+    if (responding && src_port == MDNS_PORT && !probing &&
+        truncated_query(c, x, ifc, family, src, &qs, now))
+        return;
     if (!responding || !(mask & ~qs.known))
         return; /* not ours, or every direct answer is known */
     struct mdns_dest ud = {.ifindex = ifc->index, .family = family, .port = src_port};
@@ -640,7 +676,7 @@ void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, 
         if (!(mask & ~qs.known))
             return;
     }
-    answer_multicast(c, ifc, family, mask, qs.known, probe, now);
+    answer_multicast(c, ifc, family, mask, qs.known, probe, false, now);
 }
 
 static void responder_states(struct mdns_core *c, uint64_t now)
@@ -726,8 +762,26 @@ static void flush_pending(struct mdns_core *c, uint64_t now)
     }
 }
 
+/* Truncated queries whose 400-500 ms wait is over (§7.2). */
+static void flush_truncated(struct mdns_core *c, uint64_t now)
+{
+    for (int i = 0; i < MDNS_MAX_IFACES; i++) {
+        struct iface *ifc = &c->ifaces[i];
+        for (int fi = 0; fi < 2 && ifc->index; fi++) {
+            if (!ifc->tc_at[fi] || ifc->tc_at[fi] > now)
+                continue;
+            unsigned mask = ifc->tc_mask[fi], known = ifc->tc_known[fi];
+            ifc->tc_at[fi] = 0;
+            ifc->tc_mask[fi] = ifc->tc_known[fi] = 0;
+            if (mdns_advertising(c) && mdns_core_announced(c) && (mask & ~known))
+                answer_multicast(c, ifc, fi ? 6 : 4, mask, known, false, true, now);
+        }
+    }
+}
+
 void mdns_responder_timer(struct mdns_core *c, uint64_t now)
 {
     responder_states(c, now);
     flush_pending(c, now);
+    flush_truncated(c, now);
 }

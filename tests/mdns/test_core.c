@@ -18,7 +18,8 @@
 
 struct sent {
     uint64_t at;
-    bool query, probe, multicast, goodbye, qu;
+    bool query, probe, multicast, goodbye, qu, tc;
+    unsigned qd;
     unsigned an, family;
 };
 
@@ -65,6 +66,8 @@ static void classify(const struct mdns_packet *p, struct sent *s)
         s->query = !(r.h.flags & DNS_FLAG_QR);
         s->probe = s->query && r.h.ns > 0;
         s->an = r.h.an;
+        s->qd = r.h.qd;
+        s->tc = r.h.flags & DNS_FLAG_TC;
         while (dns_read_question(&r, &q) == 0)
             s->qu = s->qu || q.unicast;
         s->goodbye = !s->query && r.h.an > 0;
@@ -657,6 +660,69 @@ static void test_first_query_qu(void)
     CHECK(c->n_ev == 1 && c->ev[0] == POS_MDNS_FOUND);
 }
 
+static void test_truncated_known_answers(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    uint8_t buf[600], src[4] = {10, 0, 0, 9};
+    for (unsigned i = 0; i < 60; i++) {
+        size_t len = flood_packet(buf, sizeof(buf), i);
+        mdns_core_receive(b->core, buf, len, 2, 4, src, 5353, now);
+    }
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 6000);
+    CHECK(b->n_ev == 61);
+    /* B's next browse query: 61 known answers do not fit one packet. */
+    unsigned a_before = a->n_log, b_before = b->n_log;
+    run_until(now + 2000);
+    unsigned packets = 0, kas = 0, tcs = 0, qds = 0;
+    for (unsigned i = b_before; i < b->n_log; i++) {
+        if (!b->log[i].query || b->log[i].family != 4)
+            continue;
+        packets++;
+        kas += b->log[i].an;
+        tcs += b->log[i].tc;
+        qds += b->log[i].qd;
+    }
+    CHECK(packets >= 2 && tcs == packets - 1 && qds == 1);
+    CHECK(kas == 61);
+    /* A's PTR is among the later known answers: A waits for them and stays quiet. */
+    CHECK(a->n_log == a_before);
+    /* A truncated query from another host: the answer waits 400-500 ms for the rest. */
+    run_until(now + 3000);
+    struct dns_writer w;
+    struct dns_name svc;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_question(&w, &svc, DNS_TYPE_PTR, false);
+    struct dns_header h = {.flags = DNS_FLAG_TC, .qd = 1};
+    dns_write_header(&w, &h);
+    a_before = a->n_log;
+    uint64_t asked = now;
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    run_until(asked + 399);
+    CHECK(a->n_log == a_before);
+    run_until(asked + 600);
+    CHECK(a->n_log == a_before + 1 && a->log[a_before].at >= asked + 400 &&
+          a->log[a_before].at <= asked + 500);
+    /* ... and a known answer in the continuation packet suppresses it. */
+    run_until(now + 2000);
+    a_before = a->n_log;
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    struct dns_name inst;
+    dns_name_prepend(&inst, pid, strlen(pid), &svc);
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_rr(&w, &svc, DNS_TYPE_PTR, false, 4000, inst.b, inst.len);
+    struct dns_header h2 = {.an = 1};
+    dns_write_header(&w, &h2);
+    run_until(now + 100);
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    run_until(now + 1000);
+    CHECK(a->n_log == a_before);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -677,6 +743,7 @@ int main(void)
     test_first_query_qu();
     test_malformed_changes_nothing();
     test_flood_is_bounded();
+    test_truncated_known_answers();
     reset();
     return check_finish("mdns-core");
 }
