@@ -162,8 +162,13 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
     else if (ifc && live)
         mdns_goodbye_removed(c, ifc, a4, n4, a6, n6);
     if (!n4 && !n6) {
-        if (ifc)
+        if (ifc) {
+            /* Gone: what was learnt through it goes too (peers seen only there are lost). */
+            mdns_querier_forget(c, ifindex, 4);
+            mdns_querier_forget(c, ifindex, 6);
             memset(ifc, 0, sizeof(*ifc));
+            mdns_update_views(c, now);
+        }
         return 0;
     }
     if (!ifc) {
@@ -178,6 +183,11 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
         ifc->index = ifindex;
     }
     bool up4 = n4 && !ifc->n4, up6 = n6 && !ifc->n6;
+    bool down4 = !n4 && ifc->n4, down6 = !n6 && ifc->n6;
+    if (down4)
+        mdns_querier_forget(c, ifindex, 4);
+    if (down6)
+        mdns_querier_forget(c, ifindex, 6);
     ifc->n4 = (unsigned)n4;
     ifc->n6 = (unsigned)n6;
     if ((up4 || up6) && c->cfg.browse && c->cfg.mode != POS_MDNS_DISABLED) {
@@ -199,6 +209,8 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
     if (n6)
         memcpy(ifc->a6, a6, n6 * 16);
     memset(ifc->last_mcast, 0, sizeof(ifc->last_mcast));
+    if (down4 || down6)
+        mdns_update_views(c, now);
     if (!mdns_advertising(c))
         return 0;
     if (rotate) {

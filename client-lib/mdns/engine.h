@@ -204,6 +204,8 @@ void mdns_update_views(struct mdns_core *c, uint64_t now);
 /* Another host asked our browse question knowing |known| answers (§7.3). */
 void mdns_querier_saw_query(struct mdns_core *c, struct iface *ifc, int family, unsigned known,
                             uint64_t now);
+/* Drops what was cached from |ifindex| over |family| (4 or 6): that link is gone. */
+void mdns_querier_forget(struct mdns_core *c, int ifindex, int family);
 /* Browse queries, cache expiry and refresh, resolving, due at |now|. */
 void mdns_querier_timer(struct mdns_core *c, uint64_t now);
 /* Lowers |*best| to the querier's next deadline. */

@@ -694,6 +694,15 @@ void mdns_querier_saw_query(struct mdns_core *c, struct iface *ifc, int family, 
         ifc->dup_query_at[fam_i(family)] = now;
 }
 
+void mdns_querier_forget(struct mdns_core *c, int ifindex, int family)
+{
+    for (int k = 0; k < MDNS_MAX_CACHE; k++) {
+        struct centry *e = &c->cache[k];
+        if (e->used && e->ifindex == ifindex && e->family == family)
+            cache_drop(c, e);
+    }
+}
+
 void mdns_querier_timer(struct mdns_core *c, uint64_t now)
 {
     if (c->qnext && c->qnext <= now) {

@@ -723,6 +723,24 @@ static void test_truncated_known_answers(void)
     CHECK(a->n_log == a_before);
 }
 
+static void test_interface_gone(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 5000);
+    CHECK(b->n_ev == 1 && b->ev[0] == POS_MDNS_FOUND);
+    /* Only the IPv6 address goes: A is still reachable over IPv4, no event is lost. */
+    mdns_core_iface_update(b->core, 2, (const uint8_t(*)[4])b->a4, 1, NULL, 0, now);
+    CHECK(b->n_ev == 1 || (b->n_ev == 2 && b->ev[1] == POS_MDNS_UPDATED));
+    /* The interface goes: what was learnt there is forgotten at once. */
+    mdns_core_iface_update(b->core, 2, NULL, 0, NULL, 0, now);
+    CHECK(b->ev[b->n_ev - 1] == POS_MDNS_LOST);
+    (void)a;
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -743,6 +761,7 @@ int main(void)
     test_first_query_qu();
     test_malformed_changes_nothing();
     test_flood_is_bounded();
+    test_interface_gone();
     test_truncated_known_answers();
     reset();
     return check_finish("mdns-core");
