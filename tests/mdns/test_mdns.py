@@ -599,5 +599,63 @@ def interface_disappears():
         lb.close()
 
 
+@test
+def metadata_file_reloaded_on_sighup():
+    """advertise --metadata-file: SIGHUP re-reads it; the browser sees "updated" with the
+    new name and library (no lost/found); a bad file changes nothing and says why."""
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        meta = os.path.join(d, "meta.json")
+        with open(meta, "w") as f:
+            json.dump({"name": "Before", "model": "Box"}, f)
+        a = advertise(lb, 0, ia, "--name", "FromOption", "--metadata-file", meta)
+        b = discover(lb, 1, ib, 30)
+        e = wait_until(lambda: found(b, pa), 8, what="b to find a")
+        assert e["name"] == "Before" and e["model"] == "Box", e
+        with open(meta, "w") as f:
+            json.dump({"name": "After", "libraries": [LIB]}, f)
+        t0 = time.monotonic()
+        a.signal(signal.SIGHUP)
+
+        def updated():
+            for ev in events(b):
+                if ev["event"] == "updated" and ev.get("peer_id") == pa and ev["name"] == "After":
+                    return ev
+            return None
+        u = wait_until(updated, 3, interval=0.02, what="b to see the new name")
+        print(f"    update seen {(time.monotonic() - t0) * 1000:.0f} ms after SIGHUP")
+        assert u["txt"].get(LIB) == pa and u["model"] is None, u
+        assert not lost(b, pa), "the change showed as lost"
+        assert "metadata reloaded" in a.output()
+        # A bad file: reported, the advertisement unchanged, the process still running.
+        n = len(events(b))
+        with open(meta, "w") as f:
+            f.write('{"name": ')
+        a.signal(signal.SIGHUP)
+        wait_until(lambda: "metadata unchanged" in a.output(), 3, what="the error to be reported")
+        with open(meta, "w") as f:
+            json.dump({"name": "x" * 300}, f)
+        a.signal(signal.SIGHUP)
+        wait_until(lambda: a.output().count("metadata unchanged") >= 2, 3,
+                   what="the TXT error to be reported")
+        time.sleep(1.5)
+        assert a.alive() and len(events(b)) == n, events(b)[n:]
+        # A bad file at start is an error exit with the reason.
+        r = subprocess.run(lb.argv(0, pos(), "advertise", "--identity", ia, "--metadata-file",
+                                   os.path.join(d, "missing.json")),
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and "missing.json" in r.stderr, (r.returncode, r.stderr)
+        with open(meta, "w") as f:
+            json.dump({"name": "ok", "colour": "red"}, f)
+        r = subprocess.run(lb.argv(0, pos(), "advertise", "--identity", ia, "--metadata-file",
+                                   meta), capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and 'unknown key "colour"' in r.stderr, r.stderr
+    finally:
+        lb.close()
+
+
 if __name__ == "__main__":
     run("mdns")
