@@ -190,7 +190,7 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
         mdns_querier_forget(c, ifindex, 6);
     ifc->n4 = (unsigned)n4;
     ifc->n6 = (unsigned)n6;
-    if ((up4 || up6) && c->cfg.browse && c->cfg.mode != POS_MDNS_DISABLED) {
+    if ((up4 || up6) && c->cfg.browse && c->cfg.mode != POS_MDNS_DISABLED && !c->cfg.no_qu) {
         /*
          * A family just came up here: browse it soon, and ask for unicast
          * replies the first time (§5.4), since responders that announced

@@ -656,6 +656,58 @@ def metadata_file_reloaded_on_sighup():
     finally:
         lb.close()
 
+def qu_queries(pkts):
+    """(queries, queries with a QU question) among captured packets."""
+    n = qu = 0
+    for p in pkts:
+        if len(p) < 12 or p[2] & 0x80:
+            continue
+        qd = int.from_bytes(p[4:6], "big")
+        off, any_qu = 12, False
+        for _ in range(qd):
+            while off < len(p) and p[off] and p[off] < 0xC0:
+                off += 1 + p[off]
+            off += 2 if off < len(p) and p[off] >= 0xC0 else 1
+            if off + 4 > len(p):
+                break
+            any_qu = any_qu or bool(p[off + 2] & 0x80)
+            off += 4
+        n += 1
+        qu += any_qu
+    return n, qu
+
+
+@test
+def qu_only_when_port_5353_is_ours_alone():
+    """RFC 6762 §5.4 / §15.1: a browser alone on its host asks its first query with the QU bit
+    and gets the answer at once; one started while another process holds port 5353 never
+    sets QU (a unicast reply could reach the other process) and still finds the peer."""
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        ic, _, _ = identity(d, "c")
+        advertise(lb, 0, ia, "--name", "Peer")
+        time.sleep(2)
+        cap = Capture(lb, 1)
+        b = discover(lb, 1, ib, 2)
+        wait_until(lambda: found(b, pa), 3, what="a lone browser to find the peer")
+        assert b.wait(5) == 0
+        n, qu = qu_queries(cap.stop())
+        assert n >= 2 and qu >= 1, (n, qu)
+        # Now host 1 has another process on 5353: a second browser must not ask for QU.
+        advertise(lb, 1, ic, "--name", "Holder")
+        time.sleep(2.5)
+        cap = Capture(lb, 1)
+        c = discover(lb, 1, ib, 2)
+        wait_until(lambda: found(c, pa), 3, what="a browser sharing 5353 to find the peer")
+        assert c.wait(5) == 0
+        n, qu = qu_queries(cap.stop())
+        assert n >= 2 and qu == 0, (n, qu)
+    finally:
+        lb.close()
+
 
 if __name__ == "__main__":
     run("mdns")
