@@ -653,7 +653,7 @@ void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, 
         return;
     }
     unsigned mask = qs.mask;
-    if (responding && src_port == MDNS_PORT && !probing &&
+    if (responding && src_port == MDNS_PORT && !probing && x->r.h.ns == 0 &&
         truncated_query(c, x, ifc, family, src, &qs, now))
         return;
     if (!responding || !(mask & ~qs.known))
