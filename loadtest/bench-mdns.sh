@@ -77,10 +77,14 @@ try:
         a.wait()
         wait_for(lambda: any(e["event"] == "lost" and e["peer_id"] == pid for e in lines(disc_out)), 5)
         time.sleep(0.3)
+    for p in procs:  # the warm browser: the cold one is to be alone on its host
+        p.terminate()
+        p.wait()
+    procs.clear()
+
     # ---- ours, cold browse ----
     ours_cold = []
     ident = os.path.join(work, "cold", "identity")
-    subprocess.run([pos, "contact", "--identity", ident, "card"], capture_output=True, check=True)
     cold_pid = subprocess.run([pos, "contact", "--identity", ident, "card"], capture_output=True,
                               text=True, check=True).stdout.strip().split(":")[2]
     start(lab.argv(0, pos, "advertise", "--identity", ident), os.path.join(work, "cold.out"))
