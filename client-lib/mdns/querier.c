@@ -3,12 +3,15 @@
  * _sd._udp.local, cache what responders say, resolve instances and report
  * them found / updated / lost.
  *
- * First query after 20-120 ms, then 1 s doubling to 60 min (RFC 6762 §5.2)
- * with known answers (§7.1); a query another host just asked with the same
- * known answers counts as ours (§7.3); cache by TTL with cache-flush
- * (§10.2); refresh wanted records at 80/85/90/95% of TTL (§5.2); ask for
- * missing SRV / TXT / addresses; recognise contacts-only advertisements of
- * contacts by their presence tag.
+ * First query after 20-120 ms, then 1 s doubling to 60 min (RFC 6762 §5.2),
+ * the first one on an interface and family with the QU bit unless port
+ * 5353 is shared on this host (§5.4, §15.1), with known answers (§7.1), over
+ * several packets with TC when they do not fit one (§7.2); a query another
+ * host just asked with the same known answers counts as ours (§7.3); cache
+ * by TTL with cache-flush (§10.2), dropping at once what an interface that
+ * went away taught; refresh wanted records at 80/85/90/95% of TTL (§5.2);
+ * ask for missing SRV / TXT / addresses; recognise contacts-only
+ * advertisements of contacts by their presence tag.
  */
 #include <arpa/inet.h>
 #include <stdio.h>

@@ -6,9 +6,13 @@
  * probes by comparing authority records (§8.2), rename on conflict
  * ("name (2)", §9), announce twice 1 s apart (§8.3), answer queries (unique
  * records at once, shared ones after 20-120 ms, §6), honour known answers
- * (§7.1), drop pending answers another host already gave (§7.4), answer QU
- * questions and legacy queries by unicast (§5.4, §6.7), never multicast a
- * record twice within 1 s per interface (§6), goodbye with TTL 0 (§10.1).
+ * (§7.1), wait 400-500 ms for the rest of a truncated query's known answers
+ * (§7.2), drop pending answers another host already gave (§7.4), answer QU
+ * questions by unicast when the records were multicast within a quarter of
+ * their TTL (§5.4) and legacy queries by unicast (§6.7), never multicast a
+ * record twice within 1 s per interface (§6; probe defence: 250 ms), on a
+ * conflict once announced probe again before renaming (§9), goodbye with
+ * TTL 0 (§10.1).
  * Contacts-only mode: random names and the presence tag (docs/mdns.md).
  */
 #include <stdio.h>

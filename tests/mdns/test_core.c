@@ -658,6 +658,20 @@ static void test_first_query_qu(void)
     CHECK(c->n_log >= 1 && c->log[0].qu);
     CHECK(a->n_log > a_before && a->log[a_before].multicast);
     CHECK(c->n_ev == 1 && c->ev[0] == POS_MDNS_FOUND);
+    /* A QU question from an address of A's own host: multicast, never unicast (§15.1). */
+    run_until(now + 5000);
+    uint8_t buf[512];
+    struct dns_writer w;
+    struct dns_name svc;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_question(&w, &svc, DNS_TYPE_PTR, true);
+    struct dns_header h = {.qd = 1};
+    dns_write_header(&w, &h);
+    mdns_core_receive(a->core, buf, w.len, 2, 4, a->a4[0], 5353, now);
+    a_before = a->n_log;
+    run_until(now + 200);
+    CHECK(a->n_log == a_before + 1 && a->log[a_before].multicast);
 }
 
 static void test_truncated_known_answers(void)
