@@ -2,12 +2,15 @@
  * pos-p2p advertise / discover: the local-discovery commands, thin fronts
  * over pos_mdns_* (client-lib/mdns). advertise publishes this device (and
  * browses, so it also reports peers) until SIGTERM/SIGINT, then sends
- * goodbyes; discover browses for a while and prints what it finds, one
- * JSON object per line with --json.
+ * goodbyes; with --metadata-file it reads name / os / model / libraries
+ * from a JSON file, again on every SIGHUP, and announces the change.
+ * discover browses for a while and prints what it finds, one JSON object
+ * per line with --json.
  */
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,21 +24,26 @@
 
 #define MAX_LIBRARIES 16
 
-static volatile int stop_flag;
+static volatile int stop_flag, hup_flag, wake_flag;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    stop_flag = 1;
+    if (sig == SIGHUP)
+        hup_flag = 1;
+    else
+        stop_flag = 1;
+    wake_flag = 1;
 }
 
-static void install_signals(void)
+static void install_signals(bool hup)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    if (hup)
+        sigaction(SIGHUP, &sa, NULL);
 }
 
 struct printer {
@@ -160,12 +168,109 @@ static int add_contacts(pos_mdns *m, const char *identity_path)
     return n < 0 ? -1 : 0;
 }
 
+/*
+ * The metadata file: a JSON object with optional "name", "os", "model"
+ * (strings) and "libraries" (array of UUID strings). Its values replace
+ * those of the options in |cfg| (|libs| holds MAX_LIBRARIES). Returns the
+ * parsed document (owning the strings; the caller frees it) or NULL with
+ * a message in |err|; |cfg| is then unchanged.
+ */
+static json_t *read_metadata(const char *file, pos_mdns_config *cfg, const char **libs, char *err,
+                             size_t cap)
+{
+    json_error_t je;
+    json_t *doc = json_load_file(file, JSON_REJECT_DUPLICATES, &je);
+    if (!doc) {
+        snprintf(err, cap, "%s: line %d: %s", file, je.line, je.text);
+        return NULL;
+    }
+    pos_mdns_config c = *cfg;
+    const char *l[MAX_LIBRARIES];
+    size_t nl = cfg->n_libraries;
+    memcpy(l, libs, nl * sizeof(*l));
+    const char *key;
+    json_t *v;
+    if (!json_is_object(doc)) {
+        snprintf(err, cap, "%s: expected a JSON object", file);
+        goto bad;
+    }
+    json_object_foreach(doc, key, v)
+    {
+        const char **slot = !strcmp(key, "name")    ? &c.name
+                            : !strcmp(key, "os")    ? &c.os
+                            : !strcmp(key, "model") ? &c.model
+                                                    : NULL;
+        if (slot) {
+            if (!json_is_string(v) || !json_string_length(v)) {
+                snprintf(err, cap, "%s: \"%s\" must be a non-empty string", file, key);
+                goto bad;
+            }
+            *slot = json_string_value(v);
+        } else if (!strcmp(key, "libraries")) {
+            size_t i;
+            json_t *u;
+            if (!json_is_array(v) || json_array_size(v) > MAX_LIBRARIES) {
+                snprintf(err, cap, "%s: \"libraries\" must be an array of at most %d UUIDs", file,
+                         MAX_LIBRARIES);
+                goto bad;
+            }
+            nl = 0;
+            json_array_foreach(v, i, u)
+            {
+                const char *t = json_string_value(u);
+                if (!t || !pos_uuid_valid(t, strlen(t))) {
+                    snprintf(err, cap, "%s: \"libraries\"[%zu] is not a UUID", file, i);
+                    goto bad;
+                }
+                l[nl++] = t;
+            }
+        } else {
+            snprintf(err, cap, "%s: unknown key \"%s\" (expected name, os, model, libraries)", file,
+                     key);
+            goto bad;
+        }
+    }
+    memcpy(libs, l, nl * sizeof(*l));
+    c.n_libraries = nl;
+    *cfg = c;
+    return doc;
+bad:
+    json_decref(doc);
+    return NULL;
+}
+
+/* SIGHUP: the metadata file again; on any error the advertisement stays as it was. */
+static void reload_metadata(pos_mdns *m, const char *file, const pos_mdns_config *base,
+                            const char **base_libs, json_t **doc)
+{
+    pos_mdns_config cfg = *base;
+    const char *libs[MAX_LIBRARIES];
+    char err[512];
+    memcpy(libs, base_libs, base->n_libraries * sizeof(*libs));
+    cfg.libraries = libs;
+    json_t *nd = read_metadata(file, &cfg, libs, err, sizeof(err));
+    if (!nd) {
+        fprintf(stderr, "pos-p2p advertise: %s; metadata unchanged\n", err);
+        return;
+    }
+    int rc = pos_mdns_set_metadata(m, &cfg);
+    if (rc) {
+        fprintf(stderr, "pos-p2p advertise: %s: %s; metadata unchanged\n", file,
+                pos_p2p_strerror(rc));
+        json_decref(nd);
+        return;
+    }
+    json_decref(*doc);
+    *doc = nd;
+    fprintf(stderr, "pos-p2p advertise: metadata reloaded from %s\n", file);
+}
+
 static void advertise_usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-p2p advertise [--identity FILE] [--name N] [--os O] [--model M]\n"
             "                         [--library UUID]... [--mode enabled|contacts-only|disabled]\n"
-            "                         [--port N] [--json]\n\n"
+            "                         [--port N] [--metadata-file FILE] [--json]\n\n"
             "Advertises this device as _sd._udp.local. on every multicast interface (IPv4 and\n"
             "IPv6) until SIGTERM or SIGINT, then sends goodbyes. It also browses and prints the\n"
             "peers it sees (one JSON object per line with --json).\n"
@@ -173,6 +278,10 @@ static void advertise_usage(FILE *out)
             "                        (see 'pos-p2p contact'); no name, model, OS or libraries\n"
             "  --mode disabled       send nothing and answer nothing\n"
             "  --port N              the port peers connect to (default 7373)\n"
+            "  --metadata-file FILE  JSON object with optional name, os, model (strings) and\n"
+            "                        libraries (UUIDs), replacing the options' values; read\n"
+            "                        again on SIGHUP and announced (browsers see 'updated');\n"
+            "                        a bad file on SIGHUP is reported and changes nothing\n"
             "  --identity FILE       the key file (default $POS_IDENTITY, else\n"
             "                        $XDG_CONFIG_HOME/pos/identity, else ~/.config/pos/identity);\n"
             "                        contacts.json and presence.key live beside it\n");
@@ -180,13 +289,18 @@ static void advertise_usage(FILE *out)
 
 int cmd_advertise(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"identity", required_argument, NULL, 'i'}, {"name", required_argument, NULL, 'n'},
-        {"os", required_argument, NULL, 'o'},       {"model", required_argument, NULL, 'm'},
-        {"library", required_argument, NULL, 'l'},  {"mode", required_argument, NULL, 'M'},
-        {"port", required_argument, NULL, 'p'},     {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
-    const char *identity = NULL, *libs[MAX_LIBRARIES];
+    static const struct option opts[] = {{"identity", required_argument, NULL, 'i'},
+                                         {"name", required_argument, NULL, 'n'},
+                                         {"os", required_argument, NULL, 'o'},
+                                         {"model", required_argument, NULL, 'm'},
+                                         {"library", required_argument, NULL, 'l'},
+                                         {"mode", required_argument, NULL, 'M'},
+                                         {"port", required_argument, NULL, 'p'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"metadata-file", required_argument, NULL, 'F'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *identity = NULL, *libs[MAX_LIBRARIES], *meta_file = NULL;
     pos_mdns_config cfg;
     struct printer pr = {0};
     int c;
@@ -247,6 +361,9 @@ int cmd_advertise(int argc, char **argv)
         case 'j':
             pr.json = 1;
             break;
+        case 'F':
+            meta_file = optarg;
+            break;
         case 'h':
             advertise_usage(stdout);
             return 0;
@@ -262,15 +379,31 @@ int cmd_advertise(int argc, char **argv)
         return 2;
     }
     cfg.libraries = libs;
+    pos_mdns_config base = cfg; /* the options' values, under the file's */
+    const char *base_libs[MAX_LIBRARIES];
+    memcpy(base_libs, libs, cfg.n_libraries * sizeof(*libs));
+    base.libraries = base_libs;
+    json_t *meta = NULL;
+    if (meta_file) {
+        char err[512];
+        if (!(meta = read_metadata(meta_file, &cfg, libs, err, sizeof(err)))) {
+            fprintf(stderr, "pos-p2p advertise: %s\n", err);
+            return 2;
+        }
+    }
     char path[4096], peer_id[44];
     uint8_t key[32];
-    if (load_identity(identity, path, sizeof(path), peer_id))
+    if (load_identity(identity, path, sizeof(path), peer_id)) {
+        json_decref(meta);
         return 1;
+    }
     cfg.peer_id = peer_id;
+    base.peer_id = peer_id;
     if (cfg.mode == POS_MDNS_CONTACTS_ONLY) {
         char err[512];
         if (mdns_presence_key_load_or_create(path, key, err, sizeof(err))) {
             fprintf(stderr, "pos-p2p advertise: %s\n", err);
+            json_decref(meta);
             return 1;
         }
         cfg.presence_key = key;
@@ -282,13 +415,15 @@ int cmd_advertise(int argc, char **argv)
     sodium_memzero(key, sizeof(key));
     if (rc) {
         fprintf(stderr, "pos-p2p advertise: %s\n", pos_p2p_strerror(rc));
+        json_decref(meta);
         return 1;
     }
     if (add_contacts(m, path)) {
         pos_mdns_del(m);
+        json_decref(meta);
         return 1;
     }
-    install_signals();
+    install_signals(meta_file != NULL);
     fprintf(stderr, "pos-p2p advertise: mode %s, peer id %s, port %u\n",
             cfg.mode == POS_MDNS_ENABLED         ? "enabled"
             : cfg.mode == POS_MDNS_CONTACTS_ONLY ? "contacts-only"
@@ -296,8 +431,13 @@ int cmd_advertise(int argc, char **argv)
             peer_id, cfg.port);
     char shown[64] = "";
     while (!stop_flag) {
-        if (pos_mdns_run(m, 200, &stop_flag))
+        if (pos_mdns_run(m, 200, &wake_flag))
             break;
+        wake_flag = 0;
+        if (hup_flag) {
+            hup_flag = 0;
+            reload_metadata(m, meta_file, &base, base_libs, &meta);
+        }
         if (strcmp(shown, pos_mdns_instance(m))) {
             snprintf(shown, sizeof(shown), "%s", pos_mdns_instance(m));
             if (*shown)
@@ -305,6 +445,7 @@ int cmd_advertise(int argc, char **argv)
         }
     }
     pos_mdns_del(m); /* goodbyes */
+    json_decref(meta);
     fprintf(stderr, "pos-p2p advertise: stopped\n");
     return 0;
 }
@@ -382,7 +523,7 @@ int cmd_discover(int argc, char **argv)
         pos_mdns_del(m);
         return 1;
     }
-    install_signals();
+    install_signals(false);
     rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, &stop_flag);
     pos_mdns_del(m);
     if (rc) {

@@ -162,8 +162,13 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
     else if (ifc && live)
         mdns_goodbye_removed(c, ifc, a4, n4, a6, n6);
     if (!n4 && !n6) {
-        if (ifc)
+        if (ifc) {
+            /* Gone: what was learnt through it goes too (peers seen only there are lost). */
+            mdns_querier_forget(c, ifindex, 4);
+            mdns_querier_forget(c, ifindex, 6);
             memset(ifc, 0, sizeof(*ifc));
+            mdns_update_views(c, now);
+        }
         return 0;
     }
     if (!ifc) {
@@ -177,13 +182,35 @@ int mdns_core_iface_update(struct mdns_core *c, int ifindex, const uint8_t (*a4)
         memset(ifc, 0, sizeof(*ifc));
         ifc->index = ifindex;
     }
+    bool up4 = n4 && !ifc->n4, up6 = n6 && !ifc->n6;
+    bool down4 = !n4 && ifc->n4, down6 = !n6 && ifc->n6;
+    if (down4)
+        mdns_querier_forget(c, ifindex, 4);
+    if (down6)
+        mdns_querier_forget(c, ifindex, 6);
     ifc->n4 = (unsigned)n4;
     ifc->n6 = (unsigned)n6;
+    if ((up4 || up6) && c->cfg.browse && c->cfg.mode != POS_MDNS_DISABLED && !c->cfg.no_qu) {
+        /*
+         * A family just came up here: browse it soon, and ask for unicast
+         * replies the first time (§5.4), since responders that announced
+         * recently would not multicast again within a second.
+         */
+        ifc->qu_next[0] |= up4;
+        ifc->qu_next[1] |= up6;
+        uint64_t soon = now + rand_between(20, 120);
+        if (!c->qnext || c->qnext > soon) {
+            c->qnext = soon;
+            c->qinterval = 1000;
+        }
+    }
     if (n4)
         memcpy(ifc->a4, a4, n4 * 4);
     if (n6)
         memcpy(ifc->a6, a6, n6 * 16);
     memset(ifc->last_mcast, 0, sizeof(ifc->last_mcast));
+    if (down4 || down6)
+        mdns_update_views(c, now);
     if (!mdns_advertising(c))
         return 0;
     if (rotate) {
@@ -217,7 +244,7 @@ static void handle_response(struct mdns_core *c, struct rx *x, struct iface *ifc
             mdns_cache_add(c, &x->rr, ifc->index, family, now);
     }
     if (conflict)
-        mdns_rename_after_conflict(c, now);
+        mdns_conflict(c, now);
 }
 
 int mdns_core_receive(struct mdns_core *c, const uint8_t *data, size_t len, int ifindex,
@@ -282,6 +309,8 @@ uint64_t mdns_core_next_deadline(const struct mdns_core *c)
     for (int i = 0; i < MDNS_MAX_IFACES; i++) {
         mdns_earliest(&best, c->ifaces[i].pending_at[0]);
         mdns_earliest(&best, c->ifaces[i].pending_at[1]);
+        mdns_earliest(&best, c->ifaces[i].tc_at[0]);
+        mdns_earliest(&best, c->ifaces[i].tc_at[1]);
     }
     mdns_querier_deadline(c, &best);
     return best;

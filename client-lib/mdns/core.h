@@ -61,6 +61,7 @@ struct mdns_core_config {
     uint16_t port;
     uint8_t presence_key[32]; /* contacts-only: our own presence key */
     int64_t wall_offset_ms;   /* wall clock = monotonic + this (epochs) */
+    bool no_qu;               /* never ask for unicast replies: port 5353 is shared here */
 };
 
 struct mdns_core;

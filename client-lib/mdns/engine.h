@@ -37,6 +37,11 @@ struct iface {
     uint64_t pending_at[2];            /* delayed shared answers, 0: none */
     unsigned pending_mask[2];
     uint64_t dup_query_at[2]; /* when another host last asked our browse question */
+    /* A truncated query (§7.2) from tc_src, answered at tc_at once all its known answers are in. */
+    uint64_t tc_at[2];
+    unsigned tc_mask[2], tc_known[2];
+    uint8_t tc_src[2][16];
+    bool qu_next[2]; /* the next browse query asks for unicast replies (§5.4) */
 };
 
 struct centry {
@@ -173,6 +178,13 @@ void mdns_goodbye_all(struct mdns_core *c, uint64_t now);
 void mdns_goodbye_removed(struct mdns_core *c, const struct iface *old, const uint8_t (*a4)[4],
                           size_t n4, const uint8_t (*a6)[16], size_t n6);
 void mdns_rename_after_conflict(struct mdns_core *c, uint64_t now);
+/*
+ * Another host's response conflicts with our unique records (§9): while
+ * probing, rename and probe again; once announced, probe again under the
+ * same name first (the conflict may be stale), renaming only if a probe
+ * then meets a conflict.
+ */
+void mdns_conflict(struct mdns_core *c, uint64_t now);
 /* Answers a query (and settles rival probes) received on |ifc|. */
 void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
                           const uint8_t *src, uint16_t src_port, uint64_t now);
@@ -192,6 +204,8 @@ void mdns_update_views(struct mdns_core *c, uint64_t now);
 /* Another host asked our browse question knowing |known| answers (§7.3). */
 void mdns_querier_saw_query(struct mdns_core *c, struct iface *ifc, int family, unsigned known,
                             uint64_t now);
+/* Drops what was cached from |ifindex| over |family| (4 or 6): that link is gone. */
+void mdns_querier_forget(struct mdns_core *c, int ifindex, int family);
 /* Browse queries, cache expiry and refresh, resolving, due at |now|. */
 void mdns_querier_timer(struct mdns_core *c, uint64_t now);
 /* Lowers |*best| to the querier's next deadline. */

@@ -53,6 +53,35 @@ static int64_t wall_offset(void)
     return wall - (int64_t)mono_ms();
 }
 
+/*
+ * RFC 6762 §15.1: unicast datagrams to port 5353 reach only one of the
+ * sockets sharing it, so a QU reply could go to another responder on this
+ * host (Avahi, or another of our processes). Binding without SO_REUSEADDR /
+ * SO_REUSEPORT fails when some socket holds the port already: then our
+ * queries never ask for unicast replies.
+ */
+static bool port_5353_shared(void)
+{
+    bool shared = false;
+    for (int f = 0; f < 2 && !shared; f++) {
+        int s = socket(f ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        int one = 1, rc;
+        if (s < 0)
+            continue;
+        if (f) {
+            struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(MDNS_PORT)};
+            setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+            rc = bind(s, (struct sockaddr *)&a, sizeof(a));
+        } else {
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(MDNS_PORT)};
+            rc = bind(s, (struct sockaddr *)&a, sizeof(a));
+        }
+        shared = rc < 0 && errno == EADDRINUSE;
+        close(s);
+    }
+    return shared;
+}
+
 static int open_socket(int family)
 {
     int s = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -373,6 +402,7 @@ int pos_mdns_new(pos_mdns **out, const pos_mdns_config *cfg, pos_mdns_callback c
     if (!m)
         return POS_P2P_ERR_NOMEM;
     m->ep = m->s4 = m->s6 = m->nl = -1;
+    cc.no_qu = port_5353_shared();
     uint64_t now = mono_ms();
     m->core = mdns_core_new(&cc, cb, user, now);
     sodium_memzero(cc.presence_key, sizeof(cc.presence_key));

@@ -3,12 +3,15 @@
  * _sd._udp.local, cache what responders say, resolve instances and report
  * them found / updated / lost.
  *
- * First query after 20-120 ms, then 1 s doubling to 60 min (RFC 6762 §5.2)
- * with known answers (§7.1); a query another host just asked with the same
- * known answers counts as ours (§7.3); cache by TTL with cache-flush
- * (§10.2); refresh wanted records at 80/85/90/95% of TTL (§5.2); ask for
- * missing SRV / TXT / addresses; recognise contacts-only advertisements of
- * contacts by their presence tag.
+ * First query after 20-120 ms, then 1 s doubling to 60 min (RFC 6762 §5.2),
+ * the first one on an interface and family with the QU bit unless port
+ * 5353 is shared on this host (§5.4, §15.1), with known answers (§7.1), over
+ * several packets with TC when they do not fit one (§7.2); a query another
+ * host just asked with the same known answers counts as ours (§7.3); cache
+ * by TTL with cache-flush (§10.2), dropping at once what an interface that
+ * went away taught; refresh wanted records at 80/85/90/95% of TTL (§5.2);
+ * ask for missing SRV / TXT / addresses; recognise contacts-only
+ * advertisements of contacts by their presence tag.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -470,12 +473,16 @@ struct qitem {
 
 #define MAX_QITEMS 16
 
-/* Known answers for the browse question on one interface and family (§7.1). */
-static void write_known_answers(struct mdns_core *c, struct dns_writer *w, int ifindex, int family,
-                                uint16_t *an, uint64_t now)
+/*
+ * Known answers for the browse question on one interface and family (§7.1),
+ * from cache slot *|pos| on. Returns true when some did not fit (*|pos| is
+ * then the first of them).
+ */
+static bool write_known_answers(struct mdns_core *c, struct dns_writer *w, int ifindex, int family,
+                                uint16_t *an, int *pos, uint64_t now)
 {
-    for (int i = 0; i < MDNS_MAX_CACHE; i++) {
-        struct centry *e = &c->cache[i];
+    for (; *pos < MDNS_MAX_CACHE; (*pos)++) {
+        struct centry *e = &c->cache[*pos];
         if (!e->used || e->ifindex != ifindex || e->family != family || !svc_ptr(c, e))
             continue;
         uint64_t left = e->expires > now ? e->expires - now : 0;
@@ -485,35 +492,53 @@ static void write_known_answers(struct mdns_core *c, struct dns_writer *w, int i
         dns_write_rr(w, &e->name, e->type, false, (uint32_t)(left / 1000), e->rdata, e->rdlen);
         if (w->overflow) {
             dns_writer_rewind(w, mk);
-            return;
+            return true;
         }
         (*an)++;
     }
+    return false;
 }
 
+/* Packets one query and its known answers may take (§7.2). */
+#define MAX_KA_PACKETS 8
+
+/*
+ * send_query queues a query with |n| questions. With |with_known|, known
+ * answers that do not fit follow in further packets (no questions), every
+ * packet but the last with the TC bit (§7.2), so that responders wait for
+ * the whole list.
+ */
 static void send_query(struct mdns_core *c, struct iface *ifc, int family, const struct qitem *q,
-                       size_t n, bool with_known, uint64_t now)
+                       size_t n, bool with_known, bool qu, uint64_t now)
 {
     if (!n || !family_usable(ifc, family))
         return;
-    struct mdns_packet *p = mdns_out_slot(c);
-    if (!p)
-        return;
-    struct dns_writer w;
-    dns_writer_init(&w, p->data, sizeof(p->data));
-    struct dns_header h = {0};
-    for (size_t i = 0; i < n; i++) {
-        dns_write_question(&w, &q[i].name, q[i].type, false);
-        h.qd++;
+    int pos = 0;
+    for (int k = 0; k < MAX_KA_PACKETS; k++) {
+        struct mdns_packet *p = mdns_out_slot(c);
+        if (!p)
+            return;
+        struct dns_writer w;
+        dns_writer_init(&w, p->data, sizeof(p->data));
+        struct dns_header h = {0};
+        for (size_t i = 0; k == 0 && i < n; i++) {
+            dns_write_question(&w, &q[i].name, q[i].type, qu);
+            h.qd++;
+        }
+        int start = pos;
+        bool more = with_known && write_known_answers(c, &w, ifc->index, family, &h.an, &pos, now);
+        if (w.overflow || (k > 0 && !h.an) || (more && pos == start && !h.qd))
+            return; /* a record that fits no packet */
+        more = more && k + 1 < MAX_KA_PACKETS;
+        if (more)
+            h.flags |= DNS_FLAG_TC;
+        dns_write_header(&w, &h);
+        p->len = w.len;
+        set_dest_mcast(p, ifc->index, family);
+        mdns_out_commit(c);
+        if (!more)
+            return;
     }
-    if (with_known)
-        write_known_answers(c, &w, ifc->index, family, &h.an, now);
-    if (w.overflow)
-        return;
-    dns_write_header(&w, &h);
-    p->len = w.len;
-    set_dest_mcast(p, ifc->index, family);
-    mdns_out_commit(c);
 }
 
 static unsigned known_count(const struct mdns_core *c, int ifindex, int family, uint64_t now)
@@ -544,7 +569,9 @@ static void browse_query(struct mdns_core *c, uint64_t now)
             uint64_t seen = ifc->dup_query_at[fam_i(f)];
             if (seen && c->qlast && seen > c->qlast && seen >= now - (now - c->qlast) / 2)
                 continue;
-            send_query(c, ifc, f, &q, 1, true, now);
+            bool qu = ifc->qu_next[fam_i(f)];
+            ifc->qu_next[fam_i(f)] = false;
+            send_query(c, ifc, f, &q, 1, true, qu, now);
         }
     }
 }
@@ -608,7 +635,7 @@ static void cache_timer(struct mdns_core *c, uint64_t now)
                 if (wanted(c, e))
                     add_qitem(q, &n, MAX_QITEMS, &e->name, e->type);
             }
-            send_query(c, ifc, f, q, n, false, now);
+            send_query(c, ifc, f, q, n, false, false, now);
         }
     }
     free(q);
@@ -654,8 +681,8 @@ static void resolve_timer(struct mdns_core *c, uint64_t now)
             continue;
         for (size_t off = 0; off < n; off += MAX_QITEMS) {
             size_t m = n - off < MAX_QITEMS ? n - off : MAX_QITEMS;
-            send_query(c, &c->ifaces[i], 4, q + off, m, false, now);
-            send_query(c, &c->ifaces[i], 6, q + off, m, false, now);
+            send_query(c, &c->ifaces[i], 4, q + off, m, false, false, now);
+            send_query(c, &c->ifaces[i], 6, q + off, m, false, false, now);
         }
     }
 out:
@@ -668,6 +695,15 @@ void mdns_querier_saw_query(struct mdns_core *c, struct iface *ifc, int family, 
 {
     if (known >= known_count(c, ifc->index, family, now))
         ifc->dup_query_at[fam_i(family)] = now;
+}
+
+void mdns_querier_forget(struct mdns_core *c, int ifindex, int family)
+{
+    for (int k = 0; k < MDNS_MAX_CACHE; k++) {
+        struct centry *e = &c->cache[k];
+        if (e->used && e->ifindex == ifindex && e->family == family)
+            cache_drop(c, e);
+    }
 }
 
 void mdns_querier_timer(struct mdns_core *c, uint64_t now)

@@ -6,9 +6,13 @@
  * probes by comparing authority records (§8.2), rename on conflict
  * ("name (2)", §9), announce twice 1 s apart (§8.3), answer queries (unique
  * records at once, shared ones after 20-120 ms, §6), honour known answers
- * (§7.1), drop pending answers another host already gave (§7.4), answer QU
- * questions and legacy queries by unicast (§5.4, §6.7), never multicast a
- * record twice within 1 s per interface (§6), goodbye with TTL 0 (§10.1).
+ * (§7.1), wait 400-500 ms for the rest of a truncated query's known answers
+ * (§7.2), drop pending answers another host already gave (§7.4), answer QU
+ * questions by unicast when the records were multicast within a quarter of
+ * their TTL (§5.4) and legacy queries by unicast (§6.7), never multicast a
+ * record twice within 1 s per interface (§6; probe defence: 250 ms), on a
+ * conflict once announced probe again before renaming (§9), goodbye with
+ * TTL 0 (§10.1).
  * Contacts-only mode: random names and the presence tag (docs/mdns.md).
  */
 #include <stdio.h>
@@ -412,6 +416,16 @@ void mdns_rename_after_conflict(struct mdns_core *c, uint64_t now)
     mdns_start_probing(c, now, c->conflicts > 15 ? 5000 : 0);
 }
 
+void mdns_conflict(struct mdns_core *c, uint64_t now)
+{
+    if (c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED) {
+        /* §9: reset to probing; the name is given up only if a probe fails. */
+        mdns_start_probing(c, now, 0);
+        return;
+    }
+    mdns_rename_after_conflict(c, now);
+}
+
 static int tierec_cmp(const void *pa, const void *pb)
 {
     const struct tierec *a = pa, *b = pb;
@@ -548,20 +562,22 @@ static void read_query(struct mdns_core *c, struct rx *x, const struct iface *if
 
 /* Multicast answer: at once for unique records and probes, else after 20-120 ms (§6). */
 static void answer_multicast(struct mdns_core *c, struct iface *ifc, int family, unsigned mask,
-                             unsigned known, bool probe, uint64_t now)
+                             unsigned known, bool probe, bool at_once, uint64_t now)
 {
     unsigned answer = with_additionals(mask) & ~known;
     int fi = fam_i(family);
-    if (!probe) {
-        /* §6: no record multicast twice within a second on one link. */
-        for (int r = 0; r < REC_COUNT; r++) {
-            if (ifc->last_mcast[fi][r] && ifc->last_mcast[fi][r] + 1000 > now)
-                answer &= ~(1u << r);
-        }
+    /*
+     * §6: no record multicast twice within a second on one link; to defend
+     * a name against a probe, at most once per 250 ms.
+     */
+    uint64_t gap = probe ? 250 : 1000;
+    for (int r = 0; r < REC_COUNT; r++) {
+        if (ifc->last_mcast[fi][r] && ifc->last_mcast[fi][r] + gap > now)
+            answer &= ~(1u << r);
     }
     if (!answer)
         return;
-    if (!(mask & REC_SHARED) || probe) {
+    if (!(mask & REC_SHARED) || probe || at_once) {
         mcast_response(c, ifc, family, answer, -1, now);
         return;
     }
@@ -570,6 +586,59 @@ static void answer_multicast(struct mdns_core *c, struct iface *ifc, int family,
     if (!ifc->pending_at[fi] || at < ifc->pending_at[fi])
         ifc->pending_at[fi] = at;
     ifc->pending_mask[fi] |= answer;
+}
+
+/*
+ * Of the records |qu| that QU questions ask for, those that may go by
+ * unicast: §5.4 wants a multicast reply instead for a record not multicast
+ * on this link within a quarter of its TTL, so that every cache is brought
+ * up to date and conflicts can be seen. (Askers on this host get multicast
+ * too: another process bound to port 5353 here could get a unicast reply.)
+ */
+static unsigned unicast_ok(const struct iface *ifc, int family, unsigned qu, uint64_t now)
+{
+    unsigned ok = 0;
+    for (int r = 0; r < REC_COUNT; r++) {
+        uint64_t last = ifc->last_mcast[fam_i(family)][r];
+        uint64_t quarter =
+            (r == REC_SRV || r == REC_A || r == REC_AAAA ? MDNS_TTL_HOST : MDNS_TTL_OTHER) * 250ull;
+        if ((qu & (1u << r)) && last && last + quarter > now)
+            ok |= 1u << r;
+    }
+    return ok;
+}
+
+/*
+ * §7.2: a query with the TC bit is followed by more known answers from the
+ * same host; its answer waits 400-500 ms, and known answers arriving in the
+ * meantime from that host are taken off it. Returns true when the packet was
+ * taken in that way (nothing more to do with it now).
+ */
+static bool truncated_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
+                            const uint8_t *src, const struct query_summary *qs, uint64_t now)
+{
+    int fi = fam_i(family);
+    size_t alen = family == 4 ? 4 : 16;
+    bool tc = x->r.h.flags & DNS_FLAG_TC;
+    bool same = ifc->tc_at[fi] && !memcmp(ifc->tc_src[fi], src, alen);
+    (void)c;
+    if (same) {
+        /* The rest of the list (or a new truncated query) from the same host. */
+        ifc->tc_known[fi] |= qs->known;
+        ifc->tc_mask[fi] |= qs->mask;
+        if (tc)
+            ifc->tc_at[fi] = now + rand_between(400, 500);
+        return true;
+    }
+    if (!tc || !(qs->mask & ~qs->known))
+        return false;
+    if (ifc->tc_at[fi])
+        return false; /* one pending per link and family: another host's is answered as usual */
+    ifc->tc_at[fi] = now + rand_between(400, 500);
+    ifc->tc_mask[fi] = qs->mask;
+    ifc->tc_known[fi] = qs->known;
+    memcpy(ifc->tc_src[fi], src, alen);
+    return true;
 }
 
 void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
@@ -588,6 +657,9 @@ void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, 
         return;
     }
     unsigned mask = qs.mask;
+    if (responding && src_port == MDNS_PORT && !probing && x->r.h.ns == 0 &&
+        truncated_query(c, x, ifc, family, src, &qs, now))
+        return;
     if (!responding || !(mask & ~qs.known))
         return; /* not ours, or every direct answer is known */
     struct mdns_dest ud = {.ifindex = ifc->index, .family = family, .port = src_port};
@@ -600,14 +672,15 @@ void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, 
         return;
     }
     bool probe = x->r.h.ns > 0;
-    if (qs.qu_mask && !probe) {
+    unsigned uni = probe || from_us ? 0 : unicast_ok(ifc, family, qs.qu_mask, now);
+    if (uni) {
         /* §5.4: the asker wants a unicast reply for these questions. */
-        send_response(c, ifc, &ud, with_additionals(qs.qu_mask) & ~qs.known, -1, NULL, 0);
-        mask &= ~qs.qu_mask;
+        send_response(c, ifc, &ud, with_additionals(uni) & ~qs.known, -1, NULL, 0);
+        mask &= ~uni;
         if (!(mask & ~qs.known))
             return;
     }
-    answer_multicast(c, ifc, family, mask, qs.known, probe, now);
+    answer_multicast(c, ifc, family, mask, qs.known, probe, false, now);
 }
 
 static void responder_states(struct mdns_core *c, uint64_t now)
@@ -693,8 +766,26 @@ static void flush_pending(struct mdns_core *c, uint64_t now)
     }
 }
 
+/* Truncated queries whose 400-500 ms wait is over (§7.2). */
+static void flush_truncated(struct mdns_core *c, uint64_t now)
+{
+    for (int i = 0; i < MDNS_MAX_IFACES; i++) {
+        struct iface *ifc = &c->ifaces[i];
+        for (int fi = 0; fi < 2 && ifc->index; fi++) {
+            if (!ifc->tc_at[fi] || ifc->tc_at[fi] > now)
+                continue;
+            unsigned mask = ifc->tc_mask[fi], known = ifc->tc_known[fi];
+            ifc->tc_at[fi] = 0;
+            ifc->tc_mask[fi] = ifc->tc_known[fi] = 0;
+            if (mdns_advertising(c) && mdns_core_announced(c) && (mask & ~known))
+                answer_multicast(c, ifc, fi ? 6 : 4, mask, known, false, true, now);
+        }
+    }
+}
+
 void mdns_responder_timer(struct mdns_core *c, uint64_t now)
 {
     responder_states(c, now);
     flush_pending(c, now);
+    flush_truncated(c, now);
 }

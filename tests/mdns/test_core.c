@@ -18,7 +18,8 @@
 
 struct sent {
     uint64_t at;
-    bool query, probe, multicast, goodbye;
+    bool query, probe, multicast, goodbye, qu, tc;
+    unsigned qd;
     unsigned an, family;
 };
 
@@ -65,8 +66,10 @@ static void classify(const struct mdns_packet *p, struct sent *s)
         s->query = !(r.h.flags & DNS_FLAG_QR);
         s->probe = s->query && r.h.ns > 0;
         s->an = r.h.an;
+        s->qd = r.h.qd;
+        s->tc = r.h.flags & DNS_FLAG_TC;
         while (dns_read_question(&r, &q) == 0)
-            ;
+            s->qu = s->qu || q.unicast;
         s->goodbye = !s->query && r.h.an > 0;
         while (dns_read_rr(&r, rr) == 0)
             s->goodbye = s->goodbye && rr->ttl == 0;
@@ -533,6 +536,225 @@ static void test_malformed_changes_nothing(void)
     CHECK(b->n_ev == 0);
 }
 
+/* A packet about instance |pid|: a response with an SRV of another host, or a probe carrying it. */
+static size_t rival_packet(uint8_t *buf, size_t cap, const char *pid, bool probe)
+{
+    struct dns_writer w;
+    struct dns_name svc, inst, host;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_name_prepend(&inst, pid, strlen(pid), &svc);
+    dns_name_from_text(&host, "rival.local");
+    dns_writer_init(&w, buf, cap);
+    uint8_t srv[6 + 256] = {0, 0, 0, 0, 0x1c, 0xcd};
+    memcpy(srv + 6, host.b, host.len);
+    struct dns_header h = {.flags = DNS_FLAG_QR | DNS_FLAG_AA, .an = 1};
+    if (probe) {
+        dns_write_question(&w, &inst, DNS_TYPE_ANY, false);
+        h = (struct dns_header){.qd = 1, .ns = 1};
+    }
+    dns_write_rr(&w, &inst, DNS_TYPE_SRV, !probe, 120, srv, (uint16_t)(6 + host.len));
+    dns_write_header(&w, &h);
+    return w.len;
+}
+
+static unsigned count_probes(const struct node *n, unsigned from)
+{
+    unsigned k = 0;
+    for (unsigned i = from; i < n->n_log; i++)
+        k += n->log[i].probe;
+    return k;
+}
+
+static void test_conflict_after_announce_probes_first(void)
+{
+    /* A stale conflicting record nobody defends: probe again, keep the name. */
+    reset();
+    char pid[44], want[64];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    uint8_t buf[600], src[4] = {10, 0, 0, 9};
+    size_t len = rival_packet(buf, sizeof(buf), pid, false);
+    unsigned before = a->n_log;
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    run_until(now + 5000);
+    CHECK(count_probes(a, before) == 6); /* 3 per family */
+    CHECK(a->n_log > before && a->log[before].probe);
+    CHECK(mdns_core_announced(a->core) && !strcmp(mdns_core_instance(a->core), pid));
+    /* A real rival (the networks of two announced hosts merge): it defends, we rename. */
+    reset();
+    a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    a->mute = true;
+    struct node *b = add_node(POS_MDNS_ENABLED, true, false, pid, "B", NULL);
+    run_until(now + 5000);
+    CHECK(!strcmp(mdns_core_instance(b->core), pid));
+    a->mute = false;
+    before = a->n_log;
+    uint8_t txt[64];
+    const char *strs[1] = {"name=B2"};
+    int tl = mdns_core_txt_build(strs, 1, txt, sizeof(txt));
+    mdns_core_set_txt(b->core, txt, (size_t)tl, now); /* B announces: A sees the conflict */
+    run_until(now + 5000);
+    snprintf(want, sizeof(want), "%s (2)", pid);
+    CHECK(a->n_log > before && a->log[before].probe); /* probed before renaming */
+    CHECK(!strcmp(mdns_core_instance(a->core), want));
+    CHECK(!strcmp(mdns_core_instance(b->core), pid));
+}
+
+static void test_probe_defence_rate(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    uint8_t buf[600], src[4] = {10, 0, 0, 9};
+    size_t len = rival_packet(buf, sizeof(buf), pid, true);
+    unsigned before = a->n_log;
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    pump();
+    CHECK(a->n_log == before + 1 && !a->log[before].query); /* defended at once */
+    run_until(now + 100);
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    pump();
+    CHECK(a->n_log == before + 1); /* not twice within 250 ms */
+    run_until(now + 200);
+    mdns_core_receive(a->core, buf, len, 2, 4, src, 5353, now);
+    pump();
+    CHECK(a->n_log == before + 2);
+    CHECK(!strcmp(mdns_core_instance(a->core), pid));
+}
+
+static void test_first_query_qu(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 5000);
+    unsigned a_before = a->n_log;
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 500);
+    /* B's first query asks for unicast replies; A announced recently, so it answers B alone. */
+    CHECK(b->n_log >= 1 && b->log[0].query && b->log[0].qu);
+    CHECK(b->n_ev == 1 && b->ev[0] == POS_MDNS_FOUND); /* before B's second query */
+    bool unicast = a->n_log > a_before;
+    for (unsigned i = a_before; i < a->n_log; i++)
+        unicast = unicast && !a->log[i].multicast && !a->log[i].query;
+    CHECK(unicast);
+    run_until(now + 5000);
+    unsigned qu_later = 0, queries = 0;
+    for (unsigned i = 2; i < b->n_log; i++) {
+        qu_later += b->log[i].qu;
+        queries += b->log[i].query;
+    }
+    CHECK(queries >= 2 && qu_later == 0); /* only the first query of each family */
+    /* Announced long ago (more than a quarter of the TTL): the QU answer is multicast (§5.4). */
+    run_until(now + 1200 * 1000);
+    a_before = a->n_log;
+    struct node *c = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 500);
+    CHECK(c->n_log >= 1 && c->log[0].qu);
+    CHECK(a->n_log > a_before && a->log[a_before].multicast);
+    CHECK(c->n_ev == 1 && c->ev[0] == POS_MDNS_FOUND);
+    /* A QU question from an address of A's own host: multicast, never unicast (§15.1). */
+    run_until(now + 5000);
+    uint8_t buf[512];
+    struct dns_writer w;
+    struct dns_name svc;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_question(&w, &svc, DNS_TYPE_PTR, true);
+    struct dns_header h = {.qd = 1};
+    dns_write_header(&w, &h);
+    mdns_core_receive(a->core, buf, w.len, 2, 4, a->a4[0], 5353, now);
+    a_before = a->n_log;
+    run_until(now + 200);
+    CHECK(a->n_log == a_before + 1 && a->log[a_before].multicast);
+}
+
+static void test_truncated_known_answers(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    uint8_t buf[600], src[4] = {10, 0, 0, 9};
+    for (unsigned i = 0; i < 60; i++) {
+        size_t len = flood_packet(buf, sizeof(buf), i);
+        mdns_core_receive(b->core, buf, len, 2, 4, src, 5353, now);
+    }
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    run_until(now + 6000);
+    CHECK(b->n_ev == 61);
+    /* B's next browse query: 61 known answers do not fit one packet. */
+    unsigned a_before = a->n_log, b_before = b->n_log;
+    run_until(now + 2000);
+    unsigned packets = 0, kas = 0, tcs = 0, qds = 0;
+    for (unsigned i = b_before; i < b->n_log; i++) {
+        if (!b->log[i].query || b->log[i].family != 4)
+            continue;
+        packets++;
+        kas += b->log[i].an;
+        tcs += b->log[i].tc;
+        qds += b->log[i].qd;
+    }
+    CHECK(packets >= 2 && tcs == packets - 1 && qds == 1);
+    CHECK(kas == 61);
+    /* A's PTR is among the later known answers: A waits for them and stays quiet. */
+    CHECK(a->n_log == a_before);
+    /* A truncated query from another host: the answer waits 400-500 ms for the rest. */
+    run_until(now + 3000);
+    struct dns_writer w;
+    struct dns_name svc;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_question(&w, &svc, DNS_TYPE_PTR, false);
+    struct dns_header h = {.flags = DNS_FLAG_TC, .qd = 1};
+    dns_write_header(&w, &h);
+    a_before = a->n_log;
+    uint64_t asked = now;
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    run_until(asked + 399);
+    CHECK(a->n_log == a_before);
+    run_until(asked + 600);
+    CHECK(a->n_log == a_before + 1 && a->log[a_before].at >= asked + 400 &&
+          a->log[a_before].at <= asked + 500);
+    /* ... and a known answer in the continuation packet suppresses it. */
+    run_until(now + 2000);
+    a_before = a->n_log;
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    struct dns_name inst;
+    dns_name_prepend(&inst, pid, strlen(pid), &svc);
+    dns_writer_init(&w, buf, sizeof(buf));
+    dns_write_rr(&w, &svc, DNS_TYPE_PTR, false, 4000, inst.b, inst.len);
+    struct dns_header h2 = {.an = 1};
+    dns_write_header(&w, &h2);
+    run_until(now + 100);
+    mdns_core_receive(a->core, buf, w.len, 2, 4, src, 5353, now);
+    run_until(now + 1000);
+    CHECK(a->n_log == a_before);
+}
+
+static void test_interface_gone(void)
+{
+    reset();
+    char pid[44];
+    make_peer_id(pid);
+    struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    run_until(now + 5000);
+    CHECK(b->n_ev == 1 && b->ev[0] == POS_MDNS_FOUND);
+    /* Only the IPv6 address goes: A is still reachable over IPv4, no event is lost. */
+    mdns_core_iface_update(b->core, 2, (const uint8_t(*)[4])b->a4, 1, NULL, 0, now);
+    CHECK(b->n_ev == 1 || (b->n_ev == 2 && b->ev[1] == POS_MDNS_UPDATED));
+    /* The interface goes: what was learnt there is forgotten at once. */
+    mdns_core_iface_update(b->core, 2, NULL, 0, NULL, 0, now);
+    CHECK(b->ev[b->n_ev - 1] == POS_MDNS_LOST);
+    (void)a;
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -544,12 +766,17 @@ int main(void)
     test_ttl_expiry_lost();
     test_shared_answer_delay_and_rate_limit();
     test_conflict_rename();
+    test_conflict_after_announce_probes_first();
+    test_probe_defence_rate();
     test_simultaneous_probe_tiebreak();
     test_disabled_silent();
     test_contacts_only();
     test_duplicate_question_suppression();
+    test_first_query_qu();
     test_malformed_changes_nothing();
     test_flood_is_bounded();
+    test_interface_gone();
+    test_truncated_known_answers();
     reset();
     return check_finish("mdns-core");
 }

@@ -519,6 +519,195 @@ def traffic_budget_first_minute():
     finally:
         lb.close()
 
+def lost(proc, peer_id):
+    return any(e["event"] == "lost" and e.get("peer_id") == peer_id for e in events(proc))
+
+
+def direct_link(lb, i, j_ns, n):
+    """A veth pair from host i (eth1, 10.78.0.1, fd78::1) to a new host (eth0, 10.78.0.2,
+    fd78::2) that is on no bridge; returns the new host's index."""
+    from netlab import sh
+    ns = f"{lb.tag}{j_ns}"
+    sh("ip", "netns", "add", ns)
+    lb.hosts.append(ns)
+    for k in ("all", "default"):
+        sh(*lb.argv(len(lb.hosts) - 1, "sysctl", "-q", "-w", f"net.ipv6.conf.{k}.accept_dad=0"))
+    sh("ip", "link", "add", f"{lb.tag}x{n}", "type", "veth", "peer", "name", f"{lb.tag}y{n}")
+    sh("ip", "link", "set", f"{lb.tag}x{n}", "netns", lb.hosts[i])
+    sh("ip", "link", "set", f"{lb.tag}y{n}", "netns", ns)
+    j = len(lb.hosts) - 1
+    for host, dev, new, a in ((i, f"{lb.tag}x{n}", "eth1", 1), (j, f"{lb.tag}y{n}", "eth0", 2)):
+        sh(*lb.argv(host, "ip", "link", "set", dev, "name", new))
+        sh(*lb.argv(host, "ip", "link", "set", "lo", "up"))
+        sh(*lb.argv(host, "ip", "addr", "add", f"10.78.0.{a}/24", "dev", new))
+        sh(*lb.argv(host, "ip", "-6", "addr", "add", f"fd78::{a}/64", "dev", new, "nodad"))
+        sh(*lb.argv(host, "ip", "link", "set", new, "up"))
+    return j
+
+
+@test
+def interface_disappears():
+    """Host 0 is on the bridge (eth0) and on a direct link to host 2 (eth1). Deleting that
+    link while everything runs: host 0 reports host 2's node lost at once (and host 2 host
+    0's), well before any TTL; a host on the bridge keeps seeing host 0, never with the
+    deleted link's address. The link back: they find each other again at once."""
+    lb = lab(2)
+    try:
+        j = direct_link(lb, 0, "d2", 0)
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, pb, _ = identity(d, "b")
+        ic, _, _ = identity(d, "c")
+        a = advertise(lb, 0, ia, "--name", "TwoLinks")
+        b = advertise(lb, j, ib, "--name", "Behind")
+        c = discover(lb, 1, ic, 30)
+        wait_until(lambda: found(a, pb), 8, what="a to find b over the direct link")
+        wait_until(lambda: found(b, pa), 8, what="b to find a over the direct link")
+        ec = wait_until(lambda: found(c, pa), 8, what="c to find a over the bridge")
+        assert not any(x.startswith("10.78.") or x.startswith("fd78:") for x in ec["addrs"]), ec
+        t0 = time.monotonic()
+        sh_ns = lb.argv(0, "ip", "link", "del", "eth1")
+        subprocess.run(sh_ns, check=True, timeout=10)
+        wait_until(lambda: lost(a, pb), 3, interval=0.02, what="a to report b lost")
+        dt = time.monotonic() - t0
+        wait_until(lambda: lost(b, pa), 3, interval=0.02, what="b to report a lost")
+        time.sleep(1)
+        assert not lost(c, pa), "the bridge side lost a"
+        assert not any(e["event"] == "lost" and e.get("peer_id") == pb for e in events(c))
+        print(f"    lost reported {dt * 1000:.0f} ms after the link was deleted")
+        # A browser started now on the bridge sees a, with its bridge addresses only.
+        c2 = discover(lb, 1, ic, 5)
+        e2 = wait_until(lambda: found(c2, pa), 5, what="a fresh browser to find a")
+        assert "10.77.0.1" in e2["addrs"], e2
+        assert not any(x.startswith("10.78.") or x.startswith("fd78:") for x in e2["addrs"]), e2
+        # The link comes back: found again without waiting for the query back-off.
+        n_a = len([e for e in events(a) if e["event"] == "found" and e.get("peer_id") == pb])
+        t1 = time.monotonic()
+        from netlab import sh
+        sh("ip", "link", "add", f"{lb.tag}x1", "type", "veth", "peer", "name", f"{lb.tag}y1")
+        sh("ip", "link", "set", f"{lb.tag}x1", "netns", lb.hosts[0])
+        sh("ip", "link", "set", f"{lb.tag}y1", "netns", lb.hosts[j])
+        for host, dev, new, x in ((0, f"{lb.tag}x1", "eth1", 1), (j, f"{lb.tag}y1", "eth0", 2)):
+            sh(*lb.argv(host, "ip", "link", "set", dev, "name", new))
+            sh(*lb.argv(host, "ip", "addr", "add", f"10.78.0.{x}/24", "dev", new))
+            sh(*lb.argv(host, "ip", "link", "set", new, "up"))
+        wait_until(lambda: len([e for e in events(a) if e["event"] == "found" and
+                                e.get("peer_id") == pb]) > n_a, 5, interval=0.02,
+                   what="a to find b again when the link is back")
+        print(f"    found again {(time.monotonic() - t1) * 1000:.0f} ms after the link came back")
+    finally:
+        lb.close()
+
+
+@test
+def metadata_file_reloaded_on_sighup():
+    """advertise --metadata-file: SIGHUP re-reads it; the browser sees "updated" with the
+    new name and library (no lost/found); a bad file changes nothing and says why."""
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        meta = os.path.join(d, "meta.json")
+        with open(meta, "w") as f:
+            json.dump({"name": "Before", "model": "Box"}, f)
+        a = advertise(lb, 0, ia, "--name", "FromOption", "--metadata-file", meta)
+        b = discover(lb, 1, ib, 30)
+        e = wait_until(lambda: found(b, pa), 8, what="b to find a")
+        assert e["name"] == "Before" and e["model"] == "Box", e
+        with open(meta, "w") as f:
+            json.dump({"name": "After", "libraries": [LIB]}, f)
+        t0 = time.monotonic()
+        a.signal(signal.SIGHUP)
+
+        def updated():
+            for ev in events(b):
+                if ev["event"] == "updated" and ev.get("peer_id") == pa and ev["name"] == "After":
+                    return ev
+            return None
+        u = wait_until(updated, 3, interval=0.02, what="b to see the new name")
+        print(f"    update seen {(time.monotonic() - t0) * 1000:.0f} ms after SIGHUP")
+        assert u["txt"].get(LIB) == pa and u["model"] is None, u
+        assert not lost(b, pa), "the change showed as lost"
+        assert "metadata reloaded" in a.output()
+        # A bad file: reported, the advertisement unchanged, the process still running.
+        n = len(events(b))
+        with open(meta, "w") as f:
+            f.write('{"name": ')
+        a.signal(signal.SIGHUP)
+        wait_until(lambda: "metadata unchanged" in a.output(), 3, what="the error to be reported")
+        with open(meta, "w") as f:
+            json.dump({"name": "x" * 300}, f)
+        a.signal(signal.SIGHUP)
+        wait_until(lambda: a.output().count("metadata unchanged") >= 2, 3,
+                   what="the TXT error to be reported")
+        time.sleep(1.5)
+        assert a.alive() and len(events(b)) == n, events(b)[n:]
+        # A bad file at start is an error exit with the reason.
+        r = subprocess.run(lb.argv(0, pos(), "advertise", "--identity", ia, "--metadata-file",
+                                   os.path.join(d, "missing.json")),
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and "missing.json" in r.stderr, (r.returncode, r.stderr)
+        with open(meta, "w") as f:
+            json.dump({"name": "ok", "colour": "red"}, f)
+        r = subprocess.run(lb.argv(0, pos(), "advertise", "--identity", ia, "--metadata-file",
+                                   meta), capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and 'unknown key "colour"' in r.stderr, r.stderr
+    finally:
+        lb.close()
+
+def qu_queries(pkts):
+    """(queries, queries with a QU question) among captured packets."""
+    n = qu = 0
+    for p in pkts:
+        if len(p) < 12 or p[2] & 0x80:
+            continue
+        qd = int.from_bytes(p[4:6], "big")
+        off, any_qu = 12, False
+        for _ in range(qd):
+            while off < len(p) and p[off] and p[off] < 0xC0:
+                off += 1 + p[off]
+            off += 2 if off < len(p) and p[off] >= 0xC0 else 1
+            if off + 4 > len(p):
+                break
+            any_qu = any_qu or bool(p[off + 2] & 0x80)
+            off += 4
+        n += 1
+        qu += any_qu
+    return n, qu
+
+
+@test
+def qu_only_when_port_5353_is_ours_alone():
+    """RFC 6762 §5.4 / §15.1: a browser alone on its host asks its first query with the QU bit
+    and gets the answer at once; one started while another process holds port 5353 never
+    sets QU (a unicast reply could reach the other process) and still finds the peer."""
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        ic, _, _ = identity(d, "c")
+        advertise(lb, 0, ia, "--name", "Peer")
+        time.sleep(2)
+        cap = Capture(lb, 1)
+        b = discover(lb, 1, ib, 2)
+        wait_until(lambda: found(b, pa), 3, what="a lone browser to find the peer")
+        assert b.wait(5) == 0
+        n, qu = qu_queries(cap.stop())
+        assert n >= 2 and qu >= 1, (n, qu)
+        # Now host 1 has another process on 5353: a second browser must not ask for QU.
+        advertise(lb, 1, ic, "--name", "Holder")
+        time.sleep(2.5)
+        cap = Capture(lb, 1)
+        c = discover(lb, 1, ib, 2)
+        wait_until(lambda: found(c, pa), 3, what="a browser sharing 5353 to find the peer")
+        assert c.wait(5) == 0
+        n, qu = qu_queries(cap.stop())
+        assert n >= 2 and qu == 0, (n, qu)
+    finally:
+        lb.close()
+
 
 if __name__ == "__main__":
     run("mdns")
