@@ -69,8 +69,11 @@ struct pos_p2p_session {
     uint8_t server;
     uint8_t owned;          /* the application holds it (dialed, or handed to on_session) */
     uint8_t free_requested; /* pos_p2p_session_close inside a callback */
-    uint8_t refuse;         /* acceptor: the peer is not allowed; close after this packet */
-    int busy;               /* depth of calls that may reach the callback */
+    uint8_t close_pending;  /* ... and the CONNECTION_CLOSE it asked for */
+    uint64_t close_code;
+    char close_reason[128];
+    uint8_t refuse; /* acceptor: the peer is not allowed; close after this packet */
+    int busy;       /* depth of calls that may reach the callback */
     pos_p2p_session_cb cb;
     void *cb_arg;
     pos_p2p_session_status st;
@@ -417,7 +420,7 @@ static void conn_write(pos_p2p_session *s)
     ngtcp2_pkt_info pi;
     ngtcp2_tstamp ts = now_ts();
 
-    if (s->dead || !s->qc)
+    if (s->dead || !s->qc || s->free_requested)
         return;
     ngtcp2_path_storage_zero(&ps);
     s->busy++;
@@ -800,8 +803,11 @@ static int make_server_conn(pos_p2p_session *s, const ngtcp2_pkt_hd *hd)
 
 static void maybe_free(pos_p2p_session *s)
 {
-    if (s->busy == 0 && s->free_requested)
-        sess_release(s);
+    if (s->busy != 0 || !s->free_requested)
+        return;
+    if (s->close_pending && !s->dead && s->qc)
+        close_app(s, s->close_code, s->close_reason[0] ? s->close_reason : NULL);
+    sess_release(s);
 }
 
 /* after_read: hand a fresh acceptor session to the application, or refuse it. */
@@ -833,7 +839,7 @@ static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
     ngtcp2_pkt_info pi = {0};
     int rv;
 
-    if (s->dead)
+    if (s->dead || s->free_requested)
         return;
     s->busy++;
     s->st.bytes_received += len;
@@ -988,6 +994,8 @@ static int64_t deadline_of(const pos_p2p_session *s)
 {
     ngtcp2_tstamp exp;
     int64_t d = -1;
+    if (s->free_requested)
+        return 0; /* closed inside a callback that nothing else follows: freed at once */
     if (s->dead)
         return s->owned ? -1 : 0; /* an unowned dead session is freed at once */
     if (s->qc) {
@@ -1052,6 +1060,10 @@ void sess_on_deadlines(pos_p2p_endpoint *ep)
         return;
     for (pos_p2p_session *s = ep->sess->list, *next; s; s = next) {
         next = s->next;
+        if (s->free_requested) {
+            maybe_free(s);
+            continue;
+        }
         if (s->dead) {
             if (!s->owned)
                 sess_release(s);
@@ -1325,17 +1337,22 @@ void pos_p2p_session_close(pos_p2p_session *s, uint64_t code, const char *reason
 {
     if (!s)
         return;
-    if (!s->dead && s->qc) {
-        close_app(s, code, reason);
-        s->dead = 1; /* no EV_CLOSED: the application asked */
-        s->st.state = POS_P2P_SESSION_CLOSED;
-    }
-    s->owned = 0;
+    s->owned = 0; /* no more events: the application asked */
     if (s->busy) {
+        /*
+         * Inside a callback, perhaps inside ngtcp2: the CONNECTION_CLOSE is
+         * written and the session freed once the outermost call returns.
+         */
+        if (!s->dead && s->qc && !s->close_pending) {
+            s->close_pending = 1;
+            s->close_code = code;
+            snprintf(s->close_reason, sizeof(s->close_reason), "%s", reason ? reason : "");
+        }
         s->free_requested = 1;
-        s->dead = 1;
         return;
     }
+    if (!s->dead && s->qc)
+        close_app(s, code, reason);
     sess_release(s);
 }
 

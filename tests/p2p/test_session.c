@@ -3,7 +3,8 @@
  * in one process on loopback driven by one loop: a stream both ways with
  * FIN, a 3 MB stream through the bounded send buffer (EV_WRITABLE), the
  * pinning error when the expected peer id is another's, the allow callback's
- * refusal, a session closed from inside its own callback, bad arguments; and
+ * refusal, a session closed from inside its own callback and from inside the
+ * accept callback (during the handshake), bad arguments; and
  * the home-relay choice (pos_p2p_relay_pick_home).
  */
 #include <stdio.h>
@@ -70,9 +71,15 @@ static int allow(void *arg, const char *peer_id)
     return allow_all;
 }
 
+static int close_on_accept;
+
 static void on_session(void *arg, pos_p2p_session *s)
 {
     (void)arg;
+    if (close_on_accept) {
+        pos_p2p_session_close(s, 9, "busy"); /* inside the handshake: deferred */
+        return;
+    }
     memset(&B, 0, sizeof(B));
     B.s = s;
     pos_p2p_session_set_callback(s, on_event, &B);
@@ -221,6 +228,18 @@ static void test_not_allowed(const char *peer_b, const char *peer_a)
     allow_all = 1;
 }
 
+static void test_close_on_accept(const char *peer_b)
+{
+    pos_p2p_session_status st;
+    close_on_accept = 1;
+    CHECK(dial(peer_b) == 0);
+    CHECK(spin(a_closed) && A.close_err == POS_P2P_ERR_CLOSED);
+    pos_p2p_session_get_status(A.s, &st);
+    CHECK(st.close_code == 9 && !strcmp(st.reason, "busy"));
+    pos_p2p_session_close(A.s, 0, NULL);
+    close_on_accept = 0;
+}
+
 static void test_arguments(const char *peer_b)
 {
     pos_p2p_session *s = NULL;
@@ -270,6 +289,7 @@ int main(void)
     test_streams(peer_b);
     test_wrong_peer(peer_c);
     test_not_allowed(peer_b, peer_a);
+    test_close_on_accept(peer_b);
     test_arguments(peer_b);
     test_pick_home();
 
