@@ -27,4 +27,15 @@ pos_p2p_relay *cli_home_relay(pos_p2p_endpoint *ep, const char *cmd, const char 
                               const char *token, const char *relay_id, int timeout_ms,
                               pos_p2p_relay_info *info);
 
+/*
+ * cli_recheck_home (home_relay.c): like cli_home_relay, but the relay
+ * |current_id| (round-trip time |current_rtt|) is not dialed again: it stays
+ * home unless another is clearly better. Returns the new home relay, or NULL
+ * with |*kept| set when the current one stays (NULL and |*kept| 0: failure).
+ */
+pos_p2p_relay *cli_recheck_home(pos_p2p_endpoint *ep, const char *cmd, const char *api_url,
+                                const char *token, const char *relay_id, const char *current_id,
+                                double current_rtt, int timeout_ms, pos_p2p_relay_info *info,
+                                int *kept);
+
 #endif

@@ -30,6 +30,7 @@ struct opts {
     struct peer *peers; /* sessions in progress (freed at exit) */
     const char *api_url, *token, *identity, *out, *relay_id;
     unsigned port;
+    int64_t recheck_s; /* measure the other relays this often (0: never) */
     size_t n_allow;
     char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
 };
@@ -74,30 +75,32 @@ static void usage(FILE *out)
             "  --relay-id UUID    use this relay as home relay\n"
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
-            "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n");
+            "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n"
+            "  --recheck SECONDS  measure the other relays this often and move only to one\n"
+            "                     clearly faster (30%% and 10 ms; default 0: never). Each\n"
+            "                     measurement briefly takes this device's presence to the\n"
+            "                     measured relays: peers may find it only after the home\n"
+            "                     relay's next presence refresh (5 s)\n");
 }
 
 static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option lopts[] = {
-        {"api-url", required_argument, NULL, 'a'},
-        {"token", required_argument, NULL, 't'},
-        {"identity", required_argument, NULL, 'i'},
-        {"out", required_argument, NULL, 'o'},
-        {"port", required_argument, NULL, 'p'},
-        {"allow", required_argument, NULL, 'A'},
-        {"relay-id", required_argument, NULL, 'r'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"api-url", required_argument, NULL, 'a'},  {"token", required_argument, NULL, 't'},
+        {"identity", required_argument, NULL, 'i'}, {"out", required_argument, NULL, 'o'},
+        {"port", required_argument, NULL, 'p'},     {"allow", required_argument, NULL, 'A'},
+        {"relay-id", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
+        {"recheck", required_argument, NULL, 'C'},  {NULL, 0, NULL, 0},
     };
     int ch;
     char *end;
     uint8_t key[32];
     memset(o, 0, sizeof(*o));
     o->token = getenv("POS_TOKEN");
+    o->recheck_s = 0;
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:h", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:h", lopts, NULL)) != -1) {
         switch (ch) {
         case 'a':
             o->api_url = optarg;
@@ -121,6 +124,15 @@ static int parse(int argc, char **argv, struct opts *o)
                 return 2;
             }
             o->port = (unsigned)v;
+            break;
+        }
+        case 'C': {
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 0 || v > 86400) {
+                fprintf(stderr, "pos-p2p listen: --recheck wants seconds from 0 to 86400\n");
+                return 2;
+            }
+            o->recheck_s = v;
             break;
         }
         case 'A':
@@ -307,16 +319,57 @@ static void on_session(void *arg, pos_p2p_session *s)
     fflush(stdout);
 }
 
-static int relay_gone(void *arg)
+struct watch {
+    pos_p2p_relay *home;
+    int64_t recheck_at_ms; /* -1: never */
+};
+
+/* The runner's check: stop requested, home relay gone, or time to measure the others again. */
+static int relay_event(void *arg)
 {
-    pos_p2p_relay *home = arg;
+    struct watch *w = arg;
     pos_p2p_relay_status st;
     if (stop_requested)
         return 1;
-    if (!home)
+    if (!w->home)
         return 0;
-    pos_p2p_relay_get_status(home, &st);
-    return st.state == POS_P2P_RELAY_FAILED;
+    pos_p2p_relay_get_status(w->home, &st);
+    return st.state == POS_P2P_RELAY_FAILED ||
+           (w->recheck_at_ms >= 0 && pos_p2p_now_ms() >= w->recheck_at_ms);
+}
+
+/* switch_home hands |next| to the sessions and closes the old home relay. */
+static void switch_home(pos_p2p_endpoint *ep, struct watch *w, pos_p2p_relay *next,
+                        const pos_p2p_relay_info *info)
+{
+    if (w->home) {
+        pos_p2p_session_drop_relay(ep, w->home);
+        pos_p2p_relay_close(w->home);
+    }
+    w->home = next;
+    pos_p2p_session_use_relay(ep, next);
+    printf("relay: %s at %s\n", info->id, info->addrs[0]);
+    fflush(stdout);
+}
+
+/* recheck measures the other relays; the home relay changes only for a clear gain. */
+static void recheck(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p2p_relay_info *info)
+{
+    pos_p2p_relay_status st;
+    pos_p2p_relay_info next_info;
+    pos_p2p_relay *next;
+    int kept = 0;
+    pos_p2p_relay_get_status(w->home, &st);
+    next = cli_recheck_home(ep, "pos-p2p listen", o->api_url, o->token, NULL, info->id, st.rtt_ms,
+                            5000, &next_info, &kept);
+    if (next) {
+        printf("home relay: %s is clearly faster than %s\n", next_info.id, info->id);
+        *info = next_info;
+        switch_home(ep, w, next, info);
+    } else if (kept) {
+        printf("home relay kept: %s\n", info->id);
+        fflush(stdout);
+    }
 }
 
 int cmd_listen(int argc, char **argv)
@@ -328,6 +381,7 @@ int cmd_listen(int argc, char **argv)
     pos_p2p_relay *home = NULL;
     pos_p2p_relay_info info;
     struct sigaction sa;
+    struct watch w = {NULL, -1};
     int rv = parse(argc, argv, &o), status = 1;
 
     if (rv)
@@ -377,13 +431,20 @@ int cmd_listen(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     status = 0;
+    w.home = home;
     for (;;) {
         pos_p2p_relay_status st;
         pos_p2p_relay *next;
-        pos_p2p_endpoint_run(ep, -1, relay_gone, home);
-        if (stop_requested || !home)
+        w.recheck_at_ms =
+            o.recheck_s > 0 && !o.relay_id ? pos_p2p_now_ms() + o.recheck_s * 1000 : -1;
+        pos_p2p_endpoint_run(ep, -1, relay_event, &w);
+        if (stop_requested || !w.home)
             break;
-        pos_p2p_relay_get_status(home, &st);
+        pos_p2p_relay_get_status(w.home, &st);
+        if (st.state != POS_P2P_RELAY_FAILED) {
+            recheck(ep, &o, &w, &info);
+            continue;
+        }
         fprintf(stderr, "pos-p2p listen: the relay closed the connection: %s\n",
                 st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
         if (st.error == POS_P2P_ERR_REFUSED || o.relay_id) {
@@ -391,19 +452,13 @@ int cmd_listen(int argc, char **argv)
             status = 1;
             break;
         }
-        /*
-         * Going away, closed or silent: move to another relay. The old one stays
-         * allocated until exit (sessions may still point at it).
-         */
+        /* going away, closed or silent: move to the best other relay */
         next = cli_home_relay(ep, "pos-p2p listen", o.api_url, o.token, NULL, 5000, &info);
         if (!next) {
             status = 1;
             break;
         }
-        home = next;
-        pos_p2p_session_use_relay(ep, home);
-        printf("relay: %s at %s\n", info.id, info.addrs[0]);
-        fflush(stdout);
+        switch_home(ep, &w, next, &info);
     }
 out:
     while (o.peers)

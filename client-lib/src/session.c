@@ -977,6 +977,27 @@ void sess_circuit_closed(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circui
     }
 }
 
+void sess_relay_gone(pos_p2p_endpoint *ep, pos_p2p_relay *r)
+{
+    struct sess_table *t = ep->sess;
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->n_circuits;) {
+        if (t->circuits[i].r == r)
+            t->circuits[i] = t->circuits[--t->n_circuits];
+        else
+            i++;
+    }
+    for (pos_p2p_session *s = t->list; s; s = s->next) {
+        if (s->dead || (s->relay != r && !(s->has_dial && !s->qc && s->dial.relay == r)))
+            continue;
+        s->busy++;
+        sess_fail(s, POS_P2P_ERR_CIRCUIT_CLOSED, "the relay connection was closed");
+        s->busy--;
+        /* freed by the timers if the application closed it from the callback */
+    }
+}
+
 int sess_start_relayed(pos_p2p_session *s, pos_p2p_relay *r, uint32_t circuit_id)
 {
     int rv;

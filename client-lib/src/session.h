@@ -64,6 +64,8 @@ int sess_start_relayed(pos_p2p_session *s, pos_p2p_relay *r, uint32_t circuit_id
 /* sess_relayed_input: a DATA payload from circuit |circuit_id| of |r|. */
 void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id,
                         const uint8_t *data, size_t len);
+/* sess_relay_gone: sessions over any circuit of |r| fail; its pending circuits go. */
+void sess_relay_gone(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 /* sess_circuit_closed: the relay ended |circuit_id| of |r|; sessions on it fail. */
 void sess_circuit_closed(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id);
 /* sess_new_dialer: a client session to run over a relay circuit (NULL: bad peer id, no memory). */

@@ -160,6 +160,15 @@ int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
     return 0;
 }
 
+void pos_p2p_session_drop_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
+{
+    if (!ep || !r || !ep->sess)
+        return;
+    sess_relay_gone(ep, r);
+    forget_relay(ep, r);
+    pos_p2p_relay_set_callbacks(r, NULL, NULL, NULL);
+}
+
 void srelay_dial_tick(pos_p2p_session *s)
 {
     struct sess_dial *d = sess_dial_of(s);

@@ -406,6 +406,14 @@ int pos_p2p_endpoint_listen(pos_p2p_endpoint *ep, pos_p2p_allow_cb allow,
  */
 int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 
+/*
+ * pos_p2p_session_drop_relay takes |r| back from the session layer before
+ * the application closes it (a new home relay, a relay going away): every
+ * session running over one of its circuits or dialing through it ends with
+ * POS_P2P_ERR_CIRCUIT_CLOSED, and nothing refers to |r| afterwards.
+ */
+void pos_p2p_session_drop_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
+
 /* pos_p2p_session_set_callback: where the events of |s| go (NULL: dropped, data discarded). */
 void pos_p2p_session_set_callback(pos_p2p_session *s, pos_p2p_session_cb cb, void *arg);
 
