@@ -253,6 +253,20 @@ def relayed_files_arrive_identical():
 
 
 @test
+def direct_without_answer_falls_back_to_relay():
+    redis, disc, (relay,) = stack()
+    token = relay.token()
+    lst = Listener("--api-url", disc.url, "--token", token)
+    dead = free_port(socket.SOCK_DGRAM)  # nobody answers there
+    one = make_files(tmpdir())[1]
+    r = send("--api-url", disc.url, "--token", token, "--addr", f"127.0.0.1:{dead}",
+             "--timeout", "1", "--to", lst.peer_id, one)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "trying the relay" in r.stderr and "path: relayed" in r.stdout, r.stdout + r.stderr
+    check_received([one], lst.out)
+
+
+@test
 def relayed_through_two_relays_redirect():
     redis, disc, (ra, rb) = stack(2)
     token = ra.token()
