@@ -34,6 +34,17 @@ const char *pos_p2p_strerror(int code)
         return "no local socket for the relay's address family";
     case POS_P2P_ERR_GOING_AWAY:
         return "the relay is shutting down";
+    /* circuits */
+    case POS_P2P_ERR_PEER_NOT_CONNECTED:
+        return "the peer is not connected to any relay";
+    case POS_P2P_ERR_DECLINED:
+        return "the peer declined (or does not allow this device)";
+    case POS_P2P_ERR_REDIRECTED:
+        return "the peer is connected to another relay";
+    case POS_P2P_ERR_CIRCUIT_CLOSED:
+        return "the relay circuit ended";
+    case POS_P2P_ERR_TOO_BIG:
+        return "a packet larger than a relay data frame can carry";
     /* sessions */
     case POS_P2P_ERR_NOT_ALLOWED:
         return "the peer does not accept sessions from this device (not in its allow list)";
