@@ -26,12 +26,10 @@
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "addr.h"
@@ -39,6 +37,7 @@
 #include "circuit.h"
 #include "forward.h"
 #include "log.h"
+#include "quic_common.h"
 #include "secret.h"
 #include "tls.h"
 
@@ -168,24 +167,6 @@ struct relay_server {
     unsigned quic_idx[RX_BATCH];
     uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
 };
-
-/* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
-static void quic_trace(void *user_data, const char *fmt, ...)
-{
-    va_list ap;
-    (void)user_data;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-static ngtcp2_tstamp now_ts(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- connection id table ---- */
 
@@ -342,7 +323,7 @@ static void conn_arm_timer(struct rconn *c)
     if (!c->qc)
         return;
     exp = ngtcp2_conn_get_expiry(c->qc);
-    now = now_ts();
+    now = pos_quic_now();
     after = exp <= now ? 0 : (double)(exp - now) / NGTCP2_SECONDS;
     if (c->state == CLOSING || c->state == DRAINING)
         after = 3.0 * (double)ngtcp2_conn_get_pto(c->qc) / NGTCP2_SECONDS;
@@ -370,7 +351,7 @@ static void conn_enter_closing(struct rconn *c, const ngtcp2_connection_close_er
     conn_end(c); /* circuits end with the connection, not 3 PTO later */
     ngtcp2_path_storage_zero(&ps);
     n = ngtcp2_conn_write_connection_close(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), ccerr,
-                                           now_ts());
+                                           pos_quic_now());
     if (n <= 0) {
         c->state = DRAINING; /* nothing to send: just wait out the period */
         conn_arm_timer(c);
@@ -427,7 +408,7 @@ static int conn_write(struct rconn *c)
     relay_server *s = c->srv;
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
-    ngtcp2_tstamp ts = now_ts();
+    ngtcp2_tstamp ts = pos_quic_now();
 
     if (c->state == CLOSING || c->state == DRAINING || c->in_read)
         return 0;
@@ -491,7 +472,7 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
         conn_close_app(c, code);
         return;
     }
-    if (c->state < ACTIVE && now_ts() >= c->created + HELLO_TIMEOUT_NS) {
+    if (c->state < ACTIVE && pos_quic_now() >= c->created + HELLO_TIMEOUT_NS) {
         if (c->state == HANDSHAKE) {
             c->srv->st.handshakes_failed++;
             conn_free(c);
@@ -500,7 +481,7 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
         }
         return;
     }
-    rv = ngtcp2_conn_handle_expiry(c->qc, now_ts());
+    rv = ngtcp2_conn_handle_expiry(c->qc, pos_quic_now());
     if (rv != 0) {
         /* idle timeout (NGTCP2_ERR_IDLE_CLOSE) or handshake timeout: drop silently */
         if (c->state < HELLO_WAIT)
@@ -814,7 +795,7 @@ static struct preq *find_incoming(relay_server *s, const struct rconn *to, uint3
 
 static int64_t now_ms(void)
 {
-    return (int64_t)(now_ts() / 1000000);
+    return (int64_t)(pos_quic_now() / 1000000);
 }
 
 static void handle_answer(struct rconn *c, const pos_ctrl_msg *m)
@@ -932,22 +913,6 @@ static void handle_ctrl_msg(struct rconn *c, pos_ctrl_msg *m)
 }
 
 /* ---- ngtcp2 callbacks ---- */
-
-/*
- * ngtcp2 0.12 always advertises grease_quic_bit and, when the first random
- * byte it draws while creating a connection is odd, clears the QUIC fixed bit
- * in what it sends (RFC 9287). On this port a clear fixed bit means a relay
- * data frame, so that byte is made even: the relay never greases. Clients of
- * this project do the same; datagram_input also routes a packet whose fixed
- * bit is clear by connection id first, for peers that grease anyway.
- */
-static void cb_rand(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx)
-{
-    const uint8_t *creating = ctx ? ctx->native_handle : NULL;
-    randombytes_buf(dest, destlen);
-    if (creating && *creating && destlen == 1)
-        dest[0] &= 0xfe;
-}
 
 static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
                           void *user_data)
@@ -1084,18 +1049,11 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 
 static void init_callbacks(ngtcp2_callbacks *cb)
 {
-    memset(cb, 0, sizeof(*cb));
-    cb->recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
+    /* pos_quic_rand never greases the QUIC bit (a clear fixed bit on this
+     * port means a relay data frame); datagram_input also routes a packet
+     * whose fixed bit is clear by connection id first, for peers that grease */
+    pos_quic_callbacks_init(cb, 1);
     cb->recv_crypto_data = cb_recv_crypto_data;
-    cb->encrypt = ngtcp2_crypto_encrypt_cb;
-    cb->decrypt = ngtcp2_crypto_decrypt_cb;
-    cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
-    cb->update_key = ngtcp2_crypto_update_key_cb;
-    cb->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
-    cb->delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
-    cb->get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
-    cb->version_negotiation = ngtcp2_crypto_version_negotiation_cb;
-    cb->rand = cb_rand;
     cb->get_new_connection_id = cb_get_new_cid;
     cb->remove_connection_id = cb_remove_cid;
     cb->handshake_completed = cb_handshake_completed;
@@ -1115,13 +1073,8 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
     ngtcp2_path path;
     struct sock *sk = &s->socks[c->sock];
 
-    ngtcp2_settings_default(&settings);
-    settings.initial_ts = now_ts();
-    settings.rand_ctx.native_handle = &c->creating;
-    settings.handshake_timeout = 10 * NGTCP2_SECONDS;
+    pos_quic_settings_init(&settings, &c->creating);
     settings.max_window = 64 * 1024;
-    if (getenv("POS_QUIC_TRACE"))
-        settings.log_printf = quic_trace;
     settings.max_stream_window = 16 * 1024;
     if (c->retried) {
         settings.token.base = hd->token.base;
@@ -1235,7 +1188,7 @@ static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t le
     path.user_data = NULL;
     c->sock = sock;
     c->in_read = 1;
-    rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, data, len, now_ts());
+    rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, data, len, pos_quic_now());
     c->in_read = 0;
     if (rv != 0) {
         if (rv == NGTCP2_ERR_DRAINING) {
@@ -1333,7 +1286,7 @@ static void send_retry(relay_server *s, int sock, const ngtcp2_pkt_hd *hd,
     randombytes_buf(scid.data, SCID_LEN);
     tlen = ngtcp2_crypto_generate_retry_token(token, s->retry_secret, sizeof(s->retry_secret),
                                               hd->version, (const ngtcp2_sockaddr *)from, fromlen,
-                                              &scid, &hd->dcid, now_ts());
+                                              &scid, &hd->dcid, pos_quic_now());
     if (tlen < 0)
         return;
     n = ngtcp2_crypto_write_retry(s->txbuf, sizeof(s->txbuf), hd->version, &hd->scid, &scid,
@@ -1371,7 +1324,7 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         if (ngtcp2_crypto_verify_retry_token(&odcid, hd.token.base, hd.token.len, s->retry_secret,
                                              sizeof(s->retry_secret), hd.version,
                                              (const ngtcp2_sockaddr *)from, fromlen, &hd.dcid,
-                                             RETRY_TOKEN_TIMEOUT, now_ts()) != 0) {
+                                             RETRY_TOKEN_TIMEOUT, pos_quic_now()) != 0) {
             s->st.packets_dropped++;
             return;
         }
@@ -1399,7 +1352,7 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         c->retry_odcid = odcid;
     memcpy(&c->remote, from, fromlen);
     c->odcid = hd.dcid;
-    c->created = now_ts();
+    c->created = pos_quic_now();
     c->req_stream = -1;
     ev_timer_init(&c->timer, on_conn_timer, 0., 0.);
     c->timer.data = c;

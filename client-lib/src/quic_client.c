@@ -10,16 +10,15 @@
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "addr.h"
 #include "ctrl.h"
 #include "frame.h"
 #include "internal.h"
+#include "quic_common.h"
 
 #define KEEPALIVE_NS (10 * NGTCP2_SECONDS)
 #define APP_NO_ERROR 0
@@ -69,24 +68,6 @@ struct pos_p2p_relay {
     uint8_t dispatching;   /* inside a user callback */
     uint8_t close_pending; /* pos_p2p_relay_close was called from a callback */
 };
-
-/* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
-static void quic_trace(void *user_data, const char *fmt, ...)
-{
-    va_list ap;
-    (void)user_data;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-static ngtcp2_tstamp now_ts(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
-}
 
 pos_p2p_relay *qc_next(const pos_p2p_relay *r)
 {
@@ -140,7 +121,7 @@ static void send_close(pos_p2p_relay *r, const ngtcp2_connection_close_error *cc
         return;
     ngtcp2_path_storage_zero(&ps);
     n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
-                                           ccerr, now_ts());
+                                           ccerr, pos_quic_now());
     if (n > 0)
         ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
                 ps.path.remote.addrlen);
@@ -213,7 +194,7 @@ static void conn_write(pos_p2p_relay *r)
 {
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
-    ngtcp2_tstamp ts = now_ts();
+    ngtcp2_tstamp ts = pos_quic_now();
 
     if (r->dead)
         return;
@@ -511,19 +492,6 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 
 /* ---- ngtcp2 plumbing ---- */
 
-/*
- * ngtcp2 0.12 clears the QUIC fixed bit in what it sends (RFC 9287 greasing)
- * when the first random byte drawn while creating a connection is odd. A
- * relay reads a clear fixed bit as a data frame, so that byte is made even.
- */
-static void cb_rand(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx)
-{
-    const uint8_t *creating = ctx ? ctx->native_handle : NULL;
-    randombytes_buf(dest, destlen);
-    if (creating && *creating && destlen == 1)
-        dest[0] &= 0xfe;
-}
-
 static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
                           void *user_data)
 {
@@ -563,19 +531,8 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 
 static void init_callbacks(ngtcp2_callbacks *cb)
 {
-    memset(cb, 0, sizeof(*cb));
-    cb->client_initial = ngtcp2_crypto_client_initial_cb;
-    cb->recv_retry = ngtcp2_crypto_recv_retry_cb;
+    pos_quic_callbacks_init(cb, 0);
     cb->recv_crypto_data = cb_recv_crypto_data;
-    cb->encrypt = ngtcp2_crypto_encrypt_cb;
-    cb->decrypt = ngtcp2_crypto_decrypt_cb;
-    cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
-    cb->update_key = ngtcp2_crypto_update_key_cb;
-    cb->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
-    cb->delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
-    cb->get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
-    cb->version_negotiation = ngtcp2_crypto_version_negotiation_cb;
-    cb->rand = cb_rand;
     cb->get_new_connection_id = cb_get_new_cid;
     cb->remove_connection_id = cb_remove_cid;
     cb->handshake_completed = cb_handshake_completed;
@@ -640,13 +597,8 @@ static int make_conn(pos_p2p_relay *r)
     ngtcp2_path path;
 
     init_callbacks(&cbs);
-    ngtcp2_settings_default(&settings);
-    settings.initial_ts = now_ts();
-    settings.rand_ctx.native_handle = &r->creating;
-    settings.handshake_timeout = 10 * NGTCP2_SECONDS;
+    pos_quic_settings_init(&settings, &r->creating);
     settings.max_window = 64 * 1024;
-    if (getenv("POS_QUIC_TRACE"))
-        settings.log_printf = quic_trace;
     settings.max_stream_window = 16 * 1024;
     ngtcp2_transport_params_default(&params);
     params.initial_max_streams_bidi = 0;
@@ -831,7 +783,7 @@ void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
     path.remote.addrlen = fromlen;
     path.user_data = NULL;
     r->in_read = 1;
-    rv = ngtcp2_conn_read_pkt(r->qc, &path, &pi, data, len, now_ts());
+    rv = ngtcp2_conn_read_pkt(r->qc, &path, &pi, data, len, pos_quic_now());
     r->in_read = 0;
     if (rv == NGTCP2_ERR_DRAINING) {
         on_peer_close(r);
@@ -886,7 +838,7 @@ void qc_on_deadline(pos_p2p_relay *r)
         fail(r, POS_P2P_ERR_TIMEOUT, "no answer from the relay in time");
         return;
     }
-    rv = ngtcp2_conn_handle_expiry(r->qc, now_ts());
+    rv = ngtcp2_conn_handle_expiry(r->qc, pos_quic_now());
     if (rv == NGTCP2_ERR_IDLE_CLOSE) {
         fail(r, r->st.state == POS_P2P_RELAY_ACCEPTED ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_TIMEOUT,
              "the relay stopped answering (idle timeout)");

@@ -24,15 +24,14 @@
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <time.h>
 
 #include "addr.h"
 #include "internal.h"
+#include "quic_common.h"
 #include "session.h"
 
 #define SBLK_SIZE (32 * 1024)
@@ -89,24 +88,6 @@ struct pos_p2p_session {
     uint8_t has_dial;
     int64_t dial_tick_ms; /* next look at the dial relay's state */
 };
-
-/* POS_QUIC_TRACE=1 prints ngtcp2's packet trace on stderr (debugging only). */
-static void quic_trace(void *user_data, const char *fmt, ...)
-{
-    va_list ap;
-    (void)user_data;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-static ngtcp2_tstamp now_ts(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NGTCP2_SECONDS + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- the table ---- */
 
@@ -315,7 +296,7 @@ static void send_close(pos_p2p_session *s, const ngtcp2_connection_close_error *
         return;
     ngtcp2_path_storage_zero(&ps);
     n = ngtcp2_conn_write_connection_close(s->qc, &ps.path, &pi, s->ep->txbuf, sizeof(s->ep->txbuf),
-                                           ccerr, now_ts());
+                                           ccerr, pos_quic_now());
     if (n > 0)
         send_pkt(s, &ps.path, s->ep->txbuf, (size_t)n);
 }
@@ -418,7 +399,7 @@ static void conn_write(pos_p2p_session *s)
 {
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
-    ngtcp2_tstamp ts = now_ts();
+    ngtcp2_tstamp ts = pos_quic_now();
 
     if (s->dead || !s->qc || s->free_requested)
         return;
@@ -589,15 +570,6 @@ static int cb_stream_close(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id,
     return 0;
 }
 
-/* Never grease the QUIC bit: a clear fixed bit means a relay data frame (protocol.md). */
-static void cb_rand(uint8_t *dest, size_t destlen, const ngtcp2_rand_ctx *ctx)
-{
-    const uint8_t *creating = ctx ? ctx->native_handle : NULL;
-    randombytes_buf(dest, destlen);
-    if (creating && *creating && destlen == 1)
-        dest[0] &= 0xfe;
-}
-
 static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
                           void *user_data)
 {
@@ -638,23 +610,8 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 
 static void init_callbacks(ngtcp2_callbacks *cb, int server)
 {
-    memset(cb, 0, sizeof(*cb));
-    if (server) {
-        cb->recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
-    } else {
-        cb->client_initial = ngtcp2_crypto_client_initial_cb;
-        cb->recv_retry = ngtcp2_crypto_recv_retry_cb;
-    }
+    pos_quic_callbacks_init(cb, server);
     cb->recv_crypto_data = cb_recv_crypto_data;
-    cb->encrypt = ngtcp2_crypto_encrypt_cb;
-    cb->decrypt = ngtcp2_crypto_decrypt_cb;
-    cb->hp_mask = ngtcp2_crypto_hp_mask_cb;
-    cb->update_key = ngtcp2_crypto_update_key_cb;
-    cb->delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
-    cb->delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
-    cb->get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
-    cb->version_negotiation = ngtcp2_crypto_version_negotiation_cb;
-    cb->rand = cb_rand;
     cb->get_new_connection_id = cb_get_new_cid;
     cb->remove_connection_id = cb_remove_cid;
     cb->handshake_completed = cb_handshake_completed;
@@ -705,16 +662,11 @@ static void set_synthetic(pos_p2p_session *s, pos_p2p_relay *r, uint32_t circuit
 static void init_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,
                           pos_p2p_session *s)
 {
-    ngtcp2_settings_default(settings);
-    settings->initial_ts = now_ts();
-    settings->rand_ctx.native_handle = &s->creating;
-    settings->handshake_timeout = 10 * NGTCP2_SECONDS;
+    pos_quic_settings_init(settings, &s->creating);
     /* relayed packets carry a 5-byte frame header and must still fit 1452 bytes */
     settings->max_tx_udp_payload_size = SESS_MAX_UDP_PAYLOAD;
     settings->max_window = 24 * 1024 * 1024;
     settings->max_stream_window = 16 * 1024 * 1024;
-    if (getenv("POS_QUIC_TRACE"))
-        settings->log_printf = quic_trace;
     ngtcp2_transport_params_default(params);
     params->initial_max_streams_bidi = 64;
     params->initial_max_streams_uni = 0;
@@ -843,7 +795,7 @@ static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
         return;
     s->busy++;
     s->st.bytes_received += len;
-    rv = ngtcp2_conn_read_pkt(s->qc, path, &pi, data, len, now_ts());
+    rv = ngtcp2_conn_read_pkt(s->qc, path, &pi, data, len, pos_quic_now());
     if (rv == NGTCP2_ERR_DRAINING)
         on_peer_close(s);
     else if (rv != 0)
@@ -1062,7 +1014,7 @@ static void on_deadline(pos_p2p_session *s)
         srelay_dial_tick(s);
         return;
     }
-    rv = ngtcp2_conn_handle_expiry(s->qc, now_ts());
+    rv = ngtcp2_conn_handle_expiry(s->qc, pos_quic_now());
     if (rv == NGTCP2_ERR_IDLE_CLOSE) {
         sess_fail(s, POS_P2P_ERR_CLOSED, "the peer stopped answering (idle timeout)");
         return;
