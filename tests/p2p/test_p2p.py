@@ -11,7 +11,6 @@ listener whose relay shuts down moves to another; POS_DOCKER=true listens on
 7373.
 """
 import filecmp
-import json
 import os
 import signal
 import socket
@@ -20,84 +19,16 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (Proc, Redis, Skip, binary, free_port, http, run, test, tmpdir,  # noqa: E402
-                     wait_until)
+from harness import Proc, Redis, Skip, free_port, run, test, tmpdir, wait_until  # noqa: E402
+from suite import P2P, Discovery, Relay  # noqa: E402
 
-RELAY = binary("relay/pos-relay")
-P2P = binary("client-lib/cli/pos-p2p")
-DISCOVERY = binary("discovery-api/pos-discovery")
 SECRET = "p2p-secret-p2p-tests-abcdef0123456789"
-TTL = 3
-
-
-def free_udp_tcp_port():
-    """A port free for UDP (the relay) whose successor is free for TCP (its HTTP)."""
-    for _ in range(50):
-        p = free_port(socket.SOCK_DGRAM)
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-        finally:
-            s.close()
-    raise RuntimeError("no free port pair")
-
-
-class Discovery:
-    def __init__(self, redis):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Proc([DISCOVERY, "--listen", f"127.0.0.1:{self.port}", "--redis", redis.url,
-                          "--ttl", str(TTL)], env={"POS_P2P_SECRET": SECRET}, name="discovery")
-        wait_until(lambda: http("GET", self.url + "/api/p2p/relays")[0] == 200, 10,
-                   what="pos-discovery to answer")
-
-    def ids(self):
-        st, _, body = http("GET", self.url + "/api/p2p/relays")
-        return {e["id"] for e in json.loads(body)} if st == 200 else set()
-
-
-class Relay:
-    def __init__(self, redis, discovery):
-        self.port = free_udp_tcp_port()
-        self.dir = tmpdir()
-        self.config = os.path.join(self.dir, "relay.json")
-        r = subprocess.run([RELAY, "init", "--config", self.config, "--redis", redis.url,
-                            "--port", str(self.port), "--api-url", discovery.url],
-                           input=SECRET + "\n", capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
-        with open(self.config) as f:
-            cfg = json.load(f)
-        self.id = cfg["id"]
-        cfg["listen"] = [f"127.0.0.1:{self.port}"]
-        cfg["http_listen"] = f"127.0.0.1:{self.port + 1}"
-        cfg["register_interval"] = 1
-        with open(self.config, "w") as f:
-            json.dump(cfg, f)
-        os.chmod(self.config, 0o600)
-        self.http = f"http://127.0.0.1:{self.port + 1}"
-        self.proc = Proc([RELAY, "run", "--config", self.config], name=f"relay-{self.port}")
-        wait_until(lambda: http("GET", self.http + "/healthz")[0] in (200, 503), 10,
-                   what="the relay's HTTP endpoint")
-
-    def token(self, *args):
-        r = subprocess.run([RELAY, "token", "add", "--config", self.config, *args],
-                           capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
-        return r.stdout.strip().splitlines()[-1]
-
-    def revoke(self, token):
-        r = subprocess.run([RELAY, "token", "revoke", "--config", self.config, token],
-                           capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
 
 
 def stack(n_relays=1):
     redis = Redis()
-    disc = Discovery(redis)
-    relays = [Relay(redis, disc) for _ in range(n_relays)]
+    disc = Discovery(redis, SECRET)
+    relays = [Relay(redis, disc, SECRET).start() for _ in range(n_relays)]
     wait_until(lambda: {r.id for r in relays} <= disc.ids(), 5, what="the relays to register")
     return redis, disc, relays
 

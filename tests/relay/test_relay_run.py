@@ -21,92 +21,26 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import Proc, Redis, binary, free_port, http, run, test, tmpdir, wait_until  # noqa: E402
+from harness import Proc, Redis, free_port, http, run, test, tmpdir, wait_until  # noqa: E402
+import suite  # noqa: E402
+from suite import P2P, RELAY, TTL  # noqa: E402,F401 (RELAY: test_relay_circuits imports it)
 
-RELAY = binary("relay/pos-relay")
-P2P = binary("client-lib/cli/pos-p2p")
-DISCOVERY = binary("discovery-api/pos-discovery")
 SECRET = "p2p-secret-run-tests-abcdef0123456789"
-TTL = 3
 
 
-def free_udp_tcp_port():
-    """A port free for UDP (the relay) whose successor is free for TCP (its HTTP)."""
-    for _ in range(50):
-        p = free_port(socket.SOCK_DGRAM)
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-        finally:
-            s.close()
-    raise RuntimeError("no free port pair")
-
-
-class Discovery:
+class Discovery(suite.Discovery):
     def __init__(self, redis):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Proc([DISCOVERY, "--listen", f"127.0.0.1:{self.port}", "--redis", redis.url,
-                          "--ttl", str(TTL)], env={"POS_P2P_SECRET": SECRET}, name="discovery")
-        wait_until(lambda: http("GET", self.url + "/api/p2p/relays")[0] == 200, 10,
-                   what="pos-discovery to answer")
-
-    def relays(self):
-        st, _, body = http("GET", self.url + "/api/p2p/relays")
-        assert st == 200, st
-        return json.loads(body)
-
-    def ids(self):
-        return {e["id"] for e in self.relays()}
+        super().__init__(redis, SECRET)
 
 
-class Relay:
-    """A configured relay (pos-relay init + edits); start() runs it."""
+class Relay(suite.Relay):
+    """A configured relay (pos-relay init + edits); start() runs it with POS_LOG=debug."""
 
     def __init__(self, redis, discovery, extra=None):
-        self.port = free_udp_tcp_port()
-        self.dir = tmpdir()
-        self.config = os.path.join(self.dir, "relay.json")
-        args = ["init", "--config", self.config, "--redis", redis.url, "--port", str(self.port)]
-        if discovery:
-            args += ["--api-url", discovery.url]
-        r = subprocess.run([RELAY, *args], input=SECRET + "\n", capture_output=True, text=True,
-                           timeout=30)
-        assert r.returncode == 0, r.stderr
-        self.peer_id = r.stdout.strip().splitlines()[-1]
-        with open(self.config) as f:
-            cfg = json.load(f)
-        self.id = cfg["id"]
-        cfg["listen"] = [f"127.0.0.1:{self.port}"]
-        cfg["http_listen"] = f"127.0.0.1:{self.port + 1}"
-        cfg["register_interval"] = 1
-        cfg.update(extra or {})
-        with open(self.config, "w") as f:
-            json.dump(cfg, f)
-        os.chmod(self.config, 0o600)
-        self.http = f"http://127.0.0.1:{self.port + 1}"
-        self.proc = None
+        super().__init__(redis, discovery, SECRET, extra)
 
     def start(self, env=None):
-        self.proc = Proc([RELAY, "run", "--config", self.config], name=f"relay-{self.port}",
-                         env=dict({"POS_LOG": "debug"}, **(env or {})))
-        wait_until(lambda: http("GET", self.http + "/healthz")[0] in (200, 503), 10,
-                   what="the relay's HTTP endpoint")
-        return self
-
-    def token(self, *args):
-        r = subprocess.run([RELAY, "token", "add", "--config", self.config, *args],
-                           capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
-        return r.stdout.strip().splitlines()[-1]
-
-    def revoke(self, token):
-        r = subprocess.run([RELAY, "token", "revoke", "--config", self.config, token],
-                           capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
+        return super().start(dict({"POS_LOG": "debug"}, **(env or {})))
 
     def metrics(self):
         st, _, body = http("GET", self.http + "/metrics")
