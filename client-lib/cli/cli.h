@@ -38,4 +38,20 @@ pos_p2p_relay *cli_recheck_home(pos_p2p_endpoint *ep, const char *cmd, const cha
                                 double current_rtt, int timeout_ms, pos_p2p_relay_info *info,
                                 int *kept);
 
+/*
+ * cli_identity_path (common_opts.c): when |*identity| is NULL, points it at
+ * the default identity path written into |path| (|size| bytes, the caller's).
+ * Returns 0, or 2 (the exit status) after "pos-p2p CMD: no identity path"
+ * on stderr.
+ */
+int cli_identity_path(const char *cmd, const char **identity, char *path, size_t size);
+
+/*
+ * cli_identity_load (common_opts.c): loads the identity in the file
+ * |identity|, creating it when missing. NULL after the reason on stderr
+ * (prefixed "pos-p2p CMD: "); the caller frees the result with
+ * pos_p2p_identity_del.
+ */
+pos_p2p_identity *cli_identity_load(const char *cmd, const char *identity);
+
 #endif

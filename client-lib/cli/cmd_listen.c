@@ -375,7 +375,7 @@ static void recheck(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p
 int cmd_listen(int argc, char **argv)
 {
     struct opts o;
-    char path[4096], err[512], peer_id[POS_P2P_PEER_ID_STRLEN];
+    char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     pos_p2p_identity *id = NULL;
     pos_p2p_endpoint *ep = NULL;
     pos_p2p_relay *home = NULL;
@@ -386,17 +386,11 @@ int cmd_listen(int argc, char **argv)
 
     if (rv)
         return rv == 1 ? 0 : 2;
-    if (!o.identity) {
-        if (pos_p2p_identity_default_path(path, sizeof(path)) != 0) {
-            fprintf(stderr, "pos-p2p listen: no identity path: pass --identity FILE\n");
-            return 2;
-        }
-        o.identity = path;
-    }
-    if (pos_p2p_identity_load(o.identity, 1, &id, NULL, err, sizeof(err)) != 0) {
-        fprintf(stderr, "pos-p2p listen: %s\n", err);
+    if (cli_identity_path("listen", &o.identity, path, sizeof(path)) != 0)
+        return 2;
+    id = cli_identity_load("listen", o.identity);
+    if (!id)
         return 1;
-    }
     {
         int e;
         pos_xfer_receiver *probe = pos_xfer_receiver_new(o.out, 0, &e);

@@ -208,17 +208,11 @@ int cmd_relays(int argc, char **argv)
 
     if (rv)
         return rv == 1 ? 0 : 2;
-    if (!o.identity) {
-        if (pos_p2p_identity_default_path(path, sizeof(path)) != 0) {
-            fprintf(stderr, "pos-p2p relays: no identity path: pass --identity FILE\n");
-            return 2;
-        }
-        o.identity = path;
-    }
-    if (pos_p2p_identity_load(o.identity, 1, &id, NULL, err, sizeof(err)) != 0) {
-        fprintf(stderr, "pos-p2p relays: %s\n", err);
+    if (cli_identity_path("relays", &o.identity, path, sizeof(path)) != 0)
+        return 2;
+    id = cli_identity_load("relays", o.identity);
+    if (!id)
         return 1;
-    }
     rv = pos_p2p_relay_list_fetch(o.api_url, (int)(o.timeout_s * 1000), &list, err, sizeof(err));
     if (rv != 0) {
         fprintf(stderr, "pos-p2p relays: %s\n", err[0] ? err : pos_p2p_strerror(rv));

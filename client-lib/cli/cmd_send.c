@@ -391,7 +391,7 @@ static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
 int cmd_send(int argc, char **argv)
 {
     struct opts o;
-    char path[4096], err[512], a[32], b[32];
+    char path[4096], a[32], b[32];
     pos_p2p_identity *id = NULL;
     pos_p2p_endpoint *ep = NULL;
     struct run *r = NULL;
@@ -401,23 +401,17 @@ int cmd_send(int argc, char **argv)
 
     if (rv)
         return rv == 1 ? 0 : 2;
-    if (!o.identity) {
-        if (pos_p2p_identity_default_path(path, sizeof(path)) != 0) {
-            fprintf(stderr, "pos-p2p send: no identity path: pass --identity FILE\n");
-            return 2;
-        }
-        o.identity = path;
-    }
+    if (cli_identity_path("send", &o.identity, path, sizeof(path)) != 0)
+        return 2;
     for (int i = 0; i < o.n_files; i++) {
         if (access(o.files[i], R_OK) != 0) {
             fprintf(stderr, "pos-p2p send: cannot read %s\n", o.files[i]);
             return 1;
         }
     }
-    if (pos_p2p_identity_load(o.identity, 1, &id, NULL, err, sizeof(err)) != 0) {
-        fprintf(stderr, "pos-p2p send: %s\n", err);
+    id = cli_identity_load("send", o.identity);
+    if (!id)
         return 1;
-    }
     rv = pos_p2p_endpoint_new(&ep, id, 0);
     r = calloc(1, sizeof(*r));
     if (rv != 0 || !r) {
