@@ -39,6 +39,15 @@ pos_p2p_relay *cli_recheck_home(pos_p2p_endpoint *ep, const char *cmd, const cha
                                 int *kept);
 
 /*
+ * cli_relay_opt (common_opts.c): stores |arg| of an option send, listen and
+ * relays share (|ch| 'a': --api-url, 't': --token, 'i': --identity) into
+ * |*api_url|, |*token| or |*identity|. Returns 1 when |ch| was one of them,
+ * 0 otherwise (the caller handles it).
+ */
+int cli_relay_opt(int ch, const char *arg, const char **api_url, const char **token,
+                  const char **identity);
+
+/*
  * cli_identity_path (common_opts.c): when |*identity| is NULL, points it at
  * the default identity path written into |path| (|size| bytes, the caller's).
  * Returns 0, or 2 (the exit status) after "pos-p2p CMD: no identity path"

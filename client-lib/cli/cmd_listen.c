@@ -101,16 +101,9 @@ static int parse(int argc, char **argv, struct opts *o)
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:h", lopts, NULL)) != -1) {
+        if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
+            continue;
         switch (ch) {
-        case 'a':
-            o->api_url = optarg;
-            break;
-        case 't':
-            o->token = optarg;
-            break;
-        case 'i':
-            o->identity = optarg;
-            break;
         case 'o':
             o->out = optarg;
             break;

@@ -1,8 +1,8 @@
 /*
  * What the relay-using subcommands of pos-p2p (send, listen, relays) do
- * alike with their options: find the identity file when --identity is not
- * given, and load (or create) the identity, each failure told on stderr
- * prefixed with the command's name.
+ * alike with their options: take --api-url, --token and --identity, find the
+ * identity file when --identity is not given, and load (or create) the
+ * identity, each failure told on stderr prefixed with the command's name.
  */
 #include <stdio.h>
 
@@ -29,4 +29,22 @@ pos_p2p_identity *cli_identity_load(const char *cmd, const char *identity)
         return NULL;
     }
     return id;
+}
+
+int cli_relay_opt(int ch, const char *arg, const char **api_url, const char **token,
+                  const char **identity)
+{
+    switch (ch) {
+    case 'a':
+        *api_url = arg;
+        return 1;
+    case 't':
+        *token = arg;
+        return 1;
+    case 'i':
+        *identity = arg;
+        return 1;
+    default:
+        return 0;
+    }
 }
