@@ -143,6 +143,63 @@ static void backoff(pos_redis *r)
     r->next_attempt_ms = pos_now_ms() + r->backoff_ms;
 }
 
+int pos_redis_eviction_check(const char *info, size_t len, char *err, size_t errlen)
+{
+    static const char field[] = "maxmemory_policy:";
+    const size_t flen = sizeof(field) - 1;
+    size_t i = 0;
+
+    /* INFO is lines of "key:value\r\n"; find the field at the start of a line. */
+    while (i < len) {
+        size_t end = i;
+        while (end < len && info[end] != '\n')
+            end++;
+        size_t n = end - i;
+        if (n > 0 && info[i + n - 1] == '\r')
+            n--;
+        if (n > flen && memcmp(info + i, field, flen) == 0) {
+            const char *v = info + i + flen;
+            size_t vlen = n - flen;
+            if (vlen == 10 && memcmp(v, "noeviction", 10) == 0)
+                return 0;
+            snprintf(err, errlen,
+                     "Redis runs with maxmemory-policy %.*s, which can evict the keys pos keeps "
+                     "(the relay list, tokens, presence); run it with maxmemory-policy noeviction "
+                     "(in redis.conf, or CONFIG SET maxmemory-policy noeviction)",
+                     (int)(vlen > 64 ? 64 : vlen), v);
+            return -1;
+        }
+        i = end + 1;
+    }
+    return 1;
+}
+
+/* check_policy refuses a new connection to a server that may evict our keys. */
+static int check_policy(pos_redis *r, redisContext *c)
+{
+    redisReply *rep = redisCommand(c, "INFO memory");
+    int rc = 1;
+    char why[sizeof(r->last_error)];
+    /* A server that hides INFO (a managed Redis, an ACL) cannot be checked: allowed. */
+    if (rep && rep->type == REDIS_REPLY_STRING)
+        rc = pos_redis_eviction_check(rep->str, rep->len, why, sizeof(why));
+    if (rep)
+        freeReplyObject(rep);
+    if (!rep) {
+        snprintf(r->last_error, sizeof(r->last_error), "Redis did not answer INFO: %s",
+                 c->errstr[0] ? c->errstr : "connection lost");
+        return -1;
+    }
+    if (rc < 0) {
+        char target[600];
+        pos_redis_target_format(&r->target, target, sizeof(target));
+        snprintf(r->last_error, sizeof(r->last_error), "refusing Redis at %s: %s", target, why);
+        r->policy_refused = 1;
+        return -1;
+    }
+    return 0;
+}
+
 static int connect_once(pos_redis *r)
 {
     struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
@@ -171,6 +228,12 @@ static int connect_once(pos_redis *r)
             backoff(r);
             return 0;
         }
+    }
+    r->policy_refused = 0;
+    if (check_policy(r, c) != 0) {
+        drop(r, NULL);
+        backoff(r);
+        return 0;
     }
     r->backoff_ms = 0;
     r->last_error[0] = '\0';

@@ -52,6 +52,7 @@ typedef struct pos_redis {
     char last_error[256];
     pos_redis_script scripts[POS_REDIS_MAX_SCRIPTS];
     int nscripts;
+    int policy_refused; /* the last connection was refused for an evicting maxmemory-policy */
 } pos_redis;
 
 /* pos_redis_init prepares |r| without connecting. |prefix| NULL means the default. */
@@ -91,6 +92,16 @@ int pos_redis_script_add(pos_redis *r, const char *source);
  */
 redisReply *pos_redis_eval(pos_redis *r, int handle, int nkeys, int argc, const char **argv,
                            const size_t *argvlen);
+
+/*
+ * pos_redis_eviction_check reads `maxmemory_policy` from the text of an
+ * `INFO memory` reply (|info|, |len| bytes). Every policy but `noeviction`
+ * may delete keys pos needs (the relay list, tokens, presence: all of them
+ * carry TTLs, so even the volatile-* policies pick them). Returns 0 for
+ * noeviction, -1 for any other policy with a sentence in |err| naming it and
+ * the policy to run, and 1 when the text names no policy (nothing known).
+ */
+int pos_redis_eviction_check(const char *info, size_t len, char *err, size_t errlen);
 
 /* pos_redis_key writes prefix + formatted suffix into |out|. Returns the length. */
 int pos_redis_key(const char *prefix, char *out, size_t outlen, const char *fmt, ...)

@@ -34,6 +34,7 @@ struct request {
     int retried;
     int internal; /* SELECT, SCRIPT LOAD or PING sent by this module */
     int ping;     /* the PING that makes the connection ready */
+    int info;     /* the INFO memory that checks the eviction policy */
     /* For scripts only: a copy of the arguments, to send again after NOSCRIPT. */
     int argc;
     char **argv;
@@ -233,6 +234,7 @@ static void send_internal(pos_redis_async *r, int script, int argc, const char *
     q->r = r;
     q->script = script;
     q->ping = argc == 1 && strcmp(argv[0], "PING") == 0;
+    q->info = strcmp(argv[0], "INFO") == 0;
     q->retried = 1;
     q->internal = 1;
     if (send_request(r, q, argc, argv, NULL) != 0)
@@ -264,8 +266,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     c->connected = 1;
-    c->backoff_ms = 0;
     if (c->is_sub) {
+        c->backoff_ms = 0;
         send_subscribe(r);
         return;
     }
@@ -280,6 +282,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
         if (!r->scripts[i].sha[0])
             load_script(r, i);
     }
+    /* Before any command of ours: a server that may evict our keys is refused. */
+    const char *info[] = {"INFO", "memory"};
+    send_internal(r, -1, 2, info);
     /* A stopped server still completes TCP handshakes: only an answer proves it is alive. */
     const char *ping[] = {"PING"};
     send_internal(r, -1, 1, ping);
@@ -540,10 +545,37 @@ int pos_redis_async_eval(pos_redis_async *r, int handle, int nkeys, int argc, co
     return 0;
 }
 
+/*
+ * policy_checked refuses a connection to a server whose maxmemory-policy may
+ * evict our keys: logged once per outage, retried with the usual backoff (an
+ * operator can fix the policy without restarting us).
+ */
+static void policy_checked(pos_redis_async *r, const redisReply *reply)
+{
+    char why[400];
+    /* A server that hides INFO (a managed Redis, an ACL) cannot be checked: allowed. */
+    if (!reply || reply->type != REDIS_REPLY_STRING ||
+        pos_redis_eviction_check(reply->str, reply->len, why, sizeof(why)) >= 0)
+        return;
+    if (!r->cmd.warned) {
+        char target[600];
+        pos_redis_target_format(&r->target, target, sizeof(target));
+        pos_log_error("refusing Redis at %s: %s", target, why);
+        r->cmd.warned = 1;
+    }
+    r->stats.policy_refusals++;
+    drop(&r->cmd);
+}
+
 static void on_internal_reply(pos_redis_async *r, struct request *q, redisReply *reply)
 {
     if (!reply)
         r->stats.errors++;
+    if (q->internal && q->info) {
+        request_free(q);
+        policy_checked(r, reply);
+        return;
+    }
     if (q->internal && q->ping) {
         int alive = reply && reply->type == REDIS_REPLY_STATUS;
         request_free(q);
@@ -560,6 +592,7 @@ static void on_internal_reply(pos_redis_async *r, struct request *q, redisReply 
         }
         r->cmd.ready = 1;
         r->cmd.warned = 0;
+        r->cmd.backoff_ms = 0; /* only now: a refused server is retried ever more slowly */
         pos_log_info("connected to Redis");
         if (r->state_cb)
             r->state_cb(r->state_arg, 1);

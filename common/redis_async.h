@@ -101,6 +101,7 @@ typedef struct pos_redis_async_stats {
     uint64_t errors;   /* commands answered NULL: connection failures and timeouts */
     uint64_t timeouts; /* of which timeouts */
     uint64_t reconnects;
+    uint64_t policy_refusals; /* connections refused for an evicting maxmemory-policy */
 } pos_redis_async_stats;
 void pos_redis_async_stats_get(const pos_redis_async *r, pos_redis_async_stats *out);
 

@@ -191,8 +191,15 @@ int pos_server_start(pos_server *s, const pos_discovery_options *o, char *secret
         snprintf(err, errlen, "cannot create locks: out of resources");
         return -1;
     }
-    if (refresh(s, &s->reader, rerr, sizeof(rerr)) != 0)
+    if (refresh(s, &s->reader, rerr, sizeof(rerr)) != 0) {
+        if (s->reader.redis.policy_refused) {
+            /* Not an outage to wait out: this server would evict the list. */
+            snprintf(err, errlen, "%s", s->reader.redis.last_error);
+            free_parts(s);
+            return -1;
+        }
         pos_log_warn("starting without a relay list: %s (retrying in the background)", rerr);
+    }
     if (pthread_create(&s->refresher, NULL, refresher_main, s) != 0) {
         snprintf(err, errlen, "cannot start the refresher thread");
         goto fail;

@@ -82,6 +82,22 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/*
+ * refuse_evicting_redis stops start-up when Redis answers with a
+ * maxmemory-policy that may evict our keys. An unreachable Redis is not an
+ * error here: the services keep trying in the background.
+ */
+static int refuse_evicting_redis(const relay_config *cfg)
+{
+    pos_redis r;
+    pos_redis_init(&r, &cfg->redis, cfg->redis_prefix, 1000);
+    int refused = !pos_redis_connect_now(&r) && r.policy_refused;
+    if (refused)
+        fprintf(stderr, "pos-relay run: %s\n", r.last_error);
+    pos_redis_free(&r);
+    return refused ? -1 : 0;
+}
+
 static int parse_args(int argc, char **argv, const char **config)
 {
     static const struct option opts[] = {
@@ -131,6 +147,10 @@ int cmd_run(int argc, char **argv)
     memset(&r, 0, sizeof(r));
     if (relay_cli_load_config("run", config, &r.cfg) != 0)
         return RELAY_EXIT_FAIL;
+    if (refuse_evicting_redis(&r.cfg) != 0) {
+        relay_config_free(&r.cfg);
+        return RELAY_EXIT_FAIL;
+    }
     signal(SIGPIPE, SIG_IGN);
     r.loop = ev_default_loop(EVFLAG_AUTO);
     r.srv = relay_server_new(r.loop, &r.cfg, err, sizeof(err));

@@ -53,8 +53,12 @@ int relay_cli_open_redis(const char *cmd, const relay_config *cfg, pos_redis *r)
 {
     pos_redis_init(r, &cfg->redis, cfg->redis_prefix, 3000);
     if (!pos_redis_connect_now(r)) {
-        fprintf(stderr, "pos-relay %s: %s (is redis-server running? see \"redis\" in %s)\n", cmd,
-                r->last_error, cfg->path);
+        if (r->policy_refused)
+            fprintf(stderr, "pos-relay %s: %s\n", cmd, r->last_error);
+        else
+            fprintf(stderr, "pos-relay %s: %s (is redis-server running? see \"redis\" in %s)\n",
+                    cmd, r->last_error, cfg->path);
+        pos_redis_free(r);
         return -1;
     }
     return 0;

@@ -42,7 +42,7 @@ if [ -n "${POS_REDIS_URL:-}" ]; then
   echo "redis:     $redis_url (configured)"
 else
   redis-server --port 0 --unixsocket "$state/redis.sock" --unixsocketperm 700 \
-    --save '' --appendonly no --dir "$state" >"$state/redis.log" 2>&1 &
+    --save '' --appendonly no --maxmemory-policy noeviction --dir "$state" >"$state/redis.log" 2>&1 &
   pids+=($!)
   redis_url="unix://$state/redis.sock"
   for _ in $(seq 100); do

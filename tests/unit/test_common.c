@@ -205,6 +205,26 @@ static void test_redis_url(void)
     CHECK(pos_redis_url_parse("unix://relative", &t, err, sizeof(err)) != 0);
 }
 
+static void test_eviction_check(void)
+{
+    char err[400];
+    static const char ok[] = "# Memory\r\nused_memory:1\r\nmaxmemory_policy:noeviction\r\n";
+    static const char lru[] = "# Memory\r\nmaxmemory_policy:allkeys-lru\r\nmem:2\r\n";
+    static const char vol[] = "maxmemory_policy:volatile-ttl";
+    static const char none[] = "# Memory\r\nused_memory:1\r\n";
+    static const char near[] = "x_maxmemory_policy:allkeys-lru\r\nmaxmemory_policy:noeviction";
+    CHECK(pos_redis_eviction_check(ok, sizeof(ok) - 1, err, sizeof(err)) == 0);
+    CHECK(pos_redis_eviction_check(lru, sizeof(lru) - 1, err, sizeof(err)) == -1);
+    CHECK(strstr(err, "allkeys-lru") != NULL && strstr(err, "noeviction") != NULL);
+    CHECK(pos_redis_eviction_check(vol, sizeof(vol) - 1, err, sizeof(err)) == -1);
+    CHECK(strstr(err, "volatile-ttl") != NULL);
+    CHECK(pos_redis_eviction_check(none, sizeof(none) - 1, err, sizeof(err)) == 1);
+    CHECK(pos_redis_eviction_check(near, sizeof(near) - 1, err, sizeof(err)) == 0);
+    CHECK(pos_redis_eviction_check("", 0, err, sizeof(err)) == 1);
+    /* a prefix of "noeviction" is another policy, not a match */
+    CHECK(pos_redis_eviction_check("maxmemory_policy:noevict", 24, err, sizeof(err)) == -1);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -219,6 +239,7 @@ int main(void)
     test_config();
     test_secret();
     test_redis_url();
+    test_eviction_check();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)
