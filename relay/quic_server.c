@@ -807,7 +807,8 @@ static void handle_connect(struct rconn *c, const pos_ctrl_msg *m)
         send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "too many requests in flight");
         return;
     }
-    if (refuse_over_limit(c, m->req_id, find_active_peer(s, m->peer_id, c)))
+    to = find_active_peer(s, m->peer_id, c);
+    if (refuse_over_limit(c, m->req_id, to))
         return; /* before the target is asked: a flood of CONNECTs never reaches it */
     q = calloc(1, sizeof(*q));
     if (!q) {
@@ -825,7 +826,6 @@ static void handle_connect(struct rconn *c, const pos_ctrl_msg *m)
     s->preqs = q;
     s->n_preqs++;
     c->n_preq++;
-    to = find_active_peer(s, m->peer_id, c);
     if (!to) {
         q->lookup = relay_presence_lookup(s->svc, m->peer_id, on_presence, q);
         if (!q->lookup) {
