@@ -121,7 +121,7 @@ def token_hash(token):
 @test
 def expired_token_closes_its_connection_and_circuits():
     redis, disc, (relay,) = stack()
-    expiring = relay.token("--expires", "4")
+    expiring = relay.token("--expires", "5")
     r = subprocess.run(["redis-cli", "-u", redis.url, "HGET", "pos:token:" + token_hash(expiring),
                         "expires_at"], capture_output=True, text=True, timeout=10)
     expires_at = int(r.stdout.strip())
