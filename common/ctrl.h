@@ -67,6 +67,8 @@ enum pos_ctrl_code {
     POS_CTRL_CODE_PEER_LEFT = 6,          /* ERROR, CIRCUIT_CLOSED: the other side's
                                              connection ended */
     POS_CTRL_CODE_UNAVAILABLE = 7,        /* ERROR: Redis unreachable, try again later */
+    POS_CTRL_CODE_CIRCUIT_LIMIT = 8,      /* ERROR: a circuit cap of this relay is reached
+                                             (per connection or per token) */
 };
 
 typedef struct pos_ctrl_addrs {

@@ -106,7 +106,8 @@ import json, os, sys
 path, port, http = sys.argv[1], sys.argv[2], sys.argv[3]
 c = json.load(open(path))
 c.update(listen=[f"127.0.0.1:{port}"], http_listen=f"127.0.0.1:{http}",
-         conn_rate_per_addr=0, conn_rate_per_token=0, register_interval=1)
+         conn_rate_per_addr=0, conn_rate_per_token=0, register_interval=1,
+         max_conns_per_token=0, max_circuits_per_token=0)  # one token for all 2N clients
 json.dump(c, open(path, "w")); os.chmod(path, 0o600)
 PY
 token=$("$build/relay/pos-relay" token add --config "$tmp/relay.json" | tail -1)

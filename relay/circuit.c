@@ -139,6 +139,10 @@ int relay_circuit_open(relay_circuits *t, relay_circuit_owner *owner0, const str
         owner_link(t, owners[k], slot);
         id_out[k] = s->id;
     }
+    if (budget0)
+        budget0->circuits++;
+    if (budget1 && budget1 != budget0)
+        budget1->circuits++; /* both sides of one token: one circuit of that token */
     t->opened_ms[c] = now_ms;
     t->open++;
     return 0;
@@ -155,6 +159,11 @@ int relay_circuit_close(relay_circuits *t, uint32_t id, int64_t now_ms, relay_ci
         info->opened_ms = t->opened_ms[c];
         info->closed_ms = now_ms;
     }
+    relay_budget *b0 = t->sides[2 * c].budget, *b1 = t->sides[2 * c + 1].budget;
+    if (b0 && b0->circuits)
+        b0->circuits--;
+    if (b1 && b1 != b0 && b1->circuits)
+        b1->circuits--;
     for (uint32_t k = 0; k < 2; k++) {
         relay_side *s = &t->sides[2 * c + k];
         if (info) {
@@ -201,6 +210,16 @@ int relay_circuit_owner_set_addr(relay_circuits *t, relay_circuit_owner *owner,
     return 0;
 }
 
+int relay_circuit_admit(const relay_circuit_owner *owner, const relay_budget *budget,
+                        uint32_t max_per_owner, uint32_t max_per_budget)
+{
+    if (max_per_owner && owner->count >= max_per_owner)
+        return RELAY_CIRCUIT_ERR_CONN_LIMIT;
+    if (max_per_budget && budget && budget->circuits >= max_per_budget)
+        return RELAY_CIRCUIT_ERR_TOKEN_LIMIT;
+    return 0;
+}
+
 int relay_circuit_stats(relay_circuits *t, uint32_t id, relay_side_stats *out)
 {
     relay_side *s = relay_circuit_find(t, id);
@@ -223,6 +242,10 @@ const char *relay_circuit_strerror(int code)
         return "no such circuit";
     case RELAY_CIRCUIT_ERR_NOMEM:
         return "out of memory";
+    case RELAY_CIRCUIT_ERR_CONN_LIMIT:
+        return "too many circuits on this connection";
+    case RELAY_CIRCUIT_ERR_TOKEN_LIMIT:
+        return "too many circuits for this token on this relay";
     default:
         return "unknown error";
     }

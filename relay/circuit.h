@@ -34,6 +34,8 @@
 #define RELAY_CIRCUIT_ERR_INVALID -2   /* bad argument (address family, owner, capacity) */
 #define RELAY_CIRCUIT_ERR_NOT_FOUND -3 /* no open circuit has this id */
 #define RELAY_CIRCUIT_ERR_NOMEM -4
+#define RELAY_CIRCUIT_ERR_CONN_LIMIT -5  /* the connection has its maximum of circuits open */
+#define RELAY_CIRCUIT_ERR_TOKEN_LIMIT -6 /* the token has its maximum of circuits open here */
 
 /*
  * A token's byte budget on this relay, shared by every circuit side whose
@@ -44,6 +46,10 @@
  * below |low_water|, or a packet is dropped for lack of budget, the
  * forwarder's lease callback is called once and |lease_pending| set, until
  * the next grant. Unlimited budgets only count.
+ *
+ * Being the one object per token on this relay, a budget also counts the
+ * token's open circuits (|circuits|, kept by relay_circuit_open/close) for
+ * the per-token circuit cap (relay_circuit_admit).
  */
 typedef struct relay_budget {
     int64_t available; /* leased bytes not yet spent */
@@ -52,6 +58,7 @@ typedef struct relay_budget {
     uint64_t dropped;  /* packets dropped for lack of budget */
     uint8_t unlimited; /* never drop, never ask */
     uint8_t lease_pending;
+    uint32_t circuits; /* open circuits with a side paying from it (once per circuit) */
 } relay_budget;
 
 /* relay_budget_init: zero |b|; |unlimited| or a budget that starts empty with |low_water|. */
@@ -183,6 +190,18 @@ unsigned relay_circuit_owner_close(relay_circuits *t, relay_circuit_owner *owner
  */
 int relay_circuit_owner_set_addr(relay_circuits *t, relay_circuit_owner *owner,
                                  const struct sockaddr *addr);
+
+/*
+ * relay_circuit_admit: may one more circuit have a side owned by |owner|
+ * (one side per circuit: owner->count is its circuits) paying from |budget|
+ * (its token's; NULL: not counted)? |max_per_owner| caps the owner's open
+ * circuits, |max_per_budget| the circuits of the budget's token on this
+ * relay, over all its connections (0: no cap). Call it for both sides
+ * before relay_circuit_open. Returns 0, RELAY_CIRCUIT_ERR_CONN_LIMIT or
+ * RELAY_CIRCUIT_ERR_TOKEN_LIMIT.
+ */
+int relay_circuit_admit(const relay_circuit_owner *owner, const relay_budget *budget,
+                        uint32_t max_per_owner, uint32_t max_per_budget);
 
 /* relay_circuit_stats: usage of side |id| into |out|; 0 or RELAY_CIRCUIT_ERR_NOT_FOUND. */
 int relay_circuit_stats(relay_circuits *t, uint32_t id, relay_side_stats *out);

@@ -40,7 +40,8 @@ static void token_usage(FILE *out)
             "       pos-relay token revoke [--config FILE] (TOKEN | - | --account NAME)\n\n"
             "add     creates a random token and prints it once, on the last line; Redis keeps\n"
             "        only its hash with the account and limits (0 or absent = unlimited,\n"
-            "        --expires absent = never). The account defaults to \"default\".\n"
+            "        --expires absent = never; --max-conns absent = the relay's\n"
+            "        max_conns_per_token, 64 by default). The account defaults to \"default\".\n"
             "list    shows each token's id (start of its hash), account, status, limits and\n"
             "        expiry; never a token.\n"
             "revoke  revokes one token (given as argument, or read from stdin with \"-\"), or\n"
@@ -222,6 +223,8 @@ static void print_token_row(const char *hash, const redisReply *h)
     format_limit(f[3], bps, sizeof(bps));
     format_limit(f[4], burst, sizeof(burst));
     format_limit(f[5], conns, sizeof(conns));
+    if (strcmp(conns, "unlimited") == 0)
+        snprintf(conns, sizeof(conns), "default"); /* the relay's max_conns_per_token */
     printf("%-12.12s  %-20s  %-7s  %-20s  %-13s  %-13s  %-9s  %s\n", hash, f[0] ? f[0] : "?",
            status, expires, bps, burst, conns, created);
 }

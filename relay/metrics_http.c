@@ -96,13 +96,17 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
              "# TYPE pos_relay_circuit_redirects_total counter\n"
              "pos_relay_circuit_redirects_total %llu\n"
              "# TYPE pos_relay_circuit_errors_total counter\n"
-             "pos_relay_circuit_errors_total %llu\n",
+             "pos_relay_circuit_errors_total %llu\n"
+             "# HELP pos_relay_circuits_refused_limit_total CONNECTs refused by a circuit cap.\n"
+             "# TYPE pos_relay_circuits_refused_limit_total counter\n"
+             "pos_relay_circuits_refused_limit_total %llu\n",
              (unsigned long long)h->srv.circuits_open,
              (unsigned long long)h->srv.circuit_requests_pending,
              (unsigned long long)h->srv.circuit_requests,
              (unsigned long long)h->srv.circuits_opened, (unsigned long long)h->srv.circuits_closed,
              (unsigned long long)h->srv.circuit_redirects,
-             (unsigned long long)h->srv.circuit_errors);
+             (unsigned long long)h->srv.circuit_errors,
+             (unsigned long long)h->srv.circuits_refused_limit);
         EMIT("# HELP pos_relay_forwarded_total Data frames forwarded (datagrams, bytes).\n"
              "# TYPE pos_relay_forwarded_total counter\n"
              "pos_relay_forwarded_total %llu\n"

@@ -49,10 +49,9 @@
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define RATE_CHECK_TIMEOUT_S 5.0
 #define HELLO_TIMEOUT_NS (10 * NGTCP2_SECONDS) /* from the first packet to WELCOME */
-#define DEFAULT_MAX_CIRCUITS 16384
-#define INCOMING_TIMEOUT_S 10.0     /* a target that does not answer INCOMING */
-#define MAX_PENDING_PER_CONN 16     /* CONNECTs in flight per client */
-#define MAX_PENDING_TOTAL 4096      /* CONNECTs in flight per relay */
+#define INCOMING_TIMEOUT_S 10.0                /* a target that does not answer INCOMING */
+#define MAX_PENDING_PER_CONN 16                /* CONNECTs in flight per client */
+#define MAX_PENDING_TOTAL 4096                 /* CONNECTs in flight per relay */
 #define MAX_OUT_PENDING (64 * 1024) /* control bytes queued to a client not reading them */
 
 enum rstate { RATE_CHECK, HANDSHAKE, HELLO_WAIT, AUTH_CHECK, ACTIVE, CLOSING, DRAINING };
@@ -111,6 +110,7 @@ struct rconn {
     int64_t req_stream;          /* -1 until the client opens it */
     uint32_t n_preq;             /* requests this client has in flight */
     uint8_t ended;               /* conn_end ran: circuits closed, presence dropped */
+    ev_timer expiry;             /* ACTIVE, token with an expiry: closes the connection then */
 };
 
 /*
@@ -275,6 +275,7 @@ static void conn_free(struct rconn *c)
     ngtcp2_cid scids[16];
 
     ev_timer_stop(s->loop, &c->timer);
+    ev_timer_stop(s->loop, &c->expiry);
     conn_end(c);
     if (c->budget && s->svc)
         relay_budget_release(s->svc, c->budget); /* its circuits are closed (conn_end) */
@@ -530,6 +531,31 @@ static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
     c->out_len += (size_t)n;
 }
 
+static void on_token_expiry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rconn *c = w->data;
+    (void)loop;
+    (void)revents;
+    if (c->state != ACTIVE)
+        return;
+    pos_log_info("closing client %s: token expired", c->peer_id);
+    refuse(c, RELAY_REFUSED_EXPIRED); /* closes its circuits too, like a revocation */
+}
+
+/*
+ * watch_expiry: a token that expires closes its live connections then (one
+ * timer per connection, no Redis call), with the same code as a refusal.
+ */
+static void watch_expiry(struct rconn *c, const relay_limits *lim)
+{
+    if (!lim || lim->expires_at <= 0)
+        return;
+    double after = (double)lim->expires_at - ev_time();
+    ev_timer_init(&c->expiry, on_token_expiry, after > 0 ? after : 0., 0.);
+    c->expiry.data = c;
+    ev_timer_start(c->srv->loop, &c->expiry);
+}
+
 static void accept_client(struct rconn *c, const relay_limits *lim, const char *token_id)
 {
     relay_server *s = c->srv;
@@ -562,6 +588,7 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     s->st.conns_active++;
     s->st.auth_ok++;
     queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, which stays open */
+    watch_expiry(c, lim);
     relay_presence_add(s->svc, c->peer_id);
     pos_log_debug("client %s accepted from %s", c->peer_id, m.observed);
     conn_write(c);
@@ -732,6 +759,38 @@ static void on_presence(void *arg, int status, const relay_presence_found *f)
     preq_free(q);
 }
 
+/*
+ * circuit_limit: whether |c| may have one more circuit under the caps of
+ * the config (max_circuits_per_conn, max_circuits_per_token). Returns 0, or
+ * the RELAY_CIRCUIT_ERR_*_LIMIT code with the sentence for the client in |text|.
+ */
+static int circuit_limit(const struct rconn *c, char *text, size_t len)
+{
+    const relay_config *cfg = c->srv->cfg;
+    int rc = relay_circuit_admit(&c->owner, c->budget, cfg->max_circuits_per_conn,
+                                 cfg->max_circuits_per_token);
+    if (rc != 0)
+        snprintf(text, len, "%s (limit %u)", relay_circuit_strerror(rc),
+                 rc == RELAY_CIRCUIT_ERR_CONN_LIMIT ? cfg->max_circuits_per_conn
+                                                    : cfg->max_circuits_per_token);
+    return rc;
+}
+
+/* refuse_over_limit: ERROR(CIRCUIT_LIMIT) to |c| for |req_id| when |c| or its peer |other|
+ * is at a circuit cap; returns 1 then. */
+static int refuse_over_limit(struct rconn *c, uint32_t req_id, const struct rconn *other)
+{
+    char text[POS_CTRL_MAX_TEXT];
+    if (circuit_limit(c, text, sizeof(text)) == 0) {
+        if (!other || circuit_limit(other, text, sizeof(text)) == 0)
+            return 0;
+        snprintf(text, sizeof(text), "the peer has too many circuits");
+    }
+    c->srv->st.circuits_refused_limit++;
+    send_error(c, req_id, POS_CTRL_CODE_CIRCUIT_LIMIT, text);
+    return 1;
+}
+
 static void handle_connect(struct rconn *c, const pos_ctrl_msg *m)
 {
     relay_server *s = c->srv;
@@ -748,6 +807,9 @@ static void handle_connect(struct rconn *c, const pos_ctrl_msg *m)
         send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "too many requests in flight");
         return;
     }
+    to = find_active_peer(s, m->peer_id, c);
+    if (refuse_over_limit(c, m->req_id, to))
+        return; /* before the target is asked: a flood of CONNECTs never reaches it */
     q = calloc(1, sizeof(*q));
     if (!q) {
         send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "out of memory");
@@ -764,7 +826,6 @@ static void handle_connect(struct rconn *c, const pos_ctrl_msg *m)
     s->preqs = q;
     s->n_preqs++;
     c->n_preq++;
-    to = find_active_peer(s, m->peer_id, c);
     if (!to) {
         q->lookup = relay_presence_lookup(s->svc, m->peer_id, on_presence, q);
         if (!q->lookup) {
@@ -811,6 +872,11 @@ static void handle_answer(struct rconn *c, const pos_ctrl_msg *m)
     a = q->from;
     if (m->type == POS_CTRL_DECLINE) {
         send_error(a, q->from_req, POS_CTRL_CODE_DECLINED, "peer declined");
+        preq_free(q);
+        return;
+    }
+    /* again: the requests in flight when the CONNECT was checked may have reached a cap */
+    if (refuse_over_limit(a, q->from_req, c) | refuse_over_limit(c, q->to_req, a)) {
         preq_free(q);
         return;
     }
@@ -1590,16 +1656,11 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
             s->retry_above = (size_t)strtoul(e, NULL, 10);
     }
     init_callbacks(&s->cbs);
-    {
-        uint32_t cap = DEFAULT_MAX_CIRCUITS;
-        const char *e = getenv("POS_RELAY_MAX_CIRCUITS");
-        if (e && *e)
-            cap = (uint32_t)strtoul(e, NULL, 10);
-        s->circuits = relay_circuits_new(cap, randombytes_random());
-        if (!s->circuits) {
-            snprintf(err, errlen, "cannot allocate the circuit table (%u circuits)", cap);
-            goto fail;
-        }
+    s->circuits = relay_circuits_new(cfg->max_circuits, randombytes_random());
+    if (!s->circuits) {
+        snprintf(err, errlen, "cannot allocate the circuit table (%u circuits, max_circuits)",
+                 cfg->max_circuits);
+        goto fail;
     }
     if (pos_tls_creds_new(&s->creds, &cfg->identity) != 0) {
         snprintf(err, errlen, "cannot make the TLS certificate from the relay's identity");

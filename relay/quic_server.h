@@ -48,10 +48,11 @@ typedef struct relay_server_stats {
     uint64_t circuit_requests_pending; /* gauge: CONNECTs in flight */
     uint64_t circuit_requests;         /* CONNECTs received */
     uint64_t circuits_opened, circuits_closed;
-    uint64_t circuit_redirects;   /* REDIRECT sent */
-    uint64_t circuit_errors;      /* ERROR sent (not connected, declined, timeout, busy) */
-    uint64_t forward_send_failed; /* forwarded datagrams the socket refused (lost) */
-    relay_forward_stats fw;       /* the forwarder's counters */
+    uint64_t circuit_redirects;      /* REDIRECT sent */
+    uint64_t circuit_errors;         /* ERROR sent (not connected, declined, timeout, busy) */
+    uint64_t circuits_refused_limit; /* ERROR for a circuit cap (per connection, per token) */
+    uint64_t forward_send_failed;    /* forwarded datagrams the socket refused (lost) */
+    relay_forward_stats fw;          /* the forwarder's counters */
 } relay_server_stats;
 
 /*

@@ -18,6 +18,9 @@
 #define DEFAULT_IDLE_TIMEOUT_S 30
 #define DEFAULT_REGISTER_INTERVAL_S 10
 #define DEFAULT_CONN_RATE 20
+#define DEFAULT_MAX_CIRCUITS 16384
+#define MAX_MAX_CIRCUITS 1048576 /* RELAY_CIRCUIT_MAX_CAPACITY */
+#define DEFAULT_MAX_CONNS_PER_TOKEN 64
 #define MAX_SECRET_LEN 4096
 
 static const char *const known_keys[] = {
@@ -37,6 +40,10 @@ static const char *const known_keys[] = {
     "conn_burst_per_addr",
     "conn_rate_per_token",
     "conn_burst_per_token",
+    "max_circuits",
+    "max_circuits_per_conn",
+    "max_circuits_per_token",
+    "max_conns_per_token",
     NULL,
 };
 
@@ -133,6 +140,29 @@ static int load_uint(const pos_config *c, const char *key, long long min, long l
     return 0;
 }
 
+/*
+ * The circuit table and the caps that keep one client or one token from
+ * filling it. The per-connection and per-token defaults follow the table
+ * (1/64 and 1/16 of it), so that with defaults one token holds less than
+ * 1/8 of the table however many connections it has.
+ */
+static int load_circuit_limits(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = load_uint(c, "max_circuits", 1, MAX_MAX_CIRCUITS, DEFAULT_MAX_CIRCUITS,
+                        &cfg->max_circuits, err, errlen)) ||
+        (rc = load_uint(c, "max_circuits_per_conn", 0, cfg->max_circuits,
+                        cfg->max_circuits / 64 ? cfg->max_circuits / 64 : 1,
+                        &cfg->max_circuits_per_conn, err, errlen)) ||
+        (rc = load_uint(c, "max_circuits_per_token", 0, cfg->max_circuits,
+                        cfg->max_circuits / 16 ? cfg->max_circuits / 16 : 1,
+                        &cfg->max_circuits_per_token, err, errlen)) ||
+        (rc = load_uint(c, "max_conns_per_token", 0, 1000000, DEFAULT_MAX_CONNS_PER_TOKEN,
+                        &cfg->max_conns_per_token, err, errlen)))
+        return rc;
+    return 0;
+}
+
 static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
 {
     int rc;
@@ -150,6 +180,8 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
                         &cfg->conn_burst_per_addr, err, errlen)) ||
         (rc = load_uint(c, "conn_burst_per_token", 1, 10000000, cfg->conn_rate_per_token * 2,
                         &cfg->conn_burst_per_token, err, errlen)))
+        return rc;
+    if ((rc = load_circuit_limits(cfg, c, err, errlen)) != 0)
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

@@ -20,6 +20,16 @@
  *   conn_burst_per_addr   bucket size for the above, default 2 x the rate (optional)
  *   conn_rate_per_token   connection attempts per second per token, default 20 (optional)
  *   conn_burst_per_token  bucket size for the above, default 2 x the rate (optional)
+ *   max_circuits          circuits open at once on this relay (the table, allocated at
+ *                         start), default 16384                       (optional)
+ *   max_circuits_per_conn circuits one control connection may have open, 0 = no cap,
+ *                         default max_circuits / 64 (256)             (optional)
+ *   max_circuits_per_token circuits open on this relay with a side of one token (all
+ *                         its connections here), 0 = no cap, default
+ *                         max_circuits / 16 (1024)                    (optional)
+ *   max_conns_per_token   connection cap of a token that sets none (token add
+ *                         --max-conns), counted like the token's own, 0 = no cap,
+ *                         default 64                                  (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -55,6 +65,10 @@ typedef struct relay_config {
     unsigned conn_burst_per_addr;
     unsigned conn_rate_per_token;
     unsigned conn_burst_per_token;
+    unsigned max_circuits;           /* circuit table size */
+    unsigned max_circuits_per_conn;  /* 0 = no cap */
+    unsigned max_circuits_per_token; /* 0 = no cap */
+    unsigned max_conns_per_token;    /* for tokens without max_conns; 0 = no cap */
 } relay_config;
 
 /*

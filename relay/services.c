@@ -611,6 +611,8 @@ static struct cache_entry *cache_store(relay_services *s, const char *hash, cons
         e->limits.bytes_per_sec = field_u64(h, "bytes_per_sec");
         e->limits.burst_bytes = field_u64(h, "burst");
         e->limits.max_conns = (uint32_t)field_u64(h, "max_conns");
+        if (e->limits.max_conns == 0) /* the token sets no cap: the relay's default */
+            e->limits.max_conns = s->cfg->max_conns_per_token;
         e->limits.expires_at = (int64_t)field_u64(h, "expires_at");
     }
     return e;

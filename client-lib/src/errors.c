@@ -45,6 +45,9 @@ const char *pos_p2p_strerror(int code)
         return "the relay circuit ended";
     case POS_P2P_ERR_TOO_BIG:
         return "a packet larger than a relay data frame can carry";
+    case POS_P2P_ERR_CIRCUIT_LIMIT:
+        return "the relay allows no more circuits for this connection or token (or the peer) now: "
+               "close some circuits first";
     /* sessions */
     case POS_P2P_ERR_NOT_ALLOWED:
         return "the peer does not accept sessions from this device (not in its allow list)";

@@ -316,6 +316,8 @@ static int error_of(uint16_t code)
         return POS_P2P_ERR_CIRCUIT_CLOSED;
     case POS_CTRL_CODE_BAD_PEER:
         return POS_P2P_ERR_INVALID_ARGUMENT;
+    case POS_CTRL_CODE_CIRCUIT_LIMIT:
+        return POS_P2P_ERR_CIRCUIT_LIMIT;
     default:
         return POS_P2P_ERR_REFUSED;
     }

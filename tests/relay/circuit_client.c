@@ -10,6 +10,14 @@
  * can check them. Everything it sees is printed on stdout as one JSON
  * object per line ({"event": ...}); it exits 0 when it ran to its end, 1 on
  * an error event or failure. SIGTERM/SIGINT end it with a final "result".
+ *
+ * --flood N (with --connect) is the circuit-table attack: N CONNECTs to the
+ * peer as fast as the relay takes them (16 in flight, its per-client
+ * maximum), then one "flood" line with the circuits obtained and the errors
+ * by text; the circuits stay open for --hold-ms. --quiet (listen) counts
+ * INCOMING and CIRCUIT instead of printing a line for each. When the relay
+ * closes the connection, "relay_closed" is printed at once with the reason
+ * and the time (t_ms, the clock of pos_p2p_now_ms).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -22,12 +30,14 @@
 
 #include "pos/p2p.h"
 
-#define HDR 16 /* u64 sequence, u64 send time (us) */
+#define HDR 16             /* u64 sequence, u64 send time (us) */
+#define FLOOD_IN_FLIGHT 16 /* the relay's maximum of CONNECTs in flight per client */
+#define FLOOD_TEXTS 4      /* distinct error texts counted */
 
 struct opts {
     const char *api_url, *relay_id, *relay, *token, *identity, *connect;
-    int listen, decline, echo, ignore;
-    long count, size, rate;
+    int listen, decline, echo, ignore, quiet;
+    long count, size, rate, flood;
     long wait_ms, hold_ms, timeout_ms, stats_ms;
 };
 
@@ -40,6 +50,11 @@ struct st {
     uint64_t bytes_received;
     int64_t first_rx_ms, last_rx_ms, circuit_ms, start_ms;
     int64_t lat_sum_us, lat_max_us;
+    /* --flood */
+    long flood_sent, flood_in_flight, flood_circuits, incomings, circuits;
+    long flood_error_count[FLOOD_TEXTS];
+    char flood_error_text[FLOOD_TEXTS][257];
+    int flood_errors, limit_error, closed_reported;
 };
 
 static volatile sig_atomic_t stop_flag;
@@ -54,10 +69,11 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: circuit_client (--api-url URL --relay-id UUID | --relay ID,PEERID,ADDR)\n"
                "         --token TOKEN --identity FILE\n"
-               "         (--listen [--decline | --ignore] [--echo] | --connect PEERID [--count N]\n"
-               "          [--size BYTES] [--rate PPS] [--wait-ms MS])\n"
+               "         (--listen [--decline | --ignore] [--echo] [--quiet] | --connect PEERID\n"
+               "          [--count N] [--size BYTES] [--rate PPS] [--wait-ms MS] [--flood N])\n"
                "         [--hold-ms MS] [--timeout-ms MS] [--stats-ms MS]\n"
-               "--stats-ms prints what arrived so far every MS milliseconds (listen).\n");
+               "--stats-ms prints what arrived so far every MS milliseconds (listen).\n"
+               "--flood asks for N circuits to PEERID as fast as the relay takes them.\n");
 }
 
 static void fill(uint8_t *p, long size, uint64_t seq)
@@ -93,9 +109,44 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
+/* flood_event: counts what answers a --flood request; 1 when |ev| was one. */
+static int flood_event(struct st *s, const pos_p2p_relay_event *ev)
+{
+    if (ev->type == POS_P2P_RELAY_EV_CIRCUIT) {
+        s->flood_circuits++;
+    } else if (ev->type == POS_P2P_RELAY_EV_ERROR) {
+        int i = 0;
+        while (i < s->flood_errors && strcmp(s->flood_error_text[i], ev->text) != 0)
+            i++;
+        if (i == s->flood_errors && i < FLOOD_TEXTS)
+            snprintf(s->flood_error_text[s->flood_errors++], sizeof(s->flood_error_text[0]), "%s",
+                     ev->text);
+        if (i < FLOOD_TEXTS)
+            s->flood_error_count[i]++;
+        if (ev->error == POS_P2P_ERR_CIRCUIT_LIMIT)
+            s->limit_error = ev->error;
+    } else {
+        return 0;
+    }
+    s->flood_in_flight--;
+    return 1;
+}
+
 static void on_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
 {
     struct st *s = arg;
+    if (s->o.flood && flood_event(s, ev))
+        return;
+    if (s->o.quiet &&
+        (ev->type == POS_P2P_RELAY_EV_INCOMING || ev->type == POS_P2P_RELAY_EV_CIRCUIT)) {
+        if (ev->type == POS_P2P_RELAY_EV_INCOMING)
+            s->incomings++;
+        else
+            s->circuits++;
+        if (ev->type == POS_P2P_RELAY_EV_INCOMING && !s->o.ignore)
+            pos_p2p_relay_answer(r, ev->req_id, !s->o.decline);
+        return;
+    }
     switch (ev->type) {
     case POS_P2P_RELAY_EV_INCOMING:
         printf("{\"event\":\"incoming\",\"req\":%u,\"peer_id\":\"%s\",\"observed\":\"%s\","
@@ -171,11 +222,11 @@ static void print_result(struct st *s)
     double span = s->last_rx_ms > s->first_rx_ms ? (double)(s->last_rx_ms - s->first_rx_ms) : 0;
     printf("{\"event\":\"result\",\"sent\":%ld,\"received\":%ld,\"intact\":%ld,\"bad\":%ld,"
            "\"echoed\":%ld,\"bytes_received\":%llu,\"rx_span_ms\":%.0f,\"lat_avg_us\":%lld,"
-           "\"circuit_closed\":%s}\n",
+           "\"circuit_closed\":%s,\"incomings\":%ld,\"circuits\":%ld}\n",
            s->sent, s->received, s->intact, s->bad, s->echoed,
            (unsigned long long)s->bytes_received, span,
            (long long)(s->intact ? s->lat_sum_us / s->intact : 0),
-           s->circuit_closed ? "true" : "false");
+           s->circuit_closed ? "true" : "false", s->incomings, s->circuits);
     fflush(stdout);
 }
 
@@ -199,6 +250,8 @@ static int parse(int argc, char **argv, struct opts *o)
                                        {"help", no_argument, NULL, 'h'},
                                        {"stats-ms", required_argument, NULL, 'S'},
                                        {"ignore", no_argument, NULL, 'I'},
+                                       {"quiet", no_argument, NULL, 'q'},
+                                       {"flood", required_argument, NULL, 'F'},
                                        {NULL, 0, NULL, 0}};
     int ch;
     memset(o, 0, sizeof(*o));
@@ -259,6 +312,12 @@ static int parse(int argc, char **argv, struct opts *o)
         case 'I':
             o->ignore = 1;
             break;
+        case 'q':
+            o->quiet = 1;
+            break;
+        case 'F':
+            o->flood = atol(optarg);
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -268,7 +327,8 @@ static int parse(int argc, char **argv, struct opts *o)
         }
     }
     if (!o->token || !o->identity || (!o->relay && !(o->api_url && o->relay_id)) ||
-        (!o->listen && !o->connect) || o->size < HDR || o->size > 1500) {
+        (!o->listen && !o->connect) || o->size < HDR || o->size > 1500 || o->flood < 0 ||
+        (o->flood && !o->connect)) {
         usage(stderr);
         return -1;
     }
@@ -303,6 +363,22 @@ static int find_relay(const struct opts *o, pos_p2p_relay_info *out)
     return out->n_addrs ? 0 : -1;
 }
 
+/* relay_closed: prints "relay_closed" once when the relay ended the connection; 1 then. */
+static int relay_closed(struct st *s)
+{
+    pos_p2p_relay_status rs;
+    pos_p2p_relay_get_status(s->r, &rs);
+    if (rs.state != POS_P2P_RELAY_FAILED)
+        return 0;
+    if (!s->closed_reported) {
+        s->closed_reported = 1;
+        printf("{\"event\":\"relay_closed\",\"error\":%d,\"reason\":\"%s\",\"t_ms\":%lld}\n",
+               rs.error, rs.reason, (long long)pos_p2p_now_ms());
+        fflush(stdout);
+    }
+    return 1;
+}
+
 /* step runs the endpoint for at most |ms|. */
 static void step(pos_p2p_endpoint *ep, int ms)
 {
@@ -313,6 +389,30 @@ static void step(pos_p2p_endpoint *ep, int ms)
         wait = d - now < 0 ? 0 : (int)(d - now);
     epoll_wait(pos_p2p_endpoint_fd(ep), evs, 4, wait);
     pos_p2p_endpoint_process(ep);
+}
+
+/* flood: --flood requests to --connect, at most FLOOD_IN_FLIGHT at once, then the counts. */
+static void flood(struct st *s, pos_p2p_endpoint *ep)
+{
+    int64_t t0 = pos_p2p_now_ms(), until = t0 + s->o.timeout_ms;
+    uint32_t req;
+    while ((s->flood_sent < s->o.flood || s->flood_in_flight > 0) && !stop_flag &&
+           pos_p2p_now_ms() < until && !relay_closed(s)) {
+        while (s->flood_sent < s->o.flood && s->flood_in_flight < FLOOD_IN_FLIGHT &&
+               pos_p2p_relay_request_peer(s->r, s->o.connect, &req) == 0) {
+            s->flood_sent++;
+            s->flood_in_flight++;
+        }
+        step(ep, 10);
+    }
+    printf("{\"event\":\"flood\",\"requested\":%ld,\"circuits\":%ld,\"ms\":%lld,"
+           "\"limit_error\":%d,\"limit_sentence\":\"%s\",\"errors\":{",
+           s->flood_sent, s->flood_circuits, (long long)(pos_p2p_now_ms() - t0), s->limit_error,
+           s->limit_error ? pos_p2p_strerror(s->limit_error) : "");
+    for (int i = 0; i < s->flood_errors; i++)
+        printf("%s\"%s\":%ld", i ? "," : "", s->flood_error_text[i], s->flood_error_count[i]);
+    printf("}}\n");
+    fflush(stdout);
 }
 
 int main(int argc, char **argv)
@@ -362,7 +462,9 @@ int main(int argc, char **argv)
     printf("{\"event\":\"welcome\",\"peer_id\":\"%s\",\"observed\":\"%s\",\"port\":%u}\n", me,
            rs.observed, pos_p2p_endpoint_local_port(ep));
     fflush(stdout);
-    if (s.o.connect) {
+    if (s.o.connect && s.o.flood) {
+        flood(&s, ep);
+    } else if (s.o.connect) {
         if (pos_p2p_relay_request_peer(s.r, s.o.connect, &s.req) != 0) {
             printf("{\"event\":\"request_failed\"}\n");
             rc = 1;
@@ -379,7 +481,7 @@ int main(int argc, char **argv)
         }
         /* send: paced by --rate (0 = as fast as the socket takes them) */
         int64_t t0 = pos_p2p_now_ms();
-        while (s.sent < s.o.count && !stop_flag && !s.circuit_closed) {
+        while (s.sent < s.o.count && !stop_flag && !s.circuit_closed && !relay_closed(&s)) {
             if (s.o.rate > 0) {
                 int64_t due = t0 + s.sent * 1000 / s.o.rate;
                 if (pos_p2p_now_ms() < due) {
@@ -404,8 +506,7 @@ int main(int argc, char **argv)
     } else {
         int64_t next_stats = pos_p2p_now_ms() + s.o.stats_ms;
         while (!stop_flag) {
-            pos_p2p_relay_get_status(s.r, &rs);
-            if (rs.state == POS_P2P_RELAY_FAILED)
+            if (relay_closed(&s))
                 break;
             step(ep, s.o.stats_ms > 0 && s.o.stats_ms < 100 ? (int)s.o.stats_ms : 100);
             if (s.o.stats_ms > 0 && pos_p2p_now_ms() >= next_stats) {
@@ -419,12 +520,10 @@ int main(int argc, char **argv)
         print_result(&s);
     }
 hold:
-    for (int64_t end = pos_p2p_now_ms() + s.o.hold_ms; !stop_flag && pos_p2p_now_ms() < end;)
+    for (int64_t end = pos_p2p_now_ms() + s.o.hold_ms;
+         !stop_flag && pos_p2p_now_ms() < end && !relay_closed(&s);)
         step(ep, 50);
-    pos_p2p_relay_get_status(s.r, &rs);
-    if (rs.state == POS_P2P_RELAY_FAILED)
-        printf("{\"event\":\"relay_closed\",\"error\":%d,\"reason\":\"%s\"}\n", rs.error,
-               rs.reason);
+    relay_closed(&s);
 out:
     fflush(stdout);
     pos_p2p_relay_close(s.r);

@@ -565,6 +565,39 @@ static void test_quic_fallback(void)
     relay_circuits_del(t);
 }
 
+/* Circuit caps: per owner (its open circuits) and per token (its budget, once per circuit). */
+static void test_circuit_admit(void)
+{
+    relay_circuits *t = relay_circuits_new(16, 1);
+    relay_circuit_owner oa = {0}, ob = {0}, oc = {0};
+    relay_budget tok, other;
+    struct sockaddr_in6 a = addr("10.0.0.1", 1000), bb = addr("10.0.0.2", 2000),
+                        c = addr("10.0.0.3", 3000);
+    uint32_t id[2], first[2];
+    relay_budget_init(&tok, 1, 0);
+    relay_budget_init(&other, 1, 0);
+    CHECK(relay_circuit_admit(&oa, &tok, 2, 3) == 0);
+    /* two connections of one token: each circuit counts once for the token */
+    CHECK(relay_circuit_open(t, &oa, sa(&a), &tok, &ob, sa(&bb), &tok, 0, first) == 0);
+    CHECK(tok.circuits == 1 && oa.count == 1 && ob.count == 1);
+    CHECK(relay_circuit_open(t, &oa, sa(&a), &tok, &ob, sa(&bb), &tok, 0, id) == 0);
+    CHECK(relay_circuit_admit(&oa, &tok, 2, 3) == RELAY_CIRCUIT_ERR_CONN_LIMIT);
+    CHECK(relay_circuit_admit(&oc, &tok, 2, 3) == 0);
+    CHECK(relay_circuit_open(t, &oc, sa(&c), &tok, &ob, sa(&bb), &other, 0, id) == 0);
+    CHECK(tok.circuits == 3 && other.circuits == 1);
+    CHECK(relay_circuit_admit(&oc, &tok, 2, 3) == RELAY_CIRCUIT_ERR_TOKEN_LIMIT);
+    CHECK(relay_circuit_admit(&oc, &other, 2, 3) == 0);
+    CHECK(relay_circuit_admit(&oc, &tok, 0, 0) == 0); /* 0: no cap */
+    CHECK(relay_circuit_admit(&oc, NULL, 2, 3) == 0); /* no budget: not counted */
+    /* closing gives the places back */
+    CHECK(relay_circuit_close(t, first[1], 0, NULL) == 0);
+    CHECK(tok.circuits == 2 && relay_circuit_admit(&oa, &tok, 2, 3) == 0);
+    CHECK(relay_circuit_owner_close(t, &oc, 0, NULL, NULL) == 1);
+    CHECK(tok.circuits == 1 && other.circuits == 0);
+    CHECK(strcmp(relay_circuit_strerror(RELAY_CIRCUIT_ERR_TOKEN_LIMIT), "unknown error") != 0);
+    relay_circuits_del(t);
+}
+
 int main(void)
 {
     test_forward_and_rewrite();
@@ -574,6 +607,7 @@ int main(void)
     test_keepalive();
     test_owner_close();
     test_many_circuits();
+    test_circuit_admit();
     test_gso();
     test_quic_fallback();
     return check_finish("test_forward");

@@ -47,9 +47,37 @@ static void test_defaults(void)
     CHECK(c.conn_rate_per_addr == 20 && c.conn_burst_per_addr == 40);
     CHECK(c.conn_rate_per_token == 20 && c.conn_burst_per_token == 40);
     CHECK(c.n_public_addrs == 0 && c.n_listen == 0);
+    /* with defaults one token holds less than 1/8 of the circuit table */
+    CHECK(c.max_circuits == 16384 && c.max_circuits_per_conn == 256);
+    CHECK(c.max_circuits_per_token == 1024 && c.max_circuits_per_token < c.max_circuits / 8);
+    CHECK(c.max_conns_per_token == 64);
     CHECK(strcmp(c.p2p_secret, "s3cret") == 0);
     relay_config_free(&c);
     CHECK(c.p2p_secret == NULL);
+}
+
+/* The circuit caps follow a smaller table; 0 turns a cap off. */
+static void test_circuit_limits(void)
+{
+    relay_config c;
+    char err[POS_ERR_LEN];
+    CHECK(relay_config_load(&c, write_config("min.json", "\"max_circuits\": 1000"), err,
+                            sizeof(err)) == 0);
+    CHECK(c.max_circuits == 1000 && c.max_circuits_per_conn == 15 &&
+          c.max_circuits_per_token == 62);
+    relay_config_free(&c);
+    CHECK(relay_config_load(&c, write_config("min.json", "\"max_circuits\": 10"), err,
+                            sizeof(err)) == 0);
+    CHECK(c.max_circuits_per_conn == 1 && c.max_circuits_per_token == 1);
+    relay_config_free(&c);
+    CHECK(relay_config_load(&c,
+                            write_config("min.json", "\"max_circuits_per_conn\": 0, "
+                                                     "\"max_circuits_per_token\": 0, "
+                                                     "\"max_conns_per_token\": 0"),
+                            err, sizeof(err)) == 0);
+    CHECK(c.max_circuits_per_conn == 0 && c.max_circuits_per_token == 0 &&
+          c.max_conns_per_token == 0);
+    relay_config_free(&c);
 }
 
 static void test_values_and_docker(void)
@@ -97,6 +125,11 @@ static void test_refusals(void)
         {"\"conn_burst_per_addr\": 0", "\"conn_burst_per_addr\""},
         {"\"public_addrs\": \"1.2.3.4:1\"", "\"public_addrs\""},
         {"\"extra\": 1", "\"extra\""},
+        {"\"max_circuits\": 0", "\"max_circuits\""},
+        {"\"max_circuits\": 2000000", "\"max_circuits\""},
+        {"\"max_circuits_per_conn\": -1", "\"max_circuits_per_conn\""},
+        {"\"max_circuits\": 100, \"max_circuits_per_token\": 101", "\"max_circuits_per_token\""},
+        {"\"max_conns_per_token\": \"64\"", "\"max_conns_per_token\""},
         {"\"p2p_secret\": \"a\\r\\nX-Evil: 1\"", "\"p2p_secret\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -127,6 +160,7 @@ int main(void)
     pos_identity_free(&id);
     test_defaults();
     test_values_and_docker();
+    test_circuit_limits();
     test_refusals();
     char path[600];
     static const char *const names[] = {"min.json", "full.json", "bad.json"};

@@ -207,6 +207,9 @@ void pos_p2p_relay_close(pos_p2p_relay *r);
 #define POS_P2P_ERR_REDIRECTED -17         /* the peer is on another relay: see the event */
 #define POS_P2P_ERR_CIRCUIT_CLOSED -18     /* the circuit ended (either side left) */
 #define POS_P2P_ERR_TOO_BIG -19            /* a datagram larger than a frame can carry */
+#define POS_P2P_ERR_CIRCUIT_LIMIT                                                                  \
+    -25 /* a circuit cap of the relay (per connection or per                                       \
+           token, or the peer's) is reached: close circuits */
 
 enum pos_p2p_relay_event_type {
     POS_P2P_RELAY_EV_INCOMING = 1,       /* a peer asks for us: answer with pos_p2p_relay_answer */
