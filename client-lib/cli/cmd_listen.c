@@ -70,12 +70,14 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
-            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n\n"
+            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n"
+            "                      [--recheck SECONDS] [--retry-max SECONDS]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
             "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
-            "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT.\n\n"
+            "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT; a\n"
+            "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n\n"
             "  --out DIR          where received files go (must exist)\n"
             "  --port N           UDP port (default: any free port; 7373 with POS_DOCKER=true)\n"
             "  --api-url URL      discovery API: also be reachable through a relay\n"
