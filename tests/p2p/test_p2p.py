@@ -341,6 +341,33 @@ def listener_reachable_at_once_with_two_relays():
 
 
 @test
+def presence_stays_with_the_newest_home_connection():
+    # A device whose home moved to relay B while its old connection to relay A still
+    # lingers (here: a second listener with the same identity) must stay at B: A's
+    # periodic presence refresh (every 5 s) must not take the key back (before: it did,
+    # and senders were sent to the stale connection).
+    redis, disc, (a, b) = stack(2)
+    token = a.token()
+    ident = new_identity()
+    old = Listener("--api-url", disc.url, "--token", token, "--relay-id", a.id, identity=ident)
+    key = f"pos:presence:{ident[1]}"
+    assert redis.cli("GET", key) == a.id
+    new = Listener("--api-url", disc.url, "--token", token, "--relay-id", b.id, identity=ident)
+    assert redis.cli("GET", key) == b.id
+    # B paused, so that its own refresh cannot hide A's write (their 5 s timers run in step)
+    b.proc.signal(signal.SIGSTOP)
+    try:
+        t_end = time.monotonic() + 6  # more than one refresh period of relay A
+        while time.monotonic() < t_end:
+            held = redis.cli("GET", key)
+            assert held == b.id, f"presence moved back to {held or 'nobody'}"
+            time.sleep(0.1)
+    finally:
+        b.proc.signal(signal.SIGCONT)
+    assert old.proc.alive() and new.proc.alive()
+
+
+@test
 def listener_waits_for_its_relay_to_come_back():
     redis, disc, (relay,) = stack()
     token = relay.token()
