@@ -2,6 +2,8 @@
 #ifndef POS_P2P_CLI_H
 #define POS_P2P_CLI_H
 
+#include <signal.h>
+
 #include "pos/p2p.h"
 
 struct cli_command {
@@ -34,7 +36,10 @@ struct cli_pick_req {
     const char *cmd, *api_url, *token;
     const char *relay_id;   /* only this relay (NULL: any of the list) */
     const char *current_id; /* recheck: the current home, not dialed again (NULL: none) */
-    double current_rtt;     /* its round-trip time, ms */
+    const char *skip_id;    /* a relay left out (it just said it is going away), or NULL */
+    volatile const sig_atomic_t
+        *stop;          /* when it points to non-zero: give up at once (a signal); or NULL */
+    double current_rtt; /* its round-trip time, ms */
     int timeout_ms;
     int home; /* the pick becomes the device's home connection (presence); 0: dialing only */
 };
@@ -55,8 +60,9 @@ struct cli_pick_res {
  * |home| the pick is then reconnected as the home connection (a single
  * candidate is dialed as home at once) and the measuring one closed.
  * Returns the relay, or NULL: |res->kept| when the current home stays,
- * |res->token_refused| when the token itself was refused, otherwise a
- * failure already explained on stderr (nothing listed, nothing reachable).
+ * |res->token_refused| when the token itself was refused, nothing more when
+ * |*q->stop| became non-zero, otherwise a failure already explained on
+ * stderr (nothing listed, nothing reachable).
  */
 pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
                               struct cli_pick_res *res);

@@ -345,6 +345,7 @@ struct watch {
     int64_t recheck_at_ms; /* -1: never */
     int64_t retry_at_ms;   /* without home: when to look again (-1: never) */
     int64_t retry_ms;      /* the pause after the next failed look */
+    char gone_id[64];      /* the home relay that just said it is going away ("" none) */
 };
 
 /*
@@ -390,7 +391,13 @@ static void drop_home(pos_p2p_endpoint *ep, struct watch *w)
 static void recheck(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p2p_relay_info *info)
 {
     pos_p2p_relay_status st;
-    struct cli_pick_req q = {"pos-p2p listen", o->api_url, o->token, NULL, info->id, 0, 5000, 1};
+    struct cli_pick_req q = {.cmd = "pos-p2p listen",
+                             .api_url = o->api_url,
+                             .token = o->token,
+                             .current_id = info->id,
+                             .stop = &stop_requested,
+                             .timeout_ms = 5000,
+                             .home = 1};
     struct cli_pick_res res;
     pos_p2p_relay *next;
     pos_p2p_relay_get_status(w->home, &st);
@@ -414,10 +421,19 @@ static void recheck(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p
 static int find_home(pos_p2p_endpoint *ep, struct opts *o, struct watch *w,
                      pos_p2p_relay_info *info)
 {
-    struct cli_pick_req q = {"pos-p2p listen", o->api_url, o->token, o->relay_id, NULL, 0, 5000, 1};
+    /* a relay going away may still be listed for a moment: not that one at once */
+    struct cli_pick_req q = {.cmd = "pos-p2p listen",
+                             .api_url = o->api_url,
+                             .token = o->token,
+                             .relay_id = o->relay_id,
+                             .skip_id = w->gone_id[0] ? w->gone_id : NULL,
+                             .stop = &stop_requested,
+                             .timeout_ms = 5000,
+                             .home = 1};
     struct cli_pick_res res;
     pos_p2p_relay *next = cli_pick_relay(ep, &q, &res);
     int64_t pause;
+    w->gone_id[0] = 0;
     if (next) {
         *info = res.info;
         switch_home(ep, w, next, info);
@@ -427,6 +443,8 @@ static int find_home(pos_p2p_endpoint *ep, struct opts *o, struct watch *w,
             o->recheck_s > 0 && !o->relay_id ? pos_p2p_now_ms() + o->recheck_s * 1000 : -1;
         return 0;
     }
+    if (stop_requested)
+        return -1; /* SIGTERM or SIGINT while looking: the caller ends */
     if (res.token_refused) {
         fprintf(stderr, "pos-p2p listen: the relay refused the token (%s): stopping\n",
                 res.refusal);
@@ -451,7 +469,7 @@ int cmd_listen(int argc, char **argv)
     pos_p2p_endpoint *ep = NULL;
     pos_p2p_relay_info info;
     struct sigaction sa;
-    struct watch w = {NULL, -1, -1, RETRY_FIRST_MS};
+    struct watch w = {NULL, -1, -1, RETRY_FIRST_MS, ""};
     int rv = parse(argc, argv, &o), status = 1;
 
     if (rv)
@@ -481,6 +499,7 @@ int cmd_listen(int argc, char **argv)
     pos_p2p_identity_peer_id(id, peer_id);
     printf("peer id: %s\n", peer_id);
     printf("direct: UDP port %u\n", pos_p2p_endpoint_local_port(ep));
+    fflush(stdout); /* before the relay search, which may take a while */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -488,6 +507,9 @@ int cmd_listen(int argc, char **argv)
     srand((unsigned)(pos_p2p_now_ms() ^ (int64_t)getpid()));
     w.retry_ms = o.retry_max_s * 1000 < RETRY_FIRST_MS ? o.retry_max_s * 1000 : RETRY_FIRST_MS;
     if (o.api_url && find_home(ep, &o, &w, &info) > 0)
+        goto out;
+    status = 0;
+    if (stop_requested)
         goto out;
     printf("listening, files go to %s\n", o.out);
     fflush(stdout);
@@ -522,6 +544,8 @@ int cmd_listen(int argc, char **argv)
         fprintf(stderr, "pos-p2p listen: the relay closed the connection: %s\n",
                 st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
         drop_home(ep, &w);
+        if (st.error == POS_P2P_ERR_GOING_AWAY && !o.relay_id)
+            snprintf(w.gone_id, sizeof(w.gone_id), "%s", info.id);
         if (cli_token_refused(&st)) {
             fprintf(stderr, "pos-p2p listen: the relay refused the token: stopping\n");
             status = 1;

@@ -24,12 +24,20 @@
 struct settle {
     size_t n;
     pos_p2p_relay *r[MAX_TRY];
+    volatile const sig_atomic_t *stop;
 };
+
+static int stopped(volatile const sig_atomic_t *stop)
+{
+    return stop && *stop;
+}
 
 static int all_settled(void *arg)
 {
     struct settle *s = arg;
     pos_p2p_relay_status st;
+    if (stopped(s->stop))
+        return 1;
     for (size_t i = 0; i < s->n; i++) {
         if (!s->r[i])
             continue;
@@ -72,6 +80,7 @@ static pos_p2p_relay *promote(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     int rv;
 
     memset(&s, 0, sizeof(s));
+    s.stop = q->stop;
     rv = pos_p2p_relay_connect(ep, info, q->token, q->timeout_ms, &s.r[0]);
     if (rv != 0) {
         fprintf(stderr, "%s: relay %s: %s\n", q->cmd, info->id, pos_p2p_strerror(rv));
@@ -84,6 +93,10 @@ static pos_p2p_relay *promote(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     pos_p2p_relay_get_status(s.r[0], &st);
     if (st.state == POS_P2P_RELAY_ACCEPTED)
         return s.r[0];
+    if (stopped(q->stop)) {
+        pos_p2p_relay_close(s.r[0]);
+        return NULL;
+    }
     if (st.state == POS_P2P_RELAY_CONNECTING)
         snprintf(st.reason, sizeof(st.reason), "no answer in time");
     note_failure(q, res, info->id, &st);
@@ -91,11 +104,23 @@ static pos_p2p_relay *promote(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     return NULL;
 }
 
+/* left_out: |in| is not to be dialed (not the forced relay, the current home, or skipped). */
+static int left_out(const struct cli_pick_req *q, const pos_p2p_relay_info *in)
+{
+    return (q->relay_id && strcmp(q->relay_id, in->id) != 0) ||
+           (q->current_id && !strcmp(q->current_id, in->id)) ||
+           (q->skip_id && !strcmp(q->skip_id, in->id));
+}
+
 pos_p2p_relay *cli_home_relay(pos_p2p_endpoint *ep, const char *cmd, const char *api_url,
                               const char *token, const char *relay_id, int timeout_ms,
                               pos_p2p_relay_info *info)
 {
-    struct cli_pick_req q = {cmd, api_url, token, relay_id, NULL, 0, timeout_ms, 0};
+    struct cli_pick_req q = {.cmd = cmd,
+                             .api_url = api_url,
+                             .token = token,
+                             .relay_id = relay_id,
+                             .timeout_ms = timeout_ms};
     struct cli_pick_res res;
     pos_p2p_relay *r = cli_pick_relay(ep, &q, &res);
     if (r)
@@ -119,6 +144,7 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
 
     memset(&s, 0, sizeof(s));
     memset(res, 0, sizeof(*res));
+    s.stop = q->stop;
     if (q->current_id) {
         /* slot 0: the current home, measured when it accepted us */
         infos[0] = NULL;
@@ -131,8 +157,7 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     }
     for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
         const pos_p2p_relay_info *in = pos_p2p_relay_list_get(list, i);
-        if (!(q->relay_id && strcmp(q->relay_id, in->id) != 0) &&
-            !(q->current_id && !strcmp(q->current_id, in->id)))
+        if (!left_out(q, in))
             candidates++;
     }
     /* one candidate and nothing to compare it with: no measuring, dial it as home at once */
@@ -141,8 +166,7 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
         flags = 0;
     for (size_t i = 0; i < pos_p2p_relay_list_count(list) && s.n < MAX_TRY; i++) {
         const pos_p2p_relay_info *in = pos_p2p_relay_list_get(list, i);
-        if ((q->relay_id && strcmp(q->relay_id, in->id) != 0) ||
-            (q->current_id && !strcmp(q->current_id, in->id)))
+        if (left_out(q, in))
             continue;
         infos[s.n] = in;
         if (pos_p2p_relay_connect_flags(ep, in, q->token, q->timeout_ms, flags, &s.r[s.n]) != 0)
@@ -157,12 +181,20 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
         }
         if (q->relay_id)
             fprintf(stderr, "%s: relay %s is not in the relay list\n", q->cmd, q->relay_id);
+        else if (q->skip_id)
+            fprintf(stderr, "%s: the relay list has no other relay\n", q->cmd);
         else
             fprintf(stderr, "%s: the discovery API lists no relay\n", q->cmd);
         pos_p2p_relay_list_del(list);
         return NULL;
     }
     pos_p2p_endpoint_run(ep, q->timeout_ms + 500, all_settled, &s);
+    if (stopped(q->stop)) {
+        for (size_t i = 0; i < s.n; i++)
+            pos_p2p_relay_close(s.r[i]);
+        pos_p2p_relay_list_del(list);
+        return NULL;
+    }
     for (size_t i = 0; i < s.n; i++) {
         rtt[i] = -1;
         if (q->current_id && i == 0) {

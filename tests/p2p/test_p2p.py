@@ -391,7 +391,22 @@ def listener_waits_for_its_relay_to_come_back():
                name="listen-bad-token")
     assert bad.wait(15) == 1, bad.output()
     assert "unknown token" in bad.output() and "stopping" in bad.output(), bad.output()
-    no_sanitizer_report(bad.output() + lst.proc.output(), "pos-p2p listen")
+    # SIGTERM is obeyed at once even while a relay is being dialed: a hung relay (stopped:
+    # still listed, its port still bound, no answer) takes 5 s to time out
+    relay.proc.signal(signal.SIGSTOP)
+    try:
+        dialing = Proc([P2P, "listen", "--identity", new_identity()[0], "--out", tmpdir(),
+                        "--api-url", disc.url, "--token", token], name="listen-dialing")
+        wait_until(lambda: "direct: UDP port" in dialing.output(), 10, what="listen to start")
+        time.sleep(0.5)
+        assert "listening" not in dialing.output(), dialing.output()  # still dialing
+        t0 = time.monotonic()
+        dialing.signal(signal.SIGTERM)
+        assert dialing.wait(10) == 0, dialing.output()
+        assert time.monotonic() - t0 < 2, f"stopped after {time.monotonic() - t0:.1f} s"
+    finally:
+        relay.proc.signal(signal.SIGCONT)
+    no_sanitizer_report(bad.output() + lst.proc.output() + dialing.output(), "pos-p2p listen")
 
 
 @test
