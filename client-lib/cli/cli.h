@@ -57,8 +57,8 @@ struct cli_pick_res {
  * measuring connection is POS_P2P_RELAY_NOT_HOME, so it never moves this
  * device's presence), picks the fastest (with |current_id|: only when
  * clearly better, pos_p2p_relay_pick_home) and closes the others. With
- * |home| the pick is then reconnected as the home connection (a single
- * candidate is dialed as home at once) and the measuring one closed.
+ * |home| the measuring connection to the pick is then closed and the relay
+ * dialed again as home (a single candidate is dialed as home at once).
  * Returns the relay, or NULL: |res->kept| when the current home stays,
  * |res->token_refused| when the token itself was refused, nothing more when
  * |*q->stop| became non-zero, otherwise a failure already explained on

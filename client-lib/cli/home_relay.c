@@ -8,7 +8,7 @@
  * Measuring connections say so in their HELLO (POS_P2P_RELAY_NOT_HOME): a
  * relay records presence only for a device's home connection, so measuring
  * never moves where peers reach the device (docs/protocol.md). `listen`
- * then dials its pick once more as home and closes the measuring connection.
+ * then closes the measuring connection to its pick and dials it once more as home.
  */
 #include <stdio.h>
 #include <string.h>
@@ -67,9 +67,10 @@ static void note_failure(const struct cli_pick_req *q, struct cli_pick_res *res,
 }
 
 /*
- * promote: |measured| (relay |info|) was picked; dial it again as the home
- * connection, and close |measured| once that is settled. Returns the home
- * connection, or NULL (explained on stderr).
+ * promote: |measured| (relay |info|) was picked; close it and dial the relay
+ * again as the home connection. Closing first gives its slot of the token's
+ * connection cap back before the new one asks. Returns the home connection,
+ * or NULL (explained on stderr).
  */
 static pos_p2p_relay *promote(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
                               struct cli_pick_res *res, pos_p2p_relay *measured,
@@ -81,15 +82,14 @@ static pos_p2p_relay *promote(pos_p2p_endpoint *ep, const struct cli_pick_req *q
 
     memset(&s, 0, sizeof(s));
     s.stop = q->stop;
+    pos_p2p_relay_close(measured);
     rv = pos_p2p_relay_connect(ep, info, q->token, q->timeout_ms, &s.r[0]);
     if (rv != 0) {
         fprintf(stderr, "%s: relay %s: %s\n", q->cmd, info->id, pos_p2p_strerror(rv));
-        pos_p2p_relay_close(measured);
         return NULL;
     }
     s.n = 1;
     pos_p2p_endpoint_run(ep, q->timeout_ms + 500, all_settled, &s);
-    pos_p2p_relay_close(measured);
     pos_p2p_relay_get_status(s.r[0], &st);
     if (st.state == POS_P2P_RELAY_ACCEPTED)
         return s.r[0];
