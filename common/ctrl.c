@@ -100,6 +100,12 @@ static void decode_body(struct cur *c, pos_ctrl_msg *m)
     case POS_CTRL_HELLO:
         m->token_len = get_str(c, m->token, POS_CTRL_MAX_TOKEN);
         get_addrs(c, &m->addrs);
+        if (!c->bad && c->left > 0) {
+            /* optional flags (ctrl.h): present means nonzero and known */
+            m->hello_flags = (uint8_t)get_uint(c, 1);
+            if (m->hello_flags == 0 || (m->hello_flags & ~POS_CTRL_HELLO_FLAGS_KNOWN))
+                c->bad = 1;
+        }
         break;
     case POS_CTRL_WELCOME:
         get_addr(c, m->observed);
@@ -275,6 +281,10 @@ static void encode_body(struct out *o, const pos_ctrl_msg *m)
     case POS_CTRL_HELLO:
         put_str(o, m->token, m->token_len, POS_CTRL_MAX_TOKEN);
         put_addrs(o, &m->addrs);
+        if (m->hello_flags & ~POS_CTRL_HELLO_FLAGS_KNOWN)
+            o->err = o->err ? o->err : POS_CTRL_ERR_INVALID;
+        else if (m->hello_flags)
+            put_uint(o, m->hello_flags, 1);
         break;
     case POS_CTRL_WELCOME:
         put_addr(o, m->observed);

@@ -41,7 +41,7 @@
 #define POS_CTRL_ERR_NOMEM -4
 
 enum pos_ctrl_type {
-    POS_CTRL_HELLO = 1,    /* client: str token, addrs local */
+    POS_CTRL_HELLO = 1,    /* client: str token, addrs local, [u8 hello_flags] (absent: 0) */
     POS_CTRL_WELCOME = 2,  /* relay: str observed, u64 bytes_per_sec, u64 burst, u32 max_conns,
                               u64 expires_at (unix s, 0 never), u32 idle_timeout_s,
                               str relay_id */
@@ -56,6 +56,15 @@ enum pos_ctrl_type {
     POS_CTRL_GOAWAY = 10,  /* relay: u16 code, str text (relay shutting down) */
     POS_CTRL_CIRCUIT_CLOSED = 11, /* relay: u32 circuit_id, u16 code (the other side left) */
 };
+
+/*
+ * Flags of HELLO (pos_ctrl_msg.hello_flags). The u8 is present only when
+ * nonzero, so a HELLO of a client that knows no flags (a home connection)
+ * is still valid and every HELLO keeps one encoding: a present 0, or an
+ * unknown bit, is malformed.
+ */
+#define POS_CTRL_HELLO_NOT_HOME 0x01 /* measuring or dialing only: no presence, no INCOMING */
+#define POS_CTRL_HELLO_FLAGS_KNOWN POS_CTRL_HELLO_NOT_HOME
 
 /* Codes of ERROR (a request failed), DECLINE and CIRCUIT_CLOSED (docs/protocol.md). */
 enum pos_ctrl_code {
@@ -88,6 +97,7 @@ typedef struct pos_ctrl_msg {
     uint32_t circuit_id;
     uint32_t max_conns;
     uint32_t idle_timeout_s;
+    uint8_t hello_flags; /* HELLO: POS_CTRL_HELLO_* */
     uint64_t bytes_per_sec;
     uint64_t burst;
     uint64_t expires_at;

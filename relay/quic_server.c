@@ -111,6 +111,7 @@ struct rconn {
     uint32_t n_preq;             /* requests this client has in flight */
     uint8_t ended;               /* conn_end ran: circuits closed, presence dropped */
     ev_timer expiry;             /* ACTIVE, token with an expiry: closes the connection then */
+    uint8_t home;                /* HELLO without NOT_HOME: presence and INCOMING are here */
 };
 
 /*
@@ -589,7 +590,8 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     s->st.auth_ok++;
     queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, which stays open */
     watch_expiry(c, lim);
-    relay_presence_add(s->svc, c->peer_id);
+    if (c->home) /* a measuring or dialing connection never takes the peer's presence */
+        relay_presence_add(s->svc, c->peer_id);
     pos_log_debug("client %s accepted from %s", c->peer_id, m.observed);
     conn_write(c);
 }
@@ -640,6 +642,7 @@ static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
     memset(&sv, 0, sizeof(sv));
     c->state = AUTH_CHECK;
     c->local = m->addrs; /* told to peers in INCOMING and CIRCUIT */
+    c->home = !(m->hello_flags & POS_CTRL_HELLO_NOT_HOME);
     c->sync = &sv;
     h = relay_auth_check(s->svc, m->token, m->token_len, (const struct sockaddr *)p->remote.addr,
                          c->peer_id, on_auth_verdict, c);
@@ -728,9 +731,9 @@ static void fill_peer(pos_ctrl_msg *m, const struct rconn *c)
 static struct rconn *find_active_peer(relay_server *s, const char *peer_id,
                                       const struct rconn * not )
 {
-    /* newest first: a client that reconnected is reached on its newest connection */
+    /* newest first: a client that reconnected is reached on its newest home connection */
     for (struct rconn *c = s->conns; c; c = c->next)
-        if (c != not &&is_live(c) && strcmp(c->peer_id, peer_id) == 0)
+        if (c != not &&c->home && is_live(c) && strcmp(c->peer_id, peer_id) == 0)
             return c;
     return NULL;
 }
@@ -946,7 +949,7 @@ static void conn_end(struct rconn *c)
             preq_free(q);
         }
     }
-    if (c->counted_active && s->svc && c->peer_id[0])
+    if (c->counted_active && c->home && s->svc && c->peer_id[0])
         relay_presence_remove(s->svc, c->peer_id);
 }
 

@@ -12,7 +12,7 @@
  *   cache     token hash -> what Redis said about it, for CACHE_TTL seconds
  *   tokconns  token hash -> connections accepted here and their members in
  *             the token's Redis connection set
- *   presence  peer id -> number of connections here
+ *   presence  peer id -> number of its home connections here
  *   budgets   token hash -> its bandwidth budget here (leased from Redis)
  *   accounts  account -> usage not yet added to Redis, circuits open
  * One 5 s timer refreshes presence and connection-set members in Redis and
@@ -160,6 +160,16 @@ static const char lua_presence_lookup[] =
     "if not rid then return false end\n"
     "local e = redis.call('GET', ARGV[1] .. 'relay:' .. rid)\n"
     "return {rid, e or ''}\n";
+
+/*
+ * Presence refresh: KEYS[1] presence key, ARGV relay id, TTL seconds. Puts
+ * the key back (Redis restarted, TTL ran out) or extends it, but never takes
+ * it from another relay: the peer's newest home connection is there.
+ */
+static const char lua_presence_keep[] = "local v = redis.call('GET', KEYS[1])\n"
+                                        "if v and v ~= ARGV[1] then return 0 end\n"
+                                        "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+                                        "return 1\n";
 
 /* ---- a small string-keyed hash table of intrusive nodes ---- */
 
@@ -358,6 +368,7 @@ struct relay_services {
 
     pos_redis_async *redis;
     int sc_rate, sc_admit, sc_refresh, sc_del_if, sc_lease, sc_usage, sc_lookup;
+    int sc_presence_keep; /* lua_presence_keep */
     struct lookup *lookups;
     int deleting;
     uint64_t redis_reply_errors;
@@ -1090,6 +1101,11 @@ void relay_presence_cancel(relay_services *s, uint64_t handle)
     }
 }
 
+/*
+ * presence_set: a home connection of |peer_id| was accepted here. It is the
+ * peer's newest home, so it takes the key whatever it named (the peer moved
+ * here, or is back from another relay while its old connection here lingers).
+ */
 static void presence_set(relay_services *s, const char *peer_id)
 {
     char key[RELAY_KEY_LEN], ttl[16];
@@ -1097,6 +1113,16 @@ static void presence_set(relay_services *s, const char *peer_id)
     snprintf(ttl, sizeof(ttl), "%d", PRESENCE_TTL_S);
     const char *argv[] = {"SET", key, s->cfg->id, "EX", ttl};
     pos_redis_async_commandv(s->redis, NULL, NULL, 5, argv, NULL);
+}
+
+/* presence_keep: the periodic refresh, which never takes the key from another relay. */
+static void presence_keep(relay_services *s, const char *peer_id)
+{
+    char key[RELAY_KEY_LEN], ttl[16];
+    relay_key_presence(s->cfg->redis_prefix, key, sizeof(key), peer_id);
+    snprintf(ttl, sizeof(ttl), "%d", PRESENCE_TTL_S);
+    const char *argv[] = {key, s->cfg->id, ttl};
+    pos_redis_async_eval(s->redis, s->sc_presence_keep, 1, 3, argv, NULL, NULL, NULL);
 }
 
 void relay_presence_add(relay_services *s, const char *peer_id)
@@ -1114,8 +1140,8 @@ void relay_presence_add(relay_services *s, const char *peer_id)
             return;
         }
     }
-    if (p->count++ == 0)
-        presence_set(s, peer_id);
+    p->count++;
+    presence_set(s, peer_id);
 }
 
 void relay_presence_remove(relay_services *s, const char *peer_id)
@@ -1162,7 +1188,7 @@ static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
     if (!pos_redis_async_up(s->redis) || s->shut_down)
         return;
     MAP_FOREACH(&s->presence, p)
-    presence_set(s, p->key);
+    presence_keep(s, p->key);
     MAP_FOREACH(&s->tokconns, n)
     refresh_conns(s, (const struct tokconn *)n);
     revalidate(s);
@@ -1908,6 +1934,7 @@ relay_services *relay_services_new(struct ev_loop *loop, const relay_config *cfg
     s->sc_lease = pos_redis_async_script_add(s->redis, lua_lease);
     s->sc_usage = pos_redis_async_script_add(s->redis, lua_usage);
     s->sc_lookup = pos_redis_async_script_add(s->redis, lua_presence_lookup);
+    s->sc_presence_keep = pos_redis_async_script_add(s->redis, lua_presence_keep);
     if (s->sc_lease < 0 || s->sc_usage < 0)
         goto fail;
     char channel[RELAY_KEY_LEN];

@@ -117,7 +117,13 @@ void relay_auth_cancel(relay_services *s, uint64_t handle);
 /* relay_auth_release: an accepted connection with |token_id| ended. */
 void relay_auth_release(relay_services *s, const char *token_id);
 
-/* Presence: while |peer_id| is connected here, Redis maps it to this relay (short TTL, refreshed).
+/*
+ * Presence: while |peer_id| has a home connection here (HELLO without
+ * POS_CTRL_HELLO_NOT_HOME), Redis maps it to this relay (short TTL).
+ * relay_presence_add takes the key (the newest home wins); the refresh only
+ * extends a key naming this relay (or puts back a missing one);
+ * relay_presence_remove, at the peer's last home connection here, deletes
+ * the key only if it still names this relay (compare-and-delete in Lua).
  */
 void relay_presence_add(relay_services *s, const char *peer_id);
 void relay_presence_remove(relay_services *s, const char *peer_id);

@@ -2,6 +2,8 @@
 #ifndef POS_P2P_CLI_H
 #define POS_P2P_CLI_H
 
+#include <signal.h>
+
 #include "pos/p2p.h"
 
 struct cli_command {
@@ -20,23 +22,58 @@ int cmd_listen(int argc, char **argv);    /* cmd_listen.c */
 
 /*
  * cli_home_relay (home_relay.c): fetch the list from |api_url|, connect to
- * every relay (only |relay_id| when not NULL), keep the fastest accepted one
- * (its entry in |info|) and close the others. NULL with a message on stderr.
+ * every relay (only |relay_id| when not NULL) without taking this device's
+ * presence (POS_P2P_RELAY_NOT_HOME: the connection only dials), keep the
+ * fastest accepted one (its entry in |info|) and close the others. NULL with
+ * a message on stderr. For `send`.
  */
 pos_p2p_relay *cli_home_relay(pos_p2p_endpoint *ep, const char *cmd, const char *api_url,
                               const char *token, const char *relay_id, int timeout_ms,
                               pos_p2p_relay_info *info);
 
+/* What cli_pick_relay is asked (all strings the caller's). */
+struct cli_pick_req {
+    const char *cmd, *api_url, *token;
+    const char *relay_id;   /* only this relay (NULL: any of the list) */
+    const char *current_id; /* recheck: the current home, not dialed again (NULL: none) */
+    const char *skip_id;    /* a relay left out (it just said it is going away), or NULL */
+    volatile const sig_atomic_t
+        *stop;          /* when it points to non-zero: give up at once (a signal); or NULL */
+    double current_rtt; /* its round-trip time, ms */
+    int timeout_ms;
+    int home; /* the pick becomes the device's home connection (presence); 0: dialing only */
+};
+
+/* What cli_pick_relay found. */
+struct cli_pick_res {
+    pos_p2p_relay_info info; /* the entry of the relay returned */
+    int kept;                /* current_id stays home (nothing better, or none to measure) */
+    int token_refused;       /* a relay refused the token itself: unknown, revoked, expired */
+    char refusal[257];       /* then: the relay's reason */
+};
+
 /*
- * cli_recheck_home (home_relay.c): like cli_home_relay, but the relay
- * |current_id| (round-trip time |current_rtt|) is not dialed again: it stays
- * home unless another is clearly better. Returns the new home relay, or NULL
- * with |*kept| set when the current one stays (NULL and |*kept| 0: failure).
+ * cli_pick_relay (home_relay.c): measures the relays of the list (every
+ * measuring connection is POS_P2P_RELAY_NOT_HOME, so it never moves this
+ * device's presence), picks the fastest (with |current_id|: only when
+ * clearly better, pos_p2p_relay_pick_home) and closes the others. With
+ * |home| the measuring connection to the pick is then closed and the relay
+ * dialed again as home (a single candidate is dialed as home at once).
+ * Returns the relay, or NULL: |res->kept| when the current home stays,
+ * |res->token_refused| when the token itself was refused, nothing more when
+ * |*q->stop| became non-zero, otherwise a failure already explained on
+ * stderr (nothing listed, nothing reachable).
  */
-pos_p2p_relay *cli_recheck_home(pos_p2p_endpoint *ep, const char *cmd, const char *api_url,
-                                const char *token, const char *relay_id, const char *current_id,
-                                double current_rtt, int timeout_ms, pos_p2p_relay_info *info,
-                                int *kept);
+pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
+                              struct cli_pick_res *res);
+
+/*
+ * cli_token_refused (home_relay.c): 1 when |st| is a relay's refusal of the
+ * token itself (unknown 0x101, revoked 0x102, expired 0x103;
+ * docs/protocol.md), which no retry can cure; 0 for everything else (rate
+ * limits, connection cap, Redis down, shutdown, lost connection).
+ */
+int cli_token_refused(const pos_p2p_relay_status *st);
 
 /*
  * cli_relay_opt (common_opts.c): stores |arg| of an option send, listen and

@@ -6,15 +6,19 @@
  * file (docs/transfer.md), written into DIR under a hidden temporary name
  * and renamed only once its BLAKE2b checksum matched. With --allow, only the
  * listed peers may connect. When the home relay goes away (shutdown, lost
- * connection), the next best relay of the list takes over; a refusal (token
- * revoked or expired) ends the command with status 1. Runs until SIGTERM or
- * SIGINT.
+ * connection), the next best relay of the list takes over; when there is
+ * none, the command keeps trying with a growing pause (--retry-max) and says
+ * so. Only a refusal of the token itself (unknown, revoked, expired) ends it,
+ * with status 1. Every --recheck seconds it measures the other relays with
+ * connections that claim no presence (home_relay.c), so peers always find
+ * the device through its home relay. Runs until SIGTERM or SIGINT.
  */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "identity.h"
@@ -23,6 +27,9 @@
 
 #define MAX_ALLOW 64
 #define MAX_XFERS 64 /* files in flight per session */
+#define RECHECK_DEFAULT_S 300
+#define RETRY_FIRST_MS 1000    /* the first pause after no relay could be reached... */
+#define RETRY_MAX_DEFAULT_S 30 /* ...doubling up to this (--retry-max) */
 
 struct peer;
 
@@ -30,7 +37,8 @@ struct opts {
     struct peer *peers; /* sessions in progress (freed at exit) */
     const char *api_url, *token, *identity, *out, *relay_id;
     unsigned port;
-    int64_t recheck_s; /* measure the other relays this often (0: never) */
+    int64_t recheck_s;   /* measure the other relays this often (0: never) */
+    int64_t retry_max_s; /* longest pause between attempts to find a relay */
     size_t n_allow;
     char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
 };
@@ -62,12 +70,14 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
-            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n\n"
+            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n"
+            "                      [--recheck SECONDS] [--retry-max SECONDS]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
             "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
-            "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT.\n\n"
+            "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT; a\n"
+            "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n\n"
             "  --out DIR          where received files go (must exist)\n"
             "  --port N           UDP port (default: any free port; 7373 with POS_DOCKER=true)\n"
             "  --api-url URL      discovery API: also be reachable through a relay\n"
@@ -77,30 +87,39 @@ static void usage(FILE *out)
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
             "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n"
             "  --recheck SECONDS  measure the other relays this often and move only to one\n"
-            "                     clearly faster (30%% and 10 ms; default 0: never). Each\n"
-            "                     measurement briefly takes this device's presence to the\n"
-            "                     measured relays: peers may find it only after the home\n"
-            "                     relay's next presence refresh (5 s)\n");
+            "                     clearly faster (30%% and 10 ms; default %d, 0: never).\n"
+            "                     Measuring never changes where peers find this device\n"
+            "  --retry-max SECONDS  when no relay can be reached (its relay restarts, say),\n"
+            "                     try again after 1 s, then twice as long each time up to\n"
+            "                     this (default %d, 1 to 3600); only a refused token stops\n",
+            RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S);
 }
 
 static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option lopts[] = {
-        {"api-url", required_argument, NULL, 'a'},  {"token", required_argument, NULL, 't'},
-        {"identity", required_argument, NULL, 'i'}, {"out", required_argument, NULL, 'o'},
-        {"port", required_argument, NULL, 'p'},     {"allow", required_argument, NULL, 'A'},
-        {"relay-id", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
-        {"recheck", required_argument, NULL, 'C'},  {NULL, 0, NULL, 0},
+        {"api-url", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {"identity", required_argument, NULL, 'i'},
+        {"out", required_argument, NULL, 'o'},
+        {"port", required_argument, NULL, 'p'},
+        {"allow", required_argument, NULL, 'A'},
+        {"relay-id", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {"recheck", required_argument, NULL, 'C'},
+        {"retry-max", required_argument, NULL, 'R'},
+        {NULL, 0, NULL, 0},
     };
     int ch;
     char *end;
     uint8_t key[32];
     memset(o, 0, sizeof(*o));
     o->token = getenv("POS_TOKEN");
-    o->recheck_s = 0;
+    o->recheck_s = RECHECK_DEFAULT_S;
+    o->retry_max_s = RETRY_MAX_DEFAULT_S;
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:h", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:R:h", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
             continue;
         switch (ch) {
@@ -126,6 +145,15 @@ static int parse(int argc, char **argv, struct opts *o)
                 return 2;
             }
             o->recheck_s = v;
+            break;
+        }
+        case 'R': {
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 3600) {
+                fprintf(stderr, "pos-p2p listen: --retry-max wants seconds from 1 to 3600\n");
+                return 2;
+            }
+            o->retry_max_s = v;
             break;
         }
         case 'A':
@@ -313,22 +341,28 @@ static void on_session(void *arg, pos_p2p_session *s)
 }
 
 struct watch {
-    pos_p2p_relay *home;
+    pos_p2p_relay *home;   /* NULL: none (no --api-url, or looking for one) */
     int64_t recheck_at_ms; /* -1: never */
+    int64_t retry_at_ms;   /* without home: when to look again (-1: never) */
+    int64_t retry_ms;      /* the pause after the next failed look */
+    char gone_id[64];      /* the home relay that just said it is going away ("" none) */
 };
 
-/* The runner's check: stop requested, home relay gone, or time to measure the others again. */
+/*
+ * The runner's check: stop requested, home relay gone, time to measure the
+ * others again, or (without home) time to look for a relay again.
+ */
 static int relay_event(void *arg)
 {
     struct watch *w = arg;
     pos_p2p_relay_status st;
+    int64_t now = pos_p2p_now_ms();
     if (stop_requested)
         return 1;
     if (!w->home)
-        return 0;
+        return w->retry_at_ms >= 0 && now >= w->retry_at_ms;
     pos_p2p_relay_get_status(w->home, &st);
-    return st.state == POS_P2P_RELAY_FAILED ||
-           (w->recheck_at_ms >= 0 && pos_p2p_now_ms() >= w->recheck_at_ms);
+    return st.state == POS_P2P_RELAY_FAILED || (w->recheck_at_ms >= 0 && now >= w->recheck_at_ms);
 }
 
 /* switch_home hands |next| to the sessions and closes the old home relay. */
@@ -345,24 +379,86 @@ static void switch_home(pos_p2p_endpoint *ep, struct watch *w, pos_p2p_relay *ne
     fflush(stdout);
 }
 
+/* drop_home: the home relay failed; the sessions over it end and it is closed. */
+static void drop_home(pos_p2p_endpoint *ep, struct watch *w)
+{
+    pos_p2p_session_drop_relay(ep, w->home);
+    pos_p2p_relay_close(w->home);
+    w->home = NULL;
+}
+
 /* recheck measures the other relays; the home relay changes only for a clear gain. */
 static void recheck(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p2p_relay_info *info)
 {
     pos_p2p_relay_status st;
-    pos_p2p_relay_info next_info;
+    struct cli_pick_req q = {.cmd = "pos-p2p listen",
+                             .api_url = o->api_url,
+                             .token = o->token,
+                             .current_id = info->id,
+                             .stop = &stop_requested,
+                             .timeout_ms = 5000,
+                             .home = 1};
+    struct cli_pick_res res;
     pos_p2p_relay *next;
-    int kept = 0;
     pos_p2p_relay_get_status(w->home, &st);
-    next = cli_recheck_home(ep, "pos-p2p listen", o->api_url, o->token, NULL, info->id, st.rtt_ms,
-                            5000, &next_info, &kept);
+    q.current_rtt = st.rtt_ms;
+    next = cli_pick_relay(ep, &q, &res);
     if (next) {
-        printf("home relay: %s is clearly faster than %s\n", next_info.id, info->id);
-        *info = next_info;
+        printf("home relay: %s is clearly faster than %s\n", res.info.id, info->id);
+        *info = res.info;
         switch_home(ep, w, next, info);
-    } else if (kept) {
+    } else if (res.kept) {
         printf("home relay kept: %s\n", info->id);
         fflush(stdout);
     }
+}
+
+/*
+ * find_home looks for a home relay (the forced one with --relay-id). Returns
+ * 0 when found (now w->home), 1 when the token was refused (the end), or -1
+ * after scheduling the next look with a growing, jittered pause.
+ */
+static int find_home(pos_p2p_endpoint *ep, struct opts *o, struct watch *w,
+                     pos_p2p_relay_info *info)
+{
+    /* a relay going away may still be listed for a moment: not that one at once */
+    struct cli_pick_req q = {.cmd = "pos-p2p listen",
+                             .api_url = o->api_url,
+                             .token = o->token,
+                             .relay_id = o->relay_id,
+                             .skip_id = w->gone_id[0] ? w->gone_id : NULL,
+                             .stop = &stop_requested,
+                             .timeout_ms = 5000,
+                             .home = 1};
+    struct cli_pick_res res;
+    pos_p2p_relay *next = cli_pick_relay(ep, &q, &res);
+    int64_t pause;
+    w->gone_id[0] = 0;
+    if (next) {
+        *info = res.info;
+        switch_home(ep, w, next, info);
+        w->retry_at_ms = -1;
+        w->retry_ms = RETRY_FIRST_MS;
+        w->recheck_at_ms =
+            o->recheck_s > 0 && !o->relay_id ? pos_p2p_now_ms() + o->recheck_s * 1000 : -1;
+        return 0;
+    }
+    if (stop_requested)
+        return -1; /* SIGTERM or SIGINT while looking: the caller ends */
+    if (res.token_refused) {
+        fprintf(stderr, "pos-p2p listen: the relay refused the token (%s): stopping\n",
+                res.refusal);
+        return 1;
+    }
+    /* between half and all of the pause, so that a relay's clients do not return in step */
+    pause = w->retry_ms / 2 + (int64_t)(rand() % (int)(w->retry_ms / 2 + 1));
+    fprintf(stderr, "pos-p2p listen: no relay reachable; retrying in %.1f s\n",
+            (double)pause / 1000.0);
+    w->retry_at_ms = pos_p2p_now_ms() + pause;
+    w->retry_ms *= 2;
+    if (w->retry_ms > o->retry_max_s * 1000)
+        w->retry_ms = o->retry_max_s * 1000;
+    return -1;
 }
 
 int cmd_listen(int argc, char **argv)
@@ -371,10 +467,9 @@ int cmd_listen(int argc, char **argv)
     char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     pos_p2p_identity *id = NULL;
     pos_p2p_endpoint *ep = NULL;
-    pos_p2p_relay *home = NULL;
     pos_p2p_relay_info info;
     struct sigaction sa;
-    struct watch w = {NULL, -1};
+    struct watch w = {NULL, -1, -1, RETRY_FIRST_MS, ""};
     int rv = parse(argc, argv, &o), status = 1;
 
     if (rv)
@@ -404,48 +499,61 @@ int cmd_listen(int argc, char **argv)
     pos_p2p_identity_peer_id(id, peer_id);
     printf("peer id: %s\n", peer_id);
     printf("direct: UDP port %u\n", pos_p2p_endpoint_local_port(ep));
-    if (o.api_url) {
-        home = cli_home_relay(ep, "pos-p2p listen", o.api_url, o.token, o.relay_id, 5000, &info);
-        if (!home)
-            goto out;
-        pos_p2p_session_use_relay(ep, home);
-        printf("relay: %s at %s\n", info.id, info.addrs[0]);
-    }
-    printf("listening, files go to %s\n", o.out);
-    fflush(stdout);
+    fflush(stdout); /* before the relay search, which may take a while */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    srand((unsigned)(pos_p2p_now_ms() ^ (int64_t)getpid()));
+    w.retry_ms = o.retry_max_s * 1000 < RETRY_FIRST_MS ? o.retry_max_s * 1000 : RETRY_FIRST_MS;
+    if (o.api_url && find_home(ep, &o, &w, &info) > 0)
+        goto out;
     status = 0;
-    w.home = home;
+    if (stop_requested)
+        goto out;
+    printf("listening, files go to %s\n", o.out);
+    fflush(stdout);
+    status = 0;
+    w.recheck_at_ms = o.recheck_s > 0 && !o.relay_id ? pos_p2p_now_ms() + o.recheck_s * 1000 : -1;
     for (;;) {
         pos_p2p_relay_status st;
-        pos_p2p_relay *next;
-        w.recheck_at_ms =
-            o.recheck_s > 0 && !o.relay_id ? pos_p2p_now_ms() + o.recheck_s * 1000 : -1;
-        pos_p2p_endpoint_run(ep, -1, relay_event, &w);
-        if (stop_requested || !w.home)
+        /* the runner sleeps until a socket or a timer of the endpoint: wake for ours too */
+        int64_t wake = w.home ? w.recheck_at_ms : w.retry_at_ms, now = pos_p2p_now_ms();
+        int tmo = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
+        pos_p2p_endpoint_run(ep, tmo, relay_event, &w);
+        now = pos_p2p_now_ms();
+        if (stop_requested)
             break;
+        if (!w.home) {
+            if (w.retry_at_ms < 0 || now < w.retry_at_ms)
+                continue;
+            if (find_home(ep, &o, &w, &info) > 0) {
+                status = 1;
+                break;
+            }
+            continue;
+        }
         pos_p2p_relay_get_status(w.home, &st);
         if (st.state != POS_P2P_RELAY_FAILED) {
-            recheck(ep, &o, &w, &info);
+            if (w.recheck_at_ms >= 0 && now >= w.recheck_at_ms) {
+                recheck(ep, &o, &w, &info);
+                w.recheck_at_ms = pos_p2p_now_ms() + o.recheck_s * 1000;
+            }
             continue;
         }
         fprintf(stderr, "pos-p2p listen: the relay closed the connection: %s\n",
                 st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
-        if (st.error == POS_P2P_ERR_REFUSED || o.relay_id) {
-            /* refused (token revoked, expired...) or a forced relay: nowhere to go */
+        drop_home(ep, &w);
+        if (st.error == POS_P2P_ERR_GOING_AWAY && !o.relay_id)
+            snprintf(w.gone_id, sizeof(w.gone_id), "%s", info.id);
+        if (cli_token_refused(&st)) {
+            fprintf(stderr, "pos-p2p listen: the relay refused the token: stopping\n");
             status = 1;
             break;
         }
-        /* going away, closed or silent: move to the best other relay */
-        next = cli_home_relay(ep, "pos-p2p listen", o.api_url, o.token, NULL, 5000, &info);
-        if (!next) {
-            status = 1;
-            break;
-        }
-        switch_home(ep, &w, next, &info);
+        /* going away, closed or silent: the best other relay at once, then with pauses */
+        w.retry_ms = o.retry_max_s * 1000 < RETRY_FIRST_MS ? o.retry_max_s * 1000 : RETRY_FIRST_MS;
+        w.retry_at_ms = now;
     }
 out:
     while (o.peers)

@@ -226,8 +226,9 @@ int cmd_relays(int argc, char **argv)
     }
     for (size_t i = 0; i < pos_p2p_relay_list_count(list) && c->n < MAX_RELAYS; i++) {
         c->info[c->n] = pos_p2p_relay_list_get(list, i);
-        rv = pos_p2p_relay_connect(ep, c->info[c->n], o.token, (int)(o.timeout_s * 1000),
-                                   &c->r[c->n]);
+        /* measuring only: a device that also listens keeps its presence where it is */
+        rv = pos_p2p_relay_connect_flags(ep, c->info[c->n], o.token, (int)(o.timeout_s * 1000),
+                                         POS_P2P_RELAY_NOT_HOME, &c->r[c->n]);
         if (rv == POS_P2P_ERR_INVALID_ARGUMENT) {
             fprintf(stderr, "pos-p2p relays: the token is not valid (1 to 256 bytes)\n");
             goto out;

@@ -4,6 +4,11 @@
  * the round-trip times QUIC reports, keep the fastest
  * (pos_p2p_relay_pick_home) and close the others. A recheck measures the
  * other relays against the current home and switches only for a clear gain.
+ *
+ * Measuring connections say so in their HELLO (POS_P2P_RELAY_NOT_HOME): a
+ * relay records presence only for a device's home connection, so measuring
+ * never moves where peers reach the device (docs/protocol.md). `listen`
+ * then closes the measuring connection to its pick and dials it once more as home.
  */
 #include <stdio.h>
 #include <string.h>
@@ -12,15 +17,27 @@
 
 #define MAX_TRY 64
 
+/* The relay's refusals of the token itself (docs/protocol.md, "Closing and refusals"). */
+#define CODE_UNKNOWN_TOKEN 0x101
+#define CODE_TOKEN_EXPIRED 0x103
+
 struct settle {
     size_t n;
     pos_p2p_relay *r[MAX_TRY];
+    volatile const sig_atomic_t *stop;
 };
+
+static int stopped(volatile const sig_atomic_t *stop)
+{
+    return stop && *stop;
+}
 
 static int all_settled(void *arg)
 {
     struct settle *s = arg;
     pos_p2p_relay_status st;
+    if (stopped(s->stop))
+        return 1;
     for (size_t i = 0; i < s->n; i++) {
         if (!s->r[i])
             continue;
@@ -31,17 +48,88 @@ static int all_settled(void *arg)
     return 1;
 }
 
+int cli_token_refused(const pos_p2p_relay_status *st)
+{
+    return st->state == POS_P2P_RELAY_FAILED && st->error == POS_P2P_ERR_REFUSED &&
+           st->close_code >= CODE_UNKNOWN_TOKEN && st->close_code <= CODE_TOKEN_EXPIRED;
+}
+
+/* note_failure prints why relay |id| did not accept us and remembers a token refusal. */
+static void note_failure(const struct cli_pick_req *q, struct cli_pick_res *res, const char *id,
+                         const pos_p2p_relay_status *st)
+{
+    const char *why = st->reason[0] ? st->reason : pos_p2p_strerror(st->error);
+    fprintf(stderr, "%s: relay %s at %s: %s\n", q->cmd, id, st->remote, why);
+    if (cli_token_refused(st) && !res->token_refused) {
+        res->token_refused = 1;
+        snprintf(res->refusal, sizeof(res->refusal), "%s", why);
+    }
+}
+
+/*
+ * promote: |measured| (relay |info|) was picked; close it and dial the relay
+ * again as the home connection. Closing first gives its slot of the token's
+ * connection cap back before the new one asks. Returns the home connection,
+ * or NULL (explained on stderr).
+ */
+static pos_p2p_relay *promote(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
+                              struct cli_pick_res *res, pos_p2p_relay *measured,
+                              const pos_p2p_relay_info *info)
+{
+    struct settle s;
+    pos_p2p_relay_status st;
+    int rv;
+
+    memset(&s, 0, sizeof(s));
+    s.stop = q->stop;
+    pos_p2p_relay_close(measured);
+    rv = pos_p2p_relay_connect(ep, info, q->token, q->timeout_ms, &s.r[0]);
+    if (rv != 0) {
+        fprintf(stderr, "%s: relay %s: %s\n", q->cmd, info->id, pos_p2p_strerror(rv));
+        return NULL;
+    }
+    s.n = 1;
+    pos_p2p_endpoint_run(ep, q->timeout_ms + 500, all_settled, &s);
+    pos_p2p_relay_get_status(s.r[0], &st);
+    if (st.state == POS_P2P_RELAY_ACCEPTED)
+        return s.r[0];
+    if (stopped(q->stop)) {
+        pos_p2p_relay_close(s.r[0]);
+        return NULL;
+    }
+    if (st.state == POS_P2P_RELAY_CONNECTING)
+        snprintf(st.reason, sizeof(st.reason), "no answer in time");
+    note_failure(q, res, info->id, &st);
+    pos_p2p_relay_close(s.r[0]);
+    return NULL;
+}
+
+/* left_out: |in| is not to be dialed (not the forced relay, the current home, or skipped). */
+static int left_out(const struct cli_pick_req *q, const pos_p2p_relay_info *in)
+{
+    return (q->relay_id && strcmp(q->relay_id, in->id) != 0) ||
+           (q->current_id && !strcmp(q->current_id, in->id)) ||
+           (q->skip_id && !strcmp(q->skip_id, in->id));
+}
+
 pos_p2p_relay *cli_home_relay(pos_p2p_endpoint *ep, const char *cmd, const char *api_url,
                               const char *token, const char *relay_id, int timeout_ms,
                               pos_p2p_relay_info *info)
 {
-    return cli_recheck_home(ep, cmd, api_url, token, relay_id, NULL, 0, timeout_ms, info, NULL);
+    struct cli_pick_req q = {.cmd = cmd,
+                             .api_url = api_url,
+                             .token = token,
+                             .relay_id = relay_id,
+                             .timeout_ms = timeout_ms};
+    struct cli_pick_res res;
+    pos_p2p_relay *r = cli_pick_relay(ep, &q, &res);
+    if (r)
+        *info = res.info;
+    return r;
 }
 
-pos_p2p_relay *cli_recheck_home(pos_p2p_endpoint *ep, const char *cmd, const char *api_url,
-                                const char *token, const char *relay_id, const char *current_id,
-                                double current_rtt, int timeout_ms, pos_p2p_relay_info *info,
-                                int *kept)
+pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
+                              struct cli_pick_res *res)
 {
     pos_p2p_relay_list *list = NULL;
     struct settle s;
@@ -50,49 +138,67 @@ pos_p2p_relay *cli_recheck_home(pos_p2p_endpoint *ep, const char *cmd, const cha
     pos_p2p_relay_status st;
     pos_p2p_relay *home = NULL;
     char err[512];
-    int pick;
+    size_t candidates = 0;
+    unsigned flags = POS_P2P_RELAY_NOT_HOME;
+    int pick, dialed_home;
 
     memset(&s, 0, sizeof(s));
-    if (kept)
-        *kept = 0;
-    if (current_id) {
+    memset(res, 0, sizeof(*res));
+    s.stop = q->stop;
+    if (q->current_id) {
         /* slot 0: the current home, measured when it accepted us */
         infos[0] = NULL;
         s.r[0] = NULL;
         s.n = 1;
     }
-    if (pos_p2p_relay_list_fetch(api_url, timeout_ms, &list, err, sizeof(err)) != 0) {
-        fprintf(stderr, "%s: cannot fetch the relay list: %s\n", cmd, err);
+    if (pos_p2p_relay_list_fetch(q->api_url, q->timeout_ms, &list, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s: cannot fetch the relay list: %s\n", q->cmd, err);
         return NULL;
     }
+    for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
+        const pos_p2p_relay_info *in = pos_p2p_relay_list_get(list, i);
+        if (!left_out(q, in))
+            candidates++;
+    }
+    /* one candidate and nothing to compare it with: no measuring, dial it as home at once */
+    dialed_home = q->home && !q->current_id && candidates == 1;
+    if (dialed_home)
+        flags = 0;
     for (size_t i = 0; i < pos_p2p_relay_list_count(list) && s.n < MAX_TRY; i++) {
         const pos_p2p_relay_info *in = pos_p2p_relay_list_get(list, i);
-        if ((relay_id && strcmp(relay_id, in->id) != 0) ||
-            (current_id && !strcmp(current_id, in->id)))
+        if (left_out(q, in))
             continue;
         infos[s.n] = in;
-        if (pos_p2p_relay_connect(ep, in, token, timeout_ms, &s.r[s.n]) != 0)
+        if (pos_p2p_relay_connect_flags(ep, in, q->token, q->timeout_ms, flags, &s.r[s.n]) != 0)
             s.r[s.n] = NULL;
         s.n++;
     }
-    if (s.n == 0 || (current_id && s.n == 1)) {
-        if (current_id) {
-            *kept = 1;
+    if (s.n == 0 || (q->current_id && s.n == 1)) {
+        if (q->current_id) {
+            res->kept = 1;
             pos_p2p_relay_list_del(list);
             return NULL;
         }
-        if (relay_id)
-            fprintf(stderr, "%s: relay %s is not in the relay list\n", cmd, relay_id);
+        if (q->relay_id)
+            fprintf(stderr, "%s: relay %s is not in the relay list\n", q->cmd, q->relay_id);
+        else if (q->skip_id)
+            fprintf(stderr, "%s: the relay list has no other relay\n", q->cmd);
         else
-            fprintf(stderr, "%s: the discovery API lists no relay\n", cmd);
+            fprintf(stderr, "%s: the discovery API lists no relay\n", q->cmd);
         pos_p2p_relay_list_del(list);
         return NULL;
     }
-    pos_p2p_endpoint_run(ep, timeout_ms + 500, all_settled, &s);
+    pos_p2p_endpoint_run(ep, q->timeout_ms + 500, all_settled, &s);
+    if (stopped(q->stop)) {
+        for (size_t i = 0; i < s.n; i++)
+            pos_p2p_relay_close(s.r[i]);
+        pos_p2p_relay_list_del(list);
+        return NULL;
+    }
     for (size_t i = 0; i < s.n; i++) {
         rtt[i] = -1;
-        if (current_id && i == 0) {
-            rtt[0] = current_rtt;
+        if (q->current_id && i == 0) {
+            rtt[0] = q->current_rtt;
             continue;
         }
         if (!s.r[i])
@@ -101,22 +207,23 @@ pos_p2p_relay *cli_recheck_home(pos_p2p_endpoint *ep, const char *cmd, const cha
         if (st.state == POS_P2P_RELAY_ACCEPTED)
             rtt[i] = st.rtt_ms;
         else
-            fprintf(stderr, "%s: relay %s at %s: %s\n", cmd, infos[i]->id, st.remote,
-                    st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+            note_failure(q, res, infos[i]->id, &st);
     }
-    pick = pos_p2p_relay_pick_home(rtt, s.n, current_id ? 0 : -1);
-    if (current_id && pick == 0)
-        *kept = 1;
-    for (size_t i = current_id ? 1 : 0; i < s.n; i++) {
+    pick = pos_p2p_relay_pick_home(rtt, s.n, q->current_id ? 0 : -1);
+    if (q->current_id && pick == 0)
+        res->kept = 1;
+    for (size_t i = q->current_id ? 1 : 0; i < s.n; i++) {
         if ((int)i == pick) {
             home = s.r[i];
-            *info = *infos[i];
+            res->info = *infos[i];
         } else {
             pos_p2p_relay_close(s.r[i]);
         }
     }
-    if (!home && !(kept && *kept))
-        fprintf(stderr, "%s: no relay accepted this device\n", cmd);
     pos_p2p_relay_list_del(list);
+    if (!home && !res->kept && !res->token_refused)
+        fprintf(stderr, "%s: no relay accepted this device\n", q->cmd);
+    if (home && q->home && !dialed_home)
+        home = promote(ep, q, res, home, &res->info);
     return home;
 }

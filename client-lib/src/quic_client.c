@@ -49,6 +49,7 @@ struct pos_p2p_relay {
     pos_ctrl_reader rd;
     char *token; /* until HELLO is queued, then wiped */
     size_t token_len;
+    uint8_t hello_flags; /* POS_CTRL_HELLO_* sent in HELLO */
     pos_p2p_relay_status st;
     /* circuits (docs/protocol.md): requests on a stream of their own, kept open */
     pos_p2p_relay_event_cb on_event;
@@ -486,6 +487,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     m.type = POS_CTRL_HELLO;
     memcpy(m.token, r->token, r->token_len);
     m.token_len = r->token_len;
+    m.hello_flags = r->hello_flags;
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
     /* the token stays (wiped) in memory until WELCOME: another address may need it */
@@ -665,11 +667,18 @@ static void relay_free(pos_p2p_relay *r)
 int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay, const char *token,
                           int timeout_ms, pos_p2p_relay **out)
 {
+    return pos_p2p_relay_connect_flags(ep, relay, token, timeout_ms, 0, out);
+}
+
+int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
+                                const char *token, int timeout_ms, unsigned flags,
+                                pos_p2p_relay **out)
+{
     pos_p2p_relay *r;
     size_t tlen;
     int rv;
 
-    if (!ep || !relay || !token || !out || timeout_ms <= 0)
+    if (!ep || !relay || !token || !out || timeout_ms <= 0 || (flags & ~POS_P2P_RELAY_NOT_HOME))
         return POS_P2P_ERR_INVALID_ARGUMENT;
     tlen = strnlen(token, POS_CTRL_MAX_TOKEN + 1);
     if (tlen == 0 || tlen > POS_CTRL_MAX_TOKEN)
@@ -680,6 +689,7 @@ int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
     r->ep = ep;
     r->stream = -1;
     r->req_stream = -1;
+    r->hello_flags = (flags & POS_P2P_RELAY_NOT_HOME) ? POS_CTRL_HELLO_NOT_HOME : 0;
     if (pos_peer_id_parse(relay->peer_id, strnlen(relay->peer_id, POS_P2P_PEER_ID_STRLEN),
                           r->pin.expect_key) != 0) {
         free(r);

@@ -74,7 +74,9 @@ static void on_redirect(pos_p2p_endpoint *ep, pos_p2p_session *s, const pos_p2p_
         return;
     }
     d->redirects++;
-    rv = pos_p2p_relay_connect(ep, &ev->redirect, d->token, 10000, &nr);
+    /* dialing only: this connection must not take our own presence from our home relay */
+    rv = pos_p2p_relay_connect_flags(ep, &ev->redirect, d->token, 10000, POS_P2P_RELAY_NOT_HOME,
+                                     &nr);
     if (rv != 0) {
         snprintf(why, sizeof(why), "the peer is on relay %s, which cannot be reached: %s",
                  ev->redirect.id, pos_p2p_strerror(rv));

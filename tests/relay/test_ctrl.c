@@ -15,7 +15,7 @@ static const char *const RELAY_UUID = "0f8fad5b-d9cb-469f-a165-70867728950e";
 static void sample_msgs(pos_ctrl_msg *ms, size_t *n, const char *peer_id)
 {
     size_t i = 0;
-    memset(ms, 0, sizeof(pos_ctrl_msg) * 11);
+    memset(ms, 0, sizeof(pos_ctrl_msg) * 12);
 
     ms[i].type = POS_CTRL_HELLO;
     strcpy(ms[i].token, "pos_secret-token");
@@ -23,6 +23,11 @@ static void sample_msgs(pos_ctrl_msg *ms, size_t *n, const char *peer_id)
     ms[i].addrs.n = 2;
     strcpy(ms[i].addrs.a[0], "192.168.1.5:4000");
     strcpy(ms[i].addrs.a[1], "[fe80::1]:4000");
+    i++;
+    ms[i].type = POS_CTRL_HELLO; /* a measuring connection: the flags byte is present */
+    strcpy(ms[i].token, "pos_secret-token");
+    ms[i].token_len = strlen(ms[i].token);
+    ms[i].hello_flags = POS_CTRL_HELLO_NOT_HOME;
     i++;
     ms[i].type = POS_CTRL_WELCOME;
     strcpy(ms[i].observed, "203.0.113.7:61000");
@@ -109,11 +114,18 @@ static void test_round_trips(const char *peer_id)
         longer[1] = (uint8_t)(body >> 8);
         longer[2] = (uint8_t)body;
         CHECK(pos_ctrl_decode(longer, (size_t)len + 1, &back, &used) == POS_CTRL_ERR_MALFORMED);
-        /* a body one byte short is malformed too (a field runs past it) */
+        /*
+         * a body one byte short is malformed too (a field runs past it), except
+         * HELLO's optional flags byte: without it, it is the HELLO of a home connection
+         */
         if (body >= 2) {
             longer[1] = (uint8_t)((body - 2) >> 8);
             longer[2] = (uint8_t)(body - 2);
-            CHECK(pos_ctrl_decode(longer, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
+            if (ms[i].type == POS_CTRL_HELLO && ms[i].hello_flags)
+                CHECK(pos_ctrl_decode(longer, (size_t)len, &back, &used) == 1 &&
+                      back.hello_flags == 0 && used == (size_t)len - 1);
+            else
+                CHECK(pos_ctrl_decode(longer, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
         }
         /* too small an output buffer */
         CHECK(pos_ctrl_encode(&ms[i], buf, (size_t)len - 1) == POS_CTRL_ERR_TOO_BIG);
@@ -176,6 +188,28 @@ static void test_bad_input(const char *peer_id)
     const uint8_t ok_hello[] = {POS_CTRL_HELLO, 0, 6, 0, 3, 'a', 'b', 'c', 0};
     CHECK(pos_ctrl_decode(ok_hello, sizeof(ok_hello), &back, &used) == 1);
     CHECK(back.token_len == 3 && !strcmp(back.token, "abc") && back.addrs.n == 0);
+    CHECK(back.hello_flags == 0); /* no flags byte: a home connection (older clients) */
+
+    /* HELLO flags: present only when nonzero, known bits only, one byte */
+    const uint8_t not_home[] = {POS_CTRL_HELLO, 0, 7, 0, 3, 'a', 'b', 'c', 0, 0x01};
+    CHECK(pos_ctrl_decode(not_home, sizeof(not_home), &back, &used) == 1);
+    CHECK(back.hello_flags == POS_CTRL_HELLO_NOT_HOME && used == sizeof(not_home));
+    const uint8_t zero_flags[] = {POS_CTRL_HELLO, 0, 7, 0, 3, 'a', 'b', 'c', 0, 0x00};
+    CHECK(pos_ctrl_decode(zero_flags, sizeof(zero_flags), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    const uint8_t unknown_flag[] = {POS_CTRL_HELLO, 0, 7, 0, 3, 'a', 'b', 'c', 0, 0x02};
+    CHECK(pos_ctrl_decode(unknown_flag, sizeof(unknown_flag), &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+    const uint8_t two_flags[] = {POS_CTRL_HELLO, 0, 8, 0, 3, 'a', 'b', 'c', 0, 0x01, 0x01};
+    CHECK(pos_ctrl_decode(two_flags, sizeof(two_flags), &back, &used) == POS_CTRL_ERR_MALFORMED);
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_HELLO;
+    strcpy(m.token, "abc");
+    m.token_len = 3;
+    m.hello_flags = 0x80;
+    CHECK(pos_ctrl_encode(&m, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+    m.hello_flags = 0;
+    CHECK(pos_ctrl_encode(&m, buf, sizeof(buf)) == sizeof(ok_hello)); /* no flags byte */
+    CHECK(memcmp(buf, ok_hello, sizeof(ok_hello)) == 0);
 }
 
 static void test_reader(void)

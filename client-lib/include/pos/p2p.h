@@ -194,6 +194,26 @@ typedef struct pos_p2p_relay_status {
 int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay, const char *token,
                           int timeout_ms, pos_p2p_relay **out);
 
+/*
+ * Flags of pos_p2p_relay_connect_flags. POS_P2P_RELAY_NOT_HOME: the
+ * connection only measures the relay or dials a peer through it; the relay
+ * records no presence for it and sends it no INCOMING, so it never changes
+ * where peers reach this device. Without it (pos_p2p_relay_connect) the
+ * connection is the device's home: the relay records the device's presence
+ * there, taking it from any other relay, until the connection ends. Relays
+ * older than this flag refuse it as "bad request" (docs/protocol.md).
+ */
+#define POS_P2P_RELAY_NOT_HOME 0x1u
+
+/*
+ * pos_p2p_relay_connect_flags: pos_p2p_relay_connect with |flags| (above).
+ * Returns what pos_p2p_relay_connect returns, and
+ * POS_P2P_ERR_INVALID_ARGUMENT for an unknown flag.
+ */
+int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
+                                const char *token, int timeout_ms, unsigned flags,
+                                pos_p2p_relay **out);
+
 /* pos_p2p_relay_get_status copies the connection's state and results. */
 void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out);
 
