@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "secret.h"
@@ -220,12 +221,61 @@ static void judge_headers(pos_server *s, struct MHD_Connection *conn, const char
     }
 }
 
+/* Counts Content-Length headers and notes whether two of them differ. */
+typedef struct length_headers {
+    unsigned count;
+    int differ;
+    const char *first;
+} length_headers;
+
+static enum MHD_Result count_length(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    length_headers *lh = cls;
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
+        return MHD_YES;
+    if (lh->count++ == 0)
+        lh->first = value ? value : "";
+    else if (strcmp(lh->first, value ? value : "") != 0)
+        lh->differ = 1;
+    return MHD_YES;
+}
+
+/*
+ * ambiguous_framing says why the request's body length is ambiguous
+ * (Content-Length with Transfer-Encoding, or Content-Length values that
+ * differ), or NULL. Such a request could hide a second one in its body
+ * (request smuggling), so it is refused and the connection closed.
+ */
+static const char *ambiguous_framing(struct MHD_Connection *conn)
+{
+    length_headers lh = {0, 0, NULL};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_length, &lh);
+    if (lh.count &&
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        return "a request may not have both Content-Length and Transfer-Encoding";
+    if (lh.differ)
+        return "a request may not have Content-Length headers with different values";
+    return NULL;
+}
+
+/* send_refusal answers 400 with Connection: close; libmicrohttpd then closes. */
+static enum MHD_Result send_refusal(const answer *a, const char *msg)
+{
+    return send_json(a, MHD_HTTP_BAD_REQUEST, json_pack("{s:s}", "error", msg),
+                     MHD_HTTP_HEADER_CONNECTION, "close");
+}
+
 /* first_call answers what it can at once, else keeps a request for the body. */
 static enum MHD_Result first_call(pos_server *s, struct MHD_Connection *conn, const char *url,
                                   const char *method, void **con_cls)
 {
     answer a = {s, conn, route_of(url), method_of(method)};
 
+    const char *ambiguous = ambiguous_framing(conn);
+    if (ambiguous)
+        return send_refusal(&a, ambiguous);
     if (a.route == POS_ROUTE_OTHER)
         return send_error(&a, MHD_HTTP_NOT_FOUND,
                           "no such path; the relay list is at " RELAYS_PATH);
@@ -400,11 +450,16 @@ static void free_tls(pos_server *s)
 static struct MHD_Daemon *start_daemon(pos_server *s)
 {
     const pos_discovery_options *o = s->opt;
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_TURBO | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (o->listen_addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* MHD_USE_TURBO skips the TLS close_notify (gnutls_bye) when closing, so
+     * HTTPS goes without it: a client must be able to tell the end of an
+     * answer from a cut connection. */
     if (s->tls_cert_pem)
         flags |= MHD_USE_TLS;
+    else
+        flags |= MHD_USE_TURBO;
     /* The TLS options are last so that without TLS the list simply ends there. */
     return MHD_start_daemon(
         flags, 0, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)NULL,
@@ -414,7 +469,8 @@ static struct MHD_Daemon *start_daemon(pos_server *s)
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)POS_HTTP_PER_IP_LIMIT,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u, MHD_OPTION_NOTIFY_COMPLETED, completed, (void *)NULL,
         s->tls_cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->tls_cert_pem,
-        MHD_OPTION_HTTPS_MEM_KEY, s->tls_key_pem, MHD_OPTION_END);
+        MHD_OPTION_HTTPS_MEM_KEY, s->tls_key_pem, MHD_OPTION_HTTPS_PRIORITIES,
+        POS_HTTP_TLS_PRIORITIES, MHD_OPTION_END);
 }
 
 int pos_http_start(pos_server *s, char *err, size_t errlen)

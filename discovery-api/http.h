@@ -19,6 +19,15 @@ struct pos_server;
 #define POS_HTTP_CONNECTION_LIMIT 1024
 #define POS_HTTP_PER_IP_LIMIT 128
 #define POS_HTTP_TIMEOUT_S 30
+/*
+ * What HTTPS offers (GnuTLS priority string): TLS 1.3 and 1.2 only (RFC
+ * 8996), AEAD ciphers only (no CBC, no SHA-1 MACs or signatures), forward-secret key
+ * exchange only.
+ */
+#define POS_HTTP_TLS_PRIORITIES                                                                    \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"            \
+    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-SIGN-RSA-SHA1:"            \
+    "-SIGN-ECDSA-SHA1:-SIGN-DSA-SHA1:%SERVER_PRECEDENCE"
 /* A body up to this size is read and dropped so the client gets its 413. */
 #define POS_HTTP_DISCARD_MAX (256 * 1024)
 

@@ -544,6 +544,118 @@ def https():
     assert r.returncode != 0 and "bad.pem" in r.stderr, r.stderr
 
 
+def raw_exchange(port, data, timeout=5):
+    """Sends raw bytes on a new connection and reads until the server closes it.
+    Returns (bytes read, True when the server closed within |timeout|)."""
+    import socket
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(data)
+    got = b""
+    closed = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            got += chunk
+    except socket.timeout:
+        pass
+    finally:
+        sock.close()
+    return got, closed
+
+
+@test
+def ambiguous_framing_is_refused_and_closed():
+    """CL+TE or two different Content-Lengths: one 400, the connection closed, and the request
+    hidden behind it (a DELETE, a POST) never runs."""
+    redis = Redis()
+    disc = Discovery(redis)
+    kept = entry()
+    assert disc.post(kept)[0] == 200
+    auth = f"Authorization: Bearer {SECRET}\r\n".encode()
+    smuggled_delete = (f"DELETE {RELAYS}/{kept['id']} HTTP/1.1\r\nHost: x\r\n".encode() + auth
+                       + b"\r\n")
+    sneaky = json.dumps(entry()).encode()
+    smuggled_post = (f"POST {RELAYS} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(sneaky)}\r\n"
+                     .encode() + auth + b"\r\n" + sneaky)
+    chunked = b"0\r\n\r\n"
+    cases = {
+        "CL+TE": (b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                  + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  % (len(chunked) + len(smuggled_delete)) + chunked + smuggled_delete),
+        "TE+CL": (b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                  + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n" + chunked
+                  + smuggled_post),
+        "CL,CL": (b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                  + b"Content-Length: 0\r\nContent-Length: %d\r\n\r\n" % len(smuggled_delete)
+                  + smuggled_delete),
+        "GET CL+TE": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n" + chunked + smuggled_post),
+    }
+    for name, data in cases.items():
+        got, closed = raw_exchange(disc.port, data)
+        assert got.count(b"HTTP/1.1 ") == 1, (name, got)
+        assert got.startswith(b"HTTP/1.1 400 "), (name, got)
+        assert b"\r\nConnection: close\r\n" in got, (name, got)
+        assert closed, (name, "connection left open", got)
+    assert disc.relays() == [kept]
+    assert int(redis.cli("ZCARD", "pos:relays")) == 1
+    # The same header twice with the same value is no ambiguity.
+    body = json.dumps(entry()).encode()
+    got, _ = raw_exchange(disc.port, b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                          + auth + b"Connection: close\r\nContent-Length: %d\r\n"
+                          b"Content-Length: %d\r\n\r\n" % (len(body), len(body)) + body)
+    assert got.startswith(b"HTTP/1.1 200 "), got
+
+
+def tls_handshake(port, *flags):
+    """openssl s_client with |flags|; returns (connected, "TLSvX.Y CIPHER" or what it said)."""
+    import re
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *flags],
+                       input="", capture_output=True, text=True, timeout=15)
+    m = re.search(r"New, (TLSv[0-9.]+), Cipher is (\S+)", r.stdout)
+    if not m or m.group(2) == "(NONE)":
+        return False, (r.stdout + r.stderr)[-300:]
+    return True, f"{m.group(1)} {m.group(2)}"
+
+
+@test
+def https_offers_tls12_and_13_only_and_sends_close_notify():
+    import socket
+    redis = Redis()
+    d = tmpdir()
+    cert, key = self_signed(d)
+    ctx = ssl.create_default_context(cafile=cert)
+    disc = Discovery(redis, "--tls-cert", cert, "--tls-key", key, scheme="https", ctx=ctx)
+    weak = "ALL:@SECLEVEL=0"
+    for version in ("-tls1", "-tls1_1"):  # RFC 8996
+        ok, proto = tls_handshake(disc.port, version, "-cipher", weak)
+        assert not ok, (version, proto)
+    # TLS 1.2 without AEAD (CBC with SHA-1 or SHA-2 MACs): refused.
+    ok, proto = tls_handshake(disc.port, "-tls1_2", "-cipher",
+                              "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:"
+                              "ECDHE-ECDSA-AES256-SHA384:@SECLEVEL=0")
+    assert not ok, proto
+    for version, want in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
+        ok, proto = tls_handshake(disc.port, version)
+        assert ok and proto.startswith(want + " ") and "GCM" in proto, (version, proto)
+    # The server ends the connection with close_notify: a clean TLS end of stream, not a cut.
+    raw = socket.create_connection(("127.0.0.1", disc.port), timeout=5)
+    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    got = b""
+    while True:
+        chunk = tls.recv(4096)  # raises SSLEOFError when the TCP stream ends without close_notify
+        if not chunk:
+            break
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    tls.close()
+
+
 @test
 def secret_never_logged_or_stored():
     redis = Redis()
