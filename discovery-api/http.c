@@ -40,6 +40,7 @@ typedef struct request {
     unsigned long long declared; /* Content-Length, when given */
     size_t len;                  /* body bytes received, kept or not */
     char *body;                  /* POST only: POS_ENTRY_MAX_BODY bytes */
+    pos_write_job job;           /* the Redis work, handed to the writer thread */
 } request;
 
 /* One answer: where it goes and what it counts as in the metrics. */
@@ -167,7 +168,13 @@ static enum MHD_Result get_metrics(const answer *a)
 {
     pos_snapshot_state st;
     pos_snapshot_get_state(&a->s->snapshot, &st);
-    char *text = pos_metrics_render(&a->s->metrics, &st);
+    pos_metrics_connections c;
+    uint64_t timed_out, evicted, refused;
+    pos_guard_counts(&a->s->guard, &c.open, &timed_out, &evicted, &refused);
+    c.timed_out = timed_out;
+    c.evicted = evicted;
+    c.refused = refused;
+    char *text = pos_metrics_render(&a->s->metrics, &st, &c);
     if (!text)
         return send_error(a, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
     enum MHD_Result rc =
@@ -319,43 +326,56 @@ static enum MHD_Result receive(request *rq, const char *data, size_t n)
     return MHD_YES;
 }
 
-static enum MHD_Result finish_register(const answer *a, request *rq)
+/* submit hands the Redis work to the writer thread and suspends the connection. */
+static enum MHD_Result submit(const answer *a, request *rq)
 {
-    pos_entry e;
-    char err[POS_ERR_LEN];
-    int rc = pos_entry_parse(rq->body, rq->len, &e, err, sizeof(err));
-    if (rc == POS_ENTRY_ERR_TOO_LARGE)
-        return send_error(a, MHD_HTTP_CONTENT_TOO_LARGE, err);
-    if (rc != 0)
-        return send_error(a, MHD_HTTP_BAD_REQUEST, err);
-    if (pos_server_register(a->s, &e, err, sizeof(err)) != 0) {
-        pos_log_warn("cannot register relay %s: %s", e.id, err);
-        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, err);
-    }
-    pos_log_debug("registered relay %s", e.id);
-    return send_json(a, MHD_HTTP_OK,
-                     json_pack("{s:s,s:i}", "id", e.id, "ttl", (int)a->s->opt->ttl_s), NULL, NULL);
+    rq->job.conn = a->conn;
+    rq->job.remove = rq->method == POS_METHOD_DELETE;
+    rq->job.deadline_ms = pos_now_ms() + POS_SERVER_WRITE_TIMEOUT_MS;
+    if (!rq->job.remove)
+        snprintf(rq->job.id, sizeof(rq->job.id), "%s", rq->job.entry.id);
+    else
+        snprintf(rq->job.id, sizeof(rq->job.id), "%s", rq->id);
+    if (pos_writes_submit(&a->s->writes, &rq->job) != 0)
+        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, "the service is stopping");
+    return MHD_YES; /* answered by written() once the writer resumes the connection */
 }
 
-static enum MHD_Result finish_remove(const answer *a, request *rq)
+/* written answers a POST or DELETE whose Redis work the writer has done. */
+static enum MHD_Result written(const answer *a, request *rq)
 {
-    char err[POS_ERR_LEN];
-    if (pos_server_remove(a->s, rq->id, err, sizeof(err)) != 0) {
-        pos_log_warn("cannot remove relay %s: %s", rq->id, err);
-        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, err);
+    const char *what = rq->job.remove ? "remove" : "register";
+    if (rq->job.rc != 0) {
+        pos_log_warn("cannot %s relay %s: %s", what, rq->job.id, rq->job.err);
+        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, rq->job.err);
     }
-    pos_log_debug("removed relay %s", rq->id);
-    return send_bytes(a, MHD_HTTP_NO_CONTENT, NULL, "", 0, NULL, NULL);
+    pos_log_debug("%s relay %s", rq->job.remove ? "removed" : "registered", rq->job.id);
+    if (rq->job.remove)
+        return send_bytes(a, MHD_HTTP_NO_CONTENT, NULL, "", 0, NULL, NULL);
+    return send_json(a, MHD_HTTP_OK,
+                     json_pack("{s:s,s:i}", "id", rq->job.id, "ttl", (int)a->s->opt->ttl_s), NULL,
+                     NULL);
 }
 
 static enum MHD_Result finish(pos_server *s, struct MHD_Connection *conn, request *rq)
 {
     answer a = {s, conn, rq->route, rq->method};
+    if (rq->job.queued) {
+        if (!pos_writes_done(&s->writes, &rq->job))
+            return MHD_NO; /* resumed without an outcome: cannot happen */
+        return written(&a, rq);
+    }
     if (rq->verdict)
         return send_error(&a, rq->verdict, rq->error);
-    if (rq->method == POS_METHOD_POST)
-        return finish_register(&a, rq);
-    return finish_remove(&a, rq);
+    if (rq->method == POS_METHOD_POST) {
+        char err[POS_ERR_LEN];
+        int rc = pos_entry_parse(rq->body, rq->len, &rq->job.entry, err, sizeof(err));
+        if (rc == POS_ENTRY_ERR_TOO_LARGE)
+            return send_error(&a, MHD_HTTP_CONTENT_TOO_LARGE, err);
+        if (rc != 0)
+            return send_error(&a, MHD_HTTP_BAD_REQUEST, err);
+    }
+    return submit(&a, rq);
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
@@ -367,6 +387,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 
     if (!rq)
         return first_call(s, conn, url, method, con_cls);
+    if (!*upload_data_size)
+        pos_guard_request_arrived(&s->guard, conn); /* the request deadline no longer applies */
     if (*con_cls == &get_marker) {
         if (*upload_data_size)
             return MHD_NO; /* a GET with a body: nonsense, close */
@@ -384,7 +406,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
+    pos_server *s = cls;
     request *rq = *con_cls;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        pos_guard_answered(&s->guard, conn); /* keep-alive: the next request's deadline starts */
     if (!rq || *con_cls == &get_marker)
         return;
     free(rq->body);
@@ -450,7 +475,7 @@ static void free_tls(pos_server *s)
 static struct MHD_Daemon *start_daemon(pos_server *s)
 {
     const pos_discovery_options *o = s->opt;
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     if (o->listen_addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* MHD_USE_TURBO skips the TLS close_notify (gnutls_bye) when closing, so
@@ -462,12 +487,12 @@ static struct MHD_Daemon *start_daemon(pos_server *s)
         flags |= MHD_USE_TURBO;
     /* The TLS options are last so that without TLS the list simply ends there. */
     return MHD_start_daemon(
-        flags, 0, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)NULL,
-        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&o->listen_addr, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)o->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)POS_HTTP_TIMEOUT_S,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)POS_HTTP_CONNECTION_LIMIT,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)POS_HTTP_PER_IP_LIMIT,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u, MHD_OPTION_NOTIFY_COMPLETED, completed, (void *)NULL,
+        flags, 0, pos_guard_accept, &s->guard, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        (void *)NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&o->listen_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)POS_HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u, MHD_OPTION_NOTIFY_COMPLETED, completed, (void *)s,
+        MHD_OPTION_NOTIFY_CONNECTION, pos_guard_notify, (void *)&s->guard,
         s->tls_cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->tls_cert_pem,
         MHD_OPTION_HTTPS_MEM_KEY, s->tls_key_pem, MHD_OPTION_HTTPS_PRIORITIES,
         POS_HTTP_TLS_PRIORITIES, MHD_OPTION_END);
@@ -479,8 +504,22 @@ int pos_http_start(pos_server *s, char *err, size_t errlen)
         free_tls(s);
         return -1;
     }
+    if (pos_guard_start(&s->guard, s->opt->max_connections, s->opt->max_connections_per_client,
+                        s->opt->request_timeout_s) != 0) {
+        snprintf(err, errlen, "cannot start the connection guard: out of memory or threads");
+        free_tls(s);
+        return -1;
+    }
+    if (pos_writes_start(&s->writes, s) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        pos_guard_stop(&s->guard);
+        free_tls(s);
+        return -1;
+    }
     s->daemon = start_daemon(s);
     if (!s->daemon) {
+        pos_writes_stop(&s->writes);
+        pos_guard_stop(&s->guard);
         if (s->tls_cert_pem)
             snprintf(err, errlen,
                      "cannot serve HTTPS on %s: is it an address of this machine, free, and "
@@ -502,8 +541,12 @@ int pos_http_start(pos_server *s, char *err, size_t errlen)
 
 void pos_http_stop(pos_server *s)
 {
+    /* The writer first: it answers what is queued and resumes those
+     * connections, so none is left suspended when the daemon stops. */
+    pos_writes_stop(&s->writes);
     if (s->daemon)
         MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
+    pos_guard_stop(&s->guard);
     free_tls(s);
 }

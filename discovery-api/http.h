@@ -15,9 +15,8 @@
 
 struct pos_server;
 
-/* Connections allowed in total and from one IP address. */
-#define POS_HTTP_CONNECTION_LIMIT 1024
-#define POS_HTTP_PER_IP_LIMIT 128
+/* Idle timeout (libmicrohttpd's: any byte resets it); see guard.h for the
+ * request deadline and the connection limits. */
 #define POS_HTTP_TIMEOUT_S 30
 /*
  * What HTTPS offers (GnuTLS priority string): TLS 1.3 and 1.2 only (RFC
