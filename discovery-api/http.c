@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 
 #include "log.h"
 #include "secret.h"
@@ -472,7 +473,35 @@ static void free_tls(pos_server *s)
     s->tls_cert_pem = s->tls_key_pem = NULL;
 }
 
-static struct MHD_Daemon *start_daemon(pos_server *s)
+/*
+ * fit_open_files raises the open-file limit (up to the hard limit) so that
+ * |want| connections fit; when they cannot, it returns how many do and
+ * says so. A process that runs out of descriptors stops accepting, which
+ * would lock every new client out instead of making room.
+ */
+static unsigned fit_open_files(unsigned want)
+{
+    const rlim_t spare = 64; /* Redis connections, listen socket, epoll, pipes, logs */
+    const rlim_t need = (rlim_t)want + spare;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return want;
+    struct rlimit raised = {need, rl.rlim_max};
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+        raised.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+        rl.rlim_cur = raised.rlim_cur;
+    if (rl.rlim_cur >= need)
+        return want;
+    unsigned fit = rl.rlim_cur > spare + 16 ? (unsigned)(rl.rlim_cur - spare) : 16;
+    pos_log_warn("max_connections %u needs %llu open files but this process may open only %llu: "
+                 "serving at most %u connections (raise the limit, e.g. LimitNOFILE= in the "
+                 "systemd unit or ulimit -n)",
+                 want, (unsigned long long)need, (unsigned long long)rl.rlim_cur, fit);
+    return fit;
+}
+
+static struct MHD_Daemon *start_daemon(pos_server *s, unsigned max_connections)
 {
     const pos_discovery_options *o = s->opt;
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
@@ -490,7 +519,7 @@ static struct MHD_Daemon *start_daemon(pos_server *s)
         flags, 0, pos_guard_accept, &s->guard, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         (void *)NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&o->listen_addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)POS_HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
+        (unsigned)POS_HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, max_connections,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u, MHD_OPTION_NOTIFY_COMPLETED, completed, (void *)s,
         MHD_OPTION_NOTIFY_CONNECTION, pos_guard_notify, (void *)&s->guard,
         s->tls_cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->tls_cert_pem,
@@ -504,7 +533,8 @@ int pos_http_start(pos_server *s, char *err, size_t errlen)
         free_tls(s);
         return -1;
     }
-    if (pos_guard_start(&s->guard, s->opt->max_connections, s->opt->max_connections_per_client,
+    unsigned max_connections = fit_open_files(s->opt->max_connections);
+    if (pos_guard_start(&s->guard, max_connections, s->opt->max_connections_per_client,
                         s->opt->request_timeout_s) != 0) {
         snprintf(err, errlen, "cannot start the connection guard: out of memory or threads");
         free_tls(s);
@@ -516,7 +546,7 @@ int pos_http_start(pos_server *s, char *err, size_t errlen)
         free_tls(s);
         return -1;
     }
-    s->daemon = start_daemon(s);
+    s->daemon = start_daemon(s, max_connections);
     if (!s->daemon) {
         pos_writes_stop(&s->writes);
         pos_guard_stop(&s->guard);
