@@ -9,7 +9,8 @@
 
 #include "redis.h" /* pos_now_ms */
 
-/* A client: an IPv4 address, or the first 64 bits of an IPv6 address. */
+/* A client: an IPv4 address, or the first 64 bits of an IPv6 address (v6 1),
+ * or a link-local IPv6 address (v6 2). */
 typedef struct client_key {
     uint64_t bits;
     int v6;
@@ -44,6 +45,12 @@ static int key_of(const struct sockaddr *addr, client_key *k)
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
         if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
             memcpy(&k->bits, &in6->sin6_addr.s6_addr[12], 4);
+        } else if (IN6_IS_ADDR_LINKLOCAL(&in6->sin6_addr)) {
+            /* Every link-local address is in fe80::/64: count each address
+             * (interface identifier and scope) as a client of its own. */
+            memcpy(&k->bits, &in6->sin6_addr.s6_addr[8], 8);
+            k->bits ^= (uint64_t)in6->sin6_scope_id << 32;
+            k->v6 = 2;
         } else {
             memcpy(&k->bits, &in6->sin6_addr.s6_addr[0], 8);
             k->v6 = 1;
@@ -91,10 +98,13 @@ static void append_conn(pos_guard *g, pos_guard_conn *c)
     g->newest = c;
 }
 
-/* cut shuts |c|'s socket down; libmicrohttpd sees the end and closes it. */
+/*
+ * cut shuts the reading side of |c|'s socket: libmicrohttpd reads the end
+ * and closes the connection itself, the TLS way (close_notify) on HTTPS.
+ */
 static void cut(pos_guard *g, pos_guard_conn *c)
 {
-    shutdown(c->fd, SHUT_RDWR);
+    shutdown(c->fd, SHUT_RD);
     c->closing = 1;
     g->closing++;
 }

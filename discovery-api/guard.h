@@ -10,7 +10,8 @@
  *     (being answered, or waiting for the writer thread) is not cut.
  *   - per-client limit: at most |max_per_client| connections from one
  *     client, which is one IPv4 address or one IPv6 /64 (the smallest
- *     network a site is given; IPv4-mapped IPv6 counts as IPv4). More are
+ *     network a site is given; IPv4-mapped IPv6 counts as IPv4, and each
+ *     link-local address, all being in fe80::/64, as a client). More are
  *     refused at accept.
  *   - reserve: when the open connections reach |max_total| minus a reserve
  *     (1/16 of it), each new connection first closes the connection that

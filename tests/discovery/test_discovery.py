@@ -863,7 +863,8 @@ def https_offers_tls12_and_13_only_and_sends_close_notify():
     d = tmpdir()
     cert, key = self_signed(d)
     ctx = ssl.create_default_context(cafile=cert)
-    disc = Discovery(redis, "--tls-cert", cert, "--tls-key", key, scheme="https", ctx=ctx)
+    disc = Discovery(redis, "--tls-cert", cert, "--tls-key", key, "--request-timeout", "2",
+                     scheme="https", ctx=ctx)
     weak = "ALL:@SECLEVEL=0"
     for version in ("-tls1", "-tls1_1"):  # RFC 8996
         ok, proto = tls_handshake(disc.port, version, "-cipher", weak)
@@ -887,6 +888,21 @@ def https_offers_tls12_and_13_only_and_sends_close_notify():
             break
         got += chunk
     assert got.startswith(b"HTTP/1.1 200 "), got
+    tls.close()
+    # So does a connection cut at the request deadline (headers trickled over TLS).
+    raw = socket.create_connection(("127.0.0.1", disc.port), timeout=5)
+    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+    t0 = time.monotonic()
+    tls.sendall(b"GET /healthz HTTP/1.1\r\n")
+    tls.settimeout(0.4)
+    while time.monotonic() - t0 < 6:
+        try:
+            if tls.recv(4096) == b"":  # SSLEOFError without close_notify
+                break
+        except (socket.timeout, TimeoutError):
+            tls.sendall(b"X-Slow: 1\r\n")
+    held = time.monotonic() - t0
+    assert 1.5 < held < 3.5, held
     tls.close()
 
 
