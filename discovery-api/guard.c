@@ -109,16 +109,30 @@ static void cut(pos_guard *g, pos_guard_conn *c)
     g->closing++;
 }
 
-/* evict_oldest cuts the connection that has waited longest for a request; 0 when none. */
+/*
+ * evict_oldest cuts the connection that has waited longest for a request,
+ * or else the oldest being answered (a client reading its answer a byte at a
+ * time; a POST waiting for Redis still gets its answer, only its reading side
+ * is shut). Returns 0 when there is none.
+ */
 static int evict_oldest(pos_guard *g)
 {
-    for (pos_guard_conn *c = g->oldest; c; c = c->next)
-        if (c->state == WAITING && !c->closing) {
-            cut(g, c);
-            g->evicted++;
-            return 1;
+    pos_guard_conn *victim = NULL; /* the oldest waiting, else the oldest at all */
+    for (pos_guard_conn *c = g->oldest; c; c = c->next) {
+        if (c->closing)
+            continue;
+        if (!victim)
+            victim = c;
+        if (c->state == WAITING) {
+            victim = c;
+            break;
         }
-    return 0;
+    }
+    if (!victim)
+        return 0;
+    cut(g, victim);
+    g->evicted++;
+    return 1;
 }
 
 enum MHD_Result pos_guard_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)

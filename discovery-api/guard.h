@@ -16,6 +16,7 @@
  *   - reserve: when the open connections reach |max_total| minus a reserve
  *     (1/16 of it), each new connection first closes the connection that
  *     has waited longest for its request (idle keep-alive or incomplete),
+ *     or, when none is waiting, the oldest being answered (a slow reader),
  *     so that new clients are still served while others hold slots.
  *
  * The callbacks are libmicrohttpd's accept policy, connection notifier and
