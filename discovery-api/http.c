@@ -5,12 +5,19 @@
  * chunk of body, then once more when the body is complete. Everything the
  * service means to keep the connection for is answered on the last call:
  * libmicrohttpd 0.9.75 closes a connection whose response was queued on the
- * first one (only 404 and 405 are answered that early). POST and DELETE
+ * first one (only 404 and 405 are answered that early, and requests whose
+ * framing is ambiguous, which are meant to be closed). POST and DELETE
  * decide their verdict on the first call (401, 413 by Content-Length, 400
  * for a bad id) but answer once the body has been read, since closing with
  * unread data can make the client see a reset instead of the status.
  * At most POS_ENTRY_MAX_BODY bytes are kept; the rest is counted and
  * dropped, and past POS_HTTP_DISCARD_MAX the connection is closed.
+ *
+ * A valid POST or DELETE then suspends its connection and hands its Redis
+ * work to the writer thread (writes.h); the handler is called once more
+ * when the writer resumes it, and answers. The last call of every request
+ * tells the connection guard (guard.h) that the request has arrived, and
+ * the end of each answer restarts its deadline.
  */
 #include "http.h"
 

@@ -1,7 +1,8 @@
 /*
  * The HTTP side of pos-discovery (libmicrohttpd): routes, authentication,
- * bounded request bodies, and the daemon's hygiene options (connection
- * timeout, per-IP and total connection limits, HTTPS with GnuTLS).
+ * bounded request bodies, refusal of ambiguous framing, and the daemon's
+ * hygiene options (idle timeout, HTTPS with GnuTLS; the request deadline and
+ * the connection limits are the guard's, guard.h).
  *
  *   GET  /api/p2p/relays        the snapshot (never waits on Redis)
  *   POST /api/p2p/relays        register or refresh one entry (Bearer secret)
