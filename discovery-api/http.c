@@ -5,12 +5,19 @@
  * chunk of body, then once more when the body is complete. Everything the
  * service means to keep the connection for is answered on the last call:
  * libmicrohttpd 0.9.75 closes a connection whose response was queued on the
- * first one (only 404 and 405 are answered that early). POST and DELETE
+ * first one (only 404 and 405 are answered that early, and requests whose
+ * framing is ambiguous, which are meant to be closed). POST and DELETE
  * decide their verdict on the first call (401, 413 by Content-Length, 400
  * for a bad id) but answer once the body has been read, since closing with
  * unread data can make the client see a reset instead of the status.
  * At most POS_ENTRY_MAX_BODY bytes are kept; the rest is counted and
  * dropped, and past POS_HTTP_DISCARD_MAX the connection is closed.
+ *
+ * A valid POST or DELETE then suspends its connection and hands its Redis
+ * work to the writer thread (writes.h); the handler is called once more
+ * when the writer resumes it, and answers. The last call of every request
+ * tells the connection guard (guard.h) that the request has arrived, and
+ * the end of each answer restarts its deadline.
  */
 #include "http.h"
 
@@ -20,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
 
 #include "log.h"
 #include "secret.h"
@@ -39,6 +48,7 @@ typedef struct request {
     unsigned long long declared; /* Content-Length, when given */
     size_t len;                  /* body bytes received, kept or not */
     char *body;                  /* POST only: POS_ENTRY_MAX_BODY bytes */
+    pos_write_job job;           /* the Redis work, handed to the writer thread */
 } request;
 
 /* One answer: where it goes and what it counts as in the metrics. */
@@ -166,7 +176,13 @@ static enum MHD_Result get_metrics(const answer *a)
 {
     pos_snapshot_state st;
     pos_snapshot_get_state(&a->s->snapshot, &st);
-    char *text = pos_metrics_render(&a->s->metrics, &st);
+    pos_metrics_connections c;
+    uint64_t timed_out, evicted, refused;
+    pos_guard_counts(&a->s->guard, &c.open, &timed_out, &evicted, &refused);
+    c.timed_out = timed_out;
+    c.evicted = evicted;
+    c.refused = refused;
+    char *text = pos_metrics_render(&a->s->metrics, &st, &c);
     if (!text)
         return send_error(a, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
     enum MHD_Result rc =
@@ -220,12 +236,61 @@ static void judge_headers(pos_server *s, struct MHD_Connection *conn, const char
     }
 }
 
+/* Counts Content-Length headers and notes whether two of them differ. */
+typedef struct length_headers {
+    unsigned count;
+    int differ;
+    const char *first;
+} length_headers;
+
+static enum MHD_Result count_length(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    length_headers *lh = cls;
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
+        return MHD_YES;
+    if (lh->count++ == 0)
+        lh->first = value ? value : "";
+    else if (strcmp(lh->first, value ? value : "") != 0)
+        lh->differ = 1;
+    return MHD_YES;
+}
+
+/*
+ * ambiguous_framing says why the request's body length is ambiguous
+ * (Content-Length with Transfer-Encoding, or Content-Length values that
+ * differ), or NULL. Such a request could hide a second one in its body
+ * (request smuggling), so it is refused and the connection closed.
+ */
+static const char *ambiguous_framing(struct MHD_Connection *conn)
+{
+    length_headers lh = {0, 0, NULL};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_length, &lh);
+    if (lh.count &&
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        return "a request may not have both Content-Length and Transfer-Encoding";
+    if (lh.differ)
+        return "a request may not have Content-Length headers with different values";
+    return NULL;
+}
+
+/* send_refusal answers 400 with Connection: close; libmicrohttpd then closes. */
+static enum MHD_Result send_refusal(const answer *a, const char *msg)
+{
+    return send_json(a, MHD_HTTP_BAD_REQUEST, json_pack("{s:s}", "error", msg),
+                     MHD_HTTP_HEADER_CONNECTION, "close");
+}
+
 /* first_call answers what it can at once, else keeps a request for the body. */
 static enum MHD_Result first_call(pos_server *s, struct MHD_Connection *conn, const char *url,
                                   const char *method, void **con_cls)
 {
     answer a = {s, conn, route_of(url), method_of(method)};
 
+    const char *ambiguous = ambiguous_framing(conn);
+    if (ambiguous)
+        return send_refusal(&a, ambiguous);
     if (a.route == POS_ROUTE_OTHER)
         return send_error(&a, MHD_HTTP_NOT_FOUND,
                           "no such path; the relay list is at " RELAYS_PATH);
@@ -269,43 +334,56 @@ static enum MHD_Result receive(request *rq, const char *data, size_t n)
     return MHD_YES;
 }
 
-static enum MHD_Result finish_register(const answer *a, request *rq)
+/* submit hands the Redis work to the writer thread and suspends the connection. */
+static enum MHD_Result submit(const answer *a, request *rq)
 {
-    pos_entry e;
-    char err[POS_ERR_LEN];
-    int rc = pos_entry_parse(rq->body, rq->len, &e, err, sizeof(err));
-    if (rc == POS_ENTRY_ERR_TOO_LARGE)
-        return send_error(a, MHD_HTTP_CONTENT_TOO_LARGE, err);
-    if (rc != 0)
-        return send_error(a, MHD_HTTP_BAD_REQUEST, err);
-    if (pos_server_register(a->s, &e, err, sizeof(err)) != 0) {
-        pos_log_warn("cannot register relay %s: %s", e.id, err);
-        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, err);
-    }
-    pos_log_debug("registered relay %s", e.id);
-    return send_json(a, MHD_HTTP_OK,
-                     json_pack("{s:s,s:i}", "id", e.id, "ttl", (int)a->s->opt->ttl_s), NULL, NULL);
+    rq->job.conn = a->conn;
+    rq->job.remove = rq->method == POS_METHOD_DELETE;
+    rq->job.deadline_ms = pos_now_ms() + POS_SERVER_WRITE_TIMEOUT_MS;
+    if (!rq->job.remove)
+        snprintf(rq->job.id, sizeof(rq->job.id), "%s", rq->job.entry.id);
+    else
+        snprintf(rq->job.id, sizeof(rq->job.id), "%s", rq->id);
+    if (pos_writes_submit(&a->s->writes, &rq->job) != 0)
+        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, "the service is stopping");
+    return MHD_YES; /* answered by written() once the writer resumes the connection */
 }
 
-static enum MHD_Result finish_remove(const answer *a, request *rq)
+/* written answers a POST or DELETE whose Redis work the writer has done. */
+static enum MHD_Result written(const answer *a, request *rq)
 {
-    char err[POS_ERR_LEN];
-    if (pos_server_remove(a->s, rq->id, err, sizeof(err)) != 0) {
-        pos_log_warn("cannot remove relay %s: %s", rq->id, err);
-        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, err);
+    const char *what = rq->job.remove ? "remove" : "register";
+    if (rq->job.rc != 0) {
+        pos_log_warn("cannot %s relay %s: %s", what, rq->job.id, rq->job.err);
+        return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, rq->job.err);
     }
-    pos_log_debug("removed relay %s", rq->id);
-    return send_bytes(a, MHD_HTTP_NO_CONTENT, NULL, "", 0, NULL, NULL);
+    pos_log_debug("%s relay %s", rq->job.remove ? "removed" : "registered", rq->job.id);
+    if (rq->job.remove)
+        return send_bytes(a, MHD_HTTP_NO_CONTENT, NULL, "", 0, NULL, NULL);
+    return send_json(a, MHD_HTTP_OK,
+                     json_pack("{s:s,s:i}", "id", rq->job.id, "ttl", (int)a->s->opt->ttl_s), NULL,
+                     NULL);
 }
 
 static enum MHD_Result finish(pos_server *s, struct MHD_Connection *conn, request *rq)
 {
     answer a = {s, conn, rq->route, rq->method};
+    if (rq->job.queued) {
+        if (!pos_writes_done(&s->writes, &rq->job))
+            return MHD_NO; /* resumed without an outcome: cannot happen */
+        return written(&a, rq);
+    }
     if (rq->verdict)
         return send_error(&a, rq->verdict, rq->error);
-    if (rq->method == POS_METHOD_POST)
-        return finish_register(&a, rq);
-    return finish_remove(&a, rq);
+    if (rq->method == POS_METHOD_POST) {
+        char err[POS_ERR_LEN];
+        int rc = pos_entry_parse(rq->body, rq->len, &rq->job.entry, err, sizeof(err));
+        if (rc == POS_ENTRY_ERR_TOO_LARGE)
+            return send_error(&a, MHD_HTTP_CONTENT_TOO_LARGE, err);
+        if (rc != 0)
+            return send_error(&a, MHD_HTTP_BAD_REQUEST, err);
+    }
+    return submit(&a, rq);
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
@@ -317,6 +395,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 
     if (!rq)
         return first_call(s, conn, url, method, con_cls);
+    if (!*upload_data_size)
+        pos_guard_request_arrived(&s->guard, conn); /* the request deadline no longer applies */
     if (*con_cls == &get_marker) {
         if (*upload_data_size)
             return MHD_NO; /* a GET with a body: nonsense, close */
@@ -334,7 +414,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
+    pos_server *s = cls;
     request *rq = *con_cls;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        pos_guard_answered(&s->guard, conn); /* keep-alive: the next request's deadline starts */
     if (!rq || *con_cls == &get_marker)
         return;
     free(rq->body);
@@ -397,24 +480,58 @@ static void free_tls(pos_server *s)
     s->tls_cert_pem = s->tls_key_pem = NULL;
 }
 
-static struct MHD_Daemon *start_daemon(pos_server *s)
+/*
+ * fit_open_files raises the open-file limit (up to the hard limit) so that
+ * |want| connections fit; when they cannot, it returns how many do and
+ * says so. A process that runs out of descriptors stops accepting, which
+ * would lock every new client out instead of making room.
+ */
+static unsigned fit_open_files(unsigned want)
+{
+    const rlim_t spare = 64; /* Redis connections, listen socket, epoll, pipes, logs */
+    const rlim_t need = (rlim_t)want + spare;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return want;
+    struct rlimit raised = {need, rl.rlim_max};
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+        raised.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+        rl.rlim_cur = raised.rlim_cur;
+    if (rl.rlim_cur >= need)
+        return want;
+    unsigned fit = rl.rlim_cur > spare + 16 ? (unsigned)(rl.rlim_cur - spare) : 16;
+    pos_log_warn("max_connections %u needs %llu open files but this process may open only %llu: "
+                 "serving at most %u connections (raise the limit, e.g. LimitNOFILE= in the "
+                 "systemd unit or ulimit -n)",
+                 want, (unsigned long long)need, (unsigned long long)rl.rlim_cur, fit);
+    return fit;
+}
+
+static struct MHD_Daemon *start_daemon(pos_server *s, unsigned max_connections)
 {
     const pos_discovery_options *o = s->opt;
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_TURBO | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     if (o->listen_addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* MHD_USE_TURBO skips the TLS close_notify (gnutls_bye) when closing, so
+     * HTTPS goes without it: a client must be able to tell the end of an
+     * answer from a cut connection. */
     if (s->tls_cert_pem)
         flags |= MHD_USE_TLS;
+    else
+        flags |= MHD_USE_TURBO;
     /* The TLS options are last so that without TLS the list simply ends there. */
     return MHD_start_daemon(
-        flags, 0, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)NULL,
-        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&o->listen_addr, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)o->threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)POS_HTTP_TIMEOUT_S,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)POS_HTTP_CONNECTION_LIMIT,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)POS_HTTP_PER_IP_LIMIT,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u, MHD_OPTION_NOTIFY_COMPLETED, completed, (void *)NULL,
+        flags, 0, pos_guard_accept, &s->guard, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        (void *)NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&o->listen_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)POS_HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, max_connections,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u, MHD_OPTION_NOTIFY_COMPLETED, completed, (void *)s,
+        MHD_OPTION_NOTIFY_CONNECTION, pos_guard_notify, (void *)&s->guard,
         s->tls_cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->tls_cert_pem,
-        MHD_OPTION_HTTPS_MEM_KEY, s->tls_key_pem, MHD_OPTION_END);
+        MHD_OPTION_HTTPS_MEM_KEY, s->tls_key_pem, MHD_OPTION_HTTPS_PRIORITIES,
+        POS_HTTP_TLS_PRIORITIES, MHD_OPTION_END);
 }
 
 int pos_http_start(pos_server *s, char *err, size_t errlen)
@@ -423,8 +540,23 @@ int pos_http_start(pos_server *s, char *err, size_t errlen)
         free_tls(s);
         return -1;
     }
-    s->daemon = start_daemon(s);
+    unsigned max_connections = fit_open_files(s->opt->max_connections);
+    if (pos_guard_start(&s->guard, max_connections, s->opt->max_connections_per_client,
+                        s->opt->request_timeout_s) != 0) {
+        snprintf(err, errlen, "cannot start the connection guard: out of memory or threads");
+        free_tls(s);
+        return -1;
+    }
+    if (pos_writes_start(&s->writes, s) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        pos_guard_stop(&s->guard);
+        free_tls(s);
+        return -1;
+    }
+    s->daemon = start_daemon(s, max_connections);
     if (!s->daemon) {
+        pos_writes_stop(&s->writes);
+        pos_guard_stop(&s->guard);
         if (s->tls_cert_pem)
             snprintf(err, errlen,
                      "cannot serve HTTPS on %s: is it an address of this machine, free, and "
@@ -446,8 +578,12 @@ int pos_http_start(pos_server *s, char *err, size_t errlen)
 
 void pos_http_stop(pos_server *s)
 {
+    /* The writer first: it answers what is queued and resumes those
+     * connections, so none is left suspended when the daemon stops. */
+    pos_writes_stop(&s->writes);
     if (s->daemon)
         MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
+    pos_guard_stop(&s->guard);
     free_tls(s);
 }

@@ -1,7 +1,8 @@
 /*
  * The HTTP side of pos-discovery (libmicrohttpd): routes, authentication,
- * bounded request bodies, and the daemon's hygiene options (connection
- * timeout, per-IP and total connection limits, HTTPS with GnuTLS).
+ * bounded request bodies, refusal of ambiguous framing, and the daemon's
+ * hygiene options (idle timeout, HTTPS with GnuTLS; the request deadline and
+ * the connection limits are the guard's, guard.h).
  *
  *   GET  /api/p2p/relays        the snapshot (never waits on Redis)
  *   POST /api/p2p/relays        register or refresh one entry (Bearer secret)
@@ -15,10 +16,18 @@
 
 struct pos_server;
 
-/* Connections allowed in total and from one IP address. */
-#define POS_HTTP_CONNECTION_LIMIT 1024
-#define POS_HTTP_PER_IP_LIMIT 128
+/* Idle timeout (libmicrohttpd's: any byte resets it); see guard.h for the
+ * request deadline and the connection limits. */
 #define POS_HTTP_TIMEOUT_S 30
+/*
+ * What HTTPS offers (GnuTLS priority string): TLS 1.3 and 1.2 only (RFC
+ * 8996), AEAD ciphers only (no CBC, no SHA-1 MACs or signatures), forward-secret key
+ * exchange only.
+ */
+#define POS_HTTP_TLS_PRIORITIES                                                                    \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"            \
+    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-SIGN-RSA-SHA1:"            \
+    "-SIGN-ECDSA-SHA1:-SIGN-DSA-SHA1:%SERVER_PRECEDENCE"
 /* A body up to this size is read and dropped so the client gets its 413. */
 #define POS_HTTP_DISCARD_MAX (256 * 1024)
 

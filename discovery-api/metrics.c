@@ -96,7 +96,29 @@ static void render_state(pos_metrics *m, const pos_snapshot_state *st, FILE *f)
             st->loaded ? st->age_s : -1.0);
 }
 
-char *pos_metrics_render(pos_metrics *m, const pos_snapshot_state *st)
+static void render_connections(const pos_metrics_connections *c, FILE *f)
+{
+    fprintf(f,
+            "# HELP pos_discovery_connections Open HTTP connections.\n"
+            "# TYPE pos_discovery_connections gauge\n"
+            "pos_discovery_connections %u\n"
+            "# HELP pos_discovery_connections_timed_out_total Connections closed because a "
+            "whole request did not arrive within request_timeout.\n"
+            "# TYPE pos_discovery_connections_timed_out_total counter\n"
+            "pos_discovery_connections_timed_out_total %llu\n"
+            "# HELP pos_discovery_connections_evicted_total Connections waiting for a request "
+            "closed to keep room for new clients.\n"
+            "# TYPE pos_discovery_connections_evicted_total counter\n"
+            "pos_discovery_connections_evicted_total %llu\n"
+            "# HELP pos_discovery_connections_refused_total Connections refused at accept "
+            "(max_connections_per_client, max_connections).\n"
+            "# TYPE pos_discovery_connections_refused_total counter\n"
+            "pos_discovery_connections_refused_total %llu\n",
+            c->open, c->timed_out, c->evicted, c->refused);
+}
+
+char *pos_metrics_render(pos_metrics *m, const pos_snapshot_state *st,
+                         const pos_metrics_connections *c)
 {
     char *text = NULL;
     size_t len = 0;
@@ -105,6 +127,7 @@ char *pos_metrics_render(pos_metrics *m, const pos_snapshot_state *st)
         return NULL;
     render_requests(m, f);
     render_state(m, st, f);
+    render_connections(c, f);
     if (fclose(f) != 0) {
         free(text);
         return NULL;

@@ -56,6 +56,13 @@ void pos_metrics_redis_error(pos_metrics *m);
  * snapshot state |st| into a new string (caller frees). Returns NULL when out
  * of memory.
  */
-char *pos_metrics_render(pos_metrics *m, const pos_snapshot_state *st);
+/* The connection guard's figures (guard.h), rendered with the rest. */
+typedef struct pos_metrics_connections {
+    unsigned open;
+    unsigned long long timed_out, evicted, refused;
+} pos_metrics_connections;
+
+char *pos_metrics_render(pos_metrics *m, const pos_snapshot_state *st,
+                         const pos_metrics_connections *c);
 
 #endif

@@ -22,12 +22,30 @@ enum setting_id {
     SET_TLS_KEY,
     SET_PREFIX,
     SET_THREADS,
+    SET_MAX_CONNECTIONS,
+    SET_MAX_PER_CLIENT,
+    SET_REQUEST_TIMEOUT,
     SET_COUNT
 };
 
 /* Config keys, in enum order; the command-line option is the key with '-' for '_'. */
-static const char *const keys[SET_COUNT + 1] = {
-    "listen", "redis", "secret_file", "ttl", "tls_cert", "tls_key", "prefix", "threads", NULL};
+static const char *const keys[SET_COUNT + 1] = {"listen",          "redis",
+                                                "secret_file",     "ttl",
+                                                "tls_cert",        "tls_key",
+                                                "prefix",          "threads",
+                                                "max_connections", "max_connections_per_client",
+                                                "request_timeout", NULL};
+
+/* The numeric settings and their ranges (a 0 maximum: not numeric). */
+static const struct {
+    unsigned min, max;
+} ranges[SET_COUNT] = {
+    [SET_TTL] = {1, 86400},
+    [SET_THREADS] = {1, 16},
+    [SET_MAX_CONNECTIONS] = {16, 65536},
+    [SET_MAX_PER_CLIENT] = {1, 65536},
+    [SET_REQUEST_TIMEOUT] = {1, 300},
+};
 
 typedef struct setting {
     const char *value;
@@ -40,7 +58,8 @@ void pos_discovery_usage(FILE *out)
     fprintf(out,
             "usage: pos-discovery [--listen ADDR:PORT] [--redis URL] [--secret-file FILE]\n"
             "                     [--ttl SECONDS] [--config FILE] [--tls-cert F --tls-key F]\n"
-            "                     [--prefix P] [--threads N]\n\n"
+            "                     [--prefix P] [--threads N] [--max-connections N]\n"
+            "                     [--max-connections-per-client N] [--request-timeout S]\n\n"
             "Serves the relay list (GET /api/p2p/relays) and lets relays register in it\n"
             "(POST, DELETE with Authorization: Bearer <p2p secret>); entries live in Redis\n"
             "under a TTL.\n\n"
@@ -50,16 +69,26 @@ void pos_discovery_usage(FILE *out)
             "                      secret comes from the environment variable POS_P2P_SECRET\n"
             "  --ttl SECONDS       lifetime of a registration, 1-86400 (default %d)\n"
             "  --config FILE       JSON file with the same settings (listen, redis,\n"
-            "                      secret_file, ttl, tls_cert, tls_key, prefix, threads);\n"
+            "                      secret_file, ttl, tls_cert, tls_key, prefix, threads,\n"
+            "                      max_connections, max_connections_per_client,\n"
+            "                      request_timeout);\n"
             "                      options given here override it\n"
             "  --tls-cert FILE     PEM certificate: serve HTTPS (needs --tls-key)\n"
             "  --tls-key FILE      PEM private key of that certificate\n"
             "  --prefix P          Redis key prefix (default %s)\n"
             "  --threads N         HTTP worker threads, 1-16 (default %d)\n"
+            "  --max-connections N open HTTP connections in all, 16-65536 (default %d)\n"
+            "  --max-connections-per-client N\n"
+            "                      connections from one IPv4 address or one IPv6 /64,\n"
+            "                      1 to --max-connections (default %d)\n"
+            "  --request-timeout S seconds a client has to send a whole request, 1-300\n"
+            "                      (default %d)\n"
             "  --help              show this help\n\n"
             "Log level: POS_LOG=error|warn|info|debug. Stops cleanly on SIGINT or SIGTERM.\n",
             POS_DISCOVERY_DEFAULT_LISTEN, POS_REDIS_DEFAULT_URL, POS_DISCOVERY_DEFAULT_TTL,
-            POS_REDIS_DEFAULT_PREFIX, POS_DISCOVERY_DEFAULT_THREADS);
+            POS_REDIS_DEFAULT_PREFIX, POS_DISCOVERY_DEFAULT_THREADS,
+            POS_DISCOVERY_DEFAULT_MAX_CONNECTIONS, POS_DISCOVERY_DEFAULT_MAX_PER_CLIENT,
+            POS_DISCOVERY_DEFAULT_REQUEST_TIMEOUT);
 }
 
 /* read_cli collects option values; returns the --config path through |config|. */
@@ -75,6 +104,9 @@ static int read_cli(int argc, char **argv, setting *set, const char **config, ch
         {"tls-key", required_argument, NULL, SET_TLS_KEY},
         {"prefix", required_argument, NULL, SET_PREFIX},
         {"threads", required_argument, NULL, SET_THREADS},
+        {"max-connections", required_argument, NULL, SET_MAX_CONNECTIONS},
+        {"max-connections-per-client", required_argument, NULL, SET_MAX_PER_CLIENT},
+        {"request-timeout", required_argument, NULL, SET_REQUEST_TIMEOUT},
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -106,9 +138,9 @@ static int read_cli(int argc, char **argv, setting *set, const char **config, ch
 static int read_config_key(const pos_config *cfg, int id, setting *s, char *err, size_t errlen)
 {
     int rc;
-    if (id == SET_TTL || id == SET_THREADS) {
+    if (ranges[id].max) {
         long long v;
-        rc = pos_config_int(cfg, keys[id], 0, 1, id == SET_TTL ? 86400 : 16, &v, err, errlen);
+        rc = pos_config_int(cfg, keys[id], 0, ranges[id].min, ranges[id].max, &v, err, errlen);
         if (rc == 0) {
             snprintf(s->number, sizeof(s->number), "%lld", v);
             s->value = s->number;
@@ -206,6 +238,18 @@ static int apply(const setting *set, pos_discovery_options *o, char *err, size_t
         return bad(&set[SET_TTL], "a number of seconds from 1 to 86400", err, errlen);
     if (parse_uint(&set[SET_THREADS], 1, 16, &o->threads) != 0)
         return bad(&set[SET_THREADS], "a number of threads from 1 to 16", err, errlen);
+    if (parse_uint(&set[SET_MAX_CONNECTIONS], 16, 65536, &o->max_connections) != 0)
+        return bad(&set[SET_MAX_CONNECTIONS], "a number of connections from 16 to 65536", err,
+                   errlen);
+    if (parse_uint(&set[SET_MAX_PER_CLIENT], 1, o->max_connections,
+                   &o->max_connections_per_client) != 0) {
+        char what[96];
+        snprintf(what, sizeof(what), "a number of connections from 1 to max_connections (%u)",
+                 o->max_connections);
+        return bad(&set[SET_MAX_PER_CLIENT], what, err, errlen);
+    }
+    if (parse_uint(&set[SET_REQUEST_TIMEOUT], 1, 300, &o->request_timeout_s) != 0)
+        return bad(&set[SET_REQUEST_TIMEOUT], "a number of seconds from 1 to 300", err, errlen);
     if (copy_path(&set[SET_SECRET_FILE], o->secret_file, sizeof(o->secret_file), err, errlen) ||
         copy_path(&set[SET_TLS_CERT], o->tls_cert, sizeof(o->tls_cert), err, errlen) ||
         copy_path(&set[SET_TLS_KEY], o->tls_key, sizeof(o->tls_key), err, errlen))
@@ -233,7 +277,7 @@ int pos_discovery_options_parse(int argc, char **argv, pos_discovery_options *o,
     setting set[SET_COUNT];
     const char *config = NULL;
     pos_config cfg = {0};
-    char ttl[16], threads[16];
+    char ttl[16], threads[16], maxconn[16], perclient[16], reqtimeout[16];
 
     memset(o, 0, sizeof(*o));
     memset(set, 0, sizeof(set));
@@ -251,6 +295,12 @@ int pos_discovery_options_parse(int argc, char **argv, pos_discovery_options *o,
     set_default(&set[SET_TTL], ttl);
     set_default(&set[SET_PREFIX], POS_REDIS_DEFAULT_PREFIX);
     set_default(&set[SET_THREADS], threads);
+    snprintf(maxconn, sizeof(maxconn), "%d", POS_DISCOVERY_DEFAULT_MAX_CONNECTIONS);
+    snprintf(perclient, sizeof(perclient), "%d", POS_DISCOVERY_DEFAULT_MAX_PER_CLIENT);
+    snprintf(reqtimeout, sizeof(reqtimeout), "%d", POS_DISCOVERY_DEFAULT_REQUEST_TIMEOUT);
+    set_default(&set[SET_MAX_CONNECTIONS], maxconn);
+    set_default(&set[SET_MAX_PER_CLIENT], perclient);
+    set_default(&set[SET_REQUEST_TIMEOUT], reqtimeout);
     rc = apply(set, o, err, errlen) == 0 ? POS_OPTIONS_RUN : POS_OPTIONS_ERR;
     pos_config_free(&cfg); /* the settings pointed into it until now */
     return rc;

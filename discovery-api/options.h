@@ -1,7 +1,8 @@
 /*
  * Settings of pos-discovery from its command line and an optional JSON
  * configuration file (same names: listen, redis, secret_file, ttl,
- * tls_cert, tls_key, prefix, threads). The command line overrides the file;
+ * tls_cert, tls_key, prefix, threads, max_connections,
+ * max_connections_per_client, request_timeout). The command line overrides the file;
  * the file overrides the defaults. Everything is validated here, before
  * anything starts, with errors naming the option or the file and key.
  */
@@ -18,6 +19,9 @@
 #define POS_DISCOVERY_DEFAULT_LISTEN "127.0.0.1:8080"
 #define POS_DISCOVERY_DEFAULT_TTL 30
 #define POS_DISCOVERY_DEFAULT_THREADS 2
+#define POS_DISCOVERY_DEFAULT_MAX_CONNECTIONS 1024
+#define POS_DISCOVERY_DEFAULT_MAX_PER_CLIENT 64
+#define POS_DISCOVERY_DEFAULT_REQUEST_TIMEOUT 10
 #define POS_DISCOVERY_PATH_MAX 1024
 
 typedef struct pos_discovery_options {
@@ -30,6 +34,9 @@ typedef struct pos_discovery_options {
     char tls_key[POS_DISCOVERY_PATH_MAX];
     unsigned ttl_s;
     unsigned threads;
+    unsigned max_connections;            /* open connections in all */
+    unsigned max_connections_per_client; /* from one IPv4 address or IPv6 /64 */
+    unsigned request_timeout_s;          /* to deliver a whole request */
 } pos_discovery_options;
 
 /* Results of pos_discovery_options_parse. */

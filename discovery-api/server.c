@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "http.h"
@@ -93,41 +94,66 @@ static int write_remove(pos_store *store, const void *arg, char *err, size_t err
     return pos_store_remove(store, arg, err, errlen);
 }
 
+/* budget sets the write connection's timeout to what is left until |deadline_ms|; 0 when none. */
+static int budget(pos_store *w, uint64_t deadline_ms)
+{
+    uint64_t now = pos_now_ms();
+    if (now >= deadline_ms)
+        return 0;
+    uint64_t left = deadline_ms - now;
+    w->redis.timeout_ms = (int)(left < 1 ? 1 : left);
+    if (w->redis.ctx) {
+        struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+        redisSetTimeout(w->redis.ctx, tv);
+    }
+    return 1;
+}
+
 /*
  * locked_write runs one write, then refreshes the snapshot so the next GET
  * sees it. A connection broken since the last write (Redis restarted) is
- * retried once on a new connection rather than failing the request.
+ * retried once on a new connection rather than failing the request. The
+ * whole of it, retry included, ends by |deadline_ms|: each Redis call only
+ * gets the time that is left.
  */
-static int locked_write(pos_server *s, store_write fn, const void *arg, char *err, size_t errlen)
+static int locked_write(pos_server *s, store_write fn, const void *arg, uint64_t deadline_ms,
+                        char *err, size_t errlen)
 {
     char rerr[POS_ERR_LEN];
     pos_snapshot_state st;
     pos_snapshot_get_state(&s->snapshot, &st);
     pthread_mutex_lock(&s->write_lock);
+    int rc = -1;
+    snprintf(err, errlen, "Redis is unavailable (it did not answer within %u ms)",
+             POS_SERVER_WRITE_TIMEOUT_MS);
+    if (!budget(&s->writer, deadline_ms))
+        goto out;
     /* The refresher reached Redis: skip what is left of this connection's backoff. */
     if (!s->writer.redis.ctx && st.redis_ok)
         pos_redis_connect_now(&s->writer.redis);
     int had_connection = s->writer.redis.ctx != NULL;
-    int rc = fn(&s->writer, arg, err, errlen);
-    if (rc != 0 && had_connection && !s->writer.redis.ctx &&
-        pos_redis_connect_now(&s->writer.redis))
+    rc = fn(&s->writer, arg, err, errlen);
+    if (rc != 0 && had_connection && !s->writer.redis.ctx && budget(&s->writer, deadline_ms) &&
+        pos_redis_connect_now(&s->writer.redis) && budget(&s->writer, deadline_ms))
         rc = fn(&s->writer, arg, err, errlen);
-    if (rc == 0)
+    if (rc == 0 && budget(&s->writer, deadline_ms))
         refresh(s, &s->writer, rerr, sizeof(rerr));
-    else
+out:
+    if (rc != 0)
         pos_metrics_redis_error(&s->metrics);
     pthread_mutex_unlock(&s->write_lock);
     return rc;
 }
 
-int pos_server_register(pos_server *s, const pos_entry *e, char *err, size_t errlen)
+int pos_server_register(pos_server *s, const pos_entry *e, uint64_t deadline_ms, char *err,
+                        size_t errlen)
 {
-    return locked_write(s, write_register, e, err, errlen);
+    return locked_write(s, write_register, e, deadline_ms, err, errlen);
 }
 
-int pos_server_remove(pos_server *s, const char *id, char *err, size_t errlen)
+int pos_server_remove(pos_server *s, const char *id, uint64_t deadline_ms, char *err, size_t errlen)
 {
-    return locked_write(s, write_remove, id, err, errlen);
+    return locked_write(s, write_remove, id, deadline_ms, err, errlen);
 }
 
 static int init_parts(pos_server *s, const pos_discovery_options *o)

@@ -4,8 +4,9 @@
  *   - the snapshot GETs are answered from, and the background thread that
  *     refreshes it from Redis every POS_SERVER_REFRESH_MS;
  *   - the Redis connection for writes (POST, DELETE), used under a mutex by
- *     whichever HTTP thread needs it, which refreshes the snapshot right
- *     after a write so the next GET sees it;
+ *     the writer thread (writes.c), which refreshes the snapshot right
+ *     after a write so the next GET sees it; HTTP threads never wait on it;
+ *   - the connection guard (guard.c): request deadline and connection slots;
  *   - the p2p secret (wiped on stop) and the metrics;
  *   - the libmicrohttpd daemon (http.c).
  */
@@ -21,8 +22,12 @@
 #include "options.h"
 #include "snapshot.h"
 #include "store.h"
+#include "guard.h"
+#include "writes.h"
 
 #define POS_SERVER_REFRESH_MS 250
+/* A POST or DELETE gets this long, from its last byte, for its Redis work. */
+#define POS_SERVER_WRITE_TIMEOUT_MS 1000
 
 typedef struct pos_server {
     const pos_discovery_options *opt;
@@ -40,6 +45,8 @@ typedef struct pos_server {
     pthread_cond_t stop_cond;
     int stopping;
 
+    pos_writes writes; /* the writer thread POSTs and DELETEs are handed to */
+    pos_guard guard;   /* request deadline, per-client and total connection limits */
     struct MHD_Daemon *daemon;
     char *tls_cert_pem; /* PEM text while HTTPS runs; the key is wiped on stop */
     char *tls_key_pem;
@@ -66,12 +73,16 @@ void pos_server_stop(pos_server *s);
 int pos_server_authorized(const pos_server *s, const char *v, size_t len);
 
 /*
- * pos_server_register stores |e| under the TTL and refreshes the snapshot.
- * Returns 0, or -1 with a sentence in |err| when Redis failed.
+ * pos_server_register stores |e| under the TTL and refreshes the snapshot,
+ * giving up at |deadline_ms| (pos_now_ms). It blocks on Redis: only the
+ * writer thread calls it. Returns 0, or -1 with a sentence in |err| when
+ * Redis failed or did not answer in time.
  */
-int pos_server_register(pos_server *s, const pos_entry *e, char *err, size_t errlen);
+int pos_server_register(pos_server *s, const pos_entry *e, uint64_t deadline_ms, char *err,
+                        size_t errlen);
 
-/* pos_server_remove deletes relay |id| and refreshes the snapshot; same returns. */
-int pos_server_remove(pos_server *s, const char *id, char *err, size_t errlen);
+/* pos_server_remove deletes relay |id| and refreshes the snapshot; same rules. */
+int pos_server_remove(pos_server *s, const char *id, uint64_t deadline_ms, char *err,
+                      size_t errlen);
 
 #endif

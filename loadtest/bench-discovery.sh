@@ -72,8 +72,10 @@ pids+=($!)
 wait_for 10 redis-cli -p "$rport" ping
 
 secret=$(head -c 24 /dev/urandom | base64)
+# All of wrk's connections come from 127.0.0.1: lift the per-client cap (default 64).
 POS_P2P_SECRET=$secret POS_LOG=warn "$exe" --listen "127.0.0.1:$dport" \
     --redis "redis://127.0.0.1:$rport" --ttl 600 --threads "$server_threads" \
+    --max-connections-per-client 1024 \
     >"$work/discovery.log" 2>&1 &
 pids+=($!)
 wait_for 10 curl -sf "http://127.0.0.1:$dport/healthz"

@@ -11,7 +11,7 @@ import time
 import urllib.request
 import uuid
 
-from harness import Proc, Redis, free_port, http, run, test, tmpdir, wait_until, binary
+from harness import Proc, Redis, free_port, http, run, stop_all, test, tmpdir, wait_until, binary
 
 SECRET = "disc-test-secret-" + os.urandom(8).hex()
 RELAYS = "/api/p2p/relays"
@@ -462,13 +462,14 @@ def head_and_keep_alive():
 
 @test
 def per_ip_connection_limit():
-    """One address may hold 128 connections (docs/discovery-api.md); the next is refused."""
+    """One address may hold 64 connections by default (docs/discovery-api.md); the next is
+    refused."""
     import socket
     redis = Redis()
     disc = Discovery(redis)
     held = []
     try:
-        for _ in range(128):
+        for _ in range(64):
             held.append(socket.create_connection(("127.0.0.1", disc.port), timeout=5))
         time.sleep(0.3)  # let the server accept them all
 
@@ -484,6 +485,239 @@ def per_ip_connection_limit():
     finally:
         for sock in held:
             sock.close()
+
+
+@test
+def post_on_a_hung_redis_stalls_no_get():
+    """One HTTP thread: a POST waiting on a hung Redis must not hold up GETs on other
+    connections, and it gives up with 503 after the documented 1 s."""
+    import threading
+    redis = Redis()
+    disc = Discovery(redis, "--threads", "1")
+    a = entry()
+    assert disc.post(a)[0] == 200
+    redis.proc.signal(signal.SIGSTOP)
+    try:
+        outcome = {}
+
+        def post():
+            t0 = time.monotonic()
+            outcome["status"] = disc.post(entry())[0]
+            outcome["took"] = time.monotonic() - t0
+
+        for _ in range(2):  # the second POST meets a write connection already timed out once
+            outcome.clear()
+            poster = threading.Thread(target=post)
+            poster.start()
+            time.sleep(0.05)
+            worst = 0.0
+            while poster.is_alive():
+                t0 = time.monotonic()
+                status, _, body = disc.get()
+                worst = max(worst, time.monotonic() - t0)
+                assert status == 200 and json.loads(body) == [a], (status, body)
+                time.sleep(0.05)
+            poster.join()
+            assert worst < 0.5, f"a GET waited {worst:.2f} s behind the POST"
+            assert outcome["status"] == 503, outcome
+            assert 0.6 < outcome["took"] < 1.6, outcome
+    finally:
+        redis.proc.signal(signal.SIGCONT)
+    wait_until(lambda: disc.post(entry())[0] == 200, 10, what="writes after SIGCONT")
+
+
+def trickle(port, first, lines, every, limit, host="127.0.0.1", source=None):
+    """Sends |first|, then one of |lines| every |every| seconds, until the server closes the
+    connection or |limit| seconds pass. Returns the seconds it stayed open (None: never closed)."""
+    import socket
+    sock = socket.create_connection((host, port), timeout=limit, source_address=source)
+    t0 = time.monotonic()
+    try:
+        sock.sendall(first)
+        i = 0
+        while time.monotonic() - t0 < limit:
+            sock.settimeout(every)
+            try:
+                if sock.recv(4096) == b"":
+                    return time.monotonic() - t0
+            except socket.timeout:
+                pass
+            except OSError:
+                return time.monotonic() - t0
+            try:
+                sock.sendall(lines[i % len(lines)])
+            except OSError:
+                return time.monotonic() - t0
+            i += 1
+        return None
+    finally:
+        sock.close()
+
+
+@test
+def trickled_requests_are_cut_at_the_request_deadline():
+    """Headers (or a body) trickled byte-sized every 0.4 s reset libmicrohttpd's idle timeout;
+    the request deadline (--request-timeout 2) still closes the connection."""
+    import threading
+    redis = Redis()
+    disc = Discovery(redis, "--request-timeout", "2")
+    results = {}
+
+    def run(name, first, lines):
+        results[name] = trickle(disc.port, first, lines, 0.4, 6)
+
+    body = json.dumps(entry()).encode()
+    jobs = {
+        "headers": (b"GET /healthz HTTP/1.1\r\n", [b"X-Slow: 1\r\n"]),
+        "body": (f"POST {RELAYS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode(), [body[i:i + 1]
+                                                              for i in range(len(body))]),
+        "idle keep-alive": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", [b""]),
+    }
+    threads = [threading.Thread(target=run, args=(n, f, ls)) for n, (f, ls) in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, held in results.items():
+        assert held is not None, f"{name}: still open after 6 s"
+        assert 1.5 < held < 3.5, (name, held)
+    # A request that arrives in time is answered as before.
+    assert disc.get("/healthz")[0] == 200
+
+
+@test
+def slot_holders_do_not_lock_out_new_clients():
+    """64 client addresses each hold as many slow connections as they may; a new client still
+    gets its GET answered within 2 s, and one address gets no more than its share."""
+    import socket
+    redis = Redis()
+    disc = Discovery(redis, "--max-connections", "128", "--max-connections-per-client", "4",
+                     "--request-timeout", "30")
+    e = entry()
+    assert disc.post(e)[0] == 200
+    held = []
+    try:
+        for host in range(64):
+            for _ in range(4):
+                sock = socket.socket()
+                sock.settimeout(5)
+                sock.bind((f"127.0.1.{host + 1}", 0))
+                sock.connect(("127.0.0.1", disc.port))
+                sock.sendall(b"GET " + RELAYS.encode() + b" HTTP/1.1\r\nX-Slow: ")
+                held.append(sock)
+        time.sleep(0.3)  # let the server take them all in
+        for attempt in range(3):
+            t0 = time.monotonic()
+            status, _, body = http("GET", disc.url(RELAYS), timeout=5)
+            took = time.monotonic() - t0
+            assert status == 200 and json.loads(body) == [e], (status, body)
+            assert took < 2, f"a new client waited {took:.2f} s"
+        # A fifth connection from one address is refused (closed without an answer).
+        extra = socket.socket()
+        extra.settimeout(3)
+        extra.bind(("127.0.2.1", 0))
+        extra.connect(("127.0.0.1", disc.port))
+        more = [socket.create_connection(("127.0.0.1", disc.port), timeout=3,
+                                         source_address=("127.0.2.1", 0)) for _ in range(4)]
+        held += more + [extra]
+        for sock in more + [extra]:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = 0
+        for sock in more + [extra]:
+            try:
+                answered += sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            except OSError:
+                pass
+        assert answered == 4, answered
+        m = disc.metrics()
+        assert metric(m, "pos_discovery_connections_evicted_total") > 0, m
+        assert metric(m, "pos_discovery_connections_refused_total") >= 1, m
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def enter_netns(name):
+    """Moves this thread (and what it starts) into network namespace |name|; returns the fd
+    of the one it left."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    old = os.open("/proc/self/ns/net", os.O_RDONLY)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+    return old
+
+
+def leave_netns(old):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.setns(old, 0x40000000)
+    os.close(old)
+
+
+@test
+def per_client_limit_counts_an_ipv6_slash64():
+    """Addresses of one IPv6 /64 share one client's connections; another /64 has its own.
+    Needs root for a network namespace with addresses of its own."""
+    import socket
+    from harness import Skip
+    if os.geteuid() != 0 or not shutil_which("ip"):
+        raise Skip("needs root and iproute2 for a network namespace")
+    ns = f"pos-test-{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        raise Skip("cannot create a network namespace here")
+    old = None
+    held = []
+    try:
+        for cmd in (["link", "set", "lo", "up"],
+                    ["addr", "add", "2001:db8:1:1::1/64", "dev", "lo", "nodad"],
+                    ["addr", "add", "2001:db8:1:1::2/64", "dev", "lo", "nodad"],
+                    ["addr", "add", "2001:db8:1:2::1/64", "dev", "lo", "nodad"]):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True, capture_output=True)
+        old = enter_netns(ns)
+        redis = Redis()
+        port = free_port(family=socket.AF_INET6)
+        proc = Proc([binary("discovery-api/pos-discovery"), "--listen", f"[::]:{port}",
+                     "--redis", redis.url, "--max-connections-per-client", "3"],
+                    env={"POS_P2P_SECRET": SECRET, "POS_LOG": "debug"}, name="pos-discovery")
+        wait_until(lambda: f"listening on http://[::]:{port}" in proc.output(), 15,
+                   what="pos-discovery to listen")
+
+        def get_from(src):
+            sock = socket.create_connection(("2001:db8:1:1::1", port), timeout=3,
+                                            source_address=(src, 0))
+            held.append(sock)
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                return sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            except OSError:
+                return False
+        # Three from ::1 of the first /64 take its share; ::2 of the same /64 is refused.
+        assert [get_from("2001:db8:1:1::1") for _ in range(3)] == [True] * 3
+        assert not get_from("2001:db8:1:1::2")
+        # Another /64 is another client.
+        assert get_from("2001:db8:1:2::1")
+        for sock in held:
+            sock.close()
+        held.clear()
+        wait_until(lambda: get_from("2001:db8:1:1::2"), 5, what="the /64's share to free up")
+    finally:
+        for sock in held:
+            sock.close()
+        if old is not None:
+            stop_all()  # the namespace's processes, before leaving it
+            leave_netns(old)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def shutil_which(name):
+    import shutil
+    return shutil.which(name)
 
 
 @test
@@ -542,6 +776,134 @@ def https():
                      f"127.0.0.1:{free_port()}", "--redis", redis.url, "--tls-cert", cert,
                      "--tls-key", os.path.join(d, "bad.pem")], {"POS_P2P_SECRET": SECRET})
     assert r.returncode != 0 and "bad.pem" in r.stderr, r.stderr
+
+
+def raw_exchange(port, data, timeout=5):
+    """Sends raw bytes on a new connection and reads until the server closes it.
+    Returns (bytes read, True when the server closed within |timeout|)."""
+    import socket
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(data)
+    got = b""
+    closed = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            got += chunk
+    except socket.timeout:
+        pass
+    finally:
+        sock.close()
+    return got, closed
+
+
+@test
+def ambiguous_framing_is_refused_and_closed():
+    """CL+TE or two different Content-Lengths: one 400, the connection closed, and the request
+    hidden behind it (a DELETE, a POST) never runs."""
+    redis = Redis()
+    disc = Discovery(redis)
+    kept = entry()
+    assert disc.post(kept)[0] == 200
+    auth = f"Authorization: Bearer {SECRET}\r\n".encode()
+    smuggled_delete = (f"DELETE {RELAYS}/{kept['id']} HTTP/1.1\r\nHost: x\r\n".encode() + auth
+                       + b"\r\n")
+    sneaky = json.dumps(entry()).encode()
+    smuggled_post = (f"POST {RELAYS} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(sneaky)}\r\n"
+                     .encode() + auth + b"\r\n" + sneaky)
+    chunked = b"0\r\n\r\n"
+    cases = {
+        "CL+TE": (b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                  + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  % (len(chunked) + len(smuggled_delete)) + chunked + smuggled_delete),
+        "TE+CL": (b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                  + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n" + chunked
+                  + smuggled_post),
+        "CL,CL": (b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth
+                  + b"Content-Length: 0\r\nContent-Length: %d\r\n\r\n" % len(smuggled_delete)
+                  + smuggled_delete),
+        "GET CL+TE": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n" + chunked + smuggled_post),
+    }
+    for name, data in cases.items():
+        got, closed = raw_exchange(disc.port, data)
+        assert got.count(b"HTTP/1.1 ") == 1, (name, got)
+        assert got.startswith(b"HTTP/1.1 400 "), (name, got)
+        assert b"\r\nConnection: close\r\n" in got, (name, got)
+        assert closed, (name, "connection left open", got)
+    assert disc.relays() == [kept]
+    assert int(redis.cli("ZCARD", "pos:relays")) == 1
+    # The same header twice with the same value is no ambiguity.
+    body = json.dumps(entry()).encode()
+    got, _ = raw_exchange(disc.port, b"POST " + RELAYS.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                          + auth + b"Connection: close\r\nContent-Length: %d\r\n"
+                          b"Content-Length: %d\r\n\r\n" % (len(body), len(body)) + body)
+    assert got.startswith(b"HTTP/1.1 200 "), got
+
+
+def tls_handshake(port, *flags):
+    """openssl s_client with |flags|; returns (connected, "TLSvX.Y CIPHER" or what it said)."""
+    import re
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *flags],
+                       input="", capture_output=True, text=True, timeout=15)
+    m = re.search(r"New, (TLSv[0-9.]+), Cipher is (\S+)", r.stdout)
+    if not m or m.group(2) == "(NONE)":
+        return False, (r.stdout + r.stderr)[-300:]
+    return True, f"{m.group(1)} {m.group(2)}"
+
+
+@test
+def https_offers_tls12_and_13_only_and_sends_close_notify():
+    import socket
+    redis = Redis()
+    d = tmpdir()
+    cert, key = self_signed(d)
+    ctx = ssl.create_default_context(cafile=cert)
+    disc = Discovery(redis, "--tls-cert", cert, "--tls-key", key, "--request-timeout", "2",
+                     scheme="https", ctx=ctx)
+    weak = "ALL:@SECLEVEL=0"
+    for version in ("-tls1", "-tls1_1"):  # RFC 8996
+        ok, proto = tls_handshake(disc.port, version, "-cipher", weak)
+        assert not ok, (version, proto)
+    # TLS 1.2 without AEAD (CBC with SHA-1 or SHA-2 MACs): refused.
+    ok, proto = tls_handshake(disc.port, "-tls1_2", "-cipher",
+                              "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:"
+                              "ECDHE-ECDSA-AES256-SHA384:@SECLEVEL=0")
+    assert not ok, proto
+    for version, want in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
+        ok, proto = tls_handshake(disc.port, version)
+        assert ok and proto.startswith(want + " ") and "GCM" in proto, (version, proto)
+    # The server ends the connection with close_notify: a clean TLS end of stream, not a cut.
+    raw = socket.create_connection(("127.0.0.1", disc.port), timeout=5)
+    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    got = b""
+    while True:
+        chunk = tls.recv(4096)  # raises SSLEOFError when the TCP stream ends without close_notify
+        if not chunk:
+            break
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    tls.close()
+    # So does a connection cut at the request deadline (headers trickled over TLS).
+    raw = socket.create_connection(("127.0.0.1", disc.port), timeout=5)
+    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+    t0 = time.monotonic()
+    tls.sendall(b"GET /healthz HTTP/1.1\r\n")
+    tls.settimeout(0.4)
+    while time.monotonic() - t0 < 6:
+        try:
+            if tls.recv(4096) == b"":  # SSLEOFError without close_notify
+                break
+        except (socket.timeout, TimeoutError):
+            tls.sendall(b"X-Slow: 1\r\n")
+    held = time.monotonic() - t0
+    assert 1.5 < held < 3.5, held
+    tls.close()
 
 
 @test

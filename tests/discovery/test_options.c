@@ -49,6 +49,8 @@ static void test_defaults(void)
     CHECK(strcmp(o.redis.host, "127.0.0.1") == 0 && o.redis.port == 6379);
     CHECK(strcmp(o.prefix, "pos:") == 0);
     CHECK(o.ttl_s == 30 && o.threads == 2);
+    CHECK(o.max_connections == 1024 && o.max_connections_per_client == 64 &&
+          o.request_timeout_s == 10);
     CHECK(o.secret_file[0] == '\0' && o.tls_cert[0] == '\0');
 }
 
@@ -71,6 +73,18 @@ static void test_command_line_errors(void)
     CHECK(PARSE("--ttl", "5s") == POS_OPTIONS_ERR && error_says("option --ttl"));
     CHECK(PARSE("--ttl", "-5") == POS_OPTIONS_ERR);
     CHECK(PARSE("--threads", "17") == POS_OPTIONS_ERR && error_says("option --threads"));
+    CHECK(PARSE("--max-connections", "15") == POS_OPTIONS_ERR &&
+          error_says("option --max-connections") && error_says("16 to 65536"));
+    CHECK(PARSE("--max-connections", "100", "--max-connections-per-client", "101") ==
+              POS_OPTIONS_ERR &&
+          error_says("option --max-connections-per-client") && error_says("(100)"));
+    CHECK(PARSE("--max-connections-per-client", "0") == POS_OPTIONS_ERR);
+    CHECK(PARSE("--request-timeout", "0") == POS_OPTIONS_ERR &&
+          error_says("option --request-timeout") && error_says("1 to 300"));
+    CHECK(PARSE("--request-timeout", "301") == POS_OPTIONS_ERR);
+    CHECK(PARSE("--max-connections", "64", "--max-connections-per-client", "8", "--request-timeout",
+                "3") == POS_OPTIONS_RUN);
+    CHECK(o.max_connections == 64 && o.max_connections_per_client == 8 && o.request_timeout_s == 3);
     CHECK(PARSE("--listen", "localhost:8080") == POS_OPTIONS_ERR && error_says("option --listen"));
     CHECK(PARSE("--listen", "127.0.0.1") == POS_OPTIONS_ERR);
     CHECK(PARSE("--redis", "redis://example.com") == POS_OPTIONS_ERR &&
@@ -97,6 +111,16 @@ static void test_config_file(const char *dir)
 
     write_file(path, "{\"ttl\": 9, \"tll\": 9}");
     CHECK(PARSE("--config", path) == POS_OPTIONS_ERR && error_says(path) && error_says("tll"));
+    write_file(path, "{\"max_connections\": 32, \"max_connections_per_client\": 4,"
+                     " \"request_timeout\": 5}");
+    CHECK(PARSE("--config", path) == POS_OPTIONS_RUN);
+    CHECK(o.max_connections == 32 && o.max_connections_per_client == 4 && o.request_timeout_s == 5);
+    write_file(path, "{\"request_timeout\": 0}");
+    CHECK(PARSE("--config", path) == POS_OPTIONS_ERR && error_says(path) &&
+          error_says("\"request_timeout\""));
+    write_file(path, "{\"max_connections\": 32, \"max_connections_per_client\": 33}");
+    CHECK(PARSE("--config", path) == POS_OPTIONS_ERR && error_says(path) &&
+          error_says("\"max_connections_per_client\""));
     write_file(path, "{\"ttl\": \"9\"}");
     CHECK(PARSE("--config", path) == POS_OPTIONS_ERR && error_says("\"ttl\""));
     write_file(path, "{\"listen\": \"nowhere\"}");
