@@ -283,8 +283,11 @@ static enum MHD_Result finish_register(const answer *a, request *rq)
         return send_error(a, MHD_HTTP_SERVICE_UNAVAILABLE, err);
     }
     pos_log_debug("registered relay %s", e.id);
-    return send_json(a, MHD_HTTP_OK,
-                     json_pack("{s:s,s:i}", "id", e.id, "ttl", (int)a->s->opt->ttl_s), NULL, NULL);
+    return send_json(
+        a, MHD_HTTP_OK,
+        json_pack("{s:s,s:i}", "id", e.id, "ttl",
+                  (int)pos_entry_ttl_s(&e, a->s->opt->ttl_s, a->s->opt->spacedrive_ttl_s)),
+        NULL, NULL);
 }
 
 static enum MHD_Result finish_remove(const answer *a, request *rq)

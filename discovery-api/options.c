@@ -22,12 +22,14 @@ enum setting_id {
     SET_TLS_KEY,
     SET_PREFIX,
     SET_THREADS,
+    SET_SPACEDRIVE_TTL,
     SET_COUNT
 };
 
 /* Config keys, in enum order; the command-line option is the key with '-' for '_'. */
 static const char *const keys[SET_COUNT + 1] = {
-    "listen", "redis", "secret_file", "ttl", "tls_cert", "tls_key", "prefix", "threads", NULL};
+    "listen", "redis",   "secret_file",    "ttl", "tls_cert", "tls_key",
+    "prefix", "threads", "spacedrive_ttl", NULL};
 
 typedef struct setting {
     const char *value;
@@ -40,7 +42,7 @@ void pos_discovery_usage(FILE *out)
     fprintf(out,
             "usage: pos-discovery [--listen ADDR:PORT] [--redis URL] [--secret-file FILE]\n"
             "                     [--ttl SECONDS] [--config FILE] [--tls-cert F --tls-key F]\n"
-            "                     [--prefix P] [--threads N]\n\n"
+            "                     [--prefix P] [--threads N] [--spacedrive-ttl SECONDS]\n\n"
             "Serves the relay list (GET /api/p2p/relays) and lets relays register in it\n"
             "(POST, DELETE with Authorization: Bearer <p2p secret>); entries live in Redis\n"
             "under a TTL.\n\n"
@@ -49,9 +51,13 @@ void pos_discovery_usage(FILE *out)
             "  --secret-file FILE  file whose first line is the p2p secret; without it the\n"
             "                      secret comes from the environment variable POS_P2P_SECRET\n"
             "  --ttl SECONDS       lifetime of a registration, 1-86400 (default %d)\n"
+            "  --spacedrive-ttl SECONDS\n"
+            "                      lifetime of a registration whose peer_id is a libp2p\n"
+            "                      PeerId (a Spacedrive relay, which re-registers every\n"
+            "                      540 s), 1-86400 (default %d)\n"
             "  --config FILE       JSON file with the same settings (listen, redis,\n"
-            "                      secret_file, ttl, tls_cert, tls_key, prefix, threads);\n"
-            "                      options given here override it\n"
+            "                      secret_file, ttl, tls_cert, tls_key, prefix, threads,\n"
+            "                      spacedrive_ttl); options given here override it\n"
             "  --tls-cert FILE     PEM certificate: serve HTTPS (needs --tls-key)\n"
             "  --tls-key FILE      PEM private key of that certificate\n"
             "  --prefix P          Redis key prefix (default %s)\n"
@@ -59,7 +65,8 @@ void pos_discovery_usage(FILE *out)
             "  --help              show this help\n\n"
             "Log level: POS_LOG=error|warn|info|debug. Stops cleanly on SIGINT or SIGTERM.\n",
             POS_DISCOVERY_DEFAULT_LISTEN, POS_REDIS_DEFAULT_URL, POS_DISCOVERY_DEFAULT_TTL,
-            POS_REDIS_DEFAULT_PREFIX, POS_DISCOVERY_DEFAULT_THREADS);
+            POS_DISCOVERY_DEFAULT_SPACEDRIVE_TTL, POS_REDIS_DEFAULT_PREFIX,
+            POS_DISCOVERY_DEFAULT_THREADS);
 }
 
 /* read_cli collects option values; returns the --config path through |config|. */
@@ -75,6 +82,7 @@ static int read_cli(int argc, char **argv, setting *set, const char **config, ch
         {"tls-key", required_argument, NULL, SET_TLS_KEY},
         {"prefix", required_argument, NULL, SET_PREFIX},
         {"threads", required_argument, NULL, SET_THREADS},
+        {"spacedrive-ttl", required_argument, NULL, SET_SPACEDRIVE_TTL},
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -106,9 +114,9 @@ static int read_cli(int argc, char **argv, setting *set, const char **config, ch
 static int read_config_key(const pos_config *cfg, int id, setting *s, char *err, size_t errlen)
 {
     int rc;
-    if (id == SET_TTL || id == SET_THREADS) {
+    if (id == SET_TTL || id == SET_THREADS || id == SET_SPACEDRIVE_TTL) {
         long long v;
-        rc = pos_config_int(cfg, keys[id], 0, 1, id == SET_TTL ? 86400 : 16, &v, err, errlen);
+        rc = pos_config_int(cfg, keys[id], 0, 1, id == SET_THREADS ? 16 : 86400, &v, err, errlen);
         if (rc == 0) {
             snprintf(s->number, sizeof(s->number), "%lld", v);
             s->value = s->number;
@@ -204,6 +212,8 @@ static int apply(const setting *set, pos_discovery_options *o, char *err, size_t
         return -1;
     if (parse_uint(&set[SET_TTL], 1, 86400, &o->ttl_s) != 0)
         return bad(&set[SET_TTL], "a number of seconds from 1 to 86400", err, errlen);
+    if (parse_uint(&set[SET_SPACEDRIVE_TTL], 1, 86400, &o->spacedrive_ttl_s) != 0)
+        return bad(&set[SET_SPACEDRIVE_TTL], "a number of seconds from 1 to 86400", err, errlen);
     if (parse_uint(&set[SET_THREADS], 1, 16, &o->threads) != 0)
         return bad(&set[SET_THREADS], "a number of threads from 1 to 16", err, errlen);
     if (copy_path(&set[SET_SECRET_FILE], o->secret_file, sizeof(o->secret_file), err, errlen) ||
@@ -233,7 +243,7 @@ int pos_discovery_options_parse(int argc, char **argv, pos_discovery_options *o,
     setting set[SET_COUNT];
     const char *config = NULL;
     pos_config cfg = {0};
-    char ttl[16], threads[16];
+    char ttl[16], threads[16], spacedrive_ttl[16];
 
     memset(o, 0, sizeof(*o));
     memset(set, 0, sizeof(set));
@@ -249,6 +259,8 @@ int pos_discovery_options_parse(int argc, char **argv, pos_discovery_options *o,
     set_default(&set[SET_LISTEN], POS_DISCOVERY_DEFAULT_LISTEN);
     set_default(&set[SET_REDIS], POS_REDIS_DEFAULT_URL);
     set_default(&set[SET_TTL], ttl);
+    snprintf(spacedrive_ttl, sizeof(spacedrive_ttl), "%d", POS_DISCOVERY_DEFAULT_SPACEDRIVE_TTL);
+    set_default(&set[SET_SPACEDRIVE_TTL], spacedrive_ttl);
     set_default(&set[SET_PREFIX], POS_REDIS_DEFAULT_PREFIX);
     set_default(&set[SET_THREADS], threads);
     rc = apply(set, o, err, errlen) == 0 ? POS_OPTIONS_RUN : POS_OPTIONS_ERR;
