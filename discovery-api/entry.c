@@ -107,12 +107,16 @@ static int parse_peer_id(json_t *obj, pos_entry *e, char *err, size_t errlen)
     uint8_t key[32];
     if (get_string(obj, "peer_id", &s, &len, err, errlen))
         return POS_ENTRY_ERR_INVALID;
-    if (pos_peer_id_parse(s, len, key))
+    int form = pos_peer_id_parse_any(s, len, key);
+    if (form < 0)
         return fail(err, errlen, "%s",
-                    "\"peer_id\" must be the relay's Ed25519 public key as 43 characters of "
-                    "standard base64 without padding");
-    memcpy(e->peer_id, s, POS_PEER_ID_LEN);
-    e->peer_id[POS_PEER_ID_LEN] = '\0';
+                    "\"peer_id\" must be the relay's Ed25519 public key, either as 43 "
+                    "characters of standard base64 without padding or as a libp2p PeerId "
+                    "(52 characters of base58, \"12D3KooW...\")");
+    /* Served exactly as registered: a Spacedrive client parses only the PeerId form. */
+    e->peer_id_form = (pos_peer_id_form)form;
+    memcpy(e->peer_id, s, len);
+    e->peer_id[len] = '\0';
     return 0;
 }
 
@@ -211,4 +215,9 @@ int pos_entry_id_parse(const char *s, size_t len, char out[POS_UUID_STRLEN])
         out[i] = (char)tolower((unsigned char)s[i]);
     out[36] = '\0';
     return 0;
+}
+
+unsigned pos_entry_ttl_s(const pos_entry *e, unsigned ttl_s, unsigned spacedrive_ttl_s)
+{
+    return e->peer_id_form == POS_PEER_ID_FORM_LIBP2P ? spacedrive_ttl_s : ttl_s;
 }

@@ -5,8 +5,10 @@
  * layer, the unit tests and the fuzz target all run the same code.
  *
  * An entry is a JSON object with exactly the keys "id" (a canonical UUID),
- * "peer_id" (43 characters of unpadded standard base64 of a 32-byte key)
- * and "addrs" (1 to 16 distinct "ip:port" / "[v6]:port" strings).
+ * "peer_id" (an Ed25519 key as 43 characters of unpadded standard base64,
+ * or as a libp2p PeerId "12D3KooW...", the form Spacedrive's relays register;
+ * kept as given) and "addrs" (1 to 16 distinct "ip:port" / "[v6]:port"
+ * strings).
  */
 #ifndef POS_DISCOVERY_ENTRY_H
 #define POS_DISCOVERY_ENTRY_H
@@ -16,6 +18,7 @@
 #include "addr.h"
 #include "config.h" /* POS_ERR_LEN, the size of error buffers */
 #include "identity.h"
+#include "peer_id.h"
 #include "uuid.h"
 
 #define POS_ENTRY_MAX_BODY 16384 /* bytes; a larger body is refused whole */
@@ -28,8 +31,9 @@
 #define POS_ENTRY_ERR_TOO_LARGE -2 /* more than POS_ENTRY_MAX_BODY bytes */
 
 typedef struct pos_entry {
-    char id[POS_UUID_STRLEN]; /* lower case */
-    char peer_id[POS_PEER_ID_STRLEN];
+    char id[POS_UUID_STRLEN];                /* lower case */
+    char peer_id[POS_LIBP2P_PEER_ID_STRLEN]; /* as registered, in either form */
+    pos_peer_id_form peer_id_form;
     char addrs[POS_ENTRY_MAX_ADDRS][POS_ADDR_STRLEN];
     size_t naddrs;
 } pos_entry;
@@ -48,6 +52,13 @@ int pos_entry_parse(const char *body, size_t len, pos_entry *e, char *err, size_
  * Returns its length, or -1 when |outlen| is too small.
  */
 int pos_entry_format(const pos_entry *e, char *out, size_t outlen);
+
+/*
+ * pos_entry_ttl_s is the lifetime of a registration of |e|: |spacedrive_ttl_s|
+ * when its peer id is in the libp2p PeerId form (a Spacedrive relay, which
+ * re-registers only every 540 s), else |ttl_s|.
+ */
+unsigned pos_entry_ttl_s(const pos_entry *e, unsigned ttl_s, unsigned spacedrive_ttl_s);
 
 /*
  * pos_entry_id_parse checks that |len| bytes of |s| are a UUID and writes its

@@ -361,8 +361,10 @@ static enum MHD_Result written(const answer *a, request *rq)
     if (rq->job.remove)
         return send_bytes(a, MHD_HTTP_NO_CONTENT, NULL, "", 0, NULL, NULL);
     return send_json(a, MHD_HTTP_OK,
-                     json_pack("{s:s,s:i}", "id", rq->job.id, "ttl", (int)a->s->opt->ttl_s), NULL,
-                     NULL);
+                     json_pack("{s:s,s:i}", "id", rq->job.id, "ttl",
+                               (int)pos_entry_ttl_s(&rq->job.entry, a->s->opt->ttl_s,
+                                                    a->s->opt->spacedrive_ttl_s)),
+                     NULL, NULL);
 }
 
 static enum MHD_Result finish(pos_server *s, struct MHD_Connection *conn, request *rq)

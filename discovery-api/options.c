@@ -25,16 +25,24 @@ enum setting_id {
     SET_MAX_CONNECTIONS,
     SET_MAX_PER_CLIENT,
     SET_REQUEST_TIMEOUT,
+    SET_SPACEDRIVE_TTL,
     SET_COUNT
 };
 
 /* Config keys, in enum order; the command-line option is the key with '-' for '_'. */
-static const char *const keys[SET_COUNT + 1] = {"listen",          "redis",
-                                                "secret_file",     "ttl",
-                                                "tls_cert",        "tls_key",
-                                                "prefix",          "threads",
-                                                "max_connections", "max_connections_per_client",
-                                                "request_timeout", NULL};
+static const char *const keys[SET_COUNT + 1] = {"listen",
+                                                "redis",
+                                                "secret_file",
+                                                "ttl",
+                                                "tls_cert",
+                                                "tls_key",
+                                                "prefix",
+                                                "threads",
+                                                "max_connections",
+                                                "max_connections_per_client",
+                                                "request_timeout",
+                                                "spacedrive_ttl",
+                                                NULL};
 
 /* The numeric settings and their ranges (a 0 maximum: not numeric). */
 static const struct {
@@ -45,6 +53,7 @@ static const struct {
     [SET_MAX_CONNECTIONS] = {16, 65536},
     [SET_MAX_PER_CLIENT] = {1, 65536},
     [SET_REQUEST_TIMEOUT] = {1, 300},
+    [SET_SPACEDRIVE_TTL] = {1, 86400},
 };
 
 typedef struct setting {
@@ -59,7 +68,8 @@ void pos_discovery_usage(FILE *out)
             "usage: pos-discovery [--listen ADDR:PORT] [--redis URL] [--secret-file FILE]\n"
             "                     [--ttl SECONDS] [--config FILE] [--tls-cert F --tls-key F]\n"
             "                     [--prefix P] [--threads N] [--max-connections N]\n"
-            "                     [--max-connections-per-client N] [--request-timeout S]\n\n"
+            "                     [--max-connections-per-client N] [--request-timeout S]\n"
+            "                     [--spacedrive-ttl SECONDS]\n\n"
             "Serves the relay list (GET /api/p2p/relays) and lets relays register in it\n"
             "(POST, DELETE with Authorization: Bearer <p2p secret>); entries live in Redis\n"
             "under a TTL.\n\n"
@@ -68,10 +78,14 @@ void pos_discovery_usage(FILE *out)
             "  --secret-file FILE  file whose first line is the p2p secret; without it the\n"
             "                      secret comes from the environment variable POS_P2P_SECRET\n"
             "  --ttl SECONDS       lifetime of a registration, 1-86400 (default %d)\n"
+            "  --spacedrive-ttl SECONDS\n"
+            "                      lifetime of a registration whose peer_id is a libp2p\n"
+            "                      PeerId (a Spacedrive relay, which re-registers every\n"
+            "                      540 s), 1-86400 (default %d)\n"
             "  --config FILE       JSON file with the same settings (listen, redis,\n"
             "                      secret_file, ttl, tls_cert, tls_key, prefix, threads,\n"
             "                      max_connections, max_connections_per_client,\n"
-            "                      request_timeout);\n"
+            "                      request_timeout, spacedrive_ttl);\n"
             "                      options given here override it\n"
             "  --tls-cert FILE     PEM certificate: serve HTTPS (needs --tls-key)\n"
             "  --tls-key FILE      PEM private key of that certificate\n"
@@ -86,9 +100,9 @@ void pos_discovery_usage(FILE *out)
             "  --help              show this help\n\n"
             "Log level: POS_LOG=error|warn|info|debug. Stops cleanly on SIGINT or SIGTERM.\n",
             POS_DISCOVERY_DEFAULT_LISTEN, POS_REDIS_DEFAULT_URL, POS_DISCOVERY_DEFAULT_TTL,
-            POS_REDIS_DEFAULT_PREFIX, POS_DISCOVERY_DEFAULT_THREADS,
-            POS_DISCOVERY_DEFAULT_MAX_CONNECTIONS, POS_DISCOVERY_DEFAULT_MAX_PER_CLIENT,
-            POS_DISCOVERY_DEFAULT_REQUEST_TIMEOUT);
+            POS_DISCOVERY_DEFAULT_SPACEDRIVE_TTL, POS_REDIS_DEFAULT_PREFIX,
+            POS_DISCOVERY_DEFAULT_THREADS, POS_DISCOVERY_DEFAULT_MAX_CONNECTIONS,
+            POS_DISCOVERY_DEFAULT_MAX_PER_CLIENT, POS_DISCOVERY_DEFAULT_REQUEST_TIMEOUT);
 }
 
 /* read_cli collects option values; returns the --config path through |config|. */
@@ -107,6 +121,7 @@ static int read_cli(int argc, char **argv, setting *set, const char **config, ch
         {"max-connections", required_argument, NULL, SET_MAX_CONNECTIONS},
         {"max-connections-per-client", required_argument, NULL, SET_MAX_PER_CLIENT},
         {"request-timeout", required_argument, NULL, SET_REQUEST_TIMEOUT},
+        {"spacedrive-ttl", required_argument, NULL, SET_SPACEDRIVE_TTL},
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -236,6 +251,8 @@ static int apply(const setting *set, pos_discovery_options *o, char *err, size_t
         return -1;
     if (parse_uint(&set[SET_TTL], 1, 86400, &o->ttl_s) != 0)
         return bad(&set[SET_TTL], "a number of seconds from 1 to 86400", err, errlen);
+    if (parse_uint(&set[SET_SPACEDRIVE_TTL], 1, 86400, &o->spacedrive_ttl_s) != 0)
+        return bad(&set[SET_SPACEDRIVE_TTL], "a number of seconds from 1 to 86400", err, errlen);
     if (parse_uint(&set[SET_THREADS], 1, 16, &o->threads) != 0)
         return bad(&set[SET_THREADS], "a number of threads from 1 to 16", err, errlen);
     if (parse_uint(&set[SET_MAX_CONNECTIONS], 16, 65536, &o->max_connections) != 0)
@@ -277,7 +294,7 @@ int pos_discovery_options_parse(int argc, char **argv, pos_discovery_options *o,
     setting set[SET_COUNT];
     const char *config = NULL;
     pos_config cfg = {0};
-    char ttl[16], threads[16], maxconn[16], perclient[16], reqtimeout[16];
+    char ttl[16], threads[16], maxconn[16], perclient[16], reqtimeout[16], spacedrive_ttl[16];
 
     memset(o, 0, sizeof(*o));
     memset(set, 0, sizeof(set));
@@ -293,6 +310,8 @@ int pos_discovery_options_parse(int argc, char **argv, pos_discovery_options *o,
     set_default(&set[SET_LISTEN], POS_DISCOVERY_DEFAULT_LISTEN);
     set_default(&set[SET_REDIS], POS_REDIS_DEFAULT_URL);
     set_default(&set[SET_TTL], ttl);
+    snprintf(spacedrive_ttl, sizeof(spacedrive_ttl), "%d", POS_DISCOVERY_DEFAULT_SPACEDRIVE_TTL);
+    set_default(&set[SET_SPACEDRIVE_TTL], spacedrive_ttl);
     set_default(&set[SET_PREFIX], POS_REDIS_DEFAULT_PREFIX);
     set_default(&set[SET_THREADS], threads);
     snprintf(maxconn, sizeof(maxconn), "%d", POS_DISCOVERY_DEFAULT_MAX_CONNECTIONS);

@@ -2,7 +2,8 @@
  * Settings of pos-discovery from its command line and an optional JSON
  * configuration file (same names: listen, redis, secret_file, ttl,
  * tls_cert, tls_key, prefix, threads, max_connections,
- * max_connections_per_client, request_timeout). The command line overrides the file;
+ * max_connections_per_client, request_timeout, spacedrive_ttl). The command line overrides the
+ * file;
  * the file overrides the defaults. Everything is validated here, before
  * anything starts, with errors naming the option or the file and key.
  */
@@ -18,6 +19,8 @@
 
 #define POS_DISCOVERY_DEFAULT_LISTEN "127.0.0.1:8080"
 #define POS_DISCOVERY_DEFAULT_TTL 30
+/* Spacedrive relays re-register every 540 s: 600 s keeps them listed throughout. */
+#define POS_DISCOVERY_DEFAULT_SPACEDRIVE_TTL 600
 #define POS_DISCOVERY_DEFAULT_THREADS 2
 #define POS_DISCOVERY_DEFAULT_MAX_CONNECTIONS 1024
 #define POS_DISCOVERY_DEFAULT_MAX_PER_CLIENT 64
@@ -32,7 +35,8 @@ typedef struct pos_discovery_options {
     char secret_file[POS_DISCOVERY_PATH_MAX]; /* empty: take POS_P2P_SECRET */
     char tls_cert[POS_DISCOVERY_PATH_MAX];    /* both empty: plain HTTP */
     char tls_key[POS_DISCOVERY_PATH_MAX];
-    unsigned ttl_s;
+    unsigned ttl_s;            /* of registrations with a base64 peer id */
+    unsigned spacedrive_ttl_s; /* of registrations with a libp2p PeerId (Spacedrive relays) */
     unsigned threads;
     unsigned max_connections;            /* open connections in all */
     unsigned max_connections_per_client; /* from one IPv4 address or IPv6 /64 */

@@ -159,8 +159,8 @@ int pos_server_remove(pos_server *s, const char *id, uint64_t deadline_ms, char 
 static int init_parts(pos_server *s, const pos_discovery_options *o)
 {
     pos_metrics_init(&s->metrics);
-    pos_store_init(&s->writer, &o->redis, o->prefix, o->ttl_s);
-    pos_store_init(&s->reader, &o->redis, o->prefix, o->ttl_s);
+    pos_store_init(&s->writer, &o->redis, o->prefix, o->ttl_s, o->spacedrive_ttl_s);
+    pos_store_init(&s->reader, &o->redis, o->prefix, o->ttl_s, o->spacedrive_ttl_s);
     if (pos_snapshot_init(&s->snapshot) != 0)
         return -1;
     if (pthread_mutex_init(&s->write_lock, NULL) != 0)

@@ -57,11 +57,13 @@ static int reply_failed(pos_store *s, redisReply *rep, int type, const char *wha
     return 1;
 }
 
-void pos_store_init(pos_store *s, const pos_redis_target *t, const char *prefix, unsigned ttl_s)
+void pos_store_init(pos_store *s, const pos_redis_target *t, const char *prefix, unsigned ttl_s,
+                    unsigned spacedrive_ttl_s)
 {
     memset(s, 0, sizeof(*s));
     pos_redis_init(&s->redis, t, prefix, 1000);
-    s->ttl_ms = (long long)ttl_s * 1000;
+    s->ttl_s = ttl_s;
+    s->spacedrive_ttl_s = spacedrive_ttl_s;
     s->register_script = pos_redis_script_add(&s->redis, register_lua);
     s->remove_script = pos_redis_script_add(&s->redis, remove_lua);
 }
@@ -74,6 +76,8 @@ void pos_store_free(pos_store *s)
 int pos_store_register(pos_store *s, const pos_entry *e, char *err, size_t errlen)
 {
     char key[KEY_MAX], zkey[KEY_MAX], json[POS_ENTRY_JSON_MAX], ttl[24], expiry[24];
+    /* Per registration: a pos relay's short TTL is never raised for a Spacedrive relay's sake. */
+    long long ttl_ms = (long long)pos_entry_ttl_s(e, s->ttl_s, s->spacedrive_ttl_s) * 1000;
 
     if (pos_entry_format(e, json, sizeof(json)) < 0) {
         snprintf(err, errlen, "entry too long to store");
@@ -81,8 +85,8 @@ int pos_store_register(pos_store *s, const pos_entry *e, char *err, size_t errle
     }
     relay_key(s, e->id, key);
     set_key(s, zkey);
-    snprintf(ttl, sizeof(ttl), "%lld", s->ttl_ms);
-    snprintf(expiry, sizeof(expiry), "%lld", unix_ms() + s->ttl_ms);
+    snprintf(ttl, sizeof(ttl), "%lld", ttl_ms);
+    snprintf(expiry, sizeof(expiry), "%lld", unix_ms() + ttl_ms);
     const char *argv[] = {key, zkey, json, ttl, expiry, e->id};
     redisReply *rep = pos_redis_eval(&s->redis, s->register_script, 2, 6, argv, NULL);
     if (reply_failed(s, rep, REDIS_REPLY_INTEGER, "register the relay", err, errlen))

@@ -1,7 +1,9 @@
 /*
  * The relay list in Redis. Layout, under the configured prefix P:
- *   P relay:<id>  string: the entry's canonical JSON, expiring after the TTL
+ *   P relay:<id>  string: the entry's canonical JSON, expiring after its TTL
  *   P relays      sorted set: member <id>, score = expiry in unix milliseconds
+ * The TTL is chosen per registration (pos_entry_ttl_s): the normal one, or
+ * the Spacedrive one for an entry whose peer id is a libp2p PeerId.
  * Registering sets both in one Lua script (atomic); removing deletes both in
  * another. Listing drops expired members with ZREMRANGEBYSCORE, takes the
  * live ids with ZRANGEBYSCORE and reads their entries with one MGET: no KEYS
@@ -23,19 +25,24 @@
 
 typedef struct pos_store {
     pos_redis redis;
-    long long ttl_ms;
+    unsigned ttl_s;            /* of entries with a base64 peer id */
+    unsigned spacedrive_ttl_s; /* of entries with a libp2p PeerId */
     int register_script;
     int remove_script;
 } pos_store;
 
-/* pos_store_init prepares |s| without connecting. |ttl_s| is the entry lifetime. */
-void pos_store_init(pos_store *s, const pos_redis_target *t, const char *prefix, unsigned ttl_s);
+/*
+ * pos_store_init prepares |s| without connecting. |ttl_s| and
+ * |spacedrive_ttl_s| are the entry lifetimes (see pos_entry_ttl_s).
+ */
+void pos_store_init(pos_store *s, const pos_redis_target *t, const char *prefix, unsigned ttl_s,
+                    unsigned spacedrive_ttl_s);
 
 /* pos_store_free closes the connection. */
 void pos_store_free(pos_store *s);
 
 /*
- * pos_store_register writes |e| with the TTL, replacing an entry of the same
+ * pos_store_register writes |e| with its TTL, replacing an entry of the same
  * id. Returns 0, or -1 with a sentence in |err| when Redis is unreachable or
  * refused the write.
  */

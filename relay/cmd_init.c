@@ -1,7 +1,8 @@
 /*
  * pos-relay init: writes a new configuration file (mode 0600) with a fresh
  * relay id (UUID v4), a fresh Ed25519 identity and the p2p secret shared with
- * the discovery API, then prints the relay's peer id on stdout.
+ * the discovery API, then prints the relay's peer id on stdout (its libp2p PeerId
+ * form on stderr).
  *
  * The secret is asked for without echo when stdin is a terminal, otherwise it
  * is the first line of stdin (so `pos-relay init < secret-file` works). An
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "cmds.h"
+#include "peer_id.h"
 #include "secret.h"
 
 #define MAX_SECRET_LEN 4096
@@ -299,9 +301,11 @@ int cmd_init(int argc, char **argv)
 
     pos_identity id;
     char relay_id[POS_UUID_STRLEN], key_text[POS_KEY_TEXT_STRLEN], peer_id[POS_PEER_ID_STRLEN];
+    char libp2p[POS_LIBP2P_PEER_ID_STRLEN];
     pos_identity_generate(&id);
     pos_identity_to_text(&id, key_text);
     pos_identity_peer_id(&id, peer_id);
+    pos_libp2p_peer_id_format(id.public_key, libp2p);
     pos_identity_free(&id);
     pos_uuid_v4(relay_id);
 
@@ -311,7 +315,9 @@ int cmd_init(int argc, char **argv)
     if (!text) {
         fprintf(stderr, "pos-relay init: out of memory\n");
     } else if (write_config_file(o.path, text, o.force) == 0) {
-        fprintf(stderr, "pos-relay init: wrote %s (relay id %s); peer id:\n", o.path, relay_id);
+        /* stdout keeps the one line scripts read (PEER=$(pos-relay init ...)). */
+        fprintf(stderr, "pos-relay init: wrote %s (relay id %s); as a libp2p PeerId %s; peer id:\n",
+                o.path, relay_id, libp2p);
         fflush(stderr);
         printf("%s\n", peer_id);
         status = RELAY_EXIT_OK;

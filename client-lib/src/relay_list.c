@@ -1,7 +1,10 @@
 /*
  * The relay list of a discovery API: fetched with libcurl (bounded body,
  * bounded time) and validated entry by entry with jansson. An invalid entry
- * is skipped, never half-used.
+ * is skipped, never half-used. A peer id may be in either form (base64, or
+ * the libp2p PeerId that Spacedrive's relays register): it is kept in the
+ * base64 form, so the relay's key is pinned the same way in both cases.
+ * Unknown fields of an entry are ignored.
  */
 #include <curl/curl.h>
 #include <jansson.h>
@@ -11,6 +14,7 @@
 
 #include "addr.h"
 #include "identity.h"
+#include "peer_id.h"
 #include "pos/p2p.h"
 #include "uuid.h"
 
@@ -33,13 +37,13 @@ static int parse_entry(json_t *e, pos_p2p_relay_info *out)
     if (!json_is_object(e) || !json_is_string(id) || !json_is_string(pid) || !json_is_array(addrs))
         return -1;
     if (!pos_uuid_valid(json_string_value(id), json_string_length(id)) ||
-        pos_peer_id_parse(json_string_value(pid), json_string_length(pid), key) != 0)
+        pos_peer_id_parse_any(json_string_value(pid), json_string_length(pid), key) < 0)
         return -1;
     if (json_array_size(addrs) == 0 || json_array_size(addrs) > POS_P2P_RELAY_MAX_ADDRS)
         return -1;
     memset(out, 0, sizeof(*out));
     memcpy(out->id, json_string_value(id), json_string_length(id));
-    memcpy(out->peer_id, json_string_value(pid), json_string_length(pid));
+    pos_peer_id_format(key, out->peer_id);
     json_array_foreach(addrs, i, a)
     {
         if (!json_is_string(a) || !pos_addr_valid(json_string_value(a), json_string_length(a)) ||

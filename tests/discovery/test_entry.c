@@ -190,6 +190,36 @@ static void test_peer_ids(void)
                        "\"peer_id\" must be"));
 }
 
+/*
+ * Spacedrive's relays register a libp2p PeerId: accepted, kept and formatted exactly as
+ * registered, with its form recorded (it picks the TTL). Only canonical Ed25519 PeerIds.
+ */
+static void test_libp2p_peer_ids(void)
+{
+    static const char sd[] = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    pos_entry e, again;
+    char json[POS_ENTRY_JSON_MAX], want[256];
+    CHECK(parse(body_with(quoted(uuid), quoted(sd), "[\"203.0.113.7:7373\"]"), &e) == 0);
+    CHECK(strcmp(e.peer_id, sd) == 0 && e.peer_id_form == POS_PEER_ID_FORM_LIBP2P);
+    CHECK(pos_entry_ttl_s(&e, 30, 600) == 600);
+    pos_entry_format(&e, json, sizeof(json));
+    snprintf(want, sizeof(want),
+             "{\"id\":\"%s\",\"peer_id\":\"%s\",\"addrs\":[\"203.0.113.7:7373\"]}", uuid, sd);
+    CHECK(strcmp(json, want) == 0);
+    CHECK(parse(json, &again) == 0 && memcmp(&e, &again, sizeof(e)) == 0);
+    CHECK(parse(body_with(quoted(uuid), quoted(peer), "[\"1.2.3.4:1\"]"), &e) == 0);
+    CHECK(e.peer_id_form == POS_PEER_ID_FORM_BASE64 && pos_entry_ttl_s(&e, 30, 600) == 30);
+    const char *bad[] = {
+        "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",        /* sha2-256: an RSA key */
+        "112D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", /* a '1' too many */
+        "12D3KubAU3C291YEyVBcqwhNe3gaM1CAGBhfB3nxuCRF7FknkQB4",  /* secp256k1 key type */
+        "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SI",  /* 'I' is not base58 */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(
+            rejected(body_with(quoted(uuid), quoted(bad[i]), "[\"1.2.3.4:1\"]"), "libp2p PeerId"));
+}
+
 static void test_addrs(void)
 {
     static const char *const bad[] = {
@@ -283,6 +313,7 @@ int main(void)
     test_types();
     test_ids();
     test_peer_ids();
+    test_libp2p_peer_ids();
     test_addrs();
     test_size();
     return check_finish("test_entry");

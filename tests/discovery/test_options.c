@@ -134,6 +134,28 @@ static void test_config_file(const char *dir)
     unlink(path);
 }
 
+/* spacedrive_ttl: its own key and option, validated like ttl, independent of it. */
+static void test_spacedrive_ttl(const char *dir)
+{
+    char path[512];
+    CHECK(PARSE("--ttl", "2") == POS_OPTIONS_RUN && o.ttl_s == 2 && o.spacedrive_ttl_s == 600);
+    CHECK(PARSE("--spacedrive-ttl", "900") == POS_OPTIONS_RUN && o.spacedrive_ttl_s == 900 &&
+          o.ttl_s == 30);
+    CHECK(PARSE("--spacedrive-ttl", "0") == POS_OPTIONS_ERR &&
+          error_says("option --spacedrive-ttl") && error_says("1 to 86400"));
+    CHECK(PARSE("--spacedrive-ttl", "86401") == POS_OPTIONS_ERR);
+    CHECK(PARSE("--spacedrive-ttl", "10m") == POS_OPTIONS_ERR);
+    snprintf(path, sizeof(path), "%s/sd.json", dir);
+    write_file(path, "{\"spacedrive_ttl\": 1200}");
+    CHECK(PARSE("--config", path) == POS_OPTIONS_RUN && o.spacedrive_ttl_s == 1200);
+    write_file(path, "{\"spacedrive_ttl\": 0}");
+    CHECK(PARSE("--config", path) == POS_OPTIONS_ERR && error_says(path) &&
+          error_says("spacedrive_ttl"));
+    write_file(path, "{\"spacedrive_ttl\": \"600\"}");
+    CHECK(PARSE("--config", path) == POS_OPTIONS_ERR && error_says("spacedrive_ttl"));
+    unlink(path);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/pos-options-XXXXXX";
@@ -143,6 +165,7 @@ int main(void)
     test_command_line();
     test_command_line_errors();
     test_config_file(dir);
+    test_spacedrive_ttl(dir);
     rmdir(dir);
     return check_finish("test_options");
 }

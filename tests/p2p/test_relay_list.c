@@ -8,6 +8,8 @@
 #include "pos/p2p.h"
 
 #define PID "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+/* The same key as a libp2p PeerId. */
+#define PID_LIBP2P "12D3KooWQK1wnefoLrcVHbbnf5tLzbopUd3K3bFAoJpA7YJgL5pV"
 #define UUID1 "0f8fad5b-d9cb-469f-a165-70867728950e"
 #define UUID2 "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
 
@@ -55,6 +57,39 @@ int main(void)
     CHECK(skipped == 11);
     r = pos_p2p_relay_list_get(l, 0);
     CHECK(r && !strcmp(r->id, UUID2));
+    pos_p2p_relay_list_del(l);
+
+    /*
+     * Spacedrive's form: its relays register a libp2p PeerId (PID's key, written by an
+     * independent base58 in Python). The entry is kept with the key in our base64 form, the
+     * key the client then pins; a PeerId of another key pins that other key.
+     */
+    CHECK(parse("[{\"id\":\"" UUID1 "\",\"peer_id\":\"" PID_LIBP2P "\",\"addrs\":[\"1.2.3.4:7373\","
+                "\"[2001:db8::1]:7373\"]},"
+                "{\"id\":\"" UUID2
+                "\",\"peer_id\":\"12D3KooWQF7Y99wiT27msuUp9acu6g4bDcUYLe9GDSWGcLzgcHA9\","
+                "\"addrs\":[\"1.2.3.4:7373\"]}]",
+                &skipped, &l) == 2);
+    CHECK(skipped == 0);
+    r = pos_p2p_relay_list_get(l, 0);
+    CHECK(r && !strcmp(r->id, UUID1) && !strcmp(r->peer_id, PID) && r->n_addrs == 2);
+    r = pos_p2p_relay_list_get(l, 1);
+    CHECK(r && !strcmp(r->peer_id, "1lqYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo"));
+    pos_p2p_relay_list_del(l);
+    /* PeerIds that are not a canonical Ed25519 one are skipped: sha2-256 (RSA), a leading '1'
+     * too many, a character outside base58, another key type. */
+    CHECK(parse("[{\"id\":\"" UUID1
+                "\",\"peer_id\":\"QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N\","
+                "\"addrs\":[\"1.2.3.4:1\"]},"
+                "{\"id\":\"" UUID1 "\",\"peer_id\":\"1" PID_LIBP2P "\",\"addrs\":[\"1.2.3.4:1\"]},"
+                "{\"id\":\"" UUID1
+                "\",\"peer_id\":\"12D3KooWQK1wnefoLrcVHbbnf5tLzbopUd3K3bFAoJpA7YJgL5p0\","
+                "\"addrs\":[\"1.2.3.4:1\"]},"
+                "{\"id\":\"" UUID1
+                "\",\"peer_id\":\"12D3KubAU3C291YEyVBcqwhNe3gaM1CAGBhfB3nxuCRF7FknkQB4\","
+                "\"addrs\":[\"1.2.3.4:1\"]}]",
+                &skipped, &l) == 0);
+    CHECK(skipped == 4);
     pos_p2p_relay_list_del(l);
 
     /* not a JSON array: an error, no list */

@@ -1,5 +1,5 @@
 /* Unit tests of the shared modules: identity, peer ids, addresses, UUIDs, config, secrets, Redis
- * URLs. */
+ * URLs, libp2p PeerIds. */
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +11,7 @@
 #include "check.h"
 #include "config.h"
 #include "identity.h"
+#include "peer_id.h"
 #include "redis.h"
 #include "secret.h"
 #include "uuid.h"
@@ -58,6 +59,86 @@ static void test_peer_id(void)
     pos_peer_id_format(zero, pid);
     CHECK(strcmp(pid, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA") == 0);
     pos_identity_free(&id);
+}
+
+static void hex32(const char *hex, uint8_t out[32])
+{
+    for (int i = 0; i < 32; i++) {
+        unsigned v = 0;
+        sscanf(hex + 2 * i, "%2x", &v);
+        out[i] = (uint8_t)v;
+    }
+}
+
+/*
+ * libp2p PeerIds. Vectors: rust-libp2p's peer_id.rs test parses
+ * 12D3KooWD3eck... (the peer-id spec's example), whose key the spec's CIDv1
+ * form bafzaajaiaejcal72... also holds; the spec's Ed25519 test key
+ * (seed 7e08..., public key 1ed1e8fa...) gives 12D3KooWBtg3... The others
+ * were written by an independent Python base58 (tests/discovery/spacedrive.py).
+ */
+static void test_libp2p_peer_id(void)
+{
+    static const char spec_example[] = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    char out[POS_LIBP2P_PEER_ID_STRLEN], b64[POS_PEER_ID_STRLEN];
+    uint8_t key[32], want[32], seed[32], got[32];
+    pos_identity id;
+
+    hex32("2ffa35a99d3a3cfbb17bb7c1dc5561b18a8dcca4df38dc613ea859c37eb1336b", want);
+    CHECK(pos_libp2p_peer_id_parse(spec_example, 52, key) == 0);
+    CHECK(memcmp(key, want, 32) == 0);
+    pos_libp2p_peer_id_format(want, out);
+    CHECK(strcmp(out, spec_example) == 0);
+    CHECK(pos_peer_id_parse_any(spec_example, 52, got) == POS_PEER_ID_FORM_LIBP2P);
+    CHECK(memcmp(got, want, 32) == 0);
+    pos_peer_id_format(want, b64);
+    CHECK(pos_peer_id_parse_any(b64, 43, got) == POS_PEER_ID_FORM_BASE64);
+    CHECK(memcmp(got, want, 32) == 0);
+
+    hex32("7e0830617c4a7de83925dfb2694556b12936c477a0e1feb2e148ec9da60fee7d", seed);
+    hex32("1ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e", want);
+    pos_identity_from_seed(&id, seed);
+    CHECK(memcmp(id.public_key, want, 32) == 0);
+    pos_libp2p_peer_id_format(id.public_key, out);
+    CHECK(strcmp(out, "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq") == 0);
+    pos_identity_free(&id);
+
+    /* Extremes of the key: every PeerId is 52 characters. */
+    memset(want, 0, 32);
+    pos_libp2p_peer_id_format(want, out);
+    CHECK(strcmp(out, "12D3KooW9pNAk8aiBuGVQtWRdbkLmo5qVL3e2h5UxbN2Nz9ttwiw") == 0);
+    memset(want, 0xff, 32);
+    pos_libp2p_peer_id_format(want, out);
+    CHECK(strcmp(out, "12D3KooWT3gYEvLJyx1FyyHqrmvdy1tMjpgxmu9aSeKMEuafQtyC") == 0);
+    CHECK(pos_libp2p_peer_id_parse(out, 52, key) == 0 && memcmp(key, want, 32) == 0);
+
+    /* Refused, key untouched: other key type, reordered protobuf, other multihash code, sha2-256
+     * form (RSA), extra leading '1', truncation, characters outside the alphabet, overflow. */
+    static const char *const bad[] = {
+        "12D3KubAU3C291YEyVBcqwhNe3gaM1CAGBhfB3nxuCRF7FknkQB4",
+        "12D7nMCk6YBkR4pq1qXoxr57TAgKaZVWeDgK2cGDGYnv2bbsq2zL",
+        "3gePciHhMp96J2uLmntEGYX7jy2tj3vx8xHV4HUY88LkiMjyPFtv",
+        "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+        "112D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+        "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5S",
+        "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5S0",
+        "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5Sl",
+        "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5S ",
+        "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        "1111111111111111111111111111111111111111111111111111",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(key, 0xa5, 32);
+        CHECK(pos_libp2p_peer_id_parse(bad[i], strlen(bad[i]), key) == -1);
+        CHECK(pos_peer_id_parse_any(bad[i], strlen(bad[i]), key) == -1);
+        CHECK(key[0] == 0xa5 && key[31] == 0xa5);
+    }
+    /* A NUL inside the exact length is not a character of the alphabet. */
+    char withnul[53];
+    memcpy(withnul, spec_example, 53);
+    withnul[20] = '\0';
+    CHECK(pos_libp2p_peer_id_parse(withnul, 52, key) == -1);
 }
 
 static void test_identity_file(void)
@@ -233,6 +314,7 @@ int main(void)
     if (!mkdtemp(tmpdir))
         return 1;
     test_peer_id();
+    test_libp2p_peer_id();
     test_identity_file();
     test_addr();
     test_uuid();

@@ -79,7 +79,7 @@ void pos_p2p_identity_del(pos_p2p_identity *id);
 /* One relay entry as validated from the list (plain data: copy freely). */
 typedef struct pos_p2p_relay_info {
     char id[POS_P2P_UUID_STRLEN];
-    char peer_id[POS_P2P_PEER_ID_STRLEN];
+    char peer_id[POS_P2P_PEER_ID_STRLEN]; /* base64 form, whatever form the list used */
     size_t n_addrs;
     char addrs[POS_P2P_RELAY_MAX_ADDRS][POS_P2P_ADDR_STRLEN];
 } pos_p2p_relay_info;
@@ -97,6 +97,9 @@ int pos_p2p_relay_list_fetch(const char *api_url, int timeout_ms, pos_p2p_relay_
 
 /*
  * pos_p2p_relay_list_parse reads a JSON array of {"id", "peer_id", "addrs"}.
+ * A peer id may be 43 characters of base64 or a libp2p Ed25519 PeerId
+ * ("12D3KooW...", Spacedrive's form); either is stored in the base64 form,
+ * the key the relay is then pinned to.
  * Entries that are not valid (id not a UUID, peer id not canonical, an
  * address that does not parse, no address, more than
  * POS_P2P_RELAY_MAX_ADDRS) are skipped and counted in |*skipped| (may be
