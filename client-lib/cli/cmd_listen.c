@@ -18,6 +18,7 @@
 
 #include "cli.h"
 #include "identity.h"
+#include "listen_limits.h"
 #include "pos/p2p.h"
 #include "transfer.h"
 
@@ -33,6 +34,7 @@ struct opts {
     int64_t recheck_s; /* measure the other relays this often (0: never) */
     size_t n_allow;
     char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
+    struct listen_limits limits;
 };
 
 struct xfer {
@@ -46,6 +48,7 @@ struct peer {
     struct peer *next;
     struct opts *o;
     pos_p2p_session *s;
+    char peer_id[POS_P2P_PEER_ID_STRLEN];
     struct xfer x[MAX_XFERS];
     size_t n;
 };
@@ -80,17 +83,25 @@ static void usage(FILE *out)
             "                     clearly faster (30%% and 10 ms; default 0: never). Each\n"
             "                     measurement briefly takes this device's presence to the\n"
             "                     measured relays: peers may find it only after the home\n"
-            "                     relay's next presence refresh (5 s)\n");
+            "                     relay's next presence refresh (5 s)\n"
+            "%s",
+            listen_limits_usage);
 }
 
 static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option lopts[] = {
-        {"api-url", required_argument, NULL, 'a'},  {"token", required_argument, NULL, 't'},
-        {"identity", required_argument, NULL, 'i'}, {"out", required_argument, NULL, 'o'},
-        {"port", required_argument, NULL, 'p'},     {"allow", required_argument, NULL, 'A'},
-        {"relay-id", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
-        {"recheck", required_argument, NULL, 'C'},  {NULL, 0, NULL, 0},
+        {"api-url", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {"identity", required_argument, NULL, 'i'},
+        {"out", required_argument, NULL, 'o'},
+        {"port", required_argument, NULL, 'p'},
+        {"allow", required_argument, NULL, 'A'},
+        {"relay-id", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {"recheck", required_argument, NULL, 'C'},
+        LISTEN_LIMITS_LONGOPTS,
+        {NULL, 0, NULL, 0},
     };
     int ch;
     char *end;
@@ -98,10 +109,16 @@ static int parse(int argc, char **argv, struct opts *o)
     memset(o, 0, sizeof(*o));
     o->token = getenv("POS_TOKEN");
     o->recheck_s = 0;
+    listen_limits_init(&o->limits);
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:h", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
+            continue;
+        int lim = listen_limits_opt(&o->limits, ch, optarg);
+        if (lim < 0)
+            return 2;
+        if (lim > 0)
             continue;
         switch (ch) {
         case 'o':
@@ -164,7 +181,7 @@ static int parse(int argc, char **argv, struct opts *o)
         fprintf(stderr, "pos-p2p listen: --api-url needs --token (or $POS_TOKEN)\n");
         return 2;
     }
-    return 0;
+    return listen_limits_check_fds(&o->limits) == 0 ? 0 : 2;
 }
 
 static int allow_peer(void *arg, const char *peer_id)
@@ -186,6 +203,29 @@ static struct xfer *find_xfer(struct peer *p, int64_t stream)
         if (p->x[i].stream == stream)
             return &p->x[i];
     return NULL;
+}
+
+/*
+ * admit_xfer: whether |p| may start one more transfer under the limits; if
+ * not, the stream gets a REFUSE with the reason and its end.
+ */
+static int admit_xfer(struct peer *p, int64_t stream)
+{
+    size_t mine = 0, all = 0;
+    char reason[POS_XFER_MAX_TEXT];
+    uint8_t msg[POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT];
+    for (struct peer *q = p->o->peers; q; q = q->next) {
+        all += q->n;
+        if (!strcmp(q->peer_id, p->peer_id))
+            mine += q->n;
+    }
+    if (listen_limits_admit(&p->o->limits, mine, all, reason, sizeof(reason)))
+        return 1;
+    size_t n = pos_xfer_refusal(msg, sizeof(msg), POS_XFER_ERR_BUSY, reason);
+    pos_p2p_session_write(p->s, stream, msg, n, 1, NULL);
+    printf("refused a file from %s: %s\n", p->peer_id, reason);
+    fflush(stdout);
+    return 0;
 }
 
 static void drop_xfer(struct peer *p, struct xfer *x)
@@ -256,17 +296,21 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
             pos_p2p_session_reset_stream(s, ev->stream, 1);
             break;
         }
+        if (!admit_xfer(p, ev->stream))
+            break;
+        listen_limits_sweep(&p->o->limits, p->o->out, 0);
         x = &p->x[p->n];
         memset(x, 0, sizeof(*x));
         x->stream = ev->stream;
         x->started_ms = pos_p2p_now_ms();
-        x->rx = pos_xfer_receiver_new(p->o->out, 0, &err);
+        x->rx = pos_xfer_receiver_new(p->o->out, p->o->limits.max_file_size, &err);
         if (!x->rx) {
             fprintf(stderr, "pos-p2p listen: cannot receive into %s: %s\n", p->o->out,
                     pos_xfer_strerror(err));
             pos_p2p_session_reset_stream(s, ev->stream, 1);
             break;
         }
+        pos_xfer_receiver_set_sender(x->rx, p->peer_id);
         p->n++;
         break;
     case POS_P2P_SESSION_EV_DATA:
@@ -304,6 +348,7 @@ static void on_session(void *arg, pos_p2p_session *s)
     }
     p->o = arg;
     p->s = s;
+    snprintf(p->peer_id, sizeof(p->peer_id), "%s", st.peer_id);
     p->next = p->o->peers;
     p->o->peers = p;
     pos_p2p_session_set_callback(s, on_event, p);
@@ -394,6 +439,7 @@ int cmd_listen(int argc, char **argv)
         }
         pos_xfer_receiver_del(probe);
     }
+    listen_limits_sweep(&o.limits, o.out, 1);
     rv = pos_p2p_endpoint_new(&ep, id, o.port);
     if (rv != 0) {
         fprintf(stderr, "pos-p2p listen: cannot open UDP port %u: %s\n", o.port,
