@@ -65,7 +65,9 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
-            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n\n"
+            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n"
+            "                      [--max-file-size SIZE] [--max-transfers N]\n"
+            "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
