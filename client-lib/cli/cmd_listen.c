@@ -236,6 +236,33 @@ static void drop_xfer(struct peer *p, struct xfer *x)
     *x = p->x[--p->n];
 }
 
+/*
+ * takeover: |p|'s peer offers a file again while its earlier transfer of
+ * that file still holds the part file (the sender lost its connection and
+ * the old stream has not timed out yet): that transfer ends, and the new one
+ * resumes the part file (transfer.h, pos_xfer_takeover_cb).
+ */
+static int takeover(void *arg, const char *part)
+{
+    struct peer *p = arg;
+    for (struct peer *q = p->o->peers; q; q = q->next) {
+        if (strcmp(q->peer_id, p->peer_id) != 0)
+            continue;
+        for (size_t i = 0; i < q->n; i++) {
+            const char *held = pos_xfer_receiver_part_name(q->x[i].rx);
+            if (!held || strcmp(held, part) != 0)
+                continue;
+            printf("%s offered %s again: the earlier transfer ends, this one resumes it\n",
+                   p->peer_id, pos_xfer_receiver_offered_name(q->x[i].rx));
+            fflush(stdout);
+            pos_p2p_session_reset_stream(q->s, q->x[i].stream, 1);
+            drop_xfer(q, &q->x[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void report(struct peer *p, struct xfer *x)
 {
     pos_p2p_session_status st;
@@ -313,14 +340,17 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
             break;
         }
         pos_xfer_receiver_set_sender(x->rx, p->peer_id);
+        pos_xfer_receiver_set_takeover(x->rx, takeover, p);
         p->n++;
         break;
     case POS_P2P_SESSION_EV_DATA:
         x = find_xfer(p, ev->stream);
         if (!x)
             break;
-        if (ev->len && pos_xfer_receiver_status(x->rx) == POS_XFER_RUNNING)
+        if (ev->len && pos_xfer_receiver_status(x->rx) == POS_XFER_RUNNING) {
             pos_xfer_receiver_input(x->rx, ev->data, ev->len);
+            x = find_xfer(p, ev->stream); /* a takeover may have moved it in p->x */
+        }
         pump(p, x);
         if (ev->fin)
             drop_xfer(p, x);

@@ -429,6 +429,8 @@ struct pos_xfer_receiver {
     char final[POS_XFER_MAX_NAME + 16];
     char part[POS_XFER_PART_NAME_MAX];
     char sender[64];
+    pos_xfer_takeover_cb takeover;
+    void *takeover_arg;
     struct reader rd;
     uint8_t out[POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT + 64];
     size_t out_len, out_off;
@@ -459,6 +461,17 @@ pos_xfer_receiver *pos_xfer_receiver_new(const char *dir, uint64_t max_size, int
 void pos_xfer_receiver_set_sender(pos_xfer_receiver *r, const char *peer_id)
 {
     snprintf(r->sender, sizeof r->sender, "%s", peer_id ? peer_id : "");
+}
+
+void pos_xfer_receiver_set_takeover(pos_xfer_receiver *r, pos_xfer_takeover_cb cb, void *arg)
+{
+    r->takeover = cb;
+    r->takeover_arg = arg;
+}
+
+const char *pos_xfer_receiver_part_name(const pos_xfer_receiver *r)
+{
+    return r->part_fd >= 0 ? r->part : NULL;
 }
 
 void pos_xfer_receiver_del(pos_xfer_receiver *r)
@@ -533,8 +546,8 @@ static int restart_part(pos_xfer_receiver *r)
 static int prepare_part(pos_xfer_receiver *r, int resume)
 {
     int resumable = 0;
-    r->part_fd =
-        pos_xfer_part_open(r->dirfd, r->sender, r->name, r->size, r->hash, r->part, &resumable);
+    r->part_fd = pos_xfer_part_open(r->dirfd, r->sender, r->name, r->size, r->hash, r->takeover,
+                                    r->takeover_arg, r->part, &resumable);
     struct stat st;
     if (r->part_fd < 0) {
         errno = -r->part_fd;

@@ -140,6 +140,22 @@ void pos_xfer_receiver_del(pos_xfer_receiver *r);
  */
 void pos_xfer_receiver_set_sender(pos_xfer_receiver *r, const char *peer_id);
 
+/*
+ * A pos_xfer_takeover_cb is called (at most once, during
+ * pos_xfer_receiver_input) when the part file |part| of this sender and
+ * offer is held by another receiver of this process: the same sender
+ * offering the same file again, typically after its connection was lost
+ * while the old stream is not yet timed out. It returns 1 after deleting
+ * that receiver (pos_xfer_receiver_part_name tells which one holds |part|),
+ * so that this transfer takes the part file over and resumes it; 0 leaves
+ * it, and this transfer gets a new part file and starts from 0.
+ */
+typedef int (*pos_xfer_takeover_cb)(void *arg, const char *part);
+void pos_xfer_receiver_set_takeover(pos_xfer_receiver *r, pos_xfer_takeover_cb cb, void *arg);
+
+/* pos_xfer_receiver_part_name: the part file this receiver holds (NULL if none). */
+const char *pos_xfer_receiver_part_name(const pos_xfer_receiver *r);
+
 /* pos_xfer_receiver_input consumes stream bytes; 0 or a negative error (status FAILED). */
 int pos_xfer_receiver_input(pos_xfer_receiver *r, const uint8_t *data, size_t len);
 

@@ -149,12 +149,16 @@ static int open_locked(int dirfd, const char *part, int flags)
 }
 
 int pos_xfer_part_open(int dirfd, const char *sender, const char *name, uint64_t size,
-                       const uint8_t *hash, char *part, int *resumable)
+                       const uint8_t *hash, pos_xfer_takeover_cb takeover, void *arg, char *part,
+                       int *resumable)
 {
     char key[POS_XFER_PART_KEY_HEX + 1];
     part_key(sender ? sender : "", name, size, hash, key);
     snprintf(part, POS_XFER_PART_NAME_MAX, ".%s.%s.part", name, key);
     int fd = open_locked(dirfd, part, O_CREAT);
+    /* Held by an earlier transfer of this sender and offer that its owner may end. */
+    if (fd == -EWOULDBLOCK && takeover && takeover(arg, part))
+        fd = open_locked(dirfd, part, O_CREAT);
     *resumable = fd >= 0;
     if (fd != -EWOULDBLOCK)
         return fd;

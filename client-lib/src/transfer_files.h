@@ -38,10 +38,12 @@ void pos_xfer_text_clean(char *s);
  * (POS_XFER_PART_NAME_MAX bytes) and sets |*resumable| to 1 when it is the
  * keyed part file (its bytes may be a prefix of this very offer), 0 when it
  * is a new file with a random key (the keyed one is in use by another
- * transfer). Returns the descriptor, or -errno.
+ * transfer and |takeover| (may be NULL) did not end that transfer: see
+ * pos_xfer_receiver_set_takeover). Returns the descriptor, or -errno.
  */
 int pos_xfer_part_open(int dirfd, const char *sender, const char *name, uint64_t size,
-                       const uint8_t *hash, char *part, int *resumable);
+                       const uint8_t *hash, pos_xfer_takeover_cb takeover, void *arg, char *part,
+                       int *resumable);
 
 /*
  * pos_xfer_publish gives the part file |part| (held open by the caller) the

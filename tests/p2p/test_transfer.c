@@ -559,6 +559,55 @@ static void test_resume_same_sender_only(void)
     clear_dir(out_dir);
 }
 
+static pos_xfer_receiver *stale_receiver;
+
+static int take_over(void *arg, const char *part)
+{
+    (void)arg;
+    const char *held = stale_receiver ? pos_xfer_receiver_part_name(stale_receiver) : NULL;
+    if (!held || strcmp(held, part) != 0)
+        return 0;
+    pos_xfer_receiver_del(stale_receiver);
+    stale_receiver = NULL;
+    return 1;
+}
+
+/*
+ * The sender lost its connection but its old transfer is still open at the
+ * receiver (holding the part file): the new offer takes the part file over
+ * and resumes it when the owner ends the old transfer, else starts afresh.
+ */
+static void test_takeover(void)
+{
+    char src[700];
+    snprintf(src, sizeof src, "%s/movie.mkv", src_dir);
+    write_random_file(src, 1000000, 81);
+    for (int allow = 0; allow < 2; allow++) {
+        int err;
+        pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+        stale_receiver = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver_set_sender(stale_receiver, "bob");
+        pump(s, stale_receiver, 600000, 0);
+        pos_xfer_sender_del(s); /* the old receiver stays open */
+        s = pos_xfer_sender_new(src, 1, &err);
+        pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver_set_sender(r, "bob");
+        if (allow)
+            pos_xfer_receiver_set_takeover(r, take_over, NULL);
+        pump(s, r, 0, 0);
+        uint64_t size, offset, sent;
+        pos_xfer_sender_progress(s, &size, &offset, &sent);
+        CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED);
+        CHECK(allow ? offset > 500000 && stale_receiver == NULL : offset == 0);
+        CHECK(published_as(pos_xfer_sender_final_name(s), src));
+        pos_xfer_sender_del(s);
+        pos_xfer_receiver_del(r);
+        pos_xfer_receiver_del(stale_receiver);
+        stale_receiver = NULL;
+        clear_dir(out_dir);
+    }
+}
+
 /* Names that display as something else, or are not text, are refused and shown harmlessly. */
 static void test_hostile_names(void)
 {
@@ -726,6 +775,7 @@ int main(void)
     test_refusals();
     test_concurrent_same_name();
     test_resume_same_sender_only();
+    test_takeover();
     test_hostile_names();
     test_sweep();
     test_refusal_reasons();
