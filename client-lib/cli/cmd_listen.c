@@ -41,6 +41,7 @@ struct xfer {
     int64_t stream;
     pos_xfer_receiver *rx;
     int64_t started_ms;
+    int64_t active_ms; /* last data */
     int reported;
 };
 
@@ -67,7 +68,8 @@ static void usage(FILE *out)
             "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
             "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n"
             "                      [--max-file-size SIZE] [--max-transfers N]\n"
-            "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n\n"
+            "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n"
+            "                      [--transfer-idle-timeout DURATION]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
@@ -207,33 +209,69 @@ static struct xfer *find_xfer(struct peer *p, int64_t stream)
     return NULL;
 }
 
+static void drop_xfer(struct peer *p, struct xfer *x)
+{
+    pos_xfer_receiver_del(x->rx);
+    *x = p->x[--p->n];
+}
+
+/*
+ * evict_idle ends the transfer that has received nothing for the longest
+ * time, if that is at least --transfer-idle-timeout (of |p|'s peer only when
+ * |same_peer|), to give its slot to a new one. Returns 1 when it did.
+ */
+static int evict_idle(struct peer *p, int same_peer)
+{
+    int64_t now = pos_p2p_now_ms(), limit = p->o->limits.idle_timeout_s * 1000;
+    struct peer *vq = NULL;
+    size_t vi = 0;
+    if (limit <= 0)
+        return 0;
+    for (struct peer *q = p->o->peers; q; q = q->next) {
+        if (same_peer && strcmp(q->peer_id, p->peer_id) != 0)
+            continue;
+        for (size_t i = 0; i < q->n; i++)
+            if (now - q->x[i].active_ms >= limit &&
+                (!vq || q->x[i].active_ms < vq->x[vi].active_ms))
+                vq = q, vi = i;
+    }
+    if (!vq)
+        return 0;
+    printf("ended the transfer of %s from %s: nothing received for %lld s "
+           "(--transfer-idle-timeout)\n",
+           pos_xfer_receiver_offered_name(vq->x[vi].rx), vq->peer_id,
+           (long long)((now - vq->x[vi].active_ms) / 1000));
+    fflush(stdout);
+    pos_p2p_session_reset_stream(vq->s, vq->x[vi].stream, 1);
+    drop_xfer(vq, &vq->x[vi]);
+    return 1;
+}
+
 /*
  * admit_xfer: whether |p| may start one more transfer under the limits; if
  * not, the stream gets a REFUSE with the reason and its end.
  */
 static int admit_xfer(struct peer *p, int64_t stream)
 {
-    size_t mine = 0, all = 0;
     char reason[POS_XFER_MAX_TEXT];
     uint8_t msg[POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT];
-    for (struct peer *q = p->o->peers; q; q = q->next) {
-        all += q->n;
-        if (!strcmp(q->peer_id, p->peer_id))
-            mine += q->n;
+    for (int tries = 0; tries < 2; tries++) {
+        size_t mine = 0, all = 0;
+        for (struct peer *q = p->o->peers; q; q = q->next) {
+            all += q->n;
+            if (!strcmp(q->peer_id, p->peer_id))
+                mine += q->n;
+        }
+        if (listen_limits_admit(&p->o->limits, mine, all, reason, sizeof(reason)))
+            return 1;
+        if (!evict_idle(p, mine >= p->o->limits.max_per_peer))
+            break;
     }
-    if (listen_limits_admit(&p->o->limits, mine, all, reason, sizeof(reason)))
-        return 1;
     size_t n = pos_xfer_refusal(msg, sizeof(msg), POS_XFER_ERR_BUSY, reason);
     pos_p2p_session_write(p->s, stream, msg, n, 1, NULL);
     printf("refused a file from %s: %s\n", p->peer_id, reason);
     fflush(stdout);
     return 0;
-}
-
-static void drop_xfer(struct peer *p, struct xfer *x)
-{
-    pos_xfer_receiver_del(x->rx);
-    *x = p->x[--p->n];
 }
 
 /*
@@ -331,7 +369,7 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
         x = &p->x[p->n];
         memset(x, 0, sizeof(*x));
         x->stream = ev->stream;
-        x->started_ms = pos_p2p_now_ms();
+        x->started_ms = x->active_ms = pos_p2p_now_ms();
         x->rx = pos_xfer_receiver_new(p->o->out, p->o->limits.max_file_size, &err);
         if (!x->rx) {
             fprintf(stderr, "pos-p2p listen: cannot receive into %s: %s\n", p->o->out,
@@ -347,6 +385,7 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
         x = find_xfer(p, ev->stream);
         if (!x)
             break;
+        x->active_ms = pos_p2p_now_ms();
         if (ev->len && pos_xfer_receiver_status(x->rx) == POS_XFER_RUNNING) {
             pos_xfer_receiver_input(x->rx, ev->data, ev->len);
             x = find_xfer(p, ev->stream); /* a takeover may have moved it in p->x */

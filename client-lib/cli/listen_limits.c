@@ -28,7 +28,10 @@ const char listen_limits_usage[] =
     "                     sessions together (default 8, 1..63)\n"
     "  --part-expiry DURATION  remove part files of interrupted transfers not written for\n"
     "                     this long (default 24h; units s, m, h, d; 0: keep them), at start\n"
-    "                     and then at most once a minute when a transfer begins\n";
+    "                     and then at most once a minute when a transfer begins\n"
+    "  --transfer-idle-timeout DURATION  a transfer that received nothing for this long\n"
+    "                     gives its slot to a new one when a limit above is reached\n"
+    "                     (default 60s; 0: never)\n";
 
 void listen_limits_init(struct listen_limits *l)
 {
@@ -37,6 +40,7 @@ void listen_limits_init(struct listen_limits *l)
     l->max_transfers = 64;
     l->max_per_peer = 8;
     l->part_expiry_s = 24 * 3600;
+    l->idle_timeout_s = 60;
 }
 
 /* "123", "64G", "1.5T", "10MiB"...: bytes in |*out|; -1 when not a size. */
@@ -141,6 +145,14 @@ int listen_limits_opt(struct listen_limits *l, int ch, const char *arg)
                 "pos-p2p listen: --part-expiry \"%s\" is not a duration: a whole number with "
                 "an optional unit s, m, h or d (for example 24h), up to 10 years; 0 keeps "
                 "part files\n",
+                arg);
+        return -1;
+    case LISTEN_OPT_IDLE_TIMEOUT:
+        if (parse_duration(arg, &l->idle_timeout_s) == 0)
+            return 1;
+        fprintf(stderr,
+                "pos-p2p listen: --transfer-idle-timeout \"%s\" is not a duration: a whole "
+                "number with an optional unit s, m, h or d (for example 60s); 0 for never\n",
                 arg);
         return -1;
     default:

@@ -19,6 +19,7 @@ struct listen_limits {
     unsigned max_transfers; /* in progress, all peers together */
     unsigned max_per_peer;  /* in progress, one peer id (all its sessions) */
     int64_t part_expiry_s;  /* abandoned part files go after this long; 0: never */
+    int64_t idle_timeout_s; /* a transfer this long without data may lose its slot; 0: never */
     int64_t next_sweep_ms;  /* when the next expiry sweep may run */
 };
 
@@ -27,16 +28,19 @@ enum {
     LISTEN_OPT_MAX_FILE_SIZE = 0x200,
     LISTEN_OPT_MAX_TRANSFERS,
     LISTEN_OPT_MAX_PER_PEER,
-    LISTEN_OPT_PART_EXPIRY
+    LISTEN_OPT_PART_EXPIRY,
+    LISTEN_OPT_IDLE_TIMEOUT,
 };
 
-#define LISTEN_LIMITS_LONGOPTS                                                                     \
-    {"max-file-size", required_argument, NULL, LISTEN_OPT_MAX_FILE_SIZE},                          \
-        {"max-transfers", required_argument, NULL, LISTEN_OPT_MAX_TRANSFERS},                      \
-        {"max-transfers-per-peer", required_argument, NULL, LISTEN_OPT_MAX_PER_PEER},              \
-    {                                                                                              \
-        "part-expiry", required_argument, NULL, LISTEN_OPT_PART_EXPIRY                             \
-    }
+/* The entries of the limits for a getopt_long table. */
+/* clang-format off */
+#define LISTEN_LIMITS_LONGOPTS \
+    {"max-file-size", required_argument, NULL, LISTEN_OPT_MAX_FILE_SIZE}, \
+    {"max-transfers", required_argument, NULL, LISTEN_OPT_MAX_TRANSFERS}, \
+    {"max-transfers-per-peer", required_argument, NULL, LISTEN_OPT_MAX_PER_PEER}, \
+    {"part-expiry", required_argument, NULL, LISTEN_OPT_PART_EXPIRY}, \
+    {"transfer-idle-timeout", required_argument, NULL, LISTEN_OPT_IDLE_TIMEOUT}
+/* clang-format on */
 
 /* The lines of `pos-p2p listen --help` for these options. */
 extern const char listen_limits_usage[];

@@ -7,12 +7,14 @@ Two senders of the same name at once each end with a published file holding
 exactly their own bytes; a 1 TiB offer and a file over --max-file-size are
 refused with the figures; offers past the per-peer cap are refused with a
 reason while another peer still sends (also with a low descriptor limit); the
-total cap holds across peers; stale part files expire at start; names with
+total cap holds across peers, and transfers idle past --transfer-idle-timeout
+give their slots to new ones; stale part files expire at start; names with
 bidi overrides, control characters or invalid UTF-8 are refused and printed
 harmlessly; a full disk is reported once as "no space left on device" on
 both sides (a 1 MiB tmpfs, unmounted afterwards).
 """
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -191,6 +193,22 @@ def total_transfer_cap_across_peers():
     assert "10 already, try again later (--max-transfers)" in b.output(), b.output()
     a.wait(15)  # it closes its session: its transfers end, room again
     wait_until(lambda: flood_once(lst) == (1, 0, 0), 10, what="room after the flood left")
+
+
+@test
+def idle_transfers_give_their_slots_to_new_ones():
+    lst = Listener("--max-transfers", "4", "--transfer-idle-timeout", "3s")
+    a = flood(lst, 1, 4)  # four offers that never send data
+    assert answers(a) == (4, 0, 0), a.output()
+    t0 = time.monotonic()
+    b = flood(lst, 1, 1, hold=0)
+    if time.monotonic() - t0 < 2.5:  # (a slow machine gets no verdict from this step)
+        assert answers(b) == (0, 1, 0), b.output()
+    time.sleep(3.5)
+    c = flood(lst, 1, 1, hold=0)
+    assert answers(c) == (1, 0, 0), c.output() + lst.proc.output()
+    assert re.search(r"nothing received for \d+ s \(--transfer-idle-timeout\)",
+                     lst.proc.output()), lst.proc.output()
 
 
 def flood_once(lst):
