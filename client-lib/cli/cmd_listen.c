@@ -22,6 +22,7 @@
 
 #include "cli.h"
 #include "identity.h"
+#include "listen_limits.h"
 #include "pos/p2p.h"
 #include "transfer.h"
 
@@ -41,12 +42,14 @@ struct opts {
     int64_t retry_max_s; /* longest pause between attempts to find a relay */
     size_t n_allow;
     char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
+    struct listen_limits limits;
 };
 
 struct xfer {
     int64_t stream;
     pos_xfer_receiver *rx;
     int64_t started_ms;
+    int64_t active_ms; /* last data */
     int reported;
 };
 
@@ -54,6 +57,7 @@ struct peer {
     struct peer *next;
     struct opts *o;
     pos_p2p_session *s;
+    char peer_id[POS_P2P_PEER_ID_STRLEN];
     struct xfer x[MAX_XFERS];
     size_t n;
 };
@@ -71,7 +75,10 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
             "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n"
-            "                      [--recheck SECONDS] [--retry-max SECONDS]\n\n"
+            "                      [--recheck SECONDS] [--retry-max SECONDS]\n"
+            "                      [--max-file-size SIZE] [--max-transfers N]\n"
+            "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n"
+            "                      [--transfer-idle-timeout DURATION]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
@@ -91,8 +98,9 @@ static void usage(FILE *out)
             "                     Measuring never changes where peers find this device\n"
             "  --retry-max SECONDS  when no relay can be reached (its relay restarts, say),\n"
             "                     try again after 1 s, then twice as long each time up to\n"
-            "                     this (default %d, 1 to 3600); only a refused token stops\n",
-            RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S);
+            "                     this (default %d, 1 to 3600); only a refused token stops\n"
+            "%s",
+            RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, listen_limits_usage);
 }
 
 static int parse(int argc, char **argv, struct opts *o)
@@ -108,6 +116,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"help", no_argument, NULL, 'h'},
         {"recheck", required_argument, NULL, 'C'},
         {"retry-max", required_argument, NULL, 'R'},
+        LISTEN_LIMITS_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -117,10 +126,16 @@ static int parse(int argc, char **argv, struct opts *o)
     o->token = getenv("POS_TOKEN");
     o->recheck_s = RECHECK_DEFAULT_S;
     o->retry_max_s = RETRY_MAX_DEFAULT_S;
+    listen_limits_init(&o->limits);
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:R:h", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
+            continue;
+        int lim = listen_limits_opt(&o->limits, ch, optarg);
+        if (lim < 0)
+            return 2;
+        if (lim > 0)
             continue;
         switch (ch) {
         case 'o':
@@ -192,7 +207,7 @@ static int parse(int argc, char **argv, struct opts *o)
         fprintf(stderr, "pos-p2p listen: --api-url needs --token (or $POS_TOKEN)\n");
         return 2;
     }
-    return 0;
+    return listen_limits_check_fds(&o->limits) == 0 ? 0 : 2;
 }
 
 static int allow_peer(void *arg, const char *peer_id)
@@ -220,6 +235,92 @@ static void drop_xfer(struct peer *p, struct xfer *x)
 {
     pos_xfer_receiver_del(x->rx);
     *x = p->x[--p->n];
+}
+
+/*
+ * evict_idle ends the transfer that has received nothing for the longest
+ * time, if that is at least --transfer-idle-timeout (of |p|'s peer only when
+ * |same_peer|), to give its slot to a new one. Returns 1 when it did.
+ */
+static int evict_idle(struct peer *p, int same_peer)
+{
+    int64_t now = pos_p2p_now_ms(), limit = p->o->limits.idle_timeout_s * 1000;
+    struct peer *vq = NULL;
+    size_t vi = 0;
+    if (limit <= 0)
+        return 0;
+    for (struct peer *q = p->o->peers; q; q = q->next) {
+        if (same_peer && strcmp(q->peer_id, p->peer_id) != 0)
+            continue;
+        for (size_t i = 0; i < q->n; i++)
+            if (now - q->x[i].active_ms >= limit &&
+                (!vq || q->x[i].active_ms < vq->x[vi].active_ms))
+                vq = q, vi = i;
+    }
+    if (!vq)
+        return 0;
+    printf("ended the transfer of %s from %s: nothing received for %lld s "
+           "(--transfer-idle-timeout)\n",
+           pos_xfer_receiver_offered_name(vq->x[vi].rx), vq->peer_id,
+           (long long)((now - vq->x[vi].active_ms) / 1000));
+    fflush(stdout);
+    pos_p2p_session_reset_stream(vq->s, vq->x[vi].stream, 1);
+    drop_xfer(vq, &vq->x[vi]);
+    return 1;
+}
+
+/*
+ * admit_xfer: whether |p| may start one more transfer under the limits; if
+ * not, the stream gets a REFUSE with the reason and its end.
+ */
+static int admit_xfer(struct peer *p, int64_t stream)
+{
+    char reason[POS_XFER_MAX_TEXT];
+    uint8_t msg[POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT];
+    for (int tries = 0; tries < 2; tries++) {
+        size_t mine = 0, all = 0;
+        for (struct peer *q = p->o->peers; q; q = q->next) {
+            all += q->n;
+            if (!strcmp(q->peer_id, p->peer_id))
+                mine += q->n;
+        }
+        if (listen_limits_admit(&p->o->limits, mine, all, reason, sizeof(reason)))
+            return 1;
+        if (!evict_idle(p, mine >= p->o->limits.max_per_peer))
+            break;
+    }
+    size_t n = pos_xfer_refusal(msg, sizeof(msg), POS_XFER_ERR_BUSY, reason);
+    pos_p2p_session_write(p->s, stream, msg, n, 1, NULL);
+    printf("refused a file from %s: %s\n", p->peer_id, reason);
+    fflush(stdout);
+    return 0;
+}
+
+/*
+ * takeover: |p|'s peer offers a file again while its earlier transfer of
+ * that file still holds the part file (the sender lost its connection and
+ * the old stream has not timed out yet): that transfer ends, and the new one
+ * resumes the part file (transfer.h, pos_xfer_takeover_cb).
+ */
+static int takeover(void *arg, const char *part)
+{
+    struct peer *p = arg;
+    for (struct peer *q = p->o->peers; q; q = q->next) {
+        if (strcmp(q->peer_id, p->peer_id) != 0)
+            continue;
+        for (size_t i = 0; i < q->n; i++) {
+            const char *held = pos_xfer_receiver_part_name(q->x[i].rx);
+            if (!held || strcmp(held, part) != 0)
+                continue;
+            printf("%s offered %s again: the earlier transfer ends, this one resumes it\n",
+                   p->peer_id, pos_xfer_receiver_offered_name(q->x[i].rx));
+            fflush(stdout);
+            pos_p2p_session_reset_stream(q->s, q->x[i].stream, 1);
+            drop_xfer(q, &q->x[i]);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static void report(struct peer *p, struct xfer *x)
@@ -284,25 +385,33 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
             pos_p2p_session_reset_stream(s, ev->stream, 1);
             break;
         }
+        if (!admit_xfer(p, ev->stream))
+            break;
+        listen_limits_sweep(&p->o->limits, p->o->out, 0);
         x = &p->x[p->n];
         memset(x, 0, sizeof(*x));
         x->stream = ev->stream;
-        x->started_ms = pos_p2p_now_ms();
-        x->rx = pos_xfer_receiver_new(p->o->out, 0, &err);
+        x->started_ms = x->active_ms = pos_p2p_now_ms();
+        x->rx = pos_xfer_receiver_new(p->o->out, p->o->limits.max_file_size, &err);
         if (!x->rx) {
             fprintf(stderr, "pos-p2p listen: cannot receive into %s: %s\n", p->o->out,
                     pos_xfer_strerror(err));
             pos_p2p_session_reset_stream(s, ev->stream, 1);
             break;
         }
+        pos_xfer_receiver_set_sender(x->rx, p->peer_id);
+        pos_xfer_receiver_set_takeover(x->rx, takeover, p);
         p->n++;
         break;
     case POS_P2P_SESSION_EV_DATA:
         x = find_xfer(p, ev->stream);
         if (!x)
             break;
-        if (ev->len && pos_xfer_receiver_status(x->rx) == POS_XFER_RUNNING)
+        x->active_ms = pos_p2p_now_ms();
+        if (ev->len && pos_xfer_receiver_status(x->rx) == POS_XFER_RUNNING) {
             pos_xfer_receiver_input(x->rx, ev->data, ev->len);
+            x = find_xfer(p, ev->stream); /* a takeover may have moved it in p->x */
+        }
         pump(p, x);
         if (ev->fin)
             drop_xfer(p, x);
@@ -332,6 +441,7 @@ static void on_session(void *arg, pos_p2p_session *s)
     }
     p->o = arg;
     p->s = s;
+    snprintf(p->peer_id, sizeof(p->peer_id), "%s", st.peer_id);
     p->next = p->o->peers;
     p->o->peers = p;
     pos_p2p_session_set_callback(s, on_event, p);
@@ -489,6 +599,7 @@ int cmd_listen(int argc, char **argv)
         }
         pos_xfer_receiver_del(probe);
     }
+    listen_limits_sweep(&o.limits, o.out, 1);
     rv = pos_p2p_endpoint_new(&ep, id, o.port);
     if (rv != 0) {
         fprintf(stderr, "pos-p2p listen: cannot open UDP port %u: %s\n", o.port,

@@ -236,8 +236,12 @@ static void finish_file(struct run *r)
         r->total_sent += sent - off;
     } else {
         int e = pos_xfer_sender_error(r->tx, &reason);
-        fprintf(stderr, "pos-p2p send: %s was not delivered: %s%s%s\n", r->o->files[r->file],
-                pos_xfer_strerror(e), reason && *reason ? ": " : "", reason ? reason : "");
+        const char *what = pos_xfer_strerror(e);
+        /* The receiver's reason usually starts with the code's sentence: say it once. */
+        if (reason && !strncmp(reason, what, strlen(what)))
+            what = "";
+        fprintf(stderr, "pos-p2p send: %s was not delivered: %s%s%s\n", r->o->files[r->file], what,
+                *what && reason && *reason ? ": " : "", reason ? reason : "");
         r->failed = 1;
     }
     fflush(stdout);

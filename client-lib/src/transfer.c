@@ -2,9 +2,8 @@
  * Sender and receiver of the file-transfer protocol (see transfer.h and
  * docs/transfer.md). Messages are reassembled in a fixed buffer and parsed
  * through a bounded cursor; DATA bodies bypass the buffer and go straight to
- * the part file. Files in the receiver's directory are reached only relative
- * to its descriptor, never following symbolic links, and the final rename
- * never replaces an existing file.
+ * the part file the transfer owns. The receiving directory's files (part
+ * files, names, publication) are transfer_files.c's.
  */
 #include "transfer.h"
 
@@ -17,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "transfer_files.h"
+
 enum msg_type {
     MSG_OFFER = 0x01,  /* u8 version, u8 flags, u64 size, hash[32], u16 name length, name */
     MSG_START = 0x02,  /* u64 offset */
@@ -28,7 +29,6 @@ enum msg_type {
 
 #define OFFER_VERSION 1
 #define OFFER_FLAG_RESUME 0x01
-#define STATE_MAGIC "pos-transfer 1"
 #define IO_BLOCK (64 * 1024)
 
 const char *pos_xfer_strerror(int code)
@@ -54,21 +54,13 @@ const char *pos_xfer_strerror(int code)
         return "out of memory";
     case 9:
         return "not valid in this state of the transfer";
+    case 10:
+        return "the receiver has too many transfers in progress";
+    case 11:
+        return "no space left on device";
     default:
         return "unknown error";
     }
-}
-
-int pos_xfer_name_ok(const char *name, size_t len)
-{
-    if (len == 0 || len > POS_XFER_MAX_NAME || name[0] == '.')
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c < 0x20 || c == 0x7f || c == '/' || c == '\\')
-            return 0;
-    }
-    return 1;
 }
 
 /* ---- messages ---- */
@@ -175,7 +167,7 @@ static int fill_to(struct reader *rd, size_t want, const uint8_t **data, size_t 
 
 static int code_from_wire(uint64_t code)
 {
-    return code >= 1 && code <= 7 ? -(int)code : POS_XFER_ERR_REFUSED;
+    return (code >= 1 && code <= 7) || code == 10 || code == 11 ? -(int)code : POS_XFER_ERR_REFUSED;
 }
 
 /* ---- file helpers ---- */
@@ -360,6 +352,7 @@ static int sender_on_message(pos_xfer_sender *s, uint8_t type, struct cur *c)
         get_text(c, text, POS_XFER_MAX_TEXT);
         if (c->bad || c->left != 0)
             return sender_fail(s, POS_XFER_ERR_PROTOCOL, "invalid verdict from the receiver");
+        pos_xfer_text_clean(text); /* the peer's words go to a terminal */
         if (type == MSG_DONE && code == 0) {
             if (s->state != S_WAIT_DONE)
                 return sender_fail(s, POS_XFER_ERR_PROTOCOL, "receiver done before the end");
@@ -432,9 +425,12 @@ struct pos_xfer_receiver {
     uint64_t max_size, size, offset, received, data_left;
     uint8_t hash[POS_XFER_HASH_LEN];
     char name[POS_XFER_MAX_NAME + 1];
+    char shown[POS_XFER_MAX_NAME + 1]; /* the offered name, printable */
     char final[POS_XFER_MAX_NAME + 16];
-    char part[POS_XFER_MAX_NAME + 8];
-    char state_file[POS_XFER_MAX_NAME + 8];
+    char part[POS_XFER_PART_NAME_MAX];
+    char sender[64];
+    pos_xfer_takeover_cb takeover;
+    void *takeover_arg;
     struct reader rd;
     uint8_t out[POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT + 64];
     size_t out_len, out_off;
@@ -462,6 +458,22 @@ pos_xfer_receiver *pos_xfer_receiver_new(const char *dir, uint64_t max_size, int
     return r;
 }
 
+void pos_xfer_receiver_set_sender(pos_xfer_receiver *r, const char *peer_id)
+{
+    snprintf(r->sender, sizeof r->sender, "%s", peer_id ? peer_id : "");
+}
+
+void pos_xfer_receiver_set_takeover(pos_xfer_receiver *r, pos_xfer_takeover_cb cb, void *arg)
+{
+    r->takeover = cb;
+    r->takeover_arg = arg;
+}
+
+const char *pos_xfer_receiver_part_name(const pos_xfer_receiver *r)
+{
+    return r->part_fd >= 0 ? r->part : NULL;
+}
+
 void pos_xfer_receiver_del(pos_xfer_receiver *r)
 {
     if (r == NULL)
@@ -479,75 +491,94 @@ static void queue_verdict(pos_xfer_receiver *r, int code, const char *text)
     r->out_off = 0;
 }
 
-static int receiver_fail(pos_xfer_receiver *r, int code)
+/* Fails the transfer with |code|; |text| (NULL: the code's sentence) goes to the sender. */
+static int receiver_fail_text(pos_xfer_receiver *r, int code, const char *text)
 {
     if (r->status == POS_XFER_RUNNING) {
         r->status = POS_XFER_FAILED;
         r->error = code;
-        queue_verdict(r, -code, pos_xfer_strerror(code));
+        queue_verdict(r, -code, text ? text : pos_xfer_strerror(code));
     }
     r->state = R_END;
     return code;
 }
 
-static void state_line(const pos_xfer_receiver *r, char *line, size_t cap)
+static int receiver_fail(pos_xfer_receiver *r, int code)
 {
-    char hex[2 * POS_XFER_HASH_LEN + 1];
-    sodium_bin2hex(hex, sizeof hex, r->hash, sizeof r->hash);
-    snprintf(line, cap, STATE_MAGIC " %llu %s\n", (unsigned long long)r->size, hex);
+    return receiver_fail_text(r, code, NULL);
 }
 
-/* Whether the sidecar state says the part file belongs to this very offer. */
-static int state_matches(const pos_xfer_receiver *r)
+/* A write error: ENOSPC (or a quota) is "no space left", said once; the part file goes. */
+static int receiver_write_failed(pos_xfer_receiver *r)
 {
-    char want[128], got[128];
-    state_line(r, want, sizeof want);
-    int fd = openat(r->dirfd, r->state_file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, got, sizeof got);
-    close(fd);
-    return n == (ssize_t)strlen(want) && memcmp(got, want, (size_t)n) == 0;
+    if (errno != ENOSPC && errno != EDQUOT)
+        return receiver_fail(r, POS_XFER_ERR_IO);
+    /* Keeping a prefix on a full disk helps no one: free the space now. */
+    unlinkat(r->dirfd, r->part, 0);
+    return receiver_fail(r, POS_XFER_ERR_NO_SPACE);
 }
 
-static int write_state(const pos_xfer_receiver *r)
+static void format_size(uint64_t n, char *out, size_t cap)
 {
-    char line[128];
-    state_line(r, line, sizeof line);
-    int fd = openat(r->dirfd, r->state_file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                    0600);
-    if (fd < 0)
-        return -1;
-    int rc = write_all(fd, (const uint8_t *)line, strlen(line), 0);
-    return close(fd) == 0 ? rc : -1;
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    double v = (double)n;
+    int u = 0;
+    while (v >= 1024 && u < 6)
+        v /= 1024, u++;
+    if (u == 0)
+        snprintf(out, cap, "%llu B", (unsigned long long)n);
+    else
+        snprintf(out, cap, "%.1f %s", v, unit[u]);
 }
 
-/* Starts the part file over: empty, hash reset, state written. */
+/* Starts the part file over: empty, hash reset. */
 static int restart_part(pos_xfer_receiver *r)
 {
     r->offset = 0;
     crypto_generichash_init(&r->h, NULL, 0, POS_XFER_HASH_LEN);
-    if (ftruncate(r->part_fd, 0) != 0 || write_state(r) != 0)
-        return -1;
-    return 0;
+    return ftruncate(r->part_fd, 0);
 }
 
-/* Opens DIR/.NAME.part and finds how much of this transfer it already holds. */
+/*
+ * Opens this transfer's own part file and finds how much of this very offer
+ * it already holds: only the keyed file of the same sender and offer can.
+ */
 static int prepare_part(pos_xfer_receiver *r, int resume)
 {
-    snprintf(r->part, sizeof r->part, ".%s.part", r->name);
-    snprintf(r->state_file, sizeof r->state_file, ".%s.state", r->name);
-    r->part_fd = openat(r->dirfd, r->part, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int resumable = 0;
+    r->part_fd = pos_xfer_part_open(r->dirfd, r->sender, r->name, r->size, r->hash, r->takeover,
+                                    r->takeover_arg, r->part, &resumable);
     struct stat st;
-    if (r->part_fd < 0 || fstat(r->part_fd, &st) != 0 || !S_ISREG(st.st_mode))
+    if (r->part_fd < 0) {
+        errno = -r->part_fd;
+        r->part_fd = -1;
+        return -1;
+    }
+    if (fstat(r->part_fd, &st) != 0)
         return -1;
     crypto_generichash_init(&r->h, NULL, 0, POS_XFER_HASH_LEN);
-    if (resume && state_matches(r) && (uint64_t)st.st_size <= r->size &&
+    if (resume && resumable && (uint64_t)st.st_size <= r->size &&
         hash_prefix(r->part_fd, (uint64_t)st.st_size, &r->h) == 0) {
         r->offset = (uint64_t)st.st_size;
         return 0;
     }
     return restart_part(r);
+}
+
+/* Refuses an offer the disk cannot hold: before a byte is written, with the figures. */
+static int check_space(pos_xfer_receiver *r)
+{
+    uint64_t avail = pos_xfer_free_space(r->dirfd);
+    if (avail == UINT64_MAX || r->size - r->offset <= avail)
+        return 0;
+    char need[32], have[32], text[POS_XFER_MAX_TEXT];
+    format_size(r->size - r->offset, need, sizeof need);
+    format_size(avail, have, sizeof have);
+    snprintf(text, sizeof text, "%s (%s to receive, %s free)",
+             pos_xfer_strerror(POS_XFER_ERR_NO_SPACE), need, have);
+    if (r->offset == 0) /* nothing worth keeping */
+        unlinkat(r->dirfd, r->part, 0);
+    return receiver_fail_text(r, POS_XFER_ERR_NO_SPACE, text);
 }
 
 static int receiver_on_offer(pos_xfer_receiver *r, struct cur *c)
@@ -560,12 +591,23 @@ static int receiver_on_offer(pos_xfer_receiver *r, struct cur *c)
         r->name[0] = 0;
         return receiver_fail(r, POS_XFER_ERR_PROTOCOL);
     }
+    snprintf(r->shown, sizeof r->shown, "%s", r->name);
+    pos_xfer_text_clean(r->shown);
     if (!pos_xfer_name_ok(r->name, n))
         return receiver_fail(r, POS_XFER_ERR_BAD_NAME);
-    if (r->max_size && r->size > r->max_size)
-        return receiver_fail(r, POS_XFER_ERR_TOO_BIG);
+    if (r->max_size && r->size > r->max_size) {
+        char size[32], max[32], text[POS_XFER_MAX_TEXT];
+        format_size(r->size, size, sizeof size);
+        format_size(r->max_size, max, sizeof max);
+        snprintf(text, sizeof text, "%s (%s offered, at most %s: pos-p2p listen --max-file-size)",
+                 pos_xfer_strerror(POS_XFER_ERR_TOO_BIG), size, max);
+        return receiver_fail_text(r, POS_XFER_ERR_TOO_BIG, text);
+    }
     if (prepare_part(r, (flags & OFFER_FLAG_RESUME) != 0) != 0)
-        return receiver_fail(r, POS_XFER_ERR_IO);
+        return errno == ENOSPC || errno == EDQUOT ? receiver_fail(r, POS_XFER_ERR_NO_SPACE)
+                                                  : receiver_fail(r, POS_XFER_ERR_IO);
+    if (check_space(r) != 0)
+        return r->error;
     crypto_generichash_state copy = r->h; /* the digest of the prefix; r->h goes on */
     uint8_t prefix[POS_XFER_HASH_LEN];
     crypto_generichash_final(&copy, prefix, sizeof prefix);
@@ -578,59 +620,29 @@ static int receiver_on_offer(pos_xfer_receiver *r, struct cur *c)
     return 0;
 }
 
-/* Builds "NAME", then "BASE (k).EXT" for k = 1.. into |out|. */
-static void candidate_name(const char *name, int k, char *out, size_t cap)
-{
-    if (k == 0) {
-        snprintf(out, cap, "%s", name);
-        return;
-    }
-    const char *dot = strrchr(name, '.');
-    if (dot == NULL || dot == name)
-        dot = name + strlen(name);
-    snprintf(out, cap, "%.*s (%d)%s", (int)(dot - name), name, k, dot);
-}
-
-/* Renames the part file to the first free final name, never replacing a file. */
-static int rename_final(pos_xfer_receiver *r)
-{
-    for (int k = 0; k < 100; k++) {
-        candidate_name(r->name, k, r->final, sizeof r->final);
-        if (renameat2(r->dirfd, r->part, r->dirfd, r->final, RENAME_NOREPLACE) == 0)
-            return 0;
-        if (errno == EEXIST)
-            continue;
-        if (errno != EINVAL && errno != ENOSYS)
-            return POS_XFER_ERR_IO;
-        /* No RENAME_NOREPLACE on this file system: link() refuses an existing name too. */
-        if (linkat(r->dirfd, r->part, r->dirfd, r->final, 0) == 0)
-            return unlinkat(r->dirfd, r->part, 0) == 0 ? 0 : POS_XFER_ERR_IO;
-        if (errno != EEXIST)
-            return POS_XFER_ERR_IO;
-    }
-    r->final[0] = 0;
-    return POS_XFER_ERR_NO_NAME;
-}
-
 /* All bytes are in: verify, then publish under the final name. */
 static int receiver_finish(pos_xfer_receiver *r)
 {
     uint8_t digest[POS_XFER_HASH_LEN];
     crypto_generichash_final(&r->h, digest, sizeof digest);
-    if (sodium_memcmp(digest, r->hash, sizeof digest) != 0) {
+    struct stat st;
+    /*
+     * The digest covers the bytes this transfer wrote through its own locked
+     * descriptor; the size check also catches anything that grew the file.
+     */
+    if (sodium_memcmp(digest, r->hash, sizeof digest) != 0 || fstat(r->part_fd, &st) != 0 ||
+        (uint64_t)st.st_size != r->size) {
         /* Not resumable: the prefix is wrong somewhere. Leave nothing behind. */
         unlinkat(r->dirfd, r->part, 0);
-        unlinkat(r->dirfd, r->state_file, 0);
         return receiver_fail(r, POS_XFER_ERR_CHECKSUM);
     }
     if (fsync(r->part_fd) != 0)
-        return receiver_fail(r, POS_XFER_ERR_IO);
-    int rc = rename_final(r);
+        return receiver_write_failed(r);
+    int rc = pos_xfer_publish(r->dirfd, r->part, r->name, r->final, sizeof r->final);
     if (rc != 0)
         return receiver_fail(r, rc);
     close(r->part_fd);
     r->part_fd = -1;
-    unlinkat(r->dirfd, r->state_file, 0);
     fsync(r->dirfd);
     queue_verdict(r, 0, r->final);
     r->status = POS_XFER_FINISHED;
@@ -653,7 +665,7 @@ static int receiver_on_start(pos_xfer_receiver *r, struct cur *c)
 static int receiver_data(pos_xfer_receiver *r, const uint8_t *data, size_t n)
 {
     if (write_all(r->part_fd, data, n, r->received) != 0)
-        return receiver_fail(r, POS_XFER_ERR_IO);
+        return receiver_write_failed(r);
     crypto_generichash_update(&r->h, data, n);
     r->received += n;
     r->data_left -= n;
@@ -739,7 +751,14 @@ void pos_xfer_receiver_progress(const pos_xfer_receiver *r, uint64_t *size, uint
 
 const char *pos_xfer_receiver_offered_name(const pos_xfer_receiver *r)
 {
-    return r->name;
+    return r->shown;
+}
+
+size_t pos_xfer_refusal(uint8_t *buf, size_t cap, int code, const char *reason)
+{
+    if (cap < POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT)
+        return 0;
+    return put_verdict(buf, MSG_REFUSE, code < 0 ? -code : code, reason);
 }
 
 const char *pos_xfer_receiver_final_name(const pos_xfer_receiver *r)

@@ -12,12 +12,15 @@
  * at the end DONE (verdict and final name). Every message is type (1 byte) |
  * body length (4 bytes, big endian) | body, parsed through a bounded cursor.
  *
- * The receiver writes into DIR/.NAME.part with the transfer's identity (size
- * and hash) in DIR/.NAME.state, checks the BLAKE2b of the whole file, and only
- * then renames the part file to NAME, never replacing an existing file (NAME
- * taken: "NAME (1)", "NAME (2)", ...). A failed transfer never leaves a file
- * that looks complete; an interrupted one resumes from the received prefix
- * once the sender has checked the prefix's hash.
+ * The receiver writes into a part file of its own, DIR/.NAME.KEY.part (KEY
+ * derived from the sender's peer id and the offer, flock()ed for the
+ * transfer's life: see transfer_files.h), hashes the bytes as it writes them
+ * through that one descriptor, and only when the BLAKE2b of the whole file
+ * matches renames the part file to NAME, never replacing an existing file
+ * (NAME taken: "NAME (1)", "NAME (2)", ...). A failed transfer never leaves a
+ * file that looks complete; an interrupted one resumes from the received
+ * prefix when the same sender offers the same file again and has checked the
+ * prefix's hash.
  *
  * Memory is bounded: each machine holds one small message buffer; DATA is
  * streamed straight between the caller's buffers and the files.
@@ -45,16 +48,21 @@
 #define POS_XFER_ERR_REFUSED -6  /* the receiver refused the offer for another reason */
 #define POS_XFER_ERR_NO_NAME -7  /* no free final name (NAME (1) .. NAME (99) all taken) */
 #define POS_XFER_ERR_NOMEM -8
-#define POS_XFER_ERR_STATE -9 /* call not valid in this state */
+#define POS_XFER_ERR_STATE -9     /* call not valid in this state */
+#define POS_XFER_ERR_BUSY -10     /* the receiver has too many transfers in progress */
+#define POS_XFER_ERR_NO_SPACE -11 /* no space left on the receiver's device */
 
 /* pos_xfer_strerror: a sentence for each POS_XFER_ERR_* code (negative or positive). */
 const char *pos_xfer_strerror(int code);
 
 /*
  * pos_xfer_name_ok: whether |len| bytes of |name| are acceptable as a file
- * name in DIR: 1..POS_XFER_MAX_NAME bytes, no '/', '\\' or NUL, no control
- * characters, not starting with '.' (so never ".", "..", a hidden file, or
- * one of the receiver's own .NAME.part / .NAME.state files).
+ * name in DIR: 1..POS_XFER_MAX_NAME bytes of valid UTF-8 (no overlong form,
+ * no surrogate), no '/', '\\' or NUL, no control character (C0, DEL, C1),
+ * no bidirectional control (U+061C, U+200E, U+200F, U+202A..U+202E,
+ * U+2066..U+2069), line or paragraph separator (U+2028, U+2029) or U+FEFF,
+ * not starting with '.' (so never ".", "..", a hidden file, or one of the
+ * receiver's own part files). Implemented in transfer_files.c.
  */
 int pos_xfer_name_ok(const char *name, size_t len);
 
@@ -124,6 +132,30 @@ typedef struct pos_xfer_receiver pos_xfer_receiver;
 pos_xfer_receiver *pos_xfer_receiver_new(const char *dir, uint64_t max_size, int *err);
 void pos_xfer_receiver_del(pos_xfer_receiver *r);
 
+/*
+ * pos_xfer_receiver_set_sender names the peer the file comes from (its peer
+ * id; copied), before any input. Part files are per sender and offer: only
+ * the same sender offering the same file resumes one. Without it, all
+ * senders count as one ("").
+ */
+void pos_xfer_receiver_set_sender(pos_xfer_receiver *r, const char *peer_id);
+
+/*
+ * A pos_xfer_takeover_cb is called (at most once, during
+ * pos_xfer_receiver_input) when the part file |part| of this sender and
+ * offer is held by another receiver of this process: the same sender
+ * offering the same file again, typically after its connection was lost
+ * while the old stream is not yet timed out. It returns 1 after deleting
+ * that receiver (pos_xfer_receiver_part_name tells which one holds |part|),
+ * so that this transfer takes the part file over and resumes it; 0 leaves
+ * it, and this transfer gets a new part file and starts from 0.
+ */
+typedef int (*pos_xfer_takeover_cb)(void *arg, const char *part);
+void pos_xfer_receiver_set_takeover(pos_xfer_receiver *r, pos_xfer_takeover_cb cb, void *arg);
+
+/* pos_xfer_receiver_part_name: the part file this receiver holds (NULL if none). */
+const char *pos_xfer_receiver_part_name(const pos_xfer_receiver *r);
+
 /* pos_xfer_receiver_input consumes stream bytes; 0 or a negative error (status FAILED). */
 int pos_xfer_receiver_input(pos_xfer_receiver *r, const uint8_t *data, size_t len);
 
@@ -137,8 +169,29 @@ int pos_xfer_receiver_error(const pos_xfer_receiver *r);
 void pos_xfer_receiver_progress(const pos_xfer_receiver *r, uint64_t *size, uint64_t *offset,
                                 uint64_t *received);
 
-/* pos_xfer_receiver_name: the offered name (after OFFER) and the final name (when FINISHED). */
+/*
+ * pos_xfer_receiver_offered_name: the offered name (after OFFER), safe to
+ * print (characters a name may not hold shown as '?'); the final name (when
+ * FINISHED).
+ */
 const char *pos_xfer_receiver_offered_name(const pos_xfer_receiver *r);
 const char *pos_xfer_receiver_final_name(const pos_xfer_receiver *r);
+
+/*
+ * pos_xfer_refusal writes into |buf| (|cap| >= POS_XFER_HEADER_LEN + 4 +
+ * POS_XFER_MAX_TEXT) a REFUSE with |code| (a POS_XFER_ERR_*) and |reason|
+ * (cut at POS_XFER_MAX_TEXT bytes), for a stream the caller will not hand
+ * to a receiver (too many transfers). Returns its length, or 0 when |cap|
+ * is too small.
+ */
+size_t pos_xfer_refusal(uint8_t *buf, size_t cap, int code, const char *reason);
+
+/*
+ * pos_xfer_sweep_parts removes from |dir| the part files (".NAME.KEY.part")
+ * not written for |max_age_s| seconds or more and held by no transfer; other
+ * files are never touched. |*removed| gets how many. Returns 0 or
+ * POS_XFER_ERR_IO (the directory cannot be read). In transfer_files.c.
+ */
+int pos_xfer_sweep_parts(const char *dir, int64_t max_age_s, unsigned *removed);
 
 #endif

@@ -4,7 +4,11 @@
  * (writing into a private temporary directory, emptied after each input) and
  * to a sender that has just offered a small file. Neither may crash, leak,
  * write outside the directory, or produce output larger than its buffer.
- * transfer.c is compiled into the target for coverage feedback.
+ * The input is also a candidate file name (pos_xfer_name_ok, which must
+ * agree with pos_xfer_text_clean: a cleaned accepted name is unchanged) and
+ * a peer's text to clean for a terminal (no control byte may survive).
+ * transfer.c and transfer_files.c are compiled into the target for coverage
+ * feedback.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -14,6 +18,7 @@
 #include <unistd.h>
 
 #include "transfer.h"
+#include "transfer_files.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -67,9 +72,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (file[0] == 0)
         setup();
     int err;
+    if (size <= POS_XFER_MAX_NAME) {
+        char text[POS_XFER_MAX_NAME + 1];
+        memcpy(text, data, size);
+        text[size] = 0;
+        int ok = pos_xfer_name_ok(text, size);
+        pos_xfer_text_clean(text);
+        if (ok && memcmp(text, data, size) != 0)
+            abort(); /* an accepted name needs no cleaning */
+        for (size_t i = 0; text[i]; i++)
+            if ((unsigned char)text[i] < 0x20 || text[i] == 0x7f)
+                abort();
+    }
     pos_xfer_receiver *r = pos_xfer_receiver_new(dir, 1 << 20, &err);
     if (r == NULL)
         abort();
+    pos_xfer_receiver_set_sender(r, "fuzz-peer");
     size_t half = size / 2;
     pos_xfer_receiver_input(r, data, half);
     drain_receiver(r);

@@ -13,11 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "transfer.h"
+#include "transfer_files.h"
 
 static char root[256], src_dir[300], out_dir[300];
 
@@ -76,6 +79,25 @@ static int count_entries(const char *dir)
     if (d)
         closedir(d);
     return n;
+}
+
+/* Finds the part file of |name| (".NAME.KEY.part") in out_dir: 1 with its path in |out|. */
+static int find_part(const char *name, char *out, size_t cap)
+{
+    DIR *d = opendir(out_dir);
+    struct dirent *e;
+    size_t n = strlen(name);
+    int found = 0;
+    while (d && !found && (e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        found = e->d_name[0] == '.' && len == n + 39 && strncmp(e->d_name + 1, name, n) == 0 &&
+                e->d_name[n + 1] == '.' && strcmp(e->d_name + len - 5, ".part") == 0;
+        if (found)
+            snprintf(out, cap, "%s/%s", out_dir, e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return found;
 }
 
 static void clear_dir(const char *dir)
@@ -260,7 +282,9 @@ static void test_resume(void)
     uint64_t kept = interrupted(src, 1234567);
     CHECK(kept > 1000000 && kept < 1234567);
     CHECK(!exists_in(out_dir, "big.iso"));
-    CHECK(exists_in(out_dir, ".big.iso.part") && exists_in(out_dir, ".big.iso.state"));
+    char part[700];
+    CHECK(find_part("big.iso", part, sizeof part));
+    CHECK(count_entries(out_dir) == 1); /* the part file alone: no sidecar */
 
     pos_xfer_sender *s = NULL;
     CHECK(send_file("big.iso", 1, &s) == POS_XFER_FINISHED);
@@ -275,8 +299,7 @@ static void test_resume(void)
 
     /* A damaged part file: the sender sees the prefix hash differ and starts over. */
     kept = interrupted(src, 2000000);
-    char part[700];
-    snprintf(part, sizeof part, "%s/.big.iso.part", out_dir);
+    CHECK(find_part("big.iso", part, sizeof part));
     FILE *f = fopen(part, "r+b");
     fseek(f, 1000, SEEK_SET);
     fputc(0x55 ^ fgetc(f), f);
@@ -348,9 +371,9 @@ static void test_names(void)
     CHECK(offer_name(longname, POS_XFER_MAX_NAME) == 0); /* the longest allowed */
     CHECK(pos_xfer_name_ok("résumé 2024.pdf", strlen("résumé 2024.pdf")));
     /* Nothing was created, here or in the parent. */
-    char n200[POS_XFER_MAX_NAME + 16];
-    snprintf(n200, sizeof n200, ".%.*s.part", POS_XFER_MAX_NAME, longname);
-    CHECK(exists_in(out_dir, n200));
+    char n200[POS_XFER_MAX_NAME + 1], part[700];
+    snprintf(n200, sizeof n200, "%.*s", POS_XFER_MAX_NAME, longname);
+    CHECK(find_part(n200, part, sizeof part));
     clear_dir(out_dir);
     CHECK(count_entries(out_dir) == 0);
     CHECK(!exists_in(root, "evil"));
@@ -389,7 +412,13 @@ static void test_refusals(void)
     /* A symbolic link planted where the part file goes is not followed. */
     snprintf(outside, sizeof outside, "%s/outside", root);
     write_random_file(outside, 100, 4);
-    snprintf(link, sizeof link, "%s/.eleven.bin.part", out_dir);
+    s = pos_xfer_sender_new(src, 1, &err);
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pump(s, r, 60, 0); /* the OFFER only: the part file's name appears */
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    CHECK(find_part("eleven.bin", link, sizeof link));
+    unlink(link);
     CHECK(symlink(outside, link) == 0);
     s = pos_xfer_sender_new(src, 1, &err);
     r = pos_xfer_receiver_new(out_dir, 0, &err);
@@ -431,6 +460,300 @@ static void test_refusals(void)
                  "no free name for the file in the receiving directory") == 0);
 }
 
+/* One round of one pair: the sender's next output to the receiver, and the answer back. */
+static int step(pos_xfer_sender *s, pos_xfer_receiver *r)
+{
+    static uint8_t buf[POS_XFER_CHUNK + POS_XFER_HEADER_LEN];
+    uint8_t back[600];
+    int n = pos_xfer_sender_output(s, buf, 8192), progress = n > 0;
+    if (n > 0)
+        pos_xfer_receiver_input(r, buf, (size_t)n);
+    int m = pos_xfer_receiver_output(r, back, sizeof back);
+    if (m > 0) {
+        pos_xfer_sender_input(s, back, (size_t)m);
+        progress = 1;
+    }
+    return progress;
+}
+
+/* The published file |final| in out_dir has the bytes of |src|. */
+static int published_as(const char *final, const char *src)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", out_dir, final ? final : "(none)");
+    return final && same_file(src, p);
+}
+
+/*
+ * Two transfers of the same name at once, interleaved chunk by chunk: from
+ * two senders with different contents (an honest one and another peer), and
+ * from one sender sending the same file twice. Each owns its part file; each
+ * published file holds exactly the bytes its sender sent, under its own name.
+ */
+static void test_concurrent_same_name(void)
+{
+    char a[700], b[700];
+    snprintf(a, sizeof a, "%s/contract.pdf", src_dir);
+    snprintf(b, sizeof b, "%s/other/contract.pdf", root);
+    char other[700];
+    snprintf(other, sizeof other, "%s/other", root);
+    mkdir(other, 0700);
+    write_random_file(a, 700000, 41);
+    write_random_file(b, 500000, 42);
+    for (int round = 0; round < 2; round++) {
+        const char *second = round == 0 ? b : a;
+        int err;
+        pos_xfer_sender *s1 = pos_xfer_sender_new(a, 1, &err),
+                        *s2 = pos_xfer_sender_new(second, 1, &err);
+        pos_xfer_receiver *r1 = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver *r2 = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver_set_sender(r1, "honest-peer");
+        pos_xfer_receiver_set_sender(r2, round == 0 ? "other-peer" : "honest-peer");
+        for (int i = 0; i < 100000; i++)
+            if (!(step(s1, r1) | step(s2, r2)))
+                break;
+        CHECK(pos_xfer_sender_status(s1) == POS_XFER_FINISHED);
+        CHECK(pos_xfer_sender_status(s2) == POS_XFER_FINISHED);
+        const char *f1 = pos_xfer_sender_final_name(s1), *f2 = pos_xfer_sender_final_name(s2);
+        CHECK(f1 && f2 && strcmp(f1, f2) != 0);
+        CHECK(published_as(f1, a));
+        CHECK(published_as(f2, second));
+        CHECK(count_entries(out_dir) == 2); /* the two files, no part file left */
+        pos_xfer_sender_del(s1);
+        pos_xfer_sender_del(s2);
+        pos_xfer_receiver_del(r1);
+        pos_xfer_receiver_del(r2);
+        clear_dir(out_dir);
+    }
+    unlink(b);
+    rmdir(other);
+}
+
+/* A part file is resumed only by the sender that started it, for the same offer. */
+static void test_resume_same_sender_only(void)
+{
+    char src[700];
+    snprintf(src, sizeof src, "%s/video.mp4", src_dir);
+    write_random_file(src, 1000000, 51);
+    int err;
+    pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pos_xfer_receiver_set_sender(r, "alice");
+    pump(s, r, 600000, 0);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    uint64_t size, offset, sent;
+    for (int who = 0; who < 2; who++) {
+        s = pos_xfer_sender_new(src, 1, &err);
+        r = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver_set_sender(r, who == 0 ? "mallory" : "alice");
+        pump(s, r, 0, 0);
+        CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED);
+        pos_xfer_sender_progress(s, &size, &offset, &sent);
+        CHECK(who == 0 ? offset == 0 : offset > 500000); /* mallory starts over, alice resumes */
+        CHECK(published_as(pos_xfer_sender_final_name(s), src));
+        pos_xfer_sender_del(s);
+        pos_xfer_receiver_del(r);
+    }
+    CHECK(count_entries(out_dir) == 2);
+    clear_dir(out_dir);
+}
+
+static pos_xfer_receiver *stale_receiver;
+
+static int take_over(void *arg, const char *part)
+{
+    (void)arg;
+    const char *held = stale_receiver ? pos_xfer_receiver_part_name(stale_receiver) : NULL;
+    if (!held || strcmp(held, part) != 0)
+        return 0;
+    pos_xfer_receiver_del(stale_receiver);
+    stale_receiver = NULL;
+    return 1;
+}
+
+/*
+ * The sender lost its connection but its old transfer is still open at the
+ * receiver (holding the part file): the new offer takes the part file over
+ * and resumes it when the owner ends the old transfer, else starts afresh.
+ */
+static void test_takeover(void)
+{
+    char src[700];
+    snprintf(src, sizeof src, "%s/movie.mkv", src_dir);
+    write_random_file(src, 1000000, 81);
+    for (int allow = 0; allow < 2; allow++) {
+        int err;
+        pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+        stale_receiver = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver_set_sender(stale_receiver, "bob");
+        pump(s, stale_receiver, 600000, 0);
+        pos_xfer_sender_del(s); /* the old receiver stays open */
+        s = pos_xfer_sender_new(src, 1, &err);
+        pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver_set_sender(r, "bob");
+        if (allow)
+            pos_xfer_receiver_set_takeover(r, take_over, NULL);
+        pump(s, r, 0, 0);
+        uint64_t size, offset, sent;
+        pos_xfer_sender_progress(s, &size, &offset, &sent);
+        CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED);
+        CHECK(allow ? offset > 500000 && stale_receiver == NULL : offset == 0);
+        CHECK(published_as(pos_xfer_sender_final_name(s), src));
+        pos_xfer_sender_del(s);
+        pos_xfer_receiver_del(r);
+        pos_xfer_receiver_del(stale_receiver);
+        stale_receiver = NULL;
+        clear_dir(out_dir);
+    }
+}
+
+/* Names that display as something else, or are not text, are refused and shown harmlessly. */
+static void test_hostile_names(void)
+{
+    static const char *bad[] = {
+        "invoice\xe2\x80\xaegpj.exe", /* U+202E RIGHT-TO-LEFT OVERRIDE */
+        "a\xe2\x80\xaa"
+        "b", /* U+202A */
+        "a\xe2\x81\xa6"
+        "b", /* U+2066 LEFT-TO-RIGHT ISOLATE */
+        "a\xe2\x81\xa9"
+        "b", /* U+2069 */
+        "a\xe2\x80\x8f"
+        "b", /* U+200F RIGHT-TO-LEFT MARK */
+        "a\xd8\x9c"
+        "b", /* U+061C ARABIC LETTER MARK */
+        "a\xe2\x80\xa8"
+        "b", /* U+2028 LINE SEPARATOR */
+        "\xef\xbb\xbf"
+        "bom",                  /* U+FEFF */
+        "c1\xc2\x85",           /* U+0085, a C1 control */
+        "esc\x1b[31m",          /* C0 */
+        "over\xc0\xaflong",     /* overlong '/' */
+        "over\xe0\x80\xaflong", /* overlong '/', 3 bytes */
+        "sur\xed\xa0\x80",      /* a surrogate */
+        "cut\xe2\x80",          /* truncated */
+        "stray\x80",            /* a lone continuation byte */
+        "big\xf4\x90\x80\x80",  /* beyond U+10FFFF */
+        "latin1 caf\xe9",       /* not UTF-8 */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(!pos_xfer_name_ok(bad[i], strlen(bad[i])));
+        CHECK(offer_name(bad[i], strlen(bad[i])) == POS_XFER_ERR_BAD_NAME);
+    }
+    CHECK(count_entries(out_dir) == 0);
+    static const char *good[] = {"r\xc3\xa9sum\xc3\xa9.pdf", "\xe6\x97\xa5\xe6\x9c\xac.txt",
+                                 "family \xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9.jpg"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        CHECK(pos_xfer_name_ok(good[i], strlen(good[i])));
+    /* The refused name is printable when the listener reports it. */
+    uint8_t msg[600] = {0};
+    const char *name = "invoice\xe2\x80\xaegpj.exe\x1b[2J";
+    size_t len = strlen(name), body = 2 + 8 + 32 + 2 + len;
+    msg[0] = 0x01, msg[4] = (uint8_t)body, msg[5] = 1;
+    msg[5 + 43] = (uint8_t)len;
+    memcpy(msg + 5 + 44, name, len);
+    int err;
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    CHECK(pos_xfer_receiver_input(r, msg, 5 + body) == POS_XFER_ERR_BAD_NAME);
+    const char *shown = pos_xfer_receiver_offered_name(r);
+    CHECK(shown && strstr(shown, "\xe2\x80\xae") == NULL && strchr(shown, 0x1b) == NULL);
+    CHECK(shown && strncmp(shown, "invoice", 7) == 0);
+    pos_xfer_receiver_del(r);
+    char text[] = "ok\x1b]0;x\x07 \xe2\x80\xae end";
+    pos_xfer_text_clean(text);
+    CHECK(strchr(text, 0x1b) == NULL && strchr(text, 0x07) == NULL &&
+          strstr(text, "\xe2\x80\xae") == NULL && strstr(text, " end") != NULL);
+}
+
+static void set_age(const char *path, time_t age)
+{
+    struct timespec t[2];
+    t[0].tv_sec = t[1].tv_sec = time(NULL) - age;
+    t[0].tv_nsec = t[1].tv_nsec = 0;
+    utimensat(AT_FDCWD, path, t, 0);
+}
+
+/* Abandoned part files expire; fresh ones, held ones and other files stay. */
+static void test_sweep(void)
+{
+    char src[700], stale[700], fresh[700], held[700], mine[700];
+    snprintf(src, sizeof src, "%s/a.bin", src_dir);
+    write_random_file(src, 300000, 61);
+    const char *senders[] = {"p1", "p2", "p3"};
+    char *paths[] = {stale, fresh, held};
+    for (int i = 0; i < 3; i++) {
+        int err;
+        pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+        pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+        pos_xfer_receiver_set_sender(r, senders[i]);
+        pump(s, r, 100000, 0);
+        pos_xfer_sender_del(s);
+        pos_xfer_receiver_del(r);
+        /* the new part file is the one not yet in paths */
+        DIR *d = opendir(out_dir);
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) {
+            char p[700];
+            snprintf(p, sizeof p, "%s/%s", out_dir, e->d_name);
+            int known = e->d_name[0] != '.' || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+            for (int k = 0; k < i; k++)
+                known |= !strcmp(p, paths[k]);
+            if (!known)
+                snprintf(paths[i], 700, "%s", p);
+        }
+        if (d)
+            closedir(d);
+    }
+    snprintf(mine, sizeof mine, "%s/.notes.part", out_dir); /* the user's own hidden file */
+    write_random_file(mine, 10, 62);
+    set_age(stale, 2 * 86400);
+    set_age(held, 2 * 86400);
+    set_age(mine, 2 * 86400);
+    int hold = open(held, O_RDWR);
+    CHECK(hold >= 0 && flock(hold, LOCK_EX | LOCK_NB) == 0); /* a transfer still on it */
+    unsigned removed = 0;
+    CHECK(pos_xfer_sweep_parts(out_dir, 86400, &removed) == 0);
+    CHECK(removed == 1);
+    struct stat st;
+    CHECK(stat(stale, &st) != 0 && stat(fresh, &st) == 0 && stat(held, &st) == 0);
+    CHECK(stat(mine, &st) == 0);
+    close(hold);
+    CHECK(pos_xfer_sweep_parts(out_dir, 86400, &removed) == 0 && removed == 1);
+    CHECK(pos_xfer_sweep_parts(out_dir, 0, &removed) == 0 && removed == 1); /* 0 s: all of ours */
+    CHECK(count_entries(out_dir) == 1 && exists_in(out_dir, ".notes.part"));
+    clear_dir(out_dir);
+}
+
+/* Refusals carry a reason the sender can act on, said once. */
+static void test_refusal_reasons(void)
+{
+    char src[700];
+    snprintf(src, sizeof src, "%s/huge.bin", src_dir);
+    write_random_file(src, 3000, 71);
+    int err;
+    pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 2048, &err);
+    pump(s, r, 0, 0);
+    const char *reason;
+    CHECK(pos_xfer_sender_error(s, &reason) == POS_XFER_ERR_TOO_BIG);
+    CHECK(strstr(reason, "2.9 KiB offered, at most 2.0 KiB") != NULL);
+    CHECK(strstr(reason, "--max-file-size") != NULL);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    /* Too many transfers: the listener's refusal reaches the sender with its reason. */
+    s = pos_xfer_sender_new(src, 1, &err);
+    uint8_t buf[600];
+    CHECK(pos_xfer_sender_output(s, buf, sizeof buf) > 0);
+    size_t n = pos_xfer_refusal(buf, sizeof buf, POS_XFER_ERR_BUSY, "busy: 8 already");
+    CHECK(n > 0 && pos_xfer_sender_input(s, buf, n) == POS_XFER_ERR_BUSY);
+    CHECK(pos_xfer_sender_error(s, &reason) == POS_XFER_ERR_BUSY &&
+          !strcmp(reason, "busy: 8 already"));
+    pos_xfer_sender_del(s);
+    CHECK(!strcmp(pos_xfer_strerror(POS_XFER_ERR_NO_SPACE), "no space left on device"));
+    CHECK(count_entries(out_dir) == 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -450,6 +773,12 @@ int main(void)
     test_resume();
     test_names();
     test_refusals();
+    test_concurrent_same_name();
+    test_resume_same_sender_only();
+    test_takeover();
+    test_hostile_names();
+    test_sweep();
+    test_refusal_reasons();
 
     clear_dir(src_dir);
     clear_dir(out_dir);
