@@ -344,11 +344,15 @@ static int build_txt(const pos_mdns_config *cfg, uint8_t *out, size_t cap)
     char *s[8 + 64];
     size_t n = 0;
     int rc = POS_P2P_ERR_MDNS_TXT;
-    const char *keys[4] = {"name", "operating_system", "device_model", "version"};
-    const char *vals[4] = {cfg->name, cfg->os, cfg->model, cfg->version};
+    /*
+     * The OS goes out twice with one value: the seeds' layout reads
+     * operating_system, Spacedrive 0.4 reads only os.
+     */
+    const char *keys[5] = {"name", "operating_system", "os", "device_model", "version"};
+    const char *vals[5] = {cfg->name, cfg->os, cfg->os, cfg->model, cfg->version};
     if (cfg->n_libraries > 64)
         return POS_P2P_ERR_MDNS_TXT;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         if (!vals[i])
             continue;
         size_t l = strlen(keys[i]) + 1 + strlen(vals[i]) + 1;

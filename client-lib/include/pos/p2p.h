@@ -503,15 +503,19 @@ enum pos_mdns_event {
 
 /* What a browse event tells; every pointer is valid during the callback only. */
 typedef struct pos_mdns_peer {
-    const char *instance; /* instance label as advertised */
+    const char *instance; /* instance label as advertised (any bytes, dots included) */
     const char *peer_id;  /* NULL when unknown (a stranger in contacts-only mode) */
     int contact;          /* 1 when recognised through a contact's presence key */
-    const char *name, *os, *model, *version; /* NULL when absent */
-    const char *const *addrs;                /* "ip" or "fe80::1%eth0" */
+    /* TXT values by RFC 6763 §6.4 (first occurrence of the key, any case); NULL
+       when absent or without '='; a value holding NUL is cut there (see txt). */
+    const char *name, *os, *model, *version;
+    const char *const *addrs; /* "ip" or "fe80::1%eth0" */
     size_t n_addrs;
     uint16_t port;
-    const char *const *txt; /* raw "key=value" strings */
+    const char *const *txt; /* the TXT strings as received, in order, NUL terminated */
     size_t n_txt;
+    const size_t *txt_len; /* byte length of each txt string (values may hold NUL) */
+    size_t instance_len;   /* byte length of instance (a label may hold NUL) */
 } pos_mdns_peer;
 
 typedef void (*pos_mdns_callback)(void *user, enum pos_mdns_event ev, const pos_mdns_peer *peer);
