@@ -301,7 +301,7 @@ def interop_python_zeroconf_both_ways():
         Proc(lb.argv(1, PY, ZC, "register", "zc-peer", "4242", "10.77.0.2,fd77::2", "name=Zed"),
              name="zc-register")
         # A legal but unusual TXT (RFC 6763 §6), given to zeroconf as raw rdata.
-        Proc(lb.argv(1, PY, ZC, "register-raw", "zc-odd", "4243", "10.77.0.2,fd77::2",
+        Proc(lb.argv(1, PY, ZC, "register-raw", "zc.odd v1.2", "4243", "10.77.0.2,fd77::2",
                      txt_rdata(ODD_TXT).hex()), name="zc-register-raw")
         ib, _, _ = identity(d, "b")
         ours = discover(lb, 0, ib, 10)
@@ -309,7 +309,7 @@ def interop_python_zeroconf_both_ways():
                        what="our discover to find the zeroconf service")
         assert z["name"] == "Zed" and z["port"] == 4242 and "10.77.0.2" in z["addrs"], z
         assert z["peer_id"] is None, z
-        o = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "zc-odd"), 5,
+        o = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "zc.odd v1.2"), 5,
                        what="our discover to report the zeroconf service with an odd TXT")
         check_odd_txt(o)
     finally:
