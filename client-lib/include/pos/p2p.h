@@ -476,9 +476,9 @@ int pos_p2p_relay_pick_home(const double *rtt_ms, size_t n, int current);
 /* ==== local discovery, mDNS / DNS-SD (begin) ==== */
 /*
  * Local discovery: advertise this device as _sd._udp.local. (instance = peer
- * id, TXT name, operating_system, device_model, version, <library uuid>=<peer
- * id>) and browse for others, over IPv4 and IPv6 multicast on every
- * multicast-capable interface. See docs/mdns.md.
+ * id, TXT name, operating_system and os (one value), device_model, version,
+ * <library uuid>=<peer id>) and browse for others, over IPv4 and IPv6
+ * multicast on every multicast-capable interface. See docs/mdns.md.
  */
 #define POS_P2P_ERR_MDNS_TXT -50      /* TXT string > 255 bytes, or TXT > 1300 bytes */
 #define POS_P2P_ERR_MDNS_SOCKET -51   /* cannot open or bind the mDNS sockets */
