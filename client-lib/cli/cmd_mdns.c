@@ -496,8 +496,10 @@ static void discover_usage(FILE *out)
             "usage: pos-p2p discover [--identity FILE] [--timeout SECONDS] [--json]\n\n"
             "Browses _sd._udp.local. for SECONDS (default 5; 0 runs until SIGINT/SIGTERM) and\n"
             "prints found/updated/lost peers. --json prints one object per line with event,\n"
-            "instance, peer_id (null when unknown), contact, name, os, model, addrs, port,\n"
-            "txt. Contacts (see 'pos-p2p contact') in contacts-only mode are recognised;\n"
+            "instance, instance_b64, peer_id (null when unknown), contact, name, os, model,\n"
+            "addrs, port, txt (keys lower-cased, first occurrence wins, a key alone is true)\n"
+            "and txt_b64 (the exact bytes, base64, of values that are not UTF-8; docs/mdns.md).\n"
+            "Contacts (see 'pos-p2p contact') in contacts-only mode are recognised;\n"
             "they are read from contacts.json beside the identity file (--identity, default\n"
             "$POS_IDENTITY, else $XDG_CONFIG_HOME/pos/identity, else ~/.config/pos/identity).\n");
 }
