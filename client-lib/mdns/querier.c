@@ -321,52 +321,6 @@ static int recognise_contact(const struct mdns_core *c, const struct collected *
     return -1;
 }
 
-/* Whether the labels of |n| from offset |p| on are |suffix| (ASCII case-insensitively). */
-static bool name_tail_is(const struct dns_name *n, size_t p, const struct dns_name *suffix)
-{
-    if (n->len - p != suffix->len)
-        return false;
-    for (size_t i = 0; i < suffix->len; i++) {
-        uint8_t a = n->b[p + i], b = suffix->b[i];
-        if ((a >= 'A' && a <= 'Z' ? a + 32 : a) != (b >= 'A' && b <= 'Z' ? b + 32 : b))
-            return false;
-    }
-    return true;
-}
-
-/*
- * The instance part of service instance name |n| into |out| (DNS_MAX_NAME
- * + 1 bytes, NUL terminated); returns its length. An instance is one
- * label of any bytes, dots included (RFC 6763 §4.3), given as is. A
- * publisher that splits its instance at dots into several labels (as
- * python-zeroconf does) gets them joined with '.', so "dot.inside" reads
- * the same from either. A name not under our service type gives its
- * first label.
- */
-static size_t instance_text(const struct mdns_core *c, const struct dns_name *n, char *out)
-{
-    size_t cut = 0, p = 0, o = 0;
-    while (p < n->len && n->b[p]) {
-        p += (size_t)n->b[p] + 1;
-        if (p < n->len && name_tail_is(n, p, &c->svc)) {
-            cut = p;
-            break;
-        }
-    }
-    if (!cut && n->len > 1)
-        cut = (size_t)n->b[0] + 1;
-    for (p = 0; p < cut && p < n->len;) {
-        size_t l = n->b[p];
-        if (o)
-            out[o++] = '.';
-        memcpy(out + o, n->b + p + 1, l);
-        o += l;
-        p += l + 1;
-    }
-    out[o] = 0;
-    return o;
-}
-
 static void emit(struct mdns_core *c, struct view *v, enum pos_mdns_event ev,
                  const struct collected *k)
 {
@@ -377,7 +331,7 @@ static void emit(struct mdns_core *c, struct view *v, enum pos_mdns_event ev,
     const char *addr_ptrs[VIEW_MAX_ADDRS];
     pos_mdns_peer p;
     memset(&p, 0, sizeof(p));
-    size_t il = instance_text(c, &v->name, inst);
+    size_t il = mdns_instance_text(&v->name, &c->svc, inst);
     p.instance = inst;
     p.instance_len = il;
     uint8_t pk[32];

@@ -1,6 +1,7 @@
 /*
- * DNS-SD TXT strings and the UTF-8 checks the JSON output needs (see
- * txt.h). Every read is bounded by the length given with the bytes.
+ * DNS-SD TXT strings, instance names and the UTF-8 checks the JSON output
+ * needs (see txt.h). Every read is bounded by the length given with the
+ * bytes.
  */
 #include "txt.h"
 
@@ -112,5 +113,43 @@ size_t mdns_utf8_sanitize(const uint8_t *s, size_t len, char *out, size_t cap)
         memcpy(out + o, src, n);
         o += n;
     }
+    return o;
+}
+
+/* Whether the labels of |n| from offset |p| on are |suffix| (ASCII case-insensitively). */
+static bool name_tail_is(const struct dns_name *n, size_t p, const struct dns_name *suffix)
+{
+    if (n->len - p != suffix->len)
+        return false;
+    for (size_t i = 0; i < suffix->len; i++) {
+        if (lower(n->b[p + i]) != lower(suffix->b[i]))
+            return false;
+    }
+    return true;
+}
+
+size_t mdns_instance_text(const struct dns_name *n, const struct dns_name *svc, char *out)
+{
+    size_t cut = 0, p = 0, o = 0;
+    while (p < n->len && n->b[p]) {
+        p += (size_t)n->b[p] + 1;
+        if (p < n->len && name_tail_is(n, p, svc)) {
+            cut = p;
+            break;
+        }
+    }
+    if (!cut && n->len > 1)
+        cut = (size_t)n->b[0] + 1;
+    for (p = 0; p < cut && p < n->len;) {
+        size_t l = n->b[p];
+        if (l > n->len - p - 1)
+            break; /* cannot happen in a canonical name; kept bounded all the same */
+        if (o)
+            out[o++] = '.';
+        memcpy(out + o, n->b + p + 1, l);
+        o += l;
+        p += l + 1;
+    }
+    out[o] = 0;
     return o;
 }

@@ -1,6 +1,7 @@
 /*
- * DNS-SD TXT strings (RFC 6763 §6), read by the querier and by the
- * discover command. Sans-I/O, no allocation.
+ * DNS-SD TXT strings (RFC 6763 §6) and instance names (§4.3) as a browser
+ * reads them, for the querier and the discover command. Sans-I/O, no
+ * allocation.
  *
  * The rules, as §6.4 and §6.5 give them: a string is "key=value", "key"
  * (a boolean attribute: present, no value) or "key=" (empty value). The key
@@ -16,6 +17,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "dns.h"
 
 /*
  * mdns_txt_split looks at one TXT string |s| of |len| bytes (not NUL
@@ -45,5 +48,16 @@ bool mdns_utf8_valid(const uint8_t *s, size_t len);
  * small). |out| is not NUL terminated.
  */
 size_t mdns_utf8_sanitize(const uint8_t *s, size_t len, char *out, size_t cap);
+
+/*
+ * mdns_instance_text writes the instance part of service instance name |n|
+ * (under service type |svc|) into |out| (DNS_MAX_NAME + 1 bytes, NUL
+ * terminated) and returns its length. An instance is one label of any
+ * bytes, dots included (RFC 6763 §4.3), given as is. A publisher that
+ * splits its instance at dots into several labels (as python-zeroconf
+ * does) gets them joined with '.', so "dot.inside" reads the same from
+ * either. A name not under |svc| gives its first label.
+ */
+size_t mdns_instance_text(const struct dns_name *n, const struct dns_name *svc, char *out);
 
 #endif

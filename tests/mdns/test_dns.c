@@ -232,6 +232,17 @@ static void test_txt_strings(void)
     size_t n = mdns_utf8_sanitize((const uint8_t *)"a\xff\xc3\xa9", 4, out, sizeof(out));
     CHECK(n == 6 && !memcmp(out, "a\xef\xbf\xbd\xc3\xa9", 6));
     CHECK(mdns_utf8_sanitize((const uint8_t *)"\xff\xff", 2, out, 4) == 3); /* bounded */
+
+    /* Instance names (RFC 6763 §4.3): one label with dots, split labels, other names. */
+    struct dns_name svc, one, two;
+    char inst[DNS_MAX_NAME + 1];
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_name_prepend(&one, "a.b c", 5, &svc);
+    CHECK(mdns_instance_text(&one, &svc, inst) == 5 && !strcmp(inst, "a.b c"));
+    dns_name_from_text(&two, "dot.inside._SD._udp.LOCAL");
+    CHECK(mdns_instance_text(&two, &svc, inst) == 10 && !strcmp(inst, "dot.inside"));
+    dns_name_from_text(&two, "host.example.local");
+    CHECK(mdns_instance_text(&two, &svc, inst) == 4 && !strcmp(inst, "host"));
 }
 
 static void test_writer_overflow(void)
