@@ -38,6 +38,7 @@
 #include "forward.h"
 #include "log.h"
 #include "quic_common.h"
+#include "quic_version.h"
 #include "secret.h"
 #include "tls.h"
 
@@ -1120,6 +1121,7 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
         return -1;
     if (ngtcp2_crypto_gnutls_configure_server_session(c->tls) != 0)
         return -1;
+    pos_quic_tls_require_transport_params(c->tls);
     c->ref.get_conn = get_conn;
     c->ref.user_data = &c->pin;
     gnutls_session_set_ptr(c->tls, &c->ref);
@@ -1381,20 +1383,28 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
     }
 }
 
-static void send_version_negotiation(relay_server *s, int sock, const ngtcp2_version_cid *vc,
-                                     const struct sockaddr *from, socklen_t fromlen)
+/*
+ * answer_version: 1 when |data| is a long header of another version than
+ * ours, answered with Version Negotiation or dropped (never a connection:
+ * ngtcp2 would accept draft-29 and v2 and abort later); 0 to route it.
+ */
+static int answer_version(relay_server *s, int sock, const uint8_t *data, size_t len,
+                          const struct sockaddr *from, socklen_t fromlen)
 {
-    uint32_t versions[] = {NGTCP2_PROTO_VER_V1};
     uint8_t r;
-    ngtcp2_ssize n;
+    ssize_t n;
 
     randombytes_buf(&r, 1);
-    n = ngtcp2_pkt_write_version_negotiation(s->txbuf, sizeof(s->txbuf), r, vc->scid, vc->scidlen,
-                                             vc->dcid, vc->dcidlen, versions, 1);
-    if (n <= 0)
-        return;
-    s->st.version_negotiations++;
-    send_to(s, sock, s->txbuf, (size_t)n, from, fromlen);
+    n = pos_quic_version_answer(s->txbuf, sizeof(s->txbuf), data, len, r);
+    if (n == POS_QUIC_VERSION_OK)
+        return 0;
+    if (n > 0) {
+        s->st.version_negotiations++;
+        send_to(s, sock, s->txbuf, (size_t)n, from, fromlen);
+    } else {
+        s->st.packets_dropped++;
+    }
+    return 1;
 }
 
 static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_t len,
@@ -1420,11 +1430,9 @@ static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_
         s->st.data_frames_dropped++;
         return;
     }
-    rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, SCID_LEN);
-    if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
-        send_version_negotiation(s, sock, &vc, from, fromlen);
+    if (answer_version(s, sock, data, len, from, fromlen))
         return;
-    }
+    rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, SCID_LEN);
     if (rv != 0) {
         s->st.packets_dropped++;
         return;

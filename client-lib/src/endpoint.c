@@ -243,6 +243,14 @@ int64_t pos_p2p_endpoint_deadline(const pos_p2p_endpoint *ep)
     return best;
 }
 
+/* version_routable: a long header of QUIC v1, or a Version Negotiation (for our dialers). */
+static int version_routable(const uint8_t *data)
+{
+    uint32_t v = (uint32_t)data[1] << 24 | (uint32_t)data[2] << 16 | (uint32_t)data[3] << 8 |
+                 (uint32_t)data[4];
+    return v == 1 || v == 0;
+}
+
 static void datagram_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
                            const struct sockaddr *from, socklen_t fromlen)
 {
@@ -278,6 +286,8 @@ static void datagram_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, 
         dcid = data + 1;
     }
     e = cid_find(ep, dcid, dcidlen);
+    if (e && (data[0] & 0x80) && !version_routable(data))
+        return; /* our connections speak v1 only: ngtcp2 must not see another version */
     if (e)
         cid_input(ep, e, sock, data, len, from, fromlen);
     else if (data[0] & 0x80)
