@@ -38,6 +38,7 @@
 #include "forward.h"
 #include "log.h"
 #include "quic_common.h"
+#include "pending_addr.h"
 #include "quic_version.h"
 #include "secret.h"
 #include "tls.h"
@@ -84,6 +85,7 @@ struct rconn {
     int sock;                       /* index into srv->socks */
     uint8_t state;
     uint8_t retried;        /* address validated by a Retry token */
+    uint8_t addr_counted;   /* counted in srv->pending_addrs (retried, before ACTIVE) */
     uint8_t counted_active; /* counted in conns_active (else in pending) */
     uint8_t in_read;        /* inside ngtcp2_conn_read_pkt: no writes, no closes now */
     uint16_t close_code;    /* refusal decided inside read_pkt, sent after it returns */
@@ -150,6 +152,7 @@ struct relay_server {
     struct rconn *conns;
     size_t pending; /* connections before ACTIVE */
     size_t retry_above;
+    relay_pending_addrs *pending_addrs; /* validated handshakes per address */
     int going_away;
     relay_server_stats st;
     ngtcp2_callbacks cbs;
@@ -270,6 +273,15 @@ static int sock_for_path(const relay_server *s, const ngtcp2_path *p, int fallba
 
 static void conn_end(struct rconn *c);
 
+/* pending_addr_give: |c|'s handshake no longer counts against its address. */
+static void pending_addr_give(struct rconn *c)
+{
+    if (!c->addr_counted)
+        return;
+    c->addr_counted = 0;
+    relay_pending_addrs_give(c->srv->pending_addrs, (const struct sockaddr *)&c->remote);
+}
+
 static void conn_free(struct rconn *c)
 {
     relay_server *s = c->srv;
@@ -289,6 +301,7 @@ static void conn_free(struct rconn *c)
     } else {
         s->pending--;
     }
+    pending_addr_give(c);
     cid_remove(s, &c->odcid, c);
     if (c->qc) {
         size_t n = ngtcp2_conn_get_num_scid(c->qc);
@@ -560,6 +573,7 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     c->state = ACTIVE;
     c->counted_active = 1;
     s->pending--;
+    pending_addr_give(c);
     s->st.conns_active++;
     s->st.auth_ok++;
     queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, which stays open */
@@ -1330,6 +1344,14 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
             s->st.packets_dropped++;
             return;
         }
+        /*
+         * A proven address, but a few of them must not hold every pending
+         * slot (a flood that answers Retry): bounded per address.
+         */
+        if (relay_pending_addrs_take(s->pending_addrs, from) != 0) {
+            s->st.pending_per_addr_drops++;
+            return;
+        }
         retried = 1;
     } else if (s->pending >= s->retry_above) {
         /* Under load, make the client prove its address before any state or crypto. */
@@ -1337,10 +1359,11 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         return;
     }
     c = calloc(1, sizeof(*c));
-    if (!c)
-        return;
-    c->first_pkt = malloc(len);
-    if (!c->first_pkt) {
+    if (c)
+        c->first_pkt = malloc(len);
+    if (!c || !c->first_pkt) {
+        if (retried)
+            relay_pending_addrs_give(s->pending_addrs, from);
         free(c);
         return;
     }
@@ -1350,6 +1373,7 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
     c->sock = sock;
     c->state = RATE_CHECK;
     c->retried = (uint8_t)retried;
+    c->addr_counted = (uint8_t)retried;
     if (retried)
         c->retry_odcid = odcid;
     memcpy(&c->remote, from, fromlen);
@@ -1597,6 +1621,11 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
         if (e && *e)
             s->retry_above = (size_t)strtoul(e, NULL, 10);
     }
+    s->pending_addrs = relay_pending_addrs_new(cfg->max_pending_per_addr);
+    if (!s->pending_addrs) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     init_callbacks(&s->cbs);
     {
         uint32_t cap = DEFAULT_MAX_CIRCUITS;
@@ -1782,6 +1811,7 @@ void relay_server_del(relay_server *s)
         preq_free(s->preqs);
     relay_forwarder_del(s->fw);
     relay_circuits_del(s->circuits);
+    relay_pending_addrs_del(s->pending_addrs);
     for (size_t i = 0; i < s->n_socks; i++) {
         ev_io_stop(s->loop, &s->socks[i].io);
         close(s->socks[i].fd);

@@ -38,6 +38,7 @@ typedef struct relay_server_stats {
     uint64_t refused[16]; /* by enum relay_refusal - 0x100 (index 0 unused) */
     uint64_t retries_sent;
     uint64_t version_negotiations;
+    uint64_t pending_per_addr_drops; /* validated Initials over max_pending_per_addr */
     uint64_t packets_in;
     uint64_t packets_out;
     uint64_t packets_dropped;

@@ -18,6 +18,7 @@
 #define DEFAULT_IDLE_TIMEOUT_S 30
 #define DEFAULT_REGISTER_INTERVAL_S 10
 #define DEFAULT_CONN_RATE 20
+#define DEFAULT_MAX_PENDING_PER_ADDR 16
 #define MAX_SECRET_LEN 4096
 
 static const char *const known_keys[] = {
@@ -37,6 +38,7 @@ static const char *const known_keys[] = {
     "conn_burst_per_addr",
     "conn_rate_per_token",
     "conn_burst_per_token",
+    "max_pending_per_addr",
     NULL,
 };
 
@@ -150,6 +152,9 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
                         &cfg->conn_burst_per_addr, err, errlen)) ||
         (rc = load_uint(c, "conn_burst_per_token", 1, 10000000, cfg->conn_rate_per_token * 2,
                         &cfg->conn_burst_per_token, err, errlen)))
+        return rc;
+    if ((rc = load_uint(c, "max_pending_per_addr", 1, 65535, DEFAULT_MAX_PENDING_PER_ADDR,
+                        &cfg->max_pending_per_addr, err, errlen)))
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

@@ -20,6 +20,8 @@
  *   conn_burst_per_addr   bucket size for the above, default 2 x the rate (optional)
  *   conn_rate_per_token   connection attempts per second per token, default 20 (optional)
  *   conn_burst_per_token  bucket size for the above, default 2 x the rate (optional)
+ *   max_pending_per_addr  handshakes in progress per Retry-validated source address
+ *                         (IPv6: per /64), 1..65535, default 16  (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -55,6 +57,7 @@ typedef struct relay_config {
     unsigned conn_burst_per_addr;
     unsigned conn_rate_per_token;
     unsigned conn_burst_per_token;
+    unsigned max_pending_per_addr; /* validated handshakes per address (docs/relay.md) */
 } relay_config;
 
 /*

@@ -17,7 +17,8 @@
  *       from each source address, N new connection attempts per second: a
  *       v1 Initial, the Retry answered with the token (as a real client
  *       would), then silence, so each attempt stays a pending handshake at
- *       the server until it times out. Prints "attempts A retries R".
+ *       the server until it times out. Prints "attempts A retries R" at the
+ *       end or on SIGTERM.
  *
  * Exit status 0, or 2 on a usage or set-up error.
  */
@@ -27,7 +28,9 @@
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +60,13 @@ struct attempt {
 };
 
 static pos_tls_creds *creds;
+static volatile sig_atomic_t stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop = 1;
+}
 static const char *alpn = "pos-relay/1";
 static int corrupt;
 static struct sockaddr_storage to;
@@ -332,17 +342,20 @@ static int run_flood(const char *from, long rate, double seconds)
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && n_from < MAX_FROM;
          tok = strtok_r(NULL, ",", &save)) {
         struct sockaddr_storage ss;
-        if (pos_addr_parse(tok, strlen(tok), 0, &ss) != 0) {
-            fprintf(stderr, "quic_probe: --from: \"%s\" is not an IP address\n", tok);
+        char withport[128];
+        snprintf(withport, sizeof(withport), "%s:1", tok);
+        if (pos_addr_parse(withport, strlen(withport), 0, &ss) != 0 || ss.ss_family != AF_INET) {
+            fprintf(stderr, "quic_probe: --from: \"%s\" is not an IPv4 address\n", tok);
             return 2;
         }
+        ((struct sockaddr_in *)&ss)->sin_port = 0; /* any free port */
         pfd[n_from].fd = open_socket(&ss, &locals[n_from]);
         pfd[n_from].events = POLLIN;
         n_from++;
     }
     int64_t start = now_ms(), end = start + (int64_t)(seconds * 1000);
     long due = 0;
-    while (now_ms() < end) {
+    while (now_ms() < end && !stop) {
         /* new attempts on schedule, |rate| per second per source */
         long should = (long)((now_ms() - start) * rate / 1000) + 1;
         for (; due < should; due++) {
@@ -408,6 +421,7 @@ static int run_flood(const char *from, long rate, double seconds)
     for (size_t k = 0; k < n_live; k++)
         attempt_free(live[k]);
     printf("attempts %ld retries %ld\n", attempts, retries);
+    fflush(stdout);
     return 0;
 }
 
@@ -486,6 +500,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "initial"))
         rv = run_initial(version, size, wait_ms);
     else {
+        signal(SIGTERM, on_signal);
         tp_codepoint = NGTCP2_TLSEXT_QUIC_TRANSPORT_PARAMETERS_V1;
         rv = run_flood(from, rate, seconds);
     }
