@@ -17,7 +17,9 @@
  * connection callbacks) see fuzzer-chosen bytes.
  *
  * Input: byte 0 picks the target (bit 0: 0 relay, 1 endpoint) and, for the
- * relay, whether the harness sends a valid HELLO first (bit 1). Then records
+ * relay, whether the harness sends a valid HELLO first (bit 1); bit 2 makes
+ * client A a draft-29 stack (transport parameters in TLS extension 0xffa5)
+ * and bit 3 makes it speak draft-29 itself. Then records
  * of [op][len hi][len lo][payload]: see enum op. The relay's services answer
  * synchronously without Redis (fuzz_services.c). Time is a fake clock for
  * the relay and the clients (the endpoint reads CLOCK_MONOTONIC).
@@ -102,7 +104,9 @@ static struct {
     uint64_t now;
     struct dgram q[MAX_QUEUE];
     size_t nq;
-    int endpoint; /* this run's target */
+    int endpoint;      /* this run's target */
+    unsigned tp_draft; /* client A: transport parameters as TLS extension 0xffa5 */
+    uint32_t version;  /* client A's QUIC version */
     relay_server *relay;
     pos_p2p_endpoint *ep;
     struct client c[2];
@@ -185,6 +189,66 @@ static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
     return 0;
 }
 
+/*
+ * A draft-29 stack carries its transport parameters in TLS extension 0xffa5;
+ * ngtcp2's GnuTLS glue registers v1's 0x39 only, so such a client is made
+ * with the glue's callbacks and the extension under the draft codepoint.
+ */
+static int secret_func(gnutls_session_t session, gnutls_record_encryption_level_t glevel,
+                       const void *rx, const void *tx, size_t len)
+{
+    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
+    ngtcp2_conn *qc = ref->get_conn(ref);
+    ngtcp2_crypto_level level = ngtcp2_crypto_gnutls_from_gnutls_record_encryption_level(glevel);
+    if (rx && ngtcp2_crypto_derive_and_install_rx_key(qc, NULL, NULL, NULL, level, rx, len) != 0)
+        return -1;
+    if (tx && ngtcp2_crypto_derive_and_install_tx_key(qc, NULL, NULL, NULL, level, tx, len) != 0)
+        return -1;
+    return 0;
+}
+
+static int read_func(gnutls_session_t session, gnutls_record_encryption_level_t glevel,
+                     gnutls_handshake_description_t htype, const void *data, size_t len)
+{
+    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
+    if (htype == GNUTLS_HANDSHAKE_CHANGE_CIPHER_SPEC)
+        return 0;
+    return ngtcp2_conn_submit_crypto_data(
+               ref->get_conn(ref), ngtcp2_crypto_gnutls_from_gnutls_record_encryption_level(glevel),
+               data, len) == 0
+               ? 0
+               : -1;
+}
+
+static int tp_recv(gnutls_session_t session, const uint8_t *data, size_t len)
+{
+    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
+    return ngtcp2_conn_decode_remote_transport_params(ref->get_conn(ref), data, len) == 0 ? 0 : -1;
+}
+
+static int tp_send(gnutls_session_t session, gnutls_buffer_t ext)
+{
+    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
+    uint8_t buf[256];
+    ngtcp2_ssize n =
+        ngtcp2_conn_encode_local_transport_params(ref->get_conn(ref), buf, sizeof(buf));
+    if (n < 0)
+        return -1;
+    return gnutls_buffer_append_data(ext, buf, (size_t)n) == 0 ? 0 : -1;
+}
+
+static int configure_client(gnutls_session_t tls, int tp_draft)
+{
+    if (!tp_draft)
+        return ngtcp2_crypto_gnutls_configure_client_session(tls);
+    gnutls_handshake_set_secret_function(tls, secret_func);
+    gnutls_handshake_set_read_function(tls, read_func);
+    return gnutls_session_ext_register(
+        tls, "QUIC Transport Parameters", NGTCP2_TLSEXT_QUIC_TRANSPORT_PARAMETERS_DRAFT,
+        GNUTLS_EXT_TLS, tp_recv, tp_send, NULL, NULL, NULL,
+        GNUTLS_EXT_FLAG_TLS | GNUTLS_EXT_FLAG_CLIENT_HELLO | GNUTLS_EXT_FLAG_EE);
+}
+
 static void client_free(struct client *c)
 {
     if (c->qc)
@@ -234,7 +298,7 @@ static int client_make(struct client *c, int which, uint32_t version)
     if (rv != 0 ||
         pos_tls_session_new(&c->tls, g.client_creds[which], 0,
                             g.endpoint ? POS_P2P_SESSION_ALPN : POS_CTRL_ALPN) != 0 ||
-        ngtcp2_crypto_gnutls_configure_client_session(c->tls) != 0) {
+        configure_client(c->tls, which == 0 && g.tp_draft) != 0) {
         c->dead = 1;
         return -1;
     }
@@ -391,7 +455,7 @@ static struct client *client_start(int which, int hello)
     struct client *c = &g.c[which];
     if (c->made)
         return c->dead ? NULL : c;
-    if (client_make(c, which, NGTCP2_PROTO_VER_V1) != 0)
+    if (client_make(c, which, which == 0 ? g.version : NGTCP2_PROTO_VER_V1) != 0)
         return NULL;
     pump();
     if (c->dead || !ngtcp2_conn_get_handshake_completed(c->qc))
@@ -580,6 +644,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     g.endpoint = data[0] & 1;
     int hello = !g.endpoint && (data[0] & 2);
+    g.tp_draft = data[0] & 4;
+    g.version = data[0] & 8 ? 0xff00001du : NGTCP2_PROTO_VER_V1;
     g.now = 1000 * NGTCP2_SECONDS;
     if (start_server() == 0) {
         while (off + 3 <= size) {
@@ -643,6 +709,7 @@ static size_t initial_of(uint32_t version, uint8_t *out, size_t cap)
     ngtcp2_pkt_info pi;
     int supported = ngtcp2_is_supported_version(version);
     g.endpoint = 0;
+    g.tp_draft = 0;
     if (client_make(&c, 0, supported ? version : NGTCP2_PROTO_VER_V1) != 0) {
         client_free(&c);
         return 0;
@@ -687,6 +754,20 @@ static void write_seeds(const char *dir)
             seed_write(dir, name, &s);
         }
     }
+    /* a draft-29 stack (0xffa5), speaking v1 and draft-29, to both targets */
+    for (int flags = 4; flags <= 12; flags += 8) {
+        for (int target = 0; target < 2; target++) {
+            char name[64];
+            uint8_t hello[] = {0, 'h', 'i'};
+            memset(&s, 0, sizeof(s));
+            s.b[s.n++] = (uint8_t)(flags | target);
+            seed_rec(&s, OP_STREAM, hello, sizeof(hello));
+            snprintf(name, sizeof(name), "%s_tp_0xffa5%s", target ? "ep" : "relay",
+                     flags & 8 ? "_draft29" : "");
+            seed_write(dir, name, &s);
+        }
+    }
+
     /* relay: the fuzzer writes HELLO itself */
     memset(&s, 0, sizeof(s));
     s.b[s.n++] = 0;
