@@ -44,7 +44,7 @@ static int check_transport_params(gnutls_session_t tls, unsigned htype, unsigned
     if (!incoming || !ref)
         return 0;
     if (!ngtcp2_conn_get_remote_transport_params(ref->get_conn(ref)))
-        return GNUTLS_E_MISSING_EXTENSION; /* alert missing_extension (109) */
+        return GNUTLS_E_MISSING_EXTENSION;
     return 0;
 }
 
