@@ -87,7 +87,8 @@ typedef struct relay_io {
 /*
  * relay_server_new_io makes a server without sockets: |locals| (|n_locals|,
  * at most RELAY_MAX_ADDRS) are its local addresses, |io| sends and tells
- * the time (copied; |io->arg| is borrowed). Timers still run on |loop|.
+ * the time (copied; |io->arg| is borrowed; NULL: the UDP sockets that
+ * relay_server_new binds next). Timers still run on |loop|.
  * Returns NULL with a sentence in |err| (out of memory, bad identity).
  */
 relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg, const relay_io *io,
