@@ -39,6 +39,7 @@
 #include "pending_addr.h"
 #include "quic_version.h"
 #include "secret.h"
+#include "sendbuf.h"
 #include "server_int.h"
 #include "tls.h"
 
@@ -94,9 +95,7 @@ struct rconn {
     uint8_t *first_pkt; /* RATE_CHECK: the Initial kept aside */
     size_t first_len;
     pos_ctrl_reader rd;
-    uint8_t *out; /* answer bytes not yet acknowledged, on stream out_stream */
-    int64_t out_stream;
-    size_t out_len, out_sent, out_acked;
+    relay_sendbuf out;  /* control messages on stream 0, kept until acknowledged */
     uint8_t *close_pkt; /* CLOSING: the packet resent on input */
     size_t close_len;
     char token_id[POS_SECRET_HASH_HEXLEN]; /* ACTIVE: the token's hash */
@@ -276,7 +275,7 @@ static void conn_free(struct rconn *c)
     pos_ctrl_reader_wipe(&c->rd);
     pos_ctrl_reader_wipe(&c->rd_req);
     free(c->first_pkt);
-    free(c->out);
+    relay_sendbuf_free(&c->out);
     free(c->close_pkt);
     sodium_memzero(c, sizeof(*c));
     free(c);
@@ -383,18 +382,19 @@ static int conn_write(struct rconn *c)
     for (int i = 0; i < 64; i++) {
         ngtcp2_ssize wlen = 0, n;
         int64_t sid = -1;
-        ngtcp2_vec v = {NULL, 0};
-        size_t nv = 0;
+        struct iovec iov[8];
+        ngtcp2_vec v[8];
+        /* stream 0 stays open: WELCOME, then the relay's circuit messages */
+        size_t nv = relay_sendbuf_unsent(&c->out, iov, 8);
         uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
-        if (c->out && c->out_sent < c->out_len) {
-            /* stream 0 stays open: WELCOME, then the relay's circuit messages */
-            sid = c->out_stream;
-            v.base = c->out + c->out_sent;
-            v.len = c->out_len - c->out_sent;
-            nv = 1;
+        for (size_t k = 0; k < nv; k++) {
+            v[k].base = iov[k].iov_base;
+            v[k].len = iov[k].iov_len;
         }
+        if (nv > 0)
+            sid = 0;
         n = ngtcp2_conn_writev_stream(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), &wlen,
-                                      wflags, sid, &v, nv, ts);
+                                      wflags, sid, v, nv, ts);
         if (n < 0) {
             if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR ||
                 n == NGTCP2_ERR_STREAM_NOT_FOUND) {
@@ -410,7 +410,7 @@ static int conn_write(struct rconn *c)
             }
         }
         if (wlen > 0)
-            c->out_sent += (size_t)wlen;
+            relay_sendbuf_sent(&c->out, (size_t)wlen);
         if (n == 0)
             break;
         send_to(s, sock_for_path(s, &ps.path, c->sock), s->txbuf, (size_t)n,
@@ -461,11 +461,10 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- control messages (request streams) ---- */
 
-static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
+static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
     int n = pos_ctrl_encode(m, buf, sizeof(buf));
-    uint8_t *grown;
 
     if (n < 0) {
         pos_log_error("cannot encode %s: error %d", pos_ctrl_type_name(m->type), n);
@@ -473,7 +472,7 @@ static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
     }
     if (c->state == CLOSING || c->state == DRAINING)
         return;
-    if (c->out_len - c->out_acked + (size_t)n > MAX_OUT_PENDING) {
+    if (relay_sendbuf_pending(&c->out) + (size_t)n > MAX_OUT_PENDING) {
         /*
          * The client does not read its stream. Closed from its timer, not
          * here: this may run while another connection's circuits are closing.
@@ -485,16 +484,9 @@ static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
         ev_timer_start(c->srv->loop, &c->timer);
         return;
     }
-    /* Unacknowledged bytes stay where ngtcp2 may retransmit them from. */
-    grown = realloc(c->out, c->out_len + (size_t)n);
-    if (!grown) {
+    /* unacknowledged bytes stay where ngtcp2 may retransmit them from (sendbuf.h) */
+    if (relay_sendbuf_append(&c->out, buf, (size_t)n) != 0)
         conn_close_app(c, RELAY_REFUSED_UNAVAILABLE);
-        return;
-    }
-    c->out = grown;
-    c->out_stream = stream;
-    memcpy(c->out + c->out_len, buf, (size_t)n);
-    c->out_len += (size_t)n;
 }
 
 static void accept_client(struct rconn *c, const relay_limits *lim, const char *token_id)
@@ -529,7 +521,7 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     pending_addr_give(c);
     s->st.conns_active++;
     s->st.auth_ok++;
-    queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, which stays open */
+    queue_ctrl(c, &m); /* WELCOME answers HELLO on stream 0, which stays open */
     relay_presence_add(s->svc, c->peer_id);
     pos_log_debug("client %s accepted from %s", c->peer_id, m.observed);
     conn_write(c);
@@ -614,7 +606,7 @@ static void send_msg(struct rconn *c, const pos_ctrl_msg *m)
 {
     if (!is_live(c))
         return;
-    queue_ctrl(c, 0, m);
+    queue_ctrl(c, m);
     conn_write(c);
 }
 
@@ -986,16 +978,11 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
 {
     struct rconn *c = user_data;
     (void)qc;
-    (void)stream_id;
     (void)offset;
     (void)stream_user_data;
-    c->out_acked += (size_t)datalen;
-    if (c->out && c->out_acked >= c->out_len && c->out_sent >= c->out_len) {
-        /* everything acknowledged: an idle connection keeps no stream buffer */
-        free(c->out);
-        c->out = NULL;
-        c->out_len = c->out_sent = c->out_acked = 0;
-    }
+    /* an idle connection keeps no stream buffer: acknowledged blocks are freed */
+    if (stream_id == 0)
+        relay_sendbuf_acked(&c->out, datalen);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /*
  * Unit tests of common/quic_version.c (the version filter of our QUIC
- * servers) and relay/pending_addr.c (handshakes per source address).
+ * servers), relay/pending_addr.c (handshakes per source address) and
+ * relay/sendbuf.c (control bytes that never move until acknowledged).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -10,6 +11,7 @@
 #include "check.h"
 #include "pending_addr.h"
 #include "quic_version.h"
+#include "sendbuf.h"
 
 /* long_header: a long header of |version| with 8-byte DCID 0xd1.. and 5-byte SCID 0x5c.., padded.
  */
@@ -92,11 +94,41 @@ static void test_pending_addrs(void)
     relay_pending_addrs_del(t);
 }
 
+static void test_sendbuf(void)
+{
+    relay_sendbuf b = {0};
+    uint8_t msg[700];
+    struct iovec v[8];
+    const uint8_t *first;
+    size_t n;
+
+    memset(msg, 0x5a, sizeof(msg));
+    CHECK(relay_sendbuf_append(&b, msg, 100) == 0);
+    n = relay_sendbuf_unsent(&b, v, 8);
+    CHECK(n == 1 && v[0].iov_len == 100);
+    first = v[0].iov_base;
+    relay_sendbuf_sent(&b, 60); /* QUIC holds a pointer to these 60 bytes */
+    for (int i = 0; i < 10; i++)
+        CHECK(relay_sendbuf_append(&b, msg, sizeof(msg)) == 0);
+    n = relay_sendbuf_unsent(&b, v, 8);
+    /* the bytes already handed out did not move; the rest follows them */
+    CHECK(n >= 2 && (const uint8_t *)v[0].iov_base == first + 60 && v[0].iov_len > 0);
+    CHECK(relay_sendbuf_pending(&b) == 7100);
+    relay_sendbuf_sent(&b, 7040);
+    CHECK(relay_sendbuf_unsent(&b, v, 8) == 0);
+    relay_sendbuf_acked(&b, 7100);
+    CHECK(relay_sendbuf_pending(&b) == 0 && b.head == NULL); /* idle: no block kept */
+    CHECK(relay_sendbuf_append(&b, msg, 10) == 0);
+    CHECK(relay_sendbuf_unsent(&b, v, 8) == 1 && v[0].iov_len == 10);
+    relay_sendbuf_free(&b);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
         return 1;
     test_version_answer();
     test_pending_addrs();
+    test_sendbuf();
     return check_finish("quic-version");
 }
