@@ -8,11 +8,17 @@ device: a datagram of 1200 B or more gets a Version Negotiation packet that
 lists version 1 only, a shorter one or a Version Negotiation gets nothing,
 and connected clients keep working. A Retry-answering handshake flood from a
 few addresses no longer locks new clients out: 10 of 10 connect while it runs.
+Control messages the relay must retransmit to a client (its path lost them)
+arrive intact and the relay lives (they were read from freed memory).
 """
+import json
 import os
 import re
+import select
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -22,6 +28,7 @@ from suite import P2P  # noqa: E402
 
 SECRET = "p2p-secret-quic-hardening-0123456789ab"
 PROBE = binary("tests/relay/quic_probe")
+CIRCUIT_CLIENT = binary("tests/relay/circuit_client")
 OTHER_VERSIONS = ["ff00001d", "709a50c4", "6b3343cf"]  # draft-29, v2 draft, v2
 
 
@@ -142,6 +149,89 @@ def handshake_flood_from_few_addresses_does_not_lock_out_clients():
     assert "retries" in flood.output() and int(flood.output().split()[-1]) > 0, flood.output()
     assert relay.proc.alive(), relay.proc.output()[-3000:]
     assert ok == 10, f"only {ok} of 10 clients connected during the flood ({held} pending)"
+
+
+class LossyPath(threading.Thread):
+    """A UDP proxy in front of the relay for one client; drop=True loses the relay's datagrams."""
+
+    def __init__(self, relay_port):
+        super().__init__(daemon=True)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.connect(("127.0.0.1", relay_port))
+        self.port = self.front.getsockname()[1]
+        self.client = None
+        self.drop = False
+        self.dropped = 0
+        self.running = True
+        self.start()
+
+    def run(self):
+        while self.running:
+            ready, _, _ = select.select([self.front, self.back], [], [], 0.1)
+            for s in ready:
+                if s is self.front:
+                    data, self.client = s.recvfrom(2048)
+                    self.back.send(data)
+                else:
+                    try:
+                        data = s.recv(2048)
+                    except ConnectionRefusedError:  # the relay is gone: the test says so
+                        continue
+                    if self.drop:
+                        self.dropped += 1
+                    elif self.client:
+                        self.front.sendto(data, self.client)
+
+    def close(self):
+        self.running = False
+        self.join(2)
+        self.front.close()
+        self.back.close()
+
+
+def events(proc, kind):
+    out = []
+    for line in proc.output().splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == kind:
+            out.append(ev)
+    return out
+
+
+@test
+def retransmitted_control_messages_arrive_intact():
+    redis, disc, relay = stack()
+    token = relay.token()
+    path = LossyPath(relay.port)
+    try:
+        lst = Proc([CIRCUIT_CLIENT, "--relay", f"{relay.id},{relay.peer_id},127.0.0.1:{path.port}",
+                    "--token", token, "--identity", new_identity()[0], "--listen", "--ignore"],
+                   name="listener")
+        me = wait_until(lambda: events(lst, "welcome"), 10, what="the listener's WELCOME")[0]
+        path.drop = True  # the relay's INCOMING messages are lost and must be sent again
+        askers = []
+        for i in range(3):
+            ident, peer = new_identity()
+            askers.append(peer)
+            Proc([CIRCUIT_CLIENT, "--relay", f"{relay.id},{relay.peer_id},127.0.0.1:{relay.port}",
+                  "--token", token, "--identity", ident, "--connect", me["peer_id"],
+                  "--timeout-ms", "8000"], name=f"asker{i}")
+            wait_until(lambda: path.dropped >= 2 * (i + 1), 5, what="the relay to send INCOMING")
+        time.sleep(1.5)  # the relay retransmits what was lost
+        assert relay.proc.alive(), "relay died:\n" + relay.proc.output()[-3000:]
+        path.drop = False
+        got = wait_until(lambda: len(events(lst, "incoming")) >= 3 and events(lst, "incoming"),
+                         10, what="the INCOMING messages once the path works again")
+        assert relay.proc.alive(), relay.proc.output()[-3000:]
+        assert sorted(e["peer_id"] for e in got) == sorted(askers), got
+    finally:
+        path.close()
+
 
 if __name__ == "__main__":
     run()
