@@ -19,7 +19,8 @@
  * Input: byte 0 picks the target (bit 0: 0 relay, 1 endpoint) and, for the
  * relay, whether the harness sends a valid HELLO first (bit 1); bit 2 makes
  * client A a draft-29 stack (transport parameters in TLS extension 0xffa5)
- * and bit 3 makes it speak draft-29 itself. Then records
+ * and bit 3 makes it speak draft-29 itself; bit 4 makes the relay ask every
+ * client for a Retry first (as under load). Then records
  * of [op][len hi][len lo][payload]: see enum op. The relay's services answer
  * synchronously without Redis (fuzz_services.c). Time is a fake clock for
  * the relay and the clients (the endpoint reads CLOCK_MONOTONIC).
@@ -107,6 +108,7 @@ static struct {
     int endpoint;      /* this run's target */
     unsigned tp_draft; /* client A: transport parameters as TLS extension 0xffa5 */
     uint32_t version;  /* client A's QUIC version */
+    int retry_all;     /* the relay asks every client for a Retry */
     relay_server *relay;
     pos_p2p_endpoint *ep;
     struct client c[2];
@@ -602,6 +604,7 @@ static int start_server(void)
         return pos_p2p_endpoint_listen(g.ep, NULL, on_session, NULL);
     }
     relay_io io = {sink_send, fake_now, NULL};
+    setenv("POS_RELAY_RETRY_ABOVE", g.retry_all ? "0" : "256", 1);
     static int services; /* any non-NULL pointer: fuzz_services.c ignores it */
     g.relay = relay_server_new_io(g.loop, &g.cfg, &io, &g.server_addr, 1, err, sizeof(err));
     if (!g.relay)
@@ -646,6 +649,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int hello = !g.endpoint && (data[0] & 2);
     g.tp_draft = data[0] & 4;
     g.version = data[0] & 8 ? 0xff00001du : NGTCP2_PROTO_VER_V1;
+    g.retry_all = data[0] & 16;
     g.now = 1000 * NGTCP2_SECONDS;
     if (start_server() == 0) {
         while (off + 3 <= size) {
@@ -766,6 +770,20 @@ static void write_seeds(const char *dir)
                      flags & 8 ? "_draft29" : "");
             seed_write(dir, name, &s);
         }
+    }
+
+    /* relay: every client must answer a Retry first; A then asks for B */
+    memset(&s, 0, sizeof(s));
+    s.b[s.n++] = 16 | 2;
+    {
+        uint8_t zero[1] = {0};
+        seed_rec(&s, OP_CLOCK | OP_CLIENT_B, zero, 1);
+        memset(&m, 0, sizeof(m));
+        m.type = POS_CTRL_CONNECT;
+        m.req_id = 5;
+        pos_identity_peer_id(&g.client_id[1], m.peer_id);
+        seed_ctrl(&s, OP_STREAM, 1, &m);
+        seed_write(dir, "relay_retry_connect", &s);
     }
 
     /* relay: the fuzzer writes HELLO itself */
