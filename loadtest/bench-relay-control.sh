@@ -51,7 +51,8 @@ path, port = sys.argv[1], int(sys.argv[2])
 c = json.load(open(path))
 c.update({"listen": [f"127.0.0.1:{port}"], "http_listen": f"127.0.0.1:{port + 1}",
           "conn_rate_per_addr": 0, "conn_rate_per_token": 0, "idle_timeout": 60,
-          "max_conns_per_token": 0})  # one token for every connection
+          "max_conns_per_token": 0,  # one token for every connection
+          "max_pending_per_addr": 65535})
 json.dump(c, open(path, "w"))
 PY
 chmod 600 "$cfg"

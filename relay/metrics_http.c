@@ -60,6 +60,9 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
     EMIT("# TYPE pos_relay_version_negotiations_total counter\n"
          "pos_relay_version_negotiations_total %llu\n",
          (unsigned long long)h->srv.version_negotiations);
+    EMIT("# TYPE pos_relay_pending_per_addr_drops_total counter\n"
+         "pos_relay_pending_per_addr_drops_total %llu\n",
+         (unsigned long long)h->srv.pending_per_addr_drops);
     EMIT("# TYPE pos_relay_packets_total counter\n"
          "pos_relay_packets_total{dir=\"in\"} %llu\npos_relay_packets_total{dir=\"out\"} %llu\n"
          "pos_relay_packets_total{dir=\"dropped\"} %llu\n",

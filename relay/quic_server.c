@@ -1,7 +1,9 @@
 /*
- * The relay's QUIC server (see quic_server.h): sockets, routing by
- * connection id, version negotiation, Retry under load, the ngtcp2 server
- * connections and the control protocol's first exchange (HELLO / WELCOME).
+ * The relay's QUIC server (see quic_server.h): routing by connection id,
+ * the version filter, Retry under load, the ngtcp2 server connections and
+ * the control protocol. No socket calls: datagrams come in through
+ * relay_server_input and leave through the relay_io seam (server_udp.c
+ * holds the sockets).
  *
  * A connection (struct rconn) goes through these states:
  *   RATE_CHECK  first Initial kept aside while Redis rates the address
@@ -16,11 +18,7 @@
  */
 #include "quic_server.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <ifaddrs.h>
 #include <malloc.h>
-#include <net/if.h>
 #include <netinet/in.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
@@ -38,13 +36,14 @@
 #include "forward.h"
 #include "log.h"
 #include "quic_common.h"
+#include "pending_addr.h"
+#include "quic_version.h"
 #include "secret.h"
+#include "sendbuf.h"
+#include "server_int.h"
 #include "tls.h"
 
 #define SCID_LEN 16
-#define MAX_SOCKS RELAY_MAX_ADDRS
-#define MAX_UDP 1500
-#define RX_BATCH 64
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define RATE_CHECK_TIMEOUT_S 5.0
@@ -82,6 +81,7 @@ struct rconn {
     int sock;                       /* index into srv->socks */
     uint8_t state;
     uint8_t retried;        /* address validated by a Retry token */
+    uint8_t addr_counted;   /* counted in srv->pending_addrs (retried, before ACTIVE) */
     uint8_t counted_active; /* counted in conns_active (else in pending) */
     uint8_t in_read;        /* inside ngtcp2_conn_read_pkt: no writes, no closes now */
     uint16_t close_code;    /* refusal decided inside read_pkt, sent after it returns */
@@ -94,9 +94,7 @@ struct rconn {
     uint8_t *first_pkt; /* RATE_CHECK: the Initial kept aside */
     size_t first_len;
     pos_ctrl_reader rd;
-    uint8_t *out; /* answer bytes not yet acknowledged, on stream out_stream */
-    int64_t out_stream;
-    size_t out_len, out_sent, out_acked;
+    relay_sendbuf out;  /* control messages on stream 0, kept until acknowledged */
     uint8_t *close_pkt; /* CLOSING: the packet resent on input */
     size_t close_len;
     char token_id[POS_SECRET_HASH_HEXLEN]; /* ACTIVE: the token's hash */
@@ -125,48 +123,6 @@ struct preq {
     uint32_t from_req, to_req;
     uint64_t lookup;
     ev_timer timer;
-};
-
-struct sock {
-    int fd;
-    ev_io io;
-    struct sockaddr_storage local;
-    socklen_t local_len;
-    relay_server *srv;
-};
-
-struct relay_server {
-    struct ev_loop *loop;
-    const relay_config *cfg;
-    relay_services *svc;
-    pos_tls_creds *creds;
-    struct sock socks[MAX_SOCKS];
-    size_t n_socks;
-    struct cid_entry **buckets;
-    size_t n_buckets, n_cids;
-    uint8_t hash_key[crypto_shorthash_KEYBYTES];
-    uint8_t retry_secret[32];
-    uint8_t reset_secret[32];
-    struct rconn *conns;
-    size_t pending; /* connections before ACTIVE */
-    size_t retry_above;
-    int going_away;
-    relay_server_stats st;
-    ngtcp2_callbacks cbs;
-    uint8_t txbuf[MAX_UDP];
-    /* data plane */
-    relay_circuits *circuits;
-    relay_forwarder *fw;
-    struct preq *preqs;
-    size_t n_preqs;
-    uint32_t next_req;
-    int gso;
-    /* receive batch (recvmmsg) and its forwarded output (sendmmsg) */
-    struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];
-    struct iovec rx_iov[RX_BATCH];
-    struct sockaddr_storage rx_names[RX_BATCH];
-    unsigned quic_idx[RX_BATCH];
-    uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
 };
 
 /* ---- connection id table ---- */
@@ -245,16 +201,16 @@ static void cid_remove(relay_server *s, const ngtcp2_cid *cid, const struct rcon
 static void send_to(relay_server *s, int sock, const uint8_t *data, size_t len,
                     const struct sockaddr *to, socklen_t tolen)
 {
-    ssize_t n;
-    do {
-        n = sendto(s->socks[sock].fd, data, len, MSG_DONTWAIT, to, tolen);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        /* EAGAIN: dropped like any lost packet; QUIC retransmits. */
-        s->st.packets_dropped++;
+    if (s->io.send(s->io.arg, sock, data, len, to, tolen) != 0) {
+        s->st.packets_dropped++; /* dropped like any lost packet; QUIC retransmits */
         return;
     }
     s->st.packets_out++;
+}
+
+static ngtcp2_tstamp srv_now(const relay_server *s)
+{
+    return s->io.now(s->io.arg);
 }
 
 static int sock_for_path(const relay_server *s, const ngtcp2_path *p, int fallback)
@@ -269,6 +225,15 @@ static int sock_for_path(const relay_server *s, const ngtcp2_path *p, int fallba
 /* ---- connection lifetime ---- */
 
 static void conn_end(struct rconn *c);
+
+/* pending_addr_give: |c|'s handshake no longer counts against its address. */
+static void pending_addr_give(struct rconn *c)
+{
+    if (!c->addr_counted)
+        return;
+    c->addr_counted = 0;
+    relay_pending_addrs_give(c->srv->pending_addrs, (const struct sockaddr *)&c->remote);
+}
 
 static void conn_free(struct rconn *c)
 {
@@ -290,6 +255,7 @@ static void conn_free(struct rconn *c)
     } else {
         s->pending--;
     }
+    pending_addr_give(c);
     cid_remove(s, &c->odcid, c);
     if (c->qc) {
         size_t n = ngtcp2_conn_get_num_scid(c->qc);
@@ -311,7 +277,7 @@ static void conn_free(struct rconn *c)
     pos_ctrl_reader_wipe(&c->rd);
     pos_ctrl_reader_wipe(&c->rd_req);
     free(c->first_pkt);
-    free(c->out);
+    relay_sendbuf_free(&c->out);
     free(c->close_pkt);
     sodium_memzero(c, sizeof(*c));
     free(c);
@@ -325,7 +291,7 @@ static void conn_arm_timer(struct rconn *c)
     if (!c->qc)
         return;
     exp = ngtcp2_conn_get_expiry(c->qc);
-    now = pos_quic_now();
+    now = srv_now(c->srv);
     after = exp <= now ? 0 : (double)(exp - now) / NGTCP2_SECONDS;
     if (c->state == CLOSING || c->state == DRAINING)
         after = 3.0 * (double)ngtcp2_conn_get_pto(c->qc) / NGTCP2_SECONDS;
@@ -353,7 +319,7 @@ static void conn_enter_closing(struct rconn *c, const ngtcp2_connection_close_er
     conn_end(c); /* circuits end with the connection, not 3 PTO later */
     ngtcp2_path_storage_zero(&ps);
     n = ngtcp2_conn_write_connection_close(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), ccerr,
-                                           pos_quic_now());
+                                           srv_now(s));
     if (n <= 0) {
         c->state = DRAINING; /* nothing to send: just wait out the period */
         conn_arm_timer(c);
@@ -410,7 +376,7 @@ static int conn_write(struct rconn *c)
     relay_server *s = c->srv;
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
-    ngtcp2_tstamp ts = pos_quic_now();
+    ngtcp2_tstamp ts = srv_now(s);
 
     if (c->state == CLOSING || c->state == DRAINING || c->in_read)
         return 0;
@@ -418,18 +384,19 @@ static int conn_write(struct rconn *c)
     for (int i = 0; i < 64; i++) {
         ngtcp2_ssize wlen = 0, n;
         int64_t sid = -1;
-        ngtcp2_vec v = {NULL, 0};
-        size_t nv = 0;
+        struct iovec iov[8];
+        ngtcp2_vec v[8];
+        /* stream 0 stays open: WELCOME, then the relay's circuit messages */
+        size_t nv = relay_sendbuf_unsent(&c->out, iov, 8);
         uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
-        if (c->out && c->out_sent < c->out_len) {
-            /* stream 0 stays open: WELCOME, then the relay's circuit messages */
-            sid = c->out_stream;
-            v.base = c->out + c->out_sent;
-            v.len = c->out_len - c->out_sent;
-            nv = 1;
+        for (size_t k = 0; k < nv; k++) {
+            v[k].base = iov[k].iov_base;
+            v[k].len = iov[k].iov_len;
         }
+        if (nv > 0)
+            sid = 0;
         n = ngtcp2_conn_writev_stream(c->qc, &ps.path, &pi, s->txbuf, sizeof(s->txbuf), &wlen,
-                                      wflags, sid, &v, nv, ts);
+                                      wflags, sid, v, nv, ts);
         if (n < 0) {
             if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR ||
                 n == NGTCP2_ERR_STREAM_NOT_FOUND) {
@@ -445,7 +412,7 @@ static int conn_write(struct rconn *c)
             }
         }
         if (wlen > 0)
-            c->out_sent += (size_t)wlen;
+            relay_sendbuf_sent(&c->out, (size_t)wlen);
         if (n == 0)
             break;
         send_to(s, sock_for_path(s, &ps.path, c->sock), s->txbuf, (size_t)n,
@@ -474,7 +441,7 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
         conn_close_app(c, code);
         return;
     }
-    if (c->state < ACTIVE && pos_quic_now() >= c->created + HELLO_TIMEOUT_NS) {
+    if (c->state < ACTIVE && srv_now(c->srv) >= c->created + HELLO_TIMEOUT_NS) {
         if (c->state == HANDSHAKE) {
             c->srv->st.handshakes_failed++;
             conn_free(c);
@@ -483,7 +450,7 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
         }
         return;
     }
-    rv = ngtcp2_conn_handle_expiry(c->qc, pos_quic_now());
+    rv = ngtcp2_conn_handle_expiry(c->qc, srv_now(c->srv));
     if (rv != 0) {
         /* idle timeout (NGTCP2_ERR_IDLE_CLOSE) or handshake timeout: drop silently */
         if (c->state < HELLO_WAIT)
@@ -496,11 +463,10 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- control messages (request streams) ---- */
 
-static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
+static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
     int n = pos_ctrl_encode(m, buf, sizeof(buf));
-    uint8_t *grown;
 
     if (n < 0) {
         pos_log_error("cannot encode %s: error %d", pos_ctrl_type_name(m->type), n);
@@ -508,7 +474,7 @@ static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
     }
     if (c->state == CLOSING || c->state == DRAINING)
         return;
-    if (c->out_len - c->out_acked + (size_t)n > MAX_OUT_PENDING) {
+    if (relay_sendbuf_pending(&c->out) + (size_t)n > MAX_OUT_PENDING) {
         /*
          * The client does not read its stream. Closed from its timer, not
          * here: this may run while another connection's circuits are closing.
@@ -520,16 +486,9 @@ static void queue_ctrl(struct rconn *c, int64_t stream, const pos_ctrl_msg *m)
         ev_timer_start(c->srv->loop, &c->timer);
         return;
     }
-    /* Unacknowledged bytes stay where ngtcp2 may retransmit them from. */
-    grown = realloc(c->out, c->out_len + (size_t)n);
-    if (!grown) {
+    /* unacknowledged bytes stay where ngtcp2 may retransmit them from (sendbuf.h) */
+    if (relay_sendbuf_append(&c->out, buf, (size_t)n) != 0)
         conn_close_app(c, RELAY_REFUSED_UNAVAILABLE);
-        return;
-    }
-    c->out = grown;
-    c->out_stream = stream;
-    memcpy(c->out + c->out_len, buf, (size_t)n);
-    c->out_len += (size_t)n;
 }
 
 static void on_token_expiry(struct ev_loop *loop, ev_timer *w, int revents)
@@ -586,9 +545,10 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     c->state = ACTIVE;
     c->counted_active = 1;
     s->pending--;
+    pending_addr_give(c);
     s->st.conns_active++;
     s->st.auth_ok++;
-    queue_ctrl(c, 0, &m); /* WELCOME answers HELLO on stream 0, which stays open */
+    queue_ctrl(c, &m); /* WELCOME answers HELLO on stream 0, which stays open */
     watch_expiry(c, lim);
     if (c->home) /* a measuring or dialing connection never takes the peer's presence */
         relay_presence_add(s->svc, c->peer_id);
@@ -676,7 +636,7 @@ static void send_msg(struct rconn *c, const pos_ctrl_msg *m)
 {
     if (!is_live(c))
         return;
-    queue_ctrl(c, 0, m);
+    queue_ctrl(c, m);
     conn_write(c);
 }
 
@@ -857,9 +817,9 @@ static struct preq *find_incoming(relay_server *s, const struct rconn *to, uint3
     return NULL;
 }
 
-static int64_t now_ms(void)
+static int64_t now_ms(const relay_server *s)
 {
-    return (int64_t)(pos_quic_now() / 1000000);
+    return (int64_t)(srv_now(s) / 1000000);
 }
 
 static void handle_answer(struct rconn *c, const pos_ctrl_msg *m)
@@ -885,7 +845,7 @@ static void handle_answer(struct rconn *c, const pos_ctrl_msg *m)
     }
     if (!s->circuits || relay_circuit_open(s->circuits, &a->owner, (const struct sockaddr *)&a->cur,
                                            a->budget, &c->owner, (const struct sockaddr *)&c->cur,
-                                           c->budget, now_ms(), ids) != 0) {
+                                           c->budget, now_ms(s), ids) != 0) {
         send_error(a, q->from_req, POS_CTRL_CODE_BUSY, "relay has no circuit left");
         send_error(c, q->to_req, POS_CTRL_CODE_BUSY, "relay has no circuit left");
         preq_free(q);
@@ -939,7 +899,7 @@ static void conn_end(struct rconn *c)
         return;
     c->ended = 1;
     if (s->circuits && c->owner.conn)
-        relay_circuit_owner_close(s->circuits, &c->owner, now_ms(), on_circuit_closed, c);
+        relay_circuit_owner_close(s->circuits, &c->owner, now_ms(s), on_circuit_closed, c);
     for (struct preq *q = s->preqs, *next; q; q = next) {
         next = q->next;
         if (q->from == c) {
@@ -1087,16 +1047,11 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
 {
     struct rconn *c = user_data;
     (void)qc;
-    (void)stream_id;
     (void)offset;
     (void)stream_user_data;
-    c->out_acked += (size_t)datalen;
-    if (c->out && c->out_acked >= c->out_len && c->out_sent >= c->out_len) {
-        /* everything acknowledged: an idle connection keeps no stream buffer */
-        free(c->out);
-        c->out = NULL;
-        c->out_len = c->out_sent = c->out_acked = 0;
-    }
+    /* an idle connection keeps no stream buffer: acknowledged blocks are freed */
+    if (stream_id == 0)
+        relay_sendbuf_acked(&c->out, datalen);
     return 0;
 }
 
@@ -1119,7 +1074,7 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 static void init_callbacks(ngtcp2_callbacks *cb)
 {
     /* pos_quic_rand never greases the QUIC bit (a clear fixed bit on this
-     * port means a relay data frame); datagram_input also routes a packet
+     * port means a relay data frame); relay_server_input also routes a packet
      * whose fixed bit is clear by connection id first, for peers that grease */
     pos_quic_callbacks_init(cb, 1);
     cb->recv_crypto_data = cb_recv_crypto_data;
@@ -1143,6 +1098,7 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
     struct sock *sk = &s->socks[c->sock];
 
     pos_quic_settings_init(&settings, &c->creating);
+    settings.initial_ts = srv_now(s);
     settings.max_window = 64 * 1024;
     settings.max_stream_window = 16 * 1024;
     if (c->retried) {
@@ -1189,6 +1145,7 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
         return -1;
     if (ngtcp2_crypto_gnutls_configure_server_session(c->tls) != 0)
         return -1;
+    pos_quic_tls_require_transport_params(c->tls);
     c->ref.get_conn = get_conn;
     c->ref.user_data = &c->pin;
     gnutls_session_set_ptr(c->tls, &c->ref);
@@ -1257,7 +1214,7 @@ static void conn_input(struct rconn *c, int sock, const uint8_t *data, size_t le
     path.user_data = NULL;
     c->sock = sock;
     c->in_read = 1;
-    rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, data, len, pos_quic_now());
+    rv = ngtcp2_conn_read_pkt(c->qc, &path, &pi, data, len, srv_now(s));
     c->in_read = 0;
     if (rv != 0) {
         if (rv == NGTCP2_ERR_DRAINING) {
@@ -1355,7 +1312,7 @@ static void send_retry(relay_server *s, int sock, const ngtcp2_pkt_hd *hd,
     randombytes_buf(scid.data, SCID_LEN);
     tlen = ngtcp2_crypto_generate_retry_token(token, s->retry_secret, sizeof(s->retry_secret),
                                               hd->version, (const ngtcp2_sockaddr *)from, fromlen,
-                                              &scid, &hd->dcid, pos_quic_now());
+                                              &scid, &hd->dcid, srv_now(s));
     if (tlen < 0)
         return;
     n = ngtcp2_crypto_write_retry(s->txbuf, sizeof(s->txbuf), hd->version, &hd->scid, &scid,
@@ -1393,8 +1350,16 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         if (ngtcp2_crypto_verify_retry_token(&odcid, hd.token.base, hd.token.len, s->retry_secret,
                                              sizeof(s->retry_secret), hd.version,
                                              (const ngtcp2_sockaddr *)from, fromlen, &hd.dcid,
-                                             RETRY_TOKEN_TIMEOUT, pos_quic_now()) != 0) {
+                                             RETRY_TOKEN_TIMEOUT, srv_now(s)) != 0) {
             s->st.packets_dropped++;
+            return;
+        }
+        /*
+         * A proven address, but a few of them must not hold every pending
+         * slot (a flood that answers Retry): bounded per address.
+         */
+        if (relay_pending_addrs_take(s->pending_addrs, from) != 0) {
+            s->st.pending_per_addr_drops++;
             return;
         }
         retried = 1;
@@ -1404,10 +1369,11 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         return;
     }
     c = calloc(1, sizeof(*c));
-    if (!c)
-        return;
-    c->first_pkt = malloc(len);
-    if (!c->first_pkt) {
+    if (c)
+        c->first_pkt = malloc(len);
+    if (!c || !c->first_pkt) {
+        if (retried)
+            relay_pending_addrs_give(s->pending_addrs, from);
         free(c);
         return;
     }
@@ -1417,11 +1383,12 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
     c->sock = sock;
     c->state = RATE_CHECK;
     c->retried = (uint8_t)retried;
+    c->addr_counted = (uint8_t)retried;
     if (retried)
         c->retry_odcid = odcid;
     memcpy(&c->remote, from, fromlen);
     c->odcid = hd.dcid;
-    c->created = pos_quic_now();
+    c->created = srv_now(s);
     c->req_stream = -1;
     ev_timer_init(&c->timer, on_conn_timer, 0., 0.);
     c->timer.data = c;
@@ -1450,24 +1417,32 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
     }
 }
 
-static void send_version_negotiation(relay_server *s, int sock, const ngtcp2_version_cid *vc,
-                                     const struct sockaddr *from, socklen_t fromlen)
+/*
+ * answer_version: 1 when |data| is a long header of another version than
+ * ours, answered with Version Negotiation or dropped (never a connection:
+ * ngtcp2 would accept draft-29 and v2 and abort later); 0 to route it.
+ */
+static int answer_version(relay_server *s, int sock, const uint8_t *data, size_t len,
+                          const struct sockaddr *from, socklen_t fromlen)
 {
-    uint32_t versions[] = {NGTCP2_PROTO_VER_V1};
     uint8_t r;
-    ngtcp2_ssize n;
+    ssize_t n;
 
     randombytes_buf(&r, 1);
-    n = ngtcp2_pkt_write_version_negotiation(s->txbuf, sizeof(s->txbuf), r, vc->scid, vc->scidlen,
-                                             vc->dcid, vc->dcidlen, versions, 1);
-    if (n <= 0)
-        return;
-    s->st.version_negotiations++;
-    send_to(s, sock, s->txbuf, (size_t)n, from, fromlen);
+    n = pos_quic_version_answer(s->txbuf, sizeof(s->txbuf), data, len, r);
+    if (n == POS_QUIC_VERSION_OK)
+        return 0;
+    if (n > 0) {
+        s->st.version_negotiations++;
+        send_to(s, sock, s->txbuf, (size_t)n, from, fromlen);
+    } else {
+        s->st.packets_dropped++;
+    }
+    return 1;
 }
 
-static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_t len,
-                           const struct sockaddr *from, socklen_t fromlen)
+void relay_server_input(relay_server *s, int sock, const uint8_t *data, size_t len,
+                        const struct sockaddr *from, socklen_t fromlen)
 {
     ngtcp2_version_cid vc;
     struct rconn *c;
@@ -1489,11 +1464,9 @@ static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_
         s->st.data_frames_dropped++;
         return;
     }
-    rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, SCID_LEN);
-    if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
-        send_version_negotiation(s, sock, &vc, from, fromlen);
+    if (answer_version(s, sock, data, len, from, fromlen))
         return;
-    }
+    rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, SCID_LEN);
     if (rv != 0) {
         s->st.packets_dropped++;
         return;
@@ -1510,131 +1483,13 @@ static void datagram_input(relay_server *s, int sock, const uint8_t *data, size_
     new_conn(s, sock, data, len, from, fromlen);
 }
 
-/* send_batch sends the forwarded datagrams of one batch; what the socket refuses is lost. */
-static void send_batch(relay_server *s, struct sock *sk, unsigned n)
-{
-    unsigned done = 0;
-    while (done < n) {
-        int k = sendmmsg(sk->fd, s->tx + done, n - done, MSG_DONTWAIT);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            if ((errno == EIO || errno == EINVAL) && s->gso && s->tx[done].msg_hdr.msg_controllen) {
-                /* this path cannot do UDP GSO: off from the next batch on */
-                pos_log_warn("UDP GSO refused (%s): turned off", strerror(errno));
-                s->gso = 0;
-                relay_forwarder_set_gso(s->fw, 0);
-            }
-            s->st.forward_send_failed += n - done;
-            return;
-        }
-        done += (unsigned)k;
-    }
-}
-
-/* read_batch receives up to RX_BATCH datagrams; returns how many (0: nothing more). */
-static unsigned read_batch(relay_server *s, struct sock *sk)
-{
-    for (unsigned i = 0; i < RX_BATCH; i++) {
-        s->rx_iov[i].iov_base = s->rx_bufs[i];
-        s->rx_iov[i].iov_len = MAX_UDP + 1;
-        memset(&s->rx[i].msg_hdr, 0, sizeof(s->rx[i].msg_hdr));
-        s->rx[i].msg_hdr.msg_iov = &s->rx_iov[i];
-        s->rx[i].msg_hdr.msg_iovlen = 1;
-        s->rx[i].msg_hdr.msg_name = &s->rx_names[i];
-        s->rx[i].msg_hdr.msg_namelen = sizeof(s->rx_names[i]);
-        s->rx[i].msg_len = 0;
-    }
-    int n;
-    do {
-        n = recvmmsg(sk->fd, s->rx, RX_BATCH, MSG_DONTWAIT, NULL);
-    } while (n < 0 && errno == EINTR);
-    return n > 0 ? (unsigned)n : 0;
-}
-
-static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
-{
-    struct sock *sk = w->data;
-    relay_server *s = sk->srv;
-    int sock = (int)(sk - s->socks);
-    (void)loop;
-    (void)revents;
-
-    /* Bounded per wake-up so one busy socket cannot starve the others. */
-    for (int round = 0; round < 16; round++) {
-        unsigned n = read_batch(s, sk), n_quic = 0;
-        if (n == 0)
-            break;
-        if (s->fw) {
-            int out = relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx,
-                                          &n_quic);
-            if (out > 0)
-                send_batch(s, sk, (unsigned)out);
-        } else {
-            for (unsigned i = 0; i < n; i++)
-                s->quic_idx[i] = i;
-            n_quic = n;
-        }
-        for (unsigned q = 0; q < n_quic; q++) {
-            struct mmsghdr *m = &s->rx[s->quic_idx[q]];
-            if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
-                s->st.packets_dropped++;
-                continue;
-            }
-            datagram_input(s, sock, s->rx_bufs[s->quic_idx[q]], m->msg_len,
-                           (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
-        }
-        if (n < RX_BATCH)
-            break;
-    }
-}
-
 /* ---- set-up ---- */
 
-static int bind_udp(struct sock *sk, const char *text, unsigned port, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss;
-    int one = 1, fd;
-
-    if (pos_addr_parse(text, strlen(text), port, &ss) != 0) {
-        snprintf(err, errlen, "listen address \"%s\" is not ip:port", text);
-        return -1;
-    }
-    fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot create a UDP socket for %s: %s", text, strerror(errno));
-        return -1;
-    }
-    if (ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    {
-        int pmtu = IP_PMTUDISC_DO;
-        if (ss.ss_family == AF_INET)
-            setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu));
-        else
-            setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &pmtu, sizeof(pmtu));
-    }
-    int rcvbuf = 4 * 1024 * 1024;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof(rcvbuf));
-    if (bind(fd, (struct sockaddr *)&ss, pos_addr_len(&ss)) != 0) {
-        snprintf(err, errlen, "cannot bind UDP %s: %s", text, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    sk->fd = fd;
-    sk->local_len = sizeof(sk->local);
-    getsockname(fd, (struct sockaddr *)&sk->local, &sk->local_len);
-    return 0;
-}
-
-relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, char *err,
-                               size_t errlen)
+relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg, const relay_io *io,
+                                  const struct sockaddr_storage *locals, size_t n_locals, char *err,
+                                  size_t errlen)
 {
     relay_server *s = calloc(1, sizeof(*s));
-    char defaults[2][POS_ADDR_STRLEN];
-    const char *addrs[MAX_SOCKS];
-    size_t n = 0;
 
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -1658,6 +1513,11 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
         if (e && *e)
             s->retry_above = (size_t)strtoul(e, NULL, 10);
     }
+    s->pending_addrs = relay_pending_addrs_new(cfg->max_pending_per_addr);
+    if (!s->pending_addrs) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     init_callbacks(&s->cbs);
     s->circuits = relay_circuits_new(cfg->max_circuits, randombytes_random());
     if (!s->circuits) {
@@ -1669,29 +1529,18 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
         snprintf(err, errlen, "cannot make the TLS certificate from the relay's identity");
         goto fail;
     }
-    if (cfg->n_listen > 0) {
-        for (size_t i = 0; i < cfg->n_listen && i < MAX_SOCKS; i++)
-            addrs[n++] = cfg->listen[i];
+    if (io) {
+        s->io = *io;
     } else {
-        snprintf(defaults[0], sizeof(defaults[0]), "0.0.0.0:%u", cfg->port);
-        snprintf(defaults[1], sizeof(defaults[1]), "[::]:%u", cfg->port);
-        addrs[n++] = defaults[0];
-        addrs[n++] = defaults[1];
+        s->io.send = relay_udp_send;
+        s->io.now = relay_udp_now;
+        s->io.arg = s;
     }
-    for (size_t i = 0; i < n; i++) {
-        struct sock *sk = &s->socks[s->n_socks];
-        if (bind_udp(sk, addrs[i], cfg->port, err, errlen) != 0) {
-            /* A host without IPv6 still serves IPv4 when the default pair was asked for. */
-            if (cfg->n_listen == 0 && i == 1 && s->n_socks == 1) {
-                pos_log_warn("%s; serving IPv4 only", err);
-                continue;
-            }
-            goto fail;
-        }
-        sk->srv = s;
-        ev_io_init(&sk->io, on_readable, sk->fd, EV_READ);
-        sk->io.data = sk;
-        ev_io_start(loop, &sk->io);
+    for (size_t i = 0; i < n_locals && i < MAX_SOCKS; i++) {
+        s->socks[i].fd = -1;
+        s->socks[i].local = locals[i];
+        s->socks[i].local_len = pos_addr_len(&locals[i]);
+        s->socks[i].srv = s;
         s->n_socks++;
     }
     return s;
@@ -1722,64 +1571,6 @@ void relay_server_set_services(relay_server *s, relay_services *svc)
             pos_log_error("out of memory for the forwarder: data frames are dropped");
         }
     }
-}
-
-static int is_wildcard(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET)
-        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
-    if (ss->ss_family == AF_INET6)
-        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
-    return 0;
-}
-
-static size_t add_if_addrs(const struct sock *sk, char (*out)[POS_ADDR_STRLEN], size_t n,
-                           size_t max)
-{
-    struct ifaddrs *ifa = NULL, *i;
-    unsigned port = ntohs(((const struct sockaddr_in *)&sk->local)->sin_port);
-    if (getifaddrs(&ifa) != 0)
-        return n;
-    for (int want_loopback = 0; want_loopback < 2 && n < max; want_loopback++) {
-        size_t before = n;
-        for (i = ifa; i && n < max; i = i->ifa_next) {
-            struct sockaddr_storage ss;
-            if (!i->ifa_addr || i->ifa_addr->sa_family != sk->local.ss_family)
-                continue;
-            if (!!(i->ifa_flags & IFF_LOOPBACK) != want_loopback || !(i->ifa_flags & IFF_UP))
-                continue;
-            memset(&ss, 0, sizeof(ss));
-            if (sk->local.ss_family == AF_INET) {
-                memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in));
-                ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
-            } else {
-                struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-                memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in6));
-                if (IN6_IS_ADDR_LINKLOCAL(&a6->sin6_addr))
-                    continue;
-                a6->sin6_port = htons((uint16_t)port);
-            }
-            if (pos_addr_format((struct sockaddr *)&ss, out[n], POS_ADDR_STRLEN) == 0)
-                n++;
-        }
-        if (n > before)
-            break; /* loopback only when the host has nothing else */
-    }
-    freeifaddrs(ifa);
-    return n;
-}
-
-size_t relay_server_announce_addrs(const relay_server *s, char (*out)[POS_ADDR_STRLEN], size_t max)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < s->n_socks && n < max; i++) {
-        if (is_wildcard(&s->socks[i].local))
-            n = add_if_addrs(&s->socks[i], out, n, max);
-        else if (pos_addr_format((const struct sockaddr *)&s->socks[i].local, out[n],
-                                 POS_ADDR_STRLEN) == 0)
-            n++;
-    }
-    return n;
 }
 
 void relay_server_revoke(relay_server *s, const char *token_id)
@@ -1838,7 +1629,10 @@ void relay_server_del(relay_server *s)
         preq_free(s->preqs);
     relay_forwarder_del(s->fw);
     relay_circuits_del(s->circuits);
+    relay_pending_addrs_del(s->pending_addrs);
     for (size_t i = 0; i < s->n_socks; i++) {
+        if (s->socks[i].fd < 0)
+            continue;
         ev_io_stop(s->loop, &s->socks[i].io);
         close(s->socks[i].fd);
     }

@@ -1,8 +1,9 @@
 /*
- * The relay's QUIC side: UDP sockets on the relay port, the ngtcp2 server
- * connections, and the control protocol on each client's request streams. Every
- * ngtcp2 call of the relay is in quic_server.c (the 1.x API renames much of
- * 0.12: a port touches that one file).
+ * The relay's QUIC side: UDP sockets on the relay port (server_udp.c), the
+ * ngtcp2 server connections, and the control protocol on each client's
+ * request streams (quic_server.c). Every ngtcp2 call of the relay is in
+ * quic_server.c (the 1.x API renames much of 0.12: a port touches that one
+ * file).
  *
  * Flow of a client: its first Initial triggers the per-address rate check
  * (relay_rate_check_addr) before any crypto is spent; under load (too many
@@ -21,6 +22,7 @@
 #include <ev.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "forward.h"
 #include "relay_config.h"
@@ -38,6 +40,7 @@ typedef struct relay_server_stats {
     uint64_t refused[16]; /* by enum relay_refusal - 0x100 (index 0 unused) */
     uint64_t retries_sent;
     uint64_t version_negotiations;
+    uint64_t pending_per_addr_drops; /* validated Initials over max_pending_per_addr */
     uint64_t packets_in;
     uint64_t packets_out;
     uint64_t packets_dropped;
@@ -57,11 +60,51 @@ typedef struct relay_server_stats {
 
 /*
  * relay_server_new binds the UDP sockets (cfg->listen, or 0.0.0.0 and :: on
- * cfg->port) and makes the TLS credentials from cfg->identity. Returns NULL
- * with a sentence in |err| (e.g. the address already in use).
+ * cfg->port; server_udp.c) and makes the TLS credentials from
+ * cfg->identity. Returns NULL with a sentence in |err| (e.g. the address
+ * already in use).
  */
 relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, char *err,
                                size_t errlen);
+
+/*
+ * The server's I/O seam: where its datagrams go and what time it is. The
+ * UDP sockets and CLOCK_MONOTONIC by default (relay_server_new); a fuzz
+ * target or a test gives its own and feeds datagrams to relay_server_input.
+ */
+typedef struct relay_io {
+    /*
+     * send: one datagram |data| of |len| bytes from local address |sock| (an
+     * index into the server's local addresses) to |to|. Returns 0, or -1 when
+     * it was dropped (counted; QUIC recovers as from any loss).
+     */
+    int (*send)(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,
+                socklen_t tolen);
+    /* now: a monotonic clock in nanoseconds (ngtcp2's timestamps). */
+    uint64_t (*now)(void *arg);
+    void *arg;
+} relay_io;
+
+/*
+ * relay_server_new_io makes a server without sockets: |locals| (|n_locals|,
+ * at most RELAY_MAX_ADDRS) are its local addresses, |io| sends and tells
+ * the time (copied; |io->arg| is borrowed; NULL: the UDP sockets that
+ * relay_server_new binds next). Timers still run on |loop|.
+ * Returns NULL with a sentence in |err| (out of memory, bad identity).
+ */
+relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg, const relay_io *io,
+                                  const struct sockaddr_storage *locals, size_t n_locals, char *err,
+                                  size_t errlen);
+
+/*
+ * relay_server_input processes one received datagram |data| (|len| bytes,
+ * at most 1500) that came from |from| to local address |sock|: the QUIC
+ * side (version filter, Retry, connections, control messages) and relay
+ * data frames the forwarder did not take. Answers go out through the I/O
+ * seam, within this call or later from timers and service callbacks.
+ */
+void relay_server_input(relay_server *s, int sock, const uint8_t *data, size_t len,
+                        const struct sockaddr *from, socklen_t fromlen);
 
 /* relay_server_set_services: where auth, rate limits and presence go; call before the loop runs. */
 void relay_server_set_services(relay_server *s, relay_services *svc);

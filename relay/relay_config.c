@@ -21,6 +21,7 @@
 #define DEFAULT_MAX_CIRCUITS 16384
 #define MAX_MAX_CIRCUITS 1048576 /* RELAY_CIRCUIT_MAX_CAPACITY */
 #define DEFAULT_MAX_CONNS_PER_TOKEN 64
+#define DEFAULT_MAX_PENDING_PER_ADDR 16
 #define MAX_SECRET_LEN 4096
 
 static const char *const known_keys[] = {
@@ -44,6 +45,7 @@ static const char *const known_keys[] = {
     "max_circuits_per_conn",
     "max_circuits_per_token",
     "max_conns_per_token",
+    "max_pending_per_addr",
     NULL,
 };
 
@@ -182,6 +184,9 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
                         &cfg->conn_burst_per_token, err, errlen)))
         return rc;
     if ((rc = load_circuit_limits(cfg, c, err, errlen)) != 0)
+        return rc;
+    if ((rc = load_uint(c, "max_pending_per_addr", 1, 65535, DEFAULT_MAX_PENDING_PER_ADDR,
+                        &cfg->max_pending_per_addr, err, errlen)))
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

@@ -30,6 +30,8 @@
  *   max_conns_per_token   connection cap of a token that sets none (token add
  *                         --max-conns), counted like the token's own, 0 = no cap,
  *                         default 64                                  (optional)
+ *   max_pending_per_addr  handshakes in progress per Retry-validated source address
+ *                         (IPv6: per /64), 1..65535, default 16  (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -69,6 +71,7 @@ typedef struct relay_config {
     unsigned max_circuits_per_conn;  /* 0 = no cap */
     unsigned max_circuits_per_token; /* 0 = no cap */
     unsigned max_conns_per_token;    /* for tokens without max_conns; 0 = no cap */
+    unsigned max_pending_per_addr;   /* validated handshakes per address (docs/relay.md) */
 } relay_config;
 
 /*

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addr.h"
 #include "internal.h"
 
 int64_t pos_p2p_now_ms(void)
@@ -131,7 +132,13 @@ void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
              const struct sockaddr *to, socklen_t tolen)
 {
     ssize_t n;
-    if (sock < 0 || sock > 1 || ep->socks[sock].fd < 0)
+    if (sock < 0 || sock > 1)
+        return;
+    if (ep->io.send) {
+        ep->io.send(ep->io.arg, sock, data, len, to, tolen);
+        return;
+    }
+    if (ep->socks[sock].fd < 0)
         return;
     do {
         n = sendto(ep->socks[sock].fd, data, len, MSG_DONTWAIT, to, tolen);
@@ -174,17 +181,10 @@ static int open_sock(struct ep_sock *s, int family, unsigned port)
     return 0;
 }
 
-int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, unsigned port)
+/* ep_alloc: an endpoint with its identity, credentials and tables, no socket yet. */
+static int ep_alloc(pos_p2p_endpoint **out, const pos_p2p_identity *id)
 {
-    pos_p2p_endpoint *ep;
-    const char *docker = getenv("POS_DOCKER");
-    struct epoll_event ev;
-
-    if (!out || !id || port > 65535)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    if (port == 0 && docker && !strcmp(docker, "true"))
-        port = 7373;
-    ep = calloc(1, sizeof(*ep));
+    pos_p2p_endpoint *ep = calloc(1, sizeof(*ep));
     if (!ep)
         return POS_P2P_ERR_NOMEM;
     ep->socks[0].fd = ep->socks[1].fd = -1;
@@ -197,6 +197,39 @@ int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, uns
         pos_p2p_endpoint_del(ep);
         return POS_P2P_ERR_NOMEM;
     }
+    *out = ep;
+    return 0;
+}
+
+int ep_new_io(pos_p2p_endpoint **out, const pos_p2p_identity *id, const ep_io *io,
+              const struct sockaddr_storage *local4)
+{
+    pos_p2p_endpoint *ep;
+    int rv;
+    if (!out || !id || !io || !io->send || !local4)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if ((rv = ep_alloc(&ep, id)) != 0)
+        return rv;
+    ep->io = *io;
+    ep->socks[0].local = *local4;
+    ep->socks[0].local_len = pos_addr_len(local4);
+    *out = ep;
+    return 0;
+}
+
+int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, unsigned port)
+{
+    pos_p2p_endpoint *ep;
+    const char *docker = getenv("POS_DOCKER");
+    struct epoll_event ev;
+    int rv;
+
+    if (!out || !id || port > 65535)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if (port == 0 && docker && !strcmp(docker, "true"))
+        port = 7373;
+    if ((rv = ep_alloc(&ep, id)) != 0)
+        return rv;
     ep->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (ep->epfd < 0 || open_sock(&ep->socks[0], AF_INET, port) != 0) {
         pos_p2p_endpoint_del(ep);
@@ -243,8 +276,16 @@ int64_t pos_p2p_endpoint_deadline(const pos_p2p_endpoint *ep)
     return best;
 }
 
-static void datagram_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
-                           const struct sockaddr *from, socklen_t fromlen)
+/* version_routable: a long header of QUIC v1, or a Version Negotiation (for our dialers). */
+static int version_routable(const uint8_t *data)
+{
+    uint32_t v = (uint32_t)data[1] << 24 | (uint32_t)data[2] << 16 | (uint32_t)data[3] << 8 |
+                 (uint32_t)data[4];
+    return v == 1 || v == 0;
+}
+
+void ep_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+              const struct sockaddr *from, socklen_t fromlen)
 {
     const uint8_t *dcid;
     size_t dcidlen;
@@ -278,6 +319,8 @@ static void datagram_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, 
         dcid = data + 1;
     }
     e = cid_find(ep, dcid, dcidlen);
+    if (e && (data[0] & 0x80) && !version_routable(data))
+        return; /* our connections speak v1 only: ngtcp2 must not see another version */
     if (e)
         cid_input(ep, e, sock, data, len, from, fromlen);
     else if (data[0] & 0x80)
@@ -301,7 +344,7 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
                 break;
             if ((size_t)n > EP_MAX_UDP)
                 continue;
-            datagram_input(ep, i, buf, (size_t)n, (struct sockaddr *)&from, fromlen);
+            ep_input(ep, i, buf, (size_t)n, (struct sockaddr *)&from, fromlen);
         }
     }
     now = pos_p2p_now_ms();

@@ -39,6 +39,18 @@ struct ep_cid {
 
 struct sess_table; /* session.c: sessions, listening, relays handed over */
 
+/*
+ * The endpoint's I/O seam: where its datagrams go. The sockets by default;
+ * a fuzz target gives its own send (ep_new_io) and feeds datagrams to
+ * ep_input.
+ */
+typedef struct ep_io {
+    /* send: |data| from local socket |sock| (0 IPv4, 1 IPv6) to |to|; 0, or -1 dropped */
+    int (*send)(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,
+                socklen_t tolen);
+    void *arg;
+} ep_io;
+
 struct pos_p2p_endpoint {
     pos_identity id;
     pos_tls_creds *creds;
@@ -50,10 +62,21 @@ struct pos_p2p_endpoint {
     pos_p2p_relay *relays;   /* every relay connection, linked through next */
     struct sess_table *sess; /* peer sessions (session.c), NULL until the first one */
     uint64_t frames_dropped;
+    ep_io io; /* send NULL: the sockets */
     uint8_t txbuf[EP_MAX_UDP];
 };
 
 /* endpoint.c */
+/*
+ * ep_new_io makes an endpoint without sockets or epoll descriptor: |local4|
+ * is its IPv4 local address, |io| (copied) its send. Same errors as
+ * pos_p2p_endpoint_new (POS_P2P_ERR_INVALID_ARGUMENT, POS_P2P_ERR_NOMEM).
+ */
+int ep_new_io(pos_p2p_endpoint **out, const pos_p2p_identity *id, const ep_io *io,
+              const struct sockaddr_storage *local4);
+/* ep_input: one received datagram (at most EP_MAX_UDP bytes) from |from| on socket |sock|. */
+void ep_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+              const struct sockaddr *from, socklen_t fromlen);
 int ep_cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay *r);
 void ep_cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r);
 void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,

@@ -32,6 +32,7 @@
 #include "addr.h"
 #include "internal.h"
 #include "quic_common.h"
+#include "quic_version.h"
 #include "session.h"
 
 #define SBLK_SIZE (32 * 1024)
@@ -684,6 +685,8 @@ static int attach_tls(pos_p2p_session *s)
     if ((s->server ? ngtcp2_crypto_gnutls_configure_server_session(s->tls)
                    : ngtcp2_crypto_gnutls_configure_client_session(s->tls)) != 0)
         return POS_P2P_ERR_HANDSHAKE;
+    if (s->server)
+        pos_quic_tls_require_transport_params(s->tls);
     s->ref.get_conn = get_conn;
     s->ref.user_data = &s->pin;
     gnutls_session_set_ptr(s->tls, &s->ref);
@@ -863,9 +866,20 @@ void sess_unclaimed(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t 
     ngtcp2_pkt_hd hd;
     pos_p2p_session *s;
 
+    uint8_t r;
+    ssize_t n;
+
     if (!t || !t->listening)
         return;
-    if (ngtcp2_accept(&hd, data, len) != 0 || hd.type != NGTCP2_PKT_INITIAL)
+    /* v1 only: ngtcp2_accept also takes draft-29 and v2, which end in an assertion */
+    randombytes_buf(&r, 1);
+    n = pos_quic_version_answer(ep->txbuf, sizeof(ep->txbuf), data, len, r);
+    if (n > 0)
+        ep_send(ep, sock, ep->txbuf, (size_t)n, from, fromlen);
+    if (n != POS_QUIC_VERSION_OK)
+        return;
+    if (ngtcp2_accept(&hd, data, len) != 0 || hd.type != NGTCP2_PKT_INITIAL ||
+        hd.version != NGTCP2_PROTO_VER_V1)
         return;
     s = find_by_odcid(t, &hd.dcid);
     if (!s)
@@ -881,8 +895,10 @@ void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit
     pos_p2p_session *s;
     ngtcp2_path path;
 
-    if (!t)
+    if (!t || len < 5)
         return;
+    if ((data[0] & 0x80) && !(data[1] == 0 && data[2] == 0 && data[3] == 0 && data[4] <= 1))
+        return; /* neither v1 nor Version Negotiation: ngtcp2 must not see it */
     for (s = t->list; s; s = s->next)
         if (s->relay == r && s->circuit == circuit_id && s->qc && !s->dead)
             break;
@@ -895,8 +911,9 @@ void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit
                 break;
         if (i == t->n_circuits || !t->listening)
             return;
-        if (ngtcp2_accept(&hd, data, len) != 0 || hd.type != NGTCP2_PKT_INITIAL)
-            return;
+        if (ngtcp2_accept(&hd, data, len) != 0 || hd.type != NGTCP2_PKT_INITIAL ||
+            hd.version != NGTCP2_PROTO_VER_V1)
+            return; /* another version over a circuit: silence (see sess_unclaimed) */
         s = accept_initial(ep, &hd, -1, NULL, 0, r, circuit_id);
         if (!s)
             return;

@@ -46,6 +46,7 @@ static void test_defaults(void)
     CHECK(c.idle_timeout_s == 30 && c.register_interval_s == 10);
     CHECK(c.conn_rate_per_addr == 20 && c.conn_burst_per_addr == 40);
     CHECK(c.conn_rate_per_token == 20 && c.conn_burst_per_token == 40);
+    CHECK(c.max_pending_per_addr == 16);
     CHECK(c.n_public_addrs == 0 && c.n_listen == 0);
     /* with defaults one token holds less than 1/8 of the circuit table */
     CHECK(c.max_circuits == 16384 && c.max_circuits_per_conn == 256);
@@ -88,7 +89,8 @@ static void test_values_and_docker(void)
         "full.json", "\"port\": 9000, \"api_url\": \"http://127.0.0.1:8080/\", "
                      "\"public_addrs\": [\"[::ffff:1.2.3.4]:9000\", \"[2001:DB8::1]:9000\"], "
                      "\"conn_rate_per_addr\": 0, \"conn_rate_per_token\": 5, "
-                     "\"conn_burst_per_token\": 7, \"register_interval\": 3");
+                     "\"conn_burst_per_token\": 7, \"register_interval\": 3, "
+                     "\"max_pending_per_addr\": 4");
     unsetenv("POS_DOCKER");
     CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
     CHECK(c.port == 9000);
@@ -99,6 +101,7 @@ static void test_values_and_docker(void)
     CHECK(strcmp(c.public_addrs[1], "[2001:db8::1]:9000") == 0);
     CHECK(c.conn_rate_per_addr == 0 && c.conn_rate_per_token == 5);
     CHECK(c.conn_burst_per_token == 7 && c.register_interval_s == 3);
+    CHECK(c.max_pending_per_addr == 4);
     relay_config_free(&c);
 
     setenv("POS_DOCKER", "true", 1);
@@ -130,6 +133,8 @@ static void test_refusals(void)
         {"\"max_circuits_per_conn\": -1", "\"max_circuits_per_conn\""},
         {"\"max_circuits\": 100, \"max_circuits_per_token\": 101", "\"max_circuits_per_token\""},
         {"\"max_conns_per_token\": \"64\"", "\"max_conns_per_token\""},
+        {"\"max_pending_per_addr\": 0", "\"max_pending_per_addr\""},
+        {"\"max_pending_per_addr\": \"8\"", "\"max_pending_per_addr\""},
         {"\"p2p_secret\": \"a\\r\\nX-Evil: 1\"", "\"p2p_secret\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -1,0 +1,133 @@
+/*
+ * The relay services (relay/services.h) for the fuzz target ONLY: every
+ * answer is synchronous and nothing touches Redis, so that fuzzing the
+ * QUIC side is neither slowed down nor made non-deterministic by a database
+ * (fuzzing is not a test of Redis; the integration tests use a real one).
+ *
+ * Rate checks pass; a token starting with "bad" is unknown, "full" is over
+ * its connection cap, anything else is accepted without limits; presence
+ * lookups never answer (a CONNECT to a peer that is not connected here stays
+ * pending until its connection ends, as while Redis is slow).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "services.h"
+
+const char *relay_refusal_reason(enum relay_refusal r)
+{
+    switch (r) {
+    case RELAY_OK:
+        return "accepted";
+    case RELAY_REFUSED_UNKNOWN_TOKEN:
+        return "unknown token";
+    case RELAY_REFUSED_TOO_MANY_CONNS:
+        return "too many connections for this token";
+    default:
+        return "refused";
+    }
+}
+
+uint64_t relay_rate_check_addr(relay_services *s, const struct sockaddr *from, relay_auth_cb cb,
+                               void *arg)
+{
+    (void)s;
+    (void)from;
+    cb(arg, RELAY_OK, NULL, NULL);
+    return 1;
+}
+
+uint64_t relay_auth_check(relay_services *s, const char *token, size_t len,
+                          const struct sockaddr *from, const char *peer_id, relay_auth_cb cb,
+                          void *arg)
+{
+    relay_limits lim;
+    (void)s;
+    (void)from;
+    (void)peer_id;
+    memset(&lim, 0, sizeof(lim));
+    snprintf(lim.account, sizeof(lim.account), "fuzz");
+    if (len >= 3 && memcmp(token, "bad", 3) == 0)
+        cb(arg, RELAY_REFUSED_UNKNOWN_TOKEN, NULL, NULL);
+    else if (len >= 4 && memcmp(token, "full", 4) == 0)
+        cb(arg, RELAY_REFUSED_TOO_MANY_CONNS, NULL, NULL);
+    else
+        cb(arg, RELAY_OK, &lim, "0123456789abcdef");
+    return 1;
+}
+
+void relay_auth_cancel(relay_services *s, uint64_t handle)
+{
+    (void)s;
+    (void)handle;
+}
+
+void relay_auth_release(relay_services *s, const char *token_id)
+{
+    (void)s;
+    (void)token_id;
+}
+
+void relay_presence_add(relay_services *s, const char *peer_id)
+{
+    (void)s;
+    (void)peer_id;
+}
+
+void relay_presence_remove(relay_services *s, const char *peer_id)
+{
+    (void)s;
+    (void)peer_id;
+}
+
+uint64_t relay_presence_lookup(relay_services *s, const char *peer_id, relay_presence_cb cb,
+                               void *arg)
+{
+    static uint64_t next;
+    (void)s;
+    (void)peer_id;
+    (void)cb;
+    (void)arg;
+    return ++next ? next : ++next;
+}
+
+void relay_presence_cancel(relay_services *s, uint64_t handle)
+{
+    (void)s;
+    (void)handle;
+}
+
+relay_budget *relay_budget_acquire(relay_services *s, const char *token_id,
+                                   const relay_limits *limits)
+{
+    (void)s;
+    (void)token_id;
+    (void)limits;
+    return NULL; /* uncounted, unlimited */
+}
+
+void relay_budget_release(relay_services *s, relay_budget *b)
+{
+    (void)s;
+    (void)b;
+}
+
+void relay_budget_lease(void *services, relay_budget *b)
+{
+    (void)services;
+    (void)b;
+}
+
+void relay_usage_circuit_open(relay_services *s, relay_budget *b0, relay_budget *b1)
+{
+    (void)s;
+    (void)b0;
+    (void)b1;
+}
+
+void relay_usage_circuit_close(relay_services *s, relay_budget *b0, relay_budget *b1)
+{
+    (void)s;
+    (void)b0;
+    (void)b1;
+}

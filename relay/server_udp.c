@@ -1,0 +1,254 @@
+/*
+ * The relay server's UDP side (see server_int.h): binding the sockets,
+ * batched receive (recvmmsg) handed to the forwarder and then to
+ * relay_server_input, the forwarder's batched sends (sendmmsg, GSO), the
+ * default relay_io (sendto, CLOCK_MONOTONIC) and the addresses to announce.
+ */
+#include <errno.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "log.h"
+#include "quic_common.h"
+#include "server_int.h"
+
+int relay_udp_send(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,
+                   socklen_t tolen)
+{
+    relay_server *s = arg;
+    ssize_t n;
+    if (sock < 0 || (size_t)sock >= s->n_socks || s->socks[sock].fd < 0)
+        return -1;
+    do {
+        n = sendto(s->socks[sock].fd, data, len, MSG_DONTWAIT, to, tolen);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -1 : 0; /* EAGAIN: dropped like any lost packet */
+}
+
+uint64_t relay_udp_now(void *arg)
+{
+    (void)arg;
+    return pos_quic_now();
+}
+
+/* send_batch sends the forwarded datagrams of one batch; what the socket refuses is lost. */
+static void send_batch(relay_server *s, struct sock *sk, unsigned n)
+{
+    unsigned done = 0;
+    while (done < n) {
+        int k = sendmmsg(sk->fd, s->tx + done, n - done, MSG_DONTWAIT);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            if ((errno == EIO || errno == EINVAL) && s->gso && s->tx[done].msg_hdr.msg_controllen) {
+                /* this path cannot do UDP GSO: off from the next batch on */
+                pos_log_warn("UDP GSO refused (%s): turned off", strerror(errno));
+                s->gso = 0;
+                relay_forwarder_set_gso(s->fw, 0);
+            }
+            s->st.forward_send_failed += n - done;
+            return;
+        }
+        done += (unsigned)k;
+    }
+}
+
+/* read_batch receives up to RX_BATCH datagrams; returns how many (0: nothing more). */
+static unsigned read_batch(relay_server *s, struct sock *sk)
+{
+    for (unsigned i = 0; i < RX_BATCH; i++) {
+        s->rx_iov[i].iov_base = s->rx_bufs[i];
+        s->rx_iov[i].iov_len = MAX_UDP + 1;
+        memset(&s->rx[i].msg_hdr, 0, sizeof(s->rx[i].msg_hdr));
+        s->rx[i].msg_hdr.msg_iov = &s->rx_iov[i];
+        s->rx[i].msg_hdr.msg_iovlen = 1;
+        s->rx[i].msg_hdr.msg_name = &s->rx_names[i];
+        s->rx[i].msg_hdr.msg_namelen = sizeof(s->rx_names[i]);
+        s->rx[i].msg_len = 0;
+    }
+    int n;
+    do {
+        n = recvmmsg(sk->fd, s->rx, RX_BATCH, MSG_DONTWAIT, NULL);
+    } while (n < 0 && errno == EINTR);
+    return n > 0 ? (unsigned)n : 0;
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct sock *sk = w->data;
+    relay_server *s = sk->srv;
+    int sock = (int)(sk - s->socks);
+    (void)loop;
+    (void)revents;
+
+    /* Bounded per wake-up so one busy socket cannot starve the others. */
+    for (int round = 0; round < 16; round++) {
+        unsigned n = read_batch(s, sk), n_quic = 0;
+        if (n == 0)
+            break;
+        if (s->fw) {
+            int out = relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx,
+                                          &n_quic);
+            if (out > 0)
+                send_batch(s, sk, (unsigned)out);
+        } else {
+            for (unsigned i = 0; i < n; i++)
+                s->quic_idx[i] = i;
+            n_quic = n;
+        }
+        for (unsigned q = 0; q < n_quic; q++) {
+            struct mmsghdr *m = &s->rx[s->quic_idx[q]];
+            if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
+                s->st.packets_dropped++;
+                continue;
+            }
+            relay_server_input(s, sock, s->rx_bufs[s->quic_idx[q]], m->msg_len,
+                               (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
+        }
+        if (n < RX_BATCH)
+            break;
+    }
+}
+
+static int bind_udp(struct sock *sk, const char *text, unsigned port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int one = 1, fd;
+
+    if (pos_addr_parse(text, strlen(text), port, &ss) != 0) {
+        snprintf(err, errlen, "listen address \"%s\" is not ip:port", text);
+        return -1;
+    }
+    fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create a UDP socket for %s: %s", text, strerror(errno));
+        return -1;
+    }
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    {
+        int pmtu = IP_PMTUDISC_DO;
+        if (ss.ss_family == AF_INET)
+            setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu));
+        else
+            setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &pmtu, sizeof(pmtu));
+    }
+    int rcvbuf = 4 * 1024 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof(rcvbuf));
+    if (bind(fd, (struct sockaddr *)&ss, pos_addr_len(&ss)) != 0) {
+        snprintf(err, errlen, "cannot bind UDP %s: %s", text, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    sk->fd = fd;
+    sk->local_len = sizeof(sk->local);
+    getsockname(fd, (struct sockaddr *)&sk->local, &sk->local_len);
+    return 0;
+}
+
+relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, char *err,
+                               size_t errlen)
+{
+    char defaults[2][POS_ADDR_STRLEN];
+    const char *addrs[MAX_SOCKS];
+    size_t n = 0;
+    relay_server *s = relay_server_new_io(loop, cfg, NULL, NULL, 0, err, errlen);
+
+    if (!s)
+        return NULL;
+    if (cfg->n_listen > 0) {
+        for (size_t i = 0; i < cfg->n_listen && i < MAX_SOCKS; i++)
+            addrs[n++] = cfg->listen[i];
+    } else {
+        snprintf(defaults[0], sizeof(defaults[0]), "0.0.0.0:%u", cfg->port);
+        snprintf(defaults[1], sizeof(defaults[1]), "[::]:%u", cfg->port);
+        addrs[n++] = defaults[0];
+        addrs[n++] = defaults[1];
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct sock *sk = &s->socks[s->n_socks];
+        if (bind_udp(sk, addrs[i], cfg->port, err, errlen) != 0) {
+            /* A host without IPv6 still serves IPv4 when the default pair was asked for. */
+            if (cfg->n_listen == 0 && i == 1 && s->n_socks == 1) {
+                pos_log_warn("%s; serving IPv4 only", err);
+                continue;
+            }
+            goto fail;
+        }
+        sk->srv = s;
+        ev_io_init(&sk->io, on_readable, sk->fd, EV_READ);
+        sk->io.data = sk;
+        ev_io_start(loop, &sk->io);
+        s->n_socks++;
+    }
+    return s;
+fail:
+    relay_server_del(s);
+    return NULL;
+}
+
+static int is_wildcard(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    if (ss->ss_family == AF_INET6)
+        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+    return 0;
+}
+
+static size_t add_if_addrs(const struct sock *sk, char (*out)[POS_ADDR_STRLEN], size_t n,
+                           size_t max)
+{
+    struct ifaddrs *ifa = NULL, *i;
+    unsigned port = ntohs(((const struct sockaddr_in *)&sk->local)->sin_port);
+    if (getifaddrs(&ifa) != 0)
+        return n;
+    for (int want_loopback = 0; want_loopback < 2 && n < max; want_loopback++) {
+        size_t before = n;
+        for (i = ifa; i && n < max; i = i->ifa_next) {
+            struct sockaddr_storage ss;
+            if (!i->ifa_addr || i->ifa_addr->sa_family != sk->local.ss_family)
+                continue;
+            if (!!(i->ifa_flags & IFF_LOOPBACK) != want_loopback || !(i->ifa_flags & IFF_UP))
+                continue;
+            memset(&ss, 0, sizeof(ss));
+            if (sk->local.ss_family == AF_INET) {
+                memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in));
+                ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+            } else {
+                struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+                memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in6));
+                if (IN6_IS_ADDR_LINKLOCAL(&a6->sin6_addr))
+                    continue;
+                a6->sin6_port = htons((uint16_t)port);
+            }
+            if (pos_addr_format((struct sockaddr *)&ss, out[n], POS_ADDR_STRLEN) == 0)
+                n++;
+        }
+        if (n > before)
+            break; /* loopback only when the host has nothing else */
+    }
+    freeifaddrs(ifa);
+    return n;
+}
+
+size_t relay_server_announce_addrs(const relay_server *s, char (*out)[POS_ADDR_STRLEN], size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_socks && n < max; i++) {
+        if (is_wildcard(&s->socks[i].local))
+            n = add_if_addrs(&s->socks[i], out, n, max);
+        else if (pos_addr_format((const struct sockaddr *)&s->socks[i].local, out[n],
+                                 POS_ADDR_STRLEN) == 0)
+            n++;
+    }
+    return n;
+}
