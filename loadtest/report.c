@@ -25,10 +25,12 @@
 #define H 280
 #define ML 72
 #define MR 16
-#define MT 34
+#define MT 48 /* title, then the legend */
 #define MB 44
 
 static const char *const colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd"};
+/* equal series stay visible: the later ones are dashed over the earlier */
+static const char *const dashes[] = {"none", "7 4", "2 3", "9 3 2 3"};
 
 int report_counts_add(struct report_counts *c, size_t second, uint64_t k)
 {
@@ -251,7 +253,7 @@ static void chart_lines(FILE *f, const struct report *r, const struct report_cha
 {
     double ymax = 0, top;
     size_t n = r->n_seconds;
-    double span = n > 1 ? (double)(n - 1) : 1;
+    double span = n > 1 ? (double)(n - 1) : 1, lx = ML;
     for (size_t k = 0; k < c->n_cols; k++)
         for (size_t s = 0; s < n; s++)
             if (!isnan(r->cols[c->cols[k]].v[s]) && r->cols[c->cols[k]].v[s] > ymax)
@@ -261,7 +263,7 @@ static void chart_lines(FILE *f, const struct report *r, const struct report_cha
     double xstep = nice_step(span, 8);
     if (xstep < 1)
         xstep = 1;
-    for (double t = 0; t <= span + 1e-9; t += xstep)
+    for (double t = 0; t <= (n > 1 ? span : 0) + 1e-9; t += xstep)
         x_label(f, ML + (n > 1 ? t / span : 0.5) * (W - ML - MR), "%g", t);
     fprintf(f, "<text x=\"%d\" y=\"%d\" class=\"u\">second of the run</text>", (W + ML) / 2, H - 6);
     for (size_t k = 0; k < c->n_cols; k++) {
@@ -271,8 +273,10 @@ static void chart_lines(FILE *f, const struct report *r, const struct report_cha
         for (size_t s = 0; s <= n; s++) {
             int have = s < n && !isnan(col->v[s]);
             if (have && !open) {
-                fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"",
-                        color);
+                fprintf(f,
+                        "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" "
+                        "stroke-dasharray=\"%s\" points=\"",
+                        color, dashes[k % 4]);
                 open = 1;
             } else if (!have && open) {
                 fputs("\"/>", f);
@@ -287,11 +291,11 @@ static void chart_lines(FILE *f, const struct report *r, const struct report_cha
                 fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>",
                         ML + (n > 1 ? (double)s / span : 0.5) * (W - ML - MR),
                         H - MB - col->v[s] / top * (H - MT - MB), color);
-        /* legend, top right */
-        double lx = W - MR - 150.0 * (double)(c->n_cols - k);
-        fprintf(f, "<rect x=\"%.1f\" y=\"10\" width=\"12\" height=\"12\" fill=\"%s\"/>", lx, color);
-        fprintf(f, "<text x=\"%.1f\" y=\"20\" class=\"lg\">", lx + 16);
+        /* legend: one row under the title */
+        fprintf(f, "<rect x=\"%.1f\" y=\"27\" width=\"12\" height=\"12\" fill=\"%s\"/>", lx, color);
+        fprintf(f, "<text x=\"%.1f\" y=\"37\" class=\"lg\">", lx + 16);
         html_text(f, col->name);
+        lx += 40 + 7.5 * (double)strlen(col->name);
         fputs("</text>", f);
     }
     fputs("</svg></figure>\n", f);

@@ -5,7 +5,8 @@ program's own --help, so a new subcommand is checked too) and for
 pos-discovery, every option that `--help` prints must be described in the
 man page's section of that command, and every option the section describes
 must appear in `--help`. Every long option a program's getopt tables accept
-must appear in its --help. libpos-p2p(3) must name every function the public
+must appear in its --help. Every configuration key pos-relay and
+pos-discovery accept must be named in their pages. libpos-p2p(3) must name every function the public
 header declares and the shared library exports, and nothing else. When scdoc
 was found at build time, the generated pages must render without groff
 warnings.
@@ -27,7 +28,8 @@ PROGRAMS = [
 ]
 NOT_INSTALLED = {"fwdbench.c"}  # pos-fwdbench: a benchmark helper, no man page
 
-OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
+OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)(?![\w])")
+TERM = re.compile(r"\*--([^*\s]+)\*")  # a bold option in scdoc: *--name*
 TABLE_ENTRY = re.compile(r'\{\s*"([a-z][a-z0-9-]*)"\s*,\s*(?:no|required|optional)_argument')
 
 
@@ -77,7 +79,7 @@ def described(section):
     opts = set()
     for line in section.splitlines():
         if line.startswith("*--"):
-            opts |= options_in(line.replace("*", " ").replace("_", " "))
+            opts |= set(TERM.findall(line)) - {"help"}
     return opts
 
 
@@ -142,6 +144,31 @@ def every_accepted_long_option_is_in_help():
         for o in sorted(accepted - options_in(helps) - {"help"}):
             problems.append(f"{name}: accepts --{o} but no --help of it mentions it")
     assert not problems, "\n  ".join(["options missing from --help:"] + problems)
+
+
+# configuration keys: (source, the array that lists them, man page, section that must name each)
+CONFIG_KEYS = [
+    ("relay/relay_config.c", r"known_keys\[\]", "pos-relay.8.scd", "CONFIGURATION"),
+    ("discovery-api/options.c", r"keys\[SET_COUNT \+ 1\]", "pos-discovery.8.scd", "OPTIONS"),
+]
+
+
+@test
+def every_configuration_key_is_in_the_man_page():
+    problems, n = [], 0
+    for src, array, page_name, section in CONFIG_KEYS:
+        text = open(os.path.join(SOURCE, src)).read()
+        m = re.search(array + r"\s*=\s*\{(.*?)\};", text, re.S)
+        assert m, f"{src}: the list of configuration keys ({array}) is gone: update this test"
+        keys = re.findall(r'"([a-z0-9_]+)"', m.group(1))
+        assert len(keys) >= 8, f"{src}: only {keys}"
+        body = sections(open(os.path.join(MAN, page_name)).read(), "#").get(section, "")
+        bold = set(re.findall(r"\*([a-z0-9_]+)\*", body))
+        n += len(keys)
+        problems += [f"{src} accepts the configuration key {k!r}, but man/{page_name} does not "
+                     f"name it (as *{k}*) under '# {section}'" for k in keys if k not in bold]
+    assert not problems, "\n  ".join(["configuration keys missing from man pages:"] + problems)
+    print(f"  {n} configuration keys named in the man pages")
 
 
 def header_functions():
