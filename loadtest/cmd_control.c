@@ -29,6 +29,12 @@ struct opts {
     int json;
 };
 
+/* --report: when an accepted handshake ended, and how long it took */
+struct done {
+    int64_t at_ms;
+    double took_ms;
+};
+
 struct run {
     struct opts o;
     pos_p2p_endpoint *ep[MAX_ENDPOINTS];
@@ -40,10 +46,7 @@ struct run {
     char first_reason[257];
     /* --report: per second of the run */
     int64_t t0_ms;
-    struct done {
-        int64_t at_ms;  /* when an accepted handshake ended */
-        double took_ms; /* and how long it took (hs_ms gets sorted by report()) */
-    } * done;
+    struct done *done; /* one per accepted handshake (hs_ms gets sorted by report()) */
     struct report_counts att_s, acc_s, ref_s, fail_s;
 };
 
@@ -220,11 +223,17 @@ static void poll_all(struct run *R, int max_ms)
         pos_p2p_endpoint_process(R->ep[i]);
 }
 
-/* count: one event in the per-second series of --report (no-op without it). */
-static void count(struct run *R, struct report_counts *c)
+/* second_of: the second of the run that the time |ms| falls in. */
+static size_t second_of(const struct run *R, int64_t ms)
+{
+    return ms > R->t0_ms ? (size_t)((ms - R->t0_ms) / 1000) : 0;
+}
+
+/* count: one event at |ms| in the per-second series of --report (no-op without it). */
+static void count(struct run *R, struct report_counts *c, int64_t ms)
 {
     if (R->o.report_dir)
-        report_counts_add(c, (size_t)((pos_p2p_now_ms() - R->t0_ms) / 1000), 1);
+        report_counts_add(c, second_of(R, ms), 1);
 }
 
 /* settle moves finished handshakes out of the in-flight set. */
@@ -242,14 +251,14 @@ static void settle(struct run *R)
             R->done[R->accepted] =
                 (struct done){st.accepted_at_ms, (double)(st.accepted_at_ms - R->started_ms[i])};
             R->hs_ms[R->accepted++] = (double)(st.accepted_at_ms - R->started_ms[i]);
-            count(R, &R->acc_s);
+            count(R, &R->acc_s, st.accepted_at_ms);
         } else {
             if (st.error == POS_P2P_ERR_REFUSED) {
                 R->refused++;
-                count(R, &R->ref_s);
+                count(R, &R->ref_s, st.failed_at_ms);
             } else {
                 R->failed++;
-                count(R, &R->fail_s);
+                count(R, &R->fail_s, st.failed_at_ms);
             }
             if (!R->first_reason[0])
                 snprintf(R->first_reason, sizeof(R->first_reason), "%s",
@@ -295,7 +304,7 @@ static int run_load(struct run *R, const pos_p2p_relay_info *relay, double *elap
         while (R->started < R->o.conns && R->n_inflight < R->o.concurrency) {
             long i = R->started++;
             R->started_ms[i] = pos_p2p_now_ms();
-            count(R, &R->att_s);
+            count(R, &R->att_s, R->started_ms[i]);
             int rv = pos_p2p_relay_connect(R->ep[i % R->o.endpoints], relay, R->o.token,
                                            (int)(R->o.timeout_s * 1000), &R->r[i]);
             if (rv != 0) {
@@ -336,6 +345,12 @@ static void hold(struct run *R)
     }
     printf("after holding %.0f s: %ld of %ld connections still open\n", R->o.hold_s,
            R->accepted - lost, R->accepted);
+}
+
+static int cmp_done(const void *a, const void *b)
+{
+    int64_t x = ((const struct done *)a)->at_ms, y = ((const struct done *)b)->at_ms;
+    return x < y ? -1 : x > y;
 }
 
 /* percentile of |k| sorted values, the way report() takes them */
@@ -388,17 +403,16 @@ static int write_report(struct run *R, const pos_p2p_relay_info *relay, double e
     }
     for (int c = 0; c < NCOLS; c++)
         cols[c] = (struct report_column){names[c], v + (size_t)c * n};
-    for (size_t s = 0; s < n; s++) {
+    /* the accepted handshakes in the order they ended, swept once second by second */
+    qsort(R->done, (size_t)R->accepted, sizeof(*R->done), cmp_done);
+    for (size_t s = 0, i = 0; s < n; s++) {
         long k = 0;
         v[ATT * n + s] = (double)report_counts_get(&R->att_s, s);
         v[ACC * n + s] = (double)report_counts_get(&R->acc_s, s);
         v[REF * n + s] = (double)report_counts_get(&R->ref_s, s);
         v[FAIL * n + s] = (double)report_counts_get(&R->fail_s, s);
-        for (long i = 0; i < R->accepted; i++) {
-            size_t at = (size_t)((R->done[i].at_ms - R->t0_ms) / 1000);
-            if (at == s || (s == n - 1 && at >= n))
-                sec[k++] = R->done[i].took_ms;
-        }
+        for (; i < (size_t)R->accepted && (second_of(R, R->done[i].at_ms) <= s || s == n - 1); i++)
+            sec[k++] = R->done[i].took_ms;
         qsort(sec, (size_t)k, sizeof(double), cmp_double);
         v[P50 * n + s] = sorted_percentile(sec, k, 0.5);
         v[P99 * n + s] = sorted_percentile(sec, k, 0.99);

@@ -16,9 +16,9 @@
 #include <unistd.h>
 
 #define MAX_SECONDS (24 * 3600)
-#define LAT_LINEAR 100 /* 1 us buckets below this */
-#define LAT_STEP 1.01  /* then 1% wide ones */
-#define LAT_BUCKETS (LAT_LINEAR + 927)
+#define LAT_LINEAR 100                  /* 1 us buckets below this */
+#define LAT_STEP 1.01                   /* then 1% wide ones */
+#define LAT_BUCKETS (LAT_LINEAR + 1158) /* ln(10 s / 100 us) / ln(1.01) */
 
 /* chart geometry (SVG user units) */
 #define W 760
@@ -124,6 +124,7 @@ int report_prepare_dir(const char *dir, char *err, size_t errlen)
 {
     char probe[4096];
     struct stat st;
+    int fd;
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "--report %s: cannot create the directory: %s", dir, strerror(errno));
         return -1;
@@ -132,13 +133,13 @@ int report_prepare_dir(const char *dir, char *err, size_t errlen)
         snprintf(err, errlen, "--report %s: not a directory", dir);
         return -1;
     }
-    snprintf(probe, sizeof(probe), "%s/.report-probe", dir);
-    FILE *f = fopen(probe, "w");
-    if (!f) {
+    snprintf(probe, sizeof(probe), "%s/.pos-loadtest-XXXXXX", dir);
+    fd = mkstemp(probe);
+    if (fd < 0) {
         snprintf(err, errlen, "--report %s: cannot write there: %s", dir, strerror(errno));
         return -1;
     }
-    fclose(f);
+    close(fd);
     unlink(probe);
     return 0;
 }
