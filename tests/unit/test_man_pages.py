@@ -59,9 +59,10 @@ def subcommands(prog):
 
 def sections(page, level):
     """{heading's first word: body} for the headings of LEVEL ('#' or '##') in PAGE."""
-    out, name, body = {}, None, []
+    out, name, body, code = {}, None, [], False
     for line in page.splitlines():
-        m = re.match(r"^(#+) (.*)$", line)
+        code ^= line.startswith("```")  # a shell comment in an example is no heading
+        m = None if code else re.match(r"^(#+) (.*)$", line)
         if m and len(m.group(1)) <= len(level):
             if name is not None:
                 out[name] = "\n".join(body)
