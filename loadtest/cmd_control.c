@@ -4,9 +4,12 @@
  * handshakes in flight, spread over K endpoints (UDP sockets); report
  * connections per second and handshake times; then optionally hold every
  * connection idle for S seconds (keep-alives only) so that a script can
- * measure the relay's memory per idle client.
+ * measure the relay's memory per idle client. --report DIR also writes the
+ * per-second series (by the second each handshake started or ended) and an
+ * HTML page of charts (report.c).
  */
 #include <getopt.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,14 +18,21 @@
 
 #include "loadtest.h"
 #include "pos/p2p.h"
+#include "report.h"
 
 #define MAX_ENDPOINTS 64
 
 struct opts {
-    const char *api_url, *addr, *peer_id, *token, *relay_id;
+    const char *api_url, *addr, *peer_id, *token, *relay_id, *report_dir;
     long conns, concurrency, endpoints;
     double hold_s, timeout_s;
     int json;
+};
+
+/* --report: when an accepted handshake ended, and how long it took */
+struct done {
+    int64_t at_ms;
+    double took_ms;
 };
 
 struct run {
@@ -34,6 +44,10 @@ struct run {
     long *inflight;
     long n_inflight, started, accepted, refused, failed;
     char first_reason[257];
+    /* --report: per second of the run */
+    int64_t t0_ms;
+    struct done *done; /* one per accepted handshake (hs_ms gets sorted by report()) */
+    struct report_counts att_s, acc_s, ref_s, fail_s;
 };
 
 static void usage(FILE *out)
@@ -41,13 +55,16 @@ static void usage(FILE *out)
     fprintf(out, "usage: pos-loadtest control (--api-url URL [--relay-id UUID] | --addr IP:PORT\n"
                  "                            --peer-id ID) --token TOKEN [--conns N]\n"
                  "                            [--concurrency C] [--endpoints K] [--hold SECONDS]\n"
-                 "                            [--timeout SECONDS] [--json]\n\n"
+                 "                            [--timeout SECONDS] [--json] [--report DIR]\n\n"
                  "Opens N authenticated control connections to one relay (default 1000), at most\n"
                  "C handshakes at once (default 200), spread over K UDP sockets (default 4), and\n"
                  "reports connections per second and handshake times. --hold keeps them open and\n"
                  "idle afterwards (prints \"holding N connections\" on stderr when they are).\n"
                  "The relay's per-address and per-token rate limits apply: raise them for a\n"
-                 "benchmark (conn_rate_per_addr / conn_rate_per_token = 0 in its config).\n");
+                 "benchmark (conn_rate_per_addr / conn_rate_per_token = 0 in its config).\n"
+                 "--report DIR writes DIR/series.csv (per second: attempted, accepted,\n"
+                 "refused, failed, handshake p50/p99), DIR/handshakes.csv and DIR/report.html\n"
+                 "(charts, self-contained: opens offline); DIR is created if missing.\n");
 }
 
 static int parse_long(const char *s, long min, long max, long *out)
@@ -74,6 +91,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"hold", required_argument, NULL, 'H'},
         {"timeout", required_argument, NULL, 'T'},
         {"json", no_argument, NULL, 'j'},
+        {"report", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -131,6 +149,9 @@ static int parse(int argc, char **argv, struct opts *o)
             break;
         case 'j':
             o->json = 1;
+            break;
+        case 'o':
+            o->report_dir = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -202,6 +223,19 @@ static void poll_all(struct run *R, int max_ms)
         pos_p2p_endpoint_process(R->ep[i]);
 }
 
+/* second_of: the second of the run that the time |ms| falls in. */
+static size_t second_of(const struct run *R, int64_t ms)
+{
+    return ms > R->t0_ms ? (size_t)((ms - R->t0_ms) / 1000) : 0;
+}
+
+/* count: one event at |ms| in the per-second series of --report (no-op without it). */
+static void count(struct run *R, struct report_counts *c, int64_t ms)
+{
+    if (R->o.report_dir)
+        report_counts_add(c, second_of(R, ms), 1);
+}
+
 /* settle moves finished handshakes out of the in-flight set. */
 static void settle(struct run *R)
 {
@@ -214,12 +248,18 @@ static void settle(struct run *R)
             continue;
         }
         if (st.state == POS_P2P_RELAY_ACCEPTED) {
+            R->done[R->accepted] =
+                (struct done){st.accepted_at_ms, (double)(st.accepted_at_ms - R->started_ms[i])};
             R->hs_ms[R->accepted++] = (double)(st.accepted_at_ms - R->started_ms[i]);
+            count(R, &R->acc_s, st.accepted_at_ms);
         } else {
-            if (st.error == POS_P2P_ERR_REFUSED)
+            if (st.error == POS_P2P_ERR_REFUSED) {
                 R->refused++;
-            else
+                count(R, &R->ref_s, st.failed_at_ms);
+            } else {
                 R->failed++;
+                count(R, &R->fail_s, st.failed_at_ms);
+            }
             if (!R->first_reason[0])
                 snprintf(R->first_reason, sizeof(R->first_reason), "%s",
                          st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
@@ -254,9 +294,9 @@ static void report(struct run *R, double elapsed)
     fflush(stdout);
 }
 
-static int run_load(struct run *R, const pos_p2p_relay_info *relay)
+static int run_load(struct run *R, const pos_p2p_relay_info *relay, double *elapsed)
 {
-    int64_t t0 = pos_p2p_now_ms();
+    int64_t t0 = R->t0_ms = pos_p2p_now_ms();
     int tick = isatty(2);
     int64_t last_tick = t0;
 
@@ -264,6 +304,7 @@ static int run_load(struct run *R, const pos_p2p_relay_info *relay)
         while (R->started < R->o.conns && R->n_inflight < R->o.concurrency) {
             long i = R->started++;
             R->started_ms[i] = pos_p2p_now_ms();
+            count(R, &R->att_s, R->started_ms[i]);
             int rv = pos_p2p_relay_connect(R->ep[i % R->o.endpoints], relay, R->o.token,
                                            (int)(R->o.timeout_s * 1000), &R->r[i]);
             if (rv != 0) {
@@ -282,7 +323,8 @@ static int run_load(struct run *R, const pos_p2p_relay_info *relay)
     }
     if (tick)
         fprintf(stderr, "\n");
-    report(R, (double)(pos_p2p_now_ms() - t0) / 1000.0);
+    *elapsed = (double)(pos_p2p_now_ms() - t0) / 1000.0;
+    report(R, *elapsed);
     return 0;
 }
 
@@ -305,6 +347,109 @@ static void hold(struct run *R)
            R->accepted - lost, R->accepted);
 }
 
+static int cmp_done(const void *a, const void *b)
+{
+    int64_t x = ((const struct done *)a)->at_ms, y = ((const struct done *)b)->at_ms;
+    return x < y ? -1 : x > y;
+}
+
+/* percentile of |k| sorted values, the way report() takes them */
+static double sorted_percentile(const double *v, long k, double p)
+{
+    return k ? v[(long)((double)(k - 1) * p)] : NAN;
+}
+
+/* write_report: --report DIR, after the summary was printed. Returns 0 or -1 (said why). */
+static int write_report(struct run *R, const pos_p2p_relay_info *relay, double elapsed)
+{
+    enum { ATT, ACC, REF, FAIL, P50, P99, NCOLS };
+    static const char *const names[NCOLS] = {"attempted", "accepted",         "refused",
+                                             "failed",    "handshake_p50_ms", "handshake_p99_ms"};
+    const struct report_chart charts[] = {
+        {REPORT_CHART_LINES, "Connections per second", "connections / s", {ATT, ACC}, 2},
+        {REPORT_CHART_LINES, "Refused and failed per second", "connections", {REF, FAIL}, 2},
+        {REPORT_CHART_LINES,
+         "Handshake time percentiles (by second completed)",
+         "milliseconds",
+         {P50, P99},
+         2},
+        {REPORT_CHART_HISTOGRAM,
+         "Handshake time (QUIC + TLS + HELLO/WELCOME)",
+         "milliseconds",
+         {0},
+         0},
+    };
+    struct report_column cols[NCOLS];
+    struct report_kv kv[10];
+    size_t n = (size_t)ceil(elapsed), nkv = 0;
+    char err[512];
+    if (n < R->att_s.n)
+        n = R->att_s.n;
+    if (n < R->acc_s.n)
+        n = R->acc_s.n;
+    if (n < R->ref_s.n)
+        n = R->ref_s.n;
+    if (n < R->fail_s.n)
+        n = R->fail_s.n;
+    if (n == 0)
+        n = 1;
+    double *v = calloc(NCOLS * n, sizeof(double)),
+           *sec = calloc((size_t)R->accepted + 1, sizeof(double));
+    if (!v || !sec) {
+        free(v);
+        free(sec);
+        fprintf(stderr, "pos-loadtest control: out of memory for the report\n");
+        return -1;
+    }
+    for (int c = 0; c < NCOLS; c++)
+        cols[c] = (struct report_column){names[c], v + (size_t)c * n};
+    /* the accepted handshakes in the order they ended, swept once second by second */
+    qsort(R->done, (size_t)R->accepted, sizeof(*R->done), cmp_done);
+    for (size_t s = 0, i = 0; s < n; s++) {
+        long k = 0;
+        v[ATT * n + s] = (double)report_counts_get(&R->att_s, s);
+        v[ACC * n + s] = (double)report_counts_get(&R->acc_s, s);
+        v[REF * n + s] = (double)report_counts_get(&R->ref_s, s);
+        v[FAIL * n + s] = (double)report_counts_get(&R->fail_s, s);
+        for (; i < (size_t)R->accepted && (second_of(R, R->done[i].at_ms) <= s || s == n - 1); i++)
+            sec[k++] = R->done[i].took_ms;
+        qsort(sec, (size_t)k, sizeof(double), cmp_double);
+        v[P50 * n + s] = sorted_percentile(sec, k, 0.5);
+        v[P99 * n + s] = sorted_percentile(sec, k, 0.99);
+    }
+    free(sec);
+#define KV(k, ...)                                                                                 \
+    snprintf(kv[nkv].key, sizeof(kv[nkv].key), "%s", k),                                           \
+        snprintf(kv[nkv].value, sizeof(kv[nkv].value), __VA_ARGS__), nkv++
+    KV("relay", "%s (%s)", relay->id, relay->n_addrs ? relay->addrs[0] : "");
+    KV("connections", "%ld, at most %ld handshakes at once, over %ld UDP sockets", R->o.conns,
+       R->o.concurrency, R->o.endpoints);
+    KV("duration", "%.3f s", elapsed);
+    KV("attempted", "%ld", R->started);
+    KV("accepted", "%ld (%.0f per second)", R->accepted,
+       elapsed > 0 ? (double)R->accepted / elapsed : 0.0);
+    KV("refused", "%ld", R->refused);
+    KV("failed", "%ld", R->failed);
+    if (R->first_reason[0])
+        KV("first refusal or failure", "%s", R->first_reason);
+#undef KV
+    struct report r = {"pos-loadtest control",
+                       kv,
+                       nkv,
+                       n,
+                       cols,
+                       NCOLS,
+                       R->hs_ms,
+                       (size_t)R->accepted,
+                       charts,
+                       sizeof(charts) / sizeof(charts[0])};
+    int rc = report_write(R->o.report_dir, &r, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "pos-loadtest control: %s\n", err);
+    free(v);
+    return rc;
+}
+
 int cmd_control(int argc, char **argv)
 {
     struct run R;
@@ -317,6 +462,12 @@ int cmd_control(int argc, char **argv)
     int p = parse(argc, argv, &R.o);
     if (p)
         return p == 1 ? 0 : 2;
+    if (R.o.report_dir) {
+        if (report_prepare_dir(R.o.report_dir, err, sizeof(err)) != 0) {
+            fprintf(stderr, "pos-loadtest control: %s\n", err);
+            return 1;
+        }
+    }
     if (pick_relay(&R.o, &relay) != 0)
         return 1;
     /* One throwaway identity for all connections, in a private directory. */
@@ -336,7 +487,8 @@ int cmd_control(int argc, char **argv)
     R.started_ms = calloc((size_t)R.o.conns, sizeof(*R.started_ms));
     R.hs_ms = calloc((size_t)R.o.conns, sizeof(*R.hs_ms));
     R.inflight = calloc((size_t)R.o.concurrency, sizeof(*R.inflight));
-    if (!R.r || !R.started_ms || !R.hs_ms || !R.inflight) {
+    R.done = calloc((size_t)R.o.conns, sizeof(*R.done));
+    if (!R.r || !R.started_ms || !R.hs_ms || !R.inflight || !R.done) {
         fprintf(stderr, "pos-loadtest control: out of memory\n");
         goto out;
     }
@@ -346,7 +498,10 @@ int cmd_control(int argc, char **argv)
             goto out;
         }
     }
-    if (run_load(&R, &relay) != 0)
+    double elapsed = 0;
+    if (run_load(&R, &relay, &elapsed) != 0)
+        goto out;
+    if (R.o.report_dir && write_report(&R, &relay, elapsed) != 0)
         goto out;
     if (R.o.hold_s > 0 && R.accepted > 0)
         hold(&R);
@@ -360,6 +515,11 @@ out:
     free(R.started_ms);
     free(R.hs_ms);
     free(R.inflight);
+    free(R.done);
+    report_counts_free(&R.att_s);
+    report_counts_free(&R.acc_s);
+    report_counts_free(&R.ref_s);
+    report_counts_free(&R.fail_s);
     pos_p2p_identity_del(id);
     return rv;
 }

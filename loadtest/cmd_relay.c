@@ -7,10 +7,13 @@
  * and its send time, so the receiver measures one-way latency (one clock:
  * everything runs in this process) and the report counts what was lost.
  * Reports sent, delivered, lost, latency p50/p99/p999 and the handshake
- * and circuit set-up times; --json prints one object.
+ * and circuit set-up times; --json prints one object; --report DIR also
+ * writes the per-second series (by the second each datagram was sent) and an
+ * HTML page of charts (report.c).
  */
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,7 @@
 
 #include "loadtest.h"
 #include "pos/p2p.h"
+#include "report.h"
 
 #define MAX_CIRCUITS 512
 #define HDR 20                    /* u32 circuit index, u64 sequence, u64 send time (us) */
@@ -28,7 +32,7 @@
 struct side;
 
 struct run {
-    const char *api_url, *relay_id, *token;
+    const char *api_url, *relay_id, *token, *report_dir;
     long circuits, size, rate;
     double duration_s;
     int json, progress;
@@ -39,6 +43,11 @@ struct run {
     uint32_t *lat; /* histogram, LAT_BUCKETS */
     double *hs_ms, *setup_ms;
     long n_hs, n_setup;
+    /* --report: per second of the run, by the second a datagram was sent */
+    int64_t t0_us;
+    size_t n_seconds;
+    struct report_counts sent_s, delivered_s;
+    struct report_latency lat_s;
 };
 
 struct side {
@@ -56,19 +65,22 @@ struct side {
 
 static void usage(FILE *out)
 {
-    fprintf(
-        out,
-        "usage: pos-loadtest relay --api-url URL --token TOKEN --circuits N --size BYTES\n"
-        "                          --duration SECONDS [--rate PPS] [--relay-id UUID] [--json]\n\n"
-        "Opens N circuits (2N clients, each its own identity and UDP socket) through one\n"
-        "relay of the list at URL (--relay-id, or the first) and sends datagrams of BYTES\n"
-        "(%d..1500) on each for SECONDS, at PPS datagrams per second in all (default 0:\n"
-        "as fast as the sockets take them). Reports sent, delivered, lost, one-way latency\n"
-        "p50/p99/p999, handshake and circuit set-up times. --json prints one object\n"
-        "(sent, delivered, lost, p50_us, p99_us, p999_us, duration_s, ...). The relay's\n"
-        "connection rate limits apply to the 2N handshakes (conn_rate_per_addr,\n"
-        "conn_rate_per_token), and a token's bandwidth limit to the datagrams.\n",
-        HDR);
+    fprintf(out,
+            "usage: pos-loadtest relay --api-url URL --token TOKEN --circuits N --size BYTES\n"
+            "                          --duration SECONDS [--rate PPS] [--relay-id UUID] [--json]\n"
+            "                          [--report DIR]\n\n"
+            "Opens N circuits (2N clients, each its own identity and UDP socket) through one\n"
+            "relay of the list at URL (--relay-id, or the first) and sends datagrams of BYTES\n"
+            "(%d..1500) on each for SECONDS, at PPS datagrams per second in all (default 0:\n"
+            "as fast as the sockets take them). Reports sent, delivered, lost, one-way latency\n"
+            "p50/p99/p999, handshake and circuit set-up times. --json prints one object\n"
+            "(sent, delivered, lost, p50_us, p99_us, p999_us, duration_s, ...). The relay's\n"
+            "connection rate limits apply to the 2N handshakes (conn_rate_per_addr,\n"
+            "conn_rate_per_token), and a token's bandwidth limit to the datagrams.\n"
+            "--report DIR writes DIR/series.csv (per second: sent, delivered, lost,\n"
+            "throughput, latency percentiles), DIR/handshakes.csv and DIR/report.html\n"
+            "(charts, self-contained: opens offline); DIR is created if missing.\n",
+            HDR);
 }
 
 static int64_t now_us(void)
@@ -111,6 +123,13 @@ static void on_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
     }
 }
 
+/* second_of: the second of the run (0 .. n_seconds - 1) that the time |us| falls in. */
+static size_t second_of(const struct run *run, int64_t us)
+{
+    size_t sec = us > run->t0_us ? (size_t)((us - run->t0_us) / 1000000) : 0;
+    return sec < run->n_seconds ? sec : run->n_seconds - 1;
+}
+
 static void on_data(void *arg, pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data,
                     size_t len)
 {
@@ -122,11 +141,16 @@ static void on_data(void *arg, pos_p2p_relay *r, uint32_t circuit_id, const uint
         run->bad++;
         return;
     }
-    int64_t lat = now_us() - (int64_t)get(data + 12, 8);
+    int64_t sent_at = (int64_t)get(data + 12, 8), lat = now_us() - sent_at;
     if (lat < 0)
         lat = 0;
     run->lat[lat < LAT_BUCKETS ? lat : LAT_BUCKETS - 1]++;
     run->delivered++;
+    if (run->report_dir) {
+        size_t sec = second_of(run, sent_at);
+        report_counts_add(&run->delivered_s, sec, 1);
+        report_latency_add(&run->lat_s, sec, (uint64_t)lat);
+    }
 }
 
 /* pump processes every endpoint once, after waiting at most |ms| for one to be ready. */
@@ -170,12 +194,17 @@ static long lat_percentile(const struct run *run, double p)
 
 static int parse(int argc, char **argv, struct run *run)
 {
-    static const struct option lo[] = {
-        {"api-url", required_argument, NULL, 'a'}, {"relay-id", required_argument, NULL, 'R'},
-        {"token", required_argument, NULL, 't'},   {"circuits", required_argument, NULL, 'n'},
-        {"size", required_argument, NULL, 's'},    {"duration", required_argument, NULL, 'd'},
-        {"rate", required_argument, NULL, 'r'},    {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+    static const struct option lo[] = {{"api-url", required_argument, NULL, 'a'},
+                                       {"relay-id", required_argument, NULL, 'R'},
+                                       {"token", required_argument, NULL, 't'},
+                                       {"circuits", required_argument, NULL, 'n'},
+                                       {"size", required_argument, NULL, 's'},
+                                       {"duration", required_argument, NULL, 'd'},
+                                       {"rate", required_argument, NULL, 'r'},
+                                       {"json", no_argument, NULL, 'j'},
+                                       {"report", required_argument, NULL, 'o'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
     int ch;
     char *end;
     optind = 1;
@@ -224,6 +253,9 @@ static int parse(int argc, char **argv, struct run *run)
             break;
         case 'j':
             run->json = 1;
+            break;
+        case 'o':
+            run->report_dir = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -354,7 +386,8 @@ static int open_circuits(struct run *run)
 static void blast(struct run *run)
 {
     uint8_t buf[1500];
-    int64_t t0 = now_us(), end = t0 + (int64_t)(run->duration_s * 1e6), next_progress = t0;
+    int64_t t0 = run->t0_us = now_us(), end = t0 + (int64_t)(run->duration_s * 1e6),
+            next_progress = t0;
     long c = 0;
     memset(buf, 0xa5, sizeof(buf));
     for (;;) {
@@ -370,11 +403,13 @@ static void blast(struct run *run)
                 continue;
             put(buf, (uint64_t)a->idx, 4);
             put(buf + 4, run->sent, 8);
-            put(buf + 12, (uint64_t)now_us(), 8);
-            if (pos_p2p_relay_send_data(a->r, a->circuit, buf, (size_t)run->size) == 0)
-                run->sent++;
-            else
+            int64_t stamp = now_us();
+            put(buf + 12, (uint64_t)stamp, 8);
+            if (pos_p2p_relay_send_data(a->r, a->circuit, buf, (size_t)run->size) != 0)
                 break; /* socket full: let the receivers drain */
+            run->sent++;
+            if (run->report_dir)
+                report_counts_add(&run->sent_s, second_of(run, stamp), 1);
         }
         pump(run, 0);
         if (run->rate > 0 && run->sent >= due)
@@ -420,6 +455,84 @@ static void report(struct run *run, double secs)
     printf("handshake: p50 %.1f ms, max %.1f ms; circuit set-up p50 %.1f ms\n", hs50, hsmax, cs50);
 }
 
+/* write_report: --report DIR, after the summary was printed. Returns 0 or -1 (said why). */
+static int write_report(struct run *run, double secs)
+{
+    enum { SENT, DELIVERED, LOST, MBIT, P50, P99, P999, NCOLS };
+    static const char *const names[NCOLS] = {"sent",   "delivered", "lost",   "throughput_mbit_s",
+                                             "p50_us", "p99_us",    "p999_us"};
+    const struct report_chart charts[] = {
+        {REPORT_CHART_LINES,
+         "Datagrams per second (by second sent)",
+         "datagrams / s",
+         {SENT, DELIVERED},
+         2},
+        {REPORT_CHART_LINES, "Delivered throughput", "Mbit/s", {MBIT}, 1},
+        {REPORT_CHART_LINES, "Lost datagrams per second (by second sent)", "datagrams", {LOST}, 1},
+        {REPORT_CHART_LINES, "One-way latency percentiles", "microseconds", {P50, P99, P999}, 3},
+        {REPORT_CHART_HISTOGRAM,
+         "Handshake time (QUIC + TLS + HELLO/WELCOME), 2N clients",
+         "milliseconds",
+         {0},
+         0},
+    };
+    struct report_column cols[NCOLS];
+    struct report_kv kv[12];
+    size_t n = run->n_seconds, nkv = 0;
+    double *v = calloc(NCOLS * n, sizeof(double));
+    char err[512];
+    if (!v) {
+        fprintf(stderr, "pos-loadtest relay: out of memory for the report\n");
+        return -1;
+    }
+    for (int c = 0; c < NCOLS; c++)
+        cols[c] = (struct report_column){names[c], v + (size_t)c * n};
+    for (size_t s = 0; s < n; s++) {
+        double sent = (double)report_counts_get(&run->sent_s, s),
+               got = (double)report_counts_get(&run->delivered_s, s);
+        v[SENT * n + s] = sent;
+        v[DELIVERED * n + s] = got;
+        v[LOST * n + s] = sent > got ? sent - got : 0;
+        v[MBIT * n + s] = got * (double)run->size * 8 / 1e6;
+        double q[3] = {0.5, 0.99, 0.999};
+        for (int k = 0; k < 3; k++) {
+            double us = report_latency_percentile(&run->lat_s, s, q[k]);
+            v[(P50 + k) * n + s] = us < 0 ? NAN : us;
+        }
+    }
+#define KV(k, ...)                                                                                 \
+    snprintf(kv[nkv].key, sizeof(kv[nkv].key), "%s", k),                                           \
+        snprintf(kv[nkv].value, sizeof(kv[nkv].value), __VA_ARGS__), nkv++
+    KV("relay", "%s (%s)", run->relay.id, run->relay.n_addrs ? run->relay.addrs[0] : "");
+    KV("circuits", "%ld (%ld clients)", run->circuits, 2 * run->circuits);
+    KV("datagram size", "%ld bytes", run->size);
+    KV("rate", run->rate ? "%ld datagrams/s" : "as fast as the sockets take them", run->rate);
+    KV("duration", "%.3f s", secs);
+    KV("sent", "%llu", (unsigned long long)run->sent);
+    KV("delivered", "%llu", (unsigned long long)run->delivered);
+    KV("lost", "%llu",
+       (unsigned long long)(run->sent > run->delivered ? run->sent - run->delivered : 0));
+    KV("one-way latency", "p50 %ld us, p99 %ld us, p999 %ld us", lat_percentile(run, 0.5),
+       lat_percentile(run, 0.99), lat_percentile(run, 0.999));
+    KV("handshakes", "%ld", run->n_hs);
+#undef KV
+    struct report r = {"pos-loadtest relay",
+                       kv,
+                       nkv,
+                       n,
+                       cols,
+                       NCOLS,
+                       run->hs_ms,
+                       (size_t)run->n_hs,
+                       charts,
+                       sizeof(charts) / sizeof(charts[0])};
+    int rc = report_write(run->report_dir, &r, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "pos-loadtest relay: %s\n", err);
+    free(v);
+    return rc;
+}
+
 int cmd_relay(int argc, char **argv)
 {
     struct run run;
@@ -431,11 +544,26 @@ int cmd_relay(int argc, char **argv)
     if (rv != 0)
         return rv > 0 ? 0 : 2;
     run.progress = isatty(2) && !run.json;
-    if (pick_relay(&run) != 0)
+    if (run.report_dir) {
+        char err[512];
+        if (report_prepare_dir(run.report_dir, err, sizeof(err)) != 0) {
+            fprintf(stderr, "pos-loadtest relay: %s\n", err);
+            return 1;
+        }
+        run.n_seconds = (size_t)ceil(run.duration_s);
+        if (report_latency_init(&run.lat_s, run.n_seconds) != 0) {
+            fprintf(stderr, "pos-loadtest relay: out of memory for the report\n");
+            return 1;
+        }
+    }
+    if (pick_relay(&run) != 0) {
+        report_latency_free(&run.lat_s);
         return 1;
+    }
     if (!mkdtemp(dir)) {
         fprintf(stderr, "pos-loadtest relay: cannot make a temporary directory: %s\n",
                 strerror(errno));
+        report_latency_free(&run.lat_s);
         return 1;
     }
     run.sides = calloc((size_t)(2 * run.circuits), sizeof(*run.sides));
@@ -451,9 +579,11 @@ int cmd_relay(int argc, char **argv)
         goto out;
     int64_t t0 = now_us();
     blast(&run);
-    report(&run, (double)(now_us() - t0) / 1e6 > run.duration_s ? run.duration_s
-                                                                : (double)(now_us() - t0) / 1e6);
-    rc = 0;
+    double secs = (double)(now_us() - t0) / 1e6 > run.duration_s ? run.duration_s
+                                                                 : (double)(now_us() - t0) / 1e6;
+    report(&run, secs);
+    fflush(stdout);
+    rc = run.report_dir && write_report(&run, secs) != 0 ? 1 : 0;
 out:
     for (long i = 0; run.sides && i < 2 * run.circuits; i++) {
         char path[600];
@@ -471,5 +601,8 @@ out:
     free(run.lat);
     free(run.hs_ms);
     free(run.setup_ms);
+    report_counts_free(&run.sent_s);
+    report_counts_free(&run.delivered_s);
+    report_latency_free(&run.lat_s);
     return rc;
 }

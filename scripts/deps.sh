@@ -15,6 +15,8 @@ pkgs=(
   redis-server redis-tools curl ca-certificates gnutls-bin
   # tests: sanitizers, fuzzing, formatting, network namespaces, mDNS peers
   clang libclang-rt-14-dev clang-format python3 python3-zeroconf
+  # man pages (meson builds them when scdoc is found; the test renders them)
+  scdoc groff-base
   iproute2 iptables tcpdump avahi-daemon avahi-utils dbus procps psmisc
 )
 if [ "${1:-}" = "--bench" ]; then
