@@ -280,7 +280,7 @@ void relay_budget_lease(void *services, relay_budget *b)
 relay_budget *relay_budget_svc_acquire(relay_budget_svc *s, const char *token_id,
                                        const relay_limits *limits)
 {
-    if (!token_id || !limits || strlen(token_id) >= sizeof(((struct strmap_node *)0)->key))
+    if (!token_id || !limits || strlen(token_id) >= STRMAP_KEY_MAX)
         return NULL;
     struct budget *tb = (struct budget *)strmap_get(&s->budgets, token_id);
     if (!tb) {

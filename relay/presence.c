@@ -249,7 +249,7 @@ static void presence_keep(relay_presence_svc *s, const char *peer_id)
 
 void relay_presence_svc_add(relay_presence_svc *s, const char *peer_id)
 {
-    if (!peer_id || strlen(peer_id) >= sizeof(((struct strmap_node *)0)->key))
+    if (!peer_id || strlen(peer_id) >= STRMAP_KEY_MAX)
         return;
     struct presence *p = (struct presence *)strmap_get(&s->presence, peer_id);
     if (!p) {
