@@ -22,6 +22,7 @@
 #include "redis.h"
 #include "secret.h"
 #include "relay_keys.h"
+#include "token_record.h"
 
 #define MAX_TOKEN_LEN 1024
 
@@ -144,12 +145,16 @@ static int token_add(pos_redis *r, const struct token_opts *o)
     if (!rep)
         goto fail;
     freeReplyObject(rep);
-    rep = pos_redis_command(
-        r,
-        "HSET %s account %s created_at %lld expires_at %lld bytes_per_sec %llu burst %llu "
-        "max_conns %llu revoked 0",
-        key, account, (long long)now, (long long)expires_at, (unsigned long long)o->bytes_per_sec,
-        (unsigned long long)o->burst, (unsigned long long)o->max_conns);
+    relay_token_record rec = {.found = 1,
+                              .created_at = now,
+                              .expires_at = expires_at,
+                              .bytes_per_sec = o->bytes_per_sec,
+                              .burst = o->burst,
+                              .max_conns = o->max_conns};
+    snprintf(rec.account, sizeof(rec.account), "%s", account);
+    relay_token_record_cmd hset;
+    relay_token_record_hset(&rec, key, &hset);
+    rep = pos_redis_commandv(r, hset.argc, hset.argv, NULL);
     if (!(rep = relay_cli_expect(r, "token add", rep, REDIS_REPLY_STATUS)))
         goto fail;
     freeReplyObject(rep);
@@ -194,39 +199,31 @@ static void format_time(int64_t t, char *out, size_t outlen)
     strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static void format_limit(const char *s, char *out, size_t outlen)
+/* A limit as `token list` shows it: 0 is "unlimited". */
+static void format_limit(uint64_t v, char *out, size_t outlen)
 {
-    snprintf(out, outlen, "%s", (!s || !*s || strcmp(s, "0") == 0) ? "unlimited" : s);
+    if (v == 0)
+        snprintf(out, outlen, "unlimited");
+    else
+        snprintf(out, outlen, "%llu", (unsigned long long)v);
 }
 
-/* One row of `token list` from the fields of a token hash. */
-static void print_token_row(const char *hash, const redisReply *h)
+/* One row of `token list` from a token record. */
+static void print_token_row(const char *hash, const relay_token_record *rec)
 {
-    const char *f[7] = {0};
-    static const char *const names[7] = {"account", "created_at", "expires_at", "bytes_per_sec",
-                                         "burst",   "max_conns",  "revoked"};
-    for (size_t i = 0; i + 1 < h->elements; i += 2) {
-        for (int k = 0; k < 7; k++) {
-            if (h->element[i]->type == REDIS_REPLY_STRING &&
-                h->element[i + 1]->type == REDIS_REPLY_STRING &&
-                !strcmp(h->element[i]->str, names[k]))
-                f[k] = h->element[i + 1]->str;
-        }
-    }
-    int64_t expires_at = f[2] ? strtoll(f[2], NULL, 10) : 0;
-    const char *status = (f[6] && strcmp(f[6], "0") != 0)           ? "revoked"
-                         : (expires_at && expires_at <= time(NULL)) ? "expired"
-                                                                    : "active";
+    const char *status = rec->revoked                                         ? "revoked"
+                         : (rec->expires_at && rec->expires_at <= time(NULL)) ? "expired"
+                                                                              : "active";
     char created[32], expires[32], bps[32], burst[32], conns[32];
-    format_time(f[1] ? strtoll(f[1], NULL, 10) : 0, created, sizeof(created));
-    format_time(expires_at, expires, sizeof(expires));
-    format_limit(f[3], bps, sizeof(bps));
-    format_limit(f[4], burst, sizeof(burst));
-    format_limit(f[5], conns, sizeof(conns));
-    if (strcmp(conns, "unlimited") == 0)
+    format_time(rec->created_at, created, sizeof(created));
+    format_time(rec->expires_at, expires, sizeof(expires));
+    format_limit(rec->bytes_per_sec, bps, sizeof(bps));
+    format_limit(rec->burst, burst, sizeof(burst));
+    format_limit(rec->max_conns, conns, sizeof(conns));
+    if (rec->max_conns == 0)
         snprintf(conns, sizeof(conns), "default"); /* the relay's max_conns_per_token */
-    printf("%-12.12s  %-20s  %-7s  %-20s  %-13s  %-13s  %-9s  %s\n", hash, f[0] ? f[0] : "?",
-           status, expires, bps, burst, conns, created);
+    printf("%-12.12s  %-20s  %-7s  %-20s  %-13s  %-13s  %-9s  %s\n", hash,
+           rec->found ? rec->account : "?", status, expires, bps, burst, conns, created);
 }
 
 static int token_list(pos_redis *r)
@@ -251,8 +248,11 @@ static int token_list(pos_redis *r)
             status = RELAY_EXIT_FAIL;
             break;
         }
-        if (h->elements > 0)
-            print_token_row(hash, h);
+        if (h->elements > 0) {
+            relay_token_record rec;
+            relay_token_record_parse(h, &rec);
+            print_token_row(hash, &rec);
+        }
         freeReplyObject(h);
     }
     freeReplyObject(set);
@@ -274,7 +274,8 @@ static int revoke_hash(pos_redis *r, const char *hash)
     freeReplyObject(rep);
     if (!exists)
         return 0;
-    rep = relay_cli_expect(r, "token revoke", pos_redis_command(r, "HSET %s revoked 1", key),
+    rep = relay_cli_expect(r, "token revoke",
+                           pos_redis_command(r, "HSET %s %s 1", key, RELAY_TOKEN_REVOKED),
                            REDIS_REPLY_INTEGER);
     if (!rep)
         return -1;

@@ -2,7 +2,7 @@
  * pos-relay usage: per account, the bytes relayed and circuit seconds that
  * the relays add up in Redis (<prefix>usage:<account>, fields bytes_relayed
  * and circuit_seconds, incremented with HINCRBY by every relay's services,
- * relay/services.c, every RELAY_USAGE_FLUSH_S seconds and at shutdown).
+ * relay/budget.c, every RELAY_USAGE_FLUSH_S seconds and at shutdown).
  * Accounts come from the <prefix>accounts set that `token add` fills.
  */
 #include <getopt.h>

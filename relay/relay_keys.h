@@ -1,6 +1,6 @@
 /*
  * Names of the relay's Redis keys, in one place so that the operator
- * commands (token, usage) and the running relay (services.c) always agree.
+ * commands (token, usage) and the running relay (auth.c, presence.c, budget.c) always agree.
  * Every key starts with the configured prefix (default "pos:"); the full
  * layout is documented in docs/redis-layout.md. Each function writes
  * prefix + name into |out| (|outlen| bytes, truncated if too small; 256 is
@@ -40,7 +40,7 @@ int relay_key_rate_addr(const char *prefix, char *out, size_t outlen, const char
 int relay_key_rate_token(const char *prefix, char *out, size_t outlen, const char *hash);
 /*
  * <prefix>bw:<hash> -> a token's bandwidth bucket {t (milli-bytes), ts (ms)}, from which every
- * relay leases byte budgets (relay/services.c)
+ * relay leases byte budgets (relay/budget.c)
  */
 int relay_key_bandwidth(const char *prefix, char *out, size_t outlen, const char *hash);
 /* <prefix><fixed name> */

@@ -1,9 +1,12 @@
 /*
  * What `pos-relay run` needs from Redis and the discovery API, behind one
  * interface so that the QUIC side (run.c, quic_server.c) never touches
- * hiredis or libcurl. Everything here runs on the relay's libev loop and
- * never blocks it: Redis through hiredis's async API, HTTP through a curl
- * multi handle driven by the loop.
+ * hiredis or libcurl. The facade of services.c, which hands each call to
+ * its room: auth.h (rate limits, token checks, revocations), presence.h,
+ * budget.h (bandwidth and usage) and registration.h (discovery API).
+ * Everything here runs on the relay's libev loop and never blocks it: Redis
+ * through hiredis's async API, HTTP through a curl multi handle driven by
+ * the loop.
  *
  * Lifetimes: relay_services_new borrows |loop| and |cfg| (both outlive it).
  * Callbacks are never called after relay_services_del, and a pending check
@@ -34,35 +37,17 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "admission.h"
 #include "circuit.h"
 #include "relay_config.h"
 
 typedef struct relay_services relay_services;
 
-/* Why a client is refused. Values are also the QUIC application error codes sent to the client. */
-enum relay_refusal {
-    RELAY_OK = 0,
-    RELAY_REFUSED_UNKNOWN_TOKEN = 0x101,
-    RELAY_REFUSED_REVOKED = 0x102,
-    RELAY_REFUSED_EXPIRED = 0x103,
-    RELAY_REFUSED_RATE_LIMITED = 0x104,
-    RELAY_REFUSED_TOO_MANY_CONNS = 0x105,
-    RELAY_REFUSED_UNAVAILABLE = 0x106, /* Redis unreachable: try again later */
-    RELAY_REFUSED_BAD_REQUEST = 0x107,
-    RELAY_GOING_AWAY = 0x108, /* relay shutting down: move to another */
-};
-
-/* relay_refusal_reason: the sentence a client shows for |r| ("unknown token", ...). */
-const char *relay_refusal_reason(enum relay_refusal r);
-
-/* What an accepted token allows. 0 means unlimited. */
-typedef struct relay_limits {
-    char account[128];
-    uint64_t bytes_per_sec;
-    uint64_t burst_bytes;
-    uint32_t max_conns;
-    int64_t expires_at; /* unix seconds, 0 = never */
-} relay_limits;
+/*
+ * enum relay_refusal (the verdicts, also the QUIC application error codes),
+ * relay_refusal_reason and relay_limits (what an accepted token allows) are
+ * in admission.h, with the policy that decides them.
+ */
 
 /*
  * relay_auth_cb reports the verdict of relay_auth_check. |token_id| is an

@@ -1,0 +1,52 @@
+/*
+ * Presence for the relay's services (services.h is the facade): which peers
+ * have their home connection here (P presence:PEERID -> this relay, short
+ * TTL, refreshed), and the lookup of the relay holding a peer that is not
+ * connected here. Semantics of each call: relay_presence_* in services.h.
+ *
+ * Lifetimes: relay_presence_svc_new borrows |loop|, |cfg| and |redis|. Call
+ * relay_presence_svc_detach before pos_redis_async_del (lookups answered
+ * during it are dropped without a callback), relay_presence_svc_del after.
+ */
+#ifndef POS_RELAY_PRESENCE_H
+#define POS_RELAY_PRESENCE_H
+
+#include "redis.h"
+#include "redis_async.h"
+#include "services.h"
+
+typedef struct relay_presence_svc relay_presence_svc;
+
+/* NULL when out of memory. */
+relay_presence_svc *relay_presence_svc_new(struct ev_loop *loop, const relay_config *cfg,
+                                           pos_redis_async *redis);
+
+void relay_presence_svc_add(relay_presence_svc *s, const char *peer_id);
+void relay_presence_svc_remove(relay_presence_svc *s, const char *peer_id);
+uint64_t relay_presence_svc_lookup(relay_presence_svc *s, const char *peer_id, relay_presence_cb cb,
+                                   void *arg);
+void relay_presence_svc_cancel(relay_presence_svc *s, uint64_t handle);
+
+/* relay_presence_svc_refresh: extends (or puts back) every presence key naming this relay. */
+void relay_presence_svc_refresh(relay_presence_svc *s);
+
+/* relay_presence_svc_shutdown: lookups are answered unavailable from now on. */
+void relay_presence_svc_shutdown(relay_presence_svc *s);
+
+/*
+ * relay_presence_svc_append_final appends to |r|'s pipeline a
+ * compare-and-delete of each presence key naming this relay. Returns the
+ * number of commands.
+ */
+int relay_presence_svc_append_final(relay_presence_svc *s, pos_redis *r);
+
+/* relay_presence_svc_forget: drops the local presence table (after the final clean-up). */
+void relay_presence_svc_forget(relay_presence_svc *s);
+
+/* Redis replies that were errors, for /metrics. */
+uint64_t relay_presence_svc_reply_errors(const relay_presence_svc *s);
+
+void relay_presence_svc_detach(relay_presence_svc *s);
+void relay_presence_svc_del(relay_presence_svc *s);
+
+#endif
