@@ -35,6 +35,7 @@ struct init_opts {
     long port;
     const char *public_addrs[RELAY_MAX_ADDRS];
     size_t n_public;
+    const char *http_listen;
     int force;
 };
 
@@ -42,7 +43,7 @@ static void init_usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-relay init [--config FILE] [--api-url URL] [--port N] [--redis URL]\n"
-            "                      [--public-addr IP:PORT]... [--force]\n\n"
+            "                      [--public-addr IP:PORT]... [--http-listen IP:PORT] [--force]\n\n"
             "Writes a new relay configuration (mode 0600): a relay id, a new identity key,\n"
             "the p2p secret shared with the discovery API, and the settings given here.\n"
             "The p2p secret is asked for without echo on a terminal (\"p2p secret: \");\n"
@@ -50,9 +51,11 @@ static void init_usage(FILE *out)
             "  --config FILE         file to write (default $POS_RELAY_CONFIG or ./config.json)\n"
             "  --api-url URL         discovery API base URL, e.g. http://127.0.0.1:8080\n"
             "  --port N              UDP port, 1-65535 (default 7373)\n"
-            "  --redis URL           redis://IP:PORT[/DB] or unix:///path[?db=N]\n"
+            "  --redis URL           redis://HOST[:PORT][/DB] or unix:///path[?db=N]; HOST is\n"
+            "                        a name (resolved at each connection), an IP or [IPv6]\n"
             "                        (default " POS_REDIS_DEFAULT_URL ")\n"
             "  --public-addr IP:PORT address announced to clients (repeatable, at most %d)\n"
+            "  --http-listen IP:PORT metrics and /healthz endpoint (default: none)\n"
             "  --force               replace an existing file (the old identity is lost)\n"
             "  --help                show this help\n",
             RELAY_MAX_ADDRS);
@@ -66,6 +69,7 @@ static int parse_init_opts(int argc, char **argv, struct init_opts *o)
         {"port", required_argument, NULL, 'p'},
         {"redis", required_argument, NULL, 'r'},
         {"public-addr", required_argument, NULL, 'P'},
+        {"http-listen", required_argument, NULL, 'H'},
         {"force", no_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -121,6 +125,15 @@ static int parse_init_opts(int argc, char **argv, struct init_opts *o)
                 return -1;
             }
             o->public_addrs[o->n_public++] = optarg;
+            break;
+        case 'H':
+            if (pos_addr_parse(optarg, strlen(optarg), 0, &ss) != 0) {
+                fprintf(stderr,
+                        "pos-relay init: --http-listen \"%s\": expected IP:PORT or [IPv6]:PORT\n",
+                        optarg);
+                return -1;
+            }
+            o->http_listen = optarg;
             break;
         case 'f':
             o->force = 1;
@@ -230,7 +243,8 @@ static json_t *build_config(const struct init_opts *o, const char *secret, const
         (o->api_url && json_object_set_new(root, "api_url", json_string(o->api_url))) ||
         json_object_set_new(root, "port", json_integer(o->port)) ||
         json_object_set_new(root, "redis", json_string(o->redis)) ||
-        json_object_set_new(root, "public_addrs", addrs))
+        json_object_set_new(root, "public_addrs", addrs) ||
+        (o->http_listen && json_object_set_new(root, "http_listen", json_string(o->http_listen))))
         goto fail_root;
     return root;
 fail:
