@@ -39,9 +39,9 @@ ok() {
   say "ok: $*"
 }
 wait_for() { # SECONDS WHAT COMMAND...
-  local secs=$1 what=$2
+  local secs=$1 what=$2 deadline=$(($(date +%s) + $1))
   shift 2
-  for _ in $(seq $((secs * 2))); do
+  while [ "$(date +%s)" -lt "$deadline" ]; do
     if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.5
   done
@@ -112,23 +112,28 @@ api=http://$host_ip:8080
 
 say "compose up (clients reach the relays at $host_ip)"
 t_up=$(date +%s)
-POS_IMAGE=$image POS_PUBLIC_HOST=$host_ip "${compose[@]}" up -d 2>&1 | tail -n 3
-export POS_IMAGE=$image POS_PUBLIC_HOST=$host_ip
+POS_IMAGE=$image POS_PUBLIC_HOST=$host_ip POS_BIND_IP=$host_ip "${compose[@]}" up -d 2>&1 | tail -n 3
+export POS_IMAGE=$image POS_PUBLIC_HOST=$host_ip POS_BIND_IP=$host_ip
 
+relay_ids() { curl -fsS --max-time 3 http://127.0.0.1:8080/api/p2p/relays | python3 -c 'import json,sys; print(" ".join(sorted(e["id"] for e in json.load(sys.stdin))))'; }
 relays_listed() { # N: the API lists N relays
   local n
   n=$(curl -fsS --max-time 3 http://127.0.0.1:8080/api/p2p/relays | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
   [ "$n" = "$1" ]
 }
+cid() { docker ps -aq --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=$1"; }
 healthy() { # SERVICE
-  [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${compose[@]}" ps -q "$1")")" = healthy ]
+  [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")")" = healthy ]
 }
 wait_for 120 "both relays listed" relays_listed 2
 ok "both relays listed $(($(date +%s) - t_up)) s after up"
+ids=$(relay_ids)
 for s in redis discovery relay1 relay2; do wait_for 60 "$s healthy" healthy "$s"; done
 ok "every service healthy"
-curl -fsS --max-time 3 http://127.0.0.1:9091/metrics | grep -q '^pos_' || fail "relay1 metrics"
-curl -fsS --max-time 3 http://127.0.0.1:9092/metrics | grep -q '^pos_' || fail "relay2 metrics"
+for port in 9091 9092; do
+  m=$(curl -fsS --max-time 3 "http://127.0.0.1:$port/metrics") || fail "no metrics on :$port"
+  grep -q '^pos_relay_' <<<"$m" || fail "metrics on :$port: ${m:0:300}"
+done
 ok "metrics of both relays reachable on the host"
 
 token=$("${compose[@]}" exec -T relay1 pos-relay token add | tail -n 1 | tr -d '\r')
@@ -149,7 +154,8 @@ ok "pos-p2p relays from a client container: both relays accept the token"
 docker run -d --name pos-listen --network pos-net-a -e POS_TOKEN="$token" "$image" \
   bash -c "mkdir -p in && exec pos-p2p listen --out in --identity id --api-url $api --retry-max 2" >/dev/null
 home() { docker logs pos-listen 2>/dev/null | awk '/^relay: /{a=$NF} END{print a}'; }
-wait_for 30 "the listener to reach a relay" test -n "$(home)"
+has_home() { [ -n "$(home)" ]; }
+wait_for 30 "the listener to reach a relay" has_home
 peer=$(docker exec pos-listen pos-p2p id --identity id | tail -n 1)
 transfer() { # NAME: a relayed transfer from pos-net-b, checked by content
   local sum got
@@ -165,17 +171,28 @@ ok "relayed send/listen between pos-net-a and pos-net-b via $(home)"
 first=$(home)
 victim=relay1
 [ "${first##*:}" = 7374 ] && victim=relay2
-docker kill "$("${compose[@]}" ps -q "$victim")" >/dev/null
-say "killed $victim (the listener's home relay $first)"
+# A crash (SIGKILL to pos-relay, not `docker kill`, a manual stop), and the
+# relay stays down (restart policy off for now) so that the listener must move.
+docker update --restart=no "$(cid "$victim")" >/dev/null
+kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$(cid "$victim")")"
+say "killed $victim's pos-relay with SIGKILL (the listener's home relay $first)"
 moved() { local h; h=$(home); [ -n "$h" ] && [ "$h" != "$first" ]; }
 wait_for 60 "the listener to move to the other relay" moved
 wait_for 60 "a transfer after the kill" transfer two
 ok "listener moved to $(home); transfer works"
-wait_for 90 "$victim back (restart policy) and healthy" healthy "$victim"
-ok "$victim restarted by its restart policy"
+"${compose[@]}" up -d >/dev/null 2>&1
+wait_for 60 "$victim back after up -d" healthy "$victim"
+wait_for 30 "both relays listed again" relays_listed 2
+[ "$(relay_ids)" = "$ids" ] || fail "relay ids changed: $ids -> $(relay_ids)"
+ok "$victim back with the same identity after up -d"
+# The restart policy: a crashed discovery API comes back by itself.
+kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$(cid discovery)")"
+sleep 1
+wait_for 60 "discovery restarted by its restart policy" healthy discovery
+ok "a crashed pos-discovery is restarted (restart: unless-stopped)"
 
 "${compose[@]}" restart redis >/dev/null 2>&1
-for s in redis discovery relay1 relay2; do wait_for 90 "$s healthy after the Redis restart" healthy "$s"; done
+for s in redis discovery relay1 relay2; do wait_for 60 "$s healthy after the Redis restart" healthy "$s"; done
 wait_for 60 "both relays listed after the Redis restart" relays_listed 2
 wait_for 60 "a transfer after the Redis restart" transfer three
 ok "Redis restarted: services healthy, both relays listed, transfer works"
