@@ -16,6 +16,9 @@ pkgs=(
   # tests: sanitizers, fuzzing, formatting, network namespaces, mDNS peers
   clang libclang-rt-14-dev clang-format python3 python3-zeroconf
   iproute2 iptables tcpdump avahi-daemon avahi-utils dbus procps psmisc
+  # the deployment tests (tests/deploy): a Docker engine, compose 1.29, a base
+  # image; systemd-analyze, sysusers, tmpfiles and seccomp for the units' test
+  docker.io docker-compose debootstrap systemd python3-seccomp
 )
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(wrk nginx-light coturn valgrind)
