@@ -25,7 +25,7 @@ docker run --rm --entrypoint bash "$tag" -c '
   set -e
   [ "$(id -un)" = pos ]
   for p in pos-relay pos-discovery pos-p2p pos-loadtest; do "$p" --help >/dev/null; done
-  ldconfig -p | grep -q "libpos-p2p.so.*/usr/lib/$(uname -m)-linux-gnu/"
+  ldconfig -p | grep -q "libpos-p2p.so.0 .*lib/$(uname -m)-linux-gnu/libpos-p2p.so.0"
   ! ls /usr/include/pos /usr/lib/*/libpos-p2p.a 2>/dev/null
   echo "docker-build: programs run as pos; libpos-p2p in /usr/lib/$(uname -m)-linux-gnu"'
 docker image inspect -f 'docker-build: {{.Size}} bytes' "$tag"

@@ -76,6 +76,88 @@ def redis_and_api_by_host_name():
     assert relay.proc.p.poll() is None
 
 
+NETNS = "pos-names-test"
+
+
+def in_ns(*argv):
+    return ["ip", "netns", "exec", NETNS, *argv]
+
+
+def ns_http_status(url):
+    r = subprocess.run(in_ns("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
+                             "2", url), capture_output=True, text=True, timeout=10)
+    return r.stdout.strip()
+
+
+@test
+def a_moved_server_is_found_again_by_name():
+    """In a network namespace whose /etc/hosts (ip netns exec bind-mounts
+    /etc/netns/NAME/hosts) names Redis `pos-redis`: the relay and the API
+    reach it by that name; then Redis moves to another address and the name
+    with it, and both follow without a restart."""
+    if os.geteuid() != 0:
+        print("skip: needs root for a network namespace")
+        return
+    etc = f"/etc/netns/{NETNS}"
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    procs = []
+    try:
+        os.makedirs(etc, exist_ok=True)
+        hosts = os.path.join(etc, "hosts")
+
+        def point(ip):  # rewritten in place: the bind mount sees the same inode
+            with open(hosts, "w") as f:
+                f.write(f"127.0.0.1 localhost\n{ip} pos-redis\n")
+
+        point("127.0.0.1")
+        subprocess.run(in_ns("ip", "link", "set", "lo", "up"), check=True)
+        port = suite.free_port()
+        d = tmpdir()
+
+        def redis_at(ip):
+            p = Proc(in_ns("/usr/bin/redis-server", "--port", str(port), "--bind", ip, "--save",
+                           "", "--appendonly", "no", "--dir", d), name=f"redis-{ip}")
+            wait_until(lambda: subprocess.run(in_ns("redis-cli", "-h", ip, "-p", str(port),
+                                                    "ping"), capture_output=True,
+                                              text=True).stdout.strip() == "PONG", 10,
+                       what=f"redis on {ip}")
+            return p
+
+        redis = redis_at("127.0.0.1")
+        dport = suite.free_port()
+        url = f"redis://pos-redis:{port}"
+        disc = Proc(in_ns(DISCOVERY, "--listen", f"127.0.0.1:{dport}", "--redis", url, "--ttl",
+                          "3"), env={"POS_P2P_SECRET": SECRET}, name="discovery-ns")
+        procs.append(disc)
+        named = Named(type("R", (), {"port": port})(), "pos-redis")
+        api = type("D", (), {"url": f"http://localhost:{dport}"})()
+        relay = suite.Relay(named, api, SECRET)
+        rp = Proc(in_ns(RELAY, "run", "--config", relay.config), name="relay-ns")
+        procs.append(rp)
+        healthz = relay.http + "/healthz"
+        wait_until(lambda: ns_http_status(healthz) == "200", 15,
+                   what="the relay to use Redis and the API by name")
+
+        # Redis moves to 127.0.0.2 and the name follows it.
+        redis.stop(signal.SIGKILL)
+        point("127.0.0.2")
+        wait_until(lambda: ns_http_status(healthz) == "503", 10,
+                   what="the relay to notice Redis is gone")
+        procs.append(redis_at("127.0.0.2"))
+        wait_until(lambda: ns_http_status(healthz) == "200", 20,
+                   what="the relay to find Redis at its new address by name")
+        r = subprocess.run(in_ns("redis-cli", "-h", "127.0.0.2", "-p", str(port), "--scan"),
+                           capture_output=True, text=True, timeout=10)
+        assert any(k.startswith("pos:") for k in r.stdout.split()), r.stdout
+        assert rp.p.poll() is None and disc.p.poll() is None
+    finally:
+        for p in procs:
+            p.stop(signal.SIGTERM)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+        subprocess.run(["rm", "-rf", etc])
+
+
 @test
 def unresolvable_name_is_an_outage_not_a_crash():
     redis = Redis()
