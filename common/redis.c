@@ -29,10 +29,59 @@ static int parse_db(const char *s, int *db)
     return 0;
 }
 
+/* A DNS name: letters, digits, '-' and '.', labels of 1-63, at most 253 in all. */
+static int valid_host_name(const char *h, size_t n)
+{
+    if (n == 0 || n > 253)
+        return 0;
+    size_t label = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0)
+                return 0;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c == '-' && label > 0)))
+            return 0;
+        if (++label > 63)
+            return 0;
+    }
+    /* An all-numeric last label is a mistyped address (999.1.1.1), not a name. */
+    size_t i = n;
+    while (i > 0 && h[i - 1] >= '0' && h[i - 1] <= '9')
+        i--;
+    return label > 0 && !(i == 0 || h[i - 1] == '.');
+}
+
+/* parse_host_name splits "name[:port]" into |t|. Returns 0 or -1. */
+static int parse_host_name(const char *hp, pos_redis_target *t)
+{
+    const char *colon = strchr(hp, ':');
+    size_t n = colon ? (size_t)(colon - hp) : strlen(hp);
+    if (!valid_host_name(hp, n) || n >= sizeof(t->host))
+        return -1;
+    t->port = 6379;
+    if (colon) {
+        char *end;
+        errno = 0;
+        long v = strtol(colon + 1, &end, 10);
+        if (errno || end == colon + 1 || *end || colon[1] == '-' || colon[1] == '+' || v < 1 ||
+            v > 65535)
+            return -1;
+        t->port = (int)v;
+    }
+    memcpy(t->host, hp, n);
+    t->host[n] = '\0';
+    return 0;
+}
+
 int pos_redis_url_parse(const char *url, pos_redis_target *t, char *err, size_t errlen)
 {
-    static const char expected[] =
-        "expected redis://IP:PORT[/DB] or unix:///path/to/socket[?db=N] (DB 0-15)";
+    static const char expected[] = "expected redis://HOST[:PORT][/DB] (HOST a name, an IPv4 "
+                                   "address or [IPv6]) or unix:///path/to/socket[?db=N] (DB 0-15)";
     memset(t, 0, sizeof(*t));
     if (strncmp(url, "unix://", 7) == 0) {
         const char *path = url + 7;
@@ -50,20 +99,20 @@ int pos_redis_url_parse(const char *url, pos_redis_target *t, char *err, size_t 
         const char *hostport = url + 8;
         const char *slash = strchr(hostport, '/');
         size_t hlen = slash ? (size_t)(slash - hostport) : strlen(hostport);
-        char hp[POS_ADDR_STRLEN];
+        char hp[sizeof(t->host) + 8];
         struct sockaddr_storage ss;
         if (hlen == 0 || hlen >= sizeof(hp))
             goto bad;
         memcpy(hp, hostport, hlen);
         hp[hlen] = '\0';
-        if (strncmp(hp, "localhost", 9) == 0 && (hp[9] == '\0' || hp[9] == ':')) {
-            char mapped[POS_ADDR_STRLEN];
-            snprintf(mapped, sizeof(mapped), "127.0.0.1%s", hp + 9);
-            snprintf(hp, sizeof(hp), "%s", mapped);
-            hlen = strlen(hp);
+        if (pos_addr_parse(hp, hlen, 6379, &ss) != 0) {
+            /* Not an address: a host name, resolved at each connection attempt. */
+            if (parse_host_name(hp, t) != 0)
+                goto bad;
+            if (slash && slash[1] && parse_db(slash + 1, &t->db) != 0)
+                goto bad;
+            return 0;
         }
-        if (pos_addr_parse(hp, hlen, 6379, &ss) != 0)
-            goto bad;
         if (slash && slash[1] && parse_db(slash + 1, &t->db) != 0)
             goto bad;
         char text[POS_ADDR_STRLEN];

@@ -22,7 +22,7 @@
 
 typedef struct pos_redis_target {
     int is_unix;
-    char host[64]; /* numeric IP ("localhost" is mapped to 127.0.0.1) */
+    char host[254]; /* numeric IP, or a DNS name resolved at each connection attempt */
     int port;
     char path[512];
     int db;

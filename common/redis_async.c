@@ -18,7 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "addr.h"
 #include "log.h"
+#include "resolve.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -51,6 +53,10 @@ struct conn {
     unsigned backoff_ms;
     ev_timer retry;
     ev_timer connect_timeout;
+    /* A host name is resolved off the loop before each round of attempts. */
+    pos_resolve *resolving;
+    struct sockaddr_storage addrs[POS_RESOLVE_MAX_ADDRS];
+    int naddrs, next_addr; /* next_addr: the address the next attempt uses */
 };
 
 struct script {
@@ -121,6 +127,7 @@ static void schedule_retry(struct conn *c)
     pos_redis_async *r = c->r;
     if (r->closing)
         return;
+    c->naddrs = 0; /* the next round resolves the name again */
     c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : BACKOFF_MIN_MS;
     if (c->backoff_ms > BACKOFF_MAX_MS)
         c->backoff_ms = BACKOFF_MAX_MS;
@@ -137,6 +144,13 @@ static void schedule_retry(struct conn *c)
 static void drop(struct conn *c)
 {
     redisAsyncContext *ac = c->ac;
+    if (c->resolving) {
+        pos_resolve_cancel(c->resolving);
+        c->resolving = NULL;
+        ev_timer_stop(c->r->loop, &c->connect_timeout);
+        schedule_retry(c);
+        return;
+    }
     if (!ac)
         return;
     ev_timer_stop(c->r->loop, &c->connect_timeout);
@@ -254,6 +268,15 @@ static void on_connect(const redisAsyncContext *ac, int status)
     ev_timer_stop(r->loop, &c->connect_timeout);
     if (status != REDIS_OK) {
         /* hiredis frees the context after this returns. */
+        if (c->next_addr < c->naddrs) {
+            /* The name has more addresses (localhost: ::1, then 127.0.0.1): try the next now. */
+            pos_log_debug("Redis connection failed: %s; trying the next address", ac->errstr);
+            c->ac = NULL;
+            ev_timer_stop(r->loop, &c->retry);
+            ev_timer_set(&c->retry, 0., 0.);
+            ev_timer_start(r->loop, &c->retry);
+            return;
+        }
         if (!c->warned && !c->is_sub) {
             char target[600];
             pos_redis_target_format(&r->target, target, sizeof(target));
@@ -306,11 +329,12 @@ static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
     start_connect(w->data);
 }
 
-static void start_connect(struct conn *c)
+/* connect_to opens the hiredis connection to |host| (numeric: hiredis does no lookup). */
+static void connect_to(struct conn *c, const char *host)
 {
     pos_redis_async *r = c->r;
     redisAsyncContext *ac = r->target.is_unix ? redisAsyncConnectUnix(r->target.path)
-                                              : redisAsyncConnect(r->target.host, r->target.port);
+                                              : redisAsyncConnect(host, r->target.port);
     if (!ac) {
         schedule_retry(c);
         return;
@@ -327,8 +351,66 @@ static void start_connect(struct conn *c)
     redisLibevAttach(r->loop, ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    ev_timer_stop(r->loop, &c->connect_timeout);
     ev_timer_set(&c->connect_timeout, r->timeout, 0.);
     ev_timer_start(r->loop, &c->connect_timeout);
+}
+
+static void connect_next(struct conn *c)
+{
+    char text[POS_ADDR_STRLEN];
+    pos_addr_format((struct sockaddr *)&c->addrs[c->next_addr++], text, sizeof(text));
+    /* pos_addr_format writes ip:port or [ip6]:port: keep the address only. */
+    char *colon = strrchr(text, ':');
+    if (colon)
+        *colon = '\0';
+    const char *host = text;
+    if (text[0] == '[') {
+        host = text + 1;
+        text[strlen(text) - 1] = '\0';
+    }
+    connect_to(c, host);
+}
+
+static void on_resolved(void *arg, const struct sockaddr_storage *addrs, int n, const char *err)
+{
+    struct conn *c = arg;
+    pos_redis_async *r = c->r;
+    c->resolving = NULL;
+    ev_timer_stop(r->loop, &c->connect_timeout);
+    if (n == 0) {
+        if (!c->warned && !c->is_sub) {
+            pos_log_warn("Redis: %s; retrying", err);
+            c->warned = 1;
+        }
+        schedule_retry(c);
+        return;
+    }
+    memcpy(c->addrs, addrs, (size_t)n * sizeof(addrs[0]));
+    c->naddrs = n;
+    c->next_addr = 0;
+    connect_next(c);
+}
+
+static void start_connect(struct conn *c)
+{
+    pos_redis_async *r = c->r;
+    if (r->target.is_unix || pos_resolve_is_numeric(r->target.host)) {
+        connect_to(c, r->target.host);
+        return;
+    }
+    if (c->next_addr < c->naddrs) {
+        connect_next(c);
+        return;
+    }
+    /* The lookup counts against the connection timeout: a dead resolver is an outage too. */
+    ev_timer_set(&c->connect_timeout, r->timeout, 0.);
+    ev_timer_start(r->loop, &c->connect_timeout);
+    c->resolving = pos_resolve_start(r->loop, r->target.host, r->target.port, on_resolved, c);
+    if (!c->resolving) {
+        ev_timer_stop(r->loop, &c->connect_timeout);
+        schedule_retry(c); /* no thread or socket for the lookup */
+    }
 }
 
 /* The oldest command is late: the server or the path to it is stuck. */
@@ -382,6 +464,10 @@ pos_redis_async *pos_redis_async_new(struct ev_loop *loop, const pos_redis_targe
 
 static void conn_close(struct conn *c)
 {
+    if (c->resolving) {
+        pos_resolve_cancel(c->resolving);
+        c->resolving = NULL;
+    }
     ev_timer_stop(c->r->loop, &c->retry);
     ev_timer_stop(c->r->loop, &c->connect_timeout);
     if (c->ac) {

@@ -74,7 +74,7 @@ void pos_discovery_usage(FILE *out)
             "(POST, DELETE with Authorization: Bearer <p2p secret>); entries live in Redis\n"
             "under a TTL.\n\n"
             "  --listen ADDR:PORT  address to listen on (default %s)\n"
-            "  --redis URL         redis://IP:PORT[/DB] or unix:///path (default %s)\n"
+            "  --redis URL         redis://HOST[:PORT][/DB] or unix:///path (default %s)\n"
             "  --secret-file FILE  file whose first line is the p2p secret; without it the\n"
             "                      secret comes from the environment variable POS_P2P_SECRET\n"
             "  --ttl SECONDS       lifetime of a registration, 1-86400 (default %d)\n"

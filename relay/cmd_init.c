@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -35,6 +36,10 @@ struct init_opts {
     long port;
     const char *public_addrs[RELAY_MAX_ADDRS];
     size_t n_public;
+    const char *http_listen;
+    const char *owner; /* user name; NULL: the caller owns the file */
+    uid_t owner_uid;
+    gid_t owner_gid;
     int force;
 };
 
@@ -42,7 +47,8 @@ static void init_usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-relay init [--config FILE] [--api-url URL] [--port N] [--redis URL]\n"
-            "                      [--public-addr IP:PORT]... [--force]\n\n"
+            "                      [--public-addr IP:PORT]... [--http-listen IP:PORT]\n"
+            "                      [--owner USER] [--force]\n\n"
             "Writes a new relay configuration (mode 0600): a relay id, a new identity key,\n"
             "the p2p secret shared with the discovery API, and the settings given here.\n"
             "The p2p secret is asked for without echo on a terminal (\"p2p secret: \");\n"
@@ -50,9 +56,14 @@ static void init_usage(FILE *out)
             "  --config FILE         file to write (default $POS_RELAY_CONFIG or ./config.json)\n"
             "  --api-url URL         discovery API base URL, e.g. http://127.0.0.1:8080\n"
             "  --port N              UDP port, 1-65535 (default 7373)\n"
-            "  --redis URL           redis://IP:PORT[/DB] or unix:///path[?db=N]\n"
+            "  --redis URL           redis://HOST[:PORT][/DB] or unix:///path[?db=N]; HOST is\n"
+            "                        a name (resolved at each connection), an IP or [IPv6]\n"
             "                        (default " POS_REDIS_DEFAULT_URL ")\n"
             "  --public-addr IP:PORT address announced to clients (repeatable, at most %d)\n"
+            "  --http-listen IP:PORT metrics and /healthz endpoint (default: the UDP port + 1\n"
+            "                        on 127.0.0.1)\n"
+            "  --owner USER          give the file to USER and USER's group (root only), e.g.\n"
+            "                        the service user `pos` of the systemd unit\n"
             "  --force               replace an existing file (the old identity is lost)\n"
             "  --help                show this help\n",
             RELAY_MAX_ADDRS);
@@ -66,6 +77,8 @@ static int parse_init_opts(int argc, char **argv, struct init_opts *o)
         {"port", required_argument, NULL, 'p'},
         {"redis", required_argument, NULL, 'r'},
         {"public-addr", required_argument, NULL, 'P'},
+        {"http-listen", required_argument, NULL, 'H'},
+        {"owner", required_argument, NULL, 'o'},
         {"force", no_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -122,6 +135,26 @@ static int parse_init_opts(int argc, char **argv, struct init_opts *o)
             }
             o->public_addrs[o->n_public++] = optarg;
             break;
+        case 'H':
+            if (pos_addr_parse(optarg, strlen(optarg), 0, &ss) != 0) {
+                fprintf(stderr,
+                        "pos-relay init: --http-listen \"%s\": expected IP:PORT or [IPv6]:PORT\n",
+                        optarg);
+                return -1;
+            }
+            o->http_listen = optarg;
+            break;
+        case 'o': {
+            struct passwd *pw = getpwnam(optarg);
+            if (!pw) {
+                fprintf(stderr, "pos-relay init: --owner: no user \"%s\" on this system\n", optarg);
+                return -1;
+            }
+            o->owner = optarg;
+            o->owner_uid = pw->pw_uid;
+            o->owner_gid = pw->pw_gid;
+            break;
+        }
         case 'f':
             o->force = 1;
             break;
@@ -230,7 +263,8 @@ static json_t *build_config(const struct init_opts *o, const char *secret, const
         (o->api_url && json_object_set_new(root, "api_url", json_string(o->api_url))) ||
         json_object_set_new(root, "port", json_integer(o->port)) ||
         json_object_set_new(root, "redis", json_string(o->redis)) ||
-        json_object_set_new(root, "public_addrs", addrs))
+        json_object_set_new(root, "public_addrs", addrs) ||
+        (o->http_listen && json_object_set_new(root, "http_listen", json_string(o->http_listen))))
         goto fail_root;
     return root;
 fail:
@@ -241,8 +275,9 @@ fail_root:
 }
 
 /* Writes |text| to |path| with mode 0600 through a temporary file; see the file comment. */
-static int write_config_file(const char *path, const char *text, int force)
+static int write_config_file(const char *path, const char *text, const struct init_opts *o)
 {
+    int force = o->force;
     char tmp[4096];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp)) {
         fprintf(stderr, "pos-relay init: %s: path too long\n", path);
@@ -252,6 +287,14 @@ static int write_config_file(const char *path, const char *text, int force)
     if (fd < 0) {
         fprintf(stderr, "pos-relay init: %s: cannot write the configuration: %s\n", path,
                 strerror(errno));
+        return -1;
+    }
+    /* Owned before it has a name: the service user never finds it root's. */
+    if (o->owner && fchown(fd, o->owner_uid, o->owner_gid) != 0) {
+        fprintf(stderr, "pos-relay init: %s: cannot give the file to %s: %s%s\n", path, o->owner,
+                strerror(errno), errno == EPERM ? " (--owner needs root)" : "");
+        close(fd);
+        unlink(tmp);
         return -1;
     }
     size_t len = strlen(text);
@@ -314,7 +357,7 @@ int cmd_init(int argc, char **argv)
     char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     if (!text) {
         fprintf(stderr, "pos-relay init: out of memory\n");
-    } else if (write_config_file(o.path, text, o.force) == 0) {
+    } else if (write_config_file(o.path, text, &o) == 0) {
         /* stdout keeps the one line scripts read (PEER=$(pos-relay init ...)). */
         fprintf(stderr, "pos-relay init: wrote %s (relay id %s); as a libp2p PeerId %s; peer id:\n",
                 o.path, relay_id, libp2p);

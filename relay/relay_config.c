@@ -98,7 +98,7 @@ static int load_url_keys(relay_config *cfg, const pos_config *c, char *err, size
     char why[POS_ERR_LEN];
     if (pos_redis_url_parse(cfg->redis_url, &cfg->redis, why, sizeof(why)) != 0)
         return pos_config_value_error(
-            c, "redis", "redis://IP:PORT[/DB] or unix:///path/to/socket[?db=N] (DB 0-15)", err,
+            c, "redis", "redis://HOST[:PORT][/DB] or unix:///path/to/socket[?db=N] (DB 0-15)", err,
             errlen);
 
     s = POS_REDIS_DEFAULT_PREFIX;

@@ -18,6 +18,9 @@ pkgs=(
   # man pages (meson builds them when scdoc is found; the test renders them)
   scdoc groff-base
   iproute2 iptables tcpdump avahi-daemon avahi-utils dbus procps psmisc
+  # the deployment tests (tests/deploy): a Docker engine, compose 1.29, a base
+  # image; systemd-analyze, sysusers, tmpfiles and seccomp for the units' test
+  docker.io docker-compose debootstrap systemd python3-seccomp
 )
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(wrk nginx-light coturn valgrind)

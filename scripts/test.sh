@@ -2,9 +2,12 @@
 # The whole test suite, as CI runs it: installs missing dependencies, checks
 # formatting, builds with AddressSanitizer + UBSan and warnings as errors,
 # runs every unit and integration test, builds the fuzz targets with clang
-# and runs each briefly on its seed corpus. Ends with "N passed, N failed".
+# and runs each briefly on its seed corpus, and last the deployment test
+# (tests/deploy: a Docker engine, the compose stack; root only, and it changes
+# the host's firewall while it runs, so it comes after everything else).
+# Ends with "N passed, N failed".
 #   scripts/test.sh              everything
-#   scripts/test.sh SUITE...     only these meson suites (unit, discovery, relay, mdns, p2p, fuzz)
+#   scripts/test.sh SUITE...     only these suites (unit, discovery, relay, mdns, p2p, fuzz, deploy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -61,10 +64,22 @@ if want fuzz; then
   meson test -C build-fuzz --suite fuzz --print-errorlogs --num-processes 1 || fuzz_rc=$?
 fi
 
+# Last: it starts dockerd, which sets the host's FORWARD policy to DROP until
+# the test stops it again. A missing engine is a failure, never a skip.
+deploy_rc=0
+rm -f build-test/meson-logs/deploy.txt
+if want deploy; then
+  echo "== deploy (systemd units sandboxed; Docker engine, deploy/compose.yaml)"
+  POS_BUILD_DIR="$root/build-test" tests/deploy/test_units.sh 2>&1 | tee build-test/meson-logs/deploy.txt ||
+    deploy_rc=1
+  POS_BUILD_DIR="$root/build-test" tests/deploy/test_deploy.sh 2>&1 | tee -a build-test/meson-logs/deploy.txt ||
+    deploy_rc=1
+fi
+
 # One closing line over everything that ran: meson's own logs are the source.
-/usr/bin/python3 - "$root" "$format_failed" <<'PY'
+/usr/bin/python3 - "$root" "$format_failed" "$deploy_rc" <<'PY'
 import json, os, re, sys
-root, format_failed = sys.argv[1], int(sys.argv[2])
+root, format_failed, deploy_rc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 # Each test program prints "NAME: N passed, N failed[, N skipped]"; count those
 # checks, and a program that printed none (a fuzz run) as one.
 line_re = re.compile(r"^\S*:? ?(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$", re.M)
@@ -90,6 +105,15 @@ for d in ("build-test", "build-fuzz"):
             failed += 1
         if res not in ("OK", "EXPECTEDFAIL"):
             print(f"{res.lower()}: {r['name']}")
+deploy_log = os.path.join(root, "build-test", "meson-logs", "deploy.txt")
+if os.path.exists(deploy_log):
+    found = line_re.findall(open(deploy_log, errors="replace").read())
+    p, f = (sum(int(x[i] or 0) for x in found) for i in range(2))
+    passed, failed = passed + p, failed + f
+    if deploy_rc and f == 0:
+        failed += 1
+    if deploy_rc:
+        print("failed: deploy")
 if format_failed:
     failed += 1
     print("failed: clang-format check")
@@ -97,6 +121,6 @@ else:
     passed += 1
 print(f"tests: {passed} passed, {failed} failed, {skipped} skipped")
 PY
-if [ "$test_rc" -ne 0 ] || [ "$fuzz_rc" -ne 0 ] || [ "$format_failed" -ne 0 ]; then
+if [ "$test_rc" -ne 0 ] || [ "$fuzz_rc" -ne 0 ] || [ "$format_failed" -ne 0 ] || [ "$deploy_rc" -ne 0 ]; then
   exit 1
 fi

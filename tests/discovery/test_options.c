@@ -87,8 +87,10 @@ static void test_command_line_errors(void)
     CHECK(o.max_connections == 64 && o.max_connections_per_client == 8 && o.request_timeout_s == 3);
     CHECK(PARSE("--listen", "localhost:8080") == POS_OPTIONS_ERR && error_says("option --listen"));
     CHECK(PARSE("--listen", "127.0.0.1") == POS_OPTIONS_ERR);
-    CHECK(PARSE("--redis", "redis://example.com") == POS_OPTIONS_ERR &&
+    CHECK(PARSE("--redis", "redis://bad_name.example") == POS_OPTIONS_ERR &&
           error_says("option --redis"));
+    /* a host name names a server too (resolved at each connection) */
+    CHECK(PARSE("--redis", "redis://redis.example.com:6380/1") == POS_OPTIONS_RUN);
     CHECK(PARSE("--prefix", "a b") == POS_OPTIONS_ERR && error_says("option --prefix"));
     CHECK(PARSE("--tls-cert", "c.pem") == POS_OPTIONS_ERR && error_says("--tls-key"));
     CHECK(PARSE("--bogus") == POS_OPTIONS_ERR && error_says("--bogus"));

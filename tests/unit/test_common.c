@@ -13,6 +13,7 @@
 #include "identity.h"
 #include "peer_id.h"
 #include "redis.h"
+#include "resolve.h"
 #include "secret.h"
 #include "uuid.h"
 
@@ -273,7 +274,21 @@ static void test_redis_url(void)
     CHECK(pos_redis_url_parse("redis://127.0.0.1:6390/2", &t, err, sizeof(err)) == 0);
     CHECK(!t.is_unix && !strcmp(t.host, "127.0.0.1") && t.port == 6390 && t.db == 2);
     CHECK(pos_redis_url_parse("redis://localhost", &t, err, sizeof(err)) == 0);
-    CHECK(!strcmp(t.host, "127.0.0.1") && t.port == 6379);
+    CHECK(!strcmp(t.host, "localhost") && t.port == 6379);
+    /* host names (compose service names, DNS names) are kept and resolved on connect */
+    CHECK(pos_redis_url_parse("redis://redis:6380/3", &t, err, sizeof(err)) == 0);
+    CHECK(!t.is_unix && !strcmp(t.host, "redis") && t.port == 6380 && t.db == 3);
+    pos_redis_target_format(&t, out, sizeof(out));
+    CHECK(!strcmp(out, "redis://redis:6380/3"));
+    CHECK(pos_redis_url_parse("redis://cache-1.example.org", &t, err, sizeof(err)) == 0);
+    CHECK(!strcmp(t.host, "cache-1.example.org") && t.port == 6379);
+    CHECK(pos_redis_url_parse("redis://bad_name:6379", &t, err, sizeof(err)) != 0);
+    CHECK(pos_redis_url_parse("redis://-x", &t, err, sizeof(err)) != 0);
+    CHECK(pos_redis_url_parse("redis://a..b", &t, err, sizeof(err)) != 0);
+    CHECK(pos_redis_url_parse("redis://999.1.1.1", &t, err, sizeof(err)) != 0);
+    CHECK(pos_redis_url_parse("redis://redis:", &t, err, sizeof(err)) != 0);
+    CHECK(pos_redis_url_parse("redis://redis:+5", &t, err, sizeof(err)) != 0);
+    CHECK(pos_redis_url_parse("redis://redis:70000", &t, err, sizeof(err)) != 0);
     CHECK(pos_redis_url_parse("redis://[::1]:7000", &t, err, sizeof(err)) == 0);
     pos_redis_target_format(&t, out, sizeof(out));
     CHECK(!strcmp(out, "redis://[::1]:7000"));
@@ -284,6 +299,46 @@ static void test_redis_url(void)
     CHECK(pos_redis_url_parse("redis://1.2.3.4:99999", &t, err, sizeof(err)) != 0);
     CHECK(pos_redis_url_parse("redis://1.2.3.4:1/99", &t, err, sizeof(err)) != 0);
     CHECK(pos_redis_url_parse("unix://relative", &t, err, sizeof(err)) != 0);
+}
+
+struct resolved {
+    int calls, n;
+    char first[POS_ADDR_STRLEN], err[160];
+};
+
+static void on_resolved(void *arg, const struct sockaddr_storage *addrs, int n, const char *err)
+{
+    struct resolved *r = arg;
+    r->calls++;
+    r->n = n;
+    if (n)
+        pos_addr_format((const struct sockaddr *)&addrs[0], r->first, sizeof(r->first));
+    else
+        snprintf(r->err, sizeof(r->err), "%s", err);
+}
+
+/* The lookup runs off the loop: the loop keeps turning and gets one answer. */
+static void test_resolve(void)
+{
+    struct ev_loop *loop = ev_loop_new(0);
+    struct resolved a = {0}, b = {0}, c = {0}, d = {0};
+    CHECK(pos_resolve_start(loop, "127.0.0.1", 6379, on_resolved, &c) == NULL);
+    CHECK(c.calls == 1 && c.n == 1 && !strcmp(c.first, "127.0.0.1:6379"));
+    CHECK(pos_resolve_start(loop, "localhost", 7000, on_resolved, &a) != NULL);
+    CHECK(pos_resolve_start(loop, "no-such-host.invalid", 7000, on_resolved, &b) != NULL);
+    pos_resolve *gone = pos_resolve_start(loop, "localhost", 7001, on_resolved, &d);
+    CHECK(gone != NULL);
+    pos_resolve_cancel(gone);
+    CHECK(a.calls == 0); /* not answered inside the call */
+    for (int i = 0; i < 500 && (a.calls == 0 || b.calls == 0); i++)
+        ev_run(loop, EVRUN_ONCE);
+    CHECK(a.calls == 1 && a.n >= 1 &&
+          (!strcmp(a.first, "127.0.0.1:7000") || !strcmp(a.first, "[::1]:7000")));
+    CHECK(b.calls == 1 && b.n == 0 && strstr(b.err, "no-such-host.invalid") != NULL);
+    usleep(200000);
+    ev_run(loop, EVRUN_NOWAIT);
+    CHECK(d.calls == 0);
+    ev_loop_destroy(loop);
 }
 
 static void test_eviction_check(void)
@@ -321,6 +376,7 @@ int main(void)
     test_config();
     test_secret();
     test_redis_url();
+    test_resolve();
     test_eviction_check();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
