@@ -108,10 +108,16 @@ chgrp pos "$etc/discovery.json"; chmod 0640 "$etc/discovery.json"
   <"$etc/p2p-secret" >/dev/null 2>"$work/init.log"
 [ "$(stat -c '%a %U' "$etc/relay.json")" = "600 pos" ] || fail "init --owner pos: $(stat -c '%a %U' "$etc/relay.json")"
 
+# The sandbox hides /tmp and /home (PrivateTmp=, ProtectHome=), where a checkout
+# and its build may live: the sandboxed programs and the filter run from $work.
+sbin=$work/bin
+mkdir -p "$sbin"
+cp "$build/relay/pos-relay" "$build/discovery-api/pos-discovery" "$here/sandbox.py" "$sbin/"
+chmod 0755 "$sbin" "$sbin"/*
 sandboxed() { # UNIT LOG: runs the unit's ExecStart= as pos in the sandbox
   local unit=$units/$1.service log=$2 cmd fams
-  cmd=$(sed -n 's/^ExecStart=//p' "$unit" | sed -e "s|/usr/bin/pos-relay|$build/relay/pos-relay|" \
-    -e "s|/usr/bin/pos-discovery|$build/discovery-api/pos-discovery|" -e "s|/etc/pos|$etc|g")
+  cmd=$(sed -n 's/^ExecStart=//p' "$unit" | sed -e "s|/usr/bin/pos-relay|$sbin/pos-relay|" \
+    -e "s|/usr/bin/pos-discovery|$sbin/pos-discovery|" -e "s|/etc/pos|$etc|g")
   fams=$(sed -n 's/^RestrictAddressFamilies=//p' "$unit")
   grep -q '^NoNewPrivileges=yes' "$unit" && grep -q '^ProtectSystem=strict' "$unit" &&
     grep -q '^PrivateTmp=yes' "$unit" && grep -q '^MemoryDenyWriteExecute=yes' "$unit" &&
@@ -127,7 +133,7 @@ sandboxed() { # UNIT LOG: runs the unit's ExecStart= as pos in the sandbox
     done
     for d in /tmp /var/tmp /home /root; do [ -d "$d" ] && mount -t tmpfs -o mode=1777 tmpfs "$d"; done
     exec setpriv --reuid=pos --regid=pos --clear-groups --no-new-privs --bounding-set=-all \
-      --inh-caps=-all /usr/bin/python3 "$0" "$1" $2' "$here/sandbox.py" "$fams" "$cmd" \
+      --inh-caps=-all /usr/bin/python3 "$0" "$1" $2' "$sbin/sandbox.py" "$fams" "$cmd" \
     >"$log" 2>&1 &
   pids+=($!)
 }
