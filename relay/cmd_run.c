@@ -37,9 +37,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: pos-relay run [--config FILE]\n\n"
                  "Serve clients (QUIC control plane on the UDP port, /healthz and /metrics on\n"
                  "http_listen) until SIGTERM or SIGINT. FILE defaults to $POS_RELAY_CONFIG or\n"
-                 "./config.json. Environment: POS_LOG, POS_DOCKER=true (port 7373),\n"
-                 "POS_RELAY_RETRY_ABOVE (pending handshakes above which clients must Retry,\n"
-                 "default 256).\n");
+                 "./config.json. Environment: POS_LOG, POS_DOCKER=true (port 7373).\n");
 }
 
 static void on_revoked(void *arg, const char *token_id)

@@ -13,8 +13,8 @@
  *   ACTIVE      WELCOME sent, client counted and present
  *   CLOSING     CONNECTION_CLOSE sent; resent on input, freed after 3 PTO
  *   DRAINING    peer closed; freed after 3 PTO
- * Redis answers come back through callbacks that may run inside the call
- * that asked (when Redis is down): see struct sync_verdict.
+ * Redis answers come back through callbacks from the loop, never inside
+ * the call that asked (services.h promises it).
  */
 #include "quic_server.h"
 
@@ -45,7 +45,6 @@
 
 #define SCID_LEN 16
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
-#define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define RATE_CHECK_TIMEOUT_S 5.0
 #define HELLO_TIMEOUT_NS (10 * NGTCP2_SECONDS) /* from the first packet to WELCOME */
 #define INCOMING_TIMEOUT_S 10.0                /* a target that does not answer INCOMING */
@@ -59,14 +58,6 @@ struct cid_entry {
     ngtcp2_cid cid;
     struct rconn *c;
     struct cid_entry *next;
-};
-
-/* A verdict delivered while the asking call is still on the stack. */
-struct sync_verdict {
-    int done;
-    enum relay_refusal verdict;
-    relay_limits limits;
-    char token_id[POS_SECRET_HASH_HEXLEN];
 };
 
 struct rconn {
@@ -87,8 +78,7 @@ struct rconn {
     uint16_t close_code;    /* refusal decided inside read_pkt, sent after it returns */
     uint8_t creating;       /* inside ngtcp2_conn_server_new (see cb_rand) */
     uint64_t check;         /* pending Redis check handle, 0 none */
-    struct sync_verdict *sync;
-    ngtcp2_cid odcid; /* the client's first DCID, routed until the connection ends */
+    ngtcp2_cid odcid;       /* the client's first DCID, routed until the connection ends */
     ngtcp2_tstamp created;
     ngtcp2_cid retry_odcid;
     uint8_t *first_pkt; /* RATE_CHECK: the Initial kept aside */
@@ -571,14 +561,6 @@ static void on_auth_verdict(void *arg, enum relay_refusal verdict, const relay_l
                             const char *token_id)
 {
     struct rconn *c = arg;
-    if (c->sync) {
-        c->sync->done = 1;
-        c->sync->verdict = verdict;
-        if (limits)
-            c->sync->limits = *limits;
-        snprintf(c->sync->token_id, sizeof(c->sync->token_id), "%s", token_id ? token_id : "");
-        return;
-    }
     c->check = 0;
     if (c->state != AUTH_CHECK) {
         /* closed meanwhile (HELLO timeout, shutdown): give back the counted slot */
@@ -595,33 +577,20 @@ static void on_auth_verdict(void *arg, enum relay_refusal verdict, const relay_l
 static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
 {
     relay_server *s = c->srv;
-    struct sync_verdict sv;
     const ngtcp2_path *p = ngtcp2_conn_get_path(c->qc);
     uint64_t h;
 
-    memset(&sv, 0, sizeof(sv));
     c->state = AUTH_CHECK;
     c->local = m->addrs; /* told to peers in INCOMING and CIRCUIT */
     c->home = !(m->hello_flags & POS_CTRL_HELLO_NOT_HOME);
-    c->sync = &sv;
     h = relay_auth_check(s->svc, m->token, m->token_len, (const struct sockaddr *)p->remote.addr,
                          c->peer_id, on_auth_verdict, c);
     pos_ctrl_msg_wipe(m);
-    if (!sv.done) {
-        c->sync = NULL;
-        if (h == 0) {
-            refuse(c, RELAY_REFUSED_UNAVAILABLE); /* could not start the check */
-            return;
-        }
-        c->check = h;
+    if (h == 0) {
+        refuse(c, RELAY_REFUSED_UNAVAILABLE); /* could not start the check */
         return;
     }
-    /* answered inside the call (Redis down, cache hit): the callback only recorded it */
-    c->sync = NULL;
-    if (sv.verdict == RELAY_OK)
-        accept_client(c, &sv.limits, sv.token_id);
-    else
-        refuse(c, sv.verdict);
+    c->check = h; /* the verdict comes from the loop (on_auth_verdict) */
 }
 
 /* ---- circuits: CONNECT -> INCOMING -> ACCEPT/DECLINE -> CIRCUIT (docs/protocol.md) ---- */
@@ -1292,11 +1261,6 @@ static void on_rate_verdict(void *arg, enum relay_refusal verdict, const relay_l
     struct rconn *c = arg;
     (void)limits;
     (void)token_id;
-    if (c->sync) {
-        c->sync->done = 1;
-        c->sync->verdict = verdict;
-        return;
-    }
     c->check = 0;
     rate_checked(c, verdict);
 }
@@ -1329,7 +1293,6 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
 {
     ngtcp2_pkt_hd hd;
     struct rconn *c;
-    struct sync_verdict sv;
     int retried = 0;
     ngtcp2_cid odcid;
 
@@ -1401,13 +1364,8 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         conn_free(c);
         return;
     }
-    memset(&sv, 0, sizeof(sv));
-    c->sync = &sv;
     uint64_t h = relay_rate_check_addr(s->svc, from, on_rate_verdict, c);
-    c->sync = NULL;
-    if (sv.done) {
-        rate_checked(c, sv.verdict);
-    } else if (h == 0) {
+    if (h == 0) {
         conn_free(c); /* the check could not even start (out of memory) */
     } else {
         c->check = h;
@@ -1507,12 +1465,7 @@ relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg,
     crypto_shorthash_keygen(s->hash_key);
     randombytes_buf(s->retry_secret, sizeof(s->retry_secret));
     randombytes_buf(s->reset_secret, sizeof(s->reset_secret));
-    s->retry_above = DEFAULT_RETRY_ABOVE;
-    {
-        const char *e = getenv("POS_RELAY_RETRY_ABOVE");
-        if (e && *e)
-            s->retry_above = (size_t)strtoul(e, NULL, 10);
-    }
+    s->retry_above = cfg->retry_above;
     s->pending_addrs = relay_pending_addrs_new(cfg->max_pending_per_addr);
     if (!s->pending_addrs) {
         snprintf(err, errlen, "out of memory");
@@ -1558,13 +1511,11 @@ void relay_server_set_services(relay_server *s, relay_services *svc)
             /*
              * Our clients never grease the QUIC bit (docs/protocol.md), so a
              * failed frame is dropped with its reason counted. For peers that
-             * grease, POS_RELAY_QUIC_FALLBACK=1 hands failed frames to the
+             * grease, the key quic_fallback hands failed frames to the
              * connection-id lookup instead (then counted as quic_fallback).
              */
-            const char *fb = getenv("POS_RELAY_QUIC_FALLBACK");
-            relay_forwarder_set_quic_fallback(s->fw, fb && !strcmp(fb, "1"));
-            const char *g = getenv("POS_RELAY_GSO");
-            s->gso = !(g && !strcmp(g, "0"));
+            relay_forwarder_set_quic_fallback(s->fw, s->cfg->quic_fallback);
+            s->gso = s->cfg->gso;
             if (s->gso)
                 relay_forwarder_set_gso(s->fw, RELAY_FORWARD_GSO_MAX_SEGMENTS);
         } else {

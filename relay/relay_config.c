@@ -22,6 +22,7 @@
 #define MAX_MAX_CIRCUITS 1048576 /* RELAY_CIRCUIT_MAX_CAPACITY */
 #define DEFAULT_MAX_CONNS_PER_TOKEN 64
 #define DEFAULT_MAX_PENDING_PER_ADDR 16
+#define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define MAX_SECRET_LEN 4096
 
 static const char *const known_keys[] = {
@@ -46,6 +47,9 @@ static const char *const known_keys[] = {
     "max_circuits_per_token",
     "max_conns_per_token",
     "max_pending_per_addr",
+    "retry_above",
+    "gso",
+    "quic_fallback",
     NULL,
 };
 
@@ -165,6 +169,22 @@ static int load_circuit_limits(relay_config *cfg, const pos_config *c, char *err
     return 0;
 }
 
+/* The QUIC server's load and data-path switches (docs/relay.md). */
+static int load_quic_knobs(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    int gso = 1, fallback = 0;
+    int rc = load_uint(c, "retry_above", 0, 1000000, DEFAULT_RETRY_ABOVE, &cfg->retry_above, err,
+                       errlen);
+    if (rc < 0)
+        return rc;
+    if ((rc = pos_config_bool(c, "gso", 0, &gso, err, errlen)) < 0 ||
+        (rc = pos_config_bool(c, "quic_fallback", 0, &fallback, err, errlen)) < 0)
+        return rc;
+    cfg->gso = gso;
+    cfg->quic_fallback = fallback;
+    return 0;
+}
+
 static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
 {
     int rc;
@@ -187,6 +207,8 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
         return rc;
     if ((rc = load_uint(c, "max_pending_per_addr", 1, 65535, DEFAULT_MAX_PENDING_PER_ADDR,
                         &cfg->max_pending_per_addr, err, errlen)))
+        return rc;
+    if ((rc = load_quic_knobs(cfg, c, err, errlen)) != 0)
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

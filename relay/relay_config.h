@@ -32,6 +32,13 @@
  *                         default 64                                  (optional)
  *   max_pending_per_addr  handshakes in progress per Retry-validated source address
  *                         (IPv6: per /64), 1..65535, default 16  (optional)
+ *   retry_above           handshakes in progress above which an Initial must answer a
+ *                         Retry first, 0..1000000, 0 = always, default 256 (optional)
+ *   gso                   send forwarded frames with UDP GSO where the kernel has it,
+ *                         true/false, default true                    (optional)
+ *   quic_fallback         hand data frames the forwarder rejects to the QUIC
+ *                         connection lookup (peers that grease the QUIC bit),
+ *                         true/false, default false                   (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -72,6 +79,9 @@ typedef struct relay_config {
     unsigned max_circuits_per_token; /* 0 = no cap */
     unsigned max_conns_per_token;    /* for tokens without max_conns; 0 = no cap */
     unsigned max_pending_per_addr;   /* validated handshakes per address (docs/relay.md) */
+    unsigned retry_above;            /* pending handshakes above which Initials must Retry */
+    int gso;                         /* forwarder sends with UDP GSO */
+    int quic_fallback;               /* rejected data frames go to the connection lookup */
 } relay_config;
 
 /*

@@ -49,6 +49,9 @@
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+/* fuzz_services.c: deliver the queued verdicts / forget them */
+void fuzz_services_pump(void);
+void fuzz_services_reset(void);
 
 #define MAX_QUEUE 64
 #define STREAM_BUF (16 * 1024) /* per stream: ngtcp2 keeps pointers into it until acked */
@@ -151,9 +154,11 @@ static void server_input(const struct client *c, const uint8_t *data, size_t len
         return;
     if (g.endpoint)
         ep_input(g.ep, 0, data, len, (const struct sockaddr *)&c->wire, sizeof(struct sockaddr_in));
-    else
+    else {
         relay_server_input(g.relay, 0, data, len, (const struct sockaddr *)&c->wire,
                            sizeof(struct sockaddr_in));
+        fuzz_services_pump(); /* verdicts come from the loop, after the call */
+    }
 }
 
 /* ---- the in-process client ---- */
@@ -590,7 +595,6 @@ static int setup(void)
         if (pos_tls_creds_new(&g.client_creds[i], &g.client_id[i]) != 0)
             return -1;
     set_addr(&g.server_addr, 0x0a000064u, 7373);
-    setenv("POS_RELAY_GSO", "0", 1);
     return g.loop ? 0 : -1;
 }
 
@@ -604,7 +608,7 @@ static int start_server(void)
         return pos_p2p_endpoint_listen(g.ep, NULL, on_session, NULL);
     }
     relay_io io = {sink_send, fake_now, NULL};
-    setenv("POS_RELAY_RETRY_ABOVE", g.retry_all ? "0" : "256", 1);
+    g.cfg.retry_above = g.retry_all ? 0 : 256;
     static int services; /* any non-NULL pointer: fuzz_services.c ignores it */
     g.relay = relay_server_new_io(g.loop, &g.cfg, &io, &g.server_addr, 1, err, sizeof(err));
     if (!g.relay)
@@ -619,6 +623,7 @@ static void stop_all(void)
         client_free(&g.c[i]);
     relay_server_del(g.relay);
     g.relay = NULL;
+    fuzz_services_reset();
     pos_p2p_endpoint_del(g.ep);
     g.ep = NULL;
     g.nq = 0;

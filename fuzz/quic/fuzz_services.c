@@ -1,6 +1,6 @@
 /*
  * The relay services (relay/services.h) for the fuzz target ONLY: every
- * answer is synchronous and nothing touches Redis, so that fuzzing the
+ * answer is immediate and nothing touches Redis, so that fuzzing the
  * QUIC side is neither slowed down nor made non-deterministic by a database
  * (fuzzing is not a test of Redis; the integration tests use a real one).
  *
@@ -8,11 +8,71 @@
  * its connection cap, anything else is accepted without limits; presence
  * lookups never answer (a CONNECT to a peer that is not connected here stays
  * pending until its connection ends, as while Redis is slow).
+ *
+ * Like the real services, a verdict never comes inside the call that asked:
+ * it is queued and delivered by fuzz_services_pump, which the driver calls
+ * after each datagram it hands the relay (the loop's turn).
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "services.h"
+
+void fuzz_services_pump(void);
+void fuzz_services_reset(void);
+
+#define MAX_QUEUED 64
+
+/* A verdict waiting for the loop's turn. */
+struct queued {
+    uint64_t handle;
+    relay_auth_cb cb;
+    void *arg;
+    enum relay_refusal verdict;
+    int has_limits;
+    relay_limits limits;
+};
+
+static struct queued queue[MAX_QUEUED];
+static size_t n_queued;
+static uint64_t next_handle;
+
+static uint64_t enqueue(relay_auth_cb cb, void *arg, enum relay_refusal verdict,
+                        const relay_limits *lim)
+{
+    if (n_queued == MAX_QUEUED)
+        return 0; /* like out of memory: no callback will come */
+    struct queued *q = &queue[n_queued++];
+    if (++next_handle == 0)
+        next_handle = 1;
+    memset(q, 0, sizeof(*q));
+    q->handle = next_handle;
+    q->cb = cb;
+    q->arg = arg;
+    q->verdict = verdict;
+    if (lim) {
+        q->has_limits = 1;
+        q->limits = *lim;
+    }
+    return q->handle;
+}
+
+void fuzz_services_pump(void)
+{
+    /* a callback may ask again (rate check -> handshake -> HELLO): deliver until none left */
+    while (n_queued > 0) {
+        struct queued q = queue[0];
+        memmove(queue, queue + 1, (n_queued - 1) * sizeof(queue[0]));
+        n_queued--;
+        q.cb(q.arg, q.verdict, q.has_limits ? &q.limits : NULL,
+             q.verdict == RELAY_OK && q.has_limits ? "0123456789abcdef" : NULL);
+    }
+}
+
+void fuzz_services_reset(void)
+{
+    n_queued = 0;
+}
 
 const char *relay_refusal_reason(enum relay_refusal r)
 {
@@ -33,8 +93,7 @@ uint64_t relay_rate_check_addr(relay_services *s, const struct sockaddr *from, r
 {
     (void)s;
     (void)from;
-    cb(arg, RELAY_OK, NULL, NULL);
-    return 1;
+    return enqueue(cb, arg, RELAY_OK, NULL);
 }
 
 uint64_t relay_auth_check(relay_services *s, const char *token, size_t len,
@@ -48,18 +107,22 @@ uint64_t relay_auth_check(relay_services *s, const char *token, size_t len,
     memset(&lim, 0, sizeof(lim));
     snprintf(lim.account, sizeof(lim.account), "fuzz");
     if (len >= 3 && memcmp(token, "bad", 3) == 0)
-        cb(arg, RELAY_REFUSED_UNKNOWN_TOKEN, NULL, NULL);
-    else if (len >= 4 && memcmp(token, "full", 4) == 0)
-        cb(arg, RELAY_REFUSED_TOO_MANY_CONNS, NULL, NULL);
-    else
-        cb(arg, RELAY_OK, &lim, "0123456789abcdef");
-    return 1;
+        return enqueue(cb, arg, RELAY_REFUSED_UNKNOWN_TOKEN, NULL);
+    if (len >= 4 && memcmp(token, "full", 4) == 0)
+        return enqueue(cb, arg, RELAY_REFUSED_TOO_MANY_CONNS, NULL);
+    return enqueue(cb, arg, RELAY_OK, &lim);
 }
 
 void relay_auth_cancel(relay_services *s, uint64_t handle)
 {
     (void)s;
-    (void)handle;
+    for (size_t i = 0; i < n_queued; i++) {
+        if (queue[i].handle != handle)
+            continue;
+        memmove(queue + i, queue + i + 1, (n_queued - i - 1) * sizeof(queue[0]));
+        n_queued--;
+        return;
+    }
 }
 
 void relay_auth_release(relay_services *s, const char *token_id)

@@ -135,7 +135,7 @@ def handshake_flood_from_few_addresses_does_not_lock_out_clients():
     # Retry from 16 pending handshakes on (global cap 4 x 16 + 64 = 128), so
     # that six flooding addresses fill the cap within a second, as the
     # default 256 (cap 1088) fills within ten.
-    redis, disc, relay = stack(env={"POS_RELAY_RETRY_ABOVE": "16"})
+    redis, disc, relay = stack({"retry_above": 16})
     token = relay.token()
     sources = ",".join(f"127.0.0.{i}" for i in range(2, 8))
     flood = Proc([PROBE, "flood", "--to", f"127.0.0.1:{relay.port}", "--from", sources,

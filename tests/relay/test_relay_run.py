@@ -314,7 +314,7 @@ def garbage_dropped_version_negotiation_answered():
 def retry_under_load_still_accepts():
     redis = Redis()
     disc = Discovery(redis)
-    relay = Relay(redis, disc).start(env={"POS_RELAY_RETRY_ABOVE": "0"})
+    relay = Relay(redis, disc, {"retry_above": 0}).start()
     wait_until(lambda: relay.id in disc.ids(), 5, what="registration")
     r = p2p_relays(disc.url, relay.token(), identity())
     assert r.returncode == 0, r.stdout + r.stderr
