@@ -53,6 +53,15 @@ int pos_frame_decode(const uint8_t *buf, size_t len, pos_frame *out)
     return 0;
 }
 
+/* Starts |w| on |buf| (|cap| bytes) with the header every frame opens with. */
+static void put_header(struct pos_writer *w, uint8_t *buf, size_t cap, uint8_t type,
+                       uint32_t circuit_id)
+{
+    pos_writer_init(w, buf, cap);
+    pos_writer_u8(w, type);
+    pos_writer_u32(w, circuit_id);
+}
+
 int pos_frame_encode_data(uint8_t *buf, size_t cap, uint32_t circuit_id, const uint8_t *payload,
                           size_t payload_len)
 {
@@ -63,9 +72,7 @@ int pos_frame_encode_data(uint8_t *buf, size_t cap, uint32_t circuit_id, const u
     if (payload != buf + POS_FRAME_HEADER_LEN)
         memmove(buf + POS_FRAME_HEADER_LEN, payload, payload_len);
     struct pos_writer w;
-    pos_writer_init(&w, buf, POS_FRAME_HEADER_LEN);
-    pos_writer_u8(&w, POS_FRAME_DATA);
-    pos_writer_u32(&w, circuit_id);
+    put_header(&w, buf, POS_FRAME_HEADER_LEN, POS_FRAME_DATA, circuit_id);
     return (int)(POS_FRAME_HEADER_LEN + payload_len);
 }
 
@@ -77,9 +84,7 @@ int pos_frame_encode_probe(uint8_t *buf, size_t cap, uint8_t type, uint32_t circ
     if (cap < POS_FRAME_PROBE_LEN)
         return POS_FRAME_ERR_NOBUF;
     struct pos_writer w;
-    pos_writer_init(&w, buf, POS_FRAME_PROBE_LEN);
-    pos_writer_u8(&w, type);
-    pos_writer_u32(&w, circuit_id);
+    put_header(&w, buf, POS_FRAME_PROBE_LEN, type, circuit_id);
     pos_writer_u64(&w, cookie);
     return (int)pos_writer_len(&w);
 }
