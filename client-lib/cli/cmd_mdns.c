@@ -20,6 +20,7 @@
 #include "contacts.h"
 #include "identity.h"
 #include "pos/p2p.h"
+#include "txt.h"
 #include "uuid.h"
 
 #define MAX_LIBRARIES 16
@@ -55,19 +56,65 @@ static const char *event_name(enum pos_mdns_event ev)
     return ev == POS_MDNS_FOUND ? "found" : ev == POS_MDNS_UPDATED ? "updated" : "lost";
 }
 
-/* Copies |s| into |out|, turning it into valid UTF-8 ('?' for bytes jansson refuses). */
-static void utf8_or_mark(const char *s, char *out, size_t cap)
+/*
+ * Network bytes as JSON (docs/mdns.md, "JSON output"): well-formed UTF-8
+ * becomes a string as is (NUL and control bytes \u-escaped by the
+ * encoder); anything else becomes a string with U+FFFD for each bad byte,
+ * and |*raw| gets the exact bytes in standard base64, so that nothing is
+ * lost. Returns NULL only when out of memory.
+ */
+static json_t *json_bytes(const uint8_t *s, size_t len, json_t **raw)
 {
-    snprintf(out, cap, "%s", s);
-    for (size_t i = 0; out[i]; i++) {
-        json_t *t = json_string(out);
-        if (t) {
-            json_decref(t);
-            return;
-        }
-        if ((unsigned char)out[i] >= 0x80)
-            out[i] = '?';
+    *raw = NULL;
+    if (mdns_utf8_valid(s, len))
+        return json_stringn((const char *)s, len);
+    char *shown = malloc(3 * len + 1);
+    size_t b64_cap = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
+    char *b64 = malloc(b64_cap);
+    json_t *out = NULL;
+    if (shown && b64) {
+        out = json_stringn(shown, mdns_utf8_sanitize(s, len, shown, 3 * len + 1));
+        sodium_bin2base64(b64, b64_cap, s, len, sodium_base64_VARIANT_ORIGINAL);
+        *raw = json_string(b64);
     }
+    free(shown);
+    free(b64);
+    return out;
+}
+
+/*
+ * The TXT strings as a JSON map by RFC 6763 §6.4: keys lower-cased (they
+ * compare case-insensitively), the first string carrying a key wins,
+ * strings without a key are ignored, "key" alone is true, "key=" is "".
+ * Values that are not UTF-8 also go into |raw| (base64) under their key.
+ */
+static void txt_to_json(const pos_mdns_peer *p, json_t *txt, json_t *raw)
+{
+    for (size_t i = 0; i < p->n_txt; i++) {
+        const uint8_t *s = (const uint8_t *)p->txt[i], *val;
+        size_t len = p->txt_len ? p->txt_len[i] : strlen(p->txt[i]), kl, vl;
+        char key[256];
+        if (!mdns_txt_split(s, len, &kl, &val, &vl) || kl >= sizeof(key))
+            continue;
+        for (size_t j = 0; j < kl; j++)
+            key[j] = (char)(s[j] >= 'A' && s[j] <= 'Z' ? s[j] + 32 : s[j]);
+        key[kl] = 0;
+        if (json_object_get(txt, key))
+            continue; /* a later repeat of a key is ignored */
+        json_t *b64 = NULL, *v = val ? json_bytes(val, vl, &b64) : json_true();
+        json_object_set_new(txt, key, v ? v : json_null());
+        if (b64)
+            json_object_set_new(raw, key, b64);
+    }
+}
+
+/* The txt map's entry for |key| (a copy), else for |alt|, else null. */
+static json_t *txt_field(json_t *txt, const char *key, const char *alt)
+{
+    json_t *v = json_object_get(txt, key);
+    if (!v && alt)
+        v = json_object_get(txt, alt);
+    return v ? json_deep_copy(v) : json_null();
 }
 
 /* Prints text that came from the network with control bytes replaced, so a
@@ -83,32 +130,25 @@ static void print_event(void *user, enum pos_mdns_event ev, const pos_mdns_peer 
     const struct printer *pr = user;
     if (pr->json) {
         json_t *o = json_object(), *addrs = json_array(), *txt = json_object();
+        json_t *txt_raw = json_object(), *inst_raw = NULL;
         json_object_set_new(o, "event", json_string(event_name(ev)));
-        /* Network text that is not UTF-8 is shown with its bad bytes as '?'. */
-        char inst[256];
-        utf8_or_mark(p->instance, inst, sizeof(inst));
-        json_object_set_new(o, "instance", json_string(inst));
+        size_t il = p->instance_len ? p->instance_len : strlen(p->instance);
+        json_t *inst = json_bytes((const uint8_t *)p->instance, il, &inst_raw);
+        json_object_set_new(o, "instance", inst ? inst : json_null());
+        json_object_set_new(o, "instance_b64", inst_raw ? inst_raw : json_null());
         json_object_set_new(o, "peer_id", p->peer_id ? json_string(p->peer_id) : json_null());
         json_object_set_new(o, "contact", json_boolean(p->contact));
-        json_object_set_new(o, "name", p->name ? json_string(p->name) : json_null());
-        json_object_set_new(o, "os", p->os ? json_string(p->os) : json_null());
-        json_object_set_new(o, "model", p->model ? json_string(p->model) : json_null());
+        txt_to_json(p, txt, txt_raw);
+        /* The named fields are the txt map's entries, so the two never disagree. */
+        json_object_set_new(o, "name", txt_field(txt, "name", NULL));
+        json_object_set_new(o, "os", txt_field(txt, "operating_system", "os"));
+        json_object_set_new(o, "model", txt_field(txt, "device_model", NULL));
         for (size_t i = 0; i < p->n_addrs; i++)
             json_array_append_new(addrs, json_string(p->addrs[i]));
         json_object_set_new(o, "addrs", addrs);
         json_object_set_new(o, "port", json_integer(p->port));
-        for (size_t i = 0; i < p->n_txt; i++) {
-            const char *eq = strchr(p->txt[i], '=');
-            char key[256];
-            size_t kl = eq ? (size_t)(eq - p->txt[i]) : strlen(p->txt[i]);
-            snprintf(key, sizeof(key), "%.*s", (int)kl, p->txt[i]);
-            /* TXT bytes from the network may not be UTF-8: json_stringn_nocheck is wrong,
-               so non-UTF-8 values are skipped by jansson returning NULL. */
-            json_t *val = eq ? json_string(eq + 1) : json_true();
-            if (val)
-                json_object_set_new(txt, key, val);
-        }
         json_object_set_new(o, "txt", txt);
+        json_object_set_new(o, "txt_b64", txt_raw);
         char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
         if (s)
             printf("%s\n", s);
@@ -456,8 +496,10 @@ static void discover_usage(FILE *out)
             "usage: pos-p2p discover [--identity FILE] [--timeout SECONDS] [--json]\n\n"
             "Browses _sd._udp.local. for SECONDS (default 5; 0 runs until SIGINT/SIGTERM) and\n"
             "prints found/updated/lost peers. --json prints one object per line with event,\n"
-            "instance, peer_id (null when unknown), contact, name, os, model, addrs, port,\n"
-            "txt. Contacts (see 'pos-p2p contact') in contacts-only mode are recognised;\n"
+            "instance, instance_b64, peer_id (null when unknown), contact, name, os, model,\n"
+            "addrs, port, txt (keys lower-cased, first occurrence wins, a key alone is true)\n"
+            "and txt_b64 (the exact bytes, base64, of values that are not UTF-8; docs/mdns.md).\n"
+            "Contacts (see 'pos-p2p contact') in contacts-only mode are recognised;\n"
             "they are read from contacts.json beside the identity file (--identity, default\n"
             "$POS_IDENTITY, else $XDG_CONFIG_HOME/pos/identity, else ~/.config/pos/identity).\n");
 }

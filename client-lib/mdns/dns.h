@@ -24,7 +24,7 @@
 #define DNS_MAX_NAME 255
 #define DNS_MAX_LABEL 63
 #define DNS_MAX_JUMPS 16
-#define DNS_MAX_RDATA 1400 /* longer records are skipped (rr.oversized) */
+#define DNS_MAX_RDATA 9000 /* a whole packet (RFC 6762 §17); longer rdata: rr.oversized */
 #define DNS_MAX_PACKET 9000
 
 #define DNS_TYPE_A 1

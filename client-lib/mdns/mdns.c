@@ -265,7 +265,8 @@ static void flush(struct pos_mdns *m)
         send_packet(m, p);
 }
 
-/* Reads one datagram with its arrival interface; returns its length or -1. */
+/* Reads one datagram with its arrival interface; returns its length, 0 when it was too
+   large (dropped), or -1 when none is left. */
 static ssize_t receive(int s, int family, uint8_t *buf, size_t cap, int *ifindex, uint8_t *src,
                        uint16_t *port)
 {
@@ -284,6 +285,8 @@ static ssize_t receive(int s, int family, uint8_t *buf, size_t cap, int *ifindex
     ssize_t n = recvmsg(s, &msg, 0);
     if (n < 0)
         return -1;
+    if (msg.msg_flags & MSG_TRUNC)
+        return 0; /* over DNS_MAX_PACKET, beyond RFC 6762 §17: dropped whole, never cut */
     *ifindex = 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
         if (family == 4 && cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
@@ -320,6 +323,8 @@ static void drain(struct pos_mdns *m, int s, int family)
         ssize_t n = receive(s, family, buf, DNS_MAX_PACKET, &ifindex, src, &port);
         if (n < 0)
             break;
+        if (n == 0)
+            continue;
         mdns_core_receive(m->core, buf, (size_t)n, ifindex, family, src, port, mono_ms());
         flush(m);
     }
@@ -344,11 +349,15 @@ static int build_txt(const pos_mdns_config *cfg, uint8_t *out, size_t cap)
     char *s[8 + 64];
     size_t n = 0;
     int rc = POS_P2P_ERR_MDNS_TXT;
-    const char *keys[4] = {"name", "operating_system", "device_model", "version"};
-    const char *vals[4] = {cfg->name, cfg->os, cfg->model, cfg->version};
+    /*
+     * The OS goes out twice with one value: the seeds' layout reads
+     * operating_system, Spacedrive 0.4 reads only os.
+     */
+    const char *keys[5] = {"name", "operating_system", "os", "device_model", "version"};
+    const char *vals[5] = {cfg->name, cfg->os, cfg->os, cfg->model, cfg->version};
     if (cfg->n_libraries > 64)
         return POS_P2P_ERR_MDNS_TXT;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         if (!vals[i])
             continue;
         size_t l = strlen(keys[i]) + 1 + strlen(vals[i]) + 1;

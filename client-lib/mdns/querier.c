@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "txt.h"
 
 /* FNV-1a of a lower-cased name in wire form, so that equal names hash alike. */
 static uint32_t bytes_hash(const uint8_t *p, size_t len)
@@ -182,7 +183,8 @@ static bool view_alive(const struct mdns_core *c, const struct view *v, uint64_t
 }
 
 #define VIEW_MAX_ADDRS 16
-#define VIEW_MAX_TXT 32
+/* Every non-empty TXT string takes at least 2 bytes of rdata: no string is left out. */
+#define VIEW_MAX_TXT (DNS_MAX_RDATA / 2)
 
 struct collected {
     bool has_srv, has_txt;
@@ -191,8 +193,10 @@ struct collected {
     const struct centry *txt;
     unsigned n_addrs;
     char addrs[VIEW_MAX_ADDRS][64];
-    char txt_strs[VIEW_MAX_TXT][256];
+    /* The TXT strings, each followed by a NUL, in the order received. */
+    char txt_copy[DNS_MAX_RDATA + 1];
     const char *txt_ptrs[VIEW_MAX_TXT];
+    size_t txt_lens[VIEW_MAX_TXT];
     unsigned n_txt;
 };
 
@@ -255,31 +259,39 @@ static void collect(const struct mdns_core *c, const struct dns_name *inst, stru
         qsort(k->addrs, k->n_addrs, sizeof(k->addrs[0]), cmp_str);
     }
     if (k->txt) {
-        /* TXT rdata: length-prefixed strings, read within rdlen only. */
-        size_t p = 0;
+        /*
+         * TXT rdata: length-prefixed strings, read within rdlen only; a
+         * string takes l + 1 bytes there and l + 1 in the copy (with its
+         * NUL), so the copy never outgrows the rdata. Values are kept
+         * whole, whatever bytes they hold (RFC 6763 §6.5).
+         */
+        size_t p = 0, o = 0;
         while (p < k->txt->rdlen && k->n_txt < VIEW_MAX_TXT) {
             size_t l = k->txt->rdata[p];
             if (l > k->txt->rdlen - p - 1)
                 break;
             if (l) {
-                memcpy(k->txt_strs[k->n_txt], k->txt->rdata + p + 1, l);
-                k->txt_strs[k->n_txt][l] = 0;
-                k->txt_ptrs[k->n_txt] = k->txt_strs[k->n_txt];
+                memcpy(k->txt_copy + o, k->txt->rdata + p + 1, l);
+                k->txt_copy[o + l] = 0;
+                k->txt_ptrs[k->n_txt] = k->txt_copy + o;
+                k->txt_lens[k->n_txt] = l;
                 k->n_txt++;
+                o += l + 1;
             }
             p += l + 1;
         }
     }
 }
 
+/* The value of |key| by RFC 6763 §6.4 (first occurrence, any case), or NULL. */
 static const char *txt_get(const struct collected *k, const char *key)
 {
-    size_t kl = strlen(key);
-    for (unsigned i = 0; i < k->n_txt; i++) {
-        if (!strncmp(k->txt_strs[i], key, kl) && k->txt_strs[i][kl] == '=')
-            return k->txt_strs[i] + kl + 1;
-    }
-    return NULL;
+    long i = mdns_txt_find(k->txt_ptrs, k->txt_lens, k->n_txt, key);
+    const uint8_t *val;
+    size_t kl, vl;
+    if (i < 0 || !mdns_txt_split((const uint8_t *)k->txt_ptrs[i], k->txt_lens[i], &kl, &val, &vl))
+        return NULL;
+    return (const char *)val; /* NUL terminated in txt_copy; NULL for a boolean */
 }
 
 static int recognise_contact(const struct mdns_core *c, const struct collected *k, uint64_t now)
@@ -314,15 +326,15 @@ static void emit(struct mdns_core *c, struct view *v, enum pos_mdns_event ev,
 {
     if (!c->cb)
         return;
-    char inst[DNS_MAX_LABEL + 1] = "";
+    char inst[DNS_MAX_NAME + 1] = "";
     char pid[POS_PEER_ID_STRLEN];
     const char *addr_ptrs[VIEW_MAX_ADDRS];
     pos_mdns_peer p;
     memset(&p, 0, sizeof(p));
-    dns_name_first_label(&v->name, inst, sizeof(inst));
+    size_t il = mdns_instance_text(&v->name, &c->svc, inst);
     p.instance = inst;
+    p.instance_len = il;
     uint8_t pk[32];
-    size_t il = strlen(inst);
     if (v->contact >= 0 && (size_t)v->contact < c->n_contacts) {
         p.peer_id = c->contacts[v->contact].peer_id;
         p.contact = 1;
@@ -346,6 +358,7 @@ static void emit(struct mdns_core *c, struct view *v, enum pos_mdns_event ev,
         p.n_addrs = k->n_addrs;
         p.port = k->port;
         p.txt = k->txt_ptrs;
+        p.txt_len = k->txt_lens;
         p.n_txt = k->n_txt;
     }
     c->cb(c->user, ev, &p);
@@ -359,8 +372,11 @@ static void fingerprint(const struct collected *k, int contact, uint8_t fp[16])
     crypto_generichash_update(&st, (const uint8_t *)&contact, sizeof(contact));
     for (unsigned i = 0; i < k->n_addrs; i++)
         crypto_generichash_update(&st, (const uint8_t *)k->addrs[i], strlen(k->addrs[i]) + 1);
-    for (unsigned i = 0; i < k->n_txt; i++)
-        crypto_generichash_update(&st, (const uint8_t *)k->txt_strs[i], strlen(k->txt_strs[i]) + 1);
+    for (unsigned i = 0; i < k->n_txt; i++) {
+        uint64_t l = k->txt_lens[i];
+        crypto_generichash_update(&st, (const uint8_t *)&l, sizeof(l));
+        crypto_generichash_update(&st, (const uint8_t *)k->txt_ptrs[i], k->txt_lens[i]);
+    }
     crypto_generichash_final(&st, fp, 16);
 }
 

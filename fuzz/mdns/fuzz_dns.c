@@ -2,7 +2,9 @@
  * libFuzzer target for the mDNS packet parser and the engine behind it:
  * each input is read record by record with the codec, then handed to a
  * core that advertises and browses (as a query and as a response), which
- * exercises name decompression, rdata checks, caching and answering.
+ * exercises name decompression, rdata checks, caching and answering. The
+ * events it reports go through the TXT rules and UTF-8 checks that
+ * discover --json applies (txt.c), so those read fuzzed bytes too.
  */
 #include <sodium.h>
 #include <stdint.h>
@@ -10,14 +12,25 @@
 
 #include "core.h"
 #include "dns.h"
+#include "txt.h"
 
 static struct mdns_core *core;
 
-static void ignore(void *user, enum pos_mdns_event ev, const pos_mdns_peer *p)
+static void exercise(void *user, enum pos_mdns_event ev, const pos_mdns_peer *p)
 {
+    static char out[3 * 256];
     (void)user;
     (void)ev;
-    (void)p;
+    mdns_utf8_sanitize((const uint8_t *)p->instance, p->instance_len, out, sizeof(out));
+    for (size_t i = 0; i < p->n_txt; i++) {
+        const uint8_t *val;
+        size_t kl, vl;
+        if (mdns_txt_split((const uint8_t *)p->txt[i], p->txt_len[i], &kl, &val, &vl) && val &&
+            !mdns_utf8_valid(val, vl))
+            mdns_utf8_sanitize(val, vl, out, sizeof(out));
+    }
+    if (p->n_txt)
+        mdns_txt_find(p->txt, p->txt_len, p->n_txt, "name");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -37,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cfg.port = 7373;
         strcpy(cfg.instance, "fuzz");
         cfg.txt_len = 1;
-        core = mdns_core_new(&cfg, ignore, NULL, now);
+        core = mdns_core_new(&cfg, exercise, NULL, now);
         mdns_core_iface_update(core, 2, (const uint8_t(*)[4])a4, 1, (const uint8_t(*)[16])a6, 1,
                                now);
     }

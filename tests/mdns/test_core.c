@@ -737,6 +737,147 @@ static void test_truncated_known_answers(void)
     CHECK(a->n_log == a_before);
 }
 
+/* What the last event carried, copied for the TXT tests. */
+static struct {
+    unsigned n;
+    char instance[256];
+    size_t instance_len;
+    char name[64], os[64];
+    bool has_name, has_os;
+    size_t n_txt;
+    size_t txt_len[64];
+    uint8_t txt[64][256];
+} seen;
+
+static void on_event_copy(void *user, enum pos_mdns_event ev, const pos_mdns_peer *p)
+{
+    (void)user;
+    (void)ev;
+    seen.n++;
+    seen.instance_len = p->instance_len;
+    memcpy(seen.instance, p->instance, p->instance_len < 255 ? p->instance_len : 255);
+    seen.has_name = p->name != NULL;
+    snprintf(seen.name, sizeof(seen.name), "%s", p->name ? p->name : "");
+    seen.has_os = p->os != NULL;
+    snprintf(seen.os, sizeof(seen.os), "%s", p->os ? p->os : "");
+    seen.n_txt = p->n_txt;
+    for (size_t i = 0; i < p->n_txt && i < 64; i++) {
+        seen.txt_len[i] = p->txt_len[i];
+        memcpy(seen.txt[i], p->txt[i], p->txt_len[i]);
+    }
+}
+
+/*
+ * A response about instance |labels| (|n_labels| labels under
+ * _sd._udp.local) with TXT |txt| (|txt_len| bytes of rdata). With
+ * |split|, two packets: PTR, SRV and A with the TC bit (which responses
+ * must ignore, RFC 6762 §18.5), then the TXT alone in |buf2|.
+ */
+static void odd_response(const char *const *labels, size_t n_labels, const uint8_t *txt,
+                         size_t txt_len, bool split, uint8_t *buf, size_t *len, uint8_t *buf2,
+                         size_t *len2)
+{
+    struct dns_writer w;
+    struct dns_name svc, inst, host;
+    dns_name_from_text(&svc, "_sd._udp.local");
+    inst = svc;
+    for (size_t i = n_labels; i-- > 0;)
+        dns_name_prepend(&inst, labels[i], strlen(labels[i]), &inst);
+    dns_name_from_text(&host, "odd-host.local");
+    dns_writer_init(&w, buf, DNS_MAX_PACKET);
+    dns_write_rr(&w, &svc, DNS_TYPE_PTR, false, 4500, inst.b, inst.len);
+    uint8_t srv[6 + 256] = {0, 0, 0, 0, 0x1c, 0xcd};
+    memcpy(srv + 6, host.b, host.len);
+    dns_write_rr(&w, &inst, DNS_TYPE_SRV, true, 120, srv, (uint16_t)(6 + host.len));
+    uint8_t a[4] = {10, 0, 0, 9};
+    dns_write_rr(&w, &host, DNS_TYPE_A, true, 120, a, 4);
+    struct dns_header h = {.flags = DNS_FLAG_QR | DNS_FLAG_AA, .an = 3};
+    if (split) {
+        h.flags |= DNS_FLAG_TC;
+        dns_write_header(&w, &h);
+        *len = w.len;
+        dns_writer_init(&w, buf2, DNS_MAX_PACKET);
+        h.flags = DNS_FLAG_QR | DNS_FLAG_AA;
+        h.an = 0;
+    }
+    dns_write_rr(&w, &inst, DNS_TYPE_TXT, true, 4500, txt, (uint16_t)txt_len);
+    h.an++;
+    dns_write_header(&w, &h);
+    CHECK(!w.overflow);
+    *(split ? len2 : len) = w.len;
+}
+
+static size_t txt_append(uint8_t *rd, size_t at, const void *s, size_t l)
+{
+    rd[at] = (uint8_t)l;
+    memcpy(rd + at + 1, s, l);
+    return at + 1 + l;
+}
+
+/*
+ * RFC 6763 §6: the first string with a key wins (any case), keyless
+ * strings are ignored, values are bytes (NUL, not UTF-8) kept whole, a TXT
+ * far over 1300 bytes is read, the OS comes from operating_system or os;
+ * RFC 6763 §4.3: an instance label may hold dots and any UTF-8.
+ */
+static void test_txt_rules(void)
+{
+    reset();
+    struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
+    mdns_core_del(b->core);
+    struct mdns_core_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.browse = true;
+    b->core = mdns_core_new(&cfg, on_event_copy, b, now);
+    mdns_core_iface_update(b->core, 2, (const uint8_t(*)[4])b->a4, 1, NULL, 0, now);
+    uint8_t *rd = malloc(DNS_MAX_PACKET), *buf = malloc(DNS_MAX_PACKET),
+            *buf2 = malloc(DNS_MAX_PACKET);
+    uint8_t src[4] = {10, 0, 0, 9}, fill[240];
+    size_t n = 0, len = 0, len2 = 0;
+    n = txt_append(rd, n, "=name=Junk", 10);
+    n = txt_append(rd, n, "Name=First", 10);
+    n = txt_append(rd, n, "name=Second", 11);
+    n = txt_append(rd, n, "flag", 4);
+    n = txt_append(rd, n, "nul=a\0b", 7);
+    n = txt_append(rd, n, "bin=\xff\xfe", 6);
+    n = txt_append(rd, n, "os=Other", 8);
+    for (int i = 0; i < 20; i++) { /* 20 x 241 bytes: a TXT of about 5 kB */
+        memset(fill, 'A' + i, sizeof(fill));
+        n = txt_append(rd, n, fill, sizeof(fill));
+    }
+    const char *one[1] = {"dot.inside \xc3\xa9t\xc3\xa9"};
+    odd_response(one, 1, rd, n, false, buf, &len, NULL, NULL);
+    memset(&seen, 0, sizeof(seen));
+    CHECK(mdns_core_receive(b->core, buf, len, 2, 4, src, 5353, now) == 0);
+    CHECK(seen.n == 1);
+    CHECK(seen.instance_len == strlen(one[0]) && !memcmp(seen.instance, one[0], strlen(one[0])));
+    CHECK(seen.has_name && !strcmp(seen.name, "First"));
+    CHECK(seen.has_os && !strcmp(seen.os, "Other")); /* Spacedrive 0.4 sends os only */
+    CHECK(seen.n_txt == 27);
+    CHECK(seen.txt_len[4] == 7 && !memcmp(seen.txt[4], "nul=a\0b", 7));
+    CHECK(seen.txt_len[5] == 6 && !memcmp(seen.txt[5], "bin=\xff\xfe", 6));
+    CHECK(seen.txt_len[26] == 240 && seen.txt[26][239] == 'A' + 19);
+
+    /* operating_system before os; a boolean name gives no name; the TXT in a packet of its own
+       after one with the TC bit; an instance split at its dots into labels reads whole. */
+    n = 0;
+    n = txt_append(rd, n, "name", 4);
+    n = txt_append(rd, n, "name=Late", 9);
+    n = txt_append(rd, n, "os=Other", 8);
+    n = txt_append(rd, n, "OPERATING_SYSTEM=Linux", 22);
+    const char *two[2] = {"dot", "inside"};
+    odd_response(two, 2, rd, n, true, buf, &len, buf2, &len2);
+    memset(&seen, 0, sizeof(seen));
+    CHECK(mdns_core_receive(b->core, buf, len, 2, 4, src, 5353, now) == 0);
+    CHECK(seen.n == 0);
+    CHECK(mdns_core_receive(b->core, buf2, len2, 2, 4, src, 5353, now) == 0);
+    CHECK(seen.n == 1 && seen.instance_len == 10 && !memcmp(seen.instance, "dot.inside", 10));
+    CHECK(!seen.has_name && seen.has_os && !strcmp(seen.os, "Linux"));
+    free(rd);
+    free(buf);
+    free(buf2);
+}
+
 static void test_interface_gone(void)
 {
     reset();
@@ -777,6 +918,7 @@ int main(void)
     test_flood_is_bounded();
     test_interface_gone();
     test_truncated_known_answers();
+    test_txt_rules();
     reset();
     return check_finish("mdns-core");
 }

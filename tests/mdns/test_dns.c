@@ -9,6 +9,7 @@
 #include "../unit/check.h"
 #include "core.h"
 #include "dns.h"
+#include "txt.h"
 
 static size_t build_sample(uint8_t *buf, size_t cap)
 {
@@ -175,6 +176,75 @@ static void test_txt_limits(void)
     CHECK(mdns_core_txt_build(NULL, 0, out, sizeof(out)) == 1);
 }
 
+/* A TXT record as large as a packet allows (RFC 6762 §17) is read whole. */
+static void test_big_txt_read_whole(void)
+{
+    enum { N = 8900 };
+    uint8_t *buf = malloc(DNS_MAX_PACKET), *txt = malloc(N);
+    struct dns_rr *rr = malloc(sizeof(*rr));
+    struct dns_writer w;
+    struct dns_name inst;
+    dns_name_from_text(&inst, "big._sd._udp.local");
+    for (size_t i = 0; i < N; i += 256) {
+        size_t l = N - i - 1 < 255 ? N - i - 1 : 255;
+        txt[i] = (uint8_t)l;
+        memset(txt + i + 1, 'a' + (int)(i / 256) % 26, l);
+    }
+    dns_writer_init(&w, buf, DNS_MAX_PACKET);
+    dns_write_rr(&w, &inst, DNS_TYPE_TXT, true, 4500, txt, N);
+    struct dns_header h = {.flags = DNS_FLAG_QR, .an = 1};
+    dns_write_header(&w, &h);
+    CHECK(!w.overflow && w.len <= DNS_MAX_PACKET);
+    struct dns_reader r;
+    CHECK(dns_reader_init(&r, buf, w.len) == 0);
+    CHECK(dns_read_rr(&r, rr) == 0);
+    CHECK(!rr->oversized && rr->rdlen == N && !memcmp(rr->rdata, txt, N));
+    free(rr);
+    free(txt);
+    free(buf);
+}
+
+/* RFC 6763 §6.4 / §6.5 on single strings, and the UTF-8 checks of the JSON output. */
+static void test_txt_strings(void)
+{
+    size_t kl, vl;
+    const uint8_t *v;
+    CHECK(mdns_txt_split((const uint8_t *)"Key=v=w", 7, &kl, &v, &vl) && kl == 3 && vl == 3 &&
+          !memcmp(v, "v=w", 3));
+    CHECK(mdns_txt_split((const uint8_t *)"flag", 4, &kl, &v, &vl) && kl == 4 && !v);
+    CHECK(mdns_txt_split((const uint8_t *)"e=", 2, &kl, &v, &vl) && v && vl == 0);
+    CHECK(mdns_txt_split((const uint8_t *)"n=a\0b", 5, &kl, &v, &vl) && vl == 3 && !v[1]);
+    CHECK(!mdns_txt_split((const uint8_t *)"=junk", 5, &kl, &v, &vl));
+    CHECK(!mdns_txt_split((const uint8_t *)"", 0, &kl, &v, &vl));
+    CHECK(!mdns_txt_split((const uint8_t *)"k\x01y=1", 5, &kl, &v, &vl));
+    CHECK(!mdns_txt_split((const uint8_t *)"\xc3\xa9=1", 4, &kl, &v, &vl));
+    const char *strs[5] = {"=name=x", "NAME=First", "name=Second", "name", "other=1"};
+    size_t lens[5] = {7, 10, 11, 4, 7};
+    CHECK(mdns_txt_find(strs, lens, 5, "name") == 1);
+    CHECK(mdns_txt_find(strs, lens, 5, "other") == 4);
+    CHECK(mdns_txt_find(strs, lens, 5, "nam") == -1);
+    CHECK(mdns_utf8_valid((const uint8_t *)"a\0\xc3\xa9\xf0\x9f\x98\x80", 8));
+    CHECK(!mdns_utf8_valid((const uint8_t *)"\xc0\xaf", 2));         /* overlong */
+    CHECK(!mdns_utf8_valid((const uint8_t *)"\xed\xa0\x80", 3));     /* surrogate */
+    CHECK(!mdns_utf8_valid((const uint8_t *)"\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    CHECK(!mdns_utf8_valid((const uint8_t *)"\xe2\x82", 2));         /* cut short */
+    char out[16];
+    size_t n = mdns_utf8_sanitize((const uint8_t *)"a\xff\xc3\xa9", 4, out, sizeof(out));
+    CHECK(n == 6 && !memcmp(out, "a\xef\xbf\xbd\xc3\xa9", 6));
+    CHECK(mdns_utf8_sanitize((const uint8_t *)"\xff\xff", 2, out, 4) == 3); /* bounded */
+
+    /* Instance names (RFC 6763 §4.3): one label with dots, split labels, other names. */
+    struct dns_name svc, one, two;
+    char inst[DNS_MAX_NAME + 1];
+    dns_name_from_text(&svc, "_sd._udp.local");
+    dns_name_prepend(&one, "a.b c", 5, &svc);
+    CHECK(mdns_instance_text(&one, &svc, inst) == 5 && !strcmp(inst, "a.b c"));
+    dns_name_from_text(&two, "dot.inside._SD._udp.LOCAL");
+    CHECK(mdns_instance_text(&two, &svc, inst) == 10 && !strcmp(inst, "dot.inside"));
+    dns_name_from_text(&two, "host.example.local");
+    CHECK(mdns_instance_text(&two, &svc, inst) == 4 && !strcmp(inst, "host"));
+}
+
 static void test_writer_overflow(void)
 {
     uint8_t buf[40];
@@ -193,6 +263,8 @@ int main(void)
     test_hostile_names();
     test_rdata_checks();
     test_txt_limits();
+    test_big_txt_read_whole();
+    test_txt_strings();
     test_writer_overflow();
     return check_finish("mdns-dns");
 }

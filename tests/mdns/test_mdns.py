@@ -2,6 +2,7 @@
 made of network namespaces joined by a bridge (see netlab.py), against each
 other, python3-zeroconf and Avahi. Needs root; skipped (not passed) otherwise.
 """
+import base64
 import json
 import os
 import re
@@ -280,7 +281,7 @@ def interop_python_zeroconf_both_ways():
     try:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
-        advertise(lb, 0, ia, "--name", "Ours", "--library", LIB)
+        advertise(lb, 0, ia, "--name", "Ours", "--os", "Linux", "--library", LIB)
         zb = Proc(lb.argv(1, PY, ZC, "browse", "10"), name="zc-browse")
 
         def zc_found():
@@ -292,19 +293,53 @@ def interop_python_zeroconf_both_ways():
             return None
         e = wait_until(zc_found, 10, what="python-zeroconf to resolve our node")
         assert e["txt"]["name"] == "Ours" and e["txt"][LIB] == pa and e["port"] == 7373, e
+        # The OS under both keys: the seeds' operating_system and Spacedrive 0.4's os.
+        assert e["txt"].get("os") == "Linux" and e["txt"].get("operating_system") == "Linux", e
         assert "10.77.0.1" in e["addrs"], e
         zb.stop()
         # The other way round: zeroconf publishes, we discover.
         Proc(lb.argv(1, PY, ZC, "register", "zc-peer", "4242", "10.77.0.2,fd77::2", "name=Zed"),
              name="zc-register")
+        # A legal but unusual TXT (RFC 6763 §6), given to zeroconf as raw rdata.
+        Proc(lb.argv(1, PY, ZC, "register-raw", "zc.odd v1.2", "4243", "10.77.0.2,fd77::2",
+                     txt_rdata(ODD_TXT).hex()), name="zc-register-raw")
         ib, _, _ = identity(d, "b")
         ours = discover(lb, 0, ib, 10)
         z = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "zc-peer"), 10,
                        what="our discover to find the zeroconf service")
         assert z["name"] == "Zed" and z["port"] == 4242 and "10.77.0.2" in z["addrs"], z
         assert z["peer_id"] is None, z
+        o = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "zc.odd v1.2"), 5,
+                       what="our discover to report the zeroconf service with an odd TXT")
+        check_odd_txt(o)
     finally:
         lb.close()
+
+
+# RFC 6763 §6 corner cases in a TXT of 7.5 kB (a packet may carry 9000 bytes, RFC 6762
+# §17): a repeated key in another case (the first wins), a string without a key, a
+# boolean attribute, an empty value, NUL and bytes that are not UTF-8 inside values,
+# the OS under Spacedrive's "os".
+ODD_TXT = [b"Name=First", b"name=Second", b"=junk", b"flag", b"empty=", b"nul=a\x00b",
+           b"bin=\xff\xfe\x80", b"os=ZedOS"] + [b"big%d=" % i + bytes([65 + i]) * 240
+                                                   for i in range(30)]
+
+
+def txt_rdata(strings):
+    return b"".join(bytes([len(x)]) + x for x in strings)
+
+
+def check_odd_txt(e):
+    """What discover --json must make of ODD_TXT (docs/mdns.md, JSON output)."""
+    t = e["txt"]
+    assert e["name"] == "First" and t["name"] == "First", e
+    assert "" not in t and "junk" not in json.dumps(t), e
+    assert t["flag"] is True and t["empty"] == "" and t["nul"] == "a\x00b", e
+    assert t["bin"] == "\ufffd" * 3 and base64.b64decode(e["txt_b64"]["bin"]) == b"\xff\xfe\x80", e
+    assert list(e["txt_b64"]) == ["bin"], e
+    assert e["os"] == "ZedOS" and t["os"] == "ZedOS", e
+    for i in range(30):
+        assert t[f"big{i}"] == chr(65 + i) * 240, (i, e)
 
 
 def avahi_available():
@@ -320,7 +355,7 @@ def interop_avahi_both_ways():
     try:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
-        advertise(lb, 0, ia, "--name", "Ours")
+        advertise(lb, 0, ia, "--name", "Ours", "--os", "Linux")
         pidfile = os.path.join(d, "avahi-pids")
         ab = Proc(lb.argv(1, "sh", AVAHI, pidfile, "browse"), name="avahi-browse")
         lb.pidfile = pidfile
@@ -338,15 +373,26 @@ def interop_avahi_both_ways():
             print(ab.output()[-3000:])
             raise
         assert f[8] == "7373" and '"name=Ours"' in f[9], f
+        assert '"os=Linux"' in f[9] and '"operating_system=Linux"' in f[9], f
         ab.stop()
         kill_pids(pidfile)
-        ap = Proc(lb.argv(1, "sh", AVAHI, pidfile, "publish", "avahi-peer", "4343", "name=Av"),
-                  name="avahi-publish")
+        # An instance name with dots and non-ASCII (one DNS label, RFC 6763 §4.3) and a
+        # TXT over 1300 bytes with a boolean, a keyless string and a name that is not UTF-8.
+        inst = "avahi.peer \u00e9t\u00e9 v1.2"
+        big = [f"big{i}=" + chr(65 + i) * 240 for i in range(6)]
+        ap = Proc(lb.argv(1, "sh", AVAHI, pidfile, "publish", inst, "4343", b"name=Av\xff", "flag",
+                          "=junk", *big), name="avahi-publish")
         ib, _, _ = identity(d, "b")
         ours = discover(lb, 0, ib, 15)
-        z = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "avahi-peer"), 15,
+        z = wait_until(lambda: found(ours, None, lambda e: e["instance"] == inst), 15,
                        what="our discover to find the Avahi service")
-        assert z["name"] == "Av" and z["port"] == 4343 and "10.77.0.2" in z["addrs"], z
+        assert z["port"] == 4343 and "10.77.0.2" in z["addrs"], z
+        t = z["txt"]
+        # The name is shown with U+FFFD for the bad byte; the exact bytes are in txt_b64.
+        assert z["name"] == "Av\ufffd" and t["name"] == z["name"], z
+        assert base64.b64decode(z["txt_b64"]["name"]) == b"Av\xff", z
+        assert t["flag"] is True and "" not in t, z
+        assert all(t[f"big{i}"] == chr(65 + i) * 240 for i in range(6)), z
         ap.stop()
     finally:
         kill_pids(os.path.join(d, "avahi-pids"))

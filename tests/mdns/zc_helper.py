@@ -2,6 +2,8 @@
 
   zc_helper.py browse SECONDS   print one JSON line per service seen (added/updated/removed)
   zc_helper.py register INSTANCE PORT ADDR,ADDR KEY=VALUE...   publish _sd._udp until SIGTERM
+  zc_helper.py register-raw INSTANCE PORT ADDR,ADDR HEX   the same with TXT rdata given in hex
+                                                          (any bytes, repeated keys, NUL...)
 """
 import json
 import signal
@@ -40,8 +42,9 @@ def browse(seconds):
     zc.close()
 
 
-def register(instance, port, addrs, kvs):
-    props = dict(kv.split("=", 1) for kv in kvs)
+def register(instance, port, addrs, kvs, raw=None):
+    # zeroconf sends bytes properties as the TXT rdata itself.
+    props = bytes.fromhex(raw) if raw is not None else dict(kv.split("=", 1) for kv in kvs)
     info = ServiceInfo(TYPE, f"{instance}.{TYPE}", port=int(port), properties=props,
                        server=f"zc-{socket.gethostname()}.local.",
                        parsed_addresses=addrs.split(","))
@@ -59,5 +62,7 @@ def register(instance, port, addrs, kvs):
 if __name__ == "__main__":
     if sys.argv[1] == "browse":
         browse(float(sys.argv[2]))
+    elif sys.argv[1] == "register-raw":
+        register(sys.argv[2], sys.argv[3], sys.argv[4], [], sys.argv[5])
     else:
         register(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])

@@ -502,9 +502,9 @@ int pos_p2p_relay_pick_home(const double *rtt_ms, size_t n, int current);
 /* ==== local discovery, mDNS / DNS-SD (begin) ==== */
 /*
  * Local discovery: advertise this device as _sd._udp.local. (instance = peer
- * id, TXT name, operating_system, device_model, version, <library uuid>=<peer
- * id>) and browse for others, over IPv4 and IPv6 multicast on every
- * multicast-capable interface. See docs/mdns.md.
+ * id, TXT name, operating_system and os (one value), device_model, version,
+ * <library uuid>=<peer id>) and browse for others, over IPv4 and IPv6
+ * multicast on every multicast-capable interface. See docs/mdns.md.
  */
 #define POS_P2P_ERR_MDNS_TXT -50      /* TXT string > 255 bytes, or TXT > 1300 bytes */
 #define POS_P2P_ERR_MDNS_SOCKET -51   /* cannot open or bind the mDNS sockets */
@@ -529,15 +529,19 @@ enum pos_mdns_event {
 
 /* What a browse event tells; every pointer is valid during the callback only. */
 typedef struct pos_mdns_peer {
-    const char *instance; /* instance label as advertised */
+    const char *instance; /* instance label as advertised (any bytes, dots included) */
     const char *peer_id;  /* NULL when unknown (a stranger in contacts-only mode) */
     int contact;          /* 1 when recognised through a contact's presence key */
-    const char *name, *os, *model, *version; /* NULL when absent */
-    const char *const *addrs;                /* "ip" or "fe80::1%eth0" */
+    /* TXT values by RFC 6763 §6.4 (first occurrence of the key, any case); NULL
+       when absent or without '='; a value holding NUL is cut there (see txt). */
+    const char *name, *os, *model, *version;
+    const char *const *addrs; /* "ip" or "fe80::1%eth0" */
     size_t n_addrs;
     uint16_t port;
-    const char *const *txt; /* raw "key=value" strings */
+    const char *const *txt; /* the TXT strings as received, in order, NUL terminated */
     size_t n_txt;
+    const size_t *txt_len; /* byte length of each txt string (values may hold NUL) */
+    size_t instance_len;   /* byte length of instance (a label may hold NUL) */
 } pos_mdns_peer;
 
 typedef void (*pos_mdns_callback)(void *user, enum pos_mdns_event ev, const pos_mdns_peer *peer);
