@@ -95,17 +95,28 @@ int dns_reader_init(struct dns_reader *r, const uint8_t *buf, size_t len)
     return 0;
 }
 
-/* r->pos only moves once a whole entry was read: a failed one leaves it. */
+/*
+ * Reads the name an entry opens with into |name| and starts |c| after it.
+ * r->pos only moves once a whole entry was read: a failed one leaves it.
+ */
+static int read_owner(const struct dns_reader *r, struct dns_name *name, struct pos_reader *c)
+{
+    size_t pos = r->pos;
+    int rc = dns_read_name(r->buf, r->len, &pos, name);
+    if (rc)
+        return rc;
+    reader_at(c, r->buf, r->len, pos);
+    return 0;
+}
+
 int dns_read_question(struct dns_reader *r, struct dns_question *q)
 {
     struct pos_reader c;
-    size_t pos = r->pos;
     if (!r->q_left)
         return DNS_ERR_END;
-    int rc = dns_read_name(r->buf, r->len, &pos, &q->name);
+    int rc = read_owner(r, &q->name, &c);
     if (rc)
         return rc;
-    reader_at(&c, r->buf, r->len, pos);
     q->type = pos_reader_u16(&c);
     uint16_t cls = pos_reader_u16(&c);
     if (pos_reader_bad(&c))
@@ -186,7 +197,6 @@ static int read_rdata(const struct dns_reader *r, size_t start, size_t rdlen, st
 int dns_read_rr(struct dns_reader *r, struct dns_rr *rr)
 {
     struct pos_reader c;
-    size_t pos = r->pos;
     if (r->q_left)
         return DNS_ERR_END; /* questions first */
     int sec = 0;
@@ -194,10 +204,9 @@ int dns_read_rr(struct dns_reader *r, struct dns_rr *rr)
         sec++;
     if (sec == 3)
         return DNS_ERR_END;
-    int rc = dns_read_name(r->buf, r->len, &pos, &rr->name);
+    int rc = read_owner(r, &rr->name, &c);
     if (rc)
         return rc;
-    reader_at(&c, r->buf, r->len, pos);
     rr->type = pos_reader_u16(&c);
     uint16_t cls = pos_reader_u16(&c);
     rr->ttl = pos_reader_u32(&c);
