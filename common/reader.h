@@ -113,6 +113,7 @@ static inline uint64_t pos_reader_uint(struct pos_reader *r, size_t n)
     return v;
 }
 
+/* pos_reader_uint at the fixed widths: 0, and |r| poisoned, when the bytes are not there. */
 static inline uint8_t pos_reader_u8(struct pos_reader *r)
 {
     return (uint8_t)pos_reader_uint(r, 1);

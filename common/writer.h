@@ -76,6 +76,7 @@ static inline int pos_writer_uint(struct pos_writer *w, uint64_t v, size_t n)
     return pos_writer_bytes(w, b, n);
 }
 
+/* pos_writer_uint at the fixed widths: 0, or -1 (and |w| poisoned) when they do not fit. */
 static inline int pos_writer_u8(struct pos_writer *w, uint8_t v)
 {
     return pos_writer_uint(w, v, 1);
