@@ -1,39 +1,16 @@
 /*
  * Codec of relay data frames (see frame.h and docs/data-plane.md). The
- * decoder reads only through a bounded cursor (struct cur): every read
- * checks the bytes left and a failed read poisons the cursor, so the caller
- * checks once at the end. It runs once per relayed packet, so it stays small
- * and allocation-free.
+ * decoder reads only through the bounded reader (reader.h): every read
+ * checks the bytes left and a failed read poisons the reader, so the
+ * decoder checks once at the end; the encoders write through writer.h. It runs once per relayed
+ * packet, so it stays small and allocation-free.
  */
 #include "frame.h"
 
 #include <string.h>
 
-struct cur {
-    const uint8_t *p;
-    size_t left;
-    int bad;
-};
-
-static uint64_t get_uint(struct cur *c, size_t n)
-{
-    uint64_t v = 0;
-    if (c->bad || c->left < n) {
-        c->bad = 1;
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++)
-        v = (v << 8) | c->p[i];
-    c->p += n;
-    c->left -= n;
-    return v;
-}
-
-static void put_uint(uint8_t *p, uint64_t v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
-}
+#include "reader.h"
+#include "writer.h"
 
 static int is_probe_type(int type)
 {
@@ -43,33 +20,46 @@ static int is_probe_type(int type)
 
 int pos_frame_decode(const uint8_t *buf, size_t len, pos_frame *out)
 {
-    struct cur c = {buf, len, 0};
+    struct pos_reader r;
+    pos_reader_init(&r, buf, len);
     memset(out, 0, sizeof *out);
     if (!pos_frame_is_frame(buf, len))
         return POS_FRAME_ERR_NOT_FRAME;
-    uint8_t type = (uint8_t)get_uint(&c, 1);
+    uint8_t type = pos_reader_u8(&r);
     if (type != POS_FRAME_DATA && !is_probe_type(type))
         return POS_FRAME_ERR_UNKNOWN_TYPE;
-    uint32_t id = (uint32_t)get_uint(&c, 4);
+    uint32_t id = pos_reader_u32(&r);
     uint64_t cookie = 0;
+    const uint8_t *payload = NULL;
+    size_t payload_len = pos_reader_left(&r);
     if (type == POS_FRAME_DATA) {
-        if (c.left == 0 || c.left > POS_FRAME_MAX_PAYLOAD)
-            c.bad = 1;
+        if (payload_len == 0 || payload_len > POS_FRAME_MAX_PAYLOAD)
+            pos_reader_fail(&r);
+        payload = pos_reader_bytes(&r, payload_len);
     } else {
-        cookie = get_uint(&c, 8);
-        if (c.left != 0) /* exact length: one encoding per probe */
-            c.bad = 1;
+        cookie = pos_reader_u64(&r);
+        if (pos_reader_left(&r) != 0) /* exact length: one encoding per probe */
+            pos_reader_fail(&r);
     }
-    if (c.bad || id == 0)
+    if (pos_reader_bad(&r) || id == 0)
         return POS_FRAME_ERR_MALFORMED;
     out->type = type;
     out->circuit_id = id;
     out->cookie = cookie;
     if (type == POS_FRAME_DATA) {
-        out->payload = c.p;
-        out->payload_len = c.left;
+        out->payload = payload;
+        out->payload_len = payload_len;
     }
     return 0;
+}
+
+/* Starts |w| on |buf| (|cap| bytes) with the header every frame opens with. */
+static void put_header(struct pos_writer *w, uint8_t *buf, size_t cap, uint8_t type,
+                       uint32_t circuit_id)
+{
+    pos_writer_init(w, buf, cap);
+    pos_writer_u8(w, type);
+    pos_writer_u32(w, circuit_id);
 }
 
 int pos_frame_encode_data(uint8_t *buf, size_t cap, uint32_t circuit_id, const uint8_t *payload,
@@ -81,8 +71,8 @@ int pos_frame_encode_data(uint8_t *buf, size_t cap, uint32_t circuit_id, const u
         return POS_FRAME_ERR_NOBUF;
     if (payload != buf + POS_FRAME_HEADER_LEN)
         memmove(buf + POS_FRAME_HEADER_LEN, payload, payload_len);
-    buf[0] = POS_FRAME_DATA;
-    put_uint(buf + 1, circuit_id, 4);
+    struct pos_writer w;
+    put_header(&w, buf, POS_FRAME_HEADER_LEN, POS_FRAME_DATA, circuit_id);
     return (int)(POS_FRAME_HEADER_LEN + payload_len);
 }
 
@@ -93,10 +83,10 @@ int pos_frame_encode_probe(uint8_t *buf, size_t cap, uint8_t type, uint32_t circ
         return POS_FRAME_ERR_INVALID;
     if (cap < POS_FRAME_PROBE_LEN)
         return POS_FRAME_ERR_NOBUF;
-    buf[0] = type;
-    put_uint(buf + 1, circuit_id, 4);
-    put_uint(buf + 5, cookie, 8);
-    return POS_FRAME_PROBE_LEN;
+    struct pos_writer w;
+    put_header(&w, buf, POS_FRAME_PROBE_LEN, type, circuit_id);
+    pos_writer_u64(&w, cookie);
+    return (int)pos_writer_len(&w);
 }
 
 const char *pos_frame_type_name(int type)

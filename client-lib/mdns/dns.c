@@ -1,47 +1,39 @@
 /*
- * DNS message codec (see dns.h). Every read checks the bytes left through
- * the small cursor helpers below; names are decompressed with a strict
- * backwards-only pointer rule and a jump limit, so no input can loop.
+ * DNS message codec (see dns.h). Every read goes through the shared bounded
+ * reader (common/reader.h); on top of it, names are decompressed with a
+ * strict backwards-only pointer rule and a jump limit, so no input can loop.
  */
 #include "dns.h"
 
 #include <string.h>
 
-/* ---- bounded cursor ---- */
+#include "reader.h"
 
-static int get_u16(const uint8_t *buf, size_t len, size_t *pos, uint16_t *v)
-{
-    if (*pos > len || len - *pos < 2)
-        return DNS_ERR_TRUNCATED;
-    *v = (uint16_t)((buf[*pos] << 8) | buf[*pos + 1]);
-    *pos += 2;
-    return 0;
-}
+/* ---- reading ---- */
 
-static int get_u32(const uint8_t *buf, size_t len, size_t *pos, uint32_t *v)
+/* A reader over |buf| (|len| bytes) at offset |pos|; poisoned when |pos| is past the end. */
+static void reader_at(struct pos_reader *c, const uint8_t *buf, size_t len, size_t pos)
 {
-    uint16_t hi, lo;
-    if (get_u16(buf, len, pos, &hi) || get_u16(buf, len, pos, &lo))
-        return DNS_ERR_TRUNCATED;
-    *v = ((uint32_t)hi << 16) | lo;
-    return 0;
+    pos_reader_init(c, buf, len);
+    pos_reader_skip(c, pos);
 }
 
 int dns_read_name(const uint8_t *buf, size_t len, size_t *pos, struct dns_name *out)
 {
-    size_t p = *pos;
+    struct pos_reader c;
     size_t end = 0;        /* where the caller resumes: after the first pointer */
     size_t segment = *pos; /* start of the run of labels being read */
     unsigned jumps = 0;
     out->len = 0;
+    reader_at(&c, buf, len, *pos);
     for (;;) {
-        if (p >= len)
+        uint8_t b = pos_reader_u8(&c);
+        if (pos_reader_bad(&c))
             return DNS_ERR_TRUNCATED;
-        uint8_t c = buf[p];
-        if ((c & 0xC0) == 0xC0) {
-            if (p + 1 >= len)
+        if ((b & 0xC0) == 0xC0) {
+            size_t target = ((size_t)(b & 0x3F) << 8) | pos_reader_u8(&c);
+            if (pos_reader_bad(&c))
                 return DNS_ERR_TRUNCATED;
-            size_t target = ((size_t)(c & 0x3F) << 8) | buf[p + 1];
             /*
              * A pointer must go to before the run of labels it ends: each
              * jump lands strictly earlier than the last, so no input loops.
@@ -49,49 +41,52 @@ int dns_read_name(const uint8_t *buf, size_t len, size_t *pos, struct dns_name *
             if (target >= segment || ++jumps > DNS_MAX_JUMPS)
                 return DNS_ERR_NAME;
             if (!end)
-                end = p + 2;
-            p = segment = target;
+                end = pos_reader_offset(&c);
+            segment = target;
+            reader_at(&c, buf, len, target);
             continue;
         }
-        if (c & 0xC0)
+        if (b & 0xC0)
             return DNS_ERR_NAME; /* 0x40 / 0x80: extended label types */
-        if (c == 0) {
+        if (b == 0) {
             if (out->len + 1 > DNS_MAX_NAME)
                 return DNS_ERR_NAME;
             out->b[out->len++] = 0;
-            *pos = end ? end : p + 1;
+            *pos = end ? end : pos_reader_offset(&c);
             return 0;
         }
-        if (c > DNS_MAX_LABEL)
+        if (b > DNS_MAX_LABEL)
             return DNS_ERR_NAME;
-        if (len - p - 1 < c)
+        const uint8_t *label = pos_reader_bytes(&c, b);
+        if (!label)
             return DNS_ERR_TRUNCATED;
-        if ((size_t)out->len + 1 + c + 1 > DNS_MAX_NAME)
+        if ((size_t)out->len + 1 + b + 1 > DNS_MAX_NAME)
             return DNS_ERR_NAME;
-        memcpy(out->b + out->len, buf + p, (size_t)c + 1);
-        out->len = (uint16_t)(out->len + c + 1);
-        p += (size_t)c + 1;
+        out->b[out->len] = b;
+        memcpy(out->b + out->len + 1, label, b);
+        out->len = (uint16_t)(out->len + b + 1);
     }
 }
 
 int dns_reader_init(struct dns_reader *r, const uint8_t *buf, size_t len)
 {
+    struct pos_reader c;
     memset(r, 0, sizeof(*r));
     r->buf = buf;
     r->len = len;
     if (len < 12)
         return DNS_ERR_TRUNCATED;
-    size_t p = 0;
-    get_u16(buf, len, &p, &r->h.id);
-    get_u16(buf, len, &p, &r->h.flags);
-    get_u16(buf, len, &p, &r->h.qd);
-    get_u16(buf, len, &p, &r->h.an);
-    get_u16(buf, len, &p, &r->h.ns);
-    get_u16(buf, len, &p, &r->h.ar);
-    r->pos = p;
+    pos_reader_init(&c, buf, len);
+    r->h.id = pos_reader_u16(&c);
+    r->h.flags = pos_reader_u16(&c);
+    r->h.qd = pos_reader_u16(&c);
+    r->h.an = pos_reader_u16(&c);
+    r->h.ns = pos_reader_u16(&c);
+    r->h.ar = pos_reader_u16(&c);
+    r->pos = pos_reader_offset(&c);
     /* A question takes at least 5 bytes (root name + type + class), a record 11. */
     size_t need = (size_t)r->h.qd * 5 + ((size_t)r->h.an + r->h.ns + r->h.ar) * 11;
-    if (need > len - 12)
+    if (need > pos_reader_left(&c))
         return DNS_ERR_COUNTS;
     r->q_left = r->h.qd;
     r->rr_left[0] = r->h.an;
@@ -100,18 +95,35 @@ int dns_reader_init(struct dns_reader *r, const uint8_t *buf, size_t len)
     return 0;
 }
 
-int dns_read_question(struct dns_reader *r, struct dns_question *q)
+/*
+ * Reads the name an entry opens with into |name| and starts |c| after it.
+ * r->pos only moves once a whole entry was read: a failed one leaves it.
+ */
+static int read_owner(const struct dns_reader *r, struct dns_name *name, struct pos_reader *c)
 {
-    if (!r->q_left)
-        return DNS_ERR_END;
-    int rc = dns_read_name(r->buf, r->len, &r->pos, &q->name);
+    size_t pos = r->pos;
+    int rc = dns_read_name(r->buf, r->len, &pos, name);
     if (rc)
         return rc;
-    uint16_t cls;
-    if (get_u16(r->buf, r->len, &r->pos, &q->type) || get_u16(r->buf, r->len, &r->pos, &cls))
+    reader_at(c, r->buf, r->len, pos);
+    return 0;
+}
+
+int dns_read_question(struct dns_reader *r, struct dns_question *q)
+{
+    struct pos_reader c;
+    if (!r->q_left)
+        return DNS_ERR_END;
+    int rc = read_owner(r, &q->name, &c);
+    if (rc)
+        return rc;
+    q->type = pos_reader_u16(&c);
+    uint16_t cls = pos_reader_u16(&c);
+    if (pos_reader_bad(&c))
         return DNS_ERR_TRUNCATED;
     q->unicast = (cls & DNS_CLASS_TOP_BIT) != 0;
     q->qclass = cls & 0x7FFF;
+    r->pos = pos_reader_offset(&c);
     r->q_left--;
     return 0;
 }
@@ -131,9 +143,16 @@ static int rdata_put_name(const struct dns_reader *r, size_t *p, size_t rd_end, 
     return 0;
 }
 
+/*
+ * The |rdlen| bytes of rdata at |start|. Names inside may point anywhere
+ * before them in the message, so they are read against the whole buffer,
+ * cut at the rdata's end; fixed fields through a reader of the rdata alone.
+ */
 static int read_rdata(const struct dns_reader *r, size_t start, size_t rdlen, struct dns_rr *rr)
 {
     size_t end = start + rdlen, p = start, out = 0;
+    struct pos_reader rd;
+    reader_at(&rd, r->buf, end, start);
     rr->oversized = false;
     switch (rr->type) {
     case DNS_TYPE_PTR: {
@@ -145,9 +164,9 @@ static int read_rdata(const struct dns_reader *r, size_t start, size_t rdlen, st
     case DNS_TYPE_SRV: {
         if (rdlen < 7)
             return DNS_ERR_RDATA;
-        memcpy(rr->rdata, r->buf + start, 6);
+        pos_reader_copy(&rd, rr->rdata, 6); /* priority, weight, port */
         out = 6;
-        p = start + 6;
+        p = pos_reader_offset(&rd);
         int rc = rdata_put_name(r, &p, end, rr, &out);
         if (rc)
             return rc;
@@ -164,9 +183,9 @@ static int read_rdata(const struct dns_reader *r, size_t start, size_t rdlen, st
             rr->rdlen = 0;
             return 0;
         }
-        memcpy(rr->rdata, r->buf + start, rdlen);
+        pos_reader_copy(&rd, rr->rdata, rdlen);
         out = rdlen;
-        p = end;
+        p = pos_reader_offset(&rd);
         break;
     }
     if (p != end)
@@ -177,6 +196,7 @@ static int read_rdata(const struct dns_reader *r, size_t start, size_t rdlen, st
 
 int dns_read_rr(struct dns_reader *r, struct dns_rr *rr)
 {
+    struct pos_reader c;
     if (r->q_left)
         return DNS_ERR_END; /* questions first */
     int sec = 0;
@@ -184,22 +204,22 @@ int dns_read_rr(struct dns_reader *r, struct dns_rr *rr)
         sec++;
     if (sec == 3)
         return DNS_ERR_END;
-    int rc = dns_read_name(r->buf, r->len, &r->pos, &rr->name);
+    int rc = read_owner(r, &rr->name, &c);
     if (rc)
         return rc;
-    uint16_t cls, rdlen;
-    if (get_u16(r->buf, r->len, &r->pos, &rr->type) || get_u16(r->buf, r->len, &r->pos, &cls) ||
-        get_u32(r->buf, r->len, &r->pos, &rr->ttl) || get_u16(r->buf, r->len, &r->pos, &rdlen))
-        return DNS_ERR_TRUNCATED;
-    if (r->len - r->pos < rdlen)
+    rr->type = pos_reader_u16(&c);
+    uint16_t cls = pos_reader_u16(&c);
+    rr->ttl = pos_reader_u32(&c);
+    uint16_t rdlen = pos_reader_u16(&c);
+    if (pos_reader_bad(&c) || pos_reader_left(&c) < rdlen)
         return DNS_ERR_TRUNCATED;
     rr->cache_flush = (cls & DNS_CLASS_TOP_BIT) != 0;
     rr->rclass = cls & 0x7FFF;
     rr->section = (enum dns_section)(DNS_SEC_ANSWER + sec);
-    rc = read_rdata(r, r->pos, rdlen, rr);
+    rc = read_rdata(r, pos_reader_offset(&c), rdlen, rr);
     if (rc)
         return rc;
-    r->pos += rdlen;
+    r->pos = pos_reader_offset(&c) + rdlen;
     r->rr_left[sec]--;
     return 0;
 }

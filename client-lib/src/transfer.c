@@ -16,7 +16,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "reader.h"
 #include "transfer_files.h"
+#include "writer.h"
 
 enum msg_type {
     MSG_OFFER = 0x01,  /* u8 version, u8 flags, u64 size, hash[32], u16 name length, name */
@@ -65,79 +67,44 @@ const char *pos_xfer_strerror(int code)
 
 /* ---- messages ---- */
 
-struct cur {
-    const uint8_t *p;
-    size_t left;
-    int bad;
-};
-
-static uint64_t get_uint(struct cur *c, size_t n)
-{
-    uint64_t v = 0;
-    if (c->bad || c->left < n) {
-        c->bad = 1;
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++)
-        v = (v << 8) | c->p[i];
-    c->p += n;
-    c->left -= n;
-    return v;
-}
-
-static void get_bytes(struct cur *c, void *dst, size_t n)
-{
-    if (c->bad || c->left < n) {
-        c->bad = 1;
-        memset(dst, 0, n);
-        return;
-    }
-    memcpy(dst, c->p, n);
-    c->p += n;
-    c->left -= n;
-}
-
 /* A u16-prefixed text of at most |max| bytes into |dst| (max + 1), NUL-terminated. */
-static size_t get_text(struct cur *c, char *dst, size_t max)
+static size_t get_text(struct pos_reader *c, char *dst, size_t max)
 {
-    size_t n = (size_t)get_uint(c, 2);
-    if (c->bad || n > max || n > c->left) {
-        c->bad = 1;
+    size_t n = pos_reader_u16(c);
+    if (pos_reader_bad(c) || n > max || pos_reader_copy(c, dst, n) != 0) {
+        pos_reader_fail(c);
         dst[0] = 0;
         return 0;
     }
-    get_bytes(c, dst, n);
     dst[n] = 0;
     if (memchr(dst, 0, n))
-        c->bad = 1;
+        pos_reader_fail(c);
     return n;
 }
 
-static uint8_t *put_uint(uint8_t *p, uint64_t v, size_t n)
+/* A message header: |type| and a u32 length of |body_len| bytes. */
+static void put_header(struct pos_writer *w, uint8_t type, size_t body_len)
 {
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
-    return p + n;
+    pos_writer_u8(w, type);
+    pos_writer_u32(w, (uint32_t)body_len);
 }
 
-/* Writes a message header for |body_len| bytes of |type|; returns where the body goes. */
-static uint8_t *put_header(uint8_t *p, uint8_t type, size_t body_len)
+/*
+ * REFUSE or DONE into |p| (|cap| bytes): u16 code, u16 length, text (cut at
+ * POS_XFER_MAX_TEXT). Returns the message length, or 0 when it does not fit.
+ */
+static size_t put_verdict(uint8_t *p, size_t cap, uint8_t type, int code, const char *text)
 {
-    p[0] = type;
-    return put_uint(p + 1, body_len, 4);
-}
-
-/* REFUSE or DONE: u16 code, u16 length, text. Returns the message length. */
-static size_t put_verdict(uint8_t *p, uint8_t type, int code, const char *text)
-{
+    struct pos_writer w;
     size_t n = strlen(text);
     if (n > POS_XFER_MAX_TEXT)
         n = POS_XFER_MAX_TEXT;
-    uint8_t *b = put_header(p, type, 4 + n);
-    b = put_uint(b, (uint64_t)code, 2);
-    b = put_uint(b, n, 2);
-    memcpy(b, text, n);
-    return POS_XFER_HEADER_LEN + 4 + n;
+    pos_writer_init(&w, p, cap);
+    put_header(&w, type, 4 + n);
+    pos_writer_u16(&w, (uint16_t)code);
+    pos_writer_u16(&w, (uint16_t)n);
+    pos_writer_bytes(&w, text, n);
+    return pos_writer_bad(&w) ? 0 : pos_writer_len(&w);
 }
 
 /* Reassembly of one message of at most POS_XFER_MAX_CTRL_BODY body bytes. */
@@ -148,8 +115,9 @@ struct reader {
 
 static size_t header_body_len(const struct reader *rd)
 {
-    struct cur c = {rd->buf + 1, 4, 0};
-    return (size_t)get_uint(&c, 4);
+    struct pos_reader c;
+    pos_reader_init(&c, rd->buf + 1, 4);
+    return pos_reader_u32(&c);
 }
 
 /* Moves bytes from |*data| into |rd| until it holds |want| bytes; 1 when it does. */
@@ -283,24 +251,27 @@ int pos_xfer_sender_output(pos_xfer_sender *s, uint8_t *buf, size_t cap)
         return s->error;
     if (cap < POS_XFER_MIN_OUTPUT)
         return POS_XFER_ERR_STATE;
+    struct pos_writer w;
+    pos_writer_init(&w, buf, cap);
     if (s->state == S_OFFER) {
         size_t n = strlen(s->name);
-        uint8_t *b = put_header(buf, MSG_OFFER, 2 + 8 + POS_XFER_HASH_LEN + 2 + n);
-        if (POS_XFER_HEADER_LEN + 44 + n > cap)
+        put_header(&w, MSG_OFFER, 2 + 8 + POS_XFER_HASH_LEN + 2 + n);
+        pos_writer_u8(&w, OFFER_VERSION);
+        pos_writer_u8(&w, s->resume ? OFFER_FLAG_RESUME : 0);
+        pos_writer_u64(&w, s->size);
+        pos_writer_bytes(&w, s->hash, POS_XFER_HASH_LEN);
+        pos_writer_u16(&w, (uint16_t)n);
+        pos_writer_bytes(&w, s->name, n);
+        if (pos_writer_bad(&w))
             return POS_XFER_ERR_STATE;
-        *b++ = OFFER_VERSION;
-        *b++ = s->resume ? OFFER_FLAG_RESUME : 0;
-        b = put_uint(b, s->size, 8);
-        memcpy(b, s->hash, POS_XFER_HASH_LEN);
-        b = put_uint(b + POS_XFER_HASH_LEN, n, 2);
-        memcpy(b, s->name, n);
         s->state = S_WAIT_ACCEPT;
-        return (int)(b + n - buf);
+        return (int)pos_writer_len(&w);
     }
     if (s->state == S_START) {
-        put_uint(put_header(buf, MSG_START, 8), s->pos, 8);
+        put_header(&w, MSG_START, 8);
+        pos_writer_u64(&w, s->pos);
         s->state = s->pos == s->size ? S_WAIT_DONE : S_SENDING;
-        return POS_XFER_HEADER_LEN + 8;
+        return (int)pos_writer_len(&w);
     }
     if (s->state != S_SENDING)
         return 0;
@@ -315,7 +286,7 @@ int pos_xfer_sender_output(pos_xfer_sender *s, uint8_t *buf, size_t cap)
     while (n < 0 && errno == EINTR);
     if (n <= 0) /* error, or the file shrank under us */
         return sender_fail(s, POS_XFER_ERR_IO, NULL);
-    put_header(buf, MSG_DATA, (size_t)n);
+    put_header(&w, MSG_DATA, (size_t)n); /* the body is already in place behind it */
     s->pos += (uint64_t)n;
     if (s->pos == s->size)
         s->state = S_WAIT_DONE;
@@ -323,12 +294,12 @@ int pos_xfer_sender_output(pos_xfer_sender *s, uint8_t *buf, size_t cap)
 }
 
 /* ACCEPT: resume from the receiver's offset only if its prefix is ours. */
-static int sender_on_accept(pos_xfer_sender *s, struct cur *c)
+static int sender_on_accept(pos_xfer_sender *s, struct pos_reader *c)
 {
     uint8_t theirs[POS_XFER_HASH_LEN], ours[POS_XFER_HASH_LEN];
-    uint64_t offset = get_uint(c, 8);
-    get_bytes(c, theirs, sizeof theirs);
-    if (c->bad || c->left != 0 || offset > s->size)
+    uint64_t offset = pos_reader_u64(c);
+    pos_reader_copy(c, theirs, sizeof theirs);
+    if (pos_reader_bad(c) || pos_reader_left(c) != 0 || offset > s->size)
         return sender_fail(s, POS_XFER_ERR_PROTOCOL, "invalid ACCEPT from the receiver");
     crypto_generichash_state h;
     crypto_generichash_init(&h, NULL, 0, POS_XFER_HASH_LEN);
@@ -341,16 +312,16 @@ static int sender_on_accept(pos_xfer_sender *s, struct cur *c)
     return 0;
 }
 
-static int sender_on_message(pos_xfer_sender *s, uint8_t type, struct cur *c)
+static int sender_on_message(pos_xfer_sender *s, uint8_t type, struct pos_reader *c)
 {
     if (type == MSG_ACCEPT && s->state == S_WAIT_ACCEPT)
         return sender_on_accept(s, c);
     if ((type == MSG_REFUSE && s->state == S_WAIT_ACCEPT) ||
         (type == MSG_DONE && s->state != S_OFFER && s->state != S_WAIT_ACCEPT)) {
         char text[POS_XFER_MAX_TEXT + 1];
-        uint64_t code = get_uint(c, 2);
+        uint64_t code = pos_reader_u16(c);
         get_text(c, text, POS_XFER_MAX_TEXT);
-        if (c->bad || c->left != 0)
+        if (pos_reader_bad(c) || pos_reader_left(c) != 0)
             return sender_fail(s, POS_XFER_ERR_PROTOCOL, "invalid verdict from the receiver");
         pos_xfer_text_clean(text); /* the peer's words go to a terminal */
         if (type == MSG_DONE && code == 0) {
@@ -378,7 +349,8 @@ int pos_xfer_sender_input(pos_xfer_sender *s, const uint8_t *data, size_t len)
             return sender_fail(s, POS_XFER_ERR_PROTOCOL, "oversized message from the receiver");
         if (!fill_to(&s->rd, POS_XFER_HEADER_LEN + body, &data, &len))
             return 0;
-        struct cur c = {s->rd.buf + POS_XFER_HEADER_LEN, body, 0};
+        struct pos_reader c;
+        pos_reader_init(&c, s->rd.buf + POS_XFER_HEADER_LEN, body);
         s->rd.have = 0;
         int rc = sender_on_message(s, s->rd.buf[0], &c);
         if (rc != 0)
@@ -487,7 +459,8 @@ void pos_xfer_receiver_del(pos_xfer_receiver *r)
 /* Queues REFUSE (before ACCEPT) or DONE (after) with |code| and |text|. */
 static void queue_verdict(pos_xfer_receiver *r, int code, const char *text)
 {
-    r->out_len = put_verdict(r->out, r->state == R_OFFER ? MSG_REFUSE : MSG_DONE, code, text);
+    r->out_len =
+        put_verdict(r->out, sizeof r->out, r->state == R_OFFER ? MSG_REFUSE : MSG_DONE, code, text);
     r->out_off = 0;
 }
 
@@ -581,13 +554,13 @@ static int check_space(pos_xfer_receiver *r)
     return receiver_fail_text(r, POS_XFER_ERR_NO_SPACE, text);
 }
 
-static int receiver_on_offer(pos_xfer_receiver *r, struct cur *c)
+static int receiver_on_offer(pos_xfer_receiver *r, struct pos_reader *c)
 {
-    uint64_t version = get_uint(c, 1), flags = get_uint(c, 1);
-    r->size = get_uint(c, 8);
-    get_bytes(c, r->hash, sizeof r->hash);
+    uint64_t version = pos_reader_u8(c), flags = pos_reader_u8(c);
+    r->size = pos_reader_u64(c);
+    pos_reader_copy(c, r->hash, sizeof r->hash);
     size_t n = get_text(c, r->name, POS_XFER_MAX_NAME);
-    if (c->bad || c->left != 0 || version != OFFER_VERSION) {
+    if (pos_reader_bad(c) || pos_reader_left(c) != 0 || version != OFFER_VERSION) {
         r->name[0] = 0;
         return receiver_fail(r, POS_XFER_ERR_PROTOCOL);
     }
@@ -611,10 +584,12 @@ static int receiver_on_offer(pos_xfer_receiver *r, struct cur *c)
     crypto_generichash_state copy = r->h; /* the digest of the prefix; r->h goes on */
     uint8_t prefix[POS_XFER_HASH_LEN];
     crypto_generichash_final(&copy, prefix, sizeof prefix);
-    uint8_t *b = put_header(r->out, MSG_ACCEPT, 8 + POS_XFER_HASH_LEN);
-    b = put_uint(b, r->offset, 8);
-    memcpy(b, prefix, sizeof prefix);
-    r->out_len = POS_XFER_HEADER_LEN + 8 + POS_XFER_HASH_LEN;
+    struct pos_writer w;
+    pos_writer_init(&w, r->out, sizeof r->out);
+    put_header(&w, MSG_ACCEPT, 8 + POS_XFER_HASH_LEN);
+    pos_writer_u64(&w, r->offset);
+    pos_writer_bytes(&w, prefix, sizeof prefix);
+    r->out_len = pos_writer_len(&w);
     r->out_off = 0;
     r->state = R_START;
     return 0;
@@ -650,10 +625,10 @@ static int receiver_finish(pos_xfer_receiver *r)
     return 0;
 }
 
-static int receiver_on_start(pos_xfer_receiver *r, struct cur *c)
+static int receiver_on_start(pos_xfer_receiver *r, struct pos_reader *c)
 {
-    uint64_t offset = get_uint(c, 8);
-    if (c->bad || c->left != 0 || (offset != r->offset && offset != 0))
+    uint64_t offset = pos_reader_u64(c);
+    if (pos_reader_bad(c) || pos_reader_left(c) != 0 || (offset != r->offset && offset != 0))
         return receiver_fail(r, POS_XFER_ERR_PROTOCOL);
     if (offset != r->offset && restart_part(r) != 0) /* the sender found our prefix wrong */
         return receiver_fail(r, POS_XFER_ERR_IO);
@@ -704,7 +679,8 @@ int pos_xfer_receiver_input(pos_xfer_receiver *r, const uint8_t *data, size_t le
             return receiver_fail(r, POS_XFER_ERR_PROTOCOL);
         if (!fill_to(&r->rd, POS_XFER_HEADER_LEN + body, &data, &len))
             return 0;
-        struct cur c = {r->rd.buf + POS_XFER_HEADER_LEN, body, 0};
+        struct pos_reader c;
+        pos_reader_init(&c, r->rd.buf + POS_XFER_HEADER_LEN, body);
         r->rd.have = 0;
         int rc;
         if (type == MSG_OFFER && r->state == R_OFFER)
@@ -758,7 +734,7 @@ size_t pos_xfer_refusal(uint8_t *buf, size_t cap, int code, const char *reason)
 {
     if (cap < POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT)
         return 0;
-    return put_verdict(buf, MSG_REFUSE, code < 0 ? -code : code, reason);
+    return put_verdict(buf, cap, MSG_REFUSE, code < 0 ? -code : code, reason);
 }
 
 const char *pos_xfer_receiver_final_name(const pos_xfer_receiver *r)
