@@ -28,8 +28,8 @@
 #define MAX_REQ_PENDING 65536 /* request bytes not yet acknowledged by the relay */
 
 struct pos_p2p_relay {
+    struct ep_conn conn; /* first: ngtcp2's user_data starts with its cid_ops */
     pos_p2p_endpoint *ep;
-    pos_p2p_relay *prev, *next;
     ngtcp2_conn *qc;
     gnutls_session_t tls;
     ngtcp2_crypto_conn_ref ref;
@@ -70,26 +70,13 @@ struct pos_p2p_relay {
     uint8_t close_pending; /* pos_p2p_relay_close was called from a callback */
 };
 
-pos_p2p_relay *qc_next(const pos_p2p_relay *r)
-{
-    return r->next;
-}
+static const struct ep_conn_ops relay_conn_ops;
 
 /* ---- ending ---- */
 
 static void drop_cids(pos_p2p_relay *r)
 {
-    ngtcp2_cid scids[16];
-    size_t n;
-    if (!r->qc)
-        return;
-    n = ngtcp2_conn_get_num_scid(r->qc);
-    if (n > sizeof(scids) / sizeof(scids[0]))
-        return;
-    ngtcp2_conn_get_scid(r->qc, scids);
-    for (size_t i = 0; i < n; i++)
-        if (scids[i].datalen == EP_CID_LEN)
-            ep_cid_remove(r->ep, scids[i].data, r);
+    pos_quic_drop_cids(r->qc, r);
 }
 
 /* fail ends the connection with |err| and a sentence; sends nothing. */
@@ -121,10 +108,10 @@ static void send_close(pos_p2p_relay *r, const ngtcp2_connection_close_error *cc
         ngtcp2_conn_is_in_draining_period(r->qc))
         return;
     ngtcp2_path_storage_zero(&ps);
-    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
+    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, ep_txbuf(r->ep), EP_MAX_UDP,
                                            ccerr, pos_quic_now());
     if (n > 0)
-        ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+        ep_send(r->ep, r->sock, ep_txbuf(r->ep), (size_t)n, (struct sockaddr *)ps.path.remote.addr,
                 ps.path.remote.addrlen);
 }
 
@@ -196,6 +183,7 @@ static void conn_write(pos_p2p_relay *r)
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
     ngtcp2_tstamp ts = pos_quic_now();
+    uint8_t *txbuf = ep_txbuf(r->ep);
 
     if (r->dead)
         return;
@@ -218,10 +206,10 @@ static void conn_write(pos_p2p_relay *r)
             v.len = r->rq_len - r->rq_sent;
             nv = 1;
         }
-        n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
-                                      &wlen, wflags, sid, &v, nv, ts);
+        n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, txbuf, EP_MAX_UDP, &wlen, wflags, sid,
+                                      &v, nv, ts);
         if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR)
-            n = ngtcp2_conn_write_pkt(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf), ts);
+            n = ngtcp2_conn_write_pkt(r->qc, &ps.path, &pi, txbuf, EP_MAX_UDP, ts);
         if (n < 0) {
             fail_liberr(r, (int)n);
             return;
@@ -234,7 +222,7 @@ static void conn_write(pos_p2p_relay *r)
         }
         if (n == 0)
             return;
-        ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+        ep_send(r->ep, r->sock, txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
                 ps.path.remote.addrlen);
     }
 }
@@ -496,37 +484,6 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 
 /* ---- ngtcp2 plumbing ---- */
 
-static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
-                          void *user_data)
-{
-    pos_p2p_relay *r = user_data;
-    (void)qc;
-    if (cidlen != EP_CID_LEN)
-        return NGTCP2_ERR_CALLBACK_FAILURE;
-    randombytes_buf(cid->data, cidlen);
-    cid->datalen = cidlen;
-    randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
-    return ep_cid_add(r->ep, cid->data, r) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
-}
-
-static int cb_remove_cid(ngtcp2_conn *qc, const ngtcp2_cid *cid, void *user_data)
-{
-    pos_p2p_relay *r = user_data;
-    (void)qc;
-    if (cid->datalen == EP_CID_LEN)
-        ep_cid_remove(r->ep, cid->data, r);
-    return 0;
-}
-
-static int cb_recv_crypto_data(ngtcp2_conn *qc, ngtcp2_crypto_level level, uint64_t offset,
-                               const uint8_t *data, size_t datalen, void *user_data)
-{
-    pos_p2p_relay *r = user_data;
-    if (!r->tls)
-        return 0; /* post-handshake TLS messages: none that we need */
-    return ngtcp2_crypto_recv_crypto_data_cb(qc, level, offset, data, datalen, user_data);
-}
-
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     pos_p2p_relay *r = (pos_p2p_relay *)((char *)ref->user_data - offsetof(pos_p2p_relay, pin));
@@ -536,9 +493,7 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 static void init_callbacks(ngtcp2_callbacks *cb)
 {
     pos_quic_callbacks_init(cb, 0);
-    cb->recv_crypto_data = cb_recv_crypto_data;
-    cb->get_new_connection_id = cb_get_new_cid;
-    cb->remove_connection_id = cb_remove_cid;
+    pos_quic_callbacks_cids(cb);
     cb->handshake_completed = cb_handshake_completed;
     cb->recv_stream_data = cb_recv_stream_data;
     cb->acked_stream_data_offset = cb_acked_stream_data_offset;
@@ -558,7 +513,7 @@ static int pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info,
             0)
             continue;
         int s = ss.ss_family == AF_INET ? 0 : 1;
-        if (ep->socks[s].fd < 0)
+        if (!ep_has_sock(ep, s))
             continue;
         if (out) {
             *out = ss;
@@ -615,8 +570,7 @@ static int make_conn(pos_p2p_relay *r)
     randombytes_buf(dcid.data, dcid.datalen);
     scid.datalen = EP_CID_LEN;
     randombytes_buf(scid.data, scid.datalen);
-    path.local.addr = (ngtcp2_sockaddr *)&ep->socks[r->sock].local;
-    path.local.addrlen = ep->socks[r->sock].local_len;
+    path.local.addr = (ngtcp2_sockaddr *)ep_local(ep, r->sock, &path.local.addrlen);
     path.remote.addr = (ngtcp2_sockaddr *)&r->remote;
     path.remote.addrlen = pos_addr_len(&r->remote);
     path.user_data = NULL;
@@ -626,32 +580,26 @@ static int make_conn(pos_p2p_relay *r)
     r->creating = 0;
     if (rv != 0)
         return POS_P2P_ERR_NOMEM;
-    if (pos_tls_session_new(&r->tls, ep->creds, 0, POS_CTRL_ALPN) != 0 ||
+    if (pos_tls_session_new(&r->tls, ep_creds(ep), 0, POS_CTRL_ALPN) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(r->tls) != 0)
         return POS_P2P_ERR_HANDSHAKE;
     r->ref.get_conn = get_conn;
     r->ref.user_data = &r->pin;
     gnutls_session_set_ptr(r->tls, &r->ref);
     ngtcp2_conn_set_tls_native_handle(r->qc, r->tls);
-    if (ep_cid_add(ep, scid.data, r) != 0)
+    if (ep_cid_add(&r->conn, scid.data) != 0)
         return POS_P2P_ERR_NOMEM;
     return 0;
 }
 
 static void relay_free(pos_p2p_relay *r)
 {
-    pos_p2p_endpoint *ep = r->ep;
     drop_cids(r);
     if (r->qc)
         ngtcp2_conn_del(r->qc);
     if (r->tls)
         gnutls_deinit(r->tls);
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        ep->relays = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
+    ep_conn_detach(&r->conn);
     if (r->token) {
         sodium_memzero(r->token, r->token_len);
         free(r->token);
@@ -686,6 +634,7 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
     r = calloc(1, sizeof(*r));
     if (!r)
         return POS_P2P_ERR_NOMEM;
+    ep_conn_init(&r->conn, ep, &relay_conn_ops);
     r->ep = ep;
     r->stream = -1;
     r->req_stream = -1;
@@ -710,10 +659,7 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
     }
     memcpy(r->token, token, tlen);
     r->token_len = tlen;
-    r->next = ep->relays;
-    if (ep->relays)
-        ep->relays->prev = r;
-    ep->relays = r;
+    ep_conn_attach(&r->conn);
     rv = make_conn(r);
     if (rv != 0) {
         relay_free(r);
@@ -780,7 +726,7 @@ static int dispatch_events(pos_p2p_relay *r)
     return 0;
 }
 
-void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
+static void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
               const struct sockaddr *from, socklen_t fromlen)
 {
     ngtcp2_path path;
@@ -789,8 +735,7 @@ void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
 
     if (r->dead)
         return;
-    path.local.addr = (ngtcp2_sockaddr *)&r->ep->socks[sock].local;
-    path.local.addrlen = r->ep->socks[sock].local_len;
+    path.local.addr = (ngtcp2_sockaddr *)ep_local(r->ep, sock, &path.local.addrlen);
     path.remote.addr = (ngtcp2_sockaddr *)from;
     path.remote.addrlen = fromlen;
     path.user_data = NULL;
@@ -821,7 +766,7 @@ void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
     conn_write(r);
 }
 
-int64_t qc_deadline_ms(const pos_p2p_relay *r)
+static int64_t qc_deadline_ms(const pos_p2p_relay *r)
 {
     ngtcp2_tstamp exp;
     int64_t d;
@@ -835,7 +780,7 @@ int64_t qc_deadline_ms(const pos_p2p_relay *r)
     return d;
 }
 
-void qc_on_deadline(pos_p2p_relay *r)
+static void qc_on_deadline(pos_p2p_relay *r)
 {
     int rv;
     if (r->dead)
@@ -885,11 +830,6 @@ void pos_p2p_relay_close(pos_p2p_relay *r)
     relay_free(r);
 }
 
-void qc_free_all(pos_p2p_endpoint *ep)
-{
-    while (ep->relays)
-        relay_free(ep->relays);
-}
 
 /* ---- circuits: the public API (pos/p2p.h) and the data plane ---- */
 
@@ -987,7 +927,6 @@ int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t
 {
     uint8_t buf[POS_FRAME_MAX_LEN];
     const ngtcp2_addr *to;
-    ssize_t n;
     int flen;
 
     if (!r || (!data && len))
@@ -1002,11 +941,10 @@ int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t
     if (flen < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     to = relay_addr(r);
-    do {
-        n = sendto(r->ep->socks[r->sock].fd, buf, (size_t)flen, MSG_DONTWAIT,
-                   (const struct sockaddr *)to->addr, to->addrlen);
-    } while (n < 0 && errno == EINTR);
-    return n == flen ? 0 : POS_P2P_ERR_IO;
+    return ep_send_checked(r->ep, r->sock, buf, (size_t)flen, (const struct sockaddr *)to->addr,
+                           to->addrlen) == 0
+               ? 0
+               : POS_P2P_ERR_IO;
 }
 
 static int same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr *b)
@@ -1026,30 +964,55 @@ static int same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr
     return 0;
 }
 
-int qc_frame_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
-                   const struct sockaddr *from, socklen_t fromlen)
+/* relay_frame: a data frame from |from|; 0 taken, -1 ours but dropped, 1 not from this relay. */
+static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
+                       const struct sockaddr *from, socklen_t fromlen)
 {
+    pos_p2p_relay *r = (pos_p2p_relay *)c;
     pos_frame f;
-    (void)sock;
     if (pos_frame_decode(data, len, &f) != 0)
         return -1;
-    for (pos_p2p_relay *r = ep->relays; r; r = r->next) {
-        if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED ||
-            !same_addr(from, fromlen, relay_addr(r)))
-            continue;
-        if (f.type == POS_FRAME_KEEPALIVE_ACK)
-            return 0;
-        if (f.type != POS_FRAME_DATA || !r->circuits ||
-            find_u32(r->circuits, r->n_circuits, f.circuit_id) < 0)
-            return -1; /* a circuit we do not have (closed, or forged) */
-        if (r->on_data) {
-            r->dispatching = 1;
-            r->on_data(r->cb_arg, r, f.circuit_id, f.payload, f.payload_len);
-            r->dispatching = 0;
-            if (r->close_pending)
-                pos_p2p_relay_close(r);
-        }
+    if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED || !same_addr(from, fromlen, relay_addr(r)))
+        return 1;
+    if (f.type == POS_FRAME_KEEPALIVE_ACK)
         return 0;
+    if (f.type != POS_FRAME_DATA || !r->circuits ||
+        find_u32(r->circuits, r->n_circuits, f.circuit_id) < 0)
+        return -1; /* a circuit we do not have (closed, or forged) */
+    if (r->on_data) {
+        r->dispatching = 1;
+        r->on_data(r->cb_arg, r, f.circuit_id, f.payload, f.payload_len);
+        r->dispatching = 0;
+        if (r->close_pending)
+            pos_p2p_relay_close(r);
     }
-    return -1; /* not from a relay we are connected to */
+    return 0;
 }
+
+/* ---- the endpoint's view (struct ep_conn) ---- */
+
+static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
+                        const struct sockaddr *from, socklen_t fromlen)
+{
+    qc_input((pos_p2p_relay *)c, sock, data, len, from, fromlen);
+}
+
+static int64_t relay_deadline(const struct ep_conn *c)
+{
+    return qc_deadline_ms((const pos_p2p_relay *)c);
+}
+
+static void relay_timer(struct ep_conn *c, int64_t now)
+{
+    int64_t d = qc_deadline_ms((pos_p2p_relay *)c);
+    if (d >= 0 && d <= now)
+        qc_on_deadline((pos_p2p_relay *)c);
+}
+
+static void relay_destroy(struct ep_conn *c)
+{
+    relay_free((pos_p2p_relay *)c);
+}
+
+static const struct ep_conn_ops relay_conn_ops = {relay_input, relay_frame, relay_deadline,
+                                                  relay_timer, relay_destroy};
