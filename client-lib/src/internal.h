@@ -52,7 +52,7 @@ struct ep_conn_ops {
     /* frame: a data frame from |from|: 0 taken, -1 from its peer but dropped, 1 not its own */
     int (*frame)(struct ep_conn *c, const uint8_t *data, size_t len, const struct sockaddr *from,
                  socklen_t fromlen);
-    int64_t (*deadline_ms)(const struct ep_conn *c); /* next timer (pos_p2p_now_ms), -1 none */
+    int64_t (*deadline_ms)(const struct ep_conn *c);     /* next timer (pos_p2p_now_ms), -1 none */
     void (*on_timer)(struct ep_conn *c, int64_t now_ms); /* each process round: due timers */
     void (*destroy)(struct ep_conn *c);                  /* the endpoint goes: free it */
 };

@@ -1,10 +1,9 @@
 /*
- * Relay control connections (pos_p2p_relay): the ngtcp2 client side, TLS
- * pinned to the relay's peer id, and the first exchange of the control
- * protocol (HELLO -> WELCOME, or a close carrying the refusal). Every ngtcp2
- * call of the library lives in this file: the 1.x API renames much of 0.12.
+ * Relay control connections (pos_p2p_relay): ngtcp2 client, TLS pinned to the
+ * relay's peer id, HELLO -> WELCOME (or a close carrying the refusal), circuit
+ * requests and events, the data plane. Every ngtcp2 call of relay connections
+ * is here (what messages mean: relay_proto.c; queued stream bytes: sendq.c).
  */
-#include <errno.h>
 #include <netinet/in.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
@@ -19,9 +18,9 @@
 #include "frame.h"
 #include "internal.h"
 #include "quic_common.h"
+#include "relay_proto.h"
+#include "sendq.h"
 
-#define KEEPALIVE_NS (10 * NGTCP2_SECONDS)
-#define APP_NO_ERROR 0
 #define MAX_CIRCUITS 1024     /* open circuits per relay connection */
 #define MAX_INCOMING 64       /* INCOMING requests not yet answered */
 #define MAX_EVENTS 64         /* events decoded during one packet, delivered after it */
@@ -44,8 +43,7 @@ struct pos_p2p_relay {
     size_t addr_index;           /* relay address in use (info.addrs) */
     size_t addrs_left;           /* usable addresses after this one */
     pos_p2p_relay_info info;     /* for trying the next address */
-    uint8_t *out;                /* HELLO bytes not yet acknowledged */
-    size_t out_len, out_sent, out_acked;
+    struct sendq *out;           /* HELLO bytes not yet acknowledged */
     pos_ctrl_reader rd;
     char *token; /* until HELLO is queued, then wiped */
     size_t token_len;
@@ -56,8 +54,7 @@ struct pos_p2p_relay {
     pos_p2p_relay_data_cb on_data;
     void *cb_arg;
     int64_t req_stream; /* -1 until the first request */
-    uint8_t *rq;        /* request bytes not yet acknowledged */
-    size_t rq_len, rq_sent, rq_acked;
+    struct sendq *rq;   /* request bytes not yet acknowledged */
     uint32_t next_req;
     uint32_t incoming[MAX_INCOMING]; /* INCOMING ids we may answer */
     size_t n_incoming;
@@ -73,6 +70,15 @@ struct pos_p2p_relay {
 static const struct ep_conn_ops relay_conn_ops;
 
 /* ---- ending ---- */
+
+static void wipe_token(pos_p2p_relay *r)
+{
+    if (r->token) {
+        sodium_memzero(r->token, r->token_len);
+        free(r->token);
+        r->token = NULL;
+    }
+}
 
 static void drop_cids(pos_p2p_relay *r)
 {
@@ -91,11 +97,7 @@ static void fail(pos_p2p_relay *r, int err, const char *reason)
     if (reason && !r->st.reason[0])
         snprintf(r->st.reason, sizeof(r->st.reason), "%s", reason);
     drop_cids(r);
-    if (r->token) {
-        sodium_memzero(r->token, r->token_len);
-        free(r->token);
-        r->token = NULL;
-    }
+    wipe_token(r);
 }
 
 /* send_close sends CONNECTION_CLOSE with |ccerr| once (best effort). */
@@ -108,8 +110,8 @@ static void send_close(pos_p2p_relay *r, const ngtcp2_connection_close_error *cc
         ngtcp2_conn_is_in_draining_period(r->qc))
         return;
     ngtcp2_path_storage_zero(&ps);
-    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, ep_txbuf(r->ep), EP_MAX_UDP,
-                                           ccerr, pos_quic_now());
+    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, ep_txbuf(r->ep), EP_MAX_UDP, ccerr,
+                                           pos_quic_now());
     if (n > 0)
         ep_send(r->ep, r->sock, ep_txbuf(r->ep), (size_t)n, (struct sockaddr *)ps.path.remote.addr,
                 ps.path.remote.addrlen);
@@ -145,34 +147,11 @@ static void on_peer_close(pos_p2p_relay *r)
 {
     ngtcp2_connection_close_error cc;
     char reason[257];
-    size_t n;
     int err;
 
     ngtcp2_conn_get_connection_close_error(r->qc, &cc);
-    n = cc.reasonlen < sizeof(reason) - 1 ? cc.reasonlen : sizeof(reason) - 1;
-    /* The reason phrase comes from the network: keep printable ASCII only. */
-    for (size_t i = 0; i < n; i++)
-        reason[i] = (cc.reason[i] >= 0x20 && cc.reason[i] < 0x7f) ? (char)cc.reason[i] : '?';
-    reason[n] = 0;
     r->st.close_code = cc.error_code;
-    if (cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION) {
-        if (cc.error_code == 0x108) /* RELAY_GOING_AWAY, see docs/protocol.md */
-            err = POS_P2P_ERR_GOING_AWAY;
-        else if (cc.error_code == APP_NO_ERROR)
-            err = POS_P2P_ERR_CLOSED;
-        else
-            err = POS_P2P_ERR_REFUSED;
-    } else if (cc.error_code == NGTCP2_CONNECTION_REFUSED) {
-        err = POS_P2P_ERR_REFUSED; /* refused before the handshake (rate limit, Redis down) */
-    } else {
-        err = r->st.state == POS_P2P_RELAY_ACCEPTED ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_HANDSHAKE;
-        if (!n)
-            snprintf(reason, sizeof(reason), "closed by the relay (QUIC error 0x%llx)",
-                     (unsigned long long)cc.error_code);
-    }
-    if (!n && err == POS_P2P_ERR_REFUSED)
-        snprintf(reason, sizeof(reason), "refused (code 0x%llx)",
-                 (unsigned long long)cc.error_code);
+    err = relay_close_error(&cc, r->st.state == POS_P2P_RELAY_ACCEPTED, reason, sizeof(reason));
     fail(r, err, reason);
 }
 
@@ -191,21 +170,20 @@ static void conn_write(pos_p2p_relay *r)
     for (int i = 0; i < 64; i++) {
         ngtcp2_ssize wlen = 0, n;
         ngtcp2_vec v = {NULL, 0};
+        const uint8_t *data;
         size_t nv = 0;
         int64_t sid = -1;
         uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
-        if (r->out && r->out_sent < r->out_len && r->stream >= 0) {
+        if (r->stream >= 0 && sendq_pending(r->out, &data, &v.len)) {
             wflags = NGTCP2_WRITE_STREAM_FLAG_FIN; /* HELLO is the whole request */
             sid = r->stream;
-            v.base = r->out + r->out_sent;
-            v.len = r->out_len - r->out_sent;
             nv = 1;
-        } else if (r->rq && r->rq_sent < r->rq_len && r->req_stream >= 0) {
+        } else if (r->req_stream >= 0 && sendq_pending(r->rq, &data, &v.len)) {
             sid = r->req_stream; /* requests: the stream stays open */
-            v.base = r->rq + r->rq_sent;
-            v.len = r->rq_len - r->rq_sent;
             nv = 1;
         }
+        if (nv)
+            v.base = (uint8_t *)data; /* ngtcp2 only reads it */
         n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, txbuf, EP_MAX_UDP, &wlen, wflags, sid,
                                       &v, nv, ts);
         if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR)
@@ -214,12 +192,8 @@ static void conn_write(pos_p2p_relay *r)
             fail_liberr(r, (int)n);
             return;
         }
-        if (wlen > 0) {
-            if (sid == r->stream)
-                r->out_sent += (size_t)wlen;
-            else
-                r->rq_sent += (size_t)wlen;
-        }
+        if (wlen > 0)
+            sendq_sent(sid == r->stream ? r->out : r->rq, (size_t)wlen);
         if (n == 0)
             return;
         ep_send(r->ep, r->sock, txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
@@ -230,95 +204,26 @@ static void conn_write(pos_p2p_relay *r)
 static int queue_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode(m, buf, sizeof(buf));
-    uint8_t *grown;
+    int n = pos_ctrl_encode(m, buf, sizeof(buf)), rv;
     if (n < 0)
         return -1;
-    grown = realloc(r->out, r->out_len + (size_t)n);
-    if (!grown) {
-        sodium_memzero(buf, sizeof(buf));
-        return -1;
-    }
-    r->out = grown;
-    memcpy(r->out + r->out_len, buf, (size_t)n);
-    r->out_len += (size_t)n;
+    rv = sendq_append(&r->out, buf, (size_t)n);
     sodium_memzero(buf, sizeof(buf));
-    return 0;
+    return rv;
 }
 
-/* ---- control messages (request streams) ---- */
+/* ---- control messages: WELCOME, then circuits ---- */
 
 static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     ngtcp2_conn_stat cs;
     ngtcp2_conn_get_conn_stat(r->qc, &cs);
-    snprintf(r->st.observed, sizeof(r->st.observed), "%s", m->observed);
-    r->st.rtt_ms = (double)cs.smoothed_rtt / 1e6;
-    r->st.bytes_per_sec = m->bytes_per_sec;
-    r->st.burst_bytes = m->burst;
-    r->st.max_conns = m->max_conns;
-    r->st.expires_at = (int64_t)m->expires_at;
-    r->st.idle_timeout_s = m->idle_timeout_s;
-    r->st.state = POS_P2P_RELAY_ACCEPTED;
-    r->st.accepted_at_ms = pos_p2p_now_ms();
-    if (r->token) {
-        sodium_memzero(r->token, r->token_len);
-        free(r->token);
-        r->token = NULL;
-    }
-    /* Keep-alives well inside the relay's idle timeout (and NAT bindings). */
-    uint64_t ka = KEEPALIVE_NS;
-    if (m->idle_timeout_s > 0 && (uint64_t)m->idle_timeout_s * NGTCP2_SECONDS / 2 < ka)
-        ka = (uint64_t)m->idle_timeout_s * NGTCP2_SECONDS / 2;
-    ngtcp2_conn_set_keep_alive_timeout(r->qc, ka);
+    relay_status_welcome(&r->st, m, (double)cs.smoothed_rtt / 1e6);
+    wipe_token(r);
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(m->idle_timeout_s));
 }
-
-/* ---- circuits ---- */
 
 static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept);
-
-static int find_u32(const uint32_t *a, size_t n, uint32_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (a[i] == v)
-            return (int)i;
-    return -1;
-}
-
-static void remove_at(uint32_t *a, size_t *n, int i)
-{
-    a[i] = a[*n - 1];
-    (*n)--;
-}
-
-/* error_of: the library error for the code of an ERROR message. */
-static int error_of(uint16_t code)
-{
-    switch (code) {
-    case POS_CTRL_CODE_PEER_NOT_CONNECTED:
-        return POS_P2P_ERR_PEER_NOT_CONNECTED;
-    case POS_CTRL_CODE_DECLINED:
-        return POS_P2P_ERR_DECLINED;
-    case POS_CTRL_CODE_TIMEOUT:
-        return POS_P2P_ERR_TIMEOUT;
-    case POS_CTRL_CODE_PEER_LEFT:
-        return POS_P2P_ERR_CIRCUIT_CLOSED;
-    case POS_CTRL_CODE_BAD_PEER:
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    case POS_CTRL_CODE_CIRCUIT_LIMIT:
-        return POS_P2P_ERR_CIRCUIT_LIMIT;
-    default:
-        return POS_P2P_ERR_REFUSED;
-    }
-}
-
-static void copy_peer(pos_p2p_relay_event *ev, const pos_ctrl_msg *m)
-{
-    snprintf(ev->peer_id, sizeof(ev->peer_id), "%s", m->peer_id);
-    snprintf(ev->observed, sizeof(ev->observed), "%s", m->observed);
-    for (size_t i = 0; i < m->addrs.n && i < POS_P2P_RELAY_MAX_ADDRS; i++)
-        snprintf(ev->local[ev->n_local++], POS_P2P_ADDR_STRLEN, "%s", m->addrs.a[i]);
-}
 
 /*
  * on_circuit_msg: a relay message after WELCOME. Updates what the library
@@ -328,12 +233,10 @@ static void copy_peer(pos_p2p_relay_event *ev, const pos_ctrl_msg *m)
  */
 static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
-    pos_p2p_relay_event *ev;
+    pos_p2p_relay_event ev;
     int i;
 
-    if (m->type != POS_CTRL_INCOMING && m->type != POS_CTRL_CIRCUIT &&
-        m->type != POS_CTRL_REDIRECT && m->type != POS_CTRL_ERROR &&
-        m->type != POS_CTRL_CIRCUIT_CLOSED && m->type != POS_CTRL_GOAWAY)
+    if (relay_event_from_msg(m, &ev) != 0)
         return -1;
     if (!r->evq) {
         r->evq = calloc(MAX_EVENTS, sizeof(*r->evq));
@@ -342,9 +245,6 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
     }
     if (r->n_ev >= MAX_EVENTS)
         return -1; /* far more messages in one packet than the relay ever sends */
-    ev = &r->evq[r->n_ev];
-    memset(ev, 0, sizeof(*ev));
-    ev->req_id = m->req_id;
     switch (m->type) {
     case POS_CTRL_INCOMING:
         if (r->n_incoming >= MAX_INCOMING) {
@@ -353,8 +253,6 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
             return 0;
         }
         r->incoming[r->n_incoming++] = m->req_id;
-        ev->type = POS_P2P_RELAY_EV_INCOMING;
-        copy_peer(ev, m);
         break;
     case POS_CTRL_CIRCUIT:
         if (!r->circuits) {
@@ -362,46 +260,23 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
             if (!r->circuits)
                 return 0;
         }
-        if (find_u32(r->circuits, r->n_circuits, m->circuit_id) < 0 && r->n_circuits < MAX_CIRCUITS)
+        if (relay_id_find(r->circuits, r->n_circuits, m->circuit_id) < 0 &&
+            r->n_circuits < MAX_CIRCUITS)
             r->circuits[r->n_circuits++] = m->circuit_id;
-        ev->type = POS_P2P_RELAY_EV_CIRCUIT;
-        ev->circuit_id = m->circuit_id;
-        copy_peer(ev, m);
-        break;
-    case POS_CTRL_REDIRECT:
-        ev->type = POS_P2P_RELAY_EV_REDIRECT;
-        ev->error = POS_P2P_ERR_REDIRECTED;
-        snprintf(ev->redirect.id, sizeof(ev->redirect.id), "%s", m->relay_id);
-        snprintf(ev->redirect.peer_id, sizeof(ev->redirect.peer_id), "%s", m->peer_id);
-        for (size_t k = 0; k < m->addrs.n && k < POS_P2P_RELAY_MAX_ADDRS; k++)
-            snprintf(ev->redirect.addrs[ev->redirect.n_addrs++], POS_P2P_ADDR_STRLEN, "%s",
-                     m->addrs.a[k]);
         break;
     case POS_CTRL_ERROR:
-        ev->type = POS_P2P_RELAY_EV_ERROR;
-        ev->code = m->code;
-        ev->error = error_of(m->code);
-        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
         /* an INCOMING the relay gave up on cannot be answered any more */
-        if ((i = find_u32(r->incoming, r->n_incoming, m->req_id)) >= 0)
-            remove_at(r->incoming, &r->n_incoming, i);
+        if ((i = relay_id_find(r->incoming, r->n_incoming, m->req_id)) >= 0)
+            relay_id_remove(r->incoming, &r->n_incoming, i);
         break;
     case POS_CTRL_CIRCUIT_CLOSED:
-        if (r->circuits && (i = find_u32(r->circuits, r->n_circuits, m->circuit_id)) >= 0)
-            remove_at(r->circuits, &r->n_circuits, i);
-        ev->type = POS_P2P_RELAY_EV_CIRCUIT_CLOSED;
-        ev->circuit_id = m->circuit_id;
-        ev->code = m->code;
-        ev->error = POS_P2P_ERR_CIRCUIT_CLOSED;
+        if (r->circuits && (i = relay_id_find(r->circuits, r->n_circuits, m->circuit_id)) >= 0)
+            relay_id_remove(r->circuits, &r->n_circuits, i);
         break;
-    case POS_CTRL_GOAWAY:
-        ev->type = POS_P2P_RELAY_EV_GOAWAY;
-        ev->code = m->code;
-        ev->error = POS_P2P_ERR_GOING_AWAY;
-        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
+    default:
         break;
     }
-    r->n_ev++;
+    r->evq[r->n_ev++] = ev;
     return 0;
 }
 
@@ -445,21 +320,10 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
     (void)qc;
     (void)offset;
     (void)stream_user_data;
-    if (stream_id == r->req_stream && stream_id != r->stream) {
-        r->rq_acked += (size_t)datalen;
-        if (r->rq && r->rq_acked >= r->rq_len && r->rq_sent >= r->rq_len) {
-            free(r->rq);
-            r->rq = NULL;
-            r->rq_len = r->rq_sent = r->rq_acked = 0;
-        }
-        return 0;
-    }
-    r->out_acked += (size_t)datalen;
-    if (r->out && r->out_acked >= r->out_len && r->out_sent >= r->out_len) {
-        free(r->out);
-        r->out = NULL;
-        r->out_len = r->out_sent = r->out_acked = 0;
-    }
+    if (stream_id == r->req_stream && stream_id != r->stream)
+        sendq_acked(&r->rq, (size_t)datalen);
+    else
+        sendq_acked(&r->out, (size_t)datalen);
     return 0;
 }
 
@@ -497,53 +361,6 @@ static void init_callbacks(ngtcp2_callbacks *cb)
     cb->handshake_completed = cb_handshake_completed;
     cb->recv_stream_data = cb_recv_stream_data;
     cb->acked_stream_data_offset = cb_acked_stream_data_offset;
-}
-
-/*
- * pick_addr: the relay's first address from index |from| of a family the
- * endpoint has a socket for; its index goes to |*index|. With |out| NULL it
- * only counts.
- */
-static int pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from,
-                     struct sockaddr_storage *out, int *sock, size_t *index)
-{
-    for (size_t i = from; i < info->n_addrs && i < POS_P2P_RELAY_MAX_ADDRS; i++) {
-        struct sockaddr_storage ss;
-        if (pos_addr_parse(info->addrs[i], strnlen(info->addrs[i], POS_P2P_ADDR_STRLEN), 0, &ss) !=
-            0)
-            continue;
-        int s = ss.ss_family == AF_INET ? 0 : 1;
-        if (!ep_has_sock(ep, s))
-            continue;
-        if (out) {
-            *out = ss;
-            *sock = s;
-        }
-        *index = i;
-        return 0;
-    }
-    return -1;
-}
-
-static size_t count_addrs(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from)
-{
-    size_t n = 0, i;
-    while (pick_addr(ep, info, from, NULL, NULL, &i) == 0) {
-        n++;
-        from = i + 1;
-    }
-    return n;
-}
-
-/* attempt_share: each remaining address gets an equal share of the time left, at least 1 s. */
-static void set_attempt_deadline(pos_p2p_relay *r)
-{
-    int64_t now = pos_p2p_now_ms(), left = r->connect_deadline_ms - now;
-    int64_t share = left / (int64_t)(r->addrs_left + 1);
-    if (share < 1000)
-        share = 1000;
-    r->attempt_deadline_ms =
-        now + share < r->connect_deadline_ms ? now + share : r->connect_deadline_ms;
 }
 
 static int make_conn(pos_p2p_relay *r)
@@ -600,13 +417,10 @@ static void relay_free(pos_p2p_relay *r)
     if (r->tls)
         gnutls_deinit(r->tls);
     ep_conn_detach(&r->conn);
-    if (r->token) {
-        sodium_memzero(r->token, r->token_len);
-        free(r->token);
-    }
+    wipe_token(r);
     pos_ctrl_reader_wipe(&r->rd);
-    free(r->out);
-    free(r->rq);
+    sendq_free(&r->out);
+    sendq_free(&r->rq);
     free(r->circuits);
     free(r->evq);
     free(r);
@@ -639,24 +453,20 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
     r->stream = -1;
     r->req_stream = -1;
     r->hello_flags = (flags & POS_P2P_RELAY_NOT_HOME) ? POS_CTRL_HELLO_NOT_HOME : 0;
+    rv = POS_P2P_ERR_INVALID_ARGUMENT;
     if (pos_peer_id_parse(relay->peer_id, strnlen(relay->peer_id, POS_P2P_PEER_ID_STRLEN),
-                          r->pin.expect_key) != 0) {
-        free(r);
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    }
+                          r->pin.expect_key) != 0)
+        goto out_free;
     r->pin.has_expected = 1;
     r->info = *relay;
-    if (pick_addr(ep, relay, 0, &r->remote, &r->sock, &r->addr_index) != 0) {
-        free(r);
-        return POS_P2P_ERR_NO_ROUTE;
-    }
-    r->addrs_left = count_addrs(ep, relay, r->addr_index + 1);
+    rv = POS_P2P_ERR_NO_ROUTE;
+    if (relay_pick_addr(ep, relay, 0, &r->remote, &r->sock, &r->addr_index) != 0)
+        goto out_free;
+    r->addrs_left = relay_count_addrs(ep, relay, r->addr_index + 1);
     pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
-    r->token = malloc(tlen);
-    if (!r->token) {
-        free(r);
-        return POS_P2P_ERR_NOMEM;
-    }
+    rv = POS_P2P_ERR_NOMEM;
+    if ((r->token = malloc(tlen)) == NULL)
+        goto out_free;
     memcpy(r->token, token, tlen);
     r->token_len = tlen;
     ep_conn_attach(&r->conn);
@@ -666,10 +476,14 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
         return rv;
     }
     r->connect_deadline_ms = pos_p2p_now_ms() + timeout_ms;
-    set_attempt_deadline(r);
+    r->attempt_deadline_ms =
+        relay_attempt_deadline(pos_p2p_now_ms(), r->connect_deadline_ms, r->addrs_left);
     conn_write(r);
     *out = r;
     return 0;
+out_free: /* not attached yet */
+    free(r);
+    return rv;
 }
 
 /*
@@ -681,7 +495,7 @@ static int try_next_addr(pos_p2p_relay *r)
 {
     size_t i;
     if (r->addrs_left == 0 || !r->token ||
-        pick_addr(r->ep, &r->info, r->addr_index + 1, &r->remote, &r->sock, &i) != 0)
+        relay_pick_addr(r->ep, &r->info, r->addr_index + 1, &r->remote, &r->sock, &i) != 0)
         return -1;
     drop_cids(r);
     ngtcp2_conn_del(r->qc);
@@ -689,9 +503,7 @@ static int try_next_addr(pos_p2p_relay *r)
     if (r->tls)
         gnutls_deinit(r->tls);
     r->tls = NULL;
-    free(r->out);
-    r->out = NULL;
-    r->out_len = r->out_sent = r->out_acked = 0;
+    sendq_free(&r->out);
     pos_ctrl_reader_wipe(&r->rd);
     r->stream = -1;
     r->pin.has_peer = r->pin.mismatch = 0;
@@ -700,7 +512,8 @@ static int try_next_addr(pos_p2p_relay *r)
     pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
     if (make_conn(r) != 0)
         return -1;
-    set_attempt_deadline(r);
+    r->attempt_deadline_ms =
+        relay_attempt_deadline(pos_p2p_now_ms(), r->connect_deadline_ms, r->addrs_left);
     conn_write(r);
     return 0;
 }
@@ -726,9 +539,10 @@ static int dispatch_events(pos_p2p_relay *r)
     return 0;
 }
 
-static void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
-              const struct sockaddr *from, socklen_t fromlen)
+static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
+                        const struct sockaddr *from, socklen_t fromlen)
 {
+    pos_p2p_relay *r = (pos_p2p_relay *)c;
     ngtcp2_path path;
     ngtcp2_pkt_info pi = {0};
     int rv;
@@ -766,8 +580,9 @@ static void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len
     conn_write(r);
 }
 
-static int64_t qc_deadline_ms(const pos_p2p_relay *r)
+static int64_t relay_deadline(const struct ep_conn *c)
 {
+    const pos_p2p_relay *r = (const pos_p2p_relay *)c;
     ngtcp2_tstamp exp;
     int64_t d;
     if (r->dead)
@@ -788,7 +603,7 @@ static void qc_on_deadline(pos_p2p_relay *r)
     if (r->st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() >= r->attempt_deadline_ms) {
         ngtcp2_connection_close_error ccerr;
         ngtcp2_connection_close_error_default(&ccerr);
-        ngtcp2_connection_close_error_set_application_error(&ccerr, APP_NO_ERROR, NULL, 0);
+        ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
         send_close(r, &ccerr);
         if (pos_p2p_now_ms() < r->connect_deadline_ms && try_next_addr(r) == 0)
             return;
@@ -824,12 +639,11 @@ void pos_p2p_relay_close(pos_p2p_relay *r)
     if (!r->dead) {
         ngtcp2_connection_close_error ccerr;
         ngtcp2_connection_close_error_default(&ccerr);
-        ngtcp2_connection_close_error_set_application_error(&ccerr, APP_NO_ERROR, NULL, 0);
+        ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
         send_close(r, &ccerr);
     }
     relay_free(r);
 }
-
 
 /* ---- circuits: the public API (pos/p2p.h) and the data plane ---- */
 
@@ -846,7 +660,6 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
     int n = pos_ctrl_encode(m, buf, sizeof(buf));
-    uint8_t *grown;
 
     if (n < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
@@ -854,21 +667,15 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (r->req_stream < 0 && ngtcp2_conn_open_bidi_stream(r->qc, &r->req_stream, NULL) != 0)
         return POS_P2P_ERR_NOMEM; /* no stream credit: cannot happen with one request stream */
-    if (r->rq_len - r->rq_acked + (size_t)n > MAX_REQ_PENDING)
+    if (sendq_unacked(r->rq) + (size_t)n > MAX_REQ_PENDING)
         return POS_P2P_ERR_NOMEM;
-    grown = realloc(r->rq, r->rq_len + (size_t)n);
-    if (!grown)
-        return POS_P2P_ERR_NOMEM;
-    r->rq = grown;
-    memcpy(r->rq + r->rq_len, buf, (size_t)n);
-    r->rq_len += (size_t)n;
-    return 0;
+    return sendq_append(&r->rq, buf, (size_t)n) == 0 ? 0 : POS_P2P_ERR_NOMEM;
 }
 
 static void flush(pos_p2p_relay *r)
 {
     if (!r->in_read)
-        conn_write(r); /* inside ngtcp2: qc_input writes once it returns */
+        conn_write(r); /* inside ngtcp2: relay_input writes once it returns */
 }
 
 int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id)
@@ -907,12 +714,12 @@ static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int acc
 int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept)
 {
     int i, rv;
-    if (!r || (i = find_u32(r->incoming, r->n_incoming, req_id)) < 0)
+    if (!r || (i = relay_id_find(r->incoming, r->n_incoming, req_id)) < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     rv = pos_p2p_relay_answer_queue(r, req_id, accept);
     if (rv != 0)
         return rv;
-    remove_at(r->incoming, &r->n_incoming, i);
+    relay_id_remove(r->incoming, &r->n_incoming, i);
     flush(r);
     return 0;
 }
@@ -935,7 +742,7 @@ int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t
         return POS_P2P_ERR_TOO_BIG;
     if (len == 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    if (r->dead || !r->circuits || find_u32(r->circuits, r->n_circuits, circuit_id) < 0)
+    if (r->dead || !r->circuits || relay_id_find(r->circuits, r->n_circuits, circuit_id) < 0)
         return POS_P2P_ERR_CIRCUIT_CLOSED;
     flen = pos_frame_encode_data(buf, sizeof(buf), circuit_id, data, len);
     if (flen < 0)
@@ -947,23 +754,6 @@ int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t
                : POS_P2P_ERR_IO;
 }
 
-static int same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr *b)
-{
-    if (a->sa_family != b->addr->sa_family)
-        return 0;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b->addr;
-        return alen >= sizeof(*x) && x->sin_port == y->sin_port &&
-               x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b->addr;
-        return alen >= sizeof(*x) && x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return 0;
-}
-
 /* relay_frame: a data frame from |from|; 0 taken, -1 ours but dropped, 1 not from this relay. */
 static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
                        const struct sockaddr *from, socklen_t fromlen)
@@ -972,12 +762,13 @@ static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
     pos_frame f;
     if (pos_frame_decode(data, len, &f) != 0)
         return -1;
-    if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED || !same_addr(from, fromlen, relay_addr(r)))
+    if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED ||
+        !relay_same_addr(from, fromlen, relay_addr(r)))
         return 1;
     if (f.type == POS_FRAME_KEEPALIVE_ACK)
         return 0;
     if (f.type != POS_FRAME_DATA || !r->circuits ||
-        find_u32(r->circuits, r->n_circuits, f.circuit_id) < 0)
+        relay_id_find(r->circuits, r->n_circuits, f.circuit_id) < 0)
         return -1; /* a circuit we do not have (closed, or forged) */
     if (r->on_data) {
         r->dispatching = 1;
@@ -989,22 +780,11 @@ static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
     return 0;
 }
 
-/* ---- the endpoint's view (struct ep_conn) ---- */
-
-static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
-                        const struct sockaddr *from, socklen_t fromlen)
-{
-    qc_input((pos_p2p_relay *)c, sock, data, len, from, fromlen);
-}
-
-static int64_t relay_deadline(const struct ep_conn *c)
-{
-    return qc_deadline_ms((const pos_p2p_relay *)c);
-}
+/* ---- the endpoint's view (struct ep_conn; relay_input and relay_deadline above) ---- */
 
 static void relay_timer(struct ep_conn *c, int64_t now)
 {
-    int64_t d = qc_deadline_ms((pos_p2p_relay *)c);
+    int64_t d = relay_deadline(c);
     if (d >= 0 && d <= now)
         qc_on_deadline((pos_p2p_relay *)c);
 }

@@ -14,10 +14,9 @@
  * later move to a direct path is thus an ordinary client-side migration
  * (the local address differs).
  *
- * Streams keep what the application wrote in a chain of fixed blocks until
- * the peer acknowledges it (ngtcp2 keeps pointers into them for
- * retransmission, so they never move); at most POS_P2P_STREAM_BUFFER bytes
- * each. Received data goes straight to the callback.
+ * Streams keep what the application wrote in session_stream.c's buffers
+ * until the peer acknowledges it. Received data goes straight to the
+ * callback.
  */
 #include <netinet/in.h>
 #include <ngtcp2/ngtcp2.h>
@@ -34,28 +33,11 @@
 #include "quic_common.h"
 #include "quic_version.h"
 #include "session.h"
+#include "session_stream.h"
 
-#define SBLK_SIZE (32 * 1024)
 #define KEEPALIVE_NS (10 * NGTCP2_SECONDS)
 #define IDLE_TIMEOUT_NS (30 * NGTCP2_SECONDS)
 #define MAX_PKTS_PER_WRITE 256
-
-struct sblk {
-    struct sblk *next;
-    size_t len;
-    uint8_t data[SBLK_SIZE];
-};
-
-struct sstream {
-    int64_t id;
-    struct sstream *next;
-    struct sblk *head, *tail; /* unacknowledged bytes start at head->data[head_off] */
-    size_t head_off;
-    struct sblk *sblk; /* next byte to give ngtcp2: sblk->data[soff] */
-    size_t soff;
-    size_t buffered; /* bytes written and not yet acknowledged */
-    uint8_t fin_queued, fin_sent, blocked, want_writable, done;
-};
 
 struct pos_p2p_session {
     struct ep_conn conn; /* first: ngtcp2's user_data starts with its cid_ops */
@@ -167,88 +149,6 @@ static void emit(pos_p2p_session *s, pos_p2p_session_event *ev)
     s->busy--;
 }
 
-/* ---- streams ---- */
-
-static struct sstream *stream_find(const pos_p2p_session *s, int64_t id)
-{
-    for (struct sstream *st = s->streams; st; st = st->next)
-        if (st->id == id)
-            return st;
-    return NULL;
-}
-
-static struct sstream *stream_add(pos_p2p_session *s, int64_t id)
-{
-    struct sstream *st = calloc(1, sizeof(*st));
-    if (!st)
-        return NULL;
-    st->id = id;
-    st->next = s->streams;
-    s->streams = st;
-    return st;
-}
-
-static void stream_free_blocks(struct sstream *st)
-{
-    struct sblk *b = st->head, *n;
-    for (; b; b = n) {
-        n = b->next;
-        free(b);
-    }
-    st->head = st->tail = st->sblk = NULL;
-    st->head_off = st->soff = st->buffered = 0;
-}
-
-static void stream_remove(pos_p2p_session *s, int64_t id)
-{
-    for (struct sstream **pp = &s->streams; *pp; pp = &(*pp)->next) {
-        if ((*pp)->id == id) {
-            struct sstream *st = *pp;
-            *pp = st->next;
-            stream_free_blocks(st);
-            free(st);
-            return;
-        }
-    }
-}
-
-static int stream_has_output(const struct sstream *st)
-{
-    if (st->done || st->blocked || st->fin_sent)
-        return 0;
-    if (st->sblk && (st->soff < st->sblk->len || st->sblk->next))
-        return 1;
-    return st->fin_queued;
-}
-
-/* stream_acked drops |n| acknowledged bytes from the front of |st|'s buffer. */
-static void stream_acked(struct sstream *st, size_t n)
-{
-    if (n > st->buffered)
-        n = st->buffered;
-    st->buffered -= n;
-    while (n > 0 && st->head) {
-        size_t k = st->head->len - st->head_off;
-        if (k > n)
-            k = n;
-        st->head_off += k;
-        n -= k;
-        if (st->head_off == st->head->len && st->head->len == SBLK_SIZE) {
-            struct sblk *b = st->head;
-            /* ngtcp2 acknowledged every byte of this block, so it holds no pointer into it */
-            st->head = b->next;
-            st->head_off = 0;
-            if (st->tail == b)
-                st->tail = NULL;
-            if (st->sblk == b) {
-                st->sblk = st->head;
-                st->soff = 0;
-            }
-            free(b);
-        }
-    }
-}
-
 /* ---- ending ---- */
 
 static void drop_cids(pos_p2p_session *s)
@@ -298,8 +198,8 @@ static void send_close(pos_p2p_session *s, const ngtcp2_connection_close_error *
         ngtcp2_conn_is_in_draining_period(s->qc))
         return;
     ngtcp2_path_storage_zero(&ps);
-    n = ngtcp2_conn_write_connection_close(s->qc, &ps.path, &pi, ep_txbuf(s->ep), EP_MAX_UDP,
-                                           ccerr, pos_quic_now());
+    n = ngtcp2_conn_write_connection_close(s->qc, &ps.path, &pi, ep_txbuf(s->ep), EP_MAX_UDP, ccerr,
+                                           pos_quic_now());
     if (n > 0)
         send_pkt(s, &ps.path, ep_txbuf(s->ep), (size_t)n);
 }
@@ -390,14 +290,6 @@ static void on_peer_close(pos_p2p_session *s)
 
 /* ---- writing ---- */
 
-static struct sstream *next_output_stream(pos_p2p_session *s)
-{
-    for (struct sstream *st = s->streams; st; st = st->next)
-        if (stream_has_output(st))
-            return st;
-    return NULL;
-}
-
 static void conn_write(pos_p2p_session *s)
 {
     ngtcp2_path_storage ps;
@@ -415,49 +307,42 @@ static void conn_write(pos_p2p_session *s)
         size_t nv = 0;
         int64_t sid = -1;
         uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_NONE;
-        struct sstream *st = next_output_stream(s);
+        struct sstream *st = sstream_next_output(s->streams);
         if (st) {
-            if (st->sblk && st->soff == st->sblk->len && st->sblk->next) {
-                st->sblk = st->sblk->next;
-                st->soff = 0;
-            }
-            sid = st->id;
-            if (st->sblk && st->soff < st->sblk->len) {
-                v.base = st->sblk->data + st->soff;
-                v.len = st->sblk->len - st->soff;
+            const uint8_t *data;
+            int fin;
+            sstream_chunk(st, &data, &v.len, &fin);
+            sid = sstream_id(st);
+            if (v.len) {
+                v.base = (uint8_t *)data; /* ngtcp2 only reads it */
                 nv = 1;
             }
-            if (st->fin_queued && (!st->sblk || !st->sblk->next))
+            if (fin)
                 flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
         }
-        n = ngtcp2_conn_writev_stream(s->qc, &ps.path, &pi, txbuf, SESS_MAX_UDP_PAYLOAD,
-                                      &wlen, flags, sid, &v, nv, ts);
+        n = ngtcp2_conn_writev_stream(s->qc, &ps.path, &pi, txbuf, SESS_MAX_UDP_PAYLOAD, &wlen,
+                                      flags, sid, &v, nv, ts);
         if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
-            st->blocked = 1;
+            sstream_block(st);
             continue;
         }
         if (n == NGTCP2_ERR_STREAM_SHUT_WR || n == NGTCP2_ERR_STREAM_NOT_FOUND) {
-            st->done = 1;
+            sstream_finish(st);
             continue;
         }
         if (n < 0) {
             fail_liberr(s, (int)n);
             break;
         }
-        if (st && wlen >= 0) {
-            if (st->sblk)
-                st->soff += (size_t)wlen;
-            if ((flags & NGTCP2_WRITE_STREAM_FLAG_FIN) && (!st->sblk || st->soff == st->sblk->len))
-                st->fin_sent = 1;
-        }
+        if (st && wlen >= 0)
+            sstream_sent(st, (size_t)wlen, (flags & NGTCP2_WRITE_STREAM_FLAG_FIN) != 0);
         if (n == 0)
             break;
         send_pkt(s, &ps.path, txbuf, (size_t)n);
     }
     if (!s->dead)
         ngtcp2_conn_update_pkt_tx_time(s->qc, ts);
-    for (struct sstream *st = s->streams; st; st = st->next)
-        st->blocked = 0;
+    sstreams_unblock(s->streams);
     s->busy--;
 }
 
@@ -515,7 +400,7 @@ static int cb_stream_open(ngtcp2_conn *qc, int64_t stream_id, void *user_data)
     pos_p2p_session *s = user_data;
     pos_p2p_session_event ev;
     (void)qc;
-    if (!stream_find(s, stream_id) && !stream_add(s, stream_id))
+    if (!sstream_find(s->streams, stream_id) && !sstream_add(&s->streams, stream_id))
         return NGTCP2_ERR_CALLBACK_FAILURE;
     memset(&ev, 0, sizeof(ev));
     ev.type = POS_P2P_SESSION_EV_STREAM;
@@ -528,16 +413,14 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
                                        uint64_t datalen, void *user_data, void *stream_user_data)
 {
     pos_p2p_session *s = user_data;
-    struct sstream *st = stream_find(s, stream_id);
+    struct sstream *st = sstream_find(s->streams, stream_id);
     (void)qc;
     (void)offset;
     (void)stream_user_data;
     if (!st)
         return 0;
-    stream_acked(st, (size_t)datalen);
-    if (st->want_writable && st->buffered <= POS_P2P_STREAM_BUFFER / 2 && !st->fin_queued) {
+    if (sstream_acked(st, (size_t)datalen)) {
         pos_p2p_session_event ev;
-        st->want_writable = 0;
         memset(&ev, 0, sizeof(ev));
         ev.type = POS_P2P_SESSION_EV_WRITABLE;
         ev.stream = stream_id;
@@ -570,7 +453,7 @@ static int cb_stream_close(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id,
     (void)flags;
     (void)app_error_code;
     (void)stream_user_data;
-    stream_remove(s, stream_id);
+    sstream_remove(&s->streams, stream_id);
     return 0;
 }
 
@@ -1051,12 +934,7 @@ void sess_release(pos_p2p_session *s)
 {
     struct sess_table *t = sess_table_of(s->ep);
     drop_cids(s);
-    while (s->streams) {
-        struct sstream *st = s->streams;
-        s->streams = st->next;
-        stream_free_blocks(st);
-        free(st);
-    }
+    sstream_free_all(&s->streams);
     if (s->qc)
         ngtcp2_conn_del(s->qc);
     if (s->tls)
@@ -1191,7 +1069,7 @@ int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream)
         return POS_P2P_ERR_STREAM_LIMIT;
     if (rv != 0)
         return POS_P2P_ERR_NOMEM;
-    if (!stream_add(s, id)) {
+    if (!sstream_add(&s->streams, id)) {
         ngtcp2_conn_shutdown_stream(s->qc, id, 0);
         return POS_P2P_ERR_NOMEM;
     }
@@ -1201,66 +1079,26 @@ int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream)
 
 size_t pos_p2p_session_write_room(const pos_p2p_session *s, int64_t stream)
 {
-    const struct sstream *st = s->dead ? NULL : stream_find(s, stream);
-    if (!st || st->fin_queued || st->done)
-        return 0;
-    return POS_P2P_STREAM_BUFFER - st->buffered;
-}
-
-static int stream_append(struct sstream *st, const uint8_t *data, size_t len)
-{
-    while (len > 0) {
-        size_t k;
-        if (!st->tail || st->tail->len == SBLK_SIZE) {
-            struct sblk *b = malloc(sizeof(*b));
-            if (!b)
-                return -1;
-            b->next = NULL;
-            b->len = 0;
-            if (st->tail)
-                st->tail->next = b;
-            else
-                st->head = b;
-            st->tail = b;
-            if (!st->sblk) {
-                st->sblk = b;
-                st->soff = 0;
-            }
-        }
-        k = SBLK_SIZE - st->tail->len;
-        if (k > len)
-            k = len;
-        memcpy(st->tail->data + st->tail->len, data, k);
-        st->tail->len += k;
-        st->buffered += k;
-        data += k;
-        len -= k;
-    }
-    return 0;
+    const struct sstream *st = s->dead ? NULL : sstream_find(s->streams, stream);
+    return st ? sstream_room(st) : 0;
 }
 
 int pos_p2p_session_write(pos_p2p_session *s, int64_t stream, const uint8_t *data, size_t len,
                           int fin, size_t *taken)
 {
     struct sstream *st;
-    size_t room, n;
+    size_t n;
     if (taken)
         *taken = 0;
     if (!s || (len && !data) || s->dead || s->st.state != POS_P2P_SESSION_OPEN)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    st = stream_find(s, stream);
-    if (!st || st->fin_queued || st->done)
+    st = sstream_find(s->streams, stream);
+    if (!st || !sstream_open(st))
         return POS_P2P_ERR_NO_STREAM;
-    room = POS_P2P_STREAM_BUFFER - st->buffered;
-    n = len < room ? len : room;
-    if (stream_append(st, data, n) != 0)
+    if (sstream_write(st, data, len, fin, &n) != 0)
         return POS_P2P_ERR_NOMEM;
     if (taken)
         *taken = n;
-    if (n < len)
-        st->want_writable = 1;
-    else if (fin)
-        st->fin_queued = 1;
     if (!s->busy)
         conn_write(s);
     return 0;
@@ -1271,10 +1109,10 @@ int pos_p2p_session_reset_stream(pos_p2p_session *s, int64_t stream, uint64_t co
     struct sstream *st;
     if (!s || s->dead)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    st = stream_find(s, stream);
+    st = sstream_find(s->streams, stream);
     if (!st)
         return POS_P2P_ERR_NO_STREAM;
-    st->done = 1;
+    sstream_finish(st);
     ngtcp2_conn_shutdown_stream(s->qc, stream, code);
     if (!s->busy)
         conn_write(s);

@@ -66,7 +66,7 @@ struct sess_dial {
 };
 
 /* session.c */
-struct sess_table *sess_table_get(pos_p2p_endpoint *ep); /* NULL: out of memory */
+struct sess_table *sess_table_get(pos_p2p_endpoint *ep);      /* NULL: out of memory */
 struct sess_table *sess_table_of(const pos_p2p_endpoint *ep); /* NULL: none yet */
 pos_p2p_session *sess_alloc(pos_p2p_endpoint *ep, int server);
 void sess_release(pos_p2p_session *s); /* frees now (not owned, or owner asked) */

@@ -27,9 +27,9 @@ struct sstream *sstream_next_output(struct sstream *list); /* a stream with byte
  */
 void sstream_chunk(struct sstream *st, const uint8_t **data, size_t *len, int *fin);
 void sstream_sent(struct sstream *st, size_t n, int fin); /* ngtcp2 took |n| bytes (and FIN) */
-void sstream_block(struct sstream *st);    /* flow control: no more this round */
-void sstream_finish(struct sstream *st);   /* shut or reset: nothing more to send */
-void sstreams_unblock(struct sstream *list); /* a new round */
+void sstream_block(struct sstream *st);                   /* flow control: no more this round */
+void sstream_finish(struct sstream *st);                  /* shut or reset: nothing more to send */
+void sstreams_unblock(struct sstream *list);              /* a new round */
 
 /*
  * sstream_acked drops |n| acknowledged bytes; 1 when the writer should now
