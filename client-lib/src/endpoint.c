@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "cid_map.h"
 #include "internal.h"
 
 int64_t pos_p2p_now_ms(void)
@@ -22,128 +23,155 @@ int64_t pos_p2p_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- connection ids ---- */
+struct ep_sock {
+    int fd;
+    struct sockaddr_storage local;
+    socklen_t local_len;
+};
 
-static size_t bucket(const pos_p2p_endpoint *ep, const uint8_t *id)
+struct pos_p2p_endpoint {
+    pos_identity id;
+    pos_tls_creds *creds;
+    struct ep_sock socks[2]; /* [0] IPv4, [1] IPv6; fd -1 when absent */
+    int epfd;
+    pos_cid_map *cids;        /* connection ids we issued -> struct ep_conn */
+    struct ep_conn *conns;    /* attached connections (relay connections), newest first */
+    struct ep_conn *listener; /* the session layer: new peers' Initials */
+    uint64_t frames_dropped;
+    ep_io io; /* send NULL: the sockets */
+    uint8_t txbuf[EP_MAX_UDP];
+};
+
+/* ---- connections and their ids ---- */
+
+void ep_conn_init(struct ep_conn *c, pos_p2p_endpoint *ep, const struct ep_conn_ops *ops)
 {
-    uint8_t h[crypto_shorthash_BYTES];
-    uint64_t v;
-    crypto_shorthash(h, id, EP_CID_LEN, ep->hash_key);
-    memcpy(&v, h, sizeof(v));
-    return (size_t)(v & (ep->n_buckets - 1));
+    c->cid_ops = &ep_cid_ops;
+    c->ops = ops;
+    c->ep = ep;
+    c->prev = c->next = NULL;
 }
 
-static void grow(pos_p2p_endpoint *ep)
+void ep_conn_attach(struct ep_conn *c)
 {
-    size_t old = ep->n_buckets;
-    struct ep_cid **nb = calloc(old * 2, sizeof(*nb)), **ob = ep->buckets;
-    if (!nb)
-        return;
-    ep->buckets = nb;
-    ep->n_buckets = old * 2;
-    for (size_t i = 0; i < old; i++) {
-        struct ep_cid *e = ob[i], *next;
-        for (; e; e = next) {
-            next = e->next;
-            size_t b = bucket(ep, e->id);
-            e->next = nb[b];
-            nb[b] = e;
-        }
+    pos_p2p_endpoint *ep = c->ep;
+    c->prev = NULL;
+    c->next = ep->conns;
+    if (ep->conns)
+        ep->conns->prev = c;
+    ep->conns = c;
+}
+
+void ep_conn_detach(struct ep_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (c->ep->conns == c)
+        c->ep->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+void ep_set_listener(pos_p2p_endpoint *ep, struct ep_conn *c)
+{
+    ep->listener = c;
+}
+
+struct ep_conn *ep_listener(const pos_p2p_endpoint *ep)
+{
+    return ep->listener;
+}
+
+static int cid_add(void *conn, const uint8_t *id, size_t len)
+{
+    struct ep_conn *c = conn;
+    return pos_cid_map_add(c->ep->cids, id, len, c);
+}
+
+static void cid_remove(void *conn, const uint8_t *id, size_t len)
+{
+    struct ep_conn *c = conn;
+    pos_cid_map_remove(c->ep->cids, id, len, c);
+}
+
+const pos_quic_cid_ops ep_cid_ops = {EP_CID_LEN, cid_add, cid_remove, NULL};
+
+int ep_cid_add(struct ep_conn *c, const uint8_t id[EP_CID_LEN])
+{
+    return cid_add(c, id, EP_CID_LEN);
+}
+
+/* cid_find: the connection (relay connection or peer session) of a connection id we issued. */
+static struct ep_conn *cid_find(const pos_p2p_endpoint *ep, const uint8_t *id, size_t len)
+{
+    return pos_cid_map_find(ep->cids, id, len);
+}
+
+static void cid_input(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
+                      const struct sockaddr *from, socklen_t fromlen)
+{
+    if (c->ops->input)
+        c->ops->input(c, sock, data, len, from, fromlen);
+}
+
+/* frame_input: a relay data frame, to the connection it came from. 0 taken, -1 dropped. */
+static int frame_input(pos_p2p_endpoint *ep, const uint8_t *data, size_t len,
+                       const struct sockaddr *from, socklen_t fromlen)
+{
+    for (struct ep_conn *c = ep->conns, *next; c; c = next) {
+        next = c->next;
+        int rv = c->ops->frame ? c->ops->frame(c, data, len, from, fromlen) : 1;
+        if (rv <= 0)
+            return rv;
     }
-    free(ob);
-}
-
-static int cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay *r,
-                   pos_p2p_session *s)
-{
-    struct ep_cid *e = malloc(sizeof(*e));
-    if (!e)
-        return -1;
-    if (ep->n_cids >= ep->n_buckets)
-        grow(ep);
-    size_t b = bucket(ep, id);
-    memcpy(e->id, id, EP_CID_LEN);
-    e->r = r;
-    e->s = s;
-    e->next = ep->buckets[b];
-    ep->buckets[b] = e;
-    ep->n_cids++;
-    return 0;
-}
-
-static void cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r,
-                       const pos_p2p_session *s)
-{
-    for (struct ep_cid **pp = &ep->buckets[bucket(ep, id)]; *pp; pp = &(*pp)->next) {
-        if ((*pp)->r == r && (*pp)->s == s && memcmp((*pp)->id, id, EP_CID_LEN) == 0) {
-            struct ep_cid *e = *pp;
-            *pp = e->next;
-            free(e);
-            ep->n_cids--;
-            return;
-        }
-    }
-}
-
-int ep_cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay *r)
-{
-    return cid_add(ep, id, r, NULL);
-}
-
-void ep_cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r)
-{
-    cid_remove(ep, id, r, NULL);
-}
-
-int ep_cid_add_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_session *s)
-{
-    return cid_add(ep, id, NULL, s);
-}
-
-void ep_cid_remove_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN],
-                           const pos_p2p_session *s)
-{
-    cid_remove(ep, id, NULL, s);
-}
-
-/* cid_find: the owner (relay connection or peer session) of a connection id we issued. */
-static const struct ep_cid *cid_find(const pos_p2p_endpoint *ep, const uint8_t *id, size_t len)
-{
-    if (len != EP_CID_LEN)
-        return NULL;
-    for (const struct ep_cid *e = ep->buckets[bucket(ep, id)]; e; e = e->next)
-        if (memcmp(e->id, id, EP_CID_LEN) == 0)
-            return e;
-    return NULL;
-}
-
-static void cid_input(pos_p2p_endpoint *ep, const struct ep_cid *e, int sock, const uint8_t *data,
-                      size_t len, const struct sockaddr *from, socklen_t fromlen)
-{
-    if (e->r)
-        qc_input(e->r, sock, data, len, from, fromlen);
-    else
-        sess_input(e->s, sock, data, len, from, fromlen);
+    return -1; /* not from a relay we are connected to */
 }
 
 /* ---- sockets ---- */
 
-void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
-             const struct sockaddr *to, socklen_t tolen)
+int ep_send_checked(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+                    const struct sockaddr *to, socklen_t tolen)
 {
     ssize_t n;
     if (sock < 0 || sock > 1)
-        return;
-    if (ep->io.send) {
-        ep->io.send(ep->io.arg, sock, data, len, to, tolen);
-        return;
-    }
+        return -1;
+    if (ep->io.send)
+        return ep->io.send(ep->io.arg, sock, data, len, to, tolen) == 0 ? 0 : -1;
     if (ep->socks[sock].fd < 0)
-        return;
+        return -1;
     do {
         n = sendto(ep->socks[sock].fd, data, len, MSG_DONTWAIT, to, tolen);
     } while (n < 0 && errno == EINTR);
+    return n >= 0 && (size_t)n == len ? 0 : -1;
+}
+
+void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+             const struct sockaddr *to, socklen_t tolen)
+{
     /* a failed send is a lost packet: QUIC recovers */
+    (void)ep_send_checked(ep, sock, data, len, to, tolen);
+}
+
+int ep_has_sock(const pos_p2p_endpoint *ep, int sock)
+{
+    return sock >= 0 && sock <= 1 && ep->socks[sock].fd >= 0;
+}
+
+const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len)
+{
+    *len = ep->socks[sock].local_len;
+    return &ep->socks[sock].local;
+}
+
+uint8_t *ep_txbuf(pos_p2p_endpoint *ep)
+{
+    return ep->txbuf;
+}
+
+pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep)
+{
+    return ep->creds;
 }
 
 static int open_sock(struct ep_sock *s, int family, unsigned port)
@@ -190,10 +218,8 @@ static int ep_alloc(pos_p2p_endpoint **out, const pos_p2p_identity *id)
     ep->socks[0].fd = ep->socks[1].fd = -1;
     ep->epfd = -1;
     ep->id = id->key;
-    crypto_shorthash_keygen(ep->hash_key);
-    ep->n_buckets = 256;
-    ep->buckets = calloc(ep->n_buckets, sizeof(*ep->buckets));
-    if (!ep->buckets || pos_tls_creds_new(&ep->creds, &ep->id) != 0) {
+    ep->cids = pos_cid_map_new(EP_MAX_CIDS);
+    if (!ep->cids || pos_tls_creds_new(&ep->creds, &ep->id) != 0) {
         pos_p2p_endpoint_del(ep);
         return POS_P2P_ERR_NOMEM;
     }
@@ -265,11 +291,16 @@ unsigned pos_p2p_endpoint_local_port(const pos_p2p_endpoint *ep)
     return ntohs(((const struct sockaddr_in *)&ep->socks[0].local)->sin_port);
 }
 
+static int64_t conn_deadline(const struct ep_conn *c)
+{
+    return c && c->ops->deadline_ms ? c->ops->deadline_ms(c) : -1;
+}
+
 int64_t pos_p2p_endpoint_deadline(const pos_p2p_endpoint *ep)
 {
-    int64_t best = sess_deadline_ms(ep);
-    for (const pos_p2p_relay *r = ep->relays; r; r = qc_next(r)) {
-        int64_t d = qc_deadline_ms(r);
+    int64_t best = conn_deadline(ep->listener);
+    for (const struct ep_conn *c = ep->conns; c; c = c->next) {
+        int64_t d = conn_deadline(c);
         if (d >= 0 && (best < 0 || d < best))
             best = d;
     }
@@ -289,18 +320,18 @@ void ep_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
 {
     const uint8_t *dcid;
     size_t dcidlen;
-    const struct ep_cid *e;
+    struct ep_conn *e;
 
     if (len == 0)
         return;
     if (!(data[0] & 0x40) && !(data[0] & 0x80) && len > EP_CID_LEN &&
         (e = cid_find(ep, data + 1, EP_CID_LEN)) != NULL) {
-        cid_input(ep, e, sock, data, len, from, fromlen); /* a peer that greases the QUIC bit */
+        cid_input(e, sock, data, len, from, fromlen); /* a peer that greases the QUIC bit */
         return;
     }
     if (!(data[0] & 0x40)) {
         /* a relay data frame: to the relay connection it came from (quic_client.c) */
-        if (qc_frame_input(ep, sock, data, len, from, fromlen) != 0)
+        if (frame_input(ep, data, len, from, fromlen) != 0)
             ep->frames_dropped++;
         return;
     }
@@ -322,9 +353,9 @@ void ep_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
     if (e && (data[0] & 0x80) && !version_routable(data))
         return; /* our connections speak v1 only: ngtcp2 must not see another version */
     if (e)
-        cid_input(ep, e, sock, data, len, from, fromlen);
-    else if (data[0] & 0x80)
-        sess_unclaimed(ep, sock, data, len, from, fromlen); /* a listening node's new session? */
+        cid_input(e, sock, data, len, from, fromlen);
+    else if ((data[0] & 0x80) && ep->listener)
+        cid_input(ep->listener, sock, data, len, from, fromlen); /* a new peer's session? */
 }
 
 int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
@@ -348,13 +379,13 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
         }
     }
     now = pos_p2p_now_ms();
-    for (pos_p2p_relay *r = ep->relays, *next; r; r = next) {
-        next = qc_next(r);
-        int64_t d = qc_deadline_ms(r);
-        if (d >= 0 && d <= now)
-            qc_on_deadline(r);
+    for (struct ep_conn *c = ep->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->ops->on_timer)
+            c->ops->on_timer(c, now);
     }
-    sess_on_deadlines(ep);
+    if (ep->listener && ep->listener->ops->on_timer)
+        ep->listener->ops->on_timer(ep->listener, now); /* after: it may free connections */
     return 0;
 }
 
@@ -386,23 +417,21 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep)
 {
     if (!ep)
         return;
-    sess_free_all(ep); /* sessions may use relay connections: they go first */
-    qc_free_all(ep);
+    if (ep->listener) /* sessions may use relay connections: they go first */
+        ep->listener->ops->destroy(ep->listener);
+    ep->listener = NULL;
+    while (ep->conns) {
+        struct ep_conn *c = ep->conns;
+        c->ops->destroy(c); /* detaches itself */
+        if (ep->conns == c)
+            ep_conn_detach(c);
+    }
     for (int i = 0; i < 2; i++)
         if (ep->socks[i].fd >= 0)
             close(ep->socks[i].fd);
     if (ep->epfd >= 0)
         close(ep->epfd);
-    if (ep->buckets) {
-        for (size_t i = 0; i < ep->n_buckets; i++) {
-            struct ep_cid *e = ep->buckets[i], *next;
-            for (; e; e = next) {
-                next = e->next;
-                free(e);
-            }
-        }
-        free(ep->buckets);
-    }
+    pos_cid_map_del(ep->cids);
     pos_tls_creds_del(ep->creds);
     pos_identity_free(&ep->id);
     free(ep);

@@ -1,10 +1,14 @@
 /*
- * Private structures of libpos-p2p shared by its source files (never
- * installed). The endpoint (endpoint.c) owns the sockets and routes each
+ * Private interface of the endpoint (endpoint.c) to the connections it
+ * carries (never installed). The endpoint owns the sockets, the map of the
+ * connection ids this device issued, and the poll loop; it routes each
  * datagram: QUIC packets by destination connection id to their connection,
- * data frames (first byte without the QUIC fixed bit) to the data-plane hook.
- * quic_client.c holds every ngtcp2 call of relay connections, session.c
- * every ngtcp2 call of peer sessions.
+ * data frames (first byte without the QUIC fixed bit) to the connection
+ * list, a new peer's Initial to the listener. It reaches connections only
+ * through struct ep_conn below and never names their types: relay control
+ * connections (quic_client.c) and the session layer (session.c) register
+ * themselves. Module order (no calls back): endpoint <- quic_client <-
+ * session <- session_relay (checked by tests/unit/check_layering.py).
  */
 #ifndef POS_P2P_INTERNAL_H
 #define POS_P2P_INTERNAL_H
@@ -15,29 +19,16 @@
 
 #include "identity.h"
 #include "pos/p2p.h"
+#include "quic_common.h"
 #include "tls.h"
 
 #define EP_CID_LEN 16 /* length of the connection ids this device issues */
 #define EP_MAX_UDP 1500
+#define EP_MAX_CIDS 65536 /* connection ids routed at once (sessions * ids each, far above) */
 
 struct pos_p2p_identity {
     pos_identity key;
 };
-
-struct ep_sock {
-    int fd;
-    struct sockaddr_storage local;
-    socklen_t local_len;
-};
-
-struct ep_cid {
-    uint8_t id[EP_CID_LEN];
-    pos_p2p_relay *r;   /* a relay control connection, or NULL */
-    pos_p2p_session *s; /* or a peer session (session.c) */
-    struct ep_cid *next;
-};
-
-struct sess_table; /* session.c: sessions, listening, relays handed over */
 
 /*
  * The endpoint's I/O seam: where its datagrams go. The sockets by default;
@@ -51,19 +42,30 @@ typedef struct ep_io {
     void *arg;
 } ep_io;
 
-struct pos_p2p_endpoint {
-    pos_identity id;
-    pos_tls_creds *creds;
-    struct ep_sock socks[2]; /* [0] IPv4, [1] IPv6; fd -1 when absent */
-    int epfd;
-    struct ep_cid **buckets;
-    size_t n_buckets, n_cids;
-    uint8_t hash_key[16];
-    pos_p2p_relay *relays;   /* every relay connection, linked through next */
-    struct sess_table *sess; /* peer sessions (session.c), NULL until the first one */
-    uint64_t frames_dropped;
-    ep_io io; /* send NULL: the sockets */
-    uint8_t txbuf[EP_MAX_UDP];
+struct ep_conn;
+
+/* What the endpoint calls on a connection; a NULL member is never called. */
+struct ep_conn_ops {
+    /* input: a QUIC packet for one of its connection ids (listener: one nobody claims) */
+    void (*input)(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
+                  const struct sockaddr *from, socklen_t fromlen);
+    /* frame: a data frame from |from|: 0 taken, -1 from its peer but dropped, 1 not its own */
+    int (*frame)(struct ep_conn *c, const uint8_t *data, size_t len, const struct sockaddr *from,
+                 socklen_t fromlen);
+    int64_t (*deadline_ms)(const struct ep_conn *c);     /* next timer (pos_p2p_now_ms), -1 none */
+    void (*on_timer)(struct ep_conn *c, int64_t now_ms); /* each process round: due timers */
+    void (*destroy)(struct ep_conn *c);                  /* the endpoint goes: free it */
+};
+
+/*
+ * The first member of every connection: ngtcp2's user_data is the
+ * connection, so |cid_ops| (quic_common.h) is found at its start.
+ */
+struct ep_conn {
+    const pos_quic_cid_ops *cid_ops; /* = &ep_cid_ops: ids go to ep's map */
+    const struct ep_conn_ops *ops;
+    pos_p2p_endpoint *ep;
+    struct ep_conn *prev, *next; /* the endpoint's list (attached connections) */
 };
 
 /* endpoint.c */
@@ -77,35 +79,29 @@ int ep_new_io(pos_p2p_endpoint **out, const pos_p2p_identity *id, const ep_io *i
 /* ep_input: one received datagram (at most EP_MAX_UDP bytes) from |from| on socket |sock|. */
 void ep_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
               const struct sockaddr *from, socklen_t fromlen);
-int ep_cid_add(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_relay *r);
-void ep_cid_remove(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], const pos_p2p_relay *r);
+
+/* ep_conn_init: |c| belongs to |ep| and is called through |ops| (not yet in the list). */
+void ep_conn_init(struct ep_conn *c, pos_p2p_endpoint *ep, const struct ep_conn_ops *ops);
+/* ep_conn_attach: |c| joins the list: frames, timers, destroyed with the endpoint. */
+void ep_conn_attach(struct ep_conn *c);
+void ep_conn_detach(struct ep_conn *c); /* before freeing an attached connection */
+/* ep_set_listener: |c| gets unclaimed Initials; timers after, destroyed before the list. */
+void ep_set_listener(pos_p2p_endpoint *ep, struct ep_conn *c);
+struct ep_conn *ep_listener(const pos_p2p_endpoint *ep); /* NULL: none yet */
+/* the connection-id operations (common/quic_common.h) of every ep_conn */
+extern const pos_quic_cid_ops ep_cid_ops;
+int ep_cid_add(struct ep_conn *c, const uint8_t id[EP_CID_LEN]); /* 0, -1 no memory/full */
+
+/* ep_send: a datagram from socket |sock| (0 IPv4, 1 IPv6); lost when it cannot go. */
 void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
              const struct sockaddr *to, socklen_t tolen);
-
-/* endpoint.c: connection ids of peer sessions */
-int ep_cid_add_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN], pos_p2p_session *s);
-void ep_cid_remove_session(pos_p2p_endpoint *ep, const uint8_t id[EP_CID_LEN],
-                           const pos_p2p_session *s);
-
-/* session.c: peer sessions (every ngtcp2 call of sessions lives there) */
-void sess_input(pos_p2p_session *s, int sock, const uint8_t *data, size_t len,
-                const struct sockaddr *from, socklen_t fromlen);
-/* sess_unclaimed: a QUIC packet for no known connection id (a new peer's Initial?) */
-void sess_unclaimed(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
-                    const struct sockaddr *from, socklen_t fromlen);
-int64_t sess_deadline_ms(const pos_p2p_endpoint *ep); /* -1 none */
-void sess_on_deadlines(pos_p2p_endpoint *ep);
-void sess_free_all(pos_p2p_endpoint *ep);
-
-/* quic_client.c */
-void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
-              const struct sockaddr *from, socklen_t fromlen);
-int64_t qc_deadline_ms(const pos_p2p_relay *r); /* -1 none */
-void qc_on_deadline(pos_p2p_relay *r);
-pos_p2p_relay *qc_next(const pos_p2p_relay *r);
-/* qc_frame_input: a data frame; 0 when it came from a relay connection's address and was taken. */
-int qc_frame_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
-                   const struct sockaddr *from, socklen_t fromlen);
-void qc_free_all(pos_p2p_endpoint *ep);
+/* ep_send_checked: ep_send that says whether the datagram left whole (0) or not (-1). */
+int ep_send_checked(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
+                    const struct sockaddr *to, socklen_t tolen);
+int ep_has_sock(const pos_p2p_endpoint *ep, int sock); /* 1: socket |sock| is open */
+/* ep_local: the local address of socket |sock| (0 or 1) and its length in |*len|. */
+const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len);
+uint8_t *ep_txbuf(pos_p2p_endpoint *ep); /* EP_MAX_UDP bytes to write one packet into */
+pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep);
 
 #endif

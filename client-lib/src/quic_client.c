@@ -1,10 +1,9 @@
 /*
- * Relay control connections (pos_p2p_relay): the ngtcp2 client side, TLS
- * pinned to the relay's peer id, and the first exchange of the control
- * protocol (HELLO -> WELCOME, or a close carrying the refusal). Every ngtcp2
- * call of the library lives in this file: the 1.x API renames much of 0.12.
+ * Relay control connections (pos_p2p_relay): ngtcp2 client, TLS pinned to the
+ * relay's peer id, HELLO -> WELCOME (or a close carrying the refusal), circuit
+ * requests and events, the data plane. Every ngtcp2 call of relay connections
+ * is here (what messages mean: relay_proto.c; queued stream bytes: sendq.c).
  */
-#include <errno.h>
 #include <netinet/in.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
@@ -19,17 +18,17 @@
 #include "frame.h"
 #include "internal.h"
 #include "quic_common.h"
+#include "relay_proto.h"
+#include "sendq.h"
 
-#define KEEPALIVE_NS (10 * NGTCP2_SECONDS)
-#define APP_NO_ERROR 0
 #define MAX_CIRCUITS 1024     /* open circuits per relay connection */
 #define MAX_INCOMING 64       /* INCOMING requests not yet answered */
 #define MAX_EVENTS 64         /* events decoded during one packet, delivered after it */
 #define MAX_REQ_PENDING 65536 /* request bytes not yet acknowledged by the relay */
 
 struct pos_p2p_relay {
+    struct ep_conn conn; /* first: ngtcp2's user_data starts with its cid_ops */
     pos_p2p_endpoint *ep;
-    pos_p2p_relay *prev, *next;
     ngtcp2_conn *qc;
     gnutls_session_t tls;
     ngtcp2_crypto_conn_ref ref;
@@ -44,8 +43,7 @@ struct pos_p2p_relay {
     size_t addr_index;           /* relay address in use (info.addrs) */
     size_t addrs_left;           /* usable addresses after this one */
     pos_p2p_relay_info info;     /* for trying the next address */
-    uint8_t *out;                /* HELLO bytes not yet acknowledged */
-    size_t out_len, out_sent, out_acked;
+    struct sendq *out;           /* HELLO bytes not yet acknowledged */
     pos_ctrl_reader rd;
     char *token; /* until HELLO is queued, then wiped */
     size_t token_len;
@@ -56,8 +54,7 @@ struct pos_p2p_relay {
     pos_p2p_relay_data_cb on_data;
     void *cb_arg;
     int64_t req_stream; /* -1 until the first request */
-    uint8_t *rq;        /* request bytes not yet acknowledged */
-    size_t rq_len, rq_sent, rq_acked;
+    struct sendq *rq;   /* request bytes not yet acknowledged */
     uint32_t next_req;
     uint32_t incoming[MAX_INCOMING]; /* INCOMING ids we may answer */
     size_t n_incoming;
@@ -70,26 +67,22 @@ struct pos_p2p_relay {
     uint8_t close_pending; /* pos_p2p_relay_close was called from a callback */
 };
 
-pos_p2p_relay *qc_next(const pos_p2p_relay *r)
-{
-    return r->next;
-}
+static const struct ep_conn_ops relay_conn_ops;
 
 /* ---- ending ---- */
 
+static void wipe_token(pos_p2p_relay *r)
+{
+    if (r->token) {
+        sodium_memzero(r->token, r->token_len);
+        free(r->token);
+        r->token = NULL;
+    }
+}
+
 static void drop_cids(pos_p2p_relay *r)
 {
-    ngtcp2_cid scids[16];
-    size_t n;
-    if (!r->qc)
-        return;
-    n = ngtcp2_conn_get_num_scid(r->qc);
-    if (n > sizeof(scids) / sizeof(scids[0]))
-        return;
-    ngtcp2_conn_get_scid(r->qc, scids);
-    for (size_t i = 0; i < n; i++)
-        if (scids[i].datalen == EP_CID_LEN)
-            ep_cid_remove(r->ep, scids[i].data, r);
+    pos_quic_drop_cids(r->qc, r);
 }
 
 /* fail ends the connection with |err| and a sentence; sends nothing. */
@@ -104,11 +97,7 @@ static void fail(pos_p2p_relay *r, int err, const char *reason)
     if (reason && !r->st.reason[0])
         snprintf(r->st.reason, sizeof(r->st.reason), "%s", reason);
     drop_cids(r);
-    if (r->token) {
-        sodium_memzero(r->token, r->token_len);
-        free(r->token);
-        r->token = NULL;
-    }
+    wipe_token(r);
 }
 
 /* send_close sends CONNECTION_CLOSE with |ccerr| once (best effort). */
@@ -121,10 +110,10 @@ static void send_close(pos_p2p_relay *r, const ngtcp2_connection_close_error *cc
         ngtcp2_conn_is_in_draining_period(r->qc))
         return;
     ngtcp2_path_storage_zero(&ps);
-    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
-                                           ccerr, pos_quic_now());
+    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, ep_txbuf(r->ep), EP_MAX_UDP, ccerr,
+                                           pos_quic_now());
     if (n > 0)
-        ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+        ep_send(r->ep, r->sock, ep_txbuf(r->ep), (size_t)n, (struct sockaddr *)ps.path.remote.addr,
                 ps.path.remote.addrlen);
 }
 
@@ -158,34 +147,11 @@ static void on_peer_close(pos_p2p_relay *r)
 {
     ngtcp2_connection_close_error cc;
     char reason[257];
-    size_t n;
     int err;
 
     ngtcp2_conn_get_connection_close_error(r->qc, &cc);
-    n = cc.reasonlen < sizeof(reason) - 1 ? cc.reasonlen : sizeof(reason) - 1;
-    /* The reason phrase comes from the network: keep printable ASCII only. */
-    for (size_t i = 0; i < n; i++)
-        reason[i] = (cc.reason[i] >= 0x20 && cc.reason[i] < 0x7f) ? (char)cc.reason[i] : '?';
-    reason[n] = 0;
     r->st.close_code = cc.error_code;
-    if (cc.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION) {
-        if (cc.error_code == 0x108) /* RELAY_GOING_AWAY, see docs/protocol.md */
-            err = POS_P2P_ERR_GOING_AWAY;
-        else if (cc.error_code == APP_NO_ERROR)
-            err = POS_P2P_ERR_CLOSED;
-        else
-            err = POS_P2P_ERR_REFUSED;
-    } else if (cc.error_code == NGTCP2_CONNECTION_REFUSED) {
-        err = POS_P2P_ERR_REFUSED; /* refused before the handshake (rate limit, Redis down) */
-    } else {
-        err = r->st.state == POS_P2P_RELAY_ACCEPTED ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_HANDSHAKE;
-        if (!n)
-            snprintf(reason, sizeof(reason), "closed by the relay (QUIC error 0x%llx)",
-                     (unsigned long long)cc.error_code);
-    }
-    if (!n && err == POS_P2P_ERR_REFUSED)
-        snprintf(reason, sizeof(reason), "refused (code 0x%llx)",
-                 (unsigned long long)cc.error_code);
+    err = relay_close_error(&cc, r->st.state == POS_P2P_RELAY_ACCEPTED, reason, sizeof(reason));
     fail(r, err, reason);
 }
 
@@ -196,6 +162,7 @@ static void conn_write(pos_p2p_relay *r)
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
     ngtcp2_tstamp ts = pos_quic_now();
+    uint8_t *txbuf = ep_txbuf(r->ep);
 
     if (r->dead)
         return;
@@ -203,38 +170,33 @@ static void conn_write(pos_p2p_relay *r)
     for (int i = 0; i < 64; i++) {
         ngtcp2_ssize wlen = 0, n;
         ngtcp2_vec v = {NULL, 0};
+        const uint8_t *data;
         size_t nv = 0;
         int64_t sid = -1;
         uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
-        if (r->out && r->out_sent < r->out_len && r->stream >= 0) {
+        if (r->stream >= 0 && sendq_pending(r->out, &data, &v.len)) {
             wflags = NGTCP2_WRITE_STREAM_FLAG_FIN; /* HELLO is the whole request */
             sid = r->stream;
-            v.base = r->out + r->out_sent;
-            v.len = r->out_len - r->out_sent;
             nv = 1;
-        } else if (r->rq && r->rq_sent < r->rq_len && r->req_stream >= 0) {
+        } else if (r->req_stream >= 0 && sendq_pending(r->rq, &data, &v.len)) {
             sid = r->req_stream; /* requests: the stream stays open */
-            v.base = r->rq + r->rq_sent;
-            v.len = r->rq_len - r->rq_sent;
             nv = 1;
         }
-        n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf),
-                                      &wlen, wflags, sid, &v, nv, ts);
+        if (nv)
+            v.base = (uint8_t *)data; /* ngtcp2 only reads it */
+        n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, txbuf, EP_MAX_UDP, &wlen, wflags, sid,
+                                      &v, nv, ts);
         if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR)
-            n = ngtcp2_conn_write_pkt(r->qc, &ps.path, &pi, r->ep->txbuf, sizeof(r->ep->txbuf), ts);
+            n = ngtcp2_conn_write_pkt(r->qc, &ps.path, &pi, txbuf, EP_MAX_UDP, ts);
         if (n < 0) {
             fail_liberr(r, (int)n);
             return;
         }
-        if (wlen > 0) {
-            if (sid == r->stream)
-                r->out_sent += (size_t)wlen;
-            else
-                r->rq_sent += (size_t)wlen;
-        }
+        if (wlen > 0)
+            sendq_sent(sid == r->stream ? r->out : r->rq, (size_t)wlen);
         if (n == 0)
             return;
-        ep_send(r->ep, r->sock, r->ep->txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+        ep_send(r->ep, r->sock, txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
                 ps.path.remote.addrlen);
     }
 }
@@ -242,95 +204,26 @@ static void conn_write(pos_p2p_relay *r)
 static int queue_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode(m, buf, sizeof(buf));
-    uint8_t *grown;
+    int n = pos_ctrl_encode(m, buf, sizeof(buf)), rv;
     if (n < 0)
         return -1;
-    grown = realloc(r->out, r->out_len + (size_t)n);
-    if (!grown) {
-        sodium_memzero(buf, sizeof(buf));
-        return -1;
-    }
-    r->out = grown;
-    memcpy(r->out + r->out_len, buf, (size_t)n);
-    r->out_len += (size_t)n;
+    rv = sendq_append(&r->out, buf, (size_t)n);
     sodium_memzero(buf, sizeof(buf));
-    return 0;
+    return rv;
 }
 
-/* ---- control messages (request streams) ---- */
+/* ---- control messages: WELCOME, then circuits ---- */
 
 static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     ngtcp2_conn_stat cs;
     ngtcp2_conn_get_conn_stat(r->qc, &cs);
-    snprintf(r->st.observed, sizeof(r->st.observed), "%s", m->observed);
-    r->st.rtt_ms = (double)cs.smoothed_rtt / 1e6;
-    r->st.bytes_per_sec = m->bytes_per_sec;
-    r->st.burst_bytes = m->burst;
-    r->st.max_conns = m->max_conns;
-    r->st.expires_at = (int64_t)m->expires_at;
-    r->st.idle_timeout_s = m->idle_timeout_s;
-    r->st.state = POS_P2P_RELAY_ACCEPTED;
-    r->st.accepted_at_ms = pos_p2p_now_ms();
-    if (r->token) {
-        sodium_memzero(r->token, r->token_len);
-        free(r->token);
-        r->token = NULL;
-    }
-    /* Keep-alives well inside the relay's idle timeout (and NAT bindings). */
-    uint64_t ka = KEEPALIVE_NS;
-    if (m->idle_timeout_s > 0 && (uint64_t)m->idle_timeout_s * NGTCP2_SECONDS / 2 < ka)
-        ka = (uint64_t)m->idle_timeout_s * NGTCP2_SECONDS / 2;
-    ngtcp2_conn_set_keep_alive_timeout(r->qc, ka);
+    relay_status_welcome(&r->st, m, (double)cs.smoothed_rtt / 1e6);
+    wipe_token(r);
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(m->idle_timeout_s));
 }
-
-/* ---- circuits ---- */
 
 static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept);
-
-static int find_u32(const uint32_t *a, size_t n, uint32_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (a[i] == v)
-            return (int)i;
-    return -1;
-}
-
-static void remove_at(uint32_t *a, size_t *n, int i)
-{
-    a[i] = a[*n - 1];
-    (*n)--;
-}
-
-/* error_of: the library error for the code of an ERROR message. */
-static int error_of(uint16_t code)
-{
-    switch (code) {
-    case POS_CTRL_CODE_PEER_NOT_CONNECTED:
-        return POS_P2P_ERR_PEER_NOT_CONNECTED;
-    case POS_CTRL_CODE_DECLINED:
-        return POS_P2P_ERR_DECLINED;
-    case POS_CTRL_CODE_TIMEOUT:
-        return POS_P2P_ERR_TIMEOUT;
-    case POS_CTRL_CODE_PEER_LEFT:
-        return POS_P2P_ERR_CIRCUIT_CLOSED;
-    case POS_CTRL_CODE_BAD_PEER:
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    case POS_CTRL_CODE_CIRCUIT_LIMIT:
-        return POS_P2P_ERR_CIRCUIT_LIMIT;
-    default:
-        return POS_P2P_ERR_REFUSED;
-    }
-}
-
-static void copy_peer(pos_p2p_relay_event *ev, const pos_ctrl_msg *m)
-{
-    snprintf(ev->peer_id, sizeof(ev->peer_id), "%s", m->peer_id);
-    snprintf(ev->observed, sizeof(ev->observed), "%s", m->observed);
-    for (size_t i = 0; i < m->addrs.n && i < POS_P2P_RELAY_MAX_ADDRS; i++)
-        snprintf(ev->local[ev->n_local++], POS_P2P_ADDR_STRLEN, "%s", m->addrs.a[i]);
-}
 
 /*
  * on_circuit_msg: a relay message after WELCOME. Updates what the library
@@ -340,12 +233,10 @@ static void copy_peer(pos_p2p_relay_event *ev, const pos_ctrl_msg *m)
  */
 static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
-    pos_p2p_relay_event *ev;
+    pos_p2p_relay_event ev;
     int i;
 
-    if (m->type != POS_CTRL_INCOMING && m->type != POS_CTRL_CIRCUIT &&
-        m->type != POS_CTRL_REDIRECT && m->type != POS_CTRL_ERROR &&
-        m->type != POS_CTRL_CIRCUIT_CLOSED && m->type != POS_CTRL_GOAWAY)
+    if (relay_event_from_msg(m, &ev) != 0)
         return -1;
     if (!r->evq) {
         r->evq = calloc(MAX_EVENTS, sizeof(*r->evq));
@@ -354,9 +245,6 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
     }
     if (r->n_ev >= MAX_EVENTS)
         return -1; /* far more messages in one packet than the relay ever sends */
-    ev = &r->evq[r->n_ev];
-    memset(ev, 0, sizeof(*ev));
-    ev->req_id = m->req_id;
     switch (m->type) {
     case POS_CTRL_INCOMING:
         if (r->n_incoming >= MAX_INCOMING) {
@@ -365,8 +253,6 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
             return 0;
         }
         r->incoming[r->n_incoming++] = m->req_id;
-        ev->type = POS_P2P_RELAY_EV_INCOMING;
-        copy_peer(ev, m);
         break;
     case POS_CTRL_CIRCUIT:
         if (!r->circuits) {
@@ -374,46 +260,23 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
             if (!r->circuits)
                 return 0;
         }
-        if (find_u32(r->circuits, r->n_circuits, m->circuit_id) < 0 && r->n_circuits < MAX_CIRCUITS)
+        if (relay_id_find(r->circuits, r->n_circuits, m->circuit_id) < 0 &&
+            r->n_circuits < MAX_CIRCUITS)
             r->circuits[r->n_circuits++] = m->circuit_id;
-        ev->type = POS_P2P_RELAY_EV_CIRCUIT;
-        ev->circuit_id = m->circuit_id;
-        copy_peer(ev, m);
-        break;
-    case POS_CTRL_REDIRECT:
-        ev->type = POS_P2P_RELAY_EV_REDIRECT;
-        ev->error = POS_P2P_ERR_REDIRECTED;
-        snprintf(ev->redirect.id, sizeof(ev->redirect.id), "%s", m->relay_id);
-        snprintf(ev->redirect.peer_id, sizeof(ev->redirect.peer_id), "%s", m->peer_id);
-        for (size_t k = 0; k < m->addrs.n && k < POS_P2P_RELAY_MAX_ADDRS; k++)
-            snprintf(ev->redirect.addrs[ev->redirect.n_addrs++], POS_P2P_ADDR_STRLEN, "%s",
-                     m->addrs.a[k]);
         break;
     case POS_CTRL_ERROR:
-        ev->type = POS_P2P_RELAY_EV_ERROR;
-        ev->code = m->code;
-        ev->error = error_of(m->code);
-        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
         /* an INCOMING the relay gave up on cannot be answered any more */
-        if ((i = find_u32(r->incoming, r->n_incoming, m->req_id)) >= 0)
-            remove_at(r->incoming, &r->n_incoming, i);
+        if ((i = relay_id_find(r->incoming, r->n_incoming, m->req_id)) >= 0)
+            relay_id_remove(r->incoming, &r->n_incoming, i);
         break;
     case POS_CTRL_CIRCUIT_CLOSED:
-        if (r->circuits && (i = find_u32(r->circuits, r->n_circuits, m->circuit_id)) >= 0)
-            remove_at(r->circuits, &r->n_circuits, i);
-        ev->type = POS_P2P_RELAY_EV_CIRCUIT_CLOSED;
-        ev->circuit_id = m->circuit_id;
-        ev->code = m->code;
-        ev->error = POS_P2P_ERR_CIRCUIT_CLOSED;
+        if (r->circuits && (i = relay_id_find(r->circuits, r->n_circuits, m->circuit_id)) >= 0)
+            relay_id_remove(r->circuits, &r->n_circuits, i);
         break;
-    case POS_CTRL_GOAWAY:
-        ev->type = POS_P2P_RELAY_EV_GOAWAY;
-        ev->code = m->code;
-        ev->error = POS_P2P_ERR_GOING_AWAY;
-        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
+    default:
         break;
     }
-    r->n_ev++;
+    r->evq[r->n_ev++] = ev;
     return 0;
 }
 
@@ -457,21 +320,10 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
     (void)qc;
     (void)offset;
     (void)stream_user_data;
-    if (stream_id == r->req_stream && stream_id != r->stream) {
-        r->rq_acked += (size_t)datalen;
-        if (r->rq && r->rq_acked >= r->rq_len && r->rq_sent >= r->rq_len) {
-            free(r->rq);
-            r->rq = NULL;
-            r->rq_len = r->rq_sent = r->rq_acked = 0;
-        }
-        return 0;
-    }
-    r->out_acked += (size_t)datalen;
-    if (r->out && r->out_acked >= r->out_len && r->out_sent >= r->out_len) {
-        free(r->out);
-        r->out = NULL;
-        r->out_len = r->out_sent = r->out_acked = 0;
-    }
+    if (stream_id == r->req_stream && stream_id != r->stream)
+        sendq_acked(&r->rq, (size_t)datalen);
+    else
+        sendq_acked(&r->out, (size_t)datalen);
     return 0;
 }
 
@@ -496,37 +348,6 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 
 /* ---- ngtcp2 plumbing ---- */
 
-static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
-                          void *user_data)
-{
-    pos_p2p_relay *r = user_data;
-    (void)qc;
-    if (cidlen != EP_CID_LEN)
-        return NGTCP2_ERR_CALLBACK_FAILURE;
-    randombytes_buf(cid->data, cidlen);
-    cid->datalen = cidlen;
-    randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
-    return ep_cid_add(r->ep, cid->data, r) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
-}
-
-static int cb_remove_cid(ngtcp2_conn *qc, const ngtcp2_cid *cid, void *user_data)
-{
-    pos_p2p_relay *r = user_data;
-    (void)qc;
-    if (cid->datalen == EP_CID_LEN)
-        ep_cid_remove(r->ep, cid->data, r);
-    return 0;
-}
-
-static int cb_recv_crypto_data(ngtcp2_conn *qc, ngtcp2_crypto_level level, uint64_t offset,
-                               const uint8_t *data, size_t datalen, void *user_data)
-{
-    pos_p2p_relay *r = user_data;
-    if (!r->tls)
-        return 0; /* post-handshake TLS messages: none that we need */
-    return ngtcp2_crypto_recv_crypto_data_cb(qc, level, offset, data, datalen, user_data);
-}
-
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     pos_p2p_relay *r = (pos_p2p_relay *)((char *)ref->user_data - offsetof(pos_p2p_relay, pin));
@@ -536,59 +357,10 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 static void init_callbacks(ngtcp2_callbacks *cb)
 {
     pos_quic_callbacks_init(cb, 0);
-    cb->recv_crypto_data = cb_recv_crypto_data;
-    cb->get_new_connection_id = cb_get_new_cid;
-    cb->remove_connection_id = cb_remove_cid;
+    pos_quic_callbacks_cids(cb);
     cb->handshake_completed = cb_handshake_completed;
     cb->recv_stream_data = cb_recv_stream_data;
     cb->acked_stream_data_offset = cb_acked_stream_data_offset;
-}
-
-/*
- * pick_addr: the relay's first address from index |from| of a family the
- * endpoint has a socket for; its index goes to |*index|. With |out| NULL it
- * only counts.
- */
-static int pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from,
-                     struct sockaddr_storage *out, int *sock, size_t *index)
-{
-    for (size_t i = from; i < info->n_addrs && i < POS_P2P_RELAY_MAX_ADDRS; i++) {
-        struct sockaddr_storage ss;
-        if (pos_addr_parse(info->addrs[i], strnlen(info->addrs[i], POS_P2P_ADDR_STRLEN), 0, &ss) !=
-            0)
-            continue;
-        int s = ss.ss_family == AF_INET ? 0 : 1;
-        if (ep->socks[s].fd < 0)
-            continue;
-        if (out) {
-            *out = ss;
-            *sock = s;
-        }
-        *index = i;
-        return 0;
-    }
-    return -1;
-}
-
-static size_t count_addrs(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from)
-{
-    size_t n = 0, i;
-    while (pick_addr(ep, info, from, NULL, NULL, &i) == 0) {
-        n++;
-        from = i + 1;
-    }
-    return n;
-}
-
-/* attempt_share: each remaining address gets an equal share of the time left, at least 1 s. */
-static void set_attempt_deadline(pos_p2p_relay *r)
-{
-    int64_t now = pos_p2p_now_ms(), left = r->connect_deadline_ms - now;
-    int64_t share = left / (int64_t)(r->addrs_left + 1);
-    if (share < 1000)
-        share = 1000;
-    r->attempt_deadline_ms =
-        now + share < r->connect_deadline_ms ? now + share : r->connect_deadline_ms;
 }
 
 static int make_conn(pos_p2p_relay *r)
@@ -615,8 +387,7 @@ static int make_conn(pos_p2p_relay *r)
     randombytes_buf(dcid.data, dcid.datalen);
     scid.datalen = EP_CID_LEN;
     randombytes_buf(scid.data, scid.datalen);
-    path.local.addr = (ngtcp2_sockaddr *)&ep->socks[r->sock].local;
-    path.local.addrlen = ep->socks[r->sock].local_len;
+    path.local.addr = (ngtcp2_sockaddr *)ep_local(ep, r->sock, &path.local.addrlen);
     path.remote.addr = (ngtcp2_sockaddr *)&r->remote;
     path.remote.addrlen = pos_addr_len(&r->remote);
     path.user_data = NULL;
@@ -626,39 +397,30 @@ static int make_conn(pos_p2p_relay *r)
     r->creating = 0;
     if (rv != 0)
         return POS_P2P_ERR_NOMEM;
-    if (pos_tls_session_new(&r->tls, ep->creds, 0, POS_CTRL_ALPN) != 0 ||
+    if (pos_tls_session_new(&r->tls, ep_creds(ep), 0, POS_CTRL_ALPN) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(r->tls) != 0)
         return POS_P2P_ERR_HANDSHAKE;
     r->ref.get_conn = get_conn;
     r->ref.user_data = &r->pin;
     gnutls_session_set_ptr(r->tls, &r->ref);
     ngtcp2_conn_set_tls_native_handle(r->qc, r->tls);
-    if (ep_cid_add(ep, scid.data, r) != 0)
+    if (ep_cid_add(&r->conn, scid.data) != 0)
         return POS_P2P_ERR_NOMEM;
     return 0;
 }
 
 static void relay_free(pos_p2p_relay *r)
 {
-    pos_p2p_endpoint *ep = r->ep;
     drop_cids(r);
     if (r->qc)
         ngtcp2_conn_del(r->qc);
     if (r->tls)
         gnutls_deinit(r->tls);
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        ep->relays = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    if (r->token) {
-        sodium_memzero(r->token, r->token_len);
-        free(r->token);
-    }
+    ep_conn_detach(&r->conn);
+    wipe_token(r);
     pos_ctrl_reader_wipe(&r->rd);
-    free(r->out);
-    free(r->rq);
+    sendq_free(&r->out);
+    sendq_free(&r->rq);
     free(r->circuits);
     free(r->evq);
     free(r);
@@ -686,44 +448,42 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
     r = calloc(1, sizeof(*r));
     if (!r)
         return POS_P2P_ERR_NOMEM;
+    ep_conn_init(&r->conn, ep, &relay_conn_ops);
     r->ep = ep;
     r->stream = -1;
     r->req_stream = -1;
     r->hello_flags = (flags & POS_P2P_RELAY_NOT_HOME) ? POS_CTRL_HELLO_NOT_HOME : 0;
+    rv = POS_P2P_ERR_INVALID_ARGUMENT;
     if (pos_peer_id_parse(relay->peer_id, strnlen(relay->peer_id, POS_P2P_PEER_ID_STRLEN),
-                          r->pin.expect_key) != 0) {
-        free(r);
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    }
+                          r->pin.expect_key) != 0)
+        goto out_free;
     r->pin.has_expected = 1;
     r->info = *relay;
-    if (pick_addr(ep, relay, 0, &r->remote, &r->sock, &r->addr_index) != 0) {
-        free(r);
-        return POS_P2P_ERR_NO_ROUTE;
-    }
-    r->addrs_left = count_addrs(ep, relay, r->addr_index + 1);
+    rv = POS_P2P_ERR_NO_ROUTE;
+    if (relay_pick_addr(ep, relay, 0, &r->remote, &r->sock, &r->addr_index) != 0)
+        goto out_free;
+    r->addrs_left = relay_count_addrs(ep, relay, r->addr_index + 1);
     pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
-    r->token = malloc(tlen);
-    if (!r->token) {
-        free(r);
-        return POS_P2P_ERR_NOMEM;
-    }
+    rv = POS_P2P_ERR_NOMEM;
+    if ((r->token = malloc(tlen)) == NULL)
+        goto out_free;
     memcpy(r->token, token, tlen);
     r->token_len = tlen;
-    r->next = ep->relays;
-    if (ep->relays)
-        ep->relays->prev = r;
-    ep->relays = r;
+    ep_conn_attach(&r->conn);
     rv = make_conn(r);
     if (rv != 0) {
         relay_free(r);
         return rv;
     }
     r->connect_deadline_ms = pos_p2p_now_ms() + timeout_ms;
-    set_attempt_deadline(r);
+    r->attempt_deadline_ms =
+        relay_attempt_deadline(pos_p2p_now_ms(), r->connect_deadline_ms, r->addrs_left);
     conn_write(r);
     *out = r;
     return 0;
+out_free: /* not attached yet */
+    free(r);
+    return rv;
 }
 
 /*
@@ -735,7 +495,7 @@ static int try_next_addr(pos_p2p_relay *r)
 {
     size_t i;
     if (r->addrs_left == 0 || !r->token ||
-        pick_addr(r->ep, &r->info, r->addr_index + 1, &r->remote, &r->sock, &i) != 0)
+        relay_pick_addr(r->ep, &r->info, r->addr_index + 1, &r->remote, &r->sock, &i) != 0)
         return -1;
     drop_cids(r);
     ngtcp2_conn_del(r->qc);
@@ -743,9 +503,7 @@ static int try_next_addr(pos_p2p_relay *r)
     if (r->tls)
         gnutls_deinit(r->tls);
     r->tls = NULL;
-    free(r->out);
-    r->out = NULL;
-    r->out_len = r->out_sent = r->out_acked = 0;
+    sendq_free(&r->out);
     pos_ctrl_reader_wipe(&r->rd);
     r->stream = -1;
     r->pin.has_peer = r->pin.mismatch = 0;
@@ -754,7 +512,8 @@ static int try_next_addr(pos_p2p_relay *r)
     pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
     if (make_conn(r) != 0)
         return -1;
-    set_attempt_deadline(r);
+    r->attempt_deadline_ms =
+        relay_attempt_deadline(pos_p2p_now_ms(), r->connect_deadline_ms, r->addrs_left);
     conn_write(r);
     return 0;
 }
@@ -780,17 +539,17 @@ static int dispatch_events(pos_p2p_relay *r)
     return 0;
 }
 
-void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
-              const struct sockaddr *from, socklen_t fromlen)
+static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
+                        const struct sockaddr *from, socklen_t fromlen)
 {
+    pos_p2p_relay *r = (pos_p2p_relay *)c;
     ngtcp2_path path;
     ngtcp2_pkt_info pi = {0};
     int rv;
 
     if (r->dead)
         return;
-    path.local.addr = (ngtcp2_sockaddr *)&r->ep->socks[sock].local;
-    path.local.addrlen = r->ep->socks[sock].local_len;
+    path.local.addr = (ngtcp2_sockaddr *)ep_local(r->ep, sock, &path.local.addrlen);
     path.remote.addr = (ngtcp2_sockaddr *)from;
     path.remote.addrlen = fromlen;
     path.user_data = NULL;
@@ -821,8 +580,9 @@ void qc_input(pos_p2p_relay *r, int sock, const uint8_t *data, size_t len,
     conn_write(r);
 }
 
-int64_t qc_deadline_ms(const pos_p2p_relay *r)
+static int64_t relay_deadline(const struct ep_conn *c)
 {
+    const pos_p2p_relay *r = (const pos_p2p_relay *)c;
     ngtcp2_tstamp exp;
     int64_t d;
     if (r->dead)
@@ -835,7 +595,7 @@ int64_t qc_deadline_ms(const pos_p2p_relay *r)
     return d;
 }
 
-void qc_on_deadline(pos_p2p_relay *r)
+static void qc_on_deadline(pos_p2p_relay *r)
 {
     int rv;
     if (r->dead)
@@ -843,7 +603,7 @@ void qc_on_deadline(pos_p2p_relay *r)
     if (r->st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() >= r->attempt_deadline_ms) {
         ngtcp2_connection_close_error ccerr;
         ngtcp2_connection_close_error_default(&ccerr);
-        ngtcp2_connection_close_error_set_application_error(&ccerr, APP_NO_ERROR, NULL, 0);
+        ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
         send_close(r, &ccerr);
         if (pos_p2p_now_ms() < r->connect_deadline_ms && try_next_addr(r) == 0)
             return;
@@ -879,16 +639,10 @@ void pos_p2p_relay_close(pos_p2p_relay *r)
     if (!r->dead) {
         ngtcp2_connection_close_error ccerr;
         ngtcp2_connection_close_error_default(&ccerr);
-        ngtcp2_connection_close_error_set_application_error(&ccerr, APP_NO_ERROR, NULL, 0);
+        ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
         send_close(r, &ccerr);
     }
     relay_free(r);
-}
-
-void qc_free_all(pos_p2p_endpoint *ep)
-{
-    while (ep->relays)
-        relay_free(ep->relays);
 }
 
 /* ---- circuits: the public API (pos/p2p.h) and the data plane ---- */
@@ -906,7 +660,6 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
     int n = pos_ctrl_encode(m, buf, sizeof(buf));
-    uint8_t *grown;
 
     if (n < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
@@ -914,21 +667,15 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (r->req_stream < 0 && ngtcp2_conn_open_bidi_stream(r->qc, &r->req_stream, NULL) != 0)
         return POS_P2P_ERR_NOMEM; /* no stream credit: cannot happen with one request stream */
-    if (r->rq_len - r->rq_acked + (size_t)n > MAX_REQ_PENDING)
+    if (sendq_unacked(r->rq) + (size_t)n > MAX_REQ_PENDING)
         return POS_P2P_ERR_NOMEM;
-    grown = realloc(r->rq, r->rq_len + (size_t)n);
-    if (!grown)
-        return POS_P2P_ERR_NOMEM;
-    r->rq = grown;
-    memcpy(r->rq + r->rq_len, buf, (size_t)n);
-    r->rq_len += (size_t)n;
-    return 0;
+    return sendq_append(&r->rq, buf, (size_t)n) == 0 ? 0 : POS_P2P_ERR_NOMEM;
 }
 
 static void flush(pos_p2p_relay *r)
 {
     if (!r->in_read)
-        conn_write(r); /* inside ngtcp2: qc_input writes once it returns */
+        conn_write(r); /* inside ngtcp2: relay_input writes once it returns */
 }
 
 int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id)
@@ -967,12 +714,12 @@ static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int acc
 int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept)
 {
     int i, rv;
-    if (!r || (i = find_u32(r->incoming, r->n_incoming, req_id)) < 0)
+    if (!r || (i = relay_id_find(r->incoming, r->n_incoming, req_id)) < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     rv = pos_p2p_relay_answer_queue(r, req_id, accept);
     if (rv != 0)
         return rv;
-    remove_at(r->incoming, &r->n_incoming, i);
+    relay_id_remove(r->incoming, &r->n_incoming, i);
     flush(r);
     return 0;
 }
@@ -987,7 +734,6 @@ int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t
 {
     uint8_t buf[POS_FRAME_MAX_LEN];
     const ngtcp2_addr *to;
-    ssize_t n;
     int flen;
 
     if (!r || (!data && len))
@@ -996,60 +742,57 @@ int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t
         return POS_P2P_ERR_TOO_BIG;
     if (len == 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    if (r->dead || !r->circuits || find_u32(r->circuits, r->n_circuits, circuit_id) < 0)
+    if (r->dead || !r->circuits || relay_id_find(r->circuits, r->n_circuits, circuit_id) < 0)
         return POS_P2P_ERR_CIRCUIT_CLOSED;
     flen = pos_frame_encode_data(buf, sizeof(buf), circuit_id, data, len);
     if (flen < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     to = relay_addr(r);
-    do {
-        n = sendto(r->ep->socks[r->sock].fd, buf, (size_t)flen, MSG_DONTWAIT,
-                   (const struct sockaddr *)to->addr, to->addrlen);
-    } while (n < 0 && errno == EINTR);
-    return n == flen ? 0 : POS_P2P_ERR_IO;
+    return ep_send_checked(r->ep, r->sock, buf, (size_t)flen, (const struct sockaddr *)to->addr,
+                           to->addrlen) == 0
+               ? 0
+               : POS_P2P_ERR_IO;
 }
 
-static int same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr *b)
+/* relay_frame: a data frame from |from|; 0 taken, -1 ours but dropped, 1 not from this relay. */
+static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
+                       const struct sockaddr *from, socklen_t fromlen)
 {
-    if (a->sa_family != b->addr->sa_family)
+    pos_p2p_relay *r = (pos_p2p_relay *)c;
+    pos_frame f;
+    if (pos_frame_decode(data, len, &f) != 0)
+        return -1;
+    if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED ||
+        !relay_same_addr(from, fromlen, relay_addr(r)))
+        return 1;
+    if (f.type == POS_FRAME_KEEPALIVE_ACK)
         return 0;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b->addr;
-        return alen >= sizeof(*x) && x->sin_port == y->sin_port &&
-               x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b->addr;
-        return alen >= sizeof(*x) && x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    if (f.type != POS_FRAME_DATA || !r->circuits ||
+        relay_id_find(r->circuits, r->n_circuits, f.circuit_id) < 0)
+        return -1; /* a circuit we do not have (closed, or forged) */
+    if (r->on_data) {
+        r->dispatching = 1;
+        r->on_data(r->cb_arg, r, f.circuit_id, f.payload, f.payload_len);
+        r->dispatching = 0;
+        if (r->close_pending)
+            pos_p2p_relay_close(r);
     }
     return 0;
 }
 
-int qc_frame_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
-                   const struct sockaddr *from, socklen_t fromlen)
+/* ---- the endpoint's view (struct ep_conn; relay_input and relay_deadline above) ---- */
+
+static void relay_timer(struct ep_conn *c, int64_t now)
 {
-    pos_frame f;
-    (void)sock;
-    if (pos_frame_decode(data, len, &f) != 0)
-        return -1;
-    for (pos_p2p_relay *r = ep->relays; r; r = r->next) {
-        if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED ||
-            !same_addr(from, fromlen, relay_addr(r)))
-            continue;
-        if (f.type == POS_FRAME_KEEPALIVE_ACK)
-            return 0;
-        if (f.type != POS_FRAME_DATA || !r->circuits ||
-            find_u32(r->circuits, r->n_circuits, f.circuit_id) < 0)
-            return -1; /* a circuit we do not have (closed, or forged) */
-        if (r->on_data) {
-            r->dispatching = 1;
-            r->on_data(r->cb_arg, r, f.circuit_id, f.payload, f.payload_len);
-            r->dispatching = 0;
-            if (r->close_pending)
-                pos_p2p_relay_close(r);
-        }
-        return 0;
-    }
-    return -1; /* not from a relay we are connected to */
+    int64_t d = relay_deadline(c);
+    if (d >= 0 && d <= now)
+        qc_on_deadline((pos_p2p_relay *)c);
 }
+
+static void relay_destroy(struct ep_conn *c)
+{
+    relay_free((pos_p2p_relay *)c);
+}
+
+static const struct ep_conn_ops relay_conn_ops = {relay_input, relay_frame, relay_deadline,
+                                                  relay_timer, relay_destroy};

@@ -14,10 +14,9 @@
  * later move to a direct path is thus an ordinary client-side migration
  * (the local address differs).
  *
- * Streams keep what the application wrote in a chain of fixed blocks until
- * the peer acknowledges it (ngtcp2 keeps pointers into them for
- * retransmission, so they never move); at most POS_P2P_STREAM_BUFFER bytes
- * each. Received data goes straight to the callback.
+ * Streams keep what the application wrote in session_stream.c's buffers
+ * until the peer acknowledges it. Received data goes straight to the
+ * callback.
  */
 #include <netinet/in.h>
 #include <ngtcp2/ngtcp2.h>
@@ -34,30 +33,14 @@
 #include "quic_common.h"
 #include "quic_version.h"
 #include "session.h"
+#include "session_stream.h"
 
-#define SBLK_SIZE (32 * 1024)
 #define KEEPALIVE_NS (10 * NGTCP2_SECONDS)
 #define IDLE_TIMEOUT_NS (30 * NGTCP2_SECONDS)
 #define MAX_PKTS_PER_WRITE 256
 
-struct sblk {
-    struct sblk *next;
-    size_t len;
-    uint8_t data[SBLK_SIZE];
-};
-
-struct sstream {
-    int64_t id;
-    struct sstream *next;
-    struct sblk *head, *tail; /* unacknowledged bytes start at head->data[head_off] */
-    size_t head_off;
-    struct sblk *sblk; /* next byte to give ngtcp2: sblk->data[soff] */
-    size_t soff;
-    size_t buffered; /* bytes written and not yet acknowledged */
-    uint8_t fin_queued, fin_sent, blocked, want_writable, done;
-};
-
 struct pos_p2p_session {
+    struct ep_conn conn; /* first: ngtcp2's user_data starts with its cid_ops */
     pos_p2p_endpoint *ep;
     pos_p2p_session *prev, *next;
     ngtcp2_conn *qc;
@@ -92,11 +75,21 @@ struct pos_p2p_session {
 
 /* ---- the table ---- */
 
+static const struct ep_conn_ops table_ops, session_ops;
+
+struct sess_table *sess_table_of(const pos_p2p_endpoint *ep)
+{
+    return (struct sess_table *)ep_listener(ep);
+}
+
 struct sess_table *sess_table_get(pos_p2p_endpoint *ep)
 {
-    if (!ep->sess)
-        ep->sess = calloc(1, sizeof(*ep->sess));
-    return ep->sess;
+    struct sess_table *t = sess_table_of(ep);
+    if (!t && (t = calloc(1, sizeof(*t))) != NULL) {
+        ep_conn_init(&t->conn, ep, &table_ops);
+        ep_set_listener(ep, &t->conn);
+    }
+    return t;
 }
 
 pos_p2p_session *sess_next(const pos_p2p_session *s)
@@ -134,6 +127,7 @@ pos_p2p_session *sess_alloc(pos_p2p_endpoint *ep, int server)
     s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
+    ep_conn_init(&s->conn, ep, &session_ops);
     s->ep = ep;
     s->server = (uint8_t)server;
     s->st.server = server;
@@ -155,103 +149,11 @@ static void emit(pos_p2p_session *s, pos_p2p_session_event *ev)
     s->busy--;
 }
 
-/* ---- streams ---- */
-
-static struct sstream *stream_find(const pos_p2p_session *s, int64_t id)
-{
-    for (struct sstream *st = s->streams; st; st = st->next)
-        if (st->id == id)
-            return st;
-    return NULL;
-}
-
-static struct sstream *stream_add(pos_p2p_session *s, int64_t id)
-{
-    struct sstream *st = calloc(1, sizeof(*st));
-    if (!st)
-        return NULL;
-    st->id = id;
-    st->next = s->streams;
-    s->streams = st;
-    return st;
-}
-
-static void stream_free_blocks(struct sstream *st)
-{
-    struct sblk *b = st->head, *n;
-    for (; b; b = n) {
-        n = b->next;
-        free(b);
-    }
-    st->head = st->tail = st->sblk = NULL;
-    st->head_off = st->soff = st->buffered = 0;
-}
-
-static void stream_remove(pos_p2p_session *s, int64_t id)
-{
-    for (struct sstream **pp = &s->streams; *pp; pp = &(*pp)->next) {
-        if ((*pp)->id == id) {
-            struct sstream *st = *pp;
-            *pp = st->next;
-            stream_free_blocks(st);
-            free(st);
-            return;
-        }
-    }
-}
-
-static int stream_has_output(const struct sstream *st)
-{
-    if (st->done || st->blocked || st->fin_sent)
-        return 0;
-    if (st->sblk && (st->soff < st->sblk->len || st->sblk->next))
-        return 1;
-    return st->fin_queued;
-}
-
-/* stream_acked drops |n| acknowledged bytes from the front of |st|'s buffer. */
-static void stream_acked(struct sstream *st, size_t n)
-{
-    if (n > st->buffered)
-        n = st->buffered;
-    st->buffered -= n;
-    while (n > 0 && st->head) {
-        size_t k = st->head->len - st->head_off;
-        if (k > n)
-            k = n;
-        st->head_off += k;
-        n -= k;
-        if (st->head_off == st->head->len && st->head->len == SBLK_SIZE) {
-            struct sblk *b = st->head;
-            /* ngtcp2 acknowledged every byte of this block, so it holds no pointer into it */
-            st->head = b->next;
-            st->head_off = 0;
-            if (st->tail == b)
-                st->tail = NULL;
-            if (st->sblk == b) {
-                st->sblk = st->head;
-                st->soff = 0;
-            }
-            free(b);
-        }
-    }
-}
-
 /* ---- ending ---- */
 
 static void drop_cids(pos_p2p_session *s)
 {
-    ngtcp2_cid scids[16];
-    size_t n;
-    if (!s->qc)
-        return;
-    n = ngtcp2_conn_get_num_scid(s->qc);
-    if (n > sizeof(scids) / sizeof(scids[0]))
-        n = sizeof(scids) / sizeof(scids[0]);
-    ngtcp2_conn_get_scid(s->qc, scids);
-    for (size_t i = 0; i < n; i++)
-        if (scids[i].datalen == EP_CID_LEN)
-            ep_cid_remove_session(s->ep, scids[i].data, s);
+    pos_quic_drop_cids(s->qc, s);
 }
 
 void sess_fail(pos_p2p_session *s, int err, const char *reason)
@@ -280,7 +182,7 @@ static void send_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
     const struct sockaddr *to = (const struct sockaddr *)path->remote.addr;
     if (s->relay && path->local.addrlen == sizeof(struct sockaddr_in) &&
         memcmp(path->local.addr, &s->syn_local, sizeof(struct sockaddr_in)) == 0) {
-        srelay_send(s->relay, s->circuit, data, len);
+        pos_p2p_relay_send_data(s->relay, s->circuit, data, len);
     } else {
         ep_send(s->ep, to->sa_family == AF_INET ? 0 : 1, data, len, to, path->remote.addrlen);
     }
@@ -296,10 +198,10 @@ static void send_close(pos_p2p_session *s, const ngtcp2_connection_close_error *
         ngtcp2_conn_is_in_draining_period(s->qc))
         return;
     ngtcp2_path_storage_zero(&ps);
-    n = ngtcp2_conn_write_connection_close(s->qc, &ps.path, &pi, s->ep->txbuf, sizeof(s->ep->txbuf),
-                                           ccerr, pos_quic_now());
+    n = ngtcp2_conn_write_connection_close(s->qc, &ps.path, &pi, ep_txbuf(s->ep), EP_MAX_UDP, ccerr,
+                                           pos_quic_now());
     if (n > 0)
-        send_pkt(s, &ps.path, s->ep->txbuf, (size_t)n);
+        send_pkt(s, &ps.path, ep_txbuf(s->ep), (size_t)n);
 }
 
 static void close_app(pos_p2p_session *s, uint64_t code, const char *reason)
@@ -388,19 +290,12 @@ static void on_peer_close(pos_p2p_session *s)
 
 /* ---- writing ---- */
 
-static struct sstream *next_output_stream(pos_p2p_session *s)
-{
-    for (struct sstream *st = s->streams; st; st = st->next)
-        if (stream_has_output(st))
-            return st;
-    return NULL;
-}
-
 static void conn_write(pos_p2p_session *s)
 {
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
     ngtcp2_tstamp ts = pos_quic_now();
+    uint8_t *txbuf = ep_txbuf(s->ep);
 
     if (s->dead || !s->qc || s->free_requested)
         return;
@@ -412,49 +307,42 @@ static void conn_write(pos_p2p_session *s)
         size_t nv = 0;
         int64_t sid = -1;
         uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_NONE;
-        struct sstream *st = next_output_stream(s);
+        struct sstream *st = sstream_next_output(s->streams);
         if (st) {
-            if (st->sblk && st->soff == st->sblk->len && st->sblk->next) {
-                st->sblk = st->sblk->next;
-                st->soff = 0;
-            }
-            sid = st->id;
-            if (st->sblk && st->soff < st->sblk->len) {
-                v.base = st->sblk->data + st->soff;
-                v.len = st->sblk->len - st->soff;
+            const uint8_t *data;
+            int fin;
+            sstream_chunk(st, &data, &v.len, &fin);
+            sid = sstream_id(st);
+            if (v.len) {
+                v.base = (uint8_t *)data; /* ngtcp2 only reads it */
                 nv = 1;
             }
-            if (st->fin_queued && (!st->sblk || !st->sblk->next))
+            if (fin)
                 flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
         }
-        n = ngtcp2_conn_writev_stream(s->qc, &ps.path, &pi, s->ep->txbuf, SESS_MAX_UDP_PAYLOAD,
-                                      &wlen, flags, sid, &v, nv, ts);
+        n = ngtcp2_conn_writev_stream(s->qc, &ps.path, &pi, txbuf, SESS_MAX_UDP_PAYLOAD, &wlen,
+                                      flags, sid, &v, nv, ts);
         if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
-            st->blocked = 1;
+            sstream_block(st);
             continue;
         }
         if (n == NGTCP2_ERR_STREAM_SHUT_WR || n == NGTCP2_ERR_STREAM_NOT_FOUND) {
-            st->done = 1;
+            sstream_finish(st);
             continue;
         }
         if (n < 0) {
             fail_liberr(s, (int)n);
             break;
         }
-        if (st && wlen >= 0) {
-            if (st->sblk)
-                st->soff += (size_t)wlen;
-            if ((flags & NGTCP2_WRITE_STREAM_FLAG_FIN) && (!st->sblk || st->soff == st->sblk->len))
-                st->fin_sent = 1;
-        }
+        if (st && wlen >= 0)
+            sstream_sent(st, (size_t)wlen, (flags & NGTCP2_WRITE_STREAM_FLAG_FIN) != 0);
         if (n == 0)
             break;
-        send_pkt(s, &ps.path, s->ep->txbuf, (size_t)n);
+        send_pkt(s, &ps.path, txbuf, (size_t)n);
     }
     if (!s->dead)
         ngtcp2_conn_update_pkt_tx_time(s->qc, ts);
-    for (struct sstream *st = s->streams; st; st = st->next)
-        st->blocked = 0;
+    sstreams_unblock(s->streams);
     s->busy--;
 }
 
@@ -463,7 +351,7 @@ static void conn_write(pos_p2p_session *s)
 static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 {
     pos_p2p_session *s = user_data;
-    struct sess_table *t = s->ep->sess;
+    struct sess_table *t = sess_table_of(s->ep);
     (void)qc;
     if (!s->pin.has_peer)
         return NGTCP2_ERR_CALLBACK_FAILURE;
@@ -512,7 +400,7 @@ static int cb_stream_open(ngtcp2_conn *qc, int64_t stream_id, void *user_data)
     pos_p2p_session *s = user_data;
     pos_p2p_session_event ev;
     (void)qc;
-    if (!stream_find(s, stream_id) && !stream_add(s, stream_id))
+    if (!sstream_find(s->streams, stream_id) && !sstream_add(&s->streams, stream_id))
         return NGTCP2_ERR_CALLBACK_FAILURE;
     memset(&ev, 0, sizeof(ev));
     ev.type = POS_P2P_SESSION_EV_STREAM;
@@ -525,16 +413,14 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
                                        uint64_t datalen, void *user_data, void *stream_user_data)
 {
     pos_p2p_session *s = user_data;
-    struct sstream *st = stream_find(s, stream_id);
+    struct sstream *st = sstream_find(s->streams, stream_id);
     (void)qc;
     (void)offset;
     (void)stream_user_data;
     if (!st)
         return 0;
-    stream_acked(st, (size_t)datalen);
-    if (st->want_writable && st->buffered <= POS_P2P_STREAM_BUFFER / 2 && !st->fin_queued) {
+    if (sstream_acked(st, (size_t)datalen)) {
         pos_p2p_session_event ev;
-        st->want_writable = 0;
         memset(&ev, 0, sizeof(ev));
         ev.type = POS_P2P_SESSION_EV_WRITABLE;
         ev.stream = stream_id;
@@ -567,39 +453,8 @@ static int cb_stream_close(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id,
     (void)flags;
     (void)app_error_code;
     (void)stream_user_data;
-    stream_remove(s, stream_id);
+    sstream_remove(&s->streams, stream_id);
     return 0;
-}
-
-static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
-                          void *user_data)
-{
-    pos_p2p_session *s = user_data;
-    (void)qc;
-    if (cidlen != EP_CID_LEN)
-        return NGTCP2_ERR_CALLBACK_FAILURE;
-    randombytes_buf(cid->data, cidlen);
-    cid->datalen = cidlen;
-    randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
-    return ep_cid_add_session(s->ep, cid->data, s) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
-}
-
-static int cb_remove_cid(ngtcp2_conn *qc, const ngtcp2_cid *cid, void *user_data)
-{
-    pos_p2p_session *s = user_data;
-    (void)qc;
-    if (cid->datalen == EP_CID_LEN)
-        ep_cid_remove_session(s->ep, cid->data, s);
-    return 0;
-}
-
-static int cb_recv_crypto_data(ngtcp2_conn *qc, ngtcp2_crypto_level level, uint64_t offset,
-                               const uint8_t *data, size_t datalen, void *user_data)
-{
-    pos_p2p_session *s = user_data;
-    if (!s->tls)
-        return 0; /* post-handshake TLS messages: none that we need */
-    return ngtcp2_crypto_recv_crypto_data_cb(qc, level, offset, data, datalen, user_data);
 }
 
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
@@ -612,9 +467,7 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 static void init_callbacks(ngtcp2_callbacks *cb, int server)
 {
     pos_quic_callbacks_init(cb, server);
-    cb->recv_crypto_data = cb_recv_crypto_data;
-    cb->get_new_connection_id = cb_get_new_cid;
-    cb->remove_connection_id = cb_remove_cid;
+    pos_quic_callbacks_cids(cb);
     cb->handshake_completed = cb_handshake_completed;
     cb->recv_stream_data = cb_recv_stream_data;
     cb->stream_open = cb_stream_open;
@@ -633,8 +486,7 @@ static void fill_path(pos_p2p_session *s, ngtcp2_path *path)
         path->remote.addr = (ngtcp2_sockaddr *)&s->syn_remote;
         path->remote.addrlen = sizeof(struct sockaddr_in);
     } else {
-        path->local.addr = (ngtcp2_sockaddr *)&s->ep->socks[s->sock].local;
-        path->local.addrlen = s->ep->socks[s->sock].local_len;
+        path->local.addr = (ngtcp2_sockaddr *)ep_local(s->ep, s->sock, &path->local.addrlen);
         path->remote.addr = (ngtcp2_sockaddr *)&s->remote;
         path->remote.addrlen = pos_addr_len(&s->remote);
     }
@@ -646,7 +498,7 @@ static void set_synthetic(pos_p2p_session *s, pos_p2p_relay *r, uint32_t circuit
 {
     struct sockaddr_in *l = (struct sockaddr_in *)&s->syn_local;
     struct sockaddr_in *rm = (struct sockaddr_in *)&s->syn_remote;
-    uint32_t n = ++s->ep->sess->syn_counter & 0x3fffff;
+    uint32_t n = ++sess_table_of(s->ep)->syn_counter & 0x3fffff;
     s->relay = r;
     s->circuit = circuit_id;
     memset(&s->syn_local, 0, sizeof(s->syn_local));
@@ -680,7 +532,7 @@ static void init_settings(ngtcp2_settings *settings, ngtcp2_transport_params *pa
 
 static int attach_tls(pos_p2p_session *s)
 {
-    if (pos_tls_session_new(&s->tls, s->ep->creds, s->server, POS_P2P_SESSION_ALPN) != 0)
+    if (pos_tls_session_new(&s->tls, ep_creds(s->ep), s->server, POS_P2P_SESSION_ALPN) != 0)
         return POS_P2P_ERR_HANDSHAKE;
     if ((s->server ? ngtcp2_crypto_gnutls_configure_server_session(s->tls)
                    : ngtcp2_crypto_gnutls_configure_client_session(s->tls)) != 0)
@@ -718,7 +570,7 @@ static int make_client_conn(pos_p2p_session *s)
         return POS_P2P_ERR_NOMEM;
     if ((rv = attach_tls(s)) != 0)
         return rv;
-    if (ep_cid_add_session(s->ep, scid.data, s) != 0)
+    if (ep_cid_add(&s->conn, scid.data) != 0)
         return POS_P2P_ERR_NOMEM;
     ngtcp2_conn_set_keep_alive_timeout(s->qc, KEEPALIVE_NS);
     return 0;
@@ -748,7 +600,7 @@ static int make_server_conn(pos_p2p_session *s, const ngtcp2_pkt_hd *hd)
         return POS_P2P_ERR_NOMEM;
     if ((rv = attach_tls(s)) != 0)
         return rv;
-    if (ep_cid_add_session(s->ep, scid.data, s) != 0)
+    if (ep_cid_add(&s->conn, scid.data) != 0)
         return POS_P2P_ERR_NOMEM;
     ngtcp2_conn_set_keep_alive_timeout(s->qc, KEEPALIVE_NS);
     return 0;
@@ -810,12 +662,12 @@ static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
     maybe_free(s);
 }
 
-void sess_input(pos_p2p_session *s, int sock, const uint8_t *data, size_t len,
-                const struct sockaddr *from, socklen_t fromlen)
+static void sess_input(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
+                       const struct sockaddr *from, socklen_t fromlen)
 {
+    pos_p2p_session *s = (pos_p2p_session *)c;
     ngtcp2_path path;
-    path.local.addr = (ngtcp2_sockaddr *)&s->ep->socks[sock].local;
-    path.local.addrlen = s->ep->socks[sock].local_len;
+    path.local.addr = (ngtcp2_sockaddr *)ep_local(s->ep, sock, &path.local.addrlen);
     path.remote.addr = (ngtcp2_sockaddr *)from;
     path.remote.addrlen = fromlen;
     path.user_data = NULL;
@@ -859,23 +711,25 @@ static pos_p2p_session *accept_initial(pos_p2p_endpoint *ep, const ngtcp2_pkt_hd
     return s;
 }
 
-void sess_unclaimed(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
-                    const struct sockaddr *from, socklen_t fromlen)
+/* sess_unclaimed: a QUIC packet for no known connection id (a new peer's Initial?) */
+static void sess_unclaimed(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
+                           const struct sockaddr *from, socklen_t fromlen)
 {
-    struct sess_table *t = ep->sess;
+    struct sess_table *t = (struct sess_table *)c;
+    pos_p2p_endpoint *ep = c->ep;
     ngtcp2_pkt_hd hd;
     pos_p2p_session *s;
 
     uint8_t r;
     ssize_t n;
 
-    if (!t || !t->listening)
+    if (!t->listening)
         return;
     /* v1 only: ngtcp2_accept also takes draft-29 and v2, which end in an assertion */
     randombytes_buf(&r, 1);
-    n = pos_quic_version_answer(ep->txbuf, sizeof(ep->txbuf), data, len, r);
+    n = pos_quic_version_answer(ep_txbuf(ep), EP_MAX_UDP, data, len, r);
     if (n > 0)
-        ep_send(ep, sock, ep->txbuf, (size_t)n, from, fromlen);
+        ep_send(ep, sock, ep_txbuf(ep), (size_t)n, from, fromlen);
     if (n != POS_QUIC_VERSION_OK)
         return;
     if (ngtcp2_accept(&hd, data, len) != 0 || hd.type != NGTCP2_PKT_INITIAL ||
@@ -885,13 +739,13 @@ void sess_unclaimed(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t 
     if (!s)
         s = accept_initial(ep, &hd, sock, from, fromlen, NULL, 0);
     if (s)
-        sess_input(s, sock, data, len, from, fromlen);
+        sess_input(&s->conn, sock, data, len, from, fromlen);
 }
 
 void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id,
                         const uint8_t *data, size_t len)
 {
-    struct sess_table *t = ep->sess;
+    struct sess_table *t = sess_table_of(ep);
     pos_p2p_session *s;
     ngtcp2_path path;
 
@@ -925,7 +779,7 @@ void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit
 
 void sess_circuit_closed(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id)
 {
-    struct sess_table *t = ep->sess;
+    struct sess_table *t = sess_table_of(ep);
     if (!t)
         return;
     for (size_t i = 0; i < t->n_circuits; i++) {
@@ -948,7 +802,7 @@ void sess_circuit_closed(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circui
 
 void sess_relay_gone(pos_p2p_endpoint *ep, pos_p2p_relay *r)
 {
-    struct sess_table *t = ep->sess;
+    struct sess_table *t = sess_table_of(ep);
     if (!t)
         return;
     for (size_t i = 0; i < t->n_circuits;) {
@@ -999,12 +853,11 @@ static int64_t deadline_of(const pos_p2p_session *s)
     return d;
 }
 
-int64_t sess_deadline_ms(const pos_p2p_endpoint *ep)
+static int64_t sess_deadline_ms(const struct ep_conn *c)
 {
+    const struct sess_table *t = (const struct sess_table *)c;
     int64_t best = -1;
-    if (!ep->sess)
-        return -1;
-    for (const pos_p2p_session *s = ep->sess->list; s; s = s->next) {
+    for (const pos_p2p_session *s = t->list; s; s = s->next) {
         int64_t d = deadline_of(s);
         if (d >= 0 && (best < 0 || d < best))
             best = d;
@@ -1028,7 +881,7 @@ static void on_deadline(pos_p2p_session *s)
     }
     if (!s->qc) {
         s->dial_tick_ms = pos_p2p_now_ms() + 20;
-        srelay_dial_tick(s);
+        s->dial.ops->tick(s);
         return;
     }
     rv = ngtcp2_conn_handle_expiry(s->qc, pos_quic_now());
@@ -1043,12 +896,12 @@ static void on_deadline(pos_p2p_session *s)
     conn_write(s);
 }
 
-void sess_on_deadlines(pos_p2p_endpoint *ep)
+static void sess_on_deadlines(struct ep_conn *c, int64_t now_ms)
 {
+    struct sess_table *t = (struct sess_table *)c;
     int64_t now = pos_p2p_now_ms();
-    if (!ep->sess)
-        return;
-    for (pos_p2p_session *s = ep->sess->list, *next; s; s = next) {
+    (void)now_ms; /* read after the relay connections' timers, as always */
+    for (pos_p2p_session *s = t->list, *next; s; s = next) {
         next = s->next;
         if (s->free_requested) {
             maybe_free(s);
@@ -1067,9 +920,9 @@ void sess_on_deadlines(pos_p2p_endpoint *ep)
             maybe_free(s);
         }
     }
-    for (size_t i = 0; i < ep->sess->n_circuits;) {
-        if (ep->sess->circuits[i].expires_ms <= now)
-            ep->sess->circuits[i] = ep->sess->circuits[--ep->sess->n_circuits];
+    for (size_t i = 0; i < t->n_circuits;) {
+        if (t->circuits[i].expires_ms <= now)
+            t->circuits[i] = t->circuits[--t->n_circuits];
         else
             i++;
     }
@@ -1079,20 +932,15 @@ void sess_on_deadlines(pos_p2p_endpoint *ep)
 
 void sess_release(pos_p2p_session *s)
 {
-    struct sess_table *t = s->ep->sess;
+    struct sess_table *t = sess_table_of(s->ep);
     drop_cids(s);
-    while (s->streams) {
-        struct sstream *st = s->streams;
-        s->streams = st->next;
-        stream_free_blocks(st);
-        free(st);
-    }
+    sstream_free_all(&s->streams);
     if (s->qc)
         ngtcp2_conn_del(s->qc);
     if (s->tls)
         gnutls_deinit(s->tls);
     if (s->has_dial)
-        srelay_dial_free(s->ep, &s->dial);
+        s->dial.ops->release(s->ep, &s->dial);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -1103,15 +951,18 @@ void sess_release(pos_p2p_session *s)
     free(s);
 }
 
-void sess_free_all(pos_p2p_endpoint *ep)
+static void sess_free_all(struct ep_conn *c)
 {
-    if (!ep->sess)
-        return;
-    while (ep->sess->list)
-        sess_release(ep->sess->list);
-    free(ep->sess);
-    ep->sess = NULL;
+    struct sess_table *t = (struct sess_table *)c;
+    while (t->list)
+        sess_release(t->list);
+    ep_set_listener(c->ep, NULL);
+    free(t);
 }
+
+static const struct ep_conn_ops table_ops = {sess_unclaimed, NULL, sess_deadline_ms,
+                                             sess_on_deadlines, sess_free_all};
+static const struct ep_conn_ops session_ops = {sess_input, NULL, NULL, NULL, NULL};
 
 /* ---- public API ---- */
 
@@ -1130,7 +981,7 @@ int pos_p2p_session_connect_addr(pos_p2p_endpoint *ep, const char *addr, const c
     if (pos_addr_parse(addr, strnlen(addr, POS_P2P_ADDR_STRLEN), POS_P2P_DEFAULT_PORT, &ss) != 0)
         return POS_P2P_ERR_BAD_ADDRESS;
     sock = ss.ss_family == AF_INET ? 0 : 1;
-    if (ep->socks[sock].fd < 0)
+    if (!ep_has_sock(ep, sock))
         return POS_P2P_ERR_NO_ROUTE;
     s = sess_alloc(ep, 0);
     if (!s)
@@ -1154,7 +1005,8 @@ int pos_p2p_session_connect_addr(pos_p2p_endpoint *ep, const char *addr, const c
     return 0;
 }
 
-pos_p2p_session *sess_new_dialer(pos_p2p_endpoint *ep, const char *peer_id, int timeout_ms)
+pos_p2p_session *sess_new_dialer(pos_p2p_endpoint *ep, const char *peer_id, int timeout_ms,
+                                 const struct sess_dial_ops *ops)
 {
     uint8_t key[32];
     pos_p2p_session *s;
@@ -1165,6 +1017,7 @@ pos_p2p_session *sess_new_dialer(pos_p2p_endpoint *ep, const char *peer_id, int 
         return NULL;
     s->owned = 1;
     s->has_dial = 1;
+    s->dial.ops = ops;
     memcpy(s->pin.expect_key, key, 32);
     s->pin.has_expected = 1;
     pos_peer_id_format(key, s->st.peer_id);
@@ -1216,7 +1069,7 @@ int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream)
         return POS_P2P_ERR_STREAM_LIMIT;
     if (rv != 0)
         return POS_P2P_ERR_NOMEM;
-    if (!stream_add(s, id)) {
+    if (!sstream_add(&s->streams, id)) {
         ngtcp2_conn_shutdown_stream(s->qc, id, 0);
         return POS_P2P_ERR_NOMEM;
     }
@@ -1226,66 +1079,26 @@ int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream)
 
 size_t pos_p2p_session_write_room(const pos_p2p_session *s, int64_t stream)
 {
-    const struct sstream *st = s->dead ? NULL : stream_find(s, stream);
-    if (!st || st->fin_queued || st->done)
-        return 0;
-    return POS_P2P_STREAM_BUFFER - st->buffered;
-}
-
-static int stream_append(struct sstream *st, const uint8_t *data, size_t len)
-{
-    while (len > 0) {
-        size_t k;
-        if (!st->tail || st->tail->len == SBLK_SIZE) {
-            struct sblk *b = malloc(sizeof(*b));
-            if (!b)
-                return -1;
-            b->next = NULL;
-            b->len = 0;
-            if (st->tail)
-                st->tail->next = b;
-            else
-                st->head = b;
-            st->tail = b;
-            if (!st->sblk) {
-                st->sblk = b;
-                st->soff = 0;
-            }
-        }
-        k = SBLK_SIZE - st->tail->len;
-        if (k > len)
-            k = len;
-        memcpy(st->tail->data + st->tail->len, data, k);
-        st->tail->len += k;
-        st->buffered += k;
-        data += k;
-        len -= k;
-    }
-    return 0;
+    const struct sstream *st = s->dead ? NULL : sstream_find(s->streams, stream);
+    return st ? sstream_room(st) : 0;
 }
 
 int pos_p2p_session_write(pos_p2p_session *s, int64_t stream, const uint8_t *data, size_t len,
                           int fin, size_t *taken)
 {
     struct sstream *st;
-    size_t room, n;
+    size_t n;
     if (taken)
         *taken = 0;
     if (!s || (len && !data) || s->dead || s->st.state != POS_P2P_SESSION_OPEN)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    st = stream_find(s, stream);
-    if (!st || st->fin_queued || st->done)
+    st = sstream_find(s->streams, stream);
+    if (!st || !sstream_open(st))
         return POS_P2P_ERR_NO_STREAM;
-    room = POS_P2P_STREAM_BUFFER - st->buffered;
-    n = len < room ? len : room;
-    if (stream_append(st, data, n) != 0)
+    if (sstream_write(st, data, len, fin, &n) != 0)
         return POS_P2P_ERR_NOMEM;
     if (taken)
         *taken = n;
-    if (n < len)
-        st->want_writable = 1;
-    else if (fin)
-        st->fin_queued = 1;
     if (!s->busy)
         conn_write(s);
     return 0;
@@ -1296,10 +1109,10 @@ int pos_p2p_session_reset_stream(pos_p2p_session *s, int64_t stream, uint64_t co
     struct sstream *st;
     if (!s || s->dead)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    st = stream_find(s, stream);
+    st = sstream_find(s->streams, stream);
     if (!st)
         return POS_P2P_ERR_NO_STREAM;
-    st->done = 1;
+    sstream_finish(st);
     ngtcp2_conn_shutdown_stream(s->qc, stream, code);
     if (!s->busy)
         conn_write(s);

@@ -3,7 +3,9 @@
  * QUIC connection: every ngtcp2 call of sessions, streams, the direct path,
  * listening on the endpoint's sockets) and session_relay.c (relay control
  * connections handed to the session layer: requests, redirects, circuits and
- * the relayed path's datagrams). Never installed.
+ * the relayed path's datagrams). Never installed. session_relay.c calls
+ * session.c, never the other way round: session.c reaches the dialing state
+ * through struct sess_dial_ops.
  */
 #ifndef POS_P2P_SESSION_H
 #define POS_P2P_SESSION_H
@@ -28,7 +30,9 @@ struct sess_circuit {
     int64_t expires_ms;
 };
 
+/* The session layer of an endpoint: its listener (internal.h), made on first use. */
 struct sess_table {
+    struct ep_conn conn;   /* first: what the endpoint calls */
     pos_p2p_session *list; /* every session, linked through next/prev */
     size_t n;
     uint32_t syn_counter; /* synthetic addresses handed out */
@@ -42,8 +46,16 @@ struct sess_table {
     size_t n_circuits;
 };
 
+struct sess_dial;
+/* What session.c calls on a dialing session (given by session_relay.c). */
+struct sess_dial_ops {
+    void (*tick)(pos_p2p_session *s); /* follow a redirect once its relay accepted us */
+    void (*release)(pos_p2p_endpoint *ep, struct sess_dial *d); /* the session is freed */
+};
+
 /* Relayed dialing state of a client session (session_relay.c). */
 struct sess_dial {
+    const struct sess_dial_ops *ops;
     pos_p2p_relay *relay;     /* the relay asked now */
     pos_p2p_relay *own_relay; /* a relay we connected to for a redirect (freed with the session) */
     uint32_t req_id;
@@ -54,7 +66,8 @@ struct sess_dial {
 };
 
 /* session.c */
-struct sess_table *sess_table_get(pos_p2p_endpoint *ep); /* NULL: out of memory */
+struct sess_table *sess_table_get(pos_p2p_endpoint *ep);      /* NULL: out of memory */
+struct sess_table *sess_table_of(const pos_p2p_endpoint *ep); /* NULL: none yet */
 pos_p2p_session *sess_alloc(pos_p2p_endpoint *ep, int server);
 void sess_release(pos_p2p_session *s); /* frees now (not owned, or owner asked) */
 /* sess_fail ends |s| with |err| and |reason| (sends nothing) and reports EV_CLOSED to its owner. */
@@ -68,17 +81,16 @@ void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit
 void sess_relay_gone(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 /* sess_circuit_closed: the relay ended |circuit_id| of |r|; sessions on it fail. */
 void sess_circuit_closed(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id);
-/* sess_new_dialer: a client session to run over a relay circuit (NULL: bad peer id, no memory). */
-pos_p2p_session *sess_new_dialer(pos_p2p_endpoint *ep, const char *peer_id, int timeout_ms);
+/*
+ * sess_new_dialer: a client session to run over a relay circuit, its dialing
+ * state driven through |ops| (NULL: bad peer id, no memory).
+ */
+pos_p2p_session *sess_new_dialer(pos_p2p_endpoint *ep, const char *peer_id, int timeout_ms,
+                                 const struct sess_dial_ops *ops);
 struct sess_dial *sess_dial_of(pos_p2p_session *s);
 int sess_is_dialing(const pos_p2p_session *s); /* connecting, relayed, no circuit yet */
 pos_p2p_session *sess_next(const pos_p2p_session *s);
 const char *sess_expected_peer(const pos_p2p_session *s);
 void sess_set_relay_id(pos_p2p_session *s, const char *relay_id, const char *remote);
-
-/* session_relay.c */
-int srelay_send(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len);
-void srelay_dial_tick(pos_p2p_session *s); /* follow a redirect once its relay accepted us */
-void srelay_dial_free(pos_p2p_endpoint *ep, struct sess_dial *d);
 
 #endif

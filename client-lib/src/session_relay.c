@@ -20,14 +20,10 @@
 
 static void forget_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 
-int srelay_send(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)
-{
-    return pos_p2p_relay_send_data(r, circuit_id, data, len);
-}
-
 static pos_p2p_session *find_dialer(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t req_id)
 {
-    for (pos_p2p_session *s = ep->sess ? ep->sess->list : NULL; s; s = sess_next(s)) {
+    struct sess_table *t = sess_table_of(ep);
+    for (pos_p2p_session *s = t ? t->list : NULL; s; s = sess_next(s)) {
         struct sess_dial *d = sess_dial_of(s);
         if (d && sess_is_dialing(s) && d->relay == r && d->requested && d->req_id == req_id)
             return s;
@@ -37,7 +33,7 @@ static pos_p2p_session *find_dialer(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint
 
 static void on_incoming(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
 {
-    struct sess_table *t = ep->sess;
+    struct sess_table *t = sess_table_of(ep);
     int ok = t->listening && t->n_circuits < SESS_MAX_CIRCUITS &&
              (!t->allow || t->allow(t->arg, ev->peer_id));
     pos_p2p_relay_answer(r, ev->req_id, ok);
@@ -45,7 +41,7 @@ static void on_incoming(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_p2p_re
 
 static void on_circuit(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
 {
-    struct sess_table *t = ep->sess;
+    struct sess_table *t = sess_table_of(ep);
     pos_p2p_session *s = find_dialer(ep, r, ev->req_id);
     if (s && !strcmp(ev->peer_id, sess_expected_peer(s))) {
         if (sess_start_relayed(s, r, ev->circuit_id) != 0)
@@ -113,7 +109,7 @@ static void on_relay_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_even
 {
     pos_p2p_endpoint *ep = arg;
     pos_p2p_session *s;
-    if (!ep->sess)
+    if (!sess_table_of(ep))
         return;
     switch (ev->type) {
     case POS_P2P_RELAY_EV_INCOMING:
@@ -164,14 +160,14 @@ int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
 
 void pos_p2p_session_drop_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
 {
-    if (!ep || !r || !ep->sess)
+    if (!ep || !r || !sess_table_of(ep))
         return;
     sess_relay_gone(ep, r);
     forget_relay(ep, r);
     pos_p2p_relay_set_callbacks(r, NULL, NULL, NULL);
 }
 
-void srelay_dial_tick(pos_p2p_session *s)
+static void dial_tick(pos_p2p_session *s)
 {
     struct sess_dial *d = sess_dial_of(s);
     pos_p2p_relay_status st;
@@ -196,7 +192,7 @@ void srelay_dial_tick(pos_p2p_session *s)
 
 static void forget_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
 {
-    struct sess_table *t = ep->sess;
+    struct sess_table *t = sess_table_of(ep);
     for (size_t i = 0; t && i < t->n_relays; i++)
         if (t->relays[i] == r) {
             t->relays[i] = t->relays[--t->n_relays];
@@ -204,7 +200,7 @@ static void forget_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
         }
 }
 
-void srelay_dial_free(pos_p2p_endpoint *ep, struct sess_dial *d)
+static void dial_release(pos_p2p_endpoint *ep, struct sess_dial *d)
 {
     if (d->token) {
         sodium_memzero(d->token, d->token_len);
@@ -217,6 +213,8 @@ void srelay_dial_free(pos_p2p_endpoint *ep, struct sess_dial *d)
         d->own_relay = NULL;
     }
 }
+
+static const struct sess_dial_ops dial_ops = {dial_tick, dial_release};
 
 int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const char *token,
                                   const char *peer_id, int timeout_ms, pos_p2p_session **out)
@@ -233,7 +231,7 @@ int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const 
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (pos_p2p_session_use_relay(ep, r) != 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    s = sess_new_dialer(ep, peer_id, timeout_ms);
+    s = sess_new_dialer(ep, peer_id, timeout_ms, &dial_ops);
     if (!s)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     d = sess_dial_of(s);
@@ -247,7 +245,7 @@ int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const 
     d->token_len = tlen + 1;
     pos_p2p_relay_get_status(r, &st);
     sess_set_relay_id(s, "", st.remote);
-    srelay_dial_tick(s);
+    dial_tick(s);
     *out = s;
     return 0;
 }

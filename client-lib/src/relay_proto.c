@@ -1,0 +1,207 @@
+/* What a relay's answers mean to the library (see relay_proto.h). */
+#include "relay_proto.h"
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "addr.h"
+
+/* error_of: the library error for the code of an ERROR message. */
+static int error_of(uint16_t code)
+{
+    switch (code) {
+    case POS_CTRL_CODE_PEER_NOT_CONNECTED:
+        return POS_P2P_ERR_PEER_NOT_CONNECTED;
+    case POS_CTRL_CODE_DECLINED:
+        return POS_P2P_ERR_DECLINED;
+    case POS_CTRL_CODE_TIMEOUT:
+        return POS_P2P_ERR_TIMEOUT;
+    case POS_CTRL_CODE_PEER_LEFT:
+        return POS_P2P_ERR_CIRCUIT_CLOSED;
+    case POS_CTRL_CODE_BAD_PEER:
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    case POS_CTRL_CODE_CIRCUIT_LIMIT:
+        return POS_P2P_ERR_CIRCUIT_LIMIT;
+    default:
+        return POS_P2P_ERR_REFUSED;
+    }
+}
+
+static void copy_peer(pos_p2p_relay_event *ev, const pos_ctrl_msg *m)
+{
+    snprintf(ev->peer_id, sizeof(ev->peer_id), "%s", m->peer_id);
+    snprintf(ev->observed, sizeof(ev->observed), "%s", m->observed);
+    for (size_t i = 0; i < m->addrs.n && i < POS_P2P_RELAY_MAX_ADDRS; i++)
+        snprintf(ev->local[ev->n_local++], POS_P2P_ADDR_STRLEN, "%s", m->addrs.a[i]);
+}
+
+int relay_event_from_msg(const pos_ctrl_msg *m, pos_p2p_relay_event *ev)
+{
+    if (m->type != POS_CTRL_INCOMING && m->type != POS_CTRL_CIRCUIT &&
+        m->type != POS_CTRL_REDIRECT && m->type != POS_CTRL_ERROR &&
+        m->type != POS_CTRL_CIRCUIT_CLOSED && m->type != POS_CTRL_GOAWAY)
+        return -1;
+    memset(ev, 0, sizeof(*ev));
+    ev->req_id = m->req_id;
+    switch (m->type) {
+    case POS_CTRL_INCOMING:
+        ev->type = POS_P2P_RELAY_EV_INCOMING;
+        copy_peer(ev, m);
+        break;
+    case POS_CTRL_CIRCUIT:
+        ev->type = POS_P2P_RELAY_EV_CIRCUIT;
+        ev->circuit_id = m->circuit_id;
+        copy_peer(ev, m);
+        break;
+    case POS_CTRL_REDIRECT:
+        ev->type = POS_P2P_RELAY_EV_REDIRECT;
+        ev->error = POS_P2P_ERR_REDIRECTED;
+        snprintf(ev->redirect.id, sizeof(ev->redirect.id), "%s", m->relay_id);
+        snprintf(ev->redirect.peer_id, sizeof(ev->redirect.peer_id), "%s", m->peer_id);
+        for (size_t k = 0; k < m->addrs.n && k < POS_P2P_RELAY_MAX_ADDRS; k++)
+            snprintf(ev->redirect.addrs[ev->redirect.n_addrs++], POS_P2P_ADDR_STRLEN, "%s",
+                     m->addrs.a[k]);
+        break;
+    case POS_CTRL_ERROR:
+        ev->type = POS_P2P_RELAY_EV_ERROR;
+        ev->code = m->code;
+        ev->error = error_of(m->code);
+        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
+        break;
+    case POS_CTRL_CIRCUIT_CLOSED:
+        ev->type = POS_P2P_RELAY_EV_CIRCUIT_CLOSED;
+        ev->circuit_id = m->circuit_id;
+        ev->code = m->code;
+        ev->error = POS_P2P_ERR_CIRCUIT_CLOSED;
+        break;
+    default: /* POS_CTRL_GOAWAY */
+        ev->type = POS_P2P_RELAY_EV_GOAWAY;
+        ev->code = m->code;
+        ev->error = POS_P2P_ERR_GOING_AWAY;
+        snprintf(ev->text, sizeof(ev->text), "%s", m->text);
+        break;
+    }
+    return 0;
+}
+
+int relay_close_error(const ngtcp2_connection_close_error *cc, int accepted, char *reason,
+                      size_t cap)
+{
+    size_t n = cc->reasonlen < cap - 1 ? cc->reasonlen : cap - 1;
+    int err;
+
+    /* The reason phrase comes from the network: keep printable ASCII only. */
+    for (size_t i = 0; i < n; i++)
+        reason[i] = (cc->reason[i] >= 0x20 && cc->reason[i] < 0x7f) ? (char)cc->reason[i] : '?';
+    reason[n] = 0;
+    if (cc->type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION) {
+        if (cc->error_code == RELAY_GOING_AWAY)
+            err = POS_P2P_ERR_GOING_AWAY;
+        else if (cc->error_code == RELAY_APP_NO_ERROR)
+            err = POS_P2P_ERR_CLOSED;
+        else
+            err = POS_P2P_ERR_REFUSED;
+    } else if (cc->error_code == NGTCP2_CONNECTION_REFUSED) {
+        err = POS_P2P_ERR_REFUSED; /* refused before the handshake (rate limit, Redis down) */
+    } else {
+        err = accepted ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_HANDSHAKE;
+        if (!n)
+            snprintf(reason, cap, "closed by the relay (QUIC error 0x%llx)",
+                     (unsigned long long)cc->error_code);
+    }
+    if (!n && err == POS_P2P_ERR_REFUSED)
+        snprintf(reason, cap, "refused (code 0x%llx)", (unsigned long long)cc->error_code);
+    return err;
+}
+
+void relay_status_welcome(pos_p2p_relay_status *st, const pos_ctrl_msg *m, double rtt_ms)
+{
+    snprintf(st->observed, sizeof(st->observed), "%s", m->observed);
+    st->rtt_ms = rtt_ms;
+    st->bytes_per_sec = m->bytes_per_sec;
+    st->burst_bytes = m->burst;
+    st->max_conns = m->max_conns;
+    st->expires_at = (int64_t)m->expires_at;
+    st->idle_timeout_s = m->idle_timeout_s;
+    st->state = POS_P2P_RELAY_ACCEPTED;
+    st->accepted_at_ms = pos_p2p_now_ms();
+}
+
+int64_t relay_attempt_deadline(int64_t now_ms, int64_t connect_deadline_ms, size_t addrs_left)
+{
+    int64_t share = (connect_deadline_ms - now_ms) / (int64_t)(addrs_left + 1);
+    if (share < 1000)
+        share = 1000;
+    return now_ms + share < connect_deadline_ms ? now_ms + share : connect_deadline_ms;
+}
+
+uint64_t relay_keepalive_ns(uint32_t idle_timeout_s)
+{
+    uint64_t ka = RELAY_KEEPALIVE_NS;
+    if (idle_timeout_s > 0 && (uint64_t)idle_timeout_s * NGTCP2_SECONDS / 2 < ka)
+        ka = (uint64_t)idle_timeout_s * NGTCP2_SECONDS / 2;
+    return ka;
+}
+
+int relay_same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr *b)
+{
+    if (a->sa_family != b->addr->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b->addr;
+        return alen >= sizeof(*x) && x->sin_port == y->sin_port &&
+               x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b->addr;
+        return alen >= sizeof(*x) && x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+int relay_id_find(const uint32_t *a, size_t n, uint32_t v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] == v)
+            return (int)i;
+    return -1;
+}
+
+void relay_id_remove(uint32_t *a, size_t *n, int i)
+{
+    a[i] = a[*n - 1];
+    (*n)--;
+}
+
+int relay_pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from,
+                    struct sockaddr_storage *out, int *sock, size_t *index)
+{
+    for (size_t i = from; i < info->n_addrs && i < POS_P2P_RELAY_MAX_ADDRS; i++) {
+        struct sockaddr_storage ss;
+        if (pos_addr_parse(info->addrs[i], strnlen(info->addrs[i], POS_P2P_ADDR_STRLEN), 0, &ss) !=
+            0)
+            continue;
+        int s = ss.ss_family == AF_INET ? 0 : 1;
+        if (!ep_has_sock(ep, s))
+            continue;
+        if (out) {
+            *out = ss;
+            *sock = s;
+        }
+        *index = i;
+        return 0;
+    }
+    return -1;
+}
+
+size_t relay_count_addrs(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from)
+{
+    size_t n = 0, i;
+    while (relay_pick_addr(ep, info, from, NULL, NULL, &i) == 0) {
+        n++;
+        from = i + 1;
+    }
+    return n;
+}

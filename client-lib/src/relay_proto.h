@@ -1,0 +1,66 @@
+/*
+ * What a relay's answers mean to the library (relay_proto.c; never
+ * installed): the event for each control message after WELCOME, the error
+ * and sentence for the relay's CONNECTION_CLOSE, and which of a relay's
+ * addresses the endpoint can reach. No state, no ngtcp2 connection: the
+ * connection itself is quic_client.c's.
+ */
+#ifndef POS_P2P_RELAY_PROTO_H
+#define POS_P2P_RELAY_PROTO_H
+
+#include <ngtcp2/ngtcp2.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "ctrl.h"
+#include "internal.h"
+
+#define RELAY_APP_NO_ERROR 0
+#define RELAY_GOING_AWAY 0x108                   /* application close code, see docs/protocol.md */
+#define RELAY_KEEPALIVE_NS (10 * NGTCP2_SECONDS) /* at most; shorter for short idle timeouts */
+
+/*
+ * relay_event_from_msg fills |ev| for relay message |m| (INCOMING, CIRCUIT,
+ * REDIRECT, ERROR, CIRCUIT_CLOSED or GOAWAY). Returns 0, or -1 for any other
+ * type (|ev| untouched): the relay breaks the protocol.
+ */
+int relay_event_from_msg(const pos_ctrl_msg *m, pos_p2p_relay_event *ev);
+
+/*
+ * relay_close_error: the POS_P2P_ERR_* for the relay's CONNECTION_CLOSE |cc|
+ * (|accepted|: after WELCOME) and in |reason| (|cap| bytes) a sentence: the
+ * relay's own reason phrase, printable ASCII only, or one of ours.
+ */
+int relay_close_error(const ngtcp2_connection_close_error *cc, int accepted, char *reason,
+                      size_t cap);
+
+/* relay_status_welcome: |st| once the relay's WELCOME |m| came (|rtt_ms| measured then). */
+void relay_status_welcome(pos_p2p_relay_status *st, const pos_ctrl_msg *m, double rtt_ms);
+/*
+ * relay_attempt_deadline: when the current address's attempt ends: each of
+ * the |addrs_left| + 1 addresses gets an equal share of the time left to
+ * |connect_deadline_ms|, at least 1 s, never past it.
+ */
+int64_t relay_attempt_deadline(int64_t now_ms, int64_t connect_deadline_ms, size_t addrs_left);
+/* relay_keepalive_ns: keep-alives well inside the relay's idle timeout (and NAT bindings). */
+uint64_t relay_keepalive_ns(uint32_t idle_timeout_s);
+
+/* relay_same_addr: |a| is the address |b| (family, address and port). */
+int relay_same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr *b);
+
+/* relay_id_find: the index of |v| in |a| (|n| ids), or -1. */
+int relay_id_find(const uint32_t *a, size_t n, uint32_t v);
+/* relay_id_remove: drop |a|[|i|] (the order changes). */
+void relay_id_remove(uint32_t *a, size_t *n, int i);
+
+/*
+ * relay_pick_addr: the relay's first address from index |from| of a family
+ * |ep| has a socket for; its index goes to |*index|, the address and socket
+ * to |*out| and |*sock| unless |out| is NULL. 0, or -1 when there is none.
+ */
+int relay_pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from,
+                    struct sockaddr_storage *out, int *sock, size_t *index);
+/* relay_count_addrs: how many usable addresses from index |from|. */
+size_t relay_count_addrs(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from);
+
+#endif
