@@ -20,7 +20,7 @@
 #include "contacts.h"
 #include "identity.h"
 #include "pos/p2p.h"
-#include "txt.h"
+#include "utf8.h"
 #include "uuid.h"
 
 #define MAX_LIBRARIES 16
@@ -66,14 +66,14 @@ static const char *event_name(enum pos_mdns_event ev)
 static json_t *json_bytes(const uint8_t *s, size_t len, json_t **raw)
 {
     *raw = NULL;
-    if (mdns_utf8_valid(s, len))
+    if (utf8_valid(s, len))
         return json_stringn((const char *)s, len);
     char *shown = malloc(3 * len + 1);
     size_t b64_cap = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
     char *b64 = malloc(b64_cap);
     json_t *out = NULL;
     if (shown && b64) {
-        out = json_stringn(shown, mdns_utf8_sanitize(s, len, shown, 3 * len + 1));
+        out = json_stringn(shown, utf8_sanitize(s, len, shown, 3 * len + 1));
         sodium_bin2base64(b64, b64_cap, s, len, sodium_base64_VARIANT_ORIGINAL);
         *raw = json_string(b64);
     }
@@ -94,7 +94,7 @@ static void txt_to_json(const pos_mdns_peer *p, json_t *txt, json_t *raw)
         const uint8_t *s = (const uint8_t *)p->txt[i], *val;
         size_t len = p->txt_len ? p->txt_len[i] : strlen(p->txt[i]), kl, vl;
         char key[256];
-        if (!mdns_txt_split(s, len, &kl, &val, &vl) || kl >= sizeof(key))
+        if (pos_mdns_txt_split(s, len, &kl, &val, &vl) || kl >= sizeof(key))
             continue;
         for (size_t j = 0; j < kl; j++)
             key[j] = (char)(s[j] >= 'A' && s[j] <= 'Z' ? s[j] + 32 : s[j]);

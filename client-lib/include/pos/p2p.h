@@ -611,6 +611,17 @@ int pos_mdns_run(pos_mdns *m, int timeout_ms, volatile int *stop);
  */
 int pos_mdns_card_parse(const char *card, char peer_id[44], uint8_t key[32]);
 void pos_mdns_card_format(const char *peer_id, const uint8_t key[32], char *out, size_t cap);
+
+/*
+ * pos_mdns_txt_split reads one TXT string of a pos_mdns_peer (|s|, |len|
+ * bytes, not NUL terminated) by RFC 6763 §6.4: the key is everything up to
+ * the first '=' (printable ASCII, compared case-insensitively); its length
+ * goes to |*klen|; the value after '=' to |*val| / |*vlen| (|*val| NULL for
+ * a boolean attribute, "key" without '='). Returns 0, MDNS_TXT when the
+ * string carries no valid key (ignore it), or INVALID_ARGUMENT.
+ */
+int pos_mdns_txt_split(const uint8_t *s, size_t len, size_t *klen, const uint8_t **val,
+                       size_t *vlen);
 /* ==== local discovery, mDNS / DNS-SD (end) ==== */
 
 #ifdef __cplusplus
