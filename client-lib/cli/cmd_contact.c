@@ -2,7 +2,7 @@
  * pos-p2p contact card | add CARD | list: the contacts of contacts-only
  * discovery. A card is this device's peer id and its presence key; whoever
  * adds it can recognise this device's contacts-only advertisements. The
- * files live beside the identity file (see client-lib/mdns/contacts.h).
+ * files live beside the identity file (see contacts.h).
  */
 #include <getopt.h>
 #include <sodium.h>
