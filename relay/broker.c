@@ -33,6 +33,7 @@ struct relay_broker_client {
  * waiting for the target's ACCEPT/DECLINE (|to| set, on the waiting list).
  */
 struct relay_broker_req {
+    relay_broker *b;
     relay_broker_req *prev, *next;   /* all requests */
     relay_broker_req *wprev, *wnext; /* waiting for an answer, by deadline */
     relay_broker_client *from, *to;
@@ -84,6 +85,14 @@ static void rearm(relay_broker *b)
         return;
     b->woken_for = at;
     b->ops.wake(b->ops.arg, at);
+}
+
+/* done ends every input: the next deadline, then what was queued goes out. */
+static void done(relay_broker *b)
+{
+    rearm(b);
+    if (b->ops.flush)
+        b->ops.flush(b->ops.arg);
 }
 
 static void req_free(relay_broker *b, relay_broker_req *q)
@@ -248,6 +257,7 @@ static relay_broker_req *req_new(relay_broker *b, relay_broker_client *from, uin
     relay_broker_req *q = calloc(1, sizeof(*q));
     if (!q)
         return NULL;
+    q->b = b;
     q->from = from;
     q->from_req = from_req;
     q->next = b->reqs;
@@ -308,7 +318,6 @@ static void handle_connect(relay_broker *b, relay_broker_client *cl, const pos_c
     }
     if (to) {
         ask(b, q, to, now_ms);
-        rearm(b);
         return;
     }
     q->lookup = b->ops.lookup(b->ops.arg, m->peer_id, q);
@@ -372,7 +381,6 @@ static void handle_answer(relay_broker *b, relay_broker_client *c, const pos_ctr
     else if (!(refuse_over_limit(b, a, q->from_req, c) | refuse_over_limit(b, c, q->to_req, a)))
         open_circuit(b, q, a, c, now_ms);
     req_free(b, q);
-    rearm(b);
 }
 
 int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctrl_msg *m,
@@ -381,19 +389,21 @@ int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctr
     switch (m->type) {
     case POS_CTRL_CONNECT:
         handle_connect(b, cl, m, now_ms);
-        return 0;
+        break;
     case POS_CTRL_ACCEPT:
     case POS_CTRL_DECLINE:
         handle_answer(b, cl, m, now_ms);
-        return 0;
+        break;
     default:
         return -1;
     }
+    done(b);
+    return 0;
 }
 
-void relay_broker_lookup_done(relay_broker *b, relay_broker_req *q, int status,
-                              const relay_presence_found *f)
+void relay_broker_lookup_done(relay_broker_req *q, int status, const relay_presence_found *f)
 {
+    relay_broker *b = q->b;
     pos_ctrl_msg m;
 
     q->lookup = 0;
@@ -414,6 +424,7 @@ void relay_broker_lookup_done(relay_broker *b, relay_broker_req *q, int status,
         send_error(b, q->from, q->from_req, POS_CTRL_CODE_PEER_NOT_CONNECTED, "peer not connected");
     }
     req_free(b, q);
+    done(b);
 }
 
 void relay_broker_expire(relay_broker *b, int64_t now_ms)
@@ -424,7 +435,7 @@ void relay_broker_expire(relay_broker *b, int64_t now_ms)
         req_free(b, q);
     }
     b->woken_for = -2; /* the caller's timer has fired: always tell it again */
-    rearm(b);
+    done(b);
 }
 
 struct closing_ctx {
@@ -474,7 +485,7 @@ void relay_broker_leave(relay_broker *b, relay_broker_client *cl, int64_t now_ms
     if (cl->next)
         cl->next->prev = cl->prev;
     free(cl);
-    rearm(b);
+    done(b);
 }
 
 void relay_broker_stats_get(const relay_broker *b, relay_broker_stats *out)

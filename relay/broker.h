@@ -44,14 +44,20 @@ typedef struct relay_broker_limits {
 } relay_broker_limits;
 
 /*
- * The broker's outputs. None of them may call back into the broker (a
- * message is queued, a lookup answers later from the loop). |conn| is the
+ * The broker's outputs. None of them but |flush| may call back into the
+ * broker (a message is queued, a lookup answers later from the loop). |conn| is the
  * caller's handle given to relay_broker_join. Every field is required
  * unless it says otherwise.
  */
 typedef struct relay_broker_ops {
     /* send: queue |m| on |conn|'s message stream (nothing for a client that is closing). */
     void (*send)(void *arg, void *conn, const pos_ctrl_msg *m);
+    /*
+     * flush: the input is handled and the broker's state settled: write out
+     * what |send| queued (this may end connections, i.e. call
+     * relay_broker_leave). Called at the end of every input. May be NULL.
+     */
+    void (*flush)(void *arg);
     /*
      * lookup: which relay holds |peer_id|; answer later, never inside this
      * call, with relay_broker_lookup_done(|q|). Returns a handle for
@@ -133,8 +139,7 @@ int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctr
  * relay_presence_status, |found| for RELAY_PRESENCE_FOUND): REDIRECT or
  * ERROR to the requester. |q| is freed.
  */
-void relay_broker_lookup_done(relay_broker *b, relay_broker_req *q, int status,
-                              const relay_presence_found *found);
+void relay_broker_lookup_done(relay_broker_req *q, int status, const relay_presence_found *found);
 
 /* relay_broker_expire: requests whose target did not answer by |now_ms| end with ERROR TIMEOUT. */
 void relay_broker_expire(relay_broker *b, int64_t now_ms);

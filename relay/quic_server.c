@@ -47,20 +47,15 @@
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
 #define RATE_CHECK_TIMEOUT_S 5.0
 #define HELLO_TIMEOUT_NS (10 * NGTCP2_SECONDS) /* from the first packet to WELCOME */
-#define INCOMING_TIMEOUT_S 10.0                /* a target that does not answer INCOMING */
+#define INCOMING_TIMEOUT_MS 10000              /* a target that does not answer INCOMING */
 #define MAX_PENDING_PER_CONN 16                /* CONNECTs in flight per client */
 #define MAX_PENDING_TOTAL 4096                 /* CONNECTs in flight per relay */
 #define MAX_OUT_PENDING (64 * 1024) /* control bytes queued to a client not reading them */
 
 enum rstate { RATE_CHECK, HANDSHAKE, HELLO_WAIT, AUTH_CHECK, ACTIVE, CLOSING, DRAINING };
 
-struct cid_entry {
-    ngtcp2_cid cid;
-    struct rconn *c;
-    struct cid_entry *next;
-};
-
 struct rconn {
+    const pos_quic_cid_ops *cid_ops; /* first: ngtcp2's user_data (quic_common.h) */
     relay_server *srv;
     struct rconn *prev, *next; /* all connections */
     ngtcp2_conn *qc;
@@ -76,7 +71,7 @@ struct rconn {
     uint8_t counted_active; /* counted in conns_active (else in pending) */
     uint8_t in_read;        /* inside ngtcp2_conn_read_pkt: no writes, no closes now */
     uint16_t close_code;    /* refusal decided inside read_pkt, sent after it returns */
-    uint8_t creating;       /* inside ngtcp2_conn_server_new (see cb_rand) */
+    uint8_t creating;       /* inside ngtcp2_conn_server_new (see pos_quic_rand) */
     uint64_t check;         /* pending Redis check handle, 0 none */
     ngtcp2_cid odcid;       /* the client's first DCID, routed until the connection ends */
     ngtcp2_tstamp created;
@@ -90,101 +85,41 @@ struct rconn {
     char token_id[POS_SECRET_HASH_HEXLEN]; /* ACTIVE: the token's hash */
     char peer_id[POS_PEER_ID_STRLEN];
     /* circuits (ACTIVE) */
-    relay_circuit_owner owner;
+    relay_broker_client *bc;     /* in the broker from WELCOME until conn_end */
     relay_budget *budget;        /* the token's, from relay_budget_acquire */
     struct sockaddr_storage cur; /* current address of the control connection */
     pos_ctrl_addrs local;        /* the client's own addresses (HELLO) */
     pos_ctrl_reader rd_req;      /* the client's request stream */
     int64_t req_stream;          /* -1 until the client opens it */
-    uint32_t n_preq;             /* requests this client has in flight */
-    uint8_t ended;               /* conn_end ran: circuits closed, presence dropped */
+    struct rconn *dirty_next;    /* on srv->dirty: broker messages to write */
+    uint8_t dirty;
+    uint8_t ended; /* conn_end ran: circuits closed, presence dropped */
     ev_timer expiry;             /* ACTIVE, token with an expiry: closes the connection then */
     uint8_t home;                /* HELLO without NOT_HOME: presence and INCOMING are here */
 };
 
-/*
- * A CONNECT in flight: looking up presence (|to| NULL, |lookup| set) or
- * waiting for the target's ACCEPT/DECLINE (|to| set, |timer| running).
- */
-struct preq {
-    struct preq *prev, *next;
-    relay_server *s;
-    struct rconn *from, *to;
-    uint32_t from_req, to_req;
-    uint64_t lookup;
-    ev_timer timer;
-};
+/* ---- connection ids: the server's map, through quic_common's callbacks ---- */
 
-/* ---- connection id table ---- */
-
-static size_t cid_bucket(const relay_server *s, const uint8_t *id, size_t len)
+static int cid_add(void *conn, const uint8_t *id, size_t len)
 {
-    uint8_t h[crypto_shorthash_BYTES];
-    uint64_t v;
-    crypto_shorthash(h, id, len, s->hash_key);
-    memcpy(&v, h, sizeof(v));
-    return (size_t)(v & (s->n_buckets - 1));
+    struct rconn *c = conn;
+    return pos_cid_map_add(c->srv->cids, id, len, c);
 }
 
-static struct rconn *cid_find(const relay_server *s, const uint8_t *id, size_t len)
+static void cid_remove(void *conn, const uint8_t *id, size_t len)
 {
-    for (struct cid_entry *e = s->buckets[cid_bucket(s, id, len)]; e; e = e->next)
-        if (e->cid.datalen == len && memcmp(e->cid.data, id, len) == 0)
-            return e->c;
-    return NULL;
+    struct rconn *c = conn;
+    pos_cid_map_remove(c->srv->cids, id, len, c);
 }
 
-static void cid_grow(relay_server *s)
+static int cid_reset_token(void *conn, uint8_t *token, const ngtcp2_cid *cid)
 {
-    size_t old_n = s->n_buckets, n = old_n * 2;
-    struct cid_entry **nb = calloc(n, sizeof(*nb));
-    struct cid_entry **ob = s->buckets;
-    if (!nb)
-        return; /* keep the longer chains */
-    s->buckets = nb;
-    s->n_buckets = n;
-    for (size_t i = 0; i < old_n; i++) {
-        struct cid_entry *e = ob[i], *next;
-        for (; e; e = next) {
-            next = e->next;
-            size_t b = cid_bucket(s, e->cid.data, e->cid.datalen);
-            e->next = nb[b];
-            nb[b] = e;
-        }
-    }
-    free(ob);
+    struct rconn *c = conn;
+    return ngtcp2_crypto_generate_stateless_reset_token(token, c->srv->reset_secret,
+                                                        sizeof(c->srv->reset_secret), cid);
 }
 
-static int cid_add(relay_server *s, const ngtcp2_cid *cid, struct rconn *c)
-{
-    struct cid_entry *e = malloc(sizeof(*e));
-    if (!e)
-        return -1;
-    if (s->n_cids >= s->n_buckets)
-        cid_grow(s);
-    size_t b = cid_bucket(s, cid->data, cid->datalen);
-    e->cid = *cid;
-    e->c = c;
-    e->next = s->buckets[b];
-    s->buckets[b] = e;
-    s->n_cids++;
-    return 0;
-}
-
-static void cid_remove(relay_server *s, const ngtcp2_cid *cid, const struct rconn *c)
-{
-    struct cid_entry **pp = &s->buckets[cid_bucket(s, cid->data, cid->datalen)];
-    for (; *pp; pp = &(*pp)->next) {
-        struct cid_entry *e = *pp;
-        if (e->c == c && e->cid.datalen == cid->datalen &&
-            memcmp(e->cid.data, cid->data, cid->datalen) == 0) {
-            *pp = e->next;
-            free(e);
-            s->n_cids--;
-            return;
-        }
-    }
-}
+static const pos_quic_cid_ops relay_cid_ops = {SCID_LEN, cid_add, cid_remove, cid_reset_token};
 
 /* ---- sending ---- */
 
@@ -228,7 +163,6 @@ static void pending_addr_give(struct rconn *c)
 static void conn_free(struct rconn *c)
 {
     relay_server *s = c->srv;
-    ngtcp2_cid scids[16];
 
     ev_timer_stop(s->loop, &c->timer);
     ev_timer_stop(s->loop, &c->expiry);
@@ -246,14 +180,14 @@ static void conn_free(struct rconn *c)
         s->pending--;
     }
     pending_addr_give(c);
-    cid_remove(s, &c->odcid, c);
-    if (c->qc) {
-        size_t n = ngtcp2_conn_get_num_scid(c->qc);
-        if (n <= sizeof(scids) / sizeof(scids[0])) {
-            ngtcp2_conn_get_scid(c->qc, scids);
-            for (size_t i = 0; i < n; i++)
-                cid_remove(s, &scids[i], c);
+    for (struct rconn **pp = &s->dirty; c->dirty && *pp; pp = &(*pp)->dirty_next)
+        if (*pp == c) {
+            *pp = c->dirty_next; /* not reached in practice: the broker flushes first */
+            break;
         }
+    pos_cid_map_remove(s->cids, c->odcid.data, c->odcid.datalen, c);
+    if (c->qc) {
+        pos_quic_drop_cids(c->qc, c);
         ngtcp2_conn_del(c->qc);
     }
     if (c->tls)
@@ -326,6 +260,18 @@ static void conn_enter_closing(struct rconn *c, const ngtcp2_connection_close_er
     conn_arm_timer(c);
 }
 
+/*
+ * close_later: |c| closes with |code| once it is safe (after read_pkt
+ * returns, or from its timer); from now on the broker offers it to no one.
+ */
+static void close_later(struct rconn *c, enum relay_refusal code)
+{
+    if (!c->close_code)
+        c->close_code = (uint16_t)code;
+    if (c->bc)
+        relay_broker_closing(c->bc);
+}
+
 /* conn_close_app closes with an application error code and reason phrase the client shows. */
 static void conn_close_app(struct rconn *c, enum relay_refusal code)
 {
@@ -337,9 +283,7 @@ static void conn_close_app(struct rconn *c, enum relay_refusal code)
         return;
     }
     if (c->in_read) {
-        /* ngtcp2 is not re-entrant: close once read_pkt has returned */
-        if (!c->close_code)
-            c->close_code = (uint16_t)code;
+        close_later(c, code); /* ngtcp2 is not re-entrant: once read_pkt has returned */
         return;
     }
     ngtcp2_connection_close_error_default(&ccerr);
@@ -464,21 +408,20 @@ static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
     }
     if (c->state == CLOSING || c->state == DRAINING)
         return;
-    if (relay_sendbuf_pending(&c->out) + (size_t)n > MAX_OUT_PENDING) {
-        /*
-         * The client does not read its stream. Closed from its timer, not
-         * here: this may run while another connection's circuits are closing.
-         */
-        if (!c->close_code)
-            c->close_code = RELAY_REFUSED_BAD_REQUEST;
-        ev_timer_stop(c->srv->loop, &c->timer);
-        ev_timer_set(&c->timer, 0., 0.);
-        ev_timer_start(c->srv->loop, &c->timer);
-        return;
-    }
+    /*
+     * A client that does not read its stream, or no memory: closed from its
+     * timer, not here, as this runs inside the broker's calls.
+     */
+    if (relay_sendbuf_pending(&c->out) + (size_t)n > MAX_OUT_PENDING)
+        close_later(c, RELAY_REFUSED_BAD_REQUEST);
     /* unacknowledged bytes stay where ngtcp2 may retransmit them from (sendbuf.h) */
-    if (relay_sendbuf_append(&c->out, buf, (size_t)n) != 0)
-        conn_close_app(c, RELAY_REFUSED_UNAVAILABLE);
+    else if (relay_sendbuf_append(&c->out, buf, (size_t)n) != 0)
+        close_later(c, RELAY_REFUSED_UNAVAILABLE);
+    else
+        return;
+    ev_timer_stop(c->srv->loop, &c->timer);
+    ev_timer_set(&c->timer, 0., 0.);
+    ev_timer_start(c->srv->loop, &c->timer);
 }
 
 static void on_token_expiry(struct ev_loop *loop, ev_timer *w, int revents)
@@ -531,7 +474,12 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     snprintf(m.relay_id, sizeof(m.relay_id), "%s", s->cfg->id);
     if (lim && token_id && s->svc)
         c->budget = relay_budget_acquire(s->svc, token_id, lim); /* NULL: uncounted, unlimited */
-    c->owner.conn = c;
+    c->bc = relay_broker_join(s->broker, c, c->peer_id, c->home, (const struct sockaddr *)&c->cur,
+                              &c->local, c->budget);
+    if (!c->bc) {
+        conn_close_app(c, RELAY_REFUSED_UNAVAILABLE);
+        return;
+    }
     c->state = ACTIVE;
     c->counted_active = 1;
     s->pending--;
@@ -593,197 +541,11 @@ static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
     c->check = h; /* the verdict comes from the loop (on_auth_verdict) */
 }
 
-/* ---- circuits: CONNECT -> INCOMING -> ACCEPT/DECLINE -> CIRCUIT (docs/protocol.md) ---- */
+/* ---- circuits: the broker's outputs (broker.h) ---- */
 
 static int is_live(const struct rconn *c)
 {
     return c && c->state == ACTIVE && !c->close_code;
-}
-
-/* send_msg queues |m| on |c|'s message stream and writes it out. */
-static void send_msg(struct rconn *c, const pos_ctrl_msg *m)
-{
-    if (!is_live(c))
-        return;
-    queue_ctrl(c, m);
-    conn_write(c);
-}
-
-static void send_error(struct rconn *c, uint32_t req_id, uint16_t code, const char *text)
-{
-    pos_ctrl_msg m;
-    memset(&m, 0, sizeof(m));
-    m.type = POS_CTRL_ERROR;
-    m.req_id = req_id;
-    m.code = code;
-    snprintf(m.text, sizeof(m.text), "%s", text);
-    c->srv->st.circuit_errors++;
-    send_msg(c, &m);
-}
-
-static void preq_free(struct preq *q)
-{
-    relay_server *s = q->s;
-    ev_timer_stop(s->loop, &q->timer);
-    if (q->lookup && s->svc)
-        relay_presence_cancel(s->svc, q->lookup);
-    if (q->from)
-        q->from->n_preq--;
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        s->preqs = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-    s->n_preqs--;
-    free(q);
-}
-
-static void on_preq_timeout(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    struct preq *q = w->data;
-    (void)loop;
-    (void)revents;
-    send_error(q->from, q->from_req, POS_CTRL_CODE_TIMEOUT, "peer did not answer");
-    preq_free(q);
-}
-
-/* fill_peer: the peer fields of INCOMING/CIRCUIT describing |c| to the other side. */
-static void fill_peer(pos_ctrl_msg *m, const struct rconn *c)
-{
-    snprintf(m->peer_id, sizeof(m->peer_id), "%s", c->peer_id);
-    if (pos_addr_format((const struct sockaddr *)&c->cur, m->observed, sizeof(m->observed)) != 0)
-        m->observed[0] = 0;
-    m->addrs = c->local;
-}
-
-static struct rconn *find_active_peer(relay_server *s, const char *peer_id,
-                                      const struct rconn * not )
-{
-    /* newest first: a client that reconnected is reached on its newest home connection */
-    for (struct rconn *c = s->conns; c; c = c->next)
-        if (c != not &&c->home && is_live(c) && strcmp(c->peer_id, peer_id) == 0)
-            return c;
-    return NULL;
-}
-
-static void on_presence(void *arg, int status, const relay_presence_found *f)
-{
-    struct preq *q = arg;
-    pos_ctrl_msg m;
-    q->lookup = 0;
-    if (status == RELAY_PRESENCE_FOUND) {
-        memset(&m, 0, sizeof(m));
-        m.type = POS_CTRL_REDIRECT;
-        m.req_id = q->from_req;
-        snprintf(m.relay_id, sizeof(m.relay_id), "%s", f->relay_id);
-        snprintf(m.peer_id, sizeof(m.peer_id), "%s", f->peer_id);
-        for (size_t i = 0; i < f->n_addrs && i < POS_CTRL_MAX_ADDRS; i++)
-            snprintf(m.addrs.a[m.addrs.n++], POS_ADDR_STRLEN, "%s", f->addrs[i]);
-        q->s->st.circuit_redirects++;
-        send_msg(q->from, &m);
-    } else if (status == RELAY_PRESENCE_UNAVAILABLE) {
-        send_error(q->from, q->from_req, POS_CTRL_CODE_UNAVAILABLE,
-                   "relay temporarily unavailable, try again later");
-    } else {
-        send_error(q->from, q->from_req, POS_CTRL_CODE_PEER_NOT_CONNECTED, "peer not connected");
-    }
-    preq_free(q);
-}
-
-/*
- * circuit_limit: whether |c| may have one more circuit under the caps of
- * the config (max_circuits_per_conn, max_circuits_per_token). Returns 0, or
- * the RELAY_CIRCUIT_ERR_*_LIMIT code with the sentence for the client in |text|.
- */
-static int circuit_limit(const struct rconn *c, char *text, size_t len)
-{
-    const relay_config *cfg = c->srv->cfg;
-    int rc = relay_circuit_admit(&c->owner, c->budget, cfg->max_circuits_per_conn,
-                                 cfg->max_circuits_per_token);
-    if (rc != 0)
-        snprintf(text, len, "%s (limit %u)", relay_circuit_strerror(rc),
-                 rc == RELAY_CIRCUIT_ERR_CONN_LIMIT ? cfg->max_circuits_per_conn
-                                                    : cfg->max_circuits_per_token);
-    return rc;
-}
-
-/* refuse_over_limit: ERROR(CIRCUIT_LIMIT) to |c| for |req_id| when |c| or its peer |other|
- * is at a circuit cap; returns 1 then. */
-static int refuse_over_limit(struct rconn *c, uint32_t req_id, const struct rconn *other)
-{
-    char text[POS_CTRL_MAX_TEXT];
-    if (circuit_limit(c, text, sizeof(text)) == 0) {
-        if (!other || circuit_limit(other, text, sizeof(text)) == 0)
-            return 0;
-        snprintf(text, sizeof(text), "the peer has too many circuits");
-    }
-    c->srv->st.circuits_refused_limit++;
-    send_error(c, req_id, POS_CTRL_CODE_CIRCUIT_LIMIT, text);
-    return 1;
-}
-
-static void handle_connect(struct rconn *c, const pos_ctrl_msg *m)
-{
-    relay_server *s = c->srv;
-    struct rconn *to;
-    struct preq *q;
-    pos_ctrl_msg in;
-
-    s->st.circuit_requests++;
-    if (strcmp(m->peer_id, c->peer_id) == 0) {
-        send_error(c, m->req_id, POS_CTRL_CODE_BAD_PEER, "cannot connect to yourself");
-        return;
-    }
-    if (c->n_preq >= MAX_PENDING_PER_CONN || s->n_preqs >= MAX_PENDING_TOTAL || !s->svc) {
-        send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "too many requests in flight");
-        return;
-    }
-    to = find_active_peer(s, m->peer_id, c);
-    if (refuse_over_limit(c, m->req_id, to))
-        return; /* before the target is asked: a flood of CONNECTs never reaches it */
-    q = calloc(1, sizeof(*q));
-    if (!q) {
-        send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "out of memory");
-        return;
-    }
-    q->s = s;
-    q->from = c;
-    q->from_req = m->req_id;
-    ev_timer_init(&q->timer, on_preq_timeout, INCOMING_TIMEOUT_S, 0.);
-    q->timer.data = q;
-    q->next = s->preqs;
-    if (s->preqs)
-        s->preqs->prev = q;
-    s->preqs = q;
-    s->n_preqs++;
-    c->n_preq++;
-    if (!to) {
-        q->lookup = relay_presence_lookup(s->svc, m->peer_id, on_presence, q);
-        if (!q->lookup) {
-            send_error(c, m->req_id, POS_CTRL_CODE_BUSY, "out of memory");
-            preq_free(q);
-        }
-        return;
-    }
-    q->to = to;
-    if (++s->next_req == 0)
-        s->next_req = 1;
-    q->to_req = s->next_req;
-    memset(&in, 0, sizeof(in));
-    in.type = POS_CTRL_INCOMING;
-    in.req_id = q->to_req;
-    fill_peer(&in, c);
-    ev_timer_start(s->loop, &q->timer);
-    send_msg(to, &in);
-}
-
-static struct preq *find_incoming(relay_server *s, const struct rconn *to, uint32_t req_id)
-{
-    for (struct preq *q = s->preqs; q; q = q->next)
-        if (q->to == to && q->to_req == req_id)
-            return q;
-    return NULL;
 }
 
 static int64_t now_ms(const relay_server *s)
@@ -791,70 +553,84 @@ static int64_t now_ms(const relay_server *s)
     return (int64_t)(srv_now(s) / 1000000);
 }
 
-static void handle_answer(struct rconn *c, const pos_ctrl_msg *m)
+/* broker_send queues |m| for |conn|; broker_flush writes it out once the broker is done. */
+static void broker_send(void *arg, void *conn, const pos_ctrl_msg *m)
 {
-    relay_server *s = c->srv;
-    struct preq *q = find_incoming(s, c, m->req_id);
-    struct rconn *a;
-    uint32_t ids[2];
-    pos_ctrl_msg out;
-
-    if (!q)
-        return; /* late: the requester left or the request timed out */
-    a = q->from;
-    if (m->type == POS_CTRL_DECLINE) {
-        send_error(a, q->from_req, POS_CTRL_CODE_DECLINED, "peer declined");
-        preq_free(q);
+    relay_server *s = arg;
+    struct rconn *c = conn;
+    if (!is_live(c))
         return;
+    queue_ctrl(c, m);
+    if (!c->dirty) {
+        c->dirty = 1;
+        c->dirty_next = s->dirty;
+        s->dirty = c;
     }
-    /* again: the requests in flight when the CONNECT was checked may have reached a cap */
-    if (refuse_over_limit(a, q->from_req, c) | refuse_over_limit(c, q->to_req, a)) {
-        preq_free(q);
-        return;
-    }
-    if (!s->circuits || relay_circuit_open(s->circuits, &a->owner, (const struct sockaddr *)&a->cur,
-                                           a->budget, &c->owner, (const struct sockaddr *)&c->cur,
-                                           c->budget, now_ms(s), ids) != 0) {
-        send_error(a, q->from_req, POS_CTRL_CODE_BUSY, "relay has no circuit left");
-        send_error(c, q->to_req, POS_CTRL_CODE_BUSY, "relay has no circuit left");
-        preq_free(q);
-        return;
-    }
-    relay_usage_circuit_open(s->svc, a->budget, c->budget);
-    s->st.circuits_opened++;
-    memset(&out, 0, sizeof(out));
-    out.type = POS_CTRL_CIRCUIT;
-    out.req_id = q->from_req;
-    out.circuit_id = ids[0];
-    fill_peer(&out, c);
-    send_msg(a, &out);
-    out.req_id = q->to_req;
-    out.circuit_id = ids[1];
-    fill_peer(&out, a);
-    send_msg(c, &out);
-    pos_log_debug("circuit %08x/%08x: %s <-> %s", ids[0], ids[1], a->peer_id, c->peer_id);
-    preq_free(q);
 }
 
-/* on_circuit_closed tells the side that is still there; usage stops counting the circuit. */
-static void on_circuit_closed(void *arg, const relay_circuit_info *info)
+static void broker_flush(void *arg)
 {
-    struct rconn *ending = arg;
-    relay_server *s = ending->srv;
-    pos_ctrl_msg m;
-    for (int k = 0; k < 2; k++) {
-        struct rconn *other = info->owner[k] ? info->owner[k]->conn : NULL;
-        if (!other || other == ending)
-            continue;
-        memset(&m, 0, sizeof(m));
-        m.type = POS_CTRL_CIRCUIT_CLOSED;
-        m.circuit_id = info->id[k];
-        m.code = POS_CTRL_CODE_PEER_LEFT;
-        send_msg(other, &m);
+    relay_server *s = arg;
+    while (s->dirty) {
+        struct rconn *c = s->dirty;
+        s->dirty = c->dirty_next;
+        c->dirty = 0;
+        conn_write(c); /* may end |c| (conn_end): the broker is settled now */
     }
+}
+
+static void on_presence(void *arg, int status, const relay_presence_found *f)
+{
+    relay_broker_lookup_done(arg, status, f);
+}
+
+static uint64_t broker_lookup(void *arg, const char *peer_id, relay_broker_req *q)
+{
+    relay_server *s = arg;
+    return s->svc ? relay_presence_lookup(s->svc, peer_id, on_presence, q) : 0;
+}
+
+static void broker_lookup_cancel(void *arg, uint64_t handle)
+{
+    relay_server *s = arg;
+    if (s->svc)
+        relay_presence_cancel(s->svc, handle);
+}
+
+static void broker_circuit_opened(void *arg, relay_budget *b0, relay_budget *b1)
+{
+    relay_server *s = arg;
+    relay_usage_circuit_open(s->svc, b0, b1);
+}
+
+static void broker_circuit_closed(void *arg, const relay_circuit_info *info)
+{
+    relay_server *s = arg;
     relay_usage_circuit_close(s->svc, info->budget[0], info->budget[1]);
-    s->st.circuits_closed++;
 }
+
+static void broker_wake(void *arg, int64_t at_ms)
+{
+    relay_server *s = arg;
+    int64_t now = now_ms(s);
+    ev_timer_stop(s->loop, &s->broker_timer);
+    if (at_ms < 0)
+        return;
+    ev_timer_set(&s->broker_timer, at_ms > now ? (double)(at_ms - now) / 1000.0 : 0., 0.);
+    ev_timer_start(s->loop, &s->broker_timer);
+}
+
+static void on_broker_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    relay_server *s = w->data;
+    (void)loop;
+    (void)revents;
+    relay_broker_expire(s->broker, now_ms(s));
+}
+
+static const relay_broker_ops broker_ops_proto = {
+    broker_send,           broker_flush,          broker_lookup, broker_lookup_cancel,
+    broker_circuit_opened, broker_circuit_closed, broker_wake,   NULL};
 
 /*
  * conn_end: the control connection is over (closing, draining or freed):
@@ -867,16 +643,10 @@ static void conn_end(struct rconn *c)
     if (c->ended)
         return;
     c->ended = 1;
-    if (s->circuits && c->owner.conn)
-        relay_circuit_owner_close(s->circuits, &c->owner, now_ms(s), on_circuit_closed, c);
-    for (struct preq *q = s->preqs, *next; q; q = next) {
-        next = q->next;
-        if (q->from == c) {
-            preq_free(q);
-        } else if (q->to == c) {
-            send_error(q->from, q->from_req, POS_CTRL_CODE_PEER_LEFT, "peer left");
-            preq_free(q);
-        }
+    if (c->bc) {
+        relay_broker_client *bc = c->bc;
+        c->bc = NULL;
+        relay_broker_leave(s->broker, bc, now_ms(s));
     }
     if (c->counted_active && c->home && s->svc && c->peer_id[0])
         relay_presence_remove(s->svc, c->peer_id);
@@ -885,17 +655,8 @@ static void conn_end(struct rconn *c)
 /* handle_request: a message on the client's request stream (ACTIVE only). */
 static void handle_request(struct rconn *c, pos_ctrl_msg *m)
 {
-    switch (m->type) {
-    case POS_CTRL_CONNECT:
-        handle_connect(c, m);
-        break;
-    case POS_CTRL_ACCEPT:
-    case POS_CTRL_DECLINE:
-        handle_answer(c, m);
-        break;
-    default:
+    if (!c->bc || relay_broker_request(c->srv->broker, c->bc, m, now_ms(c->srv)) != 0)
         refuse(c, RELAY_REFUSED_BAD_REQUEST);
-    }
     pos_ctrl_msg_wipe(m);
 }
 
@@ -911,29 +672,6 @@ static void handle_ctrl_msg(struct rconn *c, pos_ctrl_msg *m)
 }
 
 /* ---- ngtcp2 callbacks ---- */
-
-static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
-                          void *user_data)
-{
-    struct rconn *c = user_data;
-    (void)qc;
-    randombytes_buf(cid->data, cidlen);
-    cid->datalen = cidlen;
-    if (ngtcp2_crypto_generate_stateless_reset_token(token, c->srv->reset_secret,
-                                                     sizeof(c->srv->reset_secret), cid) != 0)
-        return NGTCP2_ERR_CALLBACK_FAILURE;
-    if (cid_add(c->srv, cid, c) != 0)
-        return NGTCP2_ERR_CALLBACK_FAILURE;
-    return 0;
-}
-
-static int cb_remove_cid(ngtcp2_conn *qc, const ngtcp2_cid *cid, void *user_data)
-{
-    struct rconn *c = user_data;
-    (void)qc;
-    cid_remove(c->srv, cid, c);
-    return 0;
-}
 
 static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 {
@@ -1024,15 +762,6 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
     return 0;
 }
 
-static int cb_recv_crypto_data(ngtcp2_conn *qc, ngtcp2_crypto_level level, uint64_t offset,
-                               const uint8_t *data, size_t datalen, void *user_data)
-{
-    struct rconn *c = user_data;
-    if (!c->tls)
-        return 0; /* after the handshake: nothing a relay needs (see drop_tls) */
-    return ngtcp2_crypto_recv_crypto_data_cb(qc, level, offset, data, datalen, user_data);
-}
-
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     /* ref->user_data points at the connection's pin (see tls.h) */
@@ -1046,9 +775,7 @@ static void init_callbacks(ngtcp2_callbacks *cb)
      * port means a relay data frame); relay_server_input also routes a packet
      * whose fixed bit is clear by connection id first, for peers that grease */
     pos_quic_callbacks_init(cb, 1);
-    cb->recv_crypto_data = cb_recv_crypto_data;
-    cb->get_new_connection_id = cb_get_new_cid;
-    cb->remove_connection_id = cb_remove_cid;
+    pos_quic_callbacks_cids(cb);
     cb->handshake_completed = cb_handshake_completed;
     cb->recv_stream_data = cb_recv_stream_data;
     cb->acked_stream_data_offset = cb_acked_stream_data_offset;
@@ -1119,7 +846,7 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
     c->ref.user_data = &c->pin;
     gnutls_session_set_ptr(c->tls, &c->ref);
     ngtcp2_conn_set_tls_native_handle(c->qc, c->tls);
-    if (cid_add(s, &scid, c) != 0)
+    if (cid_add(c, scid.data, scid.datalen) != 0)
         return -1;
     return 0;
 }
@@ -1128,7 +855,7 @@ static int make_quic_conn(struct rconn *c, const ngtcp2_pkt_hd *hd)
  * drop_tls frees the GnuTLS session once the handshake is complete: packet
  * protection keys live in ngtcp2 (key updates derive from them), no session
  * tickets are sent, so an idle client keeps no TLS state (a few KiB each).
- * Post-handshake CRYPTO data is then ignored (cb_recv_crypto_data).
+ * Post-handshake CRYPTO data is then ignored (pos_quic_callbacks_cids).
  */
 static void drop_tls(struct rconn *c)
 {
@@ -1151,8 +878,8 @@ static void follow_path(struct rconn *c)
         return;
     memset(&c->cur, 0, sizeof(c->cur));
     memcpy(&c->cur, p->remote.addr, len);
-    if (c->srv->circuits)
-        relay_circuit_owner_set_addr(c->srv->circuits, &c->owner, (const struct sockaddr *)&c->cur);
+    if (c->bc)
+        relay_broker_moved(c->srv->broker, c->bc, (const struct sockaddr *)&c->cur);
     pos_log_debug("client %s moved", c->peer_id);
 }
 
@@ -1342,6 +1069,7 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
     }
     memcpy(c->first_pkt, data, len);
     c->first_len = len;
+    c->cid_ops = &relay_cid_ops;
     c->srv = s;
     c->sock = sock;
     c->state = RATE_CHECK;
@@ -1360,7 +1088,7 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         s->conns->prev = c;
     s->conns = c;
     s->pending++;
-    if (cid_add(s, &c->odcid, c) != 0) {
+    if (cid_add(c, c->odcid.data, c->odcid.datalen) != 0) {
         conn_free(c);
         return;
     }
@@ -1415,7 +1143,7 @@ void relay_server_input(relay_server *s, int sock, const uint8_t *data, size_t l
          * it back): a short-header packet of a peer that greases the fixed
          * bit, or garbage, dropped and counted.
          */
-        if (len > SCID_LEN && (c = cid_find(s, data + 1, SCID_LEN)) != NULL) {
+        if (len > SCID_LEN && (c = pos_cid_map_find(s->cids, data + 1, SCID_LEN)) != NULL) {
             conn_input(c, sock, data, len, from, fromlen);
             return;
         }
@@ -1429,7 +1157,7 @@ void relay_server_input(relay_server *s, int sock, const uint8_t *data, size_t l
         s->st.packets_dropped++;
         return;
     }
-    c = cid_find(s, vc.dcid, vc.dcidlen);
+    c = pos_cid_map_find(s->cids, vc.dcid, vc.dcidlen);
     if (c) {
         conn_input(c, sock, data, len, from, fromlen);
         return;
@@ -1455,14 +1183,12 @@ relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg,
     }
     s->loop = loop;
     s->cfg = cfg;
-    s->n_buckets = 1024;
-    s->buckets = calloc(s->n_buckets, sizeof(*s->buckets));
-    if (!s->buckets) {
+    s->cids = pos_cid_map_new(0);
+    if (!s->cids) {
         snprintf(err, errlen, "out of memory");
         free(s);
         return NULL;
     }
-    crypto_shorthash_keygen(s->hash_key);
     randombytes_buf(s->retry_secret, sizeof(s->retry_secret));
     randombytes_buf(s->reset_secret, sizeof(s->reset_secret));
     s->retry_above = cfg->retry_above;
@@ -1478,6 +1204,17 @@ relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg,
                  cfg->max_circuits);
         goto fail;
     }
+    relay_broker_limits lim = {cfg->max_circuits_per_conn, cfg->max_circuits_per_token,
+                               MAX_PENDING_PER_CONN, MAX_PENDING_TOTAL, INCOMING_TIMEOUT_MS};
+    relay_broker_ops ops = broker_ops_proto;
+    ops.arg = s;
+    s->broker = relay_broker_new(s->circuits, &lim, &ops);
+    if (!s->broker) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    ev_timer_init(&s->broker_timer, on_broker_timer, 0., 0.);
+    s->broker_timer.data = s;
     if (pos_tls_creds_new(&s->creds, &cfg->identity) != 0) {
         snprintf(err, errlen, "cannot make the TLS certificate from the relay's identity");
         goto fail;
@@ -1557,7 +1294,17 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
     *out = s->st;
     out->conns_handshaking = s->pending;
     out->circuits_open = s->circuits ? s->circuits->open : 0;
-    out->circuit_requests_pending = s->n_preqs;
+    if (s->broker) {
+        relay_broker_stats b;
+        relay_broker_stats_get(s->broker, &b);
+        out->circuit_requests_pending = b.requests_pending;
+        out->circuit_requests = b.requests;
+        out->circuits_opened = b.circuits_opened;
+        out->circuits_closed = b.circuits_closed;
+        out->circuit_redirects = b.redirects;
+        out->circuit_errors = b.errors;
+        out->circuits_refused_limit = b.refused_limit;
+    }
     if (s->fw) {
         const relay_forward_stats *f = &s->fw->stats;
         out->fw = *f;
@@ -1576,8 +1323,9 @@ void relay_server_del(relay_server *s)
         return;
     while (s->conns)
         conn_free(s->conns);
-    while (s->preqs)
-        preq_free(s->preqs);
+    if (s->broker)
+        ev_timer_stop(s->loop, &s->broker_timer);
+    relay_broker_del(s->broker);
     relay_forwarder_del(s->fw);
     relay_circuits_del(s->circuits);
     relay_pending_addrs_del(s->pending_addrs);
@@ -1587,16 +1335,7 @@ void relay_server_del(relay_server *s)
         ev_io_stop(s->loop, &s->socks[i].io);
         close(s->socks[i].fd);
     }
-    if (s->buckets) {
-        for (size_t i = 0; i < s->n_buckets; i++) {
-            struct cid_entry *e = s->buckets[i], *next;
-            for (; e; e = next) {
-                next = e->next;
-                free(e);
-            }
-        }
-        free(s->buckets);
-    }
+    pos_cid_map_del(s->cids);
     pos_tls_creds_del(s->creds);
     sodium_memzero(s->retry_secret, sizeof(s->retry_secret));
     sodium_memzero(s->reset_secret, sizeof(s->reset_secret));

@@ -12,6 +12,8 @@
 #include <sodium.h>
 #include <sys/socket.h>
 
+#include "broker.h"
+#include "cid_map.h"
 #include "circuit.h"
 #include "forward.h"
 #include "pending_addr.h"
@@ -22,9 +24,7 @@
 #define MAX_UDP 1500
 #define RX_BATCH 64
 
-struct cid_entry;
 struct rconn;
-struct preq;
 
 struct sock {
     int fd;
@@ -42,9 +42,7 @@ struct relay_server {
     pos_tls_creds *creds;
     struct sock socks[MAX_SOCKS];
     size_t n_socks;
-    struct cid_entry **buckets;
-    size_t n_buckets, n_cids;
-    uint8_t hash_key[crypto_shorthash_KEYBYTES];
+    pos_cid_map *cids; /* connection ids -> struct rconn */
     uint8_t retry_secret[32];
     uint8_t reset_secret[32];
     struct rconn *conns;
@@ -58,9 +56,9 @@ struct relay_server {
     /* data plane */
     relay_circuits *circuits;
     relay_forwarder *fw;
-    struct preq *preqs;
-    size_t n_preqs;
-    uint32_t next_req;
+    relay_broker *broker; /* CONNECT -> INCOMING -> ACCEPT -> CIRCUIT */
+    ev_timer broker_timer; /* the broker's next deadline (relay_broker_expire) */
+    struct rconn *dirty;   /* connections with broker messages to write (flush) */
     int gso;
     /* receive batch (recvmmsg) and its forwarded output (sendmmsg) */
     struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];

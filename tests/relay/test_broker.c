@@ -25,7 +25,7 @@ static struct world {
     uint64_t next_handle, cancelled;
     int lookup_fails;
     int64_t wake_at;
-    int opened, closed;
+    int opened, closed, flushes;
 } w;
 
 static int A, B, C, D; /* the callers' connection handles */
@@ -77,8 +77,14 @@ static void op_wake(void *arg, int64_t at)
     w.wake_at = at;
 }
 
-static const relay_broker_ops ops = {op_send,   op_lookup, op_cancel, op_opened,
-                                     op_closed, op_wake,   NULL};
+static void op_flush(void *arg)
+{
+    (void)arg;
+    w.flushes++;
+}
+
+static const relay_broker_ops ops = {op_send,   op_flush,  op_lookup, op_cancel,
+                                     op_opened, op_closed, op_wake,   NULL};
 
 static struct sockaddr_in addr4(const char *ip, int port)
 {
@@ -356,7 +362,7 @@ static void test_redirect_and_lookup(void)
     snprintf(f.addrs[0], sizeof(f.addrs[0]), "%s", "198.51.100.7:7373");
     snprintf(f.addrs[1], sizeof(f.addrs[1]), "%s", "[2001:db8::7]:7373");
     f.n_addrs = 2;
-    relay_broker_lookup_done(r.b, w.lookup_q, RELAY_PRESENCE_FOUND, &f);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_FOUND, &f);
     const pos_ctrl_msg *m = only(&A, POS_CTRL_REDIRECT);
     CHECK(m->req_id == 5 && strcmp(m->relay_id, f.relay_id) == 0);
     CHECK(strcmp(m->peer_id, "peer-z") == 0 && m->addrs.n == 2);
@@ -366,11 +372,11 @@ static void test_redirect_and_lookup(void)
     /* nowhere, and Redis unreachable */
     w.n_out = 0;
     request(&r, r.a, POS_CTRL_CONNECT, 6, "peer-z", 0);
-    relay_broker_lookup_done(r.b, w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
     CHECK(only(&A, POS_CTRL_ERROR)->code == POS_CTRL_CODE_PEER_NOT_CONNECTED);
     w.n_out = 0;
     request(&r, r.a, POS_CTRL_CONNECT, 7, "peer-z", 0);
-    relay_broker_lookup_done(r.b, w.lookup_q, RELAY_PRESENCE_UNAVAILABLE, NULL);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_UNAVAILABLE, NULL);
     CHECK(only(&A, POS_CTRL_ERROR)->code == POS_CTRL_CODE_UNAVAILABLE);
 
     /* the lookup cannot start */
@@ -401,7 +407,7 @@ static void test_who_is_asked(void)
         relay_broker_join(r.b, &D, "peer-d", 0, (struct sockaddr *)&sd, NULL, NULL);
     request(&r, r.a, POS_CTRL_CONNECT, 1, "peer-d", 0);
     CHECK(w.n_out == 0 && w.lookup_q != NULL);
-    relay_broker_lookup_done(r.b, w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
     relay_broker_leave(r.b, d, 1);
 
     /* a closing client is not asked either */
@@ -410,7 +416,7 @@ static void test_who_is_asked(void)
     relay_broker_closing(r.bb);
     request(&r, r.a, POS_CTRL_CONNECT, 2, "peer-b", 0);
     CHECK(w.n_out == 0 && w.lookup_q != NULL);
-    relay_broker_lookup_done(r.b, w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
 
     /* the newest home connection of a peer is the one asked */
     w.n_out = 0;
