@@ -7,7 +7,7 @@
  * verdicts and the time given by the caller; its outputs go through
  * relay_broker_ops (a control message to a client, a presence lookup, usage
  * for an opened or closed circuit, when to call relay_broker_expire next).
- * The relay's QUIC server (quic_server.c) is its only user besides the unit
+ * The relay's QUIC server (server_ctrl.c) is its only user besides the unit
  * test (tests/relay/test_broker.c).
  *
  * Hole punching (issue 11) lands here: once CIRCUIT is sent, both sides get
