@@ -180,6 +180,7 @@ static void test_connect_accept(void)
     CHECK(strcmp(in->observed, "192.0.2.1:1111") == 0);
     CHECK(in->addrs.n == 1 && strcmp(in->addrs.a[0], "10.0.0.1:1111") == 0);
     CHECK(w.wake_at == 1000 + TIMEOUT_MS);
+    CHECK(w.flushes == 1); /* once per input, after the messages are queued */
     CHECK(stats(&r).requests_pending == 1);
     w.n_out = 0;
 
