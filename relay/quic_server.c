@@ -37,6 +37,8 @@
 #define RETRY_TOKEN_TIMEOUT (10 * NGTCP2_SECONDS)
 #define RATE_CHECK_TIMEOUT_S 5.0
 
+/* ---- accepting: the rate check, Retry, version filter, routing ---- */
+
 static void on_rate_verdict(void *arg, enum relay_refusal verdict, const relay_limits *limits,
                             const char *token_id);
 

@@ -73,6 +73,8 @@ static int sock_for_path(const relay_server *s, const ngtcp2_path *p, int fallba
     return fallback;
 }
 
+/* ---- connection lifetime ---- */
+
 /* relay_conn_pending_addr_give: |c|'s handshake no longer counts against its address. */
 void relay_conn_pending_addr_give(struct rconn *c)
 {
@@ -361,7 +363,7 @@ void relay_conn_callbacks_init(ngtcp2_callbacks *cb)
     cb->acked_stream_data_offset = cb_acked_stream_data_offset;
 }
 
-/* ---- accepting ---- */
+/* ---- the ngtcp2 connection and its TLS session ---- */
 
 /* relay_conn_make creates the ngtcp2 server connection for |c| from the Initial |hd|. */
 int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
