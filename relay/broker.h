@@ -10,9 +10,11 @@
  * The relay's QUIC server (server_ctrl.c) is its only user besides the unit
  * test (tests/relay/test_broker.c).
  *
- * Hole punching (issue 11) lands here: once CIRCUIT is sent, both sides get
- * a start signal timed by each control connection's RTT, which is one more
- * message through |send| and one more deadline behind |wake|.
+ * Hole punching (issue 11) lands here: right after open_circuit (broker.c)
+ * sends CIRCUIT to both sides, each side gets a start signal timed by its
+ * control connection's RTT (given to the broker as one more client input,
+ * e.g. at join and when it changes): one more message through |send|, sent
+ * at once or at a deadline behind |wake| and relay_broker_expire.
  *
  * Lifetimes: the broker borrows the circuit table, which must outlive it. A
  * client joins once it is authenticated (relay_broker_join) and leaves once
