@@ -27,6 +27,11 @@
 
 static volatile int stop_flag, hup_flag, wake_flag;
 
+static int flag_set(void *arg)
+{
+    return *(volatile int *)arg != 0;
+}
+
 static void on_signal(int sig)
 {
     if (sig == SIGHUP)
@@ -471,7 +476,8 @@ int cmd_advertise(int argc, char **argv)
             peer_id, cfg.port);
     char shown[64] = "";
     while (!stop_flag) {
-        if (pos_mdns_run(m, 200, &wake_flag))
+        int rv = pos_mdns_run(m, 200, flag_set, (void *)&wake_flag);
+        if (rv != 0 && rv != POS_P2P_ERR_TIMEOUT)
             break;
         wake_flag = 0;
         if (hup_flag) {
@@ -566,9 +572,9 @@ int cmd_discover(int argc, char **argv)
         return 1;
     }
     install_signals(false);
-    rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, &stop_flag);
+    rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, flag_set, (void *)&stop_flag);
     pos_mdns_del(m);
-    if (rc) {
+    if (rc && rc != POS_P2P_ERR_TIMEOUT) {
         fprintf(stderr, "pos-p2p discover: %s\n", pos_p2p_strerror(rc));
         return 1;
     }

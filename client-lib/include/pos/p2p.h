@@ -118,8 +118,8 @@ void pos_p2p_relay_list_del(pos_p2p_relay_list *l);
 /*
  * An endpoint owns one UDP socket per address family (IPv4, and IPv6 where
  * the host has it). Every connection of the device shares them: relay
- * control connections now, relay data frames and direct sessions later, so
- * the address a relay observes is the one peers can punch to.
+ * control connections, relay data frames and direct sessions, so the
+ * address a relay observes is the one peers can punch to.
  */
 typedef struct pos_p2p_endpoint pos_p2p_endpoint;
 
@@ -133,7 +133,10 @@ int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, uns
 /* pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any socket is. */
 int pos_p2p_endpoint_fd(const pos_p2p_endpoint *ep);
 
-/* pos_p2p_endpoint_deadline: when to call process at the latest (monotonic ms), or -1. */
+/*
+ * pos_p2p_endpoint_deadline: when to call process at the latest, on the
+ * pos_p2p_now_ms clock, or -1 when no timer is set. No errors.
+ */
 int64_t pos_p2p_endpoint_deadline(const pos_p2p_endpoint *ep);
 
 /* pos_p2p_endpoint_process reads what is ready and runs due timers. Never blocks. Returns 0. */
@@ -152,7 +155,11 @@ unsigned pos_p2p_endpoint_local_port(const pos_p2p_endpoint *ep);
 /* pos_p2p_endpoint_del closes every connection and the sockets. */
 void pos_p2p_endpoint_del(pos_p2p_endpoint *ep);
 
-/* pos_p2p_now_ms: the monotonic clock the deadlines use. */
+/*
+ * pos_p2p_now_ms: the clock of every deadline of this library (monotonic
+ * milliseconds, int64_t; -1 means "no deadline"). Relative waits are
+ * `int timeout_ms` (-1: no limit).
+ */
 int64_t pos_p2p_now_ms(void);
 
 /* ---- a control connection to a relay ---- */
@@ -570,8 +577,11 @@ int pos_mdns_new(pos_mdns **out, const pos_mdns_config *cfg, pos_mdns_callback c
 /* pos_mdns_fd: one descriptor to poll for reading. */
 int pos_mdns_fd(const pos_mdns *m);
 
-/* pos_mdns_next_deadline: monotonic milliseconds of the next timer (UINT64_MAX: none). */
-uint64_t pos_mdns_next_deadline(const pos_mdns *m);
+/*
+ * pos_mdns_next_deadline: when to call pos_mdns_process at the latest, on
+ * the pos_p2p_now_ms clock, or -1 when no timer is set. No errors.
+ */
+int64_t pos_mdns_next_deadline(const pos_mdns *m);
 
 /* pos_mdns_process reads what is ready, runs due timers and sends. Returns 0 or IO. */
 int pos_mdns_process(pos_mdns *m);
@@ -599,17 +609,20 @@ void pos_mdns_stop(pos_mdns *m);
 void pos_mdns_del(pos_mdns *m);
 
 /*
- * pos_mdns_run: a blocking loop until |*stop| becomes non-zero or
- * |timeout_ms| passes (< 0: no limit). Returns 0 or IO.
+ * pos_mdns_run is the blocking runner: poll + process until |done| returns
+ * non-zero (checked before each round; may be NULL) or |timeout_ms| passes
+ * (-1: no limit), as pos_p2p_endpoint_run. Returns 0 when |done| said so,
+ * POS_P2P_ERR_TIMEOUT when the time passed, POS_P2P_ERR_INVALID_ARGUMENT
+ * (|m| NULL) or POS_P2P_ERR_IO (poll failed).
  */
-int pos_mdns_run(pos_mdns *m, int timeout_ms, volatile int *stop);
+int pos_mdns_run(pos_mdns *m, int timeout_ms, int (*done)(void *arg), void *arg);
 
 /*
  * Contacts (contacts-only mode). A card is "pos-contact:1:<peer id>:<key>",
  * key = 43 characters of unpadded base64 of a random 32-byte presence key.
  * pos_mdns_card_parse returns 0 or MDNS_CARD.
  */
-int pos_mdns_card_parse(const char *card, char peer_id[44], uint8_t key[32]);
+int pos_mdns_card_parse(const char *card, char peer_id[POS_P2P_PEER_ID_STRLEN], uint8_t key[32]);
 void pos_mdns_card_format(const char *peer_id, const uint8_t key[32], char *out, size_t cap);
 /* ==== local discovery, mDNS / DNS-SD (end) ==== */
 
