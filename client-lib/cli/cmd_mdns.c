@@ -179,7 +179,8 @@ static void print_event(void *user, enum pos_mdns_event ev, const pos_mdns_peer 
     fflush(stdout);
 }
 
-static int load_identity(const char *opt, char *path, size_t cap, char peer_id[44])
+static int load_identity(const char *opt, char *path, size_t cap,
+                         char peer_id[POS_P2P_PEER_ID_STRLEN])
 {
     pos_identity id;
     char err[512];
@@ -436,7 +437,7 @@ int cmd_advertise(int argc, char **argv)
             return 2;
         }
     }
-    char path[4096], peer_id[44];
+    char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     uint8_t key[32];
     if (load_identity(identity, path, sizeof(path), peer_id)) {
         json_decref(meta);
@@ -555,7 +556,7 @@ int cmd_discover(int argc, char **argv)
         fprintf(stderr, "pos-p2p discover: unexpected argument \"%s\"\n", argv[optind]);
         return 2;
     }
-    char path[4096], peer_id[44];
+    char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     if (load_identity(identity, path, sizeof(path), peer_id))
         return 1;
     pos_mdns_config cfg;

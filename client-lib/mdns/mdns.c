@@ -511,7 +511,7 @@ void pos_mdns_del(pos_mdns *m)
     free(m);
 }
 
-int pos_mdns_run(pos_mdns *m, int timeout_ms, int (*done)(void *arg), void *arg)
+int pos_mdns_run(pos_mdns *m, int timeout_ms, pos_p2p_done_cb done, void *arg)
 {
     uint64_t end = timeout_ms >= 0 ? mono_ms() + (uint64_t)timeout_ms : UINT64_MAX;
     if (!m)

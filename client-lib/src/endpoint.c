@@ -389,7 +389,7 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
     return 0;
 }
 
-int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, int (*done)(void *arg), void *arg)
+int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, pos_p2p_done_cb done, void *arg)
 {
     int64_t end = timeout_ms >= 0 ? pos_p2p_now_ms() + timeout_ms : -1;
     struct epoll_event evs[4];

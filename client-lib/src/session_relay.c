@@ -229,15 +229,18 @@ int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const 
     pos_p2p_session *s;
     struct sess_dial *d;
     pos_p2p_relay_status st;
+    uint8_t key[crypto_sign_PUBLICKEYBYTES];
     size_t tlen;
+    int rv;
 
     if (!ep || !r || !token || !peer_id || !out || timeout_ms <= 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     tlen = strnlen(token, 257);
-    if (tlen == 0 || tlen > 256)
+    if (tlen == 0 || tlen > 256 ||
+        pos_peer_id_parse(peer_id, strnlen(peer_id, POS_P2P_PEER_ID_STRLEN), key) != 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    if (pos_p2p_session_use_relay(ep, r) != 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if ((rv = pos_p2p_session_use_relay(ep, r)) != 0)
+        return rv;
     d = calloc(1, sizeof(*d));
     if (!d || (d->token = malloc(tlen + 1)) == NULL) {
         free(d);
@@ -249,7 +252,7 @@ int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const 
     s = sess_new_dialer(ep, peer_id, timeout_ms, &dial_ops, d);
     if (!s) {
         dial_release(ep, d);
-        return POS_P2P_ERR_INVALID_ARGUMENT;
+        return POS_P2P_ERR_NOMEM; /* the peer id parsed above: no memory, or SESS_MAX sessions */
     }
     pos_p2p_relay_get_status(r, &st);
     sess_set_relay_id(s, "", st.remote);
