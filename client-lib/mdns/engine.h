@@ -1,9 +1,16 @@
 /*
- * Private to the mDNS engine (core.c, responder.c, querier.c): the state
- * they share and the calls between them. core.c owns the object, the
- * interfaces, the output queue and the dispatch of packets and timers;
- * responder.c publishes our records; querier.c browses, caches and
- * reports. Nothing here is installed or used outside client-lib/mdns.
+ * Private to the mDNS engine (engine.c, core.c, responder.c, querier.c):
+ * the state they share and the calls between them. engine.c holds the
+ * output queue, the interface lookup and the presence epochs; core.c owns
+ * the object and dispatches packets and timers; responder.c publishes our
+ * records; querier.c browses, caches and reports. Calls go one way
+ * (engine <- responder, querier <- core). struct mdns_core is the one
+ * engine's state, laid out by owner (responder, querier, output ring) and
+ * defined here because those four files read it directly (one interface
+ * record holds both halves' per-interface state): an exception to the
+ * one-struct-one-file rule, not yet split. Nothing here is installed or
+ * used outside
+ * client-lib/mdns.
  */
 #ifndef POS_MDNS_ENGINE_H
 #define POS_MDNS_ENGINE_H

@@ -3,12 +3,14 @@
  * between two devices, ALPN "pos-p2p/1", mutual TLS 1.3 pinned to peer ids,
  * with bidirectional streams. Both roles live here: the dialer (ngtcp2
  * client) and the acceptor (ngtcp2 server on the endpoint's own sockets).
- * Every ngtcp2 call of sessions is in this file. Around it: its path
- * (session_path.c: direct or relayed, and where packets go), its stream
- * buffers (session_stream.c), the table of the endpoint's sessions
- * (session_table.c), the listener that makes acceptors and runs the timers
- * (session_listen.c) and relay requests and circuits (session_relay.c, which
- * drives a relayed dialer's state through struct sess_dial_ops).
+ * The ngtcp2 calls of a running session are in this file; making the
+ * connection is session_quic.c's, reading a new peer's first packet header
+ * session_listen.c's. Around it: its path (session_path.c: direct or
+ * relayed, and where packets go), its stream buffers (session_stream.c),
+ * the table of the endpoint's sessions (session_table.c), the listener that
+ * makes acceptors and runs the timers (session_listen.c) and relay requests
+ * and circuits (session_relay.c, which drives a relayed dialer's state
+ * through struct sess_dial_ops).
  *
  * Streams keep what the application wrote in session_stream.c's buffers
  * until the peer acknowledges it. Received data goes straight to the

@@ -16,7 +16,10 @@
 #include "internal.h"
 
 struct sess_dial; /* relayed dialing state (session_relay.c) */
-/* What session.c calls on a dialing session's state (given by session_relay.c). */
+/*
+ * What session.c calls on a dialing session's state (given by
+ * session_relay.c, which writes the table: hence defined here).
+ */
 struct sess_dial_ops {
     void (*tick)(pos_p2p_session *s); /* follow a redirect once its relay accepted us */
     pos_p2p_relay *(*relay)(const struct sess_dial *d);         /* the relay asked now */

@@ -17,7 +17,8 @@
 
 struct sess_quic; /* owned by its session */
 
-/* What a session's connection is made from. */
+/* What a session's connection is made from (the arguments of sess_quic_new, filled by the caller).
+ */
 struct sess_quic_args {
     const ngtcp2_callbacks *cbs; /* complete (pos_quic_callbacks_init and the session's own) */
     const ngtcp2_path *path;

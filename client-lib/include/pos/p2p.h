@@ -304,7 +304,7 @@ typedef struct pos_p2p_relay_event {
 typedef void (*pos_p2p_relay_event_cb)(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev);
 
 /*
- * pos_p2p_relay_circuit_data_cb: a datagram (the peer's own packet, without
+ * pos_p2p_relay_data_cb: a datagram (the peer's own packet, without
  * the frame header) arrived on |circuit_id|; |data| is valid during the call.
  */
 typedef void (*pos_p2p_relay_data_cb)(void *arg, pos_p2p_relay *r, uint32_t circuit_id,
