@@ -9,8 +9,7 @@
  * defined here because those four files read it directly (one interface
  * record holds both halves' per-interface state): an exception to the
  * one-struct-one-file rule, not yet split. Nothing here is installed or
- * used outside
- * client-lib/mdns.
+ * used outside client-lib/mdns.
  */
 #ifndef POS_MDNS_ENGINE_H
 #define POS_MDNS_ENGINE_H
