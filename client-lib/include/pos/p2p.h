@@ -39,7 +39,8 @@ extern "C" {
  */
 typedef int (*pos_p2p_done_cb)(void *arg);
 
-/* pos_p2p_strerror: a sentence for any code of this library ("unknown error" otherwise). */
+/* pos_p2p_strerror: a sentence for any code of this library ("unknown error" otherwise). No errors.
+ */
 const char *pos_p2p_strerror(int code);
 
 /* ---- relay connections and sessions ---- */
@@ -135,7 +136,7 @@ int pos_p2p_relay_list_parse(const char *json, size_t len, pos_p2p_relay_list **
 
 /* pos_p2p_relay_list_count: the entries kept (0 for NULL). No errors. */
 size_t pos_p2p_relay_list_count(const pos_p2p_relay_list *l);
-/* pos_p2p_relay_list_get: entry |i|, or NULL when |i| is out of range. */
+/* pos_p2p_relay_list_get: entry |i|, or NULL when |i| is out of range. No errors. */
 const pos_p2p_relay_info *pos_p2p_relay_list_get(const pos_p2p_relay_list *l, size_t i);
 /* pos_p2p_relay_list_del frees |l| (NULL: nothing). */
 void pos_p2p_relay_list_del(pos_p2p_relay_list *l);
@@ -191,7 +192,7 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep);
 /*
  * pos_p2p_now_ms: the clock of every deadline of this library (monotonic
  * milliseconds, int64_t; -1 means "no deadline"). Relative waits are
- * `int timeout_ms` (-1: no limit).
+ * `int timeout_ms` (-1: no limit). No errors.
  */
 int64_t pos_p2p_now_ms(void);
 
@@ -310,7 +311,8 @@ typedef void (*pos_p2p_relay_event_cb)(void *arg, pos_p2p_relay *r, const pos_p2
 typedef void (*pos_p2p_relay_data_cb)(void *arg, pos_p2p_relay *r, uint32_t circuit_id,
                                       const uint8_t *data, size_t len);
 
-/* pos_p2p_relay_set_callbacks: where events and circuit data of |r| go (either may be NULL). */
+/* pos_p2p_relay_set_callbacks: where events and circuit data of |r| go (either may be NULL). No
+ * errors. */
 void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_event,
                                  pos_p2p_relay_data_cb on_data, void *arg);
 
@@ -683,7 +685,7 @@ const char *pos_mdns_instance(const pos_mdns *m);
 /* pos_mdns_stop sends goodbyes (TTL 0) for everything advertised. No errors. */
 void pos_mdns_stop(pos_mdns *m);
 
-/* pos_mdns_del stops (goodbyes) if not yet stopped and frees. NULL is fine. */
+/* pos_mdns_del stops (goodbyes) if not yet stopped and frees. NULL is fine. No errors. */
 void pos_mdns_del(pos_mdns *m);
 
 /*
