@@ -33,7 +33,7 @@ static int contact_card(const char *path)
     pos_identity id;
     int created;
     uint8_t key[32];
-    char peer_id[44], card[MDNS_CARD_MAX], err[512];
+    char peer_id[POS_P2P_PEER_ID_STRLEN], card[MDNS_CARD_MAX], err[512];
     if (pos_identity_load_or_create(&id, path, &created, err, sizeof(err))) {
         fprintf(stderr, "pos-p2p contact: %s\n", err);
         return 1;

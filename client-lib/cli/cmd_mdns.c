@@ -27,6 +27,11 @@
 
 static volatile int stop_flag, hup_flag, wake_flag;
 
+static int flag_set(void *arg)
+{
+    return *(volatile int *)arg != 0;
+}
+
 static void on_signal(int sig)
 {
     if (sig == SIGHUP)
@@ -174,7 +179,8 @@ static void print_event(void *user, enum pos_mdns_event ev, const pos_mdns_peer 
     fflush(stdout);
 }
 
-static int load_identity(const char *opt, char *path, size_t cap, char peer_id[44])
+static int load_identity(const char *opt, char *path, size_t cap,
+                         char peer_id[POS_P2P_PEER_ID_STRLEN])
 {
     pos_identity id;
     char err[512];
@@ -437,7 +443,8 @@ static void advertise_loop(pos_mdns *m, const char *meta_file, const pos_mdns_co
 {
     char shown[64] = "";
     while (!stop_flag) {
-        if (pos_mdns_run(m, 200, &wake_flag))
+        int rv = pos_mdns_run(m, 200, flag_set, (void *)&wake_flag);
+        if (rv != 0 && rv != POS_P2P_ERR_TIMEOUT)
             break;
         wake_flag = 0;
         if (hup_flag) {
@@ -478,7 +485,7 @@ int cmd_advertise(int argc, char **argv)
             return 2;
         }
     }
-    char path[4096], peer_id[44];
+    char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     uint8_t key[32];
     if (load_identity(identity, path, sizeof(path), peer_id)) {
         json_decref(meta);
@@ -582,7 +589,7 @@ int cmd_discover(int argc, char **argv)
         fprintf(stderr, "pos-p2p discover: unexpected argument \"%s\"\n", argv[optind]);
         return 2;
     }
-    char path[4096], peer_id[44];
+    char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     if (load_identity(identity, path, sizeof(path), peer_id))
         return 1;
     pos_mdns_config cfg;
@@ -599,7 +606,7 @@ int cmd_discover(int argc, char **argv)
         return 1;
     }
     install_signals(false);
-    rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, &stop_flag);
+    rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, flag_set, (void *)&stop_flag);
     pos_mdns_del(m);
     if (rc) {
         fprintf(stderr, "pos-p2p discover: %s\n", pos_p2p_strerror(rc));

@@ -10,10 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pos/p2p.h>
+
 #define MDNS_CARD_MAX 128
 
 struct mdns_contact_entry {
-    char peer_id[44];
+    char peer_id[POS_P2P_PEER_ID_STRLEN];
     uint8_t key[32];
 };
 
