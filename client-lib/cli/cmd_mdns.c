@@ -608,7 +608,7 @@ int cmd_discover(int argc, char **argv)
     install_signals(false);
     rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, flag_set, (void *)&stop_flag);
     pos_mdns_del(m);
-    if (rc) {
+    if (rc && rc != POS_P2P_ERR_TIMEOUT) {
         fprintf(stderr, "pos-p2p discover: %s\n", pos_p2p_strerror(rc));
         return 1;
     }
