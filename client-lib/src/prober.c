@@ -320,13 +320,21 @@ static size_t choose(const pos_prober *p)
     return best;
 }
 
+/* |now| - |then| in ms, 0 when the caller's clock went back, capped at UINT32_MAX. */
+static uint32_t elapsed_ms(int64_t then, int64_t now)
+{
+    if (now <= then)
+        return 0;
+    return now - then > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)(now - then);
+}
+
 static void finish(pos_prober *p, int64_t now)
 {
     p->best = choose(p);
     if (p->best < p->ncand) {
         p->state = POS_PROBER_DIRECT;
         p->stats.direct++;
-        p->stats.last_ms_to_direct = (uint32_t)(now - p->started);
+        p->stats.last_ms_to_direct = elapsed_ms(p->started, now);
     } else {
         p->state = POS_PROBER_GAVE_UP;
         p->stats.gave_up++;
@@ -383,7 +391,7 @@ static void on_ack(pos_prober *p, const struct sockaddr_storage *from, int64_t n
     c->validated = 1;
     c->path.addr = c->addr;
     c->path.kind = pos_prober_kind_of((const struct sockaddr *)&c->addr);
-    c->path.rtt_ms = (uint32_t)(now - c->last_sent);
+    c->path.rtt_ms = elapsed_ms(c->last_sent, now);
     c->path.validated = now;
     p->stats.validated++;
     if (p->state == POS_PROBER_PROBING) {
