@@ -196,9 +196,11 @@ static void decode_body(struct pos_reader *c, pos_ctrl_msg *m)
 /* The last type of |version|, or 0 for an unknown version. */
 static int last_type(int version)
 {
-    return version == POS_CTRL_V1   ? POS_CTRL_LAST_V1
-           : version == POS_CTRL_V2 ? POS_CTRL_LAST_V2
-                                    : 0;
+    if (version == POS_CTRL_V1)
+        return POS_CTRL_LAST_V1;
+    if (version == POS_CTRL_V2)
+        return POS_CTRL_LAST_V2;
+    return 0;
 }
 
 int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len)
