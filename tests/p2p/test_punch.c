@@ -195,11 +195,18 @@ static void add_addr(struct host *h, const char *text)
     h->addr[h->naddr++] = sa(text);
 }
 
-/* The PUNCH_START the relay would send to a side. */
+/*
+ * The PUNCH_START the relay would send to a side; when it is valid, it goes
+ * through the version 2 codec as on the wire.
+ */
 static void punch_start(pos_ctrl_msg *m, const uint8_t key[POS_PUNCH_KEY_LEN], uint32_t own,
                         uint32_t peer, uint8_t role, uint16_t attempt, uint32_t start_in,
                         const char *const *cands, size_t n)
 {
+    uint8_t wire[POS_CTRL_MAX_MSG];
+    pos_ctrl_msg back;
+    size_t used;
+
     memset(m, 0, sizeof(*m));
     m->type = POS_CTRL_PUNCH_START;
     m->circuit_id = own;
@@ -211,6 +218,12 @@ static void punch_start(pos_ctrl_msg *m, const uint8_t key[POS_PUNCH_KEY_LEN], u
     m->addrs.n = (uint8_t)n;
     for (size_t i = 0; i < n; i++)
         snprintf(m->addrs.a[i], sizeof(m->addrs.a[i]), "%s", cands[i]);
+    int len = pos_ctrl_encode_version(m, POS_CTRL_V2, wire, sizeof(wire));
+    if (len > 0) {
+        CHECK(pos_ctrl_decode_version(wire, (size_t)len, POS_CTRL_V2, &back, &used) == 1);
+        CHECK(memcmp(&back, m, sizeof(back)) == 0);
+        pos_ctrl_msg_wipe(&back);
+    }
 }
 
 static struct pos_prober_options opts(void)
