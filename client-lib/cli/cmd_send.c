@@ -68,6 +68,7 @@ static void usage(FILE *out)
             "  --limit-rate BYTES_PER_SEC  send no faster than this\n");
 }
 
+/* Over 80 lines: one case per option, each with its own range check and message. */
 static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option lopts[] = {
