@@ -68,6 +68,59 @@ static void get_addrs(struct pos_reader *c, pos_ctrl_addrs *a)
         get_addr(c, a->a[a->n]);
 }
 
+/* A circuit id of the punch messages: 0 is never allocated (frame.h). */
+static uint32_t get_circuit_id(struct pos_reader *c)
+{
+    uint32_t id = pos_reader_u32(c);
+    if (id == 0)
+        pos_reader_fail(c);
+    return id;
+}
+
+static uint16_t get_attempt(struct pos_reader *c)
+{
+    uint16_t a = pos_reader_u16(c);
+    if (a == 0)
+        pos_reader_fail(c);
+    return a;
+}
+
+/* The version 2 messages (hole punching); every field range-checked. */
+static void decode_punch(struct pos_reader *c, pos_ctrl_msg *m)
+{
+    switch (m->type) {
+    case POS_CTRL_PUNCH_START:
+        m->circuit_id = get_circuit_id(c);
+        m->peer_circuit_id = get_circuit_id(c);
+        pos_reader_copy(c, m->punch_key, sizeof(m->punch_key));
+        m->start_in_ms = pos_reader_u32(c);
+        if (m->start_in_ms > POS_PUNCH_MAX_START_IN_MS)
+            pos_reader_fail(c);
+        m->role = pos_reader_u8(c);
+        if (m->role != POS_PUNCH_DIALER && m->role != POS_PUNCH_LISTENER)
+            pos_reader_fail(c);
+        m->attempt = get_attempt(c);
+        get_addrs(c, &m->addrs);
+        if (m->addrs.n == 0)
+            pos_reader_fail(c);
+        break;
+    case POS_CTRL_PUNCH_REQUEST:
+        m->circuit_id = get_circuit_id(c);
+        get_addrs(c, &m->addrs);
+        break;
+    case POS_CTRL_PUNCH_REPORT:
+        m->circuit_id = get_circuit_id(c);
+        m->attempt = get_attempt(c);
+        m->outcome = pos_reader_u8(c);
+        if (m->outcome < POS_CTRL_PUNCH_DIRECT || m->outcome > POS_CTRL_PUNCH_FELL_BACK)
+            pos_reader_fail(c);
+        m->ms_to_direct = pos_reader_u32(c);
+        break;
+    default:
+        pos_reader_fail(c);
+    }
+}
+
 static void decode_body(struct pos_reader *c, pos_ctrl_msg *m)
 {
     switch (m->type) {
@@ -136,11 +189,39 @@ static void decode_body(struct pos_reader *c, pos_ctrl_msg *m)
         m->code = pos_reader_u16(c);
         break;
     default:
-        pos_reader_fail(c);
+        decode_punch(c, m);
     }
 }
 
+/* The last type of |version|, or 0 for an unknown version. */
+static int last_type(int version)
+{
+    if (version == POS_CTRL_V1)
+        return POS_CTRL_LAST_V1;
+    if (version == POS_CTRL_V2)
+        return POS_CTRL_LAST_V2;
+    return 0;
+}
+
+int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len)
+{
+    static const size_t n = sizeof(POS_CTRL_ALPN_V1) - 1;
+    if (!alpn || len != n)
+        return 0;
+    if (memcmp(alpn, POS_CTRL_ALPN_V1, n) == 0)
+        return POS_CTRL_V1;
+    if (memcmp(alpn, POS_CTRL_ALPN_V2, n) == 0)
+        return POS_CTRL_V2;
+    return 0;
+}
+
 int pos_ctrl_decode(const uint8_t *buf, size_t len, pos_ctrl_msg *out, size_t *consumed)
+{
+    return pos_ctrl_decode_version(buf, len, POS_CTRL_V1, out, consumed);
+}
+
+int pos_ctrl_decode_version(const uint8_t *buf, size_t len, int version, pos_ctrl_msg *out,
+                            size_t *consumed)
 {
     struct pos_reader r, body_r;
     size_t body;
@@ -154,7 +235,7 @@ int pos_ctrl_decode(const uint8_t *buf, size_t len, pos_ctrl_msg *out, size_t *c
     body = pos_reader_u16(&r);
     if (body > POS_CTRL_MAX_BODY)
         return POS_CTRL_ERR_TOO_BIG;
-    if (type < POS_CTRL_HELLO || type > POS_CTRL_CIRCUIT_CLOSED)
+    if (type < POS_CTRL_HELLO || type > last_type(version))
         return POS_CTRL_ERR_MALFORMED;
     /* the body's own reader: fields may not run past it */
     if (pos_reader_sub(&r, body, &body_r) != 0)
@@ -241,6 +322,55 @@ static void put_addrs(struct out *o, const pos_ctrl_addrs *a)
         put_addr(o, a->a[i]);
 }
 
+static void put_circuit_id(struct out *o, uint32_t id)
+{
+    if (id == 0)
+        invalid(o);
+    pos_writer_u32(&o->w, id);
+}
+
+static void put_attempt(struct out *o, uint16_t attempt)
+{
+    if (attempt == 0)
+        invalid(o);
+    pos_writer_u16(&o->w, attempt);
+}
+
+static void encode_punch(struct out *o, const pos_ctrl_msg *m)
+{
+    switch (m->type) {
+    case POS_CTRL_PUNCH_START:
+        put_circuit_id(o, m->circuit_id);
+        put_circuit_id(o, m->peer_circuit_id);
+        pos_writer_bytes(&o->w, m->punch_key, sizeof(m->punch_key));
+        if (m->start_in_ms > POS_PUNCH_MAX_START_IN_MS)
+            invalid(o);
+        pos_writer_u32(&o->w, m->start_in_ms);
+        if (m->role != POS_PUNCH_DIALER && m->role != POS_PUNCH_LISTENER)
+            invalid(o);
+        pos_writer_u8(&o->w, m->role);
+        put_attempt(o, m->attempt);
+        if (m->addrs.n == 0)
+            invalid(o);
+        put_addrs(o, &m->addrs);
+        break;
+    case POS_CTRL_PUNCH_REQUEST:
+        put_circuit_id(o, m->circuit_id);
+        put_addrs(o, &m->addrs);
+        break;
+    case POS_CTRL_PUNCH_REPORT:
+        put_circuit_id(o, m->circuit_id);
+        put_attempt(o, m->attempt);
+        if (m->outcome < POS_CTRL_PUNCH_DIRECT || m->outcome > POS_CTRL_PUNCH_FELL_BACK)
+            invalid(o);
+        pos_writer_u8(&o->w, m->outcome);
+        pos_writer_u32(&o->w, m->ms_to_direct);
+        break;
+    default:
+        invalid(o);
+    }
+}
+
 static void encode_body(struct out *o, const pos_ctrl_msg *m)
 {
     switch (m->type) {
@@ -307,16 +437,22 @@ static void encode_body(struct out *o, const pos_ctrl_msg *m)
         pos_writer_u16(&o->w, m->code);
         break;
     default:
-        o->err = POS_CTRL_ERR_INVALID;
-        pos_writer_fail(&o->w);
+        encode_punch(o, m);
     }
 }
 
 int pos_ctrl_encode(const pos_ctrl_msg *m, uint8_t *buf, size_t cap)
 {
+    return pos_ctrl_encode_version(m, POS_CTRL_V1, buf, cap);
+}
+
+int pos_ctrl_encode_version(const pos_ctrl_msg *m, int version, uint8_t *buf, size_t cap)
+{
     struct out o = {.err = 0};
     size_t body;
 
+    if (m->type < POS_CTRL_HELLO || m->type > last_type(version))
+        return POS_CTRL_ERR_INVALID;
     pos_writer_init(&o.w, buf, cap);
     pos_writer_u8(&o.w, m->type);
     pos_writer_u16(&o.w, 0); /* length, patched below */
@@ -357,15 +493,20 @@ int pos_ctrl_reader_feed(pos_ctrl_reader *r, const uint8_t *data, size_t len)
 
 int pos_ctrl_reader_next(pos_ctrl_reader *r, pos_ctrl_msg *out)
 {
+    return pos_ctrl_reader_next_version(r, POS_CTRL_V1, out);
+}
+
+int pos_ctrl_reader_next_version(pos_ctrl_reader *r, int version, pos_ctrl_msg *out)
+{
     size_t used = 0;
     int rv;
 
     if (!r->buf)
         return 0;
-    rv = pos_ctrl_decode(r->buf, r->len, out, &used);
+    rv = pos_ctrl_decode_version(r->buf, r->len, version, out, &used);
     if (rv != 1)
         return rv;
-    sodium_memzero(r->buf, used); /* may have held a token */
+    sodium_memzero(r->buf, used); /* may have held a token or a punch key */
     memmove(r->buf, r->buf + used, r->len - used);
     r->len -= used;
     if (r->len == 0) {
@@ -387,10 +528,11 @@ void pos_ctrl_reader_wipe(pos_ctrl_reader *r)
 
 const char *pos_ctrl_type_name(int type)
 {
-    static const char *const names[] = {"HELLO",  "WELCOME", "CONNECT",       "INCOMING",
-                                        "ACCEPT", "DECLINE", "CIRCUIT",       "REDIRECT",
-                                        "ERROR",  "GOAWAY",  "CIRCUIT_CLOSED"};
-    if (type < POS_CTRL_HELLO || type > POS_CTRL_CIRCUIT_CLOSED)
+    static const char *const names[] = {
+        "HELLO",          "WELCOME",     "CONNECT",       "INCOMING",    "ACCEPT",
+        "DECLINE",        "CIRCUIT",     "REDIRECT",      "ERROR",       "GOAWAY",
+        "CIRCUIT_CLOSED", "PUNCH_START", "PUNCH_REQUEST", "PUNCH_REPORT"};
+    if (type < POS_CTRL_HELLO || type > POS_CTRL_LAST_V2)
         return "unknown";
     return names[type - 1];
 }

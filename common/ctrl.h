@@ -1,9 +1,9 @@
 /*
- * The control protocol between a client and its relay (ALPN pos-relay/1;
- * see docs/protocol.md): HELLO on the client's first bidirectional stream,
- * which then carries WELCOME and every later message of the relay; the
- * client's later requests on one more bidirectional stream of its own. Sans-I/O:
- * this module turns bytes into messages and back and never touches a socket.
+ * The control protocol between a client and its relay (ALPN pos-relay/1, or
+ * pos-relay/2 with hole punching; see docs/protocol.md): HELLO on the client's first bidirectional
+ * stream, which then carries WELCOME and every later message of the relay; the client's later
+ * requests on one more bidirectional stream of its own. Sans-I/O: this module turns bytes into
+ * messages and back and never touches a socket.
  *
  * Framing: each message is  type (1 byte) | length (2 bytes, big endian) |
  * body (length bytes, at most POS_CTRL_MAX_BODY). Body fields, in the order
@@ -11,7 +11,10 @@
  * that many bytes (no NUL); "addrs" is a u8 count (at most POS_CTRL_MAX_ADDRS)
  * of str addresses, each a valid "ip:port". A body must be consumed exactly:
  * trailing bytes are an error, so every message has one encoding. Unknown
- * types are an error (a new message means a new ALPN).
+ * types are an error (a new message means a new ALPN): the PUNCH_* types
+ * exist only in version 2 (ALPN pos-relay/2), and the codec of version 1
+ * refuses them both ways, so a peer that negotiated pos-relay/1 never sees
+ * one.
  *
  * Refusals are not messages: the relay closes the QUIC connection with an
  * application error code (enum relay_refusal) and a reason phrase.
@@ -24,8 +27,18 @@
 
 #include "addr.h"
 #include "identity.h"
+#include "punch.h"
 
-#define POS_CTRL_ALPN "pos-relay/1"
+/*
+ * Versions and their ALPN. A v2 client offers "pos-relay/2" then
+ * "pos-relay/1"; a relay that knows v2 selects it. pos_ctrl_version_of_alpn
+ * tells which version a negotiated ALPN means.
+ */
+#define POS_CTRL_V1 1
+#define POS_CTRL_V2 2
+#define POS_CTRL_ALPN_V1 "pos-relay/1"
+#define POS_CTRL_ALPN_V2 "pos-relay/2"
+#define POS_CTRL_ALPN POS_CTRL_ALPN_V1 /* what v1-only code offers */
 #define POS_CTRL_HEADER_LEN 3
 #define POS_CTRL_MAX_BODY 2048
 #define POS_CTRL_MAX_MSG (POS_CTRL_HEADER_LEN + POS_CTRL_MAX_BODY)
@@ -55,6 +68,22 @@ enum pos_ctrl_type {
     POS_CTRL_ERROR = 9,    /* relay: u32 req_id, u16 code, str text */
     POS_CTRL_GOAWAY = 10,  /* relay: u16 code, str text (relay shutting down) */
     POS_CTRL_CIRCUIT_CLOSED = 11, /* relay: u32 circuit_id, u16 code (the other side left) */
+    /* version 2 only (pos-relay/2): hole punching, docs/protocol.md */
+    POS_CTRL_PUNCH_START = 12,   /* relay: u32 circuit_id, u32 peer_circuit_id, punch_key (16 B),
+                                    u32 start_in_ms, u8 role, u16 attempt, addrs (1..8) the
+                                    peer's candidates */
+    POS_CTRL_PUNCH_REQUEST = 13, /* client: u32 circuit_id, addrs (0..8) its local addresses */
+    POS_CTRL_PUNCH_REPORT = 14,  /* client: u32 circuit_id, u16 attempt, u8 outcome,
+                                    u32 ms_to_direct */
+};
+#define POS_CTRL_LAST_V1 POS_CTRL_CIRCUIT_CLOSED
+#define POS_CTRL_LAST_V2 POS_CTRL_PUNCH_REPORT
+
+/* Outcomes of PUNCH_REPORT (pos_ctrl_msg.outcome). */
+enum pos_ctrl_punch_outcome {
+    POS_CTRL_PUNCH_DIRECT = 1,    /* a direct path was validated (and, for the dialer, taken) */
+    POS_CTRL_PUNCH_FAILED = 2,    /* the probe window ended without a validated path */
+    POS_CTRL_PUNCH_FELL_BACK = 3, /* the direct path stalled: the session is relayed again */
 };
 
 /*
@@ -97,7 +126,14 @@ typedef struct pos_ctrl_msg {
     uint32_t circuit_id;
     uint32_t max_conns;
     uint32_t idle_timeout_s;
-    uint8_t hello_flags; /* HELLO: POS_CTRL_HELLO_* */
+    uint8_t hello_flags;      /* HELLO: POS_CTRL_HELLO_* */
+    uint32_t peer_circuit_id; /* PUNCH_START: the id the peer knows the circuit by (nonzero) */
+    uint32_t start_in_ms;     /* PUNCH_START: 0..POS_PUNCH_MAX_START_IN_MS */
+    uint32_t ms_to_direct;    /* PUNCH_REPORT */
+    uint16_t attempt;         /* PUNCH_START, PUNCH_REPORT: 1.. */
+    uint8_t role;             /* PUNCH_START: the receiver's enum pos_punch_role */
+    uint8_t outcome;          /* PUNCH_REPORT: enum pos_ctrl_punch_outcome */
+    uint8_t punch_key[POS_PUNCH_KEY_LEN]; /* PUNCH_START: secret, wipe after use */
     uint64_t bytes_per_sec;
     uint64_t burst;
     uint64_t expires_at;
@@ -111,22 +147,38 @@ typedef struct pos_ctrl_msg {
 } pos_ctrl_msg;
 
 /*
- * pos_ctrl_decode reads one message from the start of |buf| (|len| bytes).
+ * pos_ctrl_version_of_alpn: the protocol version (POS_CTRL_V1 or
+ * POS_CTRL_V2) that the negotiated ALPN |alpn| (|len| bytes, as
+ * gnutls_alpn_get_selected_protocol gives it, no NUL needed) means, or 0
+ * when it is none of ours (no ALPN, or another protocol: close).
+ */
+int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len);
+
+/*
+ * pos_ctrl_decode_version reads one message of protocol version |version|
+ * (POS_CTRL_V1 or POS_CTRL_V2) from the start of |buf| (|len| bytes).
  * Returns 1 and sets |*consumed| when a whole message was decoded into
  * |out|; 0 when more bytes are needed (|*consumed| = 0); or
- * POS_CTRL_ERR_MALFORMED / POS_CTRL_ERR_TOO_BIG (the stream must be closed).
+ * POS_CTRL_ERR_MALFORMED (also: a type the version does not have, or an
+ * unknown version) / POS_CTRL_ERR_TOO_BIG (the stream must be closed).
+ * pos_ctrl_decode is pos_ctrl_decode_version at POS_CTRL_V1.
  */
+int pos_ctrl_decode_version(const uint8_t *buf, size_t len, int version, pos_ctrl_msg *out,
+                            size_t *consumed);
 int pos_ctrl_decode(const uint8_t *buf, size_t len, pos_ctrl_msg *out, size_t *consumed);
 
 /*
- * pos_ctrl_encode writes |m| into |buf| (|cap| bytes). Returns the number of
- * bytes written, POS_CTRL_ERR_TOO_BIG when |cap| is too small, or
- * POS_CTRL_ERR_INVALID when a field would not decode (bad address, string
- * too long, unknown type).
+ * pos_ctrl_encode_version writes |m| as a message of protocol version
+ * |version| into |buf| (|cap| bytes). Returns the number of bytes written,
+ * POS_CTRL_ERR_TOO_BIG when |cap| is too small, or POS_CTRL_ERR_INVALID
+ * when a field would not decode (bad address, string too long, unknown
+ * type, a type the version does not have, unknown version).
+ * pos_ctrl_encode is pos_ctrl_encode_version at POS_CTRL_V1.
  */
+int pos_ctrl_encode_version(const pos_ctrl_msg *m, int version, uint8_t *buf, size_t cap);
 int pos_ctrl_encode(const pos_ctrl_msg *m, uint8_t *buf, size_t cap);
 
-/* pos_ctrl_msg_wipe zeroes |m| (tokens included). */
+/* pos_ctrl_msg_wipe zeroes |m| (tokens and punch keys included). */
 void pos_ctrl_msg_wipe(pos_ctrl_msg *m);
 
 /*
@@ -134,9 +186,11 @@ void pos_ctrl_msg_wipe(pos_ctrl_msg *m);
  * stream bytes (POS_CTRL_ERR_TOO_BIG if more than POS_CTRL_MAX_MSG bytes
  * would be pending, POS_CTRL_ERR_NOMEM); pos_ctrl_reader_next
  * then behaves like pos_ctrl_decode on what is buffered and drops the
- * consumed bytes. The buffer is allocated only while bytes are pending and
- * freed when it empties, so an idle connection costs two words. Embed it
- * zeroed; pos_ctrl_reader_wipe wipes and frees it (it may hold a token).
+ * consumed bytes (pos_ctrl_reader_next_version like
+ * pos_ctrl_decode_version). The buffer is allocated only while bytes are
+ * pending and freed when it empties, so an idle connection costs two words.
+ * Embed it zeroed; pos_ctrl_reader_wipe wipes and frees it (it may hold a
+ * token or a punch key).
  */
 typedef struct pos_ctrl_reader {
     uint8_t *buf; /* NULL when empty */
@@ -145,6 +199,7 @@ typedef struct pos_ctrl_reader {
 
 int pos_ctrl_reader_feed(pos_ctrl_reader *r, const uint8_t *data, size_t len);
 int pos_ctrl_reader_next(pos_ctrl_reader *r, pos_ctrl_msg *out);
+int pos_ctrl_reader_next_version(pos_ctrl_reader *r, int version, pos_ctrl_msg *out);
 void pos_ctrl_reader_wipe(pos_ctrl_reader *r);
 
 /* pos_ctrl_type_name: "HELLO", ... or "unknown". */

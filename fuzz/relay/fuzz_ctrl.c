@@ -1,7 +1,10 @@
 /*
  * libFuzzer target for the control-message codec (common/ctrl.c): decode
- * arbitrary bytes as a stream of messages through the bounded reader; every
- * message that decodes must re-encode to exactly the bytes it came from.
+ * arbitrary bytes as a stream of messages at each protocol version, whole
+ * and through the bounded reader in uneven pieces; every message that
+ * decodes must re-encode at its version to exactly the bytes it came from,
+ * and a message of version 1 must be the same message in version 2 (v2 only
+ * adds types).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -10,36 +13,59 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void decode_stream(const uint8_t *data, size_t size, int version)
+{
+    pos_ctrl_msg m, m2;
+    uint8_t out[POS_CTRL_MAX_MSG];
+    size_t off = 0, used, used2;
+
+    while (off < size) {
+        int rv = pos_ctrl_decode_version(data + off, size - off, version, &m, &used);
+        if (rv != 1)
+            break;
+        int n = pos_ctrl_encode_version(&m, version, out, sizeof(out));
+        if (n < 0 || (size_t)n != used || memcmp(out, data + off, used) != 0)
+            abort();
+        if (version == POS_CTRL_V1) {
+            if (pos_ctrl_decode_version(data + off, size - off, POS_CTRL_V2, &m2, &used2) != 1 ||
+                used2 != used || memcmp(&m, &m2, sizeof(m)) != 0)
+                abort();
+        } else if (m.type > POS_CTRL_LAST_V1) {
+            /* a version 2 message: version 1 refuses it both ways */
+            if (pos_ctrl_decode(data + off, size - off, &m2, &used2) != POS_CTRL_ERR_MALFORMED ||
+                pos_ctrl_encode(&m, out, sizeof(out)) != POS_CTRL_ERR_INVALID)
+                abort();
+        }
+        off += used;
+    }
+    pos_ctrl_msg_wipe(&m);
+}
+
+static void read_pieces(const uint8_t *data, size_t size, int version)
 {
     pos_ctrl_msg m;
     pos_ctrl_reader r = {0};
-    uint8_t out[POS_CTRL_MAX_MSG];
-    size_t off = 0, used;
+    size_t off = 0;
 
-    /* whole-buffer decoding, message after message */
-    while (off < size) {
-        int rv = pos_ctrl_decode(data + off, size - off, &m, &used);
-        if (rv != 1)
-            break;
-        int n = pos_ctrl_encode(&m, out, sizeof(out));
-        if (n < 0 || (size_t)n != used || memcmp(out, data + off, used) != 0)
-            abort();
-        off += used;
-    }
-    /* the same bytes fed in uneven pieces through the reader */
-    off = 0;
     for (size_t piece = 1; off < size; piece = piece % 7 + 1) {
         size_t n = size - off < piece ? size - off : piece;
         if (pos_ctrl_reader_feed(&r, data + off, n) != 0)
             break;
         off += n;
         int rv;
-        while ((rv = pos_ctrl_reader_next(&r, &m)) == 1)
+        while ((rv = pos_ctrl_reader_next_version(&r, version, &m)) == 1)
             ;
         if (rv < 0)
             break;
     }
     pos_ctrl_reader_wipe(&r);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    decode_stream(data, size, POS_CTRL_V1);
+    decode_stream(data, size, POS_CTRL_V2);
+    read_pieces(data, size, POS_CTRL_V1);
+    read_pieces(data, size, POS_CTRL_V2);
     return 0;
 }

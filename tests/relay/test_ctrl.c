@@ -1,7 +1,9 @@
 /*
  * Unit tests of the control-message codec (common/ctrl.c) and of the TLS
  * certificate made from an identity (common/tls.c): round trips, every
- * truncation, trailing bytes, bad fields, the bounded stream reader.
+ * truncation, trailing bytes, bad fields, the bounded stream reader, and
+ * the versions: the hole-punching messages of pos-relay/2 are refused by
+ * the version 1 codec both ways.
  */
 #include <sodium.h>
 #include <string.h>
@@ -85,25 +87,60 @@ static void sample_msgs(pos_ctrl_msg *ms, size_t *n, const char *peer_id)
     *n = i;
 }
 
-static void test_round_trips(const char *peer_id)
+/* The version 2 messages (hole punching). */
+static void sample_punch_msgs(pos_ctrl_msg *ms, size_t *n)
 {
-    pos_ctrl_msg ms[12], back;
-    size_t n, used;
+    size_t i = 0;
+    memset(ms, 0, sizeof(pos_ctrl_msg) * 4);
+
+    ms[i].type = POS_CTRL_PUNCH_START;
+    ms[i].circuit_id = 0x01020304;
+    ms[i].peer_circuit_id = 0xa0b0c0d0u;
+    for (int k = 0; k < POS_PUNCH_KEY_LEN; k++)
+        ms[i].punch_key[k] = (uint8_t)(0xf0 + k);
+    ms[i].start_in_ms = 40;
+    ms[i].role = POS_PUNCH_LISTENER;
+    ms[i].attempt = 3;
+    ms[i].addrs.n = 3;
+    strcpy(ms[i].addrs.a[0], "203.0.113.7:61000");
+    strcpy(ms[i].addrs.a[1], "192.168.1.5:4000");
+    strcpy(ms[i].addrs.a[2], "[2001:db8::5]:4000");
+    i++;
+    ms[i].type = POS_CTRL_PUNCH_REQUEST;
+    ms[i].circuit_id = 9;
+    ms[i].addrs.n = 1;
+    strcpy(ms[i].addrs.a[0], "10.0.0.2:7000");
+    i++;
+    ms[i].type = POS_CTRL_PUNCH_REQUEST; /* no local address known: still a request */
+    ms[i].circuit_id = 0xffffffffu;
+    i++;
+    ms[i].type = POS_CTRL_PUNCH_REPORT;
+    ms[i].circuit_id = 9;
+    ms[i].attempt = 0xffff;
+    ms[i].outcome = POS_CTRL_PUNCH_DIRECT;
+    ms[i].ms_to_direct = 412;
+    i++;
+    *n = i;
+}
+
+static void test_round_trips(const pos_ctrl_msg *ms, size_t n, int version)
+{
+    pos_ctrl_msg back;
+    size_t used;
     uint8_t buf[POS_CTRL_MAX_MSG];
 
-    sample_msgs(ms, &n, peer_id);
     for (size_t i = 0; i < n; i++) {
-        int len = pos_ctrl_encode(&ms[i], buf, sizeof(buf));
+        int len = pos_ctrl_encode_version(&ms[i], version, buf, sizeof(buf));
         CHECK(len >= POS_CTRL_HEADER_LEN);
         if (len < POS_CTRL_HEADER_LEN)
             continue;
-        CHECK(pos_ctrl_decode(buf, (size_t)len, &back, &used) == 1);
+        CHECK(pos_ctrl_decode_version(buf, (size_t)len, version, &back, &used) == 1);
         CHECK(used == (size_t)len);
         CHECK(memcmp(&back, &ms[i], sizeof(back)) == 0);
         /* every strict prefix asks for more bytes, never succeeds or crashes */
         int prefix_ok = 1;
         for (int cut = 0; cut < len; cut++)
-            if (pos_ctrl_decode(buf, (size_t)cut, &back, &used) != 0 || used != 0)
+            if (pos_ctrl_decode_version(buf, (size_t)cut, version, &back, &used) != 0 || used != 0)
                 prefix_ok = 0;
         CHECK(prefix_ok);
         /* a body with one byte more than its fields is malformed */
@@ -113,7 +150,8 @@ static void test_round_trips(const char *peer_id)
         size_t body = ((size_t)buf[1] << 8 | buf[2]) + 1;
         longer[1] = (uint8_t)(body >> 8);
         longer[2] = (uint8_t)body;
-        CHECK(pos_ctrl_decode(longer, (size_t)len + 1, &back, &used) == POS_CTRL_ERR_MALFORMED);
+        CHECK(pos_ctrl_decode_version(longer, (size_t)len + 1, version, &back, &used) ==
+              POS_CTRL_ERR_MALFORMED);
         /*
          * a body one byte short is malformed too (a field runs past it), except
          * HELLO's optional flags byte: without it, it is the HELLO of a home connection
@@ -122,14 +160,138 @@ static void test_round_trips(const char *peer_id)
             longer[1] = (uint8_t)((body - 2) >> 8);
             longer[2] = (uint8_t)(body - 2);
             if (ms[i].type == POS_CTRL_HELLO && ms[i].hello_flags)
-                CHECK(pos_ctrl_decode(longer, (size_t)len, &back, &used) == 1 &&
+                CHECK(pos_ctrl_decode_version(longer, (size_t)len, version, &back, &used) == 1 &&
                       back.hello_flags == 0 && used == (size_t)len - 1);
             else
-                CHECK(pos_ctrl_decode(longer, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
+                CHECK(pos_ctrl_decode_version(longer, (size_t)len, version, &back, &used) ==
+                      POS_CTRL_ERR_MALFORMED);
         }
         /* too small an output buffer */
-        CHECK(pos_ctrl_encode(&ms[i], buf, (size_t)len - 1) == POS_CTRL_ERR_TOO_BIG);
+        CHECK(pos_ctrl_encode_version(&ms[i], version, buf, (size_t)len - 1) ==
+              POS_CTRL_ERR_TOO_BIG);
+        /* every version 1 message is the same message in version 2 */
+        if (version == POS_CTRL_V1) {
+            uint8_t v2[POS_CTRL_MAX_MSG];
+            CHECK(pos_ctrl_encode(&ms[i], buf, sizeof(buf)) == len);
+            CHECK(pos_ctrl_encode_version(&ms[i], POS_CTRL_V2, v2, sizeof(v2)) == len &&
+                  memcmp(v2, buf, (size_t)len) == 0);
+            CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V2, &back, &used) == 1 &&
+                  memcmp(&back, &ms[i], sizeof(back)) == 0);
+        }
     }
+}
+
+/* Encodes |m| at version 2 (it must be valid), applies |patch| at |off|, expects MALFORMED. */
+static void check_bad_field(const pos_ctrl_msg *m, size_t off, const uint8_t *patch, size_t n)
+{
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    pos_ctrl_msg back;
+    size_t used;
+    int len = pos_ctrl_encode_version(m, POS_CTRL_V2, buf, sizeof(buf));
+    CHECK(len > 0 && off + n <= (size_t)len);
+    if (len <= 0 || off + n > (size_t)len)
+        return;
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V2, &back, &used) == 1);
+    memcpy(buf + off, patch, n);
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V2, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+}
+
+static void test_versions(void)
+{
+    pos_ctrl_msg ms[4], m, back;
+    size_t n, used;
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    int len;
+
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/1", 11) == POS_CTRL_V1);
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/2", 11) == POS_CTRL_V2);
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/3", 11) == 0);
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/2x", 12) == 0);
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/", 10) == 0);
+    CHECK(pos_ctrl_version_of_alpn(NULL, 0) == 0);
+    CHECK(strcmp(POS_CTRL_ALPN, POS_CTRL_ALPN_V1) == 0);
+
+    sample_punch_msgs(ms, &n);
+    test_round_trips(ms, n, POS_CTRL_V2);
+    for (size_t i = 0; i < n; i++) {
+        /* a version 1 peer neither sends nor accepts them */
+        CHECK(pos_ctrl_encode(&ms[i], buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        CHECK(pos_ctrl_encode_version(&ms[i], 0, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        CHECK(pos_ctrl_encode_version(&ms[i], 3, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        len = pos_ctrl_encode_version(&ms[i], POS_CTRL_V2, buf, sizeof(buf));
+        CHECK(len > 0);
+        if (len <= 0)
+            continue;
+        CHECK(pos_ctrl_decode(buf, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
+        CHECK(pos_ctrl_decode_version(buf, (size_t)len, 3, &back, &used) == POS_CTRL_ERR_MALFORMED);
+        CHECK(strncmp(pos_ctrl_type_name(ms[i].type), "PUNCH_", 6) == 0);
+    }
+    const uint8_t fifteen[] = {15, 0x00, 0x00};
+    CHECK(pos_ctrl_decode_version(fifteen, sizeof(fifteen), POS_CTRL_V2, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+    CHECK(!strcmp(pos_ctrl_type_name(15), "unknown"));
+
+    /*
+     * PUNCH_START body offsets: circuit 0, peer circuit 4, key 8, start_in 24,
+     * role 28, attempt 29, addrs 31 (after the 3-byte header)
+     */
+    const uint8_t zero4[4] = {0}, big[4] = {0, 0, 0x13, 0x89}, zero2[2] = {0}, bad_role[1] = {3};
+    const uint8_t no_role[1] = {0}, nine[1] = {9};
+    check_bad_field(&ms[0], 3, zero4, 4);     /* circuit id 0 */
+    check_bad_field(&ms[0], 7, zero4, 4);     /* peer circuit id 0 */
+    check_bad_field(&ms[0], 27, big, 4);      /* start_in_ms 5001 */
+    check_bad_field(&ms[0], 31, bad_role, 1); /* role 3 */
+    check_bad_field(&ms[0], 31, no_role, 1);  /* role 0 */
+    check_bad_field(&ms[0], 32, zero2, 2);    /* attempt 0 */
+    check_bad_field(&ms[0], 34, nine, 1);     /* 9 addresses */
+    /* PUNCH_REPORT: circuit 3, attempt 7, outcome 9, ms 10 */
+    const uint8_t outcome0[1] = {0}, outcome4[1] = {4};
+    check_bad_field(&ms[3], 3, zero4, 4);
+    check_bad_field(&ms[3], 7, zero2, 2);
+    check_bad_field(&ms[3], 9, outcome0, 1);
+    check_bad_field(&ms[3], 9, outcome4, 1);
+    check_bad_field(&ms[1], 3, zero4, 4); /* PUNCH_REQUEST: circuit id 0 */
+
+    /* a PUNCH_START without candidates: a body of 32 bytes, count 0 */
+    len = pos_ctrl_encode_version(&ms[0], POS_CTRL_V2, buf, sizeof(buf));
+    CHECK(len > 35);
+    buf[1] = 0;
+    buf[2] = 32;
+    buf[34] = 0;
+    CHECK(pos_ctrl_decode_version(buf, 35, POS_CTRL_V2, &back, &used) == POS_CTRL_ERR_MALFORMED);
+
+    /* ... and the encoder refuses the same */
+    pos_ctrl_msg bad[8];
+    for (int i = 0; i < 8; i++)
+        bad[i] = i < 6 ? ms[0] : ms[3];
+    bad[0].circuit_id = 0;
+    bad[1].peer_circuit_id = 0;
+    bad[2].start_in_ms = POS_PUNCH_MAX_START_IN_MS + 1;
+    bad[3].role = 0;
+    bad[4].attempt = 0;
+    bad[5].addrs.n = 0;
+    bad[6].outcome = 4;
+    bad[7].attempt = 0;
+    for (int i = 0; i < 8; i++)
+        CHECK(pos_ctrl_encode_version(&bad[i], POS_CTRL_V2, buf, sizeof(buf)) ==
+              POS_CTRL_ERR_INVALID);
+
+    /* the stream reader at version 2, byte by byte; at version 1 the same bytes are refused */
+    pos_ctrl_reader r = {0};
+    len = pos_ctrl_encode_version(&ms[0], POS_CTRL_V2, buf, sizeof(buf));
+    int got = 0;
+    for (int i = 0; i < len; i++) {
+        CHECK(pos_ctrl_reader_feed(&r, buf + i, 1) == 0);
+        if (pos_ctrl_reader_next_version(&r, POS_CTRL_V2, &m) == 1)
+            got++;
+    }
+    CHECK(got == 1 && memcmp(&m, &ms[0], sizeof(m)) == 0 && r.buf == NULL);
+    CHECK(pos_ctrl_reader_feed(&r, buf, (size_t)len) == 0);
+    CHECK(pos_ctrl_reader_next(&r, &m) == POS_CTRL_ERR_MALFORMED);
+    pos_ctrl_reader_wipe(&r);
+    pos_ctrl_msg_wipe(&m);
+    CHECK(m.punch_key[0] == 0 && m.punch_key[15] == 0);
 }
 
 static void test_bad_input(const char *peer_id)
@@ -290,8 +452,12 @@ int main(void)
         return 1;
     pos_identity_generate(&id);
     pos_identity_peer_id(&id, peer_id);
-    test_round_trips(peer_id);
+    pos_ctrl_msg ms[12];
+    size_t n;
+    sample_msgs(ms, &n, peer_id);
+    test_round_trips(ms, n, POS_CTRL_V1);
     test_bad_input(peer_id);
+    test_versions();
     test_reader();
     test_tls_cert();
     pos_identity_free(&id);
