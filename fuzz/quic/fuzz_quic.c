@@ -754,6 +754,7 @@ static size_t initial_of(uint32_t version, uint8_t *out, size_t cap)
     return (size_t)n;
 }
 
+/* Long: one straight list of seeds, each a few records built in place and written. */
 static void write_seeds(const char *dir)
 {
     static const uint32_t versions[] = {NGTCP2_PROTO_VER_V1, 0xff00001du, 0x709a50c4u,
