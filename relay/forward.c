@@ -118,6 +118,43 @@ static int budget_spend(relay_forwarder *fw, relay_budget *b, size_t len)
 }
 
 /*
+ * note_circuit copies the counters of |s|'s circuit into its stats.recent
+ * entry, taking the least recently active entry for a circuit not listed.
+ * A bulk transfer hits the cached last entry: one compare per frame.
+ */
+static void note_circuit(relay_forwarder *fw, relay_side *s)
+{
+    relay_forward_stats *st = &fw->stats;
+    const relay_side *s0 = &fw->circuits->sides[(uint32_t)(s - fw->circuits->sides) & ~1u];
+    const relay_side *s1 = s0 + 1;
+    relay_forward_circuit *e = &st->recent[fw->recent_last];
+    if (e->id[0] != s0->id || e->id[1] != s1->id) {
+        unsigned pick = 0, i;
+        for (i = 0; i < RELAY_FORWARD_RECENT; i++) {
+            const relay_forward_circuit *c = &st->recent[i];
+            if (c->id[0] == s0->id && c->id[1] == s1->id)
+                break;
+            if (c->last_batch < st->recent[pick].last_batch)
+                pick = i;
+        }
+        if (i < RELAY_FORWARD_RECENT) {
+            pick = i;
+        } else {
+            memset(&st->recent[pick], 0, sizeof st->recent[pick]);
+            st->recent[pick].id[0] = s0->id;
+            st->recent[pick].id[1] = s1->id;
+        }
+        fw->recent_last = pick;
+        e = &st->recent[pick];
+    }
+    e->packets[0] = s0->stats.rx_packets;
+    e->packets[1] = s1->stats.rx_packets;
+    e->bytes[0] = s0->stats.rx_bytes;
+    e->bytes[1] = s1->stats.rx_bytes;
+    e->last_batch = st->batches;
+}
+
+/*
  * Checks one frame and rewrites it in place. Returns the length of the
  * destination name written to |name| (for a socket of |family|), or 0 when
  * the frame is dropped (and counted).
@@ -171,6 +208,7 @@ static socklen_t route_frame(relay_forwarder *fw, const struct msghdr *h, uint8_
     dst->stats.tx_bytes += len;
     st->forwarded++;
     st->forwarded_bytes += len;
+    note_circuit(fw, s);
     return namelen;
 }
 
@@ -232,6 +270,7 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
     *n_quic = 0;
     if (n_in > fw->batch_max || (sock_family != AF_INET && sock_family != AF_INET6))
         return RELAY_CIRCUIT_ERR_INVALID;
+    fw->stats.batches++;
     for (unsigned i = 0; i < n_in; i++) {
         struct msghdr *h = &in[i].msg_hdr;
         if (h->msg_iovlen < 1 || h->msg_iov == NULL) {

@@ -39,7 +39,23 @@
  */
 typedef void (*relay_lease_cb)(void *arg, relay_budget *b);
 
-/* Counters for /metrics. Every input datagram lands in exactly one of them. */
+/*
+ * The circuits that forwarded most recently, for GET /circuits (the NAT lab
+ * and operators: which circuit carried how much). Bounded: the least
+ * recently active entry is replaced. The counts are the circuit's own (its
+ * sides' relay_side_stats) as of its last forwarded DATA frame, so they stay
+ * readable after the circuit closed, until the entry is replaced.
+ */
+#define RELAY_FORWARD_RECENT 16
+typedef struct relay_forward_circuit {
+    uint32_t id[2];      /* side 0's and side 1's circuit id; 0: unused entry */
+    uint64_t packets[2]; /* DATA frames forwarded from side 0 (to side 1), from side 1 */
+    uint64_t bytes[2];   /* their lengths, frame header included */
+    uint64_t last_batch; /* relay_forward_stats.batches when it last forwarded */
+} relay_forward_circuit;
+
+/* Counters for /metrics. Every input datagram lands in exactly one of them (not batches, recent).
+ */
 typedef struct relay_forward_stats {
     uint64_t quic; /* handed back to the QUIC path */
     uint64_t
@@ -55,6 +71,8 @@ typedef struct relay_forward_stats {
     uint64_t drop_wrong_source;    /* not from the owning side's current address */
     uint64_t drop_budget;          /* the sending side's token budget is exhausted */
     uint64_t drop_unroutable;      /* IPv6 destination but an IPv4 socket */
+    uint64_t batches;              /* relay_forward_batch calls */
+    relay_forward_circuit recent[RELAY_FORWARD_RECENT];
 } relay_forward_stats;
 
 /* Per output message when GSO is on: its segment size, count, bytes, and its control message. */
@@ -76,6 +94,7 @@ typedef struct relay_forwarder {
     struct iovec *iov;              /* batch_max: one per forwarded datagram */
     struct sockaddr_in6 *names;     /* batch_max: destination of each output */
     struct relay_gso_group *groups; /* batch_max */
+    unsigned recent_last;           /* stats.recent entry of the last frame forwarded */
     relay_forward_stats stats;
 } relay_forwarder;
 
