@@ -37,6 +37,8 @@ SIZE = 4 * 1000 * 1000 + 7  # big enough to dwarf handshakes and keepalives
 # "relayed-then-direct"; symmetric-symmetric must stay "relayed".
 EXPECT = {
     ("eim", "eim"): "relayed",
+    ("cgnat", "eim"): "relayed",
+    ("same", "same"): "relayed",  # punching: direct over the LAN addresses
     ("symmetric", "symmetric"): "relayed",
 }
 
@@ -137,6 +139,16 @@ def eim_to_eim_transfer():
 
 
 @test
+def cgnat_to_eim_transfer():
+    scenario("cgnat", "eim")
+
+
+@test
+def same_nat_transfer():
+    scenario("same", "same")
+
+
+@test
 def symmetric_to_symmetric_stays_relayed():
     scenario("symmetric", "symmetric")
 
@@ -199,6 +211,119 @@ def router_drops_unsolicited_wan_input():
         # the answers to the client's own packet pass, and the EIM NAT kept its port
         assert inside["answers"] == 3, inside
         assert seen["hello_from"] == f"{lab.public_ip['a']}:{port}", seen
+
+
+# udp.py recv PORT SECONDS [REPLY]: count datagrams on PORT for SECONDS (answering each with
+# REPLY); udp.py send HOST PORT N [SRC_PORT] [SECONDS]: send N datagrams, then count answers.
+UDP = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.05)
+def count(seconds, reply=None):
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data, src = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        n += 1
+        if reply:
+            s.sendto(reply.encode(), src)
+    return n
+if sys.argv[1] == "recv":
+    s.bind(("0.0.0.0", int(sys.argv[2])))
+    print("ready", flush=True)
+    print(json.dumps({"got": count(float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)}))
+else:
+    s.bind(("0.0.0.0", int(sys.argv[5]) if len(sys.argv) > 5 else 0))
+    for _ in range(int(sys.argv[4])):
+        s.sendto(b"x" * 100, (sys.argv[2], int(sys.argv[3])))
+        time.sleep(0.005)
+    print(json.dumps({"answers": count(float(sys.argv[6]) if len(sys.argv) > 6 else 0.5)}))
+"""
+
+
+def udp_recv(lab, node, port, seconds, reply=None):
+    p = lab.proc(node, [natlab.PY, "-c", UDP, "recv", str(port), str(seconds)] +
+                 ([reply] if reply else []), name=f"recv-{node}")
+    wait_until(lambda: "ready" in p.output(), 5, what=f"a receiver in {node}")
+    return p
+
+
+def udp_result(p, key):
+    wait_until(lambda: key in p.output(), 10, what="the receiver's count")
+    return json.loads(p.output().strip().splitlines()[-1])[key]
+
+
+def udp_send(lab, node, host, port, n, src_port=0, seconds=0.5):
+    r = lab.run(node, [natlab.PY, "-c", UDP, "send", host, str(port), str(n), str(src_port),
+                       str(seconds)])
+    return json.loads(r.stdout)["answers"]
+
+
+@test
+def blackhole_cuts_only_the_direct_path():
+    with natlab.Lab("eim", "none") as lab:
+        b, relay = lab.public_ip["b"], natlab.RELAY_IPS[0]
+        rb = udp_recv(lab, "b", 5000, 1.0)
+        udp_send(lab, "a", b, 5000, 20, seconds=0)
+        assert udp_result(rb, "got") == 20
+        lab.blackhole(True)
+        rb, rs = udp_recv(lab, "b", 5000, 1.0), udp_recv(lab, "srv", 5000, 1.0)
+        udp_send(lab, "a", b, 5000, 20, seconds=0)
+        udp_send(lab, "a", relay, 5000, 20, seconds=0)
+        assert udp_result(rb, "got") == 0 and udp_result(rs, "got") == 20
+        lab.blackhole(False)
+        rb = udp_recv(lab, "b", 5000, 1.0)
+        udp_send(lab, "a", b, 5000, 20, seconds=0)
+        assert udp_result(rb, "got") == 20
+
+
+@test
+def conntrack_flush_forgets_the_mapping():
+    with natlab.Lab("eim", "none") as lab:
+        a, b = lab.public_ip["a"], lab.public_ip["b"]
+        # A (LAN port 41000) talks to B's port 5000 and gets answers: a mapping on A's router
+        rb = udp_recv(lab, "b", 5000, 1.0, reply="answer")
+        assert udp_send(lab, "a", b, 5000, 5, src_port=41000) == 5
+        assert udp_result(rb, "got") == 5
+        # B's port 5000 may send to that mapping on its own now...
+        ra = udp_recv(lab, "a", 41000, 1.0)
+        udp_send(lab, "b", a, 41000, 5, src_port=5000, seconds=0)
+        assert udp_result(ra, "got") == 5
+        # ...until the router forgets it: then the same datagrams are unsolicited, dropped
+        drops0 = lab.wan_drops("ra")
+        lab.flush_conntrack()
+        ra = udp_recv(lab, "a", 41000, 1.0)
+        udp_send(lab, "b", a, 41000, 5, src_port=5000, seconds=0)
+        assert udp_result(ra, "got") == 0
+        assert lab.wan_drops("ra") - drops0 == 5, lab.wan_drops("ra")
+
+
+@test
+def delay_and_loss_are_applied():
+    with natlab.Lab("none", "none", delay_ms=30, loss_pct=20) as lab:
+        rs = udp_recv(lab, "srv", 5000, 3.0, reply="answer")
+        answers = udp_send(lab, "a", natlab.RELAY_IPS[0], 5000, 200, seconds=1.0)
+        got = udp_result(rs, "got")
+        # 20% loss each way: P(no loss in 200) is 1e-19; P(>= 190 of 200) is about 1e-12
+        assert 100 < got < 190 and 40 < answers < got, (got, answers)
+        # 30 ms each way on A's access link: a round trip to the relay host >= 60 ms
+        code = ("import socket, time\n"
+                "t = time.monotonic()\n"
+                "socket.create_connection(('10.200.0.10', 5001), timeout=5).close()\n"
+                "print(time.monotonic() - t)\n")
+        lab.proc("srv", [natlab.PY, "-c", "import socket, time\n"
+                         "s = socket.socket(); s.bind(('10.200.0.10', 5001)); s.listen(8)\n"
+                         "print('ready', flush=True); time.sleep(30)\n"], name="tcp")
+        wait_until(lambda: lab.run("srv", ["ss", "-ltn"]).stdout.count(":5001") > 0, 5,
+                   what="a TCP listener")
+        rtts = []
+        for _ in range(3):  # a SYN may be lost: take the best of those that connect
+            r = lab.run("a", [natlab.PY, "-c", code], check=False)
+            if r.returncode == 0:
+                rtts.append(float(r.stdout))
+        assert rtts and min(rtts) >= 0.060, rtts
 
 
 if __name__ == "__main__":
