@@ -13,9 +13,10 @@
 # lives in namespaces it removes on exit.
 # usage: loadtest/bench-punch.sh [RUNS (default 20)] [SIZE_MB (default 20)] [--only NAME,...]
 set -euo pipefail
-runs=${1:-20}
-size=${2:-20}
-shift $(( $# > 2 ? 2 : $# ))
+runs=20
+size=20
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then runs=$1; shift; fi
+if [[ ${1:-} =~ ^[0-9]+(\.[0-9]+)?$ ]]; then size=$1; shift; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$root/build-bench}
 log=$(mktemp /tmp/pos-bench-punch-XXXXXX.log)
