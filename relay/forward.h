@@ -40,11 +40,13 @@
 typedef void (*relay_lease_cb)(void *arg, relay_budget *b);
 
 /*
- * The circuits that forwarded most recently, for GET /circuits (the NAT lab
- * and operators: which circuit carried how much). Bounded: the least
- * recently active entry is replaced. The counts are the circuit's own (its
- * sides' relay_side_stats) as of its last forwarded DATA frame, so they stay
- * readable after the circuit closed, until the entry is replaced.
+ * Recently active circuits, for GET /circuits (the NAT lab and operators:
+ * which circuit carried how much). Bounded and cheap: a circuit's index
+ * picks one of RELAY_FORWARD_RECENT / 2 pairs of entries, and a circuit new
+ * to its pair replaces the pair's less recently active entry; the circuit
+ * that forwarded last is always listed. The counts are the circuit's own
+ * (its sides' relay_side_stats) as of its last forwarded DATA frame, so they
+ * stay readable after the circuit closed, until the entry is replaced.
  */
 #define RELAY_FORWARD_RECENT 16
 typedef struct relay_forward_circuit {
@@ -94,7 +96,6 @@ typedef struct relay_forwarder {
     struct iovec *iov;              /* batch_max: one per forwarded datagram */
     struct sockaddr_in6 *names;     /* batch_max: destination of each output */
     struct relay_gso_group *groups; /* batch_max */
-    unsigned recent_last;           /* stats.recent entry of the last frame forwarded */
     relay_forward_stats stats;
 } relay_forwarder;
 
