@@ -3,10 +3,9 @@
  * connection that owns them: keyed hash (SipHash, random key per map, so a
  * peer cannot aim ids at one bucket), chained buckets that double as the map
  * fills, O(1) on average. Bounded: at most |max_entries| ids at once. Used
- * by the library's endpoint (client-lib/src/endpoint.c); written so that the
- * relay's server (relay/quic_server.c, which keeps its own table today) can
- * adopt it: variable-length ids, several ids per owner, removal by (id,
- * owner).
+ * by the library's endpoint (client-lib/src/endpoint.c) and the relay's
+ * server (relay/server_conn.c): variable-length ids, several ids per owner,
+ * removal by (id, owner).
  */
 #ifndef POS_CID_MAP_H
 #define POS_CID_MAP_H

@@ -77,6 +77,7 @@ static int parse_long(const char *s, long min, long max, long *out)
     return 0;
 }
 
+/* Over 80 lines: one case per option, each with its own range check and message. */
 static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option lopts[] = {
@@ -359,10 +360,34 @@ static double sorted_percentile(const double *v, long k, double p)
     return k ? v[(long)((double)(k - 1) * p)] : NAN;
 }
 
+/* The report's columns, in this order (write_report). */
+enum { ATT, ACC, REF, FAIL, P50, P99, NCOLS };
+
+/*
+ * fill_columns writes |n| seconds of each column into |v| (column c at
+ * v + c * n); |sec| is scratch room for R->accepted values.
+ */
+static void fill_columns(struct run *R, double *v, size_t n, double *sec)
+{
+    /* the accepted handshakes in the order they ended, swept once second by second */
+    qsort(R->done, (size_t)R->accepted, sizeof(*R->done), cmp_done);
+    for (size_t s = 0, i = 0; s < n; s++) {
+        long k = 0;
+        v[ATT * n + s] = (double)report_counts_get(&R->att_s, s);
+        v[ACC * n + s] = (double)report_counts_get(&R->acc_s, s);
+        v[REF * n + s] = (double)report_counts_get(&R->ref_s, s);
+        v[FAIL * n + s] = (double)report_counts_get(&R->fail_s, s);
+        for (; i < (size_t)R->accepted && (second_of(R, R->done[i].at_ms) <= s || s == n - 1); i++)
+            sec[k++] = R->done[i].took_ms;
+        qsort(sec, (size_t)k, sizeof(double), cmp_double);
+        v[P50 * n + s] = sorted_percentile(sec, k, 0.5);
+        v[P99 * n + s] = sorted_percentile(sec, k, 0.99);
+    }
+}
+
 /* write_report: --report DIR, after the summary was printed. Returns 0 or -1 (said why). */
 static int write_report(struct run *R, const pos_p2p_relay_info *relay, double elapsed)
 {
-    enum { ATT, ACC, REF, FAIL, P50, P99, NCOLS };
     static const char *const names[NCOLS] = {"attempted", "accepted",         "refused",
                                              "failed",    "handshake_p50_ms", "handshake_p99_ms"};
     const struct report_chart charts[] = {
@@ -403,20 +428,7 @@ static int write_report(struct run *R, const pos_p2p_relay_info *relay, double e
     }
     for (int c = 0; c < NCOLS; c++)
         cols[c] = (struct report_column){names[c], v + (size_t)c * n};
-    /* the accepted handshakes in the order they ended, swept once second by second */
-    qsort(R->done, (size_t)R->accepted, sizeof(*R->done), cmp_done);
-    for (size_t s = 0, i = 0; s < n; s++) {
-        long k = 0;
-        v[ATT * n + s] = (double)report_counts_get(&R->att_s, s);
-        v[ACC * n + s] = (double)report_counts_get(&R->acc_s, s);
-        v[REF * n + s] = (double)report_counts_get(&R->ref_s, s);
-        v[FAIL * n + s] = (double)report_counts_get(&R->fail_s, s);
-        for (; i < (size_t)R->accepted && (second_of(R, R->done[i].at_ms) <= s || s == n - 1); i++)
-            sec[k++] = R->done[i].took_ms;
-        qsort(sec, (size_t)k, sizeof(double), cmp_double);
-        v[P50 * n + s] = sorted_percentile(sec, k, 0.5);
-        v[P99 * n + s] = sorted_percentile(sec, k, 0.99);
-    }
+    fill_columns(R, v, n, sec);
     free(sec);
 #define KV(k, ...)                                                                                 \
     snprintf(kv[nkv].key, sizeof(kv[nkv].key), "%s", k),                                           \

@@ -69,6 +69,75 @@ static void init_usage(FILE *out)
             RELAY_MAX_ADDRS);
 }
 
+/* init_opt_value checks the value of option |c| (optarg) and stores it in |o|; 0 or -1. */
+static int init_opt_value(struct init_opts *o, int c)
+{
+    char err[POS_ERR_LEN];
+    pos_redis_target t;
+    struct sockaddr_storage ss;
+    char *end;
+
+    switch (c) {
+    case 'a':
+        if ((strncmp(optarg, "http://", 7) != 0 && strncmp(optarg, "https://", 8) != 0) ||
+            strlen(optarg) > 500) {
+            fprintf(stderr, "pos-relay init: --api-url: expected an http:// or https:// URL "
+                            "such as http://127.0.0.1:8080\n");
+            return -1;
+        }
+        o->api_url = optarg;
+        return 0;
+    case 'p':
+        errno = 0;
+        o->port = strtol(optarg, &end, 10);
+        if (errno || end == optarg || *end || o->port < 1 || o->port > 65535) {
+            fprintf(stderr, "pos-relay init: --port: expected a port from 1 to 65535\n");
+            return -1;
+        }
+        return 0;
+    case 'r':
+        if (strlen(optarg) > 590 || pos_redis_url_parse(optarg, &t, err, sizeof(err)) != 0) {
+            fprintf(stderr, "pos-relay init: --redis: %s\n", err);
+            return -1;
+        }
+        o->redis = optarg;
+        return 0;
+    case 'P':
+        if (pos_addr_parse(optarg, strlen(optarg), 0, &ss) != 0) {
+            fprintf(stderr,
+                    "pos-relay init: --public-addr \"%s\": expected IP:PORT or [IPv6]:PORT\n",
+                    optarg);
+            return -1;
+        }
+        if (o->n_public == RELAY_MAX_ADDRS) {
+            fprintf(stderr, "pos-relay init: at most %d --public-addr\n", RELAY_MAX_ADDRS);
+            return -1;
+        }
+        o->public_addrs[o->n_public++] = optarg;
+        return 0;
+    case 'H':
+        if (pos_addr_parse(optarg, strlen(optarg), 0, &ss) != 0) {
+            fprintf(stderr,
+                    "pos-relay init: --http-listen \"%s\": expected IP:PORT or [IPv6]:PORT\n",
+                    optarg);
+            return -1;
+        }
+        o->http_listen = optarg;
+        return 0;
+    default: { /* 'o' */
+        struct passwd *pw = getpwnam(optarg);
+        if (!pw) {
+            fprintf(stderr, "pos-relay init: --owner: no user \"%s\" on this system\n", optarg);
+            return -1;
+        }
+        o->owner = optarg;
+        o->owner_uid = pw->pw_uid;
+        o->owner_gid = pw->pw_gid;
+        return 0;
+    }
+    }
+}
+
 static int parse_init_opts(int argc, char **argv, struct init_opts *o)
 {
     static const struct option longopts[] = {
@@ -83,10 +152,6 @@ static int parse_init_opts(int argc, char **argv, struct init_opts *o)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    char err[POS_ERR_LEN];
-    pos_redis_target t;
-    struct sockaddr_storage ss;
-    char *end;
     int c;
 
     memset(o, 0, sizeof(*o));
@@ -99,62 +164,14 @@ static int parse_init_opts(int argc, char **argv, struct init_opts *o)
             o->path = optarg;
             break;
         case 'a':
-            if ((strncmp(optarg, "http://", 7) != 0 && strncmp(optarg, "https://", 8) != 0) ||
-                strlen(optarg) > 500) {
-                fprintf(stderr, "pos-relay init: --api-url: expected an http:// or https:// URL "
-                                "such as http://127.0.0.1:8080\n");
-                return -1;
-            }
-            o->api_url = optarg;
-            break;
         case 'p':
-            errno = 0;
-            o->port = strtol(optarg, &end, 10);
-            if (errno || end == optarg || *end || o->port < 1 || o->port > 65535) {
-                fprintf(stderr, "pos-relay init: --port: expected a port from 1 to 65535\n");
-                return -1;
-            }
-            break;
         case 'r':
-            if (strlen(optarg) > 590 || pos_redis_url_parse(optarg, &t, err, sizeof(err)) != 0) {
-                fprintf(stderr, "pos-relay init: --redis: %s\n", err);
-                return -1;
-            }
-            o->redis = optarg;
-            break;
         case 'P':
-            if (pos_addr_parse(optarg, strlen(optarg), 0, &ss) != 0) {
-                fprintf(stderr,
-                        "pos-relay init: --public-addr \"%s\": expected IP:PORT or [IPv6]:PORT\n",
-                        optarg);
-                return -1;
-            }
-            if (o->n_public == RELAY_MAX_ADDRS) {
-                fprintf(stderr, "pos-relay init: at most %d --public-addr\n", RELAY_MAX_ADDRS);
-                return -1;
-            }
-            o->public_addrs[o->n_public++] = optarg;
-            break;
         case 'H':
-            if (pos_addr_parse(optarg, strlen(optarg), 0, &ss) != 0) {
-                fprintf(stderr,
-                        "pos-relay init: --http-listen \"%s\": expected IP:PORT or [IPv6]:PORT\n",
-                        optarg);
+        case 'o':
+            if (init_opt_value(o, c) != 0)
                 return -1;
-            }
-            o->http_listen = optarg;
             break;
-        case 'o': {
-            struct passwd *pw = getpwnam(optarg);
-            if (!pw) {
-                fprintf(stderr, "pos-relay init: --owner: no user \"%s\" on this system\n", optarg);
-                return -1;
-            }
-            o->owner = optarg;
-            o->owner_uid = pw->pw_uid;
-            o->owner_gid = pw->pw_gid;
-            break;
-        }
         case 'f':
             o->force = 1;
             break;

@@ -1,5 +1,5 @@
 /*
- * The relay's forwarding hot path. The UDP receive path (cmd_run.c) reads a
+ * The relay's forwarding hot path. The UDP receive path (server_udp.c) reads a
  * batch with recvmmsg and hands it to relay_forward_batch, which sorts it:
  * QUIC datagrams go back to the caller by index for ngtcp2; data frames are
  * checked against the circuit table (circuit.h), rewritten in place and
@@ -59,10 +59,10 @@ typedef struct relay_forward_circuit {
 /* Counters for /metrics. Every input datagram lands in exactly one of them (not batches, recent).
  */
 typedef struct relay_forward_stats {
-    uint64_t quic; /* handed back to the QUIC path */
-    uint64_t
-        quic_fallback;  /* looked like a frame, failed, handed to QUIC (see set_quic_fallback) */
-    uint64_t forwarded; /* DATA frames queued for sending */
+    uint64_t quic;            /* handed back to the QUIC path */
+    uint64_t quic_fallback;   /* looked like a frame, failed, handed to QUIC (see
+                                 relay_forwarder_set_quic_fallback) */
+    uint64_t forwarded;       /* DATA frames queued for sending */
     uint64_t forwarded_bytes; /* their lengths */
     uint64_t keepalives;      /* KEEPALIVE answered */
     uint64_t drop_truncated;  /* larger than the receive buffer (MSG_TRUNC) */

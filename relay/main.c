@@ -10,17 +10,6 @@
 #include "cmds.h"
 #include "log.h"
 
-/*
- * Until the QUIC side (cmd_run.c) is part of the build, `run` answers with
- * this weak fallback; the real cmd_run overrides it at link time.
- */
-__attribute__((weak)) int cmd_run(int argc, char **argv)
-{
-    (void)argc;
-    fprintf(stderr, "pos-relay %s: not built yet in this version\n", argv[0]);
-    return RELAY_EXIT_FAIL;
-}
-
 static const struct relay_command commands[] = {
     {"init", "write a new relay configuration (identity, id, p2p secret)", cmd_init},
     {"check", "validate a configuration file", cmd_check},

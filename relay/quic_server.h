@@ -1,9 +1,10 @@
 /*
  * The relay's QUIC side: UDP sockets on the relay port (server_udp.c), the
- * ngtcp2 server connections, and the control protocol on each client's
- * request streams (quic_server.c). Every ngtcp2 call of the relay is in
- * quic_server.c (the 1.x API renames much of 0.12: a port touches that one
- * file).
+ * ngtcp2 server connections (quic_server.c: routing and accepting;
+ * server_conn.c: one connection), the control protocol on each client's
+ * streams (server_ctrl.c) and the circuit broker (broker.c, sans-I/O). The
+ * relay's ngtcp2 calls are in those three server files and nowhere else in
+ * relay/ (the 1.x API renames much of 0.12: a port touches only them).
  *
  * Flow of a client: its first Initial triggers the per-address rate check
  * (relay_rate_check_addr) before any crypto is spent; under load (too many

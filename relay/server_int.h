@@ -1,30 +1,92 @@
 /*
- * The relay server's private parts shared by its two halves: quic_server.c
- * (connections, the control protocol; no socket calls) and server_udp.c
- * (the UDP sockets, batched receive and the forwarder's batched sends, the
- * default I/O seam). Never included outside relay/.
+ * The relay server's private parts shared by its files: quic_server.c
+ * (routing, accepting, set-up), server_conn.c (one QUIC connection),
+ * server_ctrl.c (the control protocol on it and the broker's outputs) and
+ * server_udp.c (the UDP sockets, batched receive and the forwarder's
+ * batched sends, the default I/O seam); none of them makes a socket call
+ * but server_udp.c. Never included outside relay/.
  */
 #ifndef POS_RELAY_SERVER_INT_H
 #define POS_RELAY_SERVER_INT_H
 
 #include <ev.h>
 #include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
 #include <sodium.h>
 #include <sys/socket.h>
 
+#include "broker.h"
+#include "cid_map.h"
 #include "circuit.h"
+#include "ctrl.h"
 #include "forward.h"
 #include "pending_addr.h"
+#include "quic_common.h"
 #include "quic_server.h"
+#include "sendbuf.h"
+#include "secret.h"
 #include "tls.h"
 
 #define MAX_SOCKS RELAY_MAX_ADDRS
 #define MAX_UDP 1500
 #define RX_BATCH 64
+#define SCID_LEN 16 /* the length of every connection id the server issues */
 
-struct cid_entry;
-struct rconn;
-struct preq;
+/*
+ * A connection (struct rconn) goes through these states:
+ *   RATE_CHECK  first Initial kept aside while Redis rates the address
+ *   HANDSHAKE   ngtcp2 connection exists, TLS running
+ *   HELLO_WAIT  handshake done, peer id known, waiting for HELLO
+ *   AUTH_CHECK  HELLO received, token being checked
+ *   ACTIVE      WELCOME sent, client counted and present
+ *   CLOSING     CONNECTION_CLOSE sent; resent on input, freed after 3 PTO
+ *   DRAINING    peer closed; freed after 3 PTO
+ */
+enum rstate { RATE_CHECK, HANDSHAKE, HELLO_WAIT, AUTH_CHECK, ACTIVE, CLOSING, DRAINING };
+
+struct rconn {
+    const pos_quic_cid_ops *cid_ops; /* first: ngtcp2's user_data (quic_common.h) */
+    relay_server *srv;
+    struct rconn *prev, *next; /* all connections */
+    ngtcp2_conn *qc;
+    gnutls_session_t tls;
+    ngtcp2_crypto_conn_ref ref;
+    pos_tls_pin pin;
+    ev_timer timer;
+    struct sockaddr_storage remote; /* address of the first packet (rate check) */
+    int sock;                       /* index into srv->socks */
+    uint8_t state;
+    uint8_t retried;        /* address validated by a Retry token */
+    uint8_t addr_counted;   /* counted in srv->pending_addrs (retried, before ACTIVE) */
+    uint8_t counted_active; /* counted in conns_active (else in pending) */
+    uint8_t in_read;        /* inside ngtcp2_conn_read_pkt: no writes, no closes now */
+    uint16_t close_code;    /* refusal decided inside read_pkt, sent after it returns */
+    uint8_t creating;       /* inside ngtcp2_conn_server_new (see pos_quic_rand) */
+    uint64_t check;         /* pending Redis check handle, 0 none */
+    ngtcp2_cid odcid;       /* the client's first DCID, routed until the connection ends */
+    ngtcp2_tstamp created;
+    ngtcp2_cid retry_odcid;
+    uint8_t *first_pkt; /* RATE_CHECK: the Initial kept aside */
+    size_t first_len;
+    pos_ctrl_reader rd;
+    relay_sendbuf out;  /* control messages on stream 0, kept until acknowledged */
+    uint8_t *close_pkt; /* CLOSING: the packet resent on input */
+    size_t close_len;
+    char token_id[POS_SECRET_HASH_HEXLEN]; /* ACTIVE: the token's hash */
+    char peer_id[POS_PEER_ID_STRLEN];
+    /* circuits (ACTIVE) */
+    relay_broker_client *bc;     /* in the broker from WELCOME until relay_ctrl_end */
+    relay_budget *budget;        /* the token's, from relay_budget_acquire */
+    struct sockaddr_storage cur; /* current address of the control connection */
+    pos_ctrl_addrs local;        /* the client's own addresses (HELLO) */
+    pos_ctrl_reader rd_req;      /* the client's request stream */
+    int64_t req_stream;          /* -1 until the client opens it */
+    struct rconn *dirty_next;    /* on srv->dirty: broker messages to write */
+    uint8_t dirty;
+    uint8_t ended;   /* relay_ctrl_end ran: circuits closed, presence dropped */
+    ev_timer expiry; /* ACTIVE, token with an expiry: closes the connection then */
+    uint8_t home;    /* HELLO without NOT_HOME: presence and INCOMING are here */
+};
 
 struct sock {
     int fd;
@@ -42,9 +104,7 @@ struct relay_server {
     pos_tls_creds *creds;
     struct sock socks[MAX_SOCKS];
     size_t n_socks;
-    struct cid_entry **buckets;
-    size_t n_buckets, n_cids;
-    uint8_t hash_key[crypto_shorthash_KEYBYTES];
+    pos_cid_map *cids; /* connection ids -> struct rconn */
     uint8_t retry_secret[32];
     uint8_t reset_secret[32];
     struct rconn *conns;
@@ -58,9 +118,9 @@ struct relay_server {
     /* data plane */
     relay_circuits *circuits;
     relay_forwarder *fw;
-    struct preq *preqs;
-    size_t n_preqs;
-    uint32_t next_req;
+    relay_broker *broker;  /* CONNECT -> INCOMING -> ACCEPT -> CIRCUIT */
+    ev_timer broker_timer; /* the broker's next deadline (relay_broker_expire) */
+    struct rconn *dirty;   /* connections with broker messages to write (flush) */
     int gso;
     /* receive batch (recvmmsg) and its forwarded output (sendmmsg) */
     struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];
@@ -69,6 +129,38 @@ struct relay_server {
     unsigned quic_idx[RX_BATCH];
     uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
 };
+
+/* server_conn.c: sending, the clock, and one connection's life. */
+void relay_send_to(relay_server *s, int sock, const uint8_t *data, size_t len,
+                   const struct sockaddr *to, socklen_t tolen);
+ngtcp2_tstamp relay_now(const relay_server *s);
+extern const pos_quic_cid_ops relay_conn_cid_ops;
+void relay_conn_callbacks_init(ngtcp2_callbacks *cb);
+/* relay_conn_make: the ngtcp2 server connection and TLS session of |c| from Initial |hd|; 0/-1 */
+int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd);
+/* relay_conn_input feeds one datagram to |c|, which may be freed by it. */
+void relay_conn_input(struct rconn *c, int sock, const uint8_t *data, size_t len,
+                      const struct sockaddr *from, socklen_t fromlen);
+void relay_conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+/* relay_conn_write sends what ngtcp2 has for |c| (handshake, acks, stream 0). Returns 0. */
+int relay_conn_write(struct rconn *c);
+/* relay_conn_close_app closes |c| with a refusal code and its reason phrase (now or after
+ * read_pkt); relay_conn_close_later only marks it, to be closed from its timer. */
+void relay_conn_close_app(struct rconn *c, enum relay_refusal code);
+void relay_conn_close_later(struct rconn *c, enum relay_refusal code);
+/* relay_conn_pending_addr_give: |c|'s handshake no longer counts against its address. */
+void relay_conn_pending_addr_give(struct rconn *c);
+void relay_conn_free(struct rconn *c);
+
+/* server_ctrl.c: the control protocol and the broker's outputs. */
+int relay_ctrl_broker_new(relay_server *s);
+int relay_ctrl_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id, uint64_t offset,
+                                const uint8_t *data, size_t datalen, void *user_data,
+                                void *stream_user_data);
+/* relay_ctrl_refuse: count and log refusal |why|, then close |c| with it. */
+void relay_ctrl_refuse(struct rconn *c, enum relay_refusal why);
+/* relay_ctrl_end: |c| is over: circuits closed, requests ended, presence dropped. Runs once. */
+void relay_ctrl_end(struct rconn *c);
 
 /* server_udp.c: the default relay_io.send (|arg| is the server) and clock. */
 int relay_udp_send(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,

@@ -1,6 +1,6 @@
 /*
  * What `pos-relay run` needs from Redis and the discovery API, behind one
- * interface so that the QUIC side (run.c, quic_server.c) never touches
+ * interface so that the QUIC side (cmd_run.c, quic_server.c) never touches
  * hiredis or libcurl. The facade of services.c, which hands each call to
  * its room: auth.h (rate limits, token checks, revocations), presence.h,
  * budget.h (bandwidth and usage) and registration.h (discovery API).

@@ -103,6 +103,7 @@ static void usage(FILE *out)
             RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, listen_limits_usage);
 }
 
+/* Over 80 lines: one case per option, each with its own range check and message. */
 static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option lopts[] = {
@@ -571,6 +572,55 @@ static int find_home(pos_p2p_endpoint *ep, struct opts *o, struct watch *w,
     return -1;
 }
 
+/*
+ * serve: the loop of a running listener until SIGTERM/SIGINT (0) or a refused
+ * token (1): sessions and transfers run inside the endpoint; between its runs
+ * the home relay is watched, rechecked and, when lost, found again.
+ */
+static int serve(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p2p_relay_info *info)
+{
+    w->recheck_at_ms =
+        o->recheck_s > 0 && !o->relay_id ? pos_p2p_now_ms() + o->recheck_s * 1000 : -1;
+    for (;;) {
+        pos_p2p_relay_status st;
+        /* the runner sleeps until a socket or a timer of the endpoint: wake for ours too */
+        int64_t wake = w->home ? w->recheck_at_ms : w->retry_at_ms, now = pos_p2p_now_ms();
+        int tmo = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
+        pos_p2p_endpoint_run(ep, tmo, relay_event, w);
+        now = pos_p2p_now_ms();
+        if (stop_requested)
+            return 0;
+        if (!w->home) {
+            if (w->retry_at_ms < 0 || now < w->retry_at_ms)
+                continue;
+            if (find_home(ep, o, w, info) > 0)
+                return 1;
+            continue;
+        }
+        pos_p2p_relay_get_status(w->home, &st);
+        if (st.state != POS_P2P_RELAY_FAILED) {
+            if (w->recheck_at_ms >= 0 && now >= w->recheck_at_ms) {
+                recheck(ep, o, w, info);
+                w->recheck_at_ms = pos_p2p_now_ms() + o->recheck_s * 1000;
+            }
+            continue;
+        }
+        fprintf(stderr, "pos-p2p listen: the relay closed the connection: %s\n",
+                st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+        drop_home(ep, w);
+        if (st.error == POS_P2P_ERR_GOING_AWAY && !o->relay_id)
+            snprintf(w->gone_id, sizeof(w->gone_id), "%s", info->id);
+        if (cli_token_refused(&st)) {
+            fprintf(stderr, "pos-p2p listen: the relay refused the token: stopping\n");
+            return 1;
+        }
+        /* going away, closed or silent: the best other relay at once, then with pauses */
+        w->retry_ms =
+            o->retry_max_s * 1000 < RETRY_FIRST_MS ? o->retry_max_s * 1000 : RETRY_FIRST_MS;
+        w->retry_at_ms = now;
+    }
+}
+
 int cmd_listen(int argc, char **argv)
 {
     struct opts o;
@@ -624,48 +674,7 @@ int cmd_listen(int argc, char **argv)
         goto out;
     printf("listening, files go to %s\n", o.out);
     fflush(stdout);
-    status = 0;
-    w.recheck_at_ms = o.recheck_s > 0 && !o.relay_id ? pos_p2p_now_ms() + o.recheck_s * 1000 : -1;
-    for (;;) {
-        pos_p2p_relay_status st;
-        /* the runner sleeps until a socket or a timer of the endpoint: wake for ours too */
-        int64_t wake = w.home ? w.recheck_at_ms : w.retry_at_ms, now = pos_p2p_now_ms();
-        int tmo = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
-        pos_p2p_endpoint_run(ep, tmo, relay_event, &w);
-        now = pos_p2p_now_ms();
-        if (stop_requested)
-            break;
-        if (!w.home) {
-            if (w.retry_at_ms < 0 || now < w.retry_at_ms)
-                continue;
-            if (find_home(ep, &o, &w, &info) > 0) {
-                status = 1;
-                break;
-            }
-            continue;
-        }
-        pos_p2p_relay_get_status(w.home, &st);
-        if (st.state != POS_P2P_RELAY_FAILED) {
-            if (w.recheck_at_ms >= 0 && now >= w.recheck_at_ms) {
-                recheck(ep, &o, &w, &info);
-                w.recheck_at_ms = pos_p2p_now_ms() + o.recheck_s * 1000;
-            }
-            continue;
-        }
-        fprintf(stderr, "pos-p2p listen: the relay closed the connection: %s\n",
-                st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
-        drop_home(ep, &w);
-        if (st.error == POS_P2P_ERR_GOING_AWAY && !o.relay_id)
-            snprintf(w.gone_id, sizeof(w.gone_id), "%s", info.id);
-        if (cli_token_refused(&st)) {
-            fprintf(stderr, "pos-p2p listen: the relay refused the token: stopping\n");
-            status = 1;
-            break;
-        }
-        /* going away, closed or silent: the best other relay at once, then with pauses */
-        w.retry_ms = o.retry_max_s * 1000 < RETRY_FIRST_MS ? o.retry_max_s * 1000 : RETRY_FIRST_MS;
-        w.retry_at_ms = now;
-    }
+    status = serve(ep, &o, &w, &info);
 out:
     while (o.peers)
         free_peer(o.peers);

@@ -20,12 +20,17 @@
 #include "contacts.h"
 #include "identity.h"
 #include "pos/p2p.h"
-#include "txt.h"
+#include "utf8.h"
 #include "uuid.h"
 
 #define MAX_LIBRARIES 16
 
 static volatile int stop_flag, hup_flag, wake_flag;
+
+static int flag_set(void *arg)
+{
+    return *(volatile int *)arg != 0;
+}
 
 static void on_signal(int sig)
 {
@@ -66,14 +71,14 @@ static const char *event_name(enum pos_mdns_event ev)
 static json_t *json_bytes(const uint8_t *s, size_t len, json_t **raw)
 {
     *raw = NULL;
-    if (mdns_utf8_valid(s, len))
+    if (utf8_valid(s, len))
         return json_stringn((const char *)s, len);
     char *shown = malloc(3 * len + 1);
     size_t b64_cap = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
     char *b64 = malloc(b64_cap);
     json_t *out = NULL;
     if (shown && b64) {
-        out = json_stringn(shown, mdns_utf8_sanitize(s, len, shown, 3 * len + 1));
+        out = json_stringn(shown, utf8_sanitize(s, len, shown, 3 * len + 1));
         sodium_bin2base64(b64, b64_cap, s, len, sodium_base64_VARIANT_ORIGINAL);
         *raw = json_string(b64);
     }
@@ -94,7 +99,7 @@ static void txt_to_json(const pos_mdns_peer *p, json_t *txt, json_t *raw)
         const uint8_t *s = (const uint8_t *)p->txt[i], *val;
         size_t len = p->txt_len ? p->txt_len[i] : strlen(p->txt[i]), kl, vl;
         char key[256];
-        if (!mdns_txt_split(s, len, &kl, &val, &vl) || kl >= sizeof(key))
+        if (pos_mdns_txt_split(s, len, &kl, &val, &vl) || kl >= sizeof(key))
             continue;
         for (size_t j = 0; j < kl; j++)
             key[j] = (char)(s[j] >= 'A' && s[j] <= 'Z' ? s[j] + 32 : s[j]);
@@ -174,7 +179,8 @@ static void print_event(void *user, enum pos_mdns_event ev, const pos_mdns_peer 
     fflush(stdout);
 }
 
-static int load_identity(const char *opt, char *path, size_t cap, char peer_id[44])
+static int load_identity(const char *opt, char *path, size_t cap,
+                         char peer_id[POS_P2P_PEER_ID_STRLEN])
 {
     pos_identity id;
     char err[512];
@@ -327,7 +333,27 @@ static void advertise_usage(FILE *out)
             "                        contacts.json and presence.key live beside it\n");
 }
 
-int cmd_advertise(int argc, char **argv)
+/* "enabled", "contacts-only" or "disabled" into |*mode|; -1 for anything else. */
+static int parse_mode(const char *s, enum pos_mdns_mode *mode)
+{
+    if (!strcmp(s, "enabled"))
+        *mode = POS_MDNS_ENABLED;
+    else if (!strcmp(s, "contacts-only"))
+        *mode = POS_MDNS_CONTACTS_ONLY;
+    else if (!strcmp(s, "disabled"))
+        *mode = POS_MDNS_DISABLED;
+    else
+        return -1;
+    return 0;
+}
+
+/*
+ * advertise_parse reads advertise's options into |cfg| (library uuids into
+ * |libs|), |*identity|, |*meta_file| and |pr|. Returns -1 to go on, else the
+ * exit status (0 after --help, 2 for a bad option).
+ */
+static int advertise_parse(int argc, char **argv, pos_mdns_config *cfg, const char **libs,
+                           const char **identity, const char **meta_file, struct printer *pr)
 {
     static const struct option opts[] = {{"identity", required_argument, NULL, 'i'},
                                          {"name", required_argument, NULL, 'n'},
@@ -340,47 +366,33 @@ int cmd_advertise(int argc, char **argv)
                                          {"metadata-file", required_argument, NULL, 'F'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *identity = NULL, *libs[MAX_LIBRARIES], *meta_file = NULL;
-    pos_mdns_config cfg;
-    struct printer pr = {0};
     int c;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.port = 7373;
-    cfg.advertise = 1;
-    cfg.browse = 1;
-    cfg.version = "0.1.0";
     optind = 1;
     opterr = 0; /* our own messages, prefixed with the command */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'i':
-            identity = optarg;
+            *identity = optarg;
             break;
         case 'n':
-            cfg.name = optarg;
+            cfg->name = optarg;
             break;
         case 'o':
-            cfg.os = optarg;
+            cfg->os = optarg;
             break;
         case 'm':
-            cfg.model = optarg;
+            cfg->model = optarg;
             break;
         case 'l':
-            if (cfg.n_libraries == MAX_LIBRARIES || !pos_uuid_valid(optarg, strlen(optarg))) {
+            if (cfg->n_libraries == MAX_LIBRARIES || !pos_uuid_valid(optarg, strlen(optarg))) {
                 fprintf(stderr, "pos-p2p advertise: --library needs a UUID (at most %d): \"%s\"\n",
                         MAX_LIBRARIES, optarg);
                 return 2;
             }
-            libs[cfg.n_libraries++] = optarg;
+            libs[cfg->n_libraries++] = optarg;
             break;
         case 'M':
-            if (!strcmp(optarg, "enabled"))
-                cfg.mode = POS_MDNS_ENABLED;
-            else if (!strcmp(optarg, "contacts-only"))
-                cfg.mode = POS_MDNS_CONTACTS_ONLY;
-            else if (!strcmp(optarg, "disabled"))
-                cfg.mode = POS_MDNS_DISABLED;
-            else {
+            if (parse_mode(optarg, &cfg->mode)) {
                 fprintf(stderr,
                         "pos-p2p advertise: --mode must be enabled, contacts-only or "
                         "disabled, not \"%s\"\n",
@@ -395,14 +407,14 @@ int cmd_advertise(int argc, char **argv)
                 fprintf(stderr, "pos-p2p advertise: --port must be 1..65535, not \"%s\"\n", optarg);
                 return 2;
             }
-            cfg.port = (uint16_t)v;
+            cfg->port = (uint16_t)v;
             break;
         }
         case 'j':
-            pr.json = 1;
+            pr->json = 1;
             break;
         case 'F':
-            meta_file = optarg;
+            *meta_file = optarg;
             break;
         case 'h':
             advertise_usage(stdout);
@@ -418,6 +430,48 @@ int cmd_advertise(int argc, char **argv)
         fprintf(stderr, "pos-p2p advertise: unexpected argument \"%s\"\n", argv[optind]);
         return 2;
     }
+    return -1;
+}
+
+/*
+ * advertise_loop runs |m| until SIGTERM/SIGINT, re-reading |meta_file| on
+ * SIGHUP (over the options' values in |base|) and telling each new instance
+ * name.
+ */
+static void advertise_loop(pos_mdns *m, const char *meta_file, const pos_mdns_config *base,
+                           const char **base_libs, json_t **meta)
+{
+    char shown[64] = "";
+    while (!stop_flag) {
+        int rv = pos_mdns_run(m, 200, flag_set, (void *)&wake_flag);
+        if (rv != 0 && rv != POS_P2P_ERR_TIMEOUT)
+            break;
+        wake_flag = 0;
+        if (hup_flag) {
+            hup_flag = 0;
+            reload_metadata(m, meta_file, base, base_libs, meta);
+        }
+        if (strcmp(shown, pos_mdns_instance(m))) {
+            snprintf(shown, sizeof(shown), "%s", pos_mdns_instance(m));
+            if (*shown)
+                fprintf(stderr, "pos-p2p advertise: advertising instance \"%s\"\n", shown);
+        }
+    }
+}
+
+int cmd_advertise(int argc, char **argv)
+{
+    const char *identity = NULL, *libs[MAX_LIBRARIES], *meta_file = NULL;
+    pos_mdns_config cfg;
+    struct printer pr = {0};
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.port = 7373;
+    cfg.advertise = 1;
+    cfg.browse = 1;
+    cfg.version = "0.1.0";
+    int rc = advertise_parse(argc, argv, &cfg, libs, &identity, &meta_file, &pr);
+    if (rc >= 0)
+        return rc;
     cfg.libraries = libs;
     pos_mdns_config base = cfg; /* the options' values, under the file's */
     const char *base_libs[MAX_LIBRARIES];
@@ -431,7 +485,7 @@ int cmd_advertise(int argc, char **argv)
             return 2;
         }
     }
-    char path[4096], peer_id[44];
+    char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     uint8_t key[32];
     if (load_identity(identity, path, sizeof(path), peer_id)) {
         json_decref(meta);
@@ -451,7 +505,7 @@ int cmd_advertise(int argc, char **argv)
     if (cfg.mode == POS_MDNS_DISABLED)
         cfg.browse = 0;
     pos_mdns *m;
-    int rc = pos_mdns_new(&m, &cfg, print_event, &pr);
+    rc = pos_mdns_new(&m, &cfg, print_event, &pr);
     sodium_memzero(key, sizeof(key));
     if (rc) {
         fprintf(stderr, "pos-p2p advertise: %s\n", pos_p2p_strerror(rc));
@@ -469,21 +523,7 @@ int cmd_advertise(int argc, char **argv)
             : cfg.mode == POS_MDNS_CONTACTS_ONLY ? "contacts-only"
                                                  : "disabled",
             peer_id, cfg.port);
-    char shown[64] = "";
-    while (!stop_flag) {
-        if (pos_mdns_run(m, 200, &wake_flag))
-            break;
-        wake_flag = 0;
-        if (hup_flag) {
-            hup_flag = 0;
-            reload_metadata(m, meta_file, &base, base_libs, &meta);
-        }
-        if (strcmp(shown, pos_mdns_instance(m))) {
-            snprintf(shown, sizeof(shown), "%s", pos_mdns_instance(m));
-            if (*shown)
-                fprintf(stderr, "pos-p2p advertise: advertising instance \"%s\"\n", shown);
-        }
-    }
+    advertise_loop(m, meta_file, &base, base_libs, &meta);
     pos_mdns_del(m); /* goodbyes */
     json_decref(meta);
     fprintf(stderr, "pos-p2p advertise: stopped\n");
@@ -549,7 +589,7 @@ int cmd_discover(int argc, char **argv)
         fprintf(stderr, "pos-p2p discover: unexpected argument \"%s\"\n", argv[optind]);
         return 2;
     }
-    char path[4096], peer_id[44];
+    char path[4096], peer_id[POS_P2P_PEER_ID_STRLEN];
     if (load_identity(identity, path, sizeof(path), peer_id))
         return 1;
     pos_mdns_config cfg;
@@ -566,7 +606,7 @@ int cmd_discover(int argc, char **argv)
         return 1;
     }
     install_signals(false);
-    rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, &stop_flag);
+    rc = pos_mdns_run(m, timeout > 0 ? (int)(timeout * 1000) : -1, flag_set, (void *)&stop_flag);
     pos_mdns_del(m);
     if (rc) {
         fprintf(stderr, "pos-p2p discover: %s\n", pos_p2p_strerror(rc));

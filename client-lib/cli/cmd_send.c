@@ -77,6 +77,7 @@ static void usage(FILE *out)
             "                     (the other lines go to stderr)\n");
 }
 
+/* Over 80 lines: one case per option, each with its own range check and message. */
 static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option lopts[] = {

@@ -128,6 +128,37 @@ pos_p2p_relay *cli_home_relay(pos_p2p_endpoint *ep, const char *cmd, const char 
     return r;
 }
 
+/*
+ * dial_candidates starts a connection to each relay of |list| that |q| does
+ * not leave out (at most MAX_TRY, after |s|'s slots already taken) and
+ * returns 1 when the only candidate was dialed as home at once (nothing to
+ * compare it with, so no measuring), else 0.
+ */
+static int dial_candidates(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
+                           const pos_p2p_relay_list *list, struct settle *s,
+                           const pos_p2p_relay_info **infos)
+{
+    size_t candidates = 0;
+    unsigned flags = POS_P2P_RELAY_NOT_HOME;
+    for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
+        if (!left_out(q, pos_p2p_relay_list_get(list, i)))
+            candidates++;
+    }
+    int dialed_home = q->home && !q->current_id && candidates == 1;
+    if (dialed_home)
+        flags = 0;
+    for (size_t i = 0; i < pos_p2p_relay_list_count(list) && s->n < MAX_TRY; i++) {
+        const pos_p2p_relay_info *in = pos_p2p_relay_list_get(list, i);
+        if (left_out(q, in))
+            continue;
+        infos[s->n] = in;
+        if (pos_p2p_relay_connect_flags(ep, in, q->token, q->timeout_ms, flags, &s->r[s->n]) != 0)
+            s->r[s->n] = NULL;
+        s->n++;
+    }
+    return dialed_home;
+}
+
 pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
                               struct cli_pick_res *res)
 {
@@ -138,8 +169,6 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     pos_p2p_relay_status st;
     pos_p2p_relay *home = NULL;
     char err[512];
-    size_t candidates = 0;
-    unsigned flags = POS_P2P_RELAY_NOT_HOME;
     int pick, dialed_home;
 
     memset(&s, 0, sizeof(s));
@@ -155,24 +184,7 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
         fprintf(stderr, "%s: cannot fetch the relay list: %s\n", q->cmd, err);
         return NULL;
     }
-    for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
-        const pos_p2p_relay_info *in = pos_p2p_relay_list_get(list, i);
-        if (!left_out(q, in))
-            candidates++;
-    }
-    /* one candidate and nothing to compare it with: no measuring, dial it as home at once */
-    dialed_home = q->home && !q->current_id && candidates == 1;
-    if (dialed_home)
-        flags = 0;
-    for (size_t i = 0; i < pos_p2p_relay_list_count(list) && s.n < MAX_TRY; i++) {
-        const pos_p2p_relay_info *in = pos_p2p_relay_list_get(list, i);
-        if (left_out(q, in))
-            continue;
-        infos[s.n] = in;
-        if (pos_p2p_relay_connect_flags(ep, in, q->token, q->timeout_ms, flags, &s.r[s.n]) != 0)
-            s.r[s.n] = NULL;
-        s.n++;
-    }
+    dialed_home = dial_candidates(ep, q, list, &s, infos);
     if (s.n == 0 || (q->current_id && s.n == 1)) {
         if (q->current_id) {
             res->kept = 1;

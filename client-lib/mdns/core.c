@@ -10,44 +10,6 @@
 
 #include "engine.h"
 
-struct mdns_packet *mdns_out_slot(struct mdns_core *c)
-{
-    if (c->out_count == MDNS_MAX_OUT) {
-        c->out_dropped++;
-        return NULL;
-    }
-    return &c->out[(c->out_head + c->out_count) % MDNS_MAX_OUT];
-}
-
-void mdns_out_commit(struct mdns_core *c)
-{
-    c->out_count++;
-}
-
-const struct mdns_packet *mdns_core_pop_packet(struct mdns_core *c)
-{
-    if (!c->out_count)
-        return NULL;
-    const struct mdns_packet *p = &c->out[c->out_head];
-    c->out_head = (c->out_head + 1) % MDNS_MAX_OUT;
-    c->out_count--;
-    return p;
-}
-
-unsigned mdns_core_out_dropped(const struct mdns_core *c)
-{
-    return c->out_dropped;
-}
-
-struct iface *mdns_iface_find(struct mdns_core *c, int ifindex)
-{
-    for (int i = 0; i < MDNS_MAX_IFACES; i++) {
-        if (c->ifaces[i].index == ifindex && ifindex)
-            return &c->ifaces[i];
-    }
-    return NULL;
-}
-
 struct mdns_core *mdns_core_new(const struct mdns_core_config *cfg, mdns_event_fn cb, void *user,
                                 uint64_t now)
 {
@@ -121,11 +83,6 @@ int mdns_core_add_contact(struct mdns_core *c, const char *peer_id, const uint8_
 const char *mdns_core_instance(const struct mdns_core *c)
 {
     return (c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED) ? c->instance_label : "";
-}
-
-int mdns_core_announced(const struct mdns_core *c)
-{
-    return c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED;
 }
 
 void mdns_core_stop(struct mdns_core *c, uint64_t now)
@@ -277,7 +234,9 @@ int mdns_core_receive(struct mdns_core *c, const uint8_t *data, size_t len, int 
             if (src_port == MDNS_PORT)
                 handle_response(c, x, ifc, src_family, now);
         } else {
-            mdns_responder_query(c, x, ifc, src_family, src, src_port, now);
+            unsigned known;
+            if (mdns_responder_query(c, x, ifc, src_family, src, src_port, now, &known))
+                mdns_querier_saw_query(c, ifc, src_family, known, now);
         }
     }
     free(x);

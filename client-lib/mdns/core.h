@@ -37,6 +37,10 @@
 #define MDNS_TTL_OTHER 4500 /* PTR, TXT */
 #define MDNS_EPOCH_MS (15 * 60 * 1000)
 
+/*
+ * The structs below are defined here because mdns.c, the engine's I/O
+ * layer, reads the packets the engine queues and fills its configuration.
+ */
 struct mdns_dest {
     int ifindex;
     int family; /* 4 or 6 */

@@ -48,6 +48,12 @@
 #define DNS_ERR_RDATA -4     /* rdata inconsistent with its type */
 #define DNS_ERR_END -5       /* no more entries (not an error) */
 
+/*
+ * The codec's structs are values: callers keep them on the stack or inside
+ * their own records (a cache entry holds a dns_name), so they are defined
+ * here rather than behind pointers.
+ */
+
 /* A name in canonical wire form: labels with length prefixes, ending in 0. */
 struct dns_name {
     uint16_t len; /* bytes used in b, including the final 0 */

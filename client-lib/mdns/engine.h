@@ -1,9 +1,15 @@
 /*
- * Private to the mDNS engine (core.c, responder.c, querier.c): the state
- * they share and the calls between them. core.c owns the object, the
- * interfaces, the output queue and the dispatch of packets and timers;
- * responder.c publishes our records; querier.c browses, caches and
- * reports. Nothing here is installed or used outside client-lib/mdns.
+ * Private to the mDNS engine (engine.c, core.c, responder.c, querier.c):
+ * the state they share and the calls between them. engine.c holds the
+ * output queue, the interface lookup and the presence epochs; core.c owns
+ * the object and dispatches packets and timers; responder.c publishes our
+ * records; querier.c browses, caches and reports. Calls go one way
+ * (engine <- responder, querier <- core). struct mdns_core is the one
+ * engine's state, laid out by owner (responder, querier, output ring) and
+ * defined here because those four files read it directly (one interface
+ * record holds both halves' per-interface state): an exception to the
+ * one-struct-one-file rule, not yet split. Nothing here is installed or
+ * used outside client-lib/mdns.
  */
 #ifndef POS_MDNS_ENGINE_H
 #define POS_MDNS_ENGINE_H
@@ -155,18 +161,19 @@ static inline void mdns_earliest(uint64_t *best, uint64_t t)
         *best = t;
 }
 
-/* ---- core.c ---- */
+/* ---- engine.c (also mdns_core_pop_packet, mdns_core_announced, mdns_presence_tag: core.h) ---- */
 
 /* The next free slot of the output queue, or NULL (then counted as dropped). */
 struct mdns_packet *mdns_out_slot(struct mdns_core *c);
 /* Queues the slot returned by mdns_out_slot. */
 void mdns_out_commit(struct mdns_core *c);
 struct iface *mdns_iface_find(struct mdns_core *c, int ifindex);
+/* The contacts-only epoch (wall clock / MDNS_EPOCH_MS) at monotonic |now|. */
+uint64_t mdns_epoch_of(const struct mdns_core *c, uint64_t now);
 
 /* ---- responder.c ---- */
 
 void mdns_random_label(char *out, const char *prefix);
-uint64_t mdns_epoch_of(const struct mdns_core *c, uint64_t now);
 void mdns_set_names(struct mdns_core *c, const char *host_label);
 /* Probing starts after |delay| ms. */
 void mdns_start_probing(struct mdns_core *c, uint64_t now, uint64_t delay);
@@ -185,9 +192,14 @@ void mdns_rename_after_conflict(struct mdns_core *c, uint64_t now);
  * then meets a conflict.
  */
 void mdns_conflict(struct mdns_core *c, uint64_t now);
-/* Answers a query (and settles rival probes) received on |ifc|. */
-void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
-                          const uint8_t *src, uint16_t src_port, uint64_t now);
+/*
+ * Answers a query (and settles rival probes) received on |ifc|. Returns true
+ * when another host asked our browse question, its known answers in
+ * |*browse_known| (for mdns_querier_saw_query).
+ */
+bool mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
+                          const uint8_t *src, uint16_t src_port, uint64_t now,
+                          unsigned *browse_known);
 /* A record from another responder: true when it conflicts with our names. */
 bool mdns_responder_saw_record(struct mdns_core *c, struct iface *ifc, int family,
                                const struct dns_rr *rr);

@@ -444,9 +444,10 @@ int pos_mdns_fd(const pos_mdns *m)
     return m->ep;
 }
 
-uint64_t pos_mdns_next_deadline(const pos_mdns *m)
+int64_t pos_mdns_next_deadline(const pos_mdns *m)
 {
-    return mdns_core_next_deadline(m->core);
+    uint64_t d = mdns_core_next_deadline(m->core);
+    return d >= (uint64_t)INT64_MAX ? -1 : (int64_t)d;
 }
 
 int pos_mdns_process(pos_mdns *m)
@@ -510,14 +511,16 @@ void pos_mdns_del(pos_mdns *m)
     free(m);
 }
 
-int pos_mdns_run(pos_mdns *m, int timeout_ms, volatile int *stop)
+int pos_mdns_run(pos_mdns *m, int timeout_ms, pos_p2p_done_cb done, void *arg)
 {
     uint64_t end = timeout_ms >= 0 ? mono_ms() + (uint64_t)timeout_ms : UINT64_MAX;
-    while (!(stop && *stop)) {
+    if (!m)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    while (!(done && done(arg))) {
         uint64_t now = mono_ms();
         if (now >= end)
-            break;
-        uint64_t dl = pos_mdns_next_deadline(m);
+            return POS_P2P_ERR_TIMEOUT;
+        uint64_t dl = mdns_core_next_deadline(m->core);
         if (end < dl)
             dl = end;
         int wait = dl <= now ? 0 : (dl - now > 1000 ? 1000 : (int)(dl - now));

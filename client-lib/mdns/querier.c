@@ -338,7 +338,8 @@ static void emit(struct mdns_core *c, struct view *v, enum pos_mdns_event ev,
     if (v->contact >= 0 && (size_t)v->contact < c->n_contacts) {
         p.peer_id = c->contacts[v->contact].peer_id;
         p.contact = 1;
-    } else if (il >= POS_PEER_ID_LEN && (il == POS_PEER_ID_LEN || !strncmp(inst + 43, " (", 2)) &&
+    } else if (il >= POS_PEER_ID_LEN &&
+               (il == POS_PEER_ID_LEN || !strncmp(inst + POS_PEER_ID_LEN, " (", 2)) &&
                !pos_peer_id_parse(inst, POS_PEER_ID_LEN, pk)) {
         /* The instance is a peer id, maybe renamed "id (2)" after a conflict. */
         memcpy(pid, inst, POS_PEER_ID_LEN);

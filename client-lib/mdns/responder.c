@@ -173,15 +173,6 @@ static void send_probe(struct mdns_core *c, struct iface *ifc, int family, bool 
     mdns_out_commit(c);
 }
 
-void mdns_presence_tag(const uint8_t key[32], uint64_t epoch, const uint8_t nonce[16],
-                       uint8_t tag[16])
-{
-    uint8_t sub[32];
-    crypto_kdf_derive_from_key(sub, sizeof(sub), epoch, "posprsnc", key);
-    crypto_generichash(tag, 16, nonce, 16, sub, sizeof(sub));
-    sodium_memzero(sub, sizeof(sub));
-}
-
 void mdns_random_label(char *out, const char *prefix)
 {
     uint8_t r[8];
@@ -189,12 +180,6 @@ void mdns_random_label(char *out, const char *prefix)
     char hex[17];
     sodium_bin2hex(hex, sizeof(hex), r, sizeof(r));
     snprintf(out, DNS_MAX_LABEL + 1, "%s%s", prefix, hex);
-}
-
-uint64_t mdns_epoch_of(const struct mdns_core *c, uint64_t now)
-{
-    int64_t wall = (int64_t)now + c->cfg.wall_offset_ms;
-    return wall > 0 ? (uint64_t)wall / MDNS_EPOCH_MS : 0;
 }
 
 static void build_private_txt(struct mdns_core *c, uint64_t now)
@@ -641,17 +626,15 @@ static bool truncated_query(struct mdns_core *c, struct rx *x, struct iface *ifc
     return true;
 }
 
-void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
-                          const uint8_t *src, uint16_t src_port, uint64_t now)
+/* answer_query: what the responder does about a query summed up in |qs|. */
+static void answer_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
+                         const uint8_t *src, uint16_t src_port, uint64_t now,
+                         const struct query_summary *q, bool from_us)
 {
     bool responding =
         mdns_advertising(c) && (c->rstate == R_ANNOUNCING || c->rstate == R_ANNOUNCED);
     bool probing = mdns_advertising(c) && c->rstate == R_PROBING;
-    struct query_summary qs;
-    read_query(c, x, ifc, probing, &qs);
-    bool from_us = our_addr(c, family == 4 ? DNS_TYPE_A : DNS_TYPE_AAAA, src, family == 4 ? 4 : 16);
-    if (qs.browse_q && !from_us)
-        mdns_querier_saw_query(c, ifc, family, qs.browse_known, now);
+    struct query_summary qs = *q;
     if (probing && qs.n_theirs && lost_tiebreak(c, x, qs.n_theirs)) {
         mdns_start_probing(c, now, 1000);
         return;
@@ -681,6 +664,19 @@ void mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, 
             return;
     }
     answer_multicast(c, ifc, family, mask, qs.known, probe, false, now);
+}
+
+bool mdns_responder_query(struct mdns_core *c, struct rx *x, struct iface *ifc, int family,
+                          const uint8_t *src, uint16_t src_port, uint64_t now,
+                          unsigned *browse_known)
+{
+    bool probing = mdns_advertising(c) && c->rstate == R_PROBING;
+    struct query_summary qs;
+    read_query(c, x, ifc, probing, &qs);
+    bool from_us = our_addr(c, family == 4 ? DNS_TYPE_A : DNS_TYPE_AAAA, src, family == 4 ? 4 : 16);
+    answer_query(c, x, ifc, family, src, src_port, now, &qs, from_us);
+    *browse_known = qs.browse_known;
+    return qs.browse_q && !from_us;
 }
 
 static void responder_states(struct mdns_core *c, uint64_t now)

@@ -1,11 +1,12 @@
 /*
- * DNS-SD TXT strings, instance names and the UTF-8 checks the JSON output
- * needs (see txt.h). Every read is bounded by the length given with the
- * bytes.
+ * DNS-SD TXT strings and instance names (see txt.h). Every read is bounded
+ * by the length given with the bytes.
  */
 #include "txt.h"
 
 #include <string.h>
+
+#include "pos/p2p.h"
 
 static uint8_t lower(uint8_t c)
 {
@@ -33,6 +34,14 @@ bool mdns_txt_split(const uint8_t *s, size_t len, size_t *klen, const uint8_t **
     return true;
 }
 
+int pos_mdns_txt_split(const uint8_t *s, size_t len, size_t *klen, const uint8_t **val,
+                       size_t *vlen)
+{
+    if ((!s && len) || !klen || !val || !vlen)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    return mdns_txt_split(s, len, klen, val, vlen) ? 0 : POS_P2P_ERR_MDNS_TXT;
+}
+
 long mdns_txt_find(const char *const *strs, const size_t *lens, size_t n, const char *key)
 {
     size_t want = strlen(key);
@@ -48,72 +57,6 @@ long mdns_txt_find(const char *const *strs, const size_t *lens, size_t n, const 
             return (long)i;
     }
     return -1;
-}
-
-/* Length of the well-formed UTF-8 sequence at |s| (|len| bytes left), or 0. */
-static size_t utf8_seq(const uint8_t *s, size_t len)
-{
-    uint8_t c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t n;
-    uint8_t lo = 0x80, hi = 0xBF; /* allowed range of the second byte (RFC 3629 §4) */
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        if (c == 0xE0)
-            lo = 0xA0; /* overlong */
-        else if (c == 0xED)
-            hi = 0x9F; /* surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        if (c == 0xF0)
-            lo = 0x90; /* overlong */
-        else if (c == 0xF4)
-            hi = 0x8F; /* above U+10FFFF */
-    } else {
-        return 0;
-    }
-    if (len < 2 || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++) {
-        if (i >= len || (s[i] & 0xC0) != 0x80)
-            return 0;
-    }
-    return n;
-}
-
-bool mdns_utf8_valid(const uint8_t *s, size_t len)
-{
-    for (size_t p = 0; p < len;) {
-        size_t n = utf8_seq(s + p, len - p);
-        if (!n)
-            return false;
-        p += n;
-    }
-    return true;
-}
-
-size_t mdns_utf8_sanitize(const uint8_t *s, size_t len, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t p = 0; p < len;) {
-        size_t n = utf8_seq(s + p, len - p);
-        const uint8_t *src = s + p;
-        if (!n) {
-            src = (const uint8_t *)"\xEF\xBF\xBD"; /* U+FFFD for one bad byte */
-            n = 3;
-            p += 1;
-        } else {
-            p += n;
-        }
-        if (cap - o < n)
-            break;
-        memcpy(out + o, src, n);
-        o += n;
-    }
-    return o;
 }
 
 /* Whether the labels of |n| from offset |p| on are |suffix| (ASCII case-insensitively). */

@@ -1,7 +1,7 @@
 /*
  * DNS-SD TXT strings (RFC 6763 §6) and instance names (§4.3) as a browser
- * reads them, for the querier and the discover command. Sans-I/O, no
- * allocation.
+ * reads them, for the querier (and, through pos_mdns_txt_split in pos/p2p.h,
+ * for applications). Sans-I/O, no allocation.
  *
  * The rules, as §6.4 and §6.5 give them: a string is "key=value", "key"
  * (a boolean attribute: present, no value) or "key=" (empty value). The key
@@ -34,20 +34,6 @@ bool mdns_txt_split(const uint8_t *s, size_t len, size_t *klen, const uint8_t **
  * -1 when none has it.
  */
 long mdns_txt_find(const char *const *strs, const size_t *lens, size_t n, const char *key);
-
-/*
- * mdns_utf8_valid: whether |s| (|len| bytes) is well-formed UTF-8 (RFC 3629:
- * no overlong forms, no surrogates, nothing above U+10FFFF). NUL is valid.
- */
-bool mdns_utf8_valid(const uint8_t *s, size_t len);
-
-/*
- * mdns_utf8_sanitize copies |s| (|len| bytes) into |out| (|cap| bytes),
- * replacing each byte that starts no well-formed sequence with U+FFFD. Returns the
- * bytes written (at most 3 * |len|; the copy stops short when |cap| is too
- * small). |out| is not NUL terminated.
- */
-size_t mdns_utf8_sanitize(const uint8_t *s, size_t len, char *out, size_t cap);
 
 /*
  * mdns_instance_text writes the instance part of service instance name |n|

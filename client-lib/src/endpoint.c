@@ -194,7 +194,7 @@ static int open_sock(struct ep_sock *s, int family, unsigned port)
         return -1;
     if (family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    /* Room for bursts (handshake flights of many connections, later relayed data). */
+    /* Room for bursts (handshake flights of many connections, relayed data). */
     int bufsize = 1024 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof(bufsize));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof(bufsize));
@@ -217,7 +217,7 @@ static int ep_alloc(pos_p2p_endpoint **out, const pos_p2p_identity *id)
         return POS_P2P_ERR_NOMEM;
     ep->socks[0].fd = ep->socks[1].fd = -1;
     ep->epfd = -1;
-    ep->id = id->key;
+    ep->id = *p2p_identity_key(id);
     ep->cids = pos_cid_map_new(EP_MAX_CIDS);
     if (!ep->cids || pos_tls_creds_new(&ep->creds, &ep->id) != 0) {
         pos_p2p_endpoint_del(ep);
@@ -389,7 +389,7 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
     return 0;
 }
 
-int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, int (*done)(void *arg), void *arg)
+int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, pos_p2p_done_cb done, void *arg)
 {
     int64_t end = timeout_ms >= 0 ? pos_p2p_now_ms() + timeout_ms : -1;
     struct epoll_event evs[4];

@@ -6,6 +6,23 @@
 #include "internal.h"
 #include "pos/p2p.h"
 
+struct pos_p2p_identity {
+    pos_identity key;
+};
+
+pos_p2p_identity *p2p_identity_new(const pos_identity *key)
+{
+    pos_p2p_identity *id = calloc(1, sizeof(*id));
+    if (id)
+        id->key = *key;
+    return id;
+}
+
+const pos_identity *p2p_identity_key(const pos_p2p_identity *id)
+{
+    return &id->key;
+}
+
 int pos_p2p_identity_default_path(char *out, size_t outlen)
 {
     const char *e = getenv("POS_IDENTITY");

@@ -6,9 +6,11 @@
  * data frames (first byte without the QUIC fixed bit) to the connection
  * list, a new peer's Initial to the listener. It reaches connections only
  * through struct ep_conn below and never names their types: relay control
- * connections (quic_client.c) and the session layer (session.c) register
- * themselves. Module order (no calls back): endpoint <- quic_client <-
- * session <- session_relay (checked by tests/unit/check_layering.py).
+ * connections (quic_client.c) attach themselves, the session layer's table
+ * (session_table.c, its operations in session_listen.c) is the listener.
+ * Module order (no calls back): endpoint <- quic_client <- the session
+ * modules (session_table <- session_path <- session <- session_listen <-
+ * session_relay), checked by tests/unit/check_layering.py.
  */
 #ifndef POS_P2P_INTERNAL_H
 #define POS_P2P_INTERNAL_H
@@ -26,14 +28,16 @@
 #define EP_MAX_UDP 1500
 #define EP_MAX_CIDS 65536 /* connection ids routed at once (sessions * ids each, far above) */
 
-struct pos_p2p_identity {
-    pos_identity key;
-};
+/* identity.c (struct pos_p2p_identity is defined there) */
+/* p2p_identity_new: an identity holding a copy of |key| (NULL: no memory); free with
+ * pos_p2p_identity_del. */
+pos_p2p_identity *p2p_identity_new(const pos_identity *key);
+const pos_identity *p2p_identity_key(const pos_p2p_identity *id); /* the key of |id| */
 
 /*
  * The endpoint's I/O seam: where its datagrams go. The sockets by default;
  * a fuzz target gives its own send (ep_new_io) and feeds datagrams to
- * ep_input.
+ * ep_input. Defined here because the caller fills it in (it is copied).
  */
 typedef struct ep_io {
     /* send: |data| from local socket |sock| (0 IPv4, 1 IPv6) to |to|; 0, or -1 dropped */
@@ -44,7 +48,10 @@ typedef struct ep_io {
 
 struct ep_conn;
 
-/* What the endpoint calls on a connection; a NULL member is never called. */
+/*
+ * What the endpoint calls on a connection; a NULL member is never called.
+ * Defined here because each connection module writes its own table.
+ */
 struct ep_conn_ops {
     /* input: a QUIC packet for one of its connection ids (listener: one nobody claims) */
     void (*input)(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
@@ -59,7 +66,9 @@ struct ep_conn_ops {
 
 /*
  * The first member of every connection: ngtcp2's user_data is the
- * connection, so |cid_ops| (quic_common.h) is found at its start.
+ * connection, so |cid_ops| (quic_common.h) is found at its start. Defined
+ * here because every connection embeds it (the endpoint links them without
+ * knowing their types).
  */
 struct ep_conn {
     const pos_quic_cid_ops *cid_ops; /* = &ep_cid_ops: ids go to ep's map */

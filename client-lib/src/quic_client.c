@@ -36,7 +36,7 @@ struct pos_p2p_relay {
     int sock;
     struct sockaddr_storage remote;
     uint8_t dead;     /* closed or failed: no more I/O */
-    uint8_t creating; /* inside ngtcp2_conn_client_new (see cb_rand) */
+    uint8_t creating; /* inside ngtcp2_conn_client_new (see pos_quic_rand) */
     int64_t stream;
     int64_t connect_deadline_ms; /* the caller's overall limit */
     int64_t attempt_deadline_ms; /* this address's share of it */

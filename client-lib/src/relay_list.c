@@ -183,3 +183,20 @@ int pos_p2p_relay_list_fetch(const char *api_url, int timeout_ms, pos_p2p_relay_
     free(b.p);
     return rv;
 }
+
+int pos_p2p_relay_pick_home(const double *rtt_ms, size_t n, int current)
+{
+    int best = -1;
+    for (size_t i = 0; i < n; i++)
+        if (rtt_ms[i] >= 0 && (best < 0 || rtt_ms[i] < rtt_ms[best]))
+            best = (int)i;
+    if (best < 0)
+        return -1;
+    if (current >= 0 && (size_t)current < n && rtt_ms[current] >= 0) {
+        double cur = rtt_ms[current], b = rtt_ms[best];
+        /* switch only for a clear gain: at least 30% and 10 ms faster */
+        if (!(b <= cur * 0.7 && cur - b >= 10.0))
+            return current;
+    }
+    return best;
+}

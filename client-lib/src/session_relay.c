@@ -3,10 +3,12 @@
  * A relay handed to the session layer (pos_p2p_session_use_relay) has its
  * events and circuit data handled here: a peer's request is answered by the
  * endpoint's listen settings (allow callback), an accepted request's circuit
- * waits for the dialer's first QUIC packet (session.c then creates the
+ * waits for the dialer's first QUIC packet (session_listen.c then makes the
  * acceptor), a dialer's request is followed through REDIRECT (connecting to
  * the named relay with the caller's token) to its CIRCUIT, where session.c
- * starts the QUIC handshake on the relayed path. No ngtcp2 call here.
+ * starts the QUIC handshake on the relayed path. No ngtcp2 call here. The
+ * dialing state (struct sess_dial) is this file's; session.c holds it as a
+ * pointer and reaches it through sess_dial_ops.
  */
 #include <sodium.h>
 #include <stdio.h>
@@ -14,16 +16,28 @@
 #include <string.h>
 
 #include "session.h"
+#include "session_listen.h"
 
 #define MAX_REDIRECTS 2
 #define CIRCUIT_WAIT_MS 15000 /* an accepted circuit waits this long for the dialer's Initial */
+
+/* Relayed dialing state of a client session. */
+struct sess_dial {
+    pos_p2p_relay *relay;     /* the relay asked now */
+    pos_p2p_relay *own_relay; /* a relay we connected to for a redirect (freed with the session) */
+    uint32_t req_id;
+    int requested; /* CONNECT sent on |relay| */
+    int redirects; /* followed so far */
+    char *token;   /* for redirects; wiped on free */
+    size_t token_len;
+};
 
 static void forget_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 
 static pos_p2p_session *find_dialer(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t req_id)
 {
     struct sess_table *t = sess_table_of(ep);
-    for (pos_p2p_session *s = t ? t->list : NULL; s; s = sess_next(s)) {
+    for (pos_p2p_session *s = t ? sess_table_first(t) : NULL; s; s = sess_next(s)) {
         struct sess_dial *d = sess_dial_of(s);
         if (d && sess_is_dialing(s) && d->relay == r && d->requested && d->req_id == req_id)
             return s;
@@ -34,8 +48,8 @@ static pos_p2p_session *find_dialer(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint
 static void on_incoming(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
 {
     struct sess_table *t = sess_table_of(ep);
-    int ok = t->listening && t->n_circuits < SESS_MAX_CIRCUITS &&
-             (!t->allow || t->allow(t->arg, ev->peer_id));
+    int ok =
+        sess_table_listening(t) && sess_table_circuit_room(t) && sess_table_allows(t, ev->peer_id);
     pos_p2p_relay_answer(r, ev->req_id, ok);
 }
 
@@ -49,13 +63,7 @@ static void on_circuit(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_p2p_rel
         return;
     }
     /* a circuit for a request we accepted: the dialer's Initial comes next */
-    if (t->n_circuits < SESS_MAX_CIRCUITS) {
-        struct sess_circuit *c = &t->circuits[t->n_circuits++];
-        c->r = r;
-        c->circuit_id = ev->circuit_id;
-        snprintf(c->peer_id, sizeof(c->peer_id), "%s", ev->peer_id);
-        c->expires_ms = pos_p2p_now_ms() + CIRCUIT_WAIT_MS;
-    }
+    sess_table_add_circuit(t, r, ev->circuit_id, ev->peer_id, pos_p2p_now_ms() + CIRCUIT_WAIT_MS);
 }
 
 static void on_redirect(pos_p2p_endpoint *ep, pos_p2p_session *s, const pos_p2p_relay_event *ev)
@@ -145,15 +153,11 @@ int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
     struct sess_table *t;
     if (!ep || !r)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    t = sess_table_get(ep);
+    t = sess_layer(ep);
     if (!t)
         return POS_P2P_ERR_NOMEM;
-    for (size_t i = 0; i < t->n_relays; i++)
-        if (t->relays[i] == r)
-            return 0;
-    if (t->n_relays >= SESS_MAX_RELAYS)
+    if (sess_table_add_relay(t, r) != 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    t->relays[t->n_relays++] = r;
     pos_p2p_relay_set_callbacks(r, on_relay_event, on_relay_data, ep);
     return 0;
 }
@@ -193,11 +197,8 @@ static void dial_tick(pos_p2p_session *s)
 static void forget_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
 {
     struct sess_table *t = sess_table_of(ep);
-    for (size_t i = 0; t && i < t->n_relays; i++)
-        if (t->relays[i] == r) {
-            t->relays[i] = t->relays[--t->n_relays];
-            return;
-        }
+    if (t)
+        sess_table_forget_relay(t, r);
 }
 
 static void dial_release(pos_p2p_endpoint *ep, struct sess_dial *d)
@@ -212,9 +213,15 @@ static void dial_release(pos_p2p_endpoint *ep, struct sess_dial *d)
         pos_p2p_relay_close(d->own_relay);
         d->own_relay = NULL;
     }
+    free(d);
 }
 
-static const struct sess_dial_ops dial_ops = {dial_tick, dial_release};
+static pos_p2p_relay *dial_relay(const struct sess_dial *d)
+{
+    return d->relay;
+}
+
+static const struct sess_dial_ops dial_ops = {dial_tick, dial_relay, dial_release};
 
 int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const char *token,
                                   const char *peer_id, int timeout_ms, pos_p2p_session **out)
@@ -222,27 +229,31 @@ int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const 
     pos_p2p_session *s;
     struct sess_dial *d;
     pos_p2p_relay_status st;
+    uint8_t key[crypto_sign_PUBLICKEYBYTES];
     size_t tlen;
+    int rv;
 
     if (!ep || !r || !token || !peer_id || !out || timeout_ms <= 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     tlen = strnlen(token, 257);
-    if (tlen == 0 || tlen > 256)
+    if (tlen == 0 || tlen > 256 ||
+        pos_peer_id_parse(peer_id, strnlen(peer_id, POS_P2P_PEER_ID_STRLEN), key) != 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    if (pos_p2p_session_use_relay(ep, r) != 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    s = sess_new_dialer(ep, peer_id, timeout_ms, &dial_ops);
-    if (!s)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    d = sess_dial_of(s);
-    d->relay = r;
-    d->token = malloc(tlen + 1);
-    if (!d->token) {
-        sess_release(s);
+    if ((rv = pos_p2p_session_use_relay(ep, r)) != 0)
+        return rv;
+    d = calloc(1, sizeof(*d));
+    if (!d || (d->token = malloc(tlen + 1)) == NULL) {
+        free(d);
         return POS_P2P_ERR_NOMEM;
     }
     memcpy(d->token, token, tlen + 1);
     d->token_len = tlen + 1;
+    d->relay = r;
+    s = sess_new_dialer(ep, peer_id, timeout_ms, &dial_ops, d);
+    if (!s) {
+        dial_release(ep, d);
+        return POS_P2P_ERR_NOMEM; /* the peer id parsed above: no memory, or SESS_MAX sessions */
+    }
     pos_p2p_relay_get_status(r, &st);
     sess_set_relay_id(s, "", st.remote);
     dial_tick(s);

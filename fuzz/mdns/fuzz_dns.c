@@ -13,6 +13,7 @@
 #include "core.h"
 #include "dns.h"
 #include "txt.h"
+#include "utf8.h"
 
 static struct mdns_core *core;
 
@@ -21,13 +22,13 @@ static void exercise(void *user, enum pos_mdns_event ev, const pos_mdns_peer *p)
     static char out[3 * 256];
     (void)user;
     (void)ev;
-    mdns_utf8_sanitize((const uint8_t *)p->instance, p->instance_len, out, sizeof(out));
+    utf8_sanitize((const uint8_t *)p->instance, p->instance_len, out, sizeof(out));
     for (size_t i = 0; i < p->n_txt; i++) {
         const uint8_t *val;
         size_t kl, vl;
         if (mdns_txt_split((const uint8_t *)p->txt[i], p->txt_len[i], &kl, &val, &vl) && val &&
-            !mdns_utf8_valid(val, vl))
-            mdns_utf8_sanitize(val, vl, out, sizeof(out));
+            !utf8_valid(val, vl))
+            utf8_sanitize(val, vl, out, sizeof(out));
     }
     if (p->n_txt)
         mdns_txt_find(p->txt, p->txt_len, p->n_txt, "name");

@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for the file-transfer protocol (client-lib/src/transfer.c):
+ * libFuzzer target for the file-transfer protocol (client-lib/cli/transfer.c):
  * the input is what a malicious peer writes on the stream, fed to a receiver
  * (writing into a private temporary directory, emptied after each input) and
  * to a sender that has just offered a small file. Neither may crash, leak,

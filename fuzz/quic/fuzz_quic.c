@@ -102,7 +102,7 @@ static struct {
     struct ev_loop *loop;
     relay_config cfg;
     pos_identity client_id[2];
-    pos_p2p_identity ep_id;
+    pos_p2p_identity *ep_id;
     pos_tls_creds *client_creds[2];
     struct sockaddr_storage server_addr;
     uint64_t now;
@@ -590,7 +590,14 @@ static int setup(void)
     g.cfg.max_pending_per_addr = 16;
     make_identity(&g.client_id[0], 0x22);
     make_identity(&g.client_id[1], 0x33);
-    make_identity(&g.ep_id.key, 0x44);
+    {
+        pos_identity k;
+        make_identity(&k, 0x44);
+        g.ep_id = p2p_identity_new(&k);
+        pos_identity_free(&k);
+        if (!g.ep_id)
+            return -1;
+    }
     for (int i = 0; i < 2; i++)
         if (pos_tls_creds_new(&g.client_creds[i], &g.client_id[i]) != 0)
             return -1;
@@ -603,7 +610,7 @@ static int start_server(void)
     char err[256];
     if (g.endpoint) {
         ep_io io = {sink_send, NULL};
-        if (ep_new_io(&g.ep, &g.ep_id, &io, &g.server_addr) != 0)
+        if (ep_new_io(&g.ep, g.ep_id, &io, &g.server_addr) != 0)
             return -1;
         return pos_p2p_endpoint_listen(g.ep, NULL, on_session, NULL);
     }

@@ -173,7 +173,7 @@ static void reset(void)
     now = 100000;
 }
 
-static void make_peer_id(char out[44])
+static void make_peer_id(char out[POS_P2P_PEER_ID_STRLEN])
 {
     pos_identity id;
     pos_identity_generate(&id);
@@ -184,7 +184,7 @@ static void make_peer_id(char out[44])
 static void test_probe_announce_timing(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
     uint64_t t0 = now;
@@ -248,7 +248,7 @@ static void test_query_backoff(void)
 static void test_found_goodbye_lost(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Alice", NULL);
     struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
@@ -266,7 +266,7 @@ static void test_found_goodbye_lost(void)
 static void test_metadata_change(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Old", NULL);
     struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
@@ -285,7 +285,7 @@ static void test_metadata_change(void)
 static void test_ttl_expiry_lost(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Alice", NULL);
     struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
@@ -317,7 +317,7 @@ static void test_ttl_expiry_lost(void)
 static void test_shared_answer_delay_and_rate_limit(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "Alice", NULL);
     run_until(now + 5000);
@@ -388,7 +388,7 @@ static void test_shared_answer_delay_and_rate_limit(void)
 static void test_conflict_rename(void)
 {
     reset();
-    char pid[44], want[64];
+    char pid[POS_P2P_PEER_ID_STRLEN], want[64];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
     run_until(now + 5000);
@@ -403,7 +403,7 @@ static void test_simultaneous_probe_tiebreak(void)
 {
     for (int round = 0; round < 5; round++) {
         reset();
-        char pid[44], want[64];
+        char pid[POS_P2P_PEER_ID_STRLEN], want[64];
         make_peer_id(pid);
         struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
         struct node *b = add_node(POS_MDNS_ENABLED, true, false, pid, "B", NULL);
@@ -418,7 +418,7 @@ static void test_simultaneous_probe_tiebreak(void)
 static void test_disabled_silent(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *d = add_node(POS_MDNS_DISABLED, true, true, pid, "D", NULL);
     struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
@@ -431,7 +431,7 @@ static void test_disabled_silent(void)
 static void test_contacts_only(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     uint8_t key[32], other[32];
     make_peer_id(pid);
     randombytes_buf(key, 32);
@@ -440,7 +440,7 @@ static void test_contacts_only(void)
     struct node *friend = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
     struct node *stranger = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
     mdns_core_add_contact(friend->core, pid, key);
-    char other_pid[44];
+    char other_pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(other_pid);
     mdns_core_add_contact(stranger->core, other_pid, other);
     run_until(now + 5000);
@@ -569,7 +569,7 @@ static void test_conflict_after_announce_probes_first(void)
 {
     /* A stale conflicting record nobody defends: probe again, keep the name. */
     reset();
-    char pid[44], want[64];
+    char pid[POS_P2P_PEER_ID_STRLEN], want[64];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
     run_until(now + 5000);
@@ -605,7 +605,7 @@ static void test_conflict_after_announce_probes_first(void)
 static void test_probe_defence_rate(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
     run_until(now + 5000);
@@ -629,7 +629,7 @@ static void test_probe_defence_rate(void)
 static void test_first_query_qu(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
     run_until(now + 5000);
@@ -677,7 +677,7 @@ static void test_first_query_qu(void)
 static void test_truncated_known_answers(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);
     uint8_t buf[600], src[4] = {10, 0, 0, 9};
@@ -881,7 +881,7 @@ static void test_txt_rules(void)
 static void test_interface_gone(void)
 {
     reset();
-    char pid[44];
+    char pid[POS_P2P_PEER_ID_STRLEN];
     make_peer_id(pid);
     struct node *a = add_node(POS_MDNS_ENABLED, true, false, pid, "A", NULL);
     struct node *b = add_node(POS_MDNS_ENABLED, false, true, NULL, NULL, NULL);

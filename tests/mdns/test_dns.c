@@ -9,7 +9,9 @@
 #include "../unit/check.h"
 #include "core.h"
 #include "dns.h"
+#include "pos/p2p.h"
 #include "txt.h"
+#include "utf8.h"
 
 static size_t build_sample(uint8_t *buf, size_t cap)
 {
@@ -218,20 +220,25 @@ static void test_txt_strings(void)
     CHECK(!mdns_txt_split((const uint8_t *)"", 0, &kl, &v, &vl));
     CHECK(!mdns_txt_split((const uint8_t *)"k\x01y=1", 5, &kl, &v, &vl));
     CHECK(!mdns_txt_split((const uint8_t *)"\xc3\xa9=1", 4, &kl, &v, &vl));
+    /* The public face of the same rule (pos/p2p.h), as pos-p2p discover uses it. */
+    CHECK(pos_mdns_txt_split((const uint8_t *)"OS=linux", 8, &kl, &v, &vl) == 0 && kl == 2 &&
+          vl == 5 && !memcmp(v, "linux", 5));
+    CHECK(pos_mdns_txt_split((const uint8_t *)"=junk", 5, &kl, &v, &vl) == POS_P2P_ERR_MDNS_TXT);
+    CHECK(pos_mdns_txt_split(NULL, 3, &kl, &v, &vl) == POS_P2P_ERR_INVALID_ARGUMENT);
     const char *strs[5] = {"=name=x", "NAME=First", "name=Second", "name", "other=1"};
     size_t lens[5] = {7, 10, 11, 4, 7};
     CHECK(mdns_txt_find(strs, lens, 5, "name") == 1);
     CHECK(mdns_txt_find(strs, lens, 5, "other") == 4);
     CHECK(mdns_txt_find(strs, lens, 5, "nam") == -1);
-    CHECK(mdns_utf8_valid((const uint8_t *)"a\0\xc3\xa9\xf0\x9f\x98\x80", 8));
-    CHECK(!mdns_utf8_valid((const uint8_t *)"\xc0\xaf", 2));         /* overlong */
-    CHECK(!mdns_utf8_valid((const uint8_t *)"\xed\xa0\x80", 3));     /* surrogate */
-    CHECK(!mdns_utf8_valid((const uint8_t *)"\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    CHECK(!mdns_utf8_valid((const uint8_t *)"\xe2\x82", 2));         /* cut short */
+    CHECK(utf8_valid((const uint8_t *)"a\0\xc3\xa9\xf0\x9f\x98\x80", 8));
+    CHECK(!utf8_valid((const uint8_t *)"\xc0\xaf", 2));         /* overlong */
+    CHECK(!utf8_valid((const uint8_t *)"\xed\xa0\x80", 3));     /* surrogate */
+    CHECK(!utf8_valid((const uint8_t *)"\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    CHECK(!utf8_valid((const uint8_t *)"\xe2\x82", 2));         /* cut short */
     char out[16];
-    size_t n = mdns_utf8_sanitize((const uint8_t *)"a\xff\xc3\xa9", 4, out, sizeof(out));
+    size_t n = utf8_sanitize((const uint8_t *)"a\xff\xc3\xa9", 4, out, sizeof(out));
     CHECK(n == 6 && !memcmp(out, "a\xef\xbf\xbd\xc3\xa9", 6));
-    CHECK(mdns_utf8_sanitize((const uint8_t *)"\xff\xff", 2, out, 4) == 3); /* bounded */
+    CHECK(utf8_sanitize((const uint8_t *)"\xff\xff", 2, out, 4) == 3); /* bounded */
 
     /* Instance names (RFC 6763 §4.3): one label with dots, split labels, other names. */
     struct dns_name svc, one, two;

@@ -246,6 +246,7 @@ def contacts_only_hides_and_contact_recognises():
         r = subprocess.run([pos(), "contact", "--identity", ib, "add", card_a],
                            capture_output=True, text=True, timeout=10)
         assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"added contact {pa}", r.stdout
         r = subprocess.run([pos(), "contact", "--identity", ib, "list"], capture_output=True,
                            text=True, timeout=10)
         assert r.stdout.split() == [pa], r.stdout

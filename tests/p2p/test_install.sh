@@ -4,12 +4,17 @@
 # header, shared library and pos-p2p.pc only (pkg-config with a sysroot), run
 # it (peer id; a session between two copies on loopback), and link it
 # statically against libpos-p2p.a (its dependencies from the .pc's private fields).
+# Then the same for the pos-p2p command (client-lib/cli/*.c): it is built
+# from the installed header and library alone plus the project's internal
+# common library (not installed; taken from BUILD_DIR), and sends a file
+# directly from one copy to another on loopback.
 # Usage: test_install.sh BUILD_DIR SOURCE_DIR
 set -eu
 build=$1
 src=$2
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+cpid=""
+trap '[ -z "$cpid" ] || kill $cpid 2>/dev/null; rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 meson install -C "$build" --destdir "$tmp/root" --no-rebuild --quiet >"$tmp/install.log" 2>&1 ||
@@ -62,4 +67,42 @@ sout=$("$tmp/hello-static" "$tmp/id-a" send "127.0.0.1:$port" "$peer") || { kill
 wait $lpid || fail "hello listen: $(cat "$tmp/listen.out")"
 echo "$sout" | grep -q 'received: hello back' || fail "no answer: $sout"
 grep -q 'received: hello' "$tmp/listen.out" || fail "listener got nothing"
-echo "install test: OK (shared + static, session between the two)"
+
+# pos-p2p on the public header alone: no folder of the library's sources on
+# the include path, only the installed pos/p2p.h and the common headers.
+cli="$src/client-lib/cli"
+common_a="$build/common/libposcommon.a"
+[ -f "$common_a" ] || fail "$common_a missing (build first)"
+cc -std=c11 -D_GNU_SOURCE -Wall -Wno-format-truncation -Werror $san -I"$src/common" \
+    "$cli"/*.c $(pkg-config --cflags pos-p2p jansson libsodium) \
+    $(pkg-config --libs pos-p2p) "$common_a" $(pkg-config --libs jansson libsodium) -lev \
+    -o "$tmp/pos-p2p" || fail "pos-p2p does not build against the installed library"
+ldd "$tmp/pos-p2p" | grep -q "$libdir/libpos-p2p.so.0" || fail "pos-p2p does not use the installed library"
+id_out=$("$tmp/pos-p2p" id --identity "$tmp/cli-a" 2>"$tmp/id.err") || fail "pos-p2p id: $id_out"
+echo "$id_out" | tail -n1 | grep -Eq '^[A-Za-z0-9+/]{43}$' || fail "pos-p2p id printed no peer id: $id_out"
+
+mkdir "$tmp/inbox"
+"$tmp/pos-p2p" listen --identity "$tmp/cli-b" --out "$tmp/inbox" >"$tmp/cli-listen.out" 2>&1 &
+cpid=$!
+i=0
+while ! grep -q '^listening' "$tmp/cli-listen.out" 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 150 ] || fail "pos-p2p listen did not start: $(cat "$tmp/cli-listen.out")"
+    sleep 0.1
+done
+port=$(sed -n 's/^direct: UDP port //p' "$tmp/cli-listen.out")
+peer=$(sed -n 's/^peer id: //p' "$tmp/cli-listen.out")
+head -c 1000000 /dev/urandom >"$tmp/payload.bin"
+sout=$("$tmp/pos-p2p" send --identity "$tmp/cli-a" --to "$peer" --addr "127.0.0.1:$port" \
+    "$tmp/payload.bin" 2>&1) || fail "pos-p2p send: $sout"
+echo "$sout" | grep -q 'path: direct' || fail "pos-p2p send did not go direct: $sout"
+i=0
+while ! grep -q '^received payload.bin' "$tmp/cli-listen.out"; do
+    i=$((i + 1)); [ $i -lt 100 ] || fail "listener reported nothing: $(cat "$tmp/cli-listen.out")"
+    sleep 0.1
+done
+cmp "$tmp/payload.bin" "$tmp/inbox/payload.bin" || fail "the received file differs"
+kill $cpid
+wait $cpid || true
+cpid=""
+echo "install test: OK (hello shared + static, session between the two; pos-p2p built" \
+    "against the installed library sent a file directly)"

@@ -1,5 +1,5 @@
 /*
- * Unit tests of the file-transfer protocol (client-lib/src/transfer.c): a
+ * Unit tests of the file-transfer protocol (client-lib/cli/transfer.c): a
  * sender and a receiver state machine run against each other in memory, the
  * stream bytes handed over in uneven pieces, with real files in a temporary
  * directory. What a user would notice: files arrive identical, a corrupted

@@ -52,6 +52,7 @@ static void test_defaults(void)
     CHECK(c.max_circuits == 16384 && c.max_circuits_per_conn == 256);
     CHECK(c.max_circuits_per_token == 1024 && c.max_circuits_per_token < c.max_circuits / 8);
     CHECK(c.max_conns_per_token == 64);
+    CHECK(c.retry_above == 256 && c.gso == 1 && c.quic_fallback == 0);
     CHECK(strcmp(c.p2p_secret, "s3cret") == 0);
     relay_config_free(&c);
     CHECK(c.p2p_secret == NULL);
@@ -90,7 +91,8 @@ static void test_values_and_docker(void)
                      "\"public_addrs\": [\"[::ffff:1.2.3.4]:9000\", \"[2001:DB8::1]:9000\"], "
                      "\"conn_rate_per_addr\": 0, \"conn_rate_per_token\": 5, "
                      "\"conn_burst_per_token\": 7, \"register_interval\": 3, "
-                     "\"max_pending_per_addr\": 4");
+                     "\"max_pending_per_addr\": 4, \"retry_above\": 0, \"gso\": false, "
+                     "\"quic_fallback\": true");
     unsetenv("POS_DOCKER");
     CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
     CHECK(c.port == 9000);
@@ -102,6 +104,7 @@ static void test_values_and_docker(void)
     CHECK(c.conn_rate_per_addr == 0 && c.conn_rate_per_token == 5);
     CHECK(c.conn_burst_per_token == 7 && c.register_interval_s == 3);
     CHECK(c.max_pending_per_addr == 4);
+    CHECK(c.retry_above == 0 && c.gso == 0 && c.quic_fallback == 1);
     relay_config_free(&c);
 
     setenv("POS_DOCKER", "true", 1);
@@ -136,6 +139,19 @@ static void test_refusals(void)
         {"\"max_pending_per_addr\": 0", "\"max_pending_per_addr\""},
         {"\"max_pending_per_addr\": \"8\"", "\"max_pending_per_addr\""},
         {"\"p2p_secret\": \"a\\r\\nX-Evil: 1\"", "\"p2p_secret\""},
+        {"\"max_circuits\": -1", "\"max_circuits\""},
+        {"\"max_circuits\": \"1000\"", "\"max_circuits\""},
+        {"\"max_circuits\": 1.5", "\"max_circuits\""},
+        {"\"retry_above\": -1", "\"retry_above\""},
+        {"\"retry_above\": 1000001", "\"retry_above\""},
+        {"\"retry_above\": \"64\"", "\"retry_above\""},
+        {"\"retry_above\": true", "\"retry_above\""},
+        {"\"gso\": \"yes\"", "\"gso\""},
+        {"\"gso\": 1", "\"gso\""},
+        {"\"gso\": {}", "\"gso\""},
+        {"\"quic_fallback\": \"true\"", "\"quic_fallback\""},
+        {"\"quic_fallback\": 0", "\"quic_fallback\""},
+        {"\"quic_fallback\": []", "\"quic_fallback\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         relay_config c;
@@ -145,9 +161,13 @@ static void test_refusals(void)
         CHECK(rc < 0);
         CHECK(strstr(err, path) != NULL);
         CHECK(strstr(err, cases[i].key) != NULL);
+        /* says what would be right (an unknown key is named as such) */
+        CHECK(strstr(err, "expected") != NULL || strstr(err, "not a known setting") != NULL);
         CHECK(strstr(err, "s3cret") == NULL && strstr(err, key_text) == NULL);
-        if (rc < 0 && !strstr(err, cases[i].key))
-            fprintf(stderr, "case %zu: %s\n", i, err);
+        if (rc == 0)
+            relay_config_free(&c);
+        if (rc == 0 || !strstr(err, cases[i].key))
+            fprintf(stderr, "case %zu (%s): rc %d: %s\n", i, cases[i].extra, rc, err);
     }
 }
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""No call loop between the modules of client-lib/src (issue 10).
+"""No call loop between the modules of client-lib/src and client-lib/mdns (issue 10).
 
-Reads `nm` of the library's static archive: each member src_<module>.c.o is a
-module; module A uses module B when A has an undefined symbol that B defines.
-Fails (exit 1) on any cycle in that graph, naming the modules and symbols,
-and when the archive holds no src_ module at all (nothing checked is no pass).
+Reads `nm` of the library's static archive: each member src_<module>.c.o
+(client-lib/src) or mdns_<module>.c.o (client-lib/mdns) is a module; module
+A uses module B when A has an undefined symbol that B defines. Fails (exit 1)
+on any cycle in that graph, naming the modules and symbols, and when the
+archive lacks the src_ or the mdns_ modules (nothing checked is no pass).
 
 usage: check_layering.py libpos-p2p.a [nm]
 """
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-MEMBER = re.compile(r"^(?:.*\()?src_(\w+)\.c\.o\)?:$")
+MEMBER = re.compile(r"^(?:.*\()?((?:src|mdns)_\w+)\.c\.o\)?:$")
 
 
 def read_modules(archive, nm):
@@ -90,9 +91,11 @@ def main():
         print("check_layering: nm not found (binutils)", file=sys.stderr)
         return 2
     defined, undefined = read_modules(sys.argv[1], nm)
-    if not defined:
-        print("check_layering: no src_*.c.o member in %s" % sys.argv[1], file=sys.stderr)
-        return 1
+    for prefix in ("src_", "mdns_"):
+        if not any(m.startswith(prefix) for m in defined):
+            print("check_layering: no %s*.c.o member in %s" % (prefix, sys.argv[1]),
+                  file=sys.stderr)
+            return 1
     edges = graph(defined, undefined)
     for m in sorted(edges):
         print("%s -> %s" % (m, ", ".join(sorted(edges[m])) or "(nothing)"))

@@ -1,12 +1,20 @@
 /*
  * libpos-p2p: let a person's devices reach each other directly.
  *
- * All handles are opaque. Every function returns 0 or a negative POS_P2P_ERR_*
- * code unless documented otherwise; pos_p2p_strerror() names each code.
+ * All handles are opaque. Every function that returns int returns 0 on
+ * success or one of the negative POS_P2P_ERR_* codes its comment lists,
+ * unless the comment says otherwise; pos_p2p_strerror() has a sentence for
+ * each code. A function whose comment says "No errors" cannot fail.
+ *
+ * Time: relative waits are `int timeout_ms` (-1: no limit); absolute
+ * deadlines are `int64_t` milliseconds on the pos_p2p_now_ms() clock, -1
+ * for none. Blocking runners stop when a `done(arg)` callback returns
+ * non-zero.
+ *
  * The library fits any event loop: each object that does I/O exposes a file
- * descriptor to poll for reading, the next deadline (monotonic milliseconds),
- * and a call that processes whatever is ready; blocking runners are built on
- * top for simple programs.
+ * descriptor to poll for reading, the next deadline, and a call that
+ * processes whatever is ready; blocking runners are built on top for simple
+ * programs.
  */
 #ifndef POS_P2P_H
 #define POS_P2P_H
@@ -25,10 +33,17 @@ extern "C" {
 #define POS_P2P_ERR_TIMEOUT -4
 /* codes -5 .. -49 belong to the relay/session part below, -50 .. -79 to discovery */
 
-/* pos_p2p_strerror: a sentence for any code of this library. */
+/*
+ * pos_p2p_done_cb: the stop condition of a blocking runner
+ * (pos_p2p_endpoint_run, pos_mdns_run): non-zero ends the run.
+ */
+typedef int (*pos_p2p_done_cb)(void *arg);
+
+/* pos_p2p_strerror: a sentence for any code of this library ("unknown error" otherwise). No errors.
+ */
 const char *pos_p2p_strerror(int code);
 
-/* ==== relay connections and sessions (begin) ==== */
+/* ---- relay connections and sessions ---- */
 /*
  * Errors of this part. Refusals by a relay carry the relay's own reason
  * text in pos_p2p_relay_status.reason.
@@ -56,22 +71,27 @@ typedef struct pos_p2p_identity pos_p2p_identity;
 /*
  * pos_p2p_identity_default_path writes the identity file's path: $POS_IDENTITY,
  * else $XDG_CONFIG_HOME/pos/identity, else $HOME/.config/pos/identity.
- * Returns 0, or POS_P2P_ERR_INVALID_ARGUMENT when none can be formed.
+ * Returns 0 on success or POS_P2P_ERR_INVALID_ARGUMENT when none of them is
+ * set or the path does not fit |outlen| bytes.
  */
 int pos_p2p_identity_default_path(char *out, size_t outlen);
 
 /*
  * pos_p2p_identity_load reads the key file |path|; with |create| set, a
  * missing file is created (mode 0600) and |*created| (may be NULL) set to 1.
- * Returns 0 or POS_P2P_ERR_IDENTITY with a sentence in |err|. Free with
- * pos_p2p_identity_del (the key is wiped).
+ * Returns 0 on success or one of these negative codes, with a sentence in
+ * |err|: POS_P2P_ERR_IDENTITY (the file cannot be read, written or is not a
+ * key), POS_P2P_ERR_NOMEM. Free with pos_p2p_identity_del (the key is
+ * wiped).
  */
 int pos_p2p_identity_load(const char *path, int create, pos_p2p_identity **out, int *created,
                           char *err, size_t errlen);
 
-/* pos_p2p_identity_peer_id: the 43-character peer id of |id|. */
+/* pos_p2p_identity_peer_id: the peer id of |id| (POS_P2P_PEER_ID_STRLEN - 1 characters). No errors.
+ */
 void pos_p2p_identity_peer_id(const pos_p2p_identity *id, char out[POS_P2P_PEER_ID_STRLEN]);
 
+/* pos_p2p_identity_del wipes the key and frees |id| (NULL: nothing). */
 void pos_p2p_identity_del(pos_p2p_identity *id);
 
 /* ---- the relay list of a discovery API ---- */
@@ -89,8 +109,12 @@ typedef struct pos_p2p_relay_list pos_p2p_relay_list;
 /*
  * pos_p2p_relay_list_fetch GETs {api_url}/api/p2p/relays (libcurl, at most
  * |timeout_ms|, body at most 1 MiB) and parses it like
- * pos_p2p_relay_list_parse. Returns 0, POS_P2P_ERR_HTTP, POS_P2P_ERR_BAD_LIST
- * or POS_P2P_ERR_NOMEM, with a sentence in |err|. Blocking.
+ * pos_p2p_relay_list_parse. Blocking. Returns 0 on success (|err| then
+ * says how many entries were skipped, or is empty) or one of these negative
+ * codes, with a sentence in |err|: POS_P2P_ERR_INVALID_ARGUMENT (|api_url|
+ * is not http:// or https://), POS_P2P_ERR_HTTP (unreachable, or a status
+ * other than 200), POS_P2P_ERR_BAD_LIST (not a JSON array, or over 1 MiB),
+ * POS_P2P_ERR_NOMEM.
  */
 int pos_p2p_relay_list_fetch(const char *api_url, int timeout_ms, pos_p2p_relay_list **out,
                              char *err, size_t errlen);
@@ -103,14 +127,18 @@ int pos_p2p_relay_list_fetch(const char *api_url, int timeout_ms, pos_p2p_relay_
  * Entries that are not valid (id not a UUID, peer id not canonical, an
  * address that does not parse, no address, more than
  * POS_P2P_RELAY_MAX_ADDRS) are skipped and counted in |*skipped| (may be
- * NULL); extra fields are allowed. At most 256 entries are kept. Returns 0,
- * POS_P2P_ERR_BAD_LIST (not a JSON array) or POS_P2P_ERR_NOMEM.
+ * NULL); extra fields are allowed. At most 256 entries are kept. Returns 0 on
+ * success or one of these negative codes: POS_P2P_ERR_BAD_LIST (not a JSON
+ * array), POS_P2P_ERR_NOMEM.
  */
 int pos_p2p_relay_list_parse(const char *json, size_t len, pos_p2p_relay_list **out,
                              size_t *skipped);
 
+/* pos_p2p_relay_list_count: the entries kept (0 for NULL). No errors. */
 size_t pos_p2p_relay_list_count(const pos_p2p_relay_list *l);
+/* pos_p2p_relay_list_get: entry |i|, or NULL when |i| is out of range. No errors. */
 const pos_p2p_relay_info *pos_p2p_relay_list_get(const pos_p2p_relay_list *l, size_t i);
+/* pos_p2p_relay_list_del frees |l| (NULL: nothing). */
 void pos_p2p_relay_list_del(pos_p2p_relay_list *l);
 
 /* ---- endpoint: this device's UDP sockets and everything on them ---- */
@@ -118,41 +146,54 @@ void pos_p2p_relay_list_del(pos_p2p_relay_list *l);
 /*
  * An endpoint owns one UDP socket per address family (IPv4, and IPv6 where
  * the host has it). Every connection of the device shares them: relay
- * control connections now, relay data frames and direct sessions later, so
- * the address a relay observes is the one peers can punch to.
+ * control connections, relay data frames and direct sessions, so the
+ * address a relay observes is the one peers can punch to.
  */
 typedef struct pos_p2p_endpoint pos_p2p_endpoint;
 
 /*
  * pos_p2p_endpoint_new binds both sockets on |port| (0: any free port; with
  * POS_DOCKER=true in the environment and |port| 0, 7373). |id| is copied.
- * Returns 0, POS_P2P_ERR_IO (bind failed) or POS_P2P_ERR_NOMEM.
+ * Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, |port| over 65535),
+ * POS_P2P_ERR_IO (the IPv4 socket cannot be bound, or epoll failed),
+ * POS_P2P_ERR_NOMEM (memory, or the TLS credentials).
  */
 int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, unsigned port);
 
-/* pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any socket is. */
+/* pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any socket is. No errors. */
 int pos_p2p_endpoint_fd(const pos_p2p_endpoint *ep);
 
-/* pos_p2p_endpoint_deadline: when to call process at the latest (monotonic ms), or -1. */
+/*
+ * pos_p2p_endpoint_deadline: when to call process at the latest, on the
+ * pos_p2p_now_ms clock, or -1 when no timer is set. No errors.
+ */
 int64_t pos_p2p_endpoint_deadline(const pos_p2p_endpoint *ep);
 
-/* pos_p2p_endpoint_process reads what is ready and runs due timers. Never blocks. Returns 0. */
+/* pos_p2p_endpoint_process reads what is ready and runs due timers. Never blocks. No errors:
+ * returns 0. */
 int pos_p2p_endpoint_process(pos_p2p_endpoint *ep);
 
 /*
  * pos_p2p_endpoint_run is the blocking runner: poll + process until |done|
- * returns non-zero (checked after each round; may be NULL) or |timeout_ms|
- * passes (-1: no limit). Returns 0, or POS_P2P_ERR_TIMEOUT.
+ * returns non-zero (checked before each round; may be NULL) or |timeout_ms|
+ * passes (-1: no limit). Returns 0 when |done| said so, or one of these
+ * negative codes: POS_P2P_ERR_TIMEOUT (the time passed), POS_P2P_ERR_IO
+ * (epoll failed).
  */
-int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, int (*done)(void *arg), void *arg);
+int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, pos_p2p_done_cb done, void *arg);
 
-/* pos_p2p_endpoint_local_port: the UDP port of the endpoint's sockets. */
+/* pos_p2p_endpoint_local_port: the UDP port of the endpoint's sockets. No errors. */
 unsigned pos_p2p_endpoint_local_port(const pos_p2p_endpoint *ep);
 
-/* pos_p2p_endpoint_del closes every connection and the sockets. */
+/* pos_p2p_endpoint_del closes every connection and the sockets and frees |ep| (NULL: nothing). */
 void pos_p2p_endpoint_del(pos_p2p_endpoint *ep);
 
-/* pos_p2p_now_ms: the monotonic clock the deadlines use. */
+/*
+ * pos_p2p_now_ms: the clock of every deadline of this library (monotonic
+ * milliseconds, int64_t; -1 means "no deadline"). Relative waits are
+ * `int timeout_ms` (-1: no limit). No errors.
+ */
 int64_t pos_p2p_now_ms(void);
 
 /* ---- a control connection to a relay ---- */
@@ -190,9 +231,11 @@ typedef struct pos_p2p_relay_status {
  * HELLO with |token| once the handshake is done. Progress happens in
  * pos_p2p_endpoint_process; the connection fails with POS_P2P_ERR_TIMEOUT
  * when not accepted within |timeout_ms|. The connection stays open (with
- * keep-alives) until pos_p2p_relay_close. Returns 0,
- * POS_P2P_ERR_INVALID_ARGUMENT (bad entry or token), POS_P2P_ERR_NO_ROUTE,
- * POS_P2P_ERR_NOMEM or POS_P2P_ERR_HANDSHAKE (TLS set-up failed).
+ * keep-alives) until pos_p2p_relay_close. Returns 0 on success or one of
+ * these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL argument,
+ * |timeout_ms| not positive, empty or too long token, peer id not
+ * canonical), POS_P2P_ERR_NO_ROUTE (no address of a family the endpoint
+ * has), POS_P2P_ERR_NOMEM, POS_P2P_ERR_HANDSHAKE (TLS set-up failed).
  */
 int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay, const char *token,
                           int timeout_ms, pos_p2p_relay **out);
@@ -210,17 +253,18 @@ int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
 
 /*
  * pos_p2p_relay_connect_flags: pos_p2p_relay_connect with |flags| (above).
- * Returns what pos_p2p_relay_connect returns, and
- * POS_P2P_ERR_INVALID_ARGUMENT for an unknown flag.
+ * Returns 0 on success or one of the negative codes of
+ * pos_p2p_relay_connect, POS_P2P_ERR_INVALID_ARGUMENT also for an unknown
+ * flag.
  */
 int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
                                 const char *token, int timeout_ms, unsigned flags,
                                 pos_p2p_relay **out);
 
-/* pos_p2p_relay_get_status copies the connection's state and results. */
+/* pos_p2p_relay_get_status copies the connection's state and results. No errors. */
 void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out);
 
-/* pos_p2p_relay_close closes the connection (telling the relay) and frees |r|. */
+/* pos_p2p_relay_close closes the connection (telling the relay) and frees |r| (NULL: nothing). */
 void pos_p2p_relay_close(pos_p2p_relay *r);
 
 /* ---- circuits: reaching a peer through the relay (data plane) ---- */
@@ -261,28 +305,33 @@ typedef struct pos_p2p_relay_event {
 typedef void (*pos_p2p_relay_event_cb)(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev);
 
 /*
- * pos_p2p_relay_circuit_data_cb: a datagram (the peer's own packet, without
+ * pos_p2p_relay_data_cb: a datagram (the peer's own packet, without
  * the frame header) arrived on |circuit_id|; |data| is valid during the call.
  */
 typedef void (*pos_p2p_relay_data_cb)(void *arg, pos_p2p_relay *r, uint32_t circuit_id,
                                       const uint8_t *data, size_t len);
 
-/* pos_p2p_relay_set_callbacks: where events and circuit data of |r| go (either may be NULL). */
+/* pos_p2p_relay_set_callbacks: where events and circuit data of |r| go (either may be NULL). No
+ * errors. */
 void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_event,
                                  pos_p2p_relay_data_cb on_data, void *arg);
 
 /*
  * pos_p2p_relay_request_peer asks the relay (accepted state) for |peer_id|.
  * The answer comes as a CIRCUIT, REDIRECT or ERROR event with the same
- * |*req_id|. Returns 0, POS_P2P_ERR_INVALID_ARGUMENT (bad peer id, relay not
- * accepted) or POS_P2P_ERR_NOMEM.
+ * |*req_id|. Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, peer id not canonical, the
+ * connection is not in the accepted state), POS_P2P_ERR_NOMEM (memory, or
+ * 64 KiB of requests not yet acknowledged by the relay).
  */
 int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id);
 
 /*
  * pos_p2p_relay_answer accepts (|accept| non-zero) or declines an INCOMING
- * request; an accepted one is followed by a CIRCUIT event. Returns 0 or
- * POS_P2P_ERR_INVALID_ARGUMENT (no such pending request).
+ * request; an accepted one is followed by a CIRCUIT event. Returns 0 on
+ * success or one of these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (no
+ * such pending request, or the connection is no longer accepted),
+ * POS_P2P_ERR_NOMEM (as pos_p2p_relay_request_peer).
  */
 int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept);
 
@@ -290,9 +339,11 @@ int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept);
  * pos_p2p_relay_send_data sends |len| bytes (a packet of the peers' own
  * encrypted QUIC connection) on |circuit_id| as a relay data frame, from the
  * endpoint socket of the control connection to the relay's current address.
- * Returns 0, POS_P2P_ERR_TOO_BIG, POS_P2P_ERR_CIRCUIT_CLOSED (unknown or
- * ended circuit) or POS_P2P_ERR_IO (the socket refused it: the packet is
- * lost, as on any UDP path).
+ * Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL |r|, nothing to send),
+ * POS_P2P_ERR_TOO_BIG, POS_P2P_ERR_CIRCUIT_CLOSED (unknown or ended
+ * circuit, or the connection ended), POS_P2P_ERR_IO (the socket refused it:
+ * the packet is lost, as on any UDP path).
  */
 int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len);
 
@@ -381,10 +432,14 @@ typedef struct pos_p2p_session_status {
  * the endpoint's socket. The session is CONNECTING until the handshake
  * succeeds (EV_OPEN) or fails (EV_CLOSED, POS_P2P_ERR_PEER_MISMATCH with a
  * sentence when the key at |addr| is another peer's, POS_P2P_ERR_NOT_ALLOWED
- * when the peer refuses us, POS_P2P_ERR_TIMEOUT after |timeout_ms|).
- * Returns 0, POS_P2P_ERR_INVALID_ARGUMENT (bad peer id), POS_P2P_ERR_BAD_ADDRESS,
- * POS_P2P_ERR_NO_ROUTE (no socket of that family), POS_P2P_ERR_NOMEM or
- * POS_P2P_ERR_HANDSHAKE (TLS set-up failed). Free with pos_p2p_session_close.
+ * when the peer refuses us, POS_P2P_ERR_TIMEOUT after |timeout_ms|,
+ * POS_P2P_ERR_HANDSHAKE, POS_P2P_ERR_PROTOCOL or POS_P2P_ERR_CLOSED).
+ * Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, |timeout_ms| not positive,
+ * peer id not canonical), POS_P2P_ERR_BAD_ADDRESS, POS_P2P_ERR_NO_ROUTE (no
+ * socket of that family), POS_P2P_ERR_NOMEM (memory, or 1024 sessions on the endpoint),
+ * POS_P2P_ERR_HANDSHAKE (TLS set-up failed). Free with
+ * pos_p2p_session_close.
  */
 int pos_p2p_session_connect_addr(pos_p2p_endpoint *ep, const char *addr, const char *peer_id,
                                  int timeout_ms, pos_p2p_session **out);
@@ -396,10 +451,15 @@ int pos_p2p_session_connect_addr(pos_p2p_endpoint *ep, const char *addr, const c
  * belongs to the session), and runs the QUIC handshake over the circuit.
  * Failures come as EV_CLOSED: POS_P2P_ERR_PEER_NOT_CONNECTED,
  * POS_P2P_ERR_DECLINED (refused or not allowed), POS_P2P_ERR_PEER_MISMATCH,
- * POS_P2P_ERR_TIMEOUT, POS_P2P_ERR_CIRCUIT_CLOSED. The relay connection is
- * handed to the session layer (as with pos_p2p_session_use_relay) and must
- * outlive the session. Returns 0, POS_P2P_ERR_INVALID_ARGUMENT or
- * POS_P2P_ERR_NOMEM.
+ * POS_P2P_ERR_TIMEOUT, POS_P2P_ERR_CIRCUIT_CLOSED, POS_P2P_ERR_NO_RELAY or
+ * POS_P2P_ERR_NO_ROUTE (a redirect's relay cannot be used), any code of the
+ * relay's refusal or of the relay's ERROR answer, POS_P2P_ERR_HANDSHAKE,
+ * POS_P2P_ERR_PROTOCOL, POS_P2P_ERR_CLOSED. The relay connection is handed
+ * to the session layer (as with pos_p2p_session_use_relay) and must outlive
+ * the session. Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, |timeout_ms| not positive,
+ * empty token or longer than 256 bytes, peer id not canonical, more than 16
+ * relays handed over), POS_P2P_ERR_NOMEM.
  */
 int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const char *token,
                                   const char *peer_id, int timeout_ms, pos_p2p_session **out);
@@ -416,7 +476,9 @@ typedef void (*pos_p2p_accept_cb)(void *arg, pos_p2p_session *s);
  * peer id proven by the handshake; a refused peer's session is closed with
  * the application code POS_P2P_CLOSE_NOT_ALLOWED and never reaches
  * |on_session|; a relayed request from a refused peer is declined before any
- * circuit is made. Returns 0 or POS_P2P_ERR_INVALID_ARGUMENT.
+ * circuit is made. Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL |ep| or |on_session|),
+ * POS_P2P_ERR_NOMEM.
  */
 int pos_p2p_endpoint_listen(pos_p2p_endpoint *ep, pos_p2p_allow_cb allow,
                             pos_p2p_accept_cb on_session, void *arg);
@@ -427,8 +489,10 @@ int pos_p2p_endpoint_listen(pos_p2p_endpoint *ep, pos_p2p_allow_cb allow,
  * pos_p2p_session_use_relay hands the relay control connection |r| of |ep|
  * to the session layer: its events and circuit data are handled there from
  * now on (pos_p2p_relay_set_callbacks is called), requests from peers are
- * answered by the listen settings (declined when not listening). Returns 0
- * or POS_P2P_ERR_INVALID_ARGUMENT.
+ * answered by the listen settings (declined when not listening). Handing
+ * over the same relay twice is fine. Returns 0 on success or one of these
+ * negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, or 16
+ * relays handed over already), POS_P2P_ERR_NOMEM.
  */
 int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 
@@ -436,20 +500,23 @@ int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
  * pos_p2p_session_drop_relay takes |r| back from the session layer before
  * the application closes it (a new home relay, a relay going away): every
  * session running over one of its circuits or dialing through it ends with
- * POS_P2P_ERR_CIRCUIT_CLOSED, and nothing refers to |r| afterwards.
+ * POS_P2P_ERR_CIRCUIT_CLOSED, and nothing refers to |r| afterwards. No
+ * errors.
  */
 void pos_p2p_session_drop_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 
-/* pos_p2p_session_set_callback: where the events of |s| go (NULL: dropped, data discarded). */
+/* pos_p2p_session_set_callback: where the events of |s| go (NULL: dropped, data discarded). No
+ * errors. */
 void pos_p2p_session_set_callback(pos_p2p_session *s, pos_p2p_session_cb cb, void *arg);
 
-/* pos_p2p_session_get_status copies the session's state, peer and path. */
+/* pos_p2p_session_get_status copies the session's state, peer and path. No errors. */
 void pos_p2p_session_get_status(const pos_p2p_session *s, pos_p2p_session_status *out);
 
 /*
- * pos_p2p_session_open_stream opens a bidirectional stream. Returns 0 with
- * its id in |*stream|, POS_P2P_ERR_INVALID_ARGUMENT (session not open),
- * POS_P2P_ERR_STREAM_LIMIT or POS_P2P_ERR_NOMEM.
+ * pos_p2p_session_open_stream opens a bidirectional stream. Returns 0 on
+ * success, with its id in |*stream|, or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, session not open),
+ * POS_P2P_ERR_STREAM_LIMIT (the peer allows no more now), POS_P2P_ERR_NOMEM.
  */
 int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream);
 
@@ -458,33 +525,45 @@ int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream);
  * send buffer, at most POS_P2P_STREAM_BUFFER bytes not yet acknowledged) and
  * ends the stream after them when |fin| is set and every byte was taken.
  * |*taken| (may be NULL) gets the number of bytes queued; when it is less
- * than |len|, EV_WRITABLE follows once there is room. Returns 0,
- * POS_P2P_ERR_NO_STREAM, POS_P2P_ERR_INVALID_ARGUMENT (session not open) or
- * POS_P2P_ERR_NOMEM.
+ * than |len|, EV_WRITABLE follows once there is room. Returns 0 on success
+ * or one of these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL |s|,
+ * NULL |data| with a length, session not open), POS_P2P_ERR_NO_STREAM (no
+ * such stream, or FIN already queued), POS_P2P_ERR_NOMEM.
  */
 int pos_p2p_session_write(pos_p2p_session *s, int64_t stream, const uint8_t *data, size_t len,
                           int fin, size_t *taken);
 
 #define POS_P2P_STREAM_BUFFER (1024 * 1024)
 
-/* pos_p2p_session_write_room: bytes pos_p2p_session_write would take now on |stream| (0 if none).
+/*
+ * pos_p2p_session_write_room: the bytes pos_p2p_session_write would take now
+ * on |stream| (0: none, no such stream, or the session ended). No errors.
  */
 size_t pos_p2p_session_write_room(const pos_p2p_session *s, int64_t stream);
 
-/* pos_p2p_session_reset_stream abandons |stream| in both directions with |code|. */
+/*
+ * pos_p2p_session_reset_stream abandons |stream| in both directions with
+ * |code|. Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL |s|, session ended),
+ * POS_P2P_ERR_NO_STREAM.
+ */
 int pos_p2p_session_reset_stream(pos_p2p_session *s, int64_t stream, uint64_t code);
 
 /*
  * pos_p2p_session_wait_open is the blocking helper: runs the endpoint until
- * |s| is OPEN (returns 0) or CLOSED (returns its error), at most
- * |timeout_ms| (POS_P2P_ERR_TIMEOUT).
+ * |s| is OPEN or CLOSED, at most |timeout_ms|. Returns 0 when it is open, or
+ * one of these negative codes: the session's own error when it closed (any
+ * code its EV_CLOSED may carry; POS_P2P_ERR_CLOSED when it had none),
+ * POS_P2P_ERR_TIMEOUT (still connecting), POS_P2P_ERR_IO (epoll failed),
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL |s|).
  */
 int pos_p2p_session_wait_open(pos_p2p_session *s, int timeout_ms);
 
 /*
  * pos_p2p_session_close ends |s| (CONNECTION_CLOSE with application |code|
  * and |reason|, which may be NULL, unless it already ended) and frees it.
- * Inside a callback of |s| the free waits until the callback returns.
+ * Inside a callback of |s| the free waits until the callback returns. NULL:
+ * nothing. No errors.
  */
 void pos_p2p_session_close(pos_p2p_session *s, uint64_t code, const char *reason);
 
@@ -493,13 +572,11 @@ void pos_p2p_session_close(pos_p2p_session *s, uint64_t code, const char *reason
  * round-trip times are |rtt_ms| (negative: unusable), given the current home
  * |current| (-1: none). The current one is kept unless another is clearly
  * better: at least 30% and 10 ms faster. Returns the index, or -1 when none
- * is usable.
+ * is usable (not an error code).
  */
 int pos_p2p_relay_pick_home(const double *rtt_ms, size_t n, int current);
 
-/* ==== relay connections and sessions (end) ==== */
-
-/* ==== local discovery, mDNS / DNS-SD (begin) ==== */
+/* ---- local discovery, mDNS / DNS-SD ---- */
 /*
  * Local discovery: advertise this device as _sd._udp.local. (instance = peer
  * id, TXT name, operating_system and os (one value), device_model, version,
@@ -562,56 +639,85 @@ typedef struct pos_mdns pos_mdns;
 
 /*
  * pos_mdns_new opens the sockets (UDP 5353, IPv4 and IPv6, shared with any
- * system responder) and starts. |cb| receives browse events. Errors:
- * INVALID_ARGUMENT, NOMEM, MDNS_TXT, MDNS_NAME, MDNS_NO_KEY, MDNS_SOCKET.
+ * system responder) and starts. |cb| receives browse events. Returns 0 on
+ * success or one of these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL
+ * |cfg|, advertising in enabled mode without a peer id),
+ * POS_P2P_ERR_NOMEM, POS_P2P_ERR_MDNS_TXT (the TXT values do not fit, or
+ * more than 64 libraries), POS_P2P_ERR_MDNS_NAME (peer id over 63 bytes),
+ * POS_P2P_ERR_MDNS_NO_KEY (contacts-only advertising without a presence
+ * key), POS_P2P_ERR_MDNS_SOCKET (neither mDNS socket could be opened).
  */
 int pos_mdns_new(pos_mdns **out, const pos_mdns_config *cfg, pos_mdns_callback cb, void *user);
 
-/* pos_mdns_fd: one descriptor to poll for reading. */
+/* pos_mdns_fd: one descriptor to poll for reading. No errors. */
 int pos_mdns_fd(const pos_mdns *m);
 
-/* pos_mdns_next_deadline: monotonic milliseconds of the next timer (UINT64_MAX: none). */
-uint64_t pos_mdns_next_deadline(const pos_mdns *m);
+/*
+ * pos_mdns_next_deadline: when to call pos_mdns_process at the latest, on
+ * the pos_p2p_now_ms clock, or -1 when no timer is set. No errors.
+ */
+int64_t pos_mdns_next_deadline(const pos_mdns *m);
 
-/* pos_mdns_process reads what is ready, runs due timers and sends. Returns 0 or IO. */
+/* pos_mdns_process reads what is ready, runs due timers and sends. Never blocks. No errors: returns
+ * 0. */
 int pos_mdns_process(pos_mdns *m);
 
 /*
  * pos_mdns_set_metadata replaces name, os, model, version and libraries
  * (taken from |cfg|, which also needs peer_id) and announces them at once;
- * browsers report "updated". Errors: INVALID_ARGUMENT, MDNS_TXT.
+ * browsers report "updated". Returns 0 on success or one of these negative
+ * codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL |cfg| or peer id),
+ * POS_P2P_ERR_MDNS_TXT (the values do not fit, or more than 64 libraries).
  */
 int pos_mdns_set_metadata(pos_mdns *m, const pos_mdns_config *cfg);
 
 /*
  * pos_mdns_add_contact: recognise the contacts-only advertisements of
- * |peer_id| whose presence key is |key|. Errors: INVALID_ARGUMENT, MDNS_FULL.
+ * |peer_id| whose presence key is |key|. Returns 0 on success or one of
+ * these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (peer id not
+ * canonical), POS_P2P_ERR_MDNS_FULL (256 contacts already).
  */
 int pos_mdns_add_contact(pos_mdns *m, const char *peer_id, const uint8_t key[32]);
 
-/* pos_mdns_instance: the instance name currently advertised ("" if none). */
+/* pos_mdns_instance: the instance name currently advertised ("" if none). No errors. */
 const char *pos_mdns_instance(const pos_mdns *m);
 
-/* pos_mdns_stop sends goodbyes (TTL 0) for everything advertised. */
+/* pos_mdns_stop sends goodbyes (TTL 0) for everything advertised. No errors. */
 void pos_mdns_stop(pos_mdns *m);
 
-/* pos_mdns_del stops (goodbyes) if not yet stopped and frees. NULL is fine. */
+/* pos_mdns_del stops (goodbyes) if not yet stopped and frees. NULL is fine. No errors. */
 void pos_mdns_del(pos_mdns *m);
 
 /*
- * pos_mdns_run: a blocking loop until |*stop| becomes non-zero or
- * |timeout_ms| passes (< 0: no limit). Returns 0 or IO.
+ * pos_mdns_run is the blocking runner: poll + process until |done| returns
+ * non-zero (checked before each round; may be NULL) or |timeout_ms| passes
+ * (-1: no limit), as pos_p2p_endpoint_run. Returns 0 when |done| said so,
+ * POS_P2P_ERR_TIMEOUT when the time passed, POS_P2P_ERR_INVALID_ARGUMENT
+ * (|m| NULL) or POS_P2P_ERR_IO (poll failed).
  */
-int pos_mdns_run(pos_mdns *m, int timeout_ms, volatile int *stop);
+int pos_mdns_run(pos_mdns *m, int timeout_ms, pos_p2p_done_cb done, void *arg);
 
 /*
  * Contacts (contacts-only mode). A card is "pos-contact:1:<peer id>:<key>",
  * key = 43 characters of unpadded base64 of a random 32-byte presence key.
- * pos_mdns_card_parse returns 0 or MDNS_CARD.
+ * pos_mdns_card_parse returns 0 on success or POS_P2P_ERR_MDNS_CARD (not
+ * such a card). pos_mdns_card_format writes the card of |peer_id| and |key|
+ * into |out| (|cap| bytes; 128 are enough). No errors.
  */
-int pos_mdns_card_parse(const char *card, char peer_id[44], uint8_t key[32]);
+int pos_mdns_card_parse(const char *card, char peer_id[POS_P2P_PEER_ID_STRLEN], uint8_t key[32]);
 void pos_mdns_card_format(const char *peer_id, const uint8_t key[32], char *out, size_t cap);
-/* ==== local discovery, mDNS / DNS-SD (end) ==== */
+
+/*
+ * pos_mdns_txt_split reads one TXT string of a pos_mdns_peer (|s|, |len|
+ * bytes, not NUL terminated) by RFC 6763 §6.4: the key is everything up to
+ * the first '=' (printable ASCII, compared case-insensitively); its length
+ * goes to |*klen|; the value after '=' to |*val| / |*vlen| (|*val| NULL for
+ * a boolean attribute, "key" without '='). Returns 0, POS_P2P_ERR_MDNS_TXT when
+ * the string carries no valid key (ignore it), or POS_P2P_ERR_INVALID_ARGUMENT
+ * (a NULL pointer).
+ */
+int pos_mdns_txt_split(const uint8_t *s, size_t len, size_t *klen, const uint8_t **val,
+                       size_t *vlen);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,7 @@
  * Contacts for contacts-only discovery, kept beside the identity file:
  * DIR/presence.key (our own random 32-byte presence key, base64, 0600) and
  * DIR/contacts.json (an array of {"peer_id", "presence_key"}, 0600), where
- * DIR is the identity file's directory. Used by the pos-p2p command.
+ * DIR is the identity file's directory. pos-p2p's own (not libpos-p2p's).
  */
 #ifndef POS_MDNS_CONTACTS_H
 #define POS_MDNS_CONTACTS_H
@@ -10,10 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pos/p2p.h>
+
 #define MDNS_CARD_MAX 128
 
 struct mdns_contact_entry {
-    char peer_id[44];
+    char peer_id[POS_P2P_PEER_ID_STRLEN];
     uint8_t key[32];
 };
 

@@ -1,0 +1,151 @@
+/*
+ * The circuit broker: CONNECT -> INCOMING -> ACCEPT/DECLINE -> CIRCUIT
+ * (docs/protocol.md), sans-I/O like forward.c. It keeps the requests in
+ * flight, their timers, the clients that may be asked, and opens and closes
+ * circuits in the circuit table (circuit.h). It does no I/O and reads no
+ * clock: its inputs are decoded control messages from a client, presence
+ * verdicts and the time given by the caller; its outputs go through
+ * relay_broker_ops (a control message to a client, a presence lookup, usage
+ * for an opened or closed circuit, when to call relay_broker_expire next).
+ * The relay's QUIC server (server_ctrl.c) is its only user besides the unit
+ * test (tests/relay/test_broker.c).
+ *
+ * Hole punching (issue 11) lands here: right after open_circuit (broker.c)
+ * sends CIRCUIT to both sides, each side gets a start signal timed by its
+ * control connection's RTT (given to the broker as one more client input,
+ * e.g. at join and when it changes): one more message through |send|, sent
+ * at once or at a deadline behind |wake| and relay_broker_expire.
+ *
+ * Lifetimes: the broker borrows the circuit table, which must outlive it. A
+ * client joins once it is authenticated (relay_broker_join) and leaves once
+ * (relay_broker_leave) before its connection is freed; the budget it joined
+ * with must live until then.
+ */
+#ifndef POS_RELAY_BROKER_H
+#define POS_RELAY_BROKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "circuit.h"
+#include "ctrl.h"
+#include "services.h"
+
+typedef struct relay_broker relay_broker;
+typedef struct relay_broker_client relay_broker_client; /* one per authenticated client */
+typedef struct relay_broker_req relay_broker_req;       /* a CONNECT in flight */
+
+/* What the broker allows; 0 in a cap means none. */
+typedef struct relay_broker_limits {
+    uint32_t max_circuits_per_conn;  /* config max_circuits_per_conn */
+    uint32_t max_circuits_per_token; /* config max_circuits_per_token */
+    uint32_t max_pending_per_client; /* CONNECTs in flight per client (at least 1) */
+    uint32_t max_pending_total;      /* CONNECTs in flight in all (at least 1) */
+    int64_t incoming_timeout_ms;     /* how long a target may take to answer INCOMING */
+} relay_broker_limits;
+
+/*
+ * The broker's outputs. None of them but |flush| may call back into the
+ * broker (a message is queued, a lookup answers later from the loop). |conn| is the
+ * caller's handle given to relay_broker_join. Every field is required
+ * unless it says otherwise.
+ */
+typedef struct relay_broker_ops {
+    /* send: queue |m| on |conn|'s message stream (nothing for a client that is closing). */
+    void (*send)(void *arg, void *conn, const pos_ctrl_msg *m);
+    /*
+     * flush: the input is handled and the broker's state settled: write out
+     * what |send| queued (this may end connections, i.e. call
+     * relay_broker_leave). Called at the end of every input. May be NULL.
+     */
+    void (*flush)(void *arg);
+    /*
+     * lookup: which relay holds |peer_id|; answer later, never inside this
+     * call, with relay_broker_lookup_done(|q|). Returns a handle for
+     * lookup_cancel, or 0 when the lookup cannot start.
+     */
+    uint64_t (*lookup)(void *arg, const char *peer_id, relay_broker_req *q);
+    /* lookup_cancel: the lookup |handle| must not be answered any more. */
+    void (*lookup_cancel)(void *arg, uint64_t handle);
+    /* circuit_opened: a circuit paid from |b0| and |b1| (either may be NULL) opened. May be NULL.
+     */
+    void (*circuit_opened)(void *arg, relay_budget *b0, relay_budget *b1);
+    /* circuit_closed: |info| closed (usage: bytes, circuit seconds). May be NULL. */
+    void (*circuit_closed)(void *arg, const relay_circuit_info *info);
+    /* wake: call relay_broker_expire at |at_ms| (same clock as the inputs), or never (-1). */
+    void (*wake)(void *arg, int64_t at_ms);
+    void *arg;
+} relay_broker_ops;
+
+/* Counters for /metrics (relay_server_stats). */
+typedef struct relay_broker_stats {
+    uint64_t requests_pending; /* gauge: CONNECTs in flight */
+    uint64_t requests;         /* CONNECTs received */
+    uint64_t circuits_opened, circuits_closed;
+    uint64_t redirects;     /* REDIRECT sent */
+    uint64_t errors;        /* ERROR sent */
+    uint64_t refused_limit; /* of which for a circuit cap */
+} relay_broker_stats;
+
+/*
+ * relay_broker_new: a broker opening circuits in |circuits| (borrowed, not
+ * NULL) under |lim| (copied), with outputs |ops| (copied; |ops->arg|
+ * borrowed). Returns NULL when out of memory or an argument is missing.
+ * relay_broker_del frees it and what is in flight (lookups are cancelled;
+ * clients must have left). NULL is ignored.
+ */
+relay_broker *relay_broker_new(relay_circuits *circuits, const relay_broker_limits *lim,
+                               const relay_broker_ops *ops);
+void relay_broker_del(relay_broker *b);
+
+/*
+ * relay_broker_join: an authenticated client |conn| (the caller's handle)
+ * with peer id |peer_id|, reached at |cur|, telling peers its own addresses
+ * |local| (may be NULL), paying from |budget| (NULL: unlimited). A |home|
+ * client may be asked for (INCOMING); any client may ask (CONNECT). The
+ * newest home client of a peer id is the one asked. Returns the client, or
+ * NULL when out of memory or |cur| is not IPv4/IPv6.
+ */
+relay_broker_client *relay_broker_join(relay_broker *b, void *conn, const char *peer_id, int home,
+                                       const struct sockaddr *cur, const pos_ctrl_addrs *local,
+                                       relay_budget *budget);
+
+/* relay_broker_moved: |cl|'s connection now comes from |addr|; its circuits follow. */
+void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr);
+
+/*
+ * relay_broker_closing: |cl|'s connection is about to close; it is no
+ * longer offered to requesters (it still holds its circuits until it leaves).
+ */
+void relay_broker_closing(relay_broker_client *cl);
+
+/*
+ * relay_broker_leave: |cl|'s connection is over at |now_ms|: its circuits
+ * close (the other sides get CIRCUIT_CLOSED), its requests end (requesters
+ * waiting for it get ERROR PEER_LEFT) and |cl| is freed.
+ */
+void relay_broker_leave(relay_broker *b, relay_broker_client *cl, int64_t now_ms);
+
+/*
+ * relay_broker_request: message |m| from |cl|'s request stream at |now_ms|.
+ * CONNECT, ACCEPT and DECLINE are handled (errors go to the client as
+ * ERROR); returns 0, or -1 for any other type (the caller refuses the
+ * client). An ACCEPT or DECLINE for no request in flight is ignored.
+ */
+int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctrl_msg *m,
+                         int64_t now_ms);
+
+/*
+ * relay_broker_lookup_done: the verdict of lookup |q| (|status| an enum
+ * relay_presence_status, |found| for RELAY_PRESENCE_FOUND): REDIRECT or
+ * ERROR to the requester. |q| is freed.
+ */
+void relay_broker_lookup_done(relay_broker_req *q, int status, const relay_presence_found *found);
+
+/* relay_broker_expire: requests whose target did not answer by |now_ms| end with ERROR TIMEOUT. */
+void relay_broker_expire(relay_broker *b, int64_t now_ms);
+
+void relay_broker_stats_get(const relay_broker *b, relay_broker_stats *out);
+
+#endif

@@ -1,0 +1,442 @@
+/*
+ * Unit tests of the circuit broker (relay/broker.c) without sockets or
+ * Redis: clients are plain handles, the broker's outputs are recorded, the
+ * circuit table is the real one (relay/circuit.c) and time is a number.
+ */
+#include <arpa/inet.h>
+#include <string.h>
+
+#include "broker.h"
+#include "check.h"
+
+#define TIMEOUT_MS 10000
+
+struct sent {
+    void *conn;
+    pos_ctrl_msg m;
+};
+
+/* What the broker did through its ops. */
+static struct world {
+    struct sent out[32];
+    int n_out;
+    relay_broker_req *lookup_q;
+    char lookup_peer[POS_PEER_ID_STRLEN];
+    uint64_t next_handle, cancelled;
+    int lookup_fails;
+    int64_t wake_at;
+    int opened, closed, flushes;
+} w;
+
+static int A, B, C, D; /* the callers' connection handles */
+
+static void op_send(void *arg, void *conn, const pos_ctrl_msg *m)
+{
+    (void)arg;
+    if (w.n_out < (int)(sizeof(w.out) / sizeof(w.out[0]))) {
+        w.out[w.n_out].conn = conn;
+        w.out[w.n_out].m = *m;
+    }
+    w.n_out++;
+}
+
+static uint64_t op_lookup(void *arg, const char *peer_id, relay_broker_req *q)
+{
+    (void)arg;
+    if (w.lookup_fails)
+        return 0;
+    w.lookup_q = q;
+    snprintf(w.lookup_peer, sizeof(w.lookup_peer), "%s", peer_id);
+    return ++w.next_handle;
+}
+
+static void op_cancel(void *arg, uint64_t handle)
+{
+    (void)arg;
+    w.cancelled = handle;
+}
+
+static void op_opened(void *arg, relay_budget *b0, relay_budget *b1)
+{
+    (void)arg;
+    (void)b0;
+    (void)b1;
+    w.opened++;
+}
+
+static void op_closed(void *arg, const relay_circuit_info *info)
+{
+    (void)arg;
+    (void)info;
+    w.closed++;
+}
+
+static void op_wake(void *arg, int64_t at)
+{
+    (void)arg;
+    w.wake_at = at;
+}
+
+static void op_flush(void *arg)
+{
+    (void)arg;
+    w.flushes++;
+}
+
+static const relay_broker_ops ops = {op_send,   op_flush,  op_lookup, op_cancel,
+                                     op_opened, op_closed, op_wake,   NULL};
+
+static struct sockaddr_in addr4(const char *ip, int port)
+{
+    struct sockaddr_in in;
+    memset(&in, 0, sizeof(in));
+    in.sin_family = AF_INET;
+    in.sin_port = htons((uint16_t)port);
+    inet_pton(AF_INET, ip, &in.sin_addr);
+    return in;
+}
+
+static void reset(void)
+{
+    memset(&w, 0, sizeof(w));
+    w.wake_at = -1;
+}
+
+/* A world of two home clients "peer-a" (A, 192.0.2.1:1111) and "peer-b" (B, 192.0.2.2:2222). */
+struct rig {
+    relay_circuits *t;
+    relay_broker *b;
+    relay_broker_client *a, *bb;
+};
+
+static void rig_up(struct rig *r, uint32_t capacity, const relay_broker_limits *lim)
+{
+    relay_broker_limits def = {0, 0, 16, 4096, TIMEOUT_MS};
+    struct sockaddr_in sa = addr4("192.0.2.1", 1111), sb = addr4("192.0.2.2", 2222);
+    pos_ctrl_addrs la = {1, {"10.0.0.1:1111"}};
+    reset();
+    r->t = relay_circuits_new(capacity, 7);
+    r->b = relay_broker_new(r->t, lim ? lim : &def, &ops);
+    r->a = relay_broker_join(r->b, &A, "peer-a", 1, (struct sockaddr *)&sa, &la, NULL);
+    r->bb = relay_broker_join(r->b, &B, "peer-b", 1, (struct sockaddr *)&sb, NULL, NULL);
+}
+
+static void rig_down(struct rig *r)
+{
+    if (r->a)
+        relay_broker_leave(r->b, r->a, 0);
+    if (r->bb)
+        relay_broker_leave(r->b, r->bb, 0);
+    relay_broker_del(r->b);
+    relay_circuits_del(r->t);
+}
+
+static int request(struct rig *r, relay_broker_client *cl, uint8_t type, uint32_t req_id,
+                   const char *peer, int64_t now)
+{
+    pos_ctrl_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = type;
+    m.req_id = req_id;
+    if (peer)
+        snprintf(m.peer_id, sizeof(m.peer_id), "%s", peer);
+    return relay_broker_request(r->b, cl, &m, now);
+}
+
+static relay_broker_stats stats(const struct rig *r)
+{
+    relay_broker_stats st;
+    relay_broker_stats_get(r->b, &st);
+    return st;
+}
+
+/* Expects exactly one message so far, to |conn|, of |type|; returns it. */
+static const pos_ctrl_msg *only(void *conn, uint8_t type)
+{
+    CHECK(w.n_out == 1);
+    CHECK(w.out[0].conn == conn);
+    CHECK(w.out[0].m.type == type);
+    return &w.out[0].m;
+}
+
+static uint32_t incoming_req(struct rig *r, int64_t now)
+{
+    CHECK(request(r, r->a, POS_CTRL_CONNECT, 7, "peer-b", now) == 0);
+    const pos_ctrl_msg *in = only(&B, POS_CTRL_INCOMING);
+    uint32_t id = in->req_id;
+    w.n_out = 0;
+    return id;
+}
+
+static void test_connect_accept(void)
+{
+    struct rig r;
+    rig_up(&r, 16, NULL);
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 7, "peer-b", 1000) == 0);
+    const pos_ctrl_msg *in = only(&B, POS_CTRL_INCOMING);
+    uint32_t to_req = in->req_id;
+    CHECK(to_req != 0);
+    CHECK(strcmp(in->peer_id, "peer-a") == 0);
+    CHECK(strcmp(in->observed, "192.0.2.1:1111") == 0);
+    CHECK(in->addrs.n == 1 && strcmp(in->addrs.a[0], "10.0.0.1:1111") == 0);
+    CHECK(w.wake_at == 1000 + TIMEOUT_MS);
+    CHECK(w.flushes == 1); /* once per input, after the messages are queued */
+    CHECK(stats(&r).requests_pending == 1);
+    w.n_out = 0;
+
+    CHECK(request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 2000) == 0);
+    CHECK(w.n_out == 2);
+    const pos_ctrl_msg *ca = &w.out[0].m, *cb = &w.out[1].m;
+    CHECK(w.out[0].conn == &A && ca->type == POS_CTRL_CIRCUIT && ca->req_id == 7);
+    CHECK(w.out[1].conn == &B && cb->type == POS_CTRL_CIRCUIT && cb->req_id == to_req);
+    CHECK(strcmp(ca->peer_id, "peer-b") == 0 && strcmp(cb->peer_id, "peer-a") == 0);
+    CHECK(strcmp(ca->observed, "192.0.2.2:2222") == 0);
+    /* both ids name the two sides of one open circuit */
+    relay_side *sa = relay_circuit_find(r.t, ca->circuit_id);
+    CHECK(sa != NULL && cb->circuit_id != ca->circuit_id);
+    CHECK(sa && relay_circuit_peer(r.t, sa)->id == cb->circuit_id);
+    CHECK(r.t->open == 1 && w.opened == 1);
+    CHECK(w.wake_at == -1);
+    CHECK(stats(&r).requests_pending == 0 && stats(&r).circuits_opened == 1);
+
+    /* the same answer again is for no request: ignored */
+    w.n_out = 0;
+    CHECK(request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 2001) == 0);
+    CHECK(w.n_out == 0 && r.t->open == 1);
+
+    /* the client moves: its side of the circuit follows */
+    struct sockaddr_in moved = addr4("192.0.2.9", 9999);
+    relay_broker_moved(r.b, r.a, (struct sockaddr *)&moved);
+    sa = relay_circuit_find(r.t, ca->circuit_id);
+    CHECK(sa && sa->addr.port == htons(9999));
+    rig_down(&r);
+    CHECK(w.closed == 1);
+}
+
+static void test_decline_and_unknown(void)
+{
+    struct rig r;
+    rig_up(&r, 16, NULL);
+    uint32_t to_req = incoming_req(&r, 0);
+    CHECK(request(&r, r.bb, POS_CTRL_ACCEPT, to_req + 1000, NULL, 1) == 0); /* unknown req_id */
+    CHECK(w.n_out == 0);
+    CHECK(request(&r, r.a, POS_CTRL_ACCEPT, to_req, NULL, 1) == 0); /* not A's to answer */
+    CHECK(w.n_out == 0);
+    CHECK(request(&r, r.bb, POS_CTRL_DECLINE, to_req, NULL, 2) == 0);
+    const pos_ctrl_msg *e = only(&A, POS_CTRL_ERROR);
+    CHECK(e->req_id == 7 && e->code == POS_CTRL_CODE_DECLINED);
+    CHECK(r.t->open == 0 && stats(&r).requests_pending == 0 && w.wake_at == -1);
+    /* a message the broker does not handle is the caller's to refuse */
+    CHECK(request(&r, r.a, POS_CTRL_HELLO, 1, NULL, 3) == -1);
+    rig_down(&r);
+}
+
+static void test_self(void)
+{
+    struct rig r;
+    rig_up(&r, 16, NULL);
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 3, "peer-a", 0) == 0);
+    const pos_ctrl_msg *e = only(&A, POS_CTRL_ERROR);
+    CHECK(e->req_id == 3 && e->code == POS_CTRL_CODE_BAD_PEER);
+    CHECK(w.lookup_q == NULL);
+    rig_down(&r);
+}
+
+static void test_timeout(void)
+{
+    struct rig r;
+    rig_up(&r, 16, NULL);
+    uint32_t to_req = incoming_req(&r, 500);
+    CHECK(w.wake_at == 500 + TIMEOUT_MS);
+    relay_broker_expire(r.b, 500 + TIMEOUT_MS - 1);
+    CHECK(w.n_out == 0 && stats(&r).requests_pending == 1);
+    relay_broker_expire(r.b, 500 + TIMEOUT_MS);
+    const pos_ctrl_msg *e = only(&A, POS_CTRL_ERROR);
+    CHECK(e->req_id == 7 && e->code == POS_CTRL_CODE_TIMEOUT);
+    CHECK(w.wake_at == -1 && stats(&r).requests_pending == 0);
+    w.n_out = 0;
+    CHECK(request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 600 + TIMEOUT_MS) == 0); /* too late */
+    CHECK(w.n_out == 0 && r.t->open == 0);
+    rig_down(&r);
+}
+
+static void test_peer_leaves(void)
+{
+    struct rig r;
+    /* the target leaves while asked: the requester hears PEER_LEFT */
+    rig_up(&r, 16, NULL);
+    incoming_req(&r, 0);
+    relay_broker_leave(r.b, r.bb, 5);
+    r.bb = NULL;
+    const pos_ctrl_msg *e = only(&A, POS_CTRL_ERROR);
+    CHECK(e->req_id == 7 && e->code == POS_CTRL_CODE_PEER_LEFT);
+    CHECK(stats(&r).requests_pending == 0 && w.wake_at == -1);
+    rig_down(&r);
+
+    /* the requester leaves while the target is asked: the answer is ignored */
+    rig_up(&r, 16, NULL);
+    uint32_t to_req = incoming_req(&r, 0);
+    relay_broker_leave(r.b, r.a, 5);
+    r.a = NULL;
+    CHECK(w.n_out == 0 && stats(&r).requests_pending == 0);
+    CHECK(request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 6) == 0);
+    CHECK(w.n_out == 0 && r.t->open == 0);
+    rig_down(&r);
+
+    /* after the circuit: the other side gets CIRCUIT_CLOSED with its own id */
+    rig_up(&r, 16, NULL);
+    to_req = incoming_req(&r, 0);
+    request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 1);
+    uint32_t b_id = w.out[1].m.circuit_id;
+    w.n_out = 0;
+    relay_broker_leave(r.b, r.a, 9);
+    r.a = NULL;
+    const pos_ctrl_msg *cc = only(&B, POS_CTRL_CIRCUIT_CLOSED);
+    CHECK(cc->circuit_id == b_id && cc->code == POS_CTRL_CODE_PEER_LEFT);
+    CHECK(r.t->open == 0 && w.closed == 1 && stats(&r).circuits_closed == 1);
+    rig_down(&r);
+}
+
+static void test_busy_and_limits(void)
+{
+    struct rig r;
+    relay_broker_limits lim = {1, 0, 2, 4096, TIMEOUT_MS};
+
+    /* requests in flight per client */
+    rig_up(&r, 16, &lim);
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 1, "peer-b", 0) == 0);
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 2, "peer-b", 0) == 0);
+    w.n_out = 0;
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 3, "peer-b", 0) == 0);
+    const pos_ctrl_msg *e = only(&A, POS_CTRL_ERROR);
+    CHECK(e->req_id == 3 && e->code == POS_CTRL_CODE_BUSY);
+    CHECK(stats(&r).requests_pending == 2);
+    rig_down(&r);
+
+    /* one circuit per connection: a second CONNECT is refused before B is asked */
+    rig_up(&r, 16, &lim);
+    uint32_t to_req = incoming_req(&r, 0);
+    request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 1);
+    CHECK(r.t->open == 1);
+    w.n_out = 0;
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 8, "peer-b", 2) == 0);
+    e = only(&A, POS_CTRL_ERROR);
+    CHECK(e->req_id == 8 && e->code == POS_CTRL_CODE_CIRCUIT_LIMIT);
+    CHECK(strstr(e->text, "limit 1") != NULL);
+    CHECK(stats(&r).refused_limit == 1);
+    rig_down(&r);
+
+    /* the table is full when B accepts: both sides hear BUSY */
+    rig_up(&r, 1, NULL);
+    struct sockaddr_in sc = addr4("192.0.2.3", 3333);
+    relay_broker_client *c =
+        relay_broker_join(r.b, &C, "peer-c", 1, (struct sockaddr *)&sc, NULL, NULL);
+    to_req = incoming_req(&r, 0);
+    request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 1);
+    w.n_out = 0;
+    CHECK(request(&r, c, POS_CTRL_CONNECT, 4, "peer-b", 2) == 0);
+    to_req = only(&B, POS_CTRL_INCOMING)->req_id;
+    w.n_out = 0;
+    request(&r, r.bb, POS_CTRL_ACCEPT, to_req, NULL, 3);
+    CHECK(w.n_out == 2);
+    CHECK(w.out[0].conn == &C && w.out[0].m.type == POS_CTRL_ERROR &&
+          w.out[0].m.code == POS_CTRL_CODE_BUSY && w.out[0].m.req_id == 4);
+    CHECK(w.out[1].conn == &B && w.out[1].m.type == POS_CTRL_ERROR &&
+          w.out[1].m.code == POS_CTRL_CODE_BUSY && w.out[1].m.req_id == to_req);
+    CHECK(r.t->open == 1);
+    relay_broker_leave(r.b, c, 4);
+    rig_down(&r);
+}
+
+static void test_redirect_and_lookup(void)
+{
+    struct rig r;
+    relay_presence_found f;
+    rig_up(&r, 16, NULL);
+
+    /* not here: the presence lookup decides; found on another relay -> REDIRECT */
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 5, "peer-z", 0) == 0);
+    CHECK(w.n_out == 0 && w.lookup_q != NULL && strcmp(w.lookup_peer, "peer-z") == 0);
+    memset(&f, 0, sizeof(f));
+    snprintf(f.relay_id, sizeof(f.relay_id), "%s", "0b6c6d5e-7f52-4c2b-9d1e-1a2b3c4d5e6f");
+    snprintf(f.peer_id, sizeof(f.peer_id), "%s", "peer-z");
+    snprintf(f.addrs[0], sizeof(f.addrs[0]), "%s", "198.51.100.7:7373");
+    snprintf(f.addrs[1], sizeof(f.addrs[1]), "%s", "[2001:db8::7]:7373");
+    f.n_addrs = 2;
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_FOUND, &f);
+    const pos_ctrl_msg *m = only(&A, POS_CTRL_REDIRECT);
+    CHECK(m->req_id == 5 && strcmp(m->relay_id, f.relay_id) == 0);
+    CHECK(strcmp(m->peer_id, "peer-z") == 0 && m->addrs.n == 2);
+    CHECK(strcmp(m->addrs.a[1], "[2001:db8::7]:7373") == 0);
+    CHECK(stats(&r).redirects == 1 && stats(&r).requests_pending == 0);
+
+    /* nowhere, and Redis unreachable */
+    w.n_out = 0;
+    request(&r, r.a, POS_CTRL_CONNECT, 6, "peer-z", 0);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
+    CHECK(only(&A, POS_CTRL_ERROR)->code == POS_CTRL_CODE_PEER_NOT_CONNECTED);
+    w.n_out = 0;
+    request(&r, r.a, POS_CTRL_CONNECT, 7, "peer-z", 0);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_UNAVAILABLE, NULL);
+    CHECK(only(&A, POS_CTRL_ERROR)->code == POS_CTRL_CODE_UNAVAILABLE);
+
+    /* the lookup cannot start */
+    w.n_out = 0;
+    w.lookup_fails = 1;
+    request(&r, r.a, POS_CTRL_CONNECT, 8, "peer-z", 0);
+    CHECK(only(&A, POS_CTRL_ERROR)->code == POS_CTRL_CODE_BUSY);
+    w.lookup_fails = 0;
+
+    /* the requester leaves during the lookup: it is cancelled */
+    w.n_out = 0;
+    request(&r, r.a, POS_CTRL_CONNECT, 9, "peer-z", 0);
+    uint64_t handle = w.next_handle;
+    relay_broker_leave(r.b, r.a, 1);
+    r.a = NULL;
+    CHECK(w.cancelled == handle && w.n_out == 0 && stats(&r).requests_pending == 0);
+    rig_down(&r);
+}
+
+static void test_who_is_asked(void)
+{
+    struct rig r;
+    struct sockaddr_in sd = addr4("192.0.2.4", 4444);
+
+    /* a client that is not home (measuring, dialing) is never asked: presence decides */
+    rig_up(&r, 16, NULL);
+    relay_broker_client *d =
+        relay_broker_join(r.b, &D, "peer-d", 0, (struct sockaddr *)&sd, NULL, NULL);
+    request(&r, r.a, POS_CTRL_CONNECT, 1, "peer-d", 0);
+    CHECK(w.n_out == 0 && w.lookup_q != NULL);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
+    relay_broker_leave(r.b, d, 1);
+
+    /* a closing client is not asked either */
+    w.n_out = 0;
+    w.lookup_q = NULL;
+    relay_broker_closing(r.bb);
+    request(&r, r.a, POS_CTRL_CONNECT, 2, "peer-b", 0);
+    CHECK(w.n_out == 0 && w.lookup_q != NULL);
+    relay_broker_lookup_done(w.lookup_q, RELAY_PRESENCE_NOT_FOUND, NULL);
+
+    /* the newest home connection of a peer is the one asked */
+    w.n_out = 0;
+    d = relay_broker_join(r.b, &D, "peer-b", 1, (struct sockaddr *)&sd, NULL, NULL);
+    request(&r, r.a, POS_CTRL_CONNECT, 3, "peer-b", 0);
+    only(&D, POS_CTRL_INCOMING);
+    relay_broker_leave(r.b, d, 1);
+    rig_down(&r);
+}
+
+int main(void)
+{
+    test_connect_accept();
+    test_decline_and_unknown();
+    test_self();
+    test_timeout();
+    test_peer_leaves();
+    test_busy_and_limits();
+    test_redirect_and_lookup();
+    test_who_is_asked();
+    return check_finish("test_broker");
+}
