@@ -56,7 +56,9 @@ typedef struct relay_forward_circuit {
     uint64_t last_batch; /* relay_forward_stats.batches when it last forwarded */
 } relay_forward_circuit;
 
-/* Counters for /metrics. Every input datagram lands in exactly one of them (not batches, recent).
+/*
+ * Counters for /metrics and /circuits. Every input datagram lands in exactly
+ * one of the counters from quic to drop_unroutable.
  */
 typedef struct relay_forward_stats {
     uint64_t quic;            /* handed back to the QUIC path */
