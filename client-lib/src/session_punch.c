@@ -375,11 +375,9 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
             failed(p, now);
         else if (pos_prober_state(p->prober) == POS_PROBER_DIRECT && p->move == MOVE_NONE &&
                  !p->outcome_done && pos_prober_result(p->prober, &p->result) == 0) {
-            if (p->dialer) {
+            if (p->dialer) { /* the listener follows the dialer's move */
                 p->move = MOVE_WANTED;
                 p->move_at = now;
-            } else {
-                p->outcome_done = 1; /* the listener follows the dialer's move */
             }
         }
     }
