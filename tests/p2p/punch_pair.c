@@ -262,6 +262,8 @@ static int run_transfer(uint64_t rate, uint64_t block_at, int unblock_after)
     return A.fin && A.got == total && !A.bad;
 }
 
+/* main: options, both sides and their relay connections, the session, the transfer, the summary
+ * (one straight sequence, long but read top to bottom) */
 int main(int argc, char **argv)
 {
     pos_p2p_punch_options po;

@@ -130,11 +130,12 @@ def relay_without_punching_keeps_working():
 @test
 def blackholed_direct_path_falls_back_and_comes_back():
     relay, token = relay_with({"punch_min_interval_ms": 100})
-    rc, out = pair(relay, token, 24, "--rate-kbps", "32000", "--retry-ms", "1000",
+    # 32 MB at 4 MB/s: 8 s; the blackout from 4 MB on (about 1 s) lasts 2.5 s
+    rc, out = pair(relay, token, 32, "--rate-kbps", "32000", "--retry-ms", "1000",
                    "--block-at-mb", "4", "--unblock-after-ms", "2500")
     assert rc == 0, out
     assert "blocked at_ms=" in out and "unblocked at_ms=" in out, out
-    assert "result ok=1 bytes=24000000 bad=0" in out, out
+    assert "result ok=1 bytes=32000000 bad=0" in out, out
     moves = paths(out, "B")
     assert moves[:3] == ["relayed->direct", "direct->relayed", "relayed->direct"], out
     blocked = int(re.search(r"^blocked at_ms=(\d+)", out, re.M).group(1))
