@@ -118,12 +118,43 @@ static int budget_spend(relay_forwarder *fw, relay_budget *b, size_t len)
 }
 
 /*
+ * note_circuit copies the counters of circuit |s0| (its side 0) into its
+ * stats.recent entry. The table is 2-way set associative: the circuit's
+ * index picks a pair, and a circuit not in it replaces the pair's less
+ * recently active entry. relay_forward_batch calls it once per run of
+ * frames of one circuit (a bulk transfer: once per batch), after the run.
+ */
+static void note_circuit(relay_forwarder *fw, const relay_side *s0)
+{
+    relay_forward_stats *st = &fw->stats;
+    uint32_t circuit = (uint32_t)(s0 - fw->circuits->sides) >> 1;
+    const relay_side *s1 = s0 + 1;
+    relay_forward_circuit *pair = &st->recent[2 * (circuit % (RELAY_FORWARD_RECENT / 2))];
+    relay_forward_circuit *e = pair;
+    if (pair[0].id[0] != s0->id || pair[0].id[1] != s1->id) {
+        e = &pair[1];
+        if (pair[1].id[0] != s0->id || pair[1].id[1] != s1->id) {
+            e = pair[0].last_batch <= pair[1].last_batch ? &pair[0] : &pair[1];
+            e->id[0] = s0->id;
+            e->id[1] = s1->id;
+        }
+    }
+    e->packets[0] = s0->stats.rx_packets;
+    e->packets[1] = s1->stats.rx_packets;
+    e->bytes[0] = s0->stats.rx_bytes;
+    e->bytes[1] = s1->stats.rx_bytes;
+    e->last_batch = st->batches;
+}
+
+/*
  * Checks one frame and rewrites it in place. Returns the length of the
  * destination name written to |name| (for a socket of |family|), or 0 when
- * the frame is dropped (and counted).
+ * the frame is dropped (and counted). A forwarded DATA frame sets |*circuit|
+ * to its circuit's side 0.
  */
 static socklen_t route_frame(relay_forwarder *fw, const struct msghdr *h, uint8_t *buf, size_t len,
-                             int family, struct sockaddr_in6 *name, int *maybe_quic)
+                             int family, struct sockaddr_in6 *name, int *maybe_quic,
+                             const relay_side **circuit)
 {
     relay_forward_stats *st = &fw->stats;
     pos_frame f;
@@ -171,6 +202,7 @@ static socklen_t route_frame(relay_forwarder *fw, const struct msghdr *h, uint8_
     dst->stats.tx_bytes += len;
     st->forwarded++;
     st->forwarded_bytes += len;
+    *circuit = &fw->circuits->sides[(uint32_t)(s - fw->circuits->sides) & ~1u];
     return namelen;
 }
 
@@ -229,9 +261,11 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
                         struct mmsghdr *out, unsigned *quic_idx, unsigned *n_quic)
 {
     unsigned n_out = 0, n_iov = 0;
+    const relay_side *run = NULL; /* the circuit of the frames forwarded last */
     *n_quic = 0;
     if (n_in > fw->batch_max || (sock_family != AF_INET && sock_family != AF_INET6))
         return RELAY_CIRCUIT_ERR_INVALID;
+    fw->stats.batches++;
     for (unsigned i = 0; i < n_in; i++) {
         struct msghdr *h = &in[i].msg_hdr;
         if (h->msg_iovlen < 1 || h->msg_iov == NULL) {
@@ -250,8 +284,15 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
             continue;
         }
         int maybe_quic = 0;
+        const relay_side *circuit = NULL;
         socklen_t namelen =
-            route_frame(fw, h, buf, len, sock_family, &fw->names[n_out], &maybe_quic);
+            route_frame(fw, h, buf, len, sock_family, &fw->names[n_out], &maybe_quic, &circuit);
+        if (circuit != run) {
+            if (run && circuit)
+                note_circuit(fw, run);
+            if (circuit)
+                run = circuit;
+        }
         if (namelen != 0) {
             add_output(fw, out, &n_out, &n_iov, buf, len, namelen);
         } else if (maybe_quic) {
@@ -259,5 +300,7 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
             fw->stats.quic_fallback++;
         }
     }
+    if (run)
+        note_circuit(fw, run);
     return (int)n_out;
 }

@@ -39,7 +39,27 @@
  */
 typedef void (*relay_lease_cb)(void *arg, relay_budget *b);
 
-/* Counters for /metrics. Every input datagram lands in exactly one of them. */
+/*
+ * Recently active circuits, for GET /circuits (the NAT lab and operators:
+ * which circuit carried how much). Bounded and cheap: a circuit's index
+ * picks one of RELAY_FORWARD_RECENT / 2 pairs of entries, and a circuit new
+ * to its pair replaces the pair's less recently active entry; the circuit
+ * that forwarded last is always listed. The counts are the circuit's own
+ * (its sides' relay_side_stats) as of its last forwarded DATA frame, so they
+ * stay readable after the circuit closed, until the entry is replaced.
+ */
+#define RELAY_FORWARD_RECENT 16
+typedef struct relay_forward_circuit {
+    uint32_t id[2];      /* side 0's and side 1's circuit id; 0: unused entry */
+    uint64_t packets[2]; /* DATA frames forwarded from side 0 (to side 1), from side 1 */
+    uint64_t bytes[2];   /* their lengths, frame header included */
+    uint64_t last_batch; /* relay_forward_stats.batches when it last forwarded */
+} relay_forward_circuit;
+
+/*
+ * Counters for /metrics and /circuits. Every input datagram lands in exactly
+ * one of the counters from quic to drop_unroutable.
+ */
 typedef struct relay_forward_stats {
     uint64_t quic;            /* handed back to the QUIC path */
     uint64_t quic_fallback;   /* looked like a frame, failed, handed to QUIC (see
@@ -55,6 +75,8 @@ typedef struct relay_forward_stats {
     uint64_t drop_wrong_source;    /* not from the owning side's current address */
     uint64_t drop_budget;          /* the sending side's token budget is exhausted */
     uint64_t drop_unroutable;      /* IPv6 destination but an IPv4 socket */
+    uint64_t batches;              /* relay_forward_batch calls */
+    relay_forward_circuit recent[RELAY_FORWARD_RECENT];
 } relay_forward_stats;
 
 /* Per output message when GSO is on: its segment size, count, bytes, and its control message. */

@@ -1,4 +1,4 @@
-/* /healthz and /metrics for the relay (see metrics_http.h). */
+/* /healthz, /metrics and /circuits for the relay (see metrics_http.h). */
 #include "metrics_http.h"
 
 #include <microhttpd.h>
@@ -225,6 +225,43 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
 
 #undef EMIT
 
+/*
+ * render_circuits_json: the forwarder's recent circuits (forward.h) as JSON, most
+ * recently active first. Only numbers: nothing from the network is quoted.
+ */
+static size_t render_circuits_json(const struct relay_http *h, char *out, size_t cap)
+{
+    const relay_forward_circuit *rc = h->srv.fw.recent;
+    unsigned order[RELAY_FORWARD_RECENT], n_order = 0;
+    size_t n = 0;
+    for (unsigned i = 0; i < RELAY_FORWARD_RECENT; i++) {
+        if (rc[i].id[0] == 0)
+            continue;
+        unsigned j = n_order++;
+        for (; j > 0 && rc[order[j - 1]].last_batch < rc[i].last_batch; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
+    int w = snprintf(out, cap, "{\"max\":%u,\"circuits\":[", (unsigned)RELAY_FORWARD_RECENT);
+    n = w > 0 ? (size_t)w : 0;
+    for (unsigned k = 0; k < n_order && n < cap; k++) {
+        const relay_forward_circuit *c = &rc[order[k]];
+        w = snprintf(out + n, cap - n,
+                     "%s{\"ids\":[%lu,%lu],\"packets\":[%llu,%llu],\"bytes\":[%llu,%llu]}",
+                     k ? "," : "", (unsigned long)c->id[0], (unsigned long)c->id[1],
+                     (unsigned long long)c->packets[0], (unsigned long long)c->packets[1],
+                     (unsigned long long)c->bytes[0], (unsigned long long)c->bytes[1]);
+        if (w > 0)
+            n += (size_t)w;
+    }
+    if (n < cap) {
+        w = snprintf(out + n, cap - n, "]}\n");
+        if (w > 0)
+            n += (size_t)w;
+    }
+    return n < cap ? n : cap - 1;
+}
+
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
                              const char *body, size_t len)
 {
@@ -274,6 +311,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         n = render_metrics(h, body, sizeof(body));
         pthread_mutex_unlock(&h->mu);
         return reply(conn, 200, "text/plain; version=0.0.4", body, n);
+    }
+    if (!strcmp(url, "/circuits")) {
+        n = render_circuits_json(h, body, sizeof(body));
+        pthread_mutex_unlock(&h->mu);
+        return reply(conn, 200, "application/json", body, n);
     }
     pthread_mutex_unlock(&h->mu);
     return reply(conn, 404, "text/plain", "not found\n", 10);

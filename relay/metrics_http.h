@@ -1,7 +1,9 @@
 /*
  * The relay's local HTTP endpoint (libmicrohttpd, its own thread):
  * GET /healthz answers 200 "ok", or 503 with the reason when Redis is
- * unreachable; GET /metrics answers Prometheus text. The HTTP thread never
+ * unreachable; GET /metrics answers Prometheus text; GET /circuits answers
+ * JSON with the byte counters of the most recently active circuits
+ * (RELAY_FORWARD_RECENT, forward.h; docs/relay.md). The HTTP thread never
  * touches the relay's state: the loop publishes a snapshot (about twice a
  * second) and the thread reads that snapshot under a mutex.
  */

@@ -7,7 +7,10 @@
 # the host's firewall while it runs, so it comes after everything else).
 # Ends with "N passed, N failed".
 #   scripts/test.sh              everything
-#   scripts/test.sh SUITE...     only these suites (unit, discovery, relay, mdns, p2p, fuzz, deploy)
+#   scripts/test.sh SUITE...     only these suites (unit, discovery, relay, mdns, p2p, natlab,
+#                                fuzz, deploy)
+# natlab (tests/natlab: network namespaces with NAT routers) needs root and is
+# skipped without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,7 +46,7 @@ fi
 ninja -C build-test
 
 args=()
-for s in unit discovery relay mdns p2p; do
+for s in unit discovery relay mdns p2p natlab; do
   want "$s" && args+=(--suite "$s")
 done
 rm -f build-test/meson-logs/testlog.json build-fuzz/meson-logs/testlog.json

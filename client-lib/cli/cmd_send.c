@@ -7,8 +7,9 @@
  * attempt gets no answer and --api-url is given, through the home relay.
  * The peer id is pinned: a device with another key at the address is
  * refused. Prints a progress bar on a terminal and, at the end, bytes,
- * time, rate and the path used. Exit 0 only when every file was stored and
- * verified by the receiver.
+ * time, rate and the path used; with --json those lines go to stderr and
+ * stdout gets one summary object (send_report.h). Exit 0 only when every
+ * file was stored and verified by the receiver.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -19,11 +20,12 @@
 #include "cli.h"
 #include "identity.h"
 #include "pos/p2p.h"
+#include "send_report.h"
 #include "transfer.h"
 
 struct opts {
     const char *api_url, *token, *identity, *addr, *relay_id, *to;
-    int relay_only;
+    int relay_only, json;
     double timeout_s;
     uint64_t limit_rate; /* bytes/s, 0 = none (testing and slow links) */
     char **files;
@@ -39,6 +41,8 @@ struct run {
     int resume_told; /* "resuming" printed for this file */
     int failed;      /* a file failed: stop */
     int tty;
+    FILE *info;       /* the human lines: stdout, or stderr with --json */
+    send_report *rep; /* --json */
     int64_t start_ms, file_start_ms, last_bar_ms;
     uint64_t total_sent; /* bytes actually sent (resumed prefixes excluded) */
     uint64_t file_base;  /* sent count of this file before the current one */
@@ -49,7 +53,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-p2p send --to PEER_ID [--addr IP[:PORT]] [--api-url URL --token TOKEN]\n"
-            "                    [--relay-id UUID] [--relay-only] [--identity FILE] FILE...\n\n"
+            "                    [--relay-id UUID] [--relay-only] [--identity FILE] [--json]\n"
+            "                    FILE...\n\n"
             "Send files to the peer PEER_ID ('pos-p2p id' on that device prints it). With\n"
             "--addr, directly to that address (no port means 7373); with --api-url, through\n"
             "the home relay (also when the direct attempt gets no answer). The receiver\n"
@@ -65,7 +70,11 @@ static void usage(FILE *out)
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
             "  --timeout SECONDS  to set up the session (default 10)\n"
-            "  --limit-rate BYTES_PER_SEC  send no faster than this\n");
+            "  --limit-rate BYTES_PER_SEC  send no faster than this\n"
+            "  --json             at the end, one JSON object on stdout: path (relayed,\n"
+            "                     direct, relayed-then-direct), upgraded_after_ms,\n"
+            "                     bytes_relayed, bytes_direct, bytes, seconds, files\n"
+            "                     (the other lines go to stderr)\n");
 }
 
 /* Over 80 lines: one case per option, each with its own range check and message. */
@@ -81,6 +90,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"to", required_argument, NULL, 'T'},
         {"timeout", required_argument, NULL, 'w'},
         {"limit-rate", required_argument, NULL, 'l'},
+        {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -92,7 +102,7 @@ static int parse(int argc, char **argv, struct opts *o)
     o->timeout_s = 10;
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:h", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:jh", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
             continue;
         switch (ch) {
@@ -126,6 +136,9 @@ static int parse(int argc, char **argv, struct opts *o)
             o->limit_rate = v;
             break;
         }
+        case 'j':
+            o->json = 1;
+            break;
         case 'h':
             usage(stdout);
             return 1;
@@ -231,9 +244,12 @@ static void finish_file(struct run *r)
     const char *reason = NULL;
     pos_xfer_sender_progress(r->tx, &size, &off, &sent);
     progress_bar(r, 1);
+    if (r->rep)
+        send_report_file(r->rep, r->o->files[r->file], size,
+                         pos_xfer_sender_status(r->tx) == POS_XFER_FINISHED);
     if (pos_xfer_sender_status(r->tx) == POS_XFER_FINISHED) {
-        printf("sent %s as \"%s\" (%llu bytes)\n", r->o->files[r->file],
-               pos_xfer_sender_final_name(r->tx), (unsigned long long)size);
+        fprintf(r->info, "sent %s as \"%s\" (%llu bytes)\n", r->o->files[r->file],
+                pos_xfer_sender_final_name(r->tx), (unsigned long long)size);
         r->total_sent += sent - off;
     } else {
         int e = pos_xfer_sender_error(r->tx, &reason);
@@ -245,7 +261,7 @@ static void finish_file(struct run *r)
                 *what && reason && *reason ? ": " : "", reason ? reason : "");
         r->failed = 1;
     }
-    fflush(stdout);
+    fflush(r->info);
     pos_xfer_sender_del(r->tx);
     r->tx = NULL;
     r->file++;
@@ -299,6 +315,8 @@ static int step(void *arg)
     struct run *r = arg;
     pos_p2p_session_status st;
     pos_p2p_session_get_status(r->s, &st);
+    if (r->rep)
+        send_report_sample(r->rep, &st, pos_p2p_now_ms());
     if (st.state == POS_P2P_SESSION_CLOSED) {
         if (r->tx)
             progress_bar(r, 1);
@@ -327,9 +345,9 @@ static int step(void *arg)
             /* the receiver holds a verified prefix: only the rest travels */
             if (r->tty)
                 fputc('\r', stderr);
-            printf("resuming %s at byte %llu of %llu\n", r->o->files[r->file],
-                   (unsigned long long)off, (unsigned long long)size);
-            fflush(stdout);
+            fprintf(r->info, "resuming %s at byte %llu of %llu\n", r->o->files[r->file],
+                    (unsigned long long)off, (unsigned long long)size);
+            fflush(r->info);
             r->resume_told = 1;
         }
     }
@@ -395,7 +413,7 @@ int cmd_send(int argc, char **argv)
     struct run *r = NULL;
     pos_p2p_session_status st;
     int rv = parse(argc, argv, &o), status = 1;
-    double secs;
+    double secs = -1;
 
     if (rv)
         return rv == 1 ? 0 : 2;
@@ -419,30 +437,47 @@ int cmd_send(int argc, char **argv)
     }
     r->o = &o;
     r->tty = isatty(2);
+    r->info = o.json ? stderr : stdout;
+    if (o.json && !(r->rep = send_report_new(o.n_files))) {
+        fprintf(stderr, "pos-p2p send: out of memory\n");
+        goto out;
+    }
+    r->start_ms = pos_p2p_now_ms();
     r->s = connect_session(&o, ep);
     if (!r->s)
         goto out;
     pos_p2p_session_get_status(r->s, &st);
-    printf("session with %s %s %s\n", o.to,
-           st.path == POS_P2P_PATH_RELAYED ? "through relay at" : "directly at", st.remote);
-    fflush(stdout);
+    if (r->rep)
+        send_report_sample(r->rep, &st, pos_p2p_now_ms());
+    fprintf(r->info, "session with %s %s %s\n", o.to,
+            st.path == POS_P2P_PATH_RELAYED ? "through relay at" : "directly at", st.remote);
+    fflush(r->info);
     pos_p2p_session_set_callback(r->s, on_event, r);
     r->start_ms = pos_p2p_now_ms();
     pos_p2p_endpoint_run(ep, -1, step, r);
     secs = (double)(pos_p2p_now_ms() - r->start_ms) / 1000.0;
+    pos_p2p_session_get_status(r->s, &st);
+    if (r->rep)
+        send_report_sample(r->rep, &st, pos_p2p_now_ms());
     if (!r->failed) {
-        pos_p2p_session_get_status(r->s, &st);
         human((double)r->total_sent, a, sizeof(a));
         human(secs > 0 ? (double)r->total_sent / secs : 0, b, sizeof(b));
-        printf("done: %d file(s), %llu bytes (%s) in %.2f s, %s/s, path: %s\n", o.n_files,
-               (unsigned long long)r->total_sent, a, secs, b,
-               st.path == POS_P2P_PATH_RELAYED ? "relayed" : "direct");
+        fprintf(r->info, "done: %d file(s), %llu bytes (%s) in %.2f s, %s/s, path: %s\n", o.n_files,
+                (unsigned long long)r->total_sent, a, secs, b,
+                st.path == POS_P2P_PATH_RELAYED ? "relayed" : "direct");
         status = 0;
     }
     pos_p2p_session_close(r->s, 0, NULL);
     /* let the close reach the peer before the socket goes */
     pos_p2p_endpoint_process(ep);
 out:
+    if (r && r->rep) {
+        if (secs < 0) /* no session: the time spent trying */
+            secs = (double)(pos_p2p_now_ms() - r->start_ms) / 1000.0;
+        if (send_report_print(r->rep, stdout, r->total_sent, secs, status == 0) != 0)
+            status = 1;
+        send_report_del(r->rep);
+    }
     if (r && r->tx)
         pos_xfer_sender_del(r->tx);
     free(r);

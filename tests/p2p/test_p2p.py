@@ -8,10 +8,13 @@ clear reason; a transfer killed half-way resumes from what was received; a
 bandwidth-limited token's transfer takes as long as its limit implies;
 revoking a connected listener's token makes it unreachable within 2 s; a
 listener whose relay shuts down moves to another; POS_DOCKER=true listens on
-7373.
+7373. `send --json` prints one summary object (path, bytes per path, files),
+also when no session came up, and the relay's /circuits counters agree that
+the relayed bytes went through its circuit.
 """
 import filecmp
 import glob
+import json
 import os
 import signal
 import socket
@@ -20,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import Proc, Redis, Skip, free_port, run, test, tmpdir, wait_until  # noqa: E402
+from harness import Proc, Redis, Skip, free_port, http, run, test, tmpdir, wait_until  # noqa: E402
 from suite import P2P, Discovery, Relay  # noqa: E402
 
 SECRET = "p2p-secret-p2p-tests-abcdef0123456789"
@@ -113,6 +116,18 @@ def direct_port_less_address_means_7373():
 
 
 @test
+def send_json_without_session():
+    one = make_files(tmpdir())[1]
+    dead = free_port(socket.SOCK_DGRAM)  # nobody answers there
+    r = send("--json", "--to", new_identity()[1], "--addr", f"127.0.0.1:{dead}", "--timeout",
+             "1", one)
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc = json.loads(r.stdout)  # the whole of stdout: one object
+    assert doc["ok"] is False and doc["path"] == "none" and doc["files_sent"] == 0, doc
+    assert doc["upgraded_after_ms"] is None and doc["bytes"] == 0, doc
+
+
+@test
 def wrong_peer_id_refused():
     lst = Listener()
     other = new_identity()[1]
@@ -179,11 +194,32 @@ def relayed_files_arrive_identical():
     token = relay.token()
     lst = Listener("--api-url", disc.url, "--token", token)
     paths = make_files(tmpdir())
-    r = send("--api-url", disc.url, "--token", token, "--relay-only", "--to", lst.peer_id,
-             *paths)
+    r = send("--json", "--api-url", disc.url, "--token", token, "--relay-only", "--to",
+             lst.peer_id, *paths)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "path: relayed" in r.stdout, r.stdout
+    assert "path: relayed" in r.stderr, r.stderr  # --json: the human lines go to stderr
     check_received(paths, lst.out)
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True and doc["path"] == "relayed", doc
+    assert doc["upgraded_after_ms"] is None and doc["bytes_direct"] == 0, doc
+    assert doc["bytes"] == 20000001 and doc["bytes_relayed"] >= doc["bytes"], doc
+    assert doc["files_sent"] == doc["files_ok"] == 3, doc
+    assert [f["size"] for f in doc["files"]] == [0, 1, 20000000], doc
+    assert doc["seconds"] > 0 and doc["remote"].startswith("127.0.0.1:"), doc
+    # the relay's own counters for that circuit (a snapshot refreshed twice a
+    # second): the file went through it, from the sender's side
+    def sender_bytes():
+        c = relay_circuit(relay, doc["circuit_id"])
+        return c and c["bytes"][c["ids"].index(doc["circuit_id"])]
+    wait_until(lambda: sender_bytes() >= 20000000, 3,
+               what="the relay's circuit counters to show the file")
+
+
+def relay_circuit(relay, circuit_id):
+    """The relay's /circuits entry for the circuit with side id |circuit_id|, or None."""
+    st, _, body = http("GET", relay.http + "/circuits")
+    assert st == 200, st
+    return next((c for c in json.loads(body)["circuits"] if circuit_id in c["ids"]), None)
 
 
 @test

@@ -451,6 +451,31 @@ static void test_many_circuits(void)
                       out_circuit(&b, (unsigned)k) == ids[i + k][0];
     }
     CHECK(routed == N);
+    /* stats.recent keeps the circuits of the last batch (992..999), with their own counters */
+    int listed = 0, used = 0;
+    for (int i = 0; i < RELAY_FORWARD_RECENT; i++) {
+        const relay_forward_circuit *c = &fw->stats.recent[i];
+        used += c->id[0] != 0;
+        for (int k = N - N % (BATCH / 2); k < N; k++)
+            listed += c->id[0] == ids[k][0] && c->id[1] == ids[k][1] && c->packets[0] == 0 &&
+                      c->packets[1] == 1 && c->bytes[0] == 0 &&
+                      c->bytes[1] == 64 + POS_FRAME_HEADER_LEN &&
+                      c->last_batch == fw->stats.batches;
+    }
+    CHECK(used == RELAY_FORWARD_RECENT && listed == N % (BATCH / 2));
+    /* a circuit seen again is updated in place, not listed twice */
+    memset(&b, 0, sizeof b);
+    for (int k = 0; k < 3; k++)
+        add_data(&b, &addrs[2 * (N - 1)], ids[N - 1][0], 100, 1);
+    CHECK(run(fw, &b, AF_INET6) == 3);
+    int again = 0;
+    for (int i = 0; i < RELAY_FORWARD_RECENT; i++) {
+        const relay_forward_circuit *c = &fw->stats.recent[i];
+        if (c->id[0] == ids[N - 1][0])
+            again += c->packets[0] == 3 && c->packets[1] == 1 &&
+                     c->bytes[0] == 3 * (100 + POS_FRAME_HEADER_LEN);
+    }
+    CHECK(again == 1);
     relay_forwarder_del(fw);
     relay_circuits_del(t);
 }

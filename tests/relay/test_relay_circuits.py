@@ -6,7 +6,8 @@ Two clients on one relay get a circuit and exchange datagrams both ways
 intact; a peer held by another relay is answered with REDIRECT naming that
 relay, and dialing it works; an unknown peer gets "peer not connected"; a
 decline reaches the asker; garbage and forged datagrams on the relay port are
-dropped (counted in /metrics) while forwarding goes on; one side leaving
+dropped (counted in /metrics) while forwarding goes on; /circuits shows the
+circuit's own byte counters; one side leaving
 tells the other (CIRCUIT_CLOSED); a revoked peer is unreachable within 2 s;
 a bandwidth-limited token is held to its limit on one relay and over two;
 `pos-relay usage` matches the bytes relayed.
@@ -23,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import harness  # noqa: E402
-from harness import Redis, binary, run, test, tmpdir, wait_until  # noqa: E402
+from harness import Redis, binary, http, run, test, tmpdir, wait_until  # noqa: E402
 from test_relay_run import RELAY, Discovery, Relay  # noqa: E402
 
 del harness._tests[:]  # the tests of test_relay_run run on their own
@@ -102,6 +103,15 @@ def stack(n_relays=1):
     return redis, disc, relays
 
 
+def circuit_counters(relay, ids):
+    """The /circuits entry of the circuit whose side ids are |ids| (a set), or None."""
+    st, hdrs, body = http("GET", relay.http + "/circuits")
+    assert st == 200 and hdrs["content-type"] == "application/json", (st, hdrs)
+    doc = json.loads(body)
+    assert len(doc["circuits"]) <= doc["max"], doc
+    return next((c for c in doc["circuits"] if set(c["ids"]) == ids), None)
+
+
 def listener(relay, token, *extra, name="listener"):
     c = Client(relay, token, "--listen", "--echo", *extra, name=name)
     c.peer_id()
@@ -130,8 +140,17 @@ def two_clients_exchange_datagrams_both_ways():
     # /metrics is refreshed twice a second
     wait_until(lambda: relay.metrics()["pos_relay_forwarded_total"] >= 1000, 3,
                what="forwarded datagrams in /metrics")
+    # the circuit's own counters: 500 frames each way (side 0 is the asker, A),
+    # each at least its 1200-byte payload, the echo as long as the original
+    c = circuit_counters(relay, {circ_a["circuit"], circ_b["circuit"]})
+    assert c is not None and c["ids"] == [circ_a["circuit"], circ_b["circuit"]], c
+    assert c["packets"] == [500, 500], c
+    assert c["bytes"][0] == c["bytes"][1] >= 500 * 1200, c
     b.stop()
     assert b.events("result")[0]["echoed"] == 500
+    # still readable after the circuit closed
+    wait_until(lambda: relay.metrics()["pos_relay_circuits"] == 0, 3, what="circuit gone")
+    assert circuit_counters(relay, {circ_a["circuit"], circ_b["circuit"]}) == c
 
 
 @test

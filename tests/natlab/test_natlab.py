@@ -1,0 +1,330 @@
+#!/usr/bin/python3
+"""NAT lab tests (tests/natlab/natlab.py): `pos-p2p send --json` from one
+LAN to `pos-p2p listen` on another, through real Linux NAT routers, a real
+pos-discovery and two real relays in a public core.
+
+Each transfer is checked three ways: the file arrives identical; the
+sender's JSON summary names the path; and the lab does not trust that report
+alone: the relay's per-circuit counters (/circuits) and the NAT routers'
+iptables counters must agree on where the bytes went.
+
+Hole punching is not in the code yet, so today every NAT'd session stays on
+the relay: EXPECT holds the path each scenario must show. When punching
+lands, the scenarios that can punch flip to "relayed-then-direct" there, one
+word each, and the same checks then demand that the bytes left the relay.
+
+The lab itself is checked too: a router drops unsolicited input on its WAN
+(nothing reaches the LAN client, the drop counter moves) while the answer to
+the client's own packet passes, and the EIM NAT keeps the client's port.
+Needs root (network namespaces); skipped (exit 77) otherwise.
+"""
+import filecmp
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import natlab  # noqa: E402
+import suite  # noqa: E402
+from harness import run, test, tmpdir, wait_until  # noqa: E402
+
+SECRET = "natlab-secret-natlab-tests-0123456789abcdef"
+SIZE = 4 * 1000 * 1000 + 7  # big enough to dwarf handshakes and keepalives
+
+# The path each scenario must show (issue 11). Punching flips eim-eim to
+# "relayed-then-direct"; symmetric-symmetric must stay "relayed".
+EXPECT = {
+    ("eim", "eim"): "relayed",
+    ("cgnat", "eim"): "relayed",
+    ("same", "same"): "relayed",  # punching: direct over the LAN addresses
+    ("symmetric", "symmetric"): "relayed",
+}
+
+
+def new_identity():
+    path = os.path.join(tmpdir(), "identity")
+    r = natlab.sh([suite.P2P, "id", "--identity", path])
+    return path, r.stdout.strip().splitlines()[-1]
+
+
+def make_file(size):
+    path = os.path.join(tmpdir(), "payload.bin")
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    return path
+
+
+def no_sanitizer_report(text, who):
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in text, f"sanitizer report from {who}:\n" + text[-4000:]
+
+
+def transfer(lab, pub, size):
+    """`listen` on B's LAN, `send --json` from A's: (summary, file, received path, counters
+    of A's and B's edge before and after)."""
+    token = pub.relays[0].token()
+    ident_b, peer_b = new_identity()
+    out = tmpdir()
+    listener = lab.proc("b", [suite.P2P, "listen", "--identity", ident_b, "--out", out,
+                              "--api-url", pub.url, "--token", token], name="listen")
+    wait_until(lambda: "listening" in listener.output() or not listener.alive(), 20,
+               what="pos-p2p listen to reach its relay")
+    assert listener.alive(), listener.output()
+    path = make_file(size)
+    before = {s: lab.counters(s) for s in ("a", "b")}
+    r = lab.run("a", [suite.P2P, "send", "--json", "--identity", new_identity()[0],
+                      "--api-url", pub.url, "--token", token, "--to", peer_b, path],
+                check=False, timeout=120)
+    no_sanitizer_report(r.stderr, "pos-p2p send")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)  # all of stdout: one object
+    after = {s: lab.counters(s) for s in ("a", "b")}
+    got = os.path.join(out, os.path.basename(path))
+    wait_until(lambda: os.path.exists(got), 5, what="the received file")
+    assert filecmp.cmp(path, got, shallow=False), "the received file differs"
+    return doc, before, after
+
+
+def delta(before, after, key):
+    return after[key] - before[key]
+
+
+def assert_path(expect, doc, pub, before, after, size):
+    """The sender's report, the relay's circuit counters and the routers' counters all say
+    |expect| ("relayed", or "direct"/"relayed-then-direct": most bytes off the relay)."""
+    assert doc["ok"] is True and doc["files_ok"] == 1 and doc["bytes"] == size, doc
+    assert doc["path"] == expect, f"path {doc['path']}, expected {expect}: {doc}"
+    a, b = before, after
+
+    def sent_through_relay():
+        """Bytes the relay forwarded from the sender's side of its circuit (0: not listed).
+        /circuits is a snapshot refreshed twice a second."""
+        _, c = pub.circuit(doc["circuit_id"]) if doc["circuit_id"] else (None, None)
+        return c["bytes"][c["ids"].index(doc["circuit_id"])] if c else 0
+    if expect == "relayed":
+        assert doc["upgraded_after_ms"] is None and doc["bytes_direct"] == 0, doc
+        assert doc["bytes_relayed"] >= size, doc
+        # the relay's counters for this circuit: the file crossed it
+        wait_until(lambda: sent_through_relay() >= size, 3,
+                   what=f"the relay's counters of circuit {doc['circuit_id']} to show the file")
+        # A's router sent it to the relays, B's received it from them; nothing went between
+        assert delta(a["a"], b["a"], "relay_out") >= size, (a, b)
+        assert delta(a["b"], b["b"], "relay_in") >= size, (a, b)
+        for side in ("a", "b"):
+            for k in ("peer_out", "peer_in"):
+                assert delta(a[side], b[side], k) == 0, (side, k, a, b)
+    else:
+        assert doc["bytes_direct"] >= size // 2, doc
+        if expect == "relayed-then-direct":
+            assert doc["upgraded_after_ms"] is not None, doc
+        assert delta(a["a"], b["a"], "peer_out") >= size // 2, (a, b)
+        assert delta(a["b"], b["b"], "peer_in") >= size // 2, (a, b)
+        time.sleep(0.6)  # one refresh of /circuits
+        assert sent_through_relay() < size // 2, pub.circuit(doc["circuit_id"])
+
+
+def scenario(kind_a, kind_b):
+    with natlab.Lab(kind_a, kind_b) as lab:
+        pub = natlab.Public(lab, SECRET)
+        doc, before, after = transfer(lab, pub, SIZE)
+        print(f"    {kind_a}-{kind_b}: {json.dumps(doc)}")
+        assert_path(EXPECT[(kind_a, kind_b)], doc, pub, before, after, SIZE)
+
+
+@test
+def eim_to_eim_transfer():
+    scenario("eim", "eim")
+
+
+@test
+def cgnat_to_eim_transfer():
+    scenario("cgnat", "eim")
+
+
+@test
+def same_nat_transfer():
+    scenario("same", "same")
+
+
+@test
+def symmetric_to_symmetric_stays_relayed():
+    scenario("symmetric", "symmetric")
+
+
+# A client on A's LAN binds PORT and listens; a public host sends to A's public
+# address at PORT, unasked, until the client's own packet reaches it, then answers.
+LAN_CLIENT = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(0.1)
+def count(seconds):
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            s.recv(2048)
+            n += 1
+        except socket.timeout:
+            pass
+    return n
+unsolicited = count(1.5)
+s.sendto(b"hello", (sys.argv[2], int(sys.argv[3])))
+print(json.dumps({"unsolicited": unsolicited, "answers": count(1.5)}))
+"""
+PUBLIC_HOST = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(0.05)
+target, sent, end = (sys.argv[3], int(sys.argv[4])), 0, time.monotonic() + 10
+while time.monotonic() < end:
+    s.sendto(b"unsolicited", target)
+    sent += 1
+    try:
+        data, src = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    for _ in range(3):
+        s.sendto(b"answer", src)
+    print(json.dumps({"sent": sent, "hello_from": "%s:%d" % src}), flush=True)
+    break
+"""
+
+
+@test
+def router_drops_unsolicited_wan_input():
+    with natlab.Lab("eim", "eim") as lab:
+        port, host = 40000, natlab.RELAY_IPS[0]
+        drops0 = lab.wan_drops("ra")
+        outside = lab.proc("srv", [natlab.PY, "-c", PUBLIC_HOST, host, "9999",
+                                   lab.public_ip["a"], str(port)], name="public-host")
+        r = lab.run("a", [natlab.PY, "-c", LAN_CLIENT, str(port), host, "9999"], timeout=20)
+        inside = json.loads(r.stdout)
+        wait_until(lambda: "hello_from" in outside.output(), 5, what="the public host's report")
+        seen = json.loads(outside.output().strip().splitlines()[-1])
+        # a second of packets at the mapped port: none reached the LAN, the router dropped them
+        assert seen["sent"] >= 10, seen
+        assert inside["unsolicited"] == 0, inside
+        assert lab.wan_drops("ra") - drops0 >= 10, lab.wan_drops("ra")
+        # the answers to the client's own packet pass, and the EIM NAT kept its port
+        assert inside["answers"] == 3, inside
+        assert seen["hello_from"] == f"{lab.public_ip['a']}:{port}", seen
+
+
+# udp.py recv PORT SECONDS [REPLY]: count datagrams on PORT for SECONDS (answering each with
+# REPLY); udp.py send HOST PORT N [SRC_PORT] [SECONDS]: send N datagrams, then count answers.
+UDP = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.05)
+def count(seconds, reply=None):
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data, src = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        n += 1
+        if reply:
+            s.sendto(reply.encode(), src)
+    return n
+if sys.argv[1] == "recv":
+    s.bind(("0.0.0.0", int(sys.argv[2])))
+    print("ready", flush=True)
+    print(json.dumps({"got": count(float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)}))
+else:
+    s.bind(("0.0.0.0", int(sys.argv[5]) if len(sys.argv) > 5 else 0))
+    for _ in range(int(sys.argv[4])):
+        s.sendto(b"x" * 100, (sys.argv[2], int(sys.argv[3])))
+        time.sleep(0.005)
+    print(json.dumps({"answers": count(float(sys.argv[6]) if len(sys.argv) > 6 else 0.5)}))
+"""
+
+
+def udp_recv(lab, node, port, seconds, reply=None):
+    p = lab.proc(node, [natlab.PY, "-c", UDP, "recv", str(port), str(seconds)] +
+                 ([reply] if reply else []), name=f"recv-{node}")
+    wait_until(lambda: "ready" in p.output(), 5, what=f"a receiver in {node}")
+    return p
+
+
+def udp_result(p, key):
+    wait_until(lambda: key in p.output(), 10, what="the receiver's count")
+    return json.loads(p.output().strip().splitlines()[-1])[key]
+
+
+def udp_send(lab, node, host, port, n, src_port=0, seconds=0.5):
+    r = lab.run(node, [natlab.PY, "-c", UDP, "send", host, str(port), str(n), str(src_port),
+                       str(seconds)])
+    return json.loads(r.stdout)["answers"]
+
+
+@test
+def blackhole_cuts_only_the_direct_path():
+    with natlab.Lab("eim", "none") as lab:
+        b, relay = lab.public_ip["b"], natlab.RELAY_IPS[0]
+        rb = udp_recv(lab, "b", 5000, 1.0)
+        udp_send(lab, "a", b, 5000, 20, seconds=0)
+        assert udp_result(rb, "got") == 20
+        lab.blackhole(True)
+        rb, rs = udp_recv(lab, "b", 5000, 1.0), udp_recv(lab, "srv", 5000, 1.0)
+        udp_send(lab, "a", b, 5000, 20, seconds=0)
+        udp_send(lab, "a", relay, 5000, 20, seconds=0)
+        assert udp_result(rb, "got") == 0 and udp_result(rs, "got") == 20
+        lab.blackhole(False)
+        rb = udp_recv(lab, "b", 5000, 1.0)
+        udp_send(lab, "a", b, 5000, 20, seconds=0)
+        assert udp_result(rb, "got") == 20
+
+
+@test
+def conntrack_flush_forgets_the_mapping():
+    with natlab.Lab("eim", "none") as lab:
+        a, b = lab.public_ip["a"], lab.public_ip["b"]
+        # A (LAN port 41000) talks to B's port 5000 and gets answers: a mapping on A's router
+        rb = udp_recv(lab, "b", 5000, 1.0, reply="answer")
+        assert udp_send(lab, "a", b, 5000, 5, src_port=41000) == 5
+        assert udp_result(rb, "got") == 5
+        # B's port 5000 may send to that mapping on its own now...
+        ra = udp_recv(lab, "a", 41000, 1.0)
+        udp_send(lab, "b", a, 41000, 5, src_port=5000, seconds=0)
+        assert udp_result(ra, "got") == 5
+        # ...until the router forgets it: then the same datagrams are unsolicited, dropped
+        drops0 = lab.wan_drops("ra")
+        lab.flush_conntrack()
+        ra = udp_recv(lab, "a", 41000, 1.0)
+        udp_send(lab, "b", a, 41000, 5, src_port=5000, seconds=0)
+        assert udp_result(ra, "got") == 0
+        assert lab.wan_drops("ra") - drops0 == 5, lab.wan_drops("ra")
+
+
+@test
+def delay_and_loss_are_applied():
+    with natlab.Lab("none", "none", delay_ms=30, loss_pct=20) as lab:
+        rs = udp_recv(lab, "srv", 5000, 3.0, reply="answer")
+        answers = udp_send(lab, "a", natlab.RELAY_IPS[0], 5000, 200, seconds=1.0)
+        got = udp_result(rs, "got")
+        # 20% loss each way: P(no loss in 200) is 1e-19; P(>= 190 of 200) is about 1e-12
+        assert 100 < got < 190 and 40 < answers < got, (got, answers)
+        # 30 ms each way on A's access link: a round trip to the relay host >= 60 ms
+        code = ("import socket, time\n"
+                "t = time.monotonic()\n"
+                "socket.create_connection(('10.200.0.10', 5001), timeout=5).close()\n"
+                "print(time.monotonic() - t)\n")
+        lab.proc("srv", [natlab.PY, "-c", "import socket, time\n"
+                         "s = socket.socket(); s.bind(('10.200.0.10', 5001)); s.listen(8)\n"
+                         "print('ready', flush=True); time.sleep(30)\n"], name="tcp")
+        wait_until(lambda: lab.run("srv", ["ss", "-ltn"]).stdout.count(":5001") > 0, 5,
+                   what="a TCP listener")
+        rtts = []
+        for _ in range(3):  # a SYN may be lost: take the best of those that connect
+            r = lab.run("a", [natlab.PY, "-c", code], check=False)
+            if r.returncode == 0:
+                rtts.append(float(r.stdout))
+        assert rtts and min(rtts) >= 0.060, rtts
+
+
+if __name__ == "__main__":
+    run()
