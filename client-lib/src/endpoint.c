@@ -125,7 +125,10 @@ static int frame_input(pos_p2p_endpoint *ep, const uint8_t *data, size_t len,
         if (rv <= 0)
             return rv;
     }
-    return -1; /* not from a relay we are connected to */
+    /* not from a relay we are connected to: a peer's probe (hole punching) for the sessions? */
+    if (ep->listener && ep->listener->ops->frame)
+        return ep->listener->ops->frame(ep->listener, data, len, from, fromlen) == 0 ? 0 : -1;
+    return -1;
 }
 
 /* ---- sockets ---- */
@@ -155,7 +158,8 @@ void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
 
 int ep_has_sock(const pos_p2p_endpoint *ep, int sock)
 {
-    return sock >= 0 && sock <= 1 && ep->socks[sock].fd >= 0;
+    /* with an I/O seam (ep_new_io) the IPv4 "socket" is the seam's */
+    return sock >= 0 && sock <= 1 && (ep->socks[sock].fd >= 0 || (ep->io.send && sock == 0));
 }
 
 const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len)
