@@ -40,6 +40,8 @@ struct opts {
     unsigned port;
     int64_t recheck_s;   /* measure the other relays this often (0: never) */
     int64_t retry_max_s; /* longest pause between attempts to find a relay */
+    enum pos_mdns_mode mdns_mode;
+    pos_mdns *mdns; /* advertising on the local network (NULL: not) */
     size_t n_allow;
     char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
     struct listen_limits limits;
@@ -78,7 +80,8 @@ static void usage(FILE *out)
             "                      [--recheck SECONDS] [--retry-max SECONDS]\n"
             "                      [--max-file-size SIZE] [--max-transfers N]\n"
             "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n"
-            "                      [--transfer-idle-timeout DURATION]\n\n"
+            "                      [--transfer-idle-timeout DURATION]\n"
+            "                      [--mdns enabled|contacts-only|disabled]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
@@ -93,6 +96,9 @@ static void usage(FILE *out)
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
             "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n"
+            "  --mdns MODE        advertise this device on the local network so that 'send'\n"
+            "                     finds it without --addr: enabled (default), contacts-only\n"
+            "                     (a tag only contacts recognise) or disabled\n"
             "  --recheck SECONDS  measure the other relays this often and move only to one\n"
             "                     clearly faster (30%% and 10 ms; default %d, 0: never).\n"
             "                     Measuring never changes where peers find this device\n"
@@ -117,6 +123,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"help", no_argument, NULL, 'h'},
         {"recheck", required_argument, NULL, 'C'},
         {"retry-max", required_argument, NULL, 'R'},
+        {"mdns", required_argument, NULL, 'M'},
         LISTEN_LIMITS_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
@@ -130,7 +137,7 @@ static int parse(int argc, char **argv, struct opts *o)
     listen_limits_init(&o->limits);
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:R:h", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:R:M:h", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
             continue;
         int lim = listen_limits_opt(&o->limits, ch, optarg);
@@ -172,6 +179,13 @@ static int parse(int argc, char **argv, struct opts *o)
             o->retry_max_s = v;
             break;
         }
+        case 'M':
+            if (cli_mdns_mode_parse(optarg, &o->mdns_mode) != 0) {
+                fprintf(stderr, "pos-p2p listen: --mdns must be enabled, contacts-only or "
+                                "disabled\n");
+                return 2;
+            }
+            break;
         case 'A':
             if (pos_peer_id_parse(optarg, strlen(optarg), key) != 0) {
                 fprintf(stderr,
@@ -544,6 +558,7 @@ static int find_home(pos_p2p_endpoint *ep, struct opts *o, struct watch *w,
     struct cli_pick_res res;
     pos_p2p_relay *next = cli_pick_relay(ep, &q, &res);
     int64_t pause;
+    cli_nat_warn("pos-p2p listen", res.nat);
     w->gone_id[0] = 0;
     if (next) {
         *info = res.info;
@@ -586,7 +601,7 @@ static int serve(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p2p_
         /* the runner sleeps until a socket or a timer of the endpoint: wake for ours too */
         int64_t wake = w->home ? w->recheck_at_ms : w->retry_at_ms, now = pos_p2p_now_ms();
         int tmo = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
-        pos_p2p_endpoint_run(ep, tmo, relay_event, w);
+        cli_run(ep, o->mdns, tmo, relay_event, w);
         now = pos_p2p_now_ms();
         if (stop_requested)
             return 0;
@@ -660,6 +675,11 @@ int cmd_listen(int argc, char **argv)
     pos_p2p_identity_peer_id(id, peer_id);
     printf("peer id: %s\n", peer_id);
     printf("direct: UDP port %u\n", pos_p2p_endpoint_local_port(ep));
+    o.mdns = cli_lan_advertise("pos-p2p listen", o.mdns_mode, o.identity, peer_id,
+                               pos_p2p_endpoint_local_port(ep));
+    if (o.mdns)
+        printf("mdns: advertised on the local network%s\n",
+               o.mdns_mode == POS_MDNS_CONTACTS_ONLY ? " (contacts only)" : "");
     fflush(stdout); /* before the relay search, which may take a while */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal;
@@ -676,6 +696,7 @@ int cmd_listen(int argc, char **argv)
     fflush(stdout);
     status = serve(ep, &o, &w, &info);
 out:
+    pos_mdns_del(o.mdns); /* goodbyes */
     while (o.peers)
         free_peer(o.peers);
     pos_p2p_endpoint_del(ep); /* closes sessions and relays */

@@ -23,9 +23,13 @@
 #include "send_report.h"
 #include "transfer.h"
 
+/* With --api-url too: how long mDNS may look for the peer, and each LAN address's dial. */
+#define LAN_WINDOW_MS 1500
+#define LAN_DIAL_MS 2000
+
 struct opts {
     const char *api_url, *token, *identity, *addr, *relay_id, *to;
-    int relay_only, json;
+    int relay_only, json, mdns;
     double timeout_s;
     uint64_t limit_rate; /* bytes/s, 0 = none (testing and slow links) */
     char **files;
@@ -53,11 +57,16 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-p2p send --to PEER_ID [--addr IP[:PORT]] [--api-url URL --token TOKEN]\n"
-            "                    [--relay-id UUID] [--relay-only] [--identity FILE] [--json]\n"
+            "                    [--relay-id UUID] [--relay-only] [--no-mdns] [--identity FILE]\n"
+            "                    [--json]\n"
             "                    FILE...\n\n"
             "Send files to the peer PEER_ID ('pos-p2p id' on that device prints it). With\n"
-            "--addr, directly to that address (no port means 7373); with --api-url, through\n"
-            "the home relay (also when the direct attempt gets no answer). The receiver\n"
+            "--addr, directly to that address (no port means 7373). Without --addr, the\n"
+            "peer is looked for on the local network (mDNS, by its peer id; contacts'\n"
+            "contacts-only tags included) and dialed directly at the addresses it\n"
+            "advertises: alone for the whole --timeout, with --api-url for 1.5 s first.\n"
+            "With --api-url, through the home relay (also when no direct attempt\n"
+            "gets an answer). The receiver\n"
             "checks each file's BLAKE2b checksum before keeping it; an interrupted transfer\n"
             "resumes from what the receiver already has. Exit status 0 when every file\n"
             "arrived intact.\n\n"
@@ -67,6 +76,7 @@ static void usage(FILE *out)
             "  --token TOKEN      relay access token (or $POS_TOKEN)\n"
             "  --relay-id UUID    use this relay as home relay\n"
             "  --relay-only       never try a direct session\n"
+            "  --no-mdns          do not look for the peer on the local network\n"
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
             "  --timeout SECONDS  to set up the session (default 10)\n"
@@ -91,6 +101,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"timeout", required_argument, NULL, 'w'},
         {"limit-rate", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, 'j'},
+        {"no-mdns", no_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -100,9 +111,10 @@ static int parse(int argc, char **argv, struct opts *o)
     memset(o, 0, sizeof(*o));
     o->token = getenv("POS_TOKEN");
     o->timeout_s = 10;
+    o->mdns = 1;
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:jh", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:jMh", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
             continue;
         switch (ch) {
@@ -139,6 +151,9 @@ static int parse(int argc, char **argv, struct opts *o)
         case 'j':
             o->json = 1;
             break;
+        case 'M':
+            o->mdns = 0;
+            break;
         case 'h':
             usage(stdout);
             return 1;
@@ -170,8 +185,9 @@ static int parse(int argc, char **argv, struct opts *o)
         fprintf(stderr, "pos-p2p send: --relay-only needs --api-url\n");
         return 2;
     }
-    if (!o->addr && !o->api_url) {
-        fprintf(stderr, "pos-p2p send: give --addr (direct) or --api-url (relay), or both\n");
+    if (!o->addr && !o->api_url && !o->mdns) {
+        fprintf(stderr, "pos-p2p send: with --no-mdns, give --addr (direct) or --api-url "
+                        "(relay), or both\n");
         return 2;
     }
     if (o->api_url && (!o->token || !*o->token)) {
@@ -355,35 +371,108 @@ static int step(void *arg)
     return 0;
 }
 
-/* connect_session: direct when possible, else (or after no answer) through the home relay. */
+/*
+ * try_direct dials |addr| directly and waits for the handshake. Returns the
+ * open session, or NULL with the reason in |why| and in |*how| DIRECT_REFUSED
+ * (the peer or another key answered), DIRECT_NO_ANSWER (worth another path)
+ * or DIRECT_CANNOT_DIAL (not an address, no socket of its family).
+ */
+enum { DIRECT_REFUSED = 0, DIRECT_NO_ANSWER = 1, DIRECT_CANNOT_DIAL = 2 };
+
+static pos_p2p_session *try_direct(struct opts *o, pos_p2p_endpoint *ep, const char *addr, int tmo,
+                                   char *why, size_t cap, int *how)
+{
+    pos_p2p_session *s = NULL;
+    pos_p2p_session_status st;
+    int rv = pos_p2p_session_connect_addr(ep, addr, o->to, tmo, &s);
+    *how = DIRECT_REFUSED;
+    if (rv != 0) {
+        snprintf(why, cap, "%s: %s", addr,
+                 rv == POS_P2P_ERR_BAD_ADDRESS
+                     ? "not an address (want IP, IP:PORT, [IPv6] or [IPv6]:PORT)"
+                     : pos_p2p_strerror(rv));
+        *how = DIRECT_CANNOT_DIAL;
+        return NULL;
+    }
+    rv = pos_p2p_session_wait_open(s, tmo + 1000);
+    if (rv == 0)
+        return s;
+    pos_p2p_session_get_status(s, &st);
+    pos_p2p_session_close(s, 0, NULL);
+    snprintf(why, cap, "%s", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
+    *how = rv == POS_P2P_ERR_TIMEOUT ? DIRECT_NO_ANSWER : DIRECT_REFUSED;
+    return NULL;
+}
+
+/*
+ * lan_session: without --addr, looks for the peer on mDNS (the whole
+ * --timeout alone, LAN_WINDOW_MS when a relay can follow) and dials the
+ * addresses it advertises, each with a share of the time. NULL when it was
+ * not found or nothing answered (*fatal: a refusal worth stopping for).
+ */
+static pos_p2p_session *lan_session(struct opts *o, pos_p2p_endpoint *ep, int tmo, int *fatal)
+{
+    struct cli_lan_peer lan;
+    char why[512];
+    int window = o->api_url && tmo > LAN_WINDOW_MS ? LAN_WINDOW_MS : tmo, how = DIRECT_NO_ANSWER;
+    int64_t t0 = pos_p2p_now_ms();
+    int rv = cli_lan_find("pos-p2p send", o->identity, o->to, window, &lan);
+    *fatal = 0;
+    if (rv != 0) {
+        if (!o->api_url)
+            fprintf(stderr,
+                    "pos-p2p send: %s was not found on the local network (mDNS) within %.0f s: "
+                    "is 'pos-p2p listen' running there (not with --mdns disabled)? Give --addr "
+                    "or --api-url to reach it otherwise\n",
+                    o->to, (double)window / 1000.0);
+        *fatal = !o->api_url;
+        return NULL;
+    }
+    fprintf(stderr, "pos-p2p send: found %s on the local network%s at %s\n", o->to,
+            lan.contact ? " (a contact)" : "", lan.addrs[0]);
+    for (size_t i = 0; i < lan.n; i++) {
+        int left = tmo - (int)(pos_p2p_now_ms() - t0);
+        int share = o->api_url ? LAN_DIAL_MS : left / (int)(lan.n - i);
+        if (share < 1000)
+            share = 1000;
+        pos_p2p_session *s = try_direct(o, ep, lan.addrs[i], share, why, sizeof(why), &how);
+        if (s)
+            return s;
+        if (how == DIRECT_REFUSED)
+            break; /* a wrong key or a refusal: the same at every address */
+    }
+    fprintf(stderr, "pos-p2p send: %s on the local network: %s\n", o->to, why);
+    *fatal = !o->api_url || how == DIRECT_REFUSED;
+    return NULL;
+}
+
+/*
+ * connect_session: direct to --addr, else to the peer's mDNS addresses,
+ * else (or after no answer) through the home relay.
+ */
 static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
 {
     pos_p2p_session *s = NULL;
     pos_p2p_relay *home;
     pos_p2p_relay_info info;
-    int tmo = (int)(o->timeout_s * 1000), rv;
+    int tmo = (int)(o->timeout_s * 1000), rv, how, fatal;
+    char why[512];
 
     if (o->addr && !o->relay_only) {
-        rv = pos_p2p_session_connect_addr(ep, o->addr, o->to, tmo, &s);
-        if (rv != 0) {
-            fprintf(stderr, "pos-p2p send: --addr %s: %s\n", o->addr,
-                    rv == POS_P2P_ERR_BAD_ADDRESS
-                        ? "not an address (want IP, IP:PORT, [IPv6] or [IPv6]:PORT)"
-                        : pos_p2p_strerror(rv));
-            return NULL;
-        }
-        rv = pos_p2p_session_wait_open(s, tmo + 1000);
-        if (rv == 0)
+        s = try_direct(o, ep, o->addr, tmo, why, sizeof(why), &how);
+        if (s)
             return s;
-        pos_p2p_session_status st;
-        pos_p2p_session_get_status(s, &st);
-        pos_p2p_session_close(s, 0, NULL);
-        s = NULL;
-        if (rv != POS_P2P_ERR_TIMEOUT || !o->api_url) {
-            fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
+        if (how != DIRECT_NO_ANSWER || !o->api_url) {
+            fprintf(stderr, "pos-p2p send: %s%s\n", how == DIRECT_CANNOT_DIAL ? "--addr " : "",
+                    why);
             return NULL;
         }
         fprintf(stderr, "pos-p2p send: no direct answer from %s, trying the relay\n", o->addr);
+    } else if (!o->addr && !o->relay_only && o->mdns) {
+        s = lan_session(o, ep, tmo, &fatal);
+        if (s || fatal)
+            return s;
+        fprintf(stderr, "pos-p2p send: trying the relay\n");
     }
     home = cli_home_relay(ep, "pos-p2p send", o->api_url, o->token, o->relay_id, tmo, &info);
     if (!home)
