@@ -153,6 +153,38 @@ def symmetric_to_symmetric_stays_relayed():
     scenario("symmetric", "symmetric")
 
 
+@test
+def nat_type_from_two_relays():
+    """`pos-p2p relays` compares the addresses the two relays observed: the EIM side's are
+    one address and port, the symmetric side's differ; a listener there says once that
+    direct paths are unlikely."""
+    with natlab.Lab("eim", "symmetric") as lab:
+        pub = natlab.Public(lab, SECRET)
+        token = pub.relays[0].token()
+        lines = {}
+        for side in ("a", "b"):
+            r = lab.run(side, [suite.P2P, "relays", "--identity", new_identity()[0],
+                               "--api-url", pub.url, "--token", token], check=False)
+            no_sanitizer_report(r.stderr, "pos-p2p relays")
+            assert r.returncode == 0 and r.stdout.count(": accepted,") == 2, r.stdout + r.stderr
+            lines[side] = [x for x in r.stdout.splitlines() if x.startswith("nat mapping: ")]
+            assert len(lines[side]) == 1, r.stdout
+        assert lines["a"][0].startswith("nat mapping: endpoint-independent"), lines
+        assert lines["b"][0].startswith("nat mapping: varies by destination"), lines
+        ident_b, _ = new_identity()
+        listener = lab.proc("b", [suite.P2P, "listen", "--identity", ident_b, "--out", tmpdir(),
+                                  "--api-url", pub.url, "--token", token], name="listen")
+        wait_until(lambda: "listening" in listener.output() or not listener.alive(), 20,
+                   what="pos-p2p listen to reach its relay")
+        assert listener.output().count("a direct path is unlikely") == 1, listener.output()
+        # with one relay answering there is nothing to compare
+        pub.relays[1].proc.stop()
+        r = lab.run("b", [suite.P2P, "relays", "--identity", new_identity()[0], "--api-url",
+                          pub.url, "--token", token, "--timeout", "1"], check=False)
+        assert r.stdout.count(": accepted,") == 1, r.stdout + r.stderr
+        assert "\nnat mapping: unknown" in r.stdout, r.stdout
+
+
 # A client on A's LAN binds PORT and listens; a public host sends to A's public
 # address at PORT, unasked, until the client's own packet reaches it, then answers.
 LAN_CLIENT = """
