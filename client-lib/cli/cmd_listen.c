@@ -97,7 +97,7 @@ static void usage(FILE *out)
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
             "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n"
             "  --mdns MODE        advertise this device on the local network so that 'send'\n"
-            "                     finds it without --addr: enabled (default), contacts-only\n"
+            "                     finds it by its peer id: enabled (default), contacts-only\n"
             "                     (a tag only contacts recognise) or disabled\n"
             "  --recheck SECONDS  measure the other relays this often and move only to one\n"
             "                     clearly faster (30%% and 10 ms; default %d, 0: never).\n"
