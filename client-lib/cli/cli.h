@@ -164,6 +164,22 @@ int cli_lan_find(const char *cmd, const char *identity_path, const char *peer_id
                  struct cli_lan_peer *out);
 
 /*
+ * cli_lan_search_start runs cli_lan_find in a thread of its own (it touches
+ * nothing but its own mDNS sockets), so that `send` asks the relay at the
+ * same time. NULL when no thread could be started. |cmd| and
+ * |identity_path| must outlive it.
+ */
+struct cli_lan_search *cli_lan_search_start(const char *cmd, const char *identity_path,
+                                            const char *peer_id, int timeout_ms);
+
+/*
+ * cli_lan_search_finish waits for the search (at most its timeout), frees
+ * it, and returns what cli_lan_find returned, the addresses in |out|
+ * (POS_P2P_ERR_NOMEM for a NULL |ls|).
+ */
+int cli_lan_search_finish(struct cli_lan_search *ls, struct cli_lan_peer *out);
+
+/*
  * cli_run: pos_p2p_endpoint_run that also serves |m| (NULL: the plain
  * runner). Same returns.
  */

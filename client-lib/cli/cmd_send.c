@@ -24,7 +24,7 @@
 #include "transfer.h"
 
 /* With --api-url too: how long mDNS may look for the peer, and each LAN address's dial. */
-#define LAN_WINDOW_MS 1500
+#define LAN_WINDOW_MS 1000
 #define LAN_DIAL_MS 2000
 
 struct opts {
@@ -64,7 +64,8 @@ static void usage(FILE *out)
             "--addr, directly to that address (no port means 7373). Without --addr, the\n"
             "peer is looked for on the local network (mDNS, by its peer id; contacts'\n"
             "contacts-only tags included) and dialed directly at the addresses it\n"
-            "advertises: alone for the whole --timeout, with --api-url for 1.5 s first.\n"
+            "advertises: alone for the whole --timeout, with --api-url for 1 s while the\n"
+            "home relay is picked, and first if found there.\n"
             "With --api-url, through the home relay (also when no direct attempt\n"
             "gets an answer). The receiver\n"
             "checks each file's BLAKE2b checksum before keeping it; an interrupted transfer\n"
@@ -405,37 +406,24 @@ static pos_p2p_session *try_direct(struct opts *o, pos_p2p_endpoint *ep, const c
 }
 
 /*
- * lan_session: without --addr, looks for the peer on mDNS (the whole
- * --timeout alone, LAN_WINDOW_MS when a relay can follow) and dials the
- * addresses it advertises, each with a share of the time. NULL when it was
- * not found or nothing answered (*fatal: a refusal worth stopping for).
+ * lan_dial dials the addresses |lan| advertises for the peer, each with a
+ * share of |tmo| (LAN_DIAL_MS each when a relay can follow). NULL when none
+ * answered (*fatal: a refusal, or nothing else to try).
  */
-static pos_p2p_session *lan_session(struct opts *o, pos_p2p_endpoint *ep, int tmo, int *fatal)
+static pos_p2p_session *lan_dial(struct opts *o, pos_p2p_endpoint *ep,
+                                 const struct cli_lan_peer *lan, int tmo, int *fatal)
 {
-    struct cli_lan_peer lan;
-    char why[512];
-    int window = o->api_url && tmo > LAN_WINDOW_MS ? LAN_WINDOW_MS : tmo, how = DIRECT_NO_ANSWER;
+    char why[512] = "";
+    int how = DIRECT_NO_ANSWER;
     int64_t t0 = pos_p2p_now_ms();
-    int rv = cli_lan_find("pos-p2p send", o->identity, o->to, window, &lan);
-    *fatal = 0;
-    if (rv != 0) {
-        if (!o->api_url)
-            fprintf(stderr,
-                    "pos-p2p send: %s was not found on the local network (mDNS) within %.0f s: "
-                    "is 'pos-p2p listen' running there (not with --mdns disabled)? Give --addr "
-                    "or --api-url to reach it otherwise\n",
-                    o->to, (double)window / 1000.0);
-        *fatal = !o->api_url;
-        return NULL;
-    }
     fprintf(stderr, "pos-p2p send: found %s on the local network%s at %s\n", o->to,
-            lan.contact ? " (a contact)" : "", lan.addrs[0]);
-    for (size_t i = 0; i < lan.n; i++) {
+            lan->contact ? " (a contact)" : "", lan->addrs[0]);
+    for (size_t i = 0; i < lan->n; i++) {
         int left = tmo - (int)(pos_p2p_now_ms() - t0);
-        int share = o->api_url ? LAN_DIAL_MS : left / (int)(lan.n - i);
+        int share = o->api_url ? LAN_DIAL_MS : left / (int)(lan->n - i);
         if (share < 1000)
             share = 1000;
-        pos_p2p_session *s = try_direct(o, ep, lan.addrs[i], share, why, sizeof(why), &how);
+        pos_p2p_session *s = try_direct(o, ep, lan->addrs[i], share, why, sizeof(why), &how);
         if (s)
             return s;
         if (how == DIRECT_REFUSED)
@@ -446,16 +434,49 @@ static pos_p2p_session *lan_session(struct opts *o, pos_p2p_endpoint *ep, int tm
     return NULL;
 }
 
+static void not_on_lan(const struct opts *o, int window_ms)
+{
+    fprintf(stderr,
+            "pos-p2p send: %s was not found on the local network (mDNS) within %.0f s: is "
+            "'pos-p2p listen' running there (not with --mdns disabled)? Give --addr or "
+            "--api-url to reach it otherwise\n",
+            o->to, (double)window_ms / 1000.0);
+}
+
+/* relayed_session dials the peer through |home|. */
+static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, pos_p2p_relay *home,
+                                        int tmo)
+{
+    pos_p2p_session *s = NULL;
+    pos_p2p_session_status st;
+    int rv = pos_p2p_session_connect_relay(ep, home, o->token, o->to, tmo, &s);
+    if (rv != 0) {
+        fprintf(stderr, "pos-p2p send: %s\n", pos_p2p_strerror(rv));
+        return NULL;
+    }
+    rv = pos_p2p_session_wait_open(s, tmo + 1000);
+    if (rv == 0)
+        return s;
+    pos_p2p_session_get_status(s, &st);
+    fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
+    pos_p2p_session_close(s, 0, NULL);
+    return NULL;
+}
+
 /*
- * connect_session: direct to --addr, else to the peer's mDNS addresses,
- * else (or after no answer) through the home relay.
+ * connect_session: direct to --addr; without it, to the addresses the peer
+ * advertises on mDNS (looked for while the home relay is picked, up to
+ * LAN_WINDOW_MS); else (or after no answer) through the home relay.
  */
 static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
 {
     pos_p2p_session *s = NULL;
     pos_p2p_relay *home;
     pos_p2p_relay_info info;
-    int tmo = (int)(o->timeout_s * 1000), rv, how, fatal;
+    struct cli_lan_search *search = NULL;
+    struct cli_lan_peer lan;
+    int tmo = (int)(o->timeout_s * 1000), how, fatal = 0;
+    int window = tmo < LAN_WINDOW_MS ? tmo : LAN_WINDOW_MS;
     char why[512];
 
     if (o->addr && !o->relay_only) {
@@ -468,29 +489,26 @@ static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
             return NULL;
         }
         fprintf(stderr, "pos-p2p send: no direct answer from %s, trying the relay\n", o->addr);
+    } else if (!o->addr && !o->relay_only && o->mdns && !o->api_url) {
+        if (cli_lan_find("pos-p2p send", o->identity, o->to, tmo, &lan) != 0) {
+            not_on_lan(o, tmo);
+            return NULL;
+        }
+        return lan_dial(o, ep, &lan, tmo, &fatal);
     } else if (!o->addr && !o->relay_only && o->mdns) {
-        s = lan_session(o, ep, tmo, &fatal);
-        if (s || fatal)
-            return s;
-        fprintf(stderr, "pos-p2p send: trying the relay\n");
+        search = cli_lan_search_start("pos-p2p send", o->identity, o->to, window);
     }
     home = cli_home_relay(ep, "pos-p2p send", o->api_url, o->token, o->relay_id, tmo, &info);
-    if (!home)
-        return NULL;
-    rv = pos_p2p_session_connect_relay(ep, home, o->token, o->to, tmo, &s);
-    if (rv != 0) {
-        fprintf(stderr, "pos-p2p send: %s\n", pos_p2p_strerror(rv));
-        return NULL;
+    if (search && cli_lan_search_finish(search, &lan) == 0) {
+        s = lan_dial(o, ep, &lan, tmo, &fatal);
+        if (s || fatal) {
+            pos_p2p_relay_close(home);
+            return s;
+        }
+        if (home)
+            fprintf(stderr, "pos-p2p send: trying the relay\n");
     }
-    rv = pos_p2p_session_wait_open(s, tmo + 1000);
-    if (rv != 0) {
-        pos_p2p_session_status st;
-        pos_p2p_session_get_status(s, &st);
-        fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
-        pos_p2p_session_close(s, 0, NULL);
-        return NULL;
-    }
-    return s;
+    return home ? relayed_session(o, ep, home, tmo) : NULL;
 }
 
 int cmd_send(int argc, char **argv)

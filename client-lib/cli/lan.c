@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,52 @@ int cli_lan_find(const char *cmd, const char *identity_path, const char *peer_id
     rv = pos_mdns_run(m, timeout_ms, have_addrs, &f);
     pos_mdns_del(m);
     return out->n > 0 ? 0 : rv ? rv : POS_P2P_ERR_TIMEOUT;
+}
+
+/* A browse running in its own thread while the caller does something else (the relay). */
+struct cli_lan_search {
+    pthread_t thread;
+    const char *cmd, *identity_path;
+    char peer_id[POS_P2P_PEER_ID_STRLEN];
+    int timeout_ms, rv;
+    struct cli_lan_peer found;
+};
+
+static void *search_main(void *arg)
+{
+    struct cli_lan_search *ls = arg;
+    ls->rv = cli_lan_find(ls->cmd, ls->identity_path, ls->peer_id, ls->timeout_ms, &ls->found);
+    return NULL;
+}
+
+struct cli_lan_search *cli_lan_search_start(const char *cmd, const char *identity_path,
+                                            const char *peer_id, int timeout_ms)
+{
+    struct cli_lan_search *ls = calloc(1, sizeof(*ls));
+    if (!ls)
+        return NULL;
+    ls->cmd = cmd;
+    ls->identity_path = identity_path;
+    snprintf(ls->peer_id, sizeof(ls->peer_id), "%s", peer_id);
+    ls->timeout_ms = timeout_ms;
+    if (pthread_create(&ls->thread, NULL, search_main, ls) != 0) {
+        free(ls);
+        return NULL;
+    }
+    return ls;
+}
+
+int cli_lan_search_finish(struct cli_lan_search *ls, struct cli_lan_peer *out)
+{
+    int rv;
+    memset(out, 0, sizeof(*out));
+    if (!ls)
+        return POS_P2P_ERR_NOMEM;
+    pthread_join(ls->thread, NULL);
+    rv = ls->rv;
+    *out = ls->found;
+    free(ls);
+    return rv;
 }
 
 int cli_run(pos_p2p_endpoint *ep, pos_mdns *m, int timeout_ms, pos_p2p_done_cb done, void *arg)

@@ -38,7 +38,10 @@ SIZE = 4 * 1000 * 1000 + 7  # big enough to dwarf handshakes and keepalives
 EXPECT = {
     ("eim", "eim"): "relayed",
     ("cgnat", "eim"): "relayed",
-    ("same", "same"): "relayed",  # punching: direct over the LAN addresses
+    # one LAN: send finds the listener by mDNS before it asks the relay
+    ("same", "same"): "direct",
+    # without mDNS (neither side): punching goes direct over the LAN addresses
+    ("same", "same", "no-mdns"): "relayed",
     ("symmetric", "symmetric"): "relayed",
 }
 
@@ -61,21 +64,23 @@ def no_sanitizer_report(text, who):
         assert marker not in text, f"sanitizer report from {who}:\n" + text[-4000:]
 
 
-def transfer(lab, pub, size):
+def transfer(lab, pub, size, send_args=(), listen_args=()):
     """`listen` on B's LAN, `send --json` from A's: (summary, file, received path, counters
     of A's and B's edge before and after)."""
     token = pub.relays[0].token()
     ident_b, peer_b = new_identity()
     out = tmpdir()
     listener = lab.proc("b", [suite.P2P, "listen", "--identity", ident_b, "--out", out,
-                              "--api-url", pub.url, "--token", token], name="listen")
+                              "--api-url", pub.url, "--token", token, *listen_args],
+                        name="listen")
     wait_until(lambda: "listening" in listener.output() or not listener.alive(), 20,
                what="pos-p2p listen to reach its relay")
     assert listener.alive(), listener.output()
     path = make_file(size)
     before = {s: lab.counters(s) for s in ("a", "b")}
     r = lab.run("a", [suite.P2P, "send", "--json", "--identity", new_identity()[0],
-                      "--api-url", pub.url, "--token", token, "--to", peer_b, path],
+                      "--api-url", pub.url, "--token", token, "--to", peer_b, *send_args,
+                      path],
                 check=False, timeout=120)
     no_sanitizer_report(r.stderr, "pos-p2p send")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -125,12 +130,14 @@ def assert_path(expect, doc, pub, before, after, size):
         assert sent_through_relay() < size // 2, pub.circuit(doc["circuit_id"])
 
 
-def scenario(kind_a, kind_b):
+def scenario(kind_a, kind_b, variant=None, send_args=(), listen_args=()):
+    """One transfer from A to B; |variant| names a row of EXPECT beside the two kinds."""
+    key = (kind_a, kind_b) + ((variant,) if variant else ())
     with natlab.Lab(kind_a, kind_b) as lab:
         pub = natlab.Public(lab, SECRET)
-        doc, before, after = transfer(lab, pub, SIZE)
-        print(f"    {kind_a}-{kind_b}: {json.dumps(doc)}")
-        assert_path(EXPECT[(kind_a, kind_b)], doc, pub, before, after, SIZE)
+        doc, before, after = transfer(lab, pub, SIZE, send_args, listen_args)
+        print(f"    {'-'.join(key)}: {json.dumps(doc)}")
+        assert_path(EXPECT[key], doc, pub, before, after, SIZE)
 
 
 @test
@@ -146,6 +153,12 @@ def cgnat_to_eim_transfer():
 @test
 def same_nat_transfer():
     scenario("same", "same")
+
+
+@test
+def same_nat_transfer_without_mdns():
+    # the listener's own mDNS announcements would count as bytes between the peers
+    scenario("same", "same", "no-mdns", ("--no-mdns",), ("--mdns", "disabled"))
 
 
 @test

@@ -67,7 +67,7 @@ class Listener:
         self.out = tmpdir()
         self.port = port or free_port(socket.SOCK_DGRAM)
         self.proc = Proc([P2P, "listen", "--identity", self.identity, "--port", str(self.port),
-                          "--out", self.out, *extra], name="listen")
+                          "--out", self.out, "--mdns", "disabled", *extra], name="listen")
         wait_until(lambda: "listening" in self.proc.output() or not self.proc.alive(), 15,
                    what="pos-p2p listen to start")
         assert self.proc.alive(), self.proc.output()
