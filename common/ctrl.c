@@ -203,6 +203,8 @@ static int last_type(int version)
     return 0;
 }
 
+const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS] = {POS_CTRL_ALPN_V2, POS_CTRL_ALPN_V1};
+
 int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len)
 {
     static const size_t n = sizeof(POS_CTRL_ALPN_V1) - 1;

@@ -39,6 +39,9 @@
 #define POS_CTRL_ALPN_V1 "pos-relay/1"
 #define POS_CTRL_ALPN_V2 "pos-relay/2"
 #define POS_CTRL_ALPN POS_CTRL_ALPN_V1 /* what v1-only code offers */
+/* What a v2 side offers (client) or accepts (relay), preferred first: pos_tls_session_new_alpns. */
+#define POS_CTRL_N_ALPNS 2
+extern const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS];
 #define POS_CTRL_HEADER_LEN 3
 #define POS_CTRL_MAX_BODY 2048
 #define POS_CTRL_MAX_MSG (POS_CTRL_HEADER_LEN + POS_CTRL_MAX_BODY)

@@ -183,12 +183,26 @@ static int verify_peer(gnutls_session_t s)
     return 0;
 }
 
-int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server, const char *alpn)
+int pos_tls_session_new_alpns(gnutls_session_t *out, pos_tls_creds *creds, int server,
+                              const char *const *alpns, size_t n_alpns)
 {
     gnutls_session_t s = NULL;
-    gnutls_datum_t proto = {(unsigned char *)alpn, (unsigned)strlen(alpn)};
+    gnutls_datum_t protos[POS_TLS_MAX_ALPNS];
+    unsigned flags = GNUTLS_ALPN_MANDATORY;
     int rv;
 
+    if (!alpns || n_alpns == 0 || n_alpns > POS_TLS_MAX_ALPNS)
+        return POS_TLS_ERR_CRYPTO;
+    for (size_t i = 0; i < n_alpns; i++) {
+        size_t len = alpns[i] ? strlen(alpns[i]) : 0;
+        if (len == 0 || len > 255)
+            return POS_TLS_ERR_CRYPTO;
+        protos[i].data = (unsigned char *)alpns[i];
+        protos[i].size = (unsigned)len;
+    }
+    /* a server picks by its own order (newest version first), whatever the client's order */
+    if (server)
+        flags |= GNUTLS_ALPN_SERVER_PRECEDENCE;
     /* No resumption: tickets would cost a message and memory per connection. */
     rv = gnutls_init(&s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_END_OF_EARLY_DATA |
                              GNUTLS_NO_TICKETS | GNUTLS_KEY_SHARE_TOP);
@@ -196,7 +210,7 @@ int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server,
         return rv == GNUTLS_E_MEMORY_ERROR ? POS_TLS_ERR_NOMEM : POS_TLS_ERR_CRYPTO;
     if (gnutls_priority_set(s, creds->prio) < 0 ||
         gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, creds->cred) < 0 ||
-        gnutls_alpn_set_protocols(s, &proto, 1, GNUTLS_ALPN_MANDATORY) < 0) {
+        gnutls_alpn_set_protocols(s, protos, (unsigned)n_alpns, flags) < 0) {
         gnutls_deinit(s);
         return POS_TLS_ERR_CRYPTO;
     }
@@ -204,5 +218,20 @@ int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server,
         gnutls_certificate_server_set_request(s, GNUTLS_CERT_REQUIRE);
     gnutls_session_set_verify_function(s, verify_peer);
     *out = s;
+    return 0;
+}
+
+int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server, const char *alpn)
+{
+    return pos_tls_session_new_alpns(out, creds, server, &alpn, 1);
+}
+
+int pos_tls_alpn_selected(gnutls_session_t s, const uint8_t **alpn, size_t *len)
+{
+    gnutls_datum_t d = {NULL, 0};
+    if (!s || gnutls_alpn_get_selected_protocol(s, &d) < 0 || !d.data || d.size == 0)
+        return -1;
+    *alpn = d.data;
+    *len = d.size;
     return 0;
 }

@@ -77,6 +77,33 @@ void pos_tls_creds_del(pos_tls_creds *c);
  */
 int pos_tls_session_new(gnutls_session_t *out, pos_tls_creds *creds, int server, const char *alpn);
 
+/* At most this many ALPN protocols in one list. */
+#define POS_TLS_MAX_ALPNS 4
+
+/*
+ * pos_tls_session_new_alpns is pos_tls_session_new with a list of ALPN
+ * protocols |alpns| (|n_alpns|, 1..POS_TLS_MAX_ALPNS, each 1..255 bytes; the
+ * strings must outlive the handshake), one of which is mandatory. A client
+ * offers them in this order; a server selects the first of its own list that
+ * the client offers (server precedence), so a server with {"pos-relay/2",
+ * "pos-relay/1"} selects pos-relay/2 from a client offering both in any
+ * order and pos-relay/1 from a client offering only that. Returns 0,
+ * POS_TLS_ERR_CRYPTO (also: an empty or too long list or name) or
+ * POS_TLS_ERR_NOMEM.
+ */
+int pos_tls_session_new_alpns(gnutls_session_t *out, pos_tls_creds *creds, int server,
+                              const char *const *alpns, size_t n_alpns);
+
+/*
+ * pos_tls_alpn_selected: the ALPN protocol negotiated on |s| (once the
+ * handshake has got that far: a server knows it after the ClientHello, a
+ * client after the EncryptedExtensions). |*alpn| (|*len| bytes, not
+ * NUL-terminated) stays valid while |s| lives: copy or interpret it
+ * (pos_ctrl_version_of_alpn) before freeing the session. Returns 0, or -1
+ * when none is negotiated (yet) or |s| is NULL.
+ */
+int pos_tls_alpn_selected(gnutls_session_t s, const uint8_t **alpn, size_t *len);
+
 /*
  * pos_tls_check_peer_cert verifies a DER certificate the way the handshake
  * does: one X.509 certificate whose key is Ed25519 (the handshake's

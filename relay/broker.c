@@ -8,12 +8,14 @@
 #include "broker.h"
 
 #include <netinet/in.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "addr.h"
 #include "log.h"
+#include "punch.h"
 
 struct relay_broker_client {
     relay_broker_client *prev, *next; /* joined clients, newest first */
@@ -22,10 +24,19 @@ struct relay_broker_client {
     relay_budget *budget;
     struct sockaddr_storage cur; /* current address of the control connection */
     pos_ctrl_addrs local;        /* the client's own addresses (HELLO) */
+    pos_ctrl_addrs req_local;    /* its addresses in its latest PUNCH_REQUEST */
     char peer_id[POS_PEER_ID_STRLEN];
-    uint32_t n_req; /* requests this client has in flight */
-    uint8_t home;   /* may be asked for (INCOMING) */
+    uint32_t n_req;  /* requests this client has in flight */
+    uint32_t rtt_ms; /* smoothed RTT of its control connection (relay_broker_set_rtt) */
+    uint8_t home;    /* may be asked for (INCOMING) */
     uint8_t closing;
+    uint8_t version; /* POS_CTRL_V1 or V2 */
+};
+
+/* Hole punching state of one circuit, indexed like the table's circuits (slot / 2). */
+struct punch_slot {
+    int64_t last_ms;  /* when its latest attempt started */
+    uint16_t attempt; /* attempts so far, 0 none */
 };
 
 /*
@@ -54,6 +65,9 @@ struct relay_broker {
     uint32_t next_req;
     int64_t woken_for; /* the deadline last given to ops.wake, -1 none */
     relay_broker_stats st;
+    struct punch_slot *punch; /* circuits->capacity entries */
+    int64_t punch_min_interval_ms;
+    uint8_t punch_on;
 };
 
 relay_broker *relay_broker_new(relay_circuits *circuits, const relay_broker_limits *lim,
@@ -74,7 +88,18 @@ relay_broker *relay_broker_new(relay_circuits *circuits, const relay_broker_limi
         b->lim.max_pending_total = 1;
     b->ops = *ops;
     b->woken_for = -1;
+    b->punch = calloc(circuits->capacity, sizeof(*b->punch));
+    if (!b->punch) {
+        free(b);
+        return NULL;
+    }
     return b;
+}
+
+void relay_broker_set_punch(relay_broker *b, int enabled, int64_t min_interval_ms)
+{
+    b->punch_on = enabled ? 1 : 0;
+    b->punch_min_interval_ms = min_interval_ms;
 }
 
 /* rearm tells the caller when the earliest waiting request expires, if that changed. */
@@ -132,6 +157,7 @@ void relay_broker_del(relay_broker *b)
         b->clients = cl->next;
         free(cl);
     }
+    free(b->punch);
     free(b);
 }
 
@@ -165,11 +191,22 @@ relay_broker_client *relay_broker_join(relay_broker *b, void *conn, const char *
         cl->local = *local;
     snprintf(cl->peer_id, sizeof(cl->peer_id), "%s", peer_id);
     cl->home = home ? 1 : 0;
+    cl->version = POS_CTRL_V1;
     cl->next = b->clients;
     if (b->clients)
         b->clients->prev = cl;
     b->clients = cl;
     return cl;
+}
+
+void relay_broker_set_version(relay_broker_client *cl, int version)
+{
+    cl->version = version == POS_CTRL_V2 ? POS_CTRL_V2 : POS_CTRL_V1;
+}
+
+void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms)
+{
+    cl->rtt_ms = rtt_ms;
 }
 
 void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr)
@@ -336,6 +373,140 @@ static relay_broker_req *find_incoming(relay_broker *b, const relay_broker_clien
     return NULL;
 }
 
+/* ---- hole punching (docs/protocol.md "Hole punching") ---- */
+
+/* add_candidate appends |addr| to |out| in canonical form unless it is there or |out| is full. */
+static void add_candidate(pos_ctrl_addrs *out, const char *addr)
+{
+    struct sockaddr_storage ss;
+    char canon[POS_ADDR_STRLEN];
+
+    if (out->n >= POS_CTRL_MAX_ADDRS || pos_addr_parse(addr, strlen(addr), 0, &ss) != 0 ||
+        pos_addr_format((const struct sockaddr *)&ss, canon, sizeof(canon)) != 0)
+        return;
+    for (uint8_t i = 0; i < out->n; i++)
+        if (strcmp(out->a[i], canon) == 0)
+            return;
+    snprintf(out->a[out->n++], POS_ADDR_STRLEN, "%s", canon);
+}
+
+/* candidates: where |cl| may be reached directly: observed, then HELLO's, then PUNCH_REQUEST's. */
+static void candidates(pos_ctrl_addrs *out, const relay_broker_client *cl)
+{
+    char observed[POS_ADDR_STRLEN];
+
+    memset(out, 0, sizeof(*out));
+    if (pos_addr_format((const struct sockaddr *)&cl->cur, observed, sizeof(observed)) == 0)
+        add_candidate(out, observed);
+    for (uint8_t i = 0; i < cl->local.n; i++)
+        add_candidate(out, cl->local.a[i]);
+    for (uint8_t i = 0; i < cl->req_local.n; i++)
+        add_candidate(out, cl->req_local.a[i]);
+}
+
+/*
+ * punch_start: a new attempt on the circuit whose side 0 (the dialer, who
+ * sent CONNECT) is |id0| of |a| and side 1 |id1| of |c|: PUNCH_START to
+ * both with one fresh key, wiped once both messages are queued.
+ */
+static void punch_start(relay_broker *b, relay_broker_client *a, uint32_t id0,
+                        relay_broker_client *c, uint32_t id1, int64_t now_ms)
+{
+    struct punch_slot *ps = &b->punch[(id0 & b->circuits->slot_mask) >> 1];
+    pos_ctrl_msg m;
+
+    if (ps->attempt == UINT16_MAX)
+        return; /* the codec's limit: one attempt per minimum interval takes days to get here */
+    ps->attempt++;
+    ps->last_ms = now_ms;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_PUNCH_START;
+    m.attempt = ps->attempt;
+    randombytes_buf(m.punch_key, sizeof(m.punch_key));
+    m.circuit_id = id0;
+    m.peer_circuit_id = id1;
+    m.start_in_ms = pos_punch_start_in_ms(a->rtt_ms, c->rtt_ms);
+    m.role = POS_PUNCH_DIALER;
+    candidates(&m.addrs, c);
+    b->ops.send(b->ops.arg, a->conn, &m);
+    m.circuit_id = id1;
+    m.peer_circuit_id = id0;
+    m.start_in_ms = pos_punch_start_in_ms(c->rtt_ms, a->rtt_ms);
+    m.role = POS_PUNCH_LISTENER;
+    candidates(&m.addrs, a);
+    b->ops.send(b->ops.arg, c->conn, &m);
+    pos_ctrl_msg_wipe(&m);
+    b->st.punches_started++;
+    pos_log_debug("circuit %08x/%08x: punch attempt %u", id0, id1, (unsigned)ps->attempt);
+}
+
+static int can_punch(const relay_broker *b, const relay_broker_client *x,
+                     const relay_broker_client *y)
+{
+    return b->punch_on && x->version == POS_CTRL_V2 && y->version == POS_CTRL_V2;
+}
+
+/*
+ * own_side: the side |id| of an open circuit when it is |cl|'s, with the
+ * clients of side 0 and side 1 and their ids; NULL when not |cl|'s (closed
+ * meanwhile, or never its own).
+ */
+static relay_side *own_side(relay_broker *b, relay_broker_client *cl, uint32_t id,
+                            relay_broker_client *who[2], uint32_t ids[2])
+{
+    relay_side *s = relay_circuit_find(b->circuits, id);
+    relay_side *p;
+    if (!s || s->owner != &cl->owner)
+        return NULL;
+    p = relay_circuit_peer(b->circuits, s);
+    if (!p->owner)
+        return NULL;
+    int k = (int)((uint32_t)(s - b->circuits->sides) & 1u);
+    who[k] = cl;
+    ids[k] = s->id;
+    who[k ^ 1] = p->owner->conn;
+    ids[k ^ 1] = p->id;
+    return s;
+}
+
+/* handle_punch_request: a new attempt unless too soon, the peer is v1 or punching is off. */
+static void handle_punch_request(relay_broker *b, relay_broker_client *cl, const pos_ctrl_msg *m,
+                                 int64_t now_ms)
+{
+    relay_broker_client *who[2];
+    uint32_t ids[2];
+    const struct punch_slot *ps;
+
+    b->st.punch_requests++;
+    cl->req_local = m->addrs; /* its addresses now, for this and every later attempt */
+    if (!own_side(b, cl, m->circuit_id, who, ids) || !can_punch(b, who[0], who[1])) {
+        b->st.punch_requests_ignored++;
+        return;
+    }
+    ps = &b->punch[(ids[0] & b->circuits->slot_mask) >> 1];
+    if (ps->attempt > 0 && now_ms - ps->last_ms < b->punch_min_interval_ms) {
+        b->st.punch_requests_ignored++;
+        return;
+    }
+    punch_start(b, who[0], ids[0], who[1], ids[1], now_ms);
+}
+
+/* handle_punch_report: counted for /metrics, nothing else (the relay trusts no outcome). */
+static void handle_punch_report(relay_broker *b, relay_broker_client *cl, const pos_ctrl_msg *m)
+{
+    relay_broker_client *who[2];
+    uint32_t ids[2];
+
+    if (!own_side(b, cl, m->circuit_id, who, ids) || m->outcome < POS_CTRL_PUNCH_DIRECT ||
+        m->outcome > POS_CTRL_PUNCH_FELL_BACK) {
+        b->st.punch_reports_ignored++;
+        return;
+    }
+    b->st.punch_reports[m->outcome - 1]++;
+    if (m->outcome == POS_CTRL_PUNCH_DIRECT)
+        b->st.punch_direct_ms_sum += m->ms_to_direct;
+}
+
 /* open_circuit joins the requester |a| and the target |c| of |q| and tells both. */
 static void open_circuit(relay_broker *b, relay_broker_req *q, relay_broker_client *a,
                          relay_broker_client *c, int64_t now_ms)
@@ -364,6 +535,9 @@ static void open_circuit(relay_broker *b, relay_broker_req *q, relay_broker_clie
     fill_peer(&out, a);
     b->ops.send(b->ops.arg, c->conn, &out);
     pos_log_debug("circuit %08x/%08x: %s <-> %s", ids[0], ids[1], a->peer_id, c->peer_id);
+    b->punch[(ids[0] & b->circuits->slot_mask) >> 1] = (struct punch_slot){0, 0};
+    if (can_punch(b, a, c))
+        punch_start(b, a, ids[0], c, ids[1], now_ms);
 }
 
 static void handle_answer(relay_broker *b, relay_broker_client *c, const pos_ctrl_msg *m,
@@ -393,6 +567,16 @@ int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctr
     case POS_CTRL_ACCEPT:
     case POS_CTRL_DECLINE:
         handle_answer(b, cl, m, now_ms);
+        break;
+    case POS_CTRL_PUNCH_REQUEST:
+        if (cl->version != POS_CTRL_V2)
+            return -1;
+        handle_punch_request(b, cl, m, now_ms);
+        break;
+    case POS_CTRL_PUNCH_REPORT:
+        if (cl->version != POS_CTRL_V2)
+            return -1;
+        handle_punch_report(b, cl, m);
         break;
     default:
         return -1;

@@ -10,11 +10,14 @@
  * The relay's QUIC server (server_ctrl.c) is its only user besides the unit
  * test (tests/relay/test_broker.c).
  *
- * Hole punching (issue 11) lands here: right after open_circuit (broker.c)
- * sends CIRCUIT to both sides, each side gets a start signal timed by its
- * control connection's RTT (given to the broker as one more client input,
- * e.g. at join and when it changes): one more message through |send|, sent
- * at once or at a deadline behind |wake| and relay_broker_expire.
+ * Hole punching (pos-relay/2, docs/protocol.md): right after the two
+ * CIRCUIT messages, when both clients speak version 2
+ * (relay_broker_set_version) and |punch| is on, both get PUNCH_START with a
+ * fresh random key, timed from their control connections' smoothed RTTs
+ * (relay_broker_set_rtt, an input the caller refreshes). PUNCH_REQUEST
+ * starts a later attempt (at most one per minimum interval per circuit);
+ * PUNCH_REPORT is only counted. Off until relay_broker_set_punch. The waiting is the clients'
+ * (start_in_ms): no timer here.
  *
  * Lifetimes: the broker borrows the circuit table, which must outlive it. A
  * client joins once it is authenticated (relay_broker_join) and leaves once
@@ -86,6 +89,13 @@ typedef struct relay_broker_stats {
     uint64_t redirects;     /* REDIRECT sent */
     uint64_t errors;        /* ERROR sent */
     uint64_t refused_limit; /* of which for a circuit cap */
+    /* hole punching */
+    uint64_t punches_started;        /* attempts coordinated (PUNCH_START to both sides) */
+    uint64_t punch_requests;         /* PUNCH_REQUEST received */
+    uint64_t punch_requests_ignored; /* of which ignored: too soon, peer v1, punch off, stale */
+    uint64_t punch_reports[3];       /* PUNCH_REPORT by outcome: direct, failed, fell back */
+    uint64_t punch_direct_ms_sum;    /* time to direct of the reports "direct" (ms) */
+    uint64_t punch_reports_ignored;  /* PUNCH_REPORT for a circuit not the sender's */
 } relay_broker_stats;
 
 /*
@@ -100,6 +110,13 @@ relay_broker *relay_broker_new(relay_circuits *circuits, const relay_broker_limi
 void relay_broker_del(relay_broker *b);
 
 /*
+ * relay_broker_set_punch: coordinate hole punching (|enabled|, config
+ * punch) with at least |min_interval_ms| between two attempts on one
+ * circuit (config punch_min_interval_ms). A new broker does not punch.
+ */
+void relay_broker_set_punch(relay_broker *b, int enabled, int64_t min_interval_ms);
+
+/*
  * relay_broker_join: an authenticated client |conn| (the caller's handle)
  * with peer id |peer_id|, reached at |cur|, telling peers its own addresses
  * |local| (may be NULL), paying from |budget| (NULL: unlimited). A |home|
@@ -110,6 +127,16 @@ void relay_broker_del(relay_broker *b);
 relay_broker_client *relay_broker_join(relay_broker *b, void *conn, const char *peer_id, int home,
                                        const struct sockaddr *cur, const pos_ctrl_addrs *local,
                                        relay_budget *budget);
+
+/*
+ * relay_broker_set_version: |cl|'s control connection speaks |version|
+ * (POS_CTRL_V1, the default at join, or POS_CTRL_V2: hole punching).
+ * relay_broker_set_rtt: its smoothed RTT is now |rtt_ms| (0 at join);
+ * the caller refreshes it before each input from |cl|, so both RTTs are
+ * recent when a circuit opens or a PUNCH_REQUEST arrives.
+ */
+void relay_broker_set_version(relay_broker_client *cl, int version);
+void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms);
 
 /* relay_broker_moved: |cl|'s connection now comes from |addr|; its circuits follow. */
 void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr);
@@ -130,8 +157,11 @@ void relay_broker_leave(relay_broker *b, relay_broker_client *cl, int64_t now_ms
 /*
  * relay_broker_request: message |m| from |cl|'s request stream at |now_ms|.
  * CONNECT, ACCEPT and DECLINE are handled (errors go to the client as
- * ERROR); returns 0, or -1 for any other type (the caller refuses the
- * client). An ACCEPT or DECLINE for no request in flight is ignored.
+ * ERROR), and from a version 2 client PUNCH_REQUEST (a new attempt, or
+ * ignored and counted) and PUNCH_REPORT (counted); returns 0, or -1 for any
+ * other type, or a PUNCH_* from a version 1 client (the caller refuses the
+ * client). An ACCEPT or DECLINE for no request in flight is ignored, as is a
+ * PUNCH_* for a circuit that is not (or no longer) the sender's.
  */
 int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctrl_msg *m,
                          int64_t now_ms);

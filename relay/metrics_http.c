@@ -3,6 +3,7 @@
 
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,15 +29,30 @@ static const char *const refusal_names[] = {
     [RELAY_REFUSED_BAD_REQUEST - 0x100] = "bad_request",
 };
 
-static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
+/* A bounded text buffer the render_* functions append to (truncated, never overrun). */
+struct mout {
+    char *out;
+    size_t n, cap;
+};
+
+__attribute__((format(printf, 2, 3))) static void emit(struct mout *m, const char *fmt, ...)
 {
-    size_t n = 0;
-#define EMIT(...)                                                                                  \
-    do {                                                                                           \
-        int w_ = snprintf(out + n, cap - n, __VA_ARGS__);                                          \
-        if (w_ > 0)                                                                                \
-            n = n + (size_t)w_ < cap ? n + (size_t)w_ : cap - 1;                                   \
-    } while (0)
+    va_list ap;
+    int w;
+    if (m->cap == 0)
+        return;
+    va_start(ap, fmt);
+    w = vsnprintf(m->out + m->n, m->cap - m->n, fmt, ap);
+    va_end(ap);
+    if (w > 0)
+        m->n = m->n + (size_t)w < m->cap ? m->n + (size_t)w : m->cap - 1;
+}
+
+#define EMIT(...) emit(m, __VA_ARGS__)
+
+/* Connections, handshakes, refusals, packets, Redis and registration. */
+static void render_conns(struct mout *m, const struct relay_http *h)
+{
     EMIT("# HELP pos_relay_connections Authenticated clients connected now.\n"
          "# TYPE pos_relay_connections gauge\npos_relay_connections %llu\n",
          (unsigned long long)h->srv.conns_active);
@@ -84,85 +100,136 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
          "pos_relay_registrations_total{result=\"failed\"} %llu\n",
          (unsigned long long)h->svc.registrations_ok,
          (unsigned long long)h->svc.registrations_failed);
-    {
-        const relay_forward_stats *f = &h->srv.fw;
-        EMIT("# HELP pos_relay_circuits Circuits open now.\n"
-             "# TYPE pos_relay_circuits gauge\npos_relay_circuits %llu\n"
-             "# TYPE pos_relay_circuit_requests_pending gauge\n"
-             "pos_relay_circuit_requests_pending %llu\n"
-             "# TYPE pos_relay_circuit_requests_total counter\n"
-             "pos_relay_circuit_requests_total %llu\n"
-             "# TYPE pos_relay_circuits_opened_total counter\n"
-             "pos_relay_circuits_opened_total %llu\n"
-             "# TYPE pos_relay_circuits_closed_total counter\n"
-             "pos_relay_circuits_closed_total %llu\n"
-             "# TYPE pos_relay_circuit_redirects_total counter\n"
-             "pos_relay_circuit_redirects_total %llu\n"
-             "# TYPE pos_relay_circuit_errors_total counter\n"
-             "pos_relay_circuit_errors_total %llu\n"
-             "# HELP pos_relay_circuits_refused_limit_total CONNECTs refused by a circuit cap.\n"
-             "# TYPE pos_relay_circuits_refused_limit_total counter\n"
-             "pos_relay_circuits_refused_limit_total %llu\n",
-             (unsigned long long)h->srv.circuits_open,
-             (unsigned long long)h->srv.circuit_requests_pending,
-             (unsigned long long)h->srv.circuit_requests,
-             (unsigned long long)h->srv.circuits_opened, (unsigned long long)h->srv.circuits_closed,
-             (unsigned long long)h->srv.circuit_redirects,
-             (unsigned long long)h->srv.circuit_errors,
-             (unsigned long long)h->srv.circuits_refused_limit);
-        EMIT("# HELP pos_relay_forwarded_total Data frames forwarded (datagrams, bytes).\n"
-             "# TYPE pos_relay_forwarded_total counter\n"
-             "pos_relay_forwarded_total %llu\n"
-             "# TYPE pos_relay_forwarded_bytes_total counter\n"
-             "pos_relay_forwarded_bytes_total %llu\n"
-             "# TYPE pos_relay_forward_send_failed_total counter\n"
-             "pos_relay_forward_send_failed_total %llu\n"
-             "# TYPE pos_relay_keepalives_total counter\npos_relay_keepalives_total %llu\n"
-             "# TYPE pos_relay_quic_datagrams_total counter\n"
-             "pos_relay_quic_datagrams_total %llu\n",
-             (unsigned long long)f->forwarded, (unsigned long long)f->forwarded_bytes,
-             (unsigned long long)h->srv.forward_send_failed, (unsigned long long)f->keepalives,
-             (unsigned long long)f->quic);
-        EMIT("# HELP pos_relay_frames_dropped_total Data frames dropped by the forwarder, by "
-             "reason (quic_fallback: handed to the QUIC path, which drops what is no QUIC).\n"
-             "# TYPE pos_relay_frames_dropped_total counter\n"
-             "pos_relay_frames_dropped_total{reason=\"truncated\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"malformed\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"unknown_type\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"unexpected_type\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"unknown_circuit\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"wrong_source\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"budget\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"unroutable\"} %llu\n"
-             "pos_relay_frames_dropped_total{reason=\"quic_fallback\"} %llu\n",
-             (unsigned long long)f->drop_truncated, (unsigned long long)f->drop_malformed,
-             (unsigned long long)f->drop_unknown_type, (unsigned long long)f->drop_unexpected_type,
-             (unsigned long long)f->drop_unknown_circuit, (unsigned long long)f->drop_wrong_source,
-             (unsigned long long)f->drop_budget, (unsigned long long)f->drop_unroutable,
-             (unsigned long long)f->quic_fallback);
-        EMIT("# HELP pos_relay_leases_total Bandwidth lease scripts answered, by result.\n"
-             "# TYPE pos_relay_leases_total counter\n"
-             "pos_relay_leases_total{result=\"granted\"} %llu\n"
-             "pos_relay_leases_total{result=\"empty\"} %llu\n"
-             "pos_relay_leases_total{result=\"failed\"} %llu\n"
-             "# TYPE pos_relay_lease_bytes_total counter\npos_relay_lease_bytes_total %llu\n"
-             "# TYPE pos_relay_usage_flushes_total counter\n"
-             "pos_relay_usage_flushes_total{result=\"ok\"} %llu\n"
-             "pos_relay_usage_flushes_total{result=\"failed\"} %llu\n",
-             (unsigned long long)(h->svc.leases - h->svc.leases_empty),
-             (unsigned long long)h->svc.leases_empty, (unsigned long long)h->svc.leases_failed,
-             (unsigned long long)h->svc.lease_bytes, (unsigned long long)h->svc.usage_flushes,
-             (unsigned long long)h->svc.usage_failures);
-    }
-#undef EMIT
-    return n;
 }
 
+static void render_circuits(struct mout *m, const struct relay_http *h)
+{
+    EMIT("# HELP pos_relay_circuits Circuits open now.\n"
+         "# TYPE pos_relay_circuits gauge\npos_relay_circuits %llu\n"
+         "# TYPE pos_relay_circuit_requests_pending gauge\n"
+         "pos_relay_circuit_requests_pending %llu\n"
+         "# TYPE pos_relay_circuit_requests_total counter\n"
+         "pos_relay_circuit_requests_total %llu\n"
+         "# TYPE pos_relay_circuits_opened_total counter\n"
+         "pos_relay_circuits_opened_total %llu\n"
+         "# TYPE pos_relay_circuits_closed_total counter\n"
+         "pos_relay_circuits_closed_total %llu\n"
+         "# TYPE pos_relay_circuit_redirects_total counter\n"
+         "pos_relay_circuit_redirects_total %llu\n"
+         "# TYPE pos_relay_circuit_errors_total counter\n"
+         "pos_relay_circuit_errors_total %llu\n"
+         "# HELP pos_relay_circuits_refused_limit_total CONNECTs refused by a circuit cap.\n"
+         "# TYPE pos_relay_circuits_refused_limit_total counter\n"
+         "pos_relay_circuits_refused_limit_total %llu\n",
+         (unsigned long long)h->srv.circuits_open,
+         (unsigned long long)h->srv.circuit_requests_pending,
+         (unsigned long long)h->srv.circuit_requests, (unsigned long long)h->srv.circuits_opened,
+         (unsigned long long)h->srv.circuits_closed, (unsigned long long)h->srv.circuit_redirects,
+         (unsigned long long)h->srv.circuit_errors,
+         (unsigned long long)h->srv.circuits_refused_limit);
+}
+
+/* The data plane (forwarder) and the token budgets behind it. */
+static void render_forwarding(struct mout *m, const struct relay_http *h)
+{
+    const relay_forward_stats *f = &h->srv.fw;
+    EMIT("# HELP pos_relay_forwarded_total Data frames forwarded (datagrams, bytes).\n"
+         "# TYPE pos_relay_forwarded_total counter\n"
+         "pos_relay_forwarded_total %llu\n"
+         "# TYPE pos_relay_forwarded_bytes_total counter\n"
+         "pos_relay_forwarded_bytes_total %llu\n"
+         "# TYPE pos_relay_forward_send_failed_total counter\n"
+         "pos_relay_forward_send_failed_total %llu\n"
+         "# TYPE pos_relay_keepalives_total counter\npos_relay_keepalives_total %llu\n"
+         "# TYPE pos_relay_quic_datagrams_total counter\n"
+         "pos_relay_quic_datagrams_total %llu\n",
+         (unsigned long long)f->forwarded, (unsigned long long)f->forwarded_bytes,
+         (unsigned long long)h->srv.forward_send_failed, (unsigned long long)f->keepalives,
+         (unsigned long long)f->quic);
+    EMIT("# HELP pos_relay_frames_dropped_total Data frames dropped by the forwarder, by "
+         "reason (quic_fallback: handed to the QUIC path, which drops what is no QUIC).\n"
+         "# TYPE pos_relay_frames_dropped_total counter\n"
+         "pos_relay_frames_dropped_total{reason=\"truncated\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"malformed\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"unknown_type\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"unexpected_type\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"unknown_circuit\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"wrong_source\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"budget\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"unroutable\"} %llu\n"
+         "pos_relay_frames_dropped_total{reason=\"quic_fallback\"} %llu\n",
+         (unsigned long long)f->drop_truncated, (unsigned long long)f->drop_malformed,
+         (unsigned long long)f->drop_unknown_type, (unsigned long long)f->drop_unexpected_type,
+         (unsigned long long)f->drop_unknown_circuit, (unsigned long long)f->drop_wrong_source,
+         (unsigned long long)f->drop_budget, (unsigned long long)f->drop_unroutable,
+         (unsigned long long)f->quic_fallback);
+    EMIT("# HELP pos_relay_leases_total Bandwidth lease scripts answered, by result.\n"
+         "# TYPE pos_relay_leases_total counter\n"
+         "pos_relay_leases_total{result=\"granted\"} %llu\n"
+         "pos_relay_leases_total{result=\"empty\"} %llu\n"
+         "pos_relay_leases_total{result=\"failed\"} %llu\n"
+         "# TYPE pos_relay_lease_bytes_total counter\npos_relay_lease_bytes_total %llu\n"
+         "# TYPE pos_relay_usage_flushes_total counter\n"
+         "pos_relay_usage_flushes_total{result=\"ok\"} %llu\n"
+         "pos_relay_usage_flushes_total{result=\"failed\"} %llu\n",
+         (unsigned long long)(h->svc.leases - h->svc.leases_empty),
+         (unsigned long long)h->svc.leases_empty, (unsigned long long)h->svc.leases_failed,
+         (unsigned long long)h->svc.lease_bytes, (unsigned long long)h->svc.usage_flushes,
+         (unsigned long long)h->svc.usage_failures);
+}
+
+/* Hole punching coordinated by the broker, and what clients reported of it (PUNCH_REPORT). */
+static void render_punch(struct mout *m, const struct relay_http *h)
+{
+    EMIT("# HELP pos_relay_punches_total Punch attempts coordinated (PUNCH_START sent to both "
+         "sides of a circuit).\n"
+         "# TYPE pos_relay_punches_total counter\npos_relay_punches_total %llu\n"
+         "# HELP pos_relay_punch_requests_total PUNCH_REQUEST received, by result (ignored: "
+         "sooner than punch_min_interval_ms, the peer on pos-relay/1, punching off, or a "
+         "closed circuit).\n"
+         "# TYPE pos_relay_punch_requests_total counter\n"
+         "pos_relay_punch_requests_total{result=\"started\"} %llu\n"
+         "pos_relay_punch_requests_total{result=\"ignored\"} %llu\n",
+         (unsigned long long)h->srv.punches_started,
+         (unsigned long long)(h->srv.punch_requests - h->srv.punch_requests_ignored),
+         (unsigned long long)h->srv.punch_requests_ignored);
+    EMIT("# HELP pos_relay_punch_reports_total PUNCH_REPORT received, by outcome (ignored: for "
+         "a circuit not the sender's).\n"
+         "# TYPE pos_relay_punch_reports_total counter\n"
+         "pos_relay_punch_reports_total{outcome=\"direct\"} %llu\n"
+         "pos_relay_punch_reports_total{outcome=\"failed\"} %llu\n"
+         "pos_relay_punch_reports_total{outcome=\"fell_back\"} %llu\n"
+         "pos_relay_punch_reports_total{outcome=\"ignored\"} %llu\n",
+         (unsigned long long)h->srv.punch_reports[0], (unsigned long long)h->srv.punch_reports[1],
+         (unsigned long long)h->srv.punch_reports[2],
+         (unsigned long long)h->srv.punch_reports_ignored);
+    EMIT("# HELP pos_relay_punch_time_to_direct_seconds Time to direct that clients reported "
+         "(outcome direct).\n"
+         "# TYPE pos_relay_punch_time_to_direct_seconds summary\n"
+         "pos_relay_punch_time_to_direct_seconds_sum %.3f\n"
+         "pos_relay_punch_time_to_direct_seconds_count %llu\n",
+         (double)h->srv.punch_direct_ms_sum / 1000.0, (unsigned long long)h->srv.punch_reports[0]);
+}
+
+static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
+{
+    struct mout mo = {out, 0, cap};
+    if (cap > 0)
+        out[0] = 0;
+    render_conns(&mo, h);
+    render_circuits(&mo, h);
+    render_forwarding(&mo, h);
+    render_punch(&mo, h);
+    return mo.n;
+}
+
+#undef EMIT
+
 /*
- * render_circuits: the forwarder's recent circuits (forward.h) as JSON, most
+ * render_circuits_json: the forwarder's recent circuits (forward.h) as JSON, most
  * recently active first. Only numbers: nothing from the network is quoted.
  */
-static size_t render_circuits(const struct relay_http *h, char *out, size_t cap)
+static size_t render_circuits_json(const struct relay_http *h, char *out, size_t cap)
 {
     const relay_forward_circuit *rc = h->srv.fw.recent;
     unsigned order[RELAY_FORWARD_RECENT], n_order = 0;
@@ -246,7 +313,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return reply(conn, 200, "text/plain; version=0.0.4", body, n);
     }
     if (!strcmp(url, "/circuits")) {
-        n = render_circuits(h, body, sizeof(body));
+        n = render_circuits_json(h, body, sizeof(body));
         pthread_mutex_unlock(&h->mu);
         return reply(conn, 200, "application/json", body, n);
     }

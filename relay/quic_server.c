@@ -423,6 +423,12 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
         out->circuit_redirects = b.redirects;
         out->circuit_errors = b.errors;
         out->circuits_refused_limit = b.refused_limit;
+        out->punches_started = b.punches_started;
+        out->punch_requests = b.punch_requests;
+        out->punch_requests_ignored = b.punch_requests_ignored;
+        memcpy(out->punch_reports, b.punch_reports, sizeof(out->punch_reports));
+        out->punch_reports_ignored = b.punch_reports_ignored;
+        out->punch_direct_ms_sum = b.punch_direct_ms_sum;
     }
     if (s->fw) {
         const relay_forward_stats *f = &s->fw->stats;

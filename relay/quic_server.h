@@ -56,6 +56,13 @@ typedef struct relay_server_stats {
     uint64_t circuit_errors;         /* ERROR sent (not connected, declined, timeout, busy) */
     uint64_t circuits_refused_limit; /* ERROR for a circuit cap (per connection, per token) */
     uint64_t forward_send_failed;    /* forwarded datagrams the socket refused (lost) */
+    /* hole punching (broker.h) */
+    uint64_t punches_started;        /* attempts coordinated: PUNCH_START to both sides */
+    uint64_t punch_requests;         /* PUNCH_REQUEST received */
+    uint64_t punch_requests_ignored; /* of which ignored (too soon, peer v1, punch off, stale) */
+    uint64_t punch_reports[3];       /* PUNCH_REPORT: direct, failed, fell back */
+    uint64_t punch_reports_ignored;  /* PUNCH_REPORT for a circuit not the sender's */
+    uint64_t punch_direct_ms_sum;    /* time to direct summed over the "direct" reports */
     relay_forward_stats fw;          /* the forwarder's counters */
 } relay_server_stats;
 

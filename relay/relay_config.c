@@ -24,6 +24,7 @@
 #define DEFAULT_MAX_PENDING_PER_ADDR 16
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define MAX_SECRET_LEN 4096
+#define DEFAULT_PUNCH_MIN_INTERVAL_MS 5000 /* between two punch attempts on one circuit */
 
 static const char *const known_keys[] = {
     "id",
@@ -50,6 +51,8 @@ static const char *const known_keys[] = {
     "retry_above",
     "gso",
     "quic_fallback",
+    "punch",
+    "punch_min_interval_ms",
     NULL,
 };
 
@@ -185,6 +188,18 @@ static int load_quic_knobs(relay_config *cfg, const pos_config *c, char *err, si
     return 0;
 }
 
+/* Hole punching (docs/protocol.md "Hole punching"): whether, and how often per circuit. */
+static int load_punch(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    int punch = 1;
+    int rc = pos_config_bool(c, "punch", 0, &punch, err, errlen);
+    if (rc < 0)
+        return rc;
+    cfg->punch = punch;
+    return load_uint(c, "punch_min_interval_ms", 100, 3600000, DEFAULT_PUNCH_MIN_INTERVAL_MS,
+                     &cfg->punch_min_interval_ms, err, errlen);
+}
+
 static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
 {
     int rc;
@@ -209,6 +224,8 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
                         &cfg->max_pending_per_addr, err, errlen)))
         return rc;
     if ((rc = load_quic_knobs(cfg, c, err, errlen)) != 0)
+        return rc;
+    if ((rc = load_punch(cfg, c, err, errlen)) != 0)
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

@@ -39,6 +39,11 @@
  *   quic_fallback         hand data frames the forwarder rejects to the QUIC
  *                         connection lookup (peers that grease the QUIC bit),
  *                         true/false, default false                   (optional)
+ *   punch                 coordinate hole punching between two pos-relay/2 sides of a
+ *                         circuit (PUNCH_START), true/false, default true (optional)
+ *   punch_min_interval_ms least time between two punch attempts on one circuit (a
+ *                         PUNCH_REQUEST sooner is ignored), 100..3600000, default 5000
+ *                                                                     (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -82,6 +87,8 @@ typedef struct relay_config {
     unsigned retry_above;            /* pending handshakes above which Initials must Retry */
     int gso;                         /* forwarder sends with UDP GSO */
     int quic_fallback;               /* rejected data frames go to the connection lookup */
+    int punch;                       /* send PUNCH_START to v2 circuits (default on) */
+    unsigned punch_min_interval_ms;  /* least time between two attempts on one circuit */
 } relay_config;
 
 /*

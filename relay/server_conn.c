@@ -322,9 +322,15 @@ void relay_conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 {
     struct rconn *c = user_data;
+    const uint8_t *alpn;
+    size_t alpn_len;
     (void)qc;
     if (!c->pin.has_peer)
         return NGTCP2_ERR_CALLBACK_FAILURE; /* cannot happen: the server requires a cert */
+    /* the codec of this connection: pos-relay/2 (hole punching) or /1 (ALPN is mandatory) */
+    if (pos_tls_alpn_selected(c->tls, &alpn, &alpn_len) != 0 ||
+        (c->version = (uint8_t)pos_ctrl_version_of_alpn(alpn, alpn_len)) == 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
     pos_peer_id_format(c->pin.peer_key, c->peer_id);
     c->state = HELLO_WAIT;
     c->srv->st.handshakes_ok++;
@@ -419,7 +425,7 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
     c->creating = 0;
     if (rv != 0)
         return -1;
-    if (pos_tls_session_new(&c->tls, s->creds, 1, POS_CTRL_ALPN) != 0)
+    if (pos_tls_session_new_alpns(&c->tls, s->creds, 1, pos_ctrl_alpns, POS_CTRL_N_ALPNS) != 0)
         return -1;
     if (ngtcp2_crypto_gnutls_configure_server_session(c->tls) != 0)
         return -1;

@@ -26,7 +26,7 @@
 static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode(m, buf, sizeof(buf));
+    int n = pos_ctrl_encode_version(m, c->version, buf, sizeof(buf));
 
     if (n < 0) {
         pos_log_error("cannot encode %s: error %d", pos_ctrl_type_name(m->type), n);
@@ -75,6 +75,15 @@ static void watch_expiry(struct rconn *c, const relay_limits *lim)
     ev_timer_start(c->srv->loop, &c->expiry);
 }
 
+/* rtt_ms: the smoothed RTT QUIC measures on |c|, in whole ms rounded up (punch timing). */
+static uint32_t rtt_ms(const struct rconn *c)
+{
+    ngtcp2_conn_stat cs;
+    ngtcp2_conn_get_conn_stat(c->qc, &cs);
+    uint64_t ms = (cs.smoothed_rtt + NGTCP2_MILLISECONDS - 1) / NGTCP2_MILLISECONDS;
+    return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
 static void accept_client(struct rconn *c, const relay_limits *lim, const char *token_id)
 {
     relay_server *s = c->srv;
@@ -106,6 +115,8 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
         relay_conn_close_app(c, RELAY_REFUSED_UNAVAILABLE);
         return;
     }
+    relay_broker_set_version(c->bc, c->version);
+    relay_broker_set_rtt(c->bc, rtt_ms(c));
     c->state = ACTIVE;
     c->counted_active = 1;
     s->pending--;
@@ -283,6 +294,8 @@ void relay_ctrl_end(struct rconn *c)
 /* handle_request: a message on the client's request stream (ACTIVE only). */
 static void handle_request(struct rconn *c, pos_ctrl_msg *m)
 {
+    if (c->bc) /* fresh for the PUNCH_START this may send (an ACCEPT, a PUNCH_REQUEST) */
+        relay_broker_set_rtt(c->bc, rtt_ms(c));
     if (!c->bc || relay_broker_request(c->srv->broker, c->bc, m, now_ms(c->srv)) != 0)
         relay_ctrl_refuse(c, RELAY_REFUSED_BAD_REQUEST);
     pos_ctrl_msg_wipe(m);
@@ -316,7 +329,7 @@ static void request_stream_data(struct rconn *c, int64_t stream_id, const uint8_
         return;
     }
     while (c->state == ACTIVE && !c->close_code) {
-        rv = pos_ctrl_reader_next(&c->rd_req, &m);
+        rv = pos_ctrl_reader_next_version(&c->rd_req, c->version, &m);
         if (rv == 0)
             break;
         if (rv < 0) {
@@ -351,7 +364,7 @@ int relay_ctrl_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_
         return 0;
     }
     while ((c->state == HELLO_WAIT || c->state == ACTIVE) && !c->close_code) {
-        rv = pos_ctrl_reader_next(&c->rd, &m);
+        rv = pos_ctrl_reader_next_version(&c->rd, c->version, &m);
         if (rv == 0)
             break;
         if (rv < 0) {
@@ -372,6 +385,7 @@ int relay_ctrl_broker_new(relay_server *s)
     s->broker = relay_broker_new(s->circuits, &lim, &ops);
     if (!s->broker)
         return -1;
+    relay_broker_set_punch(s->broker, s->cfg->punch, s->cfg->punch_min_interval_ms);
     ev_timer_init(&s->broker_timer, on_broker_timer, 0., 0.);
     s->broker_timer.data = s;
     return 0;

@@ -86,6 +86,7 @@ struct rconn {
     uint8_t ended;   /* relay_ctrl_end ran: circuits closed, presence dropped */
     ev_timer expiry; /* ACTIVE, token with an expiry: closes the connection then */
     uint8_t home;    /* HELLO without NOT_HOME: presence and INCOMING are here */
+    uint8_t version; /* POS_CTRL_V1 or V2, from the negotiated ALPN (handshake) */
 };
 
 struct sock {

@@ -125,7 +125,10 @@ static int frame_input(pos_p2p_endpoint *ep, const uint8_t *data, size_t len,
         if (rv <= 0)
             return rv;
     }
-    return -1; /* not from a relay we are connected to */
+    /* not from a relay we are connected to: a peer's probe (hole punching) for the sessions? */
+    if (ep->listener && ep->listener->ops->frame)
+        return ep->listener->ops->frame(ep->listener, data, len, from, fromlen) == 0 ? 0 : -1;
+    return -1;
 }
 
 /* ---- sockets ---- */

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "ctrl.h"
 #include "identity.h"
 #include "pos/p2p.h"
 #include "quic_common.h"
@@ -112,5 +113,21 @@ int ep_has_sock(const pos_p2p_endpoint *ep, int sock); /* 1: socket |sock| is op
 const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len);
 uint8_t *ep_txbuf(pos_p2p_endpoint *ep); /* EP_MAX_UDP bytes to write one packet into */
 pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep);
+
+/* quic_client.c, for the session layer (hole punching, pos-relay/2) */
+/*
+ * relay_punch_cb: a PUNCH_START |m| for one of |r|'s open circuits, |arg| the
+ * event callbacks' argument. Called while ngtcp2 reads the relay's packet,
+ * before the CIRCUIT event it may follow is delivered: it must not call the
+ * relay connection. |m| (its punch key) is wiped after the call.
+ */
+typedef void (*relay_punch_cb)(void *arg, pos_p2p_relay *r, const pos_ctrl_msg *m);
+void relay_set_punch_cb(pos_p2p_relay *r, relay_punch_cb cb); /* NULL: PUNCH_START ignored */
+/*
+ * relay_send_ctrl queues the client message |m| (PUNCH_REQUEST, PUNCH_REPORT)
+ * on the request stream. 0, or POS_P2P_ERR_INVALID_ARGUMENT (not version 2,
+ * not accepted, a bad message), POS_P2P_ERR_NOMEM.
+ */
+int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m);
 
 #endif

@@ -62,9 +62,11 @@ struct pos_p2p_relay {
     size_t n_circuits;
     pos_p2p_relay_event *evq; /* events decoded inside ngtcp2, delivered after it returns */
     size_t n_ev;
-    uint8_t in_read;       /* inside ngtcp2_conn_read_pkt */
-    uint8_t dispatching;   /* inside a user callback */
-    uint8_t close_pending; /* pos_p2p_relay_close was called from a callback */
+    uint8_t in_read;         /* inside ngtcp2_conn_read_pkt */
+    uint8_t dispatching;     /* inside a user callback */
+    uint8_t close_pending;   /* pos_p2p_relay_close was called from a callback */
+    uint8_t version;         /* POS_CTRL_V1 / V2 once the handshake chose the ALPN; 0 before */
+    relay_punch_cb on_punch; /* PUNCH_START (version 2) goes there at once */
 };
 
 static const struct ep_conn_ops relay_conn_ops;
@@ -120,25 +122,13 @@ static void send_close(pos_p2p_relay *r, const ngtcp2_connection_close_error *cc
 static void fail_liberr(pos_p2p_relay *r, int liberr)
 {
     ngtcp2_connection_close_error ccerr;
-    int err = POS_P2P_ERR_HANDSHAKE;
     char why[200];
+    int err;
 
-    ngtcp2_connection_close_error_default(&ccerr);
-    if (liberr == NGTCP2_ERR_CRYPTO)
-        ngtcp2_connection_close_error_set_transport_error_tls_alert(
-            &ccerr, ngtcp2_conn_get_tls_alert(r->qc), NULL, 0);
-    else
-        ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, liberr, NULL, 0);
+    relay_liberr_close(&ccerr, liberr, r->qc);
     send_close(r, &ccerr);
-    if (r->pin.mismatch) {
-        err = POS_P2P_ERR_PEER_MISMATCH;
-        snprintf(why, sizeof(why), "the relay's key is not the peer id in the relay list");
-    } else if (ngtcp2_conn_get_handshake_completed(r->qc)) {
-        err = POS_P2P_ERR_PROTOCOL;
-        snprintf(why, sizeof(why), "QUIC error: %s", ngtcp2_strerror(liberr));
-    } else {
-        snprintf(why, sizeof(why), "handshake failed: %s", ngtcp2_strerror(liberr));
-    }
+    err = relay_liberr_reason(liberr, r->pin.mismatch, ngtcp2_conn_get_handshake_completed(r->qc),
+                              why, sizeof(why));
     fail(r, err, why);
 }
 
@@ -236,6 +226,13 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
     pos_p2p_relay_event ev;
     int i;
 
+    if (m->type == POS_CTRL_PUNCH_START) {
+        /* at once (sans-I/O on the other side): the session layer keeps it for its circuit */
+        if (r->on_punch && r->circuits &&
+            relay_id_find(r->circuits, r->n_circuits, m->circuit_id) >= 0)
+            r->on_punch(r->cb_arg, r, m);
+        return 0;
+    }
     if (relay_event_from_msg(m, &ev) != 0)
         return -1;
     if (!r->evq) {
@@ -299,14 +296,17 @@ static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
         return 0;
     if (pos_ctrl_reader_feed(&r->rd, data, datalen) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
-    while ((rv = pos_ctrl_reader_next(&r->rd, &m)) == 1) {
+    while ((rv = pos_ctrl_reader_next_version(&r->rd, r->version ? r->version : POS_CTRL_V1, &m)) ==
+           1) {
         if (m.type == POS_CTRL_WELCOME && r->st.state == POS_P2P_RELAY_CONNECTING) {
             on_welcome(r, &m);
         } else if (m.type == POS_CTRL_GOAWAY) {
             snprintf(r->st.reason, sizeof(r->st.reason), "%s", m.text);
             on_circuit_msg(r, &m);
         } else if (r->st.state == POS_P2P_RELAY_ACCEPTED) {
-            if (on_circuit_msg(r, &m) != 0)
+            rv = on_circuit_msg(r, &m);
+            pos_ctrl_msg_wipe(&m); /* a PUNCH_START's key */
+            if (rv != 0)
                 return NGTCP2_ERR_CALLBACK_FAILURE;
         }
     }
@@ -335,6 +335,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 
     if (ngtcp2_conn_open_bidi_stream(qc, &r->stream, NULL) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
+    r->version = (uint8_t)relay_negotiated_version(r->tls);
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_HELLO;
     memcpy(m.token, r->token, r->token_len);
@@ -373,16 +374,7 @@ static int make_conn(pos_p2p_relay *r)
     ngtcp2_path path;
 
     init_callbacks(&cbs);
-    pos_quic_settings_init(&settings, &r->creating);
-    settings.max_window = 64 * 1024;
-    settings.max_stream_window = 16 * 1024;
-    ngtcp2_transport_params_default(&params);
-    params.initial_max_streams_bidi = 0;
-    params.initial_max_streams_uni = 0;
-    params.initial_max_stream_data_bidi_local = 16 * 1024;
-    params.initial_max_data = 32 * 1024;
-    params.max_idle_timeout = 60 * NGTCP2_SECONDS; /* the relay's own is usually shorter */
-    params.active_connection_id_limit = 2;
+    relay_quic_settings(&settings, &params, &r->creating);
     dcid.datalen = 16;
     randombytes_buf(dcid.data, dcid.datalen);
     scid.datalen = EP_CID_LEN;
@@ -397,7 +389,8 @@ static int make_conn(pos_p2p_relay *r)
     r->creating = 0;
     if (rv != 0)
         return POS_P2P_ERR_NOMEM;
-    if (pos_tls_session_new(&r->tls, ep_creds(ep), 0, POS_CTRL_ALPN) != 0 ||
+    if (pos_tls_session_new_alpns(&r->tls, ep_creds(ep), 0, pos_ctrl_alpns, POS_CTRL_N_ALPNS) !=
+            0 ||
         ngtcp2_crypto_gnutls_configure_client_session(r->tls) != 0)
         return POS_P2P_ERR_HANDSHAKE;
     r->ref.get_conn = get_conn;
@@ -571,12 +564,7 @@ static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t
         if (dispatch_events(r) != 0)
             return; /* closed from a callback */
     }
-    if (r->tls && ngtcp2_conn_get_handshake_completed(r->qc)) {
-        /* Keys live in ngtcp2 now; the TLS session is dead weight (no tickets). */
-        ngtcp2_conn_set_tls_native_handle(r->qc, NULL);
-        gnutls_deinit(r->tls);
-        r->tls = NULL;
-    }
+    relay_drop_tls(r->qc, &r->tls);
     conn_write(r);
 }
 
@@ -647,6 +635,16 @@ void pos_p2p_relay_close(pos_p2p_relay *r)
 
 /* ---- circuits: the public API (pos/p2p.h) and the data plane ---- */
 
+int pos_p2p_relay_protocol_version(const pos_p2p_relay *r)
+{
+    return r ? r->version : 0;
+}
+
+void relay_set_punch_cb(pos_p2p_relay *r, relay_punch_cb cb)
+{
+    r->on_punch = cb;
+}
+
 void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_event,
                                  pos_p2p_relay_data_cb on_data, void *arg)
 {
@@ -659,7 +657,7 @@ void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_eve
 static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode(m, buf, sizeof(buf));
+    int n = pos_ctrl_encode_version(m, r->version ? r->version : POS_CTRL_V1, buf, sizeof(buf));
 
     if (n < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
@@ -687,12 +685,9 @@ int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *
     if (!r || !peer_id || !req_id ||
         pos_peer_id_parse(peer_id, strnlen(peer_id, POS_P2P_PEER_ID_STRLEN), key) != 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    memset(&m, 0, sizeof(m));
-    m.type = POS_CTRL_CONNECT;
     if (++r->next_req == 0)
         r->next_req = 1;
-    m.req_id = r->next_req;
-    snprintf(m.peer_id, sizeof(m.peer_id), "%s", peer_id);
+    relay_msg_request(&m, POS_CTRL_CONNECT, r->next_req, peer_id);
     rv = queue_request(r, &m);
     if (rv != 0)
         return rv;
@@ -704,10 +699,7 @@ int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *
 static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept)
 {
     pos_ctrl_msg m;
-    memset(&m, 0, sizeof(m));
-    m.type = accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE;
-    m.req_id = req_id;
-    m.code = accept ? 0 : POS_CTRL_CODE_DECLINED;
+    relay_msg_request(&m, accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE, req_id, NULL);
     return queue_request(r, &m);
 }
 
@@ -728,6 +720,16 @@ int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept)
 static const ngtcp2_addr *relay_addr(const pos_p2p_relay *r)
 {
     return &ngtcp2_conn_get_path(r->qc)->remote;
+}
+
+int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
+{
+    int rv;
+    if (!r || r->version < POS_CTRL_V2)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if ((rv = queue_request(r, m)) == 0)
+        flush(r);
+    return rv;
 }
 
 int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "addr.h"
+#include "quic_common.h"
 
 /* error_of: the library error for the code of an ERROR message. */
 static int error_of(uint16_t code)
@@ -204,4 +205,74 @@ size_t relay_count_addrs(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *i
         from = i + 1;
     }
     return n;
+}
+
+void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,
+                         uint8_t *creating)
+{
+    pos_quic_settings_init(settings, creating);
+    settings->max_window = 64 * 1024;
+    settings->max_stream_window = 16 * 1024;
+    ngtcp2_transport_params_default(params);
+    params->initial_max_streams_bidi = 0;
+    params->initial_max_streams_uni = 0;
+    params->initial_max_stream_data_bidi_local = 16 * 1024;
+    params->initial_max_data = 32 * 1024;
+    params->max_idle_timeout = 60 * NGTCP2_SECONDS; /* the relay's own is usually shorter */
+    params->active_connection_id_limit = 2;
+}
+
+int relay_negotiated_version(gnutls_session_t tls)
+{
+    gnutls_datum_t d = {NULL, 0};
+    int v;
+    if (!tls || gnutls_alpn_get_selected_protocol(tls, &d) != 0)
+        return POS_CTRL_V1;
+    v = pos_ctrl_version_of_alpn(d.data, d.size);
+    return v ? v : POS_CTRL_V1;
+}
+
+void relay_liberr_close(ngtcp2_connection_close_error *ccerr, int liberr, ngtcp2_conn *qc)
+{
+    ngtcp2_connection_close_error_default(ccerr);
+    if (liberr == NGTCP2_ERR_CRYPTO)
+        ngtcp2_connection_close_error_set_transport_error_tls_alert(
+            ccerr, ngtcp2_conn_get_tls_alert(qc), NULL, 0);
+    else
+        ngtcp2_connection_close_error_set_transport_error_liberr(ccerr, liberr, NULL, 0);
+}
+
+int relay_liberr_reason(int liberr, int mismatch, int completed, char *why, size_t cap)
+{
+    if (mismatch) {
+        snprintf(why, cap, "the relay's key is not the peer id in the relay list");
+        return POS_P2P_ERR_PEER_MISMATCH;
+    }
+    if (completed) {
+        snprintf(why, cap, "QUIC error: %s", ngtcp2_strerror(liberr));
+        return POS_P2P_ERR_PROTOCOL;
+    }
+    snprintf(why, cap, "handshake failed: %s", ngtcp2_strerror(liberr));
+    return POS_P2P_ERR_HANDSHAKE;
+}
+
+void relay_drop_tls(ngtcp2_conn *qc, gnutls_session_t *tls)
+{
+    if (*tls && ngtcp2_conn_get_handshake_completed(qc)) {
+        /* no tickets: the TLS session is dead weight now */
+        ngtcp2_conn_set_tls_native_handle(qc, NULL);
+        gnutls_deinit(*tls);
+        *tls = NULL;
+    }
+}
+
+void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id)
+{
+    memset(m, 0, sizeof(*m));
+    m->type = type;
+    m->req_id = req_id;
+    if (type == POS_CTRL_DECLINE)
+        m->code = POS_CTRL_CODE_DECLINED;
+    if (peer_id)
+        snprintf(m->peer_id, sizeof(m->peer_id), "%s", peer_id);
 }

@@ -45,6 +45,26 @@ int64_t relay_attempt_deadline(int64_t now_ms, int64_t connect_deadline_ms, size
 /* relay_keepalive_ns: keep-alives well inside the relay's idle timeout (and NAT bindings). */
 uint64_t relay_keepalive_ns(uint32_t idle_timeout_s);
 
+/* relay_liberr_close: the CONNECTION_CLOSE for ngtcp2 error |liberr| of |qc|. */
+void relay_liberr_close(ngtcp2_connection_close_error *ccerr, int liberr, ngtcp2_conn *qc);
+/*
+ * relay_liberr_reason: the POS_P2P_ERR_* for ngtcp2 error |liberr| (the pin
+ * |mismatch|ed, the handshake |completed|) and a sentence in |why|.
+ */
+int relay_liberr_reason(int liberr, int mismatch, int completed, char *why, size_t cap);
+
+/* relay_drop_tls frees |*tls| once the handshake of |qc| is done (the keys are in ngtcp2). */
+void relay_drop_tls(ngtcp2_conn *qc, gnutls_session_t *tls);
+/* relay_msg_request: |m| = CONNECT (to |peer_id|), ACCEPT or DECLINE of request |req_id|. */
+void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id);
+
+/* relay_negotiated_version: POS_CTRL_V1 or V2 from the ALPN |tls| negotiated (V1 when none). */
+int relay_negotiated_version(gnutls_session_t tls);
+
+/* relay_quic_settings: the transport settings and parameters of a relay control connection. */
+void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,
+                         uint8_t *creating);
+
 /* relay_same_addr: |a| is the address |b| (family, address and port). */
 int relay_same_addr(const struct sockaddr *a, socklen_t alen, const ngtcp2_addr *b);
 

@@ -31,6 +31,7 @@
 #include "session.h"
 #include "session_close.h"
 #include "session_path.h"
+#include "session_punch.h"
 #include "session_quic.h"
 #include "session_stream.h"
 #include "session_table.h"
@@ -61,7 +62,8 @@ struct pos_p2p_session {
     struct sstream *streams;
     struct sess_dial *dial; /* relayed dialer: session_relay.c's state, driven through dial_ops */
     const struct sess_dial_ops *dial_ops;
-    int64_t dial_tick_ms; /* next look at the dial relay's state */
+    int64_t dial_tick_ms;     /* next look at the dial relay's state */
+    struct sess_punch *punch; /* relayed: hole punching (session_punch.c) */
 };
 
 static const struct ep_conn_ops session_ops;
@@ -95,6 +97,47 @@ void sess_set_relay_id(pos_p2p_session *s, const char *relay_id, const char *rem
 {
     snprintf(s->st.relay_id, sizeof(s->st.relay_id), "%s", relay_id);
     snprintf(s->st.remote, sizeof(s->st.remote), "%s", remote);
+}
+
+int sess_is_dead(const pos_p2p_session *s)
+{
+    return s->dead;
+}
+
+int sess_is_open(const pos_p2p_session *s)
+{
+    return !s->dead && s->qc && s->st.state == POS_P2P_SESSION_OPEN;
+}
+
+ngtcp2_conn *sess_conn(const pos_p2p_session *s)
+{
+    return s->qc;
+}
+
+struct sstream **sess_streams(pos_p2p_session *s)
+{
+    return &s->streams;
+}
+
+struct sstream *sess_stream_list(const pos_p2p_session *s)
+{
+    return s->streams;
+}
+
+struct sess_punch *sess_punch_of(const pos_p2p_session *s)
+{
+    return s->punch;
+}
+
+const pos_p2p_session_status *sess_status(const pos_p2p_session *s)
+{
+    return &s->st;
+}
+
+void pos_p2p_session_set_callback(pos_p2p_session *s, pos_p2p_session_cb cb, void *arg)
+{
+    s->cb = cb;
+    s->cb_arg = arg;
 }
 
 pos_p2p_session *sess_alloc(pos_p2p_endpoint *ep, int server)
@@ -161,6 +204,8 @@ static void send_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
 {
     sess_path_send(s->path, s->ep, path, data, len);
     s->st.bytes_sent += len;
+    if (s->punch)
+        sess_punch_count(s->punch, s->path, path, len);
 }
 
 static void send_close(pos_p2p_session *s, const ngtcp2_connection_close_error *ccerr)
@@ -376,6 +421,27 @@ static int cb_stream_close(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id,
     return 0;
 }
 
+/* path_event reports a path change (hole punching) and keeps the status in step. */
+static void path_event(pos_p2p_session *s, const pos_p2p_path_change *ch)
+{
+    s->st.path = ch->to;
+    snprintf(s->st.remote, sizeof(s->st.remote), "%s", ch->remote);
+    emit(s, &(pos_p2p_session_event){
+                .type = POS_P2P_SESSION_EV_PATH, .stream = -1, .path_change = ch});
+}
+
+static int cb_path_validation(ngtcp2_conn *qc, uint32_t flags, const ngtcp2_path *path,
+                              ngtcp2_path_validation_result res, void *user_data)
+{
+    pos_p2p_session *s = user_data;
+    pos_p2p_path_change ch;
+    (void)flags;
+    if (s->punch && sess_punch_validated(s->punch, qc, s->path, path,
+                                         res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS, &ch))
+        path_event(s, &ch);
+    return 0;
+}
+
 static void init_callbacks(ngtcp2_callbacks *cb, int server)
 {
     pos_quic_callbacks_init(cb, server);
@@ -386,6 +452,7 @@ static void init_callbacks(ngtcp2_callbacks *cb, int server)
     cb->acked_stream_data_offset = cb_acked_stream_data_offset;
     cb->stream_reset = cb_stream_reset;
     cb->stream_close = cb_stream_close;
+    cb->path_validation = cb_path_validation;
 }
 
 /* ---- creating connections ---- */
@@ -401,6 +468,8 @@ static void set_synthetic(pos_p2p_session *s, pos_p2p_relay *r, uint32_t circuit
     sess_path_set_relayed(s->path, r, circuit_id, sess_table_next_synthetic(sess_table_of(s->ep)));
     s->st.path = POS_P2P_PATH_RELAYED;
     s->st.circuit_id = circuit_id;
+    sess_punch_del(s->punch);
+    s->punch = sess_punch_new(s->ep, r, circuit_id, !s->server, pos_p2p_now_ms()); /* NULL: none */
 }
 
 /* make_conn: the ngtcp2 connection of |s|, a client, or a server for the Initial |hd|. */
@@ -456,6 +525,8 @@ static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
         return;
     s->busy++;
     s->st.bytes_received += len;
+    if (s->punch)
+        sess_punch_count(s->punch, s->path, path, len);
     rv = ngtcp2_conn_read_pkt(s->qc, path, &pi, data, len, pos_quic_now());
     if (rv == NGTCP2_ERR_DRAINING)
         on_peer_close(s);
@@ -565,11 +636,17 @@ int64_t sess_deadline(const pos_p2p_session *s)
     }
     if (s->st.state == POS_P2P_SESSION_CONNECTING && (d < 0 || s->deadline_ms < d))
         d = s->deadline_ms;
+    if (s->punch && s->qc) {
+        int64_t pd = sess_punch_deadline(s->punch);
+        if (pd >= 0 && (d < 0 || pd < d))
+            d = pd;
+    }
     return d;
 }
 
 static void on_deadline(pos_p2p_session *s)
 {
+    pos_p2p_path_change ch;
     int rv;
     if (s->st.state == POS_P2P_SESSION_CONNECTING && pos_p2p_now_ms() >= s->deadline_ms) {
         char why[200];
@@ -596,6 +673,8 @@ static void on_deadline(pos_p2p_session *s)
         fail_liberr(s, rv);
         return;
     }
+    if (s->punch && sess_punch_timer(s->punch, s->qc, s->path, pos_p2p_now_ms(), &ch))
+        path_event(s, &ch);
     conn_write(s);
 }
 
@@ -627,6 +706,7 @@ void sess_release(pos_p2p_session *s)
     drop_cids(s);
     sstream_free_all(&s->streams);
     sess_quic_del(s->quic);
+    sess_punch_del(s->punch);
     if (s->dial)
         s->dial_ops->release(s->ep, s->dial);
     sess_table_unlink(sess_table_of(s->ep), &s->node);
@@ -683,84 +763,13 @@ pos_p2p_session *sess_new_dialer(pos_p2p_endpoint *ep, const char *peer_id, int 
     return s;
 }
 
+void sess_flush(pos_p2p_session *s)
+{
+    if (!s->busy)
+        conn_write(s);
+}
+
 /* ---- public API ---- */
-
-void pos_p2p_session_set_callback(pos_p2p_session *s, pos_p2p_session_cb cb, void *arg)
-{
-    s->cb = cb;
-    s->cb_arg = arg;
-}
-
-void pos_p2p_session_get_status(const pos_p2p_session *s, pos_p2p_session_status *out)
-{
-    *out = s->st;
-    if (s->qc && !s->dead) {
-        ngtcp2_conn_stat cs;
-        ngtcp2_conn_get_conn_stat((ngtcp2_conn *)s->qc, &cs);
-        out->rtt_ms = (double)cs.smoothed_rtt / 1e6;
-    }
-}
-
-int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream)
-{
-    int64_t id;
-    int rv;
-    if (!s || !stream || s->dead || s->st.state != POS_P2P_SESSION_OPEN)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    rv = ngtcp2_conn_open_bidi_stream(s->qc, &id, NULL);
-    if (rv == NGTCP2_ERR_STREAM_ID_BLOCKED)
-        return POS_P2P_ERR_STREAM_LIMIT;
-    if (rv != 0)
-        return POS_P2P_ERR_NOMEM;
-    if (!sstream_add(&s->streams, id)) {
-        ngtcp2_conn_shutdown_stream(s->qc, id, 0);
-        return POS_P2P_ERR_NOMEM;
-    }
-    *stream = id;
-    return 0;
-}
-
-size_t pos_p2p_session_write_room(const pos_p2p_session *s, int64_t stream)
-{
-    const struct sstream *st = s->dead ? NULL : sstream_find(s->streams, stream);
-    return st ? sstream_room(st) : 0;
-}
-
-int pos_p2p_session_write(pos_p2p_session *s, int64_t stream, const uint8_t *data, size_t len,
-                          int fin, size_t *taken)
-{
-    struct sstream *st;
-    size_t n;
-    if (taken)
-        *taken = 0;
-    if (!s || (len && !data) || s->dead || s->st.state != POS_P2P_SESSION_OPEN)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    st = sstream_find(s->streams, stream);
-    if (!st || !sstream_open(st))
-        return POS_P2P_ERR_NO_STREAM;
-    if (sstream_write(st, data, len, fin, &n) != 0)
-        return POS_P2P_ERR_NOMEM;
-    if (taken)
-        *taken = n;
-    if (!s->busy)
-        conn_write(s);
-    return 0;
-}
-
-int pos_p2p_session_reset_stream(pos_p2p_session *s, int64_t stream, uint64_t code)
-{
-    struct sstream *st;
-    if (!s || s->dead)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    st = sstream_find(s->streams, stream);
-    if (!st)
-        return POS_P2P_ERR_NO_STREAM;
-    sstream_finish(st);
-    ngtcp2_conn_shutdown_stream(s->qc, stream, code);
-    if (!s->busy)
-        conn_write(s);
-    return 0;
-}
 
 void pos_p2p_session_close(pos_p2p_session *s, uint64_t code, const char *reason)
 {

@@ -79,4 +79,15 @@ int sess_is_dialing(const pos_p2p_session *s);      /* connecting, relayed, no c
 const char *sess_expected_peer(const pos_p2p_session *s);
 void sess_set_relay_id(pos_p2p_session *s, const char *relay_id, const char *remote);
 
+/* for session_api.c (the public stream and path calls) */
+int sess_is_dead(const pos_p2p_session *s);        /* closed or failed: no more I/O */
+int sess_is_open(const pos_p2p_session *s);        /* not dead and OPEN */
+ngtcp2_conn *sess_conn(const pos_p2p_session *s);  /* NULL until made */
+struct sstream **sess_streams(pos_p2p_session *s); /* its stream buffers (session_stream.c) */
+struct sstream *sess_stream_list(const pos_p2p_session *s);
+void sess_flush(pos_p2p_session *s); /* writes what is due, unless inside a call that will */
+struct sess_punch *sess_punch_of(const pos_p2p_session *s); /* NULL: not relayed */
+
+const pos_p2p_session_status *sess_status(const pos_p2p_session *s);
+
 #endif

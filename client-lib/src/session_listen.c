@@ -11,9 +11,11 @@
 #include <string.h>
 
 #include "addr.h"
+#include "frame.h"
 #include "quic_version.h"
 #include "session.h"
 #include "session_listen.h"
+#include "session_punch.h"
 
 /* find_acceptor: an acceptor still in its handshake whose dialer used |dcid| first. */
 static pos_p2p_session *find_acceptor(const struct sess_table *t, const ngtcp2_cid *dcid)
@@ -141,10 +143,42 @@ static void listen_destroy(struct ep_conn *c)
     pos_p2p_session *s;
     while ((s = sess_table_first(t)) != NULL)
         sess_release(s);
+    sess_punch_ep_free(sess_table_punch(t));
     sess_table_free(t);
 }
 
-static const struct ep_conn_ops listen_ops = {listen_unclaimed, NULL, listen_deadline_ms,
+/* listen_frame: a data frame from no relay of ours: a peer's PUNCH / PUNCH_ACK? 0 taken, -1 not. */
+static int listen_frame(struct ep_conn *c, const uint8_t *data, size_t len,
+                        const struct sockaddr *from, socklen_t fromlen)
+{
+    struct sess_table *t = sess_table_of(c->ep);
+    pos_frame f;
+    (void)fromlen;
+    if (pos_frame_decode(data, len, &f) != 0 ||
+        (f.type != POS_FRAME_PUNCH && f.type != POS_FRAME_PUNCH_ACK))
+        return -1;
+    for (pos_p2p_session *s = sess_table_first(t); s; s = sess_next(s))
+        if (!sess_is_dead(s) && sess_punch_of(s) &&
+            sess_punch_frame(sess_punch_of(s), f.circuit_id, data, len, from, pos_p2p_now_ms()) ==
+                0)
+            return 0;
+    return -1;
+}
+
+void sess_punch_begin(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_ctrl_msg *m)
+{
+    struct sess_table *t = sess_table_of(ep);
+    for (pos_p2p_session *s = t ? sess_table_first(t) : NULL; s; s = sess_next(s)) {
+        if (!sess_is_dead(s) && sess_punch_of(s) &&
+            sess_punch_is_for(sess_punch_of(s), r, m->circuit_id)) {
+            sess_punch_start(sess_punch_of(s), m, pos_p2p_now_ms());
+            return;
+        }
+    }
+    sess_punch_keep(ep, r, m, pos_p2p_now_ms()); /* its session comes (CIRCUIT, first Initial) */
+}
+
+static const struct ep_conn_ops listen_ops = {listen_unclaimed, listen_frame, listen_deadline_ms,
                                               listen_on_timer, listen_destroy};
 
 struct sess_table *sess_layer(pos_p2p_endpoint *ep)
@@ -153,6 +187,17 @@ struct sess_table *sess_layer(pos_p2p_endpoint *ep)
 }
 
 /* ---- public API ---- */
+
+int pos_p2p_endpoint_set_punch(pos_p2p_endpoint *ep, const pos_p2p_punch_options *o)
+{
+    struct sess_punch_ep *pe;
+    if (!ep || pos_p2p_punch_options_check(o, NULL, 0) != 0)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if (!sess_layer(ep) || (pe = sess_punch_ep_of(ep)) == NULL)
+        return POS_P2P_ERR_NOMEM;
+    sess_punch_ep_set(pe, o);
+    return 0;
+}
 
 int pos_p2p_endpoint_listen(pos_p2p_endpoint *ep, pos_p2p_allow_cb allow,
                             pos_p2p_accept_cb on_session, void *arg)

@@ -24,5 +24,7 @@ void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit
 void sess_relay_gone(pos_p2p_endpoint *ep, pos_p2p_relay *r);
 /* sess_circuit_closed: the relay ended |circuit_id| of |r|; sessions on it fail. */
 void sess_circuit_closed(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id);
+/* sess_punch_begin: PUNCH_START |m| of circuit |m|->circuit_id of |r|: to its session, or kept. */
+void sess_punch_begin(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_ctrl_msg *m);
 
 #endif

@@ -73,8 +73,7 @@ void sess_path_send(const struct sess_path *p, pos_p2p_endpoint *ep, const ngtcp
                     const uint8_t *data, size_t len)
 {
     const struct sockaddr *to = (const struct sockaddr *)path->remote.addr;
-    if (p->relay && path->local.addrlen == sizeof(struct sockaddr_in) &&
-        memcmp(path->local.addr, &p->syn_local, sizeof(struct sockaddr_in)) == 0) {
+    if (sess_path_is_relayed(p, path)) {
         pos_p2p_relay_send_data(p->relay, p->circuit, data, len);
     } else {
         ep_send(ep, to->sa_family == AF_INET ? 0 : 1, data, len, to, path->remote.addrlen);
@@ -89,4 +88,10 @@ pos_p2p_relay *sess_path_relay(const struct sess_path *p)
 int sess_path_on_circuit(const struct sess_path *p, const pos_p2p_relay *r, uint32_t circuit_id)
 {
     return p->relay == r && p->circuit == circuit_id;
+}
+
+int sess_path_is_relayed(const struct sess_path *p, const ngtcp2_path *np)
+{
+    return p->relay && np->local.addrlen == sizeof(struct sockaddr_in) &&
+           memcmp(np->local.addr, &p->syn_local, sizeof(struct sockaddr_in)) == 0;
 }

@@ -35,5 +35,7 @@ void sess_path_send(const struct sess_path *p, pos_p2p_endpoint *ep, const ngtcp
 pos_p2p_relay *sess_path_relay(const struct sess_path *p); /* NULL: not relayed */
 /* sess_path_on_circuit: 1 when |p| is relayed over |circuit_id| of |r|. */
 int sess_path_on_circuit(const struct sess_path *p, const pos_p2p_relay *r, uint32_t circuit_id);
+/* sess_path_is_relayed: 1 when |np| (an ngtcp2 path) is |p|'s relayed path. */
+int sess_path_is_relayed(const struct sess_path *p, const ngtcp2_path *np);
 
 #endif

@@ -48,7 +48,7 @@ static void init_settings(ngtcp2_settings *settings, ngtcp2_transport_params *pa
     params->initial_max_stream_data_bidi_remote = 1024 * 1024;
     params->initial_max_data = 4 * 1024 * 1024;
     params->max_idle_timeout = IDLE_TIMEOUT_NS;
-    params->active_connection_id_limit = 4; /* spares for a later migration */
+    params->active_connection_id_limit = 8; /* spares: every move direct and back needs one */
 }
 
 static int attach_tls(struct sess_quic *q, pos_tls_creds *creds, int server)

@@ -148,6 +148,12 @@ static void on_relay_data(void *arg, pos_p2p_relay *r, uint32_t circuit_id, cons
     sess_relayed_input(arg, r, circuit_id, data, len);
 }
 
+/* on_relay_punch: a PUNCH_START (inside the relay's read: the session layer only keeps it) */
+static void on_relay_punch(void *arg, pos_p2p_relay *r, const pos_ctrl_msg *m)
+{
+    sess_punch_begin(arg, r, m);
+}
+
 int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
 {
     struct sess_table *t;
@@ -159,6 +165,7 @@ int pos_p2p_session_use_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
     if (sess_table_add_relay(t, r) != 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     pos_p2p_relay_set_callbacks(r, on_relay_event, on_relay_data, ep);
+    relay_set_punch_cb(r, on_relay_punch);
     return 0;
 }
 
@@ -169,6 +176,7 @@ void pos_p2p_session_drop_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r)
     sess_relay_gone(ep, r);
     forget_relay(ep, r);
     pos_p2p_relay_set_callbacks(r, NULL, NULL, NULL);
+    relay_set_punch_cb(r, NULL);
 }
 
 static void dial_tick(pos_p2p_session *s)

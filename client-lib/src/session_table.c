@@ -31,6 +31,7 @@ struct sess_table {
     size_t n_relays;
     struct sess_circuit circuits[SESS_MAX_CIRCUITS];
     size_t n_circuits;
+    struct sess_punch_ep *punch; /* session_punch.c's, freed by the listener's destroy */
 };
 
 struct sess_table *sess_table_of(const pos_p2p_endpoint *ep)
@@ -200,4 +201,14 @@ void sess_table_expire_circuits(struct sess_table *t, int64_t now_ms)
         else
             i++;
     }
+}
+
+struct sess_punch_ep *sess_table_punch(const struct sess_table *t)
+{
+    return t->punch;
+}
+
+void sess_table_set_punch(struct sess_table *t, struct sess_punch_ep *pe)
+{
+    t->punch = pe;
 }

@@ -66,4 +66,9 @@ void sess_table_remove_circuit(struct sess_table *t, const pos_p2p_relay *r, uin
 void sess_table_drop_circuits(struct sess_table *t, const pos_p2p_relay *r); /* all of |r| */
 void sess_table_expire_circuits(struct sess_table *t, int64_t now_ms);
 
+/* the punching state of the endpoint (session_punch.c's; NULL until made) */
+struct sess_punch_ep;
+struct sess_punch_ep *sess_table_punch(const struct sess_table *t);
+void sess_table_set_punch(struct sess_table *t, struct sess_punch_ep *pe);
+
 #endif

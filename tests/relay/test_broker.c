@@ -428,6 +428,212 @@ static void test_who_is_asked(void)
     rig_down(&r);
 }
 
+/* ---- hole punching (pos-relay/2) ---- */
+
+static struct sockaddr_in6 addr6(const char *ip, int port)
+{
+    struct sockaddr_in6 in;
+    memset(&in, 0, sizeof(in));
+    in.sin6_family = AF_INET6;
+    in.sin6_port = htons((uint16_t)port);
+    inet_pton(AF_INET6, ip, &in.sin6_addr);
+    return in;
+}
+
+/*
+ * A world for punching: "peer-a" (A, 192.0.2.1:1111, RTT 10 ms, local
+ * addresses one of which repeats its observed one) and "peer-b" (B,
+ * [2001:db8::2]:2222, RTT 50 ms, no local address), of versions |va| and
+ * |vb|, with punching |on| at a 5 s minimum interval.
+ */
+static void punch_rig_up(struct rig *r, int va, int vb, int on)
+{
+    relay_broker_limits def = {0, 0, 16, 4096, TIMEOUT_MS};
+    struct sockaddr_in sa = addr4("192.0.2.1", 1111);
+    struct sockaddr_in6 sb = addr6("2001:db8::2", 2222);
+    pos_ctrl_addrs la = {3, {"10.0.0.1:1111", "192.0.2.1:1111", "[fd00::1]:1111"}};
+    reset();
+    r->t = relay_circuits_new(16, 7);
+    r->b = relay_broker_new(r->t, &def, &ops);
+    relay_broker_set_punch(r->b, on, 5000);
+    r->a = relay_broker_join(r->b, &A, "peer-a", 1, (struct sockaddr *)&sa, &la, NULL);
+    r->bb = relay_broker_join(r->b, &B, "peer-b", 1, (struct sockaddr *)&sb, NULL, NULL);
+    relay_broker_set_version(r->a, va);
+    relay_broker_set_version(r->bb, vb);
+    relay_broker_set_rtt(r->a, 10);
+    relay_broker_set_rtt(r->bb, 50);
+}
+
+/* circuit_between: A dials B, B accepts at |now|; the two circuit ids; w.out has what was sent. */
+static void circuit_between(struct rig *r, int64_t now, uint32_t ids[2])
+{
+    uint32_t to_req = incoming_req(r, now);
+    CHECK(request(r, r->bb, POS_CTRL_ACCEPT, to_req, NULL, now) == 0);
+    CHECK(w.n_out >= 2 && w.out[0].m.type == POS_CTRL_CIRCUIT &&
+          w.out[1].m.type == POS_CTRL_CIRCUIT);
+    ids[0] = w.out[0].m.circuit_id;
+    ids[1] = w.out[1].m.circuit_id;
+}
+
+static int punch_msg(struct rig *r, relay_broker_client *cl, uint8_t type, uint32_t circuit_id,
+                     const pos_ctrl_addrs *addrs, uint8_t outcome, uint32_t ms, int64_t now)
+{
+    pos_ctrl_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = type;
+    m.circuit_id = circuit_id;
+    if (addrs)
+        m.addrs = *addrs;
+    m.attempt = 1;
+    m.outcome = outcome;
+    m.ms_to_direct = ms;
+    return relay_broker_request(r->b, cl, &m, now);
+}
+
+static int addrs_are(const pos_ctrl_addrs *a, int n, const char *const *want)
+{
+    if (a->n != n)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (strcmp(a->a[i], want[i]) != 0)
+            return 0;
+    return 1;
+}
+
+static void test_punch_start(void)
+{
+    static const uint8_t zero[POS_PUNCH_KEY_LEN];
+    static const char *const a_cands[] = {"192.0.2.1:1111", "10.0.0.1:1111", "[fd00::1]:1111"};
+    static const char *const b_cands[] = {"[2001:db8::2]:2222"};
+    struct rig r;
+    uint32_t ids[2];
+
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V2, 1);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4); /* CIRCUIT, CIRCUIT, then PUNCH_START to each */
+    const pos_ctrl_msg *pa = &w.out[2].m, *pb = &w.out[3].m;
+    CHECK(w.out[2].conn == &A && pa->type == POS_CTRL_PUNCH_START);
+    CHECK(w.out[3].conn == &B && pb->type == POS_CTRL_PUNCH_START);
+    /* one secret for both, drawn for this attempt */
+    CHECK(memcmp(pa->punch_key, pb->punch_key, POS_PUNCH_KEY_LEN) == 0);
+    CHECK(memcmp(pa->punch_key, zero, POS_PUNCH_KEY_LEN) != 0);
+    /* each its own id first, the peer's second, as the CIRCUIT messages gave them */
+    CHECK(pa->circuit_id == ids[0] && pa->peer_circuit_id == ids[1]);
+    CHECK(pb->circuit_id == ids[1] && pb->peer_circuit_id == ids[0]);
+    CHECK(pa->role == POS_PUNCH_DIALER && pb->role == POS_PUNCH_LISTENER);
+    CHECK(pa->attempt == 1 && pb->attempt == 1);
+    /* A (10 ms) hears it 20 ms before B (50 ms): A waits half the difference, B not at all */
+    CHECK(pa->start_in_ms == 20 && pb->start_in_ms == 0);
+    /* the peer's candidates: observed first, then its own addresses, no duplicates */
+    CHECK(addrs_are(&pa->addrs, 1, b_cands));
+    CHECK(addrs_are(&pb->addrs, 3, a_cands));
+    CHECK(stats(&r).punches_started == 1);
+    /* the encoder of version 2 takes it (the relay sends exactly this) */
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    CHECK(pos_ctrl_encode_version(pa, POS_CTRL_V2, buf, sizeof(buf)) > 0);
+    CHECK(pos_ctrl_encode_version(pb, POS_CTRL_V2, buf, sizeof(buf)) > 0);
+    uint8_t key1[POS_PUNCH_KEY_LEN];
+    memcpy(key1, pa->punch_key, sizeof(key1));
+
+    /* PUNCH_REQUEST before the minimum interval: ignored and counted */
+    pos_ctrl_addrs req = {2, {"10.9.9.9:2222", "[2001:db8::2]:2222"}};
+    w.n_out = 0;
+    CHECK(punch_msg(&r, r.bb, POS_CTRL_PUNCH_REQUEST, ids[1], &req, 0, 0, 1000 + 4999) == 0);
+    CHECK(w.n_out == 0);
+    CHECK(stats(&r).punch_requests == 1 && stats(&r).punch_requests_ignored == 1);
+    /* a circuit id that is not the sender's: ignored */
+    CHECK(punch_msg(&r, r.bb, POS_CTRL_PUNCH_REQUEST, ids[0], &req, 0, 0, 20000) == 0);
+    CHECK(w.n_out == 0 && stats(&r).punch_requests_ignored == 2);
+    /* once the interval has passed: attempt 2, a new key, B's requested addresses for A */
+    CHECK(punch_msg(&r, r.bb, POS_CTRL_PUNCH_REQUEST, ids[1], &req, 0, 0, 1000 + 5000) == 0);
+    CHECK(w.n_out == 2);
+    pa = &w.out[0].m;
+    pb = &w.out[1].m;
+    CHECK(w.out[0].conn == &A && pa->type == POS_CTRL_PUNCH_START && pa->attempt == 2);
+    CHECK(w.out[1].conn == &B && pb->type == POS_CTRL_PUNCH_START && pb->attempt == 2);
+    CHECK(pa->circuit_id == ids[0] && pb->circuit_id == ids[1]);
+    CHECK(memcmp(pa->punch_key, pb->punch_key, POS_PUNCH_KEY_LEN) == 0);
+    CHECK(memcmp(pa->punch_key, key1, POS_PUNCH_KEY_LEN) != 0);
+    static const char *const b_cands2[] = {"[2001:db8::2]:2222", "10.9.9.9:2222"};
+    CHECK(addrs_are(&pa->addrs, 2, b_cands2));
+    CHECK(stats(&r).punches_started == 2 && stats(&r).punch_requests_ignored == 2);
+    /* the interval counts from the latest attempt */
+    w.n_out = 0;
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REQUEST, ids[0], NULL, 0, 0, 1000 + 9999) == 0);
+    CHECK(w.n_out == 0 && stats(&r).punch_requests_ignored == 3);
+
+    /* reports are counted, nothing is sent */
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REPORT, ids[0], NULL, POS_CTRL_PUNCH_DIRECT, 250,
+                    20000) == 0);
+    CHECK(punch_msg(&r, r.bb, POS_CTRL_PUNCH_REPORT, ids[1], NULL, POS_CTRL_PUNCH_DIRECT, 150,
+                    20000) == 0);
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REPORT, ids[0], NULL, POS_CTRL_PUNCH_FELL_BACK, 0,
+                    20000) == 0);
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REPORT, ids[0], NULL, POS_CTRL_PUNCH_FAILED, 0,
+                    20000) == 0);
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REPORT, ids[1], NULL, POS_CTRL_PUNCH_DIRECT, 9,
+                    20000) == 0);
+    relay_broker_stats st = stats(&r);
+    CHECK(w.n_out == 0);
+    CHECK(st.punch_reports[0] == 2 && st.punch_reports[1] == 1 && st.punch_reports[2] == 1);
+    CHECK(st.punch_direct_ms_sum == 400 && st.punch_reports_ignored == 1);
+    rig_down(&r);
+}
+
+static void test_punch_not_v1_or_off(void)
+{
+    struct rig r;
+    uint32_t ids[2];
+
+    /* the listener speaks pos-relay/1: CIRCUIT only, and the dialer's request is ignored */
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V1, 1);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 2 && stats(&r).punches_started == 0);
+    w.n_out = 0;
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REQUEST, ids[0], NULL, 0, 0, 60000) == 0);
+    CHECK(w.n_out == 0 && stats(&r).punch_requests_ignored == 1);
+    /* a version 1 client has no such message: the caller refuses it */
+    CHECK(punch_msg(&r, r.bb, POS_CTRL_PUNCH_REQUEST, ids[1], NULL, 0, 0, 60000) == -1);
+    CHECK(punch_msg(&r, r.bb, POS_CTRL_PUNCH_REPORT, ids[1], NULL, 1, 0, 60000) == -1);
+    rig_down(&r);
+
+    /* the dialer speaks pos-relay/1 */
+    punch_rig_up(&r, POS_CTRL_V1, POS_CTRL_V2, 1);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 2 && stats(&r).punches_started == 0);
+    rig_down(&r);
+
+    /* punching off (config punch false): nothing, and requests are ignored */
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V2, 0);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 2 && stats(&r).punches_started == 0);
+    w.n_out = 0;
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REQUEST, ids[0], NULL, 0, 0, 60000) == 0);
+    CHECK(w.n_out == 0 && stats(&r).punch_requests_ignored == 1);
+    rig_down(&r);
+}
+
+static void test_punch_candidates_bounded(void)
+{
+    struct rig r;
+    uint32_t ids[2];
+    pos_ctrl_addrs many = {8,
+                           {"10.0.0.2:1", "10.0.0.3:1", "10.0.0.4:1", "10.0.0.5:1", "10.0.0.6:1",
+                            "10.0.0.7:1", "10.0.0.8:1", "10.0.0.9:1"}};
+
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V2, 1);
+    /* B asks with 8 addresses before any circuit: remembered, the request ignored */
+    CHECK(punch_msg(&r, r.bb, POS_CTRL_PUNCH_REQUEST, 12345, &many, 0, 0, 0) == 0);
+    CHECK(stats(&r).punch_requests_ignored == 1);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4);
+    /* observed plus the first 7: at most 8, the observed one kept first */
+    const pos_ctrl_addrs *c = &w.out[2].m.addrs;
+    CHECK(c->n == POS_CTRL_MAX_ADDRS);
+    CHECK(strcmp(c->a[0], "[2001:db8::2]:2222") == 0 && strcmp(c->a[7], "10.0.0.8:1") == 0);
+    rig_down(&r);
+}
+
 int main(void)
 {
     test_connect_accept();
@@ -438,5 +644,8 @@ int main(void)
     test_busy_and_limits();
     test_redirect_and_lookup();
     test_who_is_asked();
+    test_punch_start();
+    test_punch_not_v1_or_off();
+    test_punch_candidates_bounded();
     return check_finish("test_broker");
 }

@@ -53,6 +53,7 @@ static void test_defaults(void)
     CHECK(c.max_circuits_per_token == 1024 && c.max_circuits_per_token < c.max_circuits / 8);
     CHECK(c.max_conns_per_token == 64);
     CHECK(c.retry_above == 256 && c.gso == 1 && c.quic_fallback == 0);
+    CHECK(c.punch == 1 && c.punch_min_interval_ms == 5000);
     CHECK(strcmp(c.p2p_secret, "s3cret") == 0);
     relay_config_free(&c);
     CHECK(c.p2p_secret == NULL);
@@ -92,7 +93,8 @@ static void test_values_and_docker(void)
                      "\"conn_rate_per_addr\": 0, \"conn_rate_per_token\": 5, "
                      "\"conn_burst_per_token\": 7, \"register_interval\": 3, "
                      "\"max_pending_per_addr\": 4, \"retry_above\": 0, \"gso\": false, "
-                     "\"quic_fallback\": true");
+                     "\"quic_fallback\": true, \"punch\": false, "
+                     "\"punch_min_interval_ms\": 100");
     unsetenv("POS_DOCKER");
     CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
     CHECK(c.port == 9000);
@@ -105,6 +107,7 @@ static void test_values_and_docker(void)
     CHECK(c.conn_burst_per_token == 7 && c.register_interval_s == 3);
     CHECK(c.max_pending_per_addr == 4);
     CHECK(c.retry_above == 0 && c.gso == 0 && c.quic_fallback == 1);
+    CHECK(c.punch == 0 && c.punch_min_interval_ms == 100);
     relay_config_free(&c);
 
     setenv("POS_DOCKER", "true", 1);
@@ -152,6 +155,12 @@ static void test_refusals(void)
         {"\"quic_fallback\": \"true\"", "\"quic_fallback\""},
         {"\"quic_fallback\": 0", "\"quic_fallback\""},
         {"\"quic_fallback\": []", "\"quic_fallback\""},
+        {"\"punch\": \"true\"", "\"punch\""},
+        {"\"punch\": 1", "\"punch\""},
+        {"\"punch_min_interval_ms\": 99", "\"punch_min_interval_ms\""},
+        {"\"punch_min_interval_ms\": 3600001", "\"punch_min_interval_ms\""},
+        {"\"punch_min_interval_ms\": \"5000\"", "\"punch_min_interval_ms\""},
+        {"\"punch_min_interval_ms\": -1", "\"punch_min_interval_ms\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         relay_config c;

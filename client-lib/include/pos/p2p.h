@@ -391,7 +391,23 @@ enum pos_p2p_session_event_type {
     POS_P2P_SESSION_EV_WRITABLE = 4,     /* |stream|'s send buffer has room again */
     POS_P2P_SESSION_EV_STREAM_RESET = 5, /* the peer reset |stream| with |code| */
     POS_P2P_SESSION_EV_CLOSED = 6,       /* the session ended: |error|, |code|, |reason| */
+    POS_P2P_SESSION_EV_PATH = 7,         /* the path changed: |path_change| says how */
 };
+
+/* Why a direct session went back to its relay (pos_p2p_path_change.reason). */
+enum pos_p2p_fallback_reason {
+    POS_P2P_FALLBACK_NONE = 0,    /* not a fallback (relayed -> direct) */
+    POS_P2P_FALLBACK_STALLED = 1, /* the direct path stopped acknowledging (about 3 PTO) */
+    POS_P2P_FALLBACK_PEER = 2,    /* the peer moved the session back (acceptor side) */
+};
+
+/* A path change (EV_PATH): relayed -> direct, or direct -> relayed. */
+typedef struct pos_p2p_path_change {
+    int from, to;                     /* enum pos_p2p_path_kind */
+    char remote[POS_P2P_ADDR_STRLEN]; /* to direct: the peer's address; to relayed: the relay's */
+    double rtt_ms;                    /* to direct: the round trip of the probe that proved it */
+    int reason;                       /* to relayed: enum pos_p2p_fallback_reason */
+} pos_p2p_path_change;
 
 /* One session event; pointers are valid during the callback only. */
 typedef struct pos_p2p_session_event {
@@ -403,6 +419,7 @@ typedef struct pos_p2p_session_event {
     int error;          /* CLOSED: 0 for a clean close by either side, else POS_P2P_ERR_* */
     uint64_t code;      /* STREAM_RESET, CLOSED: the peer's application code */
     const char *reason; /* CLOSED: a sentence */
+    const pos_p2p_path_change *path_change; /* PATH: the change (NULL for other events) */
 } pos_p2p_session_event;
 
 /*
@@ -566,6 +583,104 @@ int pos_p2p_session_wait_open(pos_p2p_session *s, int timeout_ms);
  * nothing. No errors.
  */
 void pos_p2p_session_close(pos_p2p_session *s, uint64_t code, const char *reason);
+
+/* ---- hole punching: a relayed session goes direct (pos-relay/2) ---- */
+/*
+ * A relayed session starts at once over its circuit; when the relays of
+ * both sides speak pos-relay/2 they send both sides each other's candidate
+ * addresses and a start time, both probe at the same time, and the dialer
+ * moves the QUIC connection to the first direct path that answers (EV_PATH
+ * relayed -> direct once QUIC has validated it; the acceptor follows and
+ * reports it too). While direct the circuit stays open; when the direct
+ * path stalls the dialer moves back to the relay (EV_PATH direct ->
+ * relayed, nothing written is lost) and asks for a new attempt after the
+ * retry interval, as it does after an attempt that found no path.
+ * docs/protocol.md "Hole punching" has the protocol and timers.
+ */
+
+/* Punching settings of an endpoint (pos_p2p_endpoint_set_punch). */
+typedef struct pos_p2p_punch_options {
+    int enabled;          /* 1 (default): punch relayed sessions; 0: stay relayed */
+    uint32_t window_ms;   /* probing ends this long after it began: 100..60000, default 3000 */
+    uint32_t interval_ms; /* between two probes to one candidate: 10..1000 and at most
+                             window_ms, default 50 */
+    uint32_t settle_ms;   /* after the first direct path, wait for a better one: 0..1000,
+                             default 30 */
+    uint32_t retry_ms;    /* while relayed, ask for a new attempt this often: 1000..3600000,
+                             default 60000 */
+} pos_p2p_punch_options;
+
+#define POS_P2P_PUNCH_WINDOW_MS 3000
+#define POS_P2P_PUNCH_INTERVAL_MS 50
+#define POS_P2P_PUNCH_SETTLE_MS 30
+#define POS_P2P_PUNCH_RETRY_MS 60000
+
+/* pos_p2p_punch_options_default fills |o| with the defaults above (enabled). No errors. */
+void pos_p2p_punch_options_default(pos_p2p_punch_options *o);
+
+/*
+ * pos_p2p_punch_options_check: 0 when every field of |o| is in its range,
+ * else POS_P2P_ERR_INVALID_ARGUMENT with a sentence in |err| (|errlen|
+ * bytes; may be NULL) naming the field and the range expected (also for a
+ * NULL |o|, or |enabled| other than 0 or 1).
+ */
+int pos_p2p_punch_options_check(const pos_p2p_punch_options *o, char *err, size_t errlen);
+
+/*
+ * pos_p2p_endpoint_set_punch: the punching settings of the sessions of |ep|
+ * (copied; attempts already running keep theirs). Without this call an
+ * endpoint punches with the defaults. Returns 0 on success or one of these
+ * negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL |ep|, or |o| fails
+ * pos_p2p_punch_options_check), POS_P2P_ERR_NOMEM.
+ */
+int pos_p2p_endpoint_set_punch(pos_p2p_endpoint *ep, const pos_p2p_punch_options *o);
+
+/* What a session's path is and has been (pos_p2p_session_get_path). */
+typedef struct pos_p2p_path_info {
+    int path;                         /* enum pos_p2p_path_kind, now */
+    char remote[POS_P2P_ADDR_STRLEN]; /* direct: the peer's address; relayed: the relay's */
+    double rtt_ms;                    /* smoothed round-trip time of the current path */
+    int upgraded;                     /* 1 when the session has been direct at some time */
+    int64_t upgraded_after_ms;        /* relayed sessions: from the start of the session (its
+                                         first packet) to the first move direct; -1 never */
+    uint64_t bytes_relayed;           /* UDP payload bytes sent and received over the relay */
+    uint64_t bytes_direct;            /* ... and straight to the peer */
+    uint32_t attempts;                /* punch attempts of this session */
+    uint32_t fallbacks;               /* moves back to the relay */
+} pos_p2p_path_info;
+
+/*
+ * pos_p2p_session_get_path copies the current path of |s| and what it
+ * carried. Returns 0 on success or POS_P2P_ERR_INVALID_ARGUMENT (NULL
+ * argument).
+ */
+int pos_p2p_session_get_path(const pos_p2p_session *s, pos_p2p_path_info *out);
+
+/* Punching counters of an endpoint, over its life (pos_p2p_endpoint_punch_stats). */
+typedef struct pos_p2p_punch_stats {
+    uint64_t attempts;          /* PUNCH_START received for one of our sessions */
+    uint64_t successes;         /* attempts that found a direct path (and, dialing, moved) */
+    uint64_t failures;          /* attempts that ended without one (or QUIC refused it) */
+    uint64_t fallbacks;         /* direct sessions moved back to the relay */
+    uint64_t requests;          /* new attempts asked of a relay (PUNCH_REQUEST) */
+    uint64_t probes_sent;       /* PUNCH and PUNCH_ACK frames sent */
+    uint64_t probes_dropped;    /* probe frames refused (bad cookie, no attempt, late) */
+    uint32_t last_ms_to_direct; /* latest success: from PUNCH_START to the direct path */
+} pos_p2p_punch_stats;
+
+/*
+ * pos_p2p_endpoint_punch_stats copies the counters of |ep| into |out| (all
+ * zero when no session ever ran). Returns 0 on success or
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument).
+ */
+int pos_p2p_endpoint_punch_stats(const pos_p2p_endpoint *ep, pos_p2p_punch_stats *out);
+
+/*
+ * pos_p2p_relay_protocol_version: the control protocol the relay and this
+ * client agreed on: 1 (pos-relay/1: no punching), 2 (pos-relay/2), or 0
+ * before the handshake. No errors.
+ */
+int pos_p2p_relay_protocol_version(const pos_p2p_relay *r);
 
 /*
  * pos_p2p_relay_pick_home chooses the home relay among |n| relays whose

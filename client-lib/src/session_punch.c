@@ -1,0 +1,477 @@
+/*
+ * Hole punching of relayed sessions (see session_punch.h and
+ * docs/protocol.md "Hole punching"): the prober of each attempt on the
+ * endpoint's sockets, the dialer's move to the direct path and back, the
+ * relay's PUNCH_REQUEST / PUNCH_REPORT, settings and counters.
+ */
+#include "session_punch.h"
+
+#include <netinet/in.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "addr.h"
+#include "frame.h"
+#include "prober.h"
+#include "quic_common.h"
+#include "session_table.h"
+
+#define MAX_KEPT 32        /* PUNCH_STARTs waiting for their session */
+#define KEPT_MS 15000      /* ... at most this long (an accepted circuit waits as long) */
+#define STALL_PTO 3        /* successive PTOs without an ack: the direct path is dead */
+#define MIGRATE_WAIT_MS 10 /* the handshake is not confirmed yet: look again then */
+#define DIRECT_KEEPALIVE_NS (1 * NGTCP2_SECONDS)   /* direct: a stall shows within a second */
+#define RELAYED_KEEPALIVE_NS (10 * NGTCP2_SECONDS) /* as session_quic.c */
+#define MAX_DATAGRAMS 16
+
+struct kept {
+    pos_p2p_relay *relay; /* NULL: free slot */
+    int64_t at;
+    pos_ctrl_msg m; /* the PUNCH_START (its key: wiped when taken or dropped) */
+};
+
+struct sess_punch_ep {
+    pos_p2p_punch_options opt;
+    pos_p2p_punch_stats st;
+    struct kept kept[MAX_KEPT];
+};
+
+enum move { MOVE_NONE = 0, MOVE_WANTED, MOVE_VALIDATING };
+
+struct sess_punch {
+    pos_p2p_endpoint *ep;
+    struct sess_punch_ep *pe;
+    pos_p2p_relay *relay;
+    uint32_t circuit_id;
+    int dialer;
+    pos_p2p_punch_options opt; /* of the current attempt */
+    pos_prober *prober;        /* NULL until the first attempt */
+    uint16_t attempt;
+    int64_t started_ms; /* the session's start */
+    int64_t attempt_ms; /* PUNCH_START of the current attempt */
+    int outcome_done;   /* the current attempt's outcome is counted */
+    int move;           /* enum move (dialer) */
+    int64_t move_at;    /* MOVE_WANTED: next try */
+    int direct;         /* the session's current path is direct */
+    int64_t request_at; /* ask for a new attempt then (-1: not now) */
+    struct pos_prober_path result;
+    pos_p2p_path_info info; /* path, bytes, upgrade time, counters */
+};
+
+/* ---- the endpoint ---- */
+
+struct sess_punch_ep *sess_punch_ep_of(pos_p2p_endpoint *ep)
+{
+    struct sess_table *t = sess_table_of(ep);
+    struct sess_punch_ep *pe;
+    if (!t)
+        return NULL;
+    if ((pe = sess_table_punch(t)) == NULL && (pe = calloc(1, sizeof(*pe))) != NULL) {
+        pos_p2p_punch_options_default(&pe->opt);
+        sess_table_set_punch(t, pe);
+    }
+    return pe;
+}
+
+void sess_punch_ep_free(struct sess_punch_ep *pe)
+{
+    if (!pe)
+        return;
+    sodium_memzero(pe->kept, sizeof(pe->kept));
+    free(pe);
+}
+
+void sess_punch_keep(pos_p2p_endpoint *ep, pos_p2p_relay *r, const pos_ctrl_msg *m, int64_t now)
+{
+    struct sess_punch_ep *pe = sess_punch_ep_of(ep);
+    struct kept *slot = NULL;
+    if (!pe || !pe->opt.enabled)
+        return;
+    for (size_t i = 0; i < MAX_KEPT; i++) {
+        struct kept *k = &pe->kept[i];
+        if (k->relay &&
+            (now - k->at > KEPT_MS || (k->relay == r && k->m.circuit_id == m->circuit_id)))
+            sodium_memzero(k, sizeof(*k)); /* expired, or replaced by a newer attempt */
+        if (!k->relay && !slot)
+            slot = k;
+    }
+    if (!slot)
+        return; /* far more circuits opening at once than sessions can use: no punching */
+    slot->relay = r;
+    slot->at = now;
+    slot->m = *m;
+}
+
+/* take_kept: the PUNCH_START kept for |p|'s circuit, if any, started (and forgotten). */
+static void take_kept(struct sess_punch *p)
+{
+    for (size_t i = 0; i < MAX_KEPT; i++) {
+        struct kept *k = &p->pe->kept[i];
+        if (k->relay == p->relay && k->m.circuit_id == p->circuit_id) {
+            sess_punch_start(p, &k->m, k->at);
+            sodium_memzero(k, sizeof(*k));
+        }
+    }
+}
+
+/* ---- public settings and counters (pos/p2p.h) ---- */
+
+void pos_p2p_punch_options_default(pos_p2p_punch_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->enabled = 1;
+    o->window_ms = POS_P2P_PUNCH_WINDOW_MS;
+    o->interval_ms = POS_P2P_PUNCH_INTERVAL_MS;
+    o->settle_ms = POS_P2P_PUNCH_SETTLE_MS;
+    o->retry_ms = POS_P2P_PUNCH_RETRY_MS;
+}
+
+int pos_p2p_punch_options_check(const pos_p2p_punch_options *o, char *err, size_t errlen)
+{
+    struct pos_prober_options po;
+    const char *why = NULL;
+    if (!o)
+        why = "no punching options given";
+    else if (o->enabled != 0 && o->enabled != 1)
+        why = "punching must be enabled (1) or disabled (0)";
+    else if (o->retry_ms < 1000 || o->retry_ms > 3600000)
+        why = "the punch retry interval must be 1000 to 3600000 ms";
+    if (!why) {
+        pos_prober_options_default(&po);
+        po.window_ms = o->window_ms;
+        po.interval_ms = o->interval_ms;
+        po.settle_ms = o->settle_ms;
+        why = pos_prober_options_check(&po);
+    }
+    if (err && errlen)
+        snprintf(err, errlen, "%s", why ? why : "");
+    return why ? POS_P2P_ERR_INVALID_ARGUMENT : 0;
+}
+
+void sess_punch_ep_set(struct sess_punch_ep *pe, const pos_p2p_punch_options *o)
+{
+    pe->opt = *o;
+}
+
+int pos_p2p_endpoint_punch_stats(const pos_p2p_endpoint *ep, pos_p2p_punch_stats *out)
+{
+    struct sess_table *t;
+    if (!ep || !out)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    memset(out, 0, sizeof(*out));
+    t = sess_table_of(ep);
+    if (t && sess_table_punch(t))
+        *out = sess_table_punch(t)->st;
+    return 0;
+}
+
+/* ---- a session ---- */
+
+struct sess_punch *sess_punch_new(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id,
+                                  int dialer, int64_t now)
+{
+    struct sess_punch_ep *pe = sess_punch_ep_of(ep);
+    struct sess_punch *p;
+    if (!pe || (p = calloc(1, sizeof(*p))) == NULL)
+        return NULL;
+    p->ep = ep;
+    p->pe = pe;
+    p->relay = r;
+    p->circuit_id = circuit_id;
+    p->dialer = dialer;
+    p->opt = pe->opt;
+    p->started_ms = now;
+    p->request_at = -1;
+    p->info.path = POS_P2P_PATH_RELAYED;
+    p->info.upgraded_after_ms = -1;
+    take_kept(p);
+    return p;
+}
+
+void sess_punch_del(struct sess_punch *p)
+{
+    if (!p)
+        return;
+    pos_prober_del(p->prober);
+    free(p);
+}
+
+int sess_punch_is_for(const struct sess_punch *p, const pos_p2p_relay *r, uint32_t circuit_id)
+{
+    return p->relay == r && p->circuit_id == circuit_id;
+}
+
+void sess_punch_start(struct sess_punch *p, const pos_ctrl_msg *m, int64_t now)
+{
+    struct pos_prober_options po;
+    p->opt = p->pe->opt;
+    if (!p->opt.enabled || p->direct || p->move != MOVE_NONE)
+        return; /* off, or direct already: the relay's attempt is not needed */
+    pos_prober_options_default(&po);
+    po.window_ms = p->opt.window_ms;
+    po.interval_ms = p->opt.interval_ms;
+    po.settle_ms = p->opt.settle_ms;
+    pos_prober_del(p->prober);
+    p->prober = pos_prober_new(&po);
+    p->pe->st.attempts++;
+    p->info.attempts++;
+    p->attempt = m->attempt;
+    p->attempt_ms = now;
+    p->outcome_done = 0;
+    p->request_at = -1;
+    if (!p->prober || pos_prober_start(p->prober, m, now) != 0) {
+        p->pe->st.failures++; /* no usable candidate */
+        p->outcome_done = 1;
+        p->request_at = now + p->opt.retry_ms;
+    }
+}
+
+/* send_datagrams sends what the prober returned from the socket of each address's family. */
+static void send_datagrams(struct sess_punch *p, const struct pos_prober_datagram *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int sock = d[i].to.ss_family == AF_INET ? 0 : 1;
+        if (!ep_has_sock(p->ep, sock))
+            continue;
+        ep_send(p->ep, sock, d[i].frame, sizeof(d[i].frame), (const struct sockaddr *)&d[i].to,
+                pos_addr_len(&d[i].to));
+        p->pe->st.probes_sent++;
+    }
+}
+
+int sess_punch_frame(struct sess_punch *p, uint32_t circuit_id, const uint8_t *data, size_t len,
+                     const struct sockaddr *from, int64_t now)
+{
+    struct pos_prober_datagram reply;
+    int rv;
+    if (!p->prober || circuit_id != p->circuit_id)
+        return -1;
+    rv = pos_prober_on_frame(p->prober, from, data, len, now, &reply);
+    if (rv < 0) {
+        p->pe->st.probes_dropped++;
+        return -1;
+    }
+    if (rv == 1)
+        send_datagrams(p, &reply, 1);
+    return 0;
+}
+
+int64_t sess_punch_deadline(const struct sess_punch *p)
+{
+    int64_t d = p->prober ? pos_prober_deadline(p->prober) : -1;
+    if (p->request_at >= 0 && (d < 0 || p->request_at < d))
+        d = p->request_at;
+    if (p->move == MOVE_WANTED && (d < 0 || p->move_at < d))
+        d = p->move_at;
+    return d;
+}
+
+/* report sends PUNCH_REPORT(|outcome|) of the current attempt to the relay (best effort). */
+static void report(struct sess_punch *p, uint8_t outcome, int64_t now)
+{
+    pos_ctrl_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_PUNCH_REPORT;
+    m.circuit_id = p->circuit_id;
+    m.attempt = p->attempt ? p->attempt : 1;
+    m.outcome = outcome;
+    m.ms_to_direct = outcome == POS_CTRL_PUNCH_DIRECT ? (uint32_t)(now - p->attempt_ms) : 0;
+    relay_send_ctrl(p->relay, &m);
+}
+
+/* failed: the attempt found no direct path (or QUIC would not take it); retry later. */
+static void failed(struct sess_punch *p, int64_t now)
+{
+    if (!p->outcome_done) {
+        p->outcome_done = 1;
+        p->pe->st.failures++;
+        if (p->dialer)
+            report(p, POS_CTRL_PUNCH_FAILED, now);
+    }
+    p->move = MOVE_NONE;
+    if (p->dialer && p->opt.enabled)
+        p->request_at = now + p->opt.retry_ms;
+}
+
+/* try_move: the dialer moves its connection to the direct path the prober found. */
+static void try_move(struct sess_punch *p, ngtcp2_conn *qc, int64_t now)
+{
+    ngtcp2_path np;
+    int sock = p->result.addr.ss_family == AF_INET ? 0 : 1;
+    int rv;
+    if (!qc)
+        return;
+    np.local.addr = (ngtcp2_sockaddr *)ep_local(p->ep, sock, &np.local.addrlen);
+    np.remote.addr = (ngtcp2_sockaddr *)&p->result.addr;
+    np.remote.addrlen = pos_addr_len(&p->result.addr);
+    np.user_data = NULL;
+    rv = ngtcp2_conn_initiate_migration(qc, &np, pos_quic_now());
+    if (rv == NGTCP2_ERR_INVALID_STATE && now - p->attempt_ms < (int64_t)p->opt.window_ms + 5000) {
+        p->move_at = now + MIGRATE_WAIT_MS; /* the handshake is not confirmed yet */
+        return;
+    }
+    if (rv != 0) {
+        failed(p, now);
+        return;
+    }
+    p->move = MOVE_VALIDATING; /* path_validation tells how it ended */
+}
+
+/* to_relayed: the event of a move back to the relay. */
+static void to_relayed(const struct sess_punch *p, pos_p2p_path_change *ev, int reason)
+{
+    pos_p2p_relay_status st;
+    pos_p2p_relay_get_status(p->relay, &st);
+    memset(ev, 0, sizeof(*ev));
+    ev->from = POS_P2P_PATH_DIRECT;
+    ev->to = POS_P2P_PATH_RELAYED;
+    ev->reason = reason;
+    snprintf(ev->remote, sizeof(ev->remote), "%s", st.remote);
+}
+
+/* fall_back: the direct path stalled; the dialer moves back to the relayed path at once. */
+static int fall_back(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
+                     int64_t now, pos_p2p_path_change *ev)
+{
+    ngtcp2_path np;
+    sess_path_fill(path, p->ep, &np);
+    if (ngtcp2_conn_initiate_immediate_migration(qc, &np, pos_quic_now()) != 0)
+        return 0; /* no spare connection id: QUIC's own timers decide */
+    ngtcp2_conn_set_keep_alive_timeout(qc, RELAYED_KEEPALIVE_NS);
+    p->direct = 0;
+    p->info.path = POS_P2P_PATH_RELAYED;
+    p->info.fallbacks++;
+    p->pe->st.fallbacks++;
+    report(p, POS_CTRL_PUNCH_FELL_BACK, now);
+    if (p->opt.enabled)
+        p->request_at = now + p->opt.retry_ms;
+    to_relayed(p, ev, POS_P2P_FALLBACK_STALLED);
+    return 1;
+}
+
+/* request asks the relay for a new attempt on the circuit (PUNCH_REQUEST). */
+static void request(struct sess_punch *p, int64_t now)
+{
+    pos_ctrl_msg m;
+    p->request_at = now + p->opt.retry_ms; /* again then, if the relay starts none */
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_PUNCH_REQUEST;
+    m.circuit_id = p->circuit_id;
+    if (relay_send_ctrl(p->relay, &m) == 0)
+        p->pe->st.requests++;
+}
+
+int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
+                     int64_t now, pos_p2p_path_change *ev)
+{
+    struct pos_prober_datagram d[MAX_DATAGRAMS];
+    size_t n;
+    if (p->prober && pos_prober_deadline(p->prober) >= 0 && pos_prober_deadline(p->prober) <= now) {
+        while ((n = pos_prober_on_timer(p->prober, now, d, MAX_DATAGRAMS)) > 0)
+            send_datagrams(p, d, n);
+        if (pos_prober_state(p->prober) == POS_PROBER_GAVE_UP)
+            failed(p, now);
+        else if (pos_prober_state(p->prober) == POS_PROBER_DIRECT && p->move == MOVE_NONE &&
+                 !p->outcome_done && pos_prober_result(p->prober, &p->result) == 0) {
+            if (p->dialer) {
+                p->move = MOVE_WANTED;
+                p->move_at = now;
+            } else {
+                p->outcome_done = 1; /* the listener follows the dialer's move */
+            }
+        }
+    }
+    if (p->move == MOVE_WANTED && p->move_at <= now)
+        try_move(p, qc, now);
+    if (p->dialer && p->direct && qc) {
+        ngtcp2_conn_stat cs;
+        ngtcp2_conn_get_conn_stat(qc, &cs);
+        if (cs.pto_count >= STALL_PTO)
+            return fall_back(p, qc, path, now, ev);
+    }
+    if (p->request_at >= 0 && p->request_at <= now) {
+        if (p->direct || !p->dialer || !p->opt.enabled ||
+            pos_p2p_relay_protocol_version(p->relay) < 2)
+            p->request_at = -1;
+        else
+            request(p, now);
+    }
+    return 0;
+}
+
+/* went_direct: the session's path is the validated direct path |np|. */
+static void went_direct(struct sess_punch *p, ngtcp2_conn *qc, const ngtcp2_path *np, int64_t now,
+                        pos_p2p_path_change *ev)
+{
+    p->direct = 1;
+    p->move = MOVE_NONE;
+    p->request_at = -1;
+    p->info.path = POS_P2P_PATH_DIRECT;
+    if (!p->info.upgraded) {
+        p->info.upgraded = 1;
+        p->info.upgraded_after_ms = now - p->started_ms;
+    }
+    if (!p->outcome_done) {
+        p->outcome_done = 1;
+        p->pe->st.successes++;
+        p->pe->st.last_ms_to_direct = (uint32_t)(now - p->attempt_ms);
+        if (p->dialer)
+            report(p, POS_CTRL_PUNCH_DIRECT, now);
+    }
+    if (p->dialer)
+        ngtcp2_conn_set_keep_alive_timeout(qc, DIRECT_KEEPALIVE_NS);
+    memset(ev, 0, sizeof(*ev));
+    ev->from = POS_P2P_PATH_RELAYED;
+    ev->to = POS_P2P_PATH_DIRECT;
+    pos_addr_format((const struct sockaddr *)np->remote.addr, ev->remote, sizeof(ev->remote));
+    if (p->prober && pos_prober_result(p->prober, &p->result) == 0)
+        ev->rtt_ms = p->result.rtt_ms;
+}
+
+int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
+                         const ngtcp2_path *np, int ok, pos_p2p_path_change *ev)
+{
+    int64_t now = pos_p2p_now_ms();
+    int relayed = sess_path_is_relayed(path, np);
+    if (!ok) {
+        if (!relayed && p->move == MOVE_VALIDATING)
+            failed(p, now); /* QUIC could not prove the path the probes found */
+        return 0;
+    }
+    if (!relayed && !p->direct) {
+        went_direct(p, qc, np, now, ev);
+        return 1;
+    }
+    if (relayed && p->direct && !p->dialer) {
+        /* the dialer moved back to the relay */
+        p->direct = 0;
+        p->info.path = POS_P2P_PATH_RELAYED;
+        p->info.fallbacks++;
+        p->pe->st.fallbacks++;
+        to_relayed(p, ev, POS_P2P_FALLBACK_PEER);
+        return 1;
+    }
+    return 0;
+}
+
+void sess_punch_count(struct sess_punch *p, const struct sess_path *path, const ngtcp2_path *np,
+                      size_t len)
+{
+    if (sess_path_is_relayed(path, np))
+        p->info.bytes_relayed += len;
+    else
+        p->info.bytes_direct += len;
+}
+
+void sess_punch_info(const struct sess_punch *p, pos_p2p_path_info *out)
+{
+    out->path = p->info.path;
+    out->upgraded = p->info.upgraded;
+    out->upgraded_after_ms = p->info.upgraded_after_ms;
+    out->bytes_relayed = p->info.bytes_relayed;
+    out->bytes_direct = p->info.bytes_direct;
+    out->attempts = p->info.attempts;
+    out->fallbacks = p->info.fallbacks;
+}
