@@ -3,6 +3,7 @@
 #define POS_P2P_CLI_H
 
 #include <signal.h>
+#include <stdio.h>
 
 #include "pos/p2p.h"
 
@@ -123,6 +124,39 @@ int cli_identity_path(const char *cmd, const char **identity, char *path, size_t
  * pos_p2p_identity_del.
  */
 pos_p2p_identity *cli_identity_load(const char *cmd, const char *identity);
+
+/* ---- hole punching (punch_cli.c) ---- */
+
+/* getopt values of the punching options (beyond any character) */
+#define CLI_OPT_NO_PUNCH 0x100
+#define CLI_OPT_PUNCH_WINDOW 0x101
+#define CLI_OPT_PUNCH_RETRY 0x102
+#define CLI_PUNCH_LONGOPTS                                                                         \
+    {"no-punch", no_argument, NULL, CLI_OPT_NO_PUNCH},                                             \
+        {"punch-window", required_argument, NULL, CLI_OPT_PUNCH_WINDOW},                           \
+    {                                                                                              \
+        "punch-retry", required_argument, NULL, CLI_OPT_PUNCH_RETRY                                \
+    }
+
+/* The --help lines of the punching options. */
+extern const char cli_punch_usage[];
+
+/*
+ * cli_punch_opt stores a punching option (|ch| one of CLI_OPT_*) into |o|.
+ * Returns 1 when it was one, 0 when |ch| is not, -1 after a message on
+ * stderr prefixed |cmd| (a value out of range).
+ */
+int cli_punch_opt(const char *cmd, int ch, const char *arg, pos_p2p_punch_options *o);
+
+/* cli_punch_apply: pos_p2p_endpoint_set_punch with a message on failure. 0 or the code. */
+int cli_punch_apply(const char *cmd, pos_p2p_endpoint *ep, const pos_p2p_punch_options *o);
+
+/*
+ * cli_print_path_change prints one line for a path change (EV_PATH) to
+ * |out|: "path: relayed -> direct to ADDR (rtt N ms)" or "path: direct ->
+ * relayed through ADDR (why)"; |who| (a peer id, or NULL) after "path of".
+ */
+void cli_print_path_change(FILE *out, const char *who, const pos_p2p_path_change *pc);
 
 /* ---- the local network (lan.c) ---- */
 

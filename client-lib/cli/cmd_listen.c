@@ -41,6 +41,7 @@ struct opts {
     int64_t recheck_s;   /* measure the other relays this often (0: never) */
     int64_t retry_max_s; /* longest pause between attempts to find a relay */
     enum pos_mdns_mode mdns_mode;
+    pos_p2p_punch_options punch;
     pos_mdns *mdns; /* advertising on the local network (NULL: not) */
     size_t n_allow;
     char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
@@ -81,13 +82,16 @@ static void usage(FILE *out)
             "                      [--max-file-size SIZE] [--max-transfers N]\n"
             "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n"
             "                      [--transfer-idle-timeout DURATION]\n"
-            "                      [--mdns enabled|contacts-only|disabled]\n\n"
+            "                      [--mdns enabled|contacts-only|disabled] [--no-punch]\n"
+            "                      [--punch-window SECONDS] [--punch-retry SECONDS]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
             "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
             "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT; a\n"
-            "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n\n"
+            "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n"
+            "A relayed session tries to go direct (hole punching); each change of path is\n"
+            "printed (\"path of PEER_ID: relayed -> direct to ADDR (rtt N ms)\", and back).\n\n"
             "  --out DIR          where received files go (must exist)\n"
             "  --port N           UDP port (default: any free port; 7373 with POS_DOCKER=true)\n"
             "  --api-url URL      discovery API: also be reachable through a relay\n"
@@ -99,6 +103,7 @@ static void usage(FILE *out)
             "  --mdns MODE        advertise this device on the local network so that 'send'\n"
             "                     finds it by its peer id: enabled (default), contacts-only\n"
             "                     (a tag only contacts recognise) or disabled\n"
+            "%s"
             "  --recheck SECONDS  measure the other relays this often and move only to one\n"
             "                     clearly faster (30%% and 10 ms; default %d, 0: never).\n"
             "                     Measuring never changes where peers find this device\n"
@@ -106,7 +111,7 @@ static void usage(FILE *out)
             "                     try again after 1 s, then twice as long each time up to\n"
             "                     this (default %d, 1 to 3600); only a refused token stops\n"
             "%s",
-            RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, listen_limits_usage);
+            cli_punch_usage, RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, listen_limits_usage);
 }
 
 /* Over 80 lines: one case per option, each with its own range check and message. */
@@ -124,6 +129,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"recheck", required_argument, NULL, 'C'},
         {"retry-max", required_argument, NULL, 'R'},
         {"mdns", required_argument, NULL, 'M'},
+        CLI_PUNCH_LONGOPTS,
         LISTEN_LIMITS_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
@@ -135,12 +141,18 @@ static int parse(int argc, char **argv, struct opts *o)
     o->recheck_s = RECHECK_DEFAULT_S;
     o->retry_max_s = RETRY_MAX_DEFAULT_S;
     listen_limits_init(&o->limits);
+    pos_p2p_punch_options_default(&o->punch);
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:R:M:h", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
             continue;
         int lim = listen_limits_opt(&o->limits, ch, optarg);
+        if (lim < 0)
+            return 2;
+        if (lim > 0)
+            continue;
+        lim = cli_punch_opt("pos-p2p listen", ch, optarg, &o->punch);
         if (lim < 0)
             return 2;
         if (lim > 0)
@@ -436,6 +448,10 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
         if (x)
             drop_xfer(p, x); /* the partial file stays for a resume */
         break;
+    case POS_P2P_SESSION_EV_PATH:
+        if (ev->path_change)
+            cli_print_path_change(stdout, p->peer_id, ev->path_change);
+        break;
     case POS_P2P_SESSION_EV_CLOSED:
         free_peer(p);
         pos_p2p_session_close(s, 0, NULL);
@@ -671,6 +687,8 @@ int cmd_listen(int argc, char **argv)
                 pos_p2p_strerror(rv));
         goto out;
     }
+    if (cli_punch_apply("pos-p2p listen", ep, &o.punch) != 0)
+        goto out;
     pos_p2p_endpoint_listen(ep, allow_peer, on_session, &o);
     pos_p2p_identity_peer_id(id, peer_id);
     printf("peer id: %s\n", peer_id);

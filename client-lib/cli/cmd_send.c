@@ -32,6 +32,7 @@ struct opts {
     int relay_only, json, mdns;
     double timeout_s;
     uint64_t limit_rate; /* bytes/s, 0 = none (testing and slow links) */
+    pos_p2p_punch_options punch;
     char **files;
     int n_files;
 };
@@ -85,7 +86,12 @@ static void usage(FILE *out)
             "  --json             at the end, one JSON object on stdout: path (relayed,\n"
             "                     direct, relayed-then-direct), upgraded_after_ms,\n"
             "                     bytes_relayed, bytes_direct, bytes, seconds, files\n"
-            "                     (the other lines go to stderr)\n");
+            "                     (the other lines go to stderr)\n"
+            "%s\n"
+            "A relayed session tries to go direct at once (hole punching, when both relays\n"
+            "support it); each change of path is printed: \"path: relayed -> direct to\n"
+            "ADDR (rtt N ms)\", and back when the direct path stalls.\n",
+            cli_punch_usage);
 }
 
 /* Over 80 lines: one case per option, each with its own range check and message. */
@@ -103,6 +109,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"limit-rate", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, 'j'},
         {"no-mdns", no_argument, NULL, 'M'},
+        CLI_PUNCH_LONGOPTS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -113,10 +120,16 @@ static int parse(int argc, char **argv, struct opts *o)
     o->token = getenv("POS_TOKEN");
     o->timeout_s = 10;
     o->mdns = 1;
+    pos_p2p_punch_options_default(&o->punch);
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:jMh", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
+            continue;
+        int pv = cli_punch_opt("pos-p2p send", ch, optarg, &o->punch);
+        if (pv < 0)
+            return 2;
+        if (pv > 0)
             continue;
         switch (ch) {
         case 'd':
@@ -320,10 +333,23 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
             pos_xfer_sender_input(r->tx, ev->data, ev->len);
         if (pos_xfer_sender_status(r->tx) == POS_XFER_RUNNING && ev->fin)
             pos_xfer_sender_input(r->tx, NULL, 0);
+    } else if (ev->type == POS_P2P_SESSION_EV_PATH && ev->path_change) {
+        if (r->tty)
+            fputc('\r', stderr);
+        cli_print_path_change(r->info, NULL, ev->path_change);
     } else if (ev->type == POS_P2P_SESSION_EV_STREAM_RESET && r->tx && ev->stream == r->stream) {
         fprintf(stderr, "pos-p2p send: the receiver abandoned %s\n", r->o->files[r->file]);
         r->failed = 1;
     }
+}
+
+/* sample: the session's status and its path's counts (pos_p2p_session_get_path) for --json. */
+static void sample(struct run *r, const pos_p2p_session_status *st)
+{
+    pos_p2p_path_info pi;
+    send_report_sample(r->rep, st, pos_p2p_now_ms());
+    if (pos_p2p_session_get_path(r->s, &pi) == 0)
+        send_report_path(r->rep, &pi);
 }
 
 /* step: the runner's "done" check, also where the transfer advances. */
@@ -333,7 +359,7 @@ static int step(void *arg)
     pos_p2p_session_status st;
     pos_p2p_session_get_status(r->s, &st);
     if (r->rep)
-        send_report_sample(r->rep, &st, pos_p2p_now_ms());
+        sample(r, &st);
     if (st.state == POS_P2P_SESSION_CLOSED) {
         if (r->tx)
             progress_bar(r, 1);
@@ -542,6 +568,8 @@ int cmd_send(int argc, char **argv)
                 pos_p2p_strerror(rv ? rv : POS_P2P_ERR_NOMEM));
         goto out;
     }
+    if (cli_punch_apply("pos-p2p send", ep, &o.punch) != 0)
+        goto out;
     r->o = &o;
     r->tty = isatty(2);
     r->info = o.json ? stderr : stdout;
@@ -555,7 +583,7 @@ int cmd_send(int argc, char **argv)
         goto out;
     pos_p2p_session_get_status(r->s, &st);
     if (r->rep)
-        send_report_sample(r->rep, &st, pos_p2p_now_ms());
+        sample(r, &st);
     fprintf(r->info, "session with %s %s %s\n", o.to,
             st.path == POS_P2P_PATH_RELAYED ? "through relay at" : "directly at", st.remote);
     fflush(r->info);
@@ -565,13 +593,17 @@ int cmd_send(int argc, char **argv)
     secs = (double)(pos_p2p_now_ms() - r->start_ms) / 1000.0;
     pos_p2p_session_get_status(r->s, &st);
     if (r->rep)
-        send_report_sample(r->rep, &st, pos_p2p_now_ms());
+        sample(r, &st);
     if (!r->failed) {
         human((double)r->total_sent, a, sizeof(a));
         human(secs > 0 ? (double)r->total_sent / secs : 0, b, sizeof(b));
+        pos_p2p_path_info pi;
+        const char *how = st.path == POS_P2P_PATH_RELAYED ? "relayed" : "direct";
+        if (pos_p2p_session_get_path(r->s, &pi) == 0 && pi.upgraded && pi.upgraded_after_ms >= 0)
+            how = st.path == POS_P2P_PATH_RELAYED ? "relayed-then-direct, relayed again"
+                                                  : "relayed-then-direct";
         fprintf(r->info, "done: %d file(s), %llu bytes (%s) in %.2f s, %s/s, path: %s\n", o.n_files,
-                (unsigned long long)r->total_sent, a, secs, b,
-                st.path == POS_P2P_PATH_RELAYED ? "relayed" : "direct");
+                (unsigned long long)r->total_sent, a, secs, b, how);
         status = 0;
     }
     pos_p2p_session_close(r->s, 0, NULL);
