@@ -158,7 +158,8 @@ void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
 
 int ep_has_sock(const pos_p2p_endpoint *ep, int sock)
 {
-    return sock >= 0 && sock <= 1 && ep->socks[sock].fd >= 0;
+    /* with an I/O seam (ep_new_io) the IPv4 "socket" is the seam's */
+    return sock >= 0 && sock <= 1 && (ep->socks[sock].fd >= 0 || (ep->io.send && sock == 0));
 }
 
 const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len)

@@ -389,8 +389,7 @@ static int make_conn(pos_p2p_relay *r)
     r->creating = 0;
     if (rv != 0)
         return POS_P2P_ERR_NOMEM;
-    if (pos_tls_session_new_alpns(&r->tls, ep_creds(ep), 0, pos_ctrl_alpns, POS_CTRL_N_ALPNS) !=
-            0 ||
+    if (pos_tls_session_new_alpns(&r->tls, ep_creds(ep), 0, pos_ctrl_alpns, POS_CTRL_N_ALPNS) ||
         ngtcp2_crypto_gnutls_configure_client_session(r->tls) != 0)
         return POS_P2P_ERR_HANDSHAKE;
     r->ref.get_conn = get_conn;

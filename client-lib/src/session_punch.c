@@ -207,8 +207,9 @@ void sess_punch_start(struct sess_punch *p, const pos_ctrl_msg *m, int64_t now)
 {
     struct pos_prober_options po;
     p->opt = p->pe->opt;
-    if (!p->opt.enabled || p->direct || p->move != MOVE_NONE)
-        return; /* off, or direct already: the relay's attempt is not needed */
+    if (!p->opt.enabled || (p->dialer && (p->direct || p->move != MOVE_NONE)))
+        return; /* off, or the dialer is direct (or moving) already: no need */
+    /* the listener always probes: the dialer may have fallen back before it could tell */
     pos_prober_options_default(&po);
     po.window_ms = p->opt.window_ms;
     po.interval_ms = p->opt.interval_ms;
@@ -375,11 +376,9 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
             failed(p, now);
         else if (pos_prober_state(p->prober) == POS_PROBER_DIRECT && p->move == MOVE_NONE &&
                  !p->outcome_done && pos_prober_result(p->prober, &p->result) == 0) {
-            if (p->dialer) {
+            if (p->dialer) { /* the listener follows the dialer's move */
                 p->move = MOVE_WANTED;
                 p->move_at = now;
-            } else {
-                p->outcome_done = 1; /* the listener follows the dialer's move */
             }
         }
     }

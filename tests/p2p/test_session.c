@@ -160,6 +160,12 @@ static void test_streams(const char *peer_b)
     CHECK(dial(peer_b) == 0 && A.opened && !A.closed);
     pos_p2p_session_get_status(A.s, &st);
     CHECK(st.state == POS_P2P_SESSION_OPEN && st.path == POS_P2P_PATH_DIRECT && !st.server);
+    {
+        pos_p2p_path_info pi;
+        CHECK(pos_p2p_session_get_path(A.s, &pi) == 0 && pi.path == POS_P2P_PATH_DIRECT &&
+              pi.bytes_direct > 0 && pi.bytes_relayed == 0 && pi.upgraded_after_ms == -1 &&
+              !strcmp(pi.remote, st.remote));
+    }
     CHECK(!strcmp(st.peer_id, peer_b));
     CHECK(spin(b_here)); /* the acceptor completes one flight after the dialer */
     if (!B.s)
@@ -267,6 +273,42 @@ static void test_pick_home(void)
     CHECK(pos_p2p_relay_pick_home(r3, 2, -1) == -1); /* none usable */
 }
 
+/* punching settings: defaults, each bad value named, refused by the endpoint and changing nothing
+ */
+static void test_punch_options(void)
+{
+    pos_p2p_punch_options o, d;
+    pos_p2p_punch_stats st;
+    pos_p2p_path_info pi;
+    char err[200];
+
+    pos_p2p_punch_options_default(&d);
+    CHECK(d.enabled == 1 && d.window_ms == 3000 && d.interval_ms == 50 && d.settle_ms == 30 &&
+          d.retry_ms == 60000);
+    CHECK(pos_p2p_punch_options_check(&d, err, sizeof(err)) == 0 && err[0] == 0);
+    o = d, o.window_ms = 99;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) == POS_P2P_ERR_INVALID_ARGUMENT &&
+          strstr(err, "probe window") && strstr(err, "100 to 60000"));
+    o = d, o.interval_ms = 1001;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "interval"));
+    o = d, o.window_ms = 100, o.interval_ms = 200;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "window"));
+    o = d, o.settle_ms = 1001;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "settle"));
+    o = d, o.retry_ms = 999;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "retry"));
+    o = d, o.enabled = 2;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "enabled"));
+    CHECK(pos_p2p_punch_options_check(NULL, NULL, 0) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_set_punch(ep_a, &o) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_set_punch(NULL, &d) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_set_punch(ep_a, &d) == 0);
+    CHECK(pos_p2p_endpoint_punch_stats(ep_a, &st) == 0 && st.attempts == 0);
+    CHECK(pos_p2p_endpoint_punch_stats(NULL, &st) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_session_get_path(NULL, &pi) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_relay_protocol_version(NULL) == 0);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/pos-test-session-XXXXXX";
@@ -292,6 +334,7 @@ int main(void)
     test_close_on_accept(peer_b);
     test_arguments(peer_b);
     test_pick_home();
+    test_punch_options();
 
     pos_p2p_endpoint_del(ep_a);
     pos_p2p_endpoint_del(ep_b);

@@ -1,0 +1,357 @@
+/*
+ * Two devices in one process, each with its own UDP socket on loopback,
+ * reaching each other through a real relay (tests/p2p/test_punch_e2e.py):
+ * A is at home on the relay and listens, B dials A through it and writes
+ * MB megabytes (a fixed pseudo-random stream) that A checks byte by byte.
+ * Both punch as the library does by default; every path event is printed.
+ * The endpoints use the library's I/O seam (ep_new_io) so that the test can
+ * blackhole the direct path (every datagram to an address other than the
+ * relay's is dropped, both ways) while the relayed path keeps working.
+ *
+ * usage: punch_pair DIR RELAY_ADDR RELAY_PEER_ID TOKEN MB [options]
+ *   --no-punch          punching off on both endpoints
+ *   --retry-ms N        punch retry interval (default 60000)
+ *   --rate-kbps N       pace B's writes (0: as fast as it goes)
+ *   --block-at-mb N     blackhole the direct path once B has written N MB while direct
+ *   --unblock-after-ms N  ... and open it again that long later
+ * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
+ * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
+ * with each side's path info and counters. Exit 0 when every byte arrived
+ * intact within 90 s.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "pos/p2p.h"
+
+struct side {
+    const char *name;
+    int fd;
+    pos_p2p_endpoint *ep;
+    pos_p2p_relay *relay;
+    pos_p2p_session *s;
+    struct sockaddr_in relay_addr;
+    int block;
+    int opened, closed, close_err, fin;
+    int64_t stream;
+    uint64_t got, sent, bad;
+    uint64_t gen; /* the checker's / writer's pseudo-random state */
+    int direct;
+    int moves_direct, moves_back;
+};
+
+static struct side A = {.name = "A", .gen = 1}, B = {.name = "B", .gen = 1};
+static uint64_t total;
+static int64_t t0;
+
+static uint8_t next_byte(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return (uint8_t)(*x >> 24);
+}
+
+static int io_send(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,
+                   socklen_t tolen)
+{
+    struct side *x = arg;
+    const struct sockaddr_in *in = (const struct sockaddr_in *)to;
+    (void)sock;
+    if (x->block && to->sa_family == AF_INET &&
+        !(in->sin_port == x->relay_addr.sin_port &&
+          in->sin_addr.s_addr == x->relay_addr.sin_addr.s_addr))
+        return 0; /* the direct path is blackholed: lost on the way */
+    return sendto(x->fd, data, len, 0, to, tolen) == (ssize_t)len ? 0 : -1;
+}
+
+static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event *ev)
+{
+    struct side *x = arg;
+    (void)s;
+    switch (ev->type) {
+    case POS_P2P_SESSION_EV_OPEN:
+        x->opened = 1;
+        break;
+    case POS_P2P_SESSION_EV_DATA:
+        for (size_t i = 0; i < ev->len; i++)
+            if (ev->data[i] != next_byte(&x->gen))
+                x->bad++;
+        x->got += ev->len;
+        if (ev->fin)
+            x->fin = 1;
+        break;
+    case POS_P2P_SESSION_EV_CLOSED:
+        x->closed = 1;
+        x->close_err = ev->error;
+        printf("closed %s error=%d reason=%s\n", x->name, ev->error, ev->reason);
+        break;
+    case POS_P2P_SESSION_EV_PATH: {
+        const pos_p2p_path_change *c = ev->path_change;
+        x->direct = c->to == POS_P2P_PATH_DIRECT;
+        if (x->direct)
+            x->moves_direct++;
+        else
+            x->moves_back++;
+        printf("path %s %s->%s remote=%s rtt_ms=%.1f reason=%d at_ms=%lld\n", x->name,
+               c->from == POS_P2P_PATH_DIRECT ? "direct" : "relayed",
+               c->to == POS_P2P_PATH_DIRECT ? "direct" : "relayed", c->remote, c->rtt_ms, c->reason,
+               (long long)(pos_p2p_now_ms() - t0));
+        fflush(stdout);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static void on_session(void *arg, pos_p2p_session *s)
+{
+    (void)arg;
+    A.s = s;
+    pos_p2p_session_set_callback(s, on_event, &A);
+}
+
+static int make_side(struct side *x, const char *dir, const struct sockaddr_in *relay)
+{
+    char path[512], err[256];
+    pos_p2p_identity *id;
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
+    struct sockaddr_in bind_to = {.sin_family = AF_INET};
+    ep_io io = {io_send, x};
+
+    snprintf(path, sizeof(path), "%s/identity-%s", dir, x->name);
+    if (pos_p2p_identity_load(path, 1, &id, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "identity: %s\n", err);
+        return -1;
+    }
+    x->relay_addr = *relay;
+    bind_to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    x->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    memset(&local, 0, sizeof(local));
+    if (x->fd < 0 || bind(x->fd, (struct sockaddr *)&bind_to, sizeof(bind_to)) != 0 ||
+        getsockname(x->fd, (struct sockaddr *)&local, &len) != 0 ||
+        ep_new_io(&x->ep, id, &io, &local) != 0) {
+        perror("socket");
+        return -1;
+    }
+    pos_p2p_identity_del(id);
+    return 0;
+}
+
+static void pump(int wait_ms)
+{
+    struct pollfd p[2] = {{A.fd, POLLIN, 0}, {B.fd, POLLIN, 0}};
+    struct side *sides[2] = {&A, &B};
+    int64_t now = pos_p2p_now_ms();
+    for (int i = 0; i < 2; i++) {
+        int64_t d = pos_p2p_endpoint_deadline(sides[i]->ep);
+        if (d >= 0 && d - now < wait_ms)
+            wait_ms = d - now < 0 ? 0 : (int)(d - now);
+    }
+    poll(p, 2, wait_ms);
+    for (int i = 0; i < 2; i++) {
+        for (int k = 0; k < 256; k++) {
+            uint8_t buf[2048];
+            struct sockaddr_storage from;
+            socklen_t fl = sizeof(from);
+            ssize_t n = recvfrom(sides[i]->fd, buf, sizeof(buf), MSG_DONTWAIT,
+                                 (struct sockaddr *)&from, &fl);
+            if (n < 0)
+                break;
+            if (n <= EP_MAX_UDP)
+                ep_input(sides[i]->ep, 0, buf, (size_t)n, (struct sockaddr *)&from, fl);
+        }
+        pos_p2p_endpoint_process(sides[i]->ep);
+    }
+}
+
+/* write_some: B writes what the send buffer and the pace allow. */
+static void write_some(uint64_t rate_kbps)
+{
+    uint8_t buf[16384];
+    int64_t elapsed = pos_p2p_now_ms() - t0;
+    while (B.sent < total) {
+        uint64_t allowed = rate_kbps ? (uint64_t)elapsed * rate_kbps * 1000 / 8 / 1000 : total;
+        size_t n = sizeof(buf), taken = 0;
+        if (allowed <= B.sent)
+            return;
+        if (n > total - B.sent)
+            n = (size_t)(total - B.sent);
+        if (n > allowed - B.sent)
+            n = (size_t)(allowed - B.sent);
+        if (pos_p2p_session_write_room(B.s, B.stream) < n)
+            return;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = next_byte(&B.gen);
+        if (pos_p2p_session_write(B.s, B.stream, buf, n, B.sent + n == total, &taken) != 0 ||
+            taken != n) {
+            fprintf(stderr, "write failed\n");
+            exit(1);
+        }
+        B.sent += n;
+    }
+}
+
+static void print_info(const struct side *x)
+{
+    pos_p2p_path_info pi;
+    pos_p2p_punch_stats ps;
+    pos_p2p_session_get_path(x->s, &pi);
+    pos_p2p_endpoint_punch_stats(x->ep, &ps);
+    printf("info %s path=%s upgraded=%d upgraded_after_ms=%lld bytes_relayed=%llu "
+           "bytes_direct=%llu attempts=%u fallbacks=%u\n",
+           x->name, pi.path == POS_P2P_PATH_DIRECT ? "direct" : "relayed", pi.upgraded,
+           (long long)pi.upgraded_after_ms, (unsigned long long)pi.bytes_relayed,
+           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks);
+    printf("stats %s attempts=%llu successes=%llu failures=%llu fallbacks=%llu requests=%llu "
+           "probes_sent=%llu\n",
+           x->name, (unsigned long long)ps.attempts, (unsigned long long)ps.successes,
+           (unsigned long long)ps.failures, (unsigned long long)ps.fallbacks,
+           (unsigned long long)ps.requests, (unsigned long long)ps.probes_sent);
+}
+
+static int wait_for(int (*cond)(void), int ms)
+{
+    int64_t end = pos_p2p_now_ms() + ms;
+    while (!cond() && pos_p2p_now_ms() < end)
+        pump(50);
+    return cond();
+}
+
+static int relays_accepted(void)
+{
+    pos_p2p_relay_status a, b;
+    pos_p2p_relay_get_status(A.relay, &a);
+    pos_p2p_relay_get_status(B.relay, &b);
+    return a.state != POS_P2P_RELAY_CONNECTING && b.state != POS_P2P_RELAY_CONNECTING;
+}
+
+static int b_open(void)
+{
+    return B.opened || B.closed;
+}
+
+/* run_transfer: the loop of the transfer, with the blackhole when asked. */
+static int run_transfer(uint64_t rate, uint64_t block_at, int unblock_after)
+{
+    int64_t blocked_at = -1, end = pos_p2p_now_ms() + 90000;
+    while (!(A.fin && A.got == total) && !A.closed && !B.closed && pos_p2p_now_ms() < end) {
+        write_some(rate);
+        if (block_at && blocked_at < 0 && B.direct && B.sent >= block_at) {
+            A.block = B.block = 1;
+            blocked_at = pos_p2p_now_ms();
+            printf("blocked at_ms=%lld\n", (long long)(blocked_at - t0));
+            fflush(stdout);
+        }
+        if (blocked_at >= 0 && A.block && pos_p2p_now_ms() - blocked_at >= unblock_after) {
+            A.block = B.block = 0;
+            printf("unblocked at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
+            fflush(stdout);
+        }
+        pump(10);
+    }
+    return A.fin && A.got == total && !A.bad;
+}
+
+/* main: options, both sides and their relay connections, the session, the transfer, the summary
+ * (one straight sequence, long but read top to bottom) */
+int main(int argc, char **argv)
+{
+    pos_p2p_punch_options po;
+    pos_p2p_relay_info info;
+    struct sockaddr_in relay = {.sin_family = AF_INET};
+    char peer_a[POS_P2P_PEER_ID_STRLEN], err[200];
+    uint64_t rate = 0, block_at = 0;
+    int unblock_after = 2000, ok;
+
+    if (argc < 6) {
+        fprintf(stderr, "usage: punch_pair DIR RELAY_ADDR RELAY_PEER_ID TOKEN MB [options]\n");
+        return 2;
+    }
+    pos_p2p_punch_options_default(&po);
+    for (int i = 6; i < argc; i++) {
+        if (!strcmp(argv[i], "--no-punch"))
+            po.enabled = 0;
+        else if (!strcmp(argv[i], "--retry-ms") && i + 1 < argc)
+            po.retry_ms = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rate-kbps") && i + 1 < argc)
+            rate = (uint64_t)atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--block-at-mb") && i + 1 < argc)
+            block_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
+        else if (!strcmp(argv[i], "--unblock-after-ms") && i + 1 < argc)
+            unblock_after = atoi(argv[++i]);
+    }
+    if (pos_p2p_punch_options_check(&po, err, sizeof(err)) != 0) {
+        fprintf(stderr, "options: %s\n", err);
+        return 2;
+    }
+    total = (uint64_t)atoll(argv[5]) * 1000 * 1000;
+    memset(&info, 0, sizeof(info));
+    snprintf(info.id, sizeof(info.id), "00000000-0000-4000-8000-000000000001");
+    snprintf(info.peer_id, sizeof(info.peer_id), "%s", argv[3]);
+    snprintf(info.addrs[0], sizeof(info.addrs[0]), "%s", argv[2]);
+    info.n_addrs = 1;
+    {
+        char host[64];
+        const char *colon = strrchr(argv[2], ':');
+        snprintf(host, sizeof(host), "%.*s", (int)(colon - argv[2]), argv[2]);
+        inet_pton(AF_INET, host, &relay.sin_addr);
+        relay.sin_port = htons((uint16_t)atoi(colon + 1));
+    }
+    t0 = pos_p2p_now_ms();
+    if (make_side(&A, argv[1], &relay) != 0 || make_side(&B, argv[1], &relay) != 0)
+        return 1;
+    pos_p2p_endpoint_set_punch(A.ep, &po);
+    pos_p2p_endpoint_set_punch(B.ep, &po);
+    if (pos_p2p_relay_connect(A.ep, &info, argv[4], 10000, &A.relay) != 0 ||
+        pos_p2p_relay_connect_flags(B.ep, &info, argv[4], 10000, POS_P2P_RELAY_NOT_HOME,
+                                    &B.relay) != 0 ||
+        !wait_for(relays_accepted, 12000)) {
+        fprintf(stderr, "relay connections failed\n");
+        return 1;
+    }
+    printf("relay versions A=%d B=%d\n", pos_p2p_relay_protocol_version(A.relay),
+           pos_p2p_relay_protocol_version(B.relay));
+    pos_p2p_session_use_relay(A.ep, A.relay);
+    pos_p2p_endpoint_listen(A.ep, NULL, on_session, NULL);
+    {
+        pos_p2p_identity *id;
+        char path[512];
+        snprintf(path, sizeof(path), "%s/identity-A", argv[1]);
+        pos_p2p_identity_load(path, 0, &id, NULL, err, sizeof(err));
+        pos_p2p_identity_peer_id(id, peer_a);
+        pos_p2p_identity_del(id);
+    }
+    if (pos_p2p_session_connect_relay(B.ep, B.relay, argv[4], peer_a, 15000, &B.s) != 0)
+        return 1;
+    pos_p2p_session_set_callback(B.s, on_event, &B);
+    if (!wait_for(b_open, 16000) || !B.opened || pos_p2p_session_open_stream(B.s, &B.stream) != 0) {
+        fprintf(stderr, "the session did not open\n");
+        return 1;
+    }
+    ok = run_transfer(rate, block_at, unblock_after);
+    printf("result ok=%d bytes=%llu bad=%llu ms=%lld\n", ok, (unsigned long long)A.got,
+           (unsigned long long)A.bad, (long long)(pos_p2p_now_ms() - t0));
+    print_info(&B);
+    if (A.s)
+        print_info(&A);
+    fflush(stdout);
+    pos_p2p_session_close(B.s, 0, NULL);
+    if (A.s)
+        pos_p2p_session_close(A.s, 0, NULL);
+    pos_p2p_session_drop_relay(A.ep, A.relay);
+    pos_p2p_endpoint_del(A.ep);
+    pos_p2p_endpoint_del(B.ep);
+    close(A.fd);
+    close(B.fd);
+    return ok ? 0 : 1;
+}

@@ -1,0 +1,150 @@
+"""Hole punching end to end in the client library: a real pos-relay and
+redis-server on loopback, and tests/p2p/punch_pair (two endpoints of the
+library in one process, each on its own UDP socket, A listening at home on
+the relay, B dialing A through it and writing a checked byte stream).
+
+- A relayed session goes direct: both sides report relayed -> direct, every
+  byte arrives intact, and the relay forwarded only a small part of the
+  transfer (its forwarded-bytes counter stops growing once direct).
+- With punching off the session stays relayed and the relay carries it all.
+- A relay with `punch: false` (no PUNCH_START) keeps working: relayed, intact.
+- The direct path blackholed mid-transfer (punch_pair drops every datagram
+  not addressed to the relay, both ways): the dialer falls back to the relay,
+  nothing is lost, and after the path is restored a new attempt (PUNCH_REQUEST
+  after the retry interval) takes the session direct again.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from harness import Proc, Redis, binary, http, run, test, tmpdir, wait_until  # noqa: E402
+from suite import Relay  # noqa: E402
+
+SECRET = "p2p-secret-punch-tests-abcdef0123456789"
+PAIR = binary("tests/p2p/punch_pair")
+
+
+def relay_with(extra=None):
+    redis = Redis()
+    relay = Relay(redis, None, SECRET, extra=extra).start()
+    return relay, relay.token()
+
+
+def metric(relay, name):
+    status, _, body = http("GET", relay.http + "/metrics")
+    assert status == 200, body
+    m = re.search(r"^" + re.escape(name) + r" (\d+)", body.decode(), re.M)
+    assert m, f"no {name} in /metrics"
+    return int(m.group(1))
+
+
+def forwarded_bytes(relay):
+    time.sleep(1.2)  # /metrics is refreshed twice a second
+    return metric(relay, "pos_relay_forwarded_bytes_total")
+
+
+def pair(relay, token, mb, *opts, timeout=120):
+    r = subprocess.run([PAIR, tmpdir(), f"127.0.0.1:{relay.port}", relay.peer_id, token,
+                        str(mb), *opts], capture_output=True, text=True, timeout=timeout)
+    out = r.stdout + r.stderr
+    if os.environ.get("PUNCH_VERBOSE"):
+        print(out)
+    check_clean(out)
+    return r.returncode, out
+
+
+def check_clean(out):
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in out, "sanitizer report:\n" + out[-4000:]
+
+
+def info(out, side):
+    m = re.search(rf"^info {side} (.*)$", out, re.M)
+    assert m, out
+    return dict(kv.split("=", 1) for kv in m.group(1).split())
+
+
+def paths(out, side):
+    return re.findall(rf"^path {side} (\w+->\w+)", out, re.M)
+
+
+@test
+def relayed_session_goes_direct():
+    relay, token = relay_with()
+    before = forwarded_bytes(relay)
+    # 20 MB at 80 Mbit/s: about 2 s, long enough to watch the relay's counter once direct
+    p = Proc([PAIR, tmpdir(), f"127.0.0.1:{relay.port}", relay.peer_id, token, "20",
+              "--rate-kbps", "80000"], name="punch_pair")
+    wait_until(lambda: "path B relayed->direct" in p.output() or not p.alive(), 10,
+               what="the session to go direct")
+    at_direct = forwarded_bytes(relay)
+    rc = p.wait(60)
+    out = p.output()
+    check_clean(out)
+    assert rc == 0, out
+    assert "relay versions A=2 B=2" in out, out
+    assert "result ok=1 bytes=20000000 bad=0" in out, out
+    assert paths(out, "B")[:1] == ["relayed->direct"], out
+    assert paths(out, "A")[:1] == ["relayed->direct"], out
+    b = info(out, "B")
+    assert b["path"] == "direct" and b["upgraded"] == "1", out
+    assert int(b["bytes_direct"]) > 15000000, out
+    assert 0 <= int(b["upgraded_after_ms"]) < 3000, out
+    after = forwarded_bytes(relay)
+    # the relay carried the start of the session, then nothing of the transfer
+    assert at_direct > before, out
+    assert after - at_direct < 50000, f"the relay forwarded {after - at_direct} B once direct"
+    assert after - before < 5000000, out
+    assert metric(relay, "pos_relay_punches_total") >= 1
+    assert "stats B attempts=1 successes=1" in out, out
+    assert "stats A attempts=1 successes=1" in out, out
+
+
+@test
+def punching_off_stays_relayed():
+    relay, token = relay_with()
+    before = forwarded_bytes(relay)
+    rc, out = pair(relay, token, 5, "--no-punch")
+    assert rc == 0, out
+    assert "result ok=1 bytes=5000000 bad=0" in out, out
+    assert paths(out, "B") == [] and paths(out, "A") == [], out
+    b = info(out, "B")
+    assert b["path"] == "relayed" and b["bytes_direct"] == "0", out
+    assert forwarded_bytes(relay) - before > 5000000
+
+
+@test
+def relay_without_punching_keeps_working():
+    relay, token = relay_with({"punch": False})
+    rc, out = pair(relay, token, 5)
+    assert rc == 0, out
+    assert "result ok=1 bytes=5000000 bad=0" in out, out
+    assert paths(out, "B") == [], out
+    assert info(out, "B")["path"] == "relayed", out
+    assert metric(relay, "pos_relay_punches_total") == 0
+
+
+@test
+def blackholed_direct_path_falls_back_and_comes_back():
+    relay, token = relay_with({"punch_min_interval_ms": 100})
+    # 32 MB at 4 MB/s: 8 s; the blackout from 4 MB on (about 1 s) lasts 2.5 s
+    rc, out = pair(relay, token, 32, "--rate-kbps", "32000", "--retry-ms", "1000",
+                   "--block-at-mb", "4", "--unblock-after-ms", "2500")
+    assert rc == 0, out
+    assert "blocked at_ms=" in out and "unblocked at_ms=" in out, out
+    assert "result ok=1 bytes=32000000 bad=0" in out, out
+    moves = paths(out, "B")
+    assert moves[:3] == ["relayed->direct", "direct->relayed", "relayed->direct"], out
+    blocked = int(re.search(r"^blocked at_ms=(\d+)", out, re.M).group(1))
+    back = [int(x) for x in re.findall(r"^path B direct->relayed .* at_ms=(\d+)", out, re.M)]
+    assert back and back[0] - blocked < 3000, out
+    b = info(out, "B")
+    assert int(b["fallbacks"]) >= 1 and b["path"] == "direct", out
+    assert int(b["bytes_relayed"]) > 500000, out  # the blackout went through the relay
+
+
+if __name__ == "__main__":
+    run()
