@@ -338,6 +338,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "the session did not open\n");
         return 1;
     }
+    {
+        pos_p2p_session_status st;
+        pos_p2p_session_get_status(B.s, &st);
+        printf("circuit B=%u\n", st.circuit_id);
+        fflush(stdout);
+    }
     ok = run_transfer(rate, block_at, unblock_after);
     printf("result ok=%d bytes=%llu bad=%llu ms=%lld\n", ok, (unsigned long long)A.got,
            (unsigned long long)A.bad, (long long)(pos_p2p_now_ms() - t0));

@@ -13,6 +13,7 @@ the relay, B dialing A through it and writing a checked byte stream).
   nothing is lost, and after the path is restored a new attempt (PUNCH_REQUEST
   after the retry interval) takes the session direct again.
 """
+import json
 import os
 import re
 import subprocess
@@ -46,6 +47,17 @@ def forwarded_bytes(relay):
     return metric(relay, "pos_relay_forwarded_bytes_total")
 
 
+def circuit_bytes(relay, circuit_id):
+    """The bytes the relay forwarded on the circuit whose asking side has |circuit_id|
+    (/circuits is refreshed with /metrics: call after forwarded_bytes, which waits)."""
+    status, _, body = http("GET", relay.http + "/circuits")
+    assert status == 200, body
+    for c in json.loads(body)["circuits"]:
+        if c["ids"][0] == circuit_id:
+            return sum(c["bytes"])
+    return 0
+
+
 def pair(relay, token, mb, *opts, timeout=120):
     r = subprocess.run([PAIR, tmpdir(), f"127.0.0.1:{relay.port}", relay.peer_id, token,
                         str(mb), *opts], capture_output=True, text=True, timeout=timeout)
@@ -75,12 +87,17 @@ def paths(out, side):
 def relayed_session_goes_direct():
     relay, token = relay_with()
     before = forwarded_bytes(relay)
-    # 20 MB at 80 Mbit/s: about 2 s, long enough to watch the relay's counter once direct
+    # 20 MB at 40 Mbit/s: about 4 s, long enough to watch the relay's counters once direct
     p = Proc([PAIR, tmpdir(), f"127.0.0.1:{relay.port}", relay.peer_id, token, "20",
-              "--rate-kbps", "80000"], name="punch_pair")
+              "--rate-kbps", "40000"], name="punch_pair")
     wait_until(lambda: "path B relayed->direct" in p.output() or not p.alive(), 10,
                what="the session to go direct")
+    m = re.search(r"^circuit B=(\d+)", p.output(), re.M)
+    assert m, p.output()
+    circuit = int(m.group(1))
     at_direct = forwarded_bytes(relay)
+    circuit_at_direct = circuit_bytes(relay, circuit)
+    assert p.alive(), "the transfer ended before the relay's counters were read"
     rc = p.wait(60)
     out = p.output()
     check_clean(out)
@@ -94,6 +111,10 @@ def relayed_session_goes_direct():
     assert int(b["bytes_direct"]) > 15000000, out
     assert 0 <= int(b["upgraded_after_ms"]) < 3000, out
     after = forwarded_bytes(relay)
+    circuit_after = circuit_bytes(relay, circuit)
+    # GET /circuits: the session's own circuit carried its start, then stopped growing
+    assert 0 < circuit_at_direct < 5000000, out
+    assert circuit_after - circuit_at_direct < 50000, f"{circuit_at_direct} -> {circuit_after}"
     # the relay carried the start of the session, then nothing of the transfer
     assert at_direct > before, out
     assert after - at_direct < 50000, f"the relay forwarded {after - at_direct} B once direct"
