@@ -3,6 +3,7 @@
  */
 #include "sendbuf.h"
 
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,6 +80,7 @@ void relay_sendbuf_acked(relay_sendbuf *b, uint64_t n)
         b->head = h->next;
         if (!b->head)
             b->tail = NULL;
+        sodium_memzero(h, sizeof(*h)); /* PUNCH_START carries a punch key */
         free(h);
     }
 }
@@ -93,6 +95,7 @@ void relay_sendbuf_free(relay_sendbuf *b)
     while (b->head) {
         struct relay_sendbuf_block *h = b->head;
         b->head = h->next;
+        sodium_memzero(h, sizeof(*h));
         free(h);
     }
     memset(b, 0, sizeof(*b));

@@ -31,7 +31,10 @@ size_t relay_sendbuf_unsent(const relay_sendbuf *b, struct iovec *v, size_t max)
 /* relay_sendbuf_sent: |n| more bytes were handed to QUIC. */
 void relay_sendbuf_sent(relay_sendbuf *b, size_t n);
 
-/* relay_sendbuf_acked: |n| more bytes were acknowledged; blocks wholly acknowledged are freed. */
+/*
+ * relay_sendbuf_acked: |n| more bytes were acknowledged; blocks wholly acknowledged are wiped
+ * (a PUNCH_START carries a punch key) and freed, as relay_sendbuf_free does with the rest.
+ */
 void relay_sendbuf_acked(relay_sendbuf *b, uint64_t n);
 
 /* relay_sendbuf_pending: bytes queued and not yet acknowledged. */

@@ -23,15 +23,9 @@
 #define MAX_PENDING_TOTAL 4096      /* CONNECTs in flight per relay */
 #define MAX_OUT_PENDING (64 * 1024) /* control bytes queued to a client not reading them */
 
-static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
+/* queue_bytes: one encoded message onto |c|'s stream 0, or |c| is closed from its timer. */
+static void queue_bytes(struct rconn *c, const uint8_t *buf, int n)
 {
-    uint8_t buf[POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode_version(m, c->version, buf, sizeof(buf));
-
-    if (n < 0) {
-        pos_log_error("cannot encode %s: error %d", pos_ctrl_type_name(m->type), n);
-        return;
-    }
     if (c->state == CLOSING || c->state == DRAINING)
         return;
     /*
@@ -48,6 +42,20 @@ static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
     ev_timer_stop(c->srv->loop, &c->timer);
     ev_timer_set(&c->timer, 0., 0.);
     ev_timer_start(c->srv->loop, &c->timer);
+}
+
+/* queue_ctrl: |m| at |c|'s protocol version; the stack copy is wiped (a PUNCH_START's key). */
+static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
+{
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    int n = pos_ctrl_encode_version(m, c->version, buf, sizeof(buf));
+
+    if (n < 0) {
+        pos_log_error("cannot encode %s: error %d", pos_ctrl_type_name(m->type), n);
+        return;
+    }
+    queue_bytes(c, buf, n);
+    sodium_memzero(buf, (size_t)n);
 }
 
 static void on_token_expiry(struct ev_loop *loop, ev_timer *w, int revents)

@@ -20,7 +20,9 @@
  * relay, whether the harness sends a valid HELLO first (bit 1); bit 2 makes
  * client A a draft-29 stack (transport parameters in TLS extension 0xffa5)
  * and bit 3 makes it speak draft-29 itself; bit 4 makes the relay ask every
- * client for a Retry first (as under load). Then records
+ * client for a Retry first (as under load); bit 5 makes the relay's clients
+ * offer pos-relay/1 only (else pos-relay/2 and /1, so PUNCH_* is spoken).
+ * Then records
  * of [op][len hi][len lo][payload]: see enum op. The relay's services answer
  * synchronously without Redis (fuzz_services.c). Time is a fake clock for
  * the relay and the clients (the endpoint reads CLOCK_MONOTONIC).
@@ -112,6 +114,7 @@ static struct {
     unsigned tp_draft; /* client A: transport parameters as TLS extension 0xffa5 */
     uint32_t version;  /* client A's QUIC version */
     int retry_all;     /* the relay asks every client for a Retry */
+    int relay_v1;      /* relay clients offer pos-relay/1 only (else /2 and /1: punching) */
     relay_server *relay;
     pos_p2p_endpoint *ep;
     struct client c[2];
@@ -303,8 +306,11 @@ static int client_make(struct client *c, int which, uint32_t version)
                                     NULL, c);
     c->creating = 0;
     if (rv != 0 ||
-        pos_tls_session_new(&c->tls, g.client_creds[which], 0,
-                            g.endpoint ? POS_P2P_SESSION_ALPN : POS_CTRL_ALPN) != 0 ||
+        (g.endpoint || g.relay_v1
+             ? pos_tls_session_new(&c->tls, g.client_creds[which], 0,
+                                   g.endpoint ? POS_P2P_SESSION_ALPN : POS_CTRL_ALPN)
+             : pos_tls_session_new_alpns(&c->tls, g.client_creds[which], 0, pos_ctrl_alpns,
+                                         POS_CTRL_N_ALPNS)) != 0 ||
         configure_client(c->tls, which == 0 && g.tp_draft) != 0) {
         c->dead = 1;
         return -1;
@@ -616,6 +622,8 @@ static int start_server(void)
     }
     relay_io io = {sink_send, fake_now, NULL};
     g.cfg.retry_above = g.retry_all ? 0 : 256;
+    g.cfg.punch = 1; /* PUNCH_START after CIRCUIT, PUNCH_REQUEST at most every 100 ms */
+    g.cfg.punch_min_interval_ms = 100;
     static int services; /* any non-NULL pointer: fuzz_services.c ignores it */
     g.relay = relay_server_new_io(g.loop, &g.cfg, &io, &g.server_addr, 1, err, sizeof(err));
     if (!g.relay)
@@ -662,6 +670,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     g.tp_draft = data[0] & 4;
     g.version = data[0] & 8 ? 0xff00001du : NGTCP2_PROTO_VER_V1;
     g.retry_all = data[0] & 16;
+    g.relay_v1 = data[0] & 32;
     g.now = 1000 * NGTCP2_SECONDS;
     if (start_server() == 0) {
         while (off + 3 <= size) {
@@ -699,7 +708,8 @@ static void seed_rec(struct seed *s, uint8_t op, const void *p, size_t len)
 static void seed_ctrl(struct seed *s, uint8_t op, unsigned stream, const pos_ctrl_msg *m)
 {
     uint8_t buf[1 + POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode(m, buf + 1, sizeof(buf) - 1);
+    /* version 2 encodes every version 1 message the same, and PUNCH_* besides */
+    int n = pos_ctrl_encode_version(m, POS_CTRL_V2, buf + 1, sizeof(buf) - 1);
     buf[0] = (uint8_t)stream;
     if (n > 0)
         seed_rec(s, op, buf, (size_t)n + 1);
@@ -744,6 +754,7 @@ static size_t initial_of(uint32_t version, uint8_t *out, size_t cap)
     return (size_t)n;
 }
 
+/* Long: one straight list of seeds, each a few records built in place and written. */
 static void write_seeds(const char *dir)
 {
     static const uint32_t versions[] = {NGTCP2_PROTO_VER_V1, 0xff00001du, 0x709a50c4u,
@@ -833,9 +844,29 @@ static void write_seeds(const char *dir)
     m.req_id = 1; /* the relay numbers its INCOMING requests from 1 */
     seed_ctrl(&s, OP_STREAM | OP_CLIENT_B, 1, &m);
     seed_write(dir, "relay_circuit", &s);
+    size_t relay_circuit_len = s.n;
     uint8_t code[1] = {1};
     seed_rec(&s, OP_CLOSE | OP_CLIENT_B, code, 1);
     seed_write(dir, "relay_circuit_closed", &s);
+
+    /* relay: after the circuit (and its PUNCH_START), B asks for another attempt and reports
+     * (circuit ids are random: the fuzzer finds the right one, the seed has the shape) */
+    s.n = relay_circuit_len;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_PUNCH_REQUEST;
+    m.circuit_id = 1;
+    m.addrs.n = 2;
+    snprintf(m.addrs.a[0], POS_ADDR_STRLEN, "10.0.0.2:7000");
+    snprintf(m.addrs.a[1], POS_ADDR_STRLEN, "[fd00::2]:7000");
+    seed_ctrl(&s, OP_STREAM | OP_CLIENT_B, 1, &m);
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_PUNCH_REPORT;
+    m.circuit_id = 1;
+    m.attempt = 1;
+    m.outcome = POS_CTRL_PUNCH_DIRECT;
+    m.ms_to_direct = 42;
+    seed_ctrl(&s, OP_STREAM, 1, &m);
+    seed_write(dir, "relay_circuit_punch", &s);
 
     /* relay: decline, a CONNECT to oneself, to an absent peer, a bad message on stream 0 */
     memset(&s, 0, sizeof(s));

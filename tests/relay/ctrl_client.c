@@ -2,8 +2,8 @@
  * ctrl_client: a bare control-protocol client of the relay (QUIC with
  * ngtcp2, TLS, common/ctrl.c: no client library), for the integration test
  * of hole punching (test_relay_punch.py). It speaks pos-relay/2 (offering
- * pos-relay/2 then pos-relay/1, as the library does) or, with --v1, only
- * pos-relay/1, and prints what the relay sends as JSON lines on stdout:
+ * pos-relay/2 then pos-relay/1, as the library does; --v1-first: the other
+ * order) or, with --v1, only pos-relay/1, and prints what the relay sends as JSON lines on stdout:
  *
  *   {"event":"welcome","version":V,"peer_id":..,"observed":..}
  *   {"event":"incoming","peer_id":..,"observed":..}   (answered with ACCEPT)
@@ -15,7 +15,7 @@
  * key_fp is a BLAKE2b fingerprint of the punch key (the key itself is never
  * printed), so a test can see that both sides got the same one.
  *
- *   ctrl_client --to IP:PORT --token T [--v1] [--local ADDR]...
+ *   ctrl_client --to IP:PORT --token T [--v1 | --v1-first] [--local ADDR]...
  *               [--connect PEERID] [--request-after MS] [--report]
  *               [--seconds S]
  *
@@ -70,7 +70,7 @@ static struct cl {
     const char *token, *connect;
     pos_ctrl_addrs locals;
     long request_after_ms, seconds;
-    int report;
+    int report, v1_first;
     uint32_t circuit;
     int64_t circuit_at_ms;
     int requested;
@@ -277,7 +277,9 @@ static int setup(void)
     socklen_t len = sizeof(c.local);
     pos_identity id;
     static const char *const v1_only[] = {POS_CTRL_ALPN_V1};
+    static const char *const v1_first[] = {POS_CTRL_ALPN_V1, POS_CTRL_ALPN_V2};
     int v1 = c.version == POS_CTRL_V1;
+    const char *const *offer = v1 ? v1_only : c.v1_first ? v1_first : pos_ctrl_alpns;
 
     c.fd = socket(c.to.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     memset(&c.local, 0, sizeof(c.local));
@@ -313,8 +315,7 @@ static int setup(void)
                                     &settings, &params, NULL, &c);
     c.creating = 0;
     if (rv != 0 ||
-        pos_tls_session_new_alpns(&c.tls, creds, 0, v1 ? v1_only : pos_ctrl_alpns,
-                                  v1 ? 1 : POS_CTRL_N_ALPNS) != 0 ||
+        pos_tls_session_new_alpns(&c.tls, creds, 0, offer, v1 ? 1 : POS_CTRL_N_ALPNS) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(c.tls) != 0)
         return -1;
     c.version = 0;
@@ -395,6 +396,7 @@ int main(int argc, char **argv)
         {"connect", required_argument, NULL, 'c'},
         {"request-after", required_argument, NULL, 'r'},
         {"report", no_argument, NULL, 'R'},
+        {"v1-first", no_argument, NULL, 'F'},
         {"seconds", required_argument, NULL, 's'},
         {NULL, 0, NULL, 0},
     };
@@ -432,6 +434,9 @@ int main(int argc, char **argv)
         case 'R':
             c.report = 1;
             break;
+        case 'F':
+            c.v1_first = 1;
+            break;
         case 's':
             c.seconds = atol(optarg);
             break;
@@ -442,7 +447,8 @@ int main(int argc, char **argv)
     if (!to || !c.token || strlen(c.token) > POS_CTRL_MAX_TOKEN ||
         pos_addr_parse(to, strlen(to), 0, &c.to) != 0) {
         fprintf(stderr, "usage: ctrl_client --to IP:PORT --token T [--v1] [--local ADDR]... "
-                        "[--connect PEERID] [--request-after MS] [--report] [--seconds S]\n");
+                        "[--v1-first] [--connect PEERID] [--request-after MS] [--report] "
+                        "[--seconds S]\n");
         return 2;
     }
     if (setup() != 0) {

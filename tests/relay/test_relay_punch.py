@@ -113,12 +113,14 @@ def v2_clients_get_punch_start_v1_client_does_not():
 
 
 @test
-def punch_off_sends_no_punch_start():
+def punch_off_sends_no_punch_start_and_relay_prefers_v2():
     redis = Redis()
     relay = Relay(redis, None, extra={"punch": False}).start()
     token = relay.token()
-    b = Ctrl(relay, token, "--seconds", "2", name="B")
+    # the relay picks pos-relay/2 by its own preference, whatever the client's order
+    b = Ctrl(relay, token, "--v1-first", "--seconds", "2", name="B")
     wb = b.wait_event("welcome")
+    assert wb["version"] == 2, wb
     a = Ctrl(relay, token, "--connect", wb["peer_id"], "--seconds", "1", name="A")
     a.wait_event("circuit")
     assert a.finish() == 0 and b.finish() == 0
