@@ -537,6 +537,17 @@ static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
     return home ? relayed_session(o, ep, home, tmo) : NULL;
 }
 
+/* path_word: the path of the final line (relayed, direct, relayed-then-direct...). */
+static const char *path_word(const pos_p2p_session *s, const pos_p2p_session_status *st)
+{
+    pos_p2p_path_info pi;
+    if (pos_p2p_session_get_path(s, &pi) == 0 && pi.upgraded && pi.upgraded_after_ms >= 0)
+        return st->path == POS_P2P_PATH_RELAYED ? "relayed-then-direct, relayed again"
+                                                : "relayed-then-direct";
+    return st->path == POS_P2P_PATH_RELAYED ? "relayed" : "direct";
+}
+
+/* Over 80 lines: the command's whole life, set-up to summary, with one clean-up path. */
 int cmd_send(int argc, char **argv)
 {
     struct opts o;
@@ -597,11 +608,7 @@ int cmd_send(int argc, char **argv)
     if (!r->failed) {
         human((double)r->total_sent, a, sizeof(a));
         human(secs > 0 ? (double)r->total_sent / secs : 0, b, sizeof(b));
-        pos_p2p_path_info pi;
-        const char *how = st.path == POS_P2P_PATH_RELAYED ? "relayed" : "direct";
-        if (pos_p2p_session_get_path(r->s, &pi) == 0 && pi.upgraded && pi.upgraded_after_ms >= 0)
-            how = st.path == POS_P2P_PATH_RELAYED ? "relayed-then-direct, relayed again"
-                                                  : "relayed-then-direct";
+        const char *how = path_word(r->s, &st);
         fprintf(r->info, "done: %d file(s), %llu bytes (%s) in %.2f s, %s/s, path: %s\n", o.n_files,
                 (unsigned long long)r->total_sent, a, secs, b, how);
         status = 0;

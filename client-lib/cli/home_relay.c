@@ -201,6 +201,7 @@ static int dial_candidates(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
     return dialed_home;
 }
 
+/* Over 80 lines: fetch, dial, settle, judge (RTT, NAT) and pick share the per-relay arrays. */
 pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
                               struct cli_pick_res *res)
 {
