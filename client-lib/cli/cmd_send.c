@@ -77,7 +77,7 @@ static void usage(FILE *out)
             "  --api-url URL      discovery API (relay list) for a relayed session\n"
             "  --token TOKEN      relay access token (or $POS_TOKEN)\n"
             "  --relay-id UUID    use this relay as home relay\n"
-            "  --relay-only       never try a direct session\n"
+            "  --relay-only       never try a direct session (no punching either)\n"
             "  --no-mdns          do not look for the peer on the local network\n"
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
@@ -199,6 +199,8 @@ static int parse(int argc, char **argv, struct opts *o)
         fprintf(stderr, "pos-p2p send: --relay-only needs --api-url\n");
         return 2;
     }
+    if (o->relay_only)
+        o->punch.enabled = 0; /* no direct path at all, punched ones included */
     if (!o->addr && !o->api_url && !o->mdns) {
         fprintf(stderr, "pos-p2p send: with --no-mdns, give --addr (direct) or --api-url "
                         "(relay), or both\n");
