@@ -226,8 +226,7 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
     pos_p2p_relay_event ev;
     int i;
 
-    if (m->type == POS_CTRL_PUNCH_START) {
-        /* at once (sans-I/O on the other side): the session layer keeps it for its circuit */
+    if (m->type == POS_CTRL_PUNCH_START) { /* at once: the session layer only keeps it */
         if (r->on_punch && r->circuits &&
             relay_id_find(r->circuits, r->n_circuits, m->circuit_id) >= 0)
             r->on_punch(r->cb_arg, r, m);
@@ -341,6 +340,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     memcpy(m.token, r->token, r->token_len);
     m.token_len = r->token_len;
     m.hello_flags = r->hello_flags;
+    relay_local_addrs(r->ep, &m.addrs); /* candidates for peers behind the same NAT */
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
     /* the token stays (wiped) in memory until WELCOME: another address may need it */

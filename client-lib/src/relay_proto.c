@@ -1,6 +1,8 @@
 /* What a relay's answers mean to the library (see relay_proto.h). */
 #include "relay_proto.h"
 
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -275,4 +277,49 @@ void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const cha
         m->code = POS_CTRL_CODE_DECLINED;
     if (peer_id)
         snprintf(m->peer_id, sizeof(m->peer_id), "%s", peer_id);
+}
+
+/* local_addr: |sa| (an interface address) with the port of |ep|'s socket of its family, or -1. */
+static int local_addr(const pos_p2p_endpoint *ep, const struct sockaddr *sa,
+                      struct sockaddr_storage *out)
+{
+    socklen_t len;
+    int sock = sa->sa_family == AF_INET ? 0 : sa->sa_family == AF_INET6 ? 1 : -1;
+    if (sock < 0 || !ep_has_sock(ep, sock))
+        return -1;
+    const struct sockaddr_storage *bound = ep_local(ep, sock, &len);
+    memset(out, 0, sizeof(*out));
+    if (sock == 0) {
+        memcpy(out, sa, sizeof(struct sockaddr_in));
+        ((struct sockaddr_in *)out)->sin_port = ((const struct sockaddr_in *)bound)->sin_port;
+        return 0;
+    }
+    memcpy(out, sa, sizeof(struct sockaddr_in6));
+    if (IN6_IS_ADDR_LINKLOCAL(&((struct sockaddr_in6 *)out)->sin6_addr))
+        return -1; /* useless without its scope, which is ours only */
+    ((struct sockaddr_in6 *)out)->sin6_port = ((const struct sockaddr_in6 *)bound)->sin6_port;
+    ((struct sockaddr_in6 *)out)->sin6_scope_id = 0;
+    return 0;
+}
+
+void relay_local_addrs(const pos_p2p_endpoint *ep, pos_ctrl_addrs *out)
+{
+    struct ifaddrs *all;
+    out->n = 0;
+    if (getifaddrs(&all) != 0)
+        return;
+    for (struct ifaddrs *i = all; i && out->n < POS_CTRL_MAX_ADDRS; i = i->ifa_next) {
+        struct sockaddr_storage ss;
+        char text[POS_ADDR_STRLEN];
+        int dup = 0;
+        if (!i->ifa_addr || !(i->ifa_flags & IFF_UP) || (i->ifa_flags & IFF_LOOPBACK) ||
+            local_addr(ep, i->ifa_addr, &ss) != 0 ||
+            pos_addr_format((struct sockaddr *)&ss, text, sizeof(text)) != 0)
+            continue;
+        for (uint8_t k = 0; k < out->n; k++)
+            dup |= !strcmp(out->a[k], text);
+        if (!dup)
+            snprintf(out->a[out->n++], POS_ADDR_STRLEN, "%s", text);
+    }
+    freeifaddrs(all);
 }

@@ -61,6 +61,14 @@ void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const cha
 /* relay_negotiated_version: POS_CTRL_V1 or V2 from the ALPN |tls| negotiated (V1 when none). */
 int relay_negotiated_version(gnutls_session_t tls);
 
+/*
+ * relay_local_addrs: this device's interface addresses (up, not loopback, no
+ * IPv6 link-local) of the families |ep| has sockets for, each with the port
+ * of that socket, at most POS_CTRL_MAX_ADDRS: HELLO's local addresses, the
+ * candidates a peer behind the same NAT can punch to.
+ */
+void relay_local_addrs(const pos_p2p_endpoint *ep, pos_ctrl_addrs *out);
+
 /* relay_quic_settings: the transport settings and parameters of a relay control connection. */
 void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,
                          uint8_t *creating);

@@ -302,6 +302,7 @@ static void try_move(struct sess_punch *p, ngtcp2_conn *qc, int64_t now)
     ngtcp2_path np;
     int sock = p->result.addr.ss_family == AF_INET ? 0 : 1;
     int rv;
+    p->move_at = now + MIGRATE_WAIT_MS; /* if not now, then */
     if (!qc)
         return;
     np.local.addr = (ngtcp2_sockaddr *)ep_local(p->ep, sock, &np.local.addrlen);
@@ -309,10 +310,8 @@ static void try_move(struct sess_punch *p, ngtcp2_conn *qc, int64_t now)
     np.remote.addrlen = pos_addr_len(&p->result.addr);
     np.user_data = NULL;
     rv = ngtcp2_conn_initiate_migration(qc, &np, pos_quic_now());
-    if (rv == NGTCP2_ERR_INVALID_STATE && now - p->attempt_ms < (int64_t)p->opt.window_ms + 5000) {
-        p->move_at = now + MIGRATE_WAIT_MS; /* the handshake is not confirmed yet */
-        return;
-    }
+    if (rv == NGTCP2_ERR_INVALID_STATE && now - p->attempt_ms < (int64_t)p->opt.window_ms + 5000)
+        return; /* the handshake is not confirmed yet */
     if (rv != 0) {
         failed(p, now);
         return;

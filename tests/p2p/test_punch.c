@@ -7,9 +7,13 @@
  * (a NAT mapping the relay did not see), all on a simulated clock.
  */
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <stdlib.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "addr.h"
 #include "check.h"
@@ -17,6 +21,7 @@
 #include "frame.h"
 #include "prober.h"
 #include "punch.h"
+#include "relay_proto.h"
 
 /* ---- cookies and the start delay ---- */
 
@@ -659,6 +664,52 @@ static void test_api(void)
     pos_prober_del(NULL);
 }
 
+/* HELLO's local addresses: the endpoint's port on each up, non-loopback interface address */
+static void test_hello_addrs(void)
+{
+    char dir[] = "/tmp/pos-test-punch-XXXXXX", path[64], err[200], want[64];
+    pos_p2p_identity *id;
+    pos_p2p_endpoint *ep;
+    pos_ctrl_addrs a;
+    struct ifaddrs *all;
+    unsigned port;
+    int expect_v4 = 0, found_v4 = 0;
+
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof(path), "%s/id", dir);
+    CHECK(pos_p2p_identity_load(path, 1, &id, NULL, err, sizeof(err)) == 0);
+    CHECK(pos_p2p_endpoint_new(&ep, id, 0) == 0);
+    port = pos_p2p_endpoint_local_port(ep);
+    relay_local_addrs(ep, &a);
+    CHECK(a.n <= POS_CTRL_MAX_ADDRS);
+    for (uint8_t i = 0; i < a.n; i++) {
+        struct sockaddr_storage ss;
+        CHECK(pos_addr_parse(a.a[i], strlen(a.a[i]), 0, &ss) == 0);
+        CHECK(ntohs(((struct sockaddr_in *)&ss)->sin_port) == port); /* same offset in v6 */
+        CHECK(strncmp(a.a[i], "127.", 4) != 0 && strncmp(a.a[i], "[::1]", 5) != 0 &&
+              strncmp(a.a[i], "[fe80", 5) != 0);
+    }
+    /* the first up, non-loopback IPv4 address of this host is there */
+    if (getifaddrs(&all) == 0) {
+        for (struct ifaddrs *i = all; i && !expect_v4; i = i->ifa_next) {
+            if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP) ||
+                (i->ifa_flags & IFF_LOOPBACK))
+                continue;
+            expect_v4 = 1;
+            inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, want, 40);
+            snprintf(want + strlen(want), sizeof(want) - strlen(want), ":%u", port);
+        }
+        freeifaddrs(all);
+    }
+    for (uint8_t i = 0; i < a.n && expect_v4; i++)
+        found_v4 |= !strcmp(a.a[i], want);
+    CHECK(!expect_v4 || found_v4);
+    pos_p2p_endpoint_del(ep);
+    pos_p2p_identity_del(id);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -674,5 +725,6 @@ int main(void)
     test_ipv6();
     test_peer_reflexive();
     test_api();
+    test_hello_addrs();
     return check_finish("test_punch");
 }
