@@ -42,11 +42,9 @@ EXPECT = {
     ("cgnat", "eim"): "relayed-then-direct",
     # one LAN: send finds the listener by mDNS before it asks the relay
     ("same", "same"): "direct",
-    # without mDNS (neither side) only punching over the LAN addresses could go direct,
-    # but the library does not send its local addresses in HELLO yet (an empty `addrs`):
-    # the relay has only the shared public address, which the router does not hairpin.
-    # Flip to "relayed-then-direct" when it does.
-    ("same", "same", "no-mdns"): "relayed",
+    # without mDNS (neither side): punching over the LAN addresses HELLO carries (the
+    # shared public address is not hairpinned)
+    ("same", "same", "no-mdns"): "relayed-then-direct",
     ("symmetric", "symmetric"): "relayed",
 }
 # What a relayed session may send straight to the peer: punching probes (a
