@@ -40,6 +40,9 @@ struct opts {
     unsigned port;
     int64_t recheck_s;   /* measure the other relays this often (0: never) */
     int64_t retry_max_s; /* longest pause between attempts to find a relay */
+    enum pos_mdns_mode mdns_mode;
+    pos_p2p_punch_options punch;
+    pos_mdns *mdns; /* advertising on the local network (NULL: not) */
     size_t n_allow;
     char allow[MAX_ALLOW][POS_P2P_PEER_ID_STRLEN];
     struct listen_limits limits;
@@ -78,13 +81,17 @@ static void usage(FILE *out)
             "                      [--recheck SECONDS] [--retry-max SECONDS]\n"
             "                      [--max-file-size SIZE] [--max-transfers N]\n"
             "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n"
-            "                      [--transfer-idle-timeout DURATION]\n\n"
+            "                      [--transfer-idle-timeout DURATION]\n"
+            "                      [--mdns enabled|contacts-only|disabled] [--no-punch]\n"
+            "                      [--punch-window SECONDS] [--punch-retry SECONDS]\n\n"
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
             "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
             "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT; a\n"
-            "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n\n"
+            "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n"
+            "A relayed session tries to go direct (hole punching); each change of path is\n"
+            "printed (\"path of PEER_ID: relayed -> direct to ADDR (rtt N ms)\", and back).\n\n"
             "  --out DIR          where received files go (must exist)\n"
             "  --port N           UDP port (default: any free port; 7373 with POS_DOCKER=true)\n"
             "  --api-url URL      discovery API: also be reachable through a relay\n"
@@ -93,6 +100,10 @@ static void usage(FILE *out)
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
             "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n"
+            "  --mdns MODE        advertise this device on the local network so that 'send'\n"
+            "                     finds it by its peer id: enabled (default), contacts-only\n"
+            "                     (a tag only contacts recognise) or disabled\n"
+            "%s"
             "  --recheck SECONDS  measure the other relays this often and move only to one\n"
             "                     clearly faster (30%% and 10 ms; default %d, 0: never).\n"
             "                     Measuring never changes where peers find this device\n"
@@ -100,7 +111,7 @@ static void usage(FILE *out)
             "                     try again after 1 s, then twice as long each time up to\n"
             "                     this (default %d, 1 to 3600); only a refused token stops\n"
             "%s",
-            RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, listen_limits_usage);
+            cli_punch_usage, RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, listen_limits_usage);
 }
 
 /* Over 80 lines: one case per option, each with its own range check and message. */
@@ -117,6 +128,8 @@ static int parse(int argc, char **argv, struct opts *o)
         {"help", no_argument, NULL, 'h'},
         {"recheck", required_argument, NULL, 'C'},
         {"retry-max", required_argument, NULL, 'R'},
+        {"mdns", required_argument, NULL, 'M'},
+        CLI_PUNCH_LONGOPTS,
         LISTEN_LIMITS_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
@@ -128,12 +141,18 @@ static int parse(int argc, char **argv, struct opts *o)
     o->recheck_s = RECHECK_DEFAULT_S;
     o->retry_max_s = RETRY_MAX_DEFAULT_S;
     listen_limits_init(&o->limits);
+    pos_p2p_punch_options_default(&o->punch);
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:R:h", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "a:t:i:o:p:A:r:C:R:M:h", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
             continue;
         int lim = listen_limits_opt(&o->limits, ch, optarg);
+        if (lim < 0)
+            return 2;
+        if (lim > 0)
+            continue;
+        lim = cli_punch_opt("pos-p2p listen", ch, optarg, &o->punch);
         if (lim < 0)
             return 2;
         if (lim > 0)
@@ -172,6 +191,13 @@ static int parse(int argc, char **argv, struct opts *o)
             o->retry_max_s = v;
             break;
         }
+        case 'M':
+            if (cli_mdns_mode_parse(optarg, &o->mdns_mode) != 0) {
+                fprintf(stderr, "pos-p2p listen: --mdns must be enabled, contacts-only or "
+                                "disabled\n");
+                return 2;
+            }
+            break;
         case 'A':
             if (pos_peer_id_parse(optarg, strlen(optarg), key) != 0) {
                 fprintf(stderr,
@@ -422,6 +448,10 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
         if (x)
             drop_xfer(p, x); /* the partial file stays for a resume */
         break;
+    case POS_P2P_SESSION_EV_PATH:
+        if (ev->path_change)
+            cli_print_path_change(stdout, p->peer_id, ev->path_change);
+        break;
     case POS_P2P_SESSION_EV_CLOSED:
         free_peer(p);
         pos_p2p_session_close(s, 0, NULL);
@@ -544,6 +574,7 @@ static int find_home(pos_p2p_endpoint *ep, struct opts *o, struct watch *w,
     struct cli_pick_res res;
     pos_p2p_relay *next = cli_pick_relay(ep, &q, &res);
     int64_t pause;
+    cli_nat_warn("pos-p2p listen", res.nat);
     w->gone_id[0] = 0;
     if (next) {
         *info = res.info;
@@ -586,7 +617,7 @@ static int serve(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p2p_
         /* the runner sleeps until a socket or a timer of the endpoint: wake for ours too */
         int64_t wake = w->home ? w->recheck_at_ms : w->retry_at_ms, now = pos_p2p_now_ms();
         int tmo = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
-        pos_p2p_endpoint_run(ep, tmo, relay_event, w);
+        cli_run(ep, o->mdns, tmo, relay_event, w);
         now = pos_p2p_now_ms();
         if (stop_requested)
             return 0;
@@ -656,10 +687,17 @@ int cmd_listen(int argc, char **argv)
                 pos_p2p_strerror(rv));
         goto out;
     }
+    if (cli_punch_apply("pos-p2p listen", ep, &o.punch) != 0)
+        goto out;
     pos_p2p_endpoint_listen(ep, allow_peer, on_session, &o);
     pos_p2p_identity_peer_id(id, peer_id);
     printf("peer id: %s\n", peer_id);
     printf("direct: UDP port %u\n", pos_p2p_endpoint_local_port(ep));
+    o.mdns = cli_lan_advertise("pos-p2p listen", o.mdns_mode, o.identity, peer_id,
+                               pos_p2p_endpoint_local_port(ep));
+    if (o.mdns)
+        printf("mdns: advertised on the local network%s\n",
+               o.mdns_mode == POS_MDNS_CONTACTS_ONLY ? " (contacts only)" : "");
     fflush(stdout); /* before the relay search, which may take a while */
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_stop_signal;
@@ -676,6 +714,7 @@ int cmd_listen(int argc, char **argv)
     fflush(stdout);
     status = serve(ep, &o, &w, &info);
 out:
+    pos_mdns_del(o.mdns); /* goodbyes */
     while (o.peers)
         free_peer(o.peers);
     pos_p2p_endpoint_del(ep); /* closes sessions and relays */

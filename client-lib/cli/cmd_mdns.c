@@ -198,22 +198,6 @@ static int load_identity(const char *opt, char *path, size_t cap,
     return 0;
 }
 
-static int add_contacts(pos_mdns *m, const char *identity_path)
-{
-    struct mdns_contact_entry *cs = calloc(256, sizeof(*cs));
-    char err[512];
-    if (!cs)
-        return -1;
-    int n = mdns_contacts_load(identity_path, cs, 256, err, sizeof(err));
-    if (n < 0)
-        fprintf(stderr, "pos-p2p: %s\n", err);
-    for (int i = 0; i < n; i++)
-        pos_mdns_add_contact(m, cs[i].peer_id, cs[i].key);
-    sodium_memzero(cs, 256 * sizeof(*cs));
-    free(cs);
-    return n < 0 ? -1 : 0;
-}
-
 /*
  * The metadata file: a JSON object with optional "name", "os", "model"
  * (strings) and "libraries" (array of UUID strings). Its values replace
@@ -512,7 +496,7 @@ int cmd_advertise(int argc, char **argv)
         json_decref(meta);
         return 1;
     }
-    if (add_contacts(m, path)) {
+    if (cli_mdns_add_contacts(m, "pos-p2p", path)) {
         pos_mdns_del(m);
         json_decref(meta);
         return 1;
@@ -601,7 +585,7 @@ int cmd_discover(int argc, char **argv)
         fprintf(stderr, "pos-p2p discover: %s\n", pos_p2p_strerror(rc));
         return 1;
     }
-    if (add_contacts(m, path)) {
+    if (cli_mdns_add_contacts(m, "pos-p2p", path)) {
         pos_mdns_del(m);
         return 1;
     }

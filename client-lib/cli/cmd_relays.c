@@ -46,7 +46,10 @@ static void usage(FILE *out)
                  "                      [--timeout SECONDS] [--hold SECONDS]\n\n"
                  "Fetch the relay list from the discovery API, connect to every relay, and print\n"
                  "for each: id, address, round-trip time, the address it saw for this device, and\n"
-                 "whether it accepted the token; then the home relay (lowest round-trip time).\n"
+                 "whether it accepted the token; then the home relay (lowest round-trip time)\n"
+                 "and the NAT mapping the observed addresses show: endpoint-independent (the\n"
+                 "same address and port to every relay), varies by destination (direct paths\n"
+                 "are unlikely), or unknown (fewer than two relays answered).\n"
                  "Exit status 0 when at least one relay accepted, 1 otherwise.\n\n"
                  "  --token TOKEN      the access token (or $POS_TOKEN)\n"
                  "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
@@ -158,6 +161,7 @@ static void print_results(struct conns *c, int *accepted)
     pos_p2p_relay_status st;
     double best = -1;
     size_t home = 0;
+    static char observed[MAX_RELAYS][POS_P2P_ADDR_STRLEN];
 
     *accepted = 0;
     for (size_t i = 0; i < c->n; i++) {
@@ -171,6 +175,7 @@ static void print_results(struct conns *c, int *accepted)
         if (st.state == POS_P2P_RELAY_ACCEPTED) {
             printf("relay %s at %s: accepted, rtt %.2f ms, observed %s\n", in->id, st.remote,
                    st.rtt_ms, st.observed);
+            memcpy(observed[*accepted], st.observed, sizeof(observed[0]));
             (*accepted)++;
             if (best < 0 || st.rtt_ms < best) {
                 best = st.rtt_ms;
@@ -186,6 +191,7 @@ static void print_results(struct conns *c, int *accepted)
         pos_p2p_relay_get_status(c->r[home], &st);
         printf("home relay: %s at %s (rtt %.2f ms)\n", c->info[home]->id, st.remote, st.rtt_ms);
     }
+    printf("%s\n", cli_nat_line(cli_nat_verdict(observed, (size_t)*accepted)));
     fflush(stdout);
 }
 

@@ -23,11 +23,16 @@
 #include "send_report.h"
 #include "transfer.h"
 
+/* With --api-url too: how long mDNS may look for the peer, and each LAN address's dial. */
+#define LAN_WINDOW_MS 1000
+#define LAN_DIAL_MS 2000
+
 struct opts {
     const char *api_url, *token, *identity, *addr, *relay_id, *to;
-    int relay_only, json;
+    int relay_only, json, mdns;
     double timeout_s;
     uint64_t limit_rate; /* bytes/s, 0 = none (testing and slow links) */
+    pos_p2p_punch_options punch;
     char **files;
     int n_files;
 };
@@ -53,11 +58,17 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: pos-p2p send --to PEER_ID [--addr IP[:PORT]] [--api-url URL --token TOKEN]\n"
-            "                    [--relay-id UUID] [--relay-only] [--identity FILE] [--json]\n"
+            "                    [--relay-id UUID] [--relay-only] [--no-mdns] [--identity FILE]\n"
+            "                    [--json]\n"
             "                    FILE...\n\n"
             "Send files to the peer PEER_ID ('pos-p2p id' on that device prints it). With\n"
-            "--addr, directly to that address (no port means 7373); with --api-url, through\n"
-            "the home relay (also when the direct attempt gets no answer). The receiver\n"
+            "--addr, directly to that address (no port means 7373). Without --addr, the\n"
+            "peer is looked for on the local network (mDNS, by its peer id; contacts'\n"
+            "contacts-only tags included) and dialed directly at the addresses it\n"
+            "advertises: alone for the whole --timeout, with --api-url for 1 s while the\n"
+            "home relay is picked, and first if found there.\n"
+            "With --api-url, through the home relay (also when no direct attempt\n"
+            "gets an answer). The receiver\n"
             "checks each file's BLAKE2b checksum before keeping it; an interrupted transfer\n"
             "resumes from what the receiver already has. Exit status 0 when every file\n"
             "arrived intact.\n\n"
@@ -66,7 +77,8 @@ static void usage(FILE *out)
             "  --api-url URL      discovery API (relay list) for a relayed session\n"
             "  --token TOKEN      relay access token (or $POS_TOKEN)\n"
             "  --relay-id UUID    use this relay as home relay\n"
-            "  --relay-only       never try a direct session\n"
+            "  --relay-only       never try a direct session (no punching either)\n"
+            "  --no-mdns          do not look for the peer on the local network\n"
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
             "  --timeout SECONDS  to set up the session (default 10)\n"
@@ -74,7 +86,12 @@ static void usage(FILE *out)
             "  --json             at the end, one JSON object on stdout: path (relayed,\n"
             "                     direct, relayed-then-direct), upgraded_after_ms,\n"
             "                     bytes_relayed, bytes_direct, bytes, seconds, files\n"
-            "                     (the other lines go to stderr)\n");
+            "                     (the other lines go to stderr)\n"
+            "%s\n"
+            "A relayed session tries to go direct at once (hole punching, when both relays\n"
+            "support it); each change of path is printed: \"path: relayed -> direct to\n"
+            "ADDR (rtt N ms)\", and back when the direct path stalls.\n",
+            cli_punch_usage);
 }
 
 /* Over 80 lines: one case per option, each with its own range check and message. */
@@ -91,6 +108,8 @@ static int parse(int argc, char **argv, struct opts *o)
         {"timeout", required_argument, NULL, 'w'},
         {"limit-rate", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, 'j'},
+        {"no-mdns", no_argument, NULL, 'M'},
+        CLI_PUNCH_LONGOPTS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -100,10 +119,17 @@ static int parse(int argc, char **argv, struct opts *o)
     memset(o, 0, sizeof(*o));
     o->token = getenv("POS_TOKEN");
     o->timeout_s = 10;
+    o->mdns = 1;
+    pos_p2p_punch_options_default(&o->punch);
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:jh", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "a:t:i:d:r:RT:w:l:jMh", lopts, NULL)) != -1) {
         if (cli_relay_opt(ch, optarg, &o->api_url, &o->token, &o->identity))
+            continue;
+        int pv = cli_punch_opt("pos-p2p send", ch, optarg, &o->punch);
+        if (pv < 0)
+            return 2;
+        if (pv > 0)
             continue;
         switch (ch) {
         case 'd':
@@ -139,6 +165,9 @@ static int parse(int argc, char **argv, struct opts *o)
         case 'j':
             o->json = 1;
             break;
+        case 'M':
+            o->mdns = 0;
+            break;
         case 'h':
             usage(stdout);
             return 1;
@@ -170,8 +199,11 @@ static int parse(int argc, char **argv, struct opts *o)
         fprintf(stderr, "pos-p2p send: --relay-only needs --api-url\n");
         return 2;
     }
-    if (!o->addr && !o->api_url) {
-        fprintf(stderr, "pos-p2p send: give --addr (direct) or --api-url (relay), or both\n");
+    if (o->relay_only)
+        o->punch.enabled = 0; /* no direct path at all, punched ones included */
+    if (!o->addr && !o->api_url && !o->mdns) {
+        fprintf(stderr, "pos-p2p send: with --no-mdns, give --addr (direct) or --api-url "
+                        "(relay), or both\n");
         return 2;
     }
     if (o->api_url && (!o->token || !*o->token)) {
@@ -303,10 +335,23 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
             pos_xfer_sender_input(r->tx, ev->data, ev->len);
         if (pos_xfer_sender_status(r->tx) == POS_XFER_RUNNING && ev->fin)
             pos_xfer_sender_input(r->tx, NULL, 0);
+    } else if (ev->type == POS_P2P_SESSION_EV_PATH && ev->path_change) {
+        if (r->tty)
+            fputc('\r', stderr);
+        cli_print_path_change(r->info, NULL, ev->path_change);
     } else if (ev->type == POS_P2P_SESSION_EV_STREAM_RESET && r->tx && ev->stream == r->stream) {
         fprintf(stderr, "pos-p2p send: the receiver abandoned %s\n", r->o->files[r->file]);
         r->failed = 1;
     }
+}
+
+/* sample: the session's status and its path's counts (pos_p2p_session_get_path) for --json. */
+static void sample(struct run *r, const pos_p2p_session_status *st)
+{
+    pos_p2p_path_info pi;
+    send_report_sample(r->rep, st, pos_p2p_now_ms());
+    if (pos_p2p_session_get_path(r->s, &pi) == 0)
+        send_report_path(r->rep, &pi);
 }
 
 /* step: the runner's "done" check, also where the transfer advances. */
@@ -316,7 +361,7 @@ static int step(void *arg)
     pos_p2p_session_status st;
     pos_p2p_session_get_status(r->s, &st);
     if (r->rep)
-        send_report_sample(r->rep, &st, pos_p2p_now_ms());
+        sample(r, &st);
     if (st.state == POS_P2P_SESSION_CLOSED) {
         if (r->tx)
             progress_bar(r, 1);
@@ -355,55 +400,156 @@ static int step(void *arg)
     return 0;
 }
 
-/* connect_session: direct when possible, else (or after no answer) through the home relay. */
-static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
+/*
+ * try_direct dials |addr| directly and waits for the handshake. Returns the
+ * open session, or NULL with the reason in |why| and in |*how| DIRECT_REFUSED
+ * (the peer or another key answered), DIRECT_NO_ANSWER (worth another path)
+ * or DIRECT_CANNOT_DIAL (not an address, no socket of its family).
+ */
+enum { DIRECT_REFUSED = 0, DIRECT_NO_ANSWER = 1, DIRECT_CANNOT_DIAL = 2 };
+
+static pos_p2p_session *try_direct(struct opts *o, pos_p2p_endpoint *ep, const char *addr, int tmo,
+                                   char *why, size_t cap, int *how)
 {
     pos_p2p_session *s = NULL;
-    pos_p2p_relay *home;
-    pos_p2p_relay_info info;
-    int tmo = (int)(o->timeout_s * 1000), rv;
-
-    if (o->addr && !o->relay_only) {
-        rv = pos_p2p_session_connect_addr(ep, o->addr, o->to, tmo, &s);
-        if (rv != 0) {
-            fprintf(stderr, "pos-p2p send: --addr %s: %s\n", o->addr,
-                    rv == POS_P2P_ERR_BAD_ADDRESS
-                        ? "not an address (want IP, IP:PORT, [IPv6] or [IPv6]:PORT)"
-                        : pos_p2p_strerror(rv));
-            return NULL;
-        }
-        rv = pos_p2p_session_wait_open(s, tmo + 1000);
-        if (rv == 0)
-            return s;
-        pos_p2p_session_status st;
-        pos_p2p_session_get_status(s, &st);
-        pos_p2p_session_close(s, 0, NULL);
-        s = NULL;
-        if (rv != POS_P2P_ERR_TIMEOUT || !o->api_url) {
-            fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
-            return NULL;
-        }
-        fprintf(stderr, "pos-p2p send: no direct answer from %s, trying the relay\n", o->addr);
-    }
-    home = cli_home_relay(ep, "pos-p2p send", o->api_url, o->token, o->relay_id, tmo, &info);
-    if (!home)
+    pos_p2p_session_status st;
+    int rv = pos_p2p_session_connect_addr(ep, addr, o->to, tmo, &s);
+    *how = DIRECT_REFUSED;
+    if (rv != 0) {
+        snprintf(why, cap, "%s: %s", addr,
+                 rv == POS_P2P_ERR_BAD_ADDRESS
+                     ? "not an address (want IP, IP:PORT, [IPv6] or [IPv6]:PORT)"
+                     : pos_p2p_strerror(rv));
+        *how = DIRECT_CANNOT_DIAL;
         return NULL;
-    rv = pos_p2p_session_connect_relay(ep, home, o->token, o->to, tmo, &s);
+    }
+    rv = pos_p2p_session_wait_open(s, tmo + 1000);
+    if (rv == 0)
+        return s;
+    pos_p2p_session_get_status(s, &st);
+    pos_p2p_session_close(s, 0, NULL);
+    snprintf(why, cap, "%s", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
+    *how = rv == POS_P2P_ERR_TIMEOUT ? DIRECT_NO_ANSWER : DIRECT_REFUSED;
+    return NULL;
+}
+
+/*
+ * lan_dial dials the addresses |lan| advertises for the peer, each with a
+ * share of |tmo| (LAN_DIAL_MS each when a relay can follow). NULL when none
+ * answered (*fatal: a refusal, or nothing else to try).
+ */
+static pos_p2p_session *lan_dial(struct opts *o, pos_p2p_endpoint *ep,
+                                 const struct cli_lan_peer *lan, int tmo, int *fatal)
+{
+    char why[512] = "";
+    int how = DIRECT_NO_ANSWER;
+    int64_t t0 = pos_p2p_now_ms();
+    fprintf(stderr, "pos-p2p send: found %s on the local network%s at %s\n", o->to,
+            lan->contact ? " (a contact)" : "", lan->addrs[0]);
+    for (size_t i = 0; i < lan->n; i++) {
+        int left = tmo - (int)(pos_p2p_now_ms() - t0);
+        int share = o->api_url ? LAN_DIAL_MS : left / (int)(lan->n - i);
+        if (share < 1000)
+            share = 1000;
+        pos_p2p_session *s = try_direct(o, ep, lan->addrs[i], share, why, sizeof(why), &how);
+        if (s)
+            return s;
+        if (how == DIRECT_REFUSED)
+            break; /* a wrong key or a refusal: the same at every address */
+    }
+    fprintf(stderr, "pos-p2p send: %s on the local network: %s\n", o->to, why);
+    *fatal = !o->api_url || how == DIRECT_REFUSED;
+    return NULL;
+}
+
+static void not_on_lan(const struct opts *o, int window_ms)
+{
+    fprintf(stderr,
+            "pos-p2p send: %s was not found on the local network (mDNS) within %.0f s: is "
+            "'pos-p2p listen' running there (not with --mdns disabled)? Give --addr or "
+            "--api-url to reach it otherwise\n",
+            o->to, (double)window_ms / 1000.0);
+}
+
+/* relayed_session dials the peer through |home|. */
+static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, pos_p2p_relay *home,
+                                        int tmo)
+{
+    pos_p2p_session *s = NULL;
+    pos_p2p_session_status st;
+    int rv = pos_p2p_session_connect_relay(ep, home, o->token, o->to, tmo, &s);
     if (rv != 0) {
         fprintf(stderr, "pos-p2p send: %s\n", pos_p2p_strerror(rv));
         return NULL;
     }
     rv = pos_p2p_session_wait_open(s, tmo + 1000);
-    if (rv != 0) {
-        pos_p2p_session_status st;
-        pos_p2p_session_get_status(s, &st);
-        fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
-        pos_p2p_session_close(s, 0, NULL);
-        return NULL;
-    }
-    return s;
+    if (rv == 0)
+        return s;
+    pos_p2p_session_get_status(s, &st);
+    fprintf(stderr, "pos-p2p send: %s\n", st.reason[0] ? st.reason : pos_p2p_strerror(rv));
+    pos_p2p_session_close(s, 0, NULL);
+    return NULL;
 }
 
+/*
+ * connect_session: direct to --addr; without it, to the addresses the peer
+ * advertises on mDNS (looked for while the home relay is picked, up to
+ * LAN_WINDOW_MS); else (or after no answer) through the home relay.
+ */
+static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
+{
+    pos_p2p_session *s = NULL;
+    pos_p2p_relay *home;
+    pos_p2p_relay_info info;
+    struct cli_lan_search *search = NULL;
+    struct cli_lan_peer lan;
+    int tmo = (int)(o->timeout_s * 1000), how, fatal = 0;
+    int window = tmo < LAN_WINDOW_MS ? tmo : LAN_WINDOW_MS;
+    char why[512];
+
+    if (o->addr && !o->relay_only) {
+        s = try_direct(o, ep, o->addr, tmo, why, sizeof(why), &how);
+        if (s)
+            return s;
+        if (how != DIRECT_NO_ANSWER || !o->api_url) {
+            fprintf(stderr, "pos-p2p send: %s%s\n", how == DIRECT_CANNOT_DIAL ? "--addr " : "",
+                    why);
+            return NULL;
+        }
+        fprintf(stderr, "pos-p2p send: no direct answer from %s, trying the relay\n", o->addr);
+    } else if (!o->addr && !o->relay_only && o->mdns && !o->api_url) {
+        if (cli_lan_find("pos-p2p send", o->identity, o->to, tmo, &lan) != 0) {
+            not_on_lan(o, tmo);
+            return NULL;
+        }
+        return lan_dial(o, ep, &lan, tmo, &fatal);
+    } else if (!o->addr && !o->relay_only && o->mdns) {
+        search = cli_lan_search_start("pos-p2p send", o->identity, o->to, window);
+    }
+    home = cli_home_relay(ep, "pos-p2p send", o->api_url, o->token, o->relay_id, tmo, &info);
+    if (search && cli_lan_search_finish(search, &lan) == 0) {
+        s = lan_dial(o, ep, &lan, tmo, &fatal);
+        if (s || fatal) {
+            pos_p2p_relay_close(home);
+            return s;
+        }
+        if (home)
+            fprintf(stderr, "pos-p2p send: trying the relay\n");
+    }
+    return home ? relayed_session(o, ep, home, tmo) : NULL;
+}
+
+/* path_word: the path of the final line (relayed, direct, relayed-then-direct...). */
+static const char *path_word(const pos_p2p_session *s, const pos_p2p_session_status *st)
+{
+    pos_p2p_path_info pi;
+    if (pos_p2p_session_get_path(s, &pi) == 0 && pi.upgraded && pi.upgraded_after_ms >= 0)
+        return st->path == POS_P2P_PATH_RELAYED ? "relayed-then-direct, relayed again"
+                                                : "relayed-then-direct";
+    return st->path == POS_P2P_PATH_RELAYED ? "relayed" : "direct";
+}
+
+/* Over 80 lines: the command's whole life, set-up to summary, with one clean-up path. */
 int cmd_send(int argc, char **argv)
 {
     struct opts o;
@@ -435,6 +581,8 @@ int cmd_send(int argc, char **argv)
                 pos_p2p_strerror(rv ? rv : POS_P2P_ERR_NOMEM));
         goto out;
     }
+    if (cli_punch_apply("pos-p2p send", ep, &o.punch) != 0)
+        goto out;
     r->o = &o;
     r->tty = isatty(2);
     r->info = o.json ? stderr : stdout;
@@ -448,7 +596,7 @@ int cmd_send(int argc, char **argv)
         goto out;
     pos_p2p_session_get_status(r->s, &st);
     if (r->rep)
-        send_report_sample(r->rep, &st, pos_p2p_now_ms());
+        sample(r, &st);
     fprintf(r->info, "session with %s %s %s\n", o.to,
             st.path == POS_P2P_PATH_RELAYED ? "through relay at" : "directly at", st.remote);
     fflush(r->info);
@@ -458,13 +606,13 @@ int cmd_send(int argc, char **argv)
     secs = (double)(pos_p2p_now_ms() - r->start_ms) / 1000.0;
     pos_p2p_session_get_status(r->s, &st);
     if (r->rep)
-        send_report_sample(r->rep, &st, pos_p2p_now_ms());
+        sample(r, &st);
     if (!r->failed) {
         human((double)r->total_sent, a, sizeof(a));
         human(secs > 0 ? (double)r->total_sent / secs : 0, b, sizeof(b));
+        const char *how = path_word(r->s, &st);
         fprintf(r->info, "done: %d file(s), %llu bytes (%s) in %.2f s, %s/s, path: %s\n", o.n_files,
-                (unsigned long long)r->total_sent, a, secs, b,
-                st.path == POS_P2P_PATH_RELAYED ? "relayed" : "direct");
+                (unsigned long long)r->total_sent, a, secs, b, how);
         status = 0;
     }
     pos_p2p_session_close(r->s, 0, NULL);

@@ -104,6 +104,47 @@ static pos_p2p_relay *promote(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     return NULL;
 }
 
+enum cli_nat_kind cli_nat_verdict(char (*observed)[POS_P2P_ADDR_STRLEN], size_t n)
+{
+    enum cli_nat_kind k = CLI_NAT_UNKNOWN;
+    for (int v6 = 0; v6 < 2; v6++) {
+        const char *first = NULL;
+        for (size_t i = 0; i < n; i++) {
+            if (!observed[i][0] || (observed[i][0] == '[') != v6)
+                continue;
+            if (!first)
+                first = observed[i];
+            else if (strcmp(first, observed[i]) != 0)
+                return CLI_NAT_VARIES;
+            else
+                k = CLI_NAT_EIM;
+        }
+    }
+    return k;
+}
+
+const char *cli_nat_line(enum cli_nat_kind k)
+{
+    return k == CLI_NAT_EIM ? "nat mapping: endpoint-independent (every relay saw the same "
+                              "address and port; direct paths are likely)"
+           : k == CLI_NAT_VARIES
+               ? "nat mapping: varies by destination (the relays saw different addresses or "
+                 "ports; direct paths are unlikely)"
+               : "nat mapping: unknown (needs two relays of one address family to compare)";
+}
+
+void cli_nat_warn(const char *cmd, enum cli_nat_kind k)
+{
+    static int told;
+    if (k != CLI_NAT_VARIES || told)
+        return;
+    told = 1;
+    fprintf(stderr,
+            "%s: this device's NAT maps each destination to another address or port: a direct "
+            "path is unlikely from behind it, the relay carries the session\n",
+            cmd);
+}
+
 /* left_out: |in| is not to be dialed (not the forced relay, the current home, or skipped). */
 static int left_out(const struct cli_pick_req *q, const pos_p2p_relay_info *in)
 {
@@ -125,6 +166,7 @@ pos_p2p_relay *cli_home_relay(pos_p2p_endpoint *ep, const char *cmd, const char 
     pos_p2p_relay *r = cli_pick_relay(ep, &q, &res);
     if (r)
         *info = res.info;
+    cli_nat_warn(cmd, res.nat);
     return r;
 }
 
@@ -159,6 +201,7 @@ static int dial_candidates(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
     return dialed_home;
 }
 
+/* Over 80 lines: fetch, dial, settle, judge (RTT, NAT) and pick share the per-relay arrays. */
 pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q,
                               struct cli_pick_res *res)
 {
@@ -166,6 +209,7 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     struct settle s;
     const pos_p2p_relay_info *infos[MAX_TRY];
     double rtt[MAX_TRY];
+    char observed[MAX_TRY][POS_P2P_ADDR_STRLEN];
     pos_p2p_relay_status st;
     pos_p2p_relay *home = NULL;
     char err[512];
@@ -209,6 +253,7 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
     }
     for (size_t i = 0; i < s.n; i++) {
         rtt[i] = -1;
+        observed[i][0] = 0;
         if (q->current_id && i == 0) {
             rtt[0] = q->current_rtt;
             continue;
@@ -216,11 +261,13 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
         if (!s.r[i])
             continue;
         pos_p2p_relay_get_status(s.r[i], &st);
-        if (st.state == POS_P2P_RELAY_ACCEPTED)
+        if (st.state == POS_P2P_RELAY_ACCEPTED) {
             rtt[i] = st.rtt_ms;
-        else
+            memcpy(observed[i], st.observed, sizeof(observed[i]));
+        } else
             note_failure(q, res, infos[i]->id, &st);
     }
+    res->nat = cli_nat_verdict(observed, s.n);
     pick = pos_p2p_relay_pick_home(rtt, s.n, q->current_id ? 0 : -1);
     if (q->current_id && pick == 0)
         res->kept = 1;

@@ -28,6 +28,8 @@ struct send_report {
     char relay_id[POS_P2P_UUID_STRLEN];
     char remote[POS_P2P_ADDR_STRLEN]; /* the latest sample's remote address */
     double rtt_ms;
+    int have_path; /* send_report_path was called: |pi| is the library's account */
+    pos_p2p_path_info pi;
     struct report_file *files;
     int n_files, cap_files;
 };
@@ -88,6 +90,14 @@ void send_report_sample(send_report *r, const pos_p2p_session_status *st, int64_
     r->rtt_ms = st->rtt_ms;
 }
 
+void send_report_path(send_report *r, const pos_p2p_path_info *pi)
+{
+    if (pi->path != POS_P2P_PATH_DIRECT && pi->path != POS_P2P_PATH_RELAYED)
+        return;
+    r->have_path = 1;
+    r->pi = *pi;
+}
+
 void send_report_file(send_report *r, const char *name, uint64_t size, int ok)
 {
     if (r->n_files >= r->cap_files)
@@ -107,6 +117,8 @@ static const char *path_name(const send_report *r)
         return "none";
     if (r->first_path == POS_P2P_PATH_DIRECT)
         return "direct";
+    if (r->have_path)
+        return r->pi.upgraded ? "relayed-then-direct" : "relayed";
     return r->was_direct ? "relayed-then-direct" : "relayed";
 }
 
@@ -153,12 +165,18 @@ int send_report_print(const send_report *r, FILE *out, uint64_t bytes, double se
     if (!bad) {
         set(o, "ok", json_boolean(ok), &bad);
         set(o, "path", json_string(path_name(r)), &bad);
-        set(o, "upgraded_after_ms",
-            r->upgraded_ms >= 0 ? json_integer((json_int_t)(r->upgraded_ms - r->start_ms))
-                                : json_null(),
-            &bad);
-        set(o, "bytes_relayed", json_integer((json_int_t)r->bytes_relayed), &bad);
-        set(o, "bytes_direct", json_integer((json_int_t)r->bytes_direct), &bad);
+        /* the library's counts when it gave them (exact per path), else the samples' */
+        int64_t up = r->upgraded_ms >= 0 ? r->upgraded_ms - r->start_ms : -1;
+        uint64_t relayed = r->bytes_relayed, direct = r->bytes_direct;
+        if (r->have_path) {
+            up = r->first_path == POS_P2P_PATH_RELAYED && r->pi.upgraded ? r->pi.upgraded_after_ms
+                                                                         : -1;
+            relayed = r->pi.bytes_relayed;
+            direct = r->pi.bytes_direct;
+        }
+        set(o, "upgraded_after_ms", up >= 0 ? json_integer((json_int_t)up) : json_null(), &bad);
+        set(o, "bytes_relayed", json_integer((json_int_t)relayed), &bad);
+        set(o, "bytes_direct", json_integer((json_int_t)direct), &bad);
         set(o, "bytes", json_integer((json_int_t)bytes), &bad);
         set(o, "seconds", json_real(seconds), &bad);
         set(o, "remote", r->sampled ? json_string(r->remote) : json_null(), &bad);

@@ -32,6 +32,14 @@ void send_report_del(send_report *r);
 void send_report_sample(send_report *r, const pos_p2p_session_status *st, int64_t now_ms);
 
 /* send_report_file: file |name| (copied) of |size| bytes was delivered intact (|ok|) or not. */
+/*
+ * send_report_path: the library's own account of the session's paths
+ * (pos_p2p_session_get_path): once given, path, upgraded_after_ms,
+ * bytes_relayed and bytes_direct come from the latest of these instead of
+ * the samples. No errors.
+ */
+void send_report_path(send_report *r, const pos_p2p_path_info *pi);
+
 void send_report_file(send_report *r, const char *name, uint64_t size, int ok);
 
 /*

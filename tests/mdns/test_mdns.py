@@ -756,5 +756,93 @@ def qu_only_when_port_5353_is_ours_alone():
         lb.close()
 
 
+def listen(lb, i, ident, out, *extra):
+    return Proc(lb.argv(i, pos(), "listen", "--identity", ident, "--out", out, *extra),
+                name=f"listen-h{i}")
+
+
+def send(lb, i, ident, to, path, *extra, timeout=20):
+    return subprocess.run(lb.argv(i, pos(), "send", "--identity", ident, "--to", to, "--json",
+                                  *extra, path), capture_output=True, text=True, timeout=timeout)
+
+
+@test
+def send_finds_listener_on_the_lan_by_peer_id():
+    """No --addr, no --api-url: send finds the listener through mDNS and the file arrives
+    intact over a direct session; with a contacts-only listener only a contact finds it."""
+    lb = lab(3)
+    try:
+        d = tmpdir()
+        ia, pa, card_a = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        ic, _, _ = identity(d, "c")
+        src = os.path.join(d, "file.bin")
+        data = os.urandom(300_000)
+        with open(src, "wb") as f:
+            f.write(data)
+        out = os.path.join(d, "in")
+        os.mkdir(out)
+        la = listen(lb, 0, ia, out)
+        wait_until(lambda: "mdns: advertised" in la.output(), 8, what="the listener to advertise")
+        r = send(lb, 1, ib, pa, src)
+        assert r.returncode == 0, (r.stdout, r.stderr, la.output())
+        rep = json.loads(r.stdout)
+        assert rep["path"] == "direct", rep
+        assert f"found {pa} on the local network at 10.77.0.1:" in r.stderr, r.stderr
+        with open(os.path.join(out, "file.bin"), "rb") as f:
+            assert f.read() == data
+        la.stop()
+        # contacts-only: the sender that holds a's card finds it, a stranger does not
+        r = subprocess.run([pos(), "contact", "--identity", ib, "add", card_a],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr
+        out2 = os.path.join(d, "in2")
+        os.mkdir(out2)
+        la = listen(lb, 0, ia, out2, "--mdns", "contacts-only")
+        wait_until(lambda: "mdns: advertised on the local network (contacts only)" in la.output(),
+                   8, what="the listener to advertise")
+        r = send(lb, 1, ib, pa, src)
+        assert r.returncode == 0 and "(a contact)" in r.stderr, (r.stdout, r.stderr)
+        assert os.path.exists(os.path.join(out2, "file.bin"))
+        r = send(lb, 2, ic, pa, src, "--timeout", "2")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "was not found on the local network (mDNS) within 2 s" in r.stderr, r.stderr
+        assert la.stop() == 0 and not la.sanitizer_report()
+    finally:
+        lb.close()
+
+
+@test
+def send_does_not_find_listener_with_mdns_disabled():
+    lb = lab(2)
+    try:
+        d = tmpdir()
+        ia, pa, _ = identity(d, "a")
+        ib, _, _ = identity(d, "b")
+        src = os.path.join(d, "file.bin")
+        with open(src, "wb") as f:
+            f.write(b"x" * 1000)
+        out = os.path.join(d, "in")
+        os.mkdir(out)
+        la = listen(lb, 0, ia, out, "--mdns", "disabled")
+        wait_until(lambda: "listening" in la.output(), 8, what="the listener")
+        assert "mdns: advertised" not in la.output()
+        r = send(lb, 1, ib, pa, src, "--timeout", "2")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert f"{pa} was not found on the local network (mDNS) within 2 s" in r.stderr, r.stderr
+        assert os.listdir(out) == [] or all(n.startswith(".") for n in os.listdir(out))
+        # the listener is there all the same: --addr reaches it
+        port = re.search(r"direct: UDP port (\d+)", la.output()).group(1)
+        r = send(lb, 1, ib, pa, src, "--addr", f"10.77.0.1:{port}")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        r = subprocess.run([pos(), "listen", "--out", out, "--mdns", "sometimes"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and "--mdns must be enabled, contacts-only or disabled" in \
+            r.stderr, r.stderr
+        assert la.stop() == 0 and not la.sanitizer_report()
+    finally:
+        lb.close()
+
+
 if __name__ == "__main__":
     run("mdns")

@@ -448,12 +448,12 @@ class NsRedis(Redis):
 class NsRelay(suite.Relay):
     """A pos-relay in "srv" listening on |ip|:7373, HTTP on 127.0.0.1:|http_port| there."""
 
-    def __init__(self, lab, redis, secret, ip, http_port):
+    def __init__(self, lab, redis, secret, ip, http_port, extra=None):
         self.lab = lab
         super().__init__(redis, None, secret,
                          {"listen": [f"{ip}:{RELAY_PORT}"],
                           "http_listen": f"127.0.0.1:{http_port}",
-                          "api_url": DISCOVERY_URL, "register_interval": 1})
+                          "api_url": DISCOVERY_URL, "register_interval": 1, **(extra or {})})
         self.ip = ip
         self.port = RELAY_PORT
         self.http = f"http://127.0.0.1:{http_port}"
@@ -478,7 +478,8 @@ class NsRelay(suite.Relay):
 class Public:
     """The public core's services in "srv": Redis, pos-discovery and two relays."""
 
-    def __init__(self, lab, secret, n_relays=2):
+    def __init__(self, lab, secret, n_relays=2, relay_config=None):
+        """|relay_config|: more keys for every relay's configuration file."""
         self.lab = lab
         self.redis = NsRedis(lab)
         self.discovery = lab.proc("srv", [suite.DISCOVERY, "--listen", "10.200.0.10:8080",
@@ -487,7 +488,8 @@ class Public:
         self.url = DISCOVERY_URL
         wait_until(lambda: self.lab.http_get("srv", self.url + "/api/p2p/relays")[0] == 200, 10,
                    what="pos-discovery to answer")
-        self.relays = [NsRelay(lab, self.redis, secret, RELAY_IPS[k], 7380 + k).start()
+        self.relays = [NsRelay(lab, self.redis, secret, RELAY_IPS[k], 7380 + k,
+                               relay_config).start()
                        for k in range(n_relays)]
         want = {r.id for r in self.relays}
         wait_until(lambda: want <= self.listed(), 10, what="the relays to register")

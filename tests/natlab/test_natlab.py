@@ -8,10 +8,13 @@ sender's JSON summary names the path; and the lab does not trust that report
 alone: the relay's per-circuit counters (/circuits) and the NAT routers'
 iptables counters must agree on where the bytes went.
 
-Hole punching is not in the code yet, so today every NAT'd session stays on
-the relay: EXPECT holds the path each scenario must show. When punching
-lands, the scenarios that can punch flip to "relayed-then-direct" there, one
-word each, and the same checks then demand that the bytes left the relay.
+EXPECT holds the path each scenario must show: sessions start on the relay
+and go direct by hole punching where the NATs allow it ("relayed-then-
+direct": most bytes then left the relay); two symmetric NATs stay relayed,
+the probes they sent are few and end within the probe window. Two clients on
+one LAN find each other by mDNS and are direct from the start; without mDNS
+they punch over their LAN addresses. A direct path blackholed mid-transfer
+sends the session back to the relay with the file intact.
 
 The lab itself is checked too: a router drops unsolicited input on its WAN
 (nothing reaches the LAN client, the drop counter moves) while the answer to
@@ -33,14 +36,20 @@ from harness import run, test, tmpdir, wait_until  # noqa: E402
 SECRET = "natlab-secret-natlab-tests-0123456789abcdef"
 SIZE = 4 * 1000 * 1000 + 7  # big enough to dwarf handshakes and keepalives
 
-# The path each scenario must show (issue 11). Punching flips eim-eim to
-# "relayed-then-direct"; symmetric-symmetric must stay "relayed".
+# The path each scenario must show (issue 11).
 EXPECT = {
-    ("eim", "eim"): "relayed",
-    ("cgnat", "eim"): "relayed",
-    ("same", "same"): "relayed",  # punching: direct over the LAN addresses
+    ("eim", "eim"): "relayed-then-direct",
+    ("cgnat", "eim"): "relayed-then-direct",
+    # one LAN: send finds the listener by mDNS before it asks the relay
+    ("same", "same"): "direct",
+    # without mDNS (neither side): punching over the LAN addresses HELLO carries (the
+    # shared public address is not hairpinned)
+    ("same", "same", "no-mdns"): "relayed-then-direct",
     ("symmetric", "symmetric"): "relayed",
 }
+# What a relayed session may send straight to the peer: punching probes (a
+# few dozen bytes each, every 50 ms for one probe window, per candidate).
+PROBE_BUDGET = 64 * 1024
 
 
 def new_identity():
@@ -61,25 +70,34 @@ def no_sanitizer_report(text, who):
         assert marker not in text, f"sanitizer report from {who}:\n" + text[-4000:]
 
 
-def transfer(lab, pub, size):
+def transfer(lab, pub, size, send_args=(), listen_args=(), during=None):
     """`listen` on B's LAN, `send --json` from A's: (summary, file, received path, counters
     of A's and B's edge before and after)."""
     token = pub.relays[0].token()
     ident_b, peer_b = new_identity()
     out = tmpdir()
     listener = lab.proc("b", [suite.P2P, "listen", "--identity", ident_b, "--out", out,
-                              "--api-url", pub.url, "--token", token], name="listen")
+                              "--api-url", pub.url, "--token", token, *listen_args],
+                        name="listen")
     wait_until(lambda: "listening" in listener.output() or not listener.alive(), 20,
                what="pos-p2p listen to reach its relay")
     assert listener.alive(), listener.output()
     path = make_file(size)
     before = {s: lab.counters(s) for s in ("a", "b")}
-    r = lab.run("a", [suite.P2P, "send", "--json", "--identity", new_identity()[0],
-                      "--api-url", pub.url, "--token", token, "--to", peer_b, path],
-                check=False, timeout=120)
-    no_sanitizer_report(r.stderr, "pos-p2p send")
-    assert r.returncode == 0, r.stdout + r.stderr
-    doc = json.loads(r.stdout)  # all of stdout: one object
+    argv = [suite.P2P, "send", "--json", "--identity", new_identity()[0], "--api-url", pub.url,
+            "--token", token, "--to", peer_b, *send_args, path]
+    if during is None:
+        r = lab.run("a", argv, check=False, timeout=120)
+        no_sanitizer_report(r.stderr, "pos-p2p send")
+        assert r.returncode == 0, r.stdout + r.stderr
+        doc = json.loads(r.stdout)  # all of stdout: one object
+    else:
+        sender = lab.proc("a", argv, name="send")
+        during(sender, listener)
+        assert sender.wait(60) == 0, sender.output()
+        out_text = sender.output()
+        no_sanitizer_report(out_text, "pos-p2p send")
+        doc = json.loads([x for x in out_text.splitlines() if x.startswith("{")][-1])
     after = {s: lab.counters(s) for s in ("a", "b")}
     got = os.path.join(out, os.path.basename(path))
     wait_until(lambda: os.path.exists(got), 5, what="the received file")
@@ -109,12 +127,13 @@ def assert_path(expect, doc, pub, before, after, size):
         # the relay's counters for this circuit: the file crossed it
         wait_until(lambda: sent_through_relay() >= size, 3,
                    what=f"the relay's counters of circuit {doc['circuit_id']} to show the file")
-        # A's router sent it to the relays, B's received it from them; nothing went between
+        # A's router sent it to the relays, B's received it from them; between them
+        # only punching probes
         assert delta(a["a"], b["a"], "relay_out") >= size, (a, b)
         assert delta(a["b"], b["b"], "relay_in") >= size, (a, b)
         for side in ("a", "b"):
             for k in ("peer_out", "peer_in"):
-                assert delta(a[side], b[side], k) == 0, (side, k, a, b)
+                assert delta(a[side], b[side], k) <= PROBE_BUDGET, (side, k, a, b)
     else:
         assert doc["bytes_direct"] >= size // 2, doc
         if expect == "relayed-then-direct":
@@ -125,12 +144,18 @@ def assert_path(expect, doc, pub, before, after, size):
         assert sent_through_relay() < size // 2, pub.circuit(doc["circuit_id"])
 
 
-def scenario(kind_a, kind_b):
+def scenario(kind_a, kind_b, variant=None, send_args=(), listen_args=()):
+    """One transfer from A to B; |variant| names a row of EXPECT beside the two kinds.
+    A session that can punch sends at 2 MB/s, so that the time before the upgrade
+    (about 0.1 s) carries a small part of the file whatever the machine's speed."""
+    key = (kind_a, kind_b) + ((variant,) if variant else ())
+    if EXPECT[key] == "relayed-then-direct":
+        send_args = ("--limit-rate", "2000000", *send_args)
     with natlab.Lab(kind_a, kind_b) as lab:
         pub = natlab.Public(lab, SECRET)
-        doc, before, after = transfer(lab, pub, SIZE)
-        print(f"    {kind_a}-{kind_b}: {json.dumps(doc)}")
-        assert_path(EXPECT[(kind_a, kind_b)], doc, pub, before, after, SIZE)
+        doc, before, after = transfer(lab, pub, SIZE, send_args, listen_args)
+        print(f"    {'-'.join(key)}: {json.dumps(doc)}")
+        assert_path(EXPECT[key], doc, pub, before, after, SIZE)
 
 
 @test
@@ -149,8 +174,100 @@ def same_nat_transfer():
 
 
 @test
+def same_nat_transfer_without_mdns():
+    # the listener's own mDNS announcements would count as bytes between the peers
+    scenario("same", "same", "no-mdns", ("--no-mdns",), ("--mdns", "disabled"))
+
+
+@test
 def symmetric_to_symmetric_stays_relayed():
-    scenario("symmetric", "symmetric")
+    """Stays relayed, and the probes toward the peer end within the probe window (0.5 s
+    here) although the session lasts longer: A's edge counters are sampled throughout."""
+    with natlab.Lab("symmetric", "symmetric") as lab:
+        pub = natlab.Public(lab, SECRET)
+        samples = []
+
+        def sample(sender, listener):
+            while sender.alive():
+                samples.append((time.monotonic(), lab.counters("a")["peer_out"]))
+                time.sleep(0.1)
+        doc, before, after = transfer(lab, pub, SIZE, ("--limit-rate", "1500000",
+                                                       "--punch-window", "0.5"), during=sample)
+        print(f"    symmetric-symmetric: {json.dumps(doc)}")
+        assert_path("relayed", doc, pub, before, after, SIZE)
+        changes = [t for (t, v), (_, w) in zip(samples, samples[1:]) if w != v]
+        assert doc["seconds"] >= 2.0, doc  # long enough to see probing end
+        assert changes, f"no probe toward the peer was counted: {samples}"
+        assert changes[-1] - changes[0] <= 0.5 + 1.0, (changes, samples)
+
+
+@test
+def nat_type_from_two_relays():
+    """`pos-p2p relays` compares the addresses the two relays observed: the EIM side's are
+    one address and port, the symmetric side's differ; a listener there says once that
+    direct paths are unlikely."""
+    with natlab.Lab("eim", "symmetric") as lab:
+        pub = natlab.Public(lab, SECRET)
+        token = pub.relays[0].token()
+        lines = {}
+        for side in ("a", "b"):
+            r = lab.run(side, [suite.P2P, "relays", "--identity", new_identity()[0],
+                               "--api-url", pub.url, "--token", token], check=False)
+            no_sanitizer_report(r.stderr, "pos-p2p relays")
+            assert r.returncode == 0 and r.stdout.count(": accepted,") == 2, r.stdout + r.stderr
+            lines[side] = [x for x in r.stdout.splitlines() if x.startswith("nat mapping: ")]
+            assert len(lines[side]) == 1, r.stdout
+        assert lines["a"][0].startswith("nat mapping: endpoint-independent"), lines
+        assert lines["b"][0].startswith("nat mapping: varies by destination"), lines
+        ident_b, _ = new_identity()
+        listener = lab.proc("b", [suite.P2P, "listen", "--identity", ident_b, "--out", tmpdir(),
+                                  "--api-url", pub.url, "--token", token], name="listen")
+        wait_until(lambda: "listening" in listener.output() or not listener.alive(), 20,
+                   what="pos-p2p listen to reach its relay")
+        assert listener.output().count("a direct path is unlikely") == 1, listener.output()
+        # with one relay answering there is nothing to compare
+        pub.relays[1].proc.stop()
+        r = lab.run("b", [suite.P2P, "relays", "--identity", new_identity()[0], "--api-url",
+                          pub.url, "--token", token, "--timeout", "1"], check=False)
+        assert r.stdout.count(": accepted,") == 1, r.stdout + r.stderr
+        assert "\nnat mapping: unknown" in r.stdout, r.stdout
+
+
+@test
+def blackholed_direct_path_falls_back_to_the_relay():
+    """A direct session whose path is blackholed mid-transfer goes back to the relay
+    (the sender says so, with the reason), the file arrives intact, and after the path is restored the
+    session goes direct again (retry 1 s; the relays allow an attempt every 0.5 s)."""
+    with natlab.Lab("eim", "eim") as lab:
+        pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500})
+        marks = {}
+
+        def cut(sender, listener):
+            wait_until(lambda: "relayed -> direct to " in sender.output(), 10,
+                       what="the session to go direct")
+            lab.blackhole(True)
+            marks["cut"] = time.monotonic()
+            wait_until(lambda: "direct -> relayed through " in sender.output(), 6,
+                       what="the session to fall back to the relay")
+            marks["back"] = time.monotonic()
+            lab.blackhole(False)
+            wait_until(lambda: sender.output().count("relayed -> direct to ") >= 2 or
+                       not sender.alive(), 10, what="the session to go direct again")
+            marks["listener"], marks["sender"] = listener, sender.output()
+        doc, _, _ = transfer(lab, pub, SIZE, ("--limit-rate", "700000", "--punch-retry", "1"),
+                             during=cut)
+        print(f"    blackhole: {json.dumps(doc)} fell back after "
+              f"{marks['back'] - marks['cut']:.2f} s")
+        assert doc["ok"] is True and doc["bytes"] == SIZE, doc
+        assert doc["path"] == "relayed-then-direct" and doc["upgraded_after_ms"] is not None, doc
+        assert doc["bytes_direct"] > 0 and doc["bytes_relayed"] > 0, doc
+        # the listener saw the session go direct (its fallback line is not checked: the
+        # library's acceptor does not always see the dialer's move back, see the report)
+        lst = marks["listener"]
+        wait_until(lambda: "relayed -> direct to " in lst.output(), 5,
+                   what="the listener to report the direct path:\n" + lst.output())
+        assert "(the direct path stalled)" in marks["sender"], marks["sender"]
+        assert marks["sender"].count("relayed -> direct to ") >= 2, marks["sender"]
 
 
 # A client on A's LAN binds PORT and listens; a public host sends to A's public

@@ -67,7 +67,7 @@ class Listener:
         self.out = tmpdir()
         self.port = port or free_port(socket.SOCK_DGRAM)
         self.proc = Proc([P2P, "listen", "--identity", self.identity, "--port", str(self.port),
-                          "--out", self.out, *extra], name="listen")
+                          "--out", self.out, "--mdns", "disabled", *extra], name="listen")
         wait_until(lambda: "listening" in self.proc.output() or not self.proc.alive(), 15,
                    what="pos-p2p listen to start")
         assert self.proc.alive(), self.proc.output()
@@ -91,6 +91,30 @@ def check_received(paths, out):
         assert os.path.exists(got), f"{got} missing; dir has {os.listdir(out)}"
         assert filecmp.cmp(p, got, shallow=False), f"{got} differs"
     assert not [n for n in os.listdir(out) if n.startswith(".")], os.listdir(out)
+
+
+@test
+def punch_and_mdns_options_checked():
+    """Bad punching or mDNS values stop send and listen with a sentence (exit 2), before
+    anything is sent or created; without --addr, --api-url and mDNS there is no way."""
+    d = tmpdir()
+    f = os.path.join(d, "f")
+    with open(f, "wb") as fh:
+        fh.write(b"x")
+    peer = new_identity()[1]
+    for args, msg in ((("--punch-window", "0"), "--punch-window wants seconds from 0.1 to 60"),
+                      (("--punch-window", "61"), "--punch-window wants seconds from 0.1 to 60"),
+                      (("--punch-retry", "0.5"), "--punch-retry wants seconds from 1 to 3600"),
+                      (("--punch-retry", "x"), "--punch-retry wants seconds from 1 to 3600")):
+        r = send("--to", peer, "--addr", "127.0.0.1:9", *args, f, timeout=10)
+        assert r.returncode == 2 and "pos-p2p send: " + msg in r.stderr, (args, r.stderr)
+        out = tmpdir()
+        r = subprocess.run([P2P, "listen", "--identity", os.path.join(d, "lid"), "--out", out,
+                            *args], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and "pos-p2p listen: " + msg in r.stderr, (args, r.stderr)
+        assert not os.path.exists(os.path.join(d, "lid")), "an identity was created"
+    r = send("--to", peer, "--no-mdns", f, timeout=10)
+    assert r.returncode == 2 and "with --no-mdns, give --addr" in r.stderr, r.stderr
 
 
 # ---- direct ----

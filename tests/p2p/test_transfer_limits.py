@@ -49,7 +49,8 @@ class Listener:
         self.out = out or tmpdir()
         self.port = free_port(socket.SOCK_DGRAM)
         self.proc = Proc([*prefix, P2P, "listen", "--identity", self.identity, "--port",
-                          str(self.port), "--out", self.out, *extra], name="listen")
+                          str(self.port), "--out", self.out, "--mdns", "disabled", *extra],
+                         name="listen")
         wait_until(lambda: "listening" in self.proc.output() or not self.proc.alive(), 15,
                    what="pos-p2p listen to start")
         assert self.proc.alive(), self.proc.output()
