@@ -502,9 +502,18 @@ int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct ses
 int sess_punch_follow(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                       pos_p2p_path_change *ev)
 {
-    if (p->dialer || !p->direct || !sess_path_is_relayed(path, ngtcp2_conn_get_path(qc)))
+    const ngtcp2_path *cur = ngtcp2_conn_get_path(qc);
+    int relayed = sess_path_is_relayed(path, cur);
+    if (p->dialer)
         return 0;
-    return peer_fell_back(p, ev);
+    if (relayed && p->direct)
+        return peer_fell_back(p, ev);
+    if (!relayed && !p->direct && p->prober) {
+        /* the dialer sends on a direct path only once it validated it */
+        went_direct(p, qc, cur, pos_p2p_now_ms(), ev);
+        return 1;
+    }
+    return 0;
 }
 
 void sess_punch_received(struct sess_punch *p, const struct sess_path *path, const ngtcp2_path *np,

@@ -76,9 +76,9 @@ int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct ses
                          const ngtcp2_path *np, int ok, pos_p2p_path_change *ev);
 /*
  * sess_punch_follow: after a packet was read, the listener follows the
- * connection's current path: back on the relay while it thought itself
- * direct (the dialer fell back: a path ngtcp2 validated before may come
- * back without a validation callback). Returns 1 with |*ev| filled then, else 0.
+ * connection's current path (the dialer's move): direct, or back on the
+ * relay (a path ngtcp2 has seen before may come back without a validation
+ * callback). Returns 1 with |*ev| filled when it changed, else 0.
  */
 int sess_punch_follow(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                       pos_p2p_path_change *ev);
