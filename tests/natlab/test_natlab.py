@@ -268,6 +268,8 @@ def blackholed_direct_path_falls_back_to_the_relay():
         wait_until(lambda: "direct -> relayed through " in lst.output(), 5,
                    what="the listener to report the move back:\n" + lst.output())
         assert "(the peer moved back)" in lst.output(), lst.output()
+        wait_until(lambda: lst.output().count("relayed -> direct to ") >= 2, 5,
+                   what="the listener to report the direct path again:\n" + lst.output())
         assert "(the direct path stalled)" in marks["sender"], marks["sender"]
         assert marks["sender"].count("relayed -> direct to ") >= 2, marks["sender"]
 
