@@ -519,6 +519,7 @@ static void after_handshake(pos_p2p_session *s)
 static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t *data, size_t len)
 {
     ngtcp2_pkt_info pi = {0};
+    pos_p2p_path_change ch;
     int rv;
 
     if (s->dead || s->free_requested)
@@ -526,13 +527,15 @@ static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
     s->busy++;
     s->st.bytes_received += len;
     if (s->punch)
-        sess_punch_count(s->punch, s->path, path, len);
+        sess_punch_received(s->punch, s->path, path, len, pos_p2p_now_ms());
     rv = ngtcp2_conn_read_pkt(s->qc, path, &pi, data, len, pos_quic_now());
     if (rv == NGTCP2_ERR_DRAINING)
         on_peer_close(s);
     else if (rv != 0)
         fail_liberr(s, rv);
-    else
+    else if (s->punch && sess_punch_follow(s->punch, s->qc, s->path, &ch))
+        path_event(s, &ch); /* the listener: the dialer moved back to the relay */
+    if (rv == 0)
         after_handshake(s);
     conn_write(s);
     s->busy--;

@@ -25,6 +25,8 @@
 #define DIRECT_KEEPALIVE_NS (1 * NGTCP2_SECONDS)   /* direct: a stall shows within a second */
 #define RELAYED_KEEPALIVE_NS (10 * NGTCP2_SECONDS) /* as session_quic.c */
 #define MAX_DATAGRAMS 16
+#define NUDGE_MS 1000 /* nothing through the relay this long: KEEPALIVE to it (see nudge) */
+#define MAX_NUDGES 4  /* ... then after 2, 4, 8 s of silence; the keepalives take over */
 
 struct kept {
     pos_p2p_relay *relay; /* NULL: free slot */
@@ -56,6 +58,8 @@ struct sess_punch {
     int64_t move_at;    /* MOVE_WANTED: next try */
     int direct;         /* the session's current path is direct */
     int64_t request_at; /* ask for a new attempt then (-1: not now) */
+    int64_t heard_ms;   /* the last packet of the session through the relay */
+    int nudges;         /* KEEPALIVEs sent since */
     struct pos_prober_path result;
     pos_p2p_path_info info; /* path, bytes, upgrade time, counters */
 };
@@ -184,6 +188,7 @@ struct sess_punch *sess_punch_new(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32
     p->opt = pe->opt;
     p->started_ms = now;
     p->request_at = -1;
+    p->heard_ms = now;
     p->info.path = POS_P2P_PATH_RELAYED;
     p->info.upgraded_after_ms = -1;
     take_kept(p);
@@ -259,6 +264,38 @@ int sess_punch_frame(struct sess_punch *p, uint32_t circuit_id, const uint8_t *d
     return 0;
 }
 
+/* nudge_at: when the next KEEPALIVE to the relay is due if nothing comes through it. */
+static int64_t nudge_at(const struct sess_punch *p)
+{
+    return p->heard_ms + ((int64_t)NUDGE_MS << p->nudges);
+}
+
+/*
+ * nudge: nothing came through the relay for a while. Our NAT may have lost
+ * the mapping toward the relay (a conntrack flush, a rebooted router): the
+ * relay's packets to it are then dropped until we send to the relay again,
+ * and a side that only receives (or a handshake's server, all of its flight
+ * acknowledged) would send nothing before its 10 s keepalive; the handshake
+ * times out first. A KEEPALIVE frame on the circuit (the relay echoes it)
+ * makes the mapping anew.
+ */
+static void nudge(struct sess_punch *p)
+{
+    pos_p2p_relay_status st;
+    struct sockaddr_storage to;
+    uint8_t frame[POS_FRAME_PROBE_LEN];
+    int sock;
+    p->nudges++;
+    pos_p2p_relay_get_status(p->relay, &st);
+    if (st.state != POS_P2P_RELAY_ACCEPTED ||
+        pos_addr_parse(st.remote, strnlen(st.remote, sizeof(st.remote)), 0, &to) != 0 ||
+        pos_frame_encode_probe(frame, sizeof(frame), POS_FRAME_KEEPALIVE, p->circuit_id, 0) < 0)
+        return;
+    sock = to.ss_family == AF_INET ? 0 : 1;
+    if (ep_has_sock(p->ep, sock))
+        ep_send(p->ep, sock, frame, sizeof(frame), (const struct sockaddr *)&to, pos_addr_len(&to));
+}
+
 int64_t sess_punch_deadline(const struct sess_punch *p)
 {
     int64_t d = p->prober ? pos_prober_deadline(p->prober) : -1;
@@ -266,6 +303,8 @@ int64_t sess_punch_deadline(const struct sess_punch *p)
         d = p->request_at;
     if (p->move == MOVE_WANTED && (d < 0 || p->move_at < d))
         d = p->move_at;
+    if (p->nudges < MAX_NUDGES && (d < 0 || nudge_at(p) < d))
+        d = nudge_at(p);
     return d;
 }
 
@@ -383,6 +422,8 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
     }
     if (p->move == MOVE_WANTED && p->move_at <= now)
         try_move(p, qc, now);
+    if (p->nudges < MAX_NUDGES && nudge_at(p) <= now)
+        nudge(p);
     if (p->dialer && p->direct && qc) {
         ngtcp2_conn_stat cs;
         ngtcp2_conn_get_conn_stat(qc, &cs);
@@ -428,6 +469,17 @@ static void went_direct(struct sess_punch *p, ngtcp2_conn *qc, const ngtcp2_path
         ev->rtt_ms = p->result.rtt_ms;
 }
 
+/* peer_fell_back: the dialer moved the session back to the relay (listener). */
+static int peer_fell_back(struct sess_punch *p, pos_p2p_path_change *ev)
+{
+    p->direct = 0;
+    p->info.path = POS_P2P_PATH_RELAYED;
+    p->info.fallbacks++;
+    p->pe->st.fallbacks++;
+    to_relayed(p, ev, POS_P2P_FALLBACK_PEER);
+    return 1;
+}
+
 int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                          const ngtcp2_path *np, int ok, pos_p2p_path_change *ev)
 {
@@ -442,16 +494,27 @@ int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct ses
         went_direct(p, qc, np, now, ev);
         return 1;
     }
-    if (relayed && p->direct && !p->dialer) {
-        /* the dialer moved back to the relay */
-        p->direct = 0;
-        p->info.path = POS_P2P_PATH_RELAYED;
-        p->info.fallbacks++;
-        p->pe->st.fallbacks++;
-        to_relayed(p, ev, POS_P2P_FALLBACK_PEER);
-        return 1;
-    }
+    if (relayed && p->direct && !p->dialer)
+        return peer_fell_back(p, ev);
     return 0;
+}
+
+int sess_punch_follow(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
+                      pos_p2p_path_change *ev)
+{
+    if (p->dialer || !p->direct || !sess_path_is_relayed(path, ngtcp2_conn_get_path(qc)))
+        return 0;
+    return peer_fell_back(p, ev);
+}
+
+void sess_punch_received(struct sess_punch *p, const struct sess_path *path, const ngtcp2_path *np,
+                         size_t len, int64_t now)
+{
+    if (sess_path_is_relayed(path, np)) {
+        p->heard_ms = now;
+        p->nudges = 0;
+    }
+    sess_punch_count(p, path, np, len);
 }
 
 void sess_punch_count(struct sess_punch *p, const struct sess_path *path, const ngtcp2_path *np,

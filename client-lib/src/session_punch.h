@@ -74,6 +74,17 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
  */
 int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                          const ngtcp2_path *np, int ok, pos_p2p_path_change *ev);
+/*
+ * sess_punch_follow: after a packet was read, the listener follows the
+ * connection's current path: back on the relay while it thought itself
+ * direct (the dialer fell back: a path ngtcp2 validated before may come
+ * back without a validation callback). Returns 1 with |*ev| filled then, else 0.
+ */
+int sess_punch_follow(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
+                      pos_p2p_path_change *ev);
+/* sess_punch_received: sess_punch_count of a received packet, at |now| (pos_p2p_now_ms). */
+void sess_punch_received(struct sess_punch *p, const struct sess_path *path, const ngtcp2_path *np,
+                         size_t len, int64_t now);
 /* sess_punch_count: |len| bytes sent or received on |path| (relayed or direct). */
 void sess_punch_count(struct sess_punch *p, const struct sess_path *path, const ngtcp2_path *np,
                       size_t len);
