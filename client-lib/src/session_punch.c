@@ -45,7 +45,7 @@ enum move { MOVE_NONE = 0, MOVE_WANTED, MOVE_VALIDATING };
 struct sess_punch {
     pos_p2p_endpoint *ep;
     struct sess_punch_ep *pe;
-    pos_p2p_relay *relay;
+    pos_p2p_relay *relay; /* NULL: the circuit is gone (see sess_punch_keep_direct) */
     uint32_t circuit_id;
     int dialer;
     pos_p2p_punch_options opt; /* of the current attempt */
@@ -286,6 +286,8 @@ static void nudge(struct sess_punch *p)
     uint8_t frame[POS_FRAME_PROBE_LEN];
     int sock;
     p->nudges++;
+    if (!p->relay)
+        return;
     pos_p2p_relay_get_status(p->relay, &st);
     if (st.state != POS_P2P_RELAY_ACCEPTED ||
         pos_addr_parse(st.remote, strnlen(st.remote, sizeof(st.remote)), 0, &to) != 0 ||
@@ -312,6 +314,8 @@ int64_t sess_punch_deadline(const struct sess_punch *p)
 static void report(struct sess_punch *p, uint8_t outcome, int64_t now)
 {
     pos_ctrl_msg m;
+    if (!p->relay)
+        return;
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_PUNCH_REPORT;
     m.circuit_id = p->circuit_id;
@@ -362,7 +366,9 @@ static void try_move(struct sess_punch *p, ngtcp2_conn *qc, int64_t now)
 static void to_relayed(const struct sess_punch *p, pos_p2p_path_change *ev, int reason)
 {
     pos_p2p_relay_status st;
-    pos_p2p_relay_get_status(p->relay, &st);
+    memset(&st, 0, sizeof(st));
+    if (p->relay)
+        pos_p2p_relay_get_status(p->relay, &st);
     memset(ev, 0, sizeof(*ev));
     ev->from = POS_P2P_PATH_DIRECT;
     ev->to = POS_P2P_PATH_RELAYED;
@@ -375,6 +381,8 @@ static int fall_back(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
                      int64_t now, pos_p2p_path_change *ev)
 {
     ngtcp2_path np;
+    if (!p->relay)
+        return 0; /* no relayed path left: QUIC's own timers decide */
     sess_path_fill(path, p->ep, &np);
     if (ngtcp2_conn_initiate_immediate_migration(qc, &np, pos_quic_now()) != 0)
         return 0; /* no spare connection id: QUIC's own timers decide */
@@ -431,7 +439,7 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
             return fall_back(p, qc, path, now, ev);
     }
     if (p->request_at >= 0 && p->request_at <= now) {
-        if (p->direct || !p->dialer || !p->opt.enabled ||
+        if (p->direct || !p->dialer || !p->opt.enabled || !p->relay ||
             pos_p2p_relay_protocol_version(p->relay) < 2)
             p->request_at = -1;
         else
@@ -499,6 +507,21 @@ int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct ses
     return 0;
 }
 
+int sess_punch_keep_direct(struct sess_punch *p, struct sess_path *path)
+{
+    if (!p->direct || !p->relay)
+        return 0;
+    sess_path_drop_relay(path);
+    p->relay = NULL;
+    pos_prober_del(p->prober);
+    p->prober = NULL;
+    p->move = MOVE_NONE;
+    p->request_at = -1;
+    p->nudges = MAX_NUDGES;
+    p->info.relay_lost = 1;
+    return 1;
+}
+
 int sess_punch_follow(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                       pos_p2p_path_change *ev)
 {
@@ -535,4 +558,5 @@ void sess_punch_info(const struct sess_punch *p, pos_p2p_path_info *out)
     out->bytes_direct = p->info.bytes_direct;
     out->attempts = p->info.attempts;
     out->fallbacks = p->info.fallbacks;
+    out->relay_lost = p->info.relay_lost;
 }

@@ -75,6 +75,13 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
 int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                          const ngtcp2_path *np, int ok, pos_p2p_path_change *ev);
 /*
+ * sess_punch_keep_direct: the circuit of a session closed (CIRCUIT_CLOSED,
+ * or the relay connection went away). A direct session lives on without it:
+ * its relayed path is dropped (|path| too), no fallback, no new attempt.
+ * Returns 1 then; 0 when the session is not direct (it ends, as before).
+ */
+int sess_punch_keep_direct(struct sess_punch *p, struct sess_path *path);
+/*
  * sess_punch_follow: after a packet was read, the listener follows the
  * connection's current path: back on the relay while it thought itself
  * direct (the dialer fell back: a path ngtcp2 validated before may come

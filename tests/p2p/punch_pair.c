@@ -14,6 +14,8 @@
  *   --rate-kbps N       pace B's writes (0: as fast as it goes)
  *   --block-at-mb N     blackhole the direct path once B has written N MB while direct
  *   --unblock-after-ms N  ... and open it again that long later
+ *   --drop-relay-at-mb N  B closes its relay connection once it has written N MB while
+ *                       direct (the relay closes the circuit: A gets CIRCUIT_CLOSED)
  * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
  * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
  * with each side's path info and counters. Exit 0 when every byte arrived
@@ -48,7 +50,7 @@ struct side {
 };
 
 static struct side A = {.name = "A", .gen = 1}, B = {.name = "B", .gen = 1};
-static uint64_t total;
+static uint64_t total, drop_at;
 static int64_t t0;
 
 static uint8_t next_byte(uint64_t *x)
@@ -208,10 +210,10 @@ static void print_info(const struct side *x)
     pos_p2p_session_get_path(x->s, &pi);
     pos_p2p_endpoint_punch_stats(x->ep, &ps);
     printf("info %s path=%s upgraded=%d upgraded_after_ms=%lld bytes_relayed=%llu "
-           "bytes_direct=%llu attempts=%u fallbacks=%u\n",
+           "bytes_direct=%llu attempts=%u fallbacks=%u relay_lost=%d\n",
            x->name, pi.path == POS_P2P_PATH_DIRECT ? "direct" : "relayed", pi.upgraded,
            (long long)pi.upgraded_after_ms, (unsigned long long)pi.bytes_relayed,
-           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks);
+           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks, pi.relay_lost);
     printf("stats %s attempts=%llu successes=%llu failures=%llu fallbacks=%llu requests=%llu "
            "probes_sent=%llu\n",
            x->name, (unsigned long long)ps.attempts, (unsigned long long)ps.successes,
@@ -252,6 +254,13 @@ static int run_transfer(uint64_t rate, uint64_t block_at, int unblock_after)
             printf("blocked at_ms=%lld\n", (long long)(blocked_at - t0));
             fflush(stdout);
         }
+        if (drop_at && B.relay && B.direct && B.sent >= drop_at) {
+            pos_p2p_session_drop_relay(B.ep, B.relay);
+            pos_p2p_relay_close(B.relay);
+            B.relay = NULL;
+            printf("relay dropped at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
+            fflush(stdout);
+        }
         if (blocked_at >= 0 && A.block && pos_p2p_now_ms() - blocked_at >= unblock_after) {
             A.block = B.block = 0;
             printf("unblocked at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
@@ -287,6 +296,8 @@ int main(int argc, char **argv)
             rate = (uint64_t)atoll(argv[++i]);
         else if (!strcmp(argv[i], "--block-at-mb") && i + 1 < argc)
             block_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
+        else if (!strcmp(argv[i], "--drop-relay-at-mb") && i + 1 < argc)
+            drop_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
         else if (!strcmp(argv[i], "--unblock-after-ms") && i + 1 < argc)
             unblock_after = atoi(argv[++i]);
     }

@@ -12,6 +12,9 @@ the relay, B dialing A through it and writing a checked byte stream).
   not addressed to the relay, both ways): the dialer falls back to the relay,
   nothing is lost, and after the path is restored a new attempt (PUNCH_REQUEST
   after the retry interval) takes the session direct again.
+- The circuit closed while direct (B closes its relay connection, so the
+  relay sends CIRCUIT_CLOSED to A): both sides live on direct, every byte
+  arrives, and the path info says the relayed path is gone.
 """
 import json
 import os
@@ -165,6 +168,22 @@ def blackholed_direct_path_falls_back_and_comes_back():
     b = info(out, "B")
     assert int(b["fallbacks"]) >= 1 and b["path"] == "direct", out
     assert int(b["bytes_relayed"]) > 500000, out  # the blackout went through the relay
+
+
+@test
+def direct_session_survives_its_circuit():
+    relay, token = relay_with()
+    # 16 MB at 4 MB/s: 4 s; B drops its relay connection at 4 MB (direct by then)
+    rc, out = pair(relay, token, 16, "--rate-kbps", "32000", "--drop-relay-at-mb", "4")
+    assert rc == 0, out
+    assert "relay dropped at_ms=" in out, out
+    assert "result ok=1 bytes=16000000 bad=0" in out, out
+    assert not re.search(r"^closed [AB] error=[1-9-]", out.split("result ok=")[0], re.M), out
+    for side in ("A", "B"):
+        i = info(out, side)
+        assert i["path"] == "direct" and i["relay_lost"] == "1", out
+        assert paths(out, side) == ["relayed->direct"], out
+    assert int(info(out, "B")["bytes_direct"]) > 12000000, out
 
 
 if __name__ == "__main__":

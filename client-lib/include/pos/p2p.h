@@ -647,6 +647,8 @@ typedef struct pos_p2p_path_info {
     uint64_t bytes_direct;            /* ... and straight to the peer */
     uint32_t attempts;                /* punch attempts of this session */
     uint32_t fallbacks;               /* moves back to the relay */
+    int relay_lost; /* 1: the relayed path's circuit closed while direct (the session lived on
+                       direct; no fallback to the relay, no new punch attempt) */
 } pos_p2p_path_info;
 
 /*
