@@ -27,6 +27,7 @@
 #define MAX_DATAGRAMS 16
 #define NUDGE_MS 1000 /* nothing through the relay this long: KEEPALIVE to it (see nudge) */
 #define MAX_NUDGES 4  /* ... then after 2, 4, 8 s of silence; the keepalives take over */
+#define MAX_EXTRA POS_P2P_MAX_EXTRA_CANDIDATES
 
 struct kept {
     pos_p2p_relay *relay; /* NULL: free slot */
@@ -61,7 +62,9 @@ struct sess_punch {
     int64_t heard_ms;   /* the last packet of the session through the relay */
     int nudges;         /* KEEPALIVEs sent since */
     struct pos_prober_path result;
-    pos_p2p_path_info info; /* path, bytes, upgrade time, counters */
+    pos_p2p_path_info info;                   /* path, bytes, upgrade time, counters */
+    struct sockaddr_storage extra[MAX_EXTRA]; /* the application's candidates (every attempt) */
+    size_t n_extra;
 };
 
 /* ---- the endpoint ---- */
@@ -231,7 +234,54 @@ void sess_punch_start(struct sess_punch *p, const pos_ctrl_msg *m, int64_t now)
         p->pe->st.failures++; /* no usable candidate */
         p->outcome_done = 1;
         p->request_at = now + p->opt.retry_ms;
+        return;
     }
+    for (size_t i = 0; i < p->n_extra; i++) /* known already (1) or full: skipped */
+        pos_prober_add_candidate(p->prober, (const struct sockaddr *)&p->extra[i], now);
+}
+
+/* usable_addr: an "ip:port" a probe can go to (port set, not unspecified nor multicast). */
+static int usable_addr(const char *s, struct sockaddr_storage *ss)
+{
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)ss;
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+    if (!s || pos_addr_parse(s, strlen(s), 0, ss) != 0)
+        return 0;
+    if (ss->ss_family == AF_INET)
+        return a4->sin_port && a4->sin_addr.s_addr != htonl(INADDR_ANY) &&
+               !IN_MULTICAST(ntohl(a4->sin_addr.s_addr));
+    return a6->sin6_port && !IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) &&
+           !IN6_IS_ADDR_MULTICAST(&a6->sin6_addr);
+}
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    return a->ss_family == b->ss_family && memcmp(a, b, pos_addr_len(a)) == 0;
+}
+
+int sess_punch_add_extra(struct sess_punch *p, const char *const *addrs, size_t n, int64_t now)
+{
+    struct sockaddr_storage ss[MAX_EXTRA];
+    size_t added = 0;
+    for (size_t i = 0; i < n; i++) {
+        int known = 0;
+        memset(&ss[added < MAX_EXTRA ? added : 0], 0, sizeof(ss[0]));
+        if (added == MAX_EXTRA || !usable_addr(addrs[i], &ss[added]))
+            return POS_P2P_ERR_INVALID_ARGUMENT;
+        for (size_t k = 0; k < p->n_extra && !known; k++)
+            known = same_addr(&p->extra[k], &ss[added]);
+        for (size_t k = 0; k < added && !known; k++)
+            known = same_addr(&ss[k], &ss[added]);
+        if (!known && p->n_extra + added == MAX_EXTRA)
+            return POS_P2P_ERR_INVALID_ARGUMENT;
+        added += !known;
+    }
+    memcpy(&p->extra[p->n_extra], ss, added * sizeof(ss[0]));
+    for (size_t i = p->n_extra; i < p->n_extra + added; i++)
+        if (p->prober && pos_prober_state(p->prober) == POS_PROBER_PROBING)
+            pos_prober_add_candidate(p->prober, (const struct sockaddr *)&p->extra[i], now);
+    p->n_extra += added;
+    return 0;
 }
 
 /* send_datagrams sends what the prober returned from the socket of each address's family. */

@@ -12,6 +12,10 @@ the relay, B dialing A through it and writing a checked byte stream).
   not addressed to the relay, both ways): the dialer falls back to the relay,
   nothing is lost, and after the path is restored a new attempt (PUNCH_REQUEST
   after the retry interval) takes the session direct again.
+- Extra candidates (pos_p2p_session_add_candidates): with A's direct address
+  (the relay's candidate) unreachable from B and 192.0.2.1:port reaching A
+  instead (a NAT in punch_pair's I/O), the session given that address goes
+  direct through it; without it the session stays relayed.
 - The circuit closed while direct (B closes its relay connection, so the
   relay sends CIRCUIT_CLOSED to A): both sides live on direct, every byte
   arrives, and the path info says the relayed path is gone.
@@ -184,6 +188,24 @@ def direct_session_survives_its_circuit():
         assert i["path"] == "direct" and i["relay_lost"] == "1", out
         assert paths(out, side) == ["relayed->direct"], out
     assert int(info(out, "B")["bytes_direct"]) > 12000000, out
+
+
+@test
+def extra_candidate_goes_direct_when_the_relays_are_useless():
+    relay, token = relay_with()
+    # 4 MB at 2 MB/s: 2 s each
+    rc, out = pair(relay, token, 4, "--rate-kbps", "16000", "--fake-a", "--add-candidate")
+    assert rc == 0, out
+    assert re.search(r"^add_candidates 192\.0\.2\.1:\d+ rv=0$", out, re.M), out
+    assert "result ok=1 bytes=4000000 bad=0" in out, out
+    assert re.search(r"^path B relayed->direct remote=192\.0\.2\.1:", out, re.M), out
+    b = info(out, "B")
+    assert b["path"] == "direct" and int(b["bytes_direct"]) > 3000000, out
+    # the control: the same NAT without the extra candidate stays relayed
+    rc, out = pair(relay, token, 4, "--rate-kbps", "16000", "--fake-a")
+    assert rc == 0, out
+    assert "result ok=1 bytes=4000000 bad=0" in out, out
+    assert paths(out, "B") == [] and info(out, "B")["path"] == "relayed", out
 
 
 if __name__ == "__main__":
