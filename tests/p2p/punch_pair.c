@@ -400,6 +400,18 @@ int main(int argc, char **argv)
     if (add_cand) {
         char a[64];
         const char *addrs[1] = {a};
+        const char *bad[] = {"0.0.0.0:7373", "224.0.0.251:5353", "192.0.2.7", "not an address",
+                             "192.0.2.9:0"};
+        const char *many[9] = {"192.0.2.11:1", "192.0.2.12:1", "192.0.2.13:1",
+                               "192.0.2.14:1", "192.0.2.15:1", "192.0.2.16:1",
+                               "192.0.2.17:1", "192.0.2.18:1", "192.0.2.19:1"};
+        /* refused, and nothing of them kept: the good address below is still taken */
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+            printf("add_candidates bad %s rv=%d\n", bad[i],
+                   pos_p2p_session_add_candidates(B.s, &bad[i], 1));
+        printf("add_candidates null rv=%d\n", pos_p2p_session_add_candidates(B.s, NULL, 1));
+        printf("add_candidates nine rv=%d\n", pos_p2p_session_add_candidates(B.s, many, 9));
+        printf("add_candidates no-session rv=%d\n", pos_p2p_session_add_candidates(NULL, many, 1));
         snprintf(a, sizeof(a), FAKE_A_IP ":%u", ntohs(A.local.sin_port));
         printf("add_candidates %s rv=%d\n", a, pos_p2p_session_add_candidates(B.s, addrs, 1));
         fflush(stdout);

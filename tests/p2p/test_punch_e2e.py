@@ -197,6 +197,8 @@ def extra_candidate_goes_direct_when_the_relays_are_useless():
     rc, out = pair(relay, token, 4, "--rate-kbps", "16000", "--fake-a", "--add-candidate")
     assert rc == 0, out
     assert re.search(r"^add_candidates 192\.0\.2\.1:\d+ rv=0$", out, re.M), out
+    refused = re.findall(r"^add_candidates (?:bad .*|null|nine|no-session) rv=(-?\d+)$", out, re.M)
+    assert refused == ["-1"] * 8, out  # POS_P2P_ERR_INVALID_ARGUMENT, each
     assert "result ok=1 bytes=4000000 bad=0" in out, out
     assert re.search(r"^path B relayed->direct remote=192\.0\.2\.1:", out, re.M), out
     b = info(out, "B")
