@@ -487,15 +487,15 @@ static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, po
     }
     rv = pos_p2p_session_wait_open(s, tmo + 1000);
     if (rv == 0 && lan && lan->n) {
-        const char *addrs[POS_P2P_MAX_EXTRA_CANDIDATES];
-        size_t n = 0;
-        for (size_t i = 0; i < lan->n && n < POS_P2P_MAX_EXTRA_CANDIDATES; i++)
-            addrs[n++] = lan->addrs[i];
-        if (pos_p2p_session_add_candidates(s, addrs, n) == 0)
+        size_t taken = 0; /* one by one: a link-local address without its scope is refused */
+        for (size_t i = 0; i < lan->n; i++) {
+            const char *a = lan->addrs[i];
+            taken += pos_p2p_session_add_candidates(s, &a, 1) == 0;
+        }
+        if (taken)
             fprintf(stderr,
-                    "pos-p2p send: the local network's addresses of %s are punching "
-                    "candidates\n",
-                    o->to);
+                    "pos-p2p send: %zu local network address%s of %s: punching candidates\n", taken,
+                    taken == 1 ? "" : "es", o->to);
     }
     if (rv == 0)
         return s;
