@@ -25,7 +25,6 @@
 
 /* With --api-url too: how long mDNS may look for the peer, and each LAN address's dial. */
 #define LAN_WINDOW_MS 1000
-#define LAN_DIAL_MS 2000
 
 struct opts {
     const char *api_url, *token, *identity, *addr, *relay_id, *to;
@@ -64,11 +63,12 @@ static void usage(FILE *out)
             "Send files to the peer PEER_ID ('pos-p2p id' on that device prints it). With\n"
             "--addr, directly to that address (no port means 7373). Without --addr, the\n"
             "peer is looked for on the local network (mDNS, by its peer id; contacts'\n"
-            "contacts-only tags included) and dialed directly at the addresses it\n"
-            "advertises: alone for the whole --timeout, with --api-url for 1 s while the\n"
-            "home relay is picked, and first if found there.\n"
-            "With --api-url, through the home relay (also when no direct attempt\n"
-            "gets an answer). The receiver\n"
+            "contacts-only tags included): alone for the whole --timeout, then dialed\n"
+            "directly at the addresses it advertises; with --api-url for 1 s while the\n"
+            "home relay is picked, the session starting through the relay at once with\n"
+            "those addresses as hole-punching candidates (direct only without a relay).\n"
+            "With --addr and --api-url, the relay follows a direct attempt without\n"
+            "answer. The receiver\n"
             "checks each file's BLAKE2b checksum before keeping it; an interrupted transfer\n"
             "resumes from what the receiver already has. Exit status 0 when every file\n"
             "arrived intact.\n\n"
@@ -435,7 +435,7 @@ static pos_p2p_session *try_direct(struct opts *o, pos_p2p_endpoint *ep, const c
 
 /*
  * lan_dial dials the addresses |lan| advertises for the peer, each with a
- * share of |tmo| (LAN_DIAL_MS each when a relay can follow). NULL when none
+ * share of |tmo|. NULL when none
  * answered (*fatal: a refusal, or nothing else to try).
  */
 static pos_p2p_session *lan_dial(struct opts *o, pos_p2p_endpoint *ep,
@@ -448,7 +448,7 @@ static pos_p2p_session *lan_dial(struct opts *o, pos_p2p_endpoint *ep,
             lan->contact ? " (a contact)" : "", lan->addrs[0]);
     for (size_t i = 0; i < lan->n; i++) {
         int left = tmo - (int)(pos_p2p_now_ms() - t0);
-        int share = o->api_url ? LAN_DIAL_MS : left / (int)(lan->n - i);
+        int share = left / (int)(lan->n - i);
         if (share < 1000)
             share = 1000;
         pos_p2p_session *s = try_direct(o, ep, lan->addrs[i], share, why, sizeof(why), &how);
@@ -471,9 +471,12 @@ static void not_on_lan(const struct opts *o, int window_ms)
             o->to, (double)window_ms / 1000.0);
 }
 
-/* relayed_session dials the peer through |home|. */
+/*
+ * relayed_session dials the peer through |home|; the addresses |lan| (may
+ * be NULL) found on mDNS become punching candidates once it is open.
+ */
 static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, pos_p2p_relay *home,
-                                        int tmo)
+                                        int tmo, const struct cli_lan_peer *lan)
 {
     pos_p2p_session *s = NULL;
     pos_p2p_session_status st;
@@ -483,6 +486,17 @@ static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, po
         return NULL;
     }
     rv = pos_p2p_session_wait_open(s, tmo + 1000);
+    if (rv == 0 && lan && lan->n) {
+        size_t taken = 0; /* one by one: a link-local address without its scope is refused */
+        for (size_t i = 0; i < lan->n; i++) {
+            const char *a = lan->addrs[i];
+            taken += pos_p2p_session_add_candidates(s, &a, 1) == 0;
+        }
+        if (taken)
+            fprintf(stderr,
+                    "pos-p2p send: %zu local network address%s of %s: punching candidates\n", taken,
+                    taken == 1 ? "" : "es", o->to);
+    }
     if (rv == 0)
         return s;
     pos_p2p_session_get_status(s, &st);
@@ -492,9 +506,11 @@ static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, po
 }
 
 /*
- * connect_session: direct to --addr; without it, to the addresses the peer
- * advertises on mDNS (looked for while the home relay is picked, up to
- * LAN_WINDOW_MS); else (or after no answer) through the home relay.
+ * connect_session: direct to --addr; without it and without --api-url, to
+ * the addresses the peer advertises on mDNS. With --api-url, through the home
+ * relay at once, the mDNS addresses (looked for while the home relay is
+ * picked, up to LAN_WINDOW_MS) handed to the session as punching
+ * candidates; dialled directly only when no relay can be used.
  */
 static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
 {
@@ -527,16 +543,13 @@ static pos_p2p_session *connect_session(struct opts *o, pos_p2p_endpoint *ep)
         search = cli_lan_search_start("pos-p2p send", o->identity, o->to, window);
     }
     home = cli_home_relay(ep, "pos-p2p send", o->api_url, o->token, o->relay_id, tmo, &info);
-    if (search && cli_lan_search_finish(search, &lan) == 0) {
-        s = lan_dial(o, ep, &lan, tmo, &fatal);
-        if (s || fatal) {
-            pos_p2p_relay_close(home);
-            return s;
-        }
-        if (home)
-            fprintf(stderr, "pos-p2p send: trying the relay\n");
-    }
-    return home ? relayed_session(o, ep, home, tmo) : NULL;
+    memset(&lan, 0, sizeof(lan));
+    if (search && cli_lan_search_finish(search, &lan) == 0 && !home)
+        return lan_dial(o, ep, &lan, tmo, &fatal); /* no relay: the LAN is all there is */
+    if (home && lan.n)
+        fprintf(stderr, "pos-p2p send: found %s on the local network%s at %s\n", o->to,
+                lan.contact ? " (a contact)" : "", lan.addrs[0]);
+    return home ? relayed_session(o, ep, home, tmo, &lan) : NULL;
 }
 
 /* path_word: the path of the final line (relayed, direct, relayed-then-direct...). */

@@ -574,13 +574,14 @@ int sess_on_circuit(const pos_p2p_session *s, const pos_p2p_relay *r, uint32_t c
 
 int sess_uses_relay(const pos_p2p_session *s, const pos_p2p_relay *r)
 {
-    if (s->dead)
-        return 0;
-    return sess_path_relay(s->path) == r || (s->dial && !s->qc && s->dial_ops->relay(s->dial) == r);
+    return !s->dead && (sess_path_relay(s->path) == r ||
+                        (s->dial && !s->qc && s->dial_ops->relay(s->dial) == r));
 }
 
 void sess_end(pos_p2p_session *s, int err, const char *reason, int free_now)
 {
+    if (err == POS_P2P_ERR_CIRCUIT_CLOSED && s->punch && sess_punch_keep_direct(s->punch, s->path))
+        return; /* direct: the circuit's loss only takes the fallback away */
     s->busy++;
     sess_fail(s, err, reason);
     s->busy--;

@@ -66,7 +66,10 @@ void sess_timer(pos_p2p_session *s, int64_t now_ms);
 /* ending */
 /* sess_fail ends |s| with |err| and |reason| (sends nothing) and reports EV_CLOSED to its owner. */
 void sess_fail(pos_p2p_session *s, int err, const char *reason);
-/* sess_end: sess_fail from outside any callback of |s|; |free_now|: free it if the owner closed it.
+/*
+ * sess_end: sess_fail from outside any callback of |s|; |free_now|: free it
+ * if the owner closed it. POS_P2P_ERR_CIRCUIT_CLOSED does not end a direct
+ * session: it only loses its relayed path (sess_punch_keep_direct).
  */
 void sess_end(pos_p2p_session *s, int err, const char *reason, int free_now);
 void sess_release(pos_p2p_session *s); /* frees now (not owned, or owner asked) */

@@ -81,6 +81,15 @@ int pos_p2p_session_reset_stream(pos_p2p_session *s, int64_t stream, uint64_t co
     return 0;
 }
 
+int pos_p2p_session_add_candidates(pos_p2p_session *s, const char *const *addrs, size_t n)
+{
+    struct sess_punch *p;
+    if (!s || (n && !addrs) || n > POS_P2P_MAX_EXTRA_CANDIDATES || sess_is_dead(s) ||
+        (p = sess_punch_of(s)) == NULL)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    return sess_punch_add_extra(p, addrs, n, pos_p2p_now_ms());
+}
+
 int pos_p2p_session_get_path(const pos_p2p_session *s, pos_p2p_path_info *out)
 {
     pos_p2p_session_status st;

@@ -16,6 +16,8 @@ struct sess_path {
     pos_p2p_relay *relay; /* relayed path: circuit and synthetic addresses */
     uint32_t circuit;
     struct sockaddr_storage syn_local, syn_remote;
+    int lost; /* the relayed path's circuit is gone (while direct): what ngtcp2 sends on it is lost
+               */
 };
 
 struct sess_path *sess_path_new(void)
@@ -74,10 +76,18 @@ void sess_path_send(const struct sess_path *p, pos_p2p_endpoint *ep, const ngtcp
 {
     const struct sockaddr *to = (const struct sockaddr *)path->remote.addr;
     if (sess_path_is_relayed(p, path)) {
-        pos_p2p_relay_send_data(p->relay, p->circuit, data, len);
+        if (p->relay)
+            pos_p2p_relay_send_data(p->relay, p->circuit, data, len);
     } else {
         ep_send(ep, to->sa_family == AF_INET ? 0 : 1, data, len, to, path->remote.addrlen);
     }
+}
+
+void sess_path_drop_relay(struct sess_path *p)
+{
+    if (p->relay)
+        p->lost = 1;
+    p->relay = NULL;
 }
 
 pos_p2p_relay *sess_path_relay(const struct sess_path *p)
@@ -92,6 +102,6 @@ int sess_path_on_circuit(const struct sess_path *p, const pos_p2p_relay *r, uint
 
 int sess_path_is_relayed(const struct sess_path *p, const ngtcp2_path *np)
 {
-    return p->relay && np->local.addrlen == sizeof(struct sockaddr_in) &&
+    return (p->relay || p->lost) && np->local.addrlen == sizeof(struct sockaddr_in) &&
            memcmp(np->local.addr, &p->syn_local, sizeof(struct sockaddr_in)) == 0;
 }

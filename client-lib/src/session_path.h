@@ -33,6 +33,8 @@ void sess_path_fill(const struct sess_path *p, const pos_p2p_endpoint *ep, ngtcp
 void sess_path_send(const struct sess_path *p, pos_p2p_endpoint *ep, const ngtcp2_path *path,
                     const uint8_t *data, size_t len);
 pos_p2p_relay *sess_path_relay(const struct sess_path *p); /* NULL: not relayed */
+/* sess_path_drop_relay: the circuit is gone; the relayed path stays known to ngtcp2 but dead. */
+void sess_path_drop_relay(struct sess_path *p);
 /* sess_path_on_circuit: 1 when |p| is relayed over |circuit_id| of |r|. */
 int sess_path_on_circuit(const struct sess_path *p, const pos_p2p_relay *r, uint32_t circuit_id);
 /* sess_path_is_relayed: 1 when |np| (an ngtcp2 path) is |p|'s relayed path. */

@@ -27,6 +27,7 @@
 #define MAX_DATAGRAMS 16
 #define NUDGE_MS 1000 /* nothing through the relay this long: KEEPALIVE to it (see nudge) */
 #define MAX_NUDGES 4  /* ... then after 2, 4, 8 s of silence; the keepalives take over */
+#define MAX_EXTRA POS_P2P_MAX_EXTRA_CANDIDATES
 
 struct kept {
     pos_p2p_relay *relay; /* NULL: free slot */
@@ -45,7 +46,7 @@ enum move { MOVE_NONE = 0, MOVE_WANTED, MOVE_VALIDATING };
 struct sess_punch {
     pos_p2p_endpoint *ep;
     struct sess_punch_ep *pe;
-    pos_p2p_relay *relay;
+    pos_p2p_relay *relay; /* NULL: the circuit is gone (see sess_punch_keep_direct) */
     uint32_t circuit_id;
     int dialer;
     pos_p2p_punch_options opt; /* of the current attempt */
@@ -61,7 +62,9 @@ struct sess_punch {
     int64_t heard_ms;   /* the last packet of the session through the relay */
     int nudges;         /* KEEPALIVEs sent since */
     struct pos_prober_path result;
-    pos_p2p_path_info info; /* path, bytes, upgrade time, counters */
+    pos_p2p_path_info info;                   /* path, bytes, upgrade time, counters */
+    struct sockaddr_storage extra[MAX_EXTRA]; /* the application's candidates (every attempt) */
+    size_t n_extra;
 };
 
 /* ---- the endpoint ---- */
@@ -231,7 +234,54 @@ void sess_punch_start(struct sess_punch *p, const pos_ctrl_msg *m, int64_t now)
         p->pe->st.failures++; /* no usable candidate */
         p->outcome_done = 1;
         p->request_at = now + p->opt.retry_ms;
+        return;
     }
+    for (size_t i = 0; i < p->n_extra; i++) /* known already (1) or full: skipped */
+        pos_prober_add_candidate(p->prober, (const struct sockaddr *)&p->extra[i], now);
+}
+
+/* usable_addr: an "ip:port" a probe can go to (port set, not unspecified nor multicast). */
+static int usable_addr(const char *s, struct sockaddr_storage *ss)
+{
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)ss;
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+    if (!s || pos_addr_parse(s, strlen(s), 0, ss) != 0)
+        return 0;
+    if (ss->ss_family == AF_INET)
+        return a4->sin_port && a4->sin_addr.s_addr != htonl(INADDR_ANY) &&
+               !IN_MULTICAST(ntohl(a4->sin_addr.s_addr));
+    return a6->sin6_port && !IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) &&
+           !IN6_IS_ADDR_MULTICAST(&a6->sin6_addr);
+}
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    return a->ss_family == b->ss_family && memcmp(a, b, pos_addr_len(a)) == 0;
+}
+
+int sess_punch_add_extra(struct sess_punch *p, const char *const *addrs, size_t n, int64_t now)
+{
+    struct sockaddr_storage ss[MAX_EXTRA];
+    size_t added = 0;
+    for (size_t i = 0; i < n; i++) {
+        int known = 0;
+        memset(&ss[added < MAX_EXTRA ? added : 0], 0, sizeof(ss[0]));
+        if (added == MAX_EXTRA || !usable_addr(addrs[i], &ss[added]))
+            return POS_P2P_ERR_INVALID_ARGUMENT;
+        for (size_t k = 0; k < p->n_extra && !known; k++)
+            known = same_addr(&p->extra[k], &ss[added]);
+        for (size_t k = 0; k < added && !known; k++)
+            known = same_addr(&ss[k], &ss[added]);
+        if (!known && p->n_extra + added == MAX_EXTRA)
+            return POS_P2P_ERR_INVALID_ARGUMENT;
+        added += !known;
+    }
+    memcpy(&p->extra[p->n_extra], ss, added * sizeof(ss[0]));
+    for (size_t i = p->n_extra; i < p->n_extra + added; i++)
+        if (p->prober && pos_prober_state(p->prober) == POS_PROBER_PROBING)
+            pos_prober_add_candidate(p->prober, (const struct sockaddr *)&p->extra[i], now);
+    p->n_extra += added;
+    return 0;
 }
 
 /* send_datagrams sends what the prober returned from the socket of each address's family. */
@@ -286,6 +336,8 @@ static void nudge(struct sess_punch *p)
     uint8_t frame[POS_FRAME_PROBE_LEN];
     int sock;
     p->nudges++;
+    if (!p->relay)
+        return;
     pos_p2p_relay_get_status(p->relay, &st);
     if (st.state != POS_P2P_RELAY_ACCEPTED ||
         pos_addr_parse(st.remote, strnlen(st.remote, sizeof(st.remote)), 0, &to) != 0 ||
@@ -312,6 +364,8 @@ int64_t sess_punch_deadline(const struct sess_punch *p)
 static void report(struct sess_punch *p, uint8_t outcome, int64_t now)
 {
     pos_ctrl_msg m;
+    if (!p->relay)
+        return;
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_PUNCH_REPORT;
     m.circuit_id = p->circuit_id;
@@ -362,7 +416,9 @@ static void try_move(struct sess_punch *p, ngtcp2_conn *qc, int64_t now)
 static void to_relayed(const struct sess_punch *p, pos_p2p_path_change *ev, int reason)
 {
     pos_p2p_relay_status st;
-    pos_p2p_relay_get_status(p->relay, &st);
+    memset(&st, 0, sizeof(st));
+    if (p->relay)
+        pos_p2p_relay_get_status(p->relay, &st);
     memset(ev, 0, sizeof(*ev));
     ev->from = POS_P2P_PATH_DIRECT;
     ev->to = POS_P2P_PATH_RELAYED;
@@ -375,6 +431,8 @@ static int fall_back(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
                      int64_t now, pos_p2p_path_change *ev)
 {
     ngtcp2_path np;
+    if (!p->relay)
+        return 0; /* no relayed path left: QUIC's own timers decide */
     sess_path_fill(path, p->ep, &np);
     if (ngtcp2_conn_initiate_immediate_migration(qc, &np, pos_quic_now()) != 0)
         return 0; /* no spare connection id: QUIC's own timers decide */
@@ -431,7 +489,7 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
             return fall_back(p, qc, path, now, ev);
     }
     if (p->request_at >= 0 && p->request_at <= now) {
-        if (p->direct || !p->dialer || !p->opt.enabled ||
+        if (p->direct || !p->dialer || !p->opt.enabled || !p->relay ||
             pos_p2p_relay_protocol_version(p->relay) < 2)
             p->request_at = -1;
         else
@@ -499,6 +557,21 @@ int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct ses
     return 0;
 }
 
+int sess_punch_keep_direct(struct sess_punch *p, struct sess_path *path)
+{
+    if (!p->direct || !p->relay)
+        return 0;
+    sess_path_drop_relay(path);
+    p->relay = NULL;
+    pos_prober_del(p->prober);
+    p->prober = NULL;
+    p->move = MOVE_NONE;
+    p->request_at = -1;
+    p->nudges = MAX_NUDGES;
+    p->info.relay_lost = 1;
+    return 1;
+}
+
 int sess_punch_follow(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                       pos_p2p_path_change *ev)
 {
@@ -544,4 +617,5 @@ void sess_punch_info(const struct sess_punch *p, pos_p2p_path_info *out)
     out->bytes_direct = p->info.bytes_direct;
     out->attempts = p->info.attempts;
     out->fallbacks = p->info.fallbacks;
+    out->relay_lost = p->info.relay_lost;
 }

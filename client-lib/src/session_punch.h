@@ -49,6 +49,13 @@ struct sess_punch *sess_punch_new(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32
 void sess_punch_del(struct sess_punch *p); /* wipes the key; NULL: nothing */
 /* sess_punch_is_for: 1 when |p| is the punching of |circuit_id| of |r|. */
 int sess_punch_is_for(const struct sess_punch *p, const pos_p2p_relay *r, uint32_t circuit_id);
+/*
+ * sess_punch_add_extra: |n| candidate addresses ("ip:port") of the peer from
+ * the application, probed in this attempt if it is probing and in every
+ * later one (see pos_p2p_session_add_candidates for the errors; none is
+ * added on error).
+ */
+int sess_punch_add_extra(struct sess_punch *p, const char *const *addrs, size_t n, int64_t now);
 /* sess_punch_start: a new attempt (PUNCH_START |m|, received at |now|). */
 void sess_punch_start(struct sess_punch *p, const pos_ctrl_msg *m, int64_t now);
 /*
@@ -74,6 +81,13 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
  */
 int sess_punch_validated(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
                          const ngtcp2_path *np, int ok, pos_p2p_path_change *ev);
+/*
+ * sess_punch_keep_direct: the circuit of a session closed (CIRCUIT_CLOSED,
+ * or the relay connection went away). A direct session lives on without it:
+ * its relayed path is dropped (|path| too), no fallback, no new attempt.
+ * Returns 1 then; 0 when the session is not direct (it ends, as before).
+ */
+int sess_punch_keep_direct(struct sess_punch *p, struct sess_path *path);
 /*
  * sess_punch_follow: after a packet was read, the listener follows the
  * connection's current path (the dialer's move): direct, or back on the

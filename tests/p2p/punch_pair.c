@@ -14,6 +14,13 @@
  *   --rate-kbps N       pace B's writes (0: as fast as it goes)
  *   --block-at-mb N     blackhole the direct path once B has written N MB while direct
  *   --unblock-after-ms N  ... and open it again that long later
+ *   --fake-a            a NAT in B's I/O: A's direct address (the relay's candidate) is
+ *                       unreachable from B, 192.0.2.1:A's port reaches A instead; A sends no
+ *                       PUNCH of its own (answers only), so only that address can go direct
+ *   --add-candidate     B gives its session 192.0.2.1:A's port once open
+ *                       (pos_p2p_session_add_candidates)
+ *   --drop-relay-at-mb N  B closes its relay connection once it has written N MB while
+ *                       direct (the relay closes the circuit: A gets CIRCUIT_CLOSED)
  * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
  * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
  * with each side's path info and counters. Exit 0 when every byte arrived
@@ -28,6 +35,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "frame.h"
 #include "internal.h"
 #include "pos/p2p.h"
 
@@ -37,7 +45,7 @@ struct side {
     pos_p2p_endpoint *ep;
     pos_p2p_relay *relay;
     pos_p2p_session *s;
-    struct sockaddr_in relay_addr;
+    struct sockaddr_in relay_addr, local;
     int block;
     int opened, closed, close_err, fin;
     int64_t stream;
@@ -48,7 +56,22 @@ struct side {
 };
 
 static struct side A = {.name = "A", .gen = 1}, B = {.name = "B", .gen = 1};
-static uint64_t total;
+static uint64_t total, drop_at;
+static int fake_a; /* --fake-a */
+#define FAKE_A_IP "192.0.2.1"
+
+static int same_in(const struct sockaddr_in *a, const struct sockaddr_in *b)
+{
+    return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+}
+
+/* fake_addr: A's address as B sees it with --fake-a. */
+static struct sockaddr_in fake_addr(const struct side *a)
+{
+    struct sockaddr_in f = {.sin_family = AF_INET, .sin_port = a->local.sin_port};
+    inet_pton(AF_INET, FAKE_A_IP, &f.sin_addr);
+    return f;
+}
 static int64_t t0;
 
 static uint8_t next_byte(uint64_t *x)
@@ -65,6 +88,18 @@ static int io_send(void *arg, int sock, const uint8_t *data, size_t len, const s
     struct side *x = arg;
     const struct sockaddr_in *in = (const struct sockaddr_in *)to;
     (void)sock;
+    if (fake_a && to->sa_family == AF_INET && !same_in(in, &x->relay_addr)) {
+        struct sockaddr_in f = fake_addr(&A);
+        if (x == &A && len && data[0] == POS_FRAME_PUNCH)
+            return 0; /* A answers probes, sends none of its own */
+        if (x == &B && !same_in(in, &f))
+            return 0; /* the relay's candidates of A lead nowhere */
+        if (x == &B)
+            return sendto(x->fd, data, len, 0, (const struct sockaddr *)&A.local,
+                          sizeof(A.local)) == (ssize_t)len
+                       ? 0
+                       : -1;
+    }
     if (x->block && to->sa_family == AF_INET &&
         !(in->sin_port == x->relay_addr.sin_port &&
           in->sin_addr.s_addr == x->relay_addr.sin_addr.s_addr))
@@ -143,6 +178,7 @@ static int make_side(struct side *x, const char *dir, const struct sockaddr_in *
         perror("socket");
         return -1;
     }
+    memcpy(&x->local, &local, sizeof(x->local)); /* bound to 127.0.0.1: IPv4 */
     pos_p2p_identity_del(id);
     return 0;
 }
@@ -167,6 +203,10 @@ static void pump(int wait_ms)
                                  (struct sockaddr *)&from, &fl);
             if (n < 0)
                 break;
+            if (fake_a && i == 1 && same_in((struct sockaddr_in *)&from, &A.local)) {
+                struct sockaddr_in f = fake_addr(&A); /* B sees A at the fake address */
+                memcpy(&from, &f, sizeof(f));
+            }
             if (n <= EP_MAX_UDP)
                 ep_input(sides[i]->ep, 0, buf, (size_t)n, (struct sockaddr *)&from, fl);
         }
@@ -208,10 +248,10 @@ static void print_info(const struct side *x)
     pos_p2p_session_get_path(x->s, &pi);
     pos_p2p_endpoint_punch_stats(x->ep, &ps);
     printf("info %s path=%s upgraded=%d upgraded_after_ms=%lld bytes_relayed=%llu "
-           "bytes_direct=%llu attempts=%u fallbacks=%u\n",
+           "bytes_direct=%llu attempts=%u fallbacks=%u relay_lost=%d\n",
            x->name, pi.path == POS_P2P_PATH_DIRECT ? "direct" : "relayed", pi.upgraded,
            (long long)pi.upgraded_after_ms, (unsigned long long)pi.bytes_relayed,
-           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks);
+           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks, pi.relay_lost);
     printf("stats %s attempts=%llu successes=%llu failures=%llu fallbacks=%llu requests=%llu "
            "probes_sent=%llu\n",
            x->name, (unsigned long long)ps.attempts, (unsigned long long)ps.successes,
@@ -252,6 +292,13 @@ static int run_transfer(uint64_t rate, uint64_t block_at, int unblock_after)
             printf("blocked at_ms=%lld\n", (long long)(blocked_at - t0));
             fflush(stdout);
         }
+        if (drop_at && B.relay && B.direct && B.sent >= drop_at) {
+            pos_p2p_session_drop_relay(B.ep, B.relay);
+            pos_p2p_relay_close(B.relay);
+            B.relay = NULL;
+            printf("relay dropped at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
+            fflush(stdout);
+        }
         if (blocked_at >= 0 && A.block && pos_p2p_now_ms() - blocked_at >= unblock_after) {
             A.block = B.block = 0;
             printf("unblocked at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
@@ -271,7 +318,7 @@ int main(int argc, char **argv)
     struct sockaddr_in relay = {.sin_family = AF_INET};
     char peer_a[POS_P2P_PEER_ID_STRLEN], err[200];
     uint64_t rate = 0, block_at = 0;
-    int unblock_after = 2000, ok;
+    int unblock_after = 2000, ok, add_cand = 0;
 
     if (argc < 6) {
         fprintf(stderr, "usage: punch_pair DIR RELAY_ADDR RELAY_PEER_ID TOKEN MB [options]\n");
@@ -287,6 +334,12 @@ int main(int argc, char **argv)
             rate = (uint64_t)atoll(argv[++i]);
         else if (!strcmp(argv[i], "--block-at-mb") && i + 1 < argc)
             block_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
+        else if (!strcmp(argv[i], "--fake-a"))
+            fake_a = 1;
+        else if (!strcmp(argv[i], "--add-candidate"))
+            add_cand = 1;
+        else if (!strcmp(argv[i], "--drop-relay-at-mb") && i + 1 < argc)
+            drop_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
         else if (!strcmp(argv[i], "--unblock-after-ms") && i + 1 < argc)
             unblock_after = atoi(argv[++i]);
     }
@@ -342,6 +395,25 @@ int main(int argc, char **argv)
         pos_p2p_session_status st;
         pos_p2p_session_get_status(B.s, &st);
         printf("circuit B=%u\n", st.circuit_id);
+        fflush(stdout);
+    }
+    if (add_cand) {
+        char a[64];
+        const char *addrs[1] = {a};
+        const char *bad[] = {"0.0.0.0:7373", "224.0.0.251:5353", "192.0.2.7", "not an address",
+                             "192.0.2.9:0"};
+        const char *many[9] = {"192.0.2.11:1", "192.0.2.12:1", "192.0.2.13:1",
+                               "192.0.2.14:1", "192.0.2.15:1", "192.0.2.16:1",
+                               "192.0.2.17:1", "192.0.2.18:1", "192.0.2.19:1"};
+        /* refused, and nothing of them kept: the good address below is still taken */
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+            printf("add_candidates bad %s rv=%d\n", bad[i],
+                   pos_p2p_session_add_candidates(B.s, &bad[i], 1));
+        printf("add_candidates null rv=%d\n", pos_p2p_session_add_candidates(B.s, NULL, 1));
+        printf("add_candidates nine rv=%d\n", pos_p2p_session_add_candidates(B.s, many, 9));
+        printf("add_candidates no-session rv=%d\n", pos_p2p_session_add_candidates(NULL, many, 1));
+        snprintf(a, sizeof(a), FAKE_A_IP ":%u", ntohs(A.local.sin_port));
+        printf("add_candidates %s rv=%d\n", a, pos_p2p_session_add_candidates(B.s, addrs, 1));
         fflush(stdout);
     }
     ok = run_transfer(rate, block_at, unblock_after);

@@ -12,6 +12,13 @@ the relay, B dialing A through it and writing a checked byte stream).
   not addressed to the relay, both ways): the dialer falls back to the relay,
   nothing is lost, and after the path is restored a new attempt (PUNCH_REQUEST
   after the retry interval) takes the session direct again.
+- Extra candidates (pos_p2p_session_add_candidates): with A's direct address
+  (the relay's candidate) unreachable from B and 192.0.2.1:port reaching A
+  instead (a NAT in punch_pair's I/O), the session given that address goes
+  direct through it; without it the session stays relayed.
+- The circuit closed while direct (B closes its relay connection, so the
+  relay sends CIRCUIT_CLOSED to A): both sides live on direct, every byte
+  arrives, and the path info says the relayed path is gone.
 """
 import json
 import os
@@ -165,6 +172,42 @@ def blackholed_direct_path_falls_back_and_comes_back():
     b = info(out, "B")
     assert int(b["fallbacks"]) >= 1 and b["path"] == "direct", out
     assert int(b["bytes_relayed"]) > 500000, out  # the blackout went through the relay
+
+
+@test
+def direct_session_survives_its_circuit():
+    relay, token = relay_with()
+    # 16 MB at 4 MB/s: 4 s; B drops its relay connection at 4 MB (direct by then)
+    rc, out = pair(relay, token, 16, "--rate-kbps", "32000", "--drop-relay-at-mb", "4")
+    assert rc == 0, out
+    assert "relay dropped at_ms=" in out, out
+    assert "result ok=1 bytes=16000000 bad=0" in out, out
+    assert not re.search(r"^closed [AB] error=[1-9-]", out.split("result ok=")[0], re.M), out
+    for side in ("A", "B"):
+        i = info(out, side)
+        assert i["path"] == "direct" and i["relay_lost"] == "1", out
+        assert paths(out, side) == ["relayed->direct"], out
+    assert int(info(out, "B")["bytes_direct"]) > 12000000, out
+
+
+@test
+def extra_candidate_goes_direct_when_the_relays_are_useless():
+    relay, token = relay_with()
+    # 4 MB at 2 MB/s: 2 s each
+    rc, out = pair(relay, token, 4, "--rate-kbps", "16000", "--fake-a", "--add-candidate")
+    assert rc == 0, out
+    assert re.search(r"^add_candidates 192\.0\.2\.1:\d+ rv=0$", out, re.M), out
+    refused = re.findall(r"^add_candidates (?:bad .*|null|nine|no-session) rv=(-?\d+)$", out, re.M)
+    assert refused == ["-1"] * 8, out  # POS_P2P_ERR_INVALID_ARGUMENT, each
+    assert "result ok=1 bytes=4000000 bad=0" in out, out
+    assert re.search(r"^path B relayed->direct remote=192\.0\.2\.1:", out, re.M), out
+    b = info(out, "B")
+    assert b["path"] == "direct" and int(b["bytes_direct"]) > 3000000, out
+    # the control: the same NAT without the extra candidate stays relayed
+    rc, out = pair(relay, token, 4, "--rate-kbps", "16000", "--fake-a")
+    assert rc == 0, out
+    assert "result ok=1 bytes=4000000 bad=0" in out, out
+    assert paths(out, "B") == [] and info(out, "B")["path"] == "relayed", out
 
 
 if __name__ == "__main__":

@@ -647,7 +647,25 @@ typedef struct pos_p2p_path_info {
     uint64_t bytes_direct;            /* ... and straight to the peer */
     uint32_t attempts;                /* punch attempts of this session */
     uint32_t fallbacks;               /* moves back to the relay */
+    int relay_lost; /* 1: the relayed path's circuit closed while direct (the session lived on
+                       direct; no fallback to the relay, no new punch attempt) */
 } pos_p2p_path_info;
+
+/*
+ * pos_p2p_session_add_candidates gives the relayed session |s| |n| more
+ * addresses ("ip:port", "[ipv6]:port") where the peer may be reached
+ * directly, e.g. found by mDNS. Hole punching probes them alongside the
+ * relay's candidates, in the attempt running now (if it is still probing)
+ * and in every later one; the relay's rules (cookie, attempt, window) stay.
+ * Addresses already given are skipped. Returns 0, or
+ * POS_P2P_ERR_INVALID_ARGUMENT: |s| NULL, closed, or not relayed over a
+ * circuit yet (dialled directly, or its circuit not open: call it from
+ * POS_P2P_SESSION_EV_OPEN), |addrs| NULL with |n| > 0, an address that is
+ * not "ip:port" with a port or is unspecified or multicast, or more than
+ * POS_P2P_MAX_EXTRA_CANDIDATES kept in all (none of |addrs| is added then).
+ */
+#define POS_P2P_MAX_EXTRA_CANDIDATES 8
+int pos_p2p_session_add_candidates(pos_p2p_session *s, const char *const *addrs, size_t n);
 
 /*
  * pos_p2p_session_get_path copies the current path of |s| and what it
