@@ -40,8 +40,9 @@ SIZE = 4 * 1000 * 1000 + 7  # big enough to dwarf handshakes and keepalives
 EXPECT = {
     ("eim", "eim"): "relayed-then-direct",
     ("cgnat", "eim"): "relayed-then-direct",
-    # one LAN: send finds the listener by mDNS before it asks the relay
-    ("same", "same"): "direct",
+    # one LAN with mDNS: send starts on the relay at once and hands the addresses mDNS
+    # found to the session as punching candidates
+    ("same", "same"): "relayed-then-direct",
     # without mDNS (neither side): punching over the LAN addresses HELLO carries (the
     # shared public address is not hairpinned)
     ("same", "same", "no-mdns"): "relayed-then-direct",
