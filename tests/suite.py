@@ -80,12 +80,35 @@ class Relay:
         self.proc = None
 
     def start(self, env=None):
-        """Runs the relay with |env| added and waits for its HTTP endpoint."""
-        self.proc = Proc([RELAY, "run", "--config", self.config], name=f"relay-{self.port}",
-                         env=env)
-        wait_until(lambda: http("GET", self.http + "/healthz")[0] in (200, 503), 10,
-                   what="the relay's HTTP endpoint")
-        return self
+        """Runs the relay with |env| added and waits for its HTTP endpoint. A relay that has
+        never run and cannot bind its ports (another process took the free pair between the
+        choice and the bind: TCP clients use the same ephemeral range) moves to a new pair."""
+        for _ in range(3):
+            self.proc = Proc([RELAY, "run", "--config", self.config], name=f"relay-{self.port}",
+                             env=env)
+            wait_until(lambda: not self.proc.alive() or
+                       http("GET", self.http + "/healthz")[0] in (200, 503), 10,
+                       what="the relay's HTTP endpoint")
+            if self.proc.alive():
+                self.started = True
+                return self
+            out = self.proc.output()
+            if getattr(self, "started", False) or not ("cannot bind" in out or
+                                                       "cannot listen" in out):
+                raise AssertionError("the relay exited at start:\n" + out)
+            self._move_ports()
+        raise AssertionError("the relay could not bind a free port pair 3 times:\n" + out)
+
+    def _move_ports(self):
+        self.port = free_udp_tcp_port()
+        with open(self.config) as f:
+            cfg = json.load(f)
+        cfg["port"] = self.port
+        cfg["listen"] = [f"127.0.0.1:{self.port}"]
+        cfg["http_listen"] = f"127.0.0.1:{self.port + 1}"
+        with open(self.config, "w") as f:
+            json.dump(cfg, f)
+        self.http = f"http://127.0.0.1:{self.port + 1}"
 
     def token(self, *args):
         r = subprocess.run([RELAY, "token", "add", "--config", self.config, *args],
