@@ -42,8 +42,9 @@ Pitfalls this lab is built around (measured on this kernel): no sch_netem
 (delay is done by NFQUEUE), conntrack entries outlive a test's intent
 (flush_conntrack), no hairpinning, MASQUERADE keeps the port only while free.
 
-Namespaces are named PREFIX-NODE; leftovers of an earlier run with the same
-prefix are removed at start. Lab raises harness.Skip only when namespaces
+Namespaces are named PREFIX-NODE, PREFIX being "posnat" and this process's id,
+so that two labs (a test run and a benchmark) can run side by side; at start
+the namespaces of runs whose process is gone are removed. Lab raises harness.Skip only when namespaces
 cannot be created (not root); any other set-up failure is an error.
 """
 import json
@@ -59,7 +60,8 @@ import time
 import suite
 from harness import Proc, Redis, Skip, tmpdir, wait_until
 
-PREFIX = "posnat"
+BASE = "posnat"
+PREFIX = f"{BASE}{os.getpid()}"
 PY = "/usr/bin/python3"
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("none", "eim", "symmetric", "cgnat", "same")
@@ -99,6 +101,18 @@ def remove_leftovers(prefix=PREFIX):
             time.sleep(0.3)
     for n in names:
         sh(["ip", "netns", "del", n], check=False)
+
+
+def remove_stale():
+    """Removes the namespaces left by labs whose process has ended (killed runs)."""
+    out = sh(["ip", "netns", "list"], check=False).stdout
+    stale = set()
+    for line in out.splitlines():
+        m = re.match(BASE + r"(\d*)-", line)
+        if m and (not m.group(1) or not os.path.exists(f"/proc/{m.group(1)}")):
+            stale.add(BASE + m.group(1))
+    for prefix in stale:
+        remove_leftovers(prefix)
 
 
 def can_make_namespaces(prefix=PREFIX):
@@ -153,6 +167,7 @@ class Lab:
         why = can_make_namespaces(self.prefix)
         if why:
             raise Skip(why)
+        remove_stale()
         remove_leftovers(self.prefix)
         self.state = tmpdir()
         try:
