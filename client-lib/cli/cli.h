@@ -5,7 +5,7 @@
 #include <signal.h>
 #include <stdio.h>
 
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 struct cli_command {
     const char *name;

@@ -12,7 +12,7 @@
 #include "cli.h"
 #include "contacts.h"
 #include "identity.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 static void usage(FILE *out)
 {

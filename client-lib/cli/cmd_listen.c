@@ -23,7 +23,7 @@
 #include "cli.h"
 #include "identity.h"
 #include "listen_limits.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 #include "transfer.h"
 
 #define MAX_ALLOW 64

@@ -19,7 +19,7 @@
 #include "cli.h"
 #include "contacts.h"
 #include "identity.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 #include "utf8.h"
 #include "uuid.h"
 

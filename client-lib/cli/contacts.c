@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "identity.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 #define B64 sodium_base64_VARIANT_ORIGINAL_NO_PADDING
 

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <pos/p2p.h>
+#include <pos/mdns.h>
 
 #define MDNS_CARD_MAX 128
 

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "identity.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 #define B64 sodium_base64_VARIANT_ORIGINAL_NO_PADDING
 #define CARD_PREFIX "pos-contact:1:"

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "dns.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 #define MDNS_PORT 5353
 #define MDNS_MAX_IFACES 16

@@ -27,7 +27,7 @@
 
 #include "core.h"
 #include "log.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 #define MAX_RX_PER_CALL 64
 

@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 static uint8_t lower(uint8_t c)
 {

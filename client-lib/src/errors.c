@@ -1,5 +1,5 @@
 /* pos_p2p_strerror: one table of sentences for every error code of the library. */
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 
 /* Over 80 lines: one case per error code (a table; a code listed twice does not compile). */
 const char *pos_p2p_strerror(int code)

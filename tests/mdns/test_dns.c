@@ -9,7 +9,7 @@
 #include "../unit/check.h"
 #include "core.h"
 #include "dns.h"
-#include "pos/p2p.h"
+#include "pos/mdns.h"
 #include "txt.h"
 #include "utf8.h"
 

@@ -24,6 +24,12 @@ pc=$(find "$tmp/root" -name pos-p2p.pc | head -n1)
 hdr=$(find "$tmp/root" -path '*/include/pos/p2p.h' | head -n1)
 [ -n "$hdr" ] || fail "pos/p2p.h not installed"
 grep -q '#include "' "$hdr" && fail "the installed header includes a private header"
+mhdr=$(dirname "$hdr")/mdns.h
+[ -f "$mhdr" ] || fail "pos/mdns.h not installed beside pos/p2p.h"
+grep -q '#include "' "$mhdr" && fail "pos/mdns.h includes a private header"
+for h in "$hdr" "$mhdr"; do
+    [ "$(wc -l <"$h")" -le 800 ] || fail "$h is over 800 lines"
+done
 so=$(find "$tmp/root" -name 'libpos-p2p.so.0' | head -n1)
 [ -n "$so" ] || fail "libpos-p2p.so.0 (SONAME) not installed"
 readelf -d "$so" | grep -q 'SONAME.*libpos-p2p.so.0' || fail "SONAME is not libpos-p2p.so.0"
@@ -69,7 +75,7 @@ echo "$sout" | grep -q 'received: hello back' || fail "no answer: $sout"
 grep -q 'received: hello' "$tmp/listen.out" || fail "listener got nothing"
 
 # pos-p2p on the public header alone: no folder of the library's sources on
-# the include path, only the installed pos/p2p.h and the common headers.
+# the include path, only the installed pos/p2p.h, pos/mdns.h and the common headers.
 cli="$src/client-lib/cli"
 common_a="$build/common/libposcommon.a"
 [ -f "$common_a" ] || fail "$common_a missing (build first)"

@@ -172,8 +172,12 @@ def every_configuration_key_is_in_the_man_page():
     print(f"  {n} configuration keys named in the man pages")
 
 
+HEADERS = ("client-lib/include/pos/p2p.h", "client-lib/include/pos/mdns.h")
+
+
 def header_functions():
-    text = open(os.path.join(SOURCE, "client-lib/include/pos/p2p.h")).read()
+    """The functions the installed headers (pos/p2p.h, pos/mdns.h) declare."""
+    text = "".join(open(os.path.join(SOURCE, h)).read() for h in HEADERS)
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)  # comments name functions too
     return set(re.findall(r"\b((?:pos_p2p|pos_mdns)_[a-z0-9_]+)\s*\(", text)) - {
         n for n in re.findall(r"\(\s*\*\s*((?:pos_p2p|pos_mdns)_[a-z0-9_]+)\s*\)", text)}
@@ -192,12 +196,12 @@ def library_page_names_every_function():
     named = set(re.findall(r"\b((?:pos_p2p|pos_mdns)_[a-z0-9_]+)\*?\(", page.replace("\\_", "_")))
     declared = header_functions()
     exported = exported_functions()
-    assert len(declared) > 40, f"only {len(declared)} functions found in pos/p2p.h"
-    problems = [f"pos/p2p.h declares {f}() but man/libpos-p2p.3.scd does not name it"
+    assert len(declared) > 40, f"only {len(declared)} functions found in pos/p2p.h and pos/mdns.h"
+    problems = [f"pos/p2p.h or pos/mdns.h declares {f}() but man/libpos-p2p.3.scd does not name it"
                 for f in sorted(declared - named)]
     problems += [f"libpos-p2p.so exports {f}() but man/libpos-p2p.3.scd does not name it"
                  for f in sorted(exported - named)]
-    problems += [f"man/libpos-p2p.3.scd names {f}(), which pos/p2p.h does not declare"
+    problems += [f"man/libpos-p2p.3.scd names {f}(), which no installed header declares"
                  for f in sorted(named - declared)]
     assert not problems, "\n  ".join(["libpos-p2p(3) is out of date:"] + problems)
     print(f"  {len(declared)} functions declared, all named in libpos-p2p(3)")
