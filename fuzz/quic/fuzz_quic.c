@@ -46,6 +46,7 @@
 #include "identity.h"
 #include "internal.h"
 #include "quic_common.h"
+#include "quic_glue.h"
 #include "quic_server.h"
 #include "tls.h"
 
@@ -172,17 +173,6 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
     return c->qc;
 }
 
-static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
-                          void *user_data)
-{
-    (void)qc;
-    (void)user_data;
-    randombytes_buf(cid->data, cidlen);
-    cid->datalen = cidlen;
-    randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
-    return 0;
-}
-
 static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_id, uint64_t offset,
                                const uint8_t *data, size_t datalen, void *user_data,
                                void *stream_user_data)
@@ -197,66 +187,6 @@ static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
     ngtcp2_conn_extend_max_stream_offset(qc, stream_id, datalen);
     ngtcp2_conn_extend_max_offset(qc, datalen);
     return 0;
-}
-
-/*
- * A draft-29 stack carries its transport parameters in TLS extension 0xffa5;
- * ngtcp2's GnuTLS glue registers v1's 0x39 only, so such a client is made
- * with the glue's callbacks and the extension under the draft codepoint.
- */
-static int secret_func(gnutls_session_t session, gnutls_record_encryption_level_t glevel,
-                       const void *rx, const void *tx, size_t len)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    ngtcp2_conn *qc = ref->get_conn(ref);
-    ngtcp2_crypto_level level = ngtcp2_crypto_gnutls_from_gnutls_record_encryption_level(glevel);
-    if (rx && ngtcp2_crypto_derive_and_install_rx_key(qc, NULL, NULL, NULL, level, rx, len) != 0)
-        return -1;
-    if (tx && ngtcp2_crypto_derive_and_install_tx_key(qc, NULL, NULL, NULL, level, tx, len) != 0)
-        return -1;
-    return 0;
-}
-
-static int read_func(gnutls_session_t session, gnutls_record_encryption_level_t glevel,
-                     gnutls_handshake_description_t htype, const void *data, size_t len)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    if (htype == GNUTLS_HANDSHAKE_CHANGE_CIPHER_SPEC)
-        return 0;
-    return ngtcp2_conn_submit_crypto_data(
-               ref->get_conn(ref), ngtcp2_crypto_gnutls_from_gnutls_record_encryption_level(glevel),
-               data, len) == 0
-               ? 0
-               : -1;
-}
-
-static int tp_recv(gnutls_session_t session, const uint8_t *data, size_t len)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    return ngtcp2_conn_decode_remote_transport_params(ref->get_conn(ref), data, len) == 0 ? 0 : -1;
-}
-
-static int tp_send(gnutls_session_t session, gnutls_buffer_t ext)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    uint8_t buf[256];
-    ngtcp2_ssize n =
-        ngtcp2_conn_encode_local_transport_params(ref->get_conn(ref), buf, sizeof(buf));
-    if (n < 0)
-        return -1;
-    return gnutls_buffer_append_data(ext, buf, (size_t)n) == 0 ? 0 : -1;
-}
-
-static int configure_client(gnutls_session_t tls, int tp_draft)
-{
-    if (!tp_draft)
-        return ngtcp2_crypto_gnutls_configure_client_session(tls);
-    gnutls_handshake_set_secret_function(tls, secret_func);
-    gnutls_handshake_set_read_function(tls, read_func);
-    return gnutls_session_ext_register(
-        tls, "QUIC Transport Parameters", NGTCP2_TLSEXT_QUIC_TRANSPORT_PARAMETERS_DRAFT,
-        GNUTLS_EXT_TLS, tp_recv, tp_send, NULL, NULL, NULL,
-        GNUTLS_EXT_FLAG_TLS | GNUTLS_EXT_FLAG_CLIENT_HELLO | GNUTLS_EXT_FLAG_EE);
 }
 
 static void client_free(struct client *c)
@@ -282,7 +212,7 @@ static int client_make(struct client *c, int which, uint32_t version)
     c->wire = c->local;
     pos_quic_callbacks_init(&cbs, 0);
     cbs.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
-    cbs.get_new_connection_id = cb_get_new_cid;
+    cbs.get_new_connection_id = qglue_get_new_cid;
     cbs.recv_stream_data = cb_recv_stream_data;
     pos_quic_settings_init(&settings, &c->creating);
     settings.initial_ts = g.now;
@@ -311,7 +241,9 @@ static int client_make(struct client *c, int which, uint32_t version)
                                    g.endpoint ? POS_P2P_SESSION_ALPN : POS_CTRL_ALPN)
              : pos_tls_session_new_alpns(&c->tls, g.client_creds[which], 0, pos_ctrl_alpns,
                                          POS_CTRL_N_ALPNS)) != 0 ||
-        configure_client(c->tls, which == 0 && g.tp_draft) != 0) {
+        qglue_configure_client(c->tls, which == 0 && g.tp_draft
+                                           ? NGTCP2_TLSEXT_QUIC_TRANSPORT_PARAMETERS_DRAFT
+                                           : NGTCP2_TLSEXT_QUIC_TRANSPORT_PARAMETERS_V1) != 0) {
         c->dead = 1;
         return -1;
     }

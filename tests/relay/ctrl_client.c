@@ -45,6 +45,7 @@
 #include "ctrl.h"
 #include "identity.h"
 #include "quic_common.h"
+#include "quic_glue.h"
 #include "tls.h"
 
 #define OUT_CAP 65536 /* bytes one stream may ever send: plenty for a test */
@@ -86,17 +87,6 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
 {
     (void)ref;
     return c.qc;
-}
-
-static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
-                          void *user_data)
-{
-    (void)qc;
-    (void)user_data;
-    randombytes_buf(cid->data, cidlen);
-    cid->datalen = cidlen;
-    randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
-    return 0;
 }
 
 /* queue: |m| at this connection's version on stream |s|, opening it when needed. */
@@ -293,7 +283,7 @@ static int setup(void)
         return -1;
     pos_quic_callbacks_init(&cbs, 0);
     cbs.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
-    cbs.get_new_connection_id = cb_get_new_cid;
+    cbs.get_new_connection_id = qglue_get_new_cid;
     cbs.recv_stream_data = cb_recv_stream_data;
     cbs.handshake_completed = cb_handshake_completed;
     pos_quic_settings_init(&settings, &c.creating);

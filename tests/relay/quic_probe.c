@@ -39,6 +39,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quic_glue.h"
+
 #include "addr.h"
 #include "identity.h"
 #include "quic_common.h"
@@ -83,78 +85,8 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref)
     return a->qc;
 }
 
-static int cb_get_new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen,
-                          void *user_data)
-{
-    (void)qc;
-    (void)user_data;
-    randombytes_buf(cid->data, cidlen);
-    cid->datalen = cidlen;
-    randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
-    return 0;
-}
-
-/*
- * A draft-29 stack (quictls, and browsers of that time) carries its
- * transport parameters in TLS extension 0xffa5, not v1's 0x39. ngtcp2's
- * GnuTLS glue registers 0x39 only, so such a client is made here with the
- * glue's three callbacks and the extension under |tp_codepoint|.
- */
+/* The codepoint our transport parameters travel under (qglue_configure_client). */
 static unsigned tp_codepoint;
-
-static int secret_func(gnutls_session_t session, gnutls_record_encryption_level_t glevel,
-                       const void *rx, const void *tx, size_t len)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    ngtcp2_conn *qc = ref->get_conn(ref);
-    ngtcp2_crypto_level level = ngtcp2_crypto_gnutls_from_gnutls_record_encryption_level(glevel);
-    if (rx && ngtcp2_crypto_derive_and_install_rx_key(qc, NULL, NULL, NULL, level, rx, len) != 0)
-        return -1;
-    if (tx && ngtcp2_crypto_derive_and_install_tx_key(qc, NULL, NULL, NULL, level, tx, len) != 0)
-        return -1;
-    return 0;
-}
-
-static int read_func(gnutls_session_t session, gnutls_record_encryption_level_t glevel,
-                     gnutls_handshake_description_t htype, const void *data, size_t len)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    if (htype == GNUTLS_HANDSHAKE_CHANGE_CIPHER_SPEC)
-        return 0;
-    return ngtcp2_conn_submit_crypto_data(
-               ref->get_conn(ref), ngtcp2_crypto_gnutls_from_gnutls_record_encryption_level(glevel),
-               data, len) == 0
-               ? 0
-               : -1;
-}
-
-static int tp_recv(gnutls_session_t session, const uint8_t *data, size_t len)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    return ngtcp2_conn_decode_remote_transport_params(ref->get_conn(ref), data, len) == 0 ? 0 : -1;
-}
-
-static int tp_send(gnutls_session_t session, gnutls_buffer_t ext)
-{
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(session);
-    uint8_t buf[256];
-    ngtcp2_ssize n =
-        ngtcp2_conn_encode_local_transport_params(ref->get_conn(ref), buf, sizeof(buf));
-    if (n < 0)
-        return -1;
-    return gnutls_buffer_append_data(ext, buf, (size_t)n) == 0 ? 0 : -1;
-}
-
-static int configure_client(gnutls_session_t tls)
-{
-    if (tp_codepoint == NGTCP2_TLSEXT_QUIC_TRANSPORT_PARAMETERS_V1)
-        return ngtcp2_crypto_gnutls_configure_client_session(tls);
-    gnutls_handshake_set_secret_function(tls, secret_func);
-    gnutls_handshake_set_read_function(tls, read_func);
-    return gnutls_session_ext_register(
-        tls, "QUIC Transport Parameters", tp_codepoint, GNUTLS_EXT_TLS, tp_recv, tp_send, NULL,
-        NULL, NULL, GNUTLS_EXT_FLAG_TLS | GNUTLS_EXT_FLAG_CLIENT_HELLO | GNUTLS_EXT_FLAG_EE);
-}
 
 static void attempt_free(struct attempt *a)
 {
@@ -179,7 +111,7 @@ static struct attempt *attempt_new(uint32_t version, const struct sockaddr_stora
         return NULL;
     pos_quic_callbacks_init(&cbs, 0);
     cbs.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
-    cbs.get_new_connection_id = cb_get_new_cid;
+    cbs.get_new_connection_id = qglue_get_new_cid;
     pos_quic_settings_init(&settings, &a->creating);
     ngtcp2_transport_params_default(&params);
     params.initial_max_streams_bidi = 4;
@@ -199,7 +131,7 @@ static struct attempt *attempt_new(uint32_t version, const struct sockaddr_stora
                                     &params, NULL, a);
     a->creating = 0;
     if (rv != 0 || pos_tls_session_new(&a->tls, creds, 0, alpn) != 0 ||
-        configure_client(a->tls) != 0) {
+        qglue_configure_client(a->tls, tp_codepoint) != 0) {
         attempt_free(a);
         return NULL;
     }
