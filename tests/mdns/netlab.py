@@ -74,6 +74,13 @@ class Lab:
                 return
             time.sleep(0.05)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
     def close(self):
         for pid in self.pids:
             try:

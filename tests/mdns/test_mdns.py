@@ -126,8 +126,7 @@ def discover(lb, i, ident, seconds=20):
 
 @test
 def two_nodes_find_each_other_ipv4_and_ipv6():
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib, pb, _ = identity(d, "b")
@@ -142,14 +141,11 @@ def two_nodes_find_each_other_ipv4_and_ipv6():
         assert "10.77.0.1" in ea["addrs"] and "fd77::1" in ea["addrs"], ea
         assert "10.77.0.2" in eb["addrs"] and "fd77::2" in eb["addrs"], eb
         assert any(x.startswith("fe80::") for x in ea["addrs"]), ea
-    finally:
-        lb.close()
 
 
 @test
 def two_nodes_find_each_other_ipv6_only():
-    lb = lab(2, ipv4=False)
-    try:
+    with lab(2, ipv4=False) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib, pb, _ = identity(d, "b")
@@ -158,14 +154,11 @@ def two_nodes_find_each_other_ipv6_only():
         e = wait_until(lambda: found(b, pa), 8, what="discovery over IPv6 only")
         assert e["name"] == "Six" and "fd77::1" in e["addrs"], e
         assert not any("." in x for x in e["addrs"]), e
-    finally:
-        lb.close()
 
 
 @test
 def goodbye_seen_within_one_second():
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -179,14 +172,11 @@ def goodbye_seen_within_one_second():
         dt = time.monotonic() - t0
         assert a.wait(5) == 0
         print(f"    goodbye seen after {dt * 1000:.0f} ms")
-    finally:
-        lb.close()
 
 
 @test
 def conflict_renames_second_node():
-    lb = lab(3)
-    try:
+    with lab(3) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib = os.path.join(d, "b", "identity")
@@ -206,14 +196,11 @@ def conflict_renames_second_node():
                    what="both instances to be seen")
         names = {e["instance"]: e["name"] for e in events(c) if e["event"] == "found"}
         assert names[pa] == "First" and names[pa + " (2)"] == "Second", names
-    finally:
-        lb.close()
 
 
 @test
 def disabled_sends_nothing():
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, _, _ = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -231,14 +218,11 @@ def disabled_sends_nothing():
         time.sleep(2)
         a.stop()
         assert len(cap.stop()) > 0, "capture saw nothing from an enabled node"
-    finally:
-        lb.close()
 
 
 @test
 def contacts_only_hides_and_contact_recognises():
-    lb = lab(3)
-    try:
+    with lab(3) as lb:
         d = tmpdir()
         ia, pa, card_a = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -270,16 +254,13 @@ def contacts_only_hides_and_contact_recognises():
         assert raw, "capture is empty"
         for secret in (b"SecretName", b"SecretOS", b"SecretModel", LIB.encode(), pa.encode()):
             assert secret not in raw, f"{secret!r} was sent on the wire"
-    finally:
-        lb.close()
 
 
 @test
 def interop_python_zeroconf_both_ways():
     if subprocess.run([PY, "-c", "import zeroconf"], capture_output=True).returncode != 0:
         raise Skip("python3-zeroconf is not installed for /usr/bin/python3")
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         advertise(lb, 0, ia, "--name", "Ours", "--os", "Linux", "--library", LIB)
@@ -313,8 +294,6 @@ def interop_python_zeroconf_both_ways():
         o = wait_until(lambda: found(ours, None, lambda e: e["instance"] == "zc.odd v1.2"), 5,
                        what="our discover to report the zeroconf service with an odd TXT")
         check_odd_txt(o)
-    finally:
-        lb.close()
 
 
 # RFC 6763 §6 corner cases in a TXT of 7.5 kB (a packet may carry 9000 bytes, RFC 6762
@@ -423,8 +402,7 @@ def kill_pids(pidfile):
 def addresses_followed_live():
     """A new address (netlink) is announced: the browser reports it. In contacts-only
     mode an address change also rotates the instance name."""
-    lb = lab(3)
-    try:
+    with lab(3) as lb:
         d = tmpdir()
         ia, pa, card_a = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -449,8 +427,6 @@ def addresses_followed_live():
         wait_until(lambda: [x for x in events(b) if x["peer_id"] == pa and x["event"] == "updated"]
                    [-1]["addrs"].count("10.77.0.101") == 0, 5,
                    what="the removed address to be withdrawn")
-    finally:
-        lb.close()
 
 
 @test
@@ -485,8 +461,7 @@ def shares_port_5353_on_one_host():
 def skips_point_to_point_interfaces():
     """A tun device (POINTOPOINT, MULTICAST, UP, like a VPN) gets no mDNS group and its
     address is never advertised; eth0 gets both groups."""
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -504,8 +479,6 @@ def skips_point_to_point_interfaces():
                                   capture_output=True, text=True).stdout
         assert "224.0.0.251" in groups("eth0") and "ff02::fb" in groups("eth0")
         assert "224.0.0.251" not in groups("tun0") and "ff02::fb" not in groups("tun0")
-    finally:
-        lb.close()
 
 
 @test
@@ -542,8 +515,7 @@ def traffic_budget_first_minute():
     back-off) per address family = 22 packets; we allow 26, about one every 2.3 s,
     where a flooding implementation sends one or more per second."""
     seconds = float(os.environ.get("POS_MDNS_BUDGET_SECONDS", "60"))
-    lb = lab(1)
-    try:
+    with lab(1) as lb:
         d = tmpdir()
         ia, _, _ = identity(d, "a")
         cap = Capture(lb, 0)
@@ -563,8 +535,6 @@ def traffic_budget_first_minute():
         ttls = {ttl for ttl, _ in cap.frames()}
         assert ttls == {255}, f"IP TTL / hop limit {ttls}, RFC 6762 §11 wants 255"
         assert 10 <= n <= 26, f"{n} packets in the first {seconds} s"
-    finally:
-        lb.close()
 
 def lost(proc, peer_id):
     return any(e["event"] == "lost" and e.get("peer_id") == peer_id for e in events(proc))
@@ -598,8 +568,7 @@ def interface_disappears():
     link while everything runs: host 0 reports host 2's node lost at once (and host 2 host
     0's), well before any TTL; a host on the bridge keeps seeing host 0, never with the
     deleted link's address. The link back: they find each other again at once."""
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         j = direct_link(lb, 0, "d2", 0)
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
@@ -642,16 +611,13 @@ def interface_disappears():
                                 e.get("peer_id") == pb]) > n_a, 5, interval=0.02,
                    what="a to find b again when the link is back")
         print(f"    found again {(time.monotonic() - t1) * 1000:.0f} ms after the link came back")
-    finally:
-        lb.close()
 
 
 @test
 def metadata_file_reloaded_on_sighup():
     """advertise --metadata-file: SIGHUP re-reads it; the browser sees "updated" with the
     new name and library (no lost/found); a bad file changes nothing and says why."""
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -700,8 +666,6 @@ def metadata_file_reloaded_on_sighup():
         r = subprocess.run(lb.argv(0, pos(), "advertise", "--identity", ia, "--metadata-file",
                                    meta), capture_output=True, text=True, timeout=10)
         assert r.returncode == 2 and 'unknown key "colour"' in r.stderr, r.stderr
-    finally:
-        lb.close()
 
 def qu_queries(pkts):
     """(queries, queries with a QU question) among captured packets."""
@@ -729,8 +693,7 @@ def qu_only_when_port_5353_is_ours_alone():
     """RFC 6762 §5.4 / §15.1: a browser alone on its host asks its first query with the QU bit
     and gets the answer at once; one started while another process holds port 5353 never
     sets QU (a unicast reply could reach the other process) and still finds the peer."""
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -752,8 +715,6 @@ def qu_only_when_port_5353_is_ours_alone():
         assert c.wait(5) == 0
         n, qu = qu_queries(cap.stop())
         assert n >= 2 and qu == 0, (n, qu)
-    finally:
-        lb.close()
 
 
 def listen(lb, i, ident, out, *extra):
@@ -770,8 +731,7 @@ def send(lb, i, ident, to, path, *extra, timeout=20):
 def send_finds_listener_on_the_lan_by_peer_id():
     """No --addr, no --api-url: send finds the listener through mDNS and the file arrives
     intact over a direct session; with a contacts-only listener only a contact finds it."""
-    lb = lab(3)
-    try:
+    with lab(3) as lb:
         d = tmpdir()
         ia, pa, card_a = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -808,14 +768,11 @@ def send_finds_listener_on_the_lan_by_peer_id():
         assert r.returncode == 1, (r.stdout, r.stderr)
         assert "was not found on the local network (mDNS) within 2 s" in r.stderr, r.stderr
         assert la.stop() == 0 and not la.sanitizer_report()
-    finally:
-        lb.close()
 
 
 @test
 def send_does_not_find_listener_with_mdns_disabled():
-    lb = lab(2)
-    try:
+    with lab(2) as lb:
         d = tmpdir()
         ia, pa, _ = identity(d, "a")
         ib, _, _ = identity(d, "b")
@@ -840,8 +797,6 @@ def send_does_not_find_listener_with_mdns_disabled():
         assert r.returncode == 2 and "--mdns must be enabled, contacts-only or disabled" in \
             r.stderr, r.stderr
         assert la.stop() == 0 and not la.sanitizer_report()
-    finally:
-        lb.close()
 
 
 if __name__ == "__main__":
