@@ -1,8 +1,13 @@
 /* Bytes queued on one QUIC stream until acknowledged (see sendq.h). */
 #include "sendq.h"
 
+#include <sodium.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The queue carries HELLO (the relay token) and punch messages: every byte
+   is wiped before its memory goes back (no realloc, which would not). */
 
 struct sendq {
     uint8_t *data;
@@ -15,11 +20,15 @@ int sendq_append(struct sendq **q, const uint8_t *data, size_t len)
     uint8_t *grown;
     if (!nq && !(nq = calloc(1, sizeof(*nq))))
         return -1;
-    grown = realloc(nq->data, nq->len + len);
-    if (!grown) {
+    if (len > SIZE_MAX - nq->len || !(grown = malloc(nq->len + len ? nq->len + len : 1))) {
         if (!*q)
             free(nq);
         return -1;
+    }
+    if (nq->data) {
+        memcpy(grown, nq->data, nq->len);
+        sodium_memzero(nq->data, nq->len);
+        free(nq->data);
     }
     nq->data = grown;
     memcpy(nq->data + nq->len, data, len);
@@ -62,6 +71,8 @@ void sendq_free(struct sendq **q)
 {
     if (!*q)
         return;
+    if ((*q)->data)
+        sodium_memzero((*q)->data, (*q)->len);
     free((*q)->data);
     free(*q);
     *q = NULL;
