@@ -21,6 +21,9 @@
  *                       (pos_p2p_session_add_candidates)
  *   --drop-relay-at-mb N  B closes its relay connection once it has written N MB while
  *                       direct (the relay closes the circuit: A gets CIRCUIT_CLOSED)
+ *   --pause-at-mb N     B writes nothing for --pause-ms (default 5000) once it has written
+ *                       N MB while direct (the session idles on its direct path)
+ *   --fallback-retry-ms N  pos_p2p_punch_options.fallback_retry_ms
  * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
  * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
  * with each side's path info and counters. Exit 0 when every byte arrived
@@ -56,7 +59,8 @@ struct side {
 };
 
 static struct side A = {.name = "A", .gen = 1}, B = {.name = "B", .gen = 1};
-static uint64_t total, drop_at;
+static uint64_t total, drop_at, pause_at;
+static int pause_ms = 5000;
 static int fake_a; /* --fake-a */
 #define FAKE_A_IP "192.0.2.1"
 
@@ -283,9 +287,20 @@ static int b_open(void)
 /* run_transfer: the loop of the transfer, with the blackhole when asked. */
 static int run_transfer(uint64_t rate, uint64_t block_at, int unblock_after)
 {
-    int64_t blocked_at = -1, end = pos_p2p_now_ms() + 90000;
+    int64_t blocked_at = -1, paused_at = -1, end = pos_p2p_now_ms() + 90000;
     while (!(A.fin && A.got == total) && !A.closed && !B.closed && pos_p2p_now_ms() < end) {
-        write_some(rate);
+        if (pause_at && paused_at < 0 && B.direct && B.sent >= pause_at) {
+            paused_at = pos_p2p_now_ms();
+            printf("paused at_ms=%lld\n", (long long)(paused_at - t0));
+            fflush(stdout);
+        }
+        if (paused_at >= 0 && pause_at && pos_p2p_now_ms() - paused_at >= pause_ms) {
+            pause_at = 0;
+            printf("resumed at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
+            fflush(stdout);
+        }
+        if (!(paused_at >= 0 && pause_at))
+            write_some(rate);
         if (block_at && blocked_at < 0 && B.direct && B.sent >= block_at) {
             A.block = B.block = 1;
             blocked_at = pos_p2p_now_ms();
@@ -342,6 +357,12 @@ int main(int argc, char **argv)
             drop_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
         else if (!strcmp(argv[i], "--unblock-after-ms") && i + 1 < argc)
             unblock_after = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pause-at-mb") && i + 1 < argc)
+            pause_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
+        else if (!strcmp(argv[i], "--pause-ms") && i + 1 < argc)
+            pause_ms = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--fallback-retry-ms") && i + 1 < argc)
+            po.fallback_retry_ms = (uint32_t)atoi(argv[++i]);
     }
     if (pos_p2p_punch_options_check(&po, err, sizeof(err)) != 0) {
         fprintf(stderr, "options: %s\n", err);

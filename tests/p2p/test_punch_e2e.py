@@ -10,8 +10,13 @@ the relay, B dialing A through it and writing a checked byte stream).
 - A relay with `punch: false` (no PUNCH_START) keeps working: relayed, intact.
 - The direct path blackholed mid-transfer (punch_pair drops every datagram
   not addressed to the relay, both ways): the dialer falls back to the relay,
-  nothing is lost, and after the path is restored a new attempt (PUNCH_REQUEST
-  after the retry interval) takes the session direct again.
+  nothing is lost, and after the path is restored a new attempt takes the
+  session direct again: the first PUNCH_REQUEST after a fallback comes after
+  fallback_retry_ms (1 s here), not the retry interval (left at 60 s).
+- A direct session idle longer than the relay's idle timeout (2 s here)
+  keeps its circuit (the relay's /circuits lists it during the pause: the
+  control connection's keep-alives hold it) and falls back over it when the
+  direct path dies afterwards.
 - Extra candidates (pos_p2p_session_add_candidates): with A's direct address
   (the relay's candidate) unreachable from B and 192.0.2.1:port reaching A
   instead (a NAT in punch_pair's I/O), the session given that address goes
@@ -159,7 +164,8 @@ def relay_without_punching_keeps_working():
 def blackholed_direct_path_falls_back_and_comes_back():
     relay, token = relay_with({"punch_min_interval_ms": 100})
     # 32 MB at 4 MB/s: 8 s; the blackout from 4 MB on (about 1 s) lasts 2.5 s
-    rc, out = pair(relay, token, 32, "--rate-kbps", "32000", "--retry-ms", "1000",
+    # the retry interval stays 60 s: only the sooner first retry after a fallback comes back
+    rc, out = pair(relay, token, 32, "--rate-kbps", "32000", "--fallback-retry-ms", "1000",
                    "--block-at-mb", "4", "--unblock-after-ms", "2500")
     assert rc == 0, out
     assert "blocked at_ms=" in out and "unblocked at_ms=" in out, out
@@ -172,6 +178,33 @@ def blackholed_direct_path_falls_back_and_comes_back():
     b = info(out, "B")
     assert int(b["fallbacks"]) >= 1 and b["path"] == "direct", out
     assert int(b["bytes_relayed"]) > 500000, out  # the blackout went through the relay
+
+
+@test
+def direct_idle_session_keeps_its_circuit():
+    relay, token = relay_with({"idle_timeout": 2, "punch_min_interval_ms": 100})
+    # 8 MB at 4 MB/s; direct at 1 MB B pauses 6 s (over twice the idle timeout), then at 2 MB
+    # the direct path dies for good: the rest must go over the circuit
+    p = Proc([PAIR, tmpdir(), f"127.0.0.1:{relay.port}", relay.peer_id, token, "8",
+              "--rate-kbps", "32000", "--pause-at-mb", "1", "--pause-ms", "6000",
+              "--block-at-mb", "2", "--unblock-after-ms", "600000"], name="punch_pair")
+    wait_until(lambda: "paused at_ms=" in p.output() or not p.alive(), 15,
+               what="the direct session to pause")
+    circuit = int(re.search(r"^circuit B=(\d+)", p.output(), re.M).group(1))
+    time.sleep(4)  # idle twice the relay's idle timeout (the snapshot is at most 0.5 s old)
+    assert "resumed at_ms=" not in p.output(), p.output()
+    status, _, body = http("GET", relay.http + "/circuits")
+    assert status == 200, body
+    assert any(circuit in c["ids"] for c in json.loads(body)["circuits"]), body
+    rc = p.wait(60)
+    out = p.output()
+    check_clean(out)
+    assert rc == 0, out
+    assert "result ok=1 bytes=8000000 bad=0" in out, out
+    assert paths(out, "B")[:2] == ["relayed->direct", "direct->relayed"], out
+    b = info(out, "B")
+    assert b["relay_lost"] == "0" and b["path"] == "relayed", out
+    assert int(b["bytes_relayed"]) > 5000000, out  # after the blackout: over the circuit
 
 
 @test

@@ -608,12 +608,29 @@ typedef struct pos_p2p_punch_options {
                              default 30 */
     uint32_t retry_ms;    /* while relayed, ask for a new attempt this often: 1000..3600000,
                              default 60000 */
+    uint32_t fallback_retry_ms;   /* after a fallback, the first new attempt this soon, then
+                                     twice as long each time up to retry_ms: 1000..3600000
+                                     (capped at retry_ms), default 3000 */
+    uint32_t stall_ptos;          /* direct: this many successive PTOs without an ack and the
+                                     dialer falls back to the relay: 1..10, default 3 */
+    uint32_t direct_keepalive_ms; /* direct: QUIC keep-alive (PING) after this much quiet, so
+                                     a stall shows on an idle session: 100..10000, default 1000 */
+    uint32_t nudge_ms;            /* relayed: nothing through the relay this long and a
+                                     KEEPALIVE frame goes to it (remakes a lost NAT mapping):
+                                     100..60000, default 1000 */
+    uint32_t max_nudges;          /* ... again after 2, 4, 8... times that much silence, this many
+                                     in all: 0 (none)..8, default 4 */
 } pos_p2p_punch_options;
 
 #define POS_P2P_PUNCH_WINDOW_MS 3000
 #define POS_P2P_PUNCH_INTERVAL_MS 50
 #define POS_P2P_PUNCH_SETTLE_MS 30
 #define POS_P2P_PUNCH_RETRY_MS 60000
+#define POS_P2P_PUNCH_FALLBACK_RETRY_MS 3000
+#define POS_P2P_PUNCH_STALL_PTOS 3
+#define POS_P2P_PUNCH_DIRECT_KEEPALIVE_MS 1000
+#define POS_P2P_PUNCH_NUDGE_MS 1000
+#define POS_P2P_PUNCH_MAX_NUDGES 4
 
 /* pos_p2p_punch_options_default fills |o| with the defaults above (enabled). No errors. */
 void pos_p2p_punch_options_default(pos_p2p_punch_options *o);
