@@ -10,8 +10,8 @@
  * The relay's QUIC server (server_ctrl.c) is its only user besides the unit
  * test (tests/relay/test_broker.c).
  *
- * Hole punching (pos-relay/2, docs/protocol.md): right after the two
- * CIRCUIT messages, when both clients speak version 2
+ * Hole punching (pos-relay/2 and /3, docs/protocol.md): right after the two
+ * CIRCUIT messages, when both clients speak version 2 or 3
  * (relay_broker_set_version) and |punch| is on, both get PUNCH_START with a
  * fresh random key, timed from their control connections' smoothed RTTs
  * (relay_broker_set_rtt, an input the caller refreshes). PUNCH_REQUEST
@@ -130,12 +130,20 @@ relay_broker_client *relay_broker_join(relay_broker *b, void *conn, const char *
 
 /*
  * relay_broker_set_version: |cl|'s control connection speaks |version|
- * (POS_CTRL_V1, the default at join, or POS_CTRL_V2: hole punching).
+ * (POS_CTRL_V1, the default at join, POS_CTRL_V2: hole punching, or
+ * POS_CTRL_V3: with the NAT mapping).
  * relay_broker_set_rtt: its smoothed RTT is now |rtt_ms| (0 at join);
  * the caller refreshes it before each input from |cl|, so both RTTs are
  * recent when a circuit opens or a PUNCH_REQUEST arrives.
  */
 void relay_broker_set_version(relay_broker_client *cl, int version);
+/*
+ * relay_broker_set_nat: |cl|'s NAT mapping as its HELLO told it (version 3;
+ * enum pos_ctrl_nat, anything else: unknown). Every later PUNCH_START to
+ * its peers carries it (peer_nat), so that two clients whose mappings both
+ * vary by destination stop asking for attempts. No errors.
+ */
+void relay_broker_set_nat(relay_broker_client *cl, int nat);
 void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms);
 
 /* relay_broker_moved: |cl|'s connection now comes from |addr|; its circuits follow. */

@@ -327,7 +327,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     (void)qc;
     if (!c->pin.has_peer)
         return NGTCP2_ERR_CALLBACK_FAILURE; /* cannot happen: the server requires a cert */
-    /* the codec of this connection: pos-relay/2 (hole punching) or /1 (ALPN is mandatory) */
+    /* the codec of this connection: pos-relay/3, /2 (hole punching) or /1 (ALPN is mandatory) */
     if (pos_tls_alpn_selected(c->tls, &alpn, &alpn_len) != 0 ||
         (c->version = (uint8_t)pos_ctrl_version_of_alpn(alpn, alpn_len)) == 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;

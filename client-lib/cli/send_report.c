@@ -187,6 +187,11 @@ int send_report_print(const send_report *r, FILE *out, uint64_t bytes, double se
         set(o, "relay_id", r->relay_id[0] ? json_string(r->relay_id) : json_null(), &bad);
         set(o, "circuit_id", r->circuit_id ? json_integer(r->circuit_id) : json_null(), &bad);
         set(o, "rtt_ms", json_real(r->rtt_ms), &bad);
+        set(o, "punch_attempts", json_integer(r->have_path ? r->pi.attempts : 0), &bad);
+        set(o, "punch_stopped",
+            r->have_path && r->pi.punch_stopped == POS_P2P_PUNCH_STOPPED_NAT ? json_string("nat")
+                                                                             : json_null(),
+            &bad);
         set(o, "files_sent", json_integer(r->n_files), &bad);
         set(o, "files_ok", json_integer(files_ok), &bad);
         set(o, "files", files, &bad);

@@ -189,7 +189,7 @@ static void conn_write(pos_p2p_relay *r)
 static int queue_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode(m, buf, sizeof(buf)), rv;
+    int n = pos_ctrl_encode_version(m, r->version, buf, sizeof(buf)), rv; /* HELLO: version set */
     if (n < 0)
         return -1;
     rv = sendq_append(&r->out, buf, (size_t)n);
@@ -334,7 +334,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     m.type = POS_CTRL_HELLO;
     memcpy(m.token, r->token, r->token_len);
     m.token_len = r->token_len;
-    m.hello_flags = r->hello_flags;
+    m.hello_flags = r->hello_flags | relay_hello_nat(r->ep, r->version);
     relay_local_addrs(r->ep, &m.addrs); /* candidates for peers behind the same NAT */
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);

@@ -50,6 +50,7 @@ struct sess_punch {
     pos_p2p_punch_options opt; /* of the current attempt */
     pos_prober *prober;        /* NULL until the first attempt */
     uint16_t attempt;
+    uint8_t peer_nat;    /* the peer's enum pos_ctrl_nat (PUNCH_START, pos-relay/3) */
     int64_t started_ms;  /* the session's start */
     int64_t attempt_ms;  /* PUNCH_START of the current attempt */
     int outcome_done;    /* the current attempt's outcome is counted */
@@ -255,6 +256,7 @@ void sess_punch_start(struct sess_punch *p, const pos_ctrl_msg *m, int64_t now)
     p->pe->st.attempts++;
     p->info.attempts++;
     p->attempt = m->attempt;
+    p->peer_nat = m->peer_nat;
     p->attempt_ms = now;
     p->outcome_done = 0;
     p->request_at = -1;
@@ -403,6 +405,24 @@ static void report(struct sess_punch *p, uint8_t outcome, int64_t now)
     relay_send_ctrl(p->relay, &m);
 }
 
+/*
+ * hopeless: both NATs map each destination to another address or port
+ * (this side's as the application set it, the peer's from PUNCH_START):
+ * the address each side probes is never the one the other's NAT opens, so
+ * no attempt can work. Said once, counted once.
+ */
+static int hopeless(struct sess_punch *p)
+{
+    if (pos_p2p_endpoint_nat_mapping(p->ep) != POS_P2P_NAT_VARIES ||
+        p->peer_nat != POS_CTRL_NAT_VARIES)
+        return 0;
+    if (!p->info.punch_stopped) {
+        p->info.punch_stopped = POS_P2P_PUNCH_STOPPED_NAT;
+        p->pe->st.nat_stops++;
+    }
+    return 1;
+}
+
 /* failed: the attempt found no direct path (or QUIC would not take it); retry later. */
 static void failed(struct sess_punch *p, int64_t now)
 {
@@ -413,7 +433,9 @@ static void failed(struct sess_punch *p, int64_t now)
             report(p, POS_CTRL_PUNCH_FAILED, now);
     }
     p->move = MOVE_NONE;
-    if (p->dialer && p->opt.enabled)
+    if (hopeless(p))
+        p->request_at = -1; /* stays relayed: no retry every minute */
+    else if (p->dialer && p->opt.enabled)
         p->request_at = now + retry_in(p);
 }
 
@@ -651,4 +673,5 @@ void sess_punch_info(const struct sess_punch *p, pos_p2p_path_info *out)
     out->attempts = p->info.attempts;
     out->fallbacks = p->info.fallbacks;
     out->relay_lost = p->info.relay_lost;
+    out->punch_stopped = p->info.punch_stopped;
 }

@@ -24,6 +24,8 @@
  *   --pause-at-mb N     B writes nothing for --pause-ms (default 5000) once it has written
  *                       N MB while direct (the session idles on its direct path)
  *   --fallback-retry-ms N  pos_p2p_punch_options.fallback_retry_ms
+ *   --nat-a N, --nat-b N  that side's NAT mapping (pos_p2p_endpoint_set_nat_mapping), told
+ *                       to the relay in HELLO
  * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
  * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
  * with each side's path info and counters. Exit 0 when every byte arrived
@@ -252,15 +254,17 @@ static void print_info(const struct side *x)
     pos_p2p_session_get_path(x->s, &pi);
     pos_p2p_endpoint_punch_stats(x->ep, &ps);
     printf("info %s path=%s upgraded=%d upgraded_after_ms=%lld bytes_relayed=%llu "
-           "bytes_direct=%llu attempts=%u fallbacks=%u relay_lost=%d\n",
+           "bytes_direct=%llu attempts=%u fallbacks=%u relay_lost=%d punch_stopped=%d\n",
            x->name, pi.path == POS_P2P_PATH_DIRECT ? "direct" : "relayed", pi.upgraded,
            (long long)pi.upgraded_after_ms, (unsigned long long)pi.bytes_relayed,
-           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks, pi.relay_lost);
+           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks, pi.relay_lost,
+           pi.punch_stopped);
     printf("stats %s attempts=%llu successes=%llu failures=%llu fallbacks=%llu requests=%llu "
-           "probes_sent=%llu\n",
+           "probes_sent=%llu nat_stops=%llu\n",
            x->name, (unsigned long long)ps.attempts, (unsigned long long)ps.successes,
            (unsigned long long)ps.failures, (unsigned long long)ps.fallbacks,
-           (unsigned long long)ps.requests, (unsigned long long)ps.probes_sent);
+           (unsigned long long)ps.requests, (unsigned long long)ps.probes_sent,
+           (unsigned long long)ps.nat_stops);
 }
 
 static int wait_for(int (*cond)(void), int ms)
@@ -333,7 +337,7 @@ int main(int argc, char **argv)
     struct sockaddr_in relay = {.sin_family = AF_INET};
     char peer_a[POS_P2P_PEER_ID_STRLEN], err[200];
     uint64_t rate = 0, block_at = 0;
-    int unblock_after = 2000, ok, add_cand = 0;
+    int unblock_after = 2000, ok, add_cand = 0, nat_a = 0, nat_b = 0;
 
     if (argc < 6) {
         fprintf(stderr, "usage: punch_pair DIR RELAY_ADDR RELAY_PEER_ID TOKEN MB [options]\n");
@@ -363,6 +367,10 @@ int main(int argc, char **argv)
             pause_ms = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--fallback-retry-ms") && i + 1 < argc)
             po.fallback_retry_ms = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--nat-a") && i + 1 < argc)
+            nat_a = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--nat-b") && i + 1 < argc)
+            nat_b = atoi(argv[++i]);
     }
     if (pos_p2p_punch_options_check(&po, err, sizeof(err)) != 0) {
         fprintf(stderr, "options: %s\n", err);
@@ -386,6 +394,11 @@ int main(int argc, char **argv)
         return 1;
     pos_p2p_endpoint_set_punch(A.ep, &po);
     pos_p2p_endpoint_set_punch(B.ep, &po);
+    if (pos_p2p_endpoint_set_nat_mapping(A.ep, nat_a) != 0 ||
+        pos_p2p_endpoint_set_nat_mapping(B.ep, nat_b) != 0) {
+        fprintf(stderr, "--nat-a/--nat-b: 0, 1 or 2\n");
+        return 2;
+    }
     if (pos_p2p_relay_connect(A.ep, &info, argv[4], 10000, &A.relay) != 0 ||
         pos_p2p_relay_connect_flags(B.ep, &info, argv[4], 10000, POS_P2P_RELAY_NOT_HOME,
                                     &B.relay) != 0 ||

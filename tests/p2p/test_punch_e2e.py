@@ -21,6 +21,10 @@ the relay, B dialing A through it and writing a checked byte stream).
   (the relay's candidate) unreachable from B and 192.0.2.1:port reaching A
   instead (a NAT in punch_pair's I/O), the session given that address goes
   direct through it; without it the session stays relayed.
+- Both NATs vary by destination (each side's mapping set, told to the relay
+  in HELLO, passed on in PUNCH_START): after the first attempt fails
+  (--fake-a: no direct path) the dialer asks for no more, says so in its path
+  info and counts it; with only one side's mapping varying it keeps asking.
 - The circuit closed while direct (B closes its relay connection, so the
   relay sends CIRCUIT_CLOSED to A): both sides live on direct, every byte
   arrives, and the path info says the relayed path is gone.
@@ -114,7 +118,7 @@ def relayed_session_goes_direct():
     out = p.output()
     check_clean(out)
     assert rc == 0, out
-    assert "relay versions A=2 B=2" in out, out
+    assert "relay versions A=3 B=3" in out, out
     assert "result ok=1 bytes=20000000 bad=0" in out, out
     assert paths(out, "B")[:1] == ["relayed->direct"], out
     assert paths(out, "A")[:1] == ["relayed->direct"], out
@@ -241,6 +245,27 @@ def extra_candidate_goes_direct_when_the_relays_are_useless():
     assert rc == 0, out
     assert "result ok=1 bytes=4000000 bad=0" in out, out
     assert paths(out, "B") == [] and info(out, "B")["path"] == "relayed", out
+
+
+@test
+def both_nats_varying_stop_asking():
+    relay, token = relay_with({"punch_min_interval_ms": 100})
+    # 6 MB at 1 MB/s: 6 s relayed; the first attempt ends after its 3 s window, retry 1 s
+    rc, out = pair(relay, token, 6, "--rate-kbps", "8000", "--fake-a", "--retry-ms", "1000",
+                   "--nat-a", "2", "--nat-b", "2")
+    assert rc == 0, out
+    assert "result ok=1 bytes=6000000 bad=0" in out, out
+    b = info(out, "B")
+    assert b["path"] == "relayed" and b["attempts"] == "1" and b["punch_stopped"] == "1", out
+    assert re.search(r"^stats B .* requests=0 .* nat_stops=1$", out, re.M), out
+    assert metric(relay, "pos_relay_punches_total") == 1
+    # one side endpoint-independent: punching could work, the requests go on
+    rc, out = pair(relay, token, 6, "--rate-kbps", "8000", "--fake-a", "--retry-ms", "1000",
+                   "--nat-a", "1", "--nat-b", "2")
+    assert rc == 0, out
+    b = info(out, "B")
+    assert b["path"] == "relayed" and int(b["attempts"]) >= 2 and b["punch_stopped"] == "0", out
+    assert re.search(r"^stats B .* nat_stops=0$", out, re.M), out
 
 
 if __name__ == "__main__":

@@ -329,6 +329,16 @@ static void test_punch_options(void)
     CHECK(pos_p2p_endpoint_punch_stats(NULL, &st) == POS_P2P_ERR_INVALID_ARGUMENT);
     CHECK(pos_p2p_session_get_path(NULL, &pi) == POS_P2P_ERR_INVALID_ARGUMENT);
     CHECK(pos_p2p_relay_protocol_version(NULL) == 0);
+    /* the NAT mapping: unknown by default, one of three values, nothing else taken */
+    CHECK(pos_p2p_endpoint_nat_mapping(ep_a) == POS_P2P_NAT_UNKNOWN);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, 3) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, -1) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(NULL, 1) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_nat_mapping(ep_a) == POS_P2P_NAT_UNKNOWN);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, POS_P2P_NAT_VARIES) == 0 &&
+          pos_p2p_endpoint_nat_mapping(ep_a) == POS_P2P_NAT_VARIES);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, POS_P2P_NAT_UNKNOWN) == 0);
+    CHECK(pos_p2p_endpoint_nat_mapping(NULL) == POS_P2P_NAT_UNKNOWN);
 }
 
 int main(void)

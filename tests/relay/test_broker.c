@@ -634,6 +634,39 @@ static void test_punch_candidates_bounded(void)
     rig_down(&r);
 }
 
+/* pos-relay/3: each side's PUNCH_START carries the other's NAT mapping (from its HELLO) */
+static void test_punch_nat_mapping(void)
+{
+    struct rig r;
+    uint32_t ids[2];
+    uint8_t buf[POS_CTRL_MAX_MSG];
+
+    punch_rig_up(&r, POS_CTRL_V3, POS_CTRL_V3, 1);
+    relay_broker_set_nat(r.a, POS_CTRL_NAT_VARIES);
+    relay_broker_set_nat(r.bb, POS_CTRL_NAT_EIM);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4 && stats(&r).punches_started == 1);
+    CHECK(w.out[2].conn == &A && w.out[2].m.peer_nat == POS_CTRL_NAT_EIM);
+    CHECK(w.out[3].conn == &B && w.out[3].m.peer_nat == POS_CTRL_NAT_VARIES);
+    CHECK(pos_ctrl_encode_version(&w.out[2].m, POS_CTRL_V3, buf, sizeof(buf)) > 0);
+    /* a later attempt too, and a version 3 client's requests are taken */
+    w.n_out = 0;
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REQUEST, ids[0], NULL, 0, 0, 1000 + 5000) == 0);
+    CHECK(w.n_out == 2 && w.out[0].m.attempt == 2 && w.out[0].m.peer_nat == POS_CTRL_NAT_EIM);
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REPORT, ids[0], NULL, 2, 0, 7000) == 0);
+    rig_down(&r);
+
+    /* a version 2 peer of a version 3 client: punching as before, no mapping for it */
+    punch_rig_up(&r, POS_CTRL_V3, POS_CTRL_V2, 1);
+    relay_broker_set_nat(r.a, POS_CTRL_NAT_VARIES);
+    relay_broker_set_nat(r.bb, 7); /* not a mapping: unknown */
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4 && w.out[2].m.peer_nat == POS_CTRL_NAT_UNKNOWN);
+    CHECK(w.out[3].conn == &B && w.out[3].m.type == POS_CTRL_PUNCH_START);
+    CHECK(pos_ctrl_encode_version(&w.out[3].m, POS_CTRL_V2, buf, sizeof(buf)) > 0);
+    rig_down(&r);
+}
+
 int main(void)
 {
     test_connect_accept();
@@ -647,5 +680,6 @@ int main(void)
     test_punch_start();
     test_punch_not_v1_or_off();
     test_punch_candidates_bounded();
+    test_punch_nat_mapping();
     return check_finish("test_broker");
 }

@@ -643,6 +643,28 @@ void pos_p2p_punch_options_default(pos_p2p_punch_options *o);
  */
 int pos_p2p_punch_options_check(const pos_p2p_punch_options *o, char *err, size_t errlen);
 
+/* This device's NAT mapping, judged from what several relays observed. */
+enum pos_p2p_nat_mapping {
+    POS_P2P_NAT_UNKNOWN = 0,              /* not known: fewer than two relays compared */
+    POS_P2P_NAT_ENDPOINT_INDEPENDENT = 1, /* every relay saw one address and port */
+    POS_P2P_NAT_VARIES = 2,               /* another address or port per destination */
+};
+
+/*
+ * pos_p2p_endpoint_set_nat_mapping: |mapping| (enum pos_p2p_nat_mapping) is
+ * what the application found comparing the addresses two or more relays
+ * observed for |ep| (pos_p2p_relay_status.observed; `pos-p2p relays` prints
+ * it). Relay connections made afterwards tell it their relay in HELLO
+ * (pos-relay/3), which hands it to the peers of their circuits. When both
+ * sides' mappings vary by destination no punching can work: after the
+ * first attempt fails the session asks for no more (pos_p2p_path_info
+ * .punch_stopped). Returns 0 or POS_P2P_ERR_INVALID_ARGUMENT (NULL |ep|,
+ * unknown |mapping|).
+ */
+int pos_p2p_endpoint_set_nat_mapping(pos_p2p_endpoint *ep, int mapping);
+/* pos_p2p_endpoint_nat_mapping: the mapping set, POS_P2P_NAT_UNKNOWN by default or for NULL. */
+int pos_p2p_endpoint_nat_mapping(const pos_p2p_endpoint *ep);
+
 /*
  * pos_p2p_endpoint_set_punch: the punching settings of the sessions of |ep|
  * (copied; attempts already running keep theirs). Without this call an
@@ -664,9 +686,13 @@ typedef struct pos_p2p_path_info {
     uint64_t bytes_direct;            /* ... and straight to the peer */
     uint32_t attempts;                /* punch attempts of this session */
     uint32_t fallbacks;               /* moves back to the relay */
-    int relay_lost; /* 1: the relayed path's circuit closed while direct (the session lived on
-                       direct; no fallback to the relay, no new punch attempt) */
+    int relay_lost;    /* 1: the relayed path's circuit closed while direct (the session lived on
+                          direct; no fallback to the relay, no new punch attempt) */
+    int punch_stopped; /* POS_P2P_PUNCH_STOPPED_NAT: both sides' NAT mappings vary by
+                          destination, so after a failed attempt no more are asked for; 0 */
 } pos_p2p_path_info;
+
+#define POS_P2P_PUNCH_STOPPED_NAT 1
 
 /*
  * pos_p2p_session_add_candidates gives the relayed session |s| |n| more
@@ -701,6 +727,7 @@ typedef struct pos_p2p_punch_stats {
     uint64_t probes_sent;       /* PUNCH and PUNCH_ACK frames sent */
     uint64_t probes_dropped;    /* probe frames refused (bad cookie, no attempt, late) */
     uint32_t last_ms_to_direct; /* latest success: from PUNCH_START to the direct path */
+    uint64_t nat_stops;         /* sessions that stopped asking: both NATs vary by destination */
 } pos_p2p_punch_stats;
 
 /*
@@ -712,8 +739,9 @@ int pos_p2p_endpoint_punch_stats(const pos_p2p_endpoint *ep, pos_p2p_punch_stats
 
 /*
  * pos_p2p_relay_protocol_version: the control protocol the relay and this
- * client agreed on: 1 (pos-relay/1: no punching), 2 (pos-relay/2), or 0
- * before the handshake. No errors.
+ * client agreed on: 1 (pos-relay/1: no punching), 2 (pos-relay/2), 3
+ * (pos-relay/3: punching, and the NAT mappings passed on), or 0 before the
+ * handshake. No errors.
  */
 int pos_p2p_relay_protocol_version(const pos_p2p_relay *r);
 
