@@ -217,16 +217,6 @@ void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms)
     cl->rtt_ms = rtt_ms;
 }
 
-void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr)
-{
-    size_t len = ip_len(addr);
-    if (len == 0)
-        return;
-    memset(&cl->cur, 0, sizeof(cl->cur));
-    memcpy(&cl->cur, addr, len);
-    relay_circuit_owner_set_addr(b->circuits, &cl->owner, (const struct sockaddr *)&cl->cur);
-}
-
 void relay_broker_closing(relay_broker_client *cl)
 {
     cl->closing = 1;
@@ -515,6 +505,39 @@ static void handle_punch_report(relay_broker *b, relay_broker_client *cl, const 
     b->st.punch_reports[m->outcome - 1]++;
     if (m->outcome == POS_CTRL_PUNCH_DIRECT)
         b->st.punch_direct_ms_sum += m->ms_to_direct;
+}
+
+void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr,
+                        int64_t now_ms)
+{
+    size_t len = ip_len(addr);
+    int started = 0;
+    if (len == 0)
+        return;
+    memset(&cl->cur, 0, sizeof(cl->cur));
+    memcpy(&cl->cur, addr, len);
+    relay_circuit_owner_set_addr(b->circuits, &cl->owner, (const struct sockaddr *)&cl->cur);
+    if (cl->closing)
+        return;
+    /* punching again (docs/protocol.md "Hole punching"): its candidates changed */
+    for (uint32_t slot = cl->owner.head; slot; slot = b->circuits->sides[slot - 1].next) {
+        relay_broker_client *who[2];
+        uint32_t ids[2];
+        const struct punch_slot *ps;
+        if (!own_side(b, cl, b->circuits->sides[slot - 1].id, who, ids) ||
+            !can_punch(b, who[0], who[1]))
+            continue;
+        ps = &b->punch[(ids[0] & b->circuits->slot_mask) >> 1];
+        if (ps->attempt > 0 && now_ms - ps->last_ms < b->punch_min_interval_ms) {
+            b->st.punch_moves_ignored++;
+            continue;
+        }
+        punch_start(b, who[0], ids[0], who[1], ids[1], now_ms);
+        b->st.punches_on_move++;
+        started = 1;
+    }
+    if (started)
+        done(b);
 }
 
 /* open_circuit joins the requester |a| and the target |c| of |q| and tells both. */

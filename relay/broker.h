@@ -96,6 +96,8 @@ typedef struct relay_broker_stats {
     uint64_t punch_reports[3];       /* PUNCH_REPORT by outcome: direct, failed, fell back */
     uint64_t punch_direct_ms_sum;    /* time to direct of the reports "direct" (ms) */
     uint64_t punch_reports_ignored;  /* PUNCH_REPORT for a circuit not the sender's */
+    uint64_t punches_on_move;        /* of punches_started: a side's address changed */
+    uint64_t punch_moves_ignored;    /* moves that started none: sooner than the interval */
 } relay_broker_stats;
 
 /*
@@ -146,8 +148,15 @@ void relay_broker_set_version(relay_broker_client *cl, int version);
 void relay_broker_set_nat(relay_broker_client *cl, int nat);
 void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms);
 
-/* relay_broker_moved: |cl|'s connection now comes from |addr|; its circuits follow. */
-void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr);
+/*
+ * relay_broker_moved: |cl|'s connection comes from |addr| since |now_ms|
+ * (NAT rebinding or migration); its circuits follow. A new mapping may
+ * open a direct path the old one could not: each of its circuits that may
+ * punch gets a new attempt (PUNCH_START to both sides) unless one began
+ * less than the minimum interval ago.
+ */
+void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr,
+                        int64_t now_ms);
 
 /*
  * relay_broker_closing: |cl|'s connection is about to close; it is no

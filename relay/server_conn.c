@@ -467,7 +467,8 @@ static void follow_path(struct rconn *c)
     memset(&c->cur, 0, sizeof(c->cur));
     memcpy(&c->cur, p->remote.addr, len);
     if (c->bc)
-        relay_broker_moved(c->srv->broker, c->bc, (const struct sockaddr *)&c->cur);
+        relay_broker_moved(c->srv->broker, c->bc, (const struct sockaddr *)&c->cur,
+                           (int64_t)(relay_now(c->srv) / 1000000));
     pos_log_debug("client %s moved", c->peer_id);
 }
 

@@ -318,6 +318,30 @@ def conntrack_flush_mid_transfer_recovers():
         assert doc["path"] == "relayed", doc
 
 
+@test
+def new_mapping_starts_a_new_attempt():
+    """A's symmetric NAT forgets its mappings mid-transfer (conntrack flush): A's next
+    packets leave from a new port, the relay sees A's control connection move and starts a
+    new punch attempt on its circuit at once (the retry interval is 60 s: without the move
+    there would be one attempt). The relays' idle_timeout of 2 s makes A's control
+    keep-alives (every second) carry the new port soon; the file arrives intact."""
+    with natlab.Lab("symmetric", "eim") as lab:
+        pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500,
+                                                         "idle_timeout": 2})
+        marks = {}
+
+        def flush(sender, listener):
+            wait_until(lambda: "session from " in listener.output(), 15,
+                       what="the listener to accept the session:\n" + listener.output())
+            time.sleep(0.7)
+            lab.flush_conntrack(lab.routers["a"])
+            marks["flush"] = time.monotonic()
+        doc, _, _ = transfer(lab, pub, SIZE, ("--limit-rate", "1000000"), during=flush)
+        print(f"    new mapping: {json.dumps(doc)}")
+        assert doc["ok"] is True and doc["bytes"] == SIZE and doc["path"] == "relayed", doc
+        assert doc["punch_attempts"] >= 2, doc
+
+
 # A client on A's LAN binds PORT and listens; a public host sends to A's public
 # address at PORT, unasked, until the client's own packet reaches it, then answers.
 LAN_CLIENT = """

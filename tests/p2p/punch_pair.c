@@ -26,6 +26,8 @@
  *   --fallback-retry-ms N  pos_p2p_punch_options.fallback_retry_ms
  *   --nat-a N, --nat-b N  that side's NAT mapping (pos_p2p_endpoint_set_nat_mapping), told
  *                       to the relay in HELLO
+ *   --rebind-b-at-mb N  a NAT rebinding of B once it has written N MB: B sends from a new
+ *                       socket (new port) from then on, and still reads the old one
  * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
  * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
  * with each side's path info and counters. Exit 0 when every byte arrived
@@ -47,6 +49,7 @@
 struct side {
     const char *name;
     int fd;
+    int old_fd; /* after --rebind-b-at-mb: the socket before, still read; -1 none */
     pos_p2p_endpoint *ep;
     pos_p2p_relay *relay;
     pos_p2p_session *s;
@@ -60,8 +63,9 @@ struct side {
     int moves_direct, moves_back;
 };
 
-static struct side A = {.name = "A", .gen = 1}, B = {.name = "B", .gen = 1};
-static uint64_t total, drop_at, pause_at;
+static struct side A = {.name = "A", .gen = 1, .old_fd = -1},
+                   B = {.name = "B", .gen = 1, .old_fd = -1};
+static uint64_t total, drop_at, pause_at, rebind_at;
 static int pause_ms = 5000;
 static int fake_a; /* --fake-a */
 #define FAKE_A_IP "192.0.2.1"
@@ -191,33 +195,51 @@ static int make_side(struct side *x, const char *dir, const struct sockaddr_in *
 
 static void pump(int wait_ms)
 {
-    struct pollfd p[2] = {{A.fd, POLLIN, 0}, {B.fd, POLLIN, 0}};
-    struct side *sides[2] = {&A, &B};
+    struct pollfd p[3] = {{A.fd, POLLIN, 0}, {B.fd, POLLIN, 0}, {B.old_fd, POLLIN, 0}};
+    struct side *sides[3] = {&A, &B, &B};
     int64_t now = pos_p2p_now_ms();
     for (int i = 0; i < 2; i++) {
         int64_t d = pos_p2p_endpoint_deadline(sides[i]->ep);
         if (d >= 0 && d - now < wait_ms)
             wait_ms = d - now < 0 ? 0 : (int)(d - now);
     }
-    poll(p, 2, wait_ms);
-    for (int i = 0; i < 2; i++) {
-        for (int k = 0; k < 256; k++) {
+    poll(p, 3, wait_ms); /* a negative fd (no old socket) is left out */
+    for (int i = 0; i < 3; i++) {
+        for (int k = 0; k < 256 && p[i].fd >= 0; k++) {
             uint8_t buf[2048];
             struct sockaddr_storage from;
             socklen_t fl = sizeof(from);
-            ssize_t n = recvfrom(sides[i]->fd, buf, sizeof(buf), MSG_DONTWAIT,
-                                 (struct sockaddr *)&from, &fl);
+            ssize_t n =
+                recvfrom(p[i].fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
             if (n < 0)
                 break;
-            if (fake_a && i == 1 && same_in((struct sockaddr_in *)&from, &A.local)) {
+            if (fake_a && i > 0 && same_in((struct sockaddr_in *)&from, &A.local)) {
                 struct sockaddr_in f = fake_addr(&A); /* B sees A at the fake address */
                 memcpy(&from, &f, sizeof(f));
             }
             if (n <= EP_MAX_UDP)
                 ep_input(sides[i]->ep, 0, buf, (size_t)n, (struct sockaddr *)&from, fl);
         }
-        pos_p2p_endpoint_process(sides[i]->ep);
+        if (i < 2)
+            pos_p2p_endpoint_process(sides[i]->ep);
     }
+    pos_p2p_endpoint_process(B.ep);
+}
+
+/* rebind_b: B's NAT gives it a new port: it sends from a new socket from now on. */
+static void rebind_b(void)
+{
+    struct sockaddr_in to = {.sin_family = AF_INET};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&to, sizeof(to)) != 0) {
+        perror("rebind");
+        exit(1);
+    }
+    B.old_fd = B.fd;
+    B.fd = fd;
+    printf("rebound B at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
+    fflush(stdout);
 }
 
 /* write_some: B writes what the send buffer and the pace allow. */
@@ -305,6 +327,10 @@ static int run_transfer(uint64_t rate, uint64_t block_at, int unblock_after)
         }
         if (!(paused_at >= 0 && pause_at))
             write_some(rate);
+        if (rebind_at && B.sent >= rebind_at) {
+            rebind_at = 0;
+            rebind_b();
+        }
         if (block_at && blocked_at < 0 && B.direct && B.sent >= block_at) {
             A.block = B.block = 1;
             blocked_at = pos_p2p_now_ms();
@@ -371,6 +397,8 @@ int main(int argc, char **argv)
             nat_a = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--nat-b") && i + 1 < argc)
             nat_b = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rebind-b-at-mb") && i + 1 < argc)
+            rebind_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
     }
     if (pos_p2p_punch_options_check(&po, err, sizeof(err)) != 0) {
         fprintf(stderr, "options: %s\n", err);
@@ -465,5 +493,7 @@ int main(int argc, char **argv)
     pos_p2p_endpoint_del(B.ep);
     close(A.fd);
     close(B.fd);
+    if (B.old_fd >= 0)
+        close(B.old_fd);
     return ok ? 0 : 1;
 }

@@ -25,6 +25,10 @@ the relay, B dialing A through it and writing a checked byte stream).
   in HELLO, passed on in PUNCH_START): after the first attempt fails
   (--fake-a: no direct path) the dialer asks for no more, says so in its path
   info and counts it; with only one side's mapping varying it keeps asking.
+- B's NAT gives it a new port mid-transfer (punch_pair's B sends from a new
+  socket): the relay sees its control connection move and starts a new
+  attempt on the circuit (PUNCH_START, attempt 2, with the retry interval at
+  60 s), counted in pos_relay_punch_moves_total; the transfer is intact.
 - The circuit closed while direct (B closes its relay connection, so the
   relay sends CIRCUIT_CLOSED to A): both sides live on direct, every byte
   arrives, and the path info says the relayed path is gone.
@@ -266,6 +270,21 @@ def both_nats_varying_stop_asking():
     b = info(out, "B")
     assert b["path"] == "relayed" and int(b["attempts"]) >= 2 and b["punch_stopped"] == "0", out
     assert re.search(r"^stats B .* nat_stops=0$", out, re.M), out
+
+
+@test
+def address_change_starts_a_new_attempt():
+    # idle_timeout 2: the clients' control keep-alives every second carry B's new port
+    relay, token = relay_with({"punch_min_interval_ms": 100, "idle_timeout": 2})
+    # 5 MB at 1 MB/s, relayed (--fake-a); B rebinds at 2 MB, after attempt 1 began
+    rc, out = pair(relay, token, 5, "--rate-kbps", "8000", "--fake-a", "--rebind-b-at-mb", "2")
+    assert rc == 0, out
+    assert "rebound B at_ms=" in out and "result ok=1 bytes=5000000 bad=0" in out, out
+    b = info(out, "B")
+    assert b["path"] == "relayed" and b["attempts"] == "2", out  # no retry within 60 s
+    assert re.search(r"^stats B .* requests=0 ", out, re.M), out
+    assert int(info(out, "A")["attempts"]) == 2, out
+    assert metric(relay, 'pos_relay_punch_moves_total{result="started"}') == 1
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ static void test_connect_accept(void)
 
     /* the client moves: its side of the circuit follows */
     struct sockaddr_in moved = addr4("192.0.2.9", 9999);
-    relay_broker_moved(r.b, r.a, (struct sockaddr *)&moved);
+    relay_broker_moved(r.b, r.a, (struct sockaddr *)&moved, 2002);
     sa = relay_circuit_find(r.t, ca->circuit_id);
     CHECK(sa && sa->addr.port == htons(9999));
     rig_down(&r);
@@ -667,6 +667,44 @@ static void test_punch_nat_mapping(void)
     rig_down(&r);
 }
 
+/* a side's control connection moves (NAT rebinding): a new attempt, unless one is too recent */
+static void test_punch_on_move(void)
+{
+    struct rig r;
+    uint32_t ids[2];
+    struct sockaddr_in moved = addr4("192.0.2.1", 1999), again = addr4("192.0.2.1", 2999);
+    static const char *const a_moved[] = {"192.0.2.1:1999", "10.0.0.1:1111", "192.0.2.1:1111",
+                                          "[fd00::1]:1111"};
+
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V3, 1);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4 && stats(&r).punches_started == 1);
+    /* within the minimum interval of attempt 1: its circuit follows, no attempt */
+    w.n_out = 0;
+    relay_broker_moved(r.b, r.a, (struct sockaddr *)&again, 1000 + 4999);
+    CHECK(w.n_out == 0 && stats(&r).punch_moves_ignored == 1 && stats(&r).punches_on_move == 0);
+    /* later: attempt 2 to both, B gets A's new address first among its candidates */
+    int flushes = w.flushes;
+    relay_broker_moved(r.b, r.a, (struct sockaddr *)&moved, 1000 + 5000);
+    CHECK(w.n_out == 2 && stats(&r).punches_on_move == 1 && stats(&r).punches_started == 2);
+    CHECK(w.out[0].conn == &A && w.out[0].m.type == POS_CTRL_PUNCH_START &&
+          w.out[0].m.attempt == 2 && w.out[0].m.role == POS_PUNCH_DIALER);
+    CHECK(w.out[1].conn == &B && w.out[1].m.attempt == 2 && w.out[1].m.circuit_id == ids[1]);
+    CHECK(addrs_are(&w.out[1].m.addrs, 4, a_moved));
+    CHECK(w.flushes == flushes + 1); /* what was queued goes out */
+    rig_down(&r);
+
+    /* a peer on pos-relay/1, or punching off: the circuit follows, nothing else */
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V1, 1);
+    circuit_between(&r, 1000, ids);
+    w.n_out = 0;
+    relay_broker_moved(r.b, r.bb, (struct sockaddr *)&moved, 60000);
+    CHECK(w.n_out == 0 && stats(&r).punches_on_move == 0 && stats(&r).punch_moves_ignored == 0);
+    CHECK(relay_circuit_find(r.t, ids[1]) &&
+          relay_circuit_find(r.t, ids[1])->addr.port == htons(1999));
+    rig_down(&r);
+}
+
 int main(void)
 {
     test_connect_accept();
@@ -681,5 +719,6 @@ int main(void)
     test_punch_not_v1_or_off();
     test_punch_candidates_bounded();
     test_punch_nat_mapping();
+    test_punch_on_move();
     return check_finish("test_broker");
 }
