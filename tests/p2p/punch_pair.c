@@ -11,6 +11,7 @@
  * usage: punch_pair DIR RELAY_ADDR RELAY_PEER_ID TOKEN MB [options]
  *   --no-punch          punching off on both endpoints
  *   --retry-ms N        punch retry interval (default 60000)
+ *   --window-ms N       probe window (default 3000)
  *   --rate-kbps N       pace B's writes (0: as fast as it goes)
  *   --block-at-mb N     blackhole the direct path once B has written N MB while direct
  *   --unblock-after-ms N  ... and open it again that long later
@@ -375,6 +376,8 @@ int main(int argc, char **argv)
             po.enabled = 0;
         else if (!strcmp(argv[i], "--retry-ms") && i + 1 < argc)
             po.retry_ms = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--window-ms") && i + 1 < argc)
+            po.window_ms = (uint32_t)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rate-kbps") && i + 1 < argc)
             rate = (uint64_t)atoll(argv[++i]);
         else if (!strcmp(argv[i], "--block-at-mb") && i + 1 < argc)

@@ -254,18 +254,17 @@ def extra_candidate_goes_direct_when_the_relays_are_useless():
 @test
 def both_nats_varying_stop_asking():
     relay, token = relay_with({"punch_min_interval_ms": 100})
-    # 6 MB at 1 MB/s: 6 s relayed; the first attempt ends after its 3 s window, retry 1 s
-    rc, out = pair(relay, token, 6, "--rate-kbps", "8000", "--fake-a", "--retry-ms", "1000",
-                   "--nat-a", "2", "--nat-b", "2")
+    # 3 MB at 1 MB/s: 3 s relayed; the first attempt ends after its 0.5 s window, retry 1 s
+    args = ("--rate-kbps", "8000", "--fake-a", "--retry-ms", "1000", "--window-ms", "500")
+    rc, out = pair(relay, token, 3, *args, "--nat-a", "2", "--nat-b", "2")
     assert rc == 0, out
-    assert "result ok=1 bytes=6000000 bad=0" in out, out
+    assert "result ok=1 bytes=3000000 bad=0" in out, out
     b = info(out, "B")
     assert b["path"] == "relayed" and b["attempts"] == "1" and b["punch_stopped"] == "1", out
     assert re.search(r"^stats B .* requests=0 .* nat_stops=1$", out, re.M), out
     assert metric(relay, "pos_relay_punches_total") == 1
     # one side endpoint-independent: punching could work, the requests go on
-    rc, out = pair(relay, token, 6, "--rate-kbps", "8000", "--fake-a", "--retry-ms", "1000",
-                   "--nat-a", "1", "--nat-b", "2")
+    rc, out = pair(relay, token, 3, *args, "--nat-a", "1", "--nat-b", "2")
     assert rc == 0, out
     b = info(out, "B")
     assert b["path"] == "relayed" and int(b["attempts"]) >= 2 and b["punch_stopped"] == "0", out
