@@ -85,8 +85,8 @@ static uint16_t get_attempt(struct pos_reader *c)
     return a;
 }
 
-/* The version 2 messages (hole punching); every field range-checked. */
-static void decode_punch(struct pos_reader *c, pos_ctrl_msg *m)
+/* The version 2 messages (hole punching; version 3: PUNCH_START's peer_nat), range-checked. */
+static void decode_punch(struct pos_reader *c, pos_ctrl_msg *m, int version)
 {
     switch (m->type) {
     case POS_CTRL_PUNCH_START:
@@ -102,6 +102,8 @@ static void decode_punch(struct pos_reader *c, pos_ctrl_msg *m)
         m->attempt = get_attempt(c);
         get_addrs(c, &m->addrs);
         if (m->addrs.n == 0)
+            pos_reader_fail(c);
+        if (version >= POS_CTRL_V3 && (m->peer_nat = pos_reader_u8(c)) > POS_CTRL_NAT_VARIES)
             pos_reader_fail(c);
         break;
     case POS_CTRL_PUNCH_REQUEST:
@@ -121,7 +123,16 @@ static void decode_punch(struct pos_reader *c, pos_ctrl_msg *m)
     }
 }
 
-static void decode_body(struct pos_reader *c, pos_ctrl_msg *m)
+/* hello_flags_ok: |f| (nonzero) has only flags |version| knows, and at most one NAT mapping. */
+static int hello_flags_ok(uint8_t f, int version)
+{
+    unsigned known =
+        version >= POS_CTRL_V3 ? POS_CTRL_HELLO_FLAGS_KNOWN_V3 : POS_CTRL_HELLO_FLAGS_KNOWN;
+    unsigned nat = POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES;
+    return !(f & ~known) && (f & nat) != nat;
+}
+
+static void decode_body(struct pos_reader *c, pos_ctrl_msg *m, int version)
 {
     switch (m->type) {
     case POS_CTRL_HELLO:
@@ -130,7 +141,7 @@ static void decode_body(struct pos_reader *c, pos_ctrl_msg *m)
         if (!pos_reader_bad(c) && pos_reader_left(c) > 0) {
             /* optional flags (ctrl.h): present means nonzero and known */
             m->hello_flags = pos_reader_u8(c);
-            if (m->hello_flags == 0 || (m->hello_flags & ~POS_CTRL_HELLO_FLAGS_KNOWN))
+            if (m->hello_flags == 0 || !hello_flags_ok(m->hello_flags, version))
                 pos_reader_fail(c);
         }
         break;
@@ -189,7 +200,7 @@ static void decode_body(struct pos_reader *c, pos_ctrl_msg *m)
         m->code = pos_reader_u16(c);
         break;
     default:
-        decode_punch(c, m);
+        decode_punch(c, m, version);
     }
 }
 
@@ -200,10 +211,13 @@ static int last_type(int version)
         return POS_CTRL_LAST_V1;
     if (version == POS_CTRL_V2)
         return POS_CTRL_LAST_V2;
+    if (version == POS_CTRL_V3)
+        return POS_CTRL_LAST_V3;
     return 0;
 }
 
-const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS] = {POS_CTRL_ALPN_V2, POS_CTRL_ALPN_V1};
+const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS] = {POS_CTRL_ALPN_V3, POS_CTRL_ALPN_V2,
+                                                      POS_CTRL_ALPN_V1};
 
 int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len)
 {
@@ -214,6 +228,8 @@ int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len)
         return POS_CTRL_V1;
     if (memcmp(alpn, POS_CTRL_ALPN_V2, n) == 0)
         return POS_CTRL_V2;
+    if (memcmp(alpn, POS_CTRL_ALPN_V3, n) == 0)
+        return POS_CTRL_V3;
     return 0;
 }
 
@@ -244,7 +260,7 @@ int pos_ctrl_decode_version(const uint8_t *buf, size_t len, int version, pos_ctr
         return 0;
     memset(out, 0, sizeof(*out));
     out->type = type;
-    decode_body(&body_r, out);
+    decode_body(&body_r, out, version);
     if (pos_reader_bad(&body_r) || pos_reader_left(&body_r) != 0) {
         pos_ctrl_msg_wipe(out);
         return POS_CTRL_ERR_MALFORMED;
@@ -338,7 +354,7 @@ static void put_attempt(struct out *o, uint16_t attempt)
     pos_writer_u16(&o->w, attempt);
 }
 
-static void encode_punch(struct out *o, const pos_ctrl_msg *m)
+static void encode_punch(struct out *o, const pos_ctrl_msg *m, int version)
 {
     switch (m->type) {
     case POS_CTRL_PUNCH_START:
@@ -355,6 +371,11 @@ static void encode_punch(struct out *o, const pos_ctrl_msg *m)
         if (m->addrs.n == 0)
             invalid(o);
         put_addrs(o, &m->addrs);
+        if (version < POS_CTRL_V3)
+            break; /* a version 2 peer knows no NAT mapping */
+        if (m->peer_nat > POS_CTRL_NAT_VARIES)
+            invalid(o);
+        pos_writer_u8(&o->w, m->peer_nat);
         break;
     case POS_CTRL_PUNCH_REQUEST:
         put_circuit_id(o, m->circuit_id);
@@ -373,13 +394,13 @@ static void encode_punch(struct out *o, const pos_ctrl_msg *m)
     }
 }
 
-static void encode_body(struct out *o, const pos_ctrl_msg *m)
+static void encode_body(struct out *o, const pos_ctrl_msg *m, int version)
 {
     switch (m->type) {
     case POS_CTRL_HELLO:
         put_str(o, m->token, m->token_len, POS_CTRL_MAX_TOKEN);
         put_addrs(o, &m->addrs);
-        if (m->hello_flags & ~POS_CTRL_HELLO_FLAGS_KNOWN)
+        if (m->hello_flags && !hello_flags_ok(m->hello_flags, version))
             invalid(o);
         else if (m->hello_flags)
             pos_writer_u8(&o->w, m->hello_flags);
@@ -439,7 +460,7 @@ static void encode_body(struct out *o, const pos_ctrl_msg *m)
         pos_writer_u16(&o->w, m->code);
         break;
     default:
-        encode_punch(o, m);
+        encode_punch(o, m, version);
     }
 }
 
@@ -458,7 +479,7 @@ int pos_ctrl_encode_version(const pos_ctrl_msg *m, int version, uint8_t *buf, si
     pos_writer_init(&o.w, buf, cap);
     pos_writer_u8(&o.w, m->type);
     pos_writer_u16(&o.w, 0); /* length, patched below */
-    encode_body(&o, m);
+    encode_body(&o, m, version);
     if (o.err)
         return o.err;
     if (pos_writer_bad(&o.w))

@@ -12,9 +12,11 @@
  * of str addresses, each a valid "ip:port". A body must be consumed exactly:
  * trailing bytes are an error, so every message has one encoding. Unknown
  * types are an error (a new message means a new ALPN): the PUNCH_* types
- * exist only in version 2 (ALPN pos-relay/2), and the codec of version 1
+ * exist only from version 2 (ALPN pos-relay/2), and the codec of version 1
  * refuses them both ways, so a peer that negotiated pos-relay/1 never sees
- * one.
+ * one. Version 3 (pos-relay/3) is version 2 with the NAT mapping: two more
+ * HELLO flags (the sender's) and a last u8 in PUNCH_START (the peer's);
+ * a peer of version 2 never sees either.
  *
  * Refusals are not messages: the relay closes the QUIC connection with an
  * application error code (enum relay_refusal) and a reason phrase.
@@ -30,17 +32,19 @@
 #include "punch.h"
 
 /*
- * Versions and their ALPN. A v2 client offers "pos-relay/2" then
- * "pos-relay/1"; a relay that knows v2 selects it. pos_ctrl_version_of_alpn
+ * Versions and their ALPN. A v3 client offers "pos-relay/3", "pos-relay/2"
+ * then "pos-relay/1"; a relay selects the highest it knows. pos_ctrl_version_of_alpn
  * tells which version a negotiated ALPN means.
  */
 #define POS_CTRL_V1 1
 #define POS_CTRL_V2 2
+#define POS_CTRL_V3 3
 #define POS_CTRL_ALPN_V1 "pos-relay/1"
 #define POS_CTRL_ALPN_V2 "pos-relay/2"
+#define POS_CTRL_ALPN_V3 "pos-relay/3"
 #define POS_CTRL_ALPN POS_CTRL_ALPN_V1 /* what v1-only code offers */
-/* What a v2 side offers (client) or accepts (relay), preferred first: pos_tls_session_new_alpns. */
-#define POS_CTRL_N_ALPNS 2
+/* What a v3 side offers (client) or accepts (relay), preferred first: pos_tls_session_new_alpns. */
+#define POS_CTRL_N_ALPNS 3
 extern const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS];
 #define POS_CTRL_HEADER_LEN 3
 #define POS_CTRL_MAX_BODY 2048
@@ -57,7 +61,8 @@ extern const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS];
 #define POS_CTRL_ERR_NOMEM -4
 
 enum pos_ctrl_type {
-    POS_CTRL_HELLO = 1,    /* client: str token, addrs local, [u8 hello_flags] (absent: 0) */
+    POS_CTRL_HELLO = 1, /* client: str token, addrs local, [u8 hello_flags] (absent: 0) */
+    /* (version 3: PUNCH_START ends with u8 peer_nat, enum pos_ctrl_nat) */
     POS_CTRL_WELCOME = 2,  /* relay: str observed, u64 bytes_per_sec, u64 burst, u32 max_conns,
                               u64 expires_at (unix s, 0 never), u32 idle_timeout_s,
                               str relay_id */
@@ -81,6 +86,14 @@ enum pos_ctrl_type {
 };
 #define POS_CTRL_LAST_V1 POS_CTRL_CIRCUIT_CLOSED
 #define POS_CTRL_LAST_V2 POS_CTRL_PUNCH_REPORT
+#define POS_CTRL_LAST_V3 POS_CTRL_PUNCH_REPORT /* no new type: new fields */
+
+/* A client's NAT mapping, as it judged it from what several relays observed (version 3). */
+enum pos_ctrl_nat {
+    POS_CTRL_NAT_UNKNOWN = 0, /* not known (fewer than two relays compared) */
+    POS_CTRL_NAT_EIM = 1,     /* endpoint-independent: every relay saw one address and port */
+    POS_CTRL_NAT_VARIES = 2,  /* varies by destination (a symmetric NAT) */
+};
 
 /* Outcomes of PUNCH_REPORT (pos_ctrl_msg.outcome). */
 enum pos_ctrl_punch_outcome {
@@ -97,6 +110,11 @@ enum pos_ctrl_punch_outcome {
  */
 #define POS_CTRL_HELLO_NOT_HOME 0x01 /* measuring or dialing only: no presence, no INCOMING */
 #define POS_CTRL_HELLO_FLAGS_KNOWN POS_CTRL_HELLO_NOT_HOME
+/* Version 3 only: the sender's NAT mapping (at most one of the two; neither: unknown). */
+#define POS_CTRL_HELLO_NAT_EIM 0x02
+#define POS_CTRL_HELLO_NAT_VARIES 0x04
+#define POS_CTRL_HELLO_FLAGS_KNOWN_V3                                                              \
+    (POS_CTRL_HELLO_NOT_HOME | POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES)
 
 /* Codes of ERROR (a request failed), DECLINE and CIRCUIT_CLOSED (docs/protocol.md). */
 enum pos_ctrl_code {
@@ -136,6 +154,8 @@ typedef struct pos_ctrl_msg {
     uint16_t attempt;         /* PUNCH_START, PUNCH_REPORT: 1.. */
     uint8_t role;             /* PUNCH_START: the receiver's enum pos_punch_role */
     uint8_t outcome;          /* PUNCH_REPORT: enum pos_ctrl_punch_outcome */
+    uint8_t peer_nat;         /* PUNCH_START, version 3: the peer's enum pos_ctrl_nat (encoding
+                                 at version 2 leaves it out) */
     uint8_t punch_key[POS_PUNCH_KEY_LEN]; /* PUNCH_START: secret, wipe after use */
     uint64_t bytes_per_sec;
     uint64_t burst;
@@ -150,7 +170,7 @@ typedef struct pos_ctrl_msg {
 } pos_ctrl_msg;
 
 /*
- * pos_ctrl_version_of_alpn: the protocol version (POS_CTRL_V1 or
+ * pos_ctrl_version_of_alpn: the protocol version (POS_CTRL_V1, V2 or V3:
  * POS_CTRL_V2) that the negotiated ALPN |alpn| (|len| bytes, as
  * gnutls_alpn_get_selected_protocol gives it, no NUL needed) means, or 0
  * when it is none of ours (no ALPN, or another protocol: close).
@@ -159,7 +179,7 @@ int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len);
 
 /*
  * pos_ctrl_decode_version reads one message of protocol version |version|
- * (POS_CTRL_V1 or POS_CTRL_V2) from the start of |buf| (|len| bytes).
+ * (POS_CTRL_V1, POS_CTRL_V2 or POS_CTRL_V3) from the start of |buf| (|len| bytes).
  * Returns 1 and sets |*consumed| when a whole message was decoded into
  * |out|; 0 when more bytes are needed (|*consumed| = 0); or
  * POS_CTRL_ERR_MALFORMED (also: a type the version does not have, or an

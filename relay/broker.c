@@ -30,7 +30,8 @@ struct relay_broker_client {
     uint32_t rtt_ms; /* smoothed RTT of its control connection (relay_broker_set_rtt) */
     uint8_t home;    /* may be asked for (INCOMING) */
     uint8_t closing;
-    uint8_t version; /* POS_CTRL_V1 or V2 */
+    uint8_t version; /* POS_CTRL_V1, V2 or V3 */
+    uint8_t nat;     /* its enum pos_ctrl_nat (HELLO, version 3), told to its peers */
 };
 
 /* Hole punching state of one circuit, indexed like the table's circuits (slot / 2). */
@@ -201,22 +202,19 @@ relay_broker_client *relay_broker_join(relay_broker *b, void *conn, const char *
 
 void relay_broker_set_version(relay_broker_client *cl, int version)
 {
-    cl->version = version == POS_CTRL_V2 ? POS_CTRL_V2 : POS_CTRL_V1;
+    cl->version = version >= POS_CTRL_V3   ? POS_CTRL_V3
+                  : version == POS_CTRL_V2 ? POS_CTRL_V2
+                                           : POS_CTRL_V1;
+}
+
+void relay_broker_set_nat(relay_broker_client *cl, int nat)
+{
+    cl->nat = nat == POS_CTRL_NAT_EIM || nat == POS_CTRL_NAT_VARIES ? (uint8_t)nat : 0;
 }
 
 void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms)
 {
     cl->rtt_ms = rtt_ms;
-}
-
-void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr)
-{
-    size_t len = ip_len(addr);
-    if (len == 0)
-        return;
-    memset(&cl->cur, 0, sizeof(cl->cur));
-    memcpy(&cl->cur, addr, len);
-    relay_circuit_owner_set_addr(b->circuits, &cl->owner, (const struct sockaddr *)&cl->cur);
 }
 
 void relay_broker_closing(relay_broker_client *cl)
@@ -427,12 +425,14 @@ static void punch_start(relay_broker *b, relay_broker_client *a, uint32_t id0,
     m.peer_circuit_id = id1;
     m.start_in_ms = pos_punch_start_in_ms(a->rtt_ms, c->rtt_ms);
     m.role = POS_PUNCH_DIALER;
+    m.peer_nat = c->nat; /* version 3 receivers only (the codec leaves it out below) */
     candidates(&m.addrs, c);
     b->ops.send(b->ops.arg, a->conn, &m);
     m.circuit_id = id1;
     m.peer_circuit_id = id0;
     m.start_in_ms = pos_punch_start_in_ms(c->rtt_ms, a->rtt_ms);
     m.role = POS_PUNCH_LISTENER;
+    m.peer_nat = a->nat;
     candidates(&m.addrs, a);
     b->ops.send(b->ops.arg, c->conn, &m);
     pos_ctrl_msg_wipe(&m);
@@ -443,7 +443,7 @@ static void punch_start(relay_broker *b, relay_broker_client *a, uint32_t id0,
 static int can_punch(const relay_broker *b, const relay_broker_client *x,
                      const relay_broker_client *y)
 {
-    return b->punch_on && x->version == POS_CTRL_V2 && y->version == POS_CTRL_V2;
+    return b->punch_on && x->version >= POS_CTRL_V2 && y->version >= POS_CTRL_V2;
 }
 
 /*
@@ -505,6 +505,39 @@ static void handle_punch_report(relay_broker *b, relay_broker_client *cl, const 
     b->st.punch_reports[m->outcome - 1]++;
     if (m->outcome == POS_CTRL_PUNCH_DIRECT)
         b->st.punch_direct_ms_sum += m->ms_to_direct;
+}
+
+void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr,
+                        int64_t now_ms)
+{
+    size_t len = ip_len(addr);
+    int started = 0;
+    if (len == 0)
+        return;
+    memset(&cl->cur, 0, sizeof(cl->cur));
+    memcpy(&cl->cur, addr, len);
+    relay_circuit_owner_set_addr(b->circuits, &cl->owner, (const struct sockaddr *)&cl->cur);
+    if (cl->closing)
+        return;
+    /* punching again (docs/protocol.md "Hole punching"): its candidates changed */
+    for (uint32_t slot = cl->owner.head; slot; slot = b->circuits->sides[slot - 1].next) {
+        relay_broker_client *who[2];
+        uint32_t ids[2];
+        const struct punch_slot *ps;
+        if (!own_side(b, cl, b->circuits->sides[slot - 1].id, who, ids) ||
+            !can_punch(b, who[0], who[1]))
+            continue;
+        ps = &b->punch[(ids[0] & b->circuits->slot_mask) >> 1];
+        if (ps->attempt > 0 && now_ms - ps->last_ms < b->punch_min_interval_ms) {
+            b->st.punch_moves_ignored++;
+            continue;
+        }
+        punch_start(b, who[0], ids[0], who[1], ids[1], now_ms);
+        b->st.punches_on_move++;
+        started = 1;
+    }
+    if (started)
+        done(b);
 }
 
 /* open_circuit joins the requester |a| and the target |c| of |q| and tells both. */
@@ -569,12 +602,12 @@ int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctr
         handle_answer(b, cl, m, now_ms);
         break;
     case POS_CTRL_PUNCH_REQUEST:
-        if (cl->version != POS_CTRL_V2)
+        if (cl->version < POS_CTRL_V2)
             return -1;
         handle_punch_request(b, cl, m, now_ms);
         break;
     case POS_CTRL_PUNCH_REPORT:
-        if (cl->version != POS_CTRL_V2)
+        if (cl->version < POS_CTRL_V2)
             return -1;
         handle_punch_report(b, cl, m);
         break;

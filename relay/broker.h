@@ -10,8 +10,8 @@
  * The relay's QUIC server (server_ctrl.c) is its only user besides the unit
  * test (tests/relay/test_broker.c).
  *
- * Hole punching (pos-relay/2, docs/protocol.md): right after the two
- * CIRCUIT messages, when both clients speak version 2
+ * Hole punching (pos-relay/2 and /3, docs/protocol.md): right after the two
+ * CIRCUIT messages, when both clients speak version 2 or 3
  * (relay_broker_set_version) and |punch| is on, both get PUNCH_START with a
  * fresh random key, timed from their control connections' smoothed RTTs
  * (relay_broker_set_rtt, an input the caller refreshes). PUNCH_REQUEST
@@ -96,6 +96,8 @@ typedef struct relay_broker_stats {
     uint64_t punch_reports[3];       /* PUNCH_REPORT by outcome: direct, failed, fell back */
     uint64_t punch_direct_ms_sum;    /* time to direct of the reports "direct" (ms) */
     uint64_t punch_reports_ignored;  /* PUNCH_REPORT for a circuit not the sender's */
+    uint64_t punches_on_move;        /* of punches_started: a side's address changed */
+    uint64_t punch_moves_ignored;    /* moves that started none: sooner than the interval */
 } relay_broker_stats;
 
 /*
@@ -130,16 +132,31 @@ relay_broker_client *relay_broker_join(relay_broker *b, void *conn, const char *
 
 /*
  * relay_broker_set_version: |cl|'s control connection speaks |version|
- * (POS_CTRL_V1, the default at join, or POS_CTRL_V2: hole punching).
+ * (POS_CTRL_V1, the default at join, POS_CTRL_V2: hole punching, or
+ * POS_CTRL_V3: with the NAT mapping).
  * relay_broker_set_rtt: its smoothed RTT is now |rtt_ms| (0 at join);
  * the caller refreshes it before each input from |cl|, so both RTTs are
  * recent when a circuit opens or a PUNCH_REQUEST arrives.
  */
 void relay_broker_set_version(relay_broker_client *cl, int version);
+/*
+ * relay_broker_set_nat: |cl|'s NAT mapping as its HELLO told it (version 3;
+ * enum pos_ctrl_nat, anything else: unknown). Every later PUNCH_START to
+ * its peers carries it (peer_nat), so that two clients whose mappings both
+ * vary by destination stop asking for attempts. No errors.
+ */
+void relay_broker_set_nat(relay_broker_client *cl, int nat);
 void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms);
 
-/* relay_broker_moved: |cl|'s connection now comes from |addr|; its circuits follow. */
-void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr);
+/*
+ * relay_broker_moved: |cl|'s connection comes from |addr| since |now_ms|
+ * (NAT rebinding or migration); its circuits follow. A new mapping may
+ * open a direct path the old one could not: each of its circuits that may
+ * punch gets a new attempt (PUNCH_START to both sides) unless one began
+ * less than the minimum interval ago.
+ */
+void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr,
+                        int64_t now_ms);
 
 /*
  * relay_broker_closing: |cl|'s connection is about to close; it is no

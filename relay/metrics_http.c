@@ -209,6 +209,14 @@ static void render_punch(struct mout *m, const struct relay_http *h)
          "pos_relay_punch_time_to_direct_seconds_sum %.3f\n"
          "pos_relay_punch_time_to_direct_seconds_count %llu\n",
          (double)h->srv.punch_direct_ms_sum / 1000.0, (unsigned long long)h->srv.punch_reports[0]);
+    EMIT("# HELP pos_relay_punch_moves_total A client's control connection moved to a new "
+         "address (NAT rebinding, migration): punch attempts it started on its circuits, and "
+         "circuits left alone (an attempt began less than punch_min_interval_ms before).\n"
+         "# TYPE pos_relay_punch_moves_total counter\n"
+         "pos_relay_punch_moves_total{result=\"started\"} %llu\n"
+         "pos_relay_punch_moves_total{result=\"ignored\"} %llu\n",
+         (unsigned long long)h->srv.punches_on_move,
+         (unsigned long long)h->srv.punch_moves_ignored);
 }
 
 static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)

@@ -429,6 +429,8 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
         memcpy(out->punch_reports, b.punch_reports, sizeof(out->punch_reports));
         out->punch_reports_ignored = b.punch_reports_ignored;
         out->punch_direct_ms_sum = b.punch_direct_ms_sum;
+        out->punches_on_move = b.punches_on_move;
+        out->punch_moves_ignored = b.punch_moves_ignored;
     }
     if (s->fw) {
         const relay_forward_stats *f = &s->fw->stats;

@@ -63,6 +63,8 @@ typedef struct relay_server_stats {
     uint64_t punch_reports[3];       /* PUNCH_REPORT: direct, failed, fell back */
     uint64_t punch_reports_ignored;  /* PUNCH_REPORT for a circuit not the sender's */
     uint64_t punch_direct_ms_sum;    /* time to direct summed over the "direct" reports */
+    uint64_t punches_on_move;        /* of punches_started: a side's address changed */
+    uint64_t punch_moves_ignored;    /* address changes that started none (too soon) */
     relay_forward_stats fw;          /* the forwarder's counters */
 } relay_server_stats;
 

@@ -327,7 +327,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     (void)qc;
     if (!c->pin.has_peer)
         return NGTCP2_ERR_CALLBACK_FAILURE; /* cannot happen: the server requires a cert */
-    /* the codec of this connection: pos-relay/2 (hole punching) or /1 (ALPN is mandatory) */
+    /* the codec of this connection: pos-relay/3, /2 (hole punching) or /1 (ALPN is mandatory) */
     if (pos_tls_alpn_selected(c->tls, &alpn, &alpn_len) != 0 ||
         (c->version = (uint8_t)pos_ctrl_version_of_alpn(alpn, alpn_len)) == 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
@@ -467,7 +467,8 @@ static void follow_path(struct rconn *c)
     memset(&c->cur, 0, sizeof(c->cur));
     memcpy(&c->cur, p->remote.addr, len);
     if (c->bc)
-        relay_broker_moved(c->srv->broker, c->bc, (const struct sockaddr *)&c->cur);
+        relay_broker_moved(c->srv->broker, c->bc, (const struct sockaddr *)&c->cur,
+                           (int64_t)(relay_now(c->srv) / 1000000));
     pos_log_debug("client %s moved", c->peer_id);
 }
 

@@ -124,6 +124,7 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
         return;
     }
     relay_broker_set_version(c->bc, c->version);
+    relay_broker_set_nat(c->bc, c->nat);
     relay_broker_set_rtt(c->bc, rtt_ms(c));
     c->state = ACTIVE;
     c->counted_active = 1;
@@ -176,6 +177,9 @@ static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
     c->state = AUTH_CHECK;
     c->local = m->addrs; /* told to peers in INCOMING and CIRCUIT */
     c->home = !(m->hello_flags & POS_CTRL_HELLO_NOT_HOME);
+    c->nat = (m->hello_flags & POS_CTRL_HELLO_NAT_VARIES) ? POS_CTRL_NAT_VARIES
+             : (m->hello_flags & POS_CTRL_HELLO_NAT_EIM)  ? POS_CTRL_NAT_EIM
+                                                          : POS_CTRL_NAT_UNKNOWN;
     h = relay_auth_check(s->svc, m->token, m->token_len, (const struct sockaddr *)p->remote.addr,
                          c->peer_id, on_auth_verdict, c);
     pos_ctrl_msg_wipe(m);

@@ -86,7 +86,8 @@ struct rconn {
     uint8_t ended;   /* relay_ctrl_end ran: circuits closed, presence dropped */
     ev_timer expiry; /* ACTIVE, token with an expiry: closes the connection then */
     uint8_t home;    /* HELLO without NOT_HOME: presence and INCOMING are here */
-    uint8_t version; /* POS_CTRL_V1 or V2, from the negotiated ALPN (handshake) */
+    uint8_t version; /* POS_CTRL_V1, V2 or V3, from the negotiated ALPN (handshake) */
+    uint8_t nat;     /* enum pos_ctrl_nat from HELLO's flags (version 3) */
 };
 
 struct sock {

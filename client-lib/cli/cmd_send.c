@@ -44,6 +44,7 @@ struct run {
     int file;        /* index of the file in flight */
     int resume_told; /* "resuming" printed for this file */
     int failed;      /* a file failed: stop */
+    int nat_told;    /* "both NATs vary by destination" printed */
     int tty;
     FILE *info;       /* the human lines: stdout, or stderr with --json */
     send_report *rep; /* --json */
@@ -354,6 +355,19 @@ static void sample(struct run *r, const pos_p2p_session_status *st)
         send_report_path(r->rep, &pi);
 }
 
+/* tell_punch_stopped: once, that the session stopped punching (both NATs vary). */
+static void tell_punch_stopped(struct run *r)
+{
+    pos_p2p_path_info pi;
+    if (pos_p2p_session_get_path(r->s, &pi) != 0 || pi.punch_stopped != POS_P2P_PUNCH_STOPPED_NAT)
+        return;
+    r->nat_told = 1;
+    if (r->tty)
+        fputc('\r', stderr);
+    fprintf(stderr, "pos-p2p send: both NATs vary by destination: staying relayed (no direct "
+                    "path can be punched between them; no more attempts)\n");
+}
+
 /* step: the runner's "done" check, also where the transfer advances. */
 static int step(void *arg)
 {
@@ -362,6 +376,8 @@ static int step(void *arg)
     pos_p2p_session_get_status(r->s, &st);
     if (r->rep)
         sample(r, &st);
+    if (!r->nat_told)
+        tell_punch_stopped(r);
     if (st.state == POS_P2P_SESSION_CLOSED) {
         if (r->tx)
             progress_bar(r, 1);

@@ -268,6 +268,8 @@ pos_p2p_relay *cli_pick_relay(pos_p2p_endpoint *ep, const struct cli_pick_req *q
             note_failure(q, res, infos[i]->id, &st);
     }
     res->nat = cli_nat_verdict(observed, s.n);
+    if (res->nat != CLI_NAT_UNKNOWN) /* told to the relays from now on (HELLO, pos-relay/3) */
+        pos_p2p_endpoint_set_nat_mapping(ep, (int)res->nat);
     pick = pos_p2p_relay_pick_home(rtt, s.n, q->current_id ? 0 : -1);
     if (q->current_id && pick == 0)
         res->kept = 1;

@@ -81,7 +81,10 @@ void send_report_sample(send_report *r, const pos_p2p_session_status *st, int64_
         if (!r->was_direct && r->first_path == POS_P2P_PATH_RELAYED)
             r->upgraded_ms = now_ms;
         r->was_direct = 1;
-    } else {
+    }
+    /* the circuit stays the session's while direct: a session already direct at its first
+     * sample (a fast upgrade) still names it */
+    if (st->circuit_id) {
         r->circuit_id = st->circuit_id;
         snprintf(r->relay_id, sizeof(r->relay_id), "%s", st->relay_id);
     }
@@ -115,10 +118,12 @@ static const char *path_name(const send_report *r)
 {
     if (!r->sampled)
         return "none";
+    if (r->have_path && r->pi.upgraded) /* also when the first sample came after the upgrade */
+        return "relayed-then-direct";
     if (r->first_path == POS_P2P_PATH_DIRECT)
         return "direct";
     if (r->have_path)
-        return r->pi.upgraded ? "relayed-then-direct" : "relayed";
+        return "relayed";
     return r->was_direct ? "relayed-then-direct" : "relayed";
 }
 
@@ -169,8 +174,7 @@ int send_report_print(const send_report *r, FILE *out, uint64_t bytes, double se
         int64_t up = r->upgraded_ms >= 0 ? r->upgraded_ms - r->start_ms : -1;
         uint64_t relayed = r->bytes_relayed, direct = r->bytes_direct;
         if (r->have_path) {
-            up = r->first_path == POS_P2P_PATH_RELAYED && r->pi.upgraded ? r->pi.upgraded_after_ms
-                                                                         : -1;
+            up = r->pi.upgraded ? r->pi.upgraded_after_ms : -1;
             relayed = r->pi.bytes_relayed;
             direct = r->pi.bytes_direct;
         }
@@ -183,6 +187,11 @@ int send_report_print(const send_report *r, FILE *out, uint64_t bytes, double se
         set(o, "relay_id", r->relay_id[0] ? json_string(r->relay_id) : json_null(), &bad);
         set(o, "circuit_id", r->circuit_id ? json_integer(r->circuit_id) : json_null(), &bad);
         set(o, "rtt_ms", json_real(r->rtt_ms), &bad);
+        set(o, "punch_attempts", json_integer(r->have_path ? r->pi.attempts : 0), &bad);
+        set(o, "punch_stopped",
+            r->have_path && r->pi.punch_stopped == POS_P2P_PUNCH_STOPPED_NAT ? json_string("nat")
+                                                                             : json_null(),
+            &bad);
         set(o, "files_sent", json_integer(r->n_files), &bad);
         set(o, "files_ok", json_integer(files_ok), &bad);
         set(o, "files", files, &bad);

@@ -38,6 +38,7 @@ struct pos_p2p_endpoint {
     struct ep_conn *conns;    /* attached connections (relay connections), newest first */
     struct ep_conn *listener; /* the session layer: new peers' Initials */
     uint64_t frames_dropped;
+    int nat;  /* enum pos_p2p_nat_mapping (pos_p2p_endpoint_set_nat_mapping) */
     ep_io io; /* send NULL: the sockets */
     uint8_t txbuf[EP_MAX_UDP];
 };
@@ -288,6 +289,19 @@ int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, uns
 int pos_p2p_endpoint_fd(const pos_p2p_endpoint *ep)
 {
     return ep->epfd;
+}
+
+int pos_p2p_endpoint_set_nat_mapping(pos_p2p_endpoint *ep, int mapping)
+{
+    if (!ep || mapping < POS_P2P_NAT_UNKNOWN || mapping > POS_P2P_NAT_VARIES)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    ep->nat = mapping;
+    return 0;
+}
+
+int pos_p2p_endpoint_nat_mapping(const pos_p2p_endpoint *ep)
+{
+    return ep ? ep->nat : POS_P2P_NAT_UNKNOWN;
 }
 
 unsigned pos_p2p_endpoint_local_port(const pos_p2p_endpoint *ep)

@@ -123,6 +123,8 @@ pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep);
  */
 typedef void (*relay_punch_cb)(void *arg, pos_p2p_relay *r, const pos_ctrl_msg *m);
 void relay_set_punch_cb(pos_p2p_relay *r, relay_punch_cb cb); /* NULL: PUNCH_START ignored */
+/* relay_list_id: the relay's id (UUID) from the relay list entry it was dialed with. */
+const char *relay_list_id(const pos_p2p_relay *r);
 /*
  * relay_send_ctrl queues the client message |m| (PUNCH_REQUEST, PUNCH_REPORT)
  * on the request stream. 0, or POS_P2P_ERR_INVALID_ARGUMENT (not version 2,

@@ -223,13 +223,20 @@ static int running(const pos_prober *p)
            p->state == POS_PROBER_SETTLING;
 }
 
-/* Adds the normalised |ss|; returns 0 added, 1 known, POS_PROBER_ERR_FULL. */
-static int add(pos_prober *p, const struct sockaddr_storage *ss, int64_t now)
+/* Places of the relay's and the added candidates: the rest is the peer-reflexive ones'. */
+#define NOT_REFLEXIVE (POS_PROBER_MAX_CANDIDATES - POS_PROBER_MIN_REFLEXIVE)
+
+/*
+ * Adds the normalised |ss| if fewer than |cap| candidates are known
+ * (NOT_REFLEXIVE, or POS_PROBER_MAX_CANDIDATES for a peer-reflexive one);
+ * returns 0 added, 1 known, POS_PROBER_ERR_FULL.
+ */
+static int add(pos_prober *p, const struct sockaddr_storage *ss, int64_t now, size_t cap)
 {
     for (size_t i = 0; i < p->ncand; i++)
         if (same_addr(&p->cand[i].addr, ss))
             return 1;
-    if (p->ncand == POS_PROBER_MAX_CANDIDATES)
+    if (p->ncand >= cap)
         return POS_PROBER_ERR_FULL;
     struct candidate *c = &p->cand[p->ncand++];
     memset(c, 0, sizeof(*c));
@@ -261,7 +268,7 @@ int pos_prober_start(pos_prober *p, const pos_ctrl_msg *m, int64_t now)
         const char *a = m->addrs.a[i];
         if (pos_addr_parse(a, strnlen(a, POS_ADDR_STRLEN), 0, &ss) == 0 &&
             normalise((const struct sockaddr *)&ss, &norm) == 0)
-            add(p, &norm, now);
+            add(p, &norm, now, NOT_REFLEXIVE);
     }
     if (p->ncand == 0) {
         pos_prober_stop(p);
@@ -280,7 +287,7 @@ int pos_prober_add_candidate(pos_prober *p, const struct sockaddr *sa, int64_t n
         return POS_PROBER_ERR_INVALID;
     if (!running(p))
         return POS_PROBER_ERR_STATE;
-    return add(p, &norm, now);
+    return add(p, &norm, now, NOT_REFLEXIVE);
 }
 
 int64_t pos_prober_deadline(const pos_prober *p)
@@ -381,7 +388,7 @@ static void on_ack(pos_prober *p, const struct sockaddr_storage *from, int64_t n
             break;
     if (i == p->ncand) {
         /* an answer from an address never probed: probe it before trusting it */
-        if (running(p) && add(p, from, now) == 0)
+        if (running(p) && add(p, from, now, POS_PROBER_MAX_CANDIDATES) == 0)
             p->stats.peer_reflexive++;
         return;
     }
@@ -420,7 +427,7 @@ int pos_prober_on_frame(pos_prober *p, const struct sockaddr *from, const uint8_
         on_ack(p, &src, now);
         return 0;
     }
-    if (running(p) && add(p, &src, now) == 0)
+    if (running(p) && add(p, &src, now, POS_PROBER_MAX_CANDIDATES) == 0)
         p->stats.peer_reflexive++;
     reply->to = src;
     pos_frame_encode_probe(

@@ -28,13 +28,22 @@
 #include "ctrl.h"
 #include "frame.h"
 
-/* Candidates of one attempt: the relay's (at most POS_CTRL_MAX_ADDRS), then learnt ones. */
-#define POS_PROBER_MAX_CANDIDATES 16
+/*
+ * Candidates of one attempt: the relay's (at most POS_CTRL_MAX_ADDRS), those
+ * given by pos_prober_add_candidate (at most POS_PROBER_MAX_ADDED: the
+ * application's, POS_P2P_MAX_EXTRA_CANDIDATES), and peer-reflexive ones
+ * learnt from valid probes, which always have POS_PROBER_MIN_REFLEXIVE
+ * places of their own (the others never take them).
+ */
+#define POS_PROBER_MAX_ADDED 8
+#define POS_PROBER_MIN_REFLEXIVE 8
+#define POS_PROBER_MAX_CANDIDATES                                                                  \
+    (POS_CTRL_MAX_ADDRS + POS_PROBER_MAX_ADDED + POS_PROBER_MIN_REFLEXIVE)
 
 /* Errors. */
 #define POS_PROBER_ERR_INVALID -1 /* a bad argument: not a PUNCH_START, a bad address, ... */
 #define POS_PROBER_ERR_DROPPED -2 /* on_frame: not a valid probe of this attempt (counted) */
-#define POS_PROBER_ERR_FULL -3    /* add_candidate: POS_PROBER_MAX_CANDIDATES already */
+#define POS_PROBER_ERR_FULL -3    /* add_candidate: no place left (see above) */
 #define POS_PROBER_ERR_STATE -4   /* add_candidate: no attempt running */
 
 /* Defaults and bounds of the options (docs/protocol.md, "Timers"). */

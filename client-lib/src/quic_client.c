@@ -82,11 +82,6 @@ static void wipe_token(pos_p2p_relay *r)
     }
 }
 
-static void drop_cids(pos_p2p_relay *r)
-{
-    pos_quic_drop_cids(r->qc, r);
-}
-
 /* fail ends the connection with |err| and a sentence; sends nothing. */
 static void fail(pos_p2p_relay *r, int err, const char *reason)
 {
@@ -98,7 +93,7 @@ static void fail(pos_p2p_relay *r, int err, const char *reason)
     r->st.failed_at_ms = pos_p2p_now_ms();
     if (reason && !r->st.reason[0])
         snprintf(r->st.reason, sizeof(r->st.reason), "%s", reason);
-    drop_cids(r);
+    pos_quic_drop_cids(r->qc, r);
     wipe_token(r);
 }
 
@@ -194,7 +189,7 @@ static void conn_write(pos_p2p_relay *r)
 static int queue_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
-    int n = pos_ctrl_encode(m, buf, sizeof(buf)), rv;
+    int n = pos_ctrl_encode_version(m, r->version, buf, sizeof(buf)), rv; /* HELLO: version set */
     if (n < 0)
         return -1;
     rv = sendq_append(&r->out, buf, (size_t)n);
@@ -339,7 +334,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     m.type = POS_CTRL_HELLO;
     memcpy(m.token, r->token, r->token_len);
     m.token_len = r->token_len;
-    m.hello_flags = r->hello_flags;
+    m.hello_flags = r->hello_flags | relay_hello_nat(r->ep, r->version);
     relay_local_addrs(r->ep, &m.addrs); /* candidates for peers behind the same NAT */
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
@@ -403,7 +398,7 @@ static int make_conn(pos_p2p_relay *r)
 
 static void relay_free(pos_p2p_relay *r)
 {
-    drop_cids(r);
+    pos_quic_drop_cids(r->qc, r);
     if (r->qc)
         ngtcp2_conn_del(r->qc);
     if (r->tls)
@@ -489,7 +484,7 @@ static int try_next_addr(pos_p2p_relay *r)
     if (r->addrs_left == 0 || !r->token ||
         relay_pick_addr(r->ep, &r->info, r->addr_index + 1, &r->remote, &r->sock, &i) != 0)
         return -1;
-    drop_cids(r);
+    pos_quic_drop_cids(r->qc, r);
     ngtcp2_conn_del(r->qc);
     r->qc = NULL;
     if (r->tls)
@@ -642,6 +637,11 @@ int pos_p2p_relay_protocol_version(const pos_p2p_relay *r)
 void relay_set_punch_cb(pos_p2p_relay *r, relay_punch_cb cb)
 {
     r->on_punch = cb;
+}
+
+const char *relay_list_id(const pos_p2p_relay *r)
+{
+    return r->info.id;
 }
 
 void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_event,

@@ -224,6 +224,16 @@ void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *par
     params->active_connection_id_limit = 2;
 }
 
+uint8_t relay_hello_nat(const pos_p2p_endpoint *ep, int version)
+{
+    int nat = pos_p2p_endpoint_nat_mapping(ep);
+    if (version < POS_CTRL_V3)
+        return 0; /* a relay of version 2 refuses the flags */
+    return nat == POS_P2P_NAT_VARIES                 ? POS_CTRL_HELLO_NAT_VARIES
+           : nat == POS_P2P_NAT_ENDPOINT_INDEPENDENT ? POS_CTRL_HELLO_NAT_EIM
+                                                     : 0;
+}
+
 int relay_negotiated_version(gnutls_session_t tls)
 {
     gnutls_datum_t d = {NULL, 0};

@@ -69,6 +69,13 @@ int relay_negotiated_version(gnutls_session_t tls);
  */
 void relay_local_addrs(const pos_p2p_endpoint *ep, pos_ctrl_addrs *out);
 
+/*
+ * relay_hello_nat: the HELLO flags that tell the relay |ep|'s NAT mapping
+ * (POS_CTRL_HELLO_NAT_*), on a connection of |version| 3; 0 otherwise or
+ * when it is unknown.
+ */
+uint8_t relay_hello_nat(const pos_p2p_endpoint *ep, int version);
+
 /* relay_quic_settings: the transport settings and parameters of a relay control connection. */
 void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,
                          uint8_t *creating);

@@ -80,6 +80,9 @@ void sess_relayed_input(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit
         s = sess_accept(ep, &hd, -1, NULL, 0, r, circuit_id);
         if (!s)
             return;
+        pos_p2p_relay_status st;
+        pos_p2p_relay_get_status(r, &st);
+        sess_set_relay_id(s, relay_list_id(r), st.remote);
         sess_table_remove_circuit(t, r, circuit_id);
     }
     sess_read_relayed(s, data, len);

@@ -20,14 +20,12 @@
 
 #define MAX_KEPT 32        /* PUNCH_STARTs waiting for their session */
 #define KEPT_MS 15000      /* ... at most this long (an accepted circuit waits as long) */
-#define STALL_PTO 3        /* successive PTOs without an ack: the direct path is dead */
 #define MIGRATE_WAIT_MS 10 /* the handshake is not confirmed yet: look again then */
-#define DIRECT_KEEPALIVE_NS (1 * NGTCP2_SECONDS)   /* direct: a stall shows within a second */
 #define RELAYED_KEEPALIVE_NS (10 * NGTCP2_SECONDS) /* as session_quic.c */
 #define MAX_DATAGRAMS 16
-#define NUDGE_MS 1000 /* nothing through the relay this long: KEEPALIVE to it (see nudge) */
-#define MAX_NUDGES 4  /* ... then after 2, 4, 8 s of silence; the keepalives take over */
 #define MAX_EXTRA POS_P2P_MAX_EXTRA_CANDIDATES
+_Static_assert(MAX_EXTRA <= POS_PROBER_MAX_ADDED, "the prober has a place for each extra one");
+/* the timers of the options (stall PTOs, direct keep-alive, nudges) are pos_p2p_punch_options */
 
 struct kept {
     pos_p2p_relay *relay; /* NULL: free slot */
@@ -52,15 +50,17 @@ struct sess_punch {
     pos_p2p_punch_options opt; /* of the current attempt */
     pos_prober *prober;        /* NULL until the first attempt */
     uint16_t attempt;
-    int64_t started_ms; /* the session's start */
-    int64_t attempt_ms; /* PUNCH_START of the current attempt */
-    int outcome_done;   /* the current attempt's outcome is counted */
-    int move;           /* enum move (dialer) */
-    int64_t move_at;    /* MOVE_WANTED: next try */
-    int direct;         /* the session's current path is direct */
-    int64_t request_at; /* ask for a new attempt then (-1: not now) */
-    int64_t heard_ms;   /* the last packet of the session through the relay */
-    int nudges;         /* KEEPALIVEs sent since */
+    uint8_t peer_nat;    /* the peer's enum pos_ctrl_nat (PUNCH_START, pos-relay/3) */
+    int64_t started_ms;  /* the session's start */
+    int64_t attempt_ms;  /* PUNCH_START of the current attempt */
+    int outcome_done;    /* the current attempt's outcome is counted */
+    int move;            /* enum move (dialer) */
+    int64_t move_at;     /* MOVE_WANTED: next try */
+    int direct;          /* the session's current path is direct */
+    int64_t request_at;  /* ask for a new attempt then (-1: not now) */
+    uint32_t backoff_ms; /* after a fallback: the pause before the next request (0: retry_ms) */
+    int64_t heard_ms;    /* the last packet of the session through the relay */
+    int nudges;          /* KEEPALIVEs sent since */
     struct pos_prober_path result;
     pos_p2p_path_info info;                   /* path, bytes, upgrade time, counters */
     struct sockaddr_storage extra[MAX_EXTRA]; /* the application's candidates (every attempt) */
@@ -133,6 +133,11 @@ void pos_p2p_punch_options_default(pos_p2p_punch_options *o)
     o->interval_ms = POS_P2P_PUNCH_INTERVAL_MS;
     o->settle_ms = POS_P2P_PUNCH_SETTLE_MS;
     o->retry_ms = POS_P2P_PUNCH_RETRY_MS;
+    o->fallback_retry_ms = POS_P2P_PUNCH_FALLBACK_RETRY_MS;
+    o->stall_ptos = POS_P2P_PUNCH_STALL_PTOS;
+    o->direct_keepalive_ms = POS_P2P_PUNCH_DIRECT_KEEPALIVE_MS;
+    o->nudge_ms = POS_P2P_PUNCH_NUDGE_MS;
+    o->max_nudges = POS_P2P_PUNCH_MAX_NUDGES;
 }
 
 int pos_p2p_punch_options_check(const pos_p2p_punch_options *o, char *err, size_t errlen)
@@ -145,6 +150,16 @@ int pos_p2p_punch_options_check(const pos_p2p_punch_options *o, char *err, size_
         why = "punching must be enabled (1) or disabled (0)";
     else if (o->retry_ms < 1000 || o->retry_ms > 3600000)
         why = "the punch retry interval must be 1000 to 3600000 ms";
+    else if (o->fallback_retry_ms < 1000 || o->fallback_retry_ms > 3600000)
+        why = "the punch retry after a fallback (fallback_retry_ms) must be 1000 to 3600000 ms";
+    else if (o->stall_ptos < 1 || o->stall_ptos > 10)
+        why = "the PTOs of a stalled direct path (stall_ptos) must be 1 to 10";
+    else if (o->direct_keepalive_ms < 100 || o->direct_keepalive_ms > 10000)
+        why = "the keep-alive of a direct path (direct_keepalive_ms) must be 100 to 10000 ms";
+    else if (o->nudge_ms < 100 || o->nudge_ms > 60000)
+        why = "the relayed silence before a KEEPALIVE (nudge_ms) must be 100 to 60000 ms";
+    else if (o->max_nudges > 8)
+        why = "the KEEPALIVEs after relayed silence (max_nudges) must be 0 to 8";
     if (!why) {
         pos_prober_options_default(&po);
         po.window_ms = o->window_ms;
@@ -175,6 +190,20 @@ int pos_p2p_endpoint_punch_stats(const pos_p2p_endpoint *ep, pos_p2p_punch_stats
 }
 
 /* ---- a session ---- */
+
+/*
+ * retry_in: the pause before the next PUNCH_REQUEST. After a fallback the
+ * first comes fallback_retry_ms later (the path may come back soon), each
+ * next one twice as late, up to retry_ms, the pace from then on.
+ */
+static uint32_t retry_in(struct sess_punch *p)
+{
+    uint32_t d = p->backoff_ms;
+    if (!d)
+        return p->opt.retry_ms;
+    p->backoff_ms = d >= p->opt.retry_ms / 2 ? p->opt.retry_ms : d * 2;
+    return d < p->opt.retry_ms ? d : p->opt.retry_ms;
+}
 
 struct sess_punch *sess_punch_new(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32_t circuit_id,
                                   int dialer, int64_t now)
@@ -227,13 +256,14 @@ void sess_punch_start(struct sess_punch *p, const pos_ctrl_msg *m, int64_t now)
     p->pe->st.attempts++;
     p->info.attempts++;
     p->attempt = m->attempt;
+    p->peer_nat = m->peer_nat;
     p->attempt_ms = now;
     p->outcome_done = 0;
     p->request_at = -1;
     if (!p->prober || pos_prober_start(p->prober, m, now) != 0) {
         p->pe->st.failures++; /* no usable candidate */
         p->outcome_done = 1;
-        p->request_at = now + p->opt.retry_ms;
+        p->request_at = now + retry_in(p);
         return;
     }
     for (size_t i = 0; i < p->n_extra; i++) /* known already (1) or full: skipped */
@@ -317,7 +347,7 @@ int sess_punch_frame(struct sess_punch *p, uint32_t circuit_id, const uint8_t *d
 /* nudge_at: when the next KEEPALIVE to the relay is due if nothing comes through it. */
 static int64_t nudge_at(const struct sess_punch *p)
 {
-    return p->heard_ms + ((int64_t)NUDGE_MS << p->nudges);
+    return p->heard_ms + ((int64_t)p->opt.nudge_ms << p->nudges);
 }
 
 /*
@@ -355,7 +385,7 @@ int64_t sess_punch_deadline(const struct sess_punch *p)
         d = p->request_at;
     if (p->move == MOVE_WANTED && (d < 0 || p->move_at < d))
         d = p->move_at;
-    if (p->nudges < MAX_NUDGES && (d < 0 || nudge_at(p) < d))
+    if (p->nudges < (int)p->opt.max_nudges && (d < 0 || nudge_at(p) < d))
         d = nudge_at(p);
     return d;
 }
@@ -375,6 +405,24 @@ static void report(struct sess_punch *p, uint8_t outcome, int64_t now)
     relay_send_ctrl(p->relay, &m);
 }
 
+/*
+ * hopeless: both NATs map each destination to another address or port
+ * (this side's as the application set it, the peer's from PUNCH_START):
+ * the address each side probes is never the one the other's NAT opens, so
+ * no attempt can work. Said once, counted once.
+ */
+static int hopeless(struct sess_punch *p)
+{
+    if (pos_p2p_endpoint_nat_mapping(p->ep) != POS_P2P_NAT_VARIES ||
+        p->peer_nat != POS_CTRL_NAT_VARIES)
+        return 0;
+    if (!p->info.punch_stopped) {
+        p->info.punch_stopped = POS_P2P_PUNCH_STOPPED_NAT;
+        p->pe->st.nat_stops++;
+    }
+    return 1;
+}
+
 /* failed: the attempt found no direct path (or QUIC would not take it); retry later. */
 static void failed(struct sess_punch *p, int64_t now)
 {
@@ -385,8 +433,10 @@ static void failed(struct sess_punch *p, int64_t now)
             report(p, POS_CTRL_PUNCH_FAILED, now);
     }
     p->move = MOVE_NONE;
-    if (p->dialer && p->opt.enabled)
-        p->request_at = now + p->opt.retry_ms;
+    if (hopeless(p))
+        p->request_at = -1; /* stays relayed: no retry every minute */
+    else if (p->dialer && p->opt.enabled)
+        p->request_at = now + retry_in(p);
 }
 
 /* try_move: the dialer moves its connection to the direct path the prober found. */
@@ -442,8 +492,9 @@ static int fall_back(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
     p->info.fallbacks++;
     p->pe->st.fallbacks++;
     report(p, POS_CTRL_PUNCH_FELL_BACK, now);
+    p->backoff_ms = p->opt.fallback_retry_ms;
     if (p->opt.enabled)
-        p->request_at = now + p->opt.retry_ms;
+        p->request_at = now + retry_in(p);
     to_relayed(p, ev, POS_P2P_FALLBACK_STALLED);
     return 1;
 }
@@ -452,7 +503,9 @@ static int fall_back(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
 static void request(struct sess_punch *p, int64_t now)
 {
     pos_ctrl_msg m;
-    p->request_at = now + p->opt.retry_ms; /* again then, if the relay starts none */
+    /* again then if the relay starts none (under its minimum interval): the current pause */
+    p->request_at =
+        now + (p->backoff_ms && p->backoff_ms < p->opt.retry_ms ? p->backoff_ms : p->opt.retry_ms);
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_PUNCH_REQUEST;
     m.circuit_id = p->circuit_id;
@@ -480,12 +533,12 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
     }
     if (p->move == MOVE_WANTED && p->move_at <= now)
         try_move(p, qc, now);
-    if (p->nudges < MAX_NUDGES && nudge_at(p) <= now)
+    if (p->nudges < (int)p->opt.max_nudges && nudge_at(p) <= now)
         nudge(p);
     if (p->dialer && p->direct && qc) {
         ngtcp2_conn_stat cs;
         ngtcp2_conn_get_conn_stat(qc, &cs);
-        if (cs.pto_count >= STALL_PTO)
+        if (cs.pto_count >= p->opt.stall_ptos)
             return fall_back(p, qc, path, now, ev);
     }
     if (p->request_at >= 0 && p->request_at <= now) {
@@ -505,6 +558,7 @@ static void went_direct(struct sess_punch *p, ngtcp2_conn *qc, const ngtcp2_path
     p->direct = 1;
     p->move = MOVE_NONE;
     p->request_at = -1;
+    p->backoff_ms = 0;
     p->info.path = POS_P2P_PATH_DIRECT;
     if (!p->info.upgraded) {
         p->info.upgraded = 1;
@@ -518,7 +572,8 @@ static void went_direct(struct sess_punch *p, ngtcp2_conn *qc, const ngtcp2_path
             report(p, POS_CTRL_PUNCH_DIRECT, now);
     }
     if (p->dialer)
-        ngtcp2_conn_set_keep_alive_timeout(qc, DIRECT_KEEPALIVE_NS);
+        ngtcp2_conn_set_keep_alive_timeout(qc, (ngtcp2_duration)p->opt.direct_keepalive_ms *
+                                                   NGTCP2_MILLISECONDS);
     memset(ev, 0, sizeof(*ev));
     ev->from = POS_P2P_PATH_RELAYED;
     ev->to = POS_P2P_PATH_DIRECT;
@@ -567,7 +622,7 @@ int sess_punch_keep_direct(struct sess_punch *p, struct sess_path *path)
     p->prober = NULL;
     p->move = MOVE_NONE;
     p->request_at = -1;
-    p->nudges = MAX_NUDGES;
+    p->nudges = (int)p->opt.max_nudges;
     p->info.relay_lost = 1;
     return 1;
 }
@@ -618,4 +673,5 @@ void sess_punch_info(const struct sess_punch *p, pos_p2p_path_info *out)
     out->attempts = p->info.attempts;
     out->fallbacks = p->info.fallbacks;
     out->relay_lost = p->info.relay_lost;
+    out->punch_stopped = p->info.punch_stopped;
 }

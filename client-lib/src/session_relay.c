@@ -263,7 +263,7 @@ int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const 
         return POS_P2P_ERR_NOMEM; /* the peer id parsed above: no memory, or SESS_MAX sessions */
     }
     pos_p2p_relay_get_status(r, &st);
-    sess_set_relay_id(s, "", st.remote);
+    sess_set_relay_id(s, relay_list_id(r), st.remote);
     dial_tick(s);
     *out = s;
     return 0;

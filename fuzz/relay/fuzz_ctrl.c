@@ -4,7 +4,9 @@
  * and through the bounded reader in uneven pieces; every message that
  * decodes must re-encode at its version to exactly the bytes it came from,
  * and a message of version 1 must be the same message in version 2 (v2 only
- * adds types).
+ * adds types); a message of version 3 is the same in version 2 unless it
+ * carries the NAT mapping (HELLO's NAT flags, every PUNCH_START), which
+ * version 2 refuses.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,14 @@ static void decode_stream(const uint8_t *data, size_t size, int version)
         if (version == POS_CTRL_V1) {
             if (pos_ctrl_decode_version(data + off, size - off, POS_CTRL_V2, &m2, &used2) != 1 ||
                 used2 != used || memcmp(&m, &m2, sizeof(m)) != 0)
+                abort();
+        } else if (version == POS_CTRL_V3) {
+            int nat = m.type == POS_CTRL_PUNCH_START ||
+                      (m.type == POS_CTRL_HELLO &&
+                       (m.hello_flags & (POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES)));
+            int rv2 = pos_ctrl_decode_version(data + off, size - off, POS_CTRL_V2, &m2, &used2);
+            if (nat ? rv2 != POS_CTRL_ERR_MALFORMED
+                    : rv2 != 1 || used2 != used || memcmp(&m, &m2, sizeof(m)) != 0)
                 abort();
         } else if (m.type > POS_CTRL_LAST_V1) {
             /* a version 2 message: version 1 refuses it both ways */
@@ -65,7 +75,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     decode_stream(data, size, POS_CTRL_V1);
     decode_stream(data, size, POS_CTRL_V2);
+    decode_stream(data, size, POS_CTRL_V3);
     read_pieces(data, size, POS_CTRL_V1);
     read_pieces(data, size, POS_CTRL_V2);
+    read_pieces(data, size, POS_CTRL_V3);
     return 0;
 }

@@ -183,32 +183,42 @@ def same_nat_transfer_without_mdns():
 @test
 def symmetric_to_symmetric_stays_relayed():
     """Stays relayed, and the probes toward the peer end within the probe window (0.5 s
-    here) although the session lasts longer: A's edge counters are sampled throughout."""
+    here) although the session lasts longer: A's edge counters are sampled throughout.
+    Both sides learnt from the two relays that their mapping varies by destination, and
+    each told its relay (HELLO, pos-relay/3): after the first attempt the sender asks for
+    no more although it may every second (--punch-retry 1, the relays allow one every
+    0.5 s), and says why."""
     with natlab.Lab("symmetric", "symmetric") as lab:
-        pub = natlab.Public(lab, SECRET)
-        samples = []
+        pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500})
+        samples, marks = [], {}
 
         def sample(sender, listener):
             while sender.alive():
                 samples.append((time.monotonic(), lab.counters("a")["peer_out"]))
                 time.sleep(0.1)
+            marks["sender"] = sender.output()
         doc, before, after = transfer(lab, pub, SIZE, ("--limit-rate", "1500000",
-                                                       "--punch-window", "0.5"), during=sample)
+                                                       "--punch-window", "0.5",
+                                                       "--punch-retry", "1"), during=sample)
         print(f"    symmetric-symmetric: {json.dumps(doc)}")
         assert_path("relayed", doc, pub, before, after, SIZE)
         changes = [t for (t, v), (_, w) in zip(samples, samples[1:]) if w != v]
         assert doc["seconds"] >= 2.0, doc  # long enough to see probing end
         assert changes, f"no probe toward the peer was counted: {samples}"
         assert changes[-1] - changes[0] <= 0.5 + 1.0, (changes, samples)
+        assert doc["punch_attempts"] == 1 and doc["punch_stopped"] == "nat", doc
+        assert marks["sender"].count("both NATs vary by destination: staying relayed") == 1, \
+            marks["sender"]
 
 
 @test
 def nat_type_from_two_relays():
     """`pos-p2p relays` compares the addresses the two relays observed: the EIM side's are
     one address and port, the symmetric side's differ; a listener there says once that
-    direct paths are unlikely."""
+    direct paths are unlikely. One side endpoint-independent: punching may work, so a
+    session from it keeps trying (--punch-retry 1: more than one attempt)."""
     with natlab.Lab("eim", "symmetric") as lab:
-        pub = natlab.Public(lab, SECRET)
+        pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500})
         token = pub.relays[0].token()
         lines = {}
         for side in ("a", "b"):
@@ -226,6 +236,11 @@ def nat_type_from_two_relays():
         wait_until(lambda: "listening" in listener.output() or not listener.alive(), 20,
                    what="pos-p2p listen to reach its relay")
         assert listener.output().count("a direct path is unlikely") == 1, listener.output()
+        doc, _, _ = transfer(lab, pub, SIZE, ("--limit-rate", "1000000", "--punch-window",
+                                              "0.5", "--punch-retry", "1"))
+        print(f"    eim-symmetric: {json.dumps(doc)}")
+        assert doc["ok"] is True and doc["bytes"] == SIZE, doc
+        assert doc["punch_attempts"] >= 2 and doc["punch_stopped"] is None, doc
         # with one relay answering there is nothing to compare
         pub.relays[1].proc.stop()
         r = lab.run("b", [suite.P2P, "relays", "--identity", new_identity()[0], "--api-url",
@@ -301,6 +316,30 @@ def conntrack_flush_mid_transfer_recovers():
               "after the flush")
         assert doc["ok"] is True and doc["files_ok"] == 1 and doc["bytes"] == SIZE, doc
         assert doc["path"] == "relayed", doc
+
+
+@test
+def new_mapping_starts_a_new_attempt():
+    """A's symmetric NAT forgets its mappings mid-transfer (conntrack flush): A's next
+    packets leave from a new port, the relay sees A's control connection move and starts a
+    new punch attempt on its circuit at once (the retry interval is 60 s: without the move
+    there would be one attempt). The relays' idle_timeout of 2 s makes A's control
+    keep-alives (every second) carry the new port soon; the file arrives intact."""
+    with natlab.Lab("symmetric", "eim") as lab:
+        pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500,
+                                                         "idle_timeout": 2})
+        marks = {}
+
+        def flush(sender, listener):
+            wait_until(lambda: "session from " in listener.output(), 15,
+                       what="the listener to accept the session:\n" + listener.output())
+            time.sleep(0.7)
+            lab.flush_conntrack(lab.routers["a"])
+            marks["flush"] = time.monotonic()
+        doc, _, _ = transfer(lab, pub, SIZE, ("--limit-rate", "1000000"), during=flush)
+        print(f"    new mapping: {json.dumps(doc)}")
+        assert doc["ok"] is True and doc["bytes"] == SIZE and doc["path"] == "relayed", doc
+        assert doc["punch_attempts"] >= 2, doc
 
 
 # A client on A's LAN binds PORT and listens; a public host sends to A's public

@@ -11,6 +11,7 @@
  * usage: punch_pair DIR RELAY_ADDR RELAY_PEER_ID TOKEN MB [options]
  *   --no-punch          punching off on both endpoints
  *   --retry-ms N        punch retry interval (default 60000)
+ *   --window-ms N       probe window (default 3000)
  *   --rate-kbps N       pace B's writes (0: as fast as it goes)
  *   --block-at-mb N     blackhole the direct path once B has written N MB while direct
  *   --unblock-after-ms N  ... and open it again that long later
@@ -21,6 +22,13 @@
  *                       (pos_p2p_session_add_candidates)
  *   --drop-relay-at-mb N  B closes its relay connection once it has written N MB while
  *                       direct (the relay closes the circuit: A gets CIRCUIT_CLOSED)
+ *   --pause-at-mb N     B writes nothing for --pause-ms (default 5000) once it has written
+ *                       N MB while direct (the session idles on its direct path)
+ *   --fallback-retry-ms N  pos_p2p_punch_options.fallback_retry_ms
+ *   --nat-a N, --nat-b N  that side's NAT mapping (pos_p2p_endpoint_set_nat_mapping), told
+ *                       to the relay in HELLO
+ *   --rebind-b-at-mb N  a NAT rebinding of B once it has written N MB: B sends from a new
+ *                       socket (new port) from then on, and still reads the old one
  * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
  * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
  * with each side's path info and counters. Exit 0 when every byte arrived
@@ -42,6 +50,7 @@
 struct side {
     const char *name;
     int fd;
+    int old_fd; /* after --rebind-b-at-mb: the socket before, still read; -1 none */
     pos_p2p_endpoint *ep;
     pos_p2p_relay *relay;
     pos_p2p_session *s;
@@ -55,8 +64,10 @@ struct side {
     int moves_direct, moves_back;
 };
 
-static struct side A = {.name = "A", .gen = 1}, B = {.name = "B", .gen = 1};
-static uint64_t total, drop_at;
+static struct side A = {.name = "A", .gen = 1, .old_fd = -1},
+                   B = {.name = "B", .gen = 1, .old_fd = -1};
+static uint64_t total, drop_at, pause_at, rebind_at;
+static int pause_ms = 5000;
 static int fake_a; /* --fake-a */
 #define FAKE_A_IP "192.0.2.1"
 
@@ -185,33 +196,51 @@ static int make_side(struct side *x, const char *dir, const struct sockaddr_in *
 
 static void pump(int wait_ms)
 {
-    struct pollfd p[2] = {{A.fd, POLLIN, 0}, {B.fd, POLLIN, 0}};
-    struct side *sides[2] = {&A, &B};
+    struct pollfd p[3] = {{A.fd, POLLIN, 0}, {B.fd, POLLIN, 0}, {B.old_fd, POLLIN, 0}};
+    struct side *sides[3] = {&A, &B, &B};
     int64_t now = pos_p2p_now_ms();
     for (int i = 0; i < 2; i++) {
         int64_t d = pos_p2p_endpoint_deadline(sides[i]->ep);
         if (d >= 0 && d - now < wait_ms)
             wait_ms = d - now < 0 ? 0 : (int)(d - now);
     }
-    poll(p, 2, wait_ms);
-    for (int i = 0; i < 2; i++) {
-        for (int k = 0; k < 256; k++) {
+    poll(p, 3, wait_ms); /* a negative fd (no old socket) is left out */
+    for (int i = 0; i < 3; i++) {
+        for (int k = 0; k < 256 && p[i].fd >= 0; k++) {
             uint8_t buf[2048];
             struct sockaddr_storage from;
             socklen_t fl = sizeof(from);
-            ssize_t n = recvfrom(sides[i]->fd, buf, sizeof(buf), MSG_DONTWAIT,
-                                 (struct sockaddr *)&from, &fl);
+            ssize_t n =
+                recvfrom(p[i].fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
             if (n < 0)
                 break;
-            if (fake_a && i == 1 && same_in((struct sockaddr_in *)&from, &A.local)) {
+            if (fake_a && i > 0 && same_in((struct sockaddr_in *)&from, &A.local)) {
                 struct sockaddr_in f = fake_addr(&A); /* B sees A at the fake address */
                 memcpy(&from, &f, sizeof(f));
             }
             if (n <= EP_MAX_UDP)
                 ep_input(sides[i]->ep, 0, buf, (size_t)n, (struct sockaddr *)&from, fl);
         }
-        pos_p2p_endpoint_process(sides[i]->ep);
+        if (i < 2)
+            pos_p2p_endpoint_process(sides[i]->ep);
     }
+    pos_p2p_endpoint_process(B.ep);
+}
+
+/* rebind_b: B's NAT gives it a new port: it sends from a new socket from now on. */
+static void rebind_b(void)
+{
+    struct sockaddr_in to = {.sin_family = AF_INET};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&to, sizeof(to)) != 0) {
+        perror("rebind");
+        exit(1);
+    }
+    B.old_fd = B.fd;
+    B.fd = fd;
+    printf("rebound B at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
+    fflush(stdout);
 }
 
 /* write_some: B writes what the send buffer and the pace allow. */
@@ -248,15 +277,17 @@ static void print_info(const struct side *x)
     pos_p2p_session_get_path(x->s, &pi);
     pos_p2p_endpoint_punch_stats(x->ep, &ps);
     printf("info %s path=%s upgraded=%d upgraded_after_ms=%lld bytes_relayed=%llu "
-           "bytes_direct=%llu attempts=%u fallbacks=%u relay_lost=%d\n",
+           "bytes_direct=%llu attempts=%u fallbacks=%u relay_lost=%d punch_stopped=%d\n",
            x->name, pi.path == POS_P2P_PATH_DIRECT ? "direct" : "relayed", pi.upgraded,
            (long long)pi.upgraded_after_ms, (unsigned long long)pi.bytes_relayed,
-           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks, pi.relay_lost);
+           (unsigned long long)pi.bytes_direct, pi.attempts, pi.fallbacks, pi.relay_lost,
+           pi.punch_stopped);
     printf("stats %s attempts=%llu successes=%llu failures=%llu fallbacks=%llu requests=%llu "
-           "probes_sent=%llu\n",
+           "probes_sent=%llu nat_stops=%llu\n",
            x->name, (unsigned long long)ps.attempts, (unsigned long long)ps.successes,
            (unsigned long long)ps.failures, (unsigned long long)ps.fallbacks,
-           (unsigned long long)ps.requests, (unsigned long long)ps.probes_sent);
+           (unsigned long long)ps.requests, (unsigned long long)ps.probes_sent,
+           (unsigned long long)ps.nat_stops);
 }
 
 static int wait_for(int (*cond)(void), int ms)
@@ -283,9 +314,24 @@ static int b_open(void)
 /* run_transfer: the loop of the transfer, with the blackhole when asked. */
 static int run_transfer(uint64_t rate, uint64_t block_at, int unblock_after)
 {
-    int64_t blocked_at = -1, end = pos_p2p_now_ms() + 90000;
+    int64_t blocked_at = -1, paused_at = -1, end = pos_p2p_now_ms() + 90000;
     while (!(A.fin && A.got == total) && !A.closed && !B.closed && pos_p2p_now_ms() < end) {
-        write_some(rate);
+        if (pause_at && paused_at < 0 && B.direct && B.sent >= pause_at) {
+            paused_at = pos_p2p_now_ms();
+            printf("paused at_ms=%lld\n", (long long)(paused_at - t0));
+            fflush(stdout);
+        }
+        if (paused_at >= 0 && pause_at && pos_p2p_now_ms() - paused_at >= pause_ms) {
+            pause_at = 0;
+            printf("resumed at_ms=%lld\n", (long long)(pos_p2p_now_ms() - t0));
+            fflush(stdout);
+        }
+        if (!(paused_at >= 0 && pause_at))
+            write_some(rate);
+        if (rebind_at && B.sent >= rebind_at) {
+            rebind_at = 0;
+            rebind_b();
+        }
         if (block_at && blocked_at < 0 && B.direct && B.sent >= block_at) {
             A.block = B.block = 1;
             blocked_at = pos_p2p_now_ms();
@@ -318,7 +364,7 @@ int main(int argc, char **argv)
     struct sockaddr_in relay = {.sin_family = AF_INET};
     char peer_a[POS_P2P_PEER_ID_STRLEN], err[200];
     uint64_t rate = 0, block_at = 0;
-    int unblock_after = 2000, ok, add_cand = 0;
+    int unblock_after = 2000, ok, add_cand = 0, nat_a = 0, nat_b = 0;
 
     if (argc < 6) {
         fprintf(stderr, "usage: punch_pair DIR RELAY_ADDR RELAY_PEER_ID TOKEN MB [options]\n");
@@ -330,6 +376,8 @@ int main(int argc, char **argv)
             po.enabled = 0;
         else if (!strcmp(argv[i], "--retry-ms") && i + 1 < argc)
             po.retry_ms = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--window-ms") && i + 1 < argc)
+            po.window_ms = (uint32_t)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rate-kbps") && i + 1 < argc)
             rate = (uint64_t)atoll(argv[++i]);
         else if (!strcmp(argv[i], "--block-at-mb") && i + 1 < argc)
@@ -342,6 +390,18 @@ int main(int argc, char **argv)
             drop_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
         else if (!strcmp(argv[i], "--unblock-after-ms") && i + 1 < argc)
             unblock_after = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pause-at-mb") && i + 1 < argc)
+            pause_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
+        else if (!strcmp(argv[i], "--pause-ms") && i + 1 < argc)
+            pause_ms = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--fallback-retry-ms") && i + 1 < argc)
+            po.fallback_retry_ms = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--nat-a") && i + 1 < argc)
+            nat_a = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--nat-b") && i + 1 < argc)
+            nat_b = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rebind-b-at-mb") && i + 1 < argc)
+            rebind_at = (uint64_t)atoll(argv[++i]) * 1000 * 1000;
     }
     if (pos_p2p_punch_options_check(&po, err, sizeof(err)) != 0) {
         fprintf(stderr, "options: %s\n", err);
@@ -365,6 +425,11 @@ int main(int argc, char **argv)
         return 1;
     pos_p2p_endpoint_set_punch(A.ep, &po);
     pos_p2p_endpoint_set_punch(B.ep, &po);
+    if (pos_p2p_endpoint_set_nat_mapping(A.ep, nat_a) != 0 ||
+        pos_p2p_endpoint_set_nat_mapping(B.ep, nat_b) != 0) {
+        fprintf(stderr, "--nat-a/--nat-b: 0, 1 or 2\n");
+        return 2;
+    }
     if (pos_p2p_relay_connect(A.ep, &info, argv[4], 10000, &A.relay) != 0 ||
         pos_p2p_relay_connect_flags(B.ep, &info, argv[4], 10000, POS_P2P_RELAY_NOT_HOME,
                                     &B.relay) != 0 ||
@@ -431,5 +496,7 @@ int main(int argc, char **argv)
     pos_p2p_endpoint_del(B.ep);
     close(A.fd);
     close(B.fd);
+    if (B.old_fd >= 0)
+        close(B.old_fd);
     return ok ? 0 : 1;
 }

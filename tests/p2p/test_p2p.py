@@ -230,6 +230,7 @@ def relayed_files_arrive_identical():
     assert doc["files_sent"] == doc["files_ok"] == 3, doc
     assert [f["size"] for f in doc["files"]] == [0, 1, 20000000], doc
     assert doc["seconds"] > 0 and doc["remote"].startswith("127.0.0.1:"), doc
+    assert doc["relay_id"] == relay.id and doc["circuit_id"], doc  # was null without a redirect
     # the relay's own counters for that circuit (a snapshot refreshed twice a
     # second): the file went through it, from the sender's side
     def sender_bytes():

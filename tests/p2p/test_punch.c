@@ -653,7 +653,23 @@ static void test_api(void)
         if (pos_prober_add_candidate(p, (const struct sockaddr *)&s, 0) == POS_PROBER_ERR_FULL)
             full++;
     }
-    CHECK(full == 40 - (POS_PROBER_MAX_CANDIDATES - 4));
+    CHECK(full == 40 - (POS_PROBER_MAX_CANDIDATES - POS_PROBER_MIN_REFLEXIVE - 4));
+    /* relay and added candidates fill their places: a peer-reflexive one still has room */
+    struct pos_prober_datagram reply;
+    struct pos_prober_stats st;
+    uint8_t frame[64];
+    for (int i = 0; i < POS_PROBER_MIN_REFLEXIVE + 1; i++) {
+        char text[32];
+        snprintf(text, sizeof(text), "203.0.113.%d:9", i + 1);
+        struct sockaddr_storage from = sa(text);
+        uint64_t c = pos_punch_cookie(key, POS_FRAME_PUNCH, 1, POS_PUNCH_LISTENER, 1);
+        pos_frame_encode_probe(frame, sizeof(frame), POS_FRAME_PUNCH, 1, c);
+        CHECK(pos_prober_on_frame(p, (const struct sockaddr *)&from, frame, POS_FRAME_PROBE_LEN, 1,
+                                  &reply) == 1); /* answered, learnt or not */
+    }
+    pos_prober_get_stats(p, &st);
+    CHECK(st.peer_reflexive == POS_PROBER_MIN_REFLEXIVE);
+    CHECK(POS_PROBER_MAX_ADDED >= POS_P2P_MAX_EXTRA_CANDIDATES);
     struct sockaddr_storage s = sa("10.1.2.3:4"), s6 = sa("[fe80::1]:4"), g = sa("100.64.0.1:4");
     CHECK(pos_prober_kind_of((const struct sockaddr *)&s) == POS_PROBER_LAN);
     CHECK(pos_prober_kind_of((const struct sockaddr *)&s6) == POS_PROBER_LAN);

@@ -10,12 +10,25 @@ the relay, B dialing A through it and writing a checked byte stream).
 - A relay with `punch: false` (no PUNCH_START) keeps working: relayed, intact.
 - The direct path blackholed mid-transfer (punch_pair drops every datagram
   not addressed to the relay, both ways): the dialer falls back to the relay,
-  nothing is lost, and after the path is restored a new attempt (PUNCH_REQUEST
-  after the retry interval) takes the session direct again.
+  nothing is lost, and after the path is restored a new attempt takes the
+  session direct again: the first PUNCH_REQUEST after a fallback comes after
+  fallback_retry_ms (1 s here), not the retry interval (left at 60 s).
+- A direct session idle longer than the relay's idle timeout (2 s here)
+  keeps its circuit (the relay's /circuits lists it during the pause: the
+  control connection's keep-alives hold it) and falls back over it when the
+  direct path dies afterwards.
 - Extra candidates (pos_p2p_session_add_candidates): with A's direct address
   (the relay's candidate) unreachable from B and 192.0.2.1:port reaching A
   instead (a NAT in punch_pair's I/O), the session given that address goes
   direct through it; without it the session stays relayed.
+- Both NATs vary by destination (each side's mapping set, told to the relay
+  in HELLO, passed on in PUNCH_START): after the first attempt fails
+  (--fake-a: no direct path) the dialer asks for no more, says so in its path
+  info and counts it; with only one side's mapping varying it keeps asking.
+- B's NAT gives it a new port mid-transfer (punch_pair's B sends from a new
+  socket): the relay sees its control connection move and starts a new
+  attempt on the circuit (PUNCH_START, attempt 2, with the retry interval at
+  60 s), counted in pos_relay_punch_moves_total; the transfer is intact.
 - The circuit closed while direct (B closes its relay connection, so the
   relay sends CIRCUIT_CLOSED to A): both sides live on direct, every byte
   arrives, and the path info says the relayed path is gone.
@@ -109,7 +122,7 @@ def relayed_session_goes_direct():
     out = p.output()
     check_clean(out)
     assert rc == 0, out
-    assert "relay versions A=2 B=2" in out, out
+    assert "relay versions A=3 B=3" in out, out
     assert "result ok=1 bytes=20000000 bad=0" in out, out
     assert paths(out, "B")[:1] == ["relayed->direct"], out
     assert paths(out, "A")[:1] == ["relayed->direct"], out
@@ -159,7 +172,8 @@ def relay_without_punching_keeps_working():
 def blackholed_direct_path_falls_back_and_comes_back():
     relay, token = relay_with({"punch_min_interval_ms": 100})
     # 32 MB at 4 MB/s: 8 s; the blackout from 4 MB on (about 1 s) lasts 2.5 s
-    rc, out = pair(relay, token, 32, "--rate-kbps", "32000", "--retry-ms", "1000",
+    # the retry interval stays 60 s: only the sooner first retry after a fallback comes back
+    rc, out = pair(relay, token, 32, "--rate-kbps", "32000", "--fallback-retry-ms", "1000",
                    "--block-at-mb", "4", "--unblock-after-ms", "2500")
     assert rc == 0, out
     assert "blocked at_ms=" in out and "unblocked at_ms=" in out, out
@@ -172,6 +186,33 @@ def blackholed_direct_path_falls_back_and_comes_back():
     b = info(out, "B")
     assert int(b["fallbacks"]) >= 1 and b["path"] == "direct", out
     assert int(b["bytes_relayed"]) > 500000, out  # the blackout went through the relay
+
+
+@test
+def direct_idle_session_keeps_its_circuit():
+    relay, token = relay_with({"idle_timeout": 2, "punch_min_interval_ms": 100})
+    # 8 MB at 4 MB/s; direct at 1 MB B pauses 6 s (over twice the idle timeout), then at 2 MB
+    # the direct path dies for good: the rest must go over the circuit
+    p = Proc([PAIR, tmpdir(), f"127.0.0.1:{relay.port}", relay.peer_id, token, "8",
+              "--rate-kbps", "32000", "--pause-at-mb", "1", "--pause-ms", "6000",
+              "--block-at-mb", "2", "--unblock-after-ms", "600000"], name="punch_pair")
+    wait_until(lambda: "paused at_ms=" in p.output() or not p.alive(), 15,
+               what="the direct session to pause")
+    circuit = int(re.search(r"^circuit B=(\d+)", p.output(), re.M).group(1))
+    time.sleep(4)  # idle twice the relay's idle timeout (the snapshot is at most 0.5 s old)
+    assert "resumed at_ms=" not in p.output(), p.output()
+    status, _, body = http("GET", relay.http + "/circuits")
+    assert status == 200, body
+    assert any(circuit in c["ids"] for c in json.loads(body)["circuits"]), body
+    rc = p.wait(60)
+    out = p.output()
+    check_clean(out)
+    assert rc == 0, out
+    assert "result ok=1 bytes=8000000 bad=0" in out, out
+    assert paths(out, "B")[:2] == ["relayed->direct", "direct->relayed"], out
+    b = info(out, "B")
+    assert b["relay_lost"] == "0" and b["path"] == "relayed", out
+    assert int(b["bytes_relayed"]) > 5000000, out  # after the blackout: over the circuit
 
 
 @test
@@ -208,6 +249,41 @@ def extra_candidate_goes_direct_when_the_relays_are_useless():
     assert rc == 0, out
     assert "result ok=1 bytes=4000000 bad=0" in out, out
     assert paths(out, "B") == [] and info(out, "B")["path"] == "relayed", out
+
+
+@test
+def both_nats_varying_stop_asking():
+    relay, token = relay_with({"punch_min_interval_ms": 100})
+    # 3 MB at 1 MB/s: 3 s relayed; the first attempt ends after its 0.5 s window, retry 1 s
+    args = ("--rate-kbps", "8000", "--fake-a", "--retry-ms", "1000", "--window-ms", "500")
+    rc, out = pair(relay, token, 3, *args, "--nat-a", "2", "--nat-b", "2")
+    assert rc == 0, out
+    assert "result ok=1 bytes=3000000 bad=0" in out, out
+    b = info(out, "B")
+    assert b["path"] == "relayed" and b["attempts"] == "1" and b["punch_stopped"] == "1", out
+    assert re.search(r"^stats B .* requests=0 .* nat_stops=1$", out, re.M), out
+    assert metric(relay, "pos_relay_punches_total") == 1
+    # one side endpoint-independent: punching could work, the requests go on
+    rc, out = pair(relay, token, 3, *args, "--nat-a", "1", "--nat-b", "2")
+    assert rc == 0, out
+    b = info(out, "B")
+    assert b["path"] == "relayed" and int(b["attempts"]) >= 2 and b["punch_stopped"] == "0", out
+    assert re.search(r"^stats B .* nat_stops=0$", out, re.M), out
+
+
+@test
+def address_change_starts_a_new_attempt():
+    # idle_timeout 2: the clients' control keep-alives every second carry B's new port
+    relay, token = relay_with({"punch_min_interval_ms": 100, "idle_timeout": 2})
+    # 5 MB at 1 MB/s, relayed (--fake-a); B rebinds at 2 MB, after attempt 1 began
+    rc, out = pair(relay, token, 5, "--rate-kbps", "8000", "--fake-a", "--rebind-b-at-mb", "2")
+    assert rc == 0, out
+    assert "rebound B at_ms=" in out and "result ok=1 bytes=5000000 bad=0" in out, out
+    b = info(out, "B")
+    assert b["path"] == "relayed" and b["attempts"] == "2", out  # no retry within 60 s
+    assert re.search(r"^stats B .* requests=0 ", out, re.M), out
+    assert int(info(out, "A")["attempts"]) == 2, out
+    assert metric(relay, 'pos_relay_punch_moves_total{result="started"}') == 1
 
 
 if __name__ == "__main__":

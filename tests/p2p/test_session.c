@@ -285,7 +285,29 @@ static void test_punch_options(void)
     pos_p2p_punch_options_default(&d);
     CHECK(d.enabled == 1 && d.window_ms == 3000 && d.interval_ms == 50 && d.settle_ms == 30 &&
           d.retry_ms == 60000);
+    CHECK(d.fallback_retry_ms == 3000 && d.stall_ptos == 3 && d.direct_keepalive_ms == 1000 &&
+          d.nudge_ms == 1000 && d.max_nudges == 4);
     CHECK(pos_p2p_punch_options_check(&d, err, sizeof(err)) == 0 && err[0] == 0);
+    o = d, o.fallback_retry_ms = 999;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 &&
+          strstr(err, "fallback_retry_ms") && strstr(err, "1000 to 3600000"));
+    o = d, o.stall_ptos = 0;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "stall_ptos"));
+    o = d, o.stall_ptos = 11;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "1 to 10"));
+    o = d, o.direct_keepalive_ms = 99;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 &&
+          strstr(err, "direct_keepalive_ms"));
+    o = d, o.direct_keepalive_ms = 10001;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 &&
+          strstr(err, "direct_keepalive_ms"));
+    o = d, o.nudge_ms = 60001;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "nudge_ms"));
+    o = d, o.max_nudges = 9;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) != 0 && strstr(err, "max_nudges"));
+    o = d, o.max_nudges = 0, o.stall_ptos = 10, o.fallback_retry_ms = 3600000, o.nudge_ms = 100;
+    CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) == 0); /* the bounds themselves */
+    CHECK(pos_p2p_endpoint_set_punch(ep_a, &o) == 0);
     o = d, o.window_ms = 99;
     CHECK(pos_p2p_punch_options_check(&o, err, sizeof(err)) == POS_P2P_ERR_INVALID_ARGUMENT &&
           strstr(err, "probe window") && strstr(err, "100 to 60000"));
@@ -307,6 +329,16 @@ static void test_punch_options(void)
     CHECK(pos_p2p_endpoint_punch_stats(NULL, &st) == POS_P2P_ERR_INVALID_ARGUMENT);
     CHECK(pos_p2p_session_get_path(NULL, &pi) == POS_P2P_ERR_INVALID_ARGUMENT);
     CHECK(pos_p2p_relay_protocol_version(NULL) == 0);
+    /* the NAT mapping: unknown by default, one of three values, nothing else taken */
+    CHECK(pos_p2p_endpoint_nat_mapping(ep_a) == POS_P2P_NAT_UNKNOWN);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, 3) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, -1) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(NULL, 1) == POS_P2P_ERR_INVALID_ARGUMENT);
+    CHECK(pos_p2p_endpoint_nat_mapping(ep_a) == POS_P2P_NAT_UNKNOWN);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, POS_P2P_NAT_VARIES) == 0 &&
+          pos_p2p_endpoint_nat_mapping(ep_a) == POS_P2P_NAT_VARIES);
+    CHECK(pos_p2p_endpoint_set_nat_mapping(ep_a, POS_P2P_NAT_UNKNOWN) == 0);
+    CHECK(pos_p2p_endpoint_nat_mapping(NULL) == POS_P2P_NAT_UNKNOWN);
 }
 
 int main(void)

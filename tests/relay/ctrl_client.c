@@ -2,8 +2,9 @@
  * ctrl_client: a bare control-protocol client of the relay (QUIC with
  * ngtcp2, TLS, common/ctrl.c: no client library), for the integration test
  * of hole punching (test_relay_punch.py). It speaks pos-relay/2 (offering
- * pos-relay/2 then pos-relay/1, as the library does; --v1-first: the other
- * order) or, with --v1, only pos-relay/1, and prints what the relay sends as JSON lines on stdout:
+ * pos-relay/2 then pos-relay/1, as the library did before pos-relay/3: the
+ * relay must keep serving such clients; --v1-first: the other order) or, with --v1, only
+ * pos-relay/1, and prints what the relay sends as JSON lines on stdout:
  *
  *   {"event":"welcome","version":V,"peer_id":..,"observed":..}
  *   {"event":"incoming","peer_id":..,"observed":..}   (answered with ACCEPT)
@@ -268,8 +269,10 @@ static int setup(void)
     pos_identity id;
     static const char *const v1_only[] = {POS_CTRL_ALPN_V1};
     static const char *const v1_first[] = {POS_CTRL_ALPN_V1, POS_CTRL_ALPN_V2};
+    /* a client of pos-relay/2 (before /3): the relay must keep serving it as before */
+    static const char *const v2_client[] = {POS_CTRL_ALPN_V2, POS_CTRL_ALPN_V1};
     int v1 = c.version == POS_CTRL_V1;
-    const char *const *offer = v1 ? v1_only : c.v1_first ? v1_first : pos_ctrl_alpns;
+    const char *const *offer = v1 ? v1_only : c.v1_first ? v1_first : v2_client;
 
     c.fd = socket(c.to.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     memset(&c.local, 0, sizeof(c.local));
@@ -304,8 +307,7 @@ static int setup(void)
     int rv = ngtcp2_conn_client_new(&c.qc, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cbs,
                                     &settings, &params, NULL, &c);
     c.creating = 0;
-    if (rv != 0 ||
-        pos_tls_session_new_alpns(&c.tls, creds, 0, offer, v1 ? 1 : POS_CTRL_N_ALPNS) != 0 ||
+    if (rv != 0 || pos_tls_session_new_alpns(&c.tls, creds, 0, offer, v1 ? 1 : 2) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(c.tls) != 0)
         return -1;
     c.version = 0;

@@ -206,7 +206,7 @@ static void test_connect_accept(void)
 
     /* the client moves: its side of the circuit follows */
     struct sockaddr_in moved = addr4("192.0.2.9", 9999);
-    relay_broker_moved(r.b, r.a, (struct sockaddr *)&moved);
+    relay_broker_moved(r.b, r.a, (struct sockaddr *)&moved, 2002);
     sa = relay_circuit_find(r.t, ca->circuit_id);
     CHECK(sa && sa->addr.port == htons(9999));
     rig_down(&r);
@@ -634,6 +634,77 @@ static void test_punch_candidates_bounded(void)
     rig_down(&r);
 }
 
+/* pos-relay/3: each side's PUNCH_START carries the other's NAT mapping (from its HELLO) */
+static void test_punch_nat_mapping(void)
+{
+    struct rig r;
+    uint32_t ids[2];
+    uint8_t buf[POS_CTRL_MAX_MSG];
+
+    punch_rig_up(&r, POS_CTRL_V3, POS_CTRL_V3, 1);
+    relay_broker_set_nat(r.a, POS_CTRL_NAT_VARIES);
+    relay_broker_set_nat(r.bb, POS_CTRL_NAT_EIM);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4 && stats(&r).punches_started == 1);
+    CHECK(w.out[2].conn == &A && w.out[2].m.peer_nat == POS_CTRL_NAT_EIM);
+    CHECK(w.out[3].conn == &B && w.out[3].m.peer_nat == POS_CTRL_NAT_VARIES);
+    CHECK(pos_ctrl_encode_version(&w.out[2].m, POS_CTRL_V3, buf, sizeof(buf)) > 0);
+    /* a later attempt too, and a version 3 client's requests are taken */
+    w.n_out = 0;
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REQUEST, ids[0], NULL, 0, 0, 1000 + 5000) == 0);
+    CHECK(w.n_out == 2 && w.out[0].m.attempt == 2 && w.out[0].m.peer_nat == POS_CTRL_NAT_EIM);
+    CHECK(punch_msg(&r, r.a, POS_CTRL_PUNCH_REPORT, ids[0], NULL, 2, 0, 7000) == 0);
+    rig_down(&r);
+
+    /* a version 2 peer of a version 3 client: punching as before, no mapping for it */
+    punch_rig_up(&r, POS_CTRL_V3, POS_CTRL_V2, 1);
+    relay_broker_set_nat(r.a, POS_CTRL_NAT_VARIES);
+    relay_broker_set_nat(r.bb, 7); /* not a mapping: unknown */
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4 && w.out[2].m.peer_nat == POS_CTRL_NAT_UNKNOWN);
+    CHECK(w.out[3].conn == &B && w.out[3].m.type == POS_CTRL_PUNCH_START);
+    CHECK(pos_ctrl_encode_version(&w.out[3].m, POS_CTRL_V2, buf, sizeof(buf)) > 0);
+    rig_down(&r);
+}
+
+/* a side's control connection moves (NAT rebinding): a new attempt, unless one is too recent */
+static void test_punch_on_move(void)
+{
+    struct rig r;
+    uint32_t ids[2];
+    struct sockaddr_in moved = addr4("192.0.2.1", 1999), again = addr4("192.0.2.1", 2999);
+    static const char *const a_moved[] = {"192.0.2.1:1999", "10.0.0.1:1111", "192.0.2.1:1111",
+                                          "[fd00::1]:1111"};
+
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V3, 1);
+    circuit_between(&r, 1000, ids);
+    CHECK(w.n_out == 4 && stats(&r).punches_started == 1);
+    /* within the minimum interval of attempt 1: its circuit follows, no attempt */
+    w.n_out = 0;
+    relay_broker_moved(r.b, r.a, (struct sockaddr *)&again, 1000 + 4999);
+    CHECK(w.n_out == 0 && stats(&r).punch_moves_ignored == 1 && stats(&r).punches_on_move == 0);
+    /* later: attempt 2 to both, B gets A's new address first among its candidates */
+    int flushes = w.flushes;
+    relay_broker_moved(r.b, r.a, (struct sockaddr *)&moved, 1000 + 5000);
+    CHECK(w.n_out == 2 && stats(&r).punches_on_move == 1 && stats(&r).punches_started == 2);
+    CHECK(w.out[0].conn == &A && w.out[0].m.type == POS_CTRL_PUNCH_START &&
+          w.out[0].m.attempt == 2 && w.out[0].m.role == POS_PUNCH_DIALER);
+    CHECK(w.out[1].conn == &B && w.out[1].m.attempt == 2 && w.out[1].m.circuit_id == ids[1]);
+    CHECK(addrs_are(&w.out[1].m.addrs, 4, a_moved));
+    CHECK(w.flushes == flushes + 1); /* what was queued goes out */
+    rig_down(&r);
+
+    /* a peer on pos-relay/1, or punching off: the circuit follows, nothing else */
+    punch_rig_up(&r, POS_CTRL_V2, POS_CTRL_V1, 1);
+    circuit_between(&r, 1000, ids);
+    w.n_out = 0;
+    relay_broker_moved(r.b, r.bb, (struct sockaddr *)&moved, 60000);
+    CHECK(w.n_out == 0 && stats(&r).punches_on_move == 0 && stats(&r).punch_moves_ignored == 0);
+    CHECK(relay_circuit_find(r.t, ids[1]) &&
+          relay_circuit_find(r.t, ids[1])->addr.port == htons(1999));
+    rig_down(&r);
+}
+
 int main(void)
 {
     test_connect_accept();
@@ -647,5 +718,7 @@ int main(void)
     test_punch_start();
     test_punch_not_v1_or_off();
     test_punch_candidates_bounded();
+    test_punch_nat_mapping();
+    test_punch_on_move();
     return check_finish("test_broker");
 }

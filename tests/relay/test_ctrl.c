@@ -3,7 +3,8 @@
  * certificate made from an identity (common/tls.c): round trips, every
  * truncation, trailing bytes, bad fields, the bounded stream reader, and
  * the versions: the hole-punching messages of pos-relay/2 are refused by
- * the version 1 codec both ways.
+ * the version 1 codec both ways; the NAT mapping of pos-relay/3 (HELLO
+ * flags, PUNCH_START's last byte) never reaches a version 2 peer.
  */
 #include <sodium.h>
 #include <string.h>
@@ -206,7 +207,7 @@ static void test_versions(void)
 
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/1", 11) == POS_CTRL_V1);
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/2", 11) == POS_CTRL_V2);
-    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/3", 11) == 0);
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/4", 11) == 0);
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/2x", 12) == 0);
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/", 10) == 0);
     CHECK(pos_ctrl_version_of_alpn(NULL, 0) == 0);
@@ -218,13 +219,13 @@ static void test_versions(void)
         /* a version 1 peer neither sends nor accepts them */
         CHECK(pos_ctrl_encode(&ms[i], buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
         CHECK(pos_ctrl_encode_version(&ms[i], 0, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
-        CHECK(pos_ctrl_encode_version(&ms[i], 3, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        CHECK(pos_ctrl_encode_version(&ms[i], 4, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
         len = pos_ctrl_encode_version(&ms[i], POS_CTRL_V2, buf, sizeof(buf));
         CHECK(len > 0);
         if (len <= 0)
             continue;
         CHECK(pos_ctrl_decode(buf, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
-        CHECK(pos_ctrl_decode_version(buf, (size_t)len, 3, &back, &used) == POS_CTRL_ERR_MALFORMED);
+        CHECK(pos_ctrl_decode_version(buf, (size_t)len, 4, &back, &used) == POS_CTRL_ERR_MALFORMED);
         CHECK(strncmp(pos_ctrl_type_name(ms[i].type), "PUNCH_", 6) == 0);
     }
     const uint8_t fifteen[] = {15, 0x00, 0x00};
@@ -292,6 +293,66 @@ static void test_versions(void)
     pos_ctrl_reader_wipe(&r);
     pos_ctrl_msg_wipe(&m);
     CHECK(m.punch_key[0] == 0 && m.punch_key[15] == 0);
+}
+
+/* Version 3: the NAT mapping, in HELLO's flags and PUNCH_START's last byte. */
+static void test_nat_mapping(const pos_ctrl_msg *v1, size_t n1)
+{
+    pos_ctrl_msg ms[4], m, back;
+    uint8_t buf[POS_CTRL_MAX_MSG], v2[POS_CTRL_MAX_MSG];
+    size_t n, used;
+    int len, len2;
+
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/3", 11) == POS_CTRL_V3);
+    CHECK(POS_CTRL_N_ALPNS == 3 && !strcmp(pos_ctrl_alpns[0], POS_CTRL_ALPN_V3) &&
+          !strcmp(pos_ctrl_alpns[1], POS_CTRL_ALPN_V2));
+    test_round_trips(v1, n1, POS_CTRL_V3); /* version 1 messages are the same in version 3 */
+    sample_punch_msgs(ms, &n);
+    ms[0].peer_nat = POS_CTRL_NAT_VARIES;
+    test_round_trips(ms, n, POS_CTRL_V3);
+    len = pos_ctrl_encode_version(&ms[0], POS_CTRL_V3, buf, sizeof(buf));
+    len2 = pos_ctrl_encode_version(&ms[0], POS_CTRL_V2, v2, sizeof(v2));
+    CHECK(len2 > POS_CTRL_HEADER_LEN && len == len2 + 1 && buf[len - 1] == POS_CTRL_NAT_VARIES);
+    if (len2 <= POS_CTRL_HEADER_LEN || len != len2 + 1)
+        return;
+    CHECK(memcmp(buf + POS_CTRL_HEADER_LEN, v2 + POS_CTRL_HEADER_LEN,
+                 (size_t)len2 - POS_CTRL_HEADER_LEN) == 0);
+    /* a version 2 peer gets PUNCH_START without it, and that form is short at version 3 */
+    CHECK(pos_ctrl_decode_version(v2, (size_t)len2, POS_CTRL_V2, &back, &used) == 1 &&
+          back.peer_nat == 0);
+    CHECK(pos_ctrl_decode_version(v2, (size_t)len2, POS_CTRL_V3, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+    buf[len - 1] = 3; /* no such mapping */
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V3, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+    m = ms[0];
+    m.peer_nat = 3;
+    CHECK(pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+
+    /* HELLO's NAT flags: version 3 only, at most one of the two */
+    m = v1[1]; /* a measuring connection's HELLO */
+    m.hello_flags = POS_CTRL_HELLO_NOT_HOME | POS_CTRL_HELLO_NAT_VARIES;
+    len = pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf));
+    CHECK(len > 0 && pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V3, &back, &used) == 1 &&
+          back.hello_flags == m.hello_flags);
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V2, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED); /* what a relay of version 2 would say */
+    CHECK(pos_ctrl_encode_version(&m, POS_CTRL_V2, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+    m.hello_flags = POS_CTRL_HELLO_NAT_EIM;
+    CHECK(pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf)) > 0);
+    m.hello_flags = POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES;
+    CHECK(pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+    m.hello_flags = POS_CTRL_HELLO_NAT_EIM;
+    len = pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf));
+    CHECK(len > 0);
+    if (len <= 0)
+        return;
+    buf[len - 1] = POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES;
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V3, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+    buf[len - 1] = 0x08; /* an unknown flag */
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V3, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
 }
 
 static void test_bad_input(const char *peer_id)
@@ -458,6 +519,7 @@ int main(void)
     test_round_trips(ms, n, POS_CTRL_V1);
     test_bad_input(peer_id);
     test_versions();
+    test_nat_mapping(ms, n);
     test_reader();
     test_tls_cert();
     pos_identity_free(&id);

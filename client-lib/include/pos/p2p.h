@@ -612,12 +612,29 @@ typedef struct pos_p2p_punch_options {
                              default 30 */
     uint32_t retry_ms;    /* while relayed, ask for a new attempt this often: 1000..3600000,
                              default 60000 */
+    uint32_t fallback_retry_ms;   /* after a fallback, the first new attempt this soon, then
+                                     twice as long each time up to retry_ms: 1000..3600000
+                                     (capped at retry_ms), default 3000 */
+    uint32_t stall_ptos;          /* direct: this many successive PTOs without an ack and the
+                                     dialer falls back to the relay: 1..10, default 3 */
+    uint32_t direct_keepalive_ms; /* direct: QUIC keep-alive (PING) after this much quiet, so
+                                     a stall shows on an idle session: 100..10000, default 1000 */
+    uint32_t nudge_ms;            /* relayed: nothing through the relay this long and a
+                                     KEEPALIVE frame goes to it (remakes a lost NAT mapping):
+                                     100..60000, default 1000 */
+    uint32_t max_nudges;          /* ... again after 2, 4, 8... times that much silence, this many
+                                     in all: 0 (none)..8, default 4 */
 } pos_p2p_punch_options;
 
 #define POS_P2P_PUNCH_WINDOW_MS 3000
 #define POS_P2P_PUNCH_INTERVAL_MS 50
 #define POS_P2P_PUNCH_SETTLE_MS 30
 #define POS_P2P_PUNCH_RETRY_MS 60000
+#define POS_P2P_PUNCH_FALLBACK_RETRY_MS 3000
+#define POS_P2P_PUNCH_STALL_PTOS 3
+#define POS_P2P_PUNCH_DIRECT_KEEPALIVE_MS 1000
+#define POS_P2P_PUNCH_NUDGE_MS 1000
+#define POS_P2P_PUNCH_MAX_NUDGES 4
 
 /* pos_p2p_punch_options_default fills |o| with the defaults above (enabled). No errors. */
 void pos_p2p_punch_options_default(pos_p2p_punch_options *o);
@@ -629,6 +646,28 @@ void pos_p2p_punch_options_default(pos_p2p_punch_options *o);
  * NULL |o|, or |enabled| other than 0 or 1).
  */
 int pos_p2p_punch_options_check(const pos_p2p_punch_options *o, char *err, size_t errlen);
+
+/* This device's NAT mapping, judged from what several relays observed. */
+enum pos_p2p_nat_mapping {
+    POS_P2P_NAT_UNKNOWN = 0,              /* not known: fewer than two relays compared */
+    POS_P2P_NAT_ENDPOINT_INDEPENDENT = 1, /* every relay saw one address and port */
+    POS_P2P_NAT_VARIES = 2,               /* another address or port per destination */
+};
+
+/*
+ * pos_p2p_endpoint_set_nat_mapping: |mapping| (enum pos_p2p_nat_mapping) is
+ * what the application found comparing the addresses two or more relays
+ * observed for |ep| (pos_p2p_relay_status.observed; `pos-p2p relays` prints
+ * it). Relay connections made afterwards tell it their relay in HELLO
+ * (pos-relay/3), which hands it to the peers of their circuits. When both
+ * sides' mappings vary by destination no punching can work: after the
+ * first attempt fails the session asks for no more (pos_p2p_path_info
+ * .punch_stopped). Returns 0 or POS_P2P_ERR_INVALID_ARGUMENT (NULL |ep|,
+ * unknown |mapping|).
+ */
+int pos_p2p_endpoint_set_nat_mapping(pos_p2p_endpoint *ep, int mapping);
+/* pos_p2p_endpoint_nat_mapping: the mapping set, POS_P2P_NAT_UNKNOWN by default or for NULL. */
+int pos_p2p_endpoint_nat_mapping(const pos_p2p_endpoint *ep);
 
 /*
  * pos_p2p_endpoint_set_punch: the punching settings of the sessions of |ep|
@@ -651,9 +690,13 @@ typedef struct pos_p2p_path_info {
     uint64_t bytes_direct;            /* ... and straight to the peer */
     uint32_t attempts;                /* punch attempts of this session */
     uint32_t fallbacks;               /* moves back to the relay */
-    int relay_lost; /* 1: the relayed path's circuit closed while direct (the session lived on
-                       direct; no fallback to the relay, no new punch attempt) */
+    int relay_lost;    /* 1: the relayed path's circuit closed while direct (the session lived on
+                          direct; no fallback to the relay, no new punch attempt) */
+    int punch_stopped; /* POS_P2P_PUNCH_STOPPED_NAT: both sides' NAT mappings vary by
+                          destination, so after a failed attempt no more are asked for; 0 */
 } pos_p2p_path_info;
+
+#define POS_P2P_PUNCH_STOPPED_NAT 1
 
 /*
  * pos_p2p_session_add_candidates gives the relayed session |s| |n| more
@@ -688,6 +731,7 @@ typedef struct pos_p2p_punch_stats {
     uint64_t probes_sent;       /* PUNCH and PUNCH_ACK frames sent */
     uint64_t probes_dropped;    /* probe frames refused (bad cookie, no attempt, late) */
     uint32_t last_ms_to_direct; /* latest success: from PUNCH_START to the direct path */
+    uint64_t nat_stops;         /* sessions that stopped asking: both NATs vary by destination */
 } pos_p2p_punch_stats;
 
 /*
@@ -699,8 +743,9 @@ int pos_p2p_endpoint_punch_stats(const pos_p2p_endpoint *ep, pos_p2p_punch_stats
 
 /*
  * pos_p2p_relay_protocol_version: the control protocol the relay and this
- * client agreed on: 1 (pos-relay/1: no punching), 2 (pos-relay/2), or 0
- * before the handshake. No errors.
+ * client agreed on: 1 (pos-relay/1: no punching), 2 (pos-relay/2), 3
+ * (pos-relay/3: punching, and the NAT mappings passed on), or 0 before the
+ * handshake. No errors.
  */
 int pos_p2p_relay_protocol_version(const pos_p2p_relay *r);
 
