@@ -8,6 +8,7 @@
 #include <gnutls/abstract.h>
 #include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2_crypto.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,17 +157,18 @@ out:
     return rv;
 }
 
-/* Called by GnuTLS once the peer's certificate is in; non-zero aborts with an alert. */
-static int verify_peer(gnutls_session_t s)
+/*
+ * check_peer: the peer's certificate of |s| against |pin| (the same check on
+ * a full handshake, from the verify function, and on a resumed one, from the
+ * certificate stored in the ticket). Returns 0, or -1 (pin->mismatch set when
+ * a valid Ed25519 key was not the expected one).
+ */
+static int check_peer(gnutls_session_t s, pos_tls_pin *pin)
 {
-    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(s);
-    pos_tls_pin *pin = ref ? ref->user_data : NULL;
     const gnutls_datum_t *certs;
     unsigned n = 0;
     uint8_t key[32];
 
-    if (!pin)
-        return -1;
     if (gnutls_certificate_type_get2(s, GNUTLS_CTYPE_PEERS) != GNUTLS_CRT_X509)
         return -1;
     certs = gnutls_certificate_get_peers(s, &n);
@@ -183,8 +185,52 @@ static int verify_peer(gnutls_session_t s)
     return 0;
 }
 
+/* Called by GnuTLS once the peer's certificate is in; non-zero aborts with an alert. */
+static int verify_peer(gnutls_session_t s)
+{
+    ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(s);
+    pos_tls_pin *pin = ref ? ref->user_data : NULL;
+
+    if (!pin)
+        return -1;
+    return check_peer(s, pin);
+}
+
+int pos_tls_handshake_peer(gnutls_session_t s, pos_tls_pin *pin, int *resumed)
+{
+    *resumed = 0;
+    if (!s)
+        return -1;
+    if (!gnutls_session_is_resumed(s))
+        return pin->has_peer ? 0 : -1;
+    /*
+     * GnuTLS does not call the verify function on a resumed handshake: the
+     * peer is the one the ticket was issued to (its certificate travels,
+     * encrypted, in the ticket), checked here exactly as on a full one.
+     */
+    *resumed = 1;
+    pin->has_peer = 0;
+    return check_peer(s, pin);
+}
+
+/* The process-wide ticket key (see pos_tls_session_new_ex): made once, never logged. */
+static gnutls_datum_t ticket_key;
+static int ticket_key_ok;
+static pthread_once_t ticket_key_once = PTHREAD_ONCE_INIT;
+
+static void make_ticket_key(void)
+{
+    ticket_key_ok = gnutls_session_ticket_key_generate(&ticket_key) == 0;
+}
+
 int pos_tls_session_new_alpns(gnutls_session_t *out, pos_tls_creds *creds, int server,
                               const char *const *alpns, size_t n_alpns)
+{
+    return pos_tls_session_new_ex(out, creds, server, alpns, n_alpns, 0);
+}
+
+int pos_tls_session_new_ex(gnutls_session_t *out, pos_tls_creds *creds, int server,
+                           const char *const *alpns, size_t n_alpns, unsigned tickets)
 {
     gnutls_session_t s = NULL;
     gnutls_datum_t protos[POS_TLS_MAX_ALPNS];
@@ -203,9 +249,14 @@ int pos_tls_session_new_alpns(gnutls_session_t *out, pos_tls_creds *creds, int s
     /* a server picks by its own order (newest version first), whatever the client's order */
     if (server)
         flags |= GNUTLS_ALPN_SERVER_PRECEDENCE;
-    /* No resumption: tickets would cost a message and memory per connection. */
+    if (server && tickets) {
+        pthread_once(&ticket_key_once, make_ticket_key);
+        if (!ticket_key_ok)
+            return POS_TLS_ERR_CRYPTO;
+    }
+    /* Without |tickets| no resumption: a ticket costs a message and memory per connection. */
     rv = gnutls_init(&s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_END_OF_EARLY_DATA |
-                             GNUTLS_NO_TICKETS | GNUTLS_KEY_SHARE_TOP);
+                             (tickets ? 0 : GNUTLS_NO_TICKETS) | GNUTLS_KEY_SHARE_TOP);
     if (rv < 0)
         return rv == GNUTLS_E_MEMORY_ERROR ? POS_TLS_ERR_NOMEM : POS_TLS_ERR_CRYPTO;
     if (gnutls_priority_set(s, creds->prio) < 0 ||
@@ -213,6 +264,14 @@ int pos_tls_session_new_alpns(gnutls_session_t *out, pos_tls_creds *creds, int s
         gnutls_alpn_set_protocols(s, protos, (unsigned)n_alpns, flags) < 0) {
         gnutls_deinit(s);
         return POS_TLS_ERR_CRYPTO;
+    }
+    if (server && tickets) {
+        /* GnuTLS derives the key that seals tickets from this one, a new one every |tickets| s */
+        gnutls_db_set_cache_expiration(s, (int)tickets);
+        if (gnutls_session_ticket_enable_server(s, &ticket_key) < 0) {
+            gnutls_deinit(s);
+            return POS_TLS_ERR_CRYPTO;
+        }
     }
     if (server)
         gnutls_certificate_server_set_request(s, GNUTLS_CERT_REQUIRE);

@@ -95,6 +95,30 @@ int pos_tls_session_new_alpns(gnutls_session_t *out, pos_tls_creds *creds, int s
                               const char *const *alpns, size_t n_alpns);
 
 /*
+ * pos_tls_session_new_ex is pos_tls_session_new_alpns with TLS 1.3 session
+ * resumption when |tickets| is not 0. A server then sends tickets valid for
+ * |tickets| seconds (at most 604800), sealed with a key made once per
+ * process at the first such session, kept in memory only and shared by every
+ * session and thread (so a relay's workers accept each other's tickets);
+ * GnuTLS derives the sealing key from it anew every |tickets| seconds. A
+ * client (|tickets| any non-zero value) accepts tickets: read them with
+ * gnutls_session_get_data2 once the handshake is done, offer one with
+ * gnutls_session_set_data before it. On a resumed handshake the verify
+ * function is not called: call pos_tls_handshake_peer.
+ */
+int pos_tls_session_new_ex(gnutls_session_t *out, pos_tls_creds *creds, int server,
+                           const char *const *alpns, size_t n_alpns, unsigned tickets);
+
+/*
+ * pos_tls_handshake_peer, once the handshake of |s| is complete: 0 when the
+ * peer's key is in |pin->peer_key|. After a full handshake the verify function
+ * put it there; after a resumed one (|*resumed| = 1) it is taken from the
+ * certificate stored in the ticket and checked against |pin| the same way
+ * (|pin->mismatch| set when it is not the expected key). -1: no peer key.
+ */
+int pos_tls_handshake_peer(gnutls_session_t s, pos_tls_pin *pin, int *resumed);
+
+/*
  * pos_tls_alpn_selected: the ALPN protocol negotiated on |s| (once the
  * handshake has got that far: a server knows it after the ClientHello, a
  * client after the EncryptedExtensions). |*alpn| (|*len| bytes, not
