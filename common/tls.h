@@ -36,7 +36,9 @@
  */
 #define POS_TLS_PRIORITY                                                                           \
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE:-GROUP-ALL:+GROUP-X25519:"           \
-    "+GROUP-SECP256R1:-CIPHER-ALL:+AES-128-GCM:+CHACHA20-POLY1305:+AES-256-GCM:%SERVER_PRECEDENCE"
+    "+GROUP-SECP256R1:-CIPHER-ALL:+AES-128-GCM:+CHACHA20-POLY1305:+AES-256-GCM:%SERVER_"           \
+    "PRECEDENCE:"                                                                                  \
+    "-CTYPE-ALL:+CTYPE-RAWPK:+CTYPE-X509"
 
 #define POS_TLS_ERR_CRYPTO -1 /* GnuTLS refused a key, certificate or setting */
 #define POS_TLS_ERR_NOMEM -2
@@ -97,9 +99,10 @@ int pos_tls_session_new_alpns(gnutls_session_t *out, pos_tls_creds *creds, int s
 /*
  * pos_tls_session_new_ex is pos_tls_session_new_alpns with TLS 1.3 session
  * resumption when |tickets| is not 0. A server then sends tickets valid for
- * |tickets| seconds (at most 604800), sealed with a key made once per
- * process at the first such session, kept in memory only and shared by every
- * session and thread (so a relay's workers accept each other's tickets);
+ * |tickets| seconds (at most 604800), sealed with a key of |creds|: a secret
+ * made once per process (in memory only, shared by every thread, so a
+ * relay's workers accept each other's tickets) hashed with the identity's
+ * public key (a ticket never resumes with credentials of another identity);
  * GnuTLS derives the sealing key from it anew every |tickets| seconds. A
  * client (|tickets| any non-zero value) accepts tickets: read them with
  * gnutls_session_get_data2 once the handshake is done, offer one with
@@ -136,6 +139,13 @@ int pos_tls_alpn_selected(gnutls_session_t s, const uint8_t **alpn, size_t *len)
  * Exposed for tests.
  */
 int pos_tls_check_peer_cert(const uint8_t *der, size_t len, uint8_t key[32]);
+
+/*
+ * pos_tls_check_peer_rawpk: the key of a raw public key (RFC 7250), the DER
+ * SubjectPublicKeyInfo |spki|, when it is exactly an Ed25519 one (44 bytes);
+ * writes it into |key|. Returns 0, or -1. Exposed for tests.
+ */
+int pos_tls_check_peer_rawpk(const uint8_t *spki, size_t len, uint8_t key[32]);
 
 /* pos_tls_cert_der: the DER of |c|'s certificate (valid while |c| lives). */
 void pos_tls_cert_der(const pos_tls_creds *c, const uint8_t **der, size_t *len);
