@@ -358,6 +358,12 @@ static int verify_peer(gnutls_session_t s)
     return check_peer(s, pin);
 }
 
+int pos_tls_send_ticket(gnutls_session_t s)
+{
+    /* one, not GnuTLS's automatic two: each costs sealing the session state and a message */
+    return gnutls_session_ticket_send(s, 1, 0) == 0 ? 0 : -1;
+}
+
 int pos_tls_handshake_peer(gnutls_session_t s, pos_tls_pin *pin, int *resumed)
 {
     *resumed = 0;
@@ -404,9 +410,10 @@ int pos_tls_session_new_ex(gnutls_session_t *out, pos_tls_creds *creds, int serv
     if (server && tickets && !creds->ticket_key_ok)
         return POS_TLS_ERR_CRYPTO;
     /* Without |tickets| no resumption: a ticket costs a message and memory per connection. */
-    rv = gnutls_init(&s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_END_OF_EARLY_DATA |
-                             (tickets ? 0 : GNUTLS_NO_TICKETS) | GNUTLS_KEY_SHARE_TOP |
-                             GNUTLS_ENABLE_RAWPK);
+    rv = gnutls_init(&s,
+                     (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_END_OF_EARLY_DATA |
+                         (tickets ? (server ? GNUTLS_NO_AUTO_SEND_TICKET : 0) : GNUTLS_NO_TICKETS) |
+                         GNUTLS_KEY_SHARE_TOP | GNUTLS_ENABLE_RAWPK);
     if (rv < 0)
         return rv == GNUTLS_E_MEMORY_ERROR ? POS_TLS_ERR_NOMEM : POS_TLS_ERR_CRYPTO;
     if (gnutls_priority_set(s, creds->prio) < 0 ||

@@ -113,6 +113,13 @@ int pos_tls_session_new_ex(gnutls_session_t *out, pos_tls_creds *creds, int serv
                            const char *const *alpns, size_t n_alpns, unsigned tickets);
 
 /*
+ * pos_tls_send_ticket: a server session made with tickets sends one session
+ * ticket (call it once the handshake is complete; none goes out by itself).
+ * Returns 0, or -1.
+ */
+int pos_tls_send_ticket(gnutls_session_t s);
+
+/*
  * pos_tls_handshake_peer, once the handshake of |s| is complete: 0 when the
  * peer's key is in |pin->peer_key|. After a full handshake the verify function
  * put it there; after a resumed one (|*resumed| = 1) it is taken from the

@@ -338,6 +338,9 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     c->srv->st.handshakes_ok++;
     if (resumed)
         c->srv->st.handshakes_resumed++;
+    /* the client's next connection resumes with it; without one it makes a full handshake */
+    if (c->srv->cfg->ticket_lifetime_s)
+        pos_tls_send_ticket(c->tls);
     return 0;
 }
 
