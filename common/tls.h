@@ -1,8 +1,9 @@
 /*
  * TLS 1.3 for the QUIC connections of relays and devices (GnuTLS). Each side
- * presents a self-signed X.509 certificate made from its Ed25519 identity;
- * there is no CA. A connection is accepted only when the peer's certificate
- * carries an Ed25519 key: the client pins the key it expects (the relay's
+ * presents its Ed25519 identity as a raw public key (RFC 7250) when the peer
+ * offers them, else as a self-signed X.509 certificate made from it (peers
+ * built before raw keys); there is no CA. A connection is accepted only when
+ * the peer's key is an Ed25519 key: the client pins the key it expects (the relay's
  * peer id from the relay list), the server accepts any key and records it (so
  * it learns the client's peer id from the handshake, never from a claim).
  *
@@ -32,7 +33,7 @@
  * QUIC key) has no SHA-NI and cost about 9% of the relay's CPU per
  * connection; AES-128 matches the 128-bit strength of X25519 and Ed25519.
  * %SERVER_PRECEDENCE makes a relay apply this order to clients built with
- * the older string too.
+ * the older string too. Raw public keys first, X.509 for older peers.
  */
 #define POS_TLS_PRIORITY                                                                           \
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE:-GROUP-ALL:+GROUP-X25519:"           \
@@ -61,8 +62,9 @@ typedef struct pos_tls_pin {
 
 /*
  * pos_tls_creds_new makes a self-signed Ed25519 certificate (CN = peer id,
- * no expiry) from |id|'s seed and wraps it as GnuTLS credentials. The seed is
- * copied into GnuTLS's key object; |id| may be freed afterwards.
+ * no expiry) and a raw public key from |id| and wraps them as GnuTLS
+ * credentials that sign with libsodium (a copy of the secret key, wiped
+ * when freed); |id| may be freed afterwards.
  * Returns 0, POS_TLS_ERR_CRYPTO or POS_TLS_ERR_NOMEM.
  */
 int pos_tls_creds_new(pos_tls_creds **out, const pos_identity *id);
