@@ -7,10 +7,17 @@
  * client checks the server's pinned key on a resumed handshake too, and a
  * server with another identity never resumes a ticket it did not issue.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2_crypto.h>
+#include <sodium.h>
 #include <string.h>
+
+#ifdef POS_TEST_TLS_FAST
+#include <nettle/curve25519.h>
+#include <nettle/eddsa.h>
+#endif
 
 #include "check.h"
 #include "ctrl.h"
@@ -243,6 +250,38 @@ static void test_x509_peer(struct world *w)
     end(&c, &s);
 }
 
+/*
+ * A client whose signature does not match the key it presents (its
+ * CertificateVerify made with another secret key) is refused: the
+ * verification is really done (nettle's, or libsodium's through
+ * relay/tls_fast.c in test_tls_fast).
+ */
+static void test_bad_signature(struct world *w)
+{
+    static struct pipe a, b;
+    pos_identity liar = w->alice_id;
+    pos_tls_creds *creds = NULL;
+    struct side c, s;
+
+    memcpy(liar.secret_key, w->bob_id.secret_key, sizeof(liar.secret_key)); /* signs as bob */
+    if (pos_tls_creds_new(&creds, &liar) != 0) {
+        CHECK(0);
+        return;
+    }
+    a.len = b.len = 0;
+    if (setup(&c, creds, 0, 0, &a, &b) == 0 && setup(&s, w->relay, 1, 3600, &b, &a) == 0) {
+        memcpy(c.pin.expect_key, w->relay_id.public_key, 32);
+        c.pin.has_expected = 1;
+        CHECK(handshake(&c, &s) != 0);
+        CHECK(!s.done);
+        end(&c, &s);
+    } else {
+        CHECK(0);
+    }
+    pos_tls_creds_del(creds);
+    sodium_memzero(&liar, sizeof(liar));
+}
+
 static void test_rawpk_parse(const struct world *w)
 {
     static const uint8_t prefix[12] = {0x30, 0x2a, 0x30, 0x05, 0x06, 0x03,
@@ -276,7 +315,21 @@ int main(void)
         CHECK(0);
         return check_finish("tls");
     }
+#ifdef POS_TEST_TLS_FAST
+    {
+        /* relay/tls_fast.c's functions are the ones GnuTLS finds (as in pos-relay) */
+        void *v = dlsym(RTLD_DEFAULT, "nettle_ed25519_sha512_verify");
+        void *m = dlsym(RTLD_DEFAULT, "nettle_curve25519_mul");
+        int (*vf)(const uint8_t *, size_t, const uint8_t *, const uint8_t *) = NULL;
+        void (*mf)(uint8_t *, const uint8_t *, const uint8_t *) = NULL;
+        memcpy(&vf, &v, sizeof(v));
+        memcpy(&mf, &m, sizeof(m));
+        CHECK(vf == ed25519_sha512_verify);
+        CHECK(mf == curve25519_mul);
+    }
+#endif
     test_rawpk_parse(&w);
+    test_bad_signature(&w);
     test_x509_peer(&w);
     test_resumption(&w);
     pos_tls_creds_del(w.relay);
