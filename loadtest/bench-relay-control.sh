@@ -3,7 +3,11 @@
 #   1. authenticated connections per second (QUIC + mutual TLS + HELLO/WELCOME
 #      with a token checked in Redis), driven by `pos-loadtest control`;
 #   2. relay memory per idle connected client: RSS with N idle clients minus
-#      RSS with none.
+#      RSS with none;
+#   3. relay CPU per connection for full handshakes (the run above) and for
+#      returning clients that resume TLS 1.3 (pos-loadtest control --resume),
+#      as ratios to the crypto floor of one mutually authenticated handshake:
+#      189 us with GnuTLS's nettle, 125 us with libsodium (docs/perf-relay-control.md).
 # Builds a release tree in build-bench (no sanitizers) unless BUILD is set.
 # Everything runs on loopback; every process started here is stopped on exit.
 # usage: loadtest/bench-relay-control.sh [CONNS (default 5000)] [HOLD_SECONDS (default 15)]
@@ -99,4 +103,27 @@ hz=$(getconf CLK_TCK)
 echo "relay CPU per authenticated connection: $(( (ticks1 - ticks0) * 1000000 / hz / conns )) us" \
     "(so about $(( conns * hz / ((ticks1 - ticks0) > 0 ? (ticks1 - ticks0) : 1) )) connections/s per core)"
 echo "relay CPU time for the whole run: ${relay_cpu} s (user+system)"
+
+# Returning clients: each of the 4 client sockets keeps the relay's ticket, so
+# all but their first connection resume. CPU counted until every one is in.
+ticks2=$(cpu_ticks $relay_pid)
+lt --conns "$conns" --concurrency 256 --hold 1 --resume >"$work/resume.out" 2>"$work/resume.err" &
+lt_pid=$!
+pids+=($lt_pid)
+for _ in $(seq 600); do grep -q holding "$work/resume.err" && break; sleep 0.2; done
+ticks3=$(cpu_ticks $relay_pid)
+wait $lt_pid || true
+sleep 1
+resumed=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" |
+    awk '$1 == "pos_relay_handshakes_resumed_total" {print $2}')
+echo "== pos-loadtest control --resume, $conns returning connections =="
+cat "$work/resume.out"
+full_us=$(( (ticks1 - ticks0) * 1000000 / hz / conns ))
+res_us=$(( (ticks3 - ticks2) * 1000000 / hz / conns ))
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+echo "== relay CPU per connection (crypto floor: 189 us nettle, 125 us libsodium) =="
+echo "full handshake:    $full_us us = $(ratio "$full_us" 189) x nettle floor," \
+    "$(ratio "$full_us" 125) x libsodium floor"
+echo "resumed handshake: $res_us us = $(ratio "$res_us" 189) x nettle floor," \
+    "$(ratio "$res_us" 125) x libsodium floor ($resumed of $conns resumed)"
 echo "machine: $(nproc) CPUs; client and relay share them"

@@ -63,6 +63,11 @@ static void render_conns(struct mout *m, const struct relay_http *h)
          "pos_relay_handshakes_total{result=\"ok\"} %llu\n"
          "pos_relay_handshakes_total{result=\"failed\"} %llu\n",
          (unsigned long long)h->srv.handshakes_ok, (unsigned long long)h->srv.handshakes_failed);
+    EMIT("# HELP pos_relay_handshakes_resumed_total Handshakes of returning clients that resumed "
+         "with a session ticket (counted in result=\"ok\" too).\n"
+         "# TYPE pos_relay_handshakes_resumed_total counter\npos_relay_handshakes_resumed_total "
+         "%llu\n",
+         (unsigned long long)h->srv.handshakes_resumed);
     EMIT("# TYPE pos_relay_auth_ok_total counter\npos_relay_auth_ok_total %llu\n",
          (unsigned long long)h->srv.auth_ok);
     EMIT("# HELP pos_relay_auth_failures_total Clients refused, by reason.\n"

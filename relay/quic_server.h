@@ -37,6 +37,7 @@ typedef struct relay_server_stats {
     uint64_t conns_handshaking; /* gauge: connections not yet authenticated */
     uint64_t handshakes_ok;
     uint64_t handshakes_failed;
+    uint64_t handshakes_resumed; /* of handshakes_ok: TLS 1.3 resumption with a ticket */
     uint64_t auth_ok;
     uint64_t refused[16]; /* by enum relay_refusal - 0x100 (index 0 unused) */
     uint64_t retries_sent;

@@ -25,6 +25,8 @@
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define MAX_SECRET_LEN 4096
 #define DEFAULT_PUNCH_MIN_INTERVAL_MS 5000 /* between two punch attempts on one circuit */
+#define DEFAULT_TICKET_LIFETIME_S 21600    /* TLS session tickets: 6 hours, GnuTLS's default */
+#define MAX_TICKET_LIFETIME_S 604800       /* 7 days, TLS 1.3's limit (RFC 8446 4.6.1) */
 
 static const char *const known_keys[] = {
     "id",
@@ -53,6 +55,7 @@ static const char *const known_keys[] = {
     "quic_fallback",
     "punch",
     "punch_min_interval_ms",
+    "ticket_lifetime",
     NULL,
 };
 
@@ -225,7 +228,9 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
         return rc;
     if ((rc = load_quic_knobs(cfg, c, err, errlen)) != 0)
         return rc;
-    if ((rc = load_punch(cfg, c, err, errlen)) != 0)
+    if ((rc = load_punch(cfg, c, err, errlen)) != 0 ||
+        (rc = load_uint(c, "ticket_lifetime", 0, MAX_TICKET_LIFETIME_S, DEFAULT_TICKET_LIFETIME_S,
+                        &cfg->ticket_lifetime_s, err, errlen)) != 0)
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

@@ -44,6 +44,9 @@
  *   punch_min_interval_ms least time between two punch attempts on one circuit (a
  *                         PUNCH_REQUEST sooner is ignored), 100..3600000, default 5000
  *                                                                     (optional)
+ *   ticket_lifetime       seconds a TLS session ticket lets a returning client resume,
+ *                         0..604800, 0 = no tickets (every handshake full), default
+ *                         21600                                       (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -89,6 +92,7 @@ typedef struct relay_config {
     int quic_fallback;               /* rejected data frames go to the connection lookup */
     int punch;                       /* send PUNCH_START to v2 circuits (default on) */
     unsigned punch_min_interval_ms;  /* least time between two attempts on one circuit */
+    unsigned ticket_lifetime_s;      /* TLS session tickets; 0 = none */
 } relay_config;
 
 /*
