@@ -209,6 +209,11 @@ void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms)
     cl->rtt_ms = rtt_ms;
 }
 
+void relay_broker_set_worker(relay_broker_client *cl, uint32_t worker)
+{
+    cl->owner.worker = worker;
+}
+
 void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr)
 {
     size_t len = ip_len(addr);

@@ -138,6 +138,9 @@ relay_broker_client *relay_broker_join(relay_broker *b, void *conn, const char *
 void relay_broker_set_version(relay_broker_client *cl, int version);
 void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms);
 
+/* relay_broker_set_worker: |cl|'s circuit ids name |worker| (relay_circuits_set_workers). */
+void relay_broker_set_worker(relay_broker_client *cl, uint32_t worker);
+
 /* relay_broker_moved: |cl|'s connection now comes from |addr|; its circuits follow. */
 void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr);
 

@@ -31,6 +31,14 @@
 
 typedef struct relay_server relay_server;
 
+/* One worker's share (relay/workers.h); with one worker, worker 0 is the whole relay. */
+typedef struct relay_worker_stats {
+    uint64_t packets_in;    /* datagrams its sockets received */
+    uint64_t conns;         /* gauge: authenticated clients it serves */
+    uint64_t circuit_sides; /* gauge: open circuit sides whose id names it */
+    uint64_t forwarded;     /* DATA frames it forwarded */
+} relay_worker_stats;
+
 /* Counters for /metrics; all totals since start except the gauges. */
 typedef struct relay_server_stats {
     uint64_t conns_active;      /* gauge: authenticated clients */
@@ -63,7 +71,9 @@ typedef struct relay_server_stats {
     uint64_t punch_reports[3];       /* PUNCH_REPORT: direct, failed, fell back */
     uint64_t punch_reports_ignored;  /* PUNCH_REPORT for a circuit not the sender's */
     uint64_t punch_direct_ms_sum;    /* time to direct summed over the "direct" reports */
-    relay_forward_stats fw;          /* the forwarder's counters */
+    relay_forward_stats fw;          /* the forwarder's counters (summed over the workers) */
+    uint32_t n_workers;
+    relay_worker_stats worker[RELAY_MAX_WORKERS];
 } relay_server_stats;
 
 /*

@@ -44,6 +44,9 @@
  *   punch_min_interval_ms least time between two punch attempts on one circuit (a
  *                         PUNCH_REQUEST sooner is ignored), 100..3600000, default 5000
  *                                                                     (optional)
+ *   workers               threads serving the one UDP port (SO_REUSEPORT, steered by
+ *                         connection id and circuit id), 1..64, default the online
+ *                         CPUs (at most 64)                            (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -57,6 +60,7 @@
 #include "uuid.h"
 
 #define RELAY_MAX_ADDRS 16
+#define RELAY_MAX_WORKERS 64
 
 typedef struct relay_config {
     char path[1024];
@@ -89,6 +93,7 @@ typedef struct relay_config {
     int quic_fallback;               /* rejected data frames go to the connection lookup */
     int punch;                       /* send PUNCH_START to v2 circuits (default on) */
     unsigned punch_min_interval_ms;  /* least time between two attempts on one circuit */
+    unsigned workers;                /* threads on the UDP port (1: no threads) */
 } relay_config;
 
 /*
