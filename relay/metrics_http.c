@@ -230,6 +230,10 @@ static void render_workers(struct mout *m, const struct relay_http *h)
     for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
         EMIT("pos_relay_worker_circuit_sides{worker=\"%u\"} %llu\n", k,
              (unsigned long long)h->srv.worker[k].circuit_sides);
+    EMIT("# TYPE pos_relay_worker_accepted_total counter\n");
+    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
+        EMIT("pos_relay_worker_accepted_total{worker=\"%u\"} %llu\n", k,
+             (unsigned long long)h->srv.worker[k].accepted);
     EMIT("# TYPE pos_relay_worker_forwarded_total counter\n");
     for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
         EMIT("pos_relay_worker_forwarded_total{worker=\"%u\"} %llu\n", k,

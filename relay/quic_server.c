@@ -438,10 +438,10 @@ static void worker_stats(const relay_server *s, relay_server_stats *out)
     for (unsigned k = 0; k < RELAY_MAX_WORKERS; k++)
         out->worker[k].circuit_sides = 0;
     if (s->n_workers == 1) {
-        out->worker[0].packets_in = s->st.packets_in;
         out->worker[0].conns = s->st.conns_active;
         out->worker[0].circuit_sides = t ? 2 * (uint64_t)t->open : 0;
         out->worker[0].forwarded = out->fw.forwarded;
+        out->worker[0].accepted = s->st.auth_ok;
         return;
     }
     for (uint32_t i = 0; t && t->open && i < 2 * t->capacity; i++)

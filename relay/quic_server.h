@@ -37,6 +37,7 @@ typedef struct relay_worker_stats {
     uint64_t conns;         /* gauge: authenticated clients it serves */
     uint64_t circuit_sides; /* gauge: open circuit sides whose id names it */
     uint64_t forwarded;     /* DATA frames it forwarded */
+    uint64_t accepted;      /* clients authenticated on it (WELCOME) */
 } relay_worker_stats;
 
 /* Counters for /metrics; all totals since start except the gauges. */

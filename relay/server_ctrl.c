@@ -132,6 +132,7 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     relay_conn_pending_addr_give(c);
     s->st.conns_active++;
     s->wst[c->worker].conns++;
+    s->wst[c->worker].accepted++;
     s->st.auth_ok++;
     queue_ctrl(c, &m); /* WELCOME answers HELLO on stream 0, which stays open */
     watch_expiry(c, lim);

@@ -93,6 +93,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         unsigned n = read_batch(s, sk), n_quic = 0;
         if (n == 0)
             break;
+        s->wst[0].packets_in += n;
         if (s->fw) {
             int out = relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx,
                                           &n_quic);

@@ -284,6 +284,9 @@ static void loop_acquire(struct ev_loop *loop)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "pos-worker-%u", w->idx); /* per-thread CPU in the benchmarks */
+    pthread_setname_np(pthread_self(), name);
     ev_run(w->loop, 0);
     return NULL;
 }

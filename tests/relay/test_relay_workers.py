@@ -153,6 +153,31 @@ def limits_stay_per_relay_with_two_workers():
 
 
 @test
+def one_worker_is_the_whole_relay():
+    redis, disc, relay = two_worker_relay({"workers": 1})
+    token = relay.token()
+    b = listener(relay, token, name="B")
+    a = Client(relay, token, "--connect", b.peer_id(), "--count", "100", "--hold-ms", "20000",
+               name="A")
+    assert a.wait_event("result")["intact"] == 100, a.lines
+    wait_until(lambda: relay.metrics()["pos_relay_forwarded_total"] >= 200, 3,
+               what="forwarded frames in /metrics")
+    m = relay.metrics()
+    assert m["pos_relay_workers"] == 1 and 'pos_relay_worker_connections{worker="1"}' not in m
+    one = {k: m[f'pos_relay_worker_{k}{{worker="0"}}'] for k in
+           ("connections", "circuit_sides", "forwarded_total", "accepted_total", "packets_total")}
+    print(f"    worker 0 of 1: {one}")
+    # every datagram received: the QUIC ones, the 200 frames forwarded, any keep-alive
+    received = m['pos_relay_packets_total{dir="in"}'] + m["pos_relay_forwarded_total"] + \
+        m["pos_relay_keepalives_total"]
+    assert one == {"connections": 2, "circuit_sides": 2,
+                   "forwarded_total": m["pos_relay_forwarded_total"], "accepted_total": 2,
+                   "packets_total": received}, (one, m)
+    a.stop()
+    b.stop()
+
+
+@test
 def bad_workers_value_stops_start_up():
     redis = Redis()
     relay = Relay(redis, None)
