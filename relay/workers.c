@@ -45,7 +45,6 @@ struct worker {
     struct wsock socks[MAX_SOCKS];
     relay_forwarder *fw;
     int gso;
-    int touched;          /* a lease asked for in this batch: the main loop must look */
     uint64_t send_failed; /* forwarded datagrams the socket refused (atomic) */
     struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];
     struct iovec rx_iov[RX_BATCH];
@@ -56,8 +55,15 @@ struct worker {
 
 struct relay_workers {
     relay_server *srv;
-    pthread_mutex_t lock;
-    ev_async wake; /* on srv->loop */
+    /*
+     * Written (exclusive) by the main loop's callbacks and a worker's QUIC
+     * datagrams; read (shared) by the workers' forwarders, which write only
+     * their own counters, their sides' stats (each side's frames reach one
+     * worker) and the budgets (atomics, forward.c).
+     */
+    pthread_rwlock_t lock;
+    pthread_mutex_t lease_lock; /* serialises the forwarders' lease calls (Redis) */
+    ev_async wake;              /* on srv->loop */
     int running;
     unsigned n;
     struct worker *w[RELAY_MAX_WORKERS];
@@ -117,7 +123,13 @@ int relay_workers_bind(relay_server *s, char *err, size_t errlen)
     s->workers = W;
     W->srv = s;
     W->n = n;
-    pthread_mutex_init(&W->lock, NULL);
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    /* a worker with QUIC datagrams, or the main loop, must not wait behind endless forwarding */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&W->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&W->lease_lock, NULL);
     for (unsigned k = 0; k < n; k++) {
         struct worker *w = calloc(1, sizeof(*w));
         if (!w) {
@@ -193,24 +205,30 @@ static void send_batch(struct worker *w, int fd, unsigned n)
     }
 }
 
-/* handle_batch: the forwarder and the QUIC side for |n| datagrams, under the lock. */
-static int handle_batch(struct worker *w, struct wsock *ws, unsigned n)
+/* forward_batch: the data frames of |n| datagrams, under the shared lock; returns the outputs. */
+static int forward_batch(struct worker *w, struct wsock *ws, unsigned n, unsigned *n_quic)
 {
     relay_server *s = w->all->srv;
-    unsigned n_quic = 0;
     int out = 0;
 
-    s->cur_worker = w->idx;
-    s->wst[w->idx].packets_in += n;
-    w->touched = 0;
+    s->wst[w->idx].packets_in += n; /* this worker's own entry */
     if (w->fw) {
         out = relay_forward_batch(w->fw, w->rx, n, s->socks[ws->idx].local.ss_family, w->tx,
-                                  w->quic_idx, &n_quic);
+                                  w->quic_idx, n_quic);
     } else {
         for (unsigned i = 0; i < n; i++)
             w->quic_idx[i] = i;
-        n_quic = n;
+        *n_quic = n;
     }
+    return out > 0 ? out : 0;
+}
+
+/* quic_batch: the QUIC datagrams of the batch, under the exclusive lock. */
+static void quic_batch(struct worker *w, struct wsock *ws, unsigned n_quic)
+{
+    relay_server *s = w->all->srv;
+
+    s->cur_worker = w->idx;
     for (unsigned q = 0; q < n_quic; q++) {
         struct mmsghdr *m = &w->rx[w->quic_idx[q]];
         if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
@@ -220,11 +238,9 @@ static int handle_batch(struct worker *w, struct wsock *ws, unsigned n)
         relay_server_input(s, (int)ws->idx, w->rx_bufs[w->quic_idx[q]], m->msg_len,
                            (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
     }
-    /* timers or Redis commands may have changed: the main loop recomputes its wait */
-    if (n_quic > 0 || w->touched)
-        ev_async_send(s->loop, &w->all->wake);
     s->cur_worker = 0;
-    return out;
+    /* timers or Redis commands may have changed: the main loop recomputes its wait */
+    ev_async_send(s->loop, &w->all->wake);
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
@@ -235,24 +251,38 @@ static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
     (void)revents;
 
     for (int round = 0; round < 16; round++) {
-        unsigned n = read_batch(w, ws->fd);
+        unsigned n = read_batch(w, ws->fd), n_quic = 0;
         if (n == 0)
             break;
-        pthread_mutex_lock(&w->all->lock);
-        int out = handle_batch(w, ws, n);
-        pthread_mutex_unlock(&w->all->lock);
+        pthread_rwlock_rdlock(&w->all->lock);
+        int out = forward_batch(w, ws, n, &n_quic);
+        pthread_rwlock_unlock(&w->all->lock);
         if (out > 0)
             send_batch(w, ws->fd, (unsigned)out);
+        if (n_quic > 0) {
+            pthread_rwlock_wrlock(&w->all->lock);
+            quic_batch(w, ws, n_quic);
+            pthread_rwlock_unlock(&w->all->lock);
+        }
         if (n < RX_BATCH)
             break;
     }
 }
 
+/*
+ * on_lease: a budget runs low while its worker forwards under the shared
+ * lock. The main loop is not running (it needs the lock exclusively), so
+ * the Redis command may be issued here, one forwarder at a time, and the
+ * loop woken to see it.
+ */
 static void on_lease(void *arg, relay_budget *b)
 {
     struct worker *w = arg;
-    w->touched = 1;
-    relay_budget_lease(w->all->srv->svc, b);
+    relay_server *s = w->all->srv;
+    pthread_mutex_lock(&w->all->lease_lock);
+    relay_budget_lease(s->svc, b);
+    pthread_mutex_unlock(&w->all->lease_lock);
+    ev_async_send(s->loop, &w->all->wake);
 }
 
 static void on_stop(struct ev_loop *loop, ev_async *a, int revents)
@@ -272,13 +302,13 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 static void loop_release(struct ev_loop *loop)
 {
     struct relay_workers *W = ev_userdata(loop);
-    pthread_mutex_unlock(&W->lock);
+    pthread_rwlock_unlock(&W->lock);
 }
 
 static void loop_acquire(struct ev_loop *loop)
 {
     struct relay_workers *W = ev_userdata(loop);
-    pthread_mutex_lock(&W->lock);
+    pthread_rwlock_wrlock(&W->lock);
 }
 
 static void *worker_main(void *arg)
@@ -337,7 +367,7 @@ int relay_workers_start(relay_server *s, char *err, size_t errlen)
     ev_async_start(s->loop, &W->wake);
     ev_set_userdata(s->loop, W);
     ev_set_loop_release_cb(s->loop, loop_release, loop_acquire);
-    pthread_mutex_lock(&W->lock); /* the loop's callbacks run under it from now on */
+    pthread_rwlock_wrlock(&W->lock); /* the loop's callbacks run under it from now on */
     W->running = 1;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old); /* signals go to the main loop's thread */
@@ -363,7 +393,7 @@ void relay_workers_stop(relay_server *s)
     for (unsigned k = 0; k < W->n; k++)
         if (W->w[k]->started)
             ev_async_send(W->w[k]->loop, &W->w[k]->stop);
-    pthread_mutex_unlock(&W->lock);
+    pthread_rwlock_unlock(&W->lock);
     for (unsigned k = 0; k < W->n; k++) {
         if (W->w[k]->started)
             pthread_join(W->w[k]->thread, NULL);
@@ -450,7 +480,8 @@ void relay_workers_del(relay_server *s)
         relay_forwarder_del(w->fw);
         free(w);
     }
-    pthread_mutex_destroy(&W->lock);
+    pthread_rwlock_destroy(&W->lock);
+    pthread_mutex_destroy(&W->lease_lock);
     free(W);
     s->workers = NULL;
 }
