@@ -104,7 +104,9 @@ static int attach_steering(const relay_server *s, int fd, unsigned n, char *err,
     };
     struct sock_fprog prog = {(unsigned short)(sizeof(code) / sizeof(code[0])), code};
     if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) != 0) {
-        snprintf(err, errlen, "cannot attach the workers' steering program (BPF): %s",
+        snprintf(err, errlen,
+                 "cannot attach the workers' steering program (SO_ATTACH_REUSEPORT_CBPF: %s); "
+                 "set workers to 1",
                  strerror(errno));
         return -1;
     }

@@ -14,14 +14,18 @@
  *                       relay_circuits_set_workers), so each side's frames
  *                       reach the worker of the connection that owns it.
  * The control state (connections, connection ids, broker, circuit table,
- * services, budgets, limits, counters) is one, behind one mutex: the main
- * loop (timers, Redis, discovery) holds it except while it waits for
- * events, and a worker takes it for each received batch; forwarded batches
- * are sent outside it, from the receiving worker's socket (any socket of
- * the port will do). So limits, caps and counters are per relay whatever N
- * is, and a circuit whose two sides sit on different workers forwards both
- * ways. Retry tokens, stateless resets and session tickets use the server's
- * one set of secrets.
+ * services, budgets, limits, counters) is one, behind one read-write lock:
+ * the main loop (timers, Redis, discovery) holds it exclusively except
+ * while it waits for events, and a worker takes it exclusively for the
+ * QUIC datagrams of a batch; the forwarders take it shared, so the data
+ * frames of different workers are forwarded in parallel (each side's
+ * frames reach one worker, budgets are spent atomically, leases go out
+ * one at a time). Forwarded batches are sent outside the lock, from the
+ * receiving worker's socket (any socket of the port will do). So limits,
+ * caps and counters are per relay whatever N is, and a circuit whose two
+ * sides sit on different workers forwards both ways. Retry tokens,
+ * stateless resets and session tickets use the server's one set of
+ * secrets.
  *
  * With workers = 1 none of this exists: the main loop serves the sockets.
  */

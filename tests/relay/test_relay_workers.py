@@ -178,6 +178,29 @@ def one_worker_is_the_whole_relay():
 
 
 @test
+def a_second_relay_cannot_share_the_port():
+    # SO_REUSEPORT would let another process of the same user join the port's group and take
+    # a share of the datagrams: the relay proves the address free first
+    redis, disc, relay = two_worker_relay()
+    other = Relay(redis, None)
+    with open(other.config) as f:
+        cfg = json.load(f)
+    cfg.update(port=relay.port, listen=[f"127.0.0.1:{relay.port}"], workers=2)
+    with open(other.config, "w") as f:
+        json.dump(cfg, f)
+    r = subprocess.run([RELAY, "run", "--config", other.config], capture_output=True, text=True,
+                       timeout=20)
+    print(f"    {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode != 0 and f"cannot bind UDP 127.0.0.1:{relay.port}" in r.stderr, r.stderr
+    # the first relay still serves
+    token = relay.token()
+    b = listener(relay, token, name="B")
+    a = Client(relay, token, "--connect", b.peer_id(), "--count", "20", name="A")
+    assert a.finish() == 0 and a.events("result")[0]["intact"] == 20, a.lines
+    b.stop()
+
+
+@test
 def bad_workers_value_stops_start_up():
     redis = Redis()
     relay = Relay(redis, None)
