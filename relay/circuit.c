@@ -149,6 +149,7 @@ int relay_circuit_open(relay_circuits *t, relay_circuit_owner *owner0, const str
         memset(s, 0, sizeof *s);
         uint32_t w = owners[k]->worker & ((1u << t->worker_bits) - 1);
         s->id = (t->gen[c] << (t->slot_bits + t->worker_bits)) | (w << t->slot_bits) | slot;
+        t->worker_sides[w & 63]++;
         s->addr = a[k];
         s->budget = budgets[k];
         owner_link(t, owners[k], slot);
@@ -188,6 +189,7 @@ int relay_circuit_close(relay_circuits *t, uint32_t id, int64_t now_ms, relay_ci
             info->stats[k] = s->stats;
         }
         owner_unlink(t, 2 * c + k);
+        t->worker_sides[(s->id >> t->slot_bits) & ((1u << t->worker_bits) - 1) & 63]--;
         memset(s, 0, sizeof *s);
     }
     /* A new generation for the next use of this index, so stale ids stop matching. */

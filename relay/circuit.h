@@ -113,7 +113,8 @@ typedef struct relay_circuits {
     uint32_t free_head, free_count;
     uint32_t capacity, open;
     uint32_t slot_bits, slot_mask, gen_max;
-    uint32_t worker_bits; /* between the slot and the generation: the owner's worker */
+    uint32_t worker_bits;      /* between the slot and the generation: the owner's worker */
+    uint32_t worker_sides[64]; /* open sides by the worker their ids name (worker & 63) */
 } relay_circuits;
 
 /* What a closed circuit was: for telling both owners and for usage (circuit seconds, bytes). */

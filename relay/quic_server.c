@@ -444,10 +444,8 @@ static void worker_stats(const relay_server *s, relay_server_stats *out)
         out->worker[0].accepted = s->st.auth_ok;
         return;
     }
-    for (uint32_t i = 0; t && t->open && i < 2 * t->capacity; i++)
-        if (t->sides[i].id)
-            out->worker[(t->sides[i].id >> t->slot_bits) & ((1u << t->worker_bits) - 1)]
-                .circuit_sides++;
+    for (unsigned k = 0; t && k < s->n_workers && k < RELAY_MAX_WORKERS; k++)
+        out->worker[k].circuit_sides = t->worker_sides[k];
     if (s->workers)
         relay_workers_worker_forwarded(s, out->worker);
 }

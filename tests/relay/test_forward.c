@@ -638,12 +638,14 @@ static void test_worker_ids(void)
     for (int round = 0; round < 20; round++) { /* generations wrap within the smaller range */
         CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), NULL, 0, ids) == 0);
         CHECK(((ids[0] >> t->slot_bits) & 3) == 2 && ((ids[1] >> t->slot_bits) & 3) == 1);
+        CHECK(t->worker_sides[2] == 1 && t->worker_sides[1] == 1 && t->worker_sides[0] == 0);
         CHECK(ids[0] != 0 && ids[1] != 0 && (ids[0] >> (t->slot_bits + 2)) <= t->gen_max);
         static struct batch b;
         memset(&b, 0, sizeof b);
         add_data(&b, &a, ids[0], 100, 1);
         CHECK(run(fw, &b, AF_INET6) == 1 && dest_is(&b, 0, &bb) && out_circuit(&b, 0) == ids[1]);
         CHECK(relay_circuit_close(t, ids[0], 0, NULL) == 0);
+        CHECK(t->worker_sides[2] == 0 && t->worker_sides[1] == 0);
     }
     /* an open table cannot change its id layout */
     CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), NULL, 0, ids) == 0);
