@@ -122,7 +122,7 @@ for w in 1 ${WORKERS:-2}; do
     sleep 0.6
     metrics >"$work/wm0-$w"
     thread_ticks $wpid >"$work/wt0-$w"
-    lt --conns "$wconns" --concurrency 256 >"$work/wload-$w.out" 2>&1 || true
+    lt --conns "$wconns" --concurrency 32 >"$work/wload-$w.out" 2>&1 || true  # below overload
     thread_ticks $wpid >"$work/wt1-$w"
     sleep 0.6
     metrics >"$work/wm1-$w"
