@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "secret.h"
 
@@ -56,6 +57,7 @@ static const char *const known_keys[] = {
     "punch",
     "punch_min_interval_ms",
     "ticket_lifetime",
+    "workers",
     NULL,
 };
 
@@ -188,7 +190,10 @@ static int load_quic_knobs(relay_config *cfg, const pos_config *c, char *err, si
         return rc;
     cfg->gso = gso;
     cfg->quic_fallback = fallback;
-    return 0;
+    /* workers: threads on the one UDP port (relay/workers.h), default one per online CPU */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned def = cpus < 1 ? 1 : cpus > RELAY_MAX_WORKERS ? RELAY_MAX_WORKERS : (unsigned)cpus;
+    return load_uint(c, "workers", 1, RELAY_MAX_WORKERS, def, &cfg->workers, err, errlen);
 }
 
 /* Hole punching (docs/protocol.md "Hole punching"): whether, and how often per circuit. */

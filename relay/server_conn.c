@@ -100,6 +100,7 @@ void relay_conn_free(struct rconn *c)
         relay_auth_release(s->svc, c->token_id);
     if (c->counted_active) {
         s->st.conns_active--;
+        s->wst[c->worker].conns--;
     } else {
         s->pending--;
     }
@@ -418,6 +419,7 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
     }
     scid.datalen = SCID_LEN;
     randombytes_buf(scid.data, SCID_LEN);
+    relay_worker_mark_cid(s, c->worker, scid.data); /* steered to c's worker (workers.h) */
     if (ngtcp2_crypto_generate_stateless_reset_token(params.stateless_reset_token, s->reset_secret,
                                                      sizeof(s->reset_secret), &scid) != 0)
         return -1;
