@@ -30,7 +30,8 @@
 #define MAX_SOCKS RELAY_MAX_ADDRS
 #define MAX_UDP 1500
 #define RX_BATCH 64
-#define SCID_LEN 16 /* the length of every connection id the server issues */
+#define RX_GRO_BUF 65536 /* a received message: one datagram, or a GRO run of them */
+#define SCID_LEN 16      /* the length of every connection id the server issues */
 
 /*
  * A connection (struct rconn) goes through these states:
@@ -123,12 +124,22 @@ struct relay_server {
     ev_timer broker_timer; /* the broker's next deadline (relay_broker_expire) */
     struct rconn *dirty;   /* connections with broker messages to write (flush) */
     int gso;
-    /* receive batch (recvmmsg) and its forwarded output (sendmmsg) */
+    /*
+     * receive batch: messages (recvmmsg; with UDP GRO one may hold a run of
+     * one sender's datagrams), their datagrams (rx, pointing into rx_bufs,
+     * at most RX_BATCH at a time) and the forwarded output (sendmmsg)
+     */
     struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];
     struct iovec rx_iov[RX_BATCH];
     struct sockaddr_storage rx_names[RX_BATCH];
     unsigned quic_idx[RX_BATCH];
-    uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
+    struct mmsghdr gro[RX_BATCH];
+    struct iovec gro_iov[RX_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        size_t align;
+    } gro_ctl[RX_BATCH];
+    uint8_t rx_bufs[RX_BATCH][RX_GRO_BUF];
 };
 
 /* server_conn.c: sending, the clock, and one connection's life. */

@@ -1,13 +1,16 @@
 /*
  * The relay server's UDP side (see server_int.h): binding the sockets,
- * batched receive (recvmmsg) handed to the forwarder and then to
- * relay_server_input, the forwarder's batched sends (sendmmsg, GSO), the
- * default relay_io (sendto, CLOCK_MONOTONIC) and the addresses to announce.
+ * batched receive (recvmmsg; UDP GRO joins a sender's GSO run into one
+ * message, cut here into its datagrams) handed to the forwarder and then to
+ * relay_server_input, the forwarder's batched sends (sendmmsg, GSO: a run
+ * received whole goes out whole), the default relay_io (sendto,
+ * CLOCK_MONOTONIC) and the addresses to announce.
  */
 #include <errno.h>
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,58 +63,119 @@ static void send_batch(relay_server *s, struct sock *sk, unsigned n)
     }
 }
 
-/* read_batch receives up to RX_BATCH datagrams; returns how many (0: nothing more). */
+/* read_batch receives up to RX_BATCH messages into s->gro; returns how many (0: nothing more). */
 static unsigned read_batch(relay_server *s, struct sock *sk)
 {
     for (unsigned i = 0; i < RX_BATCH; i++) {
-        s->rx_iov[i].iov_base = s->rx_bufs[i];
-        s->rx_iov[i].iov_len = MAX_UDP + 1;
-        memset(&s->rx[i].msg_hdr, 0, sizeof(s->rx[i].msg_hdr));
-        s->rx[i].msg_hdr.msg_iov = &s->rx_iov[i];
-        s->rx[i].msg_hdr.msg_iovlen = 1;
-        s->rx[i].msg_hdr.msg_name = &s->rx_names[i];
-        s->rx[i].msg_hdr.msg_namelen = sizeof(s->rx_names[i]);
-        s->rx[i].msg_len = 0;
+        struct msghdr *h = &s->gro[i].msg_hdr;
+        s->gro_iov[i].iov_base = s->rx_bufs[i];
+        s->gro_iov[i].iov_len = RX_GRO_BUF;
+        memset(h, 0, sizeof(*h));
+        h->msg_iov = &s->gro_iov[i];
+        h->msg_iovlen = 1;
+        h->msg_name = &s->rx_names[i];
+        h->msg_namelen = sizeof(s->rx_names[i]);
+        h->msg_control = s->gro_ctl[i].buf;
+        h->msg_controllen = sizeof(s->gro_ctl[i].buf);
+        s->gro[i].msg_len = 0;
     }
     int n;
     do {
-        n = recvmmsg(sk->fd, s->rx, RX_BATCH, MSG_DONTWAIT, NULL);
+        n = recvmmsg(sk->fd, s->gro, RX_BATCH, MSG_DONTWAIT, NULL);
     } while (n < 0 && errno == EINTR);
     return n > 0 ? (unsigned)n : 0;
+}
+
+/* gro_size: the segment size of a GRO message (0: it holds one datagram). */
+static size_t gro_size(struct msghdr *h)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+        int v;
+        if (c->cmsg_level != SOL_UDP || c->cmsg_type != UDP_GRO ||
+            c->cmsg_len < CMSG_LEN(sizeof(v)))
+            continue;
+        memcpy(&v, CMSG_DATA(c), sizeof(v));
+        return v > 0 ? (size_t)v : 0;
+    }
+    return 0;
+}
+
+/* forward_datagrams forwards s->rx[0..n) and hands the QUIC ones to relay_server_input. */
+static void forward_datagrams(relay_server *s, struct sock *sk, unsigned n)
+{
+    int sock = (int)(sk - s->socks);
+    unsigned n_quic = 0;
+    if (s->fw) {
+        int out =
+            relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx, &n_quic);
+        if (out > 0)
+            send_batch(s, sk, (unsigned)out);
+    } else {
+        for (unsigned i = 0; i < n; i++)
+            s->quic_idx[i] = i;
+        n_quic = n;
+    }
+    for (unsigned q = 0; q < n_quic; q++) {
+        struct mmsghdr *m = &s->rx[s->quic_idx[q]];
+        if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
+            s->st.packets_dropped++;
+            continue;
+        }
+        relay_server_input(s, sock, m->msg_hdr.msg_iov[0].iov_base, m->msg_len,
+                           (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
+    }
+}
+
+/*
+ * cut_and_forward cuts the |n| received messages into their datagrams
+ * (s->rx entries pointing into the messages: no copy) and forwards them
+ * RX_BATCH at a time. A run's datagrams are consecutive, one size but the
+ * last, from one sender: the forwarder can send them on as one GSO run.
+ */
+static void cut_and_forward(relay_server *s, struct sock *sk, unsigned n)
+{
+    unsigned k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct msghdr *h = &s->gro[i].msg_hdr;
+        size_t len = s->gro[i].msg_len, seg = gro_size(h), off = 0;
+        if (seg == 0 || seg > len || (h->msg_flags & MSG_TRUNC))
+            seg = len;
+        do {
+            size_t d = len - off < seg ? len - off : seg;
+            if (k == RX_BATCH) {
+                forward_datagrams(s, sk, k);
+                k = 0;
+            }
+            s->rx_iov[k].iov_base = s->rx_bufs[i] + off;
+            s->rx_iov[k].iov_len = d;
+            memset(&s->rx[k].msg_hdr, 0, sizeof(s->rx[k].msg_hdr));
+            s->rx[k].msg_hdr.msg_iov = &s->rx_iov[k];
+            s->rx[k].msg_hdr.msg_iovlen = 1;
+            s->rx[k].msg_hdr.msg_name = h->msg_name;
+            s->rx[k].msg_hdr.msg_namelen = h->msg_namelen;
+            s->rx[k].msg_hdr.msg_flags = h->msg_flags & MSG_TRUNC;
+            s->rx[k].msg_len = (unsigned)d;
+            k++;
+            off += d;
+        } while (off < len);
+    }
+    if (k > 0)
+        forward_datagrams(s, sk, k);
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct sock *sk = w->data;
     relay_server *s = sk->srv;
-    int sock = (int)(sk - s->socks);
     (void)loop;
     (void)revents;
 
     /* Bounded per wake-up so one busy socket cannot starve the others. */
     for (int round = 0; round < 16; round++) {
-        unsigned n = read_batch(s, sk), n_quic = 0;
+        unsigned n = read_batch(s, sk);
         if (n == 0)
             break;
-        if (s->fw) {
-            int out = relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx,
-                                          &n_quic);
-            if (out > 0)
-                send_batch(s, sk, (unsigned)out);
-        } else {
-            for (unsigned i = 0; i < n; i++)
-                s->quic_idx[i] = i;
-            n_quic = n;
-        }
-        for (unsigned q = 0; q < n_quic; q++) {
-            struct mmsghdr *m = &s->rx[s->quic_idx[q]];
-            if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
-                s->st.packets_dropped++;
-                continue;
-            }
-            relay_server_input(s, sock, s->rx_bufs[s->quic_idx[q]], m->msg_len,
-                               (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
-        }
+        cut_and_forward(s, sk, n);
         if (n < RX_BATCH)
             break;
     }
@@ -143,6 +207,7 @@ static int bind_udp(struct sock *sk, const char *text, unsigned port, char *err,
     int rcvbuf = 4 * 1024 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof(rcvbuf));
+    setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)); /* GSO runs arrive whole (on_readable) */
     if (bind(fd, (struct sockaddr *)&ss, pos_addr_len(&ss)) != 0) {
         snprintf(err, errlen, "cannot bind UDP %s: %s", text, strerror(errno));
         close(fd);
