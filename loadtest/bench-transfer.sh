@@ -5,8 +5,12 @@
 #            (Redis, discovery API, --relay-only --no-punch).
 # Rounds alternate direct and relayed; each prints MB/s (file bytes / the
 # sender's "seconds", which include its hashing of the file and the
-# receiver's check). Then the ratio relayed / direct of the best runs (goal
-# >= 0.8) and the direct figure (goal >= 300 MB/s). Last, the largest datagram
+# receiver's check) and the CPU-seconds of sender, receiver (and relay).
+# Then the ratio relayed / direct of the best runs (goal >= 0.8) and the
+# direct figure (goal >= 300 MB/s), and the same from CPU time alone: the
+# rate if the processes had two idle cores to themselves (bytes / the larger
+# of the busiest process's CPU-seconds and half their sum; on a shared
+# machine the wall-clock figures measure the neighbours). Last, the largest datagram
 # on the wire: a smaller file is sent once more each way through
 # tests/p2p/wire_fwd.py (a UDP forwarder reading one datagram per recvfrom, so
 # GSO sends arrive cut into segments, as on a wire), in front of the listener
@@ -172,6 +176,7 @@ PY
 cpu_line() {  # the CPU-seconds of the last send_once, as text
   read -r cs cl cr mb <"$tmp/cpu"
   if [ "$1" = direct ]; then cr=0; fi
+  echo "$mb $cs $cl $cr" >>"$tmp/cpu-$1"
   awk -v s="$cs" -v l="$cl" -v r="$cr" -v mb="$mb" -v how="$1" 'BEGIN {
     printf "CPU-s sender %.2f, receiver %.2f", s, l
     if (how == "relayed") printf ", relay %.2f", r
@@ -212,6 +217,14 @@ echo "wire (${wire_mb} MB through a recording forwarder): direct $dn datagrams, 
 printf '%s\n' "${direct[@]}" >"$tmp/d"
 printf '%s\n' "${relayed[@]}" >"$tmp/l"
 best_d=$(sort -g "$tmp/d" | tail -1) best_l=$(sort -g "$tmp/l" | tail -1)
+cpu_rate() {  # the median over rounds of bytes / max(busiest, sum / 2): MB/s on 2 idle cores
+  awk '{ m = $2; if ($3 > m) m = $3; if ($4 > m) m = $4; h = ($2 + $3 + $4) / 2
+         if (h > m) m = h; print $1 / m }' "$tmp/cpu-$1" | sort -g | awk '{ v[NR] = $1 }
+    END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+cpu_d=$(cpu_rate direct) cpu_l=$(cpu_rate relayed)
 awk -v d="$best_d" -v l="$best_l" -v dm="$dmax" -v rm="$rmax" -v g="${gso_opt:-gso}" 'BEGIN {
   printf "best of runs (%s): direct %.1f MB/s (goal >= 300), relayed %.1f MB/s, relayed / direct = %.2f (goal >= 0.8)\n", g, d, l, (d > 0 ? l / d : 0)
   printf "largest datagram: %d B (goal <= 1452)\n", (dm > rm ? dm : rm) }'
+awk -v d="$cpu_d" -v l="$cpu_l" 'BEGIN {
+  printf "from CPU time (2 idle cores, median): direct %.0f MB/s, relayed %.0f MB/s, relayed / direct = %.2f\n", d, l, (d > 0 ? l / d : 0) }'
