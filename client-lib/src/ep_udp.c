@@ -95,8 +95,10 @@ static int send_gso(struct ep_txq *q)
         }
         if (errno == EINTR || ((errno == EAGAIN || errno == ENOBUFS) && wait_writable(q->fd)))
             continue;
-        if (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EOPNOTSUPP) {
-            q->st.gso_failed++; /* no GSO on this path: from now on without */
+        if (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EOPNOTSUPP ||
+            errno == EMSGSIZE) {
+            /* no GSO here (EMSGSIZE: segments over the route's MTU): from now on without */
+            q->st.gso_failed++;
             q->gso = 0;
             return -2;
         }

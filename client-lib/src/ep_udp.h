@@ -31,7 +31,7 @@ typedef struct ep_txq_stats {
     uint64_t sends;      /* system calls that sent them */
     uint64_t gso_sends;  /* of which sendmsg with UDP_SEGMENT */
     uint64_t lost;       /* datagrams the kernel refused (lost, as on a wire) */
-    uint64_t gso_failed; /* GSO sends refused (EIO, EINVAL, ...): GSO was turned off */
+    uint64_t gso_failed; /* GSO sends refused (EIO, EINVAL, EMSGSIZE...): GSO turned off */
 } ep_txq_stats;
 
 struct ep_txq *ep_txq_new(void); /* NULL: out of memory; GSO on */

@@ -11,7 +11,11 @@ listener. Relayed: the relay announces the forwarder's address
 frames, 5 bytes more than the QUIC packet they carry) crosses it. Loopback's
 MTU is 64 KiB, so nothing but our own limits keeps a datagram small.
 The second test does the same with --no-gso on both sides (one datagram per
-system call, no GRO): the fallback path still moves the files intact.
+system call, no GRO): the fallback path still moves the files intact. The
+third runs a direct transfer in a network namespace whose loopback has a
+1400-byte MTU (made by the test as root, removed afterwards; skipped
+without root): the kernel refuses GSO sends of 1444-byte segments there
+(EINVAL), GSO must turn itself off and the file still arrive.
 """
 import filecmp
 import json
@@ -21,7 +25,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import Proc, Redis, free_port, run, test, tmpdir, wait_until  # noqa: E402
+from harness import Proc, Redis, Skip, free_port, run, test, tmpdir, wait_until  # noqa: E402
 from suite import P2P, Discovery, Relay  # noqa: E402
 
 SECRET = "p2p-secret-wire-tests-abcdef0123456789"
@@ -119,6 +123,41 @@ def datagrams_at_most_1452_direct_and_relayed():
 def without_gso_files_arrive_and_datagrams_stay_small():
     """--no-gso on both sides: the same transfers work, datagrams at most 1452 bytes."""
     transfer_both_ways(["--no-gso"])
+
+
+@test
+def gso_refused_by_the_kernel_falls_back():
+    """In a namespace whose loopback MTU (1400) is below the packets' 1444 bytes, GSO sends
+    fail with EINVAL; the endpoint turns GSO off and the direct transfer completes."""
+    if os.geteuid() != 0:
+        raise Skip("needs root for a network namespace")
+    ns = f"posgso{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise Skip(f"cannot make a network namespace: {r.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up", "mtu", "1400"],
+                       check=True, capture_output=True, timeout=10)
+        lid, peer = identity()
+        sid, _ = identity()
+        out = tmpdir()
+        path = os.path.join(tmpdir(), "mtu.bin")
+        with open(path, "wb") as f:
+            f.write(os.urandom(SIZE))
+        lst = Proc(["ip", "netns", "exec", ns, P2P, "listen", "--identity", lid, "--port", "7411",
+                    "--out", out, "--mdns", "disabled"], name="listen-mtu")
+        wait_until(lambda: "listening" in lst.output() or not lst.alive(), 15,
+                   what="pos-p2p listen to start")
+        r = subprocess.run(["ip", "netns", "exec", ns, P2P, "send", "--identity", sid, "--to",
+                            peer, "--addr", "127.0.0.1:7411", "--no-mdns", "--json", path],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"send failed: {r.stdout}{r.stderr}"
+        assert filecmp.cmp(path, os.path.join(out, "mtu.bin"), shallow=False)
+        assert json.loads(r.stdout)["path"] == "direct", r.stdout
+        lst.stop()
+        assert lst.sanitizer_report() is None, lst.output()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 if __name__ == "__main__":
