@@ -478,6 +478,7 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
     if (ep->listener && ep->listener->ops->on_timer)
         ep->listener->ops->on_timer(ep->listener, now); /* after: it may free connections */
     ep_tx_release(ep);
+    ep_txq_flush(ep->txq); /* also when called inside a hold (a callback waiting): nothing waits */
     return 0;
 }
 
@@ -515,6 +516,7 @@ int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, pos_p2p_done_cb d
             wait = 0;
         if (wait > 1000)
             wait = 1000;
+        ep_txq_flush(ep->txq); /* run from inside a callback, a hold may be open: send first */
         if (epoll_wait(ep->epfd, evs, 4, (int)wait) < 0 && errno != EINTR)
             return POS_P2P_ERR_IO;
         pos_p2p_endpoint_process(ep);
