@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 size_mb=200 rounds=2 wire_mb=8 gso_opt=""
 build=${POS_BENCH_BUILD:-build-xfer}
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size_mb=$2; shift 2 ;;
