@@ -178,7 +178,7 @@ void ep_txq_add(struct ep_txq *q, int fd, const uint8_t *data, size_t len,
     if (len == 0 || len > EP_TX_MAX_BYTES || tolen > sizeof(q->to))
         return;
     if (q->n > 0 &&
-        (fd != q->fd || !q->gso || q->closed || len > q->seg || q->n >= EP_TX_MAX_SEGS ||
+        (fd != q->fd || q->closed || len > q->seg || q->n >= EP_TX_MAX_SEGS ||
          q->len + len > EP_TX_MAX_BYTES || tolen != q->tolen || memcmp(to, &q->to, tolen) != 0))
         ep_txq_flush(q);
     if (q->n == 0) {
