@@ -515,5 +515,6 @@ void relay_server_del(relay_server *s)
     pos_tls_creds_del(s->creds);
     sodium_memzero(s->retry_secret, sizeof(s->retry_secret));
     sodium_memzero(s->reset_secret, sizeof(s->reset_secret));
+    relay_rxbatch_del(s->rxb);
     free(s);
 }

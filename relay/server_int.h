@@ -23,13 +23,13 @@
 #include "pending_addr.h"
 #include "quic_common.h"
 #include "quic_server.h"
+#include "rxbatch.h"
 #include "sendbuf.h"
 #include "secret.h"
 #include "tls.h"
 
 #define MAX_SOCKS RELAY_MAX_ADDRS
 #define MAX_UDP 1500
-#define RX_BATCH 64
 #define SCID_LEN 16 /* the length of every connection id the server issues */
 
 /*
@@ -125,12 +125,7 @@ struct relay_server {
     ev_timer broker_timer; /* the broker's next deadline (relay_broker_expire) */
     struct rconn *dirty;   /* connections with broker messages to write (flush) */
     int gso;
-    /* receive batch (recvmmsg) and its forwarded output (sendmmsg) */
-    struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];
-    struct iovec rx_iov[RX_BATCH];
-    struct sockaddr_storage rx_names[RX_BATCH];
-    unsigned quic_idx[RX_BATCH];
-    uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
+    relay_rxbatch *rxb; /* the main loop's receive batch (rxbatch.h) */
     /* workers (workers.c): NULL with one worker, which is this loop */
     struct relay_workers *workers;
     unsigned n_workers;  /* at least 1 */

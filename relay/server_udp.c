@@ -1,13 +1,16 @@
 /*
  * The relay server's UDP side (see server_int.h): binding the sockets,
- * batched receive (recvmmsg) handed to the forwarder and then to
- * relay_server_input, the forwarder's batched sends (sendmmsg, GSO), the
- * default relay_io (sendto, CLOCK_MONOTONIC) and the addresses to announce.
+ * batched receive (recvmmsg; UDP GRO joins a sender's GSO run into one
+ * message, cut here into its datagrams) handed to the forwarder and then to
+ * relay_server_input, the forwarder's batched sends (sendmmsg, GSO: a run
+ * received whole goes out whole), the default relay_io (sendto,
+ * CLOCK_MONOTONIC) and the addresses to announce.
  */
 #include <errno.h>
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,15 +42,15 @@ uint64_t relay_udp_now(void *arg)
 }
 
 /* send_batch sends the forwarded datagrams of one batch; what the socket refuses is lost. */
-static void send_batch(relay_server *s, struct sock *sk, unsigned n)
+static void send_batch(relay_server *s, struct sock *sk, struct mmsghdr *tx, unsigned n)
 {
     unsigned done = 0;
     while (done < n) {
-        int k = sendmmsg(sk->fd, s->tx + done, n - done, MSG_DONTWAIT);
+        int k = sendmmsg(sk->fd, tx + done, n - done, MSG_DONTWAIT);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            if ((errno == EIO || errno == EINVAL) && s->gso && s->tx[done].msg_hdr.msg_controllen) {
+            if ((errno == EIO || errno == EINVAL) && s->gso && tx[done].msg_hdr.msg_controllen) {
                 /* this path cannot do UDP GSO: off from the next batch on */
                 pos_log_warn("UDP GSO refused (%s): turned off", strerror(errno));
                 s->gso = 0;
@@ -60,59 +63,52 @@ static void send_batch(relay_server *s, struct sock *sk, unsigned n)
     }
 }
 
-/* read_batch receives up to RX_BATCH datagrams; returns how many (0: nothing more). */
-static unsigned read_batch(relay_server *s, struct sock *sk)
+/* forward_datagrams forwards one piece of a batch and hands its QUIC datagrams to
+ * relay_server_input. */
+static void forward_datagrams(void *arg, relay_rxbatch *b, unsigned n)
 {
-    for (unsigned i = 0; i < RX_BATCH; i++) {
-        s->rx_iov[i].iov_base = s->rx_bufs[i];
-        s->rx_iov[i].iov_len = MAX_UDP + 1;
-        memset(&s->rx[i].msg_hdr, 0, sizeof(s->rx[i].msg_hdr));
-        s->rx[i].msg_hdr.msg_iov = &s->rx_iov[i];
-        s->rx[i].msg_hdr.msg_iovlen = 1;
-        s->rx[i].msg_hdr.msg_name = &s->rx_names[i];
-        s->rx[i].msg_hdr.msg_namelen = sizeof(s->rx_names[i]);
-        s->rx[i].msg_len = 0;
+    struct sock *sk = arg;
+    relay_server *s = sk->srv;
+    struct mmsghdr *rx = relay_rxbatch_rx(b);
+    unsigned *quic_idx = relay_rxbatch_quic_idx(b);
+    int sock = (int)(sk - s->socks);
+    unsigned n_quic = 0;
+
+    s->wst[0].packets_in += n;
+    if (s->fw) {
+        int out = relay_forward_batch(s->fw, rx, n, sk->local.ss_family, relay_rxbatch_tx(b),
+                                      quic_idx, &n_quic);
+        if (out > 0)
+            send_batch(s, sk, relay_rxbatch_tx(b), (unsigned)out);
+    } else {
+        for (unsigned i = 0; i < n; i++)
+            quic_idx[i] = i;
+        n_quic = n;
     }
-    int n;
-    do {
-        n = recvmmsg(sk->fd, s->rx, RX_BATCH, MSG_DONTWAIT, NULL);
-    } while (n < 0 && errno == EINTR);
-    return n > 0 ? (unsigned)n : 0;
+    for (unsigned q = 0; q < n_quic; q++) {
+        struct mmsghdr *m = &rx[quic_idx[q]];
+        if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
+            s->st.packets_dropped++;
+            continue;
+        }
+        relay_server_input(s, sock, m->msg_hdr.msg_iov[0].iov_base, m->msg_len,
+                           (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
+    }
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct sock *sk = w->data;
     relay_server *s = sk->srv;
-    int sock = (int)(sk - s->socks);
     (void)loop;
     (void)revents;
 
     /* Bounded per wake-up so one busy socket cannot starve the others. */
     for (int round = 0; round < 16; round++) {
-        unsigned n = read_batch(s, sk), n_quic = 0;
+        unsigned n = relay_rxbatch_read(s->rxb, sk->fd);
         if (n == 0)
             break;
-        s->wst[0].packets_in += n;
-        if (s->fw) {
-            int out = relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx,
-                                          &n_quic);
-            if (out > 0)
-                send_batch(s, sk, (unsigned)out);
-        } else {
-            for (unsigned i = 0; i < n; i++)
-                s->quic_idx[i] = i;
-            n_quic = n;
-        }
-        for (unsigned q = 0; q < n_quic; q++) {
-            struct mmsghdr *m = &s->rx[s->quic_idx[q]];
-            if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
-                s->st.packets_dropped++;
-                continue;
-            }
-            relay_server_input(s, sock, s->rx_bufs[s->quic_idx[q]], m->msg_len,
-                               (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
-        }
+        relay_rxbatch_cut(s->rxb, n, forward_datagrams, sk);
         if (n < RX_BATCH)
             break;
     }
@@ -138,6 +134,7 @@ static int udp_socket(const struct sockaddr_storage *ss, int reuseport)
     int rcvbuf = 4 * 1024 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof(rcvbuf));
+    setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)); /* GSO runs arrive whole (rxbatch.c) */
     return fd;
 }
 
@@ -196,6 +193,10 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
 
     if (!s)
         return NULL;
+    if (!(s->rxb = relay_rxbatch_new())) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     if (cfg->n_listen > 0) {
         for (size_t i = 0; i < cfg->n_listen && i < MAX_SOCKS; i++)
             addrs[n++] = cfg->listen[i];

@@ -46,11 +46,8 @@ struct worker {
     relay_forwarder *fw;
     int gso;
     uint64_t send_failed; /* forwarded datagrams the socket refused (atomic) */
-    struct mmsghdr rx[RX_BATCH], tx[RX_BATCH];
-    struct iovec rx_iov[RX_BATCH];
-    struct sockaddr_storage rx_names[RX_BATCH];
-    unsigned quic_idx[RX_BATCH];
-    uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
+    relay_rxbatch *rxb;   /* its receive batch (rxbatch.h) */
+    struct wsock *cur;    /* the socket whose batch is being cut (on_readable) */
 };
 
 struct relay_workers {
@@ -134,6 +131,10 @@ int relay_workers_bind(relay_server *s, char *err, size_t errlen)
     pthread_mutex_init(&W->lease_lock, NULL);
     for (unsigned k = 0; k < n; k++) {
         struct worker *w = calloc(1, sizeof(*w));
+        if (w && !(w->rxb = relay_rxbatch_new())) {
+            free(w);
+            w = NULL;
+        }
         if (!w) {
             snprintf(err, errlen, "out of memory");
             return -1;
@@ -167,35 +168,16 @@ int relay_workers_bind(relay_server *s, char *err, size_t errlen)
 
 /* ---- a worker's batches ---- */
 
-static unsigned read_batch(struct worker *w, int fd)
-{
-    for (unsigned i = 0; i < RX_BATCH; i++) {
-        w->rx_iov[i].iov_base = w->rx_bufs[i];
-        w->rx_iov[i].iov_len = MAX_UDP + 1;
-        memset(&w->rx[i].msg_hdr, 0, sizeof(w->rx[i].msg_hdr));
-        w->rx[i].msg_hdr.msg_iov = &w->rx_iov[i];
-        w->rx[i].msg_hdr.msg_iovlen = 1;
-        w->rx[i].msg_hdr.msg_name = &w->rx_names[i];
-        w->rx[i].msg_hdr.msg_namelen = sizeof(w->rx_names[i]);
-        w->rx[i].msg_len = 0;
-    }
-    int n;
-    do {
-        n = recvmmsg(fd, w->rx, RX_BATCH, MSG_DONTWAIT, NULL);
-    } while (n < 0 && errno == EINTR);
-    return n > 0 ? (unsigned)n : 0;
-}
-
 /* send_batch: the forwarded datagrams, outside the lock; what the socket refuses is lost. */
-static void send_batch(struct worker *w, int fd, unsigned n)
+static void send_batch(struct worker *w, int fd, struct mmsghdr *tx, unsigned n)
 {
     unsigned done = 0;
     while (done < n) {
-        int k = sendmmsg(fd, w->tx + done, n - done, MSG_DONTWAIT);
+        int k = sendmmsg(fd, tx + done, n - done, MSG_DONTWAIT);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            if ((errno == EIO || errno == EINVAL) && w->gso && w->tx[done].msg_hdr.msg_controllen) {
+            if ((errno == EIO || errno == EINVAL) && w->gso && tx[done].msg_hdr.msg_controllen) {
                 pos_log_warn("UDP GSO refused (%s): turned off", strerror(errno));
                 w->gso = 0;
                 relay_forwarder_set_gso(w->fw, 0); /* the worker's own: no lock needed */
@@ -210,16 +192,18 @@ static void send_batch(struct worker *w, int fd, unsigned n)
 /* forward_batch: the data frames of |n| datagrams, under the shared lock; returns the outputs. */
 static int forward_batch(struct worker *w, struct wsock *ws, unsigned n, unsigned *n_quic)
 {
+    unsigned *quic_idx = relay_rxbatch_quic_idx(w->rxb);
     relay_server *s = w->all->srv;
     int out = 0;
 
     s->wst[w->idx].packets_in += n; /* this worker's own entry */
     if (w->fw) {
-        out = relay_forward_batch(w->fw, w->rx, n, s->socks[ws->idx].local.ss_family, w->tx,
-                                  w->quic_idx, n_quic);
+        out = relay_forward_batch(w->fw, relay_rxbatch_rx(w->rxb), n,
+                                  s->socks[ws->idx].local.ss_family, relay_rxbatch_tx(w->rxb),
+                                  quic_idx, n_quic);
     } else {
         for (unsigned i = 0; i < n; i++)
-            w->quic_idx[i] = i;
+            quic_idx[i] = i;
         *n_quic = n;
     }
     return out > 0 ? out : 0;
@@ -229,20 +213,41 @@ static int forward_batch(struct worker *w, struct wsock *ws, unsigned n, unsigne
 static void quic_batch(struct worker *w, struct wsock *ws, unsigned n_quic)
 {
     relay_server *s = w->all->srv;
+    struct mmsghdr *rx = relay_rxbatch_rx(w->rxb);
+    const unsigned *quic_idx = relay_rxbatch_quic_idx(w->rxb);
 
     s->cur_worker = w->idx;
     for (unsigned q = 0; q < n_quic; q++) {
-        struct mmsghdr *m = &w->rx[w->quic_idx[q]];
+        struct mmsghdr *m = &rx[quic_idx[q]];
         if (m->msg_len > MAX_UDP || (m->msg_hdr.msg_flags & MSG_TRUNC)) {
             s->st.packets_dropped++;
             continue;
         }
-        relay_server_input(s, (int)ws->idx, w->rx_bufs[w->quic_idx[q]], m->msg_len,
+        relay_server_input(s, (int)ws->idx, m->msg_hdr.msg_iov[0].iov_base, m->msg_len,
                            (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen);
     }
     s->cur_worker = 0;
     /* timers or Redis commands may have changed: the main loop recomputes its wait */
     ev_async_send(s->loop, &w->all->wake);
+}
+
+/* piece: one piece of a received batch (relay_rxbatch_cut): forward, then QUIC. */
+static void piece(void *arg, relay_rxbatch *b, unsigned n)
+{
+    struct worker *w = arg;
+    struct wsock *ws = w->cur;
+    unsigned n_quic = 0;
+
+    pthread_rwlock_rdlock(&w->all->lock);
+    int out = forward_batch(w, ws, n, &n_quic);
+    pthread_rwlock_unlock(&w->all->lock);
+    if (out > 0)
+        send_batch(w, ws->fd, relay_rxbatch_tx(b), (unsigned)out);
+    if (n_quic > 0) {
+        pthread_rwlock_wrlock(&w->all->lock);
+        quic_batch(w, ws, n_quic);
+        pthread_rwlock_unlock(&w->all->lock);
+    }
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
@@ -253,19 +258,11 @@ static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
     (void)revents;
 
     for (int round = 0; round < 16; round++) {
-        unsigned n = read_batch(w, ws->fd), n_quic = 0;
+        unsigned n = relay_rxbatch_read(w->rxb, ws->fd);
         if (n == 0)
             break;
-        pthread_rwlock_rdlock(&w->all->lock);
-        int out = forward_batch(w, ws, n, &n_quic);
-        pthread_rwlock_unlock(&w->all->lock);
-        if (out > 0)
-            send_batch(w, ws->fd, (unsigned)out);
-        if (n_quic > 0) {
-            pthread_rwlock_wrlock(&w->all->lock);
-            quic_batch(w, ws, n_quic);
-            pthread_rwlock_unlock(&w->all->lock);
-        }
+        w->cur = ws;
+        relay_rxbatch_cut(w->rxb, n, piece, w);
         if (n < RX_BATCH)
             break;
     }
@@ -480,6 +477,7 @@ void relay_workers_del(relay_server *s)
             ev_loop_destroy(w->loop);
         }
         relay_forwarder_del(w->fw);
+        relay_rxbatch_del(w->rxb);
         free(w);
     }
     pthread_rwlock_destroy(&W->lock);

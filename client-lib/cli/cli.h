@@ -131,8 +131,10 @@ pos_p2p_identity *cli_identity_load(const char *cmd, const char *identity);
 #define CLI_OPT_NO_PUNCH 0x100
 #define CLI_OPT_PUNCH_WINDOW 0x101
 #define CLI_OPT_PUNCH_RETRY 0x102
+#define CLI_OPT_NO_GSO 0x103 /* not punching, but applied with it (cli_punch_apply) */
 #define CLI_PUNCH_LONGOPTS                                                                         \
     {"no-punch", no_argument, NULL, CLI_OPT_NO_PUNCH},                                             \
+        {"no-gso", no_argument, NULL, CLI_OPT_NO_GSO},                                             \
         {"punch-window", required_argument, NULL, CLI_OPT_PUNCH_WINDOW},                           \
     {                                                                                              \
         "punch-retry", required_argument, NULL, CLI_OPT_PUNCH_RETRY                                \
@@ -148,7 +150,10 @@ extern const char cli_punch_usage[];
  */
 int cli_punch_opt(const char *cmd, int ch, const char *arg, pos_p2p_punch_options *o);
 
-/* cli_punch_apply: pos_p2p_endpoint_set_punch with a message on failure. 0 or the code. */
+/*
+ * cli_punch_apply: pos_p2p_endpoint_set_punch with a message on failure, and
+ * --no-gso (pos_p2p_endpoint_set_gso). 0 or the code.
+ */
 int cli_punch_apply(const char *cmd, pos_p2p_endpoint *ep, const pos_p2p_punch_options *o);
 
 /*

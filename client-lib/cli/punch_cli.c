@@ -2,7 +2,7 @@
  * Hole punching as `pos-p2p send` and `listen` show it (issue 11): the
  * options both take (--no-punch, --punch-window, --punch-retry, handed to
  * pos_p2p_endpoint_set_punch) and the line printed for each path change of
- * a session (EV_PATH).
+ * a session (EV_PATH). Also --no-gso, the endpoint's other switch.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +15,11 @@ const char cli_punch_usage[] =
     "  --punch-window SECONDS  how long one punching attempt probes (default 3,\n"
     "                     0.1 to 60)\n"
     "  --punch-retry SECONDS   while relayed, try again this often (default 60,\n"
-    "                     1 to 3600)\n";
+    "                     1 to 3600)\n"
+    "  --no-gso           send each UDP datagram on its own and read them one by one\n"
+    "                     (no UDP GSO/GRO; slower, for kernels or paths without)\n";
+
+static int no_gso; /* --no-gso seen: one command per process */
 
 /* seconds: |arg| as seconds between |lo| and |hi| into |*ms|; -1 after a message. */
 static int seconds(const char *cmd, const char *name, const char *arg, double lo, double hi,
@@ -45,6 +49,9 @@ int cli_punch_opt(const char *cmd, int ch, const char *arg, pos_p2p_punch_option
         return 1;
     case CLI_OPT_PUNCH_RETRY:
         return seconds(cmd, "punch-retry", arg, 1, 3600, &o->retry_ms) != 0 ? -1 : 1;
+    case CLI_OPT_NO_GSO:
+        no_gso = 1;
+        return 1;
     default:
         return 0;
     }
@@ -56,6 +63,8 @@ int cli_punch_apply(const char *cmd, pos_p2p_endpoint *ep, const pos_p2p_punch_o
     int rv = pos_p2p_punch_options_check(o, err, sizeof(err));
     if (rv == 0)
         rv = pos_p2p_endpoint_set_punch(ep, o);
+    if (rv == 0 && no_gso)
+        rv = pos_p2p_endpoint_set_gso(ep, 0);
     if (rv != 0)
         fprintf(stderr, "%s: punching options: %s\n", cmd, err[0] ? err : pos_p2p_strerror(rv));
     return rv;

@@ -388,6 +388,8 @@ const char *pos_xfer_sender_final_name(const pos_xfer_sender *s)
 
 enum receiver_state { R_OFFER, R_START, R_RECEIVING, R_END };
 
+#define WB_CAP (256 * 1024) /* received bytes gathered before one write */
+
 struct pos_xfer_receiver {
     crypto_generichash_state h; /* first: needs 64-byte alignment (aligned_alloc) */
     int dirfd, part_fd;
@@ -406,6 +408,8 @@ struct pos_xfer_receiver {
     struct reader rd;
     uint8_t out[POS_XFER_HEADER_LEN + 4 + POS_XFER_MAX_TEXT + 64];
     size_t out_len, out_off;
+    uint8_t *wb; /* received bytes not yet written (WB_CAP; one pwrite for many packets) */
+    size_t wb_len;
 };
 
 pos_xfer_receiver *pos_xfer_receiver_new(const char *dir, uint64_t max_size, int *err)
@@ -446,10 +450,21 @@ const char *pos_xfer_receiver_part_name(const pos_xfer_receiver *r)
     return r->part_fd >= 0 ? r->part : NULL;
 }
 
+/* wb_flush writes the buffered bytes (they end at r->received); 0, or -1 with errno. */
+static int wb_flush(pos_xfer_receiver *r)
+{
+    size_t n = r->wb_len;
+    r->wb_len = 0;
+    return n ? write_all(r->part_fd, r->wb, n, r->received - n) : 0;
+}
+
 void pos_xfer_receiver_del(pos_xfer_receiver *r)
 {
     if (r == NULL)
         return;
+    if (r->part_fd >= 0 && r->status == POS_XFER_RUNNING)
+        (void)wb_flush(r); /* cut short: what arrived is kept for a resume */
+    free(r->wb);
     if (r->part_fd >= 0)
         close(r->part_fd);
     close(r->dirfd);
@@ -599,6 +614,8 @@ static int receiver_on_offer(pos_xfer_receiver *r, struct pos_reader *c)
 static int receiver_finish(pos_xfer_receiver *r)
 {
     uint8_t digest[POS_XFER_HASH_LEN];
+    if (wb_flush(r) != 0)
+        return receiver_write_failed(r);
     crypto_generichash_final(&r->h, digest, sizeof digest);
     struct stat st;
     /*
@@ -639,8 +656,17 @@ static int receiver_on_start(pos_xfer_receiver *r, struct pos_reader *c)
 
 static int receiver_data(pos_xfer_receiver *r, const uint8_t *data, size_t n)
 {
-    if (write_all(r->part_fd, data, n, r->received) != 0)
+    if (!r->wb && !(r->wb = malloc(WB_CAP)))
+        return receiver_fail(r, POS_XFER_ERR_NOMEM);
+    if (r->wb_len + n > WB_CAP && wb_flush(r) != 0)
         return receiver_write_failed(r);
+    if (n >= WB_CAP) { /* a piece larger than the buffer: straight to the file */
+        if (write_all(r->part_fd, data, n, r->received) != 0)
+            return receiver_write_failed(r);
+    } else {
+        memcpy(r->wb + r->wb_len, data, n);
+        r->wb_len += n;
+    }
     crypto_generichash_update(&r->h, data, n);
     r->received += n;
     r->data_left -= n;

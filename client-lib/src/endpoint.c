@@ -14,8 +14,11 @@
 
 #include "addr.h"
 #include "cid_map.h"
+#include "ep_udp.h"
 #include "internal.h"
 #include "tickets.h"
+
+#define EP_WRITE_LATER 64 /* connections whose writes wait for the end of a received batch */
 
 int64_t pos_p2p_now_ms(void)
 {
@@ -40,8 +43,15 @@ struct pos_p2p_endpoint {
     struct ep_conn *conns;    /* attached connections (relay connections), newest first */
     struct ep_conn *listener; /* the session layer: new peers' Initials */
     uint64_t frames_dropped;
-    int nat;  /* enum pos_p2p_nat_mapping (pos_p2p_endpoint_set_nat_mapping) */
-    ep_io io; /* send NULL: the sockets */
+    int nat;            /* enum pos_p2p_nat_mapping (pos_p2p_endpoint_set_nat_mapping) */
+    ep_io io;           /* send NULL: the sockets */
+    struct ep_txq *txq; /* datagrams gathered while held (GSO runs) */
+    struct ep_rxq *rxq; /* receive buffers; NULL without sockets */
+    int tx_hold;        /* ep_tx_hold depth: sends are gathered while > 0 */
+    int in_rx;          /* dispatching a received batch: writes can wait (ep_write_later) */
+    struct ep_conn *later[EP_WRITE_LATER];
+    void (*later_write[EP_WRITE_LATER])(struct ep_conn *c);
+    unsigned n_later;
     uint8_t txbuf[EP_MAX_UDP];
 };
 
@@ -146,6 +156,10 @@ int ep_send_checked(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t 
         return ep->io.send(ep->io.arg, sock, data, len, to, tolen) == 0 ? 0 : -1;
     if (ep->socks[sock].fd < 0)
         return -1;
+    if (ep->tx_hold > 0) { /* gathered: sent as one GSO run when the hold ends */
+        ep_txq_add(ep->txq, ep->socks[sock].fd, data, len, to, tolen);
+        return 0;
+    }
     do {
         n = sendto(ep->socks[sock].fd, data, len, MSG_DONTWAIT, to, tolen);
     } while (n < 0 && errno == EINTR);
@@ -157,6 +171,56 @@ void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
 {
     /* a failed send is a lost packet: QUIC recovers */
     (void)ep_send_checked(ep, sock, data, len, to, tolen);
+}
+
+void ep_tx_hold(pos_p2p_endpoint *ep)
+{
+    ep->tx_hold++;
+}
+
+void ep_tx_release(pos_p2p_endpoint *ep)
+{
+    if (ep->tx_hold > 0 && --ep->tx_hold == 0)
+        ep_txq_flush(ep->txq);
+}
+
+int ep_write_later(struct ep_conn *c, void (*write)(struct ep_conn *c))
+{
+    pos_p2p_endpoint *ep = c->ep;
+    if (c->write_later)
+        return 1;
+    if (!ep->in_rx || !write || ep->n_later >= EP_WRITE_LATER)
+        return 0;
+    c->write_later = 1;
+    ep->later_write[ep->n_later] = write;
+    ep->later[ep->n_later++] = c;
+    return 1;
+}
+
+void ep_write_cancel(struct ep_conn *c)
+{
+    pos_p2p_endpoint *ep = c->ep;
+    if (!c->write_later)
+        return;
+    c->write_later = 0;
+    for (unsigned i = 0; i < ep->n_later; i++)
+        if (ep->later[i] == c)
+            ep->later[i] = NULL;
+}
+
+/* run_later: the writes that waited for the end of a received batch. */
+static void run_later(pos_p2p_endpoint *ep)
+{
+    ep->in_rx = 0;
+    for (unsigned i = 0; i < ep->n_later; i++) {
+        struct ep_conn *c = ep->later[i];
+        if (!c)
+            continue;
+        ep->later[i] = NULL;
+        c->write_later = 0;
+        ep->later_write[i](c); /* may free c (it is out of the list already) */
+    }
+    ep->n_later = 0;
 }
 
 int ep_has_sock(const pos_p2p_endpoint *ep, int sock)
@@ -174,6 +238,11 @@ const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, so
 uint8_t *ep_txbuf(pos_p2p_endpoint *ep)
 {
     return ep->txbuf;
+}
+
+uint8_t *ep_tx_space(pos_p2p_endpoint *ep)
+{
+    return ep->tx_hold > 0 && !ep->io.send ? ep_txq_space(ep->txq, EP_MAX_UDP) : ep->txbuf;
 }
 
 pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep)
@@ -214,8 +283,8 @@ static int open_sock(struct ep_sock *s, int family, unsigned port)
         return -1;
     if (family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    /* Room for bursts (handshake flights of many connections, relayed data). */
-    int bufsize = 1024 * 1024;
+    /* Room for bursts (handshake flights of many connections, relayed data, GSO runs). */
+    int bufsize = 4 * 1024 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof(bufsize));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof(bufsize));
     if (bind(fd, (struct sockaddr *)&ss,
@@ -223,6 +292,7 @@ static int open_sock(struct ep_sock *s, int family, unsigned port)
         close(fd);
         return -1;
     }
+    ep_udp_set_gro(fd, 1); /* runs of one sender arrive as one read; fine without */
     s->fd = fd;
     s->local_len = sizeof(s->local);
     getsockname(fd, (struct sockaddr *)&s->local, &s->local_len);
@@ -240,7 +310,8 @@ static int ep_alloc(pos_p2p_endpoint **out, const pos_p2p_identity *id)
     ep->id = *p2p_identity_key(id);
     ep->cids = pos_cid_map_new(EP_MAX_CIDS);
     ep->tickets = relay_tickets_new();
-    if (!ep->cids || !ep->tickets || pos_tls_creds_new(&ep->creds, &ep->id) != 0) {
+    ep->txq = ep_txq_new();
+    if (!ep->cids || !ep->tickets || !ep->txq || pos_tls_creds_new(&ep->creds, &ep->id) != 0) {
         pos_p2p_endpoint_del(ep);
         return POS_P2P_ERR_NOMEM;
     }
@@ -278,6 +349,11 @@ int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, uns
     if ((rv = ep_alloc(&ep, id)) != 0)
         return rv;
     ep->epfd = epoll_create1(EPOLL_CLOEXEC);
+    ep->rxq = ep_rxq_new();
+    if (!ep->rxq) {
+        pos_p2p_endpoint_del(ep);
+        return POS_P2P_ERR_NOMEM;
+    }
     if (ep->epfd < 0 || open_sock(&ep->socks[0], AF_INET, port) != 0) {
         pos_p2p_endpoint_del(ep);
         return POS_P2P_ERR_IO;
@@ -392,24 +468,35 @@ void ep_input(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
         cid_input(ep->listener, sock, data, len, from, fromlen); /* a new peer's session? */
 }
 
+struct rx_ctx {
+    pos_p2p_endpoint *ep;
+    int sock;
+    unsigned datagrams;
+};
+
+static void rx_one(void *arg, const uint8_t *data, size_t len, const struct sockaddr *from,
+                   socklen_t fromlen)
+{
+    struct rx_ctx *x = arg;
+    x->datagrams++;
+    ep_input(x->ep, x->sock, data, len, from, fromlen);
+}
+
 int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
 {
-    uint8_t buf[EP_MAX_UDP + 1];
     int64_t now;
 
+    ep_tx_hold(ep); /* what the batch makes the connections send leaves in GSO runs */
     for (int i = 0; i < 2; i++) {
-        if (ep->socks[i].fd < 0)
+        struct rx_ctx x = {ep, i, 0};
+        if (ep->socks[i].fd < 0 || !ep->rxq)
             continue;
-        for (int k = 0; k < 1024; k++) { /* bounded: timers run too */
-            struct sockaddr_storage from;
-            socklen_t fromlen = sizeof(from);
-            ssize_t n = recvfrom(ep->socks[i].fd, buf, sizeof(buf), MSG_DONTWAIT,
-                                 (struct sockaddr *)&from, &fromlen);
-            if (n < 0)
+        while (x.datagrams < 1024) { /* bounded: timers run too */
+            ep->in_rx = 1;           /* connections write once the batch is in */
+            unsigned n = ep_rxq_read(ep->rxq, ep->socks[i].fd, EP_MAX_UDP, rx_one, &x);
+            run_later(ep);
+            if (n < EP_RX_BATCH)
                 break;
-            if ((size_t)n > EP_MAX_UDP)
-                continue;
-            ep_input(ep, i, buf, (size_t)n, (struct sockaddr *)&from, fromlen);
         }
     }
     now = pos_p2p_now_ms();
@@ -420,7 +507,25 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
     }
     if (ep->listener && ep->listener->ops->on_timer)
         ep->listener->ops->on_timer(ep->listener, now); /* after: it may free connections */
+    ep_tx_release(ep);
+    ep_txq_flush(ep->txq); /* also when called inside a hold (a callback waiting): nothing waits */
     return 0;
+}
+
+int pos_p2p_endpoint_set_gso(pos_p2p_endpoint *ep, int on)
+{
+    if (!ep)
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    ep_txq_set_gso(ep->txq, on);
+    for (int i = 0; i < 2; i++)
+        if (ep->socks[i].fd >= 0)
+            ep_udp_set_gro(ep->socks[i].fd, on);
+    return 0;
+}
+
+int pos_p2p_endpoint_gso(const pos_p2p_endpoint *ep)
+{
+    return ep && ep_txq_gso(ep->txq);
 }
 
 int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, pos_p2p_done_cb done, void *arg)
@@ -441,6 +546,7 @@ int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, pos_p2p_done_cb d
             wait = 0;
         if (wait > 1000)
             wait = 1000;
+        ep_txq_flush(ep->txq); /* run from inside a callback, a hold may be open: send first */
         if (epoll_wait(ep->epfd, evs, 4, (int)wait) < 0 && errno != EINTR)
             return POS_P2P_ERR_IO;
         pos_p2p_endpoint_process(ep);
@@ -454,6 +560,8 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep)
     if (ep->listener) /* sessions may use relay connections: they go first */
         ep->listener->ops->destroy(ep->listener);
     ep->listener = NULL;
+    if (ep->txq)
+        ep_txq_flush(ep->txq); /* closes written on the way out */
     while (ep->conns) {
         struct ep_conn *c = ep->conns;
         c->ops->destroy(c); /* detaches itself */
@@ -465,6 +573,10 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep)
             close(ep->socks[i].fd);
     if (ep->epfd >= 0)
         close(ep->epfd);
+    if (ep->txq)
+        ep_txq_flush(ep->txq);
+    ep_txq_del(ep->txq);
+    ep_rxq_del(ep->rxq);
     pos_cid_map_del(ep->cids);
     pos_tls_creds_del(ep->creds);
     relay_tickets_free(ep->tickets);

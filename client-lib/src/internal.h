@@ -76,6 +76,7 @@ struct ep_conn {
     const struct ep_conn_ops *ops;
     pos_p2p_endpoint *ep;
     struct ep_conn *prev, *next; /* the endpoint's list (attached connections) */
+    uint8_t write_later;         /* waiting in ep_write_later's list */
 };
 
 /* endpoint.c */
@@ -109,9 +110,26 @@ void ep_send(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
 int ep_send_checked(pos_p2p_endpoint *ep, int sock, const uint8_t *data, size_t len,
                     const struct sockaddr *to, socklen_t tolen);
 int ep_has_sock(const pos_p2p_endpoint *ep, int sock); /* 1: socket |sock| is open */
+/*
+ * ep_tx_hold: until the matching ep_tx_release, sends are gathered into GSO
+ * runs (ep_udp.h) instead of leaving at once; the outermost release sends
+ * them. ep_send_checked then says 0 for a datagram gathered.
+ */
+void ep_tx_hold(pos_p2p_endpoint *ep);
+void ep_tx_release(pos_p2p_endpoint *ep);
+/*
+ * ep_write_later: while the endpoint hands out a received batch, |c|'s
+ * write is put off: |write|(c) is called once the batch is in (one write,
+ * one ACK, for many packets; it may free c). 1: put off (or already), 0:
+ * write now yourself. A connection freed before then calls ep_write_cancel.
+ */
+int ep_write_later(struct ep_conn *c, void (*write)(struct ep_conn *c));
+void ep_write_cancel(struct ep_conn *c);
 /* ep_local: the local address of socket |sock| (0 or 1) and its length in |*len|. */
 const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len);
 uint8_t *ep_txbuf(pos_p2p_endpoint *ep); /* EP_MAX_UDP bytes to write one packet into */
+/* ep_tx_space: the same, but while held in place in the GSO run (sent without a copy). */
+uint8_t *ep_tx_space(pos_p2p_endpoint *ep);
 pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep);
 struct relay_tickets *ep_tickets(const pos_p2p_endpoint *ep); /* relays' tickets (tickets.h) */
 

@@ -174,11 +174,6 @@ static void emit(pos_p2p_session *s, pos_p2p_session_event *ev)
 
 /* ---- ending ---- */
 
-static void drop_cids(pos_p2p_session *s)
-{
-    pos_quic_drop_cids(s->qc, s);
-}
-
 void sess_fail(pos_p2p_session *s, int err, const char *reason)
 {
     pos_p2p_session_event ev;
@@ -189,7 +184,7 @@ void sess_fail(pos_p2p_session *s, int err, const char *reason)
     s->st.error = err;
     if (reason && !s->st.reason[0])
         snprintf(s->st.reason, sizeof(s->st.reason), "%s", reason);
-    drop_cids(s);
+    pos_quic_drop_cids(s->qc, s);
     memset(&ev, 0, sizeof(ev));
     ev.type = POS_P2P_SESSION_EV_CLOSED;
     ev.stream = -1;
@@ -271,13 +266,14 @@ static void conn_write(pos_p2p_session *s)
     ngtcp2_path_storage ps;
     ngtcp2_pkt_info pi;
     ngtcp2_tstamp ts = pos_quic_now();
-    uint8_t *txbuf = ep_txbuf(s->ep);
 
     if (s->dead || !s->qc || s->free_requested)
         return;
     ngtcp2_path_storage_zero(&ps);
     s->busy++;
+    ep_tx_hold(s->ep); /* the packets leave in GSO runs (ep_udp.h) */
     for (int i = 0; i < MAX_PKTS_PER_WRITE && !s->dead; i++) {
+        uint8_t *txbuf = ep_tx_space(s->ep); /* in place in the GSO run */
         ngtcp2_ssize wlen = -1, n;
         ngtcp2_vec v = {NULL, 0};
         size_t nv = 0;
@@ -319,6 +315,7 @@ static void conn_write(pos_p2p_session *s)
     if (!s->dead)
         ngtcp2_conn_update_pkt_tx_time(s->qc, ts);
     sstreams_unblock(s->streams);
+    ep_tx_release(s->ep);
     s->busy--;
 }
 
@@ -457,11 +454,6 @@ static void init_callbacks(ngtcp2_callbacks *cb, int server)
 
 /* ---- creating connections ---- */
 
-static void fill_path(pos_p2p_session *s, ngtcp2_path *path)
-{
-    sess_path_fill(s->path, s->ep, path);
-}
-
 /* set_synthetic gives |s| a relayed path over |circuit_id| of |r|. */
 static void set_synthetic(pos_p2p_session *s, pos_p2p_relay *r, uint32_t circuit_id)
 {
@@ -481,7 +473,7 @@ static int make_conn(pos_p2p_session *s, const ngtcp2_pkt_hd *hd)
     int rv;
 
     init_callbacks(&cbs, hd != NULL);
-    fill_path(s, &path);
+    sess_path_fill(s->path, s->ep, &path);
     if (hd)
         s->odcid = hd->dcid;
     rv = sess_quic_new(&s->quic, &a);
@@ -516,6 +508,12 @@ static void after_handshake(pos_p2p_session *s)
     }
 }
 
+static void sess_write_op(struct ep_conn *c)
+{
+    conn_write((pos_p2p_session *)c);
+    maybe_free((pos_p2p_session *)c);
+}
+
 static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t *data, size_t len)
 {
     ngtcp2_pkt_info pi = {0};
@@ -537,7 +535,8 @@ static void read_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t 
         path_event(s, &ch); /* the listener: the dialer moved back to the relay */
     if (rv == 0)
         after_handshake(s);
-    conn_write(s);
+    if (!ep_write_later(&s->conn, sess_write_op)) /* else once the endpoint's batch is in */
+        conn_write(s);
     s->busy--;
     maybe_free(s);
 }
@@ -557,7 +556,7 @@ void sess_read(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
 void sess_read_relayed(pos_p2p_session *s, const uint8_t *data, size_t len)
 {
     ngtcp2_path path;
-    fill_path(s, &path);
+    sess_path_fill(s->path, s->ep, &path);
     read_pkt(s, &path, data, len);
 }
 
@@ -707,7 +706,8 @@ void sess_timer(pos_p2p_session *s, int64_t now_ms)
 
 void sess_release(pos_p2p_session *s)
 {
-    drop_cids(s);
+    ep_write_cancel(&s->conn);
+    pos_quic_drop_cids(s->qc, s);
     sstream_free_all(&s->streams);
     sess_quic_del(s->quic);
     sess_punch_del(s->punch);

@@ -1,7 +1,7 @@
 /*
  * Tests of peer sessions through the public API (pos/p2p.h), two endpoints
  * in one process on loopback driven by one loop: a stream both ways with
- * FIN, a 3 MB stream through the bounded send buffer (EV_WRITABLE), the
+ * FIN, a 12 MiB stream through the bounded send buffer (EV_WRITABLE), the
  * pinning error when the expected peer id is another's, the allow callback's
  * refusal, a session closed from inside its own callback and from inside the
  * accept callback (during the handshake), bad arguments; and
@@ -151,7 +151,7 @@ static int dial(const char *peer)
 
 static void test_streams(const char *peer_b)
 {
-    static uint8_t big[3 * 1000 * 1000];
+    static uint8_t big[3 * POS_P2P_STREAM_BUFFER]; /* 12 MiB */
     uint8_t want = 0;
     size_t off = 0, taken;
     int64_t sid;
@@ -179,7 +179,7 @@ static void test_streams(const char *peer_b)
           POS_P2P_ERR_NO_STREAM); /* finished */
     CHECK(pos_p2p_session_write(B.s, sid, (const uint8_t *)"pong!", 5, 1, NULL) == 0);
     CHECK(spin(a_fin) && A.got == 5);
-    /* 3 MB: more than the 1 MiB send buffer, so writes are partial and EV_WRITABLE comes */
+    /* 3 x the send buffer, so writes are partial and EV_WRITABLE comes */
     for (size_t i = 0; i < sizeof(big); i++) {
         big[i] = (uint8_t)(i * 131 + 7);
         want ^= big[i];

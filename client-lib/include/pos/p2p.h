@@ -165,6 +165,18 @@ typedef struct pos_p2p_endpoint pos_p2p_endpoint;
  */
 int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, unsigned port);
 
+/*
+ * pos_p2p_endpoint_set_gso: |on| 0 turns UDP GSO (several packets of a
+ * session per send call, cut into datagrams by the kernel) and UDP GRO
+ * (several received datagrams of one sender per read) off for |ep|, 1 turns
+ * them back on (the default). Every datagram stays at most 1452 bytes either
+ * way. When the kernel refuses a GSO send, GSO turns itself off. Returns 0,
+ * or POS_P2P_ERR_INVALID_ARGUMENT (|ep| NULL).
+ */
+int pos_p2p_endpoint_set_gso(pos_p2p_endpoint *ep, int on);
+/* pos_p2p_endpoint_gso: 1 while |ep| sends with UDP GSO, 0 when off (or |ep| NULL). */
+int pos_p2p_endpoint_gso(const pos_p2p_endpoint *ep);
+
 /* pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any socket is. No errors. */
 int pos_p2p_endpoint_fd(const pos_p2p_endpoint *ep);
 
@@ -566,7 +578,7 @@ int pos_p2p_session_open_stream(pos_p2p_session *s, int64_t *stream);
 int pos_p2p_session_write(pos_p2p_session *s, int64_t stream, const uint8_t *data, size_t len,
                           int fin, size_t *taken);
 
-#define POS_P2P_STREAM_BUFFER (1024 * 1024)
+#define POS_P2P_STREAM_BUFFER (4 * 1024 * 1024)
 
 /*
  * pos_p2p_session_write_room: the bytes pos_p2p_session_write would take now

@@ -1,0 +1,39 @@
+/*
+ * One receive batch of a relay UDP socket (rxbatch.c): recvmmsg of up to
+ * RX_BATCH messages, where UDP GRO may join a sender's GSO run into one
+ * message, cut into its datagrams without copying, RX_BATCH datagrams at a
+ * time, for the forwarder (relay_forward_batch) and the QUIC input. The
+ * main loop (server_udp.c) and every worker thread (workers.c) own one.
+ */
+#ifndef POS_RELAY_RXBATCH_H
+#define POS_RELAY_RXBATCH_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#define RX_BATCH 64
+
+typedef struct relay_rxbatch relay_rxbatch;
+
+relay_rxbatch *relay_rxbatch_new(void); /* NULL: out of memory */
+void relay_rxbatch_del(relay_rxbatch *b);
+
+/* relay_rxbatch_read receives up to RX_BATCH messages from |fd|; how many (0: nothing more). */
+unsigned relay_rxbatch_read(relay_rxbatch *b, int fd);
+
+/*
+ * relay_rxbatch_cut cuts the |n| messages just read into their datagrams and
+ * calls |fn|(|arg|, |b|, |k|) for each piece of at most RX_BATCH of them, in
+ * relay_rxbatch_rx(b)[0..k). A run's datagrams are consecutive, one size but
+ * the last, from one sender: the forwarder can send them on as one GSO run.
+ * A truncated message is passed whole with MSG_TRUNC in its flags.
+ */
+typedef void (*relay_rxbatch_fn)(void *arg, relay_rxbatch *b, unsigned k);
+void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *arg);
+
+/* The piece's datagrams, the forwarder's output and its QUIC indices (RX_BATCH each). */
+struct mmsghdr *relay_rxbatch_rx(relay_rxbatch *b);
+struct mmsghdr *relay_rxbatch_tx(relay_rxbatch *b);
+unsigned *relay_rxbatch_quic_idx(relay_rxbatch *b);
+
+#endif
