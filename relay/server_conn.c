@@ -393,6 +393,8 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
     settings.initial_ts = relay_now(s);
     settings.max_window = 64 * 1024;
     settings.max_stream_window = 16 * 1024;
+    /* control messages fit in 1200 bytes: no path MTU probes (2 datagrams each way) */
+    settings.no_pmtud = 1;
     if (c->retried) {
         settings.token.base = hd->token.base;
         settings.token.len = hd->token.len;
