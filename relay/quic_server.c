@@ -309,8 +309,7 @@ static int new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidl
     randombytes_buf(cid->data, cidlen);
     cid->datalen = cidlen;
     relay_worker_mark_cid(c->srv, c->worker, cid->data);
-    if (ngtcp2_crypto_generate_stateless_reset_token(token, c->srv->reset_secret,
-                                                     sizeof(c->srv->reset_secret), cid) != 0)
+    if (relay_reset_token(c->srv, token, cid) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
     return pos_cid_map_add(c->srv->cids, cid->data, cidlen, c) == 0 ? 0
                                                                     : NGTCP2_ERR_CALLBACK_FAILURE;

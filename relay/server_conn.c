@@ -41,8 +41,16 @@ static void cid_remove(void *conn, const uint8_t *id, size_t len)
 static int cid_reset_token(void *conn, uint8_t *token, const ngtcp2_cid *cid)
 {
     struct rconn *c = conn;
-    return ngtcp2_crypto_generate_stateless_reset_token(token, c->srv->reset_secret,
-                                                        sizeof(c->srv->reset_secret), cid);
+    return relay_reset_token(c->srv, token, cid);
+}
+
+int relay_reset_token(const relay_server *s, uint8_t *token, const ngtcp2_cid *cid)
+{
+    /* one BLAKE2b call instead of ngtcp2's HKDF (two HMAC-SHA-256 set-ups, zeroised) */
+    return crypto_generichash(token, NGTCP2_STATELESS_RESET_TOKENLEN, cid->data, cid->datalen,
+                              s->reset_secret, sizeof(s->reset_secret)) == 0
+               ? 0
+               : -1;
 }
 
 const pos_quic_cid_ops relay_conn_cid_ops = {SCID_LEN, cid_add, cid_remove, cid_reset_token};
@@ -393,6 +401,8 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
     settings.initial_ts = relay_now(s);
     settings.max_window = 64 * 1024;
     settings.max_stream_window = 16 * 1024;
+    /* control messages fit in 1200 bytes: no path MTU probes (2 datagrams each way) */
+    settings.no_pmtud = 1;
     if (c->retried) {
         settings.token.base = hd->token.base;
         settings.token.len = hd->token.len;
@@ -420,8 +430,7 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
     scid.datalen = SCID_LEN;
     randombytes_buf(scid.data, SCID_LEN);
     relay_worker_mark_cid(s, c->worker, scid.data); /* steered to c's worker (workers.h) */
-    if (ngtcp2_crypto_generate_stateless_reset_token(params.stateless_reset_token, s->reset_secret,
-                                                     sizeof(s->reset_secret), &scid) != 0)
+    if (relay_reset_token(s, params.stateless_reset_token, &scid) != 0)
         return -1;
     path.local.addr = (ngtcp2_sockaddr *)&sk->local;
     path.local.addrlen = sk->local_len;

@@ -134,6 +134,9 @@ struct relay_server {
 };
 
 /* server_conn.c: sending, the clock, and one connection's life. */
+/* relay_reset_token: |cid|'s stateless reset token (keyed BLAKE2b of the id under the
+ * process-wide reset secret, one derivation for every worker). Returns 0. */
+int relay_reset_token(const relay_server *s, uint8_t *token, const ngtcp2_cid *cid);
 void relay_send_to(relay_server *s, int sock, const uint8_t *data, size_t len,
                    const struct sockaddr *to, socklen_t tolen);
 ngtcp2_tstamp relay_now(const relay_server *s);

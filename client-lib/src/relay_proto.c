@@ -216,6 +216,8 @@ void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *par
     pos_quic_settings_init(settings, creating);
     settings->max_window = 64 * 1024;
     settings->max_stream_window = 16 * 1024;
+    /* control messages fit in 1200 bytes: no path MTU probes, which cost the relay 2 datagrams */
+    settings->no_pmtud = 1;
     ngtcp2_transport_params_default(params);
     params->initial_max_streams_bidi = 0;
     params->initial_max_streams_uni = 0;

@@ -5,11 +5,13 @@ redis-server and pos-discovery on loopback and the library's own client
 client resumes and the relay counts it in pos_relay_handshakes_resumed_total,
 every connection still accepted with its token; a client that turns
 resumption off, or a relay with ticket_lifetime 0, makes full handshakes
-only. Which identity a resumed connection gets, the pin check on resumption
+only; a control connection costs the relay few datagrams (no path MTU
+probes). Which identity a resumed connection gets, the pin check on resumption
 and a relay with another key are tested in tests/unit/test_tls.c.
 """
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -52,6 +54,24 @@ def returning_client_resumes_and_the_relay_counts_it():
     m1 = relay.metrics()
     control(relay, token)
     assert handshakes(relay, m1, CONNS) == 0
+
+
+@test
+def a_control_connection_costs_few_datagrams():
+    # Neither side probes the path MTU on a control connection (2 probes and 2 ACKs
+    # each way): a handshake, HELLO and WELCOME take the relay 3 datagrams out and
+    # about 4 in (7.5 and 7 with the probes); 5 out each leaves room for a retransmission.
+    redis, disc, relay = stack({"max_conns_per_token": 0})
+    token = relay.token()
+    m0 = relay.metrics()
+    control(relay, token, "--resume")
+    handshakes(relay, m0, CONNS)
+    time.sleep(1.2)  # /metrics is a snapshot refreshed twice a second
+    m = relay.metrics()
+    out = m['pos_relay_packets_total{dir="out"}'] - m0['pos_relay_packets_total{dir="out"}']
+    into = m['pos_relay_packets_total{dir="in"}'] - m0['pos_relay_packets_total{dir="in"}']
+    assert 3 * CONNS <= out <= 5 * CONNS, (out, into)
+    assert into <= 6 * CONNS, (out, into)
 
 
 @test
