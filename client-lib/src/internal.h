@@ -131,5 +131,11 @@ const char *relay_list_id(const pos_p2p_relay *r);
  * not accepted, a bad message), POS_P2P_ERR_NOMEM.
  */
 int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m);
+/*
+ * relay_ping: the control connection sends a PING now (not inside a read of
+ * it), so that the relay sees the address our NAT gives it today and moves
+ * the connection there (it drops data frames from any other address).
+ */
+void relay_ping(pos_p2p_relay *r);
 
 #endif

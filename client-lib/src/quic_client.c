@@ -330,12 +330,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     if (ngtcp2_conn_open_bidi_stream(qc, &r->stream, NULL) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
     r->version = (uint8_t)relay_negotiated_version(r->tls);
-    memset(&m, 0, sizeof(m));
-    m.type = POS_CTRL_HELLO;
-    memcpy(m.token, r->token, r->token_len);
-    m.token_len = r->token_len;
-    m.hello_flags = r->hello_flags | relay_hello_nat(r->ep, r->version);
-    relay_local_addrs(r->ep, &m.addrs); /* candidates for peers behind the same NAT */
+    relay_msg_hello(&m, r->ep, r->token, r->token_len, r->hello_flags, r->version);
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
     /* the token stays (wiped) in memory until WELCOME: another address may need it */
@@ -399,8 +394,7 @@ static int make_conn(pos_p2p_relay *r)
 static void relay_free(pos_p2p_relay *r)
 {
     pos_quic_drop_cids(r->qc, r);
-    if (r->qc)
-        ngtcp2_conn_del(r->qc);
+    ngtcp2_conn_del(r->qc); /* NULL: nothing */
     if (r->tls)
         gnutls_deinit(r->tls);
     ep_conn_detach(&r->conn);
@@ -731,18 +725,25 @@ int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
     return rv;
 }
 
+void relay_ping(pos_p2p_relay *r)
+{
+    if (!r || r->dead || r->in_read || r->st.state != POS_P2P_RELAY_ACCEPTED)
+        return;
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, 1); /* expired: the next packet carries a PING */
+    conn_write(r);
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(r->st.idle_timeout_s));
+}
+
 int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)
 {
     uint8_t buf[POS_FRAME_MAX_LEN];
     const ngtcp2_addr *to;
     int flen;
 
-    if (!r || (!data && len))
+    if (!r || !data || len == 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (len > POS_FRAME_MAX_PAYLOAD)
         return POS_P2P_ERR_TOO_BIG;
-    if (len == 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
     if (r->dead || !r->circuits || relay_id_find(r->circuits, r->n_circuits, circuit_id) < 0)
         return POS_P2P_ERR_CIRCUIT_CLOSED;
     flen = pos_frame_encode_data(buf, sizeof(buf), circuit_id, data, len);

@@ -76,6 +76,14 @@ void relay_local_addrs(const pos_p2p_endpoint *ep, pos_ctrl_addrs *out);
  */
 uint8_t relay_hello_nat(const pos_p2p_endpoint *ep, int version);
 
+/*
+ * relay_msg_hello: |m| = HELLO with the token (|token_len| bytes, at most
+ * POS_CTRL_MAX_TOKEN), |flags| (POS_CTRL_HELLO_*), the NAT mapping flags on
+ * a connection of |version| 3 and the local addresses. Wipe |m| after use.
+ */
+void relay_msg_hello(pos_ctrl_msg *m, const pos_p2p_endpoint *ep, const char *token,
+                     size_t token_len, uint8_t flags, int version);
+
 /* relay_quic_settings: the transport settings and parameters of a relay control connection. */
 void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,
                          uint8_t *creating);

@@ -357,7 +357,9 @@ static int64_t nudge_at(const struct sess_punch *p)
  * and a side that only receives (or a handshake's server, all of its flight
  * acknowledged) would send nothing before its 10 s keepalive; the handshake
  * times out first. A KEEPALIVE frame on the circuit (the relay echoes it)
- * makes the mapping anew.
+ * makes the mapping anew. When the NAT gave us a new port (a rebinding) the
+ * relay drops our frames until it sees the control connection there: that
+ * sends a PING at once too (else only at its keep-alive, up to 10 s).
  */
 static void nudge(struct sess_punch *p)
 {
@@ -376,6 +378,7 @@ static void nudge(struct sess_punch *p)
     sock = to.ss_family == AF_INET ? 0 : 1;
     if (ep_has_sock(p->ep, sock))
         ep_send(p->ep, sock, frame, sizeof(frame), (const struct sockaddr *)&to, pos_addr_len(&to));
+    relay_ping(p->relay);
 }
 
 int64_t sess_punch_deadline(const struct sess_punch *p)
