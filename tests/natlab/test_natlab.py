@@ -342,6 +342,46 @@ def new_mapping_starts_a_new_attempt():
         assert doc["punch_attempts"] >= 2, doc
 
 
+def punch_requests(pub):
+    """PUNCH_REQUESTs the relays started an attempt for (GET /metrics, both relays)."""
+    total = 0
+    for r in pub.relays:
+        st, body = pub.lab.http_get("srv", r.http + "/metrics")
+        assert st == 200, st
+        for line in body.decode().splitlines():
+            if line.startswith('pos_relay_punch_requests_total{result="started"} '):
+                total += int(line.split()[-1])
+    return total
+
+
+@test
+def new_interface_address_asks_for_a_new_attempt():
+    """Two symmetric NATs: after the first attempt neither side asks for another (both
+    NATs vary). An address added to the listener's LAN interface mid-transfer: its
+    endpoint notices (netlink) and asks the relay for a new attempt with its new local
+    addresses (PUNCH_REQUEST, 0.5 s after the change), so the relay starts one for that
+    request and the sender's session sees attempt 2."""
+    with natlab.Lab("symmetric", "symmetric") as lab:
+        pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500})
+        marks = {}
+
+        def add_address(sender, listener):
+            wait_until(lambda: "session from " in listener.output(), 15,
+                       what="the listener to accept the session:\n" + listener.output())
+            time.sleep(1.0)  # the first attempt (0.5 s window) is over
+            marks["before"] = punch_requests(pub)
+            new_ip = lab.client_ip["b"].rsplit(".", 1)[0] + ".77/24"
+            lab.run("b", ["ip", "addr", "add", new_ip, "dev", "eth0"])
+        doc, _, _ = transfer(lab, pub, SIZE, ("--limit-rate", "1500000", "--punch-window",
+                                              "0.5"), ("--punch-window", "0.5"),
+                             during=add_address)
+        print(f"    new address: {json.dumps(doc)}")
+        assert doc["ok"] is True and doc["bytes"] == SIZE and doc["path"] == "relayed", doc
+        assert marks["before"] == 0, marks
+        assert punch_requests(pub) >= 1, "no PUNCH_REQUEST started an attempt"
+        assert doc["punch_attempts"] == 2, doc
+
+
 # A client on A's LAN binds PORT and listens; a public host sends to A's public
 # address at PORT, unasked, until the client's own packet reaches it, then answers.
 LAN_CLIENT = """
