@@ -119,7 +119,6 @@ static void fail_liberr(pos_p2p_relay *r, int liberr)
     ngtcp2_connection_close_error ccerr;
     char why[200];
     int err;
-
     relay_liberr_close(&ccerr, liberr, r->qc);
     send_close(r, &ccerr);
     err = relay_liberr_reason(liberr, r->pin.mismatch, ngtcp2_conn_get_handshake_completed(r->qc),
@@ -133,7 +132,6 @@ static void on_peer_close(pos_p2p_relay *r)
     ngtcp2_connection_close_error cc;
     char reason[257];
     int err;
-
     ngtcp2_conn_get_connection_close_error(r->qc, &cc);
     r->st.close_code = cc.error_code;
     err = relay_close_error(&cc, r->st.state == POS_P2P_RELAY_ACCEPTED, reason, sizeof(reason));
@@ -680,7 +678,7 @@ int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (++r->next_req == 0)
         r->next_req = 1;
-    relay_msg_request(&m, POS_CTRL_CONNECT, r->next_req, peer_id);
+    relay_msg_request(&m, POS_CTRL_CONNECT, r->next_req, peer_id, r->ep, r->version);
     rv = queue_request(r, &m);
     if (rv != 0)
         return rv;
@@ -692,7 +690,8 @@ int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *
 static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept)
 {
     pos_ctrl_msg m;
-    relay_msg_request(&m, accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE, req_id, NULL);
+    relay_msg_request(&m, accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE, req_id, NULL, r->ep,
+                      r->version);
     return queue_request(r, &m);
 }
 

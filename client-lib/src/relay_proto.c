@@ -289,11 +289,13 @@ void relay_drop_tls(ngtcp2_conn *qc, gnutls_session_t *tls)
     }
 }
 
-void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id)
+void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id,
+                       const pos_p2p_endpoint *ep, int version)
 {
     memset(m, 0, sizeof(*m));
     m->type = type;
     m->req_id = req_id;
+    m->hello_flags = type == POS_CTRL_DECLINE ? 0 : relay_hello_nat(ep, version);
     if (type == POS_CTRL_DECLINE)
         m->code = POS_CTRL_CODE_DECLINED;
     if (peer_id)

@@ -55,8 +55,13 @@ int relay_liberr_reason(int liberr, int mismatch, int completed, char *why, size
 
 /* relay_drop_tls frees |*tls| once the handshake of |qc| is done (the keys are in ngtcp2). */
 void relay_drop_tls(ngtcp2_conn *qc, gnutls_session_t *tls);
-/* relay_msg_request: |m| = CONNECT (to |peer_id|), ACCEPT or DECLINE of request |req_id|. */
-void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id);
+/*
+ * relay_msg_request: |m| = CONNECT (to |peer_id|), ACCEPT or DECLINE of
+ * request |req_id|; on a connection of |version| 3, CONNECT and ACCEPT carry
+ * |ep|'s NAT mapping when known (it may be known only since HELLO went out).
+ */
+void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id,
+                       const pos_p2p_endpoint *ep, int version);
 
 /* relay_negotiated_version: POS_CTRL_V1 or V2 from the ALPN |tls| negotiated (V1 when none). */
 int relay_negotiated_version(gnutls_session_t tls);

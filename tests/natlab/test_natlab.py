@@ -187,7 +187,9 @@ def symmetric_to_symmetric_stays_relayed():
     Both sides learnt from the two relays that their mapping varies by destination, and
     each told its relay (HELLO, pos-relay/3): after the first attempt the sender asks for
     no more although it may every second (--punch-retry 1, the relays allow one every
-    0.5 s), and says why."""
+    0.5 s), and says why. The listener says so too: it learnt the sender's mapping from
+    PUNCH_START, which the relay had from the sender's CONNECT (the sender's HELLO went
+    out before it had compared the two relays' observations)."""
     with natlab.Lab("symmetric", "symmetric") as lab:
         pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500})
         samples, marks = [], {}
@@ -197,9 +199,11 @@ def symmetric_to_symmetric_stays_relayed():
                 samples.append((time.monotonic(), lab.counters("a")["peer_out"]))
                 time.sleep(0.1)
             marks["sender"] = sender.output()
+            marks["listener"] = listener.output()
         doc, before, after = transfer(lab, pub, SIZE, ("--limit-rate", "1500000",
                                                        "--punch-window", "0.5",
-                                                       "--punch-retry", "1"), during=sample)
+                                                       "--punch-retry", "1"),
+                                      ("--punch-window", "0.5"), during=sample)
         print(f"    symmetric-symmetric: {json.dumps(doc)}")
         assert_path("relayed", doc, pub, before, after, SIZE)
         changes = [t for (t, v), (_, w) in zip(samples, samples[1:]) if w != v]
@@ -209,6 +213,8 @@ def symmetric_to_symmetric_stays_relayed():
         assert doc["punch_attempts"] == 1 and doc["punch_stopped"] == "nat", doc
         assert marks["sender"].count("both NATs vary by destination: staying relayed") == 1, \
             marks["sender"]
+        assert marks["listener"].count("both NATs vary by destination: staying relayed") == 1, \
+            marks["listener"]
 
 
 @test
