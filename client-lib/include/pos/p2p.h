@@ -165,7 +165,10 @@ typedef struct pos_p2p_endpoint pos_p2p_endpoint;
  */
 int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, unsigned port);
 
-/* pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any socket is. No errors. */
+/*
+ * pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any
+ * socket is, or the interface addresses changed (netlink). No errors.
+ */
 int pos_p2p_endpoint_fd(const pos_p2p_endpoint *ep);
 
 /*
