@@ -3,7 +3,16 @@
 #   1. authenticated connections per second (QUIC + mutual TLS + HELLO/WELCOME
 #      with a token checked in Redis), driven by `pos-loadtest control`;
 #   2. relay memory per idle connected client: RSS with N idle clients minus
-#      RSS with none.
+#      RSS with none;
+#   3. relay CPU per connection for full handshakes (the run above) and for
+#      returning clients that resume TLS 1.3 (pos-loadtest control --resume),
+#      as ratios to the crypto floor of one mutually authenticated handshake:
+#      189 us with GnuTLS's nettle, 125 us with libsodium (docs/perf-relay-control.md).
+#   4. workers (config key workers; 1 above): handshakes per relay CPU-second
+#      with 1 and with each count in WORKERS (default "2"), per worker (its
+#      accepted clients over its thread's CPU plus its share of the main
+#      loop's, where the Redis verdicts run) as a ratio to one worker (goal:
+#      within 15%), and how the accepted clients spread over the workers.
 # Builds a release tree in build-bench (no sanitizers) unless BUILD is set.
 # Everything runs on loopback; every process started here is stopped on exit.
 # usage: loadtest/bench-relay-control.sh [CONNS (default 5000)] [HOLD_SECONDS (default 15)]
@@ -52,7 +61,7 @@ c = json.load(open(path))
 c.update({"listen": [f"127.0.0.1:{port}"], "http_listen": f"127.0.0.1:{port + 1}",
           "conn_rate_per_addr": 0, "conn_rate_per_token": 0, "idle_timeout": 60,
           "max_conns_per_token": 0,  # one token for every connection
-          "max_pending_per_addr": 65535})
+          "max_pending_per_addr": 65535, "workers": 1})
 json.dump(c, open(path, "w"))
 PY
 chmod 600 "$cfg"
@@ -67,7 +76,7 @@ lt() { POS_TOKEN=$token "$build/loadtest/pos-loadtest" control --addr "127.0.0.1
     --peer-id "$peer_id" "$@"; }
 
 # Warm-up (allocator arenas, token cache), then the baseline with no client.
-lt --conns 200 >/dev/null
+lt --conns 200 >"$work/warm.out" 2>&1 || { cat "$work/warm.out"; tail "$work/relay.log"; exit 1; }
 sleep 1
 rss0=$(rss_kib $relay_pid)
 heap0=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_heap_bytes" {print $2}')
@@ -99,4 +108,93 @@ hz=$(getconf CLK_TCK)
 echo "relay CPU per authenticated connection: $(( (ticks1 - ticks0) * 1000000 / hz / conns )) us" \
     "(so about $(( conns * hz / ((ticks1 - ticks0) > 0 ? (ticks1 - ticks0) : 1) )) connections/s per core)"
 echo "relay CPU time for the whole run: ${relay_cpu} s (user+system)"
+
+# Returning clients: each of the 4 client sockets keeps the relay's ticket, so
+# all but their first connection resume. CPU counted until every one is in.
+ticks2=$(cpu_ticks $relay_pid)
+lt --conns "$conns" --concurrency 256 --hold 1 --resume >"$work/resume.out" 2>"$work/resume.err" &
+lt_pid=$!
+pids+=($lt_pid)
+for _ in $(seq 600); do grep -q holding "$work/resume.err" && break; sleep 0.2; done
+ticks3=$(cpu_ticks $relay_pid)
+wait $lt_pid || true
+sleep 1
+resumed=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" |
+    awk '$1 == "pos_relay_handshakes_resumed_total" {print $2}')
+echo "== pos-loadtest control --resume, $conns returning connections =="
+cat "$work/resume.out"
+full_us=$(( (ticks1 - ticks0) * 1000000 / hz / conns ))
+res_us=$(( (ticks3 - ticks2) * 1000000 / hz / conns ))
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+echo "== relay CPU per connection (crypto floor: 189 us nettle, 125 us libsodium) =="
+echo "full handshake:    $full_us us = $(ratio "$full_us" 189) x nettle floor," \
+    "$(ratio "$full_us" 125) x libsodium floor"
+echo "resumed handshake: $res_us us = $(ratio "$res_us" 189) x nettle floor," \
+    "$(ratio "$res_us" 125) x libsodium floor ($resumed of $conns resumed)"
 echo "machine: $(nproc) CPUs; client and relay share them"
+
+# ---- 3. workers: handshakes per CPU-second with 1 and N workers, the same load ----
+kill -TERM $relay_pid
+wait $relay_pid 2>/dev/null || true
+wconns=${WORKERS_CONNS:-$((conns < 3000 ? conns : 3000))}
+thread_ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"; done; }
+metrics() { curl -s "http://127.0.0.1:$((port + 1))/metrics"; }
+for w in 1 ${WORKERS:-2}; do
+    /usr/bin/python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["workers"]=int(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"))' "$cfg" "$w"
+    POS_LOG=warn "$build/relay/pos-relay" run --config "$cfg" >"$work/relay-$w.log" 2>&1 &
+    wpid=$!
+    pids+=($wpid)
+    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/null && break; sleep 0.1; done
+    lt --conns 200 >/dev/null  # warm-up
+    sleep 0.6
+    metrics >"$work/wm0-$w"
+    thread_ticks $wpid >"$work/wt0-$w"
+    lt --conns "$wconns" --concurrency 32 >"$work/wload-$w.out" 2>&1 || true  # below overload
+    thread_ticks $wpid >"$work/wt1-$w"
+    sleep 0.6
+    metrics >"$work/wm1-$w"
+    kill -TERM $wpid
+    wait $wpid 2>/dev/null || true
+done
+echo "== workers: $wconns authenticated connections, 1 worker and ${WORKERS:-2} =="
+/usr/bin/python3 - "$work" "$hz" ${WORKERS:-2} <<'PY'
+import sys
+work, hz, counts = sys.argv[1], float(sys.argv[2]), [int(x) for x in sys.argv[3:]]
+def metrics(path):
+    out = {}
+    for line in open(path):
+        if line.strip() and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+def threads(path):
+    return {k: float(v) for k, v in (l.rsplit(" ", 1) for l in open(path).read().splitlines())}
+def run(w):
+    m0, m1 = metrics(f"{work}/wm0-{w}"), metrics(f"{work}/wm1-{w}")
+    acc = [m1.get(f'pos_relay_worker_accepted_total{{worker="{k}"}}', 0) -
+           m0.get(f'pos_relay_worker_accepted_total{{worker="{k}"}}', 0) for k in range(w)]
+    t0, t1 = threads(f"{work}/wt0-{w}"), threads(f"{work}/wt1-{w}")
+    cpu = {k: (t1[k] - t0.get(k, 0)) / hz for k in t1}
+    return acc, cpu
+acc1, cpu1 = run(1)
+base = sum(acc1) / sum(cpu1.values()) if sum(cpu1.values()) else 0
+print(f"1 worker:  {sum(acc1):.0f} accepted / {sum(cpu1.values()):.2f} CPU-s = {base:.0f} "
+      f"handshakes per relay CPU-second ({1e6 / base if base else 0:.0f} us each)")
+for w in counts:
+    acc, cpu = run(w)
+    total = sum(cpu.values())
+    wk = [cpu.get(f"pos-worker-{k}", 0.0) for k in range(w)]
+    rest = total - sum(wk)
+    rate = sum(acc) / total if total else 0
+    print(f"{w} workers: {sum(acc):.0f} accepted / {total:.2f} CPU-s = {rate:.0f} handshakes per "
+          f"relay CPU-second, {rate / base if base else 0:.2f}x one worker; main loop {rest:.2f} CPU-s")
+    for k in range(w):
+        share = wk[k] + rest * acc[k] / (sum(acc) or 1)
+        r = acc[k] / share if share else 0
+        print(f"  worker {k}: {acc[k]:.0f} accepted, {wk[k]:.2f} CPU-s + main loop share "
+              f"{share - wk[k]:.2f} = {r:.0f} per CPU-second, {r / base if base else 0:.2f}x one "
+              f"worker (goal 0.85 .. 1.15)")
+    mean = sum(acc) / w
+    print(f"  spread: accepted {[int(a) for a in acc]} (max "
+          f"{max(abs(a - mean) / mean for a in acc) * 100 if mean else 0:.0f}% from the mean; goal 20%)")
+PY

@@ -9,9 +9,16 @@
 # (utime + stime from /proc/PID/stat, taken around the measured run only),
 # then the ratios pos-relay / coturn (goal >= 2) and pos-relay / bare (goal
 # >= 0.8). The load generators share the machine's cores with the relays.
+# Workers (config key workers): pos-relay runs once per count in --workers
+# (default "1 2"); the ratios above use the first. For each further count it
+# prints messages per relay CPU-second per worker (the worker's forwarded
+# frames over its thread's CPU plus its share of the main thread's) as a
+# ratio to the first count's messages per relay CPU-second (goal: within
+# 15%), and how the connections and circuit sides spread over the workers.
 #
 # usage: loadtest/bench-relay.sh [--size BYTES] [--circuits N] [--duration SECONDS]
 #                                [--rate PPS] [--turn-msgs N] [--bench-src DIR] [--build DIR]
+#                                [--workers "1 2"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +26,8 @@ size=1200 circuits=20 duration=5 rate=0 turn_msgs=5000
 bench_src=${POS_BENCH_SRC:-/work/shared/bench}
 build=${POS_BENCH_BUILD:-build-bench}
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+workers_list="1 2"
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -29,6 +37,7 @@ while [ $# -gt 0 ]; do
     --turn-msgs) turn_msgs=$2; shift 2 ;;
     --bench-src) bench_src=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
+    --workers) workers_list=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench-relay: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -39,6 +48,11 @@ for v in size circuits duration turn_msgs; do
   fi
 done
 if ! [[ $rate =~ ^[0-9]+$ ]]; then echo "bench-relay: --rate wants a number" >&2; exit 2; fi
+for w in $workers_list; do
+  if ! [[ $w =~ ^[0-9]+$ ]] || [ "$w" -lt 1 ] || [ "$w" -gt 64 ]; then
+    echo "bench-relay: --workers wants counts from 1 to 64, e.g. \"1 2\"" >&2; exit 2
+  fi
+done
 for f in udpfwd.c udpgen.c; do
   [ -f "$bench_src/$f" ] || { echo "bench-relay: $f not found in $bench_src (--bench-src DIR)" >&2; exit 2; }
 done
@@ -111,22 +125,104 @@ c.update(listen=[f"127.0.0.1:{port}"], http_listen=f"127.0.0.1:{http}",
 json.dump(c, open(path, "w")); os.chmod(path, 0o600)
 PY
 token=$("$build/relay/pos-relay" token add --config "$tmp/relay.json" | tail -1)
-"$build/relay/pos-relay" run --config "$tmp/relay.json" >"$tmp/relay.log" 2>&1 &
-relay_pid=$!
-pids+=($relay_pid)
-wait_for 10 sh -c "curl -sf http://127.0.0.1:$p_disc/api/p2p/relays | grep -q '\"id\"'" || {
-  echo "bench-relay: the relay did not register: $(tail -5 "$tmp/relay.log")" >&2; exit 1; }
 
-t0=$(cpu_ticks "$relay_pid")
-"$build/loadtest/pos-loadtest" relay --api-url "http://127.0.0.1:$p_disc" --token "$token" \
-  --circuits "$circuits" --size "$size" --duration "$duration" --rate "$rate" --json \
-  >"$tmp/lt.json"
-t1=$(cpu_ticks "$relay_pid")
-ours_delivered=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["delivered"])' "$tmp/lt.json")
-ours_cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN { print (b - a) / hz }')
-echo "pos-relay: $(cat "$tmp/lt.json")"
-sleep 0.6  # /metrics is refreshed twice a second
-echo "pos-relay /metrics: $(curl -s "http://127.0.0.1:$p_http/metrics" | grep -E '^pos_relay_(forwarded_total|forward_send_failed_total|frames_dropped_total\{reason="(budget|wrong_source|unknown_circuit)"\}) ' | tr '\n' ' ')"
+# thread_ticks PID: "NAME TICKS" per thread (pos-worker-K are the workers; the rest is the
+# main loop and the HTTP thread)
+thread_ticks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    echo "$(cat "$t/comm") $(awk '{ print $14 + $15 }' "$t/stat")"
+  done
+}
+metrics() { curl -s "http://127.0.0.1:$p_http/metrics"; }
+
+# run_ours W: a relay with W workers through one pos-loadtest relay run; prints its figures
+# and leaves "delivered cpu_s" in $tmp/ours-W and the per-worker lines in $tmp/workers-W.
+run_ours() {
+  local w=$1 relay_pid t0 t1 sampler
+  /usr/bin/python3 - "$tmp/relay.json" "$w" <<'PY'
+import json, os, sys
+c = json.load(open(sys.argv[1])); c["workers"] = int(sys.argv[2])
+json.dump(c, open(sys.argv[1], "w")); os.chmod(sys.argv[1], 0o600)
+PY
+  "$build/relay/pos-relay" run --config "$tmp/relay.json" >"$tmp/relay-$w.log" 2>&1 &
+  relay_pid=$!
+  pids+=($relay_pid)
+  wait_for 10 sh -c "curl -sf http://127.0.0.1:$p_disc/api/p2p/relays | grep -q '\"id\"'" || {
+    echo "bench-relay: the relay did not register: $(tail -5 "$tmp/relay-$w.log")" >&2; exit 1; }
+  metrics >"$tmp/m0-$w"
+  thread_ticks "$relay_pid" >"$tmp/th0-$w"
+  t0=$(cpu_ticks "$relay_pid")
+  ( sleep "$(awk -v d="$duration" 'BEGIN { print d / 2 + 1 }')"; metrics >"$tmp/mid-$w" ) &
+  sampler=$!
+  "$build/loadtest/pos-loadtest" relay --api-url "http://127.0.0.1:$p_disc" --token "$token" \
+    --circuits "$circuits" --size "$size" --duration "$duration" --rate "$rate" --json \
+    >"$tmp/lt-$w.json"
+  t1=$(cpu_ticks "$relay_pid")
+  thread_ticks "$relay_pid" >"$tmp/th1-$w"
+  wait "$sampler"  # the mid-run /metrics sample
+  sleep 0.6  # /metrics is refreshed twice a second
+  metrics >"$tmp/m1-$w"
+  echo "pos-relay, $w worker(s): $(cat "$tmp/lt-$w.json")"
+  echo "pos-relay /metrics: $(grep -E '^pos_relay_(forwarded_total|forward_send_failed_total|frames_dropped_total\{reason="(budget|wrong_source|unknown_circuit)"\}) ' "$tmp/m1-$w" | tr '\n' ' ')"
+  echo "$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["delivered"])' "$tmp/lt-$w.json") $(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN { print (b - a) / hz }')" >"$tmp/ours-$w"
+  kill -TERM "$relay_pid"  # deregisters: the next run's relay (same id) is the one listed
+  wait "$relay_pid" 2>/dev/null || true
+}
+
+# workers_report BASE W: per-worker messages per CPU-second against BASE's, and the spread.
+workers_report() {
+  /usr/bin/python3 - "$tmp" "$1" "$2" "$hz" <<'PY'
+import re, sys
+tmp, base, w, hz = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+def metrics(path):
+    out = {}
+    for line in open(path):
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+def per_worker(m, name, n):
+    return [m.get(f'{name}{{worker="{k}"}}', 0) for k in range(n)]
+def threads(path):
+    return dict(line.rsplit(" ", 1) for line in open(path).read().splitlines())
+n = int(w)
+bd, bc = map(float, open(f"{tmp}/ours-{base}").read().split())
+base_rate = bd / bc if bc else 0
+d, c = map(float, open(f"{tmp}/ours-{w}").read().split())
+m0, m1, mid = metrics(f"{tmp}/m0-{w}"), metrics(f"{tmp}/m1-{w}"), metrics(f"{tmp}/mid-{w}")
+fw = [b - a for a, b in zip(per_worker(m0, "pos_relay_worker_forwarded_total", n),
+                            per_worker(m1, "pos_relay_worker_forwarded_total", n))]
+th0, th1 = threads(f"{tmp}/th0-{w}"), threads(f"{tmp}/th1-{w}")
+cpu = {k: (float(th1[k]) - float(th0.get(k, 0))) / hz for k in th1}
+wk = [cpu.get(f"pos-worker-{k}", 0.0) for k in range(n)]
+rest = sum(cpu.values()) - sum(wk)  # the main loop (timers, Redis) and the HTTP thread
+total_fw = sum(fw) or 1
+print(f"pos-relay, {n} workers: {d:.0f} delivered / {c:.2f} CPU-s = {d / c if c else 0:.0f} msgs "
+      f"per relay CPU-second, {(d / c if c else 0) / base_rate if base_rate else 0:.2f}x "
+      f"{base} worker(s)")
+for k in range(n):
+    share = wk[k] + rest * fw[k] / total_fw
+    rate = fw[k] / share if share else 0
+    print(f"  worker {k}: {fw[k]:.0f} frames forwarded, {wk[k]:.2f} CPU-s + {rest * fw[k] / total_fw:.2f} "
+          f"(main loop share) = {rate:.0f} msgs per CPU-second, "
+          f"{rate / base_rate if base_rate else 0:.2f}x one worker (goal 0.85 .. 1.15)")
+conns = per_worker(mid, "pos_relay_worker_connections", n)
+sides = per_worker(mid, "pos_relay_worker_circuit_sides", n)
+def spread(v):
+    mean = sum(v) / len(v) if v else 0
+    return max(abs(x - mean) / mean for x in v) * 100 if mean else 0
+print(f"  spread mid-run: connections {[int(x) for x in conns]} (max {spread(conns):.0f}% from "
+      f"the mean), circuit sides {[int(x) for x in sides]} (max {spread(sides):.0f}%; goal 20%)")
+PY
+}
+
+first=""
+for w in $workers_list; do
+  run_ours "$w"
+  [ -n "$first" ] || first=$w
+done
+read -r ours_delivered ours_cpu <"$tmp/ours-$first"
 
 # ---- coturn, client to client ----
 turnserver -n --no-cli --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --lt-cred-mech \
@@ -161,3 +257,6 @@ awk -v od="$ours_delivered" -v oc="$ours_cpu" -v td="$turn_delivered" -v tc="$tu
   printf "bare:      %.0f msgs per CPU-second\n", bp
   printf "ratios: pos-relay / coturn = %.2f (goal >= 2), pos-relay / bare = %.2f (goal >= 0.8)\n",
     (t > 0 ? o / t : 0), (bp > 0 ? o / bp : 0) }'
+for w in $workers_list; do
+  [ "$w" = "$first" ] || workers_report "$first" "$w"
+done

@@ -27,6 +27,7 @@ struct opts {
     long conns, concurrency, endpoints;
     double hold_s, timeout_s;
     int json;
+    int resume; /* --resume: returning connections resume TLS with the relay's ticket */
 };
 
 /* --report: when an accepted handshake ended, and how long it took */
@@ -55,7 +56,8 @@ static void usage(FILE *out)
     fprintf(out, "usage: pos-loadtest control (--api-url URL [--relay-id UUID] | --addr IP:PORT\n"
                  "                            --peer-id ID) --token TOKEN [--conns N]\n"
                  "                            [--concurrency C] [--endpoints K] [--hold SECONDS]\n"
-                 "                            [--timeout SECONDS] [--json] [--report DIR]\n\n"
+                 "                            [--timeout SECONDS] [--json] [--report DIR]\n"
+                 "                            [--resume]\n\n"
                  "Opens N authenticated control connections to one relay (default 1000), at most\n"
                  "C handshakes at once (default 200), spread over K UDP sockets (default 4), and\n"
                  "reports connections per second and handshake times. --hold keeps them open and\n"
@@ -64,7 +66,9 @@ static void usage(FILE *out)
                  "benchmark (conn_rate_per_addr / conn_rate_per_token = 0 in its config).\n"
                  "--report DIR writes DIR/series.csv (per second: attempted, accepted,\n"
                  "refused, failed, handshake p50/p99), DIR/handshakes.csv and DIR/report.html\n"
-                 "(charts, self-contained: opens offline); DIR is created if missing.\n");
+                 "(charts, self-contained: opens offline); DIR is created if missing.\n"
+                 "Every connection makes a full TLS handshake; with --resume each endpoint\n"
+                 "keeps the relay's session ticket and its later connections resume TLS 1.3.\n");
 }
 
 static int parse_long(const char *s, long min, long max, long *out)
@@ -92,6 +96,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"hold", required_argument, NULL, 'H'},
         {"timeout", required_argument, NULL, 'T'},
         {"json", no_argument, NULL, 'j'},
+        {"resume", no_argument, NULL, 'r'},
         {"report", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -147,6 +152,9 @@ static int parse(int argc, char **argv, struct opts *o)
                 o->hold_s = (double)v;
             else
                 o->timeout_s = (double)v;
+            break;
+        case 'r':
+            o->resume = 1;
             break;
         case 'j':
             o->json = 1;
@@ -509,6 +517,7 @@ int cmd_control(int argc, char **argv)
             fprintf(stderr, "pos-loadtest control: cannot open UDP sockets\n");
             goto out;
         }
+        pos_p2p_endpoint_set_resumption(R.ep[i], R.o.resume);
     }
     double elapsed = 0;
     if (run_load(&R, &relay, &elapsed) != 0)

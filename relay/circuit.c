@@ -76,6 +76,20 @@ relay_circuits *relay_circuits_new(uint32_t capacity, uint32_t seed)
     return t;
 }
 
+int relay_circuits_set_workers(relay_circuits *t, uint32_t n_workers)
+{
+    uint32_t bits = 0;
+    while (bits < 16 && (1u << bits) < n_workers)
+        bits++;
+    if (n_workers == 0 || t->open != 0 || t->slot_bits + bits > 30)
+        return RELAY_CIRCUIT_ERR_INVALID;
+    t->worker_bits = bits;
+    t->gen_max = (uint32_t)((1ull << (32 - t->slot_bits - bits)) - 1);
+    for (uint32_t i = 0; i < t->capacity; i++)
+        t->gen[i] = (t->gen[i] - 1) % t->gen_max + 1;
+    return 0;
+}
+
 void relay_circuits_del(relay_circuits *t)
 {
     if (t == NULL)
@@ -133,7 +147,9 @@ int relay_circuit_open(relay_circuits *t, relay_circuit_owner *owner0, const str
         uint32_t slot = 2 * c + k;
         relay_side *s = &t->sides[slot];
         memset(s, 0, sizeof *s);
-        s->id = (t->gen[c] << t->slot_bits) | slot;
+        uint32_t w = owners[k]->worker & ((1u << t->worker_bits) - 1);
+        s->id = (t->gen[c] << (t->slot_bits + t->worker_bits)) | (w << t->slot_bits) | slot;
+        t->worker_sides[w & 63]++;
         s->addr = a[k];
         s->budget = budgets[k];
         owner_link(t, owners[k], slot);
@@ -173,6 +189,7 @@ int relay_circuit_close(relay_circuits *t, uint32_t id, int64_t now_ms, relay_ci
             info->stats[k] = s->stats;
         }
         owner_unlink(t, 2 * c + k);
+        t->worker_sides[(s->id >> t->slot_bits) & ((1u << t->worker_bits) - 1) & 63]--;
         memset(s, 0, sizeof *s);
     }
     /* A new generation for the next use of this index, so stale ids stop matching. */

@@ -73,8 +73,9 @@ void relay_budget_grant(relay_budget *b, int64_t bytes);
  */
 typedef struct relay_circuit_owner {
     void *conn;
-    uint32_t head;  /* first side slot + 1 of this owner's sides, 0 = none */
-    uint32_t count; /* open sides owned */
+    uint32_t worker; /* the caller's: the worker its sides' ids name (relay_circuits_set_workers) */
+    uint32_t head;   /* first side slot + 1 of this owner's sides, 0 = none */
+    uint32_t count;  /* open sides owned */
 } relay_circuit_owner;
 
 /* A compact address: IPv6 or IPv4-mapped IPv6, port in network order. */
@@ -112,6 +113,8 @@ typedef struct relay_circuits {
     uint32_t free_head, free_count;
     uint32_t capacity, open;
     uint32_t slot_bits, slot_mask, gen_max;
+    uint32_t worker_bits;      /* between the slot and the generation: the owner's worker */
+    uint32_t worker_sides[64]; /* open sides by the worker their ids name (worker & 63) */
 } relay_circuits;
 
 /* What a closed circuit was: for telling both owners and for usage (circuit seconds, bytes). */
@@ -134,6 +137,16 @@ typedef void (*relay_circuit_closed_cb)(void *arg, const relay_circuit_info *inf
  */
 relay_circuits *relay_circuits_new(uint32_t capacity, uint32_t seed);
 void relay_circuits_del(relay_circuits *t);
+
+/*
+ * relay_circuits_set_workers: side ids name their owner's worker (0 ..
+ * |n_workers| - 1, relay_circuit_owner.worker) in the bits above the slot,
+ * so that a BPF program can steer frames by id (relay/workers.h):
+ * id = generation << (slot_bits + worker_bits) | worker << slot_bits | slot.
+ * Call before the first circuit opens. Returns 0, or RELAY_CIRCUIT_ERR_INVALID
+ * when the ids leave no room for a generation (n_workers 1 .. 64 always fit).
+ */
+int relay_circuits_set_workers(relay_circuits *t, uint32_t n_workers);
 
 /*
  * relay_circuit_open joins side 0 (owner |owner0| at |addr0|, paying from

@@ -18,6 +18,7 @@
 #include "metrics_http.h"
 #include "quic_server.h"
 #include "services.h"
+#include "workers.h"
 
 #define SHUTDOWN_DEREGISTER_MS 2000
 
@@ -177,6 +178,14 @@ int cmd_run(int argc, char **argv)
         return RELAY_EXIT_FAIL;
     }
     relay_server_set_services(r.srv, r.svc);
+    if (relay_workers_start(r.srv, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pos-relay run: %s\n", err);
+        relay_http_del(r.http);
+        relay_server_del(r.srv);
+        relay_services_del(r.svc);
+        relay_config_free(&r.cfg);
+        return RELAY_EXIT_FAIL;
+    }
 
     ev_signal_init(&r.sigterm, on_signal, SIGTERM);
     ev_signal_init(&r.sigint, on_signal, SIGINT);
@@ -192,6 +201,7 @@ int cmd_run(int argc, char **argv)
                  r.cfg.port, r.cfg.http_listen);
     ev_run(r.loop, 0);
 
+    relay_workers_stop(r.srv); /* the last batches are handled; the threads are joined */
     pos_log_info("stopped");
     ev_timer_stop(r.loop, &r.publish);
     ev_signal_stop(r.loop, &r.sigterm);

@@ -93,27 +93,33 @@ static int from_owner(const relay_side *s, const struct msghdr *h)
     return memcmp(&src, &s->addr, sizeof src) == 0;
 }
 
-/* Pays |len| bytes from |b|; 0 when the budget cannot pay (the packet is dropped). */
+/* ask_lease: the first caller since the last grant asks for the next lease. */
+static void ask_lease(relay_forwarder *fw, relay_budget *b)
+{
+    if (fw->lease && !__atomic_exchange_n(&b->lease_pending, 1, __ATOMIC_ACQ_REL))
+        fw->lease(fw->lease_arg, b);
+}
+
+/*
+ * Pays |len| bytes from |b|; 0 when the budget cannot pay (the packet is
+ * dropped). Atomic: one token's budget may be spent by several workers at
+ * once (relay/workers.h).
+ */
 static int budget_spend(relay_forwarder *fw, relay_budget *b, size_t len)
 {
     if (b == NULL)
         return 1;
     if (!b->unlimited) {
-        if (b->available < (int64_t)len) {
-            b->dropped++;
-            if (!b->lease_pending && fw->lease) {
-                b->lease_pending = 1;
-                fw->lease(fw->lease_arg, b);
-            }
+        if (__atomic_load_n(&b->available, __ATOMIC_RELAXED) < (int64_t)len) {
+            __atomic_fetch_add(&b->dropped, 1, __ATOMIC_RELAXED);
+            ask_lease(fw, b);
             return 0;
         }
-        b->available -= (int64_t)len;
-        if (b->available < b->low_water && !b->lease_pending && fw->lease) {
-            b->lease_pending = 1;
-            fw->lease(fw->lease_arg, b);
-        }
+        int64_t left = __atomic_sub_fetch(&b->available, (int64_t)len, __ATOMIC_RELAXED);
+        if (left < b->low_water && !__atomic_load_n(&b->lease_pending, __ATOMIC_RELAXED))
+            ask_lease(fw, b);
     }
-    b->spent += len;
+    __atomic_fetch_add(&b->spent, len, __ATOMIC_RELAXED);
     return 1;
 }
 

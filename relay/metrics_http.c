@@ -63,6 +63,11 @@ static void render_conns(struct mout *m, const struct relay_http *h)
          "pos_relay_handshakes_total{result=\"ok\"} %llu\n"
          "pos_relay_handshakes_total{result=\"failed\"} %llu\n",
          (unsigned long long)h->srv.handshakes_ok, (unsigned long long)h->srv.handshakes_failed);
+    EMIT("# HELP pos_relay_handshakes_resumed_total Handshakes of returning clients that resumed "
+         "with a session ticket (counted in result=\"ok\" too).\n"
+         "# TYPE pos_relay_handshakes_resumed_total counter\npos_relay_handshakes_resumed_total "
+         "%llu\n",
+         (unsigned long long)h->srv.handshakes_resumed);
     EMIT("# TYPE pos_relay_auth_ok_total counter\npos_relay_auth_ok_total %llu\n",
          (unsigned long long)h->srv.auth_ok);
     EMIT("# HELP pos_relay_auth_failures_total Clients refused, by reason.\n"
@@ -219,6 +224,35 @@ static void render_punch(struct mout *m, const struct relay_http *h)
          (unsigned long long)h->srv.punch_moves_ignored);
 }
 
+/* Per worker (relay/workers.h): how the steering spreads the load. */
+static void render_workers(struct mout *m, const struct relay_http *h)
+{
+    unsigned n = h->srv.n_workers ? h->srv.n_workers : 1;
+    EMIT("# HELP pos_relay_workers Threads serving the UDP port (config workers).\n"
+         "# TYPE pos_relay_workers gauge\npos_relay_workers %u\n",
+         n);
+    EMIT("# TYPE pos_relay_worker_packets_total counter\n");
+    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
+        EMIT("pos_relay_worker_packets_total{worker=\"%u\"} %llu\n", k,
+             (unsigned long long)h->srv.worker[k].packets_in);
+    EMIT("# TYPE pos_relay_worker_connections gauge\n");
+    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
+        EMIT("pos_relay_worker_connections{worker=\"%u\"} %llu\n", k,
+             (unsigned long long)h->srv.worker[k].conns);
+    EMIT("# TYPE pos_relay_worker_circuit_sides gauge\n");
+    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
+        EMIT("pos_relay_worker_circuit_sides{worker=\"%u\"} %llu\n", k,
+             (unsigned long long)h->srv.worker[k].circuit_sides);
+    EMIT("# TYPE pos_relay_worker_accepted_total counter\n");
+    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
+        EMIT("pos_relay_worker_accepted_total{worker=\"%u\"} %llu\n", k,
+             (unsigned long long)h->srv.worker[k].accepted);
+    EMIT("# TYPE pos_relay_worker_forwarded_total counter\n");
+    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
+        EMIT("pos_relay_worker_forwarded_total{worker=\"%u\"} %llu\n", k,
+             (unsigned long long)h->srv.worker[k].forwarded);
+}
+
 static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
 {
     struct mout mo = {out, 0, cap};
@@ -228,6 +262,7 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
     render_circuits(&mo, h);
     render_forwarding(&mo, h);
     render_punch(&mo, h);
+    render_workers(&mo, h);
     return mo.n;
 }
 
@@ -289,7 +324,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   size_t *upload_len, void **ctx)
 {
     struct relay_http *h = cls;
-    char body[16384];
+    char body[32768]; /* 64 workers add about 13 KB */
     size_t n;
     unsigned status = 200;
     (void)version;

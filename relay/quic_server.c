@@ -99,6 +99,7 @@ static void send_retry(relay_server *s, int sock, const ngtcp2_pkt_hd *hd,
 
     scid.datalen = SCID_LEN;
     randombytes_buf(scid.data, SCID_LEN);
+    relay_worker_mark_cid(s, s->cur_worker, scid.data); /* the retried Initial comes back here */
     tlen = ngtcp2_crypto_generate_retry_token(token, s->retry_secret, sizeof(s->retry_secret),
                                               hd->version, (const ngtcp2_sockaddr *)from, fromlen,
                                               &scid, &hd->dcid, relay_now(s));
@@ -174,6 +175,7 @@ static struct rconn *conn_new(relay_server *s, int sock, const uint8_t *data, si
     c->cid_ops = &relay_conn_cid_ops;
     c->srv = s;
     c->sock = sock;
+    c->worker = (uint8_t)s->cur_worker;
     c->state = RATE_CHECK;
     memcpy(&c->remote, from, fromlen);
     c->odcid = hd->dcid;
@@ -297,6 +299,23 @@ void relay_server_input(relay_server *s, int sock, const uint8_t *data, size_t l
 
 /* ---- set-up ---- */
 
+/* new_cid: ngtcp2's get_new_connection_id: a random id naming the connection's worker. */
+static int new_cid(ngtcp2_conn *qc, ngtcp2_cid *cid, uint8_t *token, size_t cidlen, void *user_data)
+{
+    struct rconn *c = user_data;
+    (void)qc;
+    if (cidlen != SCID_LEN)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    randombytes_buf(cid->data, cidlen);
+    cid->datalen = cidlen;
+    relay_worker_mark_cid(c->srv, c->worker, cid->data);
+    if (ngtcp2_crypto_generate_stateless_reset_token(token, c->srv->reset_secret,
+                                                     sizeof(c->srv->reset_secret), cid) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
+    return pos_cid_map_add(c->srv->cids, cid->data, cidlen, c) == 0 ? 0
+                                                                    : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
 relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg, const relay_io *io,
                                   const struct sockaddr_storage *locals, size_t n_locals, char *err,
                                   size_t errlen)
@@ -324,6 +343,8 @@ relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg,
         goto fail;
     }
     relay_conn_callbacks_init(&s->cbs);
+    s->cbs.get_new_connection_id = new_cid;
+    s->n_workers = 1; /* more once relay_workers_bind made their sockets */
     s->circuits = relay_circuits_new(cfg->max_circuits, randombytes_random());
     if (!s->circuits) {
         snprintf(err, errlen, "cannot allocate the circuit table (%u circuits, max_circuits)",
@@ -361,7 +382,7 @@ fail:
 void relay_server_set_services(relay_server *s, relay_services *svc)
 {
     s->svc = svc;
-    if (!s->fw && s->circuits) {
+    if (!s->fw && s->circuits && !s->workers) { /* the workers have their own (workers.c) */
         s->fw = relay_forwarder_new(s->circuits, RX_BATCH, relay_budget_lease, svc);
         if (s->fw) {
             /*
@@ -408,6 +429,27 @@ void relay_server_goaway(relay_server *s)
     }
 }
 
+/* worker_stats: each worker's share; circuit sides by the worker their ids name. */
+static void worker_stats(const relay_server *s, relay_server_stats *out)
+{
+    const relay_circuits *t = s->circuits;
+    out->n_workers = s->n_workers;
+    memcpy(out->worker, s->wst, sizeof(out->worker));
+    for (unsigned k = 0; k < RELAY_MAX_WORKERS; k++)
+        out->worker[k].circuit_sides = 0;
+    if (s->n_workers == 1) {
+        out->worker[0].conns = s->st.conns_active;
+        out->worker[0].circuit_sides = t ? 2 * (uint64_t)t->open : 0;
+        out->worker[0].forwarded = out->fw.forwarded;
+        out->worker[0].accepted = s->st.auth_ok;
+        return;
+    }
+    for (unsigned k = 0; t && k < s->n_workers && k < RELAY_MAX_WORKERS; k++)
+        out->worker[k].circuit_sides = t->worker_sides[k];
+    if (s->workers)
+        relay_workers_worker_forwarded(s, out->worker);
+}
+
 void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
 {
     *out = s->st;
@@ -432,9 +474,14 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
         out->punches_on_move = b.punches_on_move;
         out->punch_moves_ignored = b.punch_moves_ignored;
     }
-    if (s->fw) {
-        const relay_forward_stats *f = &s->fw->stats;
-        out->fw = *f;
+    if (s->workers) {
+        relay_workers_forward_stats(s, &out->fw);
+        out->forward_send_failed += relay_workers_send_failed(s);
+    }
+    if (s->fw || s->workers) {
+        const relay_forward_stats *f = &out->fw;
+        if (s->fw)
+            out->fw = s->fw->stats;
         /* frames dropped by the forwarder, by any reason, and by the QUIC path (fallback) */
         out->data_frames_dropped = s->st.data_frames_dropped + f->drop_truncated +
                                    f->drop_malformed + f->drop_unknown_type +
@@ -442,12 +489,14 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
                                    f->drop_wrong_source + f->drop_budget + f->drop_unroutable;
     }
     out->heap_in_use = (uint64_t)mallinfo2().uordblks;
+    worker_stats(s, out);
 }
 
 void relay_server_del(relay_server *s)
 {
     if (!s)
         return;
+    relay_workers_del(s); /* stops the threads; worker 0's sockets are closed below */
     while (s->conns)
         relay_conn_free(s->conns);
     if (s->broker)

@@ -31,12 +31,22 @@
 
 typedef struct relay_server relay_server;
 
+/* One worker's share (relay/workers.h); with one worker, worker 0 is the whole relay. */
+typedef struct relay_worker_stats {
+    uint64_t packets_in;    /* datagrams its sockets received */
+    uint64_t conns;         /* gauge: authenticated clients it serves */
+    uint64_t circuit_sides; /* gauge: open circuit sides whose id names it */
+    uint64_t forwarded;     /* DATA frames it forwarded */
+    uint64_t accepted;      /* clients authenticated on it (WELCOME) */
+} relay_worker_stats;
+
 /* Counters for /metrics; all totals since start except the gauges. */
 typedef struct relay_server_stats {
     uint64_t conns_active;      /* gauge: authenticated clients */
     uint64_t conns_handshaking; /* gauge: connections not yet authenticated */
     uint64_t handshakes_ok;
     uint64_t handshakes_failed;
+    uint64_t handshakes_resumed; /* of handshakes_ok: TLS 1.3 resumption with a ticket */
     uint64_t auth_ok;
     uint64_t refused[16]; /* by enum relay_refusal - 0x100 (index 0 unused) */
     uint64_t retries_sent;
@@ -65,7 +75,9 @@ typedef struct relay_server_stats {
     uint64_t punch_direct_ms_sum;    /* time to direct summed over the "direct" reports */
     uint64_t punches_on_move;        /* of punches_started: a side's address changed */
     uint64_t punch_moves_ignored;    /* address changes that started none (too soon) */
-    relay_forward_stats fw;          /* the forwarder's counters */
+    relay_forward_stats fw;          /* the forwarder's counters (summed over the workers) */
+    uint32_t n_workers;
+    relay_worker_stats worker[RELAY_MAX_WORKERS];
 } relay_server_stats;
 
 /*

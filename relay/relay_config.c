@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "secret.h"
 
@@ -25,6 +26,8 @@
 #define DEFAULT_RETRY_ABOVE 256 /* pending handshakes above which Initials must Retry */
 #define MAX_SECRET_LEN 4096
 #define DEFAULT_PUNCH_MIN_INTERVAL_MS 5000 /* between two punch attempts on one circuit */
+#define DEFAULT_TICKET_LIFETIME_S 21600    /* TLS session tickets: 6 hours, GnuTLS's default */
+#define MAX_TICKET_LIFETIME_S 604800       /* 7 days, TLS 1.3's limit (RFC 8446 4.6.1) */
 
 static const char *const known_keys[] = {
     "id",
@@ -53,6 +56,8 @@ static const char *const known_keys[] = {
     "quic_fallback",
     "punch",
     "punch_min_interval_ms",
+    "ticket_lifetime",
+    "workers",
     NULL,
 };
 
@@ -185,7 +190,10 @@ static int load_quic_knobs(relay_config *cfg, const pos_config *c, char *err, si
         return rc;
     cfg->gso = gso;
     cfg->quic_fallback = fallback;
-    return 0;
+    /* workers: threads on the one UDP port (relay/workers.h), default one per online CPU */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned def = cpus < 1 ? 1 : cpus > RELAY_MAX_WORKERS ? RELAY_MAX_WORKERS : (unsigned)cpus;
+    return load_uint(c, "workers", 1, RELAY_MAX_WORKERS, def, &cfg->workers, err, errlen);
 }
 
 /* Hole punching (docs/protocol.md "Hole punching"): whether, and how often per circuit. */
@@ -225,7 +233,9 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
         return rc;
     if ((rc = load_quic_knobs(cfg, c, err, errlen)) != 0)
         return rc;
-    if ((rc = load_punch(cfg, c, err, errlen)) != 0)
+    if ((rc = load_punch(cfg, c, err, errlen)) != 0 ||
+        (rc = load_uint(c, "ticket_lifetime", 0, MAX_TICKET_LIFETIME_S, DEFAULT_TICKET_LIFETIME_S,
+                        &cfg->ticket_lifetime_s, err, errlen)) != 0)
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

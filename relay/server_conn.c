@@ -100,6 +100,7 @@ void relay_conn_free(struct rconn *c)
         relay_auth_release(s->svc, c->token_id);
     if (c->counted_active) {
         s->st.conns_active--;
+        s->wst[c->worker].conns--;
     } else {
         s->pending--;
     }
@@ -324,9 +325,11 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     struct rconn *c = user_data;
     const uint8_t *alpn;
     size_t alpn_len;
+    int resumed;
     (void)qc;
-    if (!c->pin.has_peer)
-        return NGTCP2_ERR_CALLBACK_FAILURE; /* cannot happen: the server requires a cert */
+    /* a full handshake required the client's certificate; a resumed one has it from the ticket */
+    if (pos_tls_handshake_peer(c->tls, &c->pin, &resumed) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE;
     /* the codec of this connection: pos-relay/3, /2 (hole punching) or /1 (ALPN is mandatory) */
     if (pos_tls_alpn_selected(c->tls, &alpn, &alpn_len) != 0 ||
         (c->version = (uint8_t)pos_ctrl_version_of_alpn(alpn, alpn_len)) == 0)
@@ -334,6 +337,11 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
     pos_peer_id_format(c->pin.peer_key, c->peer_id);
     c->state = HELLO_WAIT;
     c->srv->st.handshakes_ok++;
+    if (resumed)
+        c->srv->st.handshakes_resumed++;
+    /* the client's next connection resumes with it; without one it makes a full handshake */
+    if (c->srv->cfg->ticket_lifetime_s)
+        pos_tls_send_ticket(c->tls);
     return 0;
 }
 
@@ -411,6 +419,7 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
     }
     scid.datalen = SCID_LEN;
     randombytes_buf(scid.data, SCID_LEN);
+    relay_worker_mark_cid(s, c->worker, scid.data); /* steered to c's worker (workers.h) */
     if (ngtcp2_crypto_generate_stateless_reset_token(params.stateless_reset_token, s->reset_secret,
                                                      sizeof(s->reset_secret), &scid) != 0)
         return -1;
@@ -425,7 +434,8 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
     c->creating = 0;
     if (rv != 0)
         return -1;
-    if (pos_tls_session_new_alpns(&c->tls, s->creds, 1, pos_ctrl_alpns, POS_CTRL_N_ALPNS) != 0)
+    if (pos_tls_session_new_ex(&c->tls, s->creds, 1, pos_ctrl_alpns, POS_CTRL_N_ALPNS,
+                               s->cfg->ticket_lifetime_s) != 0)
         return -1;
     if (ngtcp2_crypto_gnutls_configure_server_session(c->tls) != 0)
         return -1;
@@ -441,8 +451,9 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
 
 /*
  * drop_tls frees the GnuTLS session once the handshake is complete: packet
- * protection keys live in ngtcp2 (key updates derive from them), no session
- * tickets are sent, so an idle client keeps no TLS state (a few KiB each).
+ * protection keys live in ngtcp2 (key updates derive from them), session
+ * tickets went out with the handshake's end (they hold all the relay needs to
+ * resume), so an idle client keeps no TLS state (a few KiB each).
  * Post-handshake CRYPTO data is then ignored (pos_quic_callbacks_cids).
  */
 static void drop_tls(struct rconn *c)

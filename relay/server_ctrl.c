@@ -125,12 +125,15 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     }
     relay_broker_set_version(c->bc, c->version);
     relay_broker_set_nat(c->bc, c->nat);
+    relay_broker_set_worker(c->bc, c->worker); /* its frames are steered to its worker */
     relay_broker_set_rtt(c->bc, rtt_ms(c));
     c->state = ACTIVE;
     c->counted_active = 1;
     s->pending--;
     relay_conn_pending_addr_give(c);
     s->st.conns_active++;
+    s->wst[c->worker].conns++;
+    s->wst[c->worker].accepted++;
     s->st.auth_ok++;
     queue_ctrl(c, &m); /* WELCOME answers HELLO on stream 0, which stays open */
     watch_expiry(c, lim);

@@ -88,6 +88,7 @@ struct rconn {
     uint8_t home;    /* HELLO without NOT_HOME: presence and INCOMING are here */
     uint8_t version; /* POS_CTRL_V1, V2 or V3, from the negotiated ALPN (handshake) */
     uint8_t nat;     /* enum pos_ctrl_nat from HELLO's flags (version 3) */
+    uint8_t worker;  /* the worker its ids name (the one that got its first Initial) */
 };
 
 struct sock {
@@ -130,6 +131,11 @@ struct relay_server {
     struct sockaddr_storage rx_names[RX_BATCH];
     unsigned quic_idx[RX_BATCH];
     uint8_t rx_bufs[RX_BATCH][MAX_UDP + 1];
+    /* workers (workers.c): NULL with one worker, which is this loop */
+    struct relay_workers *workers;
+    unsigned n_workers;  /* at least 1 */
+    unsigned cur_worker; /* the worker whose datagram is being handled (under the lock) */
+    relay_worker_stats wst[RELAY_MAX_WORKERS];
 };
 
 /* server_conn.c: sending, the clock, and one connection's life. */
@@ -164,9 +170,30 @@ void relay_ctrl_refuse(struct rconn *c, enum relay_refusal why);
 /* relay_ctrl_end: |c| is over: circuits closed, requests ended, presence dropped. Runs once. */
 void relay_ctrl_end(struct rconn *c);
 
+/*
+ * workers.c (workers.h): N threads on the UDP port. relay_worker_mark_cid
+ * makes connection id |cid| (SCID_LEN bytes) name |worker| in its first byte
+ * (a random multiple of n_workers added), so that the steering program sends
+ * the client's packets to that worker; nothing with one worker.
+ * relay_workers_bind binds the sockets of workers 1..N-1 next to each of
+ * srv->socks (worker 0's) and attaches the steering program.
+ */
+void relay_worker_mark_cid(const relay_server *s, unsigned worker, uint8_t *cid);
+int relay_workers_bind(relay_server *s, char *err, size_t errlen);
+void relay_workers_del(relay_server *s);
+/* relay_workers_forward_stats: the workers' forwarder counters summed into |out|. */
+void relay_workers_forward_stats(const relay_server *s, relay_forward_stats *out);
+/* relay_workers_worker_forwarded: each worker's forwarded DATA frames into out[k].forwarded. */
+void relay_workers_worker_forwarded(const relay_server *s, relay_worker_stats *out);
+/* relay_workers_send_failed: forwarded datagrams the workers' sockets refused. */
+uint64_t relay_workers_send_failed(const relay_server *s);
+
 /* server_udp.c: the default relay_io.send (|arg| is the server) and clock. */
 int relay_udp_send(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,
                    socklen_t tolen);
 uint64_t relay_udp_now(void *arg);
+/* relay_udp_bind: a bound UDP socket for |ss| (|text| names it in |err|), or -1. */
+int relay_udp_bind(const struct sockaddr_storage *ss, int reuseport, const char *text, char *err,
+                   size_t errlen);
 
 #endif

@@ -93,6 +93,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
         unsigned n = read_batch(s, sk), n_quic = 0;
         if (n == 0)
             break;
+        s->wst[0].packets_in += n;
         if (s->fw) {
             int out = relay_forward_batch(s->fw, s->rx, n, sk->local.ss_family, s->tx, s->quic_idx,
                                           &n_quic);
@@ -117,25 +118,19 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
-static int bind_udp(struct sock *sk, const char *text, unsigned port, char *err, size_t errlen)
+/* udp_socket: a UDP socket for |ss|'s family with the relay's options; -1 with errno. */
+static int udp_socket(const struct sockaddr_storage *ss, int reuseport)
 {
-    struct sockaddr_storage ss;
-    int one = 1, fd;
-
-    if (pos_addr_parse(text, strlen(text), port, &ss) != 0) {
-        snprintf(err, errlen, "listen address \"%s\" is not ip:port", text);
+    int one = 1, fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
         return -1;
-    }
-    fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot create a UDP socket for %s: %s", text, strerror(errno));
-        return -1;
-    }
-    if (ss.ss_family == AF_INET6)
+    if (ss->ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     {
         int pmtu = IP_PMTUDISC_DO;
-        if (ss.ss_family == AF_INET)
+        if (ss->ss_family == AF_INET)
             setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu));
         else
             setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &pmtu, sizeof(pmtu));
@@ -143,11 +138,48 @@ static int bind_udp(struct sock *sk, const char *text, unsigned port, char *err,
     int rcvbuf = 4 * 1024 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof(rcvbuf));
-    if (bind(fd, (struct sockaddr *)&ss, pos_addr_len(&ss)) != 0) {
+    return fd;
+}
+
+int relay_udp_bind(const struct sockaddr_storage *ss, int reuseport, const char *text, char *err,
+                   size_t errlen)
+{
+    int fd = udp_socket(ss, reuseport);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create a UDP socket for %s: %s", text, strerror(errno));
+        return -1;
+    }
+    if (bind(fd, (const struct sockaddr *)ss, pos_addr_len(ss)) != 0) {
         snprintf(err, errlen, "cannot bind UDP %s: %s", text, strerror(errno));
         close(fd);
         return -1;
     }
+    return fd;
+}
+
+static int bind_udp(struct sock *sk, const char *text, unsigned port, int workers, char *err,
+                    size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int fd;
+
+    if (pos_addr_parse(text, strlen(text), port, &ss) != 0) {
+        snprintf(err, errlen, "listen address \"%s\" is not ip:port", text);
+        return -1;
+    }
+    if (workers > 1) {
+        /*
+         * The workers' sockets share the port (SO_REUSEPORT), which would let
+         * a second relay of the same user share it too: a socket without the
+         * option proves first that nobody holds the address.
+         */
+        int probe = relay_udp_bind(&ss, 0, text, err, errlen);
+        if (probe < 0)
+            return -1;
+        close(probe);
+    }
+    if ((fd = relay_udp_bind(&ss, workers > 1, text, err, errlen)) < 0)
+        return -1;
     sk->fd = fd;
     sk->local_len = sizeof(sk->local);
     getsockname(fd, (struct sockaddr *)&sk->local, &sk->local_len);
@@ -175,7 +207,7 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
     }
     for (size_t i = 0; i < n; i++) {
         struct sock *sk = &s->socks[s->n_socks];
-        if (bind_udp(sk, addrs[i], cfg->port, err, errlen) != 0) {
+        if (bind_udp(sk, addrs[i], cfg->port, (int)cfg->workers, err, errlen) != 0) {
             /* A host without IPv6 still serves IPv4 when the default pair was asked for. */
             if (cfg->n_listen == 0 && i == 1 && s->n_socks == 1) {
                 pos_log_warn("%s; serving IPv4 only", err);
@@ -186,9 +218,12 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
         sk->srv = s;
         ev_io_init(&sk->io, on_readable, sk->fd, EV_READ);
         sk->io.data = sk;
-        ev_io_start(loop, &sk->io);
+        if (cfg->workers <= 1)
+            ev_io_start(loop, &sk->io); /* else worker 0 serves it (workers.c) */
         s->n_socks++;
     }
+    if (cfg->workers > 1 && relay_workers_bind(s, err, errlen) != 0)
+        goto fail;
     return s;
 fail:
     relay_server_del(s);

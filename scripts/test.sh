@@ -31,6 +31,9 @@ fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:halt_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+# The integration tests' relays run with this many workers (config key workers); the relay
+# suite adds a smoke test with one (relay-circuits-one-worker) and tests with two explicitly.
+export POS_TEST_RELAY_WORKERS=${POS_TEST_RELAY_WORKERS:-2}
 
 suites=("$@")
 want() {  # want SUITE: whether to run it

@@ -12,6 +12,9 @@ import subprocess
 from harness import Proc, binary, free_port, http, tmpdir, wait_until
 
 RELAY = binary("relay/pos-relay")
+# The relays' config key workers (threads on the UDP port): CI runs the suite with 2 and a
+# smoke test with 1 (scripts/test.sh).
+RELAY_WORKERS = int(os.environ.get("POS_TEST_RELAY_WORKERS", "2"))
 P2P = binary("client-lib/cli/pos-p2p")
 DISCOVERY = binary("discovery-api/pos-discovery")
 TTL = 3
@@ -72,6 +75,7 @@ class Relay:
         cfg["listen"] = [f"127.0.0.1:{self.port}"]
         cfg["http_listen"] = f"127.0.0.1:{self.port + 1}"
         cfg["register_interval"] = 1
+        cfg["workers"] = RELAY_WORKERS
         cfg.update(extra or {})
         with open(self.config, "w") as f:
             json.dump(cfg, f)

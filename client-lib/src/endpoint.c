@@ -18,6 +18,7 @@
 #include "addr.h"
 #include "cid_map.h"
 #include "internal.h"
+#include "tickets.h"
 
 int64_t pos_p2p_now_ms(void)
 {
@@ -35,7 +36,8 @@ struct ep_sock {
 struct pos_p2p_endpoint {
     pos_identity id;
     pos_tls_creds *creds;
-    struct ep_sock socks[2]; /* [0] IPv4, [1] IPv6; fd -1 when absent */
+    struct relay_tickets *tickets; /* relays' session tickets (tickets.h) */
+    struct ep_sock socks[2];       /* [0] IPv4, [1] IPv6; fd -1 when absent */
     int epfd;
     int nlfd;                 /* netlink: interface address changes (-1: not watched) */
     uint32_t addr_gen;        /* how many batches of such changes were seen */
@@ -184,6 +186,19 @@ pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep)
     return ep->creds;
 }
 
+struct relay_tickets *ep_tickets(const pos_p2p_endpoint *ep)
+{
+    return ep->tickets;
+}
+
+int pos_p2p_endpoint_set_resumption(pos_p2p_endpoint *ep, int enabled)
+{
+    if (!ep || (enabled != 0 && enabled != 1))
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    relay_tickets_enable(ep->tickets, enabled);
+    return 0;
+}
+
 static int open_sock(struct ep_sock *s, int family, unsigned port)
 {
     struct sockaddr_storage ss;
@@ -266,7 +281,8 @@ static int ep_alloc(pos_p2p_endpoint **out, const pos_p2p_identity *id)
     ep->epfd = ep->nlfd = -1;
     ep->id = *p2p_identity_key(id);
     ep->cids = pos_cid_map_new(EP_MAX_CIDS);
-    if (!ep->cids || pos_tls_creds_new(&ep->creds, &ep->id) != 0) {
+    ep->tickets = relay_tickets_new();
+    if (!ep->cids || !ep->tickets || pos_tls_creds_new(&ep->creds, &ep->id) != 0) {
         pos_p2p_endpoint_del(ep);
         return POS_P2P_ERR_NOMEM;
     }
@@ -498,6 +514,7 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep)
         close(ep->nlfd);
     pos_cid_map_del(ep->cids);
     pos_tls_creds_del(ep->creds);
+    relay_tickets_free(ep->tickets);
     pos_identity_free(&ep->id);
     free(ep);
 }

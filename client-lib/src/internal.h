@@ -113,6 +113,7 @@ int ep_has_sock(const pos_p2p_endpoint *ep, int sock); /* 1: socket |sock| is op
 const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len);
 uint8_t *ep_txbuf(pos_p2p_endpoint *ep); /* EP_MAX_UDP bytes to write one packet into */
 pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep);
+struct relay_tickets *ep_tickets(const pos_p2p_endpoint *ep); /* relays' tickets (tickets.h) */
 /*
  * ep_addr_gen: a count that grows each time the endpoint notices that the
  * device's interface addresses changed (netlink; never with ep_new_io).

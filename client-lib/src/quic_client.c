@@ -327,7 +327,8 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
 
     if (ngtcp2_conn_open_bidi_stream(qc, &r->stream, NULL) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE;
-    r->version = (uint8_t)relay_negotiated_version(r->tls);
+    if (relay_tls_done(r->tls, &r->pin, &r->version) != 0)
+        return NGTCP2_ERR_CALLBACK_FAILURE; /* a resumed session's key is not the pinned one */
     relay_msg_hello(&m, r->ep, r->token, r->token_len, r->hello_flags, r->version);
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
@@ -377,7 +378,7 @@ static int make_conn(pos_p2p_relay *r)
     r->creating = 0;
     if (rv != 0)
         return POS_P2P_ERR_NOMEM;
-    if (pos_tls_session_new_alpns(&r->tls, ep_creds(ep), 0, pos_ctrl_alpns, POS_CTRL_N_ALPNS) ||
+    if (relay_tls_new(ep, r->pin.expect_key, &r->tls) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(r->tls) != 0)
         return POS_P2P_ERR_HANDSHAKE;
     r->ref.get_conn = get_conn;
@@ -550,7 +551,7 @@ static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t
         if (dispatch_events(r) != 0)
             return; /* closed from a callback */
     }
-    relay_drop_tls(r->qc, &r->tls);
+    relay_drop_tls(r->ep, r->qc, &r->tls, &r->pin, r->st.state != POS_P2P_RELAY_CONNECTING);
     conn_write(r);
 }
 

@@ -9,6 +9,7 @@
 
 #include "addr.h"
 #include "quic_common.h"
+#include "tickets.h"
 
 /* error_of: the library error for the code of an ERROR message. */
 static int error_of(uint16_t code)
@@ -279,14 +280,39 @@ int relay_liberr_reason(int liberr, int mismatch, int completed, char *why, size
     return POS_P2P_ERR_HANDSHAKE;
 }
 
-void relay_drop_tls(ngtcp2_conn *qc, gnutls_session_t *tls)
+int relay_tls_new(pos_p2p_endpoint *ep, const uint8_t key[32], gnutls_session_t *tls)
 {
-    if (*tls && ngtcp2_conn_get_handshake_completed(qc)) {
-        /* no tickets: the TLS session is dead weight now */
-        ngtcp2_conn_set_tls_native_handle(qc, NULL);
-        gnutls_deinit(*tls);
-        *tls = NULL;
-    }
+    struct relay_tickets *ts = ep_tickets(ep);
+    if (pos_tls_session_new_ex(tls, ep_creds(ep), 0, pos_ctrl_alpns, POS_CTRL_N_ALPNS,
+                               (unsigned)relay_tickets_enabled(ts)) != 0)
+        return -1;
+    relay_tickets_offer(ts, key, *tls); /* none: a full handshake */
+    return 0;
+}
+
+int relay_tls_done(gnutls_session_t tls, pos_tls_pin *pin, uint8_t *version)
+{
+    int resumed;
+    if (pos_tls_handshake_peer(tls, pin, &resumed) != 0)
+        return -1;
+    *version = (uint8_t)relay_negotiated_version(tls);
+    return 0;
+}
+
+void relay_drop_tls(pos_p2p_endpoint *ep, ngtcp2_conn *qc, gnutls_session_t *tls,
+                    const pos_tls_pin *pin, int connected)
+{
+    struct relay_tickets *ts = ep_tickets(ep);
+    if (!*tls || !ngtcp2_conn_get_handshake_completed(qc) || !pin->has_peer)
+        return;
+    /* the relay's tickets come right after the handshake, before WELCOME: wait for them */
+    if (relay_tickets_keep(ts, pin->expect_key, *tls) != 0 && relay_tickets_enabled(ts) &&
+        !connected)
+        return;
+    /* the TLS session is dead weight now: the keys are in ngtcp2 */
+    ngtcp2_conn_set_tls_native_handle(qc, NULL);
+    gnutls_deinit(*tls);
+    *tls = NULL;
 }
 
 void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id,

@@ -53,8 +53,27 @@ void relay_liberr_close(ngtcp2_connection_close_error *ccerr, int liberr, ngtcp2
  */
 int relay_liberr_reason(int liberr, int mismatch, int completed, char *why, size_t cap);
 
-/* relay_drop_tls frees |*tls| once the handshake of |qc| is done (the keys are in ngtcp2). */
-void relay_drop_tls(ngtcp2_conn *qc, gnutls_session_t *tls);
+/*
+ * relay_tls_new: the TLS session of a relay connection of |ep| pinning relay
+ * |key|, offering the ticket kept for |key| when there is one (tickets.h).
+ * Returns 0, or -1.
+ */
+int relay_tls_new(pos_p2p_endpoint *ep, const uint8_t key[32], gnutls_session_t *tls);
+
+/*
+ * relay_tls_done, when the handshake of |tls| is complete: the relay's key
+ * checked against |pin| (also on a resumed handshake, where GnuTLS calls no
+ * verify function) and the negotiated |*version|. Returns 0, or -1.
+ */
+int relay_tls_done(gnutls_session_t tls, pos_tls_pin *pin, uint8_t *version);
+
+/*
+ * relay_drop_tls frees |*tls| once the handshake of |qc| is done (the keys are
+ * in ngtcp2) and the relay's session ticket is kept in |ep|'s table (or the
+ * connection is |connected|: WELCOME came without one, or tickets are off).
+ */
+void relay_drop_tls(pos_p2p_endpoint *ep, ngtcp2_conn *qc, gnutls_session_t *tls,
+                    const pos_tls_pin *pin, int connected);
 /*
  * relay_msg_request: |m| = CONNECT (to |peer_id|), ACCEPT or DECLINE of
  * request |req_id|; on a connection of |version| 3, CONNECT and ACCEPT carry

@@ -54,6 +54,10 @@ static void test_defaults(void)
     CHECK(c.max_conns_per_token == 64);
     CHECK(c.retry_above == 256 && c.gso == 1 && c.quic_fallback == 0);
     CHECK(c.punch == 1 && c.punch_min_interval_ms == 5000);
+    CHECK(c.ticket_lifetime_s == 21600);
+    /* workers: one per online CPU, at most 64 */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    CHECK(c.workers == (cpus < 1 ? 1u : cpus > 64 ? 64u : (unsigned)cpus));
     CHECK(strcmp(c.p2p_secret, "s3cret") == 0);
     relay_config_free(&c);
     CHECK(c.p2p_secret == NULL);
@@ -94,7 +98,7 @@ static void test_values_and_docker(void)
                      "\"conn_burst_per_token\": 7, \"register_interval\": 3, "
                      "\"max_pending_per_addr\": 4, \"retry_above\": 0, \"gso\": false, "
                      "\"quic_fallback\": true, \"punch\": false, "
-                     "\"punch_min_interval_ms\": 100");
+                     "\"punch_min_interval_ms\": 100, \"ticket_lifetime\": 0, \"workers\": 3");
     unsetenv("POS_DOCKER");
     CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
     CHECK(c.port == 9000);
@@ -108,6 +112,8 @@ static void test_values_and_docker(void)
     CHECK(c.max_pending_per_addr == 4);
     CHECK(c.retry_above == 0 && c.gso == 0 && c.quic_fallback == 1);
     CHECK(c.punch == 0 && c.punch_min_interval_ms == 100);
+    CHECK(c.ticket_lifetime_s == 0);
+    CHECK(c.workers == 3);
     relay_config_free(&c);
 
     setenv("POS_DOCKER", "true", 1);
@@ -135,6 +141,9 @@ static void test_refusals(void)
         {"\"public_addrs\": \"1.2.3.4:1\"", "\"public_addrs\""},
         {"\"extra\": 1", "\"extra\""},
         {"\"max_circuits\": 0", "\"max_circuits\""},
+        {"\"workers\": 0", "\"workers\""},
+        {"\"workers\": 65", "\"workers\""},
+        {"\"workers\": \"two\"", "\"workers\""},
         {"\"max_circuits\": 2000000", "\"max_circuits\""},
         {"\"max_circuits_per_conn\": -1", "\"max_circuits_per_conn\""},
         {"\"max_circuits\": 100, \"max_circuits_per_token\": 101", "\"max_circuits_per_token\""},
@@ -161,6 +170,10 @@ static void test_refusals(void)
         {"\"punch_min_interval_ms\": 3600001", "\"punch_min_interval_ms\""},
         {"\"punch_min_interval_ms\": \"5000\"", "\"punch_min_interval_ms\""},
         {"\"punch_min_interval_ms\": -1", "\"punch_min_interval_ms\""},
+        {"\"ticket_lifetime\": 604801", "\"ticket_lifetime\""},
+        {"\"ticket_lifetime\": -1", "\"ticket_lifetime\""},
+        {"\"ticket_lifetime\": \"3600\"", "\"ticket_lifetime\""},
+        {"\"ticket_lifetime\": 1.5", "\"ticket_lifetime\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         relay_config c;

@@ -193,6 +193,18 @@ int pos_p2p_endpoint_run(pos_p2p_endpoint *ep, int timeout_ms, pos_p2p_done_cb d
 /* pos_p2p_endpoint_local_port: the UDP port of the endpoint's sockets. No errors. */
 unsigned pos_p2p_endpoint_local_port(const pos_p2p_endpoint *ep);
 
+/*
+ * pos_p2p_endpoint_set_resumption: whether relay connections of |ep| resume
+ * TLS 1.3 with a session ticket from an earlier connection to the same relay
+ * (|enabled| 1, the default: a returning connection costs the relay about
+ * half the CPU of a full handshake), or always make a full handshake (0; the
+ * tickets kept so far are forgotten). Tickets live in the endpoint's memory
+ * only, one per relay key: a relay with another key is never offered one,
+ * and a resumed connection still checks the relay's pinned key. Returns 0, or
+ * POS_P2P_ERR_INVALID_ARGUMENT (NULL |ep|, |enabled| not 0 or 1).
+ */
+int pos_p2p_endpoint_set_resumption(pos_p2p_endpoint *ep, int enabled);
+
 /* pos_p2p_endpoint_del closes every connection and the sockets and frees |ep| (NULL: nothing). */
 void pos_p2p_endpoint_del(pos_p2p_endpoint *ep);
 
