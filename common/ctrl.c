@@ -132,6 +132,26 @@ static int hello_flags_ok(uint8_t f, int version)
     return !(f & ~known) && (f & nat) != nat;
 }
 
+/*
+ * nat_flags_ok: |f| (nonzero) is a NAT mapping as CONNECT and ACCEPT carry
+ * it at |version| 3 (one of the HELLO_NAT_* flags, nothing else).
+ */
+static int nat_flags_ok(uint8_t f, int version)
+{
+    return version >= POS_CTRL_V3 &&
+           (f == POS_CTRL_HELLO_NAT_EIM || f == POS_CTRL_HELLO_NAT_VARIES);
+}
+
+/* get_nat_flags: the optional u8 that ends CONNECT and ACCEPT (ctrl.h), into hello_flags. */
+static void get_nat_flags(struct pos_reader *c, pos_ctrl_msg *m, int version)
+{
+    if (pos_reader_bad(c) || pos_reader_left(c) == 0)
+        return;
+    m->hello_flags = pos_reader_u8(c);
+    if (!nat_flags_ok(m->hello_flags, version))
+        pos_reader_fail(c); /* a present 0, another flag, or below version 3 */
+}
+
 static void decode_body(struct pos_reader *c, pos_ctrl_msg *m, int version)
 {
     switch (m->type) {
@@ -157,6 +177,7 @@ static void decode_body(struct pos_reader *c, pos_ctrl_msg *m, int version)
     case POS_CTRL_CONNECT:
         m->req_id = pos_reader_u32(c);
         get_peer_id(c, m->peer_id);
+        get_nat_flags(c, m, version);
         break;
     case POS_CTRL_INCOMING:
         m->req_id = pos_reader_u32(c);
@@ -166,6 +187,7 @@ static void decode_body(struct pos_reader *c, pos_ctrl_msg *m, int version)
         break;
     case POS_CTRL_ACCEPT:
         m->req_id = pos_reader_u32(c);
+        get_nat_flags(c, m, version);
         break;
     case POS_CTRL_DECLINE:
         m->req_id = pos_reader_u32(c);
@@ -394,6 +416,15 @@ static void encode_punch(struct out *o, const pos_ctrl_msg *m, int version)
     }
 }
 
+/* put_nat_flags: CONNECT's and ACCEPT's optional u8, when hello_flags is nonzero. */
+static void put_nat_flags(struct out *o, const pos_ctrl_msg *m, int version)
+{
+    if (m->hello_flags && !nat_flags_ok(m->hello_flags, version))
+        invalid(o);
+    else if (m->hello_flags)
+        pos_writer_u8(&o->w, m->hello_flags);
+}
+
 static void encode_body(struct out *o, const pos_ctrl_msg *m, int version)
 {
     switch (m->type) {
@@ -417,6 +448,7 @@ static void encode_body(struct out *o, const pos_ctrl_msg *m, int version)
     case POS_CTRL_CONNECT:
         pos_writer_u32(&o->w, m->req_id);
         put_peer_id(o, m->peer_id);
+        put_nat_flags(o, m, version);
         break;
     case POS_CTRL_INCOMING:
         pos_writer_u32(&o->w, m->req_id);
@@ -426,6 +458,7 @@ static void encode_body(struct out *o, const pos_ctrl_msg *m, int version)
         break;
     case POS_CTRL_ACCEPT:
         pos_writer_u32(&o->w, m->req_id);
+        put_nat_flags(o, m, version);
         break;
     case POS_CTRL_DECLINE:
         pos_writer_u32(&o->w, m->req_id);

@@ -66,9 +66,9 @@ enum pos_ctrl_type {
     POS_CTRL_WELCOME = 2,  /* relay: str observed, u64 bytes_per_sec, u64 burst, u32 max_conns,
                               u64 expires_at (unix s, 0 never), u32 idle_timeout_s,
                               str relay_id */
-    POS_CTRL_CONNECT = 3,  /* client: u32 req_id, str peer_id */
+    POS_CTRL_CONNECT = 3,  /* client: u32 req_id, str peer_id, [u8 nat flags] (v3; absent: 0) */
     POS_CTRL_INCOMING = 4, /* relay: u32 req_id, str peer_id, str observed, addrs local */
-    POS_CTRL_ACCEPT = 5,   /* client: u32 req_id */
+    POS_CTRL_ACCEPT = 5,   /* client: u32 req_id, [u8 nat flags] (v3; absent: 0) */
     POS_CTRL_DECLINE = 6,  /* client: u32 req_id, u16 code */
     POS_CTRL_CIRCUIT = 7,  /* relay: u32 req_id, u32 circuit_id, str peer_id, str observed,
                               addrs local */
@@ -147,7 +147,8 @@ typedef struct pos_ctrl_msg {
     uint32_t circuit_id;
     uint32_t max_conns;
     uint32_t idle_timeout_s;
-    uint8_t hello_flags;      /* HELLO: POS_CTRL_HELLO_* */
+    uint8_t hello_flags;      /* HELLO: POS_CTRL_HELLO_*; CONNECT, ACCEPT (version 3): one of
+                                 the HELLO_NAT_* flags or 0 (the u8 left out) */
     uint32_t peer_circuit_id; /* PUNCH_START: the id the peer knows the circuit by (nonzero) */
     uint32_t start_in_ms;     /* PUNCH_START: 0..POS_PUNCH_MAX_START_IN_MS */
     uint32_t ms_to_direct;    /* PUNCH_REPORT */

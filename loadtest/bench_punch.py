@@ -183,6 +183,8 @@ def run_scenario(name, kinds, opts, demand, disturbance, runs, size):
                   f"{res['wall']:.2f} s agree {res['agree']}", file=sys.stderr, flush=True)
             if res.get("stderr"):
                 print("    " + res["stderr"].strip().replace("\n", "\n    "), file=sys.stderr)
+                print("    listener: " + listener.output()[-800:].strip().replace(
+                    "\n", "\n    listener: "), file=sys.stderr)
             results.append(res)
     ok = [r for r in results if r["intact"]]
     paths = {}

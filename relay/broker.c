@@ -598,6 +598,11 @@ static void handle_answer(relay_broker *b, relay_broker_client *c, const pos_ctr
 int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctrl_msg *m,
                          int64_t now_ms)
 {
+    /* CONNECT, ACCEPT (version 3): the client learnt its mapping after HELLO */
+    if (m->hello_flags & POS_CTRL_HELLO_NAT_VARIES)
+        cl->nat = POS_CTRL_NAT_VARIES;
+    else if (m->hello_flags & POS_CTRL_HELLO_NAT_EIM)
+        cl->nat = POS_CTRL_NAT_EIM;
     switch (m->type) {
     case POS_CTRL_CONNECT:
         handle_connect(b, cl, m, now_ms);

@@ -181,7 +181,8 @@ void relay_broker_leave(relay_broker *b, relay_broker_client *cl, int64_t now_ms
  * ignored and counted) and PUNCH_REPORT (counted); returns 0, or -1 for any
  * other type, or a PUNCH_* from a version 1 client (the caller refuses the
  * client). An ACCEPT or DECLINE for no request in flight is ignored, as is a
- * PUNCH_* for a circuit that is not (or no longer) the sender's.
+ * PUNCH_* for a circuit that is not (or no longer) the sender's. A CONNECT
+ * or ACCEPT that carries a NAT mapping (version 3) sets |cl|'s first.
  */
 int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctrl_msg *m,
                          int64_t now_ms);

@@ -63,6 +63,7 @@ struct peer {
     char peer_id[POS_P2P_PEER_ID_STRLEN];
     struct xfer x[MAX_XFERS];
     size_t n;
+    int nat_told; /* said that the session stopped punching (both NATs vary) */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -400,12 +401,28 @@ static void free_peer(struct peer *p)
     free(p);
 }
 
+/* tell_punch_stopped: once per session, that it stopped punching (both NATs vary), as send does. */
+static void tell_punch_stopped(struct peer *p)
+{
+    pos_p2p_path_info pi;
+    if (p->nat_told || pos_p2p_session_get_path(p->s, &pi) != 0 ||
+        pi.punch_stopped != POS_P2P_PUNCH_STOPPED_NAT)
+        return;
+    p->nat_told = 1;
+    printf("path of %s: both NATs vary by destination: staying relayed (no direct path can be "
+           "punched between them; no more attempts)\n",
+           p->peer_id);
+    fflush(stdout);
+}
+
 static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event *ev)
 {
     struct peer *p = arg;
     struct xfer *x;
     int err;
 
+    if (ev->type != POS_P2P_SESSION_EV_CLOSED)
+        tell_punch_stopped(p); /* the session's events come often enough: no timer of its own */
     switch (ev->type) {
     case POS_P2P_SESSION_EV_STREAM:
         if (p->n >= MAX_XFERS) {

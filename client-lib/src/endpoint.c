@@ -1,9 +1,12 @@
 /*
  * The endpoint (see pos/p2p.h and internal.h): one UDP socket per address
  * family behind one epoll descriptor, the table of connection ids this
- * device issued, and the poll/process loop.
+ * device issued, a netlink socket that tells when the interface addresses
+ * change (ep_addr_gen), and the poll/process loop.
  */
 #include <errno.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <netinet/in.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -39,6 +42,8 @@ struct pos_p2p_endpoint {
     struct relay_tickets *tickets; /* relays' session tickets (tickets.h) */
     struct ep_sock socks[2];       /* [0] IPv4, [1] IPv6; fd -1 when absent */
     int epfd;
+    int nlfd;                 /* netlink: interface address changes (-1: not watched) */
+    uint32_t addr_gen;        /* how many batches of such changes were seen */
     pos_cid_map *cids;        /* connection ids we issued -> struct ep_conn */
     struct ep_conn *conns;    /* attached connections (relay connections), newest first */
     struct ep_conn *listener; /* the session layer: new peers' Initials */
@@ -299,6 +304,43 @@ static int open_sock(struct ep_sock *s, int family, unsigned port)
     return 0;
 }
 
+/* open_netlink: a socket told of every interface address added or removed, or -1. */
+static int open_netlink(void)
+{
+    struct sockaddr_nl a = {.nl_family = AF_NETLINK,
+                            .nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR};
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* drain_netlink: reads what the netlink socket holds; one more batch of changes if any. */
+static void drain_netlink(pos_p2p_endpoint *ep)
+{
+    uint8_t buf[8192];
+    int any = 0;
+    for (int k = 0; ep->nlfd >= 0 && k < 64; k++) {
+        ssize_t n = recv(ep->nlfd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n < 0 && errno == ENOBUFS) {
+            any = 1; /* some were lost: changes all the same */
+            continue;
+        }
+        if (n <= 0)
+            break;
+        any = 1;
+    }
+    if (any)
+        ep->addr_gen++;
+}
+
+uint32_t ep_addr_gen(const pos_p2p_endpoint *ep)
+{
+    return ep->addr_gen;
+}
+
 /* ep_alloc: an endpoint with its identity, credentials and tables, no socket yet. */
 static int ep_alloc(pos_p2p_endpoint **out, const pos_p2p_identity *id)
 {
@@ -306,7 +348,7 @@ static int ep_alloc(pos_p2p_endpoint **out, const pos_p2p_identity *id)
     if (!ep)
         return POS_P2P_ERR_NOMEM;
     ep->socks[0].fd = ep->socks[1].fd = -1;
-    ep->epfd = -1;
+    ep->epfd = ep->nlfd = -1;
     ep->id = *p2p_identity_key(id);
     ep->cids = pos_cid_map_new(EP_MAX_CIDS);
     ep->tickets = relay_tickets_new();
@@ -363,13 +405,15 @@ int pos_p2p_endpoint_new(pos_p2p_endpoint **out, const pos_p2p_identity *id, uns
         port = ntohs(((struct sockaddr_in *)&ep->socks[0].local)->sin_port);
     if (open_sock(&ep->socks[1], AF_INET6, port) != 0)
         ep->socks[1].fd = -1;
-    for (int i = 0; i < 2; i++) {
-        if (ep->socks[i].fd < 0)
+    ep->nlfd = open_netlink(); /* best effort: without it no address change is noticed */
+    for (int i = 0; i < 3; i++) {
+        int fd = i < 2 ? ep->socks[i].fd : ep->nlfd;
+        if (fd < 0)
             continue;
         memset(&ev, 0, sizeof(ev));
         ev.events = EPOLLIN;
         ev.data.u32 = (uint32_t)i;
-        if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, ep->socks[i].fd, &ev) != 0) {
+        if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
             pos_p2p_endpoint_del(ep);
             return POS_P2P_ERR_IO;
         }
@@ -486,6 +530,7 @@ int pos_p2p_endpoint_process(pos_p2p_endpoint *ep)
 {
     int64_t now;
 
+    drain_netlink(ep);
     ep_tx_hold(ep); /* what the batch makes the connections send leaves in GSO runs */
     for (int i = 0; i < 2; i++) {
         struct rx_ctx x = {ep, i, 0};
@@ -577,6 +622,8 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep)
         ep_txq_flush(ep->txq);
     ep_txq_del(ep->txq);
     ep_rxq_del(ep->rxq);
+    if (ep->nlfd >= 0)
+        close(ep->nlfd);
     pos_cid_map_del(ep->cids);
     pos_tls_creds_del(ep->creds);
     relay_tickets_free(ep->tickets);

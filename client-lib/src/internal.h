@@ -132,6 +132,11 @@ uint8_t *ep_txbuf(pos_p2p_endpoint *ep); /* EP_MAX_UDP bytes to write one packet
 uint8_t *ep_tx_space(pos_p2p_endpoint *ep);
 pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep);
 struct relay_tickets *ep_tickets(const pos_p2p_endpoint *ep); /* relays' tickets (tickets.h) */
+/*
+ * ep_addr_gen: a count that grows each time the endpoint notices that the
+ * device's interface addresses changed (netlink; never with ep_new_io).
+ */
+uint32_t ep_addr_gen(const pos_p2p_endpoint *ep);
 
 /* quic_client.c, for the session layer (hole punching, pos-relay/2) */
 /*
@@ -150,5 +155,11 @@ const char *relay_list_id(const pos_p2p_relay *r);
  * not accepted, a bad message), POS_P2P_ERR_NOMEM.
  */
 int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m);
+/*
+ * relay_ping: the control connection sends a PING now (not inside a read of
+ * it), so that the relay sees the address our NAT gives it today and moves
+ * the connection there (it drops data frames from any other address).
+ */
+void relay_ping(pos_p2p_relay *r);
 
 #endif

@@ -119,7 +119,6 @@ static void fail_liberr(pos_p2p_relay *r, int liberr)
     ngtcp2_connection_close_error ccerr;
     char why[200];
     int err;
-
     relay_liberr_close(&ccerr, liberr, r->qc);
     send_close(r, &ccerr);
     err = relay_liberr_reason(liberr, r->pin.mismatch, ngtcp2_conn_get_handshake_completed(r->qc),
@@ -133,7 +132,6 @@ static void on_peer_close(pos_p2p_relay *r)
     ngtcp2_connection_close_error cc;
     char reason[257];
     int err;
-
     ngtcp2_conn_get_connection_close_error(r->qc, &cc);
     r->st.close_code = cc.error_code;
     err = relay_close_error(&cc, r->st.state == POS_P2P_RELAY_ACCEPTED, reason, sizeof(reason));
@@ -331,12 +329,7 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
         return NGTCP2_ERR_CALLBACK_FAILURE;
     if (relay_tls_done(r->tls, &r->pin, &r->version) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE; /* a resumed session's key is not the pinned one */
-    memset(&m, 0, sizeof(m));
-    m.type = POS_CTRL_HELLO;
-    memcpy(m.token, r->token, r->token_len);
-    m.token_len = r->token_len;
-    m.hello_flags = r->hello_flags | relay_hello_nat(r->ep, r->version);
-    relay_local_addrs(r->ep, &m.addrs); /* candidates for peers behind the same NAT */
+    relay_msg_hello(&m, r->ep, r->token, r->token_len, r->hello_flags, r->version);
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
     /* the token stays (wiped) in memory until WELCOME: another address may need it */
@@ -400,8 +393,7 @@ static int make_conn(pos_p2p_relay *r)
 static void relay_free(pos_p2p_relay *r)
 {
     pos_quic_drop_cids(r->qc, r);
-    if (r->qc)
-        ngtcp2_conn_del(r->qc);
+    ngtcp2_conn_del(r->qc); /* NULL: nothing */
     if (r->tls)
         gnutls_deinit(r->tls);
     ep_conn_detach(&r->conn);
@@ -687,7 +679,7 @@ int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (++r->next_req == 0)
         r->next_req = 1;
-    relay_msg_request(&m, POS_CTRL_CONNECT, r->next_req, peer_id);
+    relay_msg_request(&m, POS_CTRL_CONNECT, r->next_req, peer_id, r->ep, r->version);
     rv = queue_request(r, &m);
     if (rv != 0)
         return rv;
@@ -699,7 +691,8 @@ int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *
 static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept)
 {
     pos_ctrl_msg m;
-    relay_msg_request(&m, accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE, req_id, NULL);
+    relay_msg_request(&m, accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE, req_id, NULL, r->ep,
+                      r->version);
     return queue_request(r, &m);
 }
 
@@ -732,18 +725,25 @@ int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
     return rv;
 }
 
+void relay_ping(pos_p2p_relay *r)
+{
+    if (!r || r->dead || r->in_read || r->st.state != POS_P2P_RELAY_ACCEPTED)
+        return;
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, 1); /* expired: the next packet carries a PING */
+    conn_write(r);
+    ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(r->st.idle_timeout_s));
+}
+
 int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)
 {
     uint8_t buf[POS_FRAME_MAX_LEN];
     const ngtcp2_addr *to;
     int flen;
 
-    if (!r || (!data && len))
+    if (!r || !data || len == 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (len > POS_FRAME_MAX_PAYLOAD)
         return POS_P2P_ERR_TOO_BIG;
-    if (len == 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
     if (r->dead || !r->circuits || relay_id_find(r->circuits, r->n_circuits, circuit_id) < 0)
         return POS_P2P_ERR_CIRCUIT_CLOSED;
     flen = pos_frame_encode_data(buf, sizeof(buf), circuit_id, data, len);

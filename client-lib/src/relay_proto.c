@@ -237,6 +237,17 @@ uint8_t relay_hello_nat(const pos_p2p_endpoint *ep, int version)
                                                      : 0;
 }
 
+void relay_msg_hello(pos_ctrl_msg *m, const pos_p2p_endpoint *ep, const char *token,
+                     size_t token_len, uint8_t flags, int version)
+{
+    memset(m, 0, sizeof(*m));
+    m->type = POS_CTRL_HELLO;
+    memcpy(m->token, token, token_len);
+    m->token_len = token_len;
+    m->hello_flags = flags | relay_hello_nat(ep, version);
+    relay_local_addrs(ep, &m->addrs); /* candidates for peers behind the same NAT */
+}
+
 int relay_negotiated_version(gnutls_session_t tls)
 {
     gnutls_datum_t d = {NULL, 0};
@@ -306,11 +317,13 @@ void relay_drop_tls(pos_p2p_endpoint *ep, ngtcp2_conn *qc, gnutls_session_t *tls
     *tls = NULL;
 }
 
-void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id)
+void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id,
+                       const pos_p2p_endpoint *ep, int version)
 {
     memset(m, 0, sizeof(*m));
     m->type = type;
     m->req_id = req_id;
+    m->hello_flags = type == POS_CTRL_DECLINE ? 0 : relay_hello_nat(ep, version);
     if (type == POS_CTRL_DECLINE)
         m->code = POS_CTRL_CODE_DECLINED;
     if (peer_id)

@@ -74,8 +74,13 @@ int relay_tls_done(gnutls_session_t tls, pos_tls_pin *pin, uint8_t *version);
  */
 void relay_drop_tls(pos_p2p_endpoint *ep, ngtcp2_conn *qc, gnutls_session_t *tls,
                     const pos_tls_pin *pin, int connected);
-/* relay_msg_request: |m| = CONNECT (to |peer_id|), ACCEPT or DECLINE of request |req_id|. */
-void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id);
+/*
+ * relay_msg_request: |m| = CONNECT (to |peer_id|), ACCEPT or DECLINE of
+ * request |req_id|; on a connection of |version| 3, CONNECT and ACCEPT carry
+ * |ep|'s NAT mapping when known (it may be known only since HELLO went out).
+ */
+void relay_msg_request(pos_ctrl_msg *m, uint8_t type, uint32_t req_id, const char *peer_id,
+                       const pos_p2p_endpoint *ep, int version);
 
 /* relay_negotiated_version: POS_CTRL_V1 or V2 from the ALPN |tls| negotiated (V1 when none). */
 int relay_negotiated_version(gnutls_session_t tls);
@@ -94,6 +99,14 @@ void relay_local_addrs(const pos_p2p_endpoint *ep, pos_ctrl_addrs *out);
  * when it is unknown.
  */
 uint8_t relay_hello_nat(const pos_p2p_endpoint *ep, int version);
+
+/*
+ * relay_msg_hello: |m| = HELLO with the token (|token_len| bytes, at most
+ * POS_CTRL_MAX_TOKEN), |flags| (POS_CTRL_HELLO_*), the NAT mapping flags on
+ * a connection of |version| 3 and the local addresses. Wipe |m| after use.
+ */
+void relay_msg_hello(pos_ctrl_msg *m, const pos_p2p_endpoint *ep, const char *token,
+                     size_t token_len, uint8_t flags, int version);
 
 /* relay_quic_settings: the transport settings and parameters of a relay control connection. */
 void relay_quic_settings(ngtcp2_settings *settings, ngtcp2_transport_params *params,

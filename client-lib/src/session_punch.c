@@ -16,6 +16,7 @@
 #include "frame.h"
 #include "prober.h"
 #include "quic_common.h"
+#include "relay_proto.h"
 #include "session_table.h"
 
 #define MAX_KEPT 32        /* PUNCH_STARTs waiting for their session */
@@ -23,6 +24,7 @@
 #define MIGRATE_WAIT_MS 10 /* the handshake is not confirmed yet: look again then */
 #define RELAYED_KEEPALIVE_NS (10 * NGTCP2_SECONDS) /* as session_quic.c */
 #define MAX_DATAGRAMS 16
+#define ADDR_SETTLE_MS 500 /* interface address changes come in bursts: ask once they settle */
 #define MAX_EXTRA POS_P2P_MAX_EXTRA_CANDIDATES
 _Static_assert(MAX_EXTRA <= POS_PROBER_MAX_ADDED, "the prober has a place for each extra one");
 /* the timers of the options (stall PTOs, direct keep-alive, nudges) are pos_p2p_punch_options */
@@ -61,6 +63,9 @@ struct sess_punch {
     uint32_t backoff_ms; /* after a fallback: the pause before the next request (0: retry_ms) */
     int64_t heard_ms;    /* the last packet of the session through the relay */
     int nudges;          /* KEEPALIVEs sent since */
+    uint32_t addr_gen;   /* ep_addr_gen when last looked at */
+    int64_t addr_req_at; /* a PUNCH_REQUEST for new interface addresses then (-1: none due) */
+    int64_t addr_asked;  /* the last one (-1: none) */
     struct pos_prober_path result;
     pos_p2p_path_info info;                   /* path, bytes, upgrade time, counters */
     struct sockaddr_storage extra[MAX_EXTRA]; /* the application's candidates (every attempt) */
@@ -221,6 +226,8 @@ struct sess_punch *sess_punch_new(pos_p2p_endpoint *ep, pos_p2p_relay *r, uint32
     p->started_ms = now;
     p->request_at = -1;
     p->heard_ms = now;
+    p->addr_gen = ep_addr_gen(ep);
+    p->addr_req_at = p->addr_asked = -1;
     p->info.path = POS_P2P_PATH_RELAYED;
     p->info.upgraded_after_ms = -1;
     take_kept(p);
@@ -357,7 +364,9 @@ static int64_t nudge_at(const struct sess_punch *p)
  * and a side that only receives (or a handshake's server, all of its flight
  * acknowledged) would send nothing before its 10 s keepalive; the handshake
  * times out first. A KEEPALIVE frame on the circuit (the relay echoes it)
- * makes the mapping anew.
+ * makes the mapping anew. When the NAT gave us a new port (a rebinding) the
+ * relay drops our frames until it sees the control connection there: that
+ * sends a PING at once too (else only at its keep-alive, up to 10 s).
  */
 static void nudge(struct sess_punch *p)
 {
@@ -376,6 +385,7 @@ static void nudge(struct sess_punch *p)
     sock = to.ss_family == AF_INET ? 0 : 1;
     if (ep_has_sock(p->ep, sock))
         ep_send(p->ep, sock, frame, sizeof(frame), (const struct sockaddr *)&to, pos_addr_len(&to));
+    relay_ping(p->relay);
 }
 
 int64_t sess_punch_deadline(const struct sess_punch *p)
@@ -387,6 +397,10 @@ int64_t sess_punch_deadline(const struct sess_punch *p)
         d = p->move_at;
     if (p->nudges < (int)p->opt.max_nudges && (d < 0 || nudge_at(p) < d))
         d = nudge_at(p);
+    if (p->addr_gen != ep_addr_gen(p->ep))
+        return 0; /* at once: see addr_watch */
+    if (p->addr_req_at >= 0 && (d < 0 || p->addr_req_at < d))
+        d = p->addr_req_at;
     return d;
 }
 
@@ -499,18 +513,50 @@ static int fall_back(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
     return 1;
 }
 
-/* request asks the relay for a new attempt on the circuit (PUNCH_REQUEST). */
-static void request(struct sess_punch *p, int64_t now)
+/* send_request: PUNCH_REQUEST (a new attempt, please) with our interface addresses. */
+static void send_request(struct sess_punch *p)
 {
     pos_ctrl_msg m;
-    /* again then if the relay starts none (under its minimum interval): the current pause */
-    p->request_at =
-        now + (p->backoff_ms && p->backoff_ms < p->opt.retry_ms ? p->backoff_ms : p->opt.retry_ms);
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_PUNCH_REQUEST;
     m.circuit_id = p->circuit_id;
+    relay_local_addrs(p->ep, &m.addrs);
     if (relay_send_ctrl(p->relay, &m) == 0)
         p->pe->st.requests++;
+}
+
+/* request asks the relay for a new attempt on the circuit (the dialer's retries). */
+static void request(struct sess_punch *p, int64_t now)
+{
+    /* again then if the relay starts none (under its minimum interval): the current pause */
+    p->request_at =
+        now + (p->backoff_ms && p->backoff_ms < p->opt.retry_ms ? p->backoff_ms : p->opt.retry_ms);
+    send_request(p);
+}
+
+/*
+ * addr_watch: the device's interface addresses changed (a new network, a
+ * new lease): its local candidates are no longer those the relay has. A
+ * relayed session (either side) asks for a new attempt with the new ones,
+ * ADDR_SETTLE_MS after the change, at most once per fallback_retry_ms.
+ */
+static void addr_watch(struct sess_punch *p, int64_t now)
+{
+    uint32_t gen = ep_addr_gen(p->ep);
+    if (gen != p->addr_gen) {
+        p->addr_gen = gen;
+        if (p->addr_req_at < 0)
+            p->addr_req_at = now + ADDR_SETTLE_MS;
+        if (p->addr_asked >= 0 && p->addr_req_at < p->addr_asked + p->opt.fallback_retry_ms)
+            p->addr_req_at = p->addr_asked + p->opt.fallback_retry_ms;
+    }
+    if (p->addr_req_at < 0 || p->addr_req_at > now)
+        return;
+    p->addr_req_at = -1;
+    if (p->direct || !p->opt.enabled || !p->relay || pos_p2p_relay_protocol_version(p->relay) < 2)
+        return;
+    p->addr_asked = now;
+    send_request(p);
 }
 
 int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_path *path,
@@ -535,6 +581,7 @@ int sess_punch_timer(struct sess_punch *p, ngtcp2_conn *qc, const struct sess_pa
         try_move(p, qc, now);
     if (p->nudges < (int)p->opt.max_nudges && nudge_at(p) <= now)
         nudge(p);
+    addr_watch(p, now);
     if (p->dialer && p->direct && qc) {
         ngtcp2_conn_stat cs;
         ngtcp2_conn_get_conn_stat(qc, &cs);

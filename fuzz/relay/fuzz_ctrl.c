@@ -5,8 +5,8 @@
  * decodes must re-encode at its version to exactly the bytes it came from,
  * and a message of version 1 must be the same message in version 2 (v2 only
  * adds types); a message of version 3 is the same in version 2 unless it
- * carries the NAT mapping (HELLO's NAT flags, every PUNCH_START), which
- * version 2 refuses.
+ * carries the NAT mapping (HELLO's NAT flags, the last byte of CONNECT and
+ * ACCEPT, every PUNCH_START), which version 2 refuses.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +34,7 @@ static void decode_stream(const uint8_t *data, size_t size, int version)
                 abort();
         } else if (version == POS_CTRL_V3) {
             int nat = m.type == POS_CTRL_PUNCH_START ||
-                      (m.type == POS_CTRL_HELLO &&
-                       (m.hello_flags & (POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES)));
+                      (m.hello_flags & (POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES));
             int rv2 = pos_ctrl_decode_version(data + off, size - off, POS_CTRL_V2, &m2, &used2);
             if (nat ? rv2 != POS_CTRL_ERR_MALFORMED
                     : rv2 != 1 || used2 != used || memcmp(&m, &m2, sizeof(m)) != 0)

@@ -187,7 +187,9 @@ def symmetric_to_symmetric_stays_relayed():
     Both sides learnt from the two relays that their mapping varies by destination, and
     each told its relay (HELLO, pos-relay/3): after the first attempt the sender asks for
     no more although it may every second (--punch-retry 1, the relays allow one every
-    0.5 s), and says why."""
+    0.5 s), and says why. The listener says so too: it learnt the sender's mapping from
+    PUNCH_START, which the relay had from the sender's CONNECT (the sender's HELLO went
+    out before it had compared the two relays' observations)."""
     with natlab.Lab("symmetric", "symmetric") as lab:
         pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500})
         samples, marks = [], {}
@@ -197,9 +199,11 @@ def symmetric_to_symmetric_stays_relayed():
                 samples.append((time.monotonic(), lab.counters("a")["peer_out"]))
                 time.sleep(0.1)
             marks["sender"] = sender.output()
+            marks["listener"] = listener.output()
         doc, before, after = transfer(lab, pub, SIZE, ("--limit-rate", "1500000",
                                                        "--punch-window", "0.5",
-                                                       "--punch-retry", "1"), during=sample)
+                                                       "--punch-retry", "1"),
+                                      ("--punch-window", "0.5"), during=sample)
         print(f"    symmetric-symmetric: {json.dumps(doc)}")
         assert_path("relayed", doc, pub, before, after, SIZE)
         changes = [t for (t, v), (_, w) in zip(samples, samples[1:]) if w != v]
@@ -209,6 +213,8 @@ def symmetric_to_symmetric_stays_relayed():
         assert doc["punch_attempts"] == 1 and doc["punch_stopped"] == "nat", doc
         assert marks["sender"].count("both NATs vary by destination: staying relayed") == 1, \
             marks["sender"]
+        assert marks["listener"].count("both NATs vary by destination: staying relayed") == 1, \
+            marks["listener"]
 
 
 @test
@@ -340,6 +346,46 @@ def new_mapping_starts_a_new_attempt():
         print(f"    new mapping: {json.dumps(doc)}")
         assert doc["ok"] is True and doc["bytes"] == SIZE and doc["path"] == "relayed", doc
         assert doc["punch_attempts"] >= 2, doc
+
+
+def punch_requests(pub):
+    """PUNCH_REQUESTs the relays started an attempt for (GET /metrics, both relays)."""
+    total = 0
+    for r in pub.relays:
+        st, body = pub.lab.http_get("srv", r.http + "/metrics")
+        assert st == 200, st
+        for line in body.decode().splitlines():
+            if line.startswith('pos_relay_punch_requests_total{result="started"} '):
+                total += int(line.split()[-1])
+    return total
+
+
+@test
+def new_interface_address_asks_for_a_new_attempt():
+    """Two symmetric NATs: after the first attempt neither side asks for another (both
+    NATs vary). An address added to the listener's LAN interface mid-transfer: its
+    endpoint notices (netlink) and asks the relay for a new attempt with its new local
+    addresses (PUNCH_REQUEST, 0.5 s after the change), so the relay starts one for that
+    request and the sender's session sees attempt 2."""
+    with natlab.Lab("symmetric", "symmetric") as lab:
+        pub = natlab.Public(lab, SECRET, relay_config={"punch_min_interval_ms": 500})
+        marks = {}
+
+        def add_address(sender, listener):
+            wait_until(lambda: "session from " in listener.output(), 15,
+                       what="the listener to accept the session:\n" + listener.output())
+            time.sleep(1.0)  # the first attempt (0.5 s window) is over
+            marks["before"] = punch_requests(pub)
+            new_ip = lab.client_ip["b"].rsplit(".", 1)[0] + ".77/24"
+            lab.run("b", ["ip", "addr", "add", new_ip, "dev", "eth0"])
+        doc, _, _ = transfer(lab, pub, SIZE, ("--limit-rate", "1500000", "--punch-window",
+                                              "0.5"), ("--punch-window", "0.5"),
+                             during=add_address)
+        print(f"    new address: {json.dumps(doc)}")
+        assert doc["ok"] is True and doc["bytes"] == SIZE and doc["path"] == "relayed", doc
+        assert marks["before"] == 0, marks
+        assert punch_requests(pub) >= 1, "no PUNCH_REQUEST started an attempt"
+        assert doc["punch_attempts"] == 2, doc
 
 
 # A client on A's LAN binds PORT and listens; a public host sends to A's public

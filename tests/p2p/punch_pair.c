@@ -31,8 +31,9 @@
  *                       socket (new port) from then on, and still reads the old one
  * Prints "path SIDE FROM->TO remote=... rtt_ms=... reason=..." for each
  * event, "blocked"/"unblocked", and at the end "result ok=1 bytes=..."
- * with each side's path info and counters. Exit 0 when every byte arrived
- * intact within 90 s.
+ * with each side's path info and counters, and "arrivals A max_gap_ms=...
+ * stalls=N" (A's longest wait for data; its waits of 3 s or more). Exit 0
+ * when every byte arrived intact within 90 s.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -62,7 +63,11 @@ struct side {
     uint64_t gen; /* the checker's / writer's pseudo-random state */
     int direct;
     int moves_direct, moves_back;
+    int64_t last_data; /* when data last arrived (pos_p2p_now_ms; 0: none yet) */
+    int64_t max_gap;   /* the longest wait between two arrivals of data, ms */
+    int stalls;        /* such waits of STALL_MS or more */
 };
+#define STALL_MS 3000
 
 static struct side A = {.name = "A", .gen = 1, .old_fd = -1},
                    B = {.name = "B", .gen = 1, .old_fd = -1};
@@ -131,6 +136,11 @@ static void on_event(void *arg, pos_p2p_session *s, const pos_p2p_session_event 
             if (ev->data[i] != next_byte(&x->gen))
                 x->bad++;
         x->got += ev->len;
+        if (x->last_data && pos_p2p_now_ms() - x->last_data > x->max_gap)
+            x->max_gap = pos_p2p_now_ms() - x->last_data;
+        if (x->last_data && pos_p2p_now_ms() - x->last_data >= STALL_MS)
+            x->stalls++;
+        x->last_data = pos_p2p_now_ms();
         if (ev->fin)
             x->fin = 1;
         break;
@@ -484,6 +494,7 @@ int main(int argc, char **argv)
     ok = run_transfer(rate, block_at, unblock_after);
     printf("result ok=%d bytes=%llu bad=%llu ms=%lld\n", ok, (unsigned long long)A.got,
            (unsigned long long)A.bad, (long long)(pos_p2p_now_ms() - t0));
+    printf("arrivals A max_gap_ms=%lld stalls=%d\n", (long long)A.max_gap, A.stalls);
     print_info(&B);
     if (A.s)
         print_info(&A);

@@ -29,6 +29,11 @@ the relay, B dialing A through it and writing a checked byte stream).
   socket): the relay sees its control connection move and starts a new
   attempt on the circuit (PUNCH_START, attempt 2, with the retry interval at
   60 s), counted in pos_relay_punch_moves_total; the transfer is intact.
+- A relayed transfer (punching off) across B's NAT rebinding, with the
+  relay's default keep-alive (10 s): the relay drops B's frames from its new
+  port until it sees B's control connection there; B's nudge after 1 s of
+  relayed silence makes the control connection send at once, so A's wait
+  for data stays under 3 s (it was about 10 s: "stalls=1").
 - The circuit closed while direct (B closes its relay connection, so the
   relay sends CIRCUIT_CLOSED to A): both sides live on direct, every byte
   arrives, and the path info says the relayed path is gone.
@@ -284,6 +289,23 @@ def address_change_starts_a_new_attempt():
     assert re.search(r"^stats B .* requests=0 ", out, re.M), out
     assert int(info(out, "A")["attempts"]) == 2, out
     assert metric(relay, 'pos_relay_punch_moves_total{result="started"}') == 1
+
+
+@test
+def relayed_transfer_rides_out_a_rebinding():
+    # the relay's own idle timeout (keep-alive every 10 s): only the nudge makes B's control
+    # connection tell the relay its new port before then, and the relay drops B's frames from
+    # that port until it knows it
+    relay, token = relay_with()
+    dropped = metric(relay, 'pos_relay_frames_dropped_total{reason="wrong_source"}')
+    # 4 MB at 1 MB/s, relayed (no punching); B rebinds at 1 MB
+    rc, out = pair(relay, token, 4, "--rate-kbps", "8000", "--no-punch", "--rebind-b-at-mb", "1")
+    assert rc == 0, out
+    assert "rebound B at_ms=" in out and "result ok=1 bytes=4000000 bad=0" in out, out
+    assert info(out, "B")["path"] == "relayed", out
+    # the relay refused some of B's frames from its new port, then followed it: no stall
+    assert metric(relay, 'pos_relay_frames_dropped_total{reason="wrong_source"}') > dropped
+    assert re.search(r"^arrivals A max_gap_ms=\d+ stalls=0$", out, re.M), out
 
 
 if __name__ == "__main__":

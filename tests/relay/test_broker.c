@@ -667,6 +667,37 @@ static void test_punch_nat_mapping(void)
     rig_down(&r);
 }
 
+/*
+ * pos-relay/3: a client that learnt its mapping after HELLO (pos-p2p send
+ * compares two relays' observations) tells it in CONNECT or ACCEPT; the
+ * PUNCH_START to its peer carries it.
+ */
+static void test_punch_nat_from_requests(void)
+{
+    struct rig r;
+    pos_ctrl_msg m;
+    uint32_t to_req;
+
+    punch_rig_up(&r, POS_CTRL_V3, POS_CTRL_V3, 1); /* HELLOs without a mapping */
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_CONNECT;
+    m.req_id = 7;
+    m.hello_flags = POS_CTRL_HELLO_NAT_VARIES;
+    snprintf(m.peer_id, sizeof(m.peer_id), "peer-b");
+    CHECK(relay_broker_request(r.b, r.a, &m, 1000) == 0);
+    to_req = only(&B, POS_CTRL_INCOMING)->req_id;
+    w.n_out = 0;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_ACCEPT;
+    m.req_id = to_req;
+    m.hello_flags = POS_CTRL_HELLO_NAT_EIM;
+    CHECK(relay_broker_request(r.b, r.bb, &m, 1000) == 0);
+    CHECK(w.n_out == 4 && w.out[2].m.type == POS_CTRL_PUNCH_START);
+    CHECK(w.out[2].conn == &A && w.out[2].m.peer_nat == POS_CTRL_NAT_EIM);
+    CHECK(w.out[3].conn == &B && w.out[3].m.peer_nat == POS_CTRL_NAT_VARIES);
+    rig_down(&r);
+}
+
 /* a side's control connection moves (NAT rebinding): a new attempt, unless one is too recent */
 static void test_punch_on_move(void)
 {
@@ -719,6 +750,7 @@ int main(void)
     test_punch_not_v1_or_off();
     test_punch_candidates_bounded();
     test_punch_nat_mapping();
+    test_punch_nat_from_requests();
     test_punch_on_move();
     return check_finish("test_broker");
 }

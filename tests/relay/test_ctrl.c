@@ -355,6 +355,47 @@ static void test_nat_mapping(const pos_ctrl_msg *v1, size_t n1)
           POS_CTRL_ERR_MALFORMED);
 }
 
+/* Version 3: CONNECT and ACCEPT may end with the sender's NAT mapping (one HELLO_NAT_* flag). */
+static void test_request_nat(const char *peer_id)
+{
+    pos_ctrl_msg m, back;
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    size_t used;
+    int len;
+
+    for (int accept = 0; accept < 2; accept++) {
+        memset(&m, 0, sizeof(m));
+        m.type = accept ? POS_CTRL_ACCEPT : POS_CTRL_CONNECT;
+        m.req_id = 9;
+        if (!accept)
+            snprintf(m.peer_id, sizeof(m.peer_id), "%s", peer_id);
+        int plain = pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf));
+        m.hello_flags = POS_CTRL_HELLO_NAT_VARIES;
+        len = pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf));
+        CHECK(plain > 0 && len == plain + 1); /* absent when unknown: one encoding */
+        CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V3, &back, &used) == 1 &&
+              back.hello_flags == POS_CTRL_HELLO_NAT_VARIES && back.req_id == 9);
+        /* a relay of version 2 refuses it, and the encoder will not write it there */
+        CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V2, &back, &used) ==
+              POS_CTRL_ERR_MALFORMED);
+        CHECK(pos_ctrl_encode_version(&m, POS_CTRL_V2, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        m.hello_flags = POS_CTRL_HELLO_NOT_HOME; /* not a mapping */
+        CHECK(pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        m.hello_flags = POS_CTRL_HELLO_NAT_EIM;
+        len = pos_ctrl_encode_version(&m, POS_CTRL_V3, buf, sizeof(buf));
+        CHECK(len > 0);
+        if (len <= 0)
+            return;
+        for (int bad = 0; bad < 3; bad++) { /* a present 0, both, another flag */
+            buf[len - 1] = bad == 0   ? 0
+                           : bad == 1 ? POS_CTRL_HELLO_NAT_EIM | POS_CTRL_HELLO_NAT_VARIES
+                                      : POS_CTRL_HELLO_NOT_HOME;
+            CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V3, &back, &used) ==
+                  POS_CTRL_ERR_MALFORMED);
+        }
+    }
+}
+
 static void test_bad_input(const char *peer_id)
 {
     pos_ctrl_msg m, back;
@@ -520,6 +561,7 @@ int main(void)
     test_bad_input(peer_id);
     test_versions();
     test_nat_mapping(ms, n);
+    test_request_nat(peer_id);
     test_reader();
     test_tls_cert();
     pos_identity_free(&id);

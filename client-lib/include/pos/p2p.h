@@ -177,7 +177,10 @@ int pos_p2p_endpoint_set_gso(pos_p2p_endpoint *ep, int on);
 /* pos_p2p_endpoint_gso: 1 while |ep| sends with UDP GSO, 0 when off (or |ep| NULL). */
 int pos_p2p_endpoint_gso(const pos_p2p_endpoint *ep);
 
-/* pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any socket is. No errors. */
+/*
+ * pos_p2p_endpoint_fd: one descriptor (epoll) that is readable when any
+ * socket is, or the interface addresses changed (netlink). No errors.
+ */
 int pos_p2p_endpoint_fd(const pos_p2p_endpoint *ep);
 
 /*
