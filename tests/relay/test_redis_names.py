@@ -147,9 +147,12 @@ def a_moved_server_is_found_again_by_name():
         procs.append(redis_at("127.0.0.2"))
         wait_until(lambda: ns_http_status(healthz) == "200", 20,
                    what="the relay to find Redis at its new address by name")
-        r = subprocess.run(in_ns("redis-cli", "-h", "127.0.0.2", "-p", str(port), "--scan"),
-                           capture_output=True, text=True, timeout=10)
-        assert any(k.startswith("pos:") for k in r.stdout.split()), r.stdout
+
+        def relay_keys():  # healthz turns green on connect; the relay writes its keys after
+            r = subprocess.run(in_ns("redis-cli", "-h", "127.0.0.2", "-p", str(port), "--scan"),
+                               capture_output=True, text=True, timeout=10)
+            return [k for k in r.stdout.split() if k.startswith("pos:")]
+        wait_until(relay_keys, 10, what="the relay's keys in the moved Redis")
         assert rp.p.poll() is None and disc.p.poll() is None
     finally:
         for p in procs:
