@@ -4,6 +4,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,32 +226,32 @@ static void render_punch(struct mout *m, const struct relay_http *h)
 }
 
 /* Per worker (relay/workers.h): how the steering spreads the load. */
+static const struct worker_metric {
+    const char *name, *type;
+    size_t off; /* of a uint64_t in relay_worker_stats */
+} worker_metrics[] = {
+    {"pos_relay_worker_packets_total", "counter", offsetof(relay_worker_stats, packets_in)},
+    {"pos_relay_worker_connections", "gauge", offsetof(relay_worker_stats, conns)},
+    {"pos_relay_worker_circuit_sides", "gauge", offsetof(relay_worker_stats, circuit_sides)},
+    {"pos_relay_worker_accepted_total", "counter", offsetof(relay_worker_stats, accepted)},
+    {"pos_relay_worker_forwarded_total", "counter", offsetof(relay_worker_stats, forwarded)},
+};
+
 static void render_workers(struct mout *m, const struct relay_http *h)
 {
     unsigned n = h->srv.n_workers ? h->srv.n_workers : 1;
     EMIT("# HELP pos_relay_workers Threads serving the UDP port (config workers).\n"
          "# TYPE pos_relay_workers gauge\npos_relay_workers %u\n",
          n);
-    EMIT("# TYPE pos_relay_worker_packets_total counter\n");
-    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
-        EMIT("pos_relay_worker_packets_total{worker=\"%u\"} %llu\n", k,
-             (unsigned long long)h->srv.worker[k].packets_in);
-    EMIT("# TYPE pos_relay_worker_connections gauge\n");
-    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
-        EMIT("pos_relay_worker_connections{worker=\"%u\"} %llu\n", k,
-             (unsigned long long)h->srv.worker[k].conns);
-    EMIT("# TYPE pos_relay_worker_circuit_sides gauge\n");
-    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
-        EMIT("pos_relay_worker_circuit_sides{worker=\"%u\"} %llu\n", k,
-             (unsigned long long)h->srv.worker[k].circuit_sides);
-    EMIT("# TYPE pos_relay_worker_accepted_total counter\n");
-    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
-        EMIT("pos_relay_worker_accepted_total{worker=\"%u\"} %llu\n", k,
-             (unsigned long long)h->srv.worker[k].accepted);
-    EMIT("# TYPE pos_relay_worker_forwarded_total counter\n");
-    for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++)
-        EMIT("pos_relay_worker_forwarded_total{worker=\"%u\"} %llu\n", k,
-             (unsigned long long)h->srv.worker[k].forwarded);
+    for (size_t f = 0; f < sizeof(worker_metrics) / sizeof(worker_metrics[0]); f++) {
+        const struct worker_metric *wm = &worker_metrics[f];
+        EMIT("# TYPE %s %s\n", wm->name, wm->type);
+        for (unsigned k = 0; k < n && k < RELAY_MAX_WORKERS; k++) {
+            uint64_t v;
+            memcpy(&v, (const char *)&h->srv.worker[k] + wm->off, sizeof(v));
+            EMIT("%s{worker=\"%u\"} %llu\n", wm->name, k, (unsigned long long)v);
+        }
+    }
 }
 
 static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)

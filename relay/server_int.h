@@ -190,6 +190,15 @@ uint64_t relay_workers_send_failed(const relay_server *s);
 int relay_udp_send(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,
                    socklen_t tolen);
 uint64_t relay_udp_now(void *arg);
+/*
+ * relay_udp_send_batch sends |n| forwarded datagrams of |tx| on |fd|
+ * (sendmmsg); what the socket refuses is lost and counted in the return
+ * value. A refused GSO send turns GSO off (|*gso| and |fw|) from the next
+ * batch on. Used by the main loop and by every worker.
+ */
+unsigned relay_udp_send_batch(int fd, struct mmsghdr *tx, unsigned n, int *gso,
+                              relay_forwarder *fw);
+
 /* relay_udp_bind: a bound UDP socket for |ss| (|text| names it in |err|), or -1. */
 int relay_udp_bind(const struct sockaddr_storage *ss, int reuseport, const char *text, char *err,
                    size_t errlen);

@@ -41,26 +41,25 @@ uint64_t relay_udp_now(void *arg)
     return pos_quic_now();
 }
 
-/* send_batch sends the forwarded datagrams of one batch; what the socket refuses is lost. */
-static void send_batch(relay_server *s, struct sock *sk, struct mmsghdr *tx, unsigned n)
+unsigned relay_udp_send_batch(int fd, struct mmsghdr *tx, unsigned n, int *gso, relay_forwarder *fw)
 {
     unsigned done = 0;
     while (done < n) {
-        int k = sendmmsg(sk->fd, tx + done, n - done, MSG_DONTWAIT);
+        int k = sendmmsg(fd, tx + done, n - done, MSG_DONTWAIT);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            if ((errno == EIO || errno == EINVAL) && s->gso && tx[done].msg_hdr.msg_controllen) {
+            if ((errno == EIO || errno == EINVAL) && *gso && tx[done].msg_hdr.msg_controllen) {
                 /* this path cannot do UDP GSO: off from the next batch on */
                 pos_log_warn("UDP GSO refused (%s): turned off", strerror(errno));
-                s->gso = 0;
-                relay_forwarder_set_gso(s->fw, 0);
+                *gso = 0;
+                relay_forwarder_set_gso(fw, 0);
             }
-            s->st.forward_send_failed += n - done;
-            return;
+            return n - done;
         }
         done += (unsigned)k;
     }
+    return 0;
 }
 
 /* forward_datagrams forwards one piece of a batch and hands its QUIC datagrams to
@@ -79,7 +78,8 @@ static void forward_datagrams(void *arg, relay_rxbatch *b, unsigned n)
         int out = relay_forward_batch(s->fw, rx, n, sk->local.ss_family, relay_rxbatch_tx(b),
                                       quic_idx, &n_quic);
         if (out > 0)
-            send_batch(s, sk, relay_rxbatch_tx(b), (unsigned)out);
+            s->st.forward_send_failed +=
+                relay_udp_send_batch(sk->fd, relay_rxbatch_tx(b), (unsigned)out, &s->gso, s->fw);
     } else {
         for (unsigned i = 0; i < n; i++)
             quic_idx[i] = i;

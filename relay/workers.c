@@ -168,27 +168,6 @@ int relay_workers_bind(relay_server *s, char *err, size_t errlen)
 
 /* ---- a worker's batches ---- */
 
-/* send_batch: the forwarded datagrams, outside the lock; what the socket refuses is lost. */
-static void send_batch(struct worker *w, int fd, struct mmsghdr *tx, unsigned n)
-{
-    unsigned done = 0;
-    while (done < n) {
-        int k = sendmmsg(fd, tx + done, n - done, MSG_DONTWAIT);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            if ((errno == EIO || errno == EINVAL) && w->gso && tx[done].msg_hdr.msg_controllen) {
-                pos_log_warn("UDP GSO refused (%s): turned off", strerror(errno));
-                w->gso = 0;
-                relay_forwarder_set_gso(w->fw, 0); /* the worker's own: no lock needed */
-            }
-            __atomic_fetch_add(&w->send_failed, n - done, __ATOMIC_RELAXED);
-            return;
-        }
-        done += (unsigned)k;
-    }
-}
-
 /* forward_batch: the data frames of |n| datagrams, under the shared lock; returns the outputs. */
 static int forward_batch(struct worker *w, struct wsock *ws, unsigned n, unsigned *n_quic)
 {
@@ -242,7 +221,10 @@ static void piece(void *arg, relay_rxbatch *b, unsigned n)
     int out = forward_batch(w, ws, n, &n_quic);
     pthread_rwlock_unlock(&w->all->lock);
     if (out > 0)
-        send_batch(w, ws->fd, relay_rxbatch_tx(b), (unsigned)out);
+        __atomic_fetch_add(
+            &w->send_failed, /* outside the lock; its forwarder is its own */
+            relay_udp_send_batch(ws->fd, relay_rxbatch_tx(b), (unsigned)out, &w->gso, w->fw),
+            __ATOMIC_RELAXED);
     if (n_quic > 0) {
         pthread_rwlock_wrlock(&w->all->lock);
         quic_batch(w, ws, n_quic);
