@@ -64,14 +64,7 @@ trap cleanup EXIT
 gcc -O2 -o "$tmp/udpfwd" "$bench_src/udpfwd.c"
 gcc -O2 -o "$tmp/udpgen" "$bench_src/udpgen.c"
 
-free_ports() {  # two free UDP ports on 127.0.0.1
-  /usr/bin/python3 - <<'PY'
-import socket
-s = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])
-PY
-}
+. loadtest/ports.sh
 
 field() {  # field NAME FILE: the value of NAME=... in FILE
   grep -o "$1=[0-9.]*" "$2" | head -1 | cut -d= -f2
@@ -82,7 +75,7 @@ echo "datagram size ${size} B, ${circuits} circuits, ${duration} s per run, ${ro
 for r in $(seq 1 "$rounds"); do
   # Free ports can be taken by someone else between the check and the bind: retry.
   for attempt in 1 2 3 4 5; do
-    read -r port dest < <(free_ports)
+    read -r port dest < <(free_ports 2)
     "$tmp/udpfwd" "$port" "$dest" $((duration + 1)) >"$tmp/bare-fwd" 2>"$tmp/bare-err" &
     pids=($!)
     sleep 0.3

@@ -64,20 +64,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_ports() {  # N free ports on 127.0.0.1 (UDP and TCP)
-  /usr/bin/python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-while len(socks) < 2 * int(sys.argv[1]):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
-    t = socket.socket()
-    try:
-        t.bind(("127.0.0.1", u.getsockname()[1])); socks += [u, t]
-    except OSError:
-        u.close(); t.close()
-print(*[s.getsockname()[1] for s in socks[::2]])
-PY
-}
+. loadtest/ports.sh
 wait_for() {  # wait_for SECONDS CMD...: until CMD succeeds
   local end=$((SECONDS + $1)); shift
   until "$@" >/dev/null 2>&1; do
