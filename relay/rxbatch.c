@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "udp_gro.h"
+
 #define RX_GRO_BUF 65536 /* a received message: one datagram, or a GRO run of them */
 #define RX_GRO_PAD                                                                                 \
     320 /* buffers 64 KiB + 5 lines apart: their heads fall in different cache sets */
@@ -75,26 +77,12 @@ unsigned relay_rxbatch_read(relay_rxbatch *b, int fd)
     return n > 0 ? (unsigned)n : 0;
 }
 
-/* gro_size: the segment size of a GRO message (0: it holds one datagram). */
-static size_t gro_size(struct msghdr *h)
-{
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
-        int v;
-        if (c->cmsg_level != SOL_UDP || c->cmsg_type != UDP_GRO ||
-            c->cmsg_len < CMSG_LEN(sizeof(v)))
-            continue;
-        memcpy(&v, CMSG_DATA(c), sizeof(v));
-        return v > 0 ? (size_t)v : 0;
-    }
-    return 0;
-}
-
 void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *arg)
 {
     unsigned k = 0;
     for (unsigned i = 0; i < n; i++) {
         struct msghdr *h = &b->gro[i].msg_hdr;
-        size_t len = b->gro[i].msg_len, seg = gro_size(h), off = 0;
+        size_t len = b->gro[i].msg_len, seg = pos_udp_gro_size(h), off = 0;
         if (seg == 0 || seg > len || (h->msg_flags & MSG_TRUNC))
             seg = len;
         do {

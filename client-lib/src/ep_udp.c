@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/uio.h>
 
+#include "udp_gro.h"
+
 struct ep_txq {
     int fd; /* of the run; -1: empty */
     struct sockaddr_storage to;
@@ -231,20 +233,6 @@ void ep_rxq_del(struct ep_rxq *q)
     free(q);
 }
 
-/* gro_size: the segment size the kernel joined message |m| with, or 0 (one datagram). */
-static size_t gro_size(struct msghdr *m)
-{
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
-        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO &&
-            c->cmsg_len >= CMSG_LEN(sizeof(int))) {
-            int v;
-            memcpy(&v, CMSG_DATA(c), sizeof(v));
-            return v > 0 ? (size_t)v : 0;
-        }
-    }
-    return 0;
-}
-
 unsigned ep_rxq_read(struct ep_rxq *q, int fd, size_t max_len, ep_rx_cb cb, void *arg)
 {
     int n;
@@ -272,7 +260,7 @@ unsigned ep_rxq_read(struct ep_rxq *q, int fd, size_t max_len, ep_rx_cb cb, void
         size_t len = q->mm[i].msg_len, seg;
         if (m->msg_flags & MSG_TRUNC)
             continue;
-        seg = gro_size(m);
+        seg = pos_udp_gro_size(m);
         if (seg == 0 || seg > len)
             seg = len;
         for (size_t off = 0; off < len; off += seg) {
