@@ -200,7 +200,7 @@ int relay_park_wake_peer(void *arg, const char *peer_id)
     uint8_t key[32];
     relay_parked *r;
 
-    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) != 0 ||
+    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) < 0 ||
         !(r = relay_park_find_peer(s->park, key)))
         return 0;
     relay_park_wake(s->park, r, now_ms(s));
