@@ -159,6 +159,49 @@ def connect_wakes_a_parked_peer_and_the_dialer_gets_its_circuit():
 
 
 @test
+def parked_peer_is_reachable_through_its_relay_with_redis_down():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token()
+    b = Client(relay, token, "--wake-reconnect", name="B")
+    b.park()
+    a = Client(relay, token, name="A")  # connected while Redis was up
+    a.wait_event("welcome")
+    redis.kill()
+    wait_until(lambda: metric(relay, "pos_relay_redis_up") == 0, 10, what="Redis seen down")
+    # the relay finds the peer among its own records, and takes the woken client back from its
+    # record (the same token): no Redis round trip on the way
+    a.do(f"connect {b.peer_id}")
+    assert b.wait_event("wake")["valid"]
+    b.wait_event("welcome", 2)
+    assert b.wait_event("incoming")["peer_id"] == a.peer_id
+    assert a.wait_event("circuit")["peer_id"] == b.peer_id
+    b.wait_event("circuit")
+    assert not b.events("relay_closed"), b.proc.output()
+    a.finish()
+    b.finish()
+
+
+@test
+def hello_of_a_parked_peer_ends_its_record():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token()
+    f = Client(relay, token, name="F")
+    f.park()
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked 1")
+    f.do("reconnect")  # on its own, not woken: its new home connection wins
+    f.wait_event("welcome", 2)
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 5, what="the record ended")
+    assert metric(relay, 'pos_relay_parked_ended_total{reason="home"}') == 1
+    assert metric(relay, "pos_relay_awake") == 1
+    f.do("ka")  # the old record's keep-alive: unanswered
+    quiet(1.5)
+    assert not f.events("ack"), f.proc.output()
+    f.finish()
+
+
+@test
 def revoked_token_drops_the_record_and_its_keepalives_go_unanswered():
     redis = Redis()
     relay = Relay(redis, None).start()
