@@ -211,9 +211,15 @@ def revoked_token_drops_the_record_and_its_keepalives_go_unanswered():
     c.do("ka")
     c.wait_event("ack")
     wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked 1")
+    # presence stays while parked, under a TTL that covers the once-a-minute write (not the
+    # 15 s of a live connection's 5 s refresh)
+    key = "pos:presence:" + c.peer_id
+    assert redis.cli("GET", key) == relay.id
+    assert int(redis.cli("TTL", key)) > 60, redis.cli("TTL", key)
     relay.revoke(token)
     wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 3,
                what="the revoked token's record dropped")
+    wait_until(lambda: redis.cli("EXISTS", key) == "0", 3, what="its presence deleted")
     quiet()
     c.do("ka")
     quiet(1.5)
