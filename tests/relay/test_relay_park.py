@@ -154,8 +154,33 @@ def connect_wakes_a_parked_peer_and_the_dialer_gets_its_circuit():
     wakes = b.events("wake")
     assert all(w["valid"] for w in wakes), wakes
     assert [w["counter"] for w in wakes] == sorted({w["counter"] for w in wakes}), wakes
+    # with the circuit open, B may not park
+    b.do("park")
+    err = b.wait_event("error")
+    assert err["code"] == 4 and err["text"] == "circuits or requests open", err
+    assert len(b.events("parked")) == 1
     a.wait(15)
     assert a.sanitizer_report() is None
+    b.finish()
+
+
+@test
+def unanswered_wake_is_sent_again_with_rising_counters():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token()
+    b = Client(relay, token, name="B")  # does not reconnect when woken
+    b.park()
+    a = Client(relay, token, name="A")
+    a.wait_event("welcome")
+    a.do(f"connect {b.peer_id}")
+    b.wait_event("wake", 5, timeout=6)  # at 0, 250, 500, 1000 and 2000 ms
+    wakes = b.events("wake")
+    assert [w["counter"] for w in wakes] == [1, 2, 3, 4, 5], wakes
+    assert all(w["valid"] and w["fresh"] for w in wakes), wakes
+    wait_until(lambda: metric(relay, "pos_relay_wakes_sent_total") == 5, 5, what="5 wakes")
+    assert not a.events("error") and not a.events("circuit")  # still waiting, as for ACCEPT
+    a.finish()
     b.finish()
 
 
@@ -251,6 +276,26 @@ def record_without_keepalives_expires_after_park_lifetime():
     quiet(1.5)
     assert len(d.events("ack")) == 1, d.proc.output()
     d.finish()
+
+
+@test
+def parked_record_of_an_expiring_token_ends_when_the_token_expires():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token("--expires", "3")
+    e = Client(relay, token, name="E")
+    e.park()
+    e.do("ka")
+    e.wait_event("ack")
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked 1")
+    # well inside park_lifetime (120 s): only the token's expiry ends it
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 8, what="the record ended")
+    assert metric(relay, 'pos_relay_parked_ended_total{reason="expired"}') == 1
+    quiet()
+    e.do("ka")
+    quiet(1.5)
+    assert len(e.events("ack")) == 1, e.proc.output()
+    e.finish()
 
 
 @test
