@@ -149,9 +149,10 @@ struct relay_server {
     relay_worker_stats wst[RELAY_MAX_WORKERS];
     /* parking (server_park.c): NULL when park_lifetime is 0 */
     relay_park *park;
-    ev_timer park_tick;             /* each second: lifetimes, presence batches, malloc_trim */
+    ev_timer park_tick;             /* 4 per second: lifetimes, presence batches, malloc_trim */
     ev_timer park_wakes;            /* the next WAKE datagram due */
     uint64_t conns_freed;           /* since the last malloc_trim */
+    int64_t trimmed_ms;             /* the last malloc_trim (relay_now, ms) */
     struct relay_park_ctx park_ctx; /* the main loop's forwarder's (no workers) */
 };
 

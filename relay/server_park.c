@@ -23,7 +23,9 @@
 
 #define PARKED_ACK_WAIT_NS (3 * NGTCP2_SECONDS) /* PARKED unacknowledged: freed anyway */
 #define PRESENCE_EVERY_MS 60000                 /* a parked peer's presence write */
-#define SWEEP_PER_TICK 262144                   /* records looked at per second */
+#define TICK_S 0.25                             /* the sweep's period */
+#define SWEEP_PER_TICK 65536 /* records per tick: short stops of the workers (exclusive lock) */
+#define TRIM_EVERY_MS 1000   /* malloc_trim at most this often */
 
 enum park_end { END_HOME, END_EXPIRED, END_REVOKED, END_SHUTDOWN };
 
@@ -327,7 +329,8 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     relay_park_sweep(s->park, now_ms(s), (int64_t)time(NULL),
                      (int64_t)s->cfg->park_lifetime_s * 1000, PRESENCE_EVERY_MS, SWEEP_PER_TICK,
                      on_expired, on_presence_due, s);
-    if (s->conns_freed) {
+    if (s->conns_freed && now_ms(s) - s->trimmed_ms >= TRIM_EVERY_MS) {
+        s->trimmed_ms = now_ms(s);
         /* a freed ngtcp2 connection's chunks stay in glibc's arenas until trimmed */
         s->conns_freed = 0;
         malloc_trim(0);
@@ -345,7 +348,7 @@ int relay_park_init(relay_server *s, char *err, size_t errlen)
         return -1;
     }
     relay_park_set_route(s->park, s->circuits);
-    ev_timer_init(&s->park_tick, on_tick, 1., 1.);
+    ev_timer_init(&s->park_tick, on_tick, TICK_S, TICK_S);
     s->park_tick.data = s;
     ev_timer_start(s->loop, &s->park_tick);
     ev_timer_init(&s->park_wakes, on_wakes, 0., 0.);
