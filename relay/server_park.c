@@ -321,11 +321,22 @@ void relay_park_conn_freed(relay_server *s)
     s->conns_freed++;
 }
 
+/* redis_back: Redis is reachable again (maybe restarted empty): every record's presence is due. */
+static void redis_back(relay_server *s)
+{
+    int up = s->svc && relay_services_redis_ok(s->svc);
+    if (up && !s->park_redis_up)
+        for (uint32_t i = 0; i < s->park->used; i++)
+            s->park->rec[i].presence_ms = -PRESENCE_EVERY_MS; /* written by the next sweeps */
+    s->park_redis_up = (uint8_t)up;
+}
+
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
     relay_server *s = w->data;
     (void)loop;
     (void)revents;
+    redis_back(s);
     relay_park_sweep(s->park, now_ms(s), (int64_t)time(NULL),
                      (int64_t)s->cfg->park_lifetime_s * 1000, PRESENCE_EVERY_MS, SWEEP_PER_TICK,
                      on_expired, on_presence_due, s);

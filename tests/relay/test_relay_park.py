@@ -219,6 +219,23 @@ def parked_peer_is_reachable_through_its_relay_with_redis_down():
 
 
 @test
+def parked_presence_is_written_again_after_a_redis_restart():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    g = Client(relay, relay.token(), name="G")
+    g.park()
+    key = "pos:presence:" + g.peer_id
+    wait_until(lambda: redis.cli("GET", key) == relay.id, 5, what="parked presence")
+    redis.kill()
+    redis.start()  # empty: no persistence
+    assert redis.cli("EXISTS", key) == "0"
+    # not a minute later: as soon as the relay is back on Redis
+    wait_until(lambda: redis.cli("GET", key) == relay.id, 15, what="presence written again")
+    assert int(redis.cli("TTL", key)) > 60
+    g.finish()
+
+
+@test
 def hello_of_a_parked_peer_ends_its_record():
     redis = Redis()
     relay = Relay(redis, None).start()
