@@ -153,7 +153,7 @@ struct relay_server {
     ev_timer park_wakes;            /* the next WAKE datagram due */
     uint64_t conns_freed;           /* since the last malloc_trim */
     int64_t trimmed_ms;             /* the last malloc_trim (relay_now, ms) */
-    uint8_t park_redis_up;          /* Redis seen up at the last tick */
+    uint64_t park_redis_ups;        /* relay_services_redis_ups at the last tick */
     struct relay_park_ctx park_ctx; /* the main loop's forwarder's (no workers) */
 };
 

@@ -50,8 +50,10 @@ static void end_record(relay_server *s, relay_parked *r, enum park_end why, int 
             relay_presence_unpark(s->svc, peer_id);
         if (g->budget)
             relay_budget_release(s->svc, g->budget);
-        if (!keep_slot && g->n.key[0])
-            relay_auth_release(s->svc, g->n.key);
+        if (g->n.key[0] && keep_slot)
+            relay_auth_park(s->svc, g->n.key, 0); /* a live connection's place again */
+        else if (g->n.key[0])
+            relay_auth_release_parked(s->svc, g->n.key);
     }
     s->st.park_ended[why]++;
     relay_park_remove(s->park, r);
@@ -121,8 +123,11 @@ void relay_ctrl_park(struct rconn *c, const pos_ctrl_msg *m)
         s->st.awake--;
     }
     ev_timer_stop(s->loop, &c->expiry); /* the record's sweep watches the expiry */
-    if (s->svc)
+    if (s->svc) {
         relay_presence_park(s->svc, c->peer_id);
+        if (r->tok->n.key[0]) /* its place under the token's cap: written once a minute */
+            relay_auth_park(s->svc, r->tok->n.key, 1);
+    }
     if (c->bc) {
         relay_broker_client *bc = c->bc;
         c->bc = NULL;
@@ -324,11 +329,11 @@ void relay_park_conn_freed(relay_server *s)
 /* redis_back: Redis is reachable again (maybe restarted empty): every record's presence is due. */
 static void redis_back(relay_server *s)
 {
-    int up = s->svc && relay_services_redis_ok(s->svc);
-    if (up && !s->park_redis_up)
+    uint64_t ups = s->svc ? relay_services_redis_ups(s->svc) : 0;
+    if (ups != s->park_redis_ups)
         for (uint32_t i = 0; i < s->park->used; i++)
             s->park->rec[i].presence_ms = -PRESENCE_EVERY_MS; /* written by the next sweeps */
-    s->park_redis_up = (uint8_t)up;
+    s->park_redis_ups = ups;
 }
 
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)

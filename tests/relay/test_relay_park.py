@@ -12,6 +12,7 @@ WAKE datagrams arrive (mac valid, counters rising), and once the client reconnec
 dialer gets its circuit; a revoked token's or an expired record's keep-alives go
 unanswered; PARK is refused with a reason where the protocol says so. /metrics shows it.
 """
+import hashlib
 import json
 import os
 import sys
@@ -233,6 +234,42 @@ def parked_presence_is_written_again_after_a_redis_restart():
     wait_until(lambda: redis.cli("GET", key) == relay.id, 15, what="presence written again")
     assert int(redis.cli("TTL", key)) > 60
     g.finish()
+
+
+def member_ttls(redis, token):
+    """Seconds left of each member of |token|'s connection set (the cap over relays)."""
+    key = "pos:conns:" + hashlib.blake2b(token.encode(), digest_size=32).hexdigest()
+    sec, usec = redis.cli("TIME").split()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    out = redis.cli("ZRANGE", key, "0", "-1", "WITHSCORES").split()
+    return sorted((int(float(score)) - now_ms) / 1000 for score in out[1::2])
+
+
+@test
+def parked_client_keeps_its_place_under_the_token_cap_written_once_a_minute():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token("--max-conns", "3")
+    h = Client(relay, token, name="H")
+    i = Client(relay, token, name="I")
+    i.wait_event("welcome")
+    h.park()
+    # two places in the cap: the live one lives 30 s (refreshed every 5 s), the parked one 150 s
+    ttls = member_ttls(redis, token)
+    assert len(ttls) == 2 and ttls[0] <= 30 and 100 < ttls[1] <= 150, ttls
+    # the cap counts it: a fourth connection of the token is refused while three are in
+    j = Client(relay, token, name="J")
+    j.wait_event("welcome")
+    k = Client(relay, token, name="K")
+    assert k.wait_event("relay_closed")["code"] == 0x105, k.proc.output()  # too many connections
+    # its record taken back by its own reconnect: a live place again (30 s)
+    h.do("reconnect")
+    h.wait_event("welcome", 2)
+    wait_until(lambda: len(member_ttls(redis, token)) == 3, 5, what="3 places")
+    relay.revoke(token)
+    wait_until(lambda: member_ttls(redis, token) == [], 5, what="places given back")
+    for cl in (h, i, j, k):
+        cl.finish()
 
 
 @test
