@@ -23,7 +23,7 @@
 
 #include "admission.h"
 #include "log.h"
-#include "redis_lua.h"
+#include "auth_lua.h"
 #include "relay_keys.h"
 #include "secret.h"
 #include "strmap.h"
@@ -38,60 +38,6 @@
 #define REFRESH_CHUNK 30         /* members per connection-set refresh call */
 #define MAX_PENDING_CHECKS 20000 /* beyond: refused at once as unavailable (overload) */
 
-/* ---- Lua scripts (time from Redis, so relays with skewed clocks agree) ---- */
-
-/* Token bucket in milli-tokens; a key that does not exist is a full bucket. */
-#define LUA_BUCKET                                                                                 \
-    "local function bucket(key, rate, burst, now)\n"                                               \
-    "  if rate <= 0 then return true end\n"                                                        \
-    "  local cap = burst * 1000\n"                                                                 \
-    "  local b = redis.call('HMGET', key, 't', 'ts')\n"                                            \
-    "  local t, ts = tonumber(b[1]), tonumber(b[2])\n"                                             \
-    "  if t == nil or ts == nil then t = cap; ts = now end\n"                                      \
-    "  if now > ts then t = math.min(cap, t + (now - ts) * rate) end\n"                            \
-    "  local ok = t >= 1000\n"                                                                     \
-    "  if ok then t = t - 1000 end\n"                                                              \
-    "  redis.call('HSET', key, 't', math.floor(t), 'ts', now)\n"                                   \
-    "  redis.call('PEXPIRE', key, math.ceil(cap / rate) + 1000)\n"                                 \
-    "  return ok\n"                                                                                \
-    "end\n"
-
-/* KEYS[1] bucket. ARGV rate/s, burst. Returns 1 allowed, 0 limited. */
-static const char lua_rate[] = LUA_NOW LUA_BUCKET
-    "if bucket(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now) then return 1 end\n"
-    "return 0\n";
-
-/*
- * KEYS[1] token bucket, KEYS[2] token connection set. ARGV rate/s, burst,
- * max_conns (0 = no cap), member, ttl ms. Returns 1 admitted, -1 rate
- * limited, -2 too many connections.
- */
-static const char lua_admit[] = LUA_NOW LUA_BUCKET
-    "local max = tonumber(ARGV[3])\n"
-    "if max > 0 then\n"
-    "  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)\n"
-    "  if redis.call('ZCARD', KEYS[2]) >= max then return -2 end\n"
-    "end\n"
-    "if not bucket(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now) then return -1 end\n"
-    "if max > 0 then\n"
-    "  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])\n"
-    "  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[5]) then\n"
-    "    redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))\n"
-    "  end\n"
-    "end\n"
-    "return 1\n";
-
-/*
- * KEYS[1] connection set. ARGV ttl ms, members... Pushes their expiry
- * forward; the set's own TTL only grows (parked members live longer).
- */
-static const char lua_refresh_conns[] =
-    LUA_NOW "local ttl = tonumber(ARGV[1])\n"
-            "local exp = now + ttl\n"
-            "for i = 2, #ARGV do redis.call('ZADD', KEYS[1], exp, ARGV[i]) end\n"
-            "if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
-            "return 1\n";
-
 struct cache_entry {
     struct strmap_node n;   /* key: token hash */
     relay_token_record rec; /* what Redis said (revoked also set by a revocation) */
@@ -105,6 +51,7 @@ struct tokconn {
     uint32_t nmembers, cap;
     uint64_t *members; /* our members in the token's Redis connection set */
     uint32_t nparked;  /* of which the last |nparked| are parked clients' (longer TTL) */
+    uint32_t parked;   /* of |count|: parked clients (their token re-read once a minute) */
 };
 
 enum check_kind { CHECK_ADDR, CHECK_AUTH };
@@ -571,6 +518,7 @@ static void revoke_hash(relay_auth_svc *s, const char *hash)
 }
 
 static void revalidate(relay_auth_svc *s);
+static void revalidate_some(relay_auth_svc *s, int all);
 
 static void on_revocation(void *arg, const char *channel, const char *msg, size_t len)
 {
@@ -628,9 +576,21 @@ static void on_revalidate_reply(void *arg, redisReply *rep)
 /* Re-reads every token with connections here (missed revocations). */
 static void revalidate(relay_auth_svc *s)
 {
+    revalidate_some(s, 1);
+}
+
+/*
+ * revalidate_some: like revalidate; without |all|, tokens held here only by
+ * parked clients are left for the once-a-minute round.
+ */
+static void revalidate_some(relay_auth_svc *s, int all)
+{
     STRMAP_FOREACH(&s->tokconns, n)
     {
         char key[RELAY_KEY_LEN];
+        const struct tokconn *t = (const struct tokconn *)n;
+        if (!all && t->parked >= t->count)
+            continue;
         struct revalidation *v = calloc(1, sizeof(*v));
         if (!v)
             return;
@@ -682,7 +642,7 @@ void relay_auth_svc_refresh(relay_auth_svc *s)
     int parked_too = s->refreshes++ % PARKED_REFRESH_EVERY == 0;
     STRMAP_FOREACH(&s->tokconns, n)
     refresh_conns(s, (const struct tokconn *)n, parked_too);
-    revalidate(s);
+    revalidate_some(s, parked_too);
 }
 
 void relay_auth_svc_park(relay_auth_svc *s, const char *token_id, int parked)
@@ -690,6 +650,10 @@ void relay_auth_svc_park(relay_auth_svc *s, const char *token_id, int parked)
     struct tokconn *t = token_id ? tokconn_get(s, token_id, 0) : NULL;
     if (!t)
         return;
+    if (parked && t->parked < t->count)
+        t->parked++;
+    else if (!parked && t->parked > 0)
+        t->parked--;
     if (parked && t->nparked < t->nmembers) {
         t->nparked++; /* the last awake member is a parked one now: its longer TTL at once */
         refresh_members(s, t, t->nmembers - t->nparked, t->nmembers - t->nparked + 1,
@@ -704,6 +668,8 @@ void relay_auth_svc_release_parked(relay_auth_svc *s, const char *token_id)
     struct tokconn *t = token_id ? tokconn_get(s, token_id, 0) : NULL;
     if (!t)
         return;
+    if (t->parked > 0)
+        t->parked--;
     if (t->nparked > 0) { /* members are interchangeable: the last one is a parked one */
         t->nparked--;
         t->nmembers--;
