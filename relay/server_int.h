@@ -248,7 +248,7 @@ void relay_park_home(struct rconn *c);
 int relay_park_expects(relay_server *s, const struct sockaddr *from);
 /* relay_park_revoke: the records of token |token_id| end at once. */
 void relay_park_revoke(relay_server *s, const char *token_id);
-/* relay_park_goaway: every record ends (presence deleted): the relay stops. */
+/* relay_park_goaway: every record ends, its Redis entries left to the final clean-up. */
 void relay_park_goaway(relay_server *s);
 /* relay_park_conn_freed: a connection was freed (malloc_trim once a second after some). */
 void relay_park_conn_freed(relay_server *s);

@@ -372,13 +372,28 @@ int relay_park_init(relay_server *s, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * relay_park_goaway: the relay stops. Each record's presence key and its
+ * place under the token's cap stay counted where the services' final
+ * clean-up (relay_services_shutdown, one synchronous pipeline) deletes
+ * them with the live connections' own; an asynchronous command now would
+ * not be sent before the loop ends, and the keys would outlive the relay.
+ */
 void relay_park_goaway(relay_server *s)
 {
     if (!s->park)
         return;
-    for (uint32_t i = 0; i < s->park->used; i++)
-        if (s->park->rec[i].id)
-            end_record(s, &s->park->rec[i], END_SHUTDOWN, 0, 0);
+    for (uint32_t i = 0; i < s->park->used; i++) {
+        relay_parked *r = &s->park->rec[i];
+        if (!r->id)
+            continue;
+        if (s->svc) {
+            char peer_id[POS_PEER_ID_STRLEN];
+            pos_peer_id_format(r->peer_key, peer_id);
+            relay_presence_hold(s->svc, peer_id);
+        }
+        end_record(s, r, END_SHUTDOWN, 1, 1); /* the connection slot stays with the services */
+    }
 }
 
 void relay_park_fini(relay_server *s)

@@ -104,6 +104,11 @@ void relay_presence_unpark(relay_services *s, const char *peer_id)
     relay_presence_svc_unpark(s->presence, peer_id);
 }
 
+void relay_presence_hold(relay_services *s, const char *peer_id)
+{
+    relay_presence_svc_hold(s->presence, peer_id);
+}
+
 uint64_t relay_presence_lookup(relay_services *s, const char *peer_id, relay_presence_cb cb,
                                void *arg)
 {

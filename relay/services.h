@@ -132,6 +132,9 @@ void relay_presence_remove(relay_services *s, const char *peer_id);
 void relay_presence_park(relay_services *s, const char *peer_id);
 void relay_presence_keep_parked(relay_services *s, const char *peer_id);
 void relay_presence_unpark(relay_services *s, const char *peer_id);
+/* relay_presence_hold: at shutdown, a parked peer's key is deleted with the live ones' (SIGTERM).
+ */
+void relay_presence_hold(relay_services *s, const char *peer_id);
 
 /*
  * Presence lookup, for a CONNECT to a peer that is not connected here. One

@@ -273,6 +273,23 @@ def parked_client_keeps_its_place_under_the_token_cap_written_once_a_minute():
 
 
 @test
+def relay_shutdown_deletes_parked_presence_and_cap_places():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token("--max-conns", "3")
+    m = Client(relay, token, name="M")
+    m.park()
+    key = "pos:presence:" + m.peer_id
+    wait_until(lambda: redis.cli("GET", key) == relay.id, 5, what="parked presence")
+    assert len(member_ttls(redis, token)) == 1
+    assert relay.proc.stop() == 0  # SIGTERM: a clean shutdown
+    # nothing of the parked client is left to count against its token or name the relay
+    assert redis.cli("EXISTS", key) == "0"
+    assert member_ttls(redis, token) == []
+    m.finish()
+
+
+@test
 def hello_of_a_parked_peer_ends_its_record():
     redis = Redis()
     relay = Relay(redis, None).start()
