@@ -191,8 +191,35 @@ static void test_sweep_tokens_and_full(void)
     relay_park_del(t);
 }
 
+/* Random datagrams, and random ones carrying a live record's id: never taken, never a crash. */
+static void test_random_input(void)
+{
+    uint8_t key[32], d[64], ack[POS_PARK_LEN];
+    relay_park *t = relay_park_new(16);
+    struct sockaddr_in a = addr4("203.0.113.5", 999);
+    relay_parked *rr;
+    int err, moved, taken = 0;
+    randombytes_buf(key, sizeof(key));
+    relay_parked *r = add(t, 1, key, "tok", 0, &err);
+    for (int i = 0; i < 20000; i++) {
+        size_t len = randombytes_uniform(sizeof(d) + 1);
+        randombytes_buf(d, sizeof(d));
+        if (i & 1) {
+            d[0] = POS_PARK_KEEPALIVE;
+            len = POS_PARK_LEN;
+            for (int k = 0; k < 8; k++) /* the live record's id: only the mac can stop it */
+                d[1 + k] = (uint8_t)(r->id >> (56 - 8 * k));
+        }
+        taken += relay_park_keepalive(t, d, len, (struct sockaddr *)&a, 0, 10000 + 2000 * i, ack,
+                                      &rr, &moved) == RELAY_PARK_ACKED;
+    }
+    CHECK(taken == 0 && r->ka_counter == 0 && r->addr.port == htons(1001));
+    relay_park_del(t);
+}
+
 int main(void)
 {
+    test_random_input();
     CHECK(sodium_init() >= 0);
     test_ids_and_keepalives();
     test_wakes();
