@@ -24,8 +24,10 @@
 #define PARKED_ACK_WAIT_NS (3 * NGTCP2_SECONDS) /* PARKED unacknowledged: freed anyway */
 #define PRESENCE_EVERY_MS 60000                 /* a parked peer's presence write */
 #define TICK_S 0.25                             /* the sweep's period */
-#define SWEEP_PER_TICK 65536 /* records per tick: short stops of the workers (exclusive lock) */
-#define TRIM_EVERY_MS 1000   /* malloc_trim at most this often */
+/* records per tick: a quarter of the table (each about once a second), within these bounds */
+#define SWEEP_MAX 65536 /* short stops of the workers, who wait for the exclusive lock */
+#define SWEEP_MIN 1024
+#define TRIM_EVERY_MS 1000 /* malloc_trim at most this often */
 
 enum park_end { END_HOME, END_EXPIRED, END_REVOKED, END_SHUTDOWN };
 
@@ -342,8 +344,12 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     redis_back(s);
+    uint32_t n = s->park->used / 4 + 1;
     relay_park_sweep(s->park, now_ms(s), (int64_t)time(NULL),
-                     (int64_t)s->cfg->park_lifetime_s * 1000, PRESENCE_EVERY_MS, SWEEP_PER_TICK,
+                     (int64_t)s->cfg->park_lifetime_s * 1000, PRESENCE_EVERY_MS,
+                     n < SWEEP_MIN   ? SWEEP_MIN
+                     : n > SWEEP_MAX ? SWEEP_MAX
+                                     : n,
                      on_expired, on_presence_due, s);
     if (s->conns_freed && now_ms(s) - s->trimmed_ms >= TRIM_EVERY_MS) {
         s->trimmed_ms = now_ms(s);
