@@ -9,7 +9,8 @@
 # counts are stable on a loaded machine where wall time is not; valgrind hides
 # SHA-NI from nettle and counts each byte of `rep stosb`, so hashing and
 # memset weigh more in Ir than in time.
-# Prints the totals and the top functions (inclusive and self) of both.
+# Prints the totals, as ratios to the crypto floor's instructions too (pos-cryptofloor
+# under callgrind), and the top functions (inclusive and self) of both.
 # usage: loadtest/profile-relay-control.sh [N (default 200)] [WARM (default 50)]
 # BUILD (default build-bench, a release tree made if missing); KEEP=DIR keeps
 # the callgrind files there.
@@ -87,16 +88,33 @@ full=$(total "$work/callgrind.full")
 res=$(total "$work/callgrind.resumed")
 per_full=$((full / n))
 per_res=$(((res - per_full) / (n - 1)))
+# The crypto floor in instructions: pos-cryptofloor's operations under callgrind, per call.
+ninja -C "$build" loadtest/pos-cryptofloor >>"$work/build.log" 2>&1
+valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.floor" \
+    "$build/loadtest/pos-cryptofloor" 100 >/dev/null 2>&1
+ir_of() { callgrind_annotate --inclusive=yes --threshold=100 "$work/callgrind.floor" 2>/dev/null |
+    awk -v f="$1" '!done && $0 ~ (":" f " \\[") {x=$1; gsub(",", "", x); print int(x / 100); done=1}'; }
+nettle_full=$(($(ir_of nettle_curve25519_mul_g) + $(ir_of nettle_curve25519_mul) +
+    $(ir_of nettle_ed25519_sha512_sign) + $(ir_of nettle_ed25519_sha512_verify)))
+sodium_full=$(($(ir_of crypto_scalarmult_curve25519_base) + $(ir_of crypto_scalarmult_curve25519) +
+    $(ir_of crypto_sign_detached) + $(ir_of crypto_sign_verify_detached)))
+sodium_res=$(($(ir_of crypto_scalarmult_curve25519_base) + $(ir_of crypto_scalarmult_curve25519)))
+r() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo "== Ir per connection (callgrind, $n connections after $warm) =="
-echo "full handshake:    $per_full"
-echo "resumed handshake: $per_res"
+echo "crypto floor: nettle full $nettle_full, libsodium full $sodium_full, libsodium resumed" \
+    "(X25519 twice) $sodium_res"
+echo "full handshake:    $per_full = $(r "$per_full" "$nettle_full") x nettle floor," \
+    "$(r "$per_full" "$sodium_full") x libsodium floor"
+echo "resumed handshake: $per_res = $(r "$per_res" "$nettle_full") x nettle full floor," \
+    "$(r "$per_res" "$sodium_res") x libsodium resumed floor"
+echo "(user space only: the kernel's UDP and page-fault work is not counted, nor cache misses)"
 for name in full resumed; do
     echo "== $name: top functions, inclusive (Ir per connection) =="
     callgrind_annotate --inclusive=yes "$work/callgrind.$name" 2>/dev/null |
-        awk -v n="$n" '/^ *[0-9,]+ .*\(/ {x=$1; gsub(",", "", x); $1=""; printf "%9d %s\n", x / n, $0}' |
+        awk -v n="$n" '/^ *[0-9,]+ .*\(/ && !/100.0%/ {x=$1; gsub(",", "", x); $1=""; printf "%9d %s\n", x / n, $0}' |
         sed -n 1,40p
     echo "== $name: top functions, self =="
-    callgrind_annotate "$work/callgrind.$name" 2>/dev/null |
-        awk -v n="$n" '/^ *[0-9,]+ .*\(/ {x=$1; gsub(",", "", x); $1=""; printf "%9d %s\n", x / n, $0}' |
+    callgrind_annotate --threshold=100 "$work/callgrind.$name" 2>/dev/null |
+        awk -v n="$n" '/^ *[0-9,]+ .*\(/ && !/100.0%/ {x=$1; gsub(",", "", x); $1=""; printf "%9d %s\n", x / n, $0}' |
         sed -n 1,25p
 done
