@@ -292,6 +292,8 @@ static void finish_file(struct run *r)
             what = "";
         fprintf(stderr, "pos-p2p send: %s was not delivered: %s%s%s\n", r->o->files[r->file], what,
                 *what && reason && *reason ? ": " : "", reason ? reason : "");
+        /* Ended here (the file changed, a read failed): the receiver drops it, keeps its part. */
+        pos_p2p_session_reset_stream(r->s, r->stream, 1);
         r->failed = 1;
     }
     fflush(r->info);
