@@ -211,7 +211,7 @@ static void format_size(uint64_t n, char *out, size_t cap)
 static int restart_part(pos_xfer_receiver *r)
 {
     r->offset = 0;
-    if (pos_xfer_hash_init(&r->h, r->h.alg) != 0) {
+    if (pos_xfer_hash_restart(&r->h) != 0) {
         errno = ENOMEM;
         return -1;
     }
@@ -222,8 +222,9 @@ static int restart_part(pos_xfer_receiver *r)
  * Opens this transfer's own part file and finds how much of this very offer
  * it already holds: only the keyed file of the same sender and offer can.
  */
-static int prepare_part(pos_xfer_receiver *r, int resume, int alg)
+static int prepare_part(pos_xfer_receiver *r, int resume, int alg, uint8_t prefix[32])
 {
+    uint8_t key[POS_XFER_HASH_KEY_LEN];
     int resumable = 0;
     r->part_fd = pos_xfer_part_open(r->dirfd, r->sender, r->name, r->size, r->id, r->takeover,
                                     r->takeover_arg, r->part, &resumable);
@@ -235,16 +236,25 @@ static int prepare_part(pos_xfer_receiver *r, int resume, int alg)
     }
     if (fstat(r->part_fd, &st) != 0)
         return -1;
-    if (pos_xfer_hash_init(&r->h, alg) != 0) {
+    randombytes_buf(key, sizeof key); /* a keyed checksum's key: this transfer's own */
+    int rc = pos_xfer_hash_init(&r->h, alg, key);
+    sodium_memzero(key, sizeof key);
+    if (rc != 0) {
         errno = ENOMEM;
         return -1;
     }
     if (resume && resumable && (uint64_t)st.st_size <= r->size &&
-        pos_xfer_hash_fd(&r->h, r->part_fd, (uint64_t)st.st_size) == 0) {
+        pos_xfer_hash_prefix(&r->h, r->part_fd, (uint64_t)st.st_size, prefix) == 0) {
         r->offset = (uint64_t)st.st_size;
         return 0;
     }
-    return restart_part(r);
+    if (restart_part(r) != 0)
+        return -1;
+    if (pos_xfer_hash_prefix(&r->h, r->part_fd, 0, prefix) != 0) { /* the digest of nothing */
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
 }
 
 /* Refuses an offer the disk cannot hold: before a byte is written, with the figures. */
@@ -304,21 +314,20 @@ static int receiver_on_offer(pos_xfer_receiver *r, struct pos_reader *c)
                  pos_xfer_strerror(POS_XFER_ERR_TOO_BIG), size, max);
         return receiver_fail_text(r, POS_XFER_ERR_TOO_BIG, text);
     }
-    if (prepare_part(r, (flags & POS_XFER_FLAG_RESUME) != 0, alg) != 0)
+    uint8_t prefix[POS_XFER_HASH_LEN];
+    if (prepare_part(r, (flags & POS_XFER_FLAG_RESUME) != 0, alg, prefix) != 0)
         return errno == ENOSPC || errno == EDQUOT ? receiver_fail(r, POS_XFER_ERR_NO_SPACE)
                : errno == ENOMEM                  ? receiver_fail(r, POS_XFER_ERR_NOMEM)
                                                   : receiver_fail(r, POS_XFER_ERR_IO);
     if (check_space(r) != 0)
         return r->error;
-    uint8_t prefix[POS_XFER_HASH_LEN]; /* the digest of the prefix; r->h goes on */
-    if (pos_xfer_hash_peek(&r->h, prefix) != 0)
-        return receiver_fail(r, POS_XFER_ERR_NOMEM);
     struct pos_writer w;
     pos_writer_init(&w, r->out, sizeof r->out);
-    pos_xfer_put_header(&w, POS_XFER_MSG_ACCEPT, 1 + 8 + POS_XFER_HASH_LEN);
+    pos_xfer_put_header(&w, POS_XFER_MSG_ACCEPT, 1 + 8 + POS_XFER_HASH_LEN + POS_XFER_HASH_KEY_LEN);
     pos_writer_u8(&w, (uint8_t)alg);
     pos_writer_u64(&w, r->offset);
     pos_writer_bytes(&w, prefix, sizeof prefix);
+    pos_writer_bytes(&w, r->h.key, sizeof r->h.key); /* zeros for an unkeyed checksum */
     r->out_len = pos_writer_len(&w);
     r->out_off = 0;
     r->state = R_START;
@@ -334,7 +343,7 @@ static int receiver_on_end(pos_xfer_receiver *r, struct pos_reader *c)
         return receiver_fail(r, POS_XFER_ERR_PROTOCOL);
     if (wb_flush(r) != 0)
         return receiver_write_failed(r);
-    if (pos_xfer_hash_peek(&r->h, digest) != 0)
+    if (pos_xfer_hash_final(&r->h, digest) != 0)
         return receiver_fail(r, POS_XFER_ERR_NOMEM);
     struct stat st;
     /*

@@ -44,8 +44,9 @@
 
 /* Checksum algorithms (sets of them: OR): the bits of OFFER's set, ACCEPT's choice. */
 #define POS_XFER_HASH_BLAKE2B 0x01 /* BLAKE2b-256: every peer has it */
-#define POS_XFER_HASH_SHA256 0x02  /* SHA-256: used when both CPUs have SHA instructions */
-#define POS_XFER_HASH_ALL (POS_XFER_HASH_BLAKE2B | POS_XFER_HASH_SHA256)
+#define POS_XFER_HASH_SHA256 0x02  /* SHA-256: when both CPUs have SHA instructions */
+#define POS_XFER_HASH_GMAC 0x04    /* AES-256-GMAC under the receiver's key: with AES, PCLMULQDQ */
+#define POS_XFER_HASH_ALL (POS_XFER_HASH_BLAKE2B | POS_XFER_HASH_SHA256 | POS_XFER_HASH_GMAC)
 
 /* Errors returned by the functions below (negative), also the verdicts on the wire (positive). */
 #define POS_XFER_ERR_IO -1       /* reading or writing a local file failed */
@@ -99,9 +100,9 @@ void pos_xfer_sender_del(pos_xfer_sender *s);
 
 /*
  * pos_xfer_sender_set_hashes: the checksum algorithms (POS_XFER_HASH_*) the
- * OFFER proposes; before the first output. Default: those this CPU hashes
- * fast (BLAKE2b, and SHA-256 with SHA instructions). BLAKE2b is always
- * added: every receiver can use it.
+ * OFFER proposes; before the first output. Default: those this CPU computes
+ * fast (BLAKE2b; SHA-256 with SHA instructions; GMAC with AES and
+ * PCLMULQDQ). BLAKE2b is always added: every receiver can use it.
  */
 void pos_xfer_sender_set_hashes(pos_xfer_sender *s, unsigned set);
 
@@ -174,8 +175,8 @@ void pos_xfer_receiver_set_takeover(pos_xfer_receiver *r, pos_xfer_takeover_cb c
 
 /*
  * pos_xfer_receiver_set_hashes: the checksum algorithms the receiver may
- * choose (SHA-256 when the sender offers it and |set| has it, else
- * BLAKE2b); before any input. Default: those this CPU hashes fast.
+ * choose (of those the sender offers: GMAC, else SHA-256, else BLAKE2b);
+ * before any input. Default: those this CPU computes fast.
  */
 void pos_xfer_receiver_set_hashes(pos_xfer_receiver *r, unsigned set);
 

@@ -1,7 +1,7 @@
 /*
- * BLAKE2b-256 and SHA-256 behind one small interface for the transfer
- * protocol (transfer_hash.h). libsodium's BLAKE2b state needs 64-byte
- * alignment, so the state lives in its own aligned allocation.
+ * BLAKE2b-256, SHA-256 and AES-256-GMAC behind one small interface for the
+ * transfer protocol (transfer_hash.h). libsodium's BLAKE2b state needs
+ * 64-byte alignment, so a state lives in its own aligned allocation.
  */
 #include "transfer_hash.h"
 
@@ -17,9 +17,13 @@
 #include <sys/auxv.h>
 #endif
 
+#define NONCE_PREFIX 0 /* GMAC nonces: the prefix of a resume, the whole file */
+#define NONCE_FILE 1
+
 struct pos_xfer_hash_impl {
     crypto_generichash_state b2; /* first: 64-byte aligned */
     gnutls_hash_hd_t sha;
+    gnutls_hmac_hd_t mac;
 };
 
 unsigned pos_xfer_hash_fast(void)
@@ -29,92 +33,182 @@ unsigned pos_xfer_hash_fast(void)
     unsigned a, b, c, d;
     if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29))) /* SHA extensions */
         set |= POS_XFER_HASH_SHA256;
-#elif defined(__aarch64__) && defined(__linux__) && defined(HWCAP_SHA2)
-    if (getauxval(AT_HWCAP) & HWCAP_SHA2)
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 25)) && (c & (1u << 1))) /* AES, PCLMUL */
+        set |= POS_XFER_HASH_GMAC;
+#elif defined(__aarch64__) && defined(__linux__) && defined(HWCAP_SHA2) && defined(HWCAP_PMULL)
+    unsigned long cap = getauxval(AT_HWCAP);
+    if (cap & HWCAP_SHA2)
         set |= POS_XFER_HASH_SHA256;
+    if ((cap & HWCAP_AES) && (cap & HWCAP_PMULL))
+        set |= POS_XFER_HASH_GMAC;
 #endif
     return set;
 }
 
 int pos_xfer_hash_pick(unsigned theirs, unsigned ours)
 {
-    if ((theirs & ours & POS_XFER_HASH_SHA256) != 0)
-        return POS_XFER_HASH_SHA256;
-    return (theirs & POS_XFER_HASH_BLAKE2B) ? POS_XFER_HASH_BLAKE2B : 0;
+    static const int order[] = {POS_XFER_HASH_GMAC, POS_XFER_HASH_SHA256, POS_XFER_HASH_BLAKE2B};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if ((theirs & ours & (unsigned)order[i]) != 0)
+            return order[i];
+    return 0;
+}
+
+int pos_xfer_hash_keyed(int alg)
+{
+    return alg == POS_XFER_HASH_GMAC;
+}
+
+static void impl_free(struct pos_xfer_hash_impl *impl)
+{
+    if (impl == NULL)
+        return;
+    if (impl->sha)
+        gnutls_hash_deinit(impl->sha, NULL);
+    if (impl->mac)
+        gnutls_hmac_deinit(impl->mac, NULL);
+    sodium_memzero(impl, sizeof *impl);
+    free(impl);
+}
+
+/* A fresh state of |alg| (under |key| with |nonce| when keyed), or NULL. */
+static struct pos_xfer_hash_impl *impl_new(int alg, const uint8_t *key, uint8_t nonce)
+{
+    size_t size = (sizeof(struct pos_xfer_hash_impl) + 63) / 64 * 64;
+    struct pos_xfer_hash_impl *impl = aligned_alloc(64, size);
+    if (impl == NULL)
+        return NULL;
+    memset(impl, 0, size);
+    if (alg == POS_XFER_HASH_SHA256) {
+        if (gnutls_hash_init(&impl->sha, GNUTLS_DIG_SHA256) < 0)
+            impl->sha = NULL;
+        if (impl->sha == NULL)
+            goto fail;
+    } else if (alg == POS_XFER_HASH_GMAC) {
+        uint8_t iv[12] = {0};
+        iv[11] = nonce;
+        if (gnutls_hmac_init(&impl->mac, GNUTLS_MAC_AES_GMAC_256, key, POS_XFER_HASH_KEY_LEN) < 0)
+            impl->mac = NULL;
+        if (impl->mac == NULL)
+            goto fail;
+        gnutls_hmac_set_nonce(impl->mac, iv, sizeof iv);
+    } else {
+        crypto_generichash_init(&impl->b2, NULL, 0, 32);
+    }
+    return impl;
+fail:
+    impl_free(impl);
+    return NULL;
+}
+
+static void impl_update(struct pos_xfer_hash_impl *impl, int alg, const uint8_t *p, size_t n)
+{
+    if (alg == POS_XFER_HASH_SHA256)
+        gnutls_hash(impl->sha, p, n);
+    else if (alg == POS_XFER_HASH_GMAC)
+        gnutls_hmac(impl->mac, p, n);
+    else
+        crypto_generichash_update(&impl->b2, p, n);
+}
+
+/* The digest of |impl| into |out| (32 bytes, a MAC zero-padded); |impl| is freed. */
+static void impl_final(struct pos_xfer_hash_impl *impl, int alg, uint8_t out[32])
+{
+    memset(out, 0, 32);
+    if (alg == POS_XFER_HASH_SHA256) {
+        gnutls_hash_deinit(impl->sha, out);
+        impl->sha = NULL;
+    } else if (alg == POS_XFER_HASH_GMAC) {
+        gnutls_hmac_deinit(impl->mac, out); /* 16 bytes */
+        impl->mac = NULL;
+    } else {
+        crypto_generichash_final(&impl->b2, out, 32);
+    }
+    impl_free(impl);
 }
 
 void pos_xfer_hash_free(struct pos_xfer_hash *h)
 {
-    if (h->impl) {
-        if (h->impl->sha)
-            gnutls_hash_deinit(h->impl->sha, NULL);
-        sodium_memzero(h->impl, sizeof *h->impl);
-        free(h->impl);
-    }
-    h->impl = NULL;
-    h->alg = 0;
+    impl_free(h->impl);
+    sodium_memzero(h, sizeof *h);
 }
 
-int pos_xfer_hash_init(struct pos_xfer_hash *h, int alg)
+int pos_xfer_hash_init(struct pos_xfer_hash *h, int alg, const uint8_t *key)
 {
     pos_xfer_hash_free(h);
-    if (alg != POS_XFER_HASH_BLAKE2B && alg != POS_XFER_HASH_SHA256)
+    if (alg != POS_XFER_HASH_BLAKE2B && alg != POS_XFER_HASH_SHA256 && alg != POS_XFER_HASH_GMAC)
         return -1;
-    size_t size = (sizeof *h->impl + 63) / 64 * 64;
-    h->impl = aligned_alloc(64, size);
-    if (h->impl == NULL)
-        return -1;
-    memset(h->impl, 0, size);
-    if (alg == POS_XFER_HASH_SHA256) {
-        if (gnutls_hash_init(&h->impl->sha, GNUTLS_DIG_SHA256) < 0) {
-            h->impl->sha = NULL;
-            pos_xfer_hash_free(h);
+    if (pos_xfer_hash_keyed(alg)) {
+        if (key == NULL)
             return -1;
-        }
-    } else {
-        crypto_generichash_init(&h->impl->b2, NULL, 0, 32);
+        memcpy(h->key, key, sizeof h->key);
     }
     h->alg = alg;
-    return 0;
+    h->impl = impl_new(alg, h->key, NONCE_FILE);
+    return h->impl ? 0 : -1;
+}
+
+int pos_xfer_hash_restart(struct pos_xfer_hash *h)
+{
+    impl_free(h->impl);
+    h->impl = impl_new(h->alg, h->key, NONCE_FILE);
+    return h->impl ? 0 : -1;
 }
 
 void pos_xfer_hash_update(struct pos_xfer_hash *h, const uint8_t *p, size_t n)
 {
-    if (h->alg == POS_XFER_HASH_SHA256)
-        gnutls_hash(h->impl->sha, p, n);
-    else if (h->alg == POS_XFER_HASH_BLAKE2B)
-        crypto_generichash_update(&h->impl->b2, p, n);
+    if (h->impl)
+        impl_update(h->impl, h->alg, p, n);
 }
 
-int pos_xfer_hash_peek(const struct pos_xfer_hash *h, uint8_t out[32])
+int pos_xfer_hash_final(struct pos_xfer_hash *h, uint8_t out[32])
 {
-    if (h->alg == POS_XFER_HASH_SHA256) {
-        gnutls_hash_hd_t copy = gnutls_hash_copy(h->impl->sha);
-        if (copy == NULL)
-            return -1;
-        gnutls_hash_deinit(copy, out);
-        return 0;
-    }
-    if (h->alg != POS_XFER_HASH_BLAKE2B)
+    if (h->impl == NULL)
         return -1;
-    crypto_generichash_state copy = h->impl->b2;
-    crypto_generichash_final(&copy, out, 32);
+    impl_final(h->impl, h->alg, out);
+    h->impl = NULL;
     return 0;
 }
 
-int pos_xfer_hash_fd(struct pos_xfer_hash *h, int fd, uint64_t len)
+int pos_xfer_hash_prefix(struct pos_xfer_hash *h, int fd, uint64_t len, uint8_t out[32])
 {
     static _Thread_local uint8_t block[256 * 1024];
+    /* Keyed: the prefix gets a state of its own (its own nonce). Unkeyed: a copy at the end. */
+    struct pos_xfer_hash_impl *pre = pos_xfer_hash_keyed(h->alg)
+                                         ? impl_new(h->alg, h->key, NONCE_PREFIX)
+                                         : impl_new(h->alg, NULL, 0);
+    if (pre == NULL || h->impl == NULL) {
+        impl_free(pre);
+        return -1;
+    }
+    int keyed = pos_xfer_hash_keyed(h->alg);
     uint64_t off = 0;
     while (off < len) {
         size_t want = len - off < sizeof block ? (size_t)(len - off) : sizeof block;
         ssize_t n = pread(fd, block, want, (off_t)off);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0)
+        if (n <= 0) {
+            impl_free(pre);
             return -1;
-        pos_xfer_hash_update(h, block, (size_t)n);
+        }
+        impl_update(h->impl, h->alg, block, (size_t)n);
+        if (keyed)
+            impl_update(pre, h->alg, block, (size_t)n);
         off += (uint64_t)n;
     }
+    if (!keyed) { /* the same bytes, the same digest: finish a copy of the file's state */
+        if (h->alg == POS_XFER_HASH_SHA256) {
+            gnutls_hash_deinit(pre->sha, NULL);
+            pre->sha = gnutls_hash_copy(h->impl->sha);
+            if (pre->sha == NULL) {
+                impl_free(pre);
+                return -1;
+            }
+        } else {
+            pre->b2 = h->impl->b2;
+        }
+    }
+    impl_final(pre, h->alg, out);
     return 0;
 }

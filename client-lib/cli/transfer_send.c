@@ -149,7 +149,7 @@ static int put_trailer(pos_xfer_sender *s, struct pos_writer *w)
     if (st.st_size != s->opened.st_size || st.st_mtim.tv_sec != s->opened.st_mtim.tv_sec ||
         st.st_mtim.tv_nsec != s->opened.st_mtim.tv_nsec)
         return sender_fail(s, POS_XFER_ERR_IO, "the file changed while it was sent");
-    if (pos_xfer_hash_peek(&s->h, digest) != 0)
+    if (pos_xfer_hash_final(&s->h, digest) != 0)
         return sender_fail(s, POS_XFER_ERR_NOMEM, NULL);
     pos_xfer_put_header(w, POS_XFER_MSG_END, POS_XFER_HASH_LEN);
     pos_writer_bytes(w, digest, sizeof digest);
@@ -201,22 +201,22 @@ int pos_xfer_sender_output(pos_xfer_sender *s, uint8_t *buf, size_t cap)
 /* ACCEPT: the receiver's algorithm; resume from its offset only if its prefix is ours. */
 static int sender_on_accept(pos_xfer_sender *s, struct pos_reader *c)
 {
-    uint8_t theirs[POS_XFER_HASH_LEN], ours[POS_XFER_HASH_LEN];
+    uint8_t theirs[POS_XFER_HASH_LEN], ours[POS_XFER_HASH_LEN], key[POS_XFER_HASH_KEY_LEN];
     int alg = pos_reader_u8(c);
     uint64_t offset = pos_reader_u64(c);
     pos_reader_copy(c, theirs, sizeof theirs);
-    if (pos_reader_bad(c) || pos_reader_left(c) != 0 || offset > s->size ||
-        (alg != POS_XFER_HASH_BLAKE2B && alg != POS_XFER_HASH_SHA256) ||
-        (alg & (int)s->hashes) == 0)
+    pos_reader_copy(c, key, sizeof key);
+    if (pos_reader_bad(c) || pos_reader_left(c) != 0 || offset > s->size || alg == 0 ||
+        pos_xfer_hash_pick((unsigned)alg, s->hashes) != alg)
         return sender_fail(s, POS_XFER_ERR_PROTOCOL, "invalid ACCEPT from the receiver");
-    if (pos_xfer_hash_init(&s->h, alg) != 0)
+    int rc = pos_xfer_hash_init(&s->h, alg, key);
+    sodium_memzero(key, sizeof key);
+    if (rc != 0)
         return sender_fail(s, POS_XFER_ERR_NOMEM, NULL);
-    if (pos_xfer_hash_fd(&s->h, s->fd, offset) != 0)
+    if (pos_xfer_hash_prefix(&s->h, s->fd, offset, ours) != 0)
         return sender_fail(s, POS_XFER_ERR_IO, NULL);
-    if (pos_xfer_hash_peek(&s->h, ours) != 0)
-        return sender_fail(s, POS_XFER_ERR_NOMEM, NULL);
     s->pos = sodium_memcmp(ours, theirs, sizeof ours) == 0 ? offset : 0;
-    if (s->pos == 0 && offset > 0 && pos_xfer_hash_init(&s->h, alg) != 0)
+    if (s->pos == 0 && offset > 0 && pos_xfer_hash_restart(&s->h) != 0)
         return sender_fail(s, POS_XFER_ERR_NOMEM, NULL);
     s->offset = s->pos;
     s->state = S_START;

@@ -20,7 +20,7 @@ enum pos_xfer_msg {
     POS_XFER_MSG_START = 0x02,  /* u64 offset */
     POS_XFER_MSG_DATA = 0x03,   /* file bytes (1 .. POS_XFER_CHUNK) */
     POS_XFER_MSG_END = 0x04,    /* digest[32] of the whole file, in the ACCEPT's algorithm */
-    POS_XFER_MSG_ACCEPT = 0x11, /* u8 hash algorithm, u64 offset, digest[32] of the prefix */
+    POS_XFER_MSG_ACCEPT = 0x11, /* u8 algorithm, u64 offset, digest[32] of the prefix, key[32] */
     POS_XFER_MSG_REFUSE = 0x12, /* u16 code, text reason */
     POS_XFER_MSG_DONE = 0x13,   /* u16 code (0 = stored), text: final name or reason */
 };

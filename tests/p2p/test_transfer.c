@@ -460,13 +460,23 @@ static void test_refusals(void)
     s = pos_xfer_sender_new(src, 1, &err);
     uint8_t buf[256];
     CHECK(pos_xfer_sender_output(s, buf, sizeof buf) > 0);
-    const uint8_t bogus_accept[] = {0x11, 0,    0,    0,    41,   1,    0xff,
+    const uint8_t bogus_accept[] = {0x11, 0,    0,    0,    73,   1,    0xff,
                                     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    uint8_t msg[46] = {0};
+    uint8_t msg[78] = {0};
     memcpy(msg, bogus_accept, sizeof bogus_accept); /* offset beyond the file */
     CHECK(pos_xfer_sender_input(s, msg, sizeof msg) == POS_XFER_ERR_PROTOCOL);
     CHECK(pos_xfer_sender_status(s) == POS_XFER_FAILED);
     pos_xfer_sender_del(s);
+    /* An algorithm we did not offer, or none. */
+    for (int alg = 0; alg < 3; alg++) {
+        s = pos_xfer_sender_new(src, 1, &err);
+        pos_xfer_sender_set_hashes(s, POS_XFER_HASH_BLAKE2B);
+        CHECK(pos_xfer_sender_output(s, buf, sizeof buf) > 0);
+        memset(msg + 5, 0, sizeof msg - 5);
+        msg[5] = alg == 0 ? 0 : alg == 1 ? POS_XFER_HASH_SHA256 : POS_XFER_HASH_GMAC;
+        CHECK(pos_xfer_sender_input(s, msg, sizeof msg) == POS_XFER_ERR_PROTOCOL);
+        pos_xfer_sender_del(s);
+    }
     CHECK(strcmp(pos_xfer_strerror(POS_XFER_ERR_NO_NAME),
                  "no free name for the file in the receiving directory") == 0);
 }
@@ -780,7 +790,10 @@ static pos_xfer_sender *send_with(const char *src, unsigned s_set, unsigned r_se
     return s;
 }
 
-/* SHA-256 when both sides hash it fast, BLAKE2b otherwise; a resume may change it. */
+/*
+ * GMAC, else SHA-256, when both sides compute it fast, else BLAKE2b; a
+ * resume may change it (both sides checksum the prefix anew).
+ */
 static void test_checksums(void)
 {
     char src[700], dst[700];
@@ -791,10 +804,13 @@ static void test_checksums(void)
         unsigned s_set, r_set;
         int alg;
     } cases[] = {
-        {POS_XFER_HASH_ALL, POS_XFER_HASH_ALL, POS_XFER_HASH_SHA256},
+        {POS_XFER_HASH_SHA256 | POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_ALL, POS_XFER_HASH_SHA256},
         {POS_XFER_HASH_SHA256, POS_XFER_HASH_SHA256, POS_XFER_HASH_SHA256},
         {POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_ALL, POS_XFER_HASH_BLAKE2B},
         {POS_XFER_HASH_ALL, POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_BLAKE2B},
+        {POS_XFER_HASH_GMAC, POS_XFER_HASH_ALL, POS_XFER_HASH_GMAC},
+        {POS_XFER_HASH_ALL, POS_XFER_HASH_SHA256, POS_XFER_HASH_SHA256},
+        {POS_XFER_HASH_ALL, POS_XFER_HASH_ALL, POS_XFER_HASH_GMAC},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int alg = 0;
@@ -805,7 +821,7 @@ static void test_checksums(void)
         CHECK(same_file(src, dst));
         clear_dir(out_dir);
     }
-    /* Cut under SHA-256, resumed under BLAKE2b: both hash the prefix anew. */
+    /* Cut under the default checksum, resumed under BLAKE2b, then under GMAC. */
     uint64_t kept = interrupted(src, 400000);
     int alg = 0;
     pos_xfer_sender *s = send_with(src, POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_ALL, &alg);
@@ -813,6 +829,29 @@ static void test_checksums(void)
     pos_xfer_sender_progress(s, &size, &offset, &sent);
     CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED && alg == POS_XFER_HASH_BLAKE2B);
     CHECK(kept > 0 && offset == kept);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+    kept = interrupted(src, 700000);
+    s = send_with(src, POS_XFER_HASH_GMAC, POS_XFER_HASH_ALL, &alg);
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED && alg == POS_XFER_HASH_GMAC);
+    CHECK(kept > 0 && offset == kept);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+    /* A damaged part file under GMAC: the prefix MACs differ, the transfer starts over. */
+    kept = interrupted(src, 600000);
+    char part[700];
+    CHECK(find_part("sums.bin", part, sizeof part));
+    FILE *f = fopen(part, "r+b");
+    fseek(f, 100, SEEK_SET);
+    fputc(0x55 ^ fgetc(f), f);
+    fclose(f);
+    s = send_with(src, POS_XFER_HASH_GMAC, POS_XFER_HASH_GMAC, &alg);
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED && alg == POS_XFER_HASH_GMAC);
+    CHECK(kept > 0 && offset == 0);
     pos_xfer_sender_del(s);
     CHECK(same_file(src, dst));
     clear_dir(out_dir);
