@@ -42,6 +42,14 @@ unsigned pos_xfer_hash_fast(void)
     if ((cap & HWCAP_AES) && (cap & HWCAP_PMULL))
         set |= POS_XFER_HASH_GMAC;
 #endif
+    if (set & POS_XFER_HASH_GMAC) { /* a GnuTLS built without it (FIPS mode, say): not offered */
+        uint8_t key[POS_XFER_HASH_KEY_LEN] = {0};
+        gnutls_hmac_hd_t mac;
+        if (gnutls_hmac_init(&mac, GNUTLS_MAC_AES_GMAC_256, key, sizeof key) < 0)
+            set &= ~(unsigned)POS_XFER_HASH_GMAC;
+        else
+            gnutls_hmac_deinit(mac, NULL);
+    }
     return set;
 }
 
