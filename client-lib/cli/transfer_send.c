@@ -89,6 +89,7 @@ pos_xfer_sender *pos_xfer_sender_new(const char *path, int resume, int *err)
         return NULL;
     }
     s->size = (uint64_t)s->opened.st_size;
+    (void)posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* read once, front to back */
     file_id(&s->opened, s->id);
     snprintf(s->name, sizeof s->name, "%s", base);
     s->resume = resume ? 1 : 0;
