@@ -4,8 +4,10 @@
 #   relayed: the same file to the same listener through a real pos-relay
 #            (Redis, discovery API, --relay-only --no-punch).
 # Rounds alternate direct and relayed; each prints MB/s (file bytes / the
-# sender's "seconds", which include its hashing of the file and the
-# receiver's check) and the CPU-seconds of sender, receiver (and relay).
+# sender's "seconds", from the session's start to the receiver's verdict:
+# the checksum, computed while the file is sent since transfer protocol 2,
+# and the receiver's check included) and the CPU-seconds of sender,
+# receiver (and relay).
 # Then the ratio relayed / direct of the best runs (goal >= 0.8) and the
 # direct figure (goal >= 300 MB/s), and the same from CPU time alone: the
 # rate if the processes had two idle cores to themselves (bytes / the larger
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 size_mb=200 rounds=2 wire_mb=8 gso_opt=""
 build=${POS_BENCH_BUILD:-build-xfer}
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size_mb=$2; shift 2 ;;

@@ -356,6 +356,17 @@ static void admit(relay_auth_svc *s, struct check *c)
 {
     char bucket[RELAY_KEY_LEN], conns[RELAY_KEY_LEN], rate[16], burst[16], max[16], ttl[16],
         member[96];
+    if (s->cfg->conn_rate_per_token == 0 && c->limits.max_conns == 0) {
+        /*
+         * No token bucket and no cap: the script would write nothing and
+         * answer 1, so no round trip per connection (Redis down still refuses).
+         */
+        c->member = 0;
+        deliver(c, pos_redis_async_up(s->redis) && tokconn_add(s, c->hash, 0) == 0
+                       ? RELAY_OK
+                       : RELAY_REFUSED_UNAVAILABLE);
+        return;
+    }
     relay_key_rate_token(s->cfg->redis_prefix, bucket, sizeof(bucket), c->hash);
     relay_key_conns(s->cfg->redis_prefix, conns, sizeof(conns), c->hash);
     snprintf(rate, sizeof(rate), "%u", s->cfg->conn_rate_per_token);

@@ -246,10 +246,11 @@ static int answer_version(relay_server *s, int sock, const uint8_t *data, size_t
     uint8_t r;
     ssize_t n;
 
+    /* our version (every packet of a handshake): no answer, so no random byte (a syscall) */
+    if (pos_quic_version_answer(s->txbuf, sizeof(s->txbuf), data, len, 0) == POS_QUIC_VERSION_OK)
+        return 0;
     randombytes_buf(&r, 1);
     n = pos_quic_version_answer(s->txbuf, sizeof(s->txbuf), data, len, r);
-    if (n == POS_QUIC_VERSION_OK)
-        return 0;
     if (n > 0) {
         s->st.version_negotiations++;
         relay_send_to(s, sock, s->txbuf, (size_t)n, from, fromlen);

@@ -9,7 +9,7 @@ set -euo pipefail
 pkgs=(
   # build
   gcc g++ meson ninja-build pkg-config git
-  libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libsodium-dev
+  libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev libsodium-dev nettle-dev libgmp-dev
   libhiredis-dev libmicrohttpd-dev libjansson-dev libev-dev libcurl4-gnutls-dev
   # run
   redis-server redis-tools curl ca-certificates gnutls-bin

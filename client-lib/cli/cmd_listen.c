@@ -4,7 +4,7 @@
  * peers. The device accepts sessions directly on its UDP port and, with
  * --api-url, through its home relay; each stream of a session carries one
  * file (docs/transfer.md), written into DIR under a hidden temporary name
- * and renamed only once its BLAKE2b checksum matched. With --allow, only the
+ * and renamed only once its checksum matched. With --allow, only the
  * listed peers may connect. When the home relay goes away (shutdown, lost
  * connection), the next best relay of the list takes over; when there is
  * none, the command keeps trying with a growing pause (--retry-max) and says
@@ -88,7 +88,7 @@ static void usage(FILE *out)
             "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
             "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
             "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
-            "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
+            "hidden temporary name, checked (checksum) and only then renamed; an interrupted\n"
             "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT; a\n"
             "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n"
             "A relayed session tries to go direct (hole punching); each change of path is\n"

@@ -70,9 +70,9 @@ static void usage(FILE *out)
             "those addresses as hole-punching candidates (direct only without a relay).\n"
             "With --addr and --api-url, the relay follows a direct attempt without\n"
             "answer. The receiver\n"
-            "checks each file's BLAKE2b checksum before keeping it; an interrupted transfer\n"
-            "resumes from what the receiver already has. Exit status 0 when every file\n"
-            "arrived intact.\n\n"
+            "checks each file's checksum (sent after the data) before keeping it; an\n"
+            "interrupted transfer resumes from what the receiver already has. Exit status\n"
+            "0 when every file arrived intact.\n\n"
             "  --to PEER_ID       the receiving device (its key is checked)\n"
             "  --addr IP[:PORT]   the receiver's address for a direct session\n"
             "  --api-url URL      discovery API (relay list) for a relayed session\n"
@@ -292,6 +292,8 @@ static void finish_file(struct run *r)
             what = "";
         fprintf(stderr, "pos-p2p send: %s was not delivered: %s%s%s\n", r->o->files[r->file], what,
                 *what && reason && *reason ? ": " : "", reason ? reason : "");
+        /* Ended here (the file changed, a read failed): the receiver drops it, keeps its part. */
+        pos_p2p_session_reset_stream(r->s, r->stream, 1);
         r->failed = 1;
     }
     fflush(r->info);

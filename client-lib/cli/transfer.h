@@ -6,21 +6,24 @@
  * caller moves them over QUIC. They do their own file I/O (reading the file
  * to send; writing the receiver's partial file), which is the point of them.
  *
- * Sender -> receiver: OFFER (name, size, BLAKE2b-256 of the file, resume
- * wanted), then START (offset) and DATA chunks. Receiver -> sender: ACCEPT
- * (offset it already has and the BLAKE2b-256 of that prefix) or REFUSE, and
- * at the end DONE (verdict and final name). Every message is type (1 byte) |
- * body length (4 bytes, big endian) | body, parsed through a bounded cursor.
+ * Sender -> receiver: OFFER (version 2, name, size, an id of the file
+ * (not its contents), the checksums it can use, resume wanted), then START
+ * (offset), DATA chunks, and END (the checksum of the whole file, computed
+ * while reading it for DATA: no hashing before the first byte leaves).
+ * Receiver -> sender: ACCEPT (the checksum algorithm, the offset it already
+ * has and the checksum of that prefix) or REFUSE, and at the end DONE
+ * (verdict and final name). Every message is type (1 byte) | body length
+ * (4 bytes, big endian) | body, parsed through a bounded cursor.
  *
  * The receiver writes into a part file of its own, DIR/.NAME.KEY.part (KEY
  * derived from the sender's peer id and the offer, flock()ed for the
  * transfer's life: see transfer_files.h), hashes the bytes as it writes them
- * through that one descriptor, and only when the BLAKE2b of the whole file
- * matches renames the part file to NAME, never replacing an existing file
+ * through that one descriptor, and only when that checksum of the whole file
+ * equals END's renames the part file to NAME, never replacing an existing file
  * (NAME taken: "NAME (1)", "NAME (2)", ...). A failed transfer never leaves a
  * file that looks complete; an interrupted one resumes from the received
  * prefix when the same sender offers the same file again and has checked the
- * prefix's hash.
+ * prefix's checksum.
  *
  * Memory is bounded: each machine holds one small message buffer; DATA is
  * streamed straight between the caller's buffers and the files.
@@ -39,12 +42,18 @@
 #define POS_XFER_MAX_CTRL_BODY 512 /* largest body of any message but DATA */
 #define POS_XFER_MIN_OUTPUT 256    /* smallest buffer for pos_xfer_sender_output (an OFFER) */
 
+/* Checksum algorithms (sets of them: OR): the bits of OFFER's set, ACCEPT's choice. */
+#define POS_XFER_HASH_BLAKE2B 0x01 /* BLAKE2b-256: every peer has it */
+#define POS_XFER_HASH_SHA256 0x02  /* SHA-256: when both CPUs have SHA instructions */
+#define POS_XFER_HASH_GMAC 0x04    /* AES-256-GMAC under the receiver's key: with AES, PCLMULQDQ */
+#define POS_XFER_HASH_ALL (POS_XFER_HASH_BLAKE2B | POS_XFER_HASH_SHA256 | POS_XFER_HASH_GMAC)
+
 /* Errors returned by the functions below (negative), also the verdicts on the wire (positive). */
 #define POS_XFER_ERR_IO -1       /* reading or writing a local file failed */
 #define POS_XFER_ERR_PROTOCOL -2 /* the other side sent something invalid or unexpected */
 #define POS_XFER_ERR_BAD_NAME -3 /* file name not acceptable (path, hidden, control chars) */
 #define POS_XFER_ERR_TOO_BIG -4  /* larger than the receiver accepts */
-#define POS_XFER_ERR_CHECKSUM -5 /* the received file's BLAKE2b differs from the offer */
+#define POS_XFER_ERR_CHECKSUM -5 /* the received file's checksum differs from the sender's */
 #define POS_XFER_ERR_REFUSED -6  /* the receiver refused the offer for another reason */
 #define POS_XFER_ERR_NO_NAME -7  /* no free final name (NAME (1) .. NAME (99) all taken) */
 #define POS_XFER_ERR_NOMEM -8
@@ -77,14 +86,25 @@ enum pos_xfer_status {
 typedef struct pos_xfer_sender pos_xfer_sender;
 
 /*
- * pos_xfer_sender_new opens |path| and hashes it (one full read). The
- * offered name is the last path component. |resume| asks the receiver to
- * keep a partial file of the same transfer. Returns NULL with |*err| set:
- * POS_XFER_ERR_IO (cannot open or read; errno kept), POS_XFER_ERR_BAD_NAME,
- * POS_XFER_ERR_NOMEM. Free with pos_xfer_sender_del (closes the file).
+ * pos_xfer_sender_new opens |path| (nothing is read yet: the file is hashed
+ * as it is sent). The offered name is the last path component. |resume|
+ * asks the receiver to keep a partial file of the same transfer. Returns
+ * NULL with |*err| set: POS_XFER_ERR_IO (cannot open, not a regular file;
+ * errno kept), POS_XFER_ERR_BAD_NAME, POS_XFER_ERR_NOMEM. Free with
+ * pos_xfer_sender_del (closes the file). The transfer fails with
+ * POS_XFER_ERR_IO ("the file changed while it was sent") when the file's
+ * size or modification time changes before its last byte is read.
  */
 pos_xfer_sender *pos_xfer_sender_new(const char *path, int resume, int *err);
 void pos_xfer_sender_del(pos_xfer_sender *s);
+
+/*
+ * pos_xfer_sender_set_hashes: the checksum algorithms (POS_XFER_HASH_*) the
+ * OFFER proposes; before the first output. Default: those this CPU computes
+ * fast (BLAKE2b; SHA-256 with SHA instructions; GMAC with AES and
+ * PCLMULQDQ). BLAKE2b is always added: every receiver can use it.
+ */
+void pos_xfer_sender_set_hashes(pos_xfer_sender *s, unsigned set);
 
 /*
  * pos_xfer_sender_output writes the next bytes for the stream into |buf|
@@ -152,6 +172,16 @@ void pos_xfer_receiver_set_sender(pos_xfer_receiver *r, const char *peer_id);
  */
 typedef int (*pos_xfer_takeover_cb)(void *arg, const char *part);
 void pos_xfer_receiver_set_takeover(pos_xfer_receiver *r, pos_xfer_takeover_cb cb, void *arg);
+
+/*
+ * pos_xfer_receiver_set_hashes: the checksum algorithms the receiver may
+ * choose (of those the sender offers: GMAC, else SHA-256, else BLAKE2b);
+ * before any input. Default: those this CPU computes fast.
+ */
+void pos_xfer_receiver_set_hashes(pos_xfer_receiver *r, unsigned set);
+
+/* pos_xfer_receiver_hash: the checksum algorithm in use (POS_XFER_HASH_*; 0 before ACCEPT). */
+int pos_xfer_receiver_hash(const pos_xfer_receiver *r);
 
 /* pos_xfer_receiver_part_name: the part file this receiver holds (NULL if none). */
 const char *pos_xfer_receiver_part_name(const pos_xfer_receiver *r);

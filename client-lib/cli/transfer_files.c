@@ -99,7 +99,7 @@ void pos_xfer_text_clean(char *s)
     }
 }
 
-/* The KEY of the part file: BLAKE2b-128 of sender, size, hash and name, in hex. */
+/* The KEY of the part file: BLAKE2b-128 of sender, size, file id and name, in hex. */
 static void part_key(const char *sender, const char *name, uint64_t size, const uint8_t *hash,
                      char hex[POS_XFER_PART_KEY_HEX + 1])
 {

@@ -5,7 +5,7 @@
  * library (docs/transfer.md, "Part files" and "Names").
  *
  * A part file is DIR/.NAME.KEY.part where KEY is 32 hex digits: a BLAKE2b
- * of the sender's peer id and the offer (size, hash, name), so that only the
+ * of the sender's peer id and the offer (size, file id, name), so that only the
  * same sender offering the same file finds, and resumes, it. The transfer
  * that opens it holds an exclusive flock() on it for its whole life; a
  * second transfer of the same key gets a fresh part file with a random KEY.
@@ -33,7 +33,7 @@ void pos_xfer_text_clean(char *s);
 
 /*
  * pos_xfer_part_open opens (creating it if needed) the part file of the
- * transfer of |name| (|size| bytes, BLAKE2b |hash|) from |sender| in the
+ * transfer of |name| (|size| bytes, the OFFER's file id |hash|) from |sender| in the
  * directory |dirfd| and locks it exclusively. Writes its name into |part|
  * (POS_XFER_PART_NAME_MAX bytes) and sets |*resumable| to 1 when it is the
  * keyed part file (its bytes may be a prefix of this very offer), 0 when it

@@ -2,12 +2,13 @@
  * libFuzzer target for the file-transfer protocol (client-lib/cli/transfer.c):
  * the input is what a malicious peer writes on the stream, fed to a receiver
  * (writing into a private temporary directory, emptied after each input) and
- * to a sender that has just offered a small file. Neither may crash, leak,
+ * to a sender that has just offered a small file (and then sends its START,
+ * DATA and END when the input accepts it). Neither may crash, leak,
  * write outside the directory, or produce output larger than its buffer.
  * The input is also a candidate file name (pos_xfer_name_ok, which must
  * agree with pos_xfer_text_clean: a cleaned accepted name is unchanged) and
  * a peer's text to clean for a terminal (no control byte may survive).
- * transfer.c and transfer_files.c are compiled into the target for coverage
+ * transfer*.c are compiled into the target for coverage
  * feedback.
  */
 #include <dirent.h>

@@ -80,8 +80,8 @@ cli="$src/client-lib/cli"
 common_a="$build/common/libposcommon.a"
 [ -f "$common_a" ] || fail "$common_a missing (build first)"
 cc -std=c11 -D_GNU_SOURCE -Wall -Wno-format-truncation -Werror $san -I"$src/common" \
-    "$cli"/*.c $(pkg-config --cflags pos-p2p jansson libsodium) \
-    $(pkg-config --libs pos-p2p) "$common_a" $(pkg-config --libs jansson libsodium) -lev \
+    "$cli"/*.c $(pkg-config --cflags pos-p2p jansson libsodium gnutls) \
+    $(pkg-config --libs pos-p2p) "$common_a" $(pkg-config --libs jansson libsodium gnutls) -lev \
     -o "$tmp/pos-p2p" || fail "pos-p2p does not build against the installed library"
 ldd "$tmp/pos-p2p" | grep -q "$libdir/libpos-p2p.so.0" || fail "pos-p2p does not use the installed library"
 id_out=$("$tmp/pos-p2p" id --identity "$tmp/cli-a" 2>"$tmp/id.err") || fail "pos-p2p id: $id_out"

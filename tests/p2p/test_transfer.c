@@ -331,20 +331,31 @@ static void test_resume(void)
     clear_dir(out_dir);
 }
 
+/*
+ * A hand-made version-2 OFFER of |name| (|len| bytes), 10 bytes, resume
+ * wanted, BLAKE2b only, into |msg| (600 bytes); returns its length.
+ */
+static size_t make_offer(uint8_t *msg, const char *name, size_t len)
+{
+    size_t body = 3 + 8 + 32 + 2 + len;
+    memset(msg, 0, 600);
+    msg[0] = 0x01;
+    msg[3] = (uint8_t)(body >> 8), msg[4] = (uint8_t)body;
+    msg[5] = 2, msg[6] = 1, msg[7] = 1; /* version, flags (resume), checksums (BLAKE2b) */
+    msg[5 + 3 + 7] = 10;                /* size 10 */
+    msg[5 + 43] = (uint8_t)(len >> 8), msg[5 + 44] = (uint8_t)len;
+    memcpy(msg + 5 + 45, name, len);
+    return 5 + body;
+}
+
 /* Feeds a hand-made OFFER for |name| (|len| bytes) and returns the receiver's error. */
 static int offer_name(const char *name, size_t len)
 {
-    uint8_t msg[600] = {0};
-    size_t body = 2 + 8 + 32 + 2 + len;
-    msg[0] = 0x01;
-    msg[3] = (uint8_t)(body >> 8), msg[4] = (uint8_t)body;
-    msg[5] = 1, msg[6] = 1;
-    msg[5 + 2 + 7] = 10; /* size 10 */
-    msg[5 + 42] = (uint8_t)(len >> 8), msg[5 + 43] = (uint8_t)len;
-    memcpy(msg + 5 + 44, name, len);
+    uint8_t msg[600];
+    size_t n_msg = make_offer(msg, name, len);
     int err;
     pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
-    int rc = pos_xfer_receiver_input(r, msg, 5 + body);
+    int rc = pos_xfer_receiver_input(r, msg, n_msg);
     uint8_t out[600];
     int n = pos_xfer_receiver_output(r, out, sizeof out);
     /* The refusal goes back on the stream: REFUSE with the wire code. */
@@ -449,13 +460,23 @@ static void test_refusals(void)
     s = pos_xfer_sender_new(src, 1, &err);
     uint8_t buf[256];
     CHECK(pos_xfer_sender_output(s, buf, sizeof buf) > 0);
-    const uint8_t bogus_accept[] = {0x11, 0,    0,    0,    40,   0xff, 0xff,
-                                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    uint8_t msg[45] = {0};
+    const uint8_t bogus_accept[] = {0x11, 0,    0,    0,    73,   1,    0xff,
+                                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    uint8_t msg[78] = {0};
     memcpy(msg, bogus_accept, sizeof bogus_accept); /* offset beyond the file */
     CHECK(pos_xfer_sender_input(s, msg, sizeof msg) == POS_XFER_ERR_PROTOCOL);
     CHECK(pos_xfer_sender_status(s) == POS_XFER_FAILED);
     pos_xfer_sender_del(s);
+    /* An algorithm we did not offer, or none. */
+    for (int alg = 0; alg < 3; alg++) {
+        s = pos_xfer_sender_new(src, 1, &err);
+        pos_xfer_sender_set_hashes(s, POS_XFER_HASH_BLAKE2B);
+        CHECK(pos_xfer_sender_output(s, buf, sizeof buf) > 0);
+        memset(msg + 5, 0, sizeof msg - 5);
+        msg[5] = alg == 0 ? 0 : alg == 1 ? POS_XFER_HASH_SHA256 : POS_XFER_HASH_GMAC;
+        CHECK(pos_xfer_sender_input(s, msg, sizeof msg) == POS_XFER_ERR_PROTOCOL);
+        pos_xfer_sender_del(s);
+    }
     CHECK(strcmp(pos_xfer_strerror(POS_XFER_ERR_NO_NAME),
                  "no free name for the file in the receiving directory") == 0);
 }
@@ -647,15 +668,12 @@ static void test_hostile_names(void)
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         CHECK(pos_xfer_name_ok(good[i], strlen(good[i])));
     /* The refused name is printable when the listener reports it. */
-    uint8_t msg[600] = {0};
+    uint8_t msg[600];
     const char *name = "invoice\xe2\x80\xaegpj.exe\x1b[2J";
-    size_t len = strlen(name), body = 2 + 8 + 32 + 2 + len;
-    msg[0] = 0x01, msg[4] = (uint8_t)body, msg[5] = 1;
-    msg[5 + 43] = (uint8_t)len;
-    memcpy(msg + 5 + 44, name, len);
+    size_t n_msg = make_offer(msg, name, strlen(name));
     int err;
     pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
-    CHECK(pos_xfer_receiver_input(r, msg, 5 + body) == POS_XFER_ERR_BAD_NAME);
+    CHECK(pos_xfer_receiver_input(r, msg, n_msg) == POS_XFER_ERR_BAD_NAME);
     const char *shown = pos_xfer_receiver_offered_name(r);
     CHECK(shown && strstr(shown, "\xe2\x80\xae") == NULL && strchr(shown, 0x1b) == NULL);
     CHECK(shown && strncmp(shown, "invoice", 7) == 0);
@@ -754,6 +772,180 @@ static void test_refusal_reasons(void)
     CHECK(count_entries(out_dir) == 0);
 }
 
+/*
+ * Runs one transfer of |src| with the checksum sets |s_set| (sender) and
+ * |r_set| (receiver); returns the sender (the caller frees it) and the
+ * algorithm the receiver chose in |*alg|.
+ */
+static pos_xfer_sender *send_with(const char *src, unsigned s_set, unsigned r_set, int *alg)
+{
+    int err;
+    pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pos_xfer_sender_set_hashes(s, s_set);
+    pos_xfer_receiver_set_hashes(r, r_set);
+    pump(s, r, 0, 0);
+    *alg = pos_xfer_receiver_hash(r);
+    pos_xfer_receiver_del(r);
+    return s;
+}
+
+/*
+ * GMAC, else SHA-256, when both sides compute it fast, else BLAKE2b; a
+ * resume may change it (both sides checksum the prefix anew).
+ */
+static void test_checksums(void)
+{
+    char src[700], dst[700];
+    snprintf(src, sizeof src, "%s/sums.bin", src_dir);
+    snprintf(dst, sizeof dst, "%s/sums.bin", out_dir);
+    write_random_file(src, 1000003, 81);
+    static const struct {
+        unsigned s_set, r_set;
+        int alg;
+    } cases[] = {
+        {POS_XFER_HASH_SHA256 | POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_ALL, POS_XFER_HASH_SHA256},
+        {POS_XFER_HASH_SHA256, POS_XFER_HASH_SHA256, POS_XFER_HASH_SHA256},
+        {POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_ALL, POS_XFER_HASH_BLAKE2B},
+        {POS_XFER_HASH_ALL, POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_BLAKE2B},
+        {POS_XFER_HASH_GMAC, POS_XFER_HASH_ALL, POS_XFER_HASH_GMAC},
+        {POS_XFER_HASH_ALL, POS_XFER_HASH_SHA256, POS_XFER_HASH_SHA256},
+        {POS_XFER_HASH_ALL, POS_XFER_HASH_ALL, POS_XFER_HASH_GMAC},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int alg = 0;
+        pos_xfer_sender *s = send_with(src, cases[i].s_set, cases[i].r_set, &alg);
+        CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED);
+        CHECK(alg == cases[i].alg);
+        pos_xfer_sender_del(s);
+        CHECK(same_file(src, dst));
+        clear_dir(out_dir);
+    }
+    /* Cut under the default checksum, resumed under BLAKE2b, then under GMAC. */
+    uint64_t kept = interrupted(src, 400000);
+    int alg = 0;
+    pos_xfer_sender *s = send_with(src, POS_XFER_HASH_BLAKE2B, POS_XFER_HASH_ALL, &alg);
+    uint64_t size, offset, sent;
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED && alg == POS_XFER_HASH_BLAKE2B);
+    CHECK(kept > 0 && offset == kept);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+    kept = interrupted(src, 700000);
+    s = send_with(src, POS_XFER_HASH_GMAC, POS_XFER_HASH_ALL, &alg);
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED && alg == POS_XFER_HASH_GMAC);
+    CHECK(kept > 0 && offset == kept);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+    /* A damaged part file under GMAC: the prefix MACs differ, the transfer starts over. */
+    kept = interrupted(src, 600000);
+    char part[700];
+    CHECK(find_part("sums.bin", part, sizeof part));
+    FILE *f = fopen(part, "r+b");
+    fseek(f, 100, SEEK_SET);
+    fputc(0x55 ^ fgetc(f), f);
+    fclose(f);
+    s = send_with(src, POS_XFER_HASH_GMAC, POS_XFER_HASH_GMAC, &alg);
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED && alg == POS_XFER_HASH_GMAC);
+    CHECK(kept > 0 && offset == 0);
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+}
+
+/*
+ * The checksum comes last (END), after the data: a wrong one fails the
+ * transfer and leaves nothing; data without END is never published (and
+ * resumes to the END); a file that changes while it is sent is not
+ * completed; a version-1 OFFER is refused with a reason.
+ */
+static void test_trailer(void)
+{
+    char src[700], dst[700], part[700];
+    snprintf(src, sizeof src, "%s/tail.bin", src_dir);
+    snprintf(dst, sizeof dst, "%s/tail.bin", out_dir);
+    write_random_file(src, 200000, 91);
+    int err;
+    pos_xfer_sender *s = pos_xfer_sender_new(src, 1, &err);
+    pos_xfer_receiver *r = pos_xfer_receiver_new(out_dir, 0, &err);
+    uint64_t total = pump(s, r, 0, 0); /* the stream's length, END's 37 bytes last */
+    CHECK(pos_xfer_sender_status(s) == POS_XFER_FINISHED);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    clear_dir(out_dir);
+
+    s = pos_xfer_sender_new(src, 1, &err);
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pump(s, r, 0, total - 3); /* a byte of END's checksum */
+    CHECK(pos_xfer_sender_error(s, NULL) == POS_XFER_ERR_CHECKSUM);
+    CHECK(pos_xfer_receiver_error(r) == POS_XFER_ERR_CHECKSUM);
+    CHECK(count_entries(out_dir) == 0);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+
+    s = pos_xfer_sender_new(src, 1, &err);
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    pump(s, r, total - 37, 0); /* every byte of the file, no END */
+    CHECK(pos_xfer_receiver_status(r) == POS_XFER_RUNNING);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    CHECK(!exists_in(out_dir, "tail.bin") && find_part("tail.bin", part, sizeof part));
+    CHECK(send_file("tail.bin", 1, &s) == POS_XFER_FINISHED);
+    uint64_t size, offset, sent;
+    pos_xfer_sender_progress(s, &size, &offset, &sent);
+    CHECK(offset == 200000 && sent == 200000); /* only START and END crossed */
+    pos_xfer_sender_del(s);
+    CHECK(same_file(src, dst));
+    clear_dir(out_dir);
+
+    /* Modified half-way: the sender fails, the receiver publishes nothing. */
+    s = pos_xfer_sender_new(src, 1, &err);
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    for (int i = 0; i < 6; i++)
+        step(s, r); /* OFFER, ACCEPT, START and a few 8 KiB chunks */
+    int fd = open(src, O_WRONLY);
+    CHECK(fd >= 0 && pwrite(fd, "changed", 7, 150000) == 7);
+    struct timespec later[2] = {{0, UTIME_OMIT}, {time(NULL) + 5, 0}};
+    CHECK(futimens(fd, later) == 0); /* a coarse clock could leave mtime as it was */
+    close(fd);
+    for (int i = 0; i < 100000 && step(s, r); i++)
+        ;
+    const char *reason = NULL;
+    CHECK(pos_xfer_sender_error(s, &reason) == POS_XFER_ERR_IO);
+    CHECK(reason && strstr(reason, "changed") != NULL);
+    CHECK(pos_xfer_receiver_status(r) == POS_XFER_RUNNING);
+    pos_xfer_sender_del(s);
+    pos_xfer_receiver_del(r);
+    CHECK(!exists_in(out_dir, "tail.bin"));
+    clear_dir(out_dir);
+
+    /* An OFFER of version 1 (the file's hash up front): refused, saying why. */
+    uint8_t msg[600], back[600];
+    size_t n = make_offer(msg, "old.bin", 7);
+    msg[5] = 1;
+    r = pos_xfer_receiver_new(out_dir, 0, &err);
+    CHECK(pos_xfer_receiver_input(r, msg, n) == POS_XFER_ERR_PROTOCOL);
+    int m = pos_xfer_receiver_output(r, back, sizeof back);
+    CHECK(m > 9 && back[0] == 0x12 && back[6] == 2);
+    back[m < (int)sizeof back ? m : (int)sizeof back - 1] = 0;
+    CHECK(m > 9 && strstr((const char *)back + 9, "transfer protocol 1") != NULL);
+    pos_xfer_receiver_del(r);
+    CHECK(count_entries(out_dir) == 0);
+    /* ... and what a version-1 receiver answers reads as such at our sender. */
+    s = pos_xfer_sender_new(src, 1, &err);
+    CHECK(pos_xfer_sender_output(s, msg, sizeof msg) > 0);
+    n = pos_xfer_refusal(msg, sizeof msg, POS_XFER_ERR_PROTOCOL,
+                         pos_xfer_strerror(POS_XFER_ERR_PROTOCOL));
+    CHECK(pos_xfer_sender_input(s, msg, n) == POS_XFER_ERR_PROTOCOL);
+    CHECK(pos_xfer_sender_error(s, &reason) == POS_XFER_ERR_PROTOCOL);
+    CHECK(strstr(reason, "older pos-p2p") != NULL);
+    pos_xfer_sender_del(s);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -779,6 +971,8 @@ int main(void)
     test_hostile_names();
     test_sweep();
     test_refusal_reasons();
+    test_checksums();
+    test_trailer();
 
     clear_dir(src_dir);
     clear_dir(out_dir);

@@ -1,7 +1,7 @@
 /*
  * A greedy or hostile sender for tests/p2p/test_transfer_limits.py: opens
  * SESSIONS sessions to a listener (pos-p2p listen) at ADDR and, on each,
- * STREAMS streams that each carry an OFFER of SIZE bytes (random hash) and
+ * STREAMS streams that each carry an OFFER of SIZE bytes (random file id) and
  * then nothing: transfers that hold the listener's resources. Prints, once
  * every stream was answered (or after 5 s), "answers: ACCEPTED accepted,
  * REFUSED refused, OTHER other" and each distinct refusal reason, then keeps
@@ -79,15 +79,17 @@ static void offer(uint8_t *msg, size_t *len, int k, uint64_t size, const char *h
         }
     else
         n = (size_t)snprintf(name, sizeof name, "flood-%d.bin", k);
-    size_t body = 2 + 8 + 32 + 2 + n;
+    /* OFFER, version 2: flags 0, checksums BLAKE2b, size, file id, name */
+    size_t body = 3 + 8 + 32 + 2 + n;
     memset(msg, 0, 5 + body);
-    msg[0] = 0x01, msg[3] = (uint8_t)(body >> 8), msg[4] = (uint8_t)body, msg[5] = 1;
+    msg[0] = 0x01, msg[3] = (uint8_t)(body >> 8), msg[4] = (uint8_t)body;
+    msg[5] = 2, msg[7] = 1;
     for (int i = 0; i < 8; i++)
-        msg[7 + i] = (uint8_t)(size >> (56 - 8 * i));
+        msg[8 + i] = (uint8_t)(size >> (56 - 8 * i));
     for (int i = 0; i < 32; i++)
-        msg[15 + i] = (uint8_t)rand();
-    msg[48] = (uint8_t)n;
-    memcpy(msg + 49, name, n);
+        msg[16 + i] = (uint8_t)rand();
+    msg[49] = (uint8_t)n;
+    memcpy(msg + 50, name, n);
     *len = 5 + body;
 }
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #ifdef POS_TEST_TLS_FAST
+#include <gnutls/crypto.h>
 #include <nettle/curve25519.h>
 #include <nettle/eddsa.h>
 #endif
@@ -318,6 +319,76 @@ static void test_rawpk_parse(const struct world *w)
     }
 }
 
+#ifdef POS_TEST_TLS_FAST
+/*
+ * relay/tls_fast.c's X25519 key generation gives nettle's bytes (nettle's own
+ * function, found past ours with RTLD_NEXT), and its HKDF gives GnuTLS's,
+ * for SHA-256, SHA-384 and a hash it hands to GnuTLS (SHA-512).
+ */
+static void test_fast_replacements(void)
+{
+    void *sym = dlsym(RTLD_NEXT, "nettle_curve25519_mul_g");
+    void (*nettle_mul_g)(uint8_t *, const uint8_t *) = NULL;
+    uint8_t n[32], a[32], b[32];
+    int same = 1;
+
+    memcpy(&nettle_mul_g, &sym, sizeof(sym));
+    CHECK(nettle_mul_g != NULL && nettle_mul_g != curve25519_mul_g);
+    if (!nettle_mul_g)
+        return;
+    for (int i = 0; i < 2000; i++) {
+        if (i == 0)
+            memset(n, 0, sizeof(n)); /* clamping still gives a valid scalar */
+        else if (i == 1)
+            memset(n, 0xff, sizeof(n));
+        else
+            randombytes_buf(n, sizeof(n));
+        nettle_mul_g(a, n);
+        curve25519_mul_g(b, n);
+        same &= memcmp(a, b, 32) == 0;
+    }
+    CHECK(same);
+
+    /* RFC 5869, test case 1 (SHA-256) */
+    static const uint8_t okm1[42] = {
+        0x3c, 0xb2, 0x5f, 0x25, 0xfa, 0xac, 0xd5, 0x7a, 0x90, 0x43, 0x4f, 0x64, 0xd0, 0x36,
+        0x2f, 0x2a, 0x2d, 0x2d, 0x0a, 0x90, 0xcf, 0x1a, 0x5a, 0x4c, 0x5d, 0xb0, 0x2d, 0x56,
+        0xec, 0xc4, 0xc5, 0xbf, 0x34, 0x00, 0x72, 0x08, 0xd5, 0xb8, 0x87, 0x18, 0x58, 0x65};
+    uint8_t ikm[22], salt[13], info[10], prk[64], okm[600], ref[600];
+    ngtcp2_crypto_md md;
+    memset(ikm, 0x0b, sizeof(ikm));
+    for (int i = 0; i < 13; i++)
+        salt[i] = (uint8_t)i;
+    for (int i = 0; i < 10; i++)
+        info[i] = (uint8_t)(0xf0 + i);
+    md.native_handle = (void *)(intptr_t)GNUTLS_DIG_SHA256;
+    CHECK(ngtcp2_crypto_hkdf_extract(prk, &md, ikm, sizeof(ikm), salt, sizeof(salt)) == 0);
+    CHECK(ngtcp2_crypto_hkdf_expand(okm, 42, &md, prk, 32, info, sizeof(info)) == 0);
+    CHECK(memcmp(okm, okm1, 42) == 0);
+    CHECK(ngtcp2_crypto_hkdf_expand(okm, 255 * 32 + 1, &md, prk, 32, info, 10) != 0);
+
+    static const gnutls_digest_algorithm_t hashes[] = {GNUTLS_DIG_SHA256, GNUTLS_DIG_SHA384,
+                                                       GNUTLS_DIG_SHA512};
+    for (size_t h = 0; h < sizeof(hashes) / sizeof(hashes[0]); h++) {
+        uint8_t secret[48], rprk[64];
+        size_t hlen = gnutls_hash_get_len(hashes[h]);
+        gnutls_datum_t k = {secret, sizeof(secret)}, sa = {salt, sizeof(salt)};
+        gnutls_datum_t inf = {info, sizeof(info)}, p = {prk, (unsigned)hlen};
+        md.native_handle = (void *)(intptr_t)hashes[h];
+        randombytes_buf(secret, sizeof(secret));
+        CHECK(ngtcp2_crypto_hkdf_extract(prk, &md, secret, sizeof(secret), salt, sizeof(salt)) ==
+              0);
+        CHECK(gnutls_hkdf_extract((gnutls_mac_algorithm_t)hashes[h], &k, &sa, rprk) == 0);
+        CHECK(memcmp(prk, rprk, hlen) == 0);
+        for (size_t len = 1; len <= sizeof(okm); len += 37) {
+            CHECK(ngtcp2_crypto_hkdf_expand(okm, len, &md, prk, hlen, info, sizeof(info)) == 0);
+            CHECK(gnutls_hkdf_expand((gnutls_mac_algorithm_t)hashes[h], &p, &inf, ref, len) == 0);
+            CHECK(memcmp(okm, ref, len) == 0);
+        }
+    }
+}
+#endif
+
 int main(void)
 {
     struct world w;
@@ -344,7 +415,17 @@ int main(void)
         memcpy(&mf, &m, sizeof(m));
         CHECK(vf == ed25519_sha512_verify);
         CHECK(mf == curve25519_mul);
+        void *g = dlsym(RTLD_DEFAULT, "nettle_curve25519_mul_g");
+        void *x = dlsym(RTLD_DEFAULT, "ngtcp2_crypto_hkdf_expand");
+        void (*gf)(uint8_t *, const uint8_t *) = NULL;
+        int (*xf)(uint8_t *, size_t, const ngtcp2_crypto_md *, const uint8_t *, size_t,
+                  const uint8_t *, size_t) = NULL;
+        memcpy(&gf, &g, sizeof(g));
+        memcpy(&xf, &x, sizeof(x));
+        CHECK(gf == curve25519_mul_g);
+        CHECK(xf == ngtcp2_crypto_hkdf_expand);
     }
+    test_fast_replacements();
 #endif
     test_rawpk_parse(&w);
     test_bad_signature(&w);
