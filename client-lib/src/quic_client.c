@@ -246,6 +246,7 @@ static void on_rewelcome(pos_p2p_relay *r)
     ev.type = POS_P2P_RELAY_EV_AWAKE;
     ev.code = (uint16_t)relay_park_awake_code(r->park);
     r->rejoining = 0;
+    r->st.awake_reason = ev.code;
     relay_park_activity(r->park, pos_p2p_now_ms());
     release_held(r);
     push_event(r, &ev);
@@ -950,6 +951,8 @@ static void go_parked(pos_p2p_relay *r, int64_t now)
     r->evq = NULL;
     r->n_ev = 0;
     relay_park_enter(r->park, r->sock, &to, now);
+    r->st.park_keepalive_s = (uint32_t)(relay_park_keepalive_ms(r->park) / 1000);
+    r->st.parks++;
     if (notify(r, POS_P2P_RELAY_EV_PARKED) == 0 && r->held)
         rejoin(r, POS_P2P_AWAKE_REQUEST); /* a request came while parking */
 }
@@ -966,6 +969,7 @@ static void rejoin(pos_p2p_relay *r, int code)
     if (relay_park_state(r->park) == RELAY_PARK_PARKED)
         relay_park_leave(r->park, code, now);
     r->rejoining = 1;
+    r->st.park_keepalive_s = 0;
     r->pin.has_peer = r->pin.mismatch = 0;
     r->addrs_left = relay_count_addrs(r->ep, &r->info, r->addr_index + 1);
     r->connect_deadline_ms = now + REJOIN_MS;

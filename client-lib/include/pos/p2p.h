@@ -252,6 +252,9 @@ typedef struct pos_p2p_relay_status {
     uint32_t idle_timeout_s;
     int64_t accepted_at_ms; /* pos_p2p_now_ms() when accepted, failed_at_ms when failed */
     int64_t failed_at_ms;
+    uint32_t park_keepalive_s; /* parked: the keep-alive interval in use (s); else 0 */
+    int awake_reason;          /* the last reconnect after parking (pos_p2p_awake_reason), 0 none */
+    uint32_t parks;            /* how many times this connection parked */
 } pos_p2p_relay_status;
 
 /*
