@@ -246,7 +246,6 @@ static void on_rewelcome(pos_p2p_relay *r)
     ev.type = POS_P2P_RELAY_EV_AWAKE;
     ev.code = (uint16_t)relay_park_awake_code(r->park);
     r->rejoining = 0;
-    r->st.awake_reason = ev.code;
     relay_park_activity(r->park, pos_p2p_now_ms());
     release_held(r);
     push_event(r, &ev);
@@ -970,6 +969,7 @@ static void rejoin(pos_p2p_relay *r, int code)
         relay_park_leave(r->park, code, now);
     r->rejoining = 1;
     r->st.park_keepalive_s = 0;
+    r->st.awake_reason = relay_park_awake_code(r->park);
     r->pin.has_peer = r->pin.mismatch = 0;
     r->addrs_left = relay_count_addrs(r->ep, &r->info, r->addr_index + 1);
     r->connect_deadline_ms = now + REJOIN_MS;
@@ -1024,7 +1024,9 @@ static void relay_timer(struct ep_conn *c, int64_t now)
 
 static void relay_destroy(struct ep_conn *c)
 {
-    relay_free((pos_p2p_relay *)c);
+    pos_p2p_relay *r = (pos_p2p_relay *)c;
+    r->dispatching = 0;
+    pos_p2p_relay_close(r); /* the relay is told (its circuits end now, not at its idle timeout) */
 }
 
 static const struct ep_conn_ops relay_conn_ops = {relay_input, relay_frame, conn_deadline,

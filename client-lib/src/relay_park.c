@@ -34,8 +34,8 @@ struct relay_park {
     uint64_t acked;      /* the highest counter acknowledged */
     uint64_t wake;       /* the highest wake counter taken */
     int64_t next_ka;     /* next regular keep-alive */
-    int64_t resend_at;   /* the last one unanswered: send again then (-1: none waiting) */
-    unsigned tries;      /* keep-alives sent since the last ack */
+    int64_t resend_at;   /* a keep-alive unanswered: send again then (-1: none waiting) */
+    unsigned resends;    /* resends since the last ack */
     uint32_t addr_gen;   /* ep_addr_gen when parked or last roamed */
     int sock;
     struct sockaddr_storage relay;
@@ -149,7 +149,7 @@ int64_t relay_park_deadline(const struct relay_park *p, int can_park)
     }
 }
 
-/* send_keepalive sends the next counter now and waits for its ack. */
+/* send_keepalive sends the next counter now; unanswered, it is resent (or the next one is). */
 static void send_keepalive(struct relay_park *p, int64_t now_ms)
 {
     uint8_t buf[POS_PARK_LEN];
@@ -157,8 +157,8 @@ static void send_keepalive(struct relay_park *p, int64_t now_ms)
     if (n > 0)
         ep_send(p->ep, p->sock, buf, (size_t)n, (const struct sockaddr *)&p->relay,
                 pos_addr_len(&p->relay));
-    p->tries++;
-    p->resend_at = now_ms + RELAY_PARK_RESEND_MS;
+    if (p->resend_at < 0)
+        p->resend_at = now_ms + RELAY_PARK_RESEND_MS;
     p->next_ka = now_ms + p->interval_ms;
 }
 
@@ -189,18 +189,17 @@ int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
         return RELAY_PARK_NOTHING;
     }
     if (p->resend_at >= 0 && now_ms >= p->resend_at) {
-        if (p->tries > RELAY_PARK_RESENDS) {
+        if (p->resends >= RELAY_PARK_RESENDS) { /* 2 s after the third resend: no relay */
             relay_park_leave(p, POS_P2P_AWAKE_LOST, now_ms);
             return RELAY_PARK_REJOIN;
         }
+        p->resends++;
+        p->resend_at = -1;
         send_keepalive(p, now_ms);
         return RELAY_PARK_NOTHING;
     }
-    if (now_ms >= p->next_ka) {
-        unsigned tries = p->resend_at >= 0 ? p->tries : 0; /* a series goes on, else starts */
-        p->tries = tries;
-        send_keepalive(p, now_ms);
-    }
+    if (now_ms >= p->next_ka)
+        send_keepalive(p, now_ms); /* unanswered ones wait for their resend time */
     return RELAY_PARK_NOTHING;
 }
 
@@ -242,7 +241,8 @@ void relay_park_enter(struct relay_park *p, int sock, const struct sockaddr_stor
     p->sock = sock;
     p->relay = *relay;
     p->sent = p->acked = p->wake = 0;
-    p->tries = 0;
+    p->resends = 0;
+    p->resend_at = -1;
     p->addr_gen = ep_addr_gen(p->ep);
     send_keepalive(p, now_ms);
 }
@@ -274,7 +274,7 @@ int relay_park_input(struct relay_park *p, const uint8_t *data, size_t len,
         return 0; /* forged: dropped silently */
     if (m.type == POS_PARK_ACK && m.counter > p->acked && m.counter <= p->sent) {
         p->acked = m.counter;
-        p->tries = 0;
+        p->resends = 0;
         p->resend_at = -1;
     } else if (m.type == POS_PARK_WAKE && m.counter > p->wake) {
         p->wake = m.counter;
@@ -288,8 +288,6 @@ void relay_park_roam(struct relay_park *p, int64_t now_ms)
     if (!p || p->state != RELAY_PARK_PARKED)
         return;
     p->addr_gen = ep_addr_gen(p->ep);
-    if (p->resend_at < 0)
-        p->tries = 0;
     send_keepalive(p, now_ms);
 }
 

@@ -104,7 +104,8 @@ static void park_now(struct relay_park *p, pos_p2p_endpoint *ep)
     CHECK(wire.n == 1 && wire.len[0] == POS_PARK_LEN && last_ka(key) == 1);
     CHECK(wire.n == 1 && ntohs(wire.to[0].sin_port) == 7373);
     CHECK(last_ka(other_key) == 0); /* the mac is the key's */
-    CHECK(relay_park_keepalive_ms(p) == 25000);
+    CHECK(relay_park_keepalive_ms(p) ==
+          (ep_park_keepalive_ms(ep) ? ep_park_keepalive_ms(ep) : 25000));
     (void)ep;
 }
 
@@ -155,6 +156,18 @@ static void test_lost(pos_p2p_endpoint *ep)
     CHECK(relay_park_awake_code(p) == POS_P2P_AWAKE_LOST);
     CHECK(relay_park_state(p) == RELAY_PARK_AWAKE);
     relay_park_free(p);
+
+    /* keep-alives more often than the resends (1 s): lost all the same after 2 s x 4 */
+    pos_p2p_endpoint_set_park(ep, 1000, 1000);
+    p = relay_park_new(ep, 0);
+    park_now(p, ep);
+    CHECK(relay_park_keepalive_ms(p) == 1000);
+    for (t = 1050 + 1000; t < 1050 + 4 * RELAY_PARK_RESEND_MS; t += 500)
+        CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_NOTHING);
+    CHECK(last_ka(key) >= 8); /* one a second, and the resends */
+    CHECK(relay_park_timer(p, 1050 + 4 * RELAY_PARK_RESEND_MS, 1) == RELAY_PARK_REJOIN);
+    relay_park_free(p);
+    pos_p2p_endpoint_set_park(ep, 1000, 0);
 
     /* an ack in the middle of a series ends it */
     p = relay_park_new(ep, 0);
