@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import Proc, Redis, http, run, test, tmpdir, wait_until  # noqa: E402
+from harness import Proc, Redis, binary, http, run, test, tmpdir, wait_until  # noqa: E402
 from suite import P2P, Discovery, Relay  # noqa: E402
 
 
@@ -175,9 +175,19 @@ def redis_down_parked_listener_reachable():
     redis, disc, relay = stack()
     token = relay.token()
     lst = parked_listener(disc, token)
-    # the sender's connection is the one that needs Redis; it comes first
-    redis.stop()
-    send_relayed(disc, token, lst, one_file())
+    go = os.path.join(tmpdir(), "go")
+    # the dialer's own token check needs Redis: it connects first (no discovery API either)
+    dialer = Proc([binary("tests/p2p/park_dial"), f"127.0.0.1:{relay.port}", relay.peer_id,
+                   token, lst.peer_id, new_identity()[0], go], name="park_dial")
+    wait_until(lambda: "accepted" in dialer.output() or not dialer.alive(), 15,
+               what="the dialer's relay connection")
+    assert "accepted" in dialer.output(), dialer.output()
+    redis.kill()
+    open(go, "w").close()
+    assert dialer.wait(30) == 0, dialer.output() + lst.proc.output()
+    assert "session open" in dialer.output(), dialer.output()
+    wait_until(lambda: "session from" in lst.proc.output(), 5, what="the listener's session")
+    assert "relay: awake (woken by the relay" in lst.proc.output(), lst.proc.output()
 
 
 if __name__ == "__main__":
