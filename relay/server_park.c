@@ -99,6 +99,7 @@ void relay_ctrl_park(struct rconn *c, const pos_ctrl_msg *m)
         park_refuse(c, m->req_id, why);
         return;
     }
+    relay_park_set_route(s->park, s->circuits); /* the workers' bits are set by now */
     if ((old = relay_park_find_peer(s->park, c->pin.peer_key)) != NULL)
         end_record(s, old, END_HOME, 0, 1); /* an older connection of the peer had parked */
     r = relay_park_add(s->park, c->pin.peer_key, c->park_key, (const struct sockaddr *)&c->cur,
@@ -166,6 +167,27 @@ void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t 
     relay_send_to(s, sock, ack, sizeof(ack), from, fromlen);
 }
 
+int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *from)
+{
+    struct relay_park_ctx *x = arg;
+    relay_server *s = x->srv;
+    uint8_t ack[POS_PARK_LEN];
+    relay_parked *r;
+    int moved;
+
+    /* counters: workers add to them at once under the shared lock */
+    if (!s->park || relay_park_keepalive(s->park, buf, len, from, x->sock, now_ms(s), ack, &r,
+                                         &moved) != RELAY_PARK_ACKED) {
+        __atomic_fetch_add(&s->st.park_keepalives_drop, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    __atomic_fetch_add(&s->st.park_keepalives_ok, 1, __ATOMIC_RELAXED);
+    if (moved)
+        __atomic_fetch_add(&s->st.park_roams, 1, __ATOMIC_RELAXED);
+    memcpy(buf, ack, sizeof(ack)); /* same length: the forwarder sends it back to |from| */
+    return 1;
+}
+
 /* ---- waking ---- */
 
 static void send_wake(void *arg, relay_parked *r, const uint8_t *d, size_t len)
@@ -200,7 +222,7 @@ int relay_park_wake_peer(void *arg, const char *peer_id)
     uint8_t key[32];
     relay_parked *r;
 
-    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) != 0 ||
+    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) < 0 ||
         !(r = relay_park_find_peer(s->park, key)))
         return 0;
     relay_park_wake(s->park, r, now_ms(s));
