@@ -24,15 +24,14 @@ from suite import P2P, Discovery, Relay  # noqa: E402
 
 
 SECRET = "p2p-secret-park-tests-abcdef0123456789"
-EXTRA = {}
 # short timers: a keep-alive every 2 s, records live 20 s without one
-RELAY_PARK = {"park_keepalive": 2, "park_lifetime": 20, "workers": 1}
+RELAY_PARK = {"park_keepalive": 2, "park_lifetime": 20}
 
 
 def stack():
     redis = Redis()
     disc = Discovery(redis, SECRET)
-    relay = Relay(redis, disc, SECRET, extra=dict(RELAY_PARK, **EXTRA)).start()
+    relay = Relay(redis, disc, SECRET, extra=RELAY_PARK).start()
     wait_until(lambda: relay.id in disc.ids(), 5, what="the relay to register")
     return redis, disc, relay
 
@@ -106,7 +105,7 @@ def parked_listener_woken_by_send_several_times():
     token = relay.token()
     lst = parked_listener(disc, token)
     assert "relay: parked (keep-alive every 2 s)" in lst.proc.output(), lst.proc.output()
-    if 0: wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5,
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5,
                what="the relay to count the parked client")
     for i in range(3):
         parks = lst.proc.output().count("relay: parked")
@@ -119,7 +118,9 @@ def parked_listener_woken_by_send_several_times():
         wait_until(lambda: lst.proc.output().count("relay: parked") == parks + 1, 10,
                    what="the listener to park again")
         print(f"send {i} to a parked listener: {took:.2f} s")
-    if 0: wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked once more")
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked once more")
+    assert metric(relay, "pos_relay_wakes_sent_total") >= 3
+    assert metric(relay, "pos_relay_wake_seconds_count") == 3
     no_sanitizer_report(lst.proc.output(), "pos-p2p listen")
 
 
@@ -144,7 +145,7 @@ def no_park_keeps_the_connection():
     lst = Listener("--api-url", disc.url, "--token", token, "--no-park")
     time.sleep(2.5)  # --park-after would have parked it by now (see the test above)
     assert "relay: parked" not in lst.proc.output(), lst.proc.output()
-    assert metric(relay, "pos_relay_parked") in (0, None)
+    assert metric(relay, "pos_relay_parked") == 0 and metric(relay, "pos_relay_awake") == 1
 
 
 @test
