@@ -7,7 +7,11 @@
  * it to reach a parked listener while Redis is down (the dialer's own
  * token check happened before).
  *
- * usage: park_dial RELAY_ADDR RELAY_PEER_ID TOKEN PEER_ID IDENTITY GO
+ * With a 7th argument "park" its own relay connection parks after 1 s
+ * first ("parked"): the dial then makes it reconnect for its request
+ * ("awake: 2", the reason) before the session opens.
+ *
+ * usage: park_dial RELAY_ADDR RELAY_PEER_ID TOKEN PEER_ID IDENTITY GO [park]
  */
 #include <stdio.h>
 #include <string.h>
@@ -18,7 +22,7 @@
 struct wait_relay {
     pos_p2p_relay *r;
     const char *go;
-    int phase; /* 0: until accepted (or failed), 1: until GO exists */
+    int phase; /* 0: until accepted (or failed), 1: until GO exists, 2: until parked */
 };
 
 static int done(void *arg)
@@ -28,6 +32,8 @@ static int done(void *arg)
     pos_p2p_relay_get_status(w->r, &st);
     if (st.state == POS_P2P_RELAY_FAILED)
         return 1;
+    if (w->phase == 2)
+        return pos_p2p_relay_parked(w->r);
     return w->phase == 0 ? st.state == POS_P2P_RELAY_ACCEPTED : access(w->go, F_OK) == 0;
 }
 
@@ -42,8 +48,9 @@ int main(int argc, char **argv)
     char err[256];
     int rv, status = 1;
 
-    if (argc != 7) {
-        fprintf(stderr, "usage: park_dial RELAY_ADDR RELAY_PEER_ID TOKEN PEER_ID IDENTITY GO\n");
+    if (argc != 7 && (argc != 8 || strcmp(argv[7], "park") != 0)) {
+        fprintf(stderr, "usage: park_dial RELAY_ADDR RELAY_PEER_ID TOKEN PEER_ID IDENTITY GO "
+                        "[park]\n");
         return 2;
     }
     memset(&info, 0, sizeof(info));
@@ -54,6 +61,7 @@ int main(int argc, char **argv)
     w.go = argv[6];
     if (pos_p2p_identity_load(argv[5], 1, &id, NULL, err, sizeof(err)) != 0 ||
         pos_p2p_endpoint_new(&ep, id, 0) != 0 ||
+        pos_p2p_endpoint_set_park(ep, argc == 8 ? 1000 : 0, 0) != 0 ||
         pos_p2p_relay_connect(ep, &info, argv[3], 10000, &w.r) != 0) {
         fprintf(stderr, "park_dial: cannot start: %s\n", err);
         goto out;
@@ -66,11 +74,20 @@ int main(int argc, char **argv)
     }
     printf("accepted\n");
     fflush(stdout);
+    if (argc == 8) {
+        w.phase = 2;
+        pos_p2p_endpoint_run(ep, 10000, done, &w);
+        printf("%s\n", pos_p2p_relay_parked(w.r) ? "parked" : "not parked");
+        fflush(stdout);
+    }
     w.phase = 1;
     pos_p2p_endpoint_run(ep, 60000, done, &w);
     rv = pos_p2p_session_connect_relay(ep, w.r, argv[3], argv[4], 15000, &s);
     if (rv == 0)
         rv = pos_p2p_session_wait_open(s, 16000);
+    pos_p2p_relay_get_status(w.r, &st);
+    if (argc == 8)
+        printf("awake: %d, parked %u time(s)\n", st.awake_reason, (unsigned)st.parks);
     if (rv == 0) {
         printf("session open\n");
         status = 0;

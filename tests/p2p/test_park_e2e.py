@@ -191,5 +191,23 @@ def redis_down_parked_listener_reachable():
     assert "relay: awake (woken by the relay" in lst.proc.output(), lst.proc.output()
 
 
+@test
+def parked_dialer_reconnects_for_its_own_request():
+    """A library client whose own home connection parked dials a (parked) listener: the
+    request makes it reconnect first (awake reason 2), then the session opens."""
+    redis, disc, relay = stack()
+    token = relay.token()
+    lst = parked_listener(disc, token)
+    go = os.path.join(tmpdir(), "go")
+    open(go, "w").close()
+    dialer = Proc([binary("tests/p2p/park_dial"), f"127.0.0.1:{relay.port}", relay.peer_id,
+                   token, lst.peer_id, new_identity()[0], go, "park"], name="park_dial")
+    assert dialer.wait(40) == 0, dialer.output() + lst.proc.output()
+    out = dialer.output()
+    assert "parked\n" in out and "awake: 2, parked 1 time(s)" in out, out
+    assert "session open" in out, out
+    wait_until(lambda: "session from" in lst.proc.output(), 5, what="the listener's session")
+
+
 if __name__ == "__main__":
     run()
