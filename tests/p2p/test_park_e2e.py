@@ -121,6 +121,8 @@ def parked_listener_woken_by_send_several_times():
     wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked once more")
     assert metric(relay, "pos_relay_wakes_sent_total") >= 3
     assert metric(relay, "pos_relay_wake_seconds_count") == 3
+    # each wake reconnected with the ticket of the connection before (senders are new)
+    assert metric(relay, "pos_relay_handshakes_resumed_total") >= 3
     no_sanitizer_report(lst.proc.output(), "pos-p2p listen")
 
 
