@@ -8,10 +8,13 @@
  * token check happened before).
  *
  * With a 7th argument "park" its own relay connection parks after 1 s
- * first ("parked"): the dial then makes it reconnect for its request
- * ("awake: 2", the reason) before the session opens.
+ * first ("parked", and the event "event 7"): the dial then makes it
+ * reconnect for its request ("awake: 2", the reason) before the session
+ * opens. With "park-raw" the request is pos_p2p_relay_request_peer itself,
+ * no session: every relay event is printed ("event TYPE code CODE") until
+ * the CIRCUIT (exit 0) or an ERROR.
  *
- * usage: park_dial RELAY_ADDR RELAY_PEER_ID TOKEN PEER_ID IDENTITY GO [park]
+ * usage: park_dial RELAY_ADDR RELAY_PEER_ID TOKEN PEER_ID IDENTITY GO [park|park-raw]
  */
 #include <stdio.h>
 #include <string.h>
@@ -22,8 +25,19 @@
 struct wait_relay {
     pos_p2p_relay *r;
     const char *go;
-    int phase; /* 0: until accepted (or failed), 1: until GO exists, 2: until parked */
+    int phase;  /* 0: until accepted (or failed), 1: until GO exists, 2: until parked, 3: answer */
+    int answer; /* park-raw: the CIRCUIT (1) or ERROR (-1) event came */
 };
+
+static void on_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
+{
+    struct wait_relay *w = arg;
+    (void)r;
+    printf("event %d code %d\n", ev->type, ev->code);
+    fflush(stdout);
+    if (ev->type == POS_P2P_RELAY_EV_CIRCUIT || ev->type == POS_P2P_RELAY_EV_ERROR)
+        w->answer = ev->type == POS_P2P_RELAY_EV_CIRCUIT ? 1 : -1;
+}
 
 static int done(void *arg)
 {
@@ -32,8 +46,8 @@ static int done(void *arg)
     pos_p2p_relay_get_status(w->r, &st);
     if (st.state == POS_P2P_RELAY_FAILED)
         return 1;
-    if (w->phase == 2)
-        return pos_p2p_relay_parked(w->r);
+    if (w->phase >= 2)
+        return w->phase == 2 ? pos_p2p_relay_parked(w->r) : w->answer != 0;
     return w->phase == 0 ? st.state == POS_P2P_RELAY_ACCEPTED : access(w->go, F_OK) == 0;
 }
 
@@ -44,11 +58,13 @@ int main(int argc, char **argv)
     pos_p2p_session *s = NULL;
     pos_p2p_relay_info info;
     pos_p2p_relay_status st;
-    struct wait_relay w = {NULL, NULL, 0};
+    struct wait_relay w = {NULL, NULL, 0, 0};
+    int raw = argc == 8 && !strcmp(argv[7], "park-raw");
+    uint32_t req;
     char err[256];
     int rv, status = 1;
 
-    if (argc != 7 && (argc != 8 || strcmp(argv[7], "park") != 0)) {
+    if (argc != 7 && (argc != 8 || (strcmp(argv[7], "park") && strcmp(argv[7], "park-raw")))) {
         fprintf(stderr, "usage: park_dial RELAY_ADDR RELAY_PEER_ID TOKEN PEER_ID IDENTITY GO "
                         "[park]\n");
         return 2;
@@ -75,6 +91,7 @@ int main(int argc, char **argv)
     printf("accepted\n");
     fflush(stdout);
     if (argc == 8) {
+        pos_p2p_relay_set_callbacks(w.r, on_event, NULL, &w);
         w.phase = 2;
         pos_p2p_endpoint_run(ep, 10000, done, &w);
         printf("%s\n", pos_p2p_relay_parked(w.r) ? "parked" : "not parked");
@@ -82,6 +99,14 @@ int main(int argc, char **argv)
     }
     w.phase = 1;
     pos_p2p_endpoint_run(ep, 60000, done, &w);
+    if (raw) {
+        rv = pos_p2p_relay_request_peer(w.r, argv[4], &req);
+        w.phase = 3;
+        if (rv == 0)
+            pos_p2p_endpoint_run(ep, 15000, done, &w);
+        status = w.answer == 1 ? 0 : 1;
+        goto out;
+    }
     rv = pos_p2p_session_connect_relay(ep, w.r, argv[3], argv[4], 15000, &s);
     if (rv == 0)
         rv = pos_p2p_session_wait_open(s, 16000);

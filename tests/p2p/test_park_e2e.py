@@ -196,19 +196,26 @@ def redis_down_parked_listener_reachable():
 @test
 def parked_dialer_reconnects_for_its_own_request():
     """A library client whose own home connection parked dials a (parked) listener: the
-    request makes it reconnect first (awake reason 2), then the session opens."""
+    request makes it reconnect first (awake reason 2), then the session opens; with the
+    bare request (no session layer) its events come in order: PARKED (7), AWAKE (8) with
+    code 2, then the CIRCUIT (2)."""
     redis, disc, relay = stack()
     token = relay.token()
     lst = parked_listener(disc, token)
     go = os.path.join(tmpdir(), "go")
     open(go, "w").close()
-    dialer = Proc([binary("tests/p2p/park_dial"), f"127.0.0.1:{relay.port}", relay.peer_id,
-                   token, lst.peer_id, new_identity()[0], go, "park"], name="park_dial")
+    dial = [binary("tests/p2p/park_dial"), f"127.0.0.1:{relay.port}", relay.peer_id, token,
+            lst.peer_id, new_identity()[0], go]
+    dialer = Proc(dial + ["park"], name="park_dial")
     assert dialer.wait(40) == 0, dialer.output() + lst.proc.output()
     out = dialer.output()
-    assert "parked\n" in out and "awake: 2, parked 1 time(s)" in out, out
-    assert "session open" in out, out
+    assert "parked\nevent 7 code 0" in out or "event 7 code 0\nparked" in out, out
+    assert "awake: 2, parked 1 time(s)" in out and "session open" in out, out
     wait_until(lambda: "session from" in lst.proc.output(), 5, what="the listener's session")
+    dialer = Proc(dial + ["park-raw"], name="park_dial_raw")
+    assert dialer.wait(40) == 0, dialer.output() + lst.proc.output()
+    events = [x for x in dialer.output().splitlines() if x.startswith("event ")]
+    assert events == ["event 7 code 0", "event 8 code 2", "event 2 code 0"], dialer.output()
 
 
 if __name__ == "__main__":
