@@ -149,9 +149,11 @@ struct relay_server {
     relay_worker_stats wst[RELAY_MAX_WORKERS];
     /* parking (server_park.c): NULL when park_lifetime is 0 */
     relay_park *park;
-    ev_timer park_tick;             /* each second: lifetimes, presence batches, malloc_trim */
+    ev_timer park_tick;             /* 4 per second: lifetimes, presence batches, malloc_trim */
     ev_timer park_wakes;            /* the next WAKE datagram due */
     uint64_t conns_freed;           /* since the last malloc_trim */
+    int64_t trimmed_ms;             /* the last malloc_trim (relay_now, ms) */
+    uint64_t park_redis_ups;        /* relay_services_redis_ups at the last tick */
     struct relay_park_ctx park_ctx; /* the main loop's forwarder's (no workers) */
 };
 
@@ -246,7 +248,7 @@ void relay_park_home(struct rconn *c);
 int relay_park_expects(relay_server *s, const struct sockaddr *from);
 /* relay_park_revoke: the records of token |token_id| end at once. */
 void relay_park_revoke(relay_server *s, const char *token_id);
-/* relay_park_goaway: every record ends (presence deleted): the relay stops. */
+/* relay_park_goaway: every record ends, its Redis entries left to the final clean-up. */
 void relay_park_goaway(relay_server *s);
 /* relay_park_conn_freed: a connection was freed (malloc_trim once a second after some). */
 void relay_park_conn_freed(relay_server *s);
