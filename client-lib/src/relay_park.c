@@ -23,6 +23,7 @@ struct relay_park {
     uint8_t state;      /* enum relay_park_state */
     uint8_t awake_code; /* why the last reconnect (POS_P2P_RELAY_EV_AWAKE's code) */
     int64_t idle_since; /* last activity (ms) */
+    int64_t retry_ms;   /* after refused or unanswered PARKs: the wait before asking again */
     uint32_t park_req;  /* the PARK's request id while asked */
     int64_t due;        /* ASKED: give up; FREEING: free the QUIC connection */
     uint32_t pending[MAX_PENDING];
@@ -135,7 +136,9 @@ int64_t relay_park_deadline(const struct relay_park *p, int can_park)
     int64_t d;
     switch (p->state) {
     case RELAY_PARK_AWAKE:
-        return can_park && idle_ms > 0 && p->has_key ? p->idle_since + idle_ms : -1;
+        return can_park && idle_ms > 0 && p->has_key
+                   ? p->idle_since + (p->retry_ms > idle_ms ? p->retry_ms : idle_ms)
+                   : -1;
     case RELAY_PARK_ASKED:
     case RELAY_PARK_FREEING:
         return p->due;
@@ -162,6 +165,21 @@ static void send_keepalive(struct relay_park *p, int64_t now_ms)
     p->next_ka = now_ms + p->interval_ms;
 }
 
+/*
+ * refused: awake again after a refused (or unanswered) PARK. The next ask waits twice as
+ * long each time, up to RELAY_PARK_RETRY_MAX_MS: a relay with parking off (or full) is not
+ * asked by every client every idle time.
+ */
+static void refused(struct relay_park *p, int64_t now_ms)
+{
+    int64_t idle_ms = ep_park_idle_ms(p->ep);
+    p->state = RELAY_PARK_AWAKE;
+    p->idle_since = now_ms;
+    p->retry_ms = 2 * (p->retry_ms > idle_ms ? p->retry_ms : idle_ms);
+    if (p->retry_ms > RELAY_PARK_RETRY_MAX_MS)
+        p->retry_ms = RELAY_PARK_RETRY_MAX_MS;
+}
+
 int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
 {
     int64_t d = relay_park_deadline(p, can_park);
@@ -175,8 +193,7 @@ int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
         }
         return RELAY_PARK_ASK;
     case RELAY_PARK_ASKED: /* no answer: the relay does not park; try again later */
-        p->state = RELAY_PARK_AWAKE;
-        p->idle_since = now_ms;
+        refused(p, now_ms);
         return RELAY_PARK_NOTHING;
     case RELAY_PARK_FREEING:
         return RELAY_PARK_FREE;
@@ -214,8 +231,7 @@ int relay_park_error(struct relay_park *p, uint32_t req_id, int64_t now_ms)
 {
     if (!p || p->state != RELAY_PARK_ASKED || req_id != p->park_req)
         return 0;
-    p->state = RELAY_PARK_AWAKE;
-    p->idle_since = now_ms;
+    refused(p, now_ms);
     return 1;
 }
 
@@ -226,6 +242,7 @@ int relay_park_parked(struct relay_park *p, const pos_ctrl_msg *m, int64_t now_m
         return -1;
     p->state = RELAY_PARK_FREEING;
     p->due = now_ms + RELAY_PARK_FREE_MS;
+    p->retry_ms = 0;
     p->record_id = m->record_id;
     p->interval_ms = (int64_t)m->keepalive_s * 1000;
     want = ep_park_keepalive_ms(p->ep);

@@ -197,18 +197,28 @@ static void test_asking(pos_p2p_endpoint *ep)
     CHECK(relay_park_deadline(p, 1) == 2500);
     CHECK(relay_park_timer(p, 2500, 1) == RELAY_PARK_ASK);
     relay_park_asked(p, 9, 2500);
-    /* refused (ERROR busy): awake, asks again after the idle time */
+    /* refused (ERROR busy): awake, asks again after twice the idle time */
     CHECK(relay_park_error(p, 10, 2600) == 0);
     CHECK(relay_park_error(p, 9, 2600) == 1);
-    CHECK(relay_park_state(p) == RELAY_PARK_AWAKE && relay_park_deadline(p, 1) == 3600);
-    /* no answer at all: given up after RELAY_PARK_ASK_MS */
-    CHECK(relay_park_timer(p, 3600, 1) == RELAY_PARK_ASK);
-    relay_park_asked(p, 11, 3600);
-    CHECK(relay_park_timer(p, 3600 + RELAY_PARK_ASK_MS, 1) == RELAY_PARK_NOTHING);
+    CHECK(relay_park_state(p) == RELAY_PARK_AWAKE && relay_park_deadline(p, 1) == 4600);
+    /* no answer at all: given up after RELAY_PARK_ASK_MS, then four times the idle time */
+    CHECK(relay_park_timer(p, 4600, 1) == RELAY_PARK_ASK);
+    relay_park_asked(p, 11, 4600);
+    CHECK(relay_park_timer(p, 4600 + RELAY_PARK_ASK_MS, 1) == RELAY_PARK_NOTHING);
     CHECK(relay_park_state(p) == RELAY_PARK_AWAKE);
+    CHECK(relay_park_deadline(p, 1) == 4600 + RELAY_PARK_ASK_MS + 4000);
+    for (int i = 0; i < 30; i++) { /* refused again and again: at most an hour apart */
+        int64_t t = relay_park_deadline(p, 1);
+        CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_ASK);
+        relay_park_asked(p, 20 + (uint32_t)i, t);
+        CHECK(relay_park_error(p, 20 + (uint32_t)i, t) == 1);
+        CHECK(relay_park_deadline(p, 1) - t <= RELAY_PARK_RETRY_MAX_MS);
+    }
     /* our keep-alive interval when shorter than the relay's, else the relay's */
     pos_p2p_endpoint_set_park(ep, 1000, 5000);
-    CHECK(relay_park_timer(p, 3600 + RELAY_PARK_ASK_MS + 1000, 1) == RELAY_PARK_ASK);
+    relay_park_activity(p, 0);
+    CHECK(relay_park_deadline(p, 1) == RELAY_PARK_RETRY_MAX_MS);
+    CHECK(relay_park_timer(p, RELAY_PARK_RETRY_MAX_MS, 1) == RELAY_PARK_ASK);
     relay_park_asked(p, 12, 0);
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_PARKED;
@@ -222,6 +232,10 @@ static void test_asking(pos_p2p_endpoint *ep)
         relay_park_enter(p, 0, &to, 100);
     }
     CHECK(relay_park_keepalive_ms(p) == 5000);
+    /* parked once: the refusals' wait is forgotten */
+    relay_park_leave(p, POS_P2P_AWAKE_WOKEN, 200);
+    relay_park_set_key(p, key);
+    CHECK(relay_park_deadline(p, 1) == 200 + 1000);
     relay_park_free(p);
     pos_p2p_endpoint_set_park(ep, 1000, 0);
 }
