@@ -137,6 +137,10 @@ struct relay_tickets *ep_tickets(const pos_p2p_endpoint *ep); /* relays' tickets
  * device's interface addresses changed (netlink; never with ep_new_io).
  */
 uint32_t ep_addr_gen(const pos_p2p_endpoint *ep);
+/* ep_park_idle_ms / ep_park_keepalive_ms: pos_p2p_endpoint_set_park's values (0: never / relay's)
+ */
+int ep_park_idle_ms(const pos_p2p_endpoint *ep);
+int ep_park_keepalive_ms(const pos_p2p_endpoint *ep);
 
 /* quic_client.c, for the session layer (hole punching, pos-relay/2) */
 /*
@@ -161,5 +165,24 @@ int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m);
  * the connection there (it drops data frames from any other address).
  */
 void relay_ping(pos_p2p_relay *r);
+
+/* quic_client.c, for relay_api.c (the public calls on circuits) */
+struct relay_circ;
+struct relay_park;
+/*
+ * relay_queue: request |m| on the request stream, written at once unless
+ * inside a read of the connection; while parking or parked it waits (a
+ * parked connection reconnects for it). 0, or POS_P2P_ERR_INVALID_ARGUMENT
+ * (not accepted, a bad message), POS_P2P_ERR_NOMEM.
+ */
+int relay_queue(pos_p2p_relay *r, const pos_ctrl_msg *m);
+int relay_queue_answer(pos_p2p_relay *r, uint32_t req_id, int accept); /* ACCEPT/DECLINE */
+uint32_t relay_new_req(pos_p2p_relay *r);                              /* the next request id */
+struct relay_circ *relay_circ_of(const pos_p2p_relay *r); /* its circuits (relay_circ.h) */
+struct relay_park *relay_park_of(const pos_p2p_relay *r); /* NULL: not home, or failed */
+int relay_holding(const pos_p2p_relay *r);                /* 1: parking, parked or reconnecting */
+pos_p2p_endpoint *relay_endpoint(const pos_p2p_relay *r);
+/* relay_send_frame: |buf| to the relay's current address: 0, -1 no connection, -2 not sent */
+int relay_send_frame(pos_p2p_relay *r, const uint8_t *buf, size_t len);
 
 #endif
