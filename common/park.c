@@ -105,6 +105,8 @@ const char *pos_park_type_name(int type)
         return "PARK_ACK";
     case POS_PARK_WAKE:
         return "PARK_WAKE";
+    case POS_PARK_BYE:
+        return "PARK_BYE";
     default:
         return "unknown";
     }

@@ -305,7 +305,7 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
             fw->stats.drop_truncated++;
             continue;
         }
-        if (fw->park && pos_park_is_park(buf, len)) {
+        if (fw->park && pos_park_is_park(buf, len) && buf[0] != POS_PARK_BYE) {
             /* a parked client's keep-alive: checked here, its ack joins the output */
             socklen_t namelen = park_answer(fw, h, buf, len, sock_family, &fw->names[n_out]);
             fw->stats.parked++;

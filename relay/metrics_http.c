@@ -240,7 +240,7 @@ static const struct worker_metric {
 /* Parked clients (docs/protocol.md "Parking"). */
 static void render_park(struct mout *m, const struct relay_http *h)
 {
-    static const char *const ends[] = {"home", "expired", "revoked", "shutdown"};
+    static const char *const ends[] = {"home", "expired", "revoked", "shutdown", "bye"};
     const relay_server_stats *s = &h->srv;
     EMIT("# HELP pos_relay_parked Parked clients: records kept instead of QUIC connections.\n"
          "# TYPE pos_relay_parked gauge\npos_relay_parked %llu\n",

@@ -267,6 +267,18 @@ enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, 
     return RELAY_PARK_ACKED;
 }
 
+relay_parked *relay_park_bye(relay_park *t, const uint8_t *buf, size_t len)
+{
+    pos_park_msg m;
+    relay_parked *r;
+
+    if (pos_park_decode(buf, len, &m) != 0 || m.type != POS_PARK_BYE ||
+        !(r = relay_park_find(t, m.record_id)) || pos_park_verify(&m, r->key) != 0 ||
+        m.counter <= r->ka_counter)
+        return NULL;
+    return r;
+}
+
 void relay_park_wake(relay_park *t, relay_parked *r, int64_t now_ms)
 {
     uint32_t idx = (uint32_t)(r - t->rec);

@@ -145,6 +145,14 @@ enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, 
                                              int *moved);
 
 /*
+ * relay_park_bye checks datagram |buf| (|len| bytes): a PARK_BYE of a
+ * record here, its mac verifying under the record's key and its counter
+ * above the last keep-alive's. Returns that record (the caller ends it:
+ * relay_park_remove), or NULL when the datagram is to be dropped.
+ */
+relay_parked *relay_park_bye(relay_park *t, const uint8_t *buf, size_t len);
+
+/*
  * relay_park_wake: a peer asks for |r|'s client: WAKE datagrams at once and
  * after 250, 500, 1000 and 2000 ms (relay_park_wake_due sends them). A wake
  * already under way goes on as it is.

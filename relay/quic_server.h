@@ -80,7 +80,7 @@ typedef struct relay_server_stats {
     uint64_t awake;                /* gauge: authenticated home connections live */
     uint64_t parks;                /* PARKED sent */
     uint64_t parks_refused;        /* PARK answered with ERROR */
-    uint64_t park_ended[4];        /* records ended: woken/home, expired, revoked, shutdown */
+    uint64_t park_ended[5];        /* records ended: woken/home, expired, revoked, shutdown, bye */
     uint64_t wakes_sent;           /* WAKE datagrams */
     uint64_t wake_ms_sum;          /* first WAKE to the woken client's HELLO, summed */
     uint64_t wake_count;           /* ... over these wakes */

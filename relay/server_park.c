@@ -29,7 +29,7 @@
 #define SWEEP_MIN 1024
 #define TRIM_EVERY_MS 1000 /* malloc_trim at most this often */
 
-enum park_end { END_HOME, END_EXPIRED, END_REVOKED, END_SHUTDOWN };
+enum park_end { END_HOME, END_EXPIRED, END_REVOKED, END_SHUTDOWN, END_BYE };
 
 static int64_t now_ms(const relay_server *s)
 {
@@ -165,6 +165,17 @@ void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t 
     relay_parked *r;
     int moved;
 
+    if (s->park && len > 0 && data[0] == POS_PARK_BYE) {
+        /* the client leaves: its record and presence go now, no answer */
+        if ((r = relay_park_bye(s->park, data, len)) != NULL) {
+            pos_log_debug("parked record %016llx: the client said goodbye",
+                          (unsigned long long)r->id);
+            end_record(s, r, END_BYE, 0, 0);
+        } else {
+            s->st.park_keepalives_drop++;
+        }
+        return;
+    }
     if (!s->park || relay_park_keepalive(s->park, data, len, from, sock, now_ms(s), ack, &r,
                                          &moved) != RELAY_PARK_ACKED) {
         s->st.park_keepalives_drop++; /* silently: no answer to what does not verify */

@@ -635,6 +635,8 @@ void pos_p2p_endpoint_del(pos_p2p_endpoint *ep)
         if (ep->conns == c)
             ep_conn_detach(c);
     }
+    if (ep->txq)
+        ep_txq_flush(ep->txq); /* what the connections said on their way out */
     for (int i = 0; i < 2; i++)
         if (ep->socks[i].fd >= 0)
             close(ep->socks[i].fd);

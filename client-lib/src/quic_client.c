@@ -360,6 +360,7 @@ static void relay_free(pos_p2p_relay *r)
     ep_conn_detach(&r->conn);
     wipe_token(r);
     sendq_free(&r->held);
+    relay_park_bye(r->park); /* parked: the relay forgets the record now */
     relay_park_free(r->park);
     relay_circ_free(r->circ);
     free(r);

@@ -165,6 +165,20 @@ static void send_keepalive(struct relay_park *p, int64_t now_ms)
     p->next_ka = now_ms + p->interval_ms;
 }
 
+void relay_park_bye(struct relay_park *p)
+{
+    uint8_t buf[POS_PARK_LEN];
+    if (!p || p->state != RELAY_PARK_PARKED)
+        return;
+    /* twice, in case one is lost; the relay takes the first that arrives, drops the other */
+    for (int i = 0; i < 2; i++) {
+        int n = pos_park_encode(buf, sizeof(buf), POS_PARK_BYE, p->record_id, ++p->sent, p->key);
+        if (n > 0)
+            ep_send(p->ep, p->sock, buf, (size_t)n, (const struct sockaddr *)&p->relay,
+                    pos_addr_len(&p->relay));
+    }
+}
+
 /*
  * refused: awake again after a refused (or unanswered) PARK. The next ask waits twice as
  * long each time, up to RELAY_PARK_RETRY_MAX_MS: a relay with parking off (or full) is not

@@ -114,6 +114,12 @@ void relay_park_roam(struct relay_park *p, int64_t now_ms);
 /* relay_park_leave: back to awake (reconnecting, |code| for the AWAKE event); the key is wiped. */
 void relay_park_leave(struct relay_park *p, int code, int64_t now_ms);
 
+/*
+ * relay_park_bye: the connection is being closed: when parked, tell the relay
+ * (PARK_BYE, twice) so that it ends the record and the presence now.
+ */
+void relay_park_bye(struct relay_park *p);
+
 /* relay_park_keepalive_ms: the interval in use while parked (ms), 0 when not parked. */
 int64_t relay_park_keepalive_ms(const struct relay_park *p);
 

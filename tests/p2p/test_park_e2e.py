@@ -163,6 +163,25 @@ def relay_restart_parked_listener_reconnects():
 
 
 @test
+def stopped_parked_listener_says_goodbye():
+    """A parked listener that stops (SIGTERM) sends PARK_BYE: the relay forgets it at once,
+    so a sender is told the peer is not connected instead of waking nobody for 10 s."""
+    redis, disc, relay = stack()
+    token = relay.token()
+    lst = parked_listener(disc, token)
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked")
+    lst.proc.stop()
+    no_sanitizer_report(lst.proc.output(), "pos-p2p listen")
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 5, what="the record to end")
+    assert metric(relay, 'pos_relay_parked_ended_total{reason="bye"}') == 1
+    r = send("--api-url", disc.url, "--token", token, "--relay-only", "--to", lst.peer_id,
+             one_file(), timeout=60)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "not connected" in r.stderr, r.stderr
+    assert metric(relay, "pos_relay_wakes_sent_total") == 0
+
+
+@test
 def token_revoked_while_parked_listener_told():
     redis, disc, relay = stack()
     token = relay.token()

@@ -13,6 +13,8 @@
  *   badmac        the next counter with one mac byte flipped
  *   wrongkey      the next counter maced under a random key
  *   otherid       the next counter for a record id that is not ours (valid mac)
+ *   bye           PARK_BYE with the next counter (the record should end)
+ *   byewrongkey   PARK_BYE with the next counter maced under a random key
  *   rebind        a new UDP socket (a new source port): the NAT mapping changed
  *   reconnect     a new QUIC connection and HELLO from the current socket
  *   connect PEER  CONNECT to PEER (once connected)
@@ -315,11 +317,12 @@ static void send_ka(const char *how)
                pos_addr_len(&c.to));
         return;
     }
-    if (strcmp(how, "wrongkey") == 0)
+    if (strcmp(how, "wrongkey") == 0 || strcmp(how, "byewrongkey") == 0)
         randombytes_buf(k, sizeof(k));
     if (strcmp(how, "otherid") == 0)
         id ^= 1; /* another index, same worker bits */
-    pos_park_encode(d, sizeof(d), POS_PARK_KEEPALIVE, id, ++c.ka_counter, k);
+    pos_park_encode(d, sizeof(d), strncmp(how, "bye", 3) == 0 ? POS_PARK_BYE : POS_PARK_KEEPALIVE,
+                    id, ++c.ka_counter, k);
     if (strcmp(how, "badmac") == 0)
         d[POS_PARK_LEN - 1] ^= 1;
     if (strcmp(how, "ka") == 0)
@@ -338,7 +341,8 @@ static void command(const char *line)
         queue(&c.req, &m);
     } else if (strcmp(line, "ka") == 0 || strcmp(line, "replay") == 0 ||
                strcmp(line, "badmac") == 0 || strcmp(line, "wrongkey") == 0 ||
-               strcmp(line, "otherid") == 0) {
+               strcmp(line, "otherid") == 0 || strcmp(line, "bye") == 0 ||
+               strcmp(line, "byewrongkey") == 0) {
         send_ka(line);
     } else if (strcmp(line, "rebind") == 0) {
         if (open_socket() != 0)

@@ -372,6 +372,39 @@ def parked_record_of_an_expiring_token_ends_when_the_token_expires():
 
 
 @test
+def bye_ends_the_record_and_presence_at_once_a_forged_one_changes_nothing():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token()
+    b = Client(relay, token, name="B")
+    b.park()
+    key = "pos:presence:" + b.peer_id
+    wait_until(lambda: redis.cli("GET", key) == relay.id, 5, what="parked presence")
+    b.do("ka")
+    acked_at = time.monotonic()
+    b.wait_event("ack")
+    # a BYE under another key, or a keep-alive counter replayed into a BYE: nothing changes
+    b.do("byewrongkey")
+    time.sleep(0.5)
+    assert metric(relay, "pos_relay_parked") == 1 and redis.cli("GET", key) == relay.id
+    b.do("bye")
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 5, what="record gone")
+    assert redis.cli("EXISTS", key) == "0"
+    m = relay.metrics()
+    assert m['pos_relay_parked_ended_total{reason="bye"}'] == 1, m
+    # the record is gone: keep-alives are not answered, and a dialer hears "not connected" at once
+    unanswered_keepalive(b, acked_at)
+    a = Client(relay, token, name="A")
+    a.wait_event("welcome")
+    a.do(f"connect {b.peer_id}")
+    err = a.wait_event("error", timeout=3)
+    assert err["code"] == 1, err  # peer not connected, no wake, no 10 s wait
+    assert metric(relay, "pos_relay_wakes_sent_total") == 0
+    a.finish()
+    b.finish()
+
+
+@test
 def park_refused_when_not_home_with_a_request_open_or_parking_off():
     redis = Redis()
     relay = Relay(redis, None).start()
