@@ -159,6 +159,7 @@ static int parked_ok(const pos_ctrl_msg *m)
            m->lifetime_s >= 1 && m->lifetime_s <= POS_CTRL_MAX_LIFETIME_S;
 }
 
+/* decode_body: one case per message type; the table of ctrl.h read top to bottom */
 static void decode_body(struct pos_reader *c, pos_ctrl_msg *m, int version)
 {
     switch (m->type) {

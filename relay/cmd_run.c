@@ -139,6 +139,7 @@ int cmd_run(int argc, char **argv)
     size_t n_announce;
     relay_services_callbacks cbs;
     char peer_id[POS_PEER_ID_STRLEN];
+    int status = RELAY_EXIT_FAIL;
     int rv = parse_args(argc, argv, &config);
 
     if (rv != 0)
@@ -146,24 +147,14 @@ int cmd_run(int argc, char **argv)
     memset(&r, 0, sizeof(r));
     if (relay_cli_load_config("run", config, &r.cfg) != 0)
         return RELAY_EXIT_FAIL;
-    if (refuse_evicting_redis(&r.cfg) != 0) {
-        relay_config_free(&r.cfg);
-        return RELAY_EXIT_FAIL;
-    }
+    if (refuse_evicting_redis(&r.cfg) != 0)
+        goto out;
     signal(SIGPIPE, SIG_IGN);
     r.loop = ev_default_loop(EVFLAG_AUTO);
-    r.srv = relay_server_new(r.loop, &r.cfg, err, sizeof(err));
-    if (!r.srv) {
+    if (!(r.srv = relay_server_new(r.loop, &r.cfg, err, sizeof(err))) ||
+        !(r.http = relay_http_new(r.cfg.http_listen, err, sizeof(err)))) {
         fprintf(stderr, "pos-relay run: %s\n", err);
-        relay_config_free(&r.cfg);
-        return RELAY_EXIT_FAIL;
-    }
-    r.http = relay_http_new(r.cfg.http_listen, err, sizeof(err));
-    if (!r.http) {
-        fprintf(stderr, "pos-relay run: %s\n", err);
-        relay_server_del(r.srv);
-        relay_config_free(&r.cfg);
-        return RELAY_EXIT_FAIL;
+        goto out;
     }
     n_announce = relay_server_announce_addrs(r.srv, announce, RELAY_MAX_ADDRS);
     cbs.revoked = on_revoked;
@@ -172,19 +163,12 @@ int cmd_run(int argc, char **argv)
                                n_announce);
     if (!r.svc) {
         fprintf(stderr, "pos-relay run: out of memory\n");
-        relay_http_del(r.http);
-        relay_server_del(r.srv);
-        relay_config_free(&r.cfg);
-        return RELAY_EXIT_FAIL;
+        goto out;
     }
     relay_server_set_services(r.srv, r.svc);
     if (relay_workers_start(r.srv, err, sizeof(err)) != 0) {
         fprintf(stderr, "pos-relay run: %s\n", err);
-        relay_http_del(r.http);
-        relay_server_del(r.srv);
-        relay_services_del(r.svc);
-        relay_config_free(&r.cfg);
-        return RELAY_EXIT_FAIL;
+        goto out;
     }
 
     ev_signal_init(&r.sigterm, on_signal, SIGTERM);
@@ -206,10 +190,13 @@ int cmd_run(int argc, char **argv)
     ev_timer_stop(r.loop, &r.publish);
     ev_signal_stop(r.loop, &r.sigterm);
     ev_signal_stop(r.loop, &r.sigint);
+    status = RELAY_EXIT_OK;
+out: /* each _del takes NULL */
     relay_http_del(r.http);
     relay_server_del(r.srv);
     relay_services_del(r.svc);
     relay_config_free(&r.cfg);
-    ev_loop_destroy(r.loop);
-    return RELAY_EXIT_OK;
+    if (status == RELAY_EXIT_OK)
+        ev_loop_destroy(r.loop);
+    return status;
 }
