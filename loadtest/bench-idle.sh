@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Benchmark of idle (parked) clients (a script, not a test; issue 14):
+# `pos-loadtest idle` with 50,000 real clients (each its own identity and
+# UDP socket on its own loopback address) against a release pos-relay and
+# redis-server on loopback, and the figures as ratios to the goals:
+#   - relay RSS per parked client (RSS with all parked minus RSS before): <= 1 KiB
+#   - live QUIC connections (pos_relay_connections) equal awake clients once parked
+#   - relay CPU per keep-alive (utime + stime over keep-alives received, acks included): <= 2 us
+#   - CONNECT to a parked peer until the circuit is up, p50: <= 5 ms (next to an awake peer's)
+#   - nothing lost: 100 of 100 sends to parked peers, every fourth just after the peer's
+#     address changed (a new NAT mapping the device is not told of)
+# Without parking in this tree (no pos_p2p_endpoint_set_park) it measures the
+# awake side only and says so.
+# Builds a release tree in build-bench (no sanitizers) unless BUILD is set.
+# Every process started here is stopped on exit.
+# usage: loadtest/bench-idle.sh [--clients N] [--concurrency C] [--hold S] [--tries K]
+#                               [--lost-tries K] [--keepalive S] [--park-after S] [--workers W]
+set -euo pipefail
+clients=50000 concurrency=200 hold=30 tries=100 lost_tries=100 keepalive=25 park_after=2 workers=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --clients) clients=$2 ;;
+    --concurrency) concurrency=$2 ;;
+    --hold) hold=$2 ;;
+    --tries) tries=$2 ;;
+    --lost-tries) lost_tries=$2 ;;
+    --keepalive) keepalive=$2 ;;
+    --park-after) park_after=$2 ;;
+    --workers) workers=$2 ;;
+    *) echo "bench-idle: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift 2
+done
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+. loadtest/ports.sh
+build=${BUILD:-$root/build-bench}
+work=$(mktemp -d /tmp/pos-bench-idle-XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ ! -d "$build" ]; then
+    meson setup "$build" "$root" -Dbuildtype=release >/dev/null
+fi
+if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest >"$work/build.log" 2>&1; then
+    tail -20 "$work/build.log"
+    echo "bench-idle: the build failed" >&2
+    exit 1
+fi
+
+# The load generator needs a descriptor per client, the relay a little room.
+ulimit -n $((clients + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+read -r redis_port port <<<"$(free_ports 2)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+    --maxclients 1000 >"$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+cfg=$work/relay.json
+echo "bench-secret" | "$build/relay/pos-relay" init --config "$cfg" --port "$port" \
+    --redis "redis://127.0.0.1:$redis_port" >"$work/init.out"
+peer_id=$(tail -1 "$work/init.out")
+# Limits raised for one machine's worth of devices on one token; parking keys
+# only where this relay has them.
+/usr/bin/python3 - "$cfg" "$port" "$workers" "$keepalive" "$clients" <<'PY'
+import json, sys
+path, port, workers, keepalive, clients = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+c = json.load(open(path))
+c.update({"listen": [f"127.0.0.1:{port}"], "http_listen": f"127.0.0.1:{port + 1}",
+          "conn_rate_per_addr": 0, "conn_rate_per_token": 0, "idle_timeout": 60,
+          "max_conns_per_token": 0, "max_circuits_per_token": 0, "retry_above": 1000000,
+          "workers": workers})
+json.dump(c, open(path, "w"))
+c.update({"park_lifetime": max(120, 5 * keepalive), "park_keepalive": keepalive,
+          "max_parked": max(1000000, clients)})
+json.dump(c, open(path + ".park", "w"))
+PY
+chmod 600 "$cfg" "$cfg.park"
+if "$build/relay/pos-relay" check --config "$cfg.park" >/dev/null 2>&1; then
+    mv "$cfg.park" "$cfg"
+    relay_parks=yes
+else
+    relay_parks=no
+fi
+token=$("$build/relay/pos-relay" token add --config "$cfg" --account bench | tail -1)
+
+POS_LOG=warn "$build/relay/pos-relay" run --config "$cfg" >"$work/relay.log" 2>&1 &
+relay_pid=$!
+pids+=($relay_pid)
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/null && break; sleep 0.1; done
+
+# Warm-up (allocator arenas, token cache), so that "before" is a relay that has served.
+POS_TOKEN=$token "$build/loadtest/pos-loadtest" control --addr "127.0.0.1:$port" \
+    --peer-id "$peer_id" --conns 200 >"$work/warm.out" 2>&1 ||
+    { cat "$work/warm.out"; tail "$work/relay.log"; exit 1; }
+sleep 1
+
+echo "== pos-loadtest idle: $clients clients, one relay on loopback (workers $workers," \
+    "relay parking keys: $relay_parks) =="
+rc=0
+POS_TOKEN=$token "$build/loadtest/pos-loadtest" idle --addr "127.0.0.1:$port" \
+    --peer-id "$peer_id" --clients "$clients" --concurrency "$concurrency" --hold "$hold" \
+    --tries "$tries" --lost-tries "$lost_tries" --park-after "$park_after" \
+    --relay-pid "$relay_pid" --metrics-url "http://127.0.0.1:$((port + 1))/metrics" --json \
+    >"$work/idle.json" 2>"$work/idle.err" || rc=$?
+if [ ! -s "$work/idle.json" ]; then
+    cat "$work/idle.err"
+    tail -20 "$work/relay.log"
+    echo "bench-idle: pos-loadtest idle printed no figures (exit $rc)" >&2
+    exit 1
+fi
+/usr/bin/python3 - "$work/idle.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+n = max(r["accepted"], 1)
+def ratio(v, goal): return f"{v / goal:.2f} x goal" if v >= 0 else "n/a"
+print(f"clients: {r['accepted']} of {r['clients']} accepted in {r['connect_s']:.1f} s "
+      f"({r['accepted'] / max(r['connect_s'], 1e-9):.0f}/s), handshake p50 {r['handshake_p50_ms']:.0f} ms")
+if r["first_failure"]:
+    print(f"first failure: {r['first_failure']}")
+awake = (r["relay_rss_awake_kib"] - r["relay_rss_before_kib"]) * 1024 / n
+print(f"relay RSS: before {r['relay_rss_before_kib']} KiB, all awake {r['relay_rss_awake_kib']} KiB "
+      f"= {awake:.0f} bytes per awake client ({r['relay_connections_awake']:.0f} connections)")
+print(f"load generator RSS per client: {r['gen_rss_idle_kib'] * 1024 / n:.0f} bytes before "
+      f"connecting, {r['gen_rss_awake_kib'] * 1024 / n:.0f} bytes awake")
+print(f"CONNECT to an awake peer until the circuit is up: p50 {r['awake_connect_p50_ms']:.2f} ms, "
+      f"p95 {r['awake_connect_p95_ms']:.2f} ms ({r['awake_ok']}/{r['awake_tries']} carried a datagram)")
+if not r["parking"]:
+    ev = r["hold_events"]
+    if r["hold_relay_cpu_s"] >= 0 and ev > 0:
+        print(f"awake hold {r['hold_s']} s: relay CPU {r['hold_relay_cpu_s']:.3f} s for {ev:.0f} "
+              f"datagrams in = {r['hold_relay_cpu_s'] * 1e6 / ev:.2f} us each, "
+              f"{r['hold_relay_cpu_s'] * 1e6 / n / max(r['hold_s'], 1):.2f} us per awake client-second")
+    print("parking: not in this tree (no pos_p2p_endpoint_set_park): the parked figures and "
+          "their goals are not measured")
+    sys.exit(0)
+parked = (r["relay_rss_parked_kib"] - r["relay_rss_before_kib"]) * 1024 / n
+print(f"parked: {r['parked']:.0f} of {r['accepted']}; relay pos_relay_parked {r['relay_parked']:.0f}, "
+      f"pos_relay_awake {r['relay_awake']:.0f}, live QUIC connections {r['relay_connections_parked']:.0f} "
+      f"(goal: equal to awake)")
+print(f"relay RSS all parked: {r['relay_rss_parked_kib']} KiB = {parked:.0f} bytes per parked client: "
+      f"{ratio(parked, 1024)} (goal <= 1 KiB)")
+print(f"load generator RSS per parked client: {r['gen_rss_parked_kib'] * 1024 / n:.0f} bytes")
+ev, cpu = r["hold_events"], r["hold_relay_cpu_s"]
+if ev > 0 and cpu >= 0:
+    us = cpu * 1e6 / ev
+    print(f"keep-alives: {ev:.0f} in {r['hold_s']} s, relay CPU {cpu:.3f} s = {us:.2f} us each: "
+          f"{ratio(us, 2)} (goal <= 2 us)")
+else:
+    print("keep-alives: none counted by the relay (pos_relay_park_keepalives_total)")
+p50 = r["parked_connect_p50_ms"]
+print(f"CONNECT to a parked peer until the circuit is up: p50 {p50:.2f} ms, p95 "
+      f"{r['parked_connect_p95_ms']:.2f} ms: {ratio(p50, 5)} (goal <= 5 ms; awake baseline "
+      f"p50 {r['awake_connect_p50_ms']:.2f} ms); {r['parked_ok']}/{r['parked_tries']} carried a datagram")
+print(f"nothing lost: {r['lost_ok']}/{r['lost_tries']} sends to parked peers arrived, "
+      f"{r['lost_rebound_ok']}/{r['lost_rebound']} of them just after the peer's address changed "
+      f"(goal 100%)")
+PY
+echo "machine: $(nproc) CPUs; load generator, relay and redis share them"
+exit $rc

@@ -1,0 +1,750 @@
+/*
+ * `pos-loadtest idle`: many idle devices at home on one relay, and what
+ * they cost it. N clients (idle_pool.c: each its own identity, endpoint and
+ * UDP socket on its own loopback address) connect as home connections, at
+ * most C handshakes at once; once all are in, the relay's RSS is read (all
+ * awake) and CONNECT-to-circuit is timed for awake peers (the baseline).
+ * Then every client parks (pos_p2p_endpoint_set_park), the relay's RSS is
+ * read again (all parked), the clients hold S seconds sending keep-alives
+ * (relay CPU per keep-alive), CONNECT is timed for parked peers (wake,
+ * reconnect, INCOMING, CIRCUIT), and a "nothing lost" run dials parked
+ * peers K times, every fourth one just after its NAT mapping changed
+ * (idle_pool_rebind), checking that a datagram crosses each circuit.
+ * Without parking in the library (an older libpos-p2p) only the awake
+ * figures are measured and the output says so.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "idle_pool.h"
+#include "loadtest.h"
+#include "pos/p2p.h"
+#include "relay_watch.h"
+
+#ifdef POS_P2P_RELAY_EV_PARKED
+#define HAVE_PARK 1
+#else
+#define HAVE_PARK 0
+#endif
+
+#define CMD "pos-loadtest idle"
+
+struct opts {
+    const char *api_url, *addr, *peer_id, *token, *relay_id, *metrics_url;
+    long clients, concurrency, per_addr, tries, lost_tries, relay_pid;
+    long park_after_s, keepalive_s, hold_s, timeout_s;
+    int json;
+};
+
+struct lat {
+    double *us;
+    long n, ok, tried;
+};
+
+struct run {
+    struct opts o;
+    pos_p2p_relay_info relay;
+    idle_pool *pool;
+    long n; /* clients; the pool's last one (index n) is the dialer */
+    /* the try in progress (the dialer's events) */
+    int64_t t_req_us, t_circuit_us;
+    uint32_t circuit;
+    int try_error;
+    char try_text[257];
+    /* figures */
+    long accepted, failed;
+    double connect_s, hs_p50_ms;
+    long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
+    double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen;
+    double hold_cpu_s, hold_events;
+    struct lat awake, parked, lost;
+    long lost_rebound, lost_rebound_ok;
+    char first_reason[257];
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: " CMD " (--api-url URL [--relay-id UUID] | --addr IP:PORT --peer-id ID)\n"
+            "                         --token TOKEN [--clients N] [--concurrency C]\n"
+            "                         [--per-addr K] [--park-after SECONDS]\n"
+            "                         [--keepalive SECONDS] [--hold SECONDS] [--tries K]\n"
+            "                         [--lost-tries K] [--relay-pid PID] [--metrics-url URL]\n"
+            "                         [--timeout SECONDS] [--json]\n\n"
+            "N idle devices (default 1000) at home on one relay, each its own identity and\n"
+            "UDP socket on its own loopback address (127.0.0.2 and up; K clients per\n"
+            "address, default 1), at most C handshakes at once (default 200). Once all are\n"
+            "in: CONNECT to an awake peer until the circuit is up, K tries (default 100).\n"
+            "Then all park after SECONDS idle (default 2), keep-alive every --keepalive\n"
+            "seconds (default 0: the relay's), are held parked --hold seconds (default\n"
+            "10), and CONNECT is timed again for parked peers; --lost-tries (default 100)\n"
+            "dials parked peers, every fourth just after its address changed, and counts\n"
+            "those whose circuit carried a datagram. --relay-pid PID adds the relay's RSS\n"
+            "(before / all awake / all parked) and CPU per keep-alive; --metrics-url\n"
+            "(the relay's /metrics) its awake and parked counts. The process needs a file\n"
+            "descriptor per client: it raises its own limit (RLIMIT_NOFILE) as far as it may.\n"
+            "Raise the relay's conn_rate_per_addr, conn_rate_per_token and\n"
+            "max_conns_per_token for large N.\n");
+}
+
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static const struct option lopts[] = {
+    {"api-url", required_argument, NULL, 'a'},
+    {"relay-id", required_argument, NULL, 'R'},
+    {"addr", required_argument, NULL, 'A'},
+    {"peer-id", required_argument, NULL, 'p'},
+    {"token", required_argument, NULL, 't'},
+    {"clients", required_argument, NULL, 'n'},
+    {"concurrency", required_argument, NULL, 'c'},
+    {"per-addr", required_argument, NULL, 'k'},
+    {"park-after", required_argument, NULL, 'P'},
+    {"keepalive", required_argument, NULL, 'K'},
+    {"hold", required_argument, NULL, 'H'},
+    {"tries", required_argument, NULL, 'r'},
+    {"lost-tries", required_argument, NULL, 'l'},
+    {"relay-pid", required_argument, NULL, 'i'},
+    {"metrics-url", required_argument, NULL, 'm'},
+    {"timeout", required_argument, NULL, 'T'},
+    {"json", no_argument, NULL, 'j'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* The numeric options: where each goes and its range. */
+static long *num_opt(struct opts *o, int ch, long *min, long *max)
+{
+    *min = 1;
+    *max = 86400;
+    switch (ch) {
+    case 'n':
+        *max = 1000000;
+        return &o->clients;
+    case 'c':
+        *max = 100000;
+        return &o->concurrency;
+    case 'k':
+        *max = 65535;
+        return &o->per_addr;
+    case 'P':
+        return &o->park_after_s;
+    case 'K':
+        *min = 0;
+        *max = 3600;
+        return &o->keepalive_s;
+    case 'H':
+        *min = 0;
+        return &o->hold_s;
+    case 'r':
+    case 'l':
+        *min = 0;
+        *max = 100000;
+        return ch == 'r' ? &o->tries : &o->lost_tries;
+    case 'i':
+        *max = 4194304;
+        return &o->relay_pid;
+    case 'T':
+        *max = 600;
+        return &o->timeout_s;
+    default:
+        return NULL;
+    }
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    int ch;
+    long min, max, *dst;
+    memset(o, 0, sizeof(*o));
+    *o = (struct opts){.clients = 1000,
+                       .concurrency = 200,
+                       .per_addr = 1,
+                       .tries = 100,
+                       .lost_tries = 100,
+                       .park_after_s = 2,
+                       .hold_s = 10,
+                       .timeout_s = 10};
+    o->token = getenv("POS_TOKEN");
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+        if ((dst = num_opt(o, ch, &min, &max)) != NULL) {
+            if (parse_long(optarg, min, max, dst) != 0) {
+                fprintf(stderr, CMD ": %s wants a whole number from %ld to %ld, not \"%s\"\n",
+                        argv[optind - 1], min, max, optarg);
+                return 2;
+            }
+            continue;
+        }
+        switch (ch) {
+        case 'a':
+            o->api_url = optarg;
+            break;
+        case 'R':
+            o->relay_id = optarg;
+            break;
+        case 'A':
+            o->addr = optarg;
+            break;
+        case 'p':
+            o->peer_id = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'm':
+            o->metrics_url = optarg;
+            break;
+        case 'j':
+            o->json = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            fprintf(stderr, CMD ": unknown option or missing value: %s\n\n", argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!o->token || (!o->api_url && !(o->addr && o->peer_id))) {
+        fprintf(stderr,
+                CMD ": --token and either --api-url or --addr with --peer-id are required\n");
+        return 2;
+    }
+    return 0;
+}
+
+static int pick_relay(const struct opts *o, pos_p2p_relay_info *out)
+{
+    char err[512];
+    pos_p2p_relay_list *list = NULL;
+    memset(out, 0, sizeof(*out));
+    if (!o->api_url) {
+        snprintf(out->id, sizeof(out->id), "00000000-0000-4000-8000-000000000000");
+        snprintf(out->peer_id, sizeof(out->peer_id), "%s", o->peer_id);
+        snprintf(out->addrs[0], sizeof(out->addrs[0]), "%s", o->addr);
+        out->n_addrs = 1;
+        return 0;
+    }
+    if (pos_p2p_relay_list_fetch(o->api_url, 5000, &list, err, sizeof(err)) != 0) {
+        fprintf(stderr, CMD ": %s\n", err);
+        return -1;
+    }
+    for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
+        const pos_p2p_relay_info *r = pos_p2p_relay_list_get(list, i);
+        if (!o->relay_id || !strcmp(r->id, o->relay_id)) {
+            *out = *r;
+            pos_p2p_relay_list_del(list);
+            return 0;
+        }
+    }
+    pos_p2p_relay_list_del(list);
+    fprintf(stderr, CMD ": no such relay in the list\n");
+    return -1;
+}
+
+/* raise_nofile: room for |need| descriptors (soft limit, and the hard one where allowed). */
+static int raise_nofile(long need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    if (rl.rlim_cur >= (rlim_t)need)
+        return 0;
+    rl.rlim_cur = (rlim_t)need;
+    if (rl.rlim_max < rl.rlim_cur)
+        rl.rlim_max = rl.rlim_cur; /* only a privileged process may */
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        return 0;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    fprintf(stderr,
+            CMD ": %ld clients need %ld file descriptors, the limit is %llu: raise it "
+                "(ulimit -n) or run with fewer clients\n",
+            need - 64, need, (unsigned long long)rl.rlim_max);
+    return -1;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void on_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
+{
+    struct idle_client *c = arg;
+    struct run *R = c->owner;
+    if (ev->type == POS_P2P_RELAY_EV_INCOMING) {
+        pos_p2p_relay_answer(r, ev->req_id, 1);
+        c->incoming++;
+    } else if (c->idx == R->n && ev->type == POS_P2P_RELAY_EV_CIRCUIT) {
+        R->t_circuit_us = now_us();
+        R->circuit = ev->circuit_id;
+    } else if (c->idx == R->n && ev->type == POS_P2P_RELAY_EV_ERROR) {
+        R->try_error = ev->error ? ev->error : POS_P2P_ERR_PROTOCOL;
+        snprintf(R->try_text, sizeof(R->try_text), "%s", ev->text);
+#if HAVE_PARK
+    } else if (ev->type == POS_P2P_RELAY_EV_PARKED) {
+        c->parked_ev++;
+    } else if (ev->type == POS_P2P_RELAY_EV_AWAKE) {
+        c->awake_ev++;
+#endif
+    }
+}
+
+static void on_data(void *arg, pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data,
+                    size_t len)
+{
+    struct idle_client *c = arg;
+    (void)r;
+    (void)circuit_id;
+    if (len == 4 && !memcmp(data, "idle", 4))
+        c->data_in++;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, long n, double p)
+{
+    return n ? v[(long)((double)(n - 1) * p)] : -1;
+}
+
+/* Connect: every client dials home, at most C at once; returns the number accepted. */
+static long connect_all(struct run *R)
+{
+    long started = 0, inflight_n = 0, *inflight = calloc((size_t)R->o.concurrency, sizeof(long));
+    double *hs = calloc((size_t)R->n, sizeof(double));
+    int64_t t0 = pos_p2p_now_ms(), last = t0;
+    if (!inflight || !hs) {
+        free(inflight);
+        free(hs);
+        return -1;
+    }
+    while (started < R->n || inflight_n > 0) {
+        while (started < R->n && inflight_n < R->o.concurrency) {
+            struct idle_client *c = idle_pool_get(R->pool, started);
+            c->start_ms = pos_p2p_now_ms();
+            if (pos_p2p_relay_connect(c->ep, &R->relay, R->o.token, (int)R->o.timeout_s * 1000,
+                                      &c->r) != 0) {
+                c->failed = 1;
+                R->failed++;
+                started++;
+                continue;
+            }
+            pos_p2p_relay_set_callbacks(c->r, on_event, on_data, c);
+            idle_pool_touch(R->pool, started);
+            inflight[inflight_n++] = started++;
+        }
+        idle_pool_pump(R->pool, 20);
+        for (long k = 0; k < inflight_n;) {
+            struct idle_client *c = idle_pool_get(R->pool, inflight[k]);
+            pos_p2p_relay_status st;
+            pos_p2p_relay_get_status(c->r, &st);
+            if (st.state == POS_P2P_RELAY_CONNECTING) {
+                k++;
+                continue;
+            }
+            if (st.state == POS_P2P_RELAY_ACCEPTED) {
+                c->accepted = 1;
+                hs[R->accepted++] = (double)(st.accepted_at_ms - c->start_ms);
+            } else {
+                c->failed = 1;
+                R->failed++;
+                if (!R->first_reason[0])
+                    snprintf(R->first_reason, sizeof(R->first_reason), "%s",
+                             st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+            }
+            inflight[k] = inflight[--inflight_n];
+        }
+        if (!R->o.json && pos_p2p_now_ms() - last >= 2000) {
+            last = pos_p2p_now_ms();
+            fprintf(stderr, "%ld/%ld accepted, %ld failed, %ld in flight\n", R->accepted, R->n,
+                    R->failed, inflight_n);
+        }
+    }
+    R->connect_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
+    qsort(hs, (size_t)R->accepted, sizeof(double), cmp_double);
+    R->hs_p50_ms = pct(hs, R->accepted, 0.5);
+    free(inflight);
+    free(hs);
+    return R->accepted;
+}
+
+/* pump_for: serve the clients for |ms| milliseconds. */
+static void pump_for(struct run *R, int64_t ms)
+{
+    int64_t end = pos_p2p_now_ms() + ms;
+    while (pos_p2p_now_ms() < end)
+        idle_pool_pump(R->pool,
+                       (int)(end - pos_p2p_now_ms()) > 100 ? 100 : (int)(end - pos_p2p_now_ms()));
+}
+
+/* dialer_up: the dialer's NOT_HOME connection, accepted; NULL when it could not be made. */
+static pos_p2p_relay *dialer_up(struct run *R)
+{
+    struct idle_client *d = idle_pool_get(R->pool, R->n);
+    pos_p2p_relay *r = NULL;
+    pos_p2p_relay_status st;
+    int64_t end = pos_p2p_now_ms() + R->o.timeout_s * 1000;
+    if (pos_p2p_relay_connect_flags(d->ep, &R->relay, R->o.token, (int)R->o.timeout_s * 1000,
+                                    POS_P2P_RELAY_NOT_HOME, &r) != 0)
+        return NULL;
+    pos_p2p_relay_set_callbacks(r, on_event, on_data, d);
+    idle_pool_touch(R->pool, R->n);
+    do {
+        idle_pool_pump(R->pool, 20);
+        pos_p2p_relay_get_status(r, &st);
+    } while (st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() < end);
+    if (st.state != POS_P2P_RELAY_ACCEPTED) {
+        snprintf(R->try_text, sizeof(R->try_text), "dialer: %s",
+                 st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+        pos_p2p_relay_close(r);
+        return NULL;
+    }
+    return r;
+}
+
+/*
+ * dial_try: the dialer asks the relay for client |t| and waits for the
+ * circuit, then sends one datagram over it and waits for |t| to get it.
+ * Records the time from CONNECT to CIRCUIT in |L|. 1: the datagram arrived.
+ */
+static int dial_try(struct run *R, long t, struct lat *L)
+{
+    struct idle_client *c = idle_pool_get(R->pool, t);
+    uint32_t req;
+    uint64_t got = c->data_in;
+    int ok = 0;
+    L->tried++;
+    pos_p2p_relay *d = dialer_up(R);
+    if (!d)
+        return 0;
+    R->t_circuit_us = 0;
+    R->try_error = 0;
+    R->t_req_us = now_us();
+    if (pos_p2p_relay_request_peer(d, c->peer_id, &req) == 0) {
+        idle_pool_touch(R->pool, R->n);
+        int64_t end = pos_p2p_now_ms() + R->o.timeout_s * 1000;
+        while (!R->t_circuit_us && !R->try_error && pos_p2p_now_ms() < end)
+            idle_pool_pump(R->pool, 20);
+        if (R->t_circuit_us) {
+            L->us[L->n++] = (double)(R->t_circuit_us - R->t_req_us);
+            pos_p2p_relay_send_data(d, R->circuit, (const uint8_t *)"idle", 4);
+            idle_pool_touch(R->pool, R->n);
+            end = pos_p2p_now_ms() + 2000;
+            while (c->data_in == got && pos_p2p_now_ms() < end)
+                idle_pool_pump(R->pool, 20);
+            ok = c->data_in > got;
+        } else if (!R->try_error) {
+            snprintf(R->try_text, sizeof(R->try_text), "no circuit within %ld s", R->o.timeout_s);
+        }
+    }
+    if (!ok && !R->first_reason[0])
+        snprintf(R->first_reason, sizeof(R->first_reason), "CONNECT to client %ld: %s", t,
+                 R->try_text[0] ? R->try_text : "the datagram did not arrive");
+    pos_p2p_relay_close(d); /* ends the circuit: the peer may park again */
+    idle_pool_touch(R->pool, R->n);
+    L->ok += ok;
+    return ok;
+}
+
+static int lat_alloc(struct lat *L, long n)
+{
+    L->us = calloc((size_t)(n ? n : 1), sizeof(double));
+    return L->us ? 0 : -1;
+}
+
+/* next_target: the next accepted client from |*at| on (round robin); -1 when none. */
+static long next_target(struct run *R, long *at, int parked)
+{
+    for (long k = 0; k < R->n; k++) {
+        long i = (*at + k) % R->n;
+        struct idle_client *c = idle_pool_get(R->pool, i);
+        if (!c->accepted || !c->r)
+            continue;
+#if HAVE_PARK
+        if (parked && !pos_p2p_relay_parked(c->r))
+            continue;
+#else
+        (void)parked;
+#endif
+        *at = i + 1;
+        return i;
+    }
+    return -1;
+}
+
+static void relay_figures(struct run *R, long *rss, double *a, double *b, const char *na,
+                          const char *nb)
+{
+    char err[256];
+    *rss = R->o.relay_pid ? proc_rss_kib((pid_t)R->o.relay_pid) : -1;
+    *a = *b = -1;
+    if (R->o.metrics_url) {
+        char *m = metrics_fetch(R->o.metrics_url, err, sizeof(err));
+        if (!m) {
+            fprintf(stderr, CMD ": %s\n", err);
+            return;
+        }
+        *a = metrics_value(m, na);
+        *b = nb ? metrics_value(m, nb) : -1;
+        free(m);
+    }
+}
+
+static double metric_now(struct run *R, const char *name)
+{
+    char err[256];
+    double v = -1;
+    char *m = R->o.metrics_url ? metrics_fetch(R->o.metrics_url, err, sizeof(err)) : NULL;
+    if (m)
+        v = metrics_value(m, name);
+    free(m);
+    return v;
+}
+
+/* The keep-alives the relay counted (parked), or the datagrams it received (awake). */
+static double hold_counter(struct run *R)
+{
+#if HAVE_PARK
+    double ok = metric_now(R, "pos_relay_park_keepalives_total{result=\"ok\"}");
+    double bad = metric_now(R, "pos_relay_park_keepalives_total{result=\"dropped\"}");
+    return ok < 0 ? -1 : ok + (bad > 0 ? bad : 0);
+#else
+    return metric_now(R, "pos_relay_packets_total{dir=\"in\"}");
+#endif
+}
+
+static void hold(struct run *R)
+{
+    double cpu0 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1, k0 = hold_counter(R);
+    if (!R->o.json)
+        fprintf(stderr, "holding %ld clients for %ld s\n", R->accepted, R->o.hold_s);
+    pump_for(R, R->o.hold_s * 1000);
+    double cpu1 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1, k1 = hold_counter(R);
+    R->hold_cpu_s = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
+    R->hold_events = k0 >= 0 && k1 >= 0 ? k1 - k0 : -1;
+}
+
+#if HAVE_PARK
+/* park_all: every accepted client parks; waits until all are (or the time is up). */
+static void park_all(struct run *R)
+{
+    int64_t end = pos_p2p_now_ms() + (R->o.park_after_s + 30 + R->n / 2000) * 1000;
+    long parked = 0;
+    for (long i = 0; i < R->n; i++) {
+        struct idle_client *c = idle_pool_get(R->pool, i);
+        pos_p2p_endpoint_set_park(c->ep, (int)R->o.park_after_s * 1000,
+                                  (int)R->o.keepalive_s * 1000);
+        idle_pool_touch(R->pool, i);
+    }
+    while (pos_p2p_now_ms() < end) {
+        pump_for(R, 500);
+        parked = 0;
+        for (long i = 0; i < R->n; i++) {
+            struct idle_client *c = idle_pool_get(R->pool, i);
+            parked += c->r && pos_p2p_relay_parked(c->r);
+        }
+        if (parked >= R->accepted)
+            break;
+    }
+    R->parked_seen = (double)parked;
+}
+#endif
+
+static void print_lat(const char *what, struct lat *L)
+{
+    qsort(L->us, (size_t)L->n, sizeof(double), cmp_double);
+    printf("CONNECT to %s peer until the circuit is up: p50 %.2f ms, p95 %.2f ms (%ld of %ld "
+           "tries carried a datagram)\n",
+           what, pct(L->us, L->n, 0.5) / 1000, pct(L->us, L->n, 0.95) / 1000, L->ok, L->tried);
+}
+
+static void print_text(struct run *R)
+{
+    printf("clients: %ld accepted, %ld failed in %.1f s (%.0f per second), handshake p50 %.0f ms\n",
+           R->accepted, R->failed, R->connect_s, R->connect_s > 0 ? R->accepted / R->connect_s : 0,
+           R->hs_p50_ms);
+    if (R->first_reason[0])
+        printf("first refusal or failure: %s\n", R->first_reason);
+    printf("load generator RSS per client: %ld bytes idle, %ld bytes awake\n",
+           R->n ? (R->gen_rss0 * 1024) / R->n : 0, R->n ? (R->gen_rss_awake * 1024) / R->n : 0);
+    if (R->rss0 >= 0)
+        printf("relay RSS: %ld KiB before, %ld KiB with all awake (%ld bytes per awake client)\n",
+               R->rss0, R->rss_awake,
+               R->accepted ? (R->rss_awake - R->rss0) * 1024 / R->accepted : 0);
+    if (R->m_awake_conns >= 0)
+        printf("relay connections with all awake: %.0f\n", R->m_awake_conns);
+    print_lat("an awake", &R->awake);
+    if (!HAVE_PARK) {
+        printf("parking: not in this libpos-p2p (no pos_p2p_endpoint_set_park): awake figures "
+               "only\n");
+        if (R->hold_cpu_s >= 0)
+            printf("awake hold %ld s: relay CPU %.3f s, %.0f datagrams in: %.2f us each, %.1f us "
+                   "per awake client-second\n",
+                   R->o.hold_s, R->hold_cpu_s, R->hold_events,
+                   R->hold_events > 0 ? R->hold_cpu_s * 1e6 / R->hold_events : 0,
+                   R->accepted && R->o.hold_s ? R->hold_cpu_s * 1e6 / R->accepted / R->o.hold_s
+                                              : 0);
+        return;
+    }
+    printf("parked: %.0f of %ld clients\n", R->parked_seen, R->accepted);
+    if (R->rss0 >= 0)
+        printf("relay RSS with all parked: %ld KiB (%ld bytes per parked client)\n", R->rss_parked,
+               R->accepted ? (R->rss_parked - R->rss0) * 1024 / R->accepted : 0);
+    if (R->m_parked >= 0)
+        printf("relay metrics with all parked: pos_relay_parked %.0f, pos_relay_awake %.0f, "
+               "pos_relay_connections %.0f\n",
+               R->m_parked, R->m_awake, R->m_conns_parked);
+    printf("load generator RSS per parked client: %ld bytes\n",
+           R->n ? (R->gen_rss_parked * 1024) / R->n : 0);
+    if (R->hold_cpu_s >= 0 && R->hold_events > 0)
+        printf("keep-alives: %.0f in %ld s, relay CPU %.3f s: %.2f us per keep-alive\n",
+               R->hold_events, R->o.hold_s, R->hold_cpu_s, R->hold_cpu_s * 1e6 / R->hold_events);
+    print_lat("a parked", &R->parked);
+    printf("nothing lost: %ld of %ld sends to parked peers arrived (%ld of %ld just after the "
+           "peer's address changed)\n",
+           R->lost.ok, R->lost.tried, R->lost_rebound_ok, R->lost_rebound);
+}
+
+static void print_json(struct run *R)
+{
+    struct lat *A = &R->awake, *P = &R->parked;
+    qsort(A->us, (size_t)A->n, sizeof(double), cmp_double);
+    qsort(P->us, (size_t)P->n, sizeof(double), cmp_double);
+    printf("{\"parking\": %s, \"clients\": %ld, \"accepted\": %ld, \"failed\": %ld, "
+           "\"connect_s\": %.3f, \"handshake_p50_ms\": %.1f, ",
+           HAVE_PARK ? "true" : "false", R->n, R->accepted, R->failed, R->connect_s, R->hs_p50_ms);
+    printf("\"relay_rss_before_kib\": %ld, \"relay_rss_awake_kib\": %ld, "
+           "\"relay_rss_parked_kib\": %ld, \"relay_connections_awake\": %.0f, "
+           "\"relay_parked\": %.0f, \"relay_awake\": %.0f, \"relay_connections_parked\": %.0f, "
+           "\"parked\": %.0f, ",
+           R->rss0, R->rss_awake, R->rss_parked, R->m_awake_conns, R->m_parked, R->m_awake,
+           R->m_conns_parked, R->parked_seen);
+    printf("\"gen_rss_idle_kib\": %ld, \"gen_rss_awake_kib\": %ld, \"gen_rss_parked_kib\": %ld, ",
+           R->gen_rss0, R->gen_rss_awake, R->gen_rss_parked);
+    printf("\"hold_s\": %ld, \"hold_relay_cpu_s\": %.3f, \"hold_events\": %.0f, ", R->o.hold_s,
+           R->hold_cpu_s, R->hold_events);
+    printf("\"awake_connect_p50_ms\": %.3f, \"awake_connect_p95_ms\": %.3f, \"awake_ok\": %ld, "
+           "\"awake_tries\": %ld, ",
+           pct(A->us, A->n, 0.5) / 1000, pct(A->us, A->n, 0.95) / 1000, A->ok, A->tried);
+    printf("\"parked_connect_p50_ms\": %.3f, \"parked_connect_p95_ms\": %.3f, \"parked_ok\": %ld, "
+           "\"parked_tries\": %ld, \"lost_ok\": %ld, \"lost_tries\": %ld, \"lost_rebound_ok\": "
+           "%ld, \"lost_rebound\": %ld, \"first_failure\": \"",
+           P->n ? pct(P->us, P->n, 0.5) / 1000 : -1, P->n ? pct(P->us, P->n, 0.95) / 1000 : -1,
+           P->ok, P->tried, R->lost.ok, R->lost.tried, R->lost_rebound_ok, R->lost_rebound);
+    for (const char *s = R->first_reason; *s; s++)
+        printf(*s == '"' || *s == '\\' ? "\\%c" : (unsigned char)*s < 32 ? "?" : "%c", *s);
+    printf("\"}\n");
+}
+
+/* The measured part, once the clients exist: connect, awake, park, hold, tries. */
+static void measure(struct run *R)
+{
+    long at = 0;
+    connect_all(R);
+    pump_for(R, 1500); /* let the relay's snapshot of metrics catch up */
+    relay_figures(R, &R->rss_awake, &R->m_awake_conns, &R->m_awake, "pos_relay_connections", NULL);
+    R->gen_rss_awake = proc_rss_kib(0);
+    for (long k = 0; k < R->o.tries && R->accepted; k++) {
+        long t = next_target(R, &at, 0);
+        dial_try(R, t, &R->awake);
+    }
+#if HAVE_PARK
+    park_all(R);
+    pump_for(R, 2500); /* freed connections: the relay trims its heap at most once a second */
+    relay_figures(R, &R->rss_parked, &R->m_parked, &R->m_awake, "pos_relay_parked",
+                  "pos_relay_awake");
+    R->m_conns_parked = metric_now(R, "pos_relay_connections");
+    R->gen_rss_parked = proc_rss_kib(0);
+    hold(R);
+    for (long k = 0; k < R->o.tries; k++) {
+        long t = next_target(R, &at, 1);
+        if (t >= 0)
+            dial_try(R, t, &R->parked);
+    }
+    for (long k = 0; k < R->o.lost_tries; k++) {
+        long t = next_target(R, &at, 1);
+        if (t < 0)
+            t = next_target(R, &at, 0);
+        int rebind = k % 4 == 3 && t >= 0 && idle_pool_rebind(R->pool, t) == 0;
+        int ok = t >= 0 ? dial_try(R, t, &R->lost) : (R->lost.tried++, 0);
+        R->lost_rebound += rebind;
+        R->lost_rebound_ok += rebind && ok;
+    }
+#else
+    hold(R);
+#endif
+}
+
+int cmd_idle(int argc, char **argv)
+{
+    struct run R;
+    char err[512];
+    int rv = 1;
+    memset(&R, 0, sizeof(R));
+    int p = parse(argc, argv, &R.o);
+    if (p)
+        return p == 1 ? 0 : 2;
+    if (pick_relay(&R.o, &R.relay) != 0)
+        return 1;
+    if (raise_nofile(R.o.clients + 64) != 0)
+        return 1;
+    R.n = R.o.clients;
+    R.rss_parked = R.rss0 = -1;
+    R.m_parked = R.m_awake = R.m_awake_conns = R.m_conns_parked = -1;
+    R.hold_cpu_s = R.hold_events = -1;
+    if (lat_alloc(&R.awake, R.o.tries) || lat_alloc(&R.parked, R.o.tries) ||
+        lat_alloc(&R.lost, R.o.lost_tries)) {
+        fprintf(stderr, CMD ": out of memory\n");
+        goto out;
+    }
+    R.rss0 = R.o.relay_pid ? proc_rss_kib((pid_t)R.o.relay_pid) : -1;
+    if (R.o.relay_pid && R.rss0 < 0) {
+        fprintf(stderr, CMD ": --relay-pid %ld: no such process to read\n", R.o.relay_pid);
+        goto out;
+    }
+    long gen0 = proc_rss_kib(0);
+    if (!(R.pool = idle_pool_new(R.n + 1, R.o.per_addr, err, sizeof(err)))) {
+        fprintf(stderr, CMD ": %s\n", err);
+        goto out;
+    }
+    for (long i = 0; i <= R.n; i++)
+        idle_pool_get(R.pool, i)->owner = &R;
+    R.gen_rss0 = proc_rss_kib(0) - gen0;
+    measure(&R);
+    R.gen_rss_awake -= gen0;
+    R.gen_rss_parked -= gen0;
+    if (R.o.json)
+        print_json(&R);
+    else
+        print_text(&R);
+    rv = R.accepted == R.n && R.awake.ok == R.awake.tried && R.parked.ok == R.parked.tried &&
+                 R.lost.ok == R.lost.tried
+             ? 0
+             : 1;
+out:
+    idle_pool_del(R.pool);
+    free(R.awake.us);
+    free(R.parked.us);
+    free(R.lost.us);
+    return rv;
+}
