@@ -152,6 +152,13 @@ static void get_nat_flags(struct pos_reader *c, pos_ctrl_msg *m, int version)
         pos_reader_fail(c); /* a present 0, another flag, or below version 3 */
 }
 
+/* parked_ok: PARKED's numbers are in range (ctrl.h). */
+static int parked_ok(const pos_ctrl_msg *m)
+{
+    return m->record_id != 0 && m->keepalive_s >= 1 && m->keepalive_s <= POS_CTRL_MAX_KEEPALIVE_S &&
+           m->lifetime_s >= 1 && m->lifetime_s <= POS_CTRL_MAX_LIFETIME_S;
+}
+
 static void decode_body(struct pos_reader *c, pos_ctrl_msg *m, int version)
 {
     switch (m->type) {
@@ -221,6 +228,17 @@ static void decode_body(struct pos_reader *c, pos_ctrl_msg *m, int version)
         m->circuit_id = pos_reader_u32(c);
         m->code = pos_reader_u16(c);
         break;
+    case POS_CTRL_PARK:
+        m->req_id = pos_reader_u32(c);
+        break;
+    case POS_CTRL_PARKED:
+        m->req_id = pos_reader_u32(c);
+        m->record_id = pos_reader_u64(c);
+        m->keepalive_s = pos_reader_u32(c);
+        m->lifetime_s = pos_reader_u32(c);
+        if (!parked_ok(m))
+            pos_reader_fail(c);
+        break;
     default:
         decode_punch(c, m, version);
     }
@@ -235,11 +253,13 @@ static int last_type(int version)
         return POS_CTRL_LAST_V2;
     if (version == POS_CTRL_V3)
         return POS_CTRL_LAST_V3;
+    if (version == POS_CTRL_V4)
+        return POS_CTRL_LAST_V4;
     return 0;
 }
 
-const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS] = {POS_CTRL_ALPN_V3, POS_CTRL_ALPN_V2,
-                                                      POS_CTRL_ALPN_V1};
+const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS] = {POS_CTRL_ALPN_V4, POS_CTRL_ALPN_V3,
+                                                      POS_CTRL_ALPN_V2, POS_CTRL_ALPN_V1};
 
 int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len)
 {
@@ -252,6 +272,8 @@ int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len)
         return POS_CTRL_V2;
     if (memcmp(alpn, POS_CTRL_ALPN_V3, n) == 0)
         return POS_CTRL_V3;
+    if (memcmp(alpn, POS_CTRL_ALPN_V4, n) == 0)
+        return POS_CTRL_V4;
     return 0;
 }
 
@@ -492,6 +514,17 @@ static void encode_body(struct out *o, const pos_ctrl_msg *m, int version)
         pos_writer_u32(&o->w, m->circuit_id);
         pos_writer_u16(&o->w, m->code);
         break;
+    case POS_CTRL_PARK:
+        pos_writer_u32(&o->w, m->req_id);
+        break;
+    case POS_CTRL_PARKED:
+        if (!parked_ok(m))
+            invalid(o);
+        pos_writer_u32(&o->w, m->req_id);
+        pos_writer_u64(&o->w, m->record_id);
+        pos_writer_u32(&o->w, m->keepalive_s);
+        pos_writer_u32(&o->w, m->lifetime_s);
+        break;
     default:
         encode_punch(o, m, version);
     }
@@ -585,10 +618,10 @@ void pos_ctrl_reader_wipe(pos_ctrl_reader *r)
 const char *pos_ctrl_type_name(int type)
 {
     static const char *const names[] = {
-        "HELLO",          "WELCOME",     "CONNECT",       "INCOMING",    "ACCEPT",
-        "DECLINE",        "CIRCUIT",     "REDIRECT",      "ERROR",       "GOAWAY",
-        "CIRCUIT_CLOSED", "PUNCH_START", "PUNCH_REQUEST", "PUNCH_REPORT"};
-    if (type < POS_CTRL_HELLO || type > POS_CTRL_LAST_V2)
+        "HELLO",         "WELCOME",      "CONNECT", "INCOMING", "ACCEPT",         "DECLINE",
+        "CIRCUIT",       "REDIRECT",     "ERROR",   "GOAWAY",   "CIRCUIT_CLOSED", "PUNCH_START",
+        "PUNCH_REQUEST", "PUNCH_REPORT", "PARK",    "PARKED"};
+    if (type < POS_CTRL_HELLO || type > POS_CTRL_LAST_V4)
         return "unknown";
     return names[type - 1];
 }

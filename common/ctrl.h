@@ -16,7 +16,8 @@
  * refuses them both ways, so a peer that negotiated pos-relay/1 never sees
  * one. Version 3 (pos-relay/3) is version 2 with the NAT mapping: two more
  * HELLO flags (the sender's) and a last u8 in PUNCH_START (the peer's);
- * a peer of version 2 never sees either.
+ * a peer of version 2 never sees either. Version 4 (pos-relay/4) adds PARK
+ * and PARKED (parking an idle home connection; park.h has its datagrams).
  *
  * Refusals are not messages: the relay closes the QUIC connection with an
  * application error code (enum relay_refusal) and a reason phrase.
@@ -32,19 +33,21 @@
 #include "punch.h"
 
 /*
- * Versions and their ALPN. A v3 client offers "pos-relay/3", "pos-relay/2"
- * then "pos-relay/1"; a relay selects the highest it knows. pos_ctrl_version_of_alpn
+ * Versions and their ALPN. A v4 client offers "pos-relay/4", "pos-relay/3",
+ * "pos-relay/2" then "pos-relay/1"; a relay selects the highest it knows. pos_ctrl_version_of_alpn
  * tells which version a negotiated ALPN means.
  */
 #define POS_CTRL_V1 1
 #define POS_CTRL_V2 2
 #define POS_CTRL_V3 3
+#define POS_CTRL_V4 4
 #define POS_CTRL_ALPN_V1 "pos-relay/1"
 #define POS_CTRL_ALPN_V2 "pos-relay/2"
 #define POS_CTRL_ALPN_V3 "pos-relay/3"
+#define POS_CTRL_ALPN_V4 "pos-relay/4"
 #define POS_CTRL_ALPN POS_CTRL_ALPN_V1 /* what v1-only code offers */
-/* What a v3 side offers (client) or accepts (relay), preferred first: pos_tls_session_new_alpns. */
-#define POS_CTRL_N_ALPNS 3
+/* What a v4 side offers (client) or accepts (relay), preferred first: pos_tls_session_new_alpns. */
+#define POS_CTRL_N_ALPNS 4
 extern const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS];
 #define POS_CTRL_HEADER_LEN 3
 #define POS_CTRL_MAX_BODY 2048
@@ -53,6 +56,8 @@ extern const char *const pos_ctrl_alpns[POS_CTRL_N_ALPNS];
 #define POS_CTRL_MAX_TOKEN 256
 #define POS_CTRL_MAX_TEXT 256
 #define POS_CTRL_UUID_LEN 36
+#define POS_CTRL_MAX_KEEPALIVE_S 3600 /* PARKED's keep-alive interval */
+#define POS_CTRL_MAX_LIFETIME_S 86400 /* PARKED's record lifetime */
 
 /* Errors. */
 #define POS_CTRL_ERR_MALFORMED -1 /* bytes are not a valid message */
@@ -83,10 +88,15 @@ enum pos_ctrl_type {
     POS_CTRL_PUNCH_REQUEST = 13, /* client: u32 circuit_id, addrs (0..8) its local addresses */
     POS_CTRL_PUNCH_REPORT = 14,  /* client: u32 circuit_id, u16 attempt, u8 outcome,
                                     u32 ms_to_direct */
+    /* version 4 only (pos-relay/4): parking, docs/protocol.md "Parking" */
+    POS_CTRL_PARK = 15,   /* client: u32 req_id */
+    POS_CTRL_PARKED = 16, /* relay: u32 req_id, u64 record_id (not 0), u32 keepalive_s (1..3600),
+                             u32 lifetime_s (1..86400) */
 };
 #define POS_CTRL_LAST_V1 POS_CTRL_CIRCUIT_CLOSED
 #define POS_CTRL_LAST_V2 POS_CTRL_PUNCH_REPORT
 #define POS_CTRL_LAST_V3 POS_CTRL_PUNCH_REPORT /* no new type: new fields */
+#define POS_CTRL_LAST_V4 POS_CTRL_PARKED
 
 /* A client's NAT mapping, as it judged it from what several relays observed (version 3). */
 enum pos_ctrl_nat {
@@ -158,6 +168,9 @@ typedef struct pos_ctrl_msg {
     uint8_t peer_nat;         /* PUNCH_START, version 3: the peer's enum pos_ctrl_nat (encoding
                                  at version 2 leaves it out) */
     uint8_t punch_key[POS_PUNCH_KEY_LEN]; /* PUNCH_START: secret, wipe after use */
+    uint64_t record_id;                   /* PARKED: the parked record (not 0) */
+    uint32_t keepalive_s;                 /* PARKED: 1..POS_CTRL_MAX_KEEPALIVE_S */
+    uint32_t lifetime_s;                  /* PARKED: 1..POS_CTRL_MAX_LIFETIME_S */
     uint64_t bytes_per_sec;
     uint64_t burst;
     uint64_t expires_at;
@@ -171,16 +184,15 @@ typedef struct pos_ctrl_msg {
 } pos_ctrl_msg;
 
 /*
- * pos_ctrl_version_of_alpn: the protocol version (POS_CTRL_V1, V2 or V3:
- * POS_CTRL_V2) that the negotiated ALPN |alpn| (|len| bytes, as
- * gnutls_alpn_get_selected_protocol gives it, no NUL needed) means, or 0
- * when it is none of ours (no ALPN, or another protocol: close).
+ * pos_ctrl_version_of_alpn: the protocol version (POS_CTRL_V1 .. POS_CTRL_V4) that the negotiated
+ * ALPN |alpn| (|len| bytes, as gnutls_alpn_get_selected_protocol gives it, no NUL needed) means, or
+ * 0 when it is none of ours (no ALPN, or another protocol: close).
  */
 int pos_ctrl_version_of_alpn(const uint8_t *alpn, size_t len);
 
 /*
  * pos_ctrl_decode_version reads one message of protocol version |version|
- * (POS_CTRL_V1, POS_CTRL_V2 or POS_CTRL_V3) from the start of |buf| (|len| bytes).
+ * (POS_CTRL_V1 .. POS_CTRL_V4) from the start of |buf| (|len| bytes).
  * Returns 1 and sets |*consumed| when a whole message was decoded into
  * |out|; 0 when more bytes are needed (|*consumed| = 0); or
  * POS_CTRL_ERR_MALFORMED (also: a type the version does not have, or an

@@ -6,7 +6,8 @@
  * and a message of version 1 must be the same message in version 2 (v2 only
  * adds types); a message of version 3 is the same in version 2 unless it
  * carries the NAT mapping (HELLO's NAT flags, the last byte of CONNECT and
- * ACCEPT, every PUNCH_START), which version 2 refuses.
+ * ACCEPT, every PUNCH_START), which version 2 refuses; a message of version
+ * 4 is the same in version 3 unless it is PARK or PARKED, which version 3 refuses.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,13 @@ static void decode_stream(const uint8_t *data, size_t size, int version)
             int rv2 = pos_ctrl_decode_version(data + off, size - off, POS_CTRL_V2, &m2, &used2);
             if (nat ? rv2 != POS_CTRL_ERR_MALFORMED
                     : rv2 != 1 || used2 != used || memcmp(&m, &m2, sizeof(m)) != 0)
+                abort();
+        } else if (version == POS_CTRL_V4) {
+            /* version 4 adds PARK and PARKED; everything else reads as at version 3 */
+            int park = m.type > POS_CTRL_LAST_V3;
+            int rv3 = pos_ctrl_decode_version(data + off, size - off, POS_CTRL_V3, &m2, &used2);
+            if (park ? rv3 != POS_CTRL_ERR_MALFORMED
+                     : rv3 != 1 || used2 != used || memcmp(&m, &m2, sizeof(m)) != 0)
                 abort();
         } else if (m.type > POS_CTRL_LAST_V1) {
             /* a version 2 message: version 1 refuses it both ways */
@@ -75,8 +83,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     decode_stream(data, size, POS_CTRL_V1);
     decode_stream(data, size, POS_CTRL_V2);
     decode_stream(data, size, POS_CTRL_V3);
+    decode_stream(data, size, POS_CTRL_V4);
     read_pieces(data, size, POS_CTRL_V1);
     read_pieces(data, size, POS_CTRL_V2);
     read_pieces(data, size, POS_CTRL_V3);
+    read_pieces(data, size, POS_CTRL_V4);
     return 0;
 }

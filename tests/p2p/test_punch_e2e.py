@@ -127,7 +127,7 @@ def relayed_session_goes_direct():
     out = p.output()
     check_clean(out)
     assert rc == 0, out
-    assert "relay versions A=3 B=3" in out, out
+    assert "relay versions A=4 B=4" in out, out
     assert "result ok=1 bytes=20000000 bad=0" in out, out
     assert paths(out, "B")[:1] == ["relayed->direct"], out
     assert paths(out, "A")[:1] == ["relayed->direct"], out

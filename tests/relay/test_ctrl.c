@@ -207,7 +207,7 @@ static void test_versions(void)
 
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/1", 11) == POS_CTRL_V1);
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/2", 11) == POS_CTRL_V2);
-    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/4", 11) == 0);
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/5", 11) == 0);
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/2x", 12) == 0);
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/", 10) == 0);
     CHECK(pos_ctrl_version_of_alpn(NULL, 0) == 0);
@@ -219,19 +219,19 @@ static void test_versions(void)
         /* a version 1 peer neither sends nor accepts them */
         CHECK(pos_ctrl_encode(&ms[i], buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
         CHECK(pos_ctrl_encode_version(&ms[i], 0, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
-        CHECK(pos_ctrl_encode_version(&ms[i], 4, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        CHECK(pos_ctrl_encode_version(&ms[i], 5, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
         len = pos_ctrl_encode_version(&ms[i], POS_CTRL_V2, buf, sizeof(buf));
         CHECK(len > 0);
         if (len <= 0)
             continue;
         CHECK(pos_ctrl_decode(buf, (size_t)len, &back, &used) == POS_CTRL_ERR_MALFORMED);
-        CHECK(pos_ctrl_decode_version(buf, (size_t)len, 4, &back, &used) == POS_CTRL_ERR_MALFORMED);
+        CHECK(pos_ctrl_decode_version(buf, (size_t)len, 5, &back, &used) == POS_CTRL_ERR_MALFORMED);
         CHECK(strncmp(pos_ctrl_type_name(ms[i].type), "PUNCH_", 6) == 0);
     }
     const uint8_t fifteen[] = {15, 0x00, 0x00};
     CHECK(pos_ctrl_decode_version(fifteen, sizeof(fifteen), POS_CTRL_V2, &back, &used) ==
           POS_CTRL_ERR_MALFORMED);
-    CHECK(!strcmp(pos_ctrl_type_name(15), "unknown"));
+    CHECK(!strcmp(pos_ctrl_type_name(17), "unknown"));
 
     /*
      * PUNCH_START body offsets: circuit 0, peer circuit 4, key 8, start_in 24,
@@ -304,8 +304,8 @@ static void test_nat_mapping(const pos_ctrl_msg *v1, size_t n1)
     int len, len2;
 
     CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/3", 11) == POS_CTRL_V3);
-    CHECK(POS_CTRL_N_ALPNS == 3 && !strcmp(pos_ctrl_alpns[0], POS_CTRL_ALPN_V3) &&
-          !strcmp(pos_ctrl_alpns[1], POS_CTRL_ALPN_V2));
+    CHECK(POS_CTRL_N_ALPNS == 4 && !strcmp(pos_ctrl_alpns[1], POS_CTRL_ALPN_V3) &&
+          !strcmp(pos_ctrl_alpns[2], POS_CTRL_ALPN_V2));
     test_round_trips(v1, n1, POS_CTRL_V3); /* version 1 messages are the same in version 3 */
     sample_punch_msgs(ms, &n);
     ms[0].peer_nat = POS_CTRL_NAT_VARIES;
@@ -545,6 +545,69 @@ static void test_tls_cert(void)
     pos_identity_free(&id);
 }
 
+/* Version 4: PARK and PARKED, only there; every older message the same. */
+static void test_parking(const pos_ctrl_msg *v1, size_t n1)
+{
+    pos_ctrl_msg ms[2], m, back;
+    uint8_t buf[POS_CTRL_MAX_MSG];
+    size_t used;
+    int len;
+
+    CHECK(pos_ctrl_version_of_alpn((const uint8_t *)"pos-relay/4", 11) == POS_CTRL_V4);
+    CHECK(!strcmp(pos_ctrl_alpns[0], POS_CTRL_ALPN_V4)); /* offered and preferred first */
+    test_round_trips(v1, n1, POS_CTRL_V4);
+    memset(ms, 0, sizeof(ms));
+    ms[0].type = POS_CTRL_PARK;
+    ms[0].req_id = 0x01020304;
+    ms[1].type = POS_CTRL_PARKED;
+    ms[1].req_id = 0x01020304;
+    ms[1].record_id = 0x8000000100000002ull;
+    ms[1].keepalive_s = 25;
+    ms[1].lifetime_s = POS_CTRL_MAX_LIFETIME_S;
+    test_round_trips(ms, 2, POS_CTRL_V4);
+    CHECK(!strcmp(pos_ctrl_type_name(POS_CTRL_PARKED), "PARKED"));
+    /* not a message of version 3 either way */
+    CHECK(pos_ctrl_encode_version(&ms[0], POS_CTRL_V3, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+    len = pos_ctrl_encode_version(&ms[1], POS_CTRL_V4, buf, sizeof(buf));
+    CHECK(len == POS_CTRL_HEADER_LEN + 20);
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len, POS_CTRL_V3, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+    /* out of range: record 0, keep-alive 0 or over an hour, lifetime 0 or over a day */
+    const struct {
+        uint64_t record;
+        uint32_t keepalive, lifetime;
+    } bad[] = {{0, 25, 120},
+               {1, 0, 120},
+               {1, POS_CTRL_MAX_KEEPALIVE_S + 1, 120},
+               {1, 25, 0},
+               {1, 25, POS_CTRL_MAX_LIFETIME_S + 1}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        m = ms[1];
+        m.record_id = bad[i].record;
+        m.keepalive_s = bad[i].keepalive;
+        m.lifetime_s = bad[i].lifetime;
+        CHECK(pos_ctrl_encode_version(&m, POS_CTRL_V4, buf, sizeof(buf)) == POS_CTRL_ERR_INVALID);
+        /* the same bytes written by hand do not decode */
+        uint8_t raw[POS_CTRL_HEADER_LEN + 20] = {POS_CTRL_PARKED, 0, 20};
+        for (int k = 0; k < 8; k++)
+            raw[7 + k] = (uint8_t)(m.record_id >> (56 - 8 * k));
+        for (int k = 0; k < 4; k++) {
+            raw[15 + k] = (uint8_t)(m.keepalive_s >> (24 - 8 * k));
+            raw[19 + k] = (uint8_t)(m.lifetime_s >> (24 - 8 * k));
+        }
+        CHECK(pos_ctrl_decode_version(raw, sizeof(raw), POS_CTRL_V4, &back, &used) ==
+              POS_CTRL_ERR_MALFORMED);
+    }
+    /* exact lengths: PARK with a byte more, PARKED with one less */
+    uint8_t park5[] = {POS_CTRL_PARK, 0, 5, 0, 0, 0, 1, 0};
+    CHECK(pos_ctrl_decode_version(park5, sizeof(park5), POS_CTRL_V4, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+    len = pos_ctrl_encode_version(&ms[1], POS_CTRL_V4, buf, sizeof(buf));
+    buf[2] = 19;
+    CHECK(pos_ctrl_decode_version(buf, (size_t)len - 1, POS_CTRL_V4, &back, &used) ==
+          POS_CTRL_ERR_MALFORMED);
+}
+
 int main(void)
 {
     pos_identity id;
@@ -561,6 +624,7 @@ int main(void)
     test_bad_input(peer_id);
     test_versions();
     test_nat_mapping(ms, n);
+    test_parking(ms, n);
     test_request_nat(peer_id);
     test_reader();
     test_tls_cert();

@@ -22,6 +22,7 @@
 #include "check.h"
 #include "ctrl.h"
 #include "identity.h"
+#include "park.h"
 #include "tls.h"
 
 struct pipe {
@@ -115,6 +116,22 @@ struct world {
 };
 
 /*
+ * check_park_key: both ends of a handshake export the same park key
+ * (common/park.h), not zero, and not the key of the connection before.
+ */
+static void check_park_key(gnutls_session_t client, gnutls_session_t server)
+{
+    static uint8_t last[POS_PARK_KEY_LEN];
+    uint8_t kc[POS_PARK_KEY_LEN], ks[POS_PARK_KEY_LEN], zero[POS_PARK_KEY_LEN] = {0};
+
+    CHECK(pos_park_derive_key(client, kc) == 0 && pos_park_derive_key(server, ks) == 0);
+    CHECK(memcmp(kc, ks, sizeof(kc)) == 0);
+    CHECK(memcmp(kc, zero, sizeof(kc)) != 0 && memcmp(kc, last, sizeof(kc)) != 0);
+    memcpy(last, kc, sizeof(last));
+    CHECK(pos_park_derive_key(NULL, kc) == POS_PARK_ERR_TLS && memcmp(kc, zero, sizeof(kc)) == 0);
+}
+
+/*
  * connect_once: |client| (pinning |pin_key|, offering |ticket| when not
  * NULL) to |server|; the client's new ticket goes to |ticket_out|. Returns 0
  * when the handshake succeeded on both sides, with the outcome in the rest.
@@ -139,6 +156,7 @@ static int connect_once(pos_tls_creds *client, pos_tls_creds *server, const uint
         pos_tls_handshake_peer(c.s, &c.pin, resumed_c) == 0) {
         memcpy(seen_by_server, s.pin.peer_key, 32);
         CHECK(memcmp(c.pin.peer_key, pin_key, 32) == 0);
+        check_park_key(c.s, s.s);
         /* raw public keys both ways between two current builds */
         CHECK(gnutls_certificate_type_get2(s.s, GNUTLS_CTYPE_PEERS) == GNUTLS_CRT_RAWPK);
         CHECK(gnutls_certificate_type_get2(c.s, GNUTLS_CTYPE_PEERS) == GNUTLS_CRT_RAWPK);

@@ -771,8 +771,8 @@ int pos_p2p_endpoint_punch_stats(const pos_p2p_endpoint *ep, pos_p2p_punch_stats
 /*
  * pos_p2p_relay_protocol_version: the control protocol the relay and this
  * client agreed on: 1 (pos-relay/1: no punching), 2 (pos-relay/2), 3
- * (pos-relay/3: punching, and the NAT mappings passed on), or 0 before the
- * handshake. No errors.
+ * (pos-relay/3: punching, and the NAT mappings passed on), 4 (pos-relay/4:
+ * parking), or 0 before the handshake. No errors.
  */
 int pos_p2p_relay_protocol_version(const pos_p2p_relay *r);
 
