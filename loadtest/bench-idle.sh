@@ -16,7 +16,7 @@
 # usage: loadtest/bench-idle.sh [--clients N] [--concurrency C] [--hold S] [--tries K]
 #                               [--lost-tries K] [--keepalive S] [--park-after S] [--workers W]
 set -euo pipefail
-clients=50000 concurrency=200 hold=30 tries=100 lost_tries=100 keepalive=25 park_after=2 workers=1
+clients=50000 concurrency=64 hold=30 tries=100 lost_tries=100 keepalive=25 park_after=2 workers=1
 while [ $# -gt 0 ]; do
     case "$1" in
     --clients) clients=$2 ;;
@@ -98,7 +98,10 @@ for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/n
 # Warm-up (allocator arenas, token cache), so that "before" is a relay that has served.
 POS_TOKEN=$token "$build/loadtest/pos-loadtest" control --addr "127.0.0.1:$port" \
     --peer-id "$peer_id" --conns 200 >"$work/warm.out" 2>&1 ||
-    { cat "$work/warm.out"; tail "$work/relay.log"; exit 1; }
+    { cat "$work/warm.out"; tail "$work/relay.log" "$work/redis.log"; exit 1; }
+# the warm-up's closed connections drain for a few seconds: "before" has none
+metric() { curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+for _ in $(seq 60); do [ "$(metric pos_relay_connections)" = 0 ] && break; sleep 0.5; done
 sleep 1
 
 echo "== pos-loadtest idle: $clients clients, one relay on loopback (workers $workers," \
@@ -121,7 +124,7 @@ r = json.load(open(sys.argv[1]))
 n = max(r["accepted"], 1)
 def ratio(v, goal): return f"{v / goal:.2f} x goal" if v >= 0 else "n/a"
 print(f"clients: {r['accepted']} of {r['clients']} accepted in {r['connect_s']:.1f} s "
-      f"({r['accepted'] / max(r['connect_s'], 1e-9):.0f}/s), handshake p50 {r['handshake_p50_ms']:.0f} ms")
+      f"({r['accepted'] / max(r['connect_s'], 1e-9):.0f}/s, {r['retried']} attempts retried), handshake p50 {r['handshake_p50_ms']:.0f} ms")
 if r["first_failure"]:
     print(f"first failure: {r['first_failure']}")
 awake = (r["relay_rss_awake_kib"] - r["relay_rss_before_kib"]) * 1024 / n

@@ -56,7 +56,7 @@ struct run {
     int try_error;
     char try_text[257];
     /* figures */
-    long accepted, failed;
+    long accepted, failed, retried;
     double connect_s, hs_p50_ms;
     long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
     double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen;
@@ -165,7 +165,7 @@ static long *num_opt(struct opts *o, int ch, long *min, long *max)
 
 static int parse(int argc, char **argv, struct opts *o)
 {
-    int ch;
+    int ch, li = 0;
     long min, max, *dst;
     memset(o, 0, sizeof(*o));
     *o = (struct opts){.clients = 1000,
@@ -179,11 +179,11 @@ static int parse(int argc, char **argv, struct opts *o)
     o->token = getenv("POS_TOKEN");
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "h", lopts, &li)) != -1) {
         if ((dst = num_opt(o, ch, &min, &max)) != NULL) {
             if (parse_long(optarg, min, max, dst) != 0) {
-                fprintf(stderr, CMD ": %s wants a whole number from %ld to %ld, not \"%s\"\n",
-                        argv[optind - 1], min, max, optarg);
+                fprintf(stderr, CMD ": --%s wants a whole number from %ld to %ld, not \"%s\"\n",
+                        lopts[li].name, min, max, optarg);
                 return 2;
             }
             continue;
@@ -327,57 +327,88 @@ static double pct(double *v, long n, double p)
     return n ? v[(long)((double)(n - 1) * p)] : -1;
 }
 
+/* start_one: client |i| dials home; 0, or -1 (counted as failed). */
+static int start_one(struct run *R, long i)
+{
+    struct idle_client *c = idle_pool_get(R->pool, i);
+    c->start_ms = pos_p2p_now_ms();
+    c->attempts++;
+    int rv = pos_p2p_relay_connect(c->ep, &R->relay, R->o.token, (int)R->o.timeout_s * 1000, &c->r);
+    if (rv != 0) {
+        c->failed = 1;
+        R->failed++;
+        if (!R->first_reason[0])
+            snprintf(R->first_reason, sizeof(R->first_reason), "%s", pos_p2p_strerror(rv));
+        return -1;
+    }
+    pos_p2p_relay_set_callbacks(c->r, on_event, on_data, c);
+    idle_pool_touch(R->pool, i);
+    return 0;
+}
+
+/*
+ * settle_one: client |i|'s handshake ended (|st|). A refused or failed one
+ * goes back to the queue |todo| (a device would try again) up to 3 attempts.
+ */
+static void settle_one(struct run *R, long i, const pos_p2p_relay_status *st, long *todo,
+                       long *todo_n, double *hs)
+{
+    struct idle_client *c = idle_pool_get(R->pool, i);
+    if (st->state == POS_P2P_RELAY_ACCEPTED) {
+        c->accepted = 1;
+        hs[R->accepted++] = (double)(st->accepted_at_ms - c->start_ms);
+        return;
+    }
+    if (!R->first_reason[0])
+        snprintf(R->first_reason, sizeof(R->first_reason), "%s",
+                 st->reason[0] ? st->reason : pos_p2p_strerror(st->error));
+    pos_p2p_relay_close(c->r);
+    c->r = NULL;
+    if (c->attempts < 3) {
+        R->retried++;
+        todo[(*todo_n)++] = i;
+    } else {
+        c->failed = 1;
+        R->failed++;
+    }
+}
+
 /* Connect: every client dials home, at most C at once; returns the number accepted. */
 static long connect_all(struct run *R)
 {
-    long started = 0, inflight_n = 0, *inflight = calloc((size_t)R->o.concurrency, sizeof(long));
-    double *hs = calloc((size_t)R->n, sizeof(double));
+    long inflight_n = 0, *inflight = calloc((size_t)R->o.concurrency, sizeof(long));
+    long todo_n = R->n, next = 0, *todo = calloc((size_t)R->n * 3 + 1, sizeof(long));
+    double *hs = calloc((size_t)R->n + 1, sizeof(double));
     int64_t t0 = pos_p2p_now_ms(), last = t0;
-    if (!inflight || !hs) {
+    if (!inflight || !hs || !todo) {
         free(inflight);
         free(hs);
+        free(todo);
         return -1;
     }
-    while (started < R->n || inflight_n > 0) {
-        while (started < R->n && inflight_n < R->o.concurrency) {
-            struct idle_client *c = idle_pool_get(R->pool, started);
-            c->start_ms = pos_p2p_now_ms();
-            if (pos_p2p_relay_connect(c->ep, &R->relay, R->o.token, (int)R->o.timeout_s * 1000,
-                                      &c->r) != 0) {
-                c->failed = 1;
-                R->failed++;
-                started++;
-                continue;
-            }
-            pos_p2p_relay_set_callbacks(c->r, on_event, on_data, c);
-            idle_pool_touch(R->pool, started);
-            inflight[inflight_n++] = started++;
+    for (long i = 0; i < R->n; i++)
+        todo[i] = i;
+    while (next < todo_n || inflight_n > 0) {
+        while (next < todo_n && inflight_n < R->o.concurrency) {
+            long i = todo[next++];
+            if (start_one(R, i) == 0)
+                inflight[inflight_n++] = i;
         }
         idle_pool_pump(R->pool, 20);
         for (long k = 0; k < inflight_n;) {
-            struct idle_client *c = idle_pool_get(R->pool, inflight[k]);
             pos_p2p_relay_status st;
-            pos_p2p_relay_get_status(c->r, &st);
+            pos_p2p_relay_get_status(idle_pool_get(R->pool, inflight[k])->r, &st);
             if (st.state == POS_P2P_RELAY_CONNECTING) {
                 k++;
                 continue;
             }
-            if (st.state == POS_P2P_RELAY_ACCEPTED) {
-                c->accepted = 1;
-                hs[R->accepted++] = (double)(st.accepted_at_ms - c->start_ms);
-            } else {
-                c->failed = 1;
-                R->failed++;
-                if (!R->first_reason[0])
-                    snprintf(R->first_reason, sizeof(R->first_reason), "%s",
-                             st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
-            }
+            settle_one(R, inflight[k], &st, todo, &todo_n, hs);
             inflight[k] = inflight[--inflight_n];
         }
         if (!R->o.json && pos_p2p_now_ms() - last >= 2000) {
             last = pos_p2p_now_ms();
-            fprintf(stderr, "%ld/%ld accepted, %ld failed, %ld in flight\n", R->accepted, R->n,
-                    R->failed, inflight_n);
+            fprintf(stderr, "%ld/%ld accepted, %ld retried, %ld failed, %ld in flight\n",
+                    R->accepted, R->n, R->retried, R->failed, inflight_n);
         }
     }
     R->connect_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
@@ -385,6 +416,7 @@ static long connect_all(struct run *R)
     R->hs_p50_ms = pct(hs, R->accepted, 0.5);
     free(inflight);
     free(hs);
+    free(todo);
     return R->accepted;
 }
 
@@ -580,9 +612,10 @@ static void print_lat(const char *what, struct lat *L)
 
 static void print_text(struct run *R)
 {
-    printf("clients: %ld accepted, %ld failed in %.1f s (%.0f per second), handshake p50 %.0f ms\n",
+    printf("clients: %ld accepted, %ld failed in %.1f s (%.0f per second, %ld attempts retried), "
+           "handshake p50 %.0f ms\n",
            R->accepted, R->failed, R->connect_s, R->connect_s > 0 ? R->accepted / R->connect_s : 0,
-           R->hs_p50_ms);
+           R->retried, R->hs_p50_ms);
     if (R->first_reason[0])
         printf("first refusal or failure: %s\n", R->first_reason);
     printf("load generator RSS per client: %ld bytes idle, %ld bytes awake\n",
@@ -631,8 +664,9 @@ static void print_json(struct run *R)
     qsort(A->us, (size_t)A->n, sizeof(double), cmp_double);
     qsort(P->us, (size_t)P->n, sizeof(double), cmp_double);
     printf("{\"parking\": %s, \"clients\": %ld, \"accepted\": %ld, \"failed\": %ld, "
-           "\"connect_s\": %.3f, \"handshake_p50_ms\": %.1f, ",
-           HAVE_PARK ? "true" : "false", R->n, R->accepted, R->failed, R->connect_s, R->hs_p50_ms);
+           "\"retried\": %ld, \"connect_s\": %.3f, \"handshake_p50_ms\": %.1f, ",
+           HAVE_PARK ? "true" : "false", R->n, R->accepted, R->failed, R->retried, R->connect_s,
+           R->hs_p50_ms);
     printf("\"relay_rss_before_kib\": %ld, \"relay_rss_awake_kib\": %ld, "
            "\"relay_rss_parked_kib\": %ld, \"relay_connections_awake\": %.0f, "
            "\"relay_parked\": %.0f, \"relay_awake\": %.0f, \"relay_connections_parked\": %.0f, "
@@ -732,7 +766,7 @@ int cmd_idle(int argc, char **argv)
     R.gen_rss0 = proc_rss_kib(0) - gen0;
     measure(&R);
     R.gen_rss_awake -= gen0;
-    R.gen_rss_parked -= gen0;
+    R.gen_rss_parked = R.gen_rss_parked > 0 ? R.gen_rss_parked - gen0 : -1;
     if (R.o.json)
         print_json(&R);
     else

@@ -29,7 +29,8 @@ struct idle_client {
     int64_t sched;     /* the deadline queued in the heap, -1 none */
     int64_t start_ms;  /* connect started */
     int accepted;      /* WELCOME seen once */
-    int failed;        /* refused or failed */
+    int failed;        /* refused or failed (every attempt) */
+    int attempts;      /* connects started */
     uint64_t incoming; /* INCOMING answered */
     uint64_t data_in;  /* datagrams received on circuits */
     uint64_t parked_ev, awake_ev;
