@@ -20,16 +20,12 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "idle_load.h"
 #include "idle_pool.h"
+#include "idle_shard.h"
 #include "loadtest.h"
 #include "pos/p2p.h"
 #include "relay_watch.h"
-
-#ifdef POS_P2P_RELAY_EV_PARKED
-#define HAVE_PARK 1
-#else
-#define HAVE_PARK 0
-#endif
 
 #define CMD "pos-loadtest idle"
 
@@ -49,15 +45,19 @@ struct run {
     struct opts o;
     pos_p2p_relay_info relay;
     idle_pool *pool;
-    long n; /* clients; the pool's last one (index n) is the dialer */
+    long n;    /* clients in all processes */
+    long mine; /* of them in this process: pool indices 0 .. mine - 1; index mine is the dialer */
+    struct idle_team team; /* helper processes with the other clients (idle_shard.h) */
+    struct idle_load_conf lc;
+    struct idle_load_stats ls; /* this process's clients */
     /* the try in progress (the dialer's events) */
     int64_t t_req_us, t_circuit_us;
     uint32_t circuit;
     int try_error;
     char try_text[257];
     /* figures */
-    long accepted, failed, retried;
-    double connect_s, hs_p50_ms;
+    long accepted, failed, retried; /* all processes */
+    double connect_s;
     long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
     double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen;
     double hold_cpu_s, hold_events;
@@ -256,25 +256,21 @@ static int pick_relay(const struct opts *o, pos_p2p_relay_info *out)
     return -1;
 }
 
-/* raise_nofile: room for |need| descriptors (soft limit, and the hard one where allowed). */
-static int raise_nofile(long need)
+/*
+ * raise_nofile: room for |need| descriptors as far as this process may
+ * (the soft limit up to the hard one; more only when privileged). What is
+ * still missing goes to helper processes (split).
+ */
+static void raise_nofile(long need)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return -1;
-    if (rl.rlim_cur >= (rlim_t)need)
-        return 0;
-    rl.rlim_cur = (rlim_t)need;
-    if (rl.rlim_max < rl.rlim_cur)
-        rl.rlim_max = rl.rlim_cur; /* only a privileged process may */
-    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
-        return 0;
-    getrlimit(RLIMIT_NOFILE, &rl);
-    fprintf(stderr,
-            CMD ": %ld clients need %ld file descriptors, the limit is %llu: raise it "
-                "(ulimit -n) or run with fewer clients\n",
-            need - 64, need, (unsigned long long)rl.rlim_max);
-    return -1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= (rlim_t)need)
+        return;
+    struct rlimit want = {(rlim_t)need, rl.rlim_max > (rlim_t)need ? rl.rlim_max : (rlim_t)need};
+    if (setrlimit(RLIMIT_NOFILE, &want) != 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 static int64_t now_us(void)
@@ -284,36 +280,18 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void on_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
+/* The dialer's events: the circuit of the try in progress, or why there is none. */
+static void dialer_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
 {
-    struct idle_client *c = arg;
-    struct run *R = c->owner;
-    if (ev->type == POS_P2P_RELAY_EV_INCOMING) {
-        pos_p2p_relay_answer(r, ev->req_id, 1);
-        c->incoming++;
-    } else if (c->idx == R->n && ev->type == POS_P2P_RELAY_EV_CIRCUIT) {
+    struct run *R = arg;
+    (void)r;
+    if (ev->type == POS_P2P_RELAY_EV_CIRCUIT) {
         R->t_circuit_us = now_us();
         R->circuit = ev->circuit_id;
-    } else if (c->idx == R->n && ev->type == POS_P2P_RELAY_EV_ERROR) {
+    } else if (ev->type == POS_P2P_RELAY_EV_ERROR) {
         R->try_error = ev->error ? ev->error : POS_P2P_ERR_PROTOCOL;
         snprintf(R->try_text, sizeof(R->try_text), "%s", ev->text);
-#if HAVE_PARK
-    } else if (ev->type == POS_P2P_RELAY_EV_PARKED) {
-        c->parked_ev++;
-    } else if (ev->type == POS_P2P_RELAY_EV_AWAKE) {
-        c->awake_ev++;
-#endif
     }
-}
-
-static void on_data(void *arg, pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data,
-                    size_t len)
-{
-    struct idle_client *c = arg;
-    (void)r;
-    (void)circuit_id;
-    if (len == 4 && !memcmp(data, "idle", 4))
-        c->data_in++;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -327,120 +305,18 @@ static double pct(double *v, long n, double p)
     return n ? v[(long)((double)(n - 1) * p)] : -1;
 }
 
-/* start_one: client |i| dials home; 0, or -1 (counted as failed). */
-static int start_one(struct run *R, long i)
-{
-    struct idle_client *c = idle_pool_get(R->pool, i);
-    c->start_ms = pos_p2p_now_ms();
-    c->attempts++;
-    int rv = pos_p2p_relay_connect(c->ep, &R->relay, R->o.token, (int)R->o.timeout_s * 1000, &c->r);
-    if (rv != 0) {
-        c->failed = 1;
-        R->failed++;
-        if (!R->first_reason[0])
-            snprintf(R->first_reason, sizeof(R->first_reason), "%s", pos_p2p_strerror(rv));
-        return -1;
-    }
-    pos_p2p_relay_set_callbacks(c->r, on_event, on_data, c);
-    idle_pool_touch(R->pool, i);
-    return 0;
-}
-
-/*
- * settle_one: client |i|'s handshake ended (|st|). A refused or failed one
- * goes back to the queue |todo| (a device would try again) up to 3 attempts.
- */
-static void settle_one(struct run *R, long i, const pos_p2p_relay_status *st, long *todo,
-                       long *todo_n, double *hs)
-{
-    struct idle_client *c = idle_pool_get(R->pool, i);
-    if (st->state == POS_P2P_RELAY_ACCEPTED) {
-        c->accepted = 1;
-        hs[R->accepted++] = (double)(st->accepted_at_ms - c->start_ms);
-        return;
-    }
-    if (!R->first_reason[0])
-        snprintf(R->first_reason, sizeof(R->first_reason), "%s",
-                 st->reason[0] ? st->reason : pos_p2p_strerror(st->error));
-    pos_p2p_relay_close(c->r);
-    c->r = NULL;
-    if (c->attempts < 3) {
-        R->retried++;
-        todo[(*todo_n)++] = i;
-    } else {
-        c->failed = 1;
-        R->failed++;
-    }
-}
-
-/* Connect: every client dials home, at most C at once; returns the number accepted. */
-static long connect_all(struct run *R)
-{
-    long inflight_n = 0, *inflight = calloc((size_t)R->o.concurrency, sizeof(long));
-    long todo_n = R->n, next = 0, *todo = calloc((size_t)R->n * 3 + 1, sizeof(long));
-    double *hs = calloc((size_t)R->n + 1, sizeof(double));
-    int64_t t0 = pos_p2p_now_ms(), last = t0;
-    if (!inflight || !hs || !todo) {
-        free(inflight);
-        free(hs);
-        free(todo);
-        return -1;
-    }
-    for (long i = 0; i < R->n; i++)
-        todo[i] = i;
-    while (next < todo_n || inflight_n > 0) {
-        while (next < todo_n && inflight_n < R->o.concurrency) {
-            long i = todo[next++];
-            if (start_one(R, i) == 0)
-                inflight[inflight_n++] = i;
-        }
-        idle_pool_pump(R->pool, 20);
-        for (long k = 0; k < inflight_n;) {
-            pos_p2p_relay_status st;
-            pos_p2p_relay_get_status(idle_pool_get(R->pool, inflight[k])->r, &st);
-            if (st.state == POS_P2P_RELAY_CONNECTING) {
-                k++;
-                continue;
-            }
-            settle_one(R, inflight[k], &st, todo, &todo_n, hs);
-            inflight[k] = inflight[--inflight_n];
-        }
-        if (!R->o.json && pos_p2p_now_ms() - last >= 2000) {
-            last = pos_p2p_now_ms();
-            fprintf(stderr, "%ld/%ld accepted, %ld retried, %ld failed, %ld in flight\n",
-                    R->accepted, R->n, R->retried, R->failed, inflight_n);
-        }
-    }
-    R->connect_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
-    qsort(hs, (size_t)R->accepted, sizeof(double), cmp_double);
-    R->hs_p50_ms = pct(hs, R->accepted, 0.5);
-    free(inflight);
-    free(hs);
-    free(todo);
-    return R->accepted;
-}
-
-/* pump_for: serve the clients for |ms| milliseconds. */
-static void pump_for(struct run *R, int64_t ms)
-{
-    int64_t end = pos_p2p_now_ms() + ms;
-    while (pos_p2p_now_ms() < end)
-        idle_pool_pump(R->pool,
-                       (int)(end - pos_p2p_now_ms()) > 100 ? 100 : (int)(end - pos_p2p_now_ms()));
-}
-
 /* dialer_up: the dialer's NOT_HOME connection, accepted; NULL when it could not be made. */
 static pos_p2p_relay *dialer_up(struct run *R)
 {
-    struct idle_client *d = idle_pool_get(R->pool, R->n);
+    struct idle_client *d = idle_pool_get(R->pool, R->mine);
     pos_p2p_relay *r = NULL;
     pos_p2p_relay_status st;
     int64_t end = pos_p2p_now_ms() + R->o.timeout_s * 1000;
     if (pos_p2p_relay_connect_flags(d->ep, &R->relay, R->o.token, (int)R->o.timeout_s * 1000,
                                     POS_P2P_RELAY_NOT_HOME, &r) != 0)
         return NULL;
-    pos_p2p_relay_set_callbacks(r, on_event, on_data, d);
-    idle_pool_touch(R->pool, R->n);
+    pos_p2p_relay_set_callbacks(r, dialer_event, NULL, R);
+    idle_pool_touch(R->pool, R->mine);
     do {
         idle_pool_pump(R->pool, 20);
         pos_p2p_relay_get_status(r, &st);
@@ -473,14 +349,14 @@ static int dial_try(struct run *R, long t, struct lat *L)
     R->try_error = 0;
     R->t_req_us = now_us();
     if (pos_p2p_relay_request_peer(d, c->peer_id, &req) == 0) {
-        idle_pool_touch(R->pool, R->n);
+        idle_pool_touch(R->pool, R->mine);
         int64_t end = pos_p2p_now_ms() + R->o.timeout_s * 1000;
         while (!R->t_circuit_us && !R->try_error && pos_p2p_now_ms() < end)
             idle_pool_pump(R->pool, 20);
         if (R->t_circuit_us) {
             L->us[L->n++] = (double)(R->t_circuit_us - R->t_req_us);
             pos_p2p_relay_send_data(d, R->circuit, (const uint8_t *)"idle", 4);
-            idle_pool_touch(R->pool, R->n);
+            idle_pool_touch(R->pool, R->mine);
             end = pos_p2p_now_ms() + 2000;
             while (c->data_in == got && pos_p2p_now_ms() < end)
                 idle_pool_pump(R->pool, 20);
@@ -493,7 +369,7 @@ static int dial_try(struct run *R, long t, struct lat *L)
         snprintf(R->first_reason, sizeof(R->first_reason), "CONNECT to client %ld: %s", t,
                  R->try_text[0] ? R->try_text : "the datagram did not arrive");
     pos_p2p_relay_close(d); /* ends the circuit: the peer may park again */
-    idle_pool_touch(R->pool, R->n);
+    idle_pool_touch(R->pool, R->mine);
     L->ok += ok;
     return ok;
 }
@@ -507,8 +383,8 @@ static int lat_alloc(struct lat *L, long n)
 /* next_target: the next accepted client from |*at| on (round robin); -1 when none. */
 static long next_target(struct run *R, long *at, int parked)
 {
-    for (long k = 0; k < R->n; k++) {
-        long i = (*at + k) % R->n;
+    for (long k = 0; k < R->mine; k++) {
+        long i = (*at + k) % R->mine;
         struct idle_client *c = idle_pool_get(R->pool, i);
         if (!c->accepted || !c->r)
             continue;
@@ -570,37 +446,27 @@ static void hold(struct run *R)
     double cpu0 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1, k0 = hold_counter(R);
     if (!R->o.json)
         fprintf(stderr, "holding %ld clients for %ld s\n", R->accepted, R->o.hold_s);
-    pump_for(R, R->o.hold_s * 1000);
+    idle_load_pump_for(R->pool, R->o.hold_s * 1000);
     double cpu1 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1, k1 = hold_counter(R);
     R->hold_cpu_s = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
     R->hold_events = k0 >= 0 && k1 >= 0 ? k1 - k0 : -1;
 }
 
-#if HAVE_PARK
-/* park_all: every accepted client parks; waits until all are (or the time is up). */
+/* park_all: every accepted client parks (helpers' too); waits until all are (or the time is up). */
 static void park_all(struct run *R)
 {
     int64_t end = pos_p2p_now_ms() + (R->o.park_after_s + 30 + R->n / 2000) * 1000;
-    long parked = 0;
-    for (long i = 0; i < R->n; i++) {
-        struct idle_client *c = idle_pool_get(R->pool, i);
-        pos_p2p_endpoint_set_park(c->ep, (int)R->o.park_after_s * 1000,
-                                  (int)R->o.keepalive_s * 1000);
-        idle_pool_touch(R->pool, i);
-    }
+    long parked = 0, theirs[3] = {0, 0, 0};
+    idle_team_park(&R->team);
+    idle_load_park(R->pool, R->mine, &R->lc);
     while (pos_p2p_now_ms() < end) {
-        pump_for(R, 500);
-        parked = 0;
-        for (long i = 0; i < R->n; i++) {
-            struct idle_client *c = idle_pool_get(R->pool, i);
-            parked += c->r && pos_p2p_relay_parked(c->r);
-        }
-        if (parked >= R->accepted)
+        idle_load_pump_for(R->pool, 500);
+        if ((parked = idle_load_parked(R->pool, R->mine)) >= R->ls.accepted)
             break;
     }
-    R->parked_seen = (double)parked;
+    idle_team_wait(&R->team, R->pool, 'P', theirs);
+    R->parked_seen = (double)(parked + theirs[0]);
 }
-#endif
 
 static void print_lat(const char *what, struct lat *L)
 {
@@ -615,7 +481,7 @@ static void print_text(struct run *R)
     printf("clients: %ld accepted, %ld failed in %.1f s (%.0f per second, %ld attempts retried), "
            "handshake p50 %.0f ms\n",
            R->accepted, R->failed, R->connect_s, R->connect_s > 0 ? R->accepted / R->connect_s : 0,
-           R->retried, R->hs_p50_ms);
+           R->retried, R->ls.hs_p50_ms);
     if (R->first_reason[0])
         printf("first refusal or failure: %s\n", R->first_reason);
     printf("load generator RSS per client: %ld bytes idle, %ld bytes awake\n",
@@ -666,7 +532,7 @@ static void print_json(struct run *R)
     printf("{\"parking\": %s, \"clients\": %ld, \"accepted\": %ld, \"failed\": %ld, "
            "\"retried\": %ld, \"connect_s\": %.3f, \"handshake_p50_ms\": %.1f, ",
            HAVE_PARK ? "true" : "false", R->n, R->accepted, R->failed, R->retried, R->connect_s,
-           R->hs_p50_ms);
+           R->ls.hs_p50_ms);
     printf("\"relay_rss_before_kib\": %ld, \"relay_rss_awake_kib\": %ld, "
            "\"relay_rss_parked_kib\": %ld, \"relay_connections_awake\": %.0f, "
            "\"relay_parked\": %.0f, \"relay_awake\": %.0f, \"relay_connections_parked\": %.0f, "
@@ -690,25 +556,40 @@ static void print_json(struct run *R)
     printf("\"}\n");
 }
 
+/* connect_everyone: this process's clients and the helpers' dial home; totals in R. */
+static void connect_everyone(struct run *R)
+{
+    long theirs[3] = {0, 0, 0};
+    int64_t t0 = pos_p2p_now_ms();
+    idle_load_connect(R->pool, R->mine, &R->lc, &R->ls);
+    idle_team_wait(&R->team, R->pool, 'A', theirs);
+    R->accepted = R->ls.accepted + theirs[0];
+    R->failed = R->ls.failed + theirs[1];
+    R->retried = R->ls.retried + theirs[2];
+    R->connect_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
+    snprintf(R->first_reason, sizeof(R->first_reason), "%s", R->ls.first_reason);
+}
+
 /* The measured part, once the clients exist: connect, awake, park, hold, tries. */
 static void measure(struct run *R)
 {
     long at = 0;
-    connect_all(R);
-    pump_for(R, 1500); /* let the relay's snapshot of metrics catch up */
+    connect_everyone(R);
+    idle_load_pump_for(R->pool, 1500); /* let the relay's snapshot of metrics catch up */
     relay_figures(R, &R->rss_awake, &R->m_awake_conns, &R->m_awake, "pos_relay_connections", NULL);
-    R->gen_rss_awake = proc_rss_kib(0);
-    for (long k = 0; k < R->o.tries && R->accepted; k++) {
-        long t = next_target(R, &at, 0);
-        dial_try(R, t, &R->awake);
+    R->gen_rss_awake = proc_rss_kib(0) + idle_team_rss_kib(&R->team);
+    for (long k = 0; k < R->o.tries && R->ls.accepted; k++)
+        dial_try(R, next_target(R, &at, 0), &R->awake);
+    if (!HAVE_PARK) {
+        hold(R);
+        return;
     }
-#if HAVE_PARK
     park_all(R);
-    pump_for(R, 2500); /* freed connections: the relay trims its heap at most once a second */
+    idle_load_pump_for(R->pool, 2500); /* the relay trims its heap at most once a second */
     relay_figures(R, &R->rss_parked, &R->m_parked, &R->m_awake, "pos_relay_parked",
                   "pos_relay_awake");
     R->m_conns_parked = metric_now(R, "pos_relay_connections");
-    R->gen_rss_parked = proc_rss_kib(0);
+    R->gen_rss_parked = proc_rss_kib(0) + idle_team_rss_kib(&R->team);
     hold(R);
     for (long k = 0; k < R->o.tries; k++) {
         long t = next_target(R, &at, 1);
@@ -724,15 +605,55 @@ static void measure(struct run *R)
         R->lost_rebound += rebind;
         R->lost_rebound_ok += rebind && ok;
     }
-#else
-    hold(R);
-#endif
+}
+
+/*
+ * split: how many clients this process takes (the rest go to helper
+ * processes, |*share| each), from the descriptors it may open.
+ */
+static long split(struct run *R, long *share)
+{
+    struct rlimit rl;
+    long room = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur - 128 : 1000;
+    if (room < 16)
+        room = 16;
+    long procs = (R->n + 1 + room - 1) / room;
+    *share = (R->n + procs - 1) / procs;
+    return R->n - *share * (procs - 1);
+}
+
+/* start: helpers (before this process opens anything they would inherit), then our pool. */
+static int start(struct run *R)
+{
+    char err[512];
+    long share;
+    R->mine = split(R, &share);
+    R->lc = (struct idle_load_conf){&R->relay,        R->o.token,        R->o.timeout_s,
+                                    R->o.concurrency, R->o.park_after_s, R->o.keepalive_s,
+                                    !R->o.json};
+    if (R->mine < R->n) {
+        long procs = (R->n - R->mine) / share + 1;
+        R->lc.concurrency = R->o.concurrency / procs > 0 ? R->o.concurrency / procs : 1;
+        if (!R->o.json)
+            fprintf(stderr, "%ld clients over %ld processes (%ld file descriptors each at most)\n",
+                    R->n, procs, share + 128);
+        if (idle_team_start(&R->team, R->mine, R->n, share, R->o.per_addr, &R->lc, err,
+                            sizeof(err)) != 0) {
+            fprintf(stderr, CMD ": %s\n", err);
+            return -1;
+        }
+    }
+    if (!(R->pool = idle_pool_new(R->mine + 1, 0, R->n, R->o.per_addr, err, sizeof(err))) ||
+        idle_pool_rebind(R->pool, R->mine) != 0) { /* the dialer: an address of its own */
+        fprintf(stderr, CMD ": %s\n", R->pool ? "cannot bind the dialer's socket" : err);
+        return -1;
+    }
+    return 0;
 }
 
 int cmd_idle(int argc, char **argv)
 {
     struct run R;
-    char err[512];
     int rv = 1;
     memset(&R, 0, sizeof(R));
     int p = parse(argc, argv, &R.o);
@@ -740,8 +661,7 @@ int cmd_idle(int argc, char **argv)
         return p == 1 ? 0 : 2;
     if (pick_relay(&R.o, &R.relay) != 0)
         return 1;
-    if (raise_nofile(R.o.clients + 64) != 0)
-        return 1;
+    raise_nofile(R.o.clients + 256);
     R.n = R.o.clients;
     R.rss_parked = R.rss0 = -1;
     R.m_parked = R.m_awake = R.m_awake_conns = R.m_conns_parked = -1;
@@ -757,16 +677,12 @@ int cmd_idle(int argc, char **argv)
         goto out;
     }
     long gen0 = proc_rss_kib(0);
-    if (!(R.pool = idle_pool_new(R.n + 1, R.o.per_addr, err, sizeof(err)))) {
-        fprintf(stderr, CMD ": %s\n", err);
+    if (start(&R) != 0)
         goto out;
-    }
-    for (long i = 0; i <= R.n; i++)
-        idle_pool_get(R.pool, i)->owner = &R;
-    R.gen_rss0 = proc_rss_kib(0) - gen0;
+    R.gen_rss0 = proc_rss_kib(0) + idle_team_rss_kib(&R.team) - gen0 * (1 + R.team.n);
     measure(&R);
-    R.gen_rss_awake -= gen0;
-    R.gen_rss_parked = R.gen_rss_parked > 0 ? R.gen_rss_parked - gen0 : -1;
+    R.gen_rss_awake -= gen0 * (1 + R.team.n);
+    R.gen_rss_parked = R.gen_rss_parked > 0 ? R.gen_rss_parked - gen0 * (1 + R.team.n) : -1;
     if (R.o.json)
         print_json(&R);
     else
@@ -776,6 +692,7 @@ int cmd_idle(int argc, char **argv)
              ? 0
              : 1;
 out:
+    idle_team_end(&R.team);
     idle_pool_del(R.pool);
     free(R.awake.us);
     free(R.parked.us);

@@ -152,7 +152,7 @@ static int new_client(idle_pool *p, long i, uint32_t addr, char *err, size_t err
     return 0;
 }
 
-idle_pool *idle_pool_new(long n, long per_addr, char *err, size_t errlen)
+idle_pool *idle_pool_new(long n, long first, long total, long per_addr, char *err, size_t errlen)
 {
     idle_pool *p = calloc(1, sizeof(*p));
     if (!p || !(p->c = calloc((size_t)n, sizeof(*p->c)))) {
@@ -163,14 +163,14 @@ idle_pool *idle_pool_new(long n, long per_addr, char *err, size_t errlen)
     for (long i = 0; i < n; i++)
         p->c[i].fd = -1;
     p->n = n;
-    p->next_addr = ADDR_BASE + (uint32_t)((n + per_addr - 1) / per_addr);
+    p->next_addr = ADDR_BASE + (uint32_t)((total + per_addr - 1) / per_addr);
     if ((p->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
         snprintf(err, errlen, "epoll: %s", strerror(errno));
         idle_pool_del(p);
         return NULL;
     }
     for (long i = 0; i < n; i++) {
-        if (new_client(p, i, ADDR_BASE + (uint32_t)(i / per_addr), err, errlen) != 0) {
+        if (new_client(p, i, ADDR_BASE + (uint32_t)((first + i) / per_addr), err, errlen) != 0) {
             idle_pool_del(p);
             return NULL;
         }

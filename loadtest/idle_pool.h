@@ -19,6 +19,12 @@
 
 #include "pos/p2p.h"
 
+#ifdef POS_P2P_RELAY_EV_PARKED /* a libpos-p2p that parks (issue 14) */
+#define HAVE_PARK 1
+#else
+#define HAVE_PARK 0
+#endif
+
 struct idle_client {
     void *owner; /* the caller's, for callbacks */
     long idx;    /* this client's index in the pool */
@@ -40,11 +46,12 @@ struct idle_client {
 typedef struct idle_pool idle_pool;
 
 /*
- * idle_pool_new: |n| clients, client i on address 127.0.0.0 + 2 + i / |per_addr|,
- * port chosen by the kernel. Returns NULL with a sentence in |err| (file
- * descriptors, memory, an address that cannot be bound).
+ * idle_pool_new: |n| clients, client i on address 127.0.0.2 + (|first| + i) /
+ * |per_addr|, port chosen by the kernel; |total| clients in all processes
+ * (idle_pool_rebind hands out addresses above theirs). Returns NULL with a
+ * sentence in |err| (file descriptors, memory, an address that cannot be bound).
  */
-idle_pool *idle_pool_new(long n, long per_addr, char *err, size_t errlen);
+idle_pool *idle_pool_new(long n, long first, long total, long per_addr, char *err, size_t errlen);
 void idle_pool_del(idle_pool *p);
 long idle_pool_size(const idle_pool *p);
 struct idle_client *idle_pool_get(idle_pool *p, long i);
