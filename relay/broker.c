@@ -53,6 +53,8 @@ struct relay_broker_req {
     uint64_t lookup;
     int64_t deadline_ms;
     uint8_t waiting;
+    uint8_t parked;                   /* waiting for a parked target to wake (|to| NULL) */
+    char peer_id[POS_PEER_ID_STRLEN]; /* |parked|: the target */
 };
 
 struct relay_broker {
@@ -309,6 +311,36 @@ static relay_broker_req *req_new(relay_broker *b, relay_broker_client *from, uin
     return q;
 }
 
+/* wait_append: |q| waits until its deadline (one timeout for all: the list stays sorted). */
+static void wait_append(relay_broker *b, relay_broker_req *q, int64_t now_ms)
+{
+    q->deadline_ms = now_ms + b->lim.incoming_timeout_ms;
+    q->waiting = 1;
+    q->wnext = NULL;
+    q->wprev = b->wait_tail;
+    if (b->wait_tail)
+        b->wait_tail->wnext = q;
+    else
+        b->wait_head = q;
+    b->wait_tail = q;
+}
+
+static void wait_unlink(relay_broker *b, relay_broker_req *q)
+{
+    if (!q->waiting)
+        return;
+    q->waiting = 0;
+    if (q->wprev)
+        q->wprev->wnext = q->wnext;
+    else
+        b->wait_head = q->wnext;
+    if (q->wnext)
+        q->wnext->wprev = q->wprev;
+    else
+        b->wait_tail = q->wprev;
+    q->wprev = q->wnext = NULL;
+}
+
 /* ask: INCOMING to |to| for request |q|, which then waits for the answer until its deadline. */
 static void ask(relay_broker *b, relay_broker_req *q, relay_broker_client *to, int64_t now_ms)
 {
@@ -318,14 +350,7 @@ static void ask(relay_broker *b, relay_broker_req *q, relay_broker_client *to, i
     if (++b->next_req == 0)
         b->next_req = 1;
     q->to_req = b->next_req;
-    q->deadline_ms = now_ms + b->lim.incoming_timeout_ms;
-    q->waiting = 1;
-    q->wprev = b->wait_tail;
-    if (b->wait_tail)
-        b->wait_tail->wnext = q;
-    else
-        b->wait_head = q;
-    b->wait_tail = q;
+    wait_append(b, q, now_ms);
     memset(&in, 0, sizeof(in));
     in.type = POS_CTRL_INCOMING;
     in.req_id = q->to_req;
@@ -358,6 +383,14 @@ static void handle_connect(relay_broker *b, relay_broker_client *cl, const pos_c
     }
     if (to) {
         ask(b, q, to, now_ms);
+        return;
+    }
+    if (b->ops.park_wake && b->ops.park_wake(b->ops.arg, m->peer_id)) {
+        /* parked here: woken, and asked once its HELLO is in (relay_broker_woken) */
+        q->parked = 1;
+        snprintf(q->peer_id, sizeof(q->peer_id), "%s", m->peer_id);
+        wait_append(b, q, now_ms);
+        b->st.wakes++;
         return;
     }
     q->lookup = b->ops.lookup(b->ops.arg, m->peer_id, q);
@@ -713,6 +746,33 @@ void relay_broker_leave(relay_broker *b, relay_broker_client *cl, int64_t now_ms
         cl->next->prev = cl->prev;
     free(cl);
     done(b);
+}
+
+void relay_broker_woken(relay_broker *b, relay_broker_client *cl, int64_t now_ms)
+{
+    int asked = 0;
+    if (!cl->home || cl->closing)
+        return;
+    for (relay_broker_req *q = b->reqs; q; q = q->next) {
+        if (!q->parked || q->from == cl || strcmp(q->peer_id, cl->peer_id) != 0)
+            continue;
+        wait_unlink(b, q);
+        q->parked = 0;
+        ask(b, q, cl, now_ms); /* a fresh deadline: the woken client answers like any other */
+        asked = 1;
+    }
+    if (asked)
+        done(b);
+}
+
+int relay_broker_idle(const relay_broker *b, const relay_broker_client *cl)
+{
+    if (cl->owner.count || cl->n_req)
+        return 0;
+    for (const relay_broker_req *q = b->reqs; q; q = q->next)
+        if (q->to == cl)
+            return 0;
+    return 1;
 }
 
 void relay_broker_stats_get(const relay_broker *b, relay_broker_stats *out)

@@ -79,6 +79,13 @@ typedef struct relay_broker_ops {
     /* wake: call relay_broker_expire at |at_ms| (same clock as the inputs), or never (-1). */
     void (*wake)(void *arg, int64_t at_ms);
     void *arg;
+    /*
+     * park_wake: a CONNECT asks for |peer_id|, which has no home client
+     * here: 1 when it is parked here and is being woken (the request then
+     * waits, like for ACCEPT, until relay_broker_woken), 0 to look it up
+     * in presence as usual. May be NULL (nothing is parked).
+     */
+    int (*park_wake)(void *arg, const char *peer_id);
 } relay_broker_ops;
 
 /* Counters for /metrics (relay_server_stats). */
@@ -87,6 +94,7 @@ typedef struct relay_broker_stats {
     uint64_t requests;         /* CONNECTs received */
     uint64_t circuits_opened, circuits_closed;
     uint64_t redirects;     /* REDIRECT sent */
+    uint64_t wakes;         /* CONNECTs that woke a parked peer (park_wake) */
     uint64_t errors;        /* ERROR sent */
     uint64_t refused_limit; /* of which for a circuit cap */
     /* hole punching */
@@ -193,6 +201,16 @@ int relay_broker_request(relay_broker *b, relay_broker_client *cl, const pos_ctr
  * ERROR to the requester. |q| is freed.
  */
 void relay_broker_lookup_done(relay_broker_req *q, int status, const relay_presence_found *found);
+
+/*
+ * relay_broker_woken: |cl| (a home client that just joined, its WELCOME
+ * queued) may be the parked peer that requests wait for (park_wake): each
+ * gets its INCOMING now, with a fresh deadline.
+ */
+void relay_broker_woken(relay_broker *b, relay_broker_client *cl, int64_t now_ms);
+
+/* relay_broker_idle: 1 when |cl| has no circuit and no request from or to it (PARK may go on). */
+int relay_broker_idle(const relay_broker *b, const relay_broker_client *cl);
 
 /* relay_broker_expire: requests whose target did not answer by |now_ms| end with ERROR TIMEOUT. */
 void relay_broker_expire(relay_broker *b, int64_t now_ms);

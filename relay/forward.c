@@ -6,11 +6,14 @@
  */
 #include "forward.h"
 
+#include "park.h"
+
 #include <netinet/udp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "frame.h"
+#include "park.h"
 
 relay_forwarder *relay_forwarder_new(relay_circuits *circuits, unsigned batch_max,
                                      relay_lease_cb lease, void *lease_arg)
@@ -284,7 +287,8 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
             fw->stats.drop_truncated++;
             continue;
         }
-        if (!pos_frame_is_frame(buf, len)) {
+        if (!pos_frame_is_frame(buf, len) || pos_park_is_park(buf, len)) {
+            /* QUIC, or a parked client's datagram: the control path's (server_park.c) */
             quic_idx[(*n_quic)++] = i;
             fw->stats.quic++;
             continue;

@@ -237,6 +237,42 @@ static const struct worker_metric {
     {"pos_relay_worker_forwarded_total", "counter", offsetof(relay_worker_stats, forwarded)},
 };
 
+/* Parked clients (docs/protocol.md "Parking"). */
+static void render_park(struct mout *m, const struct relay_http *h)
+{
+    static const char *const ends[] = {"home", "expired", "revoked", "shutdown"};
+    const relay_server_stats *s = &h->srv;
+    EMIT("# HELP pos_relay_parked Parked clients: records kept instead of QUIC connections.\n"
+         "# TYPE pos_relay_parked gauge\npos_relay_parked %llu\n",
+         (unsigned long long)s->parked);
+    EMIT("# HELP pos_relay_awake Authenticated home connections live (not parked).\n"
+         "# TYPE pos_relay_awake gauge\npos_relay_awake %llu\n",
+         (unsigned long long)s->awake);
+    EMIT("# TYPE pos_relay_parks_total counter\npos_relay_parks_total %llu\n"
+         "# TYPE pos_relay_park_refused_total counter\npos_relay_park_refused_total %llu\n",
+         (unsigned long long)s->parks, (unsigned long long)s->parks_refused);
+    EMIT("# HELP pos_relay_parked_ended_total Parked records ended, by reason.\n"
+         "# TYPE pos_relay_parked_ended_total counter\n");
+    for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++)
+        EMIT("pos_relay_parked_ended_total{reason=\"%s\"} %llu\n", ends[i],
+             (unsigned long long)s->park_ended[i]);
+    EMIT("# HELP pos_relay_park_keepalives_total Parked keep-alives: acknowledged, or dropped "
+         "silently (malformed, unknown record, too soon, bad mac, replayed).\n"
+         "# TYPE pos_relay_park_keepalives_total counter\n"
+         "pos_relay_park_keepalives_total{result=\"ok\"} %llu\n"
+         "pos_relay_park_keepalives_total{result=\"dropped\"} %llu\n",
+         (unsigned long long)s->park_keepalives_ok, (unsigned long long)s->park_keepalives_drop);
+    EMIT("# TYPE pos_relay_park_roams_total counter\npos_relay_park_roams_total %llu\n",
+         (unsigned long long)s->park_roams);
+    EMIT("# HELP pos_relay_wakes_sent_total WAKE datagrams sent to parked clients.\n"
+         "# TYPE pos_relay_wakes_sent_total counter\npos_relay_wakes_sent_total %llu\n",
+         (unsigned long long)s->wakes_sent);
+    EMIT("# HELP pos_relay_wake_seconds From the first WAKE to the woken client's HELLO.\n"
+         "# TYPE pos_relay_wake_seconds summary\npos_relay_wake_seconds_sum %.3f\n"
+         "pos_relay_wake_seconds_count %llu\n",
+         (double)s->wake_ms_sum / 1000.0, (unsigned long long)s->wake_count);
+}
+
 static void render_workers(struct mout *m, const struct relay_http *h)
 {
     unsigned n = h->srv.n_workers ? h->srv.n_workers : 1;
@@ -263,6 +299,7 @@ static size_t render_metrics(const struct relay_http *h, char *out, size_t cap)
     render_circuits(&mo, h);
     render_forwarding(&mo, h);
     render_punch(&mo, h);
+    render_park(&mo, h);
     render_workers(&mo, h);
     return mo.n;
 }

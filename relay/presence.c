@@ -16,6 +16,8 @@
 #include "strmap.h"
 
 #define PRESENCE_TTL_S 15
+/* a parked client's key is written once a minute (server_park.c): two writes may fail */
+#define PARKED_TTL_S 150
 
 /* KEYS[1]. ARGV value. Deletes the key only while it still holds |value|. */
 static const char lua_del_if[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
@@ -238,13 +240,18 @@ static void presence_set(relay_presence_svc *s, const char *peer_id)
 }
 
 /* presence_keep: the periodic refresh, which never takes the key from another relay. */
-static void presence_keep(relay_presence_svc *s, const char *peer_id)
+static void presence_keep_ttl(relay_presence_svc *s, const char *peer_id, int ttl_s)
 {
     char key[RELAY_KEY_LEN], ttl[16];
     relay_key_presence(s->cfg->redis_prefix, key, sizeof(key), peer_id);
-    snprintf(ttl, sizeof(ttl), "%d", PRESENCE_TTL_S);
+    snprintf(ttl, sizeof(ttl), "%d", ttl_s);
     const char *argv[] = {key, s->cfg->id, ttl};
     pos_redis_async_eval(s->redis, s->sc_keep, 1, 3, argv, NULL, NULL, NULL);
+}
+
+static void presence_keep(relay_presence_svc *s, const char *peer_id)
+{
+    presence_keep_ttl(s, peer_id, PRESENCE_TTL_S);
 }
 
 void relay_presence_svc_add(relay_presence_svc *s, const char *peer_id)
@@ -280,6 +287,37 @@ void relay_presence_svc_remove(relay_presence_svc *s, const char *peer_id)
     /* Only our own mapping: the peer may already be on another relay. */
     const char *argv[] = {key, s->cfg->id};
     pos_redis_async_eval(s->redis, s->sc_del_if, 1, 2, argv, NULL, NULL, NULL);
+}
+
+/* del_if_ours: compare-and-delete, the peer may already be on another relay. */
+static void del_if_ours(relay_presence_svc *s, const char *peer_id)
+{
+    char key[RELAY_KEY_LEN];
+    relay_key_presence(s->cfg->redis_prefix, key, sizeof(key), peer_id);
+    const char *argv[] = {key, s->cfg->id};
+    pos_redis_async_eval(s->redis, s->sc_del_if, 1, 2, argv, NULL, NULL, NULL);
+}
+
+void relay_presence_svc_park(relay_presence_svc *s, const char *peer_id)
+{
+    struct presence *p = (struct presence *)strmap_get(&s->presence, peer_id);
+    if (p && --p->count == 0) {
+        strmap_remove(&s->presence, &p->n); /* no DEL: the key stays, under the parked TTL */
+        free(p);
+    }
+    relay_presence_svc_keep_parked(s, peer_id);
+}
+
+void relay_presence_svc_keep_parked(relay_presence_svc *s, const char *peer_id)
+{
+    if (!strmap_get(&s->presence, peer_id)) /* else the 5 s refresh of a live home keeps it */
+        presence_keep_ttl(s, peer_id, PARKED_TTL_S);
+}
+
+void relay_presence_svc_unpark(relay_presence_svc *s, const char *peer_id)
+{
+    if (!strmap_get(&s->presence, peer_id))
+        del_if_ours(s, peer_id);
 }
 
 void relay_presence_svc_refresh(relay_presence_svc *s)

@@ -27,6 +27,18 @@ uint64_t relay_presence_svc_lookup(relay_presence_svc *s, const char *peer_id, r
                                    void *arg);
 void relay_presence_svc_cancel(relay_presence_svc *s, uint64_t handle);
 
+/*
+ * Parked peers (server_park.c): relay_presence_svc_park: a home connection
+ * of |peer_id| parked: it no longer counts as live here, and the key is
+ * written with the parked TTL (150 s) instead of being deleted;
+ * relay_presence_svc_keep_parked: the once-a-minute write of a parked peer;
+ * relay_presence_svc_unpark: its record ended: compare-and-delete, unless a
+ * live home connection of the peer is here.
+ */
+void relay_presence_svc_park(relay_presence_svc *s, const char *peer_id);
+void relay_presence_svc_keep_parked(relay_presence_svc *s, const char *peer_id);
+void relay_presence_svc_unpark(relay_presence_svc *s, const char *peer_id);
+
 /* relay_presence_svc_refresh: extends (or puts back) every presence key naming this relay. */
 void relay_presence_svc_refresh(relay_presence_svc *s);
 

@@ -220,6 +220,10 @@ static void new_conn(relay_server *s, int sock, const uint8_t *data, size_t len,
         relay_conn_free(c);
         return;
     }
+    if (relay_park_expects(s, from)) {
+        rate_checked(c, RELAY_OK); /* a parked client we woke: no Redis before its handshake */
+        return;
+    }
     uint64_t h = relay_rate_check_addr(s->svc, from, on_rate_verdict, c);
     if (h == 0) {
         relay_conn_free(c); /* the check could not even start (out of memory) */
@@ -265,6 +269,10 @@ void relay_server_input(relay_server *s, int sock, const uint8_t *data, size_t l
     s->st.packets_in++;
     if (len == 0)
         return;
+    if (pos_park_is_park(data, len)) {
+        relay_park_datagram(s, sock, data, len, from, fromlen); /* a parked client's */
+        return;
+    }
     if (!(data[0] & 0xc0)) {
         /*
          * Not a frame of a known circuit from its owner (the forwarder handed
@@ -354,6 +362,8 @@ relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (relay_park_init(s, err, errlen) != 0)
+        goto fail;
     if (pos_tls_creds_new(&s->creds, &cfg->identity) != 0) {
         snprintf(err, errlen, "cannot make the TLS certificate from the relay's identity");
         goto fail;
@@ -411,12 +421,14 @@ void relay_server_revoke(relay_server *s, const char *token_id)
             relay_ctrl_refuse(c, RELAY_REFUSED_REVOKED);
         }
     }
+    relay_park_revoke(s, token_id); /* its keep-alives go unanswered: the client finds out */
 }
 
 void relay_server_goaway(relay_server *s)
 {
     struct rconn *c, *next;
     s->going_away = 1;
+    relay_park_goaway(s);
     for (c = s->conns; c; c = next) {
         next = c->next;
         if (c->state == CLOSING || c->state == DRAINING)
@@ -487,6 +499,7 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
                                    f->drop_unexpected_type + f->drop_unknown_circuit +
                                    f->drop_wrong_source + f->drop_budget + f->drop_unroutable;
     }
+    out->parked = s->park ? s->park->n : 0;
     out->heap_in_use = (uint64_t)mallinfo2().uordblks;
     worker_stats(s, out);
 }
@@ -498,6 +511,7 @@ void relay_server_del(relay_server *s)
     relay_workers_del(s); /* stops the threads; worker 0's sockets are closed below */
     while (s->conns)
         relay_conn_free(s->conns);
+    relay_park_fini(s);
     if (s->broker)
         ev_timer_stop(s->loop, &s->broker_timer);
     relay_broker_del(s->broker);

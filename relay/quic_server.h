@@ -75,7 +75,19 @@ typedef struct relay_server_stats {
     uint64_t punch_direct_ms_sum;    /* time to direct summed over the "direct" reports */
     uint64_t punches_on_move;        /* of punches_started: a side's address changed */
     uint64_t punch_moves_ignored;    /* address changes that started none (too soon) */
-    relay_forward_stats fw;          /* the forwarder's counters (summed over the workers) */
+    /* parking (server_park.c) */
+    uint64_t parked;               /* gauge: parked records */
+    uint64_t awake;                /* gauge: authenticated home connections live */
+    uint64_t parks;                /* PARKED sent */
+    uint64_t parks_refused;        /* PARK answered with ERROR */
+    uint64_t park_ended[4];        /* records ended: woken/home, expired, revoked, shutdown */
+    uint64_t wakes_sent;           /* WAKE datagrams */
+    uint64_t wake_ms_sum;          /* first WAKE to the woken client's HELLO, summed */
+    uint64_t wake_count;           /* ... over these wakes */
+    uint64_t park_keepalives_ok;   /* valid keep-alives (acknowledged) */
+    uint64_t park_keepalives_drop; /* dropped: malformed, unknown, too soon, bad mac, replayed */
+    uint64_t park_roams;           /* valid keep-alives from a new address */
+    relay_forward_stats fw;        /* the forwarder's counters (summed over the workers) */
     uint32_t n_workers;
     relay_worker_stats worker[RELAY_MAX_WORKERS];
 } relay_server_stats;

@@ -27,6 +27,10 @@
 #define MAX_SECRET_LEN 4096
 #define DEFAULT_PUNCH_MIN_INTERVAL_MS 5000 /* between two punch attempts on one circuit */
 #define DEFAULT_TICKET_LIFETIME_S 21600    /* TLS session tickets: 6 hours, GnuTLS's default */
+#define DEFAULT_PARK_LIFETIME_S 120        /* a parked record without keep-alive lives this long */
+#define DEFAULT_PARK_KEEPALIVE_S 25        /* the keep-alive interval PARKED asks for */
+#define DEFAULT_MAX_PARKED 1000000         /* parked records at once */
+#define MAX_MAX_PARKED 16777216            /* 2^24: the record ids keep room for a generation */
 #define MAX_TICKET_LIFETIME_S 604800       /* 7 days, TLS 1.3's limit (RFC 8446 4.6.1) */
 
 static const char *const known_keys[] = {
@@ -58,6 +62,9 @@ static const char *const known_keys[] = {
     "punch_min_interval_ms",
     "ticket_lifetime",
     "workers",
+    "park_lifetime",
+    "park_keepalive",
+    "max_parked",
     NULL,
 };
 
@@ -208,6 +215,28 @@ static int load_punch(relay_config *cfg, const pos_config *c, char *err, size_t 
                      &cfg->punch_min_interval_ms, err, errlen);
 }
 
+/* Parking (docs/protocol.md "Parking"): lifetime (0 = off), keep-alive interval, table size. */
+static int load_park(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = load_uint(c, "park_lifetime", 0, 86400, DEFAULT_PARK_LIFETIME_S,
+                        &cfg->park_lifetime_s, err, errlen)) != 0 ||
+        (rc = load_uint(c, "park_keepalive", 1, 3600, DEFAULT_PARK_KEEPALIVE_S,
+                        &cfg->park_keepalive_s, err, errlen)) != 0 ||
+        (rc = load_uint(c, "max_parked", 1, MAX_MAX_PARKED, DEFAULT_MAX_PARKED, &cfg->max_parked,
+                        err, errlen)) != 0)
+        return rc;
+    /* two keep-alives may be lost before a record expires */
+    if (cfg->park_lifetime_s && 2 * cfg->park_keepalive_s >= cfg->park_lifetime_s) {
+        char expected[128];
+        snprintf(expected, sizeof(expected),
+                 "seconds from 1 to 3600, less than half of park_lifetime (%u)",
+                 cfg->park_lifetime_s);
+        return pos_config_value_error(c, "park_keepalive", expected, err, errlen);
+    }
+    return 0;
+}
+
 static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_t errlen)
 {
     int rc;
@@ -235,7 +264,8 @@ static int load_numbers(relay_config *cfg, const pos_config *c, char *err, size_
         return rc;
     if ((rc = load_punch(cfg, c, err, errlen)) != 0 ||
         (rc = load_uint(c, "ticket_lifetime", 0, MAX_TICKET_LIFETIME_S, DEFAULT_TICKET_LIFETIME_S,
-                        &cfg->ticket_lifetime_s, err, errlen)) != 0)
+                        &cfg->ticket_lifetime_s, err, errlen)) != 0 ||
+        (rc = load_park(cfg, c, err, errlen)) != 0)
         return rc;
     const char *docker = getenv("POS_DOCKER");
     if (docker && strcmp(docker, "true") == 0)

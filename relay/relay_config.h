@@ -50,6 +50,12 @@
  *   workers               threads serving the one UDP port (SO_REUSEPORT, steered by
  *                         connection id and circuit id), 1..64, default the online
  *                         CPUs (at most 64)                            (optional)
+ *   park_lifetime         seconds a parked client's record lives after its last valid
+ *                         keep-alive, 0..86400, 0 = parking off (PARK refused), default
+ *                         120                                         (optional)
+ *   park_keepalive        seconds between a parked client's keep-alives (told in PARKED),
+ *                         1..3600, less than half of park_lifetime, default 25 (optional)
+ *   max_parked            parked records at once, 1..16777216, default 1000000 (optional)
  */
 #ifndef POS_RELAY_CONFIG_H
 #define POS_RELAY_CONFIG_H
@@ -98,6 +104,9 @@ typedef struct relay_config {
     unsigned punch_min_interval_ms;  /* least time between two attempts on one circuit */
     unsigned ticket_lifetime_s;      /* TLS session tickets; 0 = none */
     unsigned workers;                /* threads on the UDP port (1: no threads) */
+    unsigned park_lifetime_s;        /* parked record lifetime; 0 = parking off */
+    unsigned park_keepalive_s;       /* keep-alive interval told in PARKED */
+    unsigned max_parked;             /* parked records at once */
 } relay_config;
 
 /*

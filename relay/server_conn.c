@@ -113,6 +113,7 @@ void relay_conn_free(struct rconn *c)
         s->pending--;
     }
     relay_conn_pending_addr_give(c);
+    relay_park_conn_freed(s);
     for (struct rconn **pp = &s->dirty; c->dirty && *pp; pp = &(*pp)->dirty_next)
         if (*pp == c) {
             *pp = c->dirty_next; /* not reached in practice: the broker flushes first */
@@ -152,6 +153,10 @@ static void conn_arm_timer(struct rconn *c)
     after = exp <= now ? 0 : (double)(exp - now) / NGTCP2_SECONDS;
     if (c->state == CLOSING || c->state == DRAINING)
         after = 3.0 * (double)ngtcp2_conn_get_pto(c->qc) / NGTCP2_SECONDS;
+    else if (c->parked) /* freed once PARKED is acknowledged, or at park_until */
+        after = relay_sendbuf_pending(&c->out) == 0 ? 0
+                : c->park_until <= now              ? 0
+                                       : (double)(c->park_until - now) / NGTCP2_SECONDS;
     else if (c->state < ACTIVE) {
         /* keep-alives alone must not hold an unauthenticated connection open */
         ngtcp2_tstamp limit = c->created + HELLO_TIMEOUT_NS;
@@ -300,6 +305,8 @@ void relay_conn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         relay_conn_free(c);
         return;
     }
+    if (relay_park_conn_due(c))
+        return;
     if (c->close_code && !c->in_read) {
         enum relay_refusal code = (enum relay_refusal)c->close_code;
         c->close_code = 0;
@@ -363,6 +370,12 @@ static int cb_acked_stream_data_offset(ngtcp2_conn *qc, int64_t stream_id, uint6
     /* an idle connection keeps no stream buffer: acknowledged blocks are freed */
     if (stream_id == 0)
         relay_sendbuf_acked(&c->out, datalen);
+    if (c->parked && relay_sendbuf_pending(&c->out) == 0) {
+        /* PARKED is in: freed from the timer, outside ngtcp2's call */
+        ev_timer_stop(c->srv->loop, &c->timer);
+        ev_timer_set(&c->timer, 0., 0.);
+        ev_timer_start(c->srv->loop, &c->timer);
+    }
     return 0;
 }
 
@@ -467,6 +480,9 @@ int relay_conn_make(struct rconn *c, const ngtcp2_pkt_hd *hd)
  */
 static void drop_tls(struct rconn *c)
 {
+    /* pos-relay/4: the park key comes from this session (docs/protocol.md "Parking") */
+    if (c->version >= POS_CTRL_V4 && c->srv->cfg->park_lifetime_s)
+        c->has_park_key = pos_park_derive_key(c->tls, c->park_key) == 0;
     ngtcp2_conn_set_tls_native_handle(c->qc, NULL);
     gnutls_deinit(c->tls);
     c->tls = NULL;

@@ -58,6 +58,13 @@ static void queue_ctrl(struct rconn *c, const pos_ctrl_msg *m)
     sodium_memzero(buf, (size_t)n);
 }
 
+static int64_t now_ms(const relay_server *s);
+
+void relay_ctrl_queue(struct rconn *c, const pos_ctrl_msg *m)
+{
+    queue_ctrl(c, m);
+}
+
 static void on_token_expiry(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct rconn *c = w->data;
@@ -109,6 +116,10 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
         return;
     }
     memcpy(&c->cur, p->remote.addr, p->remote.addrlen);
+    if (lim) {
+        c->lim = *lim;
+        c->has_lim = 1;
+    }
     m.bytes_per_sec = lim ? lim->bytes_per_sec : 0;
     m.burst = lim ? lim->burst_bytes : 0;
     m.max_conns = lim ? lim->max_conns : 0;
@@ -137,10 +148,20 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     s->st.auth_ok++;
     queue_ctrl(c, &m); /* WELCOME answers HELLO on stream 0, which stays open */
     watch_expiry(c, lim);
-    if (c->home) /* a measuring or dialing connection never takes the peer's presence */
+    if (c->home) {          /* a measuring or dialing connection never takes the peer's presence */
+        relay_park_home(c); /* its record, if it had parked, ends: it is back */
         relay_presence_add(s->svc, c->peer_id);
+        c->awake = 1;
+        s->st.awake++;
+        relay_broker_woken(s->broker, c->bc, now_ms(s)); /* CONNECTs waiting for its wake */
+    }
     pos_log_debug("client %s accepted from %s", c->peer_id, m.observed);
     relay_conn_write(c);
+}
+
+void relay_ctrl_accept(struct rconn *c, const relay_limits *lim, const char *token_id)
+{
+    accept_client(c, lim, token_id);
 }
 
 void relay_ctrl_refuse(struct rconn *c, enum relay_refusal why)
@@ -183,6 +204,10 @@ static void handle_hello(struct rconn *c, pos_ctrl_msg *m)
     c->nat = (m->hello_flags & POS_CTRL_HELLO_NAT_VARIES) ? POS_CTRL_NAT_VARIES
              : (m->hello_flags & POS_CTRL_HELLO_NAT_EIM)  ? POS_CTRL_NAT_EIM
                                                           : POS_CTRL_NAT_UNKNOWN;
+    if (relay_park_resume(c, m->token, m->token_len)) { /* back from parking: no Redis */
+        pos_ctrl_msg_wipe(m);
+        return;
+    }
     h = relay_auth_check(s->svc, m->token, m->token_len, (const struct sockaddr *)p->remote.addr,
                          c->peer_id, on_auth_verdict, c);
     pos_ctrl_msg_wipe(m);
@@ -281,8 +306,8 @@ static void on_broker_timer(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 static const relay_broker_ops broker_ops_proto = {
-    broker_send,           broker_flush,          broker_lookup, broker_lookup_cancel,
-    broker_circuit_opened, broker_circuit_closed, broker_wake,   NULL};
+    broker_send,           broker_flush, broker_lookup, broker_lookup_cancel, broker_circuit_opened,
+    broker_circuit_closed, broker_wake,  NULL,          relay_park_wake_peer};
 
 /*
  * relay_ctrl_end: the control connection is over (closing, draining or freed):
@@ -300,7 +325,12 @@ void relay_ctrl_end(struct rconn *c)
         c->bc = NULL;
         relay_broker_leave(s->broker, bc, now_ms(s));
     }
-    if (c->counted_active && c->home && s->svc && c->peer_id[0])
+    if (c->awake) {
+        c->awake = 0;
+        s->st.awake--;
+    }
+    /* a parked connection's presence is its record's now */
+    if (c->counted_active && c->home && !c->parked && s->svc && c->peer_id[0])
         relay_presence_remove(s->svc, c->peer_id);
 }
 
@@ -309,6 +339,14 @@ void relay_ctrl_end(struct rconn *c)
 /* handle_request: a message on the client's request stream (ACTIVE only). */
 static void handle_request(struct rconn *c, pos_ctrl_msg *m)
 {
+    if (c->parked) { /* after PARKED: the client asks again once it reconnects */
+        pos_ctrl_msg_wipe(m);
+        return;
+    }
+    if (m->type == POS_CTRL_PARK) {
+        relay_ctrl_park(c, m);
+        return;
+    }
     if (c->bc) /* fresh for the PUNCH_START this may send (an ACCEPT, a PUNCH_REQUEST) */
         relay_broker_set_rtt(c->bc, rtt_ms(c));
     if (!c->bc || relay_broker_request(c->srv->broker, c->bc, m, now_ms(c->srv)) != 0)

@@ -20,6 +20,8 @@
 #include "circuit.h"
 #include "ctrl.h"
 #include "forward.h"
+#include "park.h"
+#include "parking.h"
 #include "pending_addr.h"
 #include "quic_common.h"
 #include "quic_server.h"
@@ -89,6 +91,14 @@ struct rconn {
     uint8_t version; /* POS_CTRL_V1, V2 or V3, from the negotiated ALPN (handshake) */
     uint8_t nat;     /* enum pos_ctrl_nat from HELLO's flags (version 3) */
     uint8_t worker;  /* the worker its ids name (the one that got its first Initial) */
+    /* parking (server_park.c) */
+    uint8_t awake;                      /* counted in st.awake: an ACTIVE home connection */
+    uint8_t has_lim;                    /* |lim| holds what its token allows (accepted) */
+    relay_limits lim;                   /* for its record when it parks */
+    uint8_t parked;                     /* PARKED sent: freed silently once acknowledged (or 3 s) */
+    uint8_t has_park_key;               /* version 4: park_key derived after the handshake */
+    uint8_t park_key[POS_PARK_KEY_LEN]; /* wiped when freed */
+    ngtcp2_tstamp park_until;           /* |parked|: freed at the latest then */
 };
 
 struct sock {
@@ -131,6 +141,11 @@ struct relay_server {
     unsigned n_workers;  /* at least 1 */
     unsigned cur_worker; /* the worker whose datagram is being handled (under the lock) */
     relay_worker_stats wst[RELAY_MAX_WORKERS];
+    /* parking (server_park.c): NULL when park_lifetime is 0 */
+    relay_park *park;
+    ev_timer park_tick;   /* each second: lifetimes, presence batches, malloc_trim */
+    ev_timer park_wakes;  /* the next WAKE datagram due */
+    uint64_t conns_freed; /* since the last malloc_trim */
 };
 
 /* server_conn.c: sending, the clock, and one connection's life. */
@@ -165,6 +180,10 @@ int relay_ctrl_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_
                                 void *stream_user_data);
 /* relay_ctrl_refuse: count and log refusal |why|, then close |c| with it. */
 void relay_ctrl_refuse(struct rconn *c, enum relay_refusal why);
+/* relay_ctrl_queue: |m| onto |c|'s stream 0 at its version (written by relay_conn_write). */
+void relay_ctrl_queue(struct rconn *c, const pos_ctrl_msg *m);
+/* relay_ctrl_accept: |c| is accepted with |lim| and |token_id| (its connection slot): WELCOME. */
+void relay_ctrl_accept(struct rconn *c, const relay_limits *lim, const char *token_id);
 /* relay_ctrl_end: |c| is over: circuits closed, requests ended, presence dropped. Runs once. */
 void relay_ctrl_end(struct rconn *c);
 
@@ -185,6 +204,38 @@ void relay_workers_forward_stats(const relay_server *s, relay_forward_stats *out
 void relay_workers_worker_forwarded(const relay_server *s, relay_worker_stats *out);
 /* relay_workers_send_failed: forwarded datagrams the workers' sockets refused. */
 uint64_t relay_workers_send_failed(const relay_server *s);
+
+/* server_park.c: parked clients (docs/protocol.md "Parking"). */
+/* relay_park_init: the record table and its timers when parking is on; 0 or -1 (|err|). */
+int relay_park_init(relay_server *s, char *err, size_t errlen);
+/* relay_park_fini: every record ends (budgets and connection slots given back); timers stop. */
+void relay_park_fini(relay_server *s);
+/* relay_ctrl_park: PARK from |c|: PARKED and a record, or ERROR with the reason. */
+void relay_ctrl_park(struct rconn *c, const pos_ctrl_msg *m);
+/* relay_park_conn_due: |c| parked and its PARKED is acknowledged or overdue: free it now. */
+int relay_park_conn_due(struct rconn *c);
+/* relay_park_datagram: a parked datagram (common/park.h) the forwarder handed back. */
+void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t len,
+                         const struct sockaddr *from, socklen_t fromlen);
+/* relay_park_wake_peer: the broker's park_wake: wake |peer_id|'s record, 1, or 0 when none. */
+int relay_park_wake_peer(void *arg, const char *peer_id);
+/*
+ * relay_park_resume: HELLO of home connection |c| with |token|: when |c|'s
+ * peer has a record of the same token, |c| takes the record's connection
+ * slot, budget and limits (accepted at once, without Redis) and 1 is
+ * returned; else 0 and the record, if any, ends when |c| is accepted.
+ */
+int relay_park_resume(struct rconn *c, const char *token, size_t token_len);
+/* relay_park_home: |c| became its peer's home connection: the peer's record ends (woken). */
+void relay_park_home(struct rconn *c);
+/* relay_park_expects: 1 when |from| is the address of a record being woken (no rate check). */
+int relay_park_expects(relay_server *s, const struct sockaddr *from);
+/* relay_park_revoke: the records of token |token_id| end at once. */
+void relay_park_revoke(relay_server *s, const char *token_id);
+/* relay_park_goaway: every record ends (presence deleted): the relay stops. */
+void relay_park_goaway(relay_server *s);
+/* relay_park_conn_freed: a connection was freed (malloc_trim once a second after some). */
+void relay_park_conn_freed(relay_server *s);
 
 /* server_udp.c: the default relay_io.send (|arg| is the server) and clock. */
 int relay_udp_send(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,

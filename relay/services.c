@@ -78,6 +78,21 @@ void relay_presence_remove(relay_services *s, const char *peer_id)
     relay_presence_svc_remove(s->presence, peer_id);
 }
 
+void relay_presence_park(relay_services *s, const char *peer_id)
+{
+    relay_presence_svc_park(s->presence, peer_id);
+}
+
+void relay_presence_keep_parked(relay_services *s, const char *peer_id)
+{
+    relay_presence_svc_keep_parked(s->presence, peer_id);
+}
+
+void relay_presence_unpark(relay_services *s, const char *peer_id)
+{
+    relay_presence_svc_unpark(s->presence, peer_id);
+}
+
 uint64_t relay_presence_lookup(relay_services *s, const char *peer_id, relay_presence_cb cb,
                                void *arg)
 {

@@ -114,6 +114,17 @@ void relay_presence_add(relay_services *s, const char *peer_id);
 void relay_presence_remove(relay_services *s, const char *peer_id);
 
 /*
+ * Parked peers (docs/protocol.md "Parking"): relay_presence_park when a
+ * home connection parks (it stops counting as live; the key stays, written
+ * with a longer TTL), relay_presence_keep_parked once a minute while the
+ * record lives, relay_presence_unpark when the record ends without the peer
+ * coming back here (compare-and-delete unless a live home is here).
+ */
+void relay_presence_park(relay_services *s, const char *peer_id);
+void relay_presence_keep_parked(relay_services *s, const char *peer_id);
+void relay_presence_unpark(relay_services *s, const char *peer_id);
+
+/*
  * Presence lookup, for a CONNECT to a peer that is not connected here. One
  * Lua call reads P presence:PEERID (the relay holding the peer) and that
  * relay's entry P relay:ID as the discovery API stored it (the same JSON as

@@ -26,6 +26,8 @@ static struct world {
     int lookup_fails;
     int64_t wake_at;
     int opened, closed, flushes;
+    char parked_peer[POS_PEER_ID_STRLEN]; /* a peer parked here (op_park_wake) */
+    int park_wakes;
 } w;
 
 static int A, B, C, D; /* the callers' connection handles */
@@ -77,14 +79,23 @@ static void op_wake(void *arg, int64_t at)
     w.wake_at = at;
 }
 
+static int op_park_wake(void *arg, const char *peer_id)
+{
+    (void)arg;
+    if (!w.parked_peer[0] || strcmp(w.parked_peer, peer_id) != 0)
+        return 0;
+    w.park_wakes++;
+    return 1;
+}
+
 static void op_flush(void *arg)
 {
     (void)arg;
     w.flushes++;
 }
 
-static const relay_broker_ops ops = {op_send,   op_flush,  op_lookup, op_cancel,
-                                     op_opened, op_closed, op_wake,   NULL};
+static const relay_broker_ops ops = {op_send,   op_flush, op_lookup, op_cancel,   op_opened,
+                                     op_closed, op_wake,  NULL,      op_park_wake};
 
 static struct sockaddr_in addr4(const char *ip, int port)
 {
@@ -736,8 +747,50 @@ static void test_punch_on_move(void)
     rig_down(&r);
 }
 
+/* A CONNECT for a parked peer waits (no lookup) until the woken peer joins, then INCOMING. */
+static void test_parked_peer_woken(void)
+{
+    struct rig r;
+    struct sockaddr_in sc = addr4("192.0.2.3", 3333);
+    rig_up(&r, 16, NULL);
+    snprintf(w.parked_peer, sizeof(w.parked_peer), "peer-c");
+    CHECK(relay_broker_idle(r.b, r.a) && relay_broker_idle(r.b, r.bb));
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 9, "peer-c", 100) == 0);
+    CHECK(w.park_wakes == 1 && w.n_out == 0 && w.lookup_q == NULL);
+    CHECK(w.wake_at == 100 + TIMEOUT_MS && stats(&r).wakes == 1);
+    CHECK(!relay_broker_idle(r.b, r.a)); /* a request in flight: A may not park */
+    /* a dialing (not home) connection of peer-c is not the woken one */
+    relay_broker_client *dial =
+        relay_broker_join(r.b, &D, "peer-c", 0, (struct sockaddr *)&sc, NULL, NULL);
+    relay_broker_woken(r.b, dial, 150);
+    CHECK(w.n_out == 0);
+    relay_broker_client *c =
+        relay_broker_join(r.b, &C, "peer-c", 1, (struct sockaddr *)&sc, NULL, NULL);
+    relay_broker_woken(r.b, c, 200);
+    const pos_ctrl_msg *in = only(&C, POS_CTRL_INCOMING);
+    CHECK(strcmp(in->peer_id, "peer-a") == 0);
+    CHECK(w.wake_at == 200 + TIMEOUT_MS); /* a fresh deadline for the woken client's answer */
+    CHECK(!relay_broker_idle(r.b, c));
+    uint32_t to_req = in->req_id;
+    w.n_out = 0;
+    CHECK(request(&r, c, POS_CTRL_ACCEPT, to_req, NULL, 210) == 0);
+    CHECK(w.n_out == 2 && w.out[0].m.type == POS_CTRL_CIRCUIT && w.out[0].m.req_id == 9);
+    /* a parked peer that never comes back: TIMEOUT like an unanswered INCOMING */
+    w.n_out = 0;
+    snprintf(w.parked_peer, sizeof(w.parked_peer), "peer-d");
+    CHECK(request(&r, r.bb, POS_CTRL_CONNECT, 4, "peer-d", 300) == 0);
+    CHECK(w.n_out == 0);
+    relay_broker_expire(r.b, 300 + TIMEOUT_MS);
+    const pos_ctrl_msg *e = only(&B, POS_CTRL_ERROR);
+    CHECK(e->req_id == 4 && e->code == POS_CTRL_CODE_TIMEOUT);
+    relay_broker_leave(r.b, c, 400);
+    relay_broker_leave(r.b, dial, 400);
+    rig_down(&r);
+}
+
 int main(void)
 {
+    test_parked_peer_woken();
     test_connect_accept();
     test_decline_and_unknown();
     test_self();

@@ -55,6 +55,7 @@ static void test_defaults(void)
     CHECK(c.retry_above == 256 && c.gso == 1 && c.quic_fallback == 0);
     CHECK(c.punch == 1 && c.punch_min_interval_ms == 5000);
     CHECK(c.ticket_lifetime_s == 21600);
+    CHECK(c.park_lifetime_s == 120 && c.park_keepalive_s == 25 && c.max_parked == 1000000);
     /* workers: one per online CPU, at most 64 */
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     CHECK(c.workers == (cpus < 1 ? 1u : cpus > 64 ? 64u : (unsigned)cpus));
@@ -98,7 +99,8 @@ static void test_values_and_docker(void)
                      "\"conn_burst_per_token\": 7, \"register_interval\": 3, "
                      "\"max_pending_per_addr\": 4, \"retry_above\": 0, \"gso\": false, "
                      "\"quic_fallback\": true, \"punch\": false, "
-                     "\"punch_min_interval_ms\": 100, \"ticket_lifetime\": 0, \"workers\": 3");
+                     "\"punch_min_interval_ms\": 100, \"ticket_lifetime\": 0, \"workers\": 3, "
+                     "\"park_lifetime\": 0, \"park_keepalive\": 3600, \"max_parked\": 5");
     unsetenv("POS_DOCKER");
     CHECK(relay_config_load(&c, path, err, sizeof(err)) == 0);
     CHECK(c.port == 9000);
@@ -113,6 +115,7 @@ static void test_values_and_docker(void)
     CHECK(c.retry_above == 0 && c.gso == 0 && c.quic_fallback == 1);
     CHECK(c.punch == 0 && c.punch_min_interval_ms == 100);
     CHECK(c.ticket_lifetime_s == 0);
+    CHECK(c.park_lifetime_s == 0 && c.park_keepalive_s == 3600 && c.max_parked == 5);
     CHECK(c.workers == 3);
     relay_config_free(&c);
 
@@ -174,6 +177,16 @@ static void test_refusals(void)
         {"\"ticket_lifetime\": -1", "\"ticket_lifetime\""},
         {"\"ticket_lifetime\": \"3600\"", "\"ticket_lifetime\""},
         {"\"ticket_lifetime\": 1.5", "\"ticket_lifetime\""},
+        {"\"park_lifetime\": 86401", "\"park_lifetime\""},
+        {"\"park_lifetime\": -1", "\"park_lifetime\""},
+        {"\"park_keepalive\": 0", "\"park_keepalive\""},
+        {"\"park_keepalive\": 3601", "\"park_keepalive\""},
+        /* two keep-alives must fit in a lifetime */
+        {"\"park_lifetime\": 40", "\"park_keepalive\""},
+        {"\"park_lifetime\": 10, \"park_keepalive\": 5", "\"park_keepalive\""},
+        {"\"max_parked\": 0", "\"max_parked\""},
+        {"\"max_parked\": 16777217", "\"max_parked\""},
+        {"\"max_parked\": \"1000\"", "\"max_parked\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         relay_config c;

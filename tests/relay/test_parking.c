@@ -1,0 +1,201 @@
+/*
+ * Unit tests of the relay's parked-record table (relay/parking.c) without
+ * sockets, Redis or a clock: record ids and their worker bits, lookups by
+ * id and by peer, the keep-alive verdicts (valid, replayed, forged, too
+ * soon, unknown, roaming), the wake schedule, lifetimes and token expiry,
+ * token groups, reuse of a freed index, and the full table.
+ */
+#include <arpa/inet.h>
+#include <sodium.h>
+#include <string.h>
+
+#include "check.h"
+#include "parking.h"
+
+static struct sockaddr_in addr4(const char *ip, int port)
+{
+    struct sockaddr_in in;
+    memset(&in, 0, sizeof(in));
+    in.sin_family = AF_INET;
+    in.sin_port = htons((uint16_t)port);
+    inet_pton(AF_INET, ip, &in.sin_addr);
+    return in;
+}
+
+static relay_parked *add(relay_park *t, uint8_t peer, const uint8_t *key, const char *token,
+                         int64_t now, int *err)
+{
+    uint8_t pk[32];
+    struct sockaddr_in a = addr4("192.0.2.1", 1000 + peer);
+    relay_limits lim;
+    memset(&lim, 0, sizeof(lim));
+    memset(pk, 0, sizeof(pk));
+    pk[0] = peer;
+    pk[5] = (uint8_t)(peer * 7);
+    return relay_park_add(t, pk, key, (struct sockaddr *)&a, 0, 3, token, &lim, NULL, now, err);
+}
+
+static enum relay_park_verdict ka(relay_park *t, uint64_t id, uint64_t counter, const uint8_t *key,
+                                  const char *ip, int port, int64_t now, int *moved, uint8_t *ack)
+{
+    uint8_t d[POS_PARK_LEN];
+    struct sockaddr_in a = addr4(ip, port);
+    relay_parked *r;
+    pos_park_encode(d, sizeof(d), POS_PARK_KEEPALIVE, id, counter, key);
+    return relay_park_keepalive(t, d, sizeof(d), (struct sockaddr *)&a, 1, now, ack, &r, moved);
+}
+
+static void test_ids_and_keepalives(void)
+{
+    uint8_t key[32], other[32], ack[POS_PARK_LEN];
+    relay_circuits *circ = relay_circuits_new(1024, 1);
+    relay_park *t = relay_park_new(8);
+    int err = 0, moved = 0;
+    pos_park_msg m;
+
+    randombytes_buf(key, sizeof(key));
+    randombytes_buf(other, sizeof(other));
+    CHECK(relay_circuits_set_workers(circ, 4) == 0);
+    relay_park_set_route(t, circ);
+    relay_parked *r = add(t, 1, key, "tok-a", 1000, &err);
+    CHECK(r != NULL && r->id != 0 && t->n == 1);
+    /* the high half routes like a circuit id: worker 3 of 4 */
+    uint32_t route = pos_park_route(r->id);
+    CHECK(((route >> circ->slot_bits) & 3) == 3);
+    CHECK(relay_park_find(t, r->id) == r && relay_park_find(t, r->id ^ (1ull << 40)) == NULL);
+    CHECK(relay_park_find_peer(t, r->peer_key) == r);
+
+    /* valid: acknowledged with the same counter, maced under the key */
+    CHECK(ka(t, r->id, 1, key, "192.0.2.1", 1001, 2000, &moved, ack) == RELAY_PARK_ACKED);
+    CHECK(!moved && r->seen_ms == 2000);
+    CHECK(pos_park_decode(ack, sizeof(ack), &m) == 0 && m.type == POS_PARK_ACK && m.counter == 1);
+    CHECK(pos_park_verify(&m, key) == 0);
+    /* within a second of the last one: dropped before any crypto */
+    CHECK(ka(t, r->id, 2, key, "192.0.2.1", 1001, 2500, &moved, ack) == RELAY_PARK_DROP_RATE);
+    /* replayed, forged, unknown */
+    CHECK(ka(t, r->id, 1, key, "192.0.2.1", 1001, 3100, &moved, ack) == RELAY_PARK_DROP_REPLAY);
+    CHECK(ka(t, r->id, 5, other, "192.0.2.1", 1001, 3100, &moved, ack) == RELAY_PARK_DROP_MAC);
+    CHECK(ka(t, r->id + 1, 5, key, "192.0.2.1", 1001, 3100, &moved, ack) ==
+          RELAY_PARK_DROP_UNKNOWN);
+    uint8_t junk[POS_PARK_LEN] = {POS_PARK_WAKE};
+    relay_parked *rr;
+    CHECK(relay_park_keepalive(t, junk, 5, NULL, 0, 3100, ack, &rr, &moved) ==
+          RELAY_PARK_DROP_FORM);
+    CHECK(r->ka_counter == 1 && r->seen_ms == 2000); /* nothing of that changed the record */
+    /* roaming: a valid one from elsewhere moves the record */
+    CHECK(ka(t, r->id, 7, key, "198.51.100.9", 4444, 3200, &moved, ack) == RELAY_PARK_ACKED);
+    CHECK(moved && r->addr.port == htons(4444) && r->sock == 1);
+    struct sockaddr_storage ss;
+    CHECK(relay_park_addr(r, &ss) == sizeof(struct sockaddr_in) && ss.ss_family == AF_INET);
+
+    /* freed and reused: the old id no longer finds the new record */
+    uint64_t old = r->id;
+    relay_park_remove(t, r);
+    CHECK(t->n == 0 && relay_park_find(t, old) == NULL &&
+          relay_park_token_find(t, "tok-a") == NULL);
+    relay_parked *r2 = add(t, 2, key, "tok-a", 4000, &err);
+    CHECK(r2 == r && r2->id != old && relay_park_find(t, old) == NULL);
+    relay_park_del(t);
+    relay_circuits_del(circ);
+}
+
+static int sent;
+static uint64_t last_counter;
+static void on_wake(void *arg, relay_parked *r, const uint8_t *d, size_t len)
+{
+    pos_park_msg m;
+    CHECK(len == POS_PARK_LEN && pos_park_decode(d, len, &m) == 0 && m.type == POS_PARK_WAKE);
+    CHECK(m.record_id == r->id && pos_park_verify(&m, arg) == 0);
+    CHECK(m.counter > last_counter);
+    last_counter = m.counter;
+    sent++;
+}
+
+static void test_wakes(void)
+{
+    uint8_t key[32];
+    relay_park *t = relay_park_new(4);
+    int err;
+    randombytes_buf(key, sizeof(key));
+    relay_parked *r = add(t, 1, key, "tok", 0, &err);
+    CHECK(relay_park_wake_due(t, 0, on_wake, key) == -1); /* nobody waking */
+    relay_park_wake(t, r, 10000);
+    CHECK(relay_park_wake_due(t, 10000, on_wake, key) == 10250 && sent == 1);
+    relay_park_wake(t, r, 10100); /* under way: unchanged */
+    CHECK(relay_park_wake_due(t, 10249, on_wake, key) == 10250 && sent == 1);
+    CHECK(relay_park_wake_due(t, 10250, on_wake, key) == 10500 && sent == 2);
+    CHECK(relay_park_wake_due(t, 10500, on_wake, key) == 11000 && sent == 3);
+    CHECK(relay_park_wake_due(t, 11000, on_wake, key) == 12000 && sent == 4);
+    /* the fifth and last, then held on the list (its client is expected) until 10 s */
+    CHECK(relay_park_wake_due(t, 12000, on_wake, key) == 10000 + RELAY_PARK_WAKE_HOLD_MS);
+    CHECK(sent == 5 && t->waking != 0);
+    CHECK(relay_park_wake_due(t, 15000, on_wake, key) == 10000 + RELAY_PARK_WAKE_HOLD_MS);
+    CHECK(sent == 5);
+    /* a new CONNECT during the hold wakes again, counters still rising */
+    relay_park_wake(t, r, 16000);
+    CHECK(relay_park_wake_due(t, 16000, on_wake, key) == 16250 && sent == 6);
+    relay_park_remove(t, r); /* ending a waking record takes it off the list */
+    CHECK(t->waking == 0 && relay_park_wake_due(t, 17000, on_wake, key) == -1);
+    relay_park_del(t);
+}
+
+static int expired, presence;
+static void on_expired(void *arg, relay_parked *r)
+{
+    expired++;
+    relay_park_remove(arg, r);
+}
+static void on_presence(void *arg, relay_parked *r)
+{
+    (void)arg;
+    presence++;
+    r->presence_ms = 100000;
+}
+
+static void test_sweep_tokens_and_full(void)
+{
+    uint8_t key[32] = {1};
+    relay_park *t = relay_park_new(300);
+    int err = 0;
+    /* many records: the peer hash grows, every one is still found */
+    for (int i = 0; i < 300; i++) {
+        uint8_t pk[32] = {0};
+        struct sockaddr_in a = addr4("192.0.2.7", 2000 + i);
+        relay_limits lim;
+        memset(&lim, 0, sizeof(lim));
+        lim.expires_at = i < 10 ? 5000 : 0; /* the token "exp" expires at unix 5000 */
+        memcpy(pk, &i, sizeof(i));
+        pk[31] = 9;
+        CHECK(relay_park_add(t, pk, key, (struct sockaddr *)&a, 0, 0, i < 10 ? "exp" : "keep", &lim,
+                             NULL, 1000 + (i >= 150) * 50000, &err) != NULL);
+    }
+    CHECK(t->n == 300 && t->nb >= 300);
+    CHECK(add(t, 1, key, "keep", 0, &err) == NULL && err == RELAY_PARK_ERR_FULL);
+    for (int i = 0; i < 300; i++) {
+        uint8_t pk[32] = {0};
+        memcpy(pk, &i, sizeof(i));
+        pk[31] = 9;
+        CHECK(relay_park_find_peer(t, pk) != NULL);
+    }
+    relay_park_token *g = relay_park_token_find(t, "exp");
+    CHECK(g && g->count == 10 && relay_park_token_find(t, "keep")->count == 290);
+    /* at 61 s: the first 150 are 60 s old (lifetime 60 s), the token "exp" expired */
+    CHECK(relay_park_sweep(t, 61000, 6000, 60000, 60000, 1000, on_expired, on_presence, t) == 300);
+    CHECK(expired == 150 && t->n == 150 && relay_park_token_find(t, "exp") == NULL);
+    CHECK(presence == 0); /* the others wrote theirs at 51 s */
+    /* slices, round robin: indexes 0..199 (the first 150 free now), then 200..299 and 0..99 */
+    CHECK(relay_park_sweep(t, 111000, 6000, 120000, 60000, 200, on_expired, on_presence, t) == 200);
+    CHECK(presence == 50);
+    CHECK(relay_park_sweep(t, 111000, 6000, 120000, 60000, 200, on_expired, on_presence, t) == 200);
+    CHECK(presence == 150 && expired == 150);
+    relay_park_del(t);
+}
+
+int main(void)
+{
+    CHECK(sodium_init() >= 0);
+    test_ids_and_keepalives();
+    test_wakes();
+    test_sweep_tokens_and_full();
+    return check_finish("test_parking");
+}
