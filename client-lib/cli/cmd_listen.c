@@ -29,8 +29,10 @@
 #define MAX_ALLOW 64
 #define MAX_XFERS 64 /* files in flight per session */
 #define RECHECK_DEFAULT_S 300
-#define RETRY_FIRST_MS 1000    /* the first pause after no relay could be reached... */
-#define RETRY_MAX_DEFAULT_S 30 /* ...doubling up to this (--retry-max) */
+#define RETRY_FIRST_MS 1000     /* the first pause after no relay could be reached... */
+#define RETRY_MAX_DEFAULT_S 30  /* ...doubling up to this (--retry-max) */
+#define PARK_AFTER_DEFAULT_S 20 /* the home relay connection parks after this idle time */
+enum { OPT_PARK_AFTER = 0x300, OPT_PARK_KEEPALIVE, OPT_NO_PARK };
 
 struct peer;
 
@@ -40,6 +42,8 @@ struct opts {
     unsigned port;
     int64_t recheck_s;   /* measure the other relays this often (0: never) */
     int64_t retry_max_s; /* longest pause between attempts to find a relay */
+    long park_after_s;   /* park the home connection after this idle time (0: never) */
+    long park_ka_s;      /* parked: keep-alive interval (0: the relay's) */
     enum pos_mdns_mode mdns_mode;
     pos_p2p_punch_options punch;
     pos_mdns *mdns; /* advertising on the local network (NULL: not) */
@@ -76,43 +80,53 @@ static void on_stop_signal(int sig)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
-            "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n"
-            "                      [--recheck SECONDS] [--retry-max SECONDS]\n"
-            "                      [--max-file-size SIZE] [--max-transfers N]\n"
-            "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n"
-            "                      [--transfer-idle-timeout DURATION]\n"
-            "                      [--mdns enabled|contacts-only|disabled] [--no-punch]\n"
-            "                      [--punch-window SECONDS] [--punch-retry SECONDS]\n\n"
-            "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
-            "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
-            "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
-            "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
-            "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT; a\n"
-            "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n"
-            "A relayed session tries to go direct (hole punching); each change of path is\n"
-            "printed (\"path of PEER_ID: relayed -> direct to ADDR (rtt N ms)\", and back).\n\n"
-            "  --out DIR          where received files go (must exist)\n"
-            "  --port N           UDP port (default: any free port; 7373 with POS_DOCKER=true)\n"
-            "  --api-url URL      discovery API: also be reachable through a relay\n"
-            "  --token TOKEN      relay access token (or $POS_TOKEN)\n"
-            "  --relay-id UUID    use this relay as home relay\n"
-            "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
-            "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
-            "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n"
-            "  --mdns MODE        advertise this device on the local network so that 'send'\n"
-            "                     finds it by its peer id: enabled (default), contacts-only\n"
-            "                     (a tag only contacts recognise) or disabled\n"
-            "%s"
-            "  --recheck SECONDS  measure the other relays this often and move only to one\n"
-            "                     clearly faster (30%% and 10 ms; default %d, 0: never).\n"
-            "                     Measuring never changes where peers find this device\n"
-            "  --retry-max SECONDS  when no relay can be reached (its relay restarts, say),\n"
-            "                     try again after 1 s, then twice as long each time up to\n"
-            "                     this (default %d, 1 to 3600); only a refused token stops\n"
-            "%s",
-            cli_punch_usage, RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, listen_limits_usage);
+    fprintf(
+        out,
+        "usage: pos-p2p listen --out DIR [--port N] [--api-url URL --token TOKEN]\n"
+        "                      [--relay-id UUID] [--identity FILE] [--allow PEER_ID]...\n"
+        "                      [--recheck SECONDS] [--retry-max SECONDS]\n"
+        "                      [--max-file-size SIZE] [--max-transfers N]\n"
+        "                      [--max-transfers-per-peer N] [--part-expiry DURATION]\n"
+        "                      [--transfer-idle-timeout DURATION]\n"
+        "                      [--mdns enabled|contacts-only|disabled] [--no-punch]\n"
+        "                      [--punch-window SECONDS] [--punch-retry SECONDS]\n"
+        "                      [--park-after SECONDS] [--park-keepalive SECONDS] [--no-park]\n\n"
+        "Receive files sent with 'pos-p2p send' into DIR. The device is reachable directly\n"
+        "on its UDP port and, with --api-url, through its home relay (the relay with the\n"
+        "lowest round-trip time, or the one --relay-id names). Files are written under a\n"
+        "hidden temporary name, checked (BLAKE2b) and only then renamed; an interrupted\n"
+        "transfer resumes when the sender tries again. Runs until SIGTERM or SIGINT; a\n"
+        "relay that refuses the token (unknown, revoked, expired) ends it with status 1.\n"
+        "A relayed session tries to go direct (hole punching); each change of path is\n"
+        "printed (\"path of PEER_ID: relayed -> direct to ADDR (rtt N ms)\", and back).\n\n"
+        "  --out DIR          where received files go (must exist)\n"
+        "  --port N           UDP port (default: any free port; 7373 with POS_DOCKER=true)\n"
+        "  --api-url URL      discovery API: also be reachable through a relay\n"
+        "  --token TOKEN      relay access token (or $POS_TOKEN)\n"
+        "  --relay-id UUID    use this relay as home relay\n"
+        "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
+        "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
+        "  --allow PEER_ID    accept only these peers (repeatable; default: anyone)\n"
+        "  --mdns MODE        advertise this device on the local network so that 'send'\n"
+        "                     finds it by its peer id: enabled (default), contacts-only\n"
+        "                     (a tag only contacts recognise) or disabled\n"
+        "%s"
+        "  --recheck SECONDS  measure the other relays this often and move only to one\n"
+        "                     clearly faster (30%% and 10 ms; default %d, 0: never).\n"
+        "                     Measuring never changes where peers find this device\n"
+        "  --retry-max SECONDS  when no relay can be reached (its relay restarts, say),\n"
+        "                     try again after 1 s, then twice as long each time up to\n"
+        "                     this (default %d, 1 to 3600); only a refused token stops\n"
+        "  --park-after SECONDS  with no session over the relay for this long, the home\n"
+        "                     relay connection parks: the relay keeps a small record\n"
+        "                     instead of the connection, small keep-alives hold it, and a\n"
+        "                     peer's request wakes this device (default %d, 1 to 86400)\n"
+        "  --park-keepalive SECONDS  parked: a keep-alive this often (default: the\n"
+        "                     relay's interval; 1 to 3600, never longer than the relay's)\n"
+        "  --no-park          keep the home relay connection open (never park)\n"
+        "%s",
+        cli_punch_usage, RECHECK_DEFAULT_S, RETRY_MAX_DEFAULT_S, PARK_AFTER_DEFAULT_S,
+        listen_limits_usage);
 }
 
 /* Over 80 lines: one case per option, each with its own range check and message. */
@@ -130,6 +144,9 @@ static int parse(int argc, char **argv, struct opts *o)
         {"recheck", required_argument, NULL, 'C'},
         {"retry-max", required_argument, NULL, 'R'},
         {"mdns", required_argument, NULL, 'M'},
+        {"park-after", required_argument, NULL, OPT_PARK_AFTER},
+        {"park-keepalive", required_argument, NULL, OPT_PARK_KEEPALIVE},
+        {"no-park", no_argument, NULL, OPT_NO_PARK},
         CLI_PUNCH_LONGOPTS,
         LISTEN_LIMITS_LONGOPTS,
         {NULL, 0, NULL, 0},
@@ -141,6 +158,7 @@ static int parse(int argc, char **argv, struct opts *o)
     o->token = getenv("POS_TOKEN");
     o->recheck_s = RECHECK_DEFAULT_S;
     o->retry_max_s = RETRY_MAX_DEFAULT_S;
+    o->park_after_s = PARK_AFTER_DEFAULT_S;
     listen_limits_init(&o->limits);
     pos_p2p_punch_options_default(&o->punch);
     optind = 1;
@@ -192,6 +210,20 @@ static int parse(int argc, char **argv, struct opts *o)
             o->retry_max_s = v;
             break;
         }
+        case OPT_PARK_AFTER:
+        case OPT_PARK_KEEPALIVE: {
+            long v = strtol(optarg, &end, 10), max = ch == OPT_PARK_AFTER ? 86400 : 3600;
+            if (*end || end == optarg || v < 1 || v > max) {
+                fprintf(stderr, "pos-p2p listen: --%s wants seconds from 1 to %ld\n",
+                        ch == OPT_PARK_AFTER ? "park-after" : "park-keepalive", max);
+                return 2;
+            }
+            *(ch == OPT_PARK_AFTER ? &o->park_after_s : &o->park_ka_s) = v;
+            break;
+        }
+        case OPT_NO_PARK:
+            o->park_after_s = 0;
+            break;
         case 'M':
             if (cli_mdns_mode_parse(optarg, &o->mdns_mode) != 0) {
                 fprintf(stderr, "pos-p2p listen: --mdns must be enabled, contacts-only or "
@@ -504,6 +536,7 @@ struct watch {
     int64_t retry_at_ms;   /* without home: when to look again (-1: never) */
     int64_t retry_ms;      /* the pause after the next failed look */
     char gone_id[64];      /* the home relay that just said it is going away ("" none) */
+    int parked;            /* the home connection's parked state last printed */
 };
 
 /*
@@ -520,7 +553,28 @@ static int relay_event(void *arg)
     if (!w->home)
         return w->retry_at_ms >= 0 && now >= w->retry_at_ms;
     pos_p2p_relay_get_status(w->home, &st);
-    return st.state == POS_P2P_RELAY_FAILED || (w->recheck_at_ms >= 0 && now >= w->recheck_at_ms);
+    return st.state == POS_P2P_RELAY_FAILED || pos_p2p_relay_parked(w->home) != w->parked ||
+           (w->recheck_at_ms >= 0 && now >= w->recheck_at_ms);
+}
+
+/* tell_parked prints when the home connection parked or woke up. */
+static void tell_parked(struct watch *w, const pos_p2p_relay_status *st)
+{
+    static const char *const why[] = {"", "woken by the relay: a peer asks for this device",
+                                      "a request of this device",
+                                      "keep-alives unanswered: the relay restarted or lost the "
+                                      "record"};
+    int parked = pos_p2p_relay_parked(w->home);
+    if (parked == w->parked)
+        return;
+    w->parked = parked;
+    if (parked)
+        printf("relay: parked (keep-alive every %u s)\n", st->park_keepalive_s);
+    else if (st->state == POS_P2P_RELAY_ACCEPTED)
+        printf("relay: awake (%s)\n", st->awake_reason >= 1 && st->awake_reason <= 3
+                                          ? why[st->awake_reason]
+                                          : "reconnected");
+    fflush(stdout);
 }
 
 /* switch_home hands |next| to the sessions and closes the old home relay. */
@@ -532,6 +586,7 @@ static void switch_home(pos_p2p_endpoint *ep, struct watch *w, pos_p2p_relay *ne
         pos_p2p_relay_close(w->home);
     }
     w->home = next;
+    w->parked = 0;
     pos_p2p_session_use_relay(ep, next);
     printf("relay: %s at %s\n", info->id, info->addrs[0]);
     fflush(stdout);
@@ -646,6 +701,7 @@ static int serve(pos_p2p_endpoint *ep, struct opts *o, struct watch *w, pos_p2p_
             continue;
         }
         pos_p2p_relay_get_status(w->home, &st);
+        tell_parked(w, &st);
         if (st.state != POS_P2P_RELAY_FAILED) {
             if (w->recheck_at_ms >= 0 && now >= w->recheck_at_ms) {
                 recheck(ep, o, w, info);
@@ -677,7 +733,7 @@ int cmd_listen(int argc, char **argv)
     pos_p2p_endpoint *ep = NULL;
     pos_p2p_relay_info info;
     struct sigaction sa;
-    struct watch w = {NULL, -1, -1, RETRY_FIRST_MS, ""};
+    struct watch w = {NULL, -1, -1, RETRY_FIRST_MS, "", 0};
     int rv = parse(argc, argv, &o), status = 1;
 
     if (rv)
@@ -706,6 +762,7 @@ int cmd_listen(int argc, char **argv)
     }
     if (cli_punch_apply("pos-p2p listen", ep, &o.punch) != 0)
         goto out;
+    pos_p2p_endpoint_set_park(ep, (int)o.park_after_s * 1000, (int)o.park_ka_s * 1000);
     pos_p2p_endpoint_listen(ep, allow_peer, on_session, &o);
     pos_p2p_identity_peer_id(id, peer_id);
     printf("peer id: %s\n", peer_id);

@@ -49,6 +49,8 @@ struct pos_p2p_endpoint {
     struct ep_conn *listener; /* the session layer: new peers' Initials */
     uint64_t frames_dropped;
     int nat;            /* enum pos_p2p_nat_mapping (pos_p2p_endpoint_set_nat_mapping) */
+    int park_idle_ms;   /* pos_p2p_endpoint_set_park: 0 never */
+    int park_ka_ms;     /* 0: the relay's interval */
     ep_io io;           /* send NULL: the sockets */
     struct ep_txq *txq; /* datagrams gathered while held (GSO runs) */
     struct ep_rxq *rxq; /* receive buffers; NULL without sockets */
@@ -433,6 +435,26 @@ int pos_p2p_endpoint_set_nat_mapping(pos_p2p_endpoint *ep, int mapping)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     ep->nat = mapping;
     return 0;
+}
+
+int pos_p2p_endpoint_set_park(pos_p2p_endpoint *ep, int idle_ms, int keepalive_ms)
+{
+    if (!ep || (idle_ms != 0 && (idle_ms < 1000 || idle_ms > 86400000)) ||
+        (keepalive_ms != 0 && (keepalive_ms < 1000 || keepalive_ms > 3600000)))
+        return POS_P2P_ERR_INVALID_ARGUMENT;
+    ep->park_idle_ms = idle_ms;
+    ep->park_ka_ms = keepalive_ms;
+    return 0;
+}
+
+int ep_park_idle_ms(const pos_p2p_endpoint *ep)
+{
+    return ep->park_idle_ms;
+}
+
+int ep_park_keepalive_ms(const pos_p2p_endpoint *ep)
+{
+    return ep->park_ka_ms;
 }
 
 int pos_p2p_endpoint_nat_mapping(const pos_p2p_endpoint *ep)

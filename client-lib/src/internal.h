@@ -137,6 +137,10 @@ struct relay_tickets *ep_tickets(const pos_p2p_endpoint *ep); /* relays' tickets
  * device's interface addresses changed (netlink; never with ep_new_io).
  */
 uint32_t ep_addr_gen(const pos_p2p_endpoint *ep);
+/* ep_park_idle_ms / ep_park_keepalive_ms: pos_p2p_endpoint_set_park's values (0: never / relay's)
+ */
+int ep_park_idle_ms(const pos_p2p_endpoint *ep);
+int ep_park_keepalive_ms(const pos_p2p_endpoint *ep);
 
 /* quic_client.c, for the session layer (hole punching, pos-relay/2) */
 /*

@@ -17,7 +17,9 @@
 #include "ctrl.h"
 #include "frame.h"
 #include "internal.h"
+#include "park.h"
 #include "quic_common.h"
+#include "relay_park.h"
 #include "relay_proto.h"
 #include "sendq.h"
 
@@ -25,6 +27,7 @@
 #define MAX_INCOMING 64       /* INCOMING requests not yet answered */
 #define MAX_EVENTS 64         /* events decoded during one packet, delivered after it */
 #define MAX_REQ_PENDING 65536 /* request bytes not yet acknowledged by the relay */
+#define REJOIN_MS 10000       /* a parked connection's reconnect: at most this long */
 
 struct pos_p2p_relay {
     struct ep_conn conn; /* first: ngtcp2's user_data starts with its cid_ops */
@@ -67,9 +70,24 @@ struct pos_p2p_relay {
     uint8_t close_pending;   /* pos_p2p_relay_close was called from a callback */
     uint8_t version;         /* POS_CTRL_V1 / V2 once the handshake chose the ALPN; 0 before */
     relay_punch_cb on_punch; /* PUNCH_START (version 2) goes there at once */
+    struct relay_park *park; /* home connections: parking (relay_park.h); NULL otherwise */
+    struct sendq *held;      /* requests made while parking or parked: sent once awake */
+    uint8_t rejoining;       /* was parked, reconnecting: until WELCOME */
 };
 
 static const struct ep_conn_ops relay_conn_ops;
+
+/* connecting: no WELCOME yet on this QUIC connection (the first one, or after parking). */
+static int connecting(const pos_p2p_relay *r)
+{
+    return r->st.state == POS_P2P_RELAY_CONNECTING || r->rejoining;
+}
+
+/* holding: requests wait in |held| (parking asked, parked, or reconnecting). */
+static int holding(const pos_p2p_relay *r)
+{
+    return r->rejoining || relay_park_state(r->park) != RELAY_PARK_AWAKE;
+}
 
 /* ---- ending ---- */
 
@@ -134,7 +152,7 @@ static void on_peer_close(pos_p2p_relay *r)
     int err;
     ngtcp2_conn_get_connection_close_error(r->qc, &cc);
     r->st.close_code = cc.error_code;
-    err = relay_close_error(&cc, r->st.state == POS_P2P_RELAY_ACCEPTED, reason, sizeof(reason));
+    err = relay_close_error(&cc, !connecting(r), reason, sizeof(reason));
     fail(r, err, reason);
 }
 
@@ -202,8 +220,36 @@ static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
     ngtcp2_conn_stat cs;
     ngtcp2_conn_get_conn_stat(r->qc, &cs);
     relay_status_welcome(&r->st, m, (double)cs.smoothed_rtt / 1e6);
-    wipe_token(r);
+    if (!r->park)
+        wipe_token(r); /* a home connection keeps it: it reconnects after parking */
     ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(m->idle_timeout_s));
+}
+
+static int push_event(pos_p2p_relay *r, const pos_p2p_relay_event *ev);
+
+/* release_held: the requests made while parking or parked go out on the request stream. */
+static void release_held(pos_p2p_relay *r)
+{
+    const uint8_t *d;
+    size_t n;
+    if (sendq_pending(r->held, &d, &n) &&
+        (r->req_stream >= 0 || ngtcp2_conn_open_bidi_stream(r->qc, &r->req_stream, NULL) == 0))
+        sendq_append(&r->rq, d, n); /* out of memory: lost, as the answers tell */
+    sendq_free(&r->held);
+}
+
+/* on_rewelcome: WELCOME after parking: awake again (event), held requests go. */
+static void on_rewelcome(pos_p2p_relay *r)
+{
+    pos_p2p_relay_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = POS_P2P_RELAY_EV_AWAKE;
+    ev.code = (uint16_t)relay_park_awake_code(r->park);
+    r->rejoining = 0;
+    r->st.awake_reason = ev.code;
+    relay_park_activity(r->park, pos_p2p_now_ms());
+    release_held(r);
+    push_event(r, &ev);
 }
 
 static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept);
@@ -225,15 +271,15 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
             r->on_punch(r->cb_arg, r, m);
         return 0;
     }
+    relay_park_activity(r->park, pos_p2p_now_ms());
+    if (m->type == POS_CTRL_ERROR && relay_park_error(r->park, m->req_id, pos_p2p_now_ms())) {
+        release_held(r); /* PARK refused: awake, asks again after the idle time */
+        return 0;
+    }
+    if (m->type == POS_CTRL_CIRCUIT || m->type == POS_CTRL_ERROR || m->type == POS_CTRL_REDIRECT)
+        relay_park_answered(r->park, m->req_id);
     if (relay_event_from_msg(m, &ev) != 0)
         return -1;
-    if (!r->evq) {
-        r->evq = calloc(MAX_EVENTS, sizeof(*r->evq));
-        if (!r->evq)
-            return 0; /* out of memory: the event is lost, the connection goes on */
-    }
-    if (r->n_ev >= MAX_EVENTS)
-        return -1; /* far more messages in one packet than the relay ever sends */
     switch (m->type) {
     case POS_CTRL_INCOMING:
         if (r->n_incoming >= MAX_INCOMING) {
@@ -265,7 +311,17 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
     default:
         break;
     }
-    r->evq[r->n_ev++] = ev;
+    return push_event(r, &ev);
+}
+
+/* push_event queues |ev| for delivery once ngtcp2 returns. 0, or -1 (too many). */
+static int push_event(pos_p2p_relay *r, const pos_p2p_relay_event *ev)
+{
+    if (!r->evq && !(r->evq = calloc(MAX_EVENTS, sizeof(*r->evq))))
+        return 0; /* out of memory: the event is lost, the connection goes on */
+    if (r->n_ev >= MAX_EVENTS)
+        return -1; /* far more messages in one packet than the relay ever sends */
+    r->evq[r->n_ev++] = *ev;
     return 0;
 }
 
@@ -290,12 +346,16 @@ static int cb_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_i
         return NGTCP2_ERR_CALLBACK_FAILURE;
     while ((rv = pos_ctrl_reader_next_version(&r->rd, r->version ? r->version : POS_CTRL_V1, &m)) ==
            1) {
-        if (m.type == POS_CTRL_WELCOME && r->st.state == POS_P2P_RELAY_CONNECTING) {
+        if (m.type == POS_CTRL_WELCOME && connecting(r)) {
             on_welcome(r, &m);
+            if (r->rejoining)
+                on_rewelcome(r);
+        } else if (m.type == POS_CTRL_PARKED && !connecting(r)) {
+            relay_park_parked(r->park, &m, pos_p2p_now_ms()); /* not asked for: ignored */
         } else if (m.type == POS_CTRL_GOAWAY) {
             snprintf(r->st.reason, sizeof(r->st.reason), "%s", m.text);
             on_circuit_msg(r, &m);
-        } else if (r->st.state == POS_P2P_RELAY_ACCEPTED) {
+        } else if (!connecting(r)) {
             rv = on_circuit_msg(r, &m);
             pos_ctrl_msg_wipe(&m); /* a PUNCH_START's key */
             if (rv != 0)
@@ -329,6 +389,8 @@ static int cb_handshake_completed(ngtcp2_conn *qc, void *user_data)
         return NGTCP2_ERR_CALLBACK_FAILURE;
     if (relay_tls_done(r->tls, &r->pin, &r->version) != 0)
         return NGTCP2_ERR_CALLBACK_FAILURE; /* a resumed session's key is not the pinned one */
+    if (r->park && r->version >= POS_CTRL_V4)
+        relay_park_derive(r->park, r->tls); /* before the TLS session goes (relay_drop_tls) */
     relay_msg_hello(&m, r->ep, r->token, r->token_len, r->hello_flags, r->version);
     rv = queue_ctrl(r, &m);
     pos_ctrl_msg_wipe(&m);
@@ -401,6 +463,8 @@ static void relay_free(pos_p2p_relay *r)
     pos_ctrl_reader_wipe(&r->rd);
     sendq_free(&r->out);
     sendq_free(&r->rq);
+    sendq_free(&r->held);
+    relay_park_free(r->park);
     free(r->circuits);
     free(r->evq);
     free(r);
@@ -449,6 +513,8 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
         goto out_free;
     memcpy(r->token, token, tlen);
     r->token_len = tlen;
+    if (!(flags & POS_P2P_RELAY_NOT_HOME) && !(r->park = relay_park_new(ep, pos_p2p_now_ms())))
+        goto out_free;
     ep_conn_attach(&r->conn);
     rv = make_conn(r);
     if (rv != 0) {
@@ -462,6 +528,7 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
     *out = r;
     return 0;
 out_free: /* not attached yet */
+    wipe_token(r);
     free(r);
     return rv;
 }
@@ -551,7 +618,7 @@ static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t
         if (dispatch_events(r) != 0)
             return; /* closed from a callback */
     }
-    relay_drop_tls(r->ep, r->qc, &r->tls, &r->pin, r->st.state != POS_P2P_RELAY_CONNECTING);
+    relay_drop_tls(r->ep, r->qc, &r->tls, &r->pin, !connecting(r));
     conn_write(r);
 }
 
@@ -560,12 +627,12 @@ static int64_t relay_deadline(const struct ep_conn *c)
     const pos_p2p_relay *r = (const pos_p2p_relay *)c;
     ngtcp2_tstamp exp;
     int64_t d;
-    if (r->dead)
+    if (r->dead || !r->qc)
         return -1;
     exp = ngtcp2_conn_get_expiry(r->qc);
     d = exp == UINT64_MAX ? -1 : (int64_t)(exp / 1000000) + 1;
     /* translate from ngtcp2's clock (ns, monotonic) to ours (ms, monotonic): same origin */
-    if (r->st.state == POS_P2P_RELAY_CONNECTING && (d < 0 || r->attempt_deadline_ms < d))
+    if (connecting(r) && (d < 0 || r->attempt_deadline_ms < d))
         d = r->attempt_deadline_ms;
     return d;
 }
@@ -573,9 +640,9 @@ static int64_t relay_deadline(const struct ep_conn *c)
 static void qc_on_deadline(pos_p2p_relay *r)
 {
     int rv;
-    if (r->dead)
+    if (r->dead || !r->qc)
         return;
-    if (r->st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() >= r->attempt_deadline_ms) {
+    if (connecting(r) && pos_p2p_now_ms() >= r->attempt_deadline_ms) {
         ngtcp2_connection_close_error ccerr;
         ngtcp2_connection_close_error_default(&ccerr);
         ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
@@ -587,7 +654,7 @@ static void qc_on_deadline(pos_p2p_relay *r)
     }
     rv = ngtcp2_conn_handle_expiry(r->qc, pos_quic_now());
     if (rv == NGTCP2_ERR_IDLE_CLOSE) {
-        fail(r, r->st.state == POS_P2P_RELAY_ACCEPTED ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_TIMEOUT,
+        fail(r, !connecting(r) ? POS_P2P_ERR_CLOSED : POS_P2P_ERR_TIMEOUT,
              "the relay stopped answering (idle timeout)");
         return;
     }
@@ -645,7 +712,13 @@ void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_eve
     r->cb_arg = arg;
 }
 
-/* queue_request appends |m| to the request stream (opened on first use). 0 or a POS_P2P_ERR_*. */
+static void rejoin(pos_p2p_relay *r, int code);
+
+/*
+ * queue_request appends |m| to the request stream (opened on first use), or
+ * while parking or parked holds it until awake (a parked connection
+ * reconnects for it). 0 or a POS_P2P_ERR_*.
+ */
 static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     uint8_t buf[POS_CTRL_MAX_MSG];
@@ -655,6 +728,15 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED)
         return POS_P2P_ERR_INVALID_ARGUMENT;
+    relay_park_activity(r->park, pos_p2p_now_ms());
+    if (holding(r)) {
+        if (sendq_unacked(r->held) + (size_t)n > MAX_REQ_PENDING ||
+            sendq_append(&r->held, buf, (size_t)n) != 0)
+            return POS_P2P_ERR_NOMEM;
+        if (relay_park_state(r->park) == RELAY_PARK_PARKED)
+            rejoin(r, POS_P2P_AWAKE_REQUEST);
+        return 0;
+    }
     if (r->req_stream < 0 && ngtcp2_conn_open_bidi_stream(r->qc, &r->req_stream, NULL) != 0)
         return POS_P2P_ERR_NOMEM; /* no stream credit: cannot happen with one request stream */
     if (sendq_unacked(r->rq) + (size_t)n > MAX_REQ_PENDING)
@@ -664,7 +746,7 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
 
 static void flush(pos_p2p_relay *r)
 {
-    if (!r->in_read)
+    if (!r->in_read && r->qc)
         conn_write(r); /* inside ngtcp2: relay_input writes once it returns */
 }
 
@@ -683,6 +765,7 @@ int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *
     rv = queue_request(r, &m);
     if (rv != 0)
         return rv;
+    relay_park_request(r->park, m.req_id); /* parking waits for its answer */
     *req_id = m.req_id;
     flush(r);
     return 0;
@@ -718,8 +801,8 @@ static const ngtcp2_addr *relay_addr(const pos_p2p_relay *r)
 int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
     int rv;
-    if (!r || r->version < POS_CTRL_V2)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
+    if (!r || r->version < POS_CTRL_V2 || holding(r))
+        return POS_P2P_ERR_INVALID_ARGUMENT; /* punching needs a circuit: none while parked */
     if ((rv = queue_request(r, m)) == 0)
         flush(r);
     return rv;
@@ -729,6 +812,10 @@ void relay_ping(pos_p2p_relay *r)
 {
     if (!r || r->dead || r->in_read || r->st.state != POS_P2P_RELAY_ACCEPTED)
         return;
+    if (!r->qc || r->rejoining) {
+        relay_park_roam(r->park, pos_p2p_now_ms()); /* parked: a keep-alive moves the record */
+        return;
+    }
     ngtcp2_conn_set_keep_alive_timeout(r->qc, 1); /* expired: the next packet carries a PING */
     conn_write(r);
     ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(r->st.idle_timeout_s));
@@ -762,9 +849,15 @@ static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
 {
     pos_p2p_relay *r = (pos_p2p_relay *)c;
     pos_frame f;
+    int rv;
+    if (pos_park_is_park(data, len)) { /* an ack or a wake of a parked connection */
+        if ((rv = relay_park_input(r->park, data, len, from, fromlen)) == 2)
+            rejoin(r, POS_P2P_AWAKE_WOKEN);
+        return rv == 2 ? 0 : rv;
+    }
     if (pos_frame_decode(data, len, &f) != 0)
         return -1;
-    if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED ||
+    if (r->dead || !r->qc || r->st.state != POS_P2P_RELAY_ACCEPTED ||
         !relay_same_addr(from, fromlen, relay_addr(r)))
         return 1;
     if (f.type == POS_FRAME_KEEPALIVE_ACK)
@@ -782,13 +875,151 @@ static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
     return 0;
 }
 
+/* ---- parking (docs/protocol.md "Parking"; the state and keep-alives: relay_park.c) ---- */
+
+int pos_p2p_relay_parked(const pos_p2p_relay *r)
+{
+    return r && !r->dead && relay_park_state(r->park) == RELAY_PARK_PARKED;
+}
+
+/* can_park: an accepted home connection of version 4 with nothing open or in flight. */
+static int can_park(const pos_p2p_relay *r)
+{
+    return !r->dead && r->qc && !connecting(r) && r->version >= POS_CTRL_V4 && !r->n_circuits &&
+           !r->n_incoming && !sendq_unacked(r->rq) && !sendq_unacked(r->out) && !r->held;
+}
+
+/* notify delivers a PARKED or AWAKE event now (not inside ngtcp2). -1: |r| was closed. */
+static int notify(pos_p2p_relay *r, int type)
+{
+    pos_p2p_relay_event ev;
+    if (!r->on_event)
+        return 0;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = type;
+    r->dispatching = 1;
+    r->on_event(r->cb_arg, r, &ev);
+    r->dispatching = 0;
+    if (!r->close_pending)
+        return 0;
+    pos_p2p_relay_close(r);
+    return -1;
+}
+
+static void ask_park(pos_p2p_relay *r, int64_t now)
+{
+    pos_ctrl_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = POS_CTRL_PARK;
+    if (++r->next_req == 0)
+        r->next_req = 1;
+    m.req_id = r->next_req;
+    if (queue_request(r, &m) != 0) {
+        relay_park_activity(r->park, now); /* no memory: try again after the idle time */
+        return;
+    }
+    relay_park_asked(r->park, m.req_id, now);
+    conn_write(r);
+}
+
+/*
+ * go_parked: PARKED came and our ACK of it has left: free the QUIC
+ * connection silently (the relay frees its side too) and everything it
+ * carried, then keep-alives take over.
+ */
+static void go_parked(pos_p2p_relay *r, int64_t now)
+{
+    struct sockaddr_storage to;
+    const ngtcp2_addr *a = relay_addr(r);
+    memset(&to, 0, sizeof(to));
+    memcpy(&to, a->addr, a->addrlen < sizeof(to) ? a->addrlen : sizeof(to));
+    ngtcp2_conn_handle_expiry(r->qc, pos_quic_now()); /* a delayed ACK is due now */
+    conn_write(r);
+    pos_quic_drop_cids(r->qc, r);
+    ngtcp2_conn_del(r->qc);
+    r->qc = NULL;
+    if (r->tls)
+        gnutls_deinit(r->tls);
+    r->tls = NULL;
+    sendq_free(&r->out);
+    sendq_free(&r->rq);
+    pos_ctrl_reader_wipe(&r->rd);
+    r->stream = r->req_stream = -1;
+    free(r->circuits); /* none open (PARK is refused otherwise) */
+    r->circuits = NULL;
+    free(r->evq);
+    r->evq = NULL;
+    r->n_ev = 0;
+    relay_park_enter(r->park, r->sock, &to, now);
+    r->st.park_keepalive_s = (uint32_t)(relay_park_keepalive_ms(r->park) / 1000);
+    r->st.parks++;
+    if (notify(r, POS_P2P_RELAY_EV_PARKED) == 0 && r->held)
+        rejoin(r, POS_P2P_AWAKE_REQUEST); /* a request came while parking */
+}
+
+/*
+ * rejoin: parked, and woken (|code|, enum pos_p2p_awake_reason): a new QUIC
+ * connection and HELLO as home, resuming TLS; requests wait until WELCOME.
+ */
+static void rejoin(pos_p2p_relay *r, int code)
+{
+    int64_t now = pos_p2p_now_ms();
+    if (r->dead || r->qc)
+        return;
+    if (relay_park_state(r->park) == RELAY_PARK_PARKED)
+        relay_park_leave(r->park, code, now);
+    r->rejoining = 1;
+    r->st.park_keepalive_s = 0;
+    r->pin.has_peer = r->pin.mismatch = 0;
+    r->addrs_left = relay_count_addrs(r->ep, &r->info, r->addr_index + 1);
+    r->connect_deadline_ms = now + REJOIN_MS;
+    r->attempt_deadline_ms = relay_attempt_deadline(now, r->connect_deadline_ms, r->addrs_left);
+    if (make_conn(r) != 0) {
+        fail(r, POS_P2P_ERR_NOMEM, "cannot reconnect to the relay");
+        return;
+    }
+    conn_write(r);
+}
+
+static void park_timer(pos_p2p_relay *r, int64_t now)
+{
+    switch (relay_park_timer(r->park, now, can_park(r))) {
+    case RELAY_PARK_ASK:
+        ask_park(r, now);
+        break;
+    case RELAY_PARK_FREE:
+        go_parked(r, now);
+        break;
+    case RELAY_PARK_REJOIN:
+        rejoin(r, relay_park_awake_code(r->park));
+        break;
+    default:
+        break;
+    }
+}
+
 /* ---- the endpoint's view (struct ep_conn; relay_input and relay_deadline above) ---- */
+
+static int64_t park_deadline(const pos_p2p_relay *r)
+{
+    return r->park && !r->dead ? relay_park_deadline(r->park, can_park(r)) : -1;
+}
+
+static int64_t conn_deadline(const struct ep_conn *c)
+{
+    int64_t d = relay_deadline(c), p = park_deadline((const pos_p2p_relay *)c);
+    return d < 0 || (p >= 0 && p < d) ? p : d;
+}
 
 static void relay_timer(struct ep_conn *c, int64_t now)
 {
-    int64_t d = relay_deadline(c);
+    pos_p2p_relay *r = (pos_p2p_relay *)c;
+    int64_t d = relay_deadline(c), p;
     if (d >= 0 && d <= now)
-        qc_on_deadline((pos_p2p_relay *)c);
+        qc_on_deadline(r);
+    p = park_deadline(r);
+    if (p >= 0 && p <= now)
+        park_timer(r, now);
 }
 
 static void relay_destroy(struct ep_conn *c)
@@ -796,5 +1027,5 @@ static void relay_destroy(struct ep_conn *c)
     relay_free((pos_p2p_relay *)c);
 }
 
-static const struct ep_conn_ops relay_conn_ops = {relay_input, relay_frame, relay_deadline,
+static const struct ep_conn_ops relay_conn_ops = {relay_input, relay_frame, conn_deadline,
                                                   relay_timer, relay_destroy};

@@ -252,6 +252,9 @@ typedef struct pos_p2p_relay_status {
     uint32_t idle_timeout_s;
     int64_t accepted_at_ms; /* pos_p2p_now_ms() when accepted, failed_at_ms when failed */
     int64_t failed_at_ms;
+    uint32_t park_keepalive_s; /* parked: the keep-alive interval in use (s); else 0 */
+    int awake_reason;          /* the last reconnect after parking (pos_p2p_awake_reason), 0 none */
+    uint32_t parks;            /* how many times this connection parked */
 } pos_p2p_relay_status;
 
 /*
@@ -298,6 +301,33 @@ void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out)
 /* pos_p2p_relay_close closes the connection (telling the relay) and frees |r| (NULL: nothing). */
 void pos_p2p_relay_close(pos_p2p_relay *r);
 
+/*
+ * Parking (docs/protocol.md "Parking", relays of pos-relay/4): a home
+ * connection with no circuit and no request in flight for |idle_ms| asks the
+ * relay to park it. The relay then keeps a record of a few hundred bytes
+ * instead of the QUIC connection, and so does the library: the QUIC
+ * connection is freed, and a small MACed keep-alive goes to the relay every
+ * |keepalive_ms| from the endpoint's socket (holding the NAT mapping; one at
+ * once when the device's addresses change). A peer's CONNECT makes the relay
+ * send a wake; the connection then reconnects (resuming TLS) and the
+ * INCOMING arrives as usual. Keep-alives unanswered 4 times 2 s (the relay
+ * restarted) also reconnect; a refusal then (token revoked, say) ends in
+ * POS_P2P_RELAY_FAILED as any refusal. While parked the state stays
+ * POS_P2P_RELAY_ACCEPTED (the device is reachable); events
+ * POS_P2P_RELAY_EV_PARKED and POS_P2P_RELAY_EV_AWAKE tell the changes.
+ *
+ * pos_p2p_endpoint_set_park applies to every home connection of |ep|, open
+ * now or later (NOT_HOME connections never park). |idle_ms|: 0 never park
+ * (the default), else 1000..86400000. |keepalive_ms|: 0 the relay's
+ * interval (from PARKED), else 1000..3600000, used only when shorter than
+ * the relay's. Returns 0 on success or POS_P2P_ERR_INVALID_ARGUMENT (NULL
+ * |ep|, a value out of range).
+ */
+int pos_p2p_endpoint_set_park(pos_p2p_endpoint *ep, int idle_ms, int keepalive_ms);
+
+/* pos_p2p_relay_parked: 1 while |r| is parked (its QUIC connection freed), else 0. No errors. */
+int pos_p2p_relay_parked(const pos_p2p_relay *r);
+
 /* ---- circuits: reaching a peer through the relay (data plane) ---- */
 
 #define POS_P2P_ERR_PEER_NOT_CONNECTED -15 /* the peer is connected to no relay we know */
@@ -316,6 +346,15 @@ enum pos_p2p_relay_event_type {
     POS_P2P_RELAY_EV_ERROR = 4,          /* our request failed: |error|, |code|, |text| */
     POS_P2P_RELAY_EV_CIRCUIT_CLOSED = 5, /* |circuit_id| ended */
     POS_P2P_RELAY_EV_GOAWAY = 6,         /* the relay is shutting down: move elsewhere */
+    POS_P2P_RELAY_EV_PARKED = 7,         /* parked: QUIC freed, keep-alives hold the record */
+    POS_P2P_RELAY_EV_AWAKE = 8,          /* connected again after parking: |code| says why */
+};
+
+/* The |code| of POS_P2P_RELAY_EV_AWAKE: why the parked connection reconnected. */
+enum pos_p2p_awake_reason {
+    POS_P2P_AWAKE_WOKEN = 1,   /* the relay woke it: a peer asks for this device */
+    POS_P2P_AWAKE_REQUEST = 2, /* our own request (pos_p2p_relay_request_peer) */
+    POS_P2P_AWAKE_LOST = 3,    /* keep-alives unanswered: the relay restarted or lost the record */
 };
 
 /* One event of a relay control connection; valid only during the callback (copy what you keep). */
@@ -350,10 +389,11 @@ void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_eve
 /*
  * pos_p2p_relay_request_peer asks the relay (accepted state) for |peer_id|.
  * The answer comes as a CIRCUIT, REDIRECT or ERROR event with the same
- * |*req_id|. Returns 0 on success or one of these negative codes:
- * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, peer id not canonical, the
- * connection is not in the accepted state), POS_P2P_ERR_NOMEM (memory, or
- * 64 KiB of requests not yet acknowledged by the relay).
+ * |*req_id|. A parked connection reconnects first and sends the request
+ * once the relay accepted it again (the caller sees no difference but time). Returns 0 on success
+ * or one of these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, peer id not
+ * canonical, the connection is not in the accepted state), POS_P2P_ERR_NOMEM (memory, or 64 KiB of
+ * requests not yet acknowledged by the relay).
  */
 int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id);
 
