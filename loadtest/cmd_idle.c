@@ -4,16 +4,16 @@
  * UDP socket on its own loopback address) connect as home connections, at
  * most C handshakes at once; once all are in, the relay's RSS is read (all
  * awake) and CONNECT-to-circuit is timed for awake peers (the baseline).
- * Then every client parks (pos_p2p_endpoint_set_park), the relay's RSS is
- * read again (all parked), the clients hold S seconds sending keep-alives
- * (relay CPU per keep-alive), CONNECT is timed for parked peers (wake,
- * reconnect, INCOMING, CIRCUIT), and a "nothing lost" run dials parked
- * peers K times, every fourth one just after its NAT mapping changed
- * (idle_pool_rebind), checking that a datagram crosses each circuit.
- * Without parking in the library (an older libpos-p2p) only the awake
- * figures are measured and the output says so.
+ * The clients are held awake S seconds (relay CPU per datagram), then every
+ * client parks (pos_p2p_endpoint_set_park), the relay's RSS is read again
+ * (all parked), the clients hold S seconds sending keep-alives (relay CPU
+ * per keep-alive), CONNECT is timed for parked peers (wake, reconnect,
+ * INCOMING, CIRCUIT), and a "nothing lost" run dials parked peers K times,
+ * some just after their address changed (lost_try), checking that a
+ * datagram crosses each circuit. --park-after 0: the awake figures only.
  */
 #include <getopt.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +23,7 @@
 #include "idle_load.h"
 #include "idle_pool.h"
 #include "idle_shard.h"
+#include "internal.h" /* relay_ping: what the library does when netlink reports a new address */
 #include "loadtest.h"
 #include "pos/p2p.h"
 #include "relay_watch.h"
@@ -60,9 +61,10 @@ struct run {
     double connect_s;
     long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
     double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen;
-    double hold_cpu_s, hold_events;
+    double hold_cpu_s[2], hold_events[2]; /* [0] awake, [1] parked */
     struct lat awake, parked, lost;
-    long lost_rebound, lost_rebound_ok;
+    struct lat rebound;   /* "nothing lost" tries after an unnoticed NAT rebinding */
+    long moved, moved_ok; /* ... of R->lost, after an address change the device noticed */
     char first_reason[257];
 };
 
@@ -139,6 +141,7 @@ static long *num_opt(struct opts *o, int ch, long *min, long *max)
         *max = 65535;
         return &o->per_addr;
     case 'P':
+        *min = 0;
         return &o->park_after_s;
     case 'K':
         *min = 0;
@@ -365,7 +368,7 @@ static int dial_try(struct run *R, long t, struct lat *L)
             snprintf(R->try_text, sizeof(R->try_text), "no circuit within %ld s", R->o.timeout_s);
         }
     }
-    if (!ok && !R->first_reason[0])
+    if (!ok && L != &R->rebound && !R->first_reason[0]) /* rebound: reported apart */
         snprintf(R->first_reason, sizeof(R->first_reason), "CONNECT to client %ld: %s", t,
                  R->try_text[0] ? R->try_text : "the datagram did not arrive");
     pos_p2p_relay_close(d); /* ends the circuit: the peer may park again */
@@ -388,12 +391,8 @@ static long next_target(struct run *R, long *at, int parked)
         struct idle_client *c = idle_pool_get(R->pool, i);
         if (!c->accepted || !c->r)
             continue;
-#if HAVE_PARK
         if (parked && !pos_p2p_relay_parked(c->r))
             continue;
-#else
-        (void)parked;
-#endif
         *at = i + 1;
         return i;
     }
@@ -430,26 +429,28 @@ static double metric_now(struct run *R, const char *name)
 }
 
 /* The keep-alives the relay counted (parked), or the datagrams it received (awake). */
-static double hold_counter(struct run *R)
+static double hold_counter(struct run *R, int parked)
 {
-#if HAVE_PARK
+    if (!parked)
+        return metric_now(R, "pos_relay_packets_total{dir=\"in\"}");
     double ok = metric_now(R, "pos_relay_park_keepalives_total{result=\"ok\"}");
     double bad = metric_now(R, "pos_relay_park_keepalives_total{result=\"dropped\"}");
     return ok < 0 ? -1 : ok + (bad > 0 ? bad : 0);
-#else
-    return metric_now(R, "pos_relay_packets_total{dir=\"in\"}");
-#endif
 }
 
-static void hold(struct run *R)
+/* hold: serve the clients --hold seconds; the relay's CPU and its counter (hold_counter). */
+static void hold(struct run *R, int parked)
 {
-    double cpu0 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1, k0 = hold_counter(R);
+    double cpu0 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1;
+    double k0 = hold_counter(R, parked);
     if (!R->o.json)
-        fprintf(stderr, "holding %ld clients for %ld s\n", R->accepted, R->o.hold_s);
+        fprintf(stderr, "holding %ld clients %s for %ld s\n", R->accepted,
+                parked ? "parked" : "awake", R->o.hold_s);
     idle_load_pump_for(R->pool, R->o.hold_s * 1000);
-    double cpu1 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1, k1 = hold_counter(R);
-    R->hold_cpu_s = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
-    R->hold_events = k0 >= 0 && k1 >= 0 ? k1 - k0 : -1;
+    double cpu1 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1;
+    double k1 = hold_counter(R, parked);
+    R->hold_cpu_s[parked] = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
+    R->hold_events[parked] = k0 >= 0 && k1 >= 0 ? k1 - k0 : -1;
 }
 
 /* park_all: every accepted client parks (helpers' too); waits until all are (or the time is up). */
@@ -470,7 +471,6 @@ static void park_all(struct run *R)
 
 static void print_lat(const char *what, struct lat *L)
 {
-    qsort(L->us, (size_t)L->n, sizeof(double), cmp_double);
     printf("CONNECT to %s peer until the circuit is up: p50 %.2f ms, p95 %.2f ms (%ld of %ld "
            "tries carried a datagram)\n",
            what, pct(L->us, L->n, 0.5) / 1000, pct(L->us, L->n, 0.95) / 1000, L->ok, L->tried);
@@ -478,6 +478,7 @@ static void print_lat(const char *what, struct lat *L)
 
 static void print_text(struct run *R)
 {
+    double cpu = R->hold_cpu_s[0], ev = R->hold_events[0];
     printf("clients: %ld accepted, %ld failed in %.1f s (%.0f per second, %ld attempts retried), "
            "handshake p50 %.0f ms\n",
            R->accepted, R->failed, R->connect_s, R->connect_s > 0 ? R->accepted / R->connect_s : 0,
@@ -485,7 +486,7 @@ static void print_text(struct run *R)
     if (R->first_reason[0])
         printf("first refusal or failure: %s\n", R->first_reason);
     printf("load generator RSS per client: %ld bytes idle, %ld bytes awake\n",
-           R->n ? (R->gen_rss0 * 1024) / R->n : 0, R->n ? (R->gen_rss_awake * 1024) / R->n : 0);
+           (R->gen_rss0 * 1024) / R->n, (R->gen_rss_awake * 1024) / R->n);
     if (R->rss0 >= 0)
         printf("relay RSS: %ld KiB before, %ld KiB with all awake (%ld bytes per awake client)\n",
                R->rss0, R->rss_awake,
@@ -493,18 +494,16 @@ static void print_text(struct run *R)
     if (R->m_awake_conns >= 0)
         printf("relay connections with all awake: %.0f\n", R->m_awake_conns);
     print_lat("an awake", &R->awake);
-    if (!HAVE_PARK) {
-        printf("parking: not in this libpos-p2p (no pos_p2p_endpoint_set_park): awake figures "
-               "only\n");
-        if (R->hold_cpu_s >= 0)
-            printf("awake hold %ld s: relay CPU %.3f s, %.0f datagrams in: %.2f us each, %.1f us "
-                   "per awake client-second\n",
-                   R->o.hold_s, R->hold_cpu_s, R->hold_events,
-                   R->hold_events > 0 ? R->hold_cpu_s * 1e6 / R->hold_events : 0,
-                   R->accepted && R->o.hold_s ? R->hold_cpu_s * 1e6 / R->accepted / R->o.hold_s
-                                              : 0);
+    if (cpu >= 0 && ev > 0 && R->accepted)
+        printf("awake %ld s: relay CPU %.3f s, %.0f datagrams in: %.2f us each, %.2f us per "
+               "client-second\n",
+               R->o.hold_s, cpu, ev, cpu * 1e6 / ev, cpu * 1e6 / (double)R->accepted / R->o.hold_s);
+    if (!R->o.park_after_s) {
+        printf("parking: off (--park-after 0): awake figures only\n");
         return;
     }
+    cpu = R->hold_cpu_s[1];
+    ev = R->hold_events[1];
     printf("parked: %.0f of %ld clients\n", R->parked_seen, R->accepted);
     if (R->rss0 >= 0)
         printf("relay RSS with all parked: %ld KiB (%ld bytes per parked client)\n", R->rss_parked,
@@ -513,26 +512,25 @@ static void print_text(struct run *R)
         printf("relay metrics with all parked: pos_relay_parked %.0f, pos_relay_awake %.0f, "
                "pos_relay_connections %.0f\n",
                R->m_parked, R->m_awake, R->m_conns_parked);
-    printf("load generator RSS per parked client: %ld bytes\n",
-           R->n ? (R->gen_rss_parked * 1024) / R->n : 0);
-    if (R->hold_cpu_s >= 0 && R->hold_events > 0)
-        printf("keep-alives: %.0f in %ld s, relay CPU %.3f s: %.2f us per keep-alive\n",
-               R->hold_events, R->o.hold_s, R->hold_cpu_s, R->hold_cpu_s * 1e6 / R->hold_events);
+    printf("load generator RSS per parked client: %ld bytes\n", (R->gen_rss_parked * 1024) / R->n);
+    if (cpu >= 0 && ev > 0)
+        printf("parked %ld s: %.0f keep-alives, relay CPU %.3f s: %.2f us per keep-alive, %.2f us "
+               "per client-second\n",
+               R->o.hold_s, ev, cpu, cpu * 1e6 / ev,
+               R->accepted ? cpu * 1e6 / (double)R->accepted / R->o.hold_s : 0);
     print_lat("a parked", &R->parked);
     printf("nothing lost: %ld of %ld sends to parked peers arrived (%ld of %ld just after the "
-           "peer's address changed)\n",
-           R->lost.ok, R->lost.tried, R->lost_rebound_ok, R->lost_rebound);
+           "peer's address changed); after a NAT rebinding the peer did not notice: %ld of %ld\n",
+           R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok, R->rebound.tried);
 }
 
 static void print_json(struct run *R)
 {
     struct lat *A = &R->awake, *P = &R->parked;
-    qsort(A->us, (size_t)A->n, sizeof(double), cmp_double);
-    qsort(P->us, (size_t)P->n, sizeof(double), cmp_double);
     printf("{\"parking\": %s, \"clients\": %ld, \"accepted\": %ld, \"failed\": %ld, "
            "\"retried\": %ld, \"connect_s\": %.3f, \"handshake_p50_ms\": %.1f, ",
-           HAVE_PARK ? "true" : "false", R->n, R->accepted, R->failed, R->retried, R->connect_s,
-           R->ls.hs_p50_ms);
+           R->o.park_after_s ? "true" : "false", R->n, R->accepted, R->failed, R->retried,
+           R->connect_s, R->ls.hs_p50_ms);
     printf("\"relay_rss_before_kib\": %ld, \"relay_rss_awake_kib\": %ld, "
            "\"relay_rss_parked_kib\": %ld, \"relay_connections_awake\": %.0f, "
            "\"relay_parked\": %.0f, \"relay_awake\": %.0f, \"relay_connections_parked\": %.0f, "
@@ -541,19 +539,51 @@ static void print_json(struct run *R)
            R->m_conns_parked, R->parked_seen);
     printf("\"gen_rss_idle_kib\": %ld, \"gen_rss_awake_kib\": %ld, \"gen_rss_parked_kib\": %ld, ",
            R->gen_rss0, R->gen_rss_awake, R->gen_rss_parked);
-    printf("\"hold_s\": %ld, \"hold_relay_cpu_s\": %.3f, \"hold_events\": %.0f, ", R->o.hold_s,
-           R->hold_cpu_s, R->hold_events);
+    printf("\"hold_s\": %ld, \"awake_relay_cpu_s\": %.3f, \"awake_datagrams_in\": %.0f, "
+           "\"parked_relay_cpu_s\": %.3f, \"keepalives\": %.0f, ",
+           R->o.hold_s, R->hold_cpu_s[0], R->hold_events[0], R->hold_cpu_s[1], R->hold_events[1]);
     printf("\"awake_connect_p50_ms\": %.3f, \"awake_connect_p95_ms\": %.3f, \"awake_ok\": %ld, "
            "\"awake_tries\": %ld, ",
            pct(A->us, A->n, 0.5) / 1000, pct(A->us, A->n, 0.95) / 1000, A->ok, A->tried);
     printf("\"parked_connect_p50_ms\": %.3f, \"parked_connect_p95_ms\": %.3f, \"parked_ok\": %ld, "
-           "\"parked_tries\": %ld, \"lost_ok\": %ld, \"lost_tries\": %ld, \"lost_rebound_ok\": "
-           "%ld, \"lost_rebound\": %ld, \"first_failure\": \"",
+           "\"parked_tries\": %ld, \"lost_ok\": %ld, \"lost_tries\": %ld, \"lost_moved_ok\": %ld, "
+           "\"lost_moved\": %ld, \"rebound_ok\": %ld, \"rebound_tries\": %ld, "
+           "\"first_failure\": \"",
            P->n ? pct(P->us, P->n, 0.5) / 1000 : -1, P->n ? pct(P->us, P->n, 0.95) / 1000 : -1,
-           P->ok, P->tried, R->lost.ok, R->lost.tried, R->lost_rebound_ok, R->lost_rebound);
-    for (const char *s = R->first_reason; *s; s++)
-        printf(*s == '"' || *s == '\\' ? "\\%c" : (unsigned char)*s < 32 ? "?" : "%c", *s);
+           P->ok, P->tried, R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok,
+           R->rebound.tried);
+    for (const char *c = R->first_reason; *c; c++)
+        printf(*c == '"' || *c == '\\' ? "\\%c" : (unsigned char)*c < 32 ? "?" : "%c", *c);
     printf("\"}\n");
+}
+
+/*
+ * lost_try: try |k| of the "nothing lost" run, to a parked peer. Every
+ * fourth (k % 4 == 1) the peer's address changes and the device notices
+ * (as when the library's netlink socket reports a new interface address:
+ * relay_ping, which sends a keep-alive at once while parked); every fourth
+ * (k % 4 == 3) a NAT gives the peer a new mapping it does not notice; these
+ * are counted apart (R->rebound): the relay learns the new address only
+ * from the peer's next keep-alive.
+ */
+static void lost_try(struct run *R, long k, long *at)
+{
+    long t = next_target(R, at, 1);
+    if (t < 0)
+        t = next_target(R, at, 0);
+    if (t < 0) {
+        R->lost.tried++;
+        return;
+    }
+    int moved = k % 4 == 1 && idle_pool_rebind(R->pool, t) == 0;
+    int rebound = k % 4 == 3 && idle_pool_rebind(R->pool, t) == 0;
+    if (moved) {
+        relay_ping(idle_pool_get(R->pool, t)->r);
+        idle_pool_touch(R->pool, t);
+    }
+    int ok = dial_try(R, t, rebound ? &R->rebound : &R->lost);
+    R->moved += moved;
+    R->moved_ok += moved && ok;
 }
 
 /* connect_everyone: this process's clients and the helpers' dial home; totals in R. */
@@ -580,31 +610,28 @@ static void measure(struct run *R)
     R->gen_rss_awake = proc_rss_kib(0) + idle_team_rss_kib(&R->team);
     for (long k = 0; k < R->o.tries && R->ls.accepted; k++)
         dial_try(R, next_target(R, &at, 0), &R->awake);
-    if (!HAVE_PARK) {
-        hold(R);
+    qsort(R->awake.us, (size_t)R->awake.n, sizeof(double), cmp_double);
+    if (R->o.hold_s)
+        hold(R, 0);
+    if (!R->o.park_after_s)
         return;
-    }
     park_all(R);
     idle_load_pump_for(R->pool, 2500); /* the relay trims its heap at most once a second */
     relay_figures(R, &R->rss_parked, &R->m_parked, &R->m_awake, "pos_relay_parked",
                   "pos_relay_awake");
     R->m_conns_parked = metric_now(R, "pos_relay_connections");
+    malloc_trim(0); /* what parking freed here, given back as the relay does (helpers: on 'P') */
     R->gen_rss_parked = proc_rss_kib(0) + idle_team_rss_kib(&R->team);
-    hold(R);
+    if (R->o.hold_s)
+        hold(R, 1);
     for (long k = 0; k < R->o.tries; k++) {
         long t = next_target(R, &at, 1);
         if (t >= 0)
             dial_try(R, t, &R->parked);
     }
-    for (long k = 0; k < R->o.lost_tries; k++) {
-        long t = next_target(R, &at, 1);
-        if (t < 0)
-            t = next_target(R, &at, 0);
-        int rebind = k % 4 == 3 && t >= 0 && idle_pool_rebind(R->pool, t) == 0;
-        int ok = t >= 0 ? dial_try(R, t, &R->lost) : (R->lost.tried++, 0);
-        R->lost_rebound += rebind;
-        R->lost_rebound_ok += rebind && ok;
-    }
+    for (long k = 0; k < R->o.lost_tries; k++)
+        lost_try(R, k, &at);
+    qsort(R->parked.us, (size_t)R->parked.n, sizeof(double), cmp_double);
 }
 
 /*
@@ -665,9 +692,9 @@ int cmd_idle(int argc, char **argv)
     R.n = R.o.clients;
     R.rss_parked = R.rss0 = -1;
     R.m_parked = R.m_awake = R.m_awake_conns = R.m_conns_parked = -1;
-    R.hold_cpu_s = R.hold_events = -1;
+    R.hold_cpu_s[0] = R.hold_cpu_s[1] = R.hold_events[0] = R.hold_events[1] = -1;
     if (lat_alloc(&R.awake, R.o.tries) || lat_alloc(&R.parked, R.o.tries) ||
-        lat_alloc(&R.lost, R.o.lost_tries)) {
+        lat_alloc(&R.lost, R.o.lost_tries) || lat_alloc(&R.rebound, R.o.lost_tries)) {
         fprintf(stderr, CMD ": out of memory\n");
         goto out;
     }
@@ -687,6 +714,7 @@ int cmd_idle(int argc, char **argv)
         print_json(&R);
     else
         print_text(&R);
+    /* the unnoticed NAT rebindings are reported, not required (lost_try) */
     rv = R.accepted == R.n && R.awake.ok == R.awake.tried && R.parked.ok == R.parked.tried &&
                  R.lost.ok == R.lost.tried
              ? 0
@@ -697,5 +725,6 @@ out:
     free(R.awake.us);
     free(R.parked.us);
     free(R.lost.us);
+    free(R.rebound.us);
     return rv;
 }

@@ -11,12 +11,10 @@ static void client_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event 
     if (ev->type == POS_P2P_RELAY_EV_INCOMING) {
         pos_p2p_relay_answer(r, ev->req_id, 1);
         c->incoming++;
-#if HAVE_PARK
     } else if (ev->type == POS_P2P_RELAY_EV_PARKED) {
         c->parked_ev++;
     } else if (ev->type == POS_P2P_RELAY_EV_AWAKE) {
         c->awake_ev++;
-#endif
     }
 }
 
@@ -143,30 +141,19 @@ void idle_load_pump_for(idle_pool *p, int64_t ms)
 
 void idle_load_park(idle_pool *p, long n, const struct idle_load_conf *conf)
 {
-#if HAVE_PARK
     for (long i = 0; i < n; i++) {
         pos_p2p_endpoint_set_park(idle_pool_get(p, i)->ep, (int)conf->park_after_s * 1000,
                                   (int)conf->keepalive_s * 1000);
         idle_pool_touch(p, i);
     }
-#else
-    (void)p;
-    (void)n;
-    (void)conf;
-#endif
 }
 
 long idle_load_parked(idle_pool *p, long n)
 {
     long parked = 0;
-#if HAVE_PARK
     for (long i = 0; i < n; i++) {
         struct idle_client *c = idle_pool_get(p, i);
         parked += c->r && pos_p2p_relay_parked(c->r);
     }
-#else
-    (void)p;
-    (void)n;
-#endif
     return parked;
 }

@@ -35,7 +35,7 @@ void idle_load_pump_for(idle_pool *p, int64_t ms);
 /* idle_load_park: clients 0 .. |n| - 1 park after the configured idle time (no-op without parking).
  */
 void idle_load_park(idle_pool *p, long n, const struct idle_load_conf *conf);
-/* idle_load_parked: how many of clients 0 .. |n| - 1 are parked now (0 without parking). */
+/* idle_load_parked: how many of clients 0 .. |n| - 1 are parked now. */
 long idle_load_parked(idle_pool *p, long n);
 
 #endif

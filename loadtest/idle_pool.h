@@ -19,12 +19,6 @@
 
 #include "pos/p2p.h"
 
-#ifdef POS_P2P_RELAY_EV_PARKED /* a libpos-p2p that parks (issue 14) */
-#define HAVE_PARK 1
-#else
-#define HAVE_PARK 0
-#endif
-
 struct idle_client {
     void *owner; /* the caller's, for callbacks */
     long idx;    /* this client's index in the pool */

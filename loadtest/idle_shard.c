@@ -1,6 +1,7 @@
 /* Helper processes of `pos-loadtest idle` (idle_shard.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +154,7 @@ static int helper_main(void *arg, int cmd_fd, int st_fd)
         if (parking) {
             long k = idle_load_parked(p, a->count);
             if (k >= st.accepted || pos_p2p_now_ms() > until) {
+                malloc_trim(0); /* as the measuring process does */
                 idle_shard_report(st_fd, 'P', k, 0, 0);
                 parking = 0;
             }

@@ -3,8 +3,11 @@
 benchmark itself is loadtest/bench-idle.sh): 40 clients, each on its own
 loopback address, against a real relay and redis-server. Every client is
 accepted from its own address, the relay's RSS and connection count are
-read, CONNECTs to awake peers bring up circuits that carry a datagram. Bad
-options stop the command before any client connects.
+read, CONNECTs to awake peers bring up circuits that carry a datagram;
+then every client parks (the relay counts 40 parked and no QUIC connection
+left), keep-alives flow, and CONNECTs to parked peers (one just after the
+peer's address changed) wake them and carry a datagram. Bad options stop
+the command before any client connects.
 """
 import json
 import os
@@ -21,7 +24,8 @@ del harness._tests[:]  # the tests of test_relay_run run on their own
 
 LOADTEST = binary("loadtest/pos-loadtest")
 SANITIZERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
-LIMITS = {"conn_rate_per_addr": 0, "conn_rate_per_token": 0, "max_conns_per_token": 0}
+LIMITS = {"conn_rate_per_addr": 0, "conn_rate_per_token": 0, "max_conns_per_token": 0,
+          "park_lifetime": 30, "park_keepalive": 2}
 
 
 def loadtest(*args, ok=(0,)):
@@ -52,6 +56,16 @@ def idle_clients_connect_from_their_own_addresses_and_circuits_carry_data():
     # the relay saw each client from its own address: its per-address pending cap
     # (16 by default) was never what held a handshake back
     assert not m.get("pos_relay_pending_per_addr_drops_total"), m
+    assert out["parking"] and out["parked"] == 40 and out["relay_parked"] == 40, out
+    # live QUIC connections equal awake clients: none once all are parked
+    assert out["relay_awake"] == 0 and out["relay_connections_parked"] == 0, out
+    assert out["relay_rss_parked_kib"] > 0 and out["keepalives"] > 0, out
+    assert out["parked_ok"] == out["parked_tries"] == 4, out
+    # of 4 "nothing lost" tries: 3 count (one just after an address change the peer
+    # noticed), the fourth follows a NAT rebinding the peer did not notice (reported apart)
+    assert out["lost_ok"] == out["lost_tries"] == 3, out
+    assert out["lost_moved_ok"] == out["lost_moved"] == 1 and out["rebound_tries"] == 1, out
+    assert m.get("pos_relay_wakes_sent_total", 0) >= 8, "each CONNECT to a parked peer woke it"
 
 
 @test
