@@ -62,7 +62,7 @@ static int start_one(idle_pool *p, long i, const struct idle_load_conf *conf,
 
 /*
  * settle_one: client |i|'s handshake ended (|rs|). A refused or failed one
- * goes back to the queue |todo| (a device would try again) up to 3 attempts.
+ * goes back to the queue |todo| (a device would try again) up to 5 attempts.
  */
 static void settle_one(idle_pool *p, long i, const pos_p2p_relay_status *rs,
                        struct idle_load_stats *st, long *todo, long *todo_n, double *hs)
@@ -76,7 +76,7 @@ static void settle_one(idle_pool *p, long i, const pos_p2p_relay_status *rs,
     note(st, rs->reason[0] ? rs->reason : pos_p2p_strerror(rs->error));
     pos_p2p_relay_close(c->r);
     c->r = NULL;
-    if (c->attempts < 3) {
+    if (c->attempts < 5) {
         st->retried++;
         todo[(*todo_n)++] = i;
     } else {
