@@ -17,8 +17,13 @@
 # the peer does not notice.)
 # usage: loadtest/bench-idle.sh [--clients N] [--concurrency C] [--hold S] [--tries K]
 #                               [--lost-tries K] [--keepalive S] [--park-after S] [--workers W]
+#                               [--sends N (100; 0: none)]
+# Last, with real programs: N files sent with `pos-p2p send --relay-only` to a
+# `pos-p2p listen` that parks after 1 s, each only once the listener is parked,
+# each checked byte for byte (goal: N of N).
 set -euo pipefail
 clients=50000 concurrency=64 hold=30 tries=100 lost_tries=100 keepalive=25 park_after=2 workers=1
+sends=100
 while [ $# -gt 0 ]; do
     case "$1" in
     --clients) clients=$2 ;;
@@ -29,6 +34,7 @@ while [ $# -gt 0 ]; do
     --keepalive) keepalive=$2 ;;
     --park-after) park_after=$2 ;;
     --workers) workers=$2 ;;
+    --sends) sends=$2 ;;
     *) echo "bench-idle: unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -49,7 +55,8 @@ trap cleanup EXIT
 if [ ! -d "$build" ]; then
     meson setup "$build" "$root" -Dbuildtype=release >/dev/null
 fi
-if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest >"$work/build.log" 2>&1; then
+if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest client-lib/cli/pos-p2p \
+    discovery-api/pos-discovery >"$work/build.log" 2>&1; then
     tail -20 "$work/build.log"
     echo "bench-idle: the build failed" >&2
     exit 1
@@ -58,15 +65,20 @@ fi
 # The load generator needs a descriptor per client, the relay a little room.
 ulimit -n $((clients + 4096)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-read -r redis_port port <<<"$(free_ports 2)"
+read -r redis_port port disc_port <<<"$(free_ports 3)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
     --maxclients 1000 >"$work/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
+POS_P2P_SECRET=bench-secret "$build/discovery-api/pos-discovery" --listen "127.0.0.1:$disc_port" \
+    --redis "redis://127.0.0.1:$redis_port" >"$work/discovery.log" 2>&1 &
+pids+=($!)
+api=http://127.0.0.1:$disc_port
+
 cfg=$work/relay.json
 echo "bench-secret" | "$build/relay/pos-relay" init --config "$cfg" --port "$port" \
-    --redis "redis://127.0.0.1:$redis_port" >"$work/init.out"
+    --redis "redis://127.0.0.1:$redis_port" --api-url "$api" >"$work/init.out"
 peer_id=$(tail -1 "$work/init.out")
 # Limits raised for one machine's worth of devices on one token.
 /usr/bin/python3 - "$cfg" "$port" "$workers" "$keepalive" "$clients" <<'PY'
@@ -154,5 +166,38 @@ print(f"after a NAT rebinding the peer did not notice (reported, no goal): "
       f"{r['rebound_ok']}/{r['rebound_tries']} arrived (the relay learns the new address from the "
       f"next keep-alive, every {r.get('keepalive_s', '?')} s)")
 PY
+
+# ---- real programs: files to a parked pos-p2p listen ----
+if [ "$sends" -gt 0 ]; then
+    relay_id=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$cfg")
+    mkdir -p "$work/in" "$work/files"
+    lpeer=$("$build/client-lib/cli/pos-p2p" id --identity "$work/listener.id")
+    POS_TOKEN=$token "$build/client-lib/cli/pos-p2p" listen --out "$work/in" --api-url "$api" \
+        --relay-id "$relay_id" --identity "$work/listener.id" --mdns disabled --park-after 1 \
+        >"$work/listen.log" 2>&1 &
+    pids+=($!)
+    parked() { grep -c "relay: parked" "$work/listen.log" || true; }
+    ok=0 first=""
+    t0=$(date +%s.%N)
+    for i in $(seq "$sends"); do
+        for _ in $(seq 100); do [ "$(parked)" -ge "$i" ] && break; sleep 0.1; done
+        if [ "$(parked)" -lt "$i" ]; then
+            first=${first:-"send $i: the listener did not park"}
+            continue
+        fi
+        head -c $((64 * 1024 + i)) /dev/urandom >"$work/files/f$i"
+        if POS_TOKEN=$token "$build/client-lib/cli/pos-p2p" send --to "$lpeer" --api-url "$api" \
+            --relay-id "$relay_id" --relay-only --no-mdns --identity "$work/sender.id" \
+            "$work/files/f$i" >"$work/send.log" 2>&1 && cmp -s "$work/files/f$i" "$work/in/f$i"; then
+            ok=$((ok + 1))
+        else
+            first=${first:-"send $i: $(tail -1 "$work/send.log")"}
+        fi
+    done
+    t1=$(date +%s.%N)
+    echo "pos-p2p: $ok/$sends files sent to a parked pos-p2p listen arrived intact (goal 100%)" \
+        "in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", b - a}') s${first:+; first failure: $first}"
+    [ "$ok" = "$sends" ] || rc=1
+fi
 echo "machine: $(nproc) CPUs; load generator, relay and redis share them"
 exit $rc
