@@ -17,13 +17,15 @@
 # the peer does not notice.)
 # usage: loadtest/bench-idle.sh [--clients N] [--concurrency C] [--hold S] [--tries K]
 #                               [--lost-tries K] [--keepalive S] [--park-after S] [--workers W]
-#                               [--sends N (100; 0: none)]
+#                               [--sends N (20; 0: none)]
 # Last, with real programs: N files sent with `pos-p2p send --relay-only` to a
-# `pos-p2p listen` that parks after 1 s, each only once the listener is parked,
-# each checked byte for byte (goal: N of N).
+# `pos-p2p listen` that parks after 1 s, each only once the listener is parked
+# again, each checked byte for byte (goal: N of N). For that part the relay
+# restarts with idle_timeout 5: the listener parks again only once the
+# finished sender's circuit is gone, and that takes the relay's idle timeout.
 set -euo pipefail
 clients=50000 concurrency=64 hold=30 tries=100 lost_tries=100 keepalive=25 park_after=2 workers=1
-sends=100
+sends=20
 while [ $# -gt 0 ]; do
     case "$1" in
     --clients) clients=$2 ;;
@@ -169,6 +171,12 @@ PY
 
 # ---- real programs: files to a parked pos-p2p listen ----
 if [ "$sends" -gt 0 ]; then
+    kill -TERM "$relay_pid"
+    wait "$relay_pid" 2>/dev/null || true
+    /usr/bin/python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["idle_timeout"]=5; json.dump(c, open(sys.argv[1], "w"))' "$cfg"
+    POS_LOG=warn "$build/relay/pos-relay" run --config "$cfg" >"$work/relay-sends.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/null && break; sleep 0.1; done
     relay_id=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$cfg")
     mkdir -p "$work/in" "$work/files"
     lpeer=$("$build/client-lib/cli/pos-p2p" id --identity "$work/listener.id")
@@ -180,7 +188,7 @@ if [ "$sends" -gt 0 ]; then
     ok=0 first=""
     t0=$(date +%s.%N)
     for i in $(seq "$sends"); do
-        for _ in $(seq 100); do [ "$(parked)" -ge "$i" ] && break; sleep 0.1; done
+        for _ in $(seq 300); do [ "$(parked)" -ge "$i" ] && break; sleep 0.1; done
         if [ "$(parked)" -lt "$i" ]; then
             first=${first:-"send $i: the listener did not park"}
             continue
