@@ -24,7 +24,7 @@
 # restarts with idle_timeout 5: the listener parks again only once the
 # finished sender's circuit is gone, and that takes the relay's idle timeout.
 set -euo pipefail
-clients=50000 concurrency=64 hold=30 tries=100 lost_tries=100 keepalive=25 park_after=2 workers=1
+clients=50000 concurrency=64 hold=60 tries=100 lost_tries=100 keepalive=25 park_after=2 workers=1
 sends=20
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -144,6 +144,10 @@ if ev > 0 and cpu >= 0:
           f"{cpu * 1e6 / ev:.2f} us each, {cpu * 1e6 / n / max(r['hold_s'], 1):.2f} us per awake "
           f"client-second")
 parked = (r["relay_rss_parked_kib"] - r["relay_rss_before_kib"]) * 1024 / n
+print(f"parking took {r['park_s']:.1f} s (clients told to park 5,000 a second): "
+      f"{r['parked_events']} PARKED events, {r['lost_events_parking']} reconnects after unanswered "
+      f"keep-alives; relay: {r['relay_parks']:.0f} parks, {r['relay_park_refused']:.0f} refused")
+print(f"during the parked hold: {r['lost_events_hold']} reconnects after unanswered keep-alives")
 print(f"parked: {r['parked']:.0f} of {r['accepted']}; relay pos_relay_parked {r['relay_parked']:.0f}, "
       f"pos_relay_awake {r['relay_awake']:.0f}, live QUIC connections {r['relay_connections_parked']:.0f} "
       f"(goal: equal to awake)")

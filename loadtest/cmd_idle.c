@@ -60,7 +60,9 @@ struct run {
     long accepted, failed, retried; /* all processes */
     double connect_s;
     long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
-    double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen;
+    double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen, park_s;
+    double m_parks, m_park_refused; /* the relay's pos_relay_parks_total, _park_refused_total */
+    long ev_park[3], ev_hold[3];    /* events() once all parked, and after the parked hold */
     double hold_cpu_s[2], hold_events[2]; /* [0] awake, [1] parked */
     struct lat awake, parked, lost;
     struct lat rebound;   /* "nothing lost" tries after an unnoticed NAT rebinding */
@@ -453,10 +455,18 @@ static void hold(struct run *R, int parked)
     R->hold_events[parked] = k0 >= 0 && k1 >= 0 ? k1 - k0 : -1;
 }
 
+/* events: PARKED, AWAKE woken, AWAKE after unanswered keep-alives, over all processes. */
+static void events(struct run *R, long v[3])
+{
+    v[0] = v[1] = v[2] = 0;
+    idle_load_events(R->pool, R->mine, v);
+    idle_team_events(&R->team, R->pool, v);
+}
+
 /* park_all: every accepted client parks (helpers' too); waits until all are (or the time is up). */
 static void park_all(struct run *R)
 {
-    int64_t end = pos_p2p_now_ms() + (R->o.park_after_s + 30 + R->n / 2000) * 1000;
+    int64_t t0 = pos_p2p_now_ms(), end = t0 + (R->o.park_after_s + 60 + R->n / 1000) * 1000;
     long parked = 0, theirs[3] = {0, 0, 0};
     idle_team_park(&R->team);
     idle_load_park(R->pool, R->mine, &R->lc);
@@ -466,7 +476,9 @@ static void park_all(struct run *R)
             break;
     }
     idle_team_wait(&R->team, R->pool, 'P', theirs);
+    R->park_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
     R->parked_seen = (double)(parked + theirs[0]);
+    events(R, R->ev_park);
 }
 
 static void print_lat(const char *what, struct lat *L)
@@ -504,7 +516,12 @@ static void print_text(struct run *R)
     }
     cpu = R->hold_cpu_s[1];
     ev = R->hold_events[1];
-    printf("parked: %.0f of %ld clients\n", R->parked_seen, R->accepted);
+    printf("parked: %.0f of %ld clients in %.1f s (%ld PARKED events, %ld reconnects after "
+           "unanswered keep-alives); relay: %.0f parks, %.0f refused\n",
+           R->parked_seen, R->accepted, R->park_s, R->ev_park[0], R->ev_park[2], R->m_parks,
+           R->m_park_refused);
+    printf("during the parked hold: %ld reconnects after unanswered keep-alives\n",
+           R->ev_hold[2] - R->ev_park[2]);
     if (R->rss0 >= 0)
         printf("relay RSS with all parked: %ld KiB (%ld bytes per parked client)\n", R->rss_parked,
                R->accepted ? (R->rss_parked - R->rss0) * 1024 / R->accepted : 0);
@@ -537,6 +554,11 @@ static void print_json(struct run *R)
            "\"parked\": %.0f, ",
            R->rss0, R->rss_awake, R->rss_parked, R->m_awake_conns, R->m_parked, R->m_awake,
            R->m_conns_parked, R->parked_seen);
+    printf("\"park_s\": %.1f, \"parked_events\": %ld, \"woken_events\": %ld, "
+           "\"lost_events_parking\": %ld, \"lost_events_hold\": %ld, \"relay_parks\": %.0f, "
+           "\"relay_park_refused\": %.0f, ",
+           R->park_s, R->ev_park[0], R->ev_hold[1], R->ev_park[2], R->ev_hold[2] - R->ev_park[2],
+           R->m_parks, R->m_park_refused);
     printf("\"gen_rss_idle_kib\": %ld, \"gen_rss_awake_kib\": %ld, \"gen_rss_parked_kib\": %ld, ",
            R->gen_rss0, R->gen_rss_awake, R->gen_rss_parked);
     printf("\"hold_s\": %ld, \"awake_relay_cpu_s\": %.3f, \"awake_datagrams_in\": %.0f, "
@@ -624,6 +646,9 @@ static void measure(struct run *R)
     R->gen_rss_parked = proc_rss_kib(0) + idle_team_rss_kib(&R->team);
     if (R->o.hold_s)
         hold(R, 1);
+    events(R, R->ev_hold);
+    R->m_parks = metric_now(R, "pos_relay_parks_total");
+    R->m_park_refused = metric_now(R, "pos_relay_park_refused_total");
     for (long k = 0; k < R->o.tries; k++) {
         long t = next_target(R, &at, 1);
         if (t >= 0)
@@ -655,12 +680,13 @@ static int start(struct run *R)
     char err[512];
     long share;
     R->mine = split(R, &share);
-    R->lc = (struct idle_load_conf){&R->relay,        R->o.token,        R->o.timeout_s,
-                                    R->o.concurrency, R->o.park_after_s, R->o.keepalive_s,
-                                    !R->o.json};
+    R->lc = (struct idle_load_conf){
+        &R->relay,         R->o.token,       R->o.timeout_s, R->o.concurrency,
+        R->o.park_after_s, R->o.keepalive_s, 5000,           !R->o.json};
     if (R->mine < R->n) {
         long procs = (R->n - R->mine) / share + 1;
         R->lc.concurrency = R->o.concurrency / procs > 0 ? R->o.concurrency / procs : 1;
+        R->lc.park_rate = 5000 / procs;
         if (!R->o.json)
             fprintf(stderr, "%ld clients over %ld processes (%ld file descriptors each at most)\n",
                     R->n, procs, share + 128);
@@ -691,7 +717,7 @@ int cmd_idle(int argc, char **argv)
     raise_nofile(R.o.clients + 256);
     R.n = R.o.clients;
     R.rss_parked = R.rss0 = -1;
-    R.m_parked = R.m_awake = R.m_awake_conns = R.m_conns_parked = -1;
+    R.m_parked = R.m_awake = R.m_awake_conns = R.m_conns_parked = R.m_parks = R.m_park_refused = -1;
     R.hold_cpu_s[0] = R.hold_cpu_s[1] = R.hold_events[0] = R.hold_events[1] = -1;
     if (lat_alloc(&R.awake, R.o.tries) || lat_alloc(&R.parked, R.o.tries) ||
         lat_alloc(&R.lost, R.o.lost_tries) || lat_alloc(&R.rebound, R.o.lost_tries)) {

@@ -14,7 +14,7 @@ static void client_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event 
     } else if (ev->type == POS_P2P_RELAY_EV_PARKED) {
         c->parked_ev++;
     } else if (ev->type == POS_P2P_RELAY_EV_AWAKE) {
-        c->awake_ev++;
+        c->awake_ev[ev->code < 4 ? ev->code : 0]++;
     }
 }
 
@@ -141,10 +141,25 @@ void idle_load_pump_for(idle_pool *p, int64_t ms)
 
 void idle_load_park(idle_pool *p, long n, const struct idle_load_conf *conf)
 {
+    /* |park_rate| a second: 50,000 PARKs and first keep-alives in one instant would
+       overflow the relay's socket buffer, which is not what a device population does */
+    long batch = conf->park_rate > 10 ? conf->park_rate / 10 : 1;
     for (long i = 0; i < n; i++) {
         pos_p2p_endpoint_set_park(idle_pool_get(p, i)->ep, (int)conf->park_after_s * 1000,
                                   (int)conf->keepalive_s * 1000);
         idle_pool_touch(p, i);
+        if (i % batch == batch - 1)
+            idle_load_pump_for(p, 100);
+    }
+}
+
+void idle_load_events(idle_pool *p, long n, long v[3])
+{
+    for (long i = 0; i < n; i++) {
+        struct idle_client *c = idle_pool_get(p, i);
+        v[0] += (long)c->parked_ev;
+        v[1] += (long)c->awake_ev[POS_P2P_AWAKE_WOKEN];
+        v[2] += (long)c->awake_ev[POS_P2P_AWAKE_LOST];
     }
 }
 

@@ -18,7 +18,8 @@ struct idle_load_conf {
     const pos_p2p_relay_info *relay;
     const char *token;
     long timeout_s, concurrency, park_after_s, keepalive_s;
-    int progress; /* print a line on stderr every 2 s while connecting */
+    long park_rate; /* clients told to park per second (idle_load_park) */
+    int progress;   /* print a line on stderr every 2 s while connecting */
 };
 
 struct idle_load_stats {
@@ -32,9 +33,14 @@ int idle_load_connect(idle_pool *p, long n, const struct idle_load_conf *conf,
                       struct idle_load_stats *st);
 /* idle_load_pump_for: serve the clients for |ms| milliseconds. */
 void idle_load_pump_for(idle_pool *p, int64_t ms);
-/* idle_load_park: clients 0 .. |n| - 1 park after the configured idle time (no-op without parking).
- */
+/* idle_load_park: clients 0 .. |n| - 1 park after the configured idle time, |park_rate| a
+ * second. */
 void idle_load_park(idle_pool *p, long n, const struct idle_load_conf *conf);
+/*
+ * idle_load_events adds up the events of clients 0 .. |n| - 1 into |v|:
+ * PARKED, AWAKE woken by the relay, AWAKE after unanswered keep-alives.
+ */
+void idle_load_events(idle_pool *p, long n, long v[3]);
 /* idle_load_parked: how many of clients 0 .. |n| - 1 are parked now. */
 long idle_load_parked(idle_pool *p, long n);
 

@@ -25,15 +25,17 @@ struct idle_client {
     pos_p2p_endpoint *ep;
     pos_p2p_relay *r; /* the home connection (NULL before connect or after a failure) */
     int fd;
-    uint32_t addr;     /* the socket's IPv4 address, host order */
-    int64_t sched;     /* the deadline queued in the heap, -1 none */
-    int64_t start_ms;  /* connect started */
-    int accepted;      /* WELCOME seen once */
-    int failed;        /* refused or failed (every attempt) */
-    int attempts;      /* connects started */
-    uint64_t incoming; /* INCOMING answered */
-    uint64_t data_in;  /* datagrams received on circuits */
-    uint64_t parked_ev, awake_ev;
+    uint32_t addr;      /* the socket's IPv4 address, host order */
+    int64_t sched;      /* the deadline queued in the heap, -1 none */
+    int64_t start_ms;   /* connect started */
+    int accepted;       /* WELCOME seen once */
+    int failed;         /* refused or failed (every attempt) */
+    int attempts;       /* connects started */
+    uint64_t incoming;  /* INCOMING answered */
+    uint64_t data_in;   /* datagrams received on circuits */
+    uint64_t parked_ev; /* PARKED events */
+    uint64_t
+        awake_ev[4]; /* AWAKE events by code (pos_p2p_awake_reason: 1 woken, 2 request, 3 lost) */
     char peer_id[POS_P2P_PEER_ID_STRLEN];
 };
 

@@ -145,6 +145,11 @@ static int helper_main(void *arg, int cmd_fd, int st_fd)
         char cmd = idle_shard_command(cmd_fd);
         if (cmd == 'Q')
             break;
+        if (cmd == 'E') {
+            long v[3] = {0, 0, 0};
+            idle_load_events(p, a->count, v);
+            idle_shard_report(st_fd, 'E', v[0], v[1], v[2]);
+        }
         if (cmd == 'P') {
             idle_load_park(p, a->count, &conf);
             parking = 1;
@@ -216,6 +221,15 @@ void idle_team_park(struct idle_team *t)
         t->sh[k].kind = 0;
         idle_shard_send(&t->sh[k], 'P');
     }
+}
+
+void idle_team_events(struct idle_team *t, idle_pool *p, long v[3])
+{
+    for (int k = 0; k < t->n; k++) {
+        t->sh[k].kind = 0;
+        idle_shard_send(&t->sh[k], 'E');
+    }
+    idle_team_wait(t, p, 'E', v);
 }
 
 long idle_team_rss_kib(const struct idle_team *t)

@@ -6,7 +6,8 @@
  * opens anything, runs its share of the clients (idle_load.h) and talks
  * with the parent over two pipes: one-byte commands down ('P' park, 'Q'
  * quit; end of file: quit too), one-line reports up ("A accepted failed
- * retried", "P parked"). A helper also ends when the parent dies
+ * retried", "P parked"; 'E' asks for "E parked-events woken lost",
+ * idle_load_events). A helper also ends when the parent dies
  * (PR_SET_PDEATHSIG).
  */
 #ifndef POS_LOADTEST_IDLE_SHARD_H
@@ -67,6 +68,8 @@ int idle_team_start(struct idle_team *t, long first, long total, long share, lon
 void idle_team_wait(struct idle_team *t, idle_pool *p, char kind, long v[3]);
 /* idle_team_park: every helper's clients park; their 'P' reports follow. */
 void idle_team_park(struct idle_team *t);
+/* idle_team_events: the helpers' idle_load_events, added to |v| (serving |p| meanwhile). */
+void idle_team_events(struct idle_team *t, idle_pool *p, long v[3]);
 /* idle_team_rss_kib: the helpers' RSS together. */
 long idle_team_rss_kib(const struct idle_team *t);
 void idle_team_end(struct idle_team *t);
