@@ -138,6 +138,8 @@ print(f"load generator RSS per client: {r['gen_rss_idle_kib'] * 1024 / n:.0f} by
       f"connecting, {r['gen_rss_awake_kib'] * 1024 / n:.0f} bytes awake")
 print(f"CONNECT to an awake peer until the circuit is up: p50 {r['awake_connect_p50_ms']:.2f} ms, "
       f"p95 {r['awake_connect_p95_ms']:.2f} ms ({r['awake_ok']}/{r['awake_tries']} carried a datagram)")
+if r["awake_first_failure"]:
+    print(f"  first failure: {r['awake_first_failure']}")
 ev, cpu = r["awake_datagrams_in"], r["awake_relay_cpu_s"]
 if ev > 0 and cpu >= 0:
     print(f"awake {r['hold_s']} s: relay CPU {cpu:.3f} s for {ev:.0f} datagrams in = "
@@ -148,6 +150,9 @@ print(f"parking took {r['park_s']:.1f} s (clients told to park 5,000 a second): 
       f"{r['parked_events']} PARKED events, {r['lost_events_parking']} reconnects after unanswered "
       f"keep-alives; relay: {r['relay_parks']:.0f} parks, {r['relay_park_refused']:.0f} refused")
 print(f"during the parked hold: {r['lost_events_hold']} reconnects after unanswered keep-alives")
+if r["unparked"]:
+    print(f"not parked when the wait ended (measuring process's clients): {r['unparked']}, "
+          f"{r['unparked_incoming']} of them had answered an INCOMING")
 print(f"parked: {r['parked']:.0f} of {r['accepted']}; relay pos_relay_parked {r['relay_parked']:.0f}, "
       f"pos_relay_awake {r['relay_awake']:.0f}, live QUIC connections {r['relay_connections_parked']:.0f} "
       f"(goal: equal to awake)")
@@ -166,8 +171,12 @@ p50 = r["parked_connect_p50_ms"]
 print(f"CONNECT to a parked peer until the circuit is up: p50 {p50:.2f} ms, p95 "
       f"{r['parked_connect_p95_ms']:.2f} ms: {ratio(p50, 5)} (goal <= 5 ms; awake baseline "
       f"p50 {r['awake_connect_p50_ms']:.2f} ms); {r['parked_ok']}/{r['parked_tries']} carried a datagram")
+if r["parked_first_failure"]:
+    print(f"  first failure: {r['parked_first_failure']}")
 print(f"nothing lost: {r['lost_ok']}/{r['lost_tries']} sends to parked peers arrived (goal 100%), "
       f"{r['lost_moved_ok']}/{r['lost_moved']} of them just after the peer's address changed")
+if r["lost_first_failure"]:
+    print(f"  first failure: {r['lost_first_failure']}")
 print(f"after a NAT rebinding the peer did not notice (reported, no goal): "
       f"{r['rebound_ok']}/{r['rebound_tries']} arrived (the relay learns the new address from the "
       f"next keep-alive, every {r.get('keepalive_s', '?')} s)")

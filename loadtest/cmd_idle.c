@@ -40,6 +40,7 @@ struct opts {
 struct lat {
     double *us;
     long n, ok, tried;
+    char first[200]; /* why the first failed try failed */
 };
 
 struct run {
@@ -62,8 +63,11 @@ struct run {
     long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
     double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen, park_s;
     double m_parks, m_park_refused; /* the relay's pos_relay_parks_total, _park_refused_total */
-    long ev_park[3], ev_hold[3];    /* events() once all parked, and after the parked hold */
-    double hold_cpu_s[2], hold_events[2]; /* [0] awake, [1] parked */
+    long ev_park[3], ev_hold[3];
+    long unparked, unparked_incoming;
+    /* this process's clients not parked when park_all ended */ /* events() once all parked, and
+                                                                   after the parked hold */
+    double hold_cpu_s[2], hold_events[2];                       /* [0] awake, [1] parked */
     struct lat awake, parked, lost;
     struct lat rebound;   /* "nothing lost" tries after an unnoticed NAT rebinding */
     long moved, moved_ok; /* ... of R->lost, after an address change the device noticed */
@@ -352,6 +356,7 @@ static int dial_try(struct run *R, long t, struct lat *L)
         return 0;
     R->t_circuit_us = 0;
     R->try_error = 0;
+    R->try_text[0] = 0;
     R->t_req_us = now_us();
     if (pos_p2p_relay_request_peer(d, c->peer_id, &req) == 0) {
         idle_pool_touch(R->pool, R->mine);
@@ -370,8 +375,8 @@ static int dial_try(struct run *R, long t, struct lat *L)
             snprintf(R->try_text, sizeof(R->try_text), "no circuit within %ld s", R->o.timeout_s);
         }
     }
-    if (!ok && L != &R->rebound && !R->first_reason[0]) /* rebound: reported apart */
-        snprintf(R->first_reason, sizeof(R->first_reason), "CONNECT to client %ld: %s", t,
+    if (!ok && !L->first[0])
+        snprintf(L->first, sizeof(L->first), "CONNECT to client %ld: %s", t,
                  R->try_text[0] ? R->try_text : "the datagram did not arrive");
     pos_p2p_relay_close(d); /* ends the circuit: the peer may park again */
     idle_pool_touch(R->pool, R->mine);
@@ -478,6 +483,13 @@ static void park_all(struct run *R)
     idle_team_wait(&R->team, R->pool, 'P', theirs);
     R->park_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
     R->parked_seen = (double)(parked + theirs[0]);
+    for (long i = 0; i < R->mine; i++) {
+        struct idle_client *c = idle_pool_get(R->pool, i);
+        if (c->accepted && c->r && !pos_p2p_relay_parked(c->r)) {
+            R->unparked++;
+            R->unparked_incoming += c->incoming > 0;
+        }
+    }
     events(R, R->ev_park);
 }
 
@@ -486,6 +498,8 @@ static void print_lat(const char *what, struct lat *L)
     printf("CONNECT to %s peer until the circuit is up: p50 %.2f ms, p95 %.2f ms (%ld of %ld "
            "tries carried a datagram)\n",
            what, pct(L->us, L->n, 0.5) / 1000, pct(L->us, L->n, 0.95) / 1000, L->ok, L->tried);
+    if (L->first[0])
+        printf("  first failure: %s\n", L->first);
 }
 
 static void print_text(struct run *R)
@@ -522,6 +536,10 @@ static void print_text(struct run *R)
            R->m_park_refused);
     printf("during the parked hold: %ld reconnects after unanswered keep-alives\n",
            R->ev_hold[2] - R->ev_park[2]);
+    if (R->unparked)
+        printf("not parked when the wait ended, of this process's %ld clients: %ld (%ld of them "
+               "had answered an INCOMING)\n",
+               R->mine, R->unparked, R->unparked_incoming);
     if (R->rss0 >= 0)
         printf("relay RSS with all parked: %ld KiB (%ld bytes per parked client)\n", R->rss_parked,
                R->accepted ? (R->rss_parked - R->rss0) * 1024 / R->accepted : 0);
@@ -539,6 +557,15 @@ static void print_text(struct run *R)
     printf("nothing lost: %ld of %ld sends to parked peers arrived (%ld of %ld just after the "
            "peer's address changed); after a NAT rebinding the peer did not notice: %ld of %ld\n",
            R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok, R->rebound.tried);
+    if (R->lost.first[0])
+        printf("  first failure: %s\n", R->lost.first);
+}
+
+/* json_str: |s| inside a JSON string (quotes and backslashes escaped, control characters '?'). */
+static void json_str(const char *s)
+{
+    for (; *s; s++)
+        printf(*s == '"' || *s == '\\' ? "\\%c" : (unsigned char)*s < 32 ? "?" : "%c", *s);
 }
 
 static void print_json(struct run *R)
@@ -570,12 +597,17 @@ static void print_json(struct run *R)
     printf("\"parked_connect_p50_ms\": %.3f, \"parked_connect_p95_ms\": %.3f, \"parked_ok\": %ld, "
            "\"parked_tries\": %ld, \"lost_ok\": %ld, \"lost_tries\": %ld, \"lost_moved_ok\": %ld, "
            "\"lost_moved\": %ld, \"rebound_ok\": %ld, \"rebound_tries\": %ld, "
-           "\"first_failure\": \"",
+           "\"unparked\": %ld, \"unparked_incoming\": %ld, \"first_failure\": \"",
            P->n ? pct(P->us, P->n, 0.5) / 1000 : -1, P->n ? pct(P->us, P->n, 0.95) / 1000 : -1,
            P->ok, P->tried, R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok,
-           R->rebound.tried);
-    for (const char *c = R->first_reason; *c; c++)
-        printf(*c == '"' || *c == '\\' ? "\\%c" : (unsigned char)*c < 32 ? "?" : "%c", *c);
+           R->rebound.tried, R->unparked, R->unparked_incoming);
+    json_str(R->first_reason);
+    printf("\", \"awake_first_failure\": \"");
+    json_str(R->awake.first);
+    printf("\", \"parked_first_failure\": \"");
+    json_str(R->parked.first);
+    printf("\", \"lost_first_failure\": \"");
+    json_str(R->lost.first);
     printf("\"}\n");
 }
 

@@ -153,7 +153,8 @@ static int helper_main(void *arg, int cmd_fd, int st_fd)
         if (cmd == 'P') {
             idle_load_park(p, a->count, &conf);
             parking = 1;
-            until = pos_p2p_now_ms() + (conf.park_after_s + 30 + a->count / 2000) * 1000;
+            /* as long as the measuring process waits (park_all) */
+            until = pos_p2p_now_ms() + (conf.park_after_s + 60 + a->total / 1000) * 1000;
         }
         idle_load_pump_for(p, 200);
         if (parking) {
