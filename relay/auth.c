@@ -23,66 +23,20 @@
 
 #include "admission.h"
 #include "log.h"
-#include "redis_lua.h"
+#include "auth_lua.h"
 #include "relay_keys.h"
 #include "secret.h"
 #include "strmap.h"
 #include "token_record.h"
 
-#define CACHE_TTL 3.0     /* seconds a token lookup is trusted */
-#define CACHE_MAX 20000   /* entries; beyond it stale ones are dropped */
-#define CONN_TTL_MS 30000 /* a crashed relay's connections count this long */
+#define CACHE_TTL 3.0             /* seconds a token lookup is trusted */
+#define CACHE_MAX 20000           /* entries; beyond it stale ones are dropped */
+#define CONN_TTL_MS 30000         /* a crashed relay's connections count this long */
+#define PARKED_CONN_TTL_MS 150000 /* a parked client's member: written once a minute */
+#define PARKED_REFRESH_EVERY 12   /* refreshes (5 s) between two writes of parked members */
 #define MAX_TOKEN_LEN 1024
 #define REFRESH_CHUNK 30         /* members per connection-set refresh call */
 #define MAX_PENDING_CHECKS 20000 /* beyond: refused at once as unavailable (overload) */
-
-/* ---- Lua scripts (time from Redis, so relays with skewed clocks agree) ---- */
-
-/* Token bucket in milli-tokens; a key that does not exist is a full bucket. */
-#define LUA_BUCKET                                                                                 \
-    "local function bucket(key, rate, burst, now)\n"                                               \
-    "  if rate <= 0 then return true end\n"                                                        \
-    "  local cap = burst * 1000\n"                                                                 \
-    "  local b = redis.call('HMGET', key, 't', 'ts')\n"                                            \
-    "  local t, ts = tonumber(b[1]), tonumber(b[2])\n"                                             \
-    "  if t == nil or ts == nil then t = cap; ts = now end\n"                                      \
-    "  if now > ts then t = math.min(cap, t + (now - ts) * rate) end\n"                            \
-    "  local ok = t >= 1000\n"                                                                     \
-    "  if ok then t = t - 1000 end\n"                                                              \
-    "  redis.call('HSET', key, 't', math.floor(t), 'ts', now)\n"                                   \
-    "  redis.call('PEXPIRE', key, math.ceil(cap / rate) + 1000)\n"                                 \
-    "  return ok\n"                                                                                \
-    "end\n"
-
-/* KEYS[1] bucket. ARGV rate/s, burst. Returns 1 allowed, 0 limited. */
-static const char lua_rate[] = LUA_NOW LUA_BUCKET
-    "if bucket(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now) then return 1 end\n"
-    "return 0\n";
-
-/*
- * KEYS[1] token bucket, KEYS[2] token connection set. ARGV rate/s, burst,
- * max_conns (0 = no cap), member, ttl ms. Returns 1 admitted, -1 rate
- * limited, -2 too many connections.
- */
-static const char lua_admit[] = LUA_NOW LUA_BUCKET
-    "local max = tonumber(ARGV[3])\n"
-    "if max > 0 then\n"
-    "  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)\n"
-    "  if redis.call('ZCARD', KEYS[2]) >= max then return -2 end\n"
-    "end\n"
-    "if not bucket(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now) then return -1 end\n"
-    "if max > 0 then\n"
-    "  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])\n"
-    "  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))\n"
-    "end\n"
-    "return 1\n";
-
-/* KEYS[1] connection set. ARGV ttl ms, members... Pushes their expiry forward. */
-static const char lua_refresh_conns[] =
-    LUA_NOW "local exp = now + tonumber(ARGV[1])\n"
-            "for i = 2, #ARGV do redis.call('ZADD', KEYS[1], exp, ARGV[i]) end\n"
-            "redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))\n"
-            "return 1\n";
 
 struct cache_entry {
     struct strmap_node n;   /* key: token hash */
@@ -96,6 +50,8 @@ struct tokconn {
     uint32_t count;       /* connections accepted here and not released */
     uint32_t nmembers, cap;
     uint64_t *members; /* our members in the token's Redis connection set */
+    uint32_t nparked;  /* of which the last |nparked| are parked clients' (longer TTL) */
+    uint32_t parked;   /* of |count|: parked clients (their token re-read once a minute) */
 };
 
 enum check_kind { CHECK_ADDR, CHECK_AUTH };
@@ -131,6 +87,8 @@ struct relay_auth_svc {
     uint64_t next_handle, next_member;
     struct strmap cache, tokconns;
     int shut_down;
+    unsigned
+        refreshes; /* relay_auth_svc_refresh calls: parked members every PARKED_REFRESH_EVERY */
 };
 
 /* ---- checks: life cycle and delivery ---- */
@@ -509,17 +467,9 @@ void relay_auth_svc_cancel(relay_auth_svc *s, uint64_t handle)
     }
 }
 
-void relay_auth_svc_release(relay_auth_svc *s, const char *token_id)
+/* tokconn_drop: one connection of |t| less; the last one frees it. */
+static void tokconn_drop(relay_auth_svc *s, struct tokconn *t)
 {
-    if (!token_id)
-        return;
-    struct tokconn *t = tokconn_get(s, token_id, 0);
-    if (!t)
-        return;
-    if (t->nmembers > 0) {
-        t->nmembers--;
-        zrem_member(s, token_id, t->members[t->nmembers]);
-    }
     if (t->count > 0)
         t->count--;
     if (t->count == 0) {
@@ -527,6 +477,23 @@ void relay_auth_svc_release(relay_auth_svc *s, const char *token_id)
         free(t->members);
         free(t);
     }
+}
+
+void relay_auth_svc_release(relay_auth_svc *s, const char *token_id)
+{
+    if (!token_id)
+        return;
+    struct tokconn *t = tokconn_get(s, token_id, 0);
+    if (!t)
+        return;
+    if (t->nmembers > t->nparked) {
+        /* the last awake member goes; the last parked one takes its place */
+        uint32_t a = t->nmembers - t->nparked - 1;
+        zrem_member(s, token_id, t->members[a]);
+        t->members[a] = t->members[t->nmembers - 1];
+        t->nmembers--;
+    }
+    tokconn_drop(s, t);
 }
 
 /* ---- revocation ---- */
@@ -551,6 +518,7 @@ static void revoke_hash(relay_auth_svc *s, const char *hash)
 }
 
 static void revalidate(relay_auth_svc *s);
+static void revalidate_some(relay_auth_svc *s, int all);
 
 static void on_revocation(void *arg, const char *channel, const char *msg, size_t len)
 {
@@ -608,9 +576,21 @@ static void on_revalidate_reply(void *arg, redisReply *rep)
 /* Re-reads every token with connections here (missed revocations). */
 static void revalidate(relay_auth_svc *s)
 {
+    revalidate_some(s, 1);
+}
+
+/*
+ * revalidate_some: like revalidate; without |all|, tokens held here only by
+ * parked clients are left for the once-a-minute round.
+ */
+static void revalidate_some(relay_auth_svc *s, int all)
+{
     STRMAP_FOREACH(&s->tokconns, n)
     {
         char key[RELAY_KEY_LEN];
+        const struct tokconn *t = (const struct tokconn *)n;
+        if (!all && t->parked >= t->count)
+            continue;
         struct revalidation *v = calloc(1, sizeof(*v));
         if (!v)
             return;
@@ -629,17 +609,19 @@ static void revalidate(relay_auth_svc *s)
     }
 }
 
-static void refresh_conns(relay_auth_svc *s, const struct tokconn *t)
+/* refresh_members: members [from, to) of |t| expire |ttl_ms| from now (chunks of 30). */
+static void refresh_members(relay_auth_svc *s, const struct tokconn *t, uint32_t from, uint32_t to,
+                            int ttl_ms)
 {
     char key[RELAY_KEY_LEN], ttl[16], names[REFRESH_CHUNK][96];
     const char *argv[REFRESH_CHUNK + 2];
     relay_key_conns(s->cfg->redis_prefix, key, sizeof(key), t->n.key);
-    snprintf(ttl, sizeof(ttl), "%d", CONN_TTL_MS);
+    snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
     argv[0] = key;
     argv[1] = ttl;
-    for (uint32_t i = 0; i < t->nmembers; i += REFRESH_CHUNK) {
+    for (uint32_t i = from; i < to; i += REFRESH_CHUNK) {
         int n = 0;
-        for (uint32_t j = i; j < t->nmembers && n < REFRESH_CHUNK; j++, n++) {
+        for (uint32_t j = i; j < to && n < REFRESH_CHUNK; j++, n++) {
             member_name(s, t->members[j], names[n], sizeof(names[n]));
             argv[2 + n] = names[n];
         }
@@ -647,11 +629,53 @@ static void refresh_conns(relay_auth_svc *s, const struct tokconn *t)
     }
 }
 
+/* refresh_conns: live connections' members every refresh, parked clients' once a minute. */
+static void refresh_conns(relay_auth_svc *s, const struct tokconn *t, int parked_too)
+{
+    refresh_members(s, t, 0, t->nmembers - t->nparked, CONN_TTL_MS);
+    if (parked_too)
+        refresh_members(s, t, t->nmembers - t->nparked, t->nmembers, PARKED_CONN_TTL_MS);
+}
+
 void relay_auth_svc_refresh(relay_auth_svc *s)
 {
+    int parked_too = s->refreshes++ % PARKED_REFRESH_EVERY == 0;
     STRMAP_FOREACH(&s->tokconns, n)
-    refresh_conns(s, (const struct tokconn *)n);
-    revalidate(s);
+    refresh_conns(s, (const struct tokconn *)n, parked_too);
+    revalidate_some(s, parked_too);
+}
+
+void relay_auth_svc_park(relay_auth_svc *s, const char *token_id, int parked)
+{
+    struct tokconn *t = token_id ? tokconn_get(s, token_id, 0) : NULL;
+    if (!t)
+        return;
+    if (parked && t->parked < t->count)
+        t->parked++;
+    else if (!parked && t->parked > 0)
+        t->parked--;
+    if (parked && t->nparked < t->nmembers) {
+        t->nparked++; /* the last awake member is a parked one now: its longer TTL at once */
+        refresh_members(s, t, t->nmembers - t->nparked, t->nmembers - t->nparked + 1,
+                        PARKED_CONN_TTL_MS);
+    } else if (!parked && t->nparked > 0) {
+        t->nparked--; /* back among the live ones, refreshed with them from the next refresh */
+    }
+}
+
+void relay_auth_svc_release_parked(relay_auth_svc *s, const char *token_id)
+{
+    struct tokconn *t = token_id ? tokconn_get(s, token_id, 0) : NULL;
+    if (!t)
+        return;
+    if (t->parked > 0)
+        t->parked--;
+    if (t->nparked > 0) { /* members are interchangeable: the last one is a parked one */
+        t->nparked--;
+        t->nmembers--;
+        zrem_member(s, token_id, t->members[t->nmembers]);
+    }
+    tokconn_drop(s, t);
 }
 
 relay_auth_svc *relay_auth_svc_new(struct ev_loop *loop, const relay_config *cfg,

@@ -30,6 +30,15 @@ uint64_t relay_auth_svc_check(relay_auth_svc *s, const char *token, size_t len, 
                               void *arg);
 void relay_auth_svc_cancel(relay_auth_svc *s, uint64_t handle);
 void relay_auth_svc_release(relay_auth_svc *s, const char *token_id);
+/*
+ * Parked clients (docs/relay.md "Parked clients") keep their connection's
+ * place in the token's connection set, written once a minute with a 150 s
+ * TTL instead of every 5 s: relay_auth_svc_park(|token_id|, 1) when a
+ * connection of the token parks, (…, 0) when its record goes back to a
+ * connection; relay_auth_svc_release_parked when a record ends otherwise.
+ */
+void relay_auth_svc_park(relay_auth_svc *s, const char *token_id, int parked);
+void relay_auth_svc_release_parked(relay_auth_svc *s, const char *token_id);
 
 /* relay_auth_svc_refresh: pushes the expiry of our connection-set members and re-reads the tokens
  * in use. */

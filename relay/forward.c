@@ -58,6 +58,12 @@ void relay_forwarder_set_quic_fallback(relay_forwarder *fw, int on)
     fw->quic_fallback = on ? 1 : 0;
 }
 
+void relay_forwarder_set_park(relay_forwarder *fw, relay_park_cb park, void *arg)
+{
+    fw->park = park;
+    fw->park_arg = arg;
+}
+
 static int is_v4_mapped(const relay_addr *a)
 {
     static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -266,6 +272,18 @@ static void add_output(relay_forwarder *fw, struct mmsghdr *out, unsigned *n_out
     (*n_iov)++;
 }
 
+/* park_answer: the name to send |h|'s parked datagram's answer back to, or 0 (dropped). */
+static socklen_t park_answer(relay_forwarder *fw, const struct msghdr *h, uint8_t *buf, size_t len,
+                             int family, struct sockaddr_in6 *name)
+{
+    relay_addr src;
+    const struct sockaddr *sa = h->msg_name;
+    if (sa == NULL || h->msg_namelen < sizeof(struct sockaddr_in) ||
+        relay_addr_from_sockaddr(&src, sa) != 0 || !fw->park(fw->park_arg, buf, len, sa))
+        return 0;
+    return make_name(&src, family, name);
+}
+
 int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, int sock_family,
                         struct mmsghdr *out, unsigned *quic_idx, unsigned *n_quic)
 {
@@ -285,6 +303,14 @@ int relay_forward_batch(relay_forwarder *fw, struct mmsghdr *in, unsigned n_in, 
         size_t len = in[i].msg_len;
         if (len > h->msg_iov[0].iov_len || (h->msg_flags & MSG_TRUNC)) {
             fw->stats.drop_truncated++;
+            continue;
+        }
+        if (fw->park && pos_park_is_park(buf, len)) {
+            /* a parked client's keep-alive: checked here, its ack joins the output */
+            socklen_t namelen = park_answer(fw, h, buf, len, sock_family, &fw->names[n_out]);
+            fw->stats.parked++;
+            if (namelen != 0)
+                add_output(fw, out, &n_out, &n_iov, buf, len, namelen);
             continue;
         }
         if (!pos_frame_is_frame(buf, len) || pos_park_is_park(buf, len)) {

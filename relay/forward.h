@@ -67,6 +67,7 @@ typedef struct relay_forward_stats {
     uint64_t forwarded;       /* DATA frames queued for sending */
     uint64_t forwarded_bytes; /* their lengths */
     uint64_t keepalives;      /* KEEPALIVE answered */
+    uint64_t parked;          /* parked datagrams given to the park callback (answered or not) */
     uint64_t drop_truncated;  /* larger than the receive buffer (MSG_TRUNC) */
     uint64_t drop_malformed;  /* frame of a known type with a bad shape, circuit id 0 */
     uint64_t drop_unknown_type;
@@ -88,8 +89,18 @@ struct relay_gso_group {
     } cmsg;
 };
 
+/*
+ * relay_park_cb: a parked client's datagram (common/park.h) |buf| of |len|
+ * bytes from |from|, seen by the forwarder under the workers' shared lock:
+ * 1 when the callee rewrote |buf| in place into the answer (same length) to
+ * send back to |from|, 0 when it is dropped. See relay_forwarder_set_park.
+ */
+typedef int (*relay_park_cb)(void *arg, uint8_t *buf, size_t len, const struct sockaddr *from);
+
 typedef struct relay_forwarder {
     relay_circuits *circuits;
+    relay_park_cb park; /* NULL: parked datagrams go back with the QUIC ones */
+    void *park_arg;
     relay_lease_cb lease;
     void *lease_arg;
     unsigned batch_max;
@@ -136,6 +147,14 @@ void relay_forwarder_set_gso(relay_forwarder *fw, unsigned max_segments);
  * default.
  */
 void relay_forwarder_set_quic_fallback(relay_forwarder *fw, int on);
+
+/*
+ * relay_forwarder_set_park: parked datagrams (first byte 0x25..0x27) go to
+ * |park| (with |arg|) in the batch, and an answer it writes in place joins
+ * the batch's output like a KEEPALIVE_ACK; NULL (the default) hands them
+ * back with the QUIC datagrams (|quic_idx|) instead.
+ */
+void relay_forwarder_set_park(relay_forwarder *fw, relay_park_cb park, void *arg);
 
 /*
  * relay_forward_batch processes |n_in| datagrams received into |in| (as

@@ -254,23 +254,35 @@ static void presence_keep(relay_presence_svc *s, const char *peer_id)
     presence_keep_ttl(s, peer_id, PRESENCE_TTL_S);
 }
 
-void relay_presence_svc_add(relay_presence_svc *s, const char *peer_id)
+/* presence_count: |peer_id|'s entry in the local table, one more; 0, or -1 out of memory. */
+static int presence_count(relay_presence_svc *s, const char *peer_id)
 {
     if (!peer_id || strlen(peer_id) >= STRMAP_KEY_MAX)
-        return;
+        return -1;
     struct presence *p = (struct presence *)strmap_get(&s->presence, peer_id);
     if (!p) {
         p = calloc(1, sizeof(*p));
         if (!p)
-            return;
+            return -1;
         snprintf(p->n.key, sizeof(p->n.key), "%s", peer_id);
         if (strmap_put(&s->presence, &p->n) != 0) {
             free(p);
-            return;
+            return -1;
         }
     }
     p->count++;
-    presence_set(s, peer_id);
+    return 0;
+}
+
+void relay_presence_svc_add(relay_presence_svc *s, const char *peer_id)
+{
+    if (presence_count(s, peer_id) == 0)
+        presence_set(s, peer_id);
+}
+
+void relay_presence_svc_hold(relay_presence_svc *s, const char *peer_id)
+{
+    presence_count(s, peer_id); /* no write: the key is there; the final clean-up deletes it */
 }
 
 void relay_presence_svc_remove(relay_presence_svc *s, const char *peer_id)

@@ -38,6 +38,9 @@ void relay_presence_svc_cancel(relay_presence_svc *s, uint64_t handle);
 void relay_presence_svc_park(relay_presence_svc *s, const char *peer_id);
 void relay_presence_svc_keep_parked(relay_presence_svc *s, const char *peer_id);
 void relay_presence_svc_unpark(relay_presence_svc *s, const char *peer_id);
+/* relay_presence_svc_hold: |peer_id| counts as here without a write (shutdown: its key is
+ * deleted by the final clean-up with the others). */
+void relay_presence_svc_hold(relay_presence_svc *s, const char *peer_id);
 
 /* relay_presence_svc_refresh: extends (or puts back) every presence key naming this relay. */
 void relay_presence_svc_refresh(relay_presence_svc *s);

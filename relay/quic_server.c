@@ -401,6 +401,9 @@ void relay_server_set_services(relay_server *s, relay_services *svc)
              * connection-id lookup instead (then counted as quic_fallback).
              */
             relay_forwarder_set_quic_fallback(s->fw, s->cfg->quic_fallback);
+            s->park_ctx.srv = s;
+            if (s->park) /* keep-alives checked and acknowledged in the batch */
+                relay_forwarder_set_park(s->fw, relay_park_fast, &s->park_ctx);
             s->gso = s->cfg->gso;
             if (s->gso)
                 relay_forwarder_set_gso(s->fw, RELAY_FORWARD_GSO_MAX_SEGMENTS);

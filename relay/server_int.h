@@ -101,6 +101,12 @@ struct rconn {
     ngtcp2_tstamp park_until;           /* |parked|: freed at the latest then */
 };
 
+/* What the forwarder's park callback needs (relay_park_fast): one per forwarder. */
+struct relay_park_ctx {
+    relay_server *srv;
+    int sock; /* the local address index of the batch being forwarded */
+};
+
 struct sock {
     int fd;
     ev_io io;
@@ -143,9 +149,12 @@ struct relay_server {
     relay_worker_stats wst[RELAY_MAX_WORKERS];
     /* parking (server_park.c): NULL when park_lifetime is 0 */
     relay_park *park;
-    ev_timer park_tick;   /* each second: lifetimes, presence batches, malloc_trim */
-    ev_timer park_wakes;  /* the next WAKE datagram due */
-    uint64_t conns_freed; /* since the last malloc_trim */
+    ev_timer park_tick;             /* 4 per second: lifetimes, presence batches, malloc_trim */
+    ev_timer park_wakes;            /* the next WAKE datagram due */
+    uint64_t conns_freed;           /* since the last malloc_trim */
+    int64_t trimmed_ms;             /* the last malloc_trim (relay_now, ms) */
+    uint64_t park_redis_ups;        /* relay_services_redis_ups at the last tick */
+    struct relay_park_ctx park_ctx; /* the main loop's forwarder's (no workers) */
 };
 
 /* server_conn.c: sending, the clock, and one connection's life. */
@@ -214,6 +223,13 @@ void relay_park_fini(relay_server *s);
 void relay_ctrl_park(struct rconn *c, const pos_ctrl_msg *m);
 /* relay_park_conn_due: |c| parked and its PARKED is acknowledged or overdue: free it now. */
 int relay_park_conn_due(struct rconn *c);
+/*
+ * relay_park_fast: the forwarders' relay_park_cb (forward.h), |arg| a
+ * struct relay_park_ctx: a keep-alive checked under the workers' shared
+ * lock (each record's datagrams reach one worker: its id's worker bits) and
+ * turned into its PARK_ACK in place; 0 when dropped (counted).
+ */
+int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *from);
 /* relay_park_datagram: a parked datagram (common/park.h) the forwarder handed back. */
 void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t len,
                          const struct sockaddr *from, socklen_t fromlen);
@@ -232,7 +248,7 @@ void relay_park_home(struct rconn *c);
 int relay_park_expects(relay_server *s, const struct sockaddr *from);
 /* relay_park_revoke: the records of token |token_id| end at once. */
 void relay_park_revoke(relay_server *s, const char *token_id);
-/* relay_park_goaway: every record ends (presence deleted): the relay stops. */
+/* relay_park_goaway: every record ends, its Redis entries left to the final clean-up. */
 void relay_park_goaway(relay_server *s);
 /* relay_park_conn_freed: a connection was freed (malloc_trim once a second after some). */
 void relay_park_conn_freed(relay_server *s);

@@ -23,7 +23,9 @@
 
 #define PARKED_ACK_WAIT_NS (3 * NGTCP2_SECONDS) /* PARKED unacknowledged: freed anyway */
 #define PRESENCE_EVERY_MS 60000                 /* a parked peer's presence write */
-#define SWEEP_PER_TICK 262144                   /* records looked at per second */
+#define TICK_S 0.25                             /* the sweep's period */
+#define SWEEP_PER_TICK 65536 /* records per tick: short stops of the workers (exclusive lock) */
+#define TRIM_EVERY_MS 1000   /* malloc_trim at most this often */
 
 enum park_end { END_HOME, END_EXPIRED, END_REVOKED, END_SHUTDOWN };
 
@@ -48,8 +50,10 @@ static void end_record(relay_server *s, relay_parked *r, enum park_end why, int 
             relay_presence_unpark(s->svc, peer_id);
         if (g->budget)
             relay_budget_release(s->svc, g->budget);
-        if (!keep_slot && g->n.key[0])
-            relay_auth_release(s->svc, g->n.key);
+        if (g->n.key[0] && keep_slot)
+            relay_auth_park(s->svc, g->n.key, 0); /* a live connection's place again */
+        else if (g->n.key[0])
+            relay_auth_release_parked(s->svc, g->n.key);
     }
     s->st.park_ended[why]++;
     relay_park_remove(s->park, r);
@@ -99,6 +103,7 @@ void relay_ctrl_park(struct rconn *c, const pos_ctrl_msg *m)
         park_refuse(c, m->req_id, why);
         return;
     }
+    relay_park_set_route(s->park, s->circuits); /* the workers' bits are set by now */
     if ((old = relay_park_find_peer(s->park, c->pin.peer_key)) != NULL)
         end_record(s, old, END_HOME, 0, 1); /* an older connection of the peer had parked */
     r = relay_park_add(s->park, c->pin.peer_key, c->park_key, (const struct sockaddr *)&c->cur,
@@ -118,8 +123,11 @@ void relay_ctrl_park(struct rconn *c, const pos_ctrl_msg *m)
         s->st.awake--;
     }
     ev_timer_stop(s->loop, &c->expiry); /* the record's sweep watches the expiry */
-    if (s->svc)
+    if (s->svc) {
         relay_presence_park(s->svc, c->peer_id);
+        if (r->tok->n.key[0]) /* its place under the token's cap: written once a minute */
+            relay_auth_park(s->svc, r->tok->n.key, 1);
+    }
     if (c->bc) {
         relay_broker_client *bc = c->bc;
         c->bc = NULL;
@@ -164,6 +172,27 @@ void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t 
     if (moved)
         s->st.park_roams++;
     relay_send_to(s, sock, ack, sizeof(ack), from, fromlen);
+}
+
+int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *from)
+{
+    struct relay_park_ctx *x = arg;
+    relay_server *s = x->srv;
+    uint8_t ack[POS_PARK_LEN];
+    relay_parked *r;
+    int moved;
+
+    /* counters: workers add to them at once under the shared lock */
+    if (!s->park || relay_park_keepalive(s->park, buf, len, from, x->sock, now_ms(s), ack, &r,
+                                         &moved) != RELAY_PARK_ACKED) {
+        __atomic_fetch_add(&s->st.park_keepalives_drop, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    __atomic_fetch_add(&s->st.park_keepalives_ok, 1, __ATOMIC_RELAXED);
+    if (moved)
+        __atomic_fetch_add(&s->st.park_roams, 1, __ATOMIC_RELAXED);
+    memcpy(buf, ack, sizeof(ack)); /* same length: the forwarder sends it back to |from| */
+    return 1;
 }
 
 /* ---- waking ---- */
@@ -297,15 +326,27 @@ void relay_park_conn_freed(relay_server *s)
     s->conns_freed++;
 }
 
+/* redis_back: Redis is reachable again (maybe restarted empty): every record's presence is due. */
+static void redis_back(relay_server *s)
+{
+    uint64_t ups = s->svc ? relay_services_redis_ups(s->svc) : 0;
+    if (ups != s->park_redis_ups)
+        for (uint32_t i = 0; i < s->park->used; i++)
+            s->park->rec[i].presence_ms = -PRESENCE_EVERY_MS; /* written by the next sweeps */
+    s->park_redis_ups = ups;
+}
+
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
     relay_server *s = w->data;
     (void)loop;
     (void)revents;
+    redis_back(s);
     relay_park_sweep(s->park, now_ms(s), (int64_t)time(NULL),
                      (int64_t)s->cfg->park_lifetime_s * 1000, PRESENCE_EVERY_MS, SWEEP_PER_TICK,
                      on_expired, on_presence_due, s);
-    if (s->conns_freed) {
+    if (s->conns_freed && now_ms(s) - s->trimmed_ms >= TRIM_EVERY_MS) {
+        s->trimmed_ms = now_ms(s);
         /* a freed ngtcp2 connection's chunks stay in glibc's arenas until trimmed */
         s->conns_freed = 0;
         malloc_trim(0);
@@ -323,7 +364,7 @@ int relay_park_init(relay_server *s, char *err, size_t errlen)
         return -1;
     }
     relay_park_set_route(s->park, s->circuits);
-    ev_timer_init(&s->park_tick, on_tick, 1., 1.);
+    ev_timer_init(&s->park_tick, on_tick, TICK_S, TICK_S);
     s->park_tick.data = s;
     ev_timer_start(s->loop, &s->park_tick);
     ev_timer_init(&s->park_wakes, on_wakes, 0., 0.);
@@ -331,13 +372,28 @@ int relay_park_init(relay_server *s, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * relay_park_goaway: the relay stops. Each record's presence key and its
+ * place under the token's cap stay counted where the services' final
+ * clean-up (relay_services_shutdown, one synchronous pipeline) deletes
+ * them with the live connections' own; an asynchronous command now would
+ * not be sent before the loop ends, and the keys would outlive the relay.
+ */
 void relay_park_goaway(relay_server *s)
 {
     if (!s->park)
         return;
-    for (uint32_t i = 0; i < s->park->used; i++)
-        if (s->park->rec[i].id)
-            end_record(s, &s->park->rec[i], END_SHUTDOWN, 0, 0);
+    for (uint32_t i = 0; i < s->park->used; i++) {
+        relay_parked *r = &s->park->rec[i];
+        if (!r->id)
+            continue;
+        if (s->svc) {
+            char peer_id[POS_PEER_ID_STRLEN];
+            pos_peer_id_format(r->peer_key, peer_id);
+            relay_presence_hold(s->svc, peer_id);
+        }
+        end_record(s, r, END_SHUTDOWN, 1, 1); /* the connection slot stays with the services */
+    }
 }
 
 void relay_park_fini(relay_server *s)

@@ -75,6 +75,7 @@ static void forward_datagrams(void *arg, relay_rxbatch *b, unsigned n)
 
     s->wst[0].packets_in += n;
     if (s->fw) {
+        s->park_ctx.sock = sock; /* parked clients' acks and records name this address */
         int out = relay_forward_batch(s->fw, rx, n, sk->local.ss_family, relay_rxbatch_tx(b),
                                       quic_idx, &n_quic);
         if (out > 0)

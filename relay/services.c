@@ -39,6 +39,7 @@ struct relay_services {
     relay_registration *registration;
     ev_timer refresh;
     int shut_down;
+    uint64_t redis_ups; /* times Redis came (back) up */
 };
 
 /* ---- the calls of services.h, each answered by its room ---- */
@@ -68,6 +69,16 @@ void relay_auth_release(relay_services *s, const char *token_id)
     relay_auth_svc_release(s->auth, token_id);
 }
 
+void relay_auth_park(relay_services *s, const char *token_id, int parked)
+{
+    relay_auth_svc_park(s->auth, token_id, parked);
+}
+
+void relay_auth_release_parked(relay_services *s, const char *token_id)
+{
+    relay_auth_svc_release_parked(s->auth, token_id);
+}
+
 void relay_presence_add(relay_services *s, const char *peer_id)
 {
     relay_presence_svc_add(s->presence, peer_id);
@@ -91,6 +102,11 @@ void relay_presence_keep_parked(relay_services *s, const char *peer_id)
 void relay_presence_unpark(relay_services *s, const char *peer_id)
 {
     relay_presence_svc_unpark(s->presence, peer_id);
+}
+
+void relay_presence_hold(relay_services *s, const char *peer_id)
+{
+    relay_presence_svc_hold(s->presence, peer_id);
 }
 
 uint64_t relay_presence_lookup(relay_services *s, const char *peer_id, relay_presence_cb cb,
@@ -150,6 +166,8 @@ static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
 static void on_redis_state(void *arg, int up)
 {
     relay_services *s = arg;
+    if (up)
+        s->redis_ups++;
     /* Called from the loop only, so every room exists by then. */
     if (up && !s->shut_down) {
         on_refresh(s->loop, &s->refresh, 0);
@@ -185,6 +203,11 @@ relay_services *relay_services_new(struct ev_loop *loop, const relay_config *cfg
 int relay_services_redis_ok(const relay_services *s)
 {
     return pos_redis_async_up(s->redis);
+}
+
+uint64_t relay_services_redis_ups(const relay_services *s)
+{
+    return s->redis_ups;
 }
 
 void relay_services_stats_get(const relay_services *s, relay_services_stats *out)

@@ -103,6 +103,15 @@ void relay_auth_cancel(relay_services *s, uint64_t handle);
 void relay_auth_release(relay_services *s, const char *token_id);
 
 /*
+ * relay_auth_park: a connection of |token_id| parked (|parked| 1: its
+ * place in the token's connection cap is written once a minute from now
+ * on) or its record went back to a connection (0).
+ * relay_auth_release_parked: a record of |token_id| ended (its place goes).
+ */
+void relay_auth_park(relay_services *s, const char *token_id, int parked);
+void relay_auth_release_parked(relay_services *s, const char *token_id);
+
+/*
  * Presence: while |peer_id| has a home connection here (HELLO without
  * POS_CTRL_HELLO_NOT_HOME), Redis maps it to this relay (short TTL).
  * relay_presence_add takes the key (the newest home wins); the refresh only
@@ -123,6 +132,9 @@ void relay_presence_remove(relay_services *s, const char *peer_id);
 void relay_presence_park(relay_services *s, const char *peer_id);
 void relay_presence_keep_parked(relay_services *s, const char *peer_id);
 void relay_presence_unpark(relay_services *s, const char *peer_id);
+/* relay_presence_hold: at shutdown, a parked peer's key is deleted with the live ones' (SIGTERM).
+ */
+void relay_presence_hold(relay_services *s, const char *peer_id);
 
 /*
  * Presence lookup, for a CONNECT to a peer that is not connected here. One
@@ -231,6 +243,10 @@ int relay_usage_add(relay_services *s, const char *account, uint64_t bytes, uint
 
 /* relay_services_redis_ok: whether Redis is reachable now (for /healthz and refusals). */
 int relay_services_redis_ok(const relay_services *s);
+
+/* relay_services_redis_ups: how often Redis came (back) up: a change means it may have lost state.
+ */
+uint64_t relay_services_redis_ups(const relay_services *s);
 
 /* Counters the services keep, for /metrics. */
 typedef struct relay_services_stats {

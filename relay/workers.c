@@ -45,9 +45,10 @@ struct worker {
     struct wsock socks[MAX_SOCKS];
     relay_forwarder *fw;
     int gso;
-    uint64_t send_failed; /* forwarded datagrams the socket refused (atomic) */
-    relay_rxbatch *rxb;   /* its receive batch (rxbatch.h) */
-    struct wsock *cur;    /* the socket whose batch is being cut (on_readable) */
+    uint64_t send_failed;           /* forwarded datagrams the socket refused (atomic) */
+    relay_rxbatch *rxb;             /* its receive batch (rxbatch.h) */
+    struct wsock *cur;              /* the socket whose batch is being cut (on_readable) */
+    struct relay_park_ctx park_ctx; /* its forwarder's park callback (server_park.c) */
 };
 
 struct relay_workers {
@@ -177,6 +178,7 @@ static int forward_batch(struct worker *w, struct wsock *ws, unsigned n, unsigne
 
     s->wst[w->idx].packets_in += n; /* this worker's own entry */
     if (w->fw) {
+        w->park_ctx.sock = (int)ws->idx;
         out = relay_forward_batch(w->fw, relay_rxbatch_rx(w->rxb), n,
                                   s->socks[ws->idx].local.ss_family, relay_rxbatch_tx(w->rxb),
                                   quic_idx, n_quic);
@@ -317,6 +319,9 @@ static int worker_init(relay_server *s, struct worker *w, char *err, size_t errl
             return -1;
         }
         relay_forwarder_set_quic_fallback(w->fw, s->cfg->quic_fallback);
+        w->park_ctx.srv = s;
+        if (s->park) /* parked keep-alives: checked under the shared lock, acks in the batch */
+            relay_forwarder_set_park(w->fw, relay_park_fast, &w->park_ctx);
         w->gso = s->cfg->gso;
         if (w->gso)
             relay_forwarder_set_gso(w->fw, RELAY_FORWARD_GSO_MAX_SEGMENTS);

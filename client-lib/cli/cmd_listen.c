@@ -11,7 +11,8 @@
  * so. Only a refusal of the token itself (unknown, revoked, expired) ends it,
  * with status 1. Every --recheck seconds it measures the other relays with
  * connections that claim no presence (home_relay.c), so peers always find
- * the device through its home relay. Runs until SIGTERM or SIGINT.
+ * the device through its home relay. Idle, the home connection parks (--park-after,
+ * --no-park; docs/client-library.md "Parking"). Runs until SIGTERM or SIGINT.
  */
 #include <getopt.h>
 #include <signal.h>

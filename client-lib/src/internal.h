@@ -166,4 +166,23 @@ int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m);
  */
 void relay_ping(pos_p2p_relay *r);
 
+/* quic_client.c, for relay_api.c (the public calls on circuits) */
+struct relay_circ;
+struct relay_park;
+/*
+ * relay_queue: request |m| on the request stream, written at once unless
+ * inside a read of the connection; while parking or parked it waits (a
+ * parked connection reconnects for it). 0, or POS_P2P_ERR_INVALID_ARGUMENT
+ * (not accepted, a bad message), POS_P2P_ERR_NOMEM.
+ */
+int relay_queue(pos_p2p_relay *r, const pos_ctrl_msg *m);
+int relay_queue_answer(pos_p2p_relay *r, uint32_t req_id, int accept); /* ACCEPT/DECLINE */
+uint32_t relay_new_req(pos_p2p_relay *r);                              /* the next request id */
+struct relay_circ *relay_circ_of(const pos_p2p_relay *r); /* its circuits (relay_circ.h) */
+struct relay_park *relay_park_of(const pos_p2p_relay *r); /* NULL: not home, or failed */
+int relay_holding(const pos_p2p_relay *r);                /* 1: parking, parked or reconnecting */
+pos_p2p_endpoint *relay_endpoint(const pos_p2p_relay *r);
+/* relay_send_frame: |buf| to the relay's current address: 0, -1 no connection, -2 not sent */
+int relay_send_frame(pos_p2p_relay *r, const uint8_t *buf, size_t len);
+
 #endif

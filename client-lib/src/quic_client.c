@@ -15,17 +15,14 @@
 
 #include "addr.h"
 #include "ctrl.h"
-#include "frame.h"
 #include "internal.h"
 #include "park.h"
 #include "quic_common.h"
+#include "relay_circ.h"
 #include "relay_park.h"
 #include "relay_proto.h"
 #include "sendq.h"
 
-#define MAX_CIRCUITS 1024     /* open circuits per relay connection */
-#define MAX_INCOMING 64       /* INCOMING requests not yet answered */
-#define MAX_EVENTS 64         /* events decoded during one packet, delivered after it */
 #define MAX_REQ_PENDING 65536 /* request bytes not yet acknowledged by the relay */
 #define REJOIN_MS 10000       /* a parked connection's reconnect: at most this long */
 
@@ -53,21 +50,11 @@ struct pos_p2p_relay {
     uint8_t hello_flags; /* POS_CTRL_HELLO_* sent in HELLO */
     pos_p2p_relay_status st;
     /* circuits (docs/protocol.md): requests on a stream of their own, kept open */
-    pos_p2p_relay_event_cb on_event;
-    pos_p2p_relay_data_cb on_data;
-    void *cb_arg;
-    int64_t req_stream; /* -1 until the first request */
-    struct sendq *rq;   /* request bytes not yet acknowledged */
+    struct relay_circ *circ; /* INCOMINGs, open circuits, events, callbacks (relay_circ.h) */
+    int64_t req_stream;      /* -1 until the first request */
+    struct sendq *rq;        /* request bytes not yet acknowledged */
     uint32_t next_req;
-    uint32_t incoming[MAX_INCOMING]; /* INCOMING ids we may answer */
-    size_t n_incoming;
-    uint32_t *circuits; /* our side's ids of open circuits */
-    size_t n_circuits;
-    pos_p2p_relay_event *evq; /* events decoded inside ngtcp2, delivered after it returns */
-    size_t n_ev;
     uint8_t in_read;         /* inside ngtcp2_conn_read_pkt */
-    uint8_t dispatching;     /* inside a user callback */
-    uint8_t close_pending;   /* pos_p2p_relay_close was called from a callback */
     uint8_t version;         /* POS_CTRL_V1 / V2 once the handshake chose the ALPN; 0 before */
     relay_punch_cb on_punch; /* PUNCH_START (version 2) goes there at once */
     struct relay_park *park; /* home connections: parking (relay_park.h); NULL otherwise */
@@ -81,12 +68,6 @@ static const struct ep_conn_ops relay_conn_ops;
 static int connecting(const pos_p2p_relay *r)
 {
     return r->st.state == POS_P2P_RELAY_CONNECTING || r->rejoining;
-}
-
-/* holding: requests wait in |held| (parking asked, parked, or reconnecting). */
-static int holding(const pos_p2p_relay *r)
-{
-    return r->rejoining || relay_park_state(r->park) != RELAY_PARK_AWAKE;
 }
 
 /* ---- ending ---- */
@@ -118,18 +99,18 @@ static void fail(pos_p2p_relay *r, int err, const char *reason)
 /* send_close sends CONNECTION_CLOSE with |ccerr| once (best effort). */
 static void send_close(pos_p2p_relay *r, const ngtcp2_connection_close_error *ccerr)
 {
-    ngtcp2_path_storage ps;
-    ngtcp2_pkt_info pi;
-    ngtcp2_ssize n;
-    if (!r->qc || ngtcp2_conn_is_in_closing_period(r->qc) ||
-        ngtcp2_conn_is_in_draining_period(r->qc))
+    relay_write_close(r->ep, r->qc, r->sock, ccerr);
+}
+
+/* say_bye: a normal close to the relay (nothing when failed or parked). */
+static void say_bye(pos_p2p_relay *r)
+{
+    ngtcp2_connection_close_error ccerr;
+    if (r->dead)
         return;
-    ngtcp2_path_storage_zero(&ps);
-    n = ngtcp2_conn_write_connection_close(r->qc, &ps.path, &pi, ep_txbuf(r->ep), EP_MAX_UDP, ccerr,
-                                           pos_quic_now());
-    if (n > 0)
-        ep_send(r->ep, r->sock, ep_txbuf(r->ep), (size_t)n, (struct sockaddr *)ps.path.remote.addr,
-                ps.path.remote.addrlen);
+    ngtcp2_connection_close_error_default(&ccerr);
+    ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
+    send_close(r, &ccerr);
 }
 
 static void fail_liberr(pos_p2p_relay *r, int liberr)
@@ -160,46 +141,10 @@ static void on_peer_close(pos_p2p_relay *r)
 
 static void conn_write(pos_p2p_relay *r)
 {
-    ngtcp2_path_storage ps;
-    ngtcp2_pkt_info pi;
-    ngtcp2_tstamp ts = pos_quic_now();
-    uint8_t *txbuf = ep_txbuf(r->ep);
-
-    if (r->dead)
-        return;
-    ngtcp2_path_storage_zero(&ps);
-    for (int i = 0; i < 64; i++) {
-        ngtcp2_ssize wlen = 0, n;
-        ngtcp2_vec v = {NULL, 0};
-        const uint8_t *data;
-        size_t nv = 0;
-        int64_t sid = -1;
-        uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
-        if (r->stream >= 0 && sendq_pending(r->out, &data, &v.len)) {
-            wflags = NGTCP2_WRITE_STREAM_FLAG_FIN; /* HELLO is the whole request */
-            sid = r->stream;
-            nv = 1;
-        } else if (r->req_stream >= 0 && sendq_pending(r->rq, &data, &v.len)) {
-            sid = r->req_stream; /* requests: the stream stays open */
-            nv = 1;
-        }
-        if (nv)
-            v.base = (uint8_t *)data; /* ngtcp2 only reads it */
-        n = ngtcp2_conn_writev_stream(r->qc, &ps.path, &pi, txbuf, EP_MAX_UDP, &wlen, wflags, sid,
-                                      &v, nv, ts);
-        if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR)
-            n = ngtcp2_conn_write_pkt(r->qc, &ps.path, &pi, txbuf, EP_MAX_UDP, ts);
-        if (n < 0) {
-            fail_liberr(r, (int)n);
-            return;
-        }
-        if (wlen > 0)
-            sendq_sent(sid == r->stream ? r->out : r->rq, (size_t)wlen);
-        if (n == 0)
-            return;
-        ep_send(r->ep, r->sock, txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
-                ps.path.remote.addrlen);
-    }
+    int rv;
+    if (!r->dead && r->qc &&
+        (rv = relay_write(r->ep, r->qc, r->sock, r->stream, r->out, r->req_stream, r->rq)) != 0)
+        fail_liberr(r, rv);
 }
 
 static int queue_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
@@ -225,8 +170,6 @@ static void on_welcome(pos_p2p_relay *r, const pos_ctrl_msg *m)
     ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(m->idle_timeout_s));
 }
 
-static int push_event(pos_p2p_relay *r, const pos_p2p_relay_event *ev);
-
 /* release_held: the requests made while parking or parked go out on the request stream. */
 static void release_held(pos_p2p_relay *r)
 {
@@ -241,18 +184,11 @@ static void release_held(pos_p2p_relay *r)
 /* on_rewelcome: WELCOME after parking: awake again (event), held requests go. */
 static void on_rewelcome(pos_p2p_relay *r)
 {
-    pos_p2p_relay_event ev;
-    memset(&ev, 0, sizeof(ev));
-    ev.type = POS_P2P_RELAY_EV_AWAKE;
-    ev.code = (uint16_t)relay_park_awake_code(r->park);
     r->rejoining = 0;
-    r->st.awake_reason = ev.code;
     relay_park_activity(r->park, pos_p2p_now_ms());
     release_held(r);
-    push_event(r, &ev);
+    relay_circ_event(r->circ, NULL, POS_P2P_RELAY_EV_AWAKE, relay_park_awake_code(r->park));
 }
-
-static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept);
 
 /*
  * on_circuit_msg: a relay message after WELCOME. Updates what the library
@@ -262,13 +198,10 @@ static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int acc
  */
 static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
-    pos_p2p_relay_event ev;
-    int i;
-
+    int rv;
     if (m->type == POS_CTRL_PUNCH_START) { /* at once: the session layer only keeps it */
-        if (r->on_punch && r->circuits &&
-            relay_id_find(r->circuits, r->n_circuits, m->circuit_id) >= 0)
-            r->on_punch(r->cb_arg, r, m);
+        if (r->on_punch && relay_circ_open(r->circ, m->circuit_id))
+            r->on_punch(relay_circ_arg(r->circ), r, m);
         return 0;
     }
     relay_park_activity(r->park, pos_p2p_now_ms());
@@ -278,51 +211,9 @@ static int on_circuit_msg(pos_p2p_relay *r, const pos_ctrl_msg *m)
     }
     if (m->type == POS_CTRL_CIRCUIT || m->type == POS_CTRL_ERROR || m->type == POS_CTRL_REDIRECT)
         relay_park_answered(r->park, m->req_id);
-    if (relay_event_from_msg(m, &ev) != 0)
-        return -1;
-    switch (m->type) {
-    case POS_CTRL_INCOMING:
-        if (r->n_incoming >= MAX_INCOMING) {
-            /* too many unanswered: decline at once */
-            pos_p2p_relay_answer_queue(r, m->req_id, 0);
-            return 0;
-        }
-        r->incoming[r->n_incoming++] = m->req_id;
-        break;
-    case POS_CTRL_CIRCUIT:
-        if (!r->circuits) {
-            r->circuits = calloc(MAX_CIRCUITS, sizeof(*r->circuits));
-            if (!r->circuits)
-                return 0;
-        }
-        if (relay_id_find(r->circuits, r->n_circuits, m->circuit_id) < 0 &&
-            r->n_circuits < MAX_CIRCUITS)
-            r->circuits[r->n_circuits++] = m->circuit_id;
-        break;
-    case POS_CTRL_ERROR:
-        /* an INCOMING the relay gave up on cannot be answered any more */
-        if ((i = relay_id_find(r->incoming, r->n_incoming, m->req_id)) >= 0)
-            relay_id_remove(r->incoming, &r->n_incoming, i);
-        break;
-    case POS_CTRL_CIRCUIT_CLOSED:
-        if (r->circuits && (i = relay_id_find(r->circuits, r->n_circuits, m->circuit_id)) >= 0)
-            relay_id_remove(r->circuits, &r->n_circuits, i);
-        break;
-    default:
-        break;
-    }
-    return push_event(r, &ev);
-}
-
-/* push_event queues |ev| for delivery once ngtcp2 returns. 0, or -1 (too many). */
-static int push_event(pos_p2p_relay *r, const pos_p2p_relay_event *ev)
-{
-    if (!r->evq && !(r->evq = calloc(MAX_EVENTS, sizeof(*r->evq))))
-        return 0; /* out of memory: the event is lost, the connection goes on */
-    if (r->n_ev >= MAX_EVENTS)
-        return -1; /* far more messages in one packet than the relay ever sends */
-    r->evq[r->n_ev++] = *ev;
-    return 0;
+    if ((rv = relay_circ_msg(r->circ, m)) == 1) /* too many unanswered: declined at once */
+        relay_queue_answer(r, m->req_id, 0);
+    return rv < 0 ? -1 : 0;
 }
 
 static int dispatch_events(pos_p2p_relay *r);
@@ -419,26 +310,10 @@ static int make_conn(pos_p2p_relay *r)
 {
     pos_p2p_endpoint *ep = r->ep;
     ngtcp2_callbacks cbs;
-    ngtcp2_settings settings;
-    ngtcp2_transport_params params;
-    ngtcp2_cid dcid, scid;
-    ngtcp2_path path;
+    uint8_t scid[EP_CID_LEN];
 
     init_callbacks(&cbs);
-    relay_quic_settings(&settings, &params, &r->creating);
-    dcid.datalen = 16;
-    randombytes_buf(dcid.data, dcid.datalen);
-    scid.datalen = EP_CID_LEN;
-    randombytes_buf(scid.data, scid.datalen);
-    path.local.addr = (ngtcp2_sockaddr *)ep_local(ep, r->sock, &path.local.addrlen);
-    path.remote.addr = (ngtcp2_sockaddr *)&r->remote;
-    path.remote.addrlen = pos_addr_len(&r->remote);
-    path.user_data = NULL;
-    r->creating = 1;
-    int rv = ngtcp2_conn_client_new(&r->qc, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cbs,
-                                    &settings, &params, NULL, r);
-    r->creating = 0;
-    if (rv != 0)
+    if (relay_client_new(&r->qc, ep, r->sock, &r->remote, &cbs, r, &r->creating, scid) != 0)
         return POS_P2P_ERR_NOMEM;
     if (relay_tls_new(ep, r->pin.expect_key, &r->tls) != 0 ||
         ngtcp2_crypto_gnutls_configure_client_session(r->tls) != 0)
@@ -447,33 +322,47 @@ static int make_conn(pos_p2p_relay *r)
     r->ref.user_data = &r->pin;
     gnutls_session_set_ptr(r->tls, &r->ref);
     ngtcp2_conn_set_tls_native_handle(r->qc, r->tls);
-    if (ep_cid_add(&r->conn, scid.data) != 0)
+    if (ep_cid_add(&r->conn, scid) != 0)
         return POS_P2P_ERR_NOMEM;
     return 0;
 }
 
-static void relay_free(pos_p2p_relay *r)
+/* drop_conn frees the QUIC connection and what it carried (the streams start over). */
+static void drop_conn(pos_p2p_relay *r)
 {
     pos_quic_drop_cids(r->qc, r);
     ngtcp2_conn_del(r->qc); /* NULL: nothing */
+    r->qc = NULL;
     if (r->tls)
         gnutls_deinit(r->tls);
-    ep_conn_detach(&r->conn);
-    wipe_token(r);
-    pos_ctrl_reader_wipe(&r->rd);
+    r->tls = NULL;
     sendq_free(&r->out);
     sendq_free(&r->rq);
-    sendq_free(&r->held);
-    relay_park_free(r->park);
-    free(r->circuits);
-    free(r->evq);
-    free(r);
+    pos_ctrl_reader_wipe(&r->rd);
+    r->stream = r->req_stream = -1;
+    r->pin.has_peer = r->pin.mismatch = 0;
 }
 
-int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay, const char *token,
-                          int timeout_ms, pos_p2p_relay **out)
+/* dial: a new QUIC connection to |r->remote| until |deadline_ms| (its share: this address). */
+static int dial(pos_p2p_relay *r, int64_t deadline_ms)
 {
-    return pos_p2p_relay_connect_flags(ep, relay, token, timeout_ms, 0, out);
+    int rv;
+    r->connect_deadline_ms = deadline_ms;
+    r->attempt_deadline_ms = relay_attempt_deadline(pos_p2p_now_ms(), deadline_ms, r->addrs_left);
+    if ((rv = make_conn(r)) == 0)
+        conn_write(r);
+    return rv;
+}
+
+static void relay_free(pos_p2p_relay *r)
+{
+    drop_conn(r);
+    ep_conn_detach(&r->conn);
+    wipe_token(r);
+    sendq_free(&r->held);
+    relay_park_free(r->park);
+    relay_circ_free(r->circ);
+    free(r);
 }
 
 int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
@@ -513,22 +402,20 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
         goto out_free;
     memcpy(r->token, token, tlen);
     r->token_len = tlen;
-    if (!(flags & POS_P2P_RELAY_NOT_HOME) && !(r->park = relay_park_new(ep, pos_p2p_now_ms())))
+    if (!(r->circ = relay_circ_new()) ||
+        (!(flags & POS_P2P_RELAY_NOT_HOME) && !(r->park = relay_park_new(ep, pos_p2p_now_ms()))))
         goto out_free;
     ep_conn_attach(&r->conn);
-    rv = make_conn(r);
-    if (rv != 0) {
+    if ((rv = dial(r, pos_p2p_now_ms() + timeout_ms)) != 0) {
         relay_free(r);
         return rv;
     }
-    r->connect_deadline_ms = pos_p2p_now_ms() + timeout_ms;
-    r->attempt_deadline_ms =
-        relay_attempt_deadline(pos_p2p_now_ms(), r->connect_deadline_ms, r->addrs_left);
-    conn_write(r);
     *out = r;
     return 0;
 out_free: /* not attached yet */
     wipe_token(r);
+    relay_circ_free(r->circ);
+    relay_park_free(r->park);
     free(r);
     return rv;
 }
@@ -544,25 +431,11 @@ static int try_next_addr(pos_p2p_relay *r)
     if (r->addrs_left == 0 || !r->token ||
         relay_pick_addr(r->ep, &r->info, r->addr_index + 1, &r->remote, &r->sock, &i) != 0)
         return -1;
-    pos_quic_drop_cids(r->qc, r);
-    ngtcp2_conn_del(r->qc);
-    r->qc = NULL;
-    if (r->tls)
-        gnutls_deinit(r->tls);
-    r->tls = NULL;
-    sendq_free(&r->out);
-    pos_ctrl_reader_wipe(&r->rd);
-    r->stream = -1;
-    r->pin.has_peer = r->pin.mismatch = 0;
+    drop_conn(r);
     r->addr_index = i;
     r->addrs_left--;
     pos_addr_format((struct sockaddr *)&r->remote, r->st.remote, sizeof(r->st.remote));
-    if (make_conn(r) != 0)
-        return -1;
-    r->attempt_deadline_ms =
-        relay_attempt_deadline(pos_p2p_now_ms(), r->connect_deadline_ms, r->addrs_left);
-    conn_write(r);
-    return 0;
+    return dial(r, r->connect_deadline_ms) == 0 ? 0 : -1;
 }
 
 /*
@@ -571,19 +444,10 @@ static int try_next_addr(pos_p2p_relay *r)
  */
 static int dispatch_events(pos_p2p_relay *r)
 {
-    if (!r->n_ev)
+    if (relay_circ_dispatch(r->circ, r, NULL) == 0)
         return 0;
-    r->dispatching = 1;
-    for (size_t i = 0; i < r->n_ev && !r->close_pending; i++)
-        if (r->on_event)
-            r->on_event(r->cb_arg, r, &r->evq[i]);
-    r->n_ev = 0;
-    r->dispatching = 0;
-    if (r->close_pending) {
-        pos_p2p_relay_close(r);
-        return -1;
-    }
-    return 0;
+    pos_p2p_relay_close(r);
+    return -1;
 }
 
 static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t len,
@@ -613,7 +477,7 @@ static void relay_input(struct ep_conn *c, int sock, const uint8_t *data, size_t
         dispatch_events(r);
         return;
     }
-    if (r->n_ev) {
+    if (relay_circ_pending_events(r->circ)) {
         conn_write(r); /* acknowledgements first: callbacks may take a while */
         if (dispatch_events(r) != 0)
             return; /* closed from a callback */
@@ -643,10 +507,7 @@ static void qc_on_deadline(pos_p2p_relay *r)
     if (r->dead || !r->qc)
         return;
     if (connecting(r) && pos_p2p_now_ms() >= r->attempt_deadline_ms) {
-        ngtcp2_connection_close_error ccerr;
-        ngtcp2_connection_close_error_default(&ccerr);
-        ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
-        send_close(r, &ccerr);
+        say_bye(r);
         if (pos_p2p_now_ms() < r->connect_deadline_ms && try_next_addr(r) == 0)
             return;
         fail(r, POS_P2P_ERR_TIMEOUT, "no answer from the relay in time");
@@ -674,20 +535,13 @@ void pos_p2p_relay_close(pos_p2p_relay *r)
 {
     if (!r)
         return;
-    if (r->dispatching) {
-        r->close_pending = 1; /* from a callback: freed once it returns */
-        return;
-    }
-    if (!r->dead) {
-        ngtcp2_connection_close_error ccerr;
-        ngtcp2_connection_close_error_default(&ccerr);
-        ngtcp2_connection_close_error_set_application_error(&ccerr, RELAY_APP_NO_ERROR, NULL, 0);
-        send_close(r, &ccerr);
-    }
+    if (relay_circ_defer_close(r->circ))
+        return; /* from a callback: freed once it returns */
+    say_bye(r);
     relay_free(r);
 }
 
-/* ---- circuits: the public API (pos/p2p.h) and the data plane ---- */
+/* ---- circuits: what relay_api.c (the public calls) needs, and the data plane ---- */
 
 int pos_p2p_relay_protocol_version(const pos_p2p_relay *r)
 {
@@ -704,15 +558,13 @@ const char *relay_list_id(const pos_p2p_relay *r)
     return r->info.id;
 }
 
-void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_event,
-                                 pos_p2p_relay_data_cb on_data, void *arg)
-{
-    r->on_event = on_event;
-    r->on_data = on_data;
-    r->cb_arg = arg;
-}
-
 static void rejoin(pos_p2p_relay *r, int code);
+
+/* the relay's current address (QUIC follows its migrations, we never migrate the relay) */
+static const ngtcp2_addr *relay_addr(const pos_p2p_relay *r)
+{
+    return &ngtcp2_conn_get_path(r->qc)->remote;
+}
 
 /*
  * queue_request appends |m| to the request stream (opened on first use), or
@@ -729,7 +581,7 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
     if (r->dead || r->st.state != POS_P2P_RELAY_ACCEPTED)
         return POS_P2P_ERR_INVALID_ARGUMENT;
     relay_park_activity(r->park, pos_p2p_now_ms());
-    if (holding(r)) {
+    if (relay_holding(r)) {
         if (sendq_unacked(r->held) + (size_t)n > MAX_REQ_PENDING ||
             sendq_append(&r->held, buf, (size_t)n) != 0)
             return POS_P2P_ERR_NOMEM;
@@ -744,68 +596,59 @@ static int queue_request(pos_p2p_relay *r, const pos_ctrl_msg *m)
     return sendq_append(&r->rq, buf, (size_t)n) == 0 ? 0 : POS_P2P_ERR_NOMEM;
 }
 
-static void flush(pos_p2p_relay *r)
+int relay_queue(pos_p2p_relay *r, const pos_ctrl_msg *m)
 {
-    if (!r->in_read && r->qc)
+    int rv = queue_request(r, m);
+    if (rv == 0 && !r->in_read && r->qc)
         conn_write(r); /* inside ngtcp2: relay_input writes once it returns */
+    return rv;
 }
 
-int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id)
+uint32_t relay_new_req(pos_p2p_relay *r)
 {
-    pos_ctrl_msg m;
-    uint8_t key[32];
-    int rv;
-
-    if (!r || !peer_id || !req_id ||
-        pos_peer_id_parse(peer_id, strnlen(peer_id, POS_P2P_PEER_ID_STRLEN), key) != 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
     if (++r->next_req == 0)
         r->next_req = 1;
-    relay_msg_request(&m, POS_CTRL_CONNECT, r->next_req, peer_id, r->ep, r->version);
-    rv = queue_request(r, &m);
-    if (rv != 0)
-        return rv;
-    relay_park_request(r->park, m.req_id); /* parking waits for its answer */
-    *req_id = m.req_id;
-    flush(r);
-    return 0;
+    return r->next_req;
 }
 
-static int pos_p2p_relay_answer_queue(pos_p2p_relay *r, uint32_t req_id, int accept)
+struct relay_circ *relay_circ_of(const pos_p2p_relay *r)
+{
+    return r->circ;
+}
+
+struct relay_park *relay_park_of(const pos_p2p_relay *r)
+{
+    return r->dead ? NULL : r->park;
+}
+
+int relay_holding(const pos_p2p_relay *r)
+{
+    return r->rejoining || relay_park_state(r->park) != RELAY_PARK_AWAKE; /* |held| then */
+}
+
+pos_p2p_endpoint *relay_endpoint(const pos_p2p_relay *r)
+{
+    return r->ep;
+}
+
+int relay_send_frame(pos_p2p_relay *r, const uint8_t *buf, size_t len)
+{
+    const ngtcp2_addr *to;
+    if (r->dead || !r->qc)
+        return -1;
+    to = relay_addr(r);
+    return ep_send_checked(r->ep, r->sock, buf, len, (const struct sockaddr *)to->addr,
+                           to->addrlen) == 0
+               ? 0
+               : -2;
+}
+
+int relay_queue_answer(pos_p2p_relay *r, uint32_t req_id, int accept)
 {
     pos_ctrl_msg m;
     relay_msg_request(&m, accept ? POS_CTRL_ACCEPT : POS_CTRL_DECLINE, req_id, NULL, r->ep,
                       r->version);
-    return queue_request(r, &m);
-}
-
-int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept)
-{
-    int i, rv;
-    if (!r || (i = relay_id_find(r->incoming, r->n_incoming, req_id)) < 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    rv = pos_p2p_relay_answer_queue(r, req_id, accept);
-    if (rv != 0)
-        return rv;
-    relay_id_remove(r->incoming, &r->n_incoming, i);
-    flush(r);
-    return 0;
-}
-
-/* the relay's current address (QUIC follows its migrations, we never migrate the relay) */
-static const ngtcp2_addr *relay_addr(const pos_p2p_relay *r)
-{
-    return &ngtcp2_conn_get_path(r->qc)->remote;
-}
-
-int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
-{
-    int rv;
-    if (!r || r->version < POS_CTRL_V2 || holding(r))
-        return POS_P2P_ERR_INVALID_ARGUMENT; /* punching needs a circuit: none while parked */
-    if ((rv = queue_request(r, m)) == 0)
-        flush(r);
-    return rv;
+    return relay_queue(r, &m);
 }
 
 void relay_ping(pos_p2p_relay *r)
@@ -821,89 +664,32 @@ void relay_ping(pos_p2p_relay *r)
     ngtcp2_conn_set_keep_alive_timeout(r->qc, relay_keepalive_ns(r->st.idle_timeout_s));
 }
 
-int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)
-{
-    uint8_t buf[POS_FRAME_MAX_LEN];
-    const ngtcp2_addr *to;
-    int flen;
-
-    if (!r || !data || len == 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    if (len > POS_FRAME_MAX_PAYLOAD)
-        return POS_P2P_ERR_TOO_BIG;
-    if (r->dead || !r->circuits || relay_id_find(r->circuits, r->n_circuits, circuit_id) < 0)
-        return POS_P2P_ERR_CIRCUIT_CLOSED;
-    flen = pos_frame_encode_data(buf, sizeof(buf), circuit_id, data, len);
-    if (flen < 0)
-        return POS_P2P_ERR_INVALID_ARGUMENT;
-    to = relay_addr(r);
-    return ep_send_checked(r->ep, r->sock, buf, (size_t)flen, (const struct sockaddr *)to->addr,
-                           to->addrlen) == 0
-               ? 0
-               : POS_P2P_ERR_IO;
-}
-
 /* relay_frame: a data frame from |from|; 0 taken, -1 ours but dropped, 1 not from this relay. */
 static int relay_frame(struct ep_conn *c, const uint8_t *data, size_t len,
                        const struct sockaddr *from, socklen_t fromlen)
 {
     pos_p2p_relay *r = (pos_p2p_relay *)c;
-    pos_frame f;
     int rv;
     if (pos_park_is_park(data, len)) { /* an ack or a wake of a parked connection */
         if ((rv = relay_park_input(r->park, data, len, from, fromlen)) == 2)
             rejoin(r, POS_P2P_AWAKE_WOKEN);
         return rv == 2 ? 0 : rv;
     }
-    if (pos_frame_decode(data, len, &f) != 0)
-        return -1;
     if (r->dead || !r->qc || r->st.state != POS_P2P_RELAY_ACCEPTED ||
         !relay_same_addr(from, fromlen, relay_addr(r)))
         return 1;
-    if (f.type == POS_FRAME_KEEPALIVE_ACK)
-        return 0;
-    if (f.type != POS_FRAME_DATA || !r->circuits ||
-        relay_id_find(r->circuits, r->n_circuits, f.circuit_id) < 0)
-        return -1; /* a circuit we do not have (closed, or forged) */
-    if (r->on_data) {
-        r->dispatching = 1;
-        r->on_data(r->cb_arg, r, f.circuit_id, f.payload, f.payload_len);
-        r->dispatching = 0;
-        if (r->close_pending)
-            pos_p2p_relay_close(r);
-    }
-    return 0;
+    if ((rv = relay_circ_frame(r->circ, r, data, len)) == -2)
+        pos_p2p_relay_close(r); /* from the data callback */
+    return rv < 0 ? -1 : 0;
 }
 
 /* ---- parking (docs/protocol.md "Parking"; the state and keep-alives: relay_park.c) ---- */
 
-int pos_p2p_relay_parked(const pos_p2p_relay *r)
-{
-    return r && !r->dead && relay_park_state(r->park) == RELAY_PARK_PARKED;
-}
-
 /* can_park: an accepted home connection of version 4 with nothing open or in flight. */
 static int can_park(const pos_p2p_relay *r)
 {
-    return !r->dead && r->qc && !connecting(r) && r->version >= POS_CTRL_V4 && !r->n_circuits &&
-           !r->n_incoming && !sendq_unacked(r->rq) && !sendq_unacked(r->out) && !r->held;
-}
-
-/* notify delivers a PARKED or AWAKE event now (not inside ngtcp2). -1: |r| was closed. */
-static int notify(pos_p2p_relay *r, int type)
-{
-    pos_p2p_relay_event ev;
-    if (!r->on_event)
-        return 0;
-    memset(&ev, 0, sizeof(ev));
-    ev.type = type;
-    r->dispatching = 1;
-    r->on_event(r->cb_arg, r, &ev);
-    r->dispatching = 0;
-    if (!r->close_pending)
-        return 0;
-    pos_p2p_relay_close(r);
-    return -1;
+    return !r->dead && r->qc && !connecting(r) && r->version >= POS_CTRL_V4 &&
+           relay_circ_idle(r->circ) && !sendq_unacked(r->rq) && !sendq_unacked(r->out) && !r->held;
 }
 
 static void ask_park(pos_p2p_relay *r, int64_t now)
@@ -911,9 +697,7 @@ static void ask_park(pos_p2p_relay *r, int64_t now)
     pos_ctrl_msg m;
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_PARK;
-    if (++r->next_req == 0)
-        r->next_req = 1;
-    m.req_id = r->next_req;
+    m.req_id = relay_new_req(r);
     if (queue_request(r, &m) != 0) {
         relay_park_activity(r->park, now); /* no memory: try again after the idle time */
         return;
@@ -935,25 +719,14 @@ static void go_parked(pos_p2p_relay *r, int64_t now)
     memcpy(&to, a->addr, a->addrlen < sizeof(to) ? a->addrlen : sizeof(to));
     ngtcp2_conn_handle_expiry(r->qc, pos_quic_now()); /* a delayed ACK is due now */
     conn_write(r);
-    pos_quic_drop_cids(r->qc, r);
-    ngtcp2_conn_del(r->qc);
-    r->qc = NULL;
-    if (r->tls)
-        gnutls_deinit(r->tls);
-    r->tls = NULL;
-    sendq_free(&r->out);
-    sendq_free(&r->rq);
-    pos_ctrl_reader_wipe(&r->rd);
-    r->stream = r->req_stream = -1;
-    free(r->circuits); /* none open (PARK is refused otherwise) */
-    r->circuits = NULL;
-    free(r->evq);
-    r->evq = NULL;
-    r->n_ev = 0;
+    drop_conn(r);
+    relay_circ_trim(r->circ); /* no circuit open (PARK is refused otherwise) */
     relay_park_enter(r->park, r->sock, &to, now);
     r->st.park_keepalive_s = (uint32_t)(relay_park_keepalive_ms(r->park) / 1000);
     r->st.parks++;
-    if (notify(r, POS_P2P_RELAY_EV_PARKED) == 0 && r->held)
+    if (relay_circ_event(r->circ, r, POS_P2P_RELAY_EV_PARKED, 0) != 0)
+        pos_p2p_relay_close(r); /* from the callback */
+    else if (r->held)
         rejoin(r, POS_P2P_AWAKE_REQUEST); /* a request came while parking */
 }
 
@@ -970,32 +743,21 @@ static void rejoin(pos_p2p_relay *r, int code)
         relay_park_leave(r->park, code, now);
     r->rejoining = 1;
     r->st.park_keepalive_s = 0;
-    r->pin.has_peer = r->pin.mismatch = 0;
+    r->st.awake_reason = relay_park_awake_code(r->park);
     r->addrs_left = relay_count_addrs(r->ep, &r->info, r->addr_index + 1);
-    r->connect_deadline_ms = now + REJOIN_MS;
-    r->attempt_deadline_ms = relay_attempt_deadline(now, r->connect_deadline_ms, r->addrs_left);
-    if (make_conn(r) != 0) {
+    if (dial(r, now + REJOIN_MS) != 0)
         fail(r, POS_P2P_ERR_NOMEM, "cannot reconnect to the relay");
-        return;
-    }
-    conn_write(r);
 }
 
 static void park_timer(pos_p2p_relay *r, int64_t now)
 {
-    switch (relay_park_timer(r->park, now, can_park(r))) {
-    case RELAY_PARK_ASK:
+    int what = relay_park_timer(r->park, now, can_park(r));
+    if (what == RELAY_PARK_ASK)
         ask_park(r, now);
-        break;
-    case RELAY_PARK_FREE:
+    else if (what == RELAY_PARK_FREE)
         go_parked(r, now);
-        break;
-    case RELAY_PARK_REJOIN:
+    else if (what == RELAY_PARK_REJOIN)
         rejoin(r, relay_park_awake_code(r->park));
-        break;
-    default:
-        break;
-    }
 }
 
 /* ---- the endpoint's view (struct ep_conn; relay_input and relay_deadline above) ---- */
@@ -1024,7 +786,9 @@ static void relay_timer(struct ep_conn *c, int64_t now)
 
 static void relay_destroy(struct ep_conn *c)
 {
-    relay_free((pos_p2p_relay *)c);
+    pos_p2p_relay *r = (pos_p2p_relay *)c;
+    say_bye(r); /* the relay is told: its circuits end now, not at its idle timeout */
+    relay_free(r);
 }
 
 static const struct ep_conn_ops relay_conn_ops = {relay_input, relay_frame, conn_deadline,

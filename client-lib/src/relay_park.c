@@ -23,6 +23,7 @@ struct relay_park {
     uint8_t state;      /* enum relay_park_state */
     uint8_t awake_code; /* why the last reconnect (POS_P2P_RELAY_EV_AWAKE's code) */
     int64_t idle_since; /* last activity (ms) */
+    int64_t retry_ms;   /* after refused or unanswered PARKs: the wait before asking again */
     uint32_t park_req;  /* the PARK's request id while asked */
     int64_t due;        /* ASKED: give up; FREEING: free the QUIC connection */
     uint32_t pending[MAX_PENDING];
@@ -34,8 +35,8 @@ struct relay_park {
     uint64_t acked;      /* the highest counter acknowledged */
     uint64_t wake;       /* the highest wake counter taken */
     int64_t next_ka;     /* next regular keep-alive */
-    int64_t resend_at;   /* the last one unanswered: send again then (-1: none waiting) */
-    unsigned tries;      /* keep-alives sent since the last ack */
+    int64_t resend_at;   /* a keep-alive unanswered: send again then (-1: none waiting) */
+    unsigned resends;    /* resends since the last ack */
     uint32_t addr_gen;   /* ep_addr_gen when parked or last roamed */
     int sock;
     struct sockaddr_storage relay;
@@ -135,7 +136,9 @@ int64_t relay_park_deadline(const struct relay_park *p, int can_park)
     int64_t d;
     switch (p->state) {
     case RELAY_PARK_AWAKE:
-        return can_park && idle_ms > 0 && p->has_key ? p->idle_since + idle_ms : -1;
+        return can_park && idle_ms > 0 && p->has_key
+                   ? p->idle_since + (p->retry_ms > idle_ms ? p->retry_ms : idle_ms)
+                   : -1;
     case RELAY_PARK_ASKED:
     case RELAY_PARK_FREEING:
         return p->due;
@@ -149,7 +152,7 @@ int64_t relay_park_deadline(const struct relay_park *p, int can_park)
     }
 }
 
-/* send_keepalive sends the next counter now and waits for its ack. */
+/* send_keepalive sends the next counter now; unanswered, it is resent (or the next one is). */
 static void send_keepalive(struct relay_park *p, int64_t now_ms)
 {
     uint8_t buf[POS_PARK_LEN];
@@ -157,9 +160,24 @@ static void send_keepalive(struct relay_park *p, int64_t now_ms)
     if (n > 0)
         ep_send(p->ep, p->sock, buf, (size_t)n, (const struct sockaddr *)&p->relay,
                 pos_addr_len(&p->relay));
-    p->tries++;
-    p->resend_at = now_ms + RELAY_PARK_RESEND_MS;
+    if (p->resend_at < 0)
+        p->resend_at = now_ms + RELAY_PARK_RESEND_MS;
     p->next_ka = now_ms + p->interval_ms;
+}
+
+/*
+ * refused: awake again after a refused (or unanswered) PARK. The next ask waits twice as
+ * long each time, up to RELAY_PARK_RETRY_MAX_MS: a relay with parking off (or full) is not
+ * asked by every client every idle time.
+ */
+static void refused(struct relay_park *p, int64_t now_ms)
+{
+    int64_t idle_ms = ep_park_idle_ms(p->ep);
+    p->state = RELAY_PARK_AWAKE;
+    p->idle_since = now_ms;
+    p->retry_ms = 2 * (p->retry_ms > idle_ms ? p->retry_ms : idle_ms);
+    if (p->retry_ms > RELAY_PARK_RETRY_MAX_MS)
+        p->retry_ms = RELAY_PARK_RETRY_MAX_MS;
 }
 
 int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
@@ -175,8 +193,7 @@ int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
         }
         return RELAY_PARK_ASK;
     case RELAY_PARK_ASKED: /* no answer: the relay does not park; try again later */
-        p->state = RELAY_PARK_AWAKE;
-        p->idle_since = now_ms;
+        refused(p, now_ms);
         return RELAY_PARK_NOTHING;
     case RELAY_PARK_FREEING:
         return RELAY_PARK_FREE;
@@ -189,18 +206,17 @@ int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
         return RELAY_PARK_NOTHING;
     }
     if (p->resend_at >= 0 && now_ms >= p->resend_at) {
-        if (p->tries > RELAY_PARK_RESENDS) {
+        if (p->resends >= RELAY_PARK_RESENDS) { /* 2 s after the third resend: no relay */
             relay_park_leave(p, POS_P2P_AWAKE_LOST, now_ms);
             return RELAY_PARK_REJOIN;
         }
+        p->resends++;
+        p->resend_at = -1;
         send_keepalive(p, now_ms);
         return RELAY_PARK_NOTHING;
     }
-    if (now_ms >= p->next_ka) {
-        unsigned tries = p->resend_at >= 0 ? p->tries : 0; /* a series goes on, else starts */
-        p->tries = tries;
-        send_keepalive(p, now_ms);
-    }
+    if (now_ms >= p->next_ka)
+        send_keepalive(p, now_ms); /* unanswered ones wait for their resend time */
     return RELAY_PARK_NOTHING;
 }
 
@@ -215,8 +231,7 @@ int relay_park_error(struct relay_park *p, uint32_t req_id, int64_t now_ms)
 {
     if (!p || p->state != RELAY_PARK_ASKED || req_id != p->park_req)
         return 0;
-    p->state = RELAY_PARK_AWAKE;
-    p->idle_since = now_ms;
+    refused(p, now_ms);
     return 1;
 }
 
@@ -227,6 +242,7 @@ int relay_park_parked(struct relay_park *p, const pos_ctrl_msg *m, int64_t now_m
         return -1;
     p->state = RELAY_PARK_FREEING;
     p->due = now_ms + RELAY_PARK_FREE_MS;
+    p->retry_ms = 0;
     p->record_id = m->record_id;
     p->interval_ms = (int64_t)m->keepalive_s * 1000;
     want = ep_park_keepalive_ms(p->ep);
@@ -242,7 +258,8 @@ void relay_park_enter(struct relay_park *p, int sock, const struct sockaddr_stor
     p->sock = sock;
     p->relay = *relay;
     p->sent = p->acked = p->wake = 0;
-    p->tries = 0;
+    p->resends = 0;
+    p->resend_at = -1;
     p->addr_gen = ep_addr_gen(p->ep);
     send_keepalive(p, now_ms);
 }
@@ -274,7 +291,7 @@ int relay_park_input(struct relay_park *p, const uint8_t *data, size_t len,
         return 0; /* forged: dropped silently */
     if (m.type == POS_PARK_ACK && m.counter > p->acked && m.counter <= p->sent) {
         p->acked = m.counter;
-        p->tries = 0;
+        p->resends = 0;
         p->resend_at = -1;
     } else if (m.type == POS_PARK_WAKE && m.counter > p->wake) {
         p->wake = m.counter;
@@ -288,8 +305,6 @@ void relay_park_roam(struct relay_park *p, int64_t now_ms)
     if (!p || p->state != RELAY_PARK_PARKED)
         return;
     p->addr_gen = ep_addr_gen(p->ep);
-    if (p->resend_at < 0)
-        p->tries = 0;
     send_keepalive(p, now_ms);
 }
 

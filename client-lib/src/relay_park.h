@@ -23,6 +23,7 @@
 #define RELAY_PARK_RESENDS 3      /* ...this many times, then the client reconnects */
 #define RELAY_PARK_FREE_MS 40     /* from PARKED to freeing QUIC: our ACK of it leaves first */
 #define RELAY_PARK_ASK_MS 10000   /* a PARK without answer this long is given up */
+#define RELAY_PARK_RETRY_MAX_MS 3600000 /* refused PARKs: asked again at most this late */
 
 /* What the caller does next (relay_park_timer, relay_park_input). */
 enum relay_park_do {
@@ -85,7 +86,8 @@ int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park);
 void relay_park_asked(struct relay_park *p, uint32_t req_id, int64_t now_ms);
 /*
  * relay_park_error: an ERROR for |req_id|; 1 when it refused our PARK (the
- * connection stays awake and asks again after the idle time), else 0.
+ * connection stays awake and asks again after twice the idle time, then twice
+ * as long each time up to an hour, until a PARK succeeds), else 0.
  */
 int relay_park_error(struct relay_park *p, uint32_t req_id, int64_t now_ms);
 /*

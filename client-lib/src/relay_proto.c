@@ -4,11 +4,13 @@
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "addr.h"
 #include "quic_common.h"
+#include "sendq.h"
 #include "tickets.h"
 
 /* error_of: the library error for the code of an ERROR message. */
@@ -373,4 +375,89 @@ void relay_local_addrs(const pos_p2p_endpoint *ep, pos_ctrl_addrs *out)
             snprintf(out->a[out->n++], POS_ADDR_STRLEN, "%s", text);
     }
     freeifaddrs(all);
+}
+
+void relay_write_close(pos_p2p_endpoint *ep, ngtcp2_conn *qc, int sock,
+                       const ngtcp2_connection_close_error *ccerr)
+{
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+    ngtcp2_ssize n;
+    if (!qc || ngtcp2_conn_is_in_closing_period(qc) || ngtcp2_conn_is_in_draining_period(qc))
+        return;
+    ngtcp2_path_storage_zero(&ps);
+    n = ngtcp2_conn_write_connection_close(qc, &ps.path, &pi, ep_txbuf(ep), EP_MAX_UDP, ccerr,
+                                           pos_quic_now());
+    if (n > 0)
+        ep_send(ep, sock, ep_txbuf(ep), (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+                ps.path.remote.addrlen);
+}
+
+int relay_write(pos_p2p_endpoint *ep, ngtcp2_conn *qc, int sock, int64_t s0, struct sendq *out,
+                int64_t s1, struct sendq *rq)
+{
+    ngtcp2_path_storage ps;
+    ngtcp2_pkt_info pi;
+    ngtcp2_tstamp ts = pos_quic_now();
+    uint8_t *txbuf = ep_txbuf(ep);
+
+    ngtcp2_path_storage_zero(&ps);
+    for (int i = 0; i < 64; i++) {
+        ngtcp2_ssize wlen = 0, n;
+        ngtcp2_vec v = {NULL, 0};
+        const uint8_t *data;
+        size_t nv = 0;
+        int64_t sid = -1;
+        uint32_t wflags = NGTCP2_WRITE_STREAM_FLAG_NONE;
+        if (s0 >= 0 && sendq_pending(out, &data, &v.len)) {
+            wflags = NGTCP2_WRITE_STREAM_FLAG_FIN; /* HELLO is the whole request */
+            sid = s0;
+            nv = 1;
+        } else if (s1 >= 0 && sendq_pending(rq, &data, &v.len)) {
+            sid = s1; /* requests: the stream stays open */
+            nv = 1;
+        }
+        if (nv)
+            v.base = (uint8_t *)data; /* ngtcp2 only reads it */
+        n = ngtcp2_conn_writev_stream(qc, &ps.path, &pi, txbuf, EP_MAX_UDP, &wlen, wflags, sid, &v,
+                                      nv, ts);
+        if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED || n == NGTCP2_ERR_STREAM_SHUT_WR)
+            n = ngtcp2_conn_write_pkt(qc, &ps.path, &pi, txbuf, EP_MAX_UDP, ts);
+        if (n < 0)
+            return (int)n;
+        if (wlen > 0)
+            sendq_sent(sid == s0 ? out : rq, (size_t)wlen);
+        if (n == 0)
+            return 0;
+        ep_send(ep, sock, txbuf, (size_t)n, (struct sockaddr *)ps.path.remote.addr,
+                ps.path.remote.addrlen);
+    }
+    return 0;
+}
+
+int relay_client_new(ngtcp2_conn **qc, pos_p2p_endpoint *ep, int sock,
+                     const struct sockaddr_storage *remote, const ngtcp2_callbacks *cbs,
+                     void *user_data, uint8_t *creating, uint8_t scid_out[EP_CID_LEN])
+{
+    ngtcp2_settings settings;
+    ngtcp2_transport_params params;
+    ngtcp2_cid dcid, scid;
+    ngtcp2_path path;
+    int rv;
+
+    relay_quic_settings(&settings, &params, creating);
+    dcid.datalen = 16;
+    randombytes_buf(dcid.data, dcid.datalen);
+    scid.datalen = EP_CID_LEN;
+    randombytes_buf(scid.data, scid.datalen);
+    memcpy(scid_out, scid.data, EP_CID_LEN);
+    path.local.addr = (ngtcp2_sockaddr *)ep_local(ep, sock, &path.local.addrlen);
+    path.remote.addr = (ngtcp2_sockaddr *)remote;
+    path.remote.addrlen = pos_addr_len(remote);
+    path.user_data = NULL;
+    *creating = 1;
+    rv = ngtcp2_conn_client_new(qc, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, cbs, &settings,
+                                &params, NULL, user_data);
+    *creating = 0;
+    return rv == 0 ? 0 : -1;
 }

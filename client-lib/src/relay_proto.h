@@ -130,4 +130,27 @@ int relay_pick_addr(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, 
 /* relay_count_addrs: how many usable addresses from index |from|. */
 size_t relay_count_addrs(const pos_p2p_endpoint *ep, const pos_p2p_relay_info *info, size_t from);
 
+struct sendq;
+
+/*
+ * relay_client_new: |*qc|, a client connection from |ep|'s socket |sock| to
+ * |remote| with the relay settings, callbacks |cbs| and |user_data|;
+ * |*creating| is 1 during the call (pos_quic_rand). Its source connection
+ * id goes to |scid_out|. 0, or -1 (no memory).
+ */
+int relay_client_new(ngtcp2_conn **qc, pos_p2p_endpoint *ep, int sock,
+                     const struct sockaddr_storage *remote, const ngtcp2_callbacks *cbs,
+                     void *user_data, uint8_t *creating, uint8_t scid_out[EP_CID_LEN]);
+
+/* relay_write_close: CONNECTION_CLOSE |ccerr| of |qc| from |ep|'s socket |sock| (best effort). */
+void relay_write_close(pos_p2p_endpoint *ep, ngtcp2_conn *qc, int sock,
+                       const ngtcp2_connection_close_error *ccerr);
+/*
+ * relay_write sends what |qc| has: |out| (HELLO, with FIN) on stream |s0|
+ * first, then |rq| on the request stream |s1| (-1: not open), acks and
+ * keep-alives. 0, or the ngtcp2 error that ends the connection.
+ */
+int relay_write(pos_p2p_endpoint *ep, ngtcp2_conn *qc, int sock, int64_t s0, struct sendq *out,
+                int64_t s1, struct sendq *rq);
+
 #endif

@@ -14,7 +14,10 @@ direct": most bytes then left the relay); two symmetric NATs stay relayed,
 the probes they sent are few and end within the probe window. Two clients on
 one LAN find each other by mDNS and are direct from the start; without mDNS
 they punch over their LAN addresses. A direct path blackholed mid-transfer
-sends the session back to the relay with the file intact.
+sends the session back to the relay with the file intact. A parked listener
+whose NAT mapping changes is found at its new address (the relay moves its
+record on the next keep-alive) and woken by a sender; a new interface
+address makes it send a keep-alive at once.
 
 The lab itself is checked too: a router drops unsolicited input on its WAN
 (nothing reaches the LAN client, the drop counter moves) while the answer to
@@ -346,6 +349,66 @@ def new_mapping_starts_a_new_attempt():
         print(f"    new mapping: {json.dumps(doc)}")
         assert doc["ok"] is True and doc["bytes"] == SIZE and doc["path"] == "relayed", doc
         assert doc["punch_attempts"] >= 2, doc
+
+
+def relay_metric(pub, name):
+    """|name| (no labels) summed over the lab's relays (GET /metrics)."""
+    total = 0.0
+    for r in pub.relays:
+        st, body = pub.lab.http_get("srv", r.http + "/metrics")
+        assert st == 200, st
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                total += float(line.split()[-1])
+    return total
+
+
+@test
+def park_roaming():
+    """A parked listener behind a symmetric NAT (issue 14): its router forgets every
+    mapping (conntrack flush), so its next keep-alive leaves from a new public port; the
+    relay moves the record there (a roam) and a sender's request wakes the listener at
+    its new address: the file arrives intact. Then the listener's LAN interface gets a
+    new address: the endpoint notices (netlink) and sends a keep-alive at once."""
+    with natlab.Lab("eim", "symmetric") as lab:
+        pub = natlab.Public(lab, SECRET, n_relays=1,
+                            relay_config={"park_keepalive": 2, "park_lifetime": 30})
+        token = pub.relays[0].token()
+        ident_b, peer_b = new_identity()
+        out = tmpdir()
+        listener = lab.proc("b", [suite.P2P, "listen", "--identity", ident_b, "--out", out,
+                                  "--api-url", pub.url, "--token", token, "--park-after", "1",
+                                  "--mdns", "disabled"], name="listen")
+        wait_until(lambda: "relay: parked" in listener.output() or not listener.alive(), 20,
+                   what="the listener to park:\n" + listener.output())
+        roams = relay_metric(pub, "pos_relay_park_roams_total")
+        lab.flush_conntrack(lab.routers["b"])
+        # the next keep-alive (2 s) comes from the new mapping
+        wait_until(lambda: relay_metric(pub, "pos_relay_park_roams_total") > roams, 6,
+                   what="the relay to move the parked record")
+        path = make_file(300000)
+        r = lab.run("a", [suite.P2P, "send", "--identity", new_identity()[0], "--api-url",
+                          pub.url, "--token", token, "--to", peer_b, "--no-mdns", path],
+                    check=False, timeout=60)
+        no_sanitizer_report(r.stderr, "pos-p2p send")
+        assert r.returncode == 0, r.stdout + r.stderr + listener.output()
+        got = os.path.join(out, os.path.basename(path))
+        wait_until(lambda: os.path.exists(got), 5, what="the received file")
+        assert filecmp.cmp(path, got, shallow=False), "the received file differs"
+        assert "relay: awake (woken by the relay" in listener.output(), listener.output()
+        # parked again; a new interface address: a keep-alive at once, not at the next 2 s
+        def keepalives():
+            return sum(relay_metric(pub, f'pos_relay_park_keepalives_total{{result="{x}"}}')
+                       for x in ("ok", "dropped"))
+        wait_until(lambda: listener.output().count("relay: parked") == 2, 15,
+                   what="the listener to park again:\n" + listener.output())
+        time.sleep(1.1)  # 1.1 s after parking (and its first keep-alive), 0.9 s before the next
+        seen = keepalives()
+        new_ip = lab.client_ip["b"].rsplit(".", 1)[0] + ".77/24"
+        lab.run("b", ["ip", "addr", "add", new_ip, "dev", "eth0"])
+        wait_until(lambda: keepalives() > seen, 0.6,
+                   what="a keep-alive right after the address change")
+        no_sanitizer_report(listener.output(), "pos-p2p listen")
 
 
 def punch_requests(pub):

@@ -104,7 +104,8 @@ static void park_now(struct relay_park *p, pos_p2p_endpoint *ep)
     CHECK(wire.n == 1 && wire.len[0] == POS_PARK_LEN && last_ka(key) == 1);
     CHECK(wire.n == 1 && ntohs(wire.to[0].sin_port) == 7373);
     CHECK(last_ka(other_key) == 0); /* the mac is the key's */
-    CHECK(relay_park_keepalive_ms(p) == 25000);
+    CHECK(relay_park_keepalive_ms(p) ==
+          (ep_park_keepalive_ms(ep) ? ep_park_keepalive_ms(ep) : 25000));
     (void)ep;
 }
 
@@ -156,6 +157,18 @@ static void test_lost(pos_p2p_endpoint *ep)
     CHECK(relay_park_state(p) == RELAY_PARK_AWAKE);
     relay_park_free(p);
 
+    /* keep-alives more often than the resends (1 s): lost all the same after 2 s x 4 */
+    pos_p2p_endpoint_set_park(ep, 1000, 1000);
+    p = relay_park_new(ep, 0);
+    park_now(p, ep);
+    CHECK(relay_park_keepalive_ms(p) == 1000);
+    for (t = 1050 + 1000; t < 1050 + 4 * RELAY_PARK_RESEND_MS; t += 500)
+        CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_NOTHING);
+    CHECK(last_ka(key) >= 8); /* one a second, and the resends */
+    CHECK(relay_park_timer(p, 1050 + 4 * RELAY_PARK_RESEND_MS, 1) == RELAY_PARK_REJOIN);
+    relay_park_free(p);
+    pos_p2p_endpoint_set_park(ep, 1000, 0);
+
     /* an ack in the middle of a series ends it */
     p = relay_park_new(ep, 0);
     park_now(p, ep);
@@ -184,18 +197,28 @@ static void test_asking(pos_p2p_endpoint *ep)
     CHECK(relay_park_deadline(p, 1) == 2500);
     CHECK(relay_park_timer(p, 2500, 1) == RELAY_PARK_ASK);
     relay_park_asked(p, 9, 2500);
-    /* refused (ERROR busy): awake, asks again after the idle time */
+    /* refused (ERROR busy): awake, asks again after twice the idle time */
     CHECK(relay_park_error(p, 10, 2600) == 0);
     CHECK(relay_park_error(p, 9, 2600) == 1);
-    CHECK(relay_park_state(p) == RELAY_PARK_AWAKE && relay_park_deadline(p, 1) == 3600);
-    /* no answer at all: given up after RELAY_PARK_ASK_MS */
-    CHECK(relay_park_timer(p, 3600, 1) == RELAY_PARK_ASK);
-    relay_park_asked(p, 11, 3600);
-    CHECK(relay_park_timer(p, 3600 + RELAY_PARK_ASK_MS, 1) == RELAY_PARK_NOTHING);
+    CHECK(relay_park_state(p) == RELAY_PARK_AWAKE && relay_park_deadline(p, 1) == 4600);
+    /* no answer at all: given up after RELAY_PARK_ASK_MS, then four times the idle time */
+    CHECK(relay_park_timer(p, 4600, 1) == RELAY_PARK_ASK);
+    relay_park_asked(p, 11, 4600);
+    CHECK(relay_park_timer(p, 4600 + RELAY_PARK_ASK_MS, 1) == RELAY_PARK_NOTHING);
     CHECK(relay_park_state(p) == RELAY_PARK_AWAKE);
+    CHECK(relay_park_deadline(p, 1) == 4600 + RELAY_PARK_ASK_MS + 4000);
+    for (int i = 0; i < 30; i++) { /* refused again and again: at most an hour apart */
+        int64_t t = relay_park_deadline(p, 1);
+        CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_ASK);
+        relay_park_asked(p, 20 + (uint32_t)i, t);
+        CHECK(relay_park_error(p, 20 + (uint32_t)i, t) == 1);
+        CHECK(relay_park_deadline(p, 1) - t <= RELAY_PARK_RETRY_MAX_MS);
+    }
     /* our keep-alive interval when shorter than the relay's, else the relay's */
     pos_p2p_endpoint_set_park(ep, 1000, 5000);
-    CHECK(relay_park_timer(p, 3600 + RELAY_PARK_ASK_MS + 1000, 1) == RELAY_PARK_ASK);
+    relay_park_activity(p, 0);
+    CHECK(relay_park_deadline(p, 1) == RELAY_PARK_RETRY_MAX_MS);
+    CHECK(relay_park_timer(p, RELAY_PARK_RETRY_MAX_MS, 1) == RELAY_PARK_ASK);
     relay_park_asked(p, 12, 0);
     memset(&m, 0, sizeof(m));
     m.type = POS_CTRL_PARKED;
@@ -209,6 +232,10 @@ static void test_asking(pos_p2p_endpoint *ep)
         relay_park_enter(p, 0, &to, 100);
     }
     CHECK(relay_park_keepalive_ms(p) == 5000);
+    /* parked once: the refusals' wait is forgotten */
+    relay_park_leave(p, POS_P2P_AWAKE_WOKEN, 200);
+    relay_park_set_key(p, key);
+    CHECK(relay_park_deadline(p, 1) == 200 + 1000);
     relay_park_free(p);
     pos_p2p_endpoint_set_park(ep, 1000, 0);
 }

@@ -19,7 +19,8 @@
  *   quit
  *
  * It prints JSON lines: {"event":"welcome"|"parked"|"ack"|"wake"|"incoming"|
- * "circuit"|"error"|"relay_closed"|"park_error"|"freed"|"done", ...}. A
+ * "circuit"|"connect_sent"|"error"|"relay_closed"|"freed"|"done", ...}; "circuit"
+ * and "connect_sent" carry a monotonic "ms" (CONNECT to circuit, for figures). A
  * datagram from the relay that is neither QUIC for a live connection nor a
  * valid park datagram is printed as {"event":"stray"}. With --wake-reconnect
  * a valid WAKE reconnects at once. Keys are never printed.
@@ -134,8 +135,8 @@ static void on_msg(pos_ctrl_msg *m)
         queue(&c.req, &a);
         break;
     case POS_CTRL_CIRCUIT:
-        printf("{\"event\":\"circuit\",\"circuit\":%u,\"peer_id\":\"%s\"}\n", m->circuit_id,
-               m->peer_id);
+        printf("{\"event\":\"circuit\",\"circuit\":%u,\"peer_id\":\"%s\",\"ms\":%lld}\n",
+               m->circuit_id, m->peer_id, (long long)(pos_quic_now() / 1000000));
         break;
     case POS_CTRL_ERROR:
         printf("{\"event\":\"error\",\"req\":%u,\"code\":%u,\"text\":\"%s\"}\n", m->req_id, m->code,
@@ -348,6 +349,7 @@ static void command(const char *line)
         if (conn_new() != 0)
             fprintf(stderr, "park_client: reconnect failed\n");
     } else if (strncmp(line, "connect ", 8) == 0 && c.qc) {
+        printf("{\"event\":\"connect_sent\",\"ms\":%lld}\n", (long long)(pos_quic_now() / 1000000));
         memset(&m, 0, sizeof(m));
         m.type = POS_CTRL_CONNECT;
         m.req_id = ++c.next_req;

@@ -764,17 +764,29 @@ static void test_parked_peer_woken(void)
         relay_broker_join(r.b, &D, "peer-c", 0, (struct sockaddr *)&sc, NULL, NULL);
     relay_broker_woken(r.b, dial, 150);
     CHECK(w.n_out == 0);
+    /* a second requester waits for the same parked peer */
+    CHECK(request(&r, r.bb, POS_CTRL_CONNECT, 5, "peer-c", 150) == 0);
+    CHECK(w.park_wakes == 2 && w.n_out == 0);
     relay_broker_client *c =
         relay_broker_join(r.b, &C, "peer-c", 1, (struct sockaddr *)&sc, NULL, NULL);
     relay_broker_woken(r.b, c, 200);
-    const pos_ctrl_msg *in = only(&C, POS_CTRL_INCOMING);
+    /* every waiting CONNECT gets its INCOMING once the woken client is in */
+    CHECK(w.n_out == 2 && w.out[0].conn == &C && w.out[1].conn == &C);
+    CHECK(w.out[0].m.type == POS_CTRL_INCOMING && w.out[1].m.type == POS_CTRL_INCOMING);
+    CHECK(strcmp(w.out[0].m.peer_id, w.out[1].m.peer_id) != 0);
+    const pos_ctrl_msg *in = strcmp(w.out[0].m.peer_id, "peer-a") == 0 ? &w.out[0].m : &w.out[1].m;
     CHECK(strcmp(in->peer_id, "peer-a") == 0);
+    uint32_t from_b = (in == &w.out[0].m ? &w.out[1].m : &w.out[0].m)->req_id;
     CHECK(w.wake_at == 200 + TIMEOUT_MS); /* a fresh deadline for the woken client's answer */
     CHECK(!relay_broker_idle(r.b, c));
     uint32_t to_req = in->req_id;
     w.n_out = 0;
     CHECK(request(&r, c, POS_CTRL_ACCEPT, to_req, NULL, 210) == 0);
     CHECK(w.n_out == 2 && w.out[0].m.type == POS_CTRL_CIRCUIT && w.out[0].m.req_id == 9);
+    CHECK(w.out[0].conn == &A);
+    w.n_out = 0;
+    CHECK(request(&r, c, POS_CTRL_DECLINE, from_b, NULL, 220) == 0);
+    CHECK(only(&B, POS_CTRL_ERROR)->req_id == 5);
     /* a parked peer that never comes back: TIMEOUT like an unanswered INCOMING */
     w.n_out = 0;
     snprintf(w.parked_peer, sizeof(w.parked_peer), "peer-d");

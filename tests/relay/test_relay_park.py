@@ -12,6 +12,7 @@ WAKE datagrams arrive (mac valid, counters rising), and once the client reconnec
 dialer gets its circuit; a revoked token's or an expired record's keep-alives go
 unanswered; PARK is refused with a reason where the protocol says so. /metrics shows it.
 """
+import hashlib
 import json
 import os
 import sys
@@ -84,6 +85,16 @@ def quiet(seconds=1.2):
     time.sleep(seconds)
 
 
+def unanswered_keepalive(client, acked_at):
+    """A valid keep-alive, more than a second after the last acked one (|acked_at|,
+    time.monotonic()) so that only a missing record can leave it unanswered."""
+    n = len(client.events("ack"))
+    time.sleep(max(0.0, acked_at + 1.2 - time.monotonic()))
+    client.do("ka")
+    time.sleep(0.5)  # an ack on loopback takes milliseconds
+    assert len(client.events("ack")) == n, client.proc.output()
+
+
 @test
 def parked_client_keepalives_acked_forgeries_and_replays_unanswered():
     redis = Redis()
@@ -103,10 +114,11 @@ def parked_client_keepalives_acked_forgeries_and_replays_unanswered():
     a.do("ka")
     ack = a.wait_event("ack")
     assert ack == {"event": "ack", "counter": 1, "valid": True}, ack
-    for forged in ("replay", "badmac", "wrongkey", "otherid"):
-        quiet()
-        a.do(forged)
+    # more than a second after the last valid one, so each is judged on its mac and counter
+    # (a forgery does not count as a keep-alive taken)
     quiet()
+    a.do("replay", "badmac", "wrongkey", "otherid")
+    quiet(0.5)
     assert len(a.events("ack")) == 1, a.proc.output()  # none of them answered
     # a new source port (NAT rebinding): the next valid one is acked there
     a.do("rebind", "ka")
@@ -153,8 +165,33 @@ def connect_wakes_a_parked_peer_and_the_dialer_gets_its_circuit():
     wakes = b.events("wake")
     assert all(w["valid"] for w in wakes), wakes
     assert [w["counter"] for w in wakes] == sorted({w["counter"] for w in wakes}), wakes
+    # with the circuit open, B may not park
+    b.do("park")
+    err = b.wait_event("error")
+    assert err["code"] == 4 and err["text"] == "circuits or requests open", err
+    assert len(b.events("parked")) == 1
     a.wait(15)
     assert a.sanitizer_report() is None
+    b.finish()
+
+
+@test
+def unanswered_wake_is_sent_again_with_rising_counters():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token()
+    b = Client(relay, token, name="B")  # does not reconnect when woken
+    b.park()
+    a = Client(relay, token, name="A")
+    a.wait_event("welcome")
+    a.do(f"connect {b.peer_id}")
+    b.wait_event("wake", 5, timeout=6)  # at 0, 250, 500, 1000 and 2000 ms
+    wakes = b.events("wake")
+    assert [w["counter"] for w in wakes] == [1, 2, 3, 4, 5], wakes
+    assert all(w["valid"] and w["fresh"] for w in wakes), wakes
+    wait_until(lambda: metric(relay, "pos_relay_wakes_sent_total") == 5, 5, what="5 wakes")
+    assert not a.events("error") and not a.events("circuit")  # still waiting, as for ACCEPT
+    a.finish()
     b.finish()
 
 
@@ -183,6 +220,76 @@ def parked_peer_is_reachable_through_its_relay_with_redis_down():
 
 
 @test
+def parked_presence_is_written_again_after_a_redis_restart():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    g = Client(relay, relay.token(), name="G")
+    g.park()
+    key = "pos:presence:" + g.peer_id
+    wait_until(lambda: redis.cli("GET", key) == relay.id, 5, what="parked presence")
+    redis.kill()
+    redis.start()  # empty: no persistence
+    assert redis.cli("EXISTS", key) == "0"
+    # not a minute later: as soon as the relay is back on Redis
+    wait_until(lambda: redis.cli("GET", key) == relay.id, 15, what="presence written again")
+    assert int(redis.cli("TTL", key)) > 60
+    g.finish()
+
+
+def member_ttls(redis, token):
+    """Seconds left of each member of |token|'s connection set (the cap over relays)."""
+    key = "pos:conns:" + hashlib.blake2b(token.encode(), digest_size=32).hexdigest()
+    sec, usec = redis.cli("TIME").split()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    out = redis.cli("ZRANGE", key, "0", "-1", "WITHSCORES").split()
+    return sorted((int(float(score)) - now_ms) / 1000 for score in out[1::2])
+
+
+@test
+def parked_client_keeps_its_place_under_the_token_cap_written_once_a_minute():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token("--max-conns", "3")
+    h = Client(relay, token, name="H")
+    i = Client(relay, token, name="I")
+    i.wait_event("welcome")
+    h.park()
+    # two places in the cap: the live one lives 30 s (refreshed every 5 s), the parked one 150 s
+    ttls = member_ttls(redis, token)
+    assert len(ttls) == 2 and ttls[0] <= 30 and 100 < ttls[1] <= 150, ttls
+    # the cap counts it: a fourth connection of the token is refused while three are in
+    j = Client(relay, token, name="J")
+    j.wait_event("welcome")
+    k = Client(relay, token, name="K")
+    assert k.wait_event("relay_closed")["code"] == 0x105, k.proc.output()  # too many connections
+    # its record taken back by its own reconnect: a live place again (30 s)
+    h.do("reconnect")
+    h.wait_event("welcome", 2)
+    wait_until(lambda: len(member_ttls(redis, token)) == 3, 5, what="3 places")
+    relay.revoke(token)
+    wait_until(lambda: member_ttls(redis, token) == [], 5, what="places given back")
+    for cl in (h, i, j, k):
+        cl.finish()
+
+
+@test
+def relay_shutdown_deletes_parked_presence_and_cap_places():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token("--max-conns", "3")
+    m = Client(relay, token, name="M")
+    m.park()
+    key = "pos:presence:" + m.peer_id
+    wait_until(lambda: redis.cli("GET", key) == relay.id, 5, what="parked presence")
+    assert len(member_ttls(redis, token)) == 1
+    assert relay.proc.stop() == 0  # SIGTERM: a clean shutdown
+    # nothing of the parked client is left to count against its token or name the relay
+    assert redis.cli("EXISTS", key) == "0"
+    assert member_ttls(redis, token) == []
+    m.finish()
+
+
+@test
 def hello_of_a_parked_peer_ends_its_record():
     redis = Redis()
     relay = Relay(redis, None).start()
@@ -195,9 +302,7 @@ def hello_of_a_parked_peer_ends_its_record():
     wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 5, what="the record ended")
     assert metric(relay, 'pos_relay_parked_ended_total{reason="home"}') == 1
     assert metric(relay, "pos_relay_awake") == 1
-    f.do("ka")  # the old record's keep-alive: unanswered
-    quiet(1.5)
-    assert not f.events("ack"), f.proc.output()
+    unanswered_keepalive(f, 0)  # the old record's: no answer
     f.finish()
 
 
@@ -210,14 +315,18 @@ def revoked_token_drops_the_record_and_its_keepalives_go_unanswered():
     c.park()
     c.do("ka")
     c.wait_event("ack")
+    acked_at = time.monotonic()
     wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked 1")
+    # presence stays while parked, under a TTL that covers the once-a-minute write (not the
+    # 15 s of a live connection's 5 s refresh)
+    key = "pos:presence:" + c.peer_id
+    assert redis.cli("GET", key) == relay.id
+    assert int(redis.cli("TTL", key)) > 60, redis.cli("TTL", key)
     relay.revoke(token)
     wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 3,
                what="the revoked token's record dropped")
-    quiet()
-    c.do("ka")
-    quiet(1.5)
-    assert len(c.events("ack")) == 1, c.proc.output()
+    wait_until(lambda: redis.cli("EXISTS", key) == "0", 3, what="its presence deleted")
+    unanswered_keepalive(c, acked_at)
     # the client reconnects and is refused as a connected client would be
     c.do("reconnect")
     closed = c.wait_event("relay_closed")
@@ -235,15 +344,31 @@ def record_without_keepalives_expires_after_park_lifetime():
     assert parked["keepalive_s"] == 1 and parked["lifetime_s"] == 3, parked
     d.do("ka")
     d.wait_event("ack")
-    t0 = time.monotonic()
+    t0 = acked_at = time.monotonic()
     wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked 1")
     wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 8, what="the record expired")
     assert time.monotonic() - t0 > 1.5  # not before its lifetime (3 s after the keep-alive)
     assert metric(relay, 'pos_relay_parked_ended_total{reason="expired"}') == 1
-    d.do("ka")
-    quiet(1.5)
-    assert len(d.events("ack")) == 1, d.proc.output()
+    unanswered_keepalive(d, acked_at)
     d.finish()
+
+
+@test
+def parked_record_of_an_expiring_token_ends_when_the_token_expires():
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token("--expires", "3")
+    e = Client(relay, token, name="E")
+    e.park()
+    e.do("ka")
+    e.wait_event("ack")
+    acked_at = time.monotonic()
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked 1")
+    # well inside park_lifetime (120 s): only the token's expiry ends it
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 0, 8, what="the record ended")
+    assert metric(relay, 'pos_relay_parked_ended_total{reason="expired"}') == 1
+    unanswered_keepalive(e, acked_at)
+    e.finish()
 
 
 @test

@@ -252,44 +252,38 @@ typedef struct pos_p2p_relay_status {
     uint32_t idle_timeout_s;
     int64_t accepted_at_ms; /* pos_p2p_now_ms() when accepted, failed_at_ms when failed */
     int64_t failed_at_ms;
-    uint32_t park_keepalive_s; /* parked: the keep-alive interval in use (s); else 0 */
-    int awake_reason;          /* the last reconnect after parking (pos_p2p_awake_reason), 0 none */
-    uint32_t parks;            /* how many times this connection parked */
+    uint32_t park_keepalive_s, parks; /* parked: keep-alive interval (s); times parked */
+    int awake_reason;                 /* the last reconnect after parking (pos_p2p_awake_reason) */
 } pos_p2p_relay_status;
 
 /*
- * pos_p2p_relay_connect starts a control connection to |relay| (its
- * addresses of a family the endpoint has, in order: each gets an equal share
- * of |timeout_ms|, at least 1 s, before the next is tried), pinning
- * relay->peer_id, and sends
- * HELLO with |token| once the handshake is done. Progress happens in
- * pos_p2p_endpoint_process; the connection fails with POS_P2P_ERR_TIMEOUT
- * when not accepted within |timeout_ms|. The connection stays open (with
- * keep-alives) until pos_p2p_relay_close. Returns 0 on success or one of
- * these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL argument,
- * |timeout_ms| not positive, empty or too long token, peer id not
- * canonical), POS_P2P_ERR_NO_ROUTE (no address of a family the endpoint
- * has), POS_P2P_ERR_NOMEM, POS_P2P_ERR_HANDSHAKE (TLS set-up failed).
+ * pos_p2p_relay_connect starts a control connection to |relay| (its addresses of a family
+ * the endpoint has, in order: each gets an equal share of |timeout_ms|, at least 1 s, before
+ * the next is tried), pinning relay->peer_id, and sends HELLO with |token| once the
+ * handshake is done. Progress happens in pos_p2p_endpoint_process; the connection fails
+ * with POS_P2P_ERR_TIMEOUT when not accepted within |timeout_ms|. The connection stays open
+ * (with keep-alives) until pos_p2p_relay_close. Returns 0 on success or one of these
+ * negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, |timeout_ms| not positive,
+ * empty or too long token, peer id not canonical), POS_P2P_ERR_NO_ROUTE (no address of a
+ * family the endpoint has), POS_P2P_ERR_NOMEM, POS_P2P_ERR_HANDSHAKE (TLS set-up failed).
  */
 int pos_p2p_relay_connect(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay, const char *token,
                           int timeout_ms, pos_p2p_relay **out);
 
 /*
- * Flags of pos_p2p_relay_connect_flags. POS_P2P_RELAY_NOT_HOME: the
- * connection only measures the relay or dials a peer through it; the relay
- * records no presence for it and sends it no INCOMING, so it never changes
- * where peers reach this device. Without it (pos_p2p_relay_connect) the
- * connection is the device's home: the relay records the device's presence
- * there, taking it from any other relay, until the connection ends. Relays
- * older than this flag refuse it as "bad request" (docs/protocol.md).
+ * Flags of pos_p2p_relay_connect_flags. POS_P2P_RELAY_NOT_HOME: the connection only
+ * measures the relay or dials a peer through it; the relay records no presence for it and
+ * sends it no INCOMING, so it never changes where peers reach this device. Without it
+ * (pos_p2p_relay_connect) the connection is the device's home: the relay records the
+ * device's presence there, taking it from any other relay, until the connection ends.
+ * Relays older than this flag refuse it as "bad request" (docs/protocol.md).
  */
 #define POS_P2P_RELAY_NOT_HOME 0x1u
 
 /*
- * pos_p2p_relay_connect_flags: pos_p2p_relay_connect with |flags| (above).
- * Returns 0 on success or one of the negative codes of
- * pos_p2p_relay_connect, POS_P2P_ERR_INVALID_ARGUMENT also for an unknown
- * flag.
+ * pos_p2p_relay_connect_flags: pos_p2p_relay_connect with |flags| (above). Returns 0 on
+ * success or one of the negative codes of pos_p2p_relay_connect,
+ * POS_P2P_ERR_INVALID_ARGUMENT also for an unknown flag.
  */
 int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *relay,
                                 const char *token, int timeout_ms, unsigned flags,
@@ -302,29 +296,13 @@ void pos_p2p_relay_get_status(const pos_p2p_relay *r, pos_p2p_relay_status *out)
 void pos_p2p_relay_close(pos_p2p_relay *r);
 
 /*
- * Parking (docs/protocol.md "Parking", relays of pos-relay/4): a home
- * connection with no circuit and no request in flight for |idle_ms| asks the
- * relay to park it. The relay then keeps a record of a few hundred bytes
- * instead of the QUIC connection, and so does the library: the QUIC
- * connection is freed, and a small MACed keep-alive goes to the relay every
- * |keepalive_ms| from the endpoint's socket (holding the NAT mapping; one at
- * once when the device's addresses change). A peer's CONNECT makes the relay
- * send a wake; the connection then reconnects (resuming TLS) and the
- * INCOMING arrives as usual. Keep-alives unanswered 4 times 2 s (the relay
- * restarted) also reconnect; a refusal then (token revoked, say) ends in
- * POS_P2P_RELAY_FAILED as any refusal. While parked the state stays
- * POS_P2P_RELAY_ACCEPTED (the device is reachable); events
- * POS_P2P_RELAY_EV_PARKED and POS_P2P_RELAY_EV_AWAKE tell the changes.
- *
- * pos_p2p_endpoint_set_park applies to every home connection of |ep|, open
- * now or later (NOT_HOME connections never park). |idle_ms|: 0 never park
- * (the default), else 1000..86400000. |keepalive_ms|: 0 the relay's
- * interval (from PARKED), else 1000..3600000, used only when shorter than
- * the relay's. Returns 0 on success or POS_P2P_ERR_INVALID_ARGUMENT (NULL
- * |ep|, a value out of range).
+ * pos_p2p_endpoint_set_park: home connections of |ep| (now or later) idle |idle_ms| (no circuit
+ * or request) park on pos-relay/4 relays (docs/client-library.md "Parking"): QUIC freed, a MACed
+ * keep-alive every |keepalive_ms|, woken by a peer's CONNECT (state stays ACCEPTED; events PARKED,
+ * AWAKE). |idle_ms| 0 never (default) or 1000..86400000; |keepalive_ms| 0 the relay's or
+ * 1000..3600000, at most the relay's. Returns 0 or POS_P2P_ERR_INVALID_ARGUMENT.
  */
 int pos_p2p_endpoint_set_park(pos_p2p_endpoint *ep, int idle_ms, int keepalive_ms);
-
 /* pos_p2p_relay_parked: 1 while |r| is parked (its QUIC connection freed), else 0. No errors. */
 int pos_p2p_relay_parked(const pos_p2p_relay *r);
 
@@ -335,9 +313,7 @@ int pos_p2p_relay_parked(const pos_p2p_relay *r);
 #define POS_P2P_ERR_REDIRECTED -17         /* the peer is on another relay: see the event */
 #define POS_P2P_ERR_CIRCUIT_CLOSED -18     /* the circuit ended (either side left) */
 #define POS_P2P_ERR_TOO_BIG -19            /* a datagram larger than a frame can carry */
-#define POS_P2P_ERR_CIRCUIT_LIMIT                                                                  \
-    -25 /* a circuit cap of the relay (per connection or per                                       \
-           token, or the peer's) is reached: close circuits */
+#define POS_P2P_ERR_CIRCUIT_LIMIT -25      /* a relay's circuit cap (connection, token, peer's) */
 
 enum pos_p2p_relay_event_type {
     POS_P2P_RELAY_EV_INCOMING = 1,       /* a peer asks for us: answer with pos_p2p_relay_answer */
@@ -349,13 +325,8 @@ enum pos_p2p_relay_event_type {
     POS_P2P_RELAY_EV_PARKED = 7,         /* parked: QUIC freed, keep-alives hold the record */
     POS_P2P_RELAY_EV_AWAKE = 8,          /* connected again after parking: |code| says why */
 };
-
-/* The |code| of POS_P2P_RELAY_EV_AWAKE: why the parked connection reconnected. */
-enum pos_p2p_awake_reason {
-    POS_P2P_AWAKE_WOKEN = 1,   /* the relay woke it: a peer asks for this device */
-    POS_P2P_AWAKE_REQUEST = 2, /* our own request (pos_p2p_relay_request_peer) */
-    POS_P2P_AWAKE_LOST = 3,    /* keep-alives unanswered: the relay restarted or lost the record */
-};
+/* EV_AWAKE's |code|: woken by the relay (a peer asks), our request, keep-alives unanswered */
+enum pos_p2p_awake_reason { POS_P2P_AWAKE_WOKEN = 1, POS_P2P_AWAKE_REQUEST, POS_P2P_AWAKE_LOST };
 
 /* One event of a relay control connection; valid only during the callback (copy what you keep). */
 typedef struct pos_p2p_relay_event {
@@ -387,22 +358,19 @@ void pos_p2p_relay_set_callbacks(pos_p2p_relay *r, pos_p2p_relay_event_cb on_eve
                                  pos_p2p_relay_data_cb on_data, void *arg);
 
 /*
- * pos_p2p_relay_request_peer asks the relay (accepted state) for |peer_id|.
- * The answer comes as a CIRCUIT, REDIRECT or ERROR event with the same
- * |*req_id|. A parked connection reconnects first and sends the request
- * once the relay accepted it again (the caller sees no difference but time). Returns 0 on success
- * or one of these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, peer id not
- * canonical, the connection is not in the accepted state), POS_P2P_ERR_NOMEM (memory, or 64 KiB of
- * requests not yet acknowledged by the relay).
+ * pos_p2p_relay_request_peer asks the relay (accepted state) for |peer_id|. The answer comes as
+ * a CIRCUIT, REDIRECT or ERROR event with the same |*req_id| (a parked connection reconnects
+ * first). Returns 0 on success or one of these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (NULL
+ * argument, peer id not canonical, the connection is not in the accepted state),
+ * POS_P2P_ERR_NOMEM (memory, or 64 KiB of requests not yet acknowledged by the relay).
  */
 int pos_p2p_relay_request_peer(pos_p2p_relay *r, const char *peer_id, uint32_t *req_id);
 
 /*
- * pos_p2p_relay_answer accepts (|accept| non-zero) or declines an INCOMING
- * request; an accepted one is followed by a CIRCUIT event. Returns 0 on
- * success or one of these negative codes: POS_P2P_ERR_INVALID_ARGUMENT (no
- * such pending request, or the connection is no longer accepted),
- * POS_P2P_ERR_NOMEM (as pos_p2p_relay_request_peer).
+ * pos_p2p_relay_answer accepts (|accept| non-zero) or declines an INCOMING request; an accepted
+ * one is followed by a CIRCUIT event. Returns 0 on success or one of these negative codes:
+ * POS_P2P_ERR_INVALID_ARGUMENT (no such pending request, or the connection is no longer
+ * accepted), POS_P2P_ERR_NOMEM (as pos_p2p_relay_request_peer).
  */
 int pos_p2p_relay_answer(pos_p2p_relay *r, uint32_t req_id, int accept);
 
