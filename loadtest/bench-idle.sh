@@ -152,7 +152,8 @@ print(f"parking took {r['park_s']:.1f} s (clients told to park 5,000 a second): 
 print(f"during the parked hold: {r['lost_events_hold']} reconnects after unanswered keep-alives")
 if r["unparked"]:
     print(f"not parked when the wait ended (measuring process's clients): {r['unparked']}, "
-          f"{r['unparked_incoming']} of them had answered an INCOMING")
+          f"{r['unparked_incoming']} of them had answered an INCOMING, {r['unparked_before']} had "
+          f"parked before, {r['unparked_failed']} failed")
 print(f"parked: {r['parked']:.0f} of {r['accepted']}; relay pos_relay_parked {r['relay_parked']:.0f}, "
       f"pos_relay_awake {r['relay_awake']:.0f}, live QUIC connections {r['relay_connections_parked']:.0f} "
       f"(goal: equal to awake)")

@@ -63,11 +63,12 @@ struct run {
     long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
     double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen, park_s;
     double m_parks, m_park_refused; /* the relay's pos_relay_parks_total, _park_refused_total */
+    /* events(): once all parked, and after the parked hold */
     long ev_park[3], ev_hold[3];
-    long unparked, unparked_incoming;
-    /* this process's clients not parked when park_all ended */ /* events() once all parked, and
-                                                                   after the parked hold */
-    double hold_cpu_s[2], hold_events[2];                       /* [0] awake, [1] parked */
+    /* this process's clients not parked when park_all ended; of them: INCOMING answered,
+       parked before, connection failed */
+    long unparked, unparked_incoming, unparked_before, unparked_failed;
+    double hold_cpu_s[2], hold_events[2]; /* [0] awake, [1] parked */
     struct lat awake, parked, lost;
     struct lat rebound;   /* "nothing lost" tries after an unnoticed NAT rebinding */
     long moved, moved_ok; /* ... of R->lost, after an address change the device noticed */
@@ -352,8 +353,11 @@ static int dial_try(struct run *R, long t, struct lat *L)
     int ok = 0;
     L->tried++;
     pos_p2p_relay *d = dialer_up(R);
-    if (!d)
+    if (!d) {
+        if (!L->first[0])
+            snprintf(L->first, sizeof(L->first), "CONNECT to client %ld: %s", t, R->try_text);
         return 0;
+    }
     R->t_circuit_us = 0;
     R->try_error = 0;
     R->try_text[0] = 0;
@@ -485,9 +489,13 @@ static void park_all(struct run *R)
     R->parked_seen = (double)(parked + theirs[0]);
     for (long i = 0; i < R->mine; i++) {
         struct idle_client *c = idle_pool_get(R->pool, i);
+        pos_p2p_relay_status st;
         if (c->accepted && c->r && !pos_p2p_relay_parked(c->r)) {
+            pos_p2p_relay_get_status(c->r, &st);
             R->unparked++;
             R->unparked_incoming += c->incoming > 0;
+            R->unparked_failed += st.state == POS_P2P_RELAY_FAILED;
+            R->unparked_before += st.state != POS_P2P_RELAY_FAILED && st.parks > 0;
         }
     }
     events(R, R->ev_park);
@@ -538,8 +546,8 @@ static void print_text(struct run *R)
            R->ev_hold[2] - R->ev_park[2]);
     if (R->unparked)
         printf("not parked when the wait ended, of this process's %ld clients: %ld (%ld of them "
-               "had answered an INCOMING)\n",
-               R->mine, R->unparked, R->unparked_incoming);
+               "had answered an INCOMING, %ld had parked before, %ld failed)\n",
+               R->mine, R->unparked, R->unparked_incoming, R->unparked_before, R->unparked_failed);
     if (R->rss0 >= 0)
         printf("relay RSS with all parked: %ld KiB (%ld bytes per parked client)\n", R->rss_parked,
                R->accepted ? (R->rss_parked - R->rss0) * 1024 / R->accepted : 0);
@@ -597,10 +605,12 @@ static void print_json(struct run *R)
     printf("\"parked_connect_p50_ms\": %.3f, \"parked_connect_p95_ms\": %.3f, \"parked_ok\": %ld, "
            "\"parked_tries\": %ld, \"lost_ok\": %ld, \"lost_tries\": %ld, \"lost_moved_ok\": %ld, "
            "\"lost_moved\": %ld, \"rebound_ok\": %ld, \"rebound_tries\": %ld, "
-           "\"unparked\": %ld, \"unparked_incoming\": %ld, \"first_failure\": \"",
+           "\"unparked\": %ld, \"unparked_incoming\": %ld, \"unparked_before\": %ld, "
+           "\"unparked_failed\": %ld, \"first_failure\": \"",
            P->n ? pct(P->us, P->n, 0.5) / 1000 : -1, P->n ? pct(P->us, P->n, 0.95) / 1000 : -1,
            P->ok, P->tried, R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok,
-           R->rebound.tried, R->unparked, R->unparked_incoming);
+           R->rebound.tried, R->unparked, R->unparked_incoming, R->unparked_before,
+           R->unparked_failed);
     json_str(R->first_reason);
     printf("\", \"awake_first_failure\": \"");
     json_str(R->awake.first);
