@@ -10,5 +10,6 @@ struct loadtest_command {
 
 int cmd_control(int argc, char **argv); /* cmd_control.c: relay control-plane load */
 int cmd_relay(int argc, char **argv);   /* cmd_relay.c: data-plane load through circuits */
+int cmd_idle(int argc, char **argv);    /* cmd_idle.c: idle (parked) clients at scale */
 
 #endif

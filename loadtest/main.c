@@ -11,6 +11,7 @@
 
 static const struct loadtest_command commands[] = {
     {"control", "authenticated relay connections per second, then hold them idle", cmd_control},
+    {"idle", "many idle devices on one relay: memory, keep-alive CPU, wake latency", cmd_idle},
     {"relay", "datagrams through N relayed circuits: delivered, lost, latency", cmd_relay},
 };
 

@@ -1,0 +1,798 @@
+/*
+ * `pos-loadtest idle`: many idle devices at home on one relay, and what
+ * they cost it. N clients (idle_pool.c: each its own identity, endpoint and
+ * UDP socket on its own loopback address) connect as home connections, at
+ * most C handshakes at once; once all are in, the relay's RSS is read (all
+ * awake) and CONNECT-to-circuit is timed for awake peers (the baseline).
+ * The clients are held awake S seconds (relay CPU per datagram), then every
+ * client parks (pos_p2p_endpoint_set_park), the relay's RSS is read again
+ * (all parked), the clients hold S seconds sending keep-alives (relay CPU
+ * per keep-alive), CONNECT is timed for parked peers (wake, reconnect,
+ * INCOMING, CIRCUIT), and a "nothing lost" run dials parked peers K times,
+ * some just after their address changed (lost_try), checking that a
+ * datagram crosses each circuit. --park-after 0: the awake figures only.
+ */
+#include <getopt.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "idle_load.h"
+#include "idle_pool.h"
+#include "idle_shard.h"
+#include "internal.h" /* relay_ping: what the library does when netlink reports a new address */
+#include "loadtest.h"
+#include "pos/p2p.h"
+#include "relay_watch.h"
+
+#define CMD "pos-loadtest idle"
+
+struct opts {
+    const char *api_url, *addr, *peer_id, *token, *relay_id, *metrics_url;
+    long clients, concurrency, per_addr, tries, lost_tries, relay_pid;
+    long park_after_s, keepalive_s, hold_s, timeout_s;
+    int json;
+};
+
+struct lat {
+    double *us;
+    long n, ok, tried;
+    char first[200]; /* why the first failed try failed */
+};
+
+struct run {
+    struct opts o;
+    pos_p2p_relay_info relay;
+    idle_pool *pool;
+    long n;    /* clients in all processes */
+    long mine; /* of them in this process: pool indices 0 .. mine - 1; index mine is the dialer */
+    struct idle_team team; /* helper processes with the other clients (idle_shard.h) */
+    struct idle_load_conf lc;
+    struct idle_load_stats ls; /* this process's clients */
+    /* the try in progress (the dialer's events) */
+    int64_t t_req_us, t_circuit_us;
+    uint32_t circuit;
+    int try_error;
+    char try_text[257];
+    /* figures */
+    long accepted, failed, retried; /* all processes */
+    double connect_s;
+    long rss0, rss_awake, rss_parked, gen_rss0, gen_rss_awake, gen_rss_parked;
+    double m_awake_conns, m_parked, m_awake, m_conns_parked, parked_seen, park_s;
+    double m_parks, m_park_refused; /* the relay's pos_relay_parks_total, _park_refused_total */
+    /* events(): once all parked, and after the parked hold */
+    long ev_park[3], ev_hold[3];
+    /* this process's clients not parked when park_all ended; of them: INCOMING answered,
+       parked before, connection failed */
+    long unparked, unparked_incoming, unparked_before, unparked_failed;
+    double hold_cpu_s[2], hold_events[2]; /* [0] awake, [1] parked */
+    struct lat awake, parked, lost;
+    struct lat rebound;   /* "nothing lost" tries after an unnoticed NAT rebinding */
+    long moved, moved_ok; /* ... of R->lost, after an address change the device noticed */
+    char first_reason[257];
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: " CMD " (--api-url URL [--relay-id UUID] | --addr IP:PORT --peer-id ID)\n"
+            "                         --token TOKEN [--clients N] [--concurrency C]\n"
+            "                         [--per-addr K] [--park-after SECONDS]\n"
+            "                         [--keepalive SECONDS] [--hold SECONDS] [--tries K]\n"
+            "                         [--lost-tries K] [--relay-pid PID] [--metrics-url URL]\n"
+            "                         [--timeout SECONDS] [--json]\n\n"
+            "N idle devices (default 1000) at home on one relay, each its own identity and\n"
+            "UDP socket on its own loopback address (127.0.0.2 and up; K clients per\n"
+            "address, default 1), at most C handshakes at once (default 200). Once all are\n"
+            "in: CONNECT to an awake peer until the circuit is up, K tries (default 100).\n"
+            "Then all park after SECONDS idle (default 2), keep-alive every --keepalive\n"
+            "seconds (default 0: the relay's), are held parked --hold seconds (default\n"
+            "10), and CONNECT is timed again for parked peers; --lost-tries (default 100)\n"
+            "dials parked peers, every fourth just after its address changed, and counts\n"
+            "those whose circuit carried a datagram. --relay-pid PID adds the relay's RSS\n"
+            "(before / all awake / all parked) and CPU per keep-alive; --metrics-url\n"
+            "(the relay's /metrics) its awake and parked counts. The process needs a file\n"
+            "descriptor per client: it raises its own limit (RLIMIT_NOFILE) as far as it may.\n"
+            "Raise the relay's conn_rate_per_addr, conn_rate_per_token and\n"
+            "max_conns_per_token for large N.\n");
+}
+
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static const struct option lopts[] = {
+    {"api-url", required_argument, NULL, 'a'},
+    {"relay-id", required_argument, NULL, 'R'},
+    {"addr", required_argument, NULL, 'A'},
+    {"peer-id", required_argument, NULL, 'p'},
+    {"token", required_argument, NULL, 't'},
+    {"clients", required_argument, NULL, 'n'},
+    {"concurrency", required_argument, NULL, 'c'},
+    {"per-addr", required_argument, NULL, 'k'},
+    {"park-after", required_argument, NULL, 'P'},
+    {"keepalive", required_argument, NULL, 'K'},
+    {"hold", required_argument, NULL, 'H'},
+    {"tries", required_argument, NULL, 'r'},
+    {"lost-tries", required_argument, NULL, 'l'},
+    {"relay-pid", required_argument, NULL, 'i'},
+    {"metrics-url", required_argument, NULL, 'm'},
+    {"timeout", required_argument, NULL, 'T'},
+    {"json", no_argument, NULL, 'j'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* The numeric options: where each goes and its range. */
+static long *num_opt(struct opts *o, int ch, long *min, long *max)
+{
+    *min = 1;
+    *max = 86400;
+    switch (ch) {
+    case 'n':
+        *max = 1000000;
+        return &o->clients;
+    case 'c':
+        *max = 100000;
+        return &o->concurrency;
+    case 'k':
+        *max = 65535;
+        return &o->per_addr;
+    case 'P':
+        *min = 0;
+        return &o->park_after_s;
+    case 'K':
+        *min = 0;
+        *max = 3600;
+        return &o->keepalive_s;
+    case 'H':
+        *min = 0;
+        return &o->hold_s;
+    case 'r':
+    case 'l':
+        *min = 0;
+        *max = 100000;
+        return ch == 'r' ? &o->tries : &o->lost_tries;
+    case 'i':
+        *max = 4194304;
+        return &o->relay_pid;
+    case 'T':
+        *max = 600;
+        return &o->timeout_s;
+    default:
+        return NULL;
+    }
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    int ch, li = 0;
+    long min, max, *dst;
+    memset(o, 0, sizeof(*o));
+    *o = (struct opts){.clients = 1000,
+                       .concurrency = 200,
+                       .per_addr = 1,
+                       .tries = 100,
+                       .lost_tries = 100,
+                       .park_after_s = 2,
+                       .hold_s = 10,
+                       .timeout_s = 10};
+    o->token = getenv("POS_TOKEN");
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", lopts, &li)) != -1) {
+        if ((dst = num_opt(o, ch, &min, &max)) != NULL) {
+            if (parse_long(optarg, min, max, dst) != 0) {
+                fprintf(stderr, CMD ": --%s wants a whole number from %ld to %ld, not \"%s\"\n",
+                        lopts[li].name, min, max, optarg);
+                return 2;
+            }
+            continue;
+        }
+        switch (ch) {
+        case 'a':
+            o->api_url = optarg;
+            break;
+        case 'R':
+            o->relay_id = optarg;
+            break;
+        case 'A':
+            o->addr = optarg;
+            break;
+        case 'p':
+            o->peer_id = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 'm':
+            o->metrics_url = optarg;
+            break;
+        case 'j':
+            o->json = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            fprintf(stderr, CMD ": unknown option or missing value: %s\n\n", argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!o->token || (!o->api_url && !(o->addr && o->peer_id))) {
+        fprintf(stderr,
+                CMD ": --token and either --api-url or --addr with --peer-id are required\n");
+        return 2;
+    }
+    return 0;
+}
+
+static int pick_relay(const struct opts *o, pos_p2p_relay_info *out)
+{
+    char err[512];
+    pos_p2p_relay_list *list = NULL;
+    memset(out, 0, sizeof(*out));
+    if (!o->api_url) {
+        snprintf(out->id, sizeof(out->id), "00000000-0000-4000-8000-000000000000");
+        snprintf(out->peer_id, sizeof(out->peer_id), "%s", o->peer_id);
+        snprintf(out->addrs[0], sizeof(out->addrs[0]), "%s", o->addr);
+        out->n_addrs = 1;
+        return 0;
+    }
+    if (pos_p2p_relay_list_fetch(o->api_url, 5000, &list, err, sizeof(err)) != 0) {
+        fprintf(stderr, CMD ": %s\n", err);
+        return -1;
+    }
+    for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
+        const pos_p2p_relay_info *r = pos_p2p_relay_list_get(list, i);
+        if (!o->relay_id || !strcmp(r->id, o->relay_id)) {
+            *out = *r;
+            pos_p2p_relay_list_del(list);
+            return 0;
+        }
+    }
+    pos_p2p_relay_list_del(list);
+    fprintf(stderr, CMD ": no such relay in the list\n");
+    return -1;
+}
+
+/*
+ * raise_nofile: room for |need| descriptors as far as this process may
+ * (the soft limit up to the hard one; more only when privileged). What is
+ * still missing goes to helper processes (split).
+ */
+static void raise_nofile(long need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= (rlim_t)need)
+        return;
+    struct rlimit want = {(rlim_t)need, rl.rlim_max > (rlim_t)need ? rl.rlim_max : (rlim_t)need};
+    if (setrlimit(RLIMIT_NOFILE, &want) != 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The dialer's events: the circuit of the try in progress, or why there is none. */
+static void dialer_event(void *arg, pos_p2p_relay *r, const pos_p2p_relay_event *ev)
+{
+    struct run *R = arg;
+    (void)r;
+    if (ev->type == POS_P2P_RELAY_EV_CIRCUIT) {
+        R->t_circuit_us = now_us();
+        R->circuit = ev->circuit_id;
+    } else if (ev->type == POS_P2P_RELAY_EV_ERROR) {
+        R->try_error = ev->error ? ev->error : POS_P2P_ERR_PROTOCOL;
+        snprintf(R->try_text, sizeof(R->try_text), "%s", ev->text);
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, long n, double p)
+{
+    return n ? v[(long)((double)(n - 1) * p)] : -1;
+}
+
+/* dialer_up: the dialer's NOT_HOME connection, accepted; NULL when it could not be made. */
+static pos_p2p_relay *dialer_up(struct run *R)
+{
+    struct idle_client *d = idle_pool_get(R->pool, R->mine);
+    pos_p2p_relay *r = NULL;
+    pos_p2p_relay_status st;
+    int64_t end = pos_p2p_now_ms() + R->o.timeout_s * 1000;
+    if (pos_p2p_relay_connect_flags(d->ep, &R->relay, R->o.token, (int)R->o.timeout_s * 1000,
+                                    POS_P2P_RELAY_NOT_HOME, &r) != 0)
+        return NULL;
+    pos_p2p_relay_set_callbacks(r, dialer_event, NULL, R);
+    idle_pool_touch(R->pool, R->mine);
+    do {
+        idle_pool_pump(R->pool, 20);
+        pos_p2p_relay_get_status(r, &st);
+    } while (st.state == POS_P2P_RELAY_CONNECTING && pos_p2p_now_ms() < end);
+    if (st.state != POS_P2P_RELAY_ACCEPTED) {
+        snprintf(R->try_text, sizeof(R->try_text), "dialer: %s",
+                 st.reason[0] ? st.reason : pos_p2p_strerror(st.error));
+        pos_p2p_relay_close(r);
+        return NULL;
+    }
+    return r;
+}
+
+/*
+ * dial_try: the dialer asks the relay for client |t| and waits for the
+ * circuit, then sends one datagram over it and waits for |t| to get it.
+ * Records the time from CONNECT to CIRCUIT in |L|. 1: the datagram arrived.
+ */
+static int dial_try(struct run *R, long t, struct lat *L)
+{
+    struct idle_client *c = idle_pool_get(R->pool, t);
+    uint32_t req;
+    uint64_t got = c->data_in;
+    int ok = 0;
+    L->tried++;
+    pos_p2p_relay *d = dialer_up(R);
+    if (!d) {
+        if (!L->first[0])
+            snprintf(L->first, sizeof(L->first), "CONNECT to client %ld: %s", t, R->try_text);
+        return 0;
+    }
+    R->t_circuit_us = 0;
+    R->try_error = 0;
+    R->try_text[0] = 0;
+    R->t_req_us = now_us();
+    if (pos_p2p_relay_request_peer(d, c->peer_id, &req) == 0) {
+        idle_pool_touch(R->pool, R->mine);
+        int64_t end = pos_p2p_now_ms() + R->o.timeout_s * 1000;
+        while (!R->t_circuit_us && !R->try_error && pos_p2p_now_ms() < end)
+            idle_pool_pump(R->pool, 20);
+        if (R->t_circuit_us) {
+            L->us[L->n++] = (double)(R->t_circuit_us - R->t_req_us);
+            pos_p2p_relay_send_data(d, R->circuit, (const uint8_t *)"idle", 4);
+            idle_pool_touch(R->pool, R->mine);
+            end = pos_p2p_now_ms() + 2000;
+            while (c->data_in == got && pos_p2p_now_ms() < end)
+                idle_pool_pump(R->pool, 20);
+            ok = c->data_in > got;
+        } else if (!R->try_error) {
+            snprintf(R->try_text, sizeof(R->try_text), "no circuit within %ld s", R->o.timeout_s);
+        }
+    }
+    if (!ok && !L->first[0])
+        snprintf(L->first, sizeof(L->first), "CONNECT to client %ld: %s", t,
+                 R->try_text[0] ? R->try_text : "the datagram did not arrive");
+    pos_p2p_relay_close(d); /* ends the circuit: the peer may park again */
+    idle_pool_touch(R->pool, R->mine);
+    L->ok += ok;
+    return ok;
+}
+
+static int lat_alloc(struct lat *L, long n)
+{
+    L->us = calloc((size_t)(n ? n : 1), sizeof(double));
+    return L->us ? 0 : -1;
+}
+
+/* next_target: the next accepted client from |*at| on (round robin); -1 when none. */
+static long next_target(struct run *R, long *at, int parked)
+{
+    for (long k = 0; k < R->mine; k++) {
+        long i = (*at + k) % R->mine;
+        struct idle_client *c = idle_pool_get(R->pool, i);
+        if (!c->accepted || !c->r)
+            continue;
+        if (parked && !pos_p2p_relay_parked(c->r))
+            continue;
+        *at = i + 1;
+        return i;
+    }
+    return -1;
+}
+
+static void relay_figures(struct run *R, long *rss, double *a, double *b, const char *na,
+                          const char *nb)
+{
+    char err[256];
+    *rss = R->o.relay_pid ? proc_rss_kib((pid_t)R->o.relay_pid) : -1;
+    *a = *b = -1;
+    if (R->o.metrics_url) {
+        char *m = metrics_fetch(R->o.metrics_url, err, sizeof(err));
+        if (!m) {
+            fprintf(stderr, CMD ": %s\n", err);
+            return;
+        }
+        *a = metrics_value(m, na);
+        *b = nb ? metrics_value(m, nb) : -1;
+        free(m);
+    }
+}
+
+static double metric_now(struct run *R, const char *name)
+{
+    char err[256];
+    double v = -1;
+    char *m = R->o.metrics_url ? metrics_fetch(R->o.metrics_url, err, sizeof(err)) : NULL;
+    if (m)
+        v = metrics_value(m, name);
+    free(m);
+    return v;
+}
+
+/* The keep-alives the relay counted (parked), or the datagrams it received (awake). */
+static double hold_counter(struct run *R, int parked)
+{
+    if (!parked)
+        return metric_now(R, "pos_relay_packets_total{dir=\"in\"}");
+    double ok = metric_now(R, "pos_relay_park_keepalives_total{result=\"ok\"}");
+    double bad = metric_now(R, "pos_relay_park_keepalives_total{result=\"dropped\"}");
+    return ok < 0 ? -1 : ok + (bad > 0 ? bad : 0);
+}
+
+/* hold: serve the clients --hold seconds; the relay's CPU and its counter (hold_counter). */
+static void hold(struct run *R, int parked)
+{
+    double cpu0 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1;
+    double k0 = hold_counter(R, parked);
+    if (!R->o.json)
+        fprintf(stderr, "holding %ld clients %s for %ld s\n", R->accepted,
+                parked ? "parked" : "awake", R->o.hold_s);
+    idle_load_pump_for(R->pool, R->o.hold_s * 1000);
+    double cpu1 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1;
+    double k1 = hold_counter(R, parked);
+    R->hold_cpu_s[parked] = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
+    R->hold_events[parked] = k0 >= 0 && k1 >= 0 ? k1 - k0 : -1;
+}
+
+/* events: PARKED, AWAKE woken, AWAKE after unanswered keep-alives, over all processes. */
+static void events(struct run *R, long v[3])
+{
+    v[0] = v[1] = v[2] = 0;
+    idle_load_events(R->pool, R->mine, v);
+    idle_team_events(&R->team, R->pool, v);
+}
+
+/* park_all: every accepted client parks (helpers' too); waits until all are (or the time is up). */
+static void park_all(struct run *R)
+{
+    int64_t t0 = pos_p2p_now_ms(), end = t0 + (R->o.park_after_s + 60 + R->n / 1000) * 1000;
+    long parked = 0, theirs[3] = {0, 0, 0};
+    idle_team_park(&R->team);
+    idle_load_park(R->pool, R->mine, &R->lc);
+    while (pos_p2p_now_ms() < end) {
+        idle_load_pump_for(R->pool, 500);
+        if ((parked = idle_load_parked(R->pool, R->mine)) >= R->ls.accepted)
+            break;
+    }
+    idle_team_wait(&R->team, R->pool, 'P', theirs);
+    R->park_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
+    R->parked_seen = (double)(parked + theirs[0]);
+    for (long i = 0; i < R->mine; i++) {
+        struct idle_client *c = idle_pool_get(R->pool, i);
+        pos_p2p_relay_status st;
+        if (c->accepted && c->r && !pos_p2p_relay_parked(c->r)) {
+            pos_p2p_relay_get_status(c->r, &st);
+            R->unparked++;
+            R->unparked_incoming += c->incoming > 0;
+            R->unparked_failed += st.state == POS_P2P_RELAY_FAILED;
+            R->unparked_before += st.state != POS_P2P_RELAY_FAILED && st.parks > 0;
+        }
+    }
+    events(R, R->ev_park);
+}
+
+static void print_lat(const char *what, struct lat *L)
+{
+    printf("CONNECT to %s peer until the circuit is up: p50 %.2f ms, p95 %.2f ms (%ld of %ld "
+           "tries carried a datagram)\n",
+           what, pct(L->us, L->n, 0.5) / 1000, pct(L->us, L->n, 0.95) / 1000, L->ok, L->tried);
+    if (L->first[0])
+        printf("  first failure: %s\n", L->first);
+}
+
+static void print_text(struct run *R)
+{
+    double cpu = R->hold_cpu_s[0], ev = R->hold_events[0];
+    printf("clients: %ld accepted, %ld failed in %.1f s (%.0f per second, %ld attempts retried), "
+           "handshake p50 %.0f ms\n",
+           R->accepted, R->failed, R->connect_s, R->connect_s > 0 ? R->accepted / R->connect_s : 0,
+           R->retried, R->ls.hs_p50_ms);
+    if (R->first_reason[0])
+        printf("first refusal or failure: %s\n", R->first_reason);
+    printf("load generator RSS per client: %ld bytes idle, %ld bytes awake\n",
+           (R->gen_rss0 * 1024) / R->n, (R->gen_rss_awake * 1024) / R->n);
+    if (R->rss0 >= 0)
+        printf("relay RSS: %ld KiB before, %ld KiB with all awake (%ld bytes per awake client)\n",
+               R->rss0, R->rss_awake,
+               R->accepted ? (R->rss_awake - R->rss0) * 1024 / R->accepted : 0);
+    if (R->m_awake_conns >= 0)
+        printf("relay connections with all awake: %.0f\n", R->m_awake_conns);
+    print_lat("an awake", &R->awake);
+    if (cpu >= 0 && ev > 0 && R->accepted)
+        printf("awake %ld s: relay CPU %.3f s, %.0f datagrams in: %.2f us each, %.2f us per "
+               "client-second\n",
+               R->o.hold_s, cpu, ev, cpu * 1e6 / ev, cpu * 1e6 / (double)R->accepted / R->o.hold_s);
+    if (!R->o.park_after_s) {
+        printf("parking: off (--park-after 0): awake figures only\n");
+        return;
+    }
+    cpu = R->hold_cpu_s[1];
+    ev = R->hold_events[1];
+    printf("parked: %.0f of %ld clients in %.1f s (%ld PARKED events, %ld reconnects after "
+           "unanswered keep-alives); relay: %.0f parks, %.0f refused\n",
+           R->parked_seen, R->accepted, R->park_s, R->ev_park[0], R->ev_park[2], R->m_parks,
+           R->m_park_refused);
+    printf("during the parked hold: %ld reconnects after unanswered keep-alives\n",
+           R->ev_hold[2] - R->ev_park[2]);
+    if (R->unparked)
+        printf("not parked when the wait ended, of this process's %ld clients: %ld (%ld of them "
+               "had answered an INCOMING, %ld had parked before, %ld failed)\n",
+               R->mine, R->unparked, R->unparked_incoming, R->unparked_before, R->unparked_failed);
+    if (R->rss0 >= 0)
+        printf("relay RSS with all parked: %ld KiB (%ld bytes per parked client)\n", R->rss_parked,
+               R->accepted ? (R->rss_parked - R->rss0) * 1024 / R->accepted : 0);
+    if (R->m_parked >= 0)
+        printf("relay metrics with all parked: pos_relay_parked %.0f, pos_relay_awake %.0f, "
+               "pos_relay_connections %.0f\n",
+               R->m_parked, R->m_awake, R->m_conns_parked);
+    printf("load generator RSS per parked client: %ld bytes\n", (R->gen_rss_parked * 1024) / R->n);
+    if (cpu >= 0 && ev > 0)
+        printf("parked %ld s: %.0f keep-alives, relay CPU %.3f s: %.2f us per keep-alive, %.2f us "
+               "per client-second\n",
+               R->o.hold_s, ev, cpu, cpu * 1e6 / ev,
+               R->accepted ? cpu * 1e6 / (double)R->accepted / R->o.hold_s : 0);
+    print_lat("a parked", &R->parked);
+    printf("nothing lost: %ld of %ld sends to parked peers arrived (%ld of %ld just after the "
+           "peer's address changed); after a NAT rebinding the peer did not notice: %ld of %ld\n",
+           R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok, R->rebound.tried);
+    if (R->lost.first[0])
+        printf("  first failure: %s\n", R->lost.first);
+}
+
+/* json_str: |s| inside a JSON string (quotes and backslashes escaped, control characters '?'). */
+static void json_str(const char *s)
+{
+    for (; *s; s++)
+        printf(*s == '"' || *s == '\\' ? "\\%c" : (unsigned char)*s < 32 ? "?" : "%c", *s);
+}
+
+static void print_json(struct run *R)
+{
+    struct lat *A = &R->awake, *P = &R->parked;
+    printf("{\"parking\": %s, \"clients\": %ld, \"accepted\": %ld, \"failed\": %ld, "
+           "\"retried\": %ld, \"connect_s\": %.3f, \"handshake_p50_ms\": %.1f, ",
+           R->o.park_after_s ? "true" : "false", R->n, R->accepted, R->failed, R->retried,
+           R->connect_s, R->ls.hs_p50_ms);
+    printf("\"relay_rss_before_kib\": %ld, \"relay_rss_awake_kib\": %ld, "
+           "\"relay_rss_parked_kib\": %ld, \"relay_connections_awake\": %.0f, "
+           "\"relay_parked\": %.0f, \"relay_awake\": %.0f, \"relay_connections_parked\": %.0f, "
+           "\"parked\": %.0f, ",
+           R->rss0, R->rss_awake, R->rss_parked, R->m_awake_conns, R->m_parked, R->m_awake,
+           R->m_conns_parked, R->parked_seen);
+    printf("\"park_s\": %.1f, \"parked_events\": %ld, \"woken_events\": %ld, "
+           "\"lost_events_parking\": %ld, \"lost_events_hold\": %ld, \"relay_parks\": %.0f, "
+           "\"relay_park_refused\": %.0f, ",
+           R->park_s, R->ev_park[0], R->ev_hold[1], R->ev_park[2], R->ev_hold[2] - R->ev_park[2],
+           R->m_parks, R->m_park_refused);
+    printf("\"gen_rss_idle_kib\": %ld, \"gen_rss_awake_kib\": %ld, \"gen_rss_parked_kib\": %ld, ",
+           R->gen_rss0, R->gen_rss_awake, R->gen_rss_parked);
+    printf("\"hold_s\": %ld, \"awake_relay_cpu_s\": %.3f, \"awake_datagrams_in\": %.0f, "
+           "\"parked_relay_cpu_s\": %.3f, \"keepalives\": %.0f, ",
+           R->o.hold_s, R->hold_cpu_s[0], R->hold_events[0], R->hold_cpu_s[1], R->hold_events[1]);
+    printf("\"awake_connect_p50_ms\": %.3f, \"awake_connect_p95_ms\": %.3f, \"awake_ok\": %ld, "
+           "\"awake_tries\": %ld, ",
+           pct(A->us, A->n, 0.5) / 1000, pct(A->us, A->n, 0.95) / 1000, A->ok, A->tried);
+    printf("\"parked_connect_p50_ms\": %.3f, \"parked_connect_p95_ms\": %.3f, \"parked_ok\": %ld, "
+           "\"parked_tries\": %ld, \"lost_ok\": %ld, \"lost_tries\": %ld, \"lost_moved_ok\": %ld, "
+           "\"lost_moved\": %ld, \"rebound_ok\": %ld, \"rebound_tries\": %ld, "
+           "\"unparked\": %ld, \"unparked_incoming\": %ld, \"unparked_before\": %ld, "
+           "\"unparked_failed\": %ld, \"first_failure\": \"",
+           P->n ? pct(P->us, P->n, 0.5) / 1000 : -1, P->n ? pct(P->us, P->n, 0.95) / 1000 : -1,
+           P->ok, P->tried, R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok,
+           R->rebound.tried, R->unparked, R->unparked_incoming, R->unparked_before,
+           R->unparked_failed);
+    json_str(R->first_reason);
+    printf("\", \"awake_first_failure\": \"");
+    json_str(R->awake.first);
+    printf("\", \"parked_first_failure\": \"");
+    json_str(R->parked.first);
+    printf("\", \"lost_first_failure\": \"");
+    json_str(R->lost.first);
+    printf("\"}\n");
+}
+
+/*
+ * lost_try: try |k| of the "nothing lost" run, to a parked peer. Every
+ * fourth (k % 4 == 1) the peer's address changes and the device notices
+ * (as when the library's netlink socket reports a new interface address:
+ * relay_ping, which sends a keep-alive at once while parked); every fourth
+ * (k % 4 == 3) a NAT gives the peer a new mapping it does not notice; these
+ * are counted apart (R->rebound): the relay learns the new address only
+ * from the peer's next keep-alive.
+ */
+static void lost_try(struct run *R, long k, long *at)
+{
+    long t = next_target(R, at, 1);
+    if (t < 0)
+        t = next_target(R, at, 0);
+    if (t < 0) {
+        R->lost.tried++;
+        return;
+    }
+    int moved = k % 4 == 1 && idle_pool_rebind(R->pool, t) == 0;
+    int rebound = k % 4 == 3 && idle_pool_rebind(R->pool, t) == 0;
+    if (moved) {
+        relay_ping(idle_pool_get(R->pool, t)->r);
+        idle_pool_touch(R->pool, t);
+    }
+    int ok = dial_try(R, t, rebound ? &R->rebound : &R->lost);
+    R->moved += moved;
+    R->moved_ok += moved && ok;
+}
+
+/* connect_everyone: this process's clients and the helpers' dial home; totals in R. */
+static void connect_everyone(struct run *R)
+{
+    long theirs[3] = {0, 0, 0};
+    int64_t t0 = pos_p2p_now_ms();
+    idle_load_connect(R->pool, R->mine, &R->lc, &R->ls);
+    idle_team_wait(&R->team, R->pool, 'A', theirs);
+    R->accepted = R->ls.accepted + theirs[0];
+    R->failed = R->ls.failed + theirs[1];
+    R->retried = R->ls.retried + theirs[2];
+    R->connect_s = (double)(pos_p2p_now_ms() - t0) / 1000.0;
+    snprintf(R->first_reason, sizeof(R->first_reason), "%s", R->ls.first_reason);
+}
+
+/* The measured part, once the clients exist: connect, awake, park, hold, tries. */
+static void measure(struct run *R)
+{
+    long at = 0;
+    connect_everyone(R);
+    idle_load_pump_for(R->pool, 1500); /* let the relay's snapshot of metrics catch up */
+    relay_figures(R, &R->rss_awake, &R->m_awake_conns, &R->m_awake, "pos_relay_connections", NULL);
+    R->gen_rss_awake = proc_rss_kib(0) + idle_team_rss_kib(&R->team);
+    for (long k = 0; k < R->o.tries && R->ls.accepted; k++)
+        dial_try(R, next_target(R, &at, 0), &R->awake);
+    qsort(R->awake.us, (size_t)R->awake.n, sizeof(double), cmp_double);
+    if (R->o.hold_s)
+        hold(R, 0);
+    if (!R->o.park_after_s)
+        return;
+    park_all(R);
+    idle_load_pump_for(R->pool, 2500); /* the relay trims its heap at most once a second */
+    relay_figures(R, &R->rss_parked, &R->m_parked, &R->m_awake, "pos_relay_parked",
+                  "pos_relay_awake");
+    R->m_conns_parked = metric_now(R, "pos_relay_connections");
+    malloc_trim(0); /* what parking freed here, given back as the relay does (helpers: on 'P') */
+    R->gen_rss_parked = proc_rss_kib(0) + idle_team_rss_kib(&R->team);
+    if (R->o.hold_s)
+        hold(R, 1);
+    events(R, R->ev_hold);
+    R->m_parks = metric_now(R, "pos_relay_parks_total");
+    R->m_park_refused = metric_now(R, "pos_relay_park_refused_total");
+    for (long k = 0; k < R->o.tries; k++) {
+        long t = next_target(R, &at, 1);
+        if (t >= 0)
+            dial_try(R, t, &R->parked);
+    }
+    for (long k = 0; k < R->o.lost_tries; k++)
+        lost_try(R, k, &at);
+    qsort(R->parked.us, (size_t)R->parked.n, sizeof(double), cmp_double);
+}
+
+/*
+ * split: how many clients this process takes (the rest go to helper
+ * processes, |*share| each), from the descriptors it may open.
+ */
+static long split(struct run *R, long *share)
+{
+    struct rlimit rl;
+    long room = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur - 128 : 1000;
+    if (room < 16)
+        room = 16;
+    long procs = (R->n + 1 + room - 1) / room;
+    *share = (R->n + procs - 1) / procs;
+    return R->n - *share * (procs - 1);
+}
+
+/* start: helpers (before this process opens anything they would inherit), then our pool. */
+static int start(struct run *R)
+{
+    char err[512];
+    long share;
+    R->mine = split(R, &share);
+    R->lc = (struct idle_load_conf){
+        &R->relay,         R->o.token,       R->o.timeout_s, R->o.concurrency,
+        R->o.park_after_s, R->o.keepalive_s, 5000,           !R->o.json};
+    if (R->mine < R->n) {
+        long procs = (R->n - R->mine) / share + 1;
+        R->lc.concurrency = R->o.concurrency / procs > 0 ? R->o.concurrency / procs : 1;
+        R->lc.park_rate = 5000 / procs;
+        if (!R->o.json)
+            fprintf(stderr, "%ld clients over %ld processes (%ld file descriptors each at most)\n",
+                    R->n, procs, share + 128);
+        if (idle_team_start(&R->team, R->mine, R->n, share, R->o.per_addr, &R->lc, err,
+                            sizeof(err)) != 0) {
+            fprintf(stderr, CMD ": %s\n", err);
+            return -1;
+        }
+    }
+    if (!(R->pool = idle_pool_new(R->mine + 1, 0, R->n, R->o.per_addr, err, sizeof(err))) ||
+        idle_pool_rebind(R->pool, R->mine) != 0) { /* the dialer: an address of its own */
+        fprintf(stderr, CMD ": %s\n", R->pool ? "cannot bind the dialer's socket" : err);
+        return -1;
+    }
+    return 0;
+}
+
+int cmd_idle(int argc, char **argv)
+{
+    struct run R;
+    int rv = 1;
+    memset(&R, 0, sizeof(R));
+    int p = parse(argc, argv, &R.o);
+    if (p)
+        return p == 1 ? 0 : 2;
+    if (pick_relay(&R.o, &R.relay) != 0)
+        return 1;
+    raise_nofile(R.o.clients + 256);
+    R.n = R.o.clients;
+    R.rss_parked = R.rss0 = -1;
+    R.m_parked = R.m_awake = R.m_awake_conns = R.m_conns_parked = R.m_parks = R.m_park_refused = -1;
+    R.hold_cpu_s[0] = R.hold_cpu_s[1] = R.hold_events[0] = R.hold_events[1] = -1;
+    if (lat_alloc(&R.awake, R.o.tries) || lat_alloc(&R.parked, R.o.tries) ||
+        lat_alloc(&R.lost, R.o.lost_tries) || lat_alloc(&R.rebound, R.o.lost_tries)) {
+        fprintf(stderr, CMD ": out of memory\n");
+        goto out;
+    }
+    R.rss0 = R.o.relay_pid ? proc_rss_kib((pid_t)R.o.relay_pid) : -1;
+    if (R.o.relay_pid && R.rss0 < 0) {
+        fprintf(stderr, CMD ": --relay-pid %ld: no such process to read\n", R.o.relay_pid);
+        goto out;
+    }
+    long gen0 = proc_rss_kib(0);
+    if (start(&R) != 0)
+        goto out;
+    R.gen_rss0 = proc_rss_kib(0) + idle_team_rss_kib(&R.team) - gen0 * (1 + R.team.n);
+    measure(&R);
+    R.gen_rss_awake -= gen0 * (1 + R.team.n);
+    R.gen_rss_parked = R.gen_rss_parked > 0 ? R.gen_rss_parked - gen0 * (1 + R.team.n) : -1;
+    if (R.o.json)
+        print_json(&R);
+    else
+        print_text(&R);
+    /* the unnoticed NAT rebindings are reported, not required (lost_try) */
+    rv = R.accepted == R.n && R.awake.ok == R.awake.tried && R.parked.ok == R.parked.tried &&
+                 R.lost.ok == R.lost.tried
+             ? 0
+             : 1;
+out:
+    idle_team_end(&R.team);
+    idle_pool_del(R.pool);
+    free(R.awake.us);
+    free(R.parked.us);
+    free(R.lost.us);
+    free(R.rebound.us);
+    return rv;
+}
