@@ -248,8 +248,14 @@ enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, 
     if (!(r = relay_park_find(t, m.record_id)))
         return RELAY_PARK_DROP_UNKNOWN;
     *rec = r;
-    /* before the mac: a flood costs one compare per datagram once a keep-alive was taken */
-    if (r->ack_ms >= 0 && now_ms - r->ack_ms < RELAY_PARK_ACK_INTERVAL_MS)
+    int known = relay_addr_from_sockaddr(&a, from) == 0;
+    /*
+     * Before the mac: a flood from the record's address costs one compare per
+     * datagram once a keep-alive was taken. One from a new address is judged on its
+     * mac at once: a client that roamed is not kept waiting for its resend.
+     */
+    if (r->ack_ms >= 0 && now_ms - r->ack_ms < RELAY_PARK_ACK_INTERVAL_MS &&
+        (!known || same_addr(&a, &r->addr)))
         return RELAY_PARK_DROP_RATE;
     if (pos_park_verify(&m, r->key) != 0)
         return RELAY_PARK_DROP_MAC;
@@ -258,7 +264,7 @@ enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, 
     r->ka_counter = m.counter;
     r->seen_ms = now_ms;
     r->ack_ms = now_ms;
-    if (relay_addr_from_sockaddr(&a, from) == 0 && !same_addr(&a, &r->addr)) {
+    if (known && !same_addr(&a, &r->addr)) {
         r->addr = a; /* roaming: acks and wakes follow the newest address */
         *moved = 1;
     }

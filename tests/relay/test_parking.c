@@ -85,6 +85,12 @@ static void test_ids_and_keepalives(void)
     /* roaming: a valid one from elsewhere moves the record */
     CHECK(ka(t, r->id, 7, key, "198.51.100.9", 4444, 3200, &moved, ack) == RELAY_PARK_ACKED);
     CHECK(moved && r->addr.port == htons(4444) && r->sock == 1);
+    /* roaming again within the second: judged on its mac at once, not kept for the resend */
+    CHECK(ka(t, r->id, 8, key, "198.51.100.9", 4444, 3300, &moved, ack) == RELAY_PARK_DROP_RATE);
+    CHECK(ka(t, r->id, 8, other, "203.0.113.5", 5555, 3300, &moved, ack) == RELAY_PARK_DROP_MAC);
+    CHECK(r->addr.port == htons(4444)); /* a forgery from elsewhere moves nothing */
+    CHECK(ka(t, r->id, 8, key, "203.0.113.5", 5555, 3300, &moved, ack) == RELAY_PARK_ACKED);
+    CHECK(moved && r->addr.port == htons(5555) && r->ka_counter == 8);
     struct sockaddr_storage ss;
     CHECK(relay_park_addr(r, &ss) == sizeof(struct sockaddr_in) && ss.ss_family == AF_INET);
 
