@@ -360,7 +360,7 @@ static void relay_free(pos_p2p_relay *r)
     ep_conn_detach(&r->conn);
     wipe_token(r);
     sendq_free(&r->held);
-    relay_park_bye(r->park); /* parked: the relay forgets the record now */
+    relay_park_goodbye(r->park); /* parked: the relay forgets the record now */
     relay_park_free(r->park);
     relay_circ_free(r->circ);
     free(r);
@@ -404,7 +404,7 @@ int pos_p2p_relay_connect_flags(pos_p2p_endpoint *ep, const pos_p2p_relay_info *
     memcpy(r->token, token, tlen);
     r->token_len = tlen;
     if (!(r->circ = relay_circ_new()) ||
-        (!(flags & POS_P2P_RELAY_NOT_HOME) && !(r->park = relay_park_new(ep, pos_p2p_now_ms()))))
+        (!(flags & POS_P2P_RELAY_NOT_HOME) && !(r->park = relay_park_create(ep, pos_p2p_now_ms()))))
         goto out_free;
     ep_conn_attach(&r->conn);
     if ((rv = dial(r, pos_p2p_now_ms() + timeout_ms)) != 0) {

@@ -42,7 +42,7 @@ struct relay_park {
     struct sockaddr_storage relay;
 };
 
-struct relay_park *relay_park_new(pos_p2p_endpoint *ep, int64_t now_ms)
+struct relay_park *relay_park_create(pos_p2p_endpoint *ep, int64_t now_ms)
 {
     struct relay_park *p = calloc(1, sizeof(*p));
     if (!p)
@@ -165,7 +165,7 @@ static void send_keepalive(struct relay_park *p, int64_t now_ms)
     p->next_ka = now_ms + p->interval_ms;
 }
 
-void relay_park_bye(struct relay_park *p)
+void relay_park_goodbye(struct relay_park *p)
 {
     uint8_t buf[POS_PARK_LEN];
     if (!p || p->state != RELAY_PARK_PARKED)

@@ -43,8 +43,8 @@ enum relay_park_state {
 
 struct relay_park;
 
-/* relay_park_new: an awake connection's state, idle from |now_ms|; NULL: no memory. */
-struct relay_park *relay_park_new(pos_p2p_endpoint *ep, int64_t now_ms);
+/* relay_park_create: an awake connection's state, idle from |now_ms|; NULL: no memory. */
+struct relay_park *relay_park_create(pos_p2p_endpoint *ep, int64_t now_ms);
 void relay_park_free(struct relay_park *p); /* wipes the key; NULL: nothing */
 
 /*
@@ -115,10 +115,10 @@ void relay_park_roam(struct relay_park *p, int64_t now_ms);
 void relay_park_leave(struct relay_park *p, int code, int64_t now_ms);
 
 /*
- * relay_park_bye: the connection is being closed: when parked, tell the relay
+ * relay_park_goodbye: the connection is being closed: when parked, tell the relay
  * (PARK_BYE, twice) so that it ends the record and the presence now.
  */
-void relay_park_bye(struct relay_park *p);
+void relay_park_goodbye(struct relay_park *p);
 
 /* relay_park_keepalive_ms: the interval in use while parked (ms), 0 when not parked. */
 int64_t relay_park_keepalive_ms(const struct relay_park *p);

@@ -194,3 +194,47 @@ void relay_usage_circuit_close(relay_services *s, relay_budget *b0, relay_budget
     (void)b0;
     (void)b1;
 }
+
+/* Parking (server_park.c): nothing to count or write without Redis. */
+void relay_auth_park(relay_services *s, const char *token_id, int parked)
+{
+    (void)s;
+    (void)token_id;
+    (void)parked;
+}
+
+void relay_auth_release_parked(relay_services *s, const char *token_id)
+{
+    (void)s;
+    (void)token_id;
+}
+
+void relay_presence_park(relay_services *s, const char *peer_id)
+{
+    (void)s;
+    (void)peer_id;
+}
+
+void relay_presence_keep_parked(relay_services *s, const char *peer_id)
+{
+    (void)s;
+    (void)peer_id;
+}
+
+void relay_presence_unpark(relay_services *s, const char *peer_id)
+{
+    (void)s;
+    (void)peer_id;
+}
+
+void relay_presence_hold(relay_services *s, const char *peer_id)
+{
+    (void)s;
+    (void)peer_id;
+}
+
+uint64_t relay_services_redis_ups(const relay_services *s)
+{
+    (void)s;
+    return 1;
+}

@@ -111,7 +111,7 @@ static void park_now(struct relay_park *p, pos_p2p_endpoint *ep)
 
 static void test_acks_and_wakes(pos_p2p_endpoint *ep)
 {
-    struct relay_park *p = relay_park_new(ep, 0);
+    struct relay_park *p = relay_park_create(ep, 0);
     park_now(p, ep);
     /* not ours: another address, another record; forged: another key */
     CHECK(feed(p, POS_PARK_ACK, RECORD, 1, key, 7374) == 1);
@@ -138,7 +138,7 @@ static void test_acks_and_wakes(pos_p2p_endpoint *ep)
 
 static void test_lost(pos_p2p_endpoint *ep)
 {
-    struct relay_park *p = relay_park_new(ep, 0);
+    struct relay_park *p = relay_park_create(ep, 0);
     int64_t t;
     park_now(p, ep);
     CHECK(feed(p, POS_PARK_ACK, RECORD, 1, key, 7373) == 0);
@@ -159,7 +159,7 @@ static void test_lost(pos_p2p_endpoint *ep)
 
     /* keep-alives more often than the resends (1 s): lost all the same after 2 s x 4 */
     pos_p2p_endpoint_set_park(ep, 1000, 1000);
-    p = relay_park_new(ep, 0);
+    p = relay_park_create(ep, 0);
     park_now(p, ep);
     CHECK(relay_park_keepalive_ms(p) == 1000);
     for (t = 1050 + 1000; t < 1050 + 4 * RELAY_PARK_RESEND_MS; t += 500)
@@ -170,7 +170,7 @@ static void test_lost(pos_p2p_endpoint *ep)
     pos_p2p_endpoint_set_park(ep, 1000, 0);
 
     /* an ack in the middle of a series ends it */
-    p = relay_park_new(ep, 0);
+    p = relay_park_create(ep, 0);
     park_now(p, ep);
     CHECK(relay_park_timer(p, 1050 + RELAY_PARK_RESEND_MS, 1) == RELAY_PARK_NOTHING);
     CHECK(last_ka(key) == 2);
@@ -181,7 +181,7 @@ static void test_lost(pos_p2p_endpoint *ep)
 
 static void test_asking(pos_p2p_endpoint *ep)
 {
-    struct relay_park *p = relay_park_new(ep, 0);
+    struct relay_park *p = relay_park_create(ep, 0);
     pos_ctrl_msg m;
     CHECK(relay_park_deadline(p, 1) == -1); /* no key yet: never asks */
     relay_park_set_key(p, key);
@@ -262,7 +262,7 @@ int main(void)
     CHECK(pos_p2p_endpoint_set_park(ep, 1000, 3600001) == POS_P2P_ERR_INVALID_ARGUMENT);
     CHECK(pos_p2p_endpoint_set_park(ep, 0, 0) == 0);
     {
-        struct relay_park *p = relay_park_new(ep, 0);
+        struct relay_park *p = relay_park_create(ep, 0);
         relay_park_set_key(p, key);
         CHECK(relay_park_deadline(p, 1) == -1); /* parking off: never asks */
         relay_park_free(p);
