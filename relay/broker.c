@@ -123,22 +123,29 @@ static void done(relay_broker *b)
         b->ops.flush(b->ops.arg);
 }
 
+static void wait_unlink(relay_broker *b, relay_broker_req *q)
+{
+    if (!q->waiting)
+        return;
+    q->waiting = 0;
+    if (q->wprev)
+        q->wprev->wnext = q->wnext;
+    else
+        b->wait_head = q->wnext;
+    if (q->wnext)
+        q->wnext->wprev = q->wprev;
+    else
+        b->wait_tail = q->wprev;
+    q->wprev = q->wnext = NULL;
+}
+
 static void req_free(relay_broker *b, relay_broker_req *q)
 {
     if (q->lookup)
         b->ops.lookup_cancel(b->ops.arg, q->lookup);
     if (q->from)
         q->from->n_req--;
-    if (q->waiting) {
-        if (q->wprev)
-            q->wprev->wnext = q->wnext;
-        else
-            b->wait_head = q->wnext;
-        if (q->wnext)
-            q->wnext->wprev = q->wprev;
-        else
-            b->wait_tail = q->wprev;
-    }
+    wait_unlink(b, q);
     if (q->prev)
         q->prev->next = q->next;
     else
@@ -323,22 +330,6 @@ static void wait_append(relay_broker *b, relay_broker_req *q, int64_t now_ms)
     else
         b->wait_head = q;
     b->wait_tail = q;
-}
-
-static void wait_unlink(relay_broker *b, relay_broker_req *q)
-{
-    if (!q->waiting)
-        return;
-    q->waiting = 0;
-    if (q->wprev)
-        q->wprev->wnext = q->wnext;
-    else
-        b->wait_head = q->wnext;
-    if (q->wnext)
-        q->wnext->wprev = q->wprev;
-    else
-        b->wait_tail = q->wprev;
-    q->wprev = q->wnext = NULL;
 }
 
 /* ask: INCOMING to |to| for request |q|, which then waits for the answer until its deadline. */
