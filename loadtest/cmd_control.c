@@ -180,32 +180,33 @@ static int parse(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-static int pick_relay(const struct opts *o, pos_p2p_relay_info *out)
+int loadtest_pick_relay(const char *cmd, const char *api_url, const char *relay_id,
+                        const char *addr, const char *peer_id, pos_p2p_relay_info *out)
 {
     char err[512];
     pos_p2p_relay_list *list = NULL;
     memset(out, 0, sizeof(*out));
-    if (!o->api_url) {
+    if (!api_url) {
         snprintf(out->id, sizeof(out->id), "00000000-0000-4000-8000-000000000000");
-        snprintf(out->peer_id, sizeof(out->peer_id), "%s", o->peer_id);
-        snprintf(out->addrs[0], sizeof(out->addrs[0]), "%s", o->addr);
+        snprintf(out->peer_id, sizeof(out->peer_id), "%s", peer_id);
+        snprintf(out->addrs[0], sizeof(out->addrs[0]), "%s", addr);
         out->n_addrs = 1;
         return 0;
     }
-    if (pos_p2p_relay_list_fetch(o->api_url, 5000, &list, err, sizeof(err)) != 0) {
-        fprintf(stderr, "pos-loadtest control: %s\n", err);
+    if (pos_p2p_relay_list_fetch(api_url, 5000, &list, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s: %s\n", cmd, err);
         return -1;
     }
     for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
         const pos_p2p_relay_info *r = pos_p2p_relay_list_get(list, i);
-        if (!o->relay_id || !strcmp(r->id, o->relay_id)) {
+        if (!relay_id || !strcmp(r->id, relay_id)) {
             *out = *r;
             pos_p2p_relay_list_del(list);
             return 0;
         }
     }
     pos_p2p_relay_list_del(list);
-    fprintf(stderr, "pos-loadtest control: no such relay in the list\n");
+    fprintf(stderr, "%s: no such relay in the list\n", cmd);
     return -1;
 }
 
@@ -488,7 +489,8 @@ int cmd_control(int argc, char **argv)
             return 1;
         }
     }
-    if (pick_relay(&R.o, &relay) != 0)
+    if (loadtest_pick_relay("pos-loadtest control", R.o.api_url, R.o.relay_id, R.o.addr,
+                            R.o.peer_id, &relay) != 0)
         return 1;
     /* One throwaway identity for all connections, in a private directory. */
     if (!mkdtemp(dir)) {

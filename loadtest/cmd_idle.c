@@ -237,35 +237,6 @@ static int parse(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-static int pick_relay(const struct opts *o, pos_p2p_relay_info *out)
-{
-    char err[512];
-    pos_p2p_relay_list *list = NULL;
-    memset(out, 0, sizeof(*out));
-    if (!o->api_url) {
-        snprintf(out->id, sizeof(out->id), "00000000-0000-4000-8000-000000000000");
-        snprintf(out->peer_id, sizeof(out->peer_id), "%s", o->peer_id);
-        snprintf(out->addrs[0], sizeof(out->addrs[0]), "%s", o->addr);
-        out->n_addrs = 1;
-        return 0;
-    }
-    if (pos_p2p_relay_list_fetch(o->api_url, 5000, &list, err, sizeof(err)) != 0) {
-        fprintf(stderr, CMD ": %s\n", err);
-        return -1;
-    }
-    for (size_t i = 0; i < pos_p2p_relay_list_count(list); i++) {
-        const pos_p2p_relay_info *r = pos_p2p_relay_list_get(list, i);
-        if (!o->relay_id || !strcmp(r->id, o->relay_id)) {
-            *out = *r;
-            pos_p2p_relay_list_del(list);
-            return 0;
-        }
-    }
-    pos_p2p_relay_list_del(list);
-    fprintf(stderr, CMD ": no such relay in the list\n");
-    return -1;
-}
-
 /*
  * raise_nofile: room for |need| descriptors as far as this process may
  * (the soft limit up to the hard one; more only when privileged). What is
@@ -754,7 +725,7 @@ int cmd_idle(int argc, char **argv)
     int p = parse(argc, argv, &R.o);
     if (p)
         return p == 1 ? 0 : 2;
-    if (pick_relay(&R.o, &R.relay) != 0)
+    if (loadtest_pick_relay(CMD, R.o.api_url, R.o.relay_id, R.o.addr, R.o.peer_id, &R.relay) != 0)
         return 1;
     raise_nofile(R.o.clients + 256);
     R.n = R.o.clients;
