@@ -376,8 +376,9 @@ relay_server *relay_server_new_io(struct ev_loop *loop, const relay_config *cfg,
         s->io.now = relay_udp_now;
         s->io.arg = s;
     }
+    for (size_t i = 0; i < MAX_SOCKS; i++)
+        s->socks[i].fd = s->socks[i].park_fd = -1;
     for (size_t i = 0; i < n_locals && i < MAX_SOCKS; i++) {
-        s->socks[i].fd = -1;
         s->socks[i].local = locals[i];
         s->socks[i].local_len = pos_addr_len(&locals[i]);
         s->socks[i].srv = s;
@@ -523,6 +524,9 @@ void relay_server_del(relay_server *s)
     relay_circuits_del(s->circuits);
     relay_pending_addrs_del(s->pending_addrs);
     for (size_t i = 0; i < s->n_socks; i++) {
+        relay_park_rx_stop(&s->socks[i].park_rx);
+        if (s->socks[i].park_fd >= 0)
+            close(s->socks[i].park_fd);
         if (s->socks[i].fd < 0)
             continue;
         ev_io_stop(s->loop, &s->socks[i].io);

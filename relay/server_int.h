@@ -21,6 +21,7 @@
 #include "ctrl.h"
 #include "forward.h"
 #include "park.h"
+#include "park_rx.h"
 #include "parking.h"
 #include "pending_addr.h"
 #include "quic_common.h"
@@ -110,6 +111,8 @@ struct relay_park_ctx {
 struct sock {
     int fd;
     ev_io io;
+    int park_fd;           /* its parked datagrams' socket (worker 0's), or -1 (park_rx.h) */
+    relay_park_rx park_rx; /* reads park_fd when there are no workers */
     struct sockaddr_storage local;
     socklen_t local_len;
     relay_server *srv;
@@ -206,6 +209,8 @@ void relay_ctrl_end(struct rconn *c);
  */
 void relay_worker_mark_cid(const relay_server *s, unsigned worker, uint8_t *cid);
 int relay_workers_bind(relay_server *s, char *err, size_t errlen);
+/* relay_park_socks_bind: the parked-datagram sockets of each address, one per worker. */
+int relay_park_socks_bind(relay_server *s, char *err, size_t errlen);
 void relay_workers_del(relay_server *s);
 /* relay_workers_forward_stats: the workers' forwarder counters summed into |out|. */
 void relay_workers_forward_stats(const relay_server *s, relay_forward_stats *out);

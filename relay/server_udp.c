@@ -97,22 +97,36 @@ static void forward_datagrams(void *arg, relay_rxbatch *b, unsigned n)
     }
 }
 
-static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
+/* read_sock: batches of |sk|'s socket |fd| until it is empty or |rounds| batches were read. */
+static unsigned read_sock(struct sock *sk, int fd, int rounds)
 {
-    struct sock *sk = w->data;
     relay_server *s = sk->srv;
-    (void)loop;
-    (void)revents;
-
+    unsigned total = 0;
     /* Bounded per wake-up so one busy socket cannot starve the others. */
-    for (int round = 0; round < 16; round++) {
-        unsigned n = relay_rxbatch_read(s->rxb, sk->fd);
+    for (int round = 0; round < rounds; round++) {
+        unsigned n = relay_rxbatch_read(s->rxb, fd);
         if (n == 0)
             break;
+        total += n;
         relay_rxbatch_cut(s->rxb, n, forward_datagrams, sk);
         if (n < RX_BATCH)
             break;
     }
+    return total;
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct sock *sk = w->data;
+    (void)loop;
+    (void)revents;
+    read_sock(sk, sk->fd, 16);
+}
+
+/* park_drain: |sk|'s parked-datagram socket (park_rx.h); the acks leave on sk->fd. */
+static unsigned park_drain(void *arg, int fd)
+{
+    return read_sock(arg, fd, RELAY_PARK_RX_ROUNDS);
 }
 
 /* udp_socket: a UDP socket for |ss|'s family with the relay's options; -1 with errno. */
@@ -155,7 +169,7 @@ int relay_udp_bind(const struct sockaddr_storage *ss, int reuseport, const char 
     return fd;
 }
 
-static int bind_udp(struct sock *sk, const char *text, unsigned port, int workers, char *err,
+static int bind_udp(struct sock *sk, const char *text, unsigned port, int shared, char *err,
                     size_t errlen)
 {
     struct sockaddr_storage ss;
@@ -165,9 +179,10 @@ static int bind_udp(struct sock *sk, const char *text, unsigned port, int worker
         snprintf(err, errlen, "listen address \"%s\" is not ip:port", text);
         return -1;
     }
-    if (workers > 1) {
+    if (shared) {
         /*
-         * The workers' sockets share the port (SO_REUSEPORT), which would let
+         * The workers' and parked clients' sockets share the port
+         * (SO_REUSEPORT), which would let
          * a second relay of the same user share it too: a socket without the
          * option proves first that nobody holds the address.
          */
@@ -176,7 +191,7 @@ static int bind_udp(struct sock *sk, const char *text, unsigned port, int worker
             return -1;
         close(probe);
     }
-    if ((fd = relay_udp_bind(&ss, workers > 1, text, err, errlen)) < 0)
+    if ((fd = relay_udp_bind(&ss, shared, text, err, errlen)) < 0)
         return -1;
     sk->fd = fd;
     sk->local_len = sizeof(sk->local);
@@ -209,7 +224,8 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
     }
     for (size_t i = 0; i < n; i++) {
         struct sock *sk = &s->socks[s->n_socks];
-        if (bind_udp(sk, addrs[i], cfg->port, (int)cfg->workers, err, errlen) != 0) {
+        if (bind_udp(sk, addrs[i], cfg->port, cfg->workers > 1 || cfg->park_lifetime_s > 0, err,
+                     errlen) != 0) {
             /* A host without IPv6 still serves IPv4 when the default pair was asked for. */
             if (cfg->n_listen == 0 && i == 1 && s->n_socks == 1) {
                 pos_log_warn("%s; serving IPv4 only", err);
@@ -226,6 +242,12 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
     }
     if (cfg->workers > 1 && relay_workers_bind(s, err, errlen) != 0)
         goto fail;
+    if (cfg->park_lifetime_s > 0 && relay_park_socks_bind(s, err, errlen) != 0)
+        goto fail;
+    for (size_t i = 0; cfg->workers <= 1 && i < s->n_socks; i++)
+        if (s->socks[i].park_fd >= 0) /* else worker 0 reads it (workers.c) */
+            relay_park_rx_start(&s->socks[i].park_rx, loop, s->socks[i].park_fd, park_drain,
+                                &s->socks[i]);
     return s;
 fail:
     relay_server_del(s);

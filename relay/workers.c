@@ -31,6 +31,8 @@ struct worker;
 struct wsock {
     int fd; /* worker 0: srv->socks[idx].fd (not its own) */
     ev_io io;
+    int park_fd; /* its parked datagrams (park_rx.h), or -1; worker 0: srv->socks[idx].park_fd */
+    relay_park_rx park_rx;
     unsigned idx; /* the address: index into srv->socks */
     struct worker *w;
 };
@@ -78,27 +80,39 @@ void relay_worker_mark_cid(const relay_server *s, unsigned worker, uint8_t *cid)
 
 /*
  * attach_steering puts the classic BPF program of workers.h on the
- * SO_REUSEPORT group of |fd| (its sockets in bind order are workers 0..n-1).
- * A load past the end of a short datagram ends the program with 0 (worker 0).
+ * SO_REUSEPORT group of |fd| (its sockets in bind order are workers 0..n-1,
+ * then, when |park|, the parked-datagram sockets of workers 0..n-1). A load
+ * past the end of a short datagram ends the program with 0 (worker 0).
  */
-static int attach_steering(const relay_server *s, int fd, unsigned n, char *err, size_t errlen)
+static int attach_steering(const relay_server *s, int fd, unsigned n, int park, char *err,
+                           size_t errlen)
 {
     uint32_t shift = s->circuits->slot_bits, mask = (1u << s->circuits->worker_bits) - 1;
+    /* without park sockets no first byte is >= 0x100: parked datagrams go as data frames */
+    uint32_t park_lo = park ? POS_PARK_KEEPALIVE : 0x100;
     struct sock_filter code[] = {
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),            /* 0: A = first byte */
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x80, 0, 3), /* 1: long header? else 5 */
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),            /* 2: first byte of the DCID */
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),           /* 3 */
-        BPF_STMT(BPF_RET | BPF_A, 0),                     /* 4 */
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x40, 0, 3), /* 5: short header? else 9 */
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 1),            /* 6: first byte of the DCID */
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),           /* 7 */
-        BPF_STMT(BPF_RET | BPF_A, 0),                     /* 8 */
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 1),            /* 9: data frame: the circuit id */
-        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, shift),       /* 10 */
-        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, mask),        /* 11 */
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),           /* 12 */
-        BPF_STMT(BPF_RET | BPF_A, 0),                     /* 13 */
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),                   /* 0: A = first byte */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x80, 0, 3),        /* 1: long header? else 5 */
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),                   /* 2: first byte of the DCID */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 3 */
+        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 4 */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x40, 0, 3),        /* 5: short header? else 9 */
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 1),                   /* 6: first byte of the DCID */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 7 */
+        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 8 */
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, park_lo, 0, 1),      /* 9: parked datagram? */
+        BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, POS_PARK_BYE, 0, 5), /* 10: else 11, yes 16 */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 1),                   /* 11: data frame: circuit id */
+        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, shift),              /* 12 */
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, mask),               /* 13 */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 14 */
+        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 15 */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 1),                   /* 16: parked: the record id's */
+        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, shift),              /* 17: worker bits */
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, mask),               /* 18 */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 19 */
+        BPF_STMT(BPF_ALU | BPF_ADD | BPF_K, n),                  /* 20: that worker's park socket */
+        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 21 */
     };
     struct sock_fprog prog = {(unsigned short)(sizeof(code) / sizeof(code[0])), code};
     if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) != 0) {
@@ -144,7 +158,7 @@ int relay_workers_bind(relay_server *s, char *err, size_t errlen)
         w->all = W;
         w->idx = k;
         for (size_t i = 0; i < MAX_SOCKS; i++)
-            w->socks[i].fd = -1;
+            w->socks[i].fd = w->socks[i].park_fd = -1;
     }
     if (relay_circuits_set_workers(s->circuits, n) != 0) {
         snprintf(err, errlen, "the circuit ids have no room for %u workers with max_circuits %u", n,
@@ -161,8 +175,37 @@ int relay_workers_bind(relay_server *s, char *err, size_t errlen)
             if (W->w[k]->socks[i].fd < 0)
                 return -1;
         }
-        if (attach_steering(s, s->socks[i].fd, n, err, errlen) != 0)
+        if (attach_steering(s, s->socks[i].fd, n, s->cfg->park_lifetime_s > 0, err, errlen) != 0)
             return -1;
+    }
+    return 0;
+}
+
+/*
+ * relay_park_socks_bind: each address gets a parked-datagram socket per
+ * worker in its SO_REUSEPORT group, after the workers' own (park_rx.h). With
+ * one worker the steering program is attached here; where the kernel refuses
+ * it the relay goes on without them (parked datagrams then share the socket).
+ */
+int relay_park_socks_bind(relay_server *s, char *err, size_t errlen)
+{
+    unsigned n = s->n_workers ? s->n_workers : 1;
+    for (size_t i = 0; i < s->n_socks; i++) {
+        char text[POS_ADDR_STRLEN] = "?";
+        pos_addr_format((const struct sockaddr *)&s->socks[i].local, text, sizeof(text));
+        if (n == 1 && attach_steering(s, s->socks[i].fd, 1, 1, err, errlen) != 0) {
+            pos_log_warn("%s: parked clients' datagrams share the socket", err);
+            continue;
+        }
+        for (unsigned k = 0; k < n; k++) {
+            int fd = relay_udp_bind(&s->socks[i].local, 1, text, err, errlen);
+            if (fd < 0)
+                return -1;
+            if (k == 0)
+                s->socks[i].park_fd = fd;
+            if (s->workers)
+                s->workers->w[k]->socks[i].park_fd = fd;
+        }
     }
     return 0;
 }
@@ -234,22 +277,35 @@ static void piece(void *arg, relay_rxbatch *b, unsigned n)
     }
 }
 
-static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
+/* read_sock: batches of |ws|'s socket |fd| until it is empty or |rounds| batches were read. */
+static unsigned read_sock(struct wsock *ws, int fd, int rounds)
 {
-    struct wsock *ws = io->data;
     struct worker *w = ws->w;
-    (void)loop;
-    (void)revents;
-
-    for (int round = 0; round < 16; round++) {
-        unsigned n = relay_rxbatch_read(w->rxb, ws->fd);
+    unsigned total = 0;
+    for (int round = 0; round < rounds; round++) {
+        unsigned n = relay_rxbatch_read(w->rxb, fd);
         if (n == 0)
             break;
+        total += n;
         w->cur = ws;
         relay_rxbatch_cut(w->rxb, n, piece, w);
         if (n < RX_BATCH)
             break;
     }
+    return total;
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    read_sock(io->data, ((struct wsock *)io->data)->fd, 16);
+}
+
+/* park_drain: the worker's parked-datagram socket (park_rx.h); acks leave on ws->fd. */
+static unsigned park_drain(void *arg, int fd)
+{
+    return read_sock(arg, fd, RELAY_PARK_RX_ROUNDS);
 }
 
 /*
@@ -335,6 +391,8 @@ static int worker_init(relay_server *s, struct worker *w, char *err, size_t errl
         ev_io_init(&ws->io, on_readable, ws->fd, EV_READ);
         ws->io.data = ws;
         ev_io_start(w->loop, &ws->io);
+        if (ws->park_fd >= 0)
+            relay_park_rx_start(&ws->park_rx, w->loop, ws->park_fd, park_drain, ws);
     }
     return 0;
 }
@@ -456,8 +514,11 @@ void relay_workers_del(relay_server *s)
         for (size_t i = 0; i < MAX_SOCKS; i++) {
             if (w->loop && w->socks[i].w)
                 ev_io_stop(w->loop, &w->socks[i].io);
+            relay_park_rx_stop(&w->socks[i].park_rx);
             if (k > 0 && w->socks[i].fd >= 0)
                 close(w->socks[i].fd); /* worker 0's are srv->socks, closed by the server */
+            if (k > 0 && w->socks[i].park_fd >= 0)
+                close(w->socks[i].park_fd);
         }
         if (w->loop) {
             ev_async_stop(w->loop, &w->stop);
