@@ -11,6 +11,10 @@
 
 #include <sodium.h>
 
+/* the mac is SipHash-x24 under the key's halves xored, 16 bytes long */
+_Static_assert(crypto_shorthash_siphashx24_BYTES == POS_PARK_MAC_LEN, "mac length");
+_Static_assert(2 * crypto_shorthash_siphashx24_KEYBYTES == POS_PARK_KEY_LEN, "key length");
+
 #include "reader.h"
 #include "writer.h"
 
@@ -27,7 +31,13 @@ static void mac_of(uint8_t type, uint64_t record_id, uint64_t counter,
     pos_writer_u8(&w, type);
     pos_writer_u64(&w, record_id);
     pos_writer_u64(&w, counter);
-    crypto_generichash(mac, POS_PARK_MAC_LEN, in, sizeof(in), key, POS_PARK_KEY_LEN);
+    /* SipHash-2-4, 128-bit output: ~30 ns where keyed BLAKE2b took ~400 (two compressions);
+     * its 16-byte key is the park key's two halves xored, so every byte of it counts */
+    uint8_t k[crypto_shorthash_siphashx24_KEYBYTES];
+    for (size_t i = 0; i < sizeof(k); i++)
+        k[i] = key[i] ^ key[i + sizeof(k)];
+    crypto_shorthash_siphashx24(mac, in, sizeof(in), k);
+    sodium_memzero(k, sizeof(k));
 }
 
 int pos_park_decode(const uint8_t *buf, size_t len, pos_park_msg *out)
@@ -107,6 +117,8 @@ const char *pos_park_type_name(int type)
         return "PARK_WAKE";
     case POS_PARK_BYE:
         return "PARK_BYE";
+    case POS_PARK_QUIET:
+        return "PARK_QUIET";
     default:
         return "unknown";
     }

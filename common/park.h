@@ -1,7 +1,7 @@
 /*
  * Parked clients (pos-relay/4; docs/protocol.md "Parking"): what the relay
  * and a client agree on once the client has parked, that is once the relay
- * has freed its QUIC connection and keeps only a small record. Four
+ * has freed its QUIC connection and keeps only a small record. Five
  * datagrams on the relay's UDP port, frames of the data plane (frame.h:
  * first byte 0x00..0x3f), each exactly POS_PARK_LEN bytes:
  *
@@ -9,20 +9,28 @@
  *   ACK        relay -> client  type 0x26 | record id (8) | counter (8) | mac (16)
  *   WAKE       relay -> client  type 0x27 | record id (8) | counter (8) | mac (16)
  *   BYE        client -> relay  type 0x28 | record id (8) | counter (8) | mac (16)
+ *   QUIET      client -> relay  type 0x29 | record id (8) | counter (8) | mac (16)
+ *
+ * QUIET is a keep-alive that wants no ACK: the relay takes it like a
+ * KEEPALIVE (refresh, roaming) and answers nothing; a client asks for an
+ * ACK only now and then (client-lib/src/relay_park.h), since the answer
+ * costs the relay more than the keep-alive itself.
  *
  * The record id is the relay's (PARKED message); its first four bytes sit
  * where a data frame's circuit id sits and follow the circuit id's layout
  * (worker bits included), so the port's steering program hands a parked
  * datagram to the worker that holds the record. The mac is the 16-byte
- * BLAKE2b (crypto_generichash) of type | record id | counter keyed with the
- * park key, which both sides derive from the TLS session of the connection
- * that parked (RFC 5705/8446 exporter, label POS_PARK_EXPORTER_LABEL, no
- * context), so only the two of them can make or check one. Counters: a
+ * SipHash-2-4 (crypto_shorthash_siphashx24, a PRF) of type | record id |
+ * counter keyed with the park key's two halves xored, which both sides
+ * derive from the TLS session of the connection that parked (RFC
+ * 5705/8446 exporter, label POS_PARK_EXPORTER_LABEL, no context), so only
+ * the two of them can make or check one. Counters: a
  * KEEPALIVE's is the client's, strictly increasing (the relay accepts only
  * one above the last it accepted: a replay is dropped); a BYE takes the
- * client's next counter the same way and ends the record; an ACK echoes the
- * KEEPALIVE it answers; a WAKE's is the relay's own, strictly increasing
- * (the client drops a replayed wake). The type is in the mac input, so a
+ * client's next counter the same way and ends the record (a QUIET takes
+ * it like a KEEPALIVE); an ACK echoes the KEEPALIVE it answers; a WAKE's
+ * is the relay's own, strictly increasing (the client drops a replayed
+ * wake). The type is in the mac input, so a
  * datagram never verifies as another type.
  *
  * Sans-I/O: bytes in, a decoded view out, through a bounded cursor; no
@@ -47,10 +55,11 @@ enum pos_park_type {
     POS_PARK_ACK = 0x26,       /* relay -> client: the keep-alive counter, echoed */
     POS_PARK_WAKE = 0x27,      /* relay -> client: a peer asks for you: reconnect */
     POS_PARK_BYE = 0x28,       /* client -> relay: I am leaving: forget the record */
+    POS_PARK_QUIET = 0x29,     /* client -> relay: a keep-alive that wants no ACK */
 };
 
 /* Errors. */
-#define POS_PARK_ERR_NOT_PARK -1  /* not a frame, or not one of the four park types */
+#define POS_PARK_ERR_NOT_PARK -1  /* not a frame, or not one of the five park types */
 #define POS_PARK_ERR_MALFORMED -2 /* a park type of the wrong length, or record id 0 */
 #define POS_PARK_ERR_BAD_MAC -3   /* well formed, but the mac does not verify under the key */
 #define POS_PARK_ERR_NOBUF -4     /* encode: the buffer is too small */
@@ -67,12 +76,12 @@ typedef struct pos_park_msg {
 
 /*
  * pos_park_is_park: demultiplexing only. 1 when |buf| (|len| bytes) is not
- * empty and its first byte is one of the four park types, else 0. (The
+ * empty and its first byte is one of the five park types, else 0. (The
  * relay's forwarder sees these among data frames.)
  */
 static inline int pos_park_is_park(const uint8_t *buf, size_t len)
 {
-    return len > 0 && buf[0] >= POS_PARK_KEEPALIVE && buf[0] <= POS_PARK_BYE;
+    return len > 0 && buf[0] >= POS_PARK_KEEPALIVE && buf[0] <= POS_PARK_QUIET;
 }
 
 /*
@@ -115,7 +124,8 @@ int pos_park_encode(uint8_t *buf, size_t cap, uint8_t type, uint64_t record_id, 
  */
 int pos_park_derive_key(gnutls_session_t tls, uint8_t key[POS_PARK_KEY_LEN]);
 
-/* pos_park_type_name: "PARK_KEEPALIVE", "PARK_ACK", "PARK_WAKE", "PARK_BYE" or "unknown". */
+/* pos_park_type_name: "PARK_KEEPALIVE", "PARK_ACK", "PARK_WAKE", "PARK_BYE", "PARK_QUIET" or
+ * "unknown". */
 const char *pos_park_type_name(int type);
 
 /* pos_park_strerror: a sentence for each POS_PARK_ERR_* code. */

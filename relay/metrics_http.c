@@ -256,7 +256,7 @@ static void render_park(struct mout *m, const struct relay_http *h)
     for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++)
         EMIT("pos_relay_parked_ended_total{reason=\"%s\"} %llu\n", ends[i],
              (unsigned long long)s->park_ended[i]);
-    EMIT("# HELP pos_relay_park_keepalives_total Parked keep-alives: acknowledged, or dropped "
+    EMIT("# HELP pos_relay_park_keepalives_total Parked keep-alives: taken, or dropped "
          "silently (malformed, unknown record, too soon, bad mac, replayed).\n"
          "# TYPE pos_relay_park_keepalives_total counter\n"
          "pos_relay_park_keepalives_total{result=\"ok\"} %llu\n"
@@ -264,6 +264,9 @@ static void render_park(struct mout *m, const struct relay_http *h)
          (unsigned long long)s->park_keepalives_ok, (unsigned long long)s->park_keepalives_drop);
     EMIT("# TYPE pos_relay_park_roams_total counter\npos_relay_park_roams_total %llu\n",
          (unsigned long long)s->park_roams);
+    EMIT("# HELP pos_relay_park_acks_total PARK_ACKs sent (to the keep-alives that asked).\n"
+         "# TYPE pos_relay_park_acks_total counter\npos_relay_park_acks_total %llu\n",
+         (unsigned long long)s->park_acks);
     EMIT("# HELP pos_relay_wakes_sent_total WAKE datagrams sent to parked clients.\n"
          "# TYPE pos_relay_wakes_sent_total counter\npos_relay_wakes_sent_total %llu\n",
          (unsigned long long)s->wakes_sent);

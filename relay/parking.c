@@ -243,7 +243,8 @@ enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, 
 
     *rec = NULL;
     *moved = 0;
-    if (pos_park_decode(buf, len, &m) != 0 || m.type != POS_PARK_KEEPALIVE)
+    if (pos_park_decode(buf, len, &m) != 0 ||
+        (m.type != POS_PARK_KEEPALIVE && m.type != POS_PARK_QUIET))
         return RELAY_PARK_DROP_FORM;
     if (!(r = relay_park_find(t, m.record_id)))
         return RELAY_PARK_DROP_UNKNOWN;
@@ -269,6 +270,8 @@ enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, 
         *moved = 1;
     }
     r->sock = (uint8_t)sock;
+    if (m.type == POS_PARK_QUIET)
+        return RELAY_PARK_TAKEN; /* no answer wanted: no mac to compute, nothing to send */
     pos_park_encode(ack, POS_PARK_LEN, POS_PARK_ACK, r->id, m.counter, r->key);
     return RELAY_PARK_ACKED;
 }

@@ -52,7 +52,7 @@ typedef struct relay_parked {
     uint64_t ka_counter;   /* the last keep-alive counter accepted */
     uint64_t wake_counter; /* the last WAKE counter sent */
     int64_t seen_ms;       /* the last valid keep-alive (or the park) */
-    int64_t ack_ms;        /* the last PARK_ACK sent, -1 none */
+    int64_t ack_ms;        /* the last keep-alive taken (ACKed if it asked), -1 none */
     int64_t presence_ms;   /* the last presence write (the caller's) */
     int64_t wake_start_ms; /* the first WAKE of the latest wake, 0 none */
     int64_t wake_next_ms;  /* the next WAKE while waking */
@@ -125,7 +125,8 @@ void relay_park_remove(relay_park *t, relay_parked *r);
 /* What relay_park_keepalive made of a datagram. */
 enum relay_park_verdict {
     RELAY_PARK_ACKED = 0,    /* valid: |ack| holds the PARK_ACK to send back */
-    RELAY_PARK_DROP_FORM,    /* not a well-formed PARK_KEEPALIVE */
+    RELAY_PARK_TAKEN,        /* a valid PARK_QUIET: taken, nothing to send */
+    RELAY_PARK_DROP_FORM,    /* not a well-formed PARK_KEEPALIVE or PARK_QUIET */
     RELAY_PARK_DROP_UNKNOWN, /* no record with that id */
     RELAY_PARK_DROP_RATE,    /* less than a second after the last accepted one */
     RELAY_PARK_DROP_MAC,     /* the mac does not verify under the record's key */
@@ -135,8 +136,9 @@ enum relay_park_verdict {
 /*
  * relay_park_keepalive checks datagram |buf| (|len| bytes) from |from| (to
  * local address |sock|) at |now_ms|. A valid keep-alive refreshes the
- * record, moves it to |from| when it came from elsewhere (|*moved| 1), and
- * writes the PARK_ACK into |ack| (POS_PARK_LEN bytes). |*rec| is the record
+ * record, moves it to |from| when it came from elsewhere (|*moved| 1), and,
+ * for a PARK_KEEPALIVE (not a PARK_QUIET), writes the PARK_ACK into |ack|
+ * (POS_PARK_LEN bytes). |*rec| is the record
  * for any verdict after RELAY_PARK_DROP_UNKNOWN. Returns the verdict.
  */
 enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, size_t len,

@@ -47,6 +47,17 @@ static const char lua_presence_keep[] = "local v = redis.call('GET', KEYS[1])\n"
                                         "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
                                         "return 1\n";
 
+/* lua_presence_keep for every key: how many were written */
+static const char lua_presence_keep_many[] = "local n = 0\n"
+                                             "for _, k in ipairs(KEYS) do\n"
+                                             "  local v = redis.call('GET', k)\n"
+                                             "  if not v or v == ARGV[1] then\n"
+                                             "    redis.call('SET', k, ARGV[1], 'EX', ARGV[2])\n"
+                                             "    n = n + 1\n"
+                                             "  end\n"
+                                             "end\n"
+                                             "return n\n";
+
 struct presence {
     struct strmap_node n; /* key: peer id */
     uint32_t count;
@@ -68,7 +79,7 @@ struct relay_presence_svc {
     struct ev_loop *loop;
     const relay_config *cfg;
     pos_redis_async *redis;
-    int sc_del_if, sc_lookup, sc_keep;
+    int sc_del_if, sc_lookup, sc_keep, sc_keep_many;
     uint64_t redis_reply_errors;
     uint64_t next_handle;
     struct lookup *lookups;
@@ -326,6 +337,30 @@ void relay_presence_svc_keep_parked(relay_presence_svc *s, const char *peer_id)
         presence_keep_ttl(s, peer_id, PARKED_TTL_S);
 }
 
+void relay_presence_svc_keep_parked_many(relay_presence_svc *s,
+                                         const char (*peer_ids)[POS_PEER_ID_STRLEN], unsigned n)
+{
+    char keys[RELAY_PRESENCE_BATCH][RELAY_KEY_LEN], ttl[16];
+    const char *argv[RELAY_PRESENCE_BATCH + 2];
+    int nk = 0;
+
+    for (unsigned i = 0; i < n && i < RELAY_PRESENCE_BATCH; i++) {
+        if (strmap_get(&s->presence, peer_ids[i])) /* the 5 s refresh of a live home keeps it */
+            continue;
+        int kl = relay_key_presence(s->cfg->redis_prefix, keys[nk], sizeof(keys[nk]), peer_ids[i]);
+        if (kl < 0 || (size_t)kl >= sizeof(keys[nk]))
+            continue;
+        argv[nk] = keys[nk];
+        nk++;
+    }
+    if (nk == 0)
+        return;
+    snprintf(ttl, sizeof(ttl), "%d", PARKED_TTL_S);
+    argv[nk] = s->cfg->id;
+    argv[nk + 1] = ttl;
+    pos_redis_async_eval(s->redis, s->sc_keep_many, nk, nk + 2, argv, NULL, NULL, NULL);
+}
+
 void relay_presence_svc_unpark(relay_presence_svc *s, const char *peer_id)
 {
     if (!strmap_get(&s->presence, peer_id))
@@ -350,6 +385,7 @@ relay_presence_svc *relay_presence_svc_new(struct ev_loop *loop, const relay_con
     s->sc_del_if = pos_redis_async_script_add(redis, lua_del_if);
     s->sc_lookup = pos_redis_async_script_add(redis, lua_presence_lookup);
     s->sc_keep = pos_redis_async_script_add(redis, lua_presence_keep);
+    s->sc_keep_many = pos_redis_async_script_add(redis, lua_presence_keep_many);
     return s;
 }
 

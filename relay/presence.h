@@ -37,6 +37,10 @@ void relay_presence_svc_cancel(relay_presence_svc *s, uint64_t handle);
  */
 void relay_presence_svc_park(relay_presence_svc *s, const char *peer_id);
 void relay_presence_svc_keep_parked(relay_presence_svc *s, const char *peer_id);
+/* relay_presence_svc_keep_parked_many: the same for |n| (<= RELAY_PRESENCE_BATCH) peers, one
+ * Redis command. */
+void relay_presence_svc_keep_parked_many(relay_presence_svc *s,
+                                         const char (*peer_ids)[POS_PEER_ID_STRLEN], unsigned n);
 void relay_presence_svc_unpark(relay_presence_svc *s, const char *peer_id);
 /* relay_presence_svc_hold: |peer_id| counts as here without a write (shutdown: its key is
  * deleted by the final clean-up with the others). */

@@ -84,7 +84,8 @@ typedef struct relay_server_stats {
     uint64_t wakes_sent;           /* WAKE datagrams */
     uint64_t wake_ms_sum;          /* first WAKE to the woken client's HELLO, summed */
     uint64_t wake_count;           /* ... over these wakes */
-    uint64_t park_keepalives_ok;   /* valid keep-alives (acknowledged) */
+    uint64_t park_keepalives_ok;   /* valid keep-alives (KEEPALIVE or QUIET) */
+    uint64_t park_acks;            /* PARK_ACKs sent (valid KEEPALIVEs) */
     uint64_t park_keepalives_drop; /* dropped: malformed, unknown, too soon, bad mac, replayed */
     uint64_t park_roams;           /* valid keep-alives from a new address */
     relay_forward_stats fw;        /* the forwarder's counters (summed over the workers) */

@@ -152,11 +152,14 @@ struct relay_server {
     relay_worker_stats wst[RELAY_MAX_WORKERS];
     /* parking (server_park.c): NULL when park_lifetime is 0 */
     relay_park *park;
-    ev_timer park_tick;             /* 4 per second: lifetimes, presence batches, malloc_trim */
-    ev_timer park_wakes;            /* the next WAKE datagram due */
-    uint64_t conns_freed;           /* since the last malloc_trim */
-    int64_t trimmed_ms;             /* the last malloc_trim (relay_now, ms) */
-    uint64_t park_redis_ups;        /* relay_services_redis_ups at the last tick */
+    ev_timer park_tick;      /* 4 per second: lifetimes, presence batches, malloc_trim */
+    ev_timer park_wakes;     /* the next WAKE datagram due */
+    uint64_t conns_freed;    /* since the last malloc_trim */
+    int64_t trimmed_ms;      /* the last malloc_trim (relay_now, ms) */
+    uint64_t park_redis_ups; /* relay_services_redis_ups at the last tick */
+    /* parked peers whose presence write is due, sent RELAY_PRESENCE_BATCH to a command */
+    char park_due[RELAY_PRESENCE_BATCH][POS_PEER_ID_STRLEN];
+    unsigned n_park_due;
     struct relay_park_ctx park_ctx; /* the main loop's forwarder's (no workers) */
 };
 

@@ -24,7 +24,13 @@
 #define PARKED_ACK_WAIT_NS (3 * NGTCP2_SECONDS) /* PARKED unacknowledged: freed anyway */
 #define PRESENCE_EVERY_MS 60000                 /* a parked peer's presence write */
 #define TICK_S 0.25                             /* the sweep's period */
-/* records per tick: a quarter of the table (each about once a second), within these bounds */
+/*
+ * Records per tick: a 32nd of the table (each about every 8 s: a look at
+ * each record is a cache miss or two, which every second would cost more
+ * than the record's keep-alives), within these bounds (a small table is
+ * looked at whole every tick).
+ */
+#define SWEEP_SHARE 32
 #define SWEEP_MAX 65536 /* short stops of the workers, who wait for the exclusive lock */
 #define SWEEP_MIN 1024
 #define TRIM_EVERY_MS 1000 /* malloc_trim at most this often */
@@ -176,15 +182,20 @@ void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t 
         }
         return;
     }
-    if (!s->park || relay_park_keepalive(s->park, data, len, from, sock, now_ms(s), ack, &r,
-                                         &moved) != RELAY_PARK_ACKED) {
+    enum relay_park_verdict v = RELAY_PARK_DROP_FORM;
+    if (s->park)
+        v = relay_park_keepalive(s->park, data, len, from, sock, now_ms(s), ack, &r, &moved);
+    if (v != RELAY_PARK_ACKED && v != RELAY_PARK_TAKEN) {
         s->st.park_keepalives_drop++; /* silently: no answer to what does not verify */
         return;
     }
     s->st.park_keepalives_ok++;
     if (moved)
         s->st.park_roams++;
-    relay_send_to(s, sock, ack, sizeof(ack), from, fromlen);
+    if (v == RELAY_PARK_ACKED) {
+        s->st.park_acks++;
+        relay_send_to(s, sock, ack, sizeof(ack), from, fromlen);
+    }
 }
 
 int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *from)
@@ -196,14 +207,19 @@ int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *
     int moved;
 
     /* counters: workers add to them at once under the shared lock */
-    if (!s->park || relay_park_keepalive(s->park, buf, len, from, x->sock, now_ms(s), ack, &r,
-                                         &moved) != RELAY_PARK_ACKED) {
+    enum relay_park_verdict v = RELAY_PARK_DROP_FORM;
+    if (s->park)
+        v = relay_park_keepalive(s->park, buf, len, from, x->sock, now_ms(s), ack, &r, &moved);
+    if (v != RELAY_PARK_ACKED && v != RELAY_PARK_TAKEN) {
         __atomic_fetch_add(&s->st.park_keepalives_drop, 1, __ATOMIC_RELAXED);
         return 0;
     }
     __atomic_fetch_add(&s->st.park_keepalives_ok, 1, __ATOMIC_RELAXED);
     if (moved)
         __atomic_fetch_add(&s->st.park_roams, 1, __ATOMIC_RELAXED);
+    if (v == RELAY_PARK_TAKEN)
+        return 0; /* a PARK_QUIET: nothing goes back */
+    __atomic_fetch_add(&s->st.park_acks, 1, __ATOMIC_RELAXED);
     memcpy(buf, ack, sizeof(ack)); /* same length: the forwarder sends it back to |from| */
     return 1;
 }
@@ -323,15 +339,24 @@ static void on_expired(void *arg, relay_parked *r)
     end_record(arg, r, END_EXPIRED, 0, 0);
 }
 
+/* flush_presence: the parked peers' presence writes collected so far, one Redis command. */
+static void flush_presence(relay_server *s)
+{
+    if (s->n_park_due && s->svc)
+        relay_presence_keep_parked_many(s->svc, (const char(*)[POS_PEER_ID_STRLEN])s->park_due,
+                                        s->n_park_due);
+    s->n_park_due = 0;
+}
+
 static void on_presence_due(void *arg, relay_parked *r)
 {
     relay_server *s = arg;
-    char peer_id[POS_PEER_ID_STRLEN];
     r->presence_ms = now_ms(s);
     if (!s->svc)
         return;
-    pos_peer_id_format(r->peer_key, peer_id);
-    relay_presence_keep_parked(s->svc, peer_id);
+    pos_peer_id_format(r->peer_key, s->park_due[s->n_park_due++]);
+    if (s->n_park_due == RELAY_PRESENCE_BATCH)
+        flush_presence(s);
 }
 
 void relay_park_conn_freed(relay_server *s)
@@ -355,13 +380,14 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     redis_back(s);
-    uint32_t n = s->park->used / 4 + 1;
+    uint32_t n = s->park->used / SWEEP_SHARE + 1;
     relay_park_sweep(s->park, now_ms(s), (int64_t)time(NULL),
                      (int64_t)s->cfg->park_lifetime_s * 1000, PRESENCE_EVERY_MS,
                      n < SWEEP_MIN   ? SWEEP_MIN
                      : n > SWEEP_MAX ? SWEEP_MAX
                                      : n,
                      on_expired, on_presence_due, s);
+    flush_presence(s);
     if (s->conns_freed && now_ms(s) - s->trimmed_ms >= TRIM_EVERY_MS) {
         s->trimmed_ms = now_ms(s);
         /* a freed ngtcp2 connection's chunks stay in glibc's arenas until trimmed */
@@ -390,7 +416,9 @@ int relay_park_init(relay_server *s, char *err, size_t errlen)
 }
 
 /*
- * relay_park_goaway: the relay stops. Each record's presence key and its
+ * relay_park_goaway: the relay stops. Each record's client gets a WAKE
+ * (it reconnects at once, like a live client told "going away"). Each
+ * record's presence key and its
  * place under the token's cap stay counted where the services' final
  * clean-up (relay_services_shutdown, one synchronous pipeline) deletes
  * them with the live connections' own; an asynchronous command now would
@@ -404,6 +432,12 @@ void relay_park_goaway(relay_server *s)
         relay_parked *r = &s->park->rec[i];
         if (!r->id)
             continue;
+        /* a WAKE: the client reconnects now (to this relay once it is back, or elsewhere)
+         * instead of finding out from unanswered keep-alives minutes later */
+        uint8_t d[POS_PARK_LEN];
+        if (pos_park_encode(d, sizeof(d), POS_PARK_WAKE, r->id, ++r->wake_counter, r->key) ==
+            POS_PARK_LEN)
+            send_wake(s, r, d, sizeof(d));
         if (s->svc) {
             char peer_id[POS_PEER_ID_STRLEN];
             pos_peer_id_format(r->peer_key, peer_id);

@@ -99,6 +99,12 @@ void relay_presence_keep_parked(relay_services *s, const char *peer_id)
     relay_presence_svc_keep_parked(s->presence, peer_id);
 }
 
+void relay_presence_keep_parked_many(relay_services *s, const char (*peer_ids)[POS_PEER_ID_STRLEN],
+                                     unsigned n)
+{
+    relay_presence_svc_keep_parked_many(s->presence, peer_ids, n);
+}
+
 void relay_presence_unpark(relay_services *s, const char *peer_id)
 {
     relay_presence_svc_unpark(s->presence, peer_id);

@@ -38,6 +38,7 @@
 #include <sys/socket.h>
 
 #include "admission.h"
+#include "identity.h"
 #include "circuit.h"
 #include "relay_config.h"
 
@@ -131,6 +132,11 @@ void relay_presence_remove(relay_services *s, const char *peer_id);
  */
 void relay_presence_park(relay_services *s, const char *peer_id);
 void relay_presence_keep_parked(relay_services *s, const char *peer_id);
+/* relay_presence_keep_parked_many: relay_presence_keep_parked of |n| peers in one Redis command
+ * (the script's keys: at most RELAY_PRESENCE_BATCH). */
+#define RELAY_PRESENCE_BATCH 30
+void relay_presence_keep_parked_many(relay_services *s, const char (*peer_ids)[POS_PEER_ID_STRLEN],
+                                     unsigned n);
 void relay_presence_unpark(relay_services *s, const char *peer_id);
 /* relay_presence_hold: at shutdown, a parked peer's key is deleted with the live ones' (SIGTERM).
  */

@@ -91,28 +91,28 @@ static int attach_steering(const relay_server *s, int fd, unsigned n, int park, 
     /* without park sockets no first byte is >= 0x100: parked datagrams go as data frames */
     uint32_t park_lo = park ? POS_PARK_KEEPALIVE : 0x100;
     struct sock_filter code[] = {
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),                   /* 0: A = first byte */
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x80, 0, 3),        /* 1: long header? else 5 */
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),                   /* 2: first byte of the DCID */
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 3 */
-        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 4 */
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x40, 0, 3),        /* 5: short header? else 9 */
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 1),                   /* 6: first byte of the DCID */
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 7 */
-        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 8 */
-        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, park_lo, 0, 1),      /* 9: parked datagram? */
-        BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, POS_PARK_BYE, 0, 5), /* 10: else 11, yes 16 */
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 1),                   /* 11: data frame: circuit id */
-        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, shift),              /* 12 */
-        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, mask),               /* 13 */
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 14 */
-        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 15 */
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 1),                   /* 16: parked: the record id's */
-        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, shift),              /* 17: worker bits */
-        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, mask),               /* 18 */
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                  /* 19 */
-        BPF_STMT(BPF_ALU | BPF_ADD | BPF_K, n),                  /* 20: that worker's park socket */
-        BPF_STMT(BPF_RET | BPF_A, 0),                            /* 21 */
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),                     /* 0: A = first byte */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x80, 0, 3),          /* 1: long header? else 5 */
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),                     /* 2: first byte of the DCID */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                    /* 3 */
+        BPF_STMT(BPF_RET | BPF_A, 0),                              /* 4 */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x40, 0, 3),          /* 5: short header? else 9 */
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 1),                     /* 6: first byte of the DCID */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                    /* 7 */
+        BPF_STMT(BPF_RET | BPF_A, 0),                              /* 8 */
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, park_lo, 0, 1),        /* 9: parked datagram? */
+        BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, POS_PARK_QUIET, 0, 5), /* 10: else 11, yes 16 */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 1),                     /* 11: data frame: circuit id */
+        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, shift),                /* 12 */
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, mask),                 /* 13 */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                    /* 14 */
+        BPF_STMT(BPF_RET | BPF_A, 0),                              /* 15 */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 1),                     /* 16: parked: the record id's */
+        BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, shift),                /* 17: worker bits */
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, mask),                 /* 18 */
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n),                    /* 19 */
+        BPF_STMT(BPF_ALU | BPF_ADD | BPF_K, n), /* 20: that worker's park socket */
+        BPF_STMT(BPF_RET | BPF_A, 0),           /* 21 */
     };
     struct sock_fprog prog = {(unsigned short)(sizeof(code) / sizeof(code[0])), code};
     if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) != 0) {

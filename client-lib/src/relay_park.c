@@ -37,6 +37,7 @@ struct relay_park {
     int64_t next_ka;     /* next regular keep-alive */
     int64_t resend_at;   /* a keep-alive unanswered: send again then (-1: none waiting) */
     unsigned resends;    /* resends since the last ack */
+    unsigned quiet;      /* PARK_QUIETs since the last keep-alive that asked for an ack */
     uint32_t addr_gen;   /* ep_addr_gen when parked or last roamed */
     int sock;
     struct sockaddr_storage relay;
@@ -152,16 +153,29 @@ int64_t relay_park_deadline(const struct relay_park *p, int can_park)
     }
 }
 
-/* send_keepalive sends the next counter now; unanswered, it is resent (or the next one is). */
-static void send_keepalive(struct relay_park *p, int64_t now_ms)
+/*
+ * send_keepalive sends the next counter now. One that asks for an ack
+ * (|ask|, or every RELAY_PARK_ACK_EVERY-th) is a PARK_KEEPALIVE and is
+ * resent when unanswered (or the next one is); the others are PARK_QUIET:
+ * they hold the NAT mapping and the record and cost the relay no answer.
+ */
+static void send_keepalive(struct relay_park *p, int64_t now_ms, int ask)
 {
     uint8_t buf[POS_PARK_LEN];
-    int n = pos_park_encode(buf, sizeof(buf), POS_PARK_KEEPALIVE, p->record_id, ++p->sent, p->key);
+    if (p->quiet + 1 >= RELAY_PARK_ACK_EVERY)
+        ask = 1;
+    int n = pos_park_encode(buf, sizeof(buf), ask ? POS_PARK_KEEPALIVE : POS_PARK_QUIET,
+                            p->record_id, ++p->sent, p->key);
     if (n > 0)
         ep_send(p->ep, p->sock, buf, (size_t)n, (const struct sockaddr *)&p->relay,
                 pos_addr_len(&p->relay));
-    if (p->resend_at < 0)
-        p->resend_at = now_ms + RELAY_PARK_RESEND_MS;
+    if (ask) {
+        p->quiet = 0;
+        if (p->resend_at < 0)
+            p->resend_at = now_ms + RELAY_PARK_RESEND_MS;
+    } else {
+        p->quiet++;
+    }
     p->next_ka = now_ms + p->interval_ms;
 }
 
@@ -226,11 +240,11 @@ int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
         }
         p->resends++;
         p->resend_at = -1;
-        send_keepalive(p, now_ms);
+        send_keepalive(p, now_ms, 1);
         return RELAY_PARK_NOTHING;
     }
     if (now_ms >= p->next_ka)
-        send_keepalive(p, now_ms); /* unanswered ones wait for their resend time */
+        send_keepalive(p, now_ms, 0); /* unanswered ones wait for their resend time */
     return RELAY_PARK_NOTHING;
 }
 
@@ -272,10 +286,10 @@ void relay_park_enter(struct relay_park *p, int sock, const struct sockaddr_stor
     p->sock = sock;
     p->relay = *relay;
     p->sent = p->acked = p->wake = 0;
-    p->resends = 0;
+    p->resends = p->quiet = 0;
     p->resend_at = -1;
     p->addr_gen = ep_addr_gen(p->ep);
-    send_keepalive(p, now_ms);
+    send_keepalive(p, now_ms, 1); /* the first is acknowledged: the record is there */
 }
 
 /* same_addr: |a| is the relay's address (family, address, port). */
@@ -319,7 +333,7 @@ void relay_park_roam(struct relay_park *p, int64_t now_ms)
     if (!p || p->state != RELAY_PARK_PARKED)
         return;
     p->addr_gen = ep_addr_gen(p->ep);
-    send_keepalive(p, now_ms);
+    send_keepalive(p, now_ms, 1); /* moved: acknowledged, so a lost one is sent again */
 }
 
 void relay_park_leave(struct relay_park *p, int code, int64_t now_ms)

@@ -21,8 +21,17 @@
 
 #define RELAY_PARK_RESEND_MS 2000 /* a keep-alive unanswered this long is sent again... */
 #define RELAY_PARK_RESENDS 3      /* ...this many times, then the client reconnects */
-#define RELAY_PARK_FREE_MS 40     /* from PARKED to freeing QUIC: our ACK of it leaves first */
-#define RELAY_PARK_ASK_MS 10000   /* a PARK without answer this long is given up */
+/*
+ * One keep-alive in RELAY_PARK_ACK_EVERY asks for an ack (PARK_KEEPALIVE),
+ * the others do not (PARK_QUIET): an ack costs the relay more than the
+ * keep-alive. So a client learns that its relay lost the record (a crash)
+ * within about this many keep-alive intervals plus the resends (25 s
+ * keep-alives: about 2.5 minutes); a relay that stops (SIGTERM) wakes its
+ * parked clients at once.
+ */
+#define RELAY_PARK_ACK_EVERY 6
+#define RELAY_PARK_FREE_MS 40   /* from PARKED to freeing QUIC: our ACK of it leaves first */
+#define RELAY_PARK_ASK_MS 10000 /* a PARK without answer this long is given up */
 #define RELAY_PARK_RETRY_MAX_MS 3600000 /* refused PARKs: asked again at most this late */
 
 /* What the caller does next (relay_park_timer, relay_park_input). */

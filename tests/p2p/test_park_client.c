@@ -4,8 +4,9 @@
  * connection asks to park, PARKED and its refusal, the keep-alives that go
  * out (type, record, counters, mac under the key), acks taken or dropped
  * (forged, replayed, from another address, another record), wakes taken
- * once, the resends after 2 s and the reconnect after three of them
- * unanswered, and the keep-alive interval chosen from the relay's and ours.
+ * once, one keep-alive in RELAY_PARK_ACK_EVERY asking for an ack (and the
+ * first and a roaming one), the resends after 2 s and the reconnect after
+ * three of them unanswered, and the keep-alive interval chosen from the relay's and ours.
  * The datagrams are real common/park.c encodings; the end-to-end behaviour
  * with a real relay is tests/p2p/test_park_e2e.py.
  */
@@ -56,14 +57,23 @@ static struct sockaddr_storage relay_addr(unsigned port)
     return ss;
 }
 
-/* last_sent: the last datagram decoded and verified under |k|; its counter, or 0 when none. */
-static uint64_t last_ka(const uint8_t *k)
+/* last_of: the last datagram, decoded and verified under |k|, when of |type| (0: any of the
+ * client's); its counter, or 0 when none. */
+static uint64_t last_of(const uint8_t *k, uint8_t type)
 {
     pos_park_msg m;
     if (!wire.n || pos_park_decode(wire.d[wire.n - 1], wire.len[wire.n - 1], &m) != 0 ||
-        m.type != POS_PARK_KEEPALIVE || m.record_id != RECORD || pos_park_verify(&m, k) != 0)
+        m.record_id != RECORD || pos_park_verify(&m, k) != 0)
+        return 0;
+    if (type ? m.type != type : m.type != POS_PARK_KEEPALIVE && m.type != POS_PARK_QUIET)
         return 0;
     return m.counter;
+}
+
+/* last_ka: the last datagram was a keep-alive asking for an ack: its counter, or 0. */
+static uint64_t last_ka(const uint8_t *k)
+{
+    return last_of(k, POS_PARK_KEEPALIVE);
 }
 
 static int feed(struct relay_park *p, uint8_t type, uint64_t record, uint64_t counter,
@@ -142,10 +152,20 @@ static void test_lost(pos_p2p_endpoint *ep)
     int64_t t;
     park_now(p, ep);
     CHECK(feed(p, POS_PARK_ACK, RECORD, 1, key, 7373) == 0);
-    t = 1050 + 25000;
-    CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_NOTHING && last_ka(key) == 2);
+    /* the next ones want no ack (PARK_QUIET): nothing waits for an answer */
+    t = 1050;
+    for (uint64_t c = 2; c <= RELAY_PARK_ACK_EVERY; c++) {
+        t += 25000;
+        CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_NOTHING && last_of(key, POS_PARK_QUIET) == c);
+        CHECK(relay_park_deadline(p, 1) == t + 25000);
+    }
+    /* one in RELAY_PARK_ACK_EVERY asks */
+    t += 25000;
+    uint64_t asked = RELAY_PARK_ACK_EVERY + 1;
+    CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_NOTHING && last_ka(key) == asked);
+    CHECK(relay_park_deadline(p, 1) == t + RELAY_PARK_RESEND_MS);
     /* unanswered: again every 2 s with the next counter, three times */
-    for (uint64_t c = 3; c <= 5; c++) {
+    for (uint64_t c = asked + 1; c <= asked + 3; c++) {
         t += RELAY_PARK_RESEND_MS;
         CHECK(relay_park_timer(p, t - 1, 1) == RELAY_PARK_NOTHING && last_ka(key) == c - 1);
         CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_NOTHING && last_ka(key) == c);
@@ -164,7 +184,7 @@ static void test_lost(pos_p2p_endpoint *ep)
     CHECK(relay_park_keepalive_ms(p) == 1000);
     for (t = 1050 + 1000; t < 1050 + 4 * RELAY_PARK_RESEND_MS; t += 500)
         CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_NOTHING);
-    CHECK(last_ka(key) >= 8); /* one a second, and the resends */
+    CHECK(last_of(key, 0) >= 8); /* one a second, and the resends */
     CHECK(relay_park_timer(p, 1050 + 4 * RELAY_PARK_RESEND_MS, 1) == RELAY_PARK_REJOIN);
     relay_park_free(p);
     pos_p2p_endpoint_set_park(ep, 1000, 0);
@@ -176,6 +196,11 @@ static void test_lost(pos_p2p_endpoint *ep)
     CHECK(last_ka(key) == 2);
     CHECK(feed(p, POS_PARK_ACK, RECORD, 1, key, 7373) == 0); /* the first, late */
     CHECK(relay_park_deadline(p, 1) == 1050 + RELAY_PARK_RESEND_MS + 25000);
+    /* a quiet one, then the address changes: the keep-alive that moves the record asks */
+    CHECK(relay_park_timer(p, 1050 + RELAY_PARK_RESEND_MS + 25000, 1) == RELAY_PARK_NOTHING);
+    CHECK(last_of(key, POS_PARK_QUIET) == 3);
+    relay_park_roam(p, 30000);
+    CHECK(last_ka(key) == 4 && relay_park_deadline(p, 1) == 30000 + RELAY_PARK_RESEND_MS);
     relay_park_free(p);
 }
 

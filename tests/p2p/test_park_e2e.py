@@ -6,14 +6,16 @@ here): it says so, and the relay counts it (pos_relay_parked). A `pos-p2p
 send` to the parked listener wakes it and the file arrives intact, several
 times in a row (the listener parks again in between). A relay restart loses
 the records: the parked listener's keep-alives go unanswered, it reconnects
-by itself and is reachable again. A token revoked while parked: the listener
-reconnects, is refused, and says so (exit 1). Redis down: the parked
-listener is still reachable through its relay (found among its records).
-Address changes while parked are tests/natlab (park_roaming).
+by itself and is reachable again (a relay stopped with SIGTERM wakes them at
+once). Most keep-alives want no ack (PARK_QUIET) and still hold the record.
+A token revoked while parked: the listener reconnects, is refused, and says
+so (exit 1). Redis down: the parked listener is still reachable through its
+relay (found among its records). Address changes while parked are tests/natlab (park_roaming).
 """
 import filecmp
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -152,14 +154,60 @@ def no_park_keeps_the_connection():
 
 @test
 def relay_restart_parked_listener_reconnects():
+    """A relay stopped with SIGTERM wakes its parked clients: the listener reconnects at once."""
     redis, disc, relay = stack()
     token = relay.token()
     lst = parked_listener(disc, token, "--park-keepalive", "1")
     relay.proc.stop()
     relay.start()
-    wait_until(lambda: "relay: awake (keep-alives unanswered" in lst.proc.output(), 20,
+    wait_until(lambda: "relay: awake (woken by the relay" in lst.proc.output(), 10,
+               what="the listener to be woken by the stopping relay")
+    assert "keep-alives unanswered" not in lst.proc.output(), lst.proc.output()
+    wait_until(lambda: (metric(relay, "pos_relay_parked") or 0) +
+               (metric(relay, "pos_relay_awake") or 0) == 1, 20,
+               what="the listener back on the restarted relay")
+    send_relayed(disc, token, lst, one_file())
+
+
+@test
+def relay_crash_parked_listener_finds_out_and_reconnects():
+    """A relay killed (no WAKE): the listener's next keep-alive that asks for an ack goes
+    unanswered (one in 6, then 3 resends 2 s apart) and it reconnects by itself."""
+    redis, disc, relay = stack()
+    token = relay.token()
+    lst = parked_listener(disc, token, "--park-keepalive", "1")
+    relay.proc.stop(signal.SIGKILL)
+    relay.start()
+    wait_until(lambda: "relay: awake (keep-alives unanswered" in lst.proc.output(), 30,
                what="the listener to notice the restart")
     send_relayed(disc, token, lst, one_file())
+
+
+@test
+def quiet_keepalives_hold_the_record_with_few_acks():
+    """Most keep-alives want no answer (PARK_QUIET) yet keep the record alive: with a record
+    lifetime of 3 s and a keep-alive a second, the record outlives 10 s while the relay
+    answered about one keep-alive in six."""
+    redis = Redis()
+    disc = Discovery(redis, SECRET)
+    relay = Relay(redis, disc, SECRET, extra={"park_keepalive": 1, "park_lifetime": 3}).start()
+    wait_until(lambda: relay.id in disc.ids(), 5, what="the relay to register")
+    token = relay.token()
+    lst = parked_listener(disc, token, "--park-keepalive", "1")
+    wait_until(lambda: metric(relay, "pos_relay_parked") == 1, 5, what="parked")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        assert metric(relay, "pos_relay_parked") == 1, "the record ended"
+        time.sleep(0.5)
+    st, _, body = http("GET", relay.http + "/metrics")
+    ok = float(re.search(r'^pos_relay_park_keepalives_total\{result="ok"\} (\d+)', body.decode(),
+                         re.M).group(1))
+    acks = metric(relay, "pos_relay_park_acks_total")
+    assert ok >= 8, ok
+    assert 1 <= acks <= ok / 4, (ok, acks)
+    out = lst.proc.output()
+    assert "relay: awake" not in out.split("relay: parked")[-1], out
+    print(f"keep-alives taken {ok:.0f}, acknowledged {acks:.0f}")
 
 
 @test

@@ -2,7 +2,7 @@
  * Unit tests of the relay's parked-record table (relay/parking.c) without
  * sockets, Redis or a clock: record ids and their worker bits, lookups by
  * id and by peer, the keep-alive verdicts (valid, replayed, forged, too
- * soon, unknown, roaming), the wake schedule, lifetimes and token expiry,
+ * soon, unknown, roaming; quiet ones that want no answer), the wake schedule, lifetimes and token expiry,
  * token groups, reuse of a freed index, and the full table.
  */
 #include <arpa/inet.h>
@@ -43,6 +43,52 @@ static enum relay_park_verdict ka(relay_park *t, uint64_t id, uint64_t counter, 
     relay_parked *r;
     pos_park_encode(d, sizeof(d), POS_PARK_KEEPALIVE, id, counter, key);
     return relay_park_keepalive(t, d, sizeof(d), (struct sockaddr *)&a, 1, now, ack, &r, moved);
+}
+
+static enum relay_park_verdict quiet(relay_park *t, uint64_t id, uint64_t counter,
+                                     const uint8_t *key, const char *ip, int port, int64_t now,
+                                     int *moved, uint8_t *ack)
+{
+    uint8_t d[POS_PARK_LEN];
+    struct sockaddr_in a = addr4(ip, port);
+    relay_parked *r;
+    pos_park_encode(d, sizeof(d), POS_PARK_QUIET, id, counter, key);
+    return relay_park_keepalive(t, d, sizeof(d), (struct sockaddr *)&a, 1, now, ack, &r, moved);
+}
+
+/* PARK_QUIET: taken like a keep-alive (refresh, roaming, replay, mac), never answered. */
+static void test_quiet_keepalives(void)
+{
+    uint8_t key[32], other[32], ack[POS_PARK_LEN], untouched[POS_PARK_LEN];
+    relay_circuits *circ = relay_circuits_new(1024, 1);
+    relay_park *t = relay_park_new(4);
+    int err = 0, moved = 0;
+
+    randombytes_buf(key, sizeof(key));
+    randombytes_buf(other, sizeof(other));
+    relay_park_set_route(t, circ);
+    relay_parked *r = add(t, 2, key, "tok-q", 1000, &err);
+    CHECK(r != NULL);
+    memset(ack, 0xa5, sizeof(ack));
+    memcpy(untouched, ack, sizeof(ack));
+    CHECK(quiet(t, r->id, 1, key, "192.0.2.1", 1002, 2000, &moved, ack) == RELAY_PARK_TAKEN);
+    CHECK(!moved && r->seen_ms == 2000 && r->ka_counter == 1);
+    CHECK(memcmp(ack, untouched, sizeof(ack)) == 0); /* nothing to send back */
+    CHECK(quiet(t, r->id, 2, key, "192.0.2.1", 1002, 2500, &moved, ack) == RELAY_PARK_DROP_RATE);
+    CHECK(quiet(t, r->id, 1, key, "192.0.2.1", 1002, 3100, &moved, ack) == RELAY_PARK_DROP_REPLAY);
+    CHECK(quiet(t, r->id, 3, other, "192.0.2.1", 1002, 3100, &moved, ack) == RELAY_PARK_DROP_MAC);
+    CHECK(quiet(t, r->id, 3, other, "203.0.113.5", 5555, 3100, &moved, ack) ==
+          RELAY_PARK_DROP_MAC);
+    CHECK(r->addr.port == htons(1002) && r->seen_ms == 2000);
+    /* a valid one from elsewhere moves the record, still without an answer */
+    CHECK(quiet(t, r->id, 3, key, "203.0.113.5", 5555, 3200, &moved, ack) == RELAY_PARK_TAKEN);
+    CHECK(moved && r->addr.port == htons(5555) && r->seen_ms == 3200);
+    CHECK(memcmp(ack, untouched, sizeof(ack)) == 0);
+    /* the counter is one for both kinds: a KEEPALIVE after it continues it, and is answered */
+    CHECK(ka(t, r->id, 3, key, "203.0.113.5", 5555, 4300, &moved, ack) == RELAY_PARK_DROP_REPLAY);
+    CHECK(ka(t, r->id, 4, key, "203.0.113.5", 5555, 4300, &moved, ack) == RELAY_PARK_ACKED);
+    relay_park_del(t);
+    relay_circuits_del(circ);
 }
 
 static void test_ids_and_keepalives(void)
@@ -228,6 +274,7 @@ int main(void)
     test_random_input();
     CHECK(sodium_init() >= 0);
     test_ids_and_keepalives();
+    test_quiet_keepalives();
     test_wakes();
     test_sweep_tokens_and_full();
     return check_finish("test_parking");
