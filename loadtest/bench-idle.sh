@@ -163,7 +163,9 @@ print(f"load generator RSS per parked client: {r['gen_rss_parked_kib'] * 1024 / 
 ev, cpu = r["keepalives"], r["parked_relay_cpu_s"]
 if ev > 0 and cpu >= 0:
     us = cpu * 1e6 / ev
-    print(f"keep-alives: {ev:.0f} in {r['hold_s']} s, relay CPU {cpu:.3f} s = {us:.2f} us each: "
+    acks = r.get("keepalive_acks", -1)
+    print(f"keep-alives: {ev:.0f} in {r['hold_s']} s ({acks:.0f} asked for an ack and got it: "
+          f"1 in {ev / max(acks, 1):.1f}), relay CPU {cpu:.3f} s = {us:.2f} us each: "
           f"{ratio(us, 2)} (goal <= 2 us); {cpu * 1e6 / n / max(r['hold_s'], 1):.2f} us per parked "
           f"client-second")
 else:

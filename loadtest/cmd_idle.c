@@ -69,6 +69,7 @@ struct run {
        parked before, connection failed */
     long unparked, unparked_incoming, unparked_before, unparked_failed;
     double hold_cpu_s[2], hold_events[2]; /* [0] awake, [1] parked */
+    double hold_acks;                     /* PARK_ACKs the relay sent in the parked hold */
     struct lat awake, parked, lost;
     struct lat rebound;   /* "nothing lost" tries after an unnoticed NAT rebinding */
     long moved, moved_ok; /* ... of R->lost, after an address change the device noticed */
@@ -425,6 +426,7 @@ static void hold(struct run *R, int parked)
 {
     double cpu0 = R->o.relay_pid ? proc_cpu_s((pid_t)R->o.relay_pid) : -1;
     double k0 = hold_counter(R, parked);
+    double a0 = parked ? metric_now(R, "pos_relay_park_acks_total") : -1;
     if (!R->o.json)
         fprintf(stderr, "holding %ld clients %s for %ld s\n", R->accepted,
                 parked ? "parked" : "awake", R->o.hold_s);
@@ -433,6 +435,10 @@ static void hold(struct run *R, int parked)
     double k1 = hold_counter(R, parked);
     R->hold_cpu_s[parked] = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
     R->hold_events[parked] = k0 >= 0 && k1 >= 0 ? k1 - k0 : -1;
+    if (parked) {
+        double a1 = metric_now(R, "pos_relay_park_acks_total");
+        R->hold_acks = a0 >= 0 && a1 >= 0 ? a1 - a0 : -1;
+    }
 }
 
 /* events: PARKED, AWAKE woken, AWAKE after unanswered keep-alives, over all processes. */
@@ -528,9 +534,9 @@ static void print_text(struct run *R)
                R->m_parked, R->m_awake, R->m_conns_parked);
     printf("load generator RSS per parked client: %ld bytes\n", (R->gen_rss_parked * 1024) / R->n);
     if (cpu >= 0 && ev > 0)
-        printf("parked %ld s: %.0f keep-alives, relay CPU %.3f s: %.2f us per keep-alive, %.2f us "
-               "per client-second\n",
-               R->o.hold_s, ev, cpu, cpu * 1e6 / ev,
+        printf("parked %ld s: %.0f keep-alives (%.0f acknowledged), relay CPU %.3f s: %.2f us per "
+               "keep-alive, %.2f us per client-second\n",
+               R->o.hold_s, ev, R->hold_acks, cpu, cpu * 1e6 / ev,
                R->accepted ? cpu * 1e6 / (double)R->accepted / R->o.hold_s : 0);
     print_lat("a parked", &R->parked);
     printf("nothing lost: %ld of %ld sends to parked peers arrived (%ld of %ld just after the "
@@ -568,8 +574,9 @@ static void print_json(struct run *R)
     printf("\"gen_rss_idle_kib\": %ld, \"gen_rss_awake_kib\": %ld, \"gen_rss_parked_kib\": %ld, ",
            R->gen_rss0, R->gen_rss_awake, R->gen_rss_parked);
     printf("\"hold_s\": %ld, \"awake_relay_cpu_s\": %.3f, \"awake_datagrams_in\": %.0f, "
-           "\"parked_relay_cpu_s\": %.3f, \"keepalives\": %.0f, ",
-           R->o.hold_s, R->hold_cpu_s[0], R->hold_events[0], R->hold_cpu_s[1], R->hold_events[1]);
+           "\"parked_relay_cpu_s\": %.3f, \"keepalives\": %.0f, \"keepalive_acks\": %.0f, ",
+           R->o.hold_s, R->hold_cpu_s[0], R->hold_events[0], R->hold_cpu_s[1], R->hold_events[1],
+           R->hold_acks);
     printf("\"awake_connect_p50_ms\": %.3f, \"awake_connect_p95_ms\": %.3f, \"awake_ok\": %ld, "
            "\"awake_tries\": %ld, ",
            pct(A->us, A->n, 0.5) / 1000, pct(A->us, A->n, 0.95) / 1000, A->ok, A->tried);

@@ -10,6 +10,8 @@
 
 #include "udp_gro.h"
 
+_Static_assert(RX_BATCH *RX_SMALL <= 65536, "small messages fit the first buffer");
+
 #define RX_GRO_BUF 65536 /* a received message: one datagram, or a GRO run of them */
 #define RX_GRO_PAD                                                                                 \
     320 /* buffers 64 KiB + 5 lines apart: their heads fall in different cache sets */
@@ -55,12 +57,13 @@ unsigned *relay_rxbatch_quic_idx(relay_rxbatch *b)
     return b->quic_idx;
 }
 
-unsigned relay_rxbatch_read(relay_rxbatch *b, int fd)
+/* read_batch: recvmmsg of RX_BATCH messages of |cap| bytes each, |stride| bytes apart in bufs. */
+static unsigned read_batch(relay_rxbatch *b, int fd, size_t cap, size_t stride)
 {
     for (unsigned i = 0; i < RX_BATCH; i++) {
         struct msghdr *h = &b->gro[i].msg_hdr;
-        b->gro_iov[i].iov_base = b->bufs[i];
-        b->gro_iov[i].iov_len = RX_GRO_BUF;
+        b->gro_iov[i].iov_base = &b->bufs[0][0] + i * stride;
+        b->gro_iov[i].iov_len = cap;
         memset(h, 0, sizeof(*h));
         h->msg_iov = &b->gro_iov[i];
         h->msg_iovlen = 1;
@@ -77,6 +80,17 @@ unsigned relay_rxbatch_read(relay_rxbatch *b, int fd)
     return n > 0 ? (unsigned)n : 0;
 }
 
+unsigned relay_rxbatch_read(relay_rxbatch *b, int fd)
+{
+    return read_batch(b, fd, RX_GRO_BUF, sizeof(b->bufs[0]));
+}
+
+unsigned relay_rxbatch_read_small(relay_rxbatch *b, int fd)
+{
+    /* a few pages in all: no page or cache set of its own per datagram */
+    return read_batch(b, fd, RX_SMALL, RX_SMALL);
+}
+
 void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *arg)
 {
     unsigned k = 0;
@@ -91,7 +105,7 @@ void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *
                 fn(arg, b, k);
                 k = 0;
             }
-            b->rx_iov[k].iov_base = b->bufs[i] + off;
+            b->rx_iov[k].iov_base = (uint8_t *)b->gro_iov[i].iov_base + off;
             b->rx_iov[k].iov_len = d;
             memset(&b->rx[k].msg_hdr, 0, sizeof(b->rx[k].msg_hdr));
             b->rx[k].msg_hdr.msg_iov = &b->rx_iov[k];

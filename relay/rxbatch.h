@@ -20,6 +20,13 @@ void relay_rxbatch_del(relay_rxbatch *b);
 
 /* relay_rxbatch_read receives up to RX_BATCH messages from |fd|; how many (0: nothing more). */
 unsigned relay_rxbatch_read(relay_rxbatch *b, int fd);
+/*
+ * relay_rxbatch_read_small: the same for a socket of short datagrams (a
+ * parked-datagram socket, park_rx.h, GRO off): messages of at most
+ * RX_SMALL bytes, packed together (a longer one comes with MSG_TRUNC).
+ */
+#define RX_SMALL 128
+unsigned relay_rxbatch_read_small(relay_rxbatch *b, int fd);
 
 /*
  * relay_rxbatch_cut cuts the |n| messages just read into their datagrams and

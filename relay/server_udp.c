@@ -98,13 +98,13 @@ static void forward_datagrams(void *arg, relay_rxbatch *b, unsigned n)
 }
 
 /* read_sock: batches of |sk|'s socket |fd| until it is empty or |rounds| batches were read. */
-static unsigned read_sock(struct sock *sk, int fd, int rounds)
+static unsigned read_sock(struct sock *sk, int fd, int rounds, int small)
 {
     relay_server *s = sk->srv;
     unsigned total = 0;
     /* Bounded per wake-up so one busy socket cannot starve the others. */
     for (int round = 0; round < rounds; round++) {
-        unsigned n = relay_rxbatch_read(s->rxb, fd);
+        unsigned n = small ? relay_rxbatch_read_small(s->rxb, fd) : relay_rxbatch_read(s->rxb, fd);
         if (n == 0)
             break;
         total += n;
@@ -120,13 +120,13 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     struct sock *sk = w->data;
     (void)loop;
     (void)revents;
-    read_sock(sk, sk->fd, 16);
+    read_sock(sk, sk->fd, 16, 0);
 }
 
 /* park_drain: |sk|'s parked-datagram socket (park_rx.h); the acks leave on sk->fd. */
 static unsigned park_drain(void *arg, int fd)
 {
-    return read_sock(arg, fd, RELAY_PARK_RX_ROUNDS);
+    return read_sock(arg, fd, RELAY_PARK_RX_ROUNDS, 1);
 }
 
 /* udp_socket: a UDP socket for |ss|'s family with the relay's options; -1 with errno. */

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <linux/filter.h>
+#include <netinet/udp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -198,9 +199,11 @@ int relay_park_socks_bind(relay_server *s, char *err, size_t errlen)
             continue;
         }
         for (unsigned k = 0; k < n; k++) {
-            int fd = relay_udp_bind(&s->socks[i].local, 1, text, err, errlen);
+            int fd = relay_udp_bind(&s->socks[i].local, 1, text, err, errlen), off = 0;
             if (fd < 0)
                 return -1;
+            /* short datagrams from many senders: nothing to join, and read into short buffers */
+            setsockopt(fd, SOL_UDP, UDP_GRO, &off, sizeof(off));
             if (k == 0)
                 s->socks[i].park_fd = fd;
             if (s->workers)
@@ -278,12 +281,12 @@ static void piece(void *arg, relay_rxbatch *b, unsigned n)
 }
 
 /* read_sock: batches of |ws|'s socket |fd| until it is empty or |rounds| batches were read. */
-static unsigned read_sock(struct wsock *ws, int fd, int rounds)
+static unsigned read_sock(struct wsock *ws, int fd, int rounds, int small)
 {
     struct worker *w = ws->w;
     unsigned total = 0;
     for (int round = 0; round < rounds; round++) {
-        unsigned n = relay_rxbatch_read(w->rxb, fd);
+        unsigned n = small ? relay_rxbatch_read_small(w->rxb, fd) : relay_rxbatch_read(w->rxb, fd);
         if (n == 0)
             break;
         total += n;
@@ -299,13 +302,13 @@ static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
     (void)revents;
-    read_sock(io->data, ((struct wsock *)io->data)->fd, 16);
+    read_sock(io->data, ((struct wsock *)io->data)->fd, 16, 0);
 }
 
 /* park_drain: the worker's parked-datagram socket (park_rx.h); acks leave on ws->fd. */
 static unsigned park_drain(void *arg, int fd)
 {
-    return read_sock(arg, fd, RELAY_PARK_RX_ROUNDS);
+    return read_sock(arg, fd, RELAY_PARK_RX_ROUNDS, 1);
 }
 
 /*

@@ -290,6 +290,9 @@ void relay_park_enter(struct relay_park *p, int sock, const struct sockaddr_stor
     p->resend_at = -1;
     p->addr_gen = ep_addr_gen(p->ep);
     send_keepalive(p, now_ms, 1); /* the first is acknowledged: the record is there */
+    /* the next that asks comes after 1..RELAY_PARK_ACK_EVERY: clients that parked together
+     * (a relay's restart) do not ask in step, and any span of time sees 1 in ACK_EVERY ask */
+    p->quiet = (unsigned)randombytes_uniform(RELAY_PARK_ACK_EVERY);
 }
 
 /* same_addr: |a| is the relay's address (family, address, port). */
