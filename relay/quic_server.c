@@ -505,7 +505,6 @@ void relay_server_stats_get(const relay_server *s, relay_server_stats *out)
                                    f->drop_wrong_source + f->drop_budget + f->drop_unroutable;
     }
     out->parked = s->park ? s->park->n : 0;
-    out->heap_in_use = (uint64_t)mallinfo2().uordblks;
     worker_stats(s, out);
 }
 

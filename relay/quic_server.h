@@ -56,7 +56,6 @@ typedef struct relay_server_stats {
     uint64_t packets_out;
     uint64_t packets_dropped;
     uint64_t data_frames_dropped; /* frames neither forwarded nor QUIC (fallback misses) */
-    uint64_t heap_in_use;         /* gauge: malloc'd bytes in use (glibc mallinfo2) */
     /* circuits */
     uint64_t circuits_open;            /* gauge */
     uint64_t circuit_requests_pending; /* gauge: CONNECTs in flight */
