@@ -149,7 +149,7 @@ void relay_forwarder_set_gso(relay_forwarder *fw, unsigned max_segments);
 void relay_forwarder_set_quic_fallback(relay_forwarder *fw, int on);
 
 /*
- * relay_forwarder_set_park: parked datagrams (first byte 0x25..0x27; a BYE,
+ * relay_forwarder_set_park: parked datagrams (first byte 0x25..0x29; a BYE,
  * 0x28, ends a record and goes to the control path) go to
  * |park| (with |arg|) in the batch, and an answer it writes in place joins
  * the batch's output like a KEEPALIVE_ACK; NULL (the default) hands them
