@@ -204,7 +204,8 @@ def quiet_keepalives_hold_the_record_with_few_acks():
                          re.M).group(1))
     acks = metric(relay, "pos_relay_park_acks_total")
     assert ok >= 8, ok
-    assert 1 <= acks <= ok / 4, (ok, acks)
+    # the first after parking, then one in 6 (the first of those anywhere in the first 6)
+    assert 1 <= acks <= 2 + ok / 6, (ok, acks)
     out = lst.proc.output()
     assert "relay: awake" not in out.split("relay: parked")[-1], out
     print(f"keep-alives taken {ok:.0f}, acknowledged {acks:.0f}")
