@@ -11,11 +11,20 @@ all); acks follow the client to a new source port; a CONNECT to the parked peer 
 WAKE datagrams arrive (mac valid, counters rising), and once the client reconnects the
 dialer gets its circuit; a revoked token's or an expired record's keep-alives go
 unanswered; PARK is refused with a reason where the protocol says so. /metrics shows it.
+Behind a UDP forwarder that plays a NAT (Nat below), a parked client whose mapping
+changes without its knowing is still reached: the CONNECT waits for its next keep-alive
+(park_keepalive + 10 s), which moves the record and starts the WAKEs again there; a
+forged or replayed keep-alive from a new address moves nothing.
 """
 import hashlib
 import json
 import os
+import secrets
+import selectors
+import socket
+import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -33,11 +42,11 @@ CTRL = binary("tests/relay/ctrl_client")
 class Client:
     """A park_client process driven through its command file; its JSON lines from its log."""
 
-    def __init__(self, relay, token, *args, name, seconds=30):
+    def __init__(self, relay, token, *args, name, seconds=30, port=None):
         self.name = name
         self.cmds = os.path.join(tmpdir(), name + ".cmds")
         open(self.cmds, "w").close()
-        self.proc = Proc([PARK, "--to", f"127.0.0.1:{relay.port}", "--token", token,
+        self.proc = Proc([PARK, "--to", f"127.0.0.1:{port or relay.port}", "--token", token,
                           "--commands", self.cmds, "--seconds", str(seconds), *args], name=name)
         self.peer_id = self.wait_event("start")["peer_id"]
 
@@ -73,6 +82,73 @@ class Client:
         self.do("quit")
         self.proc.wait(15)
         assert self.proc.sanitizer_report() is None, self.proc.output()[-4000:]
+
+
+class Nat:
+    """A UDP forwarder playing one client's NAT: what the client sends to 127.0.0.1:port
+    leaves for the relay from the NAT's own socket (the mapping), and what comes back
+    there goes to the client. rebind() swaps the mapping for a new port and closes the
+    old one, without the client knowing (a NAT rebinding). The last keep-alive (0x25)
+    the client sent is kept, byte for byte (a replay to try)."""
+
+    def __init__(self, relay_port):
+        self.relay = ("127.0.0.1", relay_port)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.port = self.front.getsockname()[1]
+        self.up = self._socket()
+        self.client = None
+        self.last_keepalive = None
+        self.mappings = [self.up.getsockname()[1]]
+        self._rebind = threading.Event()
+        self._rebound = threading.Event()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _socket():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        return s
+
+    def _run(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.front, selectors.EVENT_READ, "front")
+        sel.register(self.up, selectors.EVENT_READ, "up")
+        while not self._stop:
+            if self._rebind.is_set():
+                sel.unregister(self.up)
+                self.up.close()  # the old mapping is gone: what the relay sends there is lost
+                self.up = self._socket()
+                self.mappings.append(self.up.getsockname()[1])
+                sel.register(self.up, selectors.EVENT_READ, "up")
+                self._rebind.clear()
+                self._rebound.set()
+            for key, _ in sel.select(0.02):
+                try:
+                    data, src = key.fileobj.recvfrom(2048)
+                except OSError:
+                    continue
+                if key.data == "front":
+                    self.client = src
+                    if len(data) == 33 and data[0] == 0x25:
+                        self.last_keepalive = data
+                    self.up.sendto(data, self.relay)
+                elif self.client:
+                    self.front.sendto(data, self.client)
+        sel.close()
+
+    def rebind(self):
+        self._rebound.clear()
+        self._rebind.set()
+        assert self._rebound.wait(5), "the NAT did not rebind"
+
+    def close(self):
+        self._stop = True
+        self.thread.join(5)
+        self.front.close()
+        self.up.close()
 
 
 def metric(relay, name):
@@ -433,6 +509,101 @@ def park_refused_when_not_home_with_a_request_open_or_parking_off():
     err = h.wait_event("error")
     assert err["text"] == "parking is off on this relay", err
     h.finish()
+
+
+@test
+def connect_reaches_a_parked_client_after_an_unnoticed_nat_rebinding():
+    """Issue 14, "nothing lost": the parked client's NAT gives it a new mapping it does
+    not notice, so the WAKEs of a CONNECT go to the old one and are lost. The CONNECT
+    waits park_keepalive + 10 s (14 s here, more than the 10 s of an INCOMING); the
+    client's next keep-alive, 11 s later, comes from the new mapping: the relay moves the
+    record, acks, and wakes it there at once; the circuit opens and a datagram crosses."""
+    redis = Redis()
+    relay = Relay(redis, None, extra={"park_keepalive": 4, "park_lifetime": 30}).start()
+    token = relay.token()
+    nat = Nat(relay.port)
+    try:
+        b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port, seconds=60)
+        b.park()
+        b.do("ka")
+        b.wait_event("ack")
+        nat.rebind()  # unnoticed: B keeps sending to the same place
+        a = Client(relay, token, name="A", seconds=60)
+        a.wait_event("welcome")
+        a.do(f"connect {b.peer_id}")
+        time.sleep(11)  # every WAKE so far (0 .. 2 s) went to the old mapping
+        assert not b.events("wake"), b.proc.output()
+        assert not a.events("error") and not a.events("circuit"), a.proc.output()
+        assert metric(relay, "pos_relay_wakes_sent_total") == 5
+        b.do("ka")  # its next keep-alive: from the new mapping
+        b.wait_event("ack", 2)
+        wake = b.wait_event("wake", timeout=3)
+        assert wake["valid"] and wake["fresh"] and wake["counter"] == 6, wake
+        b.wait_event("welcome", 2)
+        assert b.wait_event("incoming")["peer_id"] == a.peer_id
+        b.wait_event("circuit")
+        assert a.wait_event("circuit")["peer_id"] == b.peer_id
+        a.do("data")
+        got = b.wait_event("data", timeout=5)
+        assert got["len"] == 11, got
+        wait_until(lambda: metric(relay, "pos_relay_wake_seconds_count") == 1, 5,
+                   what="wake counted")
+        m = relay.metrics()
+        assert m["pos_relay_park_roams_total"] == 1, m
+        assert m["pos_relay_wake_seconds_sum"] >= 10, m  # counted from the first WAKE
+        assert len(nat.mappings) == 2
+        a.finish()
+        b.finish()
+    finally:
+        nat.close()
+
+
+@test
+def forged_or_replayed_keepalive_from_a_new_address_moves_nothing():
+    """A keep-alive from a new address is checked on its mac at once (not held back by
+    the one-ack-per-second limit), but only a valid, new one moves the record: a
+    replay of the client's own keep-alive and a forgery for its record id, each from
+    another port, get no answer, and the WAKE of a CONNECT still reaches the client at
+    its real address."""
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token()
+    nat = Nat(relay.port)
+    try:
+        b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port)
+        record = int(b.park()["record"], 16)
+        b.do("ka")
+        b.wait_event("ack")
+        wait_until(lambda: nat.last_keepalive is not None, 2, what="the keep-alive seen")
+        dropped = metric(relay, 'pos_relay_park_keepalives_total{result="dropped"}')
+        forged = (bytes([0x25]) + struct.pack(">QQ", record, 1000) + secrets.token_bytes(16))
+        others = []
+        for data in (nat.last_keepalive, forged):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(0.5)
+            s.sendto(data, ("127.0.0.1", relay.port))
+            others.append(s)
+        for s in others:
+            try:
+                s.recvfrom(2048)
+                raise AssertionError("a forged or replayed keep-alive was answered")
+            except socket.timeout:
+                pass
+            s.close()
+        wait_until(lambda: metric(relay, 'pos_relay_park_keepalives_total{result="dropped"}')
+                   == dropped + 2, 3, what="both dropped")
+        assert metric(relay, "pos_relay_park_roams_total") == 0
+        a = Client(relay, token, name="A")
+        a.wait_event("welcome")
+        a.do(f"connect {b.peer_id}")
+        assert b.wait_event("wake")["valid"]
+        b.wait_event("welcome", 2)
+        assert a.wait_event("circuit")["peer_id"] == b.peer_id
+        a.finish()
+        b.finish()
+    finally:
+        nat.close()
 
 
 if __name__ == "__main__":
