@@ -172,9 +172,10 @@ void relay_park_wake(relay_park *t, relay_parked *r, int64_t now_ms);
  * relay_park_wake_due calls |send|(|arg|, record, datagram, POS_PARK_LEN)
  * for each WAKE due at |now_ms| (the record's next counter), and returns
  * when it wants to be called next, or -1 when no record is waking. A
- * record stays on the waking list (t->waking, wnext) until
- * RELAY_PARK_WAKE_HOLD_MS after its first WAKE: its client's reconnection
- * is expected from its address until then.
+ * record stays on the waking list (t->waking, wnext) until the hold
+ * (relay_park_set_wake_hold) after its first WAKE, or its last WAKE when
+ * later: its client's reconnection is expected from its address until
+ * then.
  */
 typedef void (*relay_park_send_fn)(void *arg, relay_parked *r, const uint8_t *dgram, size_t len);
 int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn send, void *arg);
