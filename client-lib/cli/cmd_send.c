@@ -26,12 +26,15 @@
 /* With --api-url too: how long mDNS may look for the peer, and each LAN address's dial. */
 #define LAN_WINDOW_MS 1000
 
+/* a relayed dial's wait without --timeout: the relay waits park_keepalive (25 s by default)
+ * + 10 s for a parked peer (one whose NAT moved it unnoticed is found at its next keep-alive) */
+#define PARKED_DIAL_MS 45000
+
 struct opts {
     const char *api_url, *token, *identity, *addr, *relay_id, *to;
     int relay_only, json, mdns;
     double timeout_s;
-    int timeout_given; /* --timeout: also the relayed dial's (else at least POS_P2P_PARKED_DIAL_MS)
-                        */
+    int timeout_given;   /* --timeout given: the relayed dial's too */
     uint64_t limit_rate; /* bytes/s, 0 = none (testing and slow links) */
     pos_p2p_punch_options punch;
     char **files;
@@ -504,8 +507,8 @@ static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, po
     pos_p2p_session *s = NULL;
     pos_p2p_session_status st;
     /* the relay waits up to park_keepalive + 10 s for a parked peer: wait as long by default */
-    if (!o->timeout_given && tmo < POS_P2P_PARKED_DIAL_MS)
-        tmo = POS_P2P_PARKED_DIAL_MS;
+    if (!o->timeout_given && tmo < PARKED_DIAL_MS)
+        tmo = PARKED_DIAL_MS;
     int rv = pos_p2p_session_connect_relay(ep, home, o->token, o->to, tmo, &s);
     if (rv != 0) {
         fprintf(stderr, "pos-p2p send: %s\n", pos_p2p_strerror(rv));

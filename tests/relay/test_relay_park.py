@@ -20,17 +20,16 @@ import hashlib
 import json
 import os
 import secrets
-import selectors
 import socket
 import struct
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import harness  # noqa: E402
 from harness import Proc, Redis, binary, run, test, tmpdir, wait_until  # noqa: E402
+from nat_fwd import Nat  # noqa: E402
 from test_relay_run import Relay  # noqa: E402
 
 del harness._tests[:]  # the tests of test_relay_run run on their own
@@ -82,73 +81,6 @@ class Client:
         self.do("quit")
         self.proc.wait(15)
         assert self.proc.sanitizer_report() is None, self.proc.output()[-4000:]
-
-
-class Nat:
-    """A UDP forwarder playing one client's NAT: what the client sends to 127.0.0.1:port
-    leaves for the relay from the NAT's own socket (the mapping), and what comes back
-    there goes to the client. rebind() swaps the mapping for a new port and closes the
-    old one, without the client knowing (a NAT rebinding). The last keep-alive (0x25)
-    the client sent is kept, byte for byte (a replay to try)."""
-
-    def __init__(self, relay_port):
-        self.relay = ("127.0.0.1", relay_port)
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind(("127.0.0.1", 0))
-        self.port = self.front.getsockname()[1]
-        self.up = self._socket()
-        self.client = None
-        self.last_keepalive = None
-        self.mappings = [self.up.getsockname()[1]]
-        self._rebind = threading.Event()
-        self._rebound = threading.Event()
-        self._stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def _socket():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        return s
-
-    def _run(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self.front, selectors.EVENT_READ, "front")
-        sel.register(self.up, selectors.EVENT_READ, "up")
-        while not self._stop:
-            if self._rebind.is_set():
-                sel.unregister(self.up)
-                self.up.close()  # the old mapping is gone: what the relay sends there is lost
-                self.up = self._socket()
-                self.mappings.append(self.up.getsockname()[1])
-                sel.register(self.up, selectors.EVENT_READ, "up")
-                self._rebind.clear()
-                self._rebound.set()
-            for key, _ in sel.select(0.02):
-                try:
-                    data, src = key.fileobj.recvfrom(2048)
-                except OSError:
-                    continue
-                if key.data == "front":
-                    self.client = src
-                    if len(data) == 33 and data[0] == 0x25:
-                        self.last_keepalive = data
-                    self.up.sendto(data, self.relay)
-                elif self.client:
-                    self.front.sendto(data, self.client)
-        sel.close()
-
-    def rebind(self):
-        self._rebound.clear()
-        self._rebind.set()
-        assert self._rebound.wait(5), "the NAT did not rebind"
-
-    def close(self):
-        self._stop = True
-        self.thread.join(5)
-        self.front.close()
-        self.up.close()
 
 
 def metric(relay, name):

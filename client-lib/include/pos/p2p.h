@@ -515,13 +515,8 @@ int pos_p2p_session_connect_addr(pos_p2p_endpoint *ep, const char *addr, const c
  * the session. Returns 0 on success or one of these negative codes:
  * POS_P2P_ERR_INVALID_ARGUMENT (NULL argument, |timeout_ms| not positive,
  * empty token or longer than 256 bytes, peer id not canonical, more than 16
- * relays handed over), POS_P2P_ERR_NOMEM. A parked peer may be reached
- * only after the relay's park_keepalive + 10 s (when its NAT gave it a new
- * mapping it did not notice, the relay finds it at its next keep-alive): a
- * |timeout_ms| of POS_P2P_PARKED_DIAL_MS or more waits as long as the relay
- * does with its default keep-alive of 25 s.
+ * relays handed over), POS_P2P_ERR_NOMEM.
  */
-#define POS_P2P_PARKED_DIAL_MS 45000
 int pos_p2p_session_connect_relay(pos_p2p_endpoint *ep, pos_p2p_relay *r, const char *token,
                                   const char *peer_id, int timeout_ms, pos_p2p_session **out);
 
