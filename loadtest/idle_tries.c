@@ -201,6 +201,8 @@ static int64_t batch_wait_ms(struct run *R, struct batch *b)
 /* batch_count: the outcome of each slot into R->lost and R->rebound. */
 static void batch_count(struct run *R, struct batch *b, int64_t wait_ms)
 {
+    char wait_s[64];
+    snprintf(wait_s, sizeof(wait_s), "no circuit within %lld s", (long long)(wait_ms / 1000));
     for (int i = 0; i < b->n; i++) {
         struct slot *s = &b->s[i];
         int ok = s->sent && idle_pool_get(R->pool, s->t)->data_in > s->got;
@@ -215,11 +217,8 @@ static void batch_count(struct run *R, struct batch *b, int64_t wait_ms)
                          "CONNECT to client %ld after a NAT rebinding: %s", s->t,
                          s->why[0]         ? s->why
                          : s->t_circuit_us ? "the datagram did not arrive"
-                                           : "no circuit in time");
+                                           : wait_s);
         }
-        if (!s->t_circuit_us && !s->failed && !s->why[0])
-            snprintf(s->why, sizeof(s->why), "no circuit within %lld s",
-                     (long long)(wait_ms / 1000));
     }
 }
 
