@@ -2,8 +2,10 @@
  * The circuit broker (see broker.h): CONNECT -> INCOMING -> ACCEPT/DECLINE
  * -> CIRCUIT, and CIRCUIT_CLOSED when a side's connection ends. Requests in
  * flight are one list (for a client's end and the gauge); those waiting for
- * the target's answer are also a second list in deadline order (one timeout
- * for all, so appending keeps it sorted), whose head is what |wake| asks for.
+ * the target's answer are also on a waiting list in deadline order (one
+ * timeout per list, so appending keeps it sorted): one list for INCOMING's
+ * answer, one for parked targets being woken (a longer wait); the earlier of
+ * the two heads is what |wake| asks for.
  */
 #include "broker.h"
 
@@ -63,7 +65,8 @@ struct relay_broker {
     relay_broker_ops ops;
     relay_broker_client *clients;
     relay_broker_req *reqs;
-    relay_broker_req *wait_head, *wait_tail;
+    relay_broker_req *wait_head, *wait_tail;   /* waiting for INCOMING's answer */
+    relay_broker_req *pwait_head, *pwait_tail; /* |parked|: waiting for the target to wake */
     size_t n_reqs;
     uint32_t next_req;
     int64_t woken_for; /* the deadline last given to ops.wake, -1 none */
@@ -89,6 +92,8 @@ relay_broker *relay_broker_new(relay_circuits *circuits, const relay_broker_limi
         b->lim.max_pending_per_client = 1;
     if (b->lim.max_pending_total == 0)
         b->lim.max_pending_total = 1;
+    if (b->lim.parked_timeout_ms <= 0)
+        b->lim.parked_timeout_ms = b->lim.incoming_timeout_ms;
     b->ops = *ops;
     b->woken_for = -1;
     b->punch = calloc(circuits->capacity, sizeof(*b->punch));
@@ -109,6 +114,8 @@ void relay_broker_set_punch(relay_broker *b, int enabled, int64_t min_interval_m
 static void rearm(relay_broker *b)
 {
     int64_t at = b->wait_head ? b->wait_head->deadline_ms : -1;
+    if (b->pwait_head && (at < 0 || b->pwait_head->deadline_ms < at))
+        at = b->pwait_head->deadline_ms;
     if (at == b->woken_for)
         return;
     b->woken_for = at;
@@ -125,17 +132,19 @@ static void done(relay_broker *b)
 
 static void wait_unlink(relay_broker *b, relay_broker_req *q)
 {
+    relay_broker_req **head = q->parked ? &b->pwait_head : &b->wait_head;
+    relay_broker_req **tail = q->parked ? &b->pwait_tail : &b->wait_tail;
     if (!q->waiting)
         return;
     q->waiting = 0;
     if (q->wprev)
         q->wprev->wnext = q->wnext;
     else
-        b->wait_head = q->wnext;
+        *head = q->wnext;
     if (q->wnext)
         q->wnext->wprev = q->wprev;
     else
-        b->wait_tail = q->wprev;
+        *tail = q->wprev;
     q->wprev = q->wnext = NULL;
 }
 
@@ -318,18 +327,23 @@ static relay_broker_req *req_new(relay_broker *b, relay_broker_client *from, uin
     return q;
 }
 
-/* wait_append: |q| waits until its deadline (one timeout for all: the list stays sorted). */
+/*
+ * wait_append: |q| waits until its deadline, on the list of its kind (|q->parked|: for a
+ * parked target to wake); one timeout per list, so each list stays sorted.
+ */
 static void wait_append(relay_broker *b, relay_broker_req *q, int64_t now_ms)
 {
-    q->deadline_ms = now_ms + b->lim.incoming_timeout_ms;
+    relay_broker_req **head = q->parked ? &b->pwait_head : &b->wait_head;
+    relay_broker_req **tail = q->parked ? &b->pwait_tail : &b->wait_tail;
+    q->deadline_ms = now_ms + (q->parked ? b->lim.parked_timeout_ms : b->lim.incoming_timeout_ms);
     q->waiting = 1;
     q->wnext = NULL;
-    q->wprev = b->wait_tail;
-    if (b->wait_tail)
-        b->wait_tail->wnext = q;
+    q->wprev = *tail;
+    if (*tail)
+        (*tail)->wnext = q;
     else
-        b->wait_head = q;
-    b->wait_tail = q;
+        *head = q;
+    *tail = q;
 }
 
 /* ask: INCOMING to |to| for request |q|, which then waits for the answer until its deadline. */
@@ -680,8 +694,9 @@ void relay_broker_lookup_done(relay_broker_req *q, int status, const relay_prese
 
 void relay_broker_expire(relay_broker *b, int64_t now_ms)
 {
-    while (b->wait_head && b->wait_head->deadline_ms <= now_ms) {
-        relay_broker_req *q = b->wait_head;
+    relay_broker_req *q;
+    while (((q = b->wait_head) && q->deadline_ms <= now_ms) ||
+           ((q = b->pwait_head) && q->deadline_ms <= now_ms)) {
         send_error(b, q->from, q->from_req, POS_CTRL_CODE_TIMEOUT, "peer did not answer");
         req_free(b, q);
     }

@@ -46,6 +46,13 @@ typedef struct relay_broker_limits {
     uint32_t max_pending_per_client; /* CONNECTs in flight per client (at least 1) */
     uint32_t max_pending_total;      /* CONNECTs in flight in all (at least 1) */
     int64_t incoming_timeout_ms;     /* how long a target may take to answer INCOMING */
+    /*
+     * How long a CONNECT waits for a parked target to wake (park_wake) before
+     * ERROR TIMEOUT; 0: incoming_timeout_ms. The relay gives park_keepalive + 10 s:
+     * a target whose NAT mapping changed unnoticed is found again only by its
+     * next keep-alive (docs/protocol.md "Parking").
+     */
+    int64_t parked_timeout_ms;
 } relay_broker_limits;
 
 /*

@@ -25,6 +25,7 @@ relay_park *relay_park_new(uint32_t capacity)
     if (!t)
         return NULL;
     t->capacity = capacity;
+    t->wake_hold_ms = RELAY_PARK_WAKE_HOLD_MS;
     t->rec = calloc(capacity, sizeof(*t->rec)); /* zero pages: touched only once used */
     t->nb = 64;
     t->buckets = calloc(t->nb, sizeof(*t->buckets));
@@ -191,6 +192,7 @@ static void unwake(relay_park *t, relay_parked *r)
     if (!r->waking)
         return;
     r->waking = 0;
+    r->rewake = 0;
     if (r->wprev)
         t->rec[r->wprev - 1].wnext = r->wnext;
     else
@@ -319,10 +321,11 @@ int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn se
             if (pos_park_encode(d, sizeof(d), POS_PARK_WAKE, r->id, r->wake_counter, r->key) ==
                 POS_PARK_LEN)
                 send(arg, r, d, sizeof(d));
+            /* from the step just sent: a series restarted by relay_park_rewake keeps its pace */
             if (++r->wake_step < RELAY_PARK_WAKES)
-                r->wake_next_ms = r->wake_start_ms + wake_at_ms[r->wake_step];
-            else
-                r->wake_next_ms = r->wake_start_ms + RELAY_PARK_WAKE_HOLD_MS;
+                r->wake_next_ms += wake_at_ms[r->wake_step] - wake_at_ms[r->wake_step - 1];
+            else if (r->wake_next_ms < r->wake_start_ms + t->wake_hold_ms)
+                r->wake_next_ms = r->wake_start_ms + t->wake_hold_ms;
         } else if (r->wake_step >= RELAY_PARK_WAKES && r->wake_next_ms <= now_ms) {
             unwake(t, r); /* wake_start_ms stays: a HELLO after all measures it */
             continue;
@@ -332,6 +335,25 @@ int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn se
     }
     sodium_memzero(d, sizeof(d));
     return next;
+}
+
+void relay_park_set_wake_hold(relay_park *t, int64_t ms)
+{
+    t->wake_hold_ms = ms > 0 ? ms : RELAY_PARK_WAKE_HOLD_MS;
+}
+
+uint32_t relay_park_rewake(relay_park *t, int64_t now_ms)
+{
+    uint32_t n = 0;
+    for (uint32_t i = t->waking; i; i = t->rec[i - 1].wnext) {
+        relay_parked *r = &t->rec[i - 1];
+        if (!__atomic_exchange_n(&r->rewake, 0, __ATOMIC_RELAXED))
+            continue;
+        r->wake_step = 0; /* the next relay_park_wake_due sends at once, to r->addr */
+        r->wake_next_ms = now_ms;
+        n++;
+    }
+    return n;
 }
 
 uint32_t relay_park_sweep(relay_park *t, int64_t now_ms, int64_t now_unix, int64_t lifetime_ms,

@@ -36,7 +36,14 @@
 
 #define RELAY_PARK_WAKES 5              /* WAKE datagrams per wake: at 0, 250, 500, 1000, 2000 ms */
 #define RELAY_PARK_ACK_INTERVAL_MS 1000 /* at most one PARK_ACK per record per second */
-#define RELAY_PARK_WAKE_HOLD_MS 10000   /* a woken record stays on the waking list this long */
+#define RELAY_PARK_WAKE_HOLD_MS 10000   /* default: a woken record stays on the waking list */
+/*
+ * A CONNECT waits for a parked target park_keepalive + this long (and the record stays
+ * on the waking list as long): a client whose NAT gave it a new mapping it did not
+ * notice is found again by its next keep-alive (one resend, the reconnection and the
+ * answer fit in the rest).
+ */
+#define RELAY_PARK_WAIT_SLACK_MS 10000
 
 /* One token with parked records here: what accepting its client gave (limits, budget). */
 typedef struct relay_park_token {
@@ -63,6 +70,7 @@ typedef struct relay_parked {
     uint8_t sock;    /* the caller's local address index it came to */
     uint8_t wake_step;
     uint8_t waking;
+    uint8_t rewake; /* a valid keep-alive came while waking: wake again (relay_park_rewake) */
     uint32_t tnext, tprev; /* the token's records (index + 1) */
     uint32_t hnext;        /* peer hash chain, or the free list (index + 1) */
     uint32_t wnext, wprev; /* records waking (index + 1) */
@@ -77,6 +85,7 @@ typedef struct relay_park {
     uint32_t waking;    /* first waking record, index + 1 */
     uint32_t sweep_at;  /* relay_park_sweep's cursor */
     uint32_t route_shift, route_mask;
+    int64_t wake_hold_ms; /* on the waking list this long after the first WAKE */
     struct strmap tokens;
 } relay_park;
 
@@ -165,12 +174,26 @@ void relay_park_wake(relay_park *t, relay_parked *r, int64_t now_ms);
  * relay_park_wake_due calls |send|(|arg|, record, datagram, POS_PARK_LEN)
  * for each WAKE due at |now_ms| (the record's next counter), and returns
  * when it wants to be called next, or -1 when no record is waking. A
- * record stays on the waking list (t->waking, wnext) until
- * RELAY_PARK_WAKE_HOLD_MS after its first WAKE: its client's reconnection
- * is expected from its address until then.
+ * record stays on the waking list (t->waking, wnext) until the hold
+ * (relay_park_set_wake_hold) after its first WAKE, or its last WAKE when
+ * later: its client's reconnection is expected from its address until
+ * then.
  */
 typedef void (*relay_park_send_fn)(void *arg, relay_parked *r, const uint8_t *dgram, size_t len);
 int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn send, void *arg);
+
+/* relay_park_set_wake_hold: woken records stay on the waking list |ms| (default 10 s). */
+void relay_park_set_wake_hold(relay_park *t, int64_t ms);
+
+/*
+ * relay_park_rewake: a valid keep-alive of |r| came while it is being woken
+ * (the caller set r->rewake, maybe from the workers' shared side): its
+ * wake series starts again at |now_ms| (at 0, 250, 500, 1000, 2000 ms from
+ * now) to its address, which the keep-alive may have moved. Records on the
+ * waking list whose |rewake| is set are restarted and the flag cleared;
+ * returns how many. The hold and the wake's start time (the metric) stay.
+ */
+uint32_t relay_park_rewake(relay_park *t, int64_t now_ms);
 
 /*
  * relay_park_sweep visits up to |max| records from where the last sweep

@@ -431,8 +431,12 @@ int relay_ctrl_recv_stream_data(ngtcp2_conn *qc, uint32_t flags, int64_t stream_
 
 int relay_ctrl_broker_new(relay_server *s)
 {
-    relay_broker_limits lim = {s->cfg->max_circuits_per_conn, s->cfg->max_circuits_per_token,
-                               MAX_PENDING_PER_CONN, MAX_PENDING_TOTAL, INCOMING_TIMEOUT_MS};
+    relay_broker_limits lim = {s->cfg->max_circuits_per_conn,
+                               s->cfg->max_circuits_per_token,
+                               MAX_PENDING_PER_CONN,
+                               MAX_PENDING_TOTAL,
+                               INCOMING_TIMEOUT_MS,
+                               (int64_t)s->cfg->park_keepalive_s * 1000 + RELAY_PARK_WAIT_SLACK_MS};
     relay_broker_ops ops = broker_ops_proto;
     ops.arg = s;
     s->broker = relay_broker_new(s->circuits, &lim, &ops);

@@ -154,6 +154,7 @@ struct relay_server {
     relay_park *park;
     ev_timer park_tick;      /* 4 per second: lifetimes, presence batches, malloc_trim */
     ev_timer park_wakes;     /* the next WAKE datagram due */
+    ev_async park_rewake;    /* a keep-alive of a record being woken: wake it again */
     uint64_t conns_freed;    /* since the last malloc_trim */
     int64_t trimmed_ms;      /* the last malloc_trim (relay_now, ms) */
     uint64_t park_redis_ups; /* relay_services_redis_ups at the last tick */

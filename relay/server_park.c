@@ -164,6 +164,21 @@ int relay_park_conn_due(struct rconn *c)
 
 /* ---- parked datagrams ---- */
 
+/*
+ * rewake_later: a valid keep-alive of |r| (its record moved to the keep-alive's
+ * source, if that was new) while a CONNECT has it woken: its client may not have
+ * got the WAKEs (a NAT mapping that changed unnoticed sent them nowhere), so the
+ * series starts again there. Called under the workers' shared lock too: only the
+ * flag is set here; WAKEs are sent from the main loop (on_rewake).
+ */
+static void rewake_later(relay_server *s, relay_parked *r)
+{
+    if (!r->waking)
+        return;
+    __atomic_store_n(&r->rewake, 1, __ATOMIC_RELAXED);
+    ev_async_send(s->loop, &s->park_rewake);
+}
+
 void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t len,
                          const struct sockaddr *from, socklen_t fromlen)
 {
@@ -196,6 +211,7 @@ void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t 
         s->st.park_acks++;
         relay_send_to(s, sock, ack, sizeof(ack), from, fromlen);
     }
+    rewake_later(s, r);
 }
 
 int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *from)
@@ -217,6 +233,7 @@ int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *
     __atomic_fetch_add(&s->st.park_keepalives_ok, 1, __ATOMIC_RELAXED);
     if (moved)
         __atomic_fetch_add(&s->st.park_roams, 1, __ATOMIC_RELAXED);
+    rewake_later(s, r);
     if (v == RELAY_PARK_TAKEN)
         return 0; /* a PARK_QUIET: nothing goes back */
     __atomic_fetch_add(&s->st.park_acks, 1, __ATOMIC_RELAXED);
@@ -250,6 +267,15 @@ static void on_wakes(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     run_wakes(w->data);
+}
+
+static void on_rewake(struct ev_loop *loop, ev_async *a, int revents)
+{
+    relay_server *s = a->data;
+    (void)loop;
+    (void)revents;
+    if (s->park && relay_park_rewake(s->park, now_ms(s)) > 0)
+        run_wakes(s); /* the first WAKE of the new series at once */
 }
 
 int relay_park_wake_peer(void *arg, const char *peer_id)
@@ -412,6 +438,12 @@ int relay_park_init(relay_server *s, char *err, size_t errlen)
     ev_timer_start(s->loop, &s->park_tick);
     ev_timer_init(&s->park_wakes, on_wakes, 0., 0.);
     s->park_wakes.data = s;
+    /* a CONNECT waits for a parked peer this long, and its record is woken as long */
+    relay_park_set_wake_hold(s->park,
+                             (int64_t)s->cfg->park_keepalive_s * 1000 + RELAY_PARK_WAIT_SLACK_MS);
+    ev_async_init(&s->park_rewake, on_rewake);
+    s->park_rewake.data = s;
+    ev_async_start(s->loop, &s->park_rewake);
     return 0;
 }
 
@@ -456,6 +488,7 @@ void relay_park_fini(relay_server *s)
             end_record(s, &s->park->rec[i], END_SHUTDOWN, 0, 1);
     ev_timer_stop(s->loop, &s->park_tick);
     ev_timer_stop(s->loop, &s->park_wakes);
+    ev_async_stop(s->loop, &s->park_rewake);
     relay_park_del(s->park);
     s->park = NULL;
 }

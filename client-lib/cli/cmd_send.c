@@ -26,10 +26,15 @@
 /* With --api-url too: how long mDNS may look for the peer, and each LAN address's dial. */
 #define LAN_WINDOW_MS 1000
 
+/* a relayed dial's wait without --timeout: the relay waits park_keepalive (25 s by default)
+ * + 10 s for a parked peer (one whose NAT moved it unnoticed is found at its next keep-alive) */
+#define PARKED_DIAL_MS 45000
+
 struct opts {
     const char *api_url, *token, *identity, *addr, *relay_id, *to;
     int relay_only, json, mdns;
     double timeout_s;
+    int timeout_given;   /* --timeout given: the relayed dial's too */
     uint64_t limit_rate; /* bytes/s, 0 = none (testing and slow links) */
     pos_p2p_punch_options punch;
     char **files;
@@ -82,7 +87,9 @@ static void usage(FILE *out)
             "  --no-mdns          do not look for the peer on the local network\n"
             "  --identity FILE    identity file (default $POS_IDENTITY, else\n"
             "                     $XDG_CONFIG_HOME/pos/identity); created when missing\n"
-            "  --timeout SECONDS  to set up the session (default 10)\n"
+            "  --timeout SECONDS  to set up the session (default 10; without it a dial\n"
+            "                     through the relay waits up to 45 s: a parked peer whose\n"
+            "                     NAT moved it is found at its next keep-alive)\n"
             "  --limit-rate BYTES_PER_SEC  send no faster than this\n"
             "  --json             at the end, one JSON object on stdout: path (relayed,\n"
             "                     direct, relayed-then-direct), upgraded_after_ms,\n"
@@ -152,6 +159,7 @@ static int parse(int argc, char **argv, struct opts *o)
                 return 2;
             }
             o->timeout_s = v;
+            o->timeout_given = 1;
             break;
         }
         case 'l': {
@@ -498,6 +506,9 @@ static pos_p2p_session *relayed_session(struct opts *o, pos_p2p_endpoint *ep, po
 {
     pos_p2p_session *s = NULL;
     pos_p2p_session_status st;
+    /* the relay waits up to park_keepalive + 10 s for a parked peer: wait as long by default */
+    if (!o->timeout_given && tmo < PARKED_DIAL_MS)
+        tmo = PARKED_DIAL_MS;
     int rv = pos_p2p_session_connect_relay(ep, home, o->token, o->to, tmo, &s);
     if (rv != 0) {
         fprintf(stderr, "pos-p2p send: %s\n", pos_p2p_strerror(rv));

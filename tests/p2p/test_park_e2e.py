@@ -10,7 +10,12 @@ by itself and is reachable again (a relay stopped with SIGTERM wakes them at
 once). Most keep-alives want no ack (PARK_QUIET) and still hold the record.
 A token revoked while parked: the listener reconnects, is refused, and says
 so (exit 1). Redis down: the parked listener is still reachable through its
-relay (found among its records). Address changes while parked are tests/natlab (park_roaming).
+relay (found among its records). Address changes while parked are
+tests/natlab (park_roaming). Behind a UDP forwarder playing its NAT
+(tests/nat_fwd.py), a parked listener whose mapping changes unnoticed right
+after a keep-alive still gets the file from a `send` with its default wait:
+the relay wakes it again at its next keep-alive, and the sender waits long
+enough.
 """
 import filecmp
 import os
@@ -18,10 +23,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from harness import Proc, Redis, binary, http, run, test, tmpdir, wait_until  # noqa: E402
+from nat_fwd import Nat  # noqa: E402
 from suite import P2P, Discovery, Relay  # noqa: E402
 
 
@@ -284,6 +292,73 @@ def parked_dialer_reconnects_for_its_own_request():
     assert dialer.wait(40) == 0, dialer.output() + lst.proc.output()
     events = [x for x in dialer.output().splitlines() if x.startswith("event ")]
     assert events == ["event 7 code 0", "event 8 code 2", "event 2 code 0"], dialer.output()
+
+
+class FakeEntry:
+    """A relay list entry of its own (a new id) for the relay's key at another address
+    (the NAT's), refreshed every second while the test runs (the suite's TTL is 3 s)."""
+
+    def __init__(self, disc, relay, addr):
+        self.id = str(uuid.uuid4())
+        self.body = {"id": self.id, "peer_id": relay.peer_id, "addrs": [addr]}
+        self.url = disc.url
+        self.stop = threading.Event()
+        self.post()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def post(self):
+        st, _, body = http("POST", self.url + "/api/p2p/relays", self.body,
+                           {"Authorization": "Bearer " + SECRET,
+                            "Content-Type": "application/json"})
+        assert st in (200, 201, 204), (st, body)
+
+    def run(self):
+        while not self.stop.wait(1):
+            self.post()
+
+
+@test
+def send_reaches_a_parked_listener_after_an_unnoticed_nat_rebinding():
+    """Issue 14: the listener's NAT gives it a new mapping right after a keep-alive was
+    acknowledged, so the relay's WAKEs go to the old one; its next keep-alive, 8 s later
+    (after the 2 s of WAKEs, however long `send` takes to start), moves the record and
+    the relay wakes it there. `send` without --timeout waits for that (45 s at most)
+    and the file arrives."""
+    redis = Redis()
+    disc = Discovery(redis, SECRET)
+    relay = Relay(redis, disc, SECRET, extra={"park_keepalive": 8, "park_lifetime": 30}).start()
+    wait_until(lambda: relay.id in disc.ids(), 5, what="the relay to register")
+    token = relay.token()
+    nat = Nat(relay.port)
+    entry = FakeEntry(disc, relay, f"127.0.0.1:{nat.port}")
+    try:
+        lst = Listener("--api-url", disc.url, "--token", token, "--relay-id", entry.id,
+                       "--park-after", "1")
+        wait_until(lambda: "relay: parked" in lst.proc.output(), 15, what="the listener to park")
+        assert "keep-alive every 8 s" in lst.proc.output(), lst.proc.output()
+        nat.rebind_after_ack(timeout=15)
+        t0 = time.monotonic()
+        path = one_file()
+        r = send("--api-url", disc.url, "--token", token, "--relay-only", "--relay-id",
+                 relay.id, "--to", lst.peer_id, path, timeout=90)
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stdout + r.stderr + lst.proc.output()
+        got = os.path.join(lst.out, os.path.basename(path))
+        assert filecmp.cmp(path, got, shallow=False), f"{got} differs"
+        assert "relay: awake (woken by the relay" in lst.proc.output(), lst.proc.output()
+        # the record moved, and the wake that reached the listener came after the first
+        # series (2 s): it followed the keep-alive from the new mapping
+        wait_until(lambda: (metric(relay, "pos_relay_park_roams_total") or 0) >= 1 and
+                   (metric(relay, "pos_relay_wake_seconds_count") or 0) >= 1, 5,
+                   what="the roam and the wake counted")
+        assert metric(relay, "pos_relay_wake_seconds_sum") > 3, relay.proc.output()[-3000:]
+        assert metric(relay, "pos_relay_wakes_sent_total") >= 6
+        print(f"    send after an unnoticed rebinding: {took:.2f} s")
+        no_sanitizer_report(lst.proc.output(), "pos-p2p listen")
+    finally:
+        entry.stop.set()
+        nat.close()
 
 
 if __name__ == "__main__":

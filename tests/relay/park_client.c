@@ -18,11 +18,13 @@
  *   rebind        a new UDP socket (a new source port): the NAT mapping changed
  *   reconnect     a new QUIC connection and HELLO from the current socket
  *   connect PEER  CONNECT to PEER (once connected)
+ *   data          a DATA frame ("park_client") on the latest circuit
  *   quit
  *
  * It prints JSON lines: {"event":"welcome"|"parked"|"ack"|"wake"|"incoming"|
  * "circuit"|"connect_sent"|"error"|"relay_closed"|"freed"|"done", ...}; "circuit"
- * and "connect_sent" carry a monotonic "ms" (CONNECT to circuit, for figures). A
+ * and "connect_sent" carry a monotonic "ms" (CONNECT to circuit, for figures); a
+ * DATA frame from the relay prints {"event":"data","circuit":ID,"len":N}. A
  * datagram from the relay that is neither QUIC for a live connection nor a
  * valid park datagram is printed as {"event":"stray"}. With --wake-reconnect
  * a valid WAKE reconnects at once. Keys are never printed.
@@ -48,6 +50,7 @@
 
 #include "addr.h"
 #include "ctrl.h"
+#include "frame.h"
 #include "identity.h"
 #include "park.h"
 #include "quic_common.h"
@@ -84,6 +87,7 @@ static struct cl {
     int64_t parked_at_ms;
     uint8_t last_ka[POS_PARK_LEN];
     uint32_t next_req;
+    uint32_t circuit; /* the latest CIRCUIT's id (ours), 0 none */
     char cmdbuf[4096];
     size_t cmdlen;
 } c;
@@ -137,6 +141,7 @@ static void on_msg(pos_ctrl_msg *m)
         queue(&c.req, &a);
         break;
     case POS_CTRL_CIRCUIT:
+        c.circuit = m->circuit_id;
         printf("{\"event\":\"circuit\",\"circuit\":%u,\"peer_id\":\"%s\",\"ms\":%lld}\n",
                m->circuit_id, m->peer_id, (long long)(pos_quic_now() / 1000000));
         break;
@@ -359,6 +364,11 @@ static void command(const char *line)
         m.req_id = ++c.next_req;
         snprintf(m.peer_id, sizeof(m.peer_id), "%s", line + 8);
         queue(&c.req, &m);
+    } else if (strcmp(line, "data") == 0 && c.circuit) {
+        uint8_t d[64];
+        int n = pos_frame_encode_data(d, sizeof(d), c.circuit, (const uint8_t *)"park_client", 11);
+        if (n > 0)
+            sendto(c.fd, d, (size_t)n, 0, (struct sockaddr *)&c.to, pos_addr_len(&c.to));
     } else if (strcmp(line, "quit") == 0) {
         c.seconds = 0;
     }
@@ -458,8 +468,12 @@ static int run(void)
             struct sockaddr_storage from;
             socklen_t fl = sizeof(from);
             ssize_t n = recvfrom(c.fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+            pos_frame f;
             if (n > 0 && pos_park_is_park(buf, (size_t)n))
                 park_datagram(buf, (size_t)n);
+            else if (n > 0 && pos_frame_decode(buf, (size_t)n, &f) == 0 && f.type == POS_FRAME_DATA)
+                printf("{\"event\":\"data\",\"circuit\":%u,\"len\":%zu}\n", f.circuit_id,
+                       f.payload_len);
             else if (n > 0 && c.qc)
                 quic_datagram(buf, (size_t)n, &from, fl);
             else if (n > 0)

@@ -10,6 +10,7 @@
 #include "check.h"
 
 #define TIMEOUT_MS 10000
+#define PARKED_MS 35000 /* park_keepalive 25 s + 10 */
 
 struct sent {
     void *conn;
@@ -122,7 +123,7 @@ struct rig {
 
 static void rig_up(struct rig *r, uint32_t capacity, const relay_broker_limits *lim)
 {
-    relay_broker_limits def = {0, 0, 16, 4096, TIMEOUT_MS};
+    relay_broker_limits def = {0, 0, 16, 4096, TIMEOUT_MS, 0};
     struct sockaddr_in sa = addr4("192.0.2.1", 1111), sb = addr4("192.0.2.2", 2222);
     pos_ctrl_addrs la = {1, {"10.0.0.1:1111"}};
     reset();
@@ -311,7 +312,7 @@ static void test_peer_leaves(void)
 static void test_busy_and_limits(void)
 {
     struct rig r;
-    relay_broker_limits lim = {1, 0, 2, 4096, TIMEOUT_MS};
+    relay_broker_limits lim = {1, 0, 2, 4096, TIMEOUT_MS, 0};
 
     /* requests in flight per client */
     rig_up(&r, 16, &lim);
@@ -459,7 +460,7 @@ static struct sockaddr_in6 addr6(const char *ip, int port)
  */
 static void punch_rig_up(struct rig *r, int va, int vb, int on)
 {
-    relay_broker_limits def = {0, 0, 16, 4096, TIMEOUT_MS};
+    relay_broker_limits def = {0, 0, 16, 4096, TIMEOUT_MS, 0};
     struct sockaddr_in sa = addr4("192.0.2.1", 1111);
     struct sockaddr_in6 sb = addr6("2001:db8::2", 2222);
     pos_ctrl_addrs la = {3, {"10.0.0.1:1111", "192.0.2.1:1111", "[fd00::1]:1111"}};
@@ -800,9 +801,55 @@ static void test_parked_peer_woken(void)
     rig_down(&r);
 }
 
+/*
+ * A CONNECT for a parked peer waits longer than one for INCOMING's answer
+ * (parked_timeout_ms: the peer's next keep-alive may be what finds it), on
+ * its own list: the shorter waits of other requests still expire in time.
+ */
+static void test_parked_wait_is_longer(void)
+{
+    struct rig r;
+    relay_broker_limits lim = {0, 0, 16, 4096, TIMEOUT_MS, PARKED_MS};
+    struct sockaddr_in sc = addr4("192.0.2.3", 3333);
+    rig_up(&r, 16, &lim);
+    snprintf(w.parked_peer, sizeof(w.parked_peer), "peer-c");
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 9, "peer-c", 100) == 0);
+    CHECK(w.park_wakes == 1 && w.n_out == 0 && w.wake_at == 100 + PARKED_MS);
+    /* B asks A (awake): INCOMING, whose answer is due first */
+    CHECK(request(&r, r.bb, POS_CTRL_CONNECT, 5, "peer-a", 200) == 0);
+    CHECK(only(&A, POS_CTRL_INCOMING) && w.wake_at == 200 + TIMEOUT_MS);
+    w.n_out = 0;
+    relay_broker_expire(r.b, 200 + TIMEOUT_MS);
+    CHECK(only(&B, POS_CTRL_ERROR)->req_id == 5); /* only B's: A's wait for peer-c goes on */
+    CHECK(w.wake_at == 100 + PARKED_MS);
+    w.n_out = 0;
+    relay_broker_expire(r.b, 100 + PARKED_MS - 1);
+    CHECK(w.n_out == 0);
+    /* woken after two keep-alive intervals: INCOMING, with INCOMING's own deadline */
+    relay_broker_client *c =
+        relay_broker_join(r.b, &C, "peer-c", 1, (struct sockaddr *)&sc, NULL, NULL);
+    relay_broker_woken(r.b, c, 25000);
+    CHECK(only(&C, POS_CTRL_INCOMING) && w.wake_at == 25000 + TIMEOUT_MS);
+    w.n_out = 0;
+    relay_broker_expire(r.b, 25000 + TIMEOUT_MS);
+    CHECK(only(&A, POS_CTRL_ERROR)->code == POS_CTRL_CODE_TIMEOUT);
+    /* a parked peer that never comes back: TIMEOUT after the parked wait */
+    w.n_out = 0;
+    snprintf(w.parked_peer, sizeof(w.parked_peer), "peer-d");
+    CHECK(request(&r, r.a, POS_CTRL_CONNECT, 10, "peer-d", 40000) == 0);
+    relay_broker_expire(r.b, 40000 + TIMEOUT_MS);
+    CHECK(w.n_out == 0);
+    relay_broker_expire(r.b, 40000 + PARKED_MS);
+    CHECK(only(&A, POS_CTRL_ERROR)->req_id == 10);
+    CHECK(w.wake_at == -1);
+    relay_broker_leave(r.b, c, 90000);
+    rig_down(&r);
+}
+
 int main(void)
 {
     test_parked_peer_woken();
+    test_parked_wait_is_longer();
     test_connect_accept();
     test_decline_and_unknown();
     test_self();

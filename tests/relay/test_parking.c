@@ -2,8 +2,8 @@
  * Unit tests of the relay's parked-record table (relay/parking.c) without
  * sockets, Redis or a clock: record ids and their worker bits, lookups by
  * id and by peer, the keep-alive verdicts (valid, replayed, forged, too
- * soon, unknown, roaming; quiet ones that want no answer), the wake schedule, lifetimes and token expiry,
- * token groups, reuse of a freed index, and the full table.
+ * soon, unknown, roaming; quiet ones that want no answer), the wake schedule, lifetimes and token
+ * expiry, token groups, reuse of a freed index, and the full table.
  */
 #include <arpa/inet.h>
 #include <sodium.h>
@@ -77,8 +77,7 @@ static void test_quiet_keepalives(void)
     CHECK(quiet(t, r->id, 2, key, "192.0.2.1", 1002, 2500, &moved, ack) == RELAY_PARK_DROP_RATE);
     CHECK(quiet(t, r->id, 1, key, "192.0.2.1", 1002, 3100, &moved, ack) == RELAY_PARK_DROP_REPLAY);
     CHECK(quiet(t, r->id, 3, other, "192.0.2.1", 1002, 3100, &moved, ack) == RELAY_PARK_DROP_MAC);
-    CHECK(quiet(t, r->id, 3, other, "203.0.113.5", 5555, 3100, &moved, ack) ==
-          RELAY_PARK_DROP_MAC);
+    CHECK(quiet(t, r->id, 3, other, "203.0.113.5", 5555, 3100, &moved, ack) == RELAY_PARK_DROP_MAC);
     CHECK(r->addr.port == htons(1002) && r->seen_ms == 2000);
     /* a valid one from elsewhere moves the record, still without an answer */
     CHECK(quiet(t, r->id, 3, key, "203.0.113.5", 5555, 3200, &moved, ack) == RELAY_PARK_TAKEN);
@@ -191,6 +190,53 @@ static void test_wakes(void)
     relay_park_del(t);
 }
 
+/*
+ * A keep-alive of a record being woken (the caller sets r->rewake): the
+ * series starts again from then, at its pace, to the address the
+ * keep-alive moved it to; the hold (the CONNECT's parked wait) still counts
+ * from the first WAKE; a record not waking is not woken by a keep-alive.
+ */
+static void test_rewake(void)
+{
+    uint8_t key[32], ack[POS_PARK_LEN];
+    relay_park *t = relay_park_new(4);
+    int err, moved = 0;
+    const int64_t hold = 35000; /* park_keepalive 25 s + RELAY_PARK_WAIT_SLACK_MS */
+    randombytes_buf(key, sizeof(key));
+    relay_park_set_wake_hold(t, hold);
+    relay_parked *r = add(t, 1, key, "tok", 0, &err);
+    relay_parked *idle = add(t, 2, key, "tok", 0, &err);
+    sent = 0;
+    last_counter = 0;
+    idle->rewake = 1; /* not waking: nothing to restart */
+    CHECK(relay_park_rewake(t, 500) == 0 && relay_park_wake_due(t, 500, on_wake, key) == -1);
+    relay_park_wake(t, r, 1000);
+    for (int64_t at = 1000; at <= 3000; at = relay_park_wake_due(t, at, on_wake, key))
+        ;
+    CHECK(sent == 5 && t->waking != 0);
+    CHECK(relay_park_wake_due(t, 3000, on_wake, key) == 1000 + hold); /* held, not 10 s */
+    /* 20 s later its keep-alive comes from a new mapping: moved, and woken there again */
+    CHECK(ka(t, r->id, 1, key, "198.51.100.7", 7777, 21000, &moved, ack) == RELAY_PARK_ACKED);
+    CHECK(moved && r->waking);
+    r->rewake = 1;
+    CHECK(relay_park_rewake(t, 21000) == 1 && r->rewake == 0);
+    CHECK(relay_park_wake_due(t, 21005, on_wake, key) == 21250 && sent == 6);
+    CHECK(relay_park_wake_due(t, 21250, on_wake, key) == 21500 && sent == 7);
+    CHECK(relay_park_wake_due(t, 21500, on_wake, key) == 22000 && sent == 8);
+    CHECK(relay_park_wake_due(t, 22000, on_wake, key) == 23000 && sent == 9);
+    CHECK(relay_park_wake_due(t, 23000, on_wake, key) == 1000 + hold && sent == 10);
+    CHECK(relay_park_rewake(t, 23100) == 0); /* nothing flagged: nothing restarted */
+    CHECK(r->wake_start_ms == 1000); /* the wake's time (metric) counts from its first WAKE */
+    /* one just before the hold ends: the whole series still goes out, then the record leaves */
+    r->rewake = 1;
+    CHECK(relay_park_rewake(t, 35900) == 1);
+    int64_t at = 35900;
+    while ((at = relay_park_wake_due(t, at, on_wake, key)) >= 0)
+        ;
+    CHECK(sent == 15 && t->waking == 0 && !r->waking && !r->rewake);
+    relay_park_del(t);
+}
+
 static int expired, presence;
 static void on_expired(void *arg, relay_parked *r)
 {
@@ -276,6 +322,7 @@ int main(void)
     test_ids_and_keepalives();
     test_quiet_keepalives();
     test_wakes();
+    test_rewake();
     test_sweep_tokens_and_full();
     return check_finish("test_parking");
 }

@@ -11,10 +11,17 @@ all); acks follow the client to a new source port; a CONNECT to the parked peer 
 WAKE datagrams arrive (mac valid, counters rising), and once the client reconnects the
 dialer gets its circuit; a revoked token's or an expired record's keep-alives go
 unanswered; PARK is refused with a reason where the protocol says so. /metrics shows it.
+Behind a UDP forwarder that plays a NAT (Nat below), a parked client whose mapping
+changes without its knowing is still reached: the CONNECT waits for its next keep-alive
+(park_keepalive + 10 s), which moves the record and starts the WAKEs again there; a
+forged or replayed keep-alive from a new address moves nothing.
 """
 import hashlib
 import json
 import os
+import secrets
+import socket
+import struct
 import sys
 import time
 
@@ -22,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import harness  # noqa: E402
 from harness import Proc, Redis, binary, run, test, tmpdir, wait_until  # noqa: E402
+from nat_fwd import Nat  # noqa: E402
 from test_relay_run import Relay  # noqa: E402
 
 del harness._tests[:]  # the tests of test_relay_run run on their own
@@ -33,11 +41,11 @@ CTRL = binary("tests/relay/ctrl_client")
 class Client:
     """A park_client process driven through its command file; its JSON lines from its log."""
 
-    def __init__(self, relay, token, *args, name, seconds=30):
+    def __init__(self, relay, token, *args, name, seconds=30, port=None):
         self.name = name
         self.cmds = os.path.join(tmpdir(), name + ".cmds")
         open(self.cmds, "w").close()
-        self.proc = Proc([PARK, "--to", f"127.0.0.1:{relay.port}", "--token", token,
+        self.proc = Proc([PARK, "--to", f"127.0.0.1:{port or relay.port}", "--token", token,
                           "--commands", self.cmds, "--seconds", str(seconds), *args], name=name)
         self.peer_id = self.wait_event("start")["peer_id"]
 
@@ -433,6 +441,101 @@ def park_refused_when_not_home_with_a_request_open_or_parking_off():
     err = h.wait_event("error")
     assert err["text"] == "parking is off on this relay", err
     h.finish()
+
+
+@test
+def connect_reaches_a_parked_client_after_an_unnoticed_nat_rebinding():
+    """Issue 14, "nothing lost": the parked client's NAT gives it a new mapping it does
+    not notice, so the WAKEs of a CONNECT go to the old one and are lost. The CONNECT
+    waits park_keepalive + 10 s (14 s here, more than the 10 s of an INCOMING); the
+    client's next keep-alive, 11 s later, comes from the new mapping: the relay moves the
+    record, acks, and wakes it there at once; the circuit opens and a datagram crosses."""
+    redis = Redis()
+    relay = Relay(redis, None, extra={"park_keepalive": 4, "park_lifetime": 30}).start()
+    token = relay.token()
+    nat = Nat(relay.port)
+    try:
+        b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port, seconds=60)
+        b.park()
+        b.do("ka")
+        b.wait_event("ack")
+        nat.rebind()  # unnoticed: B keeps sending to the same place
+        a = Client(relay, token, name="A", seconds=60)
+        a.wait_event("welcome")
+        a.do(f"connect {b.peer_id}")
+        time.sleep(11)  # every WAKE so far (0 .. 2 s) went to the old mapping
+        assert not b.events("wake"), b.proc.output()
+        assert not a.events("error") and not a.events("circuit"), a.proc.output()
+        assert metric(relay, "pos_relay_wakes_sent_total") == 5
+        b.do("ka")  # its next keep-alive: from the new mapping
+        b.wait_event("ack", 2)
+        wake = b.wait_event("wake", timeout=3)
+        assert wake["valid"] and wake["fresh"] and wake["counter"] == 6, wake
+        b.wait_event("welcome", 2)
+        assert b.wait_event("incoming")["peer_id"] == a.peer_id
+        b.wait_event("circuit")
+        assert a.wait_event("circuit")["peer_id"] == b.peer_id
+        a.do("data")
+        got = b.wait_event("data", timeout=5)
+        assert got["len"] == 11, got
+        wait_until(lambda: metric(relay, "pos_relay_wake_seconds_count") == 1, 5,
+                   what="wake counted")
+        m = relay.metrics()
+        assert m["pos_relay_park_roams_total"] == 1, m
+        assert m["pos_relay_wake_seconds_sum"] >= 10, m  # counted from the first WAKE
+        assert len(nat.mappings) == 2
+        a.finish()
+        b.finish()
+    finally:
+        nat.close()
+
+
+@test
+def forged_or_replayed_keepalive_from_a_new_address_moves_nothing():
+    """A keep-alive from a new address is checked on its mac at once (not held back by
+    the one-ack-per-second limit), but only a valid, new one moves the record: a
+    replay of the client's own keep-alive and a forgery for its record id, each from
+    another port, get no answer, and the WAKE of a CONNECT still reaches the client at
+    its real address."""
+    redis = Redis()
+    relay = Relay(redis, None).start()
+    token = relay.token()
+    nat = Nat(relay.port)
+    try:
+        b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port)
+        record = int(b.park()["record"], 16)
+        b.do("ka")
+        b.wait_event("ack")
+        wait_until(lambda: nat.last_keepalive is not None, 2, what="the keep-alive seen")
+        dropped = metric(relay, 'pos_relay_park_keepalives_total{result="dropped"}')
+        forged = (bytes([0x25]) + struct.pack(">QQ", record, 1000) + secrets.token_bytes(16))
+        others = []
+        for data in (nat.last_keepalive, forged):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(0.5)
+            s.sendto(data, ("127.0.0.1", relay.port))
+            others.append(s)
+        for s in others:
+            try:
+                s.recvfrom(2048)
+                raise AssertionError("a forged or replayed keep-alive was answered")
+            except socket.timeout:
+                pass
+            s.close()
+        wait_until(lambda: metric(relay, 'pos_relay_park_keepalives_total{result="dropped"}')
+                   == dropped + 2, 3, what="both dropped")
+        assert metric(relay, "pos_relay_park_roams_total") == 0
+        a = Client(relay, token, name="A")
+        a.wait_event("welcome")
+        a.do(f"connect {b.peer_id}")
+        assert b.wait_event("wake")["valid"]
+        b.wait_event("welcome", 2)
+        assert a.wait_event("circuit")["peer_id"] == b.peer_id
+        a.finish()
+        b.finish()
+    finally:
+        nat.close()
 
 
 if __name__ == "__main__":
