@@ -25,6 +25,7 @@ class Nat:
         self.mappings = [self.up.getsockname()[1]]
         self._rebind = threading.Event()
         self._after_ack = False
+        self._after_quiet = False
         self._rebound = threading.Event()
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -59,6 +60,9 @@ class Nat:
                     self.up.sendto(data, self.relay)
                     if len(data) == 33 and data[0] == 0x25:
                         self.last_keepalive = data
+                    if self._after_quiet and len(data) == 33 and data[0] == 0x29:
+                        self._after_quiet = False
+                        self._rebind.set()
                 elif self.client:
                     self.front.sendto(data, self.client)
                     if self._after_ack and len(data) == 33 and data[0] == 0x26:
@@ -77,6 +81,14 @@ class Nat:
         self._rebound.clear()
         self._after_ack = True
         assert self._rebound.wait(timeout), "no keep-alive ack to rebind after"
+
+    def rebind_after_quiet(self, timeout=30):
+        """Rebind right after the client's next PARK_QUIET left for the relay (a
+        keep-alive that wants no answer: none is resent): the relay's record names the old
+        mapping, and the client's next keep-alive is a whole interval away."""
+        self._rebound.clear()
+        self._after_quiet = True
+        assert self._rebound.wait(timeout), "no quiet keep-alive to rebind after"
 
     def close(self):
         self._stop = True

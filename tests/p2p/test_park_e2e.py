@@ -320,8 +320,8 @@ class FakeEntry:
 
 @test
 def send_reaches_a_parked_listener_after_an_unnoticed_nat_rebinding():
-    """Issue 14: the listener's NAT gives it a new mapping right after a keep-alive was
-    acknowledged, so the relay's WAKEs go to the old one; its next keep-alive, 8 s later
+    """Issue 14: the listener's NAT gives it a new mapping right after a keep-alive that
+    wanted no answer (PARK_QUIET), so the relay's WAKEs go to the old one; its next keep-alive, 8 s later
     (after the 2 s of WAKEs, however long `send` takes to start), moves the record and
     the relay wakes it there. `send` without --timeout waits for that (45 s at most)
     and the file arrives."""
@@ -337,7 +337,7 @@ def send_reaches_a_parked_listener_after_an_unnoticed_nat_rebinding():
                        "--park-after", "1")
         wait_until(lambda: "relay: parked" in lst.proc.output(), 15, what="the listener to park")
         assert "keep-alive every 8 s" in lst.proc.output(), lst.proc.output()
-        nat.rebind_after_ack(timeout=15)
+        nat.rebind_after_quiet(timeout=30)
         t0 = time.monotonic()
         path = one_file()
         r = send("--api-url", disc.url, "--token", token, "--relay-only", "--relay-id",
