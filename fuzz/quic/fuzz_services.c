@@ -221,6 +221,14 @@ void relay_presence_keep_parked(relay_services *s, const char *peer_id)
     (void)peer_id;
 }
 
+void relay_presence_keep_parked_many(relay_services *s, const char (*peer_ids)[POS_PEER_ID_STRLEN],
+                                     unsigned n)
+{
+    (void)s;
+    (void)peer_ids;
+    (void)n;
+}
+
 void relay_presence_unpark(relay_services *s, const char *peer_id)
 {
     (void)s;
