@@ -308,19 +308,24 @@ void relay_park_wake(relay_park *t, relay_parked *r, int64_t now_ms)
     t->waking = idx + 1;
 }
 
-int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn send, void *arg)
+void relay_park_send_wake(relay_parked *r, relay_park_send_fn send, void *arg)
 {
     uint8_t d[POS_PARK_LEN];
+    if (pos_park_encode(d, sizeof(d), POS_PARK_WAKE, r->id, ++r->wake_counter, r->key) ==
+        POS_PARK_LEN)
+        send(arg, r, d, sizeof(d));
+    sodium_memzero(d, sizeof(d));
+}
+
+int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn send, void *arg)
+{
     int64_t next = -1;
 
     for (uint32_t i = t->waking, n; i; i = n) {
         relay_parked *r = &t->rec[i - 1];
         n = r->wnext;
         if (r->wake_next_ms <= now_ms && r->wake_step < RELAY_PARK_WAKES) {
-            r->wake_counter++;
-            if (pos_park_encode(d, sizeof(d), POS_PARK_WAKE, r->id, r->wake_counter, r->key) ==
-                POS_PARK_LEN)
-                send(arg, r, d, sizeof(d));
+            relay_park_send_wake(r, send, arg);
             /* from the step just sent: a series restarted by relay_park_rewake keeps its pace */
             if (++r->wake_step < RELAY_PARK_WAKES)
                 r->wake_next_ms += wake_at_ms[r->wake_step] - wake_at_ms[r->wake_step - 1];
@@ -333,7 +338,6 @@ int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn se
         if (next < 0 || r->wake_next_ms < next)
             next = r->wake_next_ms;
     }
-    sodium_memzero(d, sizeof(d));
     return next;
 }
 

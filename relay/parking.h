@@ -182,6 +182,9 @@ void relay_park_wake(relay_park *t, relay_parked *r, int64_t now_ms);
 typedef void (*relay_park_send_fn)(void *arg, relay_parked *r, const uint8_t *dgram, size_t len);
 int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn send, void *arg);
 
+/* relay_park_send_wake: one WAKE of |r| now (its next counter) through |send| (|arg|). */
+void relay_park_send_wake(relay_parked *r, relay_park_send_fn send, void *arg);
+
 /* relay_park_set_wake_hold: woken records stay on the waking list |ms| (default 10 s). */
 void relay_park_set_wake_hold(relay_park *t, int64_t ms);
 

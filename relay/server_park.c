@@ -179,12 +179,41 @@ static void rewake_later(relay_server *s, relay_parked *r)
     ev_async_send(s->loop, &s->park_rewake);
 }
 
+/*
+ * take_keepalive: a PARK_KEEPALIVE or PARK_QUIET from |from| to local address
+ * |sock|: checked against its record, counted, and its record woken again when a
+ * CONNECT waits for it. Runs on the main loop and in the workers' forwarders
+ * under the shared lock: the counters are atomic. 1 when |ack| holds the
+ * PARK_ACK to send back; 0 for a quiet one or one dropped silently.
+ */
+static int take_keepalive(relay_server *s, const uint8_t *buf, size_t len,
+                          const struct sockaddr *from, int sock, uint8_t ack[POS_PARK_LEN])
+{
+    enum relay_park_verdict v = RELAY_PARK_DROP_FORM;
+    relay_parked *r = NULL;
+    int moved = 0;
+
+    if (s->park)
+        v = relay_park_keepalive(s->park, buf, len, from, sock, now_ms(s), ack, &r, &moved);
+    if (v != RELAY_PARK_ACKED && v != RELAY_PARK_TAKEN) {
+        __atomic_fetch_add(&s->st.park_keepalives_drop, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    __atomic_fetch_add(&s->st.park_keepalives_ok, 1, __ATOMIC_RELAXED);
+    if (moved)
+        __atomic_fetch_add(&s->st.park_roams, 1, __ATOMIC_RELAXED);
+    rewake_later(s, r);
+    if (v == RELAY_PARK_TAKEN)
+        return 0; /* nothing goes back */
+    __atomic_fetch_add(&s->st.park_acks, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
 void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t len,
                          const struct sockaddr *from, socklen_t fromlen)
 {
     uint8_t ack[POS_PARK_LEN];
     relay_parked *r;
-    int moved;
 
     if (s->park && len > 0 && data[0] == POS_PARK_BYE) {
         /* the client leaves: its record and presence go now, no answer */
@@ -197,46 +226,17 @@ void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t 
         }
         return;
     }
-    enum relay_park_verdict v = RELAY_PARK_DROP_FORM;
-    if (s->park)
-        v = relay_park_keepalive(s->park, data, len, from, sock, now_ms(s), ack, &r, &moved);
-    if (v != RELAY_PARK_ACKED && v != RELAY_PARK_TAKEN) {
-        s->st.park_keepalives_drop++; /* silently: no answer to what does not verify */
-        return;
-    }
-    s->st.park_keepalives_ok++;
-    if (moved)
-        s->st.park_roams++;
-    if (v == RELAY_PARK_ACKED) {
-        s->st.park_acks++;
+    if (take_keepalive(s, data, len, from, sock, ack))
         relay_send_to(s, sock, ack, sizeof(ack), from, fromlen);
-    }
-    rewake_later(s, r);
 }
 
 int relay_park_fast(void *arg, uint8_t *buf, size_t len, const struct sockaddr *from)
 {
     struct relay_park_ctx *x = arg;
-    relay_server *s = x->srv;
     uint8_t ack[POS_PARK_LEN];
-    relay_parked *r;
-    int moved;
 
-    /* counters: workers add to them at once under the shared lock */
-    enum relay_park_verdict v = RELAY_PARK_DROP_FORM;
-    if (s->park)
-        v = relay_park_keepalive(s->park, buf, len, from, x->sock, now_ms(s), ack, &r, &moved);
-    if (v != RELAY_PARK_ACKED && v != RELAY_PARK_TAKEN) {
-        __atomic_fetch_add(&s->st.park_keepalives_drop, 1, __ATOMIC_RELAXED);
+    if (!take_keepalive(x->srv, buf, len, from, x->sock, ack))
         return 0;
-    }
-    __atomic_fetch_add(&s->st.park_keepalives_ok, 1, __ATOMIC_RELAXED);
-    if (moved)
-        __atomic_fetch_add(&s->st.park_roams, 1, __ATOMIC_RELAXED);
-    rewake_later(s, r);
-    if (v == RELAY_PARK_TAKEN)
-        return 0; /* a PARK_QUIET: nothing goes back */
-    __atomic_fetch_add(&s->st.park_acks, 1, __ATOMIC_RELAXED);
     memcpy(buf, ack, sizeof(ack)); /* same length: the forwarder sends it back to |from| */
     return 1;
 }
@@ -466,10 +466,7 @@ void relay_park_goaway(relay_server *s)
             continue;
         /* a WAKE: the client reconnects now (to this relay once it is back, or elsewhere)
          * instead of finding out from unanswered keep-alives minutes later */
-        uint8_t d[POS_PARK_LEN];
-        if (pos_park_encode(d, sizeof(d), POS_PARK_WAKE, r->id, ++r->wake_counter, r->key) ==
-            POS_PARK_LEN)
-            send_wake(s, r, d, sizeof(d));
+        relay_park_send_wake(r, send_wake, s);
         if (s->svc) {
             char peer_id[POS_PEER_ID_STRLEN];
             pos_peer_id_format(r->peer_key, peer_id);

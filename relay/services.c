@@ -94,11 +94,6 @@ void relay_presence_park(relay_services *s, const char *peer_id)
     relay_presence_svc_park(s->presence, peer_id);
 }
 
-void relay_presence_keep_parked(relay_services *s, const char *peer_id)
-{
-    relay_presence_svc_keep_parked(s->presence, peer_id);
-}
-
 void relay_presence_keep_parked_many(relay_services *s, const char (*peer_ids)[POS_PEER_ID_STRLEN],
                                      unsigned n)
 {

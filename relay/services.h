@@ -126,14 +126,13 @@ void relay_presence_remove(relay_services *s, const char *peer_id);
 /*
  * Parked peers (docs/protocol.md "Parking"): relay_presence_park when a
  * home connection parks (it stops counting as live; the key stays, written
- * with a longer TTL), relay_presence_keep_parked once a minute while the
+ * with a longer TTL), relay_presence_keep_parked_many once a minute while the
  * record lives, relay_presence_unpark when the record ends without the peer
  * coming back here (compare-and-delete unless a live home is here).
  */
 void relay_presence_park(relay_services *s, const char *peer_id);
-void relay_presence_keep_parked(relay_services *s, const char *peer_id);
-/* relay_presence_keep_parked_many: relay_presence_keep_parked of |n| peers in one Redis command
- * (the script's keys: at most RELAY_PRESENCE_BATCH). */
+/* relay_presence_keep_parked_many: the once-a-minute writes of |n| parked peers, one Redis
+ * command (the script's keys: at most RELAY_PRESENCE_BATCH). */
 #define RELAY_PRESENCE_BATCH 30
 void relay_presence_keep_parked_many(relay_services *s, const char (*peer_ids)[POS_PEER_ID_STRLEN],
                                      unsigned n);

@@ -215,12 +215,6 @@ void relay_presence_park(relay_services *s, const char *peer_id)
     (void)peer_id;
 }
 
-void relay_presence_keep_parked(relay_services *s, const char *peer_id)
-{
-    (void)s;
-    (void)peer_id;
-}
-
 void relay_presence_keep_parked_many(relay_services *s, const char (*peer_ids)[POS_PEER_ID_STRLEN],
                                      unsigned n)
 {
