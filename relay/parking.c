@@ -29,9 +29,11 @@ relay_park *relay_park_new(uint32_t capacity)
     t->rec = calloc(capacity, sizeof(*t->rec)); /* zero pages: touched only once used */
     t->nb = 64;
     t->buckets = calloc(t->nb, sizeof(*t->buckets));
-    if (!t->rec || !t->buckets) {
+    t->wbuckets = calloc(RELAY_PARK_WBUCKETS, sizeof(*t->wbuckets));
+    if (!t->rec || !t->buckets || !t->wbuckets) {
         free(t->rec);
         free(t->buckets);
+        free(t->wbuckets);
         free(t);
         return NULL;
     }
@@ -46,6 +48,7 @@ void relay_park_del(relay_park *t)
         sodium_memzero(t->rec[i].key, sizeof(t->rec[i].key));
     free(t->rec);
     free(t->buckets);
+    free(t->wbuckets);
     strmap_clear(&t->tokens);
     strmap_free(&t->tokens);
     free(t);
@@ -187,10 +190,57 @@ relay_park_token *relay_park_token_find(relay_park *t, const char *token_id)
     return (relay_park_token *)strmap_get(&t->tokens, token_id);
 }
 
+/* addr_bucket: FNV-1a of the address and port, folded to RELAY_PARK_WBUCKETS. */
+static uint16_t addr_bucket(const relay_addr *a)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < sizeof(a->ip); i++)
+        h = (h ^ a->ip[i]) * 16777619u;
+    h = (h ^ (a->port & 0xff)) * 16777619u;
+    h = (h ^ (a->port >> 8)) * 16777619u;
+    return (uint16_t)((h ^ (h >> 16)) & (RELAY_PARK_WBUCKETS - 1));
+}
+
+/* alink / aunlink: |r| (a waking record) in or out of its address's chain. */
+static void alink(relay_park *t, relay_parked *r)
+{
+    r->abucket = addr_bucket(&r->addr);
+    r->anext = t->wbuckets[r->abucket];
+    t->wbuckets[r->abucket] = (uint32_t)(r - t->rec) + 1;
+}
+
+static void aunlink(relay_park *t, relay_parked *r)
+{
+    uint32_t me = (uint32_t)(r - t->rec) + 1;
+    for (uint32_t *p = &t->wbuckets[r->abucket]; *p; p = &t->rec[*p - 1].anext)
+        if (*p == me) {
+            *p = r->anext;
+            break;
+        }
+    r->anext = 0;
+}
+
+static int same_addr(const relay_addr *a, const relay_addr *b)
+{
+    return a->port == b->port && memcmp(a->ip, b->ip, sizeof(a->ip)) == 0;
+}
+
+int relay_park_waking_at(const relay_park *t, const struct sockaddr *from)
+{
+    relay_addr a;
+    if (!t->waking || relay_addr_from_sockaddr(&a, from) != 0)
+        return 0;
+    for (uint32_t i = t->wbuckets[addr_bucket(&a)]; i; i = t->rec[i - 1].anext)
+        if (same_addr(&t->rec[i - 1].addr, &a))
+            return 1;
+    return 0;
+}
+
 static void unwake(relay_park *t, relay_parked *r)
 {
     if (!r->waking)
         return;
+    aunlink(t, r);
     r->waking = 0;
     r->rewake = 0;
     if (r->wprev)
@@ -227,11 +277,6 @@ void relay_park_remove(relay_park *t, relay_parked *r)
     r->hnext = t->free_head;
     t->free_head = idx + 1;
     t->n--;
-}
-
-static int same_addr(const relay_addr *a, const relay_addr *b)
-{
-    return a->port == b->port && memcmp(a->ip, b->ip, sizeof(a->ip)) == 0;
 }
 
 enum relay_park_verdict relay_park_keepalive(relay_park *t, const uint8_t *buf, size_t len,
@@ -306,6 +351,7 @@ void relay_park_wake(relay_park *t, relay_parked *r, int64_t now_ms)
     if (t->waking)
         t->rec[t->waking - 1].wprev = idx + 1;
     t->waking = idx + 1;
+    alink(t, r);
 }
 
 void relay_park_send_wake(relay_parked *r, relay_park_send_fn send, void *arg)
@@ -355,6 +401,10 @@ uint32_t relay_park_rewake(relay_park *t, int64_t now_ms)
             continue;
         r->wake_step = 0; /* the next relay_park_wake_due sends at once, to r->addr */
         r->wake_next_ms = now_ms;
+        if (addr_bucket(&r->addr) != r->abucket) { /* it roamed: found at the new address */
+            aunlink(t, r);
+            alink(t, r);
+        }
         n++;
     }
     return n;

@@ -44,6 +44,7 @@
  * answer fit in the rest).
  */
 #define RELAY_PARK_WAIT_SLACK_MS 10000
+#define RELAY_PARK_WBUCKETS 4096 /* chains of waking records by address (16 KiB) */
 
 /* One token with parked records here: what accepting its client gave (limits, budget). */
 typedef struct relay_park_token {
@@ -74,6 +75,8 @@ typedef struct relay_parked {
     uint32_t tnext, tprev; /* the token's records (index + 1) */
     uint32_t hnext;        /* peer hash chain, or the free list (index + 1) */
     uint32_t wnext, wprev; /* records waking (index + 1) */
+    uint32_t anext;        /* waking records in the same address bucket (index + 1) */
+    uint16_t abucket;      /* that bucket, while waking */
 } relay_parked;
 
 typedef struct relay_park {
@@ -83,6 +86,7 @@ typedef struct relay_park {
     uint32_t *buckets;  /* peer hash: record index + 1 */
     uint32_t nb;        /* buckets: a power of two */
     uint32_t waking;    /* first waking record, index + 1 */
+    uint32_t *wbuckets; /* waking records by address (RELAY_PARK_WBUCKETS chains, index + 1) */
     uint32_t sweep_at;  /* relay_park_sweep's cursor */
     uint32_t route_shift, route_mask;
     int64_t wake_hold_ms; /* on the waking list this long after the first WAKE */
@@ -184,6 +188,14 @@ int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn se
 
 /* relay_park_send_wake: one WAKE of |r| now (its next counter) through |send| (|arg|). */
 void relay_park_send_wake(relay_parked *r, relay_park_send_fn send, void *arg);
+
+/*
+ * relay_park_waking_at: 1 when a record being woken was last heard from
+ * |from| (a hash lookup, so each new connection costs the same however many
+ * records are waking). A record that roamed while waking is found at its
+ * new address once relay_park_rewake ran (the main loop, at once).
+ */
+int relay_park_waking_at(const relay_park *t, const struct sockaddr *from);
 
 /* relay_park_set_wake_hold: woken records stay on the waking list |ms| (default 10 s). */
 void relay_park_set_wake_hold(relay_park *t, int64_t ms);

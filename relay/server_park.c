@@ -338,15 +338,7 @@ void relay_park_home(struct rconn *c)
 
 int relay_park_expects(relay_server *s, const struct sockaddr *from)
 {
-    relay_addr a;
-    if (!s->park || !s->park->waking || relay_addr_from_sockaddr(&a, from) != 0)
-        return 0;
-    for (uint32_t i = s->park->waking; i; i = s->park->rec[i - 1].wnext) {
-        const relay_parked *r = &s->park->rec[i - 1];
-        if (r->addr.port == a.port && memcmp(r->addr.ip, a.ip, sizeof(a.ip)) == 0)
-            return 1;
-    }
-    return 0;
+    return s->park && relay_park_waking_at(s->park, from);
 }
 
 /* ---- revocation, lifetimes, presence ---- */

@@ -35,6 +35,13 @@ static relay_parked *add(relay_park *t, uint8_t peer, const uint8_t *key, const 
     return relay_park_add(t, pk, key, (struct sockaddr *)&a, 0, 3, token, &lim, NULL, now, err);
 }
 
+/* waking_at: relay_park_waking_at for ip:port (new connections from there skip the rate check). */
+static int waking_at(const relay_park *t, const char *ip, int port)
+{
+    struct sockaddr_in a = addr4(ip, port);
+    return relay_park_waking_at(t, (struct sockaddr *)&a);
+}
+
 static enum relay_park_verdict ka(relay_park *t, uint64_t id, uint64_t counter, const uint8_t *key,
                                   const char *ip, int port, int64_t now, int *moved, uint8_t *ack)
 {
@@ -170,7 +177,10 @@ static void test_wakes(void)
     randombytes_buf(key, sizeof(key));
     relay_parked *r = add(t, 1, key, "tok", 0, &err);
     CHECK(relay_park_wake_due(t, 0, on_wake, key) == -1); /* nobody waking */
+    CHECK(!waking_at(t, "192.0.2.1", 1001));
     relay_park_wake(t, r, 10000);
+    CHECK(waking_at(t, "192.0.2.1", 1001) && !waking_at(t, "192.0.2.1", 1002) &&
+          !waking_at(t, "192.0.2.2", 1001));
     CHECK(relay_park_wake_due(t, 10000, on_wake, key) == 10250 && sent == 1);
     relay_park_wake(t, r, 10100); /* under way: unchanged */
     CHECK(relay_park_wake_due(t, 10249, on_wake, key) == 10250 && sent == 1);
@@ -187,6 +197,7 @@ static void test_wakes(void)
     CHECK(relay_park_wake_due(t, 16000, on_wake, key) == 16250 && sent == 6);
     relay_park_remove(t, r); /* ending a waking record takes it off the list */
     CHECK(t->waking == 0 && relay_park_wake_due(t, 17000, on_wake, key) == -1);
+    CHECK(!waking_at(t, "192.0.2.1", 1001));
     relay_park_del(t);
 }
 
@@ -220,6 +231,8 @@ static void test_rewake(void)
     CHECK(moved && r->waking);
     r->rewake = 1;
     CHECK(relay_park_rewake(t, 21000) == 1 && r->rewake == 0);
+    /* expected from the new address now, no longer from the old one */
+    CHECK(waking_at(t, "198.51.100.7", 7777) && !waking_at(t, "192.0.2.1", 1001));
     CHECK(relay_park_wake_due(t, 21005, on_wake, key) == 21250 && sent == 6);
     CHECK(relay_park_wake_due(t, 21250, on_wake, key) == 21500 && sent == 7);
     CHECK(relay_park_wake_due(t, 21500, on_wake, key) == 22000 && sent == 8);
@@ -234,6 +247,46 @@ static void test_rewake(void)
     while ((at = relay_park_wake_due(t, at, on_wake, key)) >= 0)
         ;
     CHECK(sent == 15 && t->waking == 0 && !r->waking && !r->rewake);
+    CHECK(!waking_at(t, "198.51.100.7", 7777));
+    relay_park_del(t);
+}
+
+/* Many records waking at once (chains share buckets): each found at its address, only there. */
+static void test_waking_lookup(void)
+{
+    enum { N = 6000 }; /* more than RELAY_PARK_WBUCKETS: chains of 2 and more */
+    uint8_t key[32], pk[32];
+    relay_park *t = relay_park_new(N);
+    relay_limits lim;
+    static relay_parked *rec[N];
+    char ip[32];
+    int err, ok = 1;
+    memset(&lim, 0, sizeof(lim));
+    randombytes_buf(key, sizeof(key));
+    for (int i = 0; i < N; i++) {
+        struct sockaddr_in a = addr4("10.9.0.0", 2000 + i % 50);
+        a.sin_addr.s_addr = htonl(0x0a090000u + (uint32_t)(i / 50));
+        memset(pk, 0, sizeof(pk));
+        memcpy(pk, &i, sizeof(i));
+        rec[i] =
+            relay_park_add(t, pk, key, (struct sockaddr *)&a, 0, 0, "tok", &lim, NULL, 0, &err);
+        ok &= rec[i] != NULL;
+        if (rec[i] && i % 2 == 0)
+            relay_park_wake(t, rec[i], 100);
+    }
+    CHECK(ok);
+    for (int i = 0; i < N; i++) {
+        snprintf(ip, sizeof(ip), "10.9.%d.%d", (i / 50) >> 8, (i / 50) & 0xff);
+        ok &= waking_at(t, ip, 2000 + i % 50) == (i % 2 == 0);
+    }
+    CHECK(ok);
+    for (int i = 0; i < N; i += 4) /* every other waking record ends */
+        relay_park_remove(t, rec[i]);
+    for (int i = 0; i < N; i++) {
+        snprintf(ip, sizeof(ip), "10.9.%d.%d", (i / 50) >> 8, (i / 50) & 0xff);
+        ok &= waking_at(t, ip, 2000 + i % 50) == (i % 4 == 2);
+    }
+    CHECK(ok);
     relay_park_del(t);
 }
 
@@ -323,6 +376,7 @@ int main(void)
     test_quiet_keepalives();
     test_wakes();
     test_rewake();
+    test_waking_lookup();
     test_sweep_tokens_and_full();
     return check_finish("test_parking");
 }
