@@ -17,7 +17,7 @@
 #      with 1 and with each count in WORKERS (default "2"), per worker (its
 #      accepted clients over its thread's CPU plus its share of the main
 #      loop's, where the Redis verdicts run) as a ratio to one worker (goal:
-#      within 15%), and how the accepted clients spread over the workers.
+#      at least 0.85x, no more than 15% less), and how the accepted clients spread over the workers.
 # Builds a release tree in build-bench (no sanitizers) unless BUILD is set.
 # Everything runs on loopback; every process started here is stopped on exit.
 # usage: loadtest/bench-relay-control.sh [CONNS (default 5000)] [HOLD_SECONDS (default 15)]
@@ -146,9 +146,14 @@ echo "== relay CPU per connection, as ratios to this run's crypto floor (mean of
 sed 's/^/floor (us): /' "$work/floor.out"
 echo "full handshake:    $full_us us = $(ratio "$full_us" "$nfull") x nettle floor ($nfull us;" \
     "goal <= 1.48), $(ratio "$full_us" "$sfull") x libsodium floor ($sfull us)"
+# the first wave (one per handshake in flight) starts before any ticket came back and makes
+# full handshakes: take their cost (the full figure above) out of the resumed one
+if [ "${resumed:-0}" -gt 0 ] && [ "$resumed" -lt "$conns" ]; then
+    res_us=$(( (res_us * conns - full_us * (conns - resumed)) / resumed ))
+fi
 echo "resumed handshake: $res_us us = $(ratio "$res_us" "$nfull") x nettle full floor (goal <= 0.79)," \
     "$(ratio "$res_us" "$sres") x libsodium resumed floor (X25519 twice, $sres us);" \
-    "$resumed of $conns resumed"
+    "$resumed of $conns resumed (the others' full handshakes at $full_us us taken out)"
 echo "machine: $(nproc) CPUs; client and relay share them"
 
 # ---- 3. workers: handshakes per CPU-second with 1 and N workers, the same load ----
@@ -211,7 +216,7 @@ for w in counts:
         r = acc[k] / share if share else 0
         print(f"  worker {k}: {acc[k]:.0f} accepted, {wk[k]:.2f} CPU-s + main loop share "
               f"{share - wk[k]:.2f} = {r:.0f} per CPU-second, {r / base if base else 0:.2f}x one "
-              f"worker (goal 0.85 .. 1.15)")
+              f"worker (goal >= 0.85)")
     mean = sum(acc) / w
     print(f"  spread: accepted {[int(a) for a in acc]} (max "
           f"{max(abs(a - mean) / mean for a in acc) * 100 if mean else 0:.0f}% from the mean; goal 20%)")

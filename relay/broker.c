@@ -235,11 +235,6 @@ void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms)
     cl->rtt_ms = rtt_ms;
 }
 
-void relay_broker_set_worker(relay_broker_client *cl, uint32_t worker)
-{
-    cl->owner.worker = worker;
-}
-
 void relay_broker_closing(relay_broker_client *cl)
 {
     cl->closing = 1;

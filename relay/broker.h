@@ -173,9 +173,6 @@ void relay_broker_set_rtt(relay_broker_client *cl, uint32_t rtt_ms);
 void relay_broker_moved(relay_broker *b, relay_broker_client *cl, const struct sockaddr *addr,
                         int64_t now_ms);
 
-/* relay_broker_set_worker: |cl|'s circuit ids name |worker| (relay_circuits_set_workers). */
-void relay_broker_set_worker(relay_broker_client *cl, uint32_t worker);
-
 /*
  * relay_broker_closing: |cl|'s connection is about to close; it is no
  * longer offered to requesters (it still holds its circuits until it leaves).

@@ -84,6 +84,7 @@ int relay_circuits_set_workers(relay_circuits *t, uint32_t n_workers)
     if (n_workers == 0 || t->open != 0 || t->slot_bits + bits > 30)
         return RELAY_CIRCUIT_ERR_INVALID;
     t->worker_bits = bits;
+    t->n_workers = n_workers;
     t->gen_max = (uint32_t)((1ull << (32 - t->slot_bits - bits)) - 1);
     for (uint32_t i = 0; i < t->capacity; i++)
         t->gen[i] = (t->gen[i] - 1) % t->gen_max + 1;
@@ -126,6 +127,18 @@ static void owner_unlink(relay_circuits *t, uint32_t slot)
     o->count--;
 }
 
+/* least_sides: the worker with the fewest open sides but |skip| (ties: first from next_worker). */
+static uint32_t least_sides(const relay_circuits *t, uint32_t skip)
+{
+    uint32_t n = t->n_workers > 1 ? t->n_workers : 1, best = n;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t w = (t->next_worker + k) % n;
+        if (w != skip && (best == n || t->worker_sides[w & 63] < t->worker_sides[best & 63]))
+            best = w;
+    }
+    return best == n ? 0 : best; /* one worker: both sides on it */
+}
+
 int relay_circuit_open(relay_circuits *t, relay_circuit_owner *owner0, const struct sockaddr *addr0,
                        relay_budget *budget0, relay_circuit_owner *owner1,
                        const struct sockaddr *addr1, relay_budget *budget1, int64_t now_ms,
@@ -143,11 +156,14 @@ int relay_circuit_open(relay_circuits *t, relay_circuit_owner *owner0, const str
     t->free_count--;
     relay_circuit_owner *owners[2] = {owner0, owner1};
     relay_budget *budgets[2] = {budget0, budget1};
+    uint32_t w0 = least_sides(t, t->n_workers); /* n_workers: none to skip */
+    t->next_worker = w0 + 1;
+    uint32_t ws[2] = {w0, least_sides(t, w0)};
     for (uint32_t k = 0; k < 2; k++) {
         uint32_t slot = 2 * c + k;
         relay_side *s = &t->sides[slot];
         memset(s, 0, sizeof *s);
-        uint32_t w = owners[k]->worker & ((1u << t->worker_bits) - 1);
+        uint32_t w = ws[k];
         s->id = (t->gen[c] << (t->slot_bits + t->worker_bits)) | (w << t->slot_bits) | slot;
         t->worker_sides[w & 63]++;
         s->addr = a[k];

@@ -73,9 +73,8 @@ void relay_budget_grant(relay_budget *b, int64_t bytes);
  */
 typedef struct relay_circuit_owner {
     void *conn;
-    uint32_t worker; /* the caller's: the worker its sides' ids name (relay_circuits_set_workers) */
-    uint32_t head;   /* first side slot + 1 of this owner's sides, 0 = none */
-    uint32_t count;  /* open sides owned */
+    uint32_t head;  /* first side slot + 1 of this owner's sides, 0 = none */
+    uint32_t count; /* open sides owned */
 } relay_circuit_owner;
 
 /* A compact address: IPv6 or IPv4-mapped IPv6, port in network order. */
@@ -113,7 +112,9 @@ typedef struct relay_circuits {
     uint32_t free_head, free_count;
     uint32_t capacity, open;
     uint32_t slot_bits, slot_mask, gen_max;
-    uint32_t worker_bits;      /* between the slot and the generation: the owner's worker */
+    uint32_t worker_bits;      /* between the slot and the generation: the side's worker */
+    uint32_t n_workers;        /* 1 .. 64 (relay_circuits_set_workers) */
+    uint32_t next_worker;      /* where the next circuit's search starts (ties go round) */
     uint32_t worker_sides[64]; /* open sides by the worker their ids name (worker & 63) */
 } relay_circuits;
 
@@ -139,10 +140,15 @@ relay_circuits *relay_circuits_new(uint32_t capacity, uint32_t seed);
 void relay_circuits_del(relay_circuits *t);
 
 /*
- * relay_circuits_set_workers: side ids name their owner's worker (0 ..
- * |n_workers| - 1, relay_circuit_owner.worker) in the bits above the slot,
- * so that a BPF program can steer frames by id (relay/workers.h):
+ * relay_circuits_set_workers: side ids name a worker (0 .. |n_workers| - 1)
+ * in the bits above the slot, so that a BPF program can steer frames by id
+ * to the worker that forwards them (relay/workers.h):
  * id = generation << (slot_bits + worker_bits) | worker << slot_bits | slot.
+ * relay_circuit_open puts a circuit's first side on the worker with the
+ * fewest open sides (ties in turn) and its second side on the next fewest,
+ * never the first's: the load spreads evenly whichever side sends, however
+ * the owners' connections are spread, and each circuit's two directions are
+ * forwarded by two workers. With 1 worker (the default) every id names 0.
  * Call before the first circuit opens. Returns 0, or RELAY_CIRCUIT_ERR_INVALID
  * when the ids leave no room for a generation (n_workers 1 .. 64 always fit).
  */

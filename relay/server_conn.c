@@ -112,6 +112,7 @@ void relay_conn_free(struct rconn *c)
     } else {
         s->pending--;
     }
+    s->live_by_worker[c->worker]--;
     relay_conn_pending_addr_give(c);
     relay_park_conn_freed(s);
     for (struct rconn **pp = &s->dirty; c->dirty && *pp; pp = &(*pp)->dirty_next)

@@ -136,7 +136,6 @@ static void accept_client(struct rconn *c, const relay_limits *lim, const char *
     }
     relay_broker_set_version(c->bc, c->version);
     relay_broker_set_nat(c->bc, c->nat);
-    relay_broker_set_worker(c->bc, c->worker); /* its frames are steered to its worker */
     relay_broker_set_rtt(c->bc, rtt_ms(c));
     c->state = ACTIVE;
     c->counted_active = 1;

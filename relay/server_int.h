@@ -150,6 +150,10 @@ struct relay_server {
     unsigned n_workers;  /* at least 1 */
     unsigned cur_worker; /* the worker whose datagram is being handled (under the lock) */
     relay_worker_stats wst[RELAY_MAX_WORKERS];
+    /* connections (any state) whose ids name each worker: a new one goes to
+     * the worker with the fewest (quic_server.c pick_worker) */
+    unsigned live_by_worker[RELAY_MAX_WORKERS];
+    unsigned next_worker; /* where pick_worker's scan starts: ties go round */
     /* parking (server_park.c): NULL when park_lifetime is 0 */
     relay_park *park;
     ev_timer park_tick;      /* 4 per second: lifetimes, presence batches, malloc_trim */

@@ -9,10 +9,12 @@
  *                       (relay_worker_mark_cid);
  *   QUIC long header    byte 6 (the first DCID byte) modulo N: a client's
  *                       first Initial lands on a deterministic worker, which
- *                       then issues ids naming itself;
+ *                       creates the connection with ids naming the worker
+ *                       that has the fewest connections (quic_server.c);
  *   data frame          the worker bits of the circuit id (bytes 1..4,
- *                       relay_circuits_set_workers), so each side's frames
- *                       reach the worker of the connection that owns it.
+ *                       relay_circuits_set_workers): a circuit's two sides
+ *                       go to the two workers with the fewest open sides,
+ *                       whatever workers their connections are on.
  * The control state (connections, connection ids, broker, circuit table,
  * services, budgets, limits, counters) is one, behind one read-write lock:
  * the main loop (timers, Redis, discovery) holds it exclusively except

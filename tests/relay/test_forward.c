@@ -623,34 +623,57 @@ static void test_circuit_admit(void)
     relay_circuits_del(t);
 }
 
-/* Workers (relay/workers.h): each side's id names its owner's worker; frames still route. */
+/*
+ * Workers (relay/workers.h): a circuit's sides go to the workers with the
+ * fewest open sides, never both to one; frames still route.
+ */
 static void test_worker_ids(void)
 {
     relay_circuits *t = relay_circuits_new(8, 77); /* 16 slots: slot_bits 4 */
     relay_forwarder *fw = relay_forwarder_new(t, BATCH, NULL, NULL);
     relay_circuit_owner oa = {0}, ob = {0};
     struct sockaddr_in6 a = addr("10.0.0.1", 1), bb = addr("10.0.0.2", 2);
-    uint32_t ids[2];
+    uint32_t ids[2], held[3][2];
     CHECK(relay_circuits_set_workers(t, 0) == RELAY_CIRCUIT_ERR_INVALID);
     CHECK(relay_circuits_set_workers(t, 3) == 0 && t->worker_bits == 2);
-    oa.worker = 2;
-    ob.worker = 1;
+#define WORKER(id) (((id) >> t->slot_bits) & 3)
     for (int round = 0; round < 20; round++) { /* generations wrap within the smaller range */
         CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), NULL, 0, ids) == 0);
-        CHECK(((ids[0] >> t->slot_bits) & 3) == 2 && ((ids[1] >> t->slot_bits) & 3) == 1);
-        CHECK(t->worker_sides[2] == 1 && t->worker_sides[1] == 1 && t->worker_sides[0] == 0);
+        CHECK(WORKER(ids[0]) < 3 && WORKER(ids[1]) < 3 && WORKER(ids[0]) != WORKER(ids[1]));
+        CHECK(t->worker_sides[WORKER(ids[0])] == 1 && t->worker_sides[WORKER(ids[1])] == 1);
+        CHECK(t->worker_sides[0] + t->worker_sides[1] + t->worker_sides[2] == 2);
         CHECK(ids[0] != 0 && ids[1] != 0 && (ids[0] >> (t->slot_bits + 2)) <= t->gen_max);
         static struct batch b;
         memset(&b, 0, sizeof b);
         add_data(&b, &a, ids[0], 100, 1);
         CHECK(run(fw, &b, AF_INET6) == 1 && dest_is(&b, 0, &bb) && out_circuit(&b, 0) == ids[1]);
         CHECK(relay_circuit_close(t, ids[0], 0, NULL) == 0);
-        CHECK(t->worker_sides[2] == 0 && t->worker_sides[1] == 0);
+        CHECK(t->worker_sides[0] + t->worker_sides[1] + t->worker_sides[2] == 0);
     }
+    /* three circuits held at once: two sides on each worker, and the first
+     * sides (the dialers') on three different workers */
+    for (int k = 0; k < 3; k++)
+        CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), NULL, 0, held[k]) == 0);
+    CHECK(t->worker_sides[0] == 2 && t->worker_sides[1] == 2 && t->worker_sides[2] == 2);
+    CHECK(WORKER(held[0][0]) != WORKER(held[1][0]) && WORKER(held[1][0]) != WORKER(held[2][0]) &&
+          WORKER(held[0][0]) != WORKER(held[2][0]));
+#undef WORKER
     /* an open table cannot change its id layout */
-    CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), NULL, 0, ids) == 0);
     CHECK(relay_circuits_set_workers(t, 2) == RELAY_CIRCUIT_ERR_INVALID);
     relay_forwarder_del(fw);
+    relay_circuits_del(t);
+}
+
+/* One worker (no relay_circuits_set_workers): both sides on worker 0, ids as ever. */
+static void test_one_worker_ids(void)
+{
+    relay_circuits *t = relay_circuits_new(8, 78);
+    relay_circuit_owner oa = {0}, ob = {0};
+    struct sockaddr_in6 a = addr("10.0.0.1", 1), bb = addr("10.0.0.2", 2);
+    uint32_t ids[2];
+    CHECK(relay_circuit_open(t, &oa, sa(&a), NULL, &ob, sa(&bb), NULL, 0, ids) == 0);
+    uint32_t slot0 = ids[0] & t->slot_mask, slot1 = ids[1] & t->slot_mask;
+    CHECK(t->worker_bits == 0 && t->worker_sides[0] == 2 && slot0 / 2 == slot1 / 2);
     relay_circuits_del(t);
 }
 
@@ -667,5 +690,6 @@ int main(void)
     test_gso();
     test_quic_fallback();
     test_worker_ids();
+    test_one_worker_ids();
     return check_finish("test_forward");
 }
