@@ -152,6 +152,8 @@ static void req_free(relay_broker *b, relay_broker_req *q)
 {
     if (q->lookup)
         b->ops.lookup_cancel(b->ops.arg, q->lookup);
+    if (q->parked && b->ops.park_unwait)
+        b->ops.park_unwait(b->ops.arg, q->peer_id); /* the peer did not come back in time */
     if (q->from)
         q->from->n_req--;
     wait_unlink(b, q);

@@ -93,6 +93,14 @@ typedef struct relay_broker_ops {
      * in presence as usual. May be NULL (nothing is parked).
      */
     int (*park_wake)(void *arg, const char *peer_id);
+    /*
+     * park_unwait: a request that park_wake made wait for |peer_id| is gone
+     * before the peer came back (timed out, withdrawn with its
+     * connection): one waiter less. Called once per park_wake that
+     * returned 1, unless the peer came back first (relay_broker_woken).
+     * May be NULL.
+     */
+    void (*park_unwait)(void *arg, const char *peer_id);
 } relay_broker_ops;
 
 /* Counters for /metrics (relay_server_stats). */

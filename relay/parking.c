@@ -252,6 +252,11 @@ static void unwake(relay_park *t, relay_parked *r)
     r->wnext = r->wprev = 0;
 }
 
+void relay_park_unwake(relay_park *t, relay_parked *r)
+{
+    unwake(t, r);
+}
+
 void relay_park_remove(relay_park *t, relay_parked *r)
 {
     uint32_t idx = (uint32_t)(r - t->rec);

@@ -71,7 +71,8 @@ typedef struct relay_parked {
     uint8_t sock;    /* the caller's local address index it came to */
     uint8_t wake_step;
     uint8_t waking;
-    uint8_t rewake; /* a valid keep-alive came while waking: wake again (relay_park_rewake) */
+    uint8_t rewake;   /* a valid keep-alive came while waking: wake again (relay_park_rewake) */
+    uint16_t waiters; /* the caller's: CONNECTs waiting for it to wake */
     uint32_t tnext, tprev; /* the token's records (index + 1) */
     uint32_t hnext;        /* peer hash chain, or the free list (index + 1) */
     uint32_t wnext, wprev; /* records waking (index + 1) */
@@ -196,6 +197,12 @@ void relay_park_send_wake(relay_parked *r, relay_park_send_fn send, void *arg);
  * new address once relay_park_rewake ran (the main loop, at once).
  */
 int relay_park_waking_at(const relay_park *t, const struct sockaddr *from);
+
+/*
+ * relay_park_unwake: |r| leaves the waking list now (its series ends, no
+ * WAKE follows, a keep-alive restarts nothing); it stays parked.
+ */
+void relay_park_unwake(relay_park *t, relay_parked *r);
 
 /* relay_park_set_wake_hold: woken records stay on the waking list |ms| (default 10 s). */
 void relay_park_set_wake_hold(relay_park *t, int64_t ms);

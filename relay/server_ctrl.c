@@ -305,8 +305,9 @@ static void on_broker_timer(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 static const relay_broker_ops broker_ops_proto = {
-    broker_send,           broker_flush, broker_lookup, broker_lookup_cancel, broker_circuit_opened,
-    broker_circuit_closed, broker_wake,  NULL,          relay_park_wake_peer};
+    broker_send,           broker_flush,          broker_lookup, broker_lookup_cancel,
+    broker_circuit_opened, broker_circuit_closed, broker_wake,   NULL,
+    relay_park_wake_peer,  relay_park_unwait_peer};
 
 /*
  * relay_ctrl_end: the control connection is over (closing, draining or freed):

@@ -249,6 +249,12 @@ void relay_park_datagram(relay_server *s, int sock, const uint8_t *data, size_t 
 /* relay_park_wake_peer: the broker's park_wake: wake |peer_id|'s record, 1, or 0 when none. */
 int relay_park_wake_peer(void *arg, const char *peer_id);
 /*
+ * relay_park_unwait_peer: the broker's park_unwait: one CONNECT less waits
+ * for |peer_id|; with none left its record is no longer woken (no more
+ * WAKEs, nor a new series for its keep-alives) and stays parked.
+ */
+void relay_park_unwait_peer(void *arg, const char *peer_id);
+/*
  * relay_park_resume: HELLO of home connection |c| with |token|: when |c|'s
  * peer has a record of the same token, |c| takes the record's connection
  * slot, budget and limits (accepted at once, without Redis) and 1 is

@@ -288,8 +288,23 @@ int relay_park_wake_peer(void *arg, const char *peer_id)
         !(r = relay_park_find_peer(s->park, key)))
         return 0;
     relay_park_wake(s->park, r, now_ms(s));
+    if (r->waiters < UINT16_MAX)
+        r->waiters++;
     run_wakes(s); /* the first WAKE at once */
     return 1;
+}
+
+void relay_park_unwait_peer(void *arg, const char *peer_id)
+{
+    relay_server *s = arg;
+    uint8_t key[32];
+    relay_parked *r;
+
+    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) < 0 ||
+        !(r = relay_park_find_peer(s->park, key)) || r->waiters == 0)
+        return;
+    if (--r->waiters == 0)
+        relay_park_unwake(s->park, r); /* nobody to meet: a keep-alive wakes it no more */
 }
 
 /* woken: the time from |r|'s first WAKE to its client's HELLO, when it was woken. */

@@ -19,6 +19,7 @@
  *   reconnect     a new QUIC connection and HELLO from the current socket
  *   connect PEER  CONNECT to PEER (once connected)
  *   data          a DATA frame ("park_client") on the latest circuit
+ *   close         CONNECTION_CLOSE (no error) on the live connection, which is then freed
  *   quit
  *
  * It prints JSON lines: {"event":"welcome"|"parked"|"ack"|"wake"|"incoming"|
@@ -369,6 +370,19 @@ static void command(const char *line)
         int n = pos_frame_encode_data(d, sizeof(d), c.circuit, (const uint8_t *)"park_client", 11);
         if (n > 0)
             sendto(c.fd, d, (size_t)n, 0, (struct sockaddr *)&c.to, pos_addr_len(&c.to));
+    } else if (strcmp(line, "close") == 0 && c.qc) {
+        ngtcp2_path_storage ps;
+        ngtcp2_pkt_info pi;
+        ngtcp2_connection_close_error ccerr;
+        uint8_t d[1500];
+        ngtcp2_path_storage_zero(&ps);
+        ngtcp2_connection_close_error_set_application_error(&ccerr, 0, NULL, 0);
+        ngtcp2_ssize n = ngtcp2_conn_write_connection_close(c.qc, &ps.path, &pi, d, sizeof(d),
+                                                            &ccerr, pos_quic_now());
+        if (n > 0)
+            sendto(c.fd, d, (size_t)n, 0, (struct sockaddr *)&c.to, pos_addr_len(&c.to));
+        conn_free();
+        printf("{\"event\":\"closed\"}\n");
     } else if (strcmp(line, "quit") == 0) {
         c.seconds = 0;
     }

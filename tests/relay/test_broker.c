@@ -28,7 +28,7 @@ static struct world {
     int64_t wake_at;
     int opened, closed, flushes;
     char parked_peer[POS_PEER_ID_STRLEN]; /* a peer parked here (op_park_wake) */
-    int park_wakes;
+    int park_wakes, park_unwaits;
 } w;
 
 static int A, B, C, D; /* the callers' connection handles */
@@ -89,14 +89,21 @@ static int op_park_wake(void *arg, const char *peer_id)
     return 1;
 }
 
+static void op_park_unwait(void *arg, const char *peer_id)
+{
+    (void)arg;
+    CHECK(strcmp(w.parked_peer, peer_id) == 0);
+    w.park_unwaits++;
+}
+
 static void op_flush(void *arg)
 {
     (void)arg;
     w.flushes++;
 }
 
-static const relay_broker_ops ops = {op_send,   op_flush, op_lookup, op_cancel,   op_opened,
-                                     op_closed, op_wake,  NULL,      op_park_wake};
+static const relay_broker_ops ops = {op_send,   op_flush, op_lookup, op_cancel,    op_opened,
+                                     op_closed, op_wake,  NULL,      op_park_wake, op_park_unwait};
 
 static struct sockaddr_in addr4(const char *ip, int port)
 {
@@ -771,6 +778,7 @@ static void test_parked_peer_woken(void)
     relay_broker_client *c =
         relay_broker_join(r.b, &C, "peer-c", 1, (struct sockaddr *)&sc, NULL, NULL);
     relay_broker_woken(r.b, c, 200);
+    CHECK(w.park_unwaits == 0); /* came back: nobody stopped waiting */
     /* every waiting CONNECT gets its INCOMING once the woken client is in */
     CHECK(w.n_out == 2 && w.out[0].conn == &C && w.out[1].conn == &C);
     CHECK(w.out[0].m.type == POS_CTRL_INCOMING && w.out[1].m.type == POS_CTRL_INCOMING);
@@ -796,6 +804,13 @@ static void test_parked_peer_woken(void)
     relay_broker_expire(r.b, 300 + TIMEOUT_MS);
     const pos_ctrl_msg *e = only(&B, POS_CTRL_ERROR);
     CHECK(e->req_id == 4 && e->code == POS_CTRL_CODE_TIMEOUT);
+    CHECK(w.park_unwaits == 1); /* timed out: the record is no longer woken for it */
+    /* a requester that leaves while waiting stops waiting too */
+    CHECK(request(&r, r.bb, POS_CTRL_CONNECT, 6, "peer-d", 310) == 0);
+    CHECK(w.park_unwaits == 1);
+    relay_broker_leave(r.b, r.bb, 320);
+    r.bb = NULL;
+    CHECK(w.park_unwaits == 2);
     relay_broker_leave(r.b, c, 400);
     relay_broker_leave(r.b, dial, 400);
     rig_down(&r);

@@ -195,6 +195,17 @@ static void test_wakes(void)
     /* a new CONNECT during the hold wakes again, counters still rising */
     relay_park_wake(t, r, 16000);
     CHECK(relay_park_wake_due(t, 16000, on_wake, key) == 16250 && sent == 6);
+    /* the CONNECTs gave up (relay_park_unwake): no more WAKEs, and a keep-alive
+     * while parked restarts nothing; still parked, and woken again on demand */
+    relay_park_unwake(t, r);
+    CHECK(!r->waking && t->waking == 0 && !waking_at(t, "192.0.2.1", 1001));
+    CHECK(relay_park_wake_due(t, 16250, on_wake, key) == -1 && sent == 6);
+    r->rewake = 1;
+    CHECK(relay_park_rewake(t, 16300) == 0 && relay_park_wake_due(t, 16300, on_wake, key) == -1);
+    CHECK(relay_park_find(t, r->id) == r);
+    r->rewake = 0;
+    relay_park_wake(t, r, 16400);
+    CHECK(relay_park_wake_due(t, 16400, on_wake, key) == 16650 && sent == 7);
     relay_park_remove(t, r); /* ending a waking record takes it off the list */
     CHECK(t->waking == 0 && relay_park_wake_due(t, 17000, on_wake, key) == -1);
     CHECK(!waking_at(t, "192.0.2.1", 1001));

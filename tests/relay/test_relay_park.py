@@ -491,6 +491,53 @@ def connect_reaches_a_parked_client_after_an_unnoticed_nat_rebinding():
 
 
 @test
+def keepalive_after_the_dialer_gave_up_wakes_nothing():
+    """The WAKEs of a CONNECT go to a NAT mapping the parked client lost; the dialer
+    gives up and closes its connection. The client's next keep-alive, from its new
+    mapping, moves the record and is acked, but wakes nothing: nobody waits for it, so
+    it stays parked rather than reconnecting for a circuit that will not come. A new
+    CONNECT then wakes it at once, at the new address."""
+    redis = Redis()
+    relay = Relay(redis, None, extra={"park_keepalive": 4, "park_lifetime": 30}).start()
+    token = relay.token()
+    nat = Nat(relay.port)
+    try:
+        b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port, seconds=60)
+        b.park()
+        b.do("ka")
+        b.wait_event("ack")
+        nat.rebind()
+        a = Client(relay, token, name="A", seconds=60)
+        a.wait_event("welcome")
+        a.do(f"connect {b.peer_id}")
+        wait_until(lambda: metric(relay, "pos_relay_wakes_sent_total") == 5, 5,
+                   what="the five WAKEs to the lost mapping")
+        a.do("close")  # the dialer gives up
+        a.wait_event("closed")
+        wait_until(lambda: metric(relay, "pos_relay_awake") == 0, 5, what="the dialer gone")
+        b.do("ka")  # from the new mapping, within the CONNECT's parked wait (14 s)
+        b.wait_event("ack", 2)
+        time.sleep(1.5)
+        assert not b.events("wake") and len(b.events("welcome")) == 1, b.proc.output()
+        m = relay.metrics()
+        assert m["pos_relay_wakes_sent_total"] == 5 and m["pos_relay_parked"] == 1, m
+        assert m["pos_relay_park_roams_total"] == 1, m
+        # a new CONNECT still reaches it, at the new mapping
+        c = Client(relay, token, name="C", seconds=60)
+        c.wait_event("welcome")
+        c.do(f"connect {b.peer_id}")
+        wake = b.wait_event("wake", timeout=3)
+        assert wake["valid"] and wake["fresh"], wake
+        assert b.wait_event("incoming")["peer_id"] == c.peer_id
+        c.wait_event("circuit")
+        a.finish()
+        b.finish()
+        c.finish()
+    finally:
+        nat.close()
+
+
+@test
 def forged_or_replayed_keepalive_from_a_new_address_moves_nothing():
     """A keep-alive from a new address is checked on its mac at once (not held back by
     the one-ack-per-second limit), but only a valid, new one moves the record: a
