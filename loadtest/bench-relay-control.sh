@@ -3,8 +3,10 @@
 #   1. authenticated connections per second (QUIC + mutual TLS + HELLO/WELCOME
 #      with a token checked in Redis), driven by `pos-loadtest control`;
 #   2. relay memory per idle connected client: RSS with N idle clients minus
-#      RSS with none;
-#   3. relay CPU per connection for full handshakes (the run above) and for
+#      RSS with none (the first N, on a fresh heap);
+#   3. relay CPU per connection for full handshakes (a second run of N, on the
+#      heap the first grew; the first run's figure, page faults and all, is
+#      printed next to it) and for
 #      returning clients that resume TLS 1.3 (pos-loadtest control --resume),
 #      as ratios to the crypto floor of one mutually authenticated handshake
 #      measured in this run by pos-cryptofloor (X25519 twice, Ed25519 sign and
@@ -48,6 +50,15 @@ fi
 free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# closed: until the relay has no connection left (closing ones drain; /metrics twice a second),
+# at most 4 s: the relay keeps the freed heap for connections that come back within 5 s
+closed() {
+    for _ in $(seq 40); do
+        [ "$(curl -s "http://127.0.0.1:$((port + 1))/metrics" |
+            awk '$1 == "pos_relay_connections" {print $2}')" = 0 ] && return
+        sleep 0.1
+    done
+}
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
@@ -90,17 +101,30 @@ heap0=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay
 # the crypto floor now, on this machine (CPU time, hot caches; see cryptofloor.c), measured
 # again after the resumed run: a shared machine's speed drifts within minutes
 "$build/loadtest/pos-cryptofloor" >"$work/floor.out"
+# The same number of connections once before, on a fresh heap, where each connection faults in
+# its ~72 KB (18 page faults), as in a relay's first minutes: their CPU, and the RSS while they
+# are held. They close, and the relay keeps the freed heap while connections come back within
+# 5 s (docs/relay.md, "Memory"), so the measured run after runs on a grown heap, as on a relay
+# that served as many before. Both CPU figures are printed.
+grow0=$(cpu_ticks $relay_pid)
+lt --conns "$conns" --concurrency 256 --hold 4 >"$work/grow.out" 2>"$work/grow.err" &
+lt_pid=$!
+pids+=($lt_pid)
+for _ in $(seq 600); do grep -q holding "$work/grow.err" && break; sleep 0.2; done
+grow1=$(cpu_ticks $relay_pid)
+sleep 2
+rss1=$(rss_kib $relay_pid)
+sleep 1 # /metrics is a snapshot refreshed twice a second
+connected=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_connections" {print $2}')
+heap1=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_heap_bytes" {print $2}')
+wait $lt_pid || true
+closed  # their closing is not the next run's CPU
 ticks0=$(cpu_ticks $relay_pid)
 lt --conns "$conns" --concurrency 256 --hold "$hold" >"$work/load.out" 2>"$work/load.err" &
 lt_pid=$!
 pids+=($lt_pid)
 for _ in $(seq 600); do grep -q holding "$work/load.err" && break; sleep 0.2; done
 ticks1=$(cpu_ticks $relay_pid)
-sleep 2
-rss1=$(rss_kib $relay_pid)
-sleep 1 # /metrics is a snapshot refreshed twice a second
-connected=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_connections" {print $2}')
-heap1=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay_heap_bytes" {print $2}')
 wait $lt_pid || true
 relay_cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$relay_pid/stat")
 
@@ -108,7 +132,7 @@ echo "== pos-loadtest control, $conns connections to one relay on loopback =="
 cat "$work/load.out"
 echo "== relay memory =="
 echo "RSS with no client:        $rss0 KiB"
-echo "RSS with $connected idle clients: $rss1 KiB"
+echo "RSS with $connected idle clients: $rss1 KiB (the first $conns, on a fresh heap)"
 if [ "${connected:-0}" -gt 0 ]; then
     echo "per idle client:           $(( (rss1 - rss0) * 1024 / connected )) bytes of RSS," \
         "$(( (heap1 - heap0) / connected )) bytes of heap in use"
@@ -120,6 +144,7 @@ echo "relay CPU time for the whole run: ${relay_cpu} s (user+system)"
 
 # Returning clients: each of the 4 client sockets keeps the relay's ticket, so
 # all but their first connection resume. CPU counted until every one is in.
+closed
 ticks2=$(cpu_ticks $relay_pid)
 lt --conns "$conns" --concurrency 256 --hold 1 --resume >"$work/resume.out" 2>"$work/resume.err" &
 lt_pid=$!
@@ -146,6 +171,9 @@ echo "== relay CPU per connection, as ratios to this run's crypto floor (mean of
 sed 's/^/floor (us): /' "$work/floor.out"
 echo "full handshake:    $full_us us = $(ratio "$full_us" "$nfull") x nettle floor ($nfull us;" \
     "goal <= 1.48), $(ratio "$full_us" "$sfull") x libsodium floor ($sfull us)"
+grow_us=$(( (grow1 - grow0) * 1000000 / hz / conns ))
+echo "  the same on a fresh heap (the first $conns, each faulting its memory in): $grow_us us =" \
+    "$(ratio "$grow_us" "$nfull") x nettle floor"
 # the first wave (one per handshake in flight) starts before any ticket came back and makes
 # full handshakes: take their cost (the full figure above) out of the resumed one
 if [ "${resumed:-0}" -gt 0 ] && [ "$resumed" -lt "$conns" ]; then

@@ -474,7 +474,8 @@ static void measure(struct run *R)
     if (!R->o.park_after_s)
         return;
     park_all(R);
-    idle_load_pump_for(R->pool, 2500); /* the relay trims its heap at most once a second */
+    /* the relay gives the freed connections' heap back once they stayed down 5 s (+ a tick) */
+    idle_load_pump_for(R->pool, 6500);
     relay_figures(R, &R->rss_parked, &R->m_parked, &R->m_awake, "pos_relay_parked",
                   "pos_relay_awake");
     R->m_conns_parked = metric_now(R, "pos_relay_connections");

@@ -101,6 +101,10 @@ static void render_conns(struct mout *m, const struct relay_http *h)
          /* read here, per scrape: mallinfo2 walks every free chunk of the heap, which
           * after thousands of freed connections costs milliseconds (not twice a second) */
          (unsigned long long)mallinfo2().uordblks);
+    EMIT("# HELP pos_relay_heap_trims_total Times the heap of freed connections was given back "
+         "to the system (after connections stayed down for 5 s).\n"
+         "# TYPE pos_relay_heap_trims_total counter\npos_relay_heap_trims_total %llu\n",
+         (unsigned long long)h->srv.heap_trims);
     EMIT("# TYPE pos_relay_redis_errors_total counter\npos_relay_redis_errors_total %llu\n",
          (unsigned long long)h->svc.redis_errors);
     EMIT("# TYPE pos_relay_redis_up gauge\npos_relay_redis_up %d\n", h->redis_ok ? 1 : 0);

@@ -176,7 +176,6 @@ static unsigned pick_worker(relay_server *s)
             best = w;
     }
     s->next_worker = best + 1;
-    s->live_by_worker[best]++;
     return best;
 }
 
@@ -198,6 +197,9 @@ static struct rconn *conn_new(relay_server *s, int sock, const uint8_t *data, si
     c->srv = s;
     c->sock = sock;
     c->worker = (uint8_t)pick_worker(s);
+    s->live_by_worker[c->worker]++;
+    if (++s->live_conns > s->live_peak)
+        s->live_peak = s->live_conns; /* malloc_trim waits for a lasting drop (server_park.c) */
     c->state = RATE_CHECK;
     memcpy(&c->remote, from, fromlen);
     c->odcid = hd->dcid;

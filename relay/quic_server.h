@@ -87,6 +87,7 @@ typedef struct relay_server_stats {
     uint64_t park_acks;            /* PARK_ACKs sent (valid KEEPALIVEs) */
     uint64_t park_keepalives_drop; /* dropped: malformed, unknown, too soon, bad mac, replayed */
     uint64_t park_roams;           /* valid keep-alives from a new address */
+    uint64_t heap_trims;           /* malloc_trim calls: freed heap given back (server_park.c) */
     relay_forward_stats fw;        /* the forwarder's counters (summed over the workers) */
     uint32_t n_workers;
     relay_worker_stats worker[RELAY_MAX_WORKERS];

@@ -113,8 +113,8 @@ void relay_conn_free(struct rconn *c)
         s->pending--;
     }
     s->live_by_worker[c->worker]--;
+    s->live_conns--;
     relay_conn_pending_addr_give(c);
-    relay_park_conn_freed(s);
     for (struct rconn **pp = &s->dirty; c->dirty && *pp; pp = &(*pp)->dirty_next)
         if (*pp == c) {
             *pp = c->dirty_next; /* not reached in practice: the broker flushes first */

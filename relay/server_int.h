@@ -159,8 +159,9 @@ struct relay_server {
     ev_timer park_tick;      /* 4 per second: lifetimes, presence batches, malloc_trim */
     ev_timer park_wakes;     /* the next WAKE datagram due */
     ev_async park_rewake;    /* a keep-alive of a record being woken: wake it again */
-    uint64_t conns_freed;    /* since the last malloc_trim */
-    int64_t trimmed_ms;      /* the last malloc_trim (relay_now, ms) */
+    uint32_t live_conns;     /* connections in any state (conn_new .. relay_conn_free) */
+    uint32_t live_peak;      /* their most since the last malloc_trim (server_park.c) */
+    int64_t down_since_ms;   /* since when they stay well below it, 0: they do not */
     uint64_t park_redis_ups; /* relay_services_redis_ups at the last tick */
     /* parked peers whose presence write is due, sent RELAY_PRESENCE_BATCH to a command */
     char park_due[RELAY_PRESENCE_BATCH][POS_PEER_ID_STRLEN];
@@ -269,8 +270,6 @@ int relay_park_expects(relay_server *s, const struct sockaddr *from);
 void relay_park_revoke(relay_server *s, const char *token_id);
 /* relay_park_goaway: every record ends, its Redis entries left to the final clean-up. */
 void relay_park_goaway(relay_server *s);
-/* relay_park_conn_freed: a connection was freed (malloc_trim once a second after some). */
-void relay_park_conn_freed(relay_server *s);
 
 /* server_udp.c: the default relay_io.send (|arg| is the server) and clock. */
 int relay_udp_send(void *arg, int sock, const uint8_t *data, size_t len, const struct sockaddr *to,

@@ -5,8 +5,9 @@
  * datagrams the forwarder hands back (keep-alives, acknowledged at most
  * once a second per record), WAKE for a CONNECT, the woken client's HELLO
  * taking its record back, lifetimes, token revocation and expiry, presence
- * written in batches (once a minute per record), and malloc_trim after
- * connections were freed (glibc keeps a freed ngtcp2 connection's heap).
+ * written in batches (once a minute per record), and malloc_trim once the
+ * connections stayed well below their peak for a while (glibc keeps a
+ * freed ngtcp2 connection's heap).
  */
 #include <malloc.h>
 #include <sodium.h>
@@ -33,7 +34,16 @@
 #define SWEEP_SHARE 32
 #define SWEEP_MAX 65536 /* short stops of the workers, who wait for the exclusive lock */
 #define SWEEP_MIN 1024
-#define TRIM_EVERY_MS 1000 /* malloc_trim at most this often */
+/*
+ * malloc_trim gives the heap of freed connections back to the kernel once
+ * the live connections stayed below their peak since the last trim by a
+ * quarter (at least TRIM_MIN_DROP) for TRIM_AFTER_MS: after clients parked
+ * or left, not in a dip that new connections fill again (each would then
+ * fault in the pages anew: 18 page faults, about a fifth of a handshake's
+ * CPU here) nor after every freed connection of a relay with churn.
+ */
+#define TRIM_AFTER_MS 5000
+#define TRIM_MIN_DROP 64
 
 enum park_end { END_HOME, END_EXPIRED, END_REVOKED, END_SHUTDOWN, END_BYE };
 
@@ -392,9 +402,24 @@ static void on_presence_due(void *arg, relay_parked *r)
         flush_presence(s);
 }
 
-void relay_park_conn_freed(relay_server *s)
+/* trim_when_down: malloc_trim after a drop of the live connections that lasted (TRIM_AFTER_MS). */
+static void trim_when_down(relay_server *s)
 {
-    s->conns_freed++;
+    uint32_t live = s->live_conns, slack = live / 4 > TRIM_MIN_DROP ? live / 4 : TRIM_MIN_DROP;
+    if (s->live_peak <= live + slack) {
+        s->down_since_ms = 0; /* no drop, or filled again */
+        return;
+    }
+    if (!s->down_since_ms) {
+        s->down_since_ms = now_ms(s);
+        return;
+    }
+    if (now_ms(s) - s->down_since_ms < TRIM_AFTER_MS)
+        return;
+    malloc_trim(0);
+    s->st.heap_trims++;
+    s->live_peak = live;
+    s->down_since_ms = 0;
 }
 
 /* redis_back: Redis is reachable again (maybe restarted empty): every record's presence is due. */
@@ -421,12 +446,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
                                      : n,
                      on_expired, on_presence_due, s);
     flush_presence(s);
-    if (s->conns_freed && now_ms(s) - s->trimmed_ms >= TRIM_EVERY_MS) {
-        s->trimmed_ms = now_ms(s);
-        /* a freed ngtcp2 connection's chunks stay in glibc's arenas until trimmed */
-        s->conns_freed = 0;
-        malloc_trim(0);
-    }
+    trim_when_down(s);
 }
 
 int relay_park_init(relay_server *s, char *err, size_t errlen)
