@@ -160,22 +160,19 @@ static int admit_initial(relay_server *s, int sock, const ngtcp2_pkt_hd *hd,
 
 /*
  * pick_worker: the worker a new connection's ids name, so the steering
- * program sends its packets (and its circuit sides' frames) there: the one
- * with the fewest connections, ties in turn. Not the worker that got the
- * Initial: that one follows the client's random DCID, and 40 connections
- * split 26/14 as often as not. Every worker can serve every connection (the
- * QUIC side runs under the exclusive lock), so any choice is correct; this
- * one keeps the workers' batches, and so their cost per datagram, even.
+ * program sends its packets there: the one with the fewest connections,
+ * the one that got the Initial among equals (its packets then stay on one
+ * worker). Not that worker whatever the counts: it follows the client's
+ * random DCID, and 40 connections split 26/14 as often as not. Every worker
+ * can serve every connection (the QUIC side runs under the exclusive
+ * lock), so any choice is correct; this one keeps the workers even.
  */
-static unsigned pick_worker(relay_server *s)
+static unsigned pick_worker(const relay_server *s)
 {
-    unsigned n = s->n_workers, best = s->next_worker % n;
-    for (unsigned k = 1; k < n; k++) {
-        unsigned w = (s->next_worker + k) % n;
+    unsigned n = s->n_workers, best = s->cur_worker % n;
+    for (unsigned w = 0; w < n; w++)
         if (s->live_by_worker[w] < s->live_by_worker[best])
             best = w;
-    }
-    s->next_worker = best + 1;
     return best;
 }
 

@@ -153,7 +153,6 @@ struct relay_server {
     /* connections (any state) whose ids name each worker: a new one goes to
      * the worker with the fewest (quic_server.c pick_worker) */
     unsigned live_by_worker[RELAY_MAX_WORKERS];
-    unsigned next_worker; /* where pick_worker's scan starts: ties go round */
     /* parking (server_park.c): NULL when park_lifetime is 0 */
     relay_park *park;
     ev_timer park_tick;      /* 4 per second: lifetimes, presence batches, malloc_trim */
