@@ -443,6 +443,27 @@ def park_refused_when_not_home_with_a_request_open_or_parking_off():
     h.finish()
 
 
+def rebinding_relay():
+    """A relay with a 4 s keep-alive (a CONNECT waits 14 s for a parked peer), its token,
+    and a NAT in front of the parked client to come."""
+    relay = Relay(Redis(), None, extra={"park_keepalive": 4, "park_lifetime": 30}).start()
+    return relay, relay.token(), Nat(relay.port)
+
+
+def dial_after_rebinding(relay, token, nat):
+    """B parks behind |nat|, whose mapping then changes unnoticed (B keeps sending to
+    the same place); A connects and CONNECTs to B, whose WAKEs go to the old mapping."""
+    b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port, seconds=60)
+    b.park()
+    b.do("ka")
+    b.wait_event("ack")
+    nat.rebind()
+    a = Client(relay, token, name="A", seconds=60)
+    a.wait_event("welcome")
+    a.do(f"connect {b.peer_id}")
+    return b, a
+
+
 @test
 def connect_reaches_a_parked_client_after_an_unnoticed_nat_rebinding():
     """Issue 14, "nothing lost": the parked client's NAT gives it a new mapping it does
@@ -450,19 +471,9 @@ def connect_reaches_a_parked_client_after_an_unnoticed_nat_rebinding():
     waits park_keepalive + 10 s (14 s here, more than the 10 s of an INCOMING); the
     client's next keep-alive, 11 s later, comes from the new mapping: the relay moves the
     record, acks, and wakes it there at once; the circuit opens and a datagram crosses."""
-    redis = Redis()
-    relay = Relay(redis, None, extra={"park_keepalive": 4, "park_lifetime": 30}).start()
-    token = relay.token()
-    nat = Nat(relay.port)
+    relay, token, nat = rebinding_relay()
     try:
-        b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port, seconds=60)
-        b.park()
-        b.do("ka")
-        b.wait_event("ack")
-        nat.rebind()  # unnoticed: B keeps sending to the same place
-        a = Client(relay, token, name="A", seconds=60)
-        a.wait_event("welcome")
-        a.do(f"connect {b.peer_id}")
+        b, a = dial_after_rebinding(relay, token, nat)
         time.sleep(11)  # every WAKE so far (0 .. 2 s) went to the old mapping
         assert not b.events("wake"), b.proc.output()
         assert not a.events("error") and not a.events("circuit"), a.proc.output()
@@ -497,19 +508,9 @@ def keepalive_after_the_dialer_gave_up_wakes_nothing():
     mapping, moves the record and is acked, but wakes nothing: nobody waits for it, so
     it stays parked rather than reconnecting for a circuit that will not come. A new
     CONNECT then wakes it at once, at the new address."""
-    redis = Redis()
-    relay = Relay(redis, None, extra={"park_keepalive": 4, "park_lifetime": 30}).start()
-    token = relay.token()
-    nat = Nat(relay.port)
+    relay, token, nat = rebinding_relay()
     try:
-        b = Client(relay, token, "--wake-reconnect", name="B", port=nat.port, seconds=60)
-        b.park()
-        b.do("ka")
-        b.wait_event("ack")
-        nat.rebind()
-        a = Client(relay, token, name="A", seconds=60)
-        a.wait_event("welcome")
-        a.do(f"connect {b.peer_id}")
+        b, a = dial_after_rebinding(relay, token, nat)
         wait_until(lambda: metric(relay, "pos_relay_wakes_sent_total") == 5, 5,
                    what="the five WAKEs to the lost mapping")
         a.do("close")  # the dialer gives up
