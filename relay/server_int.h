@@ -91,7 +91,7 @@ struct rconn {
     uint8_t home;    /* HELLO without NOT_HOME: presence and INCOMING are here */
     uint8_t version; /* POS_CTRL_V1, V2 or V3, from the negotiated ALPN (handshake) */
     uint8_t nat;     /* enum pos_ctrl_nat from HELLO's flags (version 3) */
-    uint8_t worker;  /* the worker its ids name (the one that got its first Initial) */
+    uint8_t worker;  /* the worker its ids name (quic_server.c pick_worker: the least loaded) */
     /* parking (server_park.c) */
     uint8_t awake;                      /* counted in st.awake: an ACTIVE home connection */
     uint8_t has_lim;                    /* |lim| holds what its token allows (accepted) */
