@@ -65,8 +65,10 @@ struct relay_broker {
     relay_broker_ops ops;
     relay_broker_client *clients;
     relay_broker_req *reqs;
-    relay_broker_req *wait_head, *wait_tail;   /* waiting for INCOMING's answer */
-    relay_broker_req *pwait_head, *pwait_tail; /* |parked|: waiting for the target to wake */
+    /* waiting, by |parked|: [0] for INCOMING's answer, [1] for a parked target to wake */
+    struct wait_list {
+        relay_broker_req *head, *tail;
+    } waits[2];
     size_t n_reqs;
     uint32_t next_req;
     int64_t woken_for; /* the deadline last given to ops.wake, -1 none */
@@ -113,9 +115,10 @@ void relay_broker_set_punch(relay_broker *b, int enabled, int64_t min_interval_m
 /* rearm tells the caller when the earliest waiting request expires, if that changed. */
 static void rearm(relay_broker *b)
 {
-    int64_t at = b->wait_head ? b->wait_head->deadline_ms : -1;
-    if (b->pwait_head && (at < 0 || b->pwait_head->deadline_ms < at))
-        at = b->pwait_head->deadline_ms;
+    int64_t at = -1;
+    for (int k = 0; k < 2; k++)
+        if (b->waits[k].head && (at < 0 || b->waits[k].head->deadline_ms < at))
+            at = b->waits[k].head->deadline_ms;
     if (at == b->woken_for)
         return;
     b->woken_for = at;
@@ -132,19 +135,18 @@ static void done(relay_broker *b)
 
 static void wait_unlink(relay_broker *b, relay_broker_req *q)
 {
-    relay_broker_req **head = q->parked ? &b->pwait_head : &b->wait_head;
-    relay_broker_req **tail = q->parked ? &b->pwait_tail : &b->wait_tail;
+    struct wait_list *l = &b->waits[q->parked];
     if (!q->waiting)
         return;
     q->waiting = 0;
     if (q->wprev)
         q->wprev->wnext = q->wnext;
     else
-        *head = q->wnext;
+        l->head = q->wnext;
     if (q->wnext)
         q->wnext->wprev = q->wprev;
     else
-        *tail = q->wprev;
+        l->tail = q->wprev;
     q->wprev = q->wnext = NULL;
 }
 
@@ -330,17 +332,16 @@ static relay_broker_req *req_new(relay_broker *b, relay_broker_client *from, uin
  */
 static void wait_append(relay_broker *b, relay_broker_req *q, int64_t now_ms)
 {
-    relay_broker_req **head = q->parked ? &b->pwait_head : &b->wait_head;
-    relay_broker_req **tail = q->parked ? &b->pwait_tail : &b->wait_tail;
+    struct wait_list *l = &b->waits[q->parked];
     q->deadline_ms = now_ms + (q->parked ? b->lim.parked_timeout_ms : b->lim.incoming_timeout_ms);
     q->waiting = 1;
     q->wnext = NULL;
-    q->wprev = *tail;
-    if (*tail)
-        (*tail)->wnext = q;
+    q->wprev = l->tail;
+    if (l->tail)
+        l->tail->wnext = q;
     else
-        *head = q;
-    *tail = q;
+        l->head = q;
+    l->tail = q;
 }
 
 /* ask: INCOMING to |to| for request |q|, which then waits for the answer until its deadline. */
@@ -692,8 +693,8 @@ void relay_broker_lookup_done(relay_broker_req *q, int status, const relay_prese
 void relay_broker_expire(relay_broker *b, int64_t now_ms)
 {
     relay_broker_req *q;
-    while (((q = b->wait_head) && q->deadline_ms <= now_ms) ||
-           ((q = b->pwait_head) && q->deadline_ms <= now_ms)) {
+    while (((q = b->waits[0].head) && q->deadline_ms <= now_ms) ||
+           ((q = b->waits[1].head) && q->deadline_ms <= now_ms)) {
         send_error(b, q->from, q->from_req, POS_CTRL_CODE_TIMEOUT, "peer did not answer");
         req_free(b, q);
     }

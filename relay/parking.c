@@ -30,6 +30,7 @@ relay_park *relay_park_new(uint32_t capacity)
     t->nb = 64;
     t->buckets = calloc(t->nb, sizeof(*t->buckets));
     t->wbuckets = calloc(RELAY_PARK_WBUCKETS, sizeof(*t->wbuckets));
+    crypto_shorthash_keygen(t->wkey);
     if (!t->rec || !t->buckets || !t->wbuckets) {
         free(t->rec);
         free(t->buckets);
@@ -190,21 +191,27 @@ relay_park_token *relay_park_token_find(relay_park *t, const char *token_id)
     return (relay_park_token *)strmap_get(&t->tokens, token_id);
 }
 
-/* addr_bucket: FNV-1a of the address and port, folded to RELAY_PARK_WBUCKETS. */
-static uint16_t addr_bucket(const relay_addr *a)
+/*
+ * addr_bucket: the address's chain, by a keyed hash (crypto_shorthash, as
+ * pending_addr.c): new connections' source addresses are the lookups'
+ * keys, so no one may pick addresses that all fall into one chain.
+ */
+static uint16_t addr_bucket(const relay_park *t, const relay_addr *a)
 {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < sizeof(a->ip); i++)
-        h = (h ^ a->ip[i]) * 16777619u;
-    h = (h ^ (a->port & 0xff)) * 16777619u;
-    h = (h ^ (a->port >> 8)) * 16777619u;
-    return (uint16_t)((h ^ (h >> 16)) & (RELAY_PARK_WBUCKETS - 1));
+    uint8_t in[sizeof(a->ip) + 2], h[crypto_shorthash_BYTES];
+    uint16_t v;
+    memcpy(in, a->ip, sizeof(a->ip));
+    in[sizeof(a->ip)] = (uint8_t)(a->port >> 8);
+    in[sizeof(a->ip) + 1] = (uint8_t)a->port;
+    crypto_shorthash(h, in, sizeof(in), t->wkey);
+    memcpy(&v, h, sizeof(v));
+    return (uint16_t)(v & (RELAY_PARK_WBUCKETS - 1));
 }
 
 /* alink / aunlink: |r| (a waking record) in or out of its address's chain. */
 static void alink(relay_park *t, relay_parked *r)
 {
-    r->abucket = addr_bucket(&r->addr);
+    r->abucket = addr_bucket(t, &r->addr);
     r->anext = t->wbuckets[r->abucket];
     t->wbuckets[r->abucket] = (uint32_t)(r - t->rec) + 1;
 }
@@ -230,13 +237,13 @@ int relay_park_waking_at(const relay_park *t, const struct sockaddr *from)
     relay_addr a;
     if (!t->waking || relay_addr_from_sockaddr(&a, from) != 0)
         return 0;
-    for (uint32_t i = t->wbuckets[addr_bucket(&a)]; i; i = t->rec[i - 1].anext)
+    for (uint32_t i = t->wbuckets[addr_bucket(t, &a)]; i; i = t->rec[i - 1].anext)
         if (same_addr(&t->rec[i - 1].addr, &a))
             return 1;
     return 0;
 }
 
-static void unwake(relay_park *t, relay_parked *r)
+void relay_park_unwake(relay_park *t, relay_parked *r)
 {
     if (!r->waking)
         return;
@@ -252,17 +259,12 @@ static void unwake(relay_park *t, relay_parked *r)
     r->wnext = r->wprev = 0;
 }
 
-void relay_park_unwake(relay_park *t, relay_parked *r)
-{
-    unwake(t, r);
-}
-
 void relay_park_remove(relay_park *t, relay_parked *r)
 {
     uint32_t idx = (uint32_t)(r - t->rec);
     relay_park_token *g = r->tok;
 
-    unwake(t, r);
+    relay_park_unwake(t, r);
     for (uint32_t *p = &t->buckets[peer_hash(t, r->peer_key)]; *p; p = &t->rec[*p - 1].hnext)
         if (*p == idx + 1) {
             *p = r->hnext;
@@ -383,7 +385,7 @@ int64_t relay_park_wake_due(relay_park *t, int64_t now_ms, relay_park_send_fn se
             else if (r->wake_next_ms < r->wake_start_ms + t->wake_hold_ms)
                 r->wake_next_ms = r->wake_start_ms + t->wake_hold_ms;
         } else if (r->wake_step >= RELAY_PARK_WAKES && r->wake_next_ms <= now_ms) {
-            unwake(t, r); /* wake_start_ms stays: a HELLO after all measures it */
+            relay_park_unwake(t, r); /* wake_start_ms stays: a HELLO after all measures it */
             continue;
         }
         if (next < 0 || r->wake_next_ms < next)
@@ -406,7 +408,7 @@ uint32_t relay_park_rewake(relay_park *t, int64_t now_ms)
             continue;
         r->wake_step = 0; /* the next relay_park_wake_due sends at once, to r->addr */
         r->wake_next_ms = now_ms;
-        if (addr_bucket(&r->addr) != r->abucket) { /* it roamed: found at the new address */
+        if (addr_bucket(t, &r->addr) != r->abucket) { /* it roamed: found at the new address */
             aunlink(t, r);
             alink(t, r);
         }

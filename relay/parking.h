@@ -25,6 +25,7 @@
 #ifndef POS_RELAY_PARKING_H
 #define POS_RELAY_PARKING_H
 
+#include <sodium.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -88,7 +89,8 @@ typedef struct relay_park {
     uint32_t nb;        /* buckets: a power of two */
     uint32_t waking;    /* first waking record, index + 1 */
     uint32_t *wbuckets; /* waking records by address (RELAY_PARK_WBUCKETS chains, index + 1) */
-    uint32_t sweep_at;  /* relay_park_sweep's cursor */
+    uint8_t wkey[crypto_shorthash_KEYBYTES]; /* their hash's key */
+    uint32_t sweep_at;                       /* relay_park_sweep's cursor */
     uint32_t route_shift, route_mask;
     int64_t wake_hold_ms; /* on the waking list this long after the first WAKE */
     struct strmap tokens;

@@ -195,8 +195,6 @@ static struct rconn *conn_new(relay_server *s, int sock, const uint8_t *data, si
     c->sock = sock;
     c->worker = (uint8_t)pick_worker(s);
     s->live_by_worker[c->worker]++;
-    if (++s->live_conns > s->live_peak)
-        s->live_peak = s->live_conns; /* malloc_trim waits for a lasting drop (server_park.c) */
     c->state = RATE_CHECK;
     memcpy(&c->remote, from, fromlen);
     c->odcid = hd->dcid;
@@ -209,6 +207,9 @@ static struct rconn *conn_new(relay_server *s, int sock, const uint8_t *data, si
         s->conns->prev = c;
     s->conns = c;
     s->pending++;
+    if (relay_live_conns(s) > s->live_peak)
+        s->live_peak =
+            relay_live_conns(s); /* malloc_trim waits for a lasting drop (server_park.c) */
     return c;
 }
 

@@ -113,7 +113,6 @@ void relay_conn_free(struct rconn *c)
         s->pending--;
     }
     s->live_by_worker[c->worker]--;
-    s->live_conns--;
     relay_conn_pending_addr_give(c);
     for (struct rconn **pp = &s->dirty; c->dirty && *pp; pp = &(*pp)->dirty_next)
         if (*pp == c) {

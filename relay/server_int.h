@@ -158,8 +158,7 @@ struct relay_server {
     ev_timer park_tick;      /* 4 per second: lifetimes, presence batches, malloc_trim */
     ev_timer park_wakes;     /* the next WAKE datagram due */
     ev_async park_rewake;    /* a keep-alive of a record being woken: wake it again */
-    uint32_t live_conns;     /* connections in any state (conn_new .. relay_conn_free) */
-    uint32_t live_peak;      /* their most since the last malloc_trim (server_park.c) */
+    uint32_t live_peak;      /* relay_live_conns' most since the last malloc_trim */
     int64_t down_since_ms;   /* since when they stay well below it, 0: they do not */
     uint64_t park_redis_ups; /* relay_services_redis_ups at the last tick */
     /* parked peers whose presence write is due, sent RELAY_PRESENCE_BATCH to a command */
@@ -192,6 +191,12 @@ void relay_conn_close_later(struct rconn *c, enum relay_refusal code);
 /* relay_conn_pending_addr_give: |c|'s handshake no longer counts against its address. */
 void relay_conn_pending_addr_give(struct rconn *c);
 void relay_conn_free(struct rconn *c);
+/* relay_live_conns: connections in any state (pending, then active), conn_new .. relay_conn_free.
+ */
+static inline uint32_t relay_live_conns(const relay_server *s)
+{
+    return (uint32_t)(s->pending + s->st.conns_active);
+}
 
 /* server_ctrl.c: the control protocol and the broker's outputs. */
 int relay_ctrl_broker_new(relay_server *s);

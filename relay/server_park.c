@@ -288,14 +288,21 @@ static void on_rewake(struct ev_loop *loop, ev_async *a, int revents)
         run_wakes(s); /* the first WAKE of the new series at once */
 }
 
+/* record_of: |peer_id|'s record, or NULL (none, parking off, or not a peer id). */
+static relay_parked *record_of(const relay_server *s, const char *peer_id)
+{
+    uint8_t key[32];
+    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) < 0)
+        return NULL;
+    return relay_park_find_peer(s->park, key);
+}
+
 int relay_park_wake_peer(void *arg, const char *peer_id)
 {
     relay_server *s = arg;
-    uint8_t key[32];
-    relay_parked *r;
+    relay_parked *r = record_of(s, peer_id);
 
-    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) < 0 ||
-        !(r = relay_park_find_peer(s->park, key)))
+    if (!r)
         return 0;
     relay_park_wake(s->park, r, now_ms(s));
     if (r->waiters < UINT16_MAX)
@@ -307,13 +314,9 @@ int relay_park_wake_peer(void *arg, const char *peer_id)
 void relay_park_unwait_peer(void *arg, const char *peer_id)
 {
     relay_server *s = arg;
-    uint8_t key[32];
-    relay_parked *r;
+    relay_parked *r = record_of(s, peer_id);
 
-    if (!s->park || pos_peer_id_parse_any(peer_id, strlen(peer_id), key) < 0 ||
-        !(r = relay_park_find_peer(s->park, key)) || r->waiters == 0)
-        return;
-    if (--r->waiters == 0)
+    if (r && r->waiters && --r->waiters == 0)
         relay_park_unwake(s->park, r); /* nobody to meet: a keep-alive wakes it no more */
 }
 
@@ -405,7 +408,8 @@ static void on_presence_due(void *arg, relay_parked *r)
 /* trim_when_down: malloc_trim after a drop of the live connections that lasted (TRIM_AFTER_MS). */
 static void trim_when_down(relay_server *s)
 {
-    uint32_t live = s->live_conns, slack = live / 4 > TRIM_MIN_DROP ? live / 4 : TRIM_MIN_DROP;
+    uint32_t live = relay_live_conns(s),
+             slack = live / 4 > TRIM_MIN_DROP ? live / 4 : TRIM_MIN_DROP;
     if (s->live_peak <= live + slack) {
         s->down_since_ms = 0; /* no drop, or filled again */
         return;
