@@ -136,8 +136,11 @@ print(f"relay RSS: before {r['relay_rss_before_kib']} KiB, all awake {r['relay_r
       f"= {awake:.0f} bytes per awake client ({r['relay_connections_awake']:.0f} connections)")
 print(f"load generator RSS per client: {r['gen_rss_idle_kib'] * 1024 / n:.0f} bytes before "
       f"connecting, {r['gen_rss_awake_kib'] * 1024 / n:.0f} bytes awake")
-print(f"CONNECT to an awake peer until the circuit is up: p50 {r['awake_connect_p50_ms']:.2f} ms, "
-      f"p95 {r['awake_connect_p95_ms']:.2f} ms ({r['awake_ok']}/{r['awake_tries']} carried a datagram)")
+if r["awake_tries"]:
+    print(f"CONNECT to an awake peer until the circuit is up: p50 {r['awake_connect_p50_ms']:.2f} ms, "
+          f"p95 {r['awake_connect_p95_ms']:.2f} ms ({r['awake_ok']}/{r['awake_tries']} carried a datagram)")
+else:
+    print("CONNECT to an awake peer: none tried")
 if r["awake_first_failure"]:
     print(f"  first failure: {r['awake_first_failure']}")
 ev, cpu = r["awake_datagrams_in"], r["awake_relay_cpu_s"]
@@ -171,17 +174,23 @@ if ev > 0 and cpu >= 0:
 else:
     print("keep-alives: none counted by the relay (pos_relay_park_keepalives_total)")
 p50 = r["parked_connect_p50_ms"]
-print(f"CONNECT to a parked peer until the circuit is up: p50 {p50:.2f} ms, p95 "
-      f"{r['parked_connect_p95_ms']:.2f} ms: {ratio(p50, 5)} (goal <= 5 ms; awake baseline "
-      f"p50 {r['awake_connect_p50_ms']:.2f} ms); {r['parked_ok']}/{r['parked_tries']} carried a datagram")
+if r["parked_tries"]:
+    print(f"CONNECT to a parked peer until the circuit is up: p50 {p50:.2f} ms, p95 "
+          f"{r['parked_connect_p95_ms']:.2f} ms: {ratio(p50, 5)} (goal <= 5 ms; awake baseline "
+          f"p50 {r['awake_connect_p50_ms']:.2f} ms); {r['parked_ok']}/{r['parked_tries']} carried a datagram")
+else:
+    print("CONNECT to a parked peer: none tried (--tries 0): goal not measured")
 if r["parked_first_failure"]:
     print(f"  first failure: {r['parked_first_failure']}")
-print(f"nothing lost: {r['lost_ok']}/{r['lost_tries']} sends to parked peers arrived (goal 100%), "
-      f"{r['lost_moved_ok']}/{r['lost_moved']} of them just after the peer's address changed, "
-      f"{r['rebound_ok']}/{r['rebound_tries']} after a NAT rebinding the peer did not notice")
-print(f"  the rebinding tries: {r['rebound_s']:.1f} s, 16 CONNECTs at a time (the relay finds each "
-      f"peer at its next keep-alive, every {r.get('keepalive_s', '?')} s, and waits for it "
-      f"park_keepalive + 10 s)")
+if r["lost_tries"] or r["rebound_tries"]:
+    print(f"nothing lost: {r['lost_ok']}/{r['lost_tries']} sends to parked peers arrived (goal 100%), "
+          f"{r['lost_moved_ok']}/{r['lost_moved']} of them just after the peer's address changed, "
+          f"{r['rebound_ok']}/{r['rebound_tries']} after a NAT rebinding the peer did not notice")
+    print(f"  the rebinding tries: {r['rebound_s']:.1f} s, 16 CONNECTs at a time (the relay finds each "
+          f"peer at its next keep-alive, every {r.get('keepalive_s', '?')} s, and waits for it "
+          f"park_keepalive + 10 s)")
+else:
+    print("nothing lost: none tried (--lost-tries 0): goal not measured")
 if r["lost_first_failure"]:
     print(f"  first failure: {r['lost_first_failure']}")
 PY

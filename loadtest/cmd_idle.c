@@ -321,11 +321,22 @@ static void park_all(struct run *R)
     events(R, R->ev_park);
 }
 
+/* pct_ms: percentile |p| of |L|'s times in ms, or -1 when none was measured (the JSON's "not
+ * measured") */
+static double pct_ms(const struct lat *L, double p)
+{
+    return L->n ? pct(L->us, L->n, p) / 1000 : -1;
+}
+
 static void print_lat(const char *what, struct lat *L)
 {
+    if (!L->tried) {
+        printf("CONNECT to %s peer: none tried\n", what);
+        return;
+    }
     printf("CONNECT to %s peer until the circuit is up: p50 %.2f ms, p95 %.2f ms (%ld of %ld "
            "tries carried a datagram)\n",
-           what, pct(L->us, L->n, 0.5) / 1000, pct(L->us, L->n, 0.95) / 1000, L->ok, L->tried);
+           what, pct_ms(L, 0.5), pct_ms(L, 0.95), L->ok, L->tried);
     if (L->first[0])
         printf("  first failure: %s\n", L->first);
 }
@@ -424,16 +435,15 @@ static void print_json(struct run *R)
            R->hold_acks);
     printf("\"awake_connect_p50_ms\": %.3f, \"awake_connect_p95_ms\": %.3f, \"awake_ok\": %ld, "
            "\"awake_tries\": %ld, ",
-           pct(A->us, A->n, 0.5) / 1000, pct(A->us, A->n, 0.95) / 1000, A->ok, A->tried);
+           pct_ms(A, 0.5), pct_ms(A, 0.95), A->ok, A->tried);
     printf("\"parked_connect_p50_ms\": %.3f, \"parked_connect_p95_ms\": %.3f, \"parked_ok\": %ld, "
            "\"parked_tries\": %ld, \"lost_ok\": %ld, \"lost_tries\": %ld, \"lost_moved_ok\": %ld, "
            "\"lost_moved\": %ld, \"rebound_ok\": %ld, \"rebound_tries\": %ld, \"rebound_s\": %.1f, "
            "\"unparked\": %ld, \"unparked_incoming\": %ld, \"unparked_before\": %ld, "
            "\"unparked_failed\": %ld, \"first_failure\": \"",
-           P->n ? pct(P->us, P->n, 0.5) / 1000 : -1, P->n ? pct(P->us, P->n, 0.95) / 1000 : -1,
-           P->ok, P->tried, R->lost.ok, R->lost.tried, R->moved_ok, R->moved, R->rebound.ok,
-           R->rebound.tried, R->rebound_s, R->unparked, R->unparked_incoming, R->unparked_before,
-           R->unparked_failed);
+           pct_ms(P, 0.5), pct_ms(P, 0.95), P->ok, P->tried, R->lost.ok, R->lost.tried, R->moved_ok,
+           R->moved, R->rebound.ok, R->rebound.tried, R->rebound_s, R->unparked,
+           R->unparked_incoming, R->unparked_before, R->unparked_failed);
     json_str(R->first_reason);
     printf("\", \"awake_first_failure\": \"");
     json_str(R->awake.first);

@@ -11,7 +11,8 @@
 
 /* proc_rss_kib: VmRSS of |pid| in KiB (0: this process), or -1. */
 long proc_rss_kib(pid_t pid);
-/* proc_cpu_s: user + system CPU seconds of |pid| (0: this process), or -1. */
+/* proc_cpu_s: user + system CPU seconds of |pid| (0: this process), or -1: the process's
+ * CPU clock (nanoseconds), else /proc/PID/stat (clock ticks). */
 double proc_cpu_s(pid_t pid);
 
 /*
