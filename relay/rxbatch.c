@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
 
 #include "udp_gro.h"
 
@@ -30,6 +32,10 @@ struct relay_rxbatch {
     struct iovec rx_iov[RX_BATCH];
     unsigned quic_idx[RX_BATCH];
     uint8_t bufs[RX_BATCH][RX_GRO_BUF + RX_GRO_PAD];
+    /* coalescing (relay_rxbatch_drain): the rate of the last window */
+    int64_t rate_t0; /* the window's start (CLOCK_MONOTONIC, ns) */
+    uint64_t rate_n; /* datagrams read since */
+    uint64_t rate;   /* datagrams a second in the last full window */
 };
 
 relay_rxbatch *relay_rxbatch_new(void)
@@ -120,4 +126,50 @@ void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *
     }
     if (k > 0)
         fn(arg, b, k);
+}
+
+#define RX_COALESCE_WINDOW_NS 10000000
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* pause_ns: counts |n| datagrams; the pause before the next read (0: none, the rate is low) */
+static long pause_ns(relay_rxbatch *b, unsigned n)
+{
+    int64_t now = mono_ns(), span = now - b->rate_t0;
+    b->rate_n += n;
+    if (span >= RX_COALESCE_WINDOW_NS) {
+        b->rate = b->rate_n * 1000000000u / (uint64_t)span;
+        b->rate_t0 = now;
+        b->rate_n = 0;
+    }
+    if (b->rate < RX_COALESCE_RATE)
+        return 0;
+    uint64_t ns = (uint64_t)RX_COALESCE_TARGET * 1000000000u / b->rate; /* TARGET arrive */
+    return ns < RX_COALESCE_MIN_NS   ? RX_COALESCE_MIN_NS
+           : ns > RX_COALESCE_MAX_NS ? RX_COALESCE_MAX_NS
+                                     : (long)ns;
+}
+
+unsigned relay_rxbatch_drain(relay_rxbatch *b, unsigned (*read)(void *arg), void *arg)
+{
+    unsigned n = read(arg), total = n;
+    long ns = pause_ns(b, n);
+    for (int k = 0; ns > 0 && k < RX_COALESCE_ROUNDS && n > 0 && n < RX_BATCH / 2; k++) {
+        struct timespec pause = {0, ns};
+        nanosleep(&pause, NULL);
+        n = read(arg);
+        total += n;
+        ns = pause_ns(b, n);
+    }
+    return total;
+}
+
+void relay_rxbatch_thread_init(void)
+{
+    prctl(PR_SET_TIMERSLACK, 5000UL); /* the default 50 us would double the pause */
 }

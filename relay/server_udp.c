@@ -115,12 +115,18 @@ static unsigned read_sock(struct sock *sk, int fd, int rounds, int small)
     return total;
 }
 
+/* read_all: |arg|'s socket until it is empty (at most 16 batches), for relay_rxbatch_drain */
+static unsigned read_all(void *arg)
+{
+    return read_sock(arg, ((struct sock *)arg)->fd, 16, 0);
+}
+
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct sock *sk = w->data;
     (void)loop;
     (void)revents;
-    read_sock(sk, sk->fd, 16, 0);
+    relay_rxbatch_drain(sk->srv->rxb, read_all, sk);
 }
 
 /* park_drain: |sk|'s parked-datagram socket (park_rx.h); the acks leave on sk->fd. */
@@ -213,6 +219,7 @@ relay_server *relay_server_new(struct ev_loop *loop, const relay_config *cfg, ch
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    relay_rxbatch_thread_init(); /* the main loop reads the sockets when there are no workers */
     if (cfg->n_listen > 0) {
         for (size_t i = 0; i < cfg->n_listen && i < MAX_SOCKS; i++)
             addrs[n++] = cfg->listen[i];

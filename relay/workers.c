@@ -298,11 +298,18 @@ static unsigned read_sock(struct wsock *ws, int fd, int rounds, int small)
     return total;
 }
 
+/* read_all: |arg|'s socket until it is empty (at most 16 batches), for relay_rxbatch_drain */
+static unsigned read_all(void *arg)
+{
+    return read_sock(arg, ((struct wsock *)arg)->fd, 16, 0);
+}
+
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
+    struct wsock *ws = io->data;
     (void)loop;
     (void)revents;
-    read_sock(io->data, ((struct wsock *)io->data)->fd, 16, 0);
+    relay_rxbatch_drain(ws->w->rxb, read_all, ws);
 }
 
 /* park_drain: the worker's parked-datagram socket (park_rx.h); acks leave on ws->fd. */
@@ -359,6 +366,7 @@ static void *worker_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "pos-worker-%u", w->idx); /* per-thread CPU in the benchmarks */
     pthread_setname_np(pthread_self(), name);
+    relay_rxbatch_thread_init();
     ev_run(w->loop, 0);
     return NULL;
 }
