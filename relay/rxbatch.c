@@ -35,7 +35,10 @@ struct relay_rxbatch {
     /* coalescing (relay_rxbatch_drain): the rate of the last window */
     int64_t rate_t0; /* the window's start (CLOCK_MONOTONIC, ns) */
     uint64_t rate_n; /* datagrams read since */
+    uint64_t rate_m; /* messages read since (a GRO run is one) */
+    int runs;        /* the last full window's datagrams came mostly in GRO runs */
     uint64_t rate;   /* datagrams a second in the last full window */
+    uint64_t cut;    /* datagrams cut so far (relay_rxbatch_cut): GRO runs count whole */
 };
 
 relay_rxbatch *relay_rxbatch_new(void)
@@ -121,6 +124,7 @@ void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *
             b->rx[k].msg_hdr.msg_flags = h->msg_flags & MSG_TRUNC;
             b->rx[k].msg_len = (unsigned)d;
             k++;
+            b->cut++;
             off += d;
         } while (off < len);
     }
@@ -137,17 +141,24 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* pause_ns: counts |n| datagrams; the pause before the next read (0: none, the rate is low) */
-static long pause_ns(relay_rxbatch *b, unsigned n)
+/*
+ * pause_ns: counts |d| datagrams in |m| messages; the pause before the next read (0: none).
+ * None while the rate is low, and none while the datagrams come mostly in GRO runs (a QUIC
+ * transfer's GSO batches): those wake-ups are already worth it, and pausing would only hold
+ * back the small datagrams between them (the receiver's ACKs), which slows the transfer.
+ */
+static long pause_ns(relay_rxbatch *b, unsigned d, unsigned m)
 {
     int64_t now = mono_ns(), span = now - b->rate_t0;
-    b->rate_n += n;
+    b->rate_n += d;
+    b->rate_m += m;
     if (span >= RX_COALESCE_WINDOW_NS) {
         b->rate = b->rate_n * 1000000000u / (uint64_t)span;
+        b->runs = b->rate_n >= 2 * b->rate_m;
         b->rate_t0 = now;
-        b->rate_n = 0;
+        b->rate_n = b->rate_m = 0;
     }
-    if (b->rate < RX_COALESCE_RATE)
+    if (b->rate < RX_COALESCE_RATE || b->runs)
         return 0;
     uint64_t ns = (uint64_t)RX_COALESCE_TARGET * 1000000000u / b->rate; /* TARGET arrive */
     return ns < RX_COALESCE_MIN_NS   ? RX_COALESCE_MIN_NS
@@ -157,14 +168,18 @@ static long pause_ns(relay_rxbatch *b, unsigned n)
 
 unsigned relay_rxbatch_drain(relay_rxbatch *b, unsigned (*read)(void *arg), void *arg)
 {
-    unsigned n = read(arg), total = n;
-    long ns = pause_ns(b, n);
-    for (int k = 0; ns > 0 && k < RX_COALESCE_ROUNDS && n > 0 && n < RX_BATCH / 2; k++) {
+    uint64_t cut0 = b->cut;
+    unsigned n = read(arg), total = n, d = (unsigned)(b->cut - cut0);
+    long ns = pause_ns(b, d, n);
+    /* a short read in datagrams: a GRO run of 40 is one message, and worth its wake-up */
+    for (int k = 0; ns > 0 && k < RX_COALESCE_ROUNDS && n > 0 && d < RX_BATCH / 2; k++) {
         struct timespec pause = {0, ns};
         nanosleep(&pause, NULL);
+        cut0 = b->cut;
         n = read(arg);
         total += n;
-        ns = pause_ns(b, n);
+        d = (unsigned)(b->cut - cut0);
+        ns = pause_ns(b, d, n);
     }
     return total;
 }

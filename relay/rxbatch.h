@@ -40,17 +40,21 @@ void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *
 
 /*
  * relay_rxbatch_drain: one wake-up of a socket's reader: |read|(|arg|) reads
- * batches until the socket is empty and returns the datagrams it read. At a
+ * batches until the socket is empty (relay_rxbatch_read, then
+ * relay_rxbatch_cut) and returns the messages it read. At a
  * high rate, a reader woken for every two or three datagrams spends most of
  * its CPU on the wake-up (epoll_wait, recvmmsg and sendmmsg: about 10 us)
  * rather than on the datagrams (about 1.5 us each). So, like a NIC's
  * interrupt moderation: while the last 10 ms brought at least
- * RX_COALESCE_RATE datagrams a second, a read that found fewer than
- * RX_BATCH / 2 is followed by a pause as long as RX_COALESCE_TARGET
- * datagrams take to arrive at that rate (RX_COALESCE_MIN_NS to
+ * RX_COALESCE_RATE datagrams a second, a read that cut fewer than
+ * RX_BATCH / 2 datagrams (a GRO run counts all of its own) is followed by a pause as long as
+ * RX_COALESCE_TARGET datagrams take to arrive at that rate (RX_COALESCE_MIN_NS to
  * RX_COALESCE_MAX_NS) and another read, at most RX_COALESCE_ROUNDS times per
  * wake-up. At lower rates (handshakes, keep-alives, interactive traffic)
- * nothing waits. The caller holds no lock.
+ * nothing waits, nor while the datagrams come mostly in GRO runs (QUIC
+ * transfers' GSO batches: their wake-ups are worth it already, and a pause
+ * would hold back the receiver's ACKs between them). The caller holds no
+ * lock.
  */
 #define RX_COALESCE_RATE 20000 /* datagrams a second */
 #define RX_COALESCE_TARGET 16
