@@ -187,6 +187,16 @@ static void started(pos_guard *g, struct MHD_Connection *conn, void **socket_con
         free(c);
         return;
     }
+    if ((*slot)->count >= g->max_per_client) {
+        /* pos_guard_accept let it in while this client's previous connection had not started
+         * yet (libmicrohttpd accepts a burst before it starts them): checked again here, where
+         * counting and checking are one step under the lock */
+        g->refused++;
+        pthread_mutex_unlock(&g->lock);
+        shutdown(fd->connect_fd, SHUT_RDWR);
+        free(c);
+        return;
+    }
     c->client = *slot;
     c->client->count++;
     c->fd = fd->connect_fd;

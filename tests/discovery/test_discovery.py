@@ -587,6 +587,40 @@ def trickled_requests_are_cut_at_the_request_deadline():
 
 
 @test
+def a_burst_from_one_address_gets_no_more_than_its_share():
+    """12 connections at once from one address, 40 times: never more than 4 are served
+    (--max-connections-per-client 4), even when the server accepts the burst before it has
+    started the first of them (the old check-then-count let a fifth in about 1 time in 10)."""
+    import socket
+    redis = Redis()
+    disc = Discovery(redis, "--max-connections", "128", "--max-connections-per-client", "4")
+    served = []
+    for trial in range(40):
+        socks = []
+        for _ in range(12):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", disc.port), timeout=2,
+                                                      source_address=(f"127.0.3.{trial + 1}", 0)))
+            except OSError:
+                pass
+        for sock in socks:
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            except OSError:
+                pass
+        answered = 0
+        for sock in socks:
+            try:
+                answered += sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            except OSError:
+                pass
+            sock.close()
+        served.append(answered)
+    assert max(served) == 4, served
+    assert metric(disc.metrics(), "pos_discovery_connections_refused_total") >= 40 * 8, served
+
+
+@test
 def slot_holders_do_not_lock_out_new_clients():
     """64 client addresses each hold as many slow connections as they may; a new client still
     gets its GET answered within 2 s, and one address gets no more than its share."""
