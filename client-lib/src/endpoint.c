@@ -59,7 +59,7 @@ struct pos_p2p_endpoint {
     struct ep_conn *later[EP_WRITE_LATER];
     void (*later_write[EP_WRITE_LATER])(struct ep_conn *c);
     unsigned n_later;
-    uint8_t txbuf[EP_MAX_UDP];
+    uint8_t txroom[EP_TX_HEAD + EP_MAX_UDP]; /* one packet (ep_txbuf) and room in front of it */
 };
 
 /* ---- connections and their ids ---- */
@@ -244,12 +244,16 @@ const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, so
 
 uint8_t *ep_txbuf(pos_p2p_endpoint *ep)
 {
-    return ep->txbuf;
+    return ep->txroom + EP_TX_HEAD;
 }
 
-uint8_t *ep_tx_space(pos_p2p_endpoint *ep)
+uint8_t *ep_tx_space(pos_p2p_endpoint *ep, size_t head)
 {
-    return ep->tx_hold > 0 && !ep->io.send ? ep_txq_space(ep->txq, EP_MAX_UDP) : ep->txbuf;
+    if (head > EP_TX_HEAD)
+        head = EP_TX_HEAD;
+    if (ep->tx_hold > 0 && !ep->io.send)
+        return ep_txq_space(ep->txq, head + EP_MAX_UDP) + head;
+    return ep->txroom + EP_TX_HEAD;
 }
 
 pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep)

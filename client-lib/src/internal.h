@@ -128,8 +128,14 @@ void ep_write_cancel(struct ep_conn *c);
 /* ep_local: the local address of socket |sock| (0 or 1) and its length in |*len|. */
 const struct sockaddr_storage *ep_local(const pos_p2p_endpoint *ep, int sock, socklen_t *len);
 uint8_t *ep_txbuf(pos_p2p_endpoint *ep); /* EP_MAX_UDP bytes to write one packet into */
-/* ep_tx_space: the same, but while held in place in the GSO run (sent without a copy). */
-uint8_t *ep_tx_space(pos_p2p_endpoint *ep);
+/*
+ * ep_tx_space: the same, but while held in place in the GSO run (sent
+ * without a copy), with |head| (at most EP_TX_HEAD) bytes of room in front
+ * of it: the start of the run's next datagram when a relay frame's header
+ * goes there (relay_send_data_in_place).
+ */
+#define EP_TX_HEAD 8
+uint8_t *ep_tx_space(pos_p2p_endpoint *ep, size_t head);
 pos_tls_creds *ep_creds(const pos_p2p_endpoint *ep);
 struct relay_tickets *ep_tickets(const pos_p2p_endpoint *ep); /* relays' tickets (tickets.h) */
 /*
@@ -184,5 +190,11 @@ int relay_holding(const pos_p2p_relay *r);                /* 1: parking, parked 
 pos_p2p_endpoint *relay_endpoint(const pos_p2p_relay *r);
 /* relay_send_frame: |buf| to the relay's current address: 0, -1 no connection, -2 not sent */
 int relay_send_frame(pos_p2p_relay *r, const uint8_t *buf, size_t len);
+/*
+ * relay_send_data_in_place: pos_p2p_relay_send_data of the |len| bytes at
+ * frame + POS_FRAME_HEADER_LEN, the frame's header written in front of them
+ * (|frame| has room for POS_FRAME_HEADER_LEN + |len| bytes): nothing is copied.
+ */
+int relay_send_data_in_place(pos_p2p_relay *r, uint32_t circuit_id, uint8_t *frame, size_t len);
 
 #endif

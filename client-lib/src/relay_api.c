@@ -61,9 +61,11 @@ int relay_send_ctrl(pos_p2p_relay *r, const pos_ctrl_msg *m)
     return relay_queue(r, m);
 }
 
-int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)
+/* send_data: the DATA frame for |circuit_id| in |frame| (its payload, |len| bytes, at
+ * frame + POS_FRAME_HEADER_LEN or at |data|) to the relay. */
+static int send_data(pos_p2p_relay *r, uint32_t circuit_id, uint8_t *frame, const uint8_t *data,
+                     size_t len)
 {
-    uint8_t buf[POS_FRAME_MAX_LEN];
     int flen, rv;
 
     if (!r || !data || len == 0)
@@ -72,11 +74,22 @@ int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t
         return POS_P2P_ERR_TOO_BIG;
     if (!relay_circ_open(relay_circ_of(r), circuit_id))
         return POS_P2P_ERR_CIRCUIT_CLOSED;
-    flen = pos_frame_encode_data(buf, sizeof(buf), circuit_id, data, len);
+    flen = pos_frame_encode_data(frame, POS_FRAME_MAX_LEN, circuit_id, data, len);
     if (flen < 0)
         return POS_P2P_ERR_INVALID_ARGUMENT;
-    rv = relay_send_frame(r, buf, (size_t)flen);
+    rv = relay_send_frame(r, frame, (size_t)flen);
     return rv == 0 ? 0 : rv == -1 ? POS_P2P_ERR_CIRCUIT_CLOSED : POS_P2P_ERR_IO;
+}
+
+int pos_p2p_relay_send_data(pos_p2p_relay *r, uint32_t circuit_id, const uint8_t *data, size_t len)
+{
+    uint8_t buf[POS_FRAME_MAX_LEN];
+    return send_data(r, circuit_id, buf, data, len);
+}
+
+int relay_send_data_in_place(pos_p2p_relay *r, uint32_t circuit_id, uint8_t *frame, size_t len)
+{
+    return send_data(r, circuit_id, frame, frame ? frame + POS_FRAME_HEADER_LEN : NULL, len);
 }
 
 int pos_p2p_relay_parked(const pos_p2p_relay *r)

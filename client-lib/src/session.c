@@ -195,9 +195,10 @@ void sess_fail(pos_p2p_session *s, int err, const char *reason)
 }
 
 /* send_pkt sends one packet ngtcp2 wrote for |path|: relayed or direct. */
-static void send_pkt(pos_p2p_session *s, const ngtcp2_path *path, const uint8_t *data, size_t len)
+static void send_pkt(pos_p2p_session *s, const ngtcp2_path *path, uint8_t *data, size_t len,
+                     size_t head)
 {
-    sess_path_send(s->path, s->ep, path, data, len);
+    sess_path_send(s->path, s->ep, path, data, len, head);
     s->st.bytes_sent += len;
     if (s->punch)
         sess_punch_count(s->punch, s->path, path, len);
@@ -215,7 +216,7 @@ static void send_close(pos_p2p_session *s, const ngtcp2_connection_close_error *
     n = ngtcp2_conn_write_connection_close(s->qc, &ps.path, &pi, ep_txbuf(s->ep), EP_MAX_UDP, ccerr,
                                            pos_quic_now());
     if (n > 0)
-        send_pkt(s, &ps.path, ep_txbuf(s->ep), (size_t)n);
+        send_pkt(s, &ps.path, ep_txbuf(s->ep), (size_t)n, 0);
 }
 
 static void close_app(pos_p2p_session *s, uint64_t code, const char *reason)
@@ -272,8 +273,10 @@ static void conn_write(pos_p2p_session *s)
     ngtcp2_path_storage_zero(&ps);
     s->busy++;
     ep_tx_hold(s->ep); /* the packets leave in GSO runs (ep_udp.h) */
+    /* relayed: room for the relay frame's header in front of each packet */
+    size_t head = sess_path_head(s->path, ngtcp2_conn_get_path(s->qc));
     for (int i = 0; i < MAX_PKTS_PER_WRITE && !s->dead; i++) {
-        uint8_t *txbuf = ep_tx_space(s->ep); /* in place in the GSO run */
+        uint8_t *txbuf = ep_tx_space(s->ep, head); /* in place in the GSO run */
         ngtcp2_ssize wlen = -1, n;
         ngtcp2_vec v = {NULL, 0};
         size_t nv = 0;
@@ -310,7 +313,7 @@ static void conn_write(pos_p2p_session *s)
             sstream_sent(st, (size_t)wlen, (flags & NGTCP2_WRITE_STREAM_FLAG_FIN) != 0);
         if (n == 0)
             break;
-        send_pkt(s, &ps.path, txbuf, (size_t)n);
+        send_pkt(s, &ps.path, txbuf, (size_t)n, head);
     }
     if (!s->dead)
         ngtcp2_conn_update_pkt_tx_time(s->qc, ts);

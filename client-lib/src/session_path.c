@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "addr.h"
+#include "frame.h"
 #include "session_path.h"
 
 struct sess_path {
@@ -71,12 +72,19 @@ void sess_path_fill(const struct sess_path *p, const pos_p2p_endpoint *ep, ngtcp
     path->user_data = NULL;
 }
 
+size_t sess_path_head(const struct sess_path *p, const ngtcp2_path *current)
+{
+    return p->relay && sess_path_is_relayed(p, current) ? POS_FRAME_HEADER_LEN : 0;
+}
+
 void sess_path_send(const struct sess_path *p, pos_p2p_endpoint *ep, const ngtcp2_path *path,
-                    const uint8_t *data, size_t len)
+                    uint8_t *data, size_t len, size_t head)
 {
     const struct sockaddr *to = (const struct sockaddr *)path->remote.addr;
     if (sess_path_is_relayed(p, path)) {
-        if (p->relay)
+        if (p->relay && head >= POS_FRAME_HEADER_LEN) /* the header in front: no copy */
+            relay_send_data_in_place(p->relay, p->circuit, data - POS_FRAME_HEADER_LEN, len);
+        else if (p->relay)
             pos_p2p_relay_send_data(p->relay, p->circuit, data, len);
     } else {
         ep_send(ep, to->sa_family == AF_INET ? 0 : 1, data, len, to, path->remote.addrlen);

@@ -28,10 +28,15 @@ void sess_path_set_direct(struct sess_path *p, int sock, const struct sockaddr *
 void sess_path_set_relayed(struct sess_path *p, pos_p2p_relay *r, uint32_t circuit_id, uint32_t n);
 /* sess_path_fill: the ngtcp2 view of |p| (its addresses live as long as |p|). */
 void sess_path_fill(const struct sess_path *p, const pos_p2p_endpoint *ep, ngtcp2_path *path);
-/* sess_path_send: one packet ngtcp2 wrote for |path| (relayed or direct); lost when it cannot go.
+/*
+ * sess_path_send: one packet ngtcp2 wrote for |path| (relayed or direct);
+ * lost when it cannot go. |head| bytes in front of |data| are free: with
+ * sess_path_head's room the relay frame's header goes there (no copy).
  */
 void sess_path_send(const struct sess_path *p, pos_p2p_endpoint *ep, const ngtcp2_path *path,
-                    const uint8_t *data, size_t len);
+                    uint8_t *data, size_t len, size_t head);
+/* sess_path_head: the room to leave in front of a packet for |current| (ngtcp2's path). */
+size_t sess_path_head(const struct sess_path *p, const ngtcp2_path *current);
 pos_p2p_relay *sess_path_relay(const struct sess_path *p); /* NULL: not relayed */
 /* sess_path_drop_relay: the circuit is gone; the relayed path stays known to ngtcp2 but dead. */
 void sess_path_drop_relay(struct sess_path *p);
