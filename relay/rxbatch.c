@@ -132,6 +132,22 @@ void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *
         fn(arg, b, k);
 }
 
+unsigned relay_rxbatch_pump(relay_rxbatch *b, int fd, int rounds, int small, relay_rxbatch_fn fn,
+                            void *arg)
+{
+    unsigned total = 0;
+    for (int round = 0; round < rounds; round++) {
+        unsigned n = small ? relay_rxbatch_read_small(b, fd) : relay_rxbatch_read(b, fd);
+        if (n == 0)
+            break;
+        total += n;
+        relay_rxbatch_cut(b, n, fn, arg);
+        if (n < RX_BATCH)
+            break;
+    }
+    return total;
+}
+
 #define RX_COALESCE_WINDOW_NS 10000000
 
 static int64_t mono_ns(void)

@@ -37,6 +37,14 @@ unsigned relay_rxbatch_read_small(relay_rxbatch *b, int fd);
  */
 typedef void (*relay_rxbatch_fn)(void *arg, relay_rxbatch *b, unsigned k);
 void relay_rxbatch_cut(relay_rxbatch *b, unsigned n, relay_rxbatch_fn fn, void *arg);
+/*
+ * relay_rxbatch_pump reads |fd| (relay_rxbatch_read, or _read_small when
+ * |small|) and cuts each batch for |fn| until the socket is empty or
+ * |rounds| batches were read (bounded, so one busy socket cannot starve the
+ * others). Returns the messages read.
+ */
+unsigned relay_rxbatch_pump(relay_rxbatch *b, int fd, int rounds, int small, relay_rxbatch_fn fn,
+                            void *arg);
 
 /*
  * relay_rxbatch_drain: one wake-up of a socket's reader: |read|(|arg|) reads

@@ -100,19 +100,7 @@ static void forward_datagrams(void *arg, relay_rxbatch *b, unsigned n)
 /* read_sock: batches of |sk|'s socket |fd| until it is empty or |rounds| batches were read. */
 static unsigned read_sock(struct sock *sk, int fd, int rounds, int small)
 {
-    relay_server *s = sk->srv;
-    unsigned total = 0;
-    /* Bounded per wake-up so one busy socket cannot starve the others. */
-    for (int round = 0; round < rounds; round++) {
-        unsigned n = small ? relay_rxbatch_read_small(s->rxb, fd) : relay_rxbatch_read(s->rxb, fd);
-        if (n == 0)
-            break;
-        total += n;
-        relay_rxbatch_cut(s->rxb, n, forward_datagrams, sk);
-        if (n < RX_BATCH)
-            break;
-    }
-    return total;
+    return relay_rxbatch_pump(sk->srv->rxb, fd, rounds, small, forward_datagrams, sk);
 }
 
 /* read_all: |arg|'s socket until it is empty (at most 16 batches), for relay_rxbatch_drain */

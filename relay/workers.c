@@ -283,19 +283,8 @@ static void piece(void *arg, relay_rxbatch *b, unsigned n)
 /* read_sock: batches of |ws|'s socket |fd| until it is empty or |rounds| batches were read. */
 static unsigned read_sock(struct wsock *ws, int fd, int rounds, int small)
 {
-    struct worker *w = ws->w;
-    unsigned total = 0;
-    for (int round = 0; round < rounds; round++) {
-        unsigned n = small ? relay_rxbatch_read_small(w->rxb, fd) : relay_rxbatch_read(w->rxb, fd);
-        if (n == 0)
-            break;
-        total += n;
-        w->cur = ws;
-        relay_rxbatch_cut(w->rxb, n, piece, w);
-        if (n < RX_BATCH)
-            break;
-    }
-    return total;
+    ws->w->cur = ws;
+    return relay_rxbatch_pump(ws->w->rxb, fd, rounds, small, piece, ws->w);
 }
 
 /* read_all: |arg|'s socket until it is empty (at most 16 batches), for relay_rxbatch_drain */
