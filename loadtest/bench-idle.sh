@@ -157,6 +157,8 @@ if r["unparked"]:
     print(f"not parked when the wait ended (measuring process's clients): {r['unparked']}, "
           f"{r['unparked_incoming']} of them had answered an INCOMING, {r['unparked_before']} had "
           f"parked before, {r['unparked_failed']} failed")
+    if r.get("unparked_first_failure"):
+        print(f"  first failed: {r['unparked_first_failure']}")
 print(f"parked: {r['parked']:.0f} of {r['accepted']}; relay pos_relay_parked {r['relay_parked']:.0f}, "
       f"pos_relay_awake {r['relay_awake']:.0f}, live QUIC connections {r['relay_connections_parked']:.0f} "
       f"(goal: equal to awake)")

@@ -315,6 +315,9 @@ static void park_all(struct run *R)
             R->unparked++;
             R->unparked_incoming += c->incoming > 0;
             R->unparked_failed += st.state == POS_P2P_RELAY_FAILED;
+            if (st.state == POS_P2P_RELAY_FAILED && !R->unparked_first[0])
+                snprintf(R->unparked_first, sizeof(R->unparked_first), "%s: %s",
+                         pos_p2p_strerror(st.error), st.reason[0] ? st.reason : "no reason given");
             R->unparked_before += st.state != POS_P2P_RELAY_FAILED && st.parks > 0;
         }
     }
@@ -379,6 +382,8 @@ static void print_text(struct run *R)
         printf("not parked when the wait ended, of this process's %ld clients: %ld (%ld of them "
                "had answered an INCOMING, %ld had parked before, %ld failed)\n",
                R->mine, R->unparked, R->unparked_incoming, R->unparked_before, R->unparked_failed);
+    if (R->unparked_first[0])
+        printf("  first failed: %s\n", R->unparked_first);
     if (R->rss0 >= 0)
         printf("relay RSS with all parked: %ld KiB (%ld bytes per parked client)\n", R->rss_parked,
                R->accepted ? (R->rss_parked - R->rss0) * 1024 / R->accepted : 0);
@@ -445,6 +450,8 @@ static void print_json(struct run *R)
            R->moved, R->rebound.ok, R->rebound.tried, R->rebound_s, R->unparked,
            R->unparked_incoming, R->unparked_before, R->unparked_failed);
     json_str(R->first_reason);
+    printf("\", \"unparked_first_failure\": \"");
+    json_str(R->unparked_first);
     printf("\", \"awake_first_failure\": \"");
     json_str(R->awake.first);
     printf("\", \"parked_first_failure\": \"");

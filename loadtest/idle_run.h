@@ -51,6 +51,7 @@ struct run {
     /* this process's clients not parked when park_all ended; of them: INCOMING answered,
        parked before, connection failed */
     long unparked, unparked_incoming, unparked_before, unparked_failed;
+    char unparked_first[300];             /* the first failed one's error: "CODE: reason" */
     double hold_cpu_s[2], hold_events[2]; /* [0] awake, [1] parked */
     double hold_acks;                     /* PARK_ACKs the relay sent in the parked hold */
     struct lat awake, parked;

@@ -46,8 +46,18 @@ void relay_presence_svc_unpark(relay_presence_svc *s, const char *peer_id);
  * deleted by the final clean-up with the others). */
 void relay_presence_svc_hold(relay_presence_svc *s, const char *peer_id);
 
-/* relay_presence_svc_refresh: extends (or puts back) every presence key naming this relay. */
+/*
+ * relay_presence_svc_refresh: extends (or puts back) every presence key naming this relay,
+ * PRESENCE_CHUNK keys a Redis call (after Redis came back).
+ */
 void relay_presence_svc_refresh(relay_presence_svc *s);
+/*
+ * relay_presence_svc_refresh_step: the same for one of RELAY_PRESENCE_STEPS shares of the
+ * keys (each entry belongs to one): the periodic refresh sends one share at a time, so that
+ * 50,000 live clients' keys do not reach Redis in one burst that delays every other request.
+ */
+#define RELAY_PRESENCE_STEPS 5
+void relay_presence_svc_refresh_step(relay_presence_svc *s, unsigned step);
 
 /* relay_presence_svc_shutdown: lookups are answered unavailable from now on. */
 void relay_presence_svc_shutdown(relay_presence_svc *s);

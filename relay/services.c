@@ -28,6 +28,8 @@
 
 #define REDIS_TIMEOUT_MS 500
 #define REFRESH_INTERVAL 5.0 /* presence, connection sets, revalidation */
+/* the refresh timer's tick: presence goes out a share each tick, the rest every interval */
+#define REFRESH_TICK (REFRESH_INTERVAL / RELAY_PRESENCE_STEPS)
 
 struct relay_services {
     struct ev_loop *loop;
@@ -38,6 +40,7 @@ struct relay_services {
     relay_budget_svc *budget;
     relay_registration *registration;
     ev_timer refresh;
+    unsigned refresh_step; /* ticks of |refresh| so far */
     int shut_down;
     uint64_t redis_ups; /* times Redis came (back) up */
 };
@@ -156,8 +159,10 @@ static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     if (!pos_redis_async_up(s->redis) || s->shut_down)
         return;
-    relay_presence_svc_refresh(s->presence);
-    relay_auth_svc_refresh(s->auth);
+    unsigned step = s->refresh_step++ % RELAY_PRESENCE_STEPS;
+    relay_presence_svc_refresh_step(s->presence, step);
+    if (step == 0)
+        relay_auth_svc_refresh(s->auth);
 }
 
 /*
@@ -171,7 +176,8 @@ static void on_redis_state(void *arg, int up)
         s->redis_ups++;
     /* Called from the loop only, so every room exists by then. */
     if (up && !s->shut_down) {
-        on_refresh(s->loop, &s->refresh, 0);
+        relay_presence_svc_refresh(s->presence); /* all of it at once */
+        relay_auth_svc_refresh(s->auth);
         relay_budget_svc_flush(s->budget);
     }
 }
@@ -187,7 +193,7 @@ relay_services *relay_services_new(struct ev_loop *loop, const relay_config *cfg
         return NULL;
     s->loop = loop;
     s->cfg = cfg;
-    ev_timer_init(&s->refresh, on_refresh, REFRESH_INTERVAL, REFRESH_INTERVAL);
+    ev_timer_init(&s->refresh, on_refresh, REFRESH_TICK, REFRESH_TICK);
     s->refresh.data = s;
     s->redis = pos_redis_async_new(loop, &cfg->redis, REDIS_TIMEOUT_MS, on_redis_state, s);
     if (!s->redis || !(s->auth = relay_auth_svc_new(loop, cfg, s->redis, cbs)) ||

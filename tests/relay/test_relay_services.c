@@ -43,6 +43,7 @@
 #include "relay_keys.h"
 #include "secret.h"
 #include "services.h"
+#include "services_refresh.h"
 
 struct verdict {
     int done;
@@ -99,6 +100,11 @@ static void run_for(double seconds)
 {
     int never = 0;
     run_until(&never, seconds);
+}
+
+void services_run_for(double seconds)
+{
+    run_for(seconds);
 }
 
 static struct sockaddr_in addr4(const char *ip, int port)
@@ -449,6 +455,7 @@ static int run_checks(const char *config)
         test_cancel_rate(s1);
         test_script_flush(s1, &cfg);
         test_refresh(s1, &cfg);
+        test_refresh_spread(s1, &cfg, &check_passed, &check_failed);
         test_revocation(s1, config);
         test_presence(s1, &cfg);
         test_redis_hang(s1);

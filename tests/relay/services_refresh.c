@@ -1,0 +1,92 @@
+/*
+ * The periodic presence refresh with many keys (services.c, presence.c): the
+ * keys go to Redis a share per tick (RELAY_PRESENCE_STEPS shares over the
+ * 5 s interval), in calls of many keys, and the whole set is back within one
+ * interval; a key naming another relay is never taken.
+ */
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "check.h"
+#include "presence.h"
+#include "redis.h"
+#include "relay_keys.h"
+#include "services_refresh.h"
+
+#define N_PEERS 250
+
+/* ours: how many of the N_PEERS keys name this relay */
+static int ours(pos_redis *rc, const relay_config *cfg)
+{
+    int n = 0;
+    for (int i = 0; i < N_PEERS; i++) {
+        char peer[64], key[RELAY_KEY_LEN];
+        snprintf(peer, sizeof(peer), "refresh-spread-peer-%03d", i);
+        relay_key_presence(cfg->redis_prefix, key, sizeof(key), peer);
+        redisReply *rep = pos_redis_command(rc, "GET %s", key);
+        n += rep && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, cfg->id) == 0;
+        if (rep)
+            freeReplyObject(rep);
+    }
+    return n;
+}
+
+void test_refresh_spread(relay_services *s, const relay_config *cfg, int *passed, int *failed)
+{
+    pos_redis rc;
+    char peer[64], key[RELAY_KEY_LEN], other[RELAY_KEY_LEN];
+    pos_redis_init(&rc, &cfg->redis, cfg->redis_prefix, 2000);
+    for (int i = 0; i < N_PEERS; i++) {
+        snprintf(peer, sizeof(peer), "refresh-spread-peer-%03d", i);
+        relay_presence_add(s, peer);
+    }
+    services_run_for(0.3);
+    CHECK(ours(&rc, cfg) == N_PEERS); /* each written when its first home connection came */
+    /* Redis loses them all (a restart without persistence); one peer moved to another relay */
+    for (int i = 0; i < N_PEERS; i++) {
+        snprintf(peer, sizeof(peer), "refresh-spread-peer-%03d", i);
+        relay_key_presence(cfg->redis_prefix, key, sizeof(key), peer);
+        redisReply *rep = pos_redis_command(&rc, "DEL %s", key);
+        if (rep)
+            freeReplyObject(rep);
+    }
+    relay_key_presence(cfg->redis_prefix, other, sizeof(other), "refresh-spread-peer-007");
+    redisReply *rep = pos_redis_command(&rc, "SET %s other-relay EX 60", other);
+    CHECK(rep && rep->type == REDIS_REPLY_STATUS);
+    if (rep)
+        freeReplyObject(rep);
+    CHECK(ours(&rc, cfg) == 0);
+    /* every 0.25 s for one whole interval: the keys come back a share at a time (one tick a
+       second), never all in one burst */
+    int before = 0, jump = 0;
+    for (int k = 0; k < 22; k++) {
+        services_run_for(0.25);
+        int now = ours(&rc, cfg);
+        if (now - before > jump)
+            jump = now - before;
+        before = now;
+    }
+    CHECK(jump > 0 && jump <= N_PEERS / 2);
+    CHECK(ours(&rc, cfg) == N_PEERS - 1);
+    rep = pos_redis_command(&rc, "GET %s", other);
+    CHECK(rep && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "other-relay") == 0);
+    if (rep)
+        freeReplyObject(rep);
+    rep = pos_redis_command(&rc, "TTL %s", key); /* the last peer's: the live TTL */
+    CHECK(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0 && rep->integer <= 15);
+    if (rep)
+        freeReplyObject(rep);
+    for (int i = 0; i < N_PEERS; i++) {
+        snprintf(peer, sizeof(peer), "refresh-spread-peer-%03d", i);
+        relay_presence_remove(s, peer);
+    }
+    services_run_for(0.3);
+    CHECK(ours(&rc, cfg) == 0);
+    rep = pos_redis_command(&rc, "DEL %s", other);
+    if (rep)
+        freeReplyObject(rep);
+    pos_redis_free(&rc);
+    *passed += check_passed;
+    *failed += check_failed;
+}
