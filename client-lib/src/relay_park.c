@@ -25,6 +25,7 @@ struct relay_park {
     int64_t idle_since; /* last activity (ms) */
     int64_t retry_ms;   /* after refused or unanswered PARKs: the wait before asking again */
     uint32_t park_req;  /* the PARK's request id while asked */
+    uint32_t late_req;  /* a PARK given up unanswered (0: none): its PARKED is still taken */
     int64_t due;        /* ASKED: give up; FREEING: free the QUIC connection */
     uint32_t pending[MAX_PENDING];
     unsigned n_pending;
@@ -222,6 +223,7 @@ int relay_park_timer(struct relay_park *p, int64_t now_ms, int can_park)
         return RELAY_PARK_ASK;
     case RELAY_PARK_ASKED: /* no answer: the relay does not park; try again later */
         refused(p, now_ms);
+        p->late_req = p->park_req; /* a loaded relay may still answer: then it has parked us */
         return RELAY_PARK_NOTHING;
     case RELAY_PARK_FREEING:
         return RELAY_PARK_FREE;
@@ -266,8 +268,18 @@ int relay_park_error(struct relay_park *p, uint32_t req_id, int64_t now_ms)
 int relay_park_parked(struct relay_park *p, const pos_ctrl_msg *m, int64_t now_ms)
 {
     int64_t want;
-    if (!p || p->state != RELAY_PARK_ASKED || m->req_id != p->park_req || !p->has_key)
+    if (!p || !p->has_key || m->req_id == 0)
         return -1;
+    /*
+     * The answer to the PARK asked, or a late one to a PARK given up: the relay
+     * parked us then and frees its side of the connection, whatever we do;
+     * staying awake on it would end in an idle timeout, unreachable meanwhile.
+     */
+    int late =
+        m->req_id == p->late_req && (p->state == RELAY_PARK_AWAKE || p->state == RELAY_PARK_ASKED);
+    if (!late && (p->state != RELAY_PARK_ASKED || m->req_id != p->park_req))
+        return -1;
+    p->late_req = 0;
     p->state = RELAY_PARK_FREEING;
     p->due = now_ms + RELAY_PARK_FREE_MS;
     p->retry_ms = 0;
@@ -283,6 +295,7 @@ void relay_park_enter(struct relay_park *p, int sock, const struct sockaddr_stor
                       int64_t now_ms)
 {
     p->state = RELAY_PARK_PARKED;
+    p->late_req = 0;
     p->sock = sock;
     p->relay = *relay;
     p->sent = p->acked = p->wake = 0;

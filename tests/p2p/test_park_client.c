@@ -244,6 +244,38 @@ static void test_asking(pos_p2p_endpoint *ep)
     CHECK(relay_park_timer(p, 4600 + RELAY_PARK_ASK_MS, 1) == RELAY_PARK_NOTHING);
     CHECK(relay_park_state(p) == RELAY_PARK_AWAKE);
     CHECK(relay_park_deadline(p, 1) == 4600 + RELAY_PARK_ASK_MS + 4000);
+    {
+        /* its PARKED comes late (a loaded relay): the relay has parked us, so we park too */
+        struct relay_park *q = relay_park_create(ep, 0);
+        relay_park_set_key(q, key);
+        relay_park_asked(q, 31, 100);
+        CHECK(relay_park_timer(q, 100 + RELAY_PARK_ASK_MS, 1) == RELAY_PARK_NOTHING);
+        CHECK(relay_park_state(q) == RELAY_PARK_AWAKE);
+        memset(&m, 0, sizeof(m));
+        m.type = POS_CTRL_PARKED;
+        m.record_id = RECORD;
+        m.keepalive_s = 25;
+        m.lifetime_s = 120;
+        m.req_id = 30; /* not a PARK of ours */
+        CHECK(relay_park_parked(q, &m, 100 + RELAY_PARK_ASK_MS + 50) == -1);
+        m.req_id = 31;
+        CHECK(relay_park_parked(q, &m, 100 + RELAY_PARK_ASK_MS + 50) == 0);
+        CHECK(relay_park_state(q) == RELAY_PARK_FREEING);
+        CHECK(relay_park_parked(q, &m, 100 + RELAY_PARK_ASK_MS + 60) == -1); /* once */
+        relay_park_free(q);
+        /* late while a newer PARK is asked: taken too */
+        q = relay_park_create(ep, 0);
+        relay_park_set_key(q, key);
+        relay_park_asked(q, 40, 0);
+        CHECK(relay_park_timer(q, RELAY_PARK_ASK_MS, 1) == RELAY_PARK_NOTHING);
+        int64_t again = relay_park_deadline(q, 1);
+        CHECK(relay_park_timer(q, again, 1) == RELAY_PARK_ASK);
+        relay_park_asked(q, 41, again);
+        m.req_id = 40;
+        CHECK(relay_park_parked(q, &m, again + 10) == 0);
+        CHECK(relay_park_state(q) == RELAY_PARK_FREEING);
+        relay_park_free(q);
+    }
     for (int i = 0; i < 30; i++) { /* refused again and again: at most an hour apart */
         int64_t t = relay_park_deadline(p, 1);
         CHECK(relay_park_timer(p, t, 1) == RELAY_PARK_ASK);
