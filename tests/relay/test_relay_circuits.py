@@ -67,7 +67,13 @@ class Client:
             return [e for e in self.lines if e.get("event") == kind]
 
     def wait_event(self, kind, timeout=10):
-        wait_until(lambda: self.events(kind), timeout, what=f"{self.name}: {kind}")
+        try:
+            wait_until(lambda: self.events(kind), timeout, what=f"{self.name}: {kind}")
+        except AssertionError as e:  # what the client said last, to tell a hang from an exit
+            with self.lock:
+                last = self.lines[-3:]
+            raise AssertionError(f"{e}; {self.name}: exit status {self.proc.poll()}, last events "
+                                 f"{last}, stderr {''.join(self.err[-5:])[-800:]!r}") from None
         return self.events(kind)[0]
 
     def peer_id(self):
