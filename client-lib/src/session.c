@@ -194,14 +194,13 @@ void sess_fail(pos_p2p_session *s, int err, const char *reason)
     emit(s, &ev);
 }
 
-/* send_pkt sends one packet ngtcp2 wrote for |path|: relayed or direct. */
-static void send_pkt(pos_p2p_session *s, const ngtcp2_path *path, uint8_t *data, size_t len,
-                     size_t head)
+/* send_pkt sends one packet ngtcp2 wrote for |path|: relayed or direct (|head|: sess_path_send) */
+static void send_pkt(pos_p2p_session *s, const ngtcp2_path *path, uint8_t *d, size_t n, size_t head)
 {
-    sess_path_send(s->path, s->ep, path, data, len, head);
-    s->st.bytes_sent += len;
+    sess_path_send(s->path, s->ep, path, d, n, head);
+    s->st.bytes_sent += n;
     if (s->punch)
-        sess_punch_count(s->punch, s->path, path, len);
+        sess_punch_count(s->punch, s->path, path, n);
 }
 
 static void send_close(pos_p2p_session *s, const ngtcp2_connection_close_error *ccerr)
@@ -273,8 +272,7 @@ static void conn_write(pos_p2p_session *s)
     ngtcp2_path_storage_zero(&ps);
     s->busy++;
     ep_tx_hold(s->ep); /* the packets leave in GSO runs (ep_udp.h) */
-    /* relayed: room for the relay frame's header in front of each packet */
-    size_t head = sess_path_head(s->path, ngtcp2_conn_get_path(s->qc));
+    size_t head = sess_path_head(s->path, ngtcp2_conn_get_path(s->qc)); /* relay header room */
     for (int i = 0; i < MAX_PKTS_PER_WRITE && !s->dead; i++) {
         uint8_t *txbuf = ep_tx_space(s->ep, head); /* in place in the GSO run */
         ngtcp2_ssize wlen = -1, n;
