@@ -57,8 +57,8 @@ trap cleanup EXIT
 if [ ! -d "$build" ]; then
     meson setup "$build" "$root" -Dbuildtype=release >/dev/null
 fi
-if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest client-lib/cli/pos-p2p \
-    discovery-api/pos-discovery >"$work/build.log" 2>&1; then
+if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest loadtest/pos-kabench \
+    client-lib/cli/pos-p2p discovery-api/pos-discovery >"$work/build.log" 2>&1; then
     tail -20 "$work/build.log"
     echo "bench-idle: the build failed" >&2
     exit 1
@@ -121,9 +121,21 @@ if [ ! -s "$work/idle.json" ]; then
     echo "bench-idle: pos-loadtest idle printed no figures (exit $rc)" >&2
     exit 1
 fi
-/usr/bin/python3 - "$work/idle.json" "$keepalive" <<'PY'
+# The floor of a keep-alive on this machine now: a bare recvmmsg/sendmmsg server
+# (pos-kabench, no protocol) fed by as many client sockets at the keep-alives'
+# measured rate, acking as many of them as the relay did.
+read -r ka_rate ka_every <<<"$(/usr/bin/python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
+ev, acks = r.get("keepalives", 0), r.get("keepalive_acks", 0)
+print(max(1, round(ev / max(r["hold_s"], 1))), round(ev / acks) if acks > 0 else 0)' "$work/idle.json")"
+"$build/loadtest/pos-kabench" --clients "$(/usr/bin/python3 -c 'import json,sys; print(max(1, json.load(open(sys.argv[1]))["accepted"]))' "$work/idle.json")" \
+    --rate "$ka_rate" --ack-every "$ka_every" --duration 20 --json >"$work/floor.json" \
+    2>"$work/floor.err" || cat "$work/floor.err" >&2
+/usr/bin/python3 - "$work/idle.json" "$keepalive" "$work/floor.json" <<'PY'
+import json, os, sys
+r = json.load(open(sys.argv[1]))
+floor = json.load(open(sys.argv[3])) if os.path.getsize(sys.argv[3]) > 0 else None
 r["keepalive_s"] = sys.argv[2]
 n = max(r["accepted"], 1)
 def ratio(v, goal): return f"{v / goal:.2f} x goal" if v >= 0 else "n/a"
@@ -173,6 +185,11 @@ if ev > 0 and cpu >= 0:
           f"1 in {ev / max(acks, 1):.1f}), relay CPU {cpu:.3f} s = {us:.2f} us each: "
           f"{ratio(us, 2)} (goal <= 2 us); {cpu * 1e6 / n / max(r['hold_s'], 1):.2f} us per parked "
           f"client-second")
+    if floor:
+        print(f"  bare floor on this machine now (pos-kabench: recvmmsg every 50 ms, sendmmsg acks, "
+              f"{floor['clients']} client sockets, {floor['datagrams'] / floor['seconds']:.0f}/s, "
+              f"{floor['acks']} acks): {floor['us_per_datagram']:.2f} us per datagram; "
+              f"relay / floor = {us / floor['us_per_datagram']:.2f}")
 else:
     print("keep-alives: none counted by the relay (pos_relay_park_keepalives_total)")
 p50 = r["parked_connect_p50_ms"]
