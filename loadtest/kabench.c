@@ -260,6 +260,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "pos-kabench: fork: %s\n", strerror(errno));
             for (unsigned j = 0; j < k; j++)
                 kill(kids[j], SIGKILL);
+            free(kids);
             return 1;
         }
     }
@@ -283,6 +284,7 @@ int main(int argc, char **argv)
         kill(kids[k], SIGKILL);
     while (wait(NULL) > 0) {
     }
+    free(kids);
     uint64_t got = s.got - got0, acks = s.acks - acks0, reads = s.reads - reads0;
     if (got == 0) {
         fprintf(stderr, "pos-kabench: no datagram arrived\n");

@@ -26,7 +26,7 @@ PROGRAMS = [
     ("loadtest/pos-loadtest", "pos-loadtest.1.scd", ["loadtest"], True),
     ("discovery-api/pos-discovery", "pos-discovery.8.scd", ["discovery-api"], False),
 ]
-NOT_INSTALLED = {"fwdbench.c"}  # pos-fwdbench: a benchmark helper, no man page
+NOT_INSTALLED = {"fwdbench.c", "kabench.c"}  # pos-fwdbench, pos-kabench: benchmark helpers, no man page
 
 OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)(?![\w])")
 TERM = re.compile(r"\*--([^*\s]+)\*")  # a bold option in scdoc: *--name*
