@@ -37,6 +37,7 @@ struct request {
     int internal; /* SELECT, SCRIPT LOAD or PING sent by this module */
     int ping;     /* the PING that makes the connection ready */
     int info;     /* the INFO memory that checks the eviction policy */
+    int late;     /* answered NULL at its deadline; Redis's answer, when it comes, is dropped */
     /* For scripts only: a copy of the arguments, to send again after NOSCRIPT. */
     int argc;
     char **argv;
@@ -71,8 +72,9 @@ struct pos_redis_async {
     pos_redis_async_state_cb state_cb;
     void *state_arg;
     struct conn cmd, sub;
-    struct request *head, *tail; /* in flight on cmd, oldest first */
+    struct request *head, *tail; /* in flight on cmd, oldest first (late ones left out) */
     ev_timer cmd_timer;
+    ev_tstamp last_answer; /* when cmd last read an answer */
     struct script scripts[POS_REDIS_MAX_SCRIPTS];
     int nscripts;
     char *channel;
@@ -217,6 +219,12 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     struct request *q = privdata;
     pos_redis_async *r = q->r;
     (void)ac;
+    if (reply)
+        r->last_answer = ev_now(r->loop);
+    if (q->late) { /* its caller was told it failed: the answer goes nowhere */
+        request_free(q);
+        return;
+    }
     list_remove(r, q);
     if (r->closing) {
         request_free(q);
@@ -413,14 +421,49 @@ static void start_connect(struct conn *c)
     }
 }
 
-/* The oldest command is late: the server or the path to it is stuck. */
+/*
+ * give_up_late: Redis answers, but behind a queue (a burst of writes, a slow
+ * script of another client): the commands past their deadline are answered
+ * NULL now, as if the connection had failed, and the connection stays, with
+ * every other command in flight. Our own setup commands are never given up
+ * this way. 1 when the oldest command is no longer late.
+ */
+static int give_up_late(pos_redis_async *r, ev_tstamp now)
+{
+    struct request *q;
+    while ((q = r->head) != NULL && q->deadline - now <= 0.001) {
+        if (q->internal)
+            return 0;
+        list_remove(r, q);
+        q->late = 1;
+        r->stats.errors++;
+        r->stats.late++;
+        pos_redis_async_reply_cb cb = q->cb;
+        q->cb = NULL;
+        if (cb)
+            cb(q->arg, NULL);
+    }
+    return 1;
+}
+
+/*
+ * The oldest command is late. When Redis answered nothing for as long as the
+ * timeout, the server or the path to it is stuck: reconnect, failing
+ * everything in flight. When it still answers, only the late commands fail.
+ */
 static void on_cmd_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     pos_redis_async *r = w->data;
     (void)revents;
     if (!r->head)
         return;
-    ev_tstamp left = r->head->deadline - ev_now(loop);
+    ev_tstamp now = ev_now(loop), left = r->head->deadline - now;
+    if (left <= 0.001 && r->cmd.ready && now - r->last_answer < r->timeout &&
+        give_up_late(r, now)) {
+        if (!r->head)
+            return;
+        left = r->head->deadline - now;
+    }
     if (left > 0.001) {
         ev_timer_set(w, left, 0.);
         ev_timer_start(loop, w);

@@ -5,8 +5,11 @@
  * - one command connection that reconnects by itself with exponential
  *   backoff (100 ms doubling to 2 s) driven by an ev_timer;
  * - its own command timeout (hiredis 0.14 has none): when the oldest pending
- *   command has waited longer than the timeout, the connection is considered
- *   dead, dropped, every pending callback gets NULL, and a reconnect starts;
+ *   command has waited longer than the timeout and Redis answered nothing for
+ *   as long, the connection is considered dead, dropped, every pending
+ *   callback gets NULL, and a reconnect starts; when Redis still answers
+ *   (busy behind a queue), only the commands past the timeout get NULL and
+ *   their answers are dropped when they come;
  * - Lua scripts run with EVALSHA; a NOSCRIPT answer (Redis restarted, SCRIPT
  *   FLUSH) makes it send SCRIPT LOAD and the EVALSHA again, pipelined;
  * - a separate subscriber connection for pub/sub that resubscribes after
@@ -99,7 +102,8 @@ int pos_redis_async_subscribe(pos_redis_async *r, const char *channel,
 typedef struct pos_redis_async_stats {
     uint64_t commands;
     uint64_t errors;   /* commands answered NULL: connection failures and timeouts */
-    uint64_t timeouts; /* of which timeouts */
+    uint64_t timeouts; /* connections dropped because Redis answered nothing in time */
+    uint64_t late;     /* commands answered NULL at their deadline while Redis still answered */
     uint64_t reconnects;
     uint64_t policy_refusals; /* connections refused for an evicting maxmemory-policy */
 } pos_redis_async_stats;

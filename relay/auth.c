@@ -52,6 +52,8 @@ struct tokconn {
     uint64_t *members; /* our members in the token's Redis connection set */
     uint32_t nparked;  /* of which the last |nparked| are parked clients' (longer TTL) */
     uint32_t parked;   /* of |count|: parked clients (their token re-read once a minute) */
+    /* where the next refresh step starts, among the live members and among the parked */
+    uint32_t live_cur, parked_cur;
 };
 
 enum check_kind { CHECK_ADDR, CHECK_AUTH };
@@ -87,8 +89,7 @@ struct relay_auth_svc {
     uint64_t next_handle, next_member;
     struct strmap cache, tokconns;
     int shut_down;
-    unsigned
-        refreshes; /* relay_auth_svc_refresh calls: parked members every PARKED_REFRESH_EVERY */
+    unsigned refreshes; /* refresh rounds: tokens of parked clients only, every 12th */
 };
 
 /* ---- checks: life cycle and delivery ---- */
@@ -640,20 +641,51 @@ static void refresh_members(relay_auth_svc *s, const struct tokconn *t, uint32_t
     }
 }
 
-/* refresh_conns: live connections' members every refresh, parked clients' once a minute. */
-static void refresh_conns(relay_auth_svc *s, const struct tokconn *t, int parked_too)
+/*
+ * refresh_share: the next ceil(|len| / |shares|) of the |len| members from
+ * |base| on, from |*cur| on, wrapping; |*cur| moves past them. Over |shares|
+ * calls every member is refreshed once: a member moved by a removal (the
+ * last one takes the removed one's place) may wait one round more, well
+ * within its TTL (6 rounds for live members, 2.5 for parked ones).
+ */
+static void refresh_share(relay_auth_svc *s, const struct tokconn *t, uint32_t base, uint32_t len,
+                          uint32_t *cur, unsigned shares, int ttl_ms)
 {
-    refresh_members(s, t, 0, t->nmembers - t->nparked, CONN_TTL_MS);
-    if (parked_too)
-        refresh_members(s, t, t->nmembers - t->nparked, t->nmembers, PARKED_CONN_TTL_MS);
+    if (len == 0) {
+        *cur = 0;
+        return;
+    }
+    uint32_t n = (uint32_t)(((uint64_t)len + shares - 1) / shares), from = *cur < len ? *cur : 0;
+    uint32_t first = n < len - from ? n : len - from;
+    refresh_members(s, t, base + from, base + from + first, ttl_ms);
+    if (first < n)
+        refresh_members(s, t, base, base + (n - first), ttl_ms); /* wrapped */
+    *cur = (uint32_t)(((uint64_t)from + n) % len);
+}
+
+void relay_auth_svc_refresh_step(relay_auth_svc *s, unsigned step, unsigned steps)
+{
+    STRMAP_FOREACH(&s->tokconns, n)
+    {
+        struct tokconn *t = (struct tokconn *)n;
+        uint32_t live = t->nmembers - t->nparked;
+        refresh_share(s, t, 0, live, &t->live_cur, steps, CONN_TTL_MS);
+        refresh_share(s, t, live, t->nparked, &t->parked_cur, steps * PARKED_REFRESH_EVERY,
+                      PARKED_CONN_TTL_MS);
+    }
+    if (step == 0) /* tokens held here only by parked clients: once a minute */
+        revalidate_some(s, s->refreshes++ % PARKED_REFRESH_EVERY == 0);
 }
 
 void relay_auth_svc_refresh(relay_auth_svc *s)
 {
-    int parked_too = s->refreshes++ % PARKED_REFRESH_EVERY == 0;
     STRMAP_FOREACH(&s->tokconns, n)
-    refresh_conns(s, (const struct tokconn *)n, parked_too);
-    revalidate_some(s, parked_too);
+    {
+        const struct tokconn *t = (const struct tokconn *)n;
+        refresh_members(s, t, 0, t->nmembers - t->nparked, CONN_TTL_MS);
+        refresh_members(s, t, t->nmembers - t->nparked, t->nmembers, PARKED_CONN_TTL_MS);
+    }
+    revalidate(s);
 }
 
 void relay_auth_svc_park(relay_auth_svc *s, const char *token_id, int parked)

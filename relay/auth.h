@@ -40,8 +40,15 @@ void relay_auth_svc_release(relay_auth_svc *s, const char *token_id);
 void relay_auth_svc_park(relay_auth_svc *s, const char *token_id, int parked);
 void relay_auth_svc_release_parked(relay_auth_svc *s, const char *token_id);
 
-/* relay_auth_svc_refresh: pushes the expiry of our connection-set members and re-reads the tokens
- * in use. */
+/*
+ * relay_auth_svc_refresh_step: step |step| of |steps| (one a tick, round
+ * robin) pushes the expiry of a |steps|-th of our live connection-set
+ * members (each every |steps| ticks) and of a 12 x |steps|-th of the parked
+ * clients' members (each once a minute with 5 steps of 1 s); step 0 re-reads
+ * the tokens in use (those held only by parked clients every 12th round).
+ * relay_auth_svc_refresh does it all at once (Redis came back, maybe empty).
+ */
+void relay_auth_svc_refresh_step(relay_auth_svc *s, unsigned step, unsigned steps);
 void relay_auth_svc_refresh(relay_auth_svc *s);
 
 /* relay_auth_svc_shutdown: from now on every check is answered RELAY_GOING_AWAY. */

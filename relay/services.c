@@ -161,8 +161,7 @@ static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     unsigned step = s->refresh_step++ % RELAY_PRESENCE_STEPS;
     relay_presence_svc_refresh_step(s->presence, step);
-    if (step == 0)
-        relay_auth_svc_refresh(s->auth);
+    relay_auth_svc_refresh_step(s->auth, step, RELAY_PRESENCE_STEPS);
 }
 
 /*

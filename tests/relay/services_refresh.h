@@ -16,5 +16,8 @@ void services_run_for(double seconds);
  * Adds its checks to |passed| and |failed| (check.h's counters are per file).
  */
 void test_refresh_spread(relay_services *s, const relay_config *cfg, int *passed, int *failed);
+/* test_conn_refresh_spread: a token's connection-set members likewise. */
+void test_conn_refresh_spread(relay_services *s, const relay_config *cfg, int *passed,
+                              int *failed);
 
 #endif

@@ -456,6 +456,7 @@ static int run_checks(const char *config)
         test_script_flush(s1, &cfg);
         test_refresh(s1, &cfg);
         test_refresh_spread(s1, &cfg, &check_passed, &check_failed);
+        test_conn_refresh_spread(s1, &cfg, &check_passed, &check_failed);
         test_revocation(s1, config);
         test_presence(s1, &cfg);
         test_redis_hang(s1);
