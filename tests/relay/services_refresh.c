@@ -123,8 +123,7 @@ static long long zcard(pos_redis *rc, const char *key)
     return n;
 }
 
-void test_conn_refresh_spread(relay_services *s, const relay_config *cfg, int *passed,
-                              int *failed)
+void test_conn_refresh_spread(relay_services *s, const relay_config *cfg, int *passed, int *failed)
 {
     static struct admitted a[N_CONNS];
     const char *token = getenv("TOKEN_OK");

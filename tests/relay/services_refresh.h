@@ -17,7 +17,6 @@ void services_run_for(double seconds);
  */
 void test_refresh_spread(relay_services *s, const relay_config *cfg, int *passed, int *failed);
 /* test_conn_refresh_spread: a token's connection-set members likewise. */
-void test_conn_refresh_spread(relay_services *s, const relay_config *cfg, int *passed,
-                              int *failed);
+void test_conn_refresh_spread(relay_services *s, const relay_config *cfg, int *passed, int *failed);
 
 #endif
