@@ -217,3 +217,21 @@ awk -v d="$best_d" -v l="$best_l" -v dm="$dmax" -v rm="$rmax" -v g="${gso_opt:-g
   printf "largest datagram: %d B (goal <= 1452)\n", (dm > rm ? dm : rm) }'
 awk -v d="$cpu_d" -v l="$cpu_l" 'BEGIN {
   printf "from CPU time (2 idle cores, median): direct %.0f MB/s, relayed %.0f MB/s, relayed / direct = %.2f\n", d, l, (d > 0 ? l / d : 0) }'
+# Each round's relayed run next to its own direct run (the machine's speed drifts between rounds),
+# the same from CPU time with a core per process (a machine with idle cores to spare: bytes over
+# the busiest process's CPU-seconds), and the bound this machine sets when every run keeps all of
+# its cores busy: relayed / direct can then be no more than the direct run's CPU-seconds over the
+# relayed run's (the relay's work is on top of the same two clients').
+paste -d' ' "$tmp/d" "$tmp/l" "$tmp/cpu-direct" "$tmp/cpu-relayed" | awk -v ncpu="$(nproc)" '
+  function median(a, n,   i, j, t) {
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  function busiest(s, l, r,   m) { m = s; if (l > m) m = l; if (r > m) m = r; return m }
+  { n++; wall[n] = ($1 > 0 ? $2 / $1 : 0); list = list (n > 1 ? ", " : "") sprintf("%.2f", wall[n])
+    core_d[n] = $3 / busiest($4, $5, 0); core_l[n] = $7 / busiest($8, $9, $10)
+    core_r[n] = core_l[n] / core_d[n]; bound[n] = ($4 + $5) / ($8 + $9 + $10) }
+  END {
+    if (!n) exit
+    printf "each round, relayed / direct: %s; median %.2f\n", list, median(wall, n)
+    printf "from CPU time (a core per process, median): direct %.0f MB/s, relayed %.0f MB/s, relayed / direct = %.2f\n", median(core_d, n), median(core_l, n), median(core_r, n)
+    printf "this machine'"'"'s bound with every core busy (%d CPUs): relayed / direct <= direct CPU-s / relayed CPU-s = %.2f (median)\n", ncpu, median(bound, n) }'
