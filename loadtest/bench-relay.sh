@@ -15,10 +15,12 @@
 # frames over its thread's CPU plus its share of the main thread's) as a
 # ratio to the first count's messages per relay CPU-second (goal: at
 # least 0.85x, no more than 15% less), and how the connections and circuit sides spread over the workers.
+# --rounds R (default 3) repeats all of it, each round's ratios taken within the round (the
+# machine's speed drifts within minutes), and ends with the median of the rounds' ratios.
 #
 # usage: loadtest/bench-relay.sh [--size BYTES] [--circuits N] [--duration SECONDS]
 #                                [--rate PPS] [--turn-msgs N] [--bench-src DIR] [--build DIR]
-#                                [--workers "1 2"]
+#                                [--workers "1 2"] [--rounds R]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +28,8 @@ size=1200 circuits=20 duration=5 rate=0 turn_msgs=5000
 bench_src=${POS_BENCH_SRC:-/work/shared/bench}
 build=${POS_BENCH_BUILD:-build-bench}
 
-workers_list="1 2"
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+workers_list="1 2" rounds=3
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift 2 ;;
@@ -38,11 +40,12 @@ while [ $# -gt 0 ]; do
     --bench-src) bench_src=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --workers) workers_list=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench-relay: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-for v in size circuits duration turn_msgs; do
+for v in size circuits duration turn_msgs rounds; do
   if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then
     echo "bench-relay: --${v//_/-} wants a positive number" >&2; exit 2
   fi
@@ -194,6 +197,8 @@ for k in range(n):
     print(f"  worker {k}: {fw[k]:.0f} frames forwarded, {wk[k]:.2f} CPU-s + {rest * fw[k] / total_fw:.2f} "
           f"(main loop share) = {rate:.0f} msgs per CPU-second, "
           f"{rate / base_rate if base_rate else 0:.2f}x one worker (goal >= 0.85)")
+    with open(f"{tmp}/wratios-{w}-{k}", "a") as f:
+        f.write(f"{rate / base_rate if base_rate else 0:.4f}\n")
 conns = per_worker(mid, "pos_relay_worker_connections", n)
 sides = per_worker(mid, "pos_relay_worker_circuit_sides", n)
 def spread(v):
@@ -204,46 +209,61 @@ print(f"  spread mid-run: connections {[int(x) for x in conns]} (max {spread(con
 PY
 }
 
-first=""
-for w in $workers_list; do
-  run_ours "$w"
-  [ -n "$first" ] || first=$w
-done
-read -r ours_delivered ours_cpu <"$tmp/ours-$first"
-
-# ---- coturn, client to client ----
 turnserver -n --no-cli --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --lt-cred-mech \
   --user=u:p --realm=r --no-tls --no-dtls --allow-loopback-peers -p "$p_turn" \
   --log-file=stdout >"$tmp/turn.log" 2>&1 &
 turn_pid=$!
 pids+=($turn_pid)
 sleep 1
-t0=$(cpu_ticks "$turn_pid")
-turnutils_uclient -u u -w p -y -m 20 -n "$turn_msgs" -l "$size" -z 0 -p "$p_turn" 127.0.0.1 \
-  >"$tmp/uclient.log" 2>&1
-t1=$(cpu_ticks "$turn_pid")
-turn_delivered=$(grep -o 'tot_recv_msgs=[0-9]*' "$tmp/uclient.log" | tail -1 | cut -d= -f2)
-turn_cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN { print (b - a) / hz }')
-echo "coturn: $(grep -E 'tot_send_msgs=[0-9]+, tot_recv' "$tmp/uclient.log" | tail -1 | sed 's/^.*start_mclient: //')"
+for r in $(seq "$rounds"); do
+  [ "$rounds" -eq 1 ] || echo "== round $r of $rounds =="
+  first=""
+  for w in $workers_list; do
+    run_ours "$w"
+    [ -n "$first" ] || first=$w
+  done
+  read -r ours_delivered ours_cpu <"$tmp/ours-$first"
 
-# ---- bare recvmmsg/sendmmsg forwarder ----
-"$tmp/udpfwd" "$p_fwd" "$p_dest" $((duration + 1)) >"$tmp/bare-fwd" 2>&1 &
-fwd_pid=$!
-pids+=($fwd_pid)
-sleep 0.3
-"$tmp/udpgen" "$p_fwd" "$p_dest" "$size" "$duration" >"$tmp/bare-gen" 2>&1
-wait "$fwd_pid" || true
-bare_per_cpu=$(grep -o 'pkts_per_cpu_s=[0-9.]*' "$tmp/bare-fwd" | cut -d= -f2)
-echo "bare: $(cat "$tmp/bare-fwd") / $(cat "$tmp/bare-gen")"
+  # ---- coturn, client to client ----
+  t0=$(cpu_ticks "$turn_pid")
+  turnutils_uclient -u u -w p -y -m 20 -n "$turn_msgs" -l "$size" -z 0 -p "$p_turn" 127.0.0.1 \
+    >"$tmp/uclient.log" 2>&1
+  t1=$(cpu_ticks "$turn_pid")
+  turn_delivered=$(grep -o 'tot_recv_msgs=[0-9]*' "$tmp/uclient.log" | tail -1 | cut -d= -f2)
+  turn_cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN { print (b - a) / hz }')
+  echo "coturn: $(grep -E 'tot_send_msgs=[0-9]+, tot_recv' "$tmp/uclient.log" | tail -1 | sed 's/^.*start_mclient: //')"
 
-awk -v od="$ours_delivered" -v oc="$ours_cpu" -v td="$turn_delivered" -v tc="$turn_cpu" \
-  -v bp="$bare_per_cpu" 'BEGIN {
-  o = (oc > 0 ? od / oc : 0); t = (tc > 0 ? td / tc : 0)
-  printf "pos-relay: %d delivered / %.2f CPU-s = %.0f msgs per relay CPU-second\n", od, oc, o
-  printf "coturn:    %d delivered / %.2f CPU-s = %.0f msgs per relay CPU-second\n", td, tc, t
-  printf "bare:      %.0f msgs per CPU-second\n", bp
-  printf "ratios: pos-relay / coturn = %.2f (goal >= 2), pos-relay / bare = %.2f (goal >= 0.85)\n",
-    (t > 0 ? o / t : 0), (bp > 0 ? o / bp : 0) }'
-for w in $workers_list; do
-  [ "$w" = "$first" ] || workers_report "$first" "$w"
+  # ---- bare recvmmsg/sendmmsg forwarder ----
+  "$tmp/udpfwd" "$p_fwd" "$p_dest" $((duration + 1)) >"$tmp/bare-fwd" 2>&1 &
+  fwd_pid=$!
+  pids+=($fwd_pid)
+  sleep 0.3
+  "$tmp/udpgen" "$p_fwd" "$p_dest" "$size" "$duration" >"$tmp/bare-gen" 2>&1
+  wait "$fwd_pid" || true
+  bare_per_cpu=$(grep -o 'pkts_per_cpu_s=[0-9.]*' "$tmp/bare-fwd" | cut -d= -f2)
+  echo "bare: $(cat "$tmp/bare-fwd") / $(cat "$tmp/bare-gen")"
+
+  awk -v od="$ours_delivered" -v oc="$ours_cpu" -v td="$turn_delivered" -v tc="$turn_cpu" \
+    -v bp="$bare_per_cpu" 'BEGIN {
+    o = (oc > 0 ? od / oc : 0); t = (tc > 0 ? td / tc : 0)
+    printf "pos-relay: %d delivered / %.2f CPU-s = %.0f msgs per relay CPU-second\n", od, oc, o
+    printf "coturn:    %d delivered / %.2f CPU-s = %.0f msgs per relay CPU-second\n", td, tc, t
+    printf "bare:      %.0f msgs per CPU-second\n", bp
+    printf "ratios: pos-relay / coturn = %.2f (goal >= 2), pos-relay / bare = %.2f (goal >= 0.85)\n",
+      (t > 0 ? o / t : 0), (bp > 0 ? o / bp : 0)
+    printf "%f %f\n", (t > 0 ? o / t : 0), (bp > 0 ? o / bp : 0) >> "'"$tmp/ratios"'" }'
+  for w in $workers_list; do
+    [ "$w" = "$first" ] || workers_report "$first" "$w"
+  done
 done
+if [ "$rounds" -gt 1 ]; then
+  median() { sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  echo "== median of $rounds rounds =="
+  echo "pos-relay / coturn = $(awk '{ print $1 }' "$tmp/ratios" | median) (rounds $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $1 }' "$tmp/ratios"); goal >= 2)"
+  echo "pos-relay / bare = $(awk '{ print $2 }' "$tmp/ratios" | median) (rounds $(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $2 }' "$tmp/ratios"); goal >= 0.85)"
+  for f in "$tmp"/wratios-*; do
+    [ -e "$f" ] || continue
+    k=${f##*/wratios-}
+    echo "pos-relay, ${k%-*} workers, worker ${k##*-}: $(median <"$f")x one worker (rounds $(paste -sd' ' "$f" | awk '{ for (i = 1; i <= NF; i++) printf "%s%.2f", (i > 1 ? ", " : ""), $i }'); goal >= 0.85)"
+  done
+fi
