@@ -14,7 +14,10 @@
 #      (nettle) and 125 us (libsodium), and set the goals at 280 us full
 #      (1.48x that nettle floor) and 150 us resumed (0.79x); a shared machine
 #      runs slower or faster from one hour to the next, so the ratios to this
-#      run's floor are the figures to compare (docs/perf-relay-control.md).
+#      run's floor are the figures to compare (docs/perf-relay-control.md);
+#      and both as ratios to TLS alone (pos-tlsfloor: GnuTLS's server side of
+#      the same handshakes in memory, with the relay's settings and crypto),
+#      with what QUIC, the kernel, the heap and the relay add on top.
 #   4. workers (config key workers; 1 above): handshakes per relay CPU-second
 #      with 1 and with each count in WORKERS (default "2"), per worker (its
 #      accepted clients over its thread's CPU plus its share of the main
@@ -42,7 +45,7 @@ trap cleanup EXIT
 if [ ! -d "$build" ]; then
     meson setup "$build" "$root" -Dbuildtype=release >/dev/null
 fi
-if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest loadtest/pos-cryptofloor \
+if ! ninja -C "$build" relay/pos-relay loadtest/pos-loadtest loadtest/pos-cryptofloor loadtest/pos-tlsfloor \
     >"$work/build.log" 2>&1; then
     tail -20 "$work/build.log"
     echo "bench-relay-control: the build failed" >&2
@@ -103,6 +106,7 @@ heap0=$(curl -s "http://127.0.0.1:$((port + 1))/metrics" | awk '$1 == "pos_relay
 # the crypto floor now, on this machine (CPU time, hot caches; see cryptofloor.c), measured
 # again after the resumed run: a shared machine's speed drifts within minutes
 "$build/loadtest/pos-cryptofloor" >"$work/floor.out"
+"$build/loadtest/pos-tlsfloor" >"$work/tlsfloor.out"
 # The same number of connections once before, on a fresh heap, where each connection faults in
 # its ~72 KB (18 page faults), as in a relay's first minutes: their CPU, and the RSS while they
 # are held. They close, and the relay keeps the freed heap while connections come back within
@@ -164,6 +168,7 @@ full_us=$(( (ticks1 - ticks0) * 1000000 / hz / conns ))
 res_us=$(( (ticks3 - ticks2) * 1000000 / hz / conns ))
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 "$build/loadtest/pos-cryptofloor" >>"$work/floor.out"
+"$build/loadtest/pos-tlsfloor" >>"$work/tlsfloor.out"
 # the mean of the two measurements
 field() { awk -v lib="$1" -v k="$2" '$1 == lib { for (i = 2; i < NF; i += 2) if ($i == k) { s += $(i + 1); n++ } }
     END { printf "%.1f", s / n }' "$work/floor.out"; }
@@ -180,6 +185,15 @@ echo "  the same on a fresh heap (the first $conns, each faulting its memory in)
 echo "resumed handshake: $res_us us = $(ratio "$res_us" "$nfull") x nettle full floor (goal <= 0.79)," \
     "$(ratio "$res_us" "$sres") x libsodium resumed floor (X25519 twice, $sres us);" \
     "$resumed of $conns resumed"
+tls() { awk -v k="$1" '$1 == "gnutls-server" { for (i = 2; i < NF; i += 2) if ($i == k) { s += $(i + 1); n++ } }
+    END { printf "%.1f", s / n }' "$work/tlsfloor.out"; }
+tfull=$(tls full) tres=$(tls resumed)
+echo "TLS alone (pos-tlsfloor: GnuTLS's server side in memory, the relay's settings and crypto," \
+    "mean of before and after): full $tfull us, resumed $tres us"
+echo "  full:    relay $full_us us = $(ratio "$full_us" "$tfull") x TLS alone;" \
+    "QUIC, kernel, heap and the relay's own work add $(awk -v a="$full_us" -v b="$tfull" 'BEGIN {printf "%.0f", a - b}') us"
+echo "  resumed: relay $res_us us = $(ratio "$res_us" "$tres") x TLS alone;" \
+    "QUIC, kernel, heap and the relay's own work add $(awk -v a="$res_us" -v b="$tres" 'BEGIN {printf "%.0f", a - b}') us"
 echo "machine: $(nproc) CPUs; client and relay share them"
 
 # ---- 3. workers: handshakes per CPU-second with 1 and N workers, the same load ----
