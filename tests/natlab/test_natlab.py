@@ -93,12 +93,14 @@ def transfer(lab, pub, size, send_args=(), listen_args=(), during=None):
     if during is None:
         r = lab.run("a", argv, check=False, timeout=120)
         no_sanitizer_report(r.stderr, "pos-p2p send")
-        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.returncode == 0, r.stdout + r.stderr + "\nthe listener's output:\n" + \
+            listener.output()
         doc = json.loads(r.stdout)  # all of stdout: one object
     else:
         sender = lab.proc("a", argv, name="send")
         during(sender, listener)
-        assert sender.wait(60) == 0, sender.output()
+        assert sender.wait(60) == 0, sender.output() + "\nthe listener's output:\n" + \
+            listener.output()
         out_text = sender.output()
         no_sanitizer_report(out_text, "pos-p2p send")
         doc = json.loads([x for x in out_text.splitlines() if x.startswith("{")][-1])
