@@ -170,8 +170,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 "$build/loadtest/pos-cryptofloor" >>"$work/floor.out"
 "$build/loadtest/pos-tlsfloor" >>"$work/tlsfloor.out"
 # the mean of the two measurements
+# field LIB KEY [FILE]: the mean of KEY's figures on LIB's lines (pos-cryptofloor's, pos-tlsfloor's)
 field() { awk -v lib="$1" -v k="$2" '$1 == lib { for (i = 2; i < NF; i += 2) if ($i == k) { s += $(i + 1); n++ } }
-    END { printf "%.1f", s / n }' "$work/floor.out"; }
+    END { printf "%.1f", s / n }' "${3:-$work/floor.out}"; }
 nfull=$(field nettle full)
 sfull=$(field libsodium full)
 sres=$(field libsodium resumed)
@@ -185,9 +186,7 @@ echo "  the same on a fresh heap (the first $conns, each faulting its memory in)
 echo "resumed handshake: $res_us us = $(ratio "$res_us" "$nfull") x nettle full floor (goal <= 0.79)," \
     "$(ratio "$res_us" "$sres") x libsodium resumed floor (X25519 twice, $sres us);" \
     "$resumed of $conns resumed"
-tls() { awk -v k="$1" '$1 == "gnutls-server" { for (i = 2; i < NF; i += 2) if ($i == k) { s += $(i + 1); n++ } }
-    END { printf "%.1f", s / n }' "$work/tlsfloor.out"; }
-tfull=$(tls full) tres=$(tls resumed)
+tfull=$(field gnutls-server full "$work/tlsfloor.out") tres=$(field gnutls-server resumed "$work/tlsfloor.out")
 echo "TLS alone (pos-tlsfloor: GnuTLS's server side in memory, the relay's settings and crypto," \
     "mean of before and after): full $tfull us, resumed $tres us"
 echo "  full:    relay $full_us us = $(ratio "$full_us" "$tfull") x TLS alone;" \

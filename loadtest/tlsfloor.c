@@ -18,78 +18,21 @@
  * fails or a returning client was not resumed.
  * usage: pos-tlsfloor [N]
  */
-#include <errno.h>
 #include <gnutls/gnutls.h>
-#include <ngtcp2/ngtcp2_crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "ctrl.h"
 #include "identity.h"
 #include "tls.h"
-
-struct pipe {
-    uint8_t buf[65536];
-    size_t len;
-};
-
-struct side {
-    gnutls_session_t s;
-    ngtcp2_crypto_conn_ref ref;
-    pos_tls_pin pin;
-    struct pipe *in, *out;
-    int done;
-};
+#include "tls_pipe.h"
 
 static double now_us(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec * 1e6 + (double)t.tv_nsec / 1e3;
-}
-
-static ssize_t push(gnutls_transport_ptr_t p, const void *data, size_t len)
-{
-    struct side *sd = p;
-    if (sd->out->len + len > sizeof(sd->out->buf))
-        return -1;
-    memcpy(sd->out->buf + sd->out->len, data, len);
-    sd->out->len += len;
-    return (ssize_t)len;
-}
-
-static ssize_t pull(gnutls_transport_ptr_t p, void *data, size_t len)
-{
-    struct side *sd = p;
-    if (sd->in->len == 0) {
-        gnutls_transport_set_errno(sd->s, EAGAIN);
-        return -1;
-    }
-    if (len > sd->in->len)
-        len = sd->in->len;
-    memcpy(data, sd->in->buf, len);
-    memmove(sd->in->buf, sd->in->buf + len, sd->in->len - len);
-    sd->in->len -= len;
-    return (ssize_t)len;
-}
-
-static int setup(struct side *sd, pos_tls_creds *creds, int server, struct pipe *in,
-                 struct pipe *out)
-{
-    memset(sd, 0, sizeof(*sd));
-    if (pos_tls_session_new_ex(&sd->s, creds, server, pos_ctrl_alpns, POS_CTRL_N_ALPNS,
-                               server ? 3600 : 1))
-        return -1;
-    sd->ref.user_data = &sd->pin;
-    gnutls_session_set_ptr(sd->s, &sd->ref);
-    gnutls_transport_set_ptr(sd->s, sd);
-    gnutls_transport_set_push_function(sd->s, push);
-    gnutls_transport_set_pull_function(sd->s, pull);
-    sd->in = in;
-    sd->out = out;
-    return 0;
 }
 
 /*
@@ -100,20 +43,20 @@ static int setup(struct side *sd, pos_tls_creds *creds, int server, struct pipe 
 static int one(pos_tls_creds *client, pos_tls_creds *server, const uint8_t relay_key[32],
                gnutls_datum_t *ticket, double *server_us)
 {
-    static struct pipe a, b;
-    struct side c, s;
-    int rv = -1, resumed = 0;
+    static struct pos_tls_pipe a, b;
+    struct pos_tls_side c, s;
+    int rv = -1;
     double t0;
 
     a.len = b.len = 0;
-    if (setup(&c, client, 0, &a, &b) != 0)
+    if (pos_tls_side_setup(&c, client, 0, 1, &a, &b) != 0)
         return -1;
     memcpy(c.pin.expect_key, relay_key, 32);
     c.pin.has_expected = 1;
     if (ticket->data)
         gnutls_session_set_data(c.s, ticket->data, ticket->size);
     t0 = now_us();
-    int srv_ok = setup(&s, server, 1, &b, &a) == 0;
+    int srv_ok = pos_tls_side_setup(&s, server, 1, 3600, &b, &a) == 0;
     *server_us += now_us() - t0;
     if (!srv_ok) {
         gnutls_deinit(c.s);
@@ -151,10 +94,8 @@ static int one(pos_tls_creds *client, pos_tls_creds *server, const uint8_t relay
             gnutls_free(ticket->data);
             ticket->data = NULL;
             ticket->size = 0;
-            if (gnutls_session_get_data2(c.s, ticket) == 0) {
-                resumed = r_s;
-                rv = resumed;
-            }
+            if (gnutls_session_get_data2(c.s, ticket) == 0)
+                rv = r_s;
         }
     }
     gnutls_deinit(c.s);

@@ -8,7 +8,6 @@
  * server with another identity never resumes a ticket it did not issue.
  */
 #include <dlfcn.h>
-#include <errno.h>
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <sodium.h>
@@ -25,66 +24,13 @@
 #include "identity.h"
 #include "park.h"
 #include "tls.h"
-
-struct pipe {
-    uint8_t buf[65536];
-    size_t len;
-};
-
-struct side {
-    gnutls_session_t s;
-    ngtcp2_crypto_conn_ref ref;
-    pos_tls_pin pin;
-    struct pipe *in, *out;
-    int done;
-};
-
-static ssize_t push(gnutls_transport_ptr_t p, const void *data, size_t len)
-{
-    struct side *sd = p;
-    if (sd->out->len + len > sizeof(sd->out->buf))
-        return -1;
-    memcpy(sd->out->buf + sd->out->len, data, len);
-    sd->out->len += len;
-    return (ssize_t)len;
-}
-
-static ssize_t pull(gnutls_transport_ptr_t p, void *data, size_t len)
-{
-    struct side *sd = p;
-    if (sd->in->len == 0) {
-        gnutls_transport_set_errno(sd->s, EAGAIN);
-        return -1;
-    }
-    if (len > sd->in->len)
-        len = sd->in->len;
-    memcpy(data, sd->in->buf, len);
-    memmove(sd->in->buf, sd->in->buf + len, sd->in->len - len);
-    sd->in->len -= len;
-    return (ssize_t)len;
-}
-
-static int setup(struct side *sd, pos_tls_creds *creds, int server, unsigned tickets,
-                 struct pipe *in, struct pipe *out)
-{
-    memset(sd, 0, sizeof(*sd));
-    if (pos_tls_session_new_ex(&sd->s, creds, server, pos_ctrl_alpns, POS_CTRL_N_ALPNS, tickets))
-        return -1;
-    sd->ref.user_data = &sd->pin;
-    gnutls_session_set_ptr(sd->s, &sd->ref);
-    gnutls_transport_set_ptr(sd->s, sd);
-    gnutls_transport_set_push_function(sd->s, push);
-    gnutls_transport_set_pull_function(sd->s, pull);
-    sd->in = in;
-    sd->out = out;
-    return 0;
-}
+#include "tls_pipe.h"
 
 /* handshake runs both sides until both are done or one fails. Returns 0 when both are done. */
-static int handshake(struct side *c, struct side *s)
+static int handshake(struct pos_tls_side *c, struct pos_tls_side *s)
 {
     for (int i = 0; i < 20 && !(c->done && s->done); i++) {
-        struct side *both[2] = {c, s};
+        struct pos_tls_side *both[2] = {c, s};
         for (int k = 0; k < 2; k++) {
             if (both[k]->done)
                 continue;
@@ -105,7 +51,7 @@ static int handshake(struct side *c, struct side *s)
     return rv == GNUTLS_E_AGAIN ? 0 : -1;
 }
 
-static void end(struct side *c, struct side *s)
+static void end(struct pos_tls_side *c, struct pos_tls_side *s)
 {
     gnutls_deinit(c->s);
     gnutls_deinit(s->s);
@@ -141,13 +87,14 @@ static int connect_once(pos_tls_creds *client, pos_tls_creds *server, const uint
                         const gnutls_datum_t *ticket, gnutls_datum_t *ticket_out,
                         uint8_t seen_by_server[32], int *resumed_c, int *resumed_s, int *mismatch)
 {
-    static struct pipe a, b;
-    struct side c, s;
+    static struct pos_tls_pipe a, b;
+    struct pos_tls_side c, s;
     int rv = -1;
 
     a.len = b.len = 0;
     *resumed_c = *resumed_s = *mismatch = 0;
-    if (setup(&c, client, 0, 1, &a, &b) != 0 || setup(&s, server, 1, 3600, &b, &a) != 0)
+    if (pos_tls_side_setup(&c, client, 0, 1, &a, &b) != 0 ||
+        pos_tls_side_setup(&s, server, 1, 3600, &b, &a) != 0)
         return -1;
     memcpy(c.pin.expect_key, pin_key, 32);
     c.pin.has_expected = 1;
@@ -245,12 +192,13 @@ static void test_resumption(struct world *w)
 /* A peer built before raw public keys (X.509 only) still gets in, with a certificate both ways. */
 static void test_x509_peer(struct world *w)
 {
-    static struct pipe a, b;
-    struct side c, s;
+    static struct pos_tls_pipe a, b;
+    struct pos_tls_side c, s;
     int resumed;
 
     a.len = b.len = 0;
-    if (setup(&c, w->alice, 0, 0, &a, &b) != 0 || setup(&s, w->relay, 1, 3600, &b, &a) != 0) {
+    if (pos_tls_side_setup(&c, w->alice, 0, 0, &a, &b) != 0 ||
+        pos_tls_side_setup(&s, w->relay, 1, 3600, &b, &a) != 0) {
         CHECK(0);
         return;
     }
@@ -277,10 +225,10 @@ static void test_x509_peer(struct world *w)
  */
 static void test_bad_signature(struct world *w)
 {
-    static struct pipe a, b;
+    static struct pos_tls_pipe a, b;
     pos_identity liar = w->alice_id;
     pos_tls_creds *creds = NULL;
-    struct side c, s;
+    struct pos_tls_side c, s;
 
     memcpy(liar.secret_key, w->bob_id.secret_key, sizeof(liar.secret_key)); /* signs as bob */
     if (pos_tls_creds_new(&creds, &liar) != 0) {
@@ -288,7 +236,8 @@ static void test_bad_signature(struct world *w)
         return;
     }
     a.len = b.len = 0;
-    if (setup(&c, creds, 0, 0, &a, &b) == 0 && setup(&s, w->relay, 1, 3600, &b, &a) == 0) {
+    if (pos_tls_side_setup(&c, creds, 0, 0, &a, &b) == 0 &&
+        pos_tls_side_setup(&s, w->relay, 1, 3600, &b, &a) == 0) {
         memcpy(c.pin.expect_key, w->relay_id.public_key, 32);
         c.pin.has_expected = 1;
         CHECK(handshake(&c, &s) != 0);
